@@ -1,0 +1,14 @@
+"""glacompiler: fused decode attention for the MHA/GQA/MQA/GTA/MLA/GLA family, inside torch.compile."""
+from .config import KernelConfig, heuristic_config
+from .ops import attention_with_kvcache, attention_with_kvcache_config
+from .reference import attention_with_kvcache_reference
+from .spec import AttentionSpec
+
+__all__ = [
+    "AttentionSpec",
+    "KernelConfig",
+    "attention_with_kvcache",
+    "attention_with_kvcache_config",
+    "attention_with_kvcache_reference",
+    "heuristic_config",
+]

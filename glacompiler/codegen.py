@@ -1,0 +1,144 @@
+"""Render the Jinja2 kernel templates for an AttentionSpec, write the source to a cache directory keyed by
+its hash and import it from there (@triton.jit needs a real source file)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib.resources
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+import jinja2
+
+from .config import KernelConfig
+from .spec import AttentionSpec
+
+MIN_DOT_WIDTH = 16  # tl.dot needs every dim >= 16
+
+
+@dataclasses.dataclass(frozen=True)
+class DimChunk:
+    """A slice [start, start + valid) of a head dim, loaded as a power-of-two tile of `width` columns."""
+
+    start: int
+    width: int
+    valid: int
+    reuse: Optional[int] = None  # V chunk only: index of the Q/K chunk holding the same columns
+
+    @property
+    def masked(self) -> bool:
+        return self.valid < self.width
+
+    def __repr__(self) -> str:
+        return f"[{self.start}:{self.start + self.valid}]/{self.width}"
+
+
+def split_head_dim(start: int, stop: int, max_width: int) -> list[DimChunk]:
+    """Cover [start, stop) with power-of-two tiles of at most max_width, largest first; the last one may be
+    padded (masked) up to the minimum dot width."""
+    chunks = []
+    while start < stop:
+        remaining = stop - start
+        width = min(max_width, 1 << (remaining.bit_length() - 1))
+        width = max(width, MIN_DOT_WIDTH)
+        valid = min(width, remaining)
+        chunks.append(DimChunk(start, width, valid))
+        start += valid
+    return chunks
+
+
+def plan_chunks(spec: AttentionSpec, block_d: int) -> tuple[list[DimChunk], list[DimChunk], Optional[DimChunk]]:
+    """Q/K chunks over [0, Dq), V chunks over [0, Dv) and the rope chunk. When V is the tied state, its
+    chunks over [0, Dq) are the K chunks themselves: each key block is loaded once for both products."""
+    q_chunks = split_head_dim(0, spec.head_dim_q, block_d)
+    if spec.tied:
+        v_chunks = [dataclasses.replace(c, reuse=i) for i, c in enumerate(q_chunks)]
+        v_chunks += split_head_dim(spec.head_dim_q, spec.head_dim_v, block_d)
+    else:
+        v_chunks = split_head_dim(0, spec.head_dim_v, block_d)
+    # The rope key is short (<= 64): one tile, padded to a power of two.
+    rope_width = max(MIN_DOT_WIDTH, 1 << (spec.rope_dim - 1).bit_length()) if spec.rope_dim else 0
+    rope_chunk = DimChunk(0, rope_width, spec.rope_dim) if spec.rope_dim else None
+    return q_chunks, v_chunks, rope_chunk
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("GLACOMPILER_CACHE_DIR") or os.path.join(Path.home(), ".cache", "glacompiler")
+    return Path(root)
+
+
+@functools.lru_cache(maxsize=None)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FunctionLoader(_load_template),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _load_template(name: str) -> str:
+    return importlib.resources.files("glacompiler.templates").joinpath(name).read_text()
+
+
+def template_names() -> list[str]:
+    root = importlib.resources.files("glacompiler.templates")
+    return sorted(p.name for p in root.iterdir() if p.name.endswith(".jinja"))
+
+
+@functools.lru_cache(maxsize=None)
+def templates_version() -> str:
+    """Hash of every kernel template: tuned tables made for other templates are stale."""
+    digest = hashlib.sha256()
+    for name in template_names():
+        digest.update(name.encode())
+        digest.update(_load_template(name).encode())
+    return digest.hexdigest()[:16]
+
+
+def render_decode_kernel(spec: AttentionSpec, config: KernelConfig) -> str:
+    q_chunks, v_chunks, rope_chunk = plan_chunks(spec, config.block_d)
+    return _environment().get_template("decode_attention.py.jinja").render(
+        spec_key=spec.key(),
+        q_chunks=q_chunks,
+        v_chunks=v_chunks,
+        rope_chunk=rope_chunk,
+        tied=spec.tied,
+        paged=spec.paged,
+        preload_q=config.preload_q,
+        dot_precision=', input_precision="ieee"' if spec.dtype == "float32" else "",
+    )
+
+
+def _import_source(source: str) -> ModuleType:
+    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+    module_name = f"glacompiler_generated_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    directory = cache_dir() / "kernels"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{module_name}.py"
+    if not path.exists() or path.read_text() != source:
+        # Write then rename, so concurrent processes never import a half-written file.
+        with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as handle:
+            handle.write(source)
+        os.replace(handle.name, path)
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    sys.modules[module_name] = module
+    return module
+
+
+@functools.lru_cache(maxsize=256)
+def decode_kernel_module(spec: AttentionSpec, block_d: int, preload_q: bool) -> ModuleType:
+    """The generated module for a spec and the template-level knobs of a config (cached)."""
+    config = KernelConfig(block_d=block_d, preload_q=preload_q)
+    return _import_source(render_decode_kernel(spec, config))

@@ -1,0 +1,92 @@
+"""KernelConfig: the knobs of the generated kernels, and the heuristic that picks them without tuning."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import torch
+
+from .spec import AttentionSpec
+
+MAX_SPLITS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    block_m: int = 64  # packed (query head, draft token) rows per program: the M of tl.dot
+    block_n: int = 32  # keys per block
+    block_d: int = 64  # widest head-dim chunk the template unrolls (Q/K and V products)
+    num_splits: int = 1  # KV splits (flash-decoding); 1 writes the output directly
+    num_warps: int = 4
+    num_stages: int = 2
+    preload_q: bool = True  # keep Q in registers for the whole loop, or reload it (L1/L2) per key block
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "block_d"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two >= 16, got {value}")
+        if not 1 <= self.num_splits <= MAX_SPLITS:
+            raise ValueError(f"num_splits must lie in [1, {MAX_SPLITS}], got {self.num_splits}")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"num_warps must be a power of two up to 16, got {self.num_warps}")
+        if not 1 <= self.num_stages <= 8:
+            raise ValueError(f"num_stages must lie in [1, 8], got {self.num_stages}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "KernelConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=None)
+def multiprocessor_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def device_multiprocessors(device: torch.device) -> int:
+    """SM count of a CUDA device; a small stand-in for the interpreter on CPU, so splits get exercised."""
+    if device.type == "cuda":
+        return multiprocessor_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 8
+
+
+def rows_per_kv_head(spec: AttentionSpec, query_len: int) -> int:
+    return spec.group_size * query_len
+
+
+def default_num_splits(programs_per_split: int, capacity: int, block_n: int, multiprocessors: int) -> int:
+    """Enough splits to give every SM about two programs, never a split shorter than four key blocks."""
+    if programs_per_split >= multiprocessors:
+        return 1
+    wanted = -(-2 * multiprocessors // programs_per_split)
+    longest_useful = max(1, capacity // (4 * block_n))
+    return max(1, min(wanted, longest_useful, MAX_SPLITS))
+
+
+def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: int, multiprocessors: int) -> KernelConfig:
+    rows = rows_per_kv_head(spec, query_len)
+    widest = max(spec.head_dim_k, spec.head_dim_v)
+    # The fp32 accumulator is block_m x Dv: keep it within what 8 warps hold in registers.
+    row_cap = 64 if spec.head_dim_v <= 256 else 32
+    block_m = min(row_cap, max(16, next_power_of_two(rows)))
+    block_n = 64 if widest <= 128 else 32
+    num_warps = 8 if block_m * spec.head_dim_v >= 64 * 256 else 4
+    programs = batch * spec.num_kv_heads * -(-rows // block_m)
+    num_splits = default_num_splits(programs, capacity, block_n, multiprocessors)
+    return KernelConfig(
+        block_m=block_m,
+        block_n=block_n,
+        block_d=64,
+        num_splits=num_splits,
+        num_warps=num_warps,
+        num_stages=2,
+        preload_q=spec.head_dim_q + spec.rope_dim <= 256,
+    )

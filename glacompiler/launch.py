@@ -1,0 +1,129 @@
+"""Launch the generated split-KV kernel and the LSE combine kernel. No host-device sync: everything here
+depends on shapes, never on tensor values."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .codegen import decode_kernel_module
+from .config import KernelConfig, next_power_of_two
+from .spec import AttentionSpec
+from .validation import ProblemShape
+
+LOG2_E = 1.4426950408889634
+COMBINE_BLOCK_DV = 64
+
+
+def _mask_as_4d(attn_mask: Tensor) -> Tensor:
+    while attn_mask.dim() < 4:
+        attn_mask = attn_mask.unsqueeze(0)
+    return attn_mask
+
+
+def mask_key_range(attn_mask: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+    """Per sequence, the first and one-past-last key that any (head, token) row may attend to, reduced on
+    the device. The kernel visits only key blocks in that range."""
+    mask = _mask_as_4d(attn_mask)
+    attend = mask if mask.dtype == torch.bool else mask != float("-inf")
+    any_row = attend.any(dim=2).any(dim=1)  # [B or 1, S]: broadcast dims stay size 1, nothing expands
+    capacity = any_row.shape[-1]
+    positions = torch.arange(capacity, device=mask.device, dtype=torch.int32)
+    first = torch.where(any_row, positions, capacity).amin(dim=-1).to(torch.int32)
+    last = torch.where(any_row, positions + 1, 0).amax(dim=-1).to(torch.int32)
+    return first.expand(batch).contiguous(), last.expand(batch).contiguous()
+
+
+def launch_decode_attention(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Optional[Tensor],
+    q_rope: Optional[Tensor],
+    k_rope_cache: Optional[Tensor],
+    cache_seqlens: Tensor,
+    page_table: Optional[Tensor],
+    attn_mask: Optional[Tensor],
+    softmax_scale: float,
+    causal: bool,
+    spec: AttentionSpec,
+    shape: ProblemShape,
+    config: KernelConfig,
+) -> tuple[Tensor, Tensor]:
+    batch, query_len, num_q_heads, _ = q.shape
+    head_dim_v = spec.head_dim_v
+    group = spec.group_size
+    num_splits = config.num_splits
+    module = decode_kernel_module(spec, config.block_d, config.preload_q)
+
+    out = torch.empty((batch, query_len, num_q_heads, head_dim_v), dtype=q.dtype, device=q.device)
+    lse = torch.empty((batch, query_len, num_q_heads), dtype=torch.float32, device=q.device)
+    if num_splits == 1:
+        split_out, split_lse = out, lse
+        out_strides = (*out.stride()[:3], 0)
+        lse_strides = (*lse.stride(), 0)
+    else:
+        split_out = torch.empty((batch, query_len, num_q_heads, num_splits, head_dim_v), dtype=torch.float32, device=q.device)
+        split_lse = torch.empty((batch, query_len, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
+        out_strides = split_out.stride()[:4]
+        lse_strides = split_lse.stride()
+
+    values = k_cache if v_cache is None else v_cache
+    q_rope_arg = q if q_rope is None else q_rope
+    k_rope_arg = k_cache if k_rope_cache is None else k_rope_cache
+    rope_strides = (0, 0) if k_rope_cache is None else k_rope_cache.stride()[:2]
+    page_arg = cache_seqlens if page_table is None else page_table
+    page_stride = 0 if page_table is None else page_table.stride(0)
+    if attn_mask is not None:
+        kv_begin, kv_end = mask_key_range(attn_mask, batch)
+        mask = _mask_as_4d(attn_mask)
+        mask = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+        mask = mask.expand(batch, num_q_heads, query_len, shape.capacity)
+        mask_strides = mask.stride()
+    else:
+        kv_begin = kv_end = cache_seqlens
+        mask, mask_strides = cache_seqlens, (0, 0, 0, 0)
+
+    rows = group * query_len
+    grid = (spec.num_kv_heads * -(-rows // config.block_m), batch, num_splits)
+    module.decode_attention_split_kernel[grid](
+        q, k_cache, values, q_rope_arg, k_rope_arg, cache_seqlens, kv_begin, kv_end, page_arg, mask,
+        split_out, split_lse,
+        *q.stride()[:3],
+        *k_cache.stride()[:3],
+        *values.stride()[:3],
+        *q_rope_arg.stride()[:3],
+        *rope_strides,
+        page_stride,
+        *mask_strides,
+        *out_strides,
+        *lse_strides,
+        softmax_scale * LOG2_E,
+        num_splits,
+        G=group,
+        LQ=query_len,
+        PAGE_SIZE=max(shape.page_size, 1),
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        HAS_MASK=attn_mask is not None,
+        MASK_IS_BOOL=attn_mask is not None and attn_mask.dtype == torch.bool,
+        # With one query token every key below the length is visible: causality changes nothing.
+        CAUSAL=causal and query_len > 1,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    if num_splits > 1:
+        combine_grid = (batch * query_len * num_q_heads, -(-head_dim_v // COMBINE_BLOCK_DV))
+        module.combine_splits_kernel[combine_grid](
+            split_out, split_lse, out, lse, num_splits,
+            HEAD_DIM_V=head_dim_v,
+            BLOCK_DV=COMBINE_BLOCK_DV,
+            SPLITS_POW2=next_power_of_two(num_splits),
+            num_warps=4,
+        )
+    return out, lse
+
+
+def default_softmax_scale(head_dim_q: int, rope_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim_q + rope_dim)

@@ -1,0 +1,86 @@
+"""Plain-PyTorch decode attention with exactly the op's semantics: the oracle for everything else.
+
+Also the op's CPU implementation (compute_dtype=float32)."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def logical_cache(cache: Tensor, page_table: Optional[Tensor], cache_seqlens: Tensor) -> Tensor:
+    """A cache as [B, S, ...] in logical token order; paged caches are gathered through the page table.
+
+    Page-table entries past each sequence's length may hold anything (even out-of-range ids), so they are
+    replaced by page 0 before gathering; the positions they cover are masked out by the caller."""
+    if page_table is None:
+        return cache
+    page_size = cache.shape[1]
+    num_slots = page_table.shape[1]
+    used = torch.arange(num_slots, device=cache.device) * page_size < cache_seqlens[:, None].to(torch.long)
+    pages = torch.where(used, page_table.to(torch.long), torch.zeros_like(page_table, dtype=torch.long))
+    gathered = cache[pages]  # [B, num_slots, page_size, ...]
+    return gathered.reshape(gathered.shape[0], num_slots * page_size, *cache.shape[2:])
+
+
+def attention_with_kvcache_reference(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Optional[Tensor] = None,
+    *,
+    q_rope: Optional[Tensor] = None,
+    k_rope_cache: Optional[Tensor] = None,
+    cache_seqlens: Optional[Tensor] = None,
+    page_table: Optional[Tensor] = None,
+    attn_mask: Optional[Tensor] = None,
+    softmax_scale: Optional[float] = None,
+    causal: bool = True,
+    compute_dtype: torch.dtype = torch.float32,
+    out_dtype: Optional[torch.dtype] = None,
+) -> tuple[Tensor, Tensor]:
+    """Returns (out [B, Lq, Hq, Dv] in out_dtype (default q.dtype), lse [B, Lq, Hq] float32 or float64)."""
+    batch, q_len, num_q_heads, head_dim_q = q.shape
+    num_kv_heads = k_cache.shape[2]
+    group = num_q_heads // num_kv_heads
+    rope_dim = 0 if q_rope is None else q_rope.shape[-1]
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(head_dim_q + rope_dim)
+    capacity = k_cache.shape[1] if page_table is None else page_table.shape[1] * k_cache.shape[1]
+    if cache_seqlens is None:
+        cache_seqlens = torch.full((batch,), capacity, dtype=torch.int32, device=q.device)
+    seqlens = cache_seqlens.to(torch.long)
+
+    keys = logical_cache(k_cache, page_table, cache_seqlens).to(compute_dtype)
+    values = keys if v_cache is None else logical_cache(v_cache, page_table, cache_seqlens).to(compute_dtype)
+    positions = torch.arange(capacity, device=q.device)
+    valid = positions[None, :] < seqlens[:, None]  # [B, S]
+    # Slots past each length may hold NaN: zero them so that 0 * NaN cannot leak into the output.
+    values = torch.where(valid[:, :, None, None], values, torch.zeros((), dtype=compute_dtype, device=q.device))
+    keys = keys.repeat_interleave(group, dim=2)
+    values = values.repeat_interleave(group, dim=2)
+
+    scores = torch.einsum("bqhd,bshd->bhqs", q.to(compute_dtype), keys[..., :head_dim_q])
+    if q_rope is not None:
+        rope_keys = logical_cache(k_rope_cache, page_table, cache_seqlens).to(compute_dtype)
+        scores = scores + torch.einsum("bqhr,bsr->bhqs", q_rope.to(compute_dtype), rope_keys)
+    scores = scores * softmax_scale
+
+    allowed = valid[:, None, None, :]  # [B, 1, 1, S]
+    if causal:
+        query_pos = seqlens[:, None] - q_len + torch.arange(q_len, device=q.device)[None, :]  # [B, Lq]
+        allowed = allowed & (positions[None, None, None, :] <= query_pos[:, None, :, None])
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            allowed = allowed & attn_mask
+        else:
+            scores = scores + attn_mask.to(compute_dtype)
+    scores = torch.where(allowed, scores, torch.full((), -math.inf, dtype=compute_dtype, device=q.device))
+
+    lse = torch.logsumexp(scores, dim=-1)  # [B, Hq, Lq]; -inf where nothing is attended
+    safe_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    probs = torch.exp(scores - safe_lse[..., None])
+    out = torch.einsum("bhqs,bshd->bqhd", probs, values)
+    lse_dtype = torch.float64 if compute_dtype == torch.float64 else torch.float32
+    return out.to(out_dtype or q.dtype), lse.transpose(1, 2).to(lse_dtype).contiguous()

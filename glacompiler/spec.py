@@ -1,0 +1,79 @@
+"""AttentionSpec: the one key shared by the pattern pass, codegen, the tuner and the config tables."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+KINDS = ("mha", "gqa", "mqa", "gta", "mla", "gla")
+
+_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    try:
+        return _DTYPE_NAMES[dtype]
+    except KeyError:
+        raise TypeError(f"unsupported dtype {dtype}; expected one of {list(_DTYPE_NAMES.values())}") from None
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    for dtype, dname in _DTYPE_NAMES.items():
+        if dname == name:
+            return dtype
+    raise ValueError(f"unknown dtype name {name!r}")
+
+
+def infer_kind(num_q_heads: int, num_kv_heads: int, head_dim_q: int, head_dim_k: int, tied: bool) -> str:
+    """Name the member of the attention family that a set of shapes describes."""
+    if tied:
+        if head_dim_q < head_dim_k:
+            return "gta"  # part of the tied state is replaced by the shared rope key in K
+        return "mla" if num_kv_heads == 1 else "gla"
+    if num_kv_heads == num_q_heads:
+        return "mha"
+    return "mqa" if num_kv_heads == 1 else "gqa"
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionSpec:
+    """Structural description of one decode-attention site (no batch or length: those are buckets)."""
+
+    kind: str
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim_q: int  # Dq: width of q and of the part of k_cache it is dotted with
+    head_dim_k: int  # Dk: width of k_cache
+    head_dim_v: int  # Dv: width of the output (== Dk when tied)
+    rope_dim: int  # Dr: width of the shared rope key, 0 when absent
+    tied: bool  # V is k_cache itself (GTA/MLA/GLA)
+    paged: bool
+    dtype: str  # "bfloat16" | "float16" | "float32"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head."""
+        return self.num_q_heads // self.num_kv_heads
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return dtype_from_name(self.dtype)
+
+    def key(self) -> str:
+        """Stable string key for tables and caches."""
+        return (
+            f"{self.kind}-hq{self.num_q_heads}-hkv{self.num_kv_heads}-dq{self.head_dim_q}-dk{self.head_dim_k}"
+            f"-dv{self.head_dim_v}-dr{self.rope_dim}-{'tied' if self.tied else 'sep'}"
+            f"-{'paged' if self.paged else 'contig'}-{self.dtype}"
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AttentionSpec":
+        return cls(**data)

@@ -1,0 +1,1 @@
+"""Kernel configs: tuned tables, the user cache and the Optuna search that fills them."""
