@@ -58,13 +58,13 @@ def attention_with_kvcache_reference(
     valid = positions[None, :] < seqlens[:, None]  # [B, S]
     # Slots past each length may hold NaN: zero them so that 0 * NaN cannot leak into the output.
     values = torch.where(valid[:, :, None, None], values, torch.zeros((), dtype=compute_dtype, device=q.device))
-    keys = keys.repeat_interleave(group, dim=2)
-    values = values.repeat_interleave(group, dim=2)
-
-    scores = torch.einsum("bqhd,bshd->bhqs", q.to(compute_dtype), keys[..., :head_dim_q])
+    # Query heads h = kv_head * group + g share KV head kv_head: group them instead of repeating the cache.
+    q_grouped = q.to(compute_dtype).reshape(batch, q_len, num_kv_heads, group, head_dim_q)
+    scores = torch.einsum("bqkgd,bskd->bkgqs", q_grouped, keys[..., :head_dim_q])
     if q_rope is not None:
         rope_keys = logical_cache(k_rope_cache, page_table, cache_seqlens).to(compute_dtype)
-        scores = scores + torch.einsum("bqhr,bsr->bhqs", q_rope.to(compute_dtype), rope_keys)
+        scores = scores + torch.einsum("bqhr,bsr->bhqs", q_rope.to(compute_dtype), rope_keys).reshape(scores.shape)
+    scores = scores.reshape(batch, num_q_heads, q_len, capacity)
     scores = scores * softmax_scale
 
     allowed = valid[:, None, None, :]  # [B, 1, 1, S]
@@ -81,6 +81,7 @@ def attention_with_kvcache_reference(
     lse = torch.logsumexp(scores, dim=-1)  # [B, Hq, Lq]; -inf where nothing is attended
     safe_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
     probs = torch.exp(scores - safe_lse[..., None])
-    out = torch.einsum("bhqs,bshd->bqhd", probs, values)
+    probs = probs.reshape(batch, num_kv_heads, group, q_len, capacity)
+    out = torch.einsum("bkgqs,bskd->bqkgd", probs, values).reshape(batch, q_len, num_q_heads, -1)
     lse_dtype = torch.float64 if compute_dtype == torch.float64 else torch.float32
     return out.to(out_dtype or q.dtype), lse.transpose(1, 2).to(lse_dtype).contiguous()

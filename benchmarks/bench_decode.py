@@ -1,0 +1,159 @@
+"""Decode-attention speed against the roofline floor, on one GPU.
+
+For each case (issue 2 section 6: MLA, GLA-2, GTA, GQA; batch 128, cache 8192, page 64, Lq 1 and 2) it
+prints our kernel's time (heuristic config and, with --variants, the best of a few others), GB/s, TFLOP/s,
+the fraction of the roofline floor (bytes / measured copy bandwidth vs flops / measured bf16 matmul rate),
+and the ratio to torch.compile of the reference math and, for GQA, to SDPA. Run:
+    python benchmarks/bench_decode.py [--variants] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+
+import glacompiler
+from glacompiler.config import KernelConfig, device_multiprocessors, heuristic_config
+from glacompiler.reference import attention_with_kvcache_reference, logical_cache
+from glacompiler.testing import PAPER_MEMBERS, check_fa_rule, make_decode_problem
+
+
+def median_ms(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a large device copy, counting bytes read plus bytes written."""
+    src = torch.randn(512 * 2**20, device="cuda")  # 2 GiB
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * src.element_size() / (median_ms(lambda: dst.copy_(src)) * 1e-3)
+
+
+def matmul_rate() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    return 2 * 8192**3 / (median_ms(lambda: a @ b) * 1e-3)
+
+
+def problem_cost(problem) -> tuple[float, float]:
+    """(bytes, flops) the op must move and do at the least: the cache read once, q read, out written."""
+    kw = problem.kwargs
+    m = problem.member
+    batch, query_len = kw["q"].shape[:2]
+    tokens = int(kw["cache_seqlens"].sum())
+    elem = kw["q"].element_size()
+    kv_per_token = m.num_kv_heads * (m.head_dim_k + (0 if m.tied else m.head_dim_v)) + m.rope_dim
+    bytes_moved = tokens * kv_per_token * elem
+    bytes_moved += batch * query_len * m.num_q_heads * (m.head_dim_q + m.rope_dim + m.head_dim_v) * elem
+    flops = 2 * query_len * m.num_q_heads * tokens * (m.head_dim_q + m.rope_dim + m.head_dim_v)
+    return bytes_moved, flops
+
+
+def variants(base: KernelConfig, rows: int) -> list[KernelConfig]:
+    """A few neighbours of the heuristic config, one knob at a time."""
+    out = []
+    for block_n in (16, 32, 64):
+        out.append(dataclasses.replace(base, block_n=block_n))
+    for block_m in (16, 32, 64):
+        if block_m <= max(16, 2 * rows):
+            out.append(dataclasses.replace(base, block_m=block_m))
+    out.append(dataclasses.replace(base, num_warps=4 if base.num_warps == 8 else 8))
+    for stages in (1, 3, 4):
+        out.append(dataclasses.replace(base, num_stages=stages))
+    out.append(dataclasses.replace(base, preload_q=not base.preload_q))
+    for factor in (0.5, 2):
+        splits = max(1, min(64, round(base.num_splits * factor)))
+        out.append(dataclasses.replace(base, num_splits=splits))
+    unique = []
+    for config in out:
+        if config != base and config not in unique:
+            unique.append(config)
+    return unique
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--seqlen", type=int, default=8192)
+    parser.add_argument("--page-size", type=int, default=64)
+    parser.add_argument("--cases", default="mla,gla2,gta,gqa")
+    parser.add_argument("--q-lens", default="1,2")
+    parser.add_argument("--variants", action="store_true")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    device = torch.device("cuda")
+    gpu = torch.cuda.get_device_name()
+    bandwidth, flop_rate = copy_bandwidth(), matmul_rate()
+    print(f"# {gpu}, torch {torch.__version__}, triton {triton.__version__}")
+    print(f"# copy bandwidth {bandwidth / 1e9:.0f} GB/s, bf16 matmul {flop_rate / 1e12:.0f} TFLOP/s")
+    results = []
+    for name in args.cases.split(","):
+        member = PAPER_MEMBERS[name]
+        for query_len in (int(x) for x in args.q_lens.split(",")):
+            problem = make_decode_problem(
+                member, args.batch, query_len, args.seqlen, dtype=torch.bfloat16, device=device,
+                page_size=args.page_size, seqlens=[args.seqlen] * args.batch, poison=False,
+            )
+            kw = problem.kwargs
+            spec = member.spec("bfloat16", paged=True)
+            base = heuristic_config(spec, args.batch, args.seqlen, query_len, device_multiprocessors(device))
+            # Correctness on this very problem before any timing.
+            out, lse = glacompiler.attention_with_kvcache_config(**kw, config=base)
+            check_fa_rule(out, lse, problem)
+            timed = {base: median_ms(lambda: glacompiler.attention_with_kvcache_config(**kw, config=base))}
+            if args.variants:
+                for config in variants(base, spec.group_size * query_len):
+                    try:
+                        out, lse = glacompiler.attention_with_kvcache_config(**kw, config=config)
+                        check_fa_rule(out, lse, problem)
+                        timed[config] = median_ms(lambda: glacompiler.attention_with_kvcache_config(**kw, config=config))
+                    except Exception as error:  # out of resources etc.: report, keep going
+                        print(f"  variant {config} failed: {type(error).__name__}: {str(error)[:120]}")
+            best = min(timed, key=timed.get)
+
+            bytes_moved, flops = problem_cost(problem)
+            floor_ms = max(bytes_moved / bandwidth, flops / flop_rate) * 1e3
+            # Baselines on the same data in logical (contiguous) order.
+            lengths = kw["cache_seqlens"]
+            k_lin = logical_cache(kw["k_cache"], kw["page_table"], lengths).contiguous()
+            v_lin = None if kw["v_cache"] is None else logical_cache(kw["v_cache"], kw["page_table"], lengths).contiguous()
+            kr_lin = None if kw["k_rope_cache"] is None else logical_cache(kw["k_rope_cache"], kw["page_table"], lengths).contiguous()
+            compiled = torch.compile(attention_with_kvcache_reference)
+            ref_args = dict(q_rope=kw["q_rope"], k_rope_cache=kr_lin, cache_seqlens=lengths, causal=True,
+                            compute_dtype=torch.bfloat16)
+            compiled(kw["q"], k_lin, v_lin, **ref_args)
+            compiled_ms = median_ms(lambda: compiled(kw["q"], k_lin, v_lin, **ref_args))
+            sdpa_ms = math.nan
+            if not member.tied and member.rope_dim == 0:
+                q_t = kw["q"].transpose(1, 2)
+                k_t, v_t = k_lin.transpose(1, 2), v_lin.transpose(1, 2)
+                sdpa_ms = median_ms(lambda: F.scaled_dot_product_attention(q_t, k_t, v_t, enable_gqa=True))
+            row = dict(
+                case=name, q_len=query_len, ms=timed[base], best_ms=timed[best], best_config=best.to_dict(),
+                heuristic_config=base.to_dict(), floor_ms=floor_ms, gbps=bytes_moved / (timed[best] * 1e-3) / 1e9,
+                tflops=flops / (timed[best] * 1e-3) / 1e12, floor_fraction=floor_ms / timed[best],
+                compiled_ms=compiled_ms, sdpa_ms=sdpa_ms,
+            )
+            results.append(row)
+            print(f"  {name} Lq={query_len}: heuristic {timed[base] * 1e3:.0f} us, best {timed[best] * 1e3:.0f} us "
+                  f"({best}), floor {floor_ms * 1e3:.0f} us", flush=True)
+
+    print(f"\n| case | Lq | heuristic us | best us | GB/s | TFLOP/s | of floor | compiled ref us | vs compiled | SDPA us | vs SDPA |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['case']} | {r['q_len']} | {r['ms'] * 1e3:.0f} | {r['best_ms'] * 1e3:.0f} | {r['gbps']:.0f} | "
+              f"{r['tflops']:.0f} | {r['floor_fraction']:.2f} | {r['compiled_ms'] * 1e3:.0f} | "
+              f"{r['compiled_ms'] / r['best_ms']:.1f}x | {r['sdpa_ms'] * 1e3:.0f} | {r['sdpa_ms'] / r['best_ms']:.2f}x |")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(dict(gpu=gpu, bandwidth=bandwidth, flop_rate=flop_rate, results=results), handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()

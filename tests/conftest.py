@@ -1,0 +1,33 @@
+import os
+
+import torch
+
+# Triton picks interpreted or compiled functions when it is imported. Without a GPU, import it in
+# interpreter mode once, so tests that opt in (the `interpret_kernels` fixture sets TRITON_INTERPRET=1,
+# which the op reads per call) run the generated kernels on CPU, while every other test keeps the op's
+# PyTorch CPU path.
+if not torch.cuda.is_available():
+    _previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    import triton  # noqa: F401
+
+    if _previous is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _previous
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def interpret_kernels(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("interpreter tests run on CPU-only machines; the GPU runs the compiled kernels")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def cuda_device():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    return torch.device("cuda")

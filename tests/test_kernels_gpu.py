@@ -1,0 +1,58 @@
+"""The compiled kernels on a GPU at real sizes, bf16 and fp16 (`pytest -m gpu` on an H100/H200)."""
+import itertools
+
+import pytest
+import torch
+
+import glacompiler
+from glacompiler.testing import PAPER_MEMBERS, FamilyMember, gta_member, check_fa_rule, make_decode_problem
+
+pytestmark = pytest.mark.gpu
+
+GPU_MEMBERS = dict(PAPER_MEMBERS)
+GPU_MEMBERS.update(
+    mha=FamilyMember("mha", 16, 16, 128, 128, 128, 0, False),
+    mqa=FamilyMember("mqa", 32, 1, 128, 128, 128, 0, False),
+    gqa_odd=FamilyMember("gqa_odd", 12, 4, 96, 96, 80, 0, False),
+    gta_large=gta_member("gta_large", 16, 4, 96, 48),
+)
+# (query_len, page_size) pairs: every Lq and every page size appears, without the full product.
+LAYOUTS = [(1, 64), (2, 0), (3, 1), (8, 16), (1, 256), (16, 64)]
+CAPACITY = 1000  # not a multiple of any key block or page
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name, layout", list(itertools.product(GPU_MEMBERS, LAYOUTS)))
+def test_family_matrix(cuda_device, name, layout, dtype):
+    query_len, page_size = layout
+    problem = make_decode_problem(
+        GPU_MEMBERS[name], batch=4, query_len=query_len, capacity=CAPACITY, page_size=page_size, dtype=dtype,
+        device=cuda_device, seqlens=[0, 1, 517, CAPACITY], generator=torch.Generator().manual_seed(len(name) + query_len),
+    )
+    for num_splits in (None, 1, 5):
+        out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, num_splits=num_splits, return_lse=True)
+        check_fa_rule(out, lse, problem)
+
+
+@pytest.mark.parametrize("mask", ["bool", "additive"])
+@pytest.mark.parametrize("name", ["gqa", "gta", "mla", "gla2"])
+def test_masks(cuda_device, name, mask):
+    problem = make_decode_problem(
+        GPU_MEMBERS[name], batch=3, query_len=4, capacity=CAPACITY, page_size=64, dtype=torch.bfloat16,
+        device=cuda_device, mask=mask, causal=False,
+    )
+    out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
+    check_fa_rule(out, lse, problem)
+
+
+def test_cuda_graph_capture_and_replay(cuda_device):
+    problem = make_decode_problem(GPU_MEMBERS["gla2"], batch=8, query_len=1, capacity=CAPACITY, page_size=64,
+                                  dtype=torch.bfloat16, device=cuda_device)
+    glacompiler.attention_with_kvcache(**problem.kwargs)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = glacompiler.attention_with_kvcache(**problem.kwargs)
+    problem.kwargs["q"].copy_(torch.randn_like(problem.kwargs["q"]))
+    graph.replay()
+    torch.cuda.synchronize()
+    check_fa_rule(out, glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)[1], problem)

@@ -1,0 +1,96 @@
+"""The generated Triton kernels under the interpreter (CPU), against a float64 reference with
+FlashAttention's error rule. bf16 is tested on the GPU only: under the interpreter tl.dot on bf16
+operands is wrong (a known interpreter defect, seen with triton 3.6 and 3.9)."""
+import itertools
+
+import pytest
+import torch
+
+import glacompiler
+from glacompiler.testing import check_fa_rule, make_decode_problem
+
+from kernel_cases import CPU_MEMBERS
+
+CAPACITY = 70  # not a multiple of any key block
+
+
+def run_and_check(problem, **kwargs):
+    out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True, **kwargs)
+    return check_fa_rule(out, lse, problem)
+
+
+@pytest.mark.parametrize(
+    "name, query_len, page_size",
+    list(itertools.product(CPU_MEMBERS, (1, 2, 3, 8), (0, 1, 16, 64))),
+)
+def test_family_matrix_float32(interpret_kernels, name, query_len, page_size):
+    seed = hash((name, query_len, page_size)) % 2**31
+    problem = make_decode_problem(
+        CPU_MEMBERS[name], batch=4, query_len=query_len, capacity=CAPACITY, page_size=page_size,
+        seqlens=[0, 1, 37, CAPACITY], generator=torch.Generator().manual_seed(seed),
+    )
+    # Splits 1 (direct write) and 3 (LSE combine, one split empty for the short sequences).
+    run_and_check(problem, num_splits=1)
+    run_and_check(problem, num_splits=3)
+
+
+@pytest.mark.parametrize("name", list(CPU_MEMBERS))
+def test_family_float16_heuristic_config(interpret_kernels, name):
+    problem = make_decode_problem(
+        CPU_MEMBERS[name], batch=3, query_len=2, capacity=CAPACITY, page_size=16, dtype=torch.float16,
+        generator=torch.Generator().manual_seed(7),
+    )
+    run_and_check(problem)
+
+
+@pytest.mark.parametrize("mask", ["bool", "additive"])
+@pytest.mark.parametrize("name", ["gqa", "gta", "gla2"])
+def test_attention_mask(interpret_kernels, name, mask):
+    problem = make_decode_problem(
+        CPU_MEMBERS[name], batch=3, query_len=3, capacity=CAPACITY, page_size=16, mask=mask, causal=False,
+        generator=torch.Generator().manual_seed(11),
+    )
+    run_and_check(problem, num_splits=2)
+
+
+def test_mask_that_rules_out_everything_gives_zero_and_minus_inf(interpret_kernels):
+    problem = make_decode_problem(CPU_MEMBERS["gla2"], batch=2, query_len=1, capacity=40, causal=False)
+    problem.kwargs["attn_mask"] = torch.zeros(2, 1, 1, 40, dtype=torch.bool)
+    out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True, num_splits=2)
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.isneginf(lse).all()
+
+
+def test_mask_skips_ruled_out_key_blocks(interpret_kernels):
+    """Keys the mask rules out are never read: poison them with NaN and the result stays finite and right."""
+    problem = make_decode_problem(CPU_MEMBERS["gqa"], batch=2, query_len=1, capacity=128, causal=False, poison=False)
+    mask = torch.zeros(2, 1, 1, 128, dtype=torch.bool)
+    mask[..., 16:40] = True  # a mostly empty static cache
+    problem.kwargs["attn_mask"] = mask
+    expected = problem.reference(torch.float64)
+    problem.kwargs["k_cache"][:, :16] = float("nan")
+    problem.kwargs["k_cache"][:, 40:] = float("nan")
+    problem.kwargs["v_cache"][:, 40:] = float("nan")
+    out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True, num_splits=2)
+    assert torch.allclose(out.double(), expected[0], atol=1e-5)
+    assert torch.allclose(lse.double(), expected[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("head_dim_q, head_dim_v", [(576, 512), (8, 8), (200, 136)])
+def test_head_dim_extremes(interpret_kernels, head_dim_q, head_dim_v):
+    from glacompiler.testing import FamilyMember
+
+    member = FamilyMember("odd", 4, 2, head_dim_q, head_dim_q, head_dim_v, 0, False)
+    problem = make_decode_problem(member, batch=2, query_len=2, capacity=33, page_size=8)
+    run_and_check(problem, num_splits=2)
+
+
+def test_explicit_configs_agree(interpret_kernels):
+    """Every tile shape the tuner may pick computes the same function."""
+    from glacompiler.config import KernelConfig
+
+    problem = make_decode_problem(CPU_MEMBERS["gta"], batch=2, query_len=3, capacity=CAPACITY, page_size=16)
+    for block_m, block_n, block_d, splits, preload in [(16, 16, 16, 1, True), (32, 64, 32, 4, False), (64, 32, 64, 2, True)]:
+        config = KernelConfig(block_m=block_m, block_n=block_n, block_d=block_d, num_splits=splits, preload_q=preload)
+        out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
+        check_fa_rule(out, lse, problem)
