@@ -9,6 +9,7 @@ and the ratio to torch.compile of the reference math and, for GQA, to SDPA. Run:
 from __future__ import annotations
 
 import argparse
+import itertools
 import dataclasses
 import json
 import math
@@ -69,6 +70,11 @@ def variants(base: KernelConfig, rows: int) -> list[KernelConfig]:
     for factor in (0.5, 2):
         splits = max(1, min(64, round(base.num_splits * factor)))
         out.append(dataclasses.replace(base, num_splits=splits))
+    if rows >= 64:  # wide latent groups: try wider row blocks and Dv splits too
+        for block_m, dv_split, warps, stages in itertools.product((32, 64, 128), (1, 2), (4, 8), (2, 3)):
+            if block_m <= rows:
+                out.append(dataclasses.replace(base, block_m=block_m, dv_split=dv_split, num_warps=warps,
+                                               num_stages=stages, preload_q=False, block_n=32))
     unique = []
     for config in out:
         if config != base and config not in unique:

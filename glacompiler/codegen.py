@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib.resources
 import importlib.util
 import os
 import sys
@@ -17,6 +16,7 @@ from typing import Optional
 import jinja2
 
 from .config import KernelConfig
+from .resources import shipped_folder
 from .spec import AttentionSpec
 
 MIN_DOT_WIDTH = 16  # tl.dot needs every dim >= 16
@@ -53,11 +53,19 @@ def split_head_dim(start: int, stop: int, max_width: int) -> list[DimChunk]:
     return chunks
 
 
-def plan_chunks(spec: AttentionSpec, block_d: int) -> tuple[list[DimChunk], list[DimChunk], Optional[DimChunk]]:
+def dv_part_width(head_dim_v: int, dv_split: int) -> int:
+    """Output dims per program when Dv is split over dv_split programs (a multiple of 16)."""
+    return -(-head_dim_v // (dv_split * MIN_DOT_WIDTH)) * MIN_DOT_WIDTH
+
+
+def plan_chunks(spec: AttentionSpec, block_d: int, dv_split: int = 1) -> tuple[list[DimChunk], list[DimChunk], Optional[DimChunk]]:
     """Q/K chunks over [0, Dq), V chunks over [0, Dv) and the rope chunk. When V is the tied state, its
-    chunks over [0, Dq) are the K chunks themselves: each key block is loaded once for both products."""
+    chunks over [0, Dq) are the K chunks themselves: each key block is loaded once for both products.
+    With a Dv split, V chunks cover one program's part (offset at run time) and are loaded separately."""
     q_chunks = split_head_dim(0, spec.head_dim_q, block_d)
-    if spec.tied:
+    if dv_split > 1:
+        v_chunks = split_head_dim(0, dv_part_width(spec.head_dim_v, dv_split), block_d)
+    elif spec.tied:
         v_chunks = [dataclasses.replace(c, reuse=i) for i, c in enumerate(q_chunks)]
         v_chunks += split_head_dim(spec.head_dim_q, spec.head_dim_v, block_d)
     else:
@@ -85,11 +93,11 @@ def _environment() -> jinja2.Environment:
 
 
 def _load_template(name: str) -> str:
-    return importlib.resources.files("glacompiler.templates").joinpath(name).read_text()
+    return shipped_folder("templates").joinpath(name).read_text()
 
 
 def template_names() -> list[str]:
-    root = importlib.resources.files("glacompiler.templates")
+    root = shipped_folder("templates")
     return sorted(p.name for p in root.iterdir() if p.name.endswith(".jinja"))
 
 
@@ -104,7 +112,7 @@ def templates_version() -> str:
 
 
 def render_decode_kernel(spec: AttentionSpec, config: KernelConfig) -> str:
-    q_chunks, v_chunks, rope_chunk = plan_chunks(spec, config.block_d)
+    q_chunks, v_chunks, rope_chunk = plan_chunks(spec, config.block_d, config.dv_split)
     return _environment().get_template("decode_attention.py.jinja").render(
         spec_key=spec.key(),
         q_chunks=q_chunks,
@@ -113,6 +121,9 @@ def render_decode_kernel(spec: AttentionSpec, config: KernelConfig) -> str:
         tied=spec.tied,
         paged=spec.paged,
         preload_q=config.preload_q,
+        dv_split=config.dv_split,
+        dv_part=dv_part_width(spec.head_dim_v, config.dv_split),
+        head_dim_v=spec.head_dim_v,
         dot_precision=', input_precision="ieee"' if spec.dtype == "float32" else "",
     )
 
@@ -138,7 +149,7 @@ def _import_source(source: str) -> ModuleType:
 
 
 @functools.lru_cache(maxsize=256)
-def decode_kernel_module(spec: AttentionSpec, block_d: int, preload_q: bool) -> ModuleType:
+def decode_kernel_module(spec: AttentionSpec, block_d: int, preload_q: bool, dv_split: int) -> ModuleType:
     """The generated module for a spec and the template-level knobs of a config (cached)."""
-    config = KernelConfig(block_d=block_d, preload_q=preload_q)
+    config = KernelConfig(block_d=block_d, preload_q=preload_q, dv_split=dv_split)
     return _import_source(render_decode_kernel(spec, config))

@@ -20,6 +20,7 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 2
     preload_q: bool = True  # keep Q in registers for the whole loop, or reload it (L1/L2) per key block
+    dv_split: int = 1  # programs sharing one row block's output dims (narrower accumulators)
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_d"):
@@ -30,6 +31,8 @@ class KernelConfig:
             raise ValueError(f"num_splits must lie in [1, {MAX_SPLITS}], got {self.num_splits}")
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"num_warps must be a power of two up to 16, got {self.num_warps}")
+        if self.dv_split not in (1, 2, 4):
+            raise ValueError(f"dv_split must be 1, 2 or 4, got {self.dv_split}")
         if not 1 <= self.num_stages <= 8:
             raise ValueError(f"num_stages must lie in [1, 8], got {self.num_stages}")
 

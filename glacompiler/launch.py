@@ -55,7 +55,7 @@ def launch_decode_attention(
     head_dim_v = spec.head_dim_v
     group = spec.group_size
     num_splits = config.num_splits
-    module = decode_kernel_module(spec, config.block_d, config.preload_q)
+    module = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split)
 
     out = torch.empty((batch, query_len, num_q_heads, head_dim_v), dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, query_len, num_q_heads), dtype=torch.float32, device=q.device)
@@ -86,7 +86,7 @@ def launch_decode_attention(
         mask, mask_strides = cache_seqlens, (0, 0, 0, 0)
 
     rows = group * query_len
-    grid = (spec.num_kv_heads * -(-rows // config.block_m), batch, num_splits)
+    grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
     module.decode_attention_split_kernel[grid](
         q, k_cache, values, q_rope_arg, k_rope_arg, cache_seqlens, kv_begin, kv_end, page_arg, mask,
         split_out, split_lse,

@@ -94,3 +94,14 @@ def test_explicit_configs_agree(interpret_kernels):
         config = KernelConfig(block_m=block_m, block_n=block_n, block_d=block_d, num_splits=splits, preload_q=preload)
         out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
         check_fa_rule(out, lse, problem)
+
+
+@pytest.mark.parametrize("dv_split", [2, 4])
+@pytest.mark.parametrize("name", ["gqa", "gta", "mla"])
+def test_output_dims_split_over_programs(interpret_kernels, name, dv_split):
+    from glacompiler.config import KernelConfig
+
+    problem = make_decode_problem(CPU_MEMBERS[name], batch=2, query_len=2, capacity=CAPACITY, page_size=16)
+    config = KernelConfig(block_m=16, block_n=16, block_d=32, num_splits=2, dv_split=dv_split)
+    out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
+    check_fa_rule(out, lse, problem)

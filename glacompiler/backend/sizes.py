@@ -1,0 +1,67 @@
+"""Size arithmetic that works for ints and SymInts without adding guards: a question that cannot be
+answered statically is answered "no", so the matcher declines instead of specialising the graph."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Union
+
+import torch
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+Size = Union[int, torch.SymInt]
+
+
+def is_concrete(size) -> bool:
+    return isinstance(size, int) and not isinstance(size, bool)
+
+
+def known_equal(a: Size, b: Size) -> bool:
+    if is_concrete(a) and is_concrete(b):
+        return a == b
+    return statically_known_true(a == b)
+
+
+def known_one(size: Size) -> bool:
+    return known_equal(size, 1)
+
+
+def divides(divisor: Size, size: Size) -> bool:
+    """True when divisor statically divides size exactly."""
+    if is_concrete(divisor) and is_concrete(size):
+        return divisor != 0 and size % divisor == 0
+    if known_equal(divisor, size):
+        return True
+    if not is_concrete(divisor):
+        return False
+    return statically_known_true(size % divisor == 0)
+
+
+def exact_div(size: Size, divisor: Size) -> Size:
+    if known_equal(divisor, size):
+        return 1
+    if is_concrete(size) and is_concrete(divisor):
+        return size // divisor
+    return size // divisor
+
+
+def product(sizes: Iterable[Size]) -> Size:
+    result: Size = 1
+    for size in sizes:
+        result = size if is_concrete(result) and result == 1 else result * size
+    return result
+
+
+def size_hint(size: Size) -> int:
+    """A concrete stand-in for a symbolic size (its example value), for shape-only checks."""
+    if is_concrete(size):
+        return size
+    node = size.node
+    return int(node.shape_env.size_hint(node.expr)) if node.has_hint() else 8
+
+
+def describe(size: Size) -> str:
+    return str(size) if is_concrete(size) else f"{size}"
+
+
+def finite_float(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
