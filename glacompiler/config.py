@@ -75,21 +75,24 @@ def default_num_splits(programs_per_split: int, capacity: int, block_n: int, mul
 
 
 def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: int, multiprocessors: int) -> KernelConfig:
+    """Tile choices measured best on an H100 (benchmarks/RESULTS.md) for each shape class; the tuned
+    tables refine them per GPU and bucket."""
     rows = rows_per_kv_head(spec, query_len)
-    widest = max(spec.head_dim_k, spec.head_dim_v)
-    # The fp32 accumulator is block_m x Dv: keep it within what 8 warps hold in registers.
-    row_cap = 64 if spec.head_dim_v <= 256 else 32
-    block_m = min(row_cap, max(16, next_power_of_two(rows)))
-    block_n = 64 if widest <= 128 else 32
-    num_warps = 8 if block_m * spec.head_dim_v >= 64 * 256 else 4
+    if spec.head_dim_v >= 256:
+        # Wide latent heads: 32-key blocks keep the K tiles of all chunks in shared memory; Q is reloaded
+        # from L1/L2 per block because Q and the accumulators together do not fit in registers.
+        block_m = min(128 if spec.head_dim_v >= 512 else 64, max(16, next_power_of_two(rows)))
+        block_n, num_warps, preload_q = 32, 8 if block_m >= 128 else 4, False
+    else:
+        block_m = min(64, max(16, next_power_of_two(rows)))
+        block_n, num_warps, preload_q = 64, 4, spec.head_dim_q + spec.rope_dim <= 256
     programs = batch * spec.num_kv_heads * -(-rows // block_m)
-    num_splits = default_num_splits(programs, capacity, block_n, multiprocessors)
     return KernelConfig(
         block_m=block_m,
         block_n=block_n,
         block_d=64,
-        num_splits=num_splits,
+        num_splits=default_num_splits(programs, capacity, block_n, multiprocessors),
         num_warps=num_warps,
         num_stages=2,
-        preload_q=spec.head_dim_q + spec.rope_dim <= 256,
+        preload_q=preload_q,
     )

@@ -51,12 +51,12 @@ def product(sizes: Iterable[Size]) -> Size:
     return result
 
 
-def size_hint(size: Size) -> int:
-    """A concrete stand-in for a symbolic size (its example value), for shape-only checks."""
+def size_hint(size: Size):
+    """The example value behind a size (the size itself when concrete), or None for an unbacked size."""
     if is_concrete(size):
         return size
-    node = size.node
-    return int(node.shape_env.size_hint(node.expr)) if node.has_hint() else 8
+    hint = getattr(size.node, "hint", None)
+    return None if hint is None else int(hint)
 
 
 def describe(size: Size) -> str:

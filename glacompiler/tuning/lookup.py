@@ -65,17 +65,17 @@ def _read_usable_entries(path: Path) -> list:
     return table.sorted_entries()
 
 
-def programs_per_split(spec: AttentionSpec, bucket: Bucket, block_m: int) -> int:
-    """Programs the kernel launches per KV split: sequences x KV heads x row blocks."""
+def programs_per_split(spec: AttentionSpec, bucket: Bucket, config: KernelConfig) -> int:
+    """Programs the kernel launches per KV split: sequences x KV heads x row blocks x output-dim parts."""
     rows = spec.group_size * bucket.query_len
-    return bucket.batch * spec.num_kv_heads * -(-rows // block_m)
+    return bucket.batch * spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split
 
 
 def rescale_splits(spec: AttentionSpec, config: KernelConfig, tuned: Bucket, wanted: Bucket) -> KernelConfig:
     """A config tuned for a neighbouring bucket, with its split count scaled so that programs x splits (the
     parallelism the tuner picked) stays the same, and no split shorter than one key block."""
-    tuned_programs = programs_per_split(spec, tuned, config.block_m)
-    wanted_programs = programs_per_split(spec, wanted, config.block_m)
+    tuned_programs = programs_per_split(spec, tuned, config)
+    wanted_programs = programs_per_split(spec, wanted, config)
     splits = round(config.num_splits * tuned_programs / wanted_programs)
     longest_useful = max(1, wanted.capacity // config.block_n)
     splits = max(1, min(splits, longest_useful, MAX_SPLITS))

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
-import importlib.resources
 import json
 import math
 import os
@@ -31,6 +29,7 @@ from typing import Any, Iterable, Optional
 
 from ..codegen import cache_dir, templates_version
 from ..config import KernelConfig
+from ..resources import shipped_folder
 from ..spec import AttentionSpec
 
 FORMAT_VERSION = 1
@@ -341,14 +340,10 @@ def user_table_path(gpu_name: str) -> Path:
     return user_tables_dir() / gpu_file_name(gpu_name)
 
 
-@functools.lru_cache(maxsize=None)
 def shipped_tables_dir() -> Path:
-    """The shipped tables: the installed package resource, or tuned_configs/ of a source checkout that is on
-    sys.path without being installed (the GPU machines run from PYTHONPATH)."""
-    try:
-        return Path(str(importlib.resources.files("glacompiler.tuned_configs")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[2] / "tuned_configs"
+    """The shipped tables: the installed package resource glacompiler.tuned_configs, or tuned_configs/ of a
+    source checkout used in place."""
+    return Path(str(shipped_folder("tuned_configs")))
 
 
 def shipped_table_path(gpu_name: str) -> Path:

@@ -1,0 +1,361 @@
+"""Index algebra over chains of view-like ATen ops.
+
+A Layout says, for a tensor X that is a view (in value terms) of a base tensor Y, which element of Y each
+element of X holds. Every dim of X is a product of Pieces, major to minor; a Piece is a run of indices
+along one axis of Y (with a step), or a broadcast run (axis None) along which X repeats. Dims of size 1
+hold no pieces. Clones are transparent: values are what matter, not memory.
+
+With this, a matmul written as expand/view/bmm/view, an einsum lowered to permute/bmm, HF repeat_kv
+(expand + reshape) and repeat_interleave all reduce to the same question: which base axis feeds which
+index of the scores, checked exactly instead of pattern by pattern."""
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import fx
+
+from .sizes import Size, divides, exact_div, is_concrete, known_equal, known_one, product
+
+aten = torch.ops.aten
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    axis: Optional[int]  # axis of the base; None for a broadcast run
+    size: Size
+    step: Size = 1  # index step along the base axis per unit of this piece
+
+    def sub(self, step: Size, size: Size) -> "Piece":
+        """The run of this piece at the given step (in units of this piece) and length."""
+        if self.axis is None:
+            return Piece(None, size)
+        return Piece(self.axis, size, self.step * step if not known_one(step) else self.step)
+
+
+Dim = tuple  # tuple[Piece, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    dims: tuple  # tuple[Dim, ...]
+    base_sizes: tuple  # sizes of the base axes
+
+    @property
+    def rank(self) -> int:
+        return len(self.dims)
+
+    def pieces(self) -> list:
+        return [piece for dim in self.dims for piece in dim]
+
+    def dim_size(self, index: int) -> Size:
+        return product(piece.size for piece in self.dims[index])
+
+
+def identity(sizes: Sequence[Size]) -> Layout:
+    dims = tuple(() if known_one(size) else (Piece(axis, size),) for axis, size in enumerate(sizes))
+    return Layout(dims, tuple(sizes))
+
+
+def merge_adjacent(pieces: Sequence[Piece]) -> tuple:
+    """Fuse neighbouring pieces that form one contiguous run of the same axis (or both broadcast)."""
+    merged: list[Piece] = []
+    for piece in pieces:
+        if merged:
+            major = merged[-1]
+            if major.axis is None and piece.axis is None:
+                merged[-1] = Piece(None, major.size * piece.size)
+                continue
+            if (
+                major.axis is not None
+                and major.axis == piece.axis
+                and known_equal(major.step, piece.step * piece.size)
+            ):
+                merged[-1] = Piece(piece.axis, major.size * piece.size, piece.step)
+                continue
+        merged.append(piece)
+    return tuple(merged)
+
+
+def _split(piece: Piece, minor_size: Size) -> tuple[Piece, Piece]:
+    """Split a piece into (major, minor) with the minor part of minor_size."""
+    major_size = exact_div(piece.size, minor_size)
+    if piece.axis is None:
+        return Piece(None, major_size), Piece(None, minor_size)
+    return Piece(piece.axis, major_size, piece.step * minor_size), Piece(piece.axis, minor_size, piece.step)
+
+
+def regroup(pieces: Sequence[Piece], sizes: Sequence[Size]) -> Optional[tuple]:
+    """Distribute a major-to-minor sequence of pieces over the dims of a new shape (what a view does).
+    None when the sizes do not line up exactly."""
+    queue = list(pieces)
+    dims = []
+    for size in sizes:
+        if known_one(size):
+            dims.append(())
+            continue
+        taken: list[Piece] = []
+        remaining = size
+        while not known_one(remaining):
+            if not queue:
+                return None
+            piece = queue.pop(0)
+            if known_equal(piece.size, remaining):
+                taken.append(piece)
+                remaining = 1
+            elif divides(piece.size, remaining):
+                taken.append(piece)
+                remaining = exact_div(remaining, piece.size)
+            elif divides(remaining, piece.size):
+                major, minor = _split(piece, exact_div(piece.size, remaining))
+                taken.append(major)
+                queue.insert(0, minor)
+                remaining = 1
+            else:
+                return None
+        dims.append(tuple(taken))
+    if queue:
+        return None
+    return tuple(dims)
+
+
+def resolve_run(dim: Sequence[Piece], step: Size, size: Size) -> Optional[list]:
+    """Pieces (over the inner base) covering the indices step * t, t in [0, size), of a composite dim."""
+    pieces = list(dim)
+    # Skip the minor pieces that the step jumps over.
+    remaining_step = step
+    while not known_one(remaining_step):
+        if not pieces:
+            return None
+        minor = pieces.pop()
+        if divides(minor.size, remaining_step):
+            remaining_step = exact_div(remaining_step, minor.size)
+        elif divides(remaining_step, minor.size):
+            major, _ = _split(minor, remaining_step)
+            pieces.append(major)
+            remaining_step = 1
+        else:
+            return None
+    taken: list[Piece] = []
+    remaining = size
+    while not known_one(remaining):
+        if not pieces:
+            return None
+        minor = pieces.pop()
+        if known_equal(minor.size, remaining):
+            taken.insert(0, minor)
+            remaining = 1
+        elif divides(minor.size, remaining):
+            taken.insert(0, minor)
+            remaining = exact_div(remaining, minor.size)
+        elif divides(remaining, minor.size):
+            _, run = _split(minor, remaining)
+            taken.insert(0, run)
+            remaining = 1
+        else:
+            return None
+    return taken
+
+
+def compose(outer: Layout, inner: Layout) -> Optional[Layout]:
+    """outer maps X onto Y, inner maps Y onto Z: the layout of X over Z."""
+    dims = []
+    for dim in outer.dims:
+        pieces: list[Piece] = []
+        for piece in dim:
+            if piece.axis is None:
+                pieces.append(piece)
+                continue
+            run = resolve_run(inner.dims[piece.axis], piece.step, piece.size)
+            if run is None:
+                return None
+            pieces.extend(run)
+        dims.append(merge_adjacent(pieces))
+    return Layout(tuple(dims), inner.base_sizes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# View-like ops: each handler maps the layout of the op's input to the layout of its output (or None when
+# the op is not a pure re-indexing in this instance, e.g. a slice that drops elements).
+
+
+def _val(node) -> Optional[torch.Tensor]:
+    value = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _normalize_dim(dim: int, rank: int) -> int:
+    return dim + rank if dim < 0 else dim
+
+
+def _permute(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    order = [_normalize_dim(d, layout.rank) for d in node.args[1]]
+    return Layout(tuple(layout.dims[d] for d in order), layout.base_sizes)
+
+
+def _transpose(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    a, b = (_normalize_dim(d, layout.rank) for d in node.args[1:3])
+    dims = list(layout.dims)
+    dims[a], dims[b] = dims[b], dims[a]
+    return Layout(tuple(dims), layout.base_sizes)
+
+
+def _t(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    return Layout(tuple(reversed(layout.dims)), layout.base_sizes)
+
+
+def _unsqueeze(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    dim = _normalize_dim(node.args[1], layout.rank + 1)
+    dims = list(layout.dims)
+    dims.insert(dim, ())
+    return Layout(tuple(dims), layout.base_sizes)
+
+
+def _squeeze(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    if len(node.args) < 2:
+        targets = set(range(layout.rank))
+    else:
+        arg = node.args[1]
+        targets = {_normalize_dim(d, layout.rank) for d in (arg if isinstance(arg, (list, tuple)) else [arg])}
+    dims = tuple(dim for index, dim in enumerate(layout.dims) if not (index in targets and not dim))
+    return Layout(dims, layout.base_sizes)
+
+
+def _expand(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    out = _val(node)
+    if out is None:
+        return None
+    new_rank = out.dim()
+    lead = new_rank - layout.rank
+    dims = []
+    for index, size in enumerate(out.shape):
+        source = index - lead
+        old = layout.dims[source] if source >= 0 else ()
+        if old or known_one(size):
+            dims.append(old)
+        else:
+            dims.append((Piece(None, size),))
+    return Layout(tuple(dims), layout.base_sizes)
+
+
+def _view(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    out = _val(node)
+    if out is None:
+        return None
+    dims = regroup(layout.pieces(), list(out.shape))
+    if dims is None:
+        return None
+    return Layout(tuple(merge_adjacent(dim) for dim in dims), layout.base_sizes)
+
+
+def _same(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    return layout
+
+
+def _full_slice(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    """Only a slice that keeps every element is a pure re-indexing; any other slice starts a new base."""
+    source, out = _val(node.args[0]), _val(node)
+    if source is None or out is None or tuple(source.shape) != tuple(out.shape):
+        return None
+    step = node.args[4] if len(node.args) > 4 else 1
+    return layout if step == 1 else None
+
+
+def _select_unit(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    """select on a dim of size 1 only drops that dim."""
+    dim = _normalize_dim(node.args[1], layout.rank)
+    if layout.dims[dim]:
+        return None
+    return Layout(layout.dims[:dim] + layout.dims[dim + 1:], layout.base_sizes)
+
+
+VIEW_OPS: dict[object, Callable[[fx.Node, Layout], Optional[Layout]]] = {
+    aten.view.default: _view,
+    aten._unsafe_view.default: _view,
+    aten.reshape.default: _view,
+    aten.permute.default: _permute,
+    aten.transpose.int: _transpose,
+    aten.t.default: _t,
+    aten.unsqueeze.default: _unsqueeze,
+    aten.squeeze.default: _squeeze,
+    aten.squeeze.dim: _squeeze,
+    aten.squeeze.dims: _squeeze,
+    aten.expand.default: _expand,
+    aten.clone.default: _same,
+    aten.alias.default: _same,
+    aten.slice.Tensor: _full_slice,
+    aten.select.int: _select_unit,
+}
+
+
+def is_view_like(node) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in VIEW_OPS
+
+
+@dataclasses.dataclass
+class Traced:
+    """node == base viewed through `chain` (oldest first); layout maps node onto base."""
+
+    base: fx.Node
+    layout: Layout
+    chain: list  # the view nodes between base (exclusive) and node (inclusive)
+
+
+def trace(node: fx.Node) -> Optional[Traced]:
+    """Follow view-like ops back from node to the first op that is not a pure re-indexing."""
+    chain = []
+    current = node
+    while is_view_like(current):
+        source = current.args[0]
+        if not isinstance(source, fx.Node) or _val(source) is None:
+            break
+        chain.append(current)
+        current = source
+    chain.reverse()
+    base_val = _val(current)
+    if base_val is None:
+        return None
+    layout = identity(list(base_val.shape))
+    applied = []
+    for view_node in chain:
+        step = VIEW_OPS[view_node.target](view_node, layout)
+        if step is None:
+            # Not a pure re-indexing here: the tensor it produces becomes the base.
+            base_val = _val(view_node)
+            layout = identity(list(base_val.shape))
+            applied = []
+            current = view_node
+            continue
+        layout = step
+        applied.append(view_node)
+    return Traced(current, layout, applied)
+
+
+def getitem_source(node: fx.Node) -> Optional[tuple]:
+    """(multi-output node, index) when node is operator.getitem on a node's result."""
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+        return node.args[0], node.args[1]
+    return None
+
+
+def broadcast_layout(source_shape: Sequence[Size], target_shape: Sequence[Size]) -> Optional[Layout]:
+    """Layout of `source` broadcast to `target` (numpy rules), over source's axes."""
+    lead = len(target_shape) - len(source_shape)
+    if lead < 0:
+        return None
+    dims = []
+    for index, size in enumerate(target_shape):
+        source = index - lead
+        if source < 0 or known_one(source_shape[source]):
+            dims.append(() if known_one(size) else (Piece(None, size),))
+        elif known_equal(source_shape[source], size):
+            dims.append((Piece(source, size),))
+        else:
+            return None
+    return Layout(tuple(dims), tuple(source_shape))
+
+
+def concrete_sizes(sizes: Sequence[Size]) -> bool:
+    return all(is_concrete(size) for size in sizes)

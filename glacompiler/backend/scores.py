@@ -1,0 +1,192 @@
+"""From a softmax's input back to the q.k products, collecting the scale and the masks on the way.
+
+Ops allowed between the products and the softmax (anything else declines the site):
+
+| op                                        | meaning                                                        |
+|-------------------------------------------|----------------------------------------------------------------|
+| view-like (view, permute, expand, ...)    | re-indexing, tracked exactly (layout.py)                       |
+| convert_element_type float -> float       | precision only                                                 |
+| mul / div by a Python number > 0          | softmax scale                                                  |
+| add(scores, mask)                         | additive mask (float), scaled by any later multiplier          |
+| add(scores_1, scores_2)                   | sum of products: MLA/GLA's q_lat.c + q_pe.k_pe                 |
+| where(cond, scores, fill) / masked_fill   | boolean mask, fill -inf or huge negative (< -1e30 once scaled)  |
+| bmm / mm                                  | a q.k product (a term)                                         |
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+from torch import fx
+
+from .layout import VIEW_OPS, Layout, _val, broadcast_layout, compose, identity, is_view_like
+from .operands import Decline, convert_dtypes, is_call, scalar_factor, scalar_value
+
+aten = torch.ops.aten
+
+# A fill at or below this (after later scaling) contributes exp(fill - max) == 0 in float32 for any
+# finite scores, so it is the same as excluding the key.
+NEGLIGIBLE_FILL = -1e30
+
+PRODUCT_OPS = (aten.bmm.default, aten.mm.default)
+
+
+@dataclasses.dataclass
+class RawTerm:
+    product: fx.Node  # bmm / mm
+    c_over_product: Layout  # the softmax input over the product's output
+    scale: float  # multipliers between this product and the softmax
+
+
+@dataclasses.dataclass
+class MaskUse:
+    node: fx.Node
+    additive: bool  # float added to the scores; else boolean
+    attend_if: bool  # boolean masks: the value that means "attend"
+    c_over_mask: Layout  # the softmax input over the mask's axes (broadcast dims hold no pieces)
+    multiplier: float  # additive masks: the scale applied after them
+
+
+@dataclasses.dataclass
+class ScoreWalk:
+    terms: list
+    masks: list
+    chain: list  # nodes between products and softmax input, owned by the site
+
+
+def fill_value(arg) -> Optional[float]:
+    value = scalar_value(arg)
+    if value is not None:
+        return value
+    if is_call(arg, aten.full.default) and not _val(arg).shape:
+        return scalar_value(arg.args[1])
+    if is_call(arg, aten.scalar_tensor.default):
+        return scalar_value(arg.args[0])
+    return None
+
+
+def _view_step(node: fx.Node) -> Optional[Layout]:
+    source = _val(node.args[0])
+    return VIEW_OPS[node.target](node, identity(list(source.shape)))
+
+
+def reaches_product(node, budget: int = 24) -> bool:
+    """Whether node is computed from a bmm/mm through ops allowed between products and softmax."""
+    stack, seen = [node], set()
+    while stack and budget > 0:
+        current = stack.pop()
+        if not isinstance(current, fx.Node) or current in seen:
+            continue
+        seen.add(current)
+        budget -= 1
+        if is_call(current, *PRODUCT_OPS):
+            return True
+        if is_view_like(current) or convert_dtypes(current) is not None:
+            stack.append(current.args[0])
+        elif scalar_factor(current) is not None:
+            stack.append(scalar_factor(current)[0])
+        elif is_call(current, aten.add.Tensor, aten.where.self, aten.masked_fill.Scalar):
+            stack.extend(arg for arg in current.args if isinstance(arg, fx.Node))
+    return False
+
+
+def _mask_layout(c_over_node: Layout, mask: fx.Node, node: fx.Node) -> Layout:
+    mask_val, node_val = _val(mask), _val(node)
+    if mask_val is None or node_val is None:
+        raise Decline(f"mask {mask.name} has no tensor metadata")
+    spread = broadcast_layout(list(mask_val.shape), list(node_val.shape))
+    composed = None if spread is None else compose(c_over_node, spread)
+    if composed is None:
+        raise Decline(f"mask {mask.name} of shape {tuple(mask_val.shape)} does not broadcast to the scores")
+    return composed
+
+
+def walk_scores(scores: fx.Node) -> ScoreWalk:
+    walk = ScoreWalk([], [], [])
+    value = _val(scores)
+    _visit(scores, identity(list(value.shape)), 1.0, walk, is_root=True)
+    if not walk.terms:
+        raise Decline("no q.k product feeds the softmax")
+    return walk
+
+
+def _visit(node, c_over_node: Layout, scale: float, walk: ScoreWalk, is_root: bool = False) -> None:
+    if not isinstance(node, fx.Node) or _val(node) is None:
+        raise Decline("scores come from a non-tensor value")
+    if not is_root:
+        walk.chain.append(node)
+    if is_call(node, *PRODUCT_OPS):
+        walk.terms.append(RawTerm(node, c_over_node, scale))
+        return
+    if is_view_like(node):
+        step = _view_step(node)
+        composed = None if step is None else compose(c_over_node, step)
+        if composed is None:
+            raise Decline(f"scores pass through {node.target} that does not keep every element")
+        _visit(node.args[0], composed, scale, walk)
+        return
+    dtypes = convert_dtypes(node)
+    if dtypes is not None:
+        if not (dtypes[0].is_floating_point and dtypes[1].is_floating_point):
+            raise Decline(f"scores are cast from {dtypes[0]} to {dtypes[1]}")
+        _visit(node.args[0], c_over_node, scale, walk)
+        return
+    scaled = scalar_factor(node)
+    if scaled is not None:
+        source, factor = scaled
+        if not factor > 0:
+            raise Decline(f"scores are multiplied by {factor} (the op needs a positive scale)")
+        _visit(source, c_over_node, scale * factor, walk)
+        return
+    if is_call(node, aten.add.Tensor):
+        _visit_add(node, c_over_node, scale, walk)
+        return
+    if is_call(node, aten.where.self):
+        cond, when_true, when_false = node.args[:3]
+        _visit_fill(node, cond, when_true, when_false, c_over_node, scale, walk)
+        return
+    if is_call(node, aten.masked_fill.Scalar):
+        source, cond, fill = node.args[:3]
+        _visit_fill(node, cond, fill, source, c_over_node, scale, walk)
+        return
+    raise Decline(f"scores are computed by {node.target} (not a scale, a mask or a q.k product)")
+
+
+def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk) -> None:
+    if node.kwargs.get("alpha", 1) != 1:
+        raise Decline("scores are combined by add with alpha != 1")
+    left, right = node.args[:2]
+    left_scores, right_scores = reaches_product(left), reaches_product(right)
+    if left_scores and right_scores:
+        _visit(left, c_over_node, scale, walk)
+        _visit(right, c_over_node, scale, walk)
+        return
+    if not (left_scores or right_scores):
+        raise Decline("neither side of an add on the scores comes from a q.k product")
+    source, mask = (left, right) if left_scores else (right, left)
+    if not isinstance(mask, fx.Node):
+        raise Decline("a constant is added to the scores")
+    mask_val = _val(mask)
+    if mask_val is None or not mask_val.is_floating_point():
+        raise Decline(f"additive mask {mask.name} is not a floating tensor")
+    walk.masks.append(MaskUse(mask, True, True, _mask_layout(c_over_node, mask, node), scale))
+    _visit(source, c_over_node, scale, walk)
+
+
+def _visit_fill(node, cond, when_true, when_false, c_over_node: Layout, scale: float, walk: ScoreWalk) -> None:
+    """where(cond, a, b): one of a/b is the scores, the other a constant fill that excludes keys."""
+    true_fill, false_fill = fill_value(when_true), fill_value(when_false)
+    if true_fill is not None and false_fill is None:
+        fill, source, attend_if = true_fill, when_false, False
+    elif false_fill is not None and true_fill is None:
+        fill, source, attend_if = false_fill, when_true, True
+    else:
+        raise Decline("a where() on the scores does not select between scores and a constant fill")
+    if not (fill == -math.inf or fill * scale <= NEGLIGIBLE_FILL):
+        raise Decline(f"masked scores are replaced by {fill}, which still takes part in the softmax")
+    if not isinstance(cond, fx.Node) or _val(cond) is None or _val(cond).dtype != torch.bool:
+        raise Decline("the mask selecting masked scores is not a boolean tensor")
+    walk.masks.append(MaskUse(cond, False, attend_if, _mask_layout(c_over_node, cond, node), 1.0))
+    _visit(source, c_over_node, scale, walk)

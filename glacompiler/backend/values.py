@@ -1,0 +1,124 @@
+"""The probabilities times V: which V axis serves as batch, KV head, key position and value dim, and
+which node holds the attention output (the node our op's output replaces)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+from torch import fx
+
+from .layout import Layout, _val, compose, is_view_like, merge_adjacent, regroup
+from .operands import Decline, Operand, convert_dtypes, is_call, walk_operand
+from .products import ProductAtoms, bmm_atoms
+from .scores import PRODUCT_OPS
+from .slots import whole
+
+aten = torch.ops.aten
+
+
+@dataclasses.dataclass
+class ValueSide:
+    v: Operand
+    atoms: ProductAtoms  # left runs over the slot space, right runs over V's base
+    output: fx.Node  # the node our op's output replaces
+    output_over_atoms: Layout  # that node over the atoms of `atoms`
+    slot_axes: dict  # slot index -> V axis, for batch and KV-head slots
+    key_axis: int
+    dim_axis: int
+    chain: list  # nodes between the softmax output and the product, owned by the site
+
+
+def follow_probabilities(probs: fx.Node) -> tuple:
+    """(the product that consumes the probabilities, the nodes in between)."""
+    chain = []
+    current = probs
+    while True:
+        users = list(current.users)
+        if len(users) != 1:
+            raise Decline(
+                f"the attention probabilities ({current.name}) are used by {len(users)} nodes "
+                "(an intermediate is used elsewhere, e.g. returned attention weights)"
+            )
+        user = users[0]
+        if is_call(user, *PRODUCT_OPS):
+            if user.args[0] is not current:
+                raise Decline("the probabilities are the right operand of the value product")
+            return user, chain
+        dtypes = convert_dtypes(user)
+        if is_view_like(user) or (dtypes is not None and dtypes[1].is_floating_point):
+            chain.append(user)
+            current = user
+            continue
+        raise Decline(
+            f"the probabilities pass through {user.target} before the value product (dropout or reweighting)"
+        )
+
+
+def analyze_values(left_over_slots: Layout, v: Operand, slots: list, output: fx.Node,
+                   output_over_atoms: Optional[Layout], chain: list) -> ValueSide:
+    atoms = bmm_atoms(left_over_slots, v.layout)
+    if atoms is None:
+        raise Decline("the probabilities and V do not line up over batch or head dims")
+    if output_over_atoms is None:
+        output_over_atoms = atoms.output_layout()
+    slot_sizes = [slot.size for slot in slots]
+    v_sizes = v.layout.base_sizes
+    slot_axes = {}
+    seen = set()
+    for atom in atoms.batch + atoms.rows:
+        if not whole(atom.left, slot_sizes):
+            raise Decline("the value product splits a score dim differently from the q.k product")
+        index = atom.left.axis
+        slot = slots[index]
+        seen.add(index)
+        if slot.role in ("batch", "head", "paired"):
+            if not whole(atom.right, v_sizes):
+                raise Decline("V is not indexed by the same batch/KV-head axes as K")
+            slot_axes[index] = atom.right.axis
+        elif atom.right is not None:
+            raise Decline("V varies along a query row, so rows do not share their values")
+    key_pieces = [a.left for a in atoms.contraction]
+    value_keys = merge_adjacent([a.right for a in atoms.contraction if a.right is not None])
+    key_slot = next(i for i, s in enumerate(slots) if s.role == "key")
+    if (
+        len(key_pieces) != 1
+        or not whole(key_pieces[0], slot_sizes)
+        or key_pieces[0].axis != key_slot
+        or len(value_keys) != 1
+        or not whole(value_keys[0], v_sizes)
+    ):
+        raise Decline("the value product does not sum the probabilities over the key positions of V")
+    dims = merge_adjacent([a.right for a in atoms.cols if a.right is not None])
+    if len(dims) != 1 or not whole(dims[0], v_sizes) or len(atoms.cols) != len([a for a in atoms.cols if a.right]):
+        raise Decline("the value dim of V is not one whole axis")
+    missing = [i for i, s in enumerate(slots) if s.role != "key" and i not in seen]
+    if missing:
+        raise Decline("a score dim is summed away by the value product")
+    used_axes = set(slot_axes.values()) | {value_keys[0].axis, dims[0].axis}
+    for axis, size in enumerate(v_sizes):
+        if axis not in used_axes and not (isinstance(size, int) and size == 1):
+            raise Decline("V has an axis that the attention does not account for")
+    return ValueSide(v, atoms, output, output_over_atoms, slot_axes, value_keys[0].axis, dims[0].axis, chain)
+
+
+def values_of_product(probs: fx.Node, slots: list, c_over_slots: Layout) -> ValueSide:
+    product, chain = follow_probabilities(probs)
+    left = walk_operand(product.args[0], allow_scale=False)
+    if left.base is not probs:
+        raise Decline("the value product's left operand is not the probabilities")
+    left_over_slots = compose(left.layout, c_over_slots)
+    if left_over_slots is None:
+        raise Decline("the probabilities are regrouped in a way that cannot be followed")
+    v = walk_operand(product.args[1], allow_scale=False)
+    if v.layout.rank != left_over_slots.rank:
+        raise Decline("the value product has unexpected operand ranks")
+    return analyze_values(left_over_slots, v, slots, product, None, chain + left.nodes)
+
+
+def output_layout_for(atoms: ProductAtoms, output: fx.Node) -> Layout:
+    """An output that is the (virtual) product reshaped to its own shape, e.g. SDPA's [*, Hq, L, Ev]."""
+    dims = regroup(atoms.output_layout().pieces(), list(_val(output).shape))
+    if dims is None:
+        raise Decline("the attention output cannot be related to the value product")
+    return Layout(tuple(merge_adjacent(d) for d in dims), tuple(a.size for a in atoms.output_atoms))
