@@ -254,13 +254,26 @@ def _same(node: fx.Node, layout: Layout) -> Optional[Layout]:
     return layout
 
 
-def _full_slice(node: fx.Node, layout: Layout) -> Optional[Layout]:
-    """Only a slice that keeps every element is a pure re-indexing; any other slice starts a new base."""
+def _prefix_slice(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    """A slice that keeps every element, or the first n of a dim that is one run: both are pure
+    re-indexings. Any other slice starts a new base."""
     source, out = _val(node.args[0]), _val(node)
-    if source is None or out is None or tuple(source.shape) != tuple(out.shape):
+    if source is None or out is None:
         return None
+    dim = _normalize_dim(node.args[1] if len(node.args) > 1 else 0, layout.rank)
+    start = node.args[2] if len(node.args) > 2 else 0
     step = node.args[4] if len(node.args) > 4 else 1
-    return layout if step == 1 else None
+    if step != 1:
+        return None
+    if known_equal(source.shape[dim], out.shape[dim]):
+        return layout
+    if start not in (0, None) or len(layout.dims[dim]) != 1:
+        return None
+    piece = layout.dims[dim][0]
+    size = out.shape[dim]
+    dims = list(layout.dims)
+    dims[dim] = () if known_one(size) else (Piece(piece.axis, size, piece.step),)
+    return Layout(tuple(dims), layout.base_sizes)
 
 
 def _select_unit(node: fx.Node, layout: Layout) -> Optional[Layout]:
@@ -285,7 +298,7 @@ VIEW_OPS: dict[object, Callable[[fx.Node, Layout], Optional[Layout]]] = {
     aten.expand.default: _expand,
     aten.clone.default: _same,
     aten.alias.default: _same,
-    aten.slice.Tensor: _full_slice,
+    aten.slice.Tensor: _prefix_slice,
     aten.select.int: _select_unit,
 }
 

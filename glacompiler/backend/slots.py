@@ -203,12 +203,12 @@ def slot_space(slots: list, rank: int) -> Layout:
 
 def whole(piece: Optional[Piece], sizes) -> bool:
     """piece covers its whole base axis, in order."""
-    return (
-        piece is not None
-        and piece.axis is not None
-        and known_equal(piece.step, 1)
-        and known_equal(piece.size, sizes[piece.axis])
-    )
+    return prefix(piece) and known_equal(piece.size, sizes[piece.axis])
+
+
+def prefix(piece: Optional[Piece]) -> bool:
+    """piece covers the first piece.size entries of its base axis, in order (a view, no copy)."""
+    return piece is not None and piece.axis is not None and known_equal(piece.step, 1)
 
 
 def assign_roles(slots: list, softmax_dim: int) -> None:

@@ -12,7 +12,7 @@ from .layout import Layout, _val, compose, is_view_like, merge_adjacent, regroup
 from .operands import Decline, Operand, convert_dtypes, is_call, walk_operand
 from .products import ProductAtoms, bmm_atoms
 from .scores import PRODUCT_OPS
-from .slots import whole
+from .slots import prefix, whole
 
 aten = torch.ops.aten
 
@@ -73,7 +73,7 @@ def analyze_values(left_over_slots: Layout, v: Operand, slots: list, output: fx.
         slot = slots[index]
         seen.add(index)
         if slot.role in ("batch", "head", "paired"):
-            if not whole(atom.right, v_sizes):
+            if not prefix(atom.right):
                 raise Decline("V is not indexed by the same batch/KV-head axes as K")
             slot_axes[index] = atom.right.axis
         elif atom.right is not None:
@@ -86,11 +86,11 @@ def analyze_values(left_over_slots: Layout, v: Operand, slots: list, output: fx.
         or not whole(key_pieces[0], slot_sizes)
         or key_pieces[0].axis != key_slot
         or len(value_keys) != 1
-        or not whole(value_keys[0], v_sizes)
+        or not prefix(value_keys[0])
     ):
         raise Decline("the value product does not sum the probabilities over the key positions of V")
     dims = merge_adjacent([a.right for a in atoms.cols if a.right is not None])
-    if len(dims) != 1 or not whole(dims[0], v_sizes) or len(atoms.cols) != len([a for a in atoms.cols if a.right]):
+    if len(dims) != 1 or not prefix(dims[0]) or len(atoms.cols) != len([a for a in atoms.cols if a.right]):
         raise Decline("the value dim of V is not one whole axis")
     missing = [i for i, s in enumerate(slots) if s.role != "key" and i not in seen]
     if missing:

@@ -1,0 +1,134 @@
+"""Masks found on an attention site, reduced to what the op takes: one tensor broadcastable to
+[B, Hq, Lq, S], boolean (True = attend) or additive.
+
+Normalisations (each exact; anything else stays an additive float mask, which the op also takes):
+
+| mask as found                                   | becomes                                                   |
+|-------------------------------------------------|-----------------------------------------------------------|
+| where(cond, 0, -inf or < -1e30) (SDPA's bool->float, HF's min-fill) | boolean cond, so the kernel can skip blocks |
+| where(cond, -inf or < -1e30, 0)                 | boolean, attend where cond is False                       |
+| slice of constant_pad_nd (efficient attention pads the bias) | the unpadded tensor                          |
+| views of any of these                           | followed exactly                                          |
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+from torch import fx
+
+from .layout import Layout, _val, broadcast_layout, compose, trace
+from .operands import Decline, convert_dtypes, is_call
+from .products import align
+from .sizes import known_equal, known_one
+from .scores import NEGLIGIBLE_FILL, MaskUse, fill_value
+
+aten = torch.ops.aten
+
+
+@dataclasses.dataclass
+class PlacedMask:
+    node: fx.Node  # tensor read by the mask
+    additive: bool
+    attend_if: bool  # boolean masks: True = attend where node is True
+    multiplier: float  # additive masks are multiplied by this first
+    slot_axes: dict  # slot index -> axis of node along which the mask varies
+    unit_axes: list  # axes of node of size 1
+
+
+def _negligible(value: Optional[float], multiplier: float) -> bool:
+    return value is not None and (value == -math.inf or value * multiplier <= NEGLIGIBLE_FILL)
+
+
+def _unpadded(base: fx.Node, layout: Layout) -> Optional[tuple]:
+    """slice(constant_pad_nd(x, [0, p]), -1, 0, n) with n <= x's size: read x instead."""
+    if not is_call(base, aten.slice.Tensor):
+        return None
+    source = base.args[0]
+    if not is_call(source, aten.constant_pad_nd.default):
+        return None
+    pad = list(source.args[1])
+    inner = source.args[0]
+    inner_val, base_val = _val(inner), _val(base)
+    rank = inner_val.dim()
+    dim = base.args[1] + rank if base.args[1] < 0 else base.args[1]
+    start = base.args[2] if len(base.args) > 2 else 0
+    step = base.args[4] if len(base.args) > 4 else 1
+    if len(pad) != 2 or pad[0] != 0 or dim != rank - 1 or start not in (0, None) or step != 1:
+        return None
+    if not (isinstance(base_val.shape[dim], int) and isinstance(inner_val.shape[dim], int)):
+        return None
+    if base_val.shape[dim] > inner_val.shape[dim]:
+        return None
+    return inner, Layout(layout.dims, tuple(inner_val.shape))
+
+
+def normalize(use: MaskUse) -> tuple:
+    """(node, additive, attend_if, C over node's axes)."""
+    node, additive, attend_if, layout = use.node, use.additive, use.attend_if, use.c_over_mask
+    while True:
+        traced = trace(node)
+        if traced is not None and traced.chain:
+            composed = compose(layout, traced.layout)
+            if composed is None:
+                raise Decline(f"mask {node.name} is a view that cannot be followed")
+            node, layout = traced.base, composed
+            continue
+        unpadded = _unpadded(node, layout)
+        if unpadded is not None:
+            node, layout = unpadded
+            continue
+        dtypes = convert_dtypes(node)
+        if additive and dtypes is not None and dtypes[0].is_floating_point and dtypes[1].is_floating_point:
+            node = node.args[0]
+            continue
+        if additive and is_call(node, aten.where.self):
+            cond, when_true, when_false = node.args[:3]
+            true_fill, false_fill = fill_value(when_true), fill_value(when_false)
+            if true_fill == 0 and _negligible(false_fill, use.multiplier):
+                flip = True
+            elif false_fill == 0 and _negligible(true_fill, use.multiplier):
+                flip = False
+            else:
+                break
+            spread = broadcast_layout(list(_val(cond).shape), list(_val(node).shape))
+            composed = None if spread is None else compose(layout, spread)
+            if composed is None or _val(cond).dtype != torch.bool:
+                break
+            node, layout, additive, attend_if = cond, composed, False, flip
+            continue
+        break
+    return node, additive, attend_if, layout
+
+
+def place(use: MaskUse, c_over_slots: Layout, slots: list) -> PlacedMask:
+    node, additive, attend_if, c_over_node = normalize(use)
+    node_sizes = list(_val(node).shape)
+    slot_axes = {}
+    for dim in range(c_over_slots.rank):
+        pairs = align(c_over_slots.dims[dim], c_over_node.dims[dim])
+        if pairs is None:
+            raise Decline(f"mask {node.name} does not line up with the scores")
+        for atom in pairs:
+            if atom.right is None:
+                continue
+            slot_piece, mask_piece = atom.left, atom.right
+            slot = slots[slot_piece.axis]
+            if not (known_equal(slot_piece.step, 1) and known_equal(slot_piece.size, slot.size)):
+                raise Decline(f"mask {node.name} varies along part of a score dim")
+            if not (known_equal(mask_piece.step, 1) and known_equal(mask_piece.size, node_sizes[mask_piece.axis])):
+                raise Decline(f"mask {node.name} is read with a stride pattern the op cannot express")
+            if slot_piece.axis in slot_axes or mask_piece.axis in slot_axes.values():
+                raise Decline(f"mask {node.name} folds several score dims into one axis")
+            slot_axes[slot_piece.axis] = mask_piece.axis
+    used = set(slot_axes.values())
+    unit_axes = []
+    for axis, size in enumerate(node_sizes):
+        if axis in used:
+            continue
+        if not known_one(size):
+            raise Decline(f"mask {node.name} has an axis the scores do not index")
+        unit_axes.append(axis)
+    return PlacedMask(node, additive, attend_if, use.multiplier if additive else 1.0, slot_axes, unit_axes)

@@ -1,0 +1,192 @@
+"""The GPU objective of a study: time the generated kernels for one (spec, bucket) with a given config, and
+check a config's output against the default config's.
+
+Timing: triton.testing.do_bench (median; it clears L2 before every call) over CUDA-graph replays of the op,
+so host-side launch overhead is not timed. Inputs are random and, when one set is smaller than twice the L2,
+several sets are rotated so no call finds its cache in L2.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Callable, Optional
+
+import torch
+
+from ..config import KernelConfig
+from ..ops import attention_with_kvcache_config
+from ..spec import AttentionSpec
+from ..testing import FamilyMember, make_decode_problem, max_error, rounding_atol
+from ..validation import ProblemShape
+from .resources import DeviceLimits
+
+MAX_INPUT_SETS = 16
+# The correctness check runs on a problem this long at most (its float32 reference expands K/V per head).
+CHECK_CAPACITY = 4096
+CHECK_BATCH = 2
+# do_bench windows in ms: a short first look (for pruning) and the measurement that is recorded.
+QUICK_WINDOW = (2, 6)
+FULL_WINDOW = (10, 40)
+
+Timer = Callable[[Callable[[], None], bool], float]  # (fn, quick) -> median milliseconds per call
+
+
+def do_bench_timer(fn: Callable[[], None], quick: bool) -> float:
+    import triton.testing
+
+    warmup, rep = QUICK_WINDOW if quick else FULL_WINDOW
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def member_of(spec: AttentionSpec) -> FamilyMember:
+    return FamilyMember(spec.kind, spec.num_q_heads, spec.num_kv_heads, spec.head_dim_q, spec.head_dim_k,
+                        spec.head_dim_v, spec.rope_dim, spec.tied)
+
+
+def cache_bytes_per_set(spec: AttentionSpec, shape: ProblemShape) -> int:
+    """Bytes of KV cache one call reads."""
+    element = torch.empty((), dtype=spec.torch_dtype).element_size()
+    per_token = spec.num_kv_heads * (spec.head_dim_k + (0 if spec.tied else spec.head_dim_v)) + spec.rope_dim
+    return shape.batch * shape.capacity * per_token * element
+
+
+def input_sets_needed(spec: AttentionSpec, shape: ProblemShape, l2_bytes: int) -> int:
+    return max(1, min(MAX_INPUT_SETS, -(-2 * l2_bytes // max(1, cache_bytes_per_set(spec, shape)))))
+
+
+def make_timing_inputs(spec: AttentionSpec, shape: ProblemShape, device: torch.device, sets: int, seed: int = 0) -> list:
+    """`sets` keyword-argument dicts for attention_with_kvcache_config, every sequence full (length = capacity).
+
+    Paged caches share one page pool; each set's page table takes its own random pages, so the sets together
+    span sets x one set's bytes. Contiguous caches get separate tensors per set."""
+    dtype = spec.torch_dtype
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*dims):
+        return torch.randn(*dims, device=device, dtype=dtype, generator=generator)
+
+    batch, capacity, query_len = shape.batch, shape.capacity, shape.query_len
+    v_dim = None if spec.tied else spec.head_dim_v
+    lengths = torch.full((batch,), capacity, dtype=torch.int32, device=device)
+    if shape.page_size:
+        pages_per_seq = -(-capacity // shape.page_size)
+        pool = sets * batch * pages_per_seq
+        lead = (pool, shape.page_size)
+        order = torch.randperm(pool, device=device, generator=generator).to(torch.int32)
+        tables = order.view(sets, batch, pages_per_seq)
+        shared_caches = (randn(*lead, spec.num_kv_heads, spec.head_dim_k),
+                         None if v_dim is None else randn(*lead, spec.num_kv_heads, v_dim),
+                         randn(*lead, spec.rope_dim) if spec.rope_dim else None)
+    inputs = []
+    for index in range(sets):
+        if shape.page_size:
+            k_cache, v_cache, k_rope_cache = shared_caches
+            page_table = tables[index].contiguous()
+        else:
+            lead = (batch, capacity)
+            k_cache = randn(*lead, spec.num_kv_heads, spec.head_dim_k)
+            v_cache = None if v_dim is None else randn(*lead, spec.num_kv_heads, v_dim)
+            k_rope_cache = randn(*lead, spec.rope_dim) if spec.rope_dim else None
+            page_table = None
+        inputs.append(dict(
+            q=randn(batch, query_len, spec.num_q_heads, spec.head_dim_q),
+            k_cache=k_cache, v_cache=v_cache,
+            q_rope=randn(batch, query_len, spec.num_q_heads, spec.rope_dim) if spec.rope_dim else None,
+            k_rope_cache=k_rope_cache, cache_seqlens=lengths, page_table=page_table,
+        ))
+    return inputs
+
+
+class KernelBenchmark:
+    """ConfigEvaluator for one (spec, bucket) on one device. Call close() (or use `with`) to free the inputs."""
+
+    def __init__(self, spec: AttentionSpec, shape: ProblemShape, device: torch.device, limits: DeviceLimits, *,
+                 timer: Optional[Timer] = None, use_cuda_graphs: Optional[bool] = None, seed: int = 0,
+                 check_capacity: int = CHECK_CAPACITY):
+        self.spec, self.shape, self.device = spec, shape, torch.device(device)
+        self.timer = timer or do_bench_timer
+        self.use_cuda_graphs = self.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
+        self.check_capacity = check_capacity
+        self.seed = seed
+        sets = input_sets_needed(spec, shape, limits.l2_bytes)
+        needed = sets * cache_bytes_per_set(spec, shape)
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if needed > 0.8 * free:
+                raise MemoryError(f"inputs need {needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free")
+        self.inputs = make_timing_inputs(spec, shape, self.device, sets, seed)
+        self._runner_config: Optional[KernelConfig] = None
+        self._runner: Optional[Callable[[], None]] = None
+        self._check_problem = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self._runner = self._runner_config = self._check_problem = None
+        self.inputs = []
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _calls(self, config: KernelConfig) -> list:
+        return [functools.partial(attention_with_kvcache_config, **kwargs, config=config) for kwargs in self.inputs]
+
+    def _make_runner(self, config: KernelConfig) -> Callable[[], None]:
+        calls = self._calls(config)
+        calls[0]()  # compiles, and raises OutOfResources and friends outside any graph capture
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if not self.use_cuda_graphs:
+            cycle = itertools.cycle(calls)
+            return lambda: next(cycle)()
+        graphs = []
+        pool = torch.cuda.graph_pool_handle()
+        for call in calls:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                call()
+            graphs.append(graph)
+        cycle = itertools.cycle(graphs)
+        return lambda: next(cycle).replay()
+
+    def time_us(self, config: KernelConfig, quick: bool) -> float:
+        if config != self._runner_config:
+            self._runner = self._runner_config = None  # free the previous config's graphs first
+            self._runner = self._make_runner(config)
+            self._runner_config = config
+        return 1000.0 * self.timer(self._runner, quick)
+
+    def output_mismatch(self, config: KernelConfig, reference: KernelConfig) -> Optional[str]:
+        """FlashAttention's rule on a short problem with NaN past each length: config's error against a float32
+        reference may be at most 2x the reference config's error plus the dtype's rounding atol."""
+        if self._check_problem is None:
+            capacity = min(self.shape.capacity, self.check_capacity)
+            if self.shape.page_size:
+                capacity = max(self.shape.page_size, capacity // self.shape.page_size * self.shape.page_size)
+            batch = min(self.shape.batch, CHECK_BATCH)
+            # Uneven lengths: partial key blocks, splits of different lengths, one sequence full.
+            lengths = [max(self.shape.query_len, capacity - 37 * (i + 1)) for i in range(batch - 1)] + [capacity]
+            problem = make_decode_problem(
+                member_of(self.spec), batch, self.shape.query_len, capacity, dtype=self.spec.torch_dtype,
+                device=self.device, page_size=self.shape.page_size, seqlens=lengths,
+                generator=torch.Generator().manual_seed(self.seed + 1),
+            )
+            expected_out, expected_lse = problem.reference(torch.float32)
+            self._check_problem = (problem, expected_out, expected_lse)
+        problem, expected_out, expected_lse = self._check_problem
+        reference_out, reference_lse = attention_with_kvcache_config(**problem.kwargs, config=reference)
+        out, lse = attention_with_kvcache_config(**problem.kwargs, config=config)
+        if torch.isnan(out).any() or torch.isnan(lse).any():
+            return "NaN in the output"
+        atol = rounding_atol(expected_out, self.spec.torch_dtype)
+        error, reference_error = max_error(out, expected_out), max_error(reference_out, expected_out)
+        if error > 2 * reference_error + atol:
+            return f"output error {error:.3g} > 2 x default's {reference_error:.3g} + atol {atol:.3g}"
+        lse_atol = max(atol, 1e-5 if self.spec.dtype == "float32" else 1e-3)
+        lse_error, reference_lse_error = max_error(lse, expected_lse), max_error(reference_lse, expected_lse)
+        if lse_error > 2 * reference_lse_error + lse_atol:
+            return f"lse error {lse_error:.3g} > 2 x default's {reference_lse_error:.3g} + atol {lse_atol:.3g}"
+        return None
