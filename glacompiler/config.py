@@ -66,31 +66,41 @@ def rows_per_kv_head(spec: AttentionSpec, query_len: int) -> int:
 
 
 def default_num_splits(programs_per_split: int, capacity: int, block_n: int, multiprocessors: int) -> int:
-    """Enough splits to give every SM about two programs, never a split shorter than four key blocks."""
-    if programs_per_split >= multiprocessors:
-        return 1
-    wanted = -(-2 * multiprocessors // programs_per_split)
-    longest_useful = max(1, capacity // (4 * block_n))
-    return max(1, min(wanted, longest_useful, MAX_SPLITS))
+    """The fewest splits that fill the SMs' last wave to 75% or more (each split costs a partial write and
+    a combine); never a split shorter than four key blocks."""
+    longest_useful = max(1, min(MAX_SPLITS, capacity // (4 * block_n)))
+    for splits in range(1, longest_useful + 1):
+        programs = programs_per_split * splits
+        waves = -(-programs // multiprocessors)
+        if programs / (waves * multiprocessors) >= 0.75:
+            return splits
+    return longest_useful
 
 
 def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: int, multiprocessors: int) -> KernelConfig:
     """Tile choices measured best on an H100 (benchmarks/RESULTS.md) for each shape class; the tuned
     tables refine them per GPU and bucket."""
     rows = rows_per_kv_head(spec, query_len)
-    if spec.head_dim_v >= 256:
-        # Wide latent heads: 32-key blocks keep the K tiles of all chunks in shared memory; Q is reloaded
-        # from L1/L2 per block because Q and the accumulators together do not fit in registers.
-        block_m = min(128 if spec.head_dim_v >= 512 else 64, max(16, next_power_of_two(rows)))
-        block_n, num_warps, preload_q = 32, 8 if block_m >= 128 else 4, False
+    if spec.head_dim_v >= 512:
+        # MLA-wide latents: one program per 128 packed rows, so each key block is read once. 32-key blocks
+        # keep all K chunks in shared memory; Q is reloaded per block (it does not fit beside them).
+        block_m = min(128, max(16, next_power_of_two(rows)))
+        block_n, block_d, num_warps, preload_q = 32, 64, 8 if block_m >= 128 else 4, False
+    elif spec.head_dim_v >= 256 and rows > 64:
+        # GLA-style latents with many packed rows: two warpgroups, each with a 64-row accumulator.
+        block_m, block_n, block_d, num_warps, preload_q = 128, 64, 256, 8, True
+    elif spec.head_dim_v >= 256:
+        # One warpgroup over 64 rows: with M = 64, more warps only split the product and run slower.
+        block_m = min(64, max(16, next_power_of_two(rows)))
+        block_n, block_d, num_warps, preload_q = 32, 64, 4, True
     else:
         block_m = min(64, max(16, next_power_of_two(rows)))
-        block_n, num_warps, preload_q = 64, 4, spec.head_dim_q + spec.rope_dim <= 256
+        block_n, block_d, num_warps, preload_q = 64, 64, 4, spec.head_dim_q + spec.rope_dim <= 256
     programs = batch * spec.num_kv_heads * -(-rows // block_m)
     return KernelConfig(
         block_m=block_m,
         block_n=block_n,
-        block_d=64,
+        block_d=block_d,
         num_splits=default_num_splits(programs, capacity, block_n, multiprocessors),
         num_warps=num_warps,
         num_stages=2,

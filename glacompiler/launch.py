@@ -2,6 +2,7 @@
 depends on shapes, never on tensor values."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional
 
@@ -14,6 +15,7 @@ from .spec import AttentionSpec
 from .validation import ProblemShape
 
 LOG2_E = 1.4426950408889634
+LOGGER = logging.getLogger("glacompiler")
 COMBINE_BLOCK_DV = 64
 
 
@@ -87,7 +89,7 @@ def launch_decode_attention(
 
     rows = group * query_len
     grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
-    module.decode_attention_split_kernel[grid](
+    compiled = module.decode_attention_split_kernel[grid](
         q, k_cache, values, q_rope_arg, k_rope_arg, cache_seqlens, kv_begin, kv_end, page_arg, mask,
         split_out, split_lse,
         *q.stride()[:3],
@@ -113,6 +115,10 @@ def launch_decode_attention(
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
+    if LOGGER.isEnabledFor(logging.DEBUG):
+        # Registers, spills and shared memory of the compiled kernel: the first things to read when a config is slow.
+        LOGGER.debug("%s %s: regs %s, spills %s, shared %s", spec.key(), config, getattr(compiled, "n_regs", "?"),
+                     getattr(compiled, "n_spills", "?"), getattr(getattr(compiled, "metadata", None), "shared", "?"))
     if num_splits > 1:
         combine_grid = (batch * query_len * num_q_heads, -(-head_dim_v // COMBINE_BLOCK_DV))
         module.combine_splits_kernel[combine_grid](
