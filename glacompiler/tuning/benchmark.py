@@ -7,8 +7,10 @@ several sets are rotated so no call finds its cache in L2.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import logging
 from typing import Callable, Optional
 
 import torch
@@ -22,7 +24,7 @@ from .resources import DeviceLimits
 
 MAX_INPUT_SETS = 16
 # The correctness check runs on a problem this long at most (its float32 reference expands K/V per head).
-CHECK_CAPACITY = 4096
+CHECK_CAPACITY = 2048
 CHECK_BATCH = 2
 # do_bench windows in ms: a short first look (for pruning) and the measurement that is recorded.
 QUICK_WINDOW = (2, 6)
@@ -97,6 +99,34 @@ def make_timing_inputs(spec: AttentionSpec, shape: ProblemShape, device: torch.d
     return inputs
 
 
+class _CompiledResourceRecorder(logging.Handler):
+    """Picks up what launch.py logs at DEBUG after a launch (spec key, config, registers, spills, shared bytes),
+    so each trial can store what the compiler really used next to the resource model's estimate."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.by_config: dict = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[1], KernelConfig):
+            registers, spills, shared = args[2:]
+            self.by_config[args[1]] = {"registers": registers, "spill_bytes": spills, "shared_bytes": shared}
+
+
+@contextlib.contextmanager
+def _recording(recorder: _CompiledResourceRecorder):
+    logger = logging.getLogger("glacompiler")
+    previous = logger.level
+    logger.addHandler(recorder)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(recorder)
+        logger.setLevel(previous)
+
+
 class KernelBenchmark:
     """ConfigEvaluator for one (spec, bucket) on one device. Call close() (or use `with`) to free the inputs."""
 
@@ -118,6 +148,7 @@ class KernelBenchmark:
         self._runner_config: Optional[KernelConfig] = None
         self._runner: Optional[Callable[[], None]] = None
         self._check_problem = None
+        self._compiled = _CompiledResourceRecorder()
 
     def __enter__(self):
         return self
@@ -136,7 +167,8 @@ class KernelBenchmark:
 
     def _make_runner(self, config: KernelConfig) -> Callable[[], None]:
         calls = self._calls(config)
-        calls[0]()  # compiles, and raises OutOfResources and friends outside any graph capture
+        with _recording(self._compiled):
+            calls[0]()  # compiles, and raises OutOfResources and friends outside any graph capture
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         if not self.use_cuda_graphs:
@@ -158,6 +190,10 @@ class KernelBenchmark:
             self._runner = self._make_runner(config)
             self._runner_config = config
         return 1000.0 * self.timer(self._runner, quick)
+
+    def compiled_resources(self, config: KernelConfig) -> Optional[dict]:
+        """Registers, spilled bytes and shared memory of the compiled kernel, once the config has run."""
+        return self._compiled.by_config.get(config)
 
     def output_mismatch(self, config: KernelConfig, reference: KernelConfig) -> Optional[str]:
         """FlashAttention's rule on a short problem with NaN past each length: config's error against a float32

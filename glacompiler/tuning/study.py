@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
+from pathlib import Path
 from typing import Optional, Protocol, Sequence, TextIO
 
 import optuna
@@ -23,6 +23,8 @@ from ..validation import ProblemShape
 from .resources import DeviceLimits, estimate_resources
 from .space import SearchSpace, build_search_space
 from .tables import Bucket, TableEntry
+
+MAX_POLISH_ROUNDS = 4
 
 # Optuna >= 5 takes constraints from the trial; older versions from a sampler callback.
 _TRIAL_HAS_SET_CONSTRAINT = hasattr(optuna.trial.Trial, "set_constraint")
@@ -57,8 +59,10 @@ class TuningBudget:
     trials: int = 24  # configs compiled and timed per bucket; resource-pruned and repeated ones are free
     time_s: Optional[float] = None  # wall clock for this bucket
     prune_ratio: float = 1.5  # a quick look slower than this x the best so far ends the trial
-    refine_splits: bool = True  # after the search, try the split counts next to the best config's
+    polish_share: float = 0.25  # of the trials, kept for the one-knob-at-a-time walk from the best config
+    refine_splits: bool = True  # at the end, try the split counts next to the best config's (no recompiling)
     check_candidates: int = 3  # fastest configs checked against the default's output before giving up
+    confirm_rounds: int = 2  # alternate timings of the default and the winner, recorded as their times
     sample_limit_factor: int = 10  # at most trials x this many sampled (pruned or repeated) trials
 
 
@@ -135,7 +139,9 @@ class _Progress:
             return
         width = 20
         filled = min(width, round(width * evaluated / max(1, self.trials)))
-        parts = [f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {evaluated}/{self.trials}"]
+        count = f"{evaluated}/{self.trials}" if evaluated <= self.trials else \
+            f"{self.trials}/{self.trials} +{evaluated - self.trials} split counts"
+        parts = [f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {count}"]
         if best is not None:
             parts.append(f"best {best:.1f} us")
         if default is not None:
@@ -162,10 +168,9 @@ def _best_value(study: optuna.Study) -> Optional[float]:
 
 
 class _Objective:
-    def __init__(self, spec, space, base, evaluator, limits, budget, progress, default_params):
+    def __init__(self, spec, space, base, evaluator, limits, budget, default_params):
         self.spec, self.space, self.base = spec, space, base
         self.evaluator, self.limits, self.budget = evaluator, limits, budget
-        self.progress = progress
         self.default_params = default_params
 
     def _default_value(self, study: optuna.Study) -> Optional[float]:
@@ -181,16 +186,31 @@ class _Objective:
                 return t
         return None
 
+    def _record_compiled(self, trial: optuna.trial.Trial, config: KernelConfig) -> None:
+        """What the compiler really used, next to the model's "model" attribute (for checking the model on
+        the Triton of the GPU machine from the journal)."""
+        compiled_resources = getattr(self.evaluator, "compiled_resources", None)
+        used = compiled_resources(config) if compiled_resources is not None else None
+        if used:
+            trial.set_user_attr("compiled", {key: value if isinstance(value, (int, float)) else str(value)
+                                             for key, value in used.items()})
+
     def __call__(self, trial: optuna.trial.Trial) -> float:
         config = self.space.suggest(trial, self.base)
         estimate = estimate_resources(self.spec, config)
         excess = estimate.worst_excess(self.limits)
+        earlier = self._earlier_trial(trial.study, trial)
+        is_default = trial.params == self.default_params
+        if earlier is not None and earlier.state == TrialState.FAIL:
+            excess = max(excess, 1.0)  # failed to compile or launch: as infeasible as the model's rejects
+        elif is_default:
+            excess = min(excess, 0.0)  # timed whatever the model says: it is the baseline, and what runs untuned
         _set_constraint(trial, excess)
         if excess > 0:
-            trial.set_user_attr("pruned", f"resources: {estimate.describe(self.limits)}")
+            reason = f"repeat of failed trial {earlier.number}" if earlier is not None else \
+                f"resources: {estimate.describe(self.limits)}"
+            trial.set_user_attr("pruned", reason)
             raise optuna.TrialPruned()
-
-        earlier = self._earlier_trial(trial.study, trial)
         if earlier is not None:
             trial.set_user_attr("repeat_of", earlier.number)
             if earlier.state == TrialState.COMPLETE:
@@ -200,10 +220,13 @@ class _Objective:
             raise optuna.TrialPruned()
 
         trial.set_user_attr("evaluated", True)
+        trial.set_user_attr("model", {"shared_bytes": estimate.shared_bytes,
+                                      "registers": round(estimate.registers_per_thread)})
         study = trial.study
         best = _best_value(study)
         try:
             quick = self.evaluator.time_us(config, quick=True)
+            self._record_compiled(trial, config)
             trial.report(quick, 0)
             if best is not None and quick > self.budget.prune_ratio * best:
                 trial.set_user_attr("pruned", f"slow: {quick:.1f} us > {self.budget.prune_ratio} x best {best:.1f} us")
@@ -214,6 +237,7 @@ class _Objective:
         except Exception as error:
             description = _describe(error)
             trial.set_user_attr("error", description)
+            self._record_compiled(trial, config)
             if any(message in description.lower() for message in _FATAL_CUDA_MESSAGES):
                 raise DeviceLost(f"config {config} broke the GPU context: {description}") from error
             raise KernelFailure(description) from error
@@ -242,13 +266,14 @@ def tune_bucket(
         default_config = heuristic_config(spec, shape.batch, shape.capacity, shape.query_len, limits.multiprocessors)
     space = build_search_space(spec, shape, limits.multiprocessors, include=[default_config])
     name = study_name(spec, shape, space, limits.name)
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        sampler=make_sampler(seed, startup_trials=max(4, budget.trials // 4)),
-        direction="minimize",
-        load_if_exists=True,
-    )
+    with _quiet_optuna():
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=make_sampler(seed, startup_trials=max(4, budget.trials // 4)),
+            direction="minimize",
+            load_if_exists=True,
+        )
     default_params = space.params(default_config)
     # The heuristic first (the baseline every speed-up is measured against), then configs tuned for
     # neighbouring buckets; skip_if_exists keeps a resumed study from queueing them twice.
@@ -260,7 +285,7 @@ def tune_bucket(
 
     label = f"{spec.kind} hq{spec.num_q_heads}/{spec.num_kv_heads} {Bucket(shape.batch, shape.capacity, shape.query_len).label()}"
     bar = _Progress(progress, label, budget.trials)
-    objective = _Objective(spec, space, default_config, evaluator, limits, budget, bar, default_params)
+    objective = _Objective(spec, space, default_config, evaluator, limits, budget, default_params)
 
     def time_left() -> Optional[float]:
         return None if budget.time_s is None else budget.time_s - (time.monotonic() - started)
@@ -271,9 +296,11 @@ def tune_bucket(
             bar.update(_count_evaluated(study), _best_value(study), objective._default_value(study), note)
 
     sample_limit = budget.trials * budget.sample_limit_factor
+    # TPE gets most of the budget; the rest walks one knob at a time from its best config.
+    search_trials = budget.trials - (round(budget.trials * budget.polish_share) if budget.polish_share else 0)
 
-    def stop_at_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if _count_evaluated(study) >= budget.trials or len(_trials(study)) >= sample_limit:
+    def stop_at_search_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if _count_evaluated(study) >= search_trials or len(_trials(study)) >= sample_limit:
             study.stop()
 
     def optimize(n_trials: int, callbacks: list) -> None:
@@ -284,12 +311,48 @@ def tune_bucket(
                        catch=(KernelFailure,), gc_after_trial=False, show_progress_bar=False)
 
     with _quiet_optuna():
-        if _count_evaluated(study) < budget.trials and len(_trials(study)) < sample_limit:
-            optimize(sample_limit - len(_trials(study)), [report, stop_at_budget])
+        if _count_evaluated(study) < search_trials and len(_trials(study)) < sample_limit:
+            optimize(sample_limit - len(_trials(study)), [report, stop_at_search_budget])
+        if budget.polish_share:
+            _polish(study, space, optimize, report, budget.trials)
         if budget.refine_splits:
             _refine_splits(study, space, optimize, report)
 
     return _select(study, spec, shape, space, default_config, default_params, evaluator, budget, name)
+
+
+def _params_key(params: dict) -> tuple:
+    return tuple(sorted(params.items()))
+
+
+def _polish(study, space: SearchSpace, optimize, report, trial_budget: int) -> None:
+    """Coordinate search from the best config: every knob but the split count one step up and down, while
+    that improves and the trial budget lasts. On short budgets TPE lands near the optimum; this walks the
+    last steps."""
+    for _ in range(MAX_POLISH_ROUNDS):
+        left = trial_budget - _count_evaluated(study)
+        complete = _trials(study, (TrialState.COMPLETE,))
+        if left <= 0 or not complete:
+            return
+        best = min(complete, key=lambda t: t.value)
+        tried = {_params_key(t.params) for t in _trials(study)}
+        queued = 0
+        for name, values in space.choices:
+            if name == "num_splits" or best.params[name] not in values:
+                continue
+            index = values.index(best.params[name])
+            for neighbour in (index - 1, index + 1):
+                params = dict(best.params, **{name: values[neighbour]}) if 0 <= neighbour < len(values) else None
+                if params is None or _params_key(params) in tried or queued >= left:
+                    continue
+                tried.add(_params_key(params))
+                study.enqueue_trial(params)
+                queued += 1
+        if not queued:
+            return
+        optimize(queued, [report])
+        if min(t.value for t in _trials(study, (TrialState.COMPLETE,))) >= best.value:
+            return
 
 
 def _refine_splits(study, space: SearchSpace, optimize, report) -> None:
@@ -338,13 +401,19 @@ def _select(study, spec, shape, space, default_config, default_params, evaluator
             break
         rejected.append({"config": config.to_dict(), "us": round(candidate.value, 3), "reason": reason})
         study.set_user_attr(f"rejected_trial_{candidate.number}", reason)
+    default_us = default_trial.value
+    if chosen != default_config and budget.confirm_rounds:
+        default_us, chosen_us = _confirm(evaluator, default_config, chosen, budget.confirm_rounds, default_us, chosen_us)
+        if chosen_us >= default_us:
+            study.set_user_attr("confirmation", f"{chosen} was not faster than the default when timed again")
+            chosen, chosen_us = default_config, default_us
     return BucketResult(
         spec=spec,
         shape=shape,
         config=chosen,
         tuned_us=chosen_us,
         default_config=default_config,
-        default_us=default_trial.value,
+        default_us=default_us,
         evaluated=sum(1 for t in trials if t.user_attrs.get("evaluated")),
         failed=sum(1 for t in trials if t.state == TrialState.FAIL),
         resource_pruned=sum(1 for t in trials if str(t.user_attrs.get("pruned", "")).startswith("resources")),
@@ -352,6 +421,19 @@ def _select(study, spec, shape, space, default_config, default_params, evaluator
         rejected=rejected,
         study_name=name,
     )
+
+
+def _confirm(evaluator, default_config, chosen, rounds, default_us, chosen_us) -> tuple:
+    """Time the default and the chosen config again, alternating, so that the recorded speed-up compares
+    them under the same clocks and temperature (the default was timed first, on a cold GPU)."""
+    default_times, chosen_times = [], []
+    try:
+        for _ in range(rounds):
+            default_times.append(evaluator.time_us(default_config, quick=False))
+            chosen_times.append(evaluator.time_us(chosen, quick=False))
+    except Exception:  # keep the search's numbers; the configs ran there
+        return default_us, chosen_us
+    return sum(default_times) / rounds, sum(chosen_times) / rounds
 
 
 class _quiet_optuna:
@@ -370,8 +452,5 @@ def journal_storage(path) -> optuna.storages.BaseStorage:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
-
-
-def default_progress_stream() -> TextIO:
-    return sys.stdout

@@ -1,0 +1,298 @@
+"""`glacompiler autotune` and `glacompiler configs show`.
+
+Also runnable on its own (no other subcommands needed): python -m glacompiler.tuning.command autotune ...
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+from ..validation import MAX_QUERY_LEN
+from .presets import PRESETS, TUNABLE_KINDS, Dims, spec_from_dims
+
+DEFAULT_BATCHES = (1, 8, 32, 128)
+DEFAULT_SEQLENS = (1024, 8192, 32768)
+DEFAULT_QUERY_LENS = (1, 2, 4)
+DEFAULT_TRIALS = 24
+EXIT_USAGE = 2
+
+
+def register(subparsers) -> None:
+    autotune = subparsers.add_parser(
+        "autotune",
+        help="tune kernel configs on this GPU and store them in a table",
+        description="Tune decode-attention kernel configs with Optuna for one or more specs over a grid of shape "
+                    "buckets (batch x cache length x query length) and write them to a table (default: the "
+                    "user cache for this GPU, where the op finds them).",
+    )
+    what = autotune.add_argument_group("what to tune: --preset, or --kind with dims")
+    what.add_argument("--preset", nargs="+", choices=sorted(PRESETS), metavar="NAME",
+                      help=f"one or more of the paper's configs: {', '.join(sorted(PRESETS))}")
+    what.add_argument("--kind", choices=TUNABLE_KINDS)
+    what.add_argument("--heads", type=int, help="query heads")
+    what.add_argument("--kv-heads", "--latent-heads", dest="kv_heads", type=int,
+                      help="KV heads (MLA/GLA: latent heads); default: heads for mha, 1 for mqa and mla")
+    what.add_argument("--head-dim", "--latent-dim", dest="head_dim", type=int,
+                      help="head dim (GTA: the tied state d_h; MLA/GLA: the latent width)")
+    what.add_argument("--rope-dim", type=int, help="shared rope key width; default 64 for gta/mla/gla, else 0")
+    autotune.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    autotune.add_argument("--page-size", type=int, default=64, help="page size of the paged cache; 0 = contiguous")
+    grid = autotune.add_argument_group("buckets")
+    grid.add_argument("--batch", type=int, nargs="+", default=list(DEFAULT_BATCHES))
+    grid.add_argument("--seqlen", type=int, nargs="+", default=list(DEFAULT_SEQLENS), help="cache lengths")
+    grid.add_argument("--q-len", type=int, nargs="+", default=list(DEFAULT_QUERY_LENS), help="query tokens per step")
+    budget = autotune.add_argument_group("budget")
+    budget.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="configs timed per bucket")
+    budget.add_argument("--time-budget", type=float, help="seconds for the whole run; buckets share what is left")
+    budget.add_argument("--bucket-time", type=float, help="seconds per bucket at most")
+    output = autotune.add_argument_group("output")
+    output.add_argument("--out", help="table file, or a directory (gets <GPU>.json); default: the user cache")
+    output.add_argument("--storage", help="Optuna journal file, to resume an interrupted run; default: <out>.journal")
+    output.add_argument("--retune", action="store_true", help="tune buckets that the table already has")
+    autotune.set_defaults(handler=functools.partial(run_autotune, parser=autotune))
+
+    configs = subparsers.add_parser("configs", help="inspect tuned-config tables")
+    configs_sub = configs.add_subparsers(dest="configs_command", required=True)
+    show = configs_sub.add_parser("show", help="print a table file readably")
+    show.add_argument("target", nargs="?",
+                      help="a table file or a GPU name (e.g. 'NVIDIA H200'); default: this GPU, else every table found")
+    show.set_defaults(handler=run_configs_show)
+
+
+class UsageError(ValueError):
+    pass
+
+
+def specs_from_args(args) -> list:
+    """The specs an autotune command asks for; UsageError for impossible requests."""
+    if args.preset and args.kind:
+        raise UsageError("give either --preset or --kind with dims, not both")
+    if not args.preset and not args.kind:
+        raise UsageError("say what to tune: --preset NAME, or --kind with --heads, --kv-heads/--latent-heads and "
+                         "--head-dim/--latent-dim")
+    if args.preset:
+        explicit = [flag for flag, value in (("--heads", args.heads), ("--kv-heads", args.kv_heads),
+                                             ("--head-dim", args.head_dim), ("--rope-dim", args.rope_dim)) if value is not None]
+        if explicit:
+            raise UsageError(f"{', '.join(explicit)} cannot be combined with --preset (presets fix their dims)")
+        named = [PRESETS[name] for name in dict.fromkeys(args.preset)]
+    else:
+        kv_heads = args.kv_heads
+        if kv_heads is None:
+            kv_heads = {"mha": args.heads, "mqa": 1, "mla": 1}.get(args.kind)
+        missing = [flag for flag, value in (("--heads", args.heads), ("--kv-heads/--latent-heads", kv_heads),
+                                            ("--head-dim/--latent-dim", args.head_dim)) if value is None]
+        if missing:
+            raise UsageError(f"--kind {args.kind} needs {', '.join(missing)}")
+        rope_dim = args.rope_dim if args.rope_dim is not None else (64 if args.kind in ("gta", "mla", "gla") else 0)
+        named = [Dims(args.kind, args.heads, kv_heads, args.head_dim, rope_dim)]
+    specs = []
+    for dims in named:
+        try:
+            specs.append(spec_from_dims(dims, args.dtype, args.page_size))
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"bad dims: {error}") from None
+    return specs
+
+
+def check_grid(args) -> None:
+    for flag, values in (("--batch", args.batch), ("--seqlen", args.seqlen), ("--q-len", args.q_len)):
+        bad = [v for v in values if v < 1]
+        if bad:
+            raise UsageError(f"{flag} values must be positive, got {bad}")
+    too_long = [v for v in args.q_len if v > MAX_QUERY_LEN]
+    if too_long:
+        raise UsageError(f"--q-len values must be at most {MAX_QUERY_LEN}, got {too_long}")
+    if args.page_size:
+        ragged = [v for v in args.seqlen if v % args.page_size]
+        if ragged:
+            raise UsageError(f"--seqlen values must be multiples of the page size {args.page_size}, got {ragged}")
+    short = [v for v in args.seqlen if v < max(args.q_len)]
+    if short:
+        raise UsageError(f"--seqlen values must hold the {max(args.q_len)} query tokens, got {short}")
+    if args.trials < 1:
+        raise UsageError(f"--trials must be >= 1, got {args.trials}")
+    for flag, value in (("--time-budget", args.time_budget), ("--bucket-time", args.bucket_time)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be positive, got {value}")
+
+
+def canonical_command(args) -> str:
+    """The command line that reproduces this run (recorded in the table)."""
+    words = ["glacompiler", "autotune"]
+    if args.preset:
+        words += ["--preset", *dict.fromkeys(args.preset)]
+    else:
+        words += ["--kind", args.kind, "--heads", str(args.heads)]
+        if args.kv_heads is not None:
+            words += ["--kv-heads", str(args.kv_heads)]
+        words += ["--head-dim", str(args.head_dim)]
+        if args.rope_dim is not None:
+            words += ["--rope-dim", str(args.rope_dim)]
+    words += ["--dtype", args.dtype, "--page-size", str(args.page_size)]
+    for flag, values in (("--batch", args.batch), ("--seqlen", args.seqlen), ("--q-len", args.q_len)):
+        words += [flag, *map(str, values)]
+    words += ["--trials", str(args.trials)]
+    for flag, value in (("--time-budget", args.time_budget), ("--bucket-time", args.bucket_time)):
+        if value is not None:
+            words += [flag, f"{value:g}"]
+    return shlex.join(words)
+
+
+def _error(parser: Optional[argparse.ArgumentParser], message: str) -> int:
+    prog = parser.prog if parser is not None else "glacompiler"
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def resolve_out_path(out: Optional[str], gpu_name: str) -> Path:
+    from .tables import gpu_file_name, user_table_path
+
+    if out is None:
+        return user_table_path(gpu_name)
+    path = Path(out)
+    if path.is_dir() or out.endswith(("/", "\\")):
+        return path / gpu_file_name(gpu_name)
+    return path
+
+
+def run_autotune(args, parser: Optional[argparse.ArgumentParser] = None) -> int:
+    try:
+        specs = specs_from_args(args)
+        check_grid(args)
+    except UsageError as error:
+        return _error(parser, str(error))
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return _error(parser, "autotune times kernels on a CUDA GPU, and torch sees none here "
+                              "(torch.cuda.is_available() is False). Run it on the GPU the table is for.")
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        return _error(parser, "autotune needs optuna: pip install 'glacompiler[tune]'")
+
+    from .benchmark import KernelBenchmark
+    from .driver import plan_jobs, run_tuning
+    from .resources import DeviceLimits
+    from .study import TuningBudget
+    from .tables import read_table, speedup_summary
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    limits = DeviceLimits.for_device(device)
+    out_path = resolve_out_path(args.out, limits.name)
+    storage_path = Path(args.storage) if args.storage else out_path.with_suffix(".journal")
+    jobs = plan_jobs(specs, args.batch, args.seqlen, args.q_len, args.page_size)
+    print(f"# {limits.name}: {len(jobs)} buckets x up to {args.trials} trials -> {out_path} (journal {storage_path})",
+          flush=True)
+    summary = run_tuning(
+        jobs,
+        out_path=out_path,
+        limits=limits,
+        evaluator_factory=lambda job: KernelBenchmark(job.spec, job.shape, device, limits),
+        budget=TuningBudget(trials=args.trials, time_s=args.bucket_time),
+        total_time_s=args.time_budget,
+        storage_path=storage_path,
+        command=canonical_command(args),
+        retune=args.retune,
+    )
+    print(f"# tuned {len(summary.tuned)}, already in the table {len(summary.already_done)}, "
+          f"not started (time) {len(summary.not_started)}, failed {len(summary.failed)}")
+    for job in summary.not_started:
+        print(f"#   not covered: {job.label()}")
+    for job, reason in summary.failed:
+        print(f"#   failed: {job.label()}: {reason}")
+    if out_path.exists():
+        stats = speedup_summary(read_table(out_path).entries.values())
+        if stats:
+            print(f"# table: {stats['entries']} entries, speed-up over the heuristic: median x{stats['median']:.2f}, "
+                  f"worst x{stats['worst']:.2f}, best x{stats['best']:.2f}")
+    return 0 if not summary.failed else 1
+
+
+def _config_label(config) -> str:
+    return (f"m{config.block_m} n{config.block_n} d{config.block_d} dv/{config.dv_split} s{config.num_splits} "
+            f"w{config.num_warps} st{config.num_stages}{' pq' if config.preload_q else ''}")
+
+
+def _spec_label(spec) -> str:
+    rope = f"+{spec.rope_dim}" if spec.rope_dim else ""
+    return (f"{spec.kind} {spec.num_q_heads}/{spec.num_kv_heads} {spec.head_dim_q}:{spec.head_dim_k}:{spec.head_dim_v}"
+            f"{rope} {spec.dtype}{' paged' if spec.paged else ''}")
+
+
+def format_table(table, path) -> str:
+    from ..codegen import templates_version
+    from .tables import speedup_summary
+
+    state = "current" if table.templates_version == templates_version() else f"STALE (now {templates_version()})"
+    lines = [
+        f"{path}",
+        f"  gpu {table.gpu}; torch {table.torch_version}; triton {table.triton_version}; {table.date}",
+        f"  templates {table.templates_version} ({state})",
+        *(f"  command: {command}" for command in table.commands),
+    ]
+    rows = [(_spec_label(e.spec), f"{e.bucket.batch}x{e.bucket.capacity}x{e.bucket.query_len}", _config_label(e.config),
+             f"{e.tuned_us:.1f}", f"{e.default_us:.1f}", f"x{e.speedup:.2f}") for e in table.sorted_entries()]
+    header = ("spec", "BxSxLq", "config", "tuned us", "default us", "speed-up")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    stats = speedup_summary(table.entries.values())
+    if stats:
+        lines.append(f"  {stats['entries']} entries; speed-up over the heuristic: median x{stats['median']:.2f}, "
+                     f"worst x{stats['worst']:.2f}, best x{stats['best']:.2f}")
+    return "\n".join(lines)
+
+
+def _table_paths(target: Optional[str]) -> list:
+    from .tables import gpu_file_name, shipped_tables_dir, user_table_path, user_tables_dir
+
+    if target is not None and Path(target).is_file():
+        return [Path(target)]
+    if target is None:
+        import torch
+
+        if torch.cuda.is_available():
+            target = torch.cuda.get_device_name()
+    if target is None:
+        return sorted(user_tables_dir().glob("*.json")) + sorted(shipped_tables_dir().glob("*.json"))
+    return [path for path in (user_table_path(target), shipped_tables_dir() / gpu_file_name(target)) if path.is_file()]
+
+
+def run_configs_show(args) -> int:
+    from .tables import TableFormatError, read_table
+
+    paths = _table_paths(args.target)
+    if not paths:
+        where = f"for {args.target!r}" if args.target else "in the user cache or the shipped tables"
+        print(f"glacompiler configs show: no table {where}", file=sys.stderr)
+        return 1
+    status = 0
+    for path in paths:
+        try:
+            print(format_table(read_table(path), path))
+        except (OSError, TableFormatError) as error:
+            print(f"glacompiler configs show: {path}: {error}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glacompiler", description="decode-attention kernel tuning")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Tune many (spec, bucket) jobs in one process under a total wall-clock budget, writing the table after every
+bucket so that a run killed at its time limit keeps everything it finished."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence, TextIO
+
+from ..config import KernelConfig
+from ..spec import AttentionSpec
+from ..validation import ProblemShape
+from .resources import DeviceLimits
+from .study import BucketResult, ConfigEvaluator, DeviceLost, TuningBudget, journal_storage, tune_bucket
+from .tables import Bucket, ConfigTable, open_for_update, write_table
+
+# A bucket given less than this is not started: compiling the default alone can take that long.
+MIN_BUCKET_SECONDS = 10.0
+SEED_NEIGHBOURS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class TuningJob:
+    spec: AttentionSpec
+    shape: ProblemShape
+
+    @property
+    def bucket(self) -> Bucket:
+        return Bucket(self.shape.batch, self.shape.capacity, self.shape.query_len)
+
+    def label(self) -> str:
+        return f"{self.spec.key()} {self.bucket.label()}"
+
+
+def plan_jobs(specs: Sequence[AttentionSpec], batches: Sequence[int], capacities: Sequence[int],
+              query_lens: Sequence[int], page_size: int) -> list:
+    """Query length outermost (Lq 1 first: plain decoding), then each (capacity, batch) for every spec in turn,
+    so that a run cut short covers all specs evenly, and each spec's buckets are tuned next to their
+    neighbours (whose best configs seed the next study)."""
+    return [
+        TuningJob(spec, ProblemShape(batch=batch, query_len=query_len, capacity=capacity,
+                                     page_size=page_size if spec.paged else 0))
+        for query_len in query_lens
+        for capacity in capacities
+        for batch in batches
+        for spec in specs
+    ]
+
+
+@dataclasses.dataclass
+class RunSummary:
+    out_path: Path
+    tuned: list = dataclasses.field(default_factory=list)  # BucketResult
+    already_done: list = dataclasses.field(default_factory=list)  # TuningJob
+    not_started: list = dataclasses.field(default_factory=list)  # TuningJob (out of time)
+    failed: list = dataclasses.field(default_factory=list)  # (TuningJob, reason)
+    notes: list = dataclasses.field(default_factory=list)
+
+
+def neighbour_configs(table: ConfigTable, job: TuningJob, count: int = SEED_NEIGHBOURS) -> list:
+    """Tuned configs of the same spec from the nearest buckets (log space), to seed a study."""
+    same_spec = [entry for entry in table.entries.values() if entry.spec == job.spec and entry.bucket != job.bucket]
+    same_spec.sort(key=lambda entry: (entry.bucket.log_distance(job.bucket), entry.bucket))
+    configs: list = []
+    for entry in same_spec:
+        if entry.config not in configs:
+            configs.append(entry.config)
+        if len(configs) == count:
+            break
+    return configs
+
+
+EvaluatorFactory = Callable[[TuningJob], ConfigEvaluator]
+
+
+def run_tuning(
+    jobs: Sequence[TuningJob],
+    *,
+    out_path: Path,
+    limits: DeviceLimits,
+    evaluator_factory: EvaluatorFactory,
+    budget: TuningBudget,
+    total_time_s: Optional[float] = None,
+    storage_path: Optional[Path] = None,
+    command: str = "",
+    retune: bool = False,
+    progress: Optional[TextIO] = sys.stdout,
+    default_config_for: Optional[Callable[[TuningJob], KernelConfig]] = None,
+) -> RunSummary:
+    started = time.monotonic()
+    out_path = Path(out_path)
+    table, note = open_for_update(out_path, limits.name)
+    summary = RunSummary(out_path)
+    if note:
+        summary.notes.append(note)
+        _say(progress, note)
+    storage = journal_storage(storage_path) if storage_path else None
+
+    pending = []
+    for job in jobs:
+        if not retune and table.get(job.spec, job.bucket) is not None:
+            summary.already_done.append(job)
+        else:
+            pending.append(job)
+    if summary.already_done:
+        _say(progress, f"{len(summary.already_done)} buckets already in {out_path}; {len(pending)} to tune")
+
+    for position, job in enumerate(pending):
+        bucket_time = budget.time_s
+        if total_time_s is not None:
+            remaining = total_time_s - (time.monotonic() - started)
+            fair_share = remaining / (len(pending) - position)
+            if remaining < MIN_BUCKET_SECONDS:
+                summary.not_started.extend(pending[position:])
+                break
+            share = max(MIN_BUCKET_SECONDS, fair_share)
+            bucket_time = share if bucket_time is None else min(bucket_time, share)
+        _say(progress, f"[{position + 1}/{len(pending)}] {job.label()}"
+                       + (f" (up to {bucket_time:.0f} s)" if bucket_time is not None else ""))
+        try:
+            evaluator = evaluator_factory(job)
+        except Exception as error:
+            summary.failed.append((job, f"inputs: {type(error).__name__}: {error}"))
+            _say(progress, f"  skipped: {type(error).__name__}: {error}")
+            continue
+        try:
+            result = tune_bucket(
+                job.spec, job.shape, evaluator, limits,
+                budget=dataclasses.replace(budget, time_s=bucket_time),
+                storage=storage,
+                default_config=default_config_for(job) if default_config_for else None,
+                seed_configs=neighbour_configs(table, job),
+                progress=progress,
+            )
+        except DeviceLost as error:
+            summary.failed.append((job, str(error)))
+            summary.not_started.extend(pending[position + 1:])
+            _say(progress, f"  stopping: {error}")
+            break
+        finally:
+            close = getattr(evaluator, "close", None)
+            if close is not None:
+                close()
+        if result is None:
+            summary.failed.append((job, "the default config failed"))
+            _say(progress, "  no entry: the default config failed")
+            continue
+        table.add(result.to_entry())
+        table.record_run(command)
+        write_table(table, out_path)
+        summary.tuned.append(result)
+        _say(progress, _result_line(result))
+
+    from .lookup import clear_lookup_caches
+
+    clear_lookup_caches()  # this process's lookups see the new table from now on
+    return summary
+
+
+def _result_line(result: BucketResult) -> str:
+    rejected = f", {len(result.rejected)} rejected by the output check" if result.rejected else ""
+    return (f"  -> {result.tuned_us:.1f} us vs default {result.default_us:.1f} us (x{result.speedup:.2f}); "
+            f"{result.evaluated} timed, {result.failed} failed, {result.resource_pruned} pruned by the resource "
+            f"model, {result.slow_pruned} pruned as slow{rejected}")
+
+
+def _say(stream: Optional[TextIO], text: str) -> None:
+    if stream is not None:
+        print(text, file=stream, flush=True)
