@@ -1,0 +1,133 @@
+"""Decode-step latency of whole models under backend="gla", against torch.compile's default backend and eager.
+
+Models: GLA-2 and GTA-4 at the paper's XL widths (16 query heads of 128; GLA-2 caches two latent heads of 256
+plus a 64-wide rope key, GTA-4 four tied heads of 128 plus the rope key), 8 layers, batch 64, static cache
+8192 filled to its last slot, bf16, vocabulary 32000. Decode attention is written in plain PyTorch over the
+static cache with a mask (glacompiler.demo.install_plain_decode), as a user model would; the last row runs the
+reference modules' own decode (the fused op called directly, eager) for comparison.
+
+    python benchmarks/bench_backend.py                      # on an H100/H200
+    python benchmarks/bench_backend.py --device cpu --tiny  # smoke run of the script itself
+
+Target (issue 3 section 6): backend="gla" at least 2x faster than the default backend at this size."""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import glacompiler
+from glacompiler.demo import install_plain_decode
+from glacompiler.models import TinyLM, paper_config, tiny_config
+
+
+def build(variant: str, args, device: torch.device) -> TinyLM:
+    torch.manual_seed(0)
+    if args.tiny:
+        config = tiny_config(variant, n_layers=args.layers)
+    else:
+        config = paper_config("xl", variant, n_layers=args.layers, vocab_size=args.vocab)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = TinyLM(config).eval().to(device=device, dtype=dtype)
+    model.setup_cache(args.batch, args.cache)
+    for cache in model.caches:
+        for tensor in cache.tensors():
+            tensor.normal_()  # a filled cache: every slot is read up to the lengths below
+    return model
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_ms(decode, model: TinyLM, args, device: torch.device, cudagraphs: bool) -> float:
+    """Median over rounds of the mean decode-step time, after warm-up (compile, CUDA-graph capture)."""
+    tokens = torch.randint(0, model.config.vocab_size, (args.batch, 1), device=device)
+    lengths = torch.full((args.batch,), args.cache, dtype=torch.int32, device=device)  # the last slot is new
+
+    def run(count: int) -> None:
+        for _ in range(count):
+            if cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            decode(tokens, lengths)
+
+    run(args.warmup)
+    rounds = []
+    for _ in range(args.rounds):
+        synchronize(device)
+        start = time.perf_counter()
+        run(args.iters)
+        synchronize(device)
+        rounds.append((time.perf_counter() - start) * 1e3 / args.iters)
+    return statistics.median(rounds)
+
+
+def measure(variant: str, args, device: torch.device) -> tuple:
+    """([(configuration, ms per decode step)], a note on what the gla pass rewrote)."""
+    model = build(variant, args, device)
+    rows = []
+    with torch.no_grad():
+        rows.append(("eager, fused op (reference modules)", step_ms(model.decode, model, args, device, False)))
+        install_plain_decode(model)
+        glacompiler.reset_report()
+        for name, make, cudagraphs in (
+            ('backend="gla"', lambda: torch.compile(model.decode, backend=glacompiler.backend()), False),
+            ('backend="gla", CUDA graphs', lambda: torch.compile(
+                model.decode, backend=glacompiler.backend(cudagraphs=True)), True),
+            ("default backend (inductor)", lambda: torch.compile(model.decode), False),
+            ('default backend, mode="reduce-overhead"', lambda: torch.compile(
+                model.decode, mode="reduce-overhead"), True),
+            ("eager", lambda: model.decode, False),
+        ):
+            if cudagraphs and device.type != "cuda":
+                continue
+            torch._dynamo.reset()
+            rows.append((name, step_ms(make(), model, args, device, cudagraphs)))
+        rewritten = sum(r.status == "rewritten" for r in glacompiler.compile_report())
+        # Two gla compiles (CUDA graphs off and on) of n_layers sites each.
+        expected = len(model.layers) * (2 if device.type == "cuda" else 1)
+        note = f"{rewritten}/{expected} attention sites rewritten"
+    return rows, note
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=["gla-2", "gta-4"])
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--cache", type=int, default=8192)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="tiny widths (tiny_config) for a quick check")
+    args = parser.parse_args()
+    if args.device == "cpu" and not args.tiny:
+        parser.error("--device cpu is a smoke test: add --tiny (and small --batch/--cache)")
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        import triton
+
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    print(f"{args.layers} layers, batch {args.batch}, cache {args.cache} (full), "
+          f"{'bf16' if device.type == 'cuda' else 'fp32'}, decode step latency (ms, median of {args.rounds} x "
+          f"{args.iters} steps)\n")
+    for variant in args.variants:
+        rows, note = measure(variant, args, device)
+        times = dict(rows)
+        print(f"{variant}: {note}")
+        print(f"  {'':<44} {'ms/step':>9} {'vs default':>11}")
+        for name, ms in rows:
+            baseline = times.get(
+                'default backend, mode="reduce-overhead"' if "CUDA graphs" in name else "default backend (inductor)")
+            ratio = f"{baseline / ms:10.2f}x" if baseline and name.startswith("backend") else ""
+            print(f"  {name:<44} {ms:9.3f} {ratio:>11}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
