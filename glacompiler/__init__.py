@@ -3,6 +3,7 @@ from .config import KernelConfig, heuristic_config
 from .ops import attention_with_kvcache, attention_with_kvcache_config
 from .reference import attention_with_kvcache_reference
 from .spec import AttentionSpec
+from .backend import backend, compile_report, reset_report
 
 __all__ = [
     "AttentionSpec",
@@ -10,5 +11,8 @@ __all__ = [
     "attention_with_kvcache",
     "attention_with_kvcache_config",
     "attention_with_kvcache_reference",
+    "backend",
+    "compile_report",
     "heuristic_config",
+    "reset_report",
 ]

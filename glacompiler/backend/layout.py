@@ -11,13 +11,12 @@ index of the scores, checked exactly instead of pattern by pattern."""
 from __future__ import annotations
 
 import dataclasses
-import operator
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import fx
 
-from .sizes import Size, divides, exact_div, is_concrete, known_equal, known_one, product
+from .sizes import Size, divides, exact_div, known_equal, known_one, product
 
 aten = torch.ops.aten
 
@@ -79,7 +78,7 @@ def merge_adjacent(pieces: Sequence[Piece]) -> tuple:
     return tuple(merged)
 
 
-def _split(piece: Piece, minor_size: Size) -> tuple[Piece, Piece]:
+def split_piece(piece: Piece, minor_size: Size) -> tuple[Piece, Piece]:
     """Split a piece into (major, minor) with the minor part of minor_size."""
     major_size = exact_div(piece.size, minor_size)
     if piece.axis is None:
@@ -109,7 +108,7 @@ def regroup(pieces: Sequence[Piece], sizes: Sequence[Size]) -> Optional[tuple]:
                 taken.append(piece)
                 remaining = exact_div(remaining, piece.size)
             elif divides(remaining, piece.size):
-                major, minor = _split(piece, exact_div(piece.size, remaining))
+                major, minor = split_piece(piece, exact_div(piece.size, remaining))
                 taken.append(major)
                 queue.insert(0, minor)
                 remaining = 1
@@ -133,7 +132,7 @@ def resolve_run(dim: Sequence[Piece], step: Size, size: Size) -> Optional[list]:
         if divides(minor.size, remaining_step):
             remaining_step = exact_div(remaining_step, minor.size)
         elif divides(remaining_step, minor.size):
-            major, _ = _split(minor, remaining_step)
+            major, _ = split_piece(minor, remaining_step)
             pieces.append(major)
             remaining_step = 1
         else:
@@ -151,7 +150,7 @@ def resolve_run(dim: Sequence[Piece], step: Size, size: Size) -> Optional[list]:
             taken.insert(0, minor)
             remaining = exact_div(remaining, minor.size)
         elif divides(remaining, minor.size):
-            _, run = _split(minor, remaining)
+            _, run = split_piece(minor, remaining)
             taken.insert(0, run)
             remaining = 1
         else:
@@ -181,7 +180,8 @@ def compose(outer: Layout, inner: Layout) -> Optional[Layout]:
 # the op is not a pure re-indexing in this instance, e.g. a slice that drops elements).
 
 
-def _val(node) -> Optional[torch.Tensor]:
+def fake_value(node) -> Optional[torch.Tensor]:
+    """The fake tensor AOT recorded for a node (its shape, strides and dtype), or None."""
     value = node.meta.get("val") if isinstance(node, fx.Node) else None
     return value if isinstance(value, torch.Tensor) else None
 
@@ -224,7 +224,7 @@ def _squeeze(node: fx.Node, layout: Layout) -> Optional[Layout]:
 
 
 def _expand(node: fx.Node, layout: Layout) -> Optional[Layout]:
-    out = _val(node)
+    out = fake_value(node)
     if out is None:
         return None
     new_rank = out.dim()
@@ -241,7 +241,7 @@ def _expand(node: fx.Node, layout: Layout) -> Optional[Layout]:
 
 
 def _view(node: fx.Node, layout: Layout) -> Optional[Layout]:
-    out = _val(node)
+    out = fake_value(node)
     if out is None:
         return None
     dims = regroup(layout.pieces(), list(out.shape))
@@ -257,7 +257,7 @@ def _same(node: fx.Node, layout: Layout) -> Optional[Layout]:
 def _prefix_slice(node: fx.Node, layout: Layout) -> Optional[Layout]:
     """A slice that keeps every element, or the first n of a dim that is one run: both are pure
     re-indexings. Any other slice starts a new base."""
-    source, out = _val(node.args[0]), _val(node)
+    source, out = fake_value(node.args[0]), fake_value(node)
     if source is None or out is None:
         return None
     dim = _normalize_dim(node.args[1] if len(node.args) > 1 else 0, layout.rank)
@@ -322,12 +322,12 @@ def trace(node: fx.Node) -> Optional[Traced]:
     current = node
     while is_view_like(current):
         source = current.args[0]
-        if not isinstance(source, fx.Node) or _val(source) is None:
+        if not isinstance(source, fx.Node) or fake_value(source) is None:
             break
         chain.append(current)
         current = source
     chain.reverse()
-    base_val = _val(current)
+    base_val = fake_value(current)
     if base_val is None:
         return None
     layout = identity(list(base_val.shape))
@@ -336,7 +336,7 @@ def trace(node: fx.Node) -> Optional[Traced]:
         step = VIEW_OPS[view_node.target](view_node, layout)
         if step is None:
             # Not a pure re-indexing here: the tensor it produces becomes the base.
-            base_val = _val(view_node)
+            base_val = fake_value(view_node)
             layout = identity(list(base_val.shape))
             applied = []
             current = view_node
@@ -344,13 +344,6 @@ def trace(node: fx.Node) -> Optional[Traced]:
         layout = step
         applied.append(view_node)
     return Traced(current, layout, applied)
-
-
-def getitem_source(node: fx.Node) -> Optional[tuple]:
-    """(multi-output node, index) when node is operator.getitem on a node's result."""
-    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
-        return node.args[0], node.args[1]
-    return None
 
 
 def broadcast_layout(source_shape: Sequence[Size], target_shape: Sequence[Size]) -> Optional[Layout]:
@@ -370,5 +363,9 @@ def broadcast_layout(source_shape: Sequence[Size], target_shape: Sequence[Size])
     return Layout(tuple(dims), tuple(source_shape))
 
 
-def concrete_sizes(sizes: Sequence[Size]) -> bool:
-    return all(is_concrete(size) for size in sizes)
+def view_layout(source_shape: Sequence[Size], target_shape: Sequence[Size]) -> Optional[Layout]:
+    """Layout of source.view(target_shape) over source's axes."""
+    dims = regroup(identity(source_shape).pieces(), target_shape)
+    if dims is None:
+        return None
+    return Layout(tuple(merge_adjacent(dim) for dim in dims), tuple(source_shape))

@@ -19,10 +19,10 @@ from typing import Optional
 import torch
 from torch import fx
 
-from .layout import Layout, _val, broadcast_layout, compose, trace
+from .layout import Layout, fake_value, broadcast_layout, compose, trace
 from .operands import Decline, convert_dtypes, is_call
 from .products import align
-from .sizes import known_equal, known_one
+from .sizes import known_equal
 from .scores import NEGLIGIBLE_FILL, MaskUse, fill_value
 
 aten = torch.ops.aten
@@ -35,7 +35,7 @@ class PlacedMask:
     attend_if: bool  # boolean masks: True = attend where node is True
     multiplier: float  # additive masks are multiplied by this first
     slot_axes: dict  # slot index -> axis of node along which the mask varies
-    unit_axes: list  # axes of node of size 1
+    unit_axes: list  # axes of node the scores do not index (size 1, or read at index 0)
 
 
 def _negligible(value: Optional[float], multiplier: float) -> bool:
@@ -51,7 +51,7 @@ def _unpadded(base: fx.Node, layout: Layout) -> Optional[tuple]:
         return None
     pad = list(source.args[1])
     inner = source.args[0]
-    inner_val, base_val = _val(inner), _val(base)
+    inner_val, base_val = fake_value(inner), fake_value(base)
     rank = inner_val.dim()
     dim = base.args[1] + rank if base.args[1] < 0 else base.args[1]
     start = base.args[2] if len(base.args) > 2 else 0
@@ -93,9 +93,9 @@ def normalize(use: MaskUse) -> tuple:
                 flip = False
             else:
                 break
-            spread = broadcast_layout(list(_val(cond).shape), list(_val(node).shape))
+            spread = broadcast_layout(list(fake_value(cond).shape), list(fake_value(node).shape))
             composed = None if spread is None else compose(layout, spread)
-            if composed is None or _val(cond).dtype != torch.bool:
+            if composed is None or fake_value(cond).dtype != torch.bool:
                 break
             node, layout, additive, attend_if = cond, composed, False, flip
             continue
@@ -105,7 +105,7 @@ def normalize(use: MaskUse) -> tuple:
 
 def place(use: MaskUse, c_over_slots: Layout, slots: list) -> PlacedMask:
     node, additive, attend_if, c_over_node = normalize(use)
-    node_sizes = list(_val(node).shape)
+    node_sizes = list(fake_value(node).shape)
     slot_axes = {}
     for dim in range(c_over_slots.rank):
         pairs = align(c_over_slots.dims[dim], c_over_node.dims[dim])
@@ -119,16 +119,12 @@ def place(use: MaskUse, c_over_slots: Layout, slots: list) -> PlacedMask:
             if not (known_equal(slot_piece.step, 1) and known_equal(slot_piece.size, slot.size)):
                 raise Decline(f"mask {node.name} varies along part of a score dim")
             if not (known_equal(mask_piece.step, 1) and known_equal(mask_piece.size, node_sizes[mask_piece.axis])):
-                raise Decline(f"mask {node.name} is read with a stride pattern the op cannot express")
+                raise Decline(f"mask {node.name} varies along several score dims through one axis (e.g. per query "
+                              "head across KV groups), which the op's mask cannot express")
             if slot_piece.axis in slot_axes or mask_piece.axis in slot_axes.values():
                 raise Decline(f"mask {node.name} folds several score dims into one axis")
             slot_axes[slot_piece.axis] = mask_piece.axis
     used = set(slot_axes.values())
-    unit_axes = []
-    for axis, size in enumerate(node_sizes):
-        if axis in used:
-            continue
-        if not known_one(size):
-            raise Decline(f"mask {node.name} has an axis the scores do not index")
-        unit_axes.append(axis)
+    # Axes no score dim reads: size 1, or read at index 0 only (a length-1 prefix slice).
+    unit_axes = [axis for axis in range(len(node_sizes)) if axis not in used]
     return PlacedMask(node, additive, attend_if, use.multiplier if additive else 1.0, slot_axes, unit_axes)

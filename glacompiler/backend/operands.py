@@ -9,14 +9,19 @@ from typing import Optional
 import torch
 from torch import fx
 
-from .layout import Layout, _val, compose, trace
+from .layout import Layout, fake_value, compose, trace
 
 aten = torch.ops.aten
 prims = torch.ops.prims
 
 
 class Decline(Exception):
-    """A site that is attention-shaped but not exactly what our op computes: the message is the reason."""
+    """A site that is attention-shaped but not exactly what our op computes: the message is the reason.
+    `spec` is filled in when the site's shapes were understood before the decline."""
+
+    def __init__(self, reason: str, spec=None):
+        super().__init__(reason)
+        self.spec = spec
 
 
 LOSSLESS_UPCASTS = {(torch.float16, torch.float32), (torch.bfloat16, torch.float32)}
@@ -37,7 +42,7 @@ def convert_dtypes(node: fx.Node) -> Optional[tuple]:
     """(source dtype, target dtype) for a dtype conversion node."""
     if not is_call(node, prims.convert_element_type.default, aten._to_copy.default):
         return None
-    source, out = _val(node.args[0]), _val(node)
+    source, out = fake_value(node.args[0]), fake_value(node)
     if source is None or out is None:
         return None
     if node.target is aten._to_copy.default and set(node.kwargs) - {"dtype", "layout", "device", "memory_format"}:
@@ -71,7 +76,9 @@ class Operand:
     nodes: list  # intermediate nodes walked through (views, casts, multiplies)
 
 
-def walk_operand(node: fx.Node, allow_scale: bool) -> Operand:
+def walk_operand(node: fx.Node, allow_scale: bool, any_float_cast: bool = False) -> Operand:
+    """Views, lossless upcasts (any float cast with any_float_cast: the probabilities may be rounded to the
+    input dtype before the value product, as HF does) and, with allow_scale, scalar multiplies."""
     traced = trace(node)
     if traced is None:
         raise Decline(f"{node.name} has no tensor metadata")
@@ -79,7 +86,9 @@ def walk_operand(node: fx.Node, allow_scale: bool) -> Operand:
     while True:
         dtypes = convert_dtypes(base)
         scaled = scalar_factor(base) if allow_scale else None
-        if dtypes is not None and (dtypes in LOSSLESS_UPCASTS or dtypes[0] == dtypes[1]):
+        float_cast = dtypes is not None and dtypes[0].is_floating_point and dtypes[1].is_floating_point
+        lossless = dtypes is not None and (dtypes in LOSSLESS_UPCASTS or dtypes[0] == dtypes[1])
+        if lossless or (any_float_cast and float_cast):
             source = base.args[0]
         elif scaled is not None:
             source, value = scaled

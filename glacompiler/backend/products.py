@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-from .layout import Layout, Piece, _split
+from .layout import Layout, Piece, split_piece
 from .sizes import Size, divides, exact_div, known_equal
 
 
@@ -39,11 +39,11 @@ def align(left: Sequence[Piece], right: Sequence[Piece]) -> Optional[list]:
         if known_equal(a.size, b.size):
             atoms.append(Atom(_real(a), _real(b), a.size))
         elif divides(b.size, a.size):
-            major, minor = _split(a, exact_div(a.size, b.size))
+            major, minor = split_piece(a, exact_div(a.size, b.size))
             atoms.append(Atom(_real(major), _real(b), b.size))
             left.insert(0, minor)
         elif divides(a.size, b.size):
-            major, minor = _split(b, exact_div(b.size, a.size))
+            major, minor = split_piece(b, exact_div(b.size, a.size))
             atoms.append(Atom(_real(a), _real(major), a.size))
             right.insert(0, minor)
         else:

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import fx
 
-from .layout import VIEW_OPS, Layout, _val, broadcast_layout, compose, identity, is_view_like
+from .layout import VIEW_OPS, Layout, fake_value, broadcast_layout, compose, identity, is_view_like
 from .operands import Decline, convert_dtypes, is_call, scalar_factor, scalar_value
 
 aten = torch.ops.aten
@@ -60,7 +60,7 @@ def fill_value(arg) -> Optional[float]:
     value = scalar_value(arg)
     if value is not None:
         return value
-    if is_call(arg, aten.full.default) and not _val(arg).shape:
+    if is_call(arg, aten.full.default) and not fake_value(arg).shape:
         return scalar_value(arg.args[1])
     if is_call(arg, aten.scalar_tensor.default):
         return scalar_value(arg.args[0])
@@ -68,7 +68,7 @@ def fill_value(arg) -> Optional[float]:
 
 
 def _view_step(node: fx.Node) -> Optional[Layout]:
-    source = _val(node.args[0])
+    source = fake_value(node.args[0])
     return VIEW_OPS[node.target](node, identity(list(source.shape)))
 
 
@@ -93,7 +93,7 @@ def reaches_product(node, budget: int = 24) -> bool:
 
 
 def _mask_layout(c_over_node: Layout, mask: fx.Node, node: fx.Node) -> Layout:
-    mask_val, node_val = _val(mask), _val(node)
+    mask_val, node_val = fake_value(mask), fake_value(node)
     if mask_val is None or node_val is None:
         raise Decline(f"mask {mask.name} has no tensor metadata")
     spread = broadcast_layout(list(mask_val.shape), list(node_val.shape))
@@ -105,7 +105,7 @@ def _mask_layout(c_over_node: Layout, mask: fx.Node, node: fx.Node) -> Layout:
 
 def walk_scores(scores: fx.Node) -> ScoreWalk:
     walk = ScoreWalk([], [], [])
-    value = _val(scores)
+    value = fake_value(scores)
     _visit(scores, identity(list(value.shape)), 1.0, walk, is_root=True)
     if not walk.terms:
         raise Decline("no q.k product feeds the softmax")
@@ -113,7 +113,7 @@ def walk_scores(scores: fx.Node) -> ScoreWalk:
 
 
 def _visit(node, c_over_node: Layout, scale: float, walk: ScoreWalk, is_root: bool = False) -> None:
-    if not isinstance(node, fx.Node) or _val(node) is None:
+    if not isinstance(node, fx.Node) or fake_value(node) is None:
         raise Decline("scores come from a non-tensor value")
     if not is_root:
         walk.chain.append(node)
@@ -168,7 +168,7 @@ def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk
     source, mask = (left, right) if left_scores else (right, left)
     if not isinstance(mask, fx.Node):
         raise Decline("a constant is added to the scores")
-    mask_val = _val(mask)
+    mask_val = fake_value(mask)
     if mask_val is None or not mask_val.is_floating_point():
         raise Decline(f"additive mask {mask.name} is not a floating tensor")
     walk.masks.append(MaskUse(mask, True, True, _mask_layout(c_over_node, mask, node), scale))
@@ -186,7 +186,7 @@ def _visit_fill(node, cond, when_true, when_false, c_over_node: Layout, scale: f
         raise Decline("a where() on the scores does not select between scores and a constant fill")
     if not (fill == -math.inf or fill * scale <= NEGLIGIBLE_FILL):
         raise Decline(f"masked scores are replaced by {fill}, which still takes part in the softmax")
-    if not isinstance(cond, fx.Node) or _val(cond) is None or _val(cond).dtype != torch.bool:
+    if not isinstance(cond, fx.Node) or fake_value(cond) is None or fake_value(cond).dtype != torch.bool:
         raise Decline("the mask selecting masked scores is not a boolean tensor")
     walk.masks.append(MaskUse(cond, False, attend_if, _mask_layout(c_over_node, cond, node), 1.0))
     _visit(source, c_over_node, scale, walk)

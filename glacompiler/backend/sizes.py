@@ -2,7 +2,6 @@
 answered statically is answered "no", so the matcher declines instead of specialising the graph."""
 from __future__ import annotations
 
-import math
 from typing import Iterable, Union
 
 import torch
@@ -26,29 +25,34 @@ def known_one(size: Size) -> bool:
 
 
 def divides(divisor: Size, size: Size) -> bool:
-    """True when divisor statically divides size exactly."""
+    """True when divisor statically divides size exactly (e.g. s0 divides 8 * s0)."""
     if is_concrete(divisor) and is_concrete(size):
         return divisor != 0 and size % divisor == 0
     if known_equal(divisor, size):
         return True
-    if not is_concrete(divisor):
+    if is_concrete(divisor) and divisor == 0:
         return False
     return statically_known_true(size % divisor == 0)
 
 
+def simplify(size: Size) -> Size:
+    """A SymInt whose expression is a number becomes that int."""
+    if is_concrete(size):
+        return size
+    expr = size.node.expr
+    return int(expr) if getattr(expr, "is_number", False) else size
+
+
 def exact_div(size: Size, divisor: Size) -> Size:
-    if known_equal(divisor, size):
-        return 1
-    if is_concrete(size) and is_concrete(divisor):
-        return size // divisor
-    return size // divisor
+    """size / divisor for a divisor known to divide size (see divides)."""
+    return 1 if known_equal(divisor, size) else simplify(size // divisor)
 
 
 def product(sizes: Iterable[Size]) -> Size:
     result: Size = 1
     for size in sizes:
         result = size if is_concrete(result) and result == 1 else result * size
-    return result
+    return simplify(result)
 
 
 def size_hint(size: Size):
@@ -57,11 +61,3 @@ def size_hint(size: Size):
         return size
     hint = getattr(size.node, "hint", None)
     return None if hint is None else int(hint)
-
-
-def describe(size: Size) -> str:
-    return str(size) if is_concrete(size) else f"{size}"
-
-
-def finite_float(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

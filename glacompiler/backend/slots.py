@@ -11,9 +11,8 @@ import dataclasses
 from typing import Optional
 
 import torch
-from torch import fx
 
-from .layout import Layout, Piece, _val, compose, merge_adjacent, trace
+from .layout import Layout, Piece, fake_value, compose, merge_adjacent
 from .operands import Decline, Operand, is_call, walk_operand
 from .products import Atom, ProductAtoms, bmm_atoms
 from .scores import RawTerm
@@ -39,7 +38,7 @@ class Slot:
     dim: int  # dim of the softmax input
     size: Size
     atoms: tuple  # one Atom per term: left = run of that term's q, right = run of its k
-    role: str = ""  # 'key' | 'batch' | 'head' | 'row'
+    role: str = ""  # 'key', or 'paired' / 'row' until plan.choose_roles names them batch, head, position, group
 
 
 def _split_atom(atom: Atom, minor_size: Size) -> tuple:
@@ -121,23 +120,29 @@ def _term_from_layouts(raw_scale: float, c_over_product: Layout, q: Operand, k: 
     return term
 
 
-def terms_from_product(raw: RawTerm) -> list:
-    product = raw.product
-    q = walk_operand(product.args[0], allow_scale=True)
-    k = walk_operand(product.args[1], allow_scale=True)
+def terms_from_product(raw: RawTerm, split_cat: bool) -> list:
+    q = walk_operand(raw.product.args[0], allow_scale=True)
+    k = walk_operand(raw.product.args[1], allow_scale=True)
+    return terms_from_operands(raw.scale, raw.c_over_product, q, k, split_cat)
+
+
+def terms_from_operands(scale: float, c_over_product: Layout, q: Operand, k: Operand, split_cat: bool) -> list:
+    """q: [b, m, k] and k: [b, k, n] (or without b) operands of one product feeding the scores. With
+    split_cat, a key concatenated along its head dim becomes one term per part (GTA: tied part + shared rope
+    key); without, the concatenation is read as one key tensor."""
     if q.layout.rank != k.layout.rank or q.layout.rank not in (2, 3):
         raise Decline("the q.k product has unexpected operand ranks")
-    cat = _cat_on_contraction(k)
+    cat = _cat_on_contraction(k) if split_cat else None
     if cat is None:
-        return [_term_from_layouts(raw.scale, raw.c_over_product, q, k, None)]
-    return _split_cat_term(raw, q, k, cat)
+        return [_term_from_layouts(scale, c_over_product, q, k, None)]
+    return _split_cat_term(scale, c_over_product, q, k, cat)
 
 
 def _cat_on_contraction(k: Operand) -> Optional[int]:
     """The cat dim when the key is a cat along the axis the product sums over (GTA's nope + rope key)."""
     if not is_call(k.base, aten.cat.default):
         return None
-    rank = _val(k.base).dim()
+    rank = fake_value(k.base).dim()
     dim = k.base.args[1] if len(k.base.args) > 1 else k.base.kwargs.get("dim", 0)
     dim = dim + rank if dim < 0 else dim
     contraction = k.layout.dims[-2]
@@ -146,10 +151,10 @@ def _cat_on_contraction(k: Operand) -> Optional[int]:
     return dim
 
 
-def _split_cat_term(raw: RawTerm, q: Operand, k: Operand, dim: int) -> list:
+def _split_cat_term(scale: float, c_over_product: Layout, q: Operand, k: Operand, dim: int) -> list:
     k_piece = _single(k.layout.dims[-2], "the concatenated key's head dim")
     q_piece = _single(q.layout.dims[-1], "the query's head dim")
-    total = _val(k.base).shape[dim]
+    total = fake_value(k.base).shape[dim]
     if k_piece.axis != dim or not known_equal(k_piece.size, total) or not known_equal(k_piece.step, 1):
         raise Decline("the q.k product reads part of a concatenated key")
     if not known_equal(q_piece.step, 1):
@@ -157,10 +162,10 @@ def _split_cat_term(raw: RawTerm, q: Operand, k: Operand, dim: int) -> list:
     terms = []
     offset = 0
     for part in k.base.args[0]:
-        length = _val(part).shape[dim]
+        length = fake_value(part).shape[dim]
         part_dims = list(k.layout.dims)
         part_dims[-2] = (Piece(dim, length),)
-        part_layout = Layout(tuple(part_dims), tuple(_val(part).shape))
+        part_layout = Layout(tuple(part_dims), tuple(fake_value(part).shape))
         inner = walk_operand(part, allow_scale=False)
         composed = compose(part_layout, inner.layout)
         if composed is None:
@@ -169,7 +174,7 @@ def _split_cat_term(raw: RawTerm, q: Operand, k: Operand, dim: int) -> list:
         q_dims = list(q.layout.dims)
         q_dims[-1] = (Piece(q_piece.axis, length),)
         part_q = Operand(q.base, Layout(tuple(q_dims), q.layout.base_sizes), q.factor, q.nodes)
-        terms.append(_term_from_layouts(raw.scale, raw.c_over_product, part_q, part_k, (offset, length)))
+        terms.append(_term_from_layouts(scale, c_over_product, part_q, part_k, (offset, length)))
         offset = offset + length
     return terms
 

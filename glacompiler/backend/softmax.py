@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import fx
 
-from .layout import _val
+from .layout import fake_value
 
 aten = torch.ops.aten
 
@@ -68,7 +68,7 @@ def _match_safe_wrapper(scores: fx.Node, probs: fx.Node, dim: int) -> Optional[t
     if not _call(any_node, aten.any.dim, aten.any.dims):
         return None
     any_dims = any_node.args[1] if isinstance(any_node.args[1], (list, tuple)) else [any_node.args[1]]
-    rank = _val(scores).dim()
+    rank = fake_value(scores).dim()
     if [_normalize(d, rank) for d in any_dims] != [dim]:
         return None
     finite = any_node.args[0]
@@ -88,7 +88,7 @@ def match_decomposed(amax: fx.Node) -> Optional[SoftmaxMatch]:
     scores = amax.args[0]
     dims = amax.args[1] if len(amax.args) > 1 else amax.kwargs.get("dim")
     keepdim = amax.args[2] if len(amax.args) > 2 else amax.kwargs.get("keepdim", False)
-    value = _val(scores)
+    value = fake_value(scores)
     if value is None or not keepdim or not isinstance(dims, (list, tuple)) or len(dims) != 1:
         return None
     dim = _normalize(dims[0], value.dim())
@@ -120,7 +120,7 @@ def match_decomposed(amax: fx.Node) -> Optional[SoftmaxMatch]:
 def match_single_node(node: fx.Node) -> Optional[SoftmaxMatch]:
     if not _call(node, aten._softmax.default, aten._safe_softmax.default):
         return None
-    value = _val(node.args[0])
+    value = fake_value(node.args[0])
     if value is None:
         return None
     form = "_softmax" if node.target is aten._softmax.default else "_safe_softmax"

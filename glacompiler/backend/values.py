@@ -3,16 +3,15 @@ which node holds the attention output (the node our op's output replaces)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import torch
 from torch import fx
 
-from .layout import Layout, _val, compose, is_view_like, merge_adjacent, regroup
+from .layout import Layout, fake_value, compose, is_view_like, merge_adjacent, regroup
 from .operands import Decline, Operand, convert_dtypes, is_call, walk_operand
 from .products import ProductAtoms, bmm_atoms
 from .scores import PRODUCT_OPS
-from .slots import prefix, whole
+from .slots import whole
 
 aten = torch.ops.aten
 
@@ -23,9 +22,9 @@ class ValueSide:
     atoms: ProductAtoms  # left runs over the slot space, right runs over V's base
     output: fx.Node  # the node our op's output replaces
     output_over_atoms: Layout  # that node over the atoms of `atoms`
-    slot_axes: dict  # slot index -> V axis, for batch and KV-head slots
-    key_axis: int
-    dim_axis: int
+    slot_pieces: dict  # slot index -> run of V's base, for batch and KV-head slots
+    key_piece: object  # run of V's base along key positions
+    dim_piece: object  # run of V's base along the value dim
     chain: list  # nodes between the softmax output and the product, owned by the site
 
 
@@ -55,16 +54,18 @@ def follow_probabilities(probs: fx.Node) -> tuple:
         )
 
 
-def analyze_values(left_over_slots: Layout, v: Operand, slots: list, output: fx.Node,
-                   output_over_atoms: Optional[Layout], chain: list) -> ValueSide:
+def analyze_values(left_over_slots: Layout, v: Operand, slots: list, output: fx.Node, chain: list) -> ValueSide:
+    """left_over_slots [b, m, k] x V [b, k, n]; `output` is the product itself, or (SDPA) a node holding the
+    product reshaped to its own shape."""
     atoms = bmm_atoms(left_over_slots, v.layout)
     if atoms is None:
         raise Decline("the probabilities and V do not line up over batch or head dims")
-    if output_over_atoms is None:
+    if is_call(output, *PRODUCT_OPS):
         output_over_atoms = atoms.output_layout()
+    else:
+        output_over_atoms = output_layout_for(atoms, output)
     slot_sizes = [slot.size for slot in slots]
-    v_sizes = v.layout.base_sizes
-    slot_axes = {}
+    slot_pieces = {}
     seen = set()
     for atom in atoms.batch + atoms.rows:
         if not whole(atom.left, slot_sizes):
@@ -73,9 +74,9 @@ def analyze_values(left_over_slots: Layout, v: Operand, slots: list, output: fx.
         slot = slots[index]
         seen.add(index)
         if slot.role in ("batch", "head", "paired"):
-            if not prefix(atom.right):
+            if atom.right is None or atom.right.axis is None:
                 raise Decline("V is not indexed by the same batch/KV-head axes as K")
-            slot_axes[index] = atom.right.axis
+            slot_pieces[index] = atom.right
         elif atom.right is not None:
             raise Decline("V varies along a query row, so rows do not share their values")
     key_pieces = [a.left for a in atoms.contraction]
@@ -86,25 +87,21 @@ def analyze_values(left_over_slots: Layout, v: Operand, slots: list, output: fx.
         or not whole(key_pieces[0], slot_sizes)
         or key_pieces[0].axis != key_slot
         or len(value_keys) != 1
-        or not prefix(value_keys[0])
+        or value_keys[0].axis is None
     ):
         raise Decline("the value product does not sum the probabilities over the key positions of V")
     dims = merge_adjacent([a.right for a in atoms.cols if a.right is not None])
-    if len(dims) != 1 or not prefix(dims[0]) or len(atoms.cols) != len([a for a in atoms.cols if a.right]):
-        raise Decline("the value dim of V is not one whole axis")
+    if len(dims) != 1 or dims[0].axis is None or len(atoms.cols) != len([a for a in atoms.cols if a.right]):
+        raise Decline("the value dim of V is not one run of one axis")
     missing = [i for i, s in enumerate(slots) if s.role != "key" and i not in seen]
     if missing:
         raise Decline("a score dim is summed away by the value product")
-    used_axes = set(slot_axes.values()) | {value_keys[0].axis, dims[0].axis}
-    for axis, size in enumerate(v_sizes):
-        if axis not in used_axes and not (isinstance(size, int) and size == 1):
-            raise Decline("V has an axis that the attention does not account for")
-    return ValueSide(v, atoms, output, output_over_atoms, slot_axes, value_keys[0].axis, dims[0].axis, chain)
+    return ValueSide(v, atoms, output, output_over_atoms, slot_pieces, value_keys[0], dims[0], chain)
 
 
 def values_of_product(probs: fx.Node, slots: list, c_over_slots: Layout) -> ValueSide:
     product, chain = follow_probabilities(probs)
-    left = walk_operand(product.args[0], allow_scale=False)
+    left = walk_operand(product.args[0], allow_scale=False, any_float_cast=True)
     if left.base is not probs:
         raise Decline("the value product's left operand is not the probabilities")
     left_over_slots = compose(left.layout, c_over_slots)
@@ -113,12 +110,12 @@ def values_of_product(probs: fx.Node, slots: list, c_over_slots: Layout) -> Valu
     v = walk_operand(product.args[1], allow_scale=False)
     if v.layout.rank != left_over_slots.rank:
         raise Decline("the value product has unexpected operand ranks")
-    return analyze_values(left_over_slots, v, slots, product, None, chain + left.nodes)
+    return analyze_values(left_over_slots, v, slots, product, chain + left.nodes)
 
 
 def output_layout_for(atoms: ProductAtoms, output: fx.Node) -> Layout:
     """An output that is the (virtual) product reshaped to its own shape, e.g. SDPA's [*, Hq, L, Ev]."""
-    dims = regroup(atoms.output_layout().pieces(), list(_val(output).shape))
+    dims = regroup(atoms.output_layout().pieces(), list(fake_value(output).shape))
     if dims is None:
         raise Decline("the attention output cannot be related to the value product")
     return Layout(tuple(merge_adjacent(d) for d in dims), tuple(a.size for a in atoms.output_atoms))
