@@ -19,7 +19,7 @@ import time
 import torch
 
 import glacompiler
-from glacompiler.demo import install_plain_decode
+from glacompiler.demo import install_plain_decode, mark_caches_static
 from glacompiler.models import TinyLM, paper_config, tiny_config
 
 
@@ -32,6 +32,7 @@ def build(variant: str, args, device: torch.device) -> TinyLM:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = TinyLM(config).eval().to(device=device, dtype=dtype)
     model.setup_cache(args.batch, args.cache)
+    mark_caches_static(model)
     for cache in model.caches:
         for tensor in cache.tensors():
             tensor.normal_()  # a filled cache: every slot is read up to the lengths below

@@ -61,10 +61,11 @@ def attention_with_kvcache_op(
 ) -> tuple[Tensor, Tensor]:
     """num_splits 0 = tuned table / heuristic. Returns (out, lse)."""
     if q.device.type == "cpu" and not triton_interpreter_enabled():
-        return attention_with_kvcache_reference(
+        out, lse = attention_with_kvcache_reference(
             q, k_cache, v_cache, q_rope=q_rope, k_rope_cache=k_rope_cache, cache_seqlens=cache_seqlens,
             page_table=page_table, attn_mask=attn_mask, softmax_scale=softmax_scale, causal=causal,
         )
+        return out.contiguous(), lse  # the fake implementation promises contiguous outputs, as the kernels give
     return _run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                         softmax_scale, causal, num_splits)
 

@@ -7,7 +7,8 @@ Normalisations (each exact; anything else stays an additive float mask, which th
 |-------------------------------------------------|-----------------------------------------------------------|
 | where(cond, 0, -inf or < -1e30) (SDPA's bool->float, HF's min-fill) | boolean cond, so the kernel can skip blocks |
 | where(cond, -inf or < -1e30, 0)                 | boolean, attend where cond is False                       |
-| slice of constant_pad_nd (efficient attention pads the bias) | the unpadded tensor                          |
+| constant_pad_nd at the ends (efficient attention pads its bias) read within the original | the unpadded tensor |
+| prefixes (HF's mask[..., :key_length])          | a slice of the mask                                       |
 | views of any of these                           | followed exactly                                          |
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ class PlacedMask:
     multiplier: float  # additive masks are multiplied by this first
     slot_axes: dict  # slot index -> axis of node along which the mask varies
     unit_axes: list  # axes of node the scores do not index (size 1, or read at index 0)
+    slices: list  # (axis, length): the scores read only a prefix of that axis
 
 
 def _negligible(value: Optional[float], multiplier: float) -> bool:
@@ -43,26 +45,23 @@ def _negligible(value: Optional[float], multiplier: float) -> bool:
 
 
 def _unpadded(base: fx.Node, layout: Layout) -> Optional[tuple]:
-    """slice(constant_pad_nd(x, [0, p]), -1, 0, n) with n <= x's size: read x instead."""
-    if not is_call(base, aten.slice.Tensor):
+    """constant_pad_nd(x, pad) padding only the ends of dims (efficient attention pads its bias to a multiple
+    of 16), read only within x's sizes: read x instead."""
+    if not is_call(base, aten.constant_pad_nd.default):
         return None
-    source = base.args[0]
-    if not is_call(source, aten.constant_pad_nd.default):
-        return None
-    pad = list(source.args[1])
-    inner = source.args[0]
-    inner_val, base_val = fake_value(inner), fake_value(base)
-    rank = inner_val.dim()
-    dim = base.args[1] + rank if base.args[1] < 0 else base.args[1]
-    start = base.args[2] if len(base.args) > 2 else 0
-    step = base.args[4] if len(base.args) > 4 else 1
-    if len(pad) != 2 or pad[0] != 0 or dim != rank - 1 or start not in (0, None) or step != 1:
-        return None
-    if not (isinstance(base_val.shape[dim], int) and isinstance(inner_val.shape[dim], int)):
-        return None
-    if base_val.shape[dim] > inner_val.shape[dim]:
-        return None
-    return inner, Layout(layout.dims, tuple(inner_val.shape))
+    inner = base.args[0]
+    pad = list(base.args[1])
+    sizes = list(fake_value(inner).shape)
+    padded = {len(sizes) - 1 - index // 2 for index, amount in enumerate(pad) if amount != 0}
+    if any(amount != 0 for amount in pad[0::2]):
+        return None  # padding at the start would shift indices
+    for dim in layout.dims:
+        for piece in dim:
+            if piece.axis in padded and not (known_equal(piece.step, 1) and isinstance(piece.size, int)
+                                              and isinstance(sizes[piece.axis], int)
+                                              and piece.size <= sizes[piece.axis]):
+                return None
+    return inner, Layout(layout.dims, tuple(sizes))
 
 
 def normalize(use: MaskUse) -> tuple:
@@ -106,7 +105,7 @@ def normalize(use: MaskUse) -> tuple:
 def place(use: MaskUse, c_over_slots: Layout, slots: list) -> PlacedMask:
     node, additive, attend_if, c_over_node = normalize(use)
     node_sizes = list(fake_value(node).shape)
-    slot_axes = {}
+    slot_axes, slices = {}, []
     for dim in range(c_over_slots.rank):
         pairs = align(c_over_slots.dims[dim], c_over_node.dims[dim])
         if pairs is None:
@@ -118,13 +117,13 @@ def place(use: MaskUse, c_over_slots: Layout, slots: list) -> PlacedMask:
             slot = slots[slot_piece.axis]
             if not (known_equal(slot_piece.step, 1) and known_equal(slot_piece.size, slot.size)):
                 raise Decline(f"mask {node.name} varies along part of a score dim")
-            if not (known_equal(mask_piece.step, 1) and known_equal(mask_piece.size, node_sizes[mask_piece.axis])):
+            if not known_equal(mask_piece.step, 1) or mask_piece.axis in slot_axes.values():
                 raise Decline(f"mask {node.name} varies along several score dims through one axis (e.g. per query "
                               "head across KV groups), which the op's mask cannot express")
-            if slot_piece.axis in slot_axes or mask_piece.axis in slot_axes.values():
-                raise Decline(f"mask {node.name} folds several score dims into one axis")
             slot_axes[slot_piece.axis] = mask_piece.axis
+            if not known_equal(mask_piece.size, node_sizes[mask_piece.axis]):
+                slices.append((mask_piece.axis, mask_piece.size))  # e.g. HF's mask[..., :key_length]
     used = set(slot_axes.values())
     # Axes no score dim reads: size 1, or read at index 0 only (a length-1 prefix slice).
     unit_axes = [axis for axis in range(len(node_sizes)) if axis not in used]
-    return PlacedMask(node, additive, attend_if, use.multiplier if additive else 1.0, slot_axes, unit_axes)
+    return PlacedMask(node, additive, attend_if, use.multiplier if additive else 1.0, slot_axes, unit_axes, slices)

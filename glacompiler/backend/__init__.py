@@ -1,0 +1,67 @@
+"""The `gla` torch.compile backend: attention sites in the ATen graph become
+torch.ops.glacompiler.attention_with_kvcache; everything else is compiled by Inductor.
+
+    torch.compile(model, backend="gla")                        # registered name (and entry point)
+    torch.compile(model, backend=glacompiler.backend(cudagraphs=True))
+    glacompiler.compile_report()                               # what happened at each attention site
+
+What is recognised, and what it becomes (details: the tables in softmax.py, scores.py, sdpa.py, masks.py,
+layout.py). Every index is followed exactly (layout.py): a site that is not the op's math is skipped with
+the reason, never approximated.
+
+| found in the graph                                      | argument of the op                               |
+|---------------------------------------------------------|--------------------------------------------------|
+| SDPA (aten op or flash/efficient/cudnn/flash_for_cpu)   | q, k, v as [B, Lq, H, D] views; scale            |
+|   enable_gqa (Hq = G * Hkv), is_causal                  |   Hkv = K's heads; causal -> explicit mask       |
+| softmax(scale * q.k + mask) @ v, any of matmul/bmm/einsum| the same                                        |
+|   scale by mul or div, folded from q/k (math SDPA)      |   softmax_scale                                  |
+|   softmax decomposed, safe softmax, fp32 upcast + cast  |   (computed in fp32 by the op)                   |
+| HF repeat_kv (expand + reshape), repeat_interleave, a   | k_cache/v_cache with Hkv heads, read in place    |
+|   broadcast KV head (MQA)                               |                                                  |
+| cat(tied[..., :d_h - d_R], rope_key over heads), V=tied | GTA: k_cache = tied, v_cache None, q_rope/k_rope |
+| q_lat . c + q_pe . k_pe, softmax, . c                   | MLA/GLA: k_cache = latent, v_cache None, rope    |
+|   query heads grouped onto h_c latent heads by a view   |   Hkv = h_c                                      |
+| masked_fill / where(mask, s, -inf or < -1e30)           | boolean attn_mask (True = attend)                |
+| s + where(mask, 0, -inf or finfo.min) (HF eager, SDPA)  | boolean attn_mask (blocks it rules out skipped)  |
+| s + other float bias                                    | additive attn_mask (times any later scale)       |
+| static cache written by index_copy_/index_put_ first    | the written cache, read in place (no copy)       |
+| cache[:, :, :n] (growing length)                        | a prefix view, n symbolic is fine                |
+
+Left to Inductor (reported with the reason): more than 16 query tokens (prefill), dims the op does not
+take (head dims not multiples of 8, > 576, Dv > 512, rope not 16/32/48/64, float64), dropout, scores or
+probabilities used elsewhere, a mask that varies across heads, a softmax over anything but the keys, keys or
+values read with strides that need a copy, training graphs (the op has no backward).
+"""
+from __future__ import annotations
+
+from .compiler import GlaBackend, backend, gla_backend
+from .report import SiteRecord, compile_report, format_report, reset_report
+
+BACKEND_NAME = "gla"
+
+
+def register_gla_backend() -> None:
+    """Register "gla" with dynamo, once. When torch found our entry point first and is importing us to load
+    it, it registers the name itself right after; registering here too would be a duplicate."""
+    from torch._dynamo.backends import registry
+
+    if BACKEND_NAME in registry._COMPILER_FNS:
+        return
+    if registry._BACKENDS.get(BACKEND_NAME) is not None:
+        return
+    registry.register_backend(compiler_fn=gla_backend, name=BACKEND_NAME)
+
+
+register_gla_backend()
+
+__all__ = [
+    "BACKEND_NAME",
+    "GlaBackend",
+    "SiteRecord",
+    "backend",
+    "compile_report",
+    "format_report",
+    "gla_backend",
+    "register_gla_backend",
+    "reset_report",
+]

@@ -1,0 +1,103 @@
+"""The backend callable: Inductor's compile_fx with our pass installed as joint_custom_pre_pass and
+Inductor's own attention fusion held off (inductor_guard.py)."""
+from __future__ import annotations
+
+import itertools
+import warnings
+from typing import Optional
+
+import torch
+from torch._inductor.compile_fx import compile_fx
+
+from .attention_pass import AttentionRewritePass, GlaPassError, strict_mode
+from .inductor_guard import inductor_attention_fusion_disabled
+
+_graph_ids = itertools.count()
+
+
+def _caused_by_pass(error: BaseException) -> bool:
+    seen = set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, GlaPassError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def tune_sites(targets: list) -> None:
+    """Online tuning of rewritten sites; a failure to tune never fails the user's compile."""
+    from ..tuning import tune_for_shapes
+
+    try:
+        for device in {device for _, _, device in targets}:
+            tune_for_shapes([(spec, shape) for spec, shape, d in targets if d == device], device=device)
+    except Exception as error:  # no optuna, no GPU time, ...: keep the heuristic and tables
+        if strict_mode():
+            raise
+        warnings.warn(f"glacompiler: online tuning skipped ({error!r})", RuntimeWarning, stacklevel=3)
+
+
+class GlaBackend:
+    """torch.compile backend: rewrite attention sites to glacompiler's op, compile the rest with Inductor.
+
+    cudagraphs: capture with Inductor's CUDA-graph trees (what mode="reduce-overhead" does).
+    autotune: at first compile, tune our kernels for the rewritten sites' real shapes (a small Optuna budget
+        per site, results in the user config cache; CUDA only, needs optuna) and use Inductor's
+        max-autotune for the rest of the model.
+    rewrite: False compiles with the same settings and guard but leaves attention to Inductor (a baseline).
+    inductor_config: extra Inductor config patches."""
+
+    def __init__(self, cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
+                 inductor_config: Optional[dict] = None):
+        self.cudagraphs = cudagraphs
+        self.autotune = autotune
+        self.rewrite = rewrite
+        self.inductor_config = dict(inductor_config or {})
+
+    def config_patches(self) -> dict:
+        from torch._inductor import list_mode_options
+
+        if self.autotune:
+            mode = "max-autotune" if self.cudagraphs else "max-autotune-no-cudagraphs"
+        else:
+            mode = "reduce-overhead" if self.cudagraphs else "default"
+        patches = dict(list_mode_options(mode))
+        patches.update(self.inductor_config)
+        return patches
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs):
+        patches = self.config_patches()
+        graph_name = f"graph {next(_graph_ids)}"
+        user_pass = patches.get("joint_custom_pre_pass", torch._inductor.config.joint_custom_pre_pass)
+        our_pass = AttentionRewritePass(self.rewrite, chained=user_pass, graph_name=graph_name)
+        with inductor_attention_fusion_disabled():
+            try:
+                compiled = compile_fx(gm, example_inputs, config_patches={**patches, "joint_custom_pre_pass": our_pass})
+            except Exception as error:
+                if not _caused_by_pass(error) or strict_mode():
+                    raise
+                warnings.warn(
+                    f"glacompiler: the attention pass failed on {graph_name} ({error!r}); compiling it without "
+                    "rewrites (set GLACOMPILER_STRICT=1 to raise instead)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return compile_fx(gm, example_inputs, config_patches=patches)
+        if self.autotune and our_pass.tuning_targets:
+            tune_sites(our_pass.tuning_targets)
+        return compiled
+
+    def __repr__(self) -> str:
+        return (f"GlaBackend(cudagraphs={self.cudagraphs}, autotune={self.autotune}, rewrite={self.rewrite}, "
+                f"inductor_config={self.inductor_config})")
+
+
+def backend(cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
+            inductor_config: Optional[dict] = None) -> GlaBackend:
+    """A gla backend with options: torch.compile(model, backend=glacompiler.backend(cudagraphs=True))."""
+    return GlaBackend(cudagraphs=cudagraphs, autotune=autotune, rewrite=rewrite, inductor_config=inductor_config)
+
+
+gla_backend = GlaBackend()

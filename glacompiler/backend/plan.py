@@ -1,0 +1,365 @@
+"""A matched site turned into a plan: which view of which graph tensor becomes each argument of
+glacompiler.attention_with_kvcache, and how the op's output is laid back out.
+
+The op's layout: q [B, Lq, Hq, Dq], caches [B, S, Hkv, D], query head h reads KV head h // (Hq / Hkv).
+Slots map onto it: the batch slot -> B, the position slot -> Lq, the KV-head slot -> Hkv, and the query
+rows of a KV group (GQA's group, MQA/MLA's heads) -> the minor part of Hq. Rows that a mask tells apart are
+query positions; the others are heads (rows with the same mask are interchangeable)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+from torch import fx
+
+from ..spec import AttentionSpec, dtype_name, infer_kind
+from ..validation import MAX_QUERY_LEN, SUPPORTED_DTYPES, validate_inputs
+from .layout import Piece, fake_value
+from .operands import Decline
+from .sizes import is_concrete, known_equal, known_one, product, size_hint
+from .values import ValueSide
+
+
+@dataclasses.dataclass
+class Roles:
+    """Slot indices per role of the op, each list major to minor (a role may span several dims of the
+    graph's tensors, e.g. heads laid out as [latent head, group] by an einsum)."""
+
+    batch: list
+    position: list  # at most one
+    head: list  # KV heads
+    groups: list  # query rows within a KV group
+    key: int
+
+    def query_order(self) -> list:
+        return self.batch + self.position + self.head + self.groups
+
+
+@dataclasses.dataclass
+class TensorPlan:
+    """How to view a graph tensor (base) in the op's dim order, without copying it."""
+
+    base: fx.Node
+    split_shape: list  # base.reshape(split_shape): axes split into the runs the site reads (splits are views)
+    slices: list  # (dim, length): the site reads only the first `length` entries of that split dim
+    squeeze: list  # unit dims of the split tensor that the op does not take
+    order: list  # permutation of the remaining dims into the op's order
+    unsqueeze: list  # positions, in the op's order, of dims the tensor does not have (size 1)
+    merged_shape: Optional[list] = None  # when a role spans several dims: the op's shape (merging them)
+
+
+@dataclasses.dataclass
+class QueryPlan:
+    view: TensorPlan  # [B, Lq, KV head, groups..., D]
+    shape: list  # [B, Lq, Hq, D]: the KV head and group dims merged (a small copy of q at most)
+    window: Optional[tuple]  # (start, length) of the head dim, when only part of it is used
+
+
+@dataclasses.dataclass
+class OutputPlan:
+    node: fx.Node  # replaced by the op's output
+    split_shape: list  # the op's out [B, Lq, Hq, Dv] split into batch, position, KV head, groups, value dim
+    order: list  # permutation of split dims into the node's order
+    shape: list
+    dtype: torch.dtype
+
+
+@dataclasses.dataclass
+class SitePlan:
+    form: str
+    spec: AttentionSpec
+    q: QueryPlan
+    k: TensorPlan
+    v: Optional[TensorPlan]  # None: V is k_cache (tied)
+    q_rope: Optional[QueryPlan]
+    k_rope: Optional[TensorPlan]
+    masks: list  # PlacedMask
+    causal_top_left: bool  # SDPA is_causal: key j visible to query i iff j <= i
+    roles: Roles
+    slots: list
+    scale: float
+    output: OutputPlan
+    anchor: fx.Node  # new nodes go before it
+    owned: list  # nodes of the site that die once the output is replaced
+    query_len: int
+    key_len: object
+
+
+def choose_roles(slots: list, terms: list, positions: set) -> tuple:
+    """(Roles, main term index or None when undecided, rope term index or None). Dims where both q and k
+    vary: with one term, the first is the batch and the rest KV heads; with two terms (latent + rope), those
+    where both terms' keys vary are the batch, those where only one term's key varies are KV heads and make
+    that term the main one (the rope key is shared by all heads)."""
+    paired = [i for i, s in enumerate(slots) if s.role == "paired"]
+    rows = [i for i, s in enumerate(slots) if s.role == "row"]
+    position = [i for i in rows if i in positions]
+    if len(position) > 1:
+        raise Decline("query positions are spread over several dims")
+    groups = [i for i in rows if i not in positions]
+    if len(terms) == 1:
+        batch, head = paired[:1], paired[1:]
+        main, rope = 0, None
+    elif len(terms) == 2:
+        batch = [i for i in paired if all(a.right is not None for a in slots[i].atoms)]
+        head = [i for i in paired if i not in batch]
+        owners = {next(t for t, atom in enumerate(slots[i].atoms) if atom.right is not None) for i in head}
+        if len(owners) > 1:
+            raise Decline("each score term has keys per head: neither is one rope key shared by all heads")
+        main = owners.pop() if owners else None
+        rope = None if main is None else 1 - main
+    else:
+        raise Decline(f"{len(terms)} q.k products feed the scores (at most latent + rope)")
+    key = next(i for i, s in enumerate(slots) if s.role == "key")
+    for role, indices in (("batch", batch), ("head", head), ("position", position), ("group", groups)):
+        for index in indices:
+            slots[index].role = role
+    return Roles(batch, position, head, groups, key), main, rope
+
+
+def is_tied(term, t: int, slots: list, roles: Roles, values: ValueSide) -> bool:
+    """K of the main term is V itself (or its first Dq channels): MLA/GLA latent, GTA tied state."""
+    if term.k.base is not values.v.base:
+        return False
+    for index in roles.batch + roles.head:
+        if slots[index].atoms[t].right != values.slot_pieces.get(index):
+            return False
+    if slots[roles.key].atoms[t].right != values.key_piece:
+        return False
+    k_dim, v_dim = term.k_contraction, values.dim_piece
+    return (k_dim.axis == v_dim.axis and known_equal(k_dim.step, 1) and known_equal(v_dim.step, 1)
+            and is_concrete(k_dim.size) and is_concrete(v_dim.size) and k_dim.size <= v_dim.size)
+
+
+def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[list] = None) -> TensorPlan:
+    """View `base` so that its dims are `pieces` in order (None: a size-1 dim the tensor lacks). Each base
+    axis is either read whole, read as a prefix, or split exactly into the pieces that read it."""
+    sizes = list(fake_value(base).shape)
+    by_axis: dict = {}
+    for role, piece in enumerate(pieces):
+        if piece is None:
+            continue
+        if piece.axis is None:
+            raise Decline(f"the {what} is broadcast where the op needs a real dim")
+        by_axis.setdefault(piece.axis, []).append((role, piece))
+    split_shape, dim_of_role, unit_dims, slices = [], {}, [], []
+    for axis, size in enumerate(sizes):
+        entries = by_axis.get(axis, [])
+        if not entries:
+            # No run reads this axis: the site reads its index 0 only (layouts have no offsets, so an axis
+            # drops out only through a length-1 prefix slice).
+            if not known_one(size):
+                slices.append((len(split_shape), 1))
+            unit_dims.append(len(split_shape))
+            split_shape.append(size)
+            continue
+        if len(entries) == 1 and known_equal(entries[0][1].step, 1):
+            role, piece = entries[0]
+            dim_of_role[role] = len(split_shape)
+            if not known_equal(piece.size, size):
+                slices.append((len(split_shape), piece.size))
+            split_shape.append(size)
+            continue
+        entries.sort(key=lambda entry: -(size_hint(entry[1].step) or 0))
+        expected = 1
+        for _, piece in reversed(entries):
+            if not known_equal(piece.step, expected):
+                raise Decline(f"the {what} is read with a stride pattern the op cannot express")
+            expected = expected * piece.size
+        if not known_equal(expected, size):
+            raise Decline(f"the {what} is read only in part along one axis")
+        for role, piece in entries:
+            dim_of_role[role] = len(split_shape)
+            split_shape.append(piece.size)
+    remaining = [dim for dim in range(len(split_shape)) if dim not in unit_dims]
+    order = [remaining.index(dim_of_role[role]) for role, piece in enumerate(pieces) if piece is not None]
+    unsqueeze = [role for role, piece in enumerate(pieces) if piece is None]
+    return TensorPlan(base, split_shape, slices, unit_dims, order, unsqueeze, merged_shape)
+
+
+def query_plan(term, t: int, slots: list, roles: Roles, what: str) -> QueryPlan:
+    pieces = []
+    for index in roles.query_order():
+        piece = slots[index].atoms[t].left
+        if piece is None:
+            raise Decline(f"the {what} is broadcast along the {slots[index].role} dim")
+        pieces.append(piece)
+    contraction = term.q_contraction
+    if not known_equal(contraction.step, 1):
+        raise Decline(f"the {what}'s head dim is strided")
+    full = fake_value(term.q.base).shape[contraction.axis]
+    if any(piece.axis == contraction.axis for piece in pieces):
+        raise Decline(f"the {what}'s head dim is also read as another dim")
+    view = tensor_plan(term.q.base, pieces + [Piece(contraction.axis, full)], what)
+    window = term.q_window
+    if window is None and not known_equal(contraction.size, full):
+        window = (0, contraction.size)
+    shape = [
+        slots_size(slots, roles.batch),
+        slots_size(slots, roles.position),
+        slots_size(slots, roles.head + roles.groups),
+        full,
+    ]
+    return QueryPlan(view, shape, window)
+
+
+def slots_size(slots: list, indices: list):
+    return product(slots[i].size for i in indices)
+
+
+def cache_plan(base: fx.Node, groups: list, what: str) -> TensorPlan:
+    """View base as the op's cache layout; groups: per op dim, the runs of base that make it up (an empty
+    group is a size-1 dim the tensor lacks; the last group is the head dim, one run)."""
+    last = groups[-1][0]
+    value = fake_value(base)
+    if not (known_equal(last.step, 1) and (known_one(value.shape[last.axis]) or value.stride()[last.axis] == 1)):
+        raise Decline(f"the {what}'s head dim is not contiguous in memory (the op would need a copy)")
+    pieces = [piece for group in groups for piece in (group or [None])]
+    merged = None
+    if any(len(group) > 1 for group in groups):
+        merged = [product(p.size for p in group) for group in groups]
+    return tensor_plan(base, pieces, what, merged)
+
+
+def output_plan(values: ValueSide, slots: list, roles: Roles) -> OutputPlan:
+    atoms = values.atoms.output_atoms
+    refs = ["dv" if atom.left is None else atom.left.axis for atom in atoms]
+    split_refs = roles.query_order() + ["dv"]
+    split_shape = [values.dim_piece.size if ref == "dv" else slots[ref].size for ref in split_refs]
+    order = []
+    for dim in values.output_over_atoms.dims:
+        for piece in dim:
+            atom = atoms[piece.axis]
+            if not (known_equal(piece.step, 1) and known_equal(piece.size, atom.size)):
+                raise Decline("the attention output regroups a dim the op keeps whole")
+            order.append(split_refs.index(refs[piece.axis]))
+    if sorted(order) != list(range(len(split_refs))):
+        raise Decline("the attention output does not hold every (batch, query, head, value) entry once")
+    value = fake_value(values.output)
+    return OutputPlan(values.output, split_shape, order, list(value.shape), value.dtype)
+
+
+def check_scales(terms: list) -> float:
+    scale = terms[0].scale
+    for term in terms[1:]:
+        if not math.isclose(term.scale, scale, rel_tol=1e-9):
+            raise Decline("the score terms are scaled differently")
+    return scale
+
+
+def _meta(shape, dtype) -> torch.Tensor:
+    hinted = [size_hint(s) for s in shape]
+    if any(h is None for h in hinted):
+        raise Decline("a size has no example value")
+    return torch.empty(hinted, dtype=dtype, device="meta")
+
+
+def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope: Optional[int],
+              values: ValueSide, masks: list, causal_top_left: bool, scale: float, anchor: fx.Node,
+              owned: list) -> SitePlan:
+    main_term = terms[main]
+    query_len = slots_size(slots, roles.position)
+
+    def key_runs(t: int) -> tuple:
+        """(batch runs, key run, KV-head runs) of term t's key."""
+        batch = [slots[i].atoms[t].right for i in roles.batch]
+        heads = [slots[i].atoms[t].right for i in roles.head]
+        return batch, slots[roles.key].atoms[t].right, heads
+
+    batch_runs, key_run, head_runs = key_runs(main)
+    tied = is_tied(main_term, main, slots, roles, values)
+    if tied and not known_equal(main_term.k_contraction.size, values.dim_piece.size) and rope is None:
+        tied = False  # K is the first channels of V without a rope part: read it as a separate cache
+    q = query_plan(main_term, main, slots, roles, "query")
+    v_groups = [[values.slot_pieces[i] for i in roles.batch], [values.key_piece],
+                [values.slot_pieces[i] for i in roles.head], [values.dim_piece]]
+    v_plan = cache_plan(values.v.base, v_groups, "value cache")
+    if tied:
+        k_plan, v_out = v_plan, None
+        head_dim_k = values.dim_piece.size
+    else:
+        k_plan = cache_plan(main_term.k.base, [batch_runs, [key_run], head_runs, [main_term.k_contraction]],
+                            "key cache")
+        v_out = v_plan
+        head_dim_k = main_term.k_contraction.size
+    q_rope = k_rope = None
+    rope_dim = 0
+    if rope is not None:
+        rope_term = terms[rope]
+        rope_batch, rope_key, rope_heads = key_runs(rope)
+        if any(run is not None for run in rope_heads) or any(slots[g].atoms[rope].right is not None
+                                                              for g in roles.groups):
+            raise Decline("the rope key is not shared by all heads")
+        if any(run is None for run in rope_batch):
+            raise Decline("the rope key is shared across the batch")
+        q_rope = query_plan(rope_term, rope, slots, roles, "rope query")
+        k_rope = cache_plan(rope_term.k.base, [rope_batch, [rope_key], [rope_term.k_contraction]], "rope key cache")
+        rope_dim = rope_term.k_contraction.size
+    head_dim_q = main_term.q_contraction.size
+    head_dim_v = values.dim_piece.size
+
+    dtype = fake_value(q.view.base).dtype
+    others = [fake_value(p.base).dtype for p in (k_plan, v_out, k_rope) if p is not None]
+    others += [fake_value(q_rope.view.base).dtype] if q_rope is not None else []
+    if dtype not in SUPPORTED_DTYPES or any(d != dtype for d in others):
+        raise Decline(f"q, k, v dtypes {[dtype] + others} are not one supported dtype")
+
+    batch = slots_size(slots, roles.batch)
+    num_kv_heads = slots_size(slots, roles.head)
+    num_q_heads = q.shape[2]
+    key_len = key_run.size
+    for size, what in ((num_q_heads, "query heads"), (num_kv_heads, "KV heads"), (head_dim_q, "head dim"),
+                       (head_dim_k, "key head dim"), (head_dim_v, "value head dim"), (rope_dim, "rope dim")):
+        if not is_concrete(size):
+            raise Decline(f"the number of {what} is symbolic")
+    spec = AttentionSpec(
+        kind=infer_kind(num_q_heads, num_kv_heads, head_dim_q, head_dim_k, tied),
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim_q=head_dim_q,
+        head_dim_k=head_dim_k,
+        head_dim_v=head_dim_v,
+        rope_dim=rope_dim,
+        tied=tied,
+        paged=False,
+        dtype=dtype_name(dtype),
+    )
+    try:
+        if not is_concrete(query_len):
+            raise Decline("the query length is symbolic")
+        if query_len > MAX_QUERY_LEN:
+            raise Decline(f"query length {query_len} > {MAX_QUERY_LEN} (prefill): left to Inductor")
+        for mask in masks:
+            if any(slots[index].role in ("head", "group") for index in mask.slot_axes):
+                raise Decline("the mask varies across heads, which the op's mask cannot express")
+            if len(roles.batch) > 1 and any(index in roles.batch for index in mask.slot_axes):
+                raise Decline("the mask varies along a batch that spans several dims")
+        output = output_plan(values, slots, roles)
+        plan = SitePlan(form, spec, q, k_plan, v_out, q_rope, k_rope, masks, causal_top_left, roles, slots, scale,
+                        output, anchor, owned, query_len, key_len)
+        _validate(plan, batch, key_len)
+    except Decline as decline:
+        decline.spec = spec
+        raise
+    return plan
+
+
+def _validate(plan: SitePlan, batch, key_len) -> None:
+    """The op's own argument checks, on meta tensors with the example sizes."""
+    spec = plan.spec
+    dtype = spec.torch_dtype
+    q = _meta([batch, plan.query_len, spec.num_q_heads, spec.head_dim_q], dtype)
+    k = _meta([batch, key_len, spec.num_kv_heads, spec.head_dim_k], dtype)
+    v = None if plan.v is None else _meta([batch, key_len, spec.num_kv_heads, spec.head_dim_v], dtype)
+    q_rope = k_rope = None
+    if plan.q_rope is not None:
+        q_rope = _meta([batch, plan.query_len, spec.num_q_heads, spec.rope_dim], dtype)
+        k_rope = _meta([batch, key_len, spec.rope_dim], dtype)
+    mask = None
+    if plan.masks or plan.causal_top_left:
+        mask = _meta([batch, 1, plan.query_len, key_len], torch.bool)
+    try:
+        validate_inputs(q, k, v, q_rope, k_rope, None, None, mask, plan.scale, None)
+    except (ValueError, TypeError) as error:
+        raise Decline(f"unsupported by the op: {error}") from None

@@ -1,0 +1,201 @@
+"""Emit the nodes a SitePlan asks for: views of the graph's own tensors (no copies of the caches), the
+op call, and the output laid back out; then drop the nodes of the old attention that nothing reads."""
+from __future__ import annotations
+
+import math
+import operator
+from typing import Optional
+
+import torch
+from torch import fx
+from torch._guards import detect_fake_mode
+from torch.utils import _pytree as pytree
+
+from .layout import fake_value
+from .masks import PlacedMask
+from .plan import QueryPlan, SitePlan, TensorPlan
+from .sizes import is_concrete, known_equal, known_one
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+
+
+class Emitter:
+    """Inserts nodes before an anchor, giving each the fake value Inductor's later passes expect."""
+
+    def __init__(self, graph: fx.Graph, anchor: fx.Node):
+        self.graph = graph
+        self.anchor = anchor
+        values = [n.meta.get("val") for n in graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
+        self.fake_mode = detect_fake_mode(values)
+        self.stack_trace = anchor.meta.get("stack_trace")
+        self.created: list = []
+
+    def call(self, target, *args, **kwargs) -> fx.Node:
+        with self.graph.inserting_before(self.anchor):
+            node = self.graph.call_function(target, tuple(args), dict(kwargs))
+        fake_args, fake_kwargs = pytree.tree_map(
+            lambda a: a.meta["val"] if isinstance(a, fx.Node) else a, (tuple(args), dict(kwargs))
+        )
+        if self.fake_mode is not None:
+            with self.fake_mode:
+                node.meta["val"] = target(*fake_args, **fake_kwargs)
+        else:
+            node.meta["val"] = target(*fake_args, **fake_kwargs)
+        if self.stack_trace is not None:
+            node.meta["stack_trace"] = self.stack_trace
+        self.created.append(node)
+        return node
+
+    def size(self, size):
+        """An int, or a graph node producing the SymInt (found among the tensors before the anchor)."""
+        if is_concrete(size):
+            return size
+        for node in self.graph.nodes:
+            if node is self.anchor:
+                break
+            value = node.meta.get("val")
+            if isinstance(value, torch.SymInt) and known_equal(value, size):
+                return node
+            if isinstance(value, torch.Tensor):
+                for dim, dim_size in enumerate(value.shape):
+                    if not is_concrete(dim_size) and known_equal(dim_size, size):
+                        return self.call(aten.sym_size.int, node, dim)
+        raise RuntimeError(f"no node in the graph carries the size {size}")
+
+    def shape(self, sizes) -> list:
+        return [self.size(s) for s in sizes]
+
+    def reshape(self, node: fx.Node, sizes) -> fx.Node:
+        if list(fake_value(node).shape) == list(sizes):
+            return node
+        return self.call(aten.reshape.default, node, self.shape(sizes))
+
+    def permute(self, node: fx.Node, order) -> fx.Node:
+        if list(order) == list(range(len(order))):
+            return node
+        return self.call(aten.permute.default, node, list(order))
+
+
+def build_view(emit: Emitter, plan: TensorPlan) -> fx.Node:
+    node = emit.reshape(plan.base, plan.split_shape)
+    for dim, length in plan.slices:
+        node = emit.call(aten.slice.Tensor, node, dim, 0, emit.size(length))
+    if plan.squeeze:
+        node = emit.call(aten.squeeze.dims, node, list(plan.squeeze))
+    node = emit.permute(node, plan.order)
+    for position in plan.unsqueeze:
+        node = emit.call(aten.unsqueeze.default, node, position)
+    if plan.merged_shape is not None:
+        node = emit.reshape(node, plan.merged_shape)
+    return node
+
+
+def build_query(emit: Emitter, plan: QueryPlan) -> fx.Node:
+    node = emit.reshape(build_view(emit, plan.view), plan.shape)
+    if plan.window is not None:
+        start, length = plan.window
+        node = emit.call(aten.slice.Tensor, node, 3, start, start + length)
+    if fake_value(node).stride()[-1] != 1:
+        node = emit.call(aten.clone.default, node, memory_format=torch.contiguous_format)
+    return node
+
+
+def build_mask(emit: Emitter, mask: PlacedMask, plan: SitePlan) -> fx.Node:
+    """The mask as [B or 1, 1, Lq or 1, S or 1]."""
+    node = mask.node
+    if not mask.additive and not mask.attend_if:
+        node = emit.call(aten.logical_not.default, node)
+    if mask.additive and mask.multiplier != 1.0:
+        node = emit.call(aten.mul.Tensor, node, mask.multiplier)
+    for axis, length in mask.slices:
+        node = emit.call(aten.slice.Tensor, node, axis, 0, emit.size(length))
+    for axis in mask.unit_axes:
+        if not known_one(fake_value(node).shape[axis]):
+            node = emit.call(aten.slice.Tensor, node, axis, 0, 1)
+    if mask.unit_axes:
+        node = emit.call(aten.squeeze.dims, node, list(mask.unit_axes))
+    remaining = sorted(mask.slot_axes.values())
+    roles = plan.roles
+    # One slot per op dim at most (plan.py declines masks along a batch that spans several dims).
+    per_dim = [roles.batch, [], roles.position, [roles.key]]
+    varying = [next((s for s in slots if s in mask.slot_axes), None) for slots in per_dim]
+    order = [remaining.index(mask.slot_axes[s]) for s in varying if s is not None]
+    node = emit.permute(node, order)
+    for position, slot in enumerate(varying):
+        if slot is None:
+            node = emit.call(aten.unsqueeze.default, node, position)
+    return node
+
+
+def build_causal_top_left(emit: Emitter, plan: SitePlan, device: torch.device) -> fx.Node:
+    """SDPA's is_causal: query i sees key j iff j <= i (aligned at the top left, unlike the op's causal)."""
+    query = emit.call(prims.iota.default, plan.query_len, start=0, step=1, dtype=torch.int64, device=device,
+                      requires_grad=False)
+    keys = emit.call(prims.iota.default, emit.size(plan.key_len), start=0, step=1, dtype=torch.int64,
+                     device=device, requires_grad=False)
+    visible = emit.call(aten.le.Tensor, emit.call(aten.unsqueeze.default, keys, 0),
+                        emit.call(aten.unsqueeze.default, query, 1))
+    return emit.call(aten.unsqueeze.default, emit.call(aten.unsqueeze.default, visible, 0), 0)
+
+
+def combine_masks(emit: Emitter, booleans: list, additive: list, dtype: torch.dtype, device) -> Optional[fx.Node]:
+    allowed = None
+    for node in booleans:
+        allowed = node if allowed is None else emit.call(aten.logical_and.default, allowed, node)
+    bias = None
+    for node in additive:
+        bias = node if bias is None else emit.call(aten.add.Tensor, bias, node)
+    if bias is None:
+        return allowed
+    if allowed is None:
+        return bias
+    excluded = emit.call(aten.scalar_tensor.default, -math.inf, dtype=fake_value(bias).dtype, device=device)
+    return emit.call(aten.where.self, allowed, bias, excluded)
+
+
+def emit_site(graph: fx.Graph, plan: SitePlan) -> list:
+    """Rewrite one site; returns the nodes created."""
+    emit = Emitter(graph, plan.anchor)
+    q = build_query(emit, plan.q)
+    device = fake_value(q).device
+    k = build_view(emit, plan.k)
+    v = None if plan.v is None else build_view(emit, plan.v)
+    q_rope = None if plan.q_rope is None else build_query(emit, plan.q_rope)
+    k_rope = None if plan.k_rope is None else build_view(emit, plan.k_rope)
+    booleans = [build_mask(emit, m, plan) for m in plan.masks if not m.additive]
+    additive = [build_mask(emit, m, plan) for m in plan.masks if m.additive]
+    if plan.causal_top_left:
+        booleans.append(build_causal_top_left(emit, plan, device))
+    mask = combine_masks(emit, booleans, additive, fake_value(q).dtype, device)
+    result = emit.call(
+        torch.ops.glacompiler.attention_with_kvcache.default,
+        q, k, v, q_rope, k_rope, None, None, mask, float(plan.scale), False, 0,
+    )
+    out = emit.call(operator.getitem, result, 0)
+    out = emit.reshape(out, plan.output.split_shape)
+    out = emit.permute(out, plan.output.order)
+    out = emit.reshape(out, plan.output.shape)
+    if fake_value(out).dtype != plan.output.dtype:
+        out = emit.call(torch.ops.prims.convert_element_type.default, out, plan.output.dtype)
+    plan.output.node.replace_all_uses_with(out)
+    remove_dead(graph, plan.owned)
+    return emit.created
+
+
+def remove_dead(graph: fx.Graph, owned: list) -> None:
+    """Erase the old site's nodes (even those FX deems impure, like SDPA with its dropout seed: they are ours
+    and dead), then any pure producer that only they read."""
+    order = {node: index for index, node in enumerate(graph.nodes)}
+    work = []
+    for node in sorted(set(owned), key=lambda n: order.get(n, -1), reverse=True):
+        if getattr(node, "_erased", False) or node.users or node.op != "call_function":
+            continue
+        work.extend(node.all_input_nodes)
+        graph.erase_node(node)
+    while work:
+        node = work.pop()
+        if getattr(node, "_erased", False) or node.op != "call_function" or node.users or node.is_impure():
+            continue
+        work.extend(node.all_input_nodes)
+        graph.erase_node(node)

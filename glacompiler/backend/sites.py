@@ -1,0 +1,189 @@
+"""Attention sites in a graph, and the plan for each: hand-written attention found from its softmax, and
+SDPA calls. Both end in the same SitePlan."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+from torch import fx
+
+from .layout import Layout, Piece, broadcast_layout, fake_value, is_view_like, view_layout
+from .masks import place
+from .operands import Decline, Operand, convert_dtypes, walk_operand
+from .plan import SitePlan, check_scales, choose_roles, is_tied, make_plan
+from .scores import PRODUCT_OPS, MaskUse, reaches_product, walk_scores
+from .sdpa import SdpaCall, is_sdpa, read_sdpa
+from .sizes import is_concrete, product
+from .slots import assign_roles, build_slots, slot_space, terms_from_operands, terms_from_product
+from .softmax import SoftmaxMatch, find_softmaxes, scores_used_only_by_softmax
+from .values import ValueSide, analyze_values, values_of_product
+
+aten = torch.ops.aten
+
+# What may sit between the probabilities and the value product of something still shaped like attention.
+ELEMENTWISE_OPS = (aten.mul.Tensor, aten.div.Tensor, aten.where.self, aten.mul.Scalar, aten.div.Scalar)
+
+
+@dataclasses.dataclass
+class Site:
+    """A place in the graph that computes attention; plan() says how to rewrite it or raises Decline."""
+
+    anchor: fx.Node  # the node whose provenance is reported
+    form: str
+    softmax: Optional[SoftmaxMatch] = None
+    sdpa_node: Optional[fx.Node] = None
+
+    def plan(self) -> SitePlan:
+        """A key concatenated along its head dim is first read as GTA/MLA's two parts (tied or latent part +
+        one shared rope key: the caches are read in place); failing that, as one key tensor."""
+        try:
+            return self._plan(split_cat=True)
+        except Decline as split:
+            try:
+                return self._plan(split_cat=False)
+            except Decline as whole:
+                # Report the attempt that understood the site's shapes (it got further), the split one first.
+                if split.spec is not None or whole.spec is None or str(whole) == str(split):
+                    raise split from None
+                raise
+
+    def _plan(self, split_cat: bool) -> SitePlan:
+        if self.softmax is not None:
+            return plan_softmax_site(self.softmax, split_cat)
+        return plan_sdpa_site(read_sdpa(self.sdpa_node), split_cat)
+
+
+def _feeds_product(node: fx.Node, depth: int = 6) -> bool:
+    """The probabilities reach the left operand of a bmm/mm through views, casts and elementwise ops (a
+    dropout is still an attention site, reported as skipped)."""
+    frontier = [node]
+    for _ in range(depth):
+        following = []
+        for current in frontier:
+            for user in current.users:
+                if user.op != "call_function":
+                    continue
+                if user.target in PRODUCT_OPS:
+                    if user.args[0] is current:
+                        return True
+                elif is_view_like(user) or convert_dtypes(user) is not None or user.target in ELEMENTWISE_OPS:
+                    following.append(user)
+        frontier = following
+    return False
+
+
+def find_sites(graph: fx.Graph) -> list:
+    """Attention-shaped places: SDPA calls, and softmaxes over a product whose result feeds a product."""
+    sites = []
+    for node in graph.nodes:
+        if node.op == "call_function" and is_sdpa(node):
+            sites.append(Site(node, f"sdpa:{node.target.__name__.split('.')[0]}", sdpa_node=node))
+    for match in find_softmaxes(graph):
+        if reaches_product(match.input) and _feeds_product(match.output):
+            sites.append(Site(match.output, match.form, softmax=match))
+    return sites
+
+
+def _check_owned(nodes: list, owners: set, what: str) -> None:
+    for node in nodes:
+        for user in node.users:
+            if user not in owners:
+                raise Decline(f"{what} {node.name} is also used by {user.name} (an intermediate is used elsewhere)")
+
+
+def plan_softmax_site(match: SoftmaxMatch, split_cat: bool = True) -> SitePlan:
+    if not scores_used_only_by_softmax(match):
+        others = [u.name for u in match.input.users if u not in set(match.nodes)]
+        raise Decline(f"the scores are also used by {', '.join(others)} (an intermediate is used elsewhere)")
+    walk = walk_scores(match.input)
+    owners = set(walk.chain) | {match.input} | set(match.nodes)
+    _check_owned(walk.chain, owners, "score node")
+    _check_owned([n for n in match.nodes if n is not match.output], owners, "softmax node")
+    terms = [term for raw in walk.terms for term in terms_from_product(raw, split_cat)]
+    rank = fake_value(match.input).dim()
+    slots = build_slots(terms, rank)
+    assign_roles(slots, match.dim)
+    c_over_slots = slot_space(slots, rank)
+    placed = [place(use, c_over_slots, slots) for use in walk.masks]
+    positions = {index for mask in placed for index in mask.slot_axes if slots[index].role == "row"}
+    roles, main, rope = choose_roles(slots, terms, positions)
+    values = values_of_product(match.output, slots, c_over_slots)
+    main, rope = _settle_main(terms, slots, roles, values, main, rope)
+    owned = [match.input] + walk.chain + match.nodes + values.chain + [values.output]
+    return make_plan(match.form, terms, slots, roles, main, rope, values, placed, False,
+                     check_scales(terms), values.output, owned)
+
+
+def _settle_main(terms, slots, roles, values: ValueSide, main, rope) -> tuple:
+    """Two terms with the same head structure (MLA: one latent head): the main one is V's tensor."""
+    if main is not None or len(terms) == 1:
+        return main, rope
+    tied = [t for t, term in enumerate(terms) if is_tied(term, t, slots, roles, values)]
+    if len(tied) == 1:
+        return tied[0], 1 - tied[0]
+    sizes = [term.q_contraction.size for term in terms]
+    if not all(is_concrete(s) for s in sizes) or sizes[0] == sizes[1]:
+        raise Decline("cannot tell the latent score term from the rope term")
+    main = 0 if sizes[0] > sizes[1] else 1
+    return main, 1 - main
+
+
+def _sdpa_query(q: Operand) -> Operand:
+    """SDPA's [*batch, H, L, E] query as the left operand [b, m, k] of a product."""
+    dims = q.layout.dims
+    return Operand(q.base, Layout((sum(dims[:-2], ()), dims[-2], dims[-1]), q.layout.base_sizes), q.factor, q.nodes)
+
+
+def _sdpa_key_value(kv: Operand, groups: int, is_key: bool) -> Operand:
+    """SDPA's [*batch, Hkv, S, E] key (as [b, E, S]) or value (as [b, S, Ev]): the right operand of a
+    product. With GQA the KV heads gain a broadcast run of the group size (query head h reads KV head
+    h // groups)."""
+    dims = kv.layout.dims
+    batch = sum(dims[:-3], ()) + dims[-3] + ((Piece(None, groups),) if groups > 1 else ())
+    inner = (dims[-1], dims[-2]) if is_key else (dims[-2], dims[-1])
+    return Operand(kv.base, Layout((batch,) + inner, kv.layout.base_sizes), kv.factor, kv.nodes)
+
+
+def plan_sdpa_site(call: SdpaCall, split_cat: bool = True) -> SitePlan:
+    q_val, k_val, v_val = fake_value(call.query), fake_value(call.key), fake_value(call.value)
+    if not (q_val.dim() == k_val.dim() == v_val.dim() and q_val.dim() >= 3):
+        raise Decline("SDPA operands without a head dim")
+    q_heads, kv_heads, head_dim = q_val.shape[-3], k_val.shape[-3], q_val.shape[-1]
+    if not (is_concrete(q_heads) and is_concrete(kv_heads) and is_concrete(head_dim)):
+        raise Decline("SDPA heads or head dim are symbolic")
+    if q_heads % kv_heads != 0:
+        raise Decline("SDPA query heads are not a multiple of KV heads")
+    groups = q_heads // kv_heads
+    q = _sdpa_query(walk_operand(call.query, allow_scale=True))
+    k = _sdpa_key_value(walk_operand(call.key, allow_scale=True), groups, is_key=True)
+    v = _sdpa_key_value(walk_operand(call.value, allow_scale=False), groups, is_key=False)
+    scores_shape = list(q_val.shape[:-1]) + [k_val.shape[-2]]
+    c_over_product = view_layout([product(list(q_val.shape[:-2])), q_val.shape[-2], k_val.shape[-2]], scores_shape)
+    if c_over_product is None:
+        raise Decline("the SDPA scores cannot be related to a batched product")
+    sdpa_scale = call.scale if call.scale is not None else 1.0 / math.sqrt(head_dim)
+    terms = terms_from_operands(sdpa_scale, c_over_product, q, k, split_cat)
+    rank = len(scores_shape)
+    slots = build_slots(terms, rank)
+    assign_roles(slots, rank - 1)
+    c_over_slots = slot_space(slots, rank)
+    placed = []
+    if call.mask is not None:
+        mask_val = fake_value(call.mask)
+        spread = broadcast_layout(list(mask_val.shape), scores_shape)
+        if spread is None:
+            raise Decline("the SDPA mask does not broadcast to the scores")
+        use = MaskUse(node=call.mask, additive=mask_val.dtype != torch.bool, attend_if=True, c_over_mask=spread,
+                      multiplier=1.0)
+        placed.append(place(use, c_over_slots, slots))
+    # SDPA fixes which dim holds the query positions: [*batch, H, L, S].
+    positions = {i for i, s in enumerate(slots) if s.dim == rank - 2 and s.role == "row"}
+    roles, main, rope = choose_roles(slots, terms, positions)
+    dims = c_over_slots.dims
+    probabilities = Layout((sum(dims[:-2], ()), dims[-2], dims[-1]), c_over_slots.base_sizes)
+    values = analyze_values(probabilities, v, slots, call.output, [])
+    main, rope = _settle_main(terms, slots, roles, values, main, rope)
+    return make_plan(call.form, terms, slots, roles, main, rope, values, placed, call.is_causal,
+                     check_scales(terms), call.node, [call.output, call.node])

@@ -1,0 +1,149 @@
+"""The gla backend on a CUDA GPU (run with `pytest -m gpu tests/test_backend*.py` on an H100/H200): SDPA
+decomposes to the CUDA kernels' ops (flash / efficient / cudnn), the op runs the generated Triton kernels,
+and CUDA-graph mode captures and replays the decode step with the op inside."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._dynamo.utils import counters
+
+import glacompiler
+from glacompiler.demo import install_plain_decode, mark_caches_static
+from glacompiler.models import TinyLM, tiny_config
+from test_backend_patterns import CASES, S, sdpa_inputs
+from test_backend_runtime import StaticCacheDecoder, decode_inputs
+from test_backend_support import compile_and_count
+
+pytestmark = pytest.mark.gpu
+
+
+def on_gpu(tensors, dtype=torch.bfloat16):
+    return [t.to("cuda", dtype) if t.is_floating_point() else t.to("cuda") for t in tensors]
+
+
+def check_fa_rule(ours, low_precision, reference):
+    """FlashAttention's rule: our error against fp32 is at most twice eager's own error in the same precision,
+    plus a small atol for the rounding of the output itself."""
+    ours_error = (ours.float() - reference).abs().max().item()
+    eager_error = (low_precision.float() - reference).abs().max().item()
+    assert ours_error <= 2 * eager_error + 1e-2 * reference.abs().max().item(), (ours_error, eager_error)
+
+
+@pytest.mark.parametrize("name", ["sdpa_enable_gqa", "sdpa_repeat_kv", "sdpa_bool_mask_and_scale", "hf_eager_additive",
+                                  "gta_cat", "gta_sdpa", "mla_absorbed", "gla_grouped", "sdpa_is_causal_multi_token"])
+def test_variants_on_gpu_bf16(cuda_device, name):
+    fn, make_inputs, kind, *_ = CASES[name]
+    torch.manual_seed(0)
+    inputs = make_inputs()
+    gpu_inputs = on_gpu(inputs)
+    output, counts, records = compile_and_count(fn, *gpu_inputs)
+    assert [r.status for r in records] == ["rewritten"], [str(r) for r in records]
+    assert records[0].kind == kind and counts[0]["gla"] == 1 and counts[0]["sdpa"] == 0
+    with torch.no_grad():
+        reference = fn(*on_gpu(inputs, torch.float32)).float()
+        check_fa_rule(output, fn(*gpu_inputs), reference)
+
+
+def test_sdpa_with_dropout_keeps_fused_kernel(cuda_device):
+    q, k, v = on_gpu(sdpa_inputs())
+    _, counts, records = compile_and_count(
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, enable_gqa=True), q, k, v)
+    assert [r.status for r in records] == ["skipped"] and "dropout" in records[0].reason
+    assert counts[0]["gla"] == 0
+
+
+def test_cudagraphs_capture_and_replay_the_decode_step(cuda_device):
+    from torch._inductor import cudagraph_trees
+
+    steps = 8
+    compiled_model = StaticCacheDecoder(S).to("cuda", torch.bfloat16)
+    eager_model = StaticCacheDecoder(S).to("cuda", torch.bfloat16)
+    torch._dynamo.mark_static_address(compiled_model.k_cache)
+    torch._dynamo.mark_static_address(compiled_model.v_cache)
+    torch._dynamo.reset()
+    glacompiler.reset_report()
+    counters.clear()
+    step = torch.compile(compiled_model, backend=glacompiler.backend(cudagraphs=True))
+    with torch.no_grad():
+        for position in range(steps):
+            args = on_gpu(decode_inputs(position)) + [torch.tensor([position], device="cuda")]
+            torch.compiler.cudagraph_mark_step_begin()
+            out = step(*args)
+            expected = eager_model(*args)
+            torch.testing.assert_close(out.float(), expected.float(), rtol=2e-2, atol=2e-2)
+    assert [r.status for r in glacompiler.compile_report()] == ["rewritten"]
+    assert counters["inductor"]["cudagraph_skips"] == 0
+    manager = cudagraph_trees.get_manager(torch.cuda.current_device(), create_if_none_exists=False)
+    assert manager is not None and manager.path_state.name == "EXECUTION"  # replaying a recorded graph
+    torch.testing.assert_close(compiled_model.k_cache.float(), eager_model.k_cache.float())
+
+
+def test_gla2_model_decode_with_cudagraphs(cuda_device):
+    """The demo's model in bf16: plain-PyTorch decode under gla with CUDA graphs, against the package's
+    fused-op decode in eager."""
+    torch.manual_seed(0)
+    plain = install_plain_decode(TinyLM(tiny_config("gla-2")).eval().to("cuda", torch.bfloat16))
+    torch.manual_seed(0)
+    fused = TinyLM(tiny_config("gla-2")).eval().to("cuda", torch.bfloat16)
+    for model in (plain, fused):
+        model.setup_cache(4, 64)
+    mark_caches_static(plain)
+    prompt = torch.randint(0, 257, (4, 20), device="cuda")
+    torch._dynamo.reset()
+    glacompiler.reset_report()
+    decode = torch.compile(plain.decode, backend=glacompiler.backend(cudagraphs=True))
+    plain.prefill(prompt)
+    fused.prefill(prompt)
+    lengths = torch.full((4,), 20, dtype=torch.int32, device="cuda")
+    for step in range(6):
+        lengths = lengths + 1
+        tokens = torch.randint(0, 257, (4, 1), device="cuda", generator=torch.Generator("cuda").manual_seed(step))
+        torch.compiler.cudagraph_mark_step_begin()
+        ours = decode(tokens, lengths).float()
+        theirs = fused.decode(tokens, lengths).float()
+        torch.testing.assert_close(ours, theirs, rtol=5e-2, atol=5e-2 * theirs.abs().max().item())
+    records = glacompiler.compile_report()
+    assert [r.status for r in records] == ["rewritten"] * 2 and {r.kind for r in records} == {"gla"}
+    assert records[0].spec.dtype == "bfloat16"
+
+
+def test_static_cache_decode_compiles_once_on_gpu(cuda_device):
+    calls = []
+    inner = glacompiler.backend()
+
+    def counting(gm, example_inputs):
+        calls.append(1)
+        return inner(gm, example_inputs)
+
+    model = StaticCacheDecoder(S).to("cuda", torch.bfloat16)
+    torch._dynamo.reset()
+    step = torch.compile(model, backend=counting)
+    with torch.no_grad():
+        for position in range(S):
+            step(*on_gpu(decode_inputs(position)), torch.tensor([position], device="cuda"))
+    assert len(calls) == 1
+
+
+def test_autotune_tunes_the_rewritten_site_into_the_user_cache(cuda_device, tmp_path, monkeypatch):
+    """backend(autotune=True): the first compile tunes the site's real shape bucket (small budget) and
+    writes it to the user cache, where the runtime lookup then finds it."""
+    pytest.importorskip("optuna")
+    from glacompiler.tuning import clear_lookup_caches, lookup_config
+    from glacompiler.tuning.tables import user_table_path
+    from glacompiler.validation import ProblemShape
+
+    monkeypatch.setenv("GLACOMPILER_CACHE_DIR", str(tmp_path))
+    clear_lookup_caches()
+    q, k, v = on_gpu(sdpa_inputs())
+    torch._dynamo.reset()
+    glacompiler.reset_report()
+    compiled = torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                             backend=glacompiler.backend(autotune=True))
+    with torch.no_grad():
+        out = compiled(q, k, v)
+    records = glacompiler.compile_report()
+    assert [r.status for r in records] == ["rewritten"]
+    assert user_table_path(torch.cuda.get_device_name()).exists()
+    shape = ProblemShape(batch=q.shape[0], query_len=q.shape[2], capacity=k.shape[2], page_size=0)
+    assert lookup_config(records[0].spec, shape, q.device) is not None
+    torch.testing.assert_close(out.float(), F.scaled_dot_product_attention(q, k, v, enable_gqa=True).float(),
+                               rtol=2e-2, atol=2e-2)

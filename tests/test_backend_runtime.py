@@ -1,0 +1,212 @@
+"""The backend as users meet it: registration (import and entry point), options, the compile report and
+its log, recompiles across decode steps, and the fallback when our pass fails."""
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import glacompiler
+from glacompiler.backend import attention_pass
+from test_backend_patterns import B, D, GROUP, HKV, HQ, repeat_kv, sdpa_inputs
+from test_backend_support import assert_close
+
+
+class CountingBackend:
+    def __init__(self, inner=None):
+        self.inner = inner or glacompiler.backend()
+        self.compiles = 0
+
+    def __call__(self, gm, example_inputs):
+        self.compiles += 1
+        return self.inner(gm, example_inputs)
+
+
+class StaticCacheDecoder(torch.nn.Module):
+    """gpt-fast's decode step: a static cache written at a tensor position, attention over its whole length
+    with a mask of the written positions."""
+
+    def __init__(self, capacity):
+        super().__init__()
+        self.register_buffer("k_cache", torch.zeros(B, HKV, capacity, D))
+        self.register_buffer("v_cache", torch.zeros(B, HKV, capacity, D))
+
+    def forward(self, q, k_new, v_new, position):
+        self.k_cache.index_copy_(2, position, k_new)
+        self.v_cache.index_copy_(2, position, v_new)
+        visible = torch.arange(self.k_cache.shape[2], device=position.device) <= position
+        return F.scaled_dot_product_attention(q, self.k_cache, self.v_cache, attn_mask=visible[None, None, None, :],
+                                              enable_gqa=True)
+
+
+def decode_inputs(step):
+    generator = torch.Generator().manual_seed(step)
+    return [torch.randn(*shape, generator=generator) for shape in ((B, HQ, 1, D), (B, HKV, 1, D), (B, HKV, 1, D))]
+
+
+def test_static_cache_decode_compiles_once_for_64_steps():
+    steps = 64
+    compiled_model, eager_model = StaticCacheDecoder(steps), StaticCacheDecoder(steps)
+    backend = CountingBackend()
+    torch._dynamo.reset()
+    glacompiler.reset_report()
+    step = torch.compile(compiled_model, backend=backend)
+    with torch.no_grad():
+        for position in range(steps):
+            args = decode_inputs(position) + [torch.tensor([position])]
+            assert_close(step(*args), eager_model(*args))
+    assert backend.compiles == 1
+    assert [r.status for r in glacompiler.compile_report()] == ["rewritten"]
+    assert torch.equal(compiled_model.k_cache, eager_model.k_cache)
+
+
+def growing_cache_step(q, k_past, v_past, k_new, v_new):
+    """A cache that grows by concatenation: the key length changes every step."""
+    k, v = torch.cat([k_past, k_new], dim=2), torch.cat([v_past, v_new], dim=2)
+    scores = (q @ repeat_kv(k, GROUP).transpose(-1, -2)) * D ** -0.5
+    return scores.softmax(-1) @ repeat_kv(v, GROUP), k, v
+
+
+def test_growing_cache_compiles_at_most_twice_for_64_steps():
+    backend = CountingBackend()
+    torch._dynamo.reset()
+    glacompiler.reset_report()
+    step = torch.compile(growing_cache_step, backend=backend)
+    k, v = torch.zeros(B, HKV, 2, D), torch.zeros(B, HKV, 2, D)
+    k_eager, v_eager = k.clone(), v.clone()
+    with torch.no_grad():
+        for position in range(64):
+            q, k_new, v_new = decode_inputs(position)
+            out, k, v = step(q, k, v, k_new, v_new)
+            expected, k_eager, v_eager = growing_cache_step(q, k_eager, v_eager, k_new, v_new)
+            assert_close(out, expected)
+    assert backend.compiles <= 2
+    records = glacompiler.compile_report()
+    assert len(records) == backend.compiles and all(r.status == "rewritten" for r in records)
+
+
+def test_report_records_each_compile_and_resets():
+    """Inductor's caches are bypassed for gla graphs, so a recompile after reset reports its sites again."""
+    q, k, v = sdpa_inputs()
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
+    for _ in range(2):
+        torch._dynamo.reset()
+        glacompiler.reset_report()
+        with torch.no_grad():
+            torch.compile(attend, backend="gla")(q, k, v)
+        (record,) = glacompiler.compile_report()
+        assert record.status == "rewritten" and record.kind == "gqa" and record.reason == ""
+        assert "test_backend_runtime.py" in record.source and "scaled_dot_product_attention" in record.source
+        assert record.spec.num_q_heads == HQ and record.spec.num_kv_heads == HKV and record.spec.head_dim_q == D
+    glacompiler.reset_report()
+    assert glacompiler.compile_report() == []
+
+
+def test_log_records_as_they_happen(monkeypatch, caplog):
+    monkeypatch.setenv("GLACOMPILER_LOG", "1")
+    torch._dynamo.reset()
+    with caplog.at_level(logging.INFO, logger="glacompiler"), torch.no_grad():
+        torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                      backend="gla")(*sdpa_inputs())
+    messages = [r.getMessage() for r in caplog.records if r.name == "glacompiler"]
+    assert any(m.startswith("[rewritten] gqa") for m in messages), messages
+
+
+def _explode(*args, **kwargs):
+    raise RuntimeError("injected failure")
+
+
+def test_pass_failure_compiles_unrewritten_with_a_warning(monkeypatch):
+    monkeypatch.setattr(attention_pass, "emit_site", _explode)
+    monkeypatch.delenv("GLACOMPILER_STRICT", raising=False)
+    q, k, v = sdpa_inputs()
+    torch._dynamo.reset()
+    glacompiler.reset_report()
+    with pytest.warns(RuntimeWarning, match="compiling it without rewrites"), torch.no_grad():
+        out = torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                            backend="gla")(q, k, v)
+    assert_close(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+    (record,) = glacompiler.compile_report()
+    assert record.status == "skipped" and "injected failure" in record.reason
+
+
+def test_strict_mode_raises(monkeypatch):
+    monkeypatch.setattr(attention_pass, "emit_site", _explode)
+    monkeypatch.setenv("GLACOMPILER_STRICT", "1")
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="injected failure"), torch.no_grad():
+        torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                      backend="gla")(*sdpa_inputs())
+
+
+def test_backend_options():
+    assert glacompiler.backend().config_patches() == {}
+    assert glacompiler.backend(cudagraphs=True).config_patches()["triton.cudagraphs"] is True
+    tuned = glacompiler.backend(autotune=True).config_patches()
+    assert tuned["max_autotune"] is True and not tuned.get("triton.cudagraphs", False)
+    assert glacompiler.backend(inductor_config={"max_fusion_size": 8}).config_patches() == {"max_fusion_size": 8}
+
+
+def test_rewrite_off_keeps_attention_for_inductor():
+    q, k, v = sdpa_inputs()
+    torch._dynamo.reset()
+    glacompiler.reset_report()
+    with torch.no_grad():
+        torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                      backend=glacompiler.backend(rewrite=False))(q, k, v)
+    (record,) = glacompiler.compile_report()
+    assert record.status == "skipped" and record.reason == "rewriting is disabled" and record.kind == "gqa"
+
+
+def test_registration_is_idempotent():
+    from torch._dynamo.backends.registry import lookup_backend
+
+    from glacompiler.backend import gla_backend, register_gla_backend
+
+    register_gla_backend()
+    register_gla_backend()
+    assert lookup_backend("gla") is gla_backend
+    assert "gla" in torch._dynamo.list_backends()
+
+
+def test_entry_point_without_importing_glacompiler():
+    """torch.compile(backend="gla") in a fresh interpreter that never imports glacompiler itself."""
+    script = textwrap.dedent("""
+        import sys
+        import torch
+        import torch.nn.functional as F
+        q, k, v = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16)
+        assert "glacompiler" not in sys.modules
+        with torch.no_grad():
+            out = torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                                backend="gla")(q, k, v)
+        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+        import glacompiler
+        print([r.status for r in glacompiler.compile_report()])
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLACOMPILER")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "['rewritten']"
+
+
+def test_online_tuning_failure_never_fails_the_compile(monkeypatch):
+    """backend(autotune=True) tunes rewritten CUDA sites at first compile; when tuning cannot run, the
+    compile still succeeds with a warning (here the site list is forced, since this machine has no GPU)."""
+    from glacompiler.backend import compiler
+    from glacompiler.validation import ProblemShape
+
+    def no_tuning(targets, **kwargs):
+        raise RuntimeError("online tuning needs a CUDA GPU")
+
+    monkeypatch.setattr("glacompiler.tuning.tune_for_shapes", no_tuning)
+    spec = glacompiler.AttentionSpec("gqa", HQ, HKV, D, D, D, 0, False, False, "float32")
+    with pytest.warns(RuntimeWarning, match="online tuning skipped"):
+        compiler.tune_sites([(spec, ProblemShape(B, 1, 64, 0), torch.device("cuda", 0))])

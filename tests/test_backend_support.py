@@ -1,0 +1,135 @@
+"""Helpers for the backend tests (no tests here).
+
+run_pass(): traces a function the way Inductor does (dynamo, AOT with Inductor's decompositions, inference
+graph), runs our pass on the ATen graph, counts ops before and after, and executes the rewritten graph
+eagerly: the pass's whole effect, without paying for Inductor's C++ compile in every test.
+compile_and_count(): the full backend, with the graph after our pass observed through a chained
+joint_custom_pre_pass (the backend runs a user's pass after its own)."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import torch
+import torch._dynamo
+from torch._dynamo.backends.common import aot_autograd
+from torch._functorch.aot_autograd import make_boxed_func
+from torch._inductor.custom_graph_pass import CustomGraphPass
+from torch._inductor.decomposition import select_decomp_table
+
+import glacompiler
+from glacompiler.backend.attention_pass import AttentionRewritePass
+
+GLA_OP = torch.ops.glacompiler.attention_with_kvcache.default
+aten = torch.ops.aten
+SDPA_OPS = [
+    getattr(aten, name).default
+    for name in (
+        "scaled_dot_product_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+    )
+    if hasattr(aten, name)
+]
+
+
+def count_ops(graph: torch.fx.Graph) -> collections.Counter:
+    counts = collections.Counter()
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target is GLA_OP:
+            counts["gla"] += 1
+        elif node.target in SDPA_OPS:
+            counts["sdpa"] += 1
+        elif node.target in (aten.bmm.default, aten.mm.default):
+            counts["bmm"] += 1
+        elif node.target in (aten.amax.default, aten._softmax.default, aten._safe_softmax.default):
+            counts["softmax"] += 1
+    return counts
+
+
+@dataclasses.dataclass
+class PassResult:
+    before: collections.Counter
+    after: collections.Counter
+    output: object
+    records: list
+    graph: torch.fx.Graph  # after the pass
+
+    def op_calls(self) -> list:
+        return [node for node in self.graph.nodes if node.op == "call_function" and node.target is GLA_OP]
+
+    @property
+    def statuses(self) -> list:
+        return [record.status for record in self.records]
+
+    @property
+    def reasons(self) -> str:
+        return " | ".join(record.reason for record in self.records)
+
+
+class PassHarness:
+    """fn compiled once into an ATen inference graph rewritten by our pass and run eagerly; call it like fn.
+    `result()` describes the last graph compiled."""
+
+    def __init__(self, fn):
+        self.state = {}
+        backend = aot_autograd(fw_compiler=self._compile, decompositions=select_decomp_table(),
+                               keep_inference_input_mutations=True)
+        torch._dynamo.reset()
+        self.compiled = torch.compile(fn, backend=backend, fullgraph=True)
+
+    def _compile(self, gm, example_inputs):
+        self.state["before"] = count_ops(gm.graph)
+        rewrite = AttentionRewritePass(graph_name="test")
+        rewrite(gm.graph)
+        gm.recompile()
+        self.state["after"] = count_ops(gm.graph)
+        self.state["records"] = rewrite.records
+        self.state["graph"] = gm.graph
+        return make_boxed_func(gm.forward)
+
+    def __call__(self, *args):
+        with torch.no_grad():
+            return self.compiled(*args)
+
+    def result(self, output=None) -> PassResult:
+        return PassResult(self.state["before"], self.state["after"], output, self.state["records"],
+                          self.state["graph"])
+
+
+def run_pass(fn, *args) -> PassResult:
+    """fn(*args) traced to an ATen inference graph, rewritten by our pass, run eagerly."""
+    harness = PassHarness(fn)
+    return harness.result(harness(*args))
+
+
+class GraphObserver(CustomGraphPass):
+    """A user joint_custom_pre_pass: the gla backend runs it after its own pass, on the rewritten graph."""
+
+    def __init__(self):
+        self.counts = []
+
+    def __call__(self, graph):
+        self.counts.append(count_ops(graph))
+
+    def uuid(self):
+        return None
+
+
+def compile_and_count(fn, *args, backend="gla"):
+    """(output, per-graph op counts after our pass, report records) of the full backend."""
+    observer = GraphObserver()
+    torch._dynamo.reset()
+    glacompiler.reset_report()
+    with torch.no_grad(), torch._inductor.config.patch(joint_custom_pre_pass=observer):
+        output = torch.compile(fn, backend=backend)(*args)
+    return output, observer.counts, glacompiler.compile_report()
+
+
+def assert_close(actual, expected, tol=1e-5):
+    """fp32: the op's CPU path accumulates in fp32 like eager, so only summation order differs."""
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * max(1.0, expected.abs().max().item()))
