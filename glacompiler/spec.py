@@ -54,6 +54,13 @@ class AttentionSpec:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
+    @classmethod
+    def from_dims(cls, num_q_heads: int, num_kv_heads: int, head_dim_q: int, head_dim_k: int, head_dim_v: int,
+                  rope_dim: int, tied: bool, paged: bool, dtype: str) -> "AttentionSpec":
+        """A spec whose kind is inferred from its head layout."""
+        kind = infer_kind(num_q_heads, num_kv_heads, head_dim_q, head_dim_k, tied)
+        return cls(kind, num_q_heads, num_kv_heads, head_dim_q, head_dim_k, head_dim_v, rope_dim, tied, paged, dtype)
+
     @property
     def group_size(self) -> int:
         """Query heads per KV head."""

@@ -30,11 +30,8 @@ class FamilyMember:
     tied: bool
 
     def spec(self, dtype: str, paged: bool) -> AttentionSpec:
-        from .spec import infer_kind
-
-        kind = infer_kind(self.num_q_heads, self.num_kv_heads, self.head_dim_q, self.head_dim_k, self.tied)
-        return AttentionSpec(kind, self.num_q_heads, self.num_kv_heads, self.head_dim_q, self.head_dim_k,
-                             self.head_dim_v, self.rope_dim, self.tied, paged, dtype)
+        return AttentionSpec.from_dims(self.num_q_heads, self.num_kv_heads, self.head_dim_q, self.head_dim_k,
+                                       self.head_dim_v, self.rope_dim, self.tied, paged, dtype)
 
 
 def gta_member(name: str, num_q_heads: int, num_kv_heads: int, head_dim: int, rope_dim: int) -> FamilyMember:

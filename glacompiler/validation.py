@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .spec import AttentionSpec, dtype_name, infer_kind
+from .spec import AttentionSpec, dtype_name
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM_QK = 576
@@ -179,18 +179,8 @@ def validate_inputs(
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1):
         raise ValueError(f"num_splits must be None or a positive int, got {num_splits!r}")
 
-    spec = AttentionSpec(
-        kind=infer_kind(num_q_heads, num_kv_heads, head_dim_q, head_dim_k, tied),
-        num_q_heads=num_q_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim_q=head_dim_q,
-        head_dim_k=head_dim_k,
-        head_dim_v=head_dim_v,
-        rope_dim=rope_dim,
-        tied=tied,
-        paged=paged,
-        dtype=dtype_name(q.dtype),
-    )
+    spec = AttentionSpec.from_dims(num_q_heads, num_kv_heads, head_dim_q, head_dim_k, head_dim_v, rope_dim, tied,
+                                   paged, dtype_name(q.dtype))
     shape = ProblemShape(batch=batch, query_len=query_len, capacity=capacity, page_size=page_size)
     if debug_checks_enabled():
         check_values(k_cache, cache_seqlens, page_table, shape)

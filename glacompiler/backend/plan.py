@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import fx
 
-from ..spec import AttentionSpec, dtype_name, infer_kind
+from ..spec import AttentionSpec, dtype_name
 from ..validation import MAX_QUERY_LEN, SUPPORTED_DTYPES, validate_inputs
 from .layout import Piece, fake_value
 from .operands import Decline
@@ -313,18 +313,8 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
                        (head_dim_k, "key head dim"), (head_dim_v, "value head dim"), (rope_dim, "rope dim")):
         if not is_concrete(size):
             raise Decline(f"the number of {what} is symbolic")
-    spec = AttentionSpec(
-        kind=infer_kind(num_q_heads, num_kv_heads, head_dim_q, head_dim_k, tied),
-        num_q_heads=num_q_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim_q=head_dim_q,
-        head_dim_k=head_dim_k,
-        head_dim_v=head_dim_v,
-        rope_dim=rope_dim,
-        tied=tied,
-        paged=False,
-        dtype=dtype_name(dtype),
-    )
+    spec = AttentionSpec.from_dims(num_q_heads, num_kv_heads, head_dim_q, head_dim_k, head_dim_v, rope_dim, tied,
+                                   False, dtype_name(dtype))
     try:
         if not is_concrete(query_len):
             raise Decline("the query length is symbolic")
