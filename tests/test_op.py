@@ -96,6 +96,7 @@ def _error_cases():
         "mask shape": (ValueError, "attn_mask shape", edit(attn_mask=torch.ones(2, 1, 2, 5, dtype=torch.bool))),
         "mask dtype": (TypeError, "attn_mask must be bool", edit(attn_mask=torch.ones(2, 1, 2, 16, dtype=torch.int32))),
         "num splits": (ValueError, "num_splits", edit(num_splits=0)),
+        "too many splits": (ValueError, "num_splits", edit(num_splits=65)),
         "scale": (TypeError, "softmax_scale", edit(softmax_scale="0.1")),
         "v heads": (ValueError, "v_cache shape", edit(v_cache=torch.randn(6, 8, 3, 96))),
     }
