@@ -41,13 +41,12 @@ def matmul_rate() -> float:
     return 2 * 8192**3 / (median_ms(lambda: a @ b) * 1e-3)
 
 
-def problem_cost(problem) -> tuple[float, float]:
+def problem_cost(member, q, lengths) -> tuple[float, float]:
     """(bytes, flops) the op must move and do at the least: the cache read once, q read, out written."""
-    kw = problem.kwargs
-    m = problem.member
-    batch, query_len = kw["q"].shape[:2]
-    tokens = int(kw["cache_seqlens"].sum())
-    elem = kw["q"].element_size()
+    m = member
+    batch, query_len = q.shape[:2]
+    tokens = int(lengths.sum())
+    elem = q.element_size()
     kv_per_token = m.num_kv_heads * (m.head_dim_k + (0 if m.tied else m.head_dim_v)) + m.rope_dim
     bytes_moved = tokens * kv_per_token * elem
     bytes_moved += batch * query_len * m.num_q_heads * (m.head_dim_q + m.rope_dim + m.head_dim_v) * elem
@@ -90,6 +89,8 @@ def main() -> None:
     parser.add_argument("--cases", default="mla,gla2,gta,gqa")
     parser.add_argument("--q-lens", default="1,2")
     parser.add_argument("--variants", action="store_true")
+    parser.add_argument("--prefix-mask", action="store_true",
+                        help="pass the filled prefix as a bool attn_mask instead of cache_seqlens")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -107,6 +108,13 @@ def main() -> None:
                 page_size=args.page_size, seqlens=[args.seqlen] * args.batch, poison=False,
             )
             kw = problem.kwargs
+            lengths = kw["cache_seqlens"]
+            if args.prefix_mask:
+                # What backend="gla" passes for a static cache read over its whole length: a bool mask of
+                # the filled prefix instead of cache_seqlens (same function, another kernel path).
+                capacity = kw["page_table"].shape[1] * args.page_size if args.page_size else args.seqlen
+                filled = torch.arange(capacity, device=device) < kw["cache_seqlens"][:, None]
+                kw.update(attn_mask=filled[:, None, None, :], cache_seqlens=None, causal=False)
             spec = member.spec("bfloat16", paged=True)
             base = heuristic_config(spec, args.batch, args.seqlen, query_len, device_multiprocessors(device))
             # Correctness on this very problem before any timing.
@@ -123,10 +131,9 @@ def main() -> None:
                         print(f"  variant {config} failed: {type(error).__name__}: {str(error)[:120]}")
             best = min(timed, key=timed.get)
 
-            bytes_moved, flops = problem_cost(problem)
+            bytes_moved, flops = problem_cost(problem.member, kw["q"], lengths)
             floor_ms = max(bytes_moved / bandwidth, flops / flop_rate) * 1e3
             # Baselines on the same data in logical (contiguous) order.
-            lengths = kw["cache_seqlens"]
             k_lin = logical_cache(kw["k_cache"], kw["page_table"], lengths).contiguous()
             v_lin = None if kw["v_cache"] is None else logical_cache(kw["v_cache"], kw["page_table"], lengths).contiguous()
             kr_lin = None if kw["k_rope_cache"] is None else logical_cache(kw["k_rope_cache"], kw["page_table"], lengths).contiguous()
