@@ -15,6 +15,7 @@ optuna = pytest.importorskip("optuna")
 
 from glacompiler.codegen import templates_version  # noqa: E402
 from glacompiler.config import KernelConfig, heuristic_config  # noqa: E402
+from glacompiler import cli  # noqa: E402
 from glacompiler.tuning import command, lookup, tables  # noqa: E402
 from glacompiler.tuning.driver import plan_jobs, run_tuning  # noqa: E402
 from glacompiler.tuning.lookup import StaleTableWarning, clear_lookup_caches, find_config, lookup_config  # noqa: E402
@@ -526,7 +527,7 @@ def test_compiled_resources_are_picked_up_from_the_launch_log():
 # ------------------------------------------------------------------------------------------------- CLI
 def run_cli(argv, capsys):
     try:
-        code = command.main(argv)
+        code = cli.main(argv)
     except SystemExit as exit_:
         code = exit_.code
     captured = capsys.readouterr()

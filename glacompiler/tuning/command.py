@@ -1,6 +1,6 @@
 """`glacompiler autotune` and `glacompiler configs show`.
 
-Also runnable on its own (no other subcommands needed): python -m glacompiler.tuning.command autotune ...
+Also runnable as python -m glacompiler.tuning.command autotune ... (the same parser as `glacompiler`).
 """
 from __future__ import annotations
 
@@ -283,16 +283,7 @@ def run_configs_show(args) -> int:
     return status
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glacompiler", description="decode-attention kernel tuning")
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
-
-
 if __name__ == "__main__":
+    from ..cli import main
+
     sys.exit(main())
