@@ -634,3 +634,16 @@ def test_online_tuning_needs_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="CUDA GPU"):
         tune_for_shapes([(GQA, SHAPE)])
+
+
+def test_shipped_tables_are_valid_and_current():
+    """Every table in tuned_configs/ passes the schema and was tuned for the templates as they are now:
+    a template change without retuning would silently drop these tables (stale) at run time."""
+    paths = sorted(p for p in tables.shipped_tables_dir().iterdir() if p.name.endswith(".json"))
+    assert paths, "no shipped table"
+    for path in paths:
+        table = tables.read_table(path)  # schema and entry checks
+        assert table.is_current, f"{path.name} was tuned for other templates"
+        assert table.entries
+        for item in table.entries.values():
+            assert item.tuned_us <= item.default_us * 1.05
