@@ -335,23 +335,13 @@ def _polish(study, space: SearchSpace, optimize, report, trial_budget: int) -> N
         if left <= 0 or not complete:
             return
         best = min(complete, key=lambda t: t.value)
-        tried = {_params_key(t.params) for t in _trials(study)}
-        queued = 0
+        neighbours = []
         for name, values in space.choices:
             if name == "num_splits" or best.params[name] not in values:
                 continue
             index = values.index(best.params[name])
-            for neighbour in (index - 1, index + 1):
-                params = dict(best.params, **{name: values[neighbour]}) if 0 <= neighbour < len(values) else None
-                if params is None or _params_key(params) in tried or queued >= left:
-                    continue
-                tried.add(_params_key(params))
-                study.enqueue_trial(params)
-                queued += 1
-        if not queued:
-            return
-        optimize(queued, [report])
-        if min(t.value for t in _trials(study, (TrialState.COMPLETE,))) >= best.value:
+            neighbours += [dict(best.params, **{name: values[i]}) for i in (index - 1, index + 1) if 0 <= i < len(values)]
+        if not _evaluate_untried(study, neighbours, optimize, report, best, limit=left):
             return
 
 
@@ -362,18 +352,26 @@ def _refine_splits(study, space: SearchSpace, optimize, report) -> None:
         if not complete:
             return
         best = min(complete, key=lambda t: t.value)
-        queued = 0
-        for splits in space.split_neighbours(best.params["num_splits"]):
-            params = dict(best.params, num_splits=splits)
-            if any(t.params == params for t in _trials(study)):
-                continue
-            study.enqueue_trial(params)
-            queued += 1
-        if not queued:
+        neighbours = [dict(best.params, num_splits=splits) for splits in space.split_neighbours(best.params["num_splits"])]
+        if not _evaluate_untried(study, neighbours, optimize, report, best):
             return
-        optimize(queued, [report])
-        if min(t.value for t in _trials(study, (TrialState.COMPLETE,))) >= best.value:
-            return
+
+
+def _evaluate_untried(study, candidates: list, optimize, report, best, limit: Optional[int] = None) -> bool:
+    """Enqueue the candidates no trial has tried yet (at most limit), evaluate them, and say whether one
+    beat best (the caller's walk goes on only then)."""
+    tried = {_params_key(t.params) for t in _trials(study)}
+    queued = 0
+    for params in candidates:
+        if (limit is not None and queued >= limit) or _params_key(params) in tried:
+            continue
+        tried.add(_params_key(params))
+        study.enqueue_trial(params)
+        queued += 1
+    if not queued:
+        return False
+    optimize(queued, [report])
+    return min(t.value for t in _trials(study, (TrialState.COMPLETE,))) < best.value
 
 
 def _select(study, spec, shape, space, default_config, default_params, evaluator, budget, name) -> Optional[BucketResult]:
