@@ -73,20 +73,16 @@ def plain_latent_decode(self, x, cache, cache_seqlens):
     """MLA/GLA, absorbed: q_lat . c + q_pe . k_pe over the cached latent heads, softmax, . c, then W_UV."""
     c = self.config
     batch, query_len, _ = x.shape
-    positions = decode_positions(cache_seqlens, query_len)
-    q_nope, q_rope = self._query(x, positions)
-    latent, k_rope = self._latent(x, positions)
-    cache.write(positions, latent, rope_keys=k_rope)
+    q_latent, q_rope = self.absorbed_query(x, cache, cache_seqlens)
     heads, groups = c.n_latent_heads, c.n_heads // c.n_latent_heads
-    q_latent = torch.einsum("blhd,hdc->blhc", q_nope, self.key_up).view(batch, query_len, heads, groups, -1)
+    q_latent = q_latent.view(batch, query_len, heads, groups, -1)
     q_rope = q_rope.view(batch, query_len, heads, groups, -1)
     scores = (torch.einsum("bljgc,bsjc->bjgls", q_latent, cache.k_cache)
               + torch.einsum("bljgr,bsr->bjgls", q_rope, cache.k_rope_cache)) * c.softmax_scale
     visible = visible_keys(cache_seqlens, query_len, cache.k_cache.shape[1])[:, :, None]
     scores = scores.masked_fill(~visible, float("-inf"))
     out_latent = torch.einsum("bjgls,bsjc->bljgc", scores.softmax(-1), cache.k_cache)
-    out = torch.einsum("blhc,hdc->blhd", out_latent.reshape(batch, query_len, c.n_heads, -1), self.value_up)
-    return self.o_proj(out.reshape(batch, query_len, -1))
+    return self.output_from_latent(out_latent.reshape(batch, query_len, c.n_heads, -1))
 
 
 PLAIN_DECODE = {"mha": plain_grouped_decode, "gqa": plain_grouped_decode, "mqa": plain_grouped_decode,

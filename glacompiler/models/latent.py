@@ -87,14 +87,23 @@ class LatentAttention(CachedAttention):
 
     def decode(self, x: Tensor, cache: StaticKVCache, cache_seqlens: Tensor) -> Tensor:
         c = self.config
-        batch, query_len, _ = x.shape
-        positions = decode_positions(cache_seqlens, query_len)
-        q_nope, q_rope = self._query(x, positions)
-        latent, k_rope = self._latent(x, positions)
-        cache.write(positions, latent, rope_keys=k_rope)
-        q_latent = torch.einsum("blhd,hdc->blhc", q_nope, self.key_up)  # W_UK absorbed: [B, Lq, H, d_c]
+        q_latent, q_rope = self.absorbed_query(x, cache, cache_seqlens)
         # Latent head j is KV head j of the op; query head h reads KV head h // (H / h_c): the contiguous groups.
         out_latent = attention_with_kvcache(q_latent, cache.k_cache, q_rope=q_rope, k_rope_cache=cache.k_rope_cache,
                                             cache_seqlens=cache_seqlens, softmax_scale=c.softmax_scale, causal=True)
-        out = torch.einsum("blhc,hdc->blhd", out_latent, self.value_up)  # W_UV applied after attention
+        return self.output_from_latent(out_latent)
+
+    def absorbed_query(self, x: Tensor, cache: StaticKVCache, cache_seqlens: Tensor) -> tuple[Tensor, Tensor]:
+        """Project the new tokens, write their latent and rope key into the cache, and return the query in
+        the latent space (W_UK absorbed) [B, Lq, H, d_c] with its rope part [B, Lq, H, d_R]."""
+        positions = decode_positions(cache_seqlens, x.shape[1])
+        q_nope, q_rope = self._query(x, positions)
+        latent, k_rope = self._latent(x, positions)
+        cache.write(positions, latent, rope_keys=k_rope)
+        return torch.einsum("blhd,hdc->blhc", q_nope, self.key_up), q_rope
+
+    def output_from_latent(self, out_latent: Tensor) -> Tensor:
+        """Attention output in the latent space [B, Lq, H, d_c] -> model width: W_UV applied after attention."""
+        batch, query_len = out_latent.shape[:2]
+        out = torch.einsum("blhc,hdc->blhd", out_latent, self.value_up)
         return self.o_proj(out.reshape(batch, query_len, -1))
