@@ -3,7 +3,6 @@ depends on shapes, never on tensor values."""
 from __future__ import annotations
 
 import logging
-import math
 from typing import Optional
 
 import torch
@@ -129,7 +128,3 @@ def launch_decode_attention(
             num_warps=4,
         )
     return out, lse
-
-
-def default_softmax_scale(head_dim_q: int, rope_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim_q + rope_dim)

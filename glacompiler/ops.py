@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from .config import KernelConfig, device_multiprocessors, heuristic_config
-from .launch import default_softmax_scale, launch_decode_attention
+from .launch import launch_decode_attention
 from .reference import attention_with_kvcache_reference
-from .spec import AttentionSpec
+from .spec import AttentionSpec, default_softmax_scale
 from .validation import ProblemShape, validate_inputs
 
 

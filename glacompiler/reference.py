@@ -9,6 +9,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .spec import default_softmax_scale
+
 
 def logical_cache(cache: Tensor, page_table: Optional[Tensor], cache_seqlens: Tensor) -> Tensor:
     """A cache as [B, S, ...] in logical token order; paged caches are gathered through the page table.
@@ -46,7 +48,7 @@ def attention_with_kvcache_reference(
     group = num_q_heads // num_kv_heads
     rope_dim = 0 if q_rope is None else q_rope.shape[-1]
     if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(head_dim_q + rope_dim)
+        softmax_scale = default_softmax_scale(head_dim_q, rope_dim)
     capacity = k_cache.shape[1] if page_table is None else page_table.shape[1] * k_cache.shape[1]
     if cache_seqlens is None:
         cache_seqlens = torch.full((batch,), capacity, dtype=torch.int32, device=q.device)

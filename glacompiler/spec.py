@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -22,6 +23,11 @@ def dtype_from_name(name: str) -> torch.dtype:
         if dname == name:
             return dtype
     raise ValueError(f"unknown dtype name {name!r}")
+
+
+def default_softmax_scale(head_dim_q: int, rope_dim: int) -> float:
+    """The op's default: 1 / sqrt of the full query width (latent or nope part plus rope part)."""
+    return 1.0 / math.sqrt(head_dim_q + rope_dim)
 
 
 def infer_kind(num_q_heads: int, num_kv_heads: int, head_dim_q: int, head_dim_k: int, tied: bool) -> str:
