@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .reference import attention_with_kvcache_reference
-from .spec import AttentionSpec, dtype_from_name
+from .spec import AttentionSpec
 
 UNUSED_PAGE_ID = 2**30
 
