@@ -157,7 +157,7 @@ def main() -> None:
             print(f"  {name} Lq={query_len}: heuristic {timed[base] * 1e3:.0f} us, best {timed[best] * 1e3:.0f} us "
                   f"({best}), floor {floor_ms * 1e3:.0f} us", flush=True)
 
-    print(f"\n| case | Lq | heuristic us | best us | GB/s | TFLOP/s | of floor | compiled ref us | vs compiled | SDPA us | vs SDPA |")
+    print("\n| case | Lq | heuristic us | best us | GB/s | TFLOP/s | of floor | compiled ref us | vs compiled | SDPA us | vs SDPA |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['case']} | {r['q_len']} | {r['ms'] * 1e3:.0f} | {r['best_ms'] * 1e3:.0f} | {r['gbps']:.0f} | "
