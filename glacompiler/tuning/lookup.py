@@ -54,7 +54,7 @@ def _read_usable_entries(path: Path) -> list:
     except (OSError, TableFormatError) as error:
         _warn_once(path, f"ignoring tuned-config table {path}: {error}", BadTableWarning)
         return []
-    if table.templates_version != templates_version():
+    if not table.is_current:
         _warn_once(
             path,
             f"ignoring tuned-config table {path}: tuned for kernel templates {table.templates_version}, "
