@@ -2,6 +2,7 @@
 FlashAttention's error rule. bf16 is tested on the GPU only: under the interpreter tl.dot on bf16
 operands is wrong (a known interpreter defect, seen with triton 3.6 and 3.9)."""
 import itertools
+import zlib
 
 import pytest
 import torch
@@ -24,7 +25,8 @@ def run_and_check(problem, **kwargs):
     list(itertools.product(CPU_MEMBERS, (1, 2, 3, 8), (0, 1, 16, 64))),
 )
 def test_family_matrix_float32(interpret_kernels, name, query_len, page_size):
-    seed = hash((name, query_len, page_size)) % 2**31
+    # A fixed seed per case: hash() of a str changes between processes, so CI would draw new data each run.
+    seed = zlib.crc32(f"{name}-{query_len}-{page_size}".encode())
     problem = make_decode_problem(
         CPU_MEMBERS[name], batch=4, query_len=query_len, capacity=CAPACITY, page_size=page_size,
         seqlens=[0, 1, 37, CAPACITY], generator=torch.Generator().manual_seed(seed),
