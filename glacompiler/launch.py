@@ -82,7 +82,9 @@ def launch_decode_attention(
         mask = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
         mask = mask.expand(batch, num_q_heads, query_len, shape.capacity)
         mask_strides = mask.stride()
+        mask_per_row = (num_q_heads > 1 and mask_strides[1] != 0) or (query_len > 1 and mask_strides[2] != 0)
     else:
+        mask_per_row = False
         kv_begin = kv_end = cache_seqlens
         mask, mask_strides = cache_seqlens, (0, 0, 0, 0)
 
@@ -109,6 +111,7 @@ def launch_decode_attention(
         BLOCK_N=config.block_n,
         HAS_MASK=attn_mask is not None,
         MASK_IS_BOOL=attn_mask is not None and attn_mask.dtype == torch.bool,
+        MASK_PER_ROW=mask_per_row,
         # With one query token every key below the length is visible: causality changes nothing.
         CAUSAL=causal and query_len > 1,
         num_warps=config.num_warps,

@@ -77,6 +77,7 @@ def make_decode_problem(
     seqlens: Optional[Sequence[int]] = None,
     poison: bool = True,
     mask: Optional[str] = None,  # None | "bool" | "additive"
+    mask_rows: str = "token",  # the mask varies per "key" only [B,1,1,S], per "token" [B,1,Lq,S], per "head" [B,H,Lq,S]
     causal: bool = True,
     generator: Optional[torch.Generator] = None,
 ) -> DecodeProblem:
@@ -123,12 +124,14 @@ def make_decode_problem(
 
     attn_mask = None
     if mask is not None:
-        allowed = torch.rand(batch, 1, query_len, capacity, generator=gen) < 0.7
+        mask_shape = {"key": (batch, 1, 1, capacity), "token": (batch, 1, query_len, capacity),
+                      "head": (batch, m.num_q_heads, query_len, capacity)}[mask_rows]
+        allowed = torch.rand(*mask_shape, generator=gen) < 0.7
         allowed[..., 0] = False  # the first key is masked for everyone: a key block can be ruled out
         if mask == "bool":
             attn_mask = allowed.to(device)
         else:
-            bias = torch.randn(batch, 1, query_len, capacity, generator=gen)
+            bias = torch.randn(*mask_shape, generator=gen)
             attn_mask = torch.where(allowed, bias, float("-inf")).to(device=device, dtype=dtype)
 
     kwargs = dict(

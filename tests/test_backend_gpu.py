@@ -147,3 +147,27 @@ def test_autotune_tunes_the_rewritten_site_into_the_user_cache(cuda_device, tmp_
     assert lookup_config(records[0].spec, shape, q.device) is not None
     torch.testing.assert_close(out.float(), F.scaled_dot_product_attention(q, k, v, enable_gqa=True).float(),
                                rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("variant", ["gla-2", "gta-4", "gqa-4"])
+def test_cache_write_stays_in_place(cuda_device, variant):
+    """The decode step writes the new tokens into the static caches in place and hands the caches to the op
+    as they are: Inductor's code allocates no buffer of a cache's shape. (Before torch 2.13, Inductor copies
+    the whole cache twice per step when the write goes through a view of it; on torch 2.11 that was 0.7 ms
+    per layer at batch 64 x 8192.)"""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = install_plain_decode(TinyLM(tiny_config(variant)).eval().to("cuda", torch.bfloat16))
+    model.setup_cache(3, 96)  # shapes that appear nowhere else in the step
+    mark_caches_static(model)
+    torch._dynamo.reset()
+    decode = torch.compile(model.decode, backend=glacompiler.backend())
+    tokens = torch.randint(0, model.config.vocab_size, (3, 1), device="cuda")
+    lengths = torch.full((3,), 40, dtype=torch.int32, device="cuda")
+    with torch.no_grad():
+        _, codes = run_and_get_code(decode, tokens, lengths)
+    allocations = [line for code in codes for line in code.splitlines() if "empty_strided" in line]
+    cache_shapes = {tuple(t.shape) for cache in model.caches for t in cache.tensors()}
+    copies = [line.strip() for line in allocations if any(str(shape) in line for shape in cache_shapes)]
+    assert allocations and not copies, copies

@@ -34,12 +34,13 @@ def test_family_matrix(cuda_device, name, layout, dtype):
         check_fa_rule(out, lse, problem)
 
 
+@pytest.mark.parametrize("mask_rows", ["key", "token", "head"])
 @pytest.mark.parametrize("mask", ["bool", "additive"])
 @pytest.mark.parametrize("name", ["gqa", "gta", "mla", "gla2"])
-def test_masks(cuda_device, name, mask):
+def test_masks(cuda_device, name, mask, mask_rows):
     problem = make_decode_problem(
         GPU_MEMBERS[name], batch=3, query_len=4, capacity=CAPACITY, page_size=64, dtype=torch.bfloat16,
-        device=cuda_device, mask=mask, causal=False,
+        device=cuda_device, mask=mask, mask_rows=mask_rows, causal=mask_rows == "key",
     )
     out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
     check_fa_rule(out, lse, problem)

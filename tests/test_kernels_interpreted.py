@@ -45,12 +45,15 @@ def test_family_float16_heuristic_config(interpret_kernels, name):
     run_and_check(problem)
 
 
+@pytest.mark.parametrize("mask_rows", ["key", "token", "head"])
 @pytest.mark.parametrize("mask", ["bool", "additive"])
 @pytest.mark.parametrize("name", ["gqa", "gta", "gla2"])
-def test_attention_mask(interpret_kernels, name, mask):
+def test_attention_mask(interpret_kernels, name, mask, mask_rows):
+    """Masks that vary per key only (one key vector for every row: the kernel's vector path), per draft token
+    and per head (a tile per row block), with causality on top."""
     problem = make_decode_problem(
-        CPU_MEMBERS[name], batch=3, query_len=3, capacity=CAPACITY, page_size=16, mask=mask, causal=False,
-        generator=torch.Generator().manual_seed(11),
+        CPU_MEMBERS[name], batch=3, query_len=3, capacity=CAPACITY, page_size=16, mask=mask, mask_rows=mask_rows,
+        causal=mask_rows == "key", generator=torch.Generator().manual_seed(11),
     )
     run_and_check(problem, num_splits=2)
 
@@ -63,16 +66,22 @@ def test_mask_that_rules_out_everything_gives_zero_and_minus_inf(interpret_kerne
     assert torch.isneginf(lse).all()
 
 
-def test_mask_skips_ruled_out_key_blocks(interpret_kernels):
-    """Keys the mask rules out are never read: poison them with NaN and the result stays finite and right."""
-    problem = make_decode_problem(CPU_MEMBERS["gqa"], batch=2, query_len=1, capacity=128, causal=False, poison=False)
-    mask = torch.zeros(2, 1, 1, 128, dtype=torch.bool)
+@pytest.mark.parametrize("query_len, mask_rows", [(1, 1), (3, 1), (3, 3)])
+def test_mask_skips_ruled_out_key_blocks(interpret_kernels, query_len, mask_rows):
+    """Keys the mask rules out are never read: poison them with NaN and the result stays finite and right.
+    One mask row for every query row (the vector path) and one per draft token (the tile path)."""
+    problem = make_decode_problem(CPU_MEMBERS["gqa"], batch=2, query_len=query_len, capacity=128, causal=False,
+                                  poison=False)
+    mask = torch.zeros(2, 1, mask_rows, 128, dtype=torch.bool)
     mask[..., 16:40] = True  # a mostly empty static cache
+    mask[..., 24:30] = False  # a hole no row attends to, inside the visited range
+    mask[:, :, -1, 38:40] = False  # with a row per token, keys only earlier tokens see
     problem.kwargs["attn_mask"] = mask
     expected = problem.reference(torch.float64)
-    problem.kwargs["k_cache"][:, :16] = float("nan")
-    problem.kwargs["k_cache"][:, 40:] = float("nan")
-    problem.kwargs["v_cache"][:, 40:] = float("nan")
+    for cache in (problem.kwargs["k_cache"], problem.kwargs["v_cache"]):
+        cache[:, :16] = float("nan")
+        cache[:, 24:30] = float("nan")
+        cache[:, 40:] = float("nan")
     out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True, num_splits=2)
     assert torch.allclose(out.double(), expected[0], atol=1e-5)
     assert torch.allclose(lse.double(), expected[1], atol=1e-5)
