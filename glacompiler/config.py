@@ -65,14 +65,26 @@ def rows_per_kv_head(spec: AttentionSpec, query_len: int) -> int:
     return spec.group_size * query_len
 
 
-def default_num_splits(programs_per_split: int, capacity: int, block_n: int, multiprocessors: int) -> int:
-    """The fewest splits that fill the SMs' last wave to 75% or more (each split costs a partial write and
-    a combine); never a split shorter than four key blocks."""
+def resident_programs(block_m: int, num_warps: int) -> int:
+    """Programs an SM keeps in flight at once for a tile shape: decode streams memory, so enough of them must
+    overlap to hide its latency. From the H100 table (tuned_configs/): 16-32 row tiles on 4 warps run best
+    with about 4 per SM (GTA and GQA tuned to 384-512 programs on 132 SMs), 64-row tiles on 4 warps with 2,
+    8-warp tiles with 1."""
+    if num_warps >= 8:
+        return 1
+    return 4 if block_m <= 32 else 2
+
+
+def default_num_splits(programs_per_split: int, capacity: int, block_n: int, multiprocessors: int,
+                       resident: int = 1) -> int:
+    """The fewest splits that fill the last wave of resident programs (multiprocessors x resident) to 75% or
+    more (each split costs a partial write and a combine); never a split shorter than four key blocks."""
+    slots = multiprocessors * resident
     longest_useful = max(1, min(MAX_SPLITS, capacity // (4 * block_n)))
     for splits in range(1, longest_useful + 1):
         programs = programs_per_split * splits
-        waves = -(-programs // multiprocessors)
-        if programs / (waves * multiprocessors) >= 0.75:
+        waves = -(-programs // slots)
+        if programs / (waves * slots) >= 0.75:
             return splits
     return longest_useful
 
@@ -101,7 +113,8 @@ def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: 
         block_m=block_m,
         block_n=block_n,
         block_d=block_d,
-        num_splits=default_num_splits(programs, capacity, block_n, multiprocessors),
+        num_splits=default_num_splits(programs, capacity, block_n, multiprocessors,
+                                      resident_programs(block_m, num_warps)),
         num_warps=num_warps,
         num_stages=2,
         preload_q=preload_q,
