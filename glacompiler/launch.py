@@ -17,6 +17,30 @@ LOG2_E = 1.4426950408889634
 LOGGER = logging.getLogger("glacompiler")
 COMBINE_BLOCK_DV = 64
 
+# Pipeline depth that fits, per (kernel module, config, launch specialisation). A config is tuned without a
+# mask; the per-row mask tile and its cross-row reduction take shared memory some wide configs (MLA's 512-wide
+# accumulator) lack, so such a launch steps down to fewer stages once and remembers it.
+_FITTING_STAGES: dict = {}
+
+
+def _launch_fitting(kernel, grid, args: tuple, constexprs: dict, config: KernelConfig, module_name: str):
+    from triton.runtime.errors import OutOfResources  # late: the interpreter must be chosen before triton loads
+
+    key = (module_name, config, tuple(sorted(constexprs.items())))
+    stages = _FITTING_STAGES.get(key, config.num_stages)
+    while True:
+        try:
+            compiled = kernel[grid](*args, **constexprs, num_warps=config.num_warps, num_stages=stages)
+        except OutOfResources as error:
+            if stages == 1:
+                raise
+            LOGGER.warning("%s: %s does not fit with %s at num_stages=%d (%s); trying %d stages", module_name,
+                           config, constexprs, stages, error, stages - 1)
+            stages -= 1
+            continue
+        _FITTING_STAGES[key] = stages
+        return compiled
+
 
 def _mask_as_4d(attn_mask: Tensor) -> Tensor:
     while attn_mask.dim() < 4:
@@ -90,7 +114,7 @@ def launch_decode_attention(
 
     rows = group * query_len
     grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
-    compiled = module.decode_attention_split_kernel[grid](
+    args = (
         q, k_cache, values, q_rope_arg, k_rope_arg, cache_seqlens, kv_begin, kv_end, page_arg, mask,
         split_out, split_lse,
         *q.stride()[:3],
@@ -104,6 +128,8 @@ def launch_decode_attention(
         *lse_strides,
         softmax_scale * LOG2_E,
         num_splits,
+    )
+    constexprs = dict(
         G=group,
         LQ=query_len,
         PAGE_SIZE=max(shape.page_size, 1),
@@ -114,9 +140,8 @@ def launch_decode_attention(
         MASK_PER_ROW=mask_per_row,
         # With one query token every key below the length is visible: causality changes nothing.
         CAUSAL=causal and query_len > 1,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
     )
+    compiled = _launch_fitting(module.decode_attention_split_kernel, grid, args, constexprs, config, module.__name__)
     if LOGGER.isEnabledFor(logging.DEBUG):
         # Registers, spills and shared memory of the compiled kernel: the first things to read when a config is slow.
         LOGGER.debug("%s %s: regs %s, spills %s, shared %s", spec.key(), config, getattr(compiled, "n_regs", "?"),
