@@ -44,10 +44,25 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and shape flags this script shares with profile_step.py."""
+    parser.add_argument("--variants", nargs="+", default=["gla-2", "gta-4"])
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--cache", type=int, default=8192)
+    parser.add_argument("--vocab", type=int, default=32000)
+
+
+def step_inputs(model: TinyLM, args, device: torch.device) -> tuple:
+    """(tokens [B, 1], cache_seqlens [B]) of one decode step over the full cache: the last slot is new."""
+    tokens = torch.randint(0, model.config.vocab_size, (args.batch, 1), device=device)
+    lengths = torch.full((args.batch,), args.cache, dtype=torch.int32, device=device)
+    return tokens, lengths
+
+
 def step_ms(decode, model: TinyLM, args, device: torch.device, cudagraphs: bool) -> float:
     """Median over rounds of the mean decode-step time, after warm-up (compile, CUDA-graph capture)."""
-    tokens = torch.randint(0, model.config.vocab_size, (args.batch, 1), device=device)
-    lengths = torch.full((args.batch,), args.cache, dtype=torch.int32, device=device)  # the last slot is new
+    tokens, lengths = step_inputs(model, args, device)
 
     def run(count: int) -> None:
         for _ in range(count):
@@ -96,11 +111,7 @@ def measure(variant: str, args, device: torch.device) -> tuple:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=["gla-2", "gta-4"])
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--cache", type=int, default=8192)
-    parser.add_argument("--vocab", type=int, default=32000)
+    add_model_arguments(parser)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=5)

@@ -16,12 +16,11 @@ from torch.profiler import ProfilerActivity, profile
 import glacompiler
 from glacompiler.demo import install_plain_decode
 
-from bench_backend import build
+from bench_backend import add_model_arguments, build, step_inputs
 
 
 def profile_steps(decode, model, args, device) -> None:
-    tokens = torch.randint(0, model.config.vocab_size, (args.batch, 1), device=device)
-    lengths = torch.full((args.batch,), args.cache, dtype=torch.int32, device=device)
+    tokens, lengths = step_inputs(model, args, device)
     for _ in range(3):  # compile and warm up outside the profile
         decode(tokens, lengths)
     torch.cuda.synchronize()
@@ -38,11 +37,7 @@ def profile_steps(decode, model, args, device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=["gla-2", "gta-4"])
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--cache", type=int, default=8192)
-    parser.add_argument("--vocab", type=int, default=32000)
+    add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()

@@ -26,7 +26,7 @@ _FITTING_STAGES: dict = {}
 def _launch_fitting(kernel, grid, args: tuple, constexprs: dict, config: KernelConfig, module_name: str):
     from triton.runtime.errors import OutOfResources  # late: the interpreter must be chosen before triton loads
 
-    key = (module_name, config, tuple(sorted(constexprs.items())))
+    key = (module_name, config, tuple(constexprs.items()))  # the launcher builds constexprs in one fixed order
     stages = _FITTING_STAGES.get(key, config.num_stages)
     while True:
         try:

@@ -66,13 +66,13 @@ def test_mask_that_rules_out_everything_gives_zero_and_minus_inf(interpret_kerne
     assert torch.isneginf(lse).all()
 
 
-@pytest.mark.parametrize("query_len, mask_rows", [(1, 1), (3, 1), (3, 3)])
-def test_mask_skips_ruled_out_key_blocks(interpret_kernels, query_len, mask_rows):
+@pytest.mark.parametrize("query_len, mask_tokens", [(1, 1), (3, 1), (3, 3)])
+def test_mask_skips_ruled_out_key_blocks(interpret_kernels, query_len, mask_tokens):
     """Keys the mask rules out are never read: poison them with NaN and the result stays finite and right.
     One mask row for every query row (the vector path) and one per draft token (the tile path)."""
     problem = make_decode_problem(CPU_MEMBERS["gqa"], batch=2, query_len=query_len, capacity=128, causal=False,
                                   poison=False)
-    mask = torch.zeros(2, 1, mask_rows, 128, dtype=torch.bool)
+    mask = torch.zeros(2, 1, mask_tokens, 128, dtype=torch.bool)
     mask[..., 16:40] = True  # a mostly empty static cache
     mask[..., 24:30] = False  # a hole no row attends to, inside the visited range
     mask[:, :, -1, 38:40] = False  # with a row per token, keys only earlier tokens see
