@@ -54,6 +54,16 @@ def problem_cost(member, q, lengths) -> tuple[float, float]:
     return bytes_moved, flops
 
 
+def use_prefix_mask(kwargs: dict) -> None:
+    """What backend="gla" passes for a static cache read over its whole length: a bool mask of the filled
+    prefix instead of cache_seqlens (same function, another kernel path). Edits the op's kwargs in place."""
+    page_table = kwargs["page_table"]
+    capacity = page_table.shape[1] * kwargs["k_cache"].shape[1] if page_table is not None else kwargs["k_cache"].shape[1]
+    lengths = kwargs["cache_seqlens"]
+    filled = torch.arange(capacity, device=lengths.device) < lengths[:, None]
+    kwargs.update(attn_mask=filled[:, None, None, :], cache_seqlens=None, causal=False)
+
+
 def variants(base: KernelConfig, rows: int) -> list[KernelConfig]:
     """A few neighbours of the heuristic config, one knob at a time."""
     out = []
@@ -110,11 +120,7 @@ def main() -> None:
             kw = problem.kwargs
             lengths = kw["cache_seqlens"]
             if args.prefix_mask:
-                # What backend="gla" passes for a static cache read over its whole length: a bool mask of
-                # the filled prefix instead of cache_seqlens (same function, another kernel path).
-                capacity = kw["page_table"].shape[1] * args.page_size if args.page_size else args.seqlen
-                filled = torch.arange(capacity, device=device) < kw["cache_seqlens"][:, None]
-                kw.update(attn_mask=filled[:, None, None, :], cache_seqlens=None, causal=False)
+                use_prefix_mask(kw)
             spec = member.spec("bfloat16", paged=True)
             base = heuristic_config(spec, args.batch, args.seqlen, query_len, device_multiprocessors(device))
             # Correctness on this very problem before any timing.

@@ -16,6 +16,8 @@ import glacompiler
 from glacompiler.config import device_multiprocessors, heuristic_config
 from glacompiler.testing import PAPER_MEMBERS, check_fa_rule, make_decode_problem
 
+from bench_decode import use_prefix_mask
+
 
 def parse_grid(text: str) -> dict:
     grid = {}
@@ -32,14 +34,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=8192)
     parser.add_argument("--grid", action="append", required=True, help="space-separated key=v1,v2 lists")
+    parser.add_argument("--prefix-mask", action="store_true", help="time the masked path backend=\"gla\" takes")
     args = parser.parse_args()
     logging.basicConfig(format="    %(message)s")
-    logging.getLogger("glacompiler").setLevel(logging.DEBUG)
 
     member = PAPER_MEMBERS[args.case]
     device = torch.device("cuda")
     problem = make_decode_problem(member, args.batch, args.q_len, args.seqlen, dtype=torch.bfloat16, device=device,
                                   page_size=64, seqlens=[args.seqlen] * args.batch, poison=False)
+    if args.prefix_mask:
+        use_prefix_mask(problem.kwargs)
     spec = member.spec("bfloat16", paged=True)
     base = heuristic_config(spec, args.batch, args.seqlen, args.q_len, device_multiprocessors(device))
     configs = [base]
@@ -49,11 +53,14 @@ def main() -> None:
             config = dataclasses.replace(base, **dict(zip(grid.keys(), values)))
             if config not in configs:
                 configs.append(config)
-    print(f"# {torch.cuda.get_device_name()} {args.case} Lq={args.q_len} B={args.batch} S={args.seqlen}; {len(configs)} configs")
+    print(f"# {torch.cuda.get_device_name()} {args.case} Lq={args.q_len} B={args.batch} S={args.seqlen}"
+          f"{' prefix mask' if args.prefix_mask else ''}; {len(configs)} configs")
     rows = []
     for config in configs:
         try:
+            logging.getLogger("glacompiler").setLevel(logging.DEBUG)  # registers and spills, at the first launch
             out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
+            logging.getLogger("glacompiler").setLevel(logging.WARNING)
             check_fa_rule(out, lse, problem) if config is base else None
             ms = triton.testing.do_bench(lambda: glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config),
                                          warmup=10, rep=40, return_mode="median")

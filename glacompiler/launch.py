@@ -42,23 +42,31 @@ def _launch_fitting(kernel, grid, args: tuple, constexprs: dict, config: KernelC
         return compiled
 
 
-def _mask_as_4d(attn_mask: Tensor) -> Tensor:
+MASK_RANGE_BLOCK_N = 1024
+
+
+def mask_as_kernel_operand(attn_mask: Tensor) -> Tensor:
+    """The mask as 4-D [B or 1, Hq or 1, Lq or 1, S], bool viewed as uint8 (what the kernels load)."""
     while attn_mask.dim() < 4:
         attn_mask = attn_mask.unsqueeze(0)
-    return attn_mask
+    return attn_mask.view(torch.uint8) if attn_mask.dtype == torch.bool else attn_mask
 
 
-def mask_key_range(attn_mask: Tensor, batch: int) -> tuple[Tensor, Tensor]:
-    """Per sequence, the first and one-past-last key that any (head, token) row may attend to, reduced on
-    the device. The kernel visits only key blocks in that range."""
-    mask = _mask_as_4d(attn_mask)
-    attend = mask if mask.dtype == torch.bool else mask != float("-inf")
-    any_row = attend.any(dim=2).any(dim=1)  # [B or 1, S]: broadcast dims stay size 1, nothing expands
-    capacity = any_row.shape[-1]
-    positions = torch.arange(capacity, device=mask.device, dtype=torch.int32)
-    first = torch.where(any_row, positions, capacity).amin(dim=-1).to(torch.int32)
-    last = torch.where(any_row, positions + 1, 0).amax(dim=-1).to(torch.int32)
-    return first.expand(batch).contiguous(), last.expand(batch).contiguous()
+def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
+    """[2, batch] int32: per sequence, the first and one-past-last key that any (head, token) row of the mask
+    (a kernel operand, see mask_as_kernel_operand) may attend to, reduced on the device in one launch. The
+    attention kernel visits only key blocks in that range."""
+    from .kernels.mask_range import mask_key_range_kernel  # late: the interpreter must be chosen before triton loads
+
+    key_range = torch.empty((2, batch), dtype=torch.int32, device=mask.device)
+    mask = mask.expand(batch, -1, -1, capacity)  # broadcast batch and key dims get stride 0
+    mask_key_range_kernel[(batch,)](
+        mask, key_range, mask.shape[1], mask.shape[2], capacity, batch, *mask.stride(),
+        MASK_IS_BOOL=mask_is_bool,
+        BLOCK_N=min(MASK_RANGE_BLOCK_N, max(16, next_power_of_two(capacity))),
+        num_warps=4,
+    )
+    return key_range
 
 
 def launch_decode_attention(
@@ -67,7 +75,7 @@ def launch_decode_attention(
     v_cache: Optional[Tensor],
     q_rope: Optional[Tensor],
     k_rope_cache: Optional[Tensor],
-    cache_seqlens: Tensor,
+    cache_seqlens: Optional[Tensor],
     page_table: Optional[Tensor],
     attn_mask: Optional[Tensor],
     softmax_scale: float,
@@ -98,19 +106,24 @@ def launch_decode_attention(
     q_rope_arg = q if q_rope is None else q_rope
     k_rope_arg = k_cache if k_rope_cache is None else k_rope_cache
     rope_strides = (0, 0) if k_rope_cache is None else k_rope_cache.stride()[:2]
-    page_arg = cache_seqlens if page_table is None else page_table
     page_stride = 0 if page_table is None else page_table.stride(0)
     if attn_mask is not None:
-        kv_begin, kv_end = mask_key_range(attn_mask, batch)
-        mask = _mask_as_4d(attn_mask)
-        mask = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+        mask = mask_as_kernel_operand(attn_mask)
+        kv_begin, kv_end = mask_key_range(mask, batch, shape.capacity, attn_mask.dtype == torch.bool)
         mask = mask.expand(batch, num_q_heads, query_len, shape.capacity)
         mask_strides = mask.stride()
         mask_per_row = (num_q_heads > 1 and mask_strides[1] != 0) or (query_len > 1 and mask_strides[2] != 0)
+        if cache_seqlens is None and not (causal and query_len > 1):
+            cache_seqlens = kv_end  # no key past the mask's range is visited anyway: saves filling a tensor
     else:
         mask_per_row = False
-        kv_begin = kv_end = cache_seqlens
-        mask, mask_strides = cache_seqlens, (0, 0, 0, 0)
+        kv_begin = kv_end = mask = None
+        mask_strides = (0, 0, 0, 0)
+    if cache_seqlens is None:
+        cache_seqlens = torch.full((batch,), shape.capacity, dtype=torch.int32, device=q.device)
+    if mask is None:
+        kv_begin = kv_end = mask = cache_seqlens  # placeholders the kernel never reads (HAS_MASK is off)
+    page_arg = cache_seqlens if page_table is None else page_table  # a placeholder when contiguous
 
     rows = group * query_len
     grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)

@@ -37,40 +37,40 @@ def _run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_
                  softmax_scale, causal, num_splits, config: Optional[KernelConfig] = None):
     spec, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                   softmax_scale, None)
-    if cache_seqlens is None:
-        cache_seqlens = torch.full((shape.batch,), shape.capacity, dtype=torch.int32, device=q.device)
     if config is None:
         config = select_config(spec, shape, q.device, num_splits)
     return launch_decode_attention(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                    softmax_scale, causal, spec, shape, config)
 
 
-@torch.library.custom_op("glacompiler::attention_with_kvcache", mutates_args=())
-def attention_with_kvcache_op(
-    q: Tensor,
-    k_cache: Tensor,
-    v_cache: Optional[Tensor],
-    q_rope: Optional[Tensor],
-    k_rope_cache: Optional[Tensor],
-    cache_seqlens: Optional[Tensor],
-    page_table: Optional[Tensor],
-    attn_mask: Optional[Tensor],
-    softmax_scale: float,
-    causal: bool,
-    num_splits: int,
-) -> tuple[Tensor, Tensor]:
-    """num_splits 0 = tuned table / heuristic. Returns (out, lse)."""
-    if q.device.type == "cpu" and not triton_interpreter_enabled():
-        out, lse = attention_with_kvcache_reference(
-            q, k_cache, v_cache, q_rope=q_rope, k_rope_cache=k_rope_cache, cache_seqlens=cache_seqlens,
-            page_table=page_table, attn_mask=attn_mask, softmax_scale=softmax_scale, causal=causal,
-        )
-        return out.contiguous(), lse  # the fake implementation promises contiguous outputs, as the kernels give
-    return _run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                        softmax_scale, causal, num_splits)
+# The op is defined with the low-level torch.library API rather than torch.library.custom_op: the latter wraps
+# every call in Python layers (autograd dispatch, an output-aliasing check) that cost more host time than the
+# kernel launches on a decode step. The op has no backward; decode runs under no_grad.
+_LIBRARY = torch.library.Library("glacompiler", "DEF")
+_LIBRARY.define(
+    "attention_with_kvcache(Tensor q, Tensor k_cache, Tensor? v_cache, Tensor? q_rope, Tensor? k_rope_cache, "
+    "Tensor? cache_seqlens, Tensor? page_table, Tensor? attn_mask, float softmax_scale, bool causal, "
+    "int num_splits) -> (Tensor, Tensor)"
+)
 
 
-@attention_with_kvcache_op.register_fake
+def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                   causal, num_splits):
+    if triton_interpreter_enabled():
+        return _run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                            softmax_scale, causal, num_splits)
+    out, lse = attention_with_kvcache_reference(
+        q, k_cache, v_cache, q_rope=q_rope, k_rope_cache=k_rope_cache, cache_seqlens=cache_seqlens,
+        page_table=page_table, attn_mask=attn_mask, softmax_scale=softmax_scale, causal=causal,
+    )
+    return out.contiguous(), lse  # the fake implementation promises contiguous outputs, as the kernels give
+
+
+_LIBRARY.impl("attention_with_kvcache", _attention_cpu, "CPU")
+_LIBRARY.impl("attention_with_kvcache", _run_kernels, "CUDA")
+
+
+@torch.library.register_fake("glacompiler::attention_with_kvcache", lib=_LIBRARY)
 def _attention_with_kvcache_fake(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                  softmax_scale, causal, num_splits):
     batch, query_len, num_q_heads, _ = q.shape
@@ -78,6 +78,11 @@ def _attention_with_kvcache_fake(q, k_cache, v_cache, q_rope, k_rope_cache, cach
     out = q.new_empty((batch, query_len, num_q_heads, head_dim_v))
     lse = q.new_empty((batch, query_len, num_q_heads), dtype=torch.float32)
     return out, lse
+
+
+# (out, lse) = attention_with_kvcache_op(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table,
+#                                        attn_mask, softmax_scale, causal, num_splits); num_splits 0 = tuned / heuristic.
+attention_with_kvcache_op = torch.ops.glacompiler.attention_with_kvcache.default
 
 
 def attention_with_kvcache(

@@ -2,6 +2,7 @@
 import logging
 
 import pytest
+import torch
 from triton.runtime.errors import OutOfResources
 
 from glacompiler import launch
@@ -47,3 +48,64 @@ def test_gives_up_at_one_stage():
     with pytest.raises(OutOfResources):
         launch._launch_fitting(kernel, (1,), (), {}, KernelConfig(num_stages=2), "module_c")
     assert kernel.tried == [2, 1]
+
+
+# ---- the mask's key range, one kernel launch ------------------------------------------------------------------
+
+
+def _expected_key_range(mask: torch.Tensor, batch: int, capacity: int) -> torch.Tensor:
+    """The same reduction in plain PyTorch: any (head, token) row, then the first and last attended key."""
+    mask4 = launch.mask_as_kernel_operand(mask)
+    attend = mask4 != 0 if mask.dtype == torch.bool else mask4 != float("-inf")
+    any_row = attend.expand(batch, -1, -1, capacity).any(dim=2).any(dim=1)
+    positions = torch.arange(capacity, dtype=torch.int32)
+    first = torch.where(any_row, positions, capacity).amin(dim=-1)
+    last = torch.where(any_row, positions + 1, 0).amax(dim=-1)
+    return torch.stack([first, last]).to(torch.int32)
+
+
+def _prefix_mask(lengths, capacity):
+    return (torch.arange(capacity)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
+
+
+def _window_bias(batch, capacity, generator):
+    bias = torch.full((batch, 1, 1, capacity), float("-inf"))
+    for b in range(batch):
+        lo = int(torch.randint(0, capacity, (1,), generator=generator))
+        hi = int(torch.randint(lo, capacity + 1, (1,), generator=generator))
+        bias[b, ..., lo:hi] = torch.randn(hi - lo, generator=generator)
+    return bias
+
+
+MASK_RANGE_CASES = {
+    # name: (batch, capacity, make(generator) -> mask)
+    "prefix, one block, an empty sequence": (4, 37, lambda g: _prefix_mask([37, 0, 1, 20], 37)),
+    "prefix, several blocks": (3, 2100, lambda g: _prefix_mask([2100, 1025, 1024], 2100)),
+    "additive window": (5, 1500, lambda g: _window_bias(5, 1500, g)),
+    "per head, sparse": (2, 300, lambda g: torch.rand(2, 4, 1, 300, generator=g) > 0.97),
+    "per token, batch broadcast": (3, 90, lambda g: torch.rand(1, 1, 3, 90, generator=g) > 0.9),
+    "2-D [Lq, S]": (2, 50, lambda g: torch.rand(2, 50, generator=g) > 0.8),
+    "key dim broadcast": (3, 40, lambda g: torch.tensor([True, False, True]).view(3, 1, 1, 1)),
+    "nothing attended": (2, 64, lambda g: torch.zeros(2, 1, 1, 64, dtype=torch.bool)),
+}
+
+
+def _check_mask_key_range(case: str, device: torch.device) -> None:
+    batch, capacity, make = MASK_RANGE_CASES[case]
+    mask = make(torch.Generator().manual_seed(sum(map(ord, case))))
+    expected = _expected_key_range(mask, batch, capacity)
+    operand = launch.mask_as_kernel_operand(mask.to(device))
+    got = launch.mask_key_range(operand, batch, capacity, mask.dtype == torch.bool)
+    assert got.dtype == torch.int32 and got.shape == (2, batch)
+    assert torch.equal(got.cpu(), expected), (got, expected)
+
+
+@pytest.mark.parametrize("case", list(MASK_RANGE_CASES))
+def test_mask_key_range_interpreted(case, interpret_kernels):
+    _check_mask_key_range(case, torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(MASK_RANGE_CASES))
+def test_mask_key_range_gpu(case, cuda_device):
+    _check_mask_key_range(case, cuda_device)

@@ -1,0 +1,139 @@
+"""Where the host time of a decode step goes, without CUDA graphs.
+
+Part 1, whole model (same models and sizes as bench_backend.py): the wall time of a step, the host time to
+enqueue it (the call returns before the GPU finishes while the host is ahead), and a cProfile of a few steps.
+Part 2, the op alone: host microseconds per call of the op and of each piece of its Python path, on a short
+cache so that the GPU never holds the host back.
+
+    python benchmarks/host_profile.py [--variants gla-2] [--top 25]
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+
+import torch
+
+import glacompiler
+from glacompiler.demo import install_plain_decode
+from glacompiler.launch import launch_decode_attention, mask_as_kernel_operand, mask_key_range
+from glacompiler.ops import select_config
+from glacompiler.validation import validate_inputs
+
+from bench_backend import add_model_arguments, build, step_inputs
+
+
+def host_and_wall_ms(decode, tokens, lengths, steps: int) -> tuple:
+    """(host ms to enqueue one step, wall ms per step): one step between synchronisations."""
+    host = []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        decode(tokens, lengths)
+        host.append(time.perf_counter() - start)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        decode(tokens, lengths)
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / steps
+    return sorted(host)[len(host) // 2] * 1e3, wall * 1e3
+
+
+def profile_model(variant: str, args, device) -> None:
+    model = build(variant, args, device)
+    tokens, lengths = step_inputs(model, args, device)
+    with torch.no_grad():
+        install_plain_decode(model)
+        for name, make in (
+            ('backend="gla"', lambda: torch.compile(model.decode, backend=glacompiler.backend())),
+            ("default backend", lambda: torch.compile(model.decode)),
+        ):
+            torch._dynamo.reset()
+            decode = make()
+            for _ in range(3):
+                decode(tokens, lengths)
+            host, wall = host_and_wall_ms(decode, tokens, lengths, args.steps)
+            print(f"{variant}, {name}: host {host:.3f} ms/step, wall {wall:.3f} ms/step")
+            if name.startswith("backend"):
+                profiler = cProfile.Profile()
+                torch.cuda.synchronize()
+                profiler.enable()
+                for _ in range(args.steps):
+                    decode(tokens, lengths)
+                profiler.disable()
+                torch.cuda.synchronize()
+                text = io.StringIO()
+                pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.top)
+                print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[:6000])
+    del model
+    torch.cuda.empty_cache()
+
+
+def per_call_us(fn, calls: int = 300) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
+def profile_op(device) -> None:
+    """GLA-2 at XL widths (16 query heads, 2 latent heads of 256 + rope 64), batch 64, a 256-slot cache."""
+    batch, capacity = 64, 256
+    dtype = torch.bfloat16
+    q = torch.randn(batch, 1, 16, 256, device=device, dtype=dtype)
+    cache = torch.randn(batch, capacity, 2, 256, device=device, dtype=dtype)
+    q_rope = torch.randn(batch, 1, 16, 64, device=device, dtype=dtype)
+    k_rope = torch.randn(batch, capacity, 64, device=device, dtype=dtype)
+    mask = torch.ones(batch, 1, 1, capacity, device=device, dtype=torch.bool)
+    seqlens = torch.full((batch,), capacity, device=device, dtype=torch.int32)
+    op = torch.ops.glacompiler.attention_with_kvcache.default
+    spec, shape = validate_inputs(q, cache, None, q_rope, k_rope, None, None, mask, 0.05, None)
+    config = select_config(spec, shape, device, 0)
+    mask_operand = mask_as_kernel_operand(mask)
+    print(f"\nop host time per call (us), GLA-2 XL, batch {batch}, cache {capacity}, config {config}")
+    rows = [
+        ("op, with mask (what the backend calls)", lambda: op(q, cache, None, q_rope, k_rope, None, None, mask, 0.05,
+                                                               False, 0)),
+        ("op, cache_seqlens, no mask", lambda: op(q, cache, None, q_rope, k_rope, seqlens, None, None, 0.05, False, 0)),
+        ("  validate_inputs", lambda: validate_inputs(q, cache, None, q_rope, k_rope, None, None, mask, 0.05, None)),
+        ("  select_config", lambda: select_config(spec, shape, device, 0)),
+        ("  mask_key_range", lambda: mask_key_range(mask_operand, batch, capacity, True)),
+        ("  torch.full (seqlens when none given)",
+         lambda: torch.full((batch,), capacity, dtype=torch.int32, device=device)),
+        ("  launch, with mask", lambda: launch_decode_attention(q, cache, None, q_rope, k_rope, seqlens, None, mask,
+                                                                 0.05, False, spec, shape, config)),
+        ("  launch, no mask", lambda: launch_decode_attention(q, cache, None, q_rope, k_rope, seqlens, None, None,
+                                                               0.05, False, spec, shape, config)),
+    ]
+    for name, fn in rows:
+        print(f"  {name:<44} {per_call_us(fn):8.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.set_defaults(variants=["gla-2"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    args.tiny = False
+    device = torch.device("cuda")
+    import triton
+
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    with torch.no_grad():
+        profile_op(device)
+    for variant in args.variants:
+        profile_model(variant, args, device)
+
+
+if __name__ == "__main__":
+    main()
