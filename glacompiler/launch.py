@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .codegen import decode_kernel_module
 from .config import KernelConfig, next_power_of_two
+from .kernel_launch import launch
 from .spec import AttentionSpec
 from .validation import ProblemShape
 
@@ -30,7 +31,7 @@ def _launch_fitting(kernel, grid, args: tuple, constexprs: dict, config: KernelC
     stages = _FITTING_STAGES.get(key, config.num_stages)
     while True:
         try:
-            compiled = kernel[grid](*args, **constexprs, num_warps=config.num_warps, num_stages=stages)
+            compiled = launch(kernel, grid, args, constexprs, config.num_warps, stages)
         except OutOfResources as error:
             if stages == 1:
                 raise
@@ -60,12 +61,10 @@ def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) 
 
     key_range = torch.empty((2, batch), dtype=torch.int32, device=mask.device)
     mask = mask.expand(batch, -1, -1, capacity)  # broadcast batch and key dims get stride 0
-    mask_key_range_kernel[(batch,)](
-        mask, key_range, mask.shape[1], mask.shape[2], capacity, batch, *mask.stride(),
-        MASK_IS_BOOL=mask_is_bool,
-        BLOCK_N=min(MASK_RANGE_BLOCK_N, max(16, next_power_of_two(capacity))),
-        num_warps=4,
-    )
+    launch(mask_key_range_kernel, (batch,),
+           (mask, key_range, mask.shape[1], mask.shape[2], capacity, batch, *mask.stride()),
+           dict(MASK_IS_BOOL=mask_is_bool, BLOCK_N=min(MASK_RANGE_BLOCK_N, max(16, next_power_of_two(capacity)))),
+           num_warps=4, num_stages=3)
     return key_range
 
 
@@ -161,11 +160,7 @@ def launch_decode_attention(
                      getattr(compiled, "n_spills", "?"), getattr(getattr(compiled, "metadata", None), "shared", "?"))
     if num_splits > 1:
         combine_grid = (batch * query_len * num_q_heads, -(-head_dim_v // COMBINE_BLOCK_DV))
-        module.combine_splits_kernel[combine_grid](
-            split_out, split_lse, out, lse, num_splits,
-            HEAD_DIM_V=head_dim_v,
-            BLOCK_DV=COMBINE_BLOCK_DV,
-            SPLITS_POW2=next_power_of_two(num_splits),
-            num_warps=4,
-        )
+        launch(module.combine_splits_kernel, combine_grid, (split_out, split_lse, out, lse, num_splits),
+               dict(HEAD_DIM_V=head_dim_v, BLOCK_DV=COMBINE_BLOCK_DV, SPLITS_POW2=next_power_of_two(num_splits)),
+               num_warps=4, num_stages=3)
     return out, lse

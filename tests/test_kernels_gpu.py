@@ -57,3 +57,28 @@ def test_cuda_graph_capture_and_replay(cuda_device):
     graph.replay()
     torch.cuda.synchronize()
     check_fa_rule(out, glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)[1], problem)
+
+
+@pytest.mark.parametrize("mask", [None, "bool"])
+def test_repeated_calls_take_the_direct_launch_path(cuda_device, mask):
+    """The second and later calls of a specialisation skip triton's JIT (glacompiler.kernel_launch): fresh data
+    each call, and a q that loses 16-byte alignment must get its own binary, not the aligned one."""
+    from glacompiler import kernel_launch
+
+    member = GPU_MEMBERS["gla2"]
+    for step in range(3):
+        problem = make_decode_problem(member, batch=4, query_len=2, capacity=CAPACITY, page_size=64,
+                                      dtype=torch.bfloat16, device=cuda_device, mask=mask, mask_rows="key",
+                                      causal=mask is None, generator=torch.Generator().manual_seed(step))
+        if step == 2:
+            q = problem.kwargs["q"]
+            shifted = torch.empty(q.numel() + 1, dtype=q.dtype, device=q.device)[1:].view(q.shape)
+            shifted.copy_(q)
+            assert shifted.data_ptr() % 16 != 0
+            problem.kwargs["q"] = shifted
+        remembered = len(kernel_launch._compiled)
+        out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
+        check_fa_rule(out, lse, problem)
+        if step == 1:
+            assert len(kernel_launch._compiled) == remembered  # nothing new: every launch was direct
+    assert kernel_launch._direct_launch_enabled

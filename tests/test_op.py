@@ -94,6 +94,8 @@ def _error_cases():
         "page size": (ValueError, "power of two", edit(k_cache=lambda kw: torch.randn(6, 6, 2, 96), k_rope_cache=lambda kw: torch.randn(6, 6, 48))),
         "query len": (ValueError, "query length", edit(q=lambda kw: torch.randn(2, 17, 8, 48), q_rope=lambda kw: torch.randn(2, 17, 8, 48))),
         "mask shape": (ValueError, "attn_mask shape", edit(attn_mask=torch.ones(2, 1, 2, 5, dtype=torch.bool))),
+        "mask heads": (ValueError, "attn_mask shape", edit(attn_mask=torch.ones(1, 2, 1, 16, dtype=torch.bool))),
+        "mask rank": (ValueError, "attn_mask shape", edit(attn_mask=torch.ones(1, 2, 8, 2, 16, dtype=torch.bool))),
         "mask dtype": (TypeError, "attn_mask must be bool", edit(attn_mask=torch.ones(2, 1, 2, 16, dtype=torch.int32))),
         "num splits": (ValueError, "num_splits", edit(num_splits=0)),
         "too many splits": (ValueError, "num_splits", edit(num_splits=65)),

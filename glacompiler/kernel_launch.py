@@ -1,0 +1,85 @@
+"""Launch Triton kernels with little host time.
+
+A decode step calls the op once per layer, and Triton's JIT launch path binds and specialises every argument
+again on each call (about 25 us on an H100 host for the attention kernel's 45 arguments, several times the
+launch itself). Here the first launch of each specialisation goes through the JIT, which compiles or finds
+the binary; later launches with the same specialisation call that binary's launcher directly, as Inductor's
+generated code does. The key holds everything the JIT specialises on, so the binary it finds is the one the
+JIT would pick: each int argument by value (a call site passes the same strides every step), each tensor by
+dtype and 16-byte alignment, the constexprs, warps and stages, and the device.
+"""
+from __future__ import annotations
+
+import logging
+
+from torch import Tensor
+
+LOGGER = logging.getLogger("glacompiler")
+
+# specialisation key -> CompiledKernel. A cache that grows every step (strides that follow a growing length)
+# would add a key per call: past the bound the memo starts over.
+_compiled: dict = {}
+MAX_REMEMBERED_LAUNCHES = 4096
+# JITFunction -> names of its constexpr parameters, in signature order (they follow the runtime ones)
+_constexpr_names: dict = {}
+# Turned off for the process if a direct launch is ever refused (a Triton whose launcher API differs).
+_direct_launch_enabled = True
+
+
+def specialisation_key(kernel, device_index: int, args: tuple, constexprs: dict, num_warps: int,
+                       num_stages: int) -> tuple:
+    parts = [kernel, device_index, num_warps, num_stages]
+    for value in args:
+        if isinstance(value, Tensor):
+            parts.append(value.dtype)
+            parts.append(value.data_ptr() % 16 == 0)
+        else:
+            parts.append(value)
+    parts.extend(constexprs.items())
+    return tuple(parts)
+
+
+def _ordered_constexprs(kernel, args: tuple, constexprs: dict) -> list:
+    names = _constexpr_names.get(kernel)
+    if names is None:
+        names = kernel.arg_names[len(args):]
+        if sorted(names) != sorted(constexprs):
+            raise ValueError(f"{kernel}: constexprs {sorted(constexprs)} do not match the parameters {names}")
+        _constexpr_names[kernel] = names
+    return [constexprs[name] for name in names]
+
+
+def launch(kernel, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int):
+    """kernel[grid](*args, **constexprs, num_warps=..., num_stages=...), with the JIT's per-call work skipped
+    once this specialisation has been launched. args: every runtime parameter, positionally and in order.
+    Returns the CompiledKernel (None under the interpreter)."""
+    global _direct_launch_enabled
+    from triton import knobs  # late: the interpreter must be chosen before triton loads
+    from triton.compiler import CompiledKernel
+    from triton.runtime.driver import driver
+    from triton.runtime.jit import JITFunction
+
+    if not isinstance(kernel, JITFunction):  # the interpreter's kernels (and test doubles): nothing to skip
+        return kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+    device_index = driver.active.get_current_device()
+    key = specialisation_key(kernel, device_index, args, constexprs, num_warps, num_stages)
+    compiled = _compiled.get(key)
+    if compiled is not None and _direct_launch_enabled:
+        # What JITFunction.run does once it has found the binary, launch hooks (profilers) included.
+        grid_x, grid_y, grid_z = (*grid, 1, 1)[:3]
+        stream = driver.active.get_current_stream(device_index)
+        all_args = (*args, *_ordered_constexprs(kernel, args, constexprs))
+        try:
+            metadata = compiled.launch_metadata(grid, stream, *all_args)
+            compiled.run(grid_x, grid_y, grid_z, stream, compiled.function, compiled.packed_metadata, metadata,
+                         knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *all_args)
+            return compiled
+        except TypeError as error:  # the launcher's argument list differs in this Triton: use the JIT from now on
+            _direct_launch_enabled = False
+            LOGGER.warning("direct kernel launches turned off (%s); every launch goes through triton's JIT", error)
+    compiled = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+    if isinstance(compiled, CompiledKernel):
+        if len(_compiled) >= MAX_REMEMBERED_LAUNCHES:
+            _compiled.clear()
+        _compiled[key] = compiled
+    return compiled
