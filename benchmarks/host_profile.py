@@ -16,6 +16,7 @@ import pstats
 import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 import glacompiler
 from glacompiler.demo import install_plain_decode
@@ -99,6 +100,20 @@ def per_call_us(fn, calls: int = 300) -> float:
     return elapsed / calls * 1e6
 
 
+def kernel_times(fn, calls: int = 50) -> None:
+    """GPU time per call of each kernel fn launches (is the loop below bound by the host or the GPU?)."""
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    for event in prof.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            print(f"    kernel {event.key[:60]:<60} {event.self_device_time_total / calls:8.1f} us/call "
+                  f"x{event.count / calls:.0f}")
+
+
 def profile_op(device) -> None:
     """GLA-2 at XL widths (16 query heads, 2 latent heads of 256 + rope 64), batch 64, a 256-slot cache."""
     batch, capacity = 64, 256
@@ -130,6 +145,7 @@ def profile_op(device) -> None:
         ("  launch, no mask", lambda: launch_decode_attention(q, cache, None, q_rope, k_rope, seqlens, None, None,
                                                                0.05, False, spec, shape, config)),
     ]
+    kernel_times(rows[0][1])
     for _, fn in rows:  # warm up every row first: the host's clocks and caches, not the order, should not matter
         per_call_us(fn, calls=100)
     for name, fn in rows:
