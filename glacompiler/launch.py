@@ -68,6 +68,16 @@ def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) 
     return key_range
 
 
+def mask_key_range_reference(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
+    """mask_key_range in PyTorch ops (the op's CPU path)."""
+    attend = mask != 0 if mask_is_bool else mask != float("-inf")
+    any_row = attend.expand(batch, -1, -1, capacity).any(dim=2).any(dim=1)
+    positions = torch.arange(capacity, dtype=torch.int32, device=mask.device)
+    first = torch.where(any_row, positions, capacity).amin(dim=-1)
+    last = torch.where(any_row, positions + 1, 0).amax(dim=-1)
+    return torch.stack([first, last]).to(torch.int32)
+
+
 def launch_decode_attention(
     q: Tensor,
     k_cache: Tensor,
@@ -82,6 +92,7 @@ def launch_decode_attention(
     spec: AttentionSpec,
     shape: ProblemShape,
     config: KernelConfig,
+    kv_range: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     batch, query_len, num_q_heads, _ = q.shape
     head_dim_v = spec.head_dim_v
@@ -108,7 +119,9 @@ def launch_decode_attention(
     page_stride = 0 if page_table is None else page_table.stride(0)
     if attn_mask is not None:
         mask = mask_as_kernel_operand(attn_mask)
-        kv_begin, kv_end = mask_key_range(mask, batch, shape.capacity, attn_mask.dtype == torch.bool)
+        if kv_range is None:
+            kv_range = mask_key_range(mask, batch, shape.capacity, attn_mask.dtype == torch.bool)
+        kv_begin, kv_end = kv_range[0], kv_range[1]
         mask = mask.expand(batch, num_q_heads, query_len, shape.capacity)
         mask_strides = mask.stride()
         mask_per_row = (num_q_heads > 1 and mask_strides[1] != 0) or (query_len > 1 and mask_strides[2] != 0)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .config import KernelConfig, device_multiprocessors, heuristic_config
-from .launch import launch_decode_attention
+from .launch import launch_decode_attention, mask_as_kernel_operand, mask_key_range, mask_key_range_reference
 from .reference import attention_with_kvcache_reference
 from .spec import AttentionSpec, default_softmax_scale
 from .validation import ProblemShape, validate_inputs
@@ -34,13 +34,13 @@ def select_config(spec: AttentionSpec, shape: ProblemShape, device: torch.device
 
 
 def _run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                 softmax_scale, causal, num_splits, config: Optional[KernelConfig] = None):
+                 softmax_scale, causal, num_splits, kv_range=None, config: Optional[KernelConfig] = None):
     spec, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                                  softmax_scale, None)
+                                  softmax_scale, None, kv_range)
     if config is None:
         config = select_config(spec, shape, q.device, num_splits)
     return launch_decode_attention(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                                   softmax_scale, causal, spec, shape, config)
+                                   softmax_scale, causal, spec, shape, config, kv_range)
 
 
 # The op is defined with the low-level torch.library API rather than torch.library.custom_op: the latter wraps
@@ -50,15 +50,19 @@ _LIBRARY = torch.library.Library("glacompiler", "DEF")
 _LIBRARY.define(
     "attention_with_kvcache(Tensor q, Tensor k_cache, Tensor? v_cache, Tensor? q_rope, Tensor? k_rope_cache, "
     "Tensor? cache_seqlens, Tensor? page_table, Tensor? attn_mask, float softmax_scale, bool causal, "
-    "int num_splits) -> (Tensor, Tensor)"
+    "int num_splits, Tensor? kv_range=None) -> (Tensor, Tensor)"
 )
+# kv_range: attn_mask's key range as mask_key_range gives it, computed once for several sites that share a mask
+# (the backend hoists it out of the layers); None computes it per call. A hint that saves a kernel launch: the
+# mask alone defines the result, so the PyTorch path ignores it.
+_LIBRARY.define("mask_key_range(Tensor attn_mask, SymInt batch, SymInt capacity) -> Tensor")
 
 
 def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
-                   causal, num_splits):
+                   causal, num_splits, kv_range=None):
     if triton_interpreter_enabled():
         return _run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                            softmax_scale, causal, num_splits)
+                            softmax_scale, causal, num_splits, kv_range)
     out, lse = attention_with_kvcache_reference(
         q, k_cache, v_cache, q_rope=q_rope, k_rope_cache=k_rope_cache, cache_seqlens=cache_seqlens,
         page_table=page_table, attn_mask=attn_mask, softmax_scale=softmax_scale, causal=causal,
@@ -66,13 +70,31 @@ def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, pag
     return out.contiguous(), lse  # the fake implementation promises contiguous outputs, as the kernels give
 
 
+def _mask_key_range_cpu(attn_mask, batch, capacity):
+    mask = mask_as_kernel_operand(attn_mask)
+    if triton_interpreter_enabled():
+        return mask_key_range(mask, batch, capacity, attn_mask.dtype == torch.bool)
+    return mask_key_range_reference(mask, batch, capacity, attn_mask.dtype == torch.bool)
+
+
+def _mask_key_range_cuda(attn_mask, batch, capacity):
+    return mask_key_range(mask_as_kernel_operand(attn_mask), batch, capacity, attn_mask.dtype == torch.bool)
+
+
 _LIBRARY.impl("attention_with_kvcache", _attention_cpu, "CPU")
 _LIBRARY.impl("attention_with_kvcache", _run_kernels, "CUDA")
+_LIBRARY.impl("mask_key_range", _mask_key_range_cpu, "CPU")
+_LIBRARY.impl("mask_key_range", _mask_key_range_cuda, "CUDA")
+
+
+@torch.library.register_fake("glacompiler::mask_key_range", lib=_LIBRARY)
+def _mask_key_range_fake(attn_mask, batch, capacity):
+    return attn_mask.new_empty((2, batch), dtype=torch.int32)
 
 
 @torch.library.register_fake("glacompiler::attention_with_kvcache", lib=_LIBRARY)
 def _attention_with_kvcache_fake(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                                 softmax_scale, causal, num_splits):
+                                 softmax_scale, causal, num_splits, kv_range=None):
     batch, query_len, num_q_heads, _ = q.shape
     head_dim_v = (k_cache if v_cache is None else v_cache).shape[-1]
     out = q.new_empty((batch, query_len, num_q_heads, head_dim_v))
@@ -124,4 +146,4 @@ def attention_with_kvcache_config(q, k_cache, v_cache=None, *, config: KernelCon
     if softmax_scale is None:
         softmax_scale = default_softmax_scale(spec.head_dim_q, spec.rope_dim)
     return _run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                        float(softmax_scale), causal, 0, config)
+                        float(softmax_scale), causal, 0, config=config)

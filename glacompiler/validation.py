@@ -82,6 +82,7 @@ def validate_inputs(
     attn_mask,
     softmax_scale,
     num_splits,
+    kv_range=None,
 ) -> tuple[AttentionSpec, ProblemShape]:
     q = _require_tensor("q", q, 4)
     if q.dtype not in SUPPORTED_DTYPES:
@@ -179,6 +180,15 @@ def validate_inputs(
             raise ValueError(
                 f"attn_mask shape {tuple(attn_mask.shape)} is not broadcastable to [B, Hq, Lq, S] = {target}"
             )
+
+    if kv_range is not None:
+        if attn_mask is None:
+            raise ValueError("kv_range is the key range of attn_mask: it needs attn_mask")
+        _require_tensor("kv_range", kv_range, 2)
+        _require_like("kv_range", kv_range, q, check_dtype=False)
+        if kv_range.dtype != torch.int32 or tuple(kv_range.shape) != (2, batch) or kv_range.stride(-1) != 1:
+            raise ValueError(f"kv_range must be a contiguous int32 [2, {batch}] tensor (mask_key_range's result), got "
+                             f"{kv_range.dtype} {tuple(kv_range.shape)}")
 
     if softmax_scale is not None and not isinstance(softmax_scale, (int, float)):
         raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")

@@ -1,6 +1,7 @@
 """Every attention form the gla pass recognises: the pass replaces the attention ops (SDPA, or softmax with
 its two products) by exactly one glacompiler op, reports the right kind, and the rewritten graph computes
 what eager computes (fp32)."""
+import functools
 import math
 
 import pytest
@@ -246,11 +247,12 @@ def test_scale_and_mask_reach_the_op():
     torch.manual_seed(0)
     result = run_pass(sdpa_bool_mask_and_scale, *sdpa_inputs(), lengths_mask([7, S]))
     (call,) = result.op_calls()
-    q, k_cache, v_cache, q_rope, k_rope, seqlens, pages, mask, scale, causal, splits = call.args
+    q, k_cache, v_cache, q_rope, k_rope, seqlens, pages, mask, scale, causal, splits, kv_range = call.args
     assert scale == pytest.approx(0.3) and causal is False
     assert mask.meta["val"].dtype == torch.bool and list(mask.meta["val"].shape) == [B, 1, 1, S]
     assert list(q.meta["val"].shape) == [B, 1, HQ, D] and list(k_cache.meta["val"].shape) == [B, S, HKV, D]
     assert q_rope is None and k_rope is None and seqlens is None and pages is None
+    assert kv_range.target is torch.ops.glacompiler.mask_key_range.default and kv_range.args[0] is mask
 
 
 def _gpt_fast_step(q, k_new, v_new, k_cache, v_cache, position):
@@ -321,3 +323,48 @@ def test_symbolic_batch_and_key_length():
     assert result.statuses == ["rewritten"], result.reasons
     batch_size, key_length = (result.op_calls()[0].args[1].meta["val"].shape[i] for i in (0, 1))
     assert not isinstance(batch_size, int) and not isinstance(key_length, int)
+
+
+# ---- one mask key range per distinct mask ------------------------------------------------------------------
+
+
+def _layers(q, keys, values, lengths, make_mask):
+    """Three attention "layers", each computing its mask itself, as model layers do."""
+    out = q
+    for layer in range(keys.shape[0]):
+        valid = make_mask(lengths, layer)
+        out = F.scaled_dot_product_attention(out, keys[layer], values[layer], attn_mask=valid[:, None, None, :],
+                                             enable_gqa=True)
+    return out
+
+
+def _same_prefix(lengths, layer):
+    return torch.arange(S)[None, :] < lengths[:, None]
+
+
+def _shrinking_prefix(lengths, layer):
+    return torch.arange(S)[None, :] < (lengths - 3 * layer)[:, None]
+
+
+def _random_keys(lengths, layer):
+    return torch.rand(lengths.shape[0], S) < 0.7  # computed anew per layer: never the same mask twice
+
+
+@pytest.mark.parametrize("make_mask, ranges", [(_same_prefix, 1), (_shrinking_prefix, 3), (_random_keys, 3)])
+def test_layers_share_the_mask_range_only_when_their_masks_agree(make_mask, ranges):
+    """Sites whose masks are the same pure computation on the same inputs share one mask_key_range (one
+    launch per step instead of one per layer); other masks each get their own, and results match eager."""
+    torch.manual_seed(0)
+    q = randn(B, HQ, 1, D)
+    keys, values = randn(3, B, HKV, S, D), randn(3, B, HKV, S, D)
+    lengths = torch.tensor([9, S])
+    fn = functools.partial(_layers, make_mask=make_mask)
+    if make_mask is _random_keys:
+        torch.manual_seed(1)
+        result = run_pass(fn, q, keys, values, lengths)
+        assert result.statuses == ["rewritten"] * 3 and result.after["mask_range"] == ranges
+        return  # a random mask: no eager output to compare with
+    result = run_pass(fn, q, keys, values, lengths)
+    assert result.statuses == ["rewritten"] * 3
+    assert result.after["gla"] == 3 and result.after["mask_range"] == ranges
+    assert_close(result.output, fn(q, keys, values, lengths))

@@ -42,6 +42,8 @@ def count_ops(graph: torch.fx.Graph) -> collections.Counter:
             continue
         if node.target is GLA_OP:
             counts["gla"] += 1
+        elif node.target is torch.ops.glacompiler.mask_key_range.default:
+            counts["mask_range"] += 1
         elif node.target in SDPA_OPS:
             counts["sdpa"] += 1
         elif node.target in (aten.bmm.default, aten.mm.default):

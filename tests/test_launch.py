@@ -109,3 +109,30 @@ def test_mask_key_range_interpreted(case, interpret_kernels):
 @pytest.mark.parametrize("case", list(MASK_RANGE_CASES))
 def test_mask_key_range_gpu(case, cuda_device):
     _check_mask_key_range(case, cuda_device)
+
+
+@pytest.mark.parametrize("case", list(MASK_RANGE_CASES))
+def test_mask_key_range_op_pytorch_path(case):
+    """The op the backend emits once per distinct mask, through its PyTorch (CPU) path."""
+    batch, capacity, make = MASK_RANGE_CASES[case]
+    mask = make(torch.Generator().manual_seed(sum(map(ord, case))))
+    got = torch.ops.glacompiler.mask_key_range(mask, batch, capacity)
+    assert torch.equal(got, _expected_key_range(mask, batch, capacity))
+
+
+def test_kv_range_is_checked(interpret_kernels):
+    """kv_range (the op's hint from the backend) is checked on the kernels' path before any kernel runs."""
+    from glacompiler.testing import make_decode_problem, PAPER_MEMBERS
+    import dataclasses
+
+    member = dataclasses.replace(PAPER_MEMBERS["gqa"], num_q_heads=4, num_kv_heads=2, head_dim_q=16, head_dim_k=16,
+                                 head_dim_v=16)
+    kw = make_decode_problem(member, batch=2, query_len=1, capacity=8, mask="bool", mask_rows="key",
+                             causal=False, poison=False).kwargs
+    op = torch.ops.glacompiler.attention_with_kvcache.default
+    args = (kw["q"], kw["k_cache"], kw["v_cache"], None, None, None, None, kw["attn_mask"], 0.25, False, 0)
+    good = torch.ops.glacompiler.mask_key_range(kw["attn_mask"], 2, 8)
+    with pytest.raises(ValueError, match="kv_range must be"):
+        op(*args, good[:, :1].contiguous())
+    with pytest.raises(ValueError, match="needs attn_mask"):
+        op(*args[:7], None, *args[8:], good)

@@ -17,7 +17,7 @@ from .layout import fake_value
 from .operands import Decline
 from .plan import SitePlan, slots_size
 from .report import REWRITTEN, SKIPPED, SiteRecord, add_records, source_location
-from .rewrite import emit_site
+from .rewrite import SharedMaskRanges, emit_site
 from .sites import find_sites
 
 
@@ -63,6 +63,7 @@ class AttentionRewritePass(CustomGraphPass):
 
     def _run(self, graph: fx.Graph, records: list) -> None:
         training = is_training_graph(graph)
+        mask_ranges = SharedMaskRanges(graph)
         for site in find_sites(graph):
             source = source_location(site.anchor)
             if training:
@@ -81,7 +82,7 @@ class AttentionRewritePass(CustomGraphPass):
                 records.append(SiteRecord(plan.spec.kind, plan.spec, source, SKIPPED, "rewriting is disabled",
                                           site.form, self.graph_name))
                 continue
-            emit_site(graph, plan)
+            emit_site(graph, plan, mask_ranges)
             self._note_tuning_target(plan)
             records.append(SiteRecord(plan.spec.kind, plan.spec, source, REWRITTEN, "", site.form, self.graph_name))
         graph.lint()

@@ -154,7 +154,64 @@ def combine_masks(emit: Emitter, booleans: list, additive: list, dtype: torch.dt
     return emit.call(aten.where.self, allowed, bias, excluded)
 
 
-def emit_site(graph: fx.Graph, plan: SitePlan) -> list:
+class SharedMaskRanges:
+    """One mask_key_range per distinct mask in a graph. A model's layers usually each recompute the same
+    causal or padding mask from the same inputs; sites whose masks are computed the same way (same pure ops on
+    the same graph inputs, compared by hash-consing the masks' producers) share one range, so a decode step
+    launches the range kernel once instead of once per layer."""
+
+    def __init__(self, graph: fx.Graph):
+        self.graph = graph
+        self._structure_ids: dict = {}  # (op, target, argument ids) -> structure id
+        self._node_ids: dict = {}  # node -> structure id
+        self._ranges: dict = {}  # (mask structure, batch, capacity) -> mask_key_range node
+
+    def _value_id(self, value):
+        if isinstance(value, fx.Node):
+            return ("node", self.node_id(value))
+        if isinstance(value, (list, tuple)):
+            return tuple(self._value_id(v) for v in value)
+        if isinstance(value, dict):
+            return tuple(sorted((k, self._value_id(v)) for k, v in value.items()))
+        return (type(value).__name__, repr(value))
+
+    def node_id(self, node: fx.Node) -> int:
+        known = self._node_ids.get(node)
+        if known is not None:
+            return known
+        target = node.target
+        pure = (node.op == "call_function" and not node.is_impure()
+                and not (isinstance(target, torch._ops.OpOverload)
+                         and (torch.Tag.nondeterministic_seeded in target.tags or target._schema.is_mutable)))
+        if node.op in ("placeholder", "get_attr"):
+            structure = (node.op, node.target)
+        elif pure:
+            structure = (node.op, target, self._value_id(node.args), self._value_id(node.kwargs))
+        else:
+            structure = ("opaque", id(node))  # only equal to itself
+        node_id = self._structure_ids.setdefault(structure, len(self._structure_ids))
+        self._node_ids[node] = node_id
+        return node_id
+
+    def range_for(self, emit: "Emitter", mask: fx.Node, batch, capacity) -> fx.Node:
+        key = (self.node_id(mask), self._value_id(batch), self._value_id(capacity))
+        shared = self._ranges.get(key)
+        if shared is not None and self._comes_before(shared, emit.anchor):
+            return shared
+        node = emit.call(torch.ops.glacompiler.mask_key_range.default, mask, batch, capacity)
+        self._ranges[key] = node
+        return node
+
+    def _comes_before(self, node: fx.Node, anchor: fx.Node) -> bool:
+        for current in self.graph.nodes:
+            if current is node:
+                return True
+            if current is anchor:
+                return False
+        return False
+
+
+def emit_site(graph: fx.Graph, plan: SitePlan, mask_ranges: Optional[SharedMaskRanges] = None) -> list:
     """Rewrite one site; returns the nodes created."""
     emit = Emitter(graph, plan.anchor)
     q = build_query(emit, plan.q)
@@ -168,9 +225,14 @@ def emit_site(graph: fx.Graph, plan: SitePlan) -> list:
     if plan.causal_top_left:
         booleans.append(build_causal_top_left(emit, plan, device))
     mask = combine_masks(emit, booleans, additive, fake_value(q).dtype, device)
+    kv_range = None
+    if mask is not None:
+        mask_ranges = mask_ranges or SharedMaskRanges(graph)
+        kv_range = mask_ranges.range_for(emit, mask, emit.size(fake_value(q).shape[0]),
+                                         emit.size(fake_value(k).shape[1]))
     result = emit.call(
         torch.ops.glacompiler.attention_with_kvcache.default,
-        q, k, v, q_rope, k_rope, None, None, mask, float(plan.scale), False, 0,
+        q, k, v, q_rope, k_rope, None, None, mask, float(plan.scale), False, 0, kv_range,
     )
     out = emit.call(operator.getitem, result, 0)
     out = emit.reshape(out, plan.output.split_shape)
