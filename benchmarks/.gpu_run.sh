@@ -1,8 +1,5 @@
-# one device call: GPU tests, whole-model bench, host profile
-python3 -m pytest -p no:cacheprovider -p no:benchmark -m gpu -n 8 -q tests/ > $OUT/gpu_tests.log 2>&1
-tail -3 $OUT/gpu_tests.log
 cd benchmarks
-python3 bench_backend.py --rounds 3 --iters 20 > $OUT/bench_backend.log 2>&1
-cat $OUT/bench_backend.log | grep -v Warning
 python3 host_profile.py > $OUT/host_profile.log 2>&1
 grep "ms/step" $OUT/host_profile.log
+python3 bench_backend.py --variants gla-2 --rounds 3 --iters 20 > $OUT/bench_backend_gla2.log 2>&1
+grep -v Warning $OUT/bench_backend_gla2.log

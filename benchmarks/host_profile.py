@@ -45,7 +45,7 @@ def host_and_wall_ms(decode, tokens, lengths, steps: int) -> tuple:
 
 
 def allocate_outputs_only(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                          softmax_scale, causal, spec, shape, config):
+                          softmax_scale, causal, spec, shape, config, kv_range=None):
     out = q.new_empty((*q.shape[:3], spec.head_dim_v))
     return out, q.new_empty(q.shape[:3], dtype=torch.float32)
 
