@@ -97,6 +97,10 @@ def measure(variant: str, args, device: torch.device) -> tuple:
             ('default backend, mode="reduce-overhead"', lambda: torch.compile(
                 model.decode, mode="reduce-overhead"), True),
             ("eager", lambda: model.decode, False),
+            *(((f'backend="gla", cpp_wrapper', lambda: torch.compile(
+                model.decode, backend=glacompiler.backend(inductor_config={"cpp_wrapper": True})), False),
+               ("default backend, cpp_wrapper", lambda: torch.compile(
+                   model.decode, options={"cpp_wrapper": True}), False)) if args.cpp_wrapper else ()),
         ):
             if cudagraphs and device.type != "cuda":
                 continue
@@ -104,7 +108,7 @@ def measure(variant: str, args, device: torch.device) -> tuple:
             rows.append((name, step_ms(make(), model, args, device, cudagraphs)))
         rewritten = sum(r.status == "rewritten" for r in glacompiler.compile_report())
         # Two gla compiles (CUDA graphs off and on) of n_layers sites each.
-        expected = len(model.layers) * (2 if device.type == "cuda" else 1)
+        expected = len(model.layers) * ((2 if device.type == "cuda" else 1) + args.cpp_wrapper)
         note = f"{rewritten}/{expected} attention sites rewritten"
     return rows, note
 
@@ -117,6 +121,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny widths (tiny_config) for a quick check")
+    parser.add_argument("--cpp-wrapper", action="store_true",
+                        help="also time both backends with Inductor's C++ wrapper (kernels launched from C++)")
     args = parser.parse_args()
     if args.device == "cpu" and not args.tiny:
         parser.error("--device cpu is a smoke test: add --tiny (and small --batch/--cache)")
