@@ -154,6 +154,23 @@ def test_backend_options():
     assert glacompiler.backend(inductor_config={"max_fusion_size": 8}).config_patches() == {"max_fusion_size": 8}
 
 
+def test_cpp_wrapper_by_default_only_for_cuda_graphs_without_capture():
+    """Without CUDA graphs a decode step is bound by the host's launches: the C++ wrapper is on for CUDA inputs,
+    off on CPU and under CUDA graphs, and an explicit choice (argument or inductor_config) wins."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        cuda_inputs = [torch.empty(2, device="cuda"), 3]
+    cpu_inputs = [torch.empty(2)]
+    assert glacompiler.backend().config_patches(cuda_inputs) == {"cpp_wrapper": True}
+    assert "cpp_wrapper" not in glacompiler.backend().config_patches(cpu_inputs)
+    assert "cpp_wrapper" not in glacompiler.backend(cudagraphs=True).config_patches(cuda_inputs)
+    assert "cpp_wrapper" not in glacompiler.backend(cpp_wrapper=False).config_patches(cuda_inputs)
+    assert glacompiler.backend(cpp_wrapper=True).config_patches(cpu_inputs)["cpp_wrapper"] is True
+    overridden = glacompiler.backend(inductor_config={"cpp_wrapper": False}).config_patches(cuda_inputs)
+    assert overridden["cpp_wrapper"] is False
+
+
 def test_rewrite_off_keeps_attention_for_inductor():
     q, k, v = sdpa_inputs()
     torch._dynamo.reset()

@@ -47,16 +47,21 @@ class GlaBackend:
         per site, results in the user config cache; CUDA only, needs optuna) and use Inductor's
         max-autotune for the rest of the model.
     rewrite: False compiles with the same settings and guard but leaves attention to Inductor (a baseline).
-    inductor_config: extra Inductor config patches."""
+    cpp_wrapper: Inductor's C++ wrapper, which launches the graph's kernels from C++ instead of Python. None
+        (the default) turns it on for CUDA graphs without CUDA-graph capture: a decode step is then bound by
+        the host's launch work, and the C++ wrapper cuts it (benchmarks/RESULTS.md). Not needed when
+        graphs replay the step, and left off on CPU, where it only adds C++ compile time.
+    inductor_config: extra Inductor config patches (they win over the options above)."""
 
     def __init__(self, cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
-                 inductor_config: Optional[dict] = None):
+                 inductor_config: Optional[dict] = None, cpp_wrapper: Optional[bool] = None):
         self.cudagraphs = cudagraphs
         self.autotune = autotune
         self.rewrite = rewrite
+        self.cpp_wrapper = cpp_wrapper
         self.inductor_config = dict(inductor_config or {})
 
-    def config_patches(self) -> dict:
+    def config_patches(self, example_inputs=()) -> dict:
         from torch._inductor import list_mode_options
 
         if self.autotune:
@@ -64,11 +69,17 @@ class GlaBackend:
         else:
             mode = "reduce-overhead" if self.cudagraphs else "default"
         patches = dict(list_mode_options(mode))
+        cpp_wrapper = self.cpp_wrapper
+        if cpp_wrapper is None:
+            on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
+            cpp_wrapper = on_cuda and not self.cudagraphs
+        if cpp_wrapper:
+            patches["cpp_wrapper"] = True
         patches.update(self.inductor_config)
         return patches
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
-        patches = self.config_patches()
+        patches = self.config_patches(example_inputs)
         graph_name = f"graph {next(_graph_ids)}"
         user_pass = patches.get("joint_custom_pre_pass", torch._inductor.config.joint_custom_pre_pass)
         our_pass = AttentionRewritePass(self.rewrite, chained=user_pass, graph_name=graph_name)
@@ -91,13 +102,14 @@ class GlaBackend:
 
     def __repr__(self) -> str:
         return (f"GlaBackend(cudagraphs={self.cudagraphs}, autotune={self.autotune}, rewrite={self.rewrite}, "
-                f"inductor_config={self.inductor_config})")
+                f"cpp_wrapper={self.cpp_wrapper}, inductor_config={self.inductor_config})")
 
 
 def backend(cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
-            inductor_config: Optional[dict] = None) -> GlaBackend:
+            inductor_config: Optional[dict] = None, cpp_wrapper: Optional[bool] = None) -> GlaBackend:
     """A gla backend with options: torch.compile(model, backend=glacompiler.backend(cudagraphs=True))."""
-    return GlaBackend(cudagraphs=cudagraphs, autotune=autotune, rewrite=rewrite, inductor_config=inductor_config)
+    return GlaBackend(cudagraphs=cudagraphs, autotune=autotune, rewrite=rewrite, inductor_config=inductor_config,
+                      cpp_wrapper=cpp_wrapper)
 
 
 gla_backend = GlaBackend()
