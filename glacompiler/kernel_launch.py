@@ -1,8 +1,8 @@
 """Launch Triton kernels with little host time.
 
 A decode step calls the op once per layer, and Triton's JIT launch path binds and specialises every argument
-again on each call (about 25 us on an H100 host for the attention kernel's 45 arguments, several times the
-launch itself). Here the first launch of each specialisation goes through the JIT, which compiles or finds
+again on each call (the attention kernel has about 45), builds a cache key string and checks the kernel's
+globals. Here the first launch of each specialisation goes through the JIT, which compiles or finds
 the binary; later launches with the same specialisation call that binary's launcher directly, as Inductor's
 generated code does. The key holds everything the JIT specialises on, so the binary it finds is the one the
 JIT would pick: each int argument by value (a call site passes the same strides every step), each tensor by
