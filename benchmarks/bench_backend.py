@@ -3,8 +3,9 @@
 Models: GLA-2 and GTA-4 at the paper's XL widths (16 query heads of 128; GLA-2 caches two latent heads of 256
 plus a 64-wide rope key, GTA-4 four tied heads of 128 plus the rope key), 8 layers, batch 64, static cache
 8192 filled to its last slot, bf16, vocabulary 32000. Decode attention is written in plain PyTorch over the
-static cache with a mask (glacompiler.demo.install_plain_decode), as a user model would; the last row runs the
-reference modules' own decode (the fused op called directly, eager) for comparison.
+static cache with a mask (glacompiler.demo.install_plain_decode), as a user model would; the first row runs
+the reference modules' own decode (the fused op called directly, eager) for comparison. Without CUDA graphs
+backend="gla" compiles with Inductor's C++ wrapper on CUDA; two more rows time both backends the other way.
 
     python benchmarks/bench_backend.py                      # on an H100/H200
     python benchmarks/bench_backend.py --device cpu --tiny  # smoke run of the script itself
