@@ -70,21 +70,17 @@ def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, pag
     return out.contiguous(), lse  # the fake implementation promises contiguous outputs, as the kernels give
 
 
-def _mask_key_range_cpu(attn_mask, batch, capacity):
-    mask = mask_as_kernel_operand(attn_mask)
-    if triton_interpreter_enabled():
-        return mask_key_range(mask, batch, capacity, attn_mask.dtype == torch.bool)
-    return mask_key_range_reference(mask, batch, capacity, attn_mask.dtype == torch.bool)
-
-
-def _mask_key_range_cuda(attn_mask, batch, capacity):
-    return mask_key_range(mask_as_kernel_operand(attn_mask), batch, capacity, attn_mask.dtype == torch.bool)
+def _mask_key_range(attn_mask, batch, capacity):
+    """The kernel on CUDA and under the interpreter, PyTorch ops on CPU otherwise."""
+    on_kernels = attn_mask.device.type == "cuda" or triton_interpreter_enabled()
+    reduce = mask_key_range if on_kernels else mask_key_range_reference
+    return reduce(mask_as_kernel_operand(attn_mask), batch, capacity, attn_mask.dtype == torch.bool)
 
 
 _LIBRARY.impl("attention_with_kvcache", _attention_cpu, "CPU")
 _LIBRARY.impl("attention_with_kvcache", _run_kernels, "CUDA")
-_LIBRARY.impl("mask_key_range", _mask_key_range_cpu, "CPU")
-_LIBRARY.impl("mask_key_range", _mask_key_range_cuda, "CUDA")
+_LIBRARY.impl("mask_key_range", _mask_key_range, "CPU")
+_LIBRARY.impl("mask_key_range", _mask_key_range, "CUDA")
 
 
 @torch.library.register_fake("glacompiler::mask_key_range", lib=_LIBRARY)

@@ -77,30 +77,37 @@ def test_cudagraphs_capture_and_replay_the_decode_step(cuda_device):
     torch.testing.assert_close(compiled_model.k_cache.float(), eager_model.k_cache.float())
 
 
-def test_gla2_model_decode_with_cudagraphs(cuda_device):
-    """The demo's model in bf16: plain-PyTorch decode under gla with CUDA graphs, against the package's
-    fused-op decode in eager."""
+def decode_plain_against_fused(variant: str, backend, cudagraphs: bool) -> None:
+    """The tiny model of a variant in bf16: plain-PyTorch decode compiled with backend, 6 steps after a prompt,
+    each step's logits against the package's fused-op decode in eager."""
     torch.manual_seed(0)
-    plain = install_plain_decode(TinyLM(tiny_config("gla-2")).eval().to("cuda", torch.bfloat16))
+    plain = install_plain_decode(TinyLM(tiny_config(variant)).eval().to("cuda", torch.bfloat16))
     torch.manual_seed(0)
-    fused = TinyLM(tiny_config("gla-2")).eval().to("cuda", torch.bfloat16)
+    fused = TinyLM(tiny_config(variant)).eval().to("cuda", torch.bfloat16)
     for model in (plain, fused):
         model.setup_cache(4, 64)
     mark_caches_static(plain)
     prompt = torch.randint(0, 257, (4, 20), device="cuda")
     torch._dynamo.reset()
     glacompiler.reset_report()
-    decode = torch.compile(plain.decode, backend=glacompiler.backend(cudagraphs=True))
+    decode = torch.compile(plain.decode, backend=backend)
     plain.prefill(prompt)
     fused.prefill(prompt)
     lengths = torch.full((4,), 20, dtype=torch.int32, device="cuda")
     for step in range(6):
         lengths = lengths + 1
         tokens = torch.randint(0, 257, (4, 1), device="cuda", generator=torch.Generator("cuda").manual_seed(step))
-        torch.compiler.cudagraph_mark_step_begin()
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         ours = decode(tokens, lengths).float()
         theirs = fused.decode(tokens, lengths).float()
         torch.testing.assert_close(ours, theirs, rtol=5e-2, atol=5e-2 * theirs.abs().max().item())
+
+
+def test_gla2_model_decode_with_cudagraphs(cuda_device):
+    """The demo's model in bf16: plain-PyTorch decode under gla with CUDA graphs, against the package's
+    fused-op decode in eager."""
+    decode_plain_against_fused("gla-2", glacompiler.backend(cudagraphs=True), cudagraphs=True)
     records = glacompiler.compile_report()
     assert [r.status for r in records] == ["rewritten"] * 2 and {r.kind for r in records} == {"gla"}
     assert records[0].spec.dtype == "bfloat16"
@@ -178,29 +185,9 @@ def test_cache_write_stays_in_place(cuda_device, variant):
 def test_model_decode_with_the_cpp_wrapper(cuda_device, variant):
     """Without CUDA graphs the backend compiles with Inductor's C++ wrapper (the op is then called from C++
     through the dispatcher): plain-PyTorch decode against the package's fused-op decode in eager."""
-    torch.manual_seed(0)
-    plain = install_plain_decode(TinyLM(tiny_config(variant)).eval().to("cuda", torch.bfloat16))
-    torch.manual_seed(0)
-    fused = TinyLM(tiny_config(variant)).eval().to("cuda", torch.bfloat16)
-    for model in (plain, fused):
-        model.setup_cache(4, 64)
-    mark_caches_static(plain)
-    prompt = torch.randint(0, 257, (4, 20), device="cuda")
-    torch._dynamo.reset()
-    glacompiler.reset_report()
     backend = glacompiler.backend()
-    decode = torch.compile(plain.decode, backend=backend)
+    assert backend.config_patches([torch.empty(1, device="cuda")])["cpp_wrapper"] is True
     with torch.no_grad():
-        plain.prefill(prompt)
-        fused.prefill(prompt)
-        lengths = torch.full((4,), 20, dtype=torch.int32, device="cuda")
-        assert backend.config_patches([lengths])["cpp_wrapper"] is True
-        for step in range(6):
-            lengths = lengths + 1
-            tokens = torch.randint(0, 257, (4, 1), device="cuda",
-                                   generator=torch.Generator("cuda").manual_seed(step))
-            ours = decode(tokens, lengths).float()
-            theirs = fused.decode(tokens, lengths).float()
-            torch.testing.assert_close(ours, theirs, rtol=5e-2, atol=5e-2 * theirs.abs().max().item())
+        decode_plain_against_fused(variant, backend, cudagraphs=False)
     records = glacompiler.compile_report()
     assert records and all(r.status == "rewritten" for r in records)

@@ -211,7 +211,7 @@ class SharedMaskRanges:
         return False
 
 
-def emit_site(graph: fx.Graph, plan: SitePlan, mask_ranges: Optional[SharedMaskRanges] = None) -> list:
+def emit_site(graph: fx.Graph, plan: SitePlan, mask_ranges: SharedMaskRanges) -> list:
     """Rewrite one site; returns the nodes created."""
     emit = Emitter(graph, plan.anchor)
     q = build_query(emit, plan.q)
@@ -227,7 +227,6 @@ def emit_site(graph: fx.Graph, plan: SitePlan, mask_ranges: Optional[SharedMaskR
     mask = combine_masks(emit, booleans, additive, fake_value(q).dtype, device)
     kv_range = None
     if mask is not None:
-        mask_ranges = mask_ranges or SharedMaskRanges(graph)
         kv_range = mask_ranges.range_for(emit, mask, emit.size(fake_value(q).shape[0]),
                                          emit.size(fake_value(k).shape[1]))
     result = emit.call(
