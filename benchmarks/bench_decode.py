@@ -1,7 +1,8 @@
 """Decode-attention speed against the roofline floor, on one GPU.
 
 For each case (issue 2 section 6: MLA, GLA-2, GTA, GQA; batch 128, cache 8192, page 64, Lq 1 and 2) it
-prints our kernel's time (heuristic config and, with --variants, the best of a few others), GB/s, TFLOP/s,
+prints our kernel's time (the op's default kernel with the heuristic config and, with --variants, the best of
+a few others; for latent cases on Hopper also the portable kernels' time), GB/s, TFLOP/s,
 the fraction of the roofline floor (bytes / measured copy bandwidth vs flops / measured bf16 matmul rate),
 and the ratio to torch.compile of the reference math and, for GQA, to SDPA. Run:
     python benchmarks/bench_decode.py [--variants] [--json out.json]
@@ -20,6 +21,9 @@ import triton
 
 import glacompiler
 from glacompiler.config import KernelConfig, device_multiprocessors, heuristic_config
+from glacompiler.latent_hopper import LatentHopperConfig
+from glacompiler.ops import choose_config
+from glacompiler.validation import validate_inputs
 from glacompiler.reference import attention_with_kvcache_reference, logical_cache
 from glacompiler.testing import PAPER_MEMBERS, check_fa_rule, make_decode_problem
 
@@ -101,6 +105,7 @@ def main() -> None:
     parser.add_argument("--variants", action="store_true")
     parser.add_argument("--prefix-mask", action="store_true",
                         help="pass the filled prefix as a bool attn_mask instead of cache_seqlens")
+    parser.add_argument("--skip-baselines", action="store_true", help="time our kernels only (no torch.compile/SDPA)")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -121,14 +126,28 @@ def main() -> None:
             lengths = kw["cache_seqlens"]
             if args.prefix_mask:
                 use_prefix_mask(kw)
-            spec = member.spec("bfloat16", paged=True)
-            base = heuristic_config(spec, args.batch, args.seqlen, query_len, device_multiprocessors(device))
+            spec, shape = validate_inputs(kw["q"], kw["k_cache"], kw["v_cache"], kw["q_rope"], kw["k_rope_cache"],
+                                          kw["cache_seqlens"], kw["page_table"], kw["attn_mask"], None, None)
+            # The op's own choice of kernel (the Hopper latent kernel where it applies), with the heuristic
+            # config for the portable kernels (the tuned table is measured by `glacompiler autotune`).
+            base = choose_config(kw["q"], kw["q_rope"], kw["k_cache"], kw["k_rope_cache"], kw["attn_mask"], spec,
+                                 shape, 0)
+            if isinstance(base, KernelConfig):
+                base = heuristic_config(spec, args.batch, args.seqlen, query_len, device_multiprocessors(device))
             # Correctness on this very problem before any timing.
             out, lse = glacompiler.attention_with_kvcache_config(**kw, config=base)
             check_fa_rule(out, lse, problem)
             timed = {base: median_ms(lambda: glacompiler.attention_with_kvcache_config(**kw, config=base))}
+            portable_ms = math.nan
+            if isinstance(base, LatentHopperConfig):  # the portable kernels on the same call, for comparison
+                portable = heuristic_config(spec, args.batch, args.seqlen, query_len, device_multiprocessors(device))
+                portable_ms = median_ms(lambda: glacompiler.attention_with_kvcache_config(**kw, config=portable))
             if args.variants:
-                for config in variants(base, spec.group_size * query_len):
+                if isinstance(base, LatentHopperConfig):
+                    candidates = [LatentHopperConfig(n) for n in (max(1, base.num_splits // 2), 2 * base.num_splits)]
+                else:
+                    candidates = variants(base, spec.group_size * query_len)
+                for config in candidates:
                     try:
                         out, lse = glacompiler.attention_with_kvcache_config(**kw, config=config)
                         check_fa_rule(out, lse, problem)
@@ -143,13 +162,14 @@ def main() -> None:
             k_lin = logical_cache(kw["k_cache"], kw["page_table"], lengths).contiguous()
             v_lin = None if kw["v_cache"] is None else logical_cache(kw["v_cache"], kw["page_table"], lengths).contiguous()
             kr_lin = None if kw["k_rope_cache"] is None else logical_cache(kw["k_rope_cache"], kw["page_table"], lengths).contiguous()
-            compiled = torch.compile(attention_with_kvcache_reference)
-            ref_args = dict(q_rope=kw["q_rope"], k_rope_cache=kr_lin, cache_seqlens=lengths, causal=True,
-                            compute_dtype=torch.bfloat16)
-            compiled(kw["q"], k_lin, v_lin, **ref_args)
-            compiled_ms = median_ms(lambda: compiled(kw["q"], k_lin, v_lin, **ref_args))
-            sdpa_ms = math.nan
-            if not member.tied and member.rope_dim == 0:
+            compiled_ms = sdpa_ms = math.nan
+            if not args.skip_baselines:
+                compiled = torch.compile(attention_with_kvcache_reference)
+                ref_args = dict(q_rope=kw["q_rope"], k_rope_cache=kr_lin, cache_seqlens=lengths, causal=True,
+                                compute_dtype=torch.bfloat16)
+                compiled(kw["q"], k_lin, v_lin, **ref_args)
+                compiled_ms = median_ms(lambda: compiled(kw["q"], k_lin, v_lin, **ref_args))
+            if not args.skip_baselines and not member.tied and member.rope_dim == 0:
                 q_t = kw["q"].transpose(1, 2)
                 k_t, v_t = k_lin.transpose(1, 2), v_lin.transpose(1, 2)
                 sdpa_ms = median_ms(lambda: F.scaled_dot_product_attention(q_t, k_t, v_t, enable_gqa=True))
@@ -157,17 +177,19 @@ def main() -> None:
                 case=name, q_len=query_len, ms=timed[base], best_ms=timed[best], best_config=best.to_dict(),
                 heuristic_config=base.to_dict(), floor_ms=floor_ms, gbps=bytes_moved / (timed[best] * 1e-3) / 1e9,
                 tflops=flops / (timed[best] * 1e-3) / 1e12, floor_fraction=floor_ms / timed[best],
-                compiled_ms=compiled_ms, sdpa_ms=sdpa_ms,
+                compiled_ms=compiled_ms, sdpa_ms=sdpa_ms, portable_ms=portable_ms,
+                kernel="hopper_latent" if isinstance(base, LatentHopperConfig) else "portable",
             )
             results.append(row)
-            print(f"  {name} Lq={query_len}: heuristic {timed[base] * 1e3:.0f} us, best {timed[best] * 1e3:.0f} us "
-                  f"({best}), floor {floor_ms * 1e3:.0f} us", flush=True)
+            print(f"  {name} Lq={query_len}: default {timed[base] * 1e3:.0f} us, best {timed[best] * 1e3:.0f} us "
+                  f"({best}), floor {floor_ms * 1e3:.0f} us, portable kernels {portable_ms * 1e3:.0f} us", flush=True)
 
-    print("\n| case | Lq | heuristic us | best us | GB/s | TFLOP/s | of floor | compiled ref us | vs compiled | SDPA us | vs SDPA |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| case | Lq | kernel | default us | best us | GB/s | TFLOP/s | of floor | portable us | compiled ref us | "
+          "vs compiled | SDPA us | vs SDPA |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['case']} | {r['q_len']} | {r['ms'] * 1e3:.0f} | {r['best_ms'] * 1e3:.0f} | {r['gbps']:.0f} | "
-              f"{r['tflops']:.0f} | {r['floor_fraction']:.2f} | {r['compiled_ms'] * 1e3:.0f} | "
+        print(f"| {r['case']} | {r['q_len']} | {r['kernel']} | {r['ms'] * 1e3:.0f} | {r['best_ms'] * 1e3:.0f} | {r['gbps']:.0f} | "
+              f"{r['tflops']:.0f} | {r['floor_fraction']:.2f} | {r['portable_ms'] * 1e3:.0f} | {r['compiled_ms'] * 1e3:.0f} | "
               f"{r['compiled_ms'] / r['best_ms']:.1f}x | {r['sdpa_ms'] * 1e3:.0f} | {r['sdpa_ms'] / r['best_ms']:.2f}x |")
     if args.json:
         with open(args.json, "w") as handle:

@@ -101,11 +101,16 @@ def template_names() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name.endswith(".jinja"))
 
 
+# The templates whose knobs (KernelConfig) the tuned tables hold. The Hopper latent kernel is not tuned (its
+# tile and split count come from latent_hopper_config), so a change to it leaves the tables current.
+TUNED_TEMPLATES = ("decode_attention.py.jinja",)
+
+
 @functools.lru_cache(maxsize=None)
 def templates_version() -> str:
-    """Hash of every kernel template: tuned tables made for other templates are stale."""
+    """Hash of the tuned kernel templates: tables made for other templates are stale."""
     digest = hashlib.sha256()
-    for name in template_names():
+    for name in TUNED_TEMPLATES:
         digest.update(name.encode())
         digest.update(_load_template(name).encode())
     return digest.hexdigest()[:16]
@@ -153,3 +158,58 @@ def decode_kernel_module(spec: AttentionSpec, block_d: int, preload_q: bool, dv_
     """The generated module for a spec and the template-level knobs of a config (cached)."""
     config = KernelConfig(block_d=block_d, preload_q=preload_q, dv_split=dv_split)
     return _import_source(render_decode_kernel(spec, config))
+
+
+# The Hopper latent kernel's tiles: 64 keys per block (one TMA box, one page of a 64-token paged cache). Rows:
+# 64 shared by two warpgroups (each with half of a latent up to 512 wide), or, for latents up to 256 wide with
+# many packed rows, 128 split between them. Shared-memory stages: what 227 KB holds beside the query tile.
+LATENT_HOPPER_BLOCK_N = 64
+LATENT_HOPPER_ROW_SPLIT_MAX_WIDTH = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentHopperTile:
+    row_split: bool  # 128 rows, 64 per warpgroup; else 64 rows shared by both
+
+    @property
+    def block_m(self) -> int:
+        return 128 if self.row_split else 64
+
+    @property
+    def num_stages(self) -> int:
+        return 3 if self.row_split else 2
+
+
+def rope_tile_width(rope_dim: int) -> int:
+    """The rope key's tile: a power of two >= 16 (padding is masked on load)."""
+    return max(MIN_DOT_WIDTH, 1 << (rope_dim - 1).bit_length())
+
+
+def swizzle_bytes(row_bytes: int) -> int:
+    """The widest shared-memory swizzle a tile row of this many bytes allows (what TMA and wgmma share)."""
+    for width in (128, 64, 32):
+        if row_bytes % width == 0:
+            return width
+    return 0
+
+
+def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> str:
+    return _environment().get_template("latent_decode_hopper.py.jinja").render(
+        spec_key=spec.key(),
+        row_split=tile.row_split,
+        head_dim=spec.head_dim_k,
+        rope_dim=spec.rope_dim,
+        rope_width=rope_tile_width(spec.rope_dim),
+        block_m=tile.block_m,
+        block_n=LATENT_HOPPER_BLOCK_N,
+        num_stages=tile.num_stages,
+        out_instr_n=min(256, spec.head_dim_k if tile.row_split else spec.head_dim_k // 2),
+        p_swizzle=swizzle_bytes(LATENT_HOPPER_BLOCK_N * 2),
+        sanitize_chunk=min(64, spec.head_dim_k),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def latent_hopper_module(spec: AttentionSpec, tile: LatentHopperTile) -> ModuleType:
+    """The generated Gluon module for a latent spec and tile (cached)."""
+    return _import_source(render_latent_hopper_kernel(spec, tile))

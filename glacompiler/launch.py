@@ -2,6 +2,7 @@
 depends on shapes, never on tensor values."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Optional
 
@@ -44,6 +45,43 @@ def _launch_fitting(kernel, grid, args: tuple, constexprs: dict, config: KernelC
 
 
 MASK_RANGE_BLOCK_N = 1024
+
+
+@dataclasses.dataclass
+class SplitBuffers:
+    """The op's outputs, and where a split-KV kernel writes: straight into them with one split, else into
+    fp32 partial outputs and LSEs that the combine kernel merges (split stride 0 when there is one)."""
+
+    out: Tensor  # [B, Lq, Hq, Dv]
+    lse: Tensor  # [B, Lq, Hq] float32
+    split_out: Tensor
+    split_lse: Tensor
+    out_strides: tuple  # (b, t, h, split) strides of split_out
+    lse_strides: tuple  # (b, t, h, split) strides of split_lse
+    num_splits: int
+
+    @classmethod
+    def allocate(cls, q: Tensor, head_dim_v: int, num_splits: int) -> "SplitBuffers":
+        batch, query_len, num_q_heads, _ = q.shape
+        out = torch.empty((batch, query_len, num_q_heads, head_dim_v), dtype=q.dtype, device=q.device)
+        lse = torch.empty((batch, query_len, num_q_heads), dtype=torch.float32, device=q.device)
+        if num_splits == 1:
+            return cls(out, lse, out, lse, (*out.stride()[:3], 0), (*lse.stride(), 0), 1)
+        split_out = torch.empty((batch, query_len, num_q_heads, num_splits, head_dim_v), dtype=torch.float32,
+                                device=q.device)
+        split_lse = torch.empty((batch, query_len, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
+        return cls(out, lse, split_out, split_lse, split_out.stride()[:4], split_lse.stride(), num_splits)
+
+    def combine(self, combine_kernel) -> None:
+        """Merge the splits by LSE into out and lse (nothing to do with one split)."""
+        if self.num_splits == 1:
+            return
+        rows = self.out.shape[0] * self.out.shape[1] * self.out.shape[2]
+        head_dim_v = self.out.shape[3]
+        launch(combine_kernel, (rows, -(-head_dim_v // COMBINE_BLOCK_DV)),
+               (self.split_out, self.split_lse, self.out, self.lse, self.num_splits),
+               dict(HEAD_DIM_V=head_dim_v, BLOCK_DV=COMBINE_BLOCK_DV, SPLITS_POW2=next_power_of_two(self.num_splits)),
+               num_warps=4, num_stages=3)
 
 
 def mask_as_kernel_operand(attn_mask: Tensor) -> Tensor:
@@ -100,17 +138,7 @@ def launch_decode_attention(
     num_splits = config.num_splits
     module = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split)
 
-    out = torch.empty((batch, query_len, num_q_heads, head_dim_v), dtype=q.dtype, device=q.device)
-    lse = torch.empty((batch, query_len, num_q_heads), dtype=torch.float32, device=q.device)
-    if num_splits == 1:
-        split_out, split_lse = out, lse
-        out_strides = (*out.stride()[:3], 0)
-        lse_strides = (*lse.stride(), 0)
-    else:
-        split_out = torch.empty((batch, query_len, num_q_heads, num_splits, head_dim_v), dtype=torch.float32, device=q.device)
-        split_lse = torch.empty((batch, query_len, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
-        out_strides = split_out.stride()[:4]
-        lse_strides = split_lse.stride()
+    buffers = SplitBuffers.allocate(q, head_dim_v, num_splits)
 
     values = k_cache if v_cache is None else v_cache
     q_rope_arg = q if q_rope is None else q_rope
@@ -141,7 +169,7 @@ def launch_decode_attention(
     grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
     args = (
         q, k_cache, values, q_rope_arg, k_rope_arg, cache_seqlens, kv_begin, kv_end, page_arg, mask,
-        split_out, split_lse,
+        buffers.split_out, buffers.split_lse,
         *q.stride()[:3],
         *k_cache.stride()[:3],
         *values.stride()[:3],
@@ -149,8 +177,8 @@ def launch_decode_attention(
         *rope_strides,
         page_stride,
         *mask_strides,
-        *out_strides,
-        *lse_strides,
+        *buffers.out_strides,
+        *buffers.lse_strides,
         softmax_scale * LOG2_E,
         num_splits,
     )
@@ -171,9 +199,5 @@ def launch_decode_attention(
         # Registers, spills and shared memory of the compiled kernel: the first things to read when a config is slow.
         LOGGER.debug("%s %s: regs %s, spills %s, shared %s", spec.key(), config, getattr(compiled, "n_regs", "?"),
                      getattr(compiled, "n_spills", "?"), getattr(getattr(compiled, "metadata", None), "shared", "?"))
-    if num_splits > 1:
-        combine_grid = (batch * query_len * num_q_heads, -(-head_dim_v // COMBINE_BLOCK_DV))
-        launch(module.combine_splits_kernel, combine_grid, (split_out, split_lse, out, lse, num_splits),
-               dict(HEAD_DIM_V=head_dim_v, BLOCK_DV=COMBINE_BLOCK_DV, SPLITS_POW2=next_power_of_two(num_splits)),
-               num_warps=4, num_stages=3)
-    return out, lse
+    buffers.combine(module.combine_splits_kernel)
+    return buffers.out, buffers.lse

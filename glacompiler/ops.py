@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
 from .config import KernelConfig, device_multiprocessors, heuristic_config
+from .latent_hopper import LatentHopperConfig, latent_hopper_config, latent_hopper_unsupported, launch_latent_hopper
 from .launch import launch_decode_attention, mask_as_kernel_operand, mask_key_range, mask_key_range_reference
 from .reference import attention_with_kvcache_reference
 from .spec import AttentionSpec, default_softmax_scale
@@ -33,12 +34,32 @@ def select_config(spec: AttentionSpec, shape: ProblemShape, device: torch.device
     return config
 
 
+def choose_config(q: Tensor, q_rope: Optional[Tensor], k_cache: Tensor, k_rope_cache: Optional[Tensor],
+                  attn_mask: Optional[Tensor], spec: AttentionSpec, shape: ProblemShape,
+                  num_splits: int) -> Union[KernelConfig, LatentHopperConfig]:
+    """The op's kernel for a call: the Hopper latent kernel where it applies (latent_hopper.py), else the
+    portable kernels with the tuned or heuristic config; num_splits > 0 overrides the split count."""
+    if latent_hopper_unsupported(q, q_rope, k_cache, k_rope_cache, attn_mask, spec, shape) is None:
+        config = latent_hopper_config(spec, shape, q.device)
+        return dataclasses.replace(config, num_splits=num_splits) if num_splits > 0 else config
+    return select_config(spec, shape, q.device, num_splits)
+
+
 def _run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                 softmax_scale, causal, num_splits, kv_range=None, config: Optional[KernelConfig] = None):
+                 softmax_scale, causal, num_splits, kv_range=None,
+                 config: Optional[Union[KernelConfig, LatentHopperConfig]] = None):
     spec, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                   softmax_scale, None, kv_range)
     if config is None:
-        config = select_config(spec, shape, q.device, num_splits)
+        config = choose_config(q, q_rope, k_cache, k_rope_cache, attn_mask, spec, shape, num_splits)
+    elif isinstance(config, LatentHopperConfig):
+        reason = (latent_hopper_unsupported(q, q_rope, k_cache, k_rope_cache, attn_mask, spec, shape)
+                  or config.problem_with(spec))
+        if reason is not None:
+            raise ValueError(f"config: the Hopper latent kernel cannot run this call ({reason})")
+    if isinstance(config, LatentHopperConfig):
+        return launch_latent_hopper(q, k_cache, q_rope, k_rope_cache, cache_seqlens, page_table, softmax_scale, causal,
+                                    spec, shape, config)
     return launch_decode_attention(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                    softmax_scale, causal, spec, shape, config, kv_range)
 
@@ -133,10 +154,12 @@ def attention_with_kvcache(
     return (out, lse) if return_lse else out
 
 
-def attention_with_kvcache_config(q, k_cache, v_cache=None, *, config: KernelConfig, q_rope=None, k_rope_cache=None,
-                                  cache_seqlens=None, page_table=None, attn_mask=None, softmax_scale=None,
-                                  causal=True):
-    """Run the generated kernels with an explicit KernelConfig (the tuner and benchmarks use this)."""
+def attention_with_kvcache_config(q, k_cache, v_cache=None, *, config: Union[KernelConfig, LatentHopperConfig],
+                                  q_rope=None, k_rope_cache=None, cache_seqlens=None, page_table=None, attn_mask=None,
+                                  softmax_scale=None, causal=True):
+    """Run the generated kernels with an explicit config (the tuner and benchmarks use this): a KernelConfig
+    for the portable kernels, a LatentHopperConfig for the Hopper latent kernel (ValueError where it cannot
+    run)."""
     spec, _ = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                               softmax_scale, None)
     if softmax_scale is None:

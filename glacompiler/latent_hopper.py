@@ -1,0 +1,193 @@
+"""The Hopper path for MLA/GLA decode: which calls take it, its config (tile and split count) and its launch.
+
+The kernel (templates/latent_decode_hopper.py.jinja) is written in Gluon and loads key blocks by TMA, so it
+needs an sm_90 GPU, Triton with Gluon (3.6 on), a cache whose rows form a 2-D [rows, width] view with 16-byte
+aligned strides, pages that hold whole 64-key blocks, and no attn_mask. Everything else (other GPUs, the
+interpreter, masks, small pages) runs on the portable Triton kernels. The checks read shapes, strides and
+the device only: no host-device sync.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .codegen import LATENT_HOPPER_BLOCK_N, LATENT_HOPPER_ROW_SPLIT_MAX_WIDTH, LatentHopperTile, latent_hopper_module
+from .codegen import rope_tile_width, swizzle_bytes
+from .codegen import decode_kernel_module
+from .config import MAX_SPLITS, default_num_splits, device_multiprocessors
+from .launch import LOG2_E, SplitBuffers
+from .spec import AttentionSpec
+from .validation import ProblemShape
+
+LATENT_WIDTHS = (256, 512)
+NUM_WARPS = 8  # two warpgroups
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentHopperConfig:
+    """Launch choice for the Hopper latent kernel (tiles: codegen.LatentHopperTile)."""
+
+    num_splits: int = 1
+    row_split: bool = False  # 128-row tiles, 64 rows per warpgroup (latents up to 256 wide)
+
+    @property
+    def tile(self) -> LatentHopperTile:
+        return LatentHopperTile(self.row_split)
+
+    def __post_init__(self):
+        if not 1 <= self.num_splits <= MAX_SPLITS:
+            raise ValueError(f"num_splits must lie in [1, {MAX_SPLITS}], got {self.num_splits}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def problem_with(self, spec: AttentionSpec) -> Optional[str]:
+        """Why this config cannot run a spec the kernel otherwise takes, or None."""
+        if self.row_split and spec.head_dim_k > LATENT_HOPPER_ROW_SPLIT_MAX_WIDTH:
+            return f"row_split tiles take latents up to {LATENT_HOPPER_ROW_SPLIT_MAX_WIDTH} wide"
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _is_sm90(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) == (9, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def gluon_available() -> bool:
+    try:
+        from triton.experimental.gluon.language.nvidia.hopper import tma  # noqa: F401
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _rows_view_problem(name: str, cache: Tensor, width: int) -> Optional[str]:
+    """Why `cache` [pages or B, slots, (heads,) dims] is no 2-D [rows, width] TMA view, or None."""
+    element = cache.element_size()
+    if cache.stride(-1) != 1 or cache.data_ptr() % 16:
+        return f"{name} is not 16-byte aligned with unit last stride"
+    if cache.dim() == 4 and cache.shape[2] > 1 and cache.stride(2) != cache.shape[3]:
+        return f"{name} heads are not adjacent"
+    if cache.stride(0) != cache.shape[1] * cache.stride(1) or (cache.stride(1) * element) % 16:
+        return f"{name} rows are not evenly spaced at a 16-byte multiple"
+    if cache.stride(1) < width:
+        return f"{name} rows overlap"
+    return None
+
+
+def latent_hopper_unsupported(q: Tensor, q_rope: Optional[Tensor], k_cache: Tensor, k_rope_cache: Optional[Tensor],
+                              attn_mask: Optional[Tensor], spec: AttentionSpec, shape: ProblemShape) -> Optional[str]:
+    """None when this call runs on the Hopper latent kernel, else the reason it does not (for logs and tests)."""
+    if q.device.type != "cuda":
+        return "not on a CUDA device"
+    if not _is_sm90(q.device.index if q.device.index is not None else torch.cuda.current_device()):
+        return "not an sm_90 GPU"
+    if not gluon_available():
+        return "this Triton has no Gluon TMA support"
+    return latent_layout_problem(q, q_rope, k_cache, k_rope_cache, attn_mask, spec, shape)
+
+
+def _query_rows_problem(name: str, query: Tensor) -> Optional[str]:
+    """Query rows are copied in 16-byte pieces (cp.async): the JIT must see 16-byte aligned rows."""
+    if query.data_ptr() % 16 or any(size > 1 and stride % 16 for size, stride in zip(query.shape[:3], query.stride()[:3])):
+        return f"{name} rows are not 16-element aligned"
+    return None
+
+
+def latent_layout_problem(q: Tensor, q_rope: Optional[Tensor], k_cache: Tensor, k_rope_cache: Optional[Tensor],
+                          attn_mask: Optional[Tensor], spec: AttentionSpec, shape: ProblemShape) -> Optional[str]:
+    """What keeps a call off the Hopper latent kernel on an sm_90 GPU, or None.
+
+    Beyond what the kernel can do, it takes only the shapes where it measured faster than the portable kernel
+    on an H100 (benchmarks/RESULTS.md): MLA-wide latents (512) always; 256-wide latents (GLA) when a latent head
+    has more than 32 packed (query head, token) rows, so that a 64-row tile is at least half full."""
+    if not spec.tied or spec.head_dim_q != spec.head_dim_k or spec.head_dim_k not in LATENT_WIDTHS:
+        return f"not a latent layout of width {' or '.join(map(str, LATENT_WIDTHS))}"
+    if spec.rope_dim == 0:
+        return "no rope key"
+    if spec.dtype not in ("bfloat16", "float16"):
+        return f"dtype {spec.dtype}"
+    if attn_mask is not None:
+        return "attn_mask given"
+    if shape.page_size % LATENT_HOPPER_BLOCK_N:
+        return f"page size {shape.page_size} is not a multiple of {LATENT_HOPPER_BLOCK_N}"
+    rows = spec.group_size * shape.query_len
+    if spec.head_dim_k < 512 and rows <= 32:
+        return f"{rows} rows per latent head at width {spec.head_dim_k}"
+    return (_query_rows_problem("q", q) or _query_rows_problem("q_rope", q_rope)
+            or _rows_view_problem("k_cache", k_cache, spec.num_kv_heads * spec.head_dim_k)
+            or _rows_view_problem("k_rope_cache", k_rope_cache, spec.rope_dim))
+
+
+def latent_hopper_config(spec: AttentionSpec, shape: ProblemShape, device: torch.device) -> LatentHopperConfig:
+    """128-row tiles where a latent head has more than 64 rows and the latent fits one warpgroup's accumulator;
+    then the fewest splits that fill the GPU (one program per SM: the tile takes most of its shared memory)."""
+    rows = spec.group_size * shape.query_len
+    row_split = spec.head_dim_k <= LATENT_HOPPER_ROW_SPLIT_MAX_WIDTH and rows > 64
+    programs = shape.batch * spec.num_kv_heads * -(-rows // LatentHopperTile(row_split).block_m)
+    splits = default_num_splits(programs, shape.capacity, LATENT_HOPPER_BLOCK_N, device_multiprocessors(device),
+                                resident=1)
+    return LatentHopperConfig(splits, row_split)
+
+
+def tma_tile_layout(tile_width: int, element_bytes: int):
+    """Shared-memory layout of a [BLOCK_N, tile_width] key tile: the widest swizzle its rows allow (TMA
+    writes it, wgmma reads it)."""
+    from triton.experimental.gluon import language as gl
+
+    return gl.NVMMASharedLayout(swizzle_byte_width=swizzle_bytes(tile_width * element_bytes),
+                                element_bitwidth=8 * element_bytes, rank=2)
+
+
+def _tma_descriptor(cache: Tensor, width: int, tile_width: int):
+    """TMA descriptor of the cache as [rows, width], one key block [BLOCK_N, tile_width] per copy (columns
+    past `width` read as zeros)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    rows = cache.shape[0] * cache.shape[1]
+    return TensorDescriptor(cache, [rows, width], [cache.stride(1), 1], [LATENT_HOPPER_BLOCK_N, tile_width],
+                            tma_tile_layout(tile_width, cache.element_size()))
+
+
+def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cache: Tensor,
+                         cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], softmax_scale: float,
+                         causal: bool, spec: AttentionSpec, shape: ProblemShape,
+                         config: LatentHopperConfig) -> tuple[Tensor, Tensor]:
+    batch, query_len, _, _ = q.shape
+    tile = config.tile
+    module = latent_hopper_module(spec, tile)
+    buffers = SplitBuffers.allocate(q, spec.head_dim_v, config.num_splits)
+    if cache_seqlens is None:
+        cache_seqlens = torch.full((batch,), shape.capacity, dtype=torch.int32, device=q.device)
+    k_desc = _tma_descriptor(k_cache, spec.num_kv_heads * spec.head_dim_k, spec.head_dim_k)
+    k_rope_desc = _tma_descriptor(k_rope_cache, spec.rope_dim, rope_tile_width(spec.rope_dim))
+    rows = spec.group_size * query_len
+    grid = (spec.num_kv_heads * -(-rows // tile.block_m), batch, config.num_splits)
+    # The Gluon kernel goes through Triton's own launcher (kernel_launch's fast path takes no descriptors).
+    module.latent_decode_hopper_kernel[grid](
+        q, q_rope, k_desc, k_rope_desc, cache_seqlens, cache_seqlens if page_table is None else page_table,
+        buffers.split_out, buffers.split_lse,
+        *q.stride()[:3],
+        *q_rope.stride()[:3],
+        0 if page_table is None else page_table.stride(0),
+        0 if page_table is not None else k_cache.shape[1],  # rows per sequence of a contiguous cache
+        *buffers.out_strides,
+        *buffers.lse_strides,
+        softmax_scale * LOG2_E,
+        config.num_splits,
+        G=spec.group_size,
+        LQ=query_len,
+        PAGE_SIZE=shape.page_size,
+        # With one query token every key below the length is visible: causality changes nothing.
+        CAUSAL=causal and query_len > 1,
+        num_warps=NUM_WARPS,
+    )
+    # The combine kernel is the portable module's (any of its template knobs renders the same one).
+    buffers.combine(decode_kernel_module(spec, 64, True, 1).combine_splits_kernel)
+    return buffers.out, buffers.lse

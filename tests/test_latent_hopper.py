@@ -1,0 +1,183 @@
+"""The Hopper latent kernel without a GPU: its generated source compiles for sm_90 (Triton's own compiler and
+ptxas, no device needed), which calls take it, its split heuristic, and its errors. The GPU runs it against
+the float64 reference in test_latent_hopper_gpu.py."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import glacompiler
+from glacompiler.codegen import LatentHopperTile, render_latent_hopper_kernel
+from glacompiler.latent_hopper import (
+    LatentHopperConfig, latent_hopper_config, latent_hopper_unsupported, latent_layout_problem,
+)
+from glacompiler.spec import AttentionSpec
+from glacompiler.testing import latent_member
+from glacompiler.validation import ProblemShape
+
+SM90_SHARED_MEMORY = 232448  # bytes a block may take on an H100
+
+
+def latent_spec(heads=128, latent_heads=1, width=512, rope=64, paged=True, dtype="bfloat16") -> AttentionSpec:
+    return latent_member("x", heads, latent_heads, width, rope).spec(dtype, paged=paged)
+
+
+def operands(spec: AttentionSpec, page_size: int, query_len: int = 1, dtype=torch.bfloat16):
+    """q, q_rope, k_cache and k_rope_cache as the op takes them (4 pages of page_size, or 2 sequences of 4)."""
+    lead = (4, page_size) if page_size else (2, 4)
+    q = torch.randn(2, query_len, spec.num_q_heads, spec.head_dim_q, dtype=dtype)
+    q_rope = torch.randn(2, query_len, spec.num_q_heads, spec.rope_dim, dtype=dtype)
+    k_cache = torch.randn(*lead, spec.num_kv_heads, spec.head_dim_k, dtype=dtype)
+    k_rope = torch.randn(*lead, spec.rope_dim, dtype=dtype)
+    return q, q_rope, k_cache, k_rope
+
+
+COMPILE_FOR_SM90 = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+from glacompiler.codegen import LATENT_HOPPER_BLOCK_N, LatentHopperTile, latent_hopper_module, rope_tile_width
+from glacompiler.latent_hopper import tma_tile_layout
+from glacompiler.spec import AttentionSpec
+
+spec = AttentionSpec.from_dict(json.loads(sys.argv[1]))
+query_len, page_size, row_split = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+kernel = latent_hopper_module(spec, LatentHopperTile(row_split)).latent_decode_hopper_kernel
+element = {"bfloat16": "bf16", "float16": "fp16"}[spec.dtype]
+constexprs = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size, CAUSAL=query_len > 1)
+tiles = dict(k_desc=spec.head_dim_k, kr_desc=rope_tile_width(spec.rope_dim))
+signature, attrs = {}, {}
+for index, name in enumerate(kernel.arg_names):
+    if name in constexprs:
+        signature[name] = "constexpr"
+    elif name in tiles:
+        layout = tma_tile_layout(tiles[name], 2)
+        signature[name] = f"tensordesc<{element}[{LATENT_HOPPER_BLOCK_N}, {tiles[name]}],{layout!r}>"
+    elif name in ("Q", "QR", "OUT"):
+        signature[name] = "*" + element
+        attrs[(index,)] = [["tt.divisibility", 16]]
+    elif name in ("SEQLENS", "PAGE_TABLE"):
+        signature[name] = "*i32"
+    elif name == "LSE":
+        signature[name] = "*fp32"
+    else:
+        signature[name] = "fp32" if name == "qk_scale_log2" else "i32"
+        if name.startswith(("stride_q", "stride_o")):  # what a contiguous q and out give (the op requires it)
+            attrs[(index,)] = [["tt.divisibility", 16]]
+source = GluonASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+print(json.dumps(dict(ptx=compiled.asm["ptx"], shared=compiled.metadata.shared)))
+"""
+
+
+def compile_for_sm90(spec: AttentionSpec, query_len: int, page_size: int, row_split: bool) -> dict:
+    """The generated kernel compiled ahead of time for sm_90, specialised as the JIT would, in a fresh
+    process: this one imported Triton in interpreter mode (conftest), where Gluon does not load."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90, json.dumps(spec.to_dict()), str(query_len),
+                             str(page_size), str(int(row_split))], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("spec, query_len, page_size, row_split", [
+    (latent_spec(), 1, 64, False),  # MLA, the paper's layout
+    (latent_spec(heads=64, latent_heads=1, width=256, rope=48, paged=False, dtype="float16"), 1, 0, False),
+    (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 3, 128, True),  # GLA-2, causal
+])
+def test_generated_kernel_compiles_for_sm90(spec, query_len, page_size, row_split):
+    compiled = compile_for_sm90(spec, query_len, page_size, row_split)
+    assert "wgmma.mma_async" in compiled["ptx"]  # warpgroup products
+    assert "cp.async.bulk.tensor" in compiled["ptx"]  # TMA key-block copies
+    assert 0 < compiled["shared"] <= SM90_SHARED_MEMORY
+
+
+def test_template_specialises_per_latent_width_and_tile():
+    mla = render_latent_hopper_kernel(latent_spec(), LatentHopperTile(row_split=False))
+    gla = render_latent_hopper_kernel(latent_spec(width=256, rope=32), LatentHopperTile(row_split=True))
+    assert "HEAD_DIM = gl.constexpr(512)" in mla and "HEAD_DIM = gl.constexpr(256)" in gla
+    assert "ROPE_WIDTH = gl.constexpr(32)" in gla
+    assert "BLOCK_M = gl.constexpr(64)" in mla and "p_smem" in mla
+    assert "BLOCK_M = gl.constexpr(128)" in gla and "p_smem" not in gla  # P stays in registers
+
+
+def shape(batch=2, query_len=1, capacity=256, page_size=64) -> ProblemShape:
+    return ProblemShape(batch, query_len, capacity, page_size)
+
+
+def test_paper_layouts_take_the_kernel():
+    mla = latent_spec()
+    assert latent_layout_problem(*operands(mla, 64), None, mla, shape()) is None
+    assert latent_layout_problem(*operands(mla, 0, query_len=16), None, mla, shape(page_size=0, query_len=16)) is None
+    gla2 = latent_spec(latent_heads=2, width=256)
+    assert latent_layout_problem(*operands(gla2, 128), None, gla2, shape(page_size=128)) is None
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(page_size=16), "page size 16"),
+    (dict(mask=True), "attn_mask"),
+    (dict(spec=latent_spec(width=128)), "latent layout"),
+    (dict(spec=latent_spec(rope=0)), "no rope key"),
+    (dict(spec=latent_spec(dtype="float32")), "dtype float32"),
+    (dict(spec=latent_spec(heads=32, latent_heads=2, width=256)), "16 rows"),
+    (dict(strided_rows=True), "rows are not evenly spaced"),
+    (dict(unaligned=True), "16-byte aligned"),
+    (dict(odd_query_rows=True), "q rows are not 16-element aligned"),
+])
+def test_layouts_the_kernel_leaves_to_the_portable_one(change, reason):
+    spec = change.get("spec", latent_spec())
+    page_size = change.get("page_size", 64)
+    q, q_rope, k_cache, k_rope = operands(spec, page_size, change.get("query_len", 1))
+    if change.get("odd_query_rows"):  # heads 8 elements apart: a slice of a wider tensor
+        q = torch.randn(2, 1, spec.num_q_heads, spec.head_dim_q + 8, dtype=torch.bfloat16)[..., :spec.head_dim_q]
+    if change.get("strided_rows"):
+        padded_pages = torch.randn(4, page_size + 1, spec.num_kv_heads, spec.head_dim_k, dtype=torch.bfloat16)
+        k_cache = padded_pages[:, :page_size]
+    if change.get("unaligned"):
+        flat = torch.randn(k_cache.numel() + 1, dtype=torch.bfloat16)
+        k_cache = flat[1:].view(k_cache.shape)
+    mask = torch.ones(2, 1, 1, 256, dtype=torch.bool) if change.get("mask") else None
+    problem = latent_layout_problem(q, q_rope, k_cache, k_rope, mask, spec,
+                                    shape(query_len=change.get("query_len", 1), page_size=page_size))
+    assert problem is not None and reason in problem
+
+
+def test_cpu_calls_stay_on_the_portable_kernels():
+    spec = latent_spec()
+    assert latent_hopper_unsupported(*operands(spec, 64), None, spec, shape()) == "not on a CUDA device"
+
+
+def test_config_heuristic(monkeypatch):
+    monkeypatch.setattr("glacompiler.latent_hopper.device_multiprocessors", lambda device: 132)
+    cuda = torch.device("cuda")
+    mla = latent_spec()
+    # Batch 128: 256 one-per-SM programs already fill two waves of 132 SMs.
+    assert latent_hopper_config(mla, shape(batch=128, capacity=8192), cuda) == LatentHopperConfig(1, row_split=False)
+    # One sequence: 2 programs; splits of at least 4 key blocks, up to what fills the SMs.
+    assert latent_hopper_config(mla, shape(batch=1, capacity=8192), cuda).num_splits == 32
+    # MLA at Lq 2 keeps 64-row tiles (a 128 x 512 accumulator does not fit); GLA-2 at Lq 2 splits 128 rows.
+    assert not latent_hopper_config(mla, shape(query_len=2), cuda).row_split
+    gla2 = latent_spec(latent_heads=2, width=256)
+    assert not latent_hopper_config(gla2, shape(query_len=1), cuda).row_split
+    assert latent_hopper_config(gla2, shape(query_len=2), cuda).row_split
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="num_splits"):
+        LatentHopperConfig(num_splits=0)
+    # A 128 x 512 fp32 accumulator per 128 rows does not fit: MLA-wide latents keep 64-row tiles.
+    assert "up to 256 wide" in LatentHopperConfig(row_split=True).problem_with(latent_spec())
+    assert LatentHopperConfig(row_split=True).problem_with(latent_spec(latent_heads=2, width=256)) is None
+
+
+def test_explicit_config_off_hopper_is_a_clear_error():
+    spec = latent_spec(heads=16, width=256, rope=32)
+    q, q_rope, k_cache, k_rope = operands(spec, 64)
+    page_table = torch.arange(4, dtype=torch.int32).view(2, 2)
+    with pytest.raises(ValueError, match="config: the Hopper latent kernel cannot run this call"):
+        glacompiler.attention_with_kvcache_config(q, k_cache, q_rope=q_rope, k_rope_cache=k_rope, page_table=page_table,
+                                                  config=LatentHopperConfig())

@@ -1,0 +1,77 @@
+"""The Hopper latent kernel on an H100/H200 against the float64 reference (`pytest -m gpu`), bf16 and fp16:
+every case first asserts that the op really dispatches to it, so a change in the dispatch rules cannot turn
+these into tests of the portable kernels."""
+import pytest
+import torch
+
+import glacompiler
+from glacompiler.latent_hopper import LatentHopperConfig, latent_hopper_unsupported
+from glacompiler.testing import PAPER_MEMBERS, check_fa_rule, latent_member, make_decode_problem
+from glacompiler.validation import validate_inputs
+
+pytestmark = pytest.mark.gpu
+
+MEMBERS = {
+    "mla": PAPER_MEMBERS["mla"],
+    "gla2": PAPER_MEMBERS["gla2"],  # 64 rows per latent head at Lq 1
+    "mla_rope48": latent_member("mla_rope48", 32, 1, 512, 48),  # rope key narrower than its 64-wide tile
+    "gla_rope16": latent_member("gla_rope16", 48, 1, 256, 16),  # 48 packed rows: a partly empty tile
+}
+CAPACITY = 1000  # not a multiple of the 64-key block: every full sequence ends in a partial block
+
+
+@pytest.fixture
+def hopper(cuda_device):
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Hopper latent kernel needs an sm_90 GPU")
+    return cuda_device
+
+
+def hopper_problem(device, name, query_len, page_size, dtype, seed):
+    problem = make_decode_problem(
+        MEMBERS[name], batch=4, query_len=query_len, capacity=CAPACITY, page_size=page_size, dtype=dtype,
+        device=device, seqlens=[0, 1, 517, CAPACITY], generator=torch.Generator().manual_seed(seed),
+    )
+    kw = problem.kwargs
+    spec, shape = validate_inputs(kw["q"], kw["k_cache"], kw["v_cache"], kw["q_rope"], kw["k_rope_cache"],
+                                  kw["cache_seqlens"], kw["page_table"], kw["attn_mask"], None, None)
+    reason = latent_hopper_unsupported(kw["q"], kw["q_rope"], kw["k_cache"], kw["k_rope_cache"], kw["attn_mask"],
+                                       spec, shape)
+    assert reason is None, f"the op would not take the Hopper latent kernel: {reason}"
+    return problem
+
+
+# (member, query_len, page_size): pages of 64 (one block each), 256 (four), contiguous; Lq up to 16. GLA-2
+# from Lq 2 on runs the 128-row tiles (row_split), with 200 rows at Lq 3 (a partly empty last tile).
+CASES = [("mla", 1, 64), ("mla", 2, 0), ("mla", 16, 256), ("mla", 3, 64), ("gla2", 1, 64), ("gla2", 1, 0),
+         ("gla2", 2, 64), ("gla2", 3, 0), ("gla2", 16, 128), ("mla_rope48", 4, 128), ("gla_rope16", 1, 64)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name, query_len, page_size", CASES)
+def test_matches_reference(hopper, name, query_len, page_size, dtype):
+    problem = hopper_problem(hopper, name, query_len, page_size, dtype, seed=query_len + page_size)
+    for num_splits in (None, 1, 5):
+        out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, num_splits=num_splits, return_lse=True)
+        check_fa_rule(out, lse, problem)
+
+
+def test_more_splits_than_key_blocks(hopper):
+    # 16 splits of a 1000-key cache: most splits of the short sequences are empty (lse -inf, out 0).
+    problem = hopper_problem(hopper, "mla", 1, 64, torch.bfloat16, seed=3)
+    out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=LatentHopperConfig(num_splits=16))
+    check_fa_rule(out, lse, problem)
+
+
+def test_cuda_graph_replay_with_fresh_lengths(hopper):
+    problem = hopper_problem(hopper, "mla", 1, 64, torch.bfloat16, seed=5)
+    kw = problem.kwargs
+    glacompiler.attention_with_kvcache(**kw)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = glacompiler.attention_with_kvcache(**kw, return_lse=True)
+    kw["q"].copy_(torch.randn_like(kw["q"]))
+    kw["cache_seqlens"].copy_(torch.tensor([0, 1, 300, 999], dtype=torch.int32))  # shorter: pages stay valid
+    graph.replay()
+    torch.cuda.synchronize()
+    check_fa_rule(out, lse, problem)
