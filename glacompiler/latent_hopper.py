@@ -2,8 +2,9 @@
 
 The kernel (templates/latent_decode_hopper.py.jinja) is written in Gluon and loads key blocks by TMA, so it
 needs an sm_90 GPU, Triton with Gluon (3.6 on), a cache whose rows form a 2-D [rows, width] view with 16-byte
-aligned strides, pages that hold whole 64-key blocks, and no attn_mask. Everything else (other GPUs, the
-interpreter, masks, small pages) runs on the portable Triton kernels. The checks read shapes, strides and
+aligned strides, pages that hold whole 64-key blocks, and an attn_mask, if any, that is one key vector per
+sequence ([B or 1, 1, 1, S], what a static cache's filled prefix gives). Everything else (other GPUs, the
+interpreter, per-row masks, small pages) runs on the portable Triton kernels. The checks read shapes, strides and
 the device only: no host-device sync.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .codegen import LATENT_HOPPER_BLOCK_N, LATENT_HOPPER_ROW_SPLIT_MAX_WIDTH, L
 from .codegen import rope_tile_width, swizzle_bytes
 from .codegen import decode_kernel_module
 from .config import MAX_SPLITS, default_num_splits, device_multiprocessors
-from .launch import LOG2_E, SplitBuffers
+from .launch import LOG2_E, SplitBuffers, mask_as_kernel_operand, mask_with_key_range
 from .spec import AttentionSpec
 from .validation import ProblemShape
 
@@ -93,6 +94,11 @@ def latent_hopper_unsupported(q: Tensor, q_rope: Optional[Tensor], k_cache: Tens
     return latent_layout_problem(q, q_rope, k_cache, k_rope_cache, attn_mask, spec, shape)
 
 
+def _mask_varies_by_row(attn_mask: Tensor) -> bool:
+    mask = mask_as_kernel_operand(attn_mask)
+    return any(size > 1 and stride != 0 for size, stride in zip(mask.shape[1:3], mask.stride()[1:3]))
+
+
 def _query_rows_problem(name: str, query: Tensor) -> Optional[str]:
     """Query rows are copied in 16-byte pieces (cp.async): the JIT must see 16-byte aligned rows."""
     if query.data_ptr() % 16 or any(size > 1 and stride % 16 for size, stride in zip(query.shape[:3], query.stride()[:3])):
@@ -113,8 +119,8 @@ def latent_layout_problem(q: Tensor, q_rope: Optional[Tensor], k_cache: Tensor, 
         return "no rope key"
     if spec.dtype not in ("bfloat16", "float16"):
         return f"dtype {spec.dtype}"
-    if attn_mask is not None:
-        return "attn_mask given"
+    if attn_mask is not None and _mask_varies_by_row(attn_mask):
+        return "attn_mask differs between (head, token) rows"
     if shape.page_size % LATENT_HOPPER_BLOCK_N:
         return f"page size {shape.page_size} is not a multiple of {LATENT_HOPPER_BLOCK_N}"
     rows = spec.group_size * shape.query_len
@@ -156,27 +162,37 @@ def _tma_descriptor(cache: Tensor, width: int, tile_width: int):
 
 
 def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cache: Tensor,
-                         cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], softmax_scale: float,
-                         causal: bool, spec: AttentionSpec, shape: ProblemShape,
-                         config: LatentHopperConfig) -> tuple[Tensor, Tensor]:
+                         cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], attn_mask: Optional[Tensor],
+                         softmax_scale: float, causal: bool, spec: AttentionSpec, shape: ProblemShape,
+                         config: LatentHopperConfig, kv_range: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     batch, query_len, _, _ = q.shape
     tile = config.tile
     module = latent_hopper_module(spec, tile)
     buffers = SplitBuffers.allocate(q, spec.head_dim_v, config.num_splits)
+    if attn_mask is not None:
+        mask, kv_begin, kv_end = mask_with_key_range(attn_mask, kv_range, batch, shape.capacity)
+        mask_strides = mask[:, :1, :1].expand(batch, 1, 1, shape.capacity).stride()
+        if cache_seqlens is None and not (causal and query_len > 1):
+            cache_seqlens = kv_end  # no key past the mask's range is visited anyway
     if cache_seqlens is None:
         cache_seqlens = torch.full((batch,), shape.capacity, dtype=torch.int32, device=q.device)
+    if attn_mask is None:
+        mask = kv_begin = kv_end = cache_seqlens  # placeholders the kernel never reads (HAS_MASK is off)
+        mask_strides = (0, 0, 0, 0)
     k_desc = _tma_descriptor(k_cache, spec.num_kv_heads * spec.head_dim_k, spec.head_dim_k)
     k_rope_desc = _tma_descriptor(k_rope_cache, spec.rope_dim, rope_tile_width(spec.rope_dim))
     rows = spec.group_size * query_len
     grid = (spec.num_kv_heads * -(-rows // tile.block_m), batch, config.num_splits)
     # The Gluon kernel goes through Triton's own launcher (kernel_launch's fast path takes no descriptors).
     module.latent_decode_hopper_kernel[grid](
-        q, q_rope, k_desc, k_rope_desc, cache_seqlens, cache_seqlens if page_table is None else page_table,
+        q, q_rope, k_desc, k_rope_desc, cache_seqlens, kv_begin, kv_end, mask,
+        cache_seqlens if page_table is None else page_table,
         buffers.split_out, buffers.split_lse,
         *q.stride()[:3],
         *q_rope.stride()[:3],
         0 if page_table is None else page_table.stride(0),
         0 if page_table is not None else k_cache.shape[1],  # rows per sequence of a contiguous cache
+        mask_strides[0], mask_strides[3],
         *buffers.out_strides,
         *buffers.lse_strides,
         softmax_scale * LOG2_E,
@@ -186,6 +202,8 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
         PAGE_SIZE=shape.page_size,
         # With one query token every key below the length is visible: causality changes nothing.
         CAUSAL=causal and query_len > 1,
+        HAS_MASK=attn_mask is not None,
+        MASK_IS_BOOL=attn_mask is not None and attn_mask.dtype == torch.bool,
         num_warps=NUM_WARPS,
     )
     # The combine kernel is the portable module's (any of its template knobs renders the same one).

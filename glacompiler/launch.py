@@ -106,6 +106,15 @@ def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) 
     return key_range
 
 
+def mask_with_key_range(attn_mask: Tensor, kv_range: Optional[Tensor], batch: int, capacity: int):
+    """(the mask as a kernel operand, first key, one-past-last key) per sequence; kv_range, when the caller
+    has it (one per graph under backend="gla"), saves the reduction."""
+    mask = mask_as_kernel_operand(attn_mask)
+    if kv_range is None:
+        kv_range = mask_key_range(mask, batch, capacity, attn_mask.dtype == torch.bool)
+    return mask, kv_range[0], kv_range[1]
+
+
 def mask_key_range_reference(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
     """mask_key_range in PyTorch ops (the op's CPU path)."""
     attend = mask != 0 if mask_is_bool else mask != float("-inf")
@@ -146,10 +155,7 @@ def launch_decode_attention(
     rope_strides = (0, 0) if k_rope_cache is None else k_rope_cache.stride()[:2]
     page_stride = 0 if page_table is None else page_table.stride(0)
     if attn_mask is not None:
-        mask = mask_as_kernel_operand(attn_mask)
-        if kv_range is None:
-            kv_range = mask_key_range(mask, batch, shape.capacity, attn_mask.dtype == torch.bool)
-        kv_begin, kv_end = kv_range[0], kv_range[1]
+        mask, kv_begin, kv_end = mask_with_key_range(attn_mask, kv_range, batch, shape.capacity)
         mask = mask.expand(batch, num_q_heads, query_len, shape.capacity)
         mask_strides = mask.stride()
         mask_per_row = (num_q_heads > 1 and mask_strides[1] != 0) or (query_len > 1 and mask_strides[2] != 0)

@@ -58,8 +58,8 @@ def _run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_
         if reason is not None:
             raise ValueError(f"config: the Hopper latent kernel cannot run this call ({reason})")
     if isinstance(config, LatentHopperConfig):
-        return launch_latent_hopper(q, k_cache, q_rope, k_rope_cache, cache_seqlens, page_table, softmax_scale, causal,
-                                    spec, shape, config)
+        return launch_latent_hopper(q, k_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                                    softmax_scale, causal, spec, shape, config, kv_range)
     return launch_decode_attention(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                    softmax_scale, causal, spec, shape, config, kv_range)
 

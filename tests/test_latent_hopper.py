@@ -45,10 +45,11 @@ from glacompiler.latent_hopper import tma_tile_layout
 from glacompiler.spec import AttentionSpec
 
 spec = AttentionSpec.from_dict(json.loads(sys.argv[1]))
-query_len, page_size, row_split = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+query_len, page_size, row_split, mask = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
 kernel = latent_hopper_module(spec, LatentHopperTile(row_split)).latent_decode_hopper_kernel
 element = {"bfloat16": "bf16", "float16": "fp16"}[spec.dtype]
-constexprs = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size, CAUSAL=query_len > 1)
+constexprs = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size, CAUSAL=query_len > 1,
+                  HAS_MASK=mask != "none", MASK_IS_BOOL=mask == "bool")
 tiles = dict(k_desc=spec.head_dim_k, kr_desc=rope_tile_width(spec.rope_dim))
 signature, attrs = {}, {}
 for index, name in enumerate(kernel.arg_names):
@@ -60,8 +61,10 @@ for index, name in enumerate(kernel.arg_names):
     elif name in ("Q", "QR", "OUT"):
         signature[name] = "*" + element
         attrs[(index,)] = [["tt.divisibility", 16]]
-    elif name in ("SEQLENS", "PAGE_TABLE"):
+    elif name in ("SEQLENS", "PAGE_TABLE", "KV_BEGIN", "KV_END"):
         signature[name] = "*i32"
+    elif name == "MASK":
+        signature[name] = {"none": "*i32", "bool": "*u8", "additive": "*" + element}[mask]
     elif name == "LSE":
         signature[name] = "*fp32"
     else:
@@ -74,23 +77,23 @@ print(json.dumps(dict(ptx=compiled.asm["ptx"], shared=compiled.metadata.shared))
 """
 
 
-def compile_for_sm90(spec: AttentionSpec, query_len: int, page_size: int, row_split: bool) -> dict:
+def compile_for_sm90(spec: AttentionSpec, query_len: int, page_size: int, row_split: bool, mask: str) -> dict:
     """The generated kernel compiled ahead of time for sm_90, specialised as the JIT would, in a fresh
     process: this one imported Triton in interpreter mode (conftest), where Gluon does not load."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90, json.dumps(spec.to_dict()), str(query_len),
-                             str(page_size), str(int(row_split))], capture_output=True, text=True, env=env, timeout=600)
+                             str(page_size), str(int(row_split)), mask], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("spec, query_len, page_size, row_split", [
-    (latent_spec(), 1, 64, False),  # MLA, the paper's layout
-    (latent_spec(heads=64, latent_heads=1, width=256, rope=48, paged=False, dtype="float16"), 1, 0, False),
-    (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 3, 128, True),  # GLA-2, causal
+@pytest.mark.parametrize("spec, query_len, page_size, row_split, mask", [
+    (latent_spec(), 1, 64, False, "none"),  # MLA, the paper's layout
+    (latent_spec(heads=64, latent_heads=1, width=256, rope=48, paged=False, dtype="float16"), 1, 0, False, "bool"),
+    (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 3, 128, True, "additive"),  # causal
 ])
-def test_generated_kernel_compiles_for_sm90(spec, query_len, page_size, row_split):
-    compiled = compile_for_sm90(spec, query_len, page_size, row_split)
+def test_generated_kernel_compiles_for_sm90(spec, query_len, page_size, row_split, mask):
+    compiled = compile_for_sm90(spec, query_len, page_size, row_split, mask)
     assert "wgmma.mma_async" in compiled["ptx"]  # warpgroup products
     assert "cp.async.bulk.tensor" in compiled["ptx"]  # TMA key-block copies
     assert 0 < compiled["shared"] <= SM90_SHARED_MEMORY
@@ -115,11 +118,15 @@ def test_paper_layouts_take_the_kernel():
     assert latent_layout_problem(*operands(mla, 0, query_len=16), None, mla, shape(page_size=0, query_len=16)) is None
     gla2 = latent_spec(latent_heads=2, width=256)
     assert latent_layout_problem(*operands(gla2, 128), None, gla2, shape(page_size=128)) is None
+    # A static cache's filled prefix: one key vector per sequence, bool or additive, maybe broadcast per head.
+    prefix = torch.ones(2, 1, 1, 256, dtype=torch.bool)
+    assert latent_layout_problem(*operands(mla, 64), prefix, mla, shape()) is None
+    assert latent_layout_problem(*operands(mla, 64), prefix.expand(2, 128, 1, 256), mla, shape()) is None
 
 
 @pytest.mark.parametrize("change, reason", [
     (dict(page_size=16), "page size 16"),
-    (dict(mask=True), "attn_mask"),
+    (dict(mask=(2, 128, 1, 256)), "attn_mask differs between (head, token) rows"),
     (dict(spec=latent_spec(width=128)), "latent layout"),
     (dict(spec=latent_spec(rope=0)), "no rope key"),
     (dict(spec=latent_spec(dtype="float32")), "dtype float32"),
@@ -140,7 +147,7 @@ def test_layouts_the_kernel_leaves_to_the_portable_one(change, reason):
     if change.get("unaligned"):
         flat = torch.randn(k_cache.numel() + 1, dtype=torch.bfloat16)
         k_cache = flat[1:].view(k_cache.shape)
-    mask = torch.ones(2, 1, 1, 256, dtype=torch.bool) if change.get("mask") else None
+    mask = torch.ones(change["mask"], dtype=torch.bool) if "mask" in change else None
     problem = latent_layout_problem(q, q_rope, k_cache, k_rope, mask, spec,
                                     shape(query_len=change.get("query_len", 1), page_size=page_size))
     assert problem is not None and reason in problem

@@ -27,18 +27,23 @@ def hopper(cuda_device):
     return cuda_device
 
 
-def hopper_problem(device, name, query_len, page_size, dtype, seed):
+def hopper_problem(device, name, query_len, page_size, dtype, seed, mask=None):
     problem = make_decode_problem(
         MEMBERS[name], batch=4, query_len=query_len, capacity=CAPACITY, page_size=page_size, dtype=dtype,
         device=device, seqlens=[0, 1, 517, CAPACITY], generator=torch.Generator().manual_seed(seed),
+        mask=mask, mask_rows="key",
     )
+    assert_takes_hopper_kernel(problem)
+    return problem
+
+
+def assert_takes_hopper_kernel(problem):
     kw = problem.kwargs
     spec, shape = validate_inputs(kw["q"], kw["k_cache"], kw["v_cache"], kw["q_rope"], kw["k_rope_cache"],
                                   kw["cache_seqlens"], kw["page_table"], kw["attn_mask"], None, None)
     reason = latent_hopper_unsupported(kw["q"], kw["q_rope"], kw["k_cache"], kw["k_rope_cache"], kw["attn_mask"],
                                        spec, shape)
     assert reason is None, f"the op would not take the Hopper latent kernel: {reason}"
-    return problem
 
 
 # (member, query_len, page_size): pages of 64 (one block each), 256 (four), contiguous; Lq up to 16. GLA-2
@@ -54,6 +59,31 @@ def test_matches_reference(hopper, name, query_len, page_size, dtype):
     for num_splits in (None, 1, 5):
         out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, num_splits=num_splits, return_lse=True)
         check_fa_rule(out, lse, problem)
+
+
+@pytest.mark.parametrize("mask", ["bool", "additive"])
+@pytest.mark.parametrize("name, query_len, page_size", [("mla", 1, 64), ("mla", 2, 0), ("gla2", 2, 128)])
+def test_key_masks(hopper, name, query_len, page_size, mask):
+    # One random key mask per sequence ([B, 1, 1, S], 70% kept, the first key ruled out), with the lengths
+    # and, at Lq 2, causality on top.
+    problem = hopper_problem(hopper, name, query_len, page_size, torch.bfloat16, seed=11, mask=mask)
+    for num_splits in (None, 3):
+        out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, num_splits=num_splits, return_lse=True)
+        check_fa_rule(out, lse, problem)
+
+
+@pytest.mark.parametrize("page_size", [64, 0])
+def test_key_mask_without_lengths(hopper, page_size):
+    # What backend="gla" passes for a static cache: a mask and no cache_seqlens; the mask's key range bounds
+    # the blocks visited (here every slot holds data, so the reference can read them all).
+    problem = make_decode_problem(MEMBERS["mla"], batch=3, query_len=1, capacity=CAPACITY, page_size=page_size,
+                                  dtype=torch.bfloat16, device=hopper, seqlens=[CAPACITY] * 3, poison=False,
+                                  mask="bool", mask_rows="key", generator=torch.Generator().manual_seed(2))
+    problem.kwargs["cache_seqlens"] = None
+    problem.kwargs["attn_mask"][1, ..., 600:] = False  # a shorter prefix: fewer key blocks for sequence 1
+    assert_takes_hopper_kernel(problem)
+    out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
+    check_fa_rule(out, lse, problem)
 
 
 def test_more_splits_than_key_blocks(hopper):
