@@ -6,7 +6,9 @@ globals. Here the first launch of each specialisation goes through the JIT, whic
 the binary; later launches with the same specialisation call that binary's launcher directly, as Inductor's
 generated code does. The key holds everything the JIT specialises on, so the binary it finds is the one the
 JIT would pick: each int argument by value (a call site passes the same strides every step), each tensor by
-dtype and 16-byte alignment, the constexprs, warps and stages, and the device.
+dtype and 16-byte alignment, each TMA tensor descriptor by dtype, block shape and shared-memory layout (what
+the JIT specialises a descriptor on; its base, shape and strides are encoded at every launch), the
+constexprs, warps and stages, and the device.
 """
 from __future__ import annotations
 
@@ -26,6 +28,11 @@ _constexpr_names: dict = {}
 _direct_launch_enabled = True
 
 
+def _is_tensor_descriptor(value) -> bool:
+    """A host-side TMA descriptor (triton's or Gluon's TensorDescriptor)."""
+    return hasattr(value, "block_shape") and hasattr(value, "layout") and hasattr(value, "base")
+
+
 def specialisation_key(kernel, device_index: int, args: tuple, constexprs: dict, num_warps: int,
                        num_stages: int) -> tuple:
     parts = [kernel, device_index, num_warps, num_stages]
@@ -33,6 +40,8 @@ def specialisation_key(kernel, device_index: int, args: tuple, constexprs: dict,
         if isinstance(value, Tensor):
             parts.append(value.dtype)
             parts.append(value.data_ptr() % 16 == 0)
+        elif _is_tensor_descriptor(value):
+            parts.append(("tensordesc", value.base.dtype, tuple(value.block_shape), repr(value.layout)))
         else:
             parts.append(value)
     parts.extend(constexprs.items())

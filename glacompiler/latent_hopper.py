@@ -20,6 +20,7 @@ from .codegen import LATENT_HOPPER_BLOCK_N, LATENT_HOPPER_ROW_SPLIT_MAX_WIDTH, L
 from .codegen import rope_tile_width, swizzle_bytes
 from .codegen import decode_kernel_module
 from .config import MAX_SPLITS, default_num_splits, device_multiprocessors
+from .kernel_launch import launch
 from .launch import LOG2_E, SplitBuffers, mask_as_kernel_operand, mask_with_key_range
 from .spec import AttentionSpec
 from .validation import ProblemShape
@@ -110,22 +111,23 @@ def latent_layout_problem(q: Tensor, q_rope: Optional[Tensor], k_cache: Tensor, 
                           attn_mask: Optional[Tensor], spec: AttentionSpec, shape: ProblemShape) -> Optional[str]:
     """What keeps a call off the Hopper latent kernel on an sm_90 GPU, or None.
 
-    Beyond what the kernel can do, it takes only the shapes where it measured faster than the portable kernel
-    on an H100 (benchmarks/RESULTS.md): MLA-wide latents (512) always; 256-wide latents (GLA) when a latent head
-    has more than 32 packed (query head, token) rows, so that a 64-row tile is at least half full."""
+    Beyond what the kernel can do, the rule follows the H100 measurements (benchmarks/RESULTS.md): MLA-wide
+    latents (512) always; 256-wide latents (GLA) from 33 packed (query head, token) rows per latent head on,
+    where a 64-row tile is at least half full (timed faster than the portable kernel at 64 and 128 rows: GLA-2
+    at Lq 1 and 2; fewer rows stay on the portable kernel's 16- and 32-row tiles)."""
     if not spec.tied or spec.head_dim_q != spec.head_dim_k or spec.head_dim_k not in LATENT_WIDTHS:
         return f"not a latent layout of width {' or '.join(map(str, LATENT_WIDTHS))}"
     if spec.rope_dim == 0:
         return "no rope key"
     if spec.dtype not in ("bfloat16", "float16"):
         return f"dtype {spec.dtype}"
-    if attn_mask is not None and _mask_varies_by_row(attn_mask):
-        return "attn_mask differs between (head, token) rows"
-    if shape.page_size % LATENT_HOPPER_BLOCK_N:
-        return f"page size {shape.page_size} is not a multiple of {LATENT_HOPPER_BLOCK_N}"
     rows = spec.group_size * shape.query_len
     if spec.head_dim_k < 512 and rows <= 32:
         return f"{rows} rows per latent head at width {spec.head_dim_k}"
+    if shape.page_size % LATENT_HOPPER_BLOCK_N:
+        return f"page size {shape.page_size} is not a multiple of {LATENT_HOPPER_BLOCK_N}"
+    if attn_mask is not None and _mask_varies_by_row(attn_mask):
+        return "attn_mask differs between (head, token) rows"
     return (_query_rows_problem("q", q) or _query_rows_problem("q_rope", q_rope)
             or _rows_view_problem("k_cache", k_cache, spec.num_kv_heads * spec.head_dim_k)
             or _rows_view_problem("k_rope_cache", k_rope_cache, spec.rope_dim))
@@ -183,8 +185,7 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
     k_rope_desc = _tma_descriptor(k_rope_cache, spec.rope_dim, rope_tile_width(spec.rope_dim))
     rows = spec.group_size * query_len
     grid = (spec.num_kv_heads * -(-rows // tile.block_m), batch, config.num_splits)
-    # The Gluon kernel goes through Triton's own launcher (kernel_launch's fast path takes no descriptors).
-    module.latent_decode_hopper_kernel[grid](
+    args = (
         q, q_rope, k_desc, k_rope_desc, cache_seqlens, kv_begin, kv_end, mask,
         cache_seqlens if page_table is None else page_table,
         buffers.split_out, buffers.split_lse,
@@ -197,6 +198,8 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
         *buffers.lse_strides,
         softmax_scale * LOG2_E,
         config.num_splits,
+    )
+    constexprs = dict(
         G=spec.group_size,
         LQ=query_len,
         PAGE_SIZE=shape.page_size,
@@ -204,8 +207,9 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
         CAUSAL=causal and query_len > 1,
         HAS_MASK=attn_mask is not None,
         MASK_IS_BOOL=attn_mask is not None and attn_mask.dtype == torch.bool,
-        num_warps=NUM_WARPS,
     )
+    # Gluon places its own pipeline: num_stages is the JIT's default and changes nothing.
+    launch(module.latent_decode_hopper_kernel, grid, args, constexprs, num_warps=NUM_WARPS, num_stages=3)
     # The combine kernel is the portable module's (any of its template knobs renders the same one).
     buffers.combine(decode_kernel_module(spec, 64, True, 1).combine_splits_kernel)
     return buffers.out, buffers.lse

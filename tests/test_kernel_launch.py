@@ -129,3 +129,26 @@ def test_the_memo_is_bounded(fresh_launch_state, monkeypatch):
     for n in range(10):  # a stride that grows every step
         kernel_launch.launch(kernel, (1,), _args(x, y, n=n), {"A": 1, "B": 2}, 4, 2)
     assert len(kernel_launch._compiled) <= 3
+
+
+class FakeDescriptor:
+    """What the key reads of a TMA descriptor: the base tensor, the block shape and the shared layout."""
+
+    def __init__(self, base, block_shape, layout):
+        self.base, self.block_shape, self.layout = base, block_shape, layout
+
+
+def test_tma_descriptors_key_on_dtype_block_and_layout(fresh_launch_state):
+    kernel = FakeJIT(FakeCompiled())
+    x = torch.zeros(8)
+
+    def launch_with(descriptor):
+        kernel_launch.launch(kernel, (1,), (x, descriptor, 7), {"A": 1, "B": 2}, 4, 2)
+
+    launch_with(FakeDescriptor(torch.zeros(64, 8), [16, 8], "swizzle 128"))
+    launch_with(FakeDescriptor(torch.randn(128, 8), [16, 8], "swizzle 128"))  # another cache, same specialisation
+    assert len(kernel.jit_calls) == 1 and len(kernel.compiled.direct_calls) == 1
+    launch_with(FakeDescriptor(torch.zeros(64, 8), [32, 8], "swizzle 128"))
+    launch_with(FakeDescriptor(torch.zeros(64, 8), [16, 8], "swizzle 64"))
+    launch_with(FakeDescriptor(torch.zeros(64, 8).half(), [16, 8], "swizzle 128"))
+    assert len(kernel.jit_calls) == 4
