@@ -144,6 +144,7 @@ def latent_hopper_config(spec: AttentionSpec, shape: ProblemShape, device: torch
     return LatentHopperConfig(splits, row_split)
 
 
+@functools.lru_cache(maxsize=None)
 def tma_tile_layout(tile_width: int, element_bytes: int):
     """Shared-memory layout of a [BLOCK_N, tile_width] key tile: the widest swizzle its rows allow (TMA
     writes it, wgmma reads it)."""
