@@ -16,9 +16,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .codegen import LATENT_HOPPER_BLOCK_N, LATENT_HOPPER_ROW_SPLIT_MAX_WIDTH, LatentHopperTile, latent_hopper_module
-from .codegen import rope_tile_width, swizzle_bytes
-from .codegen import decode_kernel_module
+from .codegen import (
+    LATENT_HOPPER_BLOCK_N, LATENT_HOPPER_ROW_SPLIT_MAX_WIDTH, LatentHopperTile, decode_kernel_module, latent_hopper_module,
+    rope_tile_width, swizzle_bytes,
+)
 from .config import MAX_SPLITS, default_num_splits, device_multiprocessors
 from .kernel_launch import launch
 from .launch import LOG2_E, SplitBuffers, mask_as_kernel_operand, mask_with_key_range
