@@ -188,3 +188,18 @@ def test_explicit_config_off_hopper_is_a_clear_error():
     with pytest.raises(ValueError, match="config: the Hopper latent kernel cannot run this call"):
         glacompiler.attention_with_kvcache_config(q, k_cache, q_rope=q_rope, k_rope_cache=k_rope, page_table=page_table,
                                                   config=LatentHopperConfig())
+
+
+def test_the_op_picks_the_hopper_kernel_where_it_applies(monkeypatch):
+    from glacompiler.config import KernelConfig
+    from glacompiler.ops import choose_config
+
+    monkeypatch.setattr("glacompiler.latent_hopper.device_multiprocessors", lambda device: 132)
+    spec = latent_spec()
+    q, q_rope, k_cache, k_rope = operands(spec, 64)
+    call = (q, q_rope, k_cache, k_rope, None, spec, shape(batch=128, capacity=8192))
+    monkeypatch.setattr("glacompiler.ops.latent_hopper_unsupported", lambda *args: None)  # as on an H100
+    assert choose_config(*call, 0) == LatentHopperConfig(num_splits=1)
+    assert choose_config(*call, 5) == LatentHopperConfig(num_splits=5)  # an explicit split count wins
+    monkeypatch.setattr("glacompiler.ops.latent_hopper_unsupported", lambda *args: "not an sm_90 GPU")
+    assert isinstance(choose_config(*call, 0), KernelConfig)
