@@ -130,17 +130,17 @@ def main() -> None:
                                           kw["cache_seqlens"], kw["page_table"], kw["attn_mask"], None, None)
             # The op's own choice of kernel (the Hopper latent kernel where it applies), with the heuristic
             # config for the portable kernels (the tuned table is measured by `glacompiler autotune`).
+            portable = heuristic_config(spec, args.batch, args.seqlen, query_len, device_multiprocessors(device))
             base = choose_config(kw["q"], kw["q_rope"], kw["k_cache"], kw["k_rope_cache"], kw["attn_mask"], spec,
                                  shape, 0)
             if isinstance(base, KernelConfig):
-                base = heuristic_config(spec, args.batch, args.seqlen, query_len, device_multiprocessors(device))
+                base = portable
             # Correctness on this very problem before any timing.
             out, lse = glacompiler.attention_with_kvcache_config(**kw, config=base)
             check_fa_rule(out, lse, problem)
             timed = {base: median_ms(lambda: glacompiler.attention_with_kvcache_config(**kw, config=base))}
             portable_ms = math.nan
             if isinstance(base, LatentHopperConfig):  # the portable kernels on the same call, for comparison
-                portable = heuristic_config(spec, args.batch, args.seqlen, query_len, device_multiprocessors(device))
                 portable_ms = median_ms(lambda: glacompiler.attention_with_kvcache_config(**kw, config=portable))
             if args.variants:
                 if isinstance(base, LatentHopperConfig):

@@ -22,7 +22,7 @@ from .codegen import (
 )
 from .config import MAX_SPLITS, default_num_splits, device_multiprocessors
 from .kernel_launch import launch
-from .launch import LOG2_E, SplitBuffers, mask_as_kernel_operand, mask_with_key_range
+from .launch import LOG2_E, SplitBuffers, mask_as_kernel_operand, resolve_key_bounds
 from .spec import AttentionSpec
 from .validation import ProblemShape
 
@@ -173,16 +173,10 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
     tile = config.tile
     module = latent_hopper_module(spec, tile)
     buffers = SplitBuffers.allocate(q, spec.head_dim_v, config.num_splits)
-    if attn_mask is not None:
-        mask, kv_begin, kv_end = mask_with_key_range(attn_mask, kv_range, batch, shape.capacity)
-        mask_strides = mask[:, :1, :1].expand(batch, 1, 1, shape.capacity).stride()
-        if cache_seqlens is None and not (causal and query_len > 1):
-            cache_seqlens = kv_end  # no key past the mask's range is visited anyway
-    if cache_seqlens is None:
-        cache_seqlens = torch.full((batch,), shape.capacity, dtype=torch.int32, device=q.device)
-    if attn_mask is None:
-        mask = kv_begin = kv_end = cache_seqlens  # placeholders the kernel never reads (HAS_MASK is off)
-        mask_strides = (0, 0, 0, 0)
+    cache_seqlens, mask, kv_begin, kv_end = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch,
+                                                              shape.capacity, causal, query_len, q.device)
+    # One mask row per sequence (latent_layout_problem): its batch and key strides.
+    mask_strides = (0, 0, 0, 0) if attn_mask is None else mask[:, :1, :1].expand(batch, 1, 1, shape.capacity).stride()
     k_desc = _tma_descriptor(k_cache, spec.num_kv_heads * spec.head_dim_k, spec.head_dim_k)
     k_rope_desc = _tma_descriptor(k_rope_cache, spec.rope_dim, rope_tile_width(spec.rope_dim))
     rows = spec.group_size * query_len

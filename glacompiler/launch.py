@@ -106,13 +106,24 @@ def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) 
     return key_range
 
 
-def mask_with_key_range(attn_mask: Tensor, kv_range: Optional[Tensor], batch: int, capacity: int):
-    """(the mask as a kernel operand, first key, one-past-last key) per sequence; kv_range, when the caller
-    has it (one per graph under backend="gla"), saves the reduction."""
-    mask = mask_as_kernel_operand(attn_mask)
-    if kv_range is None:
-        kv_range = mask_key_range(mask, batch, capacity, attn_mask.dtype == torch.bool)
-    return mask, kv_range[0], kv_range[1]
+def resolve_key_bounds(attn_mask: Optional[Tensor], kv_range: Optional[Tensor], cache_seqlens: Optional[Tensor],
+                       batch: int, capacity: int, causal: bool, query_len: int, device) -> tuple:
+    """(lengths, mask, kv_begin, kv_end) as the kernels take them. With a mask: the mask as a kernel operand
+    and its key range (kv_range when the caller has it, one per graph under backend="gla"; else reduced here),
+    and, when no lengths are given, the range's end as the lengths (no key past it is visited anyway; causal
+    Lq > 1 aligns to the capacity instead). Without a mask the lengths (the capacity when none are given)
+    stand in for mask and range, which the kernels then never read."""
+    if attn_mask is not None:
+        mask = mask_as_kernel_operand(attn_mask)
+        if kv_range is None:
+            kv_range = mask_key_range(mask, batch, capacity, attn_mask.dtype == torch.bool)
+        if cache_seqlens is None and not (causal and query_len > 1):
+            cache_seqlens = kv_range[1]
+    if cache_seqlens is None:
+        cache_seqlens = torch.full((batch,), capacity, dtype=torch.int32, device=device)
+    if attn_mask is None:
+        return cache_seqlens, cache_seqlens, cache_seqlens, cache_seqlens
+    return cache_seqlens, mask, kv_range[0], kv_range[1]
 
 
 def mask_key_range_reference(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
@@ -154,21 +165,15 @@ def launch_decode_attention(
     k_rope_arg = k_cache if k_rope_cache is None else k_rope_cache
     rope_strides = (0, 0) if k_rope_cache is None else k_rope_cache.stride()[:2]
     page_stride = 0 if page_table is None else page_table.stride(0)
+    cache_seqlens, mask, kv_begin, kv_end = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch,
+                                                              shape.capacity, causal, query_len, q.device)
     if attn_mask is not None:
-        mask, kv_begin, kv_end = mask_with_key_range(attn_mask, kv_range, batch, shape.capacity)
         mask = mask.expand(batch, num_q_heads, query_len, shape.capacity)
         mask_strides = mask.stride()
         mask_per_row = (num_q_heads > 1 and mask_strides[1] != 0) or (query_len > 1 and mask_strides[2] != 0)
-        if cache_seqlens is None and not (causal and query_len > 1):
-            cache_seqlens = kv_end  # no key past the mask's range is visited anyway: saves filling a tensor
     else:
         mask_per_row = False
-        kv_begin = kv_end = mask = None
         mask_strides = (0, 0, 0, 0)
-    if cache_seqlens is None:
-        cache_seqlens = torch.full((batch,), shape.capacity, dtype=torch.int32, device=q.device)
-    if mask is None:
-        kv_begin = kv_end = mask = cache_seqlens  # placeholders the kernel never reads (HAS_MASK is off)
     page_arg = cache_seqlens if page_table is None else page_table  # a placeholder when contiguous
 
     rows = group * query_len
