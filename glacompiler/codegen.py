@@ -160,16 +160,25 @@ def decode_kernel_module(spec: AttentionSpec, block_d: int, preload_q: bool, dv_
     return _import_source(render_decode_kernel(spec, config))
 
 
-# The Hopper latent kernel's tiles: 64 keys per block (one TMA box, one page of a 64-token paged cache). Rows:
-# 64 shared by two warpgroups (each with half of a latent up to 512 wide), or, for latents up to 256 wide with
-# many packed rows, 128 split between them. Shared-memory stages: what 227 KB holds beside the query tile.
+# The Hopper latent kernel's tiles: 64 keys per block (one TMA box, one page of a 64-token paged cache; smaller
+# pages take one copy each, down to 16 keys: a copy lands on a multiple of the 128-byte swizzle's 8-row period,
+# and smaller pages would need more copies than a block is worth). Rows: 64 shared by two warpgroups (each with
+# half of a latent up to 512 wide), or, for latents up to 256 wide with many packed rows, 128 split between
+# them. Shared-memory stages: what 227 KB holds beside the query tile.
 LATENT_HOPPER_BLOCK_N = 64
+LATENT_HOPPER_MIN_PAGE = 16
 LATENT_HOPPER_ROW_SPLIT_MAX_WIDTH = 256
+
+
+def latent_copy_rows(page_size: int) -> int:
+    """Keys per TMA copy of a key block: the whole block, or one page where pages are smaller (0: contiguous)."""
+    return min(page_size, LATENT_HOPPER_BLOCK_N) if page_size else LATENT_HOPPER_BLOCK_N
 
 
 @dataclasses.dataclass(frozen=True)
 class LatentHopperTile:
     row_split: bool  # 128 rows, 64 per warpgroup; else 64 rows shared by both
+    copy_rows: int = LATENT_HOPPER_BLOCK_N  # keys per TMA copy (latent_copy_rows)
 
     @property
     def block_m(self) -> int:
@@ -203,6 +212,8 @@ def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> 
         block_m=tile.block_m,
         block_n=LATENT_HOPPER_BLOCK_N,
         num_stages=tile.num_stages,
+        copy_rows=tile.copy_rows,
+        copies_per_block=LATENT_HOPPER_BLOCK_N // tile.copy_rows,
         out_instr_n=min(256, spec.head_dim_k if tile.row_split else spec.head_dim_k // 2),
         p_swizzle=swizzle_bytes(LATENT_HOPPER_BLOCK_N * 2),
         sanitize_chunk=min(64, spec.head_dim_k),

@@ -2,7 +2,7 @@
 
 The kernel (templates/latent_decode_hopper.py.jinja) is written in Gluon and loads key blocks by TMA, so it
 needs an sm_90 GPU, Triton with Gluon (3.6 on), a cache whose rows form a 2-D [rows, width] view with 16-byte
-aligned strides, pages that hold whole 64-key blocks, and an attn_mask, if any, that is one key vector per
+aligned strides, pages of at least 16 keys, and an attn_mask, if any, that is one key vector per
 sequence ([B or 1, 1, 1, S], what a static cache's filled prefix gives). Everything else (other GPUs, the
 interpreter, per-row masks, small pages) runs on the portable Triton kernels. The checks read shapes, strides and
 the device only: no host-device sync.
@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from .codegen import (
-    LATENT_HOPPER_BLOCK_N, LATENT_HOPPER_ROW_SPLIT_MAX_WIDTH, LatentHopperTile, decode_kernel_module, latent_hopper_module,
-    rope_tile_width, swizzle_bytes,
+    LATENT_HOPPER_BLOCK_N, LATENT_HOPPER_MIN_PAGE, LATENT_HOPPER_ROW_SPLIT_MAX_WIDTH, LatentHopperTile,
+    decode_kernel_module, latent_copy_rows, latent_hopper_module, rope_tile_width, swizzle_bytes,
 )
 from .config import MAX_SPLITS, default_num_splits, device_multiprocessors
 from .kernel_launch import launch
@@ -125,8 +125,8 @@ def latent_layout_problem(q: Tensor, q_rope: Optional[Tensor], k_cache: Tensor, 
     rows = spec.group_size * shape.query_len
     if spec.head_dim_k < 512 and rows <= 32:
         return f"{rows} rows per latent head at width {spec.head_dim_k}"
-    if shape.page_size % LATENT_HOPPER_BLOCK_N:
-        return f"page size {shape.page_size} is not a multiple of {LATENT_HOPPER_BLOCK_N}"
+    if 0 < shape.page_size < LATENT_HOPPER_MIN_PAGE:
+        return f"page size {shape.page_size} is below {LATENT_HOPPER_MIN_PAGE}"
     if attn_mask is not None and _mask_varies_by_row(attn_mask):
         return "attn_mask differs between (head, token) rows"
     return (_query_rows_problem("q", q) or _query_rows_problem("q_rope", q_rope)
@@ -155,13 +155,13 @@ def tma_tile_layout(tile_width: int, element_bytes: int):
                                 element_bitwidth=8 * element_bytes, rank=2)
 
 
-def _tma_descriptor(cache: Tensor, width: int, tile_width: int):
-    """TMA descriptor of the cache as [rows, width], one key block [BLOCK_N, tile_width] per copy (columns
-    past `width` read as zeros)."""
+def _tma_descriptor(cache: Tensor, width: int, tile_width: int, copy_rows: int):
+    """TMA descriptor of the cache as [rows, width], [copy_rows, tile_width] keys per copy (columns past
+    `width` read as zeros)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     rows = cache.shape[0] * cache.shape[1]
-    return TensorDescriptor(cache, [rows, width], [cache.stride(1), 1], [LATENT_HOPPER_BLOCK_N, tile_width],
+    return TensorDescriptor(cache, [rows, width], [cache.stride(1), 1], [copy_rows, tile_width],
                             tma_tile_layout(tile_width, cache.element_size()))
 
 
@@ -170,15 +170,15 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
                          softmax_scale: float, causal: bool, spec: AttentionSpec, shape: ProblemShape,
                          config: LatentHopperConfig, kv_range: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     batch, query_len, _, _ = q.shape
-    tile = config.tile
+    tile = LatentHopperTile(config.row_split, latent_copy_rows(shape.page_size))
     module = latent_hopper_module(spec, tile)
     buffers = SplitBuffers.allocate(q, spec.head_dim_v, config.num_splits)
     cache_seqlens, mask, kv_begin, kv_end = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch,
                                                               shape.capacity, causal, query_len, q.device)
     # One mask row per sequence (latent_layout_problem): its batch and key strides.
     mask_strides = (0, 0, 0, 0) if attn_mask is None else mask[:, :1, :1].expand(batch, 1, 1, shape.capacity).stride()
-    k_desc = _tma_descriptor(k_cache, spec.num_kv_heads * spec.head_dim_k, spec.head_dim_k)
-    k_rope_desc = _tma_descriptor(k_rope_cache, spec.rope_dim, rope_tile_width(spec.rope_dim))
+    k_desc = _tma_descriptor(k_cache, spec.num_kv_heads * spec.head_dim_k, spec.head_dim_k, tile.copy_rows)
+    k_rope_desc = _tma_descriptor(k_rope_cache, spec.rope_dim, rope_tile_width(spec.rope_dim), tile.copy_rows)
     rows = spec.group_size * query_len
     grid = (spec.num_kv_heads * -(-rows // tile.block_m), batch, config.num_splits)
     args = (

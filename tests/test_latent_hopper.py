@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import glacompiler
-from glacompiler.codegen import LatentHopperTile, render_latent_hopper_kernel
+from glacompiler.codegen import LatentHopperTile, latent_copy_rows, render_latent_hopper_kernel
 from glacompiler.latent_hopper import (
     LatentHopperConfig, latent_hopper_config, latent_hopper_unsupported, latent_layout_problem,
 )
@@ -40,13 +40,14 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
-from glacompiler.codegen import LATENT_HOPPER_BLOCK_N, LatentHopperTile, latent_hopper_module, rope_tile_width
+from glacompiler.codegen import LatentHopperTile, latent_copy_rows, latent_hopper_module, rope_tile_width
 from glacompiler.latent_hopper import tma_tile_layout
 from glacompiler.spec import AttentionSpec
 
 spec = AttentionSpec.from_dict(json.loads(sys.argv[1]))
 query_len, page_size, row_split, mask = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
-kernel = latent_hopper_module(spec, LatentHopperTile(row_split)).latent_decode_hopper_kernel
+copy_rows = latent_copy_rows(page_size)
+kernel = latent_hopper_module(spec, LatentHopperTile(row_split, copy_rows)).latent_decode_hopper_kernel
 element = {"bfloat16": "bf16", "float16": "fp16"}[spec.dtype]
 constexprs = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size, CAUSAL=query_len > 1,
                   HAS_MASK=mask != "none", MASK_IS_BOOL=mask == "bool")
@@ -57,7 +58,7 @@ for index, name in enumerate(kernel.arg_names):
         signature[name] = "constexpr"
     elif name in tiles:
         layout = tma_tile_layout(tiles[name], 2)
-        signature[name] = f"tensordesc<{element}[{LATENT_HOPPER_BLOCK_N}, {tiles[name]}],{layout!r}>"
+        signature[name] = f"tensordesc<{element}[{copy_rows}, {tiles[name]}],{layout!r}>"
     elif name in ("Q", "QR", "OUT"):
         signature[name] = "*" + element
         attrs[(index,)] = [["tt.divisibility", 16]]
@@ -91,6 +92,7 @@ def compile_for_sm90(spec: AttentionSpec, query_len: int, page_size: int, row_sp
     (latent_spec(), 1, 64, False, "none"),  # MLA, the paper's layout
     (latent_spec(heads=64, latent_heads=1, width=256, rope=48, paged=False, dtype="float16"), 1, 0, False, "bool"),
     (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 3, 128, True, "additive"),  # causal
+    (latent_spec(), 2, 16, False, "none"),  # four page copies per key block
 ])
 def test_generated_kernel_compiles_for_sm90(spec, query_len, page_size, row_split, mask):
     compiled = compile_for_sm90(spec, query_len, page_size, row_split, mask)
@@ -106,6 +108,17 @@ def test_template_specialises_per_latent_width_and_tile():
     assert "ROPE_WIDTH = gl.constexpr(32)" in gla
     assert "BLOCK_M = gl.constexpr(64)" in mla and "p_smem" in mla
     assert "BLOCK_M = gl.constexpr(128)" in gla and "p_smem" not in gla  # P stays in registers
+    assert "COPY_ROWS)" not in mla  # one copy per key block: no quarters of a stage
+
+
+def test_small_pages_take_one_copy_each():
+    assert latent_copy_rows(0) == latent_copy_rows(64) == latent_copy_rows(256) == 64
+    assert latent_copy_rows(16) == 16
+    source = render_latent_hopper_kernel(latent_spec(), LatentHopperTile(row_split=False, copy_rows=16))
+    assert "COPY_ROWS = gl.constexpr(16)" in source
+    # Each block's four pages: four copies of each cache into quarters of the stage, at the prologue and refill.
+    for offset in (0, 16, 32, 48):
+        assert f"k_tile.slice({offset}, COPY_ROWS)" in source and f"kr_smem.index(b).slice({offset}, COPY_ROWS)" in source
 
 
 def shape(batch=2, query_len=1, capacity=256, page_size=64) -> ProblemShape:
@@ -118,6 +131,8 @@ def test_paper_layouts_take_the_kernel():
     assert latent_layout_problem(*operands(mla, 0, query_len=16), None, mla, shape(page_size=0, query_len=16)) is None
     gla2 = latent_spec(latent_heads=2, width=256)
     assert latent_layout_problem(*operands(gla2, 128), None, gla2, shape(page_size=128)) is None
+    for small_page in (16, 32):  # a block takes one copy per page
+        assert latent_layout_problem(*operands(mla, small_page), None, mla, shape(page_size=small_page)) is None
     # A static cache's filled prefix: one key vector per sequence, bool or additive, maybe broadcast per head.
     prefix = torch.ones(2, 1, 1, 256, dtype=torch.bool)
     assert latent_layout_problem(*operands(mla, 64), prefix, mla, shape()) is None
@@ -125,7 +140,7 @@ def test_paper_layouts_take_the_kernel():
 
 
 @pytest.mark.parametrize("change, reason", [
-    (dict(page_size=16), "page size 16"),
+    (dict(page_size=8), "page size 8 is below 16"),
     (dict(mask=(2, 128, 1, 256)), "attn_mask differs between (head, token) rows"),
     (dict(spec=latent_spec(width=128)), "latent layout"),
     (dict(spec=latent_spec(rope=0)), "no rope key"),

@@ -46,10 +46,12 @@ def assert_takes_hopper_kernel(problem):
     assert reason is None, f"the op would not take the Hopper latent kernel: {reason}"
 
 
-# (member, query_len, page_size): pages of 64 (one block each), 256 (four), contiguous; Lq up to 16. GLA-2
-# from Lq 2 on runs the 128-row tiles (row_split), with 200 rows at Lq 3 (a partly empty last tile).
-CASES = [("mla", 1, 64), ("mla", 2, 0), ("mla", 16, 256), ("mla", 3, 64), ("gla2", 1, 64), ("gla2", 1, 0),
-         ("gla2", 2, 64), ("gla2", 3, 0), ("gla2", 16, 128), ("mla_rope48", 4, 128), ("gla_rope16", 1, 64)]
+# (member, query_len, page_size): pages of 64 (one block each), 256 (four blocks each), 16 and 32 (a copy per
+# page), contiguous; Lq up to 16. GLA-2 from Lq 2 on runs the 128-row tiles (row_split), with 200 rows at Lq 3
+# (a partly empty last tile).
+CASES = [("mla", 1, 64), ("mla", 2, 0), ("mla", 16, 256), ("mla", 3, 64), ("mla", 1, 16), ("mla", 2, 32),
+         ("gla2", 1, 64), ("gla2", 1, 0), ("gla2", 2, 64), ("gla2", 3, 0), ("gla2", 16, 128), ("gla2", 2, 16),
+         ("mla_rope48", 4, 128), ("gla_rope16", 1, 32)]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -62,7 +64,7 @@ def test_matches_reference(hopper, name, query_len, page_size, dtype):
 
 
 @pytest.mark.parametrize("mask", ["bool", "additive"])
-@pytest.mark.parametrize("name, query_len, page_size", [("mla", 1, 64), ("mla", 2, 0), ("gla2", 2, 128)])
+@pytest.mark.parametrize("name, query_len, page_size", [("mla", 1, 64), ("mla", 2, 0), ("gla2", 2, 128), ("mla", 1, 16)])
 def test_key_masks(hopper, name, query_len, page_size, mask):
     # One random key mask per sequence ([B, 1, 1, S], 70% kept, the first key ruled out), with the lengths
     # and, at Lq 2, causality on top.
