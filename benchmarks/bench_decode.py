@@ -68,6 +68,17 @@ def use_prefix_mask(kwargs: dict) -> None:
     kwargs.update(attn_mask=filled[:, None, None, :], cache_seqlens=None, causal=False)
 
 
+def use_draft_mask(kwargs: dict) -> None:
+    """Speculative decoding as a model writes it: a bool mask per draft token [B, 1, Lq, S] (the filled prefix,
+    and each draft token sees the ones before it) instead of cache_seqlens and causal. Edits kwargs in place."""
+    use_prefix_mask(kwargs)
+    query_len = kwargs["q"].shape[1]
+    lengths = kwargs["attn_mask"].sum(dim=-1, dtype=torch.int32)[:, 0, 0]
+    keys = torch.arange(kwargs["attn_mask"].shape[-1], device=lengths.device)
+    last_visible = lengths[:, None] - query_len + torch.arange(query_len, device=lengths.device)  # [B, Lq]
+    kwargs["attn_mask"] = (keys[None, None, :] <= last_visible[:, :, None])[:, None]
+
+
 def variants(base: KernelConfig, rows: int) -> list[KernelConfig]:
     """A few neighbours of the heuristic config, one knob at a time."""
     out = []
@@ -105,6 +116,8 @@ def main() -> None:
     parser.add_argument("--variants", action="store_true")
     parser.add_argument("--prefix-mask", action="store_true",
                         help="pass the filled prefix as a bool attn_mask instead of cache_seqlens")
+    parser.add_argument("--draft-mask", action="store_true",
+                        help="pass a bool attn_mask per draft token (speculative decoding) instead of cache_seqlens")
     parser.add_argument("--skip-baselines", action="store_true", help="time our kernels only (no torch.compile/SDPA)")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -126,13 +139,14 @@ def main() -> None:
             lengths = kw["cache_seqlens"]
             if args.prefix_mask:
                 use_prefix_mask(kw)
+            elif args.draft_mask:
+                use_draft_mask(kw)
             spec, shape = validate_inputs(kw["q"], kw["k_cache"], kw["v_cache"], kw["q_rope"], kw["k_rope_cache"],
                                           kw["cache_seqlens"], kw["page_table"], kw["attn_mask"], None, None)
             # The op's own choice of kernel (the Hopper latent kernel where it applies), with the heuristic
             # config for the portable kernels (the tuned table is measured by `glacompiler autotune`).
             portable = heuristic_config(spec, args.batch, args.seqlen, query_len, device_multiprocessors(device))
-            base = choose_config(kw["q"], kw["q_rope"], kw["k_cache"], kw["k_rope_cache"], kw["attn_mask"], spec,
-                                 shape, 0)
+            base = choose_config(kw["q"], kw["q_rope"], kw["k_cache"], kw["k_rope_cache"], spec, shape, 0)
             if isinstance(base, KernelConfig):
                 base = portable
             # Correctness on this very problem before any timing.

@@ -2,10 +2,10 @@
 
 The kernel (templates/latent_decode_hopper.py.jinja) is written in Gluon and loads key blocks by TMA, so it
 needs an sm_90 GPU, Triton with Gluon (3.6 on), a cache whose rows form a 2-D [rows, width] view with 16-byte
-aligned strides, pages of at least 16 keys, and an attn_mask, if any, that is one key vector per
-sequence ([B or 1, 1, 1, S], what a static cache's filled prefix gives). Everything else (other GPUs, the
-interpreter, per-row masks, small pages) runs on the portable Triton kernels. The checks read shapes, strides and
-the device only: no host-device sync.
+aligned strides, and pages of at least 16 keys. It takes any attn_mask: a key vector per sequence (a static
+cache's filled prefix) or one per head or draft token (speculative decoding). Everything else (other GPUs, the
+interpreter, pages of fewer keys) runs on the portable Triton kernels. The checks read shapes, strides and the
+device only: no host-device sync.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .codegen import (
 )
 from .config import MAX_SPLITS, default_num_splits, device_multiprocessors
 from .kernel_launch import launch
-from .launch import LOG2_E, SplitBuffers, mask_as_kernel_operand, resolve_key_bounds
+from .launch import LOG2_E, SplitBuffers, mask_operand_strides, resolve_key_bounds
 from .spec import AttentionSpec
 from .validation import ProblemShape
 
@@ -85,7 +85,7 @@ def _rows_view_problem(name: str, cache: Tensor, width: int) -> Optional[str]:
 
 
 def latent_hopper_unsupported(q: Tensor, q_rope: Optional[Tensor], k_cache: Tensor, k_rope_cache: Optional[Tensor],
-                              attn_mask: Optional[Tensor], spec: AttentionSpec, shape: ProblemShape) -> Optional[str]:
+                              spec: AttentionSpec, shape: ProblemShape) -> Optional[str]:
     """None when this call runs on the Hopper latent kernel, else the reason it does not (for logs and tests)."""
     if q.device.type != "cuda":
         return "not on a CUDA device"
@@ -93,12 +93,7 @@ def latent_hopper_unsupported(q: Tensor, q_rope: Optional[Tensor], k_cache: Tens
         return "not an sm_90 GPU"
     if not gluon_available():
         return "this Triton has no Gluon TMA support"
-    return latent_layout_problem(q, q_rope, k_cache, k_rope_cache, attn_mask, spec, shape)
-
-
-def _mask_varies_by_row(attn_mask: Tensor) -> bool:
-    mask = mask_as_kernel_operand(attn_mask)
-    return any(size > 1 and stride != 0 for size, stride in zip(mask.shape[1:3], mask.stride()[1:3]))
+    return latent_layout_problem(q, q_rope, k_cache, k_rope_cache, spec, shape)
 
 
 def _query_rows_problem(name: str, query: Tensor) -> Optional[str]:
@@ -109,7 +104,7 @@ def _query_rows_problem(name: str, query: Tensor) -> Optional[str]:
 
 
 def latent_layout_problem(q: Tensor, q_rope: Optional[Tensor], k_cache: Tensor, k_rope_cache: Optional[Tensor],
-                          attn_mask: Optional[Tensor], spec: AttentionSpec, shape: ProblemShape) -> Optional[str]:
+                          spec: AttentionSpec, shape: ProblemShape) -> Optional[str]:
     """What keeps a call off the Hopper latent kernel on an sm_90 GPU, or None.
 
     Beyond what the kernel can do, the rule follows the H100 measurements (benchmarks/RESULTS.md): MLA-wide
@@ -127,8 +122,6 @@ def latent_layout_problem(q: Tensor, q_rope: Optional[Tensor], k_cache: Tensor, 
         return f"{rows} rows per latent head at width {spec.head_dim_k}"
     if 0 < shape.page_size < LATENT_HOPPER_MIN_PAGE:
         return f"page size {shape.page_size} is below {LATENT_HOPPER_MIN_PAGE}"
-    if attn_mask is not None and _mask_varies_by_row(attn_mask):
-        return "attn_mask differs between (head, token) rows"
     return (_query_rows_problem("q", q) or _query_rows_problem("q_rope", q_rope)
             or _rows_view_problem("k_cache", k_cache, spec.num_kv_heads * spec.head_dim_k)
             or _rows_view_problem("k_rope_cache", k_rope_cache, spec.rope_dim))
@@ -175,8 +168,8 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
     buffers = SplitBuffers.allocate(q, spec.head_dim_v, config.num_splits)
     cache_seqlens, mask, kv_begin, kv_end = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch,
                                                               shape.capacity, causal, query_len, q.device)
-    # One mask row per sequence (latent_layout_problem): its batch and key strides.
-    mask_strides = (0, 0, 0, 0) if attn_mask is None else mask[:, :1, :1].expand(batch, 1, 1, shape.capacity).stride()
+    mask_strides, mask_per_row = mask_operand_strides(mask if attn_mask is not None else None, batch, q.shape[2],
+                                                      query_len, shape.capacity)
     k_desc = _tma_descriptor(k_cache, spec.num_kv_heads * spec.head_dim_k, spec.head_dim_k, tile.copy_rows)
     k_rope_desc = _tma_descriptor(k_rope_cache, spec.rope_dim, rope_tile_width(spec.rope_dim), tile.copy_rows)
     rows = spec.group_size * query_len
@@ -189,7 +182,7 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
         *q_rope.stride()[:3],
         0 if page_table is None else page_table.stride(0),
         0 if page_table is not None else k_cache.shape[1],  # rows per sequence of a contiguous cache
-        mask_strides[0], mask_strides[3],
+        *mask_strides,
         *buffers.out_strides,
         *buffers.lse_strides,
         softmax_scale * LOG2_E,
@@ -203,6 +196,7 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
         CAUSAL=causal and query_len > 1,
         HAS_MASK=attn_mask is not None,
         MASK_IS_BOOL=attn_mask is not None and attn_mask.dtype == torch.bool,
+        MASK_PER_ROW=mask_per_row,
     )
     # Gluon places its own pipeline: num_stages is the JIT's default and changes nothing.
     launch(module.latent_decode_hopper_kernel, grid, args, constexprs, num_warps=NUM_WARPS, num_stages=3)

@@ -91,6 +91,16 @@ def mask_as_kernel_operand(attn_mask: Tensor) -> Tensor:
     return attn_mask.view(torch.uint8) if attn_mask.dtype == torch.bool else attn_mask
 
 
+def mask_operand_strides(mask: Optional[Tensor], batch: int, num_q_heads: int, query_len: int,
+                         capacity: int) -> tuple:
+    """((batch, head, token, key) strides of a kernel mask operand, whether it differs between packed (head,
+    token) rows). No mask: zero strides, never read."""
+    if mask is None:
+        return (0, 0, 0, 0), False
+    strides = mask.expand(batch, num_q_heads, query_len, capacity).stride()  # broadcast dims get stride 0
+    return strides, (num_q_heads > 1 and strides[1] != 0) or (query_len > 1 and strides[2] != 0)
+
+
 def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
     """[2, batch] int32: per sequence, the first and one-past-last key that any (head, token) row of the mask
     (a kernel operand, see mask_as_kernel_operand) may attend to, reduced on the device in one launch. The
@@ -167,13 +177,8 @@ def launch_decode_attention(
     page_stride = 0 if page_table is None else page_table.stride(0)
     cache_seqlens, mask, kv_begin, kv_end = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch,
                                                               shape.capacity, causal, query_len, q.device)
-    if attn_mask is not None:
-        mask = mask.expand(batch, num_q_heads, query_len, shape.capacity)
-        mask_strides = mask.stride()
-        mask_per_row = (num_q_heads > 1 and mask_strides[1] != 0) or (query_len > 1 and mask_strides[2] != 0)
-    else:
-        mask_per_row = False
-        mask_strides = (0, 0, 0, 0)
+    mask_strides, mask_per_row = mask_operand_strides(mask if attn_mask is not None else None, batch, num_q_heads,
+                                                      query_len, shape.capacity)
     page_arg = cache_seqlens if page_table is None else page_table  # a placeholder when contiguous
 
     rows = group * query_len

@@ -35,11 +35,10 @@ def select_config(spec: AttentionSpec, shape: ProblemShape, device: torch.device
 
 
 def choose_config(q: Tensor, q_rope: Optional[Tensor], k_cache: Tensor, k_rope_cache: Optional[Tensor],
-                  attn_mask: Optional[Tensor], spec: AttentionSpec, shape: ProblemShape,
-                  num_splits: int) -> Union[KernelConfig, LatentHopperConfig]:
+                  spec: AttentionSpec, shape: ProblemShape, num_splits: int) -> Union[KernelConfig, LatentHopperConfig]:
     """The op's kernel for a call: the Hopper latent kernel where it applies (latent_hopper.py), else the
     portable kernels with the tuned or heuristic config; num_splits > 0 overrides the split count."""
-    if latent_hopper_unsupported(q, q_rope, k_cache, k_rope_cache, attn_mask, spec, shape) is None:
+    if latent_hopper_unsupported(q, q_rope, k_cache, k_rope_cache, spec, shape) is None:
         config = latent_hopper_config(spec, shape, q.device)
         return dataclasses.replace(config, num_splits=num_splits) if num_splits > 0 else config
     return select_config(spec, shape, q.device, num_splits)
@@ -51,9 +50,9 @@ def _run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_
     spec, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                   softmax_scale, None, kv_range)
     if config is None:
-        config = choose_config(q, q_rope, k_cache, k_rope_cache, attn_mask, spec, shape, num_splits)
+        config = choose_config(q, q_rope, k_cache, k_rope_cache, spec, shape, num_splits)
     elif isinstance(config, LatentHopperConfig):
-        reason = (latent_hopper_unsupported(q, q_rope, k_cache, k_rope_cache, attn_mask, spec, shape)
+        reason = (latent_hopper_unsupported(q, q_rope, k_cache, k_rope_cache, spec, shape)
                   or config.problem_with(spec))
         if reason is not None:
             raise ValueError(f"config: the Hopper latent kernel cannot run this call ({reason})")

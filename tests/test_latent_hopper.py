@@ -50,7 +50,7 @@ copy_rows = latent_copy_rows(page_size)
 kernel = latent_hopper_module(spec, LatentHopperTile(row_split, copy_rows)).latent_decode_hopper_kernel
 element = {"bfloat16": "bf16", "float16": "fp16"}[spec.dtype]
 constexprs = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size, CAUSAL=query_len > 1,
-                  HAS_MASK=mask != "none", MASK_IS_BOOL=mask == "bool")
+                  HAS_MASK=mask != "none", MASK_IS_BOOL=mask.startswith("bool"), MASK_PER_ROW=mask.endswith("-rows"))
 tiles = dict(k_desc=spec.head_dim_k, kr_desc=rope_tile_width(spec.rope_dim))
 signature, attrs = {}, {}
 for index, name in enumerate(kernel.arg_names):
@@ -65,7 +65,7 @@ for index, name in enumerate(kernel.arg_names):
     elif name in ("SEQLENS", "PAGE_TABLE", "KV_BEGIN", "KV_END"):
         signature[name] = "*i32"
     elif name == "MASK":
-        signature[name] = {"none": "*i32", "bool": "*u8", "additive": "*" + element}[mask]
+        signature[name] = {"none": "*i32", "bool": "*u8", "additive": "*" + element}[mask.removesuffix("-rows")]
     elif name == "LSE":
         signature[name] = "*fp32"
     else:
@@ -92,7 +92,7 @@ def compile_for_sm90(spec: AttentionSpec, query_len: int, page_size: int, row_sp
     (latent_spec(), 1, 64, False, "none"),  # MLA, the paper's layout
     (latent_spec(heads=64, latent_heads=1, width=256, rope=48, paged=False, dtype="float16"), 1, 0, False, "bool"),
     (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 3, 128, True, "additive"),  # causal
-    (latent_spec(), 2, 16, False, "none"),  # four page copies per key block
+    (latent_spec(), 2, 16, False, "bool-rows"),  # four page copies per key block; a mask per draft token
 ])
 def test_generated_kernel_compiles_for_sm90(spec, query_len, page_size, row_split, mask):
     compiled = compile_for_sm90(spec, query_len, page_size, row_split, mask)
@@ -127,21 +127,16 @@ def shape(batch=2, query_len=1, capacity=256, page_size=64) -> ProblemShape:
 
 def test_paper_layouts_take_the_kernel():
     mla = latent_spec()
-    assert latent_layout_problem(*operands(mla, 64), None, mla, shape()) is None
-    assert latent_layout_problem(*operands(mla, 0, query_len=16), None, mla, shape(page_size=0, query_len=16)) is None
+    assert latent_layout_problem(*operands(mla, 64), mla, shape()) is None
+    assert latent_layout_problem(*operands(mla, 0, query_len=16), mla, shape(page_size=0, query_len=16)) is None
     gla2 = latent_spec(latent_heads=2, width=256)
-    assert latent_layout_problem(*operands(gla2, 128), None, gla2, shape(page_size=128)) is None
+    assert latent_layout_problem(*operands(gla2, 128), gla2, shape(page_size=128)) is None
     for small_page in (16, 32):  # a block takes one copy per page
-        assert latent_layout_problem(*operands(mla, small_page), None, mla, shape(page_size=small_page)) is None
-    # A static cache's filled prefix: one key vector per sequence, bool or additive, maybe broadcast per head.
-    prefix = torch.ones(2, 1, 1, 256, dtype=torch.bool)
-    assert latent_layout_problem(*operands(mla, 64), prefix, mla, shape()) is None
-    assert latent_layout_problem(*operands(mla, 64), prefix.expand(2, 128, 1, 256), mla, shape()) is None
+        assert latent_layout_problem(*operands(mla, small_page), mla, shape(page_size=small_page)) is None
 
 
 @pytest.mark.parametrize("change, reason", [
     (dict(page_size=8), "page size 8 is below 16"),
-    (dict(mask=(2, 128, 1, 256)), "attn_mask differs between (head, token) rows"),
     (dict(spec=latent_spec(width=128)), "latent layout"),
     (dict(spec=latent_spec(rope=0)), "no rope key"),
     (dict(spec=latent_spec(dtype="float32")), "dtype float32"),
@@ -162,15 +157,14 @@ def test_layouts_the_kernel_leaves_to_the_portable_one(change, reason):
     if change.get("unaligned"):
         flat = torch.randn(k_cache.numel() + 1, dtype=torch.bfloat16)
         k_cache = flat[1:].view(k_cache.shape)
-    mask = torch.ones(change["mask"], dtype=torch.bool) if "mask" in change else None
-    problem = latent_layout_problem(q, q_rope, k_cache, k_rope, mask, spec,
+    problem = latent_layout_problem(q, q_rope, k_cache, k_rope, spec,
                                     shape(query_len=change.get("query_len", 1), page_size=page_size))
     assert problem is not None and reason in problem
 
 
 def test_cpu_calls_stay_on_the_portable_kernels():
     spec = latent_spec()
-    assert latent_hopper_unsupported(*operands(spec, 64), None, spec, shape()) == "not on a CUDA device"
+    assert latent_hopper_unsupported(*operands(spec, 64), spec, shape()) == "not on a CUDA device"
 
 
 def test_config_heuristic(monkeypatch):
@@ -212,7 +206,7 @@ def test_the_op_picks_the_hopper_kernel_where_it_applies(monkeypatch):
     monkeypatch.setattr("glacompiler.latent_hopper.device_multiprocessors", lambda device: 132)
     spec = latent_spec()
     q, q_rope, k_cache, k_rope = operands(spec, 64)
-    call = (q, q_rope, k_cache, k_rope, None, spec, shape(batch=128, capacity=8192))
+    call = (q, q_rope, k_cache, k_rope, spec, shape(batch=128, capacity=8192))
     monkeypatch.setattr("glacompiler.ops.latent_hopper_unsupported", lambda *args: None)  # as on an H100
     assert choose_config(*call, 0) == LatentHopperConfig(num_splits=1)
     assert choose_config(*call, 5) == LatentHopperConfig(num_splits=5)  # an explicit split count wins

@@ -27,11 +27,11 @@ def hopper(cuda_device):
     return cuda_device
 
 
-def hopper_problem(device, name, query_len, page_size, dtype, seed, mask=None):
+def hopper_problem(device, name, query_len, page_size, dtype, seed, mask=None, mask_rows="key"):
     problem = make_decode_problem(
         MEMBERS[name], batch=4, query_len=query_len, capacity=CAPACITY, page_size=page_size, dtype=dtype,
         device=device, seqlens=[0, 1, 517, CAPACITY], generator=torch.Generator().manual_seed(seed),
-        mask=mask, mask_rows="key",
+        mask=mask, mask_rows=mask_rows,
     )
     assert_takes_hopper_kernel(problem)
     return problem
@@ -41,8 +41,7 @@ def assert_takes_hopper_kernel(problem):
     kw = problem.kwargs
     spec, shape = validate_inputs(kw["q"], kw["k_cache"], kw["v_cache"], kw["q_rope"], kw["k_rope_cache"],
                                   kw["cache_seqlens"], kw["page_table"], kw["attn_mask"], None, None)
-    reason = latent_hopper_unsupported(kw["q"], kw["q_rope"], kw["k_cache"], kw["k_rope_cache"], kw["attn_mask"],
-                                       spec, shape)
+    reason = latent_hopper_unsupported(kw["q"], kw["q_rope"], kw["k_cache"], kw["k_rope_cache"], spec, shape)
     assert reason is None, f"the op would not take the Hopper latent kernel: {reason}"
 
 
@@ -69,6 +68,18 @@ def test_key_masks(hopper, name, query_len, page_size, mask):
     # One random key mask per sequence ([B, 1, 1, S], 70% kept, the first key ruled out), with the lengths
     # and, at Lq 2, causality on top.
     problem = hopper_problem(hopper, name, query_len, page_size, torch.bfloat16, seed=11, mask=mask)
+    for num_splits in (None, 3):
+        out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, num_splits=num_splits, return_lse=True)
+        check_fa_rule(out, lse, problem)
+
+
+@pytest.mark.parametrize("mask", ["bool", "additive"])
+@pytest.mark.parametrize("name, query_len, mask_rows", [("mla", 3, "token"), ("mla", 2, "head"), ("gla2", 2, "token"),
+                                                        ("gla2", 1, "head")])
+def test_per_row_masks(hopper, name, query_len, mask_rows, mask):
+    # A mask per draft token ([B, 1, Lq, S], speculative decoding) or per head and token ([B, Hq, Lq, S]):
+    # 70% kept at random, with the lengths and causality on top. GLA-2 at Lq 2 runs the 128-row tiles.
+    problem = hopper_problem(hopper, name, query_len, 64, torch.bfloat16, seed=13, mask=mask, mask_rows=mask_rows)
     for num_splits in (None, 3):
         out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, num_splits=num_splits, return_lse=True)
         check_fa_rule(out, lse, problem)
