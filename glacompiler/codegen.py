@@ -166,6 +166,8 @@ def decode_kernel_module(spec: AttentionSpec, block_d: int, preload_q: bool, dv_
 # half of a latent up to 512 wide), or, for latents up to 256 wide with many packed rows, 128 split between
 # them. Shared-memory stages: what 227 KB holds beside the query tile.
 LATENT_HOPPER_BLOCK_N = 64
+SM90_SHARED_MEMORY = 232448  # bytes of shared memory a CTA may take on an H100 / H200
+SHARED_MEMORY_RESERVE = 2048  # mbarriers, the row-max exchange and the compiler's reduction scratch
 LATENT_HOPPER_MIN_PAGE = 16
 LATENT_HOPPER_ROW_SPLIT_MAX_WIDTH = 256
 
@@ -179,14 +181,25 @@ def latent_copy_rows(page_size: int) -> int:
 class LatentHopperTile:
     row_split: bool  # 128 rows, 64 per warpgroup; else 64 rows shared by both
     copy_rows: int = LATENT_HOPPER_BLOCK_N  # keys per TMA copy (latent_copy_rows)
+    # Issue the next block's score product behind this block's PV product (see the template). None: where
+    # it timed faster on an H100, MLA's 512-wide latent.
+    scores_ahead: Optional[bool] = None
+
+    def issues_scores_ahead(self, head_dim: int) -> bool:
+        return head_dim == 512 and not self.row_split if self.scores_ahead is None else self.scores_ahead
 
     @property
     def block_m(self) -> int:
         return 128 if self.row_split else 64
 
-    @property
-    def num_stages(self) -> int:
-        return 3 if self.row_split else 2
+    def num_stages(self, head_dim: int, rope_width: int) -> int:
+        """Key-block stages: as many as the shared memory holds beside the query tile and P (2 for MLA's
+        512-wide latent, 4 for a 256-wide one over 64 rows, 3 over 128), at most 4."""
+        element = 2  # bf16 / fp16
+        row_bytes = (head_dim + rope_width) * element
+        query_and_p = self.block_m * row_bytes + (0 if self.row_split else self.block_m * LATENT_HOPPER_BLOCK_N * element)
+        free = SM90_SHARED_MEMORY - SHARED_MEMORY_RESERVE - query_and_p
+        return max(2, min(4, free // (LATENT_HOPPER_BLOCK_N * row_bytes)))
 
 
 def rope_tile_width(rope_dim: int) -> int:
@@ -211,8 +224,9 @@ def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> 
         rope_width=rope_tile_width(spec.rope_dim),
         block_m=tile.block_m,
         block_n=LATENT_HOPPER_BLOCK_N,
-        num_stages=tile.num_stages,
+        num_stages=tile.num_stages(spec.head_dim_k, rope_tile_width(spec.rope_dim)),
         copy_rows=tile.copy_rows,
+        scores_ahead=tile.issues_scores_ahead(spec.head_dim_k),
         copies_per_block=LATENT_HOPPER_BLOCK_N // tile.copy_rows,
         out_instr_n=min(256, spec.head_dim_k if tile.row_split else spec.head_dim_k // 2),
         p_swizzle=swizzle_bytes(LATENT_HOPPER_BLOCK_N * 2),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import glacompiler
-from glacompiler.codegen import LatentHopperTile, latent_copy_rows, render_latent_hopper_kernel
+from glacompiler.codegen import SM90_SHARED_MEMORY, LatentHopperTile, latent_copy_rows, render_latent_hopper_kernel
 from glacompiler.latent_hopper import (
     LatentHopperConfig, latent_hopper_config, latent_hopper_unsupported, latent_layout_problem,
 )
@@ -18,7 +18,7 @@ from glacompiler.spec import AttentionSpec
 from glacompiler.testing import latent_member
 from glacompiler.validation import ProblemShape
 
-SM90_SHARED_MEMORY = 232448  # bytes a block may take on an H100
+
 
 
 def latent_spec(heads=128, latent_heads=1, width=512, rope=64, paged=True, dtype="bfloat16") -> AttentionSpec:
@@ -109,6 +109,19 @@ def test_template_specialises_per_latent_width_and_tile():
     assert "BLOCK_M = gl.constexpr(64)" in mla and "p_smem" in mla
     assert "BLOCK_M = gl.constexpr(128)" in gla and "p_smem" not in gla  # P stays in registers
     assert "COPY_ROWS)" not in mla  # one copy per key block: no quarters of a stage
+
+
+def test_stages_fill_shared_memory_and_mla_queues_scores_ahead():
+    mla, gla = latent_spec(), latent_spec(latent_heads=2, width=256)
+    assert LatentHopperTile(row_split=False).num_stages(512, 64) == 2  # MLA: the query tile takes a third
+    assert LatentHopperTile(row_split=False).num_stages(256, 64) == 4
+    assert LatentHopperTile(row_split=True).num_stages(256, 64) == 3
+    mla_source = render_latent_hopper_kernel(mla, LatentHopperTile(row_split=False))
+    gla_source = render_latent_hopper_kernel(gla, LatentHopperTile(row_split=False))
+    assert "NUM_STAGES = gl.constexpr(2)" in mla_source and "NUM_STAGES = gl.constexpr(4)" in gla_source
+    assert "next_s = issue_scores(" in mla_source and "next_s" not in gla_source
+    forced = render_latent_hopper_kernel(gla, LatentHopperTile(row_split=False, scores_ahead=True))
+    assert "next_s = issue_scores(" in forced
 
 
 def test_small_pages_take_one_copy_each():
