@@ -107,19 +107,15 @@ def latent_layout_problem(q: Tensor, q_rope: Optional[Tensor], k_cache: Tensor, 
                           spec: AttentionSpec, shape: ProblemShape) -> Optional[str]:
     """What keeps a call off the Hopper latent kernel on an sm_90 GPU, or None.
 
-    Beyond what the kernel can do, the rule follows the H100 measurements (benchmarks/RESULTS.md): MLA-wide
-    latents (512) always; 256-wide latents (GLA) from 33 packed (query head, token) rows per latent head on,
-    where a 64-row tile is at least half full (timed faster than the portable kernel at 64 and 128 rows: GLA-2
-    at Lq 1 and 2; fewer rows stay on the portable kernel's 16- and 32-row tiles)."""
+    Every latent layout the kernel can run takes it, however few packed (query head, token) rows a latent head
+    has: on an H100 it timed at least as fast as the portable kernels' best choice from 8 rows per latent head
+    on, batch 1 to 128 (benchmarks/RESULTS.md)."""
     if not spec.tied or spec.head_dim_q != spec.head_dim_k or spec.head_dim_k not in LATENT_WIDTHS:
         return f"not a latent layout of width {' or '.join(map(str, LATENT_WIDTHS))}"
     if spec.rope_dim == 0:
         return "no rope key"
     if spec.dtype not in ("bfloat16", "float16"):
         return f"dtype {spec.dtype}"
-    rows = spec.group_size * shape.query_len
-    if spec.head_dim_k < 512 and rows <= 32:
-        return f"{rows} rows per latent head at width {spec.head_dim_k}"
     if 0 < shape.page_size < LATENT_HOPPER_MIN_PAGE:
         return f"page size {shape.page_size} is below {LATENT_HOPPER_MIN_PAGE}"
     return (_query_rows_problem("q", q) or _query_rows_problem("q_rope", q_rope)

@@ -16,6 +16,7 @@ MEMBERS = {
     "gla2": PAPER_MEMBERS["gla2"],  # 64 rows per latent head at Lq 1
     "mla_rope48": latent_member("mla_rope48", 32, 1, 512, 48),  # rope key narrower than its 64-wide tile
     "gla_rope16": latent_member("gla_rope16", 48, 1, 256, 16),  # 48 packed rows: a partly empty tile
+    "gla2_xl": latent_member("gla2_xl", 16, 2, 256, 64),  # the paper's XL GLA-2: 8 rows per latent head
 }
 CAPACITY = 1000  # not a multiple of the 64-key block: every full sequence ends in a partial block
 
@@ -50,7 +51,7 @@ def assert_takes_hopper_kernel(problem):
 # (a partly empty last tile).
 CASES = [("mla", 1, 64), ("mla", 2, 0), ("mla", 16, 256), ("mla", 3, 64), ("mla", 1, 16), ("mla", 2, 32),
          ("gla2", 1, 64), ("gla2", 1, 0), ("gla2", 2, 64), ("gla2", 3, 0), ("gla2", 16, 128), ("gla2", 2, 16),
-         ("mla_rope48", 4, 128), ("gla_rope16", 1, 32)]
+         ("mla_rope48", 4, 128), ("gla_rope16", 1, 32), ("gla2_xl", 1, 64), ("gla2_xl", 3, 16)]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
