@@ -37,9 +37,8 @@ class LatentHopperConfig:
     num_splits: int = 1
     row_split: bool = False  # 128-row tiles, 64 rows per warpgroup (latents up to 256 wide)
 
-    @property
-    def tile(self) -> LatentHopperTile:
-        return LatentHopperTile(self.row_split)
+    def tile_for(self, page_size: int) -> LatentHopperTile:
+        return LatentHopperTile(self.row_split, latent_copy_rows(page_size))
 
     def __post_init__(self):
         if not 1 <= self.num_splits <= MAX_SPLITS:
@@ -159,7 +158,7 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
                          softmax_scale: float, causal: bool, spec: AttentionSpec, shape: ProblemShape,
                          config: LatentHopperConfig, kv_range: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     batch, query_len, _, _ = q.shape
-    tile = LatentHopperTile(config.row_split, latent_copy_rows(shape.page_size))
+    tile = config.tile_for(shape.page_size)
     module = latent_hopper_module(spec, tile)
     buffers = SplitBuffers.allocate(q, spec.head_dim_v, config.num_splits)
     cache_seqlens, mask, kv_begin, kv_end = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch,
