@@ -216,15 +216,16 @@ def swizzle_bytes(row_bytes: int) -> int:
 
 
 def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> str:
+    rope_width = rope_tile_width(spec.rope_dim)
     return _environment().get_template("latent_decode_hopper.py.jinja").render(
         spec_key=spec.key(),
         row_split=tile.row_split,
         head_dim=spec.head_dim_k,
         rope_dim=spec.rope_dim,
-        rope_width=rope_tile_width(spec.rope_dim),
+        rope_width=rope_width,
         block_m=tile.block_m,
         block_n=LATENT_HOPPER_BLOCK_N,
-        num_stages=tile.num_stages(spec.head_dim_k, rope_tile_width(spec.rope_dim)),
+        num_stages=tile.num_stages(spec.head_dim_k, rope_width),
         copy_rows=tile.copy_rows,
         scores_ahead=tile.issues_scores_ahead(spec.head_dim_k),
         copies_per_block=LATENT_HOPPER_BLOCK_N // tile.copy_rows,

@@ -22,7 +22,7 @@ from .codegen import (
 )
 from .config import MAX_SPLITS, default_num_splits, device_multiprocessors
 from .kernel_launch import launch
-from .launch import LOG2_E, SplitBuffers, mask_operand_strides, resolve_key_bounds
+from .launch import LOG2_E, SplitBuffers, resolve_key_bounds
 from .spec import AttentionSpec
 from .validation import ProblemShape
 
@@ -161,23 +161,21 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
     tile = config.tile_for(shape.page_size)
     module = latent_hopper_module(spec, tile)
     buffers = SplitBuffers.allocate(q, spec.head_dim_v, config.num_splits)
-    cache_seqlens, mask, kv_begin, kv_end = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch,
-                                                              shape.capacity, causal, query_len, q.device)
-    mask_strides, mask_per_row = mask_operand_strides(mask if attn_mask is not None else None, batch, q.shape[2],
-                                                      query_len, shape.capacity)
+    keys = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch, q.shape[2], query_len, shape.capacity,
+                              causal, q.device)
     k_desc = _tma_descriptor(k_cache, spec.num_kv_heads * spec.head_dim_k, spec.head_dim_k, tile.copy_rows)
     k_rope_desc = _tma_descriptor(k_rope_cache, spec.rope_dim, rope_tile_width(spec.rope_dim), tile.copy_rows)
     rows = spec.group_size * query_len
     grid = (spec.num_kv_heads * -(-rows // tile.block_m), batch, config.num_splits)
     args = (
-        q, q_rope, k_desc, k_rope_desc, cache_seqlens, kv_begin, kv_end, mask,
-        cache_seqlens if page_table is None else page_table,
+        q, q_rope, k_desc, k_rope_desc, keys.lengths, keys.kv_begin, keys.kv_end, keys.mask,
+        keys.lengths if page_table is None else page_table,
         buffers.split_out, buffers.split_lse,
         *q.stride()[:3],
         *q_rope.stride()[:3],
         0 if page_table is None else page_table.stride(0),
         0 if page_table is not None else k_cache.shape[1],  # rows per sequence of a contiguous cache
-        *mask_strides,
+        *keys.mask_strides,
         *buffers.out_strides,
         *buffers.lse_strides,
         softmax_scale * LOG2_E,
@@ -191,7 +189,7 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
         CAUSAL=causal and query_len > 1,
         HAS_MASK=attn_mask is not None,
         MASK_IS_BOOL=attn_mask is not None and attn_mask.dtype == torch.bool,
-        MASK_PER_ROW=mask_per_row,
+        MASK_PER_ROW=keys.mask_per_row,
     )
     # Gluon places its own pipeline: num_stages is the JIT's default and changes nothing.
     launch(module.latent_decode_hopper_kernel, grid, args, constexprs, num_warps=NUM_WARPS, num_stages=3)

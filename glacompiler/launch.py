@@ -91,16 +91,6 @@ def mask_as_kernel_operand(attn_mask: Tensor) -> Tensor:
     return attn_mask.view(torch.uint8) if attn_mask.dtype == torch.bool else attn_mask
 
 
-def mask_operand_strides(mask: Optional[Tensor], batch: int, num_q_heads: int, query_len: int,
-                         capacity: int) -> tuple:
-    """((batch, head, token, key) strides of a kernel mask operand, whether it differs between packed (head,
-    token) rows). No mask: zero strides, never read."""
-    if mask is None:
-        return (0, 0, 0, 0), False
-    strides = mask.expand(batch, num_q_heads, query_len, capacity).stride()  # broadcast dims get stride 0
-    return strides, (num_q_heads > 1 and strides[1] != 0) or (query_len > 1 and strides[2] != 0)
-
-
 def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
     """[2, batch] int32: per sequence, the first and one-past-last key that any (head, token) row of the mask
     (a kernel operand, see mask_as_kernel_operand) may attend to, reduced on the device in one launch. The
@@ -116,13 +106,27 @@ def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) 
     return key_range
 
 
+@dataclasses.dataclass
+class KeyBounds:
+    """What the kernels take about which keys a row sees. Without a mask, the lengths stand in for mask and
+    range (HAS_MASK is off, so the kernels never read them) and the strides are 0."""
+
+    lengths: Tensor  # [B] int32
+    mask: Tensor  # the mask as a kernel operand (mask_as_kernel_operand)
+    kv_begin: Tensor  # [B] first key the mask allows
+    kv_end: Tensor  # [B] one past its last
+    mask_strides: tuple  # (batch, head, token, key)
+    mask_per_row: bool  # the mask differs between packed (head, token) rows
+
+
 def resolve_key_bounds(attn_mask: Optional[Tensor], kv_range: Optional[Tensor], cache_seqlens: Optional[Tensor],
-                       batch: int, capacity: int, causal: bool, query_len: int, device) -> tuple:
-    """(lengths, mask, kv_begin, kv_end) as the kernels take them. With a mask: the mask as a kernel operand
-    and its key range (kv_range when the caller has it, one per graph under backend="gla"; else reduced here),
-    and, when no lengths are given, the range's end as the lengths (no key past it is visited anyway; causal
-    Lq > 1 aligns to the capacity instead). Without a mask the lengths (the capacity when none are given)
-    stand in for mask and range, which the kernels then never read."""
+                       batch: int, num_q_heads: int, query_len: int, capacity: int, causal: bool,
+                       device) -> KeyBounds:
+    """The key bounds of a call, as the kernels take them. With a mask: the mask as a kernel operand, its
+    strides, and its key range (kv_range when the caller has it, one per graph under backend="gla"; else
+    reduced here), and, when no lengths are given, the range's end as the lengths (no key past it is visited
+    anyway; causal Lq > 1 aligns to the capacity instead). Without a mask, the lengths (the capacity when none
+    are given)."""
     if attn_mask is not None:
         mask = mask_as_kernel_operand(attn_mask)
         if kv_range is None:
@@ -132,8 +136,10 @@ def resolve_key_bounds(attn_mask: Optional[Tensor], kv_range: Optional[Tensor], 
     if cache_seqlens is None:
         cache_seqlens = torch.full((batch,), capacity, dtype=torch.int32, device=device)
     if attn_mask is None:
-        return cache_seqlens, cache_seqlens, cache_seqlens, cache_seqlens
-    return cache_seqlens, mask, kv_range[0], kv_range[1]
+        return KeyBounds(cache_seqlens, cache_seqlens, cache_seqlens, cache_seqlens, (0, 0, 0, 0), False)
+    strides = mask.expand(batch, num_q_heads, query_len, capacity).stride()  # broadcast dims get stride 0
+    per_row = (num_q_heads > 1 and strides[1] != 0) or (query_len > 1 and strides[2] != 0)
+    return KeyBounds(cache_seqlens, mask, kv_range[0], kv_range[1], strides, per_row)
 
 
 def mask_key_range_reference(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
@@ -175,16 +181,14 @@ def launch_decode_attention(
     k_rope_arg = k_cache if k_rope_cache is None else k_rope_cache
     rope_strides = (0, 0) if k_rope_cache is None else k_rope_cache.stride()[:2]
     page_stride = 0 if page_table is None else page_table.stride(0)
-    cache_seqlens, mask, kv_begin, kv_end = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch,
-                                                              shape.capacity, causal, query_len, q.device)
-    mask_strides, mask_per_row = mask_operand_strides(mask if attn_mask is not None else None, batch, num_q_heads,
-                                                      query_len, shape.capacity)
-    page_arg = cache_seqlens if page_table is None else page_table  # a placeholder when contiguous
+    keys = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch, num_q_heads, query_len, shape.capacity,
+                              causal, q.device)
+    page_arg = keys.lengths if page_table is None else page_table  # a placeholder when contiguous
 
     rows = group * query_len
     grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
     args = (
-        q, k_cache, values, q_rope_arg, k_rope_arg, cache_seqlens, kv_begin, kv_end, page_arg, mask,
+        q, k_cache, values, q_rope_arg, k_rope_arg, keys.lengths, keys.kv_begin, keys.kv_end, page_arg, keys.mask,
         buffers.split_out, buffers.split_lse,
         *q.stride()[:3],
         *k_cache.stride()[:3],
@@ -192,7 +196,7 @@ def launch_decode_attention(
         *q_rope_arg.stride()[:3],
         *rope_strides,
         page_stride,
-        *mask_strides,
+        *keys.mask_strides,
         *buffers.out_strides,
         *buffers.lse_strides,
         softmax_scale * LOG2_E,
@@ -206,7 +210,7 @@ def launch_decode_attention(
         BLOCK_N=config.block_n,
         HAS_MASK=attn_mask is not None,
         MASK_IS_BOOL=attn_mask is not None and attn_mask.dtype == torch.bool,
-        MASK_PER_ROW=mask_per_row,
+        MASK_PER_ROW=keys.mask_per_row,
         # With one query token every key below the length is visible: causality changes nothing.
         CAUSAL=causal and query_len > 1,
     )
