@@ -21,7 +21,8 @@ import torch
 
 import glacompiler
 from glacompiler.demo import install_plain_decode, mark_caches_static
-from glacompiler.models import TinyLM, paper_config, tiny_config
+from glacompiler.models import TinyLM
+from glacompiler.presets import paper_config, tiny_config
 
 
 def build(variant: str, args, device: torch.device) -> TinyLM:

@@ -20,12 +20,16 @@ import torch.nn.functional as F
 import triton
 
 import glacompiler
-from glacompiler.config import KernelConfig, device_multiprocessors, heuristic_config
-from glacompiler.latent_hopper import LatentHopperConfig
-from glacompiler.ops import choose_config
-from glacompiler.validation import validate_inputs
+from glacompiler.kernels import KernelCall
+from glacompiler.kernels.common.splits import device_multiprocessors
+from glacompiler.kernels.latent_hopper import LatentHopperConfig
+from glacompiler.kernels.portable import PortableConfig
+from glacompiler.kernels.portable.config import heuristic_config
+from glacompiler.op.dispatch import choose_kernel
+from glacompiler.op.validation import validate_inputs
+from glacompiler.presets import PAPER_SPECS
+from glacompiler.problems import check_fa_rule, make_decode_problem
 from glacompiler.reference import attention_with_kvcache_reference, logical_cache
-from glacompiler.testing import PAPER_MEMBERS, check_fa_rule, make_decode_problem
 
 
 def median_ms(fn) -> float:
@@ -45,14 +49,13 @@ def matmul_rate() -> float:
     return 2 * 8192**3 / (median_ms(lambda: a @ b) * 1e-3)
 
 
-def problem_cost(member, q, lengths) -> tuple[float, float]:
+def problem_cost(spec, q, lengths) -> tuple[float, float]:
     """(bytes, flops) the op must move and do at the least: the cache read once, q read, out written."""
-    m = member
+    m = spec
     batch, query_len = q.shape[:2]
     tokens = int(lengths.sum())
     elem = q.element_size()
-    kv_per_token = m.num_kv_heads * (m.head_dim_k + (0 if m.tied else m.head_dim_v)) + m.rope_dim
-    bytes_moved = tokens * kv_per_token * elem
+    bytes_moved = tokens * m.cache_elements_per_token * elem
     bytes_moved += batch * query_len * m.num_q_heads * (m.head_dim_q + m.rope_dim + m.head_dim_v) * elem
     flops = 2 * query_len * m.num_q_heads * tokens * (m.head_dim_q + m.rope_dim + m.head_dim_v)
     return bytes_moved, flops
@@ -79,7 +82,7 @@ def use_draft_mask(kwargs: dict) -> None:
     kwargs["attn_mask"] = (keys[None, None, :] <= last_visible[:, :, None])[:, None]
 
 
-def variants(base: KernelConfig, rows: int) -> list[KernelConfig]:
+def variants(base: PortableConfig, rows: int) -> list[PortableConfig]:
     """A few neighbours of the heuristic config, one knob at a time."""
     out = []
     for block_n in (16, 32, 64):
@@ -129,10 +132,10 @@ def main() -> None:
     print(f"# copy bandwidth {bandwidth / 1e9:.0f} GB/s, bf16 matmul {flop_rate / 1e12:.0f} TFLOP/s")
     results = []
     for name in args.cases.split(","):
-        member = PAPER_MEMBERS[name]
+        case_spec = PAPER_SPECS[name]
         for query_len in (int(x) for x in args.q_lens.split(",")):
             problem = make_decode_problem(
-                member, args.batch, query_len, args.seqlen, dtype=torch.bfloat16, device=device,
+                case_spec, args.batch, query_len, args.seqlen, dtype=torch.bfloat16, device=device,
                 page_size=args.page_size, seqlens=[args.seqlen] * args.batch, poison=False,
             )
             kw = problem.kwargs
@@ -146,8 +149,10 @@ def main() -> None:
             # The op's own choice of kernel (the Hopper latent kernel where it applies), with the heuristic
             # config for the portable kernels (the tuned table is measured by `glacompiler autotune`).
             portable = heuristic_config(spec, args.batch, args.seqlen, query_len, device_multiprocessors(device))
-            base = choose_config(kw["q"], kw["q_rope"], kw["k_cache"], kw["k_rope_cache"], spec, shape, 0)
-            if isinstance(base, KernelConfig):
+            call = KernelCall(kw["q"], kw["k_cache"], kw["v_cache"], kw["q_rope"], kw["k_rope_cache"],
+                              kw["cache_seqlens"], kw["page_table"], kw["attn_mask"], 1.0, True)
+            _, base = choose_kernel(spec, shape, call)
+            if isinstance(base, PortableConfig):
                 base = portable
             # Correctness on this very problem before any timing.
             out, lse = glacompiler.attention_with_kvcache_config(**kw, config=base)
@@ -170,7 +175,7 @@ def main() -> None:
                         print(f"  variant {config} failed: {type(error).__name__}: {str(error)[:120]}")
             best = min(timed, key=timed.get)
 
-            bytes_moved, flops = problem_cost(problem.member, kw["q"], lengths)
+            bytes_moved, flops = problem_cost(spec, kw["q"], lengths)
             floor_ms = max(bytes_moved / bandwidth, flops / flop_rate) * 1e3
             # Baselines on the same data in logical (contiguous) order.
             k_lin = logical_cache(kw["k_cache"], kw["page_table"], lengths).contiguous()
@@ -183,7 +188,7 @@ def main() -> None:
                                 compute_dtype=torch.bfloat16)
                 compiled(kw["q"], k_lin, v_lin, **ref_args)
                 compiled_ms = median_ms(lambda: compiled(kw["q"], k_lin, v_lin, **ref_args))
-            if not args.skip_baselines and not member.tied and member.rope_dim == 0:
+            if not args.skip_baselines and not spec.tied and spec.rope_dim == 0:
                 q_t = kw["q"].transpose(1, 2)
                 k_t, v_t = k_lin.transpose(1, 2), v_lin.transpose(1, 2)
                 sdpa_ms = median_ms(lambda: F.scaled_dot_product_attention(q_t, k_t, v_t, enable_gqa=True))

@@ -10,6 +10,7 @@ cache so that the GPU never holds the host back.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import pstats
@@ -20,9 +21,11 @@ from torch.profiler import ProfilerActivity, profile
 
 import glacompiler
 from glacompiler.demo import install_plain_decode
-from glacompiler.launch import launch_decode_attention, mask_as_kernel_operand, mask_key_range
-from glacompiler.ops import select_config
-from glacompiler.validation import validate_inputs
+from glacompiler.kernels import FAMILIES, KernelCall
+from glacompiler.kernels.common.key_bounds import mask_as_kernel_operand
+from glacompiler.kernels.common.mask_range import mask_key_range
+from glacompiler.op.dispatch import choose_kernel
+from glacompiler.op.validation import validate_inputs
 
 from bench_backend import add_model_arguments, build, step_inputs
 
@@ -44,10 +47,23 @@ def host_and_wall_ms(decode, tokens, lengths, steps: int) -> tuple:
     return sorted(host)[len(host) // 2] * 1e3, wall * 1e3
 
 
-def allocate_outputs_only(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                          softmax_scale, causal, spec, shape, config, kv_range=None):
+def allocate_outputs_only(call, spec, shape, config):
+    """A family's launch replaced by the two allocations of its outputs."""
+    q = call.q
     out = q.new_empty((*q.shape[:3], spec.head_dim_v))
     return out, q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def launches_stubbed_out():
+    """Every kernel family's launch replaced by allocate_outputs_only (the host time of everything else)."""
+    for family in FAMILIES:
+        family.launch = allocate_outputs_only  # an instance attribute shadows the class's method
+    try:
+        yield
+    finally:
+        for family in FAMILIES:
+            del family.launch
 
 
 def profile_model(variant: str, args, device) -> None:
@@ -68,12 +84,8 @@ def profile_model(variant: str, args, device) -> None:
             if name.startswith("backend"):
                 # The same step with the op's launches replaced by two allocations: the host time of everything
                 # else (Inductor's code, the op's dispatch, checks and config lookup).
-                real_launch = glacompiler.ops.launch_decode_attention
-                glacompiler.ops.launch_decode_attention = allocate_outputs_only
-                try:
+                with launches_stubbed_out():
                     host, wall = host_and_wall_ms(decode, tokens, lengths, args.steps)
-                finally:
-                    glacompiler.ops.launch_decode_attention = real_launch
                 print(f"{variant}, {name}, op launches stubbed out: host {host:.3f} ms/step, wall {wall:.3f} ms/step")
                 profiler = cProfile.Profile()
                 torch.cuda.synchronize()
@@ -126,9 +138,11 @@ def profile_op(device) -> None:
     seqlens = torch.full((batch,), capacity, device=device, dtype=torch.int32)
     op = torch.ops.glacompiler.attention_with_kvcache.default
     spec, shape = validate_inputs(q, cache, None, q_rope, k_rope, None, None, mask, 0.05, None)
-    config = select_config(spec, shape, device, 0)
+    masked = KernelCall(q, cache, None, q_rope, k_rope, seqlens, None, mask, 0.05, False)
+    unmasked = KernelCall(q, cache, None, q_rope, k_rope, seqlens, None, None, 0.05, False)
+    family, config = choose_kernel(spec, shape, masked)
     mask_operand = mask_as_kernel_operand(mask)
-    print(f"\nop host time per call (us), GLA-2 XL, batch {batch}, cache {capacity}, config {config}")
+    print(f"\nop host time per call (us), GLA-2 XL, batch {batch}, cache {capacity}, {family.name} kernels, {config}")
     rows = [
         ("op, with mask (what the backend calls)", lambda: op(q, cache, None, q_rope, k_rope, None, None, mask, 0.05,
                                                                False, 0)),
@@ -136,14 +150,12 @@ def profile_op(device) -> None:
                                                         False, 0)),
         ("op, cache_seqlens, no mask", lambda: op(q, cache, None, q_rope, k_rope, seqlens, None, None, 0.05, False, 0)),
         ("  validate_inputs", lambda: validate_inputs(q, cache, None, q_rope, k_rope, None, None, mask, 0.05, None)),
-        ("  select_config", lambda: select_config(spec, shape, device, 0)),
+        ("  choose_kernel", lambda: choose_kernel(spec, shape, masked)),
         ("  mask_key_range", lambda: mask_key_range(mask_operand, batch, capacity, True)),
         ("  torch.full (seqlens when none given)",
          lambda: torch.full((batch,), capacity, dtype=torch.int32, device=device)),
-        ("  launch, with mask", lambda: launch_decode_attention(q, cache, None, q_rope, k_rope, seqlens, None, mask,
-                                                                 0.05, False, spec, shape, config)),
-        ("  launch, no mask", lambda: launch_decode_attention(q, cache, None, q_rope, k_rope, seqlens, None, None,
-                                                               0.05, False, spec, shape, config)),
+        ("  launch, with mask", lambda: family.launch(masked, spec, shape, config)),
+        ("  launch, no mask", lambda: family.launch(unmasked, spec, shape, config)),
     ]
     kernel_times(rows[0][1])
     for _, fn in rows:  # warm up every row first: the host's clocks and caches, not the order, should not matter

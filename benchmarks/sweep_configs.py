@@ -13,8 +13,10 @@ import torch
 import triton
 
 import glacompiler
-from glacompiler.config import device_multiprocessors, heuristic_config
-from glacompiler.testing import PAPER_MEMBERS, check_fa_rule, make_decode_problem
+from glacompiler.kernels.common.splits import device_multiprocessors
+from glacompiler.kernels.portable.config import heuristic_config
+from glacompiler.presets import PAPER_SPECS
+from glacompiler.problems import check_fa_rule, make_decode_problem
 
 from bench_decode import use_prefix_mask
 
@@ -38,13 +40,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(format="    %(message)s")
 
-    member = PAPER_MEMBERS[args.case]
+    spec = PAPER_SPECS[args.case]
     device = torch.device("cuda")
-    problem = make_decode_problem(member, args.batch, args.q_len, args.seqlen, dtype=torch.bfloat16, device=device,
+    problem = make_decode_problem(spec, args.batch, args.q_len, args.seqlen, dtype=torch.bfloat16, device=device,
                                   page_size=64, seqlens=[args.seqlen] * args.batch, poison=False)
     if args.prefix_mask:
         use_prefix_mask(problem.kwargs)
-    spec = member.spec("bfloat16", paged=True)
     base = heuristic_config(spec, args.batch, args.seqlen, args.q_len, device_multiprocessors(device))
     configs = [base]
     for grid_text in args.grid:

@@ -16,7 +16,8 @@ import torch
 
 from .backend import backend as gla_backend_factory
 from .backend import compile_report, format_report, reset_report
-from .models import TinyLM, paper_config, tiny_config
+from .models import TinyLM
+from .presets import paper_config, tiny_config
 from .models.layers import decode_positions
 
 # ---- decode attention in plain PyTorch, as a user model writes it ------------------------------------------

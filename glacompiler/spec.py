@@ -1,8 +1,10 @@
-"""AttentionSpec: the one key shared by the pattern pass, codegen, the tuner and the config tables."""
+"""AttentionSpec, the one description of a head layout (the key shared by the op, the pattern pass, the kernel
+families, the tuner, the config tables, the models and the benchmarks), and ProblemShape, the rest of a call."""
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Optional
 
 import torch
 
@@ -61,6 +63,33 @@ class AttentionSpec:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
     @classmethod
+    def grouped(cls, num_q_heads: int, num_kv_heads: int, head_dim: int, head_dim_v: Optional[int] = None, *,
+                dtype: str = "bfloat16", paged: bool = False) -> "AttentionSpec":
+        """MHA / GQA / MQA: separate K and V per KV head (V may be narrower or wider than K)."""
+        return cls.from_dims(num_q_heads, num_kv_heads, head_dim, head_dim,
+                             head_dim if head_dim_v is None else head_dim_v, 0, False, paged, dtype)
+
+    @classmethod
+    def grouped_tied(cls, num_q_heads: int, num_kv_heads: int, head_dim: int, rope_dim: int, *,
+                     dtype: str = "bfloat16", paged: bool = False) -> "AttentionSpec":
+        """GTA: a tied state of head_dim per KV head is V whole and, for its first head_dim - rope_dim channels,
+        the un-rotated part of K; the rotated part is one rope key shared by every head."""
+        return cls("gta", num_q_heads, num_kv_heads, head_dim - rope_dim, head_dim, head_dim, rope_dim, True,
+                   paged, dtype)
+
+    @classmethod
+    def latent(cls, num_q_heads: int, latent_heads: int, latent_dim: int, rope_dim: int, *,
+               dtype: str = "bfloat16", paged: bool = False) -> "AttentionSpec":
+        """MLA (one latent head) / GLA (several): the absorbed query attends to the latent, which is also V."""
+        return cls.from_dims(num_q_heads, latent_heads, latent_dim, latent_dim, latent_dim, rope_dim, True, paged,
+                             dtype)
+
+    def with_storage(self, *, dtype: Optional[str] = None, paged: Optional[bool] = None) -> "AttentionSpec":
+        """The same head layout with another dtype or cache paging."""
+        return dataclasses.replace(self, dtype=self.dtype if dtype is None else dtype,
+                                   paged=self.paged if paged is None else paged)
+
+    @classmethod
     def from_dims(cls, num_q_heads: int, num_kv_heads: int, head_dim_q: int, head_dim_k: int, head_dim_v: int,
                   rope_dim: int, tied: bool, paged: bool, dtype: str) -> "AttentionSpec":
         """A spec whose kind is inferred from its head layout."""
@@ -76,6 +105,12 @@ class AttentionSpec:
     def torch_dtype(self) -> torch.dtype:
         return dtype_from_name(self.dtype)
 
+    @property
+    def cache_elements_per_token(self) -> int:
+        """Elements one token occupies in the caches: K (and V unless tied) per KV head, plus the shared rope key."""
+        values = 0 if self.tied else self.head_dim_v
+        return self.num_kv_heads * (self.head_dim_k + values) + self.rope_dim
+
     def key(self) -> str:
         """Stable string key for tables and caches."""
         return (
@@ -90,3 +125,13 @@ class AttentionSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "AttentionSpec":
         return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemShape:
+    """Everything about one call that is not part of the spec: the shape bucket and the page size."""
+
+    batch: int
+    query_len: int
+    capacity: int  # logical S: k_cache.shape[1], or max_pages * page_size when paged
+    page_size: int  # 0 when contiguous

@@ -8,7 +8,8 @@ from torch._dynamo.utils import counters
 
 import glacompiler
 from glacompiler.demo import install_plain_decode, mark_caches_static
-from glacompiler.models import TinyLM, tiny_config
+from glacompiler.models import TinyLM
+from glacompiler.presets import tiny_config
 from test_backend_patterns import CASES, S, sdpa_inputs
 from test_backend_runtime import StaticCacheDecoder, decode_inputs
 from test_backend_support import compile_and_count
@@ -134,9 +135,10 @@ def test_autotune_tunes_the_rewritten_site_into_the_user_cache(cuda_device, tmp_
     """backend(autotune=True): the first compile tunes the site's real shape bucket (small budget) and
     writes it to the user cache, where the runtime lookup then finds it."""
     pytest.importorskip("optuna")
-    from glacompiler.tuning import clear_lookup_caches, lookup_config
-    from glacompiler.tuning.tables import user_table_path
-    from glacompiler.validation import ProblemShape
+    from glacompiler.kernels import family_for_spec
+    from glacompiler.spec import ProblemShape
+    from glacompiler.tables import clear_lookup_caches, tuned_config
+    from glacompiler.tables.table_file import user_table_path
 
     monkeypatch.setenv("GLACOMPILER_CACHE_DIR", str(tmp_path))
     clear_lookup_caches()
@@ -151,7 +153,8 @@ def test_autotune_tunes_the_rewritten_site_into_the_user_cache(cuda_device, tmp_
     assert [r.status for r in records] == ["rewritten"]
     assert user_table_path(torch.cuda.get_device_name()).exists()
     shape = ProblemShape(batch=q.shape[0], query_len=q.shape[2], capacity=k.shape[2], page_size=0)
-    assert lookup_config(records[0].spec, shape, q.device) is not None
+    family = family_for_spec(records[0].spec, shape, q.device)
+    assert tuned_config(family, records[0].spec, shape, q.device) is not None
     torch.testing.assert_close(out.float(), F.scaled_dot_product_attention(q, k, v, enable_gqa=True).float(),
                                rtol=2e-2, atol=2e-2)
 

@@ -10,7 +10,8 @@ import torch
 
 import glacompiler
 from glacompiler.demo import install_plain_decode
-from glacompiler.models import TinyLM, tiny_config
+from glacompiler.models import TinyLM
+from glacompiler.presets import tiny_config
 from test_backend_support import PassHarness, assert_close
 
 BATCH, PROMPT, CAPACITY, DECODE_STEPS = 2, 20, 32, 3

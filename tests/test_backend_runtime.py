@@ -218,7 +218,7 @@ def test_online_tuning_failure_never_fails_the_compile(monkeypatch):
     """backend(autotune=True) tunes rewritten CUDA sites at first compile; when tuning cannot run, the
     compile still succeeds with a warning (here the site list is forced, since this machine has no GPU)."""
     from glacompiler.backend import compiler
-    from glacompiler.validation import ProblemShape
+    from glacompiler.spec import ProblemShape
 
     def no_tuning(targets, **kwargs):
         raise RuntimeError("online tuning needs a CUDA GPU")

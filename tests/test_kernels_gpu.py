@@ -5,16 +5,18 @@ import pytest
 import torch
 
 import glacompiler
-from glacompiler.testing import PAPER_MEMBERS, FamilyMember, gta_member, check_fa_rule, make_decode_problem
+from glacompiler.presets import PAPER_SPECS
+from glacompiler.problems import check_fa_rule, make_decode_problem
+from glacompiler.spec import AttentionSpec
 
 pytestmark = pytest.mark.gpu
 
-GPU_MEMBERS = dict(PAPER_MEMBERS)
-GPU_MEMBERS.update(
-    mha=FamilyMember("mha", 16, 16, 128, 128, 128, 0, False),
-    mqa=FamilyMember("mqa", 32, 1, 128, 128, 128, 0, False),
-    gqa_odd=FamilyMember("gqa_odd", 12, 4, 96, 96, 80, 0, False),
-    gta_large=gta_member("gta_large", 16, 4, 96, 48),
+GPU_SPECS = dict(PAPER_SPECS)
+GPU_SPECS.update(
+    mha=AttentionSpec.grouped(16, 16, 128),
+    mqa=AttentionSpec.grouped(32, 1, 128),
+    gqa_odd=AttentionSpec.grouped(12, 4, 96, 80),
+    gta_large=AttentionSpec.grouped_tied(16, 4, 96, 48),
 )
 # (query_len, page_size) pairs: every Lq and every page size appears, without the full product.
 LAYOUTS = [(1, 64), (2, 0), (3, 1), (8, 16), (1, 256), (16, 64)]
@@ -22,11 +24,11 @@ CAPACITY = 1000  # not a multiple of any key block or page
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name, layout", list(itertools.product(GPU_MEMBERS, LAYOUTS)))
+@pytest.mark.parametrize("name, layout", list(itertools.product(GPU_SPECS, LAYOUTS)))
 def test_family_matrix(cuda_device, name, layout, dtype):
     query_len, page_size = layout
     problem = make_decode_problem(
-        GPU_MEMBERS[name], batch=4, query_len=query_len, capacity=CAPACITY, page_size=page_size, dtype=dtype,
+        GPU_SPECS[name], batch=4, query_len=query_len, capacity=CAPACITY, page_size=page_size, dtype=dtype,
         device=cuda_device, seqlens=[0, 1, 517, CAPACITY], generator=torch.Generator().manual_seed(len(name) + query_len),
     )
     for num_splits in (None, 1, 5):
@@ -39,7 +41,7 @@ def test_family_matrix(cuda_device, name, layout, dtype):
 @pytest.mark.parametrize("name", ["gqa", "gta", "mla", "gla2"])
 def test_masks(cuda_device, name, mask, mask_rows):
     problem = make_decode_problem(
-        GPU_MEMBERS[name], batch=3, query_len=4, capacity=CAPACITY, page_size=64, dtype=torch.bfloat16,
+        GPU_SPECS[name], batch=3, query_len=4, capacity=CAPACITY, page_size=64, dtype=torch.bfloat16,
         device=cuda_device, mask=mask, mask_rows=mask_rows, causal=mask_rows == "key",
     )
     out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
@@ -47,7 +49,7 @@ def test_masks(cuda_device, name, mask, mask_rows):
 
 
 def test_cuda_graph_capture_and_replay(cuda_device):
-    problem = make_decode_problem(GPU_MEMBERS["gla2"], batch=8, query_len=1, capacity=CAPACITY, page_size=64,
+    problem = make_decode_problem(GPU_SPECS["gla2"], batch=8, query_len=1, capacity=CAPACITY, page_size=64,
                                   dtype=torch.bfloat16, device=cuda_device)
     glacompiler.attention_with_kvcache(**problem.kwargs)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
@@ -61,13 +63,13 @@ def test_cuda_graph_capture_and_replay(cuda_device):
 
 @pytest.mark.parametrize("mask", [None, "bool"])
 def test_repeated_calls_take_the_direct_launch_path(cuda_device, mask):
-    """The second and later calls of a specialisation skip triton's JIT (glacompiler.kernel_launch): fresh data
-    each call, and a q that loses 16-byte alignment must get its own binary, not the aligned one."""
-    from glacompiler import kernel_launch
+    """The second and later calls of a specialisation skip triton's JIT (kernels/common/triton_launch.py): fresh
+    data each call, and a q that loses 16-byte alignment must get its own binary, not the aligned one."""
+    from glacompiler.kernels.common import triton_launch as kernel_launch
 
-    member = GPU_MEMBERS["gla2"]
+    spec = GPU_SPECS["gla2"]
     for step in range(3):
-        problem = make_decode_problem(member, batch=4, query_len=2, capacity=CAPACITY, page_size=64,
+        problem = make_decode_problem(spec, batch=4, query_len=2, capacity=CAPACITY, page_size=64,
                                       dtype=torch.bfloat16, device=cuda_device, mask=mask, mask_rows="key",
                                       causal=mask is None, generator=torch.Generator().manual_seed(step))
         if step == 2:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import glacompiler
-from glacompiler.testing import check_fa_rule, make_decode_problem
+from glacompiler.problems import check_fa_rule, make_decode_problem
 
-from kernel_cases import CPU_MEMBERS
+from kernel_cases import CPU_SPECS
 
 CAPACITY = 70  # not a multiple of any key block
 
@@ -22,13 +22,13 @@ def run_and_check(problem, **kwargs):
 
 @pytest.mark.parametrize(
     "name, query_len, page_size",
-    list(itertools.product(CPU_MEMBERS, (1, 2, 3, 8), (0, 1, 16, 64))),
+    list(itertools.product(CPU_SPECS, (1, 2, 3, 8), (0, 1, 16, 64))),
 )
 def test_family_matrix_float32(interpret_kernels, name, query_len, page_size):
     # A fixed seed per case: hash() of a str changes between processes, so CI would draw new data each run.
     seed = zlib.crc32(f"{name}-{query_len}-{page_size}".encode())
     problem = make_decode_problem(
-        CPU_MEMBERS[name], batch=4, query_len=query_len, capacity=CAPACITY, page_size=page_size,
+        CPU_SPECS[name], batch=4, query_len=query_len, capacity=CAPACITY, page_size=page_size,
         seqlens=[0, 1, 37, CAPACITY], generator=torch.Generator().manual_seed(seed),
     )
     # Splits 1 (direct write) and 3 (LSE combine, one split empty for the short sequences).
@@ -36,10 +36,10 @@ def test_family_matrix_float32(interpret_kernels, name, query_len, page_size):
     run_and_check(problem, num_splits=3)
 
 
-@pytest.mark.parametrize("name", list(CPU_MEMBERS))
+@pytest.mark.parametrize("name", list(CPU_SPECS))
 def test_family_float16_heuristic_config(interpret_kernels, name):
     problem = make_decode_problem(
-        CPU_MEMBERS[name], batch=3, query_len=2, capacity=CAPACITY, page_size=16, dtype=torch.float16,
+        CPU_SPECS[name], batch=3, query_len=2, capacity=CAPACITY, page_size=16, dtype=torch.float16,
         generator=torch.Generator().manual_seed(7),
     )
     run_and_check(problem)
@@ -52,14 +52,14 @@ def test_attention_mask(interpret_kernels, name, mask, mask_rows):
     """Masks that vary per key only (one key vector for every row: the kernel's vector path), per draft token
     and per head (a tile per row block), with causality on top."""
     problem = make_decode_problem(
-        CPU_MEMBERS[name], batch=3, query_len=3, capacity=CAPACITY, page_size=16, mask=mask, mask_rows=mask_rows,
+        CPU_SPECS[name], batch=3, query_len=3, capacity=CAPACITY, page_size=16, mask=mask, mask_rows=mask_rows,
         causal=mask_rows == "key", generator=torch.Generator().manual_seed(11),
     )
     run_and_check(problem, num_splits=2)
 
 
 def test_mask_that_rules_out_everything_gives_zero_and_minus_inf(interpret_kernels):
-    problem = make_decode_problem(CPU_MEMBERS["gla2"], batch=2, query_len=1, capacity=40, causal=False)
+    problem = make_decode_problem(CPU_SPECS["gla2"], batch=2, query_len=1, capacity=40, causal=False)
     problem.kwargs["attn_mask"] = torch.zeros(2, 1, 1, 40, dtype=torch.bool)
     out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True, num_splits=2)
     assert torch.equal(out, torch.zeros_like(out))
@@ -70,7 +70,7 @@ def test_mask_that_rules_out_everything_gives_zero_and_minus_inf(interpret_kerne
 def test_mask_skips_ruled_out_key_blocks(interpret_kernels, query_len, mask_tokens):
     """Keys the mask rules out are never read: poison them with NaN and the result stays finite and right.
     One mask row for every query row (the vector path) and one per draft token (the tile path)."""
-    problem = make_decode_problem(CPU_MEMBERS["gqa"], batch=2, query_len=query_len, capacity=128, causal=False,
+    problem = make_decode_problem(CPU_SPECS["gqa"], batch=2, query_len=query_len, capacity=128, causal=False,
                                   poison=False)
     mask = torch.zeros(2, 1, mask_tokens, 128, dtype=torch.bool)
     mask[..., 16:40] = True  # a mostly empty static cache
@@ -89,20 +89,20 @@ def test_mask_skips_ruled_out_key_blocks(interpret_kernels, query_len, mask_toke
 
 @pytest.mark.parametrize("head_dim_q, head_dim_v", [(576, 512), (8, 8), (200, 136)])
 def test_head_dim_extremes(interpret_kernels, head_dim_q, head_dim_v):
-    from glacompiler.testing import FamilyMember
+    from glacompiler.spec import AttentionSpec
 
-    member = FamilyMember("odd", 4, 2, head_dim_q, head_dim_q, head_dim_v, 0, False)
-    problem = make_decode_problem(member, batch=2, query_len=2, capacity=33, page_size=8)
+    spec = AttentionSpec.grouped(4, 2, head_dim_q, head_dim_v)
+    problem = make_decode_problem(spec, batch=2, query_len=2, capacity=33, page_size=8)
     run_and_check(problem, num_splits=2)
 
 
 def test_explicit_configs_agree(interpret_kernels):
     """Every tile shape the tuner may pick computes the same function."""
-    from glacompiler.config import KernelConfig
+    from glacompiler.kernels.portable import PortableConfig
 
-    problem = make_decode_problem(CPU_MEMBERS["gta"], batch=2, query_len=3, capacity=CAPACITY, page_size=16)
+    problem = make_decode_problem(CPU_SPECS["gta"], batch=2, query_len=3, capacity=CAPACITY, page_size=16)
     for block_m, block_n, block_d, splits, preload in [(16, 16, 16, 1, True), (32, 64, 32, 4, False), (64, 32, 64, 2, True)]:
-        config = KernelConfig(block_m=block_m, block_n=block_n, block_d=block_d, num_splits=splits, preload_q=preload)
+        config = PortableConfig(block_m=block_m, block_n=block_n, block_d=block_d, num_splits=splits, preload_q=preload)
         out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
         check_fa_rule(out, lse, problem)
 
@@ -110,9 +110,9 @@ def test_explicit_configs_agree(interpret_kernels):
 @pytest.mark.parametrize("dv_split", [2, 4])
 @pytest.mark.parametrize("name", ["gqa", "gta", "mla"])
 def test_output_dims_split_over_programs(interpret_kernels, name, dv_split):
-    from glacompiler.config import KernelConfig
+    from glacompiler.kernels.portable import PortableConfig
 
-    problem = make_decode_problem(CPU_MEMBERS[name], batch=2, query_len=2, capacity=CAPACITY, page_size=16)
-    config = KernelConfig(block_m=16, block_n=16, block_d=32, num_splits=2, dv_split=dv_split)
+    problem = make_decode_problem(CPU_SPECS[name], batch=2, query_len=2, capacity=CAPACITY, page_size=16)
+    config = PortableConfig(block_m=16, block_n=16, block_d=32, num_splits=2, dv_split=dv_split)
     out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
     check_fa_rule(out, lse, problem)

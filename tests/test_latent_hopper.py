@@ -10,19 +10,27 @@ import pytest
 import torch
 
 import glacompiler
-from glacompiler.codegen import SM90_SHARED_MEMORY, LatentHopperTile, latent_copy_rows, render_latent_hopper_kernel
-from glacompiler.latent_hopper import (
-    LatentHopperConfig, latent_hopper_config, latent_hopper_unsupported, latent_layout_problem,
+from glacompiler.kernels import KernelCall
+from glacompiler.kernels.latent_hopper import LATENT_HOPPER
+from glacompiler.kernels.latent_hopper.config import (
+    SM90_SHARED_MEMORY, LatentHopperConfig, LatentHopperTile, heuristic_config, latent_copy_rows,
 )
-from glacompiler.spec import AttentionSpec
-from glacompiler.testing import latent_member
-from glacompiler.validation import ProblemShape
-
-
+from glacompiler.kernels.latent_hopper.render import render_latent_hopper_kernel
+from glacompiler.kernels.latent_hopper.support import layout_problem, spec_problem
+from glacompiler.spec import AttentionSpec, ProblemShape
 
 
 def latent_spec(heads=128, latent_heads=1, width=512, rope=64, paged=True, dtype="bfloat16") -> AttentionSpec:
-    return latent_member("x", heads, latent_heads, width, rope).spec(dtype, paged=paged)
+    return AttentionSpec.latent(heads, latent_heads, width, rope, dtype=dtype, paged=paged)
+
+
+def latent_layout_problem(q, q_rope, k_cache, k_rope, spec: AttentionSpec, shape: ProblemShape):
+    """What keeps a call off the kernel on an sm_90 GPU: the family's checks less the device's."""
+    return spec_problem(spec, shape) or layout_problem(q, q_rope, k_cache, k_rope, spec, shape)
+
+
+def latent_call(q, q_rope, k_cache, k_rope) -> KernelCall:
+    return KernelCall(q, k_cache, None, q_rope, k_rope, None, None, None, 1.0, True)
 
 
 def operands(spec: AttentionSpec, page_size: int, query_len: int = 1, dtype=torch.bfloat16):
@@ -40,8 +48,10 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
-from glacompiler.codegen import LatentHopperTile, latent_copy_rows, latent_hopper_module, rope_tile_width
-from glacompiler.latent_hopper import tma_tile_layout
+from glacompiler.kernels.common.tiles import rope_tile_width
+from glacompiler.kernels.latent_hopper.config import LatentHopperTile, latent_copy_rows
+from glacompiler.kernels.latent_hopper.launch import tma_tile_layout
+from glacompiler.kernels.latent_hopper.render import latent_hopper_module
 from glacompiler.spec import AttentionSpec
 
 spec = AttentionSpec.from_dict(json.loads(sys.argv[1]))
@@ -176,24 +186,23 @@ def test_layouts_the_kernel_leaves_to_the_portable_one(change, reason):
     assert problem is not None and reason in problem
 
 
-def test_cpu_calls_stay_on_the_portable_kernels():
+def test_cpu_calls_stay_off_the_hopper_kernel():
     spec = latent_spec()
-    assert latent_hopper_unsupported(*operands(spec, 64), spec, shape()) == "not on a CUDA device"
+    q, q_rope, k_cache, k_rope = operands(spec, 64)
+    assert LATENT_HOPPER.supports(spec, shape(), latent_call(q, q_rope, k_cache, k_rope)) == "not on a CUDA device"
 
 
-def test_config_heuristic(monkeypatch):
-    monkeypatch.setattr("glacompiler.latent_hopper.device_multiprocessors", lambda device: 132)
-    cuda = torch.device("cuda")
+def test_config_heuristic():
     mla = latent_spec()
     # Batch 128: 256 one-per-SM programs already fill two waves of 132 SMs.
-    assert latent_hopper_config(mla, shape(batch=128, capacity=8192), cuda) == LatentHopperConfig(1, row_split=False)
+    assert heuristic_config(mla, shape(batch=128, capacity=8192), 132) == LatentHopperConfig(1, row_split=False)
     # One sequence: 2 programs; splits of at least 4 key blocks, up to what fills the SMs.
-    assert latent_hopper_config(mla, shape(batch=1, capacity=8192), cuda).num_splits == 32
+    assert heuristic_config(mla, shape(batch=1, capacity=8192), 132).num_splits == 32
     # MLA at Lq 2 keeps 64-row tiles (a 128 x 512 accumulator does not fit); GLA-2 at Lq 2 splits 128 rows.
-    assert not latent_hopper_config(mla, shape(query_len=2), cuda).row_split
+    assert not heuristic_config(mla, shape(query_len=2), 132).row_split
     gla2 = latent_spec(latent_heads=2, width=256)
-    assert not latent_hopper_config(gla2, shape(query_len=1), cuda).row_split
-    assert latent_hopper_config(gla2, shape(query_len=2), cuda).row_split
+    assert not heuristic_config(gla2, shape(query_len=1), 132).row_split
+    assert heuristic_config(gla2, shape(query_len=2), 132).row_split
 
 
 def test_config_checks():
@@ -208,21 +217,23 @@ def test_explicit_config_off_hopper_is_a_clear_error():
     spec = latent_spec(heads=16, width=256, rope=32)
     q, q_rope, k_cache, k_rope = operands(spec, 64)
     page_table = torch.arange(4, dtype=torch.int32).view(2, 2)
-    with pytest.raises(ValueError, match="config: the Hopper latent kernel cannot run this call"):
+    with pytest.raises(ValueError, match="config: the latent_hopper kernels cannot run this call"):
         glacompiler.attention_with_kvcache_config(q, k_cache, q_rope=q_rope, k_rope_cache=k_rope, page_table=page_table,
                                                   config=LatentHopperConfig())
 
 
 def test_the_op_picks_the_hopper_kernel_where_it_applies(monkeypatch):
-    from glacompiler.config import KernelConfig
-    from glacompiler.ops import choose_config
+    from glacompiler.kernels.portable import PortableConfig
+    from glacompiler.op.dispatch import choose_kernel
 
-    monkeypatch.setattr("glacompiler.latent_hopper.device_multiprocessors", lambda device: 132)
+    monkeypatch.setattr("glacompiler.op.dispatch.device_multiprocessors", lambda device: 132)
     spec = latent_spec()
     q, q_rope, k_cache, k_rope = operands(spec, 64)
-    call = (q, q_rope, k_cache, k_rope, spec, shape(batch=128, capacity=8192))
-    monkeypatch.setattr("glacompiler.ops.latent_hopper_unsupported", lambda *args: None)  # as on an H100
-    assert choose_config(*call, 0) == LatentHopperConfig(num_splits=1)
-    assert choose_config(*call, 5) == LatentHopperConfig(num_splits=5)  # an explicit split count wins
-    monkeypatch.setattr("glacompiler.ops.latent_hopper_unsupported", lambda *args: "not an sm_90 GPU")
-    assert isinstance(choose_config(*call, 0), KernelConfig)
+    call, big = latent_call(q, q_rope, k_cache, k_rope), shape(batch=128, capacity=8192)
+    monkeypatch.setattr(type(LATENT_HOPPER), "supports", lambda *args: None)  # as on an H100
+    assert choose_kernel(spec, big, call) == (LATENT_HOPPER, LatentHopperConfig(num_splits=1))
+    assert choose_kernel(spec, big, call, 5)[1] == LatentHopperConfig(num_splits=5)  # an explicit split count wins
+    monkeypatch.setattr(type(LATENT_HOPPER), "supports", lambda *args: "not an sm_90 GPU")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the portable kernels take CPU tensors under the interpreter
+    family, config = choose_kernel(spec, big, call)
+    assert family.name == "portable" and isinstance(config, PortableConfig)

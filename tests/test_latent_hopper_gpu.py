@@ -5,18 +5,21 @@ import pytest
 import torch
 
 import glacompiler
-from glacompiler.latent_hopper import LatentHopperConfig, latent_hopper_unsupported
-from glacompiler.testing import PAPER_MEMBERS, check_fa_rule, latent_member, make_decode_problem
-from glacompiler.validation import validate_inputs
+from glacompiler.kernels import KernelCall, family_reasons
+from glacompiler.kernels.latent_hopper import LatentHopperConfig
+from glacompiler.op.validation import validate_inputs
+from glacompiler.presets import PAPER_SPECS
+from glacompiler.problems import check_fa_rule, make_decode_problem
+from glacompiler.spec import AttentionSpec
 
 pytestmark = pytest.mark.gpu
 
-MEMBERS = {
-    "mla": PAPER_MEMBERS["mla"],
-    "gla2": PAPER_MEMBERS["gla2"],  # 64 rows per latent head at Lq 1
-    "mla_rope48": latent_member("mla_rope48", 32, 1, 512, 48),  # rope key narrower than its 64-wide tile
-    "gla_rope16": latent_member("gla_rope16", 48, 1, 256, 16),  # 48 packed rows: a partly empty tile
-    "gla2_xl": latent_member("gla2_xl", 16, 2, 256, 64),  # the paper's XL GLA-2: 8 rows per latent head
+SPECS = {
+    "mla": PAPER_SPECS["mla"],
+    "gla2": PAPER_SPECS["gla2"],  # 64 rows per latent head at Lq 1
+    "mla_rope48": AttentionSpec.latent(32, 1, 512, 48),  # rope key narrower than its 64-wide tile
+    "gla_rope16": AttentionSpec.latent(48, 1, 256, 16),  # 48 packed rows: a partly empty tile
+    "gla2_xl": AttentionSpec.latent(16, 2, 256, 64),  # the paper's XL GLA-2: 8 rows per latent head
 }
 CAPACITY = 1000  # not a multiple of the 64-key block: every full sequence ends in a partial block
 
@@ -30,7 +33,7 @@ def hopper(cuda_device):
 
 def hopper_problem(device, name, query_len, page_size, dtype, seed, mask=None, mask_rows="key"):
     problem = make_decode_problem(
-        MEMBERS[name], batch=4, query_len=query_len, capacity=CAPACITY, page_size=page_size, dtype=dtype,
+        SPECS[name], batch=4, query_len=query_len, capacity=CAPACITY, page_size=page_size, dtype=dtype,
         device=device, seqlens=[0, 1, 517, CAPACITY], generator=torch.Generator().manual_seed(seed),
         mask=mask, mask_rows=mask_rows,
     )
@@ -42,11 +45,13 @@ def assert_takes_hopper_kernel(problem):
     kw = problem.kwargs
     spec, shape = validate_inputs(kw["q"], kw["k_cache"], kw["v_cache"], kw["q_rope"], kw["k_rope_cache"],
                                   kw["cache_seqlens"], kw["page_table"], kw["attn_mask"], None, None)
-    reason = latent_hopper_unsupported(kw["q"], kw["q_rope"], kw["k_cache"], kw["k_rope_cache"], spec, shape)
+    call = KernelCall(kw["q"], kw["k_cache"], kw["v_cache"], kw["q_rope"], kw["k_rope_cache"], kw["cache_seqlens"],
+                      kw["page_table"], kw["attn_mask"], 1.0, True)
+    reason = family_reasons(spec, shape, call)["latent_hopper"]
     assert reason is None, f"the op would not take the Hopper latent kernel: {reason}"
 
 
-# (member, query_len, page_size): pages of 64 (one block each), 256 (four blocks each), 16 and 32 (a copy per
+# (spec, query_len, page_size): pages of 64 (one block each), 256 (four blocks each), 16 and 32 (a copy per
 # page), contiguous; Lq up to 16. GLA-2 from Lq 2 on runs the 128-row tiles (row_split), with 200 rows at Lq 3
 # (a partly empty last tile).
 CASES = [("mla", 1, 64), ("mla", 2, 0), ("mla", 16, 256), ("mla", 3, 64), ("mla", 1, 16), ("mla", 2, 32),
@@ -90,7 +95,7 @@ def test_per_row_masks(hopper, name, query_len, mask_rows, mask):
 def test_key_mask_without_lengths(hopper, page_size):
     # What backend="gla" passes for a static cache: a mask and no cache_seqlens; the mask's key range bounds
     # the blocks visited (here every slot holds data, so the reference can read them all).
-    problem = make_decode_problem(MEMBERS["mla"], batch=3, query_len=1, capacity=CAPACITY, page_size=page_size,
+    problem = make_decode_problem(SPECS["mla"], batch=3, query_len=1, capacity=CAPACITY, page_size=page_size,
                                   dtype=torch.bfloat16, device=hopper, seqlens=[CAPACITY] * 3, poison=False,
                                   mask="bool", mask_rows="key", generator=torch.Generator().manual_seed(2))
     problem.kwargs["cache_seqlens"] = None

@@ -7,16 +7,8 @@ import pytest
 import torch
 import torch._dynamo
 
-from glacompiler.models import (
-    PAPER_SIZES,
-    PAPER_VARIANTS,
-    AttentionConfig,
-    TinyLM,
-    attention_config,
-    build_attention,
-    paper_config,
-    tiny_config,
-)
+from glacompiler.models import AttentionConfig, TinyLM, build_attention
+from glacompiler.presets import PAPER_SIZES, PAPER_VARIANTS, attention_config, paper_config, tiny_config
 
 VARIANTS = ["mha", "gqa-4", "mqa", "gta-4", "mla", "gla-2", "gla-8"]
 BATCH = 3

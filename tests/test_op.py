@@ -5,14 +5,14 @@ import pytest
 import torch
 
 import glacompiler
-from glacompiler.testing import check_fa_rule, make_decode_problem
+from glacompiler.problems import check_fa_rule, make_decode_problem
 
-from kernel_cases import CPU_MEMBERS
+from kernel_cases import CPU_SPECS
 
 
-@pytest.mark.parametrize("name, query_len, page_size", list(itertools.product(CPU_MEMBERS, (1, 3, 8), (0, 1, 16))))
+@pytest.mark.parametrize("name, query_len, page_size", list(itertools.product(CPU_SPECS, (1, 3, 8), (0, 1, 16))))
 def test_cpu_path_matches_float64(name, query_len, page_size):
-    problem = make_decode_problem(CPU_MEMBERS[name], batch=4, query_len=query_len, capacity=45, page_size=page_size,
+    problem = make_decode_problem(CPU_SPECS[name], batch=4, query_len=query_len, capacity=45, page_size=page_size,
                                   seqlens=[0, 1, 20, 45])
     out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
     check_fa_rule(out, lse, problem)
@@ -20,13 +20,13 @@ def test_cpu_path_matches_float64(name, query_len, page_size):
 
 @pytest.mark.parametrize("mask", ["bool", "additive"])
 def test_cpu_path_masks(mask):
-    problem = make_decode_problem(CPU_MEMBERS["gta"], batch=3, query_len=2, capacity=40, mask=mask, causal=False)
+    problem = make_decode_problem(CPU_SPECS["gta"], batch=3, query_len=2, capacity=40, mask=mask, causal=False)
     out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
     check_fa_rule(out, lse, problem)
 
 
 def test_empty_queries_give_zero_and_minus_inf():
-    problem = make_decode_problem(CPU_MEMBERS["gqa"], batch=2, query_len=3, capacity=20, seqlens=[0, 1])
+    problem = make_decode_problem(CPU_SPECS["gqa"], batch=2, query_len=3, capacity=20, seqlens=[0, 1])
     out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
     assert torch.equal(out[0], torch.zeros_like(out[0]))
     assert torch.isneginf(lse[0]).all()
@@ -36,7 +36,7 @@ def test_empty_queries_give_zero_and_minus_inf():
 
 
 def test_default_scale_and_lengths():
-    problem = make_decode_problem(CPU_MEMBERS["gla2"], batch=2, query_len=1, capacity=30, seqlens=[30, 30], poison=False)
+    problem = make_decode_problem(CPU_SPECS["gla2"], batch=2, query_len=1, capacity=30, seqlens=[30, 30], poison=False)
     kwargs = dict(problem.kwargs)
     full = glacompiler.attention_with_kvcache(**{**kwargs, "cache_seqlens": None})
     scaled = glacompiler.attention_with_kvcache(**kwargs, softmax_scale=1 / (64 + 16) ** 0.5)
@@ -44,7 +44,7 @@ def test_default_scale_and_lengths():
 
 
 def test_opcheck():
-    problem = make_decode_problem(CPU_MEMBERS["gta"], batch=2, query_len=2, capacity=24, page_size=8, poison=False)
+    problem = make_decode_problem(CPU_SPECS["gta"], batch=2, query_len=2, capacity=24, page_size=8, poison=False)
     kw = problem.kwargs
     args = (kw["q"], kw["k_cache"], kw["v_cache"], kw["q_rope"], kw["k_rope_cache"], kw["cache_seqlens"],
             kw["page_table"], None, 0.1, True, 0)
@@ -54,20 +54,20 @@ def test_opcheck():
 def test_fake_tensor_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    problem = make_decode_problem(CPU_MEMBERS["mla"], batch=2, query_len=3, capacity=24, poison=False)
+    problem = make_decode_problem(CPU_SPECS["mla"], batch=2, query_len=3, capacity=24, poison=False)
     with FakeTensorMode(allow_non_fake_inputs=True):
         out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
     assert out.shape == (2, 3, 16, 136) and lse.shape == (2, 3, 16) and lse.dtype == torch.float32
 
 
 def test_under_torch_compile_without_graph_break():
-    problem = make_decode_problem(CPU_MEMBERS["gqa"], batch=2, query_len=1, capacity=24, poison=False)
+    problem = make_decode_problem(CPU_SPECS["gqa"], batch=2, query_len=1, capacity=24, poison=False)
     compiled = torch.compile(glacompiler.attention_with_kvcache, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(**problem.kwargs), glacompiler.attention_with_kvcache(**problem.kwargs))
 
 
 def _base():
-    return make_decode_problem(CPU_MEMBERS["gta"], batch=2, query_len=2, capacity=16, page_size=8, poison=False).kwargs
+    return make_decode_problem(CPU_SPECS["gta"], batch=2, query_len=2, capacity=16, page_size=8, poison=False).kwargs
 
 
 def _error_cases():

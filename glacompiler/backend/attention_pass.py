@@ -11,7 +11,7 @@ from typing import Optional
 from torch import fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from ..validation import ProblemShape
+from ..spec import ProblemShape
 from .inductor_guard import guard_attention_fusions
 from .layout import fake_value
 from .operands import Decline

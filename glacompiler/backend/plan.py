@@ -15,7 +15,7 @@ import torch
 from torch import fx
 
 from ..spec import AttentionSpec, dtype_name
-from ..validation import MAX_QUERY_LEN, SUPPORTED_DTYPES, validate_inputs
+from ..op.validation import MAX_QUERY_LEN, SUPPORTED_DTYPES, validate_inputs
 from .layout import Piece, fake_value
 from .operands import Decline
 from .sizes import is_concrete, known_equal, known_one, product, size_hint

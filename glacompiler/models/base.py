@@ -25,7 +25,7 @@ class CachedAttention(nn.Module):
                   device: Optional[torch.device] = None) -> StaticKVCache:
         """An empty cache for this layer; dtype and device default to the module's parameters'."""
         reference = next(self.parameters())
-        return StaticKVCache(batch_size, max_seq_len, self.config.cache_layout(),
+        return StaticKVCache(batch_size, max_seq_len, self.config.cache_spec(),
                              dtype=dtype or reference.dtype, device=device or reference.device)
 
     def forward(self, x: Tensor) -> Tensor:

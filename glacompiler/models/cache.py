@@ -6,11 +6,11 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .config import CacheLayout
+from ..spec import AttentionSpec
 
 
 class StaticKVCache(nn.Module):
-    """Per-layer cache of capacity max_seq_len tokens for batch_size sequences.
+    """Per-layer cache of capacity max_seq_len tokens for batch_size sequences, laid out for `spec`.
 
     k_cache      [B, S, H, Dk]  GQA keys; GTA tied KV state; MLA/GLA latent heads (RMS-normed)
     v_cache      [B, S, H, Dv]  GQA values; None for GTA/MLA/GLA, whose V is read from k_cache
@@ -19,18 +19,18 @@ class StaticKVCache(nn.Module):
     The names are the op's argument names, so attention modules pass them straight through. Buffers are not
     persistent (not part of a state_dict) and follow the module across .to(device)."""
 
-    def __init__(self, batch_size: int, max_seq_len: int, layout: CacheLayout, *, dtype: torch.dtype,
+    def __init__(self, batch_size: int, max_seq_len: int, spec: AttentionSpec, *, dtype: torch.dtype,
                  device: Optional[torch.device] = None):
         super().__init__()
-        self.layout = layout
+        self.spec = spec
 
         def buffer(*per_token_shape: int) -> Tensor:
             return torch.zeros(batch_size, max_seq_len, *per_token_shape, dtype=dtype, device=device)
 
-        self.register_buffer("k_cache", buffer(layout.num_heads, layout.key_dim), persistent=False)
-        self.register_buffer("v_cache", buffer(layout.num_heads, layout.value_dim) if layout.value_dim else None,
+        self.register_buffer("k_cache", buffer(spec.num_kv_heads, spec.head_dim_k), persistent=False)
+        self.register_buffer("v_cache", None if spec.tied else buffer(spec.num_kv_heads, spec.head_dim_v),
                              persistent=False)
-        self.register_buffer("k_rope_cache", buffer(layout.rope_dim) if layout.rope_dim else None, persistent=False)
+        self.register_buffer("k_rope_cache", buffer(spec.rope_dim) if spec.rope_dim else None, persistent=False)
 
     @property
     def batch_size(self) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from ..spec import KINDS
+from ..spec import KINDS, AttentionSpec
 
 GROUPED_QUERY_KINDS = ("mha", "gqa", "mqa")
 LATENT_KINDS = ("mla", "gla")
@@ -17,21 +17,6 @@ LATENT_KINDS = ("mla", "gla")
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
-
-
-@dataclasses.dataclass(frozen=True)
-class CacheLayout:
-    """What one layer caches per token: k_cache [.., num_heads, key_dim], v_cache [.., num_heads, value_dim]
-    (value_dim 0 = none: V is read from k_cache) and one rope key [.., rope_dim] shared by all heads."""
-
-    num_heads: int
-    key_dim: int
-    value_dim: int
-    rope_dim: int
-
-    @property
-    def elements_per_token(self) -> int:
-        return self.num_heads * (self.key_dim + self.value_dim) + self.rope_dim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,12 +90,17 @@ class AttentionConfig:
         width = self.head_dim + self.rope_dim if self.kind in LATENT_KINDS else self.head_dim
         return width ** -0.5
 
-    def cache_layout(self) -> CacheLayout:
+    def cache_spec(self, dtype: str = "bfloat16", paged: bool = False) -> AttentionSpec:
+        """The head layout of this layer's decode attention as the fused op sees it (what it caches per token:
+        K and V per KV head for MHA/GQA/MQA, the tied state plus one rope key for GTA, the latent heads plus one
+        rope key for MLA/GLA; the query is the absorbed one for MLA/GLA)."""
         if self.kind in GROUPED_QUERY_KINDS:
-            return CacheLayout(self.n_kv_heads, self.head_dim, self.head_dim, 0)
+            return AttentionSpec.grouped(self.n_heads, self.n_kv_heads, self.head_dim, dtype=dtype, paged=paged)
         if self.kind == "gta":
-            return CacheLayout(self.n_kv_heads, self.head_dim, 0, self.rope_dim)
-        return CacheLayout(self.n_latent_heads, self.latent_dim, 0, self.rope_dim)
+            return AttentionSpec.grouped_tied(self.n_heads, self.n_kv_heads, self.head_dim, self.rope_dim,
+                                              dtype=dtype, paged=paged)
+        return AttentionSpec.latent(self.n_heads, self.n_latent_heads, self.latent_dim, self.rope_dim, dtype=dtype,
+                                    paged=paged)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from ..ops import attention_with_kvcache
+from ..op import attention_with_kvcache
 from .base import CachedAttention
 from .cache import StaticKVCache
 from .config import GROUPED_QUERY_KINDS, AttentionConfig

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..ops import attention_with_kvcache
+from ..op import attention_with_kvcache
 from .base import CachedAttention
 from .cache import StaticKVCache
 from .config import AttentionConfig

@@ -8,19 +8,20 @@ several sets are rotated so no call finds its cache in L2.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-from ..config import KernelConfig
-from ..ops import attention_with_kvcache_config
-from ..spec import AttentionSpec
-from ..testing import FamilyMember, make_decode_problem, max_error, rounding_atol
-from ..validation import ProblemShape
-from .resources import DeviceLimits
+from ..kernels.common.device_limits import DeviceLimits
+from ..op import attention_with_kvcache_config
+from ..problems import make_decode_problem, max_error, rounding_atol, timing_inputs
+from ..spec import AttentionSpec, ProblemShape
+
+Config = Any  # any kernel family's config
 
 MAX_INPUT_SETS = 16
 # The correctness check runs on a problem this long at most (its float32 reference expands K/V per head).
@@ -40,67 +41,18 @@ def do_bench_timer(fn: Callable[[], None], quick: bool) -> float:
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
-def member_of(spec: AttentionSpec) -> FamilyMember:
-    return FamilyMember(spec.kind, spec.num_q_heads, spec.num_kv_heads, spec.head_dim_q, spec.head_dim_k,
-                        spec.head_dim_v, spec.rope_dim, spec.tied)
-
-
 def cache_bytes_per_set(spec: AttentionSpec, shape: ProblemShape) -> int:
     """Bytes of KV cache one call reads."""
     element = torch.empty((), dtype=spec.torch_dtype).element_size()
-    per_token = spec.num_kv_heads * (spec.head_dim_k + (0 if spec.tied else spec.head_dim_v)) + spec.rope_dim
-    return shape.batch * shape.capacity * per_token * element
+    return shape.batch * shape.capacity * spec.cache_elements_per_token * element
 
 
 def input_sets_needed(spec: AttentionSpec, shape: ProblemShape, l2_bytes: int) -> int:
     return max(1, min(MAX_INPUT_SETS, -(-2 * l2_bytes // max(1, cache_bytes_per_set(spec, shape)))))
 
 
-def make_timing_inputs(spec: AttentionSpec, shape: ProblemShape, device: torch.device, sets: int, seed: int = 0) -> list:
-    """`sets` keyword-argument dicts for attention_with_kvcache_config, every sequence full (length = capacity).
-
-    Paged caches share one page pool; each set's page table takes its own random pages, so the sets together
-    span sets x one set's bytes. Contiguous caches get separate tensors per set."""
-    dtype = spec.torch_dtype
-    generator = torch.Generator(device=device).manual_seed(seed)
-
-    def randn(*dims):
-        return torch.randn(*dims, device=device, dtype=dtype, generator=generator)
-
-    batch, capacity, query_len = shape.batch, shape.capacity, shape.query_len
-    v_dim = None if spec.tied else spec.head_dim_v
-    lengths = torch.full((batch,), capacity, dtype=torch.int32, device=device)
-    if shape.page_size:
-        pages_per_seq = -(-capacity // shape.page_size)
-        pool = sets * batch * pages_per_seq
-        lead = (pool, shape.page_size)
-        order = torch.randperm(pool, device=device, generator=generator).to(torch.int32)
-        tables = order.view(sets, batch, pages_per_seq)
-        shared_caches = (randn(*lead, spec.num_kv_heads, spec.head_dim_k),
-                         None if v_dim is None else randn(*lead, spec.num_kv_heads, v_dim),
-                         randn(*lead, spec.rope_dim) if spec.rope_dim else None)
-    inputs = []
-    for index in range(sets):
-        if shape.page_size:
-            k_cache, v_cache, k_rope_cache = shared_caches
-            page_table = tables[index].contiguous()
-        else:
-            lead = (batch, capacity)
-            k_cache = randn(*lead, spec.num_kv_heads, spec.head_dim_k)
-            v_cache = None if v_dim is None else randn(*lead, spec.num_kv_heads, v_dim)
-            k_rope_cache = randn(*lead, spec.rope_dim) if spec.rope_dim else None
-            page_table = None
-        inputs.append(dict(
-            q=randn(batch, query_len, spec.num_q_heads, spec.head_dim_q),
-            k_cache=k_cache, v_cache=v_cache,
-            q_rope=randn(batch, query_len, spec.num_q_heads, spec.rope_dim) if spec.rope_dim else None,
-            k_rope_cache=k_rope_cache, cache_seqlens=lengths, page_table=page_table,
-        ))
-    return inputs
-
-
 class _CompiledResourceRecorder(logging.Handler):
-    """Picks up what launch.py logs at DEBUG after a launch (spec key, config, registers, spills, shared bytes),
+    """Picks up what the portable launcher (kernels/portable/launch.py) logs at DEBUG after a launch (spec key, config, registers, spills, shared bytes),
     so each trial can store what the compiler really used next to the resource model's estimate."""
 
     def __init__(self):
@@ -109,7 +61,7 @@ class _CompiledResourceRecorder(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         args = record.args
-        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[1], KernelConfig):
+        if isinstance(args, tuple) and len(args) == 5 and dataclasses.is_dataclass(args[1]):
             registers, spills, shared = args[2:]
             self.by_config[args[1]] = {"registers": registers, "spill_bytes": spills, "shared_bytes": shared}
 
@@ -144,8 +96,8 @@ class KernelBenchmark:
             free, _ = torch.cuda.mem_get_info(self.device)
             if needed > 0.8 * free:
                 raise MemoryError(f"inputs need {needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free")
-        self.inputs = make_timing_inputs(spec, shape, self.device, sets, seed)
-        self._runner_config: Optional[KernelConfig] = None
+        self.inputs = timing_inputs(spec, shape, self.device, sets, seed)
+        self._runner_config: Optional[Config] = None
         self._runner: Optional[Callable[[], None]] = None
         self._check_problem = None
         self._compiled = _CompiledResourceRecorder()
@@ -162,10 +114,10 @@ class KernelBenchmark:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _calls(self, config: KernelConfig) -> list:
+    def _calls(self, config: Config) -> list:
         return [functools.partial(attention_with_kvcache_config, **kwargs, config=config) for kwargs in self.inputs]
 
-    def _make_runner(self, config: KernelConfig) -> Callable[[], None]:
+    def _make_runner(self, config: Config) -> Callable[[], None]:
         calls = self._calls(config)
         with _recording(self._compiled):
             calls[0]()  # compiles, and raises OutOfResources and friends outside any graph capture
@@ -184,18 +136,18 @@ class KernelBenchmark:
         cycle = itertools.cycle(graphs)
         return lambda: next(cycle).replay()
 
-    def time_us(self, config: KernelConfig, quick: bool) -> float:
+    def time_us(self, config: Config, quick: bool) -> float:
         if config != self._runner_config:
             self._runner = self._runner_config = None  # free the previous config's graphs first
             self._runner = self._make_runner(config)
             self._runner_config = config
         return 1000.0 * self.timer(self._runner, quick)
 
-    def compiled_resources(self, config: KernelConfig) -> Optional[dict]:
+    def compiled_resources(self, config: Config) -> Optional[dict]:
         """Registers, spilled bytes and shared memory of the compiled kernel, once the config has run."""
         return self._compiled.by_config.get(config)
 
-    def output_mismatch(self, config: KernelConfig, reference: KernelConfig) -> Optional[str]:
+    def output_mismatch(self, config: Config, reference: Config) -> Optional[str]:
         """FlashAttention's rule on a short problem with NaN past each length: config's error against a float32
         reference may be at most 2x the reference config's error plus the dtype's rounding atol."""
         if self._check_problem is None:
@@ -206,7 +158,7 @@ class KernelBenchmark:
             # Uneven lengths: partial key blocks, splits of different lengths, one sequence full.
             lengths = [max(self.shape.query_len, capacity - 37 * (i + 1)) for i in range(batch - 1)] + [capacity]
             problem = make_decode_problem(
-                member_of(self.spec), batch, self.shape.query_len, capacity, dtype=self.spec.torch_dtype,
+                self.spec, batch, self.shape.query_len, capacity, dtype=self.spec.torch_dtype,
                 device=self.device, page_size=self.shape.page_size, seqlens=lengths,
                 generator=torch.Generator().manual_seed(self.seed + 1),
             )

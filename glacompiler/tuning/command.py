@@ -1,6 +1,5 @@
 """`glacompiler autotune` and `glacompiler configs show`.
 
-Also runnable as python -m glacompiler.tuning.command autotune ... (the same parser as `glacompiler`).
 """
 from __future__ import annotations
 
@@ -11,8 +10,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..validation import MAX_QUERY_LEN
-from .presets import PRESETS, TUNABLE_KINDS, Dims, spec_from_dims
+from ..op.validation import MAX_QUERY_LEN
+from ..presets import PAPER_SPECS
+from ..spec import KINDS, AttentionSpec, dtype_from_name
+
+TUNABLE_KINDS = KINDS
 
 DEFAULT_BATCHES = (1, 8, 32, 128)
 DEFAULT_SEQLENS = (1024, 8192, 32768)
@@ -30,8 +32,8 @@ def register(subparsers) -> None:
                     "user cache for this GPU, where the op finds them).",
     )
     what = autotune.add_argument_group("what to tune: --preset, or --kind with dims")
-    what.add_argument("--preset", nargs="+", choices=sorted(PRESETS), metavar="NAME",
-                      help=f"one or more of the paper's configs: {', '.join(sorted(PRESETS))}")
+    what.add_argument("--preset", nargs="+", choices=sorted(PAPER_SPECS), metavar="NAME",
+                      help=f"one or more of the paper's configs: {', '.join(sorted(PAPER_SPECS))}")
     what.add_argument("--kind", choices=TUNABLE_KINDS)
     what.add_argument("--heads", type=int, help="query heads")
     what.add_argument("--kv-heads", "--latent-heads", dest="kv_heads", type=int,
@@ -67,6 +69,61 @@ class UsageError(ValueError):
     pass
 
 
+def spec_from_flags(kind: str, heads: int, kv_heads: int, head_dim: int, rope_dim: int, dtype: str = "bfloat16",
+                    page_size: int = 64) -> AttentionSpec:
+    """The AttentionSpec of dims as a user states them (GTA: head_dim is the tied state d_h, of which rope_dim is
+    the shared rope key's share of K; MLA/GLA: kv_heads are latent heads, head_dim the latent width), checked by
+    the op's own validation on meta tensors. ValueError with a readable message for impossible dims."""
+    if kind not in TUNABLE_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(TUNABLE_KINDS)}")
+    for name, value in (("heads", heads), ("kv_heads", kv_heads), ("head_dim", head_dim)):
+        if value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if rope_dim < 0:
+        raise ValueError(f"rope dim must be >= 0, got {rope_dim}")
+    if page_size < 0:
+        raise ValueError(f"page size must be >= 0 (0 = contiguous cache), got {page_size}")
+    try:
+        torch_dtype = dtype_from_name(dtype)
+    except ValueError:
+        raise ValueError(f"unknown dtype {dtype!r}; expected bfloat16, float16 or float32") from None
+    if kind == "gta" and not 0 < rope_dim < head_dim:
+        raise ValueError(f"gta needs 0 < rope dim < head dim (d_R < d_h), got d_h {head_dim}, d_R {rope_dim}")
+    if kind == "gta":
+        spec = AttentionSpec.grouped_tied(heads, kv_heads, head_dim, rope_dim)
+    elif kind in ("mla", "gla"):
+        spec = AttentionSpec.latent(heads, kv_heads, head_dim, rope_dim)
+    else:
+        spec = AttentionSpec.from_dims(heads, kv_heads, head_dim, head_dim, head_dim, rope_dim, False, False, dtype)
+    checked = checked_spec(spec, torch_dtype, page_size)
+    if checked.kind != kind:
+        tied = kind in ("gta", "mla", "gla")
+        raise ValueError(f"these dims describe {checked.kind}, not {kind} "
+                         f"({heads} query heads over {kv_heads} {'latent' if tied else 'KV'} heads)")
+    return checked
+
+
+def checked_spec(spec: AttentionSpec, torch_dtype, page_size: int) -> AttentionSpec:
+    """The spec the op itself derives from tensors of spec's head layout in this dtype and paging (its
+    validation runs on meta tensors): ValueError for what the op would refuse."""
+    import torch
+
+    from ..op.validation import validate_inputs
+
+    def meta(*shape, dtype=torch_dtype):
+        return torch.empty(*shape, dtype=dtype, device="meta")
+
+    lead = (1, page_size) if page_size else (1, 1)
+    q = meta(1, 1, spec.num_q_heads, spec.head_dim_q)
+    k_cache = meta(*lead, spec.num_kv_heads, spec.head_dim_k)
+    v_cache = None if spec.tied else meta(*lead, spec.num_kv_heads, spec.head_dim_v)
+    q_rope = meta(1, 1, spec.num_q_heads, spec.rope_dim) if spec.rope_dim else None
+    k_rope_cache = meta(*lead, spec.rope_dim) if spec.rope_dim else None
+    page_table = meta(1, 1, dtype=torch.int32) if page_size else None
+    checked, _ = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, None, page_table, None, None, None)
+    return checked
+
+
 def specs_from_args(args) -> list:
     """The specs an autotune command asks for; UsageError for impossible requests."""
     if args.preset and args.kind:
@@ -79,7 +136,11 @@ def specs_from_args(args) -> list:
                                              ("--head-dim", args.head_dim), ("--rope-dim", args.rope_dim)) if value is not None]
         if explicit:
             raise UsageError(f"{', '.join(explicit)} cannot be combined with --preset (presets fix their dims)")
-        named = [PRESETS[name] for name in dict.fromkeys(args.preset)]
+        try:
+            return [checked_spec(PAPER_SPECS[name], dtype_from_name(args.dtype), args.page_size)
+                    for name in dict.fromkeys(args.preset)]
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"bad dims: {error}") from None
     else:
         kv_heads = args.kv_heads
         if kv_heads is None:
@@ -89,14 +150,10 @@ def specs_from_args(args) -> list:
         if missing:
             raise UsageError(f"--kind {args.kind} needs {', '.join(missing)}")
         rope_dim = args.rope_dim if args.rope_dim is not None else (64 if args.kind in ("gta", "mla", "gla") else 0)
-        named = [Dims(args.kind, args.heads, kv_heads, args.head_dim, rope_dim)]
-    specs = []
-    for dims in named:
-        try:
-            specs.append(spec_from_dims(dims, args.dtype, args.page_size))
-        except (ValueError, TypeError) as error:
-            raise UsageError(f"bad dims: {error}") from None
-    return specs
+    try:
+        return [spec_from_flags(args.kind, args.heads, kv_heads, args.head_dim, rope_dim, args.dtype, args.page_size)]
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"bad dims: {error}") from None
 
 
 def check_grid(args) -> None:
@@ -150,7 +207,7 @@ def _error(parser: Optional[argparse.ArgumentParser], message: str) -> int:
 
 
 def resolve_out_path(out: Optional[str], gpu_name: str) -> Path:
-    from .tables import gpu_file_name, user_table_path
+    from ..tables.table_file import gpu_file_name, user_table_path
 
     if out is None:
         return user_table_path(gpu_name)
@@ -177,17 +234,17 @@ def run_autotune(args, parser: Optional[argparse.ArgumentParser] = None) -> int:
     except ImportError:
         return _error(parser, "autotune needs optuna: pip install 'glacompiler[tune]'")
 
+    from ..kernels.common.device_limits import DeviceLimits
+    from ..tables.table_file import read_table, speedup_summary
     from .benchmark import KernelBenchmark
     from .driver import plan_jobs, run_tuning
-    from .resources import DeviceLimits
     from .study import TuningBudget
-    from .tables import read_table, speedup_summary
 
     device = torch.device("cuda", torch.cuda.current_device())
     limits = DeviceLimits.for_device(device)
     out_path = resolve_out_path(args.out, limits.name)
     storage_path = Path(args.storage) if args.storage else out_path.with_suffix(".journal")
-    jobs = plan_jobs(specs, args.batch, args.seqlen, args.q_len, args.page_size)
+    jobs = plan_jobs(specs, args.batch, args.seqlen, args.q_len, args.page_size, device)
     print(f"# {limits.name}: {len(jobs)} buckets x up to {args.trials} trials -> {out_path} (journal {storage_path})",
           flush=True)
     summary = run_tuning(
@@ -216,6 +273,10 @@ def run_autotune(args, parser: Optional[argparse.ArgumentParser] = None) -> int:
 
 
 def _config_label(config) -> str:
+    from ..kernels.portable import PortableConfig
+
+    if not isinstance(config, PortableConfig):
+        return " ".join(f"{name}={value}" for name, value in config.to_dict().items())
     return (f"m{config.block_m} n{config.block_n} d{config.block_d} dv/{config.dv_split} s{config.num_splits} "
             f"w{config.num_warps} st{config.num_stages}{' pq' if config.preload_q else ''}")
 
@@ -227,19 +288,19 @@ def _spec_label(spec) -> str:
 
 
 def format_table(table, path) -> str:
-    from ..codegen import templates_version
-    from .tables import speedup_summary
+    from ..tables.table_file import current_kernel_version, speedup_summary
 
-    state = "current" if table.templates_version == templates_version() else f"STALE (now {templates_version()})"
     lines = [
         f"{path}",
         f"  gpu {table.gpu}; torch {table.torch_version}; triton {table.triton_version}; {table.date}",
-        f"  templates {table.templates_version} ({state})",
+        *(f"  {family} kernels {version} "
+          f"({'current' if table.is_current_for(family) else f'STALE: now {current_kernel_version(family)}'})"
+          for family, version in sorted(table.kernel_versions.items())),
         *(f"  command: {command}" for command in table.commands),
     ]
-    rows = [(_spec_label(e.spec), f"{e.bucket.batch}x{e.bucket.capacity}x{e.bucket.query_len}", _config_label(e.config),
+    rows = [(e.family, _spec_label(e.spec), f"{e.bucket.batch}x{e.bucket.capacity}x{e.bucket.query_len}", _config_label(e.config),
              f"{e.tuned_us:.1f}", f"{e.default_us:.1f}", f"x{e.speedup:.2f}") for e in table.sorted_entries()]
-    header = ("spec", "BxSxLq", "config", "tuned us", "default us", "speed-up")
+    header = ("family", "spec", "BxSxLq", "config", "tuned us", "default us", "speed-up")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
@@ -251,7 +312,7 @@ def format_table(table, path) -> str:
 
 
 def _table_paths(target: Optional[str]) -> list:
-    from .tables import gpu_file_name, shipped_tables_dir, user_table_path, user_tables_dir
+    from ..tables.table_file import gpu_file_name, shipped_tables_dir, user_table_path, user_tables_dir
 
     if target is not None and Path(target).is_file():
         return [Path(target)]
@@ -266,7 +327,7 @@ def _table_paths(target: Optional[str]) -> list:
 
 
 def run_configs_show(args) -> int:
-    from .tables import TableFormatError, read_table
+    from ..tables.table_file import TableFormatError, read_table
 
     paths = _table_paths(args.target)
     if not paths:
@@ -282,8 +343,3 @@ def run_configs_show(args) -> int:
             status = 1
     return status
 
-
-if __name__ == "__main__":
-    from ..cli import main
-
-    sys.exit(main())

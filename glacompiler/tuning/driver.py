@@ -8,12 +8,14 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TextIO
 
-from ..config import KernelConfig
-from ..spec import AttentionSpec
-from ..validation import ProblemShape
-from .resources import DeviceLimits
+import torch
+
+from ..kernels import PORTABLE_FAMILY_NAME, family_for_spec, family_named
+from ..kernels.common.device_limits import DeviceLimits
+from ..kernels.family import Config
+from ..spec import AttentionSpec, ProblemShape
+from ..tables.table_file import Bucket, ConfigTable, open_for_update, write_table
 from .study import BucketResult, ConfigEvaluator, DeviceLost, TuningBudget, journal_storage, tune_bucket
-from .tables import Bucket, ConfigTable, open_for_update, write_table
 
 # A bucket given less than this is not started: compiling the default alone can take that long.
 MIN_BUCKET_SECONDS = 10.0
@@ -24,28 +26,32 @@ SEED_NEIGHBOURS = 3
 class TuningJob:
     spec: AttentionSpec
     shape: ProblemShape
+    family: str = PORTABLE_FAMILY_NAME  # the kernel family tuned (the one the op runs these calls on)
 
     @property
     def bucket(self) -> Bucket:
         return Bucket(self.shape.batch, self.shape.capacity, self.shape.query_len)
 
     def label(self) -> str:
-        return f"{self.spec.key()} {self.bucket.label()}"
+        return f"{self.family} {self.spec.key()} {self.bucket.label()}"
 
 
 def plan_jobs(specs: Sequence[AttentionSpec], batches: Sequence[int], capacities: Sequence[int],
-              query_lens: Sequence[int], page_size: int) -> list:
+              query_lens: Sequence[int], page_size: int, device: Optional[torch.device] = None) -> list:
     """Query length outermost (Lq 1 first: plain decoding), then each (capacity, batch) for every spec in turn,
     so that a run cut short covers all specs evenly, and each spec's buckets are tuned next to their
-    neighbours (whose best configs seed the next study)."""
-    return [
-        TuningJob(spec, ProblemShape(batch=batch, query_len=query_len, capacity=capacity,
-                                     page_size=page_size if spec.paged else 0))
-        for query_len in query_lens
-        for capacity in capacities
-        for batch in batches
-        for spec in specs
-    ]
+    neighbours (whose best configs seed the next study). Each job tunes the family the op runs that call on
+    (on `device`; the portable kernels when no device is given)."""
+    jobs = []
+    for query_len in query_lens:
+        for capacity in capacities:
+            for batch in batches:
+                for spec in specs:
+                    shape = ProblemShape(batch=batch, query_len=query_len, capacity=capacity,
+                                         page_size=page_size if spec.paged else 0)
+                    family = family_for_spec(spec, shape, device) if device is not None else None
+                    jobs.append(TuningJob(spec, shape, family.name if family else PORTABLE_FAMILY_NAME))
+    return jobs
 
 
 @dataclasses.dataclass
@@ -59,8 +65,9 @@ class RunSummary:
 
 
 def neighbour_configs(table: ConfigTable, job: TuningJob, count: int = SEED_NEIGHBOURS) -> list:
-    """Tuned configs of the same spec from the nearest buckets (log space), to seed a study."""
-    same_spec = [entry for entry in table.entries.values() if entry.spec == job.spec and entry.bucket != job.bucket]
+    """Tuned configs of the same family and spec from the nearest buckets (log space), to seed a study."""
+    same_spec = [entry for entry in table.entries.values()
+                 if entry.family == job.family and entry.spec == job.spec and entry.bucket != job.bucket]
     same_spec.sort(key=lambda entry: (entry.bucket.log_distance(job.bucket), entry.bucket))
     configs: list = []
     for entry in same_spec:
@@ -86,7 +93,7 @@ def run_tuning(
     command: str = "",
     retune: bool = False,
     progress: Optional[TextIO] = sys.stdout,
-    default_config_for: Optional[Callable[[TuningJob], KernelConfig]] = None,
+    default_config_for: Optional[Callable[[TuningJob], Config]] = None,
 ) -> RunSummary:
     started = time.monotonic()
     out_path = Path(out_path)
@@ -99,7 +106,7 @@ def run_tuning(
 
     pending = []
     for job in jobs:
-        if not retune and table.get(job.spec, job.bucket) is not None:
+        if not retune and table.get(job.family, job.spec, job.bucket) is not None:
             summary.already_done.append(job)
         else:
             pending.append(job)
@@ -132,6 +139,7 @@ def run_tuning(
                 default_config=default_config_for(job) if default_config_for else None,
                 seed_configs=neighbour_configs(table, job),
                 progress=progress,
+                family=family_named(job.family),
             )
         except DeviceLost as error:
             summary.failed.append((job, str(error)))
@@ -152,7 +160,7 @@ def run_tuning(
         summary.tuned.append(result)
         _say(progress, _result_line(result))
 
-    from .lookup import clear_lookup_caches
+    from ..tables.lookup import clear_lookup_caches
 
     clear_lookup_caches()  # this process's lookups see the new table from now on
     return summary

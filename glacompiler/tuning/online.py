@@ -1,5 +1,5 @@
 """Online tuning: what `glacompiler.backend(autotune=True)` calls at first compile, with the sites' real shapes.
-A small budget per bucket; results go to the user cache, where lookup_config finds them from then on."""
+A small budget per bucket; results go to the user cache, where the op's table lookup finds them from then on."""
 from __future__ import annotations
 
 import sys
@@ -7,8 +7,8 @@ from typing import Iterable, Optional, TextIO
 
 import torch
 
-from ..spec import AttentionSpec
-from ..validation import ProblemShape
+from ..kernels import PORTABLE_FAMILY_NAME, family_for_spec
+from ..spec import AttentionSpec, ProblemShape
 
 ONLINE_TRIALS = 12
 ONLINE_TIME_S = 120.0
@@ -34,17 +34,18 @@ def tune_for_shapes(
         import optuna  # noqa: F401
     except ImportError:
         raise ImportError("online tuning needs optuna: pip install 'glacompiler[tune]'") from None
+    from ..kernels.common.device_limits import DeviceLimits
+    from ..tables.table_file import user_table_path
     from .benchmark import KernelBenchmark
     from .driver import TuningJob, run_tuning
-    from .resources import DeviceLimits
     from .study import TuningBudget
-    from .tables import user_table_path
 
     device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
     limits = DeviceLimits.for_device(device)
     jobs = []
     for spec, shape in specs_and_shapes:
-        job = TuningJob(spec, shape)
+        family = family_for_spec(spec, shape, device)
+        job = TuningJob(spec, shape, family.name if family else PORTABLE_FAMILY_NAME)
         if all(job.bucket != other.bucket or job.spec != other.spec for other in jobs):
             jobs.append(job)
     out_path = user_table_path(limits.name)

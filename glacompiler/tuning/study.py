@@ -1,4 +1,5 @@
-"""One Optuna study per (spec, shape bucket): sample configs, prune what the resource model says cannot run,
+"""One Optuna study per (kernel family, spec, shape bucket): sample configs from the family's search space, prune
+what its resource check says cannot run,
 time the rest, prune the clearly slow early, and pick the fastest config whose output matches the default's.
 
 The objective is injected (a ConfigEvaluator): on a GPU it is benchmark.KernelBenchmark, in tests a synthetic
@@ -16,13 +17,12 @@ from typing import Optional, Protocol, Sequence, TextIO
 import optuna
 from optuna.trial import TrialState
 
-from ..codegen import templates_version
-from ..config import KernelConfig, heuristic_config
-from ..spec import AttentionSpec
-from ..validation import ProblemShape
-from .resources import DeviceLimits, estimate_resources
-from .space import SearchSpace, build_search_space
-from .tables import Bucket, TableEntry
+from ..kernels import PORTABLE_FAMILY_NAME, family_named
+from ..kernels.common.device_limits import DeviceLimits
+from ..kernels.common.search_space import SearchSpace
+from ..kernels.family import Config, KernelFamily
+from ..spec import AttentionSpec, ProblemShape
+from ..tables.table_file import Bucket, TableEntry
 
 MAX_POLISH_ROUNDS = 4
 
@@ -34,11 +34,11 @@ CONSTRAINT_ATTR = "resource_excess"
 class ConfigEvaluator(Protocol):
     """What a study needs from the thing it tunes."""
 
-    def time_us(self, config: KernelConfig, quick: bool) -> float:
+    def time_us(self, config: Config, quick: bool) -> float:
         """Median time of one call in microseconds; quick = a short first look. Raises when the config does
         not compile or launch."""
 
-    def output_mismatch(self, config: KernelConfig, reference: KernelConfig) -> Optional[str]:
+    def output_mismatch(self, config: Config, reference: Config) -> Optional[str]:
         """None when config's output matches reference's (the FlashAttention tolerance rule), else why not."""
 
 
@@ -68,11 +68,12 @@ class TuningBudget:
 
 @dataclasses.dataclass
 class BucketResult:
+    family: str
     spec: AttentionSpec
     shape: ProblemShape
-    config: KernelConfig
+    config: Config
     tuned_us: float
-    default_config: KernelConfig
+    default_config: Config
     default_us: float
     evaluated: int  # trials that compiled and ran, or failed trying
     failed: int
@@ -87,6 +88,7 @@ class BucketResult:
 
     def to_entry(self) -> TableEntry:
         return TableEntry(
+            family=self.family,
             spec=self.spec,
             bucket=Bucket(self.shape.batch, self.shape.capacity, self.shape.query_len),
             page_size=self.shape.page_size,
@@ -99,9 +101,9 @@ class BucketResult:
         )
 
 
-def study_name(spec: AttentionSpec, shape: ProblemShape, space: SearchSpace, gpu: str) -> str:
-    return (f"{spec.key()}|b{shape.batch}-s{shape.capacity}-q{shape.query_len}-p{shape.page_size}"
-            f"|{gpu}|templates-{templates_version()}|space-{space.signature()}")
+def study_name(family: KernelFamily, spec: AttentionSpec, shape: ProblemShape, space: SearchSpace, gpu: str) -> str:
+    return (f"{family.name}|{spec.key()}|b{shape.batch}-s{shape.capacity}-q{shape.query_len}-p{shape.page_size}"
+            f"|{gpu}|kernels-{family.kernels_version()}|space-{space.signature()}")
 
 
 def _describe(error: BaseException) -> str:
@@ -168,8 +170,8 @@ def _best_value(study: optuna.Study) -> Optional[float]:
 
 
 class _Objective:
-    def __init__(self, spec, space, base, evaluator, limits, budget, default_params):
-        self.spec, self.space, self.base = spec, space, base
+    def __init__(self, family, spec, space, base, evaluator, limits, budget, default_params):
+        self.family, self.spec, self.space, self.base = family, spec, space, base
         self.evaluator, self.limits, self.budget = evaluator, limits, budget
         self.default_params = default_params
 
@@ -186,7 +188,7 @@ class _Objective:
                 return t
         return None
 
-    def _record_compiled(self, trial: optuna.trial.Trial, config: KernelConfig) -> None:
+    def _record_compiled(self, trial: optuna.trial.Trial, config: Config) -> None:
         """What the compiler really used, next to the model's "model" attribute (for checking the model on
         the Triton of the GPU machine from the journal)."""
         compiled_resources = getattr(self.evaluator, "compiled_resources", None)
@@ -197,8 +199,8 @@ class _Objective:
 
     def __call__(self, trial: optuna.trial.Trial) -> float:
         config = self.space.suggest(trial, self.base)
-        estimate = estimate_resources(self.spec, config)
-        excess = estimate.worst_excess(self.limits)
+        check = self.family.resource_check(self.spec, config, self.limits)
+        excess = check.excess
         earlier = self._earlier_trial(trial.study, trial)
         is_default = trial.params == self.default_params
         if earlier is not None and earlier.state == TrialState.FAIL:
@@ -208,7 +210,7 @@ class _Objective:
         _set_constraint(trial, excess)
         if excess > 0:
             reason = f"repeat of failed trial {earlier.number}" if earlier is not None else \
-                f"resources: {estimate.describe(self.limits)}"
+                f"resources: {check.description}"
             trial.set_user_attr("pruned", reason)
             raise optuna.TrialPruned()
         if earlier is not None:
@@ -220,8 +222,7 @@ class _Objective:
             raise optuna.TrialPruned()
 
         trial.set_user_attr("evaluated", True)
-        trial.set_user_attr("model", {"shared_bytes": estimate.shared_bytes,
-                                      "registers": round(estimate.registers_per_thread)})
+        trial.set_user_attr("model", check.model)
         study = trial.study
         best = _best_value(study)
         try:
@@ -255,17 +256,20 @@ def tune_bucket(
     *,
     budget: TuningBudget = TuningBudget(),
     storage: Optional[optuna.storages.BaseStorage] = None,
-    default_config: Optional[KernelConfig] = None,
-    seed_configs: Sequence[KernelConfig] = (),
+    default_config: Optional[Config] = None,
+    seed_configs: Sequence[Config] = (),
     seed: int = 0,
     progress: Optional[TextIO] = None,
+    family: Optional[KernelFamily] = None,
 ) -> Optional[BucketResult]:
-    """Tune one bucket. Returns None when the default config itself fails (nothing to compare against)."""
+    """Tune one bucket of a kernel family (default: the portable kernels). Returns None when the default
+    config itself fails (nothing to compare against)."""
     started = time.monotonic()
+    family = family or family_named(PORTABLE_FAMILY_NAME)
     if default_config is None:
-        default_config = heuristic_config(spec, shape.batch, shape.capacity, shape.query_len, limits.multiprocessors)
-    space = build_search_space(spec, shape, limits.multiprocessors, include=[default_config])
-    name = study_name(spec, shape, space, limits.name)
+        default_config = family.heuristic_config(spec, shape, limits.multiprocessors)
+    space = family.search_space(spec, shape, limits.multiprocessors, include=[default_config])
+    name = study_name(family, spec, shape, space, limits.name)
     with _quiet_optuna():
         study = optuna.create_study(
             study_name=name,
@@ -285,7 +289,7 @@ def tune_bucket(
 
     label = f"{spec.kind} hq{spec.num_q_heads}/{spec.num_kv_heads} {Bucket(shape.batch, shape.capacity, shape.query_len).label()}"
     bar = _Progress(progress, label, budget.trials)
-    objective = _Objective(spec, space, default_config, evaluator, limits, budget, default_params)
+    objective = _Objective(family, spec, space, default_config, evaluator, limits, budget, default_params)
 
     def time_left() -> Optional[float]:
         return None if budget.time_s is None else budget.time_s - (time.monotonic() - started)
@@ -318,7 +322,7 @@ def tune_bucket(
         if budget.refine_splits:
             _refine_splits(study, space, optimize, report)
 
-    return _select(study, spec, shape, space, default_config, default_params, evaluator, budget, name)
+    return _select(study, family, spec, shape, space, default_config, default_params, evaluator, budget, name)
 
 
 def _params_key(params: dict) -> tuple:
@@ -374,7 +378,7 @@ def _evaluate_untried(study, candidates: list, optimize, report, best, limit: Op
     return min(t.value for t in _trials(study, (TrialState.COMPLETE,))) < best.value
 
 
-def _select(study, spec, shape, space, default_config, default_params, evaluator, budget, name) -> Optional[BucketResult]:
+def _select(study, family, spec, shape, space, default_config, default_params, evaluator, budget, name) -> Optional[BucketResult]:
     trials = _trials(study)
     complete = sorted(_trials(study, (TrialState.COMPLETE,)), key=lambda t: (t.value, t.number))
     default_trial = next((t for t in complete if t.params == default_params), None)
@@ -406,6 +410,7 @@ def _select(study, spec, shape, space, default_config, default_params, evaluator
             study.set_user_attr("confirmation", f"{chosen} was not faster than the default when timed again")
             chosen, chosen_us = default_config, default_us
     return BucketResult(
+        family=family.name,
         spec=spec,
         shape=shape,
         config=chosen,

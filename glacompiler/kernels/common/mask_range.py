@@ -1,0 +1,37 @@
+"""The key range a mask leaves open per sequence: [first, one past last] key that any (head, token) row may
+attend to. The attention kernels visit only key blocks inside it, so a static cache's unfilled tail (or a
+sliding window's past) is never read. One small kernel on the device, its PyTorch reference beside it."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .tiles import next_power_of_two
+from .triton_launch import launch
+
+MASK_RANGE_BLOCK_N = 1024
+
+
+def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
+    """[2, batch] int32: per sequence, the first and one-past-last key that any row of the mask (a kernel
+    operand, see key_bounds.mask_as_kernel_operand) may attend to, reduced in one launch. A sequence no row
+    may attend to gets [capacity, 0)."""
+    from .mask_range_kernel import mask_key_range_kernel  # late: the interpreter must be chosen before triton loads
+
+    key_range = torch.empty((2, batch), dtype=torch.int32, device=mask.device)
+    mask = mask.expand(batch, -1, -1, capacity)  # broadcast batch and key dims get stride 0
+    launch(mask_key_range_kernel, (batch,),
+           (mask, key_range, mask.shape[1], mask.shape[2], capacity, batch, *mask.stride()),
+           dict(MASK_IS_BOOL=mask_is_bool, BLOCK_N=min(MASK_RANGE_BLOCK_N, max(16, next_power_of_two(capacity)))),
+           num_warps=4, num_stages=3)
+    return key_range
+
+
+def mask_key_range_reference(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
+    """mask_key_range in PyTorch ops (the op's CPU path, and the kernel's oracle)."""
+    attend = mask != 0 if mask_is_bool else mask != float("-inf")
+    any_row = attend.expand(batch, -1, -1, capacity).any(dim=2).any(dim=1)
+    positions = torch.arange(capacity, dtype=torch.int32, device=mask.device)
+    first = torch.where(any_row, positions, capacity).amin(dim=-1)
+    last = torch.where(any_row, positions + 1, 0).amax(dim=-1)
+    return torch.stack([first, last]).to(torch.int32)

@@ -1,0 +1,33 @@
+"""The key range a mask leaves open, per sequence, in one small kernel (instead of a chain of ATen reductions,
+each its own launch on the host's hot path). Launched by mask_range.py, which holds its reference."""
+import triton
+import triton.language as tl
+
+from .softmax import mask_allows
+
+
+@triton.jit
+def mask_key_range_kernel(
+    MASK, RANGE,
+    mask_heads, mask_tokens, capacity, batch,
+    stride_mb, stride_mh, stride_mt, stride_mn,
+    MASK_IS_BOOL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # One program per sequence: the first and one-past-last key any (head, token) row of the mask may attend
+    # to, stored at RANGE[0, seq] and RANGE[1, seq]. A sequence no row may attend to gets [capacity, 0).
+    seq = tl.program_id(0)
+    mask_seq = MASK + seq.to(tl.int64) * stride_mb
+    first = tl.zeros([], dtype=tl.int32) + capacity
+    last = tl.zeros([], dtype=tl.int32)
+    for row in range(mask_heads * mask_tokens):
+        mask_row = mask_seq + (row // mask_tokens) * stride_mh + (row % mask_tokens) * stride_mt
+        for block_start in range(0, capacity, BLOCK_N):
+            keys = block_start + tl.arange(0, BLOCK_N)
+            in_range = keys < capacity
+            values = tl.load(mask_row + keys * stride_mn, mask=in_range, other=0)
+            attend = in_range & mask_allows(values, MASK_IS_BOOL)
+            first = tl.minimum(first, tl.min(tl.where(attend, keys, capacity), axis=0))
+            last = tl.maximum(last, tl.max(tl.where(attend, keys + 1, 0), axis=0))
+    tl.store(RANGE + seq, first)
+    tl.store(RANGE + batch + seq, last)

@@ -1,0 +1,39 @@
+"""Triton helpers every decode kernel shares (the portable template, the Hopper latent template, the mask
+range and combine kernels): scores live in the log2 domain, a mask is bool (True = attend) or additive.
+
+Plain @triton.jit functions: Triton inlines them, and Gluon kernels call them too (they use only operators
+and tl functions that Gluon accepts on its distributed layouts). Their reference is reference.py's math."""
+import triton
+import triton.language as tl
+
+from . import log2_domain
+
+LOG2_E: tl.constexpr = tl.constexpr(log2_domain.LOG2_E)  # exp(x) = exp2(x * log2(e))
+LN_2: tl.constexpr = tl.constexpr(log2_domain.LN_2)  # log(x) = log2(x) * ln(2)
+
+
+@triton.jit
+def mask_allows(mask_values, MASK_IS_BOOL: tl.constexpr):
+    """Which mask entries let a query see the key: True for a bool mask, not -inf for an additive one."""
+    if MASK_IS_BOOL:
+        return mask_values != 0
+    else:
+        return mask_values != float("-inf")
+
+
+@triton.jit
+def finite_row_max(row_max):
+    """The row max to subtract before exp2: 0 for rows with nothing to attend to yet (max -inf), so that
+    -inf - -inf never makes a NaN."""
+    return tl.where(row_max == float("-inf"), 0.0, row_max)
+
+
+@triton.jit
+def normalize_rows(row_sum, row_max):
+    """1 / row sum, and the row's natural-log LSE, for rows that attended to something; 0 and -inf for the
+    others (their output is 0)."""
+    has_mass = row_sum > 0.0
+    safe_sum = tl.where(has_mass, row_sum, 1.0)
+    inv_sum = tl.where(has_mass, 1.0 / safe_sum, 0.0)
+    lse = tl.where(has_mass, (row_max + tl.math.log2(safe_sum)) * LN_2, float("-inf"))
+    return inv_sum, lse

@@ -1,0 +1,120 @@
+"""Kernel sources from the Jinja2 templates: rendering, generated modules keyed by their source, and the
+version of a family's kernels.
+
+Templates live in the top-level templates/ folder (shipped as glacompiler.templates), one sub-folder per
+family plus common/ for what they share, and are named by their path there ("portable/decode_attention.py.jinja").
+A rendered source is written to $GLACOMPILER_CACHE_DIR/kernels/<hash>.py and imported from there: @triton.jit
+needs a real source file."""
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.util
+import io
+import os
+import sys
+import tempfile
+import tokenize
+from pathlib import Path
+from types import ModuleType
+from typing import Iterable
+
+import jinja2
+
+from ...package_data import shipped_folder
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("GLACOMPILER_CACHE_DIR") or os.path.join(Path.home(), ".cache", "glacompiler")
+    return Path(root)
+
+
+def _load_template(name: str) -> str:
+    folder = shipped_folder("templates")
+    for part in name.split("/"):
+        folder = folder.joinpath(part)
+    return folder.read_text()
+
+
+@functools.lru_cache(maxsize=None)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FunctionLoader(_load_template),
+        undefined=jinja2.StrictUndefined,  # a variable the caller forgot is an error, not an empty string
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render(template: str, **variables) -> str:
+    """The source of a template (its path under templates/) with `variables` filled in."""
+    return _environment().get_template(template).render(**variables)
+
+
+def template_names() -> list[str]:
+    """Every template shipped, as 'folder/name.jinja'."""
+    names = []
+
+    def walk(folder, prefix: str) -> None:
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                walk(entry, f"{prefix}{entry.name}/")
+            elif entry.name.endswith(".jinja"):
+                names.append(prefix + entry.name)
+
+    walk(shipped_folder("templates"), "")
+    return sorted(names)
+
+
+def import_generated(source: str) -> ModuleType:
+    """Import a generated source as a module named by its hash (written once, shared by processes)."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+    module_name = f"glacompiler_generated_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    directory = cache_dir() / "kernels"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{module_name}.py"
+    if not path.exists() or path.read_text() != source:
+        # Write then rename, so concurrent processes never import a half-written file.
+        with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as handle:
+            handle.write(source)
+        os.replace(handle.name, path)
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    sys.modules[module_name] = module
+    return module
+
+
+def function_code(source: str, name: str) -> str:
+    """The code of top-level function `name` in `source` (decorators included), as tokens: comments, blank
+    lines and layout dropped, so that only what the compiler sees remains."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            first = min([node.lineno] + [decorator.lineno for decorator in node.decorator_list])
+            body = "".join(source.splitlines(keepends=True)[first - 1:node.end_lineno])
+            break
+    else:
+        raise ValueError(f"no function {name!r} in the generated source")
+    kept = []
+    for token in tokenize.generate_tokens(io.StringIO(body).readline):
+        if token.type in (tokenize.COMMENT, tokenize.NL):
+            continue
+        kept.append("\n" if token.type == tokenize.NEWLINE else token.string)
+    return " ".join(kept)
+
+
+def kernels_version(sources: Iterable[str], functions: Iterable[str]) -> str:
+    """A family's kernel version: a hash of the code of `functions` in each generated source. It changes when a
+    kernel changes, not when a template moves, is renamed, or has its comments edited (tuned tables record it:
+    a table tuned for other kernels is stale)."""
+    digest = hashlib.sha256()
+    names = tuple(functions)
+    for source in sources:
+        for name in names:
+            digest.update(function_code(source, name).encode())
+            digest.update(b"\0")
+    return digest.hexdigest()[:16]

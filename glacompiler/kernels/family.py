@@ -1,0 +1,116 @@
+"""What every kernel family offers the op and the tuner.
+
+A family is one package under glacompiler/kernels/ with its template(s) under templates/<family>/, its config
+type and heuristic, a `supports` that says why it cannot run a call (None when it can), its launcher, and its
+tuning description (search space, resource check). The op runs a call on the first family of the registry
+(kernels/__init__.py) that supports it; the tuner and the config tables reach every family through this class.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..spec import AttentionSpec, ProblemShape
+
+Config = Any  # a family's frozen config dataclass (with num_splits, to_dict and from_dict)
+
+
+@dataclasses.dataclass(slots=True)
+class KernelCall:
+    """The tensors and scalars of one op call, as validated (see glacompiler.op)."""
+
+    q: Tensor
+    k_cache: Tensor
+    v_cache: Optional[Tensor]
+    q_rope: Optional[Tensor]
+    k_rope_cache: Optional[Tensor]
+    cache_seqlens: Optional[Tensor]
+    page_table: Optional[Tensor]
+    attn_mask: Optional[Tensor]
+    softmax_scale: float
+    causal: bool
+    kv_range: Optional[Tensor] = None  # the mask's key range, when the caller computed it once for several calls
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceCheck:
+    """A family's verdict on one config before it is compiled."""
+
+    excess: float  # > 0: the config cannot launch, or would spill heavily, on the device checked against
+    description: str  # what was counted, for the pruned trial's record
+    model: dict  # the model's numbers (stored with each timed trial, to compare with what the compiler used)
+
+
+class KernelFamily:
+    name: str = ""
+    config_type: type = object
+
+    def supports(self, spec: AttentionSpec, shape: ProblemShape, call: KernelCall) -> Optional[str]:
+        """None when this family runs the call, else the reason it does not (for logs, reports and tests)."""
+        raise NotImplementedError
+
+    def spec_problem(self, spec: AttentionSpec, shape: ProblemShape, device: torch.device) -> Optional[str]:
+        """The checks of `supports` that need no tensors (device, head layout, page size): the tuner plans with
+        them. None where calls with well-laid-out tensors run on this family."""
+        raise NotImplementedError
+
+    def heuristic_config(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> Config:
+        """The untuned choice for a call."""
+        raise NotImplementedError
+
+    def config_problem(self, config: Config, spec: AttentionSpec) -> Optional[str]:
+        """Why an explicit config cannot run this spec, or None."""
+        if not isinstance(config, self.config_type):
+            return f"a {type(config).__name__} is not a config of the {self.name} kernels"
+        return None
+
+    def with_splits(self, config: Config, num_splits: int) -> Config:
+        return dataclasses.replace(config, num_splits=num_splits)
+
+    def programs_per_split(self, spec: AttentionSpec, shape: ProblemShape, config: Config) -> int:
+        """Programs one launch runs per KV split (the parallelism a split count multiplies)."""
+        raise NotImplementedError
+
+    def longest_useful_splits(self, shape: ProblemShape, config: Config) -> int:
+        """More splits than this leave a split without a whole key block."""
+        raise NotImplementedError
+
+    def rescale_config(self, config: Config, spec: AttentionSpec, tuned: ProblemShape,
+                       wanted: ProblemShape) -> Config:
+        """A config tuned for a neighbouring bucket, with its split count scaled so that programs x splits (the
+        parallelism the tuner picked) stays the same."""
+        from .common.splits import MAX_SPLITS
+
+        tuned_programs = self.programs_per_split(spec, tuned, config)
+        wanted_programs = self.programs_per_split(spec, wanted, config)
+        splits = round(config.num_splits * tuned_programs / wanted_programs)
+        splits = max(1, min(splits, self.longest_useful_splits(wanted, config), MAX_SPLITS))
+        return self.with_splits(config, splits)
+
+    def launch(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: Config) -> tuple[Tensor, Tensor]:
+        """Run the call: (out [B, Lq, Hq, Dv], lse [B, Lq, Hq] float32)."""
+        raise NotImplementedError
+
+    def kernels_version(self) -> str:
+        """A hash of the family's kernel code: tuned tables made for other kernels are stale."""
+        raise NotImplementedError
+
+    # Tuning (glacompiler.tuning reaches every family through these two).
+    def search_space(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
+                     include: Sequence[Config] = ()):
+        """The configs worth timing for one bucket (a kernels.common.search_space.SearchSpace)."""
+        raise NotImplementedError
+
+    def resource_check(self, spec: AttentionSpec, config: Config, limits) -> ResourceCheck:
+        """Whether the config fits a device with these DeviceLimits: the tuner prunes what does not without
+        compiling it."""
+        raise NotImplementedError
+
+    def config_from_dict(self, data: dict) -> Config:
+        return self.config_type.from_dict(data)
+
+    def __repr__(self) -> str:
+        return f"<kernel family {self.name}>"

@@ -1,0 +1,74 @@
+"""The Hopper latent kernel for MLA/GLA decode, written in Gluon (templates/latent_hopper/): key blocks arrive by
+TMA, two warpgroups split a 64-row tile's scores by keys and its 512-wide accumulator by dims (MLA), or a
+128-row tile by rows (GLA with many packed rows). sm_90 GPUs only; support.py says which calls it takes."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from ...spec import AttentionSpec, ProblemShape
+from ..common.tiles import rope_tile_width
+from ..family import KernelCall, KernelFamily, ResourceCheck
+from .config import BLOCK_N, ROW_SPLIT_MAX_WIDTH, LatentHopperConfig, LatentHopperTile, heuristic_config, programs_per_split
+from .support import device_problem, layout_problem, spec_problem
+
+
+class LatentHopperFamily(KernelFamily):
+    name = "latent_hopper"
+    config_type = LatentHopperConfig
+
+    def supports(self, spec: AttentionSpec, shape: ProblemShape, call: KernelCall) -> Optional[str]:
+        return (self.spec_problem(spec, shape, call.q.device)
+                or layout_problem(call.q, call.q_rope, call.k_cache, call.k_rope_cache, spec, shape))
+
+    def spec_problem(self, spec: AttentionSpec, shape: ProblemShape, device: torch.device) -> Optional[str]:
+        return spec_problem(spec, shape) or device_problem(device)  # the head layout first: no device query
+
+    def heuristic_config(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> LatentHopperConfig:
+        return heuristic_config(spec, shape, multiprocessors)
+
+    def config_problem(self, config, spec: AttentionSpec) -> Optional[str]:
+        return super().config_problem(config, spec) or config.problem_with(spec)
+
+    def programs_per_split(self, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig) -> int:
+        return programs_per_split(spec, shape, config.row_split)
+
+    def longest_useful_splits(self, shape: ProblemShape, config: LatentHopperConfig) -> int:
+        return max(1, shape.capacity // BLOCK_N)
+
+    def launch(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig):
+        from .launch import launch_latent_hopper
+
+        return launch_latent_hopper(call.q, call.k_cache, call.q_rope, call.k_rope_cache, call.cache_seqlens,
+                                    call.page_table, call.attn_mask, call.softmax_scale, call.causal, spec, shape,
+                                    config, call.kv_range)
+
+    def kernels_version(self) -> str:
+        from .render import latent_hopper_kernels_version
+
+        return latent_hopper_kernels_version()
+
+    def search_space(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
+                     include: Sequence[LatentHopperConfig] = ()):
+        """Split counts, and the 128-row tile where the latent fits one warpgroup's accumulator."""
+        from ..common.search_space import include_configs, split_choices
+
+        row_split = [False] + ([True] if spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH else [])
+        widest = LatentHopperTile(row_split[-1]).block_m
+        return include_configs({"num_splits": split_choices(spec, shape, multiprocessors, widest),
+                                "row_split": row_split}, include)
+
+    def resource_check(self, spec: AttentionSpec, config: LatentHopperConfig, limits) -> ResourceCheck:
+        # The tile's stages are sized from the shared memory the template leaves (LatentHopperTile.num_stages).
+        problem = config.problem_with(spec)
+        if problem:
+            return ResourceCheck(1.0, problem, {})
+        tile = config.tile_for(0)
+        stages = tile.num_stages(spec.head_dim_k, rope_tile_width(spec.rope_dim))
+        return ResourceCheck(0.0, f"{tile.block_m}-row tile, {stages} stages", {"stages": stages})
+
+
+LATENT_HOPPER = LatentHopperFamily()
+
+__all__ = ["LATENT_HOPPER", "LatentHopperConfig", "LatentHopperFamily", "LatentHopperTile"]

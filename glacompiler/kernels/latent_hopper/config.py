@@ -1,0 +1,97 @@
+"""The Hopper latent kernel's launch choices (LatentHopperConfig: split count and row tile), its tile policy
+(LatentHopperTile: what the template is rendered for) and the heuristic that picks a config untuned.
+
+Tiles: 64 keys per block (one TMA box, one page of a 64-token paged cache; smaller pages take one copy each,
+down to 16 keys: a copy lands on a multiple of the 128-byte swizzle's 8-row period, and smaller pages would
+need more copies than a block is worth). Rows: 64 shared by two warpgroups (each with half of a latent up to
+512 wide), or, for latents up to 256 wide with many packed rows, 128 split between them. Shared-memory
+stages: what 227 KB holds beside the query tile."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from ...spec import AttentionSpec, ProblemShape
+from ..common.splits import MAX_SPLITS, default_num_splits
+
+BLOCK_N = 64
+SM90_SHARED_MEMORY = 232448  # bytes of shared memory a CTA may take on an H100 / H200
+SHARED_MEMORY_RESERVE = 2048  # mbarriers, the row-max exchange and the compiler's reduction scratch
+MIN_PAGE = 16
+ROW_SPLIT_MAX_WIDTH = 256
+LATENT_WIDTHS = (256, 512)
+NUM_WARPS = 8  # two warpgroups
+
+
+def latent_copy_rows(page_size: int) -> int:
+    """Keys per TMA copy of a key block: the whole block, or one page where pages are smaller (0: contiguous)."""
+    return min(page_size, BLOCK_N) if page_size else BLOCK_N
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentHopperTile:
+    row_split: bool  # 128 rows, 64 per warpgroup; else 64 rows shared by both
+    copy_rows: int = BLOCK_N  # keys per TMA copy (latent_copy_rows)
+    # Issue the next block's score product behind this block's PV product (see the template). None: where
+    # it timed faster on an H100, MLA's 512-wide latent.
+    scores_ahead: Optional[bool] = None
+
+    def issues_scores_ahead(self, head_dim: int) -> bool:
+        return head_dim == 512 and not self.row_split if self.scores_ahead is None else self.scores_ahead
+
+    @property
+    def block_m(self) -> int:
+        return 128 if self.row_split else 64
+
+    def num_stages(self, head_dim: int, rope_width: int) -> int:
+        """Key-block stages: as many as the shared memory holds beside the query tile and P (2 for MLA's
+        512-wide latent, 4 for a 256-wide one over 64 rows, 3 over 128), at most 4."""
+        element = 2  # bf16 / fp16
+        row_bytes = (head_dim + rope_width) * element
+        query_and_p = self.block_m * row_bytes + (0 if self.row_split else self.block_m * BLOCK_N * element)
+        free = SM90_SHARED_MEMORY - SHARED_MEMORY_RESERVE - query_and_p
+        return max(2, min(4, free // (BLOCK_N * row_bytes)))
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentHopperConfig:
+    """Launch choice for the Hopper latent kernel."""
+
+    num_splits: int = 1
+    row_split: bool = False  # 128-row tiles, 64 rows per warpgroup (latents up to 256 wide)
+
+    def tile_for(self, page_size: int) -> LatentHopperTile:
+        return LatentHopperTile(self.row_split, latent_copy_rows(page_size))
+
+    def __post_init__(self):
+        if not 1 <= self.num_splits <= MAX_SPLITS:
+            raise ValueError(f"num_splits must lie in [1, {MAX_SPLITS}], got {self.num_splits}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LatentHopperConfig":
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+    def problem_with(self, spec: AttentionSpec) -> Optional[str]:
+        """Why this config cannot run a spec the kernel otherwise takes, or None."""
+        if self.row_split and spec.head_dim_k > ROW_SPLIT_MAX_WIDTH:
+            return f"row_split tiles take latents up to {ROW_SPLIT_MAX_WIDTH} wide"
+        return None
+
+
+def programs_per_split(spec: AttentionSpec, shape: ProblemShape, row_split: bool) -> int:
+    """Programs a launch runs per KV split: sequences x latent heads x row blocks."""
+    rows = spec.group_size * shape.query_len
+    return shape.batch * spec.num_kv_heads * -(-rows // LatentHopperTile(row_split).block_m)
+
+
+def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> LatentHopperConfig:
+    """128-row tiles where a latent head has more than 64 rows and the latent fits one warpgroup's accumulator;
+    then the fewest splits that fill the GPU (one program per SM: the tile takes most of its shared memory)."""
+    rows = spec.group_size * shape.query_len
+    row_split = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH and rows > 64
+    splits = default_num_splits(programs_per_split(spec, shape, row_split), shape.capacity, BLOCK_N,
+                                multiprocessors, resident=1)
+    return LatentHopperConfig(splits, row_split)

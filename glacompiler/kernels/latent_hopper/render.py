@@ -1,0 +1,59 @@
+"""The Hopper latent kernel's source, rendered from templates/latent_hopper/latent_decode.py.jinja (Gluon) per
+latent spec and tile."""
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+from ...spec import AttentionSpec
+from ..common.templates import import_generated, kernels_version, render
+from ..common.tiles import rope_tile_width
+from .config import BLOCK_N, LatentHopperTile
+
+TEMPLATE = "latent_hopper/latent_decode.py.jinja"
+KERNEL_NAME = "latent_decode_hopper_kernel"
+
+
+def swizzle_bytes(row_bytes: int) -> int:
+    """The widest shared-memory swizzle a tile row of this many bytes allows (what TMA and wgmma share)."""
+    for width in (128, 64, 32):
+        if row_bytes % width == 0:
+            return width
+    return 0
+
+
+def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> str:
+    rope_width = rope_tile_width(spec.rope_dim)
+    return render(
+        TEMPLATE,
+        spec_key=spec.key(),
+        row_split=tile.row_split,
+        head_dim=spec.head_dim_k,
+        rope_dim=spec.rope_dim,
+        rope_width=rope_width,
+        block_m=tile.block_m,
+        block_n=BLOCK_N,
+        num_stages=tile.num_stages(spec.head_dim_k, rope_width),
+        copy_rows=tile.copy_rows,
+        scores_ahead=tile.issues_scores_ahead(spec.head_dim_k),
+        copies_per_block=BLOCK_N // tile.copy_rows,
+        out_instr_n=min(256, spec.head_dim_k if tile.row_split else spec.head_dim_k // 2),
+        p_swizzle=swizzle_bytes(BLOCK_N * 2),
+        sanitize_chunk=min(64, spec.head_dim_k),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def latent_hopper_module(spec: AttentionSpec, tile: LatentHopperTile) -> ModuleType:
+    """The generated Gluon module for a latent spec and tile (cached)."""
+    return import_generated(render_latent_hopper_kernel(spec, tile))
+
+
+@functools.lru_cache(maxsize=None)
+def latent_hopper_kernels_version() -> str:
+    """Hash of the generated kernel's code for MLA and GLA-2 on both row tiles (tuned tables record it)."""
+    mla, gla = AttentionSpec.latent(128, 1, 512, 64, paged=True), AttentionSpec.latent(128, 2, 256, 64, paged=True)
+    sources = [render_latent_hopper_kernel(mla, LatentHopperTile(False)),
+               render_latent_hopper_kernel(gla, LatentHopperTile(False)),
+               render_latent_hopper_kernel(gla, LatentHopperTile(True, copy_rows=16))]
+    return kernels_version(sources, ("zero_rows_past_end", "issue_scores", "cache_row", "mask_scores", KERNEL_NAME))

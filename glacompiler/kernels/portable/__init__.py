@@ -1,0 +1,70 @@
+"""The portable split-KV kernels: Triton (templates/portable/), any head layout of the family, any GPU Triton
+supports, and the Triton interpreter on CPU. Query heads of a KV group and the draft tokens are packed into the
+M of tl.dot; head dims are unrolled into power-of-two chunks; the KV range is split across programs and merged
+by LSE (kernels/common/combine.py)."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+
+from ...spec import AttentionSpec, ProblemShape
+from ..family import KernelCall, KernelFamily, ResourceCheck
+from .config import PortableConfig, heuristic_config, programs_per_split
+
+
+def triton_interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+class PortableFamily(KernelFamily):
+    name = "portable"
+    config_type = PortableConfig
+
+    def supports(self, spec: AttentionSpec, shape: ProblemShape, call: KernelCall) -> Optional[str]:
+        return self.spec_problem(spec, shape, call.q.device)  # every head layout and stride the op validates
+
+    def spec_problem(self, spec: AttentionSpec, shape: ProblemShape, device: torch.device) -> Optional[str]:
+        if device.type != "cuda" and not triton_interpreter_enabled():
+            return "CPU tensors run the PyTorch reference unless TRITON_INTERPRET=1"
+        return None
+
+    def heuristic_config(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> PortableConfig:
+        return heuristic_config(spec, shape.batch, shape.capacity, shape.query_len, multiprocessors)
+
+    def programs_per_split(self, spec: AttentionSpec, shape: ProblemShape, config: PortableConfig) -> int:
+        return programs_per_split(spec, shape, config)
+
+    def longest_useful_splits(self, shape: ProblemShape, config: PortableConfig) -> int:
+        return max(1, shape.capacity // config.block_n)
+
+    def launch(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: PortableConfig):
+        from .launch import launch_decode_attention
+
+        return launch_decode_attention(call.q, call.k_cache, call.v_cache, call.q_rope, call.k_rope_cache,
+                                       call.cache_seqlens, call.page_table, call.attn_mask, call.softmax_scale,
+                                       call.causal, spec, shape, config, call.kv_range)
+
+    def kernels_version(self) -> str:
+        from .render import portable_kernels_version
+
+        return portable_kernels_version()
+
+    def search_space(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
+                     include: Sequence[PortableConfig] = ()):
+        from .search_space import build_search_space
+
+        return build_search_space(spec, shape, multiprocessors, include)
+
+    def resource_check(self, spec: AttentionSpec, config: PortableConfig, limits) -> ResourceCheck:
+        from .resource_model import estimate_resources  # sympy: loaded only when tuning
+
+        estimate = estimate_resources(spec, config)
+        return ResourceCheck(estimate.worst_excess(limits), estimate.describe(limits),
+                             {"shared_bytes": estimate.shared_bytes, "registers": round(estimate.registers_per_thread)})
+
+
+PORTABLE = PortableFamily()
+
+__all__ = ["PORTABLE", "PortableConfig", "PortableFamily", "triton_interpreter_enabled"]

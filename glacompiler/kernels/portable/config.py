@@ -1,0 +1,94 @@
+"""PortableConfig: the knobs of the portable split-KV kernels, and the heuristic that picks them untuned."""
+from __future__ import annotations
+
+import dataclasses
+
+from ...spec import AttentionSpec, ProblemShape
+from ..common.splits import MAX_SPLITS, default_num_splits
+from ..common.tiles import next_power_of_two
+
+
+@dataclasses.dataclass(frozen=True)
+class PortableConfig:
+    block_m: int = 64  # packed (query head, draft token) rows per program: the M of tl.dot
+    block_n: int = 32  # keys per block
+    block_d: int = 64  # widest head-dim chunk the template unrolls (Q/K and V products)
+    num_splits: int = 1  # KV splits (flash-decoding); 1 writes the output directly
+    num_warps: int = 4
+    num_stages: int = 2
+    preload_q: bool = True  # keep Q in registers for the whole loop, or reload it (L1/L2) per key block
+    dv_split: int = 1  # programs sharing one row block's output dims (narrower accumulators)
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "block_d"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two >= 16, got {value}")
+        if not 1 <= self.num_splits <= MAX_SPLITS:
+            raise ValueError(f"num_splits must lie in [1, {MAX_SPLITS}], got {self.num_splits}")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"num_warps must be a power of two up to 16, got {self.num_warps}")
+        if self.dv_split not in (1, 2, 4):
+            raise ValueError(f"dv_split must be 1, 2 or 4, got {self.dv_split}")
+        if not 1 <= self.num_stages <= 8:
+            raise ValueError(f"num_stages must lie in [1, 8], got {self.num_stages}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PortableConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def rows_per_kv_head(spec: AttentionSpec, query_len: int) -> int:
+    return spec.group_size * query_len
+
+
+def resident_programs(block_m: int, num_warps: int) -> int:
+    """Programs an SM keeps in flight at once for a tile shape: decode streams memory, so enough of them must
+    overlap to hide its latency. From the H100 table (tuned_configs/): 16-32 row tiles on 4 warps run best
+    with about 4 per SM (GTA and GQA tuned to 384-512 programs on 132 SMs), 64-row tiles on 4 warps with 2,
+    8-warp tiles with 1."""
+    if num_warps >= 8:
+        return 1
+    return 4 if block_m <= 32 else 2
+
+
+def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: int, multiprocessors: int) -> PortableConfig:
+    """Tile choices measured best on an H100 (benchmarks/RESULTS.md) for each shape class; the tuned
+    tables refine them per GPU and bucket."""
+    rows = rows_per_kv_head(spec, query_len)
+    if spec.head_dim_v >= 512:
+        # MLA-wide latents: one program per 128 packed rows, so each key block is read once. 32-key blocks
+        # keep all K chunks in shared memory; Q is reloaded per block (it does not fit beside them).
+        block_m = min(128, max(16, next_power_of_two(rows)))
+        block_n, block_d, num_warps, preload_q = 32, 64, 8 if block_m >= 128 else 4, False
+    elif spec.head_dim_v >= 256 and rows > 64:
+        # GLA-style latents with many packed rows: two warpgroups, each with a 64-row accumulator.
+        block_m, block_n, block_d, num_warps, preload_q = 128, 64, 256, 8, True
+    elif spec.head_dim_v >= 256:
+        # One warpgroup over 64 rows: with M = 64, more warps only split the product and run slower.
+        block_m = min(64, max(16, next_power_of_two(rows)))
+        block_n, block_d, num_warps, preload_q = 32, 64, 4, True
+    else:
+        block_m = min(64, max(16, next_power_of_two(rows)))
+        block_n, block_d, num_warps, preload_q = 64, 64, 4, spec.head_dim_q + spec.rope_dim <= 256
+    programs = batch * spec.num_kv_heads * -(-rows // block_m)
+    return PortableConfig(
+        block_m=block_m,
+        block_n=block_n,
+        block_d=block_d,
+        num_splits=default_num_splits(programs, capacity, block_n, multiprocessors,
+                                      resident_programs(block_m, num_warps)),
+        num_warps=num_warps,
+        num_stages=2,
+        preload_q=preload_q,
+    )
+
+
+def programs_per_split(spec: AttentionSpec, shape: ProblemShape, config: PortableConfig) -> int:
+    """Programs a launch runs per KV split: sequences x KV heads x row blocks x output-dim parts."""
+    rows = rows_per_kv_head(spec, shape.query_len)
+    return shape.batch * spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split

@@ -1,0 +1,115 @@
+"""Launch the portable split-KV kernel (and, with several splits, the shared LSE combine). No host-device
+sync: everything here depends on shapes, never on tensor values."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ...spec import AttentionSpec, ProblemShape
+from ..common.key_bounds import resolve_key_bounds
+from ..common.log2_domain import log2_scale
+from ..common.split_buffers import SplitBuffers
+from ..common.triton_launch import launch
+from .config import PortableConfig
+from .render import decode_kernel_module
+
+LOGGER = logging.getLogger("glacompiler")
+
+# Pipeline depth that fits, per (kernel module, config, launch specialisation). A config is tuned without a
+# mask; the per-row mask tile and its cross-row reduction take shared memory some wide configs (MLA's 512-wide
+# accumulator) lack, so such a launch steps down to fewer stages once and remembers it.
+_FITTING_STAGES: dict = {}
+
+
+def _launch_fitting(kernel, grid, args: tuple, constexprs: dict, config: PortableConfig, module_name: str):
+    from triton.runtime.errors import OutOfResources  # late: the interpreter must be chosen before triton loads
+
+    key = (module_name, config, tuple(constexprs.items()))  # the launcher builds constexprs in one fixed order
+    stages = _FITTING_STAGES.get(key, config.num_stages)
+    while True:
+        try:
+            compiled = launch(kernel, grid, args, constexprs, config.num_warps, stages)
+        except OutOfResources as error:
+            if stages == 1:
+                raise
+            LOGGER.warning("%s: %s does not fit with %s at num_stages=%d (%s); trying %d stages", module_name,
+                           config, constexprs, stages, error, stages - 1)
+            stages -= 1
+            continue
+        _FITTING_STAGES[key] = stages
+        return compiled
+
+
+def launch_decode_attention(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Optional[Tensor],
+    q_rope: Optional[Tensor],
+    k_rope_cache: Optional[Tensor],
+    cache_seqlens: Optional[Tensor],
+    page_table: Optional[Tensor],
+    attn_mask: Optional[Tensor],
+    softmax_scale: float,
+    causal: bool,
+    spec: AttentionSpec,
+    shape: ProblemShape,
+    config: PortableConfig,
+    kv_range: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    batch, query_len, num_q_heads, _ = q.shape
+    head_dim_v = spec.head_dim_v
+    group = spec.group_size
+    num_splits = config.num_splits
+    module = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split)
+
+    buffers = SplitBuffers.allocate(q, head_dim_v, num_splits)
+
+    values = k_cache if v_cache is None else v_cache
+    q_rope_arg = q if q_rope is None else q_rope
+    k_rope_arg = k_cache if k_rope_cache is None else k_rope_cache
+    rope_strides = (0, 0) if k_rope_cache is None else k_rope_cache.stride()[:2]
+    page_stride = 0 if page_table is None else page_table.stride(0)
+    keys = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch, num_q_heads, query_len, shape.capacity,
+                              causal, q.device)
+    page_arg = keys.lengths if page_table is None else page_table  # a placeholder when contiguous
+
+    rows = group * query_len
+    grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
+    args = (
+        q, k_cache, values, q_rope_arg, k_rope_arg, keys.lengths, keys.kv_begin, keys.kv_end, page_arg, keys.mask,
+        buffers.split_out, buffers.split_lse,
+        *q.stride()[:3],
+        *k_cache.stride()[:3],
+        *values.stride()[:3],
+        *q_rope_arg.stride()[:3],
+        *rope_strides,
+        page_stride,
+        *keys.mask_strides,
+        *buffers.out_strides,
+        *buffers.lse_strides,
+        log2_scale(softmax_scale),
+        num_splits,
+    )
+    constexprs = dict(
+        G=group,
+        LQ=query_len,
+        PAGE_SIZE=max(shape.page_size, 1),
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        HAS_MASK=attn_mask is not None,
+        MASK_IS_BOOL=attn_mask is not None and attn_mask.dtype == torch.bool,
+        MASK_PER_ROW=keys.mask_per_row,
+        # With one query token every key below the length is visible: causality changes nothing.
+        CAUSAL=causal and query_len > 1,
+    )
+    compiled = _launch_fitting(module.decode_attention_split_kernel, grid, args, constexprs, config, module.__name__)
+    if LOGGER.isEnabledFor(logging.DEBUG):
+        # Registers, spills and shared memory of the compiled kernel: the first things to read when a config is slow.
+        LOGGER.debug("%s %s: regs %s, spills %s, shared %s", spec.key(), config, getattr(compiled, "n_regs", "?"),
+                     getattr(compiled, "n_spills", "?"), getattr(getattr(compiled, "metadata", None), "shared", "?"))
+    buffers.combine()
+    return buffers.out, buffers.lse

@@ -1,0 +1,113 @@
+"""The portable split-KV kernel's source: head dims cut into power-of-two chunks (the tied state's K chunks
+reused as V), rendered from templates/portable/decode_attention.py.jinja per spec and template knobs."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from types import ModuleType
+from typing import Optional
+
+from ...spec import AttentionSpec
+from ..common.templates import import_generated, kernels_version, render
+from ..common.tiles import MIN_DOT_WIDTH, rope_tile_width
+from .config import PortableConfig
+
+TEMPLATE = "portable/decode_attention.py.jinja"
+KERNEL_NAME = "decode_attention_split_kernel"
+
+
+@dataclasses.dataclass(frozen=True)
+class DimChunk:
+    """A slice [start, start + valid) of a head dim, loaded as a power-of-two tile of `width` columns."""
+
+    start: int
+    width: int
+    valid: int
+    reuse: Optional[int] = None  # V chunk only: index of the Q/K chunk holding the same columns
+
+    @property
+    def masked(self) -> bool:
+        return self.valid < self.width
+
+    def __repr__(self) -> str:
+        return f"[{self.start}:{self.start + self.valid}]/{self.width}"
+
+
+def split_head_dim(start: int, stop: int, max_width: int) -> list[DimChunk]:
+    """Cover [start, stop) with power-of-two tiles of at most max_width, largest first; the last one may be
+    padded (masked) up to the minimum dot width."""
+    chunks = []
+    while start < stop:
+        remaining = stop - start
+        width = min(max_width, 1 << (remaining.bit_length() - 1))
+        width = max(width, MIN_DOT_WIDTH)
+        valid = min(width, remaining)
+        chunks.append(DimChunk(start, width, valid))
+        start += valid
+    return chunks
+
+
+def dv_part_width(head_dim_v: int, dv_split: int) -> int:
+    """Output dims per program when Dv is split over dv_split programs (a multiple of 16)."""
+    return -(-head_dim_v // (dv_split * MIN_DOT_WIDTH)) * MIN_DOT_WIDTH
+
+
+def plan_chunks(spec: AttentionSpec, block_d: int, dv_split: int = 1) -> tuple[list[DimChunk], list[DimChunk], Optional[DimChunk]]:
+    """Q/K chunks over [0, Dq), V chunks over [0, Dv) and the rope chunk. When V is the tied state, its
+    chunks over [0, Dq) are the K chunks themselves: each key block is loaded once for both products.
+    With a Dv split, V chunks cover one program's part (offset at run time) and are loaded separately."""
+    q_chunks = split_head_dim(0, spec.head_dim_q, block_d)
+    if dv_split > 1:
+        v_chunks = split_head_dim(0, dv_part_width(spec.head_dim_v, dv_split), block_d)
+    elif spec.tied:
+        v_chunks = [dataclasses.replace(c, reuse=i) for i, c in enumerate(q_chunks)]
+        v_chunks += split_head_dim(spec.head_dim_q, spec.head_dim_v, block_d)
+    else:
+        v_chunks = split_head_dim(0, spec.head_dim_v, block_d)
+    # The rope key is short (<= 64): one tile, padded to a power of two.
+    rope_chunk = DimChunk(0, rope_tile_width(spec.rope_dim), spec.rope_dim) if spec.rope_dim else None
+    return q_chunks, v_chunks, rope_chunk
+
+
+def render_decode_kernel(spec: AttentionSpec, config: PortableConfig) -> str:
+    q_chunks, v_chunks, rope_chunk = plan_chunks(spec, config.block_d, config.dv_split)
+    return render(
+        TEMPLATE,
+        spec_key=spec.key(),
+        q_chunks=q_chunks,
+        v_chunks=v_chunks,
+        rope_chunk=rope_chunk,
+        tied=spec.tied,
+        paged=spec.paged,
+        preload_q=config.preload_q,
+        dv_split=config.dv_split,
+        dv_part=dv_part_width(spec.head_dim_v, config.dv_split),
+        head_dim_v=spec.head_dim_v,
+        dot_precision=', input_precision="ieee"' if spec.dtype == "float32" else "",
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def decode_kernel_module(spec: AttentionSpec, block_d: int, preload_q: bool, dv_split: int) -> ModuleType:
+    """The generated module for a spec and the template-level knobs of a config (cached)."""
+    config = PortableConfig(block_d=block_d, preload_q=preload_q, dv_split=dv_split)
+    return import_generated(render_decode_kernel(spec, config))
+
+
+# Template knobs and specs whose generated kernels define the family's version: together they take every
+# branch of the template (separate / tied / GTA's extra V chunks, rope or not, paged or not, Q preloaded or
+# reloaded, split output dims, fp32's IEEE products).
+_VERSION_SPECS = (
+    AttentionSpec.grouped(32, 8, 128, paged=True),
+    AttentionSpec.grouped(8, 2, 40, 24, dtype="float32"),
+    AttentionSpec.grouped_tied(16, 4, 128, 64),
+    AttentionSpec.latent(128, 2, 256, 64, paged=True),
+)
+_VERSION_KNOBS = (PortableConfig(), PortableConfig(preload_q=False, dv_split=2))
+
+
+@functools.lru_cache(maxsize=None)
+def portable_kernels_version() -> str:
+    """Hash of the generated split kernel's code over _VERSION_SPECS x _VERSION_KNOBS (tuned tables record it)."""
+    sources = [render_decode_kernel(spec, knobs) for spec in _VERSION_SPECS for knobs in _VERSION_KNOBS]
+    return kernels_version(sources, (KERNEL_NAME,))

@@ -1,0 +1,132 @@
+"""Resource model of the portable split-KV kernel: shared memory and registers of one config, written as sympy expressions
+of the tile parameters and head dims, checked against the GPU's limits so that configs which cannot launch (or
+would spill heavily) are pruned before anything compiles.
+
+Calibrated against Triton's own numbers: the kernels of the five paper specs compiled for sm_90 by Triton 3.9
+(triton.compile with a GPUTarget, no GPU needed) over a grid of about 900 configs, reading
+compiled.metadata.shared and the cubin's register and stack use. The shared-memory model put every config
+on the right side of the 227 KiB limit and was exact for 3 configs in 4 (within 10% for 9 in 10);
+tests/test_tuning.py keeps spot checks. What the numbers showed:
+  * Q (with the rope part) sits in shared memory once per program (the loads are loop-invariant, so
+    `preload_q` changes nothing here).
+  * Key tiles: when V is the tied state and read whole (dv_split 1), every K chunk stays live until the PV
+    product reuses it, so all of them (and the rope tile) are in shared memory at once; otherwise one chunk at
+    a time, plus the probabilities P as the A operand of the PV product.
+  * The one miss: latent specs with block_m <= 32, block_n <= 64 and chunks wider than 64 take block_n x
+    (chunk - 64) x 2 bytes more (8 KiB at most in the grid, far from any limit there); not modelled, since
+    larger tiles with the same chunks do not show it and charging it everywhere would prune configs that
+    launch (MLA block_m 64 x block_n 128 with 128-wide chunks uses 216 KiB, not 232).
+  * num_stages does not change shared memory for this kernel: the loads go through registers (paged addresses),
+    so the software pipeliner adds no buffers.
+  * Registers: the fp32 accumulators (block_m x the program's Dv), the scores and probabilities
+    (block_m x block_n), every K/V chunk of one key block on its way to shared memory (the compiler issues all
+    of a block's loads before the first product), and a fixed base for addresses and indices.
+    Spilling is not fatal here: the MLA heuristic (block_m 128, 8 warps; the fastest of the H100 sweep behind
+    heuristic_config in config.py) spills about 1.3 KB per thread, estimate 1.4x the register file.
+    Only estimates over SPILL_TOLERANCE x the file are pruned: each of the 44 grid configs there spilled 1.6
+    to 7.4 KB per thread, and none that spilled less was pruned (half of the configs spilling more than
+    1.5 KB are not caught: the compiler's worst cases are not a smooth function of the tiles).
+Configs that still fail (a newer Triton allocating differently) are caught as failed trials by the study.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import sympy
+import torch
+
+from ...spec import AttentionSpec
+from ..common.device_limits import DeviceLimits
+from .config import PortableConfig
+from .render import plan_chunks
+
+# Tile parameters and the head-dim widths of the chunk plan (power-of-two padded), as sympy symbols.
+BLOCK_M, BLOCK_N, NUM_WARPS = sympy.symbols("block_m block_n num_warps", positive=True, integer=True)
+Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH = sympy.symbols(
+    "q_width rope_width live_key_width loaded_width acc_width", nonnegative=True, integer=True)
+ELEMENT_BYTES, P_IN_SHARED = sympy.symbols("element_bytes p_in_shared", nonnegative=True, integer=True)
+
+THREADS_PER_WARP = 32
+SPILL_TOLERANCE = 2.0
+# Registers a thread needs beyond the tiles: pointers, offsets, masks, loop state (fitted: Triton 3.x, sm_90).
+REGISTER_BASE = 40
+
+SHARED_BYTES = ELEMENT_BYTES * (
+    BLOCK_M * (Q_WIDTH + ROPE_WIDTH) + BLOCK_N * LIVE_KEY_WIDTH + P_IN_SHARED * BLOCK_M * BLOCK_N
+)
+REGISTERS_PER_THREAD = (
+    BLOCK_M * ACC_WIDTH  # fp32 accumulators
+    + BLOCK_M * BLOCK_N * (1 + ELEMENT_BYTES / 4)  # fp32 scores and the low-precision probabilities
+    + BLOCK_N * LOADED_WIDTH * ELEMENT_BYTES / 4  # one key block's K/V chunks between global and shared memory
+) / (THREADS_PER_WARP * NUM_WARPS) + REGISTER_BASE
+
+_SYMBOLS = (BLOCK_M, BLOCK_N, NUM_WARPS, Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH,
+            ELEMENT_BYTES, P_IN_SHARED)
+_shared_bytes = sympy.lambdify(_SYMBOLS, SHARED_BYTES, "math")
+_registers_per_thread = sympy.lambdify(_SYMBOLS, REGISTERS_PER_THREAD, "math")
+
+
+def element_bytes(spec: AttentionSpec) -> int:
+    return torch.empty((), dtype=spec.torch_dtype).element_size()
+
+
+def chunk_widths(spec: AttentionSpec, config: PortableConfig) -> dict:
+    """The symbol values that come from the template's chunk plan for this spec and config."""
+    q_chunks, v_chunks, rope_chunk = plan_chunks(spec, config.block_d, config.dv_split)
+    rope_width = rope_chunk.width if rope_chunk else 0
+    q_width = sum(c.width for c in q_chunks)
+    loaded = [c.width for c in q_chunks] + [c.width for c in v_chunks if c.reuse is None] + [rope_width]
+    reused = any(c.reuse is not None for c in v_chunks)
+    # Tied V read whole: every key chunk stays for the PV product. Otherwise one chunk at a time.
+    live_keys = q_width + rope_width if reused else max(loaded)
+    return {
+        Q_WIDTH: q_width,
+        ROPE_WIDTH: rope_width,
+        LIVE_KEY_WIDTH: live_keys,
+        LOADED_WIDTH: sum(loaded),
+        ACC_WIDTH: sum(c.width for c in v_chunks),
+        P_IN_SHARED: 0 if reused else 1,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceEstimate:
+    shared_bytes: int
+    registers_per_thread: float
+    num_warps: int
+
+    def register_limit(self, limits: DeviceLimits) -> float:
+        """Registers a thread can hold without spilling (the per-thread cap, or the file shared by the threads)."""
+        threads = THREADS_PER_WARP * self.num_warps
+        return min(limits.max_registers_per_thread, limits.registers_per_block // threads)
+
+    def excess(self, limits: DeviceLimits) -> dict:
+        """Relative excess over each limit: > 0 means the config cannot launch (shared memory) or would spill
+        several KB per thread (registers)."""
+        return {
+            "shared": self.shared_bytes / limits.shared_bytes_per_block - 1,
+            "registers": self.registers_per_thread / (SPILL_TOLERANCE * self.register_limit(limits)) - 1,
+        }
+
+    def worst_excess(self, limits: DeviceLimits) -> float:
+        return max(self.excess(limits).values())
+
+    def fits(self, limits: DeviceLimits) -> bool:
+        return self.worst_excess(limits) <= 0
+
+    def describe(self, limits: DeviceLimits) -> str:
+        return (f"shared {self.shared_bytes / 1024:.0f}/{limits.shared_bytes_per_block / 1024:.0f} KiB, "
+                f"registers {self.registers_per_thread:.0f} per thread for {self.register_limit(limits):.0f} "
+                f"(pruned over {SPILL_TOLERANCE:g}x)")
+
+
+def estimate_resources(spec: AttentionSpec, config: PortableConfig) -> ResourceEstimate:
+    values = chunk_widths(spec, config)
+    values.update({BLOCK_M: config.block_m, BLOCK_N: config.block_n, NUM_WARPS: config.num_warps,
+                   ELEMENT_BYTES: element_bytes(spec)})
+    arguments = [values[symbol] for symbol in _SYMBOLS]
+    return ResourceEstimate(
+        shared_bytes=int(_shared_bytes(*arguments)),
+        registers_per_thread=float(_registers_per_thread(*arguments)),
+        num_warps=config.num_warps,
+    )

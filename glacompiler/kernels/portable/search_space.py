@@ -1,0 +1,57 @@
+"""The portable kernel's tuning space: per spec and shape bucket, the PortableConfig values worth timing (only
+values the kernel accepts for that spec, and no tile far larger than the work)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ...spec import AttentionSpec, ProblemShape
+from ..common.search_space import SearchSpace, include_configs, split_choices
+from ..common.tiles import MIN_DOT_WIDTH, next_power_of_two
+from .config import PortableConfig
+from .render import dv_part_width
+
+MAX_BLOCK_M = 128
+MAX_BLOCK_D = 256
+# Smallest program tile kept relative to the packed rows: block_m below rows/8 re-reads each key block from L2
+# more than eight times.
+ROW_TILE_SPREAD = 8
+
+
+def _powers_of_two(low: int, high: int) -> list:
+    values = []
+    value = low
+    while value <= high:
+        values.append(value)
+        value *= 2
+    return values
+
+
+def build_search_space(
+    spec: AttentionSpec,
+    shape: ProblemShape,
+    multiprocessors: int,
+    include: Sequence[PortableConfig] = (),
+) -> SearchSpace:
+    """The space for one (spec, bucket). Every config in `include` (the heuristic default) lies inside it."""
+    rows = spec.group_size * shape.query_len
+    top_m = min(MAX_BLOCK_M, max(MIN_DOT_WIDTH, next_power_of_two(rows)))
+    block_m = _powers_of_two(max(MIN_DOT_WIDTH, top_m // ROW_TILE_SPREAD), top_m)
+    block_n = _powers_of_two(MIN_DOT_WIDTH, min(128, max(MIN_DOT_WIDTH, next_power_of_two(shape.capacity))))
+    widest = max(spec.head_dim_q, spec.head_dim_v)
+    block_d = _powers_of_two(32, min(MAX_BLOCK_D, max(32, next_power_of_two(widest))))
+    # Splitting the output dims only pays where the accumulator is wide; parts stay >= 32 columns.
+    dv_split = [s for s in (1, 2, 4) if s == 1 or (spec.head_dim_v >= 128 and dv_part_width(spec.head_dim_v, s) >= 32)]
+    num_warps = [4, 8] + ([16] if spec.head_dim_v >= 256 else [])
+    choices = {
+        "block_m": block_m,
+        "block_n": block_n,
+        "block_d": block_d,
+        "dv_split": dv_split,
+        "num_splits": split_choices(spec, shape, multiprocessors, top_m),
+        "num_warps": num_warps,
+        # Triton 3.9 emits the same code for num_stages 1 to 3 here (the paged loads go through registers, the
+        # pipeliner adds no stages): keep two values, so a Triton that does pipeline can still show a gain.
+        "num_stages": [2, 3],
+        "preload_q": [False, True],
+    }
+    return include_configs(choices, include)

@@ -1,0 +1,59 @@
+"""From a validated call to a kernel launch: the first kernel family that supports the call (kernels/), its
+config (the user's, else a tuned table's, else the family's heuristic) and its launcher."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..kernels import KernelCall, KernelFamily, choose_family, family_of_config
+from ..kernels.common.splits import device_multiprocessors
+from ..spec import AttentionSpec, ProblemShape
+from ..tables.lookup import tuned_config
+from .validation import validate_inputs
+
+
+def choose_config(family: KernelFamily, spec: AttentionSpec, shape: ProblemShape, device: torch.device,
+                  num_splits: int = 0):
+    """A family's config for a call: a tuned table's (see glacompiler.tables), else the family's heuristic;
+    num_splits > 0 overrides the split count."""
+    config = tuned_config(family, spec, shape, device)
+    if config is None:
+        config = family.heuristic_config(spec, shape, device_multiprocessors(device))
+    return family.with_splits(config, num_splits) if num_splits > 0 else config
+
+
+def choose_kernel(spec: AttentionSpec, shape: ProblemShape, call: KernelCall, num_splits: int = 0):
+    """(family, config) that run a call; ValueError where no family can (CPU tensors outside the interpreter)."""
+    family = choose_family(spec, shape, call)
+    if family is None:
+        raise ValueError("no kernel family runs CPU tensors unless TRITON_INTERPRET=1 (the op's CPU path is the "
+                         "PyTorch reference)")
+    return family, choose_config(family, spec, shape, call.q.device, num_splits)
+
+
+def kernel_family_for(q, k_cache, v_cache=None, *, q_rope=None, k_rope_cache=None, cache_seqlens=None,
+                      page_table=None, attn_mask=None) -> Optional[KernelFamily]:
+    """The kernel family that runs attention_with_kvcache with these arguments, or None where the PyTorch
+    reference does (CPU tensors outside the Triton interpreter). For reports, demos and tests."""
+    spec, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                                  None, None)
+    call = KernelCall(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, 1.0, True)
+    return choose_family(spec, shape, call)
+
+
+def run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                causal, num_splits, kv_range=None, config: Optional[object] = None):
+    """The op on kernels (CUDA, or the interpreter on CPU); `config` forces a family and its knobs."""
+    spec, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                                  softmax_scale, None, kv_range)
+    call = KernelCall(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                      softmax_scale, causal, kv_range)
+    if config is None:
+        family, config = choose_kernel(spec, shape, call, num_splits)
+    else:
+        family = family_of_config(config)
+        reason = family.supports(spec, shape, call) or family.config_problem(config, spec)
+        if reason is not None:
+            raise ValueError(f"config: the {family.name} kernels cannot run this call ({reason})")
+    return family.launch(call, spec, shape, config)

@@ -1,0 +1,71 @@
+"""The op as a torch.library custom op: its schema, the fake (meta) implementation that graphs, dynamic shapes
+and CUDA graphs see, and the device implementations (CPU: the PyTorch reference, or the kernels under the
+Triton interpreter; CUDA: the kernels)."""
+from __future__ import annotations
+
+import torch
+
+from ..kernels.common.key_bounds import mask_as_kernel_operand
+from ..kernels.common.mask_range import mask_key_range, mask_key_range_reference
+from ..kernels.portable import triton_interpreter_enabled
+from ..reference import attention_with_kvcache_reference
+from .dispatch import run_kernels
+
+# The op is defined with the low-level torch.library API rather than torch.library.custom_op: the latter wraps
+# every call in Python layers (autograd dispatch, an output-aliasing check) that cost more host time than the
+# kernel launches on a decode step. The op has no backward; decode runs under no_grad.
+_LIBRARY = torch.library.Library("glacompiler", "DEF")
+_LIBRARY.define(
+    "attention_with_kvcache(Tensor q, Tensor k_cache, Tensor? v_cache, Tensor? q_rope, Tensor? k_rope_cache, "
+    "Tensor? cache_seqlens, Tensor? page_table, Tensor? attn_mask, float softmax_scale, bool causal, "
+    "int num_splits, Tensor? kv_range=None) -> (Tensor, Tensor)"
+)
+# kv_range: attn_mask's key range as mask_key_range gives it, computed once for several sites that share a mask
+# (the backend hoists it out of the layers); None computes it per call. A hint that saves a kernel launch: the
+# mask alone defines the result, so the PyTorch path ignores it.
+_LIBRARY.define("mask_key_range(Tensor attn_mask, SymInt batch, SymInt capacity) -> Tensor")
+
+
+def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                   causal, num_splits, kv_range=None):
+    if triton_interpreter_enabled():
+        return run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                           softmax_scale, causal, num_splits, kv_range)
+    out, lse = attention_with_kvcache_reference(
+        q, k_cache, v_cache, q_rope=q_rope, k_rope_cache=k_rope_cache, cache_seqlens=cache_seqlens,
+        page_table=page_table, attn_mask=attn_mask, softmax_scale=softmax_scale, causal=causal,
+    )
+    return out.contiguous(), lse  # the fake implementation promises contiguous outputs, as the kernels give
+
+
+def _mask_key_range(attn_mask, batch, capacity):
+    """The kernel on CUDA and under the interpreter, PyTorch ops on CPU otherwise."""
+    on_kernels = attn_mask.device.type == "cuda" or triton_interpreter_enabled()
+    reduce = mask_key_range if on_kernels else mask_key_range_reference
+    return reduce(mask_as_kernel_operand(attn_mask), batch, capacity, attn_mask.dtype == torch.bool)
+
+
+_LIBRARY.impl("attention_with_kvcache", _attention_cpu, "CPU")
+_LIBRARY.impl("attention_with_kvcache", run_kernels, "CUDA")
+_LIBRARY.impl("mask_key_range", _mask_key_range, "CPU")
+_LIBRARY.impl("mask_key_range", _mask_key_range, "CUDA")
+
+
+@torch.library.register_fake("glacompiler::mask_key_range", lib=_LIBRARY)
+def _mask_key_range_fake(attn_mask, batch, capacity):
+    return attn_mask.new_empty((2, batch), dtype=torch.int32)
+
+
+@torch.library.register_fake("glacompiler::attention_with_kvcache", lib=_LIBRARY)
+def _attention_with_kvcache_fake(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                                 softmax_scale, causal, num_splits, kv_range=None):
+    batch, query_len, num_q_heads, _ = q.shape
+    head_dim_v = (k_cache if v_cache is None else v_cache).shape[-1]
+    out = q.new_empty((batch, query_len, num_q_heads, head_dim_v))
+    lse = q.new_empty((batch, query_len, num_q_heads), dtype=torch.float32)
+    return out, lse
+
+
+# (out, lse) = attention_with_kvcache_op(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table,
+#                                        attn_mask, softmax_scale, causal, num_splits); num_splits 0 = tuned / heuristic.
+attention_with_kvcache_op = torch.ops.glacompiler.attention_with_kvcache.default

@@ -1,0 +1,214 @@
+"""Input checks for attention_with_kvcache: every problem is a ValueError/TypeError naming the argument,
+raised before any kernel runs. Checks that need the tensors' values (a host-device sync) run only when
+GLACOMPILER_DEBUG=1."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..kernels.common.splits import MAX_SPLITS
+from ..spec import AttentionSpec, ProblemShape, dtype_name
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM_QK = 576
+MAX_HEAD_DIM_V = 512
+ROPE_DIMS = (0, 16, 32, 48, 64)
+MAX_QUERY_LEN = 16
+
+
+def debug_checks_enabled() -> bool:
+    return os.environ.get("GLACOMPILER_DEBUG", "0") not in ("", "0")
+
+
+def _require_tensor(name: str, value, ndim: int) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
+def _require_like(name: str, value: Tensor, q: Tensor, check_dtype: bool = True) -> None:
+    if value.device != q.device:
+        raise ValueError(f"{name} is on {value.device} but q is on {q.device}")
+    if check_dtype and value.dtype != q.dtype:
+        raise TypeError(f"{name} has dtype {value.dtype} but q has dtype {q.dtype}; they must match")
+
+
+def _require_unit_last_stride(name: str, value: Tensor) -> None:
+    if value.shape[-1] > 1 and value.stride(-1) != 1:
+        raise ValueError(f"{name} must be contiguous in its last dimension (stride {value.stride(-1)})")
+
+
+def _require_head_dim(name: str, dim: int, limit: int) -> None:
+    if dim % 8 != 0 or not 8 <= dim <= limit:
+        raise ValueError(f"{name} has head dim {dim}; supported: multiples of 8 from 8 to {limit}")
+
+
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    """Whether shape broadcasts to exactly target (a plain loop: torch.broadcast_shapes costs more host time
+    than the rest of the checks together)."""
+    if len(shape) > len(target):
+        return False
+    return all(size in (1, wanted) for size, wanted in zip(reversed(shape), reversed(target)))
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n >= 1 and (n & (n - 1)) == 0
+
+
+def validate_inputs(
+    q,
+    k_cache,
+    v_cache,
+    q_rope,
+    k_rope_cache,
+    cache_seqlens,
+    page_table,
+    attn_mask,
+    softmax_scale,
+    num_splits,
+    kv_range=None,
+) -> tuple[AttentionSpec, ProblemShape]:
+    q = _require_tensor("q", q, 4)
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"q has dtype {q.dtype}; supported: float16, bfloat16, float32")
+    _require_unit_last_stride("q", q)
+    batch, query_len, num_q_heads, head_dim_q = q.shape
+    if not 1 <= query_len <= MAX_QUERY_LEN:
+        raise ValueError(f"q has query length {query_len}; supported: 1 to {MAX_QUERY_LEN}")
+
+    paged = page_table is not None
+    k_cache = _require_tensor("k_cache", k_cache, 4)
+    _require_like("k_cache", k_cache, q)
+    _require_unit_last_stride("k_cache", k_cache)
+    num_kv_heads, head_dim_k = k_cache.shape[2], k_cache.shape[3]
+    if paged:
+        page_table = _require_tensor("page_table", page_table, 2)
+        _require_like("page_table", page_table, q, check_dtype=False)
+        if page_table.dtype != torch.int32:
+            raise TypeError(f"page_table must be int32, got {page_table.dtype}")
+        if page_table.shape[0] != batch:
+            raise ValueError(f"page_table has {page_table.shape[0]} rows but q has batch {batch}")
+        page_size = k_cache.shape[1]
+        if not _is_power_of_two(page_size):
+            raise ValueError(f"k_cache page size (dim 1 of a paged cache) must be a power of two, got {page_size}")
+        capacity = page_table.shape[1] * page_size
+    else:
+        if k_cache.shape[0] != batch:
+            raise ValueError(f"k_cache has batch {k_cache.shape[0]} but q has batch {batch}")
+        page_size = 0
+        capacity = k_cache.shape[1]
+
+    if num_kv_heads < 1 or num_q_heads % num_kv_heads != 0:
+        raise ValueError(
+            f"q has {num_q_heads} heads, which is not a multiple of k_cache's {num_kv_heads} KV heads"
+        )
+    _require_head_dim("q", head_dim_q, MAX_HEAD_DIM_QK)
+    _require_head_dim("k_cache", head_dim_k, MAX_HEAD_DIM_QK)
+
+    tied = v_cache is None
+    if tied:
+        head_dim_v = head_dim_k
+    else:
+        v_cache = _require_tensor("v_cache", v_cache, 4)
+        _require_like("v_cache", v_cache, q)
+        _require_unit_last_stride("v_cache", v_cache)
+        if tuple(v_cache.shape[:3]) != tuple(k_cache.shape[:3]):
+            raise ValueError(
+                f"v_cache shape {tuple(v_cache.shape)} must match k_cache {tuple(k_cache.shape)} "
+                "in every dim but the last"
+            )
+        head_dim_v = v_cache.shape[3]
+    _require_head_dim("v_cache" if not tied else "k_cache (as V)", head_dim_v, MAX_HEAD_DIM_V)
+
+    if (q_rope is None) != (k_rope_cache is None):
+        raise ValueError("q_rope and k_rope_cache must be given together")
+    rope_dim = 0
+    if q_rope is not None:
+        q_rope = _require_tensor("q_rope", q_rope, 4)
+        _require_like("q_rope", q_rope, q)
+        _require_unit_last_stride("q_rope", q_rope)
+        if tuple(q_rope.shape[:3]) != (batch, query_len, num_q_heads):
+            raise ValueError(f"q_rope shape {tuple(q_rope.shape)} must start with q's {(batch, query_len, num_q_heads)}")
+        rope_dim = q_rope.shape[3]
+        if rope_dim not in ROPE_DIMS[1:]:
+            raise ValueError(f"q_rope has rope dim {rope_dim}; supported: {ROPE_DIMS[1:]}")
+        k_rope_cache = _require_tensor("k_rope_cache", k_rope_cache, 3)
+        _require_like("k_rope_cache", k_rope_cache, q)
+        _require_unit_last_stride("k_rope_cache", k_rope_cache)
+        expected = (k_cache.shape[0], k_cache.shape[1], rope_dim)
+        if tuple(k_rope_cache.shape) != expected:
+            raise ValueError(f"k_rope_cache shape {tuple(k_rope_cache.shape)} must be {expected} (like k_cache)")
+
+    if head_dim_q != head_dim_k and not (tied and rope_dim > 0 and head_dim_q == head_dim_k - rope_dim):
+        raise ValueError(
+            f"q head dim {head_dim_q} must equal k_cache head dim {head_dim_k}"
+            + (f", or k_cache head dim minus rope dim ({head_dim_k - rope_dim}) for tied GTA" if tied else "")
+        )
+
+    if cache_seqlens is not None:
+        cache_seqlens = _require_tensor("cache_seqlens", cache_seqlens, 1)
+        _require_like("cache_seqlens", cache_seqlens, q, check_dtype=False)
+        if cache_seqlens.dtype != torch.int32:
+            raise TypeError(f"cache_seqlens must be int32, got {cache_seqlens.dtype}")
+        if cache_seqlens.shape[0] != batch:
+            raise ValueError(f"cache_seqlens has {cache_seqlens.shape[0]} entries but q has batch {batch}")
+
+    if attn_mask is not None:
+        if not isinstance(attn_mask, Tensor):
+            raise TypeError(f"attn_mask must be a torch.Tensor, got {type(attn_mask).__name__}")
+        _require_like("attn_mask", attn_mask, q, check_dtype=False)
+        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+            raise TypeError(f"attn_mask must be bool (True = attend) or floating (additive), got {attn_mask.dtype}")
+        target = (batch, num_q_heads, query_len, capacity)
+        if not _broadcasts_to(tuple(attn_mask.shape), target):
+            raise ValueError(
+                f"attn_mask shape {tuple(attn_mask.shape)} is not broadcastable to [B, Hq, Lq, S] = {target}"
+            )
+
+    if kv_range is not None:
+        if attn_mask is None:
+            raise ValueError("kv_range is the key range of attn_mask: it needs attn_mask")
+        _require_tensor("kv_range", kv_range, 2)
+        _require_like("kv_range", kv_range, q, check_dtype=False)
+        if kv_range.dtype != torch.int32 or tuple(kv_range.shape) != (2, batch) or kv_range.stride(-1) != 1:
+            raise ValueError(f"kv_range must be a contiguous int32 [2, {batch}] tensor (mask_key_range's result), got "
+                             f"{kv_range.dtype} {tuple(kv_range.shape)}")
+
+    if softmax_scale is not None and not isinstance(softmax_scale, (int, float)):
+        raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
+    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
+                                   or not 1 <= num_splits <= MAX_SPLITS):
+        raise ValueError(f"num_splits must be None or an int from 1 to {MAX_SPLITS}, got {num_splits!r}")
+
+    spec = AttentionSpec.from_dims(num_q_heads, num_kv_heads, head_dim_q, head_dim_k, head_dim_v, rope_dim, tied,
+                                   paged, dtype_name(q.dtype))
+    shape = ProblemShape(batch=batch, query_len=query_len, capacity=capacity, page_size=page_size)
+    if debug_checks_enabled():
+        check_values(k_cache, cache_seqlens, page_table, shape)
+    return spec, shape
+
+
+def check_values(k_cache: Tensor, cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], shape: ProblemShape) -> None:
+    """Value checks that sync with the device (GLACOMPILER_DEBUG=1 only)."""
+    if cache_seqlens is not None:
+        low, high = int(cache_seqlens.min()), int(cache_seqlens.max())
+        if low < 0 or high > shape.capacity:
+            raise ValueError(f"cache_seqlens must lie in [0, {shape.capacity}], got values in [{low}, {high}]")
+    if page_table is not None:
+        lengths = (
+            cache_seqlens.to(torch.long)
+            if cache_seqlens is not None
+            else torch.full((shape.batch,), shape.capacity, device=page_table.device)
+        )
+        slots = torch.arange(page_table.shape[1], device=page_table.device)
+        used = slots[None, :] * shape.page_size < lengths[:, None]
+        pages = page_table[used]
+        if pages.numel() and (int(pages.min()) < 0 or int(pages.max()) >= k_cache.shape[0]):
+            raise ValueError(
+                f"page_table holds page ids outside [0, {k_cache.shape[0]}) in slots covering valid tokens"
+            )

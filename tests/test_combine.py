@@ -1,0 +1,58 @@
+"""The LSE combine of split-KV partial outputs (kernels/common/combine.py), alone: ragged splits (some empty,
+some with a single key's weight), rows whose every split is empty, several output widths; the kernel under the
+interpreter and on a GPU against the float64 reference beside it."""
+import pytest
+import torch
+
+from glacompiler.kernels.common.combine import combine_splits, combine_splits_reference
+
+
+def partial_outputs(rows: int, splits: int, head_dim_v: int, generator: torch.Generator):
+    """Random partials as split kernels leave them: empty splits have lse -inf and out 0; row 0 is empty in
+    every split; lse values spread over a wide range (one split can dominate a row)."""
+    split_out = torch.randn(rows, splits, head_dim_v, generator=generator)
+    split_lse = torch.randn(rows, splits, generator=generator) * 8
+    empty = torch.rand(rows, splits, generator=generator) < 0.3
+    empty[0] = True
+    split_lse[empty] = float("-inf")
+    split_out[empty] = 0.0
+    return split_out, split_lse
+
+
+def test_reference_on_a_hand_made_row():
+    split_out = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]])
+    split_lse = torch.tensor([[0.0, 0.0, float("-inf")]])
+    out, lse = combine_splits_reference(split_out, split_lse)
+    assert torch.allclose(out, torch.tensor([[2.0, 3.0]], dtype=torch.float64))
+    assert torch.allclose(lse, torch.tensor([torch.log(torch.tensor(2.0))], dtype=torch.float64))
+    empty_out, empty_lse = combine_splits_reference(torch.zeros(1, 2, 2), torch.full((1, 2), float("-inf")))
+    assert torch.equal(empty_out, torch.zeros(1, 2, dtype=torch.float64)) and torch.isinf(empty_lse).all()
+
+
+def _check_combine(device: torch.device, rows: int, splits: int, head_dim_v: int, dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(rows * 131 + splits * 7 + head_dim_v)
+    split_out, split_lse = partial_outputs(rows, splits, head_dim_v, generator)
+    expected_out, expected_lse = combine_splits_reference(split_out, split_lse)
+    out = torch.full((rows, head_dim_v), float("nan"), dtype=dtype, device=device)  # every element must be written
+    lse = torch.full((rows,), float("nan"), dtype=torch.float32, device=device)
+    combine_splits(split_out.to(device), split_lse.to(device), out, lse)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert torch.equal(out[0].cpu(), torch.zeros(head_dim_v, dtype=dtype)) and lse[0].item() == float("-inf")
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(out.cpu().double(), expected_out, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(lse.cpu().double(), expected_lse, rtol=1e-5, atol=1e-5)
+
+
+CASES = [(5, 2, 24), (9, 3, 64), (4, 7, 136), (3, 64, 512)]  # rows, splits (powers of two and not), Dv
+
+
+@pytest.mark.parametrize("rows, splits, head_dim_v", CASES)
+def test_combine_interpreted(rows, splits, head_dim_v, interpret_kernels):
+    _check_combine(torch.device("cpu"), rows, splits, head_dim_v, torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows, splits, head_dim_v", CASES)
+def test_combine_gpu(rows, splits, head_dim_v, dtype, cuda_device):
+    _check_combine(cuda_device, rows, splits, head_dim_v, dtype)

@@ -1,0 +1,77 @@
+"""The mask's key range (kernels/common/mask_range.py): the kernel under the interpreter and on a GPU, and the
+op's CPU path, each against the PyTorch reference beside it."""
+import pytest
+import torch
+
+from glacompiler.kernels.common.key_bounds import mask_as_kernel_operand
+from glacompiler.kernels.common.mask_range import mask_key_range, mask_key_range_reference
+
+
+def _expected_key_range(mask: torch.Tensor, batch: int, capacity: int) -> torch.Tensor:
+    return mask_key_range_reference(mask_as_kernel_operand(mask), batch, capacity, mask.dtype == torch.bool)
+
+
+def test_reference_on_a_hand_made_case():
+    # Sequence 0 attends to keys 2..4 in one head and 7 in another; sequence 1 to nothing.
+    mask = torch.zeros(2, 2, 1, 9, dtype=torch.bool)
+    mask[0, 0, 0, 2:5] = True
+    mask[0, 1, 0, 7] = True
+    assert _expected_key_range(mask, 2, 9).tolist() == [[2, 9], [8, 0]]
+
+
+def _prefix_mask(lengths, capacity):
+    return (torch.arange(capacity)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
+
+
+def _window_bias(batch, capacity, generator):
+    bias = torch.full((batch, 1, 1, capacity), float("-inf"))
+    for b in range(batch):
+        lo = int(torch.randint(0, capacity, (1,), generator=generator))
+        hi = int(torch.randint(lo, capacity + 1, (1,), generator=generator))
+        bias[b, ..., lo:hi] = torch.randn(hi - lo, generator=generator)
+    return bias
+
+
+MASK_RANGE_CASES = {
+    # name: (batch, capacity, make(generator) -> mask)
+    "prefix, one block, an empty sequence": (4, 37, lambda g: _prefix_mask([37, 0, 1, 20], 37)),
+    "prefix, several blocks": (3, 2100, lambda g: _prefix_mask([2100, 1025, 1024], 2100)),
+    "additive window": (5, 1500, lambda g: _window_bias(5, 1500, g)),
+    "per head, sparse": (2, 300, lambda g: torch.rand(2, 4, 1, 300, generator=g) > 0.97),
+    "per token, batch broadcast": (3, 90, lambda g: torch.rand(1, 1, 3, 90, generator=g) > 0.9),
+    "2-D [Lq, S]": (2, 50, lambda g: torch.rand(2, 50, generator=g) > 0.8),
+    "key dim broadcast": (3, 40, lambda g: torch.tensor([True, False, True]).view(3, 1, 1, 1)),
+    "nothing attended": (2, 64, lambda g: torch.zeros(2, 1, 1, 64, dtype=torch.bool)),
+}
+
+
+def _check_mask_key_range(case: str, device: torch.device) -> None:
+    batch, capacity, make = MASK_RANGE_CASES[case]
+    mask = make(torch.Generator().manual_seed(sum(map(ord, case))))
+    expected = _expected_key_range(mask, batch, capacity)
+    operand = mask_as_kernel_operand(mask.to(device))
+    got = mask_key_range(operand, batch, capacity, mask.dtype == torch.bool)
+    assert got.dtype == torch.int32 and got.shape == (2, batch)
+    assert torch.equal(got.cpu(), expected), (got, expected)
+
+
+@pytest.mark.parametrize("case", list(MASK_RANGE_CASES))
+def test_mask_key_range_interpreted(case, interpret_kernels):
+    _check_mask_key_range(case, torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(MASK_RANGE_CASES))
+def test_mask_key_range_gpu(case, cuda_device):
+    _check_mask_key_range(case, cuda_device)
+
+
+@pytest.mark.parametrize("case", list(MASK_RANGE_CASES))
+def test_mask_key_range_op_pytorch_path(case):
+    """The op the backend emits once per distinct mask, through its PyTorch (CPU) path."""
+    batch, capacity, make = MASK_RANGE_CASES[case]
+    mask = make(torch.Generator().manual_seed(sum(map(ord, case))))
+    got = torch.ops.glacompiler.mask_key_range(mask, batch, capacity)
+    assert torch.equal(got, _expected_key_range(mask, batch, capacity))
+
+

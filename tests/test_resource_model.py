@@ -1,0 +1,51 @@
+"""The portable kernel's resource model (kernels/portable/resource_model.py): shared memory and registers of a
+config, against what Triton allocated and the device limits."""
+import pytest
+
+from glacompiler.kernels.portable.config import PortableConfig, heuristic_config
+from glacompiler.kernels.portable.resource_model import estimate_resources
+from glacompiler.presets import PAPER_SPECS
+from tuning_doubles import H100
+
+
+# Shared memory that Triton 3.9 allocated for these configs, compiled for sm_90 (compiled.metadata.shared).
+TRITON_SHARED_BYTES = [
+    ("gqa", dict(block_m=16, block_n=128, block_d=128), 40960),
+    ("gqa", dict(block_m=16, block_n=64, block_d=64), 14336),
+    ("gqa", dict(block_m=16, block_n=16, block_d=32), 5632),
+    ("gta", dict(block_m=16, block_n=128, block_d=64), 36864),
+    ("gla2", dict(block_m=64, block_n=128, block_d=64), 122880),
+    ("gla2", dict(block_m=16, block_n=64, block_d=64), 51200),
+    ("mla", dict(block_m=64, block_n=128, block_d=64), 221184),
+    ("mla", dict(block_m=128, block_n=128, block_d=64), 294912),
+]
+
+
+@pytest.mark.parametrize("name,knobs,measured", TRITON_SHARED_BYTES)
+def test_shared_memory_model_matches_triton(name, knobs, measured):
+    estimate = estimate_resources(PAPER_SPECS[name], PortableConfig(num_warps=8, **knobs))
+    assert estimate.shared_bytes == measured
+
+
+def test_resource_model_prunes_what_cannot_launch():
+    mla = PAPER_SPECS["mla"]
+    too_much_shared = estimate_resources(mla, PortableConfig(block_m=128, block_n=128, num_warps=8))
+    assert too_much_shared.excess(H100)["shared"] > 0  # 288 KiB > 227 KiB
+    # A 128 x 512 fp32 accumulator is 512 registers per thread over 4 warps: twice the file, before anything
+    # else (Triton spills 3 KB per thread there). Over 8 warps it spills ~0.7 KB, which is tolerated.
+    too_many_registers = estimate_resources(mla, PortableConfig(block_m=128, block_n=16, num_warps=4))
+    assert too_many_registers.excess(H100)["registers"] > 0
+    assert not too_many_registers.fits(H100)
+    assert estimate_resources(mla, PortableConfig(block_m=128, block_n=16, num_warps=8)).fits(H100)
+    # Splitting the output dims over 4 programs shrinks the accumulator to fit in 4 warps.
+    split = estimate_resources(mla, PortableConfig(block_m=128, block_n=16, num_warps=4, dv_split=4))
+    assert split.excess(H100)["registers"] <= 0
+    assert "KiB" in too_much_shared.describe(H100)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_SPECS))
+def test_heuristic_defaults_fit_hopper(name):
+    spec = PAPER_SPECS[name]
+    for batch, capacity, query_len in [(1, 1024, 1), (128, 32768, 4), (32, 8192, 2)]:
+        config = heuristic_config(spec, batch, capacity, query_len, H100.multiprocessors)
+        assert estimate_resources(spec, config).fits(H100), (name, config)

@@ -1,0 +1,62 @@
+"""Tuning search spaces: the portable kernels' (kernels/portable/search_space.py) and the Hopper latent
+kernel's, built through the family interface the tuner uses."""
+import pytest
+
+from glacompiler.kernels.latent_hopper import LATENT_HOPPER, LatentHopperConfig
+from glacompiler.kernels.portable import PORTABLE
+from glacompiler.kernels.portable.config import PortableConfig, heuristic_config
+from glacompiler.kernels.portable.search_space import build_search_space
+from glacompiler.presets import PAPER_SPECS
+from glacompiler.spec import ProblemShape
+from tuning_doubles import GQA, H100
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_SPECS))
+@pytest.mark.parametrize("batch,capacity,query_len", [(1, 1024, 1), (128, 32768, 4), (8, 8192, 2)])
+def test_space_holds_only_valid_configs(name, batch, capacity, query_len):
+    spec = PAPER_SPECS[name]
+    shape = ProblemShape(batch=batch, query_len=query_len, capacity=capacity, page_size=64)
+    default = heuristic_config(spec, batch, capacity, query_len, H100.multiprocessors)
+    space = build_search_space(spec, shape, H100.multiprocessors, include=[default])
+    assert space.contains(default)
+    rows = spec.group_size * query_len
+    assert min(space.values("block_m")) >= 16
+    assert max(space.values("block_m")) <= max(16, default.block_m, 1 << (rows - 1).bit_length())
+    assert max(space.values("num_splits")) <= 64
+    assert max(space.values("block_n")) <= capacity
+    for value in space.values("dv_split"):
+        assert value == 1 or spec.head_dim_v // value >= 32
+    # Every combination is a config the kernel accepts (PortableConfig validates its fields).
+    for config in space.configs(default):
+        assert isinstance(config, PortableConfig)
+
+
+def test_space_scales_splits_with_parallelism():
+    small = build_search_space(GQA, ProblemShape(1, 1, 32768, 64), 132)
+    large = build_search_space(GQA, ProblemShape(128, 1, 32768, 64), 132)
+    short = build_search_space(GQA, ProblemShape(1, 1, 128, 64), 132)
+    assert max(small.values("num_splits")) >= 32  # 8 programs on 132 SMs: splits are the parallelism
+    assert max(large.values("num_splits")) <= 2  # 1024 programs already fill the GPU
+    assert max(short.values("num_splits")) <= 2  # 128 keys: no split shorter than 64 keys
+
+
+def test_portable_family_builds_the_same_space():
+    shape = ProblemShape(batch=8, query_len=2, capacity=8192, page_size=64)
+    default = PORTABLE.heuristic_config(GQA, shape, H100.multiprocessors)
+    assert PORTABLE.search_space(GQA, shape, H100.multiprocessors, [default]) == \
+        build_search_space(GQA, shape, H100.multiprocessors, [default])
+
+
+@pytest.mark.parametrize("name", ["mla", "gla2", "gla8"])
+def test_hopper_space_holds_split_counts_and_row_tiles(name):
+    spec = PAPER_SPECS[name]
+    shape = ProblemShape(batch=1, query_len=2, capacity=32768, page_size=64)
+    default = LATENT_HOPPER.heuristic_config(spec, shape, H100.multiprocessors)
+    space = LATENT_HOPPER.search_space(spec, shape, H100.multiprocessors, [default])
+    assert space.contains(default) and max(space.values("num_splits")) >= 32  # one sequence: splits fill the GPU
+    # MLA's 512-wide latent only fits 64-row tiles; GLA's 256-wide one also 128-row tiles.
+    assert space.values("row_split") == ((False,) if spec.head_dim_k > 256 else (False, True))
+    for config in space.configs(default):
+        assert isinstance(config, LatentHopperConfig)
+        assert LATENT_HOPPER.resource_check(spec, config, H100).excess <= 0
+    assert LATENT_HOPPER.resource_check(PAPER_SPECS["mla"], LatentHopperConfig(row_split=True), H100).excess > 0

@@ -1,0 +1,154 @@
+"""kernels/common/triton_launch.py on CPU: which launches go through triton's JIT and which call the compiled
+binary directly, with test doubles for the JIT function, the compiled kernel and the driver."""
+import pytest
+import torch
+from triton.compiler import CompiledKernel
+from triton.runtime.jit import JITFunction
+
+from glacompiler.kernels.common import triton_launch as kernel_launch
+
+
+def _kernel_source(X, Y, n, A: "tl.constexpr", B: "tl.constexpr"):  # noqa: F821 - the parameters are what counts
+    pass
+
+
+class FakeCompiled(CompiledKernel):
+    def __init__(self, fail_with=None):  # no binary: only what the direct launch reads
+        self.function, self.packed_metadata, self.direct_calls, self.fail_with = "function", "metadata", [], fail_with
+        self.module = None  # nothing loaded, nothing for CompiledKernel.__del__ to unload
+
+    def launch_metadata(self, grid, stream, *args):
+        return ("metadata of", grid, stream, args)
+
+    def run(self, *launch_args):
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.direct_calls.append(launch_args)
+
+
+class FakeJIT(JITFunction):
+    def __init__(self, compiled):
+        super().__init__(_kernel_source)
+        self.compiled, self.jit_calls = compiled, []
+
+    def __getitem__(self, grid):
+        def run(*args, num_warps, num_stages, **constexprs):
+            self.jit_calls.append((grid, args, constexprs, num_warps, num_stages))
+            return self.compiled
+        return run
+
+
+class FakeDriver:
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device):
+        return 1234
+
+
+@pytest.fixture
+def fresh_launch_state(monkeypatch):
+    from triton.runtime.driver import driver
+
+    monkeypatch.setattr(driver, "_active", FakeDriver(), raising=False)
+    monkeypatch.setattr(type(driver), "active", property(lambda self: FakeDriver()), raising=False)
+    monkeypatch.setattr(kernel_launch, "_compiled", {})
+    monkeypatch.setattr(kernel_launch, "_constexpr_names", {})
+    monkeypatch.setattr(kernel_launch, "_direct_launch_enabled", True)
+
+
+def _args(x, y, n=7):
+    return (x, y, n)
+
+
+def test_first_launch_jits_then_direct_in_signature_order(fresh_launch_state):
+    compiled = FakeCompiled()
+    kernel = FakeJIT(compiled)
+    x, y = torch.zeros(8), torch.zeros(8)
+    for _ in range(3):
+        # constexprs given out of signature order: the direct launch must still pass A before B
+        assert kernel_launch.launch(kernel, (2, 3), _args(x, y), {"B": 5, "A": 4}, 4, 2) is compiled
+    assert len(kernel.jit_calls) == 1
+    from triton import knobs
+
+    metadata = ("metadata of", (2, 3), 1234, (x, y, 7, 4, 5))
+    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
+    assert compiled.direct_calls == [(2, 3, 1, 1234, "function", "metadata", metadata, *hooks, x, y, 7, 4, 5)] * 2
+
+
+@pytest.mark.parametrize("change", ["int value", "dtype", "alignment", "constexpr", "warps", "stages"])
+def test_any_specialisation_change_goes_back_to_the_jit(fresh_launch_state, change):
+    kernel = FakeJIT(FakeCompiled())
+    x, y = torch.zeros(16), torch.zeros(16)
+    kernel_launch.launch(kernel, (1,), _args(x, y), {"A": 1, "B": 2}, 4, 2)
+    args, constexprs, warps, stages = _args(x, y), {"A": 1, "B": 2}, 4, 2
+    if change == "int value":
+        args = _args(x, y, n=16)
+    elif change == "dtype":
+        args = _args(x.half(), y)
+    elif change == "alignment":
+        args = _args(torch.zeros(17)[1:], y)  # 4 bytes past an aligned allocation
+    elif change == "constexpr":
+        constexprs = {"A": 1, "B": 3}
+    elif change == "warps":
+        warps = 8
+    else:
+        stages = 3
+    kernel_launch.launch(kernel, (1,), args, constexprs, warps, stages)
+    assert len(kernel.jit_calls) == 2 and kernel.compiled.direct_calls == []
+
+
+def test_fresh_allocations_of_the_same_layout_launch_directly(fresh_launch_state):
+    kernel = FakeJIT(FakeCompiled())
+    for _ in range(2):
+        kernel_launch.launch(kernel, (1,), _args(torch.randn(32), torch.randn(32)), {"A": 1, "B": 2}, 4, 2)
+    assert len(kernel.jit_calls) == 1 and len(kernel.compiled.direct_calls) == 1
+
+
+def test_a_refused_direct_launch_turns_the_fast_path_off(fresh_launch_state, caplog):
+    kernel = FakeJIT(FakeCompiled(fail_with=TypeError("launcher takes 12 arguments")))
+    x, y = torch.zeros(8), torch.zeros(8)
+    for _ in range(3):
+        kernel_launch.launch(kernel, (1,), _args(x, y), {"A": 1, "B": 2}, 4, 2)
+    assert len(kernel.jit_calls) == 3 and not kernel_launch._direct_launch_enabled
+    assert "direct kernel launches turned off" in caplog.text
+
+
+def test_constexprs_must_match_the_parameters(fresh_launch_state):
+    kernel = FakeJIT(FakeCompiled())
+    x, y = torch.zeros(8), torch.zeros(8)
+    kernel_launch.launch(kernel, (1,), _args(x, y), {"A": 1, "C": 2}, 4, 2)
+    with pytest.raises(ValueError, match="do not match"):
+        kernel_launch.launch(kernel, (1,), _args(x, y), {"A": 1, "C": 2}, 4, 2)
+
+
+def test_the_memo_is_bounded(fresh_launch_state, monkeypatch):
+    monkeypatch.setattr(kernel_launch, "MAX_REMEMBERED_LAUNCHES", 3)
+    kernel = FakeJIT(FakeCompiled())
+    x, y = torch.zeros(8), torch.zeros(8)
+    for n in range(10):  # a stride that grows every step
+        kernel_launch.launch(kernel, (1,), _args(x, y, n=n), {"A": 1, "B": 2}, 4, 2)
+    assert len(kernel_launch._compiled) <= 3
+
+
+class FakeDescriptor:
+    """What the key reads of a TMA descriptor: the base tensor, the block shape and the shared layout."""
+
+    def __init__(self, base, block_shape, layout):
+        self.base, self.block_shape, self.layout = base, block_shape, layout
+
+
+def test_tma_descriptors_key_on_dtype_block_and_layout(fresh_launch_state):
+    kernel = FakeJIT(FakeCompiled())
+    x = torch.zeros(8)
+
+    def launch_with(descriptor):
+        kernel_launch.launch(kernel, (1,), (x, descriptor, 7), {"A": 1, "B": 2}, 4, 2)
+
+    launch_with(FakeDescriptor(torch.zeros(64, 8), [16, 8], "swizzle 128"))
+    launch_with(FakeDescriptor(torch.randn(128, 8), [16, 8], "swizzle 128"))  # another cache, same specialisation
+    assert len(kernel.jit_calls) == 1 and len(kernel.compiled.direct_calls) == 1
+    launch_with(FakeDescriptor(torch.zeros(64, 8), [32, 8], "swizzle 128"))
+    launch_with(FakeDescriptor(torch.zeros(64, 8), [16, 8], "swizzle 64"))
+    launch_with(FakeDescriptor(torch.zeros(64, 8).half(), [16, 8], "swizzle 128"))
+    assert len(kernel.jit_calls) == 4

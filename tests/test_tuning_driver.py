@@ -1,0 +1,117 @@
+"""Tuning runs over many buckets (glacompiler/tuning/driver.py), the GPU objective (benchmark.py) with the real
+kernels under the Triton interpreter, and online tuning's refusal without a GPU."""
+import pytest
+import torch
+
+optuna = pytest.importorskip("optuna")
+
+from glacompiler.kernels.portable.config import PortableConfig  # noqa: E402
+from glacompiler.presets import PAPER_SPECS  # noqa: E402
+from glacompiler.spec import AttentionSpec, ProblemShape  # noqa: E402
+from glacompiler.tables.table_file import Bucket, read_table  # noqa: E402
+from glacompiler.tuning.driver import plan_jobs, run_tuning  # noqa: E402
+from glacompiler.tuning.study import TuningBudget  # noqa: E402
+from tuning_doubles import GQA, SHAPE, SMALL_GPU, SyntheticKernel  # noqa: E402
+
+
+def test_driver_writes_the_table_after_each_bucket_and_skips_done_ones(tmp_path):
+    gta = PAPER_SPECS["gta"]
+    jobs = plan_jobs([GQA, gta], batches=[4, 16], capacities=[8192], query_lens=[1], page_size=64)
+    assert [(j.spec.kind, j.shape.batch) for j in jobs] == [("gqa", 4), ("gta", 4), ("gqa", 16), ("gta", 16)]
+    out = tmp_path / "out" / "table.json"
+    kernels = []
+
+    def factory(job):
+        kernels.append(SyntheticKernel(job.spec, SMALL_GPU))
+        return kernels[-1]
+
+    summary = run_tuning(jobs, out_path=out, limits=SMALL_GPU, evaluator_factory=factory,
+                         budget=TuningBudget(trials=8), storage_path=tmp_path / "journal.log",
+                         command="glacompiler autotune --preset gqa gta", progress=None)
+    assert len(summary.tuned) == 4 and not summary.failed and not summary.not_started
+    table = read_table(out)
+    assert table.gpu == "Synthetic GPU" and len(table.entries) == 4
+    assert table.commands == ["glacompiler autotune --preset gqa gta"]
+    # The second bucket of a spec was seeded with the first one's best config.
+    first_best = table.get("portable", GQA, Bucket(4, 8192, 1)).config
+    assert any(c.block_n == first_best.block_n and c.block_d == first_best.block_d for c, _ in kernels[2].calls[:3])
+
+    again = run_tuning(jobs, out_path=out, limits=SMALL_GPU, evaluator_factory=factory,
+                       budget=TuningBudget(trials=8), progress=None)
+    assert len(again.already_done) == 4 and not again.tuned and len(kernels) == 4
+
+
+def test_driver_stops_at_the_total_time_budget(tmp_path):
+    jobs = plan_jobs([GQA], batches=[1, 2, 4], capacities=[1024], query_lens=[1], page_size=64)
+    summary = run_tuning(jobs, out_path=tmp_path / "t.json", limits=SMALL_GPU,
+                         evaluator_factory=lambda job: SyntheticKernel(job.spec), budget=TuningBudget(trials=4),
+                         total_time_s=1e-3, progress=None)
+    assert not summary.tuned and len(summary.not_started) == 3
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_kernel_benchmark_runs_and_checks_real_kernels(tmp_path, monkeypatch, interpret_kernels):
+    from glacompiler.tuning import benchmark
+
+    monkeypatch.setenv("GLACOMPILER_CACHE_DIR", str(tmp_path))
+    spec = AttentionSpec.grouped(4, 2, 16, dtype="float32", paged=True)
+    shape = ProblemShape(batch=2, query_len=2, capacity=64, page_size=16)
+    timed = []
+
+    def wall_clock_ms(fn, quick):  # the interpreter has no CUDA events
+        timed.append(quick)
+        fn()
+        return 1.0 if quick else 2.0
+
+    bench = benchmark.KernelBenchmark(spec, shape, torch.device("cpu"), SMALL_GPU, timer=wall_clock_ms, check_capacity=64)
+    assert len(bench.inputs) == benchmark.MAX_INPUT_SETS  # a tiny problem: rotate sets past 2 x L2
+    assert bench.inputs[0]["page_table"].shape == (2, 4)
+    assert not set(bench.inputs[0]["page_table"].flatten().tolist()) & set(bench.inputs[1]["page_table"].flatten().tolist())
+    default = PortableConfig(block_m=16, block_n=16, block_d=32, num_splits=1)
+    other = PortableConfig(block_m=16, block_n=32, block_d=16, num_splits=2, dv_split=1)
+    assert bench.time_us(default, quick=True) == 1000.0 and bench.time_us(default, quick=False) == 2000.0
+    assert bench.output_mismatch(other, default) is None
+
+    real = benchmark.attention_with_kvcache_config
+
+    def off_by_a_bit(*args, config, **kwargs):
+        out, lse = real(*args, config=config, **kwargs)
+        return (out + 0.1, lse) if config == other else (out, lse)
+
+    monkeypatch.setattr(benchmark, "attention_with_kvcache_config", off_by_a_bit)
+    assert "output error" in bench.output_mismatch(other, default)
+    bench.close()
+
+
+def test_compiled_resources_are_picked_up_from_the_launch_log():
+    import logging
+
+    from glacompiler.tuning import benchmark
+
+    recorder = benchmark._CompiledResourceRecorder()
+    config = PortableConfig(block_n=64)
+    logger = logging.getLogger("glacompiler")
+    with benchmark._recording(recorder):
+        logger.debug("%s %s: regs %s, spills %s, shared %s", GQA.key(), config, 168, 0, 14336)
+        logger.debug("unrelated %s", 1)
+    logger.debug("%s %s: regs %s, spills %s, shared %s", GQA.key(), PortableConfig(), 1, 2, 3)  # not recording
+    assert recorder.by_config == {config: {"registers": 168, "spill_bytes": 0, "shared_bytes": 14336}}
+
+
+def test_online_tuning_needs_a_gpu(monkeypatch):
+    from glacompiler.tuning import tune_for_shapes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="CUDA GPU"):
+        tune_for_shapes([(GQA, SHAPE)])
+
+
+def test_jobs_tune_the_family_the_op_runs_on_the_device(monkeypatch):
+    monkeypatch.setattr("glacompiler.kernels.latent_hopper.device_problem", lambda device: None)  # as on an H100
+    mla = PAPER_SPECS["mla"]
+    jobs = plan_jobs([mla, GQA], batches=[1], capacities=[1024], query_lens=[1], page_size=64,
+                     device=torch.device("cuda", 0))
+    assert [(job.spec.kind, job.family) for job in jobs] == [("mla", "latent_hopper"), ("gqa", "portable")]
+    small_pages = plan_jobs([mla], batches=[1], capacities=[1024], query_lens=[1], page_size=8,
+                            device=torch.device("cuda", 0))
+    assert small_pages[0].family == "portable"  # pages of 8 keys stay on the portable kernels
