@@ -5,9 +5,9 @@ torch.ops.glacompiler.attention_with_kvcache; everything else is compiled by Ind
     torch.compile(model, backend=glacompiler.backend(cudagraphs=True))
     glacompiler.compile_report()                               # what happened at each attention site
 
-What is recognised, and what it becomes (details: the tables in softmax.py, scores.py, sdpa.py, masks.py,
-layout.py). Every index is followed exactly (layout.py): a site that is not the op's math is skipped with
-the reason, never approximated.
+What is recognised, and what it becomes (details: the tables in find/softmax.py, find/sdpa.py,
+trace/score_side.py, trace/masks.py, trace/layout.py). Every index is followed exactly (trace/layout.py): a
+site that is not the op's math is skipped with the reason, never approximated.
 
 | found in the graph                                      | argument of the op                               |
 |---------------------------------------------------------|--------------------------------------------------|
@@ -31,10 +31,22 @@ Left to Inductor (reported with the reason): more than 16 query tokens (prefill)
 take (head dims not multiples of 8, > 576, Dv > 512, rope not 16/32/48/64, float64), dropout, scores or
 probabilities used elsewhere, a mask that varies across heads, a softmax over anything but the keys, keys or
 values read with strides that need a copy, training graphs (the op has no backward).
+
+The pass, stage by stage (graph_pass.py runs them on each graph Inductor compiles):
+
+    find/      the sites: SDPA calls, and softmaxes over a q.k product that feed a product
+    trace/     each operand followed back to the tensor it reads (index algebra, score and value sides, masks)
+    plan/      a traced site matched against the op's math and turned into the op call's arguments
+    rewrite/   the op call emitted in place of the site
+    report.py  one record per site, rewritten or skipped with the reason
+
+decline.py holds Decline, the "not ours, because ..." that any stage raises; torch_compile_backend.py the
+backend class that installs the pass into Inductor; inductor_guard.py keeps Inductor's own attention fusion
+off the graphs we compile.
 """
 from __future__ import annotations
 
-from .compiler import GlaBackend, backend, gla_backend
+from .torch_compile_backend import GlaBackend, backend, gla_backend
 from .report import SiteRecord, compile_report, format_report, reset_report
 
 BACKEND_NAME = "gla"

@@ -12,13 +12,13 @@ from torch import fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from ..validation import ProblemShape
+from .decline import Decline
+from .find.sites import find_sites
 from .inductor_guard import guard_attention_fusions
-from .layout import fake_value
-from .operands import Decline
-from .plan import SitePlan, slots_size
+from .plan.site_plan import SitePlan, slots_size
 from .report import REWRITTEN, SKIPPED, SiteRecord, add_records, source_location
-from .rewrite import SharedMaskRanges, emit_site
-from .sites import find_sites
+from .rewrite.emit import SharedMaskRanges, emit_site
+from .trace.layout import fake_value
 
 
 class GlaPassError(RuntimeError):

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch._inductor.compile_fx import compile_fx
 
-from .attention_pass import AttentionRewritePass, GlaPassError, strict_mode
+from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
 from .inductor_guard import inductor_attention_fusion_disabled
 
 _graph_ids = itertools.count()
