@@ -26,6 +26,9 @@ class GlaPassError(RuntimeError):
 
 
 def strict_mode() -> bool:
+    """GLACOMPILER_STRICT=1: an unexpected error in the pass (or in online tuning) propagates to the user's
+    compile instead of falling back to Inductor alone with a warning. Sites the pass declines are still
+    skipped and reported: a decline is an answer, not an error."""
     return os.environ.get("GLACOMPILER_STRICT", "0") not in ("", "0")
 
 
