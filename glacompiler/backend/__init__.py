@@ -47,6 +47,9 @@ The pass, stage by stage (graph_pass.py runs them on each graph Inductor compile
 decline.py holds Decline, the "not ours, because ..." that any stage raises; torch_compile_backend.py the
 backend class that installs the pass into Inductor; inductor_guard.py keeps Inductor's own attention fusion
 off the graphs we compile.
+
+Environment: GLACOMPILER_LOG=1 logs each site's record as it is made (report.py); GLACOMPILER_STRICT=1 makes
+an unexpected error in the pass raise instead of compiling that graph without rewrites (graph_pass.py).
 """
 from __future__ import annotations
 
