@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import glacompiler
-from glacompiler.backend import attention_pass
+from glacompiler.backend import graph_pass
 from test_backend_patterns import B, D, GROUP, HKV, HQ, repeat_kv, sdpa_inputs
 from test_backend_support import assert_close
 
@@ -124,7 +124,7 @@ def _explode(*args, **kwargs):
 
 
 def test_pass_failure_compiles_unrewritten_with_a_warning(monkeypatch):
-    monkeypatch.setattr(attention_pass, "emit_site", _explode)
+    monkeypatch.setattr(graph_pass, "emit_site", _explode)
     monkeypatch.delenv("GLACOMPILER_STRICT", raising=False)
     q, k, v = sdpa_inputs()
     torch._dynamo.reset()
@@ -138,7 +138,7 @@ def test_pass_failure_compiles_unrewritten_with_a_warning(monkeypatch):
 
 
 def test_strict_mode_raises(monkeypatch):
-    monkeypatch.setattr(attention_pass, "emit_site", _explode)
+    monkeypatch.setattr(graph_pass, "emit_site", _explode)
     monkeypatch.setenv("GLACOMPILER_STRICT", "1")
     torch._dynamo.reset()
     with pytest.raises(Exception, match="injected failure"), torch.no_grad():
@@ -217,7 +217,7 @@ def test_entry_point_without_importing_glacompiler():
 def test_online_tuning_failure_never_fails_the_compile(monkeypatch):
     """backend(autotune=True) tunes rewritten CUDA sites at first compile; when tuning cannot run, the
     compile still succeeds with a warning (here the site list is forced, since this machine has no GPU)."""
-    from glacompiler.backend import compiler
+    from glacompiler.backend import torch_compile_backend
     from glacompiler.spec import ProblemShape
 
     def no_tuning(targets, **kwargs):
@@ -226,4 +226,4 @@ def test_online_tuning_failure_never_fails_the_compile(monkeypatch):
     monkeypatch.setattr("glacompiler.tuning.tune_for_shapes", no_tuning)
     spec = glacompiler.AttentionSpec("gqa", HQ, HKV, D, D, D, 0, False, False, "float32")
     with pytest.warns(RuntimeWarning, match="online tuning skipped"):
-        compiler.tune_sites([(spec, ProblemShape(B, 1, 64, 0), torch.device("cuda", 0))])
+        torch_compile_backend.tune_sites([(spec, ProblemShape(B, 1, 64, 0), torch.device("cuda", 0))])

@@ -3,11 +3,15 @@ torch.ops.glacompiler.attention_with_kvcache; everything else is compiled by Ind
 
     torch.compile(model, backend="gla")                        # registered name (and entry point)
     torch.compile(model, backend=glacompiler.backend(cudagraphs=True))
-    glacompiler.compile_report()                               # what happened at each attention site
+    print(glacompiler.compile_report())                        # what happened at each attention site
 
-What is recognised, and what it becomes (details: the tables in softmax.py, scores.py, sdpa.py, masks.py,
-layout.py). Every index is followed exactly (layout.py): a site that is not the op's math is skipped with
-the reason, never approximated.
+Importing this package is light: the backend class (and with it Inductor and dynamo) loads on first access
+to backend, GlaBackend, gla_backend or register_gla_backend, and registers the name "gla" with dynamo as it
+loads. The report (report.py) needs neither.
+
+What is recognised, and what it becomes (details: the tables in find/softmax.py, find/sdpa.py,
+trace/score_side.py, trace/masks.py, trace/layout.py). Every index is followed exactly (trace/layout.py): a
+site that is not the op's math is skipped with the reason, never approximated.
 
 | found in the graph                                      | argument of the op                               |
 |---------------------------------------------------------|--------------------------------------------------|
@@ -31,28 +35,43 @@ Left to Inductor (reported with the reason): more than 16 query tokens (prefill)
 take (head dims not multiples of 8, > 576, Dv > 512, rope not 16/32/48/64, float64), dropout, scores or
 probabilities used elsewhere, a mask that varies across heads, a softmax over anything but the keys, keys or
 values read with strides that need a copy, training graphs (the op has no backward).
+
+The pass, stage by stage (graph_pass.py runs them on each graph Inductor compiles):
+
+    find/      the sites: SDPA calls, and softmaxes over a q.k product that feed a product
+    trace/     each operand followed back to the tensor it reads (index algebra, score and value sides, masks)
+    plan/      a traced site matched against the op's math and turned into the op call's arguments
+    rewrite/   the op call emitted in place of the site
+    report.py  one record per site, rewritten or skipped with the reason
+
+decline.py holds Decline, the "not ours, because ..." that any stage raises; torch_compile_backend.py the
+backend class that installs the pass into Inductor; inductor_guard.py keeps Inductor's own attention fusion
+off the graphs we compile.
+
+Environment: GLACOMPILER_LOG=1 logs each site's record as it is made (report.py); GLACOMPILER_STRICT=1 makes
+an unexpected error in the pass raise instead of compiling that graph without rewrites (graph_pass.py).
 """
 from __future__ import annotations
 
-from .compiler import GlaBackend, backend, gla_backend
 from .report import SiteRecord, compile_report, format_report, reset_report
 
-BACKEND_NAME = "gla"
+# The backend class module imports Inductor and dynamo (seconds of import, not needed to read a report) and
+# registers "gla" with dynamo as it loads, so it is loaded on first access to one of these names (PEP 562).
+# torch resolves the entry point `glacompiler.backend:gla_backend` by attribute access, which lands here.
+_BACKEND_CLASS_NAMES = ("BACKEND_NAME", "GlaBackend", "backend", "gla_backend", "register_gla_backend")
 
 
-def register_gla_backend() -> None:
-    """Register "gla" with dynamo, once. When torch found our entry point first and is importing us to load
-    it, it registers the name itself right after; registering here too would be a duplicate."""
-    from torch._dynamo.backends import registry
+def __getattr__(name: str):
+    if name in _BACKEND_CLASS_NAMES:
+        from . import torch_compile_backend
 
-    if BACKEND_NAME in registry._COMPILER_FNS:
-        return
-    if registry._BACKENDS.get(BACKEND_NAME) is not None:
-        return
-    registry.register_backend(compiler_fn=gla_backend, name=BACKEND_NAME)
+        return getattr(torch_compile_backend, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-register_gla_backend()
+def __dir__() -> list:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "BACKEND_NAME",

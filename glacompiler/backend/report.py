@@ -1,10 +1,21 @@
-"""What the backend did, one record per attention site: glacompiler.compile_report() / reset_report().
-GLACOMPILER_LOG=1 also logs each record as it is made (logger "glacompiler")."""
+"""What the backend did, one record per attention site.
+
+    print(glacompiler.compile_report())   # a table, one row per site, and "N rewritten, M skipped"
+    format_report()                       # the same text, as a string
+    glacompiler.reset_report()            # forget the records
+
+compile_report() is a list of SiteRecord (status, kind, spec, form, source, reason, graph); the table shows
+each source without its line of code, which the record keeps. Records last until reset_report() or
+torch._dynamo.reset(), which throws away the compiled graphs they describe.
+
+GLACOMPILER_LOG=1 also logs each record as it is made (logger "glacompiler", level INFO; shown on stderr
+when the application configured no logging)."""
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import sys
 import threading
 from typing import Optional
 
@@ -34,15 +45,28 @@ class SiteRecord:
         tail = f": {self.reason}" if self.reason else ""
         return f"[{self.status}] {self.kind or '?'}{spec} ({self.form}) at {self.source}{tail}"
 
+    @property
+    def location(self) -> str:
+        """The source without its line of code: 'file:line in function' (or the graph node)."""
+        return self.source.split(": ", 1)[0]
+
+
+class CompileReport(list):
+    """compile_report()'s answer: the SiteRecords in the order they were made; str() is the table."""
+
+    def __str__(self) -> str:
+        return format_report(self)
+
 
 _records: list = []
 _lock = threading.Lock()
 
 
-def compile_report() -> list:
-    """Records of every attention site seen since the last reset_report()."""
+def compile_report() -> CompileReport:
+    """Records of every attention site seen since the last reset_report() or torch._dynamo.reset()."""
     with _lock:
-        return list(_records)
+        _forget_if_dynamo_was_reset()
+        return CompileReport(_records)
 
 
 def reset_report() -> None:
@@ -50,11 +74,77 @@ def reset_report() -> None:
         _records.clear()
 
 
+def add_records(records: list) -> None:
+    with _lock:
+        _forget_if_dynamo_was_reset()
+        _records.extend(records)
+        _mark_dynamo_generation()
+    if _logging_enabled():
+        _ensure_visible()
+        for record in records:
+            logger.info("%s", record)
+
+
+# torch._dynamo.reset() has no hook of its own, but it clears dynamo's compile callbacks. A no-op start
+# callback registered with the records marks the dynamo "generation" they belong to: once it is gone, the
+# records describe compiles that a reset threw away. Without that API (another torch) records stay until
+# reset_report().
+
+
+def _dynamo_generation_marker(*args) -> None:
+    """Runs at each dynamo compile start and does nothing; its presence is the mark."""
+
+
+def _dynamo_callbacks():
+    """dynamo's compile callback handler, when dynamo is loaded and has one; never imports dynamo."""
+    handler = getattr(sys.modules.get("torch._dynamo.callback"), "callback_handler", None)
+    usable = isinstance(getattr(handler, "start_callbacks", None), list) and hasattr(handler, "register_start_callback")
+    return handler if usable else None
+
+
+def _marked(handler) -> bool:
+    return any(callback is _dynamo_generation_marker for callback in handler.start_callbacks)
+
+
+def _forget_if_dynamo_was_reset() -> None:
+    handler = _dynamo_callbacks()
+    if _records and handler is not None and not _marked(handler):
+        _records.clear()
+
+
+def _mark_dynamo_generation() -> None:
+    handler = _dynamo_callbacks()
+    if handler is not None and not _marked(handler):
+        handler.register_start_callback(_dynamo_generation_marker)
+
+
+COLUMNS = ("status", "kind", "heads q/kv", "dims q/k/v/rope", "dtype", "form", "graph", "source", "reason")
+
+
+def _row(record: SiteRecord) -> tuple:
+    spec = record.spec
+    heads = "-" if spec is None else f"{spec.num_q_heads}/{spec.num_kv_heads}"
+    dims = "-" if spec is None else f"{spec.head_dim_q}/{spec.head_dim_k}/{spec.head_dim_v}/{spec.rope_dim}"
+    return (record.status, record.kind or "?", heads, dims, "-" if spec is None else spec.dtype,
+            record.form or "-", record.graph or "-", record.location, record.reason)
+
+
+def summary_line(records: list) -> str:
+    rewritten = sum(record.status == REWRITTEN for record in records)
+    sites = "site" if len(records) == 1 else "sites"
+    return f"{len(records)} attention {sites}: {rewritten} rewritten, {len(records) - rewritten} skipped"
+
+
 def format_report(records: Optional[list] = None) -> str:
+    """The records (default: compile_report()) as an aligned table, one row per site, and a summary line."""
     records = compile_report() if records is None else records
     if not records:
         return "no attention sites seen"
-    return "\n".join(str(record) for record in records)
+    rows = [COLUMNS] + [_row(record) for record in records]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(COLUMNS) - 1)]
+    lines = ["  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip()
+             for row in rows]
+    return "\n".join(lines + [summary_line(records)])
 
 
 def _logging_enabled() -> bool:
@@ -69,15 +159,6 @@ def _ensure_visible() -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("glacompiler: %(message)s"))
         logger.addHandler(handler)
-
-
-def add_records(records: list) -> None:
-    with _lock:
-        _records.extend(records)
-    if _logging_enabled():
-        _ensure_visible()
-        for record in records:
-            logger.info("%s", record)
 
 
 def source_location(node) -> str:

@@ -7,10 +7,11 @@ import dataclasses
 import torch
 from torch import fx
 
+from ..decline import Decline
 from .layout import Layout, fake_value, compose, is_view_like, merge_adjacent, regroup
-from .operands import Decline, Operand, convert_dtypes, is_call, walk_operand
+from .operands import Operand, convert_dtypes, is_call, walk_operand
 from .products import ProductAtoms, bmm_atoms
-from .scores import PRODUCT_OPS
+from .score_side import PRODUCT_OPS
 from .slots import whole
 
 aten = torch.ops.aten

@@ -12,10 +12,11 @@ from typing import Optional
 
 import torch
 
+from ..decline import Decline
 from .layout import Layout, Piece, fake_value, compose, merge_adjacent
-from .operands import Decline, Operand, is_call, walk_operand
+from .operands import Operand, is_call, walk_operand
 from .products import Atom, ProductAtoms, bmm_atoms
-from .scores import RawTerm
+from .score_side import RawTerm
 from .sizes import Size, divides, exact_div, known_equal
 
 aten = torch.ops.aten

@@ -1,5 +1,9 @@
-"""The backend callable: Inductor's compile_fx with our pass installed as joint_custom_pre_pass and
-Inductor's own attention fusion held off (inductor_guard.py)."""
+"""The torch.compile backend: GlaBackend runs Inductor's compile_fx with our pass (graph_pass.py) installed as
+joint_custom_pre_pass and Inductor's own attention fusion held off (inductor_guard.py). Loading this module
+registers the name "gla" with dynamo.
+
+GLACOMPILER_STRICT=1 raises errors that the backend would otherwise absorb: a failure inside the pass (by
+default the graph is recompiled without rewrites, with a warning) and a failure of online tuning."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +13,7 @@ from typing import Optional
 import torch
 from torch._inductor.compile_fx import compile_fx
 
-from .attention_pass import AttentionRewritePass, GlaPassError, strict_mode
+from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
 from .inductor_guard import inductor_attention_fusion_disabled
 
 _graph_ids = itertools.count()
@@ -113,3 +117,20 @@ def backend(cudagraphs: bool = False, autotune: bool = False, rewrite: bool = Tr
 
 
 gla_backend = GlaBackend()
+
+BACKEND_NAME = "gla"
+
+
+def register_gla_backend() -> None:
+    """Register "gla" with dynamo, once. When torch found our entry point first and is importing us to load
+    it, it registers the name itself right after; registering here too would be a duplicate."""
+    from torch._dynamo.backends import registry
+
+    if BACKEND_NAME in registry._COMPILER_FNS:
+        return
+    if registry._BACKENDS.get(BACKEND_NAME) is not None:
+        return
+    registry.register_backend(compiler_fn=gla_backend, name=BACKEND_NAME)
+
+
+register_gla_backend()

@@ -21,8 +21,9 @@ from typing import Optional
 import torch
 from torch import fx
 
+from ..decline import Decline
 from .layout import VIEW_OPS, Layout, fake_value, broadcast_layout, compose, identity, is_view_like
-from .operands import Decline, convert_dtypes, is_call, scalar_factor, scalar_value
+from .operands import convert_dtypes, is_call, scalar_factor, scalar_value
 
 aten = torch.ops.aten
 

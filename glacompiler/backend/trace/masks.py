@@ -20,11 +20,12 @@ from typing import Optional
 import torch
 from torch import fx
 
+from ..decline import Decline
 from .layout import Layout, fake_value, broadcast_layout, compose, trace
-from .operands import Decline, convert_dtypes, is_call
+from .operands import convert_dtypes, is_call
 from .products import align
+from .score_side import NEGLIGIBLE_FILL, MaskUse, fill_value
 from .sizes import known_equal
-from .scores import NEGLIGIBLE_FILL, MaskUse, fill_value
 
 aten = torch.ops.aten
 

@@ -12,13 +12,13 @@ from torch import fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from ..spec import ProblemShape
+from .decline import Decline
+from .find.sites import find_sites
 from .inductor_guard import guard_attention_fusions
-from .layout import fake_value
-from .operands import Decline
-from .plan import SitePlan, slots_size
+from .plan.site_plan import SitePlan, slots_size
 from .report import REWRITTEN, SKIPPED, SiteRecord, add_records, source_location
-from .rewrite import SharedMaskRanges, emit_site
-from .sites import find_sites
+from .rewrite.emit import SharedMaskRanges, emit_site
+from .trace.layout import fake_value
 
 
 class GlaPassError(RuntimeError):
@@ -26,6 +26,9 @@ class GlaPassError(RuntimeError):
 
 
 def strict_mode() -> bool:
+    """GLACOMPILER_STRICT=1: an unexpected error in the pass (or in online tuning) propagates to the user's
+    compile instead of falling back to Inductor alone with a warning. Sites the pass declines are still
+    skipped and reported: a decline is an answer, not an error."""
     return os.environ.get("GLACOMPILER_STRICT", "0") not in ("", "0")
 
 

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import fx
 
-from .layout import fake_value
+from ..trace.layout import fake_value
 
 aten = torch.ops.aten
 

@@ -9,20 +9,11 @@ from typing import Optional
 import torch
 from torch import fx
 
+from ..decline import Decline
 from .layout import Layout, fake_value, compose, trace
 
 aten = torch.ops.aten
 prims = torch.ops.prims
-
-
-class Decline(Exception):
-    """A site that is attention-shaped but not exactly what our op computes: the message is the reason.
-    `spec` is filled in when the site's shapes were understood before the decline."""
-
-    def __init__(self, reason: str, spec=None):
-        super().__init__(reason)
-        self.spec = spec
-
 
 LOSSLESS_UPCASTS = {(torch.float16, torch.float32), (torch.bfloat16, torch.float32)}
 

@@ -24,7 +24,7 @@ import torch
 from torch import fx
 from torch.fx.operator_schemas import normalize_function
 
-from .operands import Decline
+from ..decline import Decline
 
 aten = torch.ops.aten
 

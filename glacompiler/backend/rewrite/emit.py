@@ -11,10 +11,10 @@ from torch import fx
 from torch._guards import detect_fake_mode
 from torch.utils import _pytree as pytree
 
-from .layout import fake_value
-from .masks import PlacedMask
-from .plan import QueryPlan, SitePlan, TensorPlan
-from .sizes import is_concrete, known_equal, known_one
+from ..plan.site_plan import QueryPlan, SitePlan, TensorPlan
+from ..trace.layout import fake_value
+from ..trace.masks import PlacedMask
+from ..trace.sizes import is_concrete, known_equal, known_one
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -117,7 +117,7 @@ def build_mask(emit: Emitter, mask: PlacedMask, plan: SitePlan) -> fx.Node:
         node = emit.call(aten.squeeze.dims, node, list(mask.unit_axes))
     remaining = sorted(mask.slot_axes.values())
     roles = plan.roles
-    # One slot per op dim at most (plan.py declines masks along a batch that spans several dims).
+    # One slot per op dim at most (plan/site_plan.py declines masks along a batch that spans several dims).
     per_dim = [roles.batch, [], roles.position, [roles.key]]
     varying = [next((s for s in slots if s in mask.slot_axes), None) for slots in per_dim]
     order = [remaining.index(mask.slot_axes[s]) for s in varying if s is not None]

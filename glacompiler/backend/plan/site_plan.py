@@ -14,12 +14,12 @@ from typing import Optional
 import torch
 from torch import fx
 
-from ..spec import AttentionSpec, dtype_name
-from ..op.validation import MAX_QUERY_LEN, SUPPORTED_DTYPES, validate_inputs
-from .layout import Piece, fake_value
-from .operands import Decline
-from .sizes import is_concrete, known_equal, known_one, product, size_hint
-from .values import ValueSide
+from ...op.validation import MAX_QUERY_LEN, SUPPORTED_DTYPES, validate_inputs
+from ...spec import AttentionSpec, dtype_name
+from ..decline import Decline
+from ..trace.layout import Piece, fake_value
+from ..trace.sizes import is_concrete, known_equal, known_one, product, size_hint
+from ..trace.value_side import ValueSide
 
 
 @dataclasses.dataclass

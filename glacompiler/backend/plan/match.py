@@ -1,89 +1,23 @@
-"""Attention sites in a graph, and the plan for each: hand-written attention found from its softmax, and
-SDPA calls. Both end in the same SitePlan."""
+"""A found site matched against the op's math: its q.k terms, the score tensor's slots, the masks and the
+value side are traced, roles chosen, and the result handed to make_plan. Hand-written attention (from its
+softmax) and SDPA calls both end in the same SitePlan; anything else raises Decline with the reason."""
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Optional
 
 import torch
-from torch import fx
 
-from .layout import Layout, Piece, broadcast_layout, fake_value, is_view_like, view_layout
-from .masks import place
-from .operands import Decline, Operand, convert_dtypes, walk_operand
-from .plan import SitePlan, check_scales, choose_roles, is_tied, make_plan
-from .scores import PRODUCT_OPS, MaskUse, reaches_product, walk_scores
-from .sdpa import SdpaCall, is_sdpa, read_sdpa
-from .sizes import is_concrete, product
-from .slots import assign_roles, build_slots, slot_space, terms_from_operands, terms_from_product
-from .softmax import SoftmaxMatch, find_softmaxes, scores_used_only_by_softmax
-from .values import ValueSide, analyze_values, values_of_product
-
-aten = torch.ops.aten
-
-# What may sit between the probabilities and the value product of something still shaped like attention.
-ELEMENTWISE_OPS = (aten.mul.Tensor, aten.div.Tensor, aten.where.self, aten.mul.Scalar, aten.div.Scalar)
-
-
-@dataclasses.dataclass
-class Site:
-    """A place in the graph that computes attention; plan() says how to rewrite it or raises Decline."""
-
-    anchor: fx.Node  # the node whose provenance is reported
-    form: str
-    softmax: Optional[SoftmaxMatch] = None
-    sdpa_node: Optional[fx.Node] = None
-
-    def plan(self) -> SitePlan:
-        """A key concatenated along its head dim is first read as GTA/MLA's two parts (tied or latent part +
-        one shared rope key: the caches are read in place); failing that, as one key tensor."""
-        try:
-            return self._plan(split_cat=True)
-        except Decline as split:
-            try:
-                return self._plan(split_cat=False)
-            except Decline as whole:
-                # Report the attempt that understood the site's shapes (it got further), the split one first.
-                if split.spec is not None or whole.spec is None or str(whole) == str(split):
-                    raise split from None
-                raise
-
-    def _plan(self, split_cat: bool) -> SitePlan:
-        if self.softmax is not None:
-            return plan_softmax_site(self.softmax, split_cat)
-        return plan_sdpa_site(read_sdpa(self.sdpa_node), split_cat)
-
-
-def _feeds_product(node: fx.Node, depth: int = 6) -> bool:
-    """The probabilities reach the left operand of a bmm/mm through views, casts and elementwise ops (a
-    dropout is still an attention site, reported as skipped)."""
-    frontier = [node]
-    for _ in range(depth):
-        following = []
-        for current in frontier:
-            for user in current.users:
-                if user.op != "call_function":
-                    continue
-                if user.target in PRODUCT_OPS:
-                    if user.args[0] is current:
-                        return True
-                elif is_view_like(user) or convert_dtypes(user) is not None or user.target in ELEMENTWISE_OPS:
-                    following.append(user)
-        frontier = following
-    return False
-
-
-def find_sites(graph: fx.Graph) -> list:
-    """Attention-shaped places: SDPA calls, and softmaxes over a product whose result feeds a product."""
-    sites = []
-    for node in graph.nodes:
-        if node.op == "call_function" and is_sdpa(node):
-            sites.append(Site(node, f"sdpa:{node.target.__name__.split('.')[0]}", sdpa_node=node))
-    for match in find_softmaxes(graph):
-        if reaches_product(match.input) and _feeds_product(match.output):
-            sites.append(Site(match.output, match.form, softmax=match))
-    return sites
+from ..decline import Decline
+from ..find.sdpa import SdpaCall
+from ..find.softmax import SoftmaxMatch, scores_used_only_by_softmax
+from ..trace.layout import Layout, Piece, broadcast_layout, fake_value, view_layout
+from ..trace.masks import place
+from ..trace.operands import Operand, walk_operand
+from ..trace.score_side import MaskUse, walk_scores
+from ..trace.sizes import is_concrete, product
+from ..trace.slots import assign_roles, build_slots, slot_space, terms_from_operands, terms_from_product
+from ..trace.value_side import ValueSide, analyze_values, values_of_product
+from .site_plan import SitePlan, check_scales, choose_roles, is_tied, make_plan
 
 
 def _check_owned(nodes: list, owners: set, what: str) -> None:

@@ -1,0 +1,1 @@
+"""Stage 4, rewrite: emit.py puts the op call and its views into the graph and drops the old site."""
