@@ -2,7 +2,8 @@
 
 `import glacompiler` loads the op (and no Inductor): attention_with_kvcache, its reference, AttentionSpec and
 the kernel configs. The torch.compile backend and its report load on first use (glacompiler.backend(...),
-compile_report(), or torch.compile(model, backend="gla"), which finds the backend through its entry point)."""
+compile_report(), or torch.compile(model, backend="gla"), which finds the backend through its entry point;
+the backend and its graph pass live in glacompiler.compiler)."""
 from __future__ import annotations
 
 import importlib
@@ -18,8 +19,8 @@ from .spec import AttentionSpec, ProblemShape
 def backend(cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True, inductor_config=None,
             cpp_wrapper=None):
     """A gla torch.compile backend with options: torch.compile(model, backend=glacompiler.backend(cudagraphs=True)).
-    See glacompiler.backend.GlaBackend for the options; the plain name "gla" is this with the defaults."""
-    from .backend import backend as make_backend  # Inductor loads here, not at `import glacompiler`
+    See glacompiler.compiler.GlaBackend for the options; the plain name "gla" is this with the defaults."""
+    from .compiler import backend as make_backend  # Inductor loads here, not at `import glacompiler`
 
     return make_backend(cudagraphs=cudagraphs, autotune=autotune, rewrite=rewrite, inductor_config=inductor_config,
                         cpp_wrapper=cpp_wrapper)
@@ -27,9 +28,9 @@ def backend(cudagraphs: bool = False, autotune: bool = False, rewrite: bool = Tr
 
 # name -> module that defines it, imported on first access (PEP 562).
 _LAZY = {
-    "compile_report": "glacompiler.backend.report",
-    "format_report": "glacompiler.backend.report",
-    "reset_report": "glacompiler.backend.report",
+    "compile_report": "glacompiler.compiler.report",
+    "format_report": "glacompiler.compiler.report",
+    "reset_report": "glacompiler.compiler.report",
 }
 
 

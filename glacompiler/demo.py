@@ -14,8 +14,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .backend import backend as gla_backend_factory
-from .backend import compile_report, format_report, reset_report
+from .compiler import backend as gla_backend_factory
+from .compiler import compile_report, format_report, reset_report
 from .models import TinyLM
 from .presets import paper_config, tiny_config
 from .models.layers import decode_positions

@@ -8,7 +8,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import glacompiler
-from glacompiler.backend.inductor_guard import guard_attention_fusions, is_attention_fusion
+from glacompiler.compiler.inductor_guard import guard_attention_fusions, is_attention_fusion
 from test_backend_support import assert_close
 
 

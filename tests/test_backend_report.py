@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import glacompiler
-from glacompiler.backend import report
-from glacompiler.backend.report import SiteRecord, format_report
+from glacompiler.compiler import report
+from glacompiler.compiler.report import SiteRecord, format_report
 from glacompiler.spec import AttentionSpec
 from test_backend_patterns import D, HKV, HQ, sdpa_inputs
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import glacompiler
-from glacompiler.backend import graph_pass
+from glacompiler.compiler import graph_pass
 from test_backend_patterns import B, D, GROUP, HKV, HQ, repeat_kv, sdpa_inputs
 from test_backend_support import assert_close
 
@@ -185,7 +185,7 @@ def test_rewrite_off_keeps_attention_for_inductor():
 def test_registration_is_idempotent():
     from torch._dynamo.backends.registry import lookup_backend
 
-    from glacompiler.backend import gla_backend, register_gla_backend
+    from glacompiler.compiler import gla_backend, register_gla_backend
 
     register_gla_backend()
     register_gla_backend()
@@ -217,7 +217,7 @@ def test_entry_point_without_importing_glacompiler():
 def test_online_tuning_failure_never_fails_the_compile(monkeypatch):
     """backend(autotune=True) tunes rewritten CUDA sites at first compile; when tuning cannot run, the
     compile still succeeds with a warning (here the site list is forced, since this machine has no GPU)."""
-    from glacompiler.backend import torch_compile_backend
+    from glacompiler.compiler import torch_compile_backend
     from glacompiler.spec import ProblemShape
 
     def no_tuning(targets, **kwargs):

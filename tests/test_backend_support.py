@@ -18,7 +18,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch._inductor.decomposition import select_decomp_table
 
 import glacompiler
-from glacompiler.backend.graph_pass import AttentionRewritePass
+from glacompiler.compiler.graph_pass import AttentionRewritePass
 
 GLA_OP = torch.ops.glacompiler.attention_with_kvcache.default
 aten = torch.ops.aten

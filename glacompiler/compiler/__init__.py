@@ -57,7 +57,7 @@ from .report import SiteRecord, compile_report, format_report, reset_report
 
 # The backend class module imports Inductor and dynamo (seconds of import, not needed to read a report) and
 # registers "gla" with dynamo as it loads, so it is loaded on first access to one of these names (PEP 562).
-# torch resolves the entry point `glacompiler.backend:gla_backend` by attribute access, which lands here.
+# torch resolves the entry point `glacompiler.compiler:gla_backend` by attribute access, which lands here.
 _BACKEND_CLASS_NAMES = ("BACKEND_NAME", "GlaBackend", "backend", "gla_backend", "register_gla_backend")
 
 
