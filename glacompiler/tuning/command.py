@@ -1,7 +1,5 @@
-"""`glacompiler autotune` and `glacompiler configs show`.
-
-Also runnable as python -m glacompiler.tuning.command autotune ... (the same parser as `glacompiler`).
-"""
+"""`glacompiler autotune` and `glacompiler configs show`: subcommands that glacompiler.cli registers (run them as
+`glacompiler ...` or `python -m glacompiler ...`)."""
 from __future__ import annotations
 
 import argparse
@@ -281,9 +279,3 @@ def run_configs_show(args) -> int:
             print(f"glacompiler configs show: {path}: {error}", file=sys.stderr)
             status = 1
     return status
-
-
-if __name__ == "__main__":
-    from ..cli import main
-
-    sys.exit(main())
