@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import re
 import sys
 from pathlib import Path
 
 from . import demo
 from .tuning import command as tuning_command
+
+# What a shell reports for a writer killed by SIGPIPE (128 + 13). Python ignores the signal and raises
+# BrokenPipeError instead, which main turns into this status, quietly.
+EXIT_BROKEN_PIPE = 141
 
 
 def package_version() -> str:
@@ -34,9 +39,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def run_command(argv=None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.handler(args) or 0)
+
+
+def silence_stdout() -> None:
+    """Point stdout at devnull: Python flushes stdout again at exit, and that write to the closed pipe would
+    fail again, this time with an 'Exception ignored' message."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def main(argv=None) -> int:
+    """Run one command. A reader that stops early (`glacompiler configs show | head`) ends it quietly."""
+    try:
+        try:
+            return run_command(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe must fail here, where it is caught, not at interpreter exit
+    except BrokenPipeError:
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""The `glacompiler` command as a new user meets it: --version, `python -m glacompiler`, no import back into
-the CLI."""
+"""The `glacompiler` command as a new user meets it: --version, `python -m glacompiler`, the legend of
+`configs show`, quiet exit on a closed pipe, no import back into the CLI."""
 import ast
 import importlib.metadata
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from glacompiler import cli
+from glacompiler.tuning import command, tables
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "glacompiler"
+SHIPPED_TABLE = ROOT / "tuned_configs" / "NVIDIA_H100_80GB_HBM3.json"
 
 
 def run_module(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -67,3 +70,41 @@ def test_nothing_in_the_package_imports_the_cli():
             if "glacompiler.cli" in names:
                 importers.append(str(path.relative_to(ROOT)))
     assert importers == []
+
+
+# ------------------------------------------------------------------------------------------- configs show
+def test_configs_show_explains_its_columns(capsys):
+    assert cli.main(["configs", "show", str(SHIPPED_TABLE)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    legend = lines.index("  columns:")
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["spec", "BxSxLq", "config"])
+    assert legend < header  # read before the rows (`configs show | head`)
+    text = "\n".join(lines[legend:header])
+    for term in ("block_m", "block_n", "block_d", "dv_split", "num_splits", "num_warps", "num_stages", "preload_q",
+                 "batch x cache length", "query tokens", "heuristic", "speed-up: default / tuned"):
+        assert term in text, term
+    assert "m64 n64 d64 dv/1 s16 w4 st2 pq" in "\n".join(lines[header:])  # the labels the legend explains
+
+
+def long_table(path: Path, copies: int) -> Path:
+    """The shipped table with its entries repeated over other batch sizes: output far beyond a pipe's buffer,
+    so the command is still writing when the reader goes away."""
+    data = json.loads(SHIPPED_TABLE.read_text())
+    data["entries"] = [{**entry, "bucket": {**entry["bucket"], "batch": entry["bucket"]["batch"] + 1000 * copy}}
+                       for copy in range(copies) for entry in data["entries"]]
+    path.write_text(json.dumps(data))
+    assert len(command.format_table(tables.read_table(path), path)) > 1 << 18
+    return path
+
+
+def test_closed_pipe_ends_quietly(tmp_path):
+    """`glacompiler configs show | head -1`: no BrokenPipeError traceback, the status a shell gives SIGPIPE."""
+    table = long_table(tmp_path / "long.json", copies=12)
+    process = subprocess.Popen([sys.executable, "-m", "glacompiler", "configs", "show", str(table)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_line = process.stdout.readline()
+    process.stdout.close()
+    error = process.stderr.read()
+    assert process.wait(timeout=300) == cli.EXIT_BROKEN_PIPE
+    assert first_line.strip() == str(table)
+    assert error == ""

@@ -224,6 +224,20 @@ def _spec_label(spec) -> str:
             f"{rope} {spec.dtype}{' paged' if spec.paged else ''}")
 
 
+# What the columns of a shown table mean: the labels above are terse, and the config's fields are
+# KernelConfig's (glacompiler/config.py).
+TABLE_LEGEND = (
+    "columns:",
+    "  spec        kind, query/KV heads (MLA, GLA: latent heads), head dims q:k:v, +rope width, dtype, paged cache",
+    "  BxSxLq      the bucket: batch x cache length (keys) x query tokens per step",
+    "  config      m block_m: rows per program (query heads x query tokens); n block_n: keys per block;",
+    "              d block_d: widest head-dim chunk; dv/N: output dims split over N programs (dv_split);",
+    "              s num_splits: KV splits (flash-decoding); w num_warps; st num_stages: software pipeline stages;",
+    "              pq preload_q: Q held in registers for the whole key loop (absent: reloaded per key block)",
+    "  tuned us    kernel time with the tuned config; default us: with the heuristic's; speed-up: default / tuned",
+)
+
+
 def format_table(table, path) -> str:
     from ..codegen import templates_version
     from .tables import speedup_summary
@@ -234,6 +248,7 @@ def format_table(table, path) -> str:
         f"  gpu {table.gpu}; torch {table.torch_version}; triton {table.triton_version}; {table.date}",
         f"  templates {table.templates_version} ({state})",
         *(f"  command: {command}" for command in table.commands),
+        *(f"  {line}" for line in TABLE_LEGEND),
     ]
     rows = [(_spec_label(e.spec), f"{e.bucket.batch}x{e.bucket.capacity}x{e.bucket.query_len}", _config_label(e.config),
              f"{e.tuned_us:.1f}", f"{e.default_us:.1f}", f"x{e.speedup:.2f}") for e in table.sorted_entries()]
@@ -274,8 +289,10 @@ def run_configs_show(args) -> int:
     status = 0
     for path in paths:
         try:
-            print(format_table(read_table(path), path))
+            table = read_table(path)
         except (OSError, TableFormatError) as error:
             print(f"glacompiler configs show: {path}: {error}", file=sys.stderr)
             status = 1
+            continue
+        print(format_table(table, path))  # outside the try: a closed stdout (BrokenPipeError) is no table error
     return status
