@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import demo
 from .tuning import command as tuning_command
+from .tuning.command import EXIT_USAGE, UsageError
 
 # What a shell reports for a writer killed by SIGPIPE (128 + 13). Python ignores the signal and raises
 # BrokenPipeError instead, which main turns into this status, quietly.
@@ -40,8 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UsageError as error:
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def silence_stdout() -> None:

@@ -49,6 +49,10 @@ def test_python_m_glacompiler_is_the_glacompiler_command():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: glacompiler ")
     assert all(name in result.stdout for name in ("demo", "autotune", "configs", "--version"))
+    result = run_module("demo", "--steps", "0")  # a subcommand's usage error, through the module entry point
+    assert result.returncode == 2
+    assert "glacompiler demo: error: --steps must be a positive integer, got 0" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_nothing_in_the_package_imports_the_cli():
