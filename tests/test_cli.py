@@ -1,10 +1,11 @@
 """The `glacompiler` command as a new user meets it: --version, `python -m glacompiler`, the legend of
-`configs show`, quiet exit on a closed pipe, no import back into the CLI."""
+`configs show`, quiet exit on a closed pipe, no import back into the CLI, and the license."""
 import ast
 import importlib.metadata
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,28 @@ def test_closed_pipe_ends_quietly(tmp_path):
     assert process.wait(timeout=300) == cli.EXIT_BROKEN_PIPE
     assert first_line.strip() == str(table)
     assert error == ""
+
+
+# ------------------------------------------------------------------------------------------------- license
+def test_license_file_and_metadata():
+    tomllib = pytest.importorskip("tomllib")
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.startswith("BSD 3-Clause License\n")
+    assert "Copyright (c) 2026, the glacompiler authors" in license_text
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "BSD-3-Clause"
+    assert project["license-files"] == ["LICENSE"]
+
+
+@pytest.mark.slow
+def test_wheel_metadata_names_the_license(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True)
+    with zipfile.ZipFile(next(tmp_path.glob("glacompiler-*.whl"))) as wheel:
+        metadata = next(name for name in wheel.namelist() if name.endswith(".dist-info/METADATA"))
+        headers = wheel.read(metadata).decode().split("\n\n")[0].splitlines()
+        licenses = [name for name in wheel.namelist() if ".dist-info/licenses/" in name]
+        assert [name.rsplit("/", 1)[1] for name in licenses] == ["LICENSE"]
+        assert wheel.read(licenses[0]).decode() == (ROOT / "LICENSE").read_text()
+    assert "License-Expression: BSD-3-Clause" in headers
+    assert "License-File: LICENSE" in headers
