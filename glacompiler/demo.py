@@ -17,7 +17,7 @@ import torch
 
 from .backend import backend as gla_backend_factory
 from .backend import compile_report, format_report, reset_report
-from .models import ModelConfig, TinyLM, paper_config, tiny_config
+from .models import PAPER_VARIANTS, ModelConfig, TinyLM, paper_config, tiny_config
 from .models.layers import decode_positions
 from .ops import triton_interpreter_enabled
 from .tuning.command import UsageError
@@ -103,11 +103,14 @@ def install_plain_decode(model: TinyLM) -> TinyLM:
 # ---- the model -----------------------------------------------------------------------------------------------
 
 
+GPU_MODEL_SIZE = "xl"  # the paper's XL widths (16 heads of 128; GLA-2: two latent heads of 256 + rope 64)
+CPU_QUERY_HEADS = tiny_config().attention.n_heads  # the CPU model's: gqa-N, gta-N and gla-N need N to divide it
+
+
 def model_config(variant: str, n_layers: int, device: torch.device) -> ModelConfig:
-    """The demo's model: on a GPU the paper's XL widths (16 heads of 128; GLA-2: two latent heads of 256 +
-    rope 64) with few layers, on CPU a tiny one."""
+    """The demo's model, with few layers: on a GPU one of the paper's, on CPU a tiny one."""
     if device.type == "cuda":
-        return paper_config("xl", variant, n_layers=n_layers, vocab_size=32000)
+        return paper_config(GPU_MODEL_SIZE, variant, n_layers=n_layers, vocab_size=32000)
     return tiny_config(variant, n_layers=n_layers)
 
 
@@ -216,8 +219,9 @@ def checked_model_config(variant: str, n_layers: int, device: torch.device) -> M
     try:
         return model_config(variant, n_layers, device)
     except ValueError as error:
-        # On a GPU the error lists the paper's XL variants; the CPU model's limit is its 16 query heads.
-        limit = "" if device.type == "cuda" else " (the CPU model has 16 query heads: N must divide 16)"
+        # On a GPU the error lists the paper's variants; on CPU the limit is the tiny model's query heads.
+        limit = "" if device.type == "cuda" else (f" (the CPU model has {CPU_QUERY_HEADS} query heads: "
+                                                  f"N must divide {CPU_QUERY_HEADS})")
         raise UsageError(f"--variant {variant}: {error}{limit}") from None
 
 
@@ -324,8 +328,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="compile a GLA-2 model with backend='gla', decode, check, report",
                                    description=__doc__)
     parser.add_argument("--variant", type=str.lower, default="gla-2",
-                        help="attention variant: mha, mqa, mla, gqa-N, gta-N, gla-N (CPU: N divides 16; "
-                             "GPU: the paper's XL models mha, mla, gqa-4, gta-4, gla-2)")
+                        help=f"attention variant: mha, mqa, mla, gqa-N, gta-N, gla-N (CPU: N divides "
+                             f"{CPU_QUERY_HEADS}; GPU: the paper's {GPU_MODEL_SIZE.upper()} models "
+                             f"{', '.join(sorted(PAPER_VARIANTS[GPU_MODEL_SIZE]))})")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=None,
                         help=f"default {CPU_DEFAULTS.batch} on CPU, {GPU_DEFAULTS.batch} on a GPU")
