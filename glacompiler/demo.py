@@ -8,6 +8,7 @@ default backend and eager. On CPU it uses a tiny model and finishes in about a m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import types
 from typing import Callable, Optional
@@ -16,9 +17,13 @@ import torch
 
 from .compiler import backend as gla_backend_factory
 from .compiler import compile_report, format_report, reset_report
-from .models import TinyLM
-from .presets import paper_config, tiny_config
+from .models import ModelConfig, TinyLM
+from .presets import PAPER_VARIANTS, paper_config, tiny_config
 from .models.layers import decode_positions
+from .kernels import family_for_spec
+from .kernels.portable import triton_interpreter_enabled
+from .spec import ProblemShape
+from .usage import UsageError
 
 # ---- decode attention in plain PyTorch, as a user model writes it ------------------------------------------
 
@@ -98,17 +103,22 @@ def install_plain_decode(model: TinyLM) -> TinyLM:
     return model
 
 
-# ---- the demo ------------------------------------------------------------------------------------------------
+# ---- the model -----------------------------------------------------------------------------------------------
 
 
-def build_model(variant: str, n_layers: int, device: torch.device, dtype: torch.dtype, batch: int,
-                capacity: int) -> TinyLM:
-    torch.manual_seed(0)
+GPU_MODEL_SIZE = "xl"  # the paper's XL widths (16 heads of 128; GLA-2: two latent heads of 256 + rope 64)
+CPU_QUERY_HEADS = tiny_config().attention.n_heads  # the CPU model's: gqa-N, gta-N and gla-N need N to divide it
+
+
+def model_config(variant: str, n_layers: int, device: torch.device) -> ModelConfig:
+    """The demo's model, with few layers: on a GPU one of the paper's, on CPU a tiny one."""
     if device.type == "cuda":
-        # The paper's XL widths (16 heads of 128; GLA-2: two latent heads of 256 + rope 64), few layers.
-        config = paper_config("xl", variant, n_layers=n_layers, vocab_size=32000)
-    else:
-        config = tiny_config(variant, n_layers=n_layers)
+        return paper_config(GPU_MODEL_SIZE, variant, n_layers=n_layers, vocab_size=32000)
+    return tiny_config(variant, n_layers=n_layers)
+
+
+def build_model(config: ModelConfig, device: torch.device, dtype: torch.dtype, batch: int, capacity: int) -> TinyLM:
+    torch.manual_seed(0)
     model = TinyLM(config).eval().to(device=device, dtype=dtype)
     model.setup_cache(batch, capacity)
     mark_caches_static(model)
@@ -163,21 +173,126 @@ def decode_tokens_per_second(model: TinyLM, prompt: torch.Tensor, steps: int, pr
     return prompt.shape[0] * steps / (time.perf_counter() - start)
 
 
+# ---- the settings: what the flags ask for, checked before anything runs --------------------------------------
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceDefaults:
+    """What the demo runs where a flag is left out: a quick check on CPU, a throughput-sized run on a GPU."""
+
+    dtype: str
+    batch: int
+    steps: int
+    capacity: int
+    timing_steps: int
+
+
+CPU_DEFAULTS = DeviceDefaults(dtype="float32", batch=2, steps=8, capacity=64, timing_steps=0)
+GPU_DEFAULTS = DeviceDefaults(dtype="bfloat16", batch=32, steps=64, capacity=4096, timing_steps=128)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    device: torch.device
+    dtype: torch.dtype
+    model: ModelConfig
+    batch: int
+    prompt_len: int
+    steps: int
+    capacity: int
+    timing_steps: int  # decode steps timed per backend; 0 = no timing (CPU)
+    notes: tuple = ()  # flags given that do not apply on this device, said back to the user
+
+
+def demo_device(requested: str) -> torch.device:
+    return torch.device("cuda" if requested != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def check_positive(args: argparse.Namespace) -> None:
+    for flag, value in (("--layers", args.layers), ("--batch", args.batch), ("--prompt", args.prompt),
+                        ("--steps", args.steps), ("--timing-steps", args.timing_steps),
+                        ("--capacity", args.capacity)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+
+
+def checked_model_config(variant: str, n_layers: int, device: torch.device) -> ModelConfig:
+    try:
+        return model_config(variant, n_layers, device)
+    except ValueError as error:
+        # On a GPU the error lists the paper's variants; on CPU the limit is the tiny model's query heads.
+        limit = "" if device.type == "cuda" else (f" (the CPU model has {CPU_QUERY_HEADS} query heads: "
+                                                  f"N must divide {CPU_QUERY_HEADS})")
+        raise UsageError(f"--variant {variant}: {error}{limit}") from None
+
+
+def cache_capacity(requested: Optional[int], default: int, prompt_len: int, steps: int, timing_steps: int) -> int:
+    """The static cache holds the prompt and every token decoded after it. Left out, the default grows to fit
+    them; given, it must fit them (the prompt is never cut to make room)."""
+    steps_flag, decoded = ("--timing-steps", timing_steps) if timing_steps > steps else ("--steps", steps)
+    needed = prompt_len + decoded
+    if requested is None:
+        return max(default, needed)
+    if requested < needed:
+        raise UsageError(f"--capacity {requested} cannot hold the {prompt_len}-token prompt and the {decoded} tokens "
+                         f"decoded after it ({steps_flag} {decoded}): give --capacity {needed} or more, or a shorter "
+                         f"--prompt or fewer {steps_flag}")
+    return requested
+
+
+def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    """The run the flags ask for, with the device's defaults where a flag is left out; a UsageError naming
+    the flag for a request the demo cannot honour as given."""
+    check_positive(args)
+    device = demo_device(args.device)
+    defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    model = checked_model_config(args.variant, args.layers, device)
+    steps = args.steps if args.steps is not None else defaults.steps
+    timing_steps, notes = defaults.timing_steps, ()
+    if device.type == "cuda" and args.timing_steps is not None:
+        timing_steps = args.timing_steps
+    elif args.timing_steps is not None:
+        notes = (f"--timing-steps {args.timing_steps} not used: throughput is timed on a GPU only",)
+    capacity = cache_capacity(args.capacity, defaults.capacity, args.prompt, steps, timing_steps)
+    return DemoSettings(device=device, dtype=DTYPES[args.dtype or defaults.dtype], model=model,
+                        batch=args.batch if args.batch is not None else defaults.batch, prompt_len=args.prompt,
+                        steps=steps, capacity=capacity, timing_steps=timing_steps, notes=notes)
+
+
+def execution_path(device: torch.device, spec=None, shape: Optional[ProblemShape] = None) -> str:
+    """What runs the fused attention op here: the PyTorch reference (CPU), or a kernel family, on the GPU or
+    under the Triton interpreter (CPU with TRITON_INTERPRET=1); with the spec and shape of the model's decode
+    attention, the family the op picks for them (kernels.family_for_spec, what the op's registry decides)."""
+    if device.type != "cuda" and not triton_interpreter_enabled():
+        return "PyTorch reference (CPU; set TRITON_INTERPRET=1 to run the Triton kernels in the interpreter)"
+    family = family_for_spec(spec, shape, device) if spec is not None else None
+    kernels = f"the {family.name} kernels" if family is not None else "the generated kernels"
+    if device.type == "cuda":
+        return f"GPU: {kernels} on {torch.cuda.get_device_name(device)}"
+    return f"Triton interpreter (CPU, TRITON_INTERPRET=1): {kernels}, interpreted"
+
+
+# ---- the demo ------------------------------------------------------------------------------------------------
+
+
 def run(args: argparse.Namespace) -> int:
-    cuda = torch.cuda.is_available() and args.device != "cpu"
-    device = torch.device("cuda" if cuda else "cpu")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        args.dtype or ("bfloat16" if cuda else "float32")]
-    batch = args.batch or (32 if cuda else 2)
-    steps = args.steps or (64 if cuda else 8)
-    capacity = args.capacity or (4096 if cuda else 64)
-    prompt_len = min(args.prompt, capacity - steps - 1)
-    model = build_model(args.variant, args.layers, device, dtype, batch, capacity)
-    prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device=device,
+    settings = settings_from_args(args)
+    cuda = settings.device.type == "cuda"
+    device, dtype, batch, steps = settings.device, settings.dtype, settings.batch, settings.steps
+    model = build_model(settings.model, device, dtype, batch, settings.capacity)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, settings.prompt_len), device=device,
                            generator=torch.Generator(device=device).manual_seed(1))
     kind = model.config.attention.kind
-    print(f"glacompiler demo: {args.variant} ({kind}), {args.layers} layers, batch {batch}, prompt {prompt_len}, "
-          f"cache {capacity}, {steps} decode steps, {str(dtype).replace('torch.', '')} on {device}")
+    print(f"glacompiler demo: {args.variant} ({kind}), {args.layers} layers, batch {batch}, "
+          f"prompt {settings.prompt_len}, cache {settings.capacity}, {steps} decode steps, "
+          f"{str(dtype).replace('torch.', '')} on {device}")
+    decode_shape = ProblemShape(batch=batch, query_len=1, capacity=settings.capacity, page_size=0)
+    spec = model.config.attention.cache_spec(str(dtype).replace("torch.", ""))
+    print(f"decode attention runs on: {execution_path(device, spec, decode_shape)}")
+    for note in settings.notes:
+        print(f"note: {note}")
 
     with torch.no_grad():
         eager = greedy_decode(model, prompt, steps, model.prefill, model.decode)
@@ -200,8 +315,8 @@ def run(args: argparse.Namespace) -> int:
               f"(tolerance {tolerance:.0e}); greedy tokens {'identical' if same_tokens else 'differ'}")
         ok = worst <= tolerance and rewritten >= len(model.layers)
 
-        if cuda:
-            timing_steps = args.timing_steps
+        if settings.timing_steps:
+            timing_steps = settings.timing_steps
             rates = {
                 'torch.compile(backend="gla", cudagraphs)': decode_tokens_per_second(
                     model, prompt, timing_steps, prefill, decode, mark_step),
@@ -220,13 +335,23 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="compile a GLA-2 model with backend='gla', decode, check, report",
                                    description=__doc__)
-    parser.add_argument("--variant", default="gla-2", help="attention variant (mha, mqa, gqa-N, gta-N, mla, gla-N)")
+    parser.add_argument("--variant", type=str.lower, default="gla-2",
+                        help=f"attention variant: mha, mqa, mla, gqa-N, gta-N, gla-N (CPU: N divides "
+                             f"{CPU_QUERY_HEADS}; GPU: the paper's {GPU_MODEL_SIZE.upper()} models "
+                             f"{', '.join(sorted(PAPER_VARIANTS[GPU_MODEL_SIZE]))})")
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=None, help="default 2 on CPU, 32 on a GPU")
+    parser.add_argument("--batch", type=int, default=None,
+                        help=f"default {CPU_DEFAULTS.batch} on CPU, {GPU_DEFAULTS.batch} on a GPU")
     parser.add_argument("--prompt", type=int, default=24, help="prompt tokens (over 16: prefill is left to Inductor)")
-    parser.add_argument("--steps", type=int, default=None, help="decode steps checked against eager")
-    parser.add_argument("--timing-steps", type=int, default=128, help="decode steps timed (GPU only)")
-    parser.add_argument("--capacity", type=int, default=None, help="static cache length")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"decode steps checked against eager; default {CPU_DEFAULTS.steps} on CPU, "
+                             f"{GPU_DEFAULTS.steps} on a GPU")
+    parser.add_argument("--timing-steps", type=int, default=None,
+                        help=f"decode steps timed (GPU only); default {GPU_DEFAULTS.timing_steps}")
+    parser.add_argument("--capacity", type=int, default=None,
+                        help=f"static cache length, at least prompt + decode steps; default {CPU_DEFAULTS.capacity} "
+                             f"on CPU, {GPU_DEFAULTS.capacity} on a GPU (grown to fit the prompt and steps)")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None,
+                        help="default float32 on CPU, bfloat16 on a GPU")
     parser.set_defaults(handler=run)

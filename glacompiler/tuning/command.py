@@ -1,6 +1,5 @@
-"""`glacompiler autotune` and `glacompiler configs show`.
-
-"""
+"""`glacompiler autotune` and `glacompiler configs show`: subcommands that glacompiler.cli registers (run them as
+`glacompiler ...` or `python -m glacompiler ...`)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +12,7 @@ from typing import Optional
 from ..op.validation import MAX_QUERY_LEN
 from ..presets import PAPER_SPECS
 from ..spec import KINDS, AttentionSpec, dtype_from_name
+from ..usage import EXIT_USAGE, UsageError
 
 TUNABLE_KINDS = KINDS
 
@@ -20,7 +20,6 @@ DEFAULT_BATCHES = (1, 8, 32, 128)
 DEFAULT_SEQLENS = (1024, 8192, 32768)
 DEFAULT_QUERY_LENS = (1, 2, 4)
 DEFAULT_TRIALS = 24
-EXIT_USAGE = 2
 
 
 def register(subparsers) -> None:
@@ -63,10 +62,6 @@ def register(subparsers) -> None:
     show.add_argument("target", nargs="?",
                       help="a table file or a GPU name (e.g. 'NVIDIA H200'); default: this GPU, else every table found")
     show.set_defaults(handler=run_configs_show)
-
-
-class UsageError(ValueError):
-    pass
 
 
 def spec_from_flags(kind: str, heads: int, kv_heads: int, head_dim: int, rope_dim: int, dtype: str = "bfloat16",
@@ -287,6 +282,22 @@ def _spec_label(spec) -> str:
             f"{rope} {spec.dtype}{' paged' if spec.paged else ''}")
 
 
+# What the columns of a shown table mean: the labels above are terse, and the config's fields are
+# KernelConfig's (glacompiler/config.py).
+TABLE_LEGEND = (
+    "columns:",
+    "  family      the kernels the entry tunes: portable (Triton split-KV, any GPU) or latent_hopper (MLA/GLA, sm_90)",
+    "  spec        kind, query/KV heads (MLA, GLA: latent heads), head dims q:k:v, +rope width, dtype, paged cache",
+    "  BxSxLq      the bucket: batch x cache length (keys) x query tokens per step",
+    "  config      latent_hopper: num_splits, row_split (128-row tiles split by rows). portable:",
+    "              m block_m: rows per program (query heads x query tokens); n block_n: keys per block;",
+    "              d block_d: widest head-dim chunk; dv/N: output dims split over N programs (dv_split);",
+    "              s num_splits: KV splits (flash-decoding); w num_warps; st num_stages: software pipeline stages;",
+    "              pq preload_q: Q held in registers for the whole key loop (absent: reloaded per key block)",
+    "  tuned us    kernel time with the tuned config; default us: with the heuristic's; speed-up: default / tuned",
+)
+
+
 def format_table(table, path) -> str:
     from ..tables.table_file import current_kernel_version, speedup_summary
 
@@ -297,6 +308,7 @@ def format_table(table, path) -> str:
           f"({'current' if table.is_current_for(family) else f'STALE: now {current_kernel_version(family)}'})"
           for family, version in sorted(table.kernel_versions.items())),
         *(f"  command: {command}" for command in table.commands),
+        *(f"  {line}" for line in TABLE_LEGEND),
     ]
     rows = [(e.family, _spec_label(e.spec), f"{e.bucket.batch}x{e.bucket.capacity}x{e.bucket.query_len}", _config_label(e.config),
              f"{e.tuned_us:.1f}", f"{e.default_us:.1f}", f"x{e.speedup:.2f}") for e in table.sorted_entries()]
@@ -337,9 +349,10 @@ def run_configs_show(args) -> int:
     status = 0
     for path in paths:
         try:
-            print(format_table(read_table(path), path))
+            table = read_table(path)
         except (OSError, TableFormatError) as error:
             print(f"glacompiler configs show: {path}: {error}", file=sys.stderr)
             status = 1
+            continue
+        print(format_table(table, path))  # outside the try: a closed stdout (BrokenPipeError) is no table error
     return status
-
