@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 HEAVY = ("torch._dynamo", "torch._inductor")
 

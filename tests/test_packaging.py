@@ -119,3 +119,14 @@ def test_installed_wheel_runs_the_kernels_and_the_backend(installed_wheel, tmp_p
         print("installed wheel ok")
     """, tmp_path)
     assert "installed wheel ok" in output
+
+
+def test_wheel_metadata_names_the_license(installed_wheel):
+    with zipfile.ZipFile(installed_wheel[1]) as wheel:
+        metadata = next(name for name in wheel.namelist() if name.endswith(".dist-info/METADATA"))
+        headers = wheel.read(metadata).decode().split("\n\n")[0].splitlines()
+        licenses = [name for name in wheel.namelist() if ".dist-info/licenses/" in name]
+        assert [name.rsplit("/", 1)[1] for name in licenses] == ["LICENSE"]
+        assert wheel.read(licenses[0]).decode() == (ROOT / "LICENSE").read_text()
+    assert "License-Expression: BSD-3-Clause" in headers
+    assert "License-File: LICENSE" in headers

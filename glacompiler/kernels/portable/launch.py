@@ -2,7 +2,6 @@
 sync: everything here depends on shapes, never on tensor values."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Optional
 
