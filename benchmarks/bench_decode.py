@@ -151,7 +151,7 @@ def main() -> None:
             portable = heuristic_config(spec, args.batch, args.seqlen, query_len, device_multiprocessors(device))
             call = KernelCall(kw["q"], kw["k_cache"], kw["v_cache"], kw["q_rope"], kw["k_rope_cache"],
                               kw["cache_seqlens"], kw["page_table"], kw["attn_mask"], 1.0, True)
-            _, base = choose_kernel(spec, shape, call)
+            family, base = choose_kernel(spec, shape, call)
             if isinstance(base, PortableConfig):
                 base = portable
             # Correctness on this very problem before any timing.
@@ -197,7 +197,7 @@ def main() -> None:
                 heuristic_config=base.to_dict(), floor_ms=floor_ms, gbps=bytes_moved / (timed[best] * 1e-3) / 1e9,
                 tflops=flops / (timed[best] * 1e-3) / 1e12, floor_fraction=floor_ms / timed[best],
                 compiled_ms=compiled_ms, sdpa_ms=sdpa_ms, portable_ms=portable_ms,
-                kernel="hopper_latent" if isinstance(base, LatentHopperConfig) else "portable",
+                kernel=family.name,
             )
             results.append(row)
             print(f"  {name} Lq={query_len}: default {timed[base] * 1e3:.0f} us, best {timed[best] * 1e3:.0f} us "

@@ -2,7 +2,11 @@
 eager and prints the compile report."""
 import re
 
+import pytest
+
 from glacompiler import cli
+
+pytestmark = pytest.mark.slow  # whole models, subprocesses or wheel builds
 
 
 def test_demo_runs_and_checks_against_eager(capsys):

@@ -10,6 +10,8 @@ import torch
 import glacompiler
 from test_backend_support import assert_close
 
+pytestmark = pytest.mark.slow  # whole models, subprocesses or wheel builds
+
 transformers = pytest.importorskip("transformers")
 
 BATCH, PROMPT, CAPACITY, DECODE_STEPS, VOCAB = 2, 20, 48, 16, 64

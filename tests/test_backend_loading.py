@@ -1,11 +1,14 @@
 """Loading: `import glacompiler` is the op alone, the compiler package and its report need neither Inductor
-nor dynamo, the backend class loads on first use and registers "gla" as it loads. Each check runs in a fresh interpreter (sys.modules is the thing
-under test)."""
+nor dynamo, the backend class loads on first use and registers "gla" as it loads. Each check runs in a fresh
+interpreter (sys.modules is the thing under test)."""
 import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow  # whole models, subprocesses or wheel builds
 
 HEAVY = ("torch._dynamo", "torch._inductor")
 

@@ -65,7 +65,7 @@ def test_cuda_graph_capture_and_replay(cuda_device):
 def test_repeated_calls_take_the_direct_launch_path(cuda_device, mask):
     """The second and later calls of a specialisation skip triton's JIT (kernels/common/triton_launch.py): fresh
     data each call, and a q that loses 16-byte alignment must get its own binary, not the aligned one."""
-    from glacompiler.kernels.common import triton_launch as kernel_launch
+    from glacompiler.kernels.common import triton_launch
 
     spec = GPU_SPECS["gla2"]
     for step in range(3):
@@ -78,9 +78,9 @@ def test_repeated_calls_take_the_direct_launch_path(cuda_device, mask):
             shifted.copy_(q)
             assert shifted.data_ptr() % 16 != 0
             problem.kwargs["q"] = shifted
-        remembered = len(kernel_launch._compiled)
+        remembered = len(triton_launch._compiled)
         out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
         check_fa_rule(out, lse, problem)
         if step == 1:
-            assert len(kernel_launch._compiled) == remembered  # nothing new: every launch was direct
-    assert kernel_launch._direct_launch_enabled
+            assert len(triton_launch._compiled) == remembered  # nothing new: every launch was direct
+    assert triton_launch._direct_launch_enabled

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # whole models, subprocesses or wheel builds
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

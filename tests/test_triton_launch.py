@@ -5,7 +5,7 @@ import torch
 from triton.compiler import CompiledKernel
 from triton.runtime.jit import JITFunction
 
-from glacompiler.kernels.common import triton_launch as kernel_launch
+from glacompiler.kernels.common import triton_launch
 
 
 def _kernel_source(X, Y, n, A: "tl.constexpr", B: "tl.constexpr"):  # noqa: F821 - the parameters are what counts
@@ -27,8 +27,8 @@ class FakeCompiled(CompiledKernel):
 
 
 class FakeJIT(JITFunction):
-    def __init__(self, compiled):
-        super().__init__(_kernel_source)
+    def __init__(self, compiled, do_not_specialize=None):
+        super().__init__(_kernel_source, do_not_specialize=do_not_specialize)
         self.compiled, self.jit_calls = compiled, []
 
     def __getitem__(self, grid):
@@ -52,9 +52,10 @@ def fresh_launch_state(monkeypatch):
 
     monkeypatch.setattr(driver, "_active", FakeDriver(), raising=False)
     monkeypatch.setattr(type(driver), "active", property(lambda self: FakeDriver()), raising=False)
-    monkeypatch.setattr(kernel_launch, "_compiled", {})
-    monkeypatch.setattr(kernel_launch, "_constexpr_names", {})
-    monkeypatch.setattr(kernel_launch, "_direct_launch_enabled", True)
+    monkeypatch.setattr(triton_launch, "_compiled", {})
+    monkeypatch.setattr(triton_launch, "_constexpr_names", {})
+    monkeypatch.setattr(triton_launch, "_unspecialised", {})
+    monkeypatch.setattr(triton_launch, "_direct_launch_enabled", True)
 
 
 def _args(x, y, n=7):
@@ -67,7 +68,7 @@ def test_first_launch_jits_then_direct_in_signature_order(fresh_launch_state):
     x, y = torch.zeros(8), torch.zeros(8)
     for _ in range(3):
         # constexprs given out of signature order: the direct launch must still pass A before B
-        assert kernel_launch.launch(kernel, (2, 3), _args(x, y), {"B": 5, "A": 4}, 4, 2) is compiled
+        assert triton_launch.launch(kernel, (2, 3), _args(x, y), {"B": 5, "A": 4}, 4, 2) is compiled
     assert len(kernel.jit_calls) == 1
     from triton import knobs
 
@@ -76,11 +77,24 @@ def test_first_launch_jits_then_direct_in_signature_order(fresh_launch_state):
     assert compiled.direct_calls == [(2, 3, 1, 1234, "function", "metadata", metadata, *hooks, x, y, 7, 4, 5)] * 2
 
 
+def test_unspecialised_ints_key_by_width_only(fresh_launch_state):
+    """A do_not_specialize int (a growing cache's capacity) may change at every call: the direct path stays,
+    with the new value passed; only a change of width (int32 -> int64) goes back to the JIT."""
+    compiled = FakeCompiled()
+    kernel = FakeJIT(compiled, do_not_specialize=["n"])
+    x, y = torch.zeros(16), torch.zeros(16)
+    for n in (7, 8, 16, 1, 2**31 - 1):
+        triton_launch.launch(kernel, (1,), _args(x, y, n=n), {"A": 1, "B": 2}, 4, 2)
+    assert len(kernel.jit_calls) == 1 and [call[-3] for call in compiled.direct_calls] == [8, 16, 1, 2**31 - 1]
+    triton_launch.launch(kernel, (1,), _args(x, y, n=2**31), {"A": 1, "B": 2}, 4, 2)
+    assert len(kernel.jit_calls) == 2
+
+
 @pytest.mark.parametrize("change", ["int value", "dtype", "alignment", "constexpr", "warps", "stages"])
 def test_any_specialisation_change_goes_back_to_the_jit(fresh_launch_state, change):
     kernel = FakeJIT(FakeCompiled())
     x, y = torch.zeros(16), torch.zeros(16)
-    kernel_launch.launch(kernel, (1,), _args(x, y), {"A": 1, "B": 2}, 4, 2)
+    triton_launch.launch(kernel, (1,), _args(x, y), {"A": 1, "B": 2}, 4, 2)
     args, constexprs, warps, stages = _args(x, y), {"A": 1, "B": 2}, 4, 2
     if change == "int value":
         args = _args(x, y, n=16)
@@ -94,14 +108,14 @@ def test_any_specialisation_change_goes_back_to_the_jit(fresh_launch_state, chan
         warps = 8
     else:
         stages = 3
-    kernel_launch.launch(kernel, (1,), args, constexprs, warps, stages)
+    triton_launch.launch(kernel, (1,), args, constexprs, warps, stages)
     assert len(kernel.jit_calls) == 2 and kernel.compiled.direct_calls == []
 
 
 def test_fresh_allocations_of_the_same_layout_launch_directly(fresh_launch_state):
     kernel = FakeJIT(FakeCompiled())
     for _ in range(2):
-        kernel_launch.launch(kernel, (1,), _args(torch.randn(32), torch.randn(32)), {"A": 1, "B": 2}, 4, 2)
+        triton_launch.launch(kernel, (1,), _args(torch.randn(32), torch.randn(32)), {"A": 1, "B": 2}, 4, 2)
     assert len(kernel.jit_calls) == 1 and len(kernel.compiled.direct_calls) == 1
 
 
@@ -109,26 +123,26 @@ def test_a_refused_direct_launch_turns_the_fast_path_off(fresh_launch_state, cap
     kernel = FakeJIT(FakeCompiled(fail_with=TypeError("launcher takes 12 arguments")))
     x, y = torch.zeros(8), torch.zeros(8)
     for _ in range(3):
-        kernel_launch.launch(kernel, (1,), _args(x, y), {"A": 1, "B": 2}, 4, 2)
-    assert len(kernel.jit_calls) == 3 and not kernel_launch._direct_launch_enabled
+        triton_launch.launch(kernel, (1,), _args(x, y), {"A": 1, "B": 2}, 4, 2)
+    assert len(kernel.jit_calls) == 3 and not triton_launch._direct_launch_enabled
     assert "direct kernel launches turned off" in caplog.text
 
 
 def test_constexprs_must_match_the_parameters(fresh_launch_state):
     kernel = FakeJIT(FakeCompiled())
     x, y = torch.zeros(8), torch.zeros(8)
-    kernel_launch.launch(kernel, (1,), _args(x, y), {"A": 1, "C": 2}, 4, 2)
+    triton_launch.launch(kernel, (1,), _args(x, y), {"A": 1, "C": 2}, 4, 2)
     with pytest.raises(ValueError, match="do not match"):
-        kernel_launch.launch(kernel, (1,), _args(x, y), {"A": 1, "C": 2}, 4, 2)
+        triton_launch.launch(kernel, (1,), _args(x, y), {"A": 1, "C": 2}, 4, 2)
 
 
 def test_the_memo_is_bounded(fresh_launch_state, monkeypatch):
-    monkeypatch.setattr(kernel_launch, "MAX_REMEMBERED_LAUNCHES", 3)
+    monkeypatch.setattr(triton_launch, "MAX_REMEMBERED_LAUNCHES", 3)
     kernel = FakeJIT(FakeCompiled())
     x, y = torch.zeros(8), torch.zeros(8)
     for n in range(10):  # a stride that grows every step
-        kernel_launch.launch(kernel, (1,), _args(x, y, n=n), {"A": 1, "B": 2}, 4, 2)
-    assert len(kernel_launch._compiled) <= 3
+        triton_launch.launch(kernel, (1,), _args(x, y, n=n), {"A": 1, "B": 2}, 4, 2)
+    assert len(triton_launch._compiled) <= 3
 
 
 class FakeDescriptor:
@@ -143,7 +157,7 @@ def test_tma_descriptors_key_on_dtype_block_and_layout(fresh_launch_state):
     x = torch.zeros(8)
 
     def launch_with(descriptor):
-        kernel_launch.launch(kernel, (1,), (x, descriptor, 7), {"A": 1, "B": 2}, 4, 2)
+        triton_launch.launch(kernel, (1,), (x, descriptor, 7), {"A": 1, "B": 2}, 4, 2)
 
     launch_with(FakeDescriptor(torch.zeros(64, 8), [16, 8], "swizzle 128"))
     launch_with(FakeDescriptor(torch.randn(128, 8), [16, 8], "swizzle 128"))  # another cache, same specialisation

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch import Tensor
 
 from ..kernels import KernelCall, KernelFamily, choose_family, family_of_config
 from ..kernels.common.splits import device_multiprocessors
@@ -42,11 +43,22 @@ def kernel_family_for(q, k_cache, v_cache=None, *, q_rope=None, k_rope_cache=Non
     return choose_family(spec, shape, call)
 
 
+def empty_outputs(q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Uninitialised (out [B, Lq, Hq, Dv], lse [B, Lq, Hq] float32): the op's outputs (and all of them for a
+    batch of 0 sequences)."""
+    batch, query_len, num_q_heads, _ = q.shape
+    head_dim_v = (k_cache if v_cache is None else v_cache).shape[-1]
+    return (q.new_empty((batch, query_len, num_q_heads, head_dim_v)),
+            q.new_empty((batch, query_len, num_q_heads), dtype=torch.float32))
+
+
 def run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
                 causal, num_splits, kv_range=None, config: Optional[object] = None):
     """The op on kernels (CUDA, or the interpreter on CPU); `config` forces a family and its knobs."""
     spec, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                   softmax_scale, None, kv_range)
+    if shape.batch == 0:
+        return empty_outputs(q, k_cache, v_cache)
     call = KernelCall(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                       softmax_scale, causal, kv_range)
     if config is None:

@@ -9,7 +9,8 @@ from ..kernels.common.key_bounds import mask_as_kernel_operand
 from ..kernels.common.mask_range import mask_key_range, mask_key_range_reference
 from ..kernels.portable import triton_interpreter_enabled
 from ..reference import attention_with_kvcache_reference
-from .dispatch import run_kernels
+from .dispatch import empty_outputs, run_kernels
+from .validation import check_values, validate_inputs
 
 # The op is defined with the low-level torch.library API rather than torch.library.custom_op: the latter wraps
 # every call in Python layers (autograd dispatch, an output-aliasing check) that cost more host time than the
@@ -28,6 +29,11 @@ _LIBRARY.define("mask_key_range(Tensor attn_mask, SymInt batch, SymInt capacity)
 
 def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
                    causal, num_splits, kv_range=None):
+    _, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                               softmax_scale, None, kv_range)
+    check_values(k_cache, cache_seqlens, page_table, shape)  # CPU tensors: the values cost no device sync
+    if shape.batch == 0:
+        return empty_outputs(q, k_cache, v_cache)
     if triton_interpreter_enabled():
         return run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                            softmax_scale, causal, num_splits, kv_range)
@@ -40,6 +46,8 @@ def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, pag
 
 def _mask_key_range(attn_mask, batch, capacity):
     """The kernel on CUDA and under the interpreter, PyTorch ops on CPU otherwise."""
+    if batch == 0:
+        return attn_mask.new_empty((2, 0), dtype=torch.int32)
     on_kernels = attn_mask.device.type == "cuda" or triton_interpreter_enabled()
     reduce = mask_key_range if on_kernels else mask_key_range_reference
     return reduce(mask_as_kernel_operand(attn_mask), batch, capacity, attn_mask.dtype == torch.bool)
@@ -59,11 +67,7 @@ def _mask_key_range_fake(attn_mask, batch, capacity):
 @torch.library.register_fake("glacompiler::attention_with_kvcache", lib=_LIBRARY)
 def _attention_with_kvcache_fake(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                  softmax_scale, causal, num_splits, kv_range=None):
-    batch, query_len, num_q_heads, _ = q.shape
-    head_dim_v = (k_cache if v_cache is None else v_cache).shape[-1]
-    out = q.new_empty((batch, query_len, num_q_heads, head_dim_v))
-    lse = q.new_empty((batch, query_len, num_q_heads), dtype=torch.float32)
-    return out, lse
+    return empty_outputs(q, k_cache, v_cache)
 
 
 # (out, lse) = attention_with_kvcache_op(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table,

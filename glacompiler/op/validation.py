@@ -1,6 +1,7 @@
 """Input checks for attention_with_kvcache: every problem is a ValueError/TypeError naming the argument,
-raised before any kernel runs. Checks that need the tensors' values (a host-device sync) run only when
-GLACOMPILER_DEBUG=1."""
+raised before any kernel runs. The checks that read values (lengths, page ids: check_values) run for CPU tensors
+always, and on a GPU, where they would sync with the device, only with GLACOMPILER_DEBUG=1: there the kernels
+bound those values instead, so that no input makes them read outside their tensors."""
 from __future__ import annotations
 
 import os
@@ -60,6 +61,19 @@ def _is_power_of_two(n: int) -> bool:
     return n >= 1 and (n & (n - 1)) == 0
 
 
+def _sdpa_layout_hint(q, k_cache, page_table) -> str:
+    """A hint for tensors in SDPA's [B, H, L, D] layout, where the op takes [B, L, H, D]: when swapping dims 1
+    and 2 of q and k_cache would give a valid head grouping and query length."""
+    if page_table is not None or not isinstance(k_cache, Tensor) or k_cache.dim() != 4:
+        return ""
+    heads, query_len, kv_heads = q.shape[1], q.shape[2], k_cache.shape[1]
+    if kv_heads >= 1 and heads % kv_heads == 0 and 1 <= query_len <= MAX_QUERY_LEN:
+        return (f". If q {tuple(q.shape)} and k_cache {tuple(k_cache.shape)} are in SDPA's [B, H, L, D] layout, "
+                "pass q.transpose(1, 2) and k_cache.transpose(1, 2) (and v_cache likewise): the op takes "
+                "[B, L, H, D]")
+    return ""
+
+
 def validate_inputs(
     q,
     k_cache,
@@ -78,8 +92,9 @@ def validate_inputs(
         raise TypeError(f"q has dtype {q.dtype}; supported: float16, bfloat16, float32")
     _require_unit_last_stride("q", q)
     batch, query_len, num_q_heads, head_dim_q = q.shape
-    if not 1 <= query_len <= MAX_QUERY_LEN:
-        raise ValueError(f"q has query length {query_len}; supported: 1 to {MAX_QUERY_LEN}")
+    if not 0 < query_len <= MAX_QUERY_LEN:
+        raise ValueError(f"q has query length {query_len}; supported: 1 to {MAX_QUERY_LEN}"
+                         + _sdpa_layout_hint(q, k_cache, page_table))
 
     paged = page_table is not None
     k_cache = _require_tensor("k_cache", k_cache, 4)
@@ -106,6 +121,7 @@ def validate_inputs(
     if num_kv_heads < 1 or num_q_heads % num_kv_heads != 0:
         raise ValueError(
             f"q has {num_q_heads} heads, which is not a multiple of k_cache's {num_kv_heads} KV heads"
+            + _sdpa_layout_hint(q, k_cache, page_table)
         )
     _require_head_dim("q", head_dim_q, MAX_HEAD_DIM_QK)
     _require_head_dim("k_cache", head_dim_k, MAX_HEAD_DIM_QK)
@@ -194,7 +210,11 @@ def validate_inputs(
 
 
 def check_values(k_cache: Tensor, cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], shape: ProblemShape) -> None:
-    """Value checks that sync with the device (GLACOMPILER_DEBUG=1 only)."""
+    """The checks that read values: lengths within the capacity, page ids of the slots that hold valid tokens
+    within the cache. Always for CPU tensors; on a GPU they would sync, so only with GLACOMPILER_DEBUG=1 (the
+    kernels bound both instead: kernels/common/bounds.py)."""
+    if shape.batch == 0:
+        return
     if cache_seqlens is not None:
         low, high = int(cache_seqlens.min()), int(cache_seqlens.max())
         if low < 0 or high > shape.capacity:

@@ -283,7 +283,7 @@ def _spec_label(spec) -> str:
 
 
 # What the columns of a shown table mean: the labels above are terse, and the config's fields are
-# KernelConfig's (glacompiler/config.py).
+# PortableConfig's (kernels/portable/config.py).
 TABLE_LEGEND = (
     "columns:",
     "  family      the kernels the entry tunes: portable (Triton split-KV, any GPU) or latent_hopper (MLA/GLA, sm_90)",

@@ -5,7 +5,8 @@ again on each call (the attention kernel has about 45), builds a cache key strin
 globals. Here the first launch of each specialisation goes through the JIT, which compiles or finds
 the binary; later launches with the same specialisation call that binary's launcher directly, as Inductor's
 generated code does. The key holds everything the JIT specialises on, so the binary it finds is the one the
-JIT would pick: each int argument by value (a call site passes the same strides every step), each tensor by
+JIT would pick: each int argument by value (a call site passes the same strides every step), except those the
+kernel declares do_not_specialize (a growing cache's capacity), by their width alone, each tensor by
 dtype and 16-byte alignment, each TMA tensor descriptor by dtype, block shape and shared-memory layout (what
 the JIT specialises a descriptor on; its base, shape and strides are encoded at every launch), the
 constexprs, warps and stages, and the device.
@@ -24,6 +25,8 @@ _compiled: dict = {}
 MAX_REMEMBERED_LAUNCHES = 4096
 # JITFunction -> names of its constexpr parameters, in signature order (they follow the runtime ones)
 _constexpr_names: dict = {}
+# JITFunction -> positions of its do_not_specialize parameters
+_unspecialised: dict = {}
 # Turned off for the process if a direct launch is ever refused (a Triton whose launcher API differs).
 _direct_launch_enabled = True
 
@@ -33,11 +36,24 @@ def _is_tensor_descriptor(value) -> bool:
     return hasattr(value, "block_shape") and hasattr(value, "layout") and hasattr(value, "base")
 
 
+def _unspecialised_positions(kernel) -> frozenset:
+    """Positions of the parameters declared do_not_specialize: the JIT does not specialise on their values."""
+    positions = _unspecialised.get(kernel)
+    if positions is None:
+        positions = frozenset(i for i, param in enumerate(getattr(kernel, "params", ()))
+                              if getattr(param, "do_not_specialize", False))
+        _unspecialised[kernel] = positions
+    return positions
+
+
 def specialisation_key(kernel, device_index: int, args: tuple, constexprs: dict, num_warps: int,
                        num_stages: int) -> tuple:
     parts = [kernel, device_index, num_warps, num_stages]
-    for value in args:
-        if isinstance(value, Tensor):
+    unspecialised = _unspecialised_positions(kernel)
+    for position, value in enumerate(args):
+        if position in unspecialised and isinstance(value, int):
+            parts.append(-2**31 <= value < 2**31)  # only its width (int32 or int64) reaches the binary
+        elif isinstance(value, Tensor):
             parts.append(value.dtype)
             parts.append(value.data_ptr() % 16 == 0)
         elif _is_tensor_descriptor(value):

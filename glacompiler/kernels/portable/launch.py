@@ -92,6 +92,8 @@ def launch_decode_attention(
         *buffers.lse_strides,
         log2_scale(softmax_scale),
         num_splits,
+        shape.capacity,
+        k_cache.shape[0] if page_table is not None else 1,  # pages: page ids are bounded by it
     )
     constexprs = dict(
         G=group,
