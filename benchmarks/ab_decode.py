@@ -1,6 +1,6 @@
 """A/B of the decode kernels between two source trees, in one run on one GPU: bench_decode.py of each tree,
-alternated round by round (base, new, base, new, ...), on the same random data (same seeds), and a table of
-each case's median time per tree and the ratio.
+alternated round by round in ABBA order (base, new, new, base, ...), on the same random data (same seeds), and
+a table of each case's median time per tree and the ratio.
 
     python benchmarks/ab_decode.py --base /path/to/old/checkout --rounds 3 [--out ab.json] [bench_decode args]
 
@@ -45,7 +45,8 @@ def main() -> None:
     rounds = []
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):
-            for name, tree in trees.items():
+            order = list(trees.items()) if round_index % 2 == 0 else list(trees.items())[::-1]  # ABBA: no tree
+            for name, tree in order:  # always runs first on a cooler card
                 data = run_tree(tree, bench_args, Path(scratch) / f"{name}-{round_index}.json")
                 rounds.append({"tree": name, "round": round_index, **data})
                 for row in data["results"]:

@@ -44,7 +44,7 @@ def assert_valid_rows_right(out, expected, rows=slice(1, None)):
     """Sequence 0 is unspecified (but finite: nothing outside the tensors was read); the others match the
     float32 reference."""
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out[rows].float().cpu(), expected[rows].float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out[rows].float().cpu(), expected[rows].float().cpu(), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("interpreted", [False, True])

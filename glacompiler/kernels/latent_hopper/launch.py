@@ -65,7 +65,6 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
         log2_scale(softmax_scale),
         config.num_splits,
         shape.capacity,
-        k_cache.shape[0] if page_table is not None else 1,  # pages: page ids are bounded by it
     )
     constexprs = dict(
         G=spec.group_size,
