@@ -1,11 +1,12 @@
-"""A/B of the decode kernels between two source trees, in one run on one GPU: bench_decode.py of each tree,
-alternated round by round in ABBA order (base, new, new, base, ...), on the same random data (same seeds), and
-a table of each case's median time per tree and the ratio.
+"""A/B of the op between two source trees, in one run on one GPU: kernel time by CUDA-graph replay and host time
+per call, through the public attention_with_kvcache only (the same in both trees), on identical data.
 
-    python benchmarks/ab_decode.py --base /path/to/old/checkout --rounds 3 [--out ab.json] [bench_decode args]
+    python benchmarks/ab_decode.py --base /path/to/old/checkout [--rounds 3] [--batch 128 --seqlen 8192]
 
-Each tree runs its own benchmarks/bench_decode.py with --json (its API may differ from this tree's) and with
-PYTHONPATH pointing at that tree only."""
+Each tree is timed by a worker process of this script with PYTHONPATH pointing at that tree, round by round in
+ABBA order (base, new, new, base, ...), so that neither tree always runs first on a cooler card. The table gives
+each case's median over the rounds, and the ratio new / base. The op picks its own kernel family and config
+(on a GPU without a tuned table, the family's heuristic)."""
 from __future__ import annotations
 
 import argparse
@@ -18,51 +19,128 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
+# name: (query heads, KV or latent heads, K/latent width, V width (0: tied), rope width, GTA tied-state split)
+CASES = {
+    "mla": (128, 1, 512, 0, 64),
+    "gla2": (128, 2, 256, 0, 64),
+    "gla8": (128, 8, 256, 0, 64),
+    "gta": (16, 4, 128, 0, 64),
+    "gqa": (32, 8, 128, 128, 0),
+}
 
 
-def run_tree(tree: Path, bench_args: list, json_path: Path) -> dict:
+def make_inputs(name: str, batch: int, seqlen: int, query_len: int, page_size: int, seed: int = 0) -> dict:
+    """The op's keyword arguments for a case, built on the GPU from a seed: full lengths, a permuted page table."""
+    import torch
+
+    heads, kv_heads, width, v_width, rope = CASES[name]
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype, generator=generator)
+
+    gta = name == "gta"
+    pages_per_seq = seqlen // page_size
+    num_pages = batch * pages_per_seq
+    kwargs = dict(
+        q=randn(batch, query_len, heads, width - rope if gta else width),
+        k_cache=randn(num_pages, page_size, kv_heads, width),
+        v_cache=randn(num_pages, page_size, kv_heads, v_width) if v_width else None,
+        cache_seqlens=torch.full((batch,), seqlen, device=device, dtype=torch.int32),
+        page_table=torch.randperm(num_pages, device=device, generator=generator).to(torch.int32).view(batch, -1),
+    )
+    if rope:
+        kwargs.update(q_rope=randn(batch, query_len, heads, rope), k_rope_cache=randn(num_pages, page_size, rope))
+    return kwargs
+
+
+def worker(args) -> None:
+    """Time every case with the glacompiler on PYTHONPATH; print one JSON line."""
+    import time
+
+    import torch
+    import triton.testing
+
+    import glacompiler
+
+    results = []
+    for name in args.cases.split(","):
+        for query_len in (int(x) for x in args.q_lens.split(",")):
+            kwargs = make_inputs(name, args.batch, args.seqlen, query_len, args.page_size)
+
+            def call(kwargs=kwargs):
+                return glacompiler.attention_with_kvcache(**kwargs)
+
+            out = call()
+            torch.cuda.synchronize()
+            kernel_ms = triton.testing.do_bench_cudagraph(call, rep=100, return_mode="median")
+            for _ in range(20):  # host time: back-to-back calls, far fewer than the launch queue holds
+                call()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(100):
+                call()
+            host_us = (time.perf_counter() - start) / 100 * 1e6
+            torch.cuda.synchronize()
+            results.append(dict(case=name, q_len=query_len, kernel_us=kernel_ms * 1e3, host_us=host_us,
+                                checksum=float(out.float().abs().sum())))
+            kwargs = out = call = None  # free this case's caches before the next one's
+            torch.cuda.empty_cache()
+    print(json.dumps(dict(gpu=torch.cuda.get_device_name(), glacompiler=glacompiler.__file__, results=results)))
+
+
+def run_tree(tree: Path, args, scratch: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tree)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                                                         if p and Path(p).resolve() != HERE])
-    env["GLACOMPILER_CACHE_DIR"] = str(json_path.parent / f"cache-{tree.name}")
-    command = [sys.executable, str(tree / "benchmarks" / "bench_decode.py"), "--skip-baselines", "--json",
-               str(json_path), *bench_args]
-    result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
+    env["GLACOMPILER_CACHE_DIR"] = str(scratch / f"cache-{tree.name}")
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--cases", args.cases, "--q-lens",
+               args.q_lens, "--batch", str(args.batch), "--seqlen", str(args.seqlen), "--page-size", str(args.page_size)]
+    result = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"{tree}: bench_decode failed\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return json.loads(json_path.read_text())
+        raise RuntimeError(f"{tree}: worker failed\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", required=True, help="the source tree to compare against (a checkout)")
+    parser.add_argument("--base", help="the source tree to compare against (a checkout)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cases", default="mla,gla2,gla8,gta,gqa")
+    parser.add_argument("--q-lens", default="1,2")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--seqlen", type=int, default=8192)
+    parser.add_argument("--page-size", type=int, default=64)
     parser.add_argument("--out", help="write every round's results here (JSON)")
-    args, bench_args = parser.parse_known_args()
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    if not args.base:
+        parser.error("--base is required")
     trees = {"base": Path(args.base).resolve(), "new": HERE}
-    times: dict = {}  # (case, Lq) -> {tree: [ms per round]}
-    kernels: dict = {}
-    rounds = []
+    rounds, table = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):
-            order = list(trees.items()) if round_index % 2 == 0 else list(trees.items())[::-1]  # ABBA: no tree
-            for name, tree in order:  # always runs first on a cooler card
-                data = run_tree(tree, bench_args, Path(scratch) / f"{name}-{round_index}.json")
+            order = list(trees.items()) if round_index % 2 == 0 else list(trees.items())[::-1]
+            for name, tree in order:
+                data = run_tree(tree, args, Path(scratch))
                 rounds.append({"tree": name, "round": round_index, **data})
                 for row in data["results"]:
-                    times.setdefault((row["case"], row["q_len"]), {}).setdefault(name, []).append(row["ms"])
-                    kernels[(row["case"], row["q_len"], name)] = row["kernel"]
-                print(f"round {round_index + 1}/{args.rounds}: {name} done", flush=True)
-    gpu = rounds[0]["gpu"]
-    print(f"\n# {gpu}; copy {rounds[0]['bandwidth'] / 1e9:.0f} GB/s, bf16 matmul {rounds[0]['flop_rate'] / 1e12:.0f} "
-          f"TFLOP/s; {args.rounds} rounds, base {trees['base']}, bench_decode args {' '.join(bench_args) or '(defaults)'}")
-    print("| case | Lq | kernel (base / new) | base us (median; all) | new us (median; all) | new / base |")
-    print("|---|---|---|---|---|---|")
-    for (case, query_len), by_tree in times.items():
-        base, new = statistics.median(by_tree["base"]), statistics.median(by_tree["new"])
-        print(f"| {case} | {query_len} | {kernels[(case, query_len, 'base')]} / {kernels[(case, query_len, 'new')]} | "
-              f"{base * 1e3:.1f} ({', '.join(f'{t * 1e3:.1f}' for t in by_tree['base'])}) | "
-              f"{new * 1e3:.1f} ({', '.join(f'{t * 1e3:.1f}' for t in by_tree['new'])}) | {new / base:.3f} |")
+                    table.setdefault((row["case"], row["q_len"]), {}).setdefault(name, []).append(row)
+                print(f"round {round_index + 1}/{args.rounds}: {name} done ({data['glacompiler']})", flush=True)
+    print(f"\n# {rounds[0]['gpu']}; batch {args.batch}, cache {args.seqlen}, page {args.page_size}; {args.rounds} rounds "
+          "(ABBA); kernel us by CUDA-graph replay (median of do_bench_cudagraph), host us per back-to-back call")
+    print("| case | Lq | base kernel us | new kernel us | new / base | base host us | new host us | same output |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (case, query_len), by_tree in table.items():
+        kernel = {t: statistics.median(r["kernel_us"] for r in rows) for t, rows in by_tree.items()}
+        host = {t: statistics.median(r["host_us"] for r in rows) for t, rows in by_tree.items()}
+        sums = {r["checksum"] for rows in by_tree.values() for r in rows}
+        same = max(sums) - min(sums) <= 1e-6 * max(abs(s) for s in sums)
+        print(f"| {case} | {query_len} | {kernel['base']:.1f} | {kernel['new']:.1f} | {kernel['new'] / kernel['base']:.3f} | "
+              f"{host['base']:.0f} | {host['new']:.0f} | {'yes' if same else 'NO'} |")
     if args.out:
         Path(args.out).write_text(json.dumps(rounds, indent=1))
 
