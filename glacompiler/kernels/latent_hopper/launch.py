@@ -58,13 +58,12 @@ def launch_latent_hopper(q: Tensor, k_cache: Tensor, q_rope: Tensor, k_rope_cach
         *q.stride()[:3],
         *q_rope.stride()[:3],
         0 if page_table is None else page_table.stride(0),
-        0 if page_table is not None else k_cache.shape[1],  # rows per sequence of a contiguous cache
+        shape.capacity,  # keys per sequence (a contiguous cache's rows per sequence): lengths are bounded by it
         *keys.mask_strides,
         *buffers.out_strides,
         *buffers.lse_strides,
         log2_scale(softmax_scale),
         config.num_splits,
-        shape.capacity,
     )
     constexprs = dict(
         G=spec.group_size,
