@@ -58,6 +58,22 @@ def test_attention_mask(interpret_kernels, name, mask, mask_rows):
     run_and_check(problem, num_splits=2)
 
 
+@pytest.mark.parametrize("mask_rows", ["key", "head"])
+@pytest.mark.parametrize("block_n", [16, 32])
+def test_masks_over_pages_that_hold_whole_key_blocks(interpret_kernels, block_n, mask_rows):
+    """Pages of 64 keys hold whole blocks: the kernel reads one page id per block, and the mask's first key
+    (never the first slot here) is rounded down to a block start, the keys before it ruled out by the mask."""
+    from glacompiler.kernels.portable import PortableConfig
+
+    problem = make_decode_problem(CPU_SPECS["gqa"], batch=3, query_len=2, capacity=CAPACITY, page_size=64,
+                                  mask="bool", mask_rows=mask_rows, generator=torch.Generator().manual_seed(5))
+    problem.kwargs["attn_mask"][..., : 3 * block_n // 2] = False  # the first attended key sits inside a block
+    for splits in (1, 3):
+        config = PortableConfig(block_m=16, block_n=block_n, block_d=64, num_splits=splits)
+        out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
+        check_fa_rule(out, lse, problem)
+
+
 def test_mask_that_rules_out_everything_gives_zero_and_minus_inf(interpret_kernels):
     problem = make_decode_problem(CPU_SPECS["gla2"], batch=2, query_len=1, capacity=40, causal=False)
     problem.kwargs["attn_mask"] = torch.zeros(2, 1, 1, 40, dtype=torch.bool)
