@@ -21,7 +21,7 @@ from .models import ModelConfig, TinyLM
 from .presets import PAPER_VARIANTS, paper_config, tiny_config
 from .models.layers import decode_positions
 from .kernels import family_for_spec
-from .kernels.portable import triton_interpreter_enabled
+from .kernels.common.interpreter import triton_interpreter_enabled
 from .spec import ProblemShape
 from .usage import UsageError
 

@@ -27,6 +27,18 @@ def logical_cache(cache: Tensor, page_table: Optional[Tensor], cache_seqlens: Te
     return gathered.reshape(gathered.shape[0], num_slots * page_size, *cache.shape[2:])
 
 
+def mask_end(attn_mask: Optional[Tensor], batch: int, capacity: int) -> Optional[Tensor]:
+    """[B] one past the last key any row of the mask lets a query see (None without a mask)."""
+    if attn_mask is None:
+        return None
+    attend = attn_mask if attn_mask.dtype == torch.bool else attn_mask != float("-inf")
+    while attend.dim() < 4:
+        attend = attend.unsqueeze(0)
+    any_row = attend.expand(batch, -1, -1, capacity).any(dim=2).any(dim=1)  # [B, S]
+    positions = torch.arange(1, capacity + 1, device=attn_mask.device)
+    return torch.where(any_row, positions, 0).amax(dim=-1) if capacity else any_row.new_zeros(batch, dtype=torch.long)
+
+
 def attention_with_kvcache_reference(
     q: Tensor,
     k_cache: Tensor,
@@ -50,12 +62,16 @@ def attention_with_kvcache_reference(
     if softmax_scale is None:
         softmax_scale = default_softmax_scale(head_dim_q, rope_dim)
     capacity = k_cache.shape[1] if page_table is None else page_table.shape[1] * k_cache.shape[1]
+    # Page-table slots are read up to the lengths or, with only a mask, up to the last key the mask allows.
+    gathered_lengths = cache_seqlens if cache_seqlens is not None else mask_end(attn_mask, batch, capacity)
     if cache_seqlens is None:
         cache_seqlens = torch.full((batch,), capacity, dtype=torch.int32, device=q.device)
+    if gathered_lengths is None:
+        gathered_lengths = cache_seqlens
     seqlens = cache_seqlens.to(torch.long)
 
-    keys = logical_cache(k_cache, page_table, cache_seqlens).to(compute_dtype)
-    values = keys if v_cache is None else logical_cache(v_cache, page_table, cache_seqlens).to(compute_dtype)
+    keys = logical_cache(k_cache, page_table, gathered_lengths).to(compute_dtype)
+    values = keys if v_cache is None else logical_cache(v_cache, page_table, gathered_lengths).to(compute_dtype)
     positions = torch.arange(capacity, device=q.device)
     valid = positions[None, :] < seqlens[:, None]  # [B, S]
     # Slots past each length may hold NaN: zero them so that 0 * NaN cannot leak into the output.
@@ -64,7 +80,7 @@ def attention_with_kvcache_reference(
     q_grouped = q.to(compute_dtype).reshape(batch, q_len, num_kv_heads, group, head_dim_q)
     scores = torch.einsum("bqkgd,bskd->bkgqs", q_grouped, keys[..., :head_dim_q])
     if q_rope is not None:
-        rope_keys = logical_cache(k_rope_cache, page_table, cache_seqlens).to(compute_dtype)
+        rope_keys = logical_cache(k_rope_cache, page_table, gathered_lengths).to(compute_dtype)
         scores = scores + torch.einsum("bqhr,bsr->bhqs", q_rope.to(compute_dtype), rope_keys).reshape(scores.shape)
     scores = scores.reshape(batch, num_q_heads, q_len, capacity)
     scores = scores * softmax_scale

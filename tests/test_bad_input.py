@@ -2,7 +2,7 @@
 the cache, and a batch of 0 sequences.
 
 CPU tensors are checked (no device sync there): a ValueError naming the argument, on the reference path and
-under the interpreter. On a GPU the kernels bound those values instead (kernels/common/bounds.py): the rows
+under the interpreter. On a GPU the kernels bound those values instead (kernels/common/clamps.py): the rows
 that hold them get unspecified results, every other row is right, and nothing is read outside the tensors;
 GLACOMPILER_DEBUG=1 checks and raises there too."""
 import pytest
@@ -13,13 +13,13 @@ from glacompiler.kernels import KernelCall, choose_family
 from glacompiler.op.dispatch import choose_config
 from glacompiler.op.validation import validate_inputs
 from glacompiler.presets import PAPER_SPECS
-from glacompiler.problems import make_decode_problem
+from glacompiler.problems import check_fa_rule, make_decode_problem
 from glacompiler.spec import AttentionSpec
 
 from kernel_cases import CPU_SPECS
 
-BAD_LENGTHS = {"past the capacity": 10**6, "negative": -5}
-BAD_PAGES = {"huge": 2**30, "negative": -3, "one past the pool": None}  # None: the pool's size
+BAD_VALUES = {"length past the capacity": 10**6, "negative length": -5, "huge page": 2**30, "negative page": -3,
+              "page one past the pool": "pool"}
 
 
 def problem_with_bad_values(spec, device, dtype, page_size, bad_length=None, bad_page=None, batch=3, capacity=96,
@@ -65,17 +65,15 @@ def test_cpu_calls_name_the_bad_argument(what, value, interpreted, monkeypatch):
                                                      None, 0.1, True, 0)
 
 
-@pytest.mark.parametrize("page_size", [0, 16])
-@pytest.mark.parametrize("bad", ["length past the capacity", "negative length", "huge page", "negative page",
-                                 "page one past the pool"])
+@pytest.mark.parametrize("page_size", [0, 16, 64])
+@pytest.mark.parametrize("bad", list(BAD_VALUES))
 def test_interpreted_kernels_bound_what_the_op_does_not_check(bad, page_size, interpret_kernels):
     """The portable kernels launched directly with values the op would refuse on CPU: they stay inside the
     tensors (the interpreter reads host memory: a stray load reads garbage or crashes), and the valid rows are
-    right."""
+    right. Pages of 16 keys are read per key, pages of 64 (whole key blocks) once per block."""
     if "page" in bad and not page_size:
         pytest.skip("contiguous caches have no page ids")
-    value = {"length past the capacity": 10**6, "negative length": -5, "huge page": 2**30, "negative page": -3,
-             "page one past the pool": "pool"}[bad]
+    value = BAD_VALUES[bad]
     problem, expected = problem_with_bad_values(CPU_SPECS["gqa"], "cpu", torch.float32, page_size,
                                                 bad_length=value if "length" in bad else None,
                                                 bad_page=value if "page" in bad else None, softmax_scale=0.1)
@@ -108,19 +106,42 @@ def test_a_batch_of_no_sequences_gives_empty_outputs(name, interpreted, monkeypa
     assert torch.ops.glacompiler.mask_key_range(mask, 0, 32).shape == (2, 0)
 
 
+@pytest.mark.parametrize("strided", ["lengths", "page table", "both"])
+def test_strided_lengths_and_page_tables_are_read_right(strided, interpret_kernels):
+    """The kernels read lengths and page-table columns as adjacent entries: views with other strides (an
+    expanded length, a column slice) are made contiguous first."""
+    problem = make_decode_problem(CPU_SPECS["gqa"], batch=3, query_len=1, capacity=64, page_size=16,
+                                  generator=torch.Generator().manual_seed(9))
+    kw = problem.kwargs
+    if strided in ("lengths", "both"):
+        kw["cache_seqlens"] = torch.stack([kw["cache_seqlens"], torch.zeros_like(kw["cache_seqlens"])], 1)[:, 0]
+        assert kw["cache_seqlens"].stride(0) == 2
+    if strided in ("page table", "both"):
+        table = kw["page_table"]
+        kw["page_table"] = torch.stack([table, torch.full_like(table, 2**30)], 2).flatten(1)[:, ::2]
+        assert kw["page_table"].stride(1) == 2
+    out, lse = glacompiler.attention_with_kvcache(**kw, return_lse=True)
+    check_fa_rule(out, lse, problem)
+
+
+def test_a_paged_cache_without_pages_is_refused():
+    q = torch.randn(2, 1, 4, 16)
+    with pytest.raises(ValueError, match="k_cache holds no pages"):
+        glacompiler.attention_with_kvcache(q, torch.randn(0, 16, 2, 16), torch.randn(0, 16, 2, 16),
+                                           page_table=torch.zeros(2, 1, dtype=torch.int32))
+
+
 # ---- on a GPU: nothing checks the values, the kernels bound them ---------------------------------------------
 GPU_CASES = [("gqa", 64), ("gta", 16), ("mla", 64), ("gla2", 32), ("mla", 0)]  # mla/gla2: the Hopper kernel on sm_90
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("bad", ["length past the capacity", "negative length", "huge page", "negative page",
-                                 "page one past the pool"])
+@pytest.mark.parametrize("bad", list(BAD_VALUES))
 @pytest.mark.parametrize("name, page_size", GPU_CASES)
 def test_gpu_kernels_bound_lengths_and_page_ids(name, page_size, bad, cuda_device):
     if "page" in bad and not page_size:
         pytest.skip("contiguous caches have no page ids")
-    value = {"length past the capacity": 10**6, "negative length": -5, "huge page": 2**30, "negative page": -3,
-             "page one past the pool": "pool"}[bad]
+    value = BAD_VALUES[bad]
     problem, expected = problem_with_bad_values(PAPER_SPECS[name], cuda_device, torch.bfloat16, page_size,
                                                 bad_length=value if "length" in bad else None,
                                                 bad_page=value if "page" in bad else None, capacity=1024)

@@ -26,6 +26,8 @@ def test_every_package_folder_is_listed_in_pyproject():
     on_disk = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "glacompiler").rglob("*.py")
                if "__pycache__" not in path.parts}
     assert on_disk - listed == set(), f"add to pyproject.toml's packages: {sorted(on_disk - listed)}"
+    shipped_data = {"glacompiler.templates", "glacompiler.tuned_configs"}  # mapped from the top-level folders
+    assert listed - on_disk == shipped_data, f"listed but not on disk: {sorted(listed - on_disk - shipped_data)}"
     for path in on_disk:
         assert (ROOT / path.replace(".", "/") / "__init__.py").is_file(), f"{path} has no __init__.py"
 
@@ -48,8 +50,9 @@ def installed_wheel(tmp_path_factory):
     """(python of a fresh venv with the wheel installed, the wheel)."""
     root = tmp_path_factory.mktemp("wheel")
     source = source_copy(root / "source")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(root / "dist"), str(source)], check=True)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v",
+                            "-w", str(root / "dist"), str(source)], check=True, capture_output=True, text=True)
+    assert "would be ignored" not in build.stdout + build.stderr, "setuptools skips a data folder: see the build log"
     wheel = next((root / "dist").glob("glacompiler-*.whl"))
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -22,7 +22,7 @@ from tuning_doubles import GPU, GQA, entry, make_table
 # retuned here: {file name: {family: why}}.
 KNOWN_STALE: dict = {
     "NVIDIA_H100_80GB_HBM3.json": {
-        "portable": "tuned before the kernels bounded lengths and page ids (kernels/common/bounds.py); no H100 is "
+        "portable": "tuned before the kernels bounded lengths and page ids (kernels/common/clamps.py); no H100 is "
                     "lent to retune it (its configs compiled to the same PTX through the restructure before that)",
     },
 }
@@ -101,6 +101,10 @@ def test_format_1_tables_are_read_as_portable_entries(tmp_path):
     table = read_table(path)
     assert table.is_current_for("portable")
     assert table.get("portable", GQA, Bucket(8, 8192, 1)).config == PortableConfig(num_splits=3)
+    # A format-1 table as they were written (its version hashed the template files): stale, but readable.
+    data["templates_version"] = "f8607e5e5204ec08"
+    path.write_text(json.dumps(data))
+    assert read_table(path).stale_families == ["portable"]
 
 
 def test_an_entry_for_changed_kernels_cannot_be_added():
@@ -189,11 +193,11 @@ def test_nearest_bucket_in_log_space(table_dirs):
     assert dataclasses.replace(find_config(PORTABLE, GQA, shape_of(32, 8192, 1), GPU), num_splits=1) == large
 
 
-def test_stale_kernel_version_is_ignored_with_one_warning(table_dirs):
+def test_stale_entries_are_ignored_with_one_warning_for_the_users_table(table_dirs, caplog):
     user_dir, shipped_dir = table_dirs
     stale_config, user_config = PortableConfig(block_n=16, num_splits=2), PortableConfig(block_n=64, num_splits=3)
-    write_table(make_table([entry(GQA, Bucket(8, 8192, 1), stale_config)], versions={"portable": "0123456789abcdef"}),
-                shipped_dir / table_file.gpu_file_name(GPU))
+    stale_table = make_table([entry(GQA, Bucket(8, 8192, 1), stale_config)], versions={"portable": "0123456789abcdef"})
+    write_table(stale_table, user_dir / table_file.gpu_file_name(GPU))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for batch in (1, 8, 32, 128):
@@ -202,6 +206,16 @@ def test_stale_kernel_version_is_ignored_with_one_warning(table_dirs):
         assert tuned_config(PORTABLE, GQA, shape_of(8, 8192), CUDA0) is None
     stale = [w for w in caught if issubclass(w.category, StaleTableWarning)]
     assert len(stale) == 1 and "portable entries" in str(stale[0].message)
+
+    # A stale shipped table is logged, not warned about: the user cannot refresh it (a release does).
+    (user_dir / table_file.gpu_file_name(GPU)).unlink()
+    write_table(stale_table, shipped_dir / table_file.gpu_file_name(GPU))
+    clear_lookup_caches()
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("INFO", logger="glacompiler"):
+        warnings.simplefilter("always")
+        assert tuned_config(PORTABLE, GQA, shape_of(8, 8192), CUDA0) is None
+    assert not [w for w in caught if issubclass(w.category, StaleTableWarning)]
+    assert any("shipped table" in record.message for record in caplog.records)
 
     write_table(make_table([entry(GQA, Bucket(8, 8192, 1), user_config)]), user_dir / table_file.gpu_file_name(GPU))
     clear_lookup_caches()

@@ -55,20 +55,18 @@ def test_every_layout_renders_valid_python(name):
         ast.parse(render_latent_hopper_kernel(spec, LatentHopperTile(row_split=False)))
 
 
-def test_function_code_ignores_comments_and_layout():
-    source = "import x\n\n\n@decorate\ndef kernel(a, b):\n    # why\n    c = a + b  # sum\n\n    return c\n\n\ndef other():\n    pass\n"
+def test_code_tokens_ignore_comments_and_layout():
+    source = "import x\n\n\n@decorate\ndef kernel(a, b):\n    # why\n    c = a + b  # sum\n\n    return c\n"
     reworded = "# Generated from elsewhere\nimport x\n@decorate\ndef kernel(a, b):\n    c = a + b\n    return c\n"
-    changed = source.replace("a + b", "a - b")
-    assert templates.function_code(source, "kernel") == templates.function_code(reworded, "kernel")
-    assert templates.function_code(source, "kernel") != templates.function_code(changed, "kernel")
-    assert "@ decorate" in templates.function_code(source, "kernel")
-    with pytest.raises(ValueError, match="no function 'missing'"):
-        templates.function_code(source, "missing")
+    assert templates.code_tokens(source) == templates.code_tokens(reworded)
+    assert templates.code_tokens(source) != templates.code_tokens(source.replace("a + b", "a - b"))
 
 
 @pytest.fixture
-def edited_templates(monkeypatch):
+def edited_templates(monkeypatch, tmp_path):
     """Serve the shipped templates through an edit (old -> new), with the rendering caches cleared."""
+    monkeypatch.setenv("GLACOMPILER_CACHE_DIR", str(tmp_path))
+
     def edit(old: str, new: str):
         original = templates._load_template
 
@@ -92,6 +90,28 @@ def test_kernels_version_follows_code_not_comments_or_paths(edited_templates):
     assert edited_templates("    # Empty rows (nothing attended in this split)", "\n\n    # Rows with no keys") == shipped
     # A change to the code: another version, so tables tuned for the old kernels are stale.
     assert edited_templates("scores = scores * qk_scale_log2", "scores = scores * qk_scale_log2 * 1.0") != shipped
+
+
+def test_kernels_version_follows_the_shared_helpers(monkeypatch):
+    sources = ["def kernel():\n    return 1\n"]
+    shipped = templates.kernels_version(sources)
+    helpers = templates.shared_helper_sources()
+    monkeypatch.setattr(templates, "shared_helper_sources", lambda: [text + "\n# a comment\n" for text in helpers])
+    assert templates.kernels_version(sources) == shipped
+    changed = [text.replace("tl.minimum(tl.maximum(length, 0), capacity)", "tl.maximum(length, 0)") for text in helpers]
+    assert changed != helpers
+    monkeypatch.setattr(templates, "shared_helper_sources", lambda: changed)
+    assert templates.kernels_version(sources) != shipped
+
+
+def test_versions_are_remembered_on_disk(monkeypatch, tmp_path):
+    monkeypatch.setenv("GLACOMPILER_CACHE_DIR", str(tmp_path))
+    assert templates.cached_kernels_version("portable", lambda: "0123456789abcdef") == "0123456789abcdef"
+
+    def not_again():
+        raise AssertionError("computed twice")
+    assert templates.cached_kernels_version("portable", not_again) == "0123456789abcdef"
+    assert len(list((tmp_path / "kernel_versions").iterdir())) == 1
 
 
 def test_every_family_has_a_version():

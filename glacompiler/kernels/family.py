@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..spec import AttentionSpec, ProblemShape
+from .common.splits import MAX_SPLITS
 
 Config = Any  # a family's frozen config dataclass (with num_splits, to_dict and from_dict)
 
@@ -82,8 +83,6 @@ class KernelFamily:
                        wanted: ProblemShape) -> Config:
         """A config tuned for a neighbouring bucket, with its split count scaled so that programs x splits (the
         parallelism the tuner picked) stays the same."""
-        from .common.splits import MAX_SPLITS
-
         tuned_programs = self.programs_per_split(spec, tuned, config)
         wanted_programs = self.programs_per_split(spec, wanted, config)
         splits = round(config.num_splits * tuned_programs / wanted_programs)

@@ -59,6 +59,12 @@ def run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_t
                                   softmax_scale, None, kv_range)
     if shape.batch == 0:
         return empty_outputs(q, k_cache, v_cache)
+    # The kernels read lengths and page-table columns as adjacent entries (the page table's row stride is theirs):
+    # a strided or expanded view is made contiguous (rare; a small copy).
+    if cache_seqlens is not None and cache_seqlens.stride(0) != 1 and shape.batch > 1:
+        cache_seqlens = cache_seqlens.contiguous()
+    if page_table is not None and page_table.stride(1) != 1 and page_table.shape[1] > 1:
+        page_table = page_table.contiguous()
     call = KernelCall(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                       softmax_scale, causal, kv_range)
     if config is None:

@@ -39,6 +39,17 @@ def _require_like(name: str, value: Tensor, q: Tensor, check_dtype: bool = True)
         raise TypeError(f"{name} has dtype {value.dtype} but q has dtype {q.dtype}; they must match")
 
 
+def _require_int32_per_sequence(name: str, value, ndim: int, q: Tensor, items: str) -> Tensor:
+    """An int32 tensor on q's device with one row (or entry) per sequence of q."""
+    value = _require_tensor(name, value, ndim)
+    _require_like(name, value, q, check_dtype=False)
+    if value.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32, got {value.dtype}")
+    if value.shape[0] != q.shape[0]:
+        raise ValueError(f"{name} has {value.shape[0]} {items} but q has batch {q.shape[0]}")
+    return value
+
+
 def _require_unit_last_stride(name: str, value: Tensor) -> None:
     if value.shape[-1] > 1 and value.stride(-1) != 1:
         raise ValueError(f"{name} must be contiguous in its last dimension (stride {value.stride(-1)})")
@@ -102,12 +113,9 @@ def validate_inputs(
     _require_unit_last_stride("k_cache", k_cache)
     num_kv_heads, head_dim_k = k_cache.shape[2], k_cache.shape[3]
     if paged:
-        page_table = _require_tensor("page_table", page_table, 2)
-        _require_like("page_table", page_table, q, check_dtype=False)
-        if page_table.dtype != torch.int32:
-            raise TypeError(f"page_table must be int32, got {page_table.dtype}")
-        if page_table.shape[0] != batch:
-            raise ValueError(f"page_table has {page_table.shape[0]} rows but q has batch {batch}")
+        page_table = _require_int32_per_sequence("page_table", page_table, 2, q, "rows")
+        if k_cache.shape[0] == 0:
+            raise ValueError("k_cache holds no pages (a paged cache needs at least one)")
         page_size = k_cache.shape[1]
         if not _is_power_of_two(page_size):
             raise ValueError(f"k_cache page size (dim 1 of a paged cache) must be a power of two, got {page_size}")
@@ -167,12 +175,7 @@ def validate_inputs(
         )
 
     if cache_seqlens is not None:
-        cache_seqlens = _require_tensor("cache_seqlens", cache_seqlens, 1)
-        _require_like("cache_seqlens", cache_seqlens, q, check_dtype=False)
-        if cache_seqlens.dtype != torch.int32:
-            raise TypeError(f"cache_seqlens must be int32, got {cache_seqlens.dtype}")
-        if cache_seqlens.shape[0] != batch:
-            raise ValueError(f"cache_seqlens has {cache_seqlens.shape[0]} entries but q has batch {batch}")
+        cache_seqlens = _require_int32_per_sequence("cache_seqlens", cache_seqlens, 1, q, "entries")
 
     if attn_mask is not None:
         if not isinstance(attn_mask, Tensor):
@@ -212,7 +215,7 @@ def validate_inputs(
 def check_values(k_cache: Tensor, cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], shape: ProblemShape) -> None:
     """The checks that read values: lengths within the capacity, page ids of the slots that hold valid tokens
     within the cache. Always for CPU tensors; on a GPU they would sync, so only with GLACOMPILER_DEBUG=1 (the
-    kernels bound both instead: kernels/common/bounds.py)."""
+    kernels bound both instead: kernels/common/clamps.py)."""
     if shape.batch == 0:
         return
     if cache_seqlens is not None:

@@ -10,6 +10,7 @@ reads, so the answer is the same during CUDA-graph capture and replay. After the
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -21,6 +22,7 @@ from ..spec import AttentionSpec, ProblemShape
 from . import table_file
 from .table_file import Bucket, TableEntry, TableFormatError
 
+LOGGER = logging.getLogger("glacompiler")
 _UNSET = object()
 # (family name, spec, batch, capacity, query_len, page size, device index) -> config or None
 _resolved: dict = {}
@@ -42,9 +44,10 @@ def _warn_once(path: Path, message: str, category: type) -> None:
         warnings.warn(message, category, stacklevel=5)
 
 
-def _read_usable_entries(path: Path) -> list:
+def _read_usable_entries(path: Path, shipped: bool = False) -> list:
     """Current entries of one table file, or [] when it is missing or unreadable (with one warning); entries of
-    families whose kernels changed are left out (with one warning)."""
+    families whose kernels changed are left out (with one warning for the user's own tables, which
+    `glacompiler autotune` refreshes; a shipped table's are logged: only a new release refreshes them)."""
     if not path.is_file():
         return []
     try:
@@ -53,7 +56,10 @@ def _read_usable_entries(path: Path) -> list:
         _warn_once(path, f"ignoring tuned-config table {path}: {error}", BadTableWarning)
         return []
     stale = table.stale_families
-    if stale:
+    if stale and shipped:
+        LOGGER.info("the %s entries of the shipped table %s were tuned for kernels that have changed since: the "
+                    "heuristic configs run instead (`glacompiler autotune` writes a current table)", ", ".join(stale), path)
+    elif stale:
         _warn_once(
             path,
             f"ignoring the {', '.join(stale)} entries of tuned-config table {path}: they were tuned for kernels "
@@ -107,7 +113,7 @@ class ConfigIndex:
 @functools.lru_cache(maxsize=None)
 def index_for_gpu(gpu_name: str) -> ConfigIndex:
     """Shipped entries, then user-cache entries over them (parsed once per GPU name)."""
-    shipped = _read_usable_entries(table_file.shipped_table_path(gpu_name))
+    shipped = _read_usable_entries(table_file.shipped_table_path(gpu_name), shipped=True)
     user = _read_usable_entries(table_file.user_table_path(gpu_name))
     return ConfigIndex(shipped + user)
 

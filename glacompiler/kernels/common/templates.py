@@ -7,7 +7,6 @@ A rendered source is written to $GLACOMPILER_CACHE_DIR/kernels/<hash>.py and imp
 needs a real source file."""
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import importlib.util
@@ -89,32 +88,64 @@ def import_generated(source: str) -> ModuleType:
     return module
 
 
-def function_code(source: str, name: str) -> str:
-    """The code of top-level function `name` in `source` (decorators included), as tokens: comments, blank
-    lines and layout dropped, so that only what the compiler sees remains."""
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.FunctionDef) and node.name == name:
-            first = min([node.lineno] + [decorator.lineno for decorator in node.decorator_list])
-            body = "".join(source.splitlines(keepends=True)[first - 1:node.end_lineno])
-            break
-    else:
-        raise ValueError(f"no function {name!r} in the generated source")
+def code_tokens(source: str) -> str:
+    """What the compiler sees of a Python source: its tokens, with comments, blank lines and layout dropped."""
     kept = []
-    for token in tokenize.generate_tokens(io.StringIO(body).readline):
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type in (tokenize.COMMENT, tokenize.NL):
             continue
         kept.append("\n" if token.type == tokenize.NEWLINE else token.string)
     return " ".join(kept)
 
 
-def kernels_version(sources: Iterable[str], functions: Iterable[str]) -> str:
-    """A family's kernel version: a hash of the code of `functions` in each generated source. It changes when a
-    kernel changes, not when a template moves, is renamed, or has its comments edited (tuned tables record it:
-    a table tuned for other kernels is stale)."""
+# The Triton helpers that generated kernels import: part of every family's kernels.
+SHARED_HELPERS = ("softmax.py", "clamps.py", "log2_domain.py")
+
+
+def shared_helper_sources() -> list[str]:
+    folder = Path(__file__).resolve().parent
+    return [(folder / name).read_text() for name in SHARED_HELPERS]
+
+
+def kernels_version(sources: Iterable[str]) -> str:
+    """A family's kernels version: a hash of the code of its generated sources and of the shared helpers they
+    import. It changes when a kernel changes, not when a template moves, is renamed, or has its comments edited
+    (tuned tables record it: a table tuned for other kernels is stale)."""
     digest = hashlib.sha256()
-    names = tuple(functions)
-    for source in sources:
-        for name in names:
-            digest.update(function_code(source, name).encode())
-            digest.update(b"\0")
+    for source in [*sources, *shared_helper_sources()]:
+        digest.update(code_tokens(source).encode())
+        digest.update(b"\0")
     return digest.hexdigest()[:16]
+
+
+def _inputs_digest() -> str:
+    """A hash of every file the generated kernels come from: the kernels package and the templates."""
+    digest = hashlib.sha256()
+    kernels = Path(__file__).resolve().parent.parent
+    files = sorted(kernels.rglob("*.py"))
+    for name in template_names():
+        digest.update(name.encode())
+        digest.update(_load_template(name).encode())
+    for path in files:
+        digest.update(str(path.relative_to(kernels)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def cached_kernels_version(family: str, compute) -> str:
+    """compute() (a family's kernels version, which renders and tokenizes its kernels: ~0.1-0.4 s), remembered on
+    disk under a hash of the files the kernels come from, so that a process finds it in a few milliseconds."""
+    path = cache_dir() / "kernel_versions" / f"{family}-{_inputs_digest()}"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        pass
+    version = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+            handle.write(version)
+        os.replace(handle.name, path)
+    except OSError:  # a read-only cache: compute again next time
+        pass
+    return version

@@ -36,12 +36,12 @@ def _is_tensor_descriptor(value) -> bool:
     return hasattr(value, "block_shape") and hasattr(value, "layout") and hasattr(value, "base")
 
 
-def _unspecialised_positions(kernel) -> frozenset:
+def _unspecialised_positions(kernel) -> tuple:
     """Positions of the parameters declared do_not_specialize: the JIT does not specialise on their values."""
     positions = _unspecialised.get(kernel)
     if positions is None:
-        positions = frozenset(i for i, param in enumerate(getattr(kernel, "params", ()))
-                              if getattr(param, "do_not_specialize", False))
+        positions = tuple(i for i, param in enumerate(getattr(kernel, "params", ()))
+                          if getattr(param, "do_not_specialize", False))
         _unspecialised[kernel] = positions
     return positions
 
@@ -50,10 +50,13 @@ def specialisation_key(kernel, device_index: int, args: tuple, constexprs: dict,
                        num_stages: int) -> tuple:
     parts = [kernel, device_index, num_warps, num_stages]
     unspecialised = _unspecialised_positions(kernel)
-    for position, value in enumerate(args):
-        if position in unspecialised and isinstance(value, int):
-            parts.append(-2**31 <= value < 2**31)  # only its width (int32 or int64) reaches the binary
-        elif isinstance(value, Tensor):
+    if unspecialised:  # only the width (int32 or int64) of such an int reaches the binary
+        args = list(args)
+        for position in unspecialised:
+            if position < len(args) and isinstance(args[position], int):
+                args[position] = ("int", -2**31 <= args[position] < 2**31)
+    for value in args:
+        if isinstance(value, Tensor):
             parts.append(value.dtype)
             parts.append(value.data_ptr() % 16 == 0)
         elif _is_tensor_descriptor(value):

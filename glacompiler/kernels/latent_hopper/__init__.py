@@ -11,6 +11,7 @@ from ...spec import AttentionSpec, ProblemShape
 from ..common.tiles import rope_tile_width
 from ..family import KernelCall, KernelFamily, ResourceCheck
 from .config import BLOCK_N, ROW_SPLIT_MAX_WIDTH, LatentHopperConfig, LatentHopperTile, heuristic_config, programs_per_split
+from .launch import launch_latent_hopper
 from .support import device_problem, layout_problem, spec_problem
 
 
@@ -38,8 +39,6 @@ class LatentHopperFamily(KernelFamily):
         return max(1, shape.capacity // BLOCK_N)
 
     def launch(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig):
-        from .launch import launch_latent_hopper
-
         return launch_latent_hopper(call.q, call.k_cache, call.q_rope, call.k_rope_cache, call.cache_seqlens,
                                     call.page_table, call.attn_mask, call.softmax_scale, call.causal, spec, shape,
                                     config, call.kv_range)

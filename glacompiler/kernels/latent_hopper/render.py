@@ -6,12 +6,11 @@ import functools
 from types import ModuleType
 
 from ...spec import AttentionSpec
-from ..common.templates import import_generated, kernels_version, render
+from ..common.templates import cached_kernels_version, import_generated, kernels_version, render
 from ..common.tiles import rope_tile_width
 from .config import BLOCK_N, LatentHopperTile
 
 TEMPLATE = "latent_hopper/latent_decode.py.jinja"
-KERNEL_NAME = "latent_decode_hopper_kernel"
 
 
 def swizzle_bytes(row_bytes: int) -> int:
@@ -51,9 +50,10 @@ def latent_hopper_module(spec: AttentionSpec, tile: LatentHopperTile) -> ModuleT
 
 @functools.lru_cache(maxsize=None)
 def latent_hopper_kernels_version() -> str:
-    """Hash of the generated kernel's code for MLA and GLA-2 on both row tiles (tuned tables record it)."""
+    """Hash of the generated kernels for MLA and GLA-2 on both row tiles and small pages (tuned tables record it)."""
     mla, gla = AttentionSpec.latent(128, 1, 512, 64, paged=True), AttentionSpec.latent(128, 2, 256, 64, paged=True)
-    sources = [render_latent_hopper_kernel(mla, LatentHopperTile(False)),
-               render_latent_hopper_kernel(gla, LatentHopperTile(False)),
-               render_latent_hopper_kernel(gla, LatentHopperTile(True, copy_rows=16))]
-    return kernels_version(sources, ("zero_rows_past_end", "issue_scores", "cache_row", "mask_scores", KERNEL_NAME))
+    return cached_kernels_version("latent_hopper", lambda: kernels_version([
+        render_latent_hopper_kernel(mla, LatentHopperTile(False)),
+        render_latent_hopper_kernel(gla, LatentHopperTile(False)),
+        render_latent_hopper_kernel(gla, LatentHopperTile(True, copy_rows=16)),
+    ]))

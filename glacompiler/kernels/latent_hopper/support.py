@@ -15,6 +15,8 @@ from torch import Tensor
 from ...spec import AttentionSpec, ProblemShape
 from .config import LATENT_WIDTHS, MIN_PAGE
 
+NOT_A_LATENT_LAYOUT = f"not a latent layout of width {' or '.join(map(str, LATENT_WIDTHS))}"
+
 
 @functools.lru_cache(maxsize=None)
 def _is_sm90(device_index: int) -> bool:
@@ -45,13 +47,15 @@ def device_problem(device: torch.device) -> Optional[str]:
 def spec_problem(spec: AttentionSpec, shape: ProblemShape) -> Optional[str]:
     """Why the kernel cannot take this head layout or page size, or None (the cheap checks)."""
     if not spec.tied or spec.head_dim_q != spec.head_dim_k or spec.head_dim_k not in LATENT_WIDTHS:
-        return f"not a latent layout of width {' or '.join(map(str, LATENT_WIDTHS))}"
+        return NOT_A_LATENT_LAYOUT
     if spec.rope_dim == 0:
         return "no rope key"
     if spec.dtype not in ("bfloat16", "float16"):
         return f"dtype {spec.dtype}"
     if 0 < shape.page_size < MIN_PAGE:
         return f"page size {shape.page_size} is below {MIN_PAGE}"
+    if shape.capacity == 0:
+        return "an empty cache (a TMA view needs rows)"
     return None
 
 

@@ -4,18 +4,15 @@ M of tl.dot; head dims are unrolled into power-of-two chunks; the KV range is sp
 by LSE (kernels/common/combine.py)."""
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import torch
 
 from ...spec import AttentionSpec, ProblemShape
+from ..common.interpreter import triton_interpreter_enabled
 from ..family import KernelCall, KernelFamily, ResourceCheck
 from .config import PortableConfig, heuristic_config, programs_per_split
-
-
-def triton_interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+from .launch import launch_decode_attention
 
 
 class PortableFamily(KernelFamily):
@@ -40,8 +37,6 @@ class PortableFamily(KernelFamily):
         return max(1, shape.capacity // config.block_n)
 
     def launch(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: PortableConfig):
-        from .launch import launch_decode_attention
-
         return launch_decode_attention(call.q, call.k_cache, call.v_cache, call.q_rope, call.k_rope_cache,
                                        call.cache_seqlens, call.page_table, call.attn_mask, call.softmax_scale,
                                        call.causal, spec, shape, config, call.kv_range)
@@ -67,4 +62,4 @@ class PortableFamily(KernelFamily):
 
 PORTABLE = PortableFamily()
 
-__all__ = ["PORTABLE", "PortableConfig", "PortableFamily", "triton_interpreter_enabled"]
+__all__ = ["PORTABLE", "PortableConfig", "PortableFamily"]

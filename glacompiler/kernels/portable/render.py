@@ -8,12 +8,11 @@ from types import ModuleType
 from typing import Optional
 
 from ...spec import AttentionSpec
-from ..common.templates import import_generated, kernels_version, render
+from ..common.templates import cached_kernels_version, import_generated, kernels_version, render
 from ..common.tiles import MIN_DOT_WIDTH, rope_tile_width
 from .config import PortableConfig
 
 TEMPLATE = "portable/decode_attention.py.jinja"
-KERNEL_NAME = "decode_attention_split_kernel"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +107,6 @@ _VERSION_KNOBS = (PortableConfig(), PortableConfig(preload_q=False, dv_split=2))
 
 @functools.lru_cache(maxsize=None)
 def portable_kernels_version() -> str:
-    """Hash of the generated split kernel's code over _VERSION_SPECS x _VERSION_KNOBS (tuned tables record it)."""
-    sources = [render_decode_kernel(spec, knobs) for spec in _VERSION_SPECS for knobs in _VERSION_KNOBS]
-    return kernels_version(sources, (KERNEL_NAME,))
+    """Hash of the generated kernels over _VERSION_SPECS x _VERSION_KNOBS (tuned tables record it)."""
+    return cached_kernels_version("portable", lambda: kernels_version(
+        render_decode_kernel(spec, knobs) for spec in _VERSION_SPECS for knobs in _VERSION_KNOBS))

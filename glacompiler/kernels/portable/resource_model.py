@@ -6,7 +6,7 @@ Calibrated against Triton's own numbers: the kernels of the five paper specs com
 (triton.compile with a GPUTarget, no GPU needed) over a grid of about 900 configs, reading
 compiled.metadata.shared and the cubin's register and stack use. The shared-memory model put every config
 on the right side of the 227 KiB limit and was exact for 3 configs in 4 (within 10% for 9 in 10);
-tests/test_tuning.py keeps spot checks. What the numbers showed:
+tests/test_resource_model.py keeps spot checks. What the numbers showed:
   * Q (with the rope part) sits in shared memory once per program (the loads are loop-invariant, so
     `preload_q` changes nothing here).
   * Key tiles: when V is the tied state and read whole (dv_split 1), every K chunk stays live until the PV
