@@ -27,16 +27,22 @@ def logical_cache(cache: Tensor, page_table: Optional[Tensor], cache_seqlens: Te
     return gathered.reshape(gathered.shape[0], num_slots * page_size, *cache.shape[2:])
 
 
-def mask_end(attn_mask: Optional[Tensor], batch: int, capacity: int) -> Optional[Tensor]:
-    """[B] one past the last key any row of the mask lets a query see (None without a mask)."""
-    if attn_mask is None:
-        return None
+def mask_attended_keys(attn_mask: Tensor, batch: int, capacity: int) -> Tensor:
+    """[B, S] bool: the keys some (head, token) row of a bool (True = attend) or additive mask lets a query see."""
     attend = attn_mask if attn_mask.dtype == torch.bool else attn_mask != float("-inf")
     while attend.dim() < 4:
         attend = attend.unsqueeze(0)
-    any_row = attend.expand(batch, -1, -1, capacity).any(dim=2).any(dim=1)  # [B, S]
-    positions = torch.arange(1, capacity + 1, device=attn_mask.device)
-    return torch.where(any_row, positions, 0).amax(dim=-1) if capacity else any_row.new_zeros(batch, dtype=torch.long)
+    return attend.expand(batch, -1, -1, capacity).any(dim=2).any(dim=1)
+
+
+def mask_end(attn_mask: Optional[Tensor], batch: int, capacity: int) -> Optional[Tensor]:
+    """[B] int32, one past the last key any row of the mask lets a query see (None without a mask)."""
+    if attn_mask is None:
+        return None
+    if capacity == 0:
+        return torch.zeros(batch, dtype=torch.int32, device=attn_mask.device)
+    positions = torch.arange(1, capacity + 1, dtype=torch.int32, device=attn_mask.device)
+    return torch.where(mask_attended_keys(attn_mask, batch, capacity), positions, 0).amax(dim=-1)
 
 
 def attention_with_kvcache_reference(

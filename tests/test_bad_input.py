@@ -124,6 +124,25 @@ def test_strided_lengths_and_page_tables_are_read_right(strided, interpret_kerne
     check_fa_rule(out, lse, problem)
 
 
+@pytest.mark.parametrize("debug", [False, True])
+def test_with_only_a_mask_page_ids_are_checked_up_to_its_end(debug, monkeypatch):
+    """No lengths, a mask over the first keys (a static cache's filled prefix): page-table slots past the mask's
+    last allowed key may hold anything, as in serving caches; a bad id inside that range is refused."""
+    if debug:
+        monkeypatch.setenv("GLACOMPILER_DEBUG", "1")
+    problem = make_decode_problem(CPU_SPECS["gqa"], batch=2, query_len=1, capacity=64, page_size=16,
+                                  seqlens=[64, 64], poison=False, generator=torch.Generator().manual_seed(4))
+    kw = problem.kwargs
+    kw["cache_seqlens"] = None
+    kw["attn_mask"] = (torch.arange(64) < torch.tensor([20, 40])[:, None])[:, None, None, :]
+    kw["page_table"][0, 2:] = 2**30  # sequence 0 attends to keys below 20: pages 0 and 1 only
+    expected, _ = problem.reference(torch.float64)
+    torch.testing.assert_close(glacompiler.attention_with_kvcache(**kw).double(), expected, rtol=1e-5, atol=1e-5)
+    kw["page_table"][0, 1] = 2**30
+    with pytest.raises(ValueError, match="page_table holds page ids outside"):
+        glacompiler.attention_with_kvcache(**kw)
+
+
 def test_a_paged_cache_without_pages_is_refused():
     q = torch.randn(2, 1, 4, 16)
     with pytest.raises(ValueError, match="k_cache holds no pages"):

@@ -8,7 +8,7 @@ import torch
 from ..kernels.common.key_bounds import mask_as_kernel_operand
 from ..kernels.common.mask_range import mask_key_range, mask_key_range_reference
 from ..kernels.common.interpreter import triton_interpreter_enabled
-from ..reference import attention_with_kvcache_reference, mask_end
+from ..reference import attention_with_kvcache_reference
 from .dispatch import empty_outputs, run_kernels
 from .validation import check_values, debug_checks_enabled, validate_inputs
 
@@ -32,7 +32,7 @@ def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, pag
     _, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                softmax_scale, None, kv_range)
     if not debug_checks_enabled():  # (with GLACOMPILER_DEBUG=1 validate_inputs has checked them)
-        check_values(k_cache, checked_lengths(cache_seqlens, attn_mask, shape), page_table, shape)
+        check_values(k_cache, cache_seqlens, page_table, shape, attn_mask)
     if shape.batch == 0:
         return empty_outputs(q, k_cache, v_cache)
     if triton_interpreter_enabled():
@@ -43,15 +43,6 @@ def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, pag
         page_table=page_table, attn_mask=attn_mask, softmax_scale=softmax_scale, causal=causal,
     )
     return out.contiguous(), lse  # the fake implementation promises contiguous outputs, as the kernels give
-
-
-def checked_lengths(cache_seqlens, attn_mask, shape):
-    """The lengths the CPU checks hold page ids to: the given ones, or with only a mask, one past its last allowed
-    key (the keys the kernels visit; page-table slots past it may hold anything)."""
-    if cache_seqlens is not None or shape.batch == 0:
-        return cache_seqlens
-    end = mask_end(attn_mask, shape.batch, shape.capacity)
-    return None if end is None else end.to(torch.int32)
 
 
 def _mask_key_range(attn_mask, batch, capacity):

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..kernels.common.splits import MAX_SPLITS
+from ..reference import mask_end
 from ..spec import AttentionSpec, ProblemShape, dtype_name
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -208,14 +209,16 @@ def validate_inputs(
                                    paged, dtype_name(q.dtype))
     shape = ProblemShape(batch=batch, query_len=query_len, capacity=capacity, page_size=page_size)
     if debug_checks_enabled():
-        check_values(k_cache, cache_seqlens, page_table, shape)
+        check_values(k_cache, cache_seqlens, page_table, shape, attn_mask)
     return spec, shape
 
 
-def check_values(k_cache: Tensor, cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], shape: ProblemShape) -> None:
+def check_values(k_cache: Tensor, cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], shape: ProblemShape,
+                 attn_mask: Optional[Tensor] = None) -> None:
     """The checks that read values: lengths within the capacity, page ids of the slots that hold valid tokens
-    within the cache. Always for CPU tensors; on a GPU they would sync, so only with GLACOMPILER_DEBUG=1 (the
-    kernels bound both instead: kernels/common/clamps.py)."""
+    within the cache (up to the lengths or, with only a mask, up to its last allowed key: the kernels visit no
+    key past it, and page-table slots there may hold anything). Always for CPU tensors; on a GPU they would
+    sync, so only with GLACOMPILER_DEBUG=1 (the kernels clamp both instead: kernels/common/clamps.py)."""
     if shape.batch == 0:
         return
     if cache_seqlens is not None:
@@ -223,11 +226,9 @@ def check_values(k_cache: Tensor, cache_seqlens: Optional[Tensor], page_table: O
         if low < 0 or high > shape.capacity:
             raise ValueError(f"cache_seqlens must lie in [0, {shape.capacity}], got values in [{low}, {high}]")
     if page_table is not None:
-        lengths = (
-            cache_seqlens.to(torch.long)
-            if cache_seqlens is not None
-            else torch.full((shape.batch,), shape.capacity, device=page_table.device)
-        )
+        lengths = cache_seqlens if cache_seqlens is not None else mask_end(attn_mask, shape.batch, shape.capacity)
+        if lengths is None:
+            lengths = torch.full((shape.batch,), shape.capacity, device=page_table.device)
         slots = torch.arange(page_table.shape[1], device=page_table.device)
         used = slots[None, :] * shape.page_size < lengths[:, None]
         pages = page_table[used]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...reference import mask_attended_keys
 from .tiles import next_power_of_two
 from .triton_launch import launch
 
@@ -29,8 +30,7 @@ def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) 
 
 def mask_key_range_reference(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
     """mask_key_range in PyTorch ops (the op's CPU path, and the kernel's oracle)."""
-    attend = mask != 0 if mask_is_bool else mask != float("-inf")
-    any_row = attend.expand(batch, -1, -1, capacity).any(dim=2).any(dim=1)
+    any_row = mask_attended_keys(mask.view(torch.bool) if mask_is_bool else mask, batch, capacity)
     positions = torch.arange(capacity, dtype=torch.int32, device=mask.device)
     first = torch.where(any_row, positions, capacity).amin(dim=-1)
     last = torch.where(any_row, positions + 1, 0).amax(dim=-1)

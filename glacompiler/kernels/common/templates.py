@@ -2,7 +2,8 @@
 version of a family's kernels.
 
 Templates live in the top-level templates/ folder (shipped as glacompiler.templates), one sub-folder per
-family plus common/ for what they share, and are named by their path there ("portable/decode_attention.py.jinja").
+family, and are named by their path there ("portable/decode_attention.py.jinja"); what the kernels share is
+plain Triton in kernels/common/ (softmax.py, clamps.py), which the generated sources import.
 A rendered source is written to $GLACOMPILER_CACHE_DIR/kernels/<hash>.py and imported from there: @triton.jit
 needs a real source file."""
 from __future__ import annotations
