@@ -1,0 +1,88 @@
+"""Tensor parallelism (glacompiler.parallel): two processes, each holding half of every attention kind's heads,
+decode like one process. CPU: 2 gloo processes, fp32. GPU (marked gpu, needs 2 GPUs): 2 NCCL processes, bf16,
+FlashAttention's rule against fp32, compiled with CUDA graphs (the row-wise all-reduce captured)."""
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from glacompiler.parallel import local_attention_config
+from glacompiler.presets import tiny_config
+from tensor_parallel_worker import run_rank
+
+VARIANTS = ["gqa-4", "gta-4", "mla", "gla-2"]
+WORLD = 2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_ranks(device: str, dtype: str) -> list:
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    mp.start_processes(run_rank, args=(WORLD, free_port(), device, dtype, VARIANTS, results), nprocs=WORLD,
+                       start_method="spawn")
+    rows = []
+    while not results.empty():
+        rows.append(results.get())
+    assert sorted((r["rank"], r["variant"]) for r in rows) == sorted(
+        (rank, variant) for rank in range(WORLD) for variant in VARIANTS)
+    return rows
+
+
+def check_cache_sizes(rows: list) -> None:
+    """Per rank: GQA half the cache; GTA half the tied state plus the whole rope key; MLA the whole latent;
+    GLA-2 one of two latent heads plus the rope key. Printed for the record."""
+    for row in rows:
+        config = tiny_config(row["variant"]).attention
+        rope = config.rope_dim if row["kind"] in ("gta", "mla", "gla") else 0
+        full_per_token = row["reference_cache_bytes"] // (2 * 32)  # BATCH x CAPACITY tokens
+        local_per_token = row["cache_bytes"] // (2 * 32)
+        element = full_per_token // config.cache_spec().cache_elements_per_token
+        if row["kind"] == "gqa":
+            expected = full_per_token // WORLD
+        elif row["kind"] == "gta":
+            expected = (config.n_kv_heads * config.head_dim // WORLD + rope) * element
+        elif row["kind"] == "mla":
+            expected = full_per_token
+        else:
+            expected = (config.n_latent_heads * config.latent_dim // WORLD + rope) * element
+        assert local_per_token == expected, row
+        print(f"rank {row['rank']} {row['variant']}: cache {local_per_token} B/token/layer on this device "
+              f"(single device {full_per_token}), errors {row['errors']}")
+
+
+@pytest.mark.slow
+def test_sharded_decode_matches_one_process_on_gloo():
+    rows = run_ranks("cpu", "float32")
+    check_cache_sizes(rows)
+    compiled_by = {r["kind"]: set(r["errors"]) for r in rows}
+    assert compiled_by == {"gqa": {"eager", "pass"}, "gta": {"eager", "pass"}, "mla": {"eager", "pass"},
+                           "gla": {"eager", "gla"}}
+
+
+@pytest.mark.gpu
+def test_sharded_decode_bf16_on_two_gpus():
+    assert torch.cuda.device_count() >= 2, "this test needs 2 GPUs (run it on the 2-GPU machine)"
+    rows = run_ranks("cuda", "bfloat16")
+    check_cache_sizes(rows)
+
+
+@pytest.mark.parametrize("variant, world, message", [
+    ("mqa", 2, "KV heads do not split"),
+    ("gla-2", 4, "latent heads do not split"),
+    ("gqa-4", 3, "query heads do not split"),
+])
+def test_impossible_splits_are_refused(variant, world, message):
+    with pytest.raises(ValueError, match=message):
+        local_attention_config(tiny_config(variant).attention, world)
+
+
+@pytest.mark.parametrize("variant, heads", [("gqa-4", (8, 2, None)), ("mla", (8, None, 1)), ("gla-2", (8, None, 1))])
+def test_local_config_holds_the_ranks_heads(variant, heads):
+    local = local_attention_config(tiny_config(variant).attention, 2)
+    assert (local.n_heads, local.n_kv_heads, local.n_latent_heads) == heads
