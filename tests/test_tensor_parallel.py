@@ -1,6 +1,7 @@
 """Tensor parallelism (glacompiler.parallel): two processes, each holding half of every attention kind's heads,
 decode like one process. CPU: 2 gloo processes, fp32. GPU (marked gpu, needs 2 GPUs): 2 NCCL processes, bf16,
 FlashAttention's rule against fp32, compiled with CUDA graphs (the row-wise all-reduce captured)."""
+import os
 import socket
 
 import pytest
@@ -86,3 +87,36 @@ def test_impossible_splits_are_refused(variant, world, message):
 def test_local_config_holds_the_ranks_heads(variant, heads):
     local = local_attention_config(tiny_config(variant).attention, 2)
     assert (local.n_heads, local.n_kv_heads, local.n_latent_heads) == heads
+
+
+@pytest.mark.parametrize("processes, flags, message", [
+    ("1", ["--tp", "2"], "--tp 2 needs 2 processes: start it with torchrun --nproc-per-node 2 -m glacompiler demo "
+                         "--tp 2"),
+    ("2", [], "--tp 1 but torchrun started 2 processes: give --tp 2"),
+    ("2", ["--tp", "2", "--variant", "mqa"], "--tp 2 with --variant mqa: mqa: tensor parallelism splits KV heads"),
+    ("4", ["--tp", "4", "--variant", "gla-2"], "--tp 4 with --variant gla: gla: tensor parallelism splits latent"),
+    ("1", ["--tp", "0"], "--tp must be a positive integer, got 0"),
+])
+def test_demo_refuses_impossible_tensor_parallel_requests(processes, flags, message, monkeypatch, capsys):
+    from glacompiler import cli, demo
+
+    def build_model(*args, **kwargs):
+        raise AssertionError("the demo built a model for arguments it should have refused")
+
+    monkeypatch.setattr(demo, "build_model", build_model)
+    monkeypatch.setenv("WORLD_SIZE", processes)
+    assert cli.main(["demo", "--device", "cpu", *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"glacompiler demo: error: {message}"), captured.err
+    assert captured.out == ""
+
+
+def test_entry_points_keep_nvlink_multicast_off(monkeypatch):
+    from glacompiler import cli
+    from glacompiler.parallel import NVLINK_MULTICAST_OFF
+
+    for name in NVLINK_MULTICAST_OFF:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert {name: os.environ.get(name) for name in NVLINK_MULTICAST_OFF} == NVLINK_MULTICAST_OFF
