@@ -120,3 +120,17 @@ def test_entry_points_keep_nvlink_multicast_off(monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["--version"])
     assert {name: os.environ.get(name) for name in NVLINK_MULTICAST_OFF} == NVLINK_MULTICAST_OFF
+
+
+def test_local_specs_of_the_papers_layouts():
+    """What each GPU reads at TP 2: GLA-2 one latent head (of 2), MLA the whole latent, GQA/GTA half the KV heads."""
+    from glacompiler.parallel import local_spec
+    from glacompiler.presets import PAPER_SPECS
+
+    halves = {name: local_spec(spec, 2) for name, spec in PAPER_SPECS.items()}
+    assert (halves["gla2"].num_q_heads, halves["gla2"].num_kv_heads, halves["gla2"].head_dim_k) == (64, 1, 256)
+    assert (halves["mla"].num_q_heads, halves["mla"].num_kv_heads, halves["mla"].head_dim_k) == (64, 1, 512)
+    assert (halves["gqa"].num_kv_heads, halves["gta"].num_kv_heads, halves["gta"].kind) == (4, 2, "gta")
+    assert halves["gla2"].cache_elements_per_token * 2 == PAPER_SPECS["gla2"].cache_elements_per_token + 64
+    with pytest.raises(ValueError, match="do not split"):
+        local_spec(PAPER_SPECS["gla2"], 4)

@@ -27,6 +27,7 @@ from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, Ro
 from ..models import AttentionConfig, DecoderLayer, TinyLM
 from ..models.config import GROUPED_QUERY_KINDS
 from ..models.base import CachedAttention
+from ..spec import AttentionSpec
 
 
 class HeadwiseParallel(ParallelStyle):
@@ -63,6 +64,17 @@ def local_attention_config(config: AttentionConfig, tp_size: int) -> AttentionCo
                              f"not split over {tp_size} ranks")
         heads["n_latent_heads"] = config.n_latent_heads // tp_size
     return dataclasses.replace(config, **heads)  # mla: the one latent head stays whole on every rank
+
+
+def local_spec(spec: AttentionSpec, tp_size: int) -> AttentionSpec:
+    """The decode attention one of tp_size ranks runs for `spec`: its query heads and KV/latent heads, MLA's one
+    latent whole (GLA-2 over 2 ranks: one latent head each, the shape of an MLA of that width)."""
+    replicated = spec.kind == "mla"
+    if spec.num_q_heads % tp_size or (not replicated and spec.num_kv_heads % tp_size):
+        raise ValueError(f"{spec.key()}: heads do not split over {tp_size} ranks")
+    kv_heads = spec.num_kv_heads if replicated else spec.num_kv_heads // tp_size
+    return AttentionSpec.from_dims(spec.num_q_heads // tp_size, kv_heads, spec.head_dim_q, spec.head_dim_k,
+                                   spec.head_dim_v, spec.rope_dim, spec.tied, spec.paged, spec.dtype)
 
 
 def attention_plan(config: AttentionConfig) -> dict[str, ParallelStyle]:
