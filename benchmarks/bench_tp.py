@@ -2,6 +2,7 @@
 
     torchrun --nproc-per-node 2 benchmarks/bench_tp.py [--quick] [--json tp.json]
     torchrun --nproc-per-node 2 benchmarks/bench_tp.py --tiny        # CPU, gloo, tiny sizes: a smoke test
+(glacompiler importable: installed, the wheel on PYTHONPATH, or PYTHONPATH=. in a checkout)
 
 Every rank runs every configuration: at TP 1 each GPU runs the whole model on its own (no communication, the
 single-GPU baseline, measured on both cards at once); at TP 2 the model is sharded with glacompiler.parallel
@@ -30,8 +31,7 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout, before a wheel
-from glacompiler.parallel.environment import keep_nvlink_multicast_off  # noqa: E402
+from glacompiler.parallel.environment import keep_nvlink_multicast_off
 
 keep_nvlink_multicast_off()
 

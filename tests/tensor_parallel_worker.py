@@ -8,11 +8,13 @@ logits and the caches: each rank's cache must hold exactly its slice of the refe
 from __future__ import annotations
 
 import copy
+import faulthandler
 import os
 
 import torch
 
 BATCH, PROMPT, CAPACITY, STEPS = 2, 20, 32, 3
+GPU_RANK_TIMEOUT_S = 600
 
 
 def sharded_slices(reference_cache, sharded_cache, kind: str, rank: int, world: int) -> list:
@@ -92,40 +94,45 @@ def run_rank(rank: int, world: int, port: int, device: str, dtype_name: str, var
 
     mesh = init_tensor_parallel(world, device=device)
     on_gpu = device == "cuda"
+    if on_gpu:  # a hung NCCL capture cannot be interrupted: end the rank with its traceback instead
+        faulthandler.dump_traceback_later(GPU_RANK_TIMEOUT_S, exit=True)
     target = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     dtype = getattr(torch, dtype_name)
     compare = Comparison(dtype)
     try:
         for variant in variants:
             torch.manual_seed(0)
-            reference = TinyLM(tiny_config(variant, n_layers=1)).eval().to(target)
-            baseline = copy.deepcopy(reference).to(dtype)  # unsharded, same precision: FlashAttention's baseline
-            sharded = shard_model(copy.deepcopy(reference).to(dtype), mesh)
+            # The reference runs on CPU in fp32 (the op's PyTorch path: exact, on any machine).
+            reference = TinyLM(tiny_config(variant, n_layers=1)).eval()
+            baseline = copy.deepcopy(reference).to(target, dtype)  # unsharded, same precision (FlashAttention's rule)
+            sharded = shard_model(copy.deepcopy(reference).to(target, dtype), mesh)
             kind = reference.config.attention.kind
             for model in (reference, baseline, sharded):
                 model.setup_cache(BATCH, CAPACITY)
-            prompt = torch.randint(0, 257, (BATCH, PROMPT), generator=torch.Generator().manual_seed(1)).to(target)
-            steps = [torch.randint(0, 257, (BATCH, 1), generator=torch.Generator().manual_seed(10 + s)).to(target)
+            prompt = torch.randint(0, 257, (BATCH, PROMPT), generator=torch.Generator().manual_seed(1))
+            steps = [torch.randint(0, 257, (BATCH, 1), generator=torch.Generator().manual_seed(10 + s))
                      for s in range(STEPS)]
 
-            def decode_all(model, decode):
-                lengths = torch.full((BATCH,), PROMPT, dtype=torch.int32, device=target)
-                outputs = [model.prefill(prompt)]
+            def decode_all(model, decode, where=target):
+                lengths = torch.full((BATCH,), PROMPT, dtype=torch.int32, device=where)
+                outputs = [model.prefill(prompt.to(where)).cpu()]
                 for index, tokens in enumerate(steps):
                     lengths = lengths + 1
-                    outputs.append(decode(tokens, lengths).clone())
+                    outputs.append(decode(tokens.to(where), lengths).cpu())
                     if index == 0:
                         torch.compiler.set_stance("fail_on_recompile")  # later steps must reuse the graph
                 torch.compiler.set_stance("default")
                 return outputs
 
-            expected = decode_all(reference, reference.decode)
+            expected = decode_all(reference, reference.decode, torch.device("cpu"))
             unsharded = decode_all(baseline, baseline.decode)
             eager = decode_all(sharded, sharded.decode)
             errors = {"eager": max(compare.check(a, e, b, f"{variant} eager step {i}")
                                    for i, (a, e, b) in enumerate(zip(eager, expected, unsharded)))}
-            for full, local in sharded_slices(reference.caches[0], sharded.caches[0], kind, rank, world):
-                compare.check(local, full, full.to(dtype), f"{variant} cache")
+            full_slices = sharded_slices(reference.caches[0], sharded.caches[0], kind, rank, world)
+            baseline_slices = sharded_slices(baseline.caches[0], sharded.caches[0], kind, rank, world)
+            for (full, local), (same_precision, _) in zip(full_slices, baseline_slices):
+                compare.check(local.cpu(), full, same_precision.cpu(), f"{variant} cache")
 
             install_plain_decode(sharded)
             mark_caches_static(sharded)
@@ -147,5 +154,6 @@ def run_rank(rank: int, world: int, port: int, device: str, dtype_name: str, var
                              reference_cache_bytes=cache_bytes_per_device(reference.caches) * dtype.itemsize // 4,
                              local_heads=local.n_heads, spec=str(rewritten[0].spec)))
     finally:
+        faulthandler.cancel_dump_traceback_later()
         torch._dynamo.reset()
         dist.destroy_process_group()
