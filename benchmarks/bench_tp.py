@@ -104,7 +104,8 @@ def tiny_sizes() -> Sizes:
 
 
 class Clock:
-    """Milliseconds per call of fn: CUDA events on a GPU, perf_counter on CPU; the slowest rank's figure."""
+    """Milliseconds per call of fn: wall time of many calls between two device synchronisations; the slowest
+    rank's figure."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -498,11 +499,15 @@ def fmt(value, spec: str = ".2f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def print_tables(attention_rows: list, stack_rows: list, all_reduce: dict) -> None:
+def print_all_reduce(all_reduce: dict) -> None:
     say("\n### All-reduce of a [B, d_model] bf16 activation (two per decoder layer at TP 2)\n")
     say("| batch | eager us | graph-replayed us |\n|---|---|---|")
     for batch, (eager, graph) in all_reduce.items():
         say(f"| {batch} | {fmt(eager * 1e3, '.1f')} | {fmt(graph * 1e3, '.1f')} |")
+
+
+def print_tables(attention_rows: list, stack_rows: list, all_reduce: dict) -> None:
+    print_all_reduce(all_reduce)
     say("\n### Attention alone (per-rank layout, kernel time by CUDA-graph replay)\n")
     say("| case | TP | batch | cache | per-rank spec | kernel | us/device | cache MiB/device | GB/s | floor us | "
         "of floor |\n|---|---|---|---|---|---|---|---|---|---|---|")
@@ -562,6 +567,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="batch 8 and 32 at 128K only, no compiled cells")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for CPU (gloo) smoke tests")
     parser.add_argument("--no-graphs", action="store_true", help="skip every CUDA-graph capture")
+    parser.add_argument("--capture-only", action="store_true",
+                        help="only the CUDA-graph capture check and the all-reduce timings (a minute), then stop")
     parser.add_argument("--capture-timeout", type=float, default=120.0,
                         help="seconds the first capture of all-reduces may take before the run is stopped")
     parser.add_argument("--budget-s", type=float, default=400.0, help="wall-clock budget; later cells are skipped")
@@ -596,6 +603,10 @@ def main() -> int:
     if world > 1:
         for batch in sizes.batches:
             all_reduce[batch] = all_reduce_ms(mesh, batch, sizes.d_model, device, graphs)
+    if args.capture_only:
+        print_all_reduce(all_reduce)
+        dist.destroy_process_group()
+        return 0
     attention_rows = time_attention(sizes, tps, device, bandwidth, budget) if "attention" in args.parts else []
     stack_rows = (time_stack(sizes, tps, mesh, device, bandwidth, graphs, all_reduce, budget)
                   if "stack" in args.parts else [])
