@@ -81,6 +81,28 @@ def compiled_decode(decode, full_backend: bool, on_gpu: bool):
     return step, glacompiler.compile_report
 
 
+def check_attention_alone(reference, target, dtype, mesh, compare, variant: str) -> float:
+    """shard_attention on a bare attention module: prefill and one decode step equal the whole module's."""
+    from glacompiler.parallel import shard_attention
+
+    whole = reference.layers[0].attention
+    baseline = copy.deepcopy(whole).to(target, dtype)
+    sharded = shard_attention(copy.deepcopy(whole).to(target, dtype), mesh)
+    hidden = torch.randn(BATCH, PROMPT + 1, whole.config.d_model, generator=torch.Generator().manual_seed(3))
+    lengths = torch.full((BATCH,), PROMPT + 1, dtype=torch.int32)
+    worst = 0.0
+    outputs = []
+    for module, where in ((whole, torch.device("cpu")), (baseline, target), (sharded, target)):
+        cache = module.new_cache(BATCH, CAPACITY)
+        x = hidden.to(where, next(module.parameters()).dtype if module is whole else dtype)
+        outputs.append((module.prefill(x[:, :PROMPT], cache).cpu(),
+                        module.decode(x[:, PROMPT:], cache, lengths.to(where)).cpu()))
+    for index in range(2):
+        worst = max(worst, compare.check(outputs[2][index], outputs[0][index], outputs[1][index],
+                                         f"{variant} attention alone {('prefill', 'decode')[index]}"))
+    return worst
+
+
 def run_rank(rank: int, world: int, port: int, device: str, dtype_name: str, variants: list, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), TORCHINDUCTOR_COMPILE_THREADS="1")
@@ -133,6 +155,8 @@ def run_rank(rank: int, world: int, port: int, device: str, dtype_name: str, var
             baseline_slices = sharded_slices(baseline.caches[0], sharded.caches[0], kind, rank, world)
             for (full, local), (same_precision, _) in zip(full_slices, baseline_slices):
                 compare.check(local.cpu(), full, same_precision.cpu(), f"{variant} cache")
+
+            errors["attention"] = check_attention_alone(reference, target, dtype, mesh, compare, variant)
 
             install_plain_decode(sharded)
             mark_caches_static(sharded)
