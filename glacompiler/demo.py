@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import faulthandler
 import io
 import os
 import time
@@ -202,6 +203,8 @@ class DeviceDefaults:
     timing_steps: int
 
 
+TP_HANG_TIMEOUT_S = 1200  # a sharded GPU demo takes a few minutes; far longer means a hung collective
+
 CPU_DEFAULTS = DeviceDefaults(dtype="float32", batch=2, steps=8, capacity=64, timing_steps=0)
 GPU_DEFAULTS = DeviceDefaults(dtype="bfloat16", batch=32, steps=64, capacity=4096, timing_steps=128)
 
@@ -327,6 +330,10 @@ def run(args: argparse.Namespace) -> int:
     from .parallel import init_tensor_parallel
 
     mesh = init_tensor_parallel(settings.tp, device=settings.device.type)
+    if settings.device.type == "cuda":
+        # A collective that hangs (inside a CUDA-graph capture, say) cannot be interrupted: end the rank with
+        # the traceback of where it hung; torchrun then stops the others.
+        faulthandler.dump_traceback_later(TP_HANG_TIMEOUT_S, exit=True)
     try:
         # Every rank runs and checks the same steps (the collectives need them all); rank 0 prints.
         quiet = contextlib.redirect_stdout(io.StringIO()) if mesh.get_rank() else contextlib.nullcontext()
@@ -336,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
         dist.all_reduce(failed, op=dist.ReduceOp.MAX)
         return int(failed.item())
     finally:
+        faulthandler.cancel_dump_traceback_later()
         dist.destroy_process_group()
 
 
