@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import demo
+from .parallel.environment import keep_nvlink_multicast_off
 from .tuning import command as tuning_command
 from .usage import EXIT_USAGE, UsageError
 
@@ -58,7 +59,9 @@ def silence_stdout() -> None:
 
 
 def main(argv=None) -> int:
-    """Run one command. A reader that stops early (`glacompiler configs show | head`) ends it quietly."""
+    """Run one command. A reader that stops early (`glacompiler configs show | head`) ends it quietly. NVLink
+    multicast is switched off before anything could start NCCL (glacompiler.parallel.environment)."""
+    keep_nvlink_multicast_off()
     try:
         try:
             return run_command(argv)

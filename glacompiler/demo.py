@@ -4,11 +4,19 @@ The model's decode attention is written the way a user writes it, in plain PyTor
 (install_plain_decode below; the package's reference modules call the fused op directly, which would leave
 the backend nothing to do). The demo compiles prefill and decode with backend="gla", decodes greedily, checks
 the logits against eager PyTorch, prints the compile report and, on a GPU, tokens/s beside torch.compile's
-default backend and eager. On CPU it uses a tiny model and finishes in about a minute."""
+default backend and eager. On CPU it uses a tiny model and finishes in about a minute.
+
+With --tp N, under `torchrun --nproc-per-node N -m glacompiler demo --tp N`, every layer is sharded over N
+processes (glacompiler.parallel: NCCL on GPUs, gloo on CPU); each rank compiles its share of the heads, and
+the logits are checked against the unsharded model run eagerly on each rank. Rank 0 prints."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import faulthandler
+import io
+import os
 import time
 import types
 from typing import Callable, Optional
@@ -117,9 +125,15 @@ def model_config(variant: str, n_layers: int, device: torch.device) -> ModelConf
     return tiny_config(variant, n_layers=n_layers)
 
 
-def build_model(config: ModelConfig, device: torch.device, dtype: torch.dtype, batch: int, capacity: int) -> TinyLM:
+def build_model(config: ModelConfig, device: torch.device, dtype: torch.dtype, batch: int, capacity: int,
+                mesh=None) -> TinyLM:
+    """The demo's model with plain-PyTorch decode; with a DeviceMesh, sharded over it before its caches are made."""
     torch.manual_seed(0)
     model = TinyLM(config).eval().to(device=device, dtype=dtype)
+    if mesh is not None:
+        from .parallel import shard_model
+
+        shard_model(model, mesh)
     model.setup_cache(batch, capacity)
     mark_caches_static(model)
     return install_plain_decode(model)
@@ -189,6 +203,8 @@ class DeviceDefaults:
     timing_steps: int
 
 
+TP_HANG_TIMEOUT_S = 1200  # a sharded GPU demo takes a few minutes; far longer means a hung collective
+
 CPU_DEFAULTS = DeviceDefaults(dtype="float32", batch=2, steps=8, capacity=64, timing_steps=0)
 GPU_DEFAULTS = DeviceDefaults(dtype="bfloat16", batch=32, steps=64, capacity=4096, timing_steps=128)
 
@@ -203,6 +219,7 @@ class DemoSettings:
     steps: int
     capacity: int
     timing_steps: int  # decode steps timed per backend; 0 = no timing (CPU)
+    tp: int = 1  # tensor-parallel ranks (processes started by torchrun)
     notes: tuple = ()  # flags given that do not apply on this device, said back to the user
 
 
@@ -213,7 +230,7 @@ def demo_device(requested: str) -> torch.device:
 def check_positive(args: argparse.Namespace) -> None:
     for flag, value in (("--layers", args.layers), ("--batch", args.batch), ("--prompt", args.prompt),
                         ("--steps", args.steps), ("--timing-steps", args.timing_steps),
-                        ("--capacity", args.capacity)):
+                        ("--capacity", args.capacity), ("--tp", args.tp)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
 
@@ -226,6 +243,32 @@ def checked_model_config(variant: str, n_layers: int, device: torch.device) -> M
         limit = "" if device.type == "cuda" else (f" (the CPU model has {CPU_QUERY_HEADS} query heads: "
                                                   f"N must divide {CPU_QUERY_HEADS})")
         raise UsageError(f"--variant {variant}: {error}{limit}") from None
+
+
+def launched_processes() -> int:
+    """How many processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def checked_tensor_parallel(tp: int, model: ModelConfig, device: torch.device) -> int:
+    """--tp N needs N processes (torchrun), N devices on a GPU machine, and heads that split N ways."""
+    from .parallel import local_attention_config
+
+    processes = launched_processes()
+    if tp > 1 and processes == 1:
+        raise UsageError(f"--tp {tp} needs {tp} processes: start it with torchrun --nproc-per-node {tp} -m "
+                         f"glacompiler demo --tp {tp}")
+    if tp != processes:
+        raise UsageError(f"--tp {tp} but torchrun started {processes} processes: give --tp {processes}")
+    if tp > 1 and device.type == "cuda" and torch.cuda.device_count() < tp:
+        raise UsageError(f"--tp {tp} needs {tp} GPUs; {torch.cuda.device_count()} are visible")
+    try:
+        local_attention_config(model.attention, tp)
+    except ValueError as error:
+        raise UsageError(f"--tp {tp} with --variant {model.attention.kind}: {error}") from None
+    if model.ffn_dim % tp:
+        raise UsageError(f"--tp {tp}: the MLP width {model.ffn_dim} does not split over {tp} ranks")
+    return tp
 
 
 def cache_capacity(requested: Optional[int], default: int, prompt_len: int, steps: int, timing_steps: int) -> int:
@@ -249,6 +292,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     device = demo_device(args.device)
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     model = checked_model_config(args.variant, args.layers, device)
+    tp = checked_tensor_parallel(args.tp, model, device)
     steps = args.steps if args.steps is not None else defaults.steps
     timing_steps, notes = defaults.timing_steps, ()
     if device.type == "cuda" and args.timing_steps is not None:
@@ -258,7 +302,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     capacity = cache_capacity(args.capacity, defaults.capacity, args.prompt, steps, timing_steps)
     return DemoSettings(device=device, dtype=DTYPES[args.dtype or defaults.dtype], model=model,
                         batch=args.batch if args.batch is not None else defaults.batch, prompt_len=args.prompt,
-                        steps=steps, capacity=capacity, timing_steps=timing_steps, notes=notes)
+                        steps=steps, capacity=capacity, timing_steps=timing_steps, tp=tp, notes=notes)
 
 
 def execution_path(device: torch.device, spec=None, shape: Optional[ProblemShape] = None) -> str:
@@ -279,9 +323,36 @@ def execution_path(device: torch.device, spec=None, shape: Optional[ProblemShape
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    if settings.tp == 1:
+        return run_settings(args, settings)
+    import torch.distributed as dist
+
+    from .parallel import init_tensor_parallel
+
+    mesh = init_tensor_parallel(settings.tp, device=settings.device.type)
+    if settings.device.type == "cuda":
+        # A collective that hangs (inside a CUDA-graph capture, say) cannot be interrupted: end the rank with
+        # the traceback of where it hung; torchrun then stops the others.
+        faulthandler.dump_traceback_later(TP_HANG_TIMEOUT_S, exit=True)
+    try:
+        # Every rank runs and checks the same steps (the collectives need them all); rank 0 prints.
+        quiet = contextlib.redirect_stdout(io.StringIO()) if mesh.get_rank() else contextlib.nullcontext()
+        with quiet:
+            status = run_settings(args, settings, mesh)
+        failed = torch.tensor([status], device=settings.device if settings.device.type == "cuda" else "cpu")
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        return int(failed.item())
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        dist.destroy_process_group()
+
+
+def run_settings(args: argparse.Namespace, settings: DemoSettings, mesh=None) -> int:
     cuda = settings.device.type == "cuda"
     device, dtype, batch, steps = settings.device, settings.dtype, settings.batch, settings.steps
-    model = build_model(settings.model, device, dtype, batch, settings.capacity)
+    model = build_model(settings.model, device, dtype, batch, settings.capacity, mesh)
+    # Sharded, the logits are checked against the whole model on each rank, run eagerly.
+    reference = model if mesh is None else build_model(settings.model, device, dtype, batch, settings.capacity)
     prompt = torch.randint(0, model.config.vocab_size, (batch, settings.prompt_len), device=device,
                            generator=torch.Generator(device=device).manual_seed(1))
     kind = model.config.attention.kind
@@ -289,13 +360,21 @@ def run(args: argparse.Namespace) -> int:
           f"prompt {settings.prompt_len}, cache {settings.capacity}, {steps} decode steps, "
           f"{str(dtype).replace('torch.', '')} on {device}")
     decode_shape = ProblemShape(batch=batch, query_len=1, capacity=settings.capacity, page_size=0)
-    spec = model.config.attention.cache_spec(str(dtype).replace("torch.", ""))
+    spec = model.layers[0].attention.config.cache_spec(str(dtype).replace("torch.", ""))  # per rank when sharded
     print(f"decode attention runs on: {execution_path(device, spec, decode_shape)}")
+    if mesh is not None:
+        from .parallel import cache_bytes_per_device
+
+        backend_name = torch.distributed.get_backend()
+        print(f"tensor parallel: {settings.tp} ranks ({backend_name}), {spec.num_q_heads} query heads and "
+              f"{spec.num_kv_heads} KV/latent heads per rank; cache per device "
+              f"{cache_bytes_per_device(model.caches) / 2**20:.2f} MiB (unsharded "
+              f"{cache_bytes_per_device(reference.caches) / 2**20:.2f} MiB)")
     for note in settings.notes:
         print(f"note: {note}")
 
     with torch.no_grad():
-        eager = greedy_decode(model, prompt, steps, model.prefill, model.decode)
+        eager = greedy_decode(reference, prompt, steps, reference.prefill, reference.decode)
         torch._dynamo.reset()
         reset_report()
         backend = gla_backend_factory(cudagraphs=cuda)
@@ -311,7 +390,8 @@ def run(args: argparse.Namespace) -> int:
         print("\ncompile report:")
         print(format_report(compile_report()))
         rewritten = sum(r.status == "rewritten" for r in compile_report())
-        print(f"\nattention sites rewritten: {rewritten}; logits vs eager: max relative difference {worst:.2e} "
+        versus = "the unsharded model run eagerly" if mesh is not None else "eager"
+        print(f"\nattention sites rewritten: {rewritten}; logits vs {versus}: max relative difference {worst:.2e} "
               f"(tolerance {tolerance:.0e}); greedy tokens {'identical' if same_tokens else 'differ'}")
         ok = worst <= tolerance and rewritten >= len(model.layers)
 
@@ -354,4 +434,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None,
                         help="default float32 on CPU, bfloat16 on a GPU")
+    parser.add_argument("--tp", type=int, default=1,
+                        help="tensor-parallel ranks: run under torchrun --nproc-per-node N -m glacompiler demo --tp N "
+                             "(NCCL on GPUs, gloo on CPU)")
     parser.set_defaults(handler=run)

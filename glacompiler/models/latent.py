@@ -7,7 +7,6 @@ decode never does: it folds W_UK into the query (q_lat = q_nope W_UK[h], width d
 itself as both K and V, and applies W_UV to the attended latent afterwards."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -17,7 +16,7 @@ from ..op import attention_with_kvcache
 from .base import CachedAttention
 from .cache import StaticKVCache
 from .config import LATENT_KINDS, AttentionConfig
-from .layers import RMSNorm, apply_rope, causal_attention, decode_positions, prefill_positions
+from .layers import PerHeadProjection, RMSNorm, apply_rope, causal_attention, decode_positions, prefill_positions
 
 
 class LatentAttention(CachedAttention):
@@ -35,16 +34,15 @@ class LatentAttention(CachedAttention):
             self.q_up = nn.Linear(c.q_latent_dim, query_width, bias=False)
         else:
             self.q_proj = nn.Linear(c.d_model, query_width, bias=False)
-        # One projection yields every latent head and the shared rope key.
-        self.kv_down = nn.Linear(c.d_model, c.n_latent_heads * c.latent_dim + c.rope_dim, bias=False)
+        # The latent heads and the shared rope key come from two projections, so that tensor parallelism can
+        # split the latent heads (GLA) or replicate them (MLA) while every rank computes the one rope key.
+        self.latent_down = nn.Linear(c.d_model, c.n_latent_heads * c.latent_dim, bias=False)
+        self.k_rope_down = nn.Linear(c.d_model, c.rope_dim, bias=False)
         self.latent_norm = RMSNorm(c.latent_dim, c.norm_eps, groups=c.n_latent_heads)
         # Per query head up-projections from its group's latent: W_UK (keys) and W_UV (values), [H, d_h, d_c].
-        self.key_up = nn.Parameter(torch.empty(c.n_heads, c.head_dim, c.latent_dim))
-        self.value_up = nn.Parameter(torch.empty(c.n_heads, c.head_dim, c.latent_dim))
+        self.key_up = PerHeadProjection(c.n_heads, c.head_dim, c.latent_dim)
+        self.value_up = PerHeadProjection(c.n_heads, c.head_dim, c.latent_dim)
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
-        bound = 1.0 / math.sqrt(c.latent_dim)  # nn.Linear's default init for a d_c -> d_h map
-        nn.init.uniform_(self.key_up, -bound, bound)
-        nn.init.uniform_(self.value_up, -bound, bound)
 
     def _query(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """q_nope [B, L, H, d_h] and rotated q_rope [B, L, H, d_R]."""
@@ -58,14 +56,13 @@ class LatentAttention(CachedAttention):
         """What is cached: normed latent [B, L, h_c, d_c] and rotated shared key k_rope [B, L, d_R]."""
         c = self.config
         batch, length, _ = x.shape
-        latent, k_rope = self.kv_down(x).split([c.n_latent_heads * c.latent_dim, c.rope_dim], dim=-1)
-        latent = self.latent_norm(latent.view(batch, length, c.n_latent_heads, c.latent_dim))
-        return latent, apply_rope(k_rope, positions, c.rope_theta)
+        latent = self.latent_norm(self.latent_down(x).view(batch, length, c.n_latent_heads, c.latent_dim))
+        return latent, apply_rope(self.k_rope_down(x), positions, c.rope_theta)
 
-    def _up_project(self, latent: Tensor, weight: Tensor) -> Tensor:
+    def _up_project(self, latent: Tensor, projection: PerHeadProjection) -> Tensor:
         """Per query head h of group j: weight[h] @ latent_j. latent [B, L, h_c, d_c] -> [B, L, H, d_h]."""
         c = self.config
-        grouped = weight.view(c.n_latent_heads, c.n_heads // c.n_latent_heads, c.head_dim, c.latent_dim)
+        grouped = projection.weight.view(c.n_latent_heads, c.n_heads // c.n_latent_heads, c.head_dim, c.latent_dim)
         out = torch.einsum("bljc,jgdc->bljgd", latent, grouped)
         return out.reshape(*latent.shape[:2], c.n_heads, c.head_dim)
 
@@ -100,10 +97,10 @@ class LatentAttention(CachedAttention):
         q_nope, q_rope = self._query(x, positions)
         latent, k_rope = self._latent(x, positions)
         cache.write(positions, latent, rope_keys=k_rope)
-        return torch.einsum("blhd,hdc->blhc", q_nope, self.key_up), q_rope
+        return torch.einsum("blhd,hdc->blhc", q_nope, self.key_up.weight), q_rope
 
     def output_from_latent(self, out_latent: Tensor) -> Tensor:
         """Attention output in the latent space [B, Lq, H, d_c] -> model width: W_UV applied after attention."""
         batch, query_len = out_latent.shape[:2]
-        out = torch.einsum("blhc,hdc->blhd", out_latent, self.value_up)
+        out = torch.einsum("blhc,hdc->blhd", out_latent, self.value_up.weight)
         return self.o_proj(out.reshape(batch, query_len, -1))

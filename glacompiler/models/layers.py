@@ -2,6 +2,8 @@
 attention of the prefill path."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,6 +22,17 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return (normed * self.weight.float()).to(x.dtype)
+
+
+class PerHeadProjection(nn.Module):
+    """One d_c -> d_h map per query head, weight [H, d_h, d_c] (MLA/GLA's W_UK and W_UV). A module of its own so
+    that a tensor-parallel plan can give each rank its heads' slice (glacompiler.parallel)."""
+
+    def __init__(self, n_heads: int, head_dim: int, latent_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_heads, head_dim, latent_dim))
+        bound = 1.0 / math.sqrt(latent_dim)  # nn.Linear's default init for a d_c -> d_h map
+        nn.init.uniform_(self.weight, -bound, bound)
 
 
 class SwiGLU(nn.Module):
