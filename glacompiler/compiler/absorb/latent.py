@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import torch
 from torch import fx
 
 from ..decline import Decline
