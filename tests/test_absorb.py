@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_backend_support import GLA_OP, assert_close, run_pass
+from test_backend_support import assert_close, run_pass
 
 aten = torch.ops.aten
 BATCH, CAPACITY, HEADS, NOPE, ROPE, VALUE, LATENT = 2, 24, 4, 16, 16, 16, 32
