@@ -110,6 +110,10 @@ class AttentionRewritePass(CustomGraphPass):
             return None, ""
         except Decline as decline:
             return None, f"not absorbed: {decline}"
+        except Exception as error:  # nothing was changed yet: the site is still fused as written
+            if strict_mode():
+                raise
+            return None, f"not absorbed: internal error in the absorption check: {error!r}"
 
     def _note_tuning_target(self, plan: SitePlan) -> None:
         """Remember the site's shape bucket for online tuning (backend(autotune=True)); symbolic sizes use
