@@ -68,6 +68,32 @@ def expanding_attention(join, form):
     return fn
 
 
+def _rope_first(q, latent, rope, weight, mask):
+    """K = [rope key, latent map]: the query's channels are matched by position, not assumed nope-first."""
+    k_nope, value = expand(latent, weight)
+    key = torch.cat([rope[:, None].expand(-1, HEADS, -1, -1), k_nope], dim=-1)
+    return attend(torch.cat([q[..., NOPE:], q[..., :NOPE]], dim=-1), key, value, mask, "sdpa")
+
+
+def _shared_by_query_pairs(q, latent, rope, weight, mask):
+    """The map yields K and V for HEADS // 2 heads, each read by two query heads (SDPA's enable_gqa)."""
+    kv = F.linear(latent[:, :, 0], weight[0][: (HEADS // 2) * (NOPE + VALUE)])
+    kv = kv.reshape(BATCH, CAPACITY, HEADS // 2, NOPE + VALUE).transpose(1, 2)
+    k_nope, value = torch.split(kv, [NOPE, VALUE], dim=-1)
+    key = torch.cat([k_nope, rope[:, None].expand(-1, HEADS // 2, -1, -1)], dim=-1)
+    return F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=SCALE, enable_gqa=True)
+
+
+@pytest.mark.parametrize("fn", [_rope_first, _shared_by_query_pairs])
+def test_other_layouts_are_absorbed(fn):
+    inputs = make_inputs(1)
+    result = run_pass(fn, *inputs)
+    assert_close(result.output, fn(*inputs), tol=1e-4)
+    [record] = result.records
+    assert record.kind == "mla" and record.form.endswith("(absorbed)"), str(record)
+    assert (record.spec.num_q_heads, record.spec.rope_dim) == (HEADS, ROPE)
+
+
 def op_calls(result):
     return result.op_calls()
 
