@@ -8,7 +8,7 @@ Models (the widths of issue 12):
                (hidden 2048, q_lora_rank 1536, MLP 8192, vocabulary 32000); batch 32, 3000-token prompt, cache
                4096. transformers caches the latent and multiplies the whole of it by kv_b_proj at every step;
                under backend="gla" the decode sites are absorbed (report kind mla, form "... (absorbed)").
-bf16 on CUDA. The prompt is prefilled eagerly (same for every configuration), then each configuration runs
+bf16 on CUDA. The prompt is prefilled eagerly in chunks (the same for every configuration), then each configuration runs
 greedy decode steps with its compiled forward: the first step's wall time (compile included) and the median
 step time after warm-up (CUDA events, one pair per step) are printed, with the sites the gla pass rewrote.
 
@@ -95,7 +95,8 @@ class Decoder:
         prompt = torch.randint(0, config.vocab_size, (args.batch, args.prompt),
                                generator=torch.Generator().manual_seed(1)).to(device)
         self.position = 0
-        self.tokens = self.step(model.forward, prompt)
+        for start in range(0, args.prompt, args.prefill_chunk):  # chunks bound the prefill's activations
+            self.tokens = self.step(model.forward, prompt[:, start:start + args.prefill_chunk])
 
     def step(self, forward, tokens):
         kwargs = {self.cache_name: self.cache, "use_cache": True, "logits_to_keep": 1}
@@ -218,6 +219,7 @@ def main() -> None:
     parser.add_argument("--cache", type=int, help="StaticCache capacity (default 4096)")
     parser.add_argument("--layers", type=int, help="default: 8 (llama), 4 (deepseek-v3), 2 with --tiny")
     parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--prefill-chunk", type=int, default=1024, help="prompt tokens per eager prefill call")
     parser.add_argument("--steps", type=int, default=30, help="timed decode steps per configuration")
     parser.add_argument("--warmup", type=int, default=5, help="decode steps after the first, before timing")
     parser.add_argument("--profile", default="", help="comma-separated configurations to profile (CUDA)")
