@@ -162,7 +162,7 @@ def _rope_per_head(q, latent, rope, weight, mask):
 
 @pytest.mark.parametrize("fn, reason", [
     (_different_latents, "different latents"),
-    (_nonlinear_key, "products"),
+    (_nonlinear_key, "K is not a product of the latent"),
     (_weight_per_sequence, "not a weight"),
     (_rope_per_head, "varies across heads"),
 ])

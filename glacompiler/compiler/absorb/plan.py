@@ -97,8 +97,11 @@ def _absorb(plan: SitePlan, key_parts: list, value_parts: list) -> AbsorbedPlan:
         raise Decline("V is not one product of the latent")
     value_map = linear_map(value_parts[0].source, "value")
     linear = [part for part in key_parts if is_product(part.source)]
-    if len(linear) != 1:
-        raise Decline(f"K is made of {len(linear)} products (one linear map of the latent expected)")
+    if not linear:
+        computed = ", ".join(sorted({str(part.source.base.target) for part in key_parts}))
+        raise Decline(f"K is not a product of the latent (it is computed by {computed})")
+    if len(linear) > 1:
+        raise Decline(f"K is joined from {len(linear)} products (one linear map of the latent expected)")
     key_map = linear_map(linear[0].source, "key")
     if not key_map.same_latent(value_map):
         raise Decline("K and V are maps of different latents")
