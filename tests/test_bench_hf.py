@@ -8,6 +8,7 @@ import sys
 import pytest
 
 pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # a subprocess that imports torch and transformers: about 15 s on 2 cores
 
 SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_hf.py"
 

@@ -49,7 +49,7 @@ def split_parts(view: Located, dim: int, op_start: int = 0) -> list:
     """The op tensor `view` (its head dim, op dim `dim`, one run along an axis of view.base) as Parts."""
     located = locate(view)
     run = located.layout.dims[dim]
-    length = fake_value_size(located, dim)
+    length = _dim_size(located, dim)
     if len(run) != 1 or run[0].axis is None:
         return [Part(op_start, length, located)]
     axis, step = run[0].axis, run[0].step
@@ -106,7 +106,8 @@ def split_parts(view: Located, dim: int, op_start: int = 0) -> list:
     return [Part(op_start, length, located)]
 
 
-def fake_value_size(located: Located, dim: int):
+def _dim_size(located: Located, dim: int):
+    """The size of op dim `dim` (the product of its runs)."""
     size = 1
     for piece in located.layout.dims[dim]:
         size = size * piece.size
