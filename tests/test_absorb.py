@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_backend_support import assert_close, run_pass
+import test_absorb
+from test_backend_support import PassHarness, assert_close, run_pass
 
 aten = torch.ops.aten
 BATCH, CAPACITY, HEADS, NOPE, ROPE, VALUE, LATENT = 2, 24, 4, 16, 16, 16, 32
@@ -20,7 +21,7 @@ def make_inputs(latent_heads: int, query_len: int = 1, seed: int = 0):
     latent = torch.randn(BATCH, CAPACITY, latent_heads, LATENT, generator=g)
     rope = torch.randn(BATCH, CAPACITY, ROPE, generator=g)
     weight = torch.randn(latent_heads, per_group * (NOPE + VALUE), LATENT, generator=g) / LATENT ** 0.5
-    lengths = torch.tensor([CAPACITY - 3, 9])
+    lengths = torch.randint(min(query_len + 1, CAPACITY), CAPACITY + 1, (BATCH,), generator=g)
     positions = lengths[:, None] - query_len + torch.arange(query_len)[None]
     mask = (torch.arange(CAPACITY)[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, L, S]
     return q, latent, rope, weight, mask
@@ -33,7 +34,7 @@ def expand(latent, weight):
         kv = F.linear(latent[:, :, 0], weight[0])  # [B, S, H * (nope + v)]
     else:
         kv = torch.einsum("bsgc,gxc->bsgx", latent, weight)
-    kv = kv.reshape(BATCH, CAPACITY, HEADS, NOPE + VALUE).transpose(1, 2)
+    kv = kv.reshape(latent.shape[0], CAPACITY, HEADS, NOPE + VALUE).transpose(1, 2)
     return torch.split(kv, [NOPE, VALUE], dim=-1)
 
 
@@ -41,7 +42,7 @@ def join_key(k_nope, rope, join):
     k_rope = rope[:, None].expand(-1, HEADS, -1, -1)
     if join == "cat":
         return torch.cat([k_nope, k_rope], dim=-1)
-    key = k_nope.new_empty(BATCH, HEADS, CAPACITY, NOPE + ROPE)
+    key = k_nope.new_empty(k_nope.shape[0], HEADS, CAPACITY, NOPE + ROPE)
     key[..., :NOPE].copy_(k_nope)
     key[..., NOPE:].copy_(rope[:, None] if join == "copy_broadcast" else k_rope)
     return key
@@ -120,6 +121,20 @@ def test_expanding_form_is_absorbed(latent_heads, join, form):
     # The expansion over the whole cache is gone: every product left is on the new tokens or the weights.
     assert all(CAPACITY not in node.meta["val"].shape[:-1] for node in result.graph.nodes
                if node.op == "call_function" and node.target in (aten.bmm.default, aten.mm.default))
+
+
+def test_symbolic_batch_is_absorbed(monkeypatch):
+    """A third batch size makes dynamo compile the batch as a symbol: the absorbed form keeps it symbolic."""
+    fn = expanding_attention("copy", "sdpa")
+    harness = PassHarness(fn)
+    for batch in (2, 3, 5):
+        monkeypatch.setattr(test_absorb, "BATCH", batch)
+        inputs = make_inputs(2)
+        assert_close(harness(*inputs), fn(*inputs), tol=1e-4)
+        [record] = harness.result().records
+        assert record.kind == "gla" and record.form.endswith("(absorbed)"), str(record)
+    values = [node.meta.get("val") for node in harness.result().graph.find_nodes(op="placeholder")]
+    assert any(isinstance(v, torch.Tensor) and not isinstance(v.shape[0], int) for v in values)
 
 
 def test_prefill_keeps_the_expanded_form():
