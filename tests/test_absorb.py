@@ -123,6 +123,17 @@ def test_expanding_form_is_absorbed(latent_heads, join, form):
                if node.op == "call_function" and node.target in (aten.bmm.default, aten.mm.default))
 
 
+@pytest.mark.parametrize("latent_heads, join", [(1, "copy"), (2, "cat")])
+def test_absorbed_call_runs_the_generated_kernels(interpret_kernels, latent_heads, join):
+    """The absorbed call's operands (views of the caches, the folded query) as the Triton kernels read them,
+    under the interpreter."""
+    fn = expanding_attention(join, "sdpa")
+    inputs = make_inputs(latent_heads)
+    result = run_pass(fn, *inputs)
+    assert_close(result.output, fn(*inputs), tol=1e-4)
+    assert result.records[0].form.endswith("(absorbed)")
+
+
 def test_symbolic_batch_is_absorbed(monkeypatch):
     """A third batch size makes dynamo compile the batch as a symbol: the absorbed form keeps it symbolic."""
     fn = expanding_attention("copy", "sdpa")
