@@ -75,9 +75,9 @@ def test_llama_static_cache(implementation, form):
 
 
 def test_deepseek_v3_static_cache():
-    """transformers' DeepSeek-V3 caches the latent but expands it through kv_b_proj into per-head K
-    (nope + rope) and V before attention, every step: the attention it runs is MHA with Dk = 48, Dv = 32,
-    and that is what gets rewritten (see the report on what keeps it from the latent MLA form)."""
+    """transformers' DeepSeek-V3 caches the latent and expands it through kv_b_proj into per-head K (nope +
+    rope) and V before attention, every step: the pass absorbs kv_b_proj's halves into the query and the
+    output, and the op attends to the latent cache itself (MLA; more in test_hf_deepseek.py)."""
     config = transformers.DeepseekV3Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=4,
@@ -87,6 +87,6 @@ def test_deepseek_v3_static_cache():
     )
     torch.manual_seed(0)
     model = transformers.DeepseekV3ForCausalLM(config).eval()
-    rewritten = check_model(model, config, "mha", config.num_hidden_layers)
+    rewritten = check_model(model, config, "mla", config.num_hidden_layers)
     spec = rewritten[0].spec
-    assert (spec.num_q_heads, spec.head_dim_k, spec.head_dim_v, spec.tied) == (4, 48, 32, False)
+    assert (spec.num_q_heads, spec.num_kv_heads, spec.head_dim_k, spec.rope_dim, spec.tied) == (4, 1, 32, 16, True)

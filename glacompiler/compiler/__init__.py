@@ -28,6 +28,9 @@ site that is not the op's math is skipped with the reason, never approximated.
 | masked_fill / where(mask, s, -inf or < -1e30)           | boolean attn_mask (True = attend)                |
 | s + where(mask, 0, -inf or finfo.min) (HF eager, SDPA)  | boolean attn_mask (blocks it rules out skipped)  |
 | s + other float bias                                    | additive attn_mask (times any later scale)       |
+| K, V = per-head linear maps of one latent (expanding    | MLA/GLA absorbed (absorb/): q @ W_UK, the op on   |
+|   MLA/GLA, transformers' DeepSeek-V2/V3), rope key      |   the latent cache, @ W_UV; form "... (absorbed)" |
+|   joined by cat, new_empty + copy_, or its own term     |   (prefill keeps the expanded form)              |
 | static cache written by index_copy_/index_put_ first    | the written cache, read in place (no copy)       |
 | cache[:, :, :n] (growing length)                        | a prefix view, n symbolic is fine                |
 
@@ -39,6 +42,7 @@ values read with strides that need a copy, training graphs (the op has no backwa
 The pass, stage by stage (graph_pass.py runs them on each graph Inductor compiles):
 
     find/      the sites: SDPA calls, and softmaxes over a q.k product that feed a product
+    absorb/    a site whose K and V expand a latent through weights, planned and emitted absorbed (else below)
     trace/     each operand followed back to the tensor it reads (index algebra, score and value sides, masks)
     plan/      a traced site matched against the op's math and turned into the op call's arguments
     rewrite/   the op call emitted in place of the site

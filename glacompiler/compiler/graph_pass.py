@@ -5,6 +5,7 @@ It runs as Inductor's joint_custom_pre_pass: on the functional ATen graph right 
 Inductor's own joint-graph patterns (so none of them can touch a site first) and before partitioning."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Optional
 
@@ -12,6 +13,7 @@ from torch import fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from ..spec import ProblemShape
+from .absorb import NotLatent, emit_absorbed, plan_absorption
 from .decline import Decline
 from .find.sites import find_sites
 from .inductor_guard import guard_attention_fusions
@@ -74,6 +76,13 @@ class AttentionRewritePass(CustomGraphPass):
                                           "the graph computes gradients (training): the op has no backward",
                                           site.form, self.graph_name))
                 continue
+            absorbed, not_absorbed = self._absorption(site)
+            if absorbed is not None:
+                emit_absorbed(graph, absorbed, mask_ranges)
+                self._note_tuning_target(dataclasses.replace(absorbed.site, spec=absorbed.spec))
+                records.append(SiteRecord(absorbed.spec.kind, absorbed.spec, source, REWRITTEN, "",
+                                          f"{site.form} (absorbed)", self.graph_name))
+                continue
             try:
                 plan = site.plan()
             except Decline as decline:
@@ -87,8 +96,24 @@ class AttentionRewritePass(CustomGraphPass):
                 continue
             emit_site(graph, plan, mask_ranges)
             self._note_tuning_target(plan)
-            records.append(SiteRecord(plan.spec.kind, plan.spec, source, REWRITTEN, "", site.form, self.graph_name))
+            records.append(SiteRecord(plan.spec.kind, plan.spec, source, REWRITTEN, not_absorbed, site.form,
+                                      self.graph_name))
         graph.lint()
+
+    def _absorption(self, site) -> tuple:
+        """(AbsorbedPlan or None, why a latent expansion stays expanded: '' when the site is not one)."""
+        if not self.rewrite:
+            return None, ""
+        try:
+            return plan_absorption(site), ""
+        except NotLatent:
+            return None, ""
+        except Decline as decline:
+            return None, f"not absorbed: {decline}"
+        except Exception as error:  # nothing was changed yet: the site is still fused as written
+            if strict_mode():
+                raise
+            return None, f"not absorbed: internal error in the absorption check: {error!r}"
 
     def _note_tuning_target(self, plan: SitePlan) -> None:
         """Remember the site's shape bucket for online tuning (backend(autotune=True)); symbolic sizes use

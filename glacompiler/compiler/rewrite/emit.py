@@ -215,11 +215,18 @@ def emit_site(graph: fx.Graph, plan: SitePlan, mask_ranges: SharedMaskRanges) ->
     """Rewrite one site; returns the nodes created."""
     emit = Emitter(graph, plan.anchor)
     q = build_query(emit, plan.q)
-    device = fake_value(q).device
     k = build_view(emit, plan.k)
     v = None if plan.v is None else build_view(emit, plan.v)
     q_rope = None if plan.q_rope is None else build_query(emit, plan.q_rope)
     k_rope = None if plan.k_rope is None else build_view(emit, plan.k_rope)
+    out = emit_op_call(emit, plan, mask_ranges, q, k, v, q_rope, k_rope)
+    place_output(emit, plan, out)
+    return emit.created
+
+
+def emit_op_call(emit: Emitter, plan: SitePlan, mask_ranges: SharedMaskRanges, q, k, v, q_rope, k_rope) -> fx.Node:
+    """The site's masks (shared key range included) and the op call on the given operands; its output."""
+    device = fake_value(q).device
     booleans = [build_mask(emit, m, plan) for m in plan.masks if not m.additive]
     additive = [build_mask(emit, m, plan) for m in plan.masks if m.additive]
     if plan.causal_top_left:
@@ -233,15 +240,19 @@ def emit_site(graph: fx.Graph, plan: SitePlan, mask_ranges: SharedMaskRanges) ->
         torch.ops.glacompiler.attention_with_kvcache.default,
         q, k, v, q_rope, k_rope, None, None, mask, float(plan.scale), False, 0, kv_range,
     )
-    out = emit.call(operator.getitem, result, 0)
+    return emit.call(operator.getitem, result, 0)
+
+
+def place_output(emit: Emitter, plan: SitePlan, out: fx.Node) -> None:
+    """The op's output [B, Lq, Hq, Dv] laid out as the site's output node, which it replaces; the old site's
+    nodes are dropped."""
     out = emit.reshape(out, plan.output.split_shape)
     out = emit.permute(out, plan.output.order)
     out = emit.reshape(out, plan.output.shape)
     if fake_value(out).dtype != plan.output.dtype:
         out = emit.call(torch.ops.prims.convert_element_type.default, out, plan.output.dtype)
     plan.output.node.replace_all_uses_with(out)
-    remove_dead(graph, plan.owned)
-    return emit.created
+    remove_dead(emit.graph, plan.owned)
 
 
 def remove_dead(graph: fx.Graph, owned: list) -> None:

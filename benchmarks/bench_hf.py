@@ -1,0 +1,254 @@
+"""Decode-step latency of transformers models (random weights, no download) under eager, torch.compile's
+default backend, mode="reduce-overhead", backend="gla" and backend="gla" with CUDA graphs.
+
+Models (the widths of issue 12):
+  llama        LlamaForCausalLM shaped like Llama-3.2-1B, 8 layers: hidden 2048, 32 query / 8 KV heads of 64,
+               MLP 8192, vocabulary 32000; batch 64, a 3000-token prompt in a 4096 StaticCache.
+  deepseek-v3  DeepseekV3ForCausalLM, 4 dense layers: 16 heads, kv_lora_rank 512, rope 64, nope 128, v 128
+               (hidden 2048, q_lora_rank 1536, MLP 8192, vocabulary 32000); batch 32, 3000-token prompt, cache
+               4096. transformers caches the latent and multiplies the whole of it by kv_b_proj at every step;
+               under backend="gla" the decode sites are absorbed (report kind mla, form "... (absorbed)").
+bf16 on CUDA. The prompt is prefilled eagerly in chunks (the same for every configuration), then each configuration runs
+greedy decode steps with its compiled forward: the first step's wall time (compile included) and the median
+step time after warm-up (CUDA events, one pair per step) are printed, with the sites the gla pass rewrote.
+
+    python benchmarks/bench_hf.py                                 # both models, on an H100/H200
+    python benchmarks/bench_hf.py --models deepseek-v3 --batch 32 --profile gla,default
+    python benchmarks/bench_hf.py --device cpu --tiny             # smoke run of the script itself
+
+Target (issue 12 section 4, DeepSeek-V3): gla with CUDA graphs at least 8x faster per step than
+mode="reduce-overhead", gla at least 5x faster than the default backend."""
+from __future__ import annotations
+
+import argparse
+import collections
+import inspect
+import statistics
+import time
+
+import torch
+
+import glacompiler
+
+DEFAULTS = {  # model: (batch, prompt, cache)
+    "llama": (64, 3000, 4096),
+    "deepseek-v3": (32, 3000, 4096),
+}
+TINY_DEFAULTS = (2, 20, 48)
+
+
+def model_config(name: str, args):
+    import transformers
+
+    if name == "llama":
+        if args.tiny:
+            sizes = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, vocab_size=128)
+        else:
+            sizes = dict(hidden_size=2048, intermediate_size=8192, num_attention_heads=32, num_key_value_heads=8,
+                         head_dim=64, vocab_size=args.vocab)
+        return transformers.LlamaConfig(num_hidden_layers=args.layers or (2 if args.tiny else 8),
+                                        max_position_embeddings=max(args.cache, 128), attn_implementation="sdpa",
+                                        **sizes)
+    if name == "deepseek-v3":
+        if args.tiny:
+            sizes = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, kv_lora_rank=32,
+                         q_lora_rank=48, qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=16, vocab_size=128)
+        else:
+            sizes = dict(hidden_size=2048, intermediate_size=8192, num_attention_heads=16, kv_lora_rank=512,
+                         q_lora_rank=1536, qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128,
+                         vocab_size=args.vocab)
+        layers = args.layers or (2 if args.tiny else 4)
+        return transformers.DeepseekV3Config(
+            num_hidden_layers=layers, first_k_dense_replace=layers, num_key_value_heads=sizes["num_attention_heads"],
+            n_routed_experts=8, num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=64,
+            max_position_embeddings=max(args.cache, 128), rope_scaling=None, attn_implementation="sdpa", **sizes)
+    raise ValueError(f"unknown model {name!r}; choose from {sorted(DEFAULTS)}")
+
+
+def build(name: str, args, device: torch.device, dtype: torch.dtype):
+    import transformers
+
+    config = model_config(name, args)
+    torch.manual_seed(0)
+    model_class = transformers.LlamaForCausalLM if name == "llama" else transformers.DeepseekV3ForCausalLM
+    with torch.device(device):
+        model = model_class(config)
+    return model.to(dtype).eval(), config
+
+
+class Decoder:
+    """A StaticCache prefilled eagerly with a random prompt, then greedy decode steps through `forward`."""
+
+    def __init__(self, model, config, args, device, dtype):
+        import transformers
+
+        self.model, self.device = model, device
+        parameters = inspect.signature(transformers.StaticCache.__init__).parameters
+        kwargs = {"config": config, "max_cache_len": args.cache}
+        if "max_batch_size" in parameters:  # transformers 4.x
+            kwargs.update(max_batch_size=args.batch, dtype=dtype, device=device)
+        self.cache = transformers.StaticCache(**kwargs)
+        forward_parameters = inspect.signature(model.forward).parameters
+        self.cache_name = "cache" if "cache" in forward_parameters else "past_key_values"
+        self.takes_position = "cache_position" in forward_parameters
+        prompt = torch.randint(0, config.vocab_size, (args.batch, args.prompt),
+                               generator=torch.Generator().manual_seed(1)).to(device)
+        self.position = 0
+        for start in range(0, args.prompt, args.prefill_chunk):  # chunks bound the prefill's activations
+            self.tokens = self.step(model.forward, prompt[:, start:start + args.prefill_chunk])
+
+    def step(self, forward, tokens):
+        kwargs = {self.cache_name: self.cache, "use_cache": True, "logits_to_keep": 1}
+        if self.takes_position:
+            kwargs["cache_position"] = torch.arange(self.position, self.position + tokens.shape[1],
+                                                    device=self.device)
+        logits = forward(input_ids=tokens, **kwargs).logits
+        self.position += tokens.shape[1]
+        return logits[:, -1:].argmax(-1)
+
+
+def synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(decoder: Decoder, forward, args, cudagraphs: bool) -> tuple:
+    """(first step's wall ms, compile included; median step ms after warm-up)."""
+    def one_step():
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        decoder.tokens = decoder.step(forward, decoder.tokens)
+
+    synchronize(decoder.device)
+    start = time.perf_counter()
+    one_step()
+    synchronize(decoder.device)
+    first = (time.perf_counter() - start) * 1e3
+    for _ in range(args.warmup):
+        one_step()
+    times = []
+    if decoder.device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(args.steps)]
+        for begin, end in events:
+            begin.record()
+            one_step()
+            end.record()
+        torch.cuda.synchronize()
+        times = [begin.elapsed_time(end) for begin, end in events]
+    else:
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            one_step()
+            times.append((time.perf_counter() - start) * 1e3)
+    return first, statistics.median(times)
+
+
+CONFIGURATIONS = {  # name: (make the forward, CUDA graphs, CUDA only)
+    "eager": (lambda forward: forward, False, False),
+    "default": (lambda forward: torch.compile(forward), False, False),
+    "reduce-overhead": (lambda forward: torch.compile(forward, mode="reduce-overhead"), True, True),
+    "gla": (lambda forward: torch.compile(forward, backend=glacompiler.backend()), False, False),
+    "gla+cudagraphs": (lambda forward: torch.compile(forward, backend=glacompiler.backend(cudagraphs=True)), True,
+                       True),
+}
+BASELINES = {"gla": "default", "gla+cudagraphs": "reduce-overhead"}
+
+
+def describe_sites(records) -> str:
+    counts = collections.Counter(
+        (r.status, r.kind or "?", "absorbed" if r.form.endswith("(absorbed)") else "") for r in records)
+    if not counts:
+        return "no attention sites"
+    return ", ".join(f"{n} {status} {kind}{' ' + extra if extra else ''}" for (status, kind, extra), n in
+                     sorted(counts.items()))
+
+
+def profile_step(decoder: Decoder, forward, cudagraphs: bool, top: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = 3
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            if cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            decoder.tokens = decoder.step(forward, decoder.tokens)
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in events)
+    print(f"    profile: device time per step {total / steps / 1e3:.3f} ms; top kernels (us per step, calls):")
+    for event in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+        print(f"    {event.self_device_time_total / steps:9.1f} {event.count / steps:5.1f}  {event.key[:100]}")
+
+
+def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None:
+    model, config = build(name, args, device, dtype)
+    print(f"{name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, heads "
+          f"{config.num_attention_heads}, batch {args.batch}, prompt {args.prompt}, cache {args.cache}, "
+          f"{str(dtype).replace('torch.', '')}")
+    print(f"  {'configuration':<18} {'first step ms':>14} {'ms/step':>9} {'speed-up':>22}  sites")
+    results = {}
+    for configuration in args.configurations:
+        make, cudagraphs, cuda_only = CONFIGURATIONS[configuration]
+        if cuda_only and device.type != "cuda":
+            continue
+        torch._dynamo.reset()
+        glacompiler.reset_report()
+        with torch.no_grad():
+            decoder = Decoder(model, config, args, device, dtype)
+            forward = make(model.forward)
+            first, step = time_steps(decoder, forward, args, cudagraphs)
+            results[configuration] = step
+            baseline = BASELINES.get(configuration)
+            speedup = (f"{results[baseline] / step:6.2f}x vs {baseline}" if baseline in results else "")
+            sites = describe_sites(glacompiler.compile_report()) if configuration.startswith("gla") else ""
+            print(f"  {configuration:<18} {first:14.1f} {step:9.3f} {speedup:>22}  {sites}")
+            if configuration in args.profile and device.type == "cuda":
+                profile_step(decoder, forward, cudagraphs, args.top)
+        del decoder
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(DEFAULTS), choices=list(DEFAULTS))
+    parser.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
+    parser.add_argument("--batch", type=int, help="default: 64 (llama), 32 (deepseek-v3); 2 with --tiny")
+    parser.add_argument("--prompt", type=int, help="prompt tokens prefilled before decoding (default 3000)")
+    parser.add_argument("--cache", type=int, help="StaticCache capacity (default 4096)")
+    parser.add_argument("--layers", type=int, help="default: 8 (llama), 4 (deepseek-v3), 2 with --tiny")
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--prefill-chunk", type=int, default=1024, help="prompt tokens per eager prefill call")
+    parser.add_argument("--steps", type=int, default=30, help="timed decode steps per configuration")
+    parser.add_argument("--warmup", type=int, default=5, help="decode steps after the first, before timing")
+    parser.add_argument("--profile", default="", help="comma-separated configurations to profile (CUDA)")
+    parser.add_argument("--top", type=int, default=12, help="kernels listed per profile")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="tiny widths for a quick check of the script")
+    args = parser.parse_args()
+    if args.device == "cpu" and not args.tiny:
+        parser.error("--device cpu is a smoke test: add --tiny")
+    args.profile = [p for p in args.profile.split(",") if p]
+    unknown = [p for p in args.profile if p not in CONFIGURATIONS]
+    if unknown:
+        parser.error(f"--profile: unknown configurations {unknown}; choose from {list(CONFIGURATIONS)}")
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        import triton
+
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    for name in args.models:
+        defaults = TINY_DEFAULTS if args.tiny else DEFAULTS[name]
+        model_args = argparse.Namespace(**vars(args))
+        for field, default in zip(("batch", "prompt", "cache"), defaults):
+            if getattr(model_args, field) is None:
+                setattr(model_args, field, default)
+        if model_args.prompt + 1 + model_args.warmup + model_args.steps > model_args.cache:
+            parser.error(f"{name}: prompt + decode steps exceed the cache capacity {model_args.cache}")
+        run_model(name, model_args, device, dtype)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""A decode site whose K and V are per-head linear maps of one tensor (the latent), planned as the absorbed
+MLA/GLA op call: check the expansion exactly (expansion.py, latent.py), split the weights (weights.py), and
+say what the op reads.
+
+The site is first planned as it is written (the expanded form: plan/), which gives the query, the masks, the
+scale and the output layout; absorption swaps the key and value sides:
+    K[b, s, h, :Dn] = L[b, s, g(h), :] @ W_UK[h]^T,  K[b, s, h, Dn:] = R[b, s, :] (rope key, optional),
+    V[b, s, h, :]   = L[b, s, g(h), :] @ W_UV[h]^T
+    =>  q_abs[b, l, h] = q[b, l, h, :Dn] @ W_UK[h],   out[b, l, h] = attend(q_abs, L; q_rope, R) @ W_UV[h]^T
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+from ...op.validation import validate_inputs
+from ...spec import AttentionSpec
+from ..decline import Decline
+from ..plan.match import plan_sdpa_site, plan_softmax_site
+from ..plan.site_plan import SitePlan, TensorPlan, cache_plan, slots_size
+from ..find.sdpa import read_sdpa
+from ..trace.layout import Layout, Piece, fake_value, regroup, merge_adjacent, view_layout
+from ..trace.sizes import known_equal, size_hint
+from .expansion import split_parts
+from .latent import BATCH, DIM, HEAD, KEY, is_product, linear_map
+from .locate import at_origin
+from .weights import WeightView, weight_view
+
+
+class NotLatent(Exception):
+    """The site's K and V are not computed by products: nothing to absorb (no note in the report)."""
+
+
+@dataclasses.dataclass
+class AbsorbedPlan:
+    site: SitePlan  # the site as written: query, masks, scale, output
+    spec: AttentionSpec  # the absorbed op's (mla / gla)
+    nope_window: tuple  # (start, length) of the query's channels that meet W_UK
+    rope_window: Optional[tuple]  # (start, length) of the query's rope channels when K carries the rope key
+    rope: Optional[TensorPlan]  # the rope key cache [B, S, Dr] read from K's rope part
+    latent: TensorPlan  # [B, S, G, c]
+    w_uk: WeightView  # [Hkv, Dn, c]
+    w_uv: WeightView  # [Hkv, Dv, c]
+    kv_heads: int  # heads of the expanded K and V
+    groups: int  # query heads per expanded KV head
+
+
+def tensor_plan_layout(plan: TensorPlan) -> Layout:
+    """The op-order tensor that plan/'s TensorPlan builds, as a Layout over its base."""
+    sizes = list(fake_value(plan.base).shape)
+    layout = view_layout(sizes, plan.split_shape)
+    dims = list(layout.dims)
+    for dim, length in plan.slices:
+        piece = dims[dim][0]
+        dims[dim] = () if known_equal(length, 1) else (Piece(piece.axis, length, piece.step),)
+    dims = [dim for index, dim in enumerate(dims) if index not in plan.squeeze]
+    dims = [dims[index] for index in plan.order]
+    for position in plan.unsqueeze:
+        dims.insert(position, ())
+    if plan.merged_shape is not None:
+        grouped = regroup([p for dim in dims for p in dim], plan.merged_shape)
+        dims = [merge_adjacent(dim) for dim in grouped]
+    return Layout(tuple(dims), layout.base_sizes)
+
+
+def expanded_plan(site) -> SitePlan:
+    """The site planned with its key whole (a concatenated key is one tensor here: its parts are read by
+    expansion.py)."""
+    if site.softmax is not None:
+        return plan_softmax_site(site.softmax, split_cat=False)
+    return plan_sdpa_site(read_sdpa(site.sdpa_node), split_cat=False)
+
+
+def plan_absorption(site) -> AbsorbedPlan:
+    """The absorbed plan, Decline (a latent expansion that is not matched exactly: the reason) or NotLatent."""
+    try:
+        plan = expanded_plan(site)
+    except Decline:
+        raise NotLatent() from None
+    if plan.v is None:
+        raise NotLatent()
+    key_parts = split_parts(at_origin(plan.k.base, tensor_plan_layout(plan.k)), DIM)
+    value_parts = split_parts(at_origin(plan.v.base, tensor_plan_layout(plan.v)), DIM)
+    if not any(is_product(part.source) for part in key_parts + value_parts):
+        raise NotLatent()
+    try:
+        return _absorb(plan, key_parts, value_parts)
+    except Decline as decline:
+        decline.spec = plan.spec
+        raise
+
+
+def _absorb(plan: SitePlan, key_parts: list, value_parts: list) -> AbsorbedPlan:
+    if len(value_parts) != 1 or not is_product(value_parts[0].source):
+        raise Decline("V is not one product of the latent")
+    value_map = linear_map(value_parts[0].source, "value")
+    linear = [part for part in key_parts if is_product(part.source)]
+    if not linear:
+        computed = ", ".join(sorted({str(part.source.base.target) for part in key_parts}))
+        raise Decline(f"K is not a product of the latent (it is computed by {computed})")
+    if len(linear) > 1:
+        raise Decline(f"K is joined from {len(linear)} products (one linear map of the latent expected)")
+    key_map = linear_map(linear[0].source, "key")
+    if not key_map.same_latent(value_map):
+        raise Decline("K and V are maps of different latents")
+    ropes = [part for part in key_parts if part is not linear[0]]
+    if len(ropes) + (plan.k_rope is not None) > 1:
+        raise Decline("K has more than one part besides the latent map (at most one shared rope key)")
+    rope = rope_window = None
+    if ropes:
+        rope, rope_window = _rope_part(ropes[0]), (ropes[0].start, ropes[0].length)
+    latent = cache_plan(key_map.latent, key_map.latent_runs, "latent cache")
+    latent_heads = 1
+    for run in key_map.latent_runs[2]:
+        latent_heads *= run.size
+    latent_dim = key_map.latent_runs[3][0].size
+    rope_dim = rope_window[1] if rope_window else plan.spec.rope_dim
+    dtype = plan.spec.torch_dtype
+    for node, what in ((key_map.latent, "latent"), (key_map.weight, "key weight"), (value_map.weight, "value weight")):
+        if fake_value(node).dtype != dtype:
+            raise Decline(f"the {what} is {fake_value(node).dtype}, the query {dtype}")
+    w_uk = weight_view(key_map.weight, key_map.weight_runs, key_map.weight_offsets, "key")
+    w_uv = weight_view(value_map.weight, value_map.weight_runs, value_map.weight_offsets, "value")
+    spec = AttentionSpec.latent(plan.spec.num_q_heads, latent_heads, latent_dim, rope_dim, dtype=plan.spec.dtype)
+    absorbed = AbsorbedPlan(plan, spec, (linear[0].start, linear[0].length), rope_window, rope, latent, w_uk, w_uv,
+                            plan.spec.num_kv_heads, plan.spec.num_q_heads // plan.spec.num_kv_heads)
+    _validate(absorbed)
+    return absorbed
+
+
+def _rope_part(part) -> TensorPlan:
+    """K's channels that are one key per token shared by every head (the rope key), as the op's [B, S, Dr]."""
+    source = part.source
+    dims = source.layout.dims
+    if any(source.offsets):
+        raise Decline("the rope key is read at an offset of its tensor")
+    if any(piece.axis is not None for piece in dims[HEAD]):
+        raise Decline("K's part besides the latent map varies across heads (not one shared rope key)")
+    if len(dims[DIM]) != 1 or any(piece.axis is None for piece in dims[BATCH] + dims[KEY] + dims[DIM]):
+        raise Decline("the rope key is broadcast along the batch, the key position or its channels")
+    return cache_plan(source.base, [list(dims[BATCH]), list(dims[KEY]), list(dims[DIM])], "rope key cache")
+
+
+def _meta(shape, dtype) -> torch.Tensor:
+    hinted = [size_hint(s) for s in shape]
+    if any(h is None for h in hinted):
+        raise Decline("a size has no example value")
+    return torch.empty(hinted, dtype=dtype, device="meta")
+
+
+def _validate(absorbed: AbsorbedPlan) -> None:
+    """The op's own argument checks on the absorbed shapes."""
+    plan, spec = absorbed.site, absorbed.spec
+    batch = slots_size(plan.slots, plan.roles.batch)
+    dtype = spec.torch_dtype
+    q = _meta([batch, plan.query_len, spec.num_q_heads, spec.head_dim_q], dtype)
+    k = _meta([batch, plan.key_len, spec.num_kv_heads, spec.head_dim_k], dtype)
+    q_rope = k_rope = None
+    if spec.rope_dim:
+        q_rope = _meta([batch, plan.query_len, spec.num_q_heads, spec.rope_dim], dtype)
+        k_rope = _meta([batch, plan.key_len, spec.rope_dim], dtype)
+    mask = _meta([batch, 1, plan.query_len, plan.key_len], torch.bool) if plan.masks or plan.causal_top_left else None
+    try:
+        validate_inputs(q, k, None, q_rope, k_rope, None, None, mask, plan.scale, None)
+    except (ValueError, TypeError) as error:
+        raise Decline(f"the absorbed form is unsupported by the op: {error}") from None

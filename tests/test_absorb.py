@@ -1,0 +1,212 @@
+"""Weight absorption (glacompiler/compiler/absorb/): MLA and GLA written in the expanding form (K and V
+rebuilt per head from the latent cache at every step, the rope key joined by cat, by copies into new_empty,
+or added as its own score term) become the absorbed op call on the latent cache; everything that is not
+exactly such an expansion keeps its expanded form, with the reason in the report."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import test_absorb
+from test_backend_support import PassHarness, assert_close, run_pass
+
+aten = torch.ops.aten
+BATCH, CAPACITY, HEADS, NOPE, ROPE, VALUE, LATENT = 2, 24, 4, 16, 16, 16, 32
+SCALE = 0.17  # not 1/sqrt(head dim): the model's own scale must reach the op
+
+
+def make_inputs(latent_heads: int, query_len: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    per_group = HEADS // latent_heads
+    q = torch.randn(BATCH, HEADS, query_len, NOPE + ROPE, generator=g)
+    latent = torch.randn(BATCH, CAPACITY, latent_heads, LATENT, generator=g)
+    rope = torch.randn(BATCH, CAPACITY, ROPE, generator=g)
+    weight = torch.randn(latent_heads, per_group * (NOPE + VALUE), LATENT, generator=g) / LATENT ** 0.5
+    lengths = torch.randint(min(query_len + 1, CAPACITY), CAPACITY + 1, (BATCH,), generator=g)
+    positions = lengths[:, None] - query_len + torch.arange(query_len)[None]
+    mask = (torch.arange(CAPACITY)[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, L, S]
+    return q, latent, rope, weight, mask
+
+
+def expand(latent, weight):
+    """[B, H, S, nope] keys and [B, H, S, v] values, per head from the latent (one linear map per latent
+    head: MLA's kv_b_proj when there is one latent head)."""
+    if latent.shape[2] == 1:
+        kv = F.linear(latent[:, :, 0], weight[0])  # [B, S, H * (nope + v)]
+    else:
+        kv = torch.einsum("bsgc,gxc->bsgx", latent, weight)
+    kv = kv.reshape(latent.shape[0], CAPACITY, HEADS, NOPE + VALUE).transpose(1, 2)
+    return torch.split(kv, [NOPE, VALUE], dim=-1)
+
+
+def join_key(k_nope, rope, join):
+    k_rope = rope[:, None].expand(-1, HEADS, -1, -1)
+    if join == "cat":
+        return torch.cat([k_nope, k_rope], dim=-1)
+    key = k_nope.new_empty(k_nope.shape[0], HEADS, CAPACITY, NOPE + ROPE)
+    key[..., :NOPE].copy_(k_nope)
+    key[..., NOPE:].copy_(rope[:, None] if join == "copy_broadcast" else k_rope)
+    return key
+
+
+def attend(q, key, value, mask, form):
+    if form == "sdpa":
+        return F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=SCALE)
+    scores = (q @ key.transpose(-1, -2)) * SCALE
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ value
+
+
+def expanding_attention(join, form):
+    def fn(q, latent, rope, weight, mask):
+        k_nope, value = expand(latent, weight)
+        if join == "none":
+            return attend(q[..., :NOPE], k_nope, value, mask, form)
+        if join == "scores":  # the rope key as its own score term
+            scores = q[..., :NOPE] @ k_nope.transpose(-1, -2) + q[..., NOPE:] @ rope[:, None].transpose(-1, -2)
+            scores = (scores * SCALE).masked_fill(~mask, float("-inf"))
+            return torch.softmax(scores, dim=-1) @ value
+        return attend(q, join_key(k_nope, rope, join), value, mask, form)
+    return fn
+
+
+def _rope_first(q, latent, rope, weight, mask):
+    """K = [rope key, latent map]: the query's channels are matched by position, not assumed nope-first."""
+    k_nope, value = expand(latent, weight)
+    key = torch.cat([rope[:, None].expand(-1, HEADS, -1, -1), k_nope], dim=-1)
+    return attend(torch.cat([q[..., NOPE:], q[..., :NOPE]], dim=-1), key, value, mask, "sdpa")
+
+
+def _shared_by_query_pairs(q, latent, rope, weight, mask):
+    """The map yields K and V for HEADS // 2 heads, each read by two query heads (SDPA's enable_gqa)."""
+    kv = F.linear(latent[:, :, 0], weight[0][: (HEADS // 2) * (NOPE + VALUE)])
+    kv = kv.reshape(BATCH, CAPACITY, HEADS // 2, NOPE + VALUE).transpose(1, 2)
+    k_nope, value = torch.split(kv, [NOPE, VALUE], dim=-1)
+    key = torch.cat([k_nope, rope[:, None].expand(-1, HEADS // 2, -1, -1)], dim=-1)
+    return F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=SCALE, enable_gqa=True)
+
+
+@pytest.mark.parametrize("fn", [_rope_first, _shared_by_query_pairs])
+def test_other_layouts_are_absorbed(fn):
+    inputs = make_inputs(1)
+    result = run_pass(fn, *inputs)
+    assert_close(result.output, fn(*inputs), tol=1e-4)
+    [record] = result.records
+    assert record.kind == "mla" and record.form.endswith("(absorbed)"), str(record)
+    assert (record.spec.num_q_heads, record.spec.rope_dim) == (HEADS, ROPE)
+
+
+def op_calls(result):
+    return result.op_calls()
+
+
+@pytest.mark.parametrize("latent_heads", [1, 2])
+@pytest.mark.parametrize("join, form", [("cat", "sdpa"), ("copy", "sdpa"), ("copy_broadcast", "softmax"),
+                                        ("cat", "softmax"), ("scores", "softmax"), ("none", "sdpa")])
+def test_expanding_form_is_absorbed(latent_heads, join, form):
+    fn = expanding_attention(join, form)
+    inputs = make_inputs(latent_heads, query_len=2 if join == "copy" else 1)
+    result = run_pass(fn, *inputs)
+    assert_close(result.output, fn(*inputs), tol=1e-4)
+    [record] = result.records
+    assert record.status == "rewritten" and record.form.endswith("(absorbed)"), str(record)
+    assert record.kind == ("mla" if latent_heads == 1 else "gla")
+    rope = 0 if join == "none" else ROPE
+    assert (record.spec.num_q_heads, record.spec.num_kv_heads, record.spec.head_dim_k, record.spec.rope_dim) == (
+        HEADS, latent_heads, LATENT, rope)
+    [call] = op_calls(result)
+    q, k_cache, v_cache, q_rope, k_rope = call.args[:5]
+    assert v_cache is None and list(k_cache.meta["val"].shape) == [BATCH, CAPACITY, latent_heads, LATENT]
+    assert (k_rope is None) == (rope == 0)
+    assert call.args[8] == pytest.approx(SCALE)
+    # The expansion over the whole cache is gone: every product left is on the new tokens or the weights.
+    assert all(CAPACITY not in node.meta["val"].shape[:-1] for node in result.graph.nodes
+               if node.op == "call_function" and node.target in (aten.bmm.default, aten.mm.default))
+
+
+@pytest.mark.parametrize("latent_heads, join", [(1, "copy"), (2, "cat")])
+def test_absorbed_call_runs_the_generated_kernels(interpret_kernels, latent_heads, join):
+    """The absorbed call's operands (views of the caches, the folded query) as the Triton kernels read them,
+    under the interpreter."""
+    fn = expanding_attention(join, "sdpa")
+    inputs = make_inputs(latent_heads)
+    result = run_pass(fn, *inputs)
+    assert_close(result.output, fn(*inputs), tol=1e-4)
+    assert result.records[0].form.endswith("(absorbed)")
+
+
+def test_symbolic_batch_is_absorbed(monkeypatch):
+    """A third batch size makes dynamo compile the batch as a symbol: the absorbed form keeps it symbolic."""
+    fn = expanding_attention("copy", "sdpa")
+    harness = PassHarness(fn)
+    for batch in (2, 3, 5):
+        monkeypatch.setattr(test_absorb, "BATCH", batch)
+        inputs = make_inputs(2)
+        assert_close(harness(*inputs), fn(*inputs), tol=1e-4)
+        [record] = harness.result().records
+        assert record.kind == "gla" and record.form.endswith("(absorbed)"), str(record)
+    values = [node.meta.get("val") for node in harness.result().graph.find_nodes(op="placeholder")]
+    assert any(isinstance(v, torch.Tensor) and not isinstance(v.shape[0], int) for v in values)
+
+
+def test_prefill_keeps_the_expanded_form():
+    fn = expanding_attention("cat", "sdpa")
+    inputs = make_inputs(1, query_len=CAPACITY)
+    inputs = inputs[:4] + (torch.ones(BATCH, 1, CAPACITY, CAPACITY, dtype=torch.bool).tril(),)
+    result = run_pass(fn, *inputs)
+    assert_close(result.output, fn(*inputs), tol=1e-4)
+    [record] = result.records
+    assert record.status == "skipped" and "prefill" in record.reason
+    assert not op_calls(result)
+
+
+def _different_latents(q, latent, rope, weight, mask):
+    k_nope, _ = expand(latent, weight)
+    _, value = expand(latent.flip(1), weight)
+    return attend(q, join_key(k_nope, rope, "cat"), value, mask, "sdpa")
+
+
+def _nonlinear_key(q, latent, rope, weight, mask):
+    k_nope, value = expand(latent, weight)
+    return attend(q, join_key(F.gelu(k_nope), rope, "cat"), value, mask, "sdpa")
+
+
+def _weight_per_sequence(q, latent, rope, weight, mask):
+    """The map changes with the batch (a bmm against per-sequence matrices): not a weight to fold."""
+    per_sequence = weight[0][None].expand(BATCH, -1, -1) * torch.arange(1, BATCH + 1.0)[:, None, None]
+    kv = torch.bmm(latent[:, :, 0], per_sequence.transpose(1, 2))
+    kv = kv.reshape(BATCH, CAPACITY, HEADS, NOPE + VALUE).transpose(1, 2)
+    k_nope, value = torch.split(kv, [NOPE, VALUE], dim=-1)
+    return attend(q, join_key(k_nope, rope, "cat"), value, mask, "sdpa")
+
+
+def _rope_per_head(q, latent, rope, weight, mask):
+    """The key's other part differs per head: not one shared rope key."""
+    k_nope, value = expand(latent, weight)
+    k_rope = rope[:, None] * torch.arange(1, HEADS + 1.0)[None, :, None, None]
+    return attend(q, torch.cat([k_nope, k_rope], dim=-1), value, mask, "sdpa")
+
+
+@pytest.mark.parametrize("fn, reason", [
+    (_different_latents, "different latents"),
+    (_nonlinear_key, "K is not a product of the latent"),
+    (_weight_per_sequence, "not a weight"),
+    (_rope_per_head, "varies across heads"),
+])
+def test_not_an_exact_expansion_stays_expanded(fn, reason):
+    inputs = make_inputs(1)
+    result = run_pass(fn, *inputs)
+    assert_close(result.output, fn(*inputs), tol=1e-4)
+    [record] = result.records
+    assert record.kind == "mha" and not record.form.endswith("(absorbed)"), str(record)
+    assert reason in record.reason and record.reason.startswith("not absorbed"), record.reason
+
+
+def test_mask_that_does_not_broadcast_is_untouched():
+    fn = expanding_attention("cat", "softmax")
+    q, latent, rope, weight, _ = make_inputs(1)
+    mask = torch.rand(BATCH, HEADS, 1, CAPACITY, generator=torch.Generator().manual_seed(3)) > 0.3
+    mask[..., 0] = True
+    result = run_pass(fn, q, latent, rope, weight, mask)
+    assert_close(result.output, fn(q, latent, rope, weight, mask), tol=1e-4)
+    [record] = result.records
+    assert record.status == "skipped" and not op_calls(result), str(record)

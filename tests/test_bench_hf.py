@@ -1,0 +1,32 @@
+"""benchmarks/bench_hf.py runs as a script: its tiny CPU mode builds both transformers models, prefills a
+StaticCache and times decode steps (eager here: the compiled configurations are what test_hf_deepseek.py and
+test_backend_hf.py check, and compiling them costs a minute on CPU)."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # a subprocess that imports torch and transformers: about 15 s on 2 cores
+
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_hf.py"
+
+
+def test_bench_hf_tiny_runs_on_cpu():
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--configurations", "eager", "--steps", "2",
+         "--warmup", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    for model in ("llama", "deepseek-v3"):
+        header = next(i for i, line in enumerate(lines) if line.startswith(f"{model}:"))
+        row = lines[header + 2].split()
+        assert row[0] == "eager" and float(row[1]) > 0 and float(row[2]) > 0, lines
+
+
+def test_bench_hf_refuses_a_prompt_that_does_not_fit():
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--prompt", "40", "--cache", "48"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "exceed the cache capacity" in result.stderr
