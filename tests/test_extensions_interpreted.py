@@ -11,32 +11,10 @@ import glacompiler
 from glacompiler.problems import check_fa_rule, make_decode_problem
 from glacompiler.reference import attention_with_kvcache_reference
 
+from extension_cases import extension_arguments
 from kernel_cases import CPU_SPECS
 
 CAPACITY = 70  # not a multiple of any key block
-
-
-def extension_arguments(features: str, spec, batch: int, generator: torch.Generator, dtype=torch.float32) -> dict:
-    """Random extension arguments for the features named in `features` (a '+'-joined subset of softcap, alibi,
-    alibi_batch, sinks, window, window_right)."""
-    heads = spec.num_q_heads
-    arguments = {}
-    for feature in features.split("+"):
-        if feature == "softcap":
-            arguments["softcap"] = 1.5  # scaled scores reach several units: the cap bites
-        elif feature == "alibi":
-            arguments["alibi_slopes"] = torch.rand(heads, generator=generator) * 0.5
-        elif feature == "alibi_batch":
-            arguments["alibi_slopes"] = torch.rand(batch, heads, generator=generator) * 0.5
-        elif feature == "sinks":
-            arguments["sinks"] = (torch.randn(heads, generator=generator) * 2).to(dtype)
-        elif feature == "window":
-            arguments["window_size"] = (21, -1)
-        elif feature == "window_right":
-            arguments["window_size"] = (9, 1)
-        elif feature:
-            raise ValueError(feature)
-    return arguments
 
 
 def problem_with(spec_name, features, *, query_len=1, page_size=0, dtype=torch.float32, mask=None,
@@ -175,8 +153,8 @@ def test_window_with_mask_and_no_lengths_places_queries_at_the_capacity(interpre
 
 @pytest.mark.parametrize("split_count", [1, 3])
 def test_window_skips_out_of_window_key_blocks(interpret_kernels, split_count):
-    """A cache that holds the whole length: keys older than the window (from whole key blocks on) are never
-    read. Poisoned with NaN, the result stays finite and right."""
+    """A cache that holds the whole length: keys older than the window are never read (whole key blocks are
+    skipped, the first block's older keys masked off its loads). Poisoned with NaN, the result stays right."""
     from glacompiler.kernels.portable import PortableConfig
 
     capacity = 128
@@ -186,9 +164,8 @@ def test_window_skips_out_of_window_key_blocks(interpret_kernels, split_count):
     block_n = 16
     for b, length in enumerate((capacity, 100)):
         first_seen = length - 2 - 40  # the first query's window start
-        stale = first_seen // block_n * block_n  # blocks before it are skipped
         for cache in (problem.kwargs["k_cache"], problem.kwargs["v_cache"]):
-            cache[b, :stale] = float("nan")
+            cache[b, :first_seen] = float("nan")
     config = PortableConfig(block_m=16, block_n=block_n, block_d=64, num_splits=split_count)
     out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
     assert torch.allclose(out.double(), expected[0], atol=1e-5)

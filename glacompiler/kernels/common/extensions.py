@@ -11,6 +11,11 @@ from torch import Tensor
 
 from .log2_domain import log2_scale
 
+# An unlimited side of the window, as the kernels take it: farther than any key from any query, yet far from
+# int32's end (positions are added to it). A constant, so that the launch specialisation does not follow the
+# capacity of a growing cache.
+UNLIMITED_WINDOW = 2**30
+
 
 @dataclasses.dataclass(frozen=True)
 class KernelExtensions:
@@ -19,8 +24,8 @@ class KernelExtensions:
     alibi: Tensor  # [B or 1, Hq] slopes
     alibi_batch_stride: int  # 0 for [Hq] slopes
     sinks: Tensor  # [Hq]
-    window_left: int  # keys older than query_pos - window_left are not seen (the capacity when unlimited)
-    window_right: int  # keys past query_pos + window_right are not seen (the capacity when unlimited)
+    window_left: int  # keys older than query_pos - window_left are not seen (UNLIMITED_WINDOW when unlimited)
+    window_right: int  # keys past query_pos + window_right are not seen (UNLIMITED_WINDOW when unlimited)
     flags: dict  # HAS_SOFTCAP, HAS_ALIBI, HAS_SINKS, HAS_WINDOW
 
     @property
@@ -30,10 +35,9 @@ class KernelExtensions:
 
 
 def kernel_extensions(softmax_scale: float, softcap: float, alibi_slopes: Optional[Tensor], sinks: Optional[Tensor],
-                      window_size: tuple, capacity: int, placeholder: Tensor) -> KernelExtensions:
+                      window_size: tuple, placeholder: Tensor) -> KernelExtensions:
     """The extension arguments of a call; `placeholder` stands in for absent tensors (never read)."""
     left, right = window_size
-    unlimited = capacity + 1  # no key lies that far from a query inside the cache
     if softcap > 0:
         # softcap * tanh(scale * s / softcap), in the log2 domain: tanh(s * (scale / softcap)) * softcap * log2(e).
         qk_scale, softcap_scale = log2_scale(softcap), softmax_scale / softcap
@@ -45,8 +49,8 @@ def kernel_extensions(softmax_scale: float, softcap: float, alibi_slopes: Option
         alibi=placeholder if alibi_slopes is None else alibi_slopes,
         alibi_batch_stride=0 if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes.stride(0),
         sinks=placeholder if sinks is None else sinks,
-        window_left=unlimited if left < 0 else min(left, unlimited),
-        window_right=unlimited if right < 0 else min(right, unlimited),
+        window_left=UNLIMITED_WINDOW if left < 0 else min(left, UNLIMITED_WINDOW),
+        window_right=UNLIMITED_WINDOW if right < 0 else min(right, UNLIMITED_WINDOW),
         flags=dict(HAS_SOFTCAP=softcap > 0, HAS_ALIBI=alibi_slopes is not None, HAS_SINKS=sinks is not None,
                    HAS_WINDOW=left >= 0 or right >= 0),
     )

@@ -76,7 +76,7 @@ def launch_decode_attention(
     k_rope_arg = k_cache if k_rope_cache is None else k_rope_cache
     rope_strides = (0, 0) if k_rope_cache is None else k_rope_cache.stride()[:2]
     page_stride = 0 if page_table is None else page_table.stride(0)
-    extensions = kernel_extensions(softmax_scale, softcap, alibi_slopes, sinks, window_size, shape.capacity, q)
+    extensions = kernel_extensions(softmax_scale, softcap, alibi_slopes, sinks, window_size, q)
     keys = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch, num_q_heads, query_len, shape.capacity,
                               causal, q.device, extensions.positions_matter)
     page_arg = keys.lengths if page_table is None else page_table  # a placeholder when contiguous
