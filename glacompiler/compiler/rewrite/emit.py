@@ -229,9 +229,14 @@ def emit_site(graph: fx.Graph, plan: SitePlan, mask_ranges: SharedMaskRanges) ->
     if mask is not None:
         kv_range = mask_ranges.range_for(emit, mask, emit.size(fake_value(q).shape[0]),
                                          emit.size(fake_value(k).shape[1]))
+    extensions = ()
+    if plan.extensions is not None:
+        from .extensions import build_extension_arguments
+
+        extensions = build_extension_arguments(emit, plan.extensions, q)
     result = emit.call(
         torch.ops.glacompiler.attention_with_kvcache.default,
-        q, k, v, q_rope, k_rope, None, None, mask, float(plan.scale), False, 0, kv_range,
+        q, k, v, q_rope, k_rope, None, None, mask, float(plan.scale), False, 0, kv_range, *extensions,
     )
     out = emit.call(operator.getitem, result, 0)
     out = emit.reshape(out, plan.output.split_shape)
