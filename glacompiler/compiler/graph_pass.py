@@ -19,6 +19,7 @@ from .plan.site_plan import SitePlan, slots_size
 from .report import REWRITTEN, SKIPPED, SiteRecord, add_records, source_location
 from .rewrite.emit import SharedMaskRanges, emit_site
 from .trace.layout import fake_value
+from .trace.score_mods import split_score_baddbmm
 
 
 class GlaPassError(RuntimeError):
@@ -67,6 +68,7 @@ class AttentionRewritePass(CustomGraphPass):
     def _run(self, graph: fx.Graph, records: list) -> None:
         training = is_training_graph(graph)
         mask_ranges = SharedMaskRanges(graph)
+        split_score_baddbmm(graph)  # BLOOM's scores: a product plus its ALiBi bias, in one baddbmm
         for site in find_sites(graph):
             source = source_location(site.anchor)
             if training:

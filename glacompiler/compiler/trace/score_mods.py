@@ -235,5 +235,51 @@ def _repeat_layout(node: fx.Node) -> Layout:
     return Layout(tuple(dims), tuple(source_shape))
 
 
+SOFTMAX_STARTS = (aten.amax.default, aten._softmax.default, aten._safe_softmax.default)
+_TOWARD_SOFTMAX = (aten.add.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.where.self, aten.masked_fill.Scalar,
+                   aten.tanh.default, aten.cat.default, aten.sub.Tensor)
+
+
+def _reaches_softmax(node: fx.Node, depth: int = 8) -> bool:
+    from .layout import is_view_like
+
+    frontier = [node]
+    for _ in range(depth):
+        following = []
+        for current in frontier:
+            for user in current.users:
+                if is_call(user, *SOFTMAX_STARTS):
+                    return True
+                if is_view_like(user) or convert_dtypes(user) is not None or is_call(user, *_TOWARD_SOFTMAX):
+                    following.append(user)
+        frontier = following
+    return False
+
+
+def split_score_baddbmm(graph: fx.Graph) -> None:
+    """baddbmm(bias, q, k, beta=b, alpha=a) feeding a softmax (BLOOM adds its ALiBi bias so) becomes
+    a * bmm(q, k) + b * bias: the same values, in the form the score walk reads (a product plus a bias)."""
+    from ..rewrite.emit import Emitter  # the rewrite stage gives new nodes their fake values
+
+    for node in list(graph.nodes):
+        if not is_call(node, aten.baddbmm.default) or not _reaches_softmax(node):
+            continue
+        beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
+        if scalar_value(beta) is None or scalar_value(alpha) is None or beta == 0:
+            continue
+        bias, left, right = node.args[:3]
+        emit = Emitter(graph, node)
+        product = emit.call(aten.bmm.default, left, right)
+        if alpha != 1:
+            product = emit.call(aten.mul.Tensor, product, alpha)
+        if beta != 1:
+            bias = emit.call(aten.mul.Tensor, bias, beta)
+        total = emit.call(aten.add.Tensor, product, bias)
+        for created in emit.created:
+            created.meta.update({k: v for k, v in node.meta.items() if k not in ("val", "tensor_meta")})
+        node.replace_all_uses_with(total)
+        graph.erase_node(node)
+
+
 __all__ = ["PerHeadTensor", "ScoreMods", "key_iota", "match_alibi", "peel_sinks", "score_mod_sources",
-           "visit_soft_cap"]
+           "split_score_baddbmm", "visit_soft_cap"]
