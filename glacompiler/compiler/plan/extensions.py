@@ -11,15 +11,25 @@ from ..trace.layout import Layout
 from ..trace.products import align
 from ..trace.score_mods import PerHeadTensor, ScoreMods
 from ..trace.sizes import known_equal, known_one
-from .site_plan import SitePlan, TensorPlan, slots_size, tensor_plan
+from .site_plan import SitePlan, TensorPlan, tensor_plan
+
+
+@dataclasses.dataclass
+class PerHeadPlan:
+    """A tensor viewed as [slot sizes of the query heads] (size 1 where it is the same for every row of a slot,
+    e.g. the query tokens that share a mask and are packed as heads), expanded to them, flattened to [Hq]."""
+
+    view: TensorPlan
+    sizes: list
+    broadcast: bool  # some slot is expanded
 
 
 @dataclasses.dataclass
 class ExtensionPlan:
     softcap: float
-    sinks: Optional[TensorPlan]  # viewed as [Hq]
-    alibi: Optional[TensorPlan]  # viewed as [Hq]
-    alibi_factor: float  # the slopes are the viewed tensor times this
+    sinks: Optional[PerHeadPlan]
+    alibi: Optional[PerHeadPlan]
+    alibi_factor: float  # the slopes are the tensor times this
 
 
 def _slot_pieces(layout: Layout, c_over_slots: Layout, slots: list, what: str) -> dict:
@@ -39,16 +49,17 @@ def _slot_pieces(layout: Layout, c_over_slots: Layout, slots: list, what: str) -
     return pieces
 
 
-def per_head_plan(tensor: PerHeadTensor, c_over_slots: Layout, slots: list, roles, what: str) -> TensorPlan:
-    """A view of the tensor as [Hq] in the op's head order: it must vary per query head and nothing else."""
+def per_head_plan(tensor: PerHeadTensor, c_over_slots: Layout, slots: list, roles, what: str) -> PerHeadPlan:
+    """The tensor as [Hq] in the op's head order: it may vary per query head (KV head and group slots), nothing
+    else."""
     pieces = _slot_pieces(tensor.c_over_node, c_over_slots, slots, what)
     heads = roles.head + roles.groups
     others = [slots[i].role for i in pieces if i not in heads]
     if others:
         raise Decline(f"the {what} vary along the {others[0]} dim, not per head only")
-    if any(i not in pieces and not known_one(slots[i].size) for i in heads):
-        raise Decline(f"the {what} are shared by several query heads (the op takes one per query head)")
-    return tensor_plan(tensor.node, [pieces.get(i) for i in heads], what, [slots_size(slots, heads)])
+    view = tensor_plan(tensor.node, [pieces.get(i) for i in heads], what)
+    broadcast = any(i not in pieces and not known_one(slots[i].size) for i in heads)
+    return PerHeadPlan(view, [slots[i].size for i in heads], broadcast)
 
 
 def plan_extensions(mods: ScoreMods, plan: SitePlan, c_over_slots: Layout) -> Optional[ExtensionPlan]:

@@ -2,19 +2,24 @@
 and ALiBi slopes in the dtypes the op takes."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import fx
 
-from ..plan.extensions import ExtensionPlan
+from ..plan.extensions import ExtensionPlan, PerHeadPlan
 from ..trace.layout import fake_value
 
 aten = torch.ops.aten
 
 
-def _per_head(emit, plan, dtypes: tuple, factor: float = 1.0) -> fx.Node:
+def _per_head(emit, plan: PerHeadPlan, dtypes: tuple, factor: float = 1.0) -> fx.Node:
     from .emit import build_view  # emit.py imports this module
 
-    node = build_view(emit, plan)
+    node = build_view(emit, plan.view)
+    if plan.broadcast:
+        node = emit.call(aten.expand.default, node, emit.shape(plan.sizes))
+    node = emit.reshape(node, [math.prod(plan.sizes)])
     if fake_value(node).dtype not in dtypes:
         node = emit.call(torch.ops.prims.convert_element_type.default, node, torch.float32)
     if factor != 1.0:

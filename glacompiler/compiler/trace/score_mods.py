@@ -20,7 +20,7 @@ from torch import fx
 
 from ..decline import Decline
 from .layout import Layout, Piece, broadcast_layout, compose, fake_value, trace
-from .operands import convert_dtypes, is_call, scalar_value
+from .operands import convert_dtypes, is_call, scalar_factor, scalar_value
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -53,8 +53,8 @@ def score_mod_sources(node: fx.Node) -> Optional[list]:
     softmax (reaches_product walks through them), or None."""
     if is_call(node, aten.tanh.default):
         return [node.args[0]]
-    if is_call(node, aten.cat.default) and node.args[0]:
-        return [node.args[0][0]]
+    if is_call(node, aten.cat.default):
+        return [part for part in node.args[0] if isinstance(part, fx.Node)]
     shifted = _row_max_shift(node)
     if shifted is not None:
         return [shifted]
@@ -130,7 +130,8 @@ def peel_sinks(softmax_input: fx.Node, softmax_output: fx.Node, dim: int) -> Opt
             and (kept.args[2] if len(kept.args) > 2 else 0) in (0, None) and fake_value(kept).shape[dim] == score_keys
             and (len(kept.args) < 5 or kept.args[4] == 1)):
         raise Decline("the sink column's probability is not dropped right after the softmax")
-    if len(scores.users) != 1 or set(cat.users) - set(nodes):
+    # (The softmax input's own users were checked by the caller.)
+    if len(scores.users) != 1 or (cat is not softmax_input and set(cat.users) - set(nodes)):
         raise Decline("the scores joined to the sinks are also used elsewhere")
     column_value = fake_value(column)
     if not column_value.is_floating_point():
@@ -152,19 +153,26 @@ def peel_sinks(softmax_input: fx.Node, softmax_output: fx.Node, dim: int) -> Opt
 
 
 def key_iota(node: fx.Node) -> Optional[tuple]:
-    """(iota node, step) when node is an iota of key positions (step != 0), possibly shifted by a constant
-    and cast to floating point: c * (step * j + offset) is c * step * j plus a per-row constant."""
+    """(iota node, step) when node is an iota of key positions (step != 0), possibly scaled, shifted by a
+    constant, viewed and cast to floating point: c * (step * j + offset) is c * step * j plus a per-row constant."""
+    factor = 1.0
     while True:
         dtypes = convert_dtypes(node)
+        traced = trace(node)
+        scaled = scalar_factor(node)
         if dtypes is not None:
             node = node.args[0]
         elif is_call(node, aten.add.Tensor, aten.sub.Tensor) and scalar_value(node.args[1]) is not None:
             node = node.args[0]
+        elif scaled is not None:
+            node, factor = scaled[0], factor * scaled[1]
+        elif traced is not None and traced.chain:
+            node = traced.base
         else:
             break
     if is_call(node, prims.iota.default):
         step = node.kwargs.get("step", 1)
-        return (node, step) if isinstance(step, int) and step != 0 else None
+        return (node, step * factor) if isinstance(step, int) and step * factor != 0 else None
     return None
 
 
