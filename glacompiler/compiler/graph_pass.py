@@ -15,6 +15,7 @@ from ..spec import ProblemShape
 from .decline import Decline
 from .find.sites import find_sites
 from .inductor_guard import guard_attention_fusions
+from .plan.extensions import describe_extensions
 from .plan.site_plan import SitePlan, slots_size
 from .report import REWRITTEN, SKIPPED, SiteRecord, add_records, source_location
 from .rewrite.emit import SharedMaskRanges, emit_site
@@ -89,7 +90,8 @@ class AttentionRewritePass(CustomGraphPass):
                 continue
             emit_site(graph, plan, mask_ranges)
             self._note_tuning_target(plan)
-            records.append(SiteRecord(plan.spec.kind, plan.spec, source, REWRITTEN, "", site.form, self.graph_name))
+            records.append(SiteRecord(plan.spec.kind, plan.spec, source, REWRITTEN, "",
+                                      site.form + describe_extensions(plan), self.graph_name))
         graph.lint()
 
     def _note_tuning_target(self, plan: SitePlan) -> None:

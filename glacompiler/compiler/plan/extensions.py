@@ -62,6 +62,16 @@ def per_head_plan(tensor: PerHeadTensor, c_over_slots: Layout, slots: list, role
     return PerHeadPlan(view, [slots[i].size for i in heads], broadcast)
 
 
+def describe_extensions(plan: SitePlan) -> str:
+    """What the report adds to a rewritten site's form: the extensions its op call uses."""
+    extensions = plan.extensions
+    if extensions is None:
+        return ""
+    used = [name for name, on in (("softcap", extensions.softcap), ("alibi", extensions.alibi is not None),
+                                  ("sinks", extensions.sinks is not None)) if on]
+    return "".join(f" +{name}" for name in used)
+
+
 def plan_extensions(mods: ScoreMods, plan: SitePlan, c_over_slots: Layout) -> Optional[ExtensionPlan]:
     """The op's extension arguments for a planned site, or None where it uses none; Decline where the op cannot
     take them."""
