@@ -57,10 +57,20 @@ def attention_with_kvcache_reference(
     attn_mask: Optional[Tensor] = None,
     softmax_scale: Optional[float] = None,
     causal: bool = True,
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    sinks: Optional[Tensor] = None,
+    window_size: tuple[int, int] = (-1, -1),
     compute_dtype: torch.dtype = torch.float32,
     out_dtype: Optional[torch.dtype] = None,
 ) -> tuple[Tensor, Tensor]:
-    """Returns (out [B, Lq, Hq, Dv] in out_dtype (default q.dtype), lse [B, Lq, Hq] float32 or float64)."""
+    """Returns (out [B, Lq, Hq, Dv] in out_dtype (default q.dtype), lse [B, Lq, Hq] float32 or float64).
+
+    FlashAttention's extensions (flash_attn_with_kvcache's meanings; query i sits at cache_seqlens[b] - Lq + i):
+    softcap > 0 caps the scaled scores to softcap * tanh(scores / softcap) before any bias; alibi_slopes [Hq] or
+    [B, Hq] adds -slope * |query_pos - key_pos|; sinks [Hq] joins exp(sink) to each row's softmax denominator
+    (no value; lse includes it); window_size (left, right), -1 = unlimited: key j is seen when
+    query_pos - left <= j <= query_pos + right."""
     batch, q_len, num_q_heads, head_dim_q = q.shape
     num_kv_heads = k_cache.shape[2]
     group = num_q_heads // num_kv_heads
@@ -90,11 +100,23 @@ def attention_with_kvcache_reference(
         scores = scores + torch.einsum("bqhr,bsr->bhqs", q_rope.to(compute_dtype), rope_keys).reshape(scores.shape)
     scores = scores.reshape(batch, num_q_heads, q_len, capacity)
     scores = scores * softmax_scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
 
     allowed = valid[:, None, None, :]  # [B, 1, 1, S]
+    query_pos = seqlens[:, None] - q_len + torch.arange(q_len, device=q.device)[None, :]  # [B, Lq]
+    # [B, 1, Lq, S]: query position minus key position
+    distance = query_pos[:, None, :, None] - positions[None, None, None, :]
     if causal:
-        query_pos = seqlens[:, None] - q_len + torch.arange(q_len, device=q.device)[None, :]  # [B, Lq]
-        allowed = allowed & (positions[None, None, None, :] <= query_pos[:, None, :, None])
+        allowed = allowed & (distance >= 0)
+    window_left, window_right = window_size
+    if window_left >= 0:
+        allowed = allowed & (distance <= window_left)
+    if window_right >= 0:
+        allowed = allowed & (-distance <= window_right)
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(compute_dtype).expand(batch, num_q_heads)[:, :, None, None]
+        scores = scores - slopes * distance.abs().to(compute_dtype)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             allowed = allowed & attn_mask
@@ -102,7 +124,12 @@ def attention_with_kvcache_reference(
             scores = scores + attn_mask.to(compute_dtype)
     scores = torch.where(allowed, scores, torch.full((), -math.inf, dtype=compute_dtype, device=q.device))
 
-    lse = torch.logsumexp(scores, dim=-1)  # [B, Hq, Lq]; -inf where nothing is attended
+    if sinks is not None:
+        # A sink is one more logit per head in every row's denominator, with no value: an extra key column.
+        sink_column = sinks.to(compute_dtype)[None, :, None, None].expand(batch, num_q_heads, q_len, 1)
+        lse = torch.logsumexp(torch.cat([scores, sink_column], dim=-1), dim=-1)
+    else:
+        lse = torch.logsumexp(scores, dim=-1)  # [B, Hq, Lq]; -inf where nothing is attended
     safe_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
     probs = torch.exp(scores - safe_lse[..., None])
     probs = probs.reshape(batch, num_kv_heads, group, q_len, capacity)

@@ -56,11 +56,13 @@ from glacompiler.spec import AttentionSpec
 
 spec = AttentionSpec.from_dict(json.loads(sys.argv[1]))
 query_len, page_size, row_split, mask = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
+extensions = sys.argv[6].split("+")
 copy_rows = latent_copy_rows(page_size)
 kernel = latent_hopper_module(spec, LatentHopperTile(row_split, copy_rows)).latent_decode_hopper_kernel
 element = {"bfloat16": "bf16", "float16": "fp16"}[spec.dtype]
 constexprs = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size, CAUSAL=query_len > 1,
-                  HAS_MASK=mask != "none", MASK_IS_BOOL=mask.startswith("bool"), MASK_PER_ROW=mask.endswith("-rows"))
+                  HAS_MASK=mask != "none", MASK_IS_BOOL=mask.startswith("bool"), MASK_PER_ROW=mask.endswith("-rows"),
+                  HAS_SINKS="sinks" in extensions, HAS_WINDOW="window" in extensions)
 tiles = dict(k_desc=spec.head_dim_k, kr_desc=rope_tile_width(spec.rope_dim))
 signature, attrs = {}, {}
 for index, name in enumerate(kernel.arg_names):
@@ -76,7 +78,7 @@ for index, name in enumerate(kernel.arg_names):
         signature[name] = "*i32"
     elif name == "MASK":
         signature[name] = {"none": "*i32", "bool": "*u8", "additive": "*" + element}[mask.removesuffix("-rows")]
-    elif name == "LSE":
+    elif name in ("LSE", "SINKS"):
         signature[name] = "*fp32"
     else:
         signature[name] = "fp32" if name == "qk_scale_log2" else "i32"
@@ -88,24 +90,28 @@ print(json.dumps(dict(ptx=compiled.asm["ptx"], shared=compiled.metadata.shared))
 """
 
 
-def compile_for_sm90(spec: AttentionSpec, query_len: int, page_size: int, row_split: bool, mask: str) -> dict:
+def compile_for_sm90(spec: AttentionSpec, query_len: int, page_size: int, row_split: bool, mask: str,
+                     extensions: str = "") -> dict:
     """The generated kernel compiled ahead of time for sm_90, specialised as the JIT would, in a fresh
     process: this one imported Triton in interpreter mode (conftest), where Gluon does not load."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90, json.dumps(spec.to_dict()), str(query_len),
-                             str(page_size), str(int(row_split)), mask], capture_output=True, text=True, env=env, timeout=600)
+                             str(page_size), str(int(row_split)), mask, extensions], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("spec, query_len, page_size, row_split, mask", [
-    (latent_spec(), 1, 64, False, "none"),  # MLA, the paper's layout
-    (latent_spec(heads=64, latent_heads=1, width=256, rope=48, paged=False, dtype="float16"), 1, 0, False, "bool"),
-    (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 3, 128, True, "additive"),  # causal
-    (latent_spec(), 2, 16, False, "bool-rows"),  # four page copies per key block; a mask per draft token
+@pytest.mark.parametrize("spec, query_len, page_size, row_split, mask, extensions", [
+    (latent_spec(), 1, 64, False, "none", ""),  # MLA, the paper's layout
+    (latent_spec(heads=64, latent_heads=1, width=256, rope=48, paged=False, dtype="float16"), 1, 0, False, "bool", ""),
+    (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 3, 128, True, "additive", ""),  # causal
+    (latent_spec(), 2, 16, False, "bool-rows", ""),  # four page copies per key block; a mask per draft token
+    # FlashAttention's extensions the kernel takes: sinks and a window, on both tiles, with and without a mask
+    (latent_spec(), 1, 64, False, "none", "sinks+window"),
+    (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 2, 64, True, "bool", "sinks+window"),
 ])
-def test_generated_kernel_compiles_for_sm90(spec, query_len, page_size, row_split, mask):
-    compiled = compile_for_sm90(spec, query_len, page_size, row_split, mask)
+def test_generated_kernel_compiles_for_sm90(spec, query_len, page_size, row_split, mask, extensions):
+    compiled = compile_for_sm90(spec, query_len, page_size, row_split, mask, extensions)
     assert "wgmma.mma_async" in compiled["ptx"]  # warpgroup products
     assert "cp.async.bulk.tensor" in compiled["ptx"]  # TMA key-block copies
     assert 0 < compiled["shared"] <= SM90_SHARED_MEMORY

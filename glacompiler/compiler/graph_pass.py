@@ -17,10 +17,12 @@ from .absorb import NotLatent, emit_absorbed, plan_absorption
 from .decline import Decline
 from .find.sites import find_sites
 from .inductor_guard import guard_attention_fusions
+from .plan.extensions import describe_extensions
 from .plan.site_plan import SitePlan, slots_size
 from .report import REWRITTEN, SKIPPED, SiteRecord, add_records, source_location
 from .rewrite.emit import SharedMaskRanges, emit_site
 from .trace.layout import fake_value
+from .trace.score_mods import split_score_baddbmm
 
 
 class GlaPassError(RuntimeError):
@@ -69,6 +71,7 @@ class AttentionRewritePass(CustomGraphPass):
     def _run(self, graph: fx.Graph, records: list) -> None:
         training = is_training_graph(graph)
         mask_ranges = SharedMaskRanges(graph)
+        split_score_baddbmm(graph)  # BLOOM's scores: a product plus its ALiBi bias, in one baddbmm
         for site in find_sites(graph):
             source = source_location(site.anchor)
             if training:
@@ -96,8 +99,8 @@ class AttentionRewritePass(CustomGraphPass):
                 continue
             emit_site(graph, plan, mask_ranges)
             self._note_tuning_target(plan)
-            records.append(SiteRecord(plan.spec.kind, plan.spec, source, REWRITTEN, not_absorbed, site.form,
-                                      self.graph_name))
+            records.append(SiteRecord(plan.spec.kind, plan.spec, source, REWRITTEN, not_absorbed,
+                                      site.form + describe_extensions(plan), self.graph_name))
         graph.lint()
 
     def _absorption(self, site) -> tuple:

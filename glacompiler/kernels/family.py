@@ -34,6 +34,11 @@ class KernelCall:
     softmax_scale: float
     causal: bool
     kv_range: Optional[Tensor] = None  # the mask's key range, when the caller computed it once for several calls
+    # FlashAttention's extensions (see glacompiler.reference): off by default.
+    softcap: float = 0.0
+    alibi_slopes: Optional[Tensor] = None
+    sinks: Optional[Tensor] = None
+    window_size: tuple = (-1, -1)
 
 
 @dataclasses.dataclass(frozen=True)

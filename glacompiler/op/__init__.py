@@ -28,6 +28,10 @@ def attention_with_kvcache(
     causal: bool = True,
     num_splits: Optional[int] = None,
     return_lse: bool = False,
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    sinks: Optional[Tensor] = None,
+    window_size: tuple[int, int] = (-1, -1),
 ):
     """Decode attention over a KV cache for the whole family (MHA/GQA/MQA, GTA, MLA, GLA).
 
@@ -37,29 +41,37 @@ def attention_with_kvcache(
     included); page_table [B, pages] int32; attn_mask bool (True = attend) or additive, broadcastable to
     [B, Hq, Lq, S]; causal: query i sits at position cache_seqlens[b] - Lq + i. Returns out [B, Lq, Hq, Dv];
     with return_lse also lse [B, Lq, Hq] (float32, natural log; -inf where a query attends to nothing, whose
-    output is then 0). The README's "The op" section has the whole contract."""
+    output is then 0).
+
+    FlashAttention's extensions, with flash_attn_with_kvcache's names and meanings: softcap > 0 caps the scaled
+    scores to softcap * tanh(scores / softcap) (Gemma2); alibi_slopes [Hq] or [B, Hq] float32 adds
+    -slope * |query_pos - key_pos| (BLOOM); sinks [Hq] (float32 or q's dtype) are learned logits that join each
+    row's softmax denominator with no value, lse included (GPT-OSS); window_size (left, right), -1 = unlimited:
+    key j is seen when query_pos - left <= j <= query_pos + right (key blocks outside are not read). Latent
+    layouts (MLA/GLA) take sinks and window_size only. The README's "The op" section has the whole contract."""
     spec, _ = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                              softmax_scale, num_splits)
+                              softmax_scale, num_splits, None, softcap, alibi_slopes, sinks, window_size)
     if softmax_scale is None:
         softmax_scale = default_softmax_scale(spec.head_dim_q, spec.rope_dim)
     out, lse = attention_with_kvcache_op(
         q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-        float(softmax_scale), bool(causal), int(num_splits or 0),
+        float(softmax_scale), bool(causal), int(num_splits or 0), None, float(softcap), alibi_slopes, sinks,
+        [int(window_size[0]), int(window_size[1])],
     )
     return (out, lse) if return_lse else out
 
 
 def attention_with_kvcache_config(q, k_cache, v_cache=None, *, config, q_rope=None, k_rope_cache=None,
                                   cache_seqlens=None, page_table=None, attn_mask=None, softmax_scale=None,
-                                  causal=True):
+                                  causal=True, softcap=0.0, alibi_slopes=None, sinks=None, window_size=(-1, -1)):
     """Run the kernels with an explicit config (the tuner and benchmarks use this): a PortableConfig for the
     portable kernels, a LatentHopperConfig for the Hopper latent kernel (ValueError where it cannot run)."""
     spec, _ = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                              softmax_scale, None)
+                              softmax_scale, None, None, softcap, alibi_slopes, sinks, window_size)
     if softmax_scale is None:
         softmax_scale = default_softmax_scale(spec.head_dim_q, spec.rope_dim)
     return run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                       float(softmax_scale), causal, 0, config=config)
+                       float(softmax_scale), causal, 0, None, softcap, alibi_slopes, sinks, window_size, config=config)
 
 
 __all__ = ["attention_with_kvcache", "attention_with_kvcache_config", "attention_with_kvcache_op", "kernel_family_for"]

@@ -53,10 +53,11 @@ def empty_outputs(q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor]) -> tupl
 
 
 def run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
-                causal, num_splits, kv_range=None, config: Optional[object] = None):
+                causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None, sinks=None, window_size=(-1, -1),
+                config: Optional[object] = None):
     """The op on kernels (CUDA, or the interpreter on CPU); `config` forces a family and its knobs."""
     spec, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                                  softmax_scale, None, kv_range)
+                                  softmax_scale, None, kv_range, softcap, alibi_slopes, sinks, window_size)
     if shape.batch == 0:
         return empty_outputs(q, k_cache, v_cache)
     # The kernels read lengths and page-table columns as adjacent entries (the page table's row stride is theirs):
@@ -66,7 +67,7 @@ def run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_t
     if page_table is not None and page_table.stride(1) != 1 and page_table.shape[1] > 1:
         page_table = page_table.contiguous()
     call = KernelCall(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                      softmax_scale, causal, kv_range)
+                      softmax_scale, causal, kv_range, float(softcap), alibi_slopes, sinks, tuple(window_size))
     if config is None:
         family, config = choose_kernel(spec, shape, call, num_splits)
     else:

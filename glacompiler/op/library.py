@@ -19,28 +19,32 @@ _LIBRARY = torch.library.Library("glacompiler", "DEF")
 _LIBRARY.define(
     "attention_with_kvcache(Tensor q, Tensor k_cache, Tensor? v_cache, Tensor? q_rope, Tensor? k_rope_cache, "
     "Tensor? cache_seqlens, Tensor? page_table, Tensor? attn_mask, float softmax_scale, bool causal, "
-    "int num_splits, Tensor? kv_range=None) -> (Tensor, Tensor)"
+    "int num_splits, Tensor? kv_range=None, float softcap=0.0, Tensor? alibi_slopes=None, Tensor? sinks=None, "
+    "int[2] window_size=[-1, -1]) -> (Tensor, Tensor)"
 )
 # kv_range: attn_mask's key range as mask_key_range gives it, computed once for several sites that share a mask
 # (the backend hoists it out of the layers); None computes it per call. A hint that saves a kernel launch: the
-# mask alone defines the result, so the PyTorch path ignores it.
+# mask alone defines the result, so the PyTorch path ignores it. softcap, alibi_slopes, sinks and window_size are
+# FlashAttention's extensions (glacompiler.reference has their meanings).
 _LIBRARY.define("mask_key_range(Tensor attn_mask, SymInt batch, SymInt capacity) -> Tensor")
 
 
 def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
-                   causal, num_splits, kv_range=None):
+                   causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None, sinks=None,
+                   window_size=(-1, -1)):
     _, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                               softmax_scale, None, kv_range)
+                               softmax_scale, None, kv_range, softcap, alibi_slopes, sinks, window_size)
     if not debug_checks_enabled():  # (with GLACOMPILER_DEBUG=1 validate_inputs has checked them)
         check_values(k_cache, cache_seqlens, page_table, shape, attn_mask)
     if shape.batch == 0:
         return empty_outputs(q, k_cache, v_cache)
     if triton_interpreter_enabled():
         return run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                           softmax_scale, causal, num_splits, kv_range)
+                           softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size)
     out, lse = attention_with_kvcache_reference(
         q, k_cache, v_cache, q_rope=q_rope, k_rope_cache=k_rope_cache, cache_seqlens=cache_seqlens,
-        page_table=page_table, attn_mask=attn_mask, softmax_scale=softmax_scale, causal=causal,
+        page_table=page_table, attn_mask=attn_mask, softmax_scale=softmax_scale, causal=causal, softcap=softcap,
+        alibi_slopes=alibi_slopes, sinks=sinks, window_size=tuple(window_size),
     )
     return out.contiguous(), lse  # the fake implementation promises contiguous outputs, as the kernels give
 
@@ -67,10 +71,12 @@ def _mask_key_range_fake(attn_mask, batch, capacity):
 
 @torch.library.register_fake("glacompiler::attention_with_kvcache", lib=_LIBRARY)
 def _attention_with_kvcache_fake(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                                 softmax_scale, causal, num_splits, kv_range=None):
+                                 softmax_scale, causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None,
+                                 sinks=None, window_size=(-1, -1)):
     return empty_outputs(q, k_cache, v_cache)
 
 
 # (out, lse) = attention_with_kvcache_op(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table,
-#                                        attn_mask, softmax_scale, causal, num_splits); num_splits 0 = tuned / heuristic.
+#                                        attn_mask, softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes,
+#                                        sinks, window_size); num_splits 0 = tuned / heuristic.
 attention_with_kvcache_op = torch.ops.glacompiler.attention_with_kvcache.default

@@ -98,6 +98,10 @@ def validate_inputs(
     softmax_scale,
     num_splits,
     kv_range=None,
+    softcap=0.0,
+    alibi_slopes=None,
+    sinks=None,
+    window_size=(-1, -1),
 ) -> tuple[AttentionSpec, ProblemShape]:
     q = _require_tensor("q", q, 4)
     if q.dtype not in SUPPORTED_DTYPES:
@@ -207,10 +211,55 @@ def validate_inputs(
 
     spec = AttentionSpec.from_dims(num_q_heads, num_kv_heads, head_dim_q, head_dim_k, head_dim_v, rope_dim, tied,
                                    paged, dtype_name(q.dtype))
+    if softcap or alibi_slopes is not None or sinks is not None or not _unlimited_window(window_size):
+        validate_extensions(q, spec, softcap, alibi_slopes, sinks, window_size)
     shape = ProblemShape(batch=batch, query_len=query_len, capacity=capacity, page_size=page_size)
     if debug_checks_enabled():
         check_values(k_cache, cache_seqlens, page_table, shape, attn_mask)
     return spec, shape
+
+
+def _unlimited_window(window_size) -> bool:
+    return isinstance(window_size, (tuple, list)) and tuple(window_size) == (-1, -1)
+
+
+def validate_extensions(q: Tensor, spec: AttentionSpec, softcap, alibi_slopes, sinks, window_size) -> None:
+    """FlashAttention's extensions (softcap, alibi_slopes, sinks, window_size), with its meanings."""
+    batch, _, num_q_heads, _ = q.shape
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+        raise TypeError(f"softcap must be a float (0 = off), got {type(softcap).__name__}")
+    if not softcap >= 0 or softcap == float("inf"):
+        raise ValueError(f"softcap must be a finite float >= 0 (0 = off), got {softcap}")
+    latent = spec.kind in ("mla", "gla")
+    if softcap and latent:
+        raise ValueError(f"softcap is not supported for latent ({spec.kind}) layouts: no latent model caps its scores")
+    if alibi_slopes is not None:
+        if not isinstance(alibi_slopes, Tensor):
+            raise TypeError(f"alibi_slopes must be a torch.Tensor, got {type(alibi_slopes).__name__}")
+        _require_like("alibi_slopes", alibi_slopes, q, check_dtype=False)
+        if alibi_slopes.dtype != torch.float32:
+            raise TypeError(f"alibi_slopes must be float32, got {alibi_slopes.dtype}")
+        if tuple(alibi_slopes.shape) not in ((num_q_heads,), (batch, num_q_heads)):
+            raise ValueError(f"alibi_slopes must have shape [Hq] = [{num_q_heads}] or [B, Hq] = [{batch}, "
+                             f"{num_q_heads}], got {tuple(alibi_slopes.shape)}")
+        _require_unit_last_stride("alibi_slopes", alibi_slopes)
+        if latent:
+            raise ValueError(f"alibi_slopes is not supported for latent ({spec.kind}) layouts: no latent model uses "
+                             "ALiBi")
+    if sinks is not None:
+        if not isinstance(sinks, Tensor):
+            raise TypeError(f"sinks must be a torch.Tensor, got {type(sinks).__name__}")
+        _require_like("sinks", sinks, q, check_dtype=False)
+        if sinks.dtype not in (torch.float32, q.dtype):
+            raise TypeError(f"sinks must be float32 or q's dtype {q.dtype}, got {sinks.dtype}")
+        if tuple(sinks.shape) != (num_q_heads,):
+            raise ValueError(f"sinks must have shape [Hq] = [{num_q_heads}], got {tuple(sinks.shape)}")
+        _require_unit_last_stride("sinks", sinks)
+    if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2
+            or any(isinstance(w, bool) or not isinstance(w, int) for w in window_size)):
+        raise TypeError(f"window_size must be a pair of ints (left, right), -1 = unlimited, got {window_size!r}")
+    if min(window_size) < -1:
+        raise ValueError(f"window_size entries must be >= -1 (-1 = unlimited), got {tuple(window_size)}")
 
 
 def check_values(k_cache: Tensor, cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], shape: ProblemShape,

@@ -13,7 +13,9 @@ from ..find.softmax import SoftmaxMatch, scores_used_only_by_softmax
 from ..trace.layout import Layout, Piece, broadcast_layout, fake_value, view_layout
 from ..trace.masks import place
 from ..trace.operands import Operand, walk_operand
+from ..trace.score_mods import peel_sinks
 from ..trace.score_side import MaskUse, walk_scores
+from .extensions import plan_extensions
 from ..trace.sizes import is_concrete, product
 from ..trace.slots import assign_roles, build_slots, slot_space, terms_from_operands, terms_from_product
 from ..trace.value_side import ValueSide, analyze_values, values_of_product
@@ -31,12 +33,16 @@ def plan_softmax_site(match: SoftmaxMatch, split_cat: bool = True) -> SitePlan:
     if not scores_used_only_by_softmax(match):
         others = [u.name for u in match.input.users if u not in set(match.nodes)]
         raise Decline(f"the scores are also used by {', '.join(others)} (an intermediate is used elsewhere)")
-    walk = walk_scores(match.input)
-    owners = set(walk.chain) | {match.input} | set(match.nodes)
+    sinks = peel_sinks(match.input, match.output, match.dim)  # GPT-OSS: a sink column joined to the scores
+    scores = match.input if sinks is None else sinks.scores
+    walk = walk_scores(scores)
+    if sinks is not None:
+        walk.mods.sinks = sinks.sinks
+    owners = set(walk.chain) | {scores} | set(match.nodes) | set(sinks.nodes if sinks else ())
     _check_owned(walk.chain, owners, "score node")
     _check_owned([n for n in match.nodes if n is not match.output], owners, "softmax node")
     terms = [term for raw in walk.terms for term in terms_from_product(raw, split_cat)]
-    rank = fake_value(match.input).dim()
+    rank = fake_value(scores).dim()
     slots = build_slots(terms, rank)
     assign_roles(slots, match.dim)
     c_over_slots = slot_space(slots, rank)
@@ -45,9 +51,11 @@ def plan_softmax_site(match: SoftmaxMatch, split_cat: bool = True) -> SitePlan:
     roles, main, rope = choose_roles(slots, terms, positions)
     values = values_of_product(match.output, slots, c_over_slots)
     main, rope = _settle_main(terms, slots, roles, values, main, rope)
-    owned = [match.input] + walk.chain + match.nodes + values.chain + [values.output]
-    return make_plan(match.form, terms, slots, roles, main, rope, values, placed, False,
+    owned = [scores] + walk.chain + match.nodes + values.chain + [values.output] + (sinks.nodes if sinks else [])
+    plan = make_plan(match.form, terms, slots, roles, main, rope, values, placed, False,
                      check_scales(terms), values.output, owned)
+    plan.extensions = plan_extensions(walk.mods, plan, c_over_slots)
+    return plan
 
 
 def _settle_main(terms, slots, roles, values: ValueSide, main, rope) -> tuple:

@@ -85,6 +85,7 @@ class SitePlan:
     owned: list  # nodes of the site that die once the output is replaced
     query_len: int
     key_len: object
+    extensions: Optional[object] = None  # plan/extensions.py's ExtensionPlan: softcap, sinks, ALiBi slopes
 
 
 def choose_roles(slots: list, terms: list, positions: set) -> tuple:

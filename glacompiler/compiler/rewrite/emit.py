@@ -236,9 +236,14 @@ def emit_op_call(emit: Emitter, plan: SitePlan, mask_ranges: SharedMaskRanges, q
     if mask is not None:
         kv_range = mask_ranges.range_for(emit, mask, emit.size(fake_value(q).shape[0]),
                                          emit.size(fake_value(k).shape[1]))
+    extensions = ()
+    if plan.extensions is not None:
+        from .extensions import build_extension_arguments
+
+        extensions = build_extension_arguments(emit, plan.extensions, q)
     result = emit.call(
         torch.ops.glacompiler.attention_with_kvcache.default,
-        q, k, v, q_rope, k_rope, None, None, mask, float(plan.scale), False, 0, kv_range,
+        q, k, v, q_rope, k_rope, None, None, mask, float(plan.scale), False, 0, kv_range, *extensions,
     )
     return emit.call(operator.getitem, result, 0)
 

@@ -11,6 +11,7 @@ Ops allowed between the products and the softmax (anything else declines the sit
 | add(scores_1, scores_2)                   | sum of products: MLA/GLA's q_lat.c + q_pe.k_pe                 |
 | where(cond, scores, fill) / masked_fill   | boolean mask, fill -inf or huge negative (< -1e30 once scaled)  |
 | bmm / mm                                  | a q.k product (a term)                                         |
+| tanh, c[h] * key position, a sink column  | FlashAttention's extensions: score_mods.py                     |
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from torch import fx
 from ..decline import Decline
 from .layout import VIEW_OPS, Layout, fake_value, broadcast_layout, compose, identity, is_view_like
 from .operands import convert_dtypes, is_call, scalar_factor, scalar_value
+from .score_mods import ScoreMods, match_alibi, score_mod_sources, visit_soft_cap
 
 aten = torch.ops.aten
 
@@ -55,6 +57,7 @@ class ScoreWalk:
     terms: list
     masks: list
     chain: list  # nodes between products and softmax input, owned by the site
+    mods: ScoreMods = dataclasses.field(default_factory=ScoreMods)  # soft cap, ALiBi, sinks (score_mods.py)
 
 
 def fill_value(arg) -> Optional[float]:
@@ -90,6 +93,8 @@ def reaches_product(node, budget: int = 24) -> bool:
             stack.append(scalar_factor(current)[0])
         elif is_call(current, aten.add.Tensor, aten.where.self, aten.masked_fill.Scalar):
             stack.extend(arg for arg in current.args if isinstance(arg, fx.Node))
+        elif score_mod_sources(current) is not None:
+            stack.extend(score_mod_sources(current))
     return False
 
 
@@ -152,6 +157,8 @@ def _visit(node, c_over_node: Layout, scale: float, walk: ScoreWalk, is_root: bo
         source, cond, fill = node.args[:3]
         _visit_fill(node, cond, fill, source, c_over_node, scale, walk)
         return
+    if visit_soft_cap(node, c_over_node, scale, walk, _visit):
+        return
     raise Decline(f"scores are computed by {node.target} (not a scale, a mask or a q.k product)")
 
 
@@ -172,7 +179,14 @@ def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk
     mask_val = fake_value(mask)
     if mask_val is None or not mask_val.is_floating_point():
         raise Decline(f"additive mask {mask.name} is not a floating tensor")
-    walk.masks.append(MaskUse(mask, True, True, _mask_layout(c_over_node, mask, node), scale))
+    c_over_mask = _mask_layout(c_over_node, mask, node)
+    alibi = match_alibi(mask, c_over_mask, scale)
+    if alibi is not None:
+        if walk.mods.inside_tanh or walk.mods.alibi is not None:
+            raise Decline("an ALiBi bias is added under a soft cap, or twice")
+        walk.mods.alibi, walk.mods.alibi_positions = alibi
+    else:
+        walk.masks.append(MaskUse(mask, True, True, c_over_mask, scale))
     _visit(source, c_over_node, scale, walk)
 
 

@@ -33,17 +33,17 @@ class KeyBounds:
 
 def resolve_key_bounds(attn_mask: Optional[Tensor], kv_range: Optional[Tensor], cache_seqlens: Optional[Tensor],
                        batch: int, num_q_heads: int, query_len: int, capacity: int, causal: bool,
-                       device) -> KeyBounds:
+                       device, positions_matter: bool = False) -> KeyBounds:
     """The key bounds of a call, as the kernels take them. With a mask: the mask as a kernel operand, its
     strides, and its key range (kv_range when the caller has it, one per graph under backend="gla"; else
     reduced here), and, when no lengths are given, the range's end as the lengths (no key past it is visited
-    anyway; causal Lq > 1 aligns to the capacity instead). Without a mask, the lengths (the capacity when none
-    are given)."""
+    anyway; causal Lq > 1, ALiBi and a window, which place the queries by the lengths, align to the capacity
+    instead: positions_matter). Without a mask, the lengths (the capacity when none are given)."""
     if attn_mask is not None:
         mask = mask_as_kernel_operand(attn_mask)
         if kv_range is None:
             kv_range = mask_key_range(mask, batch, capacity, attn_mask.dtype == torch.bool)
-        if cache_seqlens is None and not (causal and query_len > 1):
+        if cache_seqlens is None and not (causal and query_len > 1) and not positions_matter:
             cache_seqlens = kv_range[1]
     if cache_seqlens is None:
         cache_seqlens = torch.full((batch,), capacity, dtype=torch.int32, device=device)

@@ -37,3 +37,12 @@ def normalize_rows(row_sum, row_max):
     inv_sum = tl.where(has_mass, 1.0 / safe_sum, 0.0)
     lse = tl.where(has_mass, (row_max + tl.math.log2(safe_sum)) * LN_2, float("-inf"))
     return inv_sum, lse
+
+
+@triton.jit
+def tanh_via_exp2(x):
+    """tanh(x) from one exp2 (the soft cap's tanh; Triton has no tanh every backend and the interpreter share).
+    Odd by construction; exact to the rounding of the result's scale."""
+    decay = tl.math.exp2(tl.abs(x) * (-2.0 * LOG2_E))
+    magnitude = (1.0 - decay) / (1.0 + decay)
+    return tl.where(x < 0, -magnitude, magnitude)

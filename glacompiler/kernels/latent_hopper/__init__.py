@@ -20,6 +20,8 @@ class LatentHopperFamily(KernelFamily):
     config_type = LatentHopperConfig
 
     def supports(self, spec: AttentionSpec, shape: ProblemShape, call: KernelCall) -> Optional[str]:
+        if call.softcap or call.alibi_slopes is not None:
+            return "softcap and ALiBi are not in the latent kernel (no latent model uses them)"
         return (self.spec_problem(spec, shape, call.q.device)
                 or layout_problem(call.q, call.q_rope, call.k_cache, call.k_rope_cache, spec, shape))
 
@@ -41,7 +43,7 @@ class LatentHopperFamily(KernelFamily):
     def launch(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig):
         return launch_latent_hopper(call.q, call.k_cache, call.q_rope, call.k_rope_cache, call.cache_seqlens,
                                     call.page_table, call.attn_mask, call.softmax_scale, call.causal, spec, shape,
-                                    config, call.kv_range)
+                                    config, call.kv_range, call.sinks, call.window_size)
 
     def kernels_version(self) -> str:
         from .render import latent_hopper_kernels_version

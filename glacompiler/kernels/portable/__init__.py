@@ -39,7 +39,8 @@ class PortableFamily(KernelFamily):
     def launch(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: PortableConfig):
         return launch_decode_attention(call.q, call.k_cache, call.v_cache, call.q_rope, call.k_rope_cache,
                                        call.cache_seqlens, call.page_table, call.attn_mask, call.softmax_scale,
-                                       call.causal, spec, shape, config, call.kv_range)
+                                       call.causal, spec, shape, config, call.kv_range, call.softcap, call.alibi_slopes,
+                                       call.sinks, call.window_size)
 
     def kernels_version(self) -> str:
         from .render import portable_kernels_version

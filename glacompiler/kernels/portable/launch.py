@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from ...spec import AttentionSpec, ProblemShape
+from ..common.extensions import kernel_extensions
 from ..common.key_bounds import resolve_key_bounds
-from ..common.log2_domain import log2_scale
 from ..common.split_buffers import SplitBuffers
 from ..common.triton_launch import launch
 from .config import PortableConfig
@@ -58,6 +58,10 @@ def launch_decode_attention(
     shape: ProblemShape,
     config: PortableConfig,
     kv_range: Optional[Tensor] = None,
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    sinks: Optional[Tensor] = None,
+    window_size: tuple = (-1, -1),
 ) -> tuple[Tensor, Tensor]:
     batch, query_len, num_q_heads, _ = q.shape
     head_dim_v = spec.head_dim_v
@@ -72,15 +76,16 @@ def launch_decode_attention(
     k_rope_arg = k_cache if k_rope_cache is None else k_rope_cache
     rope_strides = (0, 0) if k_rope_cache is None else k_rope_cache.stride()[:2]
     page_stride = 0 if page_table is None else page_table.stride(0)
+    extensions = kernel_extensions(softmax_scale, softcap, alibi_slopes, sinks, window_size, q)
     keys = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch, num_q_heads, query_len, shape.capacity,
-                              causal, q.device)
+                              causal, q.device, extensions.positions_matter)
     page_arg = keys.lengths if page_table is None else page_table  # a placeholder when contiguous
 
     rows = group * query_len
     grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
     args = (
         q, k_cache, values, q_rope_arg, k_rope_arg, keys.lengths, keys.kv_begin, keys.kv_end, page_arg, keys.mask,
-        buffers.split_out, buffers.split_lse,
+        buffers.split_out, buffers.split_lse, extensions.alibi, extensions.sinks,
         *q.stride()[:3],
         *k_cache.stride()[:3],
         *values.stride()[:3],
@@ -90,10 +95,14 @@ def launch_decode_attention(
         *keys.mask_strides,
         *buffers.out_strides,
         *buffers.lse_strides,
-        log2_scale(softmax_scale),
+        extensions.qk_scale_log2,
         num_splits,
         shape.capacity,
         k_cache.shape[0] if page_table is not None else 1,  # pages: page ids are bounded by it
+        extensions.alibi_batch_stride,
+        extensions.softcap_scale,
+        extensions.window_left,
+        extensions.window_right,
     )
     constexprs = dict(
         G=group,
@@ -106,6 +115,7 @@ def launch_decode_attention(
         MASK_PER_ROW=keys.mask_per_row,
         # With one query token every key below the length is visible: causality changes nothing.
         CAUSAL=causal and query_len > 1,
+        **extensions.flags,
     )
     compiled = _launch_fitting(module.decode_attention_split_kernel, grid, args, constexprs, config, module.__name__)
     if LOGGER.isEnabledFor(logging.DEBUG):

@@ -1,0 +1,99 @@
+"""FlashAttention's extensions found on a site (trace/score_mods.py) as the op's arguments: the soft cap, and
+views of the graph's per-head tensors in the op's query-head order ([Hq]: KV head major, group minor) for the
+sinks and the ALiBi slopes."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from ..decline import Decline
+from ..trace.layout import Layout
+from ..trace.products import align
+from ..trace.score_mods import PerHeadTensor, ScoreMods
+from ..trace.sizes import known_equal, known_one
+from .site_plan import SitePlan, TensorPlan, tensor_plan
+
+
+@dataclasses.dataclass
+class PerHeadPlan:
+    """A tensor viewed as [slot sizes of the query heads] (size 1 where it is the same for every row of a slot,
+    e.g. the query tokens that share a mask and are packed as heads), expanded to them, flattened to [Hq]."""
+
+    view: TensorPlan
+    sizes: list
+    broadcast: bool  # some slot is expanded
+
+
+@dataclasses.dataclass
+class ExtensionPlan:
+    softcap: float
+    sinks: Optional[PerHeadPlan]
+    alibi: Optional[PerHeadPlan]
+    alibi_factor: float  # the slopes are the tensor times this
+
+
+def _slot_pieces(layout: Layout, c_over_slots: Layout, slots: list, what: str) -> dict:
+    """Slot index -> run of the tensor's base, for the slots along which the tensor varies (whole slots only)."""
+    pieces = {}
+    for dim in range(c_over_slots.rank):
+        atoms = align(c_over_slots.dims[dim], layout.dims[dim])
+        if atoms is None:
+            raise Decline(f"the {what} do not line up with the scores")
+        for atom in atoms:
+            if atom.right is None:
+                continue
+            slot = slots[atom.left.axis]
+            if not (known_equal(atom.left.step, 1) and known_equal(atom.left.size, slot.size)):
+                raise Decline(f"the {what} vary along part of a score dim")
+            pieces[atom.left.axis] = atom.right
+    return pieces
+
+
+def per_head_plan(tensor: PerHeadTensor, c_over_slots: Layout, slots: list, roles, what: str) -> PerHeadPlan:
+    """The tensor as [Hq] in the op's head order: it may vary per query head (KV head and group slots), nothing
+    else."""
+    pieces = _slot_pieces(tensor.c_over_node, c_over_slots, slots, what)
+    heads = roles.head + roles.groups
+    others = [slots[i].role for i in pieces if i not in heads]
+    if others:
+        raise Decline(f"the {what} vary along the {others[0]} dim, not per head only")
+    view = tensor_plan(tensor.node, [pieces.get(i) for i in heads], what)
+    broadcast = any(i not in pieces and not known_one(slots[i].size) for i in heads)
+    return PerHeadPlan(view, [slots[i].size for i in heads], broadcast)
+
+
+def describe_extensions(plan: SitePlan) -> str:
+    """What the report adds to a rewritten site's form: the extensions its op call uses."""
+    extensions = plan.extensions
+    if extensions is None:
+        return ""
+    used = [name for name, on in (("softcap", extensions.softcap), ("alibi", extensions.alibi is not None),
+                                  ("sinks", extensions.sinks is not None)) if on]
+    return "".join(f" +{name}" for name in used)
+
+
+def plan_extensions(mods: ScoreMods, plan: SitePlan, c_over_slots: Layout) -> Optional[ExtensionPlan]:
+    """The op's extension arguments for a planned site, or None where it uses none; Decline where the op cannot
+    take them."""
+    if not mods.any:
+        return None
+    try:
+        latent = plan.spec.kind in ("mla", "gla")
+        if latent and (mods.softcap or mods.alibi is not None):
+            raise Decline("soft capping or ALiBi on a latent (MLA/GLA) layout: the op does not take them there")
+        slots, roles = plan.slots, plan.roles
+        sinks = alibi = None
+        if mods.sinks is not None:
+            sinks = per_head_plan(mods.sinks, c_over_slots, slots, roles, "sinks")
+        if mods.alibi is not None:
+            if not known_equal(plan.query_len, 1):
+                raise Decline("ALiBi with several query tokens per sequence: the op's |query - key| distance "
+                              "equals the model's key-position bias only for one")
+            positions = _slot_pieces(mods.alibi_positions, c_over_slots, slots, "ALiBi key positions")
+            if list(positions) != [roles.key] or not known_equal(positions[roles.key].step, 1):
+                raise Decline("the ALiBi bias is not one slope per head times the key position")
+            alibi = per_head_plan(mods.alibi, c_over_slots, slots, roles, "ALiBi slopes")
+        return ExtensionPlan(mods.softcap, sinks, alibi, mods.alibi.factor if mods.alibi is not None else 1.0)
+    except Decline as decline:
+        decline.spec = plan.spec
+        raise

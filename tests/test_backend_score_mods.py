@@ -1,0 +1,222 @@
+"""FlashAttention's extensions found by the gla pass: soft capping (Gemma2), attention sinks (GPT-OSS), ALiBi
+(BLOOM) and sliding-window masks, in small hand-written modules. Each positive is rewritten into one op call
+that carries the extension, and computes what eager computes; scores are made large so that a dropped cap,
+sink or bias would show. Each negative is left alone with its reason."""
+import math
+
+import pytest
+import torch
+
+from test_backend_support import assert_close, run_pass
+
+B, HQ, HKV, S, D = 2, 8, 2, 24, 16
+GROUP = HQ // HKV
+SCALE = D ** -0.5
+ARG = dict(softcap=12, alibi=13, sinks=14)  # positions of the extension arguments in the op call
+
+
+def repeat_kv(x, groups=GROUP):
+    batch, heads, length, dim = x.shape
+    return x[:, :, None].expand(batch, heads, groups, length, dim).reshape(batch, heads * groups, length, dim)
+
+
+def additive(valid):
+    """HF's additive mask from a [B, S] bool: 0 where attended, the dtype's min elsewhere."""
+    return torch.where(valid[:, None, None, :], 0.0, torch.finfo(torch.float32).min)
+
+
+def inputs(query_len=1, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, HQ, query_len, D, generator=generator) * 4  # large scores: the extensions matter
+    k = torch.randn(B, HKV, S, D, generator=generator)
+    v = torch.randn(B, HKV, S, D, generator=generator)
+    valid = torch.arange(S)[None, :] < torch.tensor([9, S])[:, None]
+    return q, k, v, valid
+
+
+# ---- soft capping (transformers' Gemma2 eager attention) -----------------------------------------------------
+
+CAP = 3.0
+
+
+def gemma2_soft_cap(q, k, v, valid):
+    scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE
+    scores = scores / CAP
+    scores = torch.tanh(scores)
+    scores = scores * CAP
+    scores = scores + additive(valid)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, repeat_kv(v))
+
+
+def soft_cap_then_scaled(q, k, v, valid):
+    """A multiplier after the cap and the mask: 0.5 * (cap * tanh(s / cap) + mask) is a cap of 0.5 * cap."""
+    scores = torch.matmul(q, repeat_kv(k).transpose(2, 3))
+    capped = CAP * torch.tanh(scores * (SCALE / CAP))
+    probs = torch.softmax((capped.masked_fill(~valid[:, None, None, :], -math.inf)) * 0.5, dim=-1)
+    return torch.matmul(probs, repeat_kv(v))
+
+
+def mask_under_the_cap(q, k, v, valid):
+    scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE + additive(valid)
+    scores = CAP * torch.tanh(scores / CAP)
+    return torch.matmul(torch.softmax(scores, dim=-1), repeat_kv(v))
+
+
+# ---- attention sinks (transformers' GPT-OSS eager attention) -------------------------------------------------
+
+SINKS = torch.linspace(-2.0, 6.0, HQ)  # some sinks outweigh the scores
+
+
+def gpt_oss_sinks(q, k, v, valid, sinks):
+    scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE + additive(valid)
+    column = sinks.reshape(1, -1, 1, 1).expand(q.shape[0], -1, q.shape[-2], -1)
+    combined = torch.cat([scores, column], dim=-1)
+    combined = combined - combined.max(dim=-1, keepdim=True).values
+    probs = torch.softmax(combined, dim=-1, dtype=combined.dtype)
+    return torch.matmul(probs[..., :-1].to(v.dtype), repeat_kv(v))
+
+
+def sinks_without_max_shift(q, k, v, valid, sinks):
+    scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE
+    scores = scores.masked_fill(~valid[:, None, None, :], -math.inf)
+    column = sinks[None, :, None, None].expand(B, HQ, q.shape[2], 1)
+    probs = torch.cat([scores, column], dim=3).softmax(dim=3)
+    return torch.matmul(probs[:, :, :, :S], repeat_kv(v))
+
+
+def sink_column_first(q, k, v, valid, sinks):
+    scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE + additive(valid)
+    column = sinks.reshape(1, -1, 1, 1).expand(q.shape[0], -1, q.shape[-2], -1)
+    probs = torch.softmax(torch.cat([column, scores], dim=-1), dim=-1)
+    return torch.matmul(probs[..., 1:], repeat_kv(v))
+
+
+def sinks_per_sequence(q, k, v, valid, sinks):
+    """A sink per (sequence, head): not the op's per-head sinks."""
+    scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE + additive(valid)
+    column = (sinks[None, :] + torch.arange(B)[:, None]).reshape(B, HQ, 1, 1).expand(-1, -1, q.shape[-2], -1)
+    probs = torch.softmax(torch.cat([scores, column], dim=-1), dim=-1)
+    return torch.matmul(probs[..., :-1], repeat_kv(v))
+
+
+# ---- ALiBi (transformers' BLOOM: the bias through baddbmm) ---------------------------------------------------
+
+def alibi_slopes(heads=HQ):
+    return torch.tensor([2.0 ** (-(i + 1) / 2) for i in range(heads)])  # up to 0.7 per key: a strong bias
+
+
+def bloom_alibi(q, k, v, valid):
+    """BLOOM's attention over an MHA cache: alibi = slopes * key position, repeated over the batch, added by
+    baddbmm with the 1/sqrt(d) factor as alpha."""
+    batch, heads, query_len, _ = q.shape
+    k, v = repeat_kv(k), repeat_kv(v)
+    alibi = (alibi_slopes()[:, None, None] * torch.arange(S)[None, None, :]).repeat(batch, 1, 1)
+    scores = torch.baddbmm(alibi, q.reshape(batch * heads, query_len, D),
+                           k.reshape(batch * heads, S, D).transpose(1, 2), beta=1.0, alpha=SCALE)
+    scores = scores.view(batch, heads, query_len, S) + additive(valid)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    return torch.matmul(probs.reshape(batch * heads, query_len, S), v.reshape(batch * heads, S, D)).view(
+        batch, heads, query_len, D)
+
+
+def alibi_added(q, k, v, valid):
+    """The bias added to the scores directly, from an iota of positions that starts at 5."""
+    scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE
+    positions = torch.arange(5, 5 + S, dtype=torch.float32)
+    scores = scores + alibi_slopes()[None, :, None, None] * positions + additive(valid)
+    return torch.matmul(torch.softmax(scores, dim=-1), repeat_kv(v))
+
+
+def alibi_under_the_cap(q, k, v, valid):
+    scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE
+    scores = scores + alibi_slopes()[None, :, None, None] * torch.arange(S, dtype=torch.float32)
+    scores = CAP * torch.tanh(scores / CAP) + additive(valid)
+    return torch.matmul(torch.softmax(scores, dim=-1), repeat_kv(v))
+
+
+# ---- sliding window (a mask, as transformers' sliding layers pass it) ----------------------------------------
+
+def sliding_window_mask(q, k, v, valid):
+    position = valid.sum(-1) - 1  # the query's position: the last valid key
+    keys = torch.arange(S)
+    in_window = (keys[None, :] <= position[:, None]) & (keys[None, :] > position[:, None] - 5)
+    scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE
+    scores = scores.masked_fill(~in_window[:, None, None, :], torch.finfo(torch.float32).min)
+    return torch.matmul(torch.softmax(scores, dim=-1), repeat_kv(v))
+
+
+def check_rewritten(fn, *args):
+    result = run_pass(fn, *args)
+    assert result.after["gla"] == 1 and result.after["softmax"] == 0, result.reasons
+    assert result.statuses == ["rewritten"]
+    with torch.no_grad():
+        assert_close(result.output, fn(*args), tol=1e-4)
+    return result.op_calls()[0].args
+
+
+def test_gemma2_soft_cap():
+    args = check_rewritten(gemma2_soft_cap, *inputs())
+    assert args[ARG["softcap"]] == pytest.approx(CAP)
+    assert args[8] == pytest.approx(SCALE)  # softmax_scale: the products' scale, the cap taken out
+
+
+def test_soft_cap_with_a_multiplier_after_it():
+    args = check_rewritten(soft_cap_then_scaled, *inputs(query_len=3))
+    assert args[ARG["softcap"]] == pytest.approx(0.5 * CAP)
+
+
+@pytest.mark.parametrize("fn", [gpt_oss_sinks, sinks_without_max_shift])
+def test_sinks(fn):
+    args = check_rewritten(fn, *inputs(query_len=2), SINKS)
+    assert args[ARG["sinks"]] is not None and args[ARG["softcap"]] == 0.0
+
+
+@pytest.mark.parametrize("fn", [bloom_alibi, alibi_added])
+def test_alibi(fn):
+    args = check_rewritten(fn, *inputs())
+    assert args[ARG["alibi"]] is not None
+
+
+def test_sliding_window_mask_takes_the_mask_path():
+    args = check_rewritten(sliding_window_mask, *inputs())
+    assert args[7] is not None and len(args) == 12  # a mask, no extension arguments
+
+
+@pytest.mark.parametrize("fn, extra, reason", [
+    (mask_under_the_cap, (), "under the soft cap"),
+    (alibi_under_the_cap, (), "under a soft cap"),
+    (sink_column_first, (SINKS,), "wider than one sink"),
+    (sinks_per_sequence, (SINKS,), "not per head only"),
+])
+def test_forms_the_op_cannot_take_are_left_alone(fn, extra, reason):
+    args = (*inputs(), *extra)
+    result = run_pass(fn, *args)
+    assert result.after["gla"] == 0 and result.statuses == ["skipped"] and reason in result.reasons, result.reasons
+    with torch.no_grad():
+        assert_close(result.output, fn(*args), tol=1e-4)
+
+
+def test_alibi_with_tokens_that_share_a_mask():
+    """Draft tokens under one mask are rows like heads (the op packs them as heads at one position): the bias
+    c[h] * j is the op's ALiBi for each."""
+    args = check_rewritten(bloom_alibi, *inputs(query_len=3))
+    assert args[ARG["alibi"]] is not None
+
+
+def test_alibi_with_query_positions_is_left_alone():
+    """A causal mask makes the tokens positions: there the op's |query - key| distance is not the model's
+    bias for keys past a query, which the pass cannot rule out."""
+    q, k, v, valid = inputs(query_len=2)
+    causal = (torch.arange(S)[None, None, :] <= torch.tensor([7, 8])[None, :, None]) & valid[:, None, :]
+
+    def fn(q, k, v, allowed):
+        scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE
+        scores = scores + alibi_slopes()[None, :, None, None] * torch.arange(S, dtype=torch.float32)
+        scores = scores.masked_fill(~allowed[:, None], -math.inf)
+        return torch.matmul(torch.softmax(scores, dim=-1), repeat_kv(v))
+
+    result = run_pass(fn, q, k, v, causal)
+    assert result.after["gla"] == 0 and "ALiBi with several query tokens" in result.reasons, result.reasons
+    with torch.no_grad():
+        assert_close(result.output, fn(q, k, v, causal), tol=1e-4)

@@ -1,0 +1,92 @@
+"""transformers' models whose attention uses FlashAttention's extensions, tiny random configs (fp32, no
+download), StaticCache, a 20-token prefill then 6 greedy steps under torch.compile(backend="gla"): BLOOM (ALiBi), GPT-OSS (attention sinks, sliding-window layers) and Gemma2 (soft
+capping, sliding-window layers). Every decode site is rewritten with its extension and the logits equal eager.
+The query projections are scaled up so that the scores reach the range where a dropped cap, sink or bias
+would change the logits."""
+import pytest
+import torch
+
+import glacompiler
+from test_backend_hf import call, make_cache
+from test_backend_support import assert_close
+
+pytestmark = pytest.mark.slow  # whole models
+
+transformers = pytest.importorskip("transformers")
+
+BATCH, PROMPT, DECODE_STEPS, VOCAB = 2, 20, 6, 64
+
+
+def generate(model, config, forward):
+    """Logits of the prefill (eager: a prefill is left to Inductor anyway, and compiling it would double the
+    test's time) and of DECODE_STEPS greedy steps through `forward`."""
+    cache = make_cache(config)
+    ids = torch.randint(0, VOCAB, (BATCH, PROMPT), generator=torch.Generator().manual_seed(1))
+    logits = [call(model.forward, model, ids, cache, 0)]
+    for step in range(DECODE_STEPS):
+        token = logits[-1][:, -1:].argmax(-1)
+        logits.append(call(forward, model, token, cache, PROMPT + step))
+    return logits
+
+
+def sharpen_queries(model, factor: float) -> None:
+    """Scale every layer's query projection: scores of O(10) instead of O(0.01)."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("q_proj.weight", "query_key_value.weight")):
+                parameter.mul_(factor)
+
+
+def check_model(model, config, extension: str, num_layers: int):
+    torch._dynamo.reset()
+    glacompiler.reset_report()
+    with torch.no_grad():
+        compiled = generate(model, config, torch.compile(model.forward, backend="gla"))
+        eager = generate(model, config, model.forward)
+    for ours, theirs in zip(compiled, eager):
+        assert_close(ours, theirs, tol=1e-4)
+    records = glacompiler.compile_report()
+    rewritten = [r for r in records if r.status == "rewritten"]
+    skipped = [r for r in records if r.status == "skipped"]
+    # Every layer of every decode graph (dynamo may compile the step twice as shapes turn dynamic).
+    graphs = {r.graph for r in records}
+    assert not skipped and len(rewritten) == num_layers * len(graphs), [str(r) for r in records]
+    assert all(f"+{extension}" in r.form for r in rewritten), [r.form for r in rewritten]
+    return rewritten
+
+
+def test_bloom_alibi():
+    config = transformers.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)
+    torch.manual_seed(0)
+    model = transformers.BloomForCausalLM(config).eval()
+    sharpen_queries(model, 20.0)
+    check_model(model, config, "alibi", config.n_layer)
+
+
+def test_gpt_oss_sinks():
+    config = transformers.GptOssConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=6,
+        max_position_embeddings=64, attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    model = transformers.GptOssForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.sinks.copy_(torch.linspace(-1.0, 4.0, config.num_attention_heads))
+    sharpen_queries(model, 20.0)
+    assert config.layer_types[0] == "sliding_attention"  # a sliding-window layer (its cache holds the window)
+    check_model(model, config, "sinks", config.num_hidden_layers)
+
+
+def test_gemma2_soft_cap():
+    config = transformers.Gemma2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, sliding_window=6, attn_logit_softcapping=2.0,
+        final_logit_softcapping=None, max_position_embeddings=64, attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    model = transformers.Gemma2ForCausalLM(config).eval()
+    sharpen_queries(model, 20.0)
+    assert config.layer_types[0] == "sliding_attention"
+    check_model(model, config, "softcap", config.num_hidden_layers)
