@@ -210,3 +210,41 @@ def test_mask_that_does_not_broadcast_is_untouched():
     assert_close(result.output, fn(q, latent, rope, weight, mask), tol=1e-4)
     [record] = result.records
     assert record.status == "skipped" and not op_calls(result), str(record)
+
+
+def _softcapped(q, latent, rope, weight, mask):
+    """Gemma2's soft cap on the scores of an expanding MLA: the latent kernels do not take it."""
+    k_nope, value = expand(latent, weight)
+    scores = q @ join_key(k_nope, rope, "cat").transpose(-1, -2) * SCALE
+    scores = torch.tanh(scores / 5.0) * 5.0
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ value
+
+
+def test_softcapped_expansion_stays_expanded():
+    inputs = make_inputs(1)
+    result = run_pass(_softcapped, *inputs)
+    assert_close(result.output, _softcapped(*inputs), tol=1e-4)
+    [record] = result.records
+    assert record.status == "rewritten" and record.kind == "mha", str(record)
+    assert "soft capping" in record.reason and record.reason.startswith("not absorbed"), record.reason
+
+
+def _with_sinks(q, latent, rope, weight, mask):
+    """GPT-OSS's sinks (a per-head logit column joined to the scores, dropped after the softmax) on an
+    expanding MLA: absorbed, the sinks passed to the latent op."""
+    k_nope, value = expand(latent, weight)
+    scores = q @ join_key(k_nope, rope, "cat").transpose(-1, -2) * SCALE
+    scores = scores.masked_fill(~mask, float("-inf"))
+    sinks = torch.linspace(-1.0, 1.0, HEADS).reshape(1, HEADS, 1, 1).expand(BATCH, -1, scores.shape[2], -1)
+    probs = torch.softmax(torch.cat([scores, sinks], dim=-1), dim=-1)[..., :-1]
+    return probs @ value
+
+
+def test_expansion_with_sinks_is_absorbed():
+    inputs = make_inputs(1)
+    result = run_pass(_with_sinks, *inputs)
+    assert_close(result.output, _with_sinks(*inputs), tol=1e-4)
+    [record] = result.records
+    assert record.status == "rewritten" and record.kind == "mla", str(record)
+    assert record.form.endswith("+sinks (absorbed)") and op_calls(result), str(record)

@@ -84,7 +84,7 @@ class AttentionRewritePass(CustomGraphPass):
                 emit_absorbed(graph, absorbed, mask_ranges)
                 self._note_tuning_target(dataclasses.replace(absorbed.site, spec=absorbed.spec))
                 records.append(SiteRecord(absorbed.spec.kind, absorbed.spec, source, REWRITTEN, "",
-                                          f"{site.form} (absorbed)", self.graph_name))
+                                          f"{site.form}{describe_extensions(absorbed.site)} (absorbed)", self.graph_name))
                 continue
             try:
                 plan = site.plan()

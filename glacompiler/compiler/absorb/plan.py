@@ -93,6 +93,11 @@ def plan_absorption(site) -> AbsorbedPlan:
 
 
 def _absorb(plan: SitePlan, key_parts: list, value_parts: list) -> AbsorbedPlan:
+    extensions = plan.extensions
+    if extensions is not None and (extensions.softcap or extensions.alibi is not None):
+        # Scores of the latent form are sums over latent channels: the op's latent kernels take sinks only.
+        raise Decline("soft capping or ALiBi on a latent expansion (the latent kernels take sinks only; "
+                      "the site stays expanded)")
     if len(value_parts) != 1 or not is_product(value_parts[0].source):
         raise Decline("V is not one product of the latent")
     value_map = linear_map(value_parts[0].source, "value")
