@@ -18,7 +18,7 @@ from ...op.validation import MAX_QUERY_LEN, SUPPORTED_DTYPES, validate_inputs
 from ...spec import AttentionSpec, dtype_name
 from ..decline import Decline
 from ..trace.layout import Piece, fake_value
-from ..trace.sizes import is_concrete, known_equal, known_one, product, size_hint
+from ..trace.sizes import is_concrete, known_equal, known_less, known_one, product, size_hint
 from ..trace.value_side import ValueSide
 
 
@@ -42,6 +42,7 @@ class TensorPlan:
     """How to view a graph tensor (base) in the op's dim order, without copying it."""
 
     base: fx.Node
+    prefixes: list  # (axis, length): base's axes of which the site reads the first `length` entries, split further
     split_shape: list  # base.reshape(split_shape): axes split into the runs the site reads (splits are views)
     slices: list  # (dim, length): the site reads only the first `length` entries of that split dim
     squeeze: list  # unit dims of the split tensor that the op does not take
@@ -143,7 +144,7 @@ def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[l
         if piece.axis is None:
             raise Decline(f"the {what} is broadcast where the op needs a real dim")
         by_axis.setdefault(piece.axis, []).append((role, piece))
-    split_shape, dim_of_role, unit_dims, slices = [], {}, [], []
+    split_shape, dim_of_role, unit_dims, slices, prefixes = [], {}, [], [], []
     for axis, size in enumerate(sizes):
         entries = by_axis.get(axis, [])
         if not entries:
@@ -165,17 +166,21 @@ def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[l
         expected = 1
         for _, piece in reversed(entries):
             if not known_equal(piece.step, expected):
-                raise Decline(f"the {what} is read with a stride pattern the op cannot express")
+                raise Decline(f"the {what} is read with a stride pattern the op cannot express (axis {axis} of "
+                              f"{base.name} is read in runs of {[(p.size, p.step) for _, p in entries]} (size, "
+                              "step): only runs that tile the axis or its start map onto the op's dims)")
             expected = expected * piece.size
         if not known_equal(expected, size):
-            raise Decline(f"the {what} is read only in part along one axis")
+            if not known_less(expected, size):
+                raise Decline(f"the {what} is read in runs that do not tile axis {axis} of {base.name}")
+            prefixes.append((axis, expected))  # e.g. the query part of a fused QKV projection, split into heads
         for role, piece in entries:
             dim_of_role[role] = len(split_shape)
             split_shape.append(piece.size)
     remaining = [dim for dim in range(len(split_shape)) if dim not in unit_dims]
     order = [remaining.index(dim_of_role[role]) for role, piece in enumerate(pieces) if piece is not None]
     unsqueeze = [role for role, piece in enumerate(pieces) if piece is None]
-    return TensorPlan(base, split_shape, slices, unit_dims, order, unsqueeze, merged_shape)
+    return TensorPlan(base, prefixes, split_shape, slices, unit_dims, order, unsqueeze, merged_shape)
 
 
 def query_plan(term, t: int, slots: list, roles: Roles, what: str) -> QueryPlan:
@@ -188,9 +193,7 @@ def query_plan(term, t: int, slots: list, roles: Roles, what: str) -> QueryPlan:
     contraction = term.q_contraction
     if not known_equal(contraction.step, 1):
         raise Decline(f"the {what}'s head dim is strided")
-    full = fake_value(term.q.base).shape[contraction.axis]
-    if any(piece.axis == contraction.axis for piece in pieces):
-        raise Decline(f"the {what}'s head dim is also read as another dim")
+    full = head_dim_span(term, pieces, what)
     view = tensor_plan(term.q.base, pieces + [Piece(contraction.axis, full)], what)
     window = term.q_window
     if window is None and not known_equal(contraction.size, full):
@@ -202,6 +205,26 @@ def query_plan(term, t: int, slots: list, roles: Roles, what: str) -> QueryPlan:
         full,
     ]
     return QueryPlan(view, shape, window)
+
+
+def head_dim_span(term, pieces: list, what: str):
+    """The run of the query's base axis that holds one head's head dim: the whole axis, or, where the same
+    axis also holds heads or positions (a projection's [.., H * D] output viewed as [.., H, D]), the part below
+    the most minor of those pieces. The op reads the head dim (or its window) out of that run."""
+    contraction = term.q_contraction
+    base_size = fake_value(term.q.base).shape[contraction.axis]
+    steps = [piece.step for piece in pieces if piece.axis == contraction.axis]
+    if not steps:
+        return base_size
+    if not all(is_concrete(step) for step in steps) or not is_concrete(contraction.size):
+        raise Decline(f"the {what}'s head dim shares axis {contraction.axis} of {term.q.base.name} with other dims "
+                      "whose strides are symbolic")
+    span = min(steps)
+    start = term.q_window[0] if term.q_window is not None else 0
+    if start + contraction.size > span:
+        raise Decline(f"the {what}'s head dim ({contraction.size} wide) overlaps the other dims read from axis "
+                      f"{contraction.axis} of {term.q.base.name} (the next one starts every {span} entries)")
+    return span
 
 
 def slots_size(slots: list, indices: list):
