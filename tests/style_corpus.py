@@ -161,7 +161,7 @@ def _projections(src: Source, style: Style) -> None:
     query = style.query
     if query in ("fused_split", "conv1d"):
         if query == "fused_split":
-            src(f"qkv = F.linear(x, w_qkv)")
+            src("qkv = F.linear(x, w_qkv)")
         else:  # GPT-2's Conv1D: addmm of the flattened tokens with a [in, out] weight
             src(f"qkv = torch.addmm(b_qkv, x.view(-1, {d.W}), w_qkv_t).view({d.B}, {d.L}, -1)")
         src(f"q, k_new, v_new = qkv.split([{widths['q']}, {widths['k']}, {widths['v']}], dim=-1)")
@@ -177,7 +177,7 @@ def _projections(src: Source, style: Style) -> None:
             else:
                 src(f"{names[part]} = F.linear(x, w_{part}).view({d.B}, {d.L}, {heads[part]}, {d.D})")
     if query == "rope":
-        src(f"freqs = positions[:, None].float() * inv_freq[None, :]")
+        src("freqs = positions[:, None].float() * inv_freq[None, :]")
         src("cos = torch.cat([freqs, freqs], dim=-1).cos()[None, :, None, :]")
         src("sin = torch.cat([freqs, freqs], dim=-1).sin()[None, :, None, :]")
         half = d.D // 2
