@@ -14,7 +14,7 @@ from ..trace.layout import Layout, Piece, broadcast_layout, fake_value, view_lay
 from ..trace.masks import place
 from ..trace.operands import Operand, walk_operand
 from ..trace.score_side import MaskUse, walk_scores
-from ..trace.sizes import is_concrete, product
+from ..trace.sizes import is_concrete, known_equal, product, size_hint
 from ..trace.slots import assign_roles, build_slots, slot_space, terms_from_operands, terms_from_product
 from ..trace.value_side import ValueSide, analyze_values, values_of_product
 from .site_plan import SitePlan, check_scales, choose_roles, is_tied, make_plan
@@ -80,6 +80,16 @@ def _sdpa_key_value(kv: Operand, groups: int, is_key: bool) -> Operand:
     return Operand(kv.base, Layout((batch,) + inner, kv.layout.base_sizes), kv.factor, kv.nodes)
 
 
+def _same_key_length(key_len, value_len) -> None:
+    """SDPA needs K and V of one length, but its CPU kernels' meta functions do not check it, so dynamo may
+    give a growing cache's K and V two symbols. The call fails unless they are equal: state that (a guard, as
+    the user's own graph requires it) so that the pass sees one key length."""
+    if known_equal(key_len, value_len):
+        return
+    if size_hint(key_len) is None or size_hint(key_len) != size_hint(value_len) or not bool(key_len == value_len):
+        raise Decline(f"SDPA's key and value lengths differ ({key_len} and {value_len})")
+
+
 def plan_sdpa_site(call: SdpaCall, split_cat: bool = True) -> SitePlan:
     q_val, k_val, v_val = fake_value(call.query), fake_value(call.key), fake_value(call.value)
     if not (q_val.dim() == k_val.dim() == v_val.dim() and q_val.dim() >= 3):
@@ -90,6 +100,7 @@ def plan_sdpa_site(call: SdpaCall, split_cat: bool = True) -> SitePlan:
     if q_heads % kv_heads != 0:
         raise Decline("SDPA query heads are not a multiple of KV heads")
     groups = q_heads // kv_heads
+    _same_key_length(k_val.shape[-2], v_val.shape[-2])
     q = _sdpa_query(walk_operand(call.query, allow_scale=True))
     k = _sdpa_key_value(walk_operand(call.key, allow_scale=True), groups, is_key=True)
     v = _sdpa_key_value(walk_operand(call.value, allow_scale=False), groups, is_key=False)
