@@ -13,6 +13,19 @@ from style_corpus import corpus
 from test_backend_support import GLA_OP, PassHarness, assert_close
 
 GROUP_SIZE = 12
+
+# Issue 12 section 5: what each negative's skip reason must say (what was seen; the record also names the case's
+# source line and, after "; to fuse: ", what would let it fuse).
+NEGATIVE_REASONS = {
+    "softmax_over_heads": ["softmax runs over dim"],
+    "softmax_over_queries": ["softmax runs over dim"],
+    "probs_returned": ["probabilities", "used by 2 nodes"],
+    "per_head_mask": ["mask"],
+    "router_einsum": ["not contiguous"],  # the experts read as V: [E, W, HQ * D] has no head dim of its own
+    "values_by_query": ["V varies along a query row", "used by 2 nodes"],
+    "fill_not_negligible": ["still takes part in the softmax"],
+    "negative_scale": ["needs a positive scale"],
+}
 INPUTS_PER_CASE = 6
 
 
@@ -69,6 +82,9 @@ def test_style_group(group):
                 problems.append((case, f"expected one {kind} site rewritten, got {[str(r) for r in found]}"))
         elif any(r.status != "skipped" for r in found):
             problems.append((case, f"a negative was rewritten: {[str(r) for r in found]}"))
+        elif not all(any(part in r.reason for part in NEGATIVE_REASONS[case.style.negative]) and "; to fuse: " in r.reason
+                     for r in found) or not found:
+            problems.append((case, f"the skip does not say what was seen and what would fuse: {[str(r) for r in found]}"))
     for position, case in enumerate(cases):
         ours, theirs = compiled_out[position], eager_out[position]
         ours, theirs = (ours, theirs) if isinstance(ours, (tuple, list)) else ((ours,), (theirs,))

@@ -89,7 +89,7 @@ def read_sdpa(node: fx.Node) -> SdpaCall:
         output = users[0]
     dropout = kwargs.get("dropout_p", 0.0)
     if dropout:
-        raise Decline(f"dropout_p={dropout} is active")
+        raise Decline(f"dropout_p={dropout} is active", fix="dropout_p=0 at inference (model.eval())")
     scale = kwargs.get("scale")
     if scale is not None and not isinstance(scale, (int, float)):
         raise Decline("the softmax scale is not a constant")

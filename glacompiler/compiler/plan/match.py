@@ -24,13 +24,16 @@ def _check_owned(nodes: list, owners: set, what: str) -> None:
     for node in nodes:
         for user in node.users:
             if user not in owners:
-                raise Decline(f"{what} {node.name} is also used by {user.name} (an intermediate is used elsewhere)")
+                raise Decline(f"{what} {node.name} is also used by {user.name} (an intermediate is used elsewhere)",
+                              fix=f"use the {what.split()[0]}s only inside the attention", node=user)
 
 
 def plan_softmax_site(match: SoftmaxMatch, split_cat: bool = True) -> SitePlan:
     if not scores_used_only_by_softmax(match):
         others = [u.name for u in match.input.users if u not in set(match.nodes)]
-        raise Decline(f"the scores are also used by {', '.join(others)} (an intermediate is used elsewhere)")
+        raise Decline(f"the scores are also used by {', '.join(others)} (an intermediate is used elsewhere)",
+                      fix="use the scores only for the softmax",
+                      node=next(u for u in match.input.users if u not in set(match.nodes)))
     walk = walk_scores(match.input)
     owners = set(walk.chain) | {match.input} | set(match.nodes)
     _check_owned(walk.chain, owners, "score node")

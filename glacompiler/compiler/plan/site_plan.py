@@ -237,7 +237,9 @@ def cache_plan(base: fx.Node, groups: list, what: str) -> TensorPlan:
     last = groups[-1][0]
     value = fake_value(base)
     if not (known_equal(last.step, 1) and (known_one(value.shape[last.axis]) or value.stride()[last.axis] == 1)):
-        raise Decline(f"the {what}'s head dim is not contiguous in memory (the op would need a copy)")
+        raise Decline(f"the {what}'s head dim is not contiguous in memory (the op would need a copy)",
+                      fix=f"keep the {what} with its head dim last and contiguous ([B, S, H, D] or [B, H, S, D])",
+                      node=base)
     pieces = [piece for group in groups for piece in (group or [None])]
     merged = None
     if any(len(group) > 1 for group in groups):
@@ -326,7 +328,8 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
     others = [fake_value(p.base).dtype for p in (k_plan, v_out, k_rope) if p is not None]
     others += [fake_value(q_rope.view.base).dtype] if q_rope is not None else []
     if dtype not in SUPPORTED_DTYPES or any(d != dtype for d in others):
-        raise Decline(f"q, k, v dtypes {[dtype] + others} are not one supported dtype")
+        raise Decline(f"q, k, v dtypes {[dtype] + others} are not one supported dtype",
+                      fix="q, k and v in one dtype of float16, bfloat16, float32")
 
     batch = slots_size(slots, roles.batch)
     num_kv_heads = slots_size(slots, roles.head)
@@ -342,10 +345,12 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
         if not is_concrete(query_len):
             raise Decline("the query length is symbolic")
         if query_len > MAX_QUERY_LEN:
-            raise Decline(f"query length {query_len} > {MAX_QUERY_LEN} (prefill): left to Inductor")
+            raise Decline(f"query length {query_len} > {MAX_QUERY_LEN} (prefill): left to Inductor",
+                          fix=f"nothing to do: decode steps (at most {MAX_QUERY_LEN} new tokens) are the ones fused")
         for mask in masks:
             if any(slots[index].role in ("head", "group") for index in mask.slot_axes):
-                raise Decline("the mask varies across heads, which the op's mask cannot express")
+                raise Decline("the mask varies across heads, which the op's mask cannot express",
+                              fix="one mask for all heads ([B, 1, Lq, S])", node=mask.node)
             if len(roles.batch) > 1 and any(index in roles.batch for index in mask.slot_axes):
                 raise Decline("the mask varies along a batch that spans several dims")
         output = output_plan(values, slots, roles)

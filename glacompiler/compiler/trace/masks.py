@@ -120,7 +120,8 @@ def place(use: MaskUse, c_over_slots: Layout, slots: list) -> PlacedMask:
                 raise Decline(f"mask {node.name} varies along part of a score dim")
             if not known_equal(mask_piece.step, 1) or mask_piece.axis in slot_axes.values():
                 raise Decline(f"mask {node.name} varies along several score dims through one axis (e.g. per query "
-                              "head across KV groups), which the op's mask cannot express")
+                              "head across KV groups), which the op's mask cannot express",
+                              fix="one mask for all heads ([B, 1, Lq, S])", node=node)
             slot_axes[slot_piece.axis] = mask_piece.axis
             if not known_equal(mask_piece.size, node_sizes[mask_piece.axis]):
                 slices.append((mask_piece.axis, mask_piece.size))  # e.g. HF's mask[..., :key_length]
