@@ -53,7 +53,7 @@ DIMS = [
 ]
 
 # The axes, and the options each attention kernel takes.
-QUERIES = ["linear", "mm", "einsum", "fused_split", "conv1d", "rope", "qnorm"]
+QUERIES = ["linear", "mm", "bmm", "einsum", "fused_split", "conv1d", "rope", "qnorm"]
 LAYOUTS = ["heads_first", "seq_first"]
 WRITES = ["index_copy", "index_put", "slice", "cat"]
 SHARING = {"sdpa": ["enable_gqa", "repeat_kv", "repeat_interleave"],
@@ -172,6 +172,10 @@ def _projections(src: Source, style: Style) -> None:
             if query == "mm":
                 src(f"{names[part]} = torch.mm(x.view({d.B * d.L}, {d.W}), w_{part}.t()).view({d.B}, {d.L}, "
                     f"{heads[part]}, {d.D})")
+            elif query == "bmm":  # per-head weights [H, W, D]: the heads are an axis of the product itself
+                src(f"{names[part]} = torch.bmm(x.view(1, {d.B * d.L}, {d.W}).expand({heads[part]}, -1, -1), "
+                    f"w_{part}.view({heads[part]}, {d.D}, {d.W}).transpose(1, 2)).view({heads[part]}, {d.B}, {d.L}, "
+                    f"{d.D}).permute(1, 2, 0, 3)")
             elif query == "einsum":
                 src(f"{names[part]} = torch.einsum('blw,hdw->blhd', x, w_{part}.view({heads[part]}, {d.D}, {d.W}))")
             else:

@@ -99,9 +99,11 @@ def plan_sdpa_site(call: SdpaCall, split_cat: bool = True) -> SitePlan:
         raise Decline("SDPA operands without a head dim")
     q_heads, kv_heads, head_dim = q_val.shape[-3], k_val.shape[-3], q_val.shape[-1]
     if not (is_concrete(q_heads) and is_concrete(kv_heads) and is_concrete(head_dim)):
-        raise Decline("SDPA heads or head dim are symbolic")
+        raise Decline("SDPA heads or head dim are symbolic",
+                      fix="fixed head counts and head dims (dynamo marks a size dynamic after it changes)")
     if q_heads % kv_heads != 0:
-        raise Decline("SDPA query heads are not a multiple of KV heads")
+        raise Decline(f"SDPA query heads ({q_heads}) are not a multiple of KV heads ({kv_heads})",
+                      fix="query heads a multiple of the KV heads")
     groups = q_heads // kv_heads
     _same_key_length(k_val.shape[-2], v_val.shape[-2])
     q = _sdpa_query(walk_operand(call.query, allow_scale=True))
@@ -122,7 +124,8 @@ def plan_sdpa_site(call: SdpaCall, split_cat: bool = True) -> SitePlan:
         mask_val = fake_value(call.mask)
         spread = broadcast_layout(list(mask_val.shape), scores_shape)
         if spread is None:
-            raise Decline("the SDPA mask does not broadcast to the scores")
+            raise Decline(f"the SDPA mask of shape {tuple(mask_val.shape)} does not broadcast to the scores of shape "
+                          f"{tuple(scores_shape)}", fix="a mask broadcastable to [B, 1, Lq, S]", node=call.mask)
         use = MaskUse(node=call.mask, additive=mask_val.dtype != torch.bool, attend_if=True, c_over_mask=spread,
                       multiplier=1.0)
         placed.append(place(use, c_over_slots, slots))

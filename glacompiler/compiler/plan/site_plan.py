@@ -315,7 +315,8 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
         rope_batch, rope_key, rope_heads = key_runs(rope)
         if any(run is not None for run in rope_heads) or any(slots[g].atoms[rope].right is not None
                                                               for g in roles.groups):
-            raise Decline("the rope key is not shared by all heads")
+            raise Decline("the rope key is not shared by all heads",
+                          fix="one rope key for all heads (MLA/GLA/GTA), or per-head keys concatenated into one key")
         if any(run is None for run in rope_batch):
             raise Decline("the rope key is shared across the batch")
         q_rope = query_plan(rope_term, rope, slots, roles, "rope query")
@@ -338,12 +339,14 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
     for size, what in ((num_q_heads, "query heads"), (num_kv_heads, "KV heads"), (head_dim_q, "head dim"),
                        (head_dim_k, "key head dim"), (head_dim_v, "value head dim"), (rope_dim, "rope dim")):
         if not is_concrete(size):
-            raise Decline(f"the number of {what} is symbolic")
+            raise Decline(f"the number of {what} is symbolic",
+                          fix=f"a fixed number of {what} (dynamo marks a size dynamic after it changes between calls)")
     spec = AttentionSpec.from_dims(num_q_heads, num_kv_heads, head_dim_q, head_dim_k, head_dim_v, rope_dim, tied,
                                    False, dtype_name(dtype))
     try:
         if not is_concrete(query_len):
-            raise Decline("the query length is symbolic")
+            raise Decline("the query length is symbolic",
+                          fix="decode steps with a fixed number of new tokens (or torch._dynamo.mark_static on it)")
         if query_len > MAX_QUERY_LEN:
             raise Decline(f"query length {query_len} > {MAX_QUERY_LEN} (prefill): left to Inductor",
                           fix=f"nothing to do: decode steps (at most {MAX_QUERY_LEN} new tokens) are the ones fused")
@@ -352,7 +355,9 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
                 raise Decline("the mask varies across heads, which the op's mask cannot express",
                               fix="one mask for all heads ([B, 1, Lq, S])", node=mask.node)
             if len(roles.batch) > 1 and any(index in roles.batch for index in mask.slot_axes):
-                raise Decline("the mask varies along a batch that spans several dims")
+                raise Decline("the mask varies along a batch that spans several dims",
+                              fix="one batch dim in the scores ([B, H, Lq, S]) when the mask varies per sequence",
+                              node=mask.node)
         output = output_plan(values, slots, roles)
         plan = SitePlan(form, spec, q, k_plan, v_out, q_rope, k_rope, masks, causal_top_left, roles, slots, scale,
                         output, anchor, owned, query_len, key_len)
@@ -380,4 +385,5 @@ def _validate(plan: SitePlan, batch, key_len) -> None:
     try:
         validate_inputs(q, k, v, q_rope, k_rope, None, None, mask, plan.scale, None)
     except (ValueError, TypeError) as error:
-        raise Decline(f"unsupported by the op: {error}") from None
+        raise Decline(f"unsupported by the op: {error}",
+                      fix="head dims and query lengths the op takes (README, 'The op')") from None

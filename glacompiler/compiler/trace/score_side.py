@@ -175,7 +175,8 @@ def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk
         raise Decline("a constant is added to the scores")
     mask_val = fake_value(mask)
     if mask_val is None or not mask_val.is_floating_point():
-        raise Decline(f"additive mask {mask.name} is not a floating tensor")
+        raise Decline(f"additive mask {mask.name} is not a floating tensor",
+                      fix="a float additive mask, or a bool mask through masked_fill / where", node=mask)
     walk.masks.append(MaskUse(mask, True, True, _mask_layout(c_over_node, mask, node), scale))
     _visit(source, c_over_node, scale, walk)
 
@@ -193,6 +194,6 @@ def _visit_fill(node, cond, when_true, when_false, c_over_node: Layout, scale: f
         raise Decline(f"masked scores are replaced by {fill}, which still takes part in the softmax",
                       fix="fill masked scores with -inf or torch.finfo(dtype).min", node=node)
     if not isinstance(cond, fx.Node) or fake_value(cond) is None or fake_value(cond).dtype != torch.bool:
-        raise Decline("the mask selecting masked scores is not a boolean tensor")
+        raise Decline("the mask selecting masked scores is not a boolean tensor", fix="a bool mask", node=node)
     walk.masks.append(MaskUse(cond, False, attend_if, _mask_layout(c_over_node, cond, node), 1.0))
     _visit(source, c_over_node, scale, walk)
