@@ -125,7 +125,8 @@ def test_static_cache_decode(name):
         assert_close(a, b, tol=1e-4)
     rewritten = [r for r in recording.records if r.status == "rewritten"]
     skipped = [r for r in recording.records if r.status == "skipped"]
-    assert len(rewritten) >= layers and {r.kind for r in rewritten} == {kind}, [str(r) for r in recording.records]
+    assert len(rewritten) == layers and {r.kind for r in rewritten} == {kind}, [str(r) for r in recording.records]
+    assert len(skipped) == layers
     assert all("prefill" in r.reason for r in skipped), [str(r) for r in skipped]
 
 
