@@ -42,13 +42,15 @@ class TensorPlan:
     """How to view a graph tensor (base) in the op's dim order, without copying it."""
 
     base: fx.Node
-    prefixes: list  # (axis, length): base's axes of which the site reads the first `length` entries, split further
     split_shape: list  # base.reshape(split_shape): axes split into the runs the site reads (splits are views)
     slices: list  # (dim, length): the site reads only the first `length` entries of that split dim
     squeeze: list  # unit dims of the split tensor that the op does not take
     order: list  # permutation of the remaining dims into the op's order
     unsqueeze: list  # positions, in the op's order, of dims the tensor does not have (size 1)
     merged_shape: Optional[list] = None  # when a role spans several dims: the op's shape (merging them)
+    # (axis, length): axes of base read only up to `length` and split further (the query part of a fused QKV
+    # projection viewed as heads): sliced before the reshape to split_shape
+    prefixes: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -180,7 +182,7 @@ def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[l
     remaining = [dim for dim in range(len(split_shape)) if dim not in unit_dims]
     order = [remaining.index(dim_of_role[role]) for role, piece in enumerate(pieces) if piece is not None]
     unsqueeze = [role for role, piece in enumerate(pieces) if piece is None]
-    return TensorPlan(base, prefixes, split_shape, slices, unit_dims, order, unsqueeze, merged_shape)
+    return TensorPlan(base, split_shape, slices, unit_dims, order, unsqueeze, merged_shape, prefixes)
 
 
 def query_plan(term, t: int, slots: list, roles: Roles, what: str) -> QueryPlan:
