@@ -107,3 +107,25 @@ def test_without_dynamo_callbacks_records_stay_until_reset_report(monkeypatch):
     assert glacompiler.compile_report() == [record]
     glacompiler.reset_report()
     assert glacompiler.compile_report() == []
+
+
+def test_skip_reason_says_where_and_what_would_fuse():
+    """Decline.explain: the reason, the source line of the node the pass stopped at when it is not the site's
+    own line, and what would let the site fuse."""
+    from torch import fx
+
+    from glacompiler.compiler.decline import Decline
+    from glacompiler.compiler.report import source_location
+
+    graph = fx.Graph()
+    mask = graph.placeholder("mask")
+    mask.meta["stack_trace"] = 'File "model.py", line 7, in make_mask\n    mask = build()\n'
+    site = 'model.py:42 in forward: out = attend(q, k, v)'
+    decline = Decline("the mask varies across heads", fix="one mask for all heads", node=mask)
+    assert decline.explain(site, source_location) == (
+        "the mask varies across heads (at model.py:7 in make_mask); to fuse: one mask for all heads")
+    # The same line as the site's is not repeated; a node without a stack trace adds nothing.
+    assert decline.explain('model.py:7 in make_mask: x', source_location) == (
+        "the mask varies across heads; to fuse: one mask for all heads")
+    mask.meta.pop("stack_trace")
+    assert Decline("seen", node=mask).explain(site, source_location) == "seen"

@@ -1,5 +1,9 @@
 """Decline: the pass-wide "this site is not ours" signal. Every stage raises it with the reason, which the
-report shows; the site is then left to Inductor, never approximated."""
+report shows; the site is then left to Inductor, never approximated.
+
+A reason says what the pass saw; `fix`, where one is known, says what would let the site fuse; `node`, the
+graph node the pass stopped at, gives the source line when it is not the site's own line (a mask built in
+another function, a cache written elsewhere)."""
 from __future__ import annotations
 
 
@@ -7,6 +11,20 @@ class Decline(Exception):
     """A site that is attention-shaped but not exactly what our op computes: the message is the reason.
     `spec` is filled in when the site's shapes were understood before the decline."""
 
-    def __init__(self, reason: str, spec=None):
+    def __init__(self, reason: str, spec=None, fix: str = "", node=None):
         super().__init__(reason)
         self.spec = spec
+        self.fix = fix
+        self.node = node
+
+    def explain(self, site_source: str, locate) -> str:
+        """The reason as the report shows it: what was seen, where when not at the site's own line (`locate`
+        turns a node into its source line), and what would let it fuse."""
+        text = str(self)
+        if self.node is not None and self.node.meta.get("stack_trace"):
+            where = locate(self.node)
+            if where.split(": ", 1)[0] != site_source.split(": ", 1)[0]:
+                text += f" (at {where.split(': ', 1)[0]})"
+        if self.fix:
+            text += f"; to fuse: {self.fix}"
+        return text

@@ -25,6 +25,10 @@ from .trace.layout import fake_value
 from .trace.score_mods import split_score_baddbmm
 
 
+TRAINING_REASON = ("the graph computes gradients (training): the op has no backward; to fuse: run decoding under "
+                   "torch.no_grad() or torch.inference_mode()")
+
+
 class GlaPassError(RuntimeError):
     """An unexpected error inside our pass; the backend recompiles the graph without the pass."""
 
@@ -75,9 +79,7 @@ class AttentionRewritePass(CustomGraphPass):
         for site in find_sites(graph):
             source = source_location(site.anchor)
             if training:
-                records.append(SiteRecord(None, None, source, SKIPPED,
-                                          "the graph computes gradients (training): the op has no backward",
-                                          site.form, self.graph_name))
+                records.append(SiteRecord(None, None, source, SKIPPED, TRAINING_REASON, site.form, self.graph_name))
                 continue
             absorbed, not_absorbed = self._absorption(site)
             if absorbed is not None:
@@ -90,8 +92,8 @@ class AttentionRewritePass(CustomGraphPass):
                 plan = site.plan()
             except Decline as decline:
                 spec = decline.spec
-                records.append(SiteRecord(spec.kind if spec else None, spec, source, SKIPPED, str(decline), site.form,
-                                          self.graph_name))
+                records.append(SiteRecord(spec.kind if spec else None, spec, source, SKIPPED,
+                                          decline.explain(source, source_location), site.form, self.graph_name))
                 continue
             if not self.rewrite:
                 records.append(SiteRecord(plan.spec.kind, plan.spec, source, SKIPPED, "rewriting is disabled",

@@ -83,16 +83,17 @@ def read_sdpa(node: fx.Node) -> SdpaCall:
         if not all(u.op == "call_function" and u.target is operator.getitem for u in users):
             raise Decline(f"{form} results are used whole")
         if any(u.args[1] != 0 for u in users):
-            raise Decline(f"{form} also has its logsumexp or other side outputs used")
+            raise Decline(f"{form} also has its logsumexp or other side outputs used",
+                          fix="use only the attention output (the op can return lse, but the pass does not yet)")
         if len(users) != 1:
             raise Decline(f"{form} output is read by {len(users)} getitem nodes")
         output = users[0]
     dropout = kwargs.get("dropout_p", 0.0)
     if dropout:
-        raise Decline(f"dropout_p={dropout} is active")
+        raise Decline(f"dropout_p={dropout} is active", fix="dropout_p=0 at inference (model.eval())")
     scale = kwargs.get("scale")
     if scale is not None and not isinstance(scale, (int, float)):
-        raise Decline("the softmax scale is not a constant")
+        raise Decline("the softmax scale is not a constant", fix="a Python number as SDPA's scale")
     mask = kwargs.get(variant.mask_arg) if variant.mask_arg else None
     if mask is not None and not isinstance(mask, fx.Node):
         raise Decline("the attention mask is not a tensor")

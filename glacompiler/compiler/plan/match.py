@@ -16,7 +16,7 @@ from ..trace.operands import Operand, walk_operand
 from ..trace.score_mods import peel_sinks
 from ..trace.score_side import MaskUse, walk_scores
 from .extensions import plan_extensions
-from ..trace.sizes import is_concrete, product
+from ..trace.sizes import is_concrete, known_equal, product, size_hint
 from ..trace.slots import assign_roles, build_slots, slot_space, terms_from_operands, terms_from_product
 from ..trace.value_side import ValueSide, analyze_values, values_of_product
 from .site_plan import SitePlan, check_scales, choose_roles, is_tied, make_plan
@@ -26,13 +26,16 @@ def _check_owned(nodes: list, owners: set, what: str) -> None:
     for node in nodes:
         for user in node.users:
             if user not in owners:
-                raise Decline(f"{what} {node.name} is also used by {user.name} (an intermediate is used elsewhere)")
+                raise Decline(f"{what} {node.name} is also used by {user.name} (an intermediate is used elsewhere)",
+                              fix=f"use the {what.split()[0]}s only inside the attention", node=user)
 
 
 def plan_softmax_site(match: SoftmaxMatch, split_cat: bool = True) -> SitePlan:
     if not scores_used_only_by_softmax(match):
         others = [u.name for u in match.input.users if u not in set(match.nodes)]
-        raise Decline(f"the scores are also used by {', '.join(others)} (an intermediate is used elsewhere)")
+        raise Decline(f"the scores are also used by {', '.join(others)} (an intermediate is used elsewhere)",
+                      fix="use the scores only for the softmax",
+                      node=next(u for u in match.input.users if u not in set(match.nodes)))
     sinks = peel_sinks(match.input, match.output, match.dim)  # GPT-OSS: a sink column joined to the scores
     scores = match.input if sinks is None else sinks.scores
     walk = walk_scores(scores)
@@ -88,16 +91,29 @@ def _sdpa_key_value(kv: Operand, groups: int, is_key: bool) -> Operand:
     return Operand(kv.base, Layout((batch,) + inner, kv.layout.base_sizes), kv.factor, kv.nodes)
 
 
+def _same_key_length(key_len, value_len) -> None:
+    """SDPA needs K and V of one length, but its CPU kernels' meta functions do not check it, so dynamo may
+    give a growing cache's K and V two symbols. The call fails unless they are equal: state that (a guard, as
+    the user's own graph requires it) so that the pass sees one key length."""
+    if known_equal(key_len, value_len):
+        return
+    if size_hint(key_len) is None or size_hint(key_len) != size_hint(value_len) or not bool(key_len == value_len):
+        raise Decline(f"SDPA's key and value lengths differ ({key_len} and {value_len})")
+
+
 def plan_sdpa_site(call: SdpaCall, split_cat: bool = True) -> SitePlan:
     q_val, k_val, v_val = fake_value(call.query), fake_value(call.key), fake_value(call.value)
     if not (q_val.dim() == k_val.dim() == v_val.dim() and q_val.dim() >= 3):
         raise Decline("SDPA operands without a head dim")
     q_heads, kv_heads, head_dim = q_val.shape[-3], k_val.shape[-3], q_val.shape[-1]
     if not (is_concrete(q_heads) and is_concrete(kv_heads) and is_concrete(head_dim)):
-        raise Decline("SDPA heads or head dim are symbolic")
+        raise Decline("SDPA heads or head dim are symbolic",
+                      fix="fixed head counts and head dims (dynamo marks a size dynamic after it changes)")
     if q_heads % kv_heads != 0:
-        raise Decline("SDPA query heads are not a multiple of KV heads")
+        raise Decline(f"SDPA query heads ({q_heads}) are not a multiple of KV heads ({kv_heads})",
+                      fix="query heads a multiple of the KV heads")
     groups = q_heads // kv_heads
+    _same_key_length(k_val.shape[-2], v_val.shape[-2])
     q = _sdpa_query(walk_operand(call.query, allow_scale=True))
     k = _sdpa_key_value(walk_operand(call.key, allow_scale=True), groups, is_key=True)
     v = _sdpa_key_value(walk_operand(call.value, allow_scale=False), groups, is_key=False)
@@ -116,7 +132,8 @@ def plan_sdpa_site(call: SdpaCall, split_cat: bool = True) -> SitePlan:
         mask_val = fake_value(call.mask)
         spread = broadcast_layout(list(mask_val.shape), scores_shape)
         if spread is None:
-            raise Decline("the SDPA mask does not broadcast to the scores")
+            raise Decline(f"the SDPA mask of shape {tuple(mask_val.shape)} does not broadcast to the scores of shape "
+                          f"{tuple(scores_shape)}", fix="a mask broadcastable to [B, 1, Lq, S]", node=call.mask)
         use = MaskUse(node=call.mask, additive=mask_val.dtype != torch.bool, attend_if=True, c_over_mask=spread,
                       multiplier=1.0)
         placed.append(place(use, c_over_slots, slots))

@@ -18,7 +18,7 @@ from ...op.validation import MAX_QUERY_LEN, SUPPORTED_DTYPES, validate_inputs
 from ...spec import AttentionSpec, dtype_name
 from ..decline import Decline
 from ..trace.layout import Piece, fake_value
-from ..trace.sizes import is_concrete, known_equal, known_one, product, size_hint
+from ..trace.sizes import is_concrete, known_equal, known_less, known_one, product, size_hint
 from ..trace.value_side import ValueSide
 
 
@@ -48,6 +48,9 @@ class TensorPlan:
     order: list  # permutation of the remaining dims into the op's order
     unsqueeze: list  # positions, in the op's order, of dims the tensor does not have (size 1)
     merged_shape: Optional[list] = None  # when a role spans several dims: the op's shape (merging them)
+    # (axis, length): axes of base read only up to `length` and split further (the query part of a fused QKV
+    # projection viewed as heads): sliced before the reshape to split_shape
+    prefixes: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -144,7 +147,7 @@ def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[l
         if piece.axis is None:
             raise Decline(f"the {what} is broadcast where the op needs a real dim")
         by_axis.setdefault(piece.axis, []).append((role, piece))
-    split_shape, dim_of_role, unit_dims, slices = [], {}, [], []
+    split_shape, dim_of_role, unit_dims, slices, prefixes = [], {}, [], [], []
     for axis, size in enumerate(sizes):
         entries = by_axis.get(axis, [])
         if not entries:
@@ -166,17 +169,21 @@ def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[l
         expected = 1
         for _, piece in reversed(entries):
             if not known_equal(piece.step, expected):
-                raise Decline(f"the {what} is read with a stride pattern the op cannot express")
+                raise Decline(f"the {what} is read with a stride pattern the op cannot express (axis {axis} of "
+                              f"{base.name} is read in runs of {[(p.size, p.step) for _, p in entries]} (size, "
+                              "step): only runs that tile the axis or its start map onto the op's dims)")
             expected = expected * piece.size
         if not known_equal(expected, size):
-            raise Decline(f"the {what} is read only in part along one axis")
+            if not known_less(expected, size):
+                raise Decline(f"the {what} is read in runs that do not tile axis {axis} of {base.name}")
+            prefixes.append((axis, expected))  # e.g. the query part of a fused QKV projection, split into heads
         for role, piece in entries:
             dim_of_role[role] = len(split_shape)
             split_shape.append(piece.size)
     remaining = [dim for dim in range(len(split_shape)) if dim not in unit_dims]
     order = [remaining.index(dim_of_role[role]) for role, piece in enumerate(pieces) if piece is not None]
     unsqueeze = [role for role, piece in enumerate(pieces) if piece is None]
-    return TensorPlan(base, split_shape, slices, unit_dims, order, unsqueeze, merged_shape)
+    return TensorPlan(base, split_shape, slices, unit_dims, order, unsqueeze, merged_shape, prefixes)
 
 
 def query_plan(term, t: int, slots: list, roles: Roles, what: str) -> QueryPlan:
@@ -189,9 +196,7 @@ def query_plan(term, t: int, slots: list, roles: Roles, what: str) -> QueryPlan:
     contraction = term.q_contraction
     if not known_equal(contraction.step, 1):
         raise Decline(f"the {what}'s head dim is strided")
-    full = fake_value(term.q.base).shape[contraction.axis]
-    if any(piece.axis == contraction.axis for piece in pieces):
-        raise Decline(f"the {what}'s head dim is also read as another dim")
+    full = head_dim_span(term, pieces, what)
     view = tensor_plan(term.q.base, pieces + [Piece(contraction.axis, full)], what)
     window = term.q_window
     if window is None and not known_equal(contraction.size, full):
@@ -205,6 +210,26 @@ def query_plan(term, t: int, slots: list, roles: Roles, what: str) -> QueryPlan:
     return QueryPlan(view, shape, window)
 
 
+def head_dim_span(term, pieces: list, what: str):
+    """The run of the query's base axis that holds one head's head dim: the whole axis, or, where the same
+    axis also holds heads or positions (a projection's [.., H * D] output viewed as [.., H, D]), the part below
+    the most minor of those pieces. The op reads the head dim (or its window) out of that run."""
+    contraction = term.q_contraction
+    base_size = fake_value(term.q.base).shape[contraction.axis]
+    steps = [piece.step for piece in pieces if piece.axis == contraction.axis]
+    if not steps:
+        return base_size
+    if not all(is_concrete(step) for step in steps) or not is_concrete(contraction.size):
+        raise Decline(f"the {what}'s head dim shares axis {contraction.axis} of {term.q.base.name} with other dims "
+                      "whose strides are symbolic")
+    span = min(steps)
+    start = term.q_window[0] if term.q_window is not None else 0
+    if start + contraction.size > span:
+        raise Decline(f"the {what}'s head dim ({contraction.size} wide) overlaps the other dims read from axis "
+                      f"{contraction.axis} of {term.q.base.name} (the next one starts every {span} entries)")
+    return span
+
+
 def slots_size(slots: list, indices: list):
     return product(slots[i].size for i in indices)
 
@@ -215,7 +240,9 @@ def cache_plan(base: fx.Node, groups: list, what: str) -> TensorPlan:
     last = groups[-1][0]
     value = fake_value(base)
     if not (known_equal(last.step, 1) and (known_one(value.shape[last.axis]) or value.stride()[last.axis] == 1)):
-        raise Decline(f"the {what}'s head dim is not contiguous in memory (the op would need a copy)")
+        raise Decline(f"the {what}'s head dim is not contiguous in memory (the op would need a copy)",
+                      fix=f"keep the {what} with its head dim last and contiguous ([B, S, H, D] or [B, H, S, D])",
+                      node=base)
     pieces = [piece for group in groups for piece in (group or [None])]
     merged = None
     if any(len(group) > 1 for group in groups):
@@ -291,7 +318,8 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
         rope_batch, rope_key, rope_heads = key_runs(rope)
         if any(run is not None for run in rope_heads) or any(slots[g].atoms[rope].right is not None
                                                               for g in roles.groups):
-            raise Decline("the rope key is not shared by all heads")
+            raise Decline("the rope key is not shared by all heads",
+                          fix="one rope key for all heads (MLA/GLA/GTA), or per-head keys concatenated into one key")
         if any(run is None for run in rope_batch):
             raise Decline("the rope key is shared across the batch")
         q_rope = query_plan(rope_term, rope, slots, roles, "rope query")
@@ -304,7 +332,8 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
     others = [fake_value(p.base).dtype for p in (k_plan, v_out, k_rope) if p is not None]
     others += [fake_value(q_rope.view.base).dtype] if q_rope is not None else []
     if dtype not in SUPPORTED_DTYPES or any(d != dtype for d in others):
-        raise Decline(f"q, k, v dtypes {[dtype] + others} are not one supported dtype")
+        raise Decline(f"q, k, v dtypes {[dtype] + others} are not one supported dtype",
+                      fix="q, k and v in one dtype of float16, bfloat16, float32")
 
     batch = slots_size(slots, roles.batch)
     num_kv_heads = slots_size(slots, roles.head)
@@ -313,19 +342,25 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
     for size, what in ((num_q_heads, "query heads"), (num_kv_heads, "KV heads"), (head_dim_q, "head dim"),
                        (head_dim_k, "key head dim"), (head_dim_v, "value head dim"), (rope_dim, "rope dim")):
         if not is_concrete(size):
-            raise Decline(f"the number of {what} is symbolic")
+            raise Decline(f"the number of {what} is symbolic",
+                          fix=f"a fixed number of {what} (dynamo marks a size dynamic after it changes between calls)")
     spec = AttentionSpec.from_dims(num_q_heads, num_kv_heads, head_dim_q, head_dim_k, head_dim_v, rope_dim, tied,
                                    False, dtype_name(dtype))
     try:
         if not is_concrete(query_len):
-            raise Decline("the query length is symbolic")
+            raise Decline("the query length is symbolic",
+                          fix="decode steps with a fixed number of new tokens (or torch._dynamo.mark_static on it)")
         if query_len > MAX_QUERY_LEN:
-            raise Decline(f"query length {query_len} > {MAX_QUERY_LEN} (prefill): left to Inductor")
+            raise Decline(f"query length {query_len} > {MAX_QUERY_LEN} (prefill): left to Inductor",
+                          fix=f"nothing to do: decode steps (at most {MAX_QUERY_LEN} new tokens) are the ones fused")
         for mask in masks:
             if any(slots[index].role in ("head", "group") for index in mask.slot_axes):
-                raise Decline("the mask varies across heads, which the op's mask cannot express")
+                raise Decline("the mask varies across heads, which the op's mask cannot express",
+                              fix="one mask for all heads ([B, 1, Lq, S])", node=mask.node)
             if len(roles.batch) > 1 and any(index in roles.batch for index in mask.slot_axes):
-                raise Decline("the mask varies along a batch that spans several dims")
+                raise Decline("the mask varies along a batch that spans several dims",
+                              fix="one batch dim in the scores ([B, H, Lq, S]) when the mask varies per sequence",
+                              node=mask.node)
         output = output_plan(values, slots, roles)
         plan = SitePlan(form, spec, q, k_plan, v_out, q_rope, k_rope, masks, causal_top_left, roles, slots, scale,
                         output, anchor, owned, query_len, key_len)
@@ -353,4 +388,5 @@ def _validate(plan: SitePlan, batch, key_len) -> None:
     try:
         validate_inputs(q, k, v, q_rope, k_rope, None, None, mask, plan.scale, None)
     except (ValueError, TypeError) as error:
-        raise Decline(f"unsupported by the op: {error}") from None
+        raise Decline(f"unsupported by the op: {error}",
+                      fix="head dims and query lengths the op takes (README, 'The op')") from None

@@ -78,7 +78,10 @@ class Emitter:
 
 
 def build_view(emit: Emitter, plan: TensorPlan) -> fx.Node:
-    node = emit.reshape(plan.base, plan.split_shape)
+    node = plan.base
+    for axis, length in plan.prefixes:
+        node = emit.call(aten.slice.Tensor, node, axis, 0, emit.size(length))
+    node = emit.reshape(node, plan.split_shape)
     for dim, length in plan.slices:
         node = emit.call(aten.slice.Tensor, node, dim, 0, emit.size(length))
     if plan.squeeze:

@@ -11,12 +11,13 @@ index of the scores, checked exactly instead of pattern by pattern."""
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import fx
 
-from .sizes import Size, divides, exact_div, known_equal, known_one, product
+from .sizes import Size, divides, exact_div, is_concrete, known_equal, known_less, known_one, product
 
 aten = torch.ops.aten
 
@@ -254,9 +255,37 @@ def _same(node: fx.Node, layout: Layout) -> Optional[Layout]:
     return layout
 
 
+def prefix_of_dim(dim: Sequence[Piece], length: Size) -> Optional[tuple]:
+    """The pieces of a dim's first `length` indices: the minor pieces whole, then a prefix of one piece; the
+    pieces above it are read at index 0 only (and drop out). None when that prefix is no such product (the
+    first 6 of a [2, 4] dim)."""
+    kept: list[Piece] = []
+    remaining = length
+    for piece in reversed(dim):
+        if known_one(remaining):
+            break
+        if divides(piece.size, remaining):
+            kept.insert(0, piece)
+            remaining = exact_div(remaining, piece.size)
+        elif known_less(remaining, piece.size):
+            kept.insert(0, piece.sub(1, remaining))
+            remaining = 1
+        else:
+            return None
+    return tuple(kept) if known_one(remaining) else None
+
+
+def _with_prefix(layout: Layout, dim: int, length: Size) -> Optional[Layout]:
+    kept = prefix_of_dim(layout.dims[dim], length)
+    if kept is None:
+        return None
+    return Layout(layout.dims[:dim] + (kept,) + layout.dims[dim + 1:], layout.base_sizes)
+
+
 def _prefix_slice(node: fx.Node, layout: Layout) -> Optional[Layout]:
-    """A slice that keeps every element, or the first n of a dim that is one run: both are pure
-    re-indexings. Any other slice starts a new base."""
+    """A slice that keeps the first n entries of a dim (narrow, x[..., :n], split's first part) is a pure
+    re-indexing, even of a dim made of several runs (the query part of a fused QKV projection viewed as
+    [.., 3, H, D]). A slice with an offset or a step starts a new base: layouts have no offsets."""
     source, out = fake_value(node.args[0]), fake_value(node)
     if source is None or out is None:
         return None
@@ -267,19 +296,24 @@ def _prefix_slice(node: fx.Node, layout: Layout) -> Optional[Layout]:
         return None
     if known_equal(source.shape[dim], out.shape[dim]):
         return layout
-    if start not in (0, None) or len(layout.dims[dim]) != 1:
+    if start not in (0, None):
         return None
-    piece = layout.dims[dim][0]
-    size = out.shape[dim]
-    dims = list(layout.dims)
-    dims[dim] = () if known_one(size) else (Piece(piece.axis, size, piece.step),)
-    return Layout(tuple(dims), layout.base_sizes)
+    return _with_prefix(layout, dim, out.shape[dim])
 
 
-def _select_unit(node: fx.Node, layout: Layout) -> Optional[Layout]:
-    """select on a dim of size 1 only drops that dim."""
+def _select(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    """select(dim, 0) reads that dim's pieces at index 0 only: they drop out (unbind's first part too).
+    Another index is an offset: a new base."""
     dim = _normalize_dim(node.args[1], layout.rank)
-    if layout.dims[dim]:
+    index = node.args[2]
+    if not isinstance(index, int):
+        return None
+    if index < 0:
+        size = layout.dim_size(dim)
+        if not is_concrete(size):
+            return None
+        index += size
+    if index != 0:
         return None
     return Layout(layout.dims[:dim] + layout.dims[dim + 1:], layout.base_sizes)
 
@@ -299,8 +333,42 @@ VIEW_OPS: dict[object, Callable[[fx.Node, Layout], Optional[Layout]]] = {
     aten.clone.default: _same,
     aten.alias.default: _same,
     aten.slice.Tensor: _prefix_slice,
-    aten.select.int: _select_unit,
+    aten.select.int: _select,
 }
+
+SPLIT_OPS = (aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int)
+
+
+def _first_part(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    """getitem(split(x, .., dim), 0) is x's prefix along dim; getitem(unbind(x, dim), 0) is x.select(dim, 0).
+    Other parts start at an offset: new bases."""
+    split, index = node.args[:2]
+    out = fake_value(node)
+    if index != 0 or out is None:
+        return None
+    rank = layout.rank
+    if split.target is aten.unbind.int:
+        dim = _normalize_dim(split.args[1] if len(split.args) > 1 else split.kwargs.get("dim", 0), rank)
+        return Layout(layout.dims[:dim] + layout.dims[dim + 1:], layout.base_sizes)
+    dim = _normalize_dim(split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0), rank)
+    return _with_prefix(layout, dim, out.shape[dim])
+
+
+def _is_split_part(node) -> bool:
+    return (isinstance(node, fx.Node) and node.op == "call_function" and node.target is operator.getitem
+            and isinstance(node.args[0], fx.Node) and node.args[0].op == "call_function"
+            and node.args[0].target in SPLIT_OPS)
+
+
+def _view_step(node: fx.Node, layout: Layout) -> Optional[Layout]:
+    if _is_split_part(node):
+        return _first_part(node, layout)
+    return VIEW_OPS[node.target](node, layout)
+
+
+def view_input(node: fx.Node):
+    """The tensor a view-like node (or a part of a split) reads."""
+    return node.args[0].args[0] if _is_split_part(node) else node.args[0]
 
 
 def is_view_like(node) -> bool:
@@ -320,8 +388,8 @@ def trace(node: fx.Node) -> Optional[Traced]:
     """Follow view-like ops back from node to the first op that is not a pure re-indexing."""
     chain = []
     current = node
-    while is_view_like(current):
-        source = current.args[0]
+    while is_view_like(current) or _is_split_part(current):
+        source = view_input(current)
         if not isinstance(source, fx.Node) or fake_value(source) is None:
             break
         chain.append(current)
@@ -333,7 +401,7 @@ def trace(node: fx.Node) -> Optional[Traced]:
     layout = identity(list(base_val.shape))
     applied = []
     for view_node in chain:
-        step = VIEW_OPS[view_node.target](view_node, layout)
+        step = _view_step(view_node, layout)
         if step is None:
             # Not a pure re-indexing here: the tensor it produces becomes the base.
             base_val = fake_value(view_node)

@@ -110,17 +110,20 @@ def place(use: MaskUse, c_over_slots: Layout, slots: list) -> PlacedMask:
     for dim in range(c_over_slots.rank):
         pairs = align(c_over_slots.dims[dim], c_over_node.dims[dim])
         if pairs is None:
-            raise Decline(f"mask {node.name} does not line up with the scores")
+            raise Decline(f"mask {node.name} does not line up with the scores",
+                          fix="a mask broadcastable to the scores with one dim per score dim ([B, 1, Lq, S])", node=node)
         for atom in pairs:
             if atom.right is None:
                 continue
             slot_piece, mask_piece = atom.left, atom.right
             slot = slots[slot_piece.axis]
             if not (known_equal(slot_piece.step, 1) and known_equal(slot_piece.size, slot.size)):
-                raise Decline(f"mask {node.name} varies along part of a score dim")
+                raise Decline(f"mask {node.name} varies along part of a score dim",
+                              fix="a mask that varies along whole batch, query and key dims ([B, 1, Lq, S])", node=node)
             if not known_equal(mask_piece.step, 1) or mask_piece.axis in slot_axes.values():
                 raise Decline(f"mask {node.name} varies along several score dims through one axis (e.g. per query "
-                              "head across KV groups), which the op's mask cannot express")
+                              "head across KV groups), which the op's mask cannot express",
+                              fix="one mask for all heads ([B, 1, Lq, S])", node=node)
             slot_axes[slot_piece.axis] = mask_piece.axis
             if not known_equal(mask_piece.size, node_sizes[mask_piece.axis]):
                 slices.append((mask_piece.axis, mask_piece.size))  # e.g. HF's mask[..., :key_length]

@@ -105,7 +105,8 @@ def _mask_layout(c_over_node: Layout, mask: fx.Node, node: fx.Node) -> Layout:
     spread = broadcast_layout(list(mask_val.shape), list(node_val.shape))
     composed = None if spread is None else compose(c_over_node, spread)
     if composed is None:
-        raise Decline(f"mask {mask.name} of shape {tuple(mask_val.shape)} does not broadcast to the scores")
+        raise Decline(f"mask {mask.name} of shape {tuple(mask_val.shape)} does not broadcast to the scores of shape "
+                      f"{tuple(node_val.shape)}", fix="a mask broadcastable to the scores ([B, 1, Lq, S])", node=mask)
     return composed
 
 
@@ -143,7 +144,8 @@ def _visit(node, c_over_node: Layout, scale: float, walk: ScoreWalk, is_root: bo
     if scaled is not None:
         source, factor = scaled
         if not factor > 0:
-            raise Decline(f"scores are multiplied by {factor} (the op needs a positive scale)")
+            raise Decline(f"scores are multiplied by {factor} (the op needs a positive scale)",
+                          fix="a positive softmax scale", node=node)
         _visit(source, c_over_node, scale * factor, walk)
         return
     if is_call(node, aten.add.Tensor):
@@ -159,7 +161,10 @@ def _visit(node, c_over_node: Layout, scale: float, walk: ScoreWalk, is_root: bo
         return
     if visit_soft_cap(node, c_over_node, scale, walk, _visit):
         return
-    raise Decline(f"scores are computed by {node.target} (not a scale, a mask or a q.k product)")
+    raise Decline(f"scores are computed by {node.target} (not a scale, a mask or a q.k product)",
+                  fix="between q @ k and the softmax, only scalar scales, masks (add, masked_fill, where), views "
+                      "and the extensions the op takes (soft cap, ALiBi, sinks)",
+                  node=node)
 
 
 def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk) -> None:
@@ -178,7 +183,8 @@ def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk
         raise Decline("a constant is added to the scores")
     mask_val = fake_value(mask)
     if mask_val is None or not mask_val.is_floating_point():
-        raise Decline(f"additive mask {mask.name} is not a floating tensor")
+        raise Decline(f"additive mask {mask.name} is not a floating tensor",
+                      fix="a float additive mask, or a bool mask through masked_fill / where", node=mask)
     c_over_mask = _mask_layout(c_over_node, mask, node)
     alibi = match_alibi(mask, c_over_mask, scale)
     if alibi is not None:
@@ -200,8 +206,9 @@ def _visit_fill(node, cond, when_true, when_false, c_over_node: Layout, scale: f
     else:
         raise Decline("a where() on the scores does not select between scores and a constant fill")
     if not (fill == -math.inf or fill * scale <= NEGLIGIBLE_FILL):
-        raise Decline(f"masked scores are replaced by {fill}, which still takes part in the softmax")
+        raise Decline(f"masked scores are replaced by {fill}, which still takes part in the softmax",
+                      fix="fill masked scores with -inf or torch.finfo(dtype).min", node=node)
     if not isinstance(cond, fx.Node) or fake_value(cond) is None or fake_value(cond).dtype != torch.bool:
-        raise Decline("the mask selecting masked scores is not a boolean tensor")
+        raise Decline("the mask selecting masked scores is not a boolean tensor", fix="a bool mask", node=node)
     walk.masks.append(MaskUse(cond, False, attend_if, _mask_layout(c_over_node, cond, node), 1.0))
     _visit(source, c_over_node, scale, walk)

@@ -20,6 +20,12 @@ def known_equal(a: Size, b: Size) -> bool:
     return statically_known_true(a == b)
 
 
+def known_less(a: Size, b: Size) -> bool:
+    if is_concrete(a) and is_concrete(b):
+        return a < b
+    return statically_known_true(a < b)
+
+
 def known_one(size: Size) -> bool:
     return known_equal(size, 1)
 

@@ -225,7 +225,8 @@ def assign_roles(slots: list, softmax_dim: int) -> None:
             if any(queries):
                 raise Decline(
                     f"the softmax runs over dim {softmax_dim}, which also indexes queries (heads or positions), "
-                    "not only key positions"
+                    "not only key positions",
+                    fix="take the softmax over the key dim (the last dim of q @ k.transpose(-1, -2))",
                 )
             if not all(keys):
                 raise Decline(f"a score term is broadcast along the softmax dim {softmax_dim}")
@@ -234,7 +235,8 @@ def assign_roles(slots: list, softmax_dim: int) -> None:
         if any(key and not query for key, query in zip(keys, queries)):
             raise Decline(
                 f"key positions also vary along dim {slot.dim}: the softmax over dim {softmax_dim} does not "
-                "cover all keys"
+                "cover all keys",
+                fix="take the softmax over the dim that holds all key positions",
             )
         if not any(queries):
             raise Decline(f"the scores are broadcast along dim {slot.dim}")

@@ -38,7 +38,9 @@ def follow_probabilities(probs: fx.Node) -> tuple:
         if len(users) != 1:
             raise Decline(
                 f"the attention probabilities ({current.name}) are used by {len(users)} nodes "
-                "(an intermediate is used elsewhere, e.g. returned attention weights)"
+                "(an intermediate is used elsewhere, e.g. returned attention weights)",
+                fix="do not return or reuse the attention weights (output_attentions=False)",
+                node=next((u for u in users if not is_call(u, *PRODUCT_OPS)), users[0]),
             )
         user = users[0]
         if is_call(user, *PRODUCT_OPS):
@@ -51,7 +53,9 @@ def follow_probabilities(probs: fx.Node) -> tuple:
             current = user
             continue
         raise Decline(
-            f"the probabilities pass through {user.target} before the value product (dropout or reweighting)"
+            f"the probabilities pass through {user.target} before the value product (dropout or reweighting)",
+            fix="no dropout at inference (model.eval(), dropout_p=0) and no reweighting of the probabilities",
+            node=user,
         )
 
 
@@ -79,7 +83,8 @@ def analyze_values(left_over_slots: Layout, v: Operand, slots: list, output: fx.
                 raise Decline("V is not indexed by the same batch/KV-head axes as K")
             slot_pieces[index] = atom.right
         elif atom.right is not None:
-            raise Decline("V varies along a query row, so rows do not share their values")
+            raise Decline("V varies along a query row, so rows do not share their values",
+                          fix="V indexed by batch, KV head, key position and value dim only")
     key_pieces = [a.left for a in atoms.contraction]
     value_keys = merge_adjacent([a.right for a in atoms.contraction if a.right is not None])
     key_slot = next(i for i, s in enumerate(slots) if s.role == "key")

@@ -1,0 +1,88 @@
+"""Issue 12 section 1: the layout analysis follows a query (and K, V) straight from a projection, where the
+heads and the head dim are two runs of ONE axis of the projection's output, through any chain of views,
+splits and prefix slices; sizes that coincide cannot make it confuse two axes."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glacompiler.compiler.trace.layout import Piece, prefix_of_dim
+from test_backend_support import assert_close, run_pass
+
+
+def test_prefix_of_a_dim_made_of_two_runs():
+    # A [3, 8] dim (a view of one axis of 24): its first 16 entries are the first 2 of the major run, whole
+    # minor runs; the first 4 are a prefix of the minor run, the major one read at index 0.
+    dim = (Piece(0, 3, 8), Piece(0, 8, 1))
+    assert prefix_of_dim(dim, 16) == (Piece(0, 2, 8), Piece(0, 8, 1))
+    assert prefix_of_dim(dim, 4) == (Piece(0, 4, 1),)
+    assert prefix_of_dim(dim, 24) == dim
+    assert prefix_of_dim(dim, 12) is None  # 1.5 rows of 8: no product of runs
+
+
+# (batch, heads, kv heads, head dim, cache length, width): sizes that coincide
+SHAPES = {
+    "plain": (2, 4, 2, 8, 12, 32),
+    "head_dim_eq_cache_len": (2, 4, 2, 16, 16, 32),
+    "heads_x_dim_eq_cache_len_eq_width": (2, 4, 2, 8, 32, 32),
+    "batch_eq_heads_eq_kv_heads": (4, 4, 4, 8, 12, 32),
+}
+
+
+def sdpa_from_linear(x, w_q, k_cache, v_cache):
+    batch, length, _ = x.shape
+    heads, dim = w_q.shape[0] // k_cache.shape[-1], k_cache.shape[-1]
+    q = F.linear(x, w_q).view(batch, length, heads, dim).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k_cache, v_cache, enable_gqa=True)
+
+
+def manual_from_linear(x, w_q, k_cache, v_cache):
+    batch, length, _ = x.shape
+    dim = k_cache.shape[-1]
+    heads = w_q.shape[0] // dim
+    q = F.linear(x, w_q).view(batch, length, heads, dim).transpose(1, 2)
+    k = k_cache.repeat_interleave(heads // k_cache.shape[1], dim=1)
+    v = v_cache.repeat_interleave(heads // v_cache.shape[1], dim=1)
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dim), dim=-1) @ v
+
+
+def fused_qkv_unbind(x, w_qkv, k_cache, v_cache):
+    """One projection viewed as [B, L, 3, H, D], the query its first part (MHA)."""
+    batch, length, _ = x.shape
+    heads, dim = k_cache.shape[1], k_cache.shape[-1]
+    q = F.linear(x, w_qkv).view(batch, length, 3, heads, dim).unbind(2)[0]
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k_cache, v_cache)
+
+
+def fused_qkv_narrow(x, w_qkv, k_cache, v_cache):
+    """The query as a narrow() of a fused projection, then split into heads."""
+    batch, length, _ = x.shape
+    heads, dim = k_cache.shape[1], k_cache.shape[-1]
+    q = F.linear(x, w_qkv).narrow(-1, 0, heads * dim).view(batch, length, heads, dim)
+    scores = torch.einsum("blhd,bhsd->bhls", q, k_cache) * dim ** -0.5
+    return torch.einsum("bhls,bhsd->blhd", scores.softmax(-1), v_cache)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("attend", [sdpa_from_linear, manual_from_linear])
+def test_query_straight_from_a_projection(attend, shape):
+    batch, heads, kv_heads, dim, length, width = SHAPES[shape]
+    torch.manual_seed(0)
+    x, w_q = torch.randn(batch, 1, width), torch.randn(heads * dim, width) / math.sqrt(width)
+    k_cache, v_cache = torch.randn(batch, kv_heads, length, dim), torch.randn(batch, kv_heads, length, dim)
+    result = run_pass(attend, x, w_q, k_cache, v_cache)
+    assert result.statuses == ["rewritten"], result.reasons
+    assert result.records[0].kind == ("mha" if heads == kv_heads else "gqa")
+    assert_close(result.output, attend(x, w_q, k_cache, v_cache))
+
+
+@pytest.mark.parametrize("attend", [fused_qkv_unbind, fused_qkv_narrow])
+def test_query_as_the_first_part_of_a_fused_projection(attend):
+    batch, heads, dim, length, width = 2, 4, 8, 32, 32
+    torch.manual_seed(0)
+    x, w_qkv = torch.randn(batch, 1, width), torch.randn(3 * heads * dim, width) / math.sqrt(width)
+    k_cache, v_cache = torch.randn(batch, heads, length, dim), torch.randn(batch, heads, length, dim)
+    result = run_pass(attend, x, w_qkv, k_cache, v_cache)
+    assert result.statuses == ["rewritten"], result.reasons
+    assert_close(result.output, attend(x, w_qkv, k_cache, v_cache))
