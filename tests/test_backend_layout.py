@@ -77,7 +77,16 @@ def test_query_straight_from_a_projection(attend, shape):
     assert_close(result.output, attend(x, w_q, k_cache, v_cache))
 
 
-@pytest.mark.parametrize("attend", [fused_qkv_unbind, fused_qkv_narrow])
+def fused_qkv_per_head_split(x, w_qkv, k_cache, v_cache):
+    """GPT-NeoX's layout: [B, L, H, 3 * D] per head, the query the first D channels of each head (a prefix of
+    each head's block of one axis)."""
+    batch, length, _ = x.shape
+    heads, dim = k_cache.shape[1], k_cache.shape[-1]
+    q = F.linear(x, w_qkv).view(batch, length, heads, 3 * dim).split(dim, dim=-1)[0]
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k_cache, v_cache)
+
+
+@pytest.mark.parametrize("attend", [fused_qkv_unbind, fused_qkv_narrow, fused_qkv_per_head_split])
 def test_query_as_the_first_part_of_a_fused_projection(attend):
     batch, heads, dim, length, width = 2, 4, 8, 32, 32
     torch.manual_seed(0)
@@ -86,3 +95,20 @@ def test_query_as_the_first_part_of_a_fused_projection(attend):
     result = run_pass(attend, x, w_qkv, k_cache, v_cache)
     assert result.statuses == ["rewritten"], result.reasons
     assert_close(result.output, attend(x, w_qkv, k_cache, v_cache))
+
+
+def test_runs_with_a_gap_that_is_not_a_block_prefix_are_declined():
+    """A query read every other channel (a step-2 run at the inside) has no view the op takes: declined."""
+    def every_other_channel(x, w_q, k_cache, v_cache):
+        batch, length, _ = x.shape
+        heads, dim = k_cache.shape[1], k_cache.shape[-1]
+        q = F.linear(x, w_q).view(batch, length, heads, dim, 2)[..., 0]
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k_cache, v_cache)
+
+    batch, heads, dim, length, width = 2, 4, 8, 12, 32
+    torch.manual_seed(0)
+    x, w_q = torch.randn(batch, 1, width), torch.randn(2 * heads * dim, width) / math.sqrt(width)
+    k_cache, v_cache = torch.randn(batch, heads, length, dim), torch.randn(batch, heads, length, dim)
+    result = run_pass(every_other_channel, x, w_q, k_cache, v_cache)
+    assert_close(result.output, every_other_channel(x, w_q, k_cache, v_cache))
+    assert result.statuses == ["skipped"], result.reasons

@@ -138,7 +138,8 @@ def is_tied(term, t: int, slots: list, roles: Roles, values: ValueSide) -> bool:
 
 def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[list] = None) -> TensorPlan:
     """View `base` so that its dims are `pieces` in order (None: a size-1 dim the tensor lacks). Each base
-    axis is either read whole, read as a prefix, or split exactly into the pieces that read it."""
+    axis is either read whole, read as a prefix, or split into the pieces that read it (each whole, or a prefix
+    of the block its outer neighbour steps over)."""
     sizes = list(fake_value(base).shape)
     by_axis: dict = {}
     for role, piece in enumerate(pieces):
@@ -165,25 +166,45 @@ def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[l
                 slices.append((len(split_shape), piece.size))
             split_shape.append(size)
             continue
-        entries.sort(key=lambda entry: -(size_hint(entry[1].step) or 0))
-        expected = 1
-        for _, piece in reversed(entries):
-            if not known_equal(piece.step, expected):
-                raise Decline(f"the {what} is read with a stride pattern the op cannot express (axis {axis} of "
-                              f"{base.name} is read in runs of {[(p.size, p.step) for _, p in entries]} (size, "
-                              "step): only runs that tile the axis or its start map onto the op's dims)")
-            expected = expected * piece.size
-        if not known_equal(expected, size):
-            if not known_less(expected, size):
-                raise Decline(f"the {what} is read in runs that do not tile axis {axis} of {base.name}")
-            prefixes.append((axis, expected))  # e.g. the query part of a fused QKV projection, split into heads
+        # Inner runs first. A run whose step leaves a gap below it (a per-head prefix of a [.., H * (Dn + Dv)]
+        # projection: runs (H, Dn + Dv), (Dn, 1)) widens the dim below it to the gap, which is then read as a
+        # prefix slice.
+        entries.sort(key=lambda entry: size_hint(entry[1].step) or 0)
+        dims = []  # [role, full size, size read, widened], inner to outer
+        span = 1
         for role, piece in entries:
+            if not known_equal(piece.step, span):
+                gap = _gap_factor(piece.step, span) if dims else None
+                if gap is None:
+                    raise Decline(f"the {what} is read with a stride pattern the op cannot express (axis {axis} of "
+                                  f"{base.name} is read in runs of {[(p.size, p.step) for _, p in entries]} (size, "
+                                  "step): only runs that tile the axis, its start or a prefix of each of its "
+                                  "blocks map onto the op's dims)")
+                dims[-1][1], dims[-1][3] = dims[-1][1] * gap, True
+                span = piece.step
+            dims.append([role, piece.size, piece.size, False])
+            span = span * piece.size
+        if not known_equal(span, size):
+            if not known_less(span, size):
+                raise Decline(f"the {what} is read in runs that do not tile axis {axis} of {base.name}")
+            prefixes.append((axis, span))  # e.g. the query part of a fused QKV projection, split into heads
+        for role, full, read, widened in reversed(dims):
             dim_of_role[role] = len(split_shape)
-            split_shape.append(piece.size)
+            if widened:
+                slices.append((len(split_shape), read))
+            split_shape.append(full)
     remaining = [dim for dim in range(len(split_shape)) if dim not in unit_dims]
     order = [remaining.index(dim_of_role[role]) for role, piece in enumerate(pieces) if piece is not None]
     unsqueeze = [role for role, piece in enumerate(pieces) if piece is None]
     return TensorPlan(base, split_shape, slices, unit_dims, order, unsqueeze, merged_shape, prefixes)
+
+
+def _gap_factor(step, span) -> Optional[int]:
+    """step / span where a run of this step sits on whole blocks of the runs below it (concrete sizes only)."""
+    if not (is_concrete(step) and is_concrete(span)):
+        return None
+    step, span = int(step), int(span)
+    return step // span if step > span and step % span == 0 else None
 
 
 def query_plan(term, t: int, slots: list, roles: Roles, what: str) -> QueryPlan:
