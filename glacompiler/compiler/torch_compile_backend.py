@@ -13,8 +13,12 @@ from typing import Optional
 import torch
 from torch._inductor.compile_fx import compile_fx
 
+from torch._dynamo.utils import counters
+
 from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
 from .inductor_guard import inductor_attention_fusion_disabled
+from .record_store import graph_records_key, load_records, save_records
+from .report import add_records
 
 _graph_ids = itertools.count()
 
@@ -87,9 +91,11 @@ class GlaBackend:
         graph_name = f"graph {next(_graph_ids)}"
         user_pass = patches.get("joint_custom_pre_pass", torch._inductor.config.joint_custom_pre_pass)
         our_pass = AttentionRewritePass(self.rewrite, chained=user_pass, graph_name=graph_name)
+        records_key = graph_records_key(gm, example_inputs, our_pass.uuid(), patches)
         with inductor_attention_fusion_disabled():
             try:
-                compiled = compile_fx(gm, example_inputs, config_patches={**patches, "joint_custom_pre_pass": our_pass})
+                compiled = self._compile(gm, example_inputs, {**patches, "joint_custom_pre_pass": our_pass},
+                                         our_pass, records_key)
             except Exception as error:
                 if not _caused_by_pass(error) or strict_mode():
                     raise
@@ -102,6 +108,30 @@ class GlaBackend:
                 return compile_fx(gm, example_inputs, config_patches=patches)
         if self.autotune and our_pass.tuning_targets:
             tune_sites(our_pass.tuning_targets)
+        return compiled
+
+    @staticmethod
+    def _compile(gm, example_inputs, patches: dict, our_pass: AttentionRewritePass, records_key: Optional[str]):
+        """compile_fx with our pass, keeping the report right when Inductor's caches serve the graph: records
+        made by the pass are saved; on an AOTAutograd cache hit (the pass did not run) the saved ones are
+        restored, and where none were saved the graph is compiled again without that cache (the FX-graph
+        cache can still hit: on inference graphs our pass runs before its lookup)."""
+        hits_before = counters["aot_autograd"]["autograd_cache_hit"]
+        compiled = compile_fx(gm, example_inputs, config_patches=patches)
+        if records_key is None:
+            return compiled
+        if our_pass.calls == 0 and counters["aot_autograd"]["autograd_cache_hit"] > hits_before:
+            records = load_records(records_key, our_pass.graph_name)
+            if records is not None:
+                counters["glacompiler"]["records_restored_from_cache"] += 1
+                add_records(records)
+                our_pass.records.extend(records)
+                return compiled
+            counters["glacompiler"]["recompiled_for_records"] += 1
+            with torch._functorch.config.patch(enable_autograd_cache=False):
+                compiled = compile_fx(gm, example_inputs, config_patches=patches)
+        if our_pass.calls:
+            save_records(records_key, our_pass.records)
         return compiled
 
     def __repr__(self) -> str:
