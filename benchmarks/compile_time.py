@@ -160,13 +160,14 @@ def run_child(args, backend: str, cache_dir: str) -> dict:
 
 
 def describe(name: str, row: dict) -> str:
-    hits = row["counters"]["inductor"].get("fxgraph_cache_hit", 0)
-    aot_hits = row["counters"]["aot_autograd"].get("autograd_cache_hit", 0)
+    fx = {state: row["counters"]["inductor"].get(f"fxgraph_cache_{state}", 0) for state in ("hit", "miss", "bypass")}
+    aot = {state: row["counters"]["aot_autograd"].get(f"autograd_cache_{state}", 0)
+           for state in ("hit", "miss", "bypass")}
     sites = f", {row['rewritten']}/{row['sites']} sites rewritten" if row["sites"] else ""
     phases = ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in list(row["phases"].items())[:5])
     return (f"{name:<12} first step {row['first_step_s']:7.2f} s  (second {row['second_step_s'] * 1e3:8.2f} ms)  "
-            f"pass {row['pass_s']:6.2f} s in {row['pass_calls']} graphs{sites}; cache hits fx {hits} aot "
-            f"{aot_hits}\n{'':<13}phases (s): {phases}")
+            f"pass {row['pass_s']:6.2f} s in {row['pass_calls']} graphs{sites}\n{'':<13}FX-graph cache {fx}, "
+            f"AOTAutograd cache {aot}\n{'':<13}phases (s): {phases}")
 
 
 def main() -> None:
