@@ -12,7 +12,7 @@ def two_sites(q, k, v, x):
     return rewritten, skipped
 
 
-def model_inputs():
+def model_inputs(device="cpu", dtype=torch.float32):
     generator = torch.Generator().manual_seed(0)
     shapes = ((2, 8, 1, 16), (2, 2, 24, 16), (2, 2, 24, 16), (2, 4, 3, 16))
-    return [torch.randn(*shape, generator=generator) for shape in shapes]
+    return [torch.randn(*shape, generator=generator).to(device=device, dtype=dtype) for shape in shapes]

@@ -28,29 +28,33 @@ import glacompiler
 from torch._dynamo.utils import counters
 from compile_cache_model import model_inputs, two_sites
 
+device = sys.argv[3]
+dtype = torch.float16 if device == "cuda" else torch.float32
+
 def compile_once(rewrite):
     torch._dynamo.reset()
     counters.clear()
     glacompiler.reset_report()
-    args = model_inputs()
+    args = model_inputs(device, dtype)
     with torch.no_grad():
         outputs = torch.compile(two_sites, backend=glacompiler.backend(rewrite=rewrite))(*args)
     return {
         "counters": {group: dict(counters[group]) for group in ("inductor", "aot_autograd", "glacompiler")},
         "report": [str(record) for record in glacompiler.compile_report()],
-        "error": max((out - ref).abs().max().item() for out, ref in zip(outputs, two_sites(*args))),
+        "error": max((out.float() - ref).abs().max().item()
+                     for out, ref in zip(outputs, two_sites(*[a.float() for a in args]))),
     }
 
 print(json.dumps([compile_once(rewrite=option == "rewrite") for option in sys.argv[1].split(",")]))
 """
 
 
-def run_in_new_process(package_root: Path, cache_dir: Path, options: str) -> list:
+def run_in_new_process(package_root: Path, cache_dir: Path, options: str, device: str) -> list:
     """Compiles the model once per option ('rewrite' or 'no-rewrite', comma-separated) in a fresh process."""
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache_dir / "inductor"),
                GLACOMPILER_CACHE_DIR=str(cache_dir / "glacompiler"), PYTHONPATH=str(package_root))
     env.pop("TRITON_INTERPRET", None)
-    result = subprocess.run([sys.executable, "-c", SCRIPT, options, str(Path(__file__).parent)], env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", SCRIPT, options, str(Path(__file__).parent), device], env=env, capture_output=True, text=True,
                             timeout=600, cwd=str(cache_dir))
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -62,27 +66,38 @@ def copy_package(destination: Path) -> Path:
     return destination
 
 
-@pytest.mark.slow
-def test_second_process_is_served_from_the_caches_with_the_same_report(tmp_path):
-    (first,) = run_in_new_process(REPO, tmp_path, "rewrite")
+def check_second_process(tmp_path, device: str, tolerance: float) -> None:
+    (first,) = run_in_new_process(REPO, tmp_path, "rewrite", device)
     assert first["counters"]["aot_autograd"].get("autograd_cache_miss") == 1
     assert first["counters"]["inductor"].get("fxgraph_cache_miss") == 1
     statuses = sorted(line.split("]")[0] for line in first["report"])
     assert statuses == ["[rewritten", "[skipped"], first["report"]
     assert any("softmax runs over dim 1" in line for line in first["report"])
 
-    second, unrewritten = run_in_new_process(REPO, tmp_path, "rewrite,no-rewrite")
+    second, unrewritten = run_in_new_process(REPO, tmp_path, "rewrite,no-rewrite", device)
     assert second["counters"]["aot_autograd"].get("autograd_cache_hit") == 1
     assert second["counters"]["inductor"].get("fxgraph_cache_hit") == 1
     assert second["counters"]["inductor"].get("fxgraph_cache_miss") is None
     assert second["counters"]["glacompiler"].get("records_restored_from_cache") == 1
     assert second["report"] == first["report"]
-    assert second["error"] < 1e-5 and first["error"] < 1e-5
+    assert second["error"] < tolerance and first["error"] < tolerance
 
     # Other options of the pass: another uuid, so both caches miss and the pass says why nothing was rewritten.
     assert unrewritten["counters"]["aot_autograd"].get("autograd_cache_miss") == 1
     assert unrewritten["counters"]["inductor"].get("fxgraph_cache_miss") == 1
     assert any("rewriting is disabled" in line for line in unrewritten["report"])
+
+
+@pytest.mark.slow
+def test_second_process_is_served_from_the_caches_with_the_same_report(tmp_path):
+    check_second_process(tmp_path, "cpu", tolerance=1e-5)
+
+
+@pytest.mark.gpu
+def test_second_process_on_cuda_with_the_cpp_wrapper(tmp_path, cuda_device):
+    """On CUDA the backend compiles with Inductor's C++ wrapper: its compiled graph is served from the caches
+    too, and the rewritten site runs our Triton kernels (fp16)."""
+    check_second_process(tmp_path, "cuda", tolerance=2e-2)
 
 
 def test_uuid_is_stable_and_follows_the_options_and_chained_passes():
