@@ -58,7 +58,10 @@ class GlaBackend:
     cpp_wrapper: Inductor's C++ wrapper, which launches the graph's kernels from C++ instead of Python. None
         (the default) turns it on for CUDA graphs without CUDA-graph capture: a decode step is then bound by
         the host's launch work, and the C++ wrapper cuts it (benchmarks/RESULTS.md). Not needed when
-        graphs replay the step, and left off on CPU, where it only adds C++ compile time.
+        graphs replay the step, and left off on CPU, where it only adds C++ compile time. Its cost is at the
+        first compile (a C++ compile per graph, plus Inductor's precompiled header the first time a cache dir
+        sees it: ~35 s on a 2-core CPU for a one-op graph); the built library is cached with the graph, so
+        a second process loads it (benchmarks/compile_time.py measures both).
     inductor_config: extra Inductor config patches (they win over the options above)."""
 
     def __init__(self, cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
