@@ -158,7 +158,8 @@ def compile_fresh(backend="gla"):
 def test_lost_records_compile_again_and_edited_sources_miss(inductor_caches, monkeypatch):
     """Records lost (their folder removed) while Inductor's entry stays: the graph is compiled again without
     the AOTAutograd cache, so the report is made by the pass, never guessed; the FX-graph cache still hits.
-    Then edited pass sources (another source hash): both caches miss."""
+    Then edited pass sources (another source hash): both caches miss. Then a records key that cannot be made:
+    no AOTAutograd cache, the pass runs."""
     first = compile_fresh()
     assert counters["aot_autograd"]["autograd_cache_miss"] == 1 and len(first) == 2
 
@@ -175,6 +176,18 @@ def test_lost_records_compile_again_and_edited_sources_miss(inductor_caches, mon
     assert counters["aot_autograd"]["autograd_cache_miss"] == 1 and counters["inductor"]["fxgraph_cache_miss"] == 1
     assert edited == first
 
+    # A graph whose records key cannot be made: compiled without the AOTAutograd cache, the pass makes them.
+    def unhashable(*args, **kwargs):
+        raise TypeError("injected: cannot hash")
+
+    monkeypatch.setattr("glacompiler.compiler.torch_compile_backend.graph_records_key", unhashable)
+    monkeypatch.delenv("GLACOMPILER_STRICT", raising=False)
+    with pytest.warns(RuntimeWarning, match="without the AOTAutograd cache"):
+        unkeyed = compile_fresh()
+    assert unkeyed == first
+    assert counters["aot_autograd"]["autograd_cache_miss"] == 0 and counters["aot_autograd"]["autograd_cache_hit"] == 0
+    assert counters["inductor"]["fxgraph_cache_hit"] == 1
+
 
 def test_records_round_trip_through_the_store(inductor_caches):
     spec = glacompiler.AttentionSpec.grouped(8, 2, 16, dtype="float32")
@@ -186,3 +199,4 @@ def test_records_round_trip_through_the_store(inductor_caches):
     loaded = record_store.load_records("k" * 64, "graph 9")
     assert loaded == [record.__class__(**{**record.__dict__, "graph": "graph 9"}) for record in records]
     assert record_store.load_records("0" * 64, "graph 9") is None
+

@@ -94,7 +94,7 @@ class GlaBackend:
         graph_name = f"graph {next(_graph_ids)}"
         user_pass = patches.get("joint_custom_pre_pass", torch._inductor.config.joint_custom_pre_pass)
         our_pass = AttentionRewritePass(self.rewrite, chained=user_pass, graph_name=graph_name)
-        records_key = graph_records_key(gm, example_inputs, our_pass.uuid(), patches)
+        records_key = self._records_key(gm, example_inputs, our_pass, patches)
         with inductor_attention_fusion_disabled():
             try:
                 compiled = self._compile(gm, example_inputs, {**patches, "joint_custom_pre_pass": our_pass},
@@ -114,14 +114,30 @@ class GlaBackend:
         return compiled
 
     @staticmethod
+    def _records_key(gm, example_inputs, our_pass: AttentionRewritePass, patches: dict) -> Optional[str]:
+        """The key of the graph's records; "" when it cannot be made (an unhashable config value, ...): the
+        graph is then compiled without the AOTAutograd cache, so the pass always runs and makes them."""
+        try:
+            return graph_records_key(gm, example_inputs, our_pass.uuid(), patches)
+        except Exception as error:
+            if strict_mode():
+                raise
+            warnings.warn(f"glacompiler: compiling without the AOTAutograd cache ({error!r})", RuntimeWarning,
+                          stacklevel=3)
+            return ""
+
+    @staticmethod
     def _compile(gm, example_inputs, patches: dict, our_pass: AttentionRewritePass, records_key: Optional[str]):
         """compile_fx with our pass, keeping the report right when Inductor's caches serve the graph: records
         made by the pass are saved; on an AOTAutograd cache hit (the pass did not run) the saved ones are
         restored, and where none were saved the graph is compiled again without that cache (the FX-graph
         cache can still hit: on inference graphs our pass runs before its lookup)."""
+        if records_key == "":
+            with torch._functorch.config.patch(enable_autograd_cache=False):
+                return compile_fx(gm, example_inputs, config_patches=patches)
         hits_before = counters["aot_autograd"]["autograd_cache_hit"]
         compiled = compile_fx(gm, example_inputs, config_patches=patches)
-        if records_key is None:
+        if records_key is None:  # no uuid: Inductor's caches are bypassed and the pass always runs
             return compiled
         if our_pass.calls == 0 and counters["aot_autograd"]["autograd_cache_hit"] > hits_before:
             records = load_records(records_key, our_pass.graph_name)
