@@ -17,6 +17,14 @@ if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = _previous
 
 import pytest  # noqa: E402
+import torch._functorch.config  # noqa: E402
+import torch._inductor.config  # noqa: E402
+
+# Tests observe what the pass does at compile time (its records, counters, injected failures), so Inductor's
+# on-disk caches stay off here: a graph cached by an earlier test or run would skip the pass. The cache tests
+# (test_compile_cache.py) turn them on, in a temporary cache directory.
+torch._inductor.config.fx_graph_cache = False
+torch._functorch.config.enable_autograd_cache = False
 
 
 @pytest.fixture

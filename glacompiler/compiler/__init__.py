@@ -52,6 +52,10 @@ decline.py holds Decline, the "not ours, because ..." that any stage raises; tor
 backend class that installs the pass into Inductor; inductor_guard.py keeps Inductor's own attention fusion
 off the graphs we compile.
 
+Inductor's caches: the pass's uuid() hashes its sources and options, so Inductor's FX-graph and AOTAutograd
+caches serve a second process (or a recompile) without running the pass again; record_store.py keeps each
+graph's site records beside those caches, so compile_report() lists the same sites on a cache hit.
+
 Environment: GLACOMPILER_LOG=1 logs each site's record as it is made (report.py); GLACOMPILER_STRICT=1 makes
 an unexpected error in the pass raise instead of compiling that graph without rewrites (graph_pass.py).
 """

@@ -6,9 +6,14 @@ Inductor's own joint-graph patterns (so none of them can touch a site first) and
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import importlib.metadata
 import os
+from pathlib import Path
 from typing import Optional
 
+import torch
 from torch import fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
@@ -44,6 +49,42 @@ def is_training_graph(graph: fx.Graph) -> bool:
     return any(node.op == "placeholder" and node.name.startswith("tangents") for node in graph.nodes)
 
 
+# What decides the pass's output besides its options: the compiler package, the specs, and the op (its
+# schema, fake implementation and the input checks the plan reuses).
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_SOURCE_GLOBS = ("compiler/**/*.py", "spec.py", "op/*.py")
+_OPS = ("attention_with_kvcache", "mask_key_range")
+
+
+def source_hash(root: Path, patterns=_SOURCE_GLOBS, ops=_OPS) -> str:
+    """A hash of the files under root that match patterns (names and contents) and of the ops' schemas."""
+    hasher = hashlib.sha256()
+    for path in sorted({path for pattern in patterns for path in root.glob(pattern)}):
+        hasher.update(path.relative_to(root).as_posix().encode() + b"\0")
+        hasher.update(path.read_bytes() + b"\0")
+    for name in ops:
+        hasher.update(str(getattr(torch.ops.glacompiler, name).default._schema).encode() + b"\0")
+    return hasher.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def pass_source_hash() -> str:
+    """The package version and source_hash of this installation, once per process (the sources do not change
+    under a running pass)."""
+    try:
+        version = importlib.metadata.version("glacompiler")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout used in place
+        version = "source"
+    return f"{version}-{source_hash(_PACKAGE_ROOT)}"
+
+
+def _as_passes(configured) -> tuple:
+    """Inductor's custom-pass settings take None, a pass, or a list of passes."""
+    if configured is None:
+        return ()
+    return tuple(configured) if isinstance(configured, (list, tuple)) else (configured,)
+
+
 class AttentionRewritePass(CustomGraphPass):
     def __init__(self, rewrite: bool = True, chained: Optional[object] = None, graph_name: str = ""):
         self.rewrite = rewrite
@@ -51,8 +92,10 @@ class AttentionRewritePass(CustomGraphPass):
         self.graph_name = graph_name
         self.records: list = []
         self.tuning_targets: list = []  # (AttentionSpec, ProblemShape, device) of rewritten CUDA sites
+        self.calls = 0  # graphs this pass ran on (none when Inductor served the graph from its caches)
 
     def __call__(self, graph: fx.Graph) -> None:
+        self.calls += 1
         guard_attention_fusions()
         records = []
         try:
@@ -69,8 +112,8 @@ class AttentionRewritePass(CustomGraphPass):
             raise GlaPassError(str(error)) from error
         add_records(records)
         self.records.extend(records)
-        if self.chained is not None:
-            self.chained(graph)
+        for chained in _as_passes(self.chained):
+            chained(graph)
 
     def _run(self, graph: fx.Graph, records: list) -> None:
         training = is_training_graph(graph)
@@ -134,7 +177,15 @@ class AttentionRewritePass(CustomGraphPass):
         shape = ProblemShape(batch=hints[0], query_len=hints[1], capacity=hints[2], page_size=0)
         self.tuning_targets.append((plan.spec, shape, device))
 
-    def uuid(self):
-        # None makes Inductor bypass its FX-graph and AOT caches for graphs we compile: a cache hit would skip
-        # this pass and leave compile_report() without the records of those sites.
-        return None
+    def uuid(self) -> Optional[str]:
+        """Inductor's FX-graph and AOTAutograd caches key compiled graphs by this: a stable hash of what decides
+        the pass's output (its sources, the op schemas, the options, the user pass chained after ours).
+        The graph's name is left out: it only labels records, which the backend restores on a cache hit
+        (record_store.py). None (no caching) when a chained user pass has no uuid of its own."""
+        chained_ids = []
+        for chained in _as_passes(self.chained):
+            chained_id = chained.uuid() if isinstance(chained, CustomGraphPass) else None
+            if chained_id is None:
+                return None
+            chained_ids.append(repr(chained_id))
+        return f"glacompiler {pass_source_hash()} rewrite={self.rewrite} chained=[{','.join(chained_ids)}]"

@@ -13,8 +13,12 @@ from typing import Optional
 import torch
 from torch._inductor.compile_fx import compile_fx
 
+from torch._dynamo.utils import counters
+
 from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
 from .inductor_guard import inductor_attention_fusion_disabled
+from .record_store import graph_records_key, load_records, save_records
+from .report import add_records
 
 _graph_ids = itertools.count()
 
@@ -54,7 +58,10 @@ class GlaBackend:
     cpp_wrapper: Inductor's C++ wrapper, which launches the graph's kernels from C++ instead of Python. None
         (the default) turns it on for CUDA graphs without CUDA-graph capture: a decode step is then bound by
         the host's launch work, and the C++ wrapper cuts it (benchmarks/RESULTS.md). Not needed when
-        graphs replay the step, and left off on CPU, where it only adds C++ compile time.
+        graphs replay the step, and left off on CPU, where it only adds C++ compile time. Its cost is at the
+        first compile (a C++ compile per graph, plus Inductor's precompiled header the first time a cache dir
+        sees it: ~35 s on a 2-core CPU for a one-op graph); the built library is cached with the graph, so
+        a second process loads it (benchmarks/compile_time.py measures both).
     inductor_config: extra Inductor config patches (they win over the options above)."""
 
     def __init__(self, cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
@@ -87,9 +94,11 @@ class GlaBackend:
         graph_name = f"graph {next(_graph_ids)}"
         user_pass = patches.get("joint_custom_pre_pass", torch._inductor.config.joint_custom_pre_pass)
         our_pass = AttentionRewritePass(self.rewrite, chained=user_pass, graph_name=graph_name)
+        records_key = self._records_key(gm, example_inputs, our_pass, patches)
         with inductor_attention_fusion_disabled():
             try:
-                compiled = compile_fx(gm, example_inputs, config_patches={**patches, "joint_custom_pre_pass": our_pass})
+                compiled = self._compile(gm, example_inputs, {**patches, "joint_custom_pre_pass": our_pass},
+                                         our_pass, records_key)
             except Exception as error:
                 if not _caused_by_pass(error) or strict_mode():
                     raise
@@ -102,6 +111,46 @@ class GlaBackend:
                 return compile_fx(gm, example_inputs, config_patches=patches)
         if self.autotune and our_pass.tuning_targets:
             tune_sites(our_pass.tuning_targets)
+        return compiled
+
+    @staticmethod
+    def _records_key(gm, example_inputs, our_pass: AttentionRewritePass, patches: dict) -> Optional[str]:
+        """The key of the graph's records; "" when it cannot be made (an unhashable config value, ...): the
+        graph is then compiled without the AOTAutograd cache, so the pass always runs and makes them."""
+        try:
+            return graph_records_key(gm, example_inputs, our_pass.uuid(), patches)
+        except Exception as error:
+            if strict_mode():
+                raise
+            warnings.warn(f"glacompiler: compiling without the AOTAutograd cache ({error!r})", RuntimeWarning,
+                          stacklevel=3)
+            return ""
+
+    @staticmethod
+    def _compile(gm, example_inputs, patches: dict, our_pass: AttentionRewritePass, records_key: Optional[str]):
+        """compile_fx with our pass, keeping the report right when Inductor's caches serve the graph: records
+        made by the pass are saved; on an AOTAutograd cache hit (the pass did not run) the saved ones are
+        restored, and where none were saved the graph is compiled again without that cache (the FX-graph
+        cache can still hit: on inference graphs our pass runs before its lookup)."""
+        if records_key == "":
+            with torch._functorch.config.patch(enable_autograd_cache=False):
+                return compile_fx(gm, example_inputs, config_patches=patches)
+        hits_before = counters["aot_autograd"]["autograd_cache_hit"]
+        compiled = compile_fx(gm, example_inputs, config_patches=patches)
+        if records_key is None:  # no uuid: Inductor's caches are bypassed and the pass always runs
+            return compiled
+        if our_pass.calls == 0 and counters["aot_autograd"]["autograd_cache_hit"] > hits_before:
+            records = load_records(records_key, our_pass.graph_name)
+            if records is not None:
+                counters["glacompiler"]["records_restored_from_cache"] += 1
+                add_records(records)
+                our_pass.records.extend(records)
+                return compiled
+            counters["glacompiler"]["recompiled_for_records"] += 1
+            with torch._functorch.config.patch(enable_autograd_cache=False):
+                compiled = compile_fx(gm, example_inputs, config_patches=patches)
+        if our_pass.calls:
+            save_records(records_key, our_pass.records)
         return compiled
 
     def __repr__(self) -> str:

@@ -1,0 +1,224 @@
+"""Compile time of a transformers LlamaForCausalLM decode step: backend="gla" against torch.compile's default
+backend, each in a fresh process with empty caches ("cold"), then again in a second process that finds the
+first one's caches ("warm": Inductor's FX-graph and AOTAutograd caches, our kernel cache).
+
+The model is Llama-3.2-1B-shaped (hidden 2048, 32 query / 8 KV heads of 64, MLP 8192, vocab 32000) with
+8 layers and random bf16 weights, batch 64, a StaticCache of 4096, decoding the token after a 3000-token
+prompt. The timed step is the first call of the compiled forward on that token, which includes dynamo,
+AOTAutograd, our pass, Inductor and the first launch (Triton compiles of Inductor's kernels and ours). The
+cache is first written eagerly by a short prefill (16 tokens: it initialises the cache, and what the cache
+holds changes no compiled graph). --tiny is the same structure at CPU size (8 layers, hidden 256, 8/2 heads
+of 32, batch 2, prompt 24, cache 64, fp32).
+
+Each row also gives the time inside our pass (AttentionRewritePass.__call__) and Inductor's phases as
+torch._dynamo.utils.compile_times() measures them (the biggest few).
+
+    python benchmarks/compile_time.py                 # on an H100/H200: full size, cpp_wrapper as the backend sets it
+    python benchmarks/compile_time.py --tiny          # on CPU
+    python benchmarks/compile_time.py --cpp-wrapper on   # both backends with Inductor's C++ wrapper (or off)
+    python benchmarks/compile_time.py --shared-headers   # the C++ wrapper's precompiled headers already built
+
+Cold runs start from empty caches: Inductor's, Triton's, ours, and (unless --shared-headers) the precompiled
+headers that Inductor builds once per machine for its C++ wrapper, outside TORCHINDUCTOR_CACHE_DIR.
+
+Target (issue 13, goal 3): gla cold at most 1.3x default cold; gla warm at most 10 s."""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREFILL_TOKENS = 16
+
+
+def llama_config(args):
+    import transformers
+
+    if args.tiny:
+        sizes = dict(hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=2,
+                     head_dim=32, vocab_size=1024)
+    else:
+        sizes = dict(hidden_size=2048, intermediate_size=8192, num_attention_heads=32, num_key_value_heads=8,
+                     head_dim=64, vocab_size=32000)
+    return transformers.LlamaConfig(num_hidden_layers=args.layers, max_position_embeddings=args.cache,
+                                    attn_implementation="sdpa", **sizes)
+
+
+def make_static_cache(config, args, dtype, device):
+    import transformers
+
+    parameters = inspect.signature(transformers.StaticCache.__init__).parameters
+    kwargs = {"config": config, "max_cache_len": args.cache}
+    if "max_batch_size" in parameters:  # transformers 4.x
+        kwargs.update(max_batch_size=args.batch, dtype=dtype, device=device)
+    return transformers.StaticCache(**kwargs)
+
+
+def forward_kwargs(model, cache, start: int, length: int, device) -> dict:
+    """The cache argument as this transformers version names it, the positions, the last logits only."""
+    import torch
+
+    parameters = inspect.signature(model.forward).parameters
+    kwargs = {("cache" if "cache" in parameters else "past_key_values"): cache, "use_cache": True}
+    if "cache_position" in parameters:
+        kwargs["cache_position"] = torch.arange(start, start + length, device=device)
+    if "logits_to_keep" in parameters:
+        kwargs["logits_to_keep"] = 1
+    return kwargs
+
+
+def compile_backend(name: str, cpp_wrapper: str):
+    """The backend argument and options of torch.compile for 'default' or 'gla'."""
+    import glacompiler
+
+    choice = {"auto": None, "on": True, "off": False}[cpp_wrapper]
+    if name == "gla":
+        return glacompiler.backend(cpp_wrapper=choice), None
+    return "inductor", (None if choice is None else {"cpp_wrapper": choice})
+
+
+def time_pass_calls() -> list:
+    """Wrap the pass's __call__ to add up the time spent inside it (one entry per graph)."""
+    from glacompiler.compiler.graph_pass import AttentionRewritePass
+
+    spent: list = []
+    original = AttentionRewritePass.__call__
+
+    def timed(self, graph):
+        start = time.perf_counter()
+        try:
+            return original(self, graph)
+        finally:
+            spent.append(time.perf_counter() - start)
+
+    AttentionRewritePass.__call__ = timed
+    return spent
+
+
+def inductor_phases(top: int = 8) -> dict:
+    """The biggest phases (seconds, summed over calls) that dynamo and Inductor time themselves."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    totals = {name: sum(times) for name, times in compilation_time_metrics.items()}
+    return dict(sorted(totals.items(), key=lambda item: -item[1])[:top])
+
+
+def child(args) -> None:
+    """One measurement in this process: prefill eagerly, then time the first and second compiled steps."""
+    import torch
+    import transformers
+    from torch._dynamo.utils import counters
+
+    import glacompiler
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    config = llama_config(args)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval().to(device=device, dtype=dtype)
+    cache = make_static_cache(config, args, dtype, device)
+    prefill = min(args.prompt, PREFILL_TOKENS)
+    prompt = torch.randint(0, config.vocab_size, (args.batch, prefill), device=device)
+    pass_times = time_pass_calls()
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    backend, options = compile_backend(args.backend, args.cpp_wrapper)
+    with torch.no_grad():
+        logits = model(input_ids=prompt, **forward_kwargs(model, cache, 0, prefill, device)).logits
+        token = logits[:, -1:].argmax(-1)
+        step = torch.compile(model.forward, backend=backend, options=options)
+        times = []
+        for position in (args.prompt, args.prompt + 1):
+            synchronize()
+            start = time.perf_counter()
+            step(input_ids=token, **forward_kwargs(model, cache, position, 1, device))
+            synchronize()
+            times.append(time.perf_counter() - start)
+    report = glacompiler.compile_report() if args.backend == "gla" else []
+    print(json.dumps({
+        "first_step_s": times[0], "second_step_s": times[1], "pass_s": sum(pass_times),
+        "pass_calls": len(pass_times), "rewritten": sum(r.status == "rewritten" for r in report),
+        "sites": len(report), "phases": inductor_phases(),
+        "counters": {group: dict(counters[group]) for group in ("inductor", "aot_autograd", "glacompiler")},
+    }))
+
+
+def run_child(args, backend: str, cache_dir: str) -> dict:
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache_dir, "inductor"),
+               TRITON_CACHE_DIR=os.path.join(cache_dir, "triton"),
+               GLACOMPILER_CACHE_DIR=os.path.join(cache_dir, "glacompiler"))
+    if not args.shared_headers:
+        # Inductor keeps the C++ wrapper's precompiled headers in its default cache dir under the temp dir,
+        # whatever TORCHINDUCTOR_CACHE_DIR says: a temp dir of our own makes "cold" a fresh machine.
+        env["TMPDIR"] = os.path.join(cache_dir, "tmp")
+        os.makedirs(env["TMPDIR"], exist_ok=True)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    command = [sys.executable, os.path.abspath(__file__), "--child", "--backend", backend,
+               "--cpp-wrapper", args.cpp_wrapper, "--layers", str(args.layers), "--batch", str(args.batch),
+               "--prompt", str(args.prompt), "--cache", str(args.cache)] + (["--tiny"] if args.tiny else [])
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{backend} run failed:\n{result.stderr[-6000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def describe(name: str, row: dict) -> str:
+    fx = {state: row["counters"]["inductor"].get(f"fxgraph_cache_{state}", 0) for state in ("hit", "miss", "bypass")}
+    aot = {state: row["counters"]["aot_autograd"].get(f"autograd_cache_{state}", 0)
+           for state in ("hit", "miss", "bypass")}
+    sites = f", {row['rewritten']}/{row['sites']} sites rewritten" if row["sites"] else ""
+    phases = ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in list(row["phases"].items())[:5])
+    return (f"{name:<12} first step {row['first_step_s']:7.2f} s  (second {row['second_step_s'] * 1e3:8.2f} ms)  "
+            f"pass {row['pass_s']:6.2f} s in {row['pass_calls']} graphs{sites}\n{'':<13}FX-graph cache {fx}, "
+            f"AOTAutograd cache {aot}\n{'':<13}phases (s): {phases}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="CPU-sized model")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--prompt", type=int)
+    parser.add_argument("--cache", type=int)
+    parser.add_argument("--backends", default="default,gla")
+    parser.add_argument("--cpp-wrapper", choices=("auto", "on", "off"), default="auto",
+                        help="auto: each backend's own choice (gla: on for CUDA without graphs; default: off)")
+    parser.add_argument("--shared-headers", action="store_true",
+                        help="use the machine's precompiled C++ headers (built once per machine and compiler "
+                             "flags): cold then means a new model on a machine that compiled one before")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    for name, full, tiny in (("batch", 64, 2), ("prompt", 3000, 24), ("cache", 4096, 64)):
+        if getattr(args, name) is None:
+            setattr(args, name, tiny if args.tiny else full)
+    if args.child:
+        child(args)
+        return
+    print(f"LlamaForCausalLM, {args.layers} layers, {'tiny' if args.tiny else 'Llama-3.2-1B widths'}, "
+          f"batch {args.batch}, prompt {args.prompt}, StaticCache {args.cache}, cpp_wrapper {args.cpp_wrapper}, "
+          f"{'the machine' if args.shared_headers else 'fresh'} precompiled headers")
+    rows = {}
+    for backend in args.backends.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"compile_time_{backend}_") as cache_dir:
+            rows[backend] = run_child(args, backend, cache_dir)
+            print(describe(f"{backend} cold", rows[backend]), flush=True)
+            rows[backend + " warm"] = run_child(args, backend, cache_dir)
+            print(describe(f"{backend} warm", rows[backend + " warm"]), flush=True)
+    if "default" in rows and "gla" in rows:
+        ratio = rows["gla"]["first_step_s"] / rows["default"]["first_step_s"]
+        print(f"gla cold / default cold: {ratio:.2f}x (target <= 1.3); gla warm: "
+              f"{rows['gla warm']['first_step_s']:.1f} s (target <= 10)")
+
+
+if __name__ == "__main__":
+    main()
