@@ -135,6 +135,13 @@ def alibi_under_the_cap(q, k, v, valid):
     return torch.matmul(torch.softmax(scores, dim=-1), repeat_kv(v))
 
 
+def soft_cap_then_alibi(q, k, v, valid):
+    """Gemma2's cap, then a BLOOM-like bias: FlashAttention's order (the bias after the cap)."""
+    scores = CAP * torch.tanh(torch.matmul(q, repeat_kv(k).transpose(2, 3)) * (SCALE / CAP))
+    scores = scores + alibi_slopes()[None, :, None, None] * torch.arange(S, dtype=torch.float32) + additive(valid)
+    return torch.matmul(torch.softmax(scores, dim=-1), repeat_kv(v))
+
+
 # ---- sliding window (a mask, as transformers' sliding layers pass it) ----------------------------------------
 
 def sliding_window_mask(q, k, v, valid):
@@ -176,6 +183,11 @@ def test_sinks(fn):
 def test_alibi(fn):
     args = check_rewritten(fn, *inputs())
     assert args[ARG["alibi"]] is not None
+
+
+def test_soft_cap_then_alibi():
+    args = check_rewritten(soft_cap_then_alibi, *inputs())
+    assert args[ARG["softcap"]] == pytest.approx(CAP) and args[ARG["alibi"]] is not None
 
 
 def test_sliding_window_mask_takes_the_mask_path():

@@ -17,14 +17,14 @@ transformers = pytest.importorskip("transformers")
 BATCH, PROMPT, DECODE_STEPS, VOCAB = 2, 20, 6, 64
 
 
-def generate(model, config, forward):
+def generate(model, config, forward, tokens=None, device="cpu"):
     """Logits of the prefill (eager: a prefill is left to Inductor anyway, and compiling it would double the
-    test's time) and of DECODE_STEPS greedy steps through `forward`."""
+    test's time) and of DECODE_STEPS steps through `forward`: greedy, or fed `tokens` [BATCH, DECODE_STEPS]."""
     cache = make_cache(config)
-    ids = torch.randint(0, VOCAB, (BATCH, PROMPT), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, VOCAB, (BATCH, PROMPT), generator=torch.Generator().manual_seed(1)).to(device)
     logits = [call(model.forward, model, ids, cache, 0)]
     for step in range(DECODE_STEPS):
-        token = logits[-1][:, -1:].argmax(-1)
+        token = logits[-1][:, -1:].argmax(-1) if tokens is None else tokens[:, step:step + 1]
         logits.append(call(forward, model, token, cache, PROMPT + step))
     return logits
 
@@ -55,18 +55,18 @@ def check_model(model, config, extension: str, num_layers: int):
     return rewritten
 
 
-def test_bloom_alibi():
-    config = transformers.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)
+def bloom(width=32, heads=4):
+    config = transformers.BloomConfig(vocab_size=VOCAB, hidden_size=width, n_layer=2, n_head=heads)
     torch.manual_seed(0)
     model = transformers.BloomForCausalLM(config).eval()
     sharpen_queries(model, 20.0)
-    check_model(model, config, "alibi", config.n_layer)
+    return model, config, "alibi", config.n_layer
 
 
-def test_gpt_oss_sinks():
+def gpt_oss(head_dim=8, heads=4):
     config = transformers.GptOssConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=6,
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=heads,
+        num_key_value_heads=2, head_dim=head_dim, num_local_experts=4, num_experts_per_tok=2, sliding_window=6,
         max_position_embeddings=64, attn_implementation="eager",
     )
     torch.manual_seed(0)
@@ -76,17 +76,54 @@ def test_gpt_oss_sinks():
             layer.self_attn.sinks.copy_(torch.linspace(-1.0, 4.0, config.num_attention_heads))
     sharpen_queries(model, 20.0)
     assert config.layer_types[0] == "sliding_attention"  # a sliding-window layer (its cache holds the window)
-    check_model(model, config, "sinks", config.num_hidden_layers)
+    return model, config, "sinks", config.num_hidden_layers
 
 
-def test_gemma2_soft_cap():
+def gemma2(head_dim=8, heads=4):
     config = transformers.Gemma2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, sliding_window=6, attn_logit_softcapping=2.0,
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=heads,
+        num_key_value_heads=2, head_dim=head_dim, sliding_window=6, attn_logit_softcapping=2.0,
         final_logit_softcapping=None, max_position_embeddings=64, attn_implementation="eager",
     )
     torch.manual_seed(0)
     model = transformers.Gemma2ForCausalLM(config).eval()
     sharpen_queries(model, 20.0)
     assert config.layer_types[0] == "sliding_attention"
-    check_model(model, config, "softcap", config.num_hidden_layers)
+    return model, config, "softcap", config.num_hidden_layers
+
+
+def test_bloom_alibi():
+    check_model(*bloom())
+
+
+def test_gpt_oss_sinks():
+    check_model(*gpt_oss())
+
+
+def test_gemma2_soft_cap():
+    check_model(*gemma2())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("build", [lambda: bloom(width=256, heads=4), lambda: gpt_oss(head_dim=64, heads=8),
+                                   lambda: gemma2(head_dim=64, heads=8)], ids=["bloom", "gpt_oss", "gemma2"])
+def test_fused_paths_on_the_gpu(cuda_device, build, dtype):
+    """The decode steps in bf16/fp16 on the GPU kernels, fed the fp32 eager model's tokens: the compiled
+    model's logit error against fp32 eager is at most twice eager's own in that dtype (FlashAttention's rule),
+    plus a rounding allowance."""
+    model, config, extension, num_layers = build()
+    model = model.to(cuda_device)
+    with torch.no_grad():
+        reference = generate(model, config, model.forward, device=cuda_device)
+        tokens = torch.cat([step[:, -1:].argmax(-1) for step in reference[:-1]], dim=1)
+        model = model.to(dtype)
+        eager = generate(model, config, model.forward, tokens, cuda_device)
+        torch._dynamo.reset()
+        glacompiler.reset_report()
+        compiled = generate(model, config, torch.compile(model.forward, backend="gla"), tokens, cuda_device)
+    for ours, theirs, exact in list(zip(compiled, eager, reference))[1:]:
+        allowed = 2 * (theirs.float() - exact).abs().max().item() + 1e-2 * exact.abs().max().item()
+        assert (ours.float() - exact).abs().max().item() <= allowed
+    rewritten = [r for r in glacompiler.compile_report() if r.status == "rewritten"]
+    assert len(rewritten) >= num_layers and all(f"+{extension}" in r.form for r in rewritten)

@@ -118,7 +118,8 @@ class AttentionRewritePass(CustomGraphPass):
     def _run(self, graph: fx.Graph, records: list) -> None:
         training = is_training_graph(graph)
         mask_ranges = SharedMaskRanges(graph)
-        split_score_baddbmm(graph)  # BLOOM's scores: a product plus its ALiBi bias, in one baddbmm
+        if not training:
+            split_score_baddbmm(graph)  # BLOOM's scores: a product plus its ALiBi bias, in one baddbmm
         for site in find_sites(graph):
             source = source_location(site.anchor)
             if training:

@@ -64,14 +64,12 @@ def score_mod_sources(node: fx.Node) -> Optional[list]:
 def visit_soft_cap(node: fx.Node, c_over_node: Layout, scale: float, walk, visit: Callable) -> bool:
     """scale * tanh(x): a soft cap of `scale` (the multiplier after the tanh), x walked on with the same scale
     so that the products' scale is the op's softmax_scale (cap * tanh(softmax_scale * s / cap)). Masks or
-    biases under the tanh are not the op's (it adds them after the cap)."""
+    biases under the tanh are not the op's (it adds them after the cap); those found so far lie after it."""
     if not is_call(node, aten.tanh.default):
         return False
     mods = walk.mods
     if mods.softcap:
         raise Decline("the scores pass through two tanh")
-    if mods.alibi is not None or mods.sinks is not None:
-        raise Decline("a bias is added to the scores before a soft cap")
     mods.softcap = scale
     masks_before = len(walk.masks)
     mods.inside_tanh = True
