@@ -9,7 +9,8 @@ from ..kernels.common.key_bounds import mask_as_kernel_operand
 from ..kernels.common.mask_range import mask_key_range, mask_key_range_reference
 from ..kernels.common.interpreter import triton_interpreter_enabled
 from ..reference import attention_with_kvcache_reference
-from .dispatch import empty_outputs, run_kernels
+from .dispatch import empty_outputs
+from .prepared import run_prepared
 from .validation import check_values, debug_checks_enabled, validate_inputs
 
 # The op is defined with the low-level torch.library API rather than torch.library.custom_op: the latter wraps
@@ -39,8 +40,8 @@ def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, pag
     if shape.batch == 0:
         return empty_outputs(q, k_cache, v_cache)
     if triton_interpreter_enabled():
-        return run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                           softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size)
+        return run_prepared(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                            softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size)
     out, lse = attention_with_kvcache_reference(
         q, k_cache, v_cache, q_rope=q_rope, k_rope_cache=k_rope_cache, cache_seqlens=cache_seqlens,
         page_table=page_table, attn_mask=attn_mask, softmax_scale=softmax_scale, causal=causal, softcap=softcap,
@@ -59,7 +60,7 @@ def _mask_key_range(attn_mask, batch, capacity):
 
 
 _LIBRARY.impl("attention_with_kvcache", _attention_cpu, "CPU")
-_LIBRARY.impl("attention_with_kvcache", run_kernels, "CUDA")
+_LIBRARY.impl("attention_with_kvcache", run_prepared, "CUDA")
 _LIBRARY.impl("mask_key_range", _mask_key_range, "CPU")
 _LIBRARY.impl("mask_key_range", _mask_key_range, "CUDA")
 
