@@ -44,6 +44,22 @@ def call_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_tabl
             _metadata(alibi_slopes), _metadata(sinks), softmax_scale, causal, num_splits, softcap, *window_size)
 
 
+def wrapper_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                causal, num_splits, softcap, alibi_slopes, sinks, window_size):
+    """call_key for the Python wrapper, whose scalars are the user's: their types are part of it (True and 1.0
+    compare equal but only one is a valid softcap), and window_size by its entries' types too."""
+    return (_metadata(q), _metadata(k_cache), _metadata(v_cache), _metadata(q_rope), _metadata(k_rope_cache),
+            _metadata(cache_seqlens), _metadata(page_table), _metadata(attn_mask), _metadata(alibi_slopes),
+            _metadata(sinks), type(softmax_scale), softmax_scale, type(causal), causal, type(num_splits), num_splits,
+            type(softcap), softcap, type(window_size), *map(type, window_size), *window_size)
+
+
+def remember_validated(memo: dict, key, value) -> None:
+    if len(memo) >= MAX_PREPARED_CALLS:
+        memo.clear()
+    memo[key] = value
+
+
 class PreparedCall:
     """A validated call's shape, its family's launch plan, and the copies the kernels need of strided lengths
     or page tables (rare)."""
@@ -100,9 +116,7 @@ def run_prepared(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_
     if prepared is None:
         prepared = prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                 softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size)
-        if len(_prepared) >= MAX_PREPARED_CALLS:
-            _prepared.clear()
-        _prepared[key] = prepared
+        remember_validated(_prepared, key, prepared)
     elif debug_checks_enabled():  # what validate_inputs would check of the values (a first call has)
         check_values(k_cache, cache_seqlens, page_table, prepared.shape, attn_mask)
     return prepared.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range,
