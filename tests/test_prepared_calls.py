@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import glacompiler
-from glacompiler.op import prepared
+from glacompiler.op import dispatch, prepared
 from glacompiler.problems import check_fa_rule, make_decode_problem
 from glacompiler.spec import default_softmax_scale
 
@@ -20,13 +20,13 @@ def fresh_memos(monkeypatch):
     monkeypatch.setattr(prepared, "_prepared", {})
     monkeypatch.setattr(glacompiler.op, "_validated_scales", {})
     validations = []
-    real_validate = prepared.validate_inputs
+    real_validate = dispatch.validate_inputs
 
     def counting_validate(*args, **kwargs):
         validations.append(args)
         return real_validate(*args, **kwargs)
 
-    monkeypatch.setattr(prepared, "validate_inputs", counting_validate)
+    monkeypatch.setattr(dispatch, "validate_inputs", counting_validate)
     return validations
 
 

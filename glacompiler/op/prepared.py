@@ -19,9 +19,8 @@ from typing import Optional
 
 from torch import Tensor
 
-from ..kernels import KernelCall
 from ..spec import ProblemShape
-from .validation import check_values, debug_checks_enabled, validate_inputs
+from .validation import check_values, debug_checks_enabled
 
 # metadata key -> PreparedCall. A cache whose capacity grows every step makes a key per step: past the bound the
 # memo starts over (as triton_launch's does).
@@ -89,20 +88,13 @@ class PreparedCall:
 def prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
                  causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size) -> PreparedCall:
     """The first call of a key: validate (ValueError/TypeError naming the argument), choose, plan."""
-    from .dispatch import choose_kernel
+    from .dispatch import choose_kernel, validated_call
 
-    spec, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                                  softmax_scale, None, kv_range, softcap, alibi_slopes, sinks, window_size)
+    spec, shape, call, copy_seqlens, copy_page_table = validated_call(
+        q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale, causal,
+        kv_range, softcap, alibi_slopes, sinks, window_size)
     if shape.batch == 0:
         return PreparedCall(shape, None, False, False)
-    copy_seqlens = cache_seqlens is not None and cache_seqlens.stride(0) != 1 and shape.batch > 1
-    copy_page_table = page_table is not None and page_table.stride(1) != 1 and page_table.shape[1] > 1
-    if copy_seqlens:
-        cache_seqlens = cache_seqlens.contiguous()
-    if copy_page_table:
-        page_table = page_table.contiguous()
-    call = KernelCall(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                      softmax_scale, causal, kv_range, float(softcap), alibi_slopes, sinks, tuple(window_size))
     family, config = choose_kernel(spec, shape, call, num_splits)
     return PreparedCall(shape, family.prepare(call, spec, shape, config), copy_seqlens, copy_page_table)
 

@@ -2,7 +2,6 @@
 mask as a kernel operand with its strides, and the mask's key range. No host-device sync."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import torch
@@ -16,19 +15,6 @@ def mask_as_kernel_operand(attn_mask: Tensor) -> Tensor:
     while attn_mask.dim() < 4:
         attn_mask = attn_mask.unsqueeze(0)
     return attn_mask.view(torch.uint8) if attn_mask.dtype == torch.bool else attn_mask
-
-
-@dataclasses.dataclass
-class KeyBounds:
-    """What the kernels take about which keys a row sees. Without a mask, the lengths stand in for mask and
-    range (HAS_MASK is off, so the kernels never read them) and the strides are 0."""
-
-    lengths: Tensor  # [B] int32
-    mask: Tensor  # the mask as a kernel operand (mask_as_kernel_operand)
-    kv_begin: Tensor  # [B] first key the mask allows
-    kv_end: Tensor  # [B] one past its last
-    mask_strides: tuple  # (batch, head, token, key)
-    mask_per_row: bool  # the mask differs between packed (head, token) rows
 
 
 # (batch, capacity, device) -> [B] int32 tensor of the capacity: the lengths of a call that gives none, made once
@@ -53,9 +39,13 @@ def capacity_lengths(batch: int, capacity: int, device) -> Tensor:
 
 
 class KeyBoundsPlan:
-    """resolve_key_bounds split in two: what the call's metadata (shapes, strides, dtypes, flags) fixes, worked
-    out once, and `resolve`, which takes the call's tensors (a prepared op call holds one plan and resolves
-    every repeat with it)."""
+    """The key bounds of calls with one metadata, as the kernels take them: what the metadata (shapes, strides,
+    dtypes, flags) fixes is worked out once, `resolve` takes a call's tensors. With a mask: the mask as a kernel
+    operand, its strides, and its key range (kv_range when the caller has it, one per graph under
+    backend="gla"; else reduced per call), and, when no lengths are given, the range's end as the lengths (no
+    key past it is visited anyway; causal Lq > 1, ALiBi and a window, which place the queries by the lengths,
+    align to the capacity instead: positions_matter). Without a mask, the lengths (the capacity when none are
+    given); the lengths then stand in for mask and range (HAS_MASK is off: never read) and the strides are 0."""
 
     __slots__ = ("has_mask", "reduce_range", "lengths_source", "mask_strides", "mask_per_row", "batch", "capacity",
                  "device")
@@ -97,17 +87,3 @@ class KeyBoundsPlan:
         lengths = (cache_seqlens if source == "given" else kv_end if source == "range end"
                    else capacity_lengths(self.batch, self.capacity, self.device))
         return lengths, mask, kv_begin, kv_end
-
-
-def resolve_key_bounds(attn_mask: Optional[Tensor], kv_range: Optional[Tensor], cache_seqlens: Optional[Tensor],
-                       batch: int, num_q_heads: int, query_len: int, capacity: int, causal: bool,
-                       device, positions_matter: bool = False) -> KeyBounds:
-    """The key bounds of a call, as the kernels take them. With a mask: the mask as a kernel operand, its
-    strides, and its key range (kv_range when the caller has it, one per graph under backend="gla"; else
-    reduced here), and, when no lengths are given, the range's end as the lengths (no key past it is visited
-    anyway; causal Lq > 1, ALiBi and a window, which place the queries by the lengths, align to the capacity
-    instead: positions_matter). Without a mask, the lengths (the capacity when none are given)."""
-    plan = KeyBoundsPlan(attn_mask, kv_range, cache_seqlens, batch, num_q_heads, query_len, capacity, causal, device,
-                         positions_matter)
-    lengths, mask, kv_begin, kv_end = plan.resolve(attn_mask, kv_range, cache_seqlens)
-    return KeyBounds(lengths, mask, kv_begin, kv_end, plan.mask_strides, plan.mask_per_row)
