@@ -171,6 +171,16 @@ def profile_op(device) -> None:
         clear_prepared_calls()  # every call validates, chooses and plans again (the binary stays compiled)
         op(*masked_args)
 
+    def wrapper_call():
+        glacompiler.attention_with_kvcache(q, cache, q_rope=q_rope, k_rope_cache=k_rope, cache_seqlens=seqlens,
+                                           softmax_scale=0.05)
+
+    def with_grad(fn):
+        def run():
+            with torch.enable_grad():
+                fn()
+        return run
+
     def stubbed(fn):
         def run():
             with kernel_launches_stubbed_out():
@@ -186,9 +196,8 @@ def profile_op(device) -> None:
          lambda: op(q, cache, None, q_rope, k_rope, seqlens, None, None, 0.05, False, 0)),
         ("op, repeat, no lengths, no mask",
          lambda: op(q, cache, None, q_rope, k_rope, None, None, None, 0.05, False, 0)),
-        ("glacompiler.attention_with_kvcache, repeat, cache_seqlens",
-         lambda: glacompiler.attention_with_kvcache(q, cache, q_rope=q_rope, k_rope_cache=k_rope,
-                                                    cache_seqlens=seqlens, softmax_scale=0.05)),
+        ("attention_with_kvcache (no_grad: no dispatcher), repeat, lengths", wrapper_call),
+        ("attention_with_kvcache, grad enabled (dispatcher), repeat, lengths", with_grad(wrapper_call)),
         ("  the op's key", lambda: call_key(*masked_args, None, 0.0, None, None, [-1, -1])),
         ("  op repeat with mask, kernel launches stubbed out", stubbed(lambda: op(*masked_args))),
         ("  op repeat, cache_seqlens, launches stubbed out",

@@ -213,6 +213,22 @@ def test_prepared_calls_capture_in_cuda_graphs(cuda_device):
 
 
 @pytest.mark.gpu
+def test_the_wrapper_without_grad_matches_the_op(cuda_device):
+    """Under no_grad the wrapper runs the CUDA implementation without the dispatcher: same results."""
+    problem = make_decode_problem(CPU_SPECS["gla2"], batch=4, query_len=2, capacity=256, dtype=torch.bfloat16,
+                                  device=cuda_device, mask="bool")
+    kw = problem.kwargs
+    with torch.no_grad():
+        for _ in range(2):  # first call and repeat
+            out, lse = glacompiler.attention_with_kvcache(**kw, return_lse=True)
+    op_out, op_lse = torch.ops.glacompiler.attention_with_kvcache(
+        *[kw.get(name) for name in OP_ARGS], _default_scale(kw), kw["causal"], 0)
+    torch.testing.assert_close(out, op_out, rtol=0, atol=0)
+    torch.testing.assert_close(lse, op_lse, rtol=0, atol=0)
+    check_fa_rule(out, lse, problem)
+
+
+@pytest.mark.gpu
 def test_lengths_made_during_capture_are_not_remembered(cuda_device):
     from glacompiler.kernels.common.key_bounds import capacity_lengths
 

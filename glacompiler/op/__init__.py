@@ -12,7 +12,7 @@ from torch import Tensor
 from ..spec import default_softmax_scale
 from .dispatch import kernel_family_for, run_with_config
 from .library import attention_with_kvcache_op
-from .prepared import remember_validated, wrapper_key
+from .prepared import remember_validated, run_prepared, wrapper_key
 from .validation import validate_inputs
 
 
@@ -69,12 +69,23 @@ def attention_with_kvcache(
                       else softmax_scale)
         if key is not None:
             remember_validated(_validated_scales, key, scale)
-    out, lse = attention_with_kvcache_op(
+    # A validated CUDA call with nothing that hooks into the dispatcher (no autograd, no torch function or
+    # dispatch mode, no profiler) runs the CUDA implementation directly: the dispatcher's boxing of the
+    # arguments into a Python kernel costs about as much host time as the prepared call itself.
+    run = attention_with_kvcache_op
+    if key is not None and q.is_cuda and not _dispatcher_needed():
+        run = run_prepared
+    out, lse = run(
         q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
         scale, bool(causal), int(num_splits or 0), None, float(softcap), alibi_slopes, sinks,
         [int(window_size[0]), int(window_size[1])],
     )
     return (out, lse) if return_lse else out
+
+
+def _dispatcher_needed() -> bool:
+    return (torch.is_grad_enabled() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._len_torch_dispatch_stack() > 0 or torch._C._autograd._profiler_enabled())
 
 
 # wrapper_key -> the validated call's softmax scale (bounded as the prepared calls are)
