@@ -163,7 +163,7 @@ def profile_op(device) -> None:
     kv_range = torch.ops.glacompiler.mask_key_range(mask, batch, capacity)
     masked_args = (q, cache, None, q_rope, k_rope, None, None, mask, 0.05, False, 0)
     op(*masked_args)
-    prepared = _prepared[call_key(*masked_args, None, 0.0, None, None, [-1, -1])]
+    prepared = _prepared[call_key(*masked_args, None, 0.0, None, None, -1, -1)]
     print(f"\nop host time per call (us), GLA-2 XL, batch {batch}, cache {capacity}, "
           f"{type(prepared.plan).__name__}")
 
@@ -198,7 +198,7 @@ def profile_op(device) -> None:
          lambda: op(q, cache, None, q_rope, k_rope, None, None, None, 0.05, False, 0)),
         ("attention_with_kvcache (no_grad: no dispatcher), repeat, lengths", wrapper_call),
         ("attention_with_kvcache, grad enabled (dispatcher), repeat, lengths", with_grad(wrapper_call)),
-        ("  the op's key", lambda: call_key(*masked_args, None, 0.0, None, None, [-1, -1])),
+        ("  the op's key", lambda: call_key(*masked_args, None, 0.0, None, None, -1, -1)),
         ("  op repeat with mask, kernel launches stubbed out", stubbed(lambda: op(*masked_args))),
         ("  op repeat, cache_seqlens, launches stubbed out",
          stubbed(lambda: op(q, cache, None, q_rope, k_rope, seqlens, None, None, 0.05, False, 0))),

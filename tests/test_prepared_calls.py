@@ -60,7 +60,7 @@ def test_repeats_run_the_first_calls_plan_and_are_right(interpret_kernels, fresh
     # Fresh data of the same metadata (paged: the same page table shape): the plan is reused, results right.
     again = _problem(name, dtype, 2, **paging)
     assert prepared.call_key(*[again.kwargs.get(n) for n in OP_ARGS], _default_scale(again.kwargs), True, 2, None,
-                             0.0, None, None, [-1, -1]) in prepared._prepared
+                             0.0, None, None, -1, -1) in prepared._prepared
     out, lse = _run_op(again.kwargs, num_splits=2)
     assert len(fresh_memos) == 1 and len(prepared._prepared) == 1  # no second validation, no second plan
     check_fa_rule(out, lse, again)
@@ -86,7 +86,7 @@ def test_the_wrapper_validates_once_per_metadata(interpret_kernels, fresh_memos,
 def _key(kwargs, softmax_scale=0.2, causal=True, num_splits=0, kv_range=None, softcap=0.0, alibi_slopes=None,
          sinks=None, window_size=(-1, -1)):
     return prepared.call_key(*[kwargs.get(name) for name in OP_ARGS], softmax_scale, causal, num_splits, kv_range,
-                             softcap, alibi_slopes, sinks, list(window_size))
+                             softcap, alibi_slopes, sinks, *window_size)
 
 
 def _changed(kwargs, name, value):

@@ -78,7 +78,7 @@ def attention_with_kvcache(
     out, lse = run(
         q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
         scale, bool(causal), int(num_splits or 0), None, float(softcap), alibi_slopes, sinks,
-        [int(window_size[0]), int(window_size[1])],
+        int(window_size[0]), int(window_size[1]),
     )
     return (out, lse) if return_lse else out
 

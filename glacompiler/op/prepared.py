@@ -31,7 +31,7 @@ def _metadata(tensor: Tensor) -> tuple:
 
 
 def call_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale, causal,
-             num_splits, kv_range, softcap, alibi_slopes, sinks, window_size) -> tuple:
+             num_splits, kv_range, softcap, alibi_slopes, sinks, window_left, window_right) -> tuple:
     """Everything validation and the kernel choice read of a call (the tuned tables aside: clear_prepared_calls
     runs when they change). The optional tensors are spelled out: this runs on every call."""
     return (_metadata(q), _metadata(k_cache),
@@ -44,7 +44,7 @@ def call_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_tabl
             None if kv_range is None else _metadata(kv_range),
             None if alibi_slopes is None else _metadata(alibi_slopes),
             None if sinks is None else _metadata(sinks),
-            softmax_scale, causal, num_splits, softcap, *window_size)
+            softmax_scale, causal, num_splits, softcap, window_left, window_right)
 
 
 def wrapper_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
@@ -105,14 +105,16 @@ def prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_
 
 
 def run_prepared(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
-                 causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None, sinks=None, window_size=(-1, -1)):
+                 causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None, sinks=None, window_left=-1,
+                 window_right=-1):
     """The op on kernels (CUDA, or the interpreter on CPU), with arguments as the schema types them."""
     key = call_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
-                   causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size)
+                   causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_left, window_right)
     prepared = _prepared.get(key)
     if prepared is None:
         prepared = prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                                softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size)
+                                softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes, sinks,
+                                (window_left, window_right))
         remember_validated(_prepared, key, prepared)
     elif debug_checks_enabled():  # what validate_inputs would check of the values (a first call has)
         check_values(k_cache, cache_seqlens, page_table, prepared.shape, attn_mask)
