@@ -211,7 +211,7 @@ def profile_op(device) -> None:
     for _, fn in rows:  # warm up every row first: the host's clocks and caches, not the order, should not matter
         per_call_us(fn, calls=100)
     for name, fn in rows:
-        print(f"  {name:<58} {min(per_call_us(fn) for _ in range(5)):8.1f}")
+        print(f"  {name:<68} {min(per_call_us(fn) for _ in range(5)):8.1f}")
 
 
 def main() -> None:
