@@ -36,11 +36,24 @@ class MaskKeyRangeLaunch:
         return key_range
 
 
+# (mask metadata, batch, capacity) -> MaskKeyRangeLaunch, for the op glacompiler::mask_key_range (the backend's
+# one per step); bounded like the other per-shape memos.
+_prepared_ranges: dict = {}
+MAX_PREPARED_RANGES = 256
+
+
 def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
     """[2, batch] int32: per sequence, the first and one-past-last key that any row of the mask (a kernel
     operand, see key_bounds.mask_as_kernel_operand) may attend to, reduced in one launch. A sequence no row
     may attend to gets [capacity, 0)."""
-    return MaskKeyRangeLaunch(mask, batch, capacity, mask_is_bool)(mask)
+    key = (mask.shape, mask.stride(), mask.dtype, mask.device, mask.data_ptr() % 16, batch, capacity, mask_is_bool)
+    prepared = _prepared_ranges.get(key)
+    if prepared is None:
+        prepared = MaskKeyRangeLaunch(mask, batch, capacity, mask_is_bool)
+        if len(_prepared_ranges) >= MAX_PREPARED_RANGES:
+            _prepared_ranges.clear()
+        _prepared_ranges[key] = prepared
+    return prepared(mask)
 
 
 def mask_key_range_reference(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
