@@ -27,6 +27,7 @@ import glacompiler
 from glacompiler.demo import install_plain_decode
 from glacompiler.kernels.common.triton_launch import PreparedLaunch
 from glacompiler.op.dispatch import empty_outputs
+from glacompiler.op.library import ATTENTION_SCHEMA
 from glacompiler.op.prepared import PreparedCall, _prepared, call_key, clear_prepared_calls
 
 from bench_backend import add_model_arguments, build, step_inputs
@@ -207,6 +208,15 @@ def profile_op(device) -> None:
         ("  mask_key_range op (the backend's hoisted one)",
          lambda: torch.ops.glacompiler.mask_key_range(mask, batch, capacity)),
     ]
+    # The dispatcher's own cost for a Python kernel with the op's schema (what every op call pays, compiled sites
+    # included, before our code runs): a probe op whose kernel returns the outputs it is handed.
+    probe_library = torch.library.Library("glacompiler_host_probe", "DEF")
+    probe_library.define(ATTENTION_SCHEMA.replace("attention_with_kvcache(", "probe(", 1))
+    outputs = empty_outputs(q, cache, None)
+    probe_library.impl("probe", lambda *args: outputs, "CUDA")
+    probe_library.impl("probe", lambda *args: outputs, "CPU")
+    probe = torch.ops.glacompiler_host_probe.probe.default
+    rows.append(("  the dispatcher alone (a probe op of the same schema)", lambda: probe(*masked_args)))
     kernel_times(rows[1][1])
     for _, fn in rows:  # warm up every row first: the host's clocks and caches, not the order, should not matter
         per_call_us(fn, calls=100)

@@ -17,12 +17,13 @@ from .validation import check_values, debug_checks_enabled, validate_inputs
 # every call in Python layers (autograd dispatch, an output-aliasing check) that cost more host time than the
 # kernel launches on a decode step. The op has no backward; decode runs under no_grad.
 _LIBRARY = torch.library.Library("glacompiler", "DEF")
-_LIBRARY.define(
+ATTENTION_SCHEMA = (
     "attention_with_kvcache(Tensor q, Tensor k_cache, Tensor? v_cache, Tensor? q_rope, Tensor? k_rope_cache, "
     "Tensor? cache_seqlens, Tensor? page_table, Tensor? attn_mask, float softmax_scale, bool causal, "
     "int num_splits, Tensor? kv_range=None, float softcap=0.0, Tensor? alibi_slopes=None, Tensor? sinks=None, "
     "int window_left=-1, int window_right=-1) -> (Tensor, Tensor)"
 )
+_LIBRARY.define(ATTENTION_SCHEMA)
 # kv_range: attn_mask's key range as mask_key_range gives it, computed once for several sites that share a mask
 # (the backend hoists it out of the layers); None computes it per call. A hint that saves a kernel launch: the
 # mask alone defines the result, so the PyTorch path ignores it. softcap, alibi_slopes, sinks and window_size are
