@@ -2,8 +2,11 @@
 
 Part 1, whole model (same models and sizes as bench_backend.py): the wall time of a step, the host time to
 enqueue it (the call returns before the GPU finishes while the host is ahead), and a cProfile of a few steps.
-Part 2, the op alone: host microseconds per call of the op and of each piece of its Python path, on a short
-cache so that the GPU never holds the host back.
+Part 1 also gives a compiled site's added host time: the step's host time less the same step with each op
+call's prepared run replaced by the allocation of its outputs, per op call (the op's dispatch and key lookup stay
+in; the op called through the dispatcher alone is part 2's "op, repeat"). Part 2, the op alone: host
+microseconds per call of the op (first call of a metadata key vs repeat, a prepared call) and of each piece of
+its Python path, on a short cache so that the GPU never holds the host back.
 
     python benchmarks/host_profile.py [--variants gla-2] [--top 25]
 """
@@ -15,17 +18,17 @@ import cProfile
 import io
 import pstats
 import time
+from typing import Optional
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import glacompiler
 from glacompiler.demo import install_plain_decode
-from glacompiler.kernels import FAMILIES, KernelCall
-from glacompiler.kernels.common.key_bounds import mask_as_kernel_operand
-from glacompiler.kernels.common.mask_range import mask_key_range
-from glacompiler.op.dispatch import choose_kernel
-from glacompiler.op.validation import validate_inputs
+from glacompiler.kernels.common.triton_launch import PreparedLaunch
+from glacompiler.op.dispatch import empty_outputs
+from glacompiler.op.library import ATTENTION_SCHEMA
+from glacompiler.op.prepared import PreparedCall, _prepared, call_key, clear_prepared_calls
 
 from bench_backend import add_model_arguments, build, step_inputs
 
@@ -47,23 +50,33 @@ def host_and_wall_ms(decode, tokens, lengths, steps: int) -> tuple:
     return sorted(host)[len(host) // 2] * 1e3, wall * 1e3
 
 
-def allocate_outputs_only(call, spec, shape, config):
-    """A family's launch replaced by the two allocations of its outputs."""
-    q = call.q
-    out = q.new_empty((*q.shape[:3], spec.head_dim_v))
-    return out, q.new_empty(q.shape[:3], dtype=torch.float32)
-
-
 @contextlib.contextmanager
-def launches_stubbed_out():
-    """Every kernel family's launch replaced by allocate_outputs_only (the host time of everything else)."""
-    for family in FAMILIES:
-        family.launch = allocate_outputs_only  # an instance attribute shadows the class's method
+def kernel_launches_stubbed_out():
+    """Every prepared kernel launch (attention, mask range, combine) does nothing: the host time of the rest."""
+    original = PreparedLaunch.__call__
+    PreparedLaunch.__call__ = lambda self, args: None
     try:
         yield
     finally:
-        for family in FAMILIES:
-            del family.launch
+        PreparedLaunch.__call__ = original
+
+
+@contextlib.contextmanager
+def prepared_runs_replaced(counter: Optional[list] = None):
+    """Every prepared op call's run replaced by the allocation of its outputs (and counted into `counter`):
+    what is left of the op is the dispatcher, the key and the lookup."""
+    original = PreparedCall.run
+
+    def allocate_outputs_only(self, q, k_cache, v_cache, *rest):
+        if counter is not None:
+            counter.append(1)
+        return empty_outputs(q, k_cache, v_cache)
+
+    PreparedCall.run = allocate_outputs_only
+    try:
+        yield
+    finally:
+        PreparedCall.run = original
 
 
 def profile_model(variant: str, args, device) -> None:
@@ -72,8 +85,8 @@ def profile_model(variant: str, args, device) -> None:
     with torch.no_grad():
         install_plain_decode(model)
         for name, make in (
-            ('backend="gla"', lambda: torch.compile(model.decode, backend=glacompiler.backend())),
-            ("default backend", lambda: torch.compile(model.decode)),
+            ('backend="gla"', lambda model=model: torch.compile(model.decode, backend=glacompiler.backend())),
+            ("default backend", lambda model=model: torch.compile(model.decode)),
         ):
             torch._dynamo.reset()
             decode = make()
@@ -82,11 +95,22 @@ def profile_model(variant: str, args, device) -> None:
             host, wall = host_and_wall_ms(decode, tokens, lengths, args.steps)
             print(f"{variant}, {name}: host {host:.3f} ms/step, wall {wall:.3f} ms/step")
             if name.startswith("backend"):
-                # The same step with the op's launches replaced by two allocations: the host time of everything
-                # else (Inductor's code, the op's dispatch, checks and config lookup).
-                with launches_stubbed_out():
-                    host, wall = host_and_wall_ms(decode, tokens, lengths, args.steps)
-                print(f"{variant}, {name}, op launches stubbed out: host {host:.3f} ms/step, wall {wall:.3f} ms/step")
+                # The same step with the op's kernel launches stubbed out (the host time of everything else:
+                # Inductor's code, the op's dispatch, key lookup and argument assembly), then with the op's
+                # prepared runs replaced by output allocations: the difference per op call is what a fused
+                # site adds beyond dispatch and lookup.
+                with kernel_launches_stubbed_out():
+                    stub_host, stub_wall = host_and_wall_ms(decode, tokens, lengths, args.steps)
+                print(f"{variant}, {name}, kernel launches stubbed out: host {stub_host:.3f} ms/step, "
+                      f"wall {stub_wall:.3f} ms/step")
+                calls: list = []
+                with prepared_runs_replaced(calls):
+                    decode(tokens, lengths)
+                    sites = len(calls)
+                    bare_host, _ = host_and_wall_ms(decode, tokens, lengths, args.steps)
+                print(f"{variant}, {name}, op runs replaced by output allocations: host {bare_host:.3f} ms/step; "
+                      f"{sites} op calls per step: a site's run adds {(host - bare_host) * 1e3 / max(sites, 1):.1f} "
+                      f"us of host time (launches included)")
                 profiler = cProfile.Profile()
                 torch.cuda.synchronize()
                 profiler.enable()
@@ -137,31 +161,67 @@ def profile_op(device) -> None:
     mask = torch.ones(batch, 1, 1, capacity, device=device, dtype=torch.bool)
     seqlens = torch.full((batch,), capacity, device=device, dtype=torch.int32)
     op = torch.ops.glacompiler.attention_with_kvcache.default
-    spec, shape = validate_inputs(q, cache, None, q_rope, k_rope, None, None, mask, 0.05, None)
-    masked = KernelCall(q, cache, None, q_rope, k_rope, seqlens, None, mask, 0.05, False)
-    unmasked = KernelCall(q, cache, None, q_rope, k_rope, seqlens, None, None, 0.05, False)
-    family, config = choose_kernel(spec, shape, masked)
-    mask_operand = mask_as_kernel_operand(mask)
-    print(f"\nop host time per call (us), GLA-2 XL, batch {batch}, cache {capacity}, {family.name} kernels, {config}")
+    kv_range = torch.ops.glacompiler.mask_key_range(mask, batch, capacity)
+    masked_args = (q, cache, None, q_rope, k_rope, None, None, mask, 0.05, False, 0)
+    op(*masked_args)
+    prepared = _prepared[call_key(*masked_args, None, 0.0, None, None, -1, -1)]
+    print(f"\nop host time per call (us), GLA-2 XL, batch {batch}, cache {capacity}, "
+          f"{type(prepared.plan).__name__}")
+
+    def first_call():
+        clear_prepared_calls()  # every call validates, chooses and plans again (the binary stays compiled)
+        op(*masked_args)
+
+    def wrapper_call():
+        glacompiler.attention_with_kvcache(q, cache, q_rope=q_rope, k_rope_cache=k_rope, cache_seqlens=seqlens,
+                                           softmax_scale=0.05)
+
+    def with_grad(fn):
+        def run():
+            with torch.enable_grad():
+                fn()
+        return run
+
+    def stubbed(fn):
+        def run():
+            with kernel_launches_stubbed_out():
+                fn()
+        return run
+
     rows = [
-        ("op, with mask (what the backend calls)", lambda: op(q, cache, None, q_rope, k_rope, None, None, mask, 0.05,
-                                                               False, 0)),
-        ("op, with mask and cache_seqlens", lambda: op(q, cache, None, q_rope, k_rope, seqlens, None, mask, 0.05,
-                                                        False, 0)),
-        ("op, cache_seqlens, no mask", lambda: op(q, cache, None, q_rope, k_rope, seqlens, None, None, 0.05, False, 0)),
-        ("  validate_inputs", lambda: validate_inputs(q, cache, None, q_rope, k_rope, None, None, mask, 0.05, None)),
-        ("  choose_kernel", lambda: choose_kernel(spec, shape, masked)),
-        ("  mask_key_range", lambda: mask_key_range(mask_operand, batch, capacity, True)),
-        ("  torch.full (seqlens when none given)",
-         lambda: torch.full((batch,), capacity, dtype=torch.int32, device=device)),
-        ("  launch, with mask", lambda: family.launch(masked, spec, shape, config)),
-        ("  launch, no mask", lambda: family.launch(unmasked, spec, shape, config)),
+        ("op, first call of a key, with mask", first_call),
+        ("op, repeat, with mask (what the backend calls)", lambda: op(*masked_args)),
+        ("op, repeat, with mask and kv_range (hoisted)",
+         lambda: op(q, cache, None, q_rope, k_rope, None, None, mask, 0.05, False, 0, kv_range)),
+        ("op, repeat, cache_seqlens, no mask",
+         lambda: op(q, cache, None, q_rope, k_rope, seqlens, None, None, 0.05, False, 0)),
+        ("op, repeat, no lengths, no mask",
+         lambda: op(q, cache, None, q_rope, k_rope, None, None, None, 0.05, False, 0)),
+        ("attention_with_kvcache (no_grad: no dispatcher), repeat, lengths", wrapper_call),
+        ("attention_with_kvcache, grad enabled (dispatcher), repeat, lengths", with_grad(wrapper_call)),
+        ("  the op's key", lambda: call_key(*masked_args, None, 0.0, None, None, -1, -1)),
+        ("  op repeat with mask, kernel launches stubbed out", stubbed(lambda: op(*masked_args))),
+        ("  op repeat, cache_seqlens, launches stubbed out",
+         stubbed(lambda: op(q, cache, None, q_rope, k_rope, seqlens, None, None, 0.05, False, 0))),
+        ("  the outputs' two allocations",
+         lambda: (q.new_empty((batch, 1, 16, 256)), q.new_empty((batch, 1, 16), dtype=torch.float32))),
+        ("  mask_key_range op (the backend's hoisted one)",
+         lambda: torch.ops.glacompiler.mask_key_range(mask, batch, capacity)),
     ]
-    kernel_times(rows[0][1])
+    # The dispatcher's own cost for a Python kernel with the op's schema (what every op call pays, compiled sites
+    # included, before our code runs): a probe op whose kernel returns the outputs it is handed.
+    probe_library = torch.library.Library("glacompiler_host_probe", "DEF")
+    probe_library.define(ATTENTION_SCHEMA.replace("attention_with_kvcache(", "probe(", 1))
+    outputs = empty_outputs(q, cache, None)
+    probe_library.impl("probe", lambda *args: outputs, "CUDA")
+    probe_library.impl("probe", lambda *args: outputs, "CPU")
+    probe = torch.ops.glacompiler_host_probe.probe.default
+    rows.append(("  the dispatcher alone (a probe op of the same schema)", lambda: probe(*masked_args)))
+    kernel_times(rows[1][1])
     for _, fn in rows:  # warm up every row first: the host's clocks and caches, not the order, should not matter
         per_call_us(fn, calls=100)
     for name, fn in rows:
-        print(f"  {name:<44} {per_call_us(fn):8.1f}")
+        print(f"  {name:<68} {min(per_call_us(fn) for _ in range(5)):8.1f}")
 
 
 def main() -> None:

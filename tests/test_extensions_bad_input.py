@@ -57,7 +57,7 @@ def test_the_library_op_and_the_config_path_check_too(interpret_kernels):
     with pytest.raises(ValueError, match="window_size entries"):
         torch.ops.glacompiler.attention_with_kvcache(kw["q"], kw["k_cache"], kw["v_cache"], None, None,
                                                      kw["cache_seqlens"], None, None, 0.1, True, 0, None, 0.0, None,
-                                                     None, [-3, -1])
+                                                     None, -3, -1)
     with pytest.raises(TypeError, match="alibi_slopes must be float32"):
         glacompiler.attention_with_kvcache_config(**kw, config=PortableConfig(),
                                                   alibi_slopes=torch.ones(HEADS, dtype=torch.int32))

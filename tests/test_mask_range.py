@@ -75,3 +75,21 @@ def test_mask_key_range_op_pytorch_path(case):
     assert torch.equal(got, _expected_key_range(mask, batch, capacity))
 
 
+
+
+def test_a_repeat_reuses_the_prepared_launch_on_fresh_masks(interpret_kernels, monkeypatch):
+    from glacompiler.kernels.common import mask_range
+
+    monkeypatch.setattr(mask_range, "_prepared_ranges", {})
+    monkeypatch.setattr(mask_range, "MAX_PREPARED_RANGES", 2)
+    generator = torch.Generator().manual_seed(3)
+    for step in range(3):  # fresh masks, one metadata: one prepared launch, right ranges every time
+        mask = _window_bias(3, 70, generator)
+        got = mask_key_range(mask_as_kernel_operand(mask), 3, 70, False)
+        assert torch.equal(got, _expected_key_range(mask, 3, 70))
+        assert len(mask_range._prepared_ranges) == 1
+    for capacity in (71, 72, 73):  # new metadata each: bounded
+        mask = _window_bias(3, capacity, generator)
+        assert torch.equal(mask_key_range(mask_as_kernel_operand(mask), 3, capacity, False),
+                           _expected_key_range(mask, 3, capacity))
+        assert len(mask_range._prepared_ranges) <= 2

@@ -166,3 +166,39 @@ def test_tma_descriptors_key_on_dtype_block_and_layout(fresh_launch_state):
     launch_with(FakeDescriptor(torch.zeros(64, 8), [16, 8], "swizzle 64"))
     launch_with(FakeDescriptor(torch.zeros(64, 8).half(), [16, 8], "swizzle 128"))
     assert len(kernel.jit_calls) == 4
+
+
+def test_a_prepared_launch_jits_once_then_calls_the_binary_with_no_key(fresh_launch_state, monkeypatch):
+    compiled = FakeCompiled()
+    fresh = FakeJIT(compiled)
+    prepared = triton_launch.PreparedLaunch(fresh, (2, 3), {"B": 5, "A": 4}, 4, 2)
+    x, y = torch.zeros(8), torch.zeros(8)
+    assert prepared((x, y, 7)) is compiled and len(fresh.jit_calls) == 1
+    monkeypatch.setattr(triton_launch, "specialisation_key", None)  # a repeat builds no key
+    for _ in range(2):
+        assert prepared((x, y, 7)) is compiled
+    from triton import knobs
+
+    metadata = ("metadata of", (2, 3), 1234, (x, y, 7, 4, 5))
+    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
+    assert compiled.direct_calls == [(2, 3, 1, 1234, "function", "metadata", metadata, *hooks, x, y, 7, 4, 5)] * 2
+    assert len(fresh.jit_calls) == 1
+
+
+def test_a_prepared_launch_on_another_current_device_goes_through_the_jit(fresh_launch_state, monkeypatch):
+    kernel = FakeJIT(FakeCompiled())
+    prepared = triton_launch.PreparedLaunch(kernel, (1,), {"A": 1, "B": 2}, 4, 2)
+    x, y = torch.zeros(8), torch.zeros(8)
+    prepared((x, y, 7))
+    monkeypatch.setattr(FakeDriver, "get_current_device", lambda self: 1)
+    prepared((x, y, 7))
+    assert len(kernel.jit_calls) == 2 and kernel.compiled.direct_calls == []
+
+
+def test_a_refused_prepared_launch_turns_the_fast_path_off(fresh_launch_state, caplog):
+    kernel = FakeJIT(FakeCompiled(fail_with=TypeError("launcher takes 12 arguments")))
+    prepared = triton_launch.PreparedLaunch(kernel, (1,), {"A": 1, "B": 2}, 4, 2)
+    for _ in range(3):
+        prepared((torch.zeros(8), torch.zeros(8), 7))
+    assert len(kernel.jit_calls) == 3 and not triton_launch._direct_launch_enabled
+    assert "direct kernel launches turned off" in caplog.text

@@ -94,9 +94,18 @@ class KernelFamily:
         splits = max(1, min(splits, self.longest_useful_splits(wanted, config), MAX_SPLITS))
         return self.with_splits(config, splits)
 
-    def launch(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: Config) -> tuple[Tensor, Tensor]:
-        """Run the call: (out [B, Lq, Hq, Dv], lse [B, Lq, Hq] float32)."""
+    def prepare(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: Config):
+        """A launch plan for calls with this call's metadata (shapes, strides, dtypes, devices, 16-byte alignment,
+        scalars): everything the launch derives from them, worked out once. Its `run(q, k_cache, v_cache, q_rope,
+        k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range, alibi_slopes, sinks)` launches one such
+        call and returns (out [B, Lq, Hq, Dv], lse [B, Lq, Hq] float32)."""
         raise NotImplementedError
+
+    def launch(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: Config) -> tuple[Tensor, Tensor]:
+        """Run one call: (out [B, Lq, Hq, Dv], lse [B, Lq, Hq] float32)."""
+        return self.prepare(call, spec, shape, config).run(
+            call.q, call.k_cache, call.v_cache, call.q_rope, call.k_rope_cache, call.cache_seqlens, call.page_table,
+            call.attn_mask, call.kv_range, call.alibi_slopes, call.sinks)
 
     def kernels_version(self) -> str:
         """A hash of the family's kernel code: tuned tables made for other kernels are stale."""

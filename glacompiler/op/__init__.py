@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from ..spec import default_softmax_scale
-from .dispatch import kernel_family_for, run_kernels
+from .dispatch import kernel_family_for, run_with_config
 from .library import attention_with_kvcache_op
+from .prepared import remember_validated, run_prepared, wrapper_key
 from .validation import validate_inputs
 
 
@@ -49,16 +51,45 @@ def attention_with_kvcache(
     row's softmax denominator with no value, lse included (GPT-OSS); window_size (left, right), -1 = unlimited:
     key j is seen when query_pos - left <= j <= query_pos + right (key blocks outside are not read). Latent
     layouts (MLA/GLA) take sinks and window_size only. The README's "The op" section has the whole contract."""
-    spec, _ = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                              softmax_scale, num_splits, None, softcap, alibi_slopes, sinks, window_size)
-    if softmax_scale is None:
-        softmax_scale = default_softmax_scale(spec.head_dim_q, spec.rope_dim)
-    out, lse = attention_with_kvcache_op(
+    # A repeat of a validated call (same tensor metadata, same scalars of the same Python types) skips
+    # validation, as the op's prepared calls do (op/prepared.py says why that is safe). Not while Dynamo traces
+    # this function (fake tensors have no data_ptr): it then validates every time, at trace time.
+    key = scale = None
+    if type(q) is Tensor and not torch.compiler.is_compiling():
+        try:
+            key = wrapper_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                              softmax_scale, causal, num_splits, softcap, alibi_slopes, sinks, window_size)
+            scale = _validated_scales.get(key)
+        except Exception:  # an argument the key cannot hold (not a tensor, unhashable): validation names it
+            key = None
+    if scale is None:
+        spec, _ = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                                  softmax_scale, num_splits, None, softcap, alibi_slopes, sinks, window_size)
+        scale = float(default_softmax_scale(spec.head_dim_q, spec.rope_dim) if softmax_scale is None
+                      else softmax_scale)
+        if key is not None:
+            remember_validated(_validated_scales, key, scale)
+    # A validated CUDA call with nothing that hooks into the dispatcher (no autograd, no torch function or
+    # dispatch mode, no profiler) runs the CUDA implementation directly: the dispatcher's boxing of the
+    # arguments into a Python kernel costs about as much host time as the prepared call itself.
+    run = attention_with_kvcache_op
+    if key is not None and q.is_cuda and not _dispatcher_needed():
+        run = run_prepared
+    out, lse = run(
         q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-        float(softmax_scale), bool(causal), int(num_splits or 0), None, float(softcap), alibi_slopes, sinks,
-        [int(window_size[0]), int(window_size[1])],
+        scale, bool(causal), int(num_splits or 0), None, float(softcap), alibi_slopes, sinks,
+        int(window_size[0]), int(window_size[1]),
     )
     return (out, lse) if return_lse else out
+
+
+def _dispatcher_needed() -> bool:
+    return (torch.is_grad_enabled() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._len_torch_dispatch_stack() > 0 or torch._C._autograd._profiler_enabled())
+
+
+# wrapper_key -> the validated call's softmax scale (bounded as the prepared calls are)
+_validated_scales: dict = {}
 
 
 def attention_with_kvcache_config(q, k_cache, v_cache=None, *, config, q_rope=None, k_rope_cache=None,
@@ -70,8 +101,8 @@ def attention_with_kvcache_config(q, k_cache, v_cache=None, *, config, q_rope=No
                               softmax_scale, None, None, softcap, alibi_slopes, sinks, window_size)
     if softmax_scale is None:
         softmax_scale = default_softmax_scale(spec.head_dim_q, spec.rope_dim)
-    return run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                       float(softmax_scale), causal, 0, None, softcap, alibi_slopes, sinks, window_size, config=config)
+    return run_with_config(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                           float(softmax_scale), causal, config, softcap, alibi_slopes, sinks, window_size)
 
 
 __all__ = ["attention_with_kvcache", "attention_with_kvcache_config", "attention_with_kvcache_op", "kernel_family_for"]

@@ -52,27 +52,35 @@ def empty_outputs(q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor]) -> tupl
             q.new_empty((batch, query_len, num_q_heads), dtype=torch.float32))
 
 
-def run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
-                causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None, sinks=None, window_size=(-1, -1),
-                config: Optional[object] = None):
-    """The op on kernels (CUDA, or the interpreter on CPU); `config` forces a family and its knobs."""
+def validated_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                   causal, kv_range, softcap, alibi_slopes, sinks, window_size):
+    """(spec, shape, KernelCall, copy_seqlens, copy_page_table) of a call, validated (ValueError/TypeError naming
+    the argument). The kernels read lengths and page-table columns as adjacent entries (the page table's row
+    stride is theirs): a strided or expanded view is made contiguous (rare; a small copy), and the flags say
+    whether calls with this metadata need that copy."""
     spec, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                   softmax_scale, None, kv_range, softcap, alibi_slopes, sinks, window_size)
-    if shape.batch == 0:
-        return empty_outputs(q, k_cache, v_cache)
-    # The kernels read lengths and page-table columns as adjacent entries (the page table's row stride is theirs):
-    # a strided or expanded view is made contiguous (rare; a small copy).
-    if cache_seqlens is not None and cache_seqlens.stride(0) != 1 and shape.batch > 1:
+    copy_seqlens = cache_seqlens is not None and cache_seqlens.stride(0) != 1 and shape.batch > 1
+    copy_page_table = page_table is not None and page_table.stride(1) != 1 and page_table.shape[1] > 1
+    if copy_seqlens:
         cache_seqlens = cache_seqlens.contiguous()
-    if page_table is not None and page_table.stride(1) != 1 and page_table.shape[1] > 1:
+    if copy_page_table:
         page_table = page_table.contiguous()
     call = KernelCall(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                       softmax_scale, causal, kv_range, float(softcap), alibi_slopes, sinks, tuple(window_size))
-    if config is None:
-        family, config = choose_kernel(spec, shape, call, num_splits)
-    else:
-        family = family_of_config(config)
-        reason = family.supports(spec, shape, call) or family.config_problem(config, spec)
-        if reason is not None:
-            raise ValueError(f"config: the {family.name} kernels cannot run this call ({reason})")
+    return spec, shape, call, copy_seqlens, copy_page_table
+
+
+def run_with_config(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                    causal, config, softcap=0.0, alibi_slopes=None, sinks=None, window_size=(-1, -1)):
+    """The op on kernels (CUDA, or the interpreter on CPU) with an explicit config, which names the family."""
+    spec, shape, call, _, _ = validated_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table,
+                                             attn_mask, softmax_scale, causal, None, softcap, alibi_slopes, sinks,
+                                             window_size)
+    if shape.batch == 0:
+        return empty_outputs(q, k_cache, v_cache)
+    family = family_of_config(config)
+    reason = family.supports(spec, shape, call) or family.config_problem(config, spec)
+    if reason is not None:
+        raise ValueError(f"config: the {family.name} kernels cannot run this call ({reason})")
     return family.launch(call, spec, shape, config)

@@ -9,29 +9,34 @@ from ..kernels.common.key_bounds import mask_as_kernel_operand
 from ..kernels.common.mask_range import mask_key_range, mask_key_range_reference
 from ..kernels.common.interpreter import triton_interpreter_enabled
 from ..reference import attention_with_kvcache_reference
-from .dispatch import empty_outputs, run_kernels
+from .dispatch import empty_outputs
+from .prepared import run_prepared
 from .validation import check_values, debug_checks_enabled, validate_inputs
 
 # The op is defined with the low-level torch.library API rather than torch.library.custom_op: the latter wraps
 # every call in Python layers (autograd dispatch, an output-aliasing check) that cost more host time than the
 # kernel launches on a decode step. The op has no backward; decode runs under no_grad.
 _LIBRARY = torch.library.Library("glacompiler", "DEF")
-_LIBRARY.define(
+ATTENTION_SCHEMA = (
     "attention_with_kvcache(Tensor q, Tensor k_cache, Tensor? v_cache, Tensor? q_rope, Tensor? k_rope_cache, "
     "Tensor? cache_seqlens, Tensor? page_table, Tensor? attn_mask, float softmax_scale, bool causal, "
     "int num_splits, Tensor? kv_range=None, float softcap=0.0, Tensor? alibi_slopes=None, Tensor? sinks=None, "
-    "int[2] window_size=[-1, -1]) -> (Tensor, Tensor)"
+    "int window_left=-1, int window_right=-1) -> (Tensor, Tensor)"
 )
+_LIBRARY.define(ATTENTION_SCHEMA)
 # kv_range: attn_mask's key range as mask_key_range gives it, computed once for several sites that share a mask
 # (the backend hoists it out of the layers); None computes it per call. A hint that saves a kernel launch: the
 # mask alone defines the result, so the PyTorch path ignores it. softcap, alibi_slopes, sinks and window_size are
-# FlashAttention's extensions (glacompiler.reference has their meanings).
+# FlashAttention's extensions (glacompiler.reference has their meanings); window_size is two ints, not an int[2]:
+# a list in the schema sends Inductor's C++ wrapper through a Python callback (custom_op_wrapper) on every call
+# instead of its no-Python dispatcher call (cpp_wrapper_cpu.py, _compatible_with_stableivalue).
 _LIBRARY.define("mask_key_range(Tensor attn_mask, SymInt batch, SymInt capacity) -> Tensor")
 
 
 def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
-                   causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None, sinks=None,
-                   window_size=(-1, -1)):
+                   causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None, sinks=None, window_left=-1,
+                   window_right=-1):
+    window_size = (window_left, window_right)
     _, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                softmax_scale, None, kv_range, softcap, alibi_slopes, sinks, window_size)
     if not debug_checks_enabled():  # (with GLACOMPILER_DEBUG=1 validate_inputs has checked them)
@@ -39,8 +44,9 @@ def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, pag
     if shape.batch == 0:
         return empty_outputs(q, k_cache, v_cache)
     if triton_interpreter_enabled():
-        return run_kernels(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                           softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size)
+        return run_prepared(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                            softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_left,
+                            window_right)
     out, lse = attention_with_kvcache_reference(
         q, k_cache, v_cache, q_rope=q_rope, k_rope_cache=k_rope_cache, cache_seqlens=cache_seqlens,
         page_table=page_table, attn_mask=attn_mask, softmax_scale=softmax_scale, causal=causal, softcap=softcap,
@@ -59,7 +65,7 @@ def _mask_key_range(attn_mask, batch, capacity):
 
 
 _LIBRARY.impl("attention_with_kvcache", _attention_cpu, "CPU")
-_LIBRARY.impl("attention_with_kvcache", run_kernels, "CUDA")
+_LIBRARY.impl("attention_with_kvcache", run_prepared, "CUDA")
 _LIBRARY.impl("mask_key_range", _mask_key_range, "CPU")
 _LIBRARY.impl("mask_key_range", _mask_key_range, "CUDA")
 
@@ -72,11 +78,11 @@ def _mask_key_range_fake(attn_mask, batch, capacity):
 @torch.library.register_fake("glacompiler::attention_with_kvcache", lib=_LIBRARY)
 def _attention_with_kvcache_fake(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                  softmax_scale, causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None,
-                                 sinks=None, window_size=(-1, -1)):
+                                 sinks=None, window_left=-1, window_right=-1):
     return empty_outputs(q, k_cache, v_cache)
 
 
 # (out, lse) = attention_with_kvcache_op(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table,
 #                                        attn_mask, softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes,
-#                                        sinks, window_size); num_splits 0 = tuned / heuristic.
+#                                        sinks, window_left, window_right); num_splits 0 = tuned / heuristic.
 attention_with_kvcache_op = torch.ops.glacompiler.attention_with_kvcache.default

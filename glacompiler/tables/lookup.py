@@ -143,6 +143,9 @@ def tuned_config(family: KernelFamily, spec: AttentionSpec, shape: ProblemShape,
 
 def clear_lookup_caches() -> None:
     """Forget parsed tables and resolved configs (after a table was written, or in tests)."""
+    from ..op.prepared import clear_prepared_calls  # late: the op imports this module
+
     _resolved.clear()
+    clear_prepared_calls()  # their configs came from the tables
     index_for_gpu.cache_clear()
     device_name.cache_clear()

@@ -30,9 +30,9 @@ def _per_head(emit, plan: PerHeadPlan, dtypes: tuple, factor: float = 1.0) -> fx
 
 
 def build_extension_arguments(emit, extensions: ExtensionPlan, q: fx.Node) -> tuple:
-    """(softcap, alibi_slopes, sinks, window_size): the op's arguments after kv_range."""
+    """(softcap, alibi_slopes, sinks, window_left, window_right): the op's arguments after kv_range."""
     sinks = None if extensions.sinks is None else _per_head(emit, extensions.sinks, (torch.float32, fake_value(q).dtype))
     alibi = None
     if extensions.alibi is not None:
         alibi = _per_head(emit, extensions.alibi, (torch.float32,), extensions.alibi_factor)
-    return float(extensions.softcap), alibi, sinks, [-1, -1]
+    return float(extensions.softcap), alibi, sinks, -1, -1

@@ -7,21 +7,25 @@ import torch
 from torch import Tensor
 
 from .tiles import next_power_of_two
-from .triton_launch import launch
+from .triton_launch import PreparedLaunch
 
 COMBINE_BLOCK_DV = 64
 
 
-def combine_splits(split_out: Tensor, split_lse: Tensor, out: Tensor, lse: Tensor) -> None:
-    """split_out [..., splits, Dv] fp32 and split_lse [..., splits] (contiguous) -> out [..., Dv], lse [...]."""
+def combine_launch(split_out: Tensor, lse: Tensor) -> PreparedLaunch:
+    """The combine's launch for split buffers of these shapes (args: split_out, split_lse, out, lse, splits)."""
     from .combine_kernel import combine_splits_kernel  # late: the interpreter must be chosen before triton loads
 
     num_splits, head_dim_v = split_out.shape[-2], split_out.shape[-1]
-    rows = lse.numel()
-    launch(combine_splits_kernel, (rows, -(-head_dim_v // COMBINE_BLOCK_DV)),
-           (split_out, split_lse, out, lse, num_splits),
-           dict(HEAD_DIM_V=head_dim_v, BLOCK_DV=COMBINE_BLOCK_DV, SPLITS_POW2=next_power_of_two(num_splits)),
-           num_warps=4, num_stages=3)
+    return PreparedLaunch(combine_splits_kernel, (lse.numel(), -(-head_dim_v // COMBINE_BLOCK_DV)),
+                          dict(HEAD_DIM_V=head_dim_v, BLOCK_DV=COMBINE_BLOCK_DV,
+                               SPLITS_POW2=next_power_of_two(num_splits)),
+                          num_warps=4, num_stages=3)
+
+
+def combine_splits(split_out: Tensor, split_lse: Tensor, out: Tensor, lse: Tensor) -> None:
+    """split_out [..., splits, Dv] fp32 and split_lse [..., splits] (contiguous) -> out [..., Dv], lse [...]."""
+    combine_launch(split_out, lse)((split_out, split_lse, out, lse, split_out.shape[-2]))
 
 
 def combine_splits_reference(split_out: Tensor, split_lse: Tensor) -> tuple[Tensor, Tensor]:

@@ -2,13 +2,12 @@
 mask as a kernel operand with its strides, and the mask's key range. No host-device sync."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .mask_range import mask_key_range
+from .mask_range import MaskKeyRangeLaunch
 
 
 def mask_as_kernel_operand(attn_mask: Tensor) -> Tensor:
@@ -18,37 +17,73 @@ def mask_as_kernel_operand(attn_mask: Tensor) -> Tensor:
     return attn_mask.view(torch.uint8) if attn_mask.dtype == torch.bool else attn_mask
 
 
-@dataclasses.dataclass
-class KeyBounds:
-    """What the kernels take about which keys a row sees. Without a mask, the lengths stand in for mask and
-    range (HAS_MASK is off, so the kernels never read them) and the strides are 0."""
-
-    lengths: Tensor  # [B] int32
-    mask: Tensor  # the mask as a kernel operand (mask_as_kernel_operand)
-    kv_begin: Tensor  # [B] first key the mask allows
-    kv_end: Tensor  # [B] one past its last
-    mask_strides: tuple  # (batch, head, token, key)
-    mask_per_row: bool  # the mask differs between packed (head, token) rows
+# (batch, capacity, device) -> [B] int32 tensor of the capacity: the lengths of a call that gives none, made once
+# (read-only: the kernels only read lengths). Bounded like the other per-shape memos.
+_capacity_lengths: dict = {}
+MAX_CAPACITY_LENGTHS = 256
 
 
-def resolve_key_bounds(attn_mask: Optional[Tensor], kv_range: Optional[Tensor], cache_seqlens: Optional[Tensor],
-                       batch: int, num_q_heads: int, query_len: int, capacity: int, causal: bool,
-                       device, positions_matter: bool = False) -> KeyBounds:
-    """The key bounds of a call, as the kernels take them. With a mask: the mask as a kernel operand, its
-    strides, and its key range (kv_range when the caller has it, one per graph under backend="gla"; else
-    reduced here), and, when no lengths are given, the range's end as the lengths (no key past it is visited
-    anyway; causal Lq > 1, ALiBi and a window, which place the queries by the lengths, align to the capacity
-    instead: positions_matter). Without a mask, the lengths (the capacity when none are given)."""
-    if attn_mask is not None:
+def capacity_lengths(batch: int, capacity: int, device) -> Tensor:
+    """A [batch] int32 tensor filled with `capacity`, shared by every call with this batch, capacity and device.
+    Not remembered when made during CUDA-graph capture: the fill would then run only on replay, and the memory
+    belongs to the graph's pool."""
+    key = (batch, capacity, device)
+    lengths = _capacity_lengths.get(key)
+    if lengths is None:
+        lengths = torch.full((batch,), capacity, dtype=torch.int32, device=device)
+        if not (torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            if len(_capacity_lengths) >= MAX_CAPACITY_LENGTHS:
+                _capacity_lengths.clear()
+            _capacity_lengths[key] = lengths
+    return lengths
+
+
+class KeyBoundsPlan:
+    """The key bounds of calls with one metadata, as the kernels take them: what the metadata (shapes, strides,
+    dtypes, flags) fixes is worked out once, `resolve` takes a call's tensors. With a mask: the mask as a kernel
+    operand, its strides, and its key range (kv_range when the caller has it, one per graph under
+    backend="gla"; else reduced per call), and, when no lengths are given, the range's end as the lengths (no
+    key past it is visited anyway; causal Lq > 1, ALiBi and a window, which place the queries by the lengths,
+    align to the capacity instead: positions_matter). Without a mask, the lengths (the capacity when none are
+    given); the lengths then stand in for mask and range (HAS_MASK is off: never read) and the strides are 0."""
+
+    __slots__ = ("has_mask", "reduce_range", "lengths_source", "mask_strides", "mask_per_row", "batch", "capacity",
+                 "device")
+
+    def __init__(self, attn_mask: Optional[Tensor], kv_range: Optional[Tensor], cache_seqlens: Optional[Tensor],
+                 batch: int, num_q_heads: int, query_len: int, capacity: int, causal: bool, device,
+                 positions_matter: bool = False):
+        self.batch, self.capacity, self.device = batch, capacity, device
+        self.has_mask = attn_mask is not None
+        self.reduce_range = None
+        if cache_seqlens is not None:
+            self.lengths_source = "given"
+        elif self.has_mask and not (causal and query_len > 1) and not positions_matter:
+            self.lengths_source = "range end"
+        else:
+            self.lengths_source = "capacity"
+        if not self.has_mask:
+            self.mask_strides, self.mask_per_row = (0, 0, 0, 0), False
+            return
         mask = mask_as_kernel_operand(attn_mask)
         if kv_range is None:
-            kv_range = mask_key_range(mask, batch, capacity, attn_mask.dtype == torch.bool)
-        if cache_seqlens is None and not (causal and query_len > 1) and not positions_matter:
-            cache_seqlens = kv_range[1]
-    if cache_seqlens is None:
-        cache_seqlens = torch.full((batch,), capacity, dtype=torch.int32, device=device)
-    if attn_mask is None:
-        return KeyBounds(cache_seqlens, cache_seqlens, cache_seqlens, cache_seqlens, (0, 0, 0, 0), False)
-    strides = mask.expand(batch, num_q_heads, query_len, capacity).stride()  # broadcast dims get stride 0
-    per_row = (num_q_heads > 1 and strides[1] != 0) or (query_len > 1 and strides[2] != 0)
-    return KeyBounds(cache_seqlens, mask, kv_range[0], kv_range[1], strides, per_row)
+            self.reduce_range = MaskKeyRangeLaunch(mask, batch, capacity, attn_mask.dtype == torch.bool)
+        strides = mask.expand(batch, num_q_heads, query_len, capacity).stride()  # broadcast dims get stride 0
+        self.mask_strides = strides
+        self.mask_per_row = (num_q_heads > 1 and strides[1] != 0) or (query_len > 1 and strides[2] != 0)
+
+    def resolve(self, attn_mask: Optional[Tensor], kv_range: Optional[Tensor],
+                cache_seqlens: Optional[Tensor]) -> tuple:
+        """(lengths, mask operand, kv_begin, kv_end) of one call with the plan's metadata."""
+        if not self.has_mask:
+            lengths = cache_seqlens if cache_seqlens is not None else capacity_lengths(self.batch, self.capacity,
+                                                                                       self.device)
+            return lengths, lengths, lengths, lengths
+        mask = mask_as_kernel_operand(attn_mask)
+        if self.reduce_range is not None:
+            kv_range = self.reduce_range(mask)
+        kv_begin, kv_end = kv_range.unbind(0)
+        source = self.lengths_source
+        lengths = (cache_seqlens if source == "given" else kv_end if source == "range end"
+                   else capacity_lengths(self.batch, self.capacity, self.device))
+        return lengths, mask, kv_begin, kv_end

@@ -2,39 +2,46 @@
 outputs and LSEs that the combine kernel merges."""
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import Tensor
 
-from .combine import combine_splits
+from .combine import combine_launch
 
 
-@dataclasses.dataclass
 class SplitBuffers:
-    """The op's outputs and the split kernel's targets (split stride 0 when there is one split)."""
+    """The op's outputs and the split kernel's targets for calls of one shape, worked out once (a prepared op
+    call holds one): `allocate` makes a call's tensors, `combine` merges its splits."""
 
-    out: Tensor  # [B, Lq, Hq, Dv]
-    lse: Tensor  # [B, Lq, Hq] float32
-    split_out: Tensor
-    split_lse: Tensor
-    out_strides: tuple  # (b, t, h, split) strides of split_out
-    lse_strides: tuple  # (b, t, h, split) strides of split_lse
-    num_splits: int
+    __slots__ = ("out_shape", "lse_shape", "split_out_shape", "split_lse_shape", "num_splits", "out_strides",
+                 "lse_strides", "combine_launch")
 
-    @classmethod
-    def allocate(cls, q: Tensor, head_dim_v: int, num_splits: int) -> "SplitBuffers":
+    def __init__(self, q: Tensor, head_dim_v: int, num_splits: int):
         batch, query_len, num_q_heads, _ = q.shape
-        out = torch.empty((batch, query_len, num_q_heads, head_dim_v), dtype=q.dtype, device=q.device)
-        lse = torch.empty((batch, query_len, num_q_heads), dtype=torch.float32, device=q.device)
-        if num_splits == 1:
-            return cls(out, lse, out, lse, (*out.stride()[:3], 0), (*lse.stride(), 0), 1)
-        split_out = torch.empty((batch, query_len, num_q_heads, num_splits, head_dim_v), dtype=torch.float32,
-                                device=q.device)
-        split_lse = torch.empty((batch, query_len, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
-        return cls(out, lse, split_out, split_lse, split_out.stride()[:4], split_lse.stride(), num_splits)
+        self.num_splits = num_splits
+        self.out_shape = (batch, query_len, num_q_heads, head_dim_v)
+        self.lse_shape = (batch, query_len, num_q_heads)
+        self.split_out_shape = (batch, query_len, num_q_heads, num_splits, head_dim_v)
+        self.split_lse_shape = (batch, query_len, num_q_heads, num_splits)
+        self.combine_launch = None
+        if num_splits == 1:  # the kernel writes the outputs (contiguous), split stride 0
+            self.out_strides = (query_len * num_q_heads * head_dim_v, num_q_heads * head_dim_v, head_dim_v, 0)
+            self.lse_strides = (query_len * num_q_heads, num_q_heads, 1, 0)
+            return
+        split_out, _, _, lse = self.allocate(q)
+        self.out_strides = split_out.stride()[:4]
+        self.lse_strides = (query_len * num_q_heads * num_splits, num_q_heads * num_splits, num_splits, 1)
+        self.combine_launch = combine_launch(split_out, lse)
 
-    def combine(self) -> None:
+    def allocate(self, q: Tensor) -> tuple:
+        """(split_out, split_lse, out, lse) of one call: the first two are the outputs with one split."""
+        out = q.new_empty(self.out_shape)
+        lse = q.new_empty(self.lse_shape, dtype=torch.float32)
+        if self.num_splits == 1:
+            return out, lse, out, lse
+        return (q.new_empty(self.split_out_shape, dtype=torch.float32),
+                q.new_empty(self.split_lse_shape, dtype=torch.float32), out, lse)
+
+    def combine(self, split_out: Tensor, split_lse: Tensor, out: Tensor, lse: Tensor) -> None:
         """Merge the splits by LSE into out and lse (nothing to do with one split)."""
-        if self.num_splits > 1:
-            combine_splits(self.split_out, self.split_lse, self.out, self.lse)
+        if self.combine_launch is not None:
+            self.combine_launch((split_out, split_lse, out, lse, self.num_splits))

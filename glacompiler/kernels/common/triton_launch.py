@@ -111,3 +111,59 @@ def launch(kernel, grid: tuple, args: tuple, constexprs: dict, num_warps: int, n
             _compiled.clear()
         _compiled[key] = compiled
     return compiled
+
+
+class PreparedLaunch:
+    """One launch site of a prepared op call (glacompiler/op/prepared.py): kernel, grid, constexprs, warps and
+    stages are fixed, and so is the specialisation (the call's key fixes every int argument and every tensor's
+    dtype and alignment), so after the first launch the compiled binary is called directly, with no key to
+    build. `first_launch(args)` runs the first launch (default: launch()) and returns the CompiledKernel."""
+
+    __slots__ = ("kernel", "grid", "constexprs", "num_warps", "num_stages", "first_launch", "compiled",
+                 "device_index", "constexpr_values")
+
+    def __init__(self, kernel, grid: tuple, constexprs: dict, num_warps: int, num_stages: int, first_launch=None):
+        self.kernel, self.grid, self.constexprs = kernel, tuple(grid), constexprs
+        self.num_warps, self.num_stages = num_warps, num_stages
+        self.first_launch = first_launch
+        self.compiled = None
+        self.device_index = None
+        self.constexpr_values = ()
+
+    def __call__(self, args: tuple):
+        global _direct_launch_enabled
+        compiled = self.compiled
+        if compiled is not None and _direct_launch_enabled:
+            from triton import knobs
+            from triton.runtime.driver import driver
+
+            device = driver.active
+            if device.get_current_device() == self.device_index:  # (else the binary of another device: the JIT)
+                all_args = (*args, *self.constexpr_values)
+                grid = self.grid
+                stream = device.get_current_stream(self.device_index)
+                runtime = knobs.runtime
+                try:
+                    compiled.run(*(grid + (1, 1))[:3], stream, compiled.function, compiled.packed_metadata,
+                                 compiled.launch_metadata(grid, stream, *all_args), runtime.launch_enter_hook,
+                                 runtime.launch_exit_hook, *all_args)
+                    return compiled
+                except TypeError as error:  # as in launch(): this Triton's launcher differs, use the JIT from now on
+                    _direct_launch_enabled = False
+                    LOGGER.warning("direct kernel launches turned off (%s); every launch goes through triton's JIT",
+                                   error)
+        if self.first_launch is not None:
+            compiled = self.first_launch(args)
+        else:
+            compiled = launch(self.kernel, self.grid, args, self.constexprs, self.num_warps, self.num_stages)
+        self._remember(compiled, args)
+        return compiled
+
+    def _remember(self, compiled, args: tuple) -> None:
+        from triton.compiler import CompiledKernel
+        from triton.runtime.driver import driver
+
+        if isinstance(compiled, CompiledKernel) and self.compiled is None:
+            self.constexpr_values = tuple(_ordered_constexprs(self.kernel, args, self.constexprs))
+            self.device_index = driver.active.get_current_device()
+            self.compiled = compiled

@@ -11,7 +11,7 @@ from ...spec import AttentionSpec, ProblemShape
 from ..common.tiles import rope_tile_width
 from ..family import KernelCall, KernelFamily, ResourceCheck
 from .config import BLOCK_N, ROW_SPLIT_MAX_WIDTH, LatentHopperConfig, LatentHopperTile, heuristic_config, programs_per_split
-from .launch import launch_latent_hopper
+from .launch import LatentHopperLaunchPlan
 from .support import device_problem, layout_problem, spec_problem
 
 
@@ -40,10 +40,8 @@ class LatentHopperFamily(KernelFamily):
     def longest_useful_splits(self, shape: ProblemShape, config: LatentHopperConfig) -> int:
         return max(1, shape.capacity // BLOCK_N)
 
-    def launch(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig):
-        return launch_latent_hopper(call.q, call.k_cache, call.q_rope, call.k_rope_cache, call.cache_seqlens,
-                                    call.page_table, call.attn_mask, call.softmax_scale, call.causal, spec, shape,
-                                    config, call.kv_range, call.sinks, call.window_size)
+    def prepare(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig):
+        return LatentHopperLaunchPlan(call, spec, shape, config)
 
     def kernels_version(self) -> str:
         from .render import latent_hopper_kernels_version

@@ -12,7 +12,7 @@ from ...spec import AttentionSpec, ProblemShape
 from ..common.interpreter import triton_interpreter_enabled
 from ..family import KernelCall, KernelFamily, ResourceCheck
 from .config import PortableConfig, heuristic_config, programs_per_split
-from .launch import launch_decode_attention
+from .launch import PortableLaunchPlan
 
 
 class PortableFamily(KernelFamily):
@@ -36,11 +36,8 @@ class PortableFamily(KernelFamily):
     def longest_useful_splits(self, shape: ProblemShape, config: PortableConfig) -> int:
         return max(1, shape.capacity // config.block_n)
 
-    def launch(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: PortableConfig):
-        return launch_decode_attention(call.q, call.k_cache, call.v_cache, call.q_rope, call.k_rope_cache,
-                                       call.cache_seqlens, call.page_table, call.attn_mask, call.softmax_scale,
-                                       call.causal, spec, shape, config, call.kv_range, call.softcap, call.alibi_slopes,
-                                       call.sinks, call.window_size)
+    def prepare(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: PortableConfig):
+        return PortableLaunchPlan(call, spec, shape, config)
 
     def kernels_version(self) -> str:
         from .render import portable_kernels_version

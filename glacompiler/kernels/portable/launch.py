@@ -10,9 +10,10 @@ from torch import Tensor
 
 from ...spec import AttentionSpec, ProblemShape
 from ..common.extensions import kernel_extensions
-from ..common.key_bounds import resolve_key_bounds
+from ..common.key_bounds import KeyBoundsPlan
 from ..common.split_buffers import SplitBuffers
-from ..common.triton_launch import launch
+from ..common.triton_launch import PreparedLaunch, launch
+from ..family import KernelCall
 from .config import PortableConfig
 from .render import decode_kernel_module
 
@@ -43,84 +44,86 @@ def _launch_fitting(kernel, grid, args: tuple, constexprs: dict, config: Portabl
         return compiled
 
 
-def launch_decode_attention(
-    q: Tensor,
-    k_cache: Tensor,
-    v_cache: Optional[Tensor],
-    q_rope: Optional[Tensor],
-    k_rope_cache: Optional[Tensor],
-    cache_seqlens: Optional[Tensor],
-    page_table: Optional[Tensor],
-    attn_mask: Optional[Tensor],
-    softmax_scale: float,
-    causal: bool,
-    spec: AttentionSpec,
-    shape: ProblemShape,
-    config: PortableConfig,
-    kv_range: Optional[Tensor] = None,
-    softcap: float = 0.0,
-    alibi_slopes: Optional[Tensor] = None,
-    sinks: Optional[Tensor] = None,
-    window_size: tuple = (-1, -1),
-) -> tuple[Tensor, Tensor]:
-    batch, query_len, num_q_heads, _ = q.shape
-    head_dim_v = spec.head_dim_v
-    group = spec.group_size
-    num_splits = config.num_splits
-    module = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split)
+class PortableLaunchPlan:
+    """Everything a portable launch derives from a call's metadata (shapes, strides, dtypes, alignment, scalars):
+    kernel, grid, constexprs, the int arguments, key-bounds and split-buffer plans. Built from a first call;
+    `run` takes the tensors of any call with the same metadata (glacompiler/op/prepared.py keys them)."""
 
-    buffers = SplitBuffers.allocate(q, head_dim_v, num_splits)
+    def __init__(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: PortableConfig):
+        q, k_cache, v_cache, k_rope_cache, page_table = (call.q, call.k_cache, call.v_cache, call.k_rope_cache,
+                                                         call.page_table)
+        batch, query_len, num_q_heads, _ = q.shape
+        group = spec.group_size
+        num_splits = config.num_splits
+        module = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split)
+        self.buffers = SplitBuffers(q, spec.head_dim_v, num_splits)
+        values = k_cache if v_cache is None else v_cache
+        q_rope_arg = q if call.q_rope is None else call.q_rope
+        extensions = kernel_extensions(call.softmax_scale, call.softcap, call.alibi_slopes, call.sinks,
+                                       call.window_size, q)
+        self.keys = KeyBoundsPlan(call.attn_mask, call.kv_range, call.cache_seqlens, batch, num_q_heads, query_len,
+                                  shape.capacity, call.causal, q.device, extensions.positions_matter)
+        self.tail = (
+            *q.stride()[:3],
+            *k_cache.stride()[:3],
+            *values.stride()[:3],
+            *q_rope_arg.stride()[:3],
+            *((0, 0) if k_rope_cache is None else k_rope_cache.stride()[:2]),
+            0 if page_table is None else page_table.stride(0),
+            *self.keys.mask_strides,
+            *self.buffers.out_strides,
+            *self.buffers.lse_strides,
+            extensions.qk_scale_log2,
+            num_splits,
+            shape.capacity,
+            k_cache.shape[0] if page_table is not None else 1,  # pages: page ids are bounded by it
+            extensions.alibi_batch_stride,
+            extensions.softcap_scale,
+            extensions.window_left,
+            extensions.window_right,
+        )
+        attn_mask = call.attn_mask
+        constexprs = dict(
+            G=group,
+            LQ=query_len,
+            PAGE_SIZE=max(shape.page_size, 1),
+            BLOCK_M=config.block_m,
+            BLOCK_N=config.block_n,
+            HAS_MASK=attn_mask is not None,
+            MASK_IS_BOOL=attn_mask is not None and attn_mask.dtype == torch.bool,
+            MASK_PER_ROW=self.keys.mask_per_row,
+            # With one query token every key below the length is visible: causality changes nothing.
+            CAUSAL=call.causal and query_len > 1,
+            **extensions.flags,
+        )
+        rows = group * query_len
+        grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
+        kernel = module.decode_attention_split_kernel
 
-    values = k_cache if v_cache is None else v_cache
-    q_rope_arg = q if q_rope is None else q_rope
-    k_rope_arg = k_cache if k_rope_cache is None else k_rope_cache
-    rope_strides = (0, 0) if k_rope_cache is None else k_rope_cache.stride()[:2]
-    page_stride = 0 if page_table is None else page_table.stride(0)
-    extensions = kernel_extensions(softmax_scale, softcap, alibi_slopes, sinks, window_size, q)
-    keys = resolve_key_bounds(attn_mask, kv_range, cache_seqlens, batch, num_q_heads, query_len, shape.capacity,
-                              causal, q.device, extensions.positions_matter)
-    page_arg = keys.lengths if page_table is None else page_table  # a placeholder when contiguous
+        def first_launch(args):
+            compiled = _launch_fitting(kernel, grid, args, constexprs, config, module.__name__)
+            if LOGGER.isEnabledFor(logging.DEBUG):
+                # Registers, spills and shared memory of the compiled kernel: the first things to read when a
+                # config is slow.
+                LOGGER.debug("%s %s: regs %s, spills %s, shared %s", spec.key(), config,
+                             getattr(compiled, "n_regs", "?"), getattr(compiled, "n_spills", "?"),
+                             getattr(getattr(compiled, "metadata", None), "shared", "?"))
+            return compiled
 
-    rows = group * query_len
-    grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
-    args = (
-        q, k_cache, values, q_rope_arg, k_rope_arg, keys.lengths, keys.kv_begin, keys.kv_end, page_arg, keys.mask,
-        buffers.split_out, buffers.split_lse, extensions.alibi, extensions.sinks,
-        *q.stride()[:3],
-        *k_cache.stride()[:3],
-        *values.stride()[:3],
-        *q_rope_arg.stride()[:3],
-        *rope_strides,
-        page_stride,
-        *keys.mask_strides,
-        *buffers.out_strides,
-        *buffers.lse_strides,
-        extensions.qk_scale_log2,
-        num_splits,
-        shape.capacity,
-        k_cache.shape[0] if page_table is not None else 1,  # pages: page ids are bounded by it
-        extensions.alibi_batch_stride,
-        extensions.softcap_scale,
-        extensions.window_left,
-        extensions.window_right,
-    )
-    constexprs = dict(
-        G=group,
-        LQ=query_len,
-        PAGE_SIZE=max(shape.page_size, 1),
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        HAS_MASK=attn_mask is not None,
-        MASK_IS_BOOL=attn_mask is not None and attn_mask.dtype == torch.bool,
-        MASK_PER_ROW=keys.mask_per_row,
-        # With one query token every key below the length is visible: causality changes nothing.
-        CAUSAL=causal and query_len > 1,
-        **extensions.flags,
-    )
-    compiled = _launch_fitting(module.decode_attention_split_kernel, grid, args, constexprs, config, module.__name__)
-    if LOGGER.isEnabledFor(logging.DEBUG):
-        # Registers, spills and shared memory of the compiled kernel: the first things to read when a config is slow.
-        LOGGER.debug("%s %s: regs %s, spills %s, shared %s", spec.key(), config, getattr(compiled, "n_regs", "?"),
-                     getattr(compiled, "n_spills", "?"), getattr(getattr(compiled, "metadata", None), "shared", "?"))
-    buffers.combine()
-    return buffers.out, buffers.lse
+        self.launch = PreparedLaunch(kernel, grid, constexprs, config.num_warps, config.num_stages, first_launch)
+
+    def run(self, q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor], q_rope: Optional[Tensor],
+            k_rope_cache: Optional[Tensor], cache_seqlens: Optional[Tensor], page_table: Optional[Tensor],
+            attn_mask: Optional[Tensor], kv_range: Optional[Tensor], alibi_slopes: Optional[Tensor],
+            sinks: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        lengths, mask, kv_begin, kv_end = self.keys.resolve(attn_mask, kv_range, cache_seqlens)
+        split_out, split_lse, out, lse = self.buffers.allocate(q)
+        self.launch((
+            q, k_cache, k_cache if v_cache is None else v_cache, q if q_rope is None else q_rope,
+            k_cache if k_rope_cache is None else k_rope_cache, lengths, kv_begin, kv_end,
+            lengths if page_table is None else page_table,  # a placeholder when contiguous
+            mask, split_out, split_lse, q if alibi_slopes is None else alibi_slopes, q if sinks is None else sinks,
+            *self.tail,
+        ))
+        self.buffers.combine(split_out, split_lse, out, lse)
+        return out, lse

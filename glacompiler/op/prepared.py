@@ -1,0 +1,127 @@
+"""Prepared op calls: the op's host path for repeat calls.
+
+A decode step calls the op once per layer with the same shapes every step. The first call with a given
+metadata key validates the arguments, picks the kernel family and config and builds the family's launch plan
+(kernel, grid, constexprs, int arguments, buffer shapes; the compiled binary after its first launch). A repeat
+computes the key, looks the plan up and runs it: allocate the outputs, fill in the tensor arguments, call the
+compiled launcher.
+
+Why a repeat may skip validation: the key holds every tensor argument's shape, strides, dtype, device and
+16-byte alignment, and every scalar argument; validate_inputs and the family/config choice read nothing else
+(the checks that read values, check_values, run on every call where they run at all: the CPU path always, a
+GPU with GLACOMPILER_DEBUG=1 here). So a call that would fail validation has a key no validated call had: it
+takes the first-call path and raises there. The scalars' Python types are the schema's (the dispatcher converts
+them), so 1.0 and True cannot share a key with different verdicts.
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..spec import ProblemShape
+from .validation import check_values, debug_checks_enabled
+
+# metadata key -> PreparedCall. A cache whose capacity grows every step makes a key per step: past the bound the
+# memo starts over (as triton_launch's does).
+_prepared: dict = {}
+MAX_PREPARED_CALLS = 1024
+
+
+def _metadata(tensor: Tensor) -> tuple:
+    return tensor.shape, tensor.stride(), tensor.dtype, tensor.device, tensor.data_ptr() % 16
+
+
+def call_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale, causal,
+             num_splits, kv_range, softcap, alibi_slopes, sinks, window_left, window_right) -> tuple:
+    """Everything validation and the kernel choice read of a call (the tuned tables aside: clear_prepared_calls
+    runs when they change). The optional tensors are spelled out: this runs on every call."""
+    return (_metadata(q), _metadata(k_cache),
+            None if v_cache is None else _metadata(v_cache),
+            None if q_rope is None else _metadata(q_rope),
+            None if k_rope_cache is None else _metadata(k_rope_cache),
+            None if cache_seqlens is None else _metadata(cache_seqlens),
+            None if page_table is None else _metadata(page_table),
+            None if attn_mask is None else _metadata(attn_mask),
+            None if kv_range is None else _metadata(kv_range),
+            None if alibi_slopes is None else _metadata(alibi_slopes),
+            None if sinks is None else _metadata(sinks),
+            softmax_scale, causal, num_splits, softcap, window_left, window_right)
+
+
+def wrapper_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                causal, num_splits, softcap, alibi_slopes, sinks, window_size):
+    """call_key for the Python wrapper, whose scalars are the user's: their types are part of it (True and 1.0
+    compare equal but only one is a valid softcap), and window_size by its entries' types too."""
+    return (_metadata(q), _metadata(k_cache),
+            *(None if tensor is None else _metadata(tensor)
+              for tensor in (v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, alibi_slopes, sinks)),
+            type(softmax_scale), softmax_scale, type(causal), causal, type(num_splits), num_splits,
+            type(softcap), softcap, type(window_size), *map(type, window_size), *window_size)
+
+
+def remember_validated(memo: dict, key, value) -> None:
+    if len(memo) >= MAX_PREPARED_CALLS:
+        memo.clear()
+    memo[key] = value
+
+
+class PreparedCall:
+    """A validated call's shape, its family's launch plan, and the copies the kernels need of strided lengths
+    or page tables (rare)."""
+
+    __slots__ = ("shape", "plan", "copy_seqlens", "copy_page_table")
+
+    def __init__(self, shape: ProblemShape, plan, copy_seqlens: bool, copy_page_table: bool):
+        self.shape, self.plan = shape, plan
+        self.copy_seqlens, self.copy_page_table = copy_seqlens, copy_page_table
+
+    def run(self, q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range,
+            alibi_slopes, sinks):
+        if self.plan is None:  # a batch of 0 sequences
+            from .dispatch import empty_outputs
+
+            return empty_outputs(q, k_cache, v_cache)
+        # The kernels read lengths and page-table columns as adjacent entries (the page table's row stride is
+        # theirs): a strided or expanded view is made contiguous (rare; a small copy).
+        if self.copy_seqlens:
+            cache_seqlens = cache_seqlens.contiguous()
+        if self.copy_page_table:
+            page_table = page_table.contiguous()
+        return self.plan.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                             kv_range, alibi_slopes, sinks)
+
+
+def prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                 causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size) -> PreparedCall:
+    """The first call of a key: validate (ValueError/TypeError naming the argument), choose, plan."""
+    from .dispatch import choose_kernel, validated_call
+
+    spec, shape, call, copy_seqlens, copy_page_table = validated_call(
+        q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale, causal,
+        kv_range, softcap, alibi_slopes, sinks, window_size)
+    if shape.batch == 0:
+        return PreparedCall(shape, None, False, False)
+    family, config = choose_kernel(spec, shape, call, num_splits)
+    return PreparedCall(shape, family.prepare(call, spec, shape, config), copy_seqlens, copy_page_table)
+
+
+def run_prepared(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                 causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None, sinks=None, window_left=-1,
+                 window_right=-1):
+    """The op on kernels (CUDA, or the interpreter on CPU), with arguments as the schema types them."""
+    key = call_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                   causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_left, window_right)
+    prepared = _prepared.get(key)
+    if prepared is None:
+        prepared = prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                                softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes, sinks,
+                                (window_left, window_right))
+        remember_validated(_prepared, key, prepared)
+    elif debug_checks_enabled():  # what validate_inputs would check of the values (a first call has)
+        check_values(k_cache, cache_seqlens, page_table, prepared.shape, attn_mask)
+    return prepared.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range,
+                        alibi_slopes, sinks)
+
+
+def clear_prepared_calls() -> None:
+    """Forget every prepared call (after the tuned tables changed, or in tests)."""
+    _prepared.clear()

@@ -1,0 +1,242 @@
+"""Prepared op calls (glacompiler/op/prepared.py): a repeat with the same metadata skips validation and the
+kernel choice and runs the plan of the first call. CPU, kernels under the interpreter where they must run;
+fp16/fp32 (the interpreter's bf16 tl.dot is wrong)."""
+import pytest
+import torch
+
+import glacompiler
+from glacompiler.op import dispatch, prepared
+from glacompiler.problems import check_fa_rule, make_decode_problem
+from glacompiler.spec import default_softmax_scale
+
+from kernel_cases import CPU_SPECS
+
+OP_ARGS = ("q", "k_cache", "v_cache", "q_rope", "k_rope_cache", "cache_seqlens", "page_table", "attn_mask")
+
+
+@pytest.fixture
+def fresh_memos(monkeypatch):
+    """Empty memos for the test (and the counts of validations the prepared path makes)."""
+    monkeypatch.setattr(prepared, "_prepared", {})
+    monkeypatch.setattr(glacompiler.op, "_validated_scales", {})
+    validations = []
+    real_validate = dispatch.validate_inputs
+
+    def counting_validate(*args, **kwargs):
+        validations.append(args)
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "validate_inputs", counting_validate)
+    return validations
+
+
+def _problem(name, dtype, seed, **kwargs):
+    return make_decode_problem(CPU_SPECS[name], batch=3, query_len=2, capacity=40, dtype=dtype,
+                               generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def _default_scale(kwargs):
+    q_rope = kwargs.get("q_rope")
+    return default_softmax_scale(kwargs["q"].shape[-1], 0 if q_rope is None else q_rope.shape[-1])
+
+
+def _run_op(kwargs, softmax_scale=None, causal=True, num_splits=0, **extra):
+    """The op as the CUDA dispatcher runs it (run_prepared), with the schema's argument types; the problems'
+    default scale unless given."""
+    args = [kwargs.get(name) for name in OP_ARGS]
+    scale = _default_scale(kwargs) if softmax_scale is None else softmax_scale
+    return prepared.run_prepared(*args, scale, causal, num_splits, **extra)
+
+
+@pytest.mark.parametrize("name, dtype, mask", [("gqa", torch.float32, None), ("gla2", torch.float16, "bool"),
+                                               ("gta", torch.float32, "additive")])
+def test_repeats_run_the_first_calls_plan_and_are_right(interpret_kernels, fresh_memos, name, dtype, mask):
+    # Fixed lengths: a paged problem's page pool follows them (and the pool's shape is metadata).
+    paging = dict(mask=mask, page_size=16 if name == "gla2" else 0, seqlens=[5, 33, 40])
+    first = _problem(name, dtype, 1, **paging)
+    out_first, lse_first = _run_op(first.kwargs, num_splits=2)
+    assert len(fresh_memos) == 1 and len(prepared._prepared) == 1
+    check_fa_rule(out_first, lse_first, first)
+    # Fresh data of the same metadata (paged: the same page table shape): the plan is reused, results right.
+    again = _problem(name, dtype, 2, **paging)
+    assert prepared.call_key(*[again.kwargs.get(n) for n in OP_ARGS], _default_scale(again.kwargs), True, 2, None,
+                             0.0, None, None, -1, -1) in prepared._prepared
+    out, lse = _run_op(again.kwargs, num_splits=2)
+    assert len(fresh_memos) == 1 and len(prepared._prepared) == 1  # no second validation, no second plan
+    check_fa_rule(out, lse, again)
+    # The first data again: exactly the first call's results (the same kernel with the same arguments).
+    out_repeat, lse_repeat = _run_op(first.kwargs, num_splits=2)
+    torch.testing.assert_close(out_repeat, out_first, rtol=0, atol=0)
+    torch.testing.assert_close(lse_repeat, lse_first, rtol=0, atol=0)
+
+
+def test_the_wrapper_validates_once_per_metadata(interpret_kernels, fresh_memos, monkeypatch):
+    validated = []
+    real_validate = glacompiler.op.validate_inputs
+    monkeypatch.setattr(glacompiler.op, "validate_inputs", lambda *a: validated.append(a) or real_validate(*a))
+    problem = _problem("gqa", torch.float16, 3)
+    for _ in range(3):
+        out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
+        check_fa_rule(out, lse, problem)
+    assert len(validated) == 1 and len(glacompiler.op._validated_scales) == 1
+    glacompiler.attention_with_kvcache(**problem.kwargs, softcap=2.0)  # a new scalar: validated again
+    assert len(validated) == 2
+
+
+def _key(kwargs, softmax_scale=0.2, causal=True, num_splits=0, kv_range=None, softcap=0.0, alibi_slopes=None,
+         sinks=None, window_size=(-1, -1)):
+    return prepared.call_key(*[kwargs.get(name) for name in OP_ARGS], softmax_scale, causal, num_splits, kv_range,
+                             softcap, alibi_slopes, sinks, *window_size)
+
+
+def _changed(kwargs, name, value):
+    return {**kwargs, name: value}
+
+
+def test_every_piece_of_metadata_makes_a_new_key():
+    kw = _problem("gqa", torch.float32, 4, mask="bool").kwargs
+    q, k_cache = kw["q"], kw["k_cache"]
+    base = _key(kw)
+    assert _key(dict(kw)) == base  # other tensor objects with the same metadata: the same key
+    unaligned_q = torch.empty(q.numel() + 1, dtype=q.dtype)[1:].view(q.shape)  # 4 bytes past a 16-byte boundary
+    variants = {
+        "shape": _key(_changed(kw, "q", q[:, :1])),
+        "strides": _key(_changed(kw, "k_cache", k_cache.transpose(0, 1).contiguous().transpose(0, 1))),
+        "dtype": _key(_changed(kw, "q", q.half())),
+        "alignment": _key(_changed(kw, "q", unaligned_q)),
+        "mask dtype": _key(_changed(kw, "attn_mask", kw["attn_mask"].float())),
+        "no lengths": _key(_changed(kw, "cache_seqlens", None)),
+        "softmax_scale": _key(kw, softmax_scale=0.3),
+        "causal": _key(kw, causal=False),
+        "num_splits": _key(kw, num_splits=2),
+        "kv_range": _key(kw, kv_range=torch.zeros(2, 3, dtype=torch.int32)),
+        "softcap": _key(kw, softcap=5.0),
+        "alibi_slopes": _key(kw, alibi_slopes=torch.rand(8)),
+        "sinks": _key(kw, sinks=torch.rand(8)),
+        "window_size": _key(kw, window_size=(4, 0)),
+    }
+    assert base not in variants.values()
+    assert len(set(variants.values())) == len(variants)
+
+
+def test_a_new_shape_or_scalar_makes_a_new_plan(interpret_kernels, fresh_memos):
+    problem = _problem("gqa", torch.float32, 5)
+    _run_op(problem.kwargs)
+    _run_op(problem.kwargs, softmax_scale=0.3)
+    sliced = {name: (value[:2] if value is not None else None) for name, value in problem.kwargs.items()
+              if name in OP_ARGS}
+    out, _ = _run_op(sliced)
+    assert len(fresh_memos) == 3 and len(prepared._prepared) == 3
+    assert out.shape[0] == 2
+
+
+# A bad argument after a good one with the same metadata cannot exist: validation reads only what the key holds
+# (shapes, strides, dtypes, devices, alignment, scalars; the value checks run on every call where they run at
+# all). So the bad calls below all have new keys, and the first-call path raises the argument's error.
+@pytest.mark.parametrize("change, error, message", [
+    (lambda kw: _changed(kw, "k_cache", kw["k_cache"].half()), TypeError, "k_cache has dtype"),
+    (lambda kw: _changed(kw, "cache_seqlens", kw["cache_seqlens"].long()), TypeError, "cache_seqlens must be int32"),
+    (lambda kw: _changed(kw, "q", kw["q"][..., :-8]), ValueError, "q head dim"),
+    (lambda kw: _changed(kw, "attn_mask", torch.ones(3, 1, 1, 7, dtype=torch.bool)), ValueError, "attn_mask shape"),
+    (lambda kw: _changed(kw, "k_cache", kw["k_cache"].transpose(2, 3)), ValueError, "k_cache must be contiguous"),
+])
+def test_bad_arguments_after_good_ones_raise(interpret_kernels, fresh_memos, change, error, message):
+    kw = _problem("gqa", torch.float32, 6).kwargs
+    _run_op(kw)
+    with pytest.raises(error, match=message):
+        _run_op(change(kw))
+    assert len(prepared._prepared) == 1
+
+
+def test_bad_scalar_types_after_good_ones_raise_in_the_wrapper(fresh_memos):
+    kw = _problem("gqa", torch.float32, 7).kwargs
+    glacompiler.attention_with_kvcache(**kw, softcap=1.0, window_size=(1, 0))
+    with pytest.raises(TypeError, match="softcap must be a float"):
+        glacompiler.attention_with_kvcache(**kw, softcap=True, window_size=(1, 0))  # True == 1.0, yet refused
+    with pytest.raises(TypeError, match="window_size must be a pair of ints"):
+        glacompiler.attention_with_kvcache(**kw, softcap=1.0, window_size=(True, 0))
+    with pytest.raises(TypeError, match="window_size must be a pair of ints"):
+        glacompiler.attention_with_kvcache(**kw, softcap=1.0, window_size=5)
+    with pytest.raises(TypeError, match="softmax_scale must be a float"):
+        glacompiler.attention_with_kvcache(**kw, softmax_scale=[0.2])  # unhashable: no key, validated
+
+
+def test_value_checks_run_on_repeats_under_debug(interpret_kernels, fresh_memos, monkeypatch):
+    kw = _problem("gqa", torch.float32, 8).kwargs
+    _run_op(kw)
+    monkeypatch.setenv("GLACOMPILER_DEBUG", "1")
+    too_long = _changed(kw, "cache_seqlens", torch.full_like(kw["cache_seqlens"], 41))  # capacity 40
+    with pytest.raises(ValueError, match="cache_seqlens must lie in"):
+        _run_op(too_long)
+    assert len(fresh_memos) == 1  # the repeat was prepared: its value checks ran without a new validation
+
+
+def test_the_memos_are_bounded(interpret_kernels, fresh_memos, monkeypatch):
+    monkeypatch.setattr(prepared, "MAX_PREPARED_CALLS", 2)
+    problem = _problem("mqa", torch.float32, 9)
+    for scale in (0.1, 0.2, 0.3, 0.4):
+        _run_op(problem.kwargs, softmax_scale=scale)
+        glacompiler.attention_with_kvcache(**problem.kwargs, softmax_scale=scale)
+        assert len(prepared._prepared) <= 2 and len(glacompiler.op._validated_scales) <= 2
+    assert len(fresh_memos) == 4
+
+
+def test_lengths_of_the_capacity_are_made_once():
+    from glacompiler.kernels.common.key_bounds import capacity_lengths
+
+    lengths = capacity_lengths(5, 33, torch.device("cpu"))
+    assert lengths.dtype == torch.int32 and lengths.tolist() == [33] * 5
+    assert capacity_lengths(5, 33, torch.device("cpu")) is lengths
+    assert capacity_lengths(5, 34, torch.device("cpu")) is not lengths
+
+
+@pytest.mark.gpu
+def test_prepared_calls_capture_in_cuda_graphs(cuda_device):
+    """Repeats captured in CUDA graphs (with lengths, and without: the capacity's lengths tensor, made outside
+    the graph): replays on fresh data match eager calls."""
+    problem = make_decode_problem(CPU_SPECS["gqa"], batch=4, query_len=1, capacity=256, dtype=torch.float16,
+                                  device=cuda_device, seqlens=[1, 100, 200, 256])
+    for kwargs in (dict(problem.kwargs), {**problem.kwargs, "cache_seqlens": None}):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # the first call (compiles, plans) outside the graph, as usual
+            glacompiler.attention_with_kvcache(**kwargs)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = glacompiler.attention_with_kvcache(**kwargs)
+        kwargs["q"].copy_(torch.randn_like(kwargs["q"]))
+        graph.replay()
+        torch.cuda.synchronize()
+        expected = glacompiler.attention_with_kvcache(**kwargs)
+        torch.testing.assert_close(captured, expected, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_the_wrapper_without_grad_matches_the_op(cuda_device):
+    """Under no_grad the wrapper runs the CUDA implementation without the dispatcher: same results."""
+    problem = make_decode_problem(CPU_SPECS["gla2"], batch=4, query_len=2, capacity=256, dtype=torch.bfloat16,
+                                  device=cuda_device, mask="bool")
+    kw = problem.kwargs
+    with torch.no_grad():
+        for _ in range(2):  # first call and repeat
+            out, lse = glacompiler.attention_with_kvcache(**kw, return_lse=True)
+    op_out, op_lse = torch.ops.glacompiler.attention_with_kvcache(
+        *[kw.get(name) for name in OP_ARGS], _default_scale(kw), kw["causal"], 0)
+    torch.testing.assert_close(out, op_out, rtol=0, atol=0)
+    torch.testing.assert_close(lse, op_lse, rtol=0, atol=0)
+    check_fa_rule(out, lse, problem)
+
+
+@pytest.mark.gpu
+def test_lengths_made_during_capture_are_not_remembered(cuda_device):
+    from glacompiler.kernels.common.key_bounds import capacity_lengths
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        lengths = capacity_lengths(3, 77, cuda_device)  # filled only when the graph replays
+    graph.replay()
+    torch.cuda.synchronize()
+    assert lengths.tolist() == [77] * 3
+    remembered = capacity_lengths(3, 77, cuda_device)
+    assert remembered is not lengths and remembered.tolist() == [77] * 3
