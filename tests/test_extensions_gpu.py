@@ -28,10 +28,10 @@ ALL_FEATURES = "softcap+alibi+sinks+window"
 
 
 def extension_problem(device, spec, features, *, query_len, page_size, dtype, seed, mask=None, mask_rows="key",
-                      causal=True):
+                      causal=True, seqlens=(0, 1, 517, CAPACITY)):
     generator = torch.Generator().manual_seed(seed)
     problem = make_decode_problem(spec, batch=4, query_len=query_len, capacity=CAPACITY, page_size=page_size,
-                                  dtype=dtype, device=device, seqlens=[0, 1, 517, CAPACITY], mask=mask,
+                                  dtype=dtype, device=device, seqlens=list(seqlens), mask=mask,
                                   mask_rows=mask_rows, causal=causal, generator=generator)
     arguments = extension_arguments(features, spec, 4, generator, dtype, window=WINDOW)
     problem.kwargs.update({name: value.to(device) if isinstance(value, torch.Tensor) else value
@@ -110,10 +110,9 @@ def test_window_skips_key_blocks_before_it(cuda_device, name):
     spec = {**PORTABLE_SPECS, **LATENT_SPECS}[name]
 
     def full_problem():
-        problem = extension_problem(cuda_device, spec, "window", query_len=2, page_size=0, dtype=torch.bfloat16,
-                                    seed=1)
-        problem.kwargs["cache_seqlens"].fill_(CAPACITY)
-        return problem
+        # Full lengths from the start: make_decode_problem poisons the slots past each length with NaN.
+        return extension_problem(cuda_device, spec, "window", query_len=2, page_size=0, dtype=torch.bfloat16,
+                                 seed=1, seqlens=[CAPACITY] * 4)
 
     clean, poisoned = full_problem(), full_problem()
     stale = (CAPACITY - 2 - WINDOW) // 64 * 64
