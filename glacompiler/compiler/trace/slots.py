@@ -250,7 +250,8 @@ def assign_roles(slots: list, softmax_dim: int) -> None:
             raise Decline(
                 f"key positions also vary along dim {slot.dim}: the softmax over dim {softmax_dim} does not "
                 "cover all keys",
-                fix="take the softmax over the dim that holds all key positions",
+                fix="take the softmax over the dim that holds all key positions, and give q a real dim wherever k has "
+                    "one (no q expanded over the batch or the heads)",
             )
         if not any(queries):
             raise Decline(f"the scores are broadcast along dim {slot.dim}",
