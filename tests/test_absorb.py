@@ -186,19 +186,20 @@ def _rope_per_head(q, latent, rope, weight, mask):
     return attend(q, torch.cat([k_nope, k_rope], dim=-1), value, mask, "sdpa")
 
 
-@pytest.mark.parametrize("fn, reason", [
-    (_different_latents, "different latents"),
-    (_nonlinear_key, "K is not a product of the latent"),
-    (_weight_per_sequence, "not a weight"),
-    (_rope_per_head, "varies across heads"),
+@pytest.mark.parametrize("fn, reason, fix", [
+    (_different_latents, "different latents", "the same cached latent"),
+    (_nonlinear_key, "K is not a product of the latent", "a linear map of the cached latent"),
+    (_weight_per_sequence, "not a weight", "one per-head linear map of the cached latent"),
+    (_rope_per_head, "varies across heads", "one rope key shared by all heads"),
 ])
-def test_not_an_exact_expansion_stays_expanded(fn, reason):
+def test_not_an_exact_expansion_stays_expanded(fn, reason, fix):
     inputs = make_inputs(1)
     result = run_pass(fn, *inputs)
     assert_close(result.output, fn(*inputs), tol=1e-4)
     [record] = result.records
     assert record.kind == "mha" and not record.form.endswith("(absorbed)"), str(record)
     assert reason in record.reason and record.reason.startswith("not absorbed"), record.reason
+    assert fix in record.reason.split("; to absorb: ", 1)[1], record.reason
 
 
 def test_mask_that_does_not_broadcast_is_untouched():
@@ -228,6 +229,7 @@ def test_softcapped_expansion_stays_expanded():
     [record] = result.records
     assert record.status == "rewritten" and record.kind == "mha", str(record)
     assert "soft capping" in record.reason and record.reason.startswith("not absorbed"), record.reason
+    assert "; to absorb: nothing: the latent kernels take sinks only" in record.reason, record.reason
 
 
 def _with_sinks(q, latent, rope, weight, mask):

@@ -89,6 +89,7 @@ def test_training_graph_is_left_alone():
     out.sum().backward()
     (record,) = glacompiler.compile_report()
     assert record.status == "skipped" and "training" in record.reason
+    assert "; to fuse: run decoding under torch.no_grad() or torch.inference_mode()" in record.reason, record.reason
     reference = [t.detach().clone().requires_grad_() for t in (q, k, v)]
     F.scaled_dot_product_attention(*reference, enable_gqa=True).sum().backward()
     assert_close(q.grad, reference[0].grad)
