@@ -7,10 +7,10 @@ expanded-MLA "not absorbed" notes (test_absorb.py), the training row (test_backe
 rewrite=False row (test_backend_runtime.py).
 
 The table (CASES) by check, module of the pass -> cases:
-  find/sdpa.py         read_sdpa: side outputs, dropout                  logsumexp_used, sdpa_dropout
-  plan/match.py        scores used elsewhere; SDPA heads                 scores_returned, dynamic_heads
+  find/sdpa.py         read_sdpa: side outputs                           logsumexp_used
+  plan/match.py        scores used elsewhere; SDPA heads                 scores_returned, test_symbolic_sizes
                        two score terms, neither tied                     two_terms_per_head
-  plan/site_plan.py    query length (prefill, symbolic), dtype           prefill, float64, dynamic_query_length
+  plan/site_plan.py    query length (prefill, symbolic), dtype           prefill, float64, test_symbolic_sizes
                        masks per head                                    mask_per_head, mask_built_elsewhere
                        number of score terms, their scales               three_products, scaled_differently
                        cache layout, op's own checks                     key_not_contiguous, head_dim_unsupported
@@ -26,10 +26,12 @@ The table (CASES) by check, module of the pass -> cases:
                                                                          integer_sinks
   trace/operands.py    operand scales                                    infinite_scale
   trace/slots.py       the q.k product and the softmax dim               key_dim_broadcast, part_of_a_cat,
+                                                                         key_positions_interleaved,
                                                                          scores_expanded, query_not_batched,
                                                                          sdpa_without_batch
   trace/value_side.py  probabilities to the value product                probs_returned, dropout, v_per_query,
-                                                                         v_batch_broadcast
+                                                                         value_dim_in_two_runs, v_batch_broadcast
+  absorb/              (notes on fused expanded sites)                   test_absorb.py
 Reasons no user code reaches (internal invariants) carry UNEXPECTED_GRAPH as their fix and are not triggered.
 """
 import inspect
@@ -256,6 +258,11 @@ def part_of_a_cat(q, k, k2, v):
     return (q @ keys.transpose(-1, -2)).softmax(-1) @ values(v)
 
 
+def key_positions_interleaved(q, key_store, v):
+    keys = key_store.permute(0, 2, 3, 1, 4).reshape(B, HKV, S, D)  # [B, 2, Hkv, S/2, D]: key j at (j % 2, j // 2)
+    return (q @ keys_t(keys)).softmax(-1) @ values(v)
+
+
 def scores_expanded(q, k, v):
     scores = (q @ keys_t(k)).expand(B, HQ, 3, S)
     return scores.softmax(-1) @ values(v)
@@ -283,6 +290,11 @@ def sdpa_dropout(q, k, v):
 def v_per_query(q, k, v, v_rows):
     probs = (q @ keys_t(k) * 0.25).softmax(-1)
     return probs[:, :, :, None, :] @ v_rows  # V [B, HQ, Lq, S, D]: different values per query row
+
+
+def value_dim_in_two_runs(q, k, v_pairs):
+    v = v_pairs.transpose(-1, -2).reshape(B, HKV, S, D)  # [B, Hkv, S, D/2, 2]: the value dim interleaved
+    return (q @ keys_t(k)).softmax(-1) @ values(v)
 
 
 def v_batch_broadcast(q, k, v, v_one):
@@ -362,6 +374,9 @@ CASES = {
                               "the key's head dim is not one run of one axis", "one dim of its tensor"),
     "part_of_a_cat": Case(part_of_a_cat, lambda: (*inputs()[:2], randn(B, HKV, S, D), inputs()[2]),
                           "reads part of a concatenated key", "the whole concatenated key"),
+    "key_positions_interleaved": Case(key_positions_interleaved,
+                                      lambda: (inputs()[0], randn(B, 2, HKV, S // 2, D), inputs()[2]),
+                                      "key positions are split over several runs", "in one dim of the scores"),
     "scores_expanded": Case(scores_expanded, inputs, "the scores are broadcast along dim 2", "no expand of q @ k"),
     "query_not_batched": Case(query_not_batched, lambda: (randn(1, HQ, 1, D), *inputs()[1:]),
                               "does not cover all keys", "a real dim wherever k has one"),
@@ -373,6 +388,8 @@ CASES = {
     "dropout": Case(sdpa_dropout, inputs, "(dropout or reweighting)", "dropout_p=0", same_output=False),
     "v_per_query": Case(v_per_query, lambda: (*inputs(query_len=2), randn(B, HQ, 2, S, D)),
                         "V varies along a query row", "V indexed by batch, KV head"),
+    "value_dim_in_two_runs": Case(value_dim_in_two_runs, lambda: (*inputs()[:2], randn(B, HKV, S, D // 2, 2)),
+                                  "the value dim of V is not one run of one axis", "one dim of its tensor"),
     "v_batch_broadcast": Case(v_batch_broadcast, lambda: (*inputs(), randn(1, HQ, S, D)),
                               "V is not indexed by the same batch/KV-head axes as K", "the same batch and KV-head"),
 }
