@@ -81,9 +81,7 @@ def read_sdpa(node: fx.Node) -> SdpaCall:
     else:
         users = list(node.users)
         if not all(u.op == "call_function" and u.target is operator.getitem for u in users):
-            raise Decline(f"{form} results are used whole",
-                          fix=f"use only the attention output of {form} (index its result tuple, do not pass it on "
-                              "whole)")
+            raise Decline(f"{form} results are used whole", fix=UNEXPECTED_GRAPH)
         if any(u.args[1] != 0 for u in users):
             raise Decline(f"{form} also has its logsumexp or other side outputs used",
                           fix="use only the attention output (the op can return lse, but the pass does not yet)")
@@ -98,7 +96,7 @@ def read_sdpa(node: fx.Node) -> SdpaCall:
         raise Decline("the softmax scale is not a constant", fix="a Python number as SDPA's scale")
     mask = kwargs.get(variant.mask_arg) if variant.mask_arg else None
     if mask is not None and not isinstance(mask, fx.Node):
-        raise Decline("the attention mask is not a tensor", fix="pass attn_mask as a tensor (or None with is_causal)")
+        raise Decline("the attention mask is not a tensor", fix=UNEXPECTED_GRAPH)
     return SdpaCall(
         node=node,
         output=output,
