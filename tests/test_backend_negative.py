@@ -55,6 +55,7 @@ def test_softmax_over_another_dim(dim):
 
     result = run_pass(attend, q, k, v)
     assert_left_alone(result, f"softmax runs over dim {dim}")
+    assert "; to fuse: nothing: a softmax over heads or query positions is not attention" in result.reasons
     assert_close(result.output, attend(q, k, v))
 
 

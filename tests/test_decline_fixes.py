@@ -38,17 +38,9 @@ def test_every_decline_says_what_would_let_it_fuse():
     assert not without, f"Decline(...) without a fix=: {without}"
 
 
-def test_explain_form():
-    """What was seen; where, when the node is on another line than the site's; what would let it fuse."""
-
-    class Node:
-        meta = {"stack_trace": '  File "model.py", line 7, in build_mask\n    mask = ~valid\n'}
-
-    def locate(node):
-        return "model.py:7 in build_mask: mask = ~valid"
-
-    declined = decline.Decline("the mask varies across heads", fix="one mask for all heads", node=Node())
-    assert declined.explain("model.py:12 in forward: out = attend(q, k, v)", locate) == (
-        "the mask varies across heads (at model.py:7 in build_mask); to fuse: one mask for all heads")
-    assert declined.explain("model.py:7 in build_mask: mask = ~valid", locate, goal="absorb") == (
-        "the mask varies across heads; to absorb: one mask for all heads")
+def test_explain_names_the_goal():
+    """A fused expanded MLA/GLA site's note says what would absorb it (tests/test_backend_report.py checks the
+    rest of the form)."""
+    declined = decline.Decline("V is not one product of the latent", fix="compute V as one linear map")
+    assert declined.explain("model.py:7 in forward: x", locate=None, goal="absorb") == (
+        "V is not one product of the latent; to absorb: compute V as one linear map")

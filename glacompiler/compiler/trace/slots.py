@@ -238,7 +238,8 @@ def assign_roles(slots: list, softmax_dim: int) -> None:
                 raise Decline(
                     f"the softmax runs over dim {softmax_dim}, which also indexes queries (heads or positions), "
                     "not only key positions",
-                    fix="take the softmax over the key dim (the last dim of q @ k.transpose(-1, -2))",
+                    fix="nothing: a softmax over heads or query positions is not attention; the site stays with Inductor "
+                        "(attention takes it over the key dim, the last dim of q @ k.transpose(-1, -2))",
                 )
             if not all(keys):
                 raise Decline(f"a score term is broadcast along the softmax dim {softmax_dim}",
