@@ -186,19 +186,93 @@ def _rope_per_head(q, latent, rope, weight, mask):
     return attend(q, torch.cat([k_nope, k_rope], dim=-1), value, mask, "sdpa")
 
 
-@pytest.mark.parametrize("fn, reason", [
-    (_different_latents, "different latents"),
-    (_nonlinear_key, "K is not a product of the latent"),
-    (_weight_per_sequence, "not a weight"),
-    (_rope_per_head, "varies across heads"),
+@pytest.mark.parametrize("fn, reason, fix", [
+    (_different_latents, "different latents", "the same cached latent"),
+    (_nonlinear_key, "K is not a product of the latent", "a linear map of the cached latent"),
+    (_weight_per_sequence, "not a weight", "one per-head linear map of the cached latent"),
+    (_rope_per_head, "varies across heads", "one rope key shared by all heads"),
 ])
-def test_not_an_exact_expansion_stays_expanded(fn, reason):
+def test_not_an_exact_expansion_stays_expanded(fn, reason, fix):
     inputs = make_inputs(1)
     result = run_pass(fn, *inputs)
     assert_close(result.output, fn(*inputs), tol=1e-4)
     [record] = result.records
     assert record.kind == "mha" and not record.form.endswith("(absorbed)"), str(record)
     assert reason in record.reason and record.reason.startswith("not absorbed"), record.reason
+    assert fix in record.reason.split("; to absorb: ", 1)[1], record.reason
+
+
+def _value_not_a_product(q, latent, rope, weight, mask):
+    k_nope, value = expand(latent, weight)
+    return attend(q, join_key(k_nope, rope, "cat"), torch.relu(value), mask, "sdpa")
+
+
+def _rope_from_a_product(q, latent, rope, weight, mask):
+    """The rope key itself computed by a product: K joined from two products."""
+    k_nope, value = expand(latent, weight)
+    mixing = torch.eye(ROPE) * 0.5 + 0.01
+    k_rope = (rope @ mixing)[:, None].expand(-1, HEADS, -1, -1)
+    return attend(q, torch.cat([k_nope, k_rope], dim=-1), value, mask, "sdpa")
+
+
+def _two_rope_parts(q, latent, rope, weight, mask):
+    k_nope, value = expand(latent, weight)
+    first = rope[:, None, :, : ROPE // 2].expand(-1, HEADS, -1, -1)
+    second = (rope[:, None, :, ROPE // 2:] * 2).expand(-1, HEADS, -1, -1)
+    return attend(q, torch.cat([k_nope, first, second], dim=-1), value, mask, "sdpa")
+
+
+def _rope_channel_broadcast(q, latent, rope, weight, mask):
+    k_nope, value = expand(latent, weight)
+    k_rope = rope[:, None, :, :1].expand(-1, HEADS, -1, ROPE)
+    return attend(q, torch.cat([k_nope, k_rope], dim=-1), value, mask, "sdpa")
+
+
+def _rope_at_an_offset(q, latent, rope_and_more, weight, mask):
+    k_nope, value = expand(latent, weight)
+    k_rope = rope_and_more[:, None, :, 4: 4 + ROPE].expand(-1, HEADS, -1, -1)
+    return attend(q, torch.cat([k_nope, k_rope], dim=-1), value, mask, "sdpa")
+
+
+def _half_precision_weight(q, latent, rope, weight16, mask):
+    k_nope, value = expand(latent, weight16.float())
+    return attend(q, join_key(k_nope, rope, "cat"), value, mask, "sdpa")
+
+
+def _key_written_with_a_step(q, latent, rope, weight, mask):
+    k_nope, value = expand(latent, weight)
+    key = k_nope.new_zeros(k_nope.shape[0], HEADS, CAPACITY, NOPE + ROPE)
+    key[..., 0: 2 * NOPE: 2] = k_nope  # interleaved channels
+    key[..., 1: 2 * ROPE: 2] = rope[:, None]
+    return attend(q, key, value, mask, "sdpa")
+
+
+def _wider_rope(inputs):
+    q, latent, rope, weight, mask = inputs
+    return q, latent, torch.cat([rope[..., :4], rope, rope[..., :4]], dim=-1), weight, mask
+
+
+@pytest.mark.parametrize("fn, adapt, reason, fix", [
+    (_value_not_a_product, None, "V is not one product of the latent", "compute V as one linear map"),
+    (_rope_from_a_product, None, "K is joined from 2 products", "one kv_b_proj over the latent"),
+    (_two_rope_parts, None, "more than one part besides the latent map", "one rope key shared by all heads"),
+    (_rope_channel_broadcast, None, "broadcast along the batch, the key position or its channels",
+     "a rope key cached per sequence and position"),
+    (_rope_at_an_offset, _wider_rope, "read at an offset", "a tensor of its own"),
+    (_half_precision_weight, lambda inputs: (*inputs[:3], inputs[3].half(), inputs[4]),
+     "the key weight is torch.float16, the query torch.float32", "in the query's dtype"),
+    (_key_written_with_a_step, None, "written with a step", "constant slices along the head dim"),
+])
+def test_not_absorbed_notes_say_what_would_absorb(fn, adapt, reason, fix):
+    """Section 5 for absorption: the fused expanded site's note says what was seen and what would absorb it."""
+    inputs = make_inputs(1)
+    inputs = adapt(inputs) if adapt else inputs
+    result = run_pass(fn, *inputs)
+    assert_close(result.output, fn(*inputs), tol=1e-4)
+    [record] = result.records
+    assert record.status == "rewritten" and not record.form.endswith("(absorbed)"), str(record)
+    assert record.reason.startswith("not absorbed: ") and reason in record.reason, record.reason
+    assert fix in record.reason.split("; to absorb: ", 1)[1], record.reason
 
 
 def test_mask_that_does_not_broadcast_is_untouched():
@@ -228,6 +302,7 @@ def test_softcapped_expansion_stays_expanded():
     [record] = result.records
     assert record.status == "rewritten" and record.kind == "mha", str(record)
     assert "soft capping" in record.reason and record.reason.startswith("not absorbed"), record.reason
+    assert "; to absorb: nothing: the latent kernels take sinks only" in record.reason, record.reason
 
 
 def _with_sinks(q, latent, rope, weight, mask):

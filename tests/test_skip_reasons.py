@@ -1,95 +1,487 @@
 """Issue 12 section 5: a skip reason says what the pass saw, where (the record's source line is the user's
-line; a node elsewhere adds its own), and what would let the site fuse ("; to fuse: ..."). The corpus's
-negatives (tests/test_style_corpus.py) check theirs; these are the other reasons a user meets."""
+line; a node elsewhere adds its own: "(at file:line in function)"), and what would let the site fuse
+("; to fuse: ..."). Each check of the pass that a user's code can reach is triggered here by a small
+hand-written function (fp32, CPU, through the pass harness); tests/test_decline_fixes.py guards that every
+Decline has a fix. Reasons checked elsewhere: the style corpus's negatives (test_style_corpus.py), the
+expanded-MLA "not absorbed" notes (test_absorb.py), the training row (test_backend_negative.py), the
+rewrite=False row (test_backend_runtime.py).
+
+The table (CASES) by check, module of the pass -> cases:
+  find/sdpa.py         read_sdpa: side outputs                           logsumexp_used
+  plan/match.py        scores used elsewhere; SDPA heads                 scores_returned, test_symbolic_sizes
+                       two score terms, neither tied                     two_terms_per_head
+  plan/site_plan.py    query length (prefill, symbolic), dtype           prefill, float64, test_symbolic_sizes
+                       masks per head                                    mask_per_head, mask_built_elsewhere
+                       number of score terms, their scales               three_products, scaled_differently
+                       cache layout, op's own checks                     key_not_contiguous, head_dim_unsupported
+  plan/extensions.py   soft cap on a latent, ALiBi with several tokens   softcap_on_latent, alibi_two_tokens
+                       sinks per sequence                                sinks_per_sequence
+  trace/score_side.py  every node between q @ k and the softmax          negative_scale, constant_added,
+                                                                         add_with_alpha, integer_scores,
+                                                                         sliced_scores, where_other_tensor,
+                                                                         integer_mask, fill_zero, alibi_twice
+  trace/score_mods.py  soft cap, sinks                                   two_tanh, mask_under_tanh,
+                                                                         three_sink_columns, sink_column_first,
+                                                                         sink_column_kept, sinks_scores_used,
+                                                                         integer_sinks
+  trace/operands.py    operand scales                                    infinite_scale
+  trace/slots.py       the q.k product and the softmax dim               key_dim_broadcast, part_of_a_cat,
+                                                                         key_positions_interleaved,
+                                                                         scores_expanded, query_not_batched,
+                                                                         sdpa_without_batch
+  trace/value_side.py  probabilities to the value product                probs_returned, dropout, v_per_query,
+                                                                         value_dim_in_two_runs, v_batch_broadcast
+  absorb/              (notes on fused expanded sites)                   test_absorb.py
+Reasons no user code reaches (internal invariants) carry UNEXPECTED_GRAPH as their fix and are not triggered.
+"""
+import inspect
 import math
+from typing import Callable, NamedTuple, Optional
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from test_backend_patterns import B, D, GROUP, HKV, HQ, S, randn, repeat_kv
-from test_backend_support import assert_close, run_pass
-
-
-def prefill(q, k, v):
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-
-
-def float64_attention(q, k, v):
-    return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-
-
-def scores_returned(q, k, v):
-    scores = q @ repeat_kv(k, GROUP).transpose(-1, -2) / math.sqrt(D)
-    return scores.softmax(-1) @ repeat_kv(v, GROUP), scores
-
-
-def mask_per_head(q, k, v, mask):
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-
-
-def logsumexp_used(q, k, v):
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, repeat_kv(k, GROUP), repeat_kv(v, GROUP))
-    return out, lse
-
-
-def sdpa_dropout(q, k, v):
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, enable_gqa=True)
+import glacompiler
+from glacompiler.compiler import graph_pass
+from test_backend_patterns import B, D, GROUP, HKV, HQ, LATENT, ROPE, S, randn, repeat_kv
+from test_backend_support import PassHarness, assert_close, run_pass
 
 
 def inputs(query_len=1, dtype=torch.float32):
     return randn(B, HQ, query_len, D, dtype=dtype), randn(B, HKV, S, D, dtype=dtype), randn(B, HKV, S, D, dtype=dtype)
 
 
+def latent_inputs():
+    """MLA decode, absorbed form: q_latent [B, 1, H, C], q_rope [B, 1, H, R], latent [B, S, C], rope [B, S, R]."""
+    return randn(B, 1, HQ, LATENT), randn(B, 1, HQ, ROPE), randn(B, S, LATENT), randn(B, S, ROPE)
+
+
+def valid_keys():
+    valid = torch.rand(B, S) < 0.8
+    valid[:, 0] = True
+    return valid
+
+
+def keys_t(k):
+    return repeat_kv(k, GROUP).transpose(-1, -2)
+
+
+def values(v):
+    return repeat_kv(v, GROUP)
+
+
+def sink_column(sinks, query_len=1):
+    return sinks.reshape(1, -1, 1, 1).expand(B, -1, query_len, -1)
+
+
+# ---- find/sdpa.py, plan/match.py ------------------------------------------------------------------------------
+
+def logsumexp_used(q, k, v):
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, values(k), values(v))
+    return out, lse
+
+
+def scores_returned(q, k, v):
+    scores = q @ keys_t(k) / math.sqrt(D)
+    return scores.softmax(-1) @ values(v), scores
+
+
+def two_terms_per_head(q, k, v, q2, k2):
+    scores = q @ keys_t(k) + q2 @ keys_t(k2)  # two per-head keys: no rope key shared by all heads
+    return scores.softmax(-1) @ values(v)
+
+
+# ---- plan/site_plan.py ----------------------------------------------------------------------------------------
+
+def prefill(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+def sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
+
+def mask_per_head(q, k, v, mask):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+def build_mask(valid):
+    return ~valid[:, :, None, :]  # [B, HQ, 1, S]: per head
+
+
+def mask_built_elsewhere(q, k, v, valid):
+    scores = (q @ keys_t(k)) * D ** -0.5
+    scores = scores.masked_fill(build_mask(valid), float("-inf"))
+    return scores.softmax(-1) @ values(v)
+
+
+def three_products(q, k, v):
+    scores = q @ keys_t(k) + q @ keys_t(k) * 0.5 + q @ keys_t(v)
+    return scores.softmax(-1) @ values(v)
+
+
+def scaled_differently(q_latent, q_rope, latent, rope_key):
+    scores = (torch.einsum("blhc,bsc->bhls", q_latent, latent) * 0.1
+              + torch.einsum("blhr,bsr->bhls", q_rope, rope_key) * 0.2)
+    return torch.einsum("bhls,bsc->blhc", scores.softmax(-1), latent)
+
+
+def key_not_contiguous(q, key_store, v):
+    k = key_store.transpose(-1, -2)  # the cache is stored [B, Hkv, D, S]
+    return (q @ keys_t(k)).softmax(-1) @ values(v)
+
+
+# ---- plan/extensions.py ---------------------------------------------------------------------------------------
+
+def softcap_on_latent(q_latent, q_rope, latent, rope_key):
+    scores = torch.einsum("blhc,bsc->bhls", q_latent, latent) + torch.einsum("blhr,bsr->bhls", q_rope, rope_key)
+    scores = 3 * torch.tanh(scores * 0.1 / 3)
+    return torch.einsum("bhls,bsc->blhc", scores.softmax(-1), latent)
+
+
+def alibi_slopes():
+    return torch.linspace(0.1, 0.8, HQ)[None, :, None, None]
+
+
+def alibi_two_tokens(q, k, v):
+    scores = q @ keys_t(k) * 0.25 + alibi_slopes() * torch.arange(S, dtype=torch.float32)
+    causal = torch.ones(2, S, dtype=torch.bool).tril(S - 2)
+    return scores.masked_fill(~causal, -math.inf).softmax(-1) @ values(v)
+
+
+def sinks_per_sequence(q, k, v, sinks):
+    scores = q @ keys_t(k) * 0.25
+    probs = torch.cat([scores, sinks.reshape(B, HQ, 1, 1)], dim=-1).softmax(-1)  # sinks [B, HQ]
+    return probs[..., :-1] @ values(v)
+
+
+# ---- trace/score_side.py --------------------------------------------------------------------------------------
+
+def negative_scale(q, k, v):
+    return (q @ keys_t(k) * -0.25).softmax(-1) @ values(v)
+
+
+def constant_added(q, k, v):
+    return (q @ keys_t(k) * 0.25 + 1.0).softmax(-1) @ values(v)
+
+
+def add_with_alpha(q, k, v, bias):
+    return torch.add(q @ keys_t(k), bias, alpha=2.0).softmax(-1) @ values(v)
+
+
+def integer_scores(q, k, v):
+    scores = (q.to(torch.int32) @ keys_t(k).to(torch.int32)).float()
+    return scores.softmax(-1) @ values(v)
+
+
+def sliced_scores(q, k, v):
+    return (q @ keys_t(k))[..., : S - 4].softmax(-1) @ values(v)[:, :, : S - 4]
+
+
+def where_other_tensor(q, k, v, valid, other):
+    scores = torch.where(valid[:, None, None, :], q @ keys_t(k), other)
+    return scores.softmax(-1) @ values(v)
+
+
+def integer_mask(q, k, v, bias):
+    return (q @ keys_t(k) + bias).softmax(-1) @ values(v)
+
+
+def fill_zero(q, k, v, valid):
+    return (q @ keys_t(k)).masked_fill(~valid[:, None, None, :], 0.0).softmax(-1) @ values(v)
+
+
+def alibi_twice(q, k, v):
+    scores = q @ keys_t(k) * 0.25
+    positions = torch.arange(S, dtype=torch.float32)
+    scores = scores + alibi_slopes() * positions
+    scores = scores + alibi_slopes() * positions
+    return scores.softmax(-1) @ values(v)
+
+
+# ---- trace/score_mods.py --------------------------------------------------------------------------------------
+
+def two_tanh(q, k, v):
+    scores = q @ keys_t(k) * 0.25
+    return (3 * torch.tanh(torch.tanh(scores / 3))).softmax(-1) @ values(v)
+
+
+def mask_under_tanh(q, k, v, bias):
+    scores = q @ keys_t(k) * 0.25 + bias
+    return (3 * torch.tanh(scores / 3)).softmax(-1) @ values(v)
+
+
+def three_sink_columns(q, k, v, sinks):
+    scores = q @ keys_t(k) * 0.25
+    probs = torch.cat([scores, sink_column(sinks), sink_column(sinks)], dim=-1).softmax(-1)
+    return probs[..., :S] @ values(v)
+
+
+def sink_column_first(q, k, v, sinks):
+    scores = q @ keys_t(k) * 0.25
+    probs = torch.cat([sink_column(sinks), scores], dim=-1).softmax(-1)
+    return probs[..., 1:] @ values(v)
+
+
+def sink_column_kept(q, k, v, sinks):
+    scores = q @ keys_t(k) * 0.25
+    probs = torch.cat([scores, sink_column(sinks)], dim=-1).softmax(-1)
+    return probs[..., 1:] @ values(v)  # drops the first key instead of the sink
+
+
+def sinks_scores_used(q, k, v, sinks):
+    scores = q @ keys_t(k) * 0.25
+    probs = torch.cat([scores, sink_column(sinks)], dim=-1).softmax(-1)
+    return probs[..., :-1] @ values(v), scores.amax(-1)
+
+
+def integer_sinks(q, k, v, sinks):
+    scores = q @ keys_t(k) * 0.25
+    probs = torch.cat([scores, sink_column(sinks).to(torch.int32)], dim=-1).softmax(-1)
+    return probs[..., :-1] @ values(v)
+
+
+# ---- trace/operands.py, trace/slots.py ------------------------------------------------------------------------
+
+def infinite_scale(q, k, v):
+    return ((q * float("inf")) @ keys_t(k)).softmax(-1) @ values(v)
+
+
+def key_dim_broadcast(q, k, v, key_column):
+    keys = key_column.expand(B, HQ, S, D)  # one number per key, broadcast over the head dim
+    return (q @ keys.transpose(-1, -2)).softmax(-1) @ values(v)
+
+
+def part_of_a_cat(q, k, k2, v):
+    keys = torch.cat([values(k), values(k2)], -1)[..., :D]
+    return (q @ keys.transpose(-1, -2)).softmax(-1) @ values(v)
+
+
+def key_positions_interleaved(q, key_store, v):
+    keys = key_store.permute(0, 2, 3, 1, 4).reshape(B, HKV, S, D)  # [B, 2, Hkv, S/2, D]: key j at (j % 2, j // 2)
+    return (q @ keys_t(keys)).softmax(-1) @ values(v)
+
+
+def scores_expanded(q, k, v):
+    scores = (q @ keys_t(k)).expand(B, HQ, 3, S)
+    return scores.softmax(-1) @ values(v)
+
+
+def query_not_batched(q, k, v):
+    return (q.expand(B, HQ, 1, D) @ keys_t(k)).softmax(-1) @ values(v)  # q [1, HQ, 1, D]
+
+
+def sdpa_mha(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+# ---- trace/value_side.py --------------------------------------------------------------------------------------
+
+def probs_returned(q, k, v):
+    probs = (q @ keys_t(k) * 0.25).softmax(-1)
+    return probs @ values(v), probs
+
+
+def sdpa_dropout(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, enable_gqa=True)
+
+
+def v_per_query(q, k, v, v_rows):
+    probs = (q @ keys_t(k) * 0.25).softmax(-1)
+    return probs[:, :, :, None, :] @ v_rows  # V [B, HQ, Lq, S, D]: different values per query row
+
+
+def value_dim_in_two_runs(q, k, v_pairs):
+    v = v_pairs.transpose(-1, -2).reshape(B, HKV, S, D)  # [B, Hkv, S, D/2, 2]: the value dim interleaved
+    return (q @ keys_t(k)).softmax(-1) @ values(v)
+
+
+def v_batch_broadcast(q, k, v, v_one):
+    probs = (q @ keys_t(k) * 0.25).softmax(-1)
+    return probs @ v_one.expand(B, HQ, S, D)  # V [1, HQ, S, D]
+
+
+class Case(NamedTuple):
+    fn: Callable
+    make_inputs: Callable
+    seen: str  # what the reason says the pass saw
+    fix: str  # what it says would let the site fuse
+    node_line: Optional[str] = None  # code on the line of the node the pass stopped at, when not the site's
+    same_output: bool = True  # the output equals eager's (not so for random dropout or non-finite scores)
+
+
 CASES = {
-    # name: (function, inputs, what the reason says, what it says would fuse, output deterministic)
-    "prefill": (prefill, lambda: inputs(query_len=20), "query length 20 > 16 (prefill)", "decode steps", True),
-    "float64": (float64_attention, lambda: inputs(dtype=torch.float64), "not one supported dtype",
-                "float16, bfloat16, float32", True),
-    "scores_returned": (scores_returned, inputs, "the scores are also used by", "only for the softmax", True),
-    "mask_per_head": (mask_per_head, lambda: (*inputs(), torch.rand(B, HQ, 1, S) < 0.8),
-                      "varies along several score dims",
-                      "one mask for all heads", True),
-    "logsumexp_used": (logsumexp_used, inputs, "logsumexp", "use only the attention output", True),
+    "logsumexp_used": Case(logsumexp_used, inputs, "logsumexp", "use only the attention output"),
+    "scores_returned": Case(scores_returned, inputs, "the scores are also used by", "only for the softmax"),
+    "two_terms_per_head": Case(two_terms_per_head, lambda: (*inputs(), randn(B, HQ, 1, D), randn(B, HKV, S, D)),
+                               "cannot tell the latent score term from the rope term", "different head dims"),
+    "prefill": Case(prefill, lambda: inputs(query_len=20), "query length 20 > 16 (prefill)", "decode steps"),
+    "float64": Case(sdpa, lambda: inputs(dtype=torch.float64), "not one supported dtype",
+                    "float16, bfloat16, float32"),
+    "mask_per_head": Case(mask_per_head, lambda: (*inputs(), torch.rand(B, HQ, 1, S) < 0.8),
+                          "varies along several score dims", "one mask for all heads"),
+    "mask_built_elsewhere": Case(mask_built_elsewhere, lambda: (*inputs(), valid_keys()[:, None].repeat(1, HQ, 1)),
+                                 "varies along several score dims", "one mask for all heads",
+                                 node_line="return ~valid[:, :, None, :]"),
+    "three_products": Case(three_products, inputs, "3 q.k products feed the scores", "one q @ k product"),
+    "scaled_differently": Case(scaled_differently, latent_inputs, "the score terms are scaled differently",
+                               "one softmax scale"),
+    "key_not_contiguous": Case(key_not_contiguous, lambda: (inputs()[0], randn(B, HKV, D, S), inputs()[2]),
+                               "head dim is not contiguous in memory", "head dim last and contiguous"),
+    "head_dim_unsupported": Case(sdpa_mha, lambda: (randn(B, HQ, 1, 12), randn(B, HQ, S, 12), randn(B, HQ, S, 12)),
+                                 "unsupported by the op: q has head dim 12", "head dims and query lengths"),
+    "softcap_on_latent": Case(softcap_on_latent, latent_inputs, "soft capping or ALiBi on a latent",
+                              "latent kernels take neither"),
+    "alibi_two_tokens": Case(alibi_two_tokens, lambda: inputs(query_len=2), "ALiBi with several query tokens",
+                             "query length 1"),
+    "sinks_per_sequence": Case(sinks_per_sequence, lambda: (*inputs(), randn(B, HQ)),
+                               "the sinks vary along the batch dim", "depend on the query head only"),
+    "negative_scale": Case(negative_scale, inputs, "scores are multiplied by -0.25", "a positive softmax scale",
+                           node_line="return (q @ keys_t(k) * -0.25)"),
+    "constant_added": Case(constant_added, inputs, "a constant is added to the scores", "drop the constant"),
+    "add_with_alpha": Case(add_with_alpha, lambda: (*inputs(), randn(B, 1, 1, S)), "add with alpha != 1",
+                           "alpha=1"),
+    "integer_scores": Case(integer_scores, inputs, "scores are cast from torch.int32 to torch.float32",
+                           "keep the scores floating point", node_line="scores = (q.to(torch.int32)"),
+    "sliced_scores": Case(sliced_scores, inputs, "that does not keep every element", "no slicing of the scores"),
+    "where_other_tensor": Case(where_other_tensor, lambda: (*inputs(), valid_keys(), randn(B, HQ, 1, S)),
+                               "does not select between scores and a constant fill", "masked_fill(mask, -inf)",
+                               node_line="scores = torch.where("),
+    "integer_mask": Case(integer_mask, lambda: (*inputs(), torch.randint(0, 3, (B, 1, 1, S))),
+                         "is not a floating tensor", "a float additive mask"),
+    "fill_zero": Case(fill_zero, lambda: (*inputs(), valid_keys()), "replaced by 0.0, which still takes part",
+                      "-inf or torch.finfo(dtype).min"),
+    "alibi_twice": Case(alibi_twice, inputs, "an ALiBi bias is added under a soft cap, or twice",
+                        "add the ALiBi bias once", node_line="scores = scores + alibi_slopes() * positions\n"),
+    "two_tanh": Case(two_tanh, inputs, "the scores pass through two tanh", "the op soft-caps once"),
+    "mask_under_tanh": Case(mask_under_tanh, lambda: (*inputs(), randn(B, 1, 1, S)), "under the soft cap's tanh",
+                            "apply the mask after the soft cap"),
+    "three_sink_columns": Case(three_sink_columns, lambda: (*inputs(), randn(HQ)),
+                               "something other than one sink column after them", "one column after the scores"),
+    "sink_column_first": Case(sink_column_first, lambda: (*inputs(), randn(HQ)), "wider than one sink per row",
+                              "one sink logit per row", node_line="probs = torch.cat([sink_column(sinks), scores]"),
+    "sink_column_kept": Case(sink_column_kept, lambda: (*inputs(), randn(HQ)),
+                             "probability is not dropped right after the softmax", "probs[..., :-1]"),
+    "sinks_scores_used": Case(sinks_scores_used, lambda: (*inputs(), randn(HQ)),
+                              "the scores joined to the sinks are also used elsewhere", "only for the softmax",
+                              node_line="scores = q @ keys_t(k) * 0.25"),
+    "integer_sinks": Case(integer_sinks, lambda: (*inputs(), randn(HQ)), "the sink column is not a floating tensor",
+                          "sinks as a float tensor"),
+    "infinite_scale": Case(infinite_scale, inputs, "scaled by a non-finite factor", "a finite factor",
+                           same_output=False),
+    "key_dim_broadcast": Case(key_dim_broadcast, lambda: (*inputs(), randn(B, HQ, S, 1)),
+                              "the key's head dim is not one run of one axis", "one dim of its tensor"),
+    "part_of_a_cat": Case(part_of_a_cat, lambda: (*inputs()[:2], randn(B, HKV, S, D), inputs()[2]),
+                          "reads part of a concatenated key", "the whole concatenated key"),
+    "key_positions_interleaved": Case(key_positions_interleaved,
+                                      lambda: (inputs()[0], randn(B, 2, HKV, S // 2, D), inputs()[2]),
+                                      "key positions are split over several runs", "in one dim of the scores"),
+    "scores_expanded": Case(scores_expanded, inputs, "the scores are broadcast along dim 2", "no expand of q @ k"),
+    "query_not_batched": Case(query_not_batched, lambda: (randn(1, HQ, 1, D), *inputs()[1:]),
+                              "does not cover all keys", "a real dim wherever k has one"),
+    "sdpa_without_batch": Case(sdpa_mha, lambda: (randn(1, D), randn(S, D), randn(S, D)),
+                               "the scores regroup the q.k product", "back to [B, H, Lq, S]"),
+    "probs_returned": Case(probs_returned, inputs, "are used by 2 nodes", "do not return or reuse the attention",
+                           node_line="return probs @ values(v), probs"),
     # CPU tracing takes SDPA's math path: the dropout is a multiply of the probabilities
-    "dropout": (sdpa_dropout, inputs, "(dropout or reweighting)", "dropout_p=0", False),
+    "dropout": Case(sdpa_dropout, inputs, "(dropout or reweighting)", "dropout_p=0", same_output=False),
+    "v_per_query": Case(v_per_query, lambda: (*inputs(query_len=2), randn(B, HQ, 2, S, D)),
+                        "V varies along a query row", "V indexed by batch, KV head"),
+    "value_dim_in_two_runs": Case(value_dim_in_two_runs, lambda: (*inputs()[:2], randn(B, HKV, S, D // 2, 2)),
+                                  "the value dim of V is not one run of one axis", "one dim of its tensor"),
+    "v_batch_broadcast": Case(v_batch_broadcast, lambda: (*inputs(), randn(1, HQ, S, D)),
+                              "V is not indexed by the same batch/KV-head axes as K", "the same batch and KV-head"),
 }
+
+
+def line_of(fn, code: str) -> str:
+    """'test_skip_reasons.py:<line> in <function>' of the line of fn (or a function it calls) holding `code`."""
+    for candidate in (fn, *(value for value in globals().values() if inspect.isfunction(value))):
+        lines, first = inspect.getsourcelines(candidate)
+        for offset, line in enumerate(lines):
+            if code in line or (code.endswith("\n") and line.strip() == code.strip()):
+                return f"test_skip_reasons.py:{first + offset} in {candidate.__name__}"
+    raise AssertionError(f"{code!r} is in no function of this file")
+
+
+def check_reason(record, case: Case) -> None:
+    reason = record.reason
+    assert case.seen in reason and "; to fuse: " in reason, reason
+    assert case.fix in reason.split("; to fuse: ", 1)[1], reason
+    assert record.location.startswith("test_skip_reasons.py:"), record.location
+    if case.node_line is not None:
+        where = line_of(case.fn, case.node_line)
+        assert f"(at {where})" in reason or record.location == where, (where, record.location, reason)
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_reason_says_what_where_and_what_would_fuse(name):
-    fn, make_inputs, seen, fix, deterministic = CASES[name]
+    case = CASES[name]
     torch.manual_seed(0)
-    args = make_inputs()
-    result = run_pass(fn, *args)
+    args = case.make_inputs()
+    result = run_pass(case.fn, *args)
     assert result.statuses == ["skipped"] and result.after["gla"] == 0, result.reasons
-    record = result.records[0]
-    assert seen in record.reason and "; to fuse: " in record.reason, record.reason
-    assert fix in record.reason.split("; to fuse: ", 1)[1], record.reason
-    assert record.location.startswith("test_skip_reasons.py:") and f"in {fn.__name__}" in record.location
-    if deterministic:
+    check_reason(result.records[0], case)
+    if case.same_output:
         with torch.no_grad():
-            expected = fn(*args)
+            expected = case.fn(*args)
         for ours, theirs in zip(*(x if isinstance(x, tuple) else (x,) for x in (result.output, expected))):
             assert_close(ours, theirs)
 
 
 def test_reason_names_the_line_of_a_node_elsewhere():
     """A mask that varies per head, built in another function: the reason names that function's line."""
-    def build_mask(valid):
-        return ~valid[:, :, None, :]  # [B, HQ, 1, S]: per head
-
-    def attend(q, k, v, valid):
-        scores = (q @ repeat_kv(k, GROUP).transpose(-1, -2)) * D ** -0.5
-        scores = scores.masked_fill(build_mask(valid), float("-inf"))
-        return scores.softmax(-1) @ repeat_kv(v, GROUP)
-
     torch.manual_seed(0)
-    q, k, v = inputs()
-    valid = torch.rand(B, HQ, S) < 0.8
-    valid[..., 0] = True
-    result = run_pass(attend, q, k, v, valid)
-    assert result.statuses == ["skipped"], result.reasons
+    args = CASES["mask_built_elsewhere"].make_inputs()
+    result = run_pass(mask_built_elsewhere, *args)
     reason = result.records[0].reason
-    assert "in build_mask)" in reason and "; to fuse: one mask for all heads" in reason, reason
-    assert_close(result.output, attend(q, k, v, valid))
+    assert f"(at {line_of(build_mask, 'return ~valid')})" in reason, reason
+    assert result.records[0].location.endswith("in mask_built_elsewhere"), result.records[0].location
+
+
+@pytest.mark.parametrize("dim, seen, fix", [
+    (2, "the query length is symbolic", "a fixed number of new tokens"),
+    (1, "SDPA heads or head dim are symbolic", "fixed head counts and head dims"),
+])
+def test_symbolic_sizes(dim, seen, fix):
+    """Sizes dynamo made dynamic (mark_dynamic here; in a model, a size that changed between calls)."""
+    harness = PassHarness(sdpa)
+    q, k, v = inputs(query_len=3)
+    for tensor in (q, k, v) if dim == 1 else (q,):
+        torch._dynamo.mark_dynamic(tensor, dim)
+    output = harness(q, k, v)
+    result = harness.result(output)
+    check_reason(result.records[0], Case(sdpa, None, seen, fix))
+    assert_close(output, sdpa(q, k, v))
+
+
+def test_internal_error_row_says_it_is_a_bug(monkeypatch):
+    """An unexpected error in the pass: the graph's row says so and what to do (report it; strict mode)."""
+    def broken(graph):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(graph_pass, "find_sites", broken)
+    glacompiler.reset_report()
+    graph = torch.fx.symbolic_trace(lambda x: x + 1).graph
+    with pytest.raises(graph_pass.GlaPassError):
+        graph_pass.AttentionRewritePass(graph_name="g")(graph)
+    (record,) = glacompiler.compile_report()
+    assert record.status == "skipped" and record.reason.startswith("internal error in the gla pass: RuntimeError")
+    assert "; to fuse: " in record.reason and "please report it" in record.reason, record.reason
+    assert "GLACOMPILER_STRICT=1" in record.reason, record.reason
+
+
+def test_absorption_error_note_says_it_is_a_bug(monkeypatch):
+    """An unexpected error in the absorption check: the site is fused as written, its note says why."""
+    def broken(site):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(graph_pass, "plan_absorption", broken)
+    q, k, v = inputs()
+    result = run_pass(sdpa, q, k, v)
+    (record,) = result.records
+    assert record.status == "rewritten" and result.after["gla"] == 1, record
+    assert record.reason.startswith("not absorbed: internal error in the absorption check"), record.reason
+    assert "; to absorb: " in record.reason and "please report it" in record.reason, record.reason
+    assert_close(result.output, sdpa(q, k, v))

@@ -6,6 +6,11 @@ graph node the pass stopped at, gives the source line when it is not the site's 
 another function, a cache written elsewhere)."""
 from __future__ import annotations
 
+# The fix for a decline that user code should not be able to reach (an invariant of the graphs dynamo and AOT
+# produce): there is nothing to change in the model, but the pass would like to hear of it.
+UNEXPECTED_GRAPH = ("nothing in the model: the pass did not expect this graph here; please report it with this line "
+                    "and the model")
+
 
 class Decline(Exception):
     """A site that is attention-shaped but not exactly what our op computes: the message is the reason.
@@ -17,14 +22,15 @@ class Decline(Exception):
         self.fix = fix
         self.node = node
 
-    def explain(self, site_source: str, locate) -> str:
+    def explain(self, site_source: str, locate, goal: str = "fuse") -> str:
         """The reason as the report shows it: what was seen, where when not at the site's own line (`locate`
-        turns a node into its source line), and what would let it fuse."""
+        turns a node into its source line), and what would let it `goal` (fuse; absorb, for a fused site that
+        stays in its expanded form)."""
         text = str(self)
         if self.node is not None and self.node.meta.get("stack_trace"):
             where = locate(self.node)
             if where.split(": ", 1)[0] != site_source.split(": ", 1)[0]:
                 text += f" (at {where.split(': ', 1)[0]})"
         if self.fix:
-            text += f"; to fuse: {self.fix}"
+            text += f"; to {goal}: {self.fix}"
         return text

@@ -30,8 +30,21 @@ from .trace.layout import fake_value
 from .trace.score_mods import split_score_baddbmm
 
 
+# The report rows the pass writes itself, in a Decline's form: what was seen; to fuse: what would let it fuse.
 TRAINING_REASON = ("the graph computes gradients (training): the op has no backward; to fuse: run decoding under "
                    "torch.no_grad() or torch.inference_mode()")
+REWRITE_OFF_REASON = "rewriting is disabled; to fuse: glacompiler.backend(rewrite=True) (the default)"
+
+
+def internal_error_reason(error: Exception) -> str:
+    return (f"internal error in the gla pass: {error!r} (the graph was compiled without the pass); to fuse: "
+            "nothing in the model, this is a bug in glacompiler: please report it with this line "
+            "(GLACOMPILER_STRICT=1 raises it with its traceback)")
+
+
+def not_absorbed_reason(reason: str) -> str:
+    """The note on a site fused in its expanded form that is a latent expansion (MLA/GLA) left unabsorbed."""
+    return f"not absorbed: {reason}"
 
 
 class GlaPassError(RuntimeError):
@@ -102,12 +115,10 @@ class AttentionRewritePass(CustomGraphPass):
             self._run(graph, records)
         except Exception as error:
             # Sites already rewritten in this graph are void: the backend recompiles it without our pass.
+            reason = internal_error_reason(error)
             records = [
-                SiteRecord(r.kind, r.spec, r.source, SKIPPED, f"internal error in the gla pass: {error!r}", r.form,
-                           r.graph)
-                for r in records
-            ] or [SiteRecord(None, None, self.graph_name or "graph", SKIPPED,
-                             f"internal error in the gla pass: {error!r}", "", self.graph_name)]
+                SiteRecord(r.kind, r.spec, r.source, SKIPPED, reason, r.form, r.graph) for r in records
+            ] or [SiteRecord(None, None, self.graph_name or "graph", SKIPPED, reason, "", self.graph_name)]
             add_records(records)
             raise GlaPassError(str(error)) from error
         add_records(records)
@@ -125,7 +136,7 @@ class AttentionRewritePass(CustomGraphPass):
             if training:
                 records.append(SiteRecord(None, None, source, SKIPPED, TRAINING_REASON, site.form, self.graph_name))
                 continue
-            absorbed, not_absorbed = self._absorption(site)
+            absorbed, not_absorbed = self._absorption(site, source)
             if absorbed is not None:
                 emit_absorbed(graph, absorbed, mask_ranges)
                 self._note_tuning_target(dataclasses.replace(absorbed.site, spec=absorbed.spec))
@@ -140,7 +151,7 @@ class AttentionRewritePass(CustomGraphPass):
                                           decline.explain(source, source_location), site.form, self.graph_name))
                 continue
             if not self.rewrite:
-                records.append(SiteRecord(plan.spec.kind, plan.spec, source, SKIPPED, "rewriting is disabled",
+                records.append(SiteRecord(plan.spec.kind, plan.spec, source, SKIPPED, REWRITE_OFF_REASON,
                                           site.form, self.graph_name))
                 continue
             emit_site(graph, plan, mask_ranges)
@@ -149,8 +160,9 @@ class AttentionRewritePass(CustomGraphPass):
                                       site.form + describe_extensions(plan), self.graph_name))
         graph.lint()
 
-    def _absorption(self, site) -> tuple:
-        """(AbsorbedPlan or None, why a latent expansion stays expanded: '' when the site is not one)."""
+    def _absorption(self, site, source: str) -> tuple:
+        """(AbsorbedPlan or None, why a latent expansion stays expanded and what would absorb it: '' when the
+        site is not one)."""
         if not self.rewrite:
             return None, ""
         try:
@@ -158,11 +170,13 @@ class AttentionRewritePass(CustomGraphPass):
         except NotLatent:
             return None, ""
         except Decline as decline:
-            return None, f"not absorbed: {decline}"
+            return None, not_absorbed_reason(decline.explain(source, source_location, goal="absorb"))
         except Exception as error:  # nothing was changed yet: the site is still fused as written
             if strict_mode():
                 raise
-            return None, f"not absorbed: internal error in the absorption check: {error!r}"
+            return None, not_absorbed_reason(
+                f"internal error in the absorption check: {error!r} (the site is fused in its expanded form); to "
+                "absorb: nothing in the model, this is a bug in glacompiler: please report it with this line")
 
     def _note_tuning_target(self, plan: SitePlan) -> None:
         """Remember the site's shape bucket for online tuning (backend(autotune=True)); symbolic sizes use

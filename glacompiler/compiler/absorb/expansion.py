@@ -62,7 +62,9 @@ def split_parts(view: Located, dim: int, op_start: int = 0) -> list:
         for piece in node.args[0]:
             size = fake_value(piece).shape[axis]
             if not is_concrete(size):
-                raise Decline("a part of the concatenated key has a symbolic width")
+                raise Decline("a part of the concatenated key has a symbolic width",
+                              fix="key parts of fixed widths (constant nope and rope head dims) in the "
+                                  "torch.cat", node=node)
             lo, hi = max(begin, at), min(begin + length, at + size)
             if lo < hi:
                 sub = narrowed_axis(located, dim, axis, lo - begin, hi - lo)
@@ -79,7 +81,9 @@ def split_parts(view: Located, dim: int, op_start: int = 0) -> list:
         end = _end(node.args[4] if len(node.args) > 4 else None, size)
         step = node.args[5] if len(node.args) > 5 else 1
         if step != 1 or not (is_concrete(start) and is_concrete(end)):
-            raise Decline("a part of the key is written with a step or a symbolic range")
+            raise Decline("a part of the key is written with a step or a symbolic range",
+                          fix="write the key's parts with constant slices along the head dim (k[..., :nope] = ..., "
+                              "k[..., nope:] = ...)", node=node)
         start = start + size if start < 0 else start
         parts = []
         for lo, hi, into_source in ((begin, min(begin + length, start), False), (max(begin, start),
@@ -99,10 +103,13 @@ def split_parts(view: Located, dim: int, op_start: int = 0) -> list:
         destination, source = node.args[0], node.args[1]
         spread = broadcast_layout(list(fake_value(source).shape), list(fake_value(destination).shape))
         if spread is None:
-            raise Decline("a part of the key is copied from a tensor that does not broadcast to it")
+            raise Decline("a part of the key is copied from a tensor that does not broadcast to it",
+                          fix="copy into each part of the key a tensor that broadcasts to it (the rope key expanded "
+                              "over the heads)", node=node)
         return split_parts(compose_located(located, spread, source), dim, op_start)
     if node.op == "call_function" and node.target in UNWRITTEN:
-        raise Decline("part of the key is never written (an empty tensor)")
+        raise Decline("part of the key is never written (an empty tensor)",
+                      fix="write every channel of the key (its nope and rope parts) before the attention", node=node)
     return [Part(op_start, length, located)]
 
 

@@ -76,7 +76,9 @@ def linear_map(located: Located, what: str) -> LinearMap:
     right = walk_operand(product.args[1], allow_scale=False)
     atoms = bmm_atoms(left.layout, right.layout)
     if atoms is None:
-        raise Decline(f"the product computing the {what} cannot be followed")
+        raise Decline(f"the product computing the {what} cannot be followed",
+                      fix=f"compute the {what} as latent @ W (linear, matmul or einsum over the latent's channels), "
+                          "viewed as [B, S, H, D]", node=product)
     over_product = atoms.output_layout()
     if fake_value(product).dim() == 2:  # mm: no batch dim
         over_product = Layout(over_product.dims[1:], over_product.base_sizes)
@@ -87,7 +89,9 @@ def linear_map(located: Located, what: str) -> LinearMap:
         if isinstance(found, LinearMap):
             return found
         reasons.append(found)
-    raise Decline(reasons[0])
+    raise Decline(reasons[0],
+                  fix=f"compute the {what} as one per-head linear map of the cached latent: latent [B, S, C] @ W [C, "
+                      "H * D], viewed as [B, S, H, D]", node=product)
 
 
 def _real(run: Optional[Piece]) -> bool:

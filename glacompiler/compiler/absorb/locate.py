@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import fx
 
-from ..decline import Decline
+from ..decline import UNEXPECTED_GRAPH, Decline
 from ..trace.layout import Layout, Piece, fake_value, identity, merge_adjacent, resolve_run, trace
 from ..trace.sizes import is_concrete, known_equal
 
@@ -78,7 +78,9 @@ def compose_located(outer: Located, inner: Layout, inner_base: fx.Node, inner_of
     layout = _compose_runs(outer.layout, inner)
     shifted = _shift(inner, outer.offsets)
     if layout is None or shifted is None or any(not is_concrete(o) for o in shifted):
-        raise Decline(f"cannot follow which elements of {inner_base.name} are read")
+        raise Decline(f"cannot follow which elements of {inner_base.name} are read",
+                      fix="views only (view, reshape, transpose, permute, expand, slice, select) between the "
+                          "projections or caches and the attention and the latent product", node=inner_base)
     if inner_offsets is not None:
         shifted = [a + b for a, b in zip(shifted, inner_offsets)]
     return Located(inner_base, layout, tuple(shifted))
@@ -132,7 +134,7 @@ def locate(start: Located) -> Located:
     while True:
         traced = trace(current.base)
         if traced is None:
-            raise Decline(f"{current.base.name} has no tensor metadata")
+            raise Decline(f"{current.base.name} has no tensor metadata", fix=UNEXPECTED_GRAPH, node=current.base)
         if traced.base is not current.base:
             current = compose_located(current, traced.layout, traced.base)
         narrowed = narrowing(current.base)

@@ -17,7 +17,7 @@ import torch
 
 from ...op.validation import validate_inputs
 from ...spec import AttentionSpec
-from ..decline import Decline
+from ..decline import UNEXPECTED_GRAPH, Decline
 from ..plan.match import plan_sdpa_site, plan_softmax_site
 from ..plan.site_plan import SitePlan, TensorPlan, cache_plan, slots_size
 from ..find.sdpa import read_sdpa
@@ -97,22 +97,30 @@ def _absorb(plan: SitePlan, key_parts: list, value_parts: list) -> AbsorbedPlan:
     if extensions is not None and (extensions.softcap or extensions.alibi is not None):
         # Scores of the latent form are sums over latent channels: the op's latent kernels take sinks only.
         raise Decline("soft capping or ALiBi on a latent expansion (the latent kernels take sinks only; "
-                      "the site stays expanded)")
+                      "the site stays expanded)",
+                      fix="nothing: the latent kernels take sinks only, so soft-capped or ALiBi attention keeps the "
+                          "expanded form (still fused)")
     if len(value_parts) != 1 or not is_product(value_parts[0].source):
-        raise Decline("V is not one product of the latent")
+        raise Decline("V is not one product of the latent",
+                      fix="compute V as one linear map of the cached latent (latent @ W_UV, per head)")
     value_map = linear_map(value_parts[0].source, "value")
     linear = [part for part in key_parts if is_product(part.source)]
     if not linear:
         computed = ", ".join(sorted({str(part.source.base.target) for part in key_parts}))
-        raise Decline(f"K is not a product of the latent (it is computed by {computed})")
+        raise Decline(f"K is not a product of the latent (it is computed by {computed})",
+                      fix="compute K (or its part besides one shared rope key) as a linear map of the cached latent "
+                          "(latent @ W_UK, per head)")
     if len(linear) > 1:
-        raise Decline(f"K is joined from {len(linear)} products (one linear map of the latent expected)")
+        raise Decline(f"K is joined from {len(linear)} products (one linear map of the latent expected)",
+                      fix="compute K's latent part with one product (one kv_b_proj over the latent), joined to at "
+                          "most one shared rope key")
     key_map = linear_map(linear[0].source, "key")
     if not key_map.same_latent(value_map):
-        raise Decline("K and V are maps of different latents")
+        raise Decline("K and V are maps of different latents", fix="compute K and V from the same cached latent tensor")
     ropes = [part for part in key_parts if part is not linear[0]]
     if len(ropes) + (plan.k_rope is not None) > 1:
-        raise Decline("K has more than one part besides the latent map (at most one shared rope key)")
+        raise Decline("K has more than one part besides the latent map (at most one shared rope key)",
+                      fix="K = [latent @ W_UK, one rope key shared by all heads] at most")
     rope = rope_window = None
     if ropes:
         rope, rope_window = _rope_part(ropes[0]), (ropes[0].start, ropes[0].length)
@@ -125,7 +133,8 @@ def _absorb(plan: SitePlan, key_parts: list, value_parts: list) -> AbsorbedPlan:
     dtype = plan.spec.torch_dtype
     for node, what in ((key_map.latent, "latent"), (key_map.weight, "key weight"), (value_map.weight, "value weight")):
         if fake_value(node).dtype != dtype:
-            raise Decline(f"the {what} is {fake_value(node).dtype}, the query {dtype}")
+            raise Decline(f"the {what} is {fake_value(node).dtype}, the query {dtype}",
+                          fix="keep the latent cache and the kv_b_proj weight in the query's dtype", node=node)
     w_uk = weight_view(key_map.weight, key_map.weight_runs, key_map.weight_offsets, "key")
     w_uv = weight_view(value_map.weight, value_map.weight_runs, value_map.weight_offsets, "value")
     spec = AttentionSpec.latent(plan.spec.num_q_heads, latent_heads, latent_dim, rope_dim, dtype=plan.spec.dtype)
@@ -140,18 +149,21 @@ def _rope_part(part) -> TensorPlan:
     source = part.source
     dims = source.layout.dims
     if any(source.offsets):
-        raise Decline("the rope key is read at an offset of its tensor")
+        raise Decline("the rope key is read at an offset of its tensor",
+                      fix="cache the rope key in a tensor of its own, or first in the cached tensor", node=source.base)
     if any(piece.axis is not None for piece in dims[HEAD]):
-        raise Decline("K's part besides the latent map varies across heads (not one shared rope key)")
+        raise Decline("K's part besides the latent map varies across heads (not one shared rope key)",
+                      fix="one rope key shared by all heads ([B, S, 1, Dr] expanded over the heads)", node=source.base)
     if len(dims[DIM]) != 1 or any(piece.axis is None for piece in dims[BATCH] + dims[KEY] + dims[DIM]):
-        raise Decline("the rope key is broadcast along the batch, the key position or its channels")
+        raise Decline("the rope key is broadcast along the batch, the key position or its channels",
+                      fix="a rope key cached per sequence and position ([B, S, Dr])", node=source.base)
     return cache_plan(source.base, [list(dims[BATCH]), list(dims[KEY]), list(dims[DIM])], "rope key cache")
 
 
 def _meta(shape, dtype) -> torch.Tensor:
     hinted = [size_hint(s) for s in shape]
     if any(h is None for h in hinted):
-        raise Decline("a size has no example value")
+        raise Decline("a size has no example value", fix=UNEXPECTED_GRAPH)
     return torch.empty(hinted, dtype=dtype, device="meta")
 
 
@@ -170,4 +182,5 @@ def _validate(absorbed: AbsorbedPlan) -> None:
     try:
         validate_inputs(q, k, None, q_rope, k_rope, None, None, mask, plan.scale, None)
     except (ValueError, TypeError) as error:
-        raise Decline(f"the absorbed form is unsupported by the op: {error}") from None
+        raise Decline(f"the absorbed form is unsupported by the op: {error}",
+                      fix="latent and rope dims the latent kernels take (README, 'The op')") from None

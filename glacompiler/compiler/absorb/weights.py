@@ -34,7 +34,8 @@ def weight_view(base: fx.Node, dims: list, offsets: tuple, what: str) -> WeightV
     """dims: per dim of the result, the runs of base's axes (major to minor; axis None: broadcast)."""
     sizes = list(fake_value(base).shape)
     if not all(is_concrete(s) for s in sizes):
-        raise Decline(f"the {what} weight has a symbolic size")
+        raise Decline(f"the {what} weight has a symbolic size",
+                      fix="a weight of fixed shape (an nn.Parameter, not a size that changes between calls)", node=base)
     runs = [run for dim in dims for run in dim]
     by_axis: dict = {}
     for index, run in enumerate(runs):
@@ -47,11 +48,15 @@ def weight_view(base: fx.Node, dims: list, offsets: tuple, what: str) -> WeightV
         bound = size
         for index, run in entries:
             if not is_concrete(run.step) or run.step <= 0 or bound % run.step:
-                raise Decline(f"the {what} weight is read with a stride pattern that cannot be viewed")
+                raise Decline(f"the {what} weight is read with a stride pattern that cannot be viewed",
+                              fix="use the weight as stored (W or W.T viewed as [.., H, D]), without strided "
+                                  "slicing", node=base)
             extent = bound // run.step
             digit = (offset // run.step) % extent
             if digit + run.size > extent:
-                raise Decline(f"the {what} weight's runs overlap")
+                raise Decline(f"the {what} weight's runs overlap",
+                              fix="read each weight element once per head (no overlapping slices of the "
+                                  "weight)", node=base)
             if digit or run.size != extent:
                 slices.append((len(split_shape), digit, run.size))
             dim_of_run[index] = len(split_shape)

@@ -24,7 +24,7 @@ import torch
 from torch import fx
 from torch.fx.operator_schemas import normalize_function
 
-from ..decline import Decline
+from ..decline import UNEXPECTED_GRAPH, Decline
 
 aten = torch.ops.aten
 
@@ -73,7 +73,7 @@ def read_sdpa(node: fx.Node) -> SdpaCall:
     variant = SDPA_VARIANTS[node.target]
     normalized = normalize_function(node.target, tuple(node.args), dict(node.kwargs), normalize_to_only_use_kwargs=True)
     if normalized is None:
-        raise Decline(f"cannot read the arguments of {node.target}")
+        raise Decline(f"cannot read the arguments of {node.target}", fix=UNEXPECTED_GRAPH, node=node)
     kwargs = normalized.kwargs
     form = f"sdpa:{node.target.__name__.split('.')[0]}"
     if variant.single_output:
@@ -81,12 +81,12 @@ def read_sdpa(node: fx.Node) -> SdpaCall:
     else:
         users = list(node.users)
         if not all(u.op == "call_function" and u.target is operator.getitem for u in users):
-            raise Decline(f"{form} results are used whole")
+            raise Decline(f"{form} results are used whole", fix=UNEXPECTED_GRAPH)
         if any(u.args[1] != 0 for u in users):
             raise Decline(f"{form} also has its logsumexp or other side outputs used",
                           fix="use only the attention output (the op can return lse, but the pass does not yet)")
         if len(users) != 1:
-            raise Decline(f"{form} output is read by {len(users)} getitem nodes")
+            raise Decline(f"{form} output is read by {len(users)} getitem nodes", fix=UNEXPECTED_GRAPH)
         output = users[0]
     dropout = kwargs.get("dropout_p", 0.0)
     if dropout:
@@ -96,7 +96,7 @@ def read_sdpa(node: fx.Node) -> SdpaCall:
         raise Decline("the softmax scale is not a constant", fix="a Python number as SDPA's scale")
     mask = kwargs.get(variant.mask_arg) if variant.mask_arg else None
     if mask is not None and not isinstance(mask, fx.Node):
-        raise Decline("the attention mask is not a tensor")
+        raise Decline("the attention mask is not a tensor", fix=UNEXPECTED_GRAPH)
     return SdpaCall(
         node=node,
         output=output,

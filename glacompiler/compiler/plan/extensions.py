@@ -38,13 +38,15 @@ def _slot_pieces(layout: Layout, c_over_slots: Layout, slots: list, what: str) -
     for dim in range(c_over_slots.rank):
         atoms = align(c_over_slots.dims[dim], layout.dims[dim])
         if atoms is None:
-            raise Decline(f"the {what} do not line up with the scores")
+            raise Decline(f"the {what} do not line up with the scores",
+                          fix=f"{what} given per query head ([Hq], broadcast as [1, Hq, 1, 1] over the scores)")
         for atom in atoms:
             if atom.right is None:
                 continue
             slot = slots[atom.left.axis]
             if not (known_equal(atom.left.step, 1) and known_equal(atom.left.size, slot.size)):
-                raise Decline(f"the {what} vary along part of a score dim")
+                raise Decline(f"the {what} vary along part of a score dim",
+                              fix=f"{what} given per query head ([Hq], broadcast as [1, Hq, 1, 1] over the scores)")
             pieces[atom.left.axis] = atom.right
     return pieces
 
@@ -56,7 +58,9 @@ def per_head_plan(tensor: PerHeadTensor, c_over_slots: Layout, slots: list, role
     heads = roles.head + roles.groups
     others = [slots[i].role for i in pieces if i not in heads]
     if others:
-        raise Decline(f"the {what} vary along the {others[0]} dim, not per head only")
+        raise Decline(f"the {what} vary along the {others[0]} dim, not per head only",
+                      fix=f"{what} that depend on the query head only ([Hq], broadcast as [1, Hq, 1, "
+                          "1])", node=tensor.node)
     view = tensor_plan(tensor.node, [pieces.get(i) for i in heads], what)
     broadcast = any(i not in pieces and not known_one(slots[i].size) for i in heads)
     return PerHeadPlan(view, [slots[i].size for i in heads], broadcast)
@@ -80,7 +84,9 @@ def plan_extensions(mods: ScoreMods, plan: SitePlan, c_over_slots: Layout) -> Op
     try:
         latent = plan.spec.kind in ("mla", "gla")
         if latent and (mods.softcap or mods.alibi is not None):
-            raise Decline("soft capping or ALiBi on a latent (MLA/GLA) layout: the op does not take them there")
+            raise Decline("soft capping or ALiBi on a latent (MLA/GLA) layout: the op does not take them there",
+                          fix="nothing: the op's latent kernels take neither (no MLA/GLA model uses them); the site "
+                              "stays with Inductor")
         slots, roles = plan.slots, plan.roles
         sinks = alibi = None
         if mods.sinks is not None:
@@ -88,10 +94,12 @@ def plan_extensions(mods: ScoreMods, plan: SitePlan, c_over_slots: Layout) -> Op
         if mods.alibi is not None:
             if not known_equal(plan.query_len, 1):
                 raise Decline("ALiBi with several query tokens per sequence: the op's |query - key| distance "
-                              "equals the model's key-position bias only for one")
+                              "equals the model's key-position bias only for one",
+                              fix="decode one token per step (query length 1); longer steps stay with Inductor")
             positions = _slot_pieces(mods.alibi_positions, c_over_slots, slots, "ALiBi key positions")
             if list(positions) != [roles.key] or not known_equal(positions[roles.key].step, 1):
-                raise Decline("the ALiBi bias is not one slope per head times the key position")
+                raise Decline("the ALiBi bias is not one slope per head times the key position",
+                              fix="an ALiBi bias of slope[h] * key_position (BLOOM's form), added to the scores")
             alibi = per_head_plan(mods.alibi, c_over_slots, slots, roles, "ALiBi slopes")
         return ExtensionPlan(mods.softcap, sinks, alibi, mods.alibi.factor if mods.alibi is not None else 1.0)
     except Decline as decline:

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ..decline import Decline
+from ..decline import UNEXPECTED_GRAPH, Decline
 from ..find.sdpa import SdpaCall
 from ..find.softmax import SoftmaxMatch, scores_used_only_by_softmax
 from ..trace.layout import Layout, Piece, broadcast_layout, fake_value, view_layout
@@ -70,7 +70,9 @@ def _settle_main(terms, slots, roles, values: ValueSide, main, rope) -> tuple:
         return tied[0], 1 - tied[0]
     sizes = [term.q_contraction.size for term in terms]
     if not all(is_concrete(s) for s in sizes) or sizes[0] == sizes[1]:
-        raise Decline("cannot tell the latent score term from the rope term")
+        raise Decline("cannot tell the latent score term from the rope term",
+                      fix="give the latent and rope parts different head dims, or take V from the latent so that the "
+                          "tied part is known")
     main = 0 if sizes[0] > sizes[1] else 1
     return main, 1 - main
 
@@ -98,13 +100,14 @@ def _same_key_length(key_len, value_len) -> None:
     if known_equal(key_len, value_len):
         return
     if size_hint(key_len) is None or size_hint(key_len) != size_hint(value_len) or not bool(key_len == value_len):
-        raise Decline(f"SDPA's key and value lengths differ ({key_len} and {value_len})")
+        raise Decline(f"SDPA's key and value lengths differ ({key_len} and {value_len})",
+                      fix="key and value caches of one length")
 
 
 def plan_sdpa_site(call: SdpaCall, split_cat: bool = True) -> SitePlan:
     q_val, k_val, v_val = fake_value(call.query), fake_value(call.key), fake_value(call.value)
     if not (q_val.dim() == k_val.dim() == v_val.dim() and q_val.dim() >= 3):
-        raise Decline("SDPA operands without a head dim")
+        raise Decline("SDPA operands without a head dim", fix="q, k and v as [B, H, L, D] (SDPA with a head dim)")
     q_heads, kv_heads, head_dim = q_val.shape[-3], k_val.shape[-3], q_val.shape[-1]
     if not (is_concrete(q_heads) and is_concrete(kv_heads) and is_concrete(head_dim)):
         raise Decline("SDPA heads or head dim are symbolic",
@@ -120,7 +123,7 @@ def plan_sdpa_site(call: SdpaCall, split_cat: bool = True) -> SitePlan:
     scores_shape = list(q_val.shape[:-1]) + [k_val.shape[-2]]
     c_over_product = view_layout([product(list(q_val.shape[:-2])), q_val.shape[-2], k_val.shape[-2]], scores_shape)
     if c_over_product is None:
-        raise Decline("the SDPA scores cannot be related to a batched product")
+        raise Decline("the SDPA scores cannot be related to a batched product", fix=UNEXPECTED_GRAPH)
     sdpa_scale = call.scale if call.scale is not None else 1.0 / math.sqrt(head_dim)
     terms = terms_from_operands(sdpa_scale, c_over_product, q, k, split_cat)
     rank = len(scores_shape)

@@ -16,7 +16,7 @@ from torch import fx
 
 from ...op.validation import MAX_QUERY_LEN, SUPPORTED_DTYPES, validate_inputs
 from ...spec import AttentionSpec, dtype_name
-from ..decline import Decline
+from ..decline import UNEXPECTED_GRAPH, Decline
 from ..trace.layout import Piece, fake_value
 from ..trace.sizes import is_concrete, known_equal, known_less, known_one, product, size_hint
 from ..trace.value_side import ValueSide
@@ -100,7 +100,8 @@ def choose_roles(slots: list, terms: list, positions: set) -> tuple:
     rows = [i for i, s in enumerate(slots) if s.role == "row"]
     position = [i for i in rows if i in positions]
     if len(position) > 1:
-        raise Decline("query positions are spread over several dims")
+        raise Decline("query positions are spread over several dims",
+                      fix="the query positions in one dim ([B, H, Lq, D] or [B, Lq, H, D])")
     groups = [i for i in rows if i not in positions]
     if len(terms) == 1:
         batch, head = paired[:1], paired[1:]
@@ -110,11 +111,14 @@ def choose_roles(slots: list, terms: list, positions: set) -> tuple:
         head = [i for i in paired if i not in batch]
         owners = {next(t for t, atom in enumerate(slots[i].atoms) if atom.right is not None) for i in head}
         if len(owners) > 1:
-            raise Decline("each score term has keys per head: neither is one rope key shared by all heads")
+            raise Decline("each score term has keys per head: neither is one rope key shared by all heads",
+                          fix="one rope key for all heads (MLA/GLA/GTA), or per-head keys concatenated into one key")
         main = owners.pop() if owners else None
         rope = None if main is None else 1 - main
     else:
-        raise Decline(f"{len(terms)} q.k products feed the scores (at most latent + rope)")
+        raise Decline(f"{len(terms)} q.k products feed the scores (at most latent + rope)",
+                      fix="one q @ k product (latent + rope: two); concatenate the parts of q and k instead of adding "
+                          "more products")
     key = next(i for i, s in enumerate(slots) if s.role == "key")
     for role, indices in (("batch", batch), ("head", head), ("position", position), ("group", groups)):
         for index in indices:
@@ -146,7 +150,9 @@ def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[l
         if piece is None:
             continue
         if piece.axis is None:
-            raise Decline(f"the {what} is broadcast where the op needs a real dim")
+            raise Decline(f"the {what} is broadcast where the op needs a real dim",
+                          fix=f"a {what} with a real (not expanded) dim for each of batch, position and "
+                              "head", node=base)
         by_axis.setdefault(piece.axis, []).append((role, piece))
     split_shape, dim_of_role, unit_dims, slices, prefixes = [], {}, [], [], []
     for axis, size in enumerate(sizes):
@@ -179,14 +185,22 @@ def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[l
                     raise Decline(f"the {what} is read with a stride pattern the op cannot express (axis {axis} of "
                                   f"{base.name} is read in runs of {[(p.size, p.step) for _, p in entries]} (size, "
                                   "step): only runs that tile the axis, its start or a prefix of each of its "
-                                  "blocks map onto the op's dims)")
+                                  "blocks map onto the op's dims)",
+                                  fix=f"build the {what} from its tensor with views only (view, reshape, transpose, "
+                                      "permute, expand, slice, select) between the projections or caches and the "
+                                      "attention, so that each op dim is a whole axis, its start or a prefix of each "
+                                      "of its blocks", node=base)
                 dims[-1][1], dims[-1][3] = dims[-1][1] * gap, True
                 span = piece.step
             dims.append([role, piece.size, piece.size, False])
             span = span * piece.size
         if not known_equal(span, size):
             if not known_less(span, size):
-                raise Decline(f"the {what} is read in runs that do not tile axis {axis} of {base.name}")
+                raise Decline(f"the {what} is read in runs that do not tile axis {axis} of {base.name}",
+                              fix=f"build the {what} from its tensor with views only (view, reshape, transpose, "
+                                  "permute, expand, slice, select) between the projections or caches and the "
+                                  "attention, so that each op dim is a whole axis, its start or a prefix of each of "
+                                  "its blocks", node=base)
             prefixes.append((axis, span))  # e.g. the query part of a fused QKV projection, split into heads
         for role, full, read, widened in reversed(dims):
             dim_of_role[role] = len(split_shape)
@@ -212,11 +226,14 @@ def query_plan(term, t: int, slots: list, roles: Roles, what: str) -> QueryPlan:
     for index in roles.query_order():
         piece = slots[index].atoms[t].left
         if piece is None:
-            raise Decline(f"the {what} is broadcast along the {slots[index].role} dim")
+            raise Decline(f"the {what} is broadcast along the {slots[index].role} dim",
+                          fix=f"a {what} that varies along the {slots[index].role} dim (not expanded over "
+                              "it)", node=term.q.base)
         pieces.append(piece)
     contraction = term.q_contraction
     if not known_equal(contraction.step, 1):
-        raise Decline(f"the {what}'s head dim is strided")
+        raise Decline(f"the {what}'s head dim is strided",
+                      fix=f"the {what}'s head dim contiguous (its last, stride-1 dim)", node=term.q.base)
     full = head_dim_span(term, pieces, what)
     view = tensor_plan(term.q.base, pieces + [Piece(contraction.axis, full)], what)
     window = term.q_window
@@ -242,12 +259,15 @@ def head_dim_span(term, pieces: list, what: str):
         return base_size
     if not all(is_concrete(step) for step in steps) or not is_concrete(contraction.size):
         raise Decline(f"the {what}'s head dim shares axis {contraction.axis} of {term.q.base.name} with other dims "
-                      "whose strides are symbolic")
+                      "whose strides are symbolic",
+                      fix="fixed head counts and head dims (dynamo marks a size dynamic after it "
+                          "changes)", node=term.q.base)
     span = min(steps)
     start = term.q_window[0] if term.q_window is not None else 0
     if start + contraction.size > span:
         raise Decline(f"the {what}'s head dim ({contraction.size} wide) overlaps the other dims read from axis "
-                      f"{contraction.axis} of {term.q.base.name} (the next one starts every {span} entries)")
+                      f"{contraction.axis} of {term.q.base.name} (the next one starts every {span} entries)",
+                      fix="view the projection as [.., H, D] with D the head dim the attention reads", node=term.q.base)
     return span
 
 
@@ -281,10 +301,14 @@ def output_plan(values: ValueSide, slots: list, roles: Roles) -> OutputPlan:
         for piece in dim:
             atom = atoms[piece.axis]
             if not (known_equal(piece.step, 1) and known_equal(piece.size, atom.size)):
-                raise Decline("the attention output regroups a dim the op keeps whole")
+                raise Decline("the attention output regroups a dim the op keeps whole",
+                              fix="transpose or reshape the output [B, H, Lq, Dv] back only after the attention, "
+                                  "keeping heads and the value dim whole ([B, Lq, H * Dv])", node=values.output)
             order.append(split_refs.index(refs[piece.axis]))
     if sorted(order) != list(range(len(split_refs))):
-        raise Decline("the attention output does not hold every (batch, query, head, value) entry once")
+        raise Decline("the attention output does not hold every (batch, query, head, value) entry once",
+                      fix="use every (batch, query, head, value) entry of the attention output once (transpose or "
+                          "reshape it; no slicing or repeating)", node=values.output)
     value = fake_value(values.output)
     return OutputPlan(values.output, split_shape, order, list(value.shape), value.dtype)
 
@@ -293,14 +317,16 @@ def check_scales(terms: list) -> float:
     scale = terms[0].scale
     for term in terms[1:]:
         if not math.isclose(term.scale, scale, rel_tol=1e-9):
-            raise Decline("the score terms are scaled differently")
+            raise Decline("the score terms are scaled differently",
+                          fix="one softmax scale for the latent and rope score terms (scale their sum, not each "
+                              "product differently)")
     return scale
 
 
 def _meta(shape, dtype) -> torch.Tensor:
     hinted = [size_hint(s) for s in shape]
     if any(h is None for h in hinted):
-        raise Decline("a size has no example value")
+        raise Decline("a size has no example value", fix=UNEXPECTED_GRAPH)
     return torch.empty(hinted, dtype=dtype, device="meta")
 
 
@@ -342,7 +368,9 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
             raise Decline("the rope key is not shared by all heads",
                           fix="one rope key for all heads (MLA/GLA/GTA), or per-head keys concatenated into one key")
         if any(run is None for run in rope_batch):
-            raise Decline("the rope key is shared across the batch")
+            raise Decline("the rope key is shared across the batch",
+                          fix="a rope key cached per sequence ([B, S, Dr]), not one for the whole "
+                              "batch", node=rope_term.k.base)
         q_rope = query_plan(rope_term, rope, slots, roles, "rope query")
         k_rope = cache_plan(rope_term.k.base, [rope_batch, [rope_key], [rope_term.k_contraction]], "rope key cache")
         rope_dim = rope_term.k_contraction.size

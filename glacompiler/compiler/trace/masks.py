@@ -73,7 +73,9 @@ def normalize(use: MaskUse) -> tuple:
         if traced is not None and traced.chain:
             composed = compose(layout, traced.layout)
             if composed is None:
-                raise Decline(f"mask {node.name} is a view that cannot be followed")
+                raise Decline(f"mask {node.name} is a view that cannot be followed",
+                              fix="build the mask with views (view, unsqueeze, expand, slice) of a [B, S] or [B, 1, "
+                                  "Lq, S] tensor", node=node)
             node, layout = traced.base, composed
             continue
         unpadded = _unpadded(node, layout)

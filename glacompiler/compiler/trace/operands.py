@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import fx
 
-from ..decline import Decline
+from ..decline import UNEXPECTED_GRAPH, Decline
 from .layout import Layout, fake_value, compose, trace
 
 aten = torch.ops.aten
@@ -72,7 +72,7 @@ def walk_operand(node: fx.Node, allow_scale: bool, any_float_cast: bool = False)
     input dtype before the value product, as HF does) and, with allow_scale, scalar multiplies."""
     traced = trace(node)
     if traced is None:
-        raise Decline(f"{node.name} has no tensor metadata")
+        raise Decline(f"{node.name} has no tensor metadata", fix=UNEXPECTED_GRAPH, node=node)
     layout, base, factor, nodes = traced.layout, traced.base, 1.0, list(traced.chain)
     while True:
         dtypes = convert_dtypes(base)
@@ -95,5 +95,6 @@ def walk_operand(node: fx.Node, allow_scale: bool, any_float_cast: bool = False)
         nodes += [base] + inner.chain
         layout, base = composed, inner.base
     if not math.isfinite(factor):
-        raise Decline("an operand is scaled by a non-finite factor")
+        raise Decline("an operand is scaled by a non-finite factor",
+                      fix="scale q and k by a finite factor (inf or nan scores are not attention)")
     return Operand(base, layout, factor, nodes)

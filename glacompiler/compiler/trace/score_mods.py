@@ -69,14 +69,18 @@ def visit_soft_cap(node: fx.Node, c_over_node: Layout, scale: float, walk, visit
         return False
     mods = walk.mods
     if mods.softcap:
-        raise Decline("the scores pass through two tanh")
+        raise Decline("the scores pass through two tanh",
+                      fix="nothing: the op soft-caps once (cap * tanh(s / cap)); a second tanh is not its math, so "
+                          "the site stays with Inductor", node=node)
     mods.softcap = scale
     masks_before = len(walk.masks)
     mods.inside_tanh = True
     visit(node.args[0], c_over_node, scale, walk)
     mods.inside_tanh = False
     if len(walk.masks) != masks_before:
-        raise Decline("a mask is applied under the soft cap's tanh (the op masks after the cap)")
+        raise Decline("a mask is applied under the soft cap's tanh (the op masks after the cap)",
+                      fix="apply the mask after the soft cap (cap * tanh(s / cap), then masked_fill or + "
+                          "mask)", node=node)
     return True
 
 
@@ -117,26 +121,33 @@ def peel_sinks(softmax_input: fx.Node, softmax_output: fx.Node, dim: int) -> Opt
     cat_dim = cat.args[1] if len(cat.args) > 1 else 0
     rank = fake_value(cat).dim()
     if len(parts) != 2 or (cat_dim + rank if cat_dim < 0 else cat_dim) != dim:
-        raise Decline("the scores are concatenated with something other than one sink column after them")
+        raise Decline("the scores are concatenated with something other than one sink column after them",
+                      fix="join the sinks as one column after the scores (torch.cat([scores, sinks], dim=-1), "
+                          "GPT-OSS's form)", node=cat)
     scores, column = parts
     score_keys = fake_value(scores).shape[dim]
     if fake_value(column).shape[dim] != 1:
-        raise Decline("the column joined to the scores is wider than one sink per row")
+        raise Decline("the column joined to the scores is wider than one sink per row",
+                      fix="join one sink logit per row (torch.cat([scores, sinks[..., None]], dim=-1))", node=column)
     users = list(softmax_output.users)
     kept = users[0] if len(users) == 1 else None
     if not (is_call(kept, aten.slice.Tensor) and (kept.args[1] + rank if kept.args[1] < 0 else kept.args[1]) == dim
             and (kept.args[2] if len(kept.args) > 2 else 0) in (0, None) and fake_value(kept).shape[dim] == score_keys
             and (len(kept.args) < 5 or kept.args[4] == 1)):
-        raise Decline("the sink column's probability is not dropped right after the softmax")
+        raise Decline("the sink column's probability is not dropped right after the softmax",
+                      fix="drop the sink column right after the softmax (probs[..., :-1])", node=softmax_output)
     # (The softmax input's own users were checked by the caller.)
     if len(scores.users) != 1 or (cat is not softmax_input and set(cat.users) - set(nodes)):
-        raise Decline("the scores joined to the sinks are also used elsewhere")
+        raise Decline("the scores joined to the sinks are also used elsewhere",
+                      fix="use the scores only for the softmax", node=scores)
     column_value = fake_value(column)
     if not column_value.is_floating_point():
-        raise Decline("the sink column is not a floating tensor")
+        raise Decline("the sink column is not a floating tensor",
+                      fix="sinks as a float tensor (one logit per head)", node=column)
     spread = broadcast_layout(list(column_value.shape), list(fake_value(cat).shape))
     if spread is None:
-        raise Decline("the sink column does not broadcast to the scores")
+        raise Decline("the sink column does not broadcast to the scores",
+                      fix="sinks of shape [Hq], expanded to [B, Hq, Lq, 1]", node=column)
     # The scores over the column's axes: the column (size 1 along the keys) is the same for every key.
     dims = list(spread.dims)
     dims[dim] = (Piece(None, score_keys),)
@@ -145,7 +156,8 @@ def peel_sinks(softmax_input: fx.Node, softmax_output: fx.Node, dim: int) -> Opt
     if traced is not None and traced.chain:
         composed = compose(c_over_column, traced.layout)
         if composed is None:
-            raise Decline("the sink column is a view that cannot be followed")
+            raise Decline("the sink column is a view that cannot be followed",
+                          fix="sinks as a view (reshape, expand) of an [Hq] tensor", node=column)
         column, c_over_column = traced.base, composed
     return PeeledSinks(scores, PerHeadTensor(column, c_over_column), nodes + [cat])
 

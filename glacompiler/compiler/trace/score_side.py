@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import fx
 
-from ..decline import Decline
+from ..decline import UNEXPECTED_GRAPH, Decline
 from .layout import VIEW_OPS, Layout, fake_value, broadcast_layout, compose, identity, is_view_like
 from .operands import convert_dtypes, is_call, scalar_factor, scalar_value
 from .score_mods import ScoreMods, match_alibi, score_mod_sources, visit_soft_cap
@@ -101,7 +101,7 @@ def reaches_product(node, budget: int = 24) -> bool:
 def _mask_layout(c_over_node: Layout, mask: fx.Node, node: fx.Node) -> Layout:
     mask_val, node_val = fake_value(mask), fake_value(node)
     if mask_val is None or node_val is None:
-        raise Decline(f"mask {mask.name} has no tensor metadata")
+        raise Decline(f"mask {mask.name} has no tensor metadata", fix=UNEXPECTED_GRAPH, node=mask)
     spread = broadcast_layout(list(mask_val.shape), list(node_val.shape))
     composed = None if spread is None else compose(c_over_node, spread)
     if composed is None:
@@ -115,13 +115,14 @@ def walk_scores(scores: fx.Node) -> ScoreWalk:
     value = fake_value(scores)
     _visit(scores, identity(list(value.shape)), 1.0, walk, is_root=True)
     if not walk.terms:
-        raise Decline("no q.k product feeds the softmax")
+        raise Decline("no q.k product feeds the softmax",
+                      fix="nothing: without a q @ k product the softmax is not attention; the site stays with Inductor")
     return walk
 
 
 def _visit(node, c_over_node: Layout, scale: float, walk: ScoreWalk, is_root: bool = False) -> None:
     if not isinstance(node, fx.Node) or fake_value(node) is None:
-        raise Decline("scores come from a non-tensor value")
+        raise Decline("scores come from a non-tensor value", fix=UNEXPECTED_GRAPH)
     if not is_root:
         walk.chain.append(node)
     if is_call(node, *PRODUCT_OPS):
@@ -131,13 +132,17 @@ def _visit(node, c_over_node: Layout, scale: float, walk: ScoreWalk, is_root: bo
         step = _view_step(node)
         composed = None if step is None else compose(c_over_node, step)
         if composed is None:
-            raise Decline(f"scores pass through {node.target} that does not keep every element")
+            raise Decline(f"scores pass through {node.target} that does not keep every element",
+                          fix="between q @ k and the softmax, only views that keep every score (no slicing of the "
+                              "scores)", node=node)
         _visit(node.args[0], composed, scale, walk)
         return
     dtypes = convert_dtypes(node)
     if dtypes is not None:
         if not (dtypes[0].is_floating_point and dtypes[1].is_floating_point):
-            raise Decline(f"scores are cast from {dtypes[0]} to {dtypes[1]}")
+            raise Decline(f"scores are cast from {dtypes[0]} to {dtypes[1]}",
+                          fix="keep the scores floating point (no integer casts); an integer softmax input is not "
+                              "attention", node=node)
         _visit(node.args[0], c_over_node, scale, walk)
         return
     scaled = scalar_factor(node)
@@ -169,7 +174,8 @@ def _visit(node, c_over_node: Layout, scale: float, walk: ScoreWalk, is_root: bo
 
 def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk) -> None:
     if node.kwargs.get("alpha", 1) != 1:
-        raise Decline("scores are combined by add with alpha != 1")
+        raise Decline("scores are combined by add with alpha != 1",
+                      fix="add masks with alpha=1 (scores + mask)", node=node)
     left, right = node.args[:2]
     left_scores, right_scores = reaches_product(left), reaches_product(right)
     if left_scores and right_scores:
@@ -177,10 +183,13 @@ def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk
         _visit(right, c_over_node, scale, walk)
         return
     if not (left_scores or right_scores):
-        raise Decline("neither side of an add on the scores comes from a q.k product")
+        raise Decline("neither side of an add on the scores comes from a q.k product",
+                      fix="nothing: scores that do not come from q @ k are not attention; the site stays with "
+                          "Inductor", node=node)
     source, mask = (left, right) if left_scores else (right, left)
     if not isinstance(mask, fx.Node):
-        raise Decline("a constant is added to the scores")
+        raise Decline("a constant is added to the scores",
+                      fix="drop the constant: adding one number to every score does not change the softmax", node=node)
     mask_val = fake_value(mask)
     if mask_val is None or not mask_val.is_floating_point():
         raise Decline(f"additive mask {mask.name} is not a floating tensor",
@@ -189,7 +198,8 @@ def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk
     alibi = match_alibi(mask, c_over_mask, scale)
     if alibi is not None:
         if walk.mods.inside_tanh or walk.mods.alibi is not None:
-            raise Decline("an ALiBi bias is added under a soft cap, or twice")
+            raise Decline("an ALiBi bias is added under a soft cap, or twice",
+                          fix="add the ALiBi bias once, after the soft cap", node=node)
         walk.mods.alibi, walk.mods.alibi_positions = alibi
     else:
         walk.masks.append(MaskUse(mask, True, True, c_over_mask, scale))
@@ -204,7 +214,8 @@ def _visit_fill(node, cond, when_true, when_false, c_over_node: Layout, scale: f
     elif false_fill is not None and true_fill is None:
         fill, source, attend_if = false_fill, when_true, True
     else:
-        raise Decline("a where() on the scores does not select between scores and a constant fill")
+        raise Decline("a where() on the scores does not select between scores and a constant fill",
+                      fix="mask with scores.masked_fill(mask, -inf) or torch.where(mask, scores, -inf)", node=node)
     if not (fill == -math.inf or fill * scale <= NEGLIGIBLE_FILL):
         raise Decline(f"masked scores are replaced by {fill}, which still takes part in the softmax",
                       fix="fill masked scores with -inf or torch.finfo(dtype).min", node=node)

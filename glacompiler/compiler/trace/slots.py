@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ..decline import Decline
+from ..decline import UNEXPECTED_GRAPH, Decline
 from .layout import Layout, Piece, fake_value, compose, merge_adjacent
 from .operands import Operand, is_call, walk_operand
 from .products import Atom, ProductAtoms, bmm_atoms
@@ -101,7 +101,8 @@ def merge_slots(slots: list) -> list:
 def _single(pieces, what: str) -> Piece:
     merged = merge_adjacent(list(pieces))
     if len(merged) != 1 or merged[0].axis is None:
-        raise Decline(f"{what} is not one run of one axis")
+        raise Decline(f"{what} is not one run of one axis",
+                      fix=f"{what} as one dim of its tensor (view the projection as [.., H, D])")
     return merged[0]
 
 
@@ -109,15 +110,21 @@ def _term_from_layouts(raw_scale: float, c_over_product: Layout, q: Operand, k: 
                        q_window: Optional[tuple]) -> ScoreTerm:
     atoms = bmm_atoms(q.layout, k.layout)
     if atoms is None:
-        raise Decline("the operands of a q.k product do not line up over batch or head dims")
+        raise Decline("the operands of a q.k product do not line up over batch or head dims",
+                      fix="q and k with the same batch and head dims (expand or repeat_interleave the KV heads to the "
+                          "query heads, or SDPA enable_gqa)")
     c_over_atoms = compose(c_over_product, atoms.output_layout())
     if c_over_atoms is None:
-        raise Decline("the scores regroup the q.k product in a way that cannot be followed")
+        raise Decline("the scores regroup the q.k product in a way that cannot be followed",
+                      fix="reshape the q @ k product only back to [B, H, Lq, S] (no regrouping of its batch and head "
+                          "dims)")
     term = ScoreTerm(q, k, atoms, c_over_atoms, q_window, raw_scale * q.factor * k.factor)
     term.q_contraction = _single([a.left for a in atoms.contraction if a.left is not None], "the query's head dim")
     term.k_contraction = _single([a.right for a in atoms.contraction if a.right is not None], "the key's head dim")
     if any(a.left is None or a.right is None for a in atoms.contraction):
-        raise Decline("the q.k product sums over a broadcast dim")
+        raise Decline("the q.k product sums over a broadcast dim",
+                      fix="nothing: a head dim summed over an expanded (broadcast) q or k is not attention's dot "
+                          "product; the site stays with Inductor")
     return term
 
 
@@ -132,7 +139,7 @@ def terms_from_operands(scale: float, c_over_product: Layout, q: Operand, k: Ope
     split_cat, a key concatenated along its head dim becomes one term per part (GTA: tied part + shared rope
     key); without, the concatenation is read as one key tensor."""
     if q.layout.rank != k.layout.rank or q.layout.rank not in (2, 3):
-        raise Decline("the q.k product has unexpected operand ranks")
+        raise Decline("the q.k product has unexpected operand ranks", fix=UNEXPECTED_GRAPH)
     cat = _cat_on_contraction(k) if split_cat else None
     if cat is None:
         return [_term_from_layouts(scale, c_over_product, q, k, None)]
@@ -157,9 +164,10 @@ def _split_cat_term(scale: float, c_over_product: Layout, q: Operand, k: Operand
     q_piece = _single(q.layout.dims[-1], "the query's head dim")
     total = fake_value(k.base).shape[dim]
     if k_piece.axis != dim or not known_equal(k_piece.size, total) or not known_equal(k_piece.step, 1):
-        raise Decline("the q.k product reads part of a concatenated key")
+        raise Decline("the q.k product reads part of a concatenated key",
+                      fix="attend over the whole concatenated key (cat the parts along the head dim and use all of it)")
     if not known_equal(q_piece.step, 1):
-        raise Decline("the query's head dim is strided")
+        raise Decline("the query's head dim is strided", fix="the query's head dim contiguous (its last, stride-1 dim)")
     terms = []
     offset = 0
     for part in k.base.args[0]:
@@ -170,7 +178,10 @@ def _split_cat_term(scale: float, c_over_product: Layout, q: Operand, k: Operand
         inner = walk_operand(part, allow_scale=False)
         composed = compose(part_layout, inner.layout)
         if composed is None:
-            raise Decline("a part of the concatenated key cannot be followed to its source")
+            raise Decline("a part of the concatenated key cannot be followed to its source",
+                          fix="build each part of the concatenated key from its cache with views only (view, reshape, "
+                              "transpose, permute, expand, slice, select) between the projections or caches and the "
+                              "attention", node=part)
         part_k = Operand(inner.base, composed, k.factor, k.nodes + [k.base] + inner.nodes)
         q_dims = list(q.layout.dims)
         q_dims[-1] = (Piece(q_piece.axis, length),)
@@ -194,7 +205,8 @@ def build_slots(terms: list, rank: int) -> list:
             sequences.append(sequence)
         aligned = align_many(sequences)
         if aligned is None:
-            raise Decline("the score terms index the scores differently")
+            raise Decline("the score terms index the scores differently",
+                          fix="compute the latent and rope score terms over one [B, H, Lq, S] layout")
         slots.extend(Slot(dim, row[0].size, row) for row in aligned)
     return merge_slots(slots)
 
@@ -226,20 +238,26 @@ def assign_roles(slots: list, softmax_dim: int) -> None:
                 raise Decline(
                     f"the softmax runs over dim {softmax_dim}, which also indexes queries (heads or positions), "
                     "not only key positions",
-                    fix="take the softmax over the key dim (the last dim of q @ k.transpose(-1, -2))",
+                    fix="nothing: a softmax over heads or query positions is not attention; the site stays with Inductor "
+                        "(attention takes it over the key dim, the last dim of q @ k.transpose(-1, -2))",
                 )
             if not all(keys):
-                raise Decline(f"a score term is broadcast along the softmax dim {softmax_dim}")
+                raise Decline(f"a score term is broadcast along the softmax dim {softmax_dim}",
+                              fix="nothing: a score term that is constant along the keys does not change the softmax "
+                                  "(drop it); every term must vary with the key position")
             slot.role = "key"
             continue
         if any(key and not query for key, query in zip(keys, queries)):
             raise Decline(
                 f"key positions also vary along dim {slot.dim}: the softmax over dim {softmax_dim} does not "
                 "cover all keys",
-                fix="take the softmax over the dim that holds all key positions",
+                fix="take the softmax over the dim that holds all key positions, and give q a real dim wherever k has "
+                    "one (no q expanded over the batch or the heads)",
             )
         if not any(queries):
-            raise Decline(f"the scores are broadcast along dim {slot.dim}")
+            raise Decline(f"the scores are broadcast along dim {slot.dim}",
+                          fix="scores that vary along every dim (no expand of q @ k over a dim it does not depend on)")
         slot.role = "paired" if any(keys) else "row"
     if sum(1 for slot in slots if slot.role == "key") != 1:
-        raise Decline("key positions are split over several runs")
+        raise Decline("key positions are split over several runs",
+                      fix="the key positions in one dim of the scores ([B, H, Lq, S])")

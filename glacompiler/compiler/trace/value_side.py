@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from torch import fx
 
-from ..decline import Decline
+from ..decline import UNEXPECTED_GRAPH, Decline
 from .layout import Layout, fake_value, compose, is_view_like, merge_adjacent, regroup
 from .operands import Operand, convert_dtypes, is_call, walk_operand
 from .products import ProductAtoms, bmm_atoms
@@ -45,7 +45,8 @@ def follow_probabilities(probs: fx.Node) -> tuple:
         user = users[0]
         if is_call(user, *PRODUCT_OPS):
             if user.args[0] is not current:
-                raise Decline("the probabilities are the right operand of the value product")
+                raise Decline("the probabilities are the right operand of the value product",
+                              fix="compute probs @ v (the probabilities on the left)", node=user)
             return user, chain
         dtypes = convert_dtypes(user)
         if is_view_like(user) or (dtypes is not None and dtypes[1].is_floating_point):
@@ -64,7 +65,9 @@ def analyze_values(left_over_slots: Layout, v: Operand, slots: list, output: fx.
     product reshaped to its own shape."""
     atoms = bmm_atoms(left_over_slots, v.layout)
     if atoms is None:
-        raise Decline("the probabilities and V do not line up over batch or head dims")
+        raise Decline("the probabilities and V do not line up over batch or head dims",
+                      fix="V with the same batch and head dims as the scores (expand or repeat_interleave the KV "
+                          "heads, or SDPA enable_gqa)")
     if is_call(output, *PRODUCT_OPS):
         output_over_atoms = atoms.output_layout()
     else:
@@ -74,13 +77,15 @@ def analyze_values(left_over_slots: Layout, v: Operand, slots: list, output: fx.
     seen = set()
     for atom in atoms.batch + atoms.rows:
         if not whole(atom.left, slot_sizes):
-            raise Decline("the value product splits a score dim differently from the q.k product")
+            raise Decline("the value product splits a score dim differently from the q.k product",
+                          fix="reshape the probabilities only back to the scores' layout before @ v")
         index = atom.left.axis
         slot = slots[index]
         seen.add(index)
         if slot.role in ("batch", "head", "paired"):
             if atom.right is None or atom.right.axis is None:
-                raise Decline("V is not indexed by the same batch/KV-head axes as K")
+                raise Decline("V is not indexed by the same batch/KV-head axes as K",
+                              fix="V indexed by the same batch and KV-head dims as K")
             slot_pieces[index] = atom.right
         elif atom.right is not None:
             raise Decline("V varies along a query row, so rows do not share their values",
@@ -95,13 +100,18 @@ def analyze_values(left_over_slots: Layout, v: Operand, slots: list, output: fx.
         or len(value_keys) != 1
         or value_keys[0].axis is None
     ):
-        raise Decline("the value product does not sum the probabilities over the key positions of V")
+        raise Decline("the value product does not sum the probabilities over the key positions of V",
+                      fix="nothing: probs @ v must sum over the key positions of V; any other contraction is not "
+                          "attention (the site stays with Inductor)")
     dims = merge_adjacent([a.right for a in atoms.cols if a.right is not None])
     if len(dims) != 1 or dims[0].axis is None or len(atoms.cols) != len([a for a in atoms.cols if a.right]):
-        raise Decline("the value dim of V is not one run of one axis")
+        raise Decline("the value dim of V is not one run of one axis",
+                      fix="V's value dim as one dim of its tensor ([.., Hkv, Dv] view of the projection)")
     missing = [i for i, s in enumerate(slots) if s.role != "key" and i not in seen]
     if missing:
-        raise Decline("a score dim is summed away by the value product")
+        raise Decline("a score dim is summed away by the value product",
+                      fix="nothing: a value product that sums over a query or head dim is not attention; the site "
+                          "stays with Inductor")
     return ValueSide(v, atoms, output, output_over_atoms, slot_pieces, value_keys[0], dims[0], chain)
 
 
@@ -109,13 +119,15 @@ def values_of_product(probs: fx.Node, slots: list, c_over_slots: Layout) -> Valu
     product, chain = follow_probabilities(probs)
     left = walk_operand(product.args[0], allow_scale=False, any_float_cast=True)
     if left.base is not probs:
-        raise Decline("the value product's left operand is not the probabilities")
+        raise Decline("the value product's left operand is not the probabilities",
+                      fix="use the softmax output (cast or viewed only) as the left operand of @ v")
     left_over_slots = compose(left.layout, c_over_slots)
     if left_over_slots is None:
-        raise Decline("the probabilities are regrouped in a way that cannot be followed")
+        raise Decline("the probabilities are regrouped in a way that cannot be followed",
+                      fix="reshape the probabilities only back to the scores' layout before @ v")
     v = walk_operand(product.args[1], allow_scale=False)
     if v.layout.rank != left_over_slots.rank:
-        raise Decline("the value product has unexpected operand ranks")
+        raise Decline("the value product has unexpected operand ranks", fix=UNEXPECTED_GRAPH)
     return analyze_values(left_over_slots, v, slots, product, chain + left.nodes)
 
 
@@ -123,5 +135,5 @@ def output_layout_for(atoms: ProductAtoms, output: fx.Node) -> Layout:
     """An output that is the (virtual) product reshaped to its own shape, e.g. SDPA's [*, Hq, L, Ev]."""
     dims = regroup(atoms.output_layout().pieces(), list(fake_value(output).shape))
     if dims is None:
-        raise Decline("the attention output cannot be related to the value product")
+        raise Decline("the attention output cannot be related to the value product", fix=UNEXPECTED_GRAPH)
     return Layout(tuple(merge_adjacent(d) for d in dims), tuple(a.size for a in atoms.output_atoms))
