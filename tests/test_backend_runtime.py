@@ -137,6 +137,49 @@ def test_pass_failure_compiles_unrewritten_with_a_warning(monkeypatch):
     assert record.status == "skipped" and "injected failure" in record.reason
 
 
+class CppCompileError(RuntimeError):
+    """Stands in for Inductor's (matched by name, as the backend matches it)."""
+
+
+def test_cpp_wrapper_failure_recompiles_with_the_python_wrapper(monkeypatch):
+    """Inductor's C++ wrapper fails on some graphs (torch 2.11 with MoE's _grouped_mm); where the wrapper was
+    the backend's default choice, the graph is compiled again without it, and the report holds one record."""
+    from glacompiler.compiler import torch_compile_backend
+
+    real_compile_fx = torch_compile_backend.compile_fx
+    wrapper_choices = []
+
+    def compile_fx(gm, example_inputs, config_patches):
+        wrapper_choices.append(config_patches.get("cpp_wrapper"))
+        compiled = real_compile_fx(gm, example_inputs, config_patches={**config_patches, "cpp_wrapper": False})
+        if config_patches.get("cpp_wrapper"):  # after the pass ran, as Inductor's codegen fails after it
+            raise RuntimeError("InductorError") from CppCompileError("C++ compile error")
+        return compiled
+
+    monkeypatch.setattr(torch_compile_backend, "compile_fx", compile_fx)
+    monkeypatch.delenv("GLACOMPILER_STRICT", raising=False)
+    backend = glacompiler.backend()
+    monkeypatch.setattr(backend, "config_patches", lambda example_inputs=(): {"cpp_wrapper": True})
+    q, k, v = sdpa_inputs()
+    torch._dynamo.reset()
+    glacompiler.reset_report()
+    with pytest.warns(RuntimeWarning, match="compiling it with the Python wrapper"), torch.no_grad():
+        out = torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                            backend=backend)(q, k, v)
+    assert_close(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+    assert wrapper_choices == [True, False]
+    (record,) = glacompiler.compile_report()
+    assert record.status == "rewritten", str(record)
+
+    # The user's own choice of the wrapper is theirs: its failure is raised.
+    chosen = glacompiler.backend(cpp_wrapper=True)
+    monkeypatch.setattr(chosen, "config_patches", lambda example_inputs=(): {"cpp_wrapper": True})
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="InductorError"), torch.no_grad():
+        torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                      backend=chosen)(q, k, v)
+
+
 def test_strict_mode_raises(monkeypatch):
     monkeypatch.setattr(graph_pass, "emit_site", _explode)
     monkeypatch.setenv("GLACOMPILER_STRICT", "1")

@@ -74,6 +74,13 @@ def reset_report() -> None:
         _records.clear()
 
 
+def discard_records(records: list) -> None:
+    """Take back records of a compile that is being redone (the retry makes its own)."""
+    taken = {id(record) for record in records}
+    with _lock:
+        _records[:] = [record for record in _records if id(record) not in taken]
+
+
 def add_records(records: list) -> None:
     with _lock:
         _forget_if_dynamo_was_reset()

@@ -18,9 +18,23 @@ from torch._dynamo.utils import counters
 from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
 from .inductor_guard import inductor_attention_fusion_disabled
 from .record_store import graph_records_key, load_records, save_records
-from .report import add_records
+from .report import add_records, discard_records
 
 _graph_ids = itertools.count()
+
+
+def _error_chain(error: BaseException):
+    seen = set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _is_cpp_compile_error(error: BaseException) -> bool:
+    """A C++ compile failure of Inductor's output (its CppCompileError, possibly inside an InductorError)."""
+    return any(type(e).__name__ == "CppCompileError" or "CppCompileError" in str(e)[:200] for e in _error_chain(error))
 
 
 def _caused_by_pass(error: BaseException) -> bool:
@@ -92,6 +106,22 @@ class GlaBackend:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
         patches = self.config_patches(example_inputs)
         graph_name = f"graph {next(_graph_ids)}"
+        try:
+            return self._compile_with_pass(gm, example_inputs, patches, graph_name)
+        except Exception as error:
+            if not (self._chose_cpp_wrapper(patches) and _is_cpp_compile_error(error)) or strict_mode():
+                raise
+            # Inductor's C++ wrapper does not compile every graph (torch 2.11: MoE's _grouped_mm); the wrapper
+            # is our default, not the user's choice, so the graph is compiled with Inductor's Python wrapper.
+            warnings.warn(f"glacompiler: Inductor's C++ wrapper failed to compile {graph_name}; compiling it with "
+                          f"the Python wrapper ({str(error).splitlines()[0][:200]})", RuntimeWarning, stacklevel=2)
+            return self._compile_with_pass(gm, example_inputs, {**patches, "cpp_wrapper": False}, graph_name)
+
+    def _chose_cpp_wrapper(self, patches: dict) -> bool:
+        return bool(patches.get("cpp_wrapper")) and self.cpp_wrapper is None and \
+            "cpp_wrapper" not in self.inductor_config
+
+    def _compile_with_pass(self, gm, example_inputs, patches: dict, graph_name: str):
         user_pass = patches.get("joint_custom_pre_pass", torch._inductor.config.joint_custom_pre_pass)
         our_pass = AttentionRewritePass(self.rewrite, chained=user_pass, graph_name=graph_name)
         records_key = self._records_key(gm, example_inputs, our_pass, patches)
@@ -101,6 +131,7 @@ class GlaBackend:
                                          our_pass, records_key)
             except Exception as error:
                 if not _caused_by_pass(error) or strict_mode():
+                    discard_records(our_pass.records)  # the caller may compile this graph again
                     raise
                 warnings.warn(
                     f"glacompiler: the attention pass failed on {graph_name} ({error!r}); compiling it without "
