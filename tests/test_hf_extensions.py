@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import glacompiler
-from test_backend_hf import call, make_cache
-from test_backend_support import assert_close
+from test_backend_hf import call, compiled_equals_eager, make_cache
 
 pytestmark = pytest.mark.slow  # whole models
 
@@ -38,14 +37,7 @@ def sharpen_queries(model, factor: float) -> None:
 
 
 def check_model(model, config, extension: str, num_layers: int):
-    torch._dynamo.reset()
-    glacompiler.reset_report()
-    with torch.no_grad():
-        compiled = generate(model, config, torch.compile(model.forward, backend="gla"))
-        eager = generate(model, config, model.forward)
-    for ours, theirs in zip(compiled, eager):
-        assert_close(ours, theirs, tol=1e-4)
-    records = glacompiler.compile_report()
+    records = compiled_equals_eager(model, config, generate)
     rewritten = [r for r in records if r.status == "rewritten"]
     skipped = [r for r in records if r.status == "skipped"]
     # Every layer of every decode graph (dynamo may compile the step twice as shapes turn dynamic).
