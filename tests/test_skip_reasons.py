@@ -156,6 +156,13 @@ def sinks_per_sequence(q, k, v, sinks):
     return probs[..., :-1] @ values(v)
 
 
+def sinks_permuted(q, k, v, sinks):
+    scores = q @ keys_t(k) * 0.25
+    column = sinks.reshape(2, HQ // 2).t().reshape(1, HQ, 1, 1).expand(B, HQ, 1, 1)  # head h takes a strided sink
+    probs = torch.cat([scores, column], dim=-1).softmax(-1)
+    return probs[..., :-1] @ values(v)
+
+
 # ---- trace/score_side.py --------------------------------------------------------------------------------------
 
 def negative_scale(q, k, v):
@@ -272,6 +279,26 @@ def query_not_batched(q, k, v):
     return (q.expand(B, HQ, 1, D) @ keys_t(k)).softmax(-1) @ values(v)  # q [1, HQ, 1, D]
 
 
+def query_dim_in_two_runs(q_pairs, k, v):
+    q = q_pairs.transpose(-1, -2).reshape(B, HQ, 1, D)  # [B, HQ, 1, D/2, 2]: the head dim interleaved
+    return (q @ keys_t(k)).softmax(-1) @ values(v)
+
+
+def key_half_broadcast(q, k_half, v):
+    keys = k_half[..., None].expand(B, HQ, S, D // 2, 2).reshape(B, HQ, S, D)  # each key element twice
+    return (q @ keys.transpose(-1, -2)).softmax(-1) @ values(v)
+
+
+def softmax_over_heads(q, k, v):
+    return (q @ keys_t(k) * 0.25).softmax(1) @ values(v)
+
+
+def rope_key_broadcast(q_latent, q_rope, latent, rope_key):
+    rope_key = rope_key[:, :1].expand(B, S, ROPE)  # one rope key for every position
+    scores = torch.einsum("blhc,bsc->bhls", q_latent, latent) + torch.einsum("blhr,bsr->bhls", q_rope, rope_key)
+    return torch.einsum("bhls,bsc->blhc", (scores * 0.1).softmax(-1), latent)
+
+
 def sdpa_mha(q, k, v):
     return F.scaled_dot_product_attention(q, k, v)
 
@@ -300,6 +327,16 @@ def value_dim_in_two_runs(q, k, v_pairs):
 def v_batch_broadcast(q, k, v, v_one):
     probs = (q @ keys_t(k) * 0.25).softmax(-1)
     return probs @ v_one.expand(B, HQ, S, D)  # V [1, HQ, S, D]
+
+
+def heads_summed(q, k, v):
+    probs = (q @ keys_t(k) * 0.25).softmax(-1)  # [B, HQ, 1, S]
+    return probs.transpose(1, 2).reshape(B, 1, HQ * S) @ values(v).reshape(B, HQ * S, D)  # sums heads and keys
+
+
+def probs_regrouped(q, k, v):
+    probs = (q @ keys_t(k) * 0.25).softmax(-1)
+    return probs.permute(0, 3, 2, 1).reshape(B, HQ, 1, S) @ values(v)  # mixes heads and key positions
 
 
 class Case(NamedTuple):
@@ -392,6 +429,20 @@ CASES = {
                                   "the value dim of V is not one run of one axis", "one dim of its tensor"),
     "v_batch_broadcast": Case(v_batch_broadcast, lambda: (*inputs(), randn(1, HQ, S, D)),
                               "V is not indexed by the same batch/KV-head axes as K", "the same batch and KV-head"),
+    "sinks_permuted": Case(sinks_permuted, lambda: (*inputs(), randn(HQ)), "the sinks vary along part of a score dim",
+                           "sinks given per query head"),
+    "query_dim_in_two_runs": Case(query_dim_in_two_runs, lambda: (randn(B, HQ, 1, D // 2, 2), *inputs()[1:]),
+                                  "the query's head dim is not one run of one axis", "one dim of its tensor"),
+    "key_half_broadcast": Case(key_half_broadcast, lambda: (inputs()[0], randn(B, HQ, S, D // 2), inputs()[2]),
+                               "the q.k product sums over a broadcast dim", "not attention's dot product"),
+    "softmax_over_heads": Case(softmax_over_heads, inputs, "the softmax runs over dim 1, which also indexes queries",
+                               "a softmax over heads or query positions is not attention"),
+    "rope_key_broadcast": Case(rope_key_broadcast, latent_inputs, "a score term is broadcast along the softmax dim 3",
+                               "every term must vary with the key position"),
+    "heads_summed": Case(heads_summed, inputs, "does not sum the probabilities over the key positions of V",
+                         "probs @ v must sum over the key positions of V"),
+    "probs_regrouped": Case(probs_regrouped, inputs, "the value product splits a score dim differently",
+                            "reshape the probabilities only back to the scores' layout"),
 }
 
 
