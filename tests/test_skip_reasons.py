@@ -14,12 +14,14 @@ The table (CASES) by check, module of the pass -> cases:
                        masks per head                                    mask_per_head, mask_built_elsewhere
                        number of score terms, their scales               three_products, scaled_differently
                        cache layout, op's own checks                     key_not_contiguous, head_dim_unsupported
+                       a rope query shared by all heads                  rope_query_broadcast
   plan/extensions.py   soft cap on a latent, ALiBi with several tokens   softcap_on_latent, alibi_two_tokens
                        sinks per sequence                                sinks_per_sequence
   trace/score_side.py  every node between q @ k and the softmax          negative_scale, constant_added,
                                                                          add_with_alpha, integer_scores,
                                                                          sliced_scores, where_other_tensor,
-                                                                         integer_mask, fill_zero, alibi_twice
+                                                                         integer_mask, fill_zero, alibi_twice,
+                                                                         fill_over_exp, fill_over_sum
   trace/score_mods.py  soft cap, sinks                                   two_tanh, mask_under_tanh,
                                                                          three_sink_columns, sink_column_first,
                                                                          sink_column_kept, sinks_scores_used,
@@ -127,6 +129,12 @@ def scaled_differently(q_latent, q_rope, latent, rope_key):
     return torch.einsum("bhls,bsc->blhc", scores.softmax(-1), latent)
 
 
+def rope_query_broadcast(q_latent, q_rope, latent, rope_key):
+    q_rope = q_rope[:, :, :1].expand(B, 1, HQ, ROPE)  # head 0's rope query for every head
+    scores = torch.einsum("blhc,bsc->bhls", q_latent, latent) + torch.einsum("blhr,bsr->bhls", q_rope, rope_key)
+    return torch.einsum("bhls,bsc->blhc", (scores * 0.1).softmax(-1), latent)
+
+
 def key_not_contiguous(q, key_store, v):
     k = key_store.transpose(-1, -2)  # the cache is stored [B, Hkv, D, S]
     return (q @ keys_t(k)).softmax(-1) @ values(v)
@@ -205,6 +213,15 @@ def alibi_twice(q, k, v):
     scores = scores + alibi_slopes() * positions
     scores = scores + alibi_slopes() * positions
     return scores.softmax(-1) @ values(v)
+
+
+def fill_over_exp(q, k, v, bias):
+    # masked_fill's mask comes from q @ k, so the softmax input reaches a product, but its scores do not
+    return bias.exp().masked_fill((q @ keys_t(k)).bool(), -math.inf).softmax(-1) @ values(v)
+
+
+def fill_over_sum(q, k, v, bias, other):
+    return (bias + other).masked_fill((q @ keys_t(k) * 0).bool(), -math.inf).softmax(-1) @ values(v)
 
 
 # ---- trace/score_mods.py --------------------------------------------------------------------------------------
@@ -443,6 +460,14 @@ CASES = {
                          "probs @ v must sum over the key positions of V"),
     "probs_regrouped": Case(probs_regrouped, inputs, "the value product splits a score dim differently",
                             "reshape the probabilities only back to the scores' layout"),
+    "rope_query_broadcast": Case(rope_query_broadcast, latent_inputs, "the rope query is broadcast along the group dim",
+                                 "a rope query that varies along the group dim"),
+    "fill_over_exp": Case(fill_over_exp, lambda: (*inputs(), randn(B, HQ, 1, S)),
+                          "scores are computed by aten.exp.default (not a scale, a mask or a q.k product)",
+                          "only scalar scales, masks", node_line="return bias.exp().masked_fill("),
+    "fill_over_sum": Case(fill_over_sum, lambda: (*inputs(), randn(B, HQ, 1, S), randn(B, HQ, 1, S)),
+                          "neither side of an add on the scores comes from a q.k product",
+                          "scores that do not come from q @ k are not attention", node_line="return (bias + other)"),
 }
 
 
