@@ -217,7 +217,7 @@ def alibi_twice(q, k, v):
 
 def fill_over_exp(q, k, v, bias):
     # masked_fill's mask comes from q @ k, so the softmax input reaches a product, but its scores do not
-    return bias.exp().masked_fill((q @ keys_t(k)).bool(), -math.inf).softmax(-1) @ values(v)
+    return bias.exp().masked_fill((q @ keys_t(k) * 0).bool(), -math.inf).softmax(-1) @ values(v)
 
 
 def fill_over_sum(q, k, v, bias, other):
