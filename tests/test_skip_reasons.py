@@ -89,6 +89,11 @@ def scores_returned(q, k, v):
     return scores.softmax(-1) @ values(v), scores
 
 
+def scaled_scores_returned(q, k, v, bias):
+    scaled = q @ keys_t(k) * 0.25
+    return (scaled + bias).softmax(-1) @ values(v), scaled
+
+
 def two_terms_per_head(q, k, v, q2, k2):
     scores = q @ keys_t(k) + q2 @ keys_t(k2)  # two per-head keys: no rope key shared by all heads
     return scores.softmax(-1) @ values(v)
@@ -158,6 +163,18 @@ def alibi_two_tokens(q, k, v):
     return scores.masked_fill(~causal, -math.inf).softmax(-1) @ values(v)
 
 
+def alibi_slopes_in_pairs(q, k, v):
+    slopes = torch.linspace(0.1, 0.8, HQ // 2)[:, None].expand(HQ // 2, 2).reshape(1, HQ, 1, 1)  # heads 2i, 2i+1
+    scores = q @ keys_t(k) * 0.25 + slopes * torch.arange(S, dtype=torch.float32)
+    return scores.softmax(-1) @ values(v)
+
+
+def alibi_positions_restart(q, k, v):
+    positions = torch.arange(S // 2, dtype=torch.float32)[None].expand(2, S // 2).reshape(S)  # 0..S/2-1 twice
+    scores = q @ keys_t(k) * 0.25 + alibi_slopes() * positions
+    return scores.softmax(-1) @ values(v)
+
+
 def sinks_per_sequence(q, k, v, sinks):
     scores = q @ keys_t(k) * 0.25
     probs = torch.cat([scores, sinks.reshape(B, HQ, 1, 1)], dim=-1).softmax(-1)  # sinks [B, HQ]
@@ -201,6 +218,11 @@ def where_other_tensor(q, k, v, valid, other):
 
 def integer_mask(q, k, v, bias):
     return (q @ keys_t(k) + bias).softmax(-1) @ values(v)
+
+
+def bias_per_key_block(q, k, v, bias):
+    block_bias = bias.reshape(B, 1, 2, 1).expand(B, 1, 2, S // 2).reshape(B, 1, 1, S)  # one value per half of the keys
+    return (q @ keys_t(k) + block_bias).softmax(-1) @ values(v)
 
 
 def fill_zero(q, k, v, valid):
@@ -468,6 +490,16 @@ CASES = {
     "fill_over_sum": Case(fill_over_sum, lambda: (*inputs(), randn(B, HQ, 1, S), randn(B, HQ, 1, S)),
                           "neither side of an add on the scores comes from a q.k product",
                           "scores that do not come from q @ k are not attention", node_line="return (bias + other)"),
+    "scaled_scores_returned": Case(scaled_scores_returned, lambda: (*inputs(), randn(B, 1, 1, S)),
+                                   "score node mul is also used by output", "use the scores only inside the attention",
+                                   node_line="return (scaled + bias).softmax(-1) @ values(v), scaled"),
+    "alibi_slopes_in_pairs": Case(alibi_slopes_in_pairs, inputs, "the ALiBi slopes vary along part of a score dim",
+                                  "ALiBi slopes given per query head"),
+    "alibi_positions_restart": Case(alibi_positions_restart, inputs,
+                                    "the ALiBi key positions vary along part of a score dim",
+                                    "one [S] range along the key dim"),
+    "bias_per_key_block": Case(bias_per_key_block, lambda: (*inputs(), randn(B, 2)),
+                               "varies along part of a score dim", "varies along whole batch, query and key dims"),
 }
 
 
