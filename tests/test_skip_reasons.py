@@ -15,6 +15,8 @@ The table (CASES) by check, module of the pass -> cases:
                        number of score terms, their scales               three_products, scaled_differently
                        cache layout, op's own checks                     key_not_contiguous, head_dim_unsupported
                        a rope query shared by all heads                  rope_query_broadcast
+                       query positions, batch dims under a mask          positions_in_two_dims,
+                                                                         latent_with_two_batch_dims
   plan/extensions.py   soft cap on a latent, ALiBi with several tokens   softcap_on_latent, alibi_two_tokens
                        sinks per sequence                                sinks_per_sequence
   trace/score_side.py  every node between q @ k and the softmax          negative_scale, constant_added,
@@ -138,6 +140,24 @@ def rope_query_broadcast(q_latent, q_rope, latent, rope_key):
     q_rope = q_rope[:, :, :1].expand(B, 1, HQ, ROPE)  # head 0's rope query for every head
     scores = torch.einsum("blhc,bsc->bhls", q_latent, latent) + torch.einsum("blhr,bsr->bhls", q_rope, rope_key)
     return torch.einsum("bhls,bsc->blhc", (scores * 0.1).softmax(-1), latent)
+
+
+def positions_in_two_dims(q, k, v, valid):
+    scores = q @ keys_t(k)[:, :, None]  # q [B, HQ, 2, 2, D]: four query tokens as 2 x 2
+    return scores.masked_fill(~valid, -math.inf).softmax(-1) @ values(v)[:, :, None]
+
+
+def latent_with_two_batch_dims(q_latent, q_rope, latent, rope_key, valid):
+    scores = (torch.einsum("xblhc,xbsc->xbhls", q_latent, latent)
+              + torch.einsum("xblhr,xbsr->xbhls", q_rope, rope_key)) * 0.1
+    scores = scores.masked_fill(~valid, -math.inf)  # valid [2, B, 1, 1, S]: per sequence of a 2 x B batch
+    return torch.einsum("xbhls,xbsc->xblhc", scores.softmax(-1), latent)
+
+
+def valid_for(*shape):
+    valid = torch.rand(*shape) < 0.8
+    valid[..., 0] = True
+    return valid
 
 
 def key_not_contiguous(q, key_store, v):
@@ -500,6 +520,14 @@ CASES = {
                                     "one [S] range along the key dim"),
     "bias_per_key_block": Case(bias_per_key_block, lambda: (*inputs(), randn(B, 2)),
                                "varies along part of a score dim", "varies along whole batch, query and key dims"),
+    "positions_in_two_dims": Case(positions_in_two_dims,
+                                  lambda: (randn(B, HQ, 2, 2, D), *inputs()[1:], valid_for(B, 1, 2, 2, S)),
+                                  "query positions are spread over several dims", "the query positions in one dim"),
+    "latent_with_two_batch_dims": Case(latent_with_two_batch_dims,
+                                       lambda: (randn(2, B, 1, HQ, LATENT), randn(2, B, 1, HQ, ROPE),
+                                                randn(2, B, S, LATENT), randn(2, B, S, ROPE), valid_for(2, B, 1, 1, S)),
+                                       "the mask varies along a batch that spans several dims", "one batch dim",
+                                       node_line="scores = scores.masked_fill(~valid, -math.inf)"),
 }
 
 
