@@ -8,7 +8,8 @@ rewrite=False row (test_backend_runtime.py).
 
 The table (CASES) by check, module of the pass -> cases:
   find/sdpa.py         read_sdpa: side outputs                           logsumexp_used
-  plan/match.py        scores used elsewhere; SDPA heads                 scores_returned, test_symbolic_sizes
+  plan/match.py        scores used elsewhere; SDPA heads                 scores_returned, scaled_scores_returned,
+                                                                         test_symbolic_sizes
                        two score terms, neither tied                     two_terms_per_head
   plan/site_plan.py    query length (prefill, symbolic), dtype           prefill, float64, test_symbolic_sizes
                        masks per head                                    mask_per_head, mask_built_elsewhere
@@ -18,12 +19,15 @@ The table (CASES) by check, module of the pass -> cases:
                        query positions, batch dims under a mask          positions_in_two_dims,
                                                                          latent_with_two_batch_dims
   plan/extensions.py   soft cap on a latent, ALiBi with several tokens   softcap_on_latent, alibi_two_tokens
-                       sinks per sequence                                sinks_per_sequence
+                       sinks and ALiBi slopes per head, ALiBi positions  sinks_per_sequence, sinks_permuted,
+                                                                         alibi_slopes_in_pairs,
+                                                                         alibi_positions_restart
   trace/score_side.py  every node between q @ k and the softmax          negative_scale, constant_added,
                                                                          add_with_alpha, integer_scores,
                                                                          sliced_scores, where_other_tensor,
                                                                          integer_mask, fill_zero, alibi_twice,
                                                                          fill_over_exp, fill_over_sum
+  trace/masks.py       where a mask varies                               bias_per_key_block
   trace/score_mods.py  soft cap, sinks                                   two_tanh, mask_under_tanh,
                                                                          three_sink_columns, sink_column_first,
                                                                          sink_column_kept, sinks_scores_used,
@@ -31,12 +35,29 @@ The table (CASES) by check, module of the pass -> cases:
   trace/operands.py    operand scales                                    infinite_scale
   trace/slots.py       the q.k product and the softmax dim               key_dim_broadcast, part_of_a_cat,
                                                                          key_positions_interleaved,
-                                                                         scores_expanded, query_not_batched,
-                                                                         sdpa_without_batch
-  trace/value_side.py  probabilities to the value product                probs_returned, dropout, v_per_query,
-                                                                         value_dim_in_two_runs, v_batch_broadcast
+                                                                         scores_keys_permuted, scores_expanded,
+                                                                         query_not_batched, sdpa_without_batch,
+                                                                         query_dim_in_two_runs,
+                                                                         key_half_broadcast, softmax_over_heads,
+                                                                         rope_key_broadcast
+  trace/value_side.py  probabilities to the value product                probs_returned, dropout,
+                                                                         integer_probabilities, v_per_query,
+                                                                         value_dim_in_two_runs, v_batch_broadcast,
+                                                                         heads_summed, probs_regrouped
   absorb/              (notes on fused expanded sites)                   test_absorb.py
 Reasons no user code reaches (internal invariants) carry UNEXPECTED_GRAPH as their fix and are not triggered.
+Checks with a user-facing fix that no code running correctly in eager reaches (so not triggered):
+  trace/value_side.py  probabilities as the right operand of the value product: the finder takes a softmax only
+                       when its output reaches a product's left operand through single-user views and casts,
+                       and follow_probabilities walks that same chain, so it ends at that product's left side
+  trace/score_side.py  no q.k product feeds the softmax: the finder takes a softmax only when its input reaches
+                       a product, and the walk recurses until it reaches one or declines on the way
+                       a non-boolean mask for where/masked_fill: eager masked_fill rejects it; eager where takes
+                       a uint8 condition, but dynamo's fake-tensor trace rejects it before the pass runs
+  trace/score_mods.py  a sink column that does not broadcast to the scores: torch.cat needs every other dim equal
+                       and the column is one wide along the cat dim, so it always broadcasts
+  absorb/expansion.py  a key part copied from a tensor that does not broadcast (eager copy_ rejects it); a key
+                       part never written (new_empty: the eager output reads uninitialized memory)
 """
 import inspect
 import math
@@ -329,6 +350,11 @@ def key_positions_interleaved(q, key_store, v):
     return (q @ keys_t(keys)).softmax(-1) @ values(v)
 
 
+def scores_keys_permuted(q, k, v):
+    scores = (q @ keys_t(k)).reshape(B, HQ, 2, S // 2).transpose(-1, -2).reshape(B, HQ, 1, S)  # key order permuted
+    return scores.softmax(-1) @ values(v)
+
+
 def scores_expanded(q, k, v):
     scores = (q @ keys_t(k)).expand(B, HQ, 3, S)
     return scores.softmax(-1) @ values(v)
@@ -367,6 +393,11 @@ def sdpa_mha(q, k, v):
 def probs_returned(q, k, v):
     probs = (q @ keys_t(k) * 0.25).softmax(-1)
     return probs @ values(v), probs
+
+
+def integer_probabilities(q, k, v):
+    probs = (q @ keys_t(k) * 0.25).softmax(-1)
+    return probs.to(torch.int64) @ values(v).to(torch.int64)
 
 
 def sdpa_dropout(q, k, v):
@@ -528,6 +559,12 @@ CASES = {
                                                 randn(2, B, S, LATENT), randn(2, B, S, ROPE), valid_for(2, B, 1, 1, S)),
                                        "the mask varies along a batch that spans several dims", "one batch dim",
                                        node_line="scores = scores.masked_fill(~valid, -math.inf)"),
+    "integer_probabilities": Case(integer_probabilities, inputs,
+                                  "the probabilities are cast from torch.float32 to torch.int64",
+                                  "keep the probabilities floating point",
+                                  node_line="return probs.to(torch.int64) @ values(v)"),
+    "scores_keys_permuted": Case(scores_keys_permuted, inputs, "key positions are split over several runs",
+                                 "the key positions in one dim of the scores"),
 }
 
 

@@ -53,6 +53,10 @@ def follow_probabilities(probs: fx.Node) -> tuple:
             chain.append(user)
             current = user
             continue
+        if dtypes is not None:  # an integer cast: not dropout, say what it is
+            raise Decline(f"the probabilities are cast from {dtypes[0]} to {dtypes[1]} before the value product",
+                          fix="keep the probabilities floating point (an integer cast rounds them to 0 or 1)",
+                          node=user)
         raise Decline(
             f"the probabilities pass through {user.target} before the value product (dropout or reweighting)",
             fix="no dropout at inference (model.eval(), dropout_p=0) and no reweighting of the probabilities",
