@@ -11,6 +11,7 @@ The table (CASES) by check, module of the pass -> cases:
   plan/match.py        scores used elsewhere; SDPA heads                 scores_returned, scaled_scores_returned,
                                                                          test_symbolic_sizes
                        two score terms, neither tied                     two_terms_per_head
+  plan/site_plan.py    two score terms, keys per head in each            terms_with_own_heads
   plan/site_plan.py    query length (prefill, symbolic), dtype           prefill, float64, test_symbolic_sizes
                        masks per head                                    mask_per_head, mask_built_elsewhere
                        number of score terms, their scales               three_products, scaled_differently
@@ -21,13 +22,14 @@ The table (CASES) by check, module of the pass -> cases:
   plan/extensions.py   soft cap on a latent, ALiBi with several tokens   softcap_on_latent, alibi_two_tokens
                        sinks and ALiBi slopes per head, ALiBi positions  sinks_per_sequence, sinks_permuted,
                                                                          alibi_slopes_in_pairs,
-                                                                         alibi_positions_restart
+                                                                         alibi_positions_restart,
+                                                                         sinks_heads_regrouped
   trace/score_side.py  every node between q @ k and the softmax          negative_scale, constant_added,
                                                                          add_with_alpha, integer_scores,
                                                                          sliced_scores, where_other_tensor,
                                                                          integer_mask, fill_zero, alibi_twice,
                                                                          fill_over_exp, fill_over_sum
-  trace/masks.py       where a mask varies                               bias_per_key_block
+  trace/masks.py       where a mask varies                               bias_per_key_block, bias_heads_regrouped
   trace/score_mods.py  soft cap, sinks                                   two_tanh, mask_under_tanh,
                                                                          three_sink_columns, sink_column_first,
                                                                          sink_column_kept, sinks_scores_used,
@@ -163,6 +165,12 @@ def rope_query_broadcast(q_latent, q_rope, latent, rope_key):
     return torch.einsum("bhls,bsc->blhc", (scores * 0.1).softmax(-1), latent)
 
 
+def terms_with_own_heads(q, k, q2, k2, v):
+    # scores [B, 2, 4, 1, S]: the first term's key varies along dim 1 only, the second's along dim 2 only
+    scores = q @ k.transpose(-1, -2) + q2 @ k2.transpose(-1, -2)
+    return scores.softmax(-1) @ v
+
+
 def positions_in_two_dims(q, k, v, valid):
     scores = q @ keys_t(k)[:, :, None]  # q [B, HQ, 2, 2, D]: four query tokens as 2 x 2
     return scores.masked_fill(~valid, -math.inf).softmax(-1) @ values(v)[:, :, None]
@@ -216,6 +224,17 @@ def alibi_positions_restart(q, k, v):
     return scores.softmax(-1) @ values(v)
 
 
+def sinks_heads_regrouped(q, k, v, sinks):
+    scores = q @ repeat_kv(k, 4).transpose(-1, -2) * 0.25  # 12 query heads as 3 KV heads x 4
+    column = sinks.reshape(3, 4).t().reshape(1, 12, 1, 1).expand(B, 12, 1, 1)  # sinks indexed as 4 x 3
+    probs = torch.cat([scores, column], dim=-1).softmax(-1)
+    return probs[..., :-1] @ repeat_kv(v, 4)
+
+
+def twelve_heads():
+    return randn(B, 12, 1, D), randn(B, 3, S, D), randn(B, 3, S, D)
+
+
 def sinks_per_sequence(q, k, v, sinks):
     scores = q @ keys_t(k) * 0.25
     probs = torch.cat([scores, sinks.reshape(B, HQ, 1, 1)], dim=-1).softmax(-1)  # sinks [B, HQ]
@@ -264,6 +283,11 @@ def integer_mask(q, k, v, bias):
 def bias_per_key_block(q, k, v, bias):
     block_bias = bias.reshape(B, 1, 2, 1).expand(B, 1, 2, S // 2).reshape(B, 1, 1, S)  # one value per half of the keys
     return (q @ keys_t(k) + block_bias).softmax(-1) @ values(v)
+
+
+def bias_heads_regrouped(q, k, v, bias):
+    per_head = bias.reshape(B, 3, 4).transpose(1, 2).reshape(B, 12, 1, 1)  # heads indexed as 4 x 3, not 3 x 4
+    return (q @ repeat_kv(k, 4).transpose(-1, -2) + per_head).softmax(-1) @ repeat_kv(v, 4)
 
 
 def fill_zero(q, k, v, valid):
@@ -565,6 +589,14 @@ CASES = {
                                   node_line="return probs.to(torch.int64) @ values(v)"),
     "scores_keys_permuted": Case(scores_keys_permuted, inputs, "key positions are split over several runs",
                                  "the key positions in one dim of the scores"),
+    "terms_with_own_heads": Case(terms_with_own_heads,
+                                 lambda: (randn(B, 2, 4, 1, D), randn(B, 2, 1, S, D), randn(B, 2, 4, 1, 32),
+                                          randn(B, 1, 4, S, 32), randn(B, 2, 4, S, D)),
+                                 "each score term has keys per head", "one rope key for all heads"),
+    "sinks_heads_regrouped": Case(sinks_heads_regrouped, lambda: (*twelve_heads(), randn(12)),
+                                  "the sinks do not line up with the scores", "sinks given per query head"),
+    "bias_heads_regrouped": Case(bias_heads_regrouped, lambda: (*twelve_heads(), randn(B, 12)),
+                                 "does not line up with the scores", "one dim per score dim"),
 }
 
 
