@@ -11,8 +11,8 @@ The table (CASES) by check, module of the pass -> cases:
   plan/match.py        scores used elsewhere; SDPA heads                 scores_returned, scaled_scores_returned,
                                                                          test_symbolic_sizes
                        two score terms, neither tied                     two_terms_per_head
-  plan/site_plan.py    two score terms, keys per head in each            terms_with_own_heads
   plan/site_plan.py    query length (prefill, symbolic), dtype           prefill, float64, test_symbolic_sizes
+                       two score terms, keys per head in each            terms_with_own_heads
                        masks per head                                    mask_per_head, mask_built_elsewhere
                        number of score terms, their scales               three_products, scaled_differently
                        cache layout, op's own checks                     key_not_contiguous, head_dim_unsupported
