@@ -41,11 +41,13 @@ The table (CASES) by check, module of the pass -> cases:
                                                                          query_not_batched, sdpa_without_batch,
                                                                          query_dim_in_two_runs,
                                                                          key_half_broadcast, softmax_over_heads,
-                                                                         rope_key_broadcast
+                                                                         rope_key_broadcast,
+                                                                         qk_rows_regrouped, scores_regrouped
   trace/value_side.py  probabilities to the value product                probs_returned, dropout,
                                                                          integer_probabilities, v_per_query,
                                                                          value_dim_in_two_runs, v_batch_broadcast,
-                                                                         heads_summed, probs_regrouped
+                                                                         heads_summed, probs_regrouped,
+                                                                         v_rows_regrouped, probs_viewed_regrouped
   absorb/              (notes on fused expanded sites)                   test_absorb.py
 Reasons no user code reaches (internal invariants) carry UNEXPECTED_GRAPH as their fix and are not triggered.
 Checks with a user-facing fix that no code running correctly in eager reaches (so not triggered):
@@ -408,6 +410,16 @@ def rope_key_broadcast(q_latent, q_rope, latent, rope_key):
     return torch.einsum("bhls,bsc->blhc", (scores * 0.1).softmax(-1), latent)
 
 
+def qk_rows_regrouped(q, k_store, v):  # q [3, 4, 1, D], k_store [4, 3, S, D]: 12 rows grouped differently
+    scores = q.reshape(12, 1, D) @ k_store.reshape(12, S, D).transpose(-1, -2)
+    return scores.softmax(-1) @ v
+
+
+def scores_regrouped(q, k, v):  # q, k [3, 4, ...]; the scores viewed as 4 x 3
+    scores = (q.reshape(12, 1, D) @ k.reshape(12, S, D).transpose(-1, -2)).reshape(4, 3, 1, S)
+    return scores.softmax(-1) @ v
+
+
 def sdpa_mha(q, k, v):
     return F.scaled_dot_product_attention(q, k, v)
 
@@ -451,6 +463,16 @@ def heads_summed(q, k, v):
 def probs_regrouped(q, k, v):
     probs = (q @ keys_t(k) * 0.25).softmax(-1)
     return probs.permute(0, 3, 2, 1).reshape(B, HQ, 1, S) @ values(v)  # mixes heads and key positions
+
+
+def v_rows_regrouped(q, k, v_store):  # q, k [3, 4, ...], v_store [4, 3, S, D]
+    probs = (q @ k.transpose(-1, -2)).softmax(-1).reshape(12, 1, S)
+    return probs @ v_store.reshape(12, S, D)
+
+
+def probs_viewed_regrouped(q, k, v):  # q, k [3, 4, ...]; the probabilities viewed as 4 x 3
+    probs = (q @ k.transpose(-1, -2)).softmax(-1)
+    return probs.reshape(4, 3, 1, S) @ v
 
 
 class Case(NamedTuple):
@@ -597,6 +619,19 @@ CASES = {
                                   "the sinks do not line up with the scores", "sinks given per query head"),
     "bias_heads_regrouped": Case(bias_heads_regrouped, lambda: (*twelve_heads(), randn(B, 12)),
                                  "does not line up with the scores", "one dim per score dim"),
+    "qk_rows_regrouped": Case(qk_rows_regrouped, lambda: (randn(3, 4, 1, D), randn(4, 3, S, D), randn(12, S, D)),
+                              "the operands of a q.k product do not line up over batch or head dims",
+                              "q and k with the same batch and head dims"),
+    "scores_regrouped": Case(scores_regrouped, lambda: (randn(3, 4, 1, D), randn(3, 4, S, D), randn(4, 3, S, D)),
+                             "the scores regroup the q.k product in a way that cannot be followed",
+                             "reshape the q @ k product only back to [B, H, Lq, S]"),
+    "v_rows_regrouped": Case(v_rows_regrouped, lambda: (randn(3, 4, 1, D), randn(3, 4, S, D), randn(4, 3, S, D)),
+                             "the probabilities and V do not line up over batch or head dims",
+                             "V with the same batch and head dims as the scores"),
+    "probs_viewed_regrouped": Case(probs_viewed_regrouped,
+                                   lambda: (randn(3, 4, 1, D), randn(3, 4, S, D), randn(4, 3, S, D)),
+                                   "views them in a way that cannot be followed back to them",
+                                   "viewed only back to the scores' layout"),
 }
 
 
