@@ -28,7 +28,8 @@ The table (CASES) by check, module of the pass -> cases:
                                                                          add_with_alpha, integer_scores,
                                                                          sliced_scores, where_other_tensor,
                                                                          integer_mask, fill_zero, alibi_twice,
-                                                                         fill_over_exp, fill_over_sum
+                                                                         fill_over_exp, fill_over_sum,
+                                                                         bias_on_regrouped_scores
   trace/masks.py       where a mask varies                               bias_per_key_block, bias_heads_regrouped
   trace/score_mods.py  soft cap, sinks                                   two_tanh, mask_under_tanh,
                                                                          three_sink_columns, sink_column_first,
@@ -271,6 +272,11 @@ def integer_scores(q, k, v):
 
 def sliced_scores(q, k, v):
     return (q @ keys_t(k))[..., : S - 4].softmax(-1) @ values(v)[:, :, : S - 4]
+
+
+def bias_on_regrouped_scores(q, k, v, bias):  # q, k, v [3, 4, ...]; the bias added over a 4 x 3 view
+    scores = ((q @ k.transpose(-1, -2)).reshape(4, 3, 1, S) + bias).reshape(3, 4, 1, S)
+    return scores.softmax(-1) @ v
 
 
 def where_other_tensor(q, k, v, valid, other):
@@ -632,6 +638,12 @@ CASES = {
                                    lambda: (randn(3, 4, 1, D), randn(3, 4, S, D), randn(4, 3, S, D)),
                                    "views them in a way that cannot be followed back to them",
                                    "viewed only back to the scores' layout"),
+    "bias_on_regrouped_scores": Case(bias_on_regrouped_scores,
+                                     lambda: (randn(3, 4, 1, D), randn(3, 4, S, D), randn(3, 4, S, D),
+                                              randn(4, 1, 1, S)),
+                                     "regroups their dims in a way that cannot be followed",
+                                     "reshapes that split or merge whole dims only",
+                                     node_line="scores = ((q @ k.transpose(-1, -2)).reshape(4, 3, 1, S) + bias)"),
 }
 
 
