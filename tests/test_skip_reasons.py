@@ -55,6 +55,8 @@ Checks with a user-facing fix that no code running correctly in eager reaches (s
   trace/value_side.py  probabilities as the right operand of the value product: the finder takes a softmax only
                        when its output reaches a product's left operand through single-user views and casts,
                        and follow_probabilities walks that same chain, so it ends at that product's left side
+  plan/match.py        an SDPA mask that does not broadcast to the scores: eager SDPA adds the mask to the
+                       scores, so it raises first
   trace/score_side.py  no q.k product feeds the softmax: the finder takes a softmax only when its input reaches
                        a product, and the walk recurses until it reaches one or declines on the way
                        a non-boolean mask for where/masked_fill: eager masked_fill rejects it; eager where takes
