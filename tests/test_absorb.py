@@ -2,6 +2,8 @@
 rebuilt per head from the latent cache at every step, the rope key joined by cat, by copies into new_empty,
 or added as its own score term) become the absorbed op call on the latent cache; everything that is not
 exactly such an expansion keeps its expanded form, with the reason in the report."""
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -252,6 +254,27 @@ def _wider_rope(inputs):
     return q, latent, torch.cat([rope[..., :4], rope, rope[..., :4]], dim=-1), weight, mask
 
 
+def _weight_rows_overlap(q, latent, rope, weight_store, mask):
+    """Each head's rows of the weight overlap the next head's (a strided view of one buffer)."""
+    rows = NOPE + VALUE
+    weight = weight_store.as_strided((HEADS, rows, LATENT), (rows // 2 * LATENT, LATENT, 1))
+    k_nope, value = torch.split(torch.einsum("bsc,hxc->bhsx", latent[:, :, 0], weight), [NOPE, VALUE], dim=-1)
+    return attend(q, join_key(k_nope, rope, "cat"), value, mask, "sdpa")
+
+
+def _overlapping_weight(inputs):
+    q, latent, rope, _, mask = inputs
+    store = torch.randn((HEADS + 1) * (NOPE + VALUE) // 2 * LATENT, generator=torch.Generator().manual_seed(1))
+    return q, latent, rope, store / LATENT ** 0.5, mask
+
+
+def _narrow_rope(q, latent, rope, weight, mask):
+    """A rope key 8 wide: the expanded op takes its head dim (16 + 8), the latent kernels not its rope dim."""
+    k_nope, value = expand(latent, weight)
+    key = torch.cat([k_nope, rope[:, None, :, :8].expand(-1, HEADS, -1, -1)], dim=-1)
+    return attend(q[..., :NOPE + 8], key, value, mask, "sdpa")
+
+
 @pytest.mark.parametrize("fn, adapt, reason, fix", [
     (_value_not_a_product, None, "V is not one product of the latent", "compute V as one linear map"),
     (_rope_from_a_product, None, "K is joined from 2 products", "one kv_b_proj over the latent"),
@@ -262,6 +285,10 @@ def _wider_rope(inputs):
     (_half_precision_weight, lambda inputs: (*inputs[:3], inputs[3].half(), inputs[4]),
      "the key weight is torch.float16, the query torch.float32", "in the query's dtype"),
     (_key_written_with_a_step, None, "written with a step", "constant slices along the head dim"),
+    (_weight_rows_overlap, _overlapping_weight, "cannot follow which elements of bmm are read",
+     "views only (view, reshape, transpose"),
+    (_narrow_rope, None, "the absorbed form is unsupported by the op: q_rope has rope dim 8",
+     "latent and rope dims the latent kernels take"),
 ])
 def test_not_absorbed_notes_say_what_would_absorb(fn, adapt, reason, fix):
     """Section 5 for absorption: the fused expanded site's note says what was seen and what would absorb it."""
@@ -323,3 +350,12 @@ def test_expansion_with_sinks_is_absorbed():
     [record] = result.records
     assert record.status == "rewritten" and record.kind == "mla", str(record)
     assert record.form.endswith("+sinks (absorbed)") and op_calls(result), str(record)
+
+
+def test_not_absorbed_note_names_the_line_it_stopped_at():
+    """A note on a node away from the site's line names that node's line (the weight product's einsum)."""
+    inputs = _overlapping_weight(make_inputs(1))
+    [record] = run_pass(_weight_rows_overlap, *inputs).records
+    lines, first = inspect.getsourcelines(_weight_rows_overlap)
+    line = first + next(i for i, text in enumerate(lines) if "torch.einsum(" in text)
+    assert f"(at test_absorb.py:{line} in _weight_rows_overlap)" in record.reason, record.reason

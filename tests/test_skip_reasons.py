@@ -8,18 +8,29 @@ rewrite=False row (test_backend_runtime.py).
 
 The table (CASES) by check, module of the pass -> cases:
   find/sdpa.py         read_sdpa: side outputs                           logsumexp_used
-  plan/match.py        scores used elsewhere; SDPA heads                 scores_returned, test_symbolic_sizes
+  plan/match.py        scores used elsewhere; SDPA heads                 scores_returned, scaled_scores_returned,
+                                                                         test_symbolic_sizes
                        two score terms, neither tied                     two_terms_per_head
   plan/site_plan.py    query length (prefill, symbolic), dtype           prefill, float64, test_symbolic_sizes
+                       two score terms, keys per head in each            terms_with_own_heads
                        masks per head                                    mask_per_head, mask_built_elsewhere
                        number of score terms, their scales               three_products, scaled_differently
                        cache layout, op's own checks                     key_not_contiguous, head_dim_unsupported
+                       a rope query shared by all heads                  rope_query_broadcast
+                       query positions, batch dims under a mask          positions_in_two_dims,
+                                                                         latent_with_two_batch_dims
   plan/extensions.py   soft cap on a latent, ALiBi with several tokens   softcap_on_latent, alibi_two_tokens
-                       sinks per sequence                                sinks_per_sequence
+                       sinks and ALiBi slopes per head, ALiBi positions  sinks_per_sequence, sinks_permuted,
+                                                                         alibi_slopes_in_pairs,
+                                                                         alibi_positions_restart,
+                                                                         sinks_heads_regrouped
   trace/score_side.py  every node between q @ k and the softmax          negative_scale, constant_added,
                                                                          add_with_alpha, integer_scores,
                                                                          sliced_scores, where_other_tensor,
-                                                                         integer_mask, fill_zero, alibi_twice
+                                                                         integer_mask, fill_zero, alibi_twice,
+                                                                         fill_over_exp, fill_over_sum,
+                                                                         bias_on_regrouped_scores
+  trace/masks.py       where a mask varies                               bias_per_key_block, bias_heads_regrouped
   trace/score_mods.py  soft cap, sinks                                   two_tanh, mask_under_tanh,
                                                                          three_sink_columns, sink_column_first,
                                                                          sink_column_kept, sinks_scores_used,
@@ -27,12 +38,33 @@ The table (CASES) by check, module of the pass -> cases:
   trace/operands.py    operand scales                                    infinite_scale
   trace/slots.py       the q.k product and the softmax dim               key_dim_broadcast, part_of_a_cat,
                                                                          key_positions_interleaved,
-                                                                         scores_expanded, query_not_batched,
-                                                                         sdpa_without_batch
-  trace/value_side.py  probabilities to the value product                probs_returned, dropout, v_per_query,
-                                                                         value_dim_in_two_runs, v_batch_broadcast
+                                                                         scores_keys_permuted, scores_expanded,
+                                                                         query_not_batched, sdpa_without_batch,
+                                                                         query_dim_in_two_runs,
+                                                                         key_half_broadcast, softmax_over_heads,
+                                                                         rope_key_broadcast,
+                                                                         qk_rows_regrouped, scores_regrouped
+  trace/value_side.py  probabilities to the value product                probs_returned, dropout,
+                                                                         integer_probabilities, v_per_query,
+                                                                         value_dim_in_two_runs, v_batch_broadcast,
+                                                                         heads_summed, probs_regrouped,
+                                                                         v_rows_regrouped, probs_viewed_regrouped
   absorb/              (notes on fused expanded sites)                   test_absorb.py
 Reasons no user code reaches (internal invariants) carry UNEXPECTED_GRAPH as their fix and are not triggered.
+Checks with a user-facing fix that no code running correctly in eager reaches (so not triggered):
+  trace/value_side.py  probabilities as the right operand of the value product: the finder takes a softmax only
+                       when its output reaches a product's left operand through single-user views and casts,
+                       and follow_probabilities walks that same chain, so it ends at that product's left side
+  plan/match.py        an SDPA mask that does not broadcast to the scores: eager SDPA adds the mask to the
+                       scores, so it raises first
+  trace/score_side.py  no q.k product feeds the softmax: the finder takes a softmax only when its input reaches
+                       a product, and the walk recurses until it reaches one or declines on the way
+                       a non-boolean mask for where/masked_fill: eager masked_fill rejects it; eager where takes
+                       a uint8 condition, but dynamo's fake-tensor trace rejects it before the pass runs
+  trace/score_mods.py  a sink column that does not broadcast to the scores: torch.cat needs every other dim equal
+                       and the column is one wide along the cat dim, so it always broadcasts
+  absorb/expansion.py  a key part copied from a tensor that does not broadcast (eager copy_ rejects it); a key
+                       part never written (new_empty: the eager output reads uninitialized memory)
 """
 import inspect
 import math
@@ -87,6 +119,11 @@ def scores_returned(q, k, v):
     return scores.softmax(-1) @ values(v), scores
 
 
+def scaled_scores_returned(q, k, v, bias):
+    scaled = q @ keys_t(k) * 0.25
+    return (scaled + bias).softmax(-1) @ values(v), scaled
+
+
 def two_terms_per_head(q, k, v, q2, k2):
     scores = q @ keys_t(k) + q2 @ keys_t(k2)  # two per-head keys: no rope key shared by all heads
     return scores.softmax(-1) @ values(v)
@@ -127,6 +164,36 @@ def scaled_differently(q_latent, q_rope, latent, rope_key):
     return torch.einsum("bhls,bsc->blhc", scores.softmax(-1), latent)
 
 
+def rope_query_broadcast(q_latent, q_rope, latent, rope_key):
+    q_rope = q_rope[:, :, :1].expand(B, 1, HQ, ROPE)  # head 0's rope query for every head
+    scores = torch.einsum("blhc,bsc->bhls", q_latent, latent) + torch.einsum("blhr,bsr->bhls", q_rope, rope_key)
+    return torch.einsum("bhls,bsc->blhc", (scores * 0.1).softmax(-1), latent)
+
+
+def terms_with_own_heads(q, k, q2, k2, v):
+    # scores [B, 2, 4, 1, S]: the first term's key varies along dim 1 only, the second's along dim 2 only
+    scores = q @ k.transpose(-1, -2) + q2 @ k2.transpose(-1, -2)
+    return scores.softmax(-1) @ v
+
+
+def positions_in_two_dims(q, k, v, valid):
+    scores = q @ keys_t(k)[:, :, None]  # q [B, HQ, 2, 2, D]: four query tokens as 2 x 2
+    return scores.masked_fill(~valid, -math.inf).softmax(-1) @ values(v)[:, :, None]
+
+
+def latent_with_two_batch_dims(q_latent, q_rope, latent, rope_key, valid):
+    scores = (torch.einsum("xblhc,xbsc->xbhls", q_latent, latent)
+              + torch.einsum("xblhr,xbsr->xbhls", q_rope, rope_key)) * 0.1
+    scores = scores.masked_fill(~valid, -math.inf)  # valid [2, B, 1, 1, S]: per sequence of a 2 x B batch
+    return torch.einsum("xbhls,xbsc->xblhc", scores.softmax(-1), latent)
+
+
+def valid_for(*shape):
+    valid = torch.rand(*shape) < 0.8
+    valid[..., 0] = True
+    return valid
+
+
 def key_not_contiguous(q, key_store, v):
     k = key_store.transpose(-1, -2)  # the cache is stored [B, Hkv, D, S]
     return (q @ keys_t(k)).softmax(-1) @ values(v)
@@ -150,9 +217,39 @@ def alibi_two_tokens(q, k, v):
     return scores.masked_fill(~causal, -math.inf).softmax(-1) @ values(v)
 
 
+def alibi_slopes_in_pairs(q, k, v):
+    slopes = torch.linspace(0.1, 0.8, HQ // 2)[:, None].expand(HQ // 2, 2).reshape(1, HQ, 1, 1)  # heads 2i, 2i+1
+    scores = q @ keys_t(k) * 0.25 + slopes * torch.arange(S, dtype=torch.float32)
+    return scores.softmax(-1) @ values(v)
+
+
+def alibi_positions_restart(q, k, v):
+    positions = torch.arange(S // 2, dtype=torch.float32)[None].expand(2, S // 2).reshape(S)  # 0..S/2-1 twice
+    scores = q @ keys_t(k) * 0.25 + alibi_slopes() * positions
+    return scores.softmax(-1) @ values(v)
+
+
+def sinks_heads_regrouped(q, k, v, sinks):
+    scores = q @ repeat_kv(k, 4).transpose(-1, -2) * 0.25  # 12 query heads as 3 KV heads x 4
+    column = sinks.reshape(3, 4).t().reshape(1, 12, 1, 1).expand(B, 12, 1, 1)  # sinks indexed as 4 x 3
+    probs = torch.cat([scores, column], dim=-1).softmax(-1)
+    return probs[..., :-1] @ repeat_kv(v, 4)
+
+
+def twelve_heads():
+    return randn(B, 12, 1, D), randn(B, 3, S, D), randn(B, 3, S, D)
+
+
 def sinks_per_sequence(q, k, v, sinks):
     scores = q @ keys_t(k) * 0.25
     probs = torch.cat([scores, sinks.reshape(B, HQ, 1, 1)], dim=-1).softmax(-1)  # sinks [B, HQ]
+    return probs[..., :-1] @ values(v)
+
+
+def sinks_permuted(q, k, v, sinks):
+    scores = q @ keys_t(k) * 0.25
+    column = sinks.reshape(2, HQ // 2).t().reshape(1, HQ, 1, 1).expand(B, HQ, 1, 1)  # head h takes a strided sink
+    probs = torch.cat([scores, column], dim=-1).softmax(-1)
     return probs[..., :-1] @ values(v)
 
 
@@ -179,6 +276,11 @@ def sliced_scores(q, k, v):
     return (q @ keys_t(k))[..., : S - 4].softmax(-1) @ values(v)[:, :, : S - 4]
 
 
+def bias_on_regrouped_scores(q, k, v, bias):  # q, k, v [3, 4, ...]; the bias added over a 4 x 3 view
+    scores = ((q @ k.transpose(-1, -2)).reshape(4, 3, 1, S) + bias).reshape(3, 4, 1, S)
+    return scores.softmax(-1) @ v
+
+
 def where_other_tensor(q, k, v, valid, other):
     scores = torch.where(valid[:, None, None, :], q @ keys_t(k), other)
     return scores.softmax(-1) @ values(v)
@@ -186,6 +288,16 @@ def where_other_tensor(q, k, v, valid, other):
 
 def integer_mask(q, k, v, bias):
     return (q @ keys_t(k) + bias).softmax(-1) @ values(v)
+
+
+def bias_per_key_block(q, k, v, bias):
+    block_bias = bias.reshape(B, 1, 2, 1).expand(B, 1, 2, S // 2).reshape(B, 1, 1, S)  # one value per half of the keys
+    return (q @ keys_t(k) + block_bias).softmax(-1) @ values(v)
+
+
+def bias_heads_regrouped(q, k, v, bias):
+    per_head = bias.reshape(B, 3, 4).transpose(1, 2).reshape(B, 12, 1, 1)  # heads indexed as 4 x 3, not 3 x 4
+    return (q @ repeat_kv(k, 4).transpose(-1, -2) + per_head).softmax(-1) @ repeat_kv(v, 4)
 
 
 def fill_zero(q, k, v, valid):
@@ -198,6 +310,15 @@ def alibi_twice(q, k, v):
     scores = scores + alibi_slopes() * positions
     scores = scores + alibi_slopes() * positions
     return scores.softmax(-1) @ values(v)
+
+
+def fill_over_exp(q, k, v, bias):
+    # masked_fill's mask comes from q @ k, so the softmax input reaches a product, but its scores do not
+    return bias.exp().masked_fill((q @ keys_t(k) * 0).bool(), -math.inf).softmax(-1) @ values(v)
+
+
+def fill_over_sum(q, k, v, bias, other):
+    return (bias + other).masked_fill((q @ keys_t(k) * 0).bool(), -math.inf).softmax(-1) @ values(v)
 
 
 # ---- trace/score_mods.py --------------------------------------------------------------------------------------
@@ -263,6 +384,11 @@ def key_positions_interleaved(q, key_store, v):
     return (q @ keys_t(keys)).softmax(-1) @ values(v)
 
 
+def scores_keys_permuted(q, k, v):
+    scores = (q @ keys_t(k)).reshape(B, HQ, 2, S // 2).transpose(-1, -2).reshape(B, HQ, 1, S)  # key order permuted
+    return scores.softmax(-1) @ values(v)
+
+
 def scores_expanded(q, k, v):
     scores = (q @ keys_t(k)).expand(B, HQ, 3, S)
     return scores.softmax(-1) @ values(v)
@@ -270,6 +396,36 @@ def scores_expanded(q, k, v):
 
 def query_not_batched(q, k, v):
     return (q.expand(B, HQ, 1, D) @ keys_t(k)).softmax(-1) @ values(v)  # q [1, HQ, 1, D]
+
+
+def query_dim_in_two_runs(q_pairs, k, v):
+    q = q_pairs.transpose(-1, -2).reshape(B, HQ, 1, D)  # [B, HQ, 1, D/2, 2]: the head dim interleaved
+    return (q @ keys_t(k)).softmax(-1) @ values(v)
+
+
+def key_half_broadcast(q, k_half, v):
+    keys = k_half[..., None].expand(B, HQ, S, D // 2, 2).reshape(B, HQ, S, D)  # each key element twice
+    return (q @ keys.transpose(-1, -2)).softmax(-1) @ values(v)
+
+
+def softmax_over_heads(q, k, v):
+    return (q @ keys_t(k) * 0.25).softmax(1) @ values(v)
+
+
+def rope_key_broadcast(q_latent, q_rope, latent, rope_key):
+    rope_key = rope_key[:, :1].expand(B, S, ROPE)  # one rope key for every position
+    scores = torch.einsum("blhc,bsc->bhls", q_latent, latent) + torch.einsum("blhr,bsr->bhls", q_rope, rope_key)
+    return torch.einsum("bhls,bsc->blhc", (scores * 0.1).softmax(-1), latent)
+
+
+def qk_rows_regrouped(q, k_store, v):  # q [3, 4, 1, D], k_store [4, 3, S, D]: 12 rows grouped differently
+    scores = q.reshape(12, 1, D) @ k_store.reshape(12, S, D).transpose(-1, -2)
+    return scores.softmax(-1) @ v
+
+
+def scores_regrouped(q, k, v):  # q, k [3, 4, ...]; the scores viewed as 4 x 3
+    scores = (q.reshape(12, 1, D) @ k.reshape(12, S, D).transpose(-1, -2)).reshape(4, 3, 1, S)
+    return scores.softmax(-1) @ v
 
 
 def sdpa_mha(q, k, v):
@@ -281,6 +437,11 @@ def sdpa_mha(q, k, v):
 def probs_returned(q, k, v):
     probs = (q @ keys_t(k) * 0.25).softmax(-1)
     return probs @ values(v), probs
+
+
+def integer_probabilities(q, k, v):
+    probs = (q @ keys_t(k) * 0.25).softmax(-1)
+    return probs.to(torch.int64) @ values(v).to(torch.int64)
 
 
 def sdpa_dropout(q, k, v):
@@ -300,6 +461,26 @@ def value_dim_in_two_runs(q, k, v_pairs):
 def v_batch_broadcast(q, k, v, v_one):
     probs = (q @ keys_t(k) * 0.25).softmax(-1)
     return probs @ v_one.expand(B, HQ, S, D)  # V [1, HQ, S, D]
+
+
+def heads_summed(q, k, v):
+    probs = (q @ keys_t(k) * 0.25).softmax(-1)  # [B, HQ, 1, S]
+    return probs.transpose(1, 2).reshape(B, 1, HQ * S) @ values(v).reshape(B, HQ * S, D)  # sums heads and keys
+
+
+def probs_regrouped(q, k, v):
+    probs = (q @ keys_t(k) * 0.25).softmax(-1)
+    return probs.permute(0, 3, 2, 1).reshape(B, HQ, 1, S) @ values(v)  # mixes heads and key positions
+
+
+def v_rows_regrouped(q, k, v_store):  # q, k [3, 4, ...], v_store [4, 3, S, D]
+    probs = (q @ k.transpose(-1, -2)).softmax(-1).reshape(12, 1, S)
+    return probs @ v_store.reshape(12, S, D)
+
+
+def probs_viewed_regrouped(q, k, v):  # q, k [3, 4, ...]; the probabilities viewed as 4 x 3
+    probs = (q @ k.transpose(-1, -2)).softmax(-1)
+    return probs.reshape(4, 3, 1, S) @ v
 
 
 class Case(NamedTuple):
@@ -392,6 +573,79 @@ CASES = {
                                   "the value dim of V is not one run of one axis", "one dim of its tensor"),
     "v_batch_broadcast": Case(v_batch_broadcast, lambda: (*inputs(), randn(1, HQ, S, D)),
                               "V is not indexed by the same batch/KV-head axes as K", "the same batch and KV-head"),
+    "sinks_permuted": Case(sinks_permuted, lambda: (*inputs(), randn(HQ)), "the sinks vary along part of a score dim",
+                           "sinks given per query head"),
+    "query_dim_in_two_runs": Case(query_dim_in_two_runs, lambda: (randn(B, HQ, 1, D // 2, 2), *inputs()[1:]),
+                                  "the query's head dim is not one run of one axis", "one dim of its tensor"),
+    "key_half_broadcast": Case(key_half_broadcast, lambda: (inputs()[0], randn(B, HQ, S, D // 2), inputs()[2]),
+                               "the q.k product sums over a broadcast dim", "not attention's dot product"),
+    "softmax_over_heads": Case(softmax_over_heads, inputs, "the softmax runs over dim 1, which also indexes queries",
+                               "a softmax over heads or query positions is not attention"),
+    "rope_key_broadcast": Case(rope_key_broadcast, latent_inputs, "a score term is broadcast along the softmax dim 3",
+                               "every term must vary with the key position"),
+    "heads_summed": Case(heads_summed, inputs, "does not sum the probabilities over the key positions of V",
+                         "probs @ v must sum over the key positions of V"),
+    "probs_regrouped": Case(probs_regrouped, inputs, "the value product splits a score dim differently",
+                            "reshape the probabilities only back to the scores' layout"),
+    "rope_query_broadcast": Case(rope_query_broadcast, latent_inputs, "the rope query is broadcast along the group dim",
+                                 "a rope query that varies along the group dim"),
+    "fill_over_exp": Case(fill_over_exp, lambda: (*inputs(), randn(B, HQ, 1, S)),
+                          "scores are computed by aten.exp.default (not a scale, a mask or a q.k product)",
+                          "only scalar scales, masks", node_line="return bias.exp().masked_fill("),
+    "fill_over_sum": Case(fill_over_sum, lambda: (*inputs(), randn(B, HQ, 1, S), randn(B, HQ, 1, S)),
+                          "neither side of an add on the scores comes from a q.k product",
+                          "scores that do not come from q @ k are not attention", node_line="return (bias + other)"),
+    "scaled_scores_returned": Case(scaled_scores_returned, lambda: (*inputs(), randn(B, 1, 1, S)),
+                                   "score node mul is also used by output", "use the scores only inside the attention",
+                                   node_line="return (scaled + bias).softmax(-1) @ values(v), scaled"),
+    "alibi_slopes_in_pairs": Case(alibi_slopes_in_pairs, inputs, "the ALiBi slopes vary along part of a score dim",
+                                  "ALiBi slopes given per query head"),
+    "alibi_positions_restart": Case(alibi_positions_restart, inputs,
+                                    "the ALiBi key positions vary along part of a score dim",
+                                    "one [S] range along the key dim"),
+    "bias_per_key_block": Case(bias_per_key_block, lambda: (*inputs(), randn(B, 2)),
+                               "varies along part of a score dim", "varies along whole batch, query and key dims"),
+    "positions_in_two_dims": Case(positions_in_two_dims,
+                                  lambda: (randn(B, HQ, 2, 2, D), *inputs()[1:], valid_for(B, 1, 2, 2, S)),
+                                  "query positions are spread over several dims", "the query positions in one dim"),
+    "latent_with_two_batch_dims": Case(latent_with_two_batch_dims,
+                                       lambda: (randn(2, B, 1, HQ, LATENT), randn(2, B, 1, HQ, ROPE),
+                                                randn(2, B, S, LATENT), randn(2, B, S, ROPE), valid_for(2, B, 1, 1, S)),
+                                       "the mask varies along a batch that spans several dims", "one batch dim",
+                                       node_line="scores = scores.masked_fill(~valid, -math.inf)"),
+    "integer_probabilities": Case(integer_probabilities, inputs,
+                                  "the probabilities are cast from torch.float32 to torch.int64",
+                                  "keep the probabilities floating point",
+                                  node_line="return probs.to(torch.int64) @ values(v)"),
+    "scores_keys_permuted": Case(scores_keys_permuted, inputs, "key positions are split over several runs",
+                                 "the key positions in one dim of the scores"),
+    "terms_with_own_heads": Case(terms_with_own_heads,
+                                 lambda: (randn(B, 2, 4, 1, D), randn(B, 2, 1, S, D), randn(B, 2, 4, 1, 32),
+                                          randn(B, 1, 4, S, 32), randn(B, 2, 4, S, D)),
+                                 "each score term has keys per head", "one rope key for all heads"),
+    "sinks_heads_regrouped": Case(sinks_heads_regrouped, lambda: (*twelve_heads(), randn(12)),
+                                  "the sinks do not line up with the scores", "sinks given per query head"),
+    "bias_heads_regrouped": Case(bias_heads_regrouped, lambda: (*twelve_heads(), randn(B, 12)),
+                                 "does not line up with the scores", "one dim per score dim"),
+    "qk_rows_regrouped": Case(qk_rows_regrouped, lambda: (randn(3, 4, 1, D), randn(4, 3, S, D), randn(12, S, D)),
+                              "the operands of a q.k product do not line up over batch or head dims",
+                              "q and k with the same batch and head dims"),
+    "scores_regrouped": Case(scores_regrouped, lambda: (randn(3, 4, 1, D), randn(3, 4, S, D), randn(4, 3, S, D)),
+                             "the scores regroup the q.k product in a way that cannot be followed",
+                             "reshape the q @ k product only back to [B, H, Lq, S]"),
+    "v_rows_regrouped": Case(v_rows_regrouped, lambda: (randn(3, 4, 1, D), randn(3, 4, S, D), randn(4, 3, S, D)),
+                             "the probabilities and V do not line up over batch or head dims",
+                             "V with the same batch and head dims as the scores"),
+    "probs_viewed_regrouped": Case(probs_viewed_regrouped,
+                                   lambda: (randn(3, 4, 1, D), randn(3, 4, S, D), randn(4, 3, S, D)),
+                                   "views them in a way that cannot be followed back to them",
+                                   "viewed only back to the scores' layout"),
+    "bias_on_regrouped_scores": Case(bias_on_regrouped_scores,
+                                     lambda: (randn(3, 4, 1, D), randn(3, 4, S, D), randn(3, 4, S, D),
+                                              randn(4, 1, 1, S)),
+                                     "regroups their dims in a way that cannot be followed",
+                                     "reshapes that split or merge whole dims only",
+                                     node_line="scores = ((q @ k.transpose(-1, -2)).reshape(4, 3, 1, S) + bias)"),
 }
 
 

@@ -32,21 +32,28 @@ class ExtensionPlan:
     alibi_factor: float  # the slopes are the tensor times this
 
 
-def _slot_pieces(layout: Layout, c_over_slots: Layout, slots: list, what: str) -> dict:
-    """Slot index -> run of the tensor's base, for the slots along which the tensor varies (whole slots only)."""
+def _per_head_fix(what: str) -> str:
+    return f"{what} given per query head ([Hq], broadcast as [1, Hq, 1, 1] over the scores)"
+
+
+# The ALiBi positions are not per head: what lets them fuse is their own form.
+ALIBI_POSITIONS_FIX = "ALiBi key positions as one [S] range along the key dim (slope[h] * arange(S), BLOOM's form)"
+
+
+def _slot_pieces(layout: Layout, c_over_slots: Layout, slots: list, what: str, fix: str = "") -> dict:
+    """Slot index -> run of the tensor's base, for the slots along which the tensor varies (whole slots only).
+    fix: what the reason says would let the site fuse (default: the tensor given per query head)."""
     pieces = {}
     for dim in range(c_over_slots.rank):
         atoms = align(c_over_slots.dims[dim], layout.dims[dim])
         if atoms is None:
-            raise Decline(f"the {what} do not line up with the scores",
-                          fix=f"{what} given per query head ([Hq], broadcast as [1, Hq, 1, 1] over the scores)")
+            raise Decline(f"the {what} do not line up with the scores", fix=fix or _per_head_fix(what))
         for atom in atoms:
             if atom.right is None:
                 continue
             slot = slots[atom.left.axis]
             if not (known_equal(atom.left.step, 1) and known_equal(atom.left.size, slot.size)):
-                raise Decline(f"the {what} vary along part of a score dim",
-                              fix=f"{what} given per query head ([Hq], broadcast as [1, Hq, 1, 1] over the scores)")
+                raise Decline(f"the {what} vary along part of a score dim", fix=fix or _per_head_fix(what))
             pieces[atom.left.axis] = atom.right
     return pieces
 
@@ -96,7 +103,8 @@ def plan_extensions(mods: ScoreMods, plan: SitePlan, c_over_slots: Layout) -> Op
                 raise Decline("ALiBi with several query tokens per sequence: the op's |query - key| distance "
                               "equals the model's key-position bias only for one",
                               fix="decode one token per step (query length 1); longer steps stay with Inductor")
-            positions = _slot_pieces(mods.alibi_positions, c_over_slots, slots, "ALiBi key positions")
+            positions = _slot_pieces(mods.alibi_positions, c_over_slots, slots, "ALiBi key positions",
+                                     ALIBI_POSITIONS_FIX)
             if list(positions) != [roles.key] or not known_equal(positions[roles.key].step, 1):
                 raise Decline("the ALiBi bias is not one slope per head times the key position",
                               fix="an ALiBi bias of slope[h] * key_position (BLOOM's form), added to the scores")

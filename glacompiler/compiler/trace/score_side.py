@@ -132,9 +132,10 @@ def _visit(node, c_over_node: Layout, scale: float, walk: ScoreWalk, is_root: bo
         step = _view_step(node)
         composed = None if step is None else compose(c_over_node, step)
         if composed is None:
-            raise Decline(f"scores pass through {node.target} that does not keep every element",
+            raise Decline(f"scores pass through {node.target} that does not keep every element, or that regroups "
+                          "their dims in a way that cannot be followed",
                           fix="between q @ k and the softmax, only views that keep every score (no slicing of the "
-                              "scores)", node=node)
+                              "scores; reshapes that split or merge whole dims only)", node=node)
         _visit(node.args[0], composed, scale, walk)
         return
     dtypes = convert_dtypes(node)

@@ -53,6 +53,10 @@ def follow_probabilities(probs: fx.Node) -> tuple:
             chain.append(user)
             current = user
             continue
+        if dtypes is not None:  # an integer cast: not dropout, say what it is
+            raise Decline(f"the probabilities are cast from {dtypes[0]} to {dtypes[1]} before the value product",
+                          fix="keep the probabilities floating point (an integer cast rounds them to 0 or 1)",
+                          node=user)
         raise Decline(
             f"the probabilities pass through {user.target} before the value product (dropout or reweighting)",
             fix="no dropout at inference (model.eval(), dropout_p=0) and no reweighting of the probabilities",
@@ -119,8 +123,10 @@ def values_of_product(probs: fx.Node, slots: list, c_over_slots: Layout) -> Valu
     product, chain = follow_probabilities(probs)
     left = walk_operand(product.args[0], allow_scale=False, any_float_cast=True)
     if left.base is not probs:
-        raise Decline("the value product's left operand is not the probabilities",
-                      fix="use the softmax output (cast or viewed only) as the left operand of @ v")
+        raise Decline("the value product's left operand is not the probabilities, or views them in a way that "
+                      "cannot be followed back to them (e.g. their batch and head dims regrouped)",
+                      fix="use the softmax output (cast, or viewed only back to the scores' layout) as the left "
+                          "operand of @ v")
     left_over_slots = compose(left.layout, c_over_slots)
     if left_over_slots is None:
         raise Decline("the probabilities are regrouped in a way that cannot be followed",
