@@ -19,4 +19,4 @@ demo: $(STAMP)
 	$(VENV)/bin/glacompiler demo
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --durations=15
