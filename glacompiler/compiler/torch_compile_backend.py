@@ -24,6 +24,7 @@ _graph_ids = itertools.count()
 
 
 def _error_chain(error: BaseException):
+    """The error and its causes / contexts, each once."""
     seen = set()
     current: Optional[BaseException] = error
     while current is not None and id(current) not in seen:
@@ -38,14 +39,7 @@ def _is_cpp_compile_error(error: BaseException) -> bool:
 
 
 def _caused_by_pass(error: BaseException) -> bool:
-    seen = set()
-    current: Optional[BaseException] = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, GlaPassError):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+    return any(isinstance(e, GlaPassError) for e in _error_chain(error))
 
 
 def tune_sites(targets: list) -> None:

@@ -77,12 +77,28 @@ def _ordered_constexprs(kernel, args: tuple, constexprs: dict) -> list:
     return [constexprs[name] for name in names]
 
 
+def _run_compiled(compiled, grid: tuple, stream, all_args: tuple) -> bool:
+    """What JITFunction.run does once it has found the binary, launch hooks (profilers) included. False (and
+    direct launches off for the process) where this Triton's launcher takes other arguments."""
+    global _direct_launch_enabled
+    from triton import knobs  # late: the interpreter must be chosen before triton loads
+
+    runtime = knobs.runtime
+    try:
+        compiled.run(*(tuple(grid) + (1, 1))[:3], stream, compiled.function, compiled.packed_metadata,
+                     compiled.launch_metadata(grid, stream, *all_args), runtime.launch_enter_hook,
+                     runtime.launch_exit_hook, *all_args)
+        return True
+    except TypeError as error:
+        _direct_launch_enabled = False
+        LOGGER.warning("direct kernel launches turned off (%s); every launch goes through triton's JIT", error)
+        return False
+
+
 def launch(kernel, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int):
     """kernel[grid](*args, **constexprs, num_warps=..., num_stages=...), with the JIT's per-call work skipped
     once this specialisation has been launched. args: every runtime parameter, positionally and in order.
     Returns the CompiledKernel (None under the interpreter)."""
-    global _direct_launch_enabled
-    from triton import knobs  # late: the interpreter must be chosen before triton loads
     from triton.compiler import CompiledKernel
     from triton.runtime.driver import driver
     from triton.runtime.jit import JITFunction
@@ -93,18 +109,9 @@ def launch(kernel, grid: tuple, args: tuple, constexprs: dict, num_warps: int, n
     key = specialisation_key(kernel, device_index, args, constexprs, num_warps, num_stages)
     compiled = _compiled.get(key)
     if compiled is not None and _direct_launch_enabled:
-        # What JITFunction.run does once it has found the binary, launch hooks (profilers) included.
-        grid_x, grid_y, grid_z = (*grid, 1, 1)[:3]
-        stream = driver.active.get_current_stream(device_index)
         all_args = (*args, *_ordered_constexprs(kernel, args, constexprs))
-        try:
-            metadata = compiled.launch_metadata(grid, stream, *all_args)
-            compiled.run(grid_x, grid_y, grid_z, stream, compiled.function, compiled.packed_metadata, metadata,
-                         knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *all_args)
+        if _run_compiled(compiled, grid, driver.active.get_current_stream(device_index), all_args):
             return compiled
-        except TypeError as error:  # the launcher's argument list differs in this Triton: use the JIT from now on
-            _direct_launch_enabled = False
-            LOGGER.warning("direct kernel launches turned off (%s); every launch goes through triton's JIT", error)
     compiled = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
     if isinstance(compiled, CompiledKernel):
         if len(_compiled) >= MAX_REMEMBERED_LAUNCHES:
@@ -131,27 +138,15 @@ class PreparedLaunch:
         self.constexpr_values = ()
 
     def __call__(self, args: tuple):
-        global _direct_launch_enabled
         compiled = self.compiled
         if compiled is not None and _direct_launch_enabled:
-            from triton import knobs
             from triton.runtime.driver import driver
 
             device = driver.active
             if device.get_current_device() == self.device_index:  # (else the binary of another device: the JIT)
-                all_args = (*args, *self.constexpr_values)
-                grid = self.grid
                 stream = device.get_current_stream(self.device_index)
-                runtime = knobs.runtime
-                try:
-                    compiled.run(*(grid + (1, 1))[:3], stream, compiled.function, compiled.packed_metadata,
-                                 compiled.launch_metadata(grid, stream, *all_args), runtime.launch_enter_hook,
-                                 runtime.launch_exit_hook, *all_args)
+                if _run_compiled(compiled, self.grid, stream, (*args, *self.constexpr_values)):
                     return compiled
-                except TypeError as error:  # as in launch(): this Triton's launcher differs, use the JIT from now on
-                    _direct_launch_enabled = False
-                    LOGGER.warning("direct kernel launches turned off (%s); every launch goes through triton's JIT",
-                                   error)
         if self.first_launch is not None:
             compiled = self.first_launch(args)
         else:
