@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from test_backend_support import assert_close, run_pass
+from test_backend_support import assert_close, compile_and_count, run_pass
 
 B, HQ, HKV, S, D = 2, 8, 2, 24, 16
 GROUP = HQ // HKV
@@ -69,7 +69,7 @@ SINKS = torch.linspace(-2.0, 6.0, HQ)  # some sinks outweigh the scores
 
 
 def gpt_oss_sinks(q, k, v, valid, sinks):
-    scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE + additive(valid)
+    scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE + additive(valid).to(q.dtype)
     column = sinks.reshape(1, -1, 1, 1).expand(q.shape[0], -1, q.shape[-2], -1)
     combined = torch.cat([scores, column], dim=-1)
     combined = combined - combined.max(dim=-1, keepdim=True).values
@@ -177,6 +177,20 @@ def test_soft_cap_with_a_multiplier_after_it():
 def test_sinks(fn):
     args = check_rewritten(fn, *inputs(query_len=2), SINKS)
     assert args[ARG["sinks"]] is not None and args[ARG["softcap"]] == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sinks_in_half_precision(dtype):
+    """GPT-OSS in bf16/fp16: the softmax upcasts the shifted scores and casts the probabilities back before
+    the sink column is dropped; both casts sit between the pieces of the sink pattern."""
+    q, k, v, valid = inputs(query_len=2)
+    exact = gpt_oss_sinks(q, k, v, valid, SINKS)
+    low = [t.to(dtype) if t.is_floating_point() else t for t in (q, k, v, valid, SINKS)]
+    output, _, records = compile_and_count(gpt_oss_sinks, *low)  # the backend: Inductor's decompositions
+    assert [(r.status, r.form) for r in records] == [("rewritten", "decomposed softmax +sinks")], \
+        [str(r) for r in records]
+    eager_error = (gpt_oss_sinks(*low).float() - exact).abs().max().item()
+    assert (output.float() - exact).abs().max().item() <= 2 * eager_error + 1e-3
 
 
 @pytest.mark.parametrize("fn", [bloom_alibi, alibi_added])

@@ -154,6 +154,11 @@ def resolve_run(dim: Sequence[Piece], step: Size, size: Size) -> Optional[list]:
             _, run = split_piece(minor, remaining)
             taken.insert(0, run)
             remaining = 1
+        elif not pieces and known_less(remaining, minor.size):
+            # The outermost piece: its first `remaining` indices (a prefix slice, e.g. probabilities with
+            # the sink column dropped, read through a cast) are a shorter piece.
+            taken.insert(0, minor.sub(1, remaining))
+            remaining = 1
         else:
             return None
     return taken

@@ -97,6 +97,25 @@ def _row_max_shift(node: fx.Node) -> Optional[fx.Node]:
     return None
 
 
+def _float_cast(node: fx.Node) -> bool:
+    dtypes = convert_dtypes(node)
+    return dtypes is not None and dtypes[0].is_floating_point and dtypes[1].is_floating_point
+
+
+def _skip_float_casts(node: fx.Node, nodes: list) -> fx.Node:
+    """The source of a chain of float-to-float casts (each but the first used only by the next), the casts
+    added to nodes. The first one's users are checked by the caller."""
+    while _float_cast(node) and (not nodes or len(node.users) == 1):
+        nodes.append(node)
+        node = node.args[0]
+    return node
+
+
+def _only_user(node: fx.Node) -> Optional[fx.Node]:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
 @dataclasses.dataclass
 class PeeledSinks:
     scores: fx.Node  # the scores the sink column was joined to
@@ -109,12 +128,12 @@ def peel_sinks(softmax_input: fx.Node, softmax_output: fx.Node, dim: int) -> Opt
     column's tensor, or None where the softmax input is no such cat. Declines a cat that looks like one but
     cannot be read as per-head sinks."""
     nodes = []
-    cat = softmax_input
+    cat = _skip_float_casts(softmax_input, nodes)  # bf16/fp16 models: the softmax upcasts its input
     shifted = _row_max_shift(cat)
     if shifted is not None:
         row_max = cat.args[1]
         nodes += [cat, row_max] + ([row_max.args[0]] if not is_call(row_max, aten.amax.default) else [])
-        cat = shifted
+        cat = _skip_float_casts(shifted, nodes)
     if not is_call(cat, aten.cat.default):
         return None
     parts = cat.args[0]
@@ -129,8 +148,9 @@ def peel_sinks(softmax_input: fx.Node, softmax_output: fx.Node, dim: int) -> Opt
     if fake_value(column).shape[dim] != 1:
         raise Decline("the column joined to the scores is wider than one sink per row",
                       fix="join one sink logit per row (torch.cat([scores, sinks[..., None]], dim=-1))", node=column)
-    users = list(softmax_output.users)
-    kept = users[0] if len(users) == 1 else None
+    kept = _only_user(softmax_output)
+    while kept is not None and _float_cast(kept):  # ... and casts the probabilities back
+        kept = _only_user(kept)
     if not (is_call(kept, aten.slice.Tensor) and (kept.args[1] + rank if kept.args[1] < 0 else kept.args[1]) == dim
             and (kept.args[2] if len(kept.args) > 2 else 0) in (0, None) and fake_value(kept).shape[dim] == score_keys
             and (len(kept.args) < 5 or kept.args[4] == 1)):
