@@ -112,3 +112,18 @@ def test_runs_with_a_gap_that_is_not_a_block_prefix_are_declined():
     result = run_pass(every_other_channel, x, w_q, k_cache, v_cache)
     assert_close(result.output, every_other_channel(x, w_q, k_cache, v_cache))
     assert result.statuses == ["skipped"], result.reasons
+
+
+def test_scores_and_values_over_a_prefix_of_the_keys():
+    """Scores sliced to the first keys, with V sliced alike (the slice reaches the scores through a cast in
+    half-precision models): attention over a shorter cache, read in place."""
+    def prefix_of_keys(q, k_cache, v_cache):
+        keep = k_cache.shape[2] - 5
+        scores = (q @ k_cache.transpose(-1, -2))[..., :keep].float()
+        return scores.softmax(-1).to(q.dtype) @ v_cache[:, :, :keep]
+
+    torch.manual_seed(0)
+    q, k_cache, v_cache = torch.randn(2, 4, 1, 8), torch.randn(2, 4, 24, 8), torch.randn(2, 4, 24, 8)
+    result = run_pass(prefix_of_keys, q, k_cache, v_cache)
+    assert result.statuses == ["rewritten"], result.reasons
+    assert_close(result.output, prefix_of_keys(q, k_cache, v_cache))

@@ -45,9 +45,10 @@ def static_cache(config, device="cpu", dtype=torch.float32):
     return transformers.StaticCache(**kwargs)
 
 
-def greedy_logits(model, config, forward, device="cpu", dtype=torch.float32, tokens=None):
+def greedy_logits(model, config, forward, device="cpu", dtype=torch.float32, tokens=None, prefill=None):
     """(logits, tokens fed) of a PROMPT-token prefill and DECODE_STEPS decode steps on a StaticCache: greedy, or
-    the given tokens (so that runs in different precisions read the same inputs)."""
+    the given tokens (so that runs in different precisions read the same inputs). prefill: the forward of the
+    first step (default: forward)."""
     cache = static_cache(config, device, dtype)
     parameters = inspect.signature(model.forward).parameters
     cache_name = "cache" if "cache" in parameters else "past_key_values"
@@ -61,19 +62,21 @@ def greedy_logits(model, config, forward, device="cpu", dtype=torch.float32, tok
             kwargs["cache_position"] = torch.arange(start, start + ids.shape[1], device=device)
         torch.compiler.cudagraph_mark_step_begin()
         fed.append(ids)
-        logits.append(forward(input_ids=ids, **kwargs).logits.float())
+        step_forward = prefill if step == 0 and prefill is not None else forward
+        logits.append(step_forward(input_ids=ids, **kwargs).logits.float())
         start += ids.shape[1]
         ids = logits[-1][:, -1:].argmax(-1)
     return logits, fed
 
 
-def assert_decode_absorbed(records, kind="mla", latent_heads=1):
+def assert_decode_absorbed(records, kind="mla", latent_heads=1, prefill_compiled=True):
     decode = [r for r in records if r.status == "rewritten"]
     prefill = [r for r in records if r.status == "skipped"]
     assert len(decode) == LAYERS and all(r.kind == kind and r.form.endswith("(absorbed)") for r in decode), [
         str(r) for r in records]
     assert all(r.spec.num_kv_heads == latent_heads for r in decode)
-    assert len(prefill) == LAYERS and all("prefill" in r.reason for r in prefill), [str(r) for r in records]
+    assert len(prefill) == (LAYERS if prefill_compiled else 0) and all("prefill" in r.reason for r in prefill), [
+        str(r) for r in records]
     return decode
 
 
@@ -150,9 +153,12 @@ def test_deepseek_decode_absorbed_bf16_on_gpu(cuda_device, version, cudagraphs):
     backend = glacompiler.backend(cudagraphs=cudagraphs)
     with torch.no_grad():
         eager, _ = greedy_logits(model, config, model.forward, cuda_device, torch.bfloat16, tokens)
+        # transformers' StaticCache allocates its tensors at the first update; inside a CUDA-graphed prefill they
+        # would be graph-pool memory that later replays overwrite (its lazy_initialization docstring asks for
+        # early initialization there): with graphs the prefill runs eagerly, as benchmarks/bench_hf.py does.
         compiled, _ = greedy_logits(model, config, torch.compile(model.forward, backend=backend), cuda_device,
-                                    torch.bfloat16, tokens)
-    assert_decode_absorbed(glacompiler.compile_report())
+                                    torch.bfloat16, tokens, prefill=model.forward if cudagraphs else None)
+    assert_decode_absorbed(glacompiler.compile_report(), prefill_compiled=not cudagraphs)
     for ours, theirs, exact in zip(compiled, eager, reference):
         ours_error = (ours - exact).abs().max().item()
         eager_error = (theirs - exact).abs().max().item()

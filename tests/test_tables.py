@@ -20,12 +20,7 @@ from tuning_doubles import GPU, GQA, entry, make_table
 
 # Shipped tables whose entries of a family were tuned for kernels that have changed since, and cannot be
 # retuned here: {file name: {family: why}}.
-KNOWN_STALE: dict = {
-    "NVIDIA_H100_80GB_HBM3.json": {
-        "portable": "tuned before the kernels bounded lengths and page ids (kernels/common/clamps.py); no H100 is "
-                    "lent to retune it (its configs compiled to the same PTX through the restructure before that)",
-    },
-}
+KNOWN_STALE: dict = {}  # none: the H100 table (all portable, tuned before the bounded kernels) was removed
 
 
 def test_table_round_trip_and_file_name(tmp_path):
