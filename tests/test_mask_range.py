@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from glacompiler.kernels.common.key_bounds import mask_as_kernel_operand
+from glacompiler.memo import BoundedMemo
 from glacompiler.kernels.common.mask_range import mask_key_range, mask_key_range_reference
 
 
@@ -80,8 +81,7 @@ def test_mask_key_range_op_pytorch_path(case):
 def test_a_repeat_reuses_the_prepared_launch_on_fresh_masks(interpret_kernels, monkeypatch):
     from glacompiler.kernels.common import mask_range
 
-    monkeypatch.setattr(mask_range, "_prepared_ranges", {})
-    monkeypatch.setattr(mask_range, "MAX_PREPARED_RANGES", 2)
+    monkeypatch.setattr(mask_range, "_prepared_ranges", BoundedMemo(2))
     generator = torch.Generator().manual_seed(3)
     for step in range(3):  # fresh masks, one metadata: one prepared launch, right ranges every time
         mask = _window_bias(3, 70, generator)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import glacompiler
+from glacompiler.memo import BoundedMemo
 from glacompiler.op import dispatch, prepared
 from glacompiler.problems import check_fa_rule, make_decode_problem
 from glacompiler.spec import default_softmax_scale
@@ -17,8 +18,8 @@ OP_ARGS = ("q", "k_cache", "v_cache", "q_rope", "k_rope_cache", "cache_seqlens",
 @pytest.fixture
 def fresh_memos(monkeypatch):
     """Empty memos for the test (and the counts of validations the prepared path makes)."""
-    monkeypatch.setattr(prepared, "_prepared", {})
-    monkeypatch.setattr(glacompiler.op, "_validated_scales", {})
+    monkeypatch.setattr(prepared, "_prepared", BoundedMemo(1024))
+    monkeypatch.setattr(glacompiler.op, "_validated_scales", BoundedMemo(1024))
     validations = []
     real_validate = dispatch.validate_inputs
 
@@ -172,7 +173,8 @@ def test_value_checks_run_on_repeats_under_debug(interpret_kernels, fresh_memos,
 
 
 def test_the_memos_are_bounded(interpret_kernels, fresh_memos, monkeypatch):
-    monkeypatch.setattr(prepared, "MAX_PREPARED_CALLS", 2)
+    monkeypatch.setattr(prepared._prepared, "limit", 2)
+    monkeypatch.setattr(glacompiler.op._validated_scales, "limit", 2)
     problem = _problem("mqa", torch.float32, 9)
     for scale in (0.1, 0.2, 0.3, 0.4):
         _run_op(problem.kwargs, softmax_scale=scale)

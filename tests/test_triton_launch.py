@@ -6,6 +6,7 @@ from triton.compiler import CompiledKernel
 from triton.runtime.jit import JITFunction
 
 from glacompiler.kernels.common import triton_launch
+from glacompiler.memo import BoundedMemo
 
 
 def _kernel_source(X, Y, n, A: "tl.constexpr", B: "tl.constexpr"):  # noqa: F821 - the parameters are what counts
@@ -52,7 +53,7 @@ def fresh_launch_state(monkeypatch):
 
     monkeypatch.setattr(driver, "_active", FakeDriver(), raising=False)
     monkeypatch.setattr(type(driver), "active", property(lambda self: FakeDriver()), raising=False)
-    monkeypatch.setattr(triton_launch, "_compiled", {})
+    monkeypatch.setattr(triton_launch, "_compiled", BoundedMemo(4096))
     monkeypatch.setattr(triton_launch, "_constexpr_names", {})
     monkeypatch.setattr(triton_launch, "_unspecialised", {})
     monkeypatch.setattr(triton_launch, "_direct_launch_enabled", True)
@@ -137,7 +138,7 @@ def test_constexprs_must_match_the_parameters(fresh_launch_state):
 
 
 def test_the_memo_is_bounded(fresh_launch_state, monkeypatch):
-    monkeypatch.setattr(triton_launch, "MAX_REMEMBERED_LAUNCHES", 3)
+    monkeypatch.setattr(triton_launch._compiled, "limit", 3)
     kernel = FakeJIT(FakeCompiled())
     x, y = torch.zeros(8), torch.zeros(8)
     for n in range(10):  # a stride that grows every step

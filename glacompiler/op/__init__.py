@@ -9,10 +9,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..memo import BoundedMemo
 from ..spec import default_softmax_scale
 from .dispatch import kernel_family_for, run_with_config
 from .library import attention_with_kvcache_op
-from .prepared import remember_validated, run_prepared, wrapper_key
+from .prepared import run_prepared, wrapper_key
 from .validation import validate_inputs
 
 
@@ -68,7 +69,7 @@ def attention_with_kvcache(
         scale = float(default_softmax_scale(spec.head_dim_q, spec.rope_dim) if softmax_scale is None
                       else softmax_scale)
         if key is not None:
-            remember_validated(_validated_scales, key, scale)
+            _validated_scales.remember(key, scale)
     # A validated CUDA call with nothing that hooks into the dispatcher (no autograd, no torch function or
     # dispatch mode, no profiler) runs the CUDA implementation directly: the dispatcher's boxing of the
     # arguments into a Python kernel costs about as much host time as the prepared call itself.
@@ -88,8 +89,8 @@ def _dispatcher_needed() -> bool:
             or torch._C._len_torch_dispatch_stack() > 0 or torch._C._autograd._profiler_enabled())
 
 
-# wrapper_key -> the validated call's softmax scale (bounded as the prepared calls are)
-_validated_scales: dict = {}
+# wrapper_key -> the validated call's softmax scale
+_validated_scales = BoundedMemo(1024)
 
 
 def attention_with_kvcache_config(q, k_cache, v_cache=None, *, config, q_rope=None, k_rope_cache=None,

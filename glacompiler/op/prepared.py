@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..memo import BoundedMemo
 from ..spec import ProblemShape
 from .validation import check_values, debug_checks_enabled
 
-# metadata key -> PreparedCall. A cache whose capacity grows every step makes a key per step: past the bound the
-# memo starts over (as triton_launch's does).
-_prepared: dict = {}
-MAX_PREPARED_CALLS = 1024
+# metadata key -> PreparedCall
+_prepared = BoundedMemo(1024)
 
 
 def _metadata(tensor: Tensor) -> tuple:
@@ -56,12 +55,6 @@ def wrapper_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_t
               for tensor in (v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, alibi_slopes, sinks)),
             type(softmax_scale), softmax_scale, type(causal), causal, type(num_splits), num_splits,
             type(softcap), softcap, type(window_size), *map(type, window_size), *window_size)
-
-
-def remember_validated(memo: dict, key, value) -> None:
-    if len(memo) >= MAX_PREPARED_CALLS:
-        memo.clear()
-    memo[key] = value
 
 
 class PreparedCall:
@@ -115,7 +108,7 @@ def run_prepared(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_
         prepared = prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                 softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes, sinks,
                                 (window_left, window_right))
-        remember_validated(_prepared, key, prepared)
+        _prepared.remember(key, prepared)
     elif debug_checks_enabled():  # what validate_inputs would check of the values (a first call has)
         check_values(k_cache, cache_seqlens, page_table, prepared.shape, attn_mask)
     return prepared.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range,

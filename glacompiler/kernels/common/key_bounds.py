@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ...memo import BoundedMemo
 from .mask_range import MaskKeyRangeLaunch
 
 
@@ -18,9 +19,8 @@ def mask_as_kernel_operand(attn_mask: Tensor) -> Tensor:
 
 
 # (batch, capacity, device) -> [B] int32 tensor of the capacity: the lengths of a call that gives none, made once
-# (read-only: the kernels only read lengths). Bounded like the other per-shape memos.
-_capacity_lengths: dict = {}
-MAX_CAPACITY_LENGTHS = 256
+# (read-only: the kernels only read lengths).
+_capacity_lengths = BoundedMemo(256)
 
 
 def capacity_lengths(batch: int, capacity: int, device) -> Tensor:
@@ -32,9 +32,7 @@ def capacity_lengths(batch: int, capacity: int, device) -> Tensor:
     if lengths is None:
         lengths = torch.full((batch,), capacity, dtype=torch.int32, device=device)
         if not (torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()):
-            if len(_capacity_lengths) >= MAX_CAPACITY_LENGTHS:
-                _capacity_lengths.clear()
-            _capacity_lengths[key] = lengths
+            _capacity_lengths.remember(key, lengths)
     return lengths
 
 

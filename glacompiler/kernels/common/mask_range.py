@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...memo import BoundedMemo
 from ...reference import mask_attended_keys
 from .tiles import next_power_of_two
 from .triton_launch import PreparedLaunch
@@ -37,9 +38,8 @@ class MaskKeyRangeLaunch:
 
 
 # (mask metadata, batch, capacity) -> MaskKeyRangeLaunch, for the op glacompiler::mask_key_range (the backend's
-# one per step); bounded like the other per-shape memos.
-_prepared_ranges: dict = {}
-MAX_PREPARED_RANGES = 256
+# one per step).
+_prepared_ranges = BoundedMemo(256)
 
 
 def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
@@ -49,10 +49,7 @@ def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) 
     key = (mask.shape, mask.stride(), mask.dtype, mask.device, mask.data_ptr() % 16, batch, capacity, mask_is_bool)
     prepared = _prepared_ranges.get(key)
     if prepared is None:
-        prepared = MaskKeyRangeLaunch(mask, batch, capacity, mask_is_bool)
-        if len(_prepared_ranges) >= MAX_PREPARED_RANGES:
-            _prepared_ranges.clear()
-        _prepared_ranges[key] = prepared
+        prepared = _prepared_ranges.remember(key, MaskKeyRangeLaunch(mask, batch, capacity, mask_is_bool))
     return prepared(mask)
 
 

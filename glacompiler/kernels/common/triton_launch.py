@@ -17,12 +17,12 @@ import logging
 
 from torch import Tensor
 
+from ...memo import BoundedMemo
+
 LOGGER = logging.getLogger("glacompiler")
 
-# specialisation key -> CompiledKernel. A cache that grows every step (strides that follow a growing length)
-# would add a key per call: past the bound the memo starts over.
-_compiled: dict = {}
-MAX_REMEMBERED_LAUNCHES = 4096
+# specialisation key -> CompiledKernel (a cache whose strides follow a growing length adds a key per call)
+_compiled = BoundedMemo(4096)
 # JITFunction -> names of its constexpr parameters, in signature order (they follow the runtime ones)
 _constexpr_names: dict = {}
 # JITFunction -> positions of its do_not_specialize parameters
@@ -114,9 +114,7 @@ def launch(kernel, grid: tuple, args: tuple, constexprs: dict, num_warps: int, n
             return compiled
     compiled = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
     if isinstance(compiled, CompiledKernel):
-        if len(_compiled) >= MAX_REMEMBERED_LAUNCHES:
-            _compiled.clear()
-        _compiled[key] = compiled
+        _compiled.remember(key, compiled)
     return compiled
 
 
