@@ -129,6 +129,12 @@ def two_terms_per_head(q, k, v, q2, k2):
     return scores.softmax(-1) @ values(v)
 
 
+def key_value_lengths_differ(q, k, v_store):
+    # eager's CPU SDPA does not check that K and V are of one length (it reads past V's end, here into
+    # v_store's last rows); the pass declines instead of guessing
+    return F.scaled_dot_product_attention(q, k, v_store[:, :, :S - 4])
+
+
 # ---- plan/site_plan.py ----------------------------------------------------------------------------------------
 
 def prefill(q, k, v):
@@ -199,6 +205,15 @@ def key_not_contiguous(q, key_store, v):
     return (q @ keys_t(k)).softmax(-1) @ values(v)
 
 
+def every_other_key(q, k_store, v):
+    k = k_store.reshape(B, HKV, S, 2, D)[:, :, :, 0]  # the keys at the even positions of a [B, Hkv, 2S, D] cache
+    return (q @ keys_t(k)).softmax(-1) @ values(v)
+
+
+def hand_written(q, k, v):
+    return (q @ k.transpose(-1, -2) * 0.25).softmax(-1) @ v
+
+
 # ---- plan/extensions.py ---------------------------------------------------------------------------------------
 
 def softcap_on_latent(q_latent, q_rope, latent, rope_key):
@@ -225,6 +240,12 @@ def alibi_slopes_in_pairs(q, k, v):
 
 def alibi_positions_restart(q, k, v):
     positions = torch.arange(S // 2, dtype=torch.float32)[None].expand(2, S // 2).reshape(S)  # 0..S/2-1 twice
+    scores = q @ keys_t(k) * 0.25 + alibi_slopes() * positions
+    return scores.softmax(-1) @ values(v)
+
+
+def alibi_positions_per_sequence(q, k, v):
+    positions = torch.arange(B * S, dtype=torch.float32).reshape(B, 1, 1, S)  # one counter over the whole batch
     scores = q @ keys_t(k) * 0.25 + alibi_slopes() * positions
     return scores.softmax(-1) @ values(v)
 
@@ -293,6 +314,13 @@ def integer_mask(q, k, v, bias):
 def bias_per_key_block(q, k, v, bias):
     block_bias = bias.reshape(B, 1, 2, 1).expand(B, 1, 2, S // 2).reshape(B, 1, 1, S)  # one value per half of the keys
     return (q @ keys_t(k) + block_bias).softmax(-1) @ values(v)
+
+
+def mask_on_permuted_scores(q, k, v, bias_store):
+    scores = (q @ keys_t(k)).reshape(B, HQ, 1, 8, 3).transpose(-1, -2).reshape(B, HQ, 1, S)  # keys reordered
+    scores = scores + bias_store.reshape(B, 1, 1, S)  # bias_store [B, 4, 6]: its rows cut the reordered keys
+    scores = scores.reshape(B, HQ, 1, 3, 8).transpose(-1, -2).reshape(B, HQ, 1, S)  # back to the key order
+    return scores.softmax(-1) @ values(v)
 
 
 def bias_heads_regrouped(q, k, v, bias):
@@ -428,6 +456,27 @@ def scores_regrouped(q, k, v):  # q, k [3, 4, ...]; the scores viewed as 4 x 3
     return scores.softmax(-1) @ v
 
 
+def cat_query_strided(q_pairs, k, k_rope, v):
+    q = q_pairs.view(B, HQ, 1, D + D // 2, 2)[..., 0]  # every other element of q_pairs [B, HQ, 1, 3D]
+    keys = torch.cat([values(k), values(k_rope)], -1)
+    return (q @ keys.transpose(-1, -2)).softmax(-1) @ values(v)
+
+
+def cat_part_reordered(q, k_blocks, k_rope, v):
+    k = k_blocks.reshape(B, HKV, S, D)  # k_blocks [B, Hkv, 4, 6, D]
+    keys = torch.cat([k, k_rope], -1).reshape(B, HKV, 3, 8, D + D // 2).transpose(2, 3)  # keys reordered
+    return (q @ keys_t(keys.reshape(B, HKV, S, D + D // 2))).softmax(-1) @ values(v)
+
+
+def terms_keys_reordered(q_latent, q_rope, latent, rope_key):
+    latent_scores = torch.einsum("blhc,bsc->bhls", q_latent, latent)
+    rope_scores = torch.einsum("blhr,bsr->bhls", q_rope, rope_key)
+    # each term's keys reordered differently (as 4 x 6 and as 3 x 8)
+    latent_scores = latent_scores.reshape(B, HQ, 1, 4, 6).transpose(-1, -2).reshape(B, HQ, 1, S)
+    rope_scores = rope_scores.reshape(B, HQ, 1, 3, 8).transpose(-1, -2).reshape(B, HQ, 1, S)
+    return torch.einsum("bhls,bsc->blhc", ((latent_scores + rope_scores) * 0.1).softmax(-1), latent)
+
+
 def sdpa_mha(q, k, v):
     return F.scaled_dot_product_attention(q, k, v)
 
@@ -481,6 +530,16 @@ def v_rows_regrouped(q, k, v_store):  # q, k [3, 4, ...], v_store [4, 3, S, D]
 def probs_viewed_regrouped(q, k, v):  # q, k [3, 4, ...]; the probabilities viewed as 4 x 3
     probs = (q @ k.transpose(-1, -2)).softmax(-1)
     return probs.reshape(4, 3, 1, S) @ v
+
+
+def head_zero_only(q, k, v):
+    probs = (q @ keys_t(k) * 0.25).softmax(-1)
+    return probs[:, 0] @ values(v)[:, 0]
+
+
+def probs_rows_regrouped(q, k, v_halves):  # q [B, 12, 1, D], k [B, 3, S, D]: 12 heads as 3 KV heads x 4
+    probs = (q @ repeat_kv(k, 4).transpose(-1, -2)).softmax(-1)
+    return probs.view(B, 2, 6, S) @ v_halves  # the heads as 2 x 6 rows, each 6 sharing one V
 
 
 class Case(NamedTuple):
@@ -646,6 +705,35 @@ CASES = {
                                      "regroups their dims in a way that cannot be followed",
                                      "reshapes that split or merge whole dims only",
                                      node_line="scores = ((q @ k.transpose(-1, -2)).reshape(4, 3, 1, S) + bias)"),
+    "key_value_lengths_differ": Case(key_value_lengths_differ,
+                                     lambda: (randn(B, HQ, 1, D), randn(B, HQ, S, D), randn(B, HQ, S, D)),
+                                     "SDPA's key and value lengths differ (24 and 20)",
+                                     "key and value caches of one length", same_output=False),
+    "every_other_key": Case(every_other_key, lambda: (inputs()[0], randn(B, HKV, 2 * S, D), inputs()[2]),
+                            "the key cache is read with a stride pattern the op cannot express",
+                            "build the key cache from its tensor with views only"),
+    "alibi_positions_per_sequence": Case(alibi_positions_per_sequence, inputs,
+                                         "the ALiBi bias is not one slope per head times the key position",
+                                         "slope[h] * key_position"),
+    "mask_on_permuted_scores": Case(mask_on_permuted_scores, lambda: (*inputs(), randn(B, 4, 6)),
+                                    "is a view that cannot be followed", "build the mask with views",
+                                    node_line="scores = scores + bias_store.reshape(B, 1, 1, S)"),
+    "cat_query_strided": Case(cat_query_strided,
+                              lambda: (randn(B, HQ, 1, 3 * D), inputs()[1], randn(B, HKV, S, D // 2), inputs()[2]),
+                              "the query's head dim is strided", "its last, stride-1 dim"),
+    "cat_part_reordered": Case(cat_part_reordered,
+                               lambda: (randn(B, HQ, 1, D + D // 2), randn(B, HKV, 4, 6, D),
+                                        randn(B, HKV, S, D // 2), inputs()[2]),
+                               "a part of the concatenated key cannot be followed to its source",
+                               "build each part of the concatenated key from its cache with views only",
+                               node_line="k = k_blocks.reshape(B, HKV, S, D)"),
+    "terms_keys_reordered": Case(terms_keys_reordered, latent_inputs, "the score terms index the scores differently",
+                                 "over one [B, H, Lq, S] layout"),
+    "head_zero_only": Case(head_zero_only, inputs, "reads only one index of a score dim",
+                           "index the attention output instead"),
+    "probs_rows_regrouped": Case(probs_rows_regrouped, lambda: (*twelve_heads()[:2], randn(B, 2, S, D)),
+                                 "the probabilities are regrouped in a way that cannot be followed",
+                                 "reshape the probabilities only back to the scores' layout"),
 }
 
 
@@ -694,20 +782,21 @@ def test_reason_names_the_line_of_a_node_elsewhere():
     assert result.records[0].location.endswith("in mask_built_elsewhere"), result.records[0].location
 
 
-@pytest.mark.parametrize("dim, seen, fix", [
-    (2, "the query length is symbolic", "a fixed number of new tokens"),
-    (1, "SDPA heads or head dim are symbolic", "fixed head counts and head dims"),
+@pytest.mark.parametrize("fn, dim, seen, fix", [
+    (sdpa, 2, "the query length is symbolic", "a fixed number of new tokens"),
+    (sdpa, 1, "SDPA heads or head dim are symbolic", "fixed head counts and head dims"),
+    (hand_written, 1, "the number of query heads is symbolic", "a fixed number of query heads"),
 ])
-def test_symbolic_sizes(dim, seen, fix):
+def test_symbolic_sizes(fn, dim, seen, fix):
     """Sizes dynamo made dynamic (mark_dynamic here; in a model, a size that changed between calls)."""
-    harness = PassHarness(sdpa)
-    q, k, v = inputs(query_len=3)
+    harness = PassHarness(fn)
+    q, k, v = inputs(query_len=3) if fn is sdpa else (randn(B, HQ, 1, D), randn(B, HQ, S, D), randn(B, HQ, S, D))
     for tensor in (q, k, v) if dim == 1 else (q,):
         torch._dynamo.mark_dynamic(tensor, dim)
     output = harness(q, k, v)
     result = harness.result(output)
-    check_reason(result.records[0], Case(sdpa, None, seen, fix))
-    assert_close(output, sdpa(q, k, v))
+    check_reason(result.records[0], Case(fn, None, seen, fix))
+    assert_close(output, fn(q, k, v))
 
 
 def test_internal_error_row_says_it_is_a_bug(monkeypatch):
