@@ -322,6 +322,15 @@ def _value_across_heads(q, latent, rope, weight, mask):
     return attend(q, join_key(k_nope, rope, "cat"), value, mask, "sdpa")
 
 
+def _channels_reordered_differently(q, latent, rope, weight, mask):
+    """The product sums over 24 latent channels read as 8 x 3 on the latent side and as 6 x 4 on the weight's."""
+    channels = latent[:, :, 0, :24].reshape(BATCH, CAPACITY, 3, 8).transpose(-1, -2).reshape(BATCH, CAPACITY, 24)
+    rows = weight[0][:, :24].reshape(-1, 4, 6).transpose(-1, -2).reshape(-1, 24)
+    kv = F.linear(channels, rows).reshape(BATCH, CAPACITY, HEADS, NOPE + VALUE).transpose(1, 2)
+    k_nope, value = torch.split(kv, [NOPE, VALUE], dim=-1)
+    return attend(q, join_key(k_nope, rope, "cat"), value, mask, "sdpa")
+
+
 def _weight_store(inputs):
     store = torch.randn(HEADS * (NOPE + VALUE) * LATENT + 5, generator=torch.Generator().manual_seed(1))
     return (*inputs[:3], store / LATENT ** 0.5, inputs[4])
@@ -351,6 +360,8 @@ def _weight_with_a_spare_head(inputs):
     (_value_across_heads, _weight_with_a_spare_head,
      "the value weight is read in runs that cross its blocks (a run of 16 starting 24 into a block of 32)",
      "within that head's columns"),
+    (_channels_reordered_differently, None, "the product computing the value cannot be followed",
+     "compute the value as latent @ W"),
 ])
 def test_not_absorbed_notes_say_what_would_absorb(fn, adapt, reason, fix):
     """Section 5 for absorption: the fused expanded site's note says what was seen and what would absorb it."""

@@ -497,6 +497,10 @@ def sdpa_dropout(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, enable_gqa=True)
 
 
+def sdpa_dropout_mha(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=0.3)
+
+
 def v_per_query(q, k, v, v_rows):
     probs = (q @ keys_t(k) * 0.25).softmax(-1)
     return probs[:, :, :, None, :] @ v_rows  # V [B, HQ, Lq, S, D]: different values per query row
@@ -782,21 +786,45 @@ def test_reason_names_the_line_of_a_node_elsewhere():
     assert result.records[0].location.endswith("in mask_built_elsewhere"), result.records[0].location
 
 
-@pytest.mark.parametrize("fn, dim, seen, fix", [
-    (sdpa, 2, "the query length is symbolic", "a fixed number of new tokens"),
-    (sdpa, 1, "SDPA heads or head dim are symbolic", "fixed head counts and head dims"),
-    (hand_written, 1, "the number of query heads is symbolic", "a fixed number of query heads"),
+def projected_query(x, w_heads, k, v):  # w_heads [C, HQ, D]: the query projection's output viewed as heads
+    q = (x @ w_heads.reshape(x.shape[-1], -1)).view(B, 1, HQ, -1).transpose(1, 2)
+    return (q @ k.transpose(-1, -2) * 0.25).softmax(-1) @ v
+
+
+def mha_inputs():
+    return randn(B, HQ, 1, D), randn(B, HQ, S, D), randn(B, HQ, S, D)
+
+
+@pytest.mark.parametrize("fn, make_inputs, dynamic, seen, fix, node_line", [
+    (sdpa, lambda: inputs(query_len=3), {0: 2}, "the query length is symbolic", "a fixed number of new tokens", None),
+    (sdpa, lambda: inputs(query_len=3), {0: 1, 1: 1, 2: 1}, "SDPA heads or head dim are symbolic",
+     "fixed head counts and head dims", None),
+    (hand_written, mha_inputs, {0: 1, 1: 1, 2: 1}, "the number of query heads is symbolic",
+     "a fixed number of query heads", None),
+    (projected_query, lambda: (randn(B, 1, 32), randn(32, HQ, D), *mha_inputs()[1:]), {1: 2, 2: 3, 3: 3},
+     "the query's head dim shares axis 1 of mm with other dims whose strides are symbolic",
+     "fixed head counts and head dims", "q = (x @ w_heads.reshape("),
 ])
-def test_symbolic_sizes(fn, dim, seen, fix):
-    """Sizes dynamo made dynamic (mark_dynamic here; in a model, a size that changed between calls)."""
+def test_symbolic_sizes(fn, make_inputs, dynamic, seen, fix, node_line):
+    """Sizes dynamo made dynamic (mark_dynamic here, {argument: dim}; in a model, a size that changed between
+    calls)."""
     harness = PassHarness(fn)
-    q, k, v = inputs(query_len=3) if fn is sdpa else (randn(B, HQ, 1, D), randn(B, HQ, S, D), randn(B, HQ, S, D))
-    for tensor in (q, k, v) if dim == 1 else (q,):
-        torch._dynamo.mark_dynamic(tensor, dim)
-    output = harness(q, k, v)
+    args = make_inputs()
+    for index, dim in dynamic.items():
+        torch._dynamo.mark_dynamic(args[index], dim)
+    output = harness(*args)
     result = harness.result(output)
-    check_reason(result.records[0], Case(fn, None, seen, fix))
-    assert_close(output, fn(q, k, v))
+    check_reason(result.records[0], Case(fn, None, seen, fix, node_line))
+    assert_close(output, fn(*args))
+
+
+@pytest.mark.gpu
+def test_sdpa_dropout_on_cuda(cuda_device):
+    """On CUDA a dropout stays inside SDPA's fused kernel (on CPU it decomposes: the "dropout" case)."""
+    q, k, v = (tensor.to(cuda_device) for tensor in mha_inputs())
+    result = run_pass(sdpa_dropout_mha, q, k, v)
+    assert result.statuses == ["skipped"] and result.after["gla"] == 0, result.reasons
+    check_reason(result.records[0], Case(sdpa_dropout_mha, None, "dropout_p=0.3 is active", "dropout_p=0 at inference"))
 
 
 def test_internal_error_row_says_it_is_a_bug(monkeypatch):

@@ -262,10 +262,10 @@ def head_dim_span(term, pieces: list, what: str):
                           "changes)", node=term.q.base)
     span = min(steps)
     start = term.q_window[0] if term.q_window is not None else 0
-    if start + contraction.size > span:
+    if start + contraction.size > span:  # views nest their runs (a cat part's window lies in the head dim)
         raise Decline(f"the {what}'s head dim ({contraction.size} wide) overlaps the other dims read from axis "
                       f"{contraction.axis} of {term.q.base.name} (the next one starts every {span} entries)",
-                      fix="view the projection as [.., H, D] with D the head dim the attention reads", node=term.q.base)
+                      fix=UNEXPECTED_GRAPH, node=term.q.base)
     return span
 
 
@@ -298,10 +298,11 @@ def output_plan(values: ValueSide, slots: list, roles: Roles) -> OutputPlan:
     for dim in values.output_over_atoms.dims:
         for piece in dim:
             atom = atoms[piece.axis]
+            # The output is the value product itself, or SDPA's output whose dims are the scores' dims: each of
+            # its pieces is a whole atom.
             if not (known_equal(piece.step, 1) and known_equal(piece.size, atom.size)):
-                raise Decline("the attention output regroups a dim the op keeps whole",
-                              fix="transpose or reshape the output [B, H, Lq, Dv] back only after the attention, "
-                                  "keeping heads and the value dim whole ([B, Lq, H * Dv])", node=values.output)
+                raise Decline("the attention output regroups a dim the op keeps whole", fix=UNEXPECTED_GRAPH,
+                              node=values.output)
             order.append(split_refs.index(refs[piece.axis]))
     if sorted(order) != list(range(len(split_refs))):
         raise Decline("the attention output does not hold every (batch, query, head, value) entry once",
