@@ -7,15 +7,18 @@ expanded-MLA "not absorbed" notes (test_absorb.py), the training row (test_backe
 rewrite=False row (test_backend_runtime.py).
 
 The table (CASES) by check, module of the pass -> cases:
-  find/sdpa.py         read_sdpa: side outputs                           logsumexp_used
+  find/sdpa.py         read_sdpa: side outputs; a fused dropout (CUDA)   logsumexp_used, test_sdpa_dropout_on_cuda
   plan/match.py        scores used elsewhere; SDPA heads                 scores_returned, scaled_scores_returned,
                                                                          test_symbolic_sizes
+                       SDPA's key and value lengths                      key_value_lengths_differ
                        two score terms, neither tied                     two_terms_per_head
   plan/site_plan.py    query length (prefill, symbolic), dtype           prefill, float64, test_symbolic_sizes
+                       symbolic heads, head dims and their strides       test_symbolic_sizes
                        two score terms, keys per head in each            terms_with_own_heads
                        masks per head                                    mask_per_head, mask_built_elsewhere
                        number of score terms, their scales               three_products, scaled_differently
-                       cache layout, op's own checks                     key_not_contiguous, head_dim_unsupported
+                       cache layout, op's own checks                     key_not_contiguous, every_other_key,
+                                                                         head_dim_unsupported
                        a rope query shared by all heads                  rope_query_broadcast
                        query positions, batch dims under a mask          positions_in_two_dims,
                                                                          latent_with_two_batch_dims
@@ -23,6 +26,7 @@ The table (CASES) by check, module of the pass -> cases:
                        sinks and ALiBi slopes per head, ALiBi positions  sinks_per_sequence, sinks_permuted,
                                                                          alibi_slopes_in_pairs,
                                                                          alibi_positions_restart,
+                                                                         alibi_positions_per_sequence,
                                                                          sinks_heads_regrouped
   trace/score_side.py  every node between q @ k and the softmax          negative_scale, constant_added,
                                                                          add_with_alpha, integer_scores,
@@ -30,7 +34,8 @@ The table (CASES) by check, module of the pass -> cases:
                                                                          integer_mask, fill_zero, alibi_twice,
                                                                          fill_over_exp, fill_over_sum,
                                                                          bias_on_regrouped_scores
-  trace/masks.py       where a mask varies                               bias_per_key_block, bias_heads_regrouped
+  trace/masks.py       where a mask varies, how it is viewed             bias_per_key_block, bias_heads_regrouped,
+                                                                         mask_on_permuted_scores
   trace/score_mods.py  soft cap, sinks                                   two_tanh, mask_under_tanh,
                                                                          three_sink_columns, sink_column_first,
                                                                          sink_column_kept, sinks_scores_used,
@@ -43,26 +48,48 @@ The table (CASES) by check, module of the pass -> cases:
                                                                          query_dim_in_two_runs,
                                                                          key_half_broadcast, softmax_over_heads,
                                                                          rope_key_broadcast,
-                                                                         qk_rows_regrouped, scores_regrouped
+                                                                         qk_rows_regrouped, scores_regrouped,
+                                                                         terms_keys_reordered
+                       a key concatenated along its head dim             cat_query_strided, cat_part_reordered
   trace/value_side.py  probabilities to the value product                probs_returned, dropout,
                                                                          integer_probabilities, v_per_query,
                                                                          value_dim_in_two_runs, v_batch_broadcast,
                                                                          heads_summed, probs_regrouped,
-                                                                         v_rows_regrouped, probs_viewed_regrouped
+                                                                         v_rows_regrouped, probs_viewed_regrouped,
+                                                                         probs_rows_regrouped, head_zero_only
   absorb/              (notes on fused expanded sites)                   test_absorb.py
 Reasons no user code reaches (internal invariants) carry UNEXPECTED_GRAPH as their fix and are not triggered.
+tests/test_decline_fixes.py lists every user-facing check by module, function and reason, with the test that
+triggers it or "unreachable" (argued here), so a new check fails it until it is covered.
 Checks with a user-facing fix that no code running correctly in eager reaches (so not triggered):
   trace/value_side.py  probabilities as the right operand of the value product: the finder takes a softmax only
                        when its output reaches a product's left operand through single-user views and casts,
                        and follow_probabilities walks that same chain, so it ends at that product's left side
+  find/sdpa.py         a fused SDPA op with dropout: on CPU SDPA with dropout decomposes to its math form (the
+                       "dropout" case) and the CPU flash op rejects dropout; CUDA's fused ops keep it
+                       (test_sdpa_dropout_on_cuda)
+                       a scale that is not a number: dynamo specializes SDPA's scale (tried: a scale computed
+                       from a dynamic size, and a float argument with specialize_float off)
   plan/match.py        an SDPA mask that does not broadcast to the scores: eager SDPA adds the mask to the
                        scores, so it raises first
+                       SDPA operands without a head dim: the fused ops take 4-D tensors only (3-D SDPA
+                       decomposes to its math form)
+                       query heads not a multiple of the KV heads: SDPA rejects them (enable_gqa, or heads that
+                       broadcast); only the private CPU flash op takes them, and reads past the KV heads
+  plan/site_plan.py    a cache read in runs that do not tile its axis: views keep every run inside its axis, so
+                       their span never exceeds it (only sizes the pass cannot compare, symbolic, could)
+                       an output that does not hold every entry once: analyze_values makes each of its batch
+                       and row runs a whole score dim read once, and V's value dim one run
   trace/score_side.py  no q.k product feeds the softmax: the finder takes a softmax only when its input reaches
                        a product, and the walk recurses until it reaches one or declines on the way
                        a non-boolean mask for where/masked_fill: eager masked_fill rejects it; eager where takes
                        a uint8 condition, but dynamo's fake-tensor trace rejects it before the pass runs
+                       a mask that does not broadcast to the node it is applied at: that node is the broadcast
+                       op's own output, and its whole axes resolve through any views of fixed sizes
   trace/score_mods.py  a sink column that does not broadcast to the scores: torch.cat needs every other dim equal
                        and the column is one wide along the cat dim, so it always broadcasts
+                       a sink column view that cannot be followed: the column is read whole along each of its
+                       axes, which resolves through any views of fixed sizes
   absorb/expansion.py  a key part copied from a tensor that does not broadcast (eager copy_ rejects it); a key
                        part never written (new_empty: the eager output reads uninitialized memory)
 """
