@@ -150,6 +150,36 @@ def test_symbolic_batch_is_absorbed(monkeypatch):
     assert any(isinstance(v, torch.Tensor) and not isinstance(v.shape[0], int) for v in values)
 
 
+def _rejoined_at(q, latent, rope, weight, mask, cut):
+    k_nope, value = expand(latent, weight)
+    key = join_key(k_nope, rope, "cat")
+    width = cut.shape[0]  # symbolic: cut is marked dynamic
+    key = torch.cat([key[..., :width], key[..., width:]], dim=-1)
+    return attend(q, key, value, mask, "sdpa")
+
+
+@pytest.mark.parametrize("dynamic, reason, fix", [
+    ("latent width", "the key weight has a symbolic size", "a weight of fixed shape"),
+    ("key part", "a part of the concatenated key has a symbolic width", "key parts of fixed widths"),
+])
+def test_symbolic_sizes_keep_the_expanded_form(dynamic, reason, fix):
+    """Sizes dynamo made dynamic that the absorbed form cannot take (the expanded site's own dims are fixed)."""
+    q, latent, rope, weight, mask = make_inputs(1)
+    if dynamic == "latent width":
+        fn, inputs = expanding_attention("cat", "sdpa"), (q, latent, rope, weight, mask)
+        torch._dynamo.mark_dynamic(latent, 3)
+        torch._dynamo.mark_dynamic(weight, 2)
+    else:
+        fn, inputs = _rejoined_at, (q, latent, rope, weight, mask, torch.zeros(10))
+        torch._dynamo.mark_dynamic(inputs[-1], 0)
+    harness = PassHarness(fn)
+    assert_close(harness(*inputs), fn(*inputs), tol=1e-4)
+    [record] = harness.result().records
+    assert record.status == "rewritten" and not record.form.endswith("(absorbed)"), str(record)
+    assert record.reason.startswith("not absorbed: ") and reason in record.reason, record.reason
+    assert fix in record.reason.split("; to absorb: ", 1)[1], record.reason
+
+
 def test_prefill_keeps_the_expanded_form():
     fn = expanding_attention("cat", "sdpa")
     inputs = make_inputs(1, query_len=CAPACITY)
@@ -275,6 +305,42 @@ def _narrow_rope(q, latent, rope, weight, mask):
     return attend(q[..., :NOPE + 8], key, value, mask, "sdpa")
 
 
+def _weight_in_a_longer_buffer(q, latent, rope, store, mask):
+    """The weight is the start of a 1-D buffer whose length is not a multiple of the weight's rows."""
+    rows = HEADS * (NOPE + VALUE)
+    kv = F.linear(latent[:, :, 0], store[:rows * LATENT].view(rows, LATENT))
+    k_nope, value = torch.split(kv.reshape(BATCH, CAPACITY, HEADS, NOPE + VALUE).transpose(1, 2), [NOPE, VALUE], -1)
+    return attend(q, join_key(k_nope, rope, "cat"), value, mask, "sdpa")
+
+
+def _value_across_heads(q, latent, rope, weight, mask):
+    """V's columns of each head start 24 into one head's 32 columns and run into the next head's."""
+    width = NOPE + VALUE
+    kv = F.linear(latent[:, :, 0], weight)  # weight [(HEADS + 1) * width, LATENT]
+    k_nope = kv[..., :HEADS * width].view(BATCH, CAPACITY, HEADS, width)[..., :NOPE].transpose(1, 2)
+    value = kv[..., 24: 24 + HEADS * width].view(BATCH, CAPACITY, HEADS, width)[..., :VALUE].transpose(1, 2)
+    return attend(q, join_key(k_nope, rope, "cat"), value, mask, "sdpa")
+
+
+def _channels_reordered_differently(q, latent, rope, weight, mask):
+    """The product sums over 24 latent channels read as 8 x 3 on the latent side and as 6 x 4 on the weight's."""
+    channels = latent[:, :, 0, :24].reshape(BATCH, CAPACITY, 3, 8).transpose(-1, -2).reshape(BATCH, CAPACITY, 24)
+    rows = weight[0][:, :24].reshape(-1, 4, 6).transpose(-1, -2).reshape(-1, 24)
+    kv = F.linear(channels, rows).reshape(BATCH, CAPACITY, HEADS, NOPE + VALUE).transpose(1, 2)
+    k_nope, value = torch.split(kv, [NOPE, VALUE], dim=-1)
+    return attend(q, join_key(k_nope, rope, "cat"), value, mask, "sdpa")
+
+
+def _weight_store(inputs):
+    store = torch.randn(HEADS * (NOPE + VALUE) * LATENT + 5, generator=torch.Generator().manual_seed(1))
+    return (*inputs[:3], store / LATENT ** 0.5, inputs[4])
+
+
+def _weight_with_a_spare_head(inputs):
+    weight = torch.randn((HEADS + 1) * (NOPE + VALUE), LATENT, generator=torch.Generator().manual_seed(1))
+    return (*inputs[:3], weight / LATENT ** 0.5, inputs[4])
+
+
 @pytest.mark.parametrize("fn, adapt, reason, fix", [
     (_value_not_a_product, None, "V is not one product of the latent", "compute V as one linear map"),
     (_rope_from_a_product, None, "K is joined from 2 products", "one kv_b_proj over the latent"),
@@ -289,6 +355,13 @@ def _narrow_rope(q, latent, rope, weight, mask):
      "views only (view, reshape, transpose"),
     (_narrow_rope, None, "the absorbed form is unsupported by the op: q_rope has rope dim 8",
      "latent and rope dims the latent kernels take"),
+    (_weight_in_a_longer_buffer, _weight_store, "the key weight is read with a stride pattern that cannot be viewed",
+     "a view of part of a longer buffer"),
+    (_value_across_heads, _weight_with_a_spare_head,
+     "the value weight is read in runs that cross its blocks (a run of 16 starting 24 into a block of 32)",
+     "within that head's columns"),
+    (_channels_reordered_differently, None, "the product computing the value cannot be followed",
+     "compute the value as latent @ W"),
 ])
 def test_not_absorbed_notes_say_what_would_absorb(fn, adapt, reason, fix):
     """Section 5 for absorption: the fused expanded site's note says what was seen and what would absorb it."""

@@ -7,15 +7,18 @@ expanded-MLA "not absorbed" notes (test_absorb.py), the training row (test_backe
 rewrite=False row (test_backend_runtime.py).
 
 The table (CASES) by check, module of the pass -> cases:
-  find/sdpa.py         read_sdpa: side outputs                           logsumexp_used
+  find/sdpa.py         read_sdpa: side outputs; a fused dropout (CUDA)   logsumexp_used, test_sdpa_dropout_on_cuda
   plan/match.py        scores used elsewhere; SDPA heads                 scores_returned, scaled_scores_returned,
                                                                          test_symbolic_sizes
+                       SDPA's key and value lengths                      key_value_lengths_differ
                        two score terms, neither tied                     two_terms_per_head
   plan/site_plan.py    query length (prefill, symbolic), dtype           prefill, float64, test_symbolic_sizes
+                       symbolic heads, head dims and their strides       test_symbolic_sizes
                        two score terms, keys per head in each            terms_with_own_heads
                        masks per head                                    mask_per_head, mask_built_elsewhere
                        number of score terms, their scales               three_products, scaled_differently
-                       cache layout, op's own checks                     key_not_contiguous, head_dim_unsupported
+                       cache layout, op's own checks                     key_not_contiguous, every_other_key,
+                                                                         head_dim_unsupported
                        a rope query shared by all heads                  rope_query_broadcast
                        query positions, batch dims under a mask          positions_in_two_dims,
                                                                          latent_with_two_batch_dims
@@ -23,6 +26,7 @@ The table (CASES) by check, module of the pass -> cases:
                        sinks and ALiBi slopes per head, ALiBi positions  sinks_per_sequence, sinks_permuted,
                                                                          alibi_slopes_in_pairs,
                                                                          alibi_positions_restart,
+                                                                         alibi_positions_per_sequence,
                                                                          sinks_heads_regrouped
   trace/score_side.py  every node between q @ k and the softmax          negative_scale, constant_added,
                                                                          add_with_alpha, integer_scores,
@@ -30,7 +34,8 @@ The table (CASES) by check, module of the pass -> cases:
                                                                          integer_mask, fill_zero, alibi_twice,
                                                                          fill_over_exp, fill_over_sum,
                                                                          bias_on_regrouped_scores
-  trace/masks.py       where a mask varies                               bias_per_key_block, bias_heads_regrouped
+  trace/masks.py       where a mask varies, how it is viewed             bias_per_key_block, bias_heads_regrouped,
+                                                                         mask_on_permuted_scores
   trace/score_mods.py  soft cap, sinks                                   two_tanh, mask_under_tanh,
                                                                          three_sink_columns, sink_column_first,
                                                                          sink_column_kept, sinks_scores_used,
@@ -43,26 +48,48 @@ The table (CASES) by check, module of the pass -> cases:
                                                                          query_dim_in_two_runs,
                                                                          key_half_broadcast, softmax_over_heads,
                                                                          rope_key_broadcast,
-                                                                         qk_rows_regrouped, scores_regrouped
+                                                                         qk_rows_regrouped, scores_regrouped,
+                                                                         terms_keys_reordered
+                       a key concatenated along its head dim             cat_query_strided, cat_part_reordered
   trace/value_side.py  probabilities to the value product                probs_returned, dropout,
                                                                          integer_probabilities, v_per_query,
                                                                          value_dim_in_two_runs, v_batch_broadcast,
                                                                          heads_summed, probs_regrouped,
-                                                                         v_rows_regrouped, probs_viewed_regrouped
+                                                                         v_rows_regrouped, probs_viewed_regrouped,
+                                                                         probs_rows_regrouped, head_zero_only
   absorb/              (notes on fused expanded sites)                   test_absorb.py
 Reasons no user code reaches (internal invariants) carry UNEXPECTED_GRAPH as their fix and are not triggered.
+tests/test_decline_fixes.py lists every user-facing check by module, function and reason, with the test that
+triggers it or "unreachable" (argued here), so a new check fails it until it is covered.
 Checks with a user-facing fix that no code running correctly in eager reaches (so not triggered):
   trace/value_side.py  probabilities as the right operand of the value product: the finder takes a softmax only
                        when its output reaches a product's left operand through single-user views and casts,
                        and follow_probabilities walks that same chain, so it ends at that product's left side
+  find/sdpa.py         a fused SDPA op with dropout: on CPU SDPA with dropout decomposes to its math form (the
+                       "dropout" case) and the CPU flash op rejects dropout; CUDA's fused ops keep it
+                       (test_sdpa_dropout_on_cuda)
+                       a scale that is not a number: dynamo specializes SDPA's scale (tried: a scale computed
+                       from a dynamic size, and a float argument with specialize_float off)
   plan/match.py        an SDPA mask that does not broadcast to the scores: eager SDPA adds the mask to the
                        scores, so it raises first
+                       SDPA operands without a head dim: the fused ops take 4-D tensors only (3-D SDPA
+                       decomposes to its math form)
+                       query heads not a multiple of the KV heads: SDPA rejects them (enable_gqa, or heads that
+                       broadcast); only the private CPU flash op takes them, and reads past the KV heads
+  plan/site_plan.py    a cache read in runs that do not tile its axis: views keep every run inside its axis, so
+                       their span never exceeds it (only sizes the pass cannot compare, symbolic, could)
+                       an output that does not hold every entry once: analyze_values makes each of its batch
+                       and row runs a whole score dim read once, and V's value dim one run
   trace/score_side.py  no q.k product feeds the softmax: the finder takes a softmax only when its input reaches
                        a product, and the walk recurses until it reaches one or declines on the way
                        a non-boolean mask for where/masked_fill: eager masked_fill rejects it; eager where takes
                        a uint8 condition, but dynamo's fake-tensor trace rejects it before the pass runs
+                       a mask that does not broadcast to the node it is applied at: that node is the broadcast
+                       op's own output, and its whole axes resolve through any views of fixed sizes
   trace/score_mods.py  a sink column that does not broadcast to the scores: torch.cat needs every other dim equal
                        and the column is one wide along the cat dim, so it always broadcasts
+                       a sink column view that cannot be followed: the column is read whole along each of its
+                       axes, which resolves through any views of fixed sizes
   absorb/expansion.py  a key part copied from a tensor that does not broadcast (eager copy_ rejects it); a key
                        part never written (new_empty: the eager output reads uninitialized memory)
 """
@@ -127,6 +154,12 @@ def scaled_scores_returned(q, k, v, bias):
 def two_terms_per_head(q, k, v, q2, k2):
     scores = q @ keys_t(k) + q2 @ keys_t(k2)  # two per-head keys: no rope key shared by all heads
     return scores.softmax(-1) @ values(v)
+
+
+def key_value_lengths_differ(q, k, v_store):
+    # eager's CPU SDPA does not check that K and V are of one length (it reads past V's end, here into
+    # v_store's last rows); the pass declines instead of guessing
+    return F.scaled_dot_product_attention(q, k, v_store[:, :, :S - 4])
 
 
 # ---- plan/site_plan.py ----------------------------------------------------------------------------------------
@@ -199,6 +232,15 @@ def key_not_contiguous(q, key_store, v):
     return (q @ keys_t(k)).softmax(-1) @ values(v)
 
 
+def every_other_key(q, k_store, v):
+    k = k_store.reshape(B, HKV, S, 2, D)[:, :, :, 0]  # the keys at the even positions of a [B, Hkv, 2S, D] cache
+    return (q @ keys_t(k)).softmax(-1) @ values(v)
+
+
+def hand_written(q, k, v):
+    return (q @ k.transpose(-1, -2) * 0.25).softmax(-1) @ v
+
+
 # ---- plan/extensions.py ---------------------------------------------------------------------------------------
 
 def softcap_on_latent(q_latent, q_rope, latent, rope_key):
@@ -225,6 +267,12 @@ def alibi_slopes_in_pairs(q, k, v):
 
 def alibi_positions_restart(q, k, v):
     positions = torch.arange(S // 2, dtype=torch.float32)[None].expand(2, S // 2).reshape(S)  # 0..S/2-1 twice
+    scores = q @ keys_t(k) * 0.25 + alibi_slopes() * positions
+    return scores.softmax(-1) @ values(v)
+
+
+def alibi_positions_per_sequence(q, k, v):
+    positions = torch.arange(B * S, dtype=torch.float32).reshape(B, 1, 1, S)  # one counter over the whole batch
     scores = q @ keys_t(k) * 0.25 + alibi_slopes() * positions
     return scores.softmax(-1) @ values(v)
 
@@ -293,6 +341,13 @@ def integer_mask(q, k, v, bias):
 def bias_per_key_block(q, k, v, bias):
     block_bias = bias.reshape(B, 1, 2, 1).expand(B, 1, 2, S // 2).reshape(B, 1, 1, S)  # one value per half of the keys
     return (q @ keys_t(k) + block_bias).softmax(-1) @ values(v)
+
+
+def mask_on_permuted_scores(q, k, v, bias_store):
+    scores = (q @ keys_t(k)).reshape(B, HQ, 1, 8, 3).transpose(-1, -2).reshape(B, HQ, 1, S)  # keys reordered
+    scores = scores + bias_store.reshape(B, 1, 1, S)  # bias_store [B, 4, 6]: its rows cut the reordered keys
+    scores = scores.reshape(B, HQ, 1, 3, 8).transpose(-1, -2).reshape(B, HQ, 1, S)  # back to the key order
+    return scores.softmax(-1) @ values(v)
 
 
 def bias_heads_regrouped(q, k, v, bias):
@@ -428,6 +483,27 @@ def scores_regrouped(q, k, v):  # q, k [3, 4, ...]; the scores viewed as 4 x 3
     return scores.softmax(-1) @ v
 
 
+def cat_query_strided(q_pairs, k, k_rope, v):
+    q = q_pairs.view(B, HQ, 1, D + D // 2, 2)[..., 0]  # every other element of q_pairs [B, HQ, 1, 3D]
+    keys = torch.cat([values(k), values(k_rope)], -1)
+    return (q @ keys.transpose(-1, -2)).softmax(-1) @ values(v)
+
+
+def cat_part_reordered(q, k_blocks, k_rope, v):
+    k = k_blocks.reshape(B, HKV, S, D)  # k_blocks [B, Hkv, 4, 6, D]
+    keys = torch.cat([k, k_rope], -1).reshape(B, HKV, 3, 8, D + D // 2).transpose(2, 3)  # keys reordered
+    return (q @ keys_t(keys.reshape(B, HKV, S, D + D // 2))).softmax(-1) @ values(v)
+
+
+def terms_keys_reordered(q_latent, q_rope, latent, rope_key):
+    latent_scores = torch.einsum("blhc,bsc->bhls", q_latent, latent)
+    rope_scores = torch.einsum("blhr,bsr->bhls", q_rope, rope_key)
+    # each term's keys reordered differently (as 4 x 6 and as 3 x 8)
+    latent_scores = latent_scores.reshape(B, HQ, 1, 4, 6).transpose(-1, -2).reshape(B, HQ, 1, S)
+    rope_scores = rope_scores.reshape(B, HQ, 1, 3, 8).transpose(-1, -2).reshape(B, HQ, 1, S)
+    return torch.einsum("bhls,bsc->blhc", ((latent_scores + rope_scores) * 0.1).softmax(-1), latent)
+
+
 def sdpa_mha(q, k, v):
     return F.scaled_dot_product_attention(q, k, v)
 
@@ -446,6 +522,10 @@ def integer_probabilities(q, k, v):
 
 def sdpa_dropout(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, enable_gqa=True)
+
+
+def sdpa_dropout_mha(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=0.3)
 
 
 def v_per_query(q, k, v, v_rows):
@@ -481,6 +561,16 @@ def v_rows_regrouped(q, k, v_store):  # q, k [3, 4, ...], v_store [4, 3, S, D]
 def probs_viewed_regrouped(q, k, v):  # q, k [3, 4, ...]; the probabilities viewed as 4 x 3
     probs = (q @ k.transpose(-1, -2)).softmax(-1)
     return probs.reshape(4, 3, 1, S) @ v
+
+
+def head_zero_only(q, k, v):
+    probs = (q @ keys_t(k) * 0.25).softmax(-1)
+    return probs[:, 0] @ values(v)[:, 0]
+
+
+def probs_rows_regrouped(q, k, v_halves):  # q [B, 12, 1, D], k [B, 3, S, D]: 12 heads as 3 KV heads x 4
+    probs = (q @ repeat_kv(k, 4).transpose(-1, -2)).softmax(-1)
+    return probs.view(B, 2, 6, S) @ v_halves  # the heads as 2 x 6 rows, each 6 sharing one V
 
 
 class Case(NamedTuple):
@@ -646,6 +736,35 @@ CASES = {
                                      "regroups their dims in a way that cannot be followed",
                                      "reshapes that split or merge whole dims only",
                                      node_line="scores = ((q @ k.transpose(-1, -2)).reshape(4, 3, 1, S) + bias)"),
+    "key_value_lengths_differ": Case(key_value_lengths_differ,
+                                     lambda: (randn(B, HQ, 1, D), randn(B, HQ, S, D), randn(B, HQ, S, D)),
+                                     "SDPA's key and value lengths differ (24 and 20)",
+                                     "key and value caches of one length", same_output=False),
+    "every_other_key": Case(every_other_key, lambda: (inputs()[0], randn(B, HKV, 2 * S, D), inputs()[2]),
+                            "the key cache is read with a stride pattern the op cannot express",
+                            "build the key cache from its tensor with views only"),
+    "alibi_positions_per_sequence": Case(alibi_positions_per_sequence, inputs,
+                                         "the ALiBi bias is not one slope per head times the key position",
+                                         "slope[h] * key_position"),
+    "mask_on_permuted_scores": Case(mask_on_permuted_scores, lambda: (*inputs(), randn(B, 4, 6)),
+                                    "is a view that cannot be followed", "build the mask with views",
+                                    node_line="scores = scores + bias_store.reshape(B, 1, 1, S)"),
+    "cat_query_strided": Case(cat_query_strided,
+                              lambda: (randn(B, HQ, 1, 3 * D), inputs()[1], randn(B, HKV, S, D // 2), inputs()[2]),
+                              "the query's head dim is strided", "its last, stride-1 dim"),
+    "cat_part_reordered": Case(cat_part_reordered,
+                               lambda: (randn(B, HQ, 1, D + D // 2), randn(B, HKV, 4, 6, D),
+                                        randn(B, HKV, S, D // 2), inputs()[2]),
+                               "a part of the concatenated key cannot be followed to its source",
+                               "build each part of the concatenated key from its cache with views only",
+                               node_line="k = k_blocks.reshape(B, HKV, S, D)"),
+    "terms_keys_reordered": Case(terms_keys_reordered, latent_inputs, "the score terms index the scores differently",
+                                 "over one [B, H, Lq, S] layout"),
+    "head_zero_only": Case(head_zero_only, inputs, "reads only one index of a score dim",
+                           "index the attention output instead"),
+    "probs_rows_regrouped": Case(probs_rows_regrouped, lambda: (*twelve_heads()[:2], randn(B, 2, S, D)),
+                                 "the probabilities are regrouped in a way that cannot be followed",
+                                 "reshape the probabilities only back to the scores' layout"),
 }
 
 
@@ -694,20 +813,45 @@ def test_reason_names_the_line_of_a_node_elsewhere():
     assert result.records[0].location.endswith("in mask_built_elsewhere"), result.records[0].location
 
 
-@pytest.mark.parametrize("dim, seen, fix", [
-    (2, "the query length is symbolic", "a fixed number of new tokens"),
-    (1, "SDPA heads or head dim are symbolic", "fixed head counts and head dims"),
+def projected_query(x, w_heads, k, v):  # w_heads [C, HQ, D]: the query projection's output viewed as heads
+    q = (x @ w_heads.reshape(x.shape[-1], -1)).view(B, 1, HQ, -1).transpose(1, 2)
+    return (q @ k.transpose(-1, -2) * 0.25).softmax(-1) @ v
+
+
+def mha_inputs():
+    return randn(B, HQ, 1, D), randn(B, HQ, S, D), randn(B, HQ, S, D)
+
+
+@pytest.mark.parametrize("fn, make_inputs, dynamic, seen, fix, node_line", [
+    (sdpa, lambda: inputs(query_len=3), {0: 2}, "the query length is symbolic", "a fixed number of new tokens", None),
+    (sdpa, lambda: inputs(query_len=3), {0: 1, 1: 1, 2: 1}, "SDPA heads or head dim are symbolic",
+     "fixed head counts and head dims", None),
+    (hand_written, mha_inputs, {0: 1, 1: 1, 2: 1}, "the number of query heads is symbolic",
+     "a fixed number of query heads", None),
+    (projected_query, lambda: (randn(B, 1, 32), randn(32, HQ, D), *mha_inputs()[1:]), {1: 2, 2: 3, 3: 3},
+     "the query's head dim shares axis 1 of mm with other dims whose strides are symbolic",
+     "fixed head counts and head dims", "q = (x @ w_heads.reshape("),
 ])
-def test_symbolic_sizes(dim, seen, fix):
-    """Sizes dynamo made dynamic (mark_dynamic here; in a model, a size that changed between calls)."""
-    harness = PassHarness(sdpa)
-    q, k, v = inputs(query_len=3)
-    for tensor in (q, k, v) if dim == 1 else (q,):
-        torch._dynamo.mark_dynamic(tensor, dim)
-    output = harness(q, k, v)
+def test_symbolic_sizes(fn, make_inputs, dynamic, seen, fix, node_line):
+    """Sizes dynamo made dynamic (mark_dynamic here, {argument: dim}; in a model, a size that changed between
+    calls)."""
+    harness = PassHarness(fn)
+    args = make_inputs()
+    for index, dim in dynamic.items():
+        torch._dynamo.mark_dynamic(args[index], dim)
+    output = harness(*args)
     result = harness.result(output)
-    check_reason(result.records[0], Case(sdpa, None, seen, fix))
-    assert_close(output, sdpa(q, k, v))
+    check_reason(result.records[0], Case(fn, None, seen, fix, node_line))
+    assert_close(output, fn(*args))
+
+
+@pytest.mark.gpu
+def test_sdpa_dropout_on_cuda(cuda_device):
+    """On CUDA a dropout stays inside SDPA's fused kernel (on CPU it decomposes: the "dropout" case)."""
+    q, k, v = (tensor.to(cuda_device) for tensor in mha_inputs())
+    result = run_pass(sdpa_dropout_mha, q, k, v)
+    assert result.statuses == ["skipped"] and result.after["gla"] == 0, result.reasons
+    check_reason(result.records[0], Case(sdpa_dropout_mha, None, "dropout_p=0.3 is active", "dropout_p=0 at inference"))
 
 
 def test_internal_error_row_says_it_is_a_bug(monkeypatch):

@@ -49,14 +49,15 @@ def weight_view(base: fx.Node, dims: list, offsets: tuple, what: str) -> WeightV
         for index, run in entries:
             if not is_concrete(run.step) or run.step <= 0 or bound % run.step:
                 raise Decline(f"the {what} weight is read with a stride pattern that cannot be viewed",
-                              fix="use the weight as stored (W or W.T viewed as [.., H, D]), without strided "
-                                  "slicing", node=base)
+                              fix="use the weight as stored (W or W.T viewed as [.., H, D]), not a strided slice of "
+                                  "it or a view of part of a longer buffer", node=base)
             extent = bound // run.step
             digit = (offset // run.step) % extent
             if digit + run.size > extent:
-                raise Decline(f"the {what} weight's runs overlap",
-                              fix="read each weight element once per head (no overlapping slices of the "
-                                  "weight)", node=base)
+                raise Decline(f"the {what} weight is read in runs that cross its blocks (a run of {run.size} "
+                              f"starting {digit} into a block of {extent})",
+                              fix="slice each head's part of the projection within that head's columns ([.., H, D]"
+                                  "[..., a:b]), not across heads", node=base)
             if digit or run.size != extent:
                 slices.append((len(split_shape), digit, run.size))
             dim_of_run[index] = len(split_shape)

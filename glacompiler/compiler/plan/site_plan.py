@@ -149,10 +149,8 @@ def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[l
     for role, piece in enumerate(pieces):
         if piece is None:
             continue
-        if piece.axis is None:
-            raise Decline(f"the {what} is broadcast where the op needs a real dim",
-                          fix=f"a {what} with a real (not expanded) dim for each of batch, position and "
-                              "head", node=base)
+        if piece.axis is None:  # callers pass real runs only (product atoms drop broadcast runs to None)
+            raise Decline(f"the {what} is broadcast where the op needs a real dim", fix=UNEXPECTED_GRAPH, node=base)
         by_axis.setdefault(piece.axis, []).append((role, piece))
     split_shape, dim_of_role, unit_dims, slices, prefixes = [], {}, [], [], []
     for axis, size in enumerate(sizes):
@@ -264,10 +262,10 @@ def head_dim_span(term, pieces: list, what: str):
                           "changes)", node=term.q.base)
     span = min(steps)
     start = term.q_window[0] if term.q_window is not None else 0
-    if start + contraction.size > span:
+    if start + contraction.size > span:  # views nest their runs (a cat part's window lies in the head dim)
         raise Decline(f"the {what}'s head dim ({contraction.size} wide) overlaps the other dims read from axis "
                       f"{contraction.axis} of {term.q.base.name} (the next one starts every {span} entries)",
-                      fix="view the projection as [.., H, D] with D the head dim the attention reads", node=term.q.base)
+                      fix=UNEXPECTED_GRAPH, node=term.q.base)
     return span
 
 
@@ -300,10 +298,11 @@ def output_plan(values: ValueSide, slots: list, roles: Roles) -> OutputPlan:
     for dim in values.output_over_atoms.dims:
         for piece in dim:
             atom = atoms[piece.axis]
+            # The output is the value product itself, or SDPA's output whose dims are the scores' dims: each of
+            # its pieces is a whole atom.
             if not (known_equal(piece.step, 1) and known_equal(piece.size, atom.size)):
-                raise Decline("the attention output regroups a dim the op keeps whole",
-                              fix="transpose or reshape the output [B, H, Lq, Dv] back only after the attention, "
-                                  "keeping heads and the value dim whole ([B, Lq, H * Dv])", node=values.output)
+                raise Decline("the attention output regroups a dim the op keeps whole", fix=UNEXPECTED_GRAPH,
+                              node=values.output)
             order.append(split_refs.index(refs[piece.axis]))
     if sorted(order) != list(range(len(split_refs))):
         raise Decline("the attention output does not hold every (batch, query, head, value) entry once",
@@ -363,14 +362,13 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
     if rope is not None:
         rope_term = terms[rope]
         rope_batch, rope_key, rope_heads = key_runs(rope)
+        # choose_roles guarantees both: head slots are those where only the main term's key varies, group slots
+        # have no key, and batch slots are those where every term's key varies.
         if any(run is not None for run in rope_heads) or any(slots[g].atoms[rope].right is not None
                                                               for g in roles.groups):
-            raise Decline("the rope key is not shared by all heads",
-                          fix="one rope key for all heads (MLA/GLA/GTA), or per-head keys concatenated into one key")
+            raise Decline("the rope key is not shared by all heads", fix=UNEXPECTED_GRAPH)
         if any(run is None for run in rope_batch):
-            raise Decline("the rope key is shared across the batch",
-                          fix="a rope key cached per sequence ([B, S, Dr]), not one for the whole "
-                              "batch", node=rope_term.k.base)
+            raise Decline("the rope key is shared across the batch", fix=UNEXPECTED_GRAPH, node=rope_term.k.base)
         q_rope = query_plan(rope_term, rope, slots, roles, "rope query")
         k_rope = cache_plan(rope_term.k.base, [rope_batch, [rope_key], [rope_term.k_contraction]], "rope key cache")
         rope_dim = rope_term.k_contraction.size
@@ -388,11 +386,12 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
     num_kv_heads = slots_size(slots, roles.head)
     num_q_heads = q.shape[2]
     key_len = key_run.size
-    for size, what in ((num_q_heads, "query heads"), (num_kv_heads, "KV heads"), (head_dim_q, "head dim"),
-                       (head_dim_k, "key head dim"), (head_dim_v, "value head dim"), (rope_dim, "rope dim")):
+    for size, what in ((num_q_heads, "number of query heads"), (num_kv_heads, "number of KV heads"),
+                       (head_dim_q, "head dim"), (head_dim_k, "key head dim"), (head_dim_v, "value head dim"),
+                       (rope_dim, "rope dim")):
         if not is_concrete(size):
-            raise Decline(f"the number of {what} is symbolic",
-                          fix=f"a fixed number of {what} (dynamo marks a size dynamic after it changes between calls)")
+            raise Decline(f"the {what} is symbolic",
+                          fix=f"a fixed {what} (dynamo marks a size dynamic after it changes between calls)")
     spec = AttentionSpec.from_dims(num_q_heads, num_kv_heads, head_dim_q, head_dim_k, head_dim_v, rope_dim, tied,
                                    False, dtype_name(dtype))
     try:

@@ -113,9 +113,10 @@ def analyze_values(left_over_slots: Layout, v: Operand, slots: list, output: fx.
                       fix="V's value dim as one dim of its tensor ([.., Hkv, Dv] view of the projection)")
     missing = [i for i, s in enumerate(slots) if s.role != "key" and i not in seen]
     if missing:
-        raise Decline("a score dim is summed away by the value product",
-                      fix="nothing: a value product that sums over a query or head dim is not attention; the site "
-                          "stays with Inductor")
+        # (A sum over a query or head dim was declined above; a score dim missing here is read at one index.)
+        raise Decline("the value product reads only one index of a score dim (e.g. probs[:, 0] @ v[:, 0])",
+                      fix="take all the probabilities into @ v and index the attention output instead "
+                          "((probs @ v)[:, 0])")
     return ValueSide(v, atoms, output, output_over_atoms, slot_pieces, value_keys[0], dims[0], chain)
 
 
