@@ -65,14 +65,16 @@ def test_cpu_calls_name_the_bad_argument(what, value, interpreted, monkeypatch):
                                                      None, 0.1, True, 0)
 
 
-@pytest.mark.parametrize("page_size", [0, 16, 64])
-@pytest.mark.parametrize("bad", list(BAD_VALUES))
+def _applicable(bad: str, page_size: int) -> bool:
+    return page_size > 0 or "page" not in bad  # contiguous caches have no page ids
+
+
+@pytest.mark.parametrize("bad, page_size", [(bad, page_size) for page_size in (0, 16, 64) for bad in BAD_VALUES
+                                            if _applicable(bad, page_size)])
 def test_interpreted_kernels_bound_what_the_op_does_not_check(bad, page_size, interpret_kernels):
     """The portable kernels launched directly with values the op would refuse on CPU: they stay inside the
     tensors (the interpreter reads host memory: a stray load reads garbage or crashes), and the valid rows are
     right. Pages of 16 keys are read per key, pages of 64 (whole key blocks) once per block."""
-    if "page" in bad and not page_size:
-        pytest.skip("contiguous caches have no page ids")
     value = BAD_VALUES[bad]
     problem, expected = problem_with_bad_values(CPU_SPECS["gqa"], "cpu", torch.float32, page_size,
                                                 bad_length=value if "length" in bad else None,
@@ -155,11 +157,9 @@ GPU_CASES = [("gqa", 64), ("gta", 16), ("mla", 64), ("gla2", 32), ("mla", 0)]  #
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("bad", list(BAD_VALUES))
-@pytest.mark.parametrize("name, page_size", GPU_CASES)
+@pytest.mark.parametrize("name, page_size, bad", [(name, page_size, bad) for name, page_size in GPU_CASES
+                                                  for bad in BAD_VALUES if _applicable(bad, page_size)])
 def test_gpu_kernels_bound_lengths_and_page_ids(name, page_size, bad, cuda_device):
-    if "page" in bad and not page_size:
-        pytest.skip("contiguous caches have no page ids")
     value = BAD_VALUES[bad]
     problem, expected = problem_with_bad_values(PAPER_SPECS[name], cuda_device, torch.bfloat16, page_size,
                                                 bad_length=value if "length" in bad else None,
