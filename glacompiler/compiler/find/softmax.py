@@ -20,6 +20,7 @@ import torch
 from torch import fx
 
 from ..trace.layout import fake_value
+from ..trace.operands import only_user
 
 aten = torch.ops.aten
 
@@ -35,11 +36,6 @@ class SoftmaxMatch:
 
 def _call(node, *targets) -> bool:
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
-
-
-def _only_user(node: fx.Node) -> Optional[fx.Node]:
-    users = list(node.users)
-    return users[0] if len(users) == 1 else None
 
 
 def _normalize(dim: int, rank: int) -> int:
@@ -58,7 +54,7 @@ def _is_zero(value) -> bool:
 
 def _match_safe_wrapper(scores: fx.Node, probs: fx.Node, dim: int) -> Optional[tuple]:
     """where(logical_not(any(logical_not(eq(x, -inf)), d, True)), 0, probs): rows with no finite score -> 0."""
-    where = _only_user(probs)
+    where = only_user(probs)
     if not _call(where, aten.where.self) or where.args[2] is not probs or not _is_zero(where.args[1]):
         return None
     not_any = where.args[0]
@@ -92,10 +88,10 @@ def match_decomposed(amax: fx.Node) -> Optional[SoftmaxMatch]:
     if value is None or not keepdim or not isinstance(dims, (list, tuple)) or len(dims) != 1:
         return None
     dim = _normalize(dims[0], value.dim())
-    shifted = _only_user(amax)
+    shifted = only_user(amax)
     if not (_call(shifted, aten.sub.Tensor) and shifted.args[0] is scores and shifted.args[1] is amax):
         return None
-    exp = _only_user(shifted)
+    exp = only_user(shifted)
     if not _call(exp, aten.exp.default) or len(exp.users) != 2:
         return None
     total = next((u for u in exp.users if _call(u, aten.sum.dim_IntList)), None)
@@ -105,7 +101,7 @@ def match_decomposed(amax: fx.Node) -> Optional[SoftmaxMatch]:
     total_dims = total.args[1]
     if [_normalize(d, value.dim()) for d in total_dims] != [dim] or not (len(total.args) > 2 and total.args[2]):
         return None
-    if _only_user(total) is not probs:
+    if only_user(total) is not probs:
         return None
     nodes = [amax, shifted, exp, total, probs]
     form = "decomposed softmax"

@@ -22,7 +22,7 @@ from torch import fx
 
 from ..decline import Decline
 from .layout import Layout, fake_value, broadcast_layout, compose, trace
-from .operands import convert_dtypes, is_call
+from .operands import is_call, is_float_cast
 from .products import align
 from .score_side import NEGLIGIBLE_FILL, MaskUse, fill_value
 from .sizes import known_equal
@@ -82,8 +82,7 @@ def normalize(use: MaskUse) -> tuple:
         if unpadded is not None:
             node, layout = unpadded
             continue
-        dtypes = convert_dtypes(node)
-        if additive and dtypes is not None and dtypes[0].is_floating_point and dtypes[1].is_floating_point:
+        if additive and is_float_cast(node):
             node = node.args[0]
             continue
         if additive and is_call(node, aten.where.self):

@@ -43,6 +43,17 @@ def convert_dtypes(node: fx.Node) -> Optional[tuple]:
     return source.dtype, out.dtype
 
 
+def is_float_cast(node: fx.Node) -> bool:
+    """A conversion between floating dtypes (precision only: scores and probabilities pass through them)."""
+    dtypes = convert_dtypes(node)
+    return dtypes is not None and dtypes[0].is_floating_point and dtypes[1].is_floating_point
+
+
+def only_user(node: fx.Node) -> Optional[fx.Node]:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
 def scalar_factor(node: fx.Node) -> Optional[tuple]:
     """(tensor input, factor) for x * c, c * x or x / c with a Python number c."""
     if is_call(node, aten.mul.Tensor, aten.mul.Scalar):
@@ -77,9 +88,8 @@ def walk_operand(node: fx.Node, allow_scale: bool, any_float_cast: bool = False)
     while True:
         dtypes = convert_dtypes(base)
         scaled = scalar_factor(base) if allow_scale else None
-        float_cast = dtypes is not None and dtypes[0].is_floating_point and dtypes[1].is_floating_point
         lossless = dtypes is not None and (dtypes in LOSSLESS_UPCASTS or dtypes[0] == dtypes[1])
-        if lossless or (any_float_cast and float_cast):
+        if lossless or (any_float_cast and is_float_cast(base)):
             source = base.args[0]
         elif scaled is not None:
             source, value = scaled

@@ -20,7 +20,7 @@ from torch import fx
 
 from ..decline import Decline
 from .layout import Layout, Piece, broadcast_layout, compose, fake_value, trace
-from .operands import convert_dtypes, is_call, scalar_factor, scalar_value
+from .operands import convert_dtypes, is_call, is_float_cast, only_user, scalar_factor, scalar_value
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -97,23 +97,13 @@ def _row_max_shift(node: fx.Node) -> Optional[fx.Node]:
     return None
 
 
-def _float_cast(node: fx.Node) -> bool:
-    dtypes = convert_dtypes(node)
-    return dtypes is not None and dtypes[0].is_floating_point and dtypes[1].is_floating_point
-
-
 def _skip_float_casts(node: fx.Node, nodes: list) -> fx.Node:
     """The source of a chain of float-to-float casts (each but the first used only by the next), the casts
     added to nodes. The first one's users are checked by the caller."""
-    while _float_cast(node) and (not nodes or len(node.users) == 1):
+    while is_float_cast(node) and (not nodes or len(node.users) == 1):
         nodes.append(node)
         node = node.args[0]
     return node
-
-
-def _only_user(node: fx.Node) -> Optional[fx.Node]:
-    users = list(node.users)
-    return users[0] if len(users) == 1 else None
 
 
 @dataclasses.dataclass
@@ -148,9 +138,9 @@ def peel_sinks(softmax_input: fx.Node, softmax_output: fx.Node, dim: int) -> Opt
     if fake_value(column).shape[dim] != 1:
         raise Decline("the column joined to the scores is wider than one sink per row",
                       fix="join one sink logit per row (torch.cat([scores, sinks[..., None]], dim=-1))", node=column)
-    kept = _only_user(softmax_output)
-    while kept is not None and _float_cast(kept):  # ... and casts the probabilities back
-        kept = _only_user(kept)
+    kept = only_user(softmax_output)
+    while kept is not None and is_float_cast(kept):  # ... and casts the probabilities back
+        kept = only_user(kept)
     if not (is_call(kept, aten.slice.Tensor) and (kept.args[1] + rank if kept.args[1] < 0 else kept.args[1]) == dim
             and (kept.args[2] if len(kept.args) > 2 else 0) in (0, None) and fake_value(kept).shape[dim] == score_keys
             and (len(kept.args) < 5 or kept.args[4] == 1)):
@@ -224,8 +214,7 @@ def match_alibi(bias: fx.Node, c_over_bias: Layout, multiplier: float) -> Option
                 return None
             node, layout = node.args[0], composed
             continue
-        dtypes = convert_dtypes(node)
-        if dtypes is not None and dtypes[0].is_floating_point and dtypes[1].is_floating_point:
+        if is_float_cast(node):
             node = node.args[0]
             continue
         break
