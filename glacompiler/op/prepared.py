@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..memo import BoundedMemo
 from ..spec import ProblemShape
+from .dispatch import choose_kernel, empty_outputs, validated_call
 from .validation import check_values, debug_checks_enabled
 
 # metadata key -> PreparedCall
@@ -70,12 +71,8 @@ class PreparedCall:
     def run(self, q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range,
             alibi_slopes, sinks):
         if self.plan is None:  # a batch of 0 sequences
-            from .dispatch import empty_outputs
-
             return empty_outputs(q, k_cache, v_cache)
-        # The kernels read lengths and page-table columns as adjacent entries (the page table's row stride is
-        # theirs): a strided or expanded view is made contiguous (rare; a small copy).
-        if self.copy_seqlens:
+        if self.copy_seqlens:  # strided lengths or page table: the copies validated_call made for the first call
             cache_seqlens = cache_seqlens.contiguous()
         if self.copy_page_table:
             page_table = page_table.contiguous()
@@ -86,8 +83,6 @@ class PreparedCall:
 def prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
                  causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size) -> PreparedCall:
     """The first call of a key: validate (ValueError/TypeError naming the argument), choose, plan."""
-    from .dispatch import choose_kernel, validated_call
-
     spec, shape, call, copy_seqlens, copy_page_table = validated_call(
         q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale, causal,
         kv_range, softcap, alibi_slopes, sinks, window_size)

@@ -1,6 +1,6 @@
 """FlashAttention's extensions (softcap, ALiBi, sinks, sliding window) as every family's kernel takes them: the
-scalars, the operands (a placeholder tensor where one is absent: its flag is off and the kernel never reads it)
-and the constexpr flags, so that a kernel compiles the code of the features in use and nothing else.
+scalars and the constexpr flags, so that a kernel compiles the code of the features in use and nothing else (the
+launch plans pass a placeholder tensor for an absent operand: its flag is off and the kernel never reads it).
 Their meanings are glacompiler.reference's."""
 from __future__ import annotations
 
@@ -21,9 +21,7 @@ UNLIMITED_WINDOW = 2**30
 class KernelExtensions:
     qk_scale_log2: float  # what the scores are multiplied by (after the cap's tanh when softcap is on)
     softcap_scale: float  # softmax_scale / softcap: the tanh's argument is raw scores times it (1.0 when off)
-    alibi: Tensor  # [B or 1, Hq] slopes
     alibi_batch_stride: int  # 0 for [Hq] slopes
-    sinks: Tensor  # [Hq]
     window_left: int  # keys older than query_pos - window_left are not seen (UNLIMITED_WINDOW when unlimited)
     window_right: int  # keys past query_pos + window_right are not seen (UNLIMITED_WINDOW when unlimited)
     flags: dict  # HAS_SOFTCAP, HAS_ALIBI, HAS_SINKS, HAS_WINDOW
@@ -35,8 +33,8 @@ class KernelExtensions:
 
 
 def kernel_extensions(softmax_scale: float, softcap: float, alibi_slopes: Optional[Tensor], sinks: Optional[Tensor],
-                      window_size: tuple, placeholder: Tensor) -> KernelExtensions:
-    """The extension arguments of a call; `placeholder` stands in for absent tensors (never read)."""
+                      window_size: tuple) -> KernelExtensions:
+    """The extension arguments of a call."""
     left, right = window_size
     if softcap > 0:
         # softcap * tanh(scale * s / softcap), in the log2 domain: tanh(s * (scale / softcap)) * softcap * log2(e).
@@ -46,9 +44,7 @@ def kernel_extensions(softmax_scale: float, softcap: float, alibi_slopes: Option
     return KernelExtensions(
         qk_scale_log2=qk_scale,
         softcap_scale=softcap_scale,
-        alibi=placeholder if alibi_slopes is None else alibi_slopes,
         alibi_batch_stride=0 if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes.stride(0),
-        sinks=placeholder if sinks is None else sinks,
         window_left=UNLIMITED_WINDOW if left < 0 else min(left, UNLIMITED_WINDOW),
         window_right=UNLIMITED_WINDOW if right < 0 else min(right, UNLIMITED_WINDOW),
         flags=dict(HAS_SOFTCAP=softcap > 0, HAS_ALIBI=alibi_slopes is not None, HAS_SINKS=sinks is not None,

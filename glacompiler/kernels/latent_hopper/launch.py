@@ -58,7 +58,7 @@ class LatentHopperLaunchPlan:
         tile = config.tile_for(shape.page_size)
         module = latent_hopper_module(spec, tile)
         self.buffers = SplitBuffers(q, spec.head_dim_v, config.num_splits)
-        extensions = kernel_extensions(call.softmax_scale, 0.0, None, call.sinks, call.window_size, q)
+        extensions = kernel_extensions(call.softmax_scale, 0.0, None, call.sinks, call.window_size)
         self.keys = KeyBoundsPlan(call.attn_mask, call.kv_range, call.cache_seqlens, batch, q.shape[2], query_len,
                                   shape.capacity, call.causal, q.device, extensions.positions_matter)
         self.k_view = _RowsView(call.k_cache, spec.num_kv_heads * spec.head_dim_k, spec.head_dim_k, tile.copy_rows)

@@ -60,7 +60,7 @@ class PortableLaunchPlan:
         values = k_cache if v_cache is None else v_cache
         q_rope_arg = q if call.q_rope is None else call.q_rope
         extensions = kernel_extensions(call.softmax_scale, call.softcap, call.alibi_slopes, call.sinks,
-                                       call.window_size, q)
+                                       call.window_size)
         self.keys = KeyBoundsPlan(call.attn_mask, call.kv_range, call.cache_seqlens, batch, num_q_heads, query_len,
                                   shape.capacity, call.causal, q.device, extensions.positions_matter)
         self.tail = (
