@@ -184,10 +184,7 @@ def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[l
                                   f"{base.name} is read in runs of {[(p.size, p.step) for _, p in entries]} (size, "
                                   "step): only runs that tile the axis, its start or a prefix of each of its "
                                   "blocks map onto the op's dims)",
-                                  fix=f"build the {what} from its tensor with views only (view, reshape, transpose, "
-                                      "permute, expand, slice, select) between the projections or caches and the "
-                                      "attention, so that each op dim is a whole axis, its start or a prefix of each "
-                                      "of its blocks", node=base)
+                                  fix=_views_only_fix(what), node=base)
                 dims[-1][1], dims[-1][3] = dims[-1][1] * gap, True
                 span = piece.step
             dims.append([role, piece.size, piece.size, False])
@@ -195,10 +192,7 @@ def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[l
         if not known_equal(span, size):
             if not known_less(span, size):
                 raise Decline(f"the {what} is read in runs that do not tile axis {axis} of {base.name}",
-                              fix=f"build the {what} from its tensor with views only (view, reshape, transpose, "
-                                  "permute, expand, slice, select) between the projections or caches and the "
-                                  "attention, so that each op dim is a whole axis, its start or a prefix of each of "
-                                  "its blocks", node=base)
+                              fix=_views_only_fix(what), node=base)
             prefixes.append((axis, span))  # e.g. the query part of a fused QKV projection, split into heads
         for role, full, read, widened in reversed(dims):
             dim_of_role[role] = len(split_shape)
@@ -209,6 +203,12 @@ def tensor_plan(base: fx.Node, pieces: list, what: str, merged_shape: Optional[l
     order = [remaining.index(dim_of_role[role]) for role, piece in enumerate(pieces) if piece is not None]
     unsqueeze = [role for role, piece in enumerate(pieces) if piece is None]
     return TensorPlan(base, split_shape, slices, unit_dims, order, unsqueeze, merged_shape, prefixes)
+
+
+def _views_only_fix(what: str) -> str:
+    return (f"build the {what} from its tensor with views only (view, reshape, transpose, permute, expand, slice, "
+            "select) between the projections or caches and the attention, so that each op dim is a whole axis, its "
+            "start or a prefix of each of its blocks")
 
 
 def _gap_factor(step, span) -> Optional[int]:

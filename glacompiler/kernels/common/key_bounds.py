@@ -45,14 +45,15 @@ class KeyBoundsPlan:
     align to the capacity instead: positions_matter). Without a mask, the lengths (the capacity when none are
     given); the lengths then stand in for mask and range (HAS_MASK is off: never read) and the strides are 0."""
 
-    __slots__ = ("has_mask", "reduce_range", "lengths_source", "mask_strides", "mask_per_row", "batch", "capacity",
-                 "device")
+    __slots__ = ("has_mask", "mask_is_bool", "reduce_range", "lengths_source", "mask_strides", "mask_per_row", "batch",
+                 "capacity", "device")
 
     def __init__(self, attn_mask: Optional[Tensor], kv_range: Optional[Tensor], cache_seqlens: Optional[Tensor],
                  batch: int, num_q_heads: int, query_len: int, capacity: int, causal: bool, device,
                  positions_matter: bool = False):
         self.batch, self.capacity, self.device = batch, capacity, device
         self.has_mask = attn_mask is not None
+        self.mask_is_bool = self.has_mask and attn_mask.dtype == torch.bool
         self.reduce_range = None
         if cache_seqlens is not None:
             self.lengths_source = "given"
@@ -65,10 +66,15 @@ class KeyBoundsPlan:
             return
         mask = mask_as_kernel_operand(attn_mask)
         if kv_range is None:
-            self.reduce_range = MaskKeyRangeLaunch(mask, batch, capacity, attn_mask.dtype == torch.bool)
+            self.reduce_range = MaskKeyRangeLaunch(mask, batch, capacity, self.mask_is_bool)
         strides = mask.expand(batch, num_q_heads, query_len, capacity).stride()  # broadcast dims get stride 0
         self.mask_strides = strides
         self.mask_per_row = (num_q_heads > 1 and strides[1] != 0) or (query_len > 1 and strides[2] != 0)
+
+    @property
+    def mask_flags(self) -> dict:
+        """The kernels' constexprs about the mask: HAS_MASK, MASK_IS_BOOL, MASK_PER_ROW."""
+        return dict(HAS_MASK=self.has_mask, MASK_IS_BOOL=self.mask_is_bool, MASK_PER_ROW=self.mask_per_row)
 
     def resolve(self, attn_mask: Optional[Tensor], kv_range: Optional[Tensor],
                 cache_seqlens: Optional[Tensor]) -> tuple:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from ...spec import AttentionSpec, ProblemShape
@@ -77,16 +76,13 @@ class LatentHopperLaunchPlan:
             extensions.window_left,
             extensions.window_right,
         )
-        attn_mask = call.attn_mask
         constexprs = dict(
             G=spec.group_size,
             LQ=query_len,
             PAGE_SIZE=shape.page_size,
             # With one query token every key below the length is visible: causality changes nothing.
             CAUSAL=call.causal and query_len > 1,
-            HAS_MASK=attn_mask is not None,
-            MASK_IS_BOOL=attn_mask is not None and attn_mask.dtype == torch.bool,
-            MASK_PER_ROW=self.keys.mask_per_row,
+            **self.keys.mask_flags,
             HAS_SINKS=extensions.flags["HAS_SINKS"],
             HAS_WINDOW=extensions.flags["HAS_WINDOW"],
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from ...spec import AttentionSpec, ProblemShape
@@ -82,16 +81,13 @@ class PortableLaunchPlan:
             extensions.window_left,
             extensions.window_right,
         )
-        attn_mask = call.attn_mask
         constexprs = dict(
             G=group,
             LQ=query_len,
             PAGE_SIZE=max(shape.page_size, 1),
             BLOCK_M=config.block_m,
             BLOCK_N=config.block_n,
-            HAS_MASK=attn_mask is not None,
-            MASK_IS_BOOL=attn_mask is not None and attn_mask.dtype == torch.bool,
-            MASK_PER_ROW=self.keys.mask_per_row,
+            **self.keys.mask_flags,
             # With one query token every key below the length is visible: causality changes nothing.
             CAUSAL=call.causal and query_len > 1,
             **extensions.flags,
