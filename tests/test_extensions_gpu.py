@@ -6,6 +6,7 @@ import torch
 
 import glacompiler
 from glacompiler.kernels import KernelCall, family_reasons
+from glacompiler.kernels.latent_hopper import LatentHopperConfig
 from glacompiler.op.validation import validate_inputs
 from glacompiler.presets import PAPER_SPECS
 from glacompiler.problems import check_fa_rule, make_decode_problem
@@ -101,6 +102,17 @@ def test_hopper_latent_kernel_with_masks(hopper, mask, mask_rows):
     assert family_taking(problem) == "latent_hopper"
     out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True, num_splits=3)
     check_fa_rule(out, lse, problem)
+
+
+@pytest.mark.parametrize("features, query_len", [("sinks+window", 1), ("window_right", 2)])
+def test_hopper_latent_kernel_wide_key_blocks(hopper, features, query_len):
+    """128-key blocks (two 64-key pages each): the window's first block and the sink on split 0."""
+    problem = extension_problem(hopper, LATENT_SPECS["gla2"], features, query_len=query_len, page_size=64,
+                                dtype=torch.bfloat16, seed=13, causal=features != "window_right")
+    for num_splits in (1, 4):
+        out, lse = glacompiler.attention_with_kvcache_config(
+            **problem.kwargs, config=LatentHopperConfig(num_splits=num_splits, block_n=128))
+        check_fa_rule(out, lse, problem)
 
 
 @pytest.mark.parametrize("name", ["gqa", "mla"])

@@ -56,9 +56,9 @@ from glacompiler.spec import AttentionSpec
 
 spec = AttentionSpec.from_dict(json.loads(sys.argv[1]))
 query_len, page_size, row_split, mask = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
-extensions = sys.argv[6].split("+")
-copy_rows = latent_copy_rows(page_size)
-kernel = latent_hopper_module(spec, LatentHopperTile(row_split, copy_rows)).latent_decode_hopper_kernel
+extensions, block_n = sys.argv[6].split("+"), int(sys.argv[7])
+copy_rows = latent_copy_rows(page_size, block_n)
+kernel = latent_hopper_module(spec, LatentHopperTile(row_split, copy_rows, block_n=block_n)).latent_decode_hopper_kernel
 element = {"bfloat16": "bf16", "float16": "fp16"}[spec.dtype]
 constexprs = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size, CAUSAL=query_len > 1,
                   HAS_MASK=mask != "none", MASK_IS_BOOL=mask.startswith("bool"), MASK_PER_ROW=mask.endswith("-rows"),
@@ -91,27 +91,32 @@ print(json.dumps(dict(ptx=compiled.asm["ptx"], shared=compiled.metadata.shared))
 
 
 def compile_for_sm90(spec: AttentionSpec, query_len: int, page_size: int, row_split: bool, mask: str,
-                     extensions: str = "") -> dict:
+                     extensions: str = "", block_n: int = 64) -> dict:
     """The generated kernel compiled ahead of time for sm_90, specialised as the JIT would, in a fresh
     process: this one imported Triton in interpreter mode (conftest), where Gluon does not load."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90, json.dumps(spec.to_dict()), str(query_len),
-                             str(page_size), str(int(row_split)), mask, extensions], capture_output=True, text=True, env=env, timeout=600)
+                             str(page_size), str(int(row_split)), mask, extensions, str(block_n)], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("spec, query_len, page_size, row_split, mask, extensions", [
-    (latent_spec(), 1, 64, False, "none", ""),  # MLA, the paper's layout
-    (latent_spec(heads=64, latent_heads=1, width=256, rope=48, paged=False, dtype="float16"), 1, 0, False, "bool", ""),
-    (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 3, 128, True, "additive", ""),  # causal
-    (latent_spec(), 2, 16, False, "bool-rows", ""),  # four page copies per key block; a mask per draft token
+@pytest.mark.parametrize("spec, query_len, page_size, row_split, mask, extensions, block_n", [
+    (latent_spec(), 1, 64, False, "none", "", 64),  # MLA, the paper's layout
+    (latent_spec(heads=64, latent_heads=1, width=256, rope=48, paged=False, dtype="float16"), 1, 0, False, "bool", "",
+     64),
+    (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 3, 128, True, "additive", "", 64),  # causal
+    (latent_spec(), 2, 16, False, "bool-rows", "", 64),  # four page copies per key block; a mask per draft token
     # FlashAttention's extensions the kernel takes: sinks and a window, on both tiles, with and without a mask
-    (latent_spec(), 1, 64, False, "none", "sinks+window"),
-    (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 2, 64, True, "bool", "sinks+window"),
+    (latent_spec(), 1, 64, False, "none", "sinks+window", 64),
+    (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 2, 64, True, "bool", "sinks+window", 64),
+    # 128-key blocks of a 256-wide latent (GLA-2 on two GPUs: one latent head of 64 query heads a device): two
+    # page copies a block, or one 128-row copy of a contiguous cache
+    (latent_spec(heads=64, latent_heads=1, width=256, rope=64, paged=True), 1, 64, False, "bool", "", 128),
+    (latent_spec(heads=128, latent_heads=8, width=256, rope=64, paged=False), 4, 0, False, "none", "sinks+window", 128),
 ])
-def test_generated_kernel_compiles_for_sm90(spec, query_len, page_size, row_split, mask, extensions):
-    compiled = compile_for_sm90(spec, query_len, page_size, row_split, mask, extensions)
+def test_generated_kernel_compiles_for_sm90(spec, query_len, page_size, row_split, mask, extensions, block_n):
+    compiled = compile_for_sm90(spec, query_len, page_size, row_split, mask, extensions, block_n)
     assert "wgmma.mma_async" in compiled["ptx"]  # warpgroup products
     assert "cp.async.bulk.tensor" in compiled["ptx"]  # TMA key-block copies
     assert 0 < compiled["shared"] <= SM90_SHARED_MEMORY
@@ -201,7 +206,7 @@ def test_cpu_calls_stay_off_the_hopper_kernel():
 def test_config_heuristic():
     mla = latent_spec()
     # Batch 128: 256 one-per-SM programs already fill two waves of 132 SMs.
-    assert heuristic_config(mla, shape(batch=128, capacity=8192), 132) == LatentHopperConfig(1, row_split=False)
+    assert heuristic_config(mla, shape(batch=128, capacity=8192), 132) == LatentHopperConfig(1, False, block_n=64)
     # One sequence: 2 programs; splits of at least 4 key blocks, up to what fills the SMs.
     assert heuristic_config(mla, shape(batch=1, capacity=8192), 132).num_splits == 32
     # MLA at Lq 2 keeps 64-row tiles (a 128 x 512 accumulator does not fit); GLA-2 at Lq 2 splits 128 rows.
@@ -209,6 +214,10 @@ def test_config_heuristic():
     gla2 = latent_spec(latent_heads=2, width=256)
     assert not heuristic_config(gla2, shape(query_len=1), 132).row_split
     assert heuristic_config(gla2, shape(query_len=2), 132).row_split
+    # 128-key blocks on the 64-row tile of a 256-wide latent only.
+    assert heuristic_config(gla2, shape(query_len=1), 132).block_n == 128
+    assert heuristic_config(gla2, shape(query_len=2), 132).block_n == 64
+    assert heuristic_config(mla, shape(query_len=1), 132).block_n == 64
 
 
 def test_config_checks():
@@ -217,6 +226,25 @@ def test_config_checks():
     # A 128 x 512 fp32 accumulator per 128 rows does not fit: MLA-wide latents keep 64-row tiles.
     assert "up to 256 wide" in LatentHopperConfig(row_split=True).problem_with(latent_spec())
     assert LatentHopperConfig(row_split=True).problem_with(latent_spec(latent_heads=2, width=256)) is None
+    with pytest.raises(ValueError, match="block_n"):
+        LatentHopperConfig(block_n=32)
+    # Two 128-key stages fit beside a 64-row tile of a 256-wide latent only.
+    gla2 = latent_spec(latent_heads=2, width=256)
+    assert LatentHopperConfig(block_n=128).problem_with(gla2) is None
+    assert "do not fit two stages" in LatentHopperConfig(block_n=128).problem_with(latent_spec())
+    assert "do not fit two stages" in LatentHopperConfig(row_split=True, block_n=128).problem_with(gla2)
+    # No block size given (a table tuned before it was a choice): the preferred one for the spec and tile.
+    assert LatentHopperConfig().tile_for(gla2, 64).block_n == 128
+    assert LatentHopperConfig(row_split=True).tile_for(gla2, 64).block_n == 64
+    assert LatentHopperConfig().tile_for(latent_spec(), 64).block_n == 64
+    assert LatentHopperConfig(block_n=64).tile_for(gla2, 16).copy_rows == 16
+
+
+def test_config_round_trip_leaves_out_an_open_block_size():
+    assert LatentHopperConfig(3, False).to_dict() == {"num_splits": 3, "row_split": False}
+    assert LatentHopperConfig.from_dict({"num_splits": 3, "row_split": False}) == LatentHopperConfig(3, False)
+    explicit = LatentHopperConfig(3, False, block_n=128)
+    assert LatentHopperConfig.from_dict(explicit.to_dict()) == explicit
 
 
 def test_explicit_config_off_hopper_is_a_clear_error():
@@ -237,8 +265,8 @@ def test_the_op_picks_the_hopper_kernel_where_it_applies(monkeypatch):
     q, q_rope, k_cache, k_rope = operands(spec, 64)
     call, big = latent_call(q, q_rope, k_cache, k_rope), shape(batch=128, capacity=8192)
     monkeypatch.setattr(type(LATENT_HOPPER), "supports", lambda *args: None)  # as on an H100
-    assert choose_kernel(spec, big, call) == (LATENT_HOPPER, LatentHopperConfig(num_splits=1))
-    assert choose_kernel(spec, big, call, 5)[1] == LatentHopperConfig(num_splits=5)  # an explicit split count wins
+    assert choose_kernel(spec, big, call) == (LATENT_HOPPER, LatentHopperConfig(num_splits=1, block_n=64))
+    assert choose_kernel(spec, big, call, 5)[1] == LatentHopperConfig(num_splits=5, block_n=64)  # explicit splits win
     monkeypatch.setattr(type(LATENT_HOPPER), "supports", lambda *args: "not an sm_90 GPU")
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the portable kernels take CPU tensors under the interpreter
     family, config = choose_kernel(spec, big, call)

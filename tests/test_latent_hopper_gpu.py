@@ -124,3 +124,20 @@ def test_cuda_graph_replay_with_fresh_lengths(hopper):
     graph.replay()
     torch.cuda.synchronize()
     check_fa_rule(out, lse, problem)
+
+
+# 128-key blocks (LatentHopperConfig.block_n) on the 64-row tile of latents up to 256 wide: pages of 64 and 256
+# (two copies a block, or one page holding two blocks), 16 (eight copies), contiguous; key and per-row masks; a
+# 48-row and an 8-row latent head (sinks and windows: test_extensions_gpu.py).
+@pytest.mark.parametrize("name, query_len, page_size, mask, mask_rows", [
+    ("gla2", 1, 64, None, "key"), ("gla2", 1, 0, "bool", "key"), ("gla2", 1, 256, "additive", "head"),
+    ("gla2", 1, 16, None, "key"), ("gla_rope16", 1, 32, "bool", "key"), ("gla2_xl", 4, 64, "bool", "token"),
+])
+def test_wide_key_blocks_match_reference(hopper, name, query_len, page_size, mask, mask_rows):
+    problem = hopper_problem(hopper, name, query_len, page_size, torch.bfloat16, seed=7 + page_size, mask=mask,
+                             mask_rows=mask_rows)
+    for num_splits in (1, 3, 16):
+        out, lse = glacompiler.attention_with_kvcache_config(
+            **problem.kwargs, config=LatentHopperConfig(num_splits=num_splits, block_n=128))
+        check_fa_rule(out, lse, problem)
+

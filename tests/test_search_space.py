@@ -56,7 +56,10 @@ def test_hopper_space_holds_split_counts_and_row_tiles(name):
     assert space.contains(default) and max(space.values("num_splits")) >= 32  # one sequence: splits fill the GPU
     # MLA's 512-wide latent only fits 64-row tiles; GLA's 256-wide one also 128-row tiles.
     assert space.values("row_split") == ((False,) if spec.head_dim_k > 256 else (False, True))
+    # GLA's also 128-key blocks; the 128-row tile has no room for them, and the resource check prunes that pair.
+    assert space.values("block_n") == ((64,) if spec.head_dim_k > 256 else (64, 128))
     for config in space.configs(default):
         assert isinstance(config, LatentHopperConfig)
-        assert LATENT_HOPPER.resource_check(spec, config, H100).excess <= 0
+        check = LATENT_HOPPER.resource_check(spec, config, H100)
+        assert (check.excess > 0) == (config.row_split and config.block_n == 128), check
     assert LATENT_HOPPER.resource_check(PAPER_SPECS["mla"], LatentHopperConfig(row_split=True), H100).excess > 0

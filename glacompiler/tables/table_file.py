@@ -43,11 +43,18 @@ class TableFormatError(ValueError):
 
 
 def _field_schema(cls) -> dict:
-    """Object schema of a dataclass with int/bool/str fields: every field required, nothing else allowed."""
+    """Object schema of a dataclass with int/bool/str fields: every field required but an Optional one (a choice
+    added after tables were written: to_dict leaves it out when None, and an entry without it reads as None),
+    nothing else allowed."""
     kinds = {"int": "integer", "bool": "boolean", "str": "string"}
-    properties = {f.name: {"type": kinds[f.type if isinstance(f.type, str) else f.type.__name__]}
-                  for f in dataclasses.fields(cls)}
-    return {"type": "object", "required": sorted(properties), "properties": properties, "additionalProperties": False}
+    properties, required = {}, []
+    for field in dataclasses.fields(cls):
+        kind = field.type if isinstance(field.type, str) else field.type.__name__
+        optional = kind.startswith("Optional[")
+        properties[field.name] = {"type": kinds[kind.removeprefix("Optional[").removesuffix("]") if optional else kind]}
+        if not optional:
+            required.append(field.name)
+    return {"type": "object", "required": sorted(required), "properties": properties, "additionalProperties": False}
 
 
 _POSITIVE_INT = {"type": "integer", "minimum": 1}

@@ -10,7 +10,8 @@ import torch
 from ...spec import AttentionSpec, ProblemShape
 from ..common.tiles import rope_tile_width
 from ..family import KernelCall, KernelFamily, ResourceCheck
-from .config import BLOCK_N, ROW_SPLIT_MAX_WIDTH, LatentHopperConfig, LatentHopperTile, heuristic_config, programs_per_split
+from .config import (BLOCK_N, ROW_SPLIT_MAX_WIDTH, WIDE_BLOCK_N, LatentHopperConfig, LatentHopperTile, heuristic_config,
+                     programs_per_split)
 from .launch import LatentHopperLaunchPlan
 from .support import device_problem, layout_problem, spec_problem
 
@@ -38,7 +39,7 @@ class LatentHopperFamily(KernelFamily):
         return programs_per_split(spec, shape, config.row_split)
 
     def longest_useful_splits(self, shape: ProblemShape, config: LatentHopperConfig) -> int:
-        return max(1, shape.capacity // BLOCK_N)
+        return max(1, shape.capacity // (config.block_n or BLOCK_N))  # (the shorter block: an upper bound)
 
     def prepare(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig):
         return LatentHopperLaunchPlan(call, spec, shape, config)
@@ -50,22 +51,25 @@ class LatentHopperFamily(KernelFamily):
 
     def search_space(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
                      include: Sequence[LatentHopperConfig] = ()):
-        """Split counts, and the 128-row tile where the latent fits one warpgroup's accumulator."""
+        """Split counts, the 128-row tile where the latent fits one warpgroup's accumulator, and the block size
+        (configs whose blocks do not fit the tile are pruned by resource_check)."""
         from ..common.search_space import include_configs, split_choices
 
         row_split = [False] + ([True] if spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH else [])
         widest = LatentHopperTile(row_split[-1]).block_m
+        block_n = [BLOCK_N] + ([WIDE_BLOCK_N] if spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH else [])
         return include_configs({"num_splits": split_choices(spec, shape, multiprocessors, widest),
-                                "row_split": row_split}, include)
+                                "row_split": row_split, "block_n": block_n}, include)
 
     def resource_check(self, spec: AttentionSpec, config: LatentHopperConfig, limits) -> ResourceCheck:
         # The tile's stages are sized from the shared memory the template leaves (LatentHopperTile.num_stages).
         problem = config.problem_with(spec)
         if problem:
             return ResourceCheck(1.0, problem, {})
-        tile = config.tile_for(0)
+        tile = config.tile_for(spec, 0)
         stages = tile.num_stages(spec.head_dim_k, rope_tile_width(spec.rope_dim))
-        return ResourceCheck(0.0, f"{tile.block_m}-row tile, {stages} stages", {"stages": stages})
+        return ResourceCheck(0.0, f"{tile.block_m}-row tile, {tile.block_n}-key blocks, {stages} stages",
+                             {"stages": stages})
 
 
 LATENT_HOPPER = LatentHopperFamily()

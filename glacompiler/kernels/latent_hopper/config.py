@@ -13,8 +13,10 @@ from typing import Optional
 
 from ...spec import AttentionSpec, ProblemShape
 from ..common.splits import MAX_SPLITS, default_num_splits
+from ..common.tiles import rope_tile_width
 
-BLOCK_N = 64
+BLOCK_N = 64  # keys per block, the default
+WIDE_BLOCK_N = 128  # for latents up to 256 wide on the 64-row tile: each warpgroup scores 64 keys, not 32
 SM90_SHARED_MEMORY = 232448  # bytes of shared memory a CTA may take on an H100 / H200
 SHARED_MEMORY_RESERVE = 2048  # mbarriers, the row-max exchange and the compiler's reduction scratch
 MIN_PAGE = 16
@@ -23,9 +25,9 @@ LATENT_WIDTHS = (256, 512)
 NUM_WARPS = 8  # two warpgroups
 
 
-def latent_copy_rows(page_size: int) -> int:
+def latent_copy_rows(page_size: int, block_n: int = BLOCK_N) -> int:
     """Keys per TMA copy of a key block: the whole block, or one page where pages are smaller (0: contiguous)."""
-    return min(page_size, BLOCK_N) if page_size else BLOCK_N
+    return min(page_size, block_n) if page_size else block_n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,7 @@ class LatentHopperTile:
     # Issue the next block's score product behind this block's PV product (see the template). None: where
     # it timed faster on an H100, MLA's 512-wide latent.
     scores_ahead: Optional[bool] = None
+    block_n: int = BLOCK_N  # keys per block
 
     def issues_scores_ahead(self, head_dim: int) -> bool:
         return head_dim == 512 and not self.row_split if self.scores_ahead is None else self.scores_ahead
@@ -43,14 +46,26 @@ class LatentHopperTile:
     def block_m(self) -> int:
         return 128 if self.row_split else 64
 
-    def num_stages(self, head_dim: int, rope_width: int) -> int:
-        """Key-block stages: as many as the shared memory holds beside the query tile and P (2 for MLA's
-        512-wide latent, 4 for a 256-wide one over 64 rows, 3 over 128), at most 4."""
+    def stages_that_fit(self, head_dim: int, rope_width: int) -> int:
+        """Key blocks the shared memory holds beside the query tile and P."""
         element = 2  # bf16 / fp16
         row_bytes = (head_dim + rope_width) * element
-        query_and_p = self.block_m * row_bytes + (0 if self.row_split else self.block_m * BLOCK_N * element)
+        query_and_p = self.block_m * row_bytes + (0 if self.row_split else self.block_m * self.block_n * element)
         free = SM90_SHARED_MEMORY - SHARED_MEMORY_RESERVE - query_and_p
-        return max(2, min(4, free // (BLOCK_N * row_bytes)))
+        return free // (self.block_n * row_bytes)
+
+    def num_stages(self, head_dim: int, rope_width: int) -> int:
+        """Key-block stages: as many as fit (2 for MLA's 512-wide latent, 4 for a 256-wide one over 64 rows, 3
+        over 128; 2 for 128-key blocks of a 256-wide one), at most 4."""
+        return max(2, min(4, self.stages_that_fit(head_dim, rope_width)))
+
+
+def preferred_block_n(head_dim: int, row_split: bool) -> int:
+    """Keys per block where a config leaves it open: 128 on the 64-row tile of a latent up to 256 wide (each
+    warpgroup's score product is then 64 keys wide, not 32, and a block's fixed costs are shared by twice the
+    keys: 12-21% faster on an H200 for GLA-2 and GLA-8 at every shape timed, benchmarks/RESULTS.md), else 64
+    (MLA's 512-wide latent and the 128-row tile leave no room for two 128-key stages)."""
+    return WIDE_BLOCK_N if not row_split and head_dim <= ROW_SPLIT_MAX_WIDTH else BLOCK_N
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,16 +74,25 @@ class LatentHopperConfig:
 
     num_splits: int = 1
     row_split: bool = False  # 128-row tiles, 64 rows per warpgroup (latents up to 256 wide)
+    # Keys per block, BLOCK_N or WIDE_BLOCK_N; None: preferred_block_n (the heuristic's choice, and that of
+    # tables tuned before the block size was a choice).
+    block_n: Optional[int] = None
 
-    def tile_for(self, page_size: int) -> LatentHopperTile:
-        return LatentHopperTile(self.row_split, latent_copy_rows(page_size))
+    def keys_per_block(self, head_dim: int) -> int:
+        return self.block_n or preferred_block_n(head_dim, self.row_split)
+
+    def tile_for(self, spec: AttentionSpec, page_size: int) -> LatentHopperTile:
+        block_n = self.keys_per_block(spec.head_dim_k)
+        return LatentHopperTile(self.row_split, latent_copy_rows(page_size, block_n), block_n=block_n)
 
     def __post_init__(self):
         if not 1 <= self.num_splits <= MAX_SPLITS:
             raise ValueError(f"num_splits must lie in [1, {MAX_SPLITS}], got {self.num_splits}")
+        if self.block_n not in (None, BLOCK_N, WIDE_BLOCK_N):
+            raise ValueError(f"block_n must be {BLOCK_N}, {WIDE_BLOCK_N} or None, got {self.block_n}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
 
     @classmethod
     def from_dict(cls, data: dict) -> "LatentHopperConfig":
@@ -78,6 +102,10 @@ class LatentHopperConfig:
         """Why this config cannot run a spec the kernel otherwise takes, or None."""
         if self.row_split and spec.head_dim_k > ROW_SPLIT_MAX_WIDTH:
             return f"row_split tiles take latents up to {ROW_SPLIT_MAX_WIDTH} wide"
+        tile = self.tile_for(spec, 0)
+        if tile.stages_that_fit(spec.head_dim_k, rope_tile_width(spec.rope_dim)) < 2:
+            return (f"{tile.block_n}-key blocks of a {spec.head_dim_k}-wide latent on a {tile.block_m}-row tile do "
+                    f"not fit two stages in shared memory")
         return None
 
 
@@ -89,9 +117,10 @@ def programs_per_split(spec: AttentionSpec, shape: ProblemShape, row_split: bool
 
 def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> LatentHopperConfig:
     """128-row tiles where a latent head has more than 64 rows and the latent fits one warpgroup's accumulator;
-    then the fewest splits that fill the GPU (one program per SM: the tile takes most of its shared memory)."""
+    then the fewest splits that fill the GPU (one program per SM: the tile takes most of its shared memory); the
+    preferred block size."""
     rows = spec.group_size * shape.query_len
     row_split = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH and rows > 64
     splits = default_num_splits(programs_per_split(spec, shape, row_split), shape.capacity, BLOCK_N,
                                 multiprocessors, resident=1)
-    return LatentHopperConfig(splits, row_split)
+    return LatentHopperConfig(splits, row_split, preferred_block_n(spec.head_dim_k, row_split))

@@ -54,7 +54,7 @@ class LatentHopperLaunchPlan:
     def __init__(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig):
         q, q_rope, page_table = call.q, call.q_rope, call.page_table
         batch, query_len, _, _ = q.shape
-        tile = config.tile_for(shape.page_size)
+        tile = config.tile_for(spec, shape.page_size)
         module = latent_hopper_module(spec, tile)
         self.buffers = SplitBuffers(q, spec.head_dim_v, config.num_splits)
         extensions = kernel_extensions(call.softmax_scale, 0.0, None, call.sinks, call.window_size)

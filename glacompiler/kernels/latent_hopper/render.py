@@ -8,7 +8,7 @@ from types import ModuleType
 from ...spec import AttentionSpec
 from ..common.templates import cached_kernels_version, import_generated, kernels_version, render
 from ..common.tiles import rope_tile_width
-from .config import BLOCK_N, LatentHopperTile
+from .config import LatentHopperTile
 
 TEMPLATE = "latent_hopper/latent_decode.py.jinja"
 
@@ -31,13 +31,13 @@ def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> 
         rope_dim=spec.rope_dim,
         rope_width=rope_width,
         block_m=tile.block_m,
-        block_n=BLOCK_N,
+        block_n=tile.block_n,
         num_stages=tile.num_stages(spec.head_dim_k, rope_width),
         copy_rows=tile.copy_rows,
         scores_ahead=tile.issues_scores_ahead(spec.head_dim_k),
-        copies_per_block=BLOCK_N // tile.copy_rows,
+        copies_per_block=tile.block_n // tile.copy_rows,
         out_instr_n=min(256, spec.head_dim_k if tile.row_split else spec.head_dim_k // 2),
-        p_swizzle=swizzle_bytes(BLOCK_N * 2),
+        p_swizzle=swizzle_bytes(tile.block_n * 2),
         sanitize_chunk=min(64, spec.head_dim_k),
     )
 
