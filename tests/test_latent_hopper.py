@@ -218,6 +218,8 @@ def test_config_heuristic():
     assert heuristic_config(gla2, shape(query_len=1), 132).block_n == 128
     assert heuristic_config(gla2, shape(query_len=2), 132).block_n == 64
     assert heuristic_config(mla, shape(query_len=1), 132).block_n == 64
+    # ... where two 128-key stages fit: not beside a 128-wide rope key.
+    assert heuristic_config(latent_spec(latent_heads=2, width=256, rope=128), shape(query_len=1), 132).block_n == 64
 
 
 def test_config_checks():

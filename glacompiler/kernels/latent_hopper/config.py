@@ -1,10 +1,11 @@
-"""The Hopper latent kernel's launch choices (LatentHopperConfig: split count and row tile), its tile policy
-(LatentHopperTile: what the template is rendered for) and the heuristic that picks a config untuned.
+"""The Hopper latent kernel's launch choices (LatentHopperConfig: split count, row tile, keys per block), its tile
+policy (LatentHopperTile: what the template is rendered for) and the heuristic that picks a config untuned.
 
-Tiles: 64 keys per block (one TMA box, one page of a 64-token paged cache; smaller pages take one copy each,
-down to 16 keys: a copy lands on a multiple of the 128-byte swizzle's 8-row period, and smaller pages would
-need more copies than a block is worth). Rows: 64 shared by two warpgroups (each with half of a latent up to
-512 wide), or, for latents up to 256 wide with many packed rows, 128 split between them. Shared-memory
+Tiles: 64 keys per block (one TMA box, one page of a 64-token paged cache), or 128 where the latent is at most
+256 wide on the 64-row tile; a page smaller than the block takes one copy each, down to 16 keys (a copy lands on
+a multiple of the 128-byte swizzle's 8-row period, and smaller pages would need more copies than a block is
+worth). Rows: 64 shared by two warpgroups (each with half of a latent up to 512 wide, and the scores of half the
+block's keys), or, for latents up to 256 wide with many packed rows, 128 split between them. Shared-memory
 stages: what 227 KB holds beside the query tile."""
 from __future__ import annotations
 
@@ -60,12 +61,14 @@ class LatentHopperTile:
         return max(2, min(4, self.stages_that_fit(head_dim, rope_width)))
 
 
-def preferred_block_n(head_dim: int, row_split: bool) -> int:
-    """Keys per block where a config leaves it open: 128 on the 64-row tile of a latent up to 256 wide (each
-    warpgroup's score product is then 64 keys wide, not 32, and a block's fixed costs are shared by twice the
-    keys: 12-21% faster on an H200 for GLA-2 and GLA-8 at every shape timed, benchmarks/RESULTS.md), else 64
-    (MLA's 512-wide latent and the 128-row tile leave no room for two 128-key stages)."""
-    return WIDE_BLOCK_N if not row_split and head_dim <= ROW_SPLIT_MAX_WIDTH else BLOCK_N
+def preferred_block_n(spec: AttentionSpec, row_split: bool) -> int:
+    """Keys per block where a config leaves it open: 128 where two such stages fit, which is on the 64-row tile
+    of a latent up to 256 wide (each warpgroup's score product is then 64 keys wide, not 32, and a block's fixed
+    costs are shared by twice the keys: 12-21% faster on an H200 for GLA-2 and GLA-8 at every shape timed,
+    benchmarks/RESULTS.md), else 64 (MLA's 512-wide latent and the 128-row tile have no room for them)."""
+    wide = LatentHopperTile(row_split, block_n=WIDE_BLOCK_N)
+    fits = wide.stages_that_fit(spec.head_dim_k, rope_tile_width(spec.rope_dim)) >= 2
+    return WIDE_BLOCK_N if fits and not row_split and spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH else BLOCK_N
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +81,8 @@ class LatentHopperConfig:
     # tables tuned before the block size was a choice).
     block_n: Optional[int] = None
 
-    def keys_per_block(self, head_dim: int) -> int:
-        return self.block_n or preferred_block_n(head_dim, self.row_split)
-
     def tile_for(self, spec: AttentionSpec, page_size: int) -> LatentHopperTile:
-        block_n = self.keys_per_block(spec.head_dim_k)
+        block_n = self.block_n or preferred_block_n(spec, self.row_split)
         return LatentHopperTile(self.row_split, latent_copy_rows(page_size, block_n), block_n=block_n)
 
     def __post_init__(self):
@@ -123,4 +123,4 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     row_split = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH and rows > 64
     splits = default_num_splits(programs_per_split(spec, shape, row_split), shape.capacity, BLOCK_N,
                                 multiprocessors, resident=1)
-    return LatentHopperConfig(splits, row_split, preferred_block_n(spec.head_dim_k, row_split))
+    return LatentHopperConfig(splits, row_split, preferred_block_n(spec, row_split))
