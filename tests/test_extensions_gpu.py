@@ -115,19 +115,19 @@ def test_hopper_latent_kernel_wide_key_blocks(hopper, features, query_len):
         check_fa_rule(out, lse, problem)
 
 
-@pytest.mark.parametrize("name", ["gqa", "mla"])
-def test_window_skips_key_blocks_before_it(cuda_device, name):
-    """Full caches: whole key blocks before the first query's window (64 keys: either family's block) hold NaN
-    and are never read; the result is that of the same problem without NaN."""
+@pytest.mark.parametrize("name, query_len", [("gqa", 2), ("mla", 2), ("gla2", 1)])  # gla2: 128-key blocks
+def test_window_skips_key_blocks_before_it(cuda_device, name, query_len):
+    """Full caches: whole key blocks before the first query's window (a multiple of 128 keys: whole blocks of
+    64 or 128) hold NaN and are never read; the result is that of the same problem without NaN."""
     spec = {**PORTABLE_SPECS, **LATENT_SPECS}[name]
 
     def full_problem():
         # Full lengths from the start: make_decode_problem poisons the slots past each length with NaN.
-        return extension_problem(cuda_device, spec, "window", query_len=2, page_size=0, dtype=torch.bfloat16,
-                                 seed=1, seqlens=[CAPACITY] * 4)
+        return extension_problem(cuda_device, spec, "window", query_len=query_len, page_size=0,
+                                 dtype=torch.bfloat16, seed=1, seqlens=[CAPACITY] * 4)
 
     clean, poisoned = full_problem(), full_problem()
-    stale = (CAPACITY - 2 - WINDOW) // 64 * 64
+    stale = (CAPACITY - query_len - WINDOW) // 128 * 128
     for name_ in ("k_cache", "v_cache", "k_rope_cache"):
         if poisoned.kwargs[name_] is not None:
             poisoned.kwargs[name_][:, :stale] = float("nan")

@@ -242,6 +242,20 @@ def test_config_checks():
     assert LatentHopperConfig(block_n=64).tile_for(gla2, 16).copy_rows == 16
 
 
+def test_tiles_and_specs_that_cannot_hold_their_blocks():
+    with pytest.raises(ValueError, match="cannot take copies of 48 keys"):
+        LatentHopperTile(False, copy_rows=48)
+    with pytest.raises(ValueError, match="cannot take copies of 128 keys"):
+        LatentHopperTile(False, copy_rows=128)  # more keys a copy than a block holds
+    # Two 64-key stages beside MLA's query tile leave no room for a 128-wide rope key: the portable kernels run it.
+    assert "no room for two key-block stages" in spec_problem(latent_spec(rope=128), shape())
+    assert spec_problem(latent_spec(latent_heads=2, width=256, rope=128), shape()) is None
+    # Splits past the keys' blocks are useless; an open block size counts as the one it resolves to.
+    gla2 = latent_spec(latent_heads=2, width=256)
+    assert LATENT_HOPPER.longest_useful_splits(gla2, shape(capacity=8192), LatentHopperConfig()) == 64
+    assert LATENT_HOPPER.longest_useful_splits(gla2, shape(capacity=8192), LatentHopperConfig(block_n=64)) == 128
+
+
 def test_config_round_trip_leaves_out_an_open_block_size():
     assert LatentHopperConfig(3, False).to_dict() == {"num_splits": 3, "row_split": False}
     assert LatentHopperConfig.from_dict({"num_splits": 3, "row_split": False}) == LatentHopperConfig(3, False)

@@ -217,6 +217,29 @@ def test_stale_entries_are_ignored_with_one_warning_for_the_users_table(table_di
     assert tuned_config(PORTABLE, GQA, shape_of(8, 8192), CUDA0) == user_config
 
 
+def _latent_table_json(config: LatentHopperConfig, spec=PAPER_SPECS["gla2"]) -> dict:
+    return make_table([entry(spec, Bucket(8, 8192, 1), config, family="latent_hopper")]).to_json()
+
+
+def test_a_config_field_added_later_may_be_absent_but_not_wrong():
+    """LatentHopperConfig.block_n came after tables were written: an entry without it reads as None (the family's
+    preferred block size); present, it must be a valid size for the entry's spec; null is no integer."""
+    explicit = ConfigTable.from_json(_latent_table_json(LatentHopperConfig(4, False, block_n=128)))
+    assert next(iter(explicit.entries.values())).config == LatentHopperConfig(4, False, block_n=128)
+    data = _latent_table_json(LatentHopperConfig(4, False))
+    assert "block_n" not in data["entries"][0]["config"]
+    assert next(iter(ConfigTable.from_json(data).entries.values())).config.block_n is None
+    data["entries"][0]["config"]["block_n"] = None
+    with pytest.raises(TableFormatError, match="expected integer"):
+        ConfigTable.from_json(data)
+    data["entries"][0]["config"]["block_n"] = 96
+    with pytest.raises(TableFormatError, match="block_n must be"):
+        ConfigTable.from_json(data)
+    # 128-key blocks do not fit beside MLA's 512-wide latent: the file is refused with the reason, not launched.
+    with pytest.raises(TableFormatError, match="do not fit two stages"):
+        ConfigTable.from_json(_latent_table_json(LatentHopperConfig(4, False, block_n=128), PAPER_SPECS["mla"]))
+
+
 def test_unreadable_table_is_ignored_with_a_warning(table_dirs):
     _, shipped_dir = table_dirs
     (shipped_dir / table_file.gpu_file_name(GPU)).write_text('{"format": 2}')

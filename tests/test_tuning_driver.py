@@ -41,6 +41,28 @@ def test_driver_writes_the_table_after_each_bucket_and_skips_done_ones(tmp_path)
     assert len(again.already_done) == 4 and not again.tuned and len(kernels) == 4
 
 
+def test_entries_with_open_choices_are_tuned_again_and_seed_resolved(tmp_path):
+    """A bucket whose entry leaves a choice open (a table tuned before the latent kernel's block size was a
+    choice) is not done; as a neighbour it seeds a study with the choice made as the family makes it."""
+    from glacompiler.kernels.latent_hopper import LatentHopperConfig
+    from glacompiler.tables.table_file import write_table
+    from glacompiler.tuning.driver import TuningJob, neighbour_configs
+    from tuning_doubles import entry, make_table
+
+    gla2 = PAPER_SPECS["gla2"]
+    jobs = [TuningJob(gla2, ProblemShape(batch, 1, 8192, 64), "latent_hopper") for batch in (4, 16)]
+    table = make_table([entry(gla2, Bucket(4, 8192, 1), LatentHopperConfig(6, False), family="latent_hopper"),
+                        entry(gla2, Bucket(16, 8192, 1), LatentHopperConfig(2, False, block_n=64),
+                              family="latent_hopper")], gpu=SMALL_GPU.name)
+    out = tmp_path / "table.json"
+    write_table(table, out)
+    summary = run_tuning(jobs, out_path=out, limits=SMALL_GPU, evaluator_factory=None, budget=TuningBudget(trials=2),
+                         total_time_s=1e-3, progress=None)  # (no time to tune: what is left over is listed)
+    assert [job.shape.batch for job in summary.already_done] == [16]
+    assert [job.shape.batch for job in summary.not_started] == [4]
+    assert neighbour_configs(read_table(out), jobs[1]) == [LatentHopperConfig(6, False, block_n=128)]
+
+
 def test_driver_stops_at_the_total_time_budget(tmp_path):
     jobs = plan_jobs([GQA], batches=[1, 2, 4], capacities=[1024], query_lens=[1], page_size=64)
     summary = run_tuning(jobs, out_path=tmp_path / "t.json", limits=SMALL_GPU,

@@ -41,6 +41,12 @@ class KernelCall:
     window_size: tuple = (-1, -1)
 
 
+def open_choices(config: Config) -> tuple:
+    """Names of the config's fields left None: choices that a table tuned before they existed did not make (the
+    family makes them when it runs the config; the tuner tunes such a bucket again)."""
+    return tuple(field.name for field in dataclasses.fields(config) if getattr(config, field.name) is None)
+
+
 @dataclasses.dataclass(frozen=True)
 class ResourceCheck:
     """A family's verdict on one config before it is compiled."""
@@ -80,7 +86,7 @@ class KernelFamily:
         """Programs one launch runs per KV split (the parallelism a split count multiplies)."""
         raise NotImplementedError
 
-    def longest_useful_splits(self, shape: ProblemShape, config: Config) -> int:
+    def longest_useful_splits(self, spec: AttentionSpec, shape: ProblemShape, config: Config) -> int:
         """More splits than this leave a split without a whole key block."""
         raise NotImplementedError
 
@@ -91,7 +97,7 @@ class KernelFamily:
         tuned_programs = self.programs_per_split(spec, tuned, config)
         wanted_programs = self.programs_per_split(spec, wanted, config)
         splits = round(config.num_splits * tuned_programs / wanted_programs)
-        splits = max(1, min(splits, self.longest_useful_splits(wanted, config), MAX_SPLITS))
+        splits = max(1, min(splits, self.longest_useful_splits(spec, wanted, config), MAX_SPLITS))
         return self.with_splits(config, splits)
 
     def prepare(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: Config):
@@ -124,6 +130,10 @@ class KernelFamily:
 
     def config_from_dict(self, data: dict) -> Config:
         return self.config_type.from_dict(data)
+
+    def resolved_config(self, config: Config, spec: AttentionSpec) -> Config:
+        """The config with every choice it leaves open (None: see open_choices) made as the family makes it."""
+        return config
 
     def __repr__(self) -> str:
         return f"<kernel family {self.name}>"

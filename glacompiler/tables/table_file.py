@@ -220,12 +220,17 @@ class TableEntry:
         check_schema(data["default_config"], config_schema, f"{path}.default_config")
         for index, rejected in enumerate(data["rejected"]):
             check_schema(rejected["config"], config_schema, f"{path}.rejected[{index}].config")
+        spec = AttentionSpec.from_dict(data["spec"])
+        config = family.config_from_dict(data["config"])
+        problem = family.config_problem(config, spec)
+        if problem:  # (a table edited by hand, or written for other kernels): not found at run time instead
+            raise TableFormatError(f"{path}.config: {problem}")
         return cls(
             family=family.name,
-            spec=AttentionSpec.from_dict(data["spec"]),
+            spec=spec,
             bucket=Bucket(**data["bucket"]),
             page_size=data["page_size"],
-            config=family.config_from_dict(data["config"]),
+            config=config,
             tuned_us=float(data["tuned_us"]),
             default_config=family.config_from_dict(data["default_config"]),
             default_us=float(data["default_us"]),

@@ -12,7 +12,7 @@ import torch
 
 from ..kernels import PORTABLE_FAMILY_NAME, family_for_spec, family_named
 from ..kernels.common.device_limits import DeviceLimits
-from ..kernels.family import Config
+from ..kernels.family import Config, open_choices
 from ..spec import AttentionSpec, ProblemShape
 from ..tables.table_file import Bucket, ConfigTable, open_for_update, write_table
 from .study import BucketResult, ConfigEvaluator, DeviceLost, TuningBudget, journal_storage, tune_bucket
@@ -71,8 +71,9 @@ def neighbour_configs(table: ConfigTable, job: TuningJob, count: int = SEED_NEIG
     same_spec.sort(key=lambda entry: (entry.bucket.log_distance(job.bucket), entry.bucket))
     configs: list = []
     for entry in same_spec:
-        if entry.config not in configs:
-            configs.append(entry.config)
+        config = family_named(entry.family).resolved_config(entry.config, entry.spec)  # (snap needs every choice)
+        if config not in configs:
+            configs.append(config)
         if len(configs) == count:
             break
     return configs
@@ -106,7 +107,8 @@ def run_tuning(
 
     pending = []
     for job in jobs:
-        if not retune and table.get(job.family, job.spec, job.bucket) is not None:
+        entry = table.get(job.family, job.spec, job.bucket)
+        if not retune and entry is not None and not open_choices(entry.config):
             summary.already_done.append(job)
         else:
             pending.append(job)

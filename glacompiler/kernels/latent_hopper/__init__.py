@@ -3,6 +3,7 @@ TMA, two warpgroups split a 64-row tile's scores by keys and its 512-wide accumu
 128-row tile by rows (GLA with many packed rows). sm_90 GPUs only; support.py says which calls it takes."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence
 
 import torch
@@ -11,7 +12,7 @@ from ...spec import AttentionSpec, ProblemShape
 from ..common.tiles import rope_tile_width
 from ..family import KernelCall, KernelFamily, ResourceCheck
 from .config import (BLOCK_N, ROW_SPLIT_MAX_WIDTH, WIDE_BLOCK_N, LatentHopperConfig, LatentHopperTile, heuristic_config,
-                     programs_per_split)
+                     preferred_block_n, programs_per_split)
 from .launch import LatentHopperLaunchPlan
 from .support import device_problem, layout_problem, spec_problem
 
@@ -38,8 +39,12 @@ class LatentHopperFamily(KernelFamily):
     def programs_per_split(self, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig) -> int:
         return programs_per_split(spec, shape, config.row_split)
 
-    def longest_useful_splits(self, shape: ProblemShape, config: LatentHopperConfig) -> int:
-        return max(1, shape.capacity // (config.block_n or BLOCK_N))  # (the shorter block: an upper bound)
+    def longest_useful_splits(self, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig) -> int:
+        return max(1, shape.capacity // config.tile_for(spec, 0).block_n)
+
+    def resolved_config(self, config: LatentHopperConfig, spec: AttentionSpec) -> LatentHopperConfig:
+        return config if config.block_n is not None else dataclasses.replace(config, block_n=preferred_block_n(
+            spec, config.row_split))
 
     def prepare(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig):
         return LatentHopperLaunchPlan(call, spec, shape, config)

@@ -40,6 +40,10 @@ class LatentHopperTile:
     scores_ahead: Optional[bool] = None
     block_n: int = BLOCK_N  # keys per block
 
+    def __post_init__(self):
+        if self.block_n not in (BLOCK_N, WIDE_BLOCK_N) or self.block_n % self.copy_rows:
+            raise ValueError(f"a tile of {self.block_n}-key blocks cannot take copies of {self.copy_rows} keys")
+
     def issues_scores_ahead(self, head_dim: int) -> bool:
         return head_dim == 512 and not self.row_split if self.scores_ahead is None else self.scores_ahead
 
@@ -121,6 +125,8 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     preferred block size."""
     rows = spec.group_size * shape.query_len
     row_split = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH and rows > 64
+    # Split counts as for 64-key blocks also where the blocks are 128 (halving them to keep the keys per block
+    # was slower at every shape timed, benchmarks/RESULTS.md).
     splits = default_num_splits(programs_per_split(spec, shape, row_split), shape.capacity, BLOCK_N,
                                 multiprocessors, resident=1)
     return LatentHopperConfig(splits, row_split, preferred_block_n(spec, row_split))

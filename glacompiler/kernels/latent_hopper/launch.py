@@ -19,7 +19,7 @@ from .render import latent_hopper_module, swizzle_bytes
 
 @functools.lru_cache(maxsize=None)
 def tma_tile_layout(tile_width: int, element_bytes: int):
-    """Shared-memory layout of a [BLOCK_N, tile_width] key tile: the widest swizzle its rows allow (TMA
+    """Shared-memory layout of a [copy_rows, tile_width] key tile: the widest swizzle its rows allow (TMA
     writes it, wgmma reads it)."""
     from triton.experimental.gluon import language as gl
 

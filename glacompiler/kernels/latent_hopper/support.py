@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from ...spec import AttentionSpec, ProblemShape
-from .config import LATENT_WIDTHS, MIN_PAGE
+from ..common.tiles import rope_tile_width
+from .config import LATENT_WIDTHS, MIN_PAGE, LatentHopperTile
 
 NOT_A_LATENT_LAYOUT = f"not a latent layout of width {' or '.join(map(str, LATENT_WIDTHS))}"
 
@@ -50,6 +51,8 @@ def spec_problem(spec: AttentionSpec, shape: ProblemShape) -> Optional[str]:
         return NOT_A_LATENT_LAYOUT
     if spec.rope_dim == 0:
         return "no rope key"
+    if LatentHopperTile(row_split=False).stages_that_fit(spec.head_dim_k, rope_tile_width(spec.rope_dim)) < 2:
+        return f"a {spec.rope_dim}-wide rope key leaves no room for two key-block stages beside the query tile"
     if spec.dtype not in ("bfloat16", "float16"):
         return f"dtype {spec.dtype}"
     if 0 < shape.page_size < MIN_PAGE:

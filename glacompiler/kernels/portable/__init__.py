@@ -33,7 +33,7 @@ class PortableFamily(KernelFamily):
     def programs_per_split(self, spec: AttentionSpec, shape: ProblemShape, config: PortableConfig) -> int:
         return programs_per_split(spec, shape, config)
 
-    def longest_useful_splits(self, shape: ProblemShape, config: PortableConfig) -> int:
+    def longest_useful_splits(self, spec: AttentionSpec, shape: ProblemShape, config: PortableConfig) -> int:
         return max(1, shape.capacity // config.block_n)
 
     def prepare(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: PortableConfig):
