@@ -5,8 +5,8 @@ per call, through the public attention_with_kvcache only (the same in both trees
 
 Each tree is timed by a worker process of this script with PYTHONPATH pointing at that tree, round by round in
 ABBA order (base, new, new, base, ...), so that neither tree always runs first on a cooler card. The table gives
-each case's median over the rounds, and the ratio new / base. The op picks its own kernel family and config
-(on a GPU without a tuned table, the family's heuristic)."""
+each case's median over the rounds, and the ratio new / base. The op picks its own kernel family and config: the
+family's heuristic (GLACOMPILER_TUNED_CONFIGS=0), or with --tuned-configs what each tree's tables give."""
 from __future__ import annotations
 
 import argparse
@@ -95,6 +95,8 @@ def run_tree(tree: Path, args, scratch: Path) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([str(tree)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                                                         if p and Path(p).resolve() != HERE])
     env["GLACOMPILER_CACHE_DIR"] = str(scratch / f"cache-{tree.name}")
+    if not args.tuned_configs:  # (trees from before GLACOMPILER_TUNED_CONFIGS ship no table for this GPU's kind)
+        env["GLACOMPILER_TUNED_CONFIGS"] = "0"
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--cases", args.cases, "--q-lens",
                args.q_lens, "--batch", str(args.batch), "--seqlen", str(args.seqlen), "--page-size", str(args.page_size)]
     result = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
@@ -113,6 +115,8 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=8192)
     parser.add_argument("--page-size", type=int, default=64)
     parser.add_argument("--out", help="write every round's results here (JSON)")
+    parser.add_argument("--tuned-configs", action="store_true",
+                        help="let each tree use its tuned tables (default: both on their heuristics)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

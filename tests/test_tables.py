@@ -240,6 +240,17 @@ def test_a_config_field_added_later_may_be_absent_but_not_wrong():
         ConfigTable.from_json(_latent_table_json(LatentHopperConfig(4, False, block_n=128), PAPER_SPECS["mla"]))
 
 
+def test_tuned_tables_can_be_turned_off(table_dirs, monkeypatch):
+    _, shipped_dir = table_dirs
+    tuned = PortableConfig(block_n=32, num_splits=3)
+    write_table(make_table([entry(GQA, Bucket(8, 8192, 1), tuned)]), shipped_dir / table_file.gpu_file_name(GPU))
+    monkeypatch.setenv("GLACOMPILER_TUNED_CONFIGS", "0")
+    assert tuned_config(PORTABLE, GQA, shape_of(8, 8192), CUDA0) is None  # the heuristic runs
+    monkeypatch.setenv("GLACOMPILER_TUNED_CONFIGS", "1")
+    clear_lookup_caches()
+    assert tuned_config(PORTABLE, GQA, shape_of(8, 8192), CUDA0) == tuned
+
+
 def test_unreadable_table_is_ignored_with_a_warning(table_dirs):
     _, shipped_dir = table_dirs
     (shipped_dir / table_file.gpu_file_name(GPU)).write_text('{"format": 2}')

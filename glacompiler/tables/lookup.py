@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -112,7 +113,12 @@ class ConfigIndex:
 
 @functools.lru_cache(maxsize=None)
 def index_for_gpu(gpu_name: str) -> ConfigIndex:
-    """Shipped entries, then user-cache entries over them (parsed once per GPU name)."""
+    """Shipped entries, then user-cache entries over them (parsed once per GPU name); none where the environment
+    turns the tables off (GLACOMPILER_TUNED_CONFIGS=0: every call on its family's heuristic, to tell whether a
+    table causes a difference, or to compare kernels without their tuning)."""
+    if os.environ.get("GLACOMPILER_TUNED_CONFIGS", "1") == "0":
+        LOGGER.info("GLACOMPILER_TUNED_CONFIGS=0: tuned-config tables are not read")
+        return ConfigIndex([])
     shipped = _read_usable_entries(table_file.shipped_table_path(gpu_name), shipped=True)
     user = _read_usable_entries(table_file.user_table_path(gpu_name))
     return ConfigIndex(shipped + user)
