@@ -30,21 +30,28 @@ CASES = {
 
 
 def make_inputs(name: str, batch: int, seqlen: int, query_len: int, page_size: int, seed: int = 0) -> dict:
-    """The op's keyword arguments for a case, built on the GPU from a seed: full lengths, a permuted page table."""
+    """The op's keyword arguments for a case of CASES (see paged_decode_inputs)."""
+    heads, kv_heads, width, v_width, rope = CASES[name]
+    return paged_decode_inputs(heads, kv_heads, width, v_width, rope, batch, seqlen, query_len, page_size, seed,
+                               query_width=width - rope if name == "gta" else width)
+
+
+def paged_decode_inputs(heads: int, kv_heads: int, width: int, v_width: int, rope: int, batch: int, seqlen: int,
+                        query_len: int, page_size: int, seed: int = 0, query_width: int = 0) -> dict:
+    """The op's keyword arguments, bf16, built on the GPU from a seed (a long cache is too big to draw on the host):
+    full lengths, a permuted page table; v_width 0: tied (no v_cache); rope 0: no rope key; query_width 0: width."""
     import torch
 
-    heads, kv_heads, width, v_width, rope = CASES[name]
     device, dtype = torch.device("cuda"), torch.bfloat16
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def randn(*shape):
         return torch.randn(*shape, device=device, dtype=dtype, generator=generator)
 
-    gta = name == "gta"
     pages_per_seq = seqlen // page_size
     num_pages = batch * pages_per_seq
     kwargs = dict(
-        q=randn(batch, query_len, heads, width - rope if gta else width),
+        q=randn(batch, query_len, heads, query_width or width),
         k_cache=randn(num_pages, page_size, kv_heads, width),
         v_cache=randn(num_pages, page_size, kv_heads, v_width) if v_width else None,
         cache_seqlens=torch.full((batch,), seqlen, device=device, dtype=torch.int32),

@@ -21,6 +21,7 @@ from glacompiler.kernels.latent_hopper import LatentHopperConfig
 from glacompiler.kernels.latent_hopper.config import heuristic_config
 from glacompiler.spec import AttentionSpec, ProblemShape
 
+from ab_decode import paged_decode_inputs
 from bench_decode import copy_bandwidth, matmul_rate
 
 ROPE = 64
@@ -36,22 +37,6 @@ CASES = [
     ("GLA-8", 128, 8, 256, 1, 65536, 1),
 ] + [(label, 64, 1, width, batch, length, 1) for batch in (1, 8, 32) for length in (32768, 131072)
      for label, width in (("MLA TP2", 512), ("GLA-2 TP2", 256))]
-
-
-def latent_problem(num_q_heads: int, latent_heads: int, width: int, batch: int, length: int, query_len: int) -> dict:
-    """Random operands built on the GPU (a 128K cache is too big to draw on the host)."""
-    generator = torch.Generator(device="cuda").manual_seed(0)
-
-    def randn(*shape):
-        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=generator)
-
-    pages_per_sequence = length // PAGE
-    pages = batch * pages_per_sequence
-    page_table = torch.randperm(pages, device="cuda", generator=generator).to(torch.int32)
-    return dict(q=randn(batch, query_len, num_q_heads, width), q_rope=randn(batch, query_len, num_q_heads, ROPE),
-                k_cache=randn(pages, PAGE, latent_heads, width), k_rope_cache=randn(pages, PAGE, ROPE),
-                page_table=page_table.view(batch, pages_per_sequence),
-                cache_seqlens=torch.full((batch,), length, device="cuda", dtype=torch.int32))
 
 
 def kernel_us(kwargs: dict, config: LatentHopperConfig) -> tuple:
@@ -72,7 +57,7 @@ def main() -> None:
           "128-key, half the splits, us | max diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, num_q_heads, latent_heads, width, batch, length, query_len in CASES:
-        kwargs = latent_problem(num_q_heads, latent_heads, width, batch, length, query_len)
+        kwargs = paged_decode_inputs(num_q_heads, latent_heads, width, 0, ROPE, batch, length, query_len, PAGE)
         spec = AttentionSpec.latent(num_q_heads, latent_heads, width, ROPE, paged=True)
         tokens = batch * length
         floor_us = 1e6 * max(tokens * (latent_heads * width + ROPE) * 2 / bandwidth,

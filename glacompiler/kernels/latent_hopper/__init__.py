@@ -12,7 +12,7 @@ from ...spec import AttentionSpec, ProblemShape
 from ..common.tiles import rope_tile_width
 from ..family import KernelCall, KernelFamily, ResourceCheck
 from .config import (BLOCK_N, ROW_SPLIT_MAX_WIDTH, WIDE_BLOCK_N, LatentHopperConfig, LatentHopperTile, heuristic_config,
-                     preferred_block_n, programs_per_split)
+                     programs_per_split)
 from .launch import LatentHopperLaunchPlan
 from .support import device_problem, layout_problem, spec_problem
 
@@ -43,8 +43,7 @@ class LatentHopperFamily(KernelFamily):
         return max(1, shape.capacity // config.tile_for(spec, 0).block_n)
 
     def resolved_config(self, config: LatentHopperConfig, spec: AttentionSpec) -> LatentHopperConfig:
-        return config if config.block_n is not None else dataclasses.replace(config, block_n=preferred_block_n(
-            spec, config.row_split))
+        return dataclasses.replace(config, block_n=config.tile_for(spec, 0).block_n)
 
     def prepare(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig):
         return LatentHopperLaunchPlan(call, spec, shape, config)

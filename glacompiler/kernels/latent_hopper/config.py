@@ -59,6 +59,10 @@ class LatentHopperTile:
         free = SM90_SHARED_MEMORY - SHARED_MEMORY_RESERVE - query_and_p
         return free // (self.block_n * row_bytes)
 
+    def holds_two_stages(self, spec: AttentionSpec) -> bool:
+        """Whether two key-block stages fit beside the query tile of this spec (what the pipeline needs)."""
+        return self.stages_that_fit(spec.head_dim_k, rope_tile_width(spec.rope_dim)) >= 2
+
     def num_stages(self, head_dim: int, rope_width: int) -> int:
         """Key-block stages: as many as fit (2 for MLA's 512-wide latent, 4 for a 256-wide one over 64 rows, 3
         over 128; 2 for 128-key blocks of a 256-wide one), at most 4."""
@@ -70,8 +74,7 @@ def preferred_block_n(spec: AttentionSpec, row_split: bool) -> int:
     of a latent up to 256 wide (each warpgroup's score product is then 64 keys wide, not 32, and a block's fixed
     costs are shared by twice the keys: 12-21% faster on an H200 for GLA-2 and GLA-8 at every shape timed,
     benchmarks/RESULTS.md), else 64 (MLA's 512-wide latent and the 128-row tile have no room for them)."""
-    wide = LatentHopperTile(row_split, block_n=WIDE_BLOCK_N)
-    fits = wide.stages_that_fit(spec.head_dim_k, rope_tile_width(spec.rope_dim)) >= 2
+    fits = LatentHopperTile(row_split, block_n=WIDE_BLOCK_N).holds_two_stages(spec)
     return WIDE_BLOCK_N if fits and not row_split and spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH else BLOCK_N
 
 
@@ -107,7 +110,7 @@ class LatentHopperConfig:
         if self.row_split and spec.head_dim_k > ROW_SPLIT_MAX_WIDTH:
             return f"row_split tiles take latents up to {ROW_SPLIT_MAX_WIDTH} wide"
         tile = self.tile_for(spec, 0)
-        if tile.stages_that_fit(spec.head_dim_k, rope_tile_width(spec.rope_dim)) < 2:
+        if not tile.holds_two_stages(spec):
             return (f"{tile.block_n}-key blocks of a {spec.head_dim_k}-wide latent on a {tile.block_m}-row tile do "
                     f"not fit two stages in shared memory")
         return None

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from ...spec import AttentionSpec, ProblemShape
-from ..common.tiles import rope_tile_width
 from .config import LATENT_WIDTHS, MIN_PAGE, LatentHopperTile
 
 NOT_A_LATENT_LAYOUT = f"not a latent layout of width {' or '.join(map(str, LATENT_WIDTHS))}"
@@ -51,7 +50,7 @@ def spec_problem(spec: AttentionSpec, shape: ProblemShape) -> Optional[str]:
         return NOT_A_LATENT_LAYOUT
     if spec.rope_dim == 0:
         return "no rope key"
-    if LatentHopperTile(row_split=False).stages_that_fit(spec.head_dim_k, rope_tile_width(spec.rope_dim)) < 2:
+    if not LatentHopperTile(row_split=False).holds_two_stages(spec):
         return f"a {spec.rope_dim}-wide rope key leaves no room for two key-block stages beside the query tile"
     if spec.dtype not in ("bfloat16", "float16"):
         return f"dtype {spec.dtype}"
