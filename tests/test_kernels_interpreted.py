@@ -103,6 +103,35 @@ def test_mask_skips_ruled_out_key_blocks(interpret_kernels, query_len, mask_toke
     assert torch.allclose(lse.double(), expected[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("query_len, mask_form", [(1, "bool key"), (3, "bool key"), (1, "bool head"),
+                                                   (1, "additive key"), (3, "additive head")])
+def test_dense_mask_is_not_read_and_its_range_holds(interpret_kernels, query_len, mask_form):
+    """A mask that allows every key of its range (mask_key_range's dense flag) is not read by the kernel: the
+    range alone must then keep out the keys before it, in the first key block too. Each sequence's run starts
+    off a block boundary; every slot outside the runs holds NaN."""
+    dtype, rows = mask_form.split()
+    problem = make_decode_problem(CPU_SPECS["gqa"], batch=3, query_len=query_len, capacity=128, causal=False,
+                                  poison=False, seqlens=[128] * 3)
+    runs = [(13, 57), (0, 128), (70, 71)]
+    allowed = torch.zeros(3, 1, 1, 128, dtype=torch.bool)
+    for b, (lo, hi) in enumerate(runs):
+        allowed[b, ..., lo:hi] = True
+    if rows == "head":
+        allowed = allowed.expand(3, CPU_SPECS["gqa"].num_q_heads, query_len, 128).contiguous()
+    mask = allowed if dtype == "bool" else torch.where(allowed, 0.0, float("-inf"))
+    problem.kwargs["attn_mask"] = mask
+    assert torch.ops.glacompiler.mask_key_range(mask, 3, 128)[2].tolist() == [1, 1, 1]  # the dense path runs
+    expected = problem.reference(torch.float64)
+    for b, (lo, hi) in enumerate(runs):
+        for cache in (problem.kwargs["k_cache"], problem.kwargs["v_cache"]):
+            cache[b, :lo] = float("nan")
+            cache[b, hi:] = float("nan")
+    for num_splits in (1, 3):
+        out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True, num_splits=num_splits)
+        assert torch.allclose(out.double(), expected[0], atol=1e-5)
+        assert torch.allclose(lse.double(), expected[1], atol=1e-5)
+
+
 @pytest.mark.parametrize("head_dim_q, head_dim_v", [(576, 512), (8, 8), (200, 136)])
 def test_head_dim_extremes(interpret_kernels, head_dim_q, head_dim_v):
     from glacompiler.spec import AttentionSpec

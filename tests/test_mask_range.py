@@ -17,7 +17,34 @@ def test_reference_on_a_hand_made_case():
     mask = torch.zeros(2, 2, 1, 9, dtype=torch.bool)
     mask[0, 0, 0, 2:5] = True
     mask[0, 1, 0, 7] = True
-    assert _expected_key_range(mask, 2, 9).tolist() == [[2, 9], [8, 0]]
+    assert _expected_key_range(mask, 2, 9).tolist() == [[2, 9], [8, 0], [0, 0]]
+
+
+def test_reference_dense_flag_on_hand_made_cases():
+    """Row 2: 1 where every row allows every key of [first, last) and an additive mask adds 0 there."""
+    prefix = _prefix_mask([5, 0, 9], 9)  # full prefixes, one empty sequence
+    assert _expected_key_range(prefix, 3, 9).tolist() == [[0, 9, 0], [5, 0, 9], [1, 0, 1]]
+    left_padded = torch.zeros(2, 1, 1, 9, dtype=torch.bool)
+    left_padded[0, ..., 3:7] = True
+    left_padded[1, ..., 3:7] = True
+    left_padded[1, ..., 5] = False  # a hole inside the range
+    assert _expected_key_range(left_padded, 2, 9)[2].tolist() == [1, 0]
+    heads = torch.zeros(1, 2, 1, 9, dtype=torch.bool)
+    heads[0, 0, 0, :6] = True
+    heads[0, 1, 0, :4] = True  # another head stops earlier: not dense over the union
+    assert _expected_key_range(heads, 1, 9).tolist() == [[0], [6], [0]]
+    causal = torch.ones(1, 1, 2, 9, dtype=torch.bool)
+    causal[0, 0, 0, 8] = False  # draft token 0 does not see the last key
+    assert _expected_key_range(causal, 1, 9)[2].tolist() == [0]
+    zeros = torch.zeros(2, 1, 1, 9)
+    zeros[:, ..., 7:] = float("-inf")
+    biased = zeros.clone()
+    biased[1, ..., 2] = 0.5  # adds something inside the range
+    finfo_min = torch.zeros(1, 1, 1, 9)
+    finfo_min[..., 7:] = torch.finfo(torch.float32).min  # transformers' "masked": finite, so allowed and adding
+    assert _expected_key_range(zeros, 2, 9)[2].tolist() == [1, 1]
+    assert _expected_key_range(biased, 2, 9)[2].tolist() == [1, 0]
+    assert _expected_key_range(finfo_min, 1, 9).tolist() == [[0], [9], [0]]
 
 
 def _prefix_mask(lengths, capacity):
@@ -43,6 +70,12 @@ MASK_RANGE_CASES = {
     "2-D [Lq, S]": (2, 50, lambda g: torch.rand(2, 50, generator=g) > 0.8),
     "key dim broadcast": (3, 40, lambda g: torch.tensor([True, False, True]).view(3, 1, 1, 1)),
     "nothing attended": (2, 64, lambda g: torch.zeros(2, 1, 1, 64, dtype=torch.bool)),
+    "left-padded runs, dense": (3, 1100, lambda g: _prefix_mask([1100, 700, 30], 1100) & ~_prefix_mask([0, 5, 29], 1100)),
+    "prefix in every head, dense": (2, 80, lambda g: _prefix_mask([80, 33], 80).expand(2, 3, 1, 80)),
+    "additive zeros in range, dense": (3, 300, lambda g: torch.where(_prefix_mask([300, 1, 120], 300), 0.0,
+                                                                      float("-inf"))),
+    "causal draft tokens, not dense": (2, 70, lambda g: _prefix_mask([69, 70], 70)
+                                       | (torch.arange(2) == 1).view(1, 1, 2, 1)),
 }
 
 
@@ -52,7 +85,7 @@ def _check_mask_key_range(case: str, device: torch.device) -> None:
     expected = _expected_key_range(mask, batch, capacity)
     operand = mask_as_kernel_operand(mask.to(device))
     got = mask_key_range(operand, batch, capacity, mask.dtype == torch.bool)
-    assert got.dtype == torch.int32 and got.shape == (2, batch)
+    assert got.dtype == torch.int32 and got.shape == (3, batch)
     assert torch.equal(got.cpu(), expected), (got, expected)
 
 

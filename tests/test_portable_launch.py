@@ -63,5 +63,7 @@ def test_kv_range_is_checked(interpret_kernels):
     good = torch.ops.glacompiler.mask_key_range(kw["attn_mask"], 2, 8)
     with pytest.raises(ValueError, match="kv_range must be"):
         op(*args, good[:, :1].contiguous())
+    with pytest.raises(ValueError, match=r"kv_range must be a contiguous int32 \[3, 2\]"):
+        op(*args, good[:2].contiguous())  # the range without its dense flag
     with pytest.raises(ValueError, match="needs attn_mask"):
         op(*args[:7], None, *args[8:], good)

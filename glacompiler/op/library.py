@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.common.key_bounds import mask_as_kernel_operand
-from ..kernels.common.mask_range import mask_key_range, mask_key_range_reference
+from ..kernels.common.mask_range import KEY_RANGE_ROWS, mask_key_range, mask_key_range_reference
 from ..kernels.common.interpreter import triton_interpreter_enabled
 from ..reference import attention_with_kvcache_reference
 from .dispatch import empty_outputs
@@ -58,7 +58,7 @@ def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, pag
 def _mask_key_range(attn_mask, batch, capacity):
     """The kernel on CUDA and under the interpreter, PyTorch ops on CPU otherwise."""
     if batch == 0:
-        return attn_mask.new_empty((2, 0), dtype=torch.int32)
+        return attn_mask.new_empty((KEY_RANGE_ROWS, 0), dtype=torch.int32)
     on_kernels = attn_mask.device.type == "cuda" or triton_interpreter_enabled()
     reduce = mask_key_range if on_kernels else mask_key_range_reference
     return reduce(mask_as_kernel_operand(attn_mask), batch, capacity, attn_mask.dtype == torch.bool)
@@ -72,7 +72,7 @@ _LIBRARY.impl("mask_key_range", _mask_key_range, "CUDA")
 
 @torch.library.register_fake("glacompiler::mask_key_range", lib=_LIBRARY)
 def _mask_key_range_fake(attn_mask, batch, capacity):
-    return attn_mask.new_empty((2, batch), dtype=torch.int32)
+    return attn_mask.new_empty((KEY_RANGE_ROWS, batch), dtype=torch.int32)
 
 
 @torch.library.register_fake("glacompiler::attention_with_kvcache", lib=_LIBRARY)

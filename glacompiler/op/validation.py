@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..kernels.common.mask_range import KEY_RANGE_ROWS
 from ..kernels.common.splits import MAX_SPLITS
 from ..reference import mask_end
 from ..spec import AttentionSpec, ProblemShape, dtype_name
@@ -199,8 +200,10 @@ def validate_inputs(
             raise ValueError("kv_range is the key range of attn_mask: it needs attn_mask")
         _require_tensor("kv_range", kv_range, 2)
         _require_like("kv_range", kv_range, q, check_dtype=False)
-        if kv_range.dtype != torch.int32 or tuple(kv_range.shape) != (2, batch) or kv_range.stride(-1) != 1:
-            raise ValueError(f"kv_range must be a contiguous int32 [2, {batch}] tensor (mask_key_range's result), got "
+        if (kv_range.dtype != torch.int32 or tuple(kv_range.shape) != (KEY_RANGE_ROWS, batch)
+                or kv_range.stride(-1) != 1):
+            raise ValueError(f"kv_range must be a contiguous int32 [{KEY_RANGE_ROWS}, {batch}] tensor (mask_key_range's "
+                             f"result), got "
                              f"{kv_range.dtype} {tuple(kv_range.shape)}")
 
     if softmax_scale is not None and not isinstance(softmax_scale, (int, float)):

@@ -78,16 +78,17 @@ class KeyBoundsPlan:
 
     def resolve(self, attn_mask: Optional[Tensor], kv_range: Optional[Tensor],
                 cache_seqlens: Optional[Tensor]) -> tuple:
-        """(lengths, mask operand, kv_begin, kv_end) of one call with the plan's metadata."""
+        """(lengths, mask operand, kv_begin, kv_end, mask_dense) of one call with the plan's metadata: the rows of
+        mask_key_range's result (without a mask, the lengths stand in for all of them: never read)."""
         if not self.has_mask:
             lengths = cache_seqlens if cache_seqlens is not None else capacity_lengths(self.batch, self.capacity,
                                                                                        self.device)
-            return lengths, lengths, lengths, lengths
+            return lengths, lengths, lengths, lengths, lengths
         mask = mask_as_kernel_operand(attn_mask)
         if self.reduce_range is not None:
             kv_range = self.reduce_range(mask)
-        kv_begin, kv_end = kv_range.unbind(0)
+        kv_begin, kv_end, mask_dense = kv_range.unbind(0)
         source = self.lengths_source
         lengths = (cache_seqlens if source == "given" else kv_end if source == "range end"
                    else capacity_lengths(self.batch, self.capacity, self.device))
-        return lengths, mask, kv_begin, kv_end
+        return lengths, mask, kv_begin, kv_end, mask_dense

@@ -1,6 +1,8 @@
 """The key range a mask leaves open per sequence: [first, one past last] key that any (head, token) row may
-attend to. The attention kernels visit only key blocks inside it, so a static cache's unfilled tail (or a
-sliding window's past) is never read. One small kernel on the device, its PyTorch reference beside it."""
+attend to, and whether the mask is dense in it (every row allows every key of the range, adding 0). The
+attention kernels visit only key blocks inside the range, so a static cache's unfilled tail (or a sliding
+window's past) is never read, and they do not read a dense mask at all (its loads would hold up the key loads
+that depend on them). One small kernel on the device, its PyTorch reference beside it."""
 from __future__ import annotations
 
 import torch
@@ -12,6 +14,7 @@ from .tiles import next_power_of_two
 from .triton_launch import PreparedLaunch
 
 MASK_RANGE_BLOCK_N = 1024
+KEY_RANGE_ROWS = 3  # first key, one past the last, dense flag
 
 
 class MaskKeyRangeLaunch:
@@ -32,7 +35,7 @@ class MaskKeyRangeLaunch:
             num_warps=4, num_stages=3)
 
     def __call__(self, mask: Tensor) -> Tensor:
-        key_range = torch.empty((2, self.batch), dtype=torch.int32, device=self.device)
+        key_range = torch.empty((KEY_RANGE_ROWS, self.batch), dtype=torch.int32, device=self.device)
         self.launch((mask, key_range, *self.tail))  # (the kernel reads only the pointer of the expanded view)
         return key_range
 
@@ -43,9 +46,10 @@ _prepared_ranges = BoundedMemo(256)
 
 
 def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
-    """[2, batch] int32: per sequence, the first and one-past-last key that any row of the mask (a kernel
-    operand, see key_bounds.mask_as_kernel_operand) may attend to, reduced in one launch. A sequence no row
-    may attend to gets [capacity, 0)."""
+    """[3, batch] int32: per sequence, the first and one-past-last key that any row of the mask (a kernel
+    operand, see key_bounds.mask_as_kernel_operand) may attend to, and 1 where the mask is dense in that range
+    (every row allows every key of it; an additive mask adds 0 to each), else 0; reduced in one launch. A
+    sequence no row may attend to gets [capacity, 0) and 0."""
     key = (mask.shape, mask.stride(), mask.dtype, mask.device, mask.data_ptr() % 16, batch, capacity, mask_is_bool)
     prepared = _prepared_ranges.get(key)
     if prepared is None:
@@ -55,8 +59,14 @@ def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) 
 
 def mask_key_range_reference(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
     """mask_key_range in PyTorch ops (the op's CPU path, and the kernel's oracle)."""
-    any_row = mask_attended_keys(mask.view(torch.bool) if mask_is_bool else mask, batch, capacity)
+    values = mask.view(torch.bool) if mask_is_bool else mask
+    any_row = mask_attended_keys(values, batch, capacity)
     positions = torch.arange(capacity, dtype=torch.int32, device=mask.device)
     first = torch.where(any_row, positions, capacity).amin(dim=-1)
     last = torch.where(any_row, positions + 1, 0).amax(dim=-1)
-    return torch.stack([first, last]).to(torch.int32)
+    rows = values.expand(batch, -1, -1, capacity).reshape(batch, -1, capacity)  # [B, rows, S]
+    allows = rows if mask_is_bool else rows != float("-inf")
+    adds_zero = allows if mask_is_bool else allows & (rows == 0)
+    in_range = (positions >= first[:, None]) & (positions < last[:, None])  # [B, S]
+    dense = (last > first) & (adds_zero | ~in_range[:, None, :]).all(dim=2).all(dim=1)
+    return torch.stack([first, last, dense.to(torch.int32)]).to(torch.int32)

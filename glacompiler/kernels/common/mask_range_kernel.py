@@ -1,4 +1,4 @@
-"""The key range a mask leaves open, per sequence, in one small kernel (instead of a chain of ATen reductions,
+"""The key range a mask leaves open, per sequence, and whether the mask is dense in it, in one small kernel (instead of a chain of ATen reductions,
 each its own launch on the host's hot path). Launched by mask_range.py, which holds its reference."""
 import triton
 import triton.language as tl
@@ -16,10 +16,14 @@ def mask_key_range_kernel(
 ):
     # One program per sequence: the first and one-past-last key any (head, token) row of the mask may attend
     # to, stored at RANGE[0, seq] and RANGE[1, seq]. A sequence no row may attend to gets [capacity, 0).
+    # RANGE[2, seq] is 1 where the mask is dense in that range: every row allows every key of it (and an additive
+    # mask adds 0 to each), so the attention kernels may treat it as the range alone and not read it.
     seq = tl.program_id(0)
     mask_seq = MASK + seq.to(tl.int64) * stride_mb
     first = tl.zeros([], dtype=tl.int32) + capacity
     last = tl.zeros([], dtype=tl.int32)
+    allowed = tl.zeros([], dtype=tl.int64)  # entries the mask allows, over all rows
+    adding = tl.zeros([], dtype=tl.int64)  # allowed entries of an additive mask that add something
     for row in range(mask_heads * mask_tokens):
         mask_row = mask_seq + (row // mask_tokens) * stride_mh + (row % mask_tokens) * stride_mt
         for block_start in range(0, capacity, BLOCK_N):
@@ -29,5 +33,12 @@ def mask_key_range_kernel(
             attend = in_range & mask_allows(values, MASK_IS_BOOL)
             first = tl.minimum(first, tl.min(tl.where(attend, keys, capacity), axis=0))
             last = tl.maximum(last, tl.max(tl.where(attend, keys + 1, 0), axis=0))
+            allowed += tl.sum(attend.to(tl.int64), axis=0)
+            if not MASK_IS_BOOL:
+                adding += tl.sum((attend & (values != 0)).to(tl.int64), axis=0)
+    # The allowed entries lie in [first, last): all of it is allowed when they fill it in every row.
+    span = (last - first).to(tl.int64)
+    dense = (span > 0) & (allowed == span * mask_heads * mask_tokens) & (adding == 0)
     tl.store(RANGE + seq, first)
     tl.store(RANGE + batch + seq, last)
+    tl.store(RANGE + 2 * batch + seq, dense.to(tl.int32))

@@ -95,7 +95,8 @@ class LatentHopperLaunchPlan:
     def run(self, q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor], q_rope: Tensor, k_rope_cache: Tensor,
             cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], attn_mask: Optional[Tensor],
             kv_range: Optional[Tensor], alibi_slopes: Optional[Tensor], sinks: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        lengths, mask, kv_begin, kv_end = self.keys.resolve(attn_mask, kv_range, cache_seqlens)
+        # The dense flag goes unused: this kernel's TMA key copies never wait for its mask loads.
+        lengths, mask, kv_begin, kv_end, _ = self.keys.resolve(attn_mask, kv_range, cache_seqlens)
         split_out, split_lse, out, lse = self.buffers.allocate(q)
         self.launch((
             q, q_rope, self.k_view.descriptor(k_cache), self.k_rope_view.descriptor(k_rope_cache), lengths, kv_begin,

@@ -112,11 +112,11 @@ class PortableLaunchPlan:
             k_rope_cache: Optional[Tensor], cache_seqlens: Optional[Tensor], page_table: Optional[Tensor],
             attn_mask: Optional[Tensor], kv_range: Optional[Tensor], alibi_slopes: Optional[Tensor],
             sinks: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        lengths, mask, kv_begin, kv_end = self.keys.resolve(attn_mask, kv_range, cache_seqlens)
+        lengths, mask, kv_begin, kv_end, mask_dense = self.keys.resolve(attn_mask, kv_range, cache_seqlens)
         split_out, split_lse, out, lse = self.buffers.allocate(q)
         self.launch((
             q, k_cache, k_cache if v_cache is None else v_cache, q if q_rope is None else q_rope,
-            k_cache if k_rope_cache is None else k_rope_cache, lengths, kv_begin, kv_end,
+            k_cache if k_rope_cache is None else k_rope_cache, lengths, kv_begin, kv_end, mask_dense,
             lengths if page_table is None else page_table,  # a placeholder when contiguous
             mask, split_out, split_lse, q if alibi_slopes is None else alibi_slopes, q if sinks is None else sinks,
             *self.tail,
