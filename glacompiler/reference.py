@@ -90,8 +90,11 @@ def attention_with_kvcache_reference(
     values = keys if v_cache is None else logical_cache(v_cache, page_table, gathered_lengths).to(compute_dtype)
     positions = torch.arange(capacity, device=q.device)
     valid = positions[None, :] < seqlens[:, None]  # [B, S]
-    # Slots past each length may hold NaN: zero them so that 0 * NaN cannot leak into the output.
-    values = torch.where(valid[:, :, None, None], values, torch.zeros((), dtype=compute_dtype, device=q.device))
+    # Slots past each length, and page-table slots not gathered (read from page 0), may hold NaN: zero them so that
+    # 0 * NaN cannot leak into the output.
+    gathered = positions[None, :] < gathered_lengths.to(torch.long)[:, None]
+    values = torch.where((valid & gathered)[:, :, None, None], values,
+                         torch.zeros((), dtype=compute_dtype, device=q.device))
     # Query heads h = kv_head * group + g share KV head kv_head: group them instead of repeating the cache.
     q_grouped = q.to(compute_dtype).reshape(batch, q_len, num_kv_heads, group, head_dim_q)
     scores = torch.einsum("bqkgd,bskd->bkgqs", q_grouped, keys[..., :head_dim_q])

@@ -103,33 +103,78 @@ def test_mask_skips_ruled_out_key_blocks(interpret_kernels, query_len, mask_toke
     assert torch.allclose(lse.double(), expected[1], atol=1e-5)
 
 
-@pytest.mark.parametrize("query_len, mask_form", [(1, "bool key"), (3, "bool key"), (1, "bool head"),
-                                                   (1, "additive key"), (3, "additive head")])
-def test_dense_mask_is_not_read_and_its_range_holds(interpret_kernels, query_len, mask_form):
-    """A mask that allows every key of its range (mask_key_range's dense flag) is not read by the kernel: the
-    range alone must then keep out the keys before it, in the first key block too. Each sequence's run starts
-    off a block boundary; every slot outside the runs holds NaN."""
-    dtype, rows = mask_form.split()
-    problem = make_decode_problem(CPU_SPECS["gqa"], batch=3, query_len=query_len, capacity=128, causal=False,
-                                  poison=False, seqlens=[128] * 3)
-    runs = [(13, 57), (0, 128), (70, 71)]
-    allowed = torch.zeros(3, 1, 1, 128, dtype=torch.bool)
+DENSE_RUNS = [(13, 57), (0, 128), (70, 71)]  # one run of keys per sequence, starting off block boundaries
+
+
+def _dense_mask(form: str, query_len: int, runs=DENSE_RUNS, capacity: int = 128) -> torch.Tensor:
+    dtype, rows = form.split()
+    allowed = torch.zeros(len(runs), 1, 1, capacity, dtype=torch.bool)
     for b, (lo, hi) in enumerate(runs):
         allowed[b, ..., lo:hi] = True
     if rows == "head":
-        allowed = allowed.expand(3, CPU_SPECS["gqa"].num_q_heads, query_len, 128).contiguous()
-    mask = allowed if dtype == "bool" else torch.where(allowed, 0.0, float("-inf"))
+        allowed = allowed.expand(len(runs), CPU_SPECS["gqa"].num_q_heads, query_len, capacity).contiguous()
+    return allowed if dtype == "bool" else torch.where(allowed, 0.0, float("-inf"))
+
+
+def _poison_outside(problem, runs, page_size: int) -> None:
+    """NaN in every cache slot outside each sequence's run (through the page table for a paged cache)."""
+    kw = problem.kwargs
+    for b, (lo, hi) in enumerate(runs):
+        outside = torch.cat([torch.arange(0, lo), torch.arange(hi, 128)])
+        for cache in (kw["k_cache"], kw["v_cache"]):
+            if page_size:
+                cache[kw["page_table"][b, outside // page_size].long(), outside % page_size] = float("nan")
+            else:
+                cache[b, outside] = float("nan")
+
+
+@pytest.mark.parametrize("query_len, mask_form, setting", [
+    (1, "bool key", "full lengths"), (3, "bool key", "full lengths"), (1, "bool head", "full lengths"),
+    (1, "additive key", "full lengths"), (3, "additive head", "full lengths"), (3, "bool key", "causal"),
+    (1, "bool key", "shorter lengths"), (1, "additive key", "no lengths"), (2, "bool key", "paged"),
+    (1, "bool head", "paged, no lengths"),
+])
+def test_dense_mask_is_not_read_and_its_range_holds(interpret_kernels, query_len, mask_form, setting):
+    """A mask that allows every key of its range (mask_key_range's dense flag) is not read by the kernel: the
+    range alone must then keep out the keys before it, in the first key block too, with causality, lengths
+    shorter than the run, or no lengths. Every slot outside the runs holds NaN."""
+    page_size = 16 if setting.startswith("paged") else 0
+    seqlens = [40, 100, 128] if setting == "shorter lengths" else [128] * 3
+    problem = make_decode_problem(CPU_SPECS["gqa"], batch=3, query_len=query_len, capacity=128, page_size=page_size,
+                                  causal=setting == "causal", poison=False, seqlens=seqlens)
+    mask = _dense_mask(mask_form, query_len)
     problem.kwargs["attn_mask"] = mask
+    if "no lengths" in setting:
+        problem.kwargs["cache_seqlens"] = None
     assert torch.ops.glacompiler.mask_key_range(mask, 3, 128)[2].tolist() == [1, 1, 1]  # the dense path runs
     expected = problem.reference(torch.float64)
-    for b, (lo, hi) in enumerate(runs):
-        for cache in (problem.kwargs["k_cache"], problem.kwargs["v_cache"]):
-            cache[b, :lo] = float("nan")
-            cache[b, hi:] = float("nan")
+    _poison_outside(problem, DENSE_RUNS, page_size)
     for num_splits in (1, 3):
         out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True, num_splits=num_splits)
         assert torch.allclose(out.double(), expected[0], atol=1e-5)
         assert torch.allclose(lse.double(), expected[1], atol=1e-5)
+
+
+def test_a_dense_flag_means_the_mask_is_not_read(interpret_kernels):
+    """kv_range is trusted (the backend computes it from the same mask): with its dense flag set, the kernel takes
+    the range for the mask and never loads the mask, so a hole the flag does not admit to is attended."""
+    problem = make_decode_problem(CPU_SPECS["gqa"], batch=3, query_len=1, capacity=128, causal=False,
+                                  poison=False, seqlens=[128] * 3)
+    dense = _dense_mask("bool key", 1)
+    holed = dense.clone()
+    holed[0, ..., 20:30] = False
+    kw = problem.kwargs
+    kw.update(attn_mask=dense, softmax_scale=0.2)
+    expected = problem.reference(torch.float64)
+    op = torch.ops.glacompiler.attention_with_kvcache.default
+    key_range = torch.ops.glacompiler.mask_key_range(dense, 3, 128)
+    out, lse = op(kw["q"], kw["k_cache"], kw["v_cache"], None, None, None, None, holed, 0.2, False, 1, key_range)
+    problem.kwargs["attn_mask"] = holed  # (the op's own range of the holed mask says it is not dense: it is read)
+    kernel_out = op(kw["q"], kw["k_cache"], kw["v_cache"], None, None, None, None, holed, 0.2, False, 1)[0]
+    holed_expected = problem.reference(torch.float64)
+    assert torch.allclose(out.double(), expected[0], atol=1e-5)
+    assert torch.allclose(kernel_out.double(), holed_expected[0], atol=1e-5)
+    assert not torch.allclose(expected[0][0], holed_expected[0][0], atol=1e-3)
 
 
 @pytest.mark.parametrize("head_dim_q, head_dim_v", [(576, 512), (8, 8), (200, 136)])

@@ -25,6 +25,28 @@ def test_cpu_path_masks(mask):
     check_fa_rule(out, lse, problem)
 
 
+def test_reference_ignores_slots_past_a_mask_it_did_not_gather():
+    """With a paged cache, a mask and no lengths, the reference gathers pages up to the mask's last key and reads
+    page 0 for the rest: NaN there must not reach the output (the probabilities there are 0)."""
+    from glacompiler.reference import attention_with_kvcache_reference
+
+    generator = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 1, 8, 32, generator=generator)
+    k_cache, v_cache = torch.randn(2, 8, 16, 2, 32, generator=generator).unbind(0)  # 8 pages of 16 keys
+    page_table = torch.tensor([[3, 5, 0, 1], [6, 7, 2, 4]], dtype=torch.int32)
+    mask = torch.zeros(2, 1, 1, 64, dtype=torch.bool)
+    mask[..., :20] = True  # only each sequence's first two pages (not page 0) are gathered
+
+    def reference():
+        return attention_with_kvcache_reference(q, k_cache, v_cache, page_table=page_table, attn_mask=mask,
+                                                compute_dtype=torch.float64)
+
+    expected = reference()
+    k_cache[0], v_cache[0] = float("nan"), float("nan")
+    got = reference()
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
 def test_empty_queries_give_zero_and_minus_inf():
     problem = make_decode_problem(CPU_SPECS["gqa"], batch=2, query_len=3, capacity=20, seqlens=[0, 1])
     out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)

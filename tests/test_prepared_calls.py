@@ -110,7 +110,7 @@ def test_every_piece_of_metadata_makes_a_new_key():
         "softmax_scale": _key(kw, softmax_scale=0.3),
         "causal": _key(kw, causal=False),
         "num_splits": _key(kw, num_splits=2),
-        "kv_range": _key(kw, kv_range=torch.zeros(2, 3, dtype=torch.int32)),
+        "kv_range": _key(kw, kv_range=torch.zeros(3, 3, dtype=torch.int32)),
         "softcap": _key(kw, softcap=5.0),
         "alibi_slopes": _key(kw, alibi_slopes=torch.rand(8)),
         "sinks": _key(kw, sinks=torch.rand(8)),
