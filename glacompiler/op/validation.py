@@ -203,8 +203,7 @@ def validate_inputs(
         if (kv_range.dtype != torch.int32 or tuple(kv_range.shape) != (KEY_RANGE_ROWS, batch)
                 or kv_range.stride(-1) != 1):
             raise ValueError(f"kv_range must be a contiguous int32 [{KEY_RANGE_ROWS}, {batch}] tensor (mask_key_range's "
-                             f"result), got "
-                             f"{kv_range.dtype} {tuple(kv_range.shape)}")
+                             f"result), got {kv_range.dtype} {tuple(kv_range.shape)}")
 
     if softmax_scale is not None and not isinstance(softmax_scale, (int, float)):
         raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")

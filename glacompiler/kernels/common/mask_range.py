@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from ...memo import BoundedMemo
-from ...reference import mask_attended_keys
 from .tiles import next_power_of_two
 from .triton_launch import PreparedLaunch
 
@@ -59,13 +58,12 @@ def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) 
 
 def mask_key_range_reference(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
     """mask_key_range in PyTorch ops (the op's CPU path, and the kernel's oracle)."""
-    values = mask.view(torch.bool) if mask_is_bool else mask
-    any_row = mask_attended_keys(values, batch, capacity)
+    rows = mask.expand(batch, -1, -1, capacity).reshape(batch, -1, capacity)  # [B, rows, S]
+    allows = rows.view(torch.bool) if mask_is_bool else rows != float("-inf")
+    any_row = allows.any(dim=1)
     positions = torch.arange(capacity, dtype=torch.int32, device=mask.device)
     first = torch.where(any_row, positions, capacity).amin(dim=-1)
     last = torch.where(any_row, positions + 1, 0).amax(dim=-1)
-    rows = values.expand(batch, -1, -1, capacity).reshape(batch, -1, capacity)  # [B, rows, S]
-    allows = rows if mask_is_bool else rows != float("-inf")
     adds_zero = allows if mask_is_bool else allows & (rows == 0)
     in_range = (positions >= first[:, None]) & (positions < last[:, None])  # [B, S]
     dense = (last > first) & (adds_zero | ~in_range[:, None, :]).all(dim=2).all(dim=1)

@@ -1,5 +1,6 @@
-"""The key range a mask leaves open, per sequence, and whether the mask is dense in it, in one small kernel (instead of a chain of ATen reductions,
-each its own launch on the host's hot path). Launched by mask_range.py, which holds its reference."""
+"""The key range a mask leaves open, per sequence, and whether the mask is dense in it, in one small kernel
+(instead of a chain of ATen reductions, each its own launch on the host's hot path). Launched by mask_range.py,
+which holds its reference."""
 import triton
 import triton.language as tl
 
