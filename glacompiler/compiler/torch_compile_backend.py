@@ -69,7 +69,10 @@ class GlaBackend:
         graphs replay the step, and left off on CPU, where it only adds C++ compile time. Its cost is at the
         first compile (a C++ compile per graph, plus Inductor's precompiled header the first time a cache dir
         sees it: ~35 s on a 2-core CPU for a one-op graph); the built library is cached with the graph, so
-        a second process loads it (benchmarks/compile_time.py measures both).
+        a second process loads it (benchmarks/compile_time.py measures both). Every process that builds or
+        loads a C++ wrapper also pays Inductor's CPU-ISA probe once: torch 2.11 checks each ISA in a child
+        process that imports torch (45 s of a 55 s warm start on the H200 machine's host); torch 2.13's
+        children do not import torch.
     inductor_config: extra Inductor config patches (they win over the options above)."""
 
     def __init__(self, cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
