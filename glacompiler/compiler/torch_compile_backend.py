@@ -17,6 +17,7 @@ from torch._dynamo.utils import counters
 
 from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
 from .inductor_guard import inductor_attention_fusion_disabled
+from .isa_probe_memo import install as remember_isa_probes
 from .record_store import graph_records_key, load_records, save_records
 from .report import add_records, discard_records
 
@@ -70,9 +71,8 @@ class GlaBackend:
         first compile (a C++ compile per graph, plus Inductor's precompiled header the first time a cache dir
         sees it: ~35 s on a 2-core CPU for a one-op graph); the built library is cached with the graph, so
         a second process loads it (benchmarks/compile_time.py measures both). Every process that builds or
-        loads a C++ wrapper also pays Inductor's CPU-ISA probe once: torch 2.11 checks each ISA in a child
-        process that imports torch (45 s of a 55 s warm start on the H200 machine's host); torch 2.13's
-        children do not import torch.
+        loads C++ also picks the host's ISA by probing (45 s of a 55 s warm start on the H200 machine's host,
+        torch 2.11): the backend remembers passing probes across processes (isa_probe_memo.py).
     inductor_config: extra Inductor config patches (they win over the options above)."""
 
     def __init__(self, cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
@@ -101,6 +101,7 @@ class GlaBackend:
         return patches
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
+        remember_isa_probes()  # before Inductor picks the host's ISA (isa_probe_memo.py)
         patches = self.config_patches(example_inputs)
         graph_name = f"graph {next(_graph_ids)}"
         try:

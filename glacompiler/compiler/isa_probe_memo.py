@@ -1,0 +1,173 @@
+"""Inductor's CPU-ISA probes, remembered across processes.
+
+Before Inductor builds any C++ (the C++ wrapper of a CUDA graph, a CPU graph's kernels) it picks the host's
+vector ISA, once per process: for each ISA the CPU claims, it compiles a test program and loads it in a child
+Python (torch/_inductor/cpu_vec_isa.py, VecISA.check_build). On the H200 machine's host (torch 2.11) these probes
+measured 45 s of a 55 s warm start of a one-site graph (benchmarks/RESULTS.md).
+
+A probe's verdict follows the machine and its toolchain, so a passing one is written to Inductor's cache dir, keyed
+by torch (version, build, location), the Python, the ISA and its compile flags, the test program, the C++
+compiler (path, size, time and `-v` output), the assembler, the loader path and the CPU's flags; a later process
+with the same key takes the verdict without probing. A failing probe is not remembered (it may have been a
+timeout): it runs again. Should a toolchain change slip past the key (C++ compile errors naming ISA flags after an
+upgrade), delete the file (memo_path(); forget_all() does) or set GLACOMPILER_ISA_PROBE_MEMO=0 to probe every
+time. (The backend does not clear it on every C++ compile error: torch 2.11's C++ wrapper refuses some graphs
+outright, MoE's _grouped_mm, and the memo would never last for those models.)
+
+The memo is installed when the backend first compiles a graph (before Inductor's caches are consulted); where
+Inductor compiles in a subprocess (TORCHINDUCTOR_FX_COMPILE_MODE=subprocess) that process probes as before. A
+torch whose check_build does not take (self, code) keeps its probes: install() leaves it alone.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+MEMO_FILE = "glacompiler_isa_probes.json"
+
+_installed = False
+_passed_keys: Optional[set] = None  # loaded from the memo file on first use
+
+
+def install() -> None:
+    """Wrap VecISA.check_build (once per process) where this torch has it with the signature we know."""
+    global _installed
+    if _installed or os.environ.get("GLACOMPILER_ISA_PROBE_MEMO", "1") == "0":
+        return
+    _installed = True
+    try:
+        from torch._inductor import cpu_vec_isa
+    except ImportError:
+        return
+    original = getattr(cpu_vec_isa.VecISA, "check_build", None)
+    if original is None or list(inspect.signature(original).parameters) != ["self", "code"]:
+        return  # a torch whose probe we do not know: leave it alone
+    cpu_vec_isa.VecISA.check_build = remembering(original)
+
+
+def remembering(check_build: Callable) -> Callable:
+    """check_build(isa, code) that returns a remembered pass instead of probing again."""
+
+    @functools.wraps(check_build)
+    def check_build_remembered(isa, code: str) -> bool:
+        key = probe_key(isa, code)
+        try:
+            if key is not None and key in _passed():
+                return True
+        except Exception:  # the memo never stands in the probe's way
+            key = None
+        verdict = check_build(isa, code)
+        if verdict and key is not None:
+            _remember(key)
+        return verdict
+
+    return check_build_remembered
+
+
+def probe_key(isa, code: str) -> Optional[str]:
+    """What a probe's verdict depends on, hashed; None where part of it cannot be read (then it probes)."""
+    try:
+        import torch
+
+        parts = [torch.__version__, str(torch.version.git_version), torch.__file__, sys.executable,
+                 type(isa).__qualname__, str(isa), str(isa.build_arch_flags()), code, _compiler_identity(),
+                 _file_identity(shutil.which("as")), os.environ.get("LD_LIBRARY_PATH", ""), _cpu_flags()]
+    except Exception:
+        return None
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler_identity() -> str:
+    """The C++ compiler Inductor would use: its file (a wrapper such as ccache is followed by `-v`'s output)."""
+    from torch._inductor import cpp_builder
+
+    compiler = cpp_builder.get_cpp_compiler()
+    version = getattr(cpp_builder, "get_compiler_version_info", lambda _: "")(compiler)
+    return f"{compiler}:{_file_identity(shutil.which(compiler) or compiler)}:{version}"
+
+
+def _file_identity(path: Optional[str]) -> str:
+    if not path:
+        return "-"
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    return f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def memo_path() -> Path:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir()) / MEMO_FILE
+
+
+def _read_keys() -> set:
+    try:
+        loaded = json.loads(memo_path().read_text())
+    except (OSError, ValueError):
+        return set()
+    return {key for key in loaded if isinstance(key, str)} if isinstance(loaded, list) else set()
+
+
+def _passed() -> set:
+    global _passed_keys
+    if _passed_keys is None:
+        _passed_keys = _read_keys()
+    return _passed_keys
+
+
+def _remember(key: str) -> None:
+    """Add a passing key to the memo file: read again and merged just before writing (other processes may have
+    added keys since this one read it), written whole and replaced, so a reader never sees half a file. Two
+    writers between one's read and its replace may lose a key, which then probes once more."""
+    _passed().add(key)
+    path, temporary = None, None
+    try:
+        path = memo_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = _read_keys() | _passed()
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=MEMO_FILE, suffix=".tmp", delete=False) as out:
+            temporary = out.name
+            json.dump(sorted(keys), out)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except Exception:  # an unwritable cache dir: the next process probes again
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def forget_all() -> None:
+    """Delete the memo: this process and the next probe again."""
+    global _passed_keys
+    _passed_keys = set()
+    try:
+        memo_path().unlink(missing_ok=True)
+    except Exception:
+        pass
+
+
+def forget_loaded_memo() -> None:
+    """Drop what this process read of the memo file (tests: as if a new process started)."""
+    global _passed_keys
+    _passed_keys = None

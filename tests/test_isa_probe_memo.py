@@ -1,0 +1,206 @@
+"""isa_probe_memo.py: Inductor's CPU-ISA probes are remembered across processes when they pass, and only then;
+the ISA Inductor picks is the one the probes pick."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from glacompiler.compiler import isa_probe_memo
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class FakeISA:
+    def __init__(self, name="avx2", flags="-mavx2"):
+        self.name, self.flags = name, flags
+
+    def __str__(self):
+        return self.name
+
+    def build_arch_flags(self):
+        return self.flags
+
+
+class CountingProbe:
+    def __init__(self, verdict=True):
+        self.verdict, self.calls = verdict, 0
+
+    def __call__(self, isa, code):
+        self.calls += 1
+        return self.verdict
+
+
+@pytest.fixture
+def memo_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(isa_probe_memo, "memo_path", lambda: tmp_path / "inductor" / isa_probe_memo.MEMO_FILE)
+    isa_probe_memo.forget_loaded_memo()
+    yield tmp_path / "inductor" / isa_probe_memo.MEMO_FILE
+    isa_probe_memo.forget_loaded_memo()
+
+
+def test_a_pass_is_remembered_across_processes(memo_dir):
+    probe = CountingProbe(True)
+    assert isa_probe_memo.remembering(probe)(FakeISA(), "int main() {}") is True
+    assert probe.calls == 1 and len(json.loads(memo_dir.read_text())) == 1
+    isa_probe_memo.forget_loaded_memo()  # a new process: reads the file
+    later = CountingProbe(False)  # would fail if it ran
+    assert isa_probe_memo.remembering(later)(FakeISA(), "int main() {}") is True
+    assert later.calls == 0
+
+
+def test_a_failure_is_not_remembered(memo_dir):
+    probe = CountingProbe(False)
+    check = isa_probe_memo.remembering(probe)
+    assert check(FakeISA(), "code") is False
+    assert check(FakeISA(), "code") is False
+    assert probe.calls == 2 and not memo_dir.exists()
+
+
+@pytest.mark.parametrize("other", [FakeISA("avx512", "-mavx512f"), FakeISA("avx2", "-mavx2 -mfma")])
+def test_another_isa_flags_or_program_probes_again(memo_dir, other):
+    isa_probe_memo.remembering(CountingProbe(True))(FakeISA(), "code")
+    probe = CountingProbe(False)
+    check = isa_probe_memo.remembering(probe)
+    assert check(other, "code") is False
+    assert check(FakeISA(), "other code") is False
+    assert probe.calls == 2
+
+
+@pytest.mark.parametrize("part, value", [("_compiler_identity", lambda: "g++:/elsewhere/g++:1:2:gcc 99"),
+                                         ("_cpu_flags", lambda: "fpu sse2")])
+def test_the_key_follows_the_compiler_and_the_cpu(memo_dir, monkeypatch, part, value):
+    key = isa_probe_memo.probe_key(FakeISA(), "code")
+    assert key is not None  # this machine has a C++ compiler (the suite compiles with Inductor)
+    monkeypatch.setattr(isa_probe_memo, part, value)
+    assert isa_probe_memo.probe_key(FakeISA(), "code") != key
+
+
+def test_the_key_follows_the_isa_name_alone(memo_dir):
+    assert isa_probe_memo.probe_key(FakeISA("avx2"), "code") != isa_probe_memo.probe_key(FakeISA("avx2_vnni"), "code")
+
+
+def test_an_unreadable_memo_probes(memo_dir):
+    memo_dir.parent.mkdir(parents=True)
+    memo_dir.write_text("{not json")
+    probe = CountingProbe(True)
+    assert isa_probe_memo.remembering(probe)(FakeISA(), "code") is True
+    assert probe.calls == 1
+    assert len(json.loads(memo_dir.read_text())) == 1  # rewritten whole
+
+
+def test_a_key_that_cannot_be_read_probes_every_time(memo_dir, monkeypatch):
+    def no_compiler():
+        raise FileNotFoundError("g++")
+
+    monkeypatch.setattr(isa_probe_memo, "_compiler_identity", no_compiler)
+    probe = CountingProbe(True)
+    check = isa_probe_memo.remembering(probe)
+    assert check(FakeISA(), "code") and check(FakeISA(), "code")
+    assert probe.calls == 2 and not memo_dir.exists()
+
+
+def test_a_memo_of_another_shape_or_an_unwritable_dir_leaves_the_probe_in_charge(memo_dir, tmp_path, monkeypatch):
+    memo_dir.parent.mkdir(parents=True)
+    memo_dir.write_text("[[1], 2]")  # valid JSON, not a list of keys
+    probe = CountingProbe(True)
+    assert isa_probe_memo.remembering(probe)(FakeISA(), "code") is True and probe.calls == 1
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setattr(isa_probe_memo, "memo_path", lambda: blocker / "sub" / isa_probe_memo.MEMO_FILE)
+    isa_probe_memo.forget_loaded_memo()
+    failing = CountingProbe(False)
+    assert isa_probe_memo.remembering(failing)(FakeISA(), "code") is False
+    assert isa_probe_memo.remembering(probe)(FakeISA(), "code") is True  # written nowhere, no error
+    assert list(tmp_path.glob("**/*.tmp")) == []
+
+
+def test_forget_all_deletes_the_memo(memo_dir):
+    isa_probe_memo.remembering(CountingProbe(True))(FakeISA(), "code")
+    assert memo_dir.exists()
+    isa_probe_memo.forget_all()
+    probe = CountingProbe(True)
+    isa_probe_memo.remembering(probe)(FakeISA(), "code")
+    assert probe.calls == 1
+
+
+@pytest.fixture
+def fresh_install(monkeypatch):
+    """check_build replaced by a sentinel and the memo not installed yet (restored afterwards)."""
+    from torch._inductor import cpu_vec_isa
+
+    real = cpu_vec_isa.VecISA.check_build
+
+    def sentinel(self, code):  # the real probe: Inductor's process-wide ISA choice stays what it would be
+        return real(self, code)
+
+    monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build", sentinel)
+    monkeypatch.setattr(isa_probe_memo, "_installed", False)
+    return cpu_vec_isa.VecISA, sentinel
+
+
+def test_the_backend_installs_the_memo_before_compiling(fresh_install):
+    import torch
+
+    import glacompiler
+
+    vec_isa, sentinel = fresh_install
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: (x * 2).sum(), backend=glacompiler.backend())
+    with torch.no_grad():
+        compiled(torch.randn(4))
+    torch._dynamo.reset()
+    assert getattr(vec_isa.check_build, "__wrapped__", None) is sentinel
+
+
+def test_the_memo_can_be_turned_off(fresh_install, monkeypatch):
+    vec_isa, sentinel = fresh_install
+    monkeypatch.setenv("GLACOMPILER_ISA_PROBE_MEMO", "0")
+    isa_probe_memo.install()
+    assert vec_isa.check_build is sentinel
+
+
+CHILD = """
+import json, sys
+from torch._inductor import cpu_vec_isa
+calls = {"probes": 0, "passed": 0}
+real = cpu_vec_isa.VecISA.check_build
+def counted(self, code):
+    calls["probes"] += 1
+    verdict = real(self, code)
+    calls["passed"] += bool(verdict)
+    return verdict
+cpu_vec_isa.VecISA.check_build = counted  # what the memo wraps: the real probe, counted
+from glacompiler.compiler import isa_probe_memo
+if sys.argv[1] == "memo":
+    isa_probe_memo.install()
+    assert cpu_vec_isa.VecISA.check_build is not counted
+print(json.dumps(dict(calls, isa=str(cpu_vec_isa.pick_vec_isa()))))
+"""
+
+
+def run_child(tmp_path, mode: str) -> dict:
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), PYTHONPATH=str(REPO))
+    env.pop("GLACOMPILER_ISA_PROBE_MEMO", None)
+    result = subprocess.run([sys.executable, "-c", CHILD, mode], env=env, capture_output=True, text=True,
+                            timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_second_process_picks_the_same_isa_without_probing(tmp_path):
+    """Inductor's own ISA choice (pick_vec_isa) in three fresh processes sharing a cache dir: without the memo,
+    with it (probes, remembers the passes), with it again (only the probes that failed run)."""
+    plain = run_child(tmp_path, "plain")
+    if sys.platform == "linux" and os.uname().machine == "x86_64":
+        assert plain["passed"] >= 1, plain  # an x86-64 Linux host passes at least one probe (AVX2 or better)
+    elif plain["passed"] == 0:
+        pytest.skip(f"no ISA probe passes on this host ({plain}): nothing to remember")
+    first = run_child(tmp_path, "memo")
+    second = run_child(tmp_path, "memo")
+    assert plain["isa"] == first["isa"] == second["isa"]
+    assert first["probes"] == plain["probes"] and first["passed"] == plain["passed"]
+    assert second["probes"] == first["probes"] - first["passed"]
