@@ -17,6 +17,7 @@ torch._dynamo.utils.compile_times() measures them (the biggest few).
     python benchmarks/compile_time.py --tiny          # on CPU
     python benchmarks/compile_time.py --cpp-wrapper on   # both backends with Inductor's C++ wrapper (or off)
     python benchmarks/compile_time.py --shared-headers   # the C++ wrapper's precompiled headers already built
+    python benchmarks/compile_time.py --backends gla --profile 15   # where each first step's time goes (cProfile)
 
 Cold runs start from empty caches: Inductor's, Triton's, ours, and (unless --shared-headers) the precompiled
 headers that Inductor builds once per machine for its C++ wrapper, outside TORCHINDUCTOR_CACHE_DIR.
@@ -25,9 +26,11 @@ Target (issue 13, goal 3): gla cold at most 1.3x default cold; gla warm at most 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import inspect
 import json
 import os
+import pstats
 import statistics
 import subprocess
 import sys
@@ -139,11 +142,16 @@ def child(args) -> None:
         token = logits[:, -1:].argmax(-1)
         step = torch.compile(model.forward, backend=backend, options=options)
         times = []
+        profiler = cProfile.Profile() if args.profile else None
         for position in (args.prompt, args.prompt + 1):
             synchronize()
             start = time.perf_counter()
+            if profiler is not None and not times:
+                profiler.enable()
             step(input_ids=token, **forward_kwargs(model, cache, position, 1, device))
             synchronize()
+            if profiler is not None and not times:
+                profiler.disable()
             times.append(time.perf_counter() - start)
         # The steady step afterwards (no compile): host time to enqueue it and wall time, medians.
         hosts, walls = [], []
@@ -162,7 +170,21 @@ def child(args) -> None:
         "pass_calls": len(pass_times), "rewritten": sum(r.status == "rewritten" for r in report),
         "sites": len(report), "phases": inductor_phases(),
         "counters": {group: dict(counters[group]) for group in ("inductor", "aot_autograd", "glacompiler")},
+        "profile": top_functions(profiler, args.profile) if profiler is not None else [],
     }))
+
+
+def top_functions(profiler, count: int) -> list:
+    """Where a cProfile run's time went: the `count` functions with the most time of their own, then the `count`
+    with the most cumulative time below the outer frames (those holding 90% of the run or more, the compile's
+    own call stack). Rows: [name, cumulative s, own s]."""
+    stats = pstats.Stats(profiler).stats  # (file, line, function) -> (calls, primitive calls, own, cumulative, callers)
+    rows = [[f"{os.path.basename(path)}:{line}({function})", cumulative, own]
+            for (path, line, function), (_, _, own, cumulative, _) in stats.items()]
+    total = max((row[1] for row in rows), default=0.0)
+    by_own = sorted(rows, key=lambda row: row[2], reverse=True)[:count]
+    below_outer = [row for row in rows if row[1] < 0.9 * total and row not in by_own]
+    return by_own + sorted(below_outer, key=lambda row: row[1], reverse=True)[:count]
 
 
 def run_child(args, backend: str, cache_dir: str) -> dict:
@@ -177,7 +199,8 @@ def run_child(args, backend: str, cache_dir: str) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     command = [sys.executable, os.path.abspath(__file__), "--child", "--backend", backend,
                "--cpp-wrapper", args.cpp_wrapper, "--layers", str(args.layers), "--batch", str(args.batch),
-               "--prompt", str(args.prompt), "--cache", str(args.cache)] + (["--tiny"] if args.tiny else [])
+               "--prompt", str(args.prompt), "--cache", str(args.cache), "--profile", str(args.profile)] + \
+        (["--tiny"] if args.tiny else [])
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{backend} run failed:\n{result.stderr[-6000:]}")
@@ -193,7 +216,9 @@ def describe(name: str, row: dict) -> str:
     return (f"{name:<12} first step {row['first_step_s']:7.2f} s  (second {row['second_step_s'] * 1e3:8.2f} ms, "
             f"then {row['step_ms']:.3f} ms a step, {row['step_host_ms']:.3f} ms of it to enqueue)  "
             f"pass {row['pass_s']:6.2f} s in {row['pass_calls']} graphs{sites}\n{'':<13}FX-graph cache {fx}, "
-            f"AOTAutograd cache {aot}\n{'':<13}phases (s): {phases}")
+            f"AOTAutograd cache {aot}\n{'':<13}phases (s): {phases}" +
+            "".join(f"\n{'':<13}{cumulative:8.2f} s cumulative {own:8.2f} s own  {name}"
+                    for name, cumulative, own in row.get("profile", [])))
 
 
 def main() -> None:
@@ -209,6 +234,8 @@ def main() -> None:
     parser.add_argument("--shared-headers", action="store_true",
                         help="use the machine's precompiled C++ headers (built once per machine and compiler "
                              "flags): cold then means a new model on a machine that compiled one before")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile each first step (cProfile) and print its N functions with the most time")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     args = parser.parse_args()
