@@ -1,9 +1,11 @@
 """isa_probe_memo.py: Inductor's CPU-ISA probes are remembered across processes when they pass, and only then;
-the ISA Inductor picks is the one the probes pick."""
+the first process runs them concurrently; the ISA Inductor picks is the one the probes pick."""
+import functools
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -141,18 +143,23 @@ def fresh_install(monkeypatch):
     return cpu_vec_isa.VecISA, sentinel
 
 
-def test_the_backend_installs_the_memo_before_compiling(fresh_install):
+def test_the_backend_installs_the_memo_before_compiling(fresh_install, monkeypatch):
+    """...and, for a graph that builds C++ (a CPU graph here), lets the probes run concurrently first."""
     import torch
 
     import glacompiler
+    from glacompiler.compiler import torch_compile_backend
 
     vec_isa, sentinel = fresh_install
+    concurrent_calls = []
+    monkeypatch.setattr(torch_compile_backend, "probe_isas_concurrently", lambda: concurrent_calls.append(1))
     torch._dynamo.reset()
     compiled = torch.compile(lambda x: (x * 2).sum(), backend=glacompiler.backend())
     with torch.no_grad():
         compiled(torch.randn(4))
     torch._dynamo.reset()
     assert getattr(vec_isa.check_build, "__wrapped__", None) is sentinel
+    assert concurrent_calls
 
 
 def test_the_memo_can_be_turned_off(fresh_install, monkeypatch):
@@ -163,25 +170,37 @@ def test_the_memo_can_be_turned_off(fresh_install, monkeypatch):
 
 
 CHILD = """
-import json, sys
+import json, sys, threading
 from torch._inductor import cpu_vec_isa
-calls = {"probes": 0, "passed": 0}
+calls = {"probes": 0, "passed": 0, "in_flight": 0, "max_in_flight": 0, "probes_in_pick": 0}
+lock = threading.Lock()
 real = cpu_vec_isa.VecISA.check_build
 def counted(self, code):
-    calls["probes"] += 1
+    with lock:
+        calls["probes"] += 1
+        calls["in_flight"] += 1
+        calls["max_in_flight"] = max(calls["max_in_flight"], calls["in_flight"])
     verdict = real(self, code)
-    calls["passed"] += bool(verdict)
+    with lock:
+        calls["in_flight"] -= 1
+        calls["passed"] += bool(verdict)
     return verdict
 cpu_vec_isa.VecISA.check_build = counted  # what the memo wraps: the real probe, counted
 from glacompiler.compiler import isa_probe_memo
-if sys.argv[1] == "memo":
+if sys.argv[1] != "plain":
     isa_probe_memo.install()
     assert cpu_vec_isa.VecISA.check_build is not counted
-print(json.dumps(dict(calls, isa=str(cpu_vec_isa.pick_vec_isa()))))
+if sys.argv[1] == "concurrent":
+    isa_probe_memo.probe_isas_concurrently()
+before = calls["probes"]
+isa = str(cpu_vec_isa.pick_vec_isa())
+calls["probes_in_pick"] = calls["probes"] - before
+print(json.dumps(dict(calls, isa=isa)))
 """
 
 
 def run_child(tmp_path, mode: str) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), PYTHONPATH=str(REPO))
     env.pop("GLACOMPILER_ISA_PROBE_MEMO", None)
     result = subprocess.run([sys.executable, "-c", CHILD, mode], env=env, capture_output=True, text=True,
@@ -204,3 +223,54 @@ def test_a_second_process_picks_the_same_isa_without_probing(tmp_path):
     assert plain["isa"] == first["isa"] == second["isa"]
     assert first["probes"] == plain["probes"] and first["passed"] == plain["passed"]
     assert second["probes"] == first["probes"] - first["passed"]
+
+
+@pytest.mark.slow
+def test_concurrent_probes_pick_the_same_isa_and_leave_inductor_nothing_to_probe(tmp_path):
+    plain = run_child(tmp_path / "plain", "plain")
+    concurrent = run_child(tmp_path / "concurrent", "concurrent")
+    assert concurrent["isa"] == plain["isa"]
+    assert concurrent["probes"] == plain["probes"] and concurrent["passed"] == plain["passed"]
+    assert concurrent["probes_in_pick"] == 0  # Inductor found every verdict cached on its ISA objects
+    assert plain["max_in_flight"] == 1
+    if plain["probes"] > 1 and sys.platform == "linux" and os.uname().machine == "x86_64":
+        assert concurrent["max_in_flight"] >= 2, concurrent
+
+
+class RecordingISA:
+    """An ISA object as Inductor's list holds them: truth-testing it probes (here: records the thread)."""
+
+    def __init__(self, name, threads, barrier):
+        self.name, self.threads, self.barrier = name, threads, barrier
+
+    def __str__(self):
+        return self.name
+
+    def __bool__(self):
+        self.threads.append(threading.get_ident())
+        self.barrier.wait(timeout=10)  # every probe in flight at once, or a timeout
+        return True
+
+
+@pytest.mark.parametrize("remembering", [True, False])
+def test_probes_run_one_thread_per_claimed_isa_only_with_the_memo(monkeypatch, remembering):
+    """The ISAs the CPU claims are truth-tested concurrently (each in its own thread); none where the memo is not
+    installed (opted out, or a torch whose probe we do not know), none the CPU does not claim."""
+    from torch._inductor import cpu_vec_isa
+
+    threads = []
+    barrier = threading.Barrier(2)
+    isas = [RecordingISA("avx512", threads, barrier), RecordingISA("avx2", threads, barrier),
+            RecordingISA("amx_tile", threads, barrier)]
+    monkeypatch.setattr(cpu_vec_isa, "supported_vec_isa_list", isas)
+    monkeypatch.setattr(cpu_vec_isa, "x86_isa_checker", lambda: ["avx2", "avx512"])
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", functools.cache(lambda: []))  # not picked yet
+    monkeypatch.setattr(isa_probe_memo, "_remembering", remembering)
+    monkeypatch.setattr(isa_probe_memo, "_probed_concurrently", False)
+    monkeypatch.setattr(isa_probe_memo.sys, "platform", "linux")
+    monkeypatch.setattr(isa_probe_memo.platform, "machine", lambda: "x86_64")
+    isa_probe_memo.probe_isas_concurrently()
+    if remembering:
+        assert len(threads) == 2 and len(set(threads)) == 2 and not barrier.broken
+    else:
+        assert threads == []

@@ -17,6 +17,12 @@ outright, MoE's _grouped_mm, and the memo would never last for those models.)
 The memo is installed when the backend first compiles a graph (before Inductor's caches are consulted); where
 Inductor compiles in a subprocess (TORCHINDUCTOR_FX_COMPILE_MODE=subprocess) that process probes as before. A
 torch whose check_build does not take (self, code) keeps its probes: install() leaves it alone.
+
+Where nothing is remembered yet (the first process on a machine, or a container whose cache does not persist),
+probe_isas_concurrently() runs the probes Inductor is about to run, one thread per ISA, so that their child
+processes overlap instead of following one another; Inductor then finds each verdict cached on its ISA object.
+It returns before Inductor starts, so no ISA object is ever probed by two threads at once (their probes change
+the object's flags while they run).
 """
 from __future__ import annotations
 
@@ -29,18 +35,23 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
 MEMO_FILE = "glacompiler_isa_probes.json"
 
-_installed = False
+_installed = False  # install() has run
+_remembering = False  # ...and wrapped this torch's check_build
+_probed_concurrently = False
 _passed_keys: Optional[set] = None  # loaded from the memo file on first use
+_memo_lock = threading.Lock()  # concurrent probes add keys from several threads
 
 
 def install() -> None:
     """Wrap VecISA.check_build (once per process) where this torch has it with the signature we know."""
-    global _installed
+    global _installed, _remembering
     if _installed or os.environ.get("GLACOMPILER_ISA_PROBE_MEMO", "1") == "0":
         return
     _installed = True
@@ -52,6 +63,30 @@ def install() -> None:
     if original is None or list(inspect.signature(original).parameters) != ["self", "code"]:
         return  # a torch whose probe we do not know: leave it alone
     cpu_vec_isa.VecISA.check_build = remembering(original)
+    _remembering = True
+
+
+def probe_isas_concurrently() -> None:
+    """Probe every ISA the CPU claims, each in its own thread, once per process (x86-64 Linux; a no-op where this
+    torch's ISA list or CPU check is not what we know, or once Inductor has picked its ISA). Only where install()
+    wrapped the probe: the same torch internals, and the same opt-out."""
+    global _probed_concurrently
+    if _probed_concurrently or not _remembering or sys.platform != "linux" or platform.machine() != "x86_64":
+        return
+    _probed_concurrently = True
+    try:
+        from torch._inductor import cpu_vec_isa
+
+        if cpu_vec_isa.valid_vec_isa_list.cache_info().currsize:
+            return  # Inductor has probed already in this process
+        claimed = cpu_vec_isa.x86_isa_checker()
+        candidates = [isa for isa in cpu_vec_isa.supported_vec_isa_list
+                      if all(flag in claimed for flag in str(isa).split())]
+        if len(candidates) > 1:
+            with ThreadPoolExecutor(len(candidates), thread_name_prefix="isa-probe") as pool:
+                list(pool.map(bool, candidates))  # each ISA's __bool__ probes and caches its verdict
+    except Exception:  # Inductor probes as it always does
+        return
 
 
 def remembering(check_build: Callable) -> Callable:
@@ -141,6 +176,11 @@ def _remember(key: str) -> None:
     """Add a passing key to the memo file: read again and merged just before writing (other processes may have
     added keys since this one read it), written whole and replaced, so a reader never sees half a file. Two
     writers between one's read and its replace may lose a key, which then probes once more."""
+    with _memo_lock:
+        _write_with(key)
+
+
+def _write_with(key: str) -> None:
     _passed().add(key)
     path, temporary = None, None
     try:
