@@ -152,14 +152,15 @@ def test_the_backend_installs_the_memo_before_compiling(fresh_install, monkeypat
 
     vec_isa, sentinel = fresh_install
     concurrent_calls = []
-    monkeypatch.setattr(torch_compile_backend, "probe_isas_concurrently", lambda: concurrent_calls.append(1))
+    monkeypatch.setattr(torch_compile_backend, "probe_isas_concurrently",
+                        lambda patches, builds_cpu_code: concurrent_calls.append(builds_cpu_code))
     torch._dynamo.reset()
     compiled = torch.compile(lambda x: (x * 2).sum(), backend=glacompiler.backend())
     with torch.no_grad():
         compiled(torch.randn(4))
     torch._dynamo.reset()
     assert getattr(vec_isa.check_build, "__wrapped__", None) is sentinel
-    assert concurrent_calls
+    assert concurrent_calls == [True]
 
 
 def test_the_memo_can_be_turned_off(fresh_install, monkeypatch):
@@ -191,7 +192,7 @@ if sys.argv[1] != "plain":
     isa_probe_memo.install()
     assert cpu_vec_isa.VecISA.check_build is not counted
 if sys.argv[1] == "concurrent":
-    isa_probe_memo.probe_isas_concurrently()
+    isa_probe_memo.probe_isas_concurrently({}, True)
 before = calls["probes"]
 isa = str(cpu_vec_isa.pick_vec_isa())
 calls["probes_in_pick"] = calls["probes"] - before
@@ -238,39 +239,79 @@ def test_concurrent_probes_pick_the_same_isa_and_leave_inductor_nothing_to_probe
 
 
 class RecordingISA:
-    """An ISA object as Inductor's list holds them: truth-testing it probes (here: records the thread)."""
+    """An ISA object as Inductor's list holds them: truth-testing it probes (here: records the thread and the
+    Inductor config that thread sees)."""
 
-    def __init__(self, name, threads, barrier):
-        self.name, self.threads, self.barrier = name, threads, barrier
+    def __init__(self, name, seen, barrier):
+        self.name, self.seen, self.barrier = name, seen, barrier
 
     def __str__(self):
         return self.name
 
     def __bool__(self):
-        self.threads.append(threading.get_ident())
+        from torch._inductor import config
+
+        self.seen.append((threading.get_ident(), config.cpp.simdlen, config.cpp.min_chunk_size))
         self.barrier.wait(timeout=10)  # every probe in flight at once, or a timeout
         return True
 
 
-@pytest.mark.parametrize("remembering", [True, False])
-def test_probes_run_one_thread_per_claimed_isa_only_with_the_memo(monkeypatch, remembering):
-    """The ISAs the CPU claims are truth-tested concurrently (each in its own thread); none where the memo is not
-    installed (opted out, or a torch whose probe we do not know), none the CPU does not claim."""
+@pytest.fixture
+def fake_isas(monkeypatch):
+    """Inductor's ISA list as three recording objects (the CPU claims two of them), nothing chosen yet, an
+    x86-64 Linux host with 4 cores, the memo installed; returns what the probes saw and their barrier."""
     from torch._inductor import cpu_vec_isa
 
-    threads = []
+    seen = []
     barrier = threading.Barrier(2)
-    isas = [RecordingISA("avx512", threads, barrier), RecordingISA("avx2", threads, barrier),
-            RecordingISA("amx_tile", threads, barrier)]
+    isas = [RecordingISA("avx512", seen, barrier), RecordingISA("avx2", seen, barrier),
+            RecordingISA("amx_tile", seen, barrier)]
     monkeypatch.setattr(cpu_vec_isa, "supported_vec_isa_list", isas)
     monkeypatch.setattr(cpu_vec_isa, "x86_isa_checker", lambda: ["avx2", "avx512"])
-    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", functools.cache(lambda: []))  # not picked yet
-    monkeypatch.setattr(isa_probe_memo, "_remembering", remembering)
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", functools.cache(lambda: []))  # not chosen yet
+    monkeypatch.setattr(isa_probe_memo, "_remembering", True)
     monkeypatch.setattr(isa_probe_memo, "_probed_concurrently", False)
-    monkeypatch.setattr(isa_probe_memo.sys, "platform", "linux")
-    monkeypatch.setattr(isa_probe_memo.platform, "machine", lambda: "x86_64")
-    isa_probe_memo.probe_isas_concurrently()
-    if remembering:
-        assert len(threads) == 2 and len(set(threads)) == 2 and not barrier.broken
+    monkeypatch.setattr(isa_probe_memo, "_is_x86_64_linux", lambda: True)
+    monkeypatch.setattr(isa_probe_memo.os, "cpu_count", lambda: 4)
+    monkeypatch.delenv("TORCHINDUCTOR_FX_COMPILE_MODE", raising=False)
+    return seen, barrier
+
+
+def test_probes_run_one_thread_per_claimed_isa_under_the_graphs_config(fake_isas):
+    """The ISAs the CPU claims are truth-tested concurrently, each thread seeing the config the graph compiles
+    with: the patches given and the caller's own overrides (torch keeps those in context variables)."""
+    from torch._inductor import config
+
+    seen, barrier = fake_isas
+    with config.patch({"cpp.min_chunk_size": 7}):
+        isa_probe_memo.probe_isas_concurrently({"cpp.simdlen": 256}, builds_cpu_code=True)
+    assert len(seen) == 2 and len({thread for thread, _, _ in seen}) == 2 and not barrier.broken
+    assert {(simdlen, chunk) for _, simdlen, chunk in seen} == {(256, 7)}
+
+
+@pytest.mark.parametrize("case", ["no memo", "no C++", "vec_isa_ok set", "subprocess compiles", "chosen already"])
+def test_nothing_is_probed_where_inductor_would_not_probe_now(fake_isas, monkeypatch, case):
+    from torch._inductor import cpu_vec_isa
+
+    seen, _ = fake_isas
+    patches, builds_cpu_code = {}, True
+    if case == "no memo":  # opted out, or a torch whose probe we do not know
+        monkeypatch.setattr(isa_probe_memo, "_remembering", False)
+    elif case == "no C++":
+        patches, builds_cpu_code = {"cpp_wrapper": False}, False
+    elif case == "vec_isa_ok set":
+        patches = {"cpp.vec_isa_ok": True}
+    elif case == "subprocess compiles":
+        monkeypatch.setenv("TORCHINDUCTOR_FX_COMPILE_MODE", "subprocess")
     else:
-        assert threads == []
+        chosen = functools.cache(lambda: [])
+        chosen()
+        monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", chosen)
+    isa_probe_memo.probe_isas_concurrently(patches, builds_cpu_code)
+    assert seen == []
+
+
+def test_the_cpp_wrapper_alone_asks_for_the_probes(fake_isas):
+    seen, _ = fake_isas
+    isa_probe_memo.probe_isas_concurrently({"cpp_wrapper": True}, builds_cpu_code=False)
+    assert len(seen) == 2

@@ -19,13 +19,14 @@ Inductor compiles in a subprocess (TORCHINDUCTOR_FX_COMPILE_MODE=subprocess) tha
 torch whose check_build does not take (self, code) keeps its probes: install() leaves it alone.
 
 Where nothing is remembered yet (the first process on a machine, or a container whose cache does not persist),
-probe_isas_concurrently() runs the probes Inductor is about to run, one thread per ISA, so that their child
-processes overlap instead of following one another; Inductor then finds each verdict cached on its ISA object.
-It returns before Inductor starts, so no ISA object is ever probed by two threads at once (their probes change
-the object's flags while they run).
+probe_isas_concurrently() runs the probes Inductor is about to run, one thread per ISA (at most one per core),
+each under the config the graph compiles with, so that their child processes overlap instead of following one
+another; Inductor then finds each verdict cached on its ISA object. It returns before Inductor starts, so no ISA
+object is ever probed by two threads at once (their probes change the object's flags while they run).
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import inspect
@@ -46,7 +47,7 @@ _installed = False  # install() has run
 _remembering = False  # ...and wrapped this torch's check_build
 _probed_concurrently = False
 _passed_keys: Optional[set] = None  # loaded from the memo file on first use
-_memo_lock = threading.Lock()  # concurrent probes add keys from several threads
+_memo_lock = threading.RLock()  # concurrent probes read and add keys from several threads
 
 
 def install() -> None:
@@ -66,27 +67,44 @@ def install() -> None:
     _remembering = True
 
 
-def probe_isas_concurrently() -> None:
-    """Probe every ISA the CPU claims, each in its own thread, once per process (x86-64 Linux; a no-op where this
-    torch's ISA list or CPU check is not what we know, or once Inductor has picked its ISA). Only where install()
-    wrapped the probe: the same torch internals, and the same opt-out."""
+def probe_isas_concurrently(config_patches: dict, builds_cpu_code: bool) -> None:
+    """Probe every ISA the CPU claims, each in its own thread (at most one per core), once per process, under the
+    Inductor config the graph will compile with (config_patches over the caller's): Inductor caches each ISA's
+    verdict on the object whatever the config, so a probe must see the settings Inductor's own would. Runs only
+    where Inductor is about to probe in this process: the graph builds C++ (the C++ wrapper, or CPU code), no
+    ISA is chosen yet, vec_isa_ok is unset (set, it decides without probing) and compiles are not sent to a
+    subprocess. x86-64 Linux only, and only where install() wrapped the probe (the same torch internals, the
+    same opt-out); any surprise leaves the probes to Inductor."""
     global _probed_concurrently
-    if _probed_concurrently or not _remembering or sys.platform != "linux" or platform.machine() != "x86_64":
+    if _probed_concurrently or not _remembering or not _is_x86_64_linux():
         return
-    _probed_concurrently = True
+    if os.environ.get("TORCHINDUCTOR_FX_COMPILE_MODE", "normal").lower() not in ("", "normal"):
+        return
     try:
+        import torch._inductor.config as inductor_config
         from torch._inductor import cpu_vec_isa
 
-        if cpu_vec_isa.valid_vec_isa_list.cache_info().currsize:
-            return  # Inductor has probed already in this process
-        claimed = cpu_vec_isa.x86_isa_checker()
-        candidates = [isa for isa in cpu_vec_isa.supported_vec_isa_list
-                      if all(flag in claimed for flag in str(isa).split())]
-        if len(candidates) > 1:
-            with ThreadPoolExecutor(len(candidates), thread_name_prefix="isa-probe") as pool:
-                list(pool.map(bool, candidates))  # each ISA's __bool__ probes and caches its verdict
-    except Exception:  # Inductor probes as it always does
+        with inductor_config.patch(config_patches):
+            if not (inductor_config.cpp_wrapper or builds_cpu_code) or inductor_config.cpp.vec_isa_ok is not None:
+                return
+            if cpu_vec_isa.valid_vec_isa_list.cache_info().currsize:
+                return  # Inductor has chosen already in this process
+            _probed_concurrently = True
+            claimed = cpu_vec_isa.x86_isa_checker()
+            candidates = [isa for isa in cpu_vec_isa.supported_vec_isa_list
+                          if all(flag in claimed for flag in str(isa).split())]
+            if len(candidates) < 2:
+                return
+            # Each thread runs in a copy of this context: torch's config overrides live in context variables.
+            contexts = [contextvars.copy_context() for _ in candidates]
+            with ThreadPoolExecutor(min(len(candidates), os.cpu_count() or 1), thread_name_prefix="isa-probe") as pool:
+                list(pool.map(lambda context, isa: context.run(bool, isa), contexts, candidates))
+    except Exception:
         return
+
+
+def _is_x86_64_linux() -> bool:
+    return sys.platform == "linux" and platform.machine() == "x86_64"
 
 
 def remembering(check_build: Callable) -> Callable:
@@ -121,12 +139,17 @@ def probe_key(isa, code: str) -> Optional[str]:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
 def _compiler_identity() -> str:
-    """The C++ compiler Inductor would use: its file (a wrapper such as ccache is followed by `-v`'s output)."""
+    """The C++ compiler Inductor would use now: its file (a wrapper such as ccache is followed by `-v`'s output)."""
     from torch._inductor import cpp_builder
 
-    compiler = cpp_builder.get_cpp_compiler()
+    return _identity_of_compiler(cpp_builder.get_cpp_compiler())
+
+
+@functools.lru_cache(maxsize=None)
+def _identity_of_compiler(compiler: str) -> str:
+    from torch._inductor import cpp_builder
+
     version = getattr(cpp_builder, "get_compiler_version_info", lambda _: "")(compiler)
     return f"{compiler}:{_file_identity(shutil.which(compiler) or compiler)}:{version}"
 
@@ -167,9 +190,10 @@ def _read_keys() -> set:
 
 def _passed() -> set:
     global _passed_keys
-    if _passed_keys is None:
-        _passed_keys = _read_keys()
-    return _passed_keys
+    with _memo_lock:
+        if _passed_keys is None:
+            _passed_keys = _read_keys()
+        return _passed_keys
 
 
 def _remember(key: str) -> None:

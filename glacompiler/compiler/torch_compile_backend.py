@@ -104,9 +104,9 @@ class GlaBackend:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
         remember_isa_probes()  # before Inductor picks the host's ISA (isa_probe_memo.py)
         patches = self.config_patches(example_inputs)
-        if patches.get("cpp_wrapper") or any(isinstance(t, torch.Tensor) and t.device.type == "cpu"
-                                             for t in example_inputs):
-            probe_isas_concurrently()  # this graph builds C++: Inductor will probe, let the probes overlap
+        # Where this graph builds C++, Inductor is about to probe the host's ISA: let the probes overlap.
+        probe_isas_concurrently(patches, any(isinstance(t, torch.Tensor) and t.device.type == "cpu"
+                                             for t in example_inputs))
         graph_name = f"graph {next(_graph_ids)}"
         try:
             return self._compile_with_pass(gm, example_inputs, patches, graph_name)
