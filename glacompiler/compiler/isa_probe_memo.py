@@ -35,11 +35,12 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
+
+from ..atomic_file import write_text_atomically
 
 MEMO_FILE = "glacompiler_isa_probes.json"
 
@@ -198,27 +199,16 @@ def _passed() -> set:
 
 def _remember(key: str) -> None:
     """Add a passing key to the memo file: read again and merged just before writing (other processes may have
-    added keys since this one read it), written whole and replaced, so a reader never sees half a file. Two
-    writers between one's read and its replace may lose a key, which then probes once more."""
+    added keys since this one read it), written whole and replaced. Two writers between one's read and its
+    replace may lose a key, which then probes once more."""
     with _memo_lock:
-        _write_with(key)
-
-
-def _write_with(key: str) -> None:
-    _passed().add(key)
-    path, temporary = None, None
-    try:
-        path = memo_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        keys = _read_keys() | _passed()
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=MEMO_FILE, suffix=".tmp", delete=False) as out:
-            temporary = out.name
-            json.dump(sorted(keys), out)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except Exception:  # an unwritable cache dir: the next process probes again
-        if temporary is not None and os.path.exists(temporary):
-            os.unlink(temporary)
+        _passed().add(key)
+        try:
+            path = memo_path()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(path, json.dumps(sorted(_read_keys() | _passed())), mode=0o644)
+        except Exception:  # an unwritable cache dir: the next process probes again
+            pass
 
 
 def forget_all() -> None:

@@ -24,11 +24,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from typing import Optional
 
 import torch
 
+from ..atomic_file import write_text_atomically
 from ..spec import AttentionSpec
 from .report import SiteRecord
 
@@ -108,10 +108,7 @@ def save_records(key: str, records: list) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
         payload = json.dumps({"format": FORMAT, "records": [_record_to_json(r) for r in records]})
-        descriptor, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(descriptor, "w") as file:
-            file.write(payload)
-        os.replace(temporary, os.path.join(folder, f"{key}.json"))
+        write_text_atomically(os.path.join(folder, f"{key}.json"), payload)
     except OSError:
         pass
 

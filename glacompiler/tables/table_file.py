@@ -25,10 +25,10 @@ import datetime
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from ..atomic_file import write_text_atomically
 from ..kernels import family_named
 from ..kernels.common.templates import cache_dir
 from ..package_data import shipped_folder
@@ -378,10 +378,7 @@ def write_table(table: ConfigTable, path: os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = table.to_json()
     check_schema(data, TABLE_SCHEMA)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as handle:
-        json.dump(data, handle, indent=1)
-        handle.write("\n")
-    os.replace(handle.name, path)
+    write_text_atomically(path, json.dumps(data, indent=1) + "\n")
 
 
 def open_for_update(path: os.PathLike, gpu: str) -> tuple[ConfigTable, Optional[str]]:

@@ -14,7 +14,6 @@ import importlib.util
 import io
 import os
 import sys
-import tempfile
 import tokenize
 from pathlib import Path
 from types import ModuleType
@@ -22,6 +21,7 @@ from typing import Iterable
 
 import jinja2
 
+from ...atomic_file import write_text_atomically
 from ...package_data import shipped_folder
 
 
@@ -78,10 +78,7 @@ def import_generated(source: str) -> ModuleType:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{module_name}.py"
     if not path.exists() or path.read_text() != source:
-        # Write then rename, so concurrent processes never import a half-written file.
-        with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as handle:
-            handle.write(source)
-        os.replace(handle.name, path)
+        write_text_atomically(path, source)  # concurrent processes never import a half-written file
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -144,9 +141,7 @@ def cached_kernels_version(family: str, compute) -> str:
     version = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-            handle.write(version)
-        os.replace(handle.name, path)
+        write_text_atomically(path, version)
     except OSError:  # a read-only cache: compute again next time
         pass
     return version
