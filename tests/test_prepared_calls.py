@@ -243,3 +243,31 @@ def test_lengths_made_during_capture_are_not_remembered(cuda_device):
     assert lengths.tolist() == [77] * 3
     remembered = capacity_lengths(3, 77, cuda_device)
     assert remembered is not lengths and remembered.tolist() == [77] * 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name, dtype, mask", [("gqa", torch.bfloat16, "bool"), ("gta", torch.float16, "additive"),
+                                               ("gla2", torch.bfloat16, "bool"), ("gqa", torch.float16, None)])
+def test_repeats_on_the_c_launcher_read_each_calls_tensors(cuda_device, fresh_memos, name, dtype, mask):
+    """Repeats with the same metadata and other tensors, alternating, with the key range given (one tensor shared
+    by the calls of a step, as the backend hoists it) or reduced per call: each call's own mask, range and caches
+    are read. Where binary_launch knows this Triton's launcher (triton 3.6's) the repeats take the C launcher."""
+    import sys
+
+    from glacompiler.kernels.common.binary_launch import KNOWN_BASE_ARGS_FORMAT
+
+    problems = [make_decode_problem(CPU_SPECS[name], batch=4, query_len=1, capacity=300, dtype=dtype,
+                                    device=cuda_device, mask=mask, mask_rows="key",
+                                    generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+    for hoisted in (False, True):
+        for problem in problems + problems:
+            kw = problem.kwargs
+            extra = {}
+            if hoisted and mask is not None:
+                extra["kv_range"] = torch.ops.glacompiler.mask_key_range(kw["attn_mask"], 4, 300)
+            check_fa_rule(*_run_op(kw, **extra), problem)
+    plans = [call.plan for call in prepared._prepared.values()]
+    assert len(plans) == (2 if mask is not None else 1)  # with kv_range and without
+    layout_known = getattr(sys.modules[type(plans[0].launch.compiled.run).__module__], "_BASE_ARGS_FORMAT",
+                           None) == KNOWN_BASE_ARGS_FORMAT
+    assert all((plan.launch.binary is not None) == layout_known for plan in plans)

@@ -8,14 +8,9 @@ import torch
 from torch import Tensor
 
 from ...memo import BoundedMemo
-from .mask_range import MaskKeyRangeLaunch
+from .mask_range import MaskKeyRangeLaunch, mask_as_kernel_operand
 
-
-def mask_as_kernel_operand(attn_mask: Tensor) -> Tensor:
-    """The mask as 4-D [B or 1, Hq or 1, Lq or 1, S], bool viewed as uint8 (what the kernels load)."""
-    while attn_mask.dim() < 4:
-        attn_mask = attn_mask.unsqueeze(0)
-    return attn_mask.view(torch.uint8) if attn_mask.dtype == torch.bool else attn_mask
+__all__ = ["KeyBoundsPlan", "capacity_lengths", "mask_as_kernel_operand"]
 
 
 # (batch, capacity, device) -> [B] int32 tensor of the capacity: the lengths of a call that gives none, made once
@@ -71,6 +66,10 @@ class KeyBoundsPlan:
         self.mask_strides = strides
         self.mask_per_row = (num_q_heads > 1 and strides[1] != 0) or (query_len > 1 and strides[2] != 0)
 
+    def jit_forms(self, mask_position: int) -> dict:
+        """PreparedLaunch's jit_forms for a kernel taking resolve's mask at `mask_position`."""
+        return {mask_position: mask_as_kernel_operand} if self.has_mask else {}
+
     @property
     def mask_flags(self) -> dict:
         """The kernels' constexprs about the mask: HAS_MASK, MASK_IS_BOOL, MASK_PER_ROW."""
@@ -78,17 +77,20 @@ class KeyBoundsPlan:
 
     def resolve(self, attn_mask: Optional[Tensor], kv_range: Optional[Tensor],
                 cache_seqlens: Optional[Tensor]) -> tuple:
-        """(lengths, mask operand, kv_begin, kv_end, mask_dense) of one call with the plan's metadata: the rows of
-        mask_key_range's result (without a mask, the lengths stand in for all of them: never read)."""
+        """(lengths, mask, kv_begin, kv_end, mask_dense) of one call with the plan's metadata: the rows of
+        mask_key_range's result (without a mask, the lengths stand in for all of them: never read). The mask is
+        the caller's: the launch takes it at a position whose JIT form is mask_as_kernel_operand (the binary
+        reads only its address, the same)."""
         if not self.has_mask:
             lengths = cache_seqlens if cache_seqlens is not None else capacity_lengths(self.batch, self.capacity,
                                                                                        self.device)
             return lengths, lengths, lengths, lengths, lengths
-        mask = mask_as_kernel_operand(attn_mask)
         if self.reduce_range is not None:
-            kv_range = self.reduce_range(mask)
+            kv_range = self.reduce_range(attn_mask)
+        # (Not remembered per kv_range: a reference kept past the call would hold memory of a CUDA graph's pool
+        # that cudagraph trees account for.)
         kv_begin, kv_end, mask_dense = kv_range.unbind(0)
         source = self.lengths_source
         lengths = (cache_seqlens if source == "given" else kv_end if source == "range end"
                    else capacity_lengths(self.batch, self.capacity, self.device))
-        return lengths, mask, kv_begin, kv_end, mask_dense
+        return lengths, attn_mask, kv_begin, kv_end, mask_dense

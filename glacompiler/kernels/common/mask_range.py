@@ -16,6 +16,13 @@ MASK_RANGE_BLOCK_N = 1024
 KEY_RANGE_ROWS = 3  # first key, one past the last, dense flag
 
 
+def mask_as_kernel_operand(attn_mask: Tensor) -> Tensor:
+    """The mask as 4-D [B or 1, Hq or 1, Lq or 1, S], bool viewed as uint8 (what the kernels load)."""
+    while attn_mask.dim() < 4:
+        attn_mask = attn_mask.unsqueeze(0)
+    return attn_mask.view(torch.uint8) if attn_mask.dtype == torch.bool else attn_mask
+
+
 class MaskKeyRangeLaunch:
     """mask_key_range for masks of one shape, strides, dtype and batch/capacity, its launch prepared once (a
     prepared op call holds one: the per-call host time is an allocation and a direct launch)."""
@@ -31,9 +38,10 @@ class MaskKeyRangeLaunch:
         self.launch = PreparedLaunch(
             mask_key_range_kernel, (batch,),
             dict(MASK_IS_BOOL=mask_is_bool, BLOCK_N=min(MASK_RANGE_BLOCK_N, max(16, next_power_of_two(capacity)))),
-            num_warps=4, num_stages=3)
+            num_warps=4, num_stages=3, jit_forms={0: mask_as_kernel_operand})
 
     def __call__(self, mask: Tensor) -> Tensor:
+        """The key range of `mask` (the caller's mask, or its kernel operand: the same address)."""
         key_range = torch.empty((KEY_RANGE_ROWS, self.batch), dtype=torch.int32, device=self.device)
         self.launch((mask, key_range, *self.tail))  # (the kernel reads only the pointer of the expanded view)
         return key_range

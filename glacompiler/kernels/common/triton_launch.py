@@ -14,10 +14,12 @@ constexprs, warps and stages, and the device.
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from torch import Tensor
 
 from ...memo import BoundedMemo
+from .binary_launch import BinaryLaunch, jit_forms_of, launch_hooks_set
 
 LOGGER = logging.getLogger("glacompiler")
 
@@ -122,29 +124,50 @@ class PreparedLaunch:
     """One launch site of a prepared op call (glacompiler/op/prepared.py): kernel, grid, constexprs, warps and
     stages are fixed, and so is the specialisation (the call's key fixes every int argument and every tensor's
     dtype and alignment), so after the first launch the compiled binary is called directly, with no key to
-    build. `first_launch(args)` runs the first launch (default: launch()) and returns the CompiledKernel."""
+    build: through its C launcher where binary_launch knows the launcher's layout, else through
+    CompiledKernel.run. `first_launch(args)` runs the first launch (default: launch()) and returns the
+    CompiledKernel. `descriptors` maps argument positions that take a TMA descriptor to the function making it
+    from the tensor the caller passes there (binary_launch remembers their encodings); `jit_forms` maps positions
+    where the JIT takes another form of the caller's tensor at the same address (a bool mask viewed as uint8) to
+    the function making it: the C launcher reads only the address, so the binary takes the caller's."""
 
-    __slots__ = ("kernel", "grid", "constexprs", "num_warps", "num_stages", "first_launch", "compiled",
-                 "device_index", "constexpr_values")
+    __slots__ = ("kernel", "grid", "constexprs", "num_warps", "num_stages", "first_launch", "descriptors",
+                 "jit_forms", "compiled", "binary", "device_index", "constexpr_values")
 
-    def __init__(self, kernel, grid: tuple, constexprs: dict, num_warps: int, num_stages: int, first_launch=None):
+    def __init__(self, kernel, grid: tuple, constexprs: dict, num_warps: int, num_stages: int, first_launch=None,
+                 descriptors: Optional[dict] = None, jit_forms: Optional[dict] = None):
         self.kernel, self.grid, self.constexprs = kernel, tuple(grid), constexprs
         self.num_warps, self.num_stages = num_warps, num_stages
         self.first_launch = first_launch
+        self.descriptors = descriptors or {}
+        self.jit_forms = {**(jit_forms or {}), **self.descriptors}
         self.compiled = None
+        self.binary = None
         self.device_index = None
         self.constexpr_values = ()
 
     def __call__(self, args: tuple):
         compiled = self.compiled
         if compiled is not None and _direct_launch_enabled:
+            from triton import knobs
             from triton.runtime.driver import driver
 
             device = driver.active
             if device.get_current_device() == self.device_index:  # (else the binary of another device: the JIT)
                 stream = device.get_current_stream(self.device_index)
-                if _run_compiled(compiled, self.grid, stream, (*args, *self.constexpr_values)):
+                binary = self.binary
+                if binary is not None and not launch_hooks_set(knobs.runtime):
+                    try:
+                        binary(stream, (*args, *self.constexpr_values))
+                        return compiled
+                    except TypeError as error:  # the C launcher parses its arguments before it launches
+                        self.binary = None
+                        LOGGER.warning("%s: its C launcher refused the arguments (%s); launching through "
+                                       "CompiledKernel.run", getattr(compiled, "name", compiled), error)
+                all_args = (*jit_forms_of(args, self.jit_forms), *self.constexpr_values)
+                if _run_compiled(compiled, self.grid, stream, all_args):
                     return compiled
+        args = jit_forms_of(args, self.jit_forms)
         if self.first_launch is not None:
             compiled = self.first_launch(args)
         else:
@@ -159,4 +182,5 @@ class PreparedLaunch:
         if isinstance(compiled, CompiledKernel) and self.compiled is None:
             self.constexpr_values = tuple(_ordered_constexprs(self.kernel, args, self.constexprs))
             self.device_index = driver.active.get_current_device()
+            self.binary = BinaryLaunch.for_compiled(compiled, self.grid, self.descriptors)
             self.compiled = compiled

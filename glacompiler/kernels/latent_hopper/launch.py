@@ -16,6 +16,9 @@ from ..family import KernelCall
 from .config import NUM_WARPS, LatentHopperConfig
 from .render import latent_hopper_module, swizzle_bytes
 
+# Positions in run's launch arguments
+K_CACHE_ARGUMENT, K_ROPE_ARGUMENT, MASK_ARGUMENT = 2, 3, 7
+
 
 @functools.lru_cache(maxsize=None)
 def tma_tile_layout(tile_width: int, element_bytes: int):
@@ -89,8 +92,11 @@ class LatentHopperLaunchPlan:
         rows = spec.group_size * query_len
         grid = (spec.num_kv_heads * -(-rows // tile.block_m), batch, config.num_splits)
         # Gluon places its own pipeline: num_stages is the JIT's default and changes nothing.
+        # run passes the caches themselves: the launch makes (or remembers) their TMA descriptors.
         self.launch = PreparedLaunch(module.latent_decode_hopper_kernel, grid, constexprs, num_warps=NUM_WARPS,
-                                     num_stages=3)
+                                     num_stages=3, descriptors={K_CACHE_ARGUMENT: self.k_view.descriptor,
+                                                                K_ROPE_ARGUMENT: self.k_rope_view.descriptor},
+                                     jit_forms=self.keys.jit_forms(MASK_ARGUMENT))
 
     def run(self, q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor], q_rope: Tensor, k_rope_cache: Tensor,
             cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], attn_mask: Optional[Tensor],
@@ -99,9 +105,8 @@ class LatentHopperLaunchPlan:
         lengths, mask, kv_begin, kv_end, _ = self.keys.resolve(attn_mask, kv_range, cache_seqlens)
         split_out, split_lse, out, lse = self.buffers.allocate(q)
         self.launch((
-            q, q_rope, self.k_view.descriptor(k_cache), self.k_rope_view.descriptor(k_rope_cache), lengths, kv_begin,
-            kv_end, mask, lengths if page_table is None else page_table, split_out, split_lse,
-            q if sinks is None else sinks,
+            q, q_rope, k_cache, k_rope_cache, lengths, kv_begin, kv_end, mask,
+            lengths if page_table is None else page_table, split_out, split_lse, q if sinks is None else sinks,
             *self.tail,
         ))
         self.buffers.combine(split_out, split_lse, out, lse)

@@ -17,6 +17,7 @@ from .config import PortableConfig
 from .render import decode_kernel_module
 
 LOGGER = logging.getLogger("glacompiler")
+MASK_ARGUMENT = 10  # the mask's position in run's launch arguments
 
 # Pipeline depth that fits, per (kernel module, config, launch specialisation). A config is tuned without a
 # mask; the per-row mask tile and its cross-row reduction take shared memory some wide configs (MLA's 512-wide
@@ -106,7 +107,8 @@ class PortableLaunchPlan:
                              getattr(getattr(compiled, "metadata", None), "shared", "?"))
             return compiled
 
-        self.launch = PreparedLaunch(kernel, grid, constexprs, config.num_warps, config.num_stages, first_launch)
+        self.launch = PreparedLaunch(kernel, grid, constexprs, config.num_warps, config.num_stages, first_launch,
+                                     jit_forms=self.keys.jit_forms(MASK_ARGUMENT))
 
     def run(self, q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor], q_rope: Optional[Tensor],
             k_rope_cache: Optional[Tensor], cache_seqlens: Optional[Tensor], page_table: Optional[Tensor],

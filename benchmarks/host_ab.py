@@ -1,0 +1,79 @@
+"""Host time per eager op call (repeat calls of one metadata, the GPU never holding the host back), for the
+layouts a decode step calls, with SDPA's call on the GQA shape as the yardstick (issue 13 goal 2: 30 us).
+
+One process measures the glacompiler it imports; for a same-run A/B install two trees and alternate processes:
+
+    for r in 1 2 3; do for t in base new; do PYTHONPATH=/tmp/site_$t python benchmarks/host_ab.py $t; done; done
+
+Each row: the best of 7 rounds of 1000 back-to-back calls."""
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+import glacompiler
+
+
+def host_us_per_call(fn, calls: int = 1000, rounds: int = 7) -> float:
+    for _ in range(100):
+        fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+        torch.cuda.synchronize()
+    return best * 1e6
+
+
+def rows(device) -> list:
+    op = torch.ops.glacompiler.attention_with_kvcache.default
+    bf16, batch = torch.bfloat16, 64
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device, dtype=bf16)
+
+    # GLA-2 at XL widths (16 query heads, 2 latent heads of 256 + rope 64), a 256-slot cache: Hopper latent kernel
+    q, cache, q_rope, k_rope = randn(batch, 1, 16, 256), randn(batch, 256, 2, 256), randn(batch, 1, 16, 64), \
+        randn(batch, 256, 64)
+    lengths = torch.full((batch,), 256, device=device, dtype=torch.int32)
+    mask = torch.ones(batch, 1, 1, 256, device=device, dtype=torch.bool)
+    key_range = torch.ops.glacompiler.mask_key_range(mask, batch, 256)
+    # GQA at Llama-3.2-1B widths (32 query / 8 KV heads of 64), a 512-slot cache: portable kernel
+    q_gqa, k, v = randn(batch, 1, 32, 64), randn(batch, 512, 8, 64), randn(batch, 512, 8, 64)
+    lengths_gqa = torch.full((batch,), 500, device=device, dtype=torch.int32)
+    mask_gqa = torch.ones(batch, 1, 1, 512, device=device, dtype=torch.bool)
+    key_range_gqa = torch.ops.glacompiler.mask_key_range(mask_gqa, batch, 512)
+    q_sdpa, k_sdpa, v_sdpa = q_gqa.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    return [
+        ("GLA-2 XL op, lengths", lambda: op(q, cache, None, q_rope, k_rope, lengths, None, None, 0.05, False, 0)),
+        ("GLA-2 XL op, mask + kv_range",
+         lambda: op(q, cache, None, q_rope, k_rope, None, None, mask, 0.05, False, 0, key_range)),
+        ("GLA-2 XL op, mask", lambda: op(q, cache, None, q_rope, k_rope, None, None, mask, 0.05, False, 0)),
+        ("GLA-2 XL wrapper, lengths",
+         lambda: glacompiler.attention_with_kvcache(q, cache, q_rope=q_rope, k_rope_cache=k_rope,
+                                                    cache_seqlens=lengths, softmax_scale=0.05)),
+        ("GQA 32/8/64 op, lengths", lambda: op(q_gqa, k, v, None, None, lengths_gqa, None, None, 0.125, True, 0)),
+        ("GQA 32/8/64 op, mask + kv_range",
+         lambda: op(q_gqa, k, v, None, None, None, None, mask_gqa, 0.125, True, 0, key_range_gqa)),
+        ("SDPA (GQA 32/8/64, enable_gqa)",
+         lambda: torch.nn.functional.scaled_dot_product_attention(q_sdpa, k_sdpa, v_sdpa, enable_gqa=True)),
+    ]
+
+
+def main() -> None:
+    label = sys.argv[1] if len(sys.argv) > 1 else "op"
+    with torch.no_grad():
+        measured = rows(torch.device("cuda"))
+        for _, fn in measured:  # warm every row first: the host's clocks and caches, not the order
+            host_us_per_call(fn, calls=200)
+        for name, fn in measured:
+            print(f"{label:>4} {name:<40} {host_us_per_call(fn):7.2f} us", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""kernels/common/binary_launch.py on CPU, with a stand-in for triton 3.6's CudaLauncher (a module with its
+launcher format, its descriptor wrapper's closure and a C launch function that records its arguments). The GPU
+test (test_latent_hopper_gpu.py::test_repeats_launch_the_binary_with_each_caches_descriptors) checks the real one."""
+import sys
+import types
+
+import pytest
+import torch
+
+from glacompiler.kernels.common import triton_launch
+from glacompiler.kernels.common.binary_launch import (KNOWN_BASE_ARGS_FORMAT, BinaryLaunch, launch_hooks_set,
+                                                     jit_forms_of)
+
+from launch_doubles import FakeCompiled, FakeJIT, install_fresh_launch_state
+
+FAKE_DRIVER = types.ModuleType("fake_triton_driver")
+FAKE_DRIVER._BASE_ARGS_FORMAT = KNOWN_BASE_ARGS_FORMAT
+FAKE_DRIVER.encoded = []
+
+
+def _make_tensordesc_arg(arg, metadata):
+    FAKE_DRIVER.encoded.append((arg, metadata))
+    return [("map of", arg), 8, 64]  # the encoding, then the descriptor's shape and strides
+
+
+FAKE_DRIVER.make_tensordesc_arg = _make_tensordesc_arg
+sys.modules[FAKE_DRIVER.__name__] = FAKE_DRIVER
+
+
+class CLaunch:
+    """Stands for the C launch function: callable, no Python code of its own."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *args):
+        self.calls.append(args)
+
+
+def _wrap(launcher, tensordesc_indices, tensordesc_meta):
+    def inner(*args):  # the shape of triton 3.6's wrap_handle_tensordesc.inner: these three closure cells
+        return launcher, tensordesc_indices, tensordesc_meta
+    return inner
+
+
+class FakeCudaLauncher:
+    def __init__(self, descriptor_positions=(), metadata=None, scratch=0, c_launch=None):
+        self.c_launch = c_launch or CLaunch()
+        self.launch = (_wrap(self.c_launch, set(descriptor_positions), metadata) if descriptor_positions
+                       else self.c_launch)
+        self.global_scratch_size, self.profile_scratch_size = scratch, 0
+        self.launch_cooperative_grid, self.launch_pdl = False, True
+
+    def __call__(self, *args):
+        raise AssertionError("the direct path must not go through CudaLauncher.__call__")
+
+
+FakeCudaLauncher.__module__ = FAKE_DRIVER.__name__
+
+
+class CompiledWithLauncher(FakeCompiled):
+    def __init__(self, launcher):
+        super().__init__()
+        self.launcher = launcher
+
+    @property
+    def run(self):
+        return self.launcher
+
+
+@pytest.fixture
+def fresh_launch_state(monkeypatch):
+    install_fresh_launch_state(monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def no_encodings_yet():
+    FAKE_DRIVER.encoded.clear()
+
+
+def test_no_descriptors_calls_the_c_function_with_the_known_layout():
+    compiled = CompiledWithLauncher(FakeCudaLauncher())
+    binary = BinaryLaunch.for_compiled(compiled, (2, 3), {})
+    x = torch.zeros(4)
+    binary(77, (x, 5, "constexpr"))
+    assert compiled.launcher.c_launch.calls == [
+        (2, 3, 1, 77, "function", False, True, None, None, "metadata", None, None, None, x, 5, "constexpr")]
+
+
+def test_descriptors_are_encoded_once_per_position_and_address():
+    compiled = CompiledWithLauncher(FakeCudaLauncher((1, 2), [{"swizzle": 128}, {"swizzle": 64}]))
+    made = []
+
+    def view(name):
+        def make(tensor):
+            made.append((name, tensor.data_ptr()))
+            return (name, tensor.data_ptr())
+        return make
+
+    binary = BinaryLaunch.for_compiled(compiled, (1, 1, 1), {1: view("k"), 2: view("rope")})
+    caches = [(torch.zeros(16), torch.zeros(8)) for _ in range(2)]
+    for k, rope in caches + caches:
+        binary(0, ("q", k, rope, 9))
+    first, second = caches
+    assert made == [("k", first[0].data_ptr()), ("rope", first[1].data_ptr()),
+                    ("k", second[0].data_ptr()), ("rope", second[1].data_ptr())]
+    assert [metadata for _, metadata in FAKE_DRIVER.encoded] == [{"swizzle": 128}, {"swizzle": 64}] * 2
+    calls = compiled.launcher.c_launch.calls
+    assert len(calls) == 4 and calls[0] == calls[2] and calls[1] == calls[3] and calls[0] != calls[1]
+    k, rope = first
+    assert calls[0][13:] == ("q", ("map of", ("k", k.data_ptr())), 8, 64, ("map of", ("rope", rope.data_ptr())),
+                             8, 64, 9)
+
+
+@pytest.mark.parametrize("launcher, descriptors", [
+    (FakeCudaLauncher(scratch=256), {}),  # Triton allocates scratch per launch
+    (FakeCudaLauncher((1,), [None]), {}),  # a descriptor the caller did not declare
+    (FakeCudaLauncher(), {1: lambda t: t}),  # a declared descriptor the binary does not take
+])
+def test_launchers_it_cannot_call_directly(launcher, descriptors):
+    assert BinaryLaunch.for_compiled(CompiledWithLauncher(launcher), (1,), descriptors) is None
+
+
+def test_another_launcher_layout_is_not_called_directly(monkeypatch):
+    monkeypatch.setattr(FAKE_DRIVER, "_BASE_ARGS_FORMAT", "iiiKKppOOOOOOOO")
+    assert BinaryLaunch.for_compiled(CompiledWithLauncher(FakeCudaLauncher()), (1,), {}) is None
+    monkeypatch.delattr(FAKE_DRIVER, "_BASE_ARGS_FORMAT")
+    assert BinaryLaunch.for_compiled(CompiledWithLauncher(FakeCudaLauncher()), (1,), {}) is None
+    # FakeCompiled.run is a Python method, not a CudaLauncher: no layout to check
+    assert BinaryLaunch.for_compiled(FakeCompiled(), (1,), {}) is None
+
+
+def test_jit_forms_replace_only_their_positions():
+    assert jit_forms_of(("a", "b", "c"), {1: str.upper}) == ("a", "B", "c")
+    args = ("a", "b")
+    assert jit_forms_of(args, {}) is args
+
+
+def test_prepared_launch_calls_the_binary_and_materialises_descriptors_for_the_jit(fresh_launch_state):
+    compiled = CompiledWithLauncher(FakeCudaLauncher((1,), [{"swizzle": 32}]))
+    kernel = FakeJIT(compiled)
+    prepared = triton_launch.PreparedLaunch(kernel, (2,), {"A": 1, "B": 2}, 4, 2,
+                                            descriptors={1: lambda tensor: ("descriptor of", tensor)})
+    x, cache = torch.zeros(4), torch.zeros(8)
+    for _ in range(3):
+        assert prepared((x, cache, 7)) is compiled
+    assert [call[1] for call in kernel.jit_calls] == [(x, ("descriptor of", cache), 7)]
+    direct = compiled.launcher.c_launch.calls
+    assert len(direct) == 2 and len(direct[0]) == 13 + 7 and direct[0][:3] == (2, 1, 1)
+    arg_x, (label, (made, arg_cache)), *rest = direct[0][13:]
+    assert arg_x is x and arg_cache is cache and (label, made) == ("map of", "descriptor of")
+    assert rest == [8, 64, 7, 1, 2]  # the descriptor's shape and strides, the int, the constexprs in order
+    assert len(FAKE_DRIVER.encoded) == 1
+
+
+def test_prepared_launch_leaves_the_binary_to_triton_while_launch_hooks_are_set(fresh_launch_state, monkeypatch):
+    from triton import knobs
+
+    compiled = CompiledWithLauncher(FakeCudaLauncher())
+    kernel = FakeJIT(compiled)
+    prepared = triton_launch.PreparedLaunch(kernel, (2,), {"A": 1, "B": 2}, 4, 2)
+    x = torch.zeros(4)
+    prepared((x, x, 7))
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda metadata: None)
+    ran = []
+    monkeypatch.setattr(triton_launch, "_run_compiled", lambda *args: ran.append(args) or True)
+    prepared((x, x, 7))
+    assert len(ran) == 1 and compiled.launcher.c_launch.calls == []
+
+
+def test_a_refused_binary_launch_falls_back_to_compiled_run(fresh_launch_state, monkeypatch, caplog):
+    class RefusingCLaunch(CLaunch):
+        def __call__(self, *args):
+            raise TypeError("function takes exactly 20 arguments")
+
+    compiled = CompiledWithLauncher(FakeCudaLauncher(c_launch=RefusingCLaunch()))
+    kernel = FakeJIT(compiled)
+    prepared = triton_launch.PreparedLaunch(kernel, (2,), {"A": 1, "B": 2}, 4, 2)
+    ran = []
+    monkeypatch.setattr(triton_launch, "_run_compiled", lambda *args: ran.append(args) or True)
+    x = torch.zeros(4)
+    for _ in range(3):
+        prepared((x, x, 7))
+    assert prepared.binary is None and len(ran) == 2 and len(kernel.jit_calls) == 1
+    assert "C launcher refused" in caplog.text
+
+
+def test_launch_hooks_set():
+    from triton.knobs import HookChain
+
+    def runtime(enter, exit_):
+        return types.SimpleNamespace(launch_enter_hook=enter, launch_exit_hook=exit_)
+
+    assert not launch_hooks_set(runtime(None, None))
+    assert launch_hooks_set(runtime(print, None)) and launch_hooks_set(runtime(None, print))
+    chain = HookChain()
+    assert not launch_hooks_set(runtime(chain, None))
+    chain.add(print)
+    assert launch_hooks_set(runtime(None, chain))
