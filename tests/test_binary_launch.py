@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from glacompiler.kernels.common import triton_launch
-from glacompiler.kernels.common.binary_launch import (KNOWN_BASE_ARGS_FORMAT, BinaryLaunch, launch_hooks_set,
-                                                     jit_forms_of)
+from glacompiler.kernels.common.binary_launch import (KNOWN_BASE_ARGS_FORMAT, BinaryLaunch, jit_forms_of,
+                                                     launch_hooks_set, layout_known)
 
 from launch_doubles import FakeCompiled, FakeJIT, install_fresh_launch_state
 
-FAKE_DRIVER = types.ModuleType("fake_triton_driver")
+BASE_ARGS = len(KNOWN_BASE_ARGS_FORMAT)
+FAKE_DRIVER = types.ModuleType("fake_triton_driver")  # registered in sys.modules by the fake_driver fixture
 FAKE_DRIVER._BASE_ARGS_FORMAT = KNOWN_BASE_ARGS_FORMAT
 FAKE_DRIVER.encoded = []
 
@@ -24,7 +25,6 @@ def _make_tensordesc_arg(arg, metadata):
 
 
 FAKE_DRIVER.make_tensordesc_arg = _make_tensordesc_arg
-sys.modules[FAKE_DRIVER.__name__] = FAKE_DRIVER
 
 
 class CLaunch:
@@ -38,21 +38,30 @@ class CLaunch:
 
 
 def _wrap(launcher, tensordesc_indices, tensordesc_meta):
-    def inner(*args):  # the shape of triton 3.6's wrap_handle_tensordesc.inner: these three closure cells
-        return launcher, tensordesc_indices, tensordesc_meta
+    def inner(*args):  # what triton 3.6's wrap_handle_tensordesc.inner does, with its three closure cells
+        final_args = list(args[:BASE_ARGS])
+        descriptor = 0
+        for i, arg in enumerate(args[BASE_ARGS:]):
+            if i in tensordesc_indices:
+                final_args.extend(FAKE_DRIVER.make_tensordesc_arg(arg, tensordesc_meta[descriptor]))
+                descriptor += 1
+            else:
+                final_args.append(arg)
+        return launcher(*final_args)
     return inner
 
 
 class FakeCudaLauncher:
-    def __init__(self, descriptor_positions=(), metadata=None, scratch=0, c_launch=None):
+    def __init__(self, descriptor_positions=(), metadata=None, scratch=0, profile_scratch=0, c_launch=None):
         self.c_launch = c_launch or CLaunch()
         self.launch = (_wrap(self.c_launch, set(descriptor_positions), metadata) if descriptor_positions
                        else self.c_launch)
-        self.global_scratch_size, self.profile_scratch_size = scratch, 0
+        self.global_scratch_size, self.profile_scratch_size = scratch, profile_scratch
         self.launch_cooperative_grid, self.launch_pdl = False, True
 
-    def __call__(self, *args):
-        raise AssertionError("the direct path must not go through CudaLauncher.__call__")
+    def __call__(self, gridX, gridY, gridZ, stream, function, *args):  # triton 3.6's, with no scratch to allocate
+        self.launch(gridX, gridY, gridZ, stream, function, self.launch_cooperative_grid, self.launch_pdl, None, None,
+                    *args)
 
 
 FakeCudaLauncher.__module__ = FAKE_DRIVER.__name__
@@ -67,15 +76,19 @@ class CompiledWithLauncher(FakeCompiled):
     def run(self):
         return self.launcher
 
+    def launch_metadata(self, grid, stream, *args):
+        return None  # what triton 3.6 returns with no launch hook
+
+
+@pytest.fixture(autouse=True)
+def fake_driver(monkeypatch):
+    monkeypatch.setitem(sys.modules, FAKE_DRIVER.__name__, FAKE_DRIVER)
+    FAKE_DRIVER.encoded.clear()
+
 
 @pytest.fixture
 def fresh_launch_state(monkeypatch):
     install_fresh_launch_state(monkeypatch)
-
-
-@pytest.fixture(autouse=True)
-def no_encodings_yet():
-    FAKE_DRIVER.encoded.clear()
 
 
 def test_no_descriptors_calls_the_c_function_with_the_known_layout():
@@ -114,8 +127,12 @@ def test_descriptors_are_encoded_once_per_position_and_address():
 
 @pytest.mark.parametrize("launcher, descriptors", [
     (FakeCudaLauncher(scratch=256), {}),  # Triton allocates scratch per launch
-    (FakeCudaLauncher((1,), [None]), {}),  # a descriptor the caller did not declare
+    (FakeCudaLauncher(profile_scratch=64), {}),
+    (FakeCudaLauncher((1,), [{"swizzle": 128}]), {}),  # a descriptor the caller did not declare
     (FakeCudaLauncher(), {1: lambda t: t}),  # a declared descriptor the binary does not take
+    (FakeCudaLauncher((1,), [None]), {1: lambda t: t}),  # not encoded by Triton: the memo would hold the tensor
+    (FakeCudaLauncher((1, 2), [{"swizzle": 128}, None]), {1: lambda t: t, 2: lambda t: t}),
+    (FakeCudaLauncher((1,), None), {1: lambda t: t}),
 ])
 def test_launchers_it_cannot_call_directly(launcher, descriptors):
     assert BinaryLaunch.for_compiled(CompiledWithLauncher(launcher), (1,), descriptors) is None
@@ -197,3 +214,41 @@ def test_launch_hooks_set():
     assert not launch_hooks_set(runtime(chain, None))
     chain.add(print)
     assert launch_hooks_set(runtime(None, chain))
+
+
+@pytest.mark.parametrize("positions, metadata", [((), None), ((1,), [{"swizzle": 64}]),
+                                                 ((1, 3), [{"swizzle": 128}, {"swizzle": 32}])])
+def test_the_binary_gets_what_triton_s_own_launch_passes(monkeypatch, positions, metadata):
+    """The same C-call arguments as CompiledKernel.run's path (CudaLauncher.__call__ and the descriptor
+    wrapper, as in triton 3.6) with no launch hook set."""
+    from triton import knobs
+
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", None)
+    monkeypatch.setattr(knobs.runtime, "launch_exit_hook", None)
+    compiled = CompiledWithLauncher(FakeCudaLauncher(positions, metadata))
+    makers = {position: (lambda tensor, position=position: ("descriptor", position, tensor)) for position in positions}
+    binary = BinaryLaunch.for_compiled(compiled, (5, 2), makers)
+    x, cache, rope = torch.zeros(4), torch.zeros(16), torch.zeros(8)
+    args = (x, cache, 7, rope, 2.5, "constexpr")
+    binary(99, args)
+    triton_launch._run_compiled(compiled, (5, 2), 99, jit_forms_of(args, makers))
+    direct, through_triton = compiled.launcher.c_launch.calls
+    assert len(direct) == len(through_triton) == BASE_ARGS + len(args) + 2 * len(positions)
+    assert all(a is b or a == b for a, b in zip(direct, through_triton))
+
+
+def test_a_prepared_launch_passes_the_callers_tensor_to_the_binary_and_its_jit_form_to_the_jit(fresh_launch_state):
+    compiled = CompiledWithLauncher(FakeCudaLauncher())
+    kernel = FakeJIT(compiled)
+    prepared = triton_launch.PreparedLaunch(kernel, (2,), {"A": 1, "B": 2}, 4, 2, jit_forms={1: lambda mask: "form"})
+    x, mask = torch.zeros(4), torch.ones(8, dtype=torch.bool)
+    for _ in range(2):
+        prepared((x, mask, 7))
+    assert [call[1] for call in kernel.jit_calls] == [(x, "form", 7)]
+    (direct,) = compiled.launcher.c_launch.calls
+    assert direct[BASE_ARGS] is x and direct[BASE_ARGS + 1] is mask
+
+
+def test_layout_known():
+    assert layout_known(CompiledWithLauncher(FakeCudaLauncher()))
+    assert not layout_known(FakeCompiled())  # its run is a method of a test module's class

@@ -252,9 +252,7 @@ def test_repeats_on_the_c_launcher_read_each_calls_tensors(cuda_device, fresh_me
     """Repeats with the same metadata and other tensors, alternating, with the key range given (one tensor shared
     by the calls of a step, as the backend hoists it) or reduced per call: each call's own mask, range and caches
     are read. Where binary_launch knows this Triton's launcher (triton 3.6's) the repeats take the C launcher."""
-    import sys
-
-    from glacompiler.kernels.common.binary_launch import KNOWN_BASE_ARGS_FORMAT
+    from glacompiler.kernels.common.binary_launch import layout_known
 
     problems = [make_decode_problem(CPU_SPECS[name], batch=4, query_len=1, capacity=300, dtype=dtype,
                                     device=cuda_device, mask=mask, mask_rows="key",
@@ -268,6 +266,4 @@ def test_repeats_on_the_c_launcher_read_each_calls_tensors(cuda_device, fresh_me
             check_fa_rule(*_run_op(kw, **extra), problem)
     plans = [call.plan for call in prepared._prepared.values()]
     assert len(plans) == (2 if mask is not None else 1)  # with kv_range and without
-    layout_known = getattr(sys.modules[type(plans[0].launch.compiled.run).__module__], "_BASE_ARGS_FORMAT",
-                           None) == KNOWN_BASE_ARGS_FORMAT
-    assert all((plan.launch.binary is not None) == layout_known for plan in plans)
+    assert all((plan.launch.binary is not None) == layout_known(plan.launch.compiled) for plan in plans)

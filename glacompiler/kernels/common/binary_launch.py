@@ -14,13 +14,14 @@ cache tensors every step, so here:
 - a descriptor argument is passed as the tensor it views, and its encoding is remembered per (argument,
   tensor address): the launch plan fixes everything else a descriptor encodes (shape, strides, block shape,
   layout, dtype), so an address seen before has the same encoding, even for a new tensor at a freed one's
-  address.
+  address. Only encoded descriptors (Triton's tensordesc metadata present) take this path: an unencoded one
+  would hold the tensor itself in the memo.
 """
 from __future__ import annotations
 
 import inspect
 import sys
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from ...memo import BoundedMemo
 
@@ -32,8 +33,8 @@ _WRAPPER_CELLS = ("launcher", "tensordesc_indices", "tensordesc_meta")
 
 
 def _c_launcher_and_descriptors(launcher) -> Optional[tuple]:
-    """(C launch function, {argument position: descriptor metadata}) of a CudaLauncher with the known layout,
-    else None."""
+    """(C launch function, {argument position: (Triton's descriptor metadata, its encoder)}) of a CudaLauncher
+    with the known layout whose descriptors Triton encodes, else None."""
     module = sys.modules.get(type(launcher).__module__)
     if getattr(module, "_BASE_ARGS_FORMAT", None) != KNOWN_BASE_ARGS_FORMAT:
         return None
@@ -50,33 +51,50 @@ def _c_launcher_and_descriptors(launcher) -> Optional[tuple]:
         return None
     cells = {name: cell.cell_contents for name, cell in zip(code.co_freevars, closure)}
     c_launch, positions, metadata = (cells[name] for name in _WRAPPER_CELLS)
-    make_argument = getattr(module, "make_tensordesc_arg", None)
-    if not callable(c_launch) or hasattr(c_launch, "__code__") or make_argument is None:
+    encode = getattr(module, "make_tensordesc_arg", None)
+    if not callable(c_launch) or hasattr(c_launch, "__code__") or encode is None:
         return None
-    if len(inspect.signature(make_argument).parameters) != 2:
+    if len(inspect.signature(encode).parameters) != 2:
         return None
     positions = sorted(positions)
-    metadata = list(metadata) if metadata else [None] * len(positions)
-    return c_launch, {position: (metadata[i], make_argument) for i, position in enumerate(positions)}
+    if not metadata or len(metadata) != len(positions) or any(entry is None for entry in metadata):
+        return None  # descriptors passed as base tensor, shape and strides: the memo would hold the tensor
+    return c_launch, {position: (metadata[i], encode) for i, position in enumerate(positions)}
+
+
+def layout_known(compiled) -> bool:
+    """Whether `compiled`'s launcher has the layout this module calls directly (what the GPU tests expect)."""
+    try:
+        module = sys.modules.get(type(compiled.run).__module__)
+    except Exception:  # noqa: BLE001 - a launcher that cannot be loaded is not one we call
+        return False
+    return getattr(module, "_BASE_ARGS_FORMAT", None) == KNOWN_BASE_ARGS_FORMAT
+
+
+class _Descriptor(NamedTuple):
+    position: int
+    make: Callable  # the call's tensor -> its TMA descriptor
+    metadata: dict  # Triton's tensordesc metadata of the binary (swizzle, element type, block size)
+    encode: Callable  # Triton's make_tensordesc_arg: descriptor, metadata -> the launcher's arguments
 
 
 class BinaryLaunch:
     """A compiled kernel's C launcher for one grid, called with the kernel's arguments (constexprs included, as
     CompiledKernel.run takes them). `descriptors` maps an argument position to the function that makes its
     TMA descriptor from the tensor passed there; the binary must take a descriptor at each such position and
-    nowhere else."""
+    nowhere else, and each function may read of the tensor only its address (everything else comes from the
+    launch plan): the encodings are remembered by address."""
 
     __slots__ = ("c_launch", "grid", "function", "packed_metadata", "cooperative", "pdl", "descriptors", "encodings")
 
-    def __init__(self, c_launch, compiled, grid: tuple, descriptor_metadata: dict, descriptors: dict):
+    def __init__(self, c_launch, compiled, grid: tuple, triton_descriptors: dict, descriptors: dict):
         self.c_launch = c_launch
         self.grid = (*grid, 1, 1)[:3]
         self.function, self.packed_metadata = compiled.function, compiled.packed_metadata
         launcher = compiled.run
         self.cooperative, self.pdl = launcher.launch_cooperative_grid, launcher.launch_pdl
-        # (position, make descriptor, its metadata, Triton's encoder), in argument order
-        self.descriptors = tuple((position, descriptors[position], *descriptor_metadata[position])
-                                 for position in sorted(descriptor_metadata))
+        self.descriptors = tuple(_Descriptor(position, descriptors[position], *triton_descriptors[position])
+                                 for position in sorted(triton_descriptors))
         # (position, tensor address) -> the descriptor's launcher arguments (encoding, shape, strides)
         self.encodings = BoundedMemo(1024)
 
@@ -100,13 +118,14 @@ class BinaryLaunch:
 
     def _with_encoded_descriptors(self, args: tuple) -> list:
         expanded, start = [], 0
-        for position, make_descriptor, metadata, encode in self.descriptors:
+        for descriptor in self.descriptors:
+            position = descriptor.position
             expanded.extend(args[start:position])
             tensor = args[position]
             key = (position, tensor.data_ptr())
             encoding = self.encodings.get(key)
             if encoding is None:
-                encoding = tuple(encode(make_descriptor(tensor), metadata))
+                encoding = tuple(descriptor.encode(descriptor.make(tensor), descriptor.metadata))
                 self.encodings.remember(key, encoding)
             expanded.extend(encoding)
             start = position + 1
@@ -115,8 +134,8 @@ class BinaryLaunch:
 
 
 def launch_hooks_set(runtime) -> bool:
-    """Whether a launch hook (a profiler's) is installed in triton.knobs.runtime: None or, in later Tritons, an
-    empty HookChain means none."""
+    """Whether a launch hook (a profiler's) is installed in triton.knobs.runtime: None or an empty HookChain
+    (triton 3.6 and later hold their hooks in HookChains) means none."""
     return any(hook is not None and getattr(hook, "calls", True)
                for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
 

@@ -87,8 +87,8 @@ class KeyBoundsPlan:
             return lengths, lengths, lengths, lengths, lengths
         if self.reduce_range is not None:
             kv_range = self.reduce_range(attn_mask)
-        # (Not remembered per kv_range: a reference kept past the call would hold memory of a CUDA graph's pool
-        # that cudagraph trees account for.)
+        # Split per call, though a step's sites share one kv_range: a reference to it kept past the call would
+        # hold memory of a CUDA graph's pool that cudagraph trees account for.
         kv_begin, kv_end, mask_dense = kv_range.unbind(0)
         source = self.lengths_source
         lengths = (cache_seqlens if source == "given" else kv_end if source == "range end"

@@ -127,7 +127,8 @@ class PreparedLaunch:
     build: through its C launcher where binary_launch knows the launcher's layout, else through
     CompiledKernel.run. `first_launch(args)` runs the first launch (default: launch()) and returns the
     CompiledKernel. `descriptors` maps argument positions that take a TMA descriptor to the function making it
-    from the tensor the caller passes there (binary_launch remembers their encodings); `jit_forms` maps positions
+    from the tensor the caller passes there, reading only its address (binary_launch remembers the encodings by
+    address); `jit_forms` maps positions
     where the JIT takes another form of the caller's tensor at the same address (a bool mask viewed as uint8) to
     the function making it: the C launcher reads only the address, so the binary takes the caller's."""
 
