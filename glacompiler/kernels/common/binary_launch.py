@@ -8,9 +8,8 @@ cache tensors every step, so here:
 
 - the C launcher is called directly, for the launcher layout this module knows (triton 3.6's: its argument
   format string, KNOWN_BASE_ARGS_FORMAT below, and the descriptor wrapper's closure), with no scratch memory and
-  no launch hooks
-  (a profiler's hooks, or another Triton, take Triton's own path: BinaryLaunch.for_compiled returns None or
-  PreparedLaunch sees the hooks);
+  no launch hooks (another Triton takes Triton's own path: BinaryLaunch.for_compiled returns None; so does a
+  launch while a profiler's hooks are set: PreparedLaunch checks them every call);
 - a descriptor argument is passed as the tensor it views, and its encoding is remembered per (argument,
   tensor address): the launch plan fixes everything else a descriptor encodes (shape, strides, block shape,
   layout, dtype), so an address seen before has the same encoding, even for a new tensor at a freed one's
