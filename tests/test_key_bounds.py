@@ -1,7 +1,8 @@
 """kernels/common/key_bounds.py on CPU: what KeyBoundsPlan.resolve hands a launch, and what it remembers."""
 import torch
 
-from glacompiler.kernels.common.key_bounds import KeyBoundsPlan, mask_as_kernel_operand
+from glacompiler.kernels.common.key_bounds import KeyBoundsPlan
+from glacompiler.kernels.common.mask_range import mask_as_kernel_operand
 
 
 def _plan(mask, kv_range):

@@ -3,7 +3,7 @@ op's CPU path, each against the PyTorch reference beside it."""
 import pytest
 import torch
 
-from glacompiler.kernels.common.key_bounds import mask_as_kernel_operand
+from glacompiler.kernels.common.mask_range import mask_as_kernel_operand
 from glacompiler.memo import BoundedMemo
 from glacompiler.kernels.common.mask_range import mask_key_range, mask_key_range_reference
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.common.key_bounds import mask_as_kernel_operand
-from ..kernels.common.mask_range import KEY_RANGE_ROWS, mask_key_range, mask_key_range_reference
+from ..kernels.common.mask_range import (KEY_RANGE_ROWS, mask_as_kernel_operand, mask_key_range,
+                                        mask_key_range_reference)
 from ..kernels.common.interpreter import triton_interpreter_enabled
 from ..reference import attention_with_kvcache_reference
 from .dispatch import empty_outputs

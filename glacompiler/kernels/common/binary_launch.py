@@ -31,11 +31,17 @@ KNOWN_BASE_ARGS_FORMAT = "iiiKKppOOOOOO"
 _WRAPPER_CELLS = ("launcher", "tensordesc_indices", "tensordesc_meta")
 
 
+def _driver_of_known_layout(launcher):
+    """The driver module that made `launcher`, where its launcher layout is the known one; else None."""
+    module = sys.modules.get(type(launcher).__module__)
+    return module if getattr(module, "_BASE_ARGS_FORMAT", None) == KNOWN_BASE_ARGS_FORMAT else None
+
+
 def _c_launcher_and_descriptors(launcher) -> Optional[tuple]:
     """(C launch function, {argument position: (Triton's descriptor metadata, its encoder)}) of a CudaLauncher
     with the known layout whose descriptors Triton encodes, else None."""
-    module = sys.modules.get(type(launcher).__module__)
-    if getattr(module, "_BASE_ARGS_FORMAT", None) != KNOWN_BASE_ARGS_FORMAT:
+    module = _driver_of_known_layout(launcher)
+    if module is None:
         return None
     if getattr(launcher, "global_scratch_size", 1) or getattr(launcher, "profile_scratch_size", 1):
         return None  # Triton allocates scratch memory per launch for these: its path
@@ -64,10 +70,9 @@ def _c_launcher_and_descriptors(launcher) -> Optional[tuple]:
 def layout_known(compiled) -> bool:
     """Whether `compiled`'s launcher has the layout this module calls directly (what the GPU tests expect)."""
     try:
-        module = sys.modules.get(type(compiled.run).__module__)
+        return _driver_of_known_layout(compiled.run) is not None
     except Exception:  # noqa: BLE001 - a launcher that cannot be loaded is not one we call
         return False
-    return getattr(module, "_BASE_ARGS_FORMAT", None) == KNOWN_BASE_ARGS_FORMAT
 
 
 class _Descriptor(NamedTuple):

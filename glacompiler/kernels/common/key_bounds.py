@@ -10,8 +10,6 @@ from torch import Tensor
 from ...memo import BoundedMemo
 from .mask_range import MaskKeyRangeLaunch, mask_as_kernel_operand
 
-__all__ = ["KeyBoundsPlan", "capacity_lengths", "mask_as_kernel_operand"]
-
 
 # (batch, capacity, device) -> [B] int32 tensor of the capacity: the lengths of a call that gives none, made once
 # (read-only: the kernels only read lengths).
