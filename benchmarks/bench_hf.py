@@ -182,6 +182,39 @@ def profile_step(decoder: Decoder, forward, cudagraphs: bool, top: int) -> None:
         print(f"    {event.self_device_time_total / steps:9.1f} {event.count / steps:5.1f}  {event.key[:100]}")
 
 
+def host_profile_step(decoder: Decoder, forward, cudagraphs: bool, top: int) -> None:
+    """Where a step's host time goes: the median host time to enqueue a step (the GPU is idle when it starts, so
+    the call returns as soon as the host has enqueued everything unless a sync intervenes) and the host-side
+    operators and launch calls of a few steps, by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def one_step():
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        decoder.tokens = decoder.step(forward, decoder.tokens)
+
+    enqueue = []
+    for _ in range(10):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        one_step()
+        enqueue.append((time.perf_counter() - start) * 1e3)
+    torch.cuda.synchronize()
+    steps = 3
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            one_step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    launches = [e for e in events if "LaunchKernel" in e.key or e.key in ("cuLaunchKernelEx", "cudaLaunchKernelExC")]
+    print(f"    host profile: {statistics.median(enqueue):.3f} ms to enqueue a step (median of 10); kernel "
+          f"launches per step: " + ", ".join(f"{e.key} {e.count / steps:.0f} ({e.self_cpu_time_total / steps:.0f} us)"
+                                             for e in launches))
+    print("    top host operators (self CPU us per step, calls per step):")
+    for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+        print(f"    {event.self_cpu_time_total / steps:9.1f} {event.count / steps:6.1f}  {event.key[:100]}")
+
+
 def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None:
     model, config = build(name, args, device, dtype)
     print(f"{name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, heads "
@@ -206,6 +239,8 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None
             print(f"  {configuration:<18} {first:14.1f} {step:9.3f} {speedup:>22}  {sites}")
             if configuration in args.profile and device.type == "cuda":
                 profile_step(decoder, forward, cudagraphs, args.top)
+            if configuration in args.host_profile and device.type == "cuda":
+                host_profile_step(decoder, forward, cudagraphs, args.top)
         del decoder
     print()
 
@@ -223,16 +258,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed decode steps per configuration")
     parser.add_argument("--warmup", type=int, default=5, help="decode steps after the first, before timing")
     parser.add_argument("--profile", default="", help="comma-separated configurations to profile (CUDA)")
+    parser.add_argument("--host-profile", default="",
+                        help="comma-separated configurations whose host time per step is broken down (CUDA)")
     parser.add_argument("--top", type=int, default=12, help="kernels listed per profile")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny widths for a quick check of the script")
     args = parser.parse_args()
     if args.device == "cpu" and not args.tiny:
         parser.error("--device cpu is a smoke test: add --tiny")
-    args.profile = [p for p in args.profile.split(",") if p]
-    unknown = [p for p in args.profile if p not in CONFIGURATIONS]
-    if unknown:
-        parser.error(f"--profile: unknown configurations {unknown}; choose from {list(CONFIGURATIONS)}")
+    for option in ("profile", "host_profile"):
+        chosen = [p for p in getattr(args, option).split(",") if p]
+        unknown = [p for p in chosen if p not in CONFIGURATIONS]
+        if unknown:
+            parser.error(f"--{option.replace('_', '-')}: unknown configurations {unknown}; "
+                         f"choose from {list(CONFIGURATIONS)}")
+        setattr(args, option, chosen)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if device.type == "cuda":

@@ -49,12 +49,13 @@ def test_masks(cuda_device, name, mask, mask_rows):
 
 
 @pytest.mark.parametrize("mask_rows", ["key", "head"])
-@pytest.mark.parametrize("mask", ["bool", "additive"])
+@pytest.mark.parametrize("mask", ["bool", "additive", "lowest"])
 @pytest.mark.parametrize("page_size", [0, 64])
 def test_dense_masks(cuda_device, page_size, mask, mask_rows):
     """Masks that allow one run of keys per sequence (a static cache's prefix, a left-padded run): the kernels
     take them by their range and do not read them (mask_key_range's dense flag). Runs start off block
-    boundaries; test_kernels_interpreted.py poisons the slots outside them."""
+    boundaries; test_kernels_interpreted.py poisons the slots outside them. "lowest": transformers' additive
+    mask, torch.finfo(bfloat16).min outside the runs."""
     spec, capacity = AttentionSpec.grouped(32, 8, 128), 1024
     problem = make_decode_problem(spec, batch=4, query_len=1, capacity=capacity, page_size=page_size,
                                   dtype=torch.bfloat16, device=cuda_device, causal=False, seqlens=[capacity] * 4,
@@ -65,7 +66,8 @@ def test_dense_masks(cuda_device, page_size, mask, mask_rows):
         allowed[b, ..., lo:hi] = True
     if mask_rows == "head":
         allowed = allowed.expand(4, spec.num_q_heads, 1, capacity).contiguous()
-    attn_mask = allowed if mask == "bool" else torch.where(allowed, 0.0, float("-inf")).to(torch.bfloat16)
+    masked = torch.finfo(torch.bfloat16).min if mask == "lowest" else float("-inf")
+    attn_mask = allowed if mask == "bool" else torch.where(allowed, 0.0, masked).to(torch.bfloat16)
     problem.kwargs["attn_mask"] = attn_mask.to(cuda_device)
     assert torch.ops.glacompiler.mask_key_range(problem.kwargs["attn_mask"], 4, capacity)[2].tolist() == [1] * 4
     for num_splits in (None, 1, 4):  # (keys before a run would change the result: the data is random)

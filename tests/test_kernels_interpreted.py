@@ -113,7 +113,10 @@ def _dense_mask(form: str, query_len: int, runs=DENSE_RUNS, capacity: int = 128)
         allowed[b, ..., lo:hi] = True
     if rows == "head":
         allowed = allowed.expand(len(runs), CPU_SPECS["gqa"].num_q_heads, query_len, capacity).contiguous()
-    return allowed if dtype == "bool" else torch.where(allowed, 0.0, float("-inf"))
+    if dtype == "bool":
+        return allowed
+    # "lowest": transformers' masked value, torch.finfo(dtype).min, excluded from the range like -inf
+    return torch.where(allowed, 0.0, torch.finfo(torch.float32).min if dtype == "lowest" else float("-inf"))
 
 
 def _poison_outside(problem, runs, page_size: int) -> None:
@@ -132,7 +135,7 @@ def _poison_outside(problem, runs, page_size: int) -> None:
     (1, "bool key", "full lengths"), (3, "bool key", "full lengths"), (1, "bool head", "full lengths"),
     (1, "additive key", "full lengths"), (3, "additive head", "full lengths"), (3, "bool key", "causal"),
     (1, "bool key", "shorter lengths"), (1, "additive key", "no lengths"), (2, "bool key", "paged"),
-    (1, "bool head", "paged, no lengths"),
+    (1, "bool head", "paged, no lengths"), (1, "lowest key", "no lengths"), (3, "lowest head", "full lengths"),
 ])
 def test_dense_mask_is_not_read_and_its_range_holds(interpret_kernels, query_len, mask_form, setting):
     """A mask that allows every key of its range (mask_key_range's dense flag) is not read by the kernel: the

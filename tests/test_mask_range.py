@@ -40,11 +40,39 @@ def test_reference_dense_flag_on_hand_made_cases():
     zeros[:, ..., 7:] = float("-inf")
     biased = zeros.clone()
     biased[1, ..., 2] = 0.5  # adds something inside the range
-    finfo_min = torch.zeros(1, 1, 1, 9)
-    finfo_min[..., 7:] = torch.finfo(torch.float32).min  # transformers' "masked": finite, so allowed and adding
     assert _expected_key_range(zeros, 2, 9)[2].tolist() == [1, 1]
     assert _expected_key_range(biased, 2, 9)[2].tolist() == [1, 0]
-    assert _expected_key_range(finfo_min, 1, 9).tolist() == [[0], [9], [0]]
+
+
+@pytest.mark.parametrize("dtype, fill", [(torch.float32, torch.finfo(torch.float32).min),
+                                         (torch.bfloat16, torch.finfo(torch.bfloat16).min),
+                                         (torch.bfloat16, -65536.0), (torch.float16, torch.finfo(torch.float16).min)])
+def test_reference_masked_fill_excludes_like_minus_inf(dtype, fill):
+    """The fills models write for a masked key (their dtype's lowest; bf16's -65536 as one graph gave it) leave the
+    key out of the range, but in a row with nothing else to attend to (whose softmax is over those entries): then
+    the sequence keeps the whole capacity."""
+    prefix = torch.zeros(2, 1, 1, 9, dtype=dtype)
+    prefix[0, ..., 7:] = fill
+    prefix[1, ..., 3:] = fill
+    prefix[1, ..., 5] = float("-inf")
+    assert _expected_key_range(prefix, 2, 9).tolist() == [[0, 0], [7, 3], [1, 1]]
+    one_head_all_masked = torch.zeros(2, 2, 1, 9, dtype=dtype)
+    one_head_all_masked[:, 0, :, 4:] = fill
+    one_head_all_masked[0, 1, :, :] = fill  # sequence 0's second head: nothing but fills
+    one_head_all_masked[1, 1, :, 6:] = float("-inf")
+    assert _expected_key_range(one_head_all_masked, 2, 9).tolist() == [[0, 0], [9, 6], [0, 0]]
+    fill_and_minus_inf = torch.full((1, 1, 1, 9), float("-inf"), dtype=dtype)
+    fill_and_minus_inf[..., 2] = fill
+    assert _expected_key_range(fill_and_minus_inf, 1, 9).tolist() == [[0], [9], [0]]
+    all_minus_inf = torch.full((1, 1, 1, 9), float("-inf"), dtype=dtype)
+    assert _expected_key_range(all_minus_inf, 1, 9).tolist() == [[9], [0], [0]]  # as before: nothing attended
+
+
+def test_reference_keeps_large_biases_above_the_masked_fill():
+    """A bias above -65504 is a bias (a large enough score gap overcomes it): in the range, and read."""
+    biased = torch.zeros(1, 1, 1, 9)
+    biased[..., 7:] = -65000.0
+    assert _expected_key_range(biased, 1, 9).tolist() == [[0], [9], [0]]
 
 
 def _prefix_mask(lengths, capacity):
@@ -74,6 +102,17 @@ MASK_RANGE_CASES = {
     "prefix in every head, dense": (2, 80, lambda g: _prefix_mask([80, 33], 80).expand(2, 3, 1, 80)),
     "additive zeros in range, dense": (3, 300, lambda g: torch.where(_prefix_mask([300, 1, 120], 300), 0.0,
                                                                       float("-inf"))),
+    "transformers' bf16 prefix (finfo.min tail), dense": (
+        3, 1100, lambda g: torch.zeros(3, 1, 1, 1100, dtype=torch.bfloat16).masked_fill(
+            ~_prefix_mask([1100, 1030, 1], 1100), torch.finfo(torch.bfloat16).min)),
+    "fp32 lowest-only head keeps the whole range": (2, 200, lambda g: torch.where(
+        torch.tensor([[True], [False]]).view(2, 1, 1, 1) | (torch.rand(2, 3, 2, 200, generator=g) > 0.5),
+        torch.finfo(torch.float32).min, torch.randn(2, 3, 2, 200, generator=g))),
+    "fp16 lowest out of range, -60000 in": (2, 90, lambda g: torch.zeros(2, 1, 1, 90, dtype=torch.float16).masked_fill(
+        ~_prefix_mask([40, 90], 90), torch.finfo(torch.float16).min).masked_fill(~_prefix_mask([90, 70], 90), -6e4)),
+    "bf16 -65536 tail (a compiled transformers graph's fill)": (
+        2, 300, lambda g: torch.zeros(2, 1, 1, 300, dtype=torch.bfloat16).masked_fill(
+            ~_prefix_mask([299, 3], 300), -65536.0)),
     "causal draft tokens, not dense": (2, 70, lambda g: _prefix_mask([69, 70], 70)
                                        | (torch.arange(2) == 1).view(1, 1, 2, 1)),
 }

@@ -2,7 +2,15 @@
 attend to, and whether the mask is dense in it (every row allows every key of the range, adding 0). The
 attention kernels visit only key blocks inside the range, so a static cache's unfilled tail (or a sliding
 window's past) is never read, and they do not read a dense mask at all (its loads would hold up the key loads
-that depend on them). One small kernel on the device, its PyTorch reference beside it."""
+that depend on them). One small kernel on the device, its PyTorch reference beside it.
+
+Additive mask entries at or below MASKED_BIAS (-65504, fp16's lowest value; models fill masked keys with their
+dtype's lowest, -65504 in fp16, about -3.4e38 in bf16/fp32, or bf16's rounding of -65504, -65536) leave their key
+out of the range like -inf, so a static cache's unfilled tail masked that way is not read either. Such a key's
+weight in the kernels' fp32 softmax is exp(its scaled score + bias - the row's max), which is exactly 0 (below
+fp32's least subnormal) unless its scaled score exceeds the best visible key's (score + bias) by more than about
+65,400: a row where a masked key would win the softmax, which eager attention gives and the range does not. A row
+whose entries are all such fills (or -inf) keeps the whole capacity for its sequence, read as before."""
 from __future__ import annotations
 
 import torch
@@ -14,6 +22,7 @@ from .triton_launch import PreparedLaunch
 
 MASK_RANGE_BLOCK_N = 1024
 KEY_RANGE_ROWS = 3  # first key, one past the last, dense flag
+MASKED_BIAS = -65504.0  # additive mask entries at or below it are out of the range (see the module docstring)
 
 
 def mask_as_kernel_operand(attn_mask: Tensor) -> Tensor:
@@ -37,7 +46,8 @@ class MaskKeyRangeLaunch:
         self.tail = (expanded.shape[1], expanded.shape[2], capacity, batch, *expanded.stride())
         self.launch = PreparedLaunch(
             mask_key_range_kernel, (batch,),
-            dict(MASK_IS_BOOL=mask_is_bool, BLOCK_N=min(MASK_RANGE_BLOCK_N, max(16, next_power_of_two(capacity)))),
+            dict(MASK_IS_BOOL=mask_is_bool, MASKED_BIAS=MASKED_BIAS,
+                 BLOCK_N=min(MASK_RANGE_BLOCK_N, max(16, next_power_of_two(capacity)))),
             num_warps=4, num_stages=3, jit_forms={0: mask_as_kernel_operand})
 
     def __call__(self, mask: Tensor) -> Tensor:
@@ -56,7 +66,8 @@ def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) 
     """[3, batch] int32: per sequence, the first and one-past-last key that any row of the mask (a kernel
     operand, see key_bounds.mask_as_kernel_operand) may attend to, and 1 where the mask is dense in that range
     (every row allows every key of it; an additive mask adds 0 to each), else 0; reduced in one launch. A
-    sequence no row may attend to gets [capacity, 0) and 0."""
+    sequence no row may attend to gets [capacity, 0) and 0. Additive entries at or below MASKED_BIAS count as -inf
+    here, but in rows of such entries only (see the module docstring)."""
     key = (mask.shape, mask.stride(), mask.dtype, mask.device, mask.data_ptr() % 16, batch, capacity, mask_is_bool)
     prepared = _prepared_ranges.get(key)
     if prepared is None:
@@ -67,7 +78,12 @@ def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) 
 def mask_key_range_reference(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
     """mask_key_range in PyTorch ops (the op's CPU path, and the kernel's oracle)."""
     rows = mask.expand(batch, -1, -1, capacity).reshape(batch, -1, capacity)  # [B, rows, S]
-    allows = rows.view(torch.bool) if mask_is_bool else rows != float("-inf")
+    if mask_is_bool:
+        allows, only_masked_bias = rows.view(torch.bool), None
+    else:
+        masked_bias = (rows != float("-inf")) & (rows <= MASKED_BIAS)
+        allows = (rows != float("-inf")) & ~masked_bias
+        only_masked_bias = masked_bias.any(dim=2) & ~allows.any(dim=2)  # [B, rows]
     any_row = allows.any(dim=1)
     positions = torch.arange(capacity, dtype=torch.int32, device=mask.device)
     first = torch.where(any_row, positions, capacity).amin(dim=-1)
@@ -75,4 +91,9 @@ def mask_key_range_reference(mask: Tensor, batch: int, capacity: int, mask_is_bo
     adds_zero = allows if mask_is_bool else allows & (rows == 0)
     in_range = (positions >= first[:, None]) & (positions < last[:, None])  # [B, S]
     dense = (last > first) & (adds_zero | ~in_range[:, None, :]).all(dim=2).all(dim=1)
+    if only_masked_bias is not None:  # a row of masked fills only: its sequence keeps the whole capacity
+        keeps_all = only_masked_bias.any(dim=1)
+        first = torch.where(keeps_all, 0, first)
+        last = torch.where(keeps_all, capacity, last)
+        dense = dense & ~keeps_all
     return torch.stack([first, last, dense.to(torch.int32)]).to(torch.int32)
