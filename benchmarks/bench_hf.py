@@ -113,12 +113,17 @@ def synchronize(device) -> None:
         torch.cuda.synchronize()
 
 
+def decode_one_step(decoder: Decoder, forward, cudagraphs: bool) -> None:
+    """One greedy step through `forward` (a new CUDA-graph step first where graphs are on)."""
+    if cudagraphs:
+        torch.compiler.cudagraph_mark_step_begin()
+    decoder.tokens = decoder.step(forward, decoder.tokens)
+
+
 def time_steps(decoder: Decoder, forward, args, cudagraphs: bool) -> tuple:
     """(first step's wall ms, compile included; median step ms after warm-up)."""
     def one_step():
-        if cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        decoder.tokens = decoder.step(forward, decoder.tokens)
+        decode_one_step(decoder, forward, cudagraphs)
 
     synchronize(decoder.device)
     start = time.perf_counter()
@@ -171,9 +176,7 @@ def profile_step(decoder: Decoder, forward, cudagraphs: bool, top: int) -> None:
     steps = 3
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            if cudagraphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            decoder.tokens = decoder.step(forward, decoder.tokens)
+            decode_one_step(decoder, forward, cudagraphs)
         torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.self_device_time_total for e in events)
@@ -188,22 +191,17 @@ def host_profile_step(decoder: Decoder, forward, cudagraphs: bool, top: int) -> 
     operators and launch calls of a few steps, by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
 
-    def one_step():
-        if cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        decoder.tokens = decoder.step(forward, decoder.tokens)
-
     enqueue = []
     for _ in range(10):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        one_step()
+        decode_one_step(decoder, forward, cudagraphs)
         enqueue.append((time.perf_counter() - start) * 1e3)
     torch.cuda.synchronize()
     steps = 3
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            one_step()
+            decode_one_step(decoder, forward, cudagraphs)
         torch.cuda.synchronize()
     events = prof.key_averages()
     launches = [e for e in events if "LaunchKernel" in e.key or e.key in ("cuLaunchKernelEx", "cudaLaunchKernelExC")]

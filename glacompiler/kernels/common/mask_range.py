@@ -64,7 +64,7 @@ _prepared_ranges = BoundedMemo(256)
 
 def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) -> Tensor:
     """[3, batch] int32: per sequence, the first and one-past-last key that any row of the mask (a kernel
-    operand, see key_bounds.mask_as_kernel_operand) may attend to, and 1 where the mask is dense in that range
+    operand, see mask_as_kernel_operand) may attend to, and 1 where the mask is dense in that range
     (every row allows every key of it; an additive mask adds 0 to each), else 0; reduced in one launch. A
     sequence no row may attend to gets [capacity, 0) and 0. Additive entries at or below MASKED_BIAS count as -inf
     here, but in rows of such entries only (see the module docstring)."""
@@ -81,8 +81,9 @@ def mask_key_range_reference(mask: Tensor, batch: int, capacity: int, mask_is_bo
     if mask_is_bool:
         allows, only_masked_bias = rows.view(torch.bool), None
     else:
-        masked_bias = (rows != float("-inf")) & (rows <= MASKED_BIAS)
-        allows = (rows != float("-inf")) & ~masked_bias
+        not_minus_inf = rows != float("-inf")
+        masked_bias = not_minus_inf & (rows <= MASKED_BIAS)
+        allows = not_minus_inf & ~masked_bias
         only_masked_bias = masked_bias.any(dim=2) & ~allows.any(dim=2)  # [B, rows]
     any_row = allows.any(dim=1)
     positions = torch.arange(capacity, dtype=torch.int32, device=mask.device)

@@ -40,6 +40,7 @@ def mask_key_range_kernel(
             values = tl.load(mask_row + keys * stride_mn, mask=in_range, other=0)
             attend = in_range & mask_allows(values, MASK_IS_BOOL)
             if not MASK_IS_BOOL:
+                # (compared in fp32: the Triton interpreter compares bf16 with a constant wrongly)
                 masked_bias = attend & (values.to(tl.float32) <= MASKED_BIAS)
                 row_masked_bias += tl.sum(masked_bias.to(tl.int64), axis=0)
                 attend = attend & ~masked_bias
