@@ -14,6 +14,7 @@ step time after warm-up (CUDA events, one pair per step) are printed, with the s
 
     python benchmarks/bench_hf.py                                 # both models, on an H100/H200
     python benchmarks/bench_hf.py --models deepseek-v3 --batch 32 --profile gla,default
+    python benchmarks/bench_hf.py --inductor-config freezing=True  # an Inductor setting for every configuration
     python benchmarks/bench_hf.py --device cpu --tiny             # smoke run of the script itself
 
 Target (issue 12 section 4, DeepSeek-V3): gla with CUDA graphs at least 8x faster per step than
@@ -21,12 +22,14 @@ mode="reduce-overhead", gla at least 5x faster than the default backend."""
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import inspect
 import statistics
 import time
 
 import torch
+import torch._inductor.config
 
 import glacompiler
 
@@ -243,6 +246,19 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None
     print()
 
 
+def parse_inductor_settings(parser: argparse.ArgumentParser, items: list) -> dict:
+    settings = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not hasattr(torch._inductor.config, name):
+            parser.error(f"--inductor-config: {item!r} is not NAME=VALUE with NAME an Inductor setting")
+        try:
+            settings[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parser.error(f"--inductor-config: the value of {name} ({value!r}) is not a Python literal")
+    return settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(DEFAULTS), choices=list(DEFAULTS))
@@ -259,6 +275,9 @@ def main() -> None:
     parser.add_argument("--host-profile", default="",
                         help="comma-separated configurations whose host time per step is broken down (CUDA)")
     parser.add_argument("--top", type=int, default=12, help="kernels listed per profile")
+    parser.add_argument("--inductor-config", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="Inductor settings for every configuration, baselines included (freezing=True, "
+                             "max_autotune_gemm=True, ...); values are Python literals")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny widths for a quick check of the script")
     args = parser.parse_args()
@@ -277,6 +296,9 @@ def main() -> None:
         import triton
 
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    inductor_settings = parse_inductor_settings(parser, args.inductor_config)
+    if inductor_settings:
+        print(f"Inductor settings for every configuration: {inductor_settings}")
     for name in args.models:
         defaults = TINY_DEFAULTS if args.tiny else DEFAULTS[name]
         model_args = argparse.Namespace(**vars(args))
@@ -285,7 +307,8 @@ def main() -> None:
                 setattr(model_args, field, default)
         if model_args.prompt + 1 + model_args.warmup + model_args.steps > model_args.cache:
             parser.error(f"{name}: prompt + decode steps exceed the cache capacity {model_args.cache}")
-        run_model(name, model_args, device, dtype)
+        with torch._inductor.config.patch(inductor_settings):
+            run_model(name, model_args, device, dtype)
 
 
 if __name__ == "__main__":

@@ -30,3 +30,20 @@ def test_bench_hf_refuses_a_prompt_that_does_not_fit():
         [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--prompt", "40", "--cache", "48"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "exceed the cache capacity" in result.stderr
+
+
+def test_bench_hf_inductor_settings():
+    """--inductor-config NAME=VALUE applies an Inductor setting to every configuration; a name Inductor does not
+    have, or a value that is not a Python literal, is refused before any model is built."""
+    def run(*extra):
+        return subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--models", "llama",
+                               "--configurations", "eager", "--steps", "1", "--warmup", "0", *extra],
+                              capture_output=True, text=True, timeout=300)
+
+    applied = run("--inductor-config", "freezing=True", "max_autotune_gemm=False")
+    assert applied.returncode == 0, applied.stderr[-2000:]
+    assert "Inductor settings for every configuration: {'freezing': True, 'max_autotune_gemm': False}" in applied.stdout
+    unknown = run("--inductor-config", "no_such_setting=1")
+    assert unknown.returncode == 2 and "'no_such_setting=1' is not NAME=VALUE" in unknown.stderr
+    not_literal = run("--inductor-config", "freezing=yes please")
+    assert not_literal.returncode == 2 and "not a Python literal" in not_literal.stderr

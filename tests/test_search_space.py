@@ -7,7 +7,7 @@ from glacompiler.kernels.portable import PORTABLE
 from glacompiler.kernels.portable.config import PortableConfig, heuristic_config
 from glacompiler.kernels.portable.search_space import build_search_space
 from glacompiler.presets import PAPER_SPECS
-from glacompiler.spec import ProblemShape
+from glacompiler.spec import AttentionSpec, ProblemShape
 from tuning_doubles import GQA, H100
 
 
@@ -63,3 +63,22 @@ def test_hopper_space_holds_split_counts_and_row_tiles(name):
         check = LATENT_HOPPER.resource_check(spec, config, H100)
         assert (check.excess > 0) == (config.row_split and config.block_n == 128), check
     assert LATENT_HOPPER.resource_check(PAPER_SPECS["mla"], LatentHopperConfig(row_split=True), H100).excess > 0
+
+
+def test_heuristic_pipelines_small_contiguous_key_blocks_deeper():
+    """num_stages 4 where one program walks a whole contiguous cache of head dim 64, 3 where the cache is split,
+    2 for paged caches and for wider key blocks (H200 measurements: pipeline_stages)."""
+    small, wide = AttentionSpec.grouped(32, 8, 64), AttentionSpec.grouped(32, 8, 128)
+    whole = heuristic_config(small, 64, 4096, 1, H100.multiprocessors)
+    split = heuristic_config(small, 1, 65536, 1, H100.multiprocessors)
+    assert (whole.num_splits, whole.num_stages) == (1, 4)
+    assert split.num_splits > 1 and split.num_stages == 3
+    assert heuristic_config(small.with_storage(paged=True), 64, 4096, 1, H100.multiprocessors).num_stages == 2
+    assert heuristic_config(wide, 64, 4096, 1, H100.multiprocessors).num_stages == 2
+    assert heuristic_config(small.with_storage(dtype="float32"), 64, 4096, 1, H100.multiprocessors).num_stages == 2
+    contiguous = ProblemShape(batch=64, query_len=1, capacity=4096, page_size=0)
+    paged = ProblemShape(batch=64, query_len=1, capacity=4096, page_size=64)
+    assert build_search_space(small, contiguous, H100.multiprocessors, [whole]).values("num_stages") == (2, 3, 4)
+    assert build_search_space(small.with_storage(paged=True), paged, H100.multiprocessors,
+                              [heuristic_config(small.with_storage(paged=True), 64, 4096, 1,
+                                                H100.multiprocessors)]).values("num_stages") == (2, 3)

@@ -76,16 +76,31 @@ def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: 
         block_m = min(64, max(16, next_power_of_two(rows)))
         block_n, block_d, num_warps, preload_q = 64, 64, 4, spec.head_dim_q + spec.rope_dim <= 256
     programs = batch * spec.num_kv_heads * -(-rows // block_m)
+    num_splits = default_num_splits(programs, capacity, block_n, multiprocessors,
+                                    resident_programs(block_m, num_warps))
     return PortableConfig(
         block_m=block_m,
         block_n=block_n,
         block_d=block_d,
-        num_splits=default_num_splits(programs, capacity, block_n, multiprocessors,
-                                      resident_programs(block_m, num_warps)),
+        num_splits=num_splits,
         num_warps=num_warps,
-        num_stages=2,
+        num_stages=pipeline_stages(spec, block_n, num_splits),
         preload_q=preload_q,
     )
+
+
+DEEP_PIPELINE_TILE_BYTES = 16 * 1024  # K + V bytes of one key block up to which deeper pipelines paid (H200)
+
+
+def pipeline_stages(spec: AttentionSpec, block_n: int, num_splits: int) -> int:
+    """Software pipeline depth. Contiguous caches with small key blocks (head dim 64 in bf16: 16 KiB of K and V a
+    block) ran 3-25% faster on an H200 with 3 stages, and with 4 where one program walks its sequence's whole
+    cache (no KV split); wider blocks (head dim 128) ran up to 14% slower with 3 (benchmarks/RESULTS.md). Paged
+    caches: the page-table loads leave the pipeliner nothing to overlap, all depths time the same."""
+    tile_bytes = block_n * (spec.head_dim_k + spec.rope_dim + spec.head_dim_v) * spec.torch_dtype.itemsize
+    if spec.paged or tile_bytes > DEEP_PIPELINE_TILE_BYTES:
+        return 2
+    return 4 if num_splits == 1 else 3
 
 
 def programs_per_split(spec: AttentionSpec, shape: ProblemShape, config: PortableConfig) -> int:

@@ -49,9 +49,10 @@ def build_search_space(
         "dv_split": dv_split,
         "num_splits": split_choices(spec, shape, multiprocessors, top_m),
         "num_warps": num_warps,
-        # Triton 3.9 emits the same code for num_stages 1 to 3 here (the paged loads go through registers, the
-        # pipeliner adds no stages): keep two values, so a Triton that does pipeline can still show a gain.
-        "num_stages": [2, 3],
+        # Paged: Triton emits the same code for num_stages 1 to 3 (the paged loads go through registers, the
+        # pipeliner adds no stages); two values are kept so that a Triton that does pipeline can show a gain.
+        # Contiguous caches pipeline, deeper with small key blocks (pipeline_stages in config.py).
+        "num_stages": [2, 3] if spec.paged else [2, 3, 4],
         "preload_q": [False, True],
     }
     return include_configs(choices, include)
