@@ -90,31 +90,31 @@ def measure(variant: str, args, device: torch.device) -> tuple:
     with torch.no_grad():
         rows.append(("eager, fused op (reference modules)", step_ms(model.decode, model, args, device, False)))
         install_plain_decode(model)
-        rewritten = compiled = 0
-        for name, make, cudagraphs, cuda_only in (
-            ('backend="gla"', lambda: torch.compile(model.decode, backend=glacompiler.backend()), False, False),
+        rewritten = gla_compiles = 0
+        for name, make, cudagraphs, cuda_only, gla in (
+            ('backend="gla"', lambda: torch.compile(model.decode, backend=glacompiler.backend()), False, False, True),
             ('backend="gla", CUDA graphs', lambda: torch.compile(
-                model.decode, backend=glacompiler.backend(cudagraphs=True)), True, True),
-            ("default backend (inductor)", lambda: torch.compile(model.decode), False, False),
+                model.decode, backend=glacompiler.backend(cudagraphs=True)), True, True, True),
+            ("default backend (inductor)", lambda: torch.compile(model.decode), False, False, False),
             ('default backend, mode="reduce-overhead"', lambda: torch.compile(
-                model.decode, mode="reduce-overhead"), True, True),
-            ("eager", lambda: model.decode, False, False),
+                model.decode, mode="reduce-overhead"), True, True, False),
+            ("eager", lambda: model.decode, False, False, False),
             # Without CUDA graphs backend="gla" uses Inductor's C++ wrapper on CUDA; for comparison, both
             # backends the other way round.
             ('backend="gla", Python wrapper', lambda: torch.compile(
-                model.decode, backend=glacompiler.backend(cpp_wrapper=False)), False, True),
+                model.decode, backend=glacompiler.backend(cpp_wrapper=False)), False, True, True),
             ("default backend, cpp_wrapper", lambda: torch.compile(model.decode, options={"cpp_wrapper": True}),
-             False, True),
+             False, True, False),
         ):
             if cuda_only and device.type != "cuda":
                 continue
-            torch._dynamo.reset()  # (clears the compile report too: count each compile's sites before the next)
-            glacompiler.reset_report()
+            torch._dynamo.reset()  # it clears the compile report too: each gla compile's sites are counted below
             rows.append((name, step_ms(make(), model, args, device, cudagraphs)))
-            if "gla" in name:
-                compiled += 1
+            if gla:
+                gla_compiles += 1
                 rewritten += sum(r.status == "rewritten" for r in glacompiler.compile_report())
-        note = f"{rewritten}/{compiled * len(model.layers)} attention sites rewritten ({compiled} gla compiles)"
+        note = (f"{rewritten}/{gla_compiles * len(model.layers)} attention sites rewritten over {gla_compiles} "
+                f"gla compile{'s' if gla_compiles != 1 else ''}")
     return rows, note
 
 

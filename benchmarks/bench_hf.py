@@ -247,15 +247,20 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None
 
 
 def parse_inductor_settings(parser: argparse.ArgumentParser, items: list) -> dict:
+    known = torch._inductor.config.get_config_copy()  # every setting by its full name ("cpp.enable_concat_linear")
     settings = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not hasattr(torch._inductor.config, name):
+        if not sep or name not in known:
             parser.error(f"--inductor-config: {item!r} is not NAME=VALUE with NAME an Inductor setting")
         try:
             settings[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             parser.error(f"--inductor-config: the value of {name} ({value!r}) is not a Python literal")
+        default = known[name]
+        if default is not None and not isinstance(settings[name], type(default)) and not (
+                isinstance(default, float) and isinstance(settings[name], int)):
+            parser.error(f"--inductor-config: {name} takes a {type(default).__name__}, got {value!r}")
     return settings
 
 
@@ -277,7 +282,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="kernels listed per profile")
     parser.add_argument("--inductor-config", nargs="+", default=[], metavar="NAME=VALUE",
                         help="Inductor settings for every configuration, baselines included (freezing=True, "
-                             "max_autotune_gemm=True, ...); values are Python literals")
+                             "max_autotune_gemm=True, ...; values are Python literals); the gla backend's own "
+                             "choices (its C++ wrapper without CUDA graphs) still apply on top")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny widths for a quick check of the script")
     args = parser.parse_args()
@@ -297,8 +303,6 @@ def main() -> None:
 
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     inductor_settings = parse_inductor_settings(parser, args.inductor_config)
-    if inductor_settings:
-        print(f"Inductor settings for every configuration: {inductor_settings}")
     for name in args.models:
         defaults = TINY_DEFAULTS if args.tiny else DEFAULTS[name]
         model_args = argparse.Namespace(**vars(args))
@@ -308,6 +312,10 @@ def main() -> None:
         if model_args.prompt + 1 + model_args.warmup + model_args.steps > model_args.cache:
             parser.error(f"{name}: prompt + decode steps exceed the cache capacity {model_args.cache}")
         with torch._inductor.config.patch(inductor_settings):
+            if inductor_settings:
+                in_effect = torch._inductor.config.get_config_copy()
+                print("Inductor settings in effect for every configuration: " +
+                      ", ".join(f"{key}={in_effect[key]!r}" for key in inductor_settings))
             run_model(name, model_args, device, dtype)
 
 

@@ -33,17 +33,21 @@ def test_bench_hf_refuses_a_prompt_that_does_not_fit():
 
 
 def test_bench_hf_inductor_settings():
-    """--inductor-config NAME=VALUE applies an Inductor setting to every configuration; a name Inductor does not
-    have, or a value that is not a Python literal, is refused before any model is built."""
+    """--inductor-config NAME=VALUE applies Inductor settings (dotted names too) around every configuration, as the
+    script reports from inside that scope; a name that is not a setting, a value that is not a Python literal or
+    not of the setting's type is refused before any model is built."""
     def run(*extra):
         return subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--models", "llama",
                                "--configurations", "eager", "--steps", "1", "--warmup", "0", *extra],
                               capture_output=True, text=True, timeout=300)
 
-    applied = run("--inductor-config", "freezing=True", "max_autotune_gemm=False")
+    applied = run("--inductor-config", "freezing=True", "cpp.enable_concat_linear=True", "max_autotune_gemm=False")
     assert applied.returncode == 0, applied.stderr[-2000:]
-    assert "Inductor settings for every configuration: {'freezing': True, 'max_autotune_gemm': False}" in applied.stdout
-    unknown = run("--inductor-config", "no_such_setting=1")
-    assert unknown.returncode == 2 and "'no_such_setting=1' is not NAME=VALUE" in unknown.stderr
-    not_literal = run("--inductor-config", "freezing=yes please")
-    assert not_literal.returncode == 2 and "not a Python literal" in not_literal.stderr
+    assert ("Inductor settings in effect for every configuration: freezing=True, cpp.enable_concat_linear=True, "
+            "max_autotune_gemm=False") in applied.stdout
+    for bad, message in (("no_such_setting=1", "'no_such_setting=1' is not NAME=VALUE"),
+                         ("cpp=1", "'cpp=1' is not NAME=VALUE"),  # a group of settings, not one
+                         ("freezing=yes please", "not a Python literal"),
+                         ("freezing='yes'", "freezing takes a bool")):
+        refused = run("--inductor-config", bad)
+        assert refused.returncode == 2 and message in refused.stderr, (bad, refused.stderr[-500:])

@@ -5,6 +5,7 @@ import pytest
 from glacompiler.kernels.portable.config import PortableConfig, heuristic_config
 from glacompiler.kernels.portable.resource_model import estimate_resources
 from glacompiler.presets import PAPER_SPECS
+from glacompiler.spec import AttentionSpec
 from tuning_doubles import H100
 
 
@@ -19,6 +20,26 @@ TRITON_SHARED_BYTES = [
     ("mla", dict(block_m=64, block_n=128, block_d=64), 221184),
     ("mla", dict(block_m=128, block_n=128, block_d=64), 294912),
 ]
+
+
+# The same for contiguous caches, whose loads Triton pipelines: num_stages - 1 buffers of a key block.
+CONTIGUOUS_TRITON_SHARED_BYTES = [
+    (AttentionSpec.grouped(32, 8, 64), dict(block_m=16, block_n=64, num_stages=2), 20480),
+    (AttentionSpec.grouped(32, 8, 64), dict(block_m=16, block_n=64, num_stages=4), 53248),
+    (AttentionSpec.grouped(32, 8, 64), dict(block_m=64, block_n=128, num_stages=2), 73728),
+    (AttentionSpec.grouped(32, 8, 128), dict(block_m=64, block_n=64, num_stages=4), 147456),
+    (AttentionSpec.grouped(32, 8, 128), dict(block_m=128, block_n=64, num_stages=2), 98304),
+    (AttentionSpec.grouped_tied(16, 4, 128, 64), dict(block_m=16, block_n=64, num_stages=3), 55296),
+    (AttentionSpec.grouped_tied(16, 4, 128, 64), dict(block_m=64, block_n=32, num_stages=3), 53248),
+    (AttentionSpec.grouped_tied(16, 4, 64, 32), dict(block_m=16, block_n=32, num_stages=4), 21504),
+]
+
+
+@pytest.mark.parametrize("spec,knobs,measured", CONTIGUOUS_TRITON_SHARED_BYTES)
+def test_pipelined_shared_memory_model_matches_triton(spec, knobs, measured):
+    assert estimate_resources(spec, PortableConfig(**knobs)).shared_bytes == measured
+    # The same config on a paged cache takes no pipeline buffers.
+    assert estimate_resources(spec.with_storage(paged=True), PortableConfig(**knobs)).shared_bytes < measured
 
 
 @pytest.mark.parametrize("name,knobs,measured", TRITON_SHARED_BYTES)
@@ -47,5 +68,6 @@ def test_resource_model_prunes_what_cannot_launch():
 def test_heuristic_defaults_fit_hopper(name):
     spec = PAPER_SPECS[name]
     for batch, capacity, query_len in [(1, 1024, 1), (128, 32768, 4), (32, 8192, 2)]:
-        config = heuristic_config(spec, batch, capacity, query_len, H100.multiprocessors)
-        assert estimate_resources(spec, config).fits(H100), (name, config)
+        for storage in (spec, spec.with_storage(paged=False)):
+            config = heuristic_config(storage, batch, capacity, query_len, H100.multiprocessors)
+            assert estimate_resources(storage, config).fits(H100), (name, storage.paged, config)

@@ -4,7 +4,7 @@ import pytest
 
 from glacompiler.kernels.latent_hopper import LATENT_HOPPER, LatentHopperConfig
 from glacompiler.kernels.portable import PORTABLE
-from glacompiler.kernels.portable.config import PortableConfig, heuristic_config
+from glacompiler.kernels.portable.config import PortableConfig, heuristic_config, pipeline_stages
 from glacompiler.kernels.portable.search_space import build_search_space
 from glacompiler.presets import PAPER_SPECS
 from glacompiler.spec import AttentionSpec, ProblemShape
@@ -76,9 +76,13 @@ def test_heuristic_pipelines_small_contiguous_key_blocks_deeper():
     assert heuristic_config(small.with_storage(paged=True), 64, 4096, 1, H100.multiprocessors).num_stages == 2
     assert heuristic_config(wide, 64, 4096, 1, H100.multiprocessors).num_stages == 2
     assert heuristic_config(small.with_storage(dtype="float32"), 64, 4096, 1, H100.multiprocessors).num_stages == 2
+    # Tied layouts by the bytes a key block loads (the state once, the rope key): GTA 64 + 32 is 12 KiB.
+    assert pipeline_stages(AttentionSpec.grouped_tied(16, 4, 64, 32), block_n=64, num_splits=1) == 4
+    assert pipeline_stages(AttentionSpec.grouped_tied(16, 4, 128, 64), block_n=64, num_splits=1) == 2  # 24 KiB
     contiguous = ProblemShape(batch=64, query_len=1, capacity=4096, page_size=0)
     paged = ProblemShape(batch=64, query_len=1, capacity=4096, page_size=64)
-    assert build_search_space(small, contiguous, H100.multiprocessors, [whole]).values("num_stages") == (2, 3, 4)
+    wide_default = heuristic_config(wide, 64, 4096, 1, H100.multiprocessors)  # 2 stages: the space adds 3 and 4
+    assert build_search_space(wide, contiguous, H100.multiprocessors, [wide_default]).values("num_stages") == (2, 3, 4)
     assert build_search_space(small.with_storage(paged=True), paged, H100.multiprocessors,
                               [heuristic_config(small.with_storage(paged=True), 64, 4096, 1,
                                                 H100.multiprocessors)]).values("num_stages") == (2, 3)

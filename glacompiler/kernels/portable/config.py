@@ -89,16 +89,19 @@ def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: 
     )
 
 
-DEEP_PIPELINE_TILE_BYTES = 16 * 1024  # K + V bytes of one key block up to which deeper pipelines paid (H200)
+DEEP_PIPELINE_TILE_BYTES = 16 * 1024  # bytes a key block loads, up to which deeper pipelines paid (H200)
 
 
 def pipeline_stages(spec: AttentionSpec, block_n: int, num_splits: int) -> int:
-    """Software pipeline depth. Contiguous caches with small key blocks (head dim 64 in bf16: 16 KiB of K and V a
-    block) ran 3-25% faster on an H200 with 3 stages, and with 4 where one program walks its sequence's whole
-    cache (no KV split); wider blocks (head dim 128) ran up to 14% slower with 3 (benchmarks/RESULTS.md). Paged
-    caches: the page-table loads leave the pipeliner nothing to overlap, all depths time the same."""
-    tile_bytes = block_n * (spec.head_dim_k + spec.rope_dim + spec.head_dim_v) * spec.torch_dtype.itemsize
-    if spec.paged or tile_bytes > DEEP_PIPELINE_TILE_BYTES:
+    """Software pipeline depth. On an H200, contiguous GQA/MHA caches of head dim 64 in bf16 (K and V: 16 KiB a
+    64-key block) took 2-19% less time with 3 stages than with 2, and up to 25% less with 4 where one program
+    walks its sequence's whole cache (no KV split); head dim 128 took up to 14% more with 3
+    (benchmarks/RESULTS.md). The rule is by the bytes a key block loads, so tied layouts of that size (a GTA
+    state of 64 with its rope key: 12 KiB) take it too, unmeasured. Paged caches: the page-table loads leave the
+    pipeliner nothing to overlap, every depth times the same."""
+    key_width = (spec.head_dim_k if spec.tied else spec.head_dim_k + spec.head_dim_v) + spec.rope_dim
+    block_bytes = block_n * key_width * spec.torch_dtype.itemsize
+    if spec.paged or block_bytes > DEEP_PIPELINE_TILE_BYTES:
         return 2
     return 4 if num_splits == 1 else 3
 

@@ -16,8 +16,13 @@ tests/test_resource_model.py keeps spot checks. What the numbers showed:
     (chunk - 64) x 2 bytes more (8 KiB at most in the grid, far from any limit there); not modelled, since
     larger tiles with the same chunks do not show it and charging it everywhere would prune configs that
     launch (MLA block_m 64 x block_n 128 with 128-wide chunks uses 216 KiB, not 232).
-  * num_stages does not change shared memory for this kernel: the loads go through registers (paged addresses),
+  * Paged caches: num_stages does not change shared memory (the loads go through registers: paged addresses),
     so the software pipeliner adds no buffers.
+  * Contiguous caches are pipelined: num_stages - 1 buffers of a key block's loads (every K/V chunk not reused,
+    and the rope tile), beside Q and the probabilities; 128-row and 64-row tiles stage the loads past their
+    first block_m columns once more. Fitted on 53 configs of GQA (head dims 64 and 128), MHA (64) and GTA
+    (128 + 64, 64 + 32) in bf16, block_m 16 to 128, 1 to 3 pipeline buffers, 4 warps (15 of them again at 2
+    and 8 warps: the same bytes): exact for every one.
   * Registers: the fp32 accumulators (block_m x the program's Dv), the scores and probabilities
     (block_m x block_n), every K/V chunk of one key block on its way to shared memory (the compiler issues all
     of a block's loads before the first product), and a fixed base for addresses and indices.
@@ -41,18 +46,23 @@ from .config import PortableConfig
 from .render import plan_chunks
 
 # Tile parameters and the head-dim widths of the chunk plan (power-of-two padded), as sympy symbols.
-BLOCK_M, BLOCK_N, NUM_WARPS = sympy.symbols("block_m block_n num_warps", positive=True, integer=True)
+BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES = sympy.symbols("block_m block_n num_warps num_stages", positive=True,
+                                                        integer=True)
 Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH = sympy.symbols(
     "q_width rope_width live_key_width loaded_width acc_width", nonnegative=True, integer=True)
-ELEMENT_BYTES, P_IN_SHARED = sympy.symbols("element_bytes p_in_shared", nonnegative=True, integer=True)
+ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WIDE_ROWS = sympy.symbols("element_bytes p_in_shared pipelined wide_rows",
+                                                                 nonnegative=True, integer=True)
 
 THREADS_PER_WARP = 32
 SPILL_TOLERANCE = 2.0
 # Registers a thread needs beyond the tiles: pointers, offsets, masks, loop state (fitted: Triton 3.x, sm_90).
 REGISTER_BASE = 40
 
+PAGED_KEY_TILES = BLOCK_N * LIVE_KEY_WIDTH + P_IN_SHARED * BLOCK_M * BLOCK_N
+PIPELINED_KEY_TILES = (BLOCK_M * BLOCK_N + (NUM_STAGES - 1) * BLOCK_N * LOADED_WIDTH
+                       + WIDE_ROWS * BLOCK_N * sympy.Max(0, LOADED_WIDTH - BLOCK_M))
 SHARED_BYTES = ELEMENT_BYTES * (
-    BLOCK_M * (Q_WIDTH + ROPE_WIDTH) + BLOCK_N * LIVE_KEY_WIDTH + P_IN_SHARED * BLOCK_M * BLOCK_N
+    BLOCK_M * (Q_WIDTH + ROPE_WIDTH) + (1 - PIPELINED) * PAGED_KEY_TILES + PIPELINED * PIPELINED_KEY_TILES
 )
 REGISTERS_PER_THREAD = (
     BLOCK_M * ACC_WIDTH  # fp32 accumulators
@@ -60,8 +70,8 @@ REGISTERS_PER_THREAD = (
     + BLOCK_N * LOADED_WIDTH * ELEMENT_BYTES / 4  # one key block's K/V chunks between global and shared memory
 ) / (THREADS_PER_WARP * NUM_WARPS) + REGISTER_BASE
 
-_SYMBOLS = (BLOCK_M, BLOCK_N, NUM_WARPS, Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH,
-            ELEMENT_BYTES, P_IN_SHARED)
+_SYMBOLS = (BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES, Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH,
+            ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WIDE_ROWS)
 _shared_bytes = sympy.lambdify(_SYMBOLS, SHARED_BYTES, "math")
 _registers_per_thread = sympy.lambdify(_SYMBOLS, REGISTERS_PER_THREAD, "math")
 
@@ -123,7 +133,8 @@ class ResourceEstimate:
 def estimate_resources(spec: AttentionSpec, config: PortableConfig) -> ResourceEstimate:
     values = chunk_widths(spec, config)
     values.update({BLOCK_M: config.block_m, BLOCK_N: config.block_n, NUM_WARPS: config.num_warps,
-                   ELEMENT_BYTES: element_bytes(spec)})
+                   NUM_STAGES: config.num_stages, ELEMENT_BYTES: element_bytes(spec),
+                   PIPELINED: 0 if spec.paged else 1, WIDE_ROWS: 1 if config.block_m >= 64 else 0})
     arguments = [values[symbol] for symbol in _SYMBOLS]
     return ResourceEstimate(
         shared_bytes=int(_shared_bytes(*arguments)),

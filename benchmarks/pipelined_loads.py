@@ -1,0 +1,104 @@
+"""Which loads of the portable kernel Triton pipelines on sm_90, with and without a mask: the kernel is compiled
+for an H100/H200 target on any machine (triton.compile with a GPUTarget; no GPU needed) and its Triton GPU IR is
+searched for asynchronous copies (a pipelined load: global -> shared memory, stages ahead) and plain loads.
+
+    python benchmarks/pipelined_loads.py                       # GTA 16/4, 128 + 64 and GQA 32/8/64, 2 stages
+    python benchmarks/pipelined_loads.py --spec gta --stages 3 --dump /tmp/ir   # also write the IR and PTX
+
+The launch arguments are specialised as a contiguous bf16 call is (16-byte aligned pointers, strides divisible
+by 16, the mask's key stride 1): without that the loads would not vectorise and nothing would be pipelined."""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import re
+
+from glacompiler.kernels.portable.config import PortableConfig
+from glacompiler.kernels.portable.render import decode_kernel_module
+from glacompiler.spec import AttentionSpec
+
+SPECS = {
+    "gta": AttentionSpec.grouped_tied(16, 4, 128, 64),
+    "gqa64": AttentionSpec.grouped(32, 8, 64),
+    "gqa128": AttentionSpec.grouped(32, 8, 128),
+    "mha64": AttentionSpec.grouped(16, 16, 64),
+}
+POINTERS = {"SEQLENS": "*i32", "KV_BEGIN": "*i32", "KV_END": "*i32", "MASK_DENSE": "*i32", "PAGE_TABLE": "*i32",
+            "MASK": "*u8", "LSE": "*fp32", "ALIBI": "*fp32", "SINKS": "*fp32"}
+FLOATS = ("qk_scale_log2", "softcap_scale")
+NOT_DIVISIBLE = {"num_splits", "num_pages", "window_left", "window_right", "stride_lh", "stride_lsplit",
+                 "stride_osplit"}
+
+
+def compile_for_sm90(spec: AttentionSpec, config: PortableConfig, has_mask: bool):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split).decode_attention_split_kernel
+    constants = dict(G=spec.group_size, LQ=1, PAGE_SIZE=1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+                     HAS_MASK=has_mask, MASK_IS_BOOL=True, MASK_PER_ROW=False, CAUSAL=False, HAS_SOFTCAP=False,
+                     HAS_ALIBI=False, HAS_SINKS=False, HAS_WINDOW=False, stride_mn=1)
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name in POINTERS:
+            signature[name] = POINTERS[name]
+        elif name.isupper():
+            signature[name] = "*bf16"  # Q, K, V, QR, KR, OUT
+        else:
+            signature[name] = "fp32" if name in FLOATS else "i32"
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
+             if signature[name] != "constexpr" and name not in FLOATS and name not in NOT_DIVISIBLE}
+    source = ASTSource(fn=kernel, signature=signature, attrs=attrs,
+                       constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+
+
+def loop_loads(ttgir: str) -> list:
+    """Per key loop of the IR, in order: (asynchronous copies, plain 2-D tile loads) in its body."""
+    loops, indent, current = [], None, None
+    for line in ttgir.splitlines():
+        depth = len(line) - len(line.lstrip())
+        if current is not None and line.strip() and depth <= indent:
+            current = None  # the loop's closing brace
+        if "scf.for" in line:
+            indent, current = depth, [0, 0]
+            loops.append(current)
+        elif current is not None and "async_copy_global_to_local" in line:
+            current[0] += 1
+        elif current is not None and re.search(r"= tt\.load .*tensor<\d+x\d+x", line):
+            current[1] += 1
+    return [tuple(loop) for loop in loops]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", nargs="+", default=["gta", "gqa64"], choices=sorted(SPECS))
+    parser.add_argument("--stages", type=int, default=2)
+    parser.add_argument("--block-m", type=int, default=16)
+    parser.add_argument("--block-n", type=int, default=64)
+    parser.add_argument("--dump", help="a folder to write each variant's Triton GPU IR and PTX to")
+    args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        parser.error("TRITON_INTERPRET is set: unset it, the kernel is compiled here, not interpreted")
+    print("spec      mask   key loops: (async copies, plain tile loads) in each body         shared bytes")
+    for name in args.spec:
+        config = PortableConfig(block_m=args.block_m, block_n=args.block_n, num_stages=args.stages)
+        for has_mask in (False, True):
+            compiled = compile_for_sm90(SPECS[name], config, has_mask)
+            ttgir = compiled.asm["ttgir"]
+            if args.dump:
+                folder = pathlib.Path(args.dump)
+                folder.mkdir(parents=True, exist_ok=True)
+                stem = f"{name}_st{args.stages}_{'mask' if has_mask else 'nomask'}"
+                (folder / f"{stem}.ttgir").write_text(ttgir)
+                (folder / f"{stem}.ptx").write_text(compiled.asm["ptx"])
+            print(f"{name:<9} {'yes' if has_mask else 'no':<6} {str(loop_loads(ttgir)):<58} {compiled.metadata.shared}")
+
+
+if __name__ == "__main__":
+    main()

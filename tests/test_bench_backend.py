@@ -1,0 +1,23 @@
+"""benchmarks/bench_backend.py runs as a script: its tiny CPU mode times the reference modules' decode, the plain
+decode under backend="gla", the default backend and eager, and counts the sites each gla compile rewrote (the
+count survives the torch._dynamo.reset between configurations, which clears the report)."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow  # a subprocess that imports torch and compiles a model: about 10 s on 2 cores
+
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_backend.py"
+
+
+def test_bench_backend_tiny_counts_every_gla_compile_on_cpu():
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--batch", "2", "--cache", "64", "--layers", "2",
+         "--iters", "1", "--rounds", "1", "--warmup", "1", "--variants", "gta-4"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "gta-4: 2/2 attention sites rewritten over 1 gla compile" in result.stdout, result.stdout[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("  ") and "ms/step" not in line]
+    assert len(rows) >= 4 and all(float(row[-1].rstrip("x")) > 0 for row in rows), rows
