@@ -108,7 +108,8 @@ def measure(variant: str, args, device: torch.device) -> tuple:
         ):
             if cuda_only and device.type != "cuda":
                 continue
-            torch._dynamo.reset()  # it clears the compile report too: each gla compile's sites are counted below
+            torch._dynamo.reset()
+            glacompiler.reset_report()  # each gla compile's sites are counted below, before the next reset
             rows.append((name, step_ms(make(), model, args, device, cudagraphs)))
             if gla:
                 gla_compiles += 1

@@ -257,10 +257,11 @@ def parse_inductor_settings(parser: argparse.ArgumentParser, items: list) -> dic
             settings[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             parser.error(f"--inductor-config: the value of {name} ({value!r}) is not a Python literal")
-        default = known[name]
-        if default is not None and not isinstance(settings[name], type(default)) and not (
-                isinstance(default, float) and isinstance(settings[name], int)):
-            parser.error(f"--inductor-config: {name} takes a {type(default).__name__}, got {value!r}")
+        # The setting's current value tells its type (settings whose value is None take any literal).
+        current, given = known[name], settings[name]
+        wrong_type = not isinstance(given, type(current)) and not (isinstance(current, float) and type(given) is int)
+        if current is not None and (wrong_type or (isinstance(given, bool) and not isinstance(current, bool))):
+            parser.error(f"--inductor-config: {name} takes a {type(current).__name__}, got {value!r}")
     return settings
 
 

@@ -27,6 +27,7 @@ SPECS = {
 POINTERS = {"SEQLENS": "*i32", "KV_BEGIN": "*i32", "KV_END": "*i32", "MASK_DENSE": "*i32", "PAGE_TABLE": "*i32",
             "MASK": "*u8", "LSE": "*fp32", "ALIBI": "*fp32", "SINKS": "*fp32"}
 FLOATS = ("qk_scale_log2", "softcap_scale")
+ELEMENT_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 NOT_DIVISIBLE = {"num_splits", "num_pages", "window_left", "window_right", "stride_lh", "stride_lsplit",
                  "stride_osplit"}
 
@@ -47,7 +48,7 @@ def compile_for_sm90(spec: AttentionSpec, config: PortableConfig, has_mask: bool
         elif name in POINTERS:
             signature[name] = POINTERS[name]
         elif name.isupper():
-            signature[name] = "*bf16"  # Q, K, V, QR, KR, OUT
+            signature[name] = "*" + ELEMENT_TYPES[spec.dtype]  # Q, K, V, QR, KR, OUT
         else:
             signature[name] = "fp32" if name in FLOATS else "i32"
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
@@ -94,7 +95,7 @@ def main() -> None:
             if args.dump:
                 folder = pathlib.Path(args.dump)
                 folder.mkdir(parents=True, exist_ok=True)
-                stem = f"{name}_st{args.stages}_{'mask' if has_mask else 'nomask'}"
+                stem = f"{name}_m{args.block_m}_n{args.block_n}_st{args.stages}_{'mask' if has_mask else 'nomask'}"
                 (folder / f"{stem}.ttgir").write_text(ttgir)
                 (folder / f"{stem}.ptx").write_text(compiled.asm["ptx"])
             print(f"{name:<9} {'yes' if has_mask else 'no':<6} {str(loop_loads(ttgir)):<58} {compiled.metadata.shared}")

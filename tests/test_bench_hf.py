@@ -48,6 +48,7 @@ def test_bench_hf_inductor_settings():
     for bad, message in (("no_such_setting=1", "'no_such_setting=1' is not NAME=VALUE"),
                          ("cpp=1", "'cpp=1' is not NAME=VALUE"),  # a group of settings, not one
                          ("freezing=yes please", "not a Python literal"),
-                         ("freezing='yes'", "freezing takes a bool")):
+                         ("freezing='yes'", "freezing takes a bool"),
+                         ("realize_reads_threshold=True", "realize_reads_threshold takes a int")):
         refused = run("--inductor-config", bad)
         assert refused.returncode == 2 and message in refused.stderr, (bad, refused.stderr[-500:])

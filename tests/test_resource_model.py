@@ -71,3 +71,17 @@ def test_heuristic_defaults_fit_hopper(name):
         for storage in (spec, spec.with_storage(paged=False)):
             config = heuristic_config(storage, batch, capacity, query_len, H100.multiprocessors)
             assert estimate_resources(storage, config).fits(H100), (name, storage.paged, config)
+
+
+def test_pipelined_model_only_where_it_was_fitted():
+    """Contiguous caches outside the fitted domain (Q reloaded per block, 4-byte elements, one stage) keep the
+    paged model: the pipelined one is not exact there (logs/resource_model_contiguous_fit_sm90_triton39.txt)."""
+    gqa = AttentionSpec.grouped(32, 8, 64)
+    for spec, knobs in ((gqa, dict(block_m=64, block_n=64, num_stages=3, preload_q=False)),
+                        (gqa.with_storage(dtype="float32"), dict(block_m=16, block_n=64, num_stages=3)),
+                        (gqa, dict(block_m=16, block_n=64, num_stages=1))):
+        config = PortableConfig(**knobs)
+        assert estimate_resources(spec, config) == estimate_resources(spec.with_storage(paged=True), config), knobs
+    assert estimate_resources(gqa, PortableConfig(block_m=16, block_n=64, num_stages=1)).shared_bytes == 12288
+    fitted = PortableConfig(block_m=16, block_n=64, num_stages=3)
+    assert estimate_resources(gqa, fitted).shared_bytes > estimate_resources(gqa.with_storage(paged=True), fitted).shared_bytes

@@ -19,10 +19,14 @@ tests/test_resource_model.py keeps spot checks. What the numbers showed:
   * Paged caches: num_stages does not change shared memory (the loads go through registers: paged addresses),
     so the software pipeliner adds no buffers.
   * Contiguous caches are pipelined: num_stages - 1 buffers of a key block's loads (every K/V chunk not reused,
-    and the rope tile), beside Q and the probabilities; 128-row and 64-row tiles stage the loads past their
-    first block_m columns once more. Fitted on 53 configs of GQA (head dims 64 and 128), MHA (64) and GTA
-    (128 + 64, 64 + 32) in bf16, block_m 16 to 128, 1 to 3 pipeline buffers, 4 warps (15 of them again at 2
-    and 8 warps: the same bytes): exact for every one.
+    and the rope tile), beside Q and the probabilities; with 64 or more rows (warpgroup MMA tiles) Triton stages
+    the loads once more, by a fitted term: block_n x (loaded width - block_m). Fitted on 53 configs of GQA (head
+    dims 64 and 128), MHA (64) and GTA (128 + 64, 64 + 32) in bf16, Q preloaded, block_m 16 to 128, 1 to 3
+    pipeline buffers, 4 warps (15 again at 2 and 8 warps: the same bytes), exact for every one
+    (benchmarks/logs/resource_model_contiguous_fit_sm90_triton39.txt). Outside that domain (Q reloaded per
+    block, 4-byte elements, one stage) it is not exact, so the paged model is used there, as before (not exact
+    there either: over for MLA with Q reloaded, under for fp32; a config that does not fit fails its trial or
+    steps down its stages at launch).
   * Registers: the fp32 accumulators (block_m x the program's Dv), the scores and probabilities
     (block_m x block_n), every K/V chunk of one key block on its way to shared memory (the compiler issues all
     of a block's loads before the first product), and a fixed base for addresses and indices.
@@ -50,8 +54,8 @@ BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES = sympy.symbols("block_m block_n num_war
                                                         integer=True)
 Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH = sympy.symbols(
     "q_width rope_width live_key_width loaded_width acc_width", nonnegative=True, integer=True)
-ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WIDE_ROWS = sympy.symbols("element_bytes p_in_shared pipelined wide_rows",
-                                                                 nonnegative=True, integer=True)
+ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS = sympy.symbols(
+    "element_bytes p_in_shared pipelined warpgroup_rows", nonnegative=True, integer=True)
 
 THREADS_PER_WARP = 32
 SPILL_TOLERANCE = 2.0
@@ -60,7 +64,7 @@ REGISTER_BASE = 40
 
 PAGED_KEY_TILES = BLOCK_N * LIVE_KEY_WIDTH + P_IN_SHARED * BLOCK_M * BLOCK_N
 PIPELINED_KEY_TILES = (BLOCK_M * BLOCK_N + (NUM_STAGES - 1) * BLOCK_N * LOADED_WIDTH
-                       + WIDE_ROWS * BLOCK_N * sympy.Max(0, LOADED_WIDTH - BLOCK_M))
+                       + WARPGROUP_ROWS * BLOCK_N * sympy.Max(0, LOADED_WIDTH - BLOCK_M))
 SHARED_BYTES = ELEMENT_BYTES * (
     BLOCK_M * (Q_WIDTH + ROPE_WIDTH) + (1 - PIPELINED) * PAGED_KEY_TILES + PIPELINED * PIPELINED_KEY_TILES
 )
@@ -71,7 +75,7 @@ REGISTERS_PER_THREAD = (
 ) / (THREADS_PER_WARP * NUM_WARPS) + REGISTER_BASE
 
 _SYMBOLS = (BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES, Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH,
-            ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WIDE_ROWS)
+            ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS)
 _shared_bytes = sympy.lambdify(_SYMBOLS, SHARED_BYTES, "math")
 _registers_per_thread = sympy.lambdify(_SYMBOLS, REGISTERS_PER_THREAD, "math")
 
@@ -130,11 +134,17 @@ class ResourceEstimate:
                 f"(pruned over {SPILL_TOLERANCE:g}x)")
 
 
+def pipelined_model_applies(spec: AttentionSpec, config: PortableConfig) -> bool:
+    """A contiguous cache within the pipelined model's fitted domain (see the module docstring)."""
+    return not spec.paged and config.preload_q and element_bytes(spec) == 2 and config.num_stages >= 2
+
+
 def estimate_resources(spec: AttentionSpec, config: PortableConfig) -> ResourceEstimate:
     values = chunk_widths(spec, config)
     values.update({BLOCK_M: config.block_m, BLOCK_N: config.block_n, NUM_WARPS: config.num_warps,
                    NUM_STAGES: config.num_stages, ELEMENT_BYTES: element_bytes(spec),
-                   PIPELINED: 0 if spec.paged else 1, WIDE_ROWS: 1 if config.block_m >= 64 else 0})
+                   PIPELINED: 1 if pipelined_model_applies(spec, config) else 0,
+                   WARPGROUP_ROWS: 1 if config.block_m >= 64 else 0})
     arguments = [values[symbol] for symbol in _SYMBOLS]
     return ResourceEstimate(
         shared_bytes=int(_shared_bytes(*arguments)),
