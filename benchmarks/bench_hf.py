@@ -173,15 +173,24 @@ def describe_sites(records) -> str:
                      sorted(counts.items()))
 
 
-def profile_step(decoder: Decoder, forward, cudagraphs: bool, top: int) -> None:
+PROFILED_STEPS = 3
+
+
+def profiled_steps(decoder: Decoder, forward, cudagraphs: bool, activity: str) -> list:
+    """torch.profiler's per-name averages over PROFILED_STEPS decode steps; activity "CUDA" or "CPU"."""
     from torch.profiler import ProfilerActivity, profile
 
-    steps = 3
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
+    with profile(activities=[getattr(ProfilerActivity, activity)]) as prof:
+        for _ in range(PROFILED_STEPS):
             decode_one_step(decoder, forward, cudagraphs)
         torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return prof.key_averages()
+
+
+def profile_step(decoder: Decoder, forward, cudagraphs: bool, top: int) -> None:
+    steps = PROFILED_STEPS
+    events = [e for e in profiled_steps(decoder, forward, cudagraphs, "CUDA")
+              if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.self_device_time_total for e in events)
     print(f"    profile: device time per step {total / steps / 1e3:.3f} ms; top kernels (us per step, calls):")
     for event in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
@@ -192,8 +201,6 @@ def host_profile_step(decoder: Decoder, forward, cudagraphs: bool, top: int) -> 
     """Where a step's host time goes: the median host time to enqueue a step (the GPU is idle when it starts, so
     the call returns as soon as the host has enqueued everything unless a sync intervenes) and the host-side
     operators and launch calls of a few steps, by self CPU time."""
-    from torch.profiler import ProfilerActivity, profile
-
     enqueue = []
     for _ in range(10):
         torch.cuda.synchronize()
@@ -201,12 +208,8 @@ def host_profile_step(decoder: Decoder, forward, cudagraphs: bool, top: int) -> 
         decode_one_step(decoder, forward, cudagraphs)
         enqueue.append((time.perf_counter() - start) * 1e3)
     torch.cuda.synchronize()
-    steps = 3
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            decode_one_step(decoder, forward, cudagraphs)
-        torch.cuda.synchronize()
-    events = prof.key_averages()
+    steps = PROFILED_STEPS
+    events = profiled_steps(decoder, forward, cudagraphs, "CPU")
     launches = [e for e in events if "LaunchKernel" in e.key or e.key in ("cuLaunchKernelEx", "cudaLaunchKernelExC")]
     print(f"    host profile: {statistics.median(enqueue):.3f} ms to enqueue a step (median of 10); kernel "
           f"launches per step: " + ", ".join(f"{e.key} {e.count / steps:.0f} ({e.self_cpu_time_total / steps:.0f} us)"

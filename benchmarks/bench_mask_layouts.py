@@ -37,7 +37,7 @@ def kernel_us(fn) -> float:
 def layouts(heads_first_k, heads_first_v, rope_keys, lengths, mask, key_range, page_size: int = 64) -> dict:
     """label -> the op's (k_cache, v_cache, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range) for the same
     keys. heads_first_v is None for a tied cache (GTA: V is the state itself), rope_keys [B, S, Dr] or None."""
-    batch, kv_heads, capacity, width = heads_first_k.shape
+    batch, _, capacity, _ = heads_first_k.shape
     k_view = heads_first_k.transpose(1, 2)
     v_view = None if heads_first_v is None else heads_first_v.transpose(1, 2)
     k_seq = k_view.contiguous()
