@@ -6,7 +6,9 @@ GQA and GTA (a tied state with a shared rope key, as bench_backend.py's plain de
 own config (heuristic or tuned table). Kernel time by CUDA-graph replay (median of do_bench_cudagraph); floor =
 valid cache bytes / copy bandwidth measured in the same run (bytes read + written of a device copy, so a read-only
 kernel can pass 1.0). "mask + range" passes the mask's key range as the backend does
-(mask_key_range once per step, hoisted out of the layers); "mask" reduces it per call.
+(mask_key_range once per step, hoisted out of the layers); "mask" reduces it per call. A mask dense in its range
+is not read (the kernel's dense pass); the last row pokes one hole in the middle of each sequence's keys, so the
+kernel's sparse pass reads the mask (its output differs: one key fewer).
 
     python benchmarks/bench_mask_layouts.py        # on an H100/H200
 """
@@ -81,6 +83,13 @@ def valid_cache_bytes(kv_heads, head_dim, rope_dim, batch, valid, element_bytes)
     return batch * valid * per_key * element_bytes
 
 
+def holed(mask: torch.Tensor, valid: int) -> torch.Tensor:
+    """The mask with its key valid // 2 ruled out in every sequence: no longer dense in its range."""
+    mask = mask.clone()
+    mask[..., valid // 2] = False
+    return mask
+
+
 def main() -> None:
     device, dtype = torch.device("cuda"), torch.bfloat16
     bandwidth = copy_bandwidth()
@@ -97,17 +106,22 @@ def main() -> None:
         print("|---|---|---|---|---|")
         first = None
         scale = head_dim ** -0.5  # GTA: the query's un-rotated part and its rope part span the state's width
-        for name, (k_cache, v_cache, k_rope, seqlens, pages, attn_mask, kv_range) in layouts(
-                k, v, rope_keys, lengths, mask, key_range).items():
+        rows = dict(layouts(k, v, rope_keys, lengths, mask, key_range))
+        holed_mask = holed(mask, valid)
+        k_view, v_view = k.transpose(1, 2), None if v is None else v.transpose(1, 2)
+        rows["heads-first view, bool mask with a hole + range"] = (
+            k_view, v_view, rope_keys, None, None, holed_mask,
+            torch.ops.glacompiler.mask_key_range(holed_mask, batch, capacity))
+        for name, (k_cache, v_cache, k_rope, seqlens, pages, attn_mask, kv_range) in rows.items():
             args = (q, k_cache, v_cache, q_rope, k_rope, seqlens, pages, attn_mask, scale, True, 0, kv_range)
             out = op(*args)[0]
             first = out if first is None else first
             spec, shape, call, _, _ = validated_call(*args[:10], kv_range, 0.0, None, None, (-1, -1))
             family, config = choose_kernel(spec, shape, call)
             us = kernel_us(lambda: op(*args))
-            print(f"| {name} | {us:.1f} | {floor_us / us:.2f} | {family.name} {config} | "
-                  f"{(out.float() - first.float()).abs().max().item():.1e} |")
-        del q, q_rope, k, v, rope_keys, mask, first, out
+            diff = "-" if attn_mask is holed_mask else f"{(out.float() - first.float()).abs().max().item():.1e}"
+            print(f"| {name} | {us:.1f} | {floor_us / us:.2f} | {family.name} {config} | {diff} |")
+        del q, q_rope, k, v, rope_keys, mask, holed_mask, rows, k_view, v_view, first, out
         torch.cuda.empty_cache()
 
 

@@ -1,6 +1,9 @@
-"""Which loads of the portable kernel Triton pipelines on sm_90, with and without a mask: the kernel is compiled
-for an H100/H200 target on any machine (triton.compile with a GPUTarget; no GPU needed) and its Triton GPU IR is
-searched for asynchronous copies (a pipelined load: global -> shared memory, stages ahead) and plain loads.
+"""Which loads of the portable kernel Triton pipelines on sm_90, and the registers and shared memory a program
+takes (what decides how many programs share an SM), without a mask and in the two passes of a masked call (the
+dense pass: sequences whose mask is dense in its range, not read; the sparse pass: the others): the kernel is
+compiled for an H100/H200 target on any machine (triton.compile with a GPUTarget; no GPU needed), its Triton
+GPU IR is searched for asynchronous copies (a pipelined load: global -> shared memory, stages ahead) and plain
+loads, and Triton's ptxas reports the registers.
 
     python benchmarks/pipelined_loads.py                       # GTA 16/4, 128 + 64 and GQA 32/8/64, 2 stages
     python benchmarks/pipelined_loads.py --spec gta --stages 3 --dump /tmp/ir   # also write the IR and PTX
@@ -13,6 +16,8 @@ import argparse
 import os
 import pathlib
 import re
+import subprocess
+import tempfile
 
 from glacompiler.kernels.portable.config import PortableConfig
 from glacompiler.kernels.portable.render import decode_kernel_module
@@ -32,7 +37,10 @@ NOT_DIVISIBLE = {"num_splits", "num_pages", "window_left", "window_right", "stri
                  "stride_osplit"}
 
 
-def compile_for_sm90(spec: AttentionSpec, config: PortableConfig, has_mask: bool):
+MASK_PASSES = {"no": (False, False), "dense": (True, True), "sparse": (True, False)}  # -> HAS_MASK, DENSE_PASS
+
+
+def compile_for_sm90(spec: AttentionSpec, config: PortableConfig, has_mask: bool, dense_pass: bool = False):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -40,7 +48,7 @@ def compile_for_sm90(spec: AttentionSpec, config: PortableConfig, has_mask: bool
     kernel = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split).decode_attention_split_kernel
     constants = dict(G=spec.group_size, LQ=1, PAGE_SIZE=1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                      HAS_MASK=has_mask, MASK_IS_BOOL=True, MASK_PER_ROW=False, CAUSAL=False, HAS_SOFTCAP=False,
-                     HAS_ALIBI=False, HAS_SINKS=False, HAS_WINDOW=False, stride_mn=1)
+                     HAS_ALIBI=False, HAS_SINKS=False, HAS_WINDOW=False, DENSE_PASS=dense_pass, stride_mn=1)
     signature = {}
     for name in kernel.arg_names:
         if name in constants:
@@ -76,6 +84,18 @@ def loop_loads(ttgir: str) -> list:
     return [tuple(loop) for loop in loops]
 
 
+def registers(ptx: str) -> int:
+    """Registers a thread of the compiled kernel takes, from Triton's own ptxas (-v) for sm_90a."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = pathlib.Path(folder) / "kernel.ptx"
+        source.write_text(ptx)
+        report = subprocess.run([get_ptxas(90).path, "-v", "-arch=sm_90a", str(source), "-o", os.devnull],
+                                capture_output=True, text=True, check=True).stderr
+    return int(re.search(r"Used (\d+) registers", report).group(1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", nargs="+", default=["gta", "gqa64"], choices=sorted(SPECS))
@@ -86,19 +106,20 @@ def main() -> None:
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("TRITON_INTERPRET is set: unset it, the kernel is compiled here, not interpreted")
-    print("spec      mask   key loops: (async copies, plain tile loads) in each body         shared bytes")
+    print("spec      mask    key loops: (async copies, plain tile loads) in each body    shared bytes  registers")
     for name in args.spec:
         config = PortableConfig(block_m=args.block_m, block_n=args.block_n, num_stages=args.stages)
-        for has_mask in (False, True):
-            compiled = compile_for_sm90(SPECS[name], config, has_mask)
+        for mask, (has_mask, dense_pass) in MASK_PASSES.items():
+            compiled = compile_for_sm90(SPECS[name], config, has_mask, dense_pass)
             ttgir = compiled.asm["ttgir"]
             if args.dump:
                 folder = pathlib.Path(args.dump)
                 folder.mkdir(parents=True, exist_ok=True)
-                stem = f"{name}_m{args.block_m}_n{args.block_n}_st{args.stages}_{'mask' if has_mask else 'nomask'}"
+                stem = f"{name}_m{args.block_m}_n{args.block_n}_st{args.stages}_mask-{mask}"
                 (folder / f"{stem}.ttgir").write_text(ttgir)
                 (folder / f"{stem}.ptx").write_text(compiled.asm["ptx"])
-            print(f"{name:<9} {'yes' if has_mask else 'no':<6} {str(loop_loads(ttgir)):<58} {compiled.metadata.shared}")
+            print(f"{name:<9} {mask:<7} {str(loop_loads(ttgir)):<58} {compiled.metadata.shared:>12} "
+                  f"{registers(compiled.asm['ptx']):>10}")
 
 
 if __name__ == "__main__":

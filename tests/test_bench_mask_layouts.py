@@ -37,6 +37,14 @@ def test_every_layout_holds_the_same_keys(rope_dim):
     torch.testing.assert_close(out, first, rtol=0, atol=1e-6)
 
 
+def test_the_holed_mask_is_not_dense():
+    mask = (torch.arange(64) < 50).expand(3, 1, 1, 64).contiguous()
+    holed = bench_mask_layouts.holed(mask, 50)
+    assert holed.sum().item() == mask.sum().item() - 3
+    assert torch.ops.glacompiler.mask_key_range(mask, 3, 64)[2].tolist() == [1, 1, 1]
+    assert torch.ops.glacompiler.mask_key_range(holed, 3, 64).tolist() == [[0] * 3, [50] * 3, [0] * 3]
+
+
 def test_floor_counts_the_tied_state_once():
     assert bench_mask_layouts.valid_cache_bytes(4, 128, 0, 64, 3001, 2) == 64 * 3001 * 2 * 4 * 128 * 2
     assert bench_mask_layouts.valid_cache_bytes(4, 128, 64, 64, 8192, 2) == 64 * 8192 * (4 * 128 + 64) * 2

@@ -75,6 +75,29 @@ def test_dense_masks(cuda_device, page_size, mask, mask_rows):
         check_fa_rule(out, lse, problem)
 
 
+@pytest.mark.parametrize("name", ["gqa", "gta"])
+def test_dense_and_holed_sequences_in_one_call(cuda_device, name):
+    """The two passes of a masked call on one batch, compiled: sequences 0 and 2 dense runs (the dense pass,
+    mask not read), 1 and 3 with holes (the sparse pass), in bf16 at the paper's GQA / GTA widths, contiguous
+    and paged, with and without splits."""
+    capacity, runs = 1024, [(0, 1024), (5, 900), (77, 1000), (0, 333)]
+    allowed = torch.zeros(4, 1, 1, capacity, dtype=torch.bool)
+    for b, (lo, hi) in enumerate(runs):
+        allowed[b, ..., lo:hi] = True
+    allowed[1, ..., 100:300] = False
+    allowed[3, ..., 64:65] = False
+    mask = allowed.to(cuda_device)
+    assert torch.ops.glacompiler.mask_key_range(mask, 4, capacity)[2].tolist() == [1, 0, 1, 0]
+    for page_size in (0, 64):
+        problem = make_decode_problem(GPU_SPECS[name], batch=4, query_len=1, capacity=capacity,
+                                      page_size=page_size, dtype=torch.bfloat16, device=cuda_device, causal=False,
+                                      seqlens=[capacity] * 4, generator=torch.Generator().manual_seed(page_size))
+        problem.kwargs["attn_mask"] = mask
+        for num_splits in (1, 4):
+            out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, num_splits=num_splits, return_lse=True)
+            check_fa_rule(out, lse, problem)
+
+
 def test_cuda_graph_capture_and_replay(cuda_device):
     problem = make_decode_problem(GPU_SPECS["gla2"], batch=8, query_len=1, capacity=CAPACITY, page_size=64,
                                   dtype=torch.bfloat16, device=cuda_device)

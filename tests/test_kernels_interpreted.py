@@ -180,6 +180,41 @@ def test_a_dense_flag_means_the_mask_is_not_read(interpret_kernels):
     assert not torch.allclose(expected[0][0], holed_expected[0][0], atol=1e-3)
 
 
+@pytest.mark.parametrize("name", ["gqa", "gta"])
+def test_dense_and_holed_sequences_in_one_call(interpret_kernels, name):
+    """A masked call is two launches, a dense pass (sequences whose mask is dense in its range: not read) and a
+    sparse pass (the others: read); each sequence is taken by one of them. Sequences 0 and 2 are dense runs,
+    sequence 1 has a hole; the slots outside the runs and in the hole hold NaN, so a pass reading the other's
+    keys shows, and so does a dense pass writing sequence 1 (run last, with the launches swapped)."""
+    from glacompiler.op import prepared
+
+    runs, hole = [(13, 57), (0, 128), (70, 100)], (30, 45)
+    mask = _dense_mask("bool key", 1, runs)
+    mask[1, ..., hole[0]:hole[1]] = False
+    problem = make_decode_problem(CPU_SPECS[name], batch=3, query_len=1, capacity=128, causal=False, poison=False,
+                                  seqlens=[128] * 3)
+    kw = problem.kwargs
+    kw["attn_mask"] = mask
+    assert torch.ops.glacompiler.mask_key_range(mask, 3, 128)[2].tolist() == [1, 0, 1]
+    expected = problem.reference(torch.float64)
+    caches = [cache for cache in (kw["k_cache"], kw["v_cache"], kw["k_rope_cache"]) if cache is not None]
+    for b in range(len(runs)):
+        unseen = ~mask[b, 0, 0]
+        for cache in caches:
+            cache[b, unseen] = float("nan")
+    prepared.clear_prepared_calls()
+    for swapped in (False, True):
+        for num_splits in (1, 3):
+            out, lse = glacompiler.attention_with_kvcache(**kw, return_lse=True, num_splits=num_splits)
+            assert torch.allclose(out.double(), expected[0], atol=1e-5), (swapped, num_splits)
+            assert torch.allclose(lse.double(), expected[1], atol=1e-5), (swapped, num_splits)
+        plans = [call.plan for call in prepared._prepared.values()]
+        assert [len(plan.launches) for plan in plans] == [2, 2]  # (one plan per split count)
+        for plan in plans:
+            plan.launches = plan.launches[::-1]
+    prepared.clear_prepared_calls()
+
+
 @pytest.mark.parametrize("head_dim_q, head_dim_v", [(576, 512), (8, 8), (200, 136)])
 def test_head_dim_extremes(interpret_kernels, head_dim_q, head_dim_v):
     from glacompiler.spec import AttentionSpec

@@ -253,6 +253,7 @@ def test_repeats_on_the_c_launcher_read_each_calls_tensors(cuda_device, fresh_me
     by the calls of a step, as the backend hoists it) or reduced per call: each call's own mask, range and caches
     are read. Where binary_launch knows this Triton's launcher (triton 3.6's) the repeats take the C launcher."""
     from glacompiler.kernels.common.binary_launch import layout_known
+    from glacompiler.kernels.portable import PortableLaunchPlan
 
     problems = [make_decode_problem(CPU_SPECS[name], batch=4, query_len=1, capacity=300, dtype=dtype,
                                     device=cuda_device, mask=mask, mask_rows="key",
@@ -266,4 +267,8 @@ def test_repeats_on_the_c_launcher_read_each_calls_tensors(cuda_device, fresh_me
             check_fa_rule(*_run_op(kw, **extra), problem)
     plans = [call.plan for call in prepared._prepared.values()]
     assert len(plans) == (2 if mask is not None else 1)  # with kv_range and without
-    assert all((plan.launch.binary is not None) == layout_known(plan.launch.compiled) for plan in plans)
+    launches = [launch for plan in plans for launch in plan.launches]
+    # A masked portable call is two launches (its dense and sparse passes).
+    assert len(launches) == sum(2 if isinstance(plan, PortableLaunchPlan) and mask is not None else 1
+                                for plan in plans)
+    assert all((launch.binary is not None) == layout_known(launch.compiled) for launch in launches)

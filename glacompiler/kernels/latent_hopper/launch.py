@@ -98,6 +98,11 @@ class LatentHopperLaunchPlan:
                                                                 K_ROPE_ARGUMENT: self.k_rope_view.descriptor},
                                      jit_forms=self.keys.jit_forms(MASK_ARGUMENT))
 
+    @property
+    def launches(self) -> tuple:
+        """Its launches of the attention kernel, as the portable plan's: one."""
+        return (self.launch,)
+
     def run(self, q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor], q_rope: Tensor, k_rope_cache: Tensor,
             cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], attn_mask: Optional[Tensor],
             kv_range: Optional[Tensor], alibi_slopes: Optional[Tensor], sinks: Optional[Tensor]) -> tuple[Tensor, Tensor]:

@@ -96,8 +96,8 @@ def pipeline_stages(spec: AttentionSpec, block_n: int, num_splits: int) -> int:
     """Software pipeline depth. On an H200, contiguous GQA/MHA caches of head dim 64 in bf16 (K and V: 16 KiB a
     64-key block) took 2-19% less time with 3 stages than with 2, and up to 25% less with 4 where one program
     walks its sequence's whole cache (no KV split); head dim 128 took up to 14% more with 3
-    (benchmarks/RESULTS.md). Tied layouts (GTA, latents) keep 2 until measured: a masked tied kernel already
-    keeps one tile out of the pipeline. Paged caches: the page-table loads leave the pipeliner nothing to
+    (benchmarks/RESULTS.md). Tied layouts (GTA, latents) keep 2 until measured (the sparse pass of a masked tied
+    kernel keeps one tile out of the pipeline). Paged caches: the page-table loads leave the pipeliner nothing to
     overlap, every depth times the same."""
     block_bytes = block_n * (spec.head_dim_k + spec.head_dim_v + spec.rope_dim) * spec.torch_dtype.itemsize
     if spec.paged or spec.tied or block_bytes > DEEP_PIPELINE_TILE_BYTES:

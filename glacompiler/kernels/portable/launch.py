@@ -97,18 +97,24 @@ class PortableLaunchPlan:
         grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
         kernel = module.decode_attention_split_kernel
 
-        def first_launch(args):
-            compiled = _launch_fitting(kernel, grid, args, constexprs, config, module.__name__)
-            if LOGGER.isEnabledFor(logging.DEBUG):
-                # Registers, spills and shared memory of the compiled kernel: the first things to read when a
-                # config is slow.
-                LOGGER.debug("%s %s: regs %s, spills %s, shared %s", spec.key(), config,
-                             getattr(compiled, "n_regs", "?"), getattr(compiled, "n_spills", "?"),
-                             getattr(getattr(compiled, "metadata", None), "shared", "?"))
-            return compiled
+        def prepared(pass_constexprs: dict) -> PreparedLaunch:
+            def first_launch(args):
+                compiled = _launch_fitting(kernel, grid, args, pass_constexprs, config, module.__name__)
+                if LOGGER.isEnabledFor(logging.DEBUG):
+                    # Registers, spills and shared memory of the compiled kernel: the first things to read when a
+                    # config is slow.
+                    LOGGER.debug("%s %s %s: regs %s, spills %s, shared %s", spec.key(), config, pass_constexprs,
+                                 getattr(compiled, "n_regs", "?"), getattr(compiled, "n_spills", "?"),
+                                 getattr(getattr(compiled, "metadata", None), "shared", "?"))
+                return compiled
 
-        self.launch = PreparedLaunch(kernel, grid, constexprs, config.num_warps, config.num_stages, first_launch,
-                                     jit_forms=self.keys.jit_forms(MASK_ARGUMENT))
+            return PreparedLaunch(kernel, grid, pass_constexprs, config.num_warps, config.num_stages, first_launch,
+                                  jit_forms=self.keys.jit_forms(MASK_ARGUMENT))
+
+        # With a mask, two passes (the template says why): the sequences whose mask is dense, then the others.
+        # Each program of a pass whose sequence is the other pass's returns at once.
+        passes = (True, False) if self.keys.has_mask else (False,)
+        self.launches = tuple(prepared({**constexprs, "DENSE_PASS": dense}) for dense in passes)
 
     def run(self, q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor], q_rope: Optional[Tensor],
             k_rope_cache: Optional[Tensor], cache_seqlens: Optional[Tensor], page_table: Optional[Tensor],
@@ -116,12 +122,14 @@ class PortableLaunchPlan:
             sinks: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         lengths, mask, kv_begin, kv_end, mask_dense = self.keys.resolve(attn_mask, kv_range, cache_seqlens)
         split_out, split_lse, out, lse = self.buffers.allocate(q)
-        self.launch((
+        args = (
             q, k_cache, k_cache if v_cache is None else v_cache, q if q_rope is None else q_rope,
             k_cache if k_rope_cache is None else k_rope_cache, lengths, kv_begin, kv_end, mask_dense,
             lengths if page_table is None else page_table,  # a placeholder when contiguous
             mask, split_out, split_lse, q if alibi_slopes is None else alibi_slopes, q if sinks is None else sinks,
             *self.tail,
-        ))
+        )
+        for prepared_launch in self.launches:
+            prepared_launch(args)
         self.buffers.combine(split_out, split_lse, out, lse)
         return out, lse
