@@ -184,8 +184,9 @@ def test_a_dense_flag_means_the_mask_is_not_read(interpret_kernels):
 def test_dense_and_holed_sequences_in_one_call(interpret_kernels, name):
     """A masked call is two launches, a dense pass (sequences whose mask is dense in its range: not read) and a
     sparse pass (the others: read); each sequence is taken by one of them. Sequences 0 and 2 are dense runs,
-    sequence 1 has a hole; the slots outside the runs and in the hole hold NaN, so a pass reading the other's
-    keys shows, and so does a dense pass writing sequence 1 (run last, with the launches swapped)."""
+    sequence 1 has a hole; the slots outside the runs and in the hole hold NaN, so a dense pass reading the hole
+    into its result shows, and so does a dense pass writing sequence 1 (run last, with the launches swapped).
+    test_a_pass_reads_no_key_of_the_other_passs_sequences checks the reads."""
     from glacompiler.op import prepared
 
     runs, hole = [(13, 57), (0, 128), (70, 100)], (30, 45)
@@ -213,6 +214,46 @@ def test_dense_and_holed_sequences_in_one_call(interpret_kernels, name):
         for plan in plans:
             plan.launches = plan.launches[::-1]
     prepared.clear_prepared_calls()
+
+
+@pytest.mark.parametrize("pass_run, holes", [("dense", True), ("sparse", False)])
+def test_a_pass_reads_no_key_of_the_other_passs_sequences(interpret_kernels, monkeypatch, pass_run, holes):
+    """Only one pass runs, on a batch whose sequences all belong to the other: no lane of any load may fall in the
+    key cache. The interpreter's masked loads are counted by address."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    from glacompiler.op import prepared
+
+    runs = [(13, 57), (0, 128)]
+    mask = _dense_mask("bool key", 1, runs)
+    if holes:
+        mask[:, ..., 20] = False
+    problem = make_decode_problem(CPU_SPECS["gqa"], batch=2, query_len=1, capacity=128, causal=False, poison=False,
+                                  seqlens=[128] * 2)
+    kw = problem.kwargs
+    kw["attn_mask"] = mask
+    assert torch.ops.glacompiler.mask_key_range(mask, 2, 128)[2].tolist() == ([0, 0] if holes else [1, 1])
+    keys = kw["k_cache"]
+    low, high = keys.data_ptr(), keys.data_ptr() + keys.numel() * keys.element_size()
+    lanes = []
+    real_load = interpreter.InterpreterBuilder.create_masked_load
+
+    def counting_load(self, ptrs, load_mask, *rest):
+        inside = (ptrs.data >= low) & (ptrs.data < high) & np.asarray(load_mask.data, dtype=bool)
+        lanes.append(int(np.count_nonzero(inside)))
+        return real_load(self, ptrs, load_mask, *rest)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_load", counting_load)
+    prepared.clear_prepared_calls()
+    glacompiler.attention_with_kvcache(**kw, num_splits=2)  # both passes: the keys are read (by the counted loads)
+    assert sum(lanes) > 0
+    (call,) = prepared._prepared.values()
+    call.plan.launches = call.plan.launches[:1] if pass_run == "dense" else call.plan.launches[1:]
+    lanes.clear()
+    glacompiler.attention_with_kvcache(**kw, num_splits=2)
+    prepared.clear_prepared_calls()
+    assert lanes and sum(lanes) == 0
 
 
 @pytest.mark.parametrize("head_dim_q, head_dim_v", [(576, 512), (8, 8), (200, 136)])

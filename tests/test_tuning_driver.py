@@ -13,6 +13,10 @@ from glacompiler.tuning.driver import plan_jobs, run_tuning  # noqa: E402
 from glacompiler.tuning.study import TuningBudget  # noqa: E402
 from tuning_doubles import GQA, SHAPE, SMALL_GPU, SyntheticKernel  # noqa: E402
 
+import glacompiler  # noqa: E402
+
+GQA_SMALL = AttentionSpec.grouped(4, 2, 16)
+
 
 def test_driver_writes_the_table_after_each_bucket_and_skips_done_ones(tmp_path):
     gta = PAPER_SPECS["gta"]
@@ -118,6 +122,26 @@ def test_compiled_resources_are_picked_up_from_the_launch_log():
         logger.debug("unrelated %s", 1)
     logger.debug("%s %s: regs %s, spills %s, shared %s", GQA.key(), PortableConfig(), 1, 2, 3)  # not recording
     assert recorder.by_config == {config: {"registers": 168, "spill_bytes": 0, "shared_bytes": 14336}}
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_recorder_reads_what_the_portable_launcher_logs(interpret_kernels, masked):
+    """The real launcher's record (a masked call logs one per pass), here under the interpreter, where a compiled
+    kernel's registers, spills and shared bytes are unknown ("?")."""
+    from glacompiler.op import prepared
+    from glacompiler.problems import make_decode_problem
+    from glacompiler.tuning import benchmark
+
+    problem = make_decode_problem(GQA_SMALL, batch=2, query_len=1, capacity=40, mask="bool" if masked else None,
+                                  mask_rows="key")
+    recorder = benchmark._CompiledResourceRecorder()
+    prepared.clear_prepared_calls()
+    with benchmark._recording(recorder):
+        glacompiler.attention_with_kvcache(**problem.kwargs)
+    prepared.clear_prepared_calls()
+    (config, resources), = recorder.by_config.items()
+    assert isinstance(config, PortableConfig)
+    assert resources == {"registers": "?", "spill_bytes": "?", "shared_bytes": "?"}
 
 
 def test_online_tuning_needs_a_gpu(monkeypatch):

@@ -97,13 +97,14 @@ class PortableLaunchPlan:
         grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
         kernel = module.decode_attention_split_kernel
 
-        def prepared(pass_constexprs: dict) -> PreparedLaunch:
+        def prepared(pass_constexprs: dict, pass_label: str) -> PreparedLaunch:
             def first_launch(args):
                 compiled = _launch_fitting(kernel, grid, args, pass_constexprs, config, module.__name__)
                 if LOGGER.isEnabledFor(logging.DEBUG):
                     # Registers, spills and shared memory of the compiled kernel: the first things to read when a
                     # config is slow.
-                    LOGGER.debug("%s %s %s: regs %s, spills %s, shared %s", spec.key(), config, pass_constexprs,
+                    # (five arguments: the tuner's _CompiledResourceRecorder reads this record)
+                    LOGGER.debug("%s %s: regs %s, spills %s, shared %s", f"{spec.key()}{pass_label}", config,
                                  getattr(compiled, "n_regs", "?"), getattr(compiled, "n_spills", "?"),
                                  getattr(getattr(compiled, "metadata", None), "shared", "?"))
                 return compiled
@@ -111,10 +112,10 @@ class PortableLaunchPlan:
             return PreparedLaunch(kernel, grid, pass_constexprs, config.num_warps, config.num_stages, first_launch,
                                   jit_forms=self.keys.jit_forms(MASK_ARGUMENT))
 
-        # With a mask, two passes (the template says why): the sequences whose mask is dense, then the others.
-        # Each program of a pass whose sequence is the other pass's returns at once.
-        passes = (True, False) if self.keys.has_mask else (False,)
-        self.launches = tuple(prepared({**constexprs, "DENSE_PASS": dense}) for dense in passes)
+        # With a mask, two passes (the template says why): the sequences whose mask is dense, then the others. A
+        # program whose sequence is the other pass's gets an empty split and no rows: it reads and stores nothing.
+        passes = ((True, " dense pass"), (False, " sparse pass")) if self.keys.has_mask else ((False, ""),)
+        self.launches = tuple(prepared({**constexprs, "DENSE_PASS": dense}, label) for dense, label in passes)
 
     def run(self, q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor], q_rope: Optional[Tensor],
             k_rope_cache: Optional[Tensor], cache_seqlens: Optional[Tensor], page_table: Optional[Tensor],
