@@ -106,12 +106,11 @@ def main() -> None:
         print("|---|---|---|---|---|")
         first = None
         scale = head_dim ** -0.5  # GTA: the query's un-rotated part and its rope part span the state's width
-        rows = dict(layouts(k, v, rope_keys, lengths, mask, key_range))
+        rows = layouts(k, v, rope_keys, lengths, mask, key_range)
         holed_mask = holed(mask, valid)
-        k_view, v_view = k.transpose(1, 2), None if v is None else v.transpose(1, 2)
+        views = rows["heads-first view, bool mask + range"][:5]  # the caches, no lengths, no page table
         rows["heads-first view, bool mask with a hole + range"] = (
-            k_view, v_view, rope_keys, None, None, holed_mask,
-            torch.ops.glacompiler.mask_key_range(holed_mask, batch, capacity))
+            *views, holed_mask, torch.ops.glacompiler.mask_key_range(holed_mask, batch, capacity))
         for name, (k_cache, v_cache, k_rope, seqlens, pages, attn_mask, kv_range) in rows.items():
             args = (q, k_cache, v_cache, q_rope, k_rope, seqlens, pages, attn_mask, scale, True, 0, kv_range)
             out = op(*args)[0]
@@ -121,7 +120,7 @@ def main() -> None:
             us = kernel_us(lambda: op(*args))
             diff = "-" if attn_mask is holed_mask else f"{(out.float() - first.float()).abs().max().item():.1e}"
             print(f"| {name} | {us:.1f} | {floor_us / us:.2f} | {family.name} {config} | {diff} |")
-        del q, q_rope, k, v, rope_keys, mask, holed_mask, rows, k_view, v_view, first, out
+        del q, q_rope, k, v, rope_keys, mask, holed_mask, rows, views, first, out
         torch.cuda.empty_cache()
 
 

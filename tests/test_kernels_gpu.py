@@ -48,6 +48,14 @@ def test_masks(cuda_device, name, mask, mask_rows):
     check_fa_rule(out, lse, problem)
 
 
+def runs_mask(runs, capacity: int) -> torch.Tensor:
+    """A bool mask [B, 1, 1, capacity] allowing one run of keys [lo, hi) per sequence."""
+    allowed = torch.zeros(len(runs), 1, 1, capacity, dtype=torch.bool)
+    for b, (lo, hi) in enumerate(runs):
+        allowed[b, ..., lo:hi] = True
+    return allowed
+
+
 @pytest.mark.parametrize("mask_rows", ["key", "head"])
 @pytest.mark.parametrize("mask", ["bool", "additive", "lowest"])
 @pytest.mark.parametrize("page_size", [0, 64])
@@ -61,9 +69,7 @@ def test_dense_masks(cuda_device, page_size, mask, mask_rows):
                                   dtype=torch.bfloat16, device=cuda_device, causal=False, seqlens=[capacity] * 4,
                                   generator=torch.Generator().manual_seed(page_size + len(mask + mask_rows)))
     runs = [(0, 1024), (0, 517), (77, 1000), (300, 301)]
-    allowed = torch.zeros(4, 1, 1, capacity, dtype=torch.bool)
-    for b, (lo, hi) in enumerate(runs):
-        allowed[b, ..., lo:hi] = True
+    allowed = runs_mask(runs, capacity)
     if mask_rows == "head":
         allowed = allowed.expand(4, spec.num_q_heads, 1, capacity).contiguous()
     masked = torch.finfo(torch.bfloat16).min if mask == "lowest" else float("-inf")
@@ -81,9 +87,7 @@ def test_dense_and_holed_sequences_in_one_call(cuda_device, name):
     mask not read), 1 and 3 with holes (the sparse pass), in bf16 at the paper's GQA / GTA widths, contiguous
     and paged, with and without splits."""
     capacity, runs = 1024, [(0, 1024), (5, 900), (77, 1000), (0, 333)]
-    allowed = torch.zeros(4, 1, 1, capacity, dtype=torch.bool)
-    for b, (lo, hi) in enumerate(runs):
-        allowed[b, ..., lo:hi] = True
+    allowed = runs_mask(runs, capacity)
     allowed[1, ..., 100:300] = False
     allowed[3, ..., 64:65] = False
     mask = allowed.to(cuda_device)
