@@ -29,20 +29,23 @@ CASES = {
 }
 
 
-def make_inputs(name: str, batch: int, seqlen: int, query_len: int, page_size: int, seed: int = 0) -> dict:
+def make_inputs(name: str, batch: int, seqlen: int, query_len: int, page_size: int, seed: int = 0,
+                device: str = "cuda", dtype=None) -> dict:
     """The op's keyword arguments for a case of CASES (see paged_decode_inputs)."""
     heads, kv_heads, width, v_width, rope = CASES[name]
     return paged_decode_inputs(heads, kv_heads, width, v_width, rope, batch, seqlen, query_len, page_size, seed,
-                               query_width=width - rope if name == "gta" else width)
+                               query_width=width - rope if name == "gta" else width, device=device, dtype=dtype)
 
 
 def paged_decode_inputs(heads: int, kv_heads: int, width: int, v_width: int, rope: int, batch: int, seqlen: int,
-                        query_len: int, page_size: int, seed: int = 0, query_width: int = 0) -> dict:
-    """The op's keyword arguments, bf16, built on the GPU from a seed (a long cache is too big to draw on the host):
-    full lengths, a permuted page table; v_width 0: tied (no v_cache); rope 0: no rope key; query_width 0: width."""
+                        query_len: int, page_size: int, seed: int = 0, query_width: int = 0, device: str = "cuda",
+                        dtype=None) -> dict:
+    """The op's keyword arguments, bf16 unless dtype says, built on the GPU from a seed (a long cache is too big to
+    draw on the host): full lengths, a permuted page table; v_width 0: tied (no v_cache); rope 0: no rope key;
+    query_width 0: width. (device="cpu" for the tests' small cases.)"""
     import torch
 
-    device, dtype = torch.device("cuda"), torch.bfloat16
+    device, dtype = torch.device(device), dtype or torch.bfloat16
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def randn(*shape):

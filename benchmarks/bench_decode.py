@@ -6,6 +6,11 @@ a few others; for latent cases on Hopper also the portable kernels' time), GB/s,
 the fraction of the roofline floor (bytes / measured copy bandwidth vs flops / measured bf16 matmul rate),
 and the ratio to torch.compile of the reference math and, for GQA, to SDPA. Run:
     python benchmarks/bench_decode.py [--variants] [--json out.json]
+
+With --grid it prints issue 13's grid instead (decode_grid.py): every kind at B128 S8K Lq 1/2, B8 S32K, B32 S4K
+Lq 4 and B1 S64K, the op as users call it, kernel times by CUDA-graph replay over interleaved rounds, against the
+floor, SDPA (GQA) and FlashAttention-3 where `flash_attn_interface` imports:
+    python benchmarks/bench_decode.py --grid [--rounds 3] [--neighbours] [--kinds mla,gla2,gla8,gta,gqa]
 """
 from __future__ import annotations
 
@@ -123,7 +128,16 @@ def main() -> None:
                         help="pass a bool attn_mask per draft token (speculative decoding) instead of cache_seqlens")
     parser.add_argument("--skip-baselines", action="store_true", help="time our kernels only (no torch.compile/SDPA)")
     parser.add_argument("--json")
+    parser.add_argument("--grid", action="store_true", help="issue 13's grid (see decode_grid.py)")
+    parser.add_argument("--kinds", default="mla,gla2,gla8,gta,gqa", help="with --grid: the kinds to time")
+    parser.add_argument("--rounds", type=int, default=3, help="with --grid: interleaved rounds per row")
+    parser.add_argument("--neighbours", action="store_true",
+                        help="with --grid: every (B, S) of the grid at Lq 1, 2 and 4")
     args = parser.parse_args()
+    if args.grid:
+        from decode_grid import run_grid
+
+        return run_grid(args.kinds.split(","), args.rounds, args.neighbours, args.page_size, args.json)
 
     device = torch.device("cuda")
     gpu = torch.cuda.get_device_name()

@@ -1,0 +1,67 @@
+"""benchmarks/decode_grid.py hands the same problem to FlashAttention-3 and SDPA as to our op: each adaptor must
+compute the same attention. FA3 is not installed on the CPU machines, so a float64 stand-in written from
+flash_attn_with_kvcache's documented contract (scores q.k + qv.v_cache, paged keys through page_table, causal from
+the bottom right) checks the argument mapping of every kind; SDPA runs as it is."""
+import math
+import pathlib
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+import decode_grid  # noqa: E402
+from ab_decode import make_inputs  # noqa: E402
+
+import glacompiler  # noqa: E402
+
+
+def fa3_stand_in(q, k_cache, v_cache, qv=None, cache_seqlens=None, page_table=None, softmax_scale=None,
+                 causal=False):
+    """flash_attn_with_kvcache's math for a paged cache, in float64: q [B, Lq, Hq, D], k_cache [P, page, Hkv, D],
+    v_cache [P, page, Hkv, Dv], qv [B, Lq, Hq, Dv] (scores gain qv . v)."""
+    batch, query_len, heads, _ = q.shape
+    kv_heads = k_cache.shape[2]
+    out = torch.empty(batch, query_len, heads, v_cache.shape[-1], dtype=torch.float64)
+    for b in range(batch):
+        length = int(cache_seqlens[b])
+        keys = k_cache[page_table[b].long()].flatten(0, 1)[:length].double()  # [S, Hkv, D]
+        values = v_cache[page_table[b].long()].flatten(0, 1)[:length].double()
+        for h in range(heads):
+            kv = h // (heads // kv_heads)
+            scores = q[b, :, h].double() @ keys[:, kv].T
+            if qv is not None:
+                scores = scores + qv[b, :, h].double() @ values[:, kv].T
+            scores = scores * softmax_scale
+            if causal:
+                last = length - query_len + torch.arange(query_len)
+                scores = scores.masked_fill(torch.arange(length)[None, :] > last[:, None], -math.inf)
+            out[b, :, h] = torch.softmax(scores, dim=-1) @ values[:, kv]
+    return out
+
+
+@pytest.mark.parametrize("name", ["mla", "gla2", "gta", "gqa"])
+def test_fa3_adaptor_computes_our_attention(name):
+    kwargs = make_inputs(name, 2, 48, 2, 16, seed=3, device="cpu", dtype=torch.float32)
+    lengths = torch.tensor([48, 29], dtype=torch.int32)
+    kwargs["cache_seqlens"] = lengths
+    spec_width = kwargs["q"].shape[-1] + (kwargs["q_rope"].shape[-1] if "q_rope" in kwargs else 0)
+    scale = spec_width ** -0.5
+    ours = glacompiler.attention_with_kvcache(**kwargs, softmax_scale=scale, causal=True)
+    theirs = decode_grid.fa3_call(fa3_stand_in, name, kwargs, scale)()
+    torch.testing.assert_close(theirs, ours.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("query_len", [1, 3])
+def test_sdpa_baseline_computes_our_attention(query_len):
+    kwargs = make_inputs("gqa", 2, 48, query_len, 16, seed=4, device="cpu", dtype=torch.float32)
+    scale = kwargs["q"].shape[-1] ** -0.5
+    ours = glacompiler.attention_with_kvcache(**kwargs, softmax_scale=scale, causal=True)
+    torch.testing.assert_close(decode_grid.sdpa_call(kwargs, scale)(), ours, rtol=1e-5, atol=1e-5)
+
+
+def test_grid_rows_are_the_issues_and_their_neighbours():
+    assert decode_grid.grid_rows(False) == decode_grid.ISSUE_ROWS
+    rows = decode_grid.grid_rows(True)
+    assert len(rows) == 12 and set(decode_grid.ISSUE_ROWS) <= set(rows)
+    assert {q for _, _, q in rows} == {1, 2, 4}
