@@ -44,11 +44,10 @@ def mask_key_range_kernel(
                 masked_bias = attend & (values.to(tl.float32) <= MASKED_BIAS)
                 row_masked_bias += tl.sum(masked_bias.to(tl.int64), axis=0)
                 attend = attend & ~masked_bias
+                adding += tl.sum((attend & (values != 0)).to(tl.int64), axis=0)
             first = tl.minimum(first, tl.min(tl.where(attend, keys, capacity), axis=0))
             last = tl.maximum(last, tl.max(tl.where(attend, keys + 1, 0), axis=0))
             row_allowed += tl.sum(attend.to(tl.int64), axis=0)
-            if not MASK_IS_BOOL:
-                adding += tl.sum((attend & (values != 0)).to(tl.int64), axis=0)
         allowed += row_allowed
         only_masked_bias += ((row_allowed == 0) & (row_masked_bias > 0)).to(tl.int32)
     # The allowed entries lie in [first, last): all of it is allowed when they fill it in every row.
