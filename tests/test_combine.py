@@ -43,7 +43,7 @@ def _check_combine(device: torch.device, rows: int, splits: int, head_dim_v: int
     torch.testing.assert_close(lse.cpu().double(), expected_lse, rtol=1e-5, atol=1e-5)
 
 
-CASES = [(5, 2, 24), (9, 3, 64), (4, 7, 136), (3, 64, 512)]  # rows, splits (powers of two and not), Dv
+CASES = [(5, 2, 24), (9, 3, 64), (4, 7, 136), (3, 64, 512), (2, 128, 64)]  # rows, splits (powers of two and not), Dv
 
 
 @pytest.mark.parametrize("rows, splits, head_dim_v", CASES)

@@ -74,6 +74,20 @@ def test_masks_over_pages_that_hold_whole_key_blocks(interpret_kernels, block_n,
         check_fa_rule(out, lse, problem)
 
 
+@pytest.mark.parametrize("name", ["gta", "gqa"])
+def test_max_splits_over_one_block_each(interpret_kernels, name):
+    """MAX_SPLITS splits of a long cache, most of them one key block, some past a shorter sequence's end (empty)."""
+    from glacompiler.kernels.common.splits import MAX_SPLITS
+    from glacompiler.kernels.portable import PortableConfig
+
+    problem = make_decode_problem(CPU_SPECS[name], batch=2, query_len=2, capacity=MAX_SPLITS * 16 + 5,
+                                  page_size=16, seqlens=[MAX_SPLITS * 16 + 5, 700],
+                                  generator=torch.Generator().manual_seed(11))
+    config = PortableConfig(block_m=16, block_n=16, block_d=64, num_splits=MAX_SPLITS)
+    out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
+    check_fa_rule(out, lse, problem)
+
+
 def test_mask_that_rules_out_everything_gives_zero_and_minus_inf(interpret_kernels):
     problem = make_decode_problem(CPU_SPECS["gla2"], batch=2, query_len=1, capacity=40, causal=False)
     problem.kwargs["attn_mask"] = torch.zeros(2, 1, 1, 40, dtype=torch.bool)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import glacompiler
+from glacompiler.kernels.common.splits import MAX_SPLITS
 from glacompiler.problems import check_fa_rule, make_decode_problem
 
 from kernel_cases import CPU_SPECS
@@ -120,7 +121,7 @@ def _error_cases():
         "mask rank": (ValueError, "attn_mask shape", edit(attn_mask=torch.ones(1, 2, 8, 2, 16, dtype=torch.bool))),
         "mask dtype": (TypeError, "attn_mask must be bool", edit(attn_mask=torch.ones(2, 1, 2, 16, dtype=torch.int32))),
         "num splits": (ValueError, "num_splits", edit(num_splits=0)),
-        "too many splits": (ValueError, "num_splits", edit(num_splits=65)),
+        "too many splits": (ValueError, "num_splits", edit(num_splits=MAX_SPLITS + 1)),
         "scale": (TypeError, "softmax_scale", edit(softmax_scale="0.1")),
         "v heads": (ValueError, "v_cache shape", edit(v_cache=torch.randn(6, 8, 3, 96))),
         "SDPA layout": (ValueError, r"SDPA's \[B, H, L, D\] layout, pass q.transpose\(1, 2\)",

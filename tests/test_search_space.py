@@ -2,6 +2,7 @@
 kernel's, built through the family interface the tuner uses."""
 import pytest
 
+from glacompiler.kernels.common.splits import HEURISTIC_MAX_SPLITS, MAX_SPLITS
 from glacompiler.kernels.latent_hopper import LATENT_HOPPER, LatentHopperConfig
 from glacompiler.kernels.portable import PORTABLE
 from glacompiler.kernels.portable.config import PortableConfig, heuristic_config, pipeline_stages
@@ -22,7 +23,7 @@ def test_space_holds_only_valid_configs(name, batch, capacity, query_len):
     rows = spec.group_size * query_len
     assert min(space.values("block_m")) >= 16
     assert max(space.values("block_m")) <= max(16, default.block_m, 1 << (rows - 1).bit_length())
-    assert max(space.values("num_splits")) <= 64
+    assert max(space.values("num_splits")) <= MAX_SPLITS
     assert max(space.values("block_n")) <= capacity
     for value in space.values("dv_split"):
         assert value == 1 or spec.head_dim_v // value >= 32
@@ -38,6 +39,15 @@ def test_space_scales_splits_with_parallelism():
     assert max(small.values("num_splits")) >= 32  # 8 programs on 132 SMs: splits are the parallelism
     assert max(large.values("num_splits")) <= 2  # 1024 programs already fill the GPU
     assert max(short.values("num_splits")) <= 2  # 128 keys: no split shorter than 64 keys
+
+
+def test_few_programs_over_a_long_cache_may_take_up_to_max_splits():
+    """GTA's 4 KV heads over one 64K-key sequence: the tuner may reach MAX_SPLITS (128 splits ran 1.35x faster than
+    64 on an H200), while the heuristic stops at HEURISTIC_MAX_SPLITS."""
+    gta = AttentionSpec.grouped_tied(16, 4, 128, 64)
+    space = build_search_space(gta, ProblemShape(1, 1, 65536, 64), 132)
+    assert MAX_SPLITS in space.values("num_splits")
+    assert heuristic_config(gta, 1, 65536, 1, 132).num_splits <= HEURISTIC_MAX_SPLITS
 
 
 def test_portable_family_builds_the_same_space():

@@ -14,7 +14,7 @@ from ...spec import AttentionSpec, ProblemShape
 from .splits import MAX_SPLITS
 
 # Split counts tried: roughly geometric, so the short budgets still cover 1..64.
-SPLIT_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+SPLIT_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 # Waves of programs beyond which more splits only add combine work.
 MAX_WAVES = 4
 # A split shorter than this many keys costs more in the combine than it saves.

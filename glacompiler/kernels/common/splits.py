@@ -5,7 +5,12 @@ import functools
 
 import torch
 
-MAX_SPLITS = 64
+# Splits a launch may take (configs, the op's num_splits, the tuner's space). The heuristic stops at 64: more
+# only paid where very few programs share a long cache, and there not for every kind (H200, one sequence of 64K
+# keys: GTA's 4 KV heads 37.9 us at 64 splits, 28.1 at 128; GQA's 8 heads 69.0 at 64, 84.5 at 96, 70.2 at 128;
+# benchmarks/RESULTS.md), so larger counts come from tuned tables.
+MAX_SPLITS = 128
+HEURISTIC_MAX_SPLITS = 64
 
 
 @functools.lru_cache(maxsize=None)
@@ -25,7 +30,7 @@ def default_num_splits(programs_per_split: int, capacity: int, block_n: int, mul
     """The fewest splits that fill the last wave of resident programs (multiprocessors x resident) to 75% or
     more (each split costs a partial write and a combine); never a split shorter than four key blocks."""
     slots = multiprocessors * resident
-    longest_useful = max(1, min(MAX_SPLITS, capacity // (4 * block_n)))
+    longest_useful = max(1, min(HEURISTIC_MAX_SPLITS, capacity // (4 * block_n)))
     for splits in range(1, longest_useful + 1):
         programs = programs_per_split * splits
         waves = -(-programs // slots)
