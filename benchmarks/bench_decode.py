@@ -26,7 +26,7 @@ import triton
 
 import glacompiler
 from glacompiler.kernels import KernelCall
-from glacompiler.kernels.common.splits import device_multiprocessors
+from glacompiler.kernels.common.splits import MAX_SPLITS, device_multiprocessors
 from glacompiler.kernels.latent_hopper import LatentHopperConfig
 from glacompiler.kernels.portable import PortableConfig
 from glacompiler.kernels.portable.config import heuristic_config
@@ -100,7 +100,7 @@ def variants(base: PortableConfig, rows: int) -> list[PortableConfig]:
         out.append(dataclasses.replace(base, num_stages=stages))
     out.append(dataclasses.replace(base, preload_q=not base.preload_q))
     for factor in (0.5, 2):
-        splits = max(1, min(64, round(base.num_splits * factor)))
+        splits = max(1, min(MAX_SPLITS, round(base.num_splits * factor)))
         out.append(dataclasses.replace(base, num_splits=splits))
     if rows >= 64:  # wide latent groups: try wider row blocks and Dv splits too
         for block_m, dv_split, warps, stages in itertools.product((32, 64, 128), (1, 2), (4, 8), (2, 3)):

@@ -65,3 +65,10 @@ def test_grid_rows_are_the_issues_and_their_neighbours():
     rows = decode_grid.grid_rows(True)
     assert len(rows) == 12 and set(decode_grid.ISSUE_ROWS) <= set(rows)
     assert {q for _, _, q in rows} == {1, 2, 4}
+
+
+def test_a_baseline_that_computes_something_else_is_refused():
+    ours = torch.randn(2, 1, 4, 8)
+    assert decode_grid.check_agreement(ours + 1e-3, ours, "FA3") == pytest.approx(1e-3, rel=1e-3)
+    with pytest.raises(RuntimeError, match="FA3 and our op disagree"):
+        decode_grid.check_agreement(ours.flip(-1), ours, "FA3")

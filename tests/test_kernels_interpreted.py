@@ -76,12 +76,13 @@ def test_masks_over_pages_that_hold_whole_key_blocks(interpret_kernels, block_n,
 
 @pytest.mark.parametrize("name", ["gta", "gqa"])
 def test_max_splits_over_one_block_each(interpret_kernels, name):
-    """MAX_SPLITS splits of a long cache, most of them one key block, some past a shorter sequence's end (empty)."""
+    """MAX_SPLITS splits of one key block each: all of them hold keys of the long sequence (its last one partly),
+    and those past the shorter sequence's end are empty."""
     from glacompiler.kernels.common.splits import MAX_SPLITS
     from glacompiler.kernels.portable import PortableConfig
 
-    problem = make_decode_problem(CPU_SPECS[name], batch=2, query_len=2, capacity=MAX_SPLITS * 16 + 5,
-                                  page_size=16, seqlens=[MAX_SPLITS * 16 + 5, 700],
+    problem = make_decode_problem(CPU_SPECS[name], batch=2, query_len=2, capacity=MAX_SPLITS * 16,
+                                  page_size=16, seqlens=[MAX_SPLITS * 16 - 5, 700],
                                   generator=torch.Generator().manual_seed(11))
     config = PortableConfig(block_m=16, block_n=16, block_d=64, num_splits=MAX_SPLITS)
     out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)

@@ -188,6 +188,20 @@ def test_nearest_bucket_in_log_space(table_dirs):
     assert dataclasses.replace(find_config(PORTABLE, GQA, shape_of(32, 8192, 1), GPU), num_splits=1) == large
 
 
+def test_rescaled_splits_pass_the_heuristic_cap_only_as_far_as_the_tuner_went():
+    """A bucket tuned at 16 sequences scaled to one: 16x the splits, capped at HEURISTIC_MAX_SPLITS (more splits
+    were slower for most kinds), or at the tuned count where the tuner itself went past that cap."""
+    from glacompiler.kernels.common.splits import HEURISTIC_MAX_SPLITS, MAX_SPLITS
+
+    tuned, wanted = ProblemShape(16, 1, 65536, 64), ProblemShape(1, 1, 65536, 64)
+    scaled = PORTABLE.rescale_config(PortableConfig(block_n=64, num_splits=8), GQA, tuned, wanted)
+    assert scaled.num_splits == HEURISTIC_MAX_SPLITS
+    scaled = PORTABLE.rescale_config(PortableConfig(block_n=64, num_splits=MAX_SPLITS), GQA, tuned, wanted)
+    assert scaled.num_splits == MAX_SPLITS
+    scaled = PORTABLE.rescale_config(PortableConfig(block_n=64, num_splits=MAX_SPLITS), GQA, wanted, tuned)
+    assert scaled.num_splits == MAX_SPLITS // 16
+
+
 def test_stale_entries_are_ignored_with_one_warning_for_the_users_table(table_dirs, caplog):
     user_dir, shipped_dir = table_dirs
     stale_config, user_config = PortableConfig(block_n=16, num_splits=2), PortableConfig(block_n=64, num_splits=3)

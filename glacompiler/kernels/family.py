@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..spec import AttentionSpec, ProblemShape
-from .common.splits import MAX_SPLITS
+from .common.splits import HEURISTIC_MAX_SPLITS
 
 Config = Any  # a family's frozen config dataclass (with num_splits, to_dict and from_dict)
 
@@ -97,7 +97,9 @@ class KernelFamily:
         tuned_programs = self.programs_per_split(spec, tuned, config)
         wanted_programs = self.programs_per_split(spec, wanted, config)
         splits = round(config.num_splits * tuned_programs / wanted_programs)
-        splits = max(1, min(splits, self.longest_useful_splits(spec, wanted, config), MAX_SPLITS))
+        # Past the heuristic's cap only as far as the tuner went: more splits were slower for most kinds.
+        cap = max(HEURISTIC_MAX_SPLITS, config.num_splits)
+        splits = max(1, min(splits, self.longest_useful_splits(spec, wanted, config), cap))
         return self.with_splits(config, splits)
 
     def prepare(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: Config):

@@ -13,7 +13,7 @@ Config = Any  # a family's frozen config dataclass
 from ...spec import AttentionSpec, ProblemShape
 from .splits import MAX_SPLITS
 
-# Split counts tried: roughly geometric, so the short budgets still cover 1..64.
+# Split counts tried: roughly geometric, so the short budgets still cover 1..MAX_SPLITS.
 SPLIT_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 # Waves of programs beyond which more splits only add combine work.
 MAX_WAVES = 4
