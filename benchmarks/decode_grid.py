@@ -59,13 +59,14 @@ def fa3_call(fa3, name: str, kwargs: dict, scale: float):
     common = dict(cache_seqlens=kwargs["cache_seqlens"], page_table=kwargs["page_table"], softmax_scale=scale,
                   causal=True)
     k_cache = kwargs["k_cache"]
+    if name in ("mla", "gla2", "gla8", "gta"):  # the shared rope key, once per KV head (FA3 has no shared key)
+        rope_per_head = kwargs["k_rope_cache"][:, :, None, :].expand(-1, -1, k_cache.shape[2], -1)
     if name in ("mla", "gla2", "gla8"):  # scores from q_rope . k_rope + q . latent; output from the latent
-        k_rope = kwargs["k_rope_cache"][:, :, None, :].expand(-1, -1, k_cache.shape[2], -1).contiguous()
+        k_rope = rope_per_head.contiguous()
         return lambda: fa3(kwargs["q_rope"], k_rope, k_cache, qv=kwargs["q"], **common)
     if name == "gta":  # K = [first Dq channels of the tied state | the rope key], V = the tied state
         nope = kwargs["q"].shape[-1]
-        keys = torch.cat([k_cache[..., :nope], kwargs["k_rope_cache"][:, :, None, :].expand(
-            -1, -1, k_cache.shape[2], -1)], dim=-1).contiguous()
+        keys = torch.cat([k_cache[..., :nope], rope_per_head], dim=-1).contiguous()
         query = torch.cat([kwargs["q"], kwargs["q_rope"]], dim=-1).contiguous()
         return lambda: fa3(query, keys, k_cache, **common)
     return lambda: fa3(kwargs["q"], k_cache, kwargs["v_cache"], **common)
@@ -134,7 +135,7 @@ def time_row(name: str, batch: int, length: int, query_len: int, page_size: int,
     bytes_moved, flops = problem_cost(spec, kwargs["q"], kwargs["cache_seqlens"])
     floor = max(bytes_moved / bandwidth, flops / flop_rate) * 1e6
     return dict(case=name, batch=batch, seqlen=length, q_len=query_len, floor_us=floor, kernel=family.name,
-                rounds={label: values for label, values in times.items()},
+                rounds=times,
                 us={label: statistics.median(values) for label, values in times.items()}, notes=notes)
 
 

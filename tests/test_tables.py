@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from glacompiler.kernels.common.splits import HEURISTIC_MAX_SPLITS, MAX_SPLITS
 from glacompiler.kernels.latent_hopper import LATENT_HOPPER, LatentHopperConfig
 from glacompiler.kernels.portable import PORTABLE
 from glacompiler.kernels.portable.config import PortableConfig
@@ -191,8 +192,6 @@ def test_nearest_bucket_in_log_space(table_dirs):
 def test_rescaled_splits_pass_the_heuristic_cap_only_as_far_as_the_tuner_went():
     """A bucket tuned at 16 sequences scaled to one: 16x the splits, capped at HEURISTIC_MAX_SPLITS (more splits
     were slower for most kinds), or at the tuned count where the tuner itself went past that cap."""
-    from glacompiler.kernels.common.splits import HEURISTIC_MAX_SPLITS, MAX_SPLITS
-
     tuned, wanted = ProblemShape(16, 1, 65536, 64), ProblemShape(1, 1, 65536, 64)
     scaled = PORTABLE.rescale_config(PortableConfig(block_n=64, num_splits=8), GQA, tuned, wanted)
     assert scaled.num_splits == HEURISTIC_MAX_SPLITS
