@@ -209,17 +209,22 @@ def test_config_heuristic():
     assert heuristic_config(mla, shape(batch=128, capacity=8192), 132) == LatentHopperConfig(1, False, block_n=64)
     # One sequence: 2 programs; splits of at least 4 key blocks, up to what fills the SMs.
     assert heuristic_config(mla, shape(batch=1, capacity=8192), 132).num_splits == 32
-    # MLA at Lq 2 keeps 64-row tiles (a 128 x 512 accumulator does not fit); GLA-2 at Lq 2 splits 128 rows.
-    assert not heuristic_config(mla, shape(query_len=2), 132).row_split
+    # MLA at Lq 2 keeps 64-row tiles shared by two warpgroups (64 x 512 fp32 is too much for one).
+    assert heuristic_config(mla, shape(query_len=2), 132) == LatentHopperConfig(1, False, block_n=64)
+    # A 256-wide latent head with 64 rows or more: 64-row programs of one warpgroup, two an SM (64-key blocks).
     gla2 = latent_spec(latent_heads=2, width=256)
-    assert not heuristic_config(gla2, shape(query_len=1), 132).row_split
-    assert heuristic_config(gla2, shape(query_len=2), 132).row_split
-    # 128-key blocks on the 64-row tile of a 256-wide latent only.
-    assert heuristic_config(gla2, shape(query_len=1), 132).block_n == 128
-    assert heuristic_config(gla2, shape(query_len=2), 132).block_n == 64
+    for query_len in (1, 2, 4):
+        assert heuristic_config(gla2, shape(query_len=query_len), 132) == \
+            LatentHopperConfig(1, True, block_n=64, one_warpgroup=True)
+    # ... and their splits fill two programs an SM: one sequence, 2 latent heads, 2 row blocks at Lq 2.
+    assert heuristic_config(gla2, shape(batch=1, query_len=2, capacity=65536), 132).num_splits == 50
+    # Fewer rows (GLA-8: 16 a latent head at Lq 1) keep the shared 64-row tile and its 128-key blocks.
+    gla8 = latent_spec(latent_heads=8, width=256)
+    assert heuristic_config(gla8, shape(query_len=1), 132) == LatentHopperConfig(1, False, block_n=128)
+    assert heuristic_config(gla8, shape(query_len=4), 132).one_warpgroup
     assert heuristic_config(mla, shape(query_len=1), 132).block_n == 64
-    # ... where two 128-key stages fit: not beside a 128-wide rope key.
-    assert heuristic_config(latent_spec(latent_heads=2, width=256, rope=128), shape(query_len=1), 132).block_n == 64
+    # 128-key blocks where two such stages fit: not beside a 128-wide rope key.
+    assert heuristic_config(latent_spec(latent_heads=8, width=256, rope=128), shape(query_len=1), 132).block_n == 64
 
 
 def test_config_checks():
@@ -234,12 +239,37 @@ def test_config_checks():
     gla2 = latent_spec(latent_heads=2, width=256)
     assert LatentHopperConfig(block_n=128).problem_with(gla2) is None
     assert "do not fit two stages" in LatentHopperConfig(block_n=128).problem_with(latent_spec())
+    # One warpgroup: the row_split code on 64 rows, 64-key blocks, latents up to 256 wide.
+    one = LatentHopperConfig(row_split=True, one_warpgroup=True)
+    assert one.problem_with(gla2) is None
+    assert "row_split" in LatentHopperConfig(one_warpgroup=True).problem_with(gla2)
+    assert "up to 256 wide" in one.problem_with(latent_spec())
+    wide_blocks = LatentHopperConfig(row_split=True, block_n=128, one_warpgroup=True)
+    assert "do not fit two stages" in wide_blocks.problem_with(gla2)
     assert "do not fit two stages" in LatentHopperConfig(row_split=True, block_n=128).problem_with(gla2)
     # No block size given (a table tuned before it was a choice): the preferred one for the spec and tile.
     assert LatentHopperConfig().tile_for(gla2, 64).block_n == 128
     assert LatentHopperConfig(row_split=True).tile_for(gla2, 64).block_n == 64
     assert LatentHopperConfig().tile_for(latent_spec(), 64).block_n == 64
     assert LatentHopperConfig(block_n=64).tile_for(gla2, 16).copy_rows == 16
+    with pytest.raises(ValueError, match="row_split"):
+        LatentHopperTile(row_split=False, one_warpgroup=True)
+
+
+def test_one_warpgroup_tile_leaves_room_for_a_second_program():
+    """Two 64-row programs of one warpgroup share an SM: each takes at most half of its 228 KB less the
+    driver's 1 KB a program (the query's latent part and two stages; its rope part and P are in registers)."""
+    from glacompiler.kernels.latent_hopper.config import SM90_CTA_RESERVE, SM90_SHARED_MEMORY_PER_SM
+
+    tile = LatentHopperConfig(row_split=True, one_warpgroup=True).tile_for(latent_spec(latent_heads=2, width=256), 64)
+    assert (tile.block_m, tile.block_n, tile.num_warps) == (64, 64, 4)
+    assert tile.num_stages(256, 64) == 2
+    shared = 64 * 256 * 2 + 2 * 64 * (256 + 64) * 2
+    assert shared <= SM90_SHARED_MEMORY_PER_SM // 2 - SM90_CTA_RESERVE
+    source = render_latent_hopper_kernel(latent_spec(latent_heads=2, width=256), tile)
+    assert "qr_smem = gl.allocate_shared_memory" not in source and "warps_per_cta=[4, 1]" in source
+    assert "warps_per_cta=[8, 1]" in render_latent_hopper_kernel(latent_spec(latent_heads=2, width=256),
+                                                                  LatentHopperTile(row_split=True))
 
 
 def test_tiles_and_specs_that_cannot_hold_their_blocks():
@@ -258,6 +288,9 @@ def test_tiles_and_specs_that_cannot_hold_their_blocks():
 
 def test_config_round_trip_leaves_out_an_open_block_size():
     assert LatentHopperConfig(3, False).to_dict() == {"num_splits": 3, "row_split": False}
+    one = LatentHopperConfig(3, True, 64, one_warpgroup=True)
+    assert one.to_dict() == {"num_splits": 3, "row_split": True, "block_n": 64, "one_warpgroup": True}
+    assert LatentHopperConfig.from_dict(one.to_dict()) == one
     assert LatentHopperConfig.from_dict({"num_splits": 3, "row_split": False}) == LatentHopperConfig(3, False)
     explicit = LatentHopperConfig(3, False, block_n=128)
     assert LatentHopperConfig.from_dict(explicit.to_dict()) == explicit

@@ -52,8 +52,8 @@ def assert_takes_hopper_kernel(problem):
 
 
 # (spec, query_len, page_size): pages of 64 (one block each), 256 (four blocks each), 16 and 32 (a copy per
-# page), contiguous; Lq up to 16. GLA-2 from Lq 2 on runs the 128-row tiles (row_split), with 200 rows at Lq 3
-# (a partly empty last tile).
+# page), contiguous; Lq up to 16. GLA-2 runs 64-row programs of one warpgroup (one_warpgroup), with 200 rows at
+# Lq 3 (a partly empty last row block).
 CASES = [("mla", 1, 64), ("mla", 2, 0), ("mla", 16, 256), ("mla", 3, 64), ("mla", 1, 16), ("mla", 2, 32),
          ("gla2", 1, 64), ("gla2", 1, 0), ("gla2", 2, 64), ("gla2", 3, 0), ("gla2", 16, 128), ("gla2", 2, 16),
          ("mla_rope48", 4, 128), ("gla_rope16", 1, 32), ("gla2_xl", 1, 64), ("gla2_xl", 3, 16)]
@@ -141,6 +141,24 @@ def test_wide_key_blocks_match_reference(hopper, name, query_len, page_size, mas
             **problem.kwargs, config=LatentHopperConfig(num_splits=num_splits, block_n=128))
         check_fa_rule(out, lse, problem)
 
+
+
+# The row-owned tiles with explicit configs: the 128-row tile of two warpgroups (the heuristic no longer picks it
+# for GLA, a tuned table may), and programs of one warpgroup on masks per row or token, small pages, splits, and
+# latent heads of 48 and 32 rows (a partly empty row block).
+@pytest.mark.parametrize("name, query_len, page_size, mask, mask_rows, config", [
+    ("gla2", 2, 64, None, "key", LatentHopperConfig(1, True, 64)),
+    ("gla2", 3, 16, "bool", "token", LatentHopperConfig(3, True, 64)),
+    ("gla2", 3, 0, "additive", "head", LatentHopperConfig(2, True, 64, one_warpgroup=True)),
+    ("gla2", 1, 16, "bool", "key", LatentHopperConfig(5, True, 64, one_warpgroup=True)),
+    ("gla_rope16", 1, 32, None, "key", LatentHopperConfig(1, True, 64, one_warpgroup=True)),
+    ("gla2_xl", 4, 64, "bool", "token", LatentHopperConfig(3, True, 64, one_warpgroup=True)),
+])
+def test_row_owned_tiles_match_reference(hopper, name, query_len, page_size, mask, mask_rows, config):
+    problem = hopper_problem(hopper, name, query_len, page_size, torch.bfloat16, seed=21 + query_len, mask=mask,
+                             mask_rows=mask_rows)
+    out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
+    check_fa_rule(out, lse, problem)
 
 
 @pytest.mark.parametrize("page_size, mask", [(0, None), (64, None), (64, "bool")])

@@ -1,6 +1,7 @@
 """The Hopper latent kernel for MLA/GLA decode, written in Gluon (templates/latent_hopper/): key blocks arrive by
 TMA, two warpgroups split a 64-row tile's scores by keys and its 512-wide accumulator by dims (MLA), or a
-128-row tile by rows (GLA with many packed rows). sm_90 GPUs only; support.py says which calls it takes."""
+128-row tile by rows; or a program of one warpgroup owns 64 rows and two programs share an SM (GLA with 64 or
+more packed rows). sm_90 GPUs only; support.py says which calls it takes."""
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +38,7 @@ class LatentHopperFamily(KernelFamily):
         return super().config_problem(config, spec) or config.problem_with(spec)
 
     def programs_per_split(self, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig) -> int:
-        return programs_per_split(spec, shape, config.row_split)
+        return programs_per_split(spec, shape, config.row_split, config.one_warpgroup)
 
     def longest_useful_splits(self, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig) -> int:
         return max(1, shape.capacity // config.tile_for(spec, 0).block_n)
@@ -55,15 +56,17 @@ class LatentHopperFamily(KernelFamily):
 
     def search_space(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
                      include: Sequence[LatentHopperConfig] = ()):
-        """Split counts, the 128-row tile where the latent fits one warpgroup's accumulator, and the block size
-        (configs whose blocks do not fit the tile are pruned by resource_check)."""
+        """Split counts, the tiles where the latent fits one warpgroup's accumulator (128 rows, or 64 on one
+        warpgroup), and the block size (configs whose blocks or tile do not fit are pruned by resource_check)."""
         from ..common.search_space import include_configs, split_choices
 
-        row_split = [False] + ([True] if spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH else [])
+        narrow = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH
+        row_split = [False] + ([True] if narrow else [])
         widest = LatentHopperTile(row_split[-1]).block_m
-        block_n = [BLOCK_N] + ([WIDE_BLOCK_N] if spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH else [])
+        block_n = [BLOCK_N] + ([WIDE_BLOCK_N] if narrow else [])
         return include_configs({"num_splits": split_choices(spec, shape, multiprocessors, widest),
-                                "row_split": row_split, "block_n": block_n}, include)
+                                "row_split": row_split, "block_n": block_n,
+                                "one_warpgroup": [False] + ([True] if narrow else [])}, include)
 
     def resource_check(self, spec: AttentionSpec, config: LatentHopperConfig, limits) -> ResourceCheck:
         # The tile's stages are sized from the shared memory the template leaves (LatentHopperTile.num_stages).
@@ -72,7 +75,8 @@ class LatentHopperFamily(KernelFamily):
             return ResourceCheck(1.0, problem, {})
         tile = config.tile_for(spec, 0)
         stages = tile.num_stages(spec.head_dim_k, rope_tile_width(spec.rope_dim))
-        return ResourceCheck(0.0, f"{tile.block_m}-row tile, {tile.block_n}-key blocks, {stages} stages",
+        programs = ", one warpgroup, two programs an SM" if tile.one_warpgroup else ""
+        return ResourceCheck(0.0, f"{tile.block_m}-row tile{programs}, {tile.block_n}-key blocks, {stages} stages",
                              {"stages": stages})
 
 

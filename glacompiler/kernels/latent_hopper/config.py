@@ -5,8 +5,9 @@ Tiles: 64 keys per block (one TMA box, one page of a 64-token paged cache), or 1
 256 wide on the 64-row tile; a page smaller than the block takes one copy each, down to 16 keys (a copy lands on
 a multiple of the 128-byte swizzle's 8-row period, and smaller pages would need more copies than a block is
 worth). Rows: 64 shared by two warpgroups (each with half of a latent up to 512 wide, and the scores of half the
-block's keys), or, for latents up to 256 wide with many packed rows, 128 split between them. Shared-memory
-stages: what 227 KB holds beside the query tile."""
+block's keys), or, for latents up to 256 wide, 128 split between them (row_split), or 64 owned by a program of
+one warpgroup, two programs an SM (one_warpgroup). Shared-memory stages: what 227 KB holds beside the query
+tile (for one_warpgroup: half of the SM's 228 KB, less the driver's per-program reserve)."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,10 @@ from ..common.tiles import rope_tile_width
 BLOCK_N = 64  # keys per block, the default
 WIDE_BLOCK_N = 128  # for latents up to 256 wide on the 64-row tile: each warpgroup scores 64 keys, not 32
 SM90_SHARED_MEMORY = 232448  # bytes of shared memory a CTA may take on an H100 / H200
+SM90_SHARED_MEMORY_PER_SM = 233472  # what an SM holds for all its resident CTAs
+SM90_CTA_RESERVE = 1024  # the driver's per-CTA share of it
 SHARED_MEMORY_RESERVE = 2048  # mbarriers, the row-max exchange and the compiler's reduction scratch
+MBARRIER_RESERVE = 128  # a one-warpgroup program's only shared memory beside its tiles: the stages' mbarriers
 MIN_PAGE = 16
 ROW_SPLIT_MAX_WIDTH = 256
 LATENT_WIDTHS = (256, 512)
@@ -39,22 +43,37 @@ class LatentHopperTile:
     # it timed faster on an H100, MLA's 512-wide latent.
     scores_ahead: Optional[bool] = None
     block_n: int = BLOCK_N  # keys per block
+    # The row_split code on 64 rows in a program of one warpgroup, its query's rope part in registers: small
+    # enough that two programs share an SM, and one's softmax runs while the other's products take the tensor
+    # cores (GLA-2 on an H200 at B128 S8K: 6-7% faster than the 128-row tile at Lq 2 and 4, 15% faster than the
+    # shared 64-row tile at Lq 1; benchmarks/RESULTS.md).
+    one_warpgroup: bool = False
 
     def __post_init__(self):
         if self.block_n not in (BLOCK_N, WIDE_BLOCK_N) or self.block_n % self.copy_rows:
             raise ValueError(f"a tile of {self.block_n}-key blocks cannot take copies of {self.copy_rows} keys")
+        if self.one_warpgroup and not self.row_split:
+            raise ValueError("one_warpgroup is a form of the row_split tile (each warpgroup owns its rows)")
+
+    @property
+    def num_warps(self) -> int:
+        return 4 if self.one_warpgroup else NUM_WARPS
 
     def issues_scores_ahead(self, head_dim: int) -> bool:
         return head_dim == 512 and not self.row_split if self.scores_ahead is None else self.scores_ahead
 
     @property
     def block_m(self) -> int:
-        return 128 if self.row_split else 64
+        return 128 if self.row_split and not self.one_warpgroup else 64
 
     def stages_that_fit(self, head_dim: int, rope_width: int) -> int:
         """Key blocks the shared memory holds beside the query tile and P."""
         element = 2  # bf16 / fp16
         row_bytes = (head_dim + rope_width) * element
+        if self.one_warpgroup:  # the query's rope part and P are in registers
+            free = (SM90_SHARED_MEMORY_PER_SM // 2 - SM90_CTA_RESERVE - MBARRIER_RESERVE
+                    - self.block_m * head_dim * element)
+            return free // (self.block_n * row_bytes)
         query_and_p = self.block_m * row_bytes + (0 if self.row_split else self.block_m * self.block_n * element)
         free = SM90_SHARED_MEMORY - SHARED_MEMORY_RESERVE - query_and_p
         return free // (self.block_n * row_bytes)
@@ -65,7 +84,7 @@ class LatentHopperTile:
 
     def num_stages(self, head_dim: int, rope_width: int) -> int:
         """Key-block stages: as many as fit (2 for MLA's 512-wide latent, 4 for a 256-wide one over 64 rows, 3
-        over 128; 2 for 128-key blocks of a 256-wide one), at most 4."""
+        over 128; 2 for 128-key blocks of a 256-wide one, and on one warpgroup), at most 4."""
         return max(2, min(4, self.stages_that_fit(head_dim, rope_width)))
 
 
@@ -87,19 +106,27 @@ class LatentHopperConfig:
     # Keys per block, BLOCK_N or WIDE_BLOCK_N; None: preferred_block_n (the heuristic's choice, and that of
     # tables tuned before the block size was a choice).
     block_n: Optional[int] = None
+    # With row_split: 64-row programs of one warpgroup, two an SM (LatentHopperTile.one_warpgroup). Optional for
+    # the tables: their entries tuned before it was a choice leave it out and hold the other tiles (None reads
+    # as False).
+    one_warpgroup: Optional[bool] = None
 
     def tile_for(self, spec: AttentionSpec, page_size: int) -> LatentHopperTile:
         block_n = self.block_n or preferred_block_n(spec, self.row_split)
-        return LatentHopperTile(self.row_split, latent_copy_rows(page_size, block_n), block_n=block_n)
+        return LatentHopperTile(self.row_split, latent_copy_rows(page_size, block_n), block_n=block_n,
+                                one_warpgroup=self.one_warpgroup)
 
     def __post_init__(self):
+        object.__setattr__(self, "one_warpgroup", bool(self.one_warpgroup))
         if not 1 <= self.num_splits <= MAX_SPLITS:
             raise ValueError(f"num_splits must lie in [1, {MAX_SPLITS}], got {self.num_splits}")
         if self.block_n not in (None, BLOCK_N, WIDE_BLOCK_N):
             raise ValueError(f"block_n must be {BLOCK_N}, {WIDE_BLOCK_N} or None, got {self.block_n}")
 
     def to_dict(self) -> dict:
-        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
+        # An open block size and the two-warpgroup tiles stay out, as in tables written before they were choices.
+        return {name: value for name, value in dataclasses.asdict(self).items()
+                if value is not None and not (name == "one_warpgroup" and not value)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "LatentHopperConfig":
@@ -109,6 +136,8 @@ class LatentHopperConfig:
         """Why this config cannot run a spec the kernel otherwise takes, or None."""
         if self.row_split and spec.head_dim_k > ROW_SPLIT_MAX_WIDTH:
             return f"row_split tiles take latents up to {ROW_SPLIT_MAX_WIDTH} wide"
+        if self.one_warpgroup and not self.row_split:
+            return "one_warpgroup is a form of the row_split tile"
         tile = self.tile_for(spec, 0)
         if not tile.holds_two_stages(spec):
             return (f"{tile.block_n}-key blocks of a {spec.head_dim_k}-wide latent on a {tile.block_m}-row tile do "
@@ -116,20 +145,23 @@ class LatentHopperConfig:
         return None
 
 
-def programs_per_split(spec: AttentionSpec, shape: ProblemShape, row_split: bool) -> int:
+def programs_per_split(spec: AttentionSpec, shape: ProblemShape, row_split: bool, one_warpgroup: bool = False) -> int:
     """Programs a launch runs per KV split: sequences x latent heads x row blocks."""
     rows = spec.group_size * shape.query_len
-    return shape.batch * spec.num_kv_heads * -(-rows // LatentHopperTile(row_split).block_m)
+    block_m = LatentHopperTile(row_split, one_warpgroup=one_warpgroup).block_m
+    return shape.batch * spec.num_kv_heads * -(-rows // block_m)
 
 
 def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> LatentHopperConfig:
-    """128-row tiles where a latent head has more than 64 rows and the latent fits one warpgroup's accumulator;
-    then the fewest splits that fill the GPU (one program per SM: the tile takes most of its shared memory); the
-    preferred block size."""
+    """Where the latent fits one warpgroup's accumulator and a latent head fills 64 rows or more: 64-row programs
+    of one warpgroup, two an SM (faster than the 128-row tile at every GLA-2 shape timed on an H200, and than the
+    shared 64-row tile at Lq 1 from B128 S8K or caches of 32K up; the H200 table keeps the shared tile where it
+    won, short caches at Lq 1); otherwise the shared 64-row tile. Then the fewest splits that fill the GPU's
+    resident programs; the preferred block size."""
     rows = spec.group_size * shape.query_len
-    row_split = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH and rows > 64
+    one_warpgroup = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH and rows >= 64
     # Split counts as for 64-key blocks also where the blocks are 128 (halving them to keep the keys per block
     # was slower at every shape timed, benchmarks/RESULTS.md).
-    splits = default_num_splits(programs_per_split(spec, shape, row_split), shape.capacity, BLOCK_N,
-                                multiprocessors, resident=1)
-    return LatentHopperConfig(splits, row_split, preferred_block_n(spec, row_split))
+    splits = default_num_splits(programs_per_split(spec, shape, one_warpgroup, one_warpgroup), shape.capacity,
+                                BLOCK_N, multiprocessors, resident=2 if one_warpgroup else 1)
+    return LatentHopperConfig(splits, one_warpgroup, preferred_block_n(spec, one_warpgroup), one_warpgroup)

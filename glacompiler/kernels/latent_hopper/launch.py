@@ -13,7 +13,7 @@ from ..common.split_buffers import SplitBuffers
 from ..common.tiles import rope_tile_width
 from ..common.triton_launch import PreparedLaunch
 from ..family import KernelCall
-from .config import NUM_WARPS, LatentHopperConfig
+from .config import LatentHopperConfig
 from .render import latent_hopper_module, swizzle_bytes
 
 # Positions in run's launch arguments
@@ -93,7 +93,7 @@ class LatentHopperLaunchPlan:
         grid = (spec.num_kv_heads * -(-rows // tile.block_m), batch, config.num_splits)
         # Gluon places its own pipeline: num_stages is the JIT's default and changes nothing.
         # run passes the caches themselves: the launch makes (or remembers) their TMA descriptors.
-        self.launch = PreparedLaunch(module.latent_decode_hopper_kernel, grid, constexprs, num_warps=NUM_WARPS,
+        self.launch = PreparedLaunch(module.latent_decode_hopper_kernel, grid, constexprs, num_warps=tile.num_warps,
                                      num_stages=3, descriptors={K_CACHE_ARGUMENT: self.k_view.descriptor,
                                                                 K_ROPE_ARGUMENT: self.k_rope_view.descriptor},
                                      jit_forms=self.keys.jit_forms(MASK_ARGUMENT))

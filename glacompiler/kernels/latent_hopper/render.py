@@ -39,6 +39,8 @@ def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> 
         out_instr_n=min(256, spec.head_dim_k if tile.row_split else spec.head_dim_k // 2),
         p_swizzle=swizzle_bytes(tile.block_n * 2),
         sanitize_chunk=min(64, spec.head_dim_k),
+        num_warps=tile.num_warps,
+        rope_in_registers=tile.one_warpgroup,
     )
 
 
@@ -50,10 +52,12 @@ def latent_hopper_module(spec: AttentionSpec, tile: LatentHopperTile) -> ModuleT
 
 @functools.lru_cache(maxsize=None)
 def latent_hopper_kernels_version() -> str:
-    """Hash of the generated kernels for MLA and GLA-2 on both row tiles and small pages (tuned tables record it)."""
+    """Hash of the generated kernels for MLA and GLA-2 on every row tile and small pages (tuned tables record
+    it)."""
     mla, gla = AttentionSpec.latent(128, 1, 512, 64, paged=True), AttentionSpec.latent(128, 2, 256, 64, paged=True)
     return cached_kernels_version("latent_hopper", lambda: kernels_version([
         render_latent_hopper_kernel(mla, LatentHopperTile(False)),
         render_latent_hopper_kernel(gla, LatentHopperTile(False)),
         render_latent_hopper_kernel(gla, LatentHopperTile(True, copy_rows=16)),
+        render_latent_hopper_kernel(gla, LatentHopperTile(True, one_warpgroup=True)),
     ]))
