@@ -13,7 +13,8 @@ import glacompiler
 from glacompiler.kernels import KernelCall
 from glacompiler.kernels.latent_hopper import LATENT_HOPPER
 from glacompiler.kernels.latent_hopper.config import (
-    SM90_SHARED_MEMORY, LatentHopperConfig, LatentHopperTile, heuristic_config, latent_copy_rows,
+    SM90_CTA_RESERVE, SM90_SHARED_MEMORY, SM90_SHARED_MEMORY_PER_SM, LatentHopperConfig, LatentHopperTile,
+    heuristic_config, latent_copy_rows,
 )
 from glacompiler.kernels.latent_hopper.render import render_latent_hopper_kernel
 from glacompiler.kernels.latent_hopper.support import layout_problem, spec_problem
@@ -56,9 +57,10 @@ from glacompiler.spec import AttentionSpec
 
 spec = AttentionSpec.from_dict(json.loads(sys.argv[1]))
 query_len, page_size, row_split, mask = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
-extensions, block_n = sys.argv[6].split("+"), int(sys.argv[7])
+extensions, block_n, one_warpgroup = sys.argv[6].split("+"), int(sys.argv[7]), sys.argv[8] == "1"
 copy_rows = latent_copy_rows(page_size, block_n)
-kernel = latent_hopper_module(spec, LatentHopperTile(row_split, copy_rows, block_n=block_n)).latent_decode_hopper_kernel
+tile = LatentHopperTile(row_split, copy_rows, block_n=block_n, one_warpgroup=one_warpgroup)
+kernel = latent_hopper_module(spec, tile).latent_decode_hopper_kernel
 element = {"bfloat16": "bf16", "float16": "fp16"}[spec.dtype]
 constexprs = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size, CAUSAL=query_len > 1,
                   HAS_MASK=mask != "none", MASK_IS_BOOL=mask.startswith("bool"), MASK_PER_ROW=mask.endswith("-rows"),
@@ -85,18 +87,19 @@ for index, name in enumerate(kernel.arg_names):
         if name.startswith(("stride_q", "stride_o")):  # what a contiguous q and out give (the op requires it)
             attrs[(index,)] = [["tt.divisibility", 16]]
 source = GluonASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": tile.num_warps})
 print(json.dumps(dict(ptx=compiled.asm["ptx"], shared=compiled.metadata.shared)))
 """
 
 
 def compile_for_sm90(spec: AttentionSpec, query_len: int, page_size: int, row_split: bool, mask: str,
-                     extensions: str = "", block_n: int = 64) -> dict:
+                     extensions: str = "", block_n: int = 64, one_warpgroup: bool = False) -> dict:
     """The generated kernel compiled ahead of time for sm_90, specialised as the JIT would, in a fresh
     process: this one imported Triton in interpreter mode (conftest), where Gluon does not load."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90, json.dumps(spec.to_dict()), str(query_len),
-                             str(page_size), str(int(row_split)), mask, extensions, str(block_n)], capture_output=True, text=True, env=env, timeout=600)
+                             str(page_size), str(int(row_split)), mask, extensions, str(block_n), str(int(one_warpgroup))],
+                            capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -120,6 +123,19 @@ def test_generated_kernel_compiles_for_sm90(spec, query_len, page_size, row_spli
     assert "wgmma.mma_async" in compiled["ptx"]  # warpgroup products
     assert "cp.async.bulk.tensor" in compiled["ptx"]  # TMA key-block copies
     assert 0 < compiled["shared"] <= SM90_SHARED_MEMORY
+
+
+@pytest.mark.parametrize("spec, query_len, page_size, mask, extensions", [
+    (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 2, 64, "none", ""),  # GLA-2, Lq 2
+    (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True), 3, 16, "bool-rows", "sinks+window"),
+    (latent_spec(heads=48, latent_heads=1, width=256, rope=16, paged=False, dtype="float16"), 1, 0, "additive", ""),
+])
+def test_one_warpgroup_kernel_compiles_into_half_an_sm(spec, query_len, page_size, mask, extensions):
+    """The one-warpgroup tile as the JIT builds it for sm_90 (4 warps): what the compiler allocates lets a second
+    program onto the SM (half its shared memory, less the driver's reserve for each)."""
+    compiled = compile_for_sm90(spec, query_len, page_size, True, mask, extensions, 64, one_warpgroup=True)
+    assert "wgmma.mma_async" in compiled["ptx"] and "cp.async.bulk.tensor" in compiled["ptx"]
+    assert 0 < compiled["shared"] + SM90_CTA_RESERVE <= SM90_SHARED_MEMORY_PER_SM // 2
 
 
 def test_template_specialises_per_latent_width_and_tile():
@@ -225,6 +241,24 @@ def test_config_heuristic():
     assert heuristic_config(mla, shape(query_len=1), 132).block_n == 64
     # 128-key blocks where two such stages fit: not beside a 128-wide rope key.
     assert heuristic_config(latent_spec(latent_heads=8, width=256, rope=128), shape(query_len=1), 132).block_n == 64
+    # A rope key wider than 64 leaves one stage on one warpgroup: 64 rows take the shared tile, more the 128-row one.
+    wide_rope = latent_spec(latent_heads=2, width=256, rope=128)
+    assert heuristic_config(wide_rope, shape(query_len=1), 132) == LatentHopperConfig(1, False, block_n=64)
+    assert heuristic_config(wide_rope, shape(query_len=2), 132) == LatentHopperConfig(1, True, block_n=64)
+
+
+@pytest.mark.parametrize("width", [256, 512])
+@pytest.mark.parametrize("rope", [16, 48, 64, 96, 128, 256])
+@pytest.mark.parametrize("latent_heads", [1, 2, 8])
+def test_heuristic_configs_fit_their_spec(width, rope, latent_heads):
+    """Whatever the rope width and rows, the heuristic's config is one the family runs (no problem_with), for every
+    spec the kernel takes."""
+    spec = latent_spec(latent_heads=latent_heads, width=width, rope=rope)
+    if spec_problem(spec, shape()) is not None:
+        return  # the portable kernels run it
+    for query_len in (1, 2, 4):
+        config = heuristic_config(spec, shape(query_len=query_len), 132)
+        assert config.problem_with(spec) is None, (config, config.problem_with(spec))
 
 
 def test_config_checks():
@@ -256,16 +290,24 @@ def test_config_checks():
         LatentHopperTile(row_split=False, one_warpgroup=True)
 
 
-def test_one_warpgroup_tile_leaves_room_for_a_second_program():
-    """Two 64-row programs of one warpgroup share an SM: each takes at most half of its 228 KB less the
-    driver's 1 KB a program (the query's latent part and two stages; its rope part and P are in registers)."""
-    from glacompiler.kernels.latent_hopper.config import SM90_CTA_RESERVE, SM90_SHARED_MEMORY_PER_SM
+def test_rescaled_splits_count_the_one_warpgroup_programs():
+    """A tuned entry moved to a neighbouring batch keeps programs x splits: the one-warpgroup tile's 64-row programs
+    (GLA-2 at Lq 2: two a latent head) count, not the 128-row tile's one."""
+    gla2 = latent_spec(latent_heads=2, width=256)
+    one = LatentHopperConfig(8, True, 64, one_warpgroup=True)
+    assert LATENT_HOPPER.programs_per_split(gla2, shape(batch=4, query_len=2), one) == 16
+    assert LATENT_HOPPER.programs_per_split(gla2, shape(batch=4, query_len=2), LatentHopperConfig(8, True, 64)) == 8
+    rescaled = LATENT_HOPPER.rescale_config(one, gla2, shape(batch=4, query_len=2, capacity=65536),
+                                            shape(batch=16, query_len=2, capacity=65536))
+    assert rescaled == LatentHopperConfig(2, True, 64, one_warpgroup=True)
 
+
+def test_one_warpgroup_tile_shape():
+    """64 rows, 4 warps, 64-key blocks in two stages; the query's rope part is not in shared memory (what it
+    allocates, compiled: test_one_warpgroup_kernel_compiles_into_half_an_sm)."""
     tile = LatentHopperConfig(row_split=True, one_warpgroup=True).tile_for(latent_spec(latent_heads=2, width=256), 64)
     assert (tile.block_m, tile.block_n, tile.num_warps) == (64, 64, 4)
     assert tile.num_stages(256, 64) == 2
-    shared = 64 * 256 * 2 + 2 * 64 * (256 + 64) * 2
-    assert shared <= SM90_SHARED_MEMORY_PER_SM // 2 - SM90_CTA_RESERVE
     source = render_latent_hopper_kernel(latent_spec(latent_heads=2, width=256), tile)
     assert "qr_smem = gl.allocate_shared_memory" not in source and "warps_per_cta=[4, 1]" in source
     assert "warps_per_cta=[8, 1]" in render_latent_hopper_kernel(latent_spec(latent_heads=2, width=256),
@@ -291,6 +333,9 @@ def test_config_round_trip_leaves_out_an_open_block_size():
     one = LatentHopperConfig(3, True, 64, one_warpgroup=True)
     assert one.to_dict() == {"num_splits": 3, "row_split": True, "block_n": 64, "one_warpgroup": True}
     assert LatentHopperConfig.from_dict(one.to_dict()) == one
+    # An entry without the field (None) is the same config as one with False: equal, same hash, same tile.
+    absent, off = LatentHopperConfig(3, True, 64, one_warpgroup=None), LatentHopperConfig(3, True, 64, one_warpgroup=False)
+    assert absent == off and hash(absent) == hash(off) and absent.one_warpgroup is False
     assert LatentHopperConfig.from_dict({"num_splits": 3, "row_split": False}) == LatentHopperConfig(3, False)
     explicit = LatentHopperConfig(3, False, block_n=128)
     assert LatentHopperConfig.from_dict(explicit.to_dict()) == explicit

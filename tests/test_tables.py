@@ -248,6 +248,16 @@ def test_a_config_field_added_later_may_be_absent_but_not_wrong():
     data["entries"][0]["config"]["block_n"] = 96
     with pytest.raises(TableFormatError, match="block_n must be"):
         ConfigTable.from_json(data)
+    # LatentHopperConfig.one_warpgroup came later too: absent reads as the two-warpgroup tiles, true round-trips,
+    # and on a spec it cannot take the file is refused with the reason.
+    one = LatentHopperConfig(4, True, 64, one_warpgroup=True)
+    data = _latent_table_json(one)
+    assert data["entries"][0]["config"]["one_warpgroup"] is True
+    assert next(iter(ConfigTable.from_json(data).entries.values())).config == one
+    assert "one_warpgroup" not in _latent_table_json(LatentHopperConfig(4, True, 64))["entries"][0]["config"]
+    data["entries"][0]["config"]["row_split"] = False
+    with pytest.raises(TableFormatError, match="form of the row_split tile"):
+        ConfigTable.from_json(data)
     # 128-key blocks do not fit beside MLA's 512-wide latent: the file is refused with the reason, not launched.
     with pytest.raises(TableFormatError, match="do not fit two stages"):
         ConfigTable.from_json(_latent_table_json(LatentHopperConfig(4, False, block_n=128), PAPER_SPECS["mla"]))

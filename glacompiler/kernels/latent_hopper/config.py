@@ -18,7 +18,7 @@ from ..common.splits import MAX_SPLITS, default_num_splits
 from ..common.tiles import rope_tile_width
 
 BLOCK_N = 64  # keys per block, the default
-WIDE_BLOCK_N = 128  # for latents up to 256 wide on the 64-row tile: each warpgroup scores 64 keys, not 32
+WIDE_BLOCK_N = 128  # for latents up to 256 wide on the shared 64-row tile: each warpgroup scores 64 keys, not 32
 SM90_SHARED_MEMORY = 232448  # bytes of shared memory a CTA may take on an H100 / H200
 SM90_SHARED_MEMORY_PER_SM = 233472  # what an SM holds for all its resident CTAs
 SM90_CTA_RESERVE = 1024  # the driver's per-CTA share of it
@@ -37,7 +37,7 @@ def latent_copy_rows(page_size: int, block_n: int = BLOCK_N) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class LatentHopperTile:
-    row_split: bool  # 128 rows, 64 per warpgroup; else 64 rows shared by both
+    row_split: bool  # each warpgroup owns 64 rows (128 a program, or 64 with one_warpgroup); else 64 shared by two
     copy_rows: int = BLOCK_N  # keys per TMA copy (latent_copy_rows)
     # Issue the next block's score product behind this block's PV product (see the template). None: where
     # it timed faster on an H100, MLA's 512-wide latent.
@@ -67,10 +67,11 @@ class LatentHopperTile:
         return 128 if self.row_split and not self.one_warpgroup else 64
 
     def stages_that_fit(self, head_dim: int, rope_width: int) -> int:
-        """Key blocks the shared memory holds beside the query tile and P."""
+        """Key blocks the shared memory holds beside the query tile and P (one_warpgroup: beside the query's
+        latent part in half an SM; its rope part and P are in registers)."""
         element = 2  # bf16 / fp16
         row_bytes = (head_dim + rope_width) * element
-        if self.one_warpgroup:  # the query's rope part and P are in registers
+        if self.one_warpgroup:
             free = (SM90_SHARED_MEMORY_PER_SM // 2 - SM90_CTA_RESERVE - MBARRIER_RESERVE
                     - self.block_m * head_dim * element)
             return free // (self.block_n * row_bytes)
@@ -92,7 +93,7 @@ def preferred_block_n(spec: AttentionSpec, row_split: bool) -> int:
     """Keys per block where a config leaves it open: 128 where two such stages fit, which is on the 64-row tile
     of a latent up to 256 wide (each warpgroup's score product is then 64 keys wide, not 32, and a block's fixed
     costs are shared by twice the keys: 12-21% faster on an H200 for GLA-2 and GLA-8 at every shape timed,
-    benchmarks/RESULTS.md), else 64 (MLA's 512-wide latent and the 128-row tile have no room for them)."""
+    benchmarks/RESULTS.md), else 64 (MLA's 512-wide latent and the row-owned tiles have no room for them)."""
     fits = LatentHopperTile(row_split, block_n=WIDE_BLOCK_N).holds_two_stages(spec)
     return WIDE_BLOCK_N if fits and not row_split and spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH else BLOCK_N
 
@@ -102,7 +103,8 @@ class LatentHopperConfig:
     """Launch choice for the Hopper latent kernel."""
 
     num_splits: int = 1
-    row_split: bool = False  # 128-row tiles, 64 rows per warpgroup (latents up to 256 wide)
+    # Each warpgroup owns 64 rows (latents up to 256 wide): 128-row tiles, or 64-row programs with one_warpgroup.
+    row_split: bool = False
     # Keys per block, BLOCK_N or WIDE_BLOCK_N; None: preferred_block_n (the heuristic's choice, and that of
     # tables tuned before the block size was a choice).
     block_n: Optional[int] = None
@@ -140,7 +142,9 @@ class LatentHopperConfig:
             return "one_warpgroup is a form of the row_split tile"
         tile = self.tile_for(spec, 0)
         if not tile.holds_two_stages(spec):
-            return (f"{tile.block_n}-key blocks of a {spec.head_dim_k}-wide latent on a {tile.block_m}-row tile do "
+            kind = "one-warpgroup " if tile.one_warpgroup else ""
+            return (f"{tile.block_n}-key blocks of a {spec.head_dim_k}-wide latent on a {tile.block_m}-row {kind}tile "
+                    f"do "
                     f"not fit two stages in shared memory")
         return None
 
@@ -157,11 +161,16 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     of one warpgroup, two an SM (faster than the 128-row tile at every GLA-2 shape timed on an H200, and than the
     shared 64-row tile at Lq 1 from B128 S8K or caches of 32K up; the H200 table keeps the shared tile where it
     won, short caches at Lq 1); otherwise the shared 64-row tile. Then the fewest splits that fill the GPU's
-    resident programs; the preferred block size."""
+    resident programs; the preferred block size. (Where the new tile's two stages do not fit, 128 rows from 65 on,
+    as before it.)"""
     rows = spec.group_size * shape.query_len
-    one_warpgroup = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH and rows >= 64
+    narrow = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH
+    # Each only where two key stages fit beside its query (a rope key wider than 64 leaves one stage on one
+    # warpgroup); the shared 64-row tile always fits a spec the family takes (support.py).
+    one_warpgroup = narrow and rows >= 64 and LatentHopperTile(True, one_warpgroup=True).holds_two_stages(spec)
+    row_split = one_warpgroup or (narrow and rows > 64 and LatentHopperTile(True).holds_two_stages(spec))
     # Split counts as for 64-key blocks also where the blocks are 128 (halving them to keep the keys per block
     # was slower at every shape timed, benchmarks/RESULTS.md).
-    splits = default_num_splits(programs_per_split(spec, shape, one_warpgroup, one_warpgroup), shape.capacity,
+    splits = default_num_splits(programs_per_split(spec, shape, row_split, one_warpgroup), shape.capacity,
                                 BLOCK_N, multiprocessors, resident=2 if one_warpgroup else 1)
-    return LatentHopperConfig(splits, one_warpgroup, preferred_block_n(spec, one_warpgroup), one_warpgroup)
+    return LatentHopperConfig(splits, row_split, preferred_block_n(spec, row_split), one_warpgroup)
