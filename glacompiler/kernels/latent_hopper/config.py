@@ -144,8 +144,7 @@ class LatentHopperConfig:
         if not tile.holds_two_stages(spec):
             kind = "one-warpgroup " if tile.one_warpgroup else ""
             return (f"{tile.block_n}-key blocks of a {spec.head_dim_k}-wide latent on a {tile.block_m}-row {kind}tile "
-                    f"do "
-                    f"not fit two stages in shared memory")
+                    f"do not fit two stages in shared memory")
         return None
 
 
@@ -161,8 +160,8 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     of one warpgroup, two an SM (faster than the 128-row tile at every GLA-2 shape timed on an H200, and than the
     shared 64-row tile at Lq 1 from B128 S8K or caches of 32K up; the H200 table keeps the shared tile where it
     won, short caches at Lq 1); otherwise the shared 64-row tile. Then the fewest splits that fill the GPU's
-    resident programs; the preferred block size. (Where the new tile's two stages do not fit, 128 rows from 65 on,
-    as before it.)"""
+    resident programs; the preferred block size. (Where the one-warpgroup tile's two stages do not fit: 128-row
+    tiles from 65 rows on, where theirs do.)"""
     rows = spec.group_size * shape.query_len
     narrow = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH
     # Each only where two key stages fit beside its query (a rope key wider than 64 leaves one stage on one
