@@ -11,6 +11,7 @@ import torch
 
 import glacompiler
 from glacompiler.kernels import KernelCall
+from glacompiler.kernels.family import open_choices
 from glacompiler.kernels.latent_hopper import LATENT_HOPPER
 from glacompiler.kernels.latent_hopper.config import (
     SM90_CTA_RESERVE, SM90_SHARED_MEMORY, SM90_SHARED_MEMORY_PER_SM, LatentHopperConfig, LatentHopperTile,
@@ -58,8 +59,10 @@ from glacompiler.spec import AttentionSpec
 spec = AttentionSpec.from_dict(json.loads(sys.argv[1]))
 query_len, page_size, row_split, mask = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
 extensions, block_n, one_warpgroup = sys.argv[6].split("+"), int(sys.argv[7]), sys.argv[8] == "1"
+warp_specialized = sys.argv[9] == "1"
 copy_rows = latent_copy_rows(page_size, block_n)
-tile = LatentHopperTile(row_split, copy_rows, block_n=block_n, one_warpgroup=one_warpgroup)
+tile = LatentHopperTile(row_split, copy_rows, block_n=block_n, one_warpgroup=one_warpgroup,
+                        warp_specialized=warp_specialized)
 kernel = latent_hopper_module(spec, tile).latent_decode_hopper_kernel
 element = {"bfloat16": "bf16", "float16": "fp16"}[spec.dtype]
 constexprs = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size, CAUSAL=query_len > 1,
@@ -93,12 +96,14 @@ print(json.dumps(dict(ptx=compiled.asm["ptx"], shared=compiled.metadata.shared))
 
 
 def compile_for_sm90(spec: AttentionSpec, query_len: int, page_size: int, row_split: bool, mask: str,
-                     extensions: str = "", block_n: int = 64, one_warpgroup: bool = False) -> dict:
+                     extensions: str = "", block_n: int = 64, one_warpgroup: bool = False,
+                     warp_specialized: bool = False) -> dict:
     """The generated kernel compiled ahead of time for sm_90, specialised as the JIT would, in a fresh
     process: this one imported Triton in interpreter mode (conftest), where Gluon does not load."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90, json.dumps(spec.to_dict()), str(query_len),
-                             str(page_size), str(int(row_split)), mask, extensions, str(block_n), str(int(one_warpgroup))],
+                             str(page_size), str(int(row_split)), mask, extensions, str(block_n), str(int(one_warpgroup)),
+                             str(int(warp_specialized))],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -219,14 +224,43 @@ def test_cpu_calls_stay_off_the_hopper_kernel():
     assert LATENT_HOPPER.supports(spec, shape(), latent_call(q, q_rope, k_cache, k_rope)) == "not on a CUDA device"
 
 
+@pytest.mark.parametrize("spec, query_len, page_size, mask, extensions, block_n", [
+    (latent_spec(), 1, 64, "none", "", 64),  # MLA, the paper's layout
+    (latent_spec(), 3, 16, "bool-rows", "sinks+window", 64),  # page copies, a mask per draft token, extensions
+    (latent_spec(heads=128, latent_heads=8, width=256, rope=64, paged=False), 2, 0, "additive", "", 128),  # GLA-8
+])
+def test_warp_specialized_kernel_compiles_for_sm90(spec, query_len, page_size, mask, extensions, block_n):
+    """The warp-specialised tile as the JIT builds it for sm_90: the score warpgroup's 4 warps plus the value
+    warpgroup's 4 (256 threads), registers moved to the score warpgroup (setmaxnreg), both products and the TMA
+    copies, and its shared memory within a CTA's."""
+    compiled = compile_for_sm90(spec, query_len, page_size, False, mask, extensions, block_n, warp_specialized=True)
+    ptx = compiled["ptx"]
+    assert ".reqntid 256" in ptx and "setmaxnreg.dec" in ptx and "setmaxnreg.inc" in ptx
+    assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor" in ptx
+    assert 0 < compiled["shared"] <= SM90_SHARED_MEMORY
+
+
+def test_warp_specialized_tile_shape():
+    """4 warps outside the warp-specialised region (the value warpgroup's 4 come with it), the shared tile's 64 rows
+    and stages, the other template."""
+    mla = latent_spec()
+    tile = LatentHopperConfig(1).tile_for(mla, 64)
+    assert tile.warp_specialized and (tile.block_m, tile.block_n, tile.num_warps) == (64, 64, 4)
+    assert tile.num_stages(512, 64) == LatentHopperTile(False).num_stages(512, 64) == 2
+    source = render_latent_hopper_kernel(mla, tile)
+    assert "gl.warp_specialize(" in source and "HALF_DIM = gl.constexpr(256)" in source
+    assert "gl.warp_specialize(" not in render_latent_hopper_kernel(mla, LatentHopperTile(False))
+
+
 def test_config_heuristic():
     mla = latent_spec()
     # Batch 128: 256 one-per-SM programs already fill two waves of 132 SMs.
-    assert heuristic_config(mla, shape(batch=128, capacity=8192), 132) == LatentHopperConfig(1, False, block_n=64)
+    ws = dict(warp_specialized=True)  # the shared 64-row tile's default form
+    assert heuristic_config(mla, shape(batch=128, capacity=8192), 132) == LatentHopperConfig(1, False, block_n=64, **ws)
     # One sequence: 2 programs; splits of at least 4 key blocks, up to what fills the SMs.
     assert heuristic_config(mla, shape(batch=1, capacity=8192), 132).num_splits == 32
     # MLA at Lq 2 keeps 64-row tiles shared by two warpgroups (64 x 512 fp32 is too much for one).
-    assert heuristic_config(mla, shape(query_len=2), 132) == LatentHopperConfig(1, False, block_n=64)
+    assert heuristic_config(mla, shape(query_len=2), 132) == LatentHopperConfig(1, False, block_n=64, **ws)
     # A 256-wide latent head with 64 rows or more: 64-row programs of one warpgroup, two an SM (64-key blocks).
     gla2 = latent_spec(latent_heads=2, width=256)
     for query_len in (1, 2, 4):
@@ -236,14 +270,14 @@ def test_config_heuristic():
     assert heuristic_config(gla2, shape(batch=1, query_len=2, capacity=65536), 132).num_splits == 50
     # Fewer rows (GLA-8: 16 a latent head at Lq 1) keep the shared 64-row tile and its 128-key blocks.
     gla8 = latent_spec(latent_heads=8, width=256)
-    assert heuristic_config(gla8, shape(query_len=1), 132) == LatentHopperConfig(1, False, block_n=128)
+    assert heuristic_config(gla8, shape(query_len=1), 132) == LatentHopperConfig(1, False, block_n=128, **ws)
     assert heuristic_config(gla8, shape(query_len=4), 132).one_warpgroup
     assert heuristic_config(mla, shape(query_len=1), 132).block_n == 64
     # 128-key blocks where two such stages fit: not beside a 128-wide rope key.
     assert heuristic_config(latent_spec(latent_heads=8, width=256, rope=128), shape(query_len=1), 132).block_n == 64
     # A rope key wider than 64 leaves one stage on one warpgroup: 64 rows take the shared tile, more the 128-row one.
     wide_rope = latent_spec(latent_heads=2, width=256, rope=128)
-    assert heuristic_config(wide_rope, shape(query_len=1), 132) == LatentHopperConfig(1, False, block_n=64)
+    assert heuristic_config(wide_rope, shape(query_len=1), 132) == LatentHopperConfig(1, False, block_n=64, **ws)
     assert heuristic_config(wide_rope, shape(query_len=2), 132) == LatentHopperConfig(1, True, block_n=64)
 
 
@@ -288,6 +322,13 @@ def test_config_checks():
     assert LatentHopperConfig(block_n=64).tile_for(gla2, 16).copy_rows == 16
     with pytest.raises(ValueError, match="row_split"):
         LatentHopperTile(row_split=False, one_warpgroup=True)
+    # Warp-specialised: a form of the shared 64-row tile, with either block size where two stages fit.
+    assert LatentHopperConfig(block_n=128, warp_specialized=True).problem_with(gla2) is None
+    assert LatentHopperConfig(block_n=64, warp_specialized=True).problem_with(latent_spec()) is None
+    assert "not row_split" in LatentHopperConfig(row_split=True, warp_specialized=True).problem_with(gla2)
+    assert "do not fit two stages" in LatentHopperConfig(block_n=128, warp_specialized=True).problem_with(latent_spec())
+    with pytest.raises(ValueError, match="not row_split"):
+        LatentHopperTile(row_split=True, warp_specialized=True)
 
 
 def test_rescaled_splits_count_the_one_warpgroup_programs():
@@ -337,6 +378,20 @@ def test_config_round_trip_leaves_out_an_open_block_size():
     absent, off = LatentHopperConfig(3, True, 64, one_warpgroup=None), LatentHopperConfig(3, True, 64, one_warpgroup=False)
     assert absent == off and hash(absent) == hash(off) and absent.one_warpgroup is False
     assert LatentHopperConfig.from_dict({"num_splits": 3, "row_split": False}) == LatentHopperConfig(3, False)
+    # warp_specialized: absent from an entry of the shared tile (tuned before it was a choice) leaves it open, and
+    # the tile runs warp-specialised; an explicit False (the other form) round-trips; a row-owned tile has no
+    # such choice (absent reads as False, and stays out).
+    open_form = LatentHopperConfig(3, False, 64)
+    assert open_form.warp_specialized is None and open_form.tile_for(latent_spec(), 64).warp_specialized
+    assert open_choices(open_form) == ("warp_specialized",)
+    for form in (True, False):
+        explicit = LatentHopperConfig(3, False, 64, warp_specialized=form)
+        assert explicit.to_dict()["warp_specialized"] is form
+        assert LatentHopperConfig.from_dict(explicit.to_dict()) == explicit
+        assert explicit.tile_for(latent_spec(), 64).warp_specialized is form
+    rows = LatentHopperConfig(3, True, 64)
+    assert rows.warp_specialized is False and "warp_specialized" not in rows.to_dict() and not open_choices(rows)
+    assert LATENT_HOPPER.resolved_config(open_form, latent_spec()) == LatentHopperConfig(3, False, 64, warp_specialized=True)
     explicit = LatentHopperConfig(3, False, block_n=128)
     assert LatentHopperConfig.from_dict(explicit.to_dict()) == explicit
 
@@ -359,8 +414,9 @@ def test_the_op_picks_the_hopper_kernel_where_it_applies(monkeypatch):
     q, q_rope, k_cache, k_rope = operands(spec, 64)
     call, big = latent_call(q, q_rope, k_cache, k_rope), shape(batch=128, capacity=8192)
     monkeypatch.setattr(type(LATENT_HOPPER), "supports", lambda *args: None)  # as on an H100
-    assert choose_kernel(spec, big, call) == (LATENT_HOPPER, LatentHopperConfig(num_splits=1, block_n=64))
-    assert choose_kernel(spec, big, call, 5)[1] == LatentHopperConfig(num_splits=5, block_n=64)  # explicit splits win
+    assert choose_kernel(spec, big, call) == (LATENT_HOPPER, LatentHopperConfig(num_splits=1, block_n=64,
+                                                                                warp_specialized=True))
+    assert choose_kernel(spec, big, call, 5)[1] == LatentHopperConfig(5, block_n=64, warp_specialized=True)  # explicit splits win
     monkeypatch.setattr(type(LATENT_HOPPER), "supports", lambda *args: "not an sm_90 GPU")
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the portable kernels take CPU tensors under the interpreter
     family, config = choose_kernel(spec, big, call)

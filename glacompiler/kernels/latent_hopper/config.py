@@ -4,10 +4,12 @@ policy (LatentHopperTile: what the template is rendered for) and the heuristic t
 Tiles: 64 keys per block (one TMA box, one page of a 64-token paged cache), or 128 where the latent is at most
 256 wide on the 64-row tile; a page smaller than the block takes one copy each, down to 16 keys (a copy lands on
 a multiple of the 128-byte swizzle's 8-row period, and smaller pages would need more copies than a block is
-worth). Rows: 64 shared by two warpgroups (each with half of a latent up to 512 wide, and the scores of half the
-block's keys), or, for latents up to 256 wide, 128 split between them (row_split), or 64 owned by a program of
-one warpgroup, two programs an SM (one_warpgroup). Shared-memory stages: what 227 KB holds beside the query
-tile (for one_warpgroup: half of the SM's 228 KB, less the driver's per-program reserve)."""
+worth). Rows: 64 shared by two warpgroups, each with half of a latent up to 512 wide: warp-specialised (one
+scores whole blocks and runs the softmax, the other takes P through shared memory; the default), or both
+running the same code, each scoring half the block's keys; or, for latents up to 256 wide, 128 split between
+them (row_split), or 64 owned by a program of one warpgroup, two programs an SM (one_warpgroup). Shared-memory
+stages: what 227 KB holds beside the query tile (for one_warpgroup: half of the SM's 228 KB, less the driver's
+per-program reserve)."""
 from __future__ import annotations
 
 import dataclasses
@@ -48,16 +50,26 @@ class LatentHopperTile:
     # cores (GLA-2 on an H200 at B128 S8K: 6-7% faster than the 128-row tile at Lq 2 and 4, 15% faster than the
     # shared 64-row tile at Lq 1; benchmarks/RESULTS.md).
     one_warpgroup: bool = False
+    # The shared 64-row tile with its warpgroups running different code (templates/latent_hopper/
+    # latent_decode_ws.py.jinja): one computes a block's scores over all its keys (one product of N = 64 or 128,
+    # where the other form has each warpgroup score half the keys and read the query tile twice as often), the
+    # softmax and the left half of the output; the other the right half, and the stages' refills. On an H200 MLA
+    # 10-11% faster, GLA-8 at Lq 1 with 128-key blocks 6% (benchmarks/RESULTS.md).
+    warp_specialized: bool = False
 
     def __post_init__(self):
         if self.block_n not in (BLOCK_N, WIDE_BLOCK_N) or self.block_n % self.copy_rows:
             raise ValueError(f"a tile of {self.block_n}-key blocks cannot take copies of {self.copy_rows} keys")
         if self.one_warpgroup and not self.row_split:
             raise ValueError("one_warpgroup is a form of the row_split tile (each warpgroup owns its rows)")
+        if self.warp_specialized and self.row_split:
+            raise ValueError("warp_specialized is a form of the shared 64-row tile (not row_split)")
 
     @property
     def num_warps(self) -> int:
-        return 4 if self.one_warpgroup else NUM_WARPS
+        """The kernel's warps outside its warp-specialised region (the score warpgroup's; the value warpgroup's
+        four come on top)."""
+        return 4 if self.one_warpgroup or self.warp_specialized else NUM_WARPS
 
     def issues_scores_ahead(self, head_dim: int) -> bool:
         return head_dim == 512 and not self.row_split if self.scores_ahead is None else self.scores_ahead
@@ -112,23 +124,37 @@ class LatentHopperConfig:
     # the tables: their entries tuned before it was a choice leave it out and hold the other tiles (None reads
     # as False).
     one_warpgroup: Optional[bool] = None
+    # Without row_split: the warp-specialised form of the shared 64-row tile (LatentHopperTile.warp_specialized).
+    # None (tables tuned before it was a choice): the form the family prefers, warp-specialised; with row_split
+    # there is no choice and it reads as False.
+    warp_specialized: Optional[bool] = None
 
     def tile_for(self, spec: AttentionSpec, page_size: int) -> LatentHopperTile:
         block_n = self.block_n or preferred_block_n(spec, self.row_split)
         return LatentHopperTile(self.row_split, latent_copy_rows(page_size, block_n), block_n=block_n,
-                                one_warpgroup=self.one_warpgroup)
+                                one_warpgroup=self.one_warpgroup, warp_specialized=self.runs_warp_specialized)
+
+    @property
+    def runs_warp_specialized(self) -> bool:
+        return not self.row_split if self.warp_specialized is None else self.warp_specialized
 
     def __post_init__(self):
         object.__setattr__(self, "one_warpgroup", bool(self.one_warpgroup))
+        if self.row_split and self.warp_specialized is None:
+            object.__setattr__(self, "warp_specialized", False)
         if not 1 <= self.num_splits <= MAX_SPLITS:
             raise ValueError(f"num_splits must lie in [1, {MAX_SPLITS}], got {self.num_splits}")
         if self.block_n not in (None, BLOCK_N, WIDE_BLOCK_N):
             raise ValueError(f"block_n must be {BLOCK_N}, {WIDE_BLOCK_N} or None, got {self.block_n}")
 
     def to_dict(self) -> dict:
-        # An open block size and the two-warpgroup tiles stay out, as in tables written before they were choices.
-        return {name: value for name, value in dataclasses.asdict(self).items()
-                if value is not None and not (name == "one_warpgroup" and not value)}
+        # Open choices stay out, and so do the choices a tile does not have (one_warpgroup off, warp_specialized
+        # on a row-owned tile), as in tables written before they were choices.
+        def left_out(name, value):
+            return value is None or (not value and (name == "one_warpgroup"
+                                                    or (name == "warp_specialized" and self.row_split)))
+
+        return {name: value for name, value in dataclasses.asdict(self).items() if not left_out(name, value)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "LatentHopperConfig":
@@ -140,6 +166,8 @@ class LatentHopperConfig:
             return f"row_split tiles take latents up to {ROW_SPLIT_MAX_WIDTH} wide"
         if self.one_warpgroup and not self.row_split:
             return "one_warpgroup is a form of the row_split tile"
+        if self.warp_specialized and self.row_split:
+            return "warp_specialized is a form of the shared 64-row tile (not row_split)"
         tile = self.tile_for(spec, 0)
         if not tile.holds_two_stages(spec):
             kind = "one-warpgroup " if tile.one_warpgroup else ""
@@ -159,7 +187,7 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     """Where the latent fits one warpgroup's accumulator and a latent head fills 64 rows or more: 64-row programs
     of one warpgroup, two an SM (faster than the 128-row tile at every GLA-2 shape timed on an H200, and than the
     shared 64-row tile at Lq 1 from B128 S8K or caches of 32K up; the H200 table keeps the shared tile where it
-    won, short caches at Lq 1); otherwise the shared 64-row tile. Then the fewest splits that fill the GPU's
+    won, short caches at Lq 1); otherwise the shared 64-row tile, warp-specialised. Then the fewest splits that fill the GPU's
     resident programs; the preferred block size. (Where the one-warpgroup tile's two stages do not fit: 128-row
     tiles from 65 rows on, where theirs do.)"""
     rows = spec.group_size * shape.query_len
@@ -172,4 +200,5 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     # was slower at every shape timed, benchmarks/RESULTS.md).
     splits = default_num_splits(programs_per_split(spec, shape, row_split, one_warpgroup), shape.capacity,
                                 BLOCK_N, multiprocessors, resident=2 if one_warpgroup else 1)
-    return LatentHopperConfig(splits, row_split, preferred_block_n(spec, row_split), one_warpgroup)
+    return LatentHopperConfig(splits, row_split, preferred_block_n(spec, row_split), one_warpgroup,
+                              warp_specialized=not row_split)

@@ -1,5 +1,6 @@
-"""The Hopper latent kernel's source, rendered from templates/latent_hopper/latent_decode.py.jinja (Gluon) per
-latent spec and tile."""
+"""The Hopper latent kernel's source, rendered from templates/latent_hopper/ (Gluon) per latent spec and tile:
+latent_decode.py.jinja, or latent_decode_ws.py.jinja for the warp-specialised tile; what both share is in the
+folder's helpers.py.jinja, bounds.py.jinja, query_load.py.jinja and first_copies.py.jinja."""
 from __future__ import annotations
 
 import functools
@@ -11,6 +12,8 @@ from ..common.tiles import rope_tile_width
 from .config import LatentHopperTile
 
 TEMPLATE = "latent_hopper/latent_decode.py.jinja"
+WARP_SPECIALIZED_TEMPLATE = "latent_hopper/latent_decode_ws.py.jinja"
+VALUE_WARPGROUP_REGISTERS = 240  # the value warpgroup's register budget (its accumulator is 128 a thread)
 
 
 def swizzle_bytes(row_bytes: int) -> int:
@@ -24,7 +27,7 @@ def swizzle_bytes(row_bytes: int) -> int:
 def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> str:
     rope_width = rope_tile_width(spec.rope_dim)
     return render(
-        TEMPLATE,
+        WARP_SPECIALIZED_TEMPLATE if tile.warp_specialized else TEMPLATE,
         spec_key=spec.key(),
         row_split=tile.row_split,
         head_dim=spec.head_dim_k,
@@ -41,6 +44,7 @@ def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> 
         sanitize_chunk=min(64, spec.head_dim_k),
         num_warps=tile.num_warps,
         rope_in_registers=tile.one_warpgroup,
+        value_registers=VALUE_WARPGROUP_REGISTERS,
     )
 
 
@@ -60,4 +64,6 @@ def latent_hopper_kernels_version() -> str:
         render_latent_hopper_kernel(gla, LatentHopperTile(False)),
         render_latent_hopper_kernel(gla, LatentHopperTile(True, copy_rows=16)),
         render_latent_hopper_kernel(gla, LatentHopperTile(True, one_warpgroup=True)),
+        render_latent_hopper_kernel(mla, LatentHopperTile(False, warp_specialized=True)),
+        render_latent_hopper_kernel(gla, LatentHopperTile(False, block_n=128, warp_specialized=True)),
     ]))
