@@ -177,7 +177,8 @@ def main() -> None:
                 portable_ms = median_ms(lambda: glacompiler.attention_with_kvcache_config(**kw, config=portable))
             if args.variants:
                 if isinstance(base, LatentHopperConfig):
-                    candidates = [LatentHopperConfig(n) for n in (max(1, base.num_splits // 2), 2 * base.num_splits)]
+                    candidates = [dataclasses.replace(base, num_splits=n)
+                                  for n in (max(1, base.num_splits // 2), min(MAX_SPLITS, 2 * base.num_splits))]
                 else:
                     candidates = variants(base, spec.group_size * query_len)
                 for config in candidates:

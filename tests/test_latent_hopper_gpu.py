@@ -184,6 +184,23 @@ def test_warp_specialized_tile_matches_reference(hopper, name, query_len, page_s
     check_fa_rule(out, lse, problem)
 
 
+# The shared 64-row tile's other form (both warpgroups score half of each block's keys): the heuristic no longer
+# takes it, explicit configs and the tuner may.
+@pytest.mark.parametrize("name, query_len, page_size, mask, mask_rows, num_splits, block_n", [
+    ("mla", 1, 64, None, "key", 1, 64),
+    ("mla", 3, 16, "bool", "token", 3, 64),
+    ("gla2", 2, 0, "additive", "head", 2, 128),
+    ("gla_rope16", 1, 32, "bool", "key", 5, 128),
+])
+def test_shared_tile_without_warp_specialization_matches_reference(hopper, name, query_len, page_size, mask,
+                                                                   mask_rows, num_splits, block_n):
+    problem = hopper_problem(hopper, name, query_len, page_size, torch.bfloat16, seed=41 + query_len, mask=mask,
+                             mask_rows=mask_rows)
+    config = LatentHopperConfig(num_splits, block_n=block_n, warp_specialized=False)
+    out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
+    check_fa_rule(out, lse, problem)
+
+
 @pytest.mark.parametrize("page_size, mask", [(0, None), (64, None), (64, "bool")])
 def test_repeats_launch_the_binary_with_each_caches_descriptors(hopper, page_size, mask):
     """Repeats with the same metadata but other caches (the layers of a model; a cache freed and another made,

@@ -20,7 +20,7 @@ from ..common.splits import MAX_SPLITS, default_num_splits
 from ..common.tiles import rope_tile_width
 
 BLOCK_N = 64  # keys per block, the default
-WIDE_BLOCK_N = 128  # for latents up to 256 wide on the shared 64-row tile: each warpgroup scores 64 keys, not 32
+WIDE_BLOCK_N = 128  # for latents up to 256 wide on the shared 64-row tile (two stages of it fit)
 SM90_SHARED_MEMORY = 232448  # bytes of shared memory a CTA may take on an H100 / H200
 SM90_SHARED_MEMORY_PER_SM = 233472  # what an SM holds for all its resident CTAs
 SM90_CTA_RESERVE = 1024  # the driver's per-CTA share of it
@@ -54,7 +54,8 @@ class LatentHopperTile:
     # latent_decode_ws.py.jinja): one computes a block's scores over all its keys (one product of N = 64 or 128,
     # where the other form has each warpgroup score half the keys and read the query tile twice as often), the
     # softmax and the left half of the output; the other the right half, and the stages' refills. On an H200 MLA
-    # 10-11% faster, GLA-8 at Lq 1 with 128-key blocks 6% (benchmarks/RESULTS.md).
+    # 9-11% faster, GLA-8 at Lq 1 with 128-key blocks 6% (benchmarks/RESULTS.md, "A warp-specialised tile for
+    # MLA"). It always issues the next block's scores ahead (scores_ahead must be left open).
     warp_specialized: bool = False
 
     def __post_init__(self):
@@ -64,6 +65,8 @@ class LatentHopperTile:
             raise ValueError("one_warpgroup is a form of the row_split tile (each warpgroup owns its rows)")
         if self.warp_specialized and self.row_split:
             raise ValueError("warp_specialized is a form of the shared 64-row tile (not row_split)")
+        if self.warp_specialized and self.scores_ahead is not None:
+            raise ValueError("the warp-specialised tile always issues the next block's scores ahead")
 
     @property
     def num_warps(self) -> int:
@@ -103,9 +106,10 @@ class LatentHopperTile:
 
 def preferred_block_n(spec: AttentionSpec, row_split: bool) -> int:
     """Keys per block where a config leaves it open: 128 where two such stages fit, which is on the 64-row tile
-    of a latent up to 256 wide (each warpgroup's score product is then 64 keys wide, not 32, and a block's fixed
-    costs are shared by twice the keys: 12-21% faster on an H200 for GLA-2 and GLA-8 at every shape timed,
-    benchmarks/RESULTS.md), else 64 (MLA's 512-wide latent and the row-owned tiles have no room for them)."""
+    of a latent up to 256 wide (the score products are twice as wide, and a block's fixed costs are shared by twice
+    the keys: 12-21% faster on an H200 for GLA-2 and GLA-8 at every shape timed before the tile was
+    warp-specialised, benchmarks/RESULTS.md), else 64 (MLA's 512-wide latent and the row-owned tiles have no room
+    for them)."""
     fits = LatentHopperTile(row_split, block_n=WIDE_BLOCK_N).holds_two_stages(spec)
     return WIDE_BLOCK_N if fits and not row_split and spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH else BLOCK_N
 
@@ -187,9 +191,9 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     """Where the latent fits one warpgroup's accumulator and a latent head fills 64 rows or more: 64-row programs
     of one warpgroup, two an SM (faster than the 128-row tile at every GLA-2 shape timed on an H200, and than the
     shared 64-row tile at Lq 1 from B128 S8K or caches of 32K up; the H200 table keeps the shared tile where it
-    won, short caches at Lq 1); otherwise the shared 64-row tile, warp-specialised. Then the fewest splits that fill the GPU's
-    resident programs; the preferred block size. (Where the one-warpgroup tile's two stages do not fit: 128-row
-    tiles from 65 rows on, where theirs do.)"""
+    won, short caches at Lq 1); otherwise the shared 64-row tile, warp-specialised. Then the fewest splits that
+    fill the GPU's resident programs; the preferred block size. (Where the one-warpgroup tile's two stages do not
+    fit: 128-row tiles from 65 rows on, where theirs do.)"""
     rows = spec.group_size * shape.query_len
     narrow = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH
     # Each only where two key stages fit beside its query (a rope key wider than 64 leaves one stage on one
