@@ -37,6 +37,16 @@ def latent_copy_rows(page_size: int, block_n: int = BLOCK_N) -> int:
     return min(page_size, block_n) if page_size else block_n
 
 
+def tile_form_problem(row_split: bool, one_warpgroup: bool, warp_specialized: bool) -> Optional[str]:
+    """Why these forms of the row tile do not go together, or None: one warpgroup is a form of the row-owned tile,
+    warp specialisation one of the shared tile."""
+    if one_warpgroup and not row_split:
+        return "one_warpgroup is a form of the row_split tile (each warpgroup owns its rows)"
+    if warp_specialized and row_split:
+        return "warp_specialized is a form of the shared 64-row tile (not row_split)"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class LatentHopperTile:
     row_split: bool  # each warpgroup owns 64 rows (128 a program, or 64 with one_warpgroup); else 64 shared by two
@@ -61,10 +71,9 @@ class LatentHopperTile:
     def __post_init__(self):
         if self.block_n not in (BLOCK_N, WIDE_BLOCK_N) or self.block_n % self.copy_rows:
             raise ValueError(f"a tile of {self.block_n}-key blocks cannot take copies of {self.copy_rows} keys")
-        if self.one_warpgroup and not self.row_split:
-            raise ValueError("one_warpgroup is a form of the row_split tile (each warpgroup owns its rows)")
-        if self.warp_specialized and self.row_split:
-            raise ValueError("warp_specialized is a form of the shared 64-row tile (not row_split)")
+        problem = tile_form_problem(self.row_split, self.one_warpgroup, self.warp_specialized)
+        if problem:
+            raise ValueError(problem)
         if self.warp_specialized and self.scores_ahead is not None:
             raise ValueError("the warp-specialised tile always issues the next block's scores ahead")
 
@@ -168,10 +177,9 @@ class LatentHopperConfig:
         """Why this config cannot run a spec the kernel otherwise takes, or None."""
         if self.row_split and spec.head_dim_k > ROW_SPLIT_MAX_WIDTH:
             return f"row_split tiles take latents up to {ROW_SPLIT_MAX_WIDTH} wide"
-        if self.one_warpgroup and not self.row_split:
-            return "one_warpgroup is a form of the row_split tile"
-        if self.warp_specialized and self.row_split:
-            return "warp_specialized is a form of the shared 64-row tile (not row_split)"
+        problem = tile_form_problem(self.row_split, self.one_warpgroup, bool(self.warp_specialized))
+        if problem:
+            return problem
         tile = self.tile_for(spec, 0)
         if not tile.holds_two_stages(spec):
             kind = "one-warpgroup " if tile.one_warpgroup else ""
