@@ -268,14 +268,20 @@ def test_config_heuristic():
             LatentHopperConfig(1, True, block_n=64, one_warpgroup=True)
     # ... and their splits fill two programs an SM: one sequence, 2 latent heads, 2 row blocks at Lq 2.
     assert heuristic_config(gla2, shape(batch=1, query_len=2, capacity=65536), 132).num_splits == 50
-    # Fewer rows (GLA-8: 16 a latent head at Lq 1) keep the shared 64-row tile and its 128-key blocks.
+    # Fewer rows (GLA-8: 16 a latent head at Lq 1) too: the programs are memory-bound, and two an SM keep more
+    # loads in flight than the shared tile's 128-key blocks.
     gla8 = latent_spec(latent_heads=8, width=256)
-    assert heuristic_config(gla8, shape(query_len=1), 132) == LatentHopperConfig(1, False, block_n=128, **ws)
-    assert heuristic_config(gla8, shape(query_len=4), 132).one_warpgroup
+    for query_len in (1, 2, 4):
+        assert heuristic_config(gla8, shape(query_len=query_len), 132) == \
+            LatentHopperConfig(1, True, block_n=64, one_warpgroup=True)
+    # ... counting one 64-row program a latent head: one sequence, 8 latent heads, 32 key blocks a split at most.
+    assert heuristic_config(gla8, shape(batch=1, query_len=1, capacity=65536), 132).num_splits == \
+        heuristic_config(gla8, shape(batch=1, query_len=4, capacity=65536), 132).num_splits
     assert heuristic_config(mla, shape(query_len=1), 132).block_n == 64
-    # 128-key blocks where two such stages fit: not beside a 128-wide rope key.
-    assert heuristic_config(latent_spec(latent_heads=8, width=256, rope=128), shape(query_len=1), 132).block_n == 64
-    # A rope key wider than 64 leaves one stage on one warpgroup: 64 rows take the shared tile, more the 128-row one.
+    # A rope key wider than 64 leaves one stage on one warpgroup: 64 rows take the shared tile, more the 128-row one;
+    # fewer rows the shared tile with 64-key blocks (two stages of 128 do not fit beside a 128-wide rope key).
+    assert heuristic_config(latent_spec(latent_heads=8, width=256, rope=128), shape(query_len=1), 132) == \
+        LatentHopperConfig(1, False, block_n=64, **ws)
     wide_rope = latent_spec(latent_heads=2, width=256, rope=128)
     assert heuristic_config(wide_rope, shape(query_len=1), 132) == LatentHopperConfig(1, False, block_n=64, **ws)
     assert heuristic_config(wide_rope, shape(query_len=2), 132) == LatentHopperConfig(1, True, block_n=64)

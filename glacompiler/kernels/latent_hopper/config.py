@@ -196,17 +196,18 @@ def programs_per_split(spec: AttentionSpec, shape: ProblemShape, row_split: bool
 
 
 def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> LatentHopperConfig:
-    """Where the latent fits one warpgroup's accumulator and a latent head fills 64 rows or more: 64-row programs
-    of one warpgroup, two an SM (faster than the 128-row tile at every GLA-2 shape timed on an H200, and than the
-    shared 64-row tile at Lq 1 from B128 S8K or caches of 32K up; the H200 table keeps the shared tile where it
-    won, short caches at Lq 1); otherwise the shared 64-row tile, warp-specialised. Then the fewest splits that
-    fill the GPU's resident programs; the preferred block size. (Where the one-warpgroup tile's two stages do not
-    fit: 128-row tiles from 65 rows on, where theirs do.)"""
+    """Where the latent fits one warpgroup's accumulator: 64-row programs of one warpgroup, two an SM, also where a
+    latent head has fewer rows (faster than the 128-row tile at every GLA-2 shape timed on an H200, and than the
+    shared 64-row tile from B128 S8K or caches of 32K up; the H200 table's tuning took it for 32 of the 38 GLA-8
+    buckets of 16 and 32 rows, up to 1.20x faster, the shared tile keeping a few small-work ones, short caches at
+    B 1/8); otherwise the shared 64-row tile, warp-specialised. Then the fewest splits that fill the GPU's
+    resident programs; the preferred block size. (Where the one-warpgroup tile's two stages do not fit: 128-row
+    tiles from 65 rows on, where theirs do.)"""
     rows = spec.group_size * shape.query_len
     narrow = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH
     # Each only where two key stages fit beside its query (a rope key wider than 64 leaves one stage on one
     # warpgroup); the shared 64-row tile always fits a spec the family takes (support.py).
-    one_warpgroup = narrow and rows >= 64 and LatentHopperTile(True, one_warpgroup=True).holds_two_stages(spec)
+    one_warpgroup = narrow and LatentHopperTile(True, one_warpgroup=True).holds_two_stages(spec)
     row_split = one_warpgroup or (narrow and rows > 64 and LatentHopperTile(True).holds_two_stages(spec))
     # Split counts as for 64-key blocks also where the blocks are 128 (halving them to keep the keys per block
     # was slower at every shape timed, benchmarks/RESULTS.md).
