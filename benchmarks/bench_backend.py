@@ -83,6 +83,10 @@ def step_ms(decode, model: TinyLM, args, device: torch.device, cudagraphs: bool)
     return statistics.median(rounds)
 
 
+# --configurations names, in the order measure() runs them
+CONFIGURATIONS = ("gla", "gla-graphs", "default", "reduce-overhead", "eager", "gla-python", "default-cpp")
+
+
 def measure(variant: str, args, device: torch.device) -> tuple:
     """([(configuration, ms per decode step)], a note on what the gla pass rewrote)."""
     model = build(variant, args, device)
@@ -91,7 +95,7 @@ def measure(variant: str, args, device: torch.device) -> tuple:
         rows.append(("eager, fused op (reference modules)", step_ms(model.decode, model, args, device, False)))
         install_plain_decode(model)
         rewritten = gla_compiles = 0
-        for name, make, cudagraphs, cuda_only, gla in (
+        for key, (name, make, cudagraphs, cuda_only, gla) in zip(CONFIGURATIONS, (
             ('backend="gla"', lambda: torch.compile(model.decode, backend=glacompiler.backend()), False, False, True),
             ('backend="gla", CUDA graphs', lambda: torch.compile(
                 model.decode, backend=glacompiler.backend(cudagraphs=True)), True, True, True),
@@ -105,8 +109,8 @@ def measure(variant: str, args, device: torch.device) -> tuple:
                 model.decode, backend=glacompiler.backend(cpp_wrapper=False)), False, True, True),
             ("default backend, cpp_wrapper", lambda: torch.compile(model.decode, options={"cpp_wrapper": True}),
              False, True, False),
-        ):
-            if cuda_only and device.type != "cuda":
+        )):
+            if (cuda_only and device.type != "cuda") or key not in args.configurations:
                 continue
             torch._dynamo.reset()
             glacompiler.reset_report()  # each gla compile's sites are counted below, before the next reset
@@ -127,6 +131,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny widths (tiny_config) for a quick check")
+    parser.add_argument("--configurations", nargs="+", choices=CONFIGURATIONS, default=list(CONFIGURATIONS),
+                        help="which compiled configurations to time (the eager fused-op reference always runs)")
     args = parser.parse_args()
     if args.device == "cpu" and not args.tiny:
         parser.error("--device cpu is a smoke test: add --tiny (and small --batch/--cache)")

@@ -4,7 +4,9 @@ Part 1, whole model (same models and sizes as bench_backend.py): the wall time o
 enqueue it (the call returns before the GPU finishes while the host is ahead), and a cProfile of a few steps.
 Part 1 also gives a compiled site's added host time: the step's host time less the same step with each op
 call's prepared run replaced by the allocation of its outputs, per op call (the op's dispatch and key lookup stay
-in; the op called through the dispatcher alone is part 2's "op, repeat"). Part 2, the op alone: host
+in; the op called through the dispatcher alone is part 2's "op, repeat"), and what Inductor launching the
+portable kernels itself saves a site (backend="gla" against glacompiler.backend(graph_launches=False), whose
+sites all call the op; Hopper latent sites call the op either way). Part 2, the op alone: host
 microseconds per call of the op (first call of a metadata key vs repeat, a prepared call) and of each piece of
 its Python path, on a short cache so that the GPU never holds the host back.
 
@@ -21,6 +23,7 @@ import time
 from typing import Optional
 
 import torch
+from torch._dynamo.utils import counters
 from torch.profiler import ProfilerActivity, profile
 
 import glacompiler
@@ -84,17 +87,24 @@ def profile_model(variant: str, args, device) -> None:
     tokens, lengths = step_inputs(model, args, device)
     with torch.no_grad():
         install_plain_decode(model)
+        hosts = {}
         for name, make in (
             ('backend="gla"', lambda model=model: torch.compile(model.decode, backend=glacompiler.backend())),
+            ('backend="gla", op calls', lambda model=model: torch.compile(
+                model.decode, backend=glacompiler.backend(graph_launches=False))),
             ("default backend", lambda model=model: torch.compile(model.decode)),
         ):
             torch._dynamo.reset()
             decode = make()
+            launched_before = counters["glacompiler"]["launched_in_graph"]
             for _ in range(3):
                 decode(tokens, lengths)
+            in_graph = counters["glacompiler"]["launched_in_graph"] - launched_before
             host, wall = host_and_wall_ms(decode, tokens, lengths, args.steps)
-            print(f"{variant}, {name}: host {host:.3f} ms/step, wall {wall:.3f} ms/step")
-            if name.startswith("backend"):
+            hosts[name] = host
+            print(f"{variant}, {name}: host {host:.3f} ms/step, wall {wall:.3f} ms/step"
+                  + (f" ({in_graph} op calls launched by Inductor)" if name.startswith("backend") else ""))
+            if name == 'backend="gla", op calls':
                 # The same step with the op's kernel launches stubbed out (the host time of everything else:
                 # Inductor's code, the op's dispatch, key lookup and argument assembly), then with the op's
                 # prepared runs replaced by output allocations: the difference per op call is what a fused
@@ -111,6 +121,9 @@ def profile_model(variant: str, args, device) -> None:
                 print(f"{variant}, {name}, op runs replaced by output allocations: host {bare_host:.3f} ms/step; "
                       f"{sites} op calls per step: a site's run adds {(host - bare_host) * 1e3 / max(sites, 1):.1f} "
                       f"us of host time (launches included)")
+                saved = host - hosts['backend="gla"']
+                print(f"{variant}: Inductor launching the kernels of the step's op calls saves {saved:.3f} ms of "
+                      f"host time a step, {saved * 1e3 / max(sites, 1):.1f} us a site")
                 profiler = cProfile.Profile()
                 torch.cuda.synchronize()
                 profiler.enable()

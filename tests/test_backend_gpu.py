@@ -39,6 +39,8 @@ def test_variants_on_gpu_bf16(cuda_device, name):
     output, counts, records = compile_and_count(fn, *gpu_inputs)
     assert [r.status for r in records] == ["rewritten"], [str(r) for r in records]
     assert records[0].kind == kind and counts[0]["gla"] == 1 and counts[0]["sdpa"] == 0
+    if kind not in ("mla", "gla"):  # the portable kernels: Inductor launches them (rewrite/graph_launches.py)
+        assert counts[0]["gla_launched_in_graph"] == 1
     with torch.no_grad():
         reference = fn(*on_gpu(inputs, torch.float32)).float()
         check_fa_rule(output, fn(*gpu_inputs), reference)

@@ -18,6 +18,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch._inductor.decomposition import select_decomp_table
 
 import glacompiler
+from glacompiler.compiler.rewrite.graph_launches import LAUNCHED_CALL
 from glacompiler.compiler.graph_pass import AttentionRewritePass
 
 GLA_OP = torch.ops.glacompiler.attention_with_kvcache.default
@@ -36,7 +37,14 @@ SDPA_OPS = [
 
 
 def count_ops(graph: torch.fx.Graph) -> collections.Counter:
+    """Op counts of a graph; an op call replaced by the launches of its kernels (rewrite/graph_launches.py) counts
+    as the op (and as a "launched_in_graph" too)."""
     counts = collections.Counter()
+    launched = {node.meta[LAUNCHED_CALL] for node in graph.nodes if LAUNCHED_CALL in node.meta}
+    for op_name, _ in launched:
+        kind = "gla" if op_name.startswith("attention_with_kvcache") else "mask_range"
+        counts[kind] += 1
+        counts[f"{kind}_launched_in_graph"] += 1
     for node in graph.nodes:
         if node.op != "call_function":
             continue

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 from torch import fx
+from torch._dynamo.utils import counters
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from ..spec import ProblemShape
@@ -26,6 +27,7 @@ from .plan.extensions import describe_extensions
 from .plan.site_plan import SitePlan, slots_size
 from .report import REWRITTEN, SKIPPED, SiteRecord, add_records, source_location
 from .rewrite.emit import SharedMaskRanges, emit_site
+from .rewrite.graph_launches import launch_in_graph
 from .trace.layout import fake_value
 from .trace.score_mods import split_score_baddbmm
 
@@ -91,6 +93,21 @@ def pass_source_hash() -> str:
     return f"{version}-{source_hash(_PACKAGE_ROOT)}"
 
 
+def kernels_source_hash() -> str:
+    """What a graph with our launches in it also depends on: the kernels' sources and templates, and the tuned
+    tables (shipped and the user's), which choose their configs. Not cached: `glacompiler autotune` may have
+    written a table since."""
+    from ..package_data import shipped_folder
+    from ..tables.table_file import shipped_tables_dir, user_tables_dir
+
+    hasher = hashlib.sha256(source_hash(_PACKAGE_ROOT, ("kernels/**/*.py",), ()).encode())
+    for folder, patterns in ((Path(str(shipped_folder("templates"))), ("**/*.jinja",)),
+                             (shipped_tables_dir(), ("*.json",)), (user_tables_dir(), ("*.json",))):
+        if folder.is_dir():
+            hasher.update(source_hash(folder, patterns, ()).encode())
+    return hasher.hexdigest()[:16]
+
+
 def _as_passes(configured) -> tuple:
     """Inductor's custom-pass settings take None, a pass, or a list of passes."""
     if configured is None:
@@ -99,8 +116,12 @@ def _as_passes(configured) -> tuple:
 
 
 class AttentionRewritePass(CustomGraphPass):
-    def __init__(self, rewrite: bool = True, chained: Optional[object] = None, graph_name: str = ""):
+    def __init__(self, rewrite: bool = True, chained: Optional[object] = None, graph_name: str = "",
+                 graph_launches: bool = False):
         self.rewrite = rewrite
+        # Replace op calls whose kernels Inductor can launch by those launches (rewrite/graph_launches.py).
+        self.graph_launches = graph_launches
+        self.launched_in_graph = 0  # op calls so replaced, over the graphs this pass ran on
         self.chained = chained  # a joint_custom_pre_pass the user had configured: run after ours
         self.graph_name = graph_name
         self.records: list = []
@@ -158,6 +179,10 @@ class AttentionRewritePass(CustomGraphPass):
             self._note_tuning_target(plan)
             records.append(SiteRecord(plan.spec.kind, plan.spec, source, REWRITTEN, not_absorbed,
                                       site.form + describe_extensions(plan), self.graph_name))
+        if self.graph_launches and any(r.status == REWRITTEN for r in records):
+            launched = launch_in_graph(graph)
+            self.launched_in_graph += launched
+            counters["glacompiler"]["launched_in_graph"] += launched
         graph.lint()
 
     def _absorption(self, site, source: str) -> tuple:
@@ -203,4 +228,5 @@ class AttentionRewritePass(CustomGraphPass):
             if chained_id is None:
                 return None
             chained_ids.append(repr(chained_id))
-        return f"glacompiler {pass_source_hash()} rewrite={self.rewrite} chained=[{','.join(chained_ids)}]"
+        launches = f" graph_launches={kernels_source_hash()}" if self.graph_launches else ""
+        return f"glacompiler {pass_source_hash()} rewrite={self.rewrite}{launches} chained=[{','.join(chained_ids)}]"

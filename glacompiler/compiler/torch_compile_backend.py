@@ -74,15 +74,22 @@ class GlaBackend:
         loads C++ also picks the host's ISA by probing (45 s of a 55 s warm start on the H200 machine's host,
         torch 2.11): the backend runs the probes concurrently and remembers passing ones across processes
         (isa_probe_memo.py).
-    inductor_config: extra Inductor config patches (they win over the options above)."""
+    inductor_config: extra Inductor config patches (they win over the options above).
+    graph_launches: where a site's kernels are plain Triton (the portable family: GQA, MHA, GTA, and MLA/GLA
+        off Hopper), Inductor launches them from its own wrapper instead of calling the op
+        (rewrite/graph_launches.py): a few us of host time a site instead of about 40. None (the default) turns
+        it on except with autotune, whose tuning runs after the compile and must reach the sites through the op.
+        If Inductor fails on such a graph it is compiled again with op calls, with a warning."""
 
     def __init__(self, cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
-                 inductor_config: Optional[dict] = None, cpp_wrapper: Optional[bool] = None):
+                 inductor_config: Optional[dict] = None, cpp_wrapper: Optional[bool] = None,
+                 graph_launches: Optional[bool] = None):
         self.cudagraphs = cudagraphs
         self.autotune = autotune
         self.rewrite = rewrite
         self.cpp_wrapper = cpp_wrapper
         self.inductor_config = dict(inductor_config or {})
+        self.graph_launches = (not autotune) if graph_launches is None else graph_launches
 
     def config_patches(self, example_inputs=()) -> dict:
         from torch._inductor import list_mode_options
@@ -123,15 +130,28 @@ class GlaBackend:
         return bool(patches.get("cpp_wrapper")) and self.cpp_wrapper is None and \
             "cpp_wrapper" not in self.inductor_config
 
-    def _compile_with_pass(self, gm, example_inputs, patches: dict, graph_name: str):
+    def _compile_with_pass(self, gm, example_inputs, patches: dict, graph_name: str,
+                           graph_launches: Optional[bool] = None):
         user_pass = patches.get("joint_custom_pre_pass", torch._inductor.config.joint_custom_pre_pass)
-        our_pass = AttentionRewritePass(self.rewrite, chained=user_pass, graph_name=graph_name)
+        graph_launches = self.graph_launches if graph_launches is None else graph_launches
+        our_pass = AttentionRewritePass(self.rewrite, chained=user_pass, graph_name=graph_name,
+                                        graph_launches=graph_launches)
         records_key = self._records_key(gm, example_inputs, our_pass, patches)
         with inductor_attention_fusion_disabled():
             try:
                 compiled = self._compile(gm, example_inputs, {**patches, "joint_custom_pre_pass": our_pass},
                                          our_pass, records_key)
             except Exception as error:
+                ours_to_retry = not (self._chose_cpp_wrapper(patches) and _is_cpp_compile_error(error))
+                if our_pass.launched_in_graph and ours_to_retry and not _caused_by_pass(error) and not strict_mode():
+                    # Our kernels as Inductor's own (a config that does not fit, an Inductor without support
+                    # for something they use): the op launches them instead. (A C++ compile error of the wrapper
+                    # we chose is __call__'s to retry, with the Python wrapper.)
+                    discard_records(our_pass.records)
+                    warnings.warn(f"glacompiler: Inductor failed on {graph_name} with our kernels launched from "
+                                  f"its wrapper ({str(error).splitlines()[0][:200]}); compiling it with op calls",
+                                  RuntimeWarning, stacklevel=2)
+                    return self._compile_with_pass(gm, example_inputs, patches, graph_name, graph_launches=False)
                 if not _caused_by_pass(error) or strict_mode():
                     discard_records(our_pass.records)  # the caller may compile this graph again
                     raise
@@ -188,14 +208,16 @@ class GlaBackend:
 
     def __repr__(self) -> str:
         return (f"GlaBackend(cudagraphs={self.cudagraphs}, autotune={self.autotune}, rewrite={self.rewrite}, "
-                f"cpp_wrapper={self.cpp_wrapper}, inductor_config={self.inductor_config})")
+                f"cpp_wrapper={self.cpp_wrapper}, inductor_config={self.inductor_config}, "
+                f"graph_launches={self.graph_launches})")
 
 
 def backend(cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
-            inductor_config: Optional[dict] = None, cpp_wrapper: Optional[bool] = None) -> GlaBackend:
+            inductor_config: Optional[dict] = None, cpp_wrapper: Optional[bool] = None,
+            graph_launches: Optional[bool] = None) -> GlaBackend:
     """A gla backend with options: torch.compile(model, backend=glacompiler.backend(cudagraphs=True))."""
     return GlaBackend(cudagraphs=cudagraphs, autotune=autotune, rewrite=rewrite, inductor_config=inductor_config,
-                      cpp_wrapper=cpp_wrapper)
+                      cpp_wrapper=cpp_wrapper, graph_launches=graph_launches)
 
 
 gla_backend = GlaBackend()

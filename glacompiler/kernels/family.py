@@ -59,6 +59,9 @@ class ResourceCheck:
 class KernelFamily:
     name: str = ""
     config_type: type = object
+    # Whether a compiled graph may launch this family's kernels itself (its launch plan traced into the graph with
+    # wrap_triton): Triton JIT kernels; Inductor (torch 2.11 to 2.14) cannot compile or launch Gluon ones.
+    launches_in_graph: bool = False
 
     def supports(self, spec: AttentionSpec, shape: ProblemShape, call: KernelCall) -> Optional[str]:
         """None when this family runs the call, else the reason it does not (for logs, reports and tests)."""

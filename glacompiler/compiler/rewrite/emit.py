@@ -20,7 +20,7 @@ aten = torch.ops.aten
 prims = torch.ops.prims
 
 
-def _graph_fake_mode(graph: fx.Graph):
+def graph_fake_mode(graph: fx.Graph):
     """The graph's fake mode, from its inputs' values (every value shares it; detect_fake_mode over all the
     graph's values cost ~30 ms per site on an 8-layer Llama), else from all values."""
     inputs = [n.meta.get("val") for n in graph.nodes if n.op == "placeholder"]
@@ -37,7 +37,7 @@ class Emitter:
     def __init__(self, graph: fx.Graph, anchor: fx.Node):
         self.graph = graph
         self.anchor = anchor
-        self.fake_mode = _graph_fake_mode(graph)
+        self.fake_mode = graph_fake_mode(graph)
         self.stack_trace = anchor.meta.get("stack_trace")
         self.created: list = []
 

@@ -10,9 +10,14 @@ kernel declares do_not_specialize (a growing cache's capacity), by their width a
 dtype and 16-byte alignment, each TMA tensor descriptor by dtype, block shape and shared-memory layout (what
 the JIT specialises a descriptor on; its base, shape and strides are encoded at every launch), the
 constexprs, warps and stages, and the device.
+
+While a launch plan is traced into a compiled graph (graph_launches), launches do not run: each becomes a
+user-defined Triton kernel call in the graph (torch.library.wrap_triton), which Inductor compiles and launches
+from its own wrapper, with no Python on the way.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Optional
 
@@ -31,6 +36,30 @@ _constexpr_names: dict = {}
 _unspecialised: dict = {}
 # Turned off for the process if a direct launch is ever refused (a Triton whose launcher API differs).
 _direct_launch_enabled = True
+# True while graph_launches() traces a launch plan into a graph.
+_tracing_into_graph = False
+
+
+@contextlib.contextmanager
+def graph_launches():
+    """Launches made inside become graph nodes (wrap_triton) instead of running; for tracing a launch plan."""
+    global _tracing_into_graph
+    previous, _tracing_into_graph = _tracing_into_graph, True
+    try:
+        yield
+    finally:
+        _tracing_into_graph = previous
+
+
+def tracing_into_graph() -> bool:
+    return _tracing_into_graph
+
+
+def launch_in_graph(kernel, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int) -> None:
+    """The launch as a traced user-defined Triton kernel call (its tensors written in place, as by the kernel)."""
+    from torch.library import wrap_triton
+
+    wrap_triton(kernel)[tuple(grid)](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
 
 
 def _is_tensor_descriptor(value) -> bool:
@@ -148,6 +177,8 @@ class PreparedLaunch:
         self.constexpr_values = ()
 
     def __call__(self, args: tuple):
+        if _tracing_into_graph:  # the caller's tensors (Inductor compiles for a bool mask's own dtype)
+            return launch_in_graph(self.kernel, self.grid, args, self.constexprs, self.num_warps, self.num_stages)
         compiled = self.compiled
         if compiled is not None and _direct_launch_enabled:
             from triton import knobs

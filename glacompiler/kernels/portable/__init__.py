@@ -17,6 +17,7 @@ from .launch import PortableLaunchPlan
 
 class PortableFamily(KernelFamily):
     name = "portable"
+    launches_in_graph = True
     config_type = PortableConfig
 
     def supports(self, spec: AttentionSpec, shape: ProblemShape, call: KernelCall) -> Optional[str]:

@@ -109,7 +109,9 @@ class PortableLaunchPlan:
                                  getattr(getattr(compiled, "metadata", None), "shared", "?"))
                 return compiled
 
-            return PreparedLaunch(kernel, grid, pass_constexprs, config.num_warps, config.num_stages, first_launch,
+            # (the stages a launch of this form fitted in, for a launch traced into a graph)
+            stages = _FITTING_STAGES.get((module.__name__, config, tuple(pass_constexprs.items())), config.num_stages)
+            return PreparedLaunch(kernel, grid, pass_constexprs, config.num_warps, stages, first_launch,
                                   jit_forms=self.keys.jit_forms(MASK_ARGUMENT))
 
         # With a mask, two passes (the template says why): the sequences whose mask is dense, then the others. A

@@ -1,0 +1,55 @@
+"""Sites whose kernels Inductor launches itself (glacompiler/compiler/rewrite/graph_launches.py) on a CUDA GPU:
+the compiled step, with Inductor's C++ and Python wrappers and under CUDA graphs, against the same step with op
+calls (the same kernels and configs launched by the op) and an fp32 reference."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import glacompiler
+from test_backend_gpu import check_fa_rule
+from test_backend_support import compile_and_count
+
+pytestmark = pytest.mark.gpu
+
+
+def masked_gqa_step(q, k, v, mask):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+def step_inputs(batch, capacity, seed=0, dtype=torch.bfloat16):
+    """q [B, 8, 1, 64], caches [B, 2, S, 64], a bool mask of random lengths (one of them the whole cache)."""
+    generator = torch.Generator(device="cuda").manual_seed(batch * 7919 + capacity + 104729 * seed)
+    q, k, v = (torch.randn(shape, device="cuda", generator=generator).to(dtype)
+               for shape in ((batch, 8, 1, 64), (batch, 2, capacity, 64), (batch, 2, capacity, 64)))
+    lengths = torch.randint(1, capacity + 1, (batch,), device="cuda", generator=generator)
+    lengths[0] = capacity
+    mask = (torch.arange(capacity, device="cuda") < lengths[:, None])[:, None, None, :]
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("cpp_wrapper", [True, False])
+@pytest.mark.parametrize("batch, capacity", [(4, 512), (1, 8192)])  # one split; several, and the combine
+def test_launched_site_matches_the_op_call(cuda_device, batch, capacity, cpp_wrapper):
+    inputs = step_inputs(batch, capacity)
+    launched, counts, records = compile_and_count(masked_gqa_step, *inputs,
+                                                  backend=glacompiler.backend(cpp_wrapper=cpp_wrapper))
+    assert [r.status for r in records] == ["rewritten"]
+    assert counts[0]["gla_launched_in_graph"] == 1 and counts[0]["mask_range_launched_in_graph"] == 1
+    called, counts, _ = compile_and_count(masked_gqa_step, *inputs, backend=glacompiler.backend(
+        cpp_wrapper=cpp_wrapper, graph_launches=False))
+    assert counts[0]["gla"] == 1 and counts[0]["gla_launched_in_graph"] == 0
+    torch.testing.assert_close(launched, called, rtol=0, atol=0)  # the same kernels on the same config
+    with torch.no_grad():
+        reference = masked_gqa_step(*(t.float() if t.is_floating_point() else t for t in inputs))
+        check_fa_rule(launched, masked_gqa_step(*inputs), reference)
+
+
+def test_launched_site_under_cuda_graphs_follows_new_inputs(cuda_device):
+    """Replays read the step's new inputs (the launches take the graph's buffers, not the first call's)."""
+    compiled = torch.compile(masked_gqa_step, backend=glacompiler.backend(cudagraphs=True))
+    with torch.no_grad():
+        for step in range(4):
+            inputs = step_inputs(8, 1024, seed=step)
+            out = compiled(*inputs).clone()
+            reference = masked_gqa_step(*(t.float() if t.is_floating_point() else t for t in inputs))
+            check_fa_rule(out, masked_gqa_step(*inputs), reference)
