@@ -4,6 +4,7 @@ calls (the same kernels and configs launched by the op) and an fp32 reference.""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 
 import glacompiler
 from test_backend_gpu import check_fa_rule
@@ -46,10 +47,15 @@ def test_launched_site_matches_the_op_call(cuda_device, batch, capacity, cpp_wra
 
 def test_launched_site_under_cuda_graphs_follows_new_inputs(cuda_device):
     """Replays read the step's new inputs (the launches take the graph's buffers, not the first call's)."""
+    torch._dynamo.reset()
+    launched_before = counters["glacompiler"]["launched_in_graph"]
     compiled = torch.compile(masked_gqa_step, backend=glacompiler.backend(cudagraphs=True))
-    with torch.no_grad():
+    # (no cached graph: the pass must run for its counter to count)
+    with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
         for step in range(4):
             inputs = step_inputs(8, 1024, seed=step)
             out = compiled(*inputs).clone()
             reference = masked_gqa_step(*(t.float() if t.is_floating_point() else t for t in inputs))
             check_fa_rule(out, masked_gqa_step(*inputs), reference)
+    assert counters["glacompiler"]["launched_in_graph"] - launched_before == 2  # the attention and its mask range

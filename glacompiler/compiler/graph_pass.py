@@ -18,6 +18,7 @@ from torch import fx
 from torch._dynamo.utils import counters
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
+from ..op.validation import debug_checks_enabled
 from ..spec import ProblemShape
 from .absorb import NotLatent, emit_absorbed, plan_absorption
 from .decline import Decline
@@ -27,7 +28,7 @@ from .plan.extensions import describe_extensions
 from .plan.site_plan import SitePlan, slots_size
 from .report import REWRITTEN, SKIPPED, SiteRecord, add_records, source_location
 from .rewrite.emit import SharedMaskRanges, emit_site
-from .rewrite.graph_launches import launch_in_graph
+from .rewrite.graph_launches import replace_op_calls_with_launches
 from .trace.layout import fake_value
 from .trace.score_mods import split_score_baddbmm
 
@@ -93,18 +94,17 @@ def pass_source_hash() -> str:
     return f"{version}-{source_hash(_PACKAGE_ROOT)}"
 
 
-def kernels_source_hash() -> str:
-    """What a graph with our launches in it also depends on: the kernels' sources and templates, and the tuned
-    tables (shipped and the user's), which choose their configs. Not cached: `glacompiler autotune` may have
-    written a table since."""
+def launch_plans_hash() -> str:
+    """What a graph with our launches in it also depends on: the kernels' sources and templates, the table lookup's
+    code, and the tuned configs this process's lookups answer from (the parsed tables of the current GPU, as
+    loaded: a table rewritten since is read by the next process, whose key then differs)."""
     from ..package_data import shipped_folder
-    from ..tables.table_file import shipped_tables_dir, user_tables_dir
+    from ..tables.lookup import device_name, index_for_gpu
 
-    hasher = hashlib.sha256(source_hash(_PACKAGE_ROOT, ("kernels/**/*.py",), ()).encode())
-    for folder, patterns in ((Path(str(shipped_folder("templates"))), ("**/*.jinja",)),
-                             (shipped_tables_dir(), ("*.json",)), (user_tables_dir(), ("*.json",))):
-        if folder.is_dir():
-            hasher.update(source_hash(folder, patterns, ()).encode())
+    hasher = hashlib.sha256(source_hash(_PACKAGE_ROOT, ("kernels/**/*.py", "tables/*.py"), ()).encode())
+    hasher.update(source_hash(Path(str(shipped_folder("templates"))), ("**/*.jinja",), ()).encode())
+    if torch.cuda.is_available():  # (graphs of CPU tensors hold no launches)
+        hasher.update(index_for_gpu(device_name(torch.cuda.current_device())).digest.encode())
     return hasher.hexdigest()[:16]
 
 
@@ -119,8 +119,9 @@ class AttentionRewritePass(CustomGraphPass):
     def __init__(self, rewrite: bool = True, chained: Optional[object] = None, graph_name: str = "",
                  graph_launches: bool = False):
         self.rewrite = rewrite
-        # Replace op calls whose kernels Inductor can launch by those launches (rewrite/graph_launches.py).
-        self.graph_launches = graph_launches
+        # Replace op calls whose kernels Inductor can launch by those launches (rewrite/graph_launches.py); not
+        # with GLACOMPILER_DEBUG=1, whose value checks run in the op.
+        self.graph_launches = graph_launches and not debug_checks_enabled()
         self.launched_in_graph = 0  # op calls so replaced, over the graphs this pass ran on
         self.chained = chained  # a joint_custom_pre_pass the user had configured: run after ours
         self.graph_name = graph_name
@@ -179,8 +180,8 @@ class AttentionRewritePass(CustomGraphPass):
             self._note_tuning_target(plan)
             records.append(SiteRecord(plan.spec.kind, plan.spec, source, REWRITTEN, not_absorbed,
                                       site.form + describe_extensions(plan), self.graph_name))
-        if self.graph_launches and any(r.status == REWRITTEN for r in records):
-            launched = launch_in_graph(graph)
+        if self.graph_launches and not training:  # (op calls the user wrote themselves too)
+            launched = replace_op_calls_with_launches(graph)
             self.launched_in_graph += launched
             counters["glacompiler"]["launched_in_graph"] += launched
         graph.lint()
@@ -228,5 +229,5 @@ class AttentionRewritePass(CustomGraphPass):
             if chained_id is None:
                 return None
             chained_ids.append(repr(chained_id))
-        launches = f" graph_launches={kernels_source_hash()}" if self.graph_launches else ""
+        launches = f" graph_launches={launch_plans_hash()}" if self.graph_launches else ""
         return f"glacompiler {pass_source_hash()} rewrite={self.rewrite}{launches} chained=[{','.join(chained_ids)}]"

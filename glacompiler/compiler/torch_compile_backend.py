@@ -90,6 +90,10 @@ class GlaBackend:
         self.cpp_wrapper = cpp_wrapper
         self.inductor_config = dict(inductor_config or {})
         self.graph_launches = (not autotune) if graph_launches is None else graph_launches
+        if autotune and self.graph_launches:
+            warnings.warn("glacompiler: with graph_launches=True the sites Inductor launches keep the configs they "
+                          "were compiled with; autotune's results reach them at the next compile", RuntimeWarning,
+                          stacklevel=3)
 
     def config_patches(self, example_inputs=()) -> dict:
         from torch._inductor import list_mode_options
@@ -149,7 +153,7 @@ class GlaBackend:
                     # we chose is __call__'s to retry, with the Python wrapper.)
                     discard_records(our_pass.records)
                     warnings.warn(f"glacompiler: Inductor failed on {graph_name} with our kernels launched from "
-                                  f"its wrapper ({str(error).splitlines()[0][:200]}); compiling it with op calls",
+                                  f"its wrapper ({str(error).splitlines()[0][:200]}); compiling it again with op calls",
                                   RuntimeWarning, stacklevel=2)
                     return self._compile_with_pass(gm, example_inputs, patches, graph_name, graph_launches=False)
                 if not _caused_by_pass(error) or strict_mode():

@@ -53,13 +53,14 @@ def empty_outputs(q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor]) -> tupl
 
 
 def validated_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
-                   causal, kv_range, softcap, alibi_slopes, sinks, window_size):
+                   causal, kv_range, softcap, alibi_slopes, sinks, window_size, read_values=True):
     """(spec, shape, KernelCall, copy_seqlens, copy_page_table) of a call, validated (ValueError/TypeError naming
     the argument). The kernels read lengths and page-table columns as adjacent entries (the page table's row
     stride is theirs): a strided or expanded view is made contiguous (rare; a small copy), and the flags say
     whether calls with this metadata need that copy."""
     spec, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                                  softmax_scale, None, kv_range, softcap, alibi_slopes, sinks, window_size)
+                                  softmax_scale, None, kv_range, softcap, alibi_slopes, sinks, window_size,
+                                  read_values)
     copy_seqlens = cache_seqlens is not None and cache_seqlens.stride(0) != 1 and shape.batch > 1
     copy_page_table = page_table is not None and page_table.stride(1) != 1 and page_table.shape[1] > 1
     if copy_seqlens:

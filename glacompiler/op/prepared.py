@@ -15,6 +15,8 @@ them), so 1.0 and True cannot share a key with different verdicts.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import Tensor
 
 from ..memo import BoundedMemo
@@ -81,14 +83,19 @@ class PreparedCall:
 
 
 def prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
-                 causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size) -> PreparedCall:
-    """The first call of a key: validate (ValueError/TypeError naming the argument), choose, plan."""
+                 causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size,
+                 traced: bool = False) -> Optional[PreparedCall]:
+    """The first call of a key: validate (ValueError/TypeError naming the argument), choose, plan. traced: for
+    fake tensors, to trace the plan's launches into a graph (compiler/rewrite/graph_launches.py): no value checks,
+    and None where the family's kernels cannot be launched by a graph or there is nothing to launch."""
     spec, shape, call, copy_seqlens, copy_page_table = validated_call(
         q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale, causal,
-        kv_range, softcap, alibi_slopes, sinks, window_size)
+        kv_range, softcap, alibi_slopes, sinks, window_size, read_values=not traced)
     if shape.batch == 0:
-        return PreparedCall(shape, None, False, False)
+        return None if traced else PreparedCall(shape, None, False, False)
     family, config = choose_kernel(spec, shape, call, num_splits)
+    if traced and not family.launches_in_graph:
+        return None
     return PreparedCall(shape, family.prepare(call, spec, shape, config), copy_seqlens, copy_page_table)
 
 

@@ -103,7 +103,10 @@ def validate_inputs(
     alibi_slopes=None,
     sinks=None,
     window_size=(-1, -1),
+    read_values=True,
 ) -> tuple[AttentionSpec, ProblemShape]:
+    """(spec, shape) of a call, or ValueError/TypeError naming the argument. read_values=False leaves out the checks
+    that read tensor values (GLACOMPILER_DEBUG=1's on the GPU): for fake tensors, which have none."""
     q = _require_tensor("q", q, 4)
     if q.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"q has dtype {q.dtype}; supported: float16, bfloat16, float32")
@@ -216,7 +219,7 @@ def validate_inputs(
     if softcap or alibi_slopes is not None or sinks is not None or not _unlimited_window(window_size):
         validate_extensions(q, spec, softcap, alibi_slopes, sinks, window_size)
     shape = ProblemShape(batch=batch, query_len=query_len, capacity=capacity, page_size=page_size)
-    if debug_checks_enabled():
+    if read_values and debug_checks_enabled():
         check_values(k_cache, cache_seqlens, page_table, shape, attn_mask)
     return spec, shape
 

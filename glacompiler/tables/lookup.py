@@ -10,6 +10,7 @@ reads, so the answer is the same during CUDA-graph capture and replay. After the
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import warnings
@@ -81,6 +82,10 @@ class ConfigIndex:
         self._by_spec: dict = {}
         for entry in entries:  # later entries (the user cache) replace earlier ones (shipped)
             self._by_spec.setdefault((entry.family, entry.spec.key()), {})[entry.bucket] = entry
+        # What lookups from this index can answer (compiled graphs that hold configs are keyed by it).
+        described = "\n".join(repr((entry.family, entry.spec.key(), entry.bucket, entry.page_size, entry.config))
+                               for entry in entries)
+        self.digest = hashlib.sha256(described.encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
         return sum(len(buckets) for buckets in self._by_spec.values())

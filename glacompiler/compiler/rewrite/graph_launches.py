@@ -18,13 +18,13 @@ from typing import Optional
 
 import torch
 from torch import fx
+from torch._higher_order_ops.triton_kernel_wrap import triton_kernel_wrapper_functional
 from torch.fx.operator_schemas import normalize_function
 
-from ...kernels import choose_family
+from ...kernels.common.interpreter import triton_interpreter_enabled
 from ...kernels.common.mask_range import MaskKeyRangeLaunch, mask_as_kernel_operand
-from ...kernels.common.triton_launch import graph_launches
-from ...op.dispatch import choose_config, validated_call
-from ...op.prepared import PreparedCall
+from ...kernels.common.triton_launch import traced_launches
+from ...op.prepared import PreparedCall, prepare_call
 from ..trace.sizes import is_concrete
 from .emit import graph_fake_mode
 
@@ -32,11 +32,12 @@ LOGGER = logging.getLogger("glacompiler")
 ATTENTION = torch.ops.glacompiler.attention_with_kvcache.default
 MASK_RANGE = torch.ops.glacompiler.mask_key_range.default
 LAUNCHED_CALL = "glacompiler_launched_call"  # node meta: (op name, replaced call's node name)
-# The op's arguments, in schema order, that take tensors (the rest are scalars).
-_ATTENTION_TENSORS = ("q", "k_cache", "v_cache", "q_rope", "k_rope_cache", "cache_seqlens", "page_table",
-                      "attn_mask", "kv_range", "alibi_slopes", "sinks")
+# The op's tensor arguments in schema order: PreparedCall.run's parameters (tests/test_graph_launches.py checks).
+ATTENTION_TENSORS = tuple(a.name for a in ATTENTION._schema.arguments if str(a.type) in ("Tensor", "Optional[Tensor]"))
 _ALLOCATIONS = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default,
-                torch.ops.aten.new_empty.default, torch.ops.aten.new_empty_strided.default}
+                torch.ops.aten.new_empty.default, torch.ops.aten.new_empty_strided.default,
+                torch.ops.aten.full.default}
+_LAUNCH = triton_kernel_wrapper_functional
 
 
 def _value(argument):
@@ -64,76 +65,73 @@ def _arguments(node: fx.Node) -> Optional[dict]:
     return arguments
 
 
-def _attention_plan(values: dict):
-    """The PreparedCall the op would make for these (fake) values, or None where its family's kernels cannot be
-    launched by a graph (or the batch is empty)."""
-    window = (values["window_left"], values["window_right"])
-    spec, shape, call, copy_seqlens, copy_page_table = validated_call(
-        values["q"], values["k_cache"], values["v_cache"], values["q_rope"], values["k_rope_cache"],
-        values["cache_seqlens"], values["page_table"], values["attn_mask"], values["softmax_scale"],
-        values["causal"], values["kv_range"], values["softcap"], values["alibi_slopes"], values["sinks"], window)
-    if shape.batch == 0:
-        return None
-    family = choose_family(spec, shape, call)
-    if family is None or not family.launches_in_graph:
-        return None
-    config = choose_config(family, spec, shape, call.q.device, values["num_splits"])
-    return PreparedCall(shape, family.prepare(call, spec, shape, config), copy_seqlens, copy_page_table)
-
-
 def _traced(function, inputs: list, fake_mode) -> fx.GraphModule:
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    with fake_mode, graph_launches():
+    with fake_mode, traced_launches():
         return make_fx(torch.func.functionalize(function, remove="mutations"))(*inputs)
 
 
 def _attention_launches(values: dict, fake_mode) -> Optional[tuple]:
-    """(traced launches, the tensor argument names they take in order), or None (the op stays)."""
-    prepared = _attention_plan(values)
+    """(traced launches, the tensor argument names they take in order), or None (the op stays): the plan is the
+    one the op makes for these values (op/prepared.py), traced."""
+    prepared: Optional[PreparedCall] = prepare_call(
+        *(values[name] for name in ("q", "k_cache", "v_cache", "q_rope", "k_rope_cache", "cache_seqlens",
+                                    "page_table", "attn_mask", "softmax_scale", "causal", "num_splits", "kv_range",
+                                    "softcap", "alibi_slopes", "sinks")),
+        (values["window_left"], values["window_right"]), traced=True)
     if prepared is None:
         return None
-    names = [name for name in _ATTENTION_TENSORS if values[name] is not None]
+    names = [name for name in ATTENTION_TENSORS if values[name] is not None]
 
     def run(*tensors):
         given = dict(zip(names, tensors))
-        return prepared.run(*(given.get(name) for name in _ATTENTION_TENSORS))
+        return prepared.run(*(given.get(name) for name in ATTENTION_TENSORS))
 
     return _traced(run, [values[name] for name in names], fake_mode), names
 
 
 def _mask_range_launches(values: dict, fake_mode) -> Optional[tuple]:
-    mask = mask_as_kernel_operand(values["attn_mask"])
     batch, capacity = values["batch"], values["capacity"]
     if batch == 0:
         return None
-    launch = MaskKeyRangeLaunch(mask, batch, capacity, values["attn_mask"].dtype == torch.bool)
+    launch = MaskKeyRangeLaunch(mask_as_kernel_operand(values["attn_mask"]), batch, capacity,
+                                values["attn_mask"].dtype == torch.bool)
     return _traced(launch, [values["attn_mask"]], fake_mode), ["attn_mask"]
 
 
-def _is_launch(node: fx.Node) -> bool:
-    return node.op == "call_function" and "tensors_to_clone" in node.kwargs
+def _is_view(node: fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
 
 
 def writes_only_own_buffers(traced: fx.GraphModule) -> bool:
-    """Whether the traced launches write (by Inductor's analysis of the kernels: the tensors it clones) only
-    tensors the trace allocated, and each writes something the result reads. A write the analysis could not rule
-    out on an input would copy that input every step; a launch it found writing nothing would be dropped."""
+    """Whether the trace holds only what a launch plan makes (allocations, views, the functional launches and their
+    results, pure ops), each launch writing (by Inductor's analysis of the kernel: the tensors it clones) only
+    tensors the trace allocated, and each read by something. A write the analysis could not rule out on an input
+    would copy that input every step; a launch it found writing nothing would be dropped; anything mutable or
+    unexpected keeps the op."""
     own = set()  # allocations, their views, and launches' results in them
     for node in traced.graph.nodes:
-        if node.op != "call_function":
+        if node.op in ("placeholder", "output"):
             continue
+        if node.op != "call_function":
+            return False  # get_attr (a constant) or a module call: not a plan's
         if node.target in _ALLOCATIONS:
             own.add(node)
-        elif _is_launch(node):
+        elif node.target is _LAUNCH:
             if not node.users or not all(node.kwargs["kwargs"].get(name) in own
                                          for name in node.kwargs["tensors_to_clone"]):
                 return False
-        elif node.target is operator.getitem and _is_launch(node.args[0]):
-            if node.args[0].kwargs["kwargs"].get(node.args[1]) in own:
+        elif node.target is operator.getitem:
+            source = node.args[0]
+            if (source.target is _LAUNCH and source.kwargs["kwargs"].get(node.args[1]) in own) or source in own:
                 own.add(node)
-        elif node.args and node.args[0] in own:  # a view or a copy of our own
-            own.add(node)
+        elif isinstance(node.target, torch._ops.OpOverload) and not node.target._schema.is_mutable:
+            if _is_view(node) and node.args and node.args[0] in own:
+                own.add(node)
+        else:
+            return False  # a mutation, or a higher-order op other than the functional launch
     return True
 
 
@@ -146,12 +144,13 @@ def _inline(graph: fx.Graph, node: fx.Node, traced: fx.GraphModule, inputs: list
     for traced_node, created in copied.items():
         if traced_node.op == "call_function":
             # Which op call a node replaces (the op's name and the call's node name), for tests and reports; the
-            # stack trace points Inductor's provenance at the user's attention.
+            # stack trace points Inductor's provenance at the user's attention, not at this package.
             created.meta[LAUNCHED_CALL] = (node.target.overloadpacket.__name__, node.name)
+            created.meta.pop("stack_trace", None)
             if stack_trace is not None:
                 created.meta["stack_trace"] = stack_trace
     if node.target is ATTENTION:
-        for user in list(node.users):  # (out, lse): the rewrite reads them by index
+        for user in list(node.users):  # (out, lse): read by index
             user.replace_all_uses_with(result[user.args[1]])
             graph.erase_node(user)
     else:
@@ -159,9 +158,23 @@ def _inline(graph: fx.Graph, node: fx.Node, traced: fx.GraphModule, inputs: list
     graph.erase_node(node)
 
 
-def launch_in_graph(graph: fx.Graph) -> int:
+def _planned_launches(node: fx.Node, arguments: dict, fake_mode) -> Optional[tuple]:
+    """(traced launches, argument names) for an op call whose launches may replace it, else None."""
+    if node.target is ATTENTION and any(user.target is not operator.getitem for user in node.users):
+        return None  # (the pass reads the outputs by index; anything else keeps the op)
+    values = {name: _value(argument) for name, argument in arguments.items()}
+    planned = (_attention_launches if node.target is ATTENTION else _mask_range_launches)(values, fake_mode)
+    if planned is not None and not writes_only_own_buffers(planned[0]):
+        LOGGER.info("%s: kept as an op call (its launches would write tensors they did not allocate)", node)
+        return None
+    return planned
+
+
+def replace_op_calls_with_launches(graph: fx.Graph) -> int:
     """Replace every op call of the graph whose kernels Inductor can launch by its traced launches; returns how
     many were replaced. Calls it cannot replace keep the op (see the module docstring)."""
+    if triton_interpreter_enabled():  # the interpreter's kernels run where they are called: nothing to trace
+        return 0
     fake_mode = None
     replaced = 0
     for node in list(graph.nodes):
@@ -172,9 +185,8 @@ def launch_in_graph(graph: fx.Graph) -> int:
             continue
         if fake_mode is None:
             fake_mode = graph_fake_mode(graph)
-        values = {name: _value(argument) for name, argument in arguments.items()}
-        try:  # (nothing in the graph has changed yet: on an error the call keeps the op)
-            planned = (_attention_launches if node.target is ATTENTION else _mask_range_launches)(values, fake_mode)
+        try:  # (the graph is unchanged until _inline: on an error the call keeps the op)
+            planned = _planned_launches(node, arguments, fake_mode)
         except Exception as error:
             from ..graph_pass import strict_mode  # (the pass imports this module)
 
@@ -185,10 +197,6 @@ def launch_in_graph(graph: fx.Graph) -> int:
         if planned is None:
             continue
         traced, names = planned
-        if not writes_only_own_buffers(traced):
-            LOGGER.info("%s: kept as an op call (the kernels' writes could not be confined to their own buffers)",
-                        node)
-            continue
         _inline(graph, node, traced, [arguments[name] for name in names])
         replaced += 1
     return replaced

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...memo import BoundedMemo
 from .mask_range import MaskKeyRangeLaunch, mask_as_kernel_operand
-from .triton_launch import tracing_into_graph
+from .triton_launch import tracing_launches
 
 
 # (batch, capacity, device) -> [B] int32 tensor of the capacity: the lengths of a call that gives none, made once
@@ -21,7 +21,7 @@ def capacity_lengths(batch: int, capacity: int, device) -> Tensor:
     """A [batch] int32 tensor filled with `capacity`, shared by every call with this batch, capacity and device.
     Not remembered when made during CUDA-graph capture: the fill would then run only on replay, and the memory
     belongs to the graph's pool; nor when traced into a graph (the tensor is then a graph node's value)."""
-    if tracing_into_graph():  # a node of the graph being traced (a fill Inductor fuses or runs once a step)
+    if tracing_launches():  # a node of the graph being traced (a fill Inductor fuses or runs once a step)
         return torch.full((batch,), capacity, dtype=torch.int32, device=device)
     key = (batch, capacity, device)
     lengths = _capacity_lengths.get(key)

@@ -11,13 +11,14 @@ dtype and 16-byte alignment, each TMA tensor descriptor by dtype, block shape an
 the JIT specialises a descriptor on; its base, shape and strides are encoded at every launch), the
 constexprs, warps and stages, and the device.
 
-While a launch plan is traced into a compiled graph (graph_launches), launches do not run: each becomes a
+While a launch plan is traced into a compiled graph (traced_launches), launches do not run: each becomes a
 user-defined Triton kernel call in the graph (torch.library.wrap_triton), which Inductor compiles and launches
 from its own wrapper, with no Python on the way.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 from typing import Optional
 
@@ -36,26 +37,25 @@ _constexpr_names: dict = {}
 _unspecialised: dict = {}
 # Turned off for the process if a direct launch is ever refused (a Triton whose launcher API differs).
 _direct_launch_enabled = True
-# True while graph_launches() traces a launch plan into a graph.
-_tracing_into_graph = False
+# True while traced_launches() traces a launch plan into a graph (per thread: a ContextVar).
+_tracing = contextvars.ContextVar("glacompiler_tracing_launches", default=False)
 
 
 @contextlib.contextmanager
-def graph_launches():
+def traced_launches():
     """Launches made inside become graph nodes (wrap_triton) instead of running; for tracing a launch plan."""
-    global _tracing_into_graph
-    previous, _tracing_into_graph = _tracing_into_graph, True
+    token = _tracing.set(True)
     try:
         yield
     finally:
-        _tracing_into_graph = previous
+        _tracing.reset(token)
 
 
-def tracing_into_graph() -> bool:
-    return _tracing_into_graph
+def tracing_launches() -> bool:
+    return _tracing.get()
 
 
-def launch_in_graph(kernel, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int) -> None:
+def traced_launch(kernel, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int) -> None:
     """The launch as a traced user-defined Triton kernel call (its tensors written in place, as by the kernel)."""
     from torch.library import wrap_triton
 
@@ -177,8 +177,10 @@ class PreparedLaunch:
         self.constexpr_values = ()
 
     def __call__(self, args: tuple):
-        if _tracing_into_graph:  # the caller's tensors (Inductor compiles for a bool mask's own dtype)
-            return launch_in_graph(self.kernel, self.grid, args, self.constexprs, self.num_warps, self.num_stages)
+        if _tracing.get():  # the caller's tensors (Inductor compiles for a bool mask's own dtype)
+            if self.descriptors:
+                raise NotImplementedError("launches that take TMA descriptors are not traced into graphs")
+            return traced_launch(self.kernel, self.grid, args, self.constexprs, self.num_warps, self.num_stages)
         compiled = self.compiled
         if compiled is not None and _direct_launch_enabled:
             from triton import knobs

@@ -25,10 +25,14 @@ MASK_ARGUMENT = 10  # the mask's position in run's launch arguments
 _FITTING_STAGES: dict = {}
 
 
+def _fitting_key(module_name: str, config: PortableConfig, constexprs: dict) -> tuple:
+    return module_name, config, tuple(constexprs.items())  # the plan builds constexprs in one fixed order
+
+
 def _launch_fitting(kernel, grid, args: tuple, constexprs: dict, config: PortableConfig, module_name: str):
     from triton.runtime.errors import OutOfResources  # late: the interpreter must be chosen before triton loads
 
-    key = (module_name, config, tuple(constexprs.items()))  # the launcher builds constexprs in one fixed order
+    key = _fitting_key(module_name, config, constexprs)
     stages = _FITTING_STAGES.get(key, config.num_stages)
     while True:
         try:
@@ -110,7 +114,7 @@ class PortableLaunchPlan:
                 return compiled
 
             # (the stages a launch of this form fitted in, for a launch traced into a graph)
-            stages = _FITTING_STAGES.get((module.__name__, config, tuple(pass_constexprs.items())), config.num_stages)
+            stages = _FITTING_STAGES.get(_fitting_key(module.__name__, config, pass_constexprs), config.num_stages)
             return PreparedLaunch(kernel, grid, pass_constexprs, config.num_warps, stages, first_launch,
                                   jit_forms=self.keys.jit_forms(MASK_ARGUMENT))
 

@@ -1,0 +1,256 @@
+"""Op calls replaced by the launches of their kernels (glacompiler/compiler/rewrite/graph_launches.py), on the CPU
+machine: graphs of fake CUDA tensors, the GPU's queries (multiprocessors, tables) and Inductor's analysis of
+which tensors a kernel writes (it compiles the kernel for the GPU) stood in for. That the compiled graphs run
+and give the op's results is tests/test_graph_launches_gpu.py's.
+
+tests/test_graph_launches.py runs this file in a process of its own: a process that has loaded the kernels under
+the Triton interpreter (TRITON_INTERPRET=1, as the interpreter tests do) keeps them in that form."""
+import operator
+
+import pytest
+import torch
+from torch import fx
+from torch._higher_order_ops import triton_kernel_wrap
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import glacompiler
+from glacompiler.compiler.graph_pass import AttentionRewritePass
+from glacompiler.compiler.rewrite import graph_launches
+from glacompiler.compiler.rewrite.graph_launches import (ATTENTION, ATTENTION_TENSORS, LAUNCHED_CALL, MASK_RANGE,
+                                                         replace_op_calls_with_launches, writes_only_own_buffers)
+from glacompiler.op import dispatch
+from glacompiler.op.prepared import PreparedCall
+
+# What the kernels write, by parameter name: the attention kernel and the combine OUT and LSE, the mask range
+# kernel RANGE.
+KERNEL_WRITES = ("OUT", "LSE", "RANGE")
+
+
+@pytest.fixture
+def gpu_stand_ins(monkeypatch):
+    """An H200's 132 multiprocessors, no tuned table, and Inductor's kernel analysis as `writes` says."""
+    monkeypatch.setattr(dispatch, "device_multiprocessors", lambda device: 132)
+    monkeypatch.setattr(dispatch, "tuned_config", lambda *args: None)
+    writes = {"names": KERNEL_WRITES}
+    monkeypatch.setattr(triton_kernel_wrap, "get_mutated_tensors",
+                        lambda kernel_idx, constant_args_idx, kwargs, tma: [n for n in kwargs if n in writes["names"]])
+    return writes
+
+
+def decode_graph(batch=2, capacity=128, device="cuda", with_mask=True, shared_range=True):
+    """placeholders q [B, 1, 8, 64], k/v caches [B, S, 2, 64] (fp16) and a bool mask; the mask's shared key range
+    and the op call as the pass emits them; the output."""
+    mode = FakeTensorMode()
+    with mode:
+        q = torch.empty(batch, 1, 8, 64, device=device, dtype=torch.float16)
+        k = torch.empty(batch, capacity, 2, 64, device=device, dtype=torch.float16)
+        v = torch.empty(batch, capacity, 2, 64, device=device, dtype=torch.float16)
+        mask = torch.empty(batch, 1, 1, capacity, device=device, dtype=torch.bool)
+    graph = fx.Graph()
+    nodes = []
+    for name, value in zip("qkvm", (q, k, v, mask)):
+        node = graph.placeholder(name)
+        node.meta["val"] = value
+        nodes.append(node)
+    q_node, k_node, v_node, mask_node = nodes
+    key_range = None
+    if with_mask and shared_range:
+        key_range = graph.call_function(MASK_RANGE, (mask_node, batch, capacity))
+        with mode:
+            key_range.meta["val"] = MASK_RANGE(mask, batch, capacity)
+    call = graph.call_function(ATTENTION, (q_node, k_node, v_node, None, None, None, None,
+                                           mask_node if with_mask else None, 0.125, False, 0, key_range))
+    with mode:
+        call.meta["val"] = ATTENTION(q, k, v, None, None, None, None, mask if with_mask else None, 0.125, False, 0,
+                                     None if key_range is None else key_range.meta["val"])
+    out = graph.call_function(operator.getitem, (call, 0))
+    out.meta["val"] = call.meta["val"][0]
+    graph.output(out)
+    return graph
+
+
+def launches(graph):
+    return [node for node in graph.nodes if node.op == "call_function" and "tensors_to_clone" in node.kwargs]
+
+
+def kernel_name(launch):
+    kernel = triton_kernel_wrap.kernel_side_table.get_kernel(launch.kwargs["kernel_idx"])
+    while not hasattr(kernel, "fn") or hasattr(kernel.fn, "fn"):  # the autotuner wrapping warps and stages
+        kernel = kernel.fn
+    return kernel.fn.__name__
+
+
+def test_masked_call_becomes_its_launches(gpu_stand_ins):
+    graph = decode_graph()
+    assert replace_op_calls_with_launches(graph) == 2
+    graph.lint()
+    assert not [n for n in graph.nodes if n.target in (ATTENTION, MASK_RANGE)]
+    names = [kernel_name(launch) for launch in launches(graph)]
+    # The range once, then the attention kernel's two passes (dense masks, then the others), with one split.
+    assert names == ["mask_key_range_kernel", "decode_attention_split_kernel", "decode_attention_split_kernel"]
+    range_launch, dense_pass, sparse_pass = launches(graph)
+    assert [dense_pass.kwargs["kwargs"]["DENSE_PASS"], sparse_pass.kwargs["kwargs"]["DENSE_PASS"]] == [True, False]
+    assert range_launch.kwargs["tensors_to_clone"] == ["RANGE"]
+    assert sorted(dense_pass.kwargs["tensors_to_clone"]) == ["LSE", "OUT"]
+    # Each pass reads the caches as they are (no copies) and the second pass writes into the first one's output.
+    assert dense_pass.kwargs["kwargs"]["K"].name == "k" and dense_pass.kwargs["kwargs"]["V"].name == "v"
+    assert sparse_pass.kwargs["kwargs"]["OUT"].args == (dense_pass, "OUT")
+    output = graph.output_node().args[0]
+    assert output.args == (sparse_pass, "OUT")
+    assert all(n.meta[LAUNCHED_CALL][0] in ("attention_with_kvcache", "mask_key_range")
+               for n in graph.nodes if n.op == "call_function")
+
+
+def test_splits_launch_the_combine(gpu_stand_ins):
+    graph = decode_graph(batch=1, capacity=8192, with_mask=False)
+    assert replace_op_calls_with_launches(graph) == 1
+    names = [kernel_name(launch) for launch in launches(graph)]
+    assert names == ["decode_attention_split_kernel", "combine_splits_kernel"]
+    split_launch, combine = launches(graph)
+    assert split_launch.kwargs["kwargs"]["num_splits"] > 1
+    assert combine.kwargs["kwargs"]["PART_OUT"].args == (split_launch, "OUT")
+    assert sorted(combine.kwargs["tensors_to_clone"]) == ["LSE", "OUT"]
+    assert graph.output_node().args[0].args == (combine, "OUT")
+
+
+def test_a_write_to_an_input_keeps_the_op(gpu_stand_ins):
+    """Where the analysis cannot rule out a write to the cache, the launches would copy it every step."""
+    gpu_stand_ins["names"] = KERNEL_WRITES + ("K",)
+    graph = decode_graph()
+    assert replace_op_calls_with_launches(graph) == 1  # the mask range still
+    assert [n.target for n in graph.nodes if n.target in (ATTENTION, MASK_RANGE)] == [ATTENTION]
+
+
+def test_a_launch_found_writing_nothing_keeps_the_op(gpu_stand_ins):
+    gpu_stand_ins["names"] = ()
+    graph = decode_graph()
+    assert replace_op_calls_with_launches(graph) == 0
+    assert [n.target for n in graph.nodes if n.target in (ATTENTION, MASK_RANGE)] == [MASK_RANGE, ATTENTION]
+
+
+def test_gluon_families_and_cpu_tensors_keep_the_op(gpu_stand_ins, monkeypatch):
+    from glacompiler.kernels import LATENT_HOPPER
+
+    graph = decode_graph(device="cpu")
+    assert replace_op_calls_with_launches(graph) == 0
+    monkeypatch.setattr(dispatch, "choose_family", lambda *args: LATENT_HOPPER)
+    graph = decode_graph(with_mask=False)
+    assert replace_op_calls_with_launches(graph) == 0
+    assert [n.target for n in graph.nodes if n.target is ATTENTION] == [ATTENTION]
+
+
+def test_backend_option_and_the_cache_key():
+    assert glacompiler.backend().graph_launches
+    assert not glacompiler.backend(autotune=True).graph_launches  # tuning reaches the sites through the op
+    assert glacompiler.backend(autotune=True, graph_launches=True).graph_launches
+    with_launches = AttentionRewritePass(graph_launches=True).uuid()
+    assert with_launches != AttentionRewritePass(graph_launches=False).uuid()
+    assert "graph_launches=" in with_launches
+
+
+def test_a_failed_trace_keeps_the_op(gpu_stand_ins, monkeypatch):
+    def fail(values, fake_mode):
+        raise RuntimeError("no trace")
+
+    monkeypatch.setattr(graph_launches, "_attention_launches", fail)
+    graph = decode_graph()
+    assert replace_op_calls_with_launches(graph) == 1  # the mask range's launch still
+    assert [n.target for n in graph.nodes if n.target is ATTENTION] == [ATTENTION]
+    monkeypatch.setenv("GLACOMPILER_STRICT", "1")
+    with pytest.raises(RuntimeError, match="no trace"):
+        replace_op_calls_with_launches(decode_graph())
+
+
+def test_inductor_failing_on_launches_recompiles_with_op_calls(monkeypatch):
+    """The backend's fallback: a graph Inductor cannot compile with our launches in it is compiled with op calls."""
+    from glacompiler.compiler.torch_compile_backend import GlaBackend
+
+    compiled_with = []
+
+    def compile_once(gm, example_inputs, patches, our_pass, records_key):
+        compiled_with.append(our_pass.graph_launches)
+        if our_pass.graph_launches:
+            our_pass.launched_in_graph = 1
+            raise RuntimeError("Inductor: no valid config")
+        return "compiled"
+
+    monkeypatch.setattr(GlaBackend, "_compile", staticmethod(compile_once))
+    monkeypatch.setattr(GlaBackend, "_records_key", staticmethod(lambda *args: None))
+    backend = glacompiler.backend()
+    with pytest.warns(RuntimeWarning, match="compiling it again with op calls"):
+        assert backend._compile_with_pass(None, [], {}, "graph 0") == "compiled"
+    assert compiled_with == [True, False]
+    # A C++ compile error of the wrapper the backend chose is retried with the Python wrapper, not here.
+    compiled_with.clear()
+
+    def cpp_error(gm, example_inputs, patches, our_pass, records_key):
+        compiled_with.append(our_pass.graph_launches)
+        our_pass.launched_in_graph = 1
+        raise RuntimeError("CppCompileError: C++ compile error")
+
+    monkeypatch.setattr(GlaBackend, "_compile", staticmethod(cpp_error))
+    with pytest.raises(RuntimeError, match="CppCompileError"):
+        backend._compile_with_pass(None, [], {"cpp_wrapper": True}, "graph 0")
+    assert compiled_with == [True]
+
+
+def test_a_mask_without_its_shared_range_traces_the_reduction_first(gpu_stand_ins):
+    graph = decode_graph(shared_range=False)
+    assert replace_op_calls_with_launches(graph) == 1
+    names = [kernel_name(launch) for launch in launches(graph)]
+    assert names == ["mask_key_range_kernel", "decode_attention_split_kernel", "decode_attention_split_kernel"]
+    range_launch, dense_pass, _ = launches(graph)
+    # The attention reads the range the reduction wrote (rows of its result), not an uninitialised buffer.
+    begin = dense_pass.kwargs["kwargs"]["KV_BEGIN"]
+    assert begin.target is operator.getitem and begin.args[0].args[0].args == (range_launch, "RANGE")
+
+
+def test_an_empty_batch_keeps_the_op(gpu_stand_ins):
+    graph = decode_graph(batch=0)
+    assert replace_op_calls_with_launches(graph) == 0
+
+
+def test_traced_arguments_follow_the_prepared_run():
+    """The launches take the op's tensor arguments in PreparedCall.run's order (a new schema tensor must reach it)."""
+    import inspect
+
+    parameters = list(inspect.signature(PreparedCall.run).parameters)[1:]
+    assert list(ATTENTION_TENSORS) == parameters
+
+
+def test_the_guard_refuses_what_a_plan_does_not_make():
+    """A constant (get_attr), a mutation, or a launch writing an input: the op stays."""
+    for make in (lambda g, x: g.get_attr("constant"),
+                 lambda g, x: g.call_function(torch.ops.aten.add_.Tensor, (x, x))):
+        graph = fx.Graph()
+        x = graph.placeholder("x")
+        graph.output(make(graph, x))
+        root = torch.nn.Module()
+        root.register_buffer("constant", torch.zeros(4))
+        assert not writes_only_own_buffers(fx.GraphModule(root, graph))
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    graph.output(graph.call_function(torch.ops.aten.view.default, (x, [4])))
+    assert writes_only_own_buffers(fx.GraphModule(torch.nn.Module(), graph))
+
+
+def test_the_cache_key_follows_the_tables(monkeypatch):
+    """With launches in the graph its configs are part of it: the key holds what the lookups answer from."""
+    from glacompiler.tables import lookup
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(lookup, "device_name", lambda index: "NVIDIA H200")
+    keys = []
+    for tables in ("1", "0"):
+        monkeypatch.setenv("GLACOMPILER_TUNED_CONFIGS", tables)
+        lookup.index_for_gpu.cache_clear()
+        keys.append(AttentionRewritePass(graph_launches=True).uuid())
+    lookup.index_for_gpu.cache_clear()
+    assert keys[0] != keys[1]
+    assert len(lookup.ConfigIndex([]).digest) == 16
+
+
+def test_debug_value_checks_keep_op_calls(monkeypatch):
+    monkeypatch.setenv("GLACOMPILER_DEBUG", "1")
+    assert not AttentionRewritePass(graph_launches=True).graph_launches
