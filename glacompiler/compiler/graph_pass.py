@@ -94,15 +94,24 @@ def pass_source_hash() -> str:
     return f"{version}-{source_hash(_PACKAGE_ROOT)}"
 
 
-def launch_plans_hash() -> str:
-    """What a graph with our launches in it also depends on: the kernels' sources and templates, the table lookup's
-    code, and the tuned configs this process's lookups answer from (the parsed tables of the current GPU, as
-    loaded: a table rewritten since is read by the next process, whose key then differs)."""
+@functools.lru_cache(maxsize=1)
+def _kernel_sources_hash() -> str:
+    """The kernels' sources and templates and the table lookup's code, once per process (they do not change under
+    a running pass)."""
     from ..package_data import shipped_folder
-    from ..tables.lookup import device_name, index_for_gpu
 
     hasher = hashlib.sha256(source_hash(_PACKAGE_ROOT, ("kernels/**/*.py", "tables/*.py"), ()).encode())
     hasher.update(source_hash(Path(str(shipped_folder("templates"))), ("**/*.jinja",), ()).encode())
+    return hasher.hexdigest()
+
+
+def launch_plans_hash() -> str:
+    """What a graph with our launches in it also depends on: _kernel_sources_hash, and the tuned configs this
+    process's lookups answer from (the parsed tables of the current GPU, as loaded: a table rewritten since is
+    read by the next process, whose key then differs)."""
+    from ..tables.lookup import device_name, index_for_gpu
+
+    hasher = hashlib.sha256(_kernel_sources_hash().encode())
     if torch.cuda.is_available():  # (graphs of CPU tensors hold no launches)
         hasher.update(index_for_gpu(device_name(torch.cuda.current_device())).digest.encode())
     return hasher.hexdigest()[:16]
