@@ -212,6 +212,8 @@ def describe(name: str, row: dict) -> str:
     aot = {state: row["counters"]["aot_autograd"].get(f"autograd_cache_{state}", 0)
            for state in ("hit", "miss", "bypass")}
     sites = f", {row['rewritten']}/{row['sites']} sites rewritten" if row["sites"] else ""
+    reused = row["counters"]["glacompiler"].get("kernel_analysis_memo_hits", 0)
+    sites += f", {reused} kernel analyses reused" if reused else ""
     phases = ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in list(row["phases"].items())[:5])
     return (f"{name:<12} first step {row['first_step_s']:7.2f} s  (second {row['second_step_s'] * 1e3:8.2f} ms, "
             f"then {row['step_ms']:.3f} ms a step, {row['step_host_ms']:.3f} ms of it to enqueue)  "

@@ -254,3 +254,78 @@ def test_the_cache_key_follows_the_tables(monkeypatch):
 def test_debug_value_checks_keep_op_calls(monkeypatch):
     monkeypatch.setenv("GLACOMPILER_DEBUG", "1")
     assert not AttentionRewritePass(graph_launches=True).graph_launches
+
+
+@pytest.fixture
+def analysed_on_sm90(monkeypatch):
+    """The GPU's queries stood in as above, but torch's own analysis of the kernels (it generates their TTIR, here
+    for an H200's target), through the memo of kernel_analysis_memo.py; yields the count of TTIR generations."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from glacompiler.compiler import kernel_analysis_memo
+
+    class Sm90Driver:
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+    monkeypatch.setattr(dispatch, "device_multiprocessors", lambda device: 132)
+    monkeypatch.setattr(dispatch, "tuned_config", lambda *args: None)
+    generated = []
+    original = triton_kernel_wrap.generate_ttir
+    while getattr(original, "__wrapped__", None) is not None:  # (a memo installed earlier in this process)
+        original = original.__wrapped__
+
+    def counted(kernel, kwargs, tma_descriptor_metadata):
+        generated.append(kernel)
+        return original(kernel, kwargs, tma_descriptor_metadata)
+
+    monkeypatch.setattr(triton_kernel_wrap, "generate_ttir", kernel_analysis_memo._memoised(counted))
+    kernel_analysis_memo.forget_all()
+    monkeypatch.setattr(triton.runtime.driver, "_active", Sm90Driver())
+    yield generated
+    kernel_analysis_memo.forget_all()
+
+
+def test_kernel_analysis_is_generated_once_per_specialisation(analysed_on_sm90):
+    """torch's analysis of the real kernels finds what the stand-in above assumes (each kernel writes its outputs
+    only), and a second site of the same shapes reuses every TTIR the first one generated."""
+    first = decode_graph()
+    assert replace_op_calls_with_launches(first) == 2
+    # The range kernel and the attention kernel's two passes (DENSE_PASS is a constexpr: two specialisations).
+    assert len(analysed_on_sm90) == 3
+    writes = [sorted(launch.kwargs["tensors_to_clone"]) for launch in launches(first)]
+    assert writes == [["RANGE"], ["LSE", "OUT"], ["LSE", "OUT"]]
+    second = decode_graph()
+    assert replace_op_calls_with_launches(second) == 2
+    assert len(analysed_on_sm90) == 3
+    assert [sorted(launch.kwargs["tensors_to_clone"]) for launch in launches(second)] == writes
+    # Other strides or another dtype are other specialisations.
+    assert replace_op_calls_with_launches(decode_graph(batch=3, capacity=256)) == 2
+    assert len(analysed_on_sm90) == 6
+
+
+def test_kernel_analysis_memo_keys(analysed_on_sm90):
+    import triton
+
+    from glacompiler.compiler.kernel_analysis_memo import analysis_key
+    from glacompiler.kernels.common.mask_range_kernel import mask_key_range_kernel
+
+    @triton.jit
+    def not_ours(X):
+        pass
+
+    with FakeTensorMode():
+        fake = torch.empty(4, device="cuda", dtype=torch.float16)
+    real = torch.empty(4, dtype=torch.float16)
+    assert analysis_key(not_ours, {"X": fake}, {}) is None  # another package's kernel: torch as before
+    key = analysis_key(mask_key_range_kernel, {"MASK": fake, "n": 64}, {})
+    assert key is not None
+    assert analysis_key(mask_key_range_kernel, {"MASK": real, "n": 64}, {}) is None  # (Triton reads its address)
+    assert analysis_key(mask_key_range_kernel, {"MASK": fake, "n": 64}, {}) == key
+    assert analysis_key(mask_key_range_kernel, {"MASK": fake, "n": 65}, {}) != key
+    assert analysis_key(mask_key_range_kernel, {"MASK": fake.float(), "n": 64}, {}) != key
+    # Plans wrap the kernel in an autotuner of their own warps and stages, which the TTIR does not depend on.
+    wrapped = [triton.autotune(configs=[triton.Config({}, num_warps=warps, num_stages=stages)], key=[])(
+        mask_key_range_kernel) for warps, stages in ((4, 2), (8, 3))]
+    assert analysis_key(wrapped[0], {"MASK": fake, "n": 64}, {}) == analysis_key(wrapped[1], {"MASK": fake, "n": 64}, {})
