@@ -168,7 +168,7 @@ def child(args) -> None:
         "first_step_s": times[0], "second_step_s": times[1], "step_ms": statistics.median(walls) * 1e3,
         "step_host_ms": statistics.median(hosts) * 1e3, "pass_s": sum(pass_times),
         "pass_calls": len(pass_times), "rewritten": sum(r.status == "rewritten" for r in report),
-        "sites": len(report), "phases": inductor_phases(),
+        "sites": len(report), "phases": inductor_phases(args.phases),
         "counters": {group: dict(counters[group]) for group in ("inductor", "aot_autograd", "glacompiler")},
         "profile": top_functions(profiler, args.profile) if profiler is not None else [],
     }))
@@ -199,7 +199,8 @@ def run_child(args, backend: str, cache_dir: str) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     command = [sys.executable, os.path.abspath(__file__), "--child", "--backend", backend,
                "--cpp-wrapper", args.cpp_wrapper, "--layers", str(args.layers), "--batch", str(args.batch),
-               "--prompt", str(args.prompt), "--cache", str(args.cache), "--profile", str(args.profile)] + \
+               "--prompt", str(args.prompt), "--cache", str(args.cache), "--profile", str(args.profile),
+               "--phases", str(args.phases)] + \
         (["--tiny"] if args.tiny else [])
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -207,14 +208,14 @@ def run_child(args, backend: str, cache_dir: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def describe(name: str, row: dict) -> str:
+def describe(name: str, row: dict, phase_count: int = 5) -> str:
     fx = {state: row["counters"]["inductor"].get(f"fxgraph_cache_{state}", 0) for state in ("hit", "miss", "bypass")}
     aot = {state: row["counters"]["aot_autograd"].get(f"autograd_cache_{state}", 0)
            for state in ("hit", "miss", "bypass")}
     sites = f", {row['rewritten']}/{row['sites']} sites rewritten" if row["sites"] else ""
     reused = row["counters"]["glacompiler"].get("kernel_analysis_memo_hits", 0)
     sites += f", {reused} kernel analyses reused" if reused else ""
-    phases = ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in list(row["phases"].items())[:5])
+    phases = ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in list(row["phases"].items())[:phase_count])
     return (f"{name:<12} first step {row['first_step_s']:7.2f} s  (second {row['second_step_s'] * 1e3:8.2f} ms, "
             f"then {row['step_ms']:.3f} ms a step, {row['step_host_ms']:.3f} ms of it to enqueue)  "
             f"pass {row['pass_s']:6.2f} s in {row['pass_calls']} graphs{sites}\n{'':<13}FX-graph cache {fx}, "
@@ -238,6 +239,8 @@ def main() -> None:
                              "flags): cold then means a new model on a machine that compiled one before")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile each first step (cProfile) and print its N functions with the most time")
+    parser.add_argument("--phases", type=int, default=5, metavar="N",
+                        help="print the N longest phases that dynamo and Inductor time themselves (no profiler)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -254,9 +257,9 @@ def main() -> None:
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory(prefix=f"compile_time_{backend}_") as cache_dir:
             rows[backend] = run_child(args, backend, cache_dir)
-            print(describe(f"{backend} cold", rows[backend]), flush=True)
+            print(describe(f"{backend} cold", rows[backend], args.phases), flush=True)
             rows[backend + " warm"] = run_child(args, backend, cache_dir)
-            print(describe(f"{backend} warm", rows[backend + " warm"]), flush=True)
+            print(describe(f"{backend} warm", rows[backend + " warm"], args.phases), flush=True)
     if "default" in rows and "gla" in rows:
         ratio = rows["gla"]["first_step_s"] / rows["default"]["first_step_s"]
         print(f"gla cold / default cold: {ratio:.2f}x (target <= 1.3); gla warm: "

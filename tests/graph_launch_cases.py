@@ -296,11 +296,14 @@ def test_kernel_analysis_is_generated_once_per_specialisation(analysed_on_sm90):
     assert len(analysed_on_sm90) == 3
     writes = [sorted(launch.kwargs["tensors_to_clone"]) for launch in launches(first)]
     assert writes == [["RANGE"], ["LSE", "OUT"], ["LSE", "OUT"]]
+    import gc
+
+    gc.collect()  # (a reused module owns its MLIR context: nothing of it may be collected)
     second = decode_graph()
     assert replace_op_calls_with_launches(second) == 2
     assert len(analysed_on_sm90) == 3
     assert [sorted(launch.kwargs["tensors_to_clone"]) for launch in launches(second)] == writes
-    # Other strides or another dtype are other specialisations.
+    # Other strides are other specialisations.
     assert replace_op_calls_with_launches(decode_graph(batch=3, capacity=256)) == 2
     assert len(analysed_on_sm90) == 6
 
@@ -325,7 +328,103 @@ def test_kernel_analysis_memo_keys(analysed_on_sm90):
     assert analysis_key(mask_key_range_kernel, {"MASK": fake, "n": 64}, {}) == key
     assert analysis_key(mask_key_range_kernel, {"MASK": fake, "n": 65}, {}) != key
     assert analysis_key(mask_key_range_kernel, {"MASK": fake.float(), "n": 64}, {}) != key
+    scalars = (1, True, 1.0, None, 0.0, -0.0)
+    assert len({analysis_key(mask_key_range_kernel, {"MASK": fake, "n": n}, {}) for n in scalars}) == len(scalars)
     # Plans wrap the kernel in an autotuner of their own warps and stages, which the TTIR does not depend on.
     wrapped = [triton.autotune(configs=[triton.Config({}, num_warps=warps, num_stages=stages)], key=[])(
         mask_key_range_kernel) for warps, stages in ((4, 2), (8, 3))]
-    assert analysis_key(wrapped[0], {"MASK": fake, "n": 64}, {}) == analysis_key(wrapped[1], {"MASK": fake, "n": 64}, {})
+    arguments = {"MASK": fake, "n": 64}
+    assert analysis_key(wrapped[0], arguments, {}) == analysis_key(wrapped[1], arguments, {})
+
+
+def test_kernel_analysis_memo_installs_once(monkeypatch):
+    from glacompiler.compiler import kernel_analysis_memo
+
+    def generate_ttir(kernel, kwargs, tma_descriptor_metadata):
+        raise AssertionError("not called here")
+
+    monkeypatch.setattr(triton_kernel_wrap, "generate_ttir", generate_ttir)
+    monkeypatch.setattr(kernel_analysis_memo, "_installed", False)
+    monkeypatch.setenv("GLACOMPILER_KERNEL_ANALYSIS_MEMO", "0")
+    kernel_analysis_memo.install()
+    assert triton_kernel_wrap.generate_ttir is generate_ttir
+    monkeypatch.setenv("GLACOMPILER_KERNEL_ANALYSIS_MEMO", "1")
+    kernel_analysis_memo.install()
+    kernel_analysis_memo.install()
+    assert triton_kernel_wrap.generate_ttir.__wrapped__ is generate_ttir
+
+
+def range_kernel_arguments(**options):
+    with FakeTensorMode():
+        mask = torch.empty(2, 1, 1, 64, device="cuda", dtype=torch.uint8)
+        key_range = torch.empty(2, 2, device="cuda", dtype=torch.int32)
+    return dict(MASK=mask, RANGE=key_range, mask_heads=1, mask_tokens=1, capacity=64, batch=2, stride_mb=64,
+                stride_mh=64, stride_mt=64, stride_mn=1, MASK_IS_BOOL=True, MASKED_BIAS=-65504.0, BLOCK_N=64, **options)
+
+
+def test_kernel_analysis_memo_drops_launch_options_as_torch_does(analysed_on_sm90):
+    """generate_ttir drops launch options from the caller's dict (a bare kernel's) or from its own copy (an
+    autotuner's with a config): a memo hit does the same."""
+    import triton
+
+    from glacompiler.kernels.common.mask_range_kernel import mask_key_range_kernel
+
+    tuned = triton.autotune(configs=[triton.Config({}, num_warps=4)], key=[])(mask_key_range_kernel)
+    answers = []
+    for kernel, dropped in ((mask_key_range_kernel, True), (tuned, False), (mask_key_range_kernel, True)):
+        arguments = range_kernel_arguments(num_warps=4)
+        answers.append(triton_kernel_wrap.generate_ttir(kernel, arguments, {}))
+        assert ("num_warps" not in arguments) == dropped
+    # (torch 2.11 names the TTIR's tensor parameters only, later versions its scalars too)
+    assert answers[0][1][:2] == ["MASK", "RANGE"] and "num_warps" not in answers[0][1]
+    assert all(answer == answers[0] for answer in answers)
+    assert answers[1][1] is not answers[0][1]  # (a copy each time: a caller may change its list)
+    assert len(analysed_on_sm90) == 1
+
+
+def test_kernel_analysis_memo_passes_other_kernels_and_errors_through(monkeypatch):
+    import triton
+
+    from glacompiler.compiler import kernel_analysis_memo
+    from glacompiler.kernels.common.mask_range_kernel import mask_key_range_kernel
+
+    @triton.jit
+    def not_ours(X):
+        pass
+
+    calls = []
+
+    def generate_ttir(kernel, kwargs, tma_descriptor_metadata):
+        calls.append(kernel)
+        if kernel is mask_key_range_kernel:
+            raise RuntimeError("no TTIR")
+        return "module", ["X"]
+
+    class Sm90Driver:
+        def get_current_target(self):
+            return "cuda:90"
+
+    monkeypatch.setattr(triton.runtime.driver, "_active", Sm90Driver())
+    memoised = kernel_analysis_memo._memoised(generate_ttir)
+    kernel_analysis_memo.forget_all()
+    with FakeTensorMode():
+        fake = torch.empty(4, device="cuda", dtype=torch.float16)
+    for _ in range(2):
+        assert memoised(not_ours, {"X": fake}, {}) == ("module", ["X"])
+        with pytest.raises(RuntimeError, match="no TTIR"):
+            memoised(mask_key_range_kernel, range_kernel_arguments(), {})
+    assert calls == [not_ours, mask_key_range_kernel] * 2  # nothing remembered of either
+
+
+def test_the_backend_installs_the_kernel_analysis_memo(monkeypatch):
+    from glacompiler.compiler import kernel_analysis_memo
+    from glacompiler.compiler.torch_compile_backend import GlaBackend
+
+    def generate_ttir(kernel, kwargs, tma_descriptor_metadata):
+        raise AssertionError("not called here")
+
+    monkeypatch.setattr(triton_kernel_wrap, "generate_ttir", generate_ttir)
+    monkeypatch.setattr(kernel_analysis_memo, "_installed", False)
+    monkeypatch.setattr(GlaBackend, "_compile_with_pass", lambda self, gm, inputs, patches, name: "compiled")
+    assert glacompiler.backend()(None, []) == "compiled"
+    assert triton_kernel_wrap.generate_ttir.__wrapped__ is generate_ttir

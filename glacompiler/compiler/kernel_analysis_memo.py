@@ -8,23 +8,25 @@ sites share one or two kernels and specialisations. The attention kernel's TTIR 
 a CPU of the machines we use (0.3 s the first time).
 
 generate_ttir's result depends only on the kernel, the dtypes of its tensor arguments (it replaces fake tensors
-and Inductor's tensor boxes with two-element tensors of that dtype), the values of the other arguments (symbolic
-ones become 2), the TMA metadata and the target. For our kernels the module generated for one such key is handed
-to every later request with the same key: torch only reads it, and it owns its MLIR context. Any other kernel, or
-an argument outside that list (a real tensor, whose address Triton specialises on), goes to torch as before.
-GLACOMPILER_KERNEL_ANALYSIS_MEMO=0 turns it off."""
+and Inductor's tensor boxes with two-element tensors of that dtype), the exact values of the other arguments
+(symbolic ones become 2), the TMA metadata and the target. For our kernels the module generated for one such key
+is handed to every later request with the same key: torch only reads it, and it owns its MLIR context. (Triton
+options read from the environment, TRITON_DEBUG and the like, are not in the key: they change the TTIR's code,
+not which tensors it writes.) Any other kernel, or an argument outside that list (a real tensor, whose address
+Triton specialises on), goes to torch as before. GLACOMPILER_KERNEL_ANALYSIS_MEMO=0 turns it off."""
 from __future__ import annotations
 
+import functools
 import os
 import threading
-from collections import OrderedDict
 from typing import Any, Optional
 
 import torch
 
-_OUR_MODULES = "glacompiler"  # the package's kernels and its rendered templates (glacompiler_generated_<hash>)
-_CAPACITY = 256  # entries kept (a new shape's strides make a new key: a long-running server compiles many)
-_memo: "OrderedDict[tuple, tuple]" = OrderedDict()  # key -> (TTIR module, ordered arg names, kwargs it dropped)
+from ..memo import BoundedMemo
+
+_OUR_MODULE_PREFIXES = ("glacompiler.", "glacompiler_generated_")  # the package's kernels, its rendered templates
+_memo = BoundedMemo(64)  # key -> (TTIR module, ordered arg names); about 0.8 MiB an entry
 _lock = threading.Lock()
 _installed = False
 
@@ -40,25 +42,21 @@ def _python_function(kernel):
 
 
 def is_ours(kernel) -> bool:
-    return (getattr(_python_function(kernel), "__module__", None) or "").startswith(_OUR_MODULES)
+    return (getattr(_python_function(kernel), "__module__", None) or "").startswith(_OUR_MODULE_PREFIXES)
 
 
-def _argument_key(value: Any, tma_entry: Any) -> tuple:
-    import sympy
-    from torch._inductor.ir import TensorBox
-    from torch._subclasses.fake_tensor import FakeTensor
+def _jit_function(kernel):
+    from triton.runtime.autotuner import Autotuner
 
-    if tma_entry is not None:
-        return ("tma", repr(tma_entry), str(getattr(value, "dtype", None)))
-    if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool, sympy.Expr)):
-        return ("symbolic",)  # (generate_ttir substitutes 2)
-    if isinstance(value, FakeTensor):
-        return ("tensor", value.dtype)
-    if isinstance(value, TensorBox):
-        return ("tensor", value.get_dtype())
-    if value is None or type(value) in (bool, int, float, str):
-        return (type(value).__name__, value)
-    raise _Unkeyed(type(value).__name__)
+    return kernel.fn if isinstance(kernel, Autotuner) else kernel
+
+
+def _edits_callers_arguments(kernel) -> bool:
+    """generate_ttir drops launch options (num_warps, ...) from the dict it is given: the caller's own, unless an
+    autotuner with configs merged its first config into a copy."""
+    from triton.runtime.autotuner import Autotuner
+
+    return not (isinstance(kernel, Autotuner) and kernel.configs)
 
 
 def _kernel_key(kernel) -> tuple:
@@ -71,46 +69,65 @@ def _kernel_key(kernel) -> tuple:
     return (kernel, ())
 
 
+def _argument_key(value: Any, tma_entry: Any, symbolic: tuple, fake_tensor: type, tensor_box: type) -> tuple:
+    if tma_entry is not None:
+        return ("tma", repr(tma_entry), str(getattr(value, "dtype", None)))
+    if isinstance(value, symbolic):
+        return ("symbolic",)  # (generate_ttir substitutes 2)
+    if isinstance(value, fake_tensor):
+        return ("tensor", value.dtype)
+    if isinstance(value, tensor_box):
+        return ("tensor", value.get_dtype())
+    if type(value) is float:
+        return ("float", value.hex())  # (-0.0 == 0.0, but a constexpr's TTIR keeps the sign)
+    if value is None or type(value) in (bool, int, str):
+        return (type(value).__name__, value)
+    raise _Unkeyed(type(value).__name__)
+
+
 def analysis_key(kernel, kwargs: dict, tma_descriptor_metadata) -> Optional[tuple]:
     """What generate_ttir's result depends on, or None where that cannot be stated (then nothing is memoised)."""
-    import triton
-
-    if not is_ours(kernel):
-        return None
-    tma = dict(tma_descriptor_metadata or {})
     try:
+        if not is_ours(kernel):
+            return None
+        import sympy
+        import triton
+        from torch._inductor.ir import TensorBox
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        symbolic = (torch.SymInt, torch.SymFloat, torch.SymBool, sympy.Expr)
+        tma = dict(tma_descriptor_metadata or {})
         key = (_kernel_key(kernel), repr(triton.runtime.driver.active.get_current_target()),
-               tuple((name, _argument_key(value, tma.get(name))) for name, value in sorted(kwargs.items())))
+               tuple((name, _argument_key(value, tma.get(name), symbolic, FakeTensor, TensorBox))
+                     for name, value in sorted(kwargs.items())))
         hash(key)
-    except (_Unkeyed, TypeError):
+    except Exception:  # (_Unkeyed, an unhashable value, anything unexpected: torch analyses it as before)
         return None
     return key  # (it holds the kernel itself, whose id therefore cannot be reused)
 
 
 def _memoised(generate_ttir):
+    @functools.wraps(generate_ttir)
     def generate_ttir_once(kernel, kwargs, tma_descriptor_metadata, *args, **options):
         key = analysis_key(kernel, kwargs, tma_descriptor_metadata) if not (args or options) else None
         if key is None:
             return generate_ttir(kernel, kwargs, tma_descriptor_metadata, *args, **options)
         with _lock:
             entry = _memo.get(key)
-            if entry is not None:
-                _memo.move_to_end(key)
         if entry is None:
-            given = set(kwargs)
-            module, names = generate_ttir(kernel, kwargs, tma_descriptor_metadata)
-            entry = (module, list(names), given - set(kwargs))
+            entry = generate_ttir(kernel, kwargs, tma_descriptor_metadata)
             with _lock:
-                _memo[key] = entry
-                while len(_memo) > _CAPACITY:
-                    _memo.popitem(last=False)
-        else:
-            from torch._dynamo.utils import counters
+                _memo.remember(key, (entry[0], list(entry[1])))
+            return entry
+        from torch._dynamo.utils import counters
 
-            counters["glacompiler"]["kernel_analysis_memo_hits"] += 1
-        module, names, dropped = entry
-        for name in dropped:  # generate_ttir drops launch options (num_warps, ...) from the caller's dict
-            kwargs.pop(name, None)
+        counters["glacompiler"]["kernel_analysis_memo_hits"] += 1
+        if _edits_callers_arguments(kernel):
+            # Generating succeeded for this key, so every argument the kernel does not take was a dropped option.
+            arg_names = set(_jit_function(kernel).arg_names)
+            for name in [name for name in kwargs if name not in arg_names]:
+                kwargs.pop(name)
+        module, names = entry
         return module, list(names)
 
     generate_ttir_once.glacompiler_memo = True
