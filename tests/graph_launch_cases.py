@@ -9,6 +9,7 @@ import operator
 
 import pytest
 import torch
+import triton
 from torch import fx
 from torch._higher_order_ops import triton_kernel_wrap
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -256,18 +257,25 @@ def test_debug_value_checks_keep_op_calls(monkeypatch):
     assert not AttentionRewritePass(graph_launches=True).graph_launches
 
 
+class Sm90Driver:
+    """Triton's active driver as an H200's would answer torch's analysis: its target."""
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", 90, 32)
+
+
+@triton.jit
+def other_package_kernel(X):  # (this test module's, not glacompiler's)
+    pass
+
+
 @pytest.fixture
 def analysed_on_sm90(monkeypatch):
     """The GPU's queries stood in as above, but torch's own analysis of the kernels (it generates their TTIR, here
     for an H200's target), through the memo of kernel_analysis_memo.py; yields the count of TTIR generations."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-
     from glacompiler.compiler import kernel_analysis_memo
-
-    class Sm90Driver:
-        def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
 
     monkeypatch.setattr(dispatch, "device_multiprocessors", lambda device: 132)
     monkeypatch.setattr(dispatch, "tuned_config", lambda *args: None)
@@ -309,19 +317,13 @@ def test_kernel_analysis_is_generated_once_per_specialisation(analysed_on_sm90):
 
 
 def test_kernel_analysis_memo_keys(analysed_on_sm90):
-    import triton
-
     from glacompiler.compiler.kernel_analysis_memo import analysis_key
     from glacompiler.kernels.common.mask_range_kernel import mask_key_range_kernel
-
-    @triton.jit
-    def not_ours(X):
-        pass
 
     with FakeTensorMode():
         fake = torch.empty(4, device="cuda", dtype=torch.float16)
     real = torch.empty(4, dtype=torch.float16)
-    assert analysis_key(not_ours, {"X": fake}, {}) is None  # another package's kernel: torch as before
+    assert analysis_key(other_package_kernel, {"X": fake}, {}) is None  # another package's kernel: torch as before
     key = analysis_key(mask_key_range_kernel, {"MASK": fake, "n": 64}, {})
     assert key is not None
     assert analysis_key(mask_key_range_kernel, {"MASK": real, "n": 64}, {}) is None  # (Triton reads its address)
@@ -337,23 +339,6 @@ def test_kernel_analysis_memo_keys(analysed_on_sm90):
     assert analysis_key(wrapped[0], arguments, {}) == analysis_key(wrapped[1], arguments, {})
 
 
-def test_kernel_analysis_memo_installs_once(monkeypatch):
-    from glacompiler.compiler import kernel_analysis_memo
-
-    def generate_ttir(kernel, kwargs, tma_descriptor_metadata):
-        raise AssertionError("not called here")
-
-    monkeypatch.setattr(triton_kernel_wrap, "generate_ttir", generate_ttir)
-    monkeypatch.setattr(kernel_analysis_memo, "_installed", False)
-    monkeypatch.setenv("GLACOMPILER_KERNEL_ANALYSIS_MEMO", "0")
-    kernel_analysis_memo.install()
-    assert triton_kernel_wrap.generate_ttir is generate_ttir
-    monkeypatch.setenv("GLACOMPILER_KERNEL_ANALYSIS_MEMO", "1")
-    kernel_analysis_memo.install()
-    kernel_analysis_memo.install()
-    assert triton_kernel_wrap.generate_ttir.__wrapped__ is generate_ttir
-
-
 def range_kernel_arguments(**options):
     with FakeTensorMode():
         mask = torch.empty(2, 1, 1, 64, device="cuda", dtype=torch.uint8)
@@ -365,8 +350,6 @@ def range_kernel_arguments(**options):
 def test_kernel_analysis_memo_drops_launch_options_as_torch_does(analysed_on_sm90):
     """generate_ttir drops launch options from the caller's dict (a bare kernel's) or from its own copy (an
     autotuner's with a config): a memo hit does the same."""
-    import triton
-
     from glacompiler.kernels.common.mask_range_kernel import mask_key_range_kernel
 
     tuned = triton.autotune(configs=[triton.Config({}, num_warps=4)], key=[])(mask_key_range_kernel)
@@ -383,14 +366,8 @@ def test_kernel_analysis_memo_drops_launch_options_as_torch_does(analysed_on_sm9
 
 
 def test_kernel_analysis_memo_passes_other_kernels_and_errors_through(monkeypatch):
-    import triton
-
     from glacompiler.compiler import kernel_analysis_memo
     from glacompiler.kernels.common.mask_range_kernel import mask_key_range_kernel
-
-    @triton.jit
-    def not_ours(X):
-        pass
 
     calls = []
 
@@ -400,23 +377,19 @@ def test_kernel_analysis_memo_passes_other_kernels_and_errors_through(monkeypatc
             raise RuntimeError("no TTIR")
         return "module", ["X"]
 
-    class Sm90Driver:
-        def get_current_target(self):
-            return "cuda:90"
-
     monkeypatch.setattr(triton.runtime.driver, "_active", Sm90Driver())
     memoised = kernel_analysis_memo._memoised(generate_ttir)
     kernel_analysis_memo.forget_all()
     with FakeTensorMode():
         fake = torch.empty(4, device="cuda", dtype=torch.float16)
     for _ in range(2):
-        assert memoised(not_ours, {"X": fake}, {}) == ("module", ["X"])
+        assert memoised(other_package_kernel, {"X": fake}, {}) == ("module", ["X"])
         with pytest.raises(RuntimeError, match="no TTIR"):
             memoised(mask_key_range_kernel, range_kernel_arguments(), {})
-    assert calls == [not_ours, mask_key_range_kernel] * 2  # nothing remembered of either
+    assert calls == [other_package_kernel, mask_key_range_kernel] * 2  # nothing remembered of either
 
 
-def test_the_backend_installs_the_kernel_analysis_memo(monkeypatch):
+def test_the_backend_installs_the_kernel_analysis_memo_once(monkeypatch):
     from glacompiler.compiler import kernel_analysis_memo
     from glacompiler.compiler.torch_compile_backend import GlaBackend
 
@@ -426,5 +399,10 @@ def test_the_backend_installs_the_kernel_analysis_memo(monkeypatch):
     monkeypatch.setattr(triton_kernel_wrap, "generate_ttir", generate_ttir)
     monkeypatch.setattr(kernel_analysis_memo, "_installed", False)
     monkeypatch.setattr(GlaBackend, "_compile_with_pass", lambda self, gm, inputs, patches, name: "compiled")
+    monkeypatch.setenv("GLACOMPILER_KERNEL_ANALYSIS_MEMO", "0")
     assert glacompiler.backend()(None, []) == "compiled"
-    assert triton_kernel_wrap.generate_ttir.__wrapped__ is generate_ttir
+    assert triton_kernel_wrap.generate_ttir is generate_ttir
+    monkeypatch.setenv("GLACOMPILER_KERNEL_ANALYSIS_MEMO", "1")
+    for _ in range(2):
+        assert glacompiler.backend()(None, []) == "compiled"
+    assert triton_kernel_wrap.generate_ttir.__wrapped__ is generate_ttir  # (wrapped once)
