@@ -140,6 +140,57 @@ def test_gluon_families_and_cpu_tensors_keep_the_op(gpu_stand_ins, monkeypatch):
     assert [n.target for n in graph.nodes if n.target is ATTENTION] == [ATTENTION]
 
 
+def latent_decode_graph(batch=2, capacity=128):
+    """An MLA decode site as the pass emits it (16 heads over one 512-wide latent, a 64-wide rope key, bf16,
+    lengths): placeholders and the op call, its output."""
+    mode = FakeTensorMode()
+    with mode:
+        values = dict(q=torch.empty(batch, 1, 16, 512, device="cuda", dtype=torch.bfloat16),
+                      q_rope=torch.empty(batch, 1, 16, 64, device="cuda", dtype=torch.bfloat16),
+                      k_cache=torch.empty(batch, capacity, 1, 512, device="cuda", dtype=torch.bfloat16),
+                      k_rope_cache=torch.empty(batch, capacity, 64, device="cuda", dtype=torch.bfloat16),
+                      cache_seqlens=torch.full((batch,), capacity, device="cuda", dtype=torch.int32))
+    graph = fx.Graph()
+    nodes = {}
+    for name, value in values.items():
+        nodes[name] = graph.placeholder(name)
+        nodes[name].meta["val"] = value
+    arguments = (nodes["q"], nodes["k_cache"], None, nodes["q_rope"], nodes["k_rope_cache"], nodes["cache_seqlens"],
+                 None, None, 0.07, True, 0)
+    call = graph.call_function(ATTENTION, arguments)
+    with mode:
+        call.meta["val"] = ATTENTION(values["q"], values["k_cache"], None, values["q_rope"], values["k_rope_cache"],
+                                     values["cache_seqlens"], None, None, 0.07, True, 0)
+    out = graph.call_function(operator.getitem, (call, 0))
+    out.meta["val"] = call.meta["val"][0]
+    graph.output(out)
+    return graph
+
+
+def test_a_hopper_latent_site_keeps_the_op_without_reading_addresses(gpu_stand_ins, monkeypatch):
+    """The Hopper family's layout checks run on the traced call's tensors, which have no address (torch 2.11
+    raises on a functional tensor's data_ptr, 2.13 warns and gives 0): they count as aligned, the site keeps the
+    op, and no failed trace is reported (GLACOMPILER_STRICT=1 would raise it)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    from glacompiler.kernels.latent_hopper import support
+
+    assert support.gluon_available()  # (Triton 3.6 on, as the package requires)
+    real_data_ptr = torch.Tensor.data_ptr
+
+    def data_ptr_as_torch_2_11(tensor):
+        if is_fake(tensor):
+            raise RuntimeError("Cannot access data pointer of Tensor (e.g. FakeTensor, FunctionalTensor)")
+        return real_data_ptr(tensor)
+
+    monkeypatch.setattr(support, "_is_sm90", lambda device_index: True)
+    monkeypatch.setattr(torch.Tensor, "data_ptr", data_ptr_as_torch_2_11)
+    monkeypatch.setenv("GLACOMPILER_STRICT", "1")
+    graph = latent_decode_graph()
+    assert replace_op_calls_with_launches(graph) == 0
+    assert [n.target for n in graph.nodes if n.target is ATTENTION] == [ATTENTION]
+
+
 def test_backend_option_and_the_cache_key():
     assert glacompiler.backend().graph_launches
     assert not glacompiler.backend(autotune=True).graph_launches  # tuning reaches the sites through the op

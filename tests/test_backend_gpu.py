@@ -46,6 +46,36 @@ def test_variants_on_gpu_bf16(cuda_device, name):
         check_fa_rule(output, fn(*gpu_inputs), reference)
 
 
+def test_cpp_wrapper_of_a_gpu_graph_is_built_minimally(cuda_device, monkeypatch):
+    """The C++ wrapper of a CUDA graph is glue: it and its precompiled header are built with minimal optimisation
+    (torch 2.13 on does it itself; on older torch the backend asks for it, compiler/glue_wrapper_build.py). From
+    empty caches, every C++ build option made for the GPU is a minimal one, and the graph gives the right result."""
+    from torch._inductor import cpp_builder
+    from torch._inductor.utils import fresh_inductor_cache
+
+    made = []
+    original = cpp_builder.CppTorchDeviceOptions.__init__
+
+    def recording(self, *args, **kwargs):
+        made.append((str(kwargs.get("device_type", "cpu")), bool(kwargs.get("compile_only", False)),
+                     bool(kwargs.get("min_optimize", False))))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cpp_builder.CppTorchDeviceOptions, "__init__", recording)
+    fn, make_inputs, _, *_ = CASES["sdpa_enable_gqa"]
+    torch.manual_seed(0)
+    inputs = make_inputs()
+    with fresh_inductor_cache():
+        output, _, records = compile_and_count(fn, *on_gpu(inputs))
+    # The wrapper's library and its precompiled header; load_async also makes a compile-only option for CPU
+    # kernels (built at -O3, linked beside the glue), used only where the graph has some: this one has none.
+    gpu_builds = [minimal for device, compile_only, minimal in made if device.startswith("cuda") and not compile_only]
+    assert gpu_builds and all(gpu_builds), made
+    assert [r.status for r in records] == ["rewritten"]
+    with torch.no_grad():
+        check_fa_rule(output, fn(*on_gpu(inputs)), fn(*on_gpu(inputs, torch.float32)).float())
+
+
 def test_sdpa_with_dropout_keeps_fused_kernel(cuda_device):
     q, k, v = on_gpu(sdpa_inputs())
     _, counts, records = compile_and_count(

@@ -16,6 +16,7 @@ from torch._inductor.compile_fx import compile_fx
 from torch._dynamo.utils import counters
 
 from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
+from .glue_wrapper_build import install as build_gpu_glue_minimally
 from .inductor_guard import inductor_attention_fusion_disabled
 from .isa_probe_memo import install as remember_isa_probes, probe_isas_concurrently
 from .kernel_analysis_memo import install as memoize_kernel_analysis
@@ -116,6 +117,7 @@ class GlaBackend:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
         remember_isa_probes()  # before Inductor picks the host's ISA (isa_probe_memo.py)
         memoize_kernel_analysis()  # our launch nodes' TTIR, once per specialisation (kernel_analysis_memo.py)
+        build_gpu_glue_minimally()  # the C++ wrapper of a GPU graph at -O1, as torch 2.13 builds it
         patches = self.config_patches(example_inputs)
         # Where this graph builds C++, Inductor is about to probe the host's ISA: let the probes overlap.
         probe_isas_concurrently(patches, any(isinstance(t, torch.Tensor) and t.device.type == "cpu"

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ...spec import AttentionSpec, ProblemShape
+from ..common.addresses import misaligned
 from .config import LATENT_WIDTHS, MIN_PAGE, LatentHopperTile
 
 NOT_A_LATENT_LAYOUT = f"not a latent layout of width {' or '.join(map(str, LATENT_WIDTHS))}"
@@ -64,7 +65,7 @@ def spec_problem(spec: AttentionSpec, shape: ProblemShape) -> Optional[str]:
 def _rows_view_problem(name: str, cache: Tensor, width: int) -> Optional[str]:
     """Why `cache` [pages or B, slots, (heads,) dims] is no 2-D [rows, width] TMA view, or None."""
     element = cache.element_size()
-    if cache.stride(-1) != 1 or cache.data_ptr() % 16:
+    if cache.stride(-1) != 1 or misaligned(cache):
         return f"{name} is not 16-byte aligned with unit last stride"
     if cache.dim() == 4 and cache.shape[2] > 1 and cache.stride(2) != cache.shape[3]:
         return f"{name} heads are not adjacent"
@@ -77,7 +78,7 @@ def _rows_view_problem(name: str, cache: Tensor, width: int) -> Optional[str]:
 
 def _query_rows_problem(name: str, query: Tensor) -> Optional[str]:
     """Query rows are copied in 16-byte pieces (cp.async): the JIT must see 16-byte aligned rows."""
-    if query.data_ptr() % 16 or any(size > 1 and stride % 16 for size, stride in zip(query.shape[:3], query.stride()[:3])):
+    if misaligned(query) or any(size > 1 and stride % 16 for size, stride in zip(query.shape[:3], query.stride()[:3])):
         return f"{name} rows are not 16-element aligned"
     return None
 
