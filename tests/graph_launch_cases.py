@@ -168,9 +168,9 @@ def latent_decode_graph(batch=2, capacity=128):
 
 
 def test_a_hopper_latent_site_keeps_the_op_without_reading_addresses(gpu_stand_ins, monkeypatch):
-    """The Hopper family's layout checks run on the traced call's tensors, which have no address (torch 2.11
-    raises on a functional tensor's data_ptr, 2.13 warns and gives 0): they count as aligned, the site keeps the
-    op, and no failed trace is reported (GLACOMPILER_STRICT=1 would raise it)."""
+    """The Hopper family's layout checks run on the graph's fake tensors, which have no address (torch 2.11 raises
+    on their data_ptr, 2.13 warns and gives 0): they count as aligned, the site keeps the op, and no failed trace
+    is reported (GLACOMPILER_STRICT=1 would raise it)."""
     from torch._subclasses.fake_tensor import is_fake
 
     from glacompiler.kernels.latent_hopper import support
@@ -180,7 +180,7 @@ def test_a_hopper_latent_site_keeps_the_op_without_reading_addresses(gpu_stand_i
 
     def data_ptr_as_torch_2_11(tensor):
         if is_fake(tensor):
-            raise RuntimeError("Cannot access data pointer of Tensor (e.g. FakeTensor, FunctionalTensor)")
+            raise RuntimeError("Cannot access data pointer of Tensor (e.g. FakeTensor, FunctionalTensor)")  # 2.11's
         return real_data_ptr(tensor)
 
     monkeypatch.setattr(support, "_is_sm90", lambda device_index: True)

@@ -42,6 +42,10 @@ def test_gpu_glue_asks_for_the_minimal_build():
     assert load(CppWrapperCodeCache, main_code="glue")["optimized_code"] is None
     kernels = load(CppWrapperCodeCache, main_code="glue", device_type="cuda", optimized_code="kernels")
     assert kernels["optimized_code"] == "kernels"
+    # CPU kernels defined in the wrapper's own code (cpp_wrapper_build_separate off, torch's default).
+    for main_code in ('extern "C" void cpp_fused_add_0(const float* in_ptr0)', "auto t = at::vec::Vectorized<float>"):
+        assert load(CppWrapperCodeCache, main_code=main_code, device_type="cuda")["optimized_code"] is None
+    assert load(CppWrapperCodeCache, main_code="glue", device_type="cuda", needs_vec_isa=True)["optimized_code"] is None
 
 
 def test_install_wraps_a_torch_that_builds_gpu_glue_at_o3(fresh_install, monkeypatch):
@@ -66,10 +70,37 @@ def test_install_leaves_torch_alone(fresh_install, monkeypatch, case):
     assert CppWrapperCodeCache.load_async.__func__ is original
 
 
-def test_this_torch_is_recognised():
-    """torch 2.13 on builds GPU glue at -O1 itself (nothing to wrap); older ones do not."""
-    real = CppWrapperCodeCache.load_async
-    real = getattr(real, "__func__", real)
-    real = getattr(real, "__wrapped__", real)  # (if the backend already wrapped it in this process)
-    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
-    assert glue_wrapper_build._builds_gpu_glue_minimally(real) == (version >= (2, 13))
+class Recorded(Exception):
+    """Raised by the stand-in of CppTorchDeviceOptions once it has seen the main build's options."""
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_this_torchs_build_of_gpu_glue_is_minimal(fresh_install, monkeypatch, wrapped):
+    """Through this torch's own load_async (torch 2.13 on CI: already minimal for non-CPU wrappers; wrapped anyway
+    in the second case, as install() wraps torch 2.11's): the main build option of GPU glue is minimal, a CPU
+    wrapper's is not, and the CPU kernels' cache is untouched. The options' constructor stops the build."""
+    from torch._inductor import codecache, cpp_builder
+    from torch._inductor.cpu_vec_isa import invalid_vec_isa
+
+    options = []
+
+    def record(self, *args, **kwargs):
+        options.append(kwargs)
+        raise Recorded
+
+    # torch's own load_async, as CppWrapperCodeCache inherits it (the CPU kernels' caches share it).
+    defining = next(cls for cls in CppWrapperCodeCache.__mro__[1:] if "load_async" in cls.__dict__)
+    parent_load_async = defining.__dict__["load_async"]
+    monkeypatch.setattr(cpp_builder.CppTorchDeviceOptions, "__init__", record)
+    monkeypatch.setattr(codecache, "pick_vec_isa", lambda: invalid_vec_isa)  # no ISA probe for the CPU wrapper
+    monkeypatch.setattr(CppWrapperCodeCache, "load_async", parent_load_async)  # (restored after the test)
+    if wrapped:
+        monkeypatch.setattr(glue_wrapper_build, "_builds_gpu_glue_minimally", lambda load_async: False)
+    glue_wrapper_build.install()
+    assert glue_wrapper_build.installed() == wrapped
+    for device_type in ("cuda", "cpu"):
+        with pytest.raises(Recorded):
+            CppWrapperCodeCache.load_async("int glue;", device_type)
+    assert [(o["device_type"], bool(o.get("min_optimize"))) for o in options] == [("cuda", True), ("cpu", False)]
+    assert defining.__dict__["load_async"] is parent_load_async
+    assert codecache.CppPythonBindingsCodeCache.load_async.__func__ is parent_load_async.__func__

@@ -3,11 +3,14 @@
 Without CUDA graphs the backend compiles CUDA graphs with Inductor's C++ wrapper (its launches cost a fraction of
 the Python wrapper's host time). For a GPU graph that wrapper is glue: argument checks, allocations and kernel
 launches, the kernels being Triton's cubins. torch 2.13 builds it at -O1 ("On GPU the C++ wrapper is just glue",
-CppPythonBindingsCodeCache.load_async); torch 2.11, the H200 image's, builds it and its precompiled header at -O3,
-which is most of the C++ wrapper's cold compile (benchmarks/RESULTS.md). load_async has its own opt-in for the
-cheaper build: optimized_code="" (present but empty) means minimal optimisation, compiled and linked in one step.
-install() makes Inductor's C++-wrapper cache pass it for non-CPU wrappers that bring no CPU kernels of their own
-(those pass their kernels there, and already get the -O1 glue). CPU wrappers and CPU kernels are left alone.
+CppPythonBindingsCodeCache.load_async); torch 2.11, the H200 image's, builds it and its precompiled header at -O3:
+13.5 s of a Llama-shaped model's 68.7 s cold first step on an H200 (benchmarks/RESULTS.md). load_async has its own
+opt-in for the cheaper build: optimized_code="" (present but empty) means minimal optimisation, compiled and linked
+in one step.
+install() makes Inductor's C++-wrapper cache pass it for non-CPU wrappers that hold no CPU kernels. A GPU graph with
+some CPU ops either passes their kernels as optimized_code (already -O3 beside -O1 glue) or, by default
+(cpp_wrapper_build_separate off), defines them in the wrapper's own code: such a wrapper keeps torch's build, as
+does every CPU wrapper.
 
 Where this torch already builds GPU glue minimally, or its load_async does not take (main_code, device_type,
 ..., optimized_code), nothing is wrapped. GLACOMPILER_GLUE_WRAPPER_O1=0 keeps torch's own choice. The process-wide
@@ -32,6 +35,19 @@ def _builds_gpu_glue_minimally(load_async) -> bool:
     return 'device_type != "cpu"' in source and "min_optimize" in source
 
 
+# What a wrapper's own code holds where it defines CPU kernels: Inductor names them cpp_fused_*, and vectorised
+# ones use at::vec (torch 2.13 looks for the latter to decide whether a wrapper needs a vector ISA).
+CPU_KERNEL_MARKERS = ("cpp_fused_", "at::vec::")
+
+
+def is_gpu_glue(arguments: dict) -> bool:
+    """Whether a load_async call (its bound arguments) builds a non-CPU wrapper with no CPU kernels in it."""
+    device_type = str(arguments.get("device_type", "cpu")).split(":", 1)[0]
+    main_code = arguments.get("main_code")
+    return (device_type != "cpu" and arguments.get("optimized_code") is None and not arguments.get("needs_vec_isa")
+            and isinstance(main_code, str) and not any(marker in main_code for marker in CPU_KERNEL_MARKERS))
+
+
 def minimal_gpu_glue(load_async):
     """load_async (the function under the classmethod) asking for the minimal build of non-CPU glue."""
     signature = inspect.signature(load_async)
@@ -39,8 +55,7 @@ def minimal_gpu_glue(load_async):
     @functools.wraps(load_async)
     def load(cls, *args, **kwargs):
         bound = signature.bind(cls, *args, **kwargs)
-        device_type = bound.arguments.get("device_type", "cpu")
-        if bound.arguments.get("optimized_code") is None and str(device_type).split(":", 1)[0] != "cpu":
+        if is_gpu_glue(bound.arguments):
             bound.arguments["optimized_code"] = ""
         return load_async(*bound.args, **bound.kwargs)
 

@@ -6,8 +6,9 @@ from torch._subclasses.fake_tensor import is_fake
 
 
 def misaligned(tensor: Tensor, alignment: int = 16) -> bool:
-    """Whether the tensor's first element is not on an `alignment`-byte boundary. A traced tensor (fake, or
-    functional over fake, as the compiler's pass sees a call) has no address and counts as aligned: the pass
-    only asks which family its launches would take, and a kept op call checks the real tensor when it runs
-    (torch 2.11 raises on a functional tensor's data_ptr)."""
+    """Whether the tensor's first element is not on an `alignment`-byte boundary. A fake tensor (what the compiler's
+    pass holds of a call: torch 2.11 raises on its data_ptr, 2.13 warns and gives 0) has no address and counts as
+    aligned. That is safe where the answer only picks a family whose calls stay op calls (the Hopper latent
+    kernels: the op checks the real tensor when it runs); a family Inductor launches must not fix an alignment
+    choice from it at trace time."""
     return not is_fake(tensor) and tensor.data_ptr() % alignment != 0
