@@ -22,7 +22,6 @@ mode="reduce-overhead", gla at least 5x faster than the default backend."""
 from __future__ import annotations
 
 import argparse
-import ast
 import collections
 import inspect
 import statistics
@@ -32,6 +31,7 @@ import torch
 import torch._inductor.config
 
 import glacompiler
+from inductor_settings import add_inductor_config_option, parse_inductor_settings, settings_in_effect  # (beside it)
 
 DEFAULTS = {  # model: (batch, prompt, cache)
     "llama": (64, 3000, 4096),
@@ -249,25 +249,6 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None
     print()
 
 
-def parse_inductor_settings(parser: argparse.ArgumentParser, items: list) -> dict:
-    known = torch._inductor.config.get_config_copy()  # every setting by its full name ("cpp.enable_concat_linear")
-    settings = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or name not in known:
-            parser.error(f"--inductor-config: {item!r} is not NAME=VALUE with NAME an Inductor setting")
-        try:
-            settings[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parser.error(f"--inductor-config: the value of {name} ({value!r}) is not a Python literal")
-        # The setting's current value tells its type (settings whose value is None take any literal).
-        current, given = known[name], settings[name]
-        wrong_type = not isinstance(given, type(current)) and not (isinstance(current, float) and type(given) is int)
-        if current is not None and (wrong_type or (isinstance(given, bool) and not isinstance(current, bool))):
-            parser.error(f"--inductor-config: {name} takes a {type(current).__name__}, got {value!r}")
-    return settings
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(DEFAULTS), choices=list(DEFAULTS))
@@ -284,10 +265,10 @@ def main() -> None:
     parser.add_argument("--host-profile", default="",
                         help="comma-separated configurations whose host time per step is broken down (CUDA)")
     parser.add_argument("--top", type=int, default=12, help="kernels listed per profile")
-    parser.add_argument("--inductor-config", nargs="+", default=[], metavar="NAME=VALUE",
-                        help="Inductor settings for every configuration, baselines included (freezing=True, "
-                             "max_autotune_gemm=True, ...; values are Python literals); the gla backend's own "
-                             "choices (its C++ wrapper without CUDA graphs) still apply on top")
+    add_inductor_config_option(parser, "Inductor settings for every configuration, baselines included "
+                                       "(freezing=True, max_autotune_gemm=True, ...; values are Python literals); "
+                                       "the gla backend's own choices (its C++ wrapper without CUDA graphs) still "
+                                       "apply on top")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny widths for a quick check of the script")
     args = parser.parse_args()
@@ -317,9 +298,8 @@ def main() -> None:
             parser.error(f"{name}: prompt + decode steps exceed the cache capacity {model_args.cache}")
         with torch._inductor.config.patch(inductor_settings):
             if inductor_settings:
-                in_effect = torch._inductor.config.get_config_copy()
-                print("Inductor settings in effect for every configuration: " +
-                      ", ".join(f"{key}={in_effect[key]!r}" for key in inductor_settings))
+                print("Inductor settings in effect for every configuration: "
+                      f"{settings_in_effect(inductor_settings)}")
             run_model(name, model_args, device, dtype)
 
 

@@ -18,6 +18,7 @@ torch._dynamo.utils.compile_times() measures them (the biggest few).
     python benchmarks/compile_time.py --cpp-wrapper on   # both backends with Inductor's C++ wrapper (or off)
     python benchmarks/compile_time.py --shared-headers   # the C++ wrapper's precompiled headers already built
     python benchmarks/compile_time.py --backends gla --profile 15   # where each first step's time goes (cProfile)
+    python benchmarks/compile_time.py --inductor-config cpp_cache_precompile_headers=False   # an Inductor setting
 
 Cold runs start from empty caches: Inductor's, Triton's, ours, and (unless --shared-headers) the precompiled
 headers that Inductor builds once per machine for its C++ wrapper, outside TORCHINDUCTOR_CACHE_DIR.
@@ -36,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from inductor_settings import add_inductor_config_option, parse_inductor_settings, settings_in_effect  # (beside it)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFILL_TOKENS = 16
@@ -137,7 +140,9 @@ def child(args) -> None:
             torch.cuda.synchronize()
 
     backend, options = compile_backend(args.backend, args.cpp_wrapper)
-    with torch.no_grad():
+    settings = parse_inductor_settings(argparse.ArgumentParser(), args.inductor_config)
+    with torch.no_grad(), torch._inductor.config.patch(settings):
+        in_effect = settings_in_effect(settings)
         logits = model(input_ids=prompt, **forward_kwargs(model, cache, 0, prefill, device)).logits
         token = logits[:, -1:].argmax(-1)
         step = torch.compile(model.forward, backend=backend, options=options)
@@ -171,6 +176,7 @@ def child(args) -> None:
         "sites": len(report), "phases": inductor_phases(args.phases),
         "counters": {group: dict(counters[group]) for group in ("inductor", "aot_autograd", "glacompiler")},
         "profile": top_functions(profiler, args.profile) if profiler is not None else [],
+        "inductor_settings": in_effect,
     }))
 
 
@@ -201,7 +207,8 @@ def run_child(args, backend: str, cache_dir: str) -> dict:
                "--cpp-wrapper", args.cpp_wrapper, "--layers", str(args.layers), "--batch", str(args.batch),
                "--prompt", str(args.prompt), "--cache", str(args.cache), "--profile", str(args.profile),
                "--phases", str(args.phases)] + \
-        (["--tiny"] if args.tiny else [])
+        (["--tiny"] if args.tiny else []) + \
+        (["--inductor-config", *args.inductor_config] if args.inductor_config else [])
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{backend} run failed:\n{result.stderr[-6000:]}")
@@ -241,6 +248,8 @@ def main() -> None:
                         help="profile each first step (cProfile) and print its N functions with the most time")
     parser.add_argument("--phases", type=int, default=5, metavar="N",
                         help="print the N longest phases that dynamo and Inductor time themselves (no profiler)")
+    add_inductor_config_option(parser, "Inductor settings for every run (cpp_cache_precompile_headers=False, ...; "
+                                       "values are Python literals); the gla backend's own choices apply on top")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -250,6 +259,8 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    if args.inductor_config:
+        parse_inductor_settings(parser, args.inductor_config)  # refused here, before any run
     print(f"LlamaForCausalLM, {args.layers} layers, {'tiny' if args.tiny else 'Llama-3.2-1B widths'}, "
           f"batch {args.batch}, prompt {args.prompt}, StaticCache {args.cache}, cpp_wrapper {args.cpp_wrapper}, "
           f"{'the machine' if args.shared_headers else 'fresh'} precompiled headers")
@@ -257,6 +268,8 @@ def main() -> None:
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory(prefix=f"compile_time_{backend}_") as cache_dir:
             rows[backend] = run_child(args, backend, cache_dir)
+            if rows[backend]["inductor_settings"]:
+                print(f"{backend}: Inductor settings in effect: {rows[backend]['inductor_settings']}")
             print(describe(f"{backend} cold", rows[backend], args.phases), flush=True)
             rows[backend + " warm"] = run_child(args, backend, cache_dir)
             print(describe(f"{backend} warm", rows[backend + " warm"], args.phases), flush=True)
