@@ -38,36 +38,49 @@ def gpu_stand_ins(monkeypatch):
     return writes
 
 
+def add_placeholders(graph: fx.Graph, values: dict) -> list:
+    """A placeholder per value (by name), each with its fake value."""
+    nodes = []
+    for name, value in values.items():
+        node = graph.placeholder(name)
+        node.meta["val"] = value
+        nodes.append(node)
+    return nodes
+
+
+def add_call(graph: fx.Graph, mode: FakeTensorMode, target, args: tuple) -> fx.Node:
+    """graph.call_function(target, args), its fake value computed from its arguments' values."""
+    node = graph.call_function(target, args)
+    with mode:
+        node.meta["val"] = target(*(a.meta["val"] if isinstance(a, fx.Node) else a for a in args))
+    return node
+
+
+def output_first(graph: fx.Graph, call: fx.Node) -> fx.Graph:
+    """The graph with the op call's first result (out) as its output."""
+    out = graph.call_function(operator.getitem, (call, 0))
+    out.meta["val"] = call.meta["val"][0]
+    graph.output(out)
+    return graph
+
+
 def decode_graph(batch=2, capacity=128, device="cuda", with_mask=True, shared_range=True):
     """placeholders q [B, 1, 8, 64], k/v caches [B, S, 2, 64] (fp16) and a bool mask; the mask's shared key range
     and the op call as the pass emits them; the output."""
     mode = FakeTensorMode()
     with mode:
-        q = torch.empty(batch, 1, 8, 64, device=device, dtype=torch.float16)
-        k = torch.empty(batch, capacity, 2, 64, device=device, dtype=torch.float16)
-        v = torch.empty(batch, capacity, 2, 64, device=device, dtype=torch.float16)
-        mask = torch.empty(batch, 1, 1, capacity, device=device, dtype=torch.bool)
+        values = dict(q=torch.empty(batch, 1, 8, 64, device=device, dtype=torch.float16),
+                      k=torch.empty(batch, capacity, 2, 64, device=device, dtype=torch.float16),
+                      v=torch.empty(batch, capacity, 2, 64, device=device, dtype=torch.float16),
+                      m=torch.empty(batch, 1, 1, capacity, device=device, dtype=torch.bool))
     graph = fx.Graph()
-    nodes = []
-    for name, value in zip("qkvm", (q, k, v, mask)):
-        node = graph.placeholder(name)
-        node.meta["val"] = value
-        nodes.append(node)
-    q_node, k_node, v_node, mask_node = nodes
+    q_node, k_node, v_node, mask_node = add_placeholders(graph, values)
     key_range = None
     if with_mask and shared_range:
-        key_range = graph.call_function(MASK_RANGE, (mask_node, batch, capacity))
-        with mode:
-            key_range.meta["val"] = MASK_RANGE(mask, batch, capacity)
-    call = graph.call_function(ATTENTION, (q_node, k_node, v_node, None, None, None, None,
-                                           mask_node if with_mask else None, 0.125, False, 0, key_range))
-    with mode:
-        call.meta["val"] = ATTENTION(q, k, v, None, None, None, None, mask if with_mask else None, 0.125, False, 0,
-                                     None if key_range is None else key_range.meta["val"])
-    out = graph.call_function(operator.getitem, (call, 0))
-    out.meta["val"] = call.meta["val"][0]
-    graph.output(out)
-    return graph
+        key_range = add_call(graph, mode, MASK_RANGE, (mask_node, batch, capacity))
+    call = add_call(graph, mode, ATTENTION, (q_node, k_node, v_node, None, None, None, None,
+                                             mask_node if with_mask else None, 0.125, False, 0, key_range))
+    return output_first(graph, call)
 
 
 def launches(graph):
@@ -151,20 +164,10 @@ def latent_decode_graph(batch=2, capacity=128):
                       k_rope_cache=torch.empty(batch, capacity, 64, device="cuda", dtype=torch.bfloat16),
                       cache_seqlens=torch.full((batch,), capacity, device="cuda", dtype=torch.int32))
     graph = fx.Graph()
-    nodes = {}
-    for name, value in values.items():
-        nodes[name] = graph.placeholder(name)
-        nodes[name].meta["val"] = value
-    arguments = (nodes["q"], nodes["k_cache"], None, nodes["q_rope"], nodes["k_rope_cache"], nodes["cache_seqlens"],
-                 None, None, 0.07, True, 0)
-    call = graph.call_function(ATTENTION, arguments)
-    with mode:
-        call.meta["val"] = ATTENTION(values["q"], values["k_cache"], None, values["q_rope"], values["k_rope_cache"],
-                                     values["cache_seqlens"], None, None, 0.07, True, 0)
-    out = graph.call_function(operator.getitem, (call, 0))
-    out.meta["val"] = call.meta["val"][0]
-    graph.output(out)
-    return graph
+    q, q_rope, k_cache, k_rope_cache, cache_seqlens = add_placeholders(graph, values)
+    call = add_call(graph, mode, ATTENTION, (q, k_cache, None, q_rope, k_rope_cache, cache_seqlens, None, None, 0.07,
+                                             True, 0))
+    return output_first(graph, call)
 
 
 def test_a_hopper_latent_site_keeps_the_op_without_reading_addresses(gpu_stand_ins, monkeypatch):

@@ -15,15 +15,14 @@ recognised by what they match (amax + exp + bmm in the pattern), not by name, so
 patterns are covered too. Outside the gla backend the entries behave exactly as before."""
 from __future__ import annotations
 
-import contextlib
-import contextvars
-
 import torch
 from torch._dynamo.utils import counters
 
+from ..context_flag import ContextFlag
+
 aten = torch.ops.aten
 
-_gla_compiling = contextvars.ContextVar("glacompiler_compiling", default=False)
+_GLA_COMPILING = ContextFlag("glacompiler_compiling")
 
 _SOFTMAX_TARGETS = {aten.amax.default, aten.exp.default}
 _ATTENTION_TARGETS = {aten._softmax.default, aten._safe_softmax.default}
@@ -65,7 +64,7 @@ def is_attention_fusion(entry) -> bool:
 
 def _refuse_under_gla(check):
     def extra_check(match):
-        if _gla_compiling.get():
+        if _GLA_COMPILING.is_set():
             counters["glacompiler"]["inductor_attention_fusion_refused"] += 1
             return False
         return check(match)
@@ -116,10 +115,5 @@ def guard_attention_fusions() -> int:
     return guarded
 
 
-@contextlib.contextmanager
-def inductor_attention_fusion_disabled():
-    token = _gla_compiling.set(True)
-    try:
-        yield
-    finally:
-        _gla_compiling.reset(token)
+# `with inductor_attention_fusion_disabled():` around a gla compile: the guarded entries refuse to match inside.
+inductor_attention_fusion_disabled = _GLA_COMPILING.raised

@@ -17,13 +17,12 @@ from its own wrapper, with no Python on the way.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 from typing import Optional
 
 from torch import Tensor
 
+from ...context_flag import ContextFlag
 from ...memo import BoundedMemo
 from .binary_launch import BinaryLaunch, jit_forms_of, launch_hooks_set
 
@@ -37,22 +36,11 @@ _constexpr_names: dict = {}
 _unspecialised: dict = {}
 # Turned off for the process if a direct launch is ever refused (a Triton whose launcher API differs).
 _direct_launch_enabled = True
-# True while traced_launches() traces a launch plan into a graph (per thread: a ContextVar).
-_tracing = contextvars.ContextVar("glacompiler_tracing_launches", default=False)
-
-
-@contextlib.contextmanager
-def traced_launches():
-    """Launches made inside become graph nodes (wrap_triton) instead of running; for tracing a launch plan."""
-    token = _tracing.set(True)
-    try:
-        yield
-    finally:
-        _tracing.reset(token)
-
-
-def tracing_launches() -> bool:
-    return _tracing.get()
+# On while a launch plan is traced into a graph: launches made inside `with traced_launches():` become graph
+# nodes (wrap_triton) instead of running.
+_TRACING = ContextFlag("glacompiler_tracing_launches")
+traced_launches = _TRACING.raised
+tracing_launches = _TRACING.is_set
 
 
 def traced_launch(kernel, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int) -> None:
@@ -177,7 +165,7 @@ class PreparedLaunch:
         self.constexpr_values = ()
 
     def __call__(self, args: tuple):
-        if _tracing.get():  # the caller's tensors (Inductor compiles for a bool mask's own dtype)
+        if tracing_launches():  # the caller's tensors (Inductor compiles for a bool mask's own dtype)
             if self.descriptors:
                 raise NotImplementedError("launches that take TMA descriptors are not traced into graphs")
             return traced_launch(self.kernel, self.grid, args, self.constexprs, self.num_warps, self.num_stages)
