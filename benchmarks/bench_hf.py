@@ -8,9 +8,12 @@ Models (the widths of issue 12):
                (hidden 2048, q_lora_rank 1536, MLP 8192, vocabulary 32000); batch 32, 3000-token prompt, cache
                4096. transformers caches the latent and multiplies the whole of it by kv_b_proj at every step;
                under backend="gla" the decode sites are absorbed (report kind mla, form "... (absorbed)").
-bf16 on CUDA. The prompt is prefilled eagerly in chunks (the same for every configuration), then each configuration runs
-greedy decode steps with its compiled forward: the first step's wall time (compile included) and the median
-step time after warm-up (CUDA events, one pair per step) are printed, with the sites the gla pass rewrote.
+bf16 on CUDA. Each configuration gets its own cache with the same prompt prefilled eagerly in chunks, compiles
+its forward at its first step (that step's wall time, compile included, is printed) and warms up; all stay alive,
+and are then timed in --rounds rounds, every configuration once a round in rotating order (CUDA events, one pair
+per step; a round's figure is the median of --steps steps). Printed: the median of the rounds, their range, and the
+sites the gla pass rewrote. Profiles run after all timing. Steps without CUDA graphs are bound by the host, whose
+speed moves from moment to moment on a shared machine: the rounds' range shows by how much.
 
     python benchmarks/bench_hf.py                                 # both models, on an H100/H200
     python benchmarks/bench_hf.py --models deepseek-v3 --batch 32 --profile gla,default
@@ -123,34 +126,42 @@ def decode_one_step(decoder: Decoder, forward, cudagraphs: bool) -> None:
     decoder.tokens = decoder.step(forward, decoder.tokens)
 
 
-def time_steps(decoder: Decoder, forward, args, cudagraphs: bool) -> tuple:
-    """(first step's wall ms, compile included; median step ms after warm-up)."""
-    def one_step():
-        decode_one_step(decoder, forward, cudagraphs)
-
+def first_step(decoder: Decoder, forward, args, cudagraphs: bool) -> float:
+    """The first step's wall ms (compile included), then the warm-up steps."""
     synchronize(decoder.device)
     start = time.perf_counter()
-    one_step()
+    decode_one_step(decoder, forward, cudagraphs)
     synchronize(decoder.device)
     first = (time.perf_counter() - start) * 1e3
     for _ in range(args.warmup):
-        one_step()
+        decode_one_step(decoder, forward, cudagraphs)
+    return first
+
+
+def median_step(decoder: Decoder, forward, args, cudagraphs: bool) -> float:
+    """Median ms of args.steps back-to-back steps (CUDA events, one pair per step)."""
     times = []
     if decoder.device.type == "cuda":
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                   for _ in range(args.steps)]
         for begin, end in events:
             begin.record()
-            one_step()
+            decode_one_step(decoder, forward, cudagraphs)
             end.record()
         torch.cuda.synchronize()
         times = [begin.elapsed_time(end) for begin, end in events]
     else:
         for _ in range(args.steps):
             start = time.perf_counter()
-            one_step()
+            decode_one_step(decoder, forward, cudagraphs)
             times.append((time.perf_counter() - start) * 1e3)
-    return first, statistics.median(times)
+    return statistics.median(times)
+
+
+def rotated(names: list, round_index: int) -> list:
+    """Round r starts at the r-th configuration, so that none is always timed after the same one."""
+    shift = round_index % len(names)
+    return names[shift:] + names[:shift]
 
 
 CONFIGURATIONS = {  # name: (make the forward, CUDA graphs, CUDA only)
@@ -174,6 +185,7 @@ def describe_sites(records) -> str:
 
 
 PROFILED_STEPS = 3
+HOST_PROFILE_ENQUEUES = 10
 
 
 def profiled_steps(decoder: Decoder, forward, cudagraphs: bool, activity: str) -> list:
@@ -202,7 +214,7 @@ def host_profile_step(decoder: Decoder, forward, cudagraphs: bool, top: int) -> 
     the call returns as soon as the host has enqueued everything unless a sync intervenes) and the host-side
     operators and launch calls of a few steps, by self CPU time."""
     enqueue = []
-    for _ in range(10):
+    for _ in range(HOST_PROFILE_ENQUEUES):
         torch.cuda.synchronize()
         start = time.perf_counter()
         decode_one_step(decoder, forward, cudagraphs)
@@ -211,7 +223,8 @@ def host_profile_step(decoder: Decoder, forward, cudagraphs: bool, top: int) -> 
     steps = PROFILED_STEPS
     events = profiled_steps(decoder, forward, cudagraphs, "CPU")
     launches = [e for e in events if "LaunchKernel" in e.key or e.key in ("cuLaunchKernelEx", "cudaLaunchKernelExC")]
-    print(f"    host profile: {statistics.median(enqueue):.3f} ms to enqueue a step (median of 10); kernel "
+    print(f"    host profile: {statistics.median(enqueue):.3f} ms to enqueue a step (median of "
+          f"{HOST_PROFILE_ENQUEUES}); kernel "
           f"launches per step: " + ", ".join(f"{e.key} {e.count / steps:.0f} ({e.self_cpu_time_total / steps:.0f} us)"
                                              for e in launches))
     print("    top host operators (self CPU us per step, calls per step):")
@@ -219,34 +232,66 @@ def host_profile_step(decoder: Decoder, forward, cudagraphs: bool, top: int) -> 
         print(f"    {event.self_cpu_time_total / steps:9.1f} {event.count / steps:6.1f}  {event.key[:100]}")
 
 
+class Configuration:
+    """A configuration's compiled forward on its own prefilled cache, its first step and its rewritten sites."""
+
+    def __init__(self, name: str, model, config, args, device, dtype):
+        make, self.cudagraphs, _ = CONFIGURATIONS[name]
+        glacompiler.reset_report()
+        with torch.no_grad():
+            self.decoder = Decoder(model, config, args, device, dtype)
+            self.forward = make(model.forward)
+            self.first = first_step(self.decoder, self.forward, args, self.cudagraphs)
+        self.sites = describe_sites(glacompiler.compile_report()) if name.startswith("gla") else ""
+        self.rounds: list = []
+
+    def time_round(self, args) -> None:
+        with torch.no_grad():
+            self.rounds.append(median_step(self.decoder, self.forward, args, self.cudagraphs))
+
+
 def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None:
+    """Every configuration is compiled and warmed up first, each on its own cache, and stays alive; then all are
+    timed in args.rounds rounds of rotating order (a host-bound step moves with the host's state from one moment
+    to the next, so one configuration timed once, right after its compile, says little); the profilers run last,
+    after every timing."""
     model, config = build(name, args, device, dtype)
     print(f"{name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, heads "
           f"{config.num_attention_heads}, batch {args.batch}, prompt {args.prompt}, cache {args.cache}, "
-          f"{str(dtype).replace('torch.', '')}")
-    print(f"  {'configuration':<18} {'first step ms':>14} {'ms/step':>9} {'speed-up':>22}  sites")
-    results = {}
-    for configuration in args.configurations:
-        make, cudagraphs, cuda_only = CONFIGURATIONS[configuration]
-        if cuda_only and device.type != "cuda":
-            continue
-        torch._dynamo.reset()
-        glacompiler.reset_report()
-        with torch.no_grad():
-            decoder = Decoder(model, config, args, device, dtype)
-            forward = make(model.forward)
-            first, step = time_steps(decoder, forward, args, cudagraphs)
-            results[configuration] = step
-            baseline = BASELINES.get(configuration)
-            speedup = (f"{results[baseline] / step:6.2f}x vs {baseline}" if baseline in results else "")
-            sites = describe_sites(glacompiler.compile_report()) if configuration.startswith("gla") else ""
-            print(f"  {configuration:<18} {first:14.1f} {step:9.3f} {speedup:>22}  {sites}")
-            if configuration in args.profile and device.type == "cuda":
-                profile_step(decoder, forward, cudagraphs, args.top)
-            if configuration in args.host_profile and device.type == "cuda":
-                host_profile_step(decoder, forward, cudagraphs, args.top)
-        del decoder
+          f"{str(dtype).replace('torch.', '')}; ms/step: median over {args.rounds} rounds of rotating order of "
+          f"each round's median of {args.steps} steps (range: the rounds' lowest and highest)")
+    torch._dynamo.reset()
+    chosen = [c for c in args.configurations if device.type == "cuda" or not CONFIGURATIONS[c][2]]
+    configurations = {c: Configuration(c, model, config, args, device, dtype) for c in chosen}
+    for round_index in range(args.rounds):
+        for configuration in rotated(chosen, round_index):
+            configurations[configuration].time_round(args)
+    steps = {c: statistics.median(configurations[c].rounds) for c in chosen}
+    print(f"  {'configuration':<18} {'first step ms':>14} {'ms/step':>9} {'range':>15} {'speed-up':>22}  sites")
+    for configuration in chosen:
+        run = configurations[configuration]
+        baseline = BASELINES.get(configuration)
+        speedup = f"{steps[baseline] / steps[configuration]:6.2f}x vs {baseline}" if baseline in steps else ""
+        spread = f"{min(run.rounds):.3f}-{max(run.rounds):.3f}"
+        print(f"  {configuration:<18} {run.first:14.1f} {steps[configuration]:9.3f} {spread:>15} {speedup:>22}  "
+              f"{run.sites}")
+    for configuration in chosen:
+        run = configurations[configuration]
+        profiled = [(option, show) for option, show in (("profile", profile_step), ("host_profile", host_profile_step))
+                    if configuration in getattr(args, option)]
+        for option, show in profiled:
+            if device.type == "cuda":
+                print(f"  {configuration}, {option.replace('_', ' ')}:")
+                with torch.no_grad():
+                    show(run.decoder, run.forward, run.cudagraphs, args.top)
+    configurations.clear()
     print()
+
+
+def decode_steps_needed(args) -> int:
+    """Decode steps a configuration takes on its cache: the first, the warm-up, the rounds and the profiles."""
+    profiled = PROFILED_STEPS * 2 + HOST_PROFILE_ENQUEUES
+    return 1 + args.warmup + args.rounds * args.steps + profiled
 
 
 def main() -> None:
@@ -261,6 +306,8 @@ def main() -> None:
     parser.add_argument("--prefill-chunk", type=int, default=1024, help="prompt tokens per eager prefill call")
     parser.add_argument("--steps", type=int, default=30, help="timed decode steps per configuration")
     parser.add_argument("--warmup", type=int, default=5, help="decode steps after the first, before timing")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of timing, every configuration once a round in rotating order")
     parser.add_argument("--profile", default="", help="comma-separated configurations to profile (CUDA)")
     parser.add_argument("--host-profile", default="",
                         help="comma-separated configurations whose host time per step is broken down (CUDA)")
@@ -274,6 +321,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "cpu" and not args.tiny:
         parser.error("--device cpu is a smoke test: add --tiny")
+    for option in ("rounds", "steps"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1")
     for option in ("profile", "host_profile"):
         chosen = [p for p in getattr(args, option).split(",") if p]
         unknown = [p for p in chosen if p not in CONFIGURATIONS]
@@ -294,7 +344,7 @@ def main() -> None:
         for field, default in zip(("batch", "prompt", "cache"), defaults):
             if getattr(model_args, field) is None:
                 setattr(model_args, field, default)
-        if model_args.prompt + 1 + model_args.warmup + model_args.steps > model_args.cache:
+        if model_args.prompt + decode_steps_needed(model_args) > model_args.cache:
             parser.error(f"{name}: prompt + decode steps exceed the cache capacity {model_args.cache}")
         with torch._inductor.config.patch(inductor_settings):
             if inductor_settings:

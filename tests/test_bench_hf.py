@@ -1,6 +1,7 @@
 """benchmarks/bench_hf.py runs as a script: its tiny CPU mode builds both transformers models, prefills a
 StaticCache and times decode steps (eager here: the compiled configurations are what test_hf_deepseek.py and
 test_backend_hf.py check, and compiling them costs a minute on CPU)."""
+import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -14,15 +15,35 @@ SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_
 
 
 def test_bench_hf_tiny_runs_on_cpu():
+    """Each model's row: the first step, the median of the rounds, and the rounds' range around it."""
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--configurations", "eager", "--steps", "2",
-         "--warmup", "1"], capture_output=True, text=True, timeout=300)
+         "--warmup", "1", "--rounds", "3"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     for model in ("llama", "deepseek-v3"):
         header = next(i for i, line in enumerate(lines) if line.startswith(f"{model}:"))
+        assert "median over 3 rounds" in lines[header], lines[header]
         row = lines[header + 2].split()
         assert row[0] == "eager" and float(row[1]) > 0 and float(row[2]) > 0, lines
+        low, high = (float(x) for x in row[3].split("-"))
+        assert 0 < low <= float(row[2]) <= high, row
+
+
+def test_rounds_rotate_the_order():
+    """No configuration is always timed right after the same one: round r starts at the r-th."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_hf_under_test", SCRIPT)
+        bench_hf = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench_hf)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    names = ["eager", "default", "gla"]
+    orders = [bench_hf.rotated(names, r) for r in range(4)]
+    assert orders == [["eager", "default", "gla"], ["default", "gla", "eager"], ["gla", "eager", "default"],
+                      ["eager", "default", "gla"]]
+    assert names == ["eager", "default", "gla"]  # not reordered in place
 
 
 def test_bench_hf_refuses_a_prompt_that_does_not_fit():
@@ -30,6 +51,14 @@ def test_bench_hf_refuses_a_prompt_that_does_not_fit():
         [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--prompt", "40", "--cache", "48"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "exceed the cache capacity" in result.stderr
+    # Every round's steps count: 20 + 1 + 1 + 3 x 5 + the profiles' 16 steps is more than 48.
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--steps", "5", "--warmup", "1", "--rounds", "3"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "exceed the cache capacity" in result.stderr
+    result = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--rounds", "0"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--rounds must be at least 1" in result.stderr
 
 
 def test_bench_hf_inductor_settings():
