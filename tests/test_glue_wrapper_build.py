@@ -12,9 +12,21 @@ from glacompiler.compiler import glue_wrapper_build
 
 def load_async_as_torch_2_11(cls, main_code, device_type="cpu", submit_fn=None, extra_flags=(), optimized_code=None,
                              needs_vec_isa=None, kernel_needs_vec_isa=None):
-    """torch 2.11's signature; its body builds at -O3 unless optimized_code is given (min_optimize)."""
+    """torch 2.11's signature; its body builds at -O3 unless optimized_code is given (min_optimize), and picks the
+    host's ISA through its module's pick_vec_isa for every wrapper."""
+    from torch._inductor import codecache
+
     return dict(main_code=main_code, device_type=device_type, submit_fn=submit_fn, extra_flags=extra_flags,
-                optimized_code=optimized_code, min_optimize=optimized_code is not None)
+                optimized_code=optimized_code, min_optimize=optimized_code is not None,
+                vec_isa=codecache.pick_vec_isa())
+
+
+@pytest.fixture(autouse=True)
+def host_isa(monkeypatch):
+    """codecache's pick_vec_isa as a stand-in that names the host's ISA (no probe)."""
+    from torch._inductor import codecache
+
+    monkeypatch.setattr(codecache, "pick_vec_isa", lambda: "host isa")
 
 
 def load_async_as_torch_2_13(cls, main_code, device_type="cpu", submit_fn=None, extra_flags=(), optimized_code=None):
@@ -34,18 +46,57 @@ def test_gpu_glue_asks_for_the_minimal_build():
     load = glue_wrapper_build.minimal_gpu_glue(load_async_as_torch_2_11)
     assert inspect.signature(load) == inspect.signature(load_async_as_torch_2_11)
     # As Inductor's generated module calls it (keywords), and positionally.
+    from torch._inductor import codecache
+    from torch._inductor.cpu_vec_isa import invalid_vec_isa
+
     gpu = load(CppWrapperCodeCache, main_code="glue", device_type="cuda", extra_flags=("-lfoo",))
     assert gpu["optimized_code"] == "" and gpu["min_optimize"] and gpu["extra_flags"] == ("-lfoo",)
+    assert gpu["vec_isa"] is invalid_vec_isa and codecache.pick_vec_isa() == "host isa"  # restored after the call
     assert load(CppWrapperCodeCache, "glue", "cuda:1")["min_optimize"]
     # A CPU wrapper, and a GPU wrapper that brings CPU kernels (built at -O3 beside -O1 glue): as torch has it.
-    assert load(CppWrapperCodeCache, main_code="glue", device_type="cpu")["optimized_code"] is None
+    cpu = load(CppWrapperCodeCache, main_code="glue", device_type="cpu")
+    assert cpu["optimized_code"] is None and cpu["vec_isa"] == "host isa"
     assert load(CppWrapperCodeCache, main_code="glue")["optimized_code"] is None
     kernels = load(CppWrapperCodeCache, main_code="glue", device_type="cuda", optimized_code="kernels")
-    assert kernels["optimized_code"] == "kernels"
+    assert kernels["optimized_code"] == "kernels" and kernels["vec_isa"] == "host isa"
     # CPU kernels defined in the wrapper's own code (cpp_wrapper_build_separate off, torch's default).
     for main_code in ('extern "C" void cpp_fused_add_0(const float* in_ptr0)', "auto t = at::vec::Vectorized<float>"):
-        assert load(CppWrapperCodeCache, main_code=main_code, device_type="cuda")["optimized_code"] is None
+        defined = load(CppWrapperCodeCache, main_code=main_code, device_type="cuda")
+        assert defined["optimized_code"] is None and defined["vec_isa"] == "host isa"
     assert load(CppWrapperCodeCache, main_code="glue", device_type="cuda", needs_vec_isa=True)["optimized_code"] is None
+
+
+def test_the_isa_comes_back_when_the_build_fails():
+    """A load_async that raises (a C++ compile error the backend retries with the Python wrapper) leaves
+    codecache's pick_vec_isa as it was."""
+    from torch._inductor import codecache
+    from torch._inductor.cpu_vec_isa import invalid_vec_isa
+
+    seen = []
+
+    def failing(cls, main_code, device_type="cpu", submit_fn=None, extra_flags=(), optimized_code=None):
+        seen.append(codecache.pick_vec_isa())
+        raise RuntimeError("C++ compile error")
+
+    load = glue_wrapper_build.minimal_gpu_glue(failing)
+    with pytest.raises(RuntimeError, match="C\\+\\+ compile error"):
+        load(CppWrapperCodeCache, main_code="glue", device_type="cuda")
+    assert seen == [invalid_vec_isa] and codecache.pick_vec_isa() == "host isa"
+
+
+@pytest.mark.parametrize("case", ["wrapped", "torch_decides", "unsure"])
+def test_whether_gpu_glue_picks_an_isa(fresh_install, monkeypatch, case):
+    """The backend's pre-probe of the host's ISAs is skipped for CUDA graphs only where the glue picks none."""
+    from torch._inductor import codecache
+
+    if case == "wrapped":
+        monkeypatch.setattr(glue_wrapper_build, "_wrapped", True)
+        monkeypatch.delattr(codecache, "_resolve_needs_vec_isa", raising=False)
+    elif case == "torch_decides":  # torch 2.13 on: load_async asks whether a wrapper needs an ISA
+        monkeypatch.setattr(codecache, "_resolve_needs_vec_isa", lambda *args: False, raising=False)
+    else:
+        monkeypatch.delattr(codecache, "_resolve_needs_vec_isa", raising=False)
+    assert glue_wrapper_build.gpu_glue_picks_no_isa() == (case != "unsure")
 
 
 def test_install_wraps_a_torch_that_builds_gpu_glue_at_o3(fresh_install, monkeypatch):
@@ -91,8 +142,10 @@ def test_this_torchs_build_of_gpu_glue_is_minimal(fresh_install, monkeypatch, wr
     # torch's own load_async, as CppWrapperCodeCache inherits it (the CPU kernels' caches share it).
     defining = next(cls for cls in CppWrapperCodeCache.__mro__[1:] if "load_async" in cls.__dict__)
     parent_load_async = defining.__dict__["load_async"]
+    picks = []
     monkeypatch.setattr(cpp_builder.CppTorchDeviceOptions, "__init__", record)
-    monkeypatch.setattr(codecache, "pick_vec_isa", lambda: invalid_vec_isa)  # no ISA probe for the CPU wrapper
+    # No probe for the CPU wrapper: a recorded pick that names no ISA.
+    monkeypatch.setattr(codecache, "pick_vec_isa", lambda: picks.append(1) or invalid_vec_isa)
     monkeypatch.setattr(CppWrapperCodeCache, "load_async", parent_load_async)  # (restored after the test)
     if wrapped:
         monkeypatch.setattr(glue_wrapper_build, "_builds_gpu_glue_minimally", lambda load_async: False)
@@ -102,5 +155,6 @@ def test_this_torchs_build_of_gpu_glue_is_minimal(fresh_install, monkeypatch, wr
         with pytest.raises(Recorded):
             CppWrapperCodeCache.load_async("int glue;", device_type)
     assert [(o["device_type"], bool(o.get("min_optimize"))) for o in options] == [("cuda", True), ("cpu", False)]
+    assert picks == [1]  # the CPU wrapper's: GPU glue picks no ISA, through this torch or through the wrapper
     assert defining.__dict__["load_async"] is parent_load_async
     assert codecache.CppPythonBindingsCodeCache.load_async.__func__ is parent_load_async.__func__

@@ -153,7 +153,7 @@ def test_the_backend_installs_the_memo_before_compiling(fresh_install, monkeypat
     vec_isa, sentinel = fresh_install
     concurrent_calls = []
     monkeypatch.setattr(torch_compile_backend, "probe_isas_concurrently",
-                        lambda patches, builds_cpu_code: concurrent_calls.append(builds_cpu_code))
+                        lambda patches, builds_cpu_code, wrapper_picks_isa: concurrent_calls.append(builds_cpu_code))
     torch._dynamo.reset()
     compiled = torch.compile(lambda x: (x * 2).sum(), backend=glacompiler.backend())
     with torch.no_grad():
@@ -315,3 +315,12 @@ def test_the_cpp_wrapper_alone_asks_for_the_probes(fake_isas):
     seen, _ = fake_isas
     isa_probe_memo.probe_isas_concurrently({"cpp_wrapper": True}, builds_cpu_code=False)
     assert len(seen) == 2
+
+
+@pytest.mark.parametrize("builds_cpu_code", [False, True])
+def test_glue_that_picks_no_isa_asks_for_no_probes(fake_isas, builds_cpu_code):
+    """A CUDA graph's C++ wrapper built without the host's ISA (glue_wrapper_build.py) needs no probe; CPU code in
+    the same graph still does."""
+    seen, _ = fake_isas
+    isa_probe_memo.probe_isas_concurrently({"cpp_wrapper": True}, builds_cpu_code, wrapper_picks_isa=False)
+    assert len(seen) == (2 if builds_cpu_code else 0)

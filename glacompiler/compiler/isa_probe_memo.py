@@ -1,9 +1,10 @@
 """Inductor's CPU-ISA probes, remembered across processes.
 
-Before Inductor builds any C++ (the C++ wrapper of a CUDA graph, a CPU graph's kernels) it picks the host's
-vector ISA, once per process: for each ISA the CPU claims, it compiles a test program and loads it in a child
-Python (torch/_inductor/cpu_vec_isa.py, VecISA.check_build). On the H200 machine's host (torch 2.11) these probes
-measured 45 s of a 55 s warm start of a one-site graph (benchmarks/RESULTS.md).
+Before Inductor builds C++ that may hold CPU code (a CPU graph's kernels, a C++ wrapper) it picks the host's vector
+ISA, once per process: for each ISA the CPU claims, it compiles a test program and loads it in a child Python
+(torch/_inductor/cpu_vec_isa.py, VecISA.check_build). On the H200 machine's host (torch 2.11) these probes
+measured 45 s of a 55 s warm start of a one-site graph (benchmarks/RESULTS.md). A CUDA graph's C++ wrapper no
+longer needs them: glue_wrapper_build.py builds such glue without an ISA, as torch 2.13 does.
 
 A probe's verdict follows the machine and its toolchain, so a passing one is written to Inductor's cache dir, keyed
 by torch (version, build, location), the Python, the ISA and its compile flags, the test program, the C++
@@ -68,12 +69,13 @@ def install() -> None:
     _remembering = True
 
 
-def probe_isas_concurrently(config_patches: dict, builds_cpu_code: bool) -> None:
+def probe_isas_concurrently(config_patches: dict, builds_cpu_code: bool, wrapper_picks_isa: bool = True) -> None:
     """Probe every ISA the CPU claims, each in its own thread (at most one per core), once per process, under the
     Inductor config the graph will compile with (config_patches over the caller's): Inductor caches each ISA's
     verdict on the object whatever the config, so a probe must see the settings Inductor's own would. Runs only
-    where Inductor is about to probe in this process: the graph builds C++ (the C++ wrapper, or CPU code), no
-    ISA is chosen yet, vec_isa_ok is unset (set, it decides without probing) and compiles are not sent to a
+    where Inductor is about to probe in this process: the graph builds CPU code, or a C++ wrapper whose build
+    picks the ISA (wrapper_picks_isa: False for a GPU graph's glue where glue_wrapper_build says it picks none),
+    no ISA is chosen yet, vec_isa_ok is unset (set, it decides without probing) and compiles are not sent to a
     subprocess. x86-64 Linux only, and only where install() wrapped the probe (the same torch internals, the
     same opt-out); any surprise leaves the probes to Inductor."""
     global _probed_concurrently
@@ -86,7 +88,8 @@ def probe_isas_concurrently(config_patches: dict, builds_cpu_code: bool) -> None
         from torch._inductor import cpu_vec_isa
 
         with inductor_config.patch(config_patches):
-            if not (inductor_config.cpp_wrapper or builds_cpu_code) or inductor_config.cpp.vec_isa_ok is not None:
+            picks = builds_cpu_code or (inductor_config.cpp_wrapper and wrapper_picks_isa)
+            if not picks or inductor_config.cpp.vec_isa_ok is not None:
                 return
             if cpu_vec_isa.valid_vec_isa_list.cache_info().currsize:
                 return  # Inductor has chosen already in this process

@@ -16,7 +16,7 @@ from torch._inductor.compile_fx import compile_fx
 from torch._dynamo.utils import counters
 
 from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
-from .glue_wrapper_build import install as build_gpu_glue_minimally
+from .glue_wrapper_build import gpu_glue_picks_no_isa, install as build_gpu_glue_minimally
 from .inductor_guard import inductor_attention_fusion_disabled
 from .isa_probe_memo import install as remember_isa_probes, probe_isas_concurrently
 from .kernel_analysis_memo import install as memoize_kernel_analysis
@@ -117,11 +117,13 @@ class GlaBackend:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
         remember_isa_probes()  # before Inductor picks the host's ISA (isa_probe_memo.py)
         memoize_kernel_analysis()  # our launch nodes' TTIR, once per specialisation (kernel_analysis_memo.py)
-        build_gpu_glue_minimally()  # the C++ wrapper of a GPU graph at -O1, as torch 2.13 builds it
+        build_gpu_glue_minimally()  # a GPU graph's C++ wrapper at -O1 and without the host's ISA, as torch 2.13
         patches = self.config_patches(example_inputs)
-        # Where this graph builds C++, Inductor is about to probe the host's ISA: let the probes overlap.
-        probe_isas_concurrently(patches, any(isinstance(t, torch.Tensor) and t.device.type == "cpu"
-                                             for t in example_inputs))
+        # Where this graph builds C++ that needs the host's ISA, Inductor is about to probe it: let the probes
+        # overlap. A CUDA graph's C++ wrapper is glue, built without one where glue_wrapper_build.py sees to it.
+        devices = {t.device.type for t in example_inputs if isinstance(t, torch.Tensor)}
+        glue_only = devices == {"cuda"} and gpu_glue_picks_no_isa()
+        probe_isas_concurrently(patches, "cpu" in devices, wrapper_picks_isa=not glue_only)
         graph_name = f"graph {next(_graph_ids)}"
         try:
             return self._compile_with_pass(gm, example_inputs, patches, graph_name)
