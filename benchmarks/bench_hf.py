@@ -10,7 +10,7 @@ Models (the widths of issue 12):
                under backend="gla" the decode sites are absorbed (report kind mla, form "... (absorbed)").
 bf16 on CUDA. Each configuration gets its own cache with the same prompt prefilled eagerly in chunks, compiles
 its forward at its first step (that step's wall time, compile included, is printed) and warms up; all stay alive,
-and are then timed in --rounds rounds, every configuration once a round in rotating order (CUDA events, one pair
+and are then timed in --rounds rounds, every configuration once a round in changing order (CUDA events, one pair
 per step; a round's figure is the median of --steps steps). Printed: the median of the rounds, their range, and the
 sites the gla pass rewrote. Profiles run after all timing. Steps without CUDA graphs are bound by the host, whose
 speed moves from moment to moment on a shared machine: the rounds' range shows by how much.
@@ -40,7 +40,7 @@ DEFAULTS = {  # model: (batch, prompt, cache)
     "llama": (64, 3000, 4096),
     "deepseek-v3": (32, 3000, 4096),
 }
-TINY_DEFAULTS = (2, 20, 48)
+TINY_DEFAULTS = (2, 20, None)  # the cache: the prompt and the decode steps asked for
 
 
 def model_config(name: str, args):
@@ -158,8 +158,11 @@ def median_step(decoder: Decoder, forward, args, cudagraphs: bool) -> float:
     return statistics.median(times)
 
 
-def rotated(names: list, round_index: int) -> list:
-    """Round r starts at the r-th configuration, so that none is always timed after the same one."""
+def round_order(names: list, round_index: int) -> list:
+    """The configurations' order in a round: even rounds start at the round's index, odd rounds run the previous
+    round backwards. From two rounds on, no configuration is timed right after the same one every round."""
+    if round_index % 2:
+        return round_order(names, round_index - 1)[::-1]
     shift = round_index % len(names)
     return names[shift:] + names[:shift]
 
@@ -252,19 +255,21 @@ class Configuration:
 
 def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None:
     """Every configuration is compiled and warmed up first, each on its own cache, and stays alive; then all are
-    timed in args.rounds rounds of rotating order (a host-bound step moves with the host's state from one moment
+    timed in args.rounds rounds of changing order (a host-bound step moves with the host's state from one moment
     to the next, so one configuration timed once, right after its compile, says little); the profilers run last,
     after every timing."""
+    torch._dynamo.reset()  # the previous model's compiled code and CUDA-graph pools go first
     model, config = build(name, args, device, dtype)
     print(f"{name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, heads "
           f"{config.num_attention_heads}, batch {args.batch}, prompt {args.prompt}, cache {args.cache}, "
-          f"{str(dtype).replace('torch.', '')}; ms/step: median over {args.rounds} rounds of rotating order of "
+          f"{str(dtype).replace('torch.', '')}; ms/step: median over {args.rounds} rounds of changing order of "
           f"each round's median of {args.steps} steps (range: the rounds' lowest and highest)")
-    torch._dynamo.reset()
+    # One Dynamo cache entry per compiled configuration (each backend recompiles the forward once, a BACKEND_MATCH
+    # guard failure): four at most, inside Dynamo's default limit of eight.
     chosen = [c for c in args.configurations if device.type == "cuda" or not CONFIGURATIONS[c][2]]
     configurations = {c: Configuration(c, model, config, args, device, dtype) for c in chosen}
     for round_index in range(args.rounds):
-        for configuration in rotated(chosen, round_index):
+        for configuration in round_order(chosen, round_index):
             configurations[configuration].time_round(args)
     steps = {c: statistics.median(configurations[c].rounds) for c in chosen}
     print(f"  {'configuration':<18} {'first step ms':>14} {'ms/step':>9} {'range':>15} {'speed-up':>22}  sites")
@@ -289,8 +294,11 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None
 
 
 def decode_steps_needed(args) -> int:
-    """Decode steps a configuration takes on its cache: the first, the warm-up, the rounds and the profiles."""
-    profiled = PROFILED_STEPS * 2 + HOST_PROFILE_ENQUEUES
+    """Decode steps a configuration may take on its cache: the first, the warm-up, the rounds and, on CUDA, the
+    profiles asked for."""
+    profiled = 0
+    if args.device == "cuda":
+        profiled = PROFILED_STEPS * bool(args.profile) + (PROFILED_STEPS + HOST_PROFILE_ENQUEUES) * bool(args.host_profile)
     return 1 + args.warmup + args.rounds * args.steps + profiled
 
 
@@ -307,7 +315,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed decode steps per configuration")
     parser.add_argument("--warmup", type=int, default=5, help="decode steps after the first, before timing")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of timing, every configuration once a round in rotating order")
+                        help="rounds of timing, every configuration once a round in changing order")
     parser.add_argument("--profile", default="", help="comma-separated configurations to profile (CUDA)")
     parser.add_argument("--host-profile", default="",
                         help="comma-separated configurations whose host time per step is broken down (CUDA)")
@@ -344,6 +352,8 @@ def main() -> None:
         for field, default in zip(("batch", "prompt", "cache"), defaults):
             if getattr(model_args, field) is None:
                 setattr(model_args, field, default)
+        if model_args.cache is None:
+            model_args.cache = model_args.prompt + decode_steps_needed(model_args)
         if model_args.prompt + decode_steps_needed(model_args) > model_args.cache:
             parser.error(f"{name}: prompt + decode steps exceed the cache capacity {model_args.cache}")
         with torch._inductor.config.patch(inductor_settings):

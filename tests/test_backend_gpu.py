@@ -50,36 +50,33 @@ def test_cpp_wrapper_of_a_gpu_graph_is_built_minimally(cuda_device, monkeypatch)
     """The C++ wrapper of a CUDA graph is glue: it and its precompiled header are built with minimal optimisation
     and no vector ISA (torch 2.13 on does it itself; on older torch the backend asks for it,
     compiler/glue_wrapper_build.py). From empty caches, every C++ build option made for the GPU is a minimal one
-    without an ISA, the host's ISA is never picked (so never probed) during the compile, and the graph gives the
-    right result."""
-    from torch._inductor import codecache, cpp_builder
-    from torch._inductor.cpu_vec_isa import invalid_vec_isa
+    without an ISA, the host's ISAs are never listed (which probes them) during the compile nor probed ahead by
+    the backend, and the graph gives the right result."""
+    from torch._inductor import cpp_builder, cpu_vec_isa
     from torch._inductor.utils import fresh_inductor_cache
-
-    made, picks = [], []
-    original = cpp_builder.CppTorchDeviceOptions.__init__
-    original_pick = codecache.pick_vec_isa
-
-    def recording(self, *args, **kwargs):
-        made.append((str(kwargs.get("device_type", "cpu")), bool(kwargs.get("compile_only", False)),
-                     bool(kwargs.get("min_optimize", False)), kwargs.get("vec_isa") is invalid_vec_isa))
-        original(self, *args, **kwargs)
-
-    def recording_pick():
-        picks.append(1)
-        return original_pick()
 
     from glacompiler.compiler import torch_compile_backend
 
-    pre_probes = []
+    made, listings, pre_probes = [], [], []
+    original = cpp_builder.CppTorchDeviceOptions.__init__
+    list_isas = cpu_vec_isa.valid_vec_isa_list
     probe = torch_compile_backend.probe_isas_concurrently
+
+    def recording(self, *args, **kwargs):
+        made.append((str(kwargs.get("device_type", "cpu")), bool(kwargs.get("compile_only", False)),
+                     bool(kwargs.get("min_optimize", False)), kwargs.get("vec_isa") is cpu_vec_isa.invalid_vec_isa))
+        original(self, *args, **kwargs)
+
+    def recording_listing():  # what torch's pick_vec_isa calls, and which probes each ISA the first time
+        listings.append(1)
+        return list_isas()
 
     def recording_probe(patches, builds_cpu_code, wrapper_picks_isa=True):
         pre_probes.append((builds_cpu_code, wrapper_picks_isa))
         probe(patches, builds_cpu_code, wrapper_picks_isa)
 
     monkeypatch.setattr(cpp_builder.CppTorchDeviceOptions, "__init__", recording)
-    monkeypatch.setattr(codecache, "pick_vec_isa", recording_pick)
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", recording_listing)
     monkeypatch.setattr(torch_compile_backend, "probe_isas_concurrently", recording_probe)
     fn, make_inputs, _, *_ = CASES["sdpa_enable_gqa"]
     torch.manual_seed(0)
@@ -91,8 +88,8 @@ def test_cpp_wrapper_of_a_gpu_graph_is_built_minimally(cuda_device, monkeypatch)
     gpu_builds = [(minimal, no_isa) for device, compile_only, minimal, no_isa in made
                   if device.startswith("cuda") and not compile_only]
     assert gpu_builds and all(minimal and no_isa for minimal, no_isa in gpu_builds), made
-    assert picks == [] and codecache.pick_vec_isa is recording_pick
-    assert pre_probes and all(p == (False, False) for p in pre_probes), pre_probes  # nor probed ahead
+    assert listings == []
+    assert pre_probes and all(p == (False, False) for p in pre_probes), pre_probes
     assert [r.status for r in records] == ["rewritten"]
     with torch.no_grad():
         check_fa_rule(output, fn(*on_gpu(inputs)), fn(*on_gpu(inputs, torch.float32)).float())

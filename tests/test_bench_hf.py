@@ -5,6 +5,7 @@ import importlib.util
 import pathlib
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -30,31 +31,15 @@ def test_bench_hf_tiny_runs_on_cpu():
         assert 0 < low <= float(row[2]) <= high, row
 
 
-def test_rounds_rotate_the_order():
-    """No configuration is always timed right after the same one: round r starts at the r-th."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_hf_under_test", SCRIPT)
-        bench_hf = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench_hf)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    names = ["eager", "default", "gla"]
-    orders = [bench_hf.rotated(names, r) for r in range(4)]
-    assert orders == [["eager", "default", "gla"], ["default", "gla", "eager"], ["gla", "eager", "default"],
-                      ["eager", "default", "gla"]]
-    assert names == ["eager", "default", "gla"]  # not reordered in place
-
-
 def test_bench_hf_refuses_a_prompt_that_does_not_fit():
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--prompt", "40", "--cache", "48"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "exceed the cache capacity" in result.stderr
-    # Every round's steps count: 20 + 1 + 1 + 3 x 5 + the profiles' 16 steps is more than 48.
+    # Every round's steps count: 20 + 1 + 1 + 3 x 10 is more than 48.
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--steps", "5", "--warmup", "1", "--rounds", "3"],
-        capture_output=True, text=True, timeout=300)
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--cache", "48", "--steps", "10", "--warmup", "1",
+         "--rounds", "3"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "exceed the cache capacity" in result.stderr
     result = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--rounds", "0"],
                             capture_output=True, text=True, timeout=300)
@@ -81,3 +66,42 @@ def test_bench_hf_inductor_settings():
                          ("realize_reads_threshold=True", "realize_reads_threshold takes a int")):
         refused = run("--inductor-config", bad)
         assert refused.returncode == 2 and message in refused.stderr, (bad, refused.stderr[-500:])
+
+
+def load_script():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_hf_under_test", SCRIPT)
+        bench_hf = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench_hf)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return bench_hf
+
+
+def test_round_orders_change():
+    """Every configuration once a round; from two rounds on, none is timed right after the same one (or first)
+    every round."""
+    bench_hf = load_script()
+    assert bench_hf.round_order(["eager", "default", "gla"], 0) == ["eager", "default", "gla"]
+    for count in range(2, 7):
+        names = [f"c{i}" for i in range(count)]
+        for rounds in range(2, 5):
+            orders = [bench_hf.round_order(names, r) for r in range(rounds)]
+            assert all(sorted(order) == names for order in orders), orders
+            before = {name: {order[order.index(name) - 1] if order.index(name) else None for order in orders}
+                      for name in names}
+            assert all(len(previous) > 1 for previous in before.values()), (orders, before)
+    assert names == [f"c{i}" for i in range(6)]  # not reordered in place
+
+
+def test_steps_counted_against_the_cache():
+    """The first step, the warm-up, every round and, on CUDA, the profiles asked for."""
+    bench_hf = load_script()
+    args = SimpleNamespace(device="cpu", warmup=5, rounds=3, steps=30, profile=["gla"], host_profile=["gla"])
+    assert bench_hf.decode_steps_needed(args) == 1 + 5 + 90
+    args.device = "cuda"
+    assert bench_hf.decode_steps_needed(args) == 1 + 5 + 90 + bench_hf.PROFILED_STEPS * 2 + \
+        bench_hf.HOST_PROFILE_ENQUEUES
+    args.profile = args.host_profile = []
+    assert bench_hf.decode_steps_needed(args) == 1 + 5 + 90

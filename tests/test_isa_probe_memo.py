@@ -153,14 +153,15 @@ def test_the_backend_installs_the_memo_before_compiling(fresh_install, monkeypat
     vec_isa, sentinel = fresh_install
     concurrent_calls = []
     monkeypatch.setattr(torch_compile_backend, "probe_isas_concurrently",
-                        lambda patches, builds_cpu_code, wrapper_picks_isa: concurrent_calls.append(builds_cpu_code))
+                        lambda patches, builds_cpu_code, wrapper_picks_isa: concurrent_calls.append(
+                            (builds_cpu_code, wrapper_picks_isa)))
     torch._dynamo.reset()
     compiled = torch.compile(lambda x: (x * 2).sum(), backend=glacompiler.backend())
     with torch.no_grad():
         compiled(torch.randn(4))
     torch._dynamo.reset()
     assert getattr(vec_isa.check_build, "__wrapped__", None) is sentinel
-    assert concurrent_calls == [True]
+    assert concurrent_calls == [(True, True)]
 
 
 def test_the_memo_can_be_turned_off(fresh_install, monkeypatch):

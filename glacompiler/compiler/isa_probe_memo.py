@@ -3,8 +3,8 @@
 Before Inductor builds C++ that may hold CPU code (a CPU graph's kernels, a C++ wrapper) it picks the host's vector
 ISA, once per process: for each ISA the CPU claims, it compiles a test program and loads it in a child Python
 (torch/_inductor/cpu_vec_isa.py, VecISA.check_build). On the H200 machine's host (torch 2.11) these probes
-measured 45 s of a 55 s warm start of a one-site graph (benchmarks/RESULTS.md). A CUDA graph's C++ wrapper no
-longer needs them: glue_wrapper_build.py builds such glue without an ISA, as torch 2.13 does.
+measured 45 s of a 55 s warm start of a one-site graph (benchmarks/RESULTS.md). The C++ wrapper of a CUDA graph
+that holds no CPU kernels needs none where glue_wrapper_build.py builds it without an ISA, as torch 2.13 does.
 
 A probe's verdict follows the machine and its toolchain, so a passing one is written to Inductor's cache dir, keyed
 by torch (version, build, location), the Python, the ISA and its compile flags, the test program, the C++

@@ -16,7 +16,7 @@ from torch._inductor.compile_fx import compile_fx
 from torch._dynamo.utils import counters
 
 from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
-from .glue_wrapper_build import gpu_glue_picks_no_isa, install as build_gpu_glue_minimally
+from .glue_wrapper_build import install as build_gpu_glue_minimally, wrapper_picks_isa
 from .inductor_guard import inductor_attention_fusion_disabled
 from .isa_probe_memo import install as remember_isa_probes, probe_isas_concurrently
 from .kernel_analysis_memo import install as memoize_kernel_analysis
@@ -72,10 +72,11 @@ class GlaBackend:
         graphs replay the step, and left off on CPU, where it only adds C++ compile time. Its cost is at the
         first compile (a C++ compile per graph, plus Inductor's precompiled header the first time a cache dir
         sees it: ~35 s on a 2-core CPU for a one-op graph); the built library is cached with the graph, so
-        a second process loads it (benchmarks/compile_time.py measures both). Every process that builds or
-        loads C++ also picks the host's ISA by probing (45 s of a 55 s warm start on the H200 machine's host,
+        a second process loads it (benchmarks/compile_time.py measures both). A process that builds C++ which may
+        hold CPU code picks the host's ISA by probing (45 s of a 55 s warm start on the H200 machine's host,
         torch 2.11): the backend runs the probes concurrently and remembers passing ones across processes
-        (isa_probe_memo.py).
+        (isa_probe_memo.py). A CUDA graph's wrapper is glue, built at -O1 and without the ISA
+        (glue_wrapper_build.py), as torch 2.13 builds it.
     inductor_config: extra Inductor config patches (they win over the options above).
     graph_launches: where a site's kernels are plain Triton (the portable family: GQA, MHA, GTA, and MLA/GLA
         off Hopper), Inductor launches them from its own wrapper instead of calling the op
@@ -121,9 +122,8 @@ class GlaBackend:
         patches = self.config_patches(example_inputs)
         # Where this graph builds C++ that needs the host's ISA, Inductor is about to probe it: let the probes
         # overlap. A CUDA graph's C++ wrapper is glue, built without one where glue_wrapper_build.py sees to it.
-        devices = {t.device.type for t in example_inputs if isinstance(t, torch.Tensor)}
-        glue_only = devices == {"cuda"} and gpu_glue_picks_no_isa()
-        probe_isas_concurrently(patches, "cpu" in devices, wrapper_picks_isa=not glue_only)
+        probe_isas_concurrently(patches, any(isinstance(t, torch.Tensor) and t.device.type == "cpu"
+                                             for t in example_inputs), wrapper_picks_isa(example_inputs))
         graph_name = f"graph {next(_graph_ids)}"
         try:
             return self._compile_with_pass(gm, example_inputs, patches, graph_name)
