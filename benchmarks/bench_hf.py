@@ -235,6 +235,11 @@ def host_profile_step(decoder: Decoder, forward, cudagraphs: bool, top: int) -> 
         print(f"    {event.self_cpu_time_total / steps:9.1f} {event.count / steps:6.1f}  {event.key[:100]}")
 
 
+# The profiles a run may ask for (CUDA only): option -> (what prints it, decode steps it takes).
+PROFILES = {"profile": (profile_step, PROFILED_STEPS),
+            "host_profile": (host_profile_step, HOST_PROFILE_ENQUEUES + PROFILED_STEPS)}
+
+
 class Configuration:
     """A configuration's compiled forward on its own prefilled cache, its first step and its rewritten sites."""
 
@@ -280,12 +285,10 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None
         spread = f"{min(run.rounds):.3f}-{max(run.rounds):.3f}"
         print(f"  {configuration:<18} {run.first:14.1f} {steps[configuration]:9.3f} {spread:>15} {speedup:>22}  "
               f"{run.sites}")
-    for configuration in chosen:
+    for configuration in chosen if device.type == "cuda" else ():
         run = configurations[configuration]
-        profiled = [(option, show) for option, show in (("profile", profile_step), ("host_profile", host_profile_step))
-                    if configuration in getattr(args, option)]
-        for option, show in profiled:
-            if device.type == "cuda":
+        for option, (show, _) in PROFILES.items():
+            if configuration in getattr(args, option):
                 print(f"  {configuration}, {option.replace('_', ' ')}:")
                 with torch.no_grad():
                     show(run.decoder, run.forward, run.cudagraphs, args.top)
@@ -296,9 +299,8 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None
 def decode_steps_needed(args) -> int:
     """Decode steps a configuration may take on its cache: the first, the warm-up, the rounds and, on CUDA, the
     profiles asked for."""
-    profiled = 0
-    if args.device == "cuda":
-        profiled = PROFILED_STEPS * bool(args.profile) + (PROFILED_STEPS + HOST_PROFILE_ENQUEUES) * bool(args.host_profile)
+    profiled = sum(steps for option, (_, steps) in PROFILES.items() if getattr(args, option)) \
+        if args.device == "cuda" else 0
     return 1 + args.warmup + args.rounds * args.steps + profiled
 
 
@@ -332,7 +334,7 @@ def main() -> None:
     for option in ("rounds", "steps"):
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1")
-    for option in ("profile", "host_profile"):
+    for option in PROFILES:
         chosen = [p for p in getattr(args, option).split(",") if p]
         unknown = [p for p in chosen if p not in CONFIGURATIONS]
         if unknown:
