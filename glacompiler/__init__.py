@@ -17,13 +17,13 @@ from .spec import AttentionSpec, ProblemShape
 
 
 def backend(cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True, inductor_config=None,
-            cpp_wrapper=None, graph_launches=None):
+            cpp_wrapper=None, graph_launches=None, latent_in_graph=False):
     """A gla torch.compile backend with options: torch.compile(model, backend=glacompiler.backend(cudagraphs=True)).
     See glacompiler.compiler.GlaBackend for the options; the plain name "gla" is this with the defaults."""
     from .compiler import backend as make_backend  # Inductor loads here, not at `import glacompiler`
 
     return make_backend(cudagraphs=cudagraphs, autotune=autotune, rewrite=rewrite, inductor_config=inductor_config,
-                        cpp_wrapper=cpp_wrapper, graph_launches=graph_launches)
+                        cpp_wrapper=cpp_wrapper, graph_launches=graph_launches, latent_in_graph=latent_in_graph)
 
 
 # name -> module that defines it, imported on first access (PEP 562).

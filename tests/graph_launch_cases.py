@@ -153,13 +153,13 @@ def test_gluon_families_and_cpu_tensors_keep_the_op(gpu_stand_ins, monkeypatch):
     assert [n.target for n in graph.nodes if n.target is ATTENTION] == [ATTENTION]
 
 
-def latent_decode_graph(batch=2, capacity=128):
+def latent_decode_graph(batch=2, capacity=128, heads=16, query_len=1):
     """An MLA decode site as the pass emits it (16 heads over one 512-wide latent, a 64-wide rope key, bf16,
     lengths): placeholders and the op call, its output."""
     mode = FakeTensorMode()
     with mode:
-        values = dict(q=torch.empty(batch, 1, 16, 512, device="cuda", dtype=torch.bfloat16),
-                      q_rope=torch.empty(batch, 1, 16, 64, device="cuda", dtype=torch.bfloat16),
+        values = dict(q=torch.empty(batch, query_len, heads, 512, device="cuda", dtype=torch.bfloat16),
+                      q_rope=torch.empty(batch, query_len, heads, 64, device="cuda", dtype=torch.bfloat16),
                       k_cache=torch.empty(batch, capacity, 1, 512, device="cuda", dtype=torch.bfloat16),
                       k_rope_cache=torch.empty(batch, capacity, 64, device="cuda", dtype=torch.bfloat16),
                       cache_seqlens=torch.full((batch,), capacity, device="cuda", dtype=torch.int32))
@@ -194,6 +194,55 @@ def test_a_hopper_latent_site_keeps_the_op_without_reading_addresses(gpu_stand_i
     assert [n.target for n in graph.nodes if n.target is ATTENTION] == [ATTENTION]
 
 
+@pytest.fixture
+def on_sm90(gpu_stand_ins, monkeypatch):
+    """gpu_stand_ins on an sm_90 device, where the Hopper latent family takes MLA calls."""
+    from glacompiler.kernels.latent_hopper import support
+
+    assert support.gluon_available()
+    monkeypatch.setattr(support, "_is_sm90", lambda device_index: True)
+
+
+@pytest.mark.parametrize("heads, query_len, latent_in_graph, launched", [
+    (16, 1, None, True),  # 16 rows per latent head: the rule takes the portable kernels
+    (8, 2, None, True),
+    (16, 2, None, False),  # 32 rows: the Hopper kernel's op call
+    (128, 1, None, False),
+    (128, 1, True, True),
+    (16, 1, False, False),
+])
+def test_latent_sites_take_the_portable_kernels_by_rows(on_sm90, heads, query_len, latent_in_graph, launched):
+    graph = latent_decode_graph(heads=heads, query_len=query_len)
+    assert replace_op_calls_with_launches(graph, latent_in_graph) == int(launched)
+    graph.lint()
+    calls = [n for n in graph.nodes if n.target is ATTENTION]
+    names = {kernel_name(launch) for launch in launches(graph)}
+    if launched:  # the portable plan, as the op would run it off Hopper: its split kernel and the combine
+        assert not calls and "decode_attention_split_kernel" in names
+        split_launch = next(n for n in launches(graph) if kernel_name(n) == "decode_attention_split_kernel")
+        assert split_launch.kwargs["kwargs"]["K"].name == "k_cache"  # the latent cache as it is, read in place
+    else:
+        assert len(calls) == 1 and not names
+
+
+def test_the_latent_rule_follows_the_group_and_query_rows():
+    from glacompiler.compiler.rewrite.graph_launches import LATENT_ROWS_IN_GRAPH, latent_in_graph_policy
+    from glacompiler.spec import ProblemShape
+
+    rule = latent_in_graph_policy(None)
+
+    class Spec:
+        def __init__(self, group_size):
+            self.group_size = group_size
+
+    def shape(query_len):
+        return ProblemShape(batch=4, query_len=query_len, capacity=4096, page_size=0)
+
+    assert rule(Spec(LATENT_ROWS_IN_GRAPH), shape(1)) and not rule(Spec(LATENT_ROWS_IN_GRAPH + 1), shape(1))
+    assert rule(Spec(4), shape(4)) and not rule(Spec(4), shape(5))
+    assert latent_in_graph_policy(True)(Spec(128), shape(4)) and not latent_in_graph_policy(False)(Spec(1), shape(1))
+
+
 def test_backend_option_and_the_cache_key():
     assert glacompiler.backend().graph_launches
     assert not glacompiler.backend(autotune=True).graph_launches  # tuning reaches the sites through the op
@@ -201,10 +250,34 @@ def test_backend_option_and_the_cache_key():
     with_launches = AttentionRewritePass(graph_launches=True).uuid()
     assert with_launches != AttentionRewritePass(graph_launches=False).uuid()
     assert "graph_launches=" in with_launches
+    assert not glacompiler.backend().latent_in_graph and glacompiler.backend(latent_in_graph=True).latent_in_graph
+    uuids = {AttentionRewritePass(graph_launches=True, latent_in_graph=mode).uuid() for mode in (None, True, False)}
+    assert len(uuids) == 3
+
+
+@pytest.mark.parametrize("cudagraphs, latent_in_graph, expected", [
+    (False, False, False), (False, True, None), (True, True, False)])
+def test_the_backend_asks_for_latent_sites_in_graph_only_without_cuda_graphs(monkeypatch, cudagraphs,
+                                                                            latent_in_graph, expected):
+    from glacompiler.compiler import torch_compile_backend
+
+    made = []
+
+    class Recording(AttentionRewritePass):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs["latent_in_graph"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(torch_compile_backend, "AttentionRewritePass", Recording)
+    monkeypatch.setattr(torch_compile_backend.GlaBackend, "_records_key", staticmethod(lambda *args: None))
+    monkeypatch.setattr(torch_compile_backend.GlaBackend, "_compile", staticmethod(lambda *args: "compiled"))
+    backend = glacompiler.backend(cudagraphs=cudagraphs, latent_in_graph=latent_in_graph)
+    assert backend._compile_with_pass(None, [], {}, "graph") == "compiled"
+    assert made == [expected]
 
 
 def test_a_failed_trace_keeps_the_op(gpu_stand_ins, monkeypatch):
-    def fail(values, fake_mode):
+    def fail(values, fake_mode, latent_in_graph):
         raise RuntimeError("no trace")
 
     monkeypatch.setattr(graph_launches, "_attention_launches", fail)

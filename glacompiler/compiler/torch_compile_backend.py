@@ -82,17 +82,24 @@ class GlaBackend:
         off Hopper), Inductor launches them from its own wrapper instead of calling the op
         (rewrite/graph_launches.py): a few us of host time a site instead of about 40. None (the default) turns
         it on except with autotune, whose tuning runs after the compile and must reach the sites through the op.
-        If Inductor fails on such a graph it is compiled again with op calls, with a warning."""
+        If Inductor fails on such a graph it is compiled again with op calls, with a warning.
+    latent_in_graph: with graph_launches and without CUDA graphs, MLA/GLA sites that the Hopper latent kernel
+        would run (Gluon, which Inductor cannot launch: an op call, 40-170 us of host time) take the portable
+        kernels, launched by Inductor, where they have at most 16 query rows per latent head (heads per latent
+        head x query length): there the portable kernel took 1.05-1.23x the Hopper kernel's time on an H200. More
+        device time for much less host time; off by default until a same-run A/B of whole steps settles it
+        (rewrite/graph_launches.py, benchmarks/bench_hf.py's gla-latent-in-graph)."""
 
     def __init__(self, cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
                  inductor_config: Optional[dict] = None, cpp_wrapper: Optional[bool] = None,
-                 graph_launches: Optional[bool] = None):
+                 graph_launches: Optional[bool] = None, latent_in_graph: bool = False):
         self.cudagraphs = cudagraphs
         self.autotune = autotune
         self.rewrite = rewrite
         self.cpp_wrapper = cpp_wrapper
         self.inductor_config = dict(inductor_config or {})
         self.graph_launches = (not autotune) if graph_launches is None else graph_launches
+        self.latent_in_graph = latent_in_graph
         if autotune and self.graph_launches:
             warnings.warn("glacompiler: with graph_launches=True the sites Inductor launches keep the configs they "
                           "were compiled with; autotune's results reach them at the next compile", RuntimeWarning,
@@ -145,7 +152,9 @@ class GlaBackend:
         user_pass = patches.get("joint_custom_pre_pass", torch._inductor.config.joint_custom_pre_pass)
         graph_launches = self.graph_launches if graph_launches is None else graph_launches
         our_pass = AttentionRewritePass(self.rewrite, chained=user_pass, graph_name=graph_name,
-                                        graph_launches=graph_launches)
+                                        graph_launches=graph_launches,
+                                        # graph_launches.py's rule by rows, or every latent site's op call kept
+                                        latent_in_graph=None if self.latent_in_graph and not self.cudagraphs else False)
         records_key = self._records_key(gm, example_inputs, our_pass, patches)
         with inductor_attention_fusion_disabled():
             try:
@@ -219,15 +228,15 @@ class GlaBackend:
     def __repr__(self) -> str:
         return (f"GlaBackend(cudagraphs={self.cudagraphs}, autotune={self.autotune}, rewrite={self.rewrite}, "
                 f"cpp_wrapper={self.cpp_wrapper}, inductor_config={self.inductor_config}, "
-                f"graph_launches={self.graph_launches})")
+                f"graph_launches={self.graph_launches}, latent_in_graph={self.latent_in_graph})")
 
 
 def backend(cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
             inductor_config: Optional[dict] = None, cpp_wrapper: Optional[bool] = None,
-            graph_launches: Optional[bool] = None) -> GlaBackend:
+            graph_launches: Optional[bool] = None, latent_in_graph: bool = False) -> GlaBackend:
     """A gla backend with options: torch.compile(model, backend=glacompiler.backend(cudagraphs=True))."""
     return GlaBackend(cudagraphs=cudagraphs, autotune=autotune, rewrite=rewrite, inductor_config=inductor_config,
-                      cpp_wrapper=cpp_wrapper, graph_launches=graph_launches)
+                      cpp_wrapper=cpp_wrapper, graph_launches=graph_launches, latent_in_graph=latent_in_graph)
 
 
 gla_backend = GlaBackend()

@@ -33,10 +33,12 @@ def family_of_config(config) -> KernelFamily:
                     f"got {type(config).__name__}")
 
 
-def choose_family(spec: AttentionSpec, shape: ProblemShape, call: KernelCall) -> Optional[KernelFamily]:
-    """The first family that runs this call, or None (CPU tensors outside the interpreter)."""
+def choose_family(spec: AttentionSpec, shape: ProblemShape, call: KernelCall,
+                  in_graph_only: bool = False) -> Optional[KernelFamily]:
+    """The first family that runs this call, or None (CPU tensors outside the interpreter). in_graph_only: the
+    first of those whose kernels a compiled graph can launch itself (KernelFamily.launches_in_graph)."""
     for family in FAMILIES:
-        if family.supports(spec, shape, call) is None:
+        if (family.launches_in_graph or not in_graph_only) and family.supports(spec, shape, call) is None:
             return family
     return None
 

@@ -33,6 +33,11 @@ def choose_kernel(spec: AttentionSpec, shape: ProblemShape, call: KernelCall, nu
     return family, choose_config(family, spec, shape, call.q.device, num_splits)
 
 
+def graph_family(spec: AttentionSpec, shape: ProblemShape, call: KernelCall) -> Optional[KernelFamily]:
+    """The first family that runs this call and whose kernels a compiled graph can launch itself, or None."""
+    return choose_family(spec, shape, call, in_graph_only=True)
+
+
 def kernel_family_for(q, k_cache, v_cache=None, *, q_rope=None, k_rope_cache=None, cache_seqlens=None,
                       page_table=None, attn_mask=None) -> Optional[KernelFamily]:
     """The kernel family that runs attention_with_kvcache with these arguments, or None where the PyTorch

@@ -15,13 +15,13 @@ them), so 1.0 and True cannot share a key with different verdicts.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from torch import Tensor
 
 from ..memo import BoundedMemo
-from ..spec import ProblemShape
-from .dispatch import choose_kernel, empty_outputs, validated_call
+from ..spec import AttentionSpec, ProblemShape
+from .dispatch import choose_config, choose_kernel, empty_outputs, graph_family, validated_call
 from .validation import check_values, debug_checks_enabled
 
 # metadata key -> PreparedCall
@@ -83,11 +83,14 @@ class PreparedCall:
 
 
 def prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
-                 causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size,
-                 traced: bool = False) -> Optional[PreparedCall]:
+                 causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size, traced: bool = False,
+                 graph_family_wanted: Optional[Callable[[AttentionSpec, ProblemShape], bool]] = None
+                 ) -> Optional[PreparedCall]:
     """The first call of a key: validate (ValueError/TypeError naming the argument), choose, plan. traced: for
     fake tensors, to trace the plan's launches into a graph (compiler/rewrite/graph_launches.py): no value checks,
-    and None where the family's kernels cannot be launched by a graph or there is nothing to launch."""
+    and None where there is nothing to launch or the family's kernels cannot be launched by a graph. For such a
+    call, graph_family_wanted(spec, shape) says whether to plan it on the first family that supports it and can
+    be launched by a graph instead (the portable kernels for a Hopper latent call)."""
     spec, shape, call, copy_seqlens, copy_page_table = validated_call(
         q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale, causal,
         kv_range, softcap, alibi_slopes, sinks, window_size, read_values=not traced)
@@ -95,7 +98,10 @@ def prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_
         return None if traced else PreparedCall(shape, None, False, False)
     family, config = choose_kernel(spec, shape, call, num_splits)
     if traced and not family.launches_in_graph:
-        return None
+        family = graph_family(spec, shape, call) if graph_family_wanted and graph_family_wanted(spec, shape) else None
+        if family is None:
+            return None
+        config = choose_config(family, spec, shape, call.q.device, num_splits)
     return PreparedCall(shape, family.prepare(call, spec, shape, config), copy_seqlens, copy_page_table)
 
 
