@@ -6,6 +6,7 @@ and give the op's results is tests/test_graph_launches_gpu.py's.
 tests/test_graph_launches.py runs this file in a process of its own: a process that has loaded the kernels under
 the Triton interpreter (TRITON_INTERPRET=1, as the interpreter tests do) keeps them in that form."""
 import operator
+import warnings
 
 import pytest
 import torch
@@ -153,7 +154,7 @@ def test_gluon_families_and_cpu_tensors_keep_the_op(gpu_stand_ins, monkeypatch):
     assert [n.target for n in graph.nodes if n.target is ATTENTION] == [ATTENTION]
 
 
-def latent_decode_graph(batch=2, capacity=128, heads=16, query_len=1):
+def latent_decode_graph(batch=2, capacity=128, heads=16, query_len=1, num_splits=0):
     """An MLA decode site as the pass emits it (16 heads over one 512-wide latent, a 64-wide rope key, bf16,
     lengths): placeholders and the op call, its output."""
     mode = FakeTensorMode()
@@ -166,7 +167,7 @@ def latent_decode_graph(batch=2, capacity=128, heads=16, query_len=1):
     graph = fx.Graph()
     q, q_rope, k_cache, k_rope_cache, cache_seqlens = add_placeholders(graph, values)
     call = add_call(graph, mode, ATTENTION, (q, k_cache, None, q_rope, k_rope_cache, cache_seqlens, None, None, 0.07,
-                                             True, 0))
+                                             True, num_splits))
     return output_first(graph, call)
 
 
@@ -203,17 +204,17 @@ def on_sm90(gpu_stand_ins, monkeypatch):
     monkeypatch.setattr(support, "_is_sm90", lambda device_index: True)
 
 
-@pytest.mark.parametrize("heads, query_len, latent_in_graph, launched", [
-    (16, 1, None, True),  # 16 rows per latent head: the rule takes the portable kernels
-    (8, 2, None, True),
-    (16, 2, None, False),  # 32 rows: the Hopper kernel's op call
-    (128, 1, None, False),
-    (128, 1, True, True),
-    (16, 1, False, False),
+@pytest.mark.parametrize("heads, query_len, latent_rows, launched", [
+    (16, 1, 16, True),  # 16 rows per latent head, at most 16 asked for: the portable kernels
+    (8, 2, 16, True),
+    (8, 2, 0, False),  # the default: the Hopper kernel's op call
+    (16, 2, 16, False),  # 32 rows
+    (128, 1, 16, False),
+    (128, 1, 128, True),
 ])
-def test_latent_sites_take_the_portable_kernels_by_rows(on_sm90, heads, query_len, latent_in_graph, launched):
+def test_latent_sites_take_the_portable_kernels_by_rows(on_sm90, heads, query_len, latent_rows, launched):
     graph = latent_decode_graph(heads=heads, query_len=query_len)
-    assert replace_op_calls_with_launches(graph, latent_in_graph) == int(launched)
+    assert replace_op_calls_with_launches(graph, latent_rows) == int(launched)
     graph.lint()
     calls = [n for n in graph.nodes if n.target is ATTENTION]
     names = {kernel_name(launch) for launch in launches(graph)}
@@ -225,11 +226,35 @@ def test_latent_sites_take_the_portable_kernels_by_rows(on_sm90, heads, query_le
         assert len(calls) == 1 and not names
 
 
+def test_a_latent_site_in_graph_takes_the_portable_config_with_the_calls_splits(on_sm90, monkeypatch):
+    """The traced plan is the portable family's, with the config the op would choose for it (num_splits kept)."""
+    from glacompiler.kernels import PORTABLE
+    from glacompiler.kernels.latent_hopper import LATENT_HOPPER
+
+    planned = []
+    for family in (PORTABLE, LATENT_HOPPER):
+        monkeypatch.setattr(type(family), "prepare",
+                            lambda self, call, spec, shape, config, original=type(family).prepare:
+                            planned.append((self.name, spec, shape, config)) or original(self, call, spec, shape, config))
+    graph = latent_decode_graph(num_splits=3)
+    assert replace_op_calls_with_launches(graph, 16) == 1
+    [(name, spec, shape, config)] = planned
+    assert name == PORTABLE.name and config == dispatch.choose_config(PORTABLE, spec, shape, torch.device("cuda"), 3)
+    assert config.num_splits == 3
+
+
+@pytest.mark.parametrize("latent_rows, launched", [(16, 1), (0, 0)])
+def test_the_pass_hands_its_latent_rows_to_the_launches(on_sm90, latent_rows, launched):
+    rewrite = AttentionRewritePass(graph_launches=True, latent_rows_in_graph=latent_rows)
+    rewrite(latent_decode_graph())
+    assert rewrite.launched_in_graph == launched
+
+
 def test_the_latent_rule_follows_the_group_and_query_rows():
-    from glacompiler.compiler.rewrite.graph_launches import LATENT_ROWS_IN_GRAPH, latent_in_graph_policy
+    from glacompiler.compiler.rewrite.graph_launches import LATENT_ROWS_IN_GRAPH, latent_rows_rule
     from glacompiler.spec import ProblemShape
 
-    rule = latent_in_graph_policy(None)
+    rule = latent_rows_rule(LATENT_ROWS_IN_GRAPH)
 
     class Spec:
         def __init__(self, group_size):
@@ -240,7 +265,7 @@ def test_the_latent_rule_follows_the_group_and_query_rows():
 
     assert rule(Spec(LATENT_ROWS_IN_GRAPH), shape(1)) and not rule(Spec(LATENT_ROWS_IN_GRAPH + 1), shape(1))
     assert rule(Spec(4), shape(4)) and not rule(Spec(4), shape(5))
-    assert latent_in_graph_policy(True)(Spec(128), shape(4)) and not latent_in_graph_policy(False)(Spec(1), shape(1))
+    assert not latent_rows_rule(0)(Spec(1), shape(1))
 
 
 def test_backend_option_and_the_cache_key():
@@ -251,28 +276,34 @@ def test_backend_option_and_the_cache_key():
     assert with_launches != AttentionRewritePass(graph_launches=False).uuid()
     assert "graph_launches=" in with_launches
     assert not glacompiler.backend().latent_in_graph and glacompiler.backend(latent_in_graph=True).latent_in_graph
-    uuids = {AttentionRewritePass(graph_launches=True, latent_in_graph=mode).uuid() for mode in (None, True, False)}
+    uuids = {AttentionRewritePass(graph_launches=True, latent_rows_in_graph=rows).uuid() for rows in (0, 16, 128)}
     assert len(uuids) == 3
 
 
-@pytest.mark.parametrize("cudagraphs, latent_in_graph, expected", [
-    (False, False, False), (False, True, None), (True, True, False)])
+@pytest.mark.parametrize("cudagraphs, latent_in_graph, inductor_config, expected", [
+    (False, False, None, 0), (False, True, None, 16), (True, True, None, 0),
+    (False, True, {"triton.cudagraphs": True}, 0)])  # CUDA graphs asked for through Inductor's own setting
 def test_the_backend_asks_for_latent_sites_in_graph_only_without_cuda_graphs(monkeypatch, cudagraphs,
-                                                                            latent_in_graph, expected):
+                                                                            latent_in_graph, inductor_config, expected):
     from glacompiler.compiler import torch_compile_backend
 
     made = []
 
     class Recording(AttentionRewritePass):
         def __init__(self, *args, **kwargs):
-            made.append(kwargs["latent_in_graph"])
+            made.append(kwargs["latent_rows_in_graph"])
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(torch_compile_backend, "AttentionRewritePass", Recording)
     monkeypatch.setattr(torch_compile_backend.GlaBackend, "_records_key", staticmethod(lambda *args: None))
     monkeypatch.setattr(torch_compile_backend.GlaBackend, "_compile", staticmethod(lambda *args: "compiled"))
-    backend = glacompiler.backend(cudagraphs=cudagraphs, latent_in_graph=latent_in_graph)
-    assert backend._compile_with_pass(None, [], {}, "graph") == "compiled"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend = glacompiler.backend(cudagraphs=cudagraphs, latent_in_graph=latent_in_graph,
+                                      inductor_config=inductor_config)
+    told = [w for w in caught if "latent_in_graph" in str(w.message)]
+    assert bool(told) == (cudagraphs and latent_in_graph)  # asked for with CUDA graphs: ignored, and the user told
+    assert backend._compile_with_pass(None, [], backend.config_patches(), "graph") == "compiled"
     assert made == [expected]
 
 

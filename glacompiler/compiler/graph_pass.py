@@ -126,13 +126,13 @@ def _as_passes(configured) -> tuple:
 
 class AttentionRewritePass(CustomGraphPass):
     def __init__(self, rewrite: bool = True, chained: Optional[object] = None, graph_name: str = "",
-                 graph_launches: bool = False, latent_in_graph: Optional[bool] = False):
+                 graph_launches: bool = False, latent_rows_in_graph: int = 0):
         self.rewrite = rewrite
         # Replace op calls whose kernels Inductor can launch by those launches (rewrite/graph_launches.py); not
-        # with GLACOMPILER_DEBUG=1, whose value checks run in the op. latent_in_graph: which Hopper latent calls
-        # take the portable kernels to be launched so (None: the module's rule).
+        # with GLACOMPILER_DEBUG=1, whose value checks run in the op. Hopper latent calls of at most
+        # latent_rows_in_graph query rows per latent head take the portable kernels to be launched so.
         self.graph_launches = graph_launches and not debug_checks_enabled()
-        self.latent_in_graph = latent_in_graph
+        self.latent_rows_in_graph = latent_rows_in_graph
         self.launched_in_graph = 0  # op calls so replaced, over the graphs this pass ran on
         self.chained = chained  # a joint_custom_pre_pass the user had configured: run after ours
         self.graph_name = graph_name
@@ -192,7 +192,7 @@ class AttentionRewritePass(CustomGraphPass):
             records.append(SiteRecord(plan.spec.kind, plan.spec, source, REWRITTEN, not_absorbed,
                                       site.form + describe_extensions(plan), self.graph_name))
         if self.graph_launches and not training:  # (op calls the user wrote themselves too)
-            launched = replace_op_calls_with_launches(graph, self.latent_in_graph)
+            launched = replace_op_calls_with_launches(graph, self.latent_rows_in_graph)
             self.launched_in_graph += launched
             counters["glacompiler"]["launched_in_graph"] += launched
         graph.lint()
@@ -240,6 +240,6 @@ class AttentionRewritePass(CustomGraphPass):
             if chained_id is None:
                 return None
             chained_ids.append(repr(chained_id))
-        launches = (f" graph_launches={launch_plans_hash()} latent_in_graph={self.latent_in_graph}"
+        launches = (f" graph_launches={launch_plans_hash()} latent_rows_in_graph={self.latent_rows_in_graph}"
                     if self.graph_launches else "")
         return f"glacompiler {pass_source_hash()} rewrite={self.rewrite}{launches} chained=[{','.join(chained_ids)}]"

@@ -18,6 +18,7 @@ from torch._dynamo.utils import counters
 from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
 from .glue_wrapper_build import install as build_gpu_glue_minimally, wrapper_picks_isa
 from .inductor_guard import inductor_attention_fusion_disabled
+from .rewrite.graph_launches import LATENT_ROWS_IN_GRAPH
 from .isa_probe_memo import install as remember_isa_probes, probe_isas_concurrently
 from .kernel_analysis_memo import install as memoize_kernel_analysis
 from .record_store import graph_records_key, load_records, save_records
@@ -84,11 +85,10 @@ class GlaBackend:
         it on except with autotune, whose tuning runs after the compile and must reach the sites through the op.
         If Inductor fails on such a graph it is compiled again with op calls, with a warning.
     latent_in_graph: with graph_launches and without CUDA graphs, MLA/GLA sites that the Hopper latent kernel
-        would run (Gluon, which Inductor cannot launch: an op call, 40-170 us of host time) take the portable
-        kernels, launched by Inductor, where they have at most 16 query rows per latent head (heads per latent
-        head x query length): there the portable kernel took 1.05-1.23x the Hopper kernel's time on an H200. More
-        device time for much less host time; off by default until a same-run A/B of whole steps settles it
-        (rewrite/graph_launches.py, benchmarks/bench_hf.py's gla-latent-in-graph)."""
+        would run (Gluon, which Inductor cannot launch: an op call) take the portable kernels, launched by
+        Inductor, where they have at most 16 query rows per latent head: more device time for much less host
+        time (rewrite/graph_launches.py). Off by default until a same-run A/B of whole steps settles it
+        (benchmarks/bench_hf.py's gla-latent-in-graph against gla)."""
 
     def __init__(self, cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
                  inductor_config: Optional[dict] = None, cpp_wrapper: Optional[bool] = None,
@@ -100,6 +100,9 @@ class GlaBackend:
         self.inductor_config = dict(inductor_config or {})
         self.graph_launches = (not autotune) if graph_launches is None else graph_launches
         self.latent_in_graph = latent_in_graph
+        if latent_in_graph and (cudagraphs or not self.graph_launches):
+            warnings.warn("glacompiler: latent_in_graph takes effect only with graph_launches and without CUDA "
+                          "graphs; it is ignored here", RuntimeWarning, stacklevel=3)
         if autotune and self.graph_launches:
             warnings.warn("glacompiler: with graph_launches=True the sites Inductor launches keep the configs they "
                           "were compiled with; autotune's results reach them at the next compile", RuntimeWarning,
@@ -151,10 +154,10 @@ class GlaBackend:
                            graph_launches: Optional[bool] = None):
         user_pass = patches.get("joint_custom_pre_pass", torch._inductor.config.joint_custom_pre_pass)
         graph_launches = self.graph_launches if graph_launches is None else graph_launches
+        replayed = patches.get("triton.cudagraphs", torch._inductor.config.triton.cudagraphs)  # (host work gone)
+        latent_rows = LATENT_ROWS_IN_GRAPH if self.latent_in_graph and not replayed else 0
         our_pass = AttentionRewritePass(self.rewrite, chained=user_pass, graph_name=graph_name,
-                                        graph_launches=graph_launches,
-                                        # graph_launches.py's rule by rows, or every latent site's op call kept
-                                        latent_in_graph=None if self.latent_in_graph and not self.cudagraphs else False)
+                                        graph_launches=graph_launches, latent_rows_in_graph=latent_rows)
         records_key = self._records_key(gm, example_inputs, our_pass, patches)
         with inductor_attention_fusion_disabled():
             try:

@@ -24,18 +24,19 @@ def choose_config(family: KernelFamily, spec: AttentionSpec, shape: ProblemShape
     return family.with_splits(config, num_splits) if num_splits > 0 else config
 
 
-def choose_kernel(spec: AttentionSpec, shape: ProblemShape, call: KernelCall, num_splits: int = 0):
-    """(family, config) that run a call; ValueError where no family can (CPU tensors outside the interpreter)."""
+def kernel_family(spec: AttentionSpec, shape: ProblemShape, call: KernelCall) -> KernelFamily:
+    """The family that runs a call; ValueError where none can (CPU tensors outside the interpreter)."""
     family = choose_family(spec, shape, call)
     if family is None:
         raise ValueError("no kernel family runs CPU tensors unless TRITON_INTERPRET=1 (the op's CPU path is the "
                          "PyTorch reference)")
+    return family
+
+
+def choose_kernel(spec: AttentionSpec, shape: ProblemShape, call: KernelCall, num_splits: int = 0):
+    """(family, config) that run a call; ValueError where no family can (CPU tensors outside the interpreter)."""
+    family = kernel_family(spec, shape, call)
     return family, choose_config(family, spec, shape, call.q.device, num_splits)
-
-
-def graph_family(spec: AttentionSpec, shape: ProblemShape, call: KernelCall) -> Optional[KernelFamily]:
-    """The first family that runs this call and whose kernels a compiled graph can launch itself, or None."""
-    return choose_family(spec, shape, call, in_graph_only=True)
 
 
 def kernel_family_for(q, k_cache, v_cache=None, *, q_rope=None, k_rope_cache=None, cache_seqlens=None,

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from ..memo import BoundedMemo
 from ..spec import AttentionSpec, ProblemShape
-from .dispatch import choose_config, choose_kernel, empty_outputs, graph_family, validated_call
+from ..kernels import choose_family
+from .dispatch import choose_config, empty_outputs, kernel_family, validated_call
 from .validation import check_values, debug_checks_enabled
 
 # metadata key -> PreparedCall
@@ -89,19 +90,20 @@ def prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_
     """The first call of a key: validate (ValueError/TypeError naming the argument), choose, plan. traced: for
     fake tensors, to trace the plan's launches into a graph (compiler/rewrite/graph_launches.py): no value checks,
     and None where there is nothing to launch or the family's kernels cannot be launched by a graph. For such a
-    call, graph_family_wanted(spec, shape) says whether to plan it on the first family that supports it and can
-    be launched by a graph instead (the portable kernels for a Hopper latent call)."""
+    call, graph_family_wanted(spec, shape) says whether to plan it on the first family that supports it and that
+    a graph can launch instead (the portable kernels for a Hopper latent call), with that family's config."""
     spec, shape, call, copy_seqlens, copy_page_table = validated_call(
         q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale, causal,
         kv_range, softcap, alibi_slopes, sinks, window_size, read_values=not traced)
     if shape.batch == 0:
         return None if traced else PreparedCall(shape, None, False, False)
-    family, config = choose_kernel(spec, shape, call, num_splits)
+    family = kernel_family(spec, shape, call)
     if traced and not family.launches_in_graph:
-        family = graph_family(spec, shape, call) if graph_family_wanted and graph_family_wanted(spec, shape) else None
+        wanted = graph_family_wanted is not None and graph_family_wanted(spec, shape)
+        family = choose_family(spec, shape, call, in_graph_only=True) if wanted else None
         if family is None:
             return None
-        config = choose_config(family, spec, shape, call.q.device, num_splits)
+    config = choose_config(family, spec, shape, call.q.device, num_splits)
     return PreparedCall(shape, family.prepare(call, spec, shape, config), copy_seqlens, copy_page_table)
 
 

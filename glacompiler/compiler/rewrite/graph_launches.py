@@ -11,13 +11,12 @@ wrapper. The shared mask_key_range likewise. Calls left as they are keep the op:
 which Inductor cannot launch), symbolic sizes, CPU tensors, and plans whose launches would write a tensor they
 did not allocate (the mutation analysis Inductor relies on saw more writes than the kernels make).
 
-A Hopper latent call may instead be planned on the portable kernels and launched by the graph
-(`latent_in_graph`). That trades device time for host time: on an H200, at 16 query rows per latent head the
-portable kernel takes 1.05-1.23x the Hopper kernel's time (7-16 us a call at batch 32-128), at 128 rows 2.1x,
-while the op call it removes costs 40-170 us of host time, which a step without CUDA graphs waits for
-(benchmarks/RESULTS.md). latent_in_graph None takes it for calls of at most LATENT_ROWS_IN_GRAPH query rows per
-latent head (what glacompiler.backend(latent_in_graph=True) asks for graphs that CUDA graphs will not replay);
-True for every such call, False (the default) for none."""
+A Hopper latent call may instead be planned on the portable kernels and launched by the graph, where it has at
+most `latent_rows_in_graph` query rows per latent head (heads per latent head x query length; 0, the default:
+never). That trades device time for host time: the op call it removes costs 40-170 us of host time, which a step
+without CUDA graphs waits for, and at 16 rows the portable kernel took 1.05-1.23x the Hopper kernel's time on an
+H200, at 128 rows 2.1x (benchmarks/RESULTS.md). glacompiler.backend(latent_in_graph=True) asks for
+LATENT_ROWS_IN_GRAPH rows in graphs that CUDA graphs will not replay."""
 from __future__ import annotations
 
 import logging
@@ -46,16 +45,14 @@ _ALLOCATIONS = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided
                 torch.ops.aten.new_empty.default, torch.ops.aten.new_empty_strided.default,
                 torch.ops.aten.full.default}
 _LAUNCH = triton_kernel_wrapper_functional
-# Query rows per latent head (query heads of a group x query length) up to which a latent call is launched by the
-# graph on the portable kernels by default (see the module docstring).
+# Query rows per latent head (query heads of a group x query length) up to which backend(latent_in_graph=True)
+# launches a latent call on the portable kernels (see the module docstring).
 LATENT_ROWS_IN_GRAPH = 16
 
 
-def latent_in_graph_policy(latent_in_graph: Optional[bool]):
+def latent_rows_rule(latent_rows_in_graph: int):
     """(spec, shape) -> whether a call whose family a graph cannot launch is planned on one it can."""
-    if latent_in_graph is None:
-        return lambda spec, shape: spec.group_size * shape.query_len <= LATENT_ROWS_IN_GRAPH
-    return lambda spec, shape: latent_in_graph
+    return lambda spec, shape: spec.group_size * shape.query_len <= latent_rows_in_graph
 
 
 def _value(argument):
@@ -90,16 +87,16 @@ def _traced(function, inputs: list, fake_mode) -> fx.GraphModule:
         return make_fx(torch.func.functionalize(function, remove="mutations"))(*inputs)
 
 
-def _attention_launches(values: dict, fake_mode, latent_in_graph: Optional[bool]) -> Optional[tuple]:
+def _attention_launches(values: dict, fake_mode, latent_rows_in_graph: int) -> Optional[tuple]:
     """(traced launches, the tensor argument names they take in order), or None (the op stays): the plan is the
-    one the op makes for these values (op/prepared.py), or for a latent call the portable one where
-    latent_in_graph's policy says so, traced."""
+    one the op makes for these values (op/prepared.py), or the portable one for a latent call of at most
+    latent_rows_in_graph rows, traced."""
     prepared: Optional[PreparedCall] = prepare_call(
         *(values[name] for name in ("q", "k_cache", "v_cache", "q_rope", "k_rope_cache", "cache_seqlens",
                                     "page_table", "attn_mask", "softmax_scale", "causal", "num_splits", "kv_range",
                                     "softcap", "alibi_slopes", "sinks")),
         (values["window_left"], values["window_right"]), traced=True,
-        graph_family_wanted=latent_in_graph_policy(latent_in_graph))
+        graph_family_wanted=latent_rows_rule(latent_rows_in_graph))
     if prepared is None:
         return None
     names = [name for name in ATTENTION_TENSORS if values[name] is not None]
@@ -111,7 +108,7 @@ def _attention_launches(values: dict, fake_mode, latent_in_graph: Optional[bool]
     return _traced(run, [values[name] for name in names], fake_mode), names
 
 
-def _mask_range_launches(values: dict, fake_mode, latent_in_graph: Optional[bool]) -> Optional[tuple]:
+def _mask_range_launches(values: dict, fake_mode) -> Optional[tuple]:
     batch, capacity = values["batch"], values["capacity"]
     if batch == 0:
         return None
@@ -178,23 +175,25 @@ def _inline(graph: fx.Graph, node: fx.Node, traced: fx.GraphModule, inputs: list
     graph.erase_node(node)
 
 
-def _planned_launches(node: fx.Node, arguments: dict, fake_mode, latent_in_graph: Optional[bool]) -> Optional[tuple]:
+def _planned_launches(node: fx.Node, arguments: dict, fake_mode, latent_rows_in_graph: int) -> Optional[tuple]:
     """(traced launches, argument names) for an op call whose launches may replace it, else None."""
     if node.target is ATTENTION and any(user.target is not operator.getitem for user in node.users):
         return None  # (the pass reads the outputs by index; anything else keeps the op)
     values = {name: _value(argument) for name, argument in arguments.items()}
-    planned = (_attention_launches if node.target is ATTENTION else _mask_range_launches)(values, fake_mode,
-                                                                                           latent_in_graph)
+    if node.target is ATTENTION:
+        planned = _attention_launches(values, fake_mode, latent_rows_in_graph)
+    else:
+        planned = _mask_range_launches(values, fake_mode)
     if planned is not None and not writes_only_own_buffers(planned[0]):
         LOGGER.info("%s: kept as an op call (its launches would write tensors they did not allocate)", node)
         return None
     return planned
 
 
-def replace_op_calls_with_launches(graph: fx.Graph, latent_in_graph: Optional[bool] = False) -> int:
+def replace_op_calls_with_launches(graph: fx.Graph, latent_rows_in_graph: int = 0) -> int:
     """Replace every op call of the graph whose kernels Inductor can launch by its traced launches; returns how
-    many were replaced. Calls it cannot replace keep the op; latent_in_graph: which Hopper latent calls are
-    planned on the portable kernels instead (see the module docstring)."""
+    many were replaced. Calls it cannot replace keep the op; Hopper latent calls of at most latent_rows_in_graph
+    query rows per latent head are planned on the portable kernels instead (see the module docstring)."""
     if triton_interpreter_enabled():  # the interpreter's kernels run where they are called: nothing to trace
         return 0
     fake_mode = None
@@ -208,7 +207,7 @@ def replace_op_calls_with_launches(graph: fx.Graph, latent_in_graph: Optional[bo
         if fake_mode is None:
             fake_mode = graph_fake_mode(graph)
         try:  # (the graph is unchanged until _inline: on an error the call keeps the op)
-            planned = _planned_launches(node, arguments, fake_mode, latent_in_graph)
+            planned = _planned_launches(node, arguments, fake_mode, latent_rows_in_graph)
         except Exception as error:
             from ..graph_pass import strict_mode  # (the pass imports this module)
 
