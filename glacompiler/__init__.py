@@ -17,7 +17,7 @@ from .spec import AttentionSpec, ProblemShape
 
 
 def backend(cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True, inductor_config=None,
-            cpp_wrapper=None, graph_launches=None, latent_in_graph=False):
+            cpp_wrapper=None, graph_launches=None, latent_in_graph=None):
     """A gla torch.compile backend with options: torch.compile(model, backend=glacompiler.backend(cudagraphs=True)).
     See glacompiler.compiler.GlaBackend for the options; the plain name "gla" is this with the defaults."""
     from .compiler import backend as make_backend  # Inductor loads here, not at `import glacompiler`

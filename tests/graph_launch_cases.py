@@ -250,22 +250,29 @@ def test_the_pass_hands_its_latent_rows_to_the_launches(on_sm90, latent_rows, la
     assert rewrite.launched_in_graph == launched
 
 
-def test_the_latent_rule_follows_the_group_and_query_rows():
-    from glacompiler.compiler.rewrite.graph_launches import LATENT_ROWS_IN_GRAPH, latent_rows_rule
-    from glacompiler.spec import ProblemShape
+def test_the_latent_rule_follows_the_group_query_rows_and_cache_bytes():
+    from glacompiler.compiler.rewrite.graph_launches import (LATENT_CACHE_BYTES_IN_GRAPH, LATENT_ROWS_IN_GRAPH,
+                                                             latent_rows_rule)
+    from glacompiler.spec import AttentionSpec, ProblemShape
 
     rule = latent_rows_rule(LATENT_ROWS_IN_GRAPH)
 
-    class Spec:
-        def __init__(self, group_size):
-            self.group_size = group_size
+    def spec(group_size, latent_heads=1):
+        return AttentionSpec.latent(group_size * latent_heads, latent_heads, 512, 64)
 
-    def shape(query_len):
-        return ProblemShape(batch=4, query_len=query_len, capacity=4096, page_size=0)
+    def shape(query_len, batch=4, capacity=4096):
+        return ProblemShape(batch=batch, query_len=query_len, capacity=capacity, page_size=0)
 
-    assert rule(Spec(LATENT_ROWS_IN_GRAPH), shape(1)) and not rule(Spec(LATENT_ROWS_IN_GRAPH + 1), shape(1))
-    assert rule(Spec(4), shape(4)) and not rule(Spec(4), shape(5))
-    assert not latent_rows_rule(0)(Spec(1), shape(1))
+    assert rule(spec(LATENT_ROWS_IN_GRAPH), shape(1)) and not rule(spec(LATENT_ROWS_IN_GRAPH + 1), shape(1))
+    assert rule(spec(4), shape(4)) and not rule(spec(4), shape(5))
+    assert not latent_rows_rule(0)(spec(1), shape(1))
+    # The cache bound: (512 + 64) bf16 elements a token; GLA-2's two latent heads make 2 x 512 + 64.
+    tokens_in_bound = LATENT_CACHE_BYTES_IN_GRAPH // (576 * 2)
+    assert rule(spec(16), shape(1, batch=1, capacity=tokens_in_bound))
+    assert not rule(spec(16), shape(1, batch=1, capacity=tokens_in_bound + 1))
+    assert rule(spec(16), shape(1, batch=32, capacity=4096))  # DeepSeek-V3's bench_hf widths: 151 MB
+    assert not rule(spec(16), shape(1, batch=64, capacity=4096))
+    assert not rule(spec(8, latent_heads=2), shape(1, batch=tokens_in_bound // 4096, capacity=4096))
 
 
 def test_backend_option_and_the_cache_key():
@@ -275,14 +282,15 @@ def test_backend_option_and_the_cache_key():
     with_launches = AttentionRewritePass(graph_launches=True).uuid()
     assert with_launches != AttentionRewritePass(graph_launches=False).uuid()
     assert "graph_launches=" in with_launches
-    assert not glacompiler.backend().latent_in_graph and glacompiler.backend(latent_in_graph=True).latent_in_graph
+    assert glacompiler.backend().latent_in_graph and glacompiler.backend(latent_in_graph=True).latent_in_graph
+    assert not glacompiler.backend(latent_in_graph=False).latent_in_graph
     uuids = {AttentionRewritePass(graph_launches=True, latent_rows_in_graph=rows).uuid() for rows in (0, 16, 128)}
     assert len(uuids) == 3
 
 
 @pytest.mark.parametrize("cudagraphs, latent_in_graph, inductor_config, expected", [
-    (False, False, None, 0), (False, True, None, 16), (True, True, None, 0),
-    (False, True, {"triton.cudagraphs": True}, 0)])  # CUDA graphs asked for through Inductor's own setting
+    (False, False, None, 0), (False, True, None, 16), (False, None, None, 16), (True, True, None, 0),
+    (True, None, None, 0), (False, True, {"triton.cudagraphs": True}, 0), (False, None, {"triton.cudagraphs": True}, 0)])  # CUDA graphs asked for through Inductor's own setting
 def test_the_backend_asks_for_latent_sites_in_graph_only_without_cuda_graphs(monkeypatch, cudagraphs,
                                                                             latent_in_graph, inductor_config, expected):
     from glacompiler.compiler import torch_compile_backend
@@ -302,7 +310,8 @@ def test_the_backend_asks_for_latent_sites_in_graph_only_without_cuda_graphs(mon
         backend = glacompiler.backend(cudagraphs=cudagraphs, latent_in_graph=latent_in_graph,
                                       inductor_config=inductor_config)
     told = [w for w in caught if "latent_in_graph" in str(w.message)]
-    assert bool(told) == (cudagraphs and latent_in_graph)  # asked for with CUDA graphs: ignored, and the user told
+    # asked for with CUDA graphs: ignored, and the user told; the default is quiet
+    assert bool(told) == (cudagraphs and latent_in_graph is True)
     assert backend._compile_with_pass(None, [], backend.config_patches(), "graph") == "compiled"
     assert made == [expected]
 

@@ -87,32 +87,35 @@ def latent_sdpa(q, q_rope, latent, rope, lengths):
     return F.scaled_dot_product_attention(query, keys, values, attn_mask=allowed, scale=192 ** -0.5).transpose(1, 2)
 
 
-@pytest.mark.parametrize("heads", [16, 64])
-def test_latent_sites_launched_on_the_portable_kernels(cuda_device, heads):
-    """With latent_in_graph=True (and no CUDA graphs) a latent site of at most 16 query rows per latent head is
+@pytest.mark.parametrize("batch, heads, capacity, launched", [
+    (8, 16, 2048, True), (8, 64, 2048, False), (64, 16, 4096, False)])  # the last: 302 MB of cache, over the bound
+def test_latent_sites_launched_on_the_portable_kernels(cuda_device, batch, heads, capacity, launched):
+    """By default (latent_in_graph, without CUDA graphs) a latent site of at most 16 query rows per latent head is
     launched by Inductor on the portable kernels (the Hopper kernel is Gluon: an op call): the same output, bit for
-    bit, as the op run eagerly on the portable config the trace chose. A wider site keeps the Hopper op call, as
-    every site does by default. Each within FlashAttention's rule of an fp32 reference."""
+    bit, as the op run eagerly on the portable config the trace chose. A wider site, or one with more than 256 MiB
+    of cache, keeps the Hopper op call, as every site does with latent_in_graph=False. Each within FlashAttention's
+    rule of an fp32 reference."""
     from glacompiler.kernels import LATENT_HOPPER, PORTABLE
     from glacompiler.op import kernel_family_for
     from glacompiler.op.dispatch import choose_config
     from glacompiler.op.validation import validate_inputs
 
-    inputs = latent_inputs(8, heads, 2048)
+    inputs = latent_inputs(batch, heads, capacity)
     q, q_rope, latent, rope, lengths = inputs
     family = kernel_family_for(q, latent, q_rope=q_rope, k_rope_cache=rope, cache_seqlens=lengths)
     if family is not LATENT_HOPPER:
         pytest.skip(f"the Hopper latent kernel does not run here ({family.name} does): nothing to trade")
-    in_graph, counts, _ = compile_and_count(latent_step, *inputs, backend=glacompiler.backend(latent_in_graph=True))
-    assert counts[0]["gla"] == 1 and counts[0]["gla_launched_in_graph"] == int(heads <= 16)
-    op_calls, counts, _ = compile_and_count(latent_step, *inputs, backend=glacompiler.backend())
+    in_graph, counts, _ = compile_and_count(latent_step, *inputs, backend=glacompiler.backend())
+    assert counts[0]["gla"] == 1 and counts[0]["gla_launched_in_graph"] == int(launched)
+    op_calls, counts, _ = compile_and_count(latent_step, *inputs,
+                                            backend=glacompiler.backend(latent_in_graph=False))
     assert counts[0]["gla"] == 1 and counts[0]["gla_launched_in_graph"] == 0
     with torch.no_grad():
         assert torch.equal(op_calls, latent_step(*inputs))  # the Hopper kernel, called from the graph or eagerly
-        if heads <= 16:
+        if launched:
             spec, shape = validate_inputs(q, latent, None, q_rope, rope, lengths, None, None, 192 ** -0.5, None)
             config = choose_config(PORTABLE, spec, shape, q.device)
-            portable = glacompiler.attention_with_kvcache_config(
+            portable, _ = glacompiler.attention_with_kvcache_config(
                 q, latent, config=config, q_rope=q_rope, k_rope_cache=rope, cache_seqlens=lengths,
                 softmax_scale=192 ** -0.5)
             assert torch.equal(in_graph, portable)

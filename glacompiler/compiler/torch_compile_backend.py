@@ -86,20 +86,21 @@ class GlaBackend:
         If Inductor fails on such a graph it is compiled again with op calls, with a warning.
     latent_in_graph: with graph_launches and without CUDA graphs, MLA/GLA sites that the Hopper latent kernel
         would run (Gluon, which Inductor cannot launch: an op call) take the portable kernels, launched by
-        Inductor, where they have at most 16 query rows per latent head: more device time for much less host
-        time (rewrite/graph_launches.py). Off by default until a same-run A/B of whole steps settles it
-        (benchmarks/bench_hf.py's gla-latent-in-graph against gla)."""
+        Inductor, where they have at most 16 query rows per latent head and 256 MiB of cache: more device time
+        for much less host time (rewrite/graph_launches.py). None (the default) turns it on wherever it applies;
+        on an H200 a DeepSeek-V3-shaped step took 1.167 ms with it against 1.503 ms with op calls
+        (benchmarks/bench_hf.py's gla-latent-op-calls is the A/B). True warns where it cannot apply."""
 
     def __init__(self, cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
                  inductor_config: Optional[dict] = None, cpp_wrapper: Optional[bool] = None,
-                 graph_launches: Optional[bool] = None, latent_in_graph: bool = False):
+                 graph_launches: Optional[bool] = None, latent_in_graph: Optional[bool] = None):
         self.cudagraphs = cudagraphs
         self.autotune = autotune
         self.rewrite = rewrite
         self.cpp_wrapper = cpp_wrapper
         self.inductor_config = dict(inductor_config or {})
         self.graph_launches = (not autotune) if graph_launches is None else graph_launches
-        self.latent_in_graph = latent_in_graph
+        self.latent_in_graph = latent_in_graph is not False
         if latent_in_graph and (cudagraphs or not self.graph_launches):
             warnings.warn("glacompiler: latent_in_graph takes effect only with graph_launches and without CUDA "
                           "graphs; it is ignored here", RuntimeWarning, stacklevel=3)
@@ -236,7 +237,7 @@ class GlaBackend:
 
 def backend(cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
             inductor_config: Optional[dict] = None, cpp_wrapper: Optional[bool] = None,
-            graph_launches: Optional[bool] = None, latent_in_graph: bool = False) -> GlaBackend:
+            graph_launches: Optional[bool] = None, latent_in_graph: Optional[bool] = None) -> GlaBackend:
     """A gla backend with options: torch.compile(model, backend=glacompiler.backend(cudagraphs=True))."""
     return GlaBackend(cudagraphs=cudagraphs, autotune=autotune, rewrite=rewrite, inductor_config=inductor_config,
                       cpp_wrapper=cpp_wrapper, graph_launches=graph_launches, latent_in_graph=latent_in_graph)

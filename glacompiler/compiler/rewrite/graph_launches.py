@@ -12,11 +12,14 @@ which Inductor cannot launch), symbolic sizes, CPU tensors, and plans whose laun
 did not allocate (the mutation analysis Inductor relies on saw more writes than the kernels make).
 
 A Hopper latent call may instead be planned on the portable kernels and launched by the graph, where it has at
-most `latent_rows_in_graph` query rows per latent head (heads per latent head x query length; 0, the default:
-never). That trades device time for host time: the op call it removes costs 40-170 us of host time, which a step
-without CUDA graphs waits for, and at 16 rows the portable kernel took 1.05-1.23x the Hopper kernel's time on an
-H200, at 128 rows 2.1x (benchmarks/RESULTS.md). glacompiler.backend(latent_in_graph=True) asks for
-LATENT_ROWS_IN_GRAPH rows in graphs that CUDA graphs will not replay."""
+most `latent_rows_in_graph` query rows per latent head (heads per latent head x query length; 0: never) and a
+cache of at most LATENT_CACHE_BYTES_IN_GRAPH. That trades device time for host time: the op call it removes costs
+40-170 us of host time, which a step without CUDA graphs waits for, and at 16 rows the portable kernel took
+1.05-1.23x the Hopper kernel's time on an H200, at 128 rows 2.1x (benchmarks/RESULTS.md). The cache bound keeps
+that extra device time below the host time saved (at 256 MiB the Hopper kernel reads for about 100 us, so 1.23x
+costs about 23 us against the op call's 40 or more), which matters where the step is bound by the GPU. The
+backend asks for LATENT_ROWS_IN_GRAPH rows in graphs that CUDA graphs will not replay (its latent_in_graph).
+"""
 from __future__ import annotations
 
 import logging
@@ -45,14 +48,18 @@ _ALLOCATIONS = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided
                 torch.ops.aten.new_empty.default, torch.ops.aten.new_empty_strided.default,
                 torch.ops.aten.full.default}
 _LAUNCH = triton_kernel_wrapper_functional
-# Query rows per latent head (query heads of a group x query length) up to which backend(latent_in_graph=True)
-# launches a latent call on the portable kernels (see the module docstring).
+# Query rows per latent head (query heads of a group x query length), and the bytes of a site's caches at their
+# capacity, up to which the backend launches a latent call on the portable kernels (see the module docstring).
 LATENT_ROWS_IN_GRAPH = 16
+LATENT_CACHE_BYTES_IN_GRAPH = 256 << 20
 
 
 def latent_rows_rule(latent_rows_in_graph: int):
     """(spec, shape) -> whether a call whose family a graph cannot launch is planned on one it can."""
-    return lambda spec, shape: spec.group_size * shape.query_len <= latent_rows_in_graph
+    def wanted(spec, shape) -> bool:
+        cache_bytes = shape.batch * shape.capacity * spec.cache_elements_per_token * spec.torch_dtype.itemsize
+        return spec.group_size * shape.query_len <= latent_rows_in_graph and cache_bytes <= LATENT_CACHE_BYTES_IN_GRAPH
+    return wanted
 
 
 def _value(argument):
