@@ -207,7 +207,7 @@ def on_sm90(gpu_stand_ins, monkeypatch):
 @pytest.mark.parametrize("heads, query_len, latent_rows, launched", [
     (16, 1, 16, True),  # 16 rows per latent head, at most 16 asked for: the portable kernels
     (8, 2, 16, True),
-    (8, 2, 0, False),  # the default: the Hopper kernel's op call
+    (8, 2, 0, False),  # 0 (latent_in_graph=False): the Hopper kernel's op call
     (16, 2, 16, False),  # 32 rows
     (128, 1, 16, False),
     (128, 1, 128, True),
@@ -252,45 +252,59 @@ def test_the_pass_hands_its_latent_rows_to_the_launches(on_sm90, latent_rows, la
 
 def test_the_latent_rule_follows_the_group_query_rows_and_cache_bytes():
     from glacompiler.compiler.rewrite.graph_launches import (LATENT_CACHE_BYTES_IN_GRAPH, LATENT_ROWS_IN_GRAPH,
-                                                             latent_rows_rule)
+                                                             latent_in_graph_rule)
     from glacompiler.spec import AttentionSpec, ProblemShape
 
-    rule = latent_rows_rule(LATENT_ROWS_IN_GRAPH)
+    rule = latent_in_graph_rule(LATENT_ROWS_IN_GRAPH)
 
-    def spec(group_size, latent_heads=1):
-        return AttentionSpec.latent(group_size * latent_heads, latent_heads, 512, 64)
+    def spec(group_size, latent_heads=1, latent_dim=512):
+        return AttentionSpec.latent(group_size * latent_heads, latent_heads, latent_dim, 64)
 
-    def shape(query_len, batch=4, capacity=4096):
-        return ProblemShape(batch=batch, query_len=query_len, capacity=capacity, page_size=0)
+    def shape(query_len, batch=4, capacity=4096, page_size=0):
+        return ProblemShape(batch=batch, query_len=query_len, capacity=capacity, page_size=page_size)
 
     assert rule(spec(LATENT_ROWS_IN_GRAPH), shape(1)) and not rule(spec(LATENT_ROWS_IN_GRAPH + 1), shape(1))
     assert rule(spec(4), shape(4)) and not rule(spec(4), shape(5))
-    assert not latent_rows_rule(0)(spec(1), shape(1))
-    # The cache bound: (512 + 64) bf16 elements a token; GLA-2's two latent heads make 2 x 512 + 64.
-    tokens_in_bound = LATENT_CACHE_BYTES_IN_GRAPH // (576 * 2)
-    assert rule(spec(16), shape(1, batch=1, capacity=tokens_in_bound))
-    assert not rule(spec(16), shape(1, batch=1, capacity=tokens_in_bound + 1))
-    assert rule(spec(16), shape(1, batch=32, capacity=4096))  # DeepSeek-V3's bench_hf widths: 151 MB
-    assert not rule(spec(16), shape(1, batch=64, capacity=4096))
-    assert not rule(spec(8, latent_heads=2), shape(1, batch=tokens_in_bound // 4096, capacity=4096))
+    assert not latent_in_graph_rule(0)(spec(1), shape(1))
+    # The cache bound, at its edge: 448 + 64 bf16 elements make 1 KiB a token.
+    tokens_in_bound = LATENT_CACHE_BYTES_IN_GRAPH // 1024
+    assert rule(spec(16, latent_dim=448), shape(1, batch=1, capacity=tokens_in_bound))
+    assert not rule(spec(16, latent_dim=448), shape(1, batch=1, capacity=tokens_in_bound + 1))
+    assert rule(spec(16, latent_dim=448), shape(1, batch=8, capacity=tokens_in_bound // 8))  # the batch counts
+    assert not rule(spec(16, latent_dim=448), shape(1, batch=8, capacity=tokens_in_bound // 8 + 1))
+    # Paged: the capacity a sequence's page table can address (pages x page size), whatever the page size.
+    assert rule(spec(16, latent_dim=448), shape(1, batch=8, capacity=tokens_in_bound // 8, page_size=64))
+    assert not rule(spec(16, latent_dim=448), shape(1, batch=16, capacity=tokens_in_bound // 8, page_size=64))
+    # DeepSeek-V3's bench_hf widths, 512 + 64 a token: batch 32 at 4096 is 144 MiB, batch 64 288 MiB.
+    assert rule(spec(16), shape(1, batch=32, capacity=4096)) and not rule(spec(16), shape(1, batch=64, capacity=4096))
+    # GLA-2's two latent heads make 2 x 512 + 64 a token: batch 32 at 4096 is 272 MiB.
+    assert rule(spec(8), shape(1, batch=32, capacity=4096)) and not rule(spec(8, 2), shape(1, batch=32, capacity=4096))
 
 
 def test_backend_option_and_the_cache_key():
+    from glacompiler.compiler import backend as compiler_backend, gla_backend
+    from glacompiler.compiler.torch_compile_backend import GlaBackend
+
     assert glacompiler.backend().graph_launches
     assert not glacompiler.backend(autotune=True).graph_launches  # tuning reaches the sites through the op
     assert glacompiler.backend(autotune=True, graph_launches=True).graph_launches
     with_launches = AttentionRewritePass(graph_launches=True).uuid()
     assert with_launches != AttentionRewritePass(graph_launches=False).uuid()
     assert "graph_launches=" in with_launches
+    # On by default, including backend="gla" (the registered instance) and every way of making a backend.
+    assert gla_backend.latent_in_graph and GlaBackend().latent_in_graph and compiler_backend().latent_in_graph
     assert glacompiler.backend().latent_in_graph and glacompiler.backend(latent_in_graph=True).latent_in_graph
     assert not glacompiler.backend(latent_in_graph=False).latent_in_graph
+    assert not glacompiler.backend(latent_in_graph=0).latent_in_graph  # falsy, not only False
     uuids = {AttentionRewritePass(graph_launches=True, latent_rows_in_graph=rows).uuid() for rows in (0, 16, 128)}
     assert len(uuids) == 3
 
 
 @pytest.mark.parametrize("cudagraphs, latent_in_graph, inductor_config, expected", [
     (False, False, None, 0), (False, True, None, 16), (False, None, None, 16), (True, True, None, 0),
-    (True, None, None, 0), (False, True, {"triton.cudagraphs": True}, 0), (False, None, {"triton.cudagraphs": True}, 0)])  # CUDA graphs asked for through Inductor's own setting
+    (True, None, None, 0),
+    # CUDA graphs asked for through Inductor's own setting
+    (False, True, {"triton.cudagraphs": True}, 0), (False, None, {"triton.cudagraphs": True}, 0)])
 def test_the_backend_asks_for_latent_sites_in_graph_only_without_cuda_graphs(monkeypatch, cudagraphs,
                                                                             latent_in_graph, inductor_config, expected):
     from glacompiler.compiler import torch_compile_backend

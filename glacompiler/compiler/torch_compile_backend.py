@@ -86,10 +86,11 @@ class GlaBackend:
         If Inductor fails on such a graph it is compiled again with op calls, with a warning.
     latent_in_graph: with graph_launches and without CUDA graphs, MLA/GLA sites that the Hopper latent kernel
         would run (Gluon, which Inductor cannot launch: an op call) take the portable kernels, launched by
-        Inductor, where they have at most 16 query rows per latent head and 256 MiB of cache: more device time
-        for much less host time (rewrite/graph_launches.py). None (the default) turns it on wherever it applies;
-        on an H200 a DeepSeek-V3-shaped step took 1.167 ms with it against 1.503 ms with op calls
-        (benchmarks/bench_hf.py's gla-latent-op-calls is the A/B). True warns where it cannot apply."""
+        Inductor, where they have at most 16 query rows per latent head and address at most 256 MiB of cache
+        (batch x capacity): more device time for much less host time (rewrite/graph_launches.py). None (the
+        default) turns it on wherever it applies; True warns where it cannot. On an H200 a DeepSeek-V3-shaped
+        step took 1.184 ms with it against 1.475 ms with op calls, 1.240 against 1.624 ms of host time to enqueue
+        (15 interleaved rounds of benchmarks/bench_hf.py's gla against gla-latent-op-calls; benchmarks/RESULTS.md)."""
 
     def __init__(self, cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
                  inductor_config: Optional[dict] = None, cpp_wrapper: Optional[bool] = None,
@@ -100,7 +101,7 @@ class GlaBackend:
         self.cpp_wrapper = cpp_wrapper
         self.inductor_config = dict(inductor_config or {})
         self.graph_launches = (not autotune) if graph_launches is None else graph_launches
-        self.latent_in_graph = latent_in_graph is not False
+        self.latent_in_graph = True if latent_in_graph is None else bool(latent_in_graph)
         if latent_in_graph and (cudagraphs or not self.graph_launches):
             warnings.warn("glacompiler: latent_in_graph takes effect only with graph_launches and without CUDA "
                           "graphs; it is ignored here", RuntimeWarning, stacklevel=3)

@@ -12,13 +12,14 @@ which Inductor cannot launch), symbolic sizes, CPU tensors, and plans whose laun
 did not allocate (the mutation analysis Inductor relies on saw more writes than the kernels make).
 
 A Hopper latent call may instead be planned on the portable kernels and launched by the graph, where it has at
-most `latent_rows_in_graph` query rows per latent head (heads per latent head x query length; 0: never) and a
-cache of at most LATENT_CACHE_BYTES_IN_GRAPH. That trades device time for host time: the op call it removes costs
-40-170 us of host time, which a step without CUDA graphs waits for, and at 16 rows the portable kernel took
-1.05-1.23x the Hopper kernel's time on an H200, at 128 rows 2.1x (benchmarks/RESULTS.md). The cache bound keeps
-that extra device time below the host time saved (at 256 MiB the Hopper kernel reads for about 100 us, so 1.23x
-costs about 23 us against the op call's 40 or more), which matters where the step is bound by the GPU. The
-backend asks for LATENT_ROWS_IN_GRAPH rows in graphs that CUDA graphs will not replay (its latent_in_graph).
+most `latent_rows_in_graph` query rows per latent head (heads per latent head x query length; 0: never) and at
+most LATENT_CACHE_BYTES_IN_GRAPH of cache that the call can address (batch x capacity; paged: page-table width x
+page size per sequence, not the page pool). That trades device time for host time: the op call it removes costs
+40-170 us of host time, which a step without CUDA graphs waits for, and at 16 heads the portable kernel took
+1.05-1.23x the Hopper kernel's time on an H200 (7-17 us more), at 128 heads 2.1x (benchmarks/RESULTS.md). The cache
+bound is a conservative cap: above it the kernel alone reads for about 90 us or more, so a step of such sites is
+likely bound by the GPU, where host time saved buys nothing and the faster kernel is kept. The backend asks for
+LATENT_ROWS_IN_GRAPH rows in graphs that CUDA graphs will not replay (its latent_in_graph).
 """
 from __future__ import annotations
 
@@ -48,13 +49,13 @@ _ALLOCATIONS = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided
                 torch.ops.aten.new_empty.default, torch.ops.aten.new_empty_strided.default,
                 torch.ops.aten.full.default}
 _LAUNCH = triton_kernel_wrapper_functional
-# Query rows per latent head (query heads of a group x query length), and the bytes of a site's caches at their
-# capacity, up to which the backend launches a latent call on the portable kernels (see the module docstring).
+# Query rows per latent head (query heads of a group x query length), and the bytes of cache a call can address,
+# up to which the backend launches a latent call on the portable kernels (see the module docstring).
 LATENT_ROWS_IN_GRAPH = 16
 LATENT_CACHE_BYTES_IN_GRAPH = 256 << 20
 
 
-def latent_rows_rule(latent_rows_in_graph: int):
+def latent_in_graph_rule(latent_rows_in_graph: int):
     """(spec, shape) -> whether a call whose family a graph cannot launch is planned on one it can."""
     def wanted(spec, shape) -> bool:
         cache_bytes = shape.batch * shape.capacity * spec.cache_elements_per_token * spec.torch_dtype.itemsize
@@ -103,7 +104,7 @@ def _attention_launches(values: dict, fake_mode, latent_rows_in_graph: int) -> O
                                     "page_table", "attn_mask", "softmax_scale", "causal", "num_splits", "kv_range",
                                     "softcap", "alibi_slopes", "sinks")),
         (values["window_left"], values["window_right"]), traced=True,
-        graph_family_wanted=latent_rows_rule(latent_rows_in_graph))
+        graph_family_wanted=latent_in_graph_rule(latent_rows_in_graph))
     if prepared is None:
         return None
     names = [name for name in ATTENTION_TENSORS if values[name] is not None]
