@@ -1,6 +1,7 @@
 """Decode-step latency of transformers models (random weights, no download) under eager, torch.compile's
 default backend, mode="reduce-overhead", backend="gla" and backend="gla" with CUDA graphs (and, when asked,
-gla-latent-op-calls: glacompiler.backend(latent_in_graph=False), compared with gla).
+gla-latent-op-calls: glacompiler.backend(latent_in_graph=False), and gla-python-wrapper:
+glacompiler.backend(cpp_wrapper=False), each compared with gla).
 
 Models (the widths of issue 12):
   llama        LlamaForCausalLM shaped like Llama-3.2-1B, 8 layers: hidden 2048, 32 query / 8 KV heads of 64,
@@ -179,8 +180,13 @@ CONFIGURATIONS = {  # name: (make the forward, CUDA graphs, CUDA only, in the de
     # wrapper (gla's default without CUDA graphs): the A/B of that default.
     "gla-latent-op-calls": (lambda forward: torch.compile(forward, backend=glacompiler.backend(latent_in_graph=False)),
                             False, True, False),
+    # Inductor's Python wrapper instead of the C++ one gla takes on CUDA without CUDA graphs: the step's side of
+    # that trade (its compile side is compile_time.py --cpp-wrapper off).
+    "gla-python-wrapper": (lambda forward: torch.compile(forward, backend=glacompiler.backend(cpp_wrapper=False)),
+                           False, True, False),
 }
-BASELINES = {"gla": "default", "gla+cudagraphs": "reduce-overhead", "gla-latent-op-calls": "gla"}
+BASELINES = {"gla": "default", "gla+cudagraphs": "reduce-overhead", "gla-latent-op-calls": "gla",
+             "gla-python-wrapper": "gla"}
 
 
 def describe_sites(records) -> str:
