@@ -135,3 +135,9 @@ class ProblemShape:
     query_len: int
     capacity: int  # logical S: k_cache.shape[1], or max_pages * page_size when paged
     page_size: int  # 0 when contiguous
+
+
+def cache_bytes(spec: AttentionSpec, shape: ProblemShape) -> int:
+    """Bytes of cache a call can address: batch x capacity tokens (paged: each sequence's page-table width, not
+    the page pool)."""
+    return shape.batch * shape.capacity * spec.cache_elements_per_token * spec.torch_dtype.itemsize

@@ -19,7 +19,7 @@ import torch
 from ..kernels.common.device_limits import DeviceLimits
 from ..op import attention_with_kvcache_config
 from ..problems import make_decode_problem, max_error, rounding_atol, timing_inputs
-from ..spec import AttentionSpec, ProblemShape
+from ..spec import AttentionSpec, ProblemShape, cache_bytes
 
 Config = Any  # any kernel family's config
 
@@ -41,14 +41,8 @@ def do_bench_timer(fn: Callable[[], None], quick: bool) -> float:
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
-def cache_bytes_per_set(spec: AttentionSpec, shape: ProblemShape) -> int:
-    """Bytes of KV cache one call reads."""
-    element = torch.empty((), dtype=spec.torch_dtype).element_size()
-    return shape.batch * shape.capacity * spec.cache_elements_per_token * element
-
-
 def input_sets_needed(spec: AttentionSpec, shape: ProblemShape, l2_bytes: int) -> int:
-    return max(1, min(MAX_INPUT_SETS, -(-2 * l2_bytes // max(1, cache_bytes_per_set(spec, shape)))))
+    return max(1, min(MAX_INPUT_SETS, -(-2 * l2_bytes // max(1, cache_bytes(spec, shape)))))
 
 
 class _CompiledResourceRecorder(logging.Handler):
@@ -91,7 +85,7 @@ class KernelBenchmark:
         self.check_capacity = check_capacity
         self.seed = seed
         sets = input_sets_needed(spec, shape, limits.l2_bytes)
-        needed = sets * cache_bytes_per_set(spec, shape)
+        needed = sets * cache_bytes(spec, shape)
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             if needed > 0.8 * free:

@@ -36,6 +36,7 @@ from ...kernels.common.interpreter import triton_interpreter_enabled
 from ...kernels.common.mask_range import MaskKeyRangeLaunch, mask_as_kernel_operand
 from ...kernels.common.triton_launch import traced_launches
 from ...op.prepared import PreparedCall, prepare_call
+from ...spec import cache_bytes
 from ..trace.sizes import is_concrete
 from .emit import graph_fake_mode
 
@@ -58,8 +59,8 @@ LATENT_CACHE_BYTES_IN_GRAPH = 256 << 20
 def latent_in_graph_rule(latent_rows_in_graph: int):
     """(spec, shape) -> whether a call whose family a graph cannot launch is planned on one it can."""
     def wanted(spec, shape) -> bool:
-        cache_bytes = shape.batch * shape.capacity * spec.cache_elements_per_token * spec.torch_dtype.itemsize
-        return spec.group_size * shape.query_len <= latent_rows_in_graph and cache_bytes <= LATENT_CACHE_BYTES_IN_GRAPH
+        rows = spec.group_size * shape.query_len
+        return rows <= latent_rows_in_graph and cache_bytes(spec, shape) <= LATENT_CACHE_BYTES_IN_GRAPH
     return wanted
 
 
