@@ -16,10 +16,11 @@ transformers = pytest.importorskip("transformers")
 BATCH, PROMPT, DECODE_STEPS, VOCAB = 2, 20, 6, 64
 
 
-def generate(model, config, forward, tokens=None, device="cpu"):
+def generate(model, config, forward, tokens=None, device="cpu", dynamic_cache=False):
     """Logits of the prefill (eager: a prefill is left to Inductor anyway, and compiling it would double the
-    test's time) and of DECODE_STEPS steps through `forward`: greedy, or fed `tokens` [BATCH, DECODE_STEPS]."""
-    cache = make_cache(config)
+    test's time) and of DECODE_STEPS steps through `forward`: greedy, or fed `tokens` [BATCH, DECODE_STEPS]; on a
+    StaticCache, or on transformers' DynamicCache (which grows by concatenation)."""
+    cache = transformers.DynamicCache() if dynamic_cache else make_cache(config)
     ids = torch.randint(0, VOCAB, (BATCH, PROMPT), generator=torch.Generator().manual_seed(1)).to(device)
     logits = [call(model.forward, model, ids, cache, 0)]
     for step in range(DECODE_STEPS):
@@ -97,33 +98,43 @@ def test_gemma2_soft_cap():
 
 
 # transformers 5.17 (the GPU image's) builds BLOOM's ALiBi from the tokens seen so far, which does not match a
-# StaticCache's length: its eager forward fails there ("expanded size ... must match"); 5.24 sizes it by the cache.
+# StaticCache's length: its forward fails there ("expanded size ... must match"); 5.24 sizes it by the cache.
+# Before 5.24 BLOOM decodes on a DynamicCache instead, as generate() gives it by default.
 BLOOM_TAKES_STATIC_CACHE = tuple(int(p) for p in transformers.__version__.split(".")[:2]) >= (5, 24)
+
+
+def test_bloom_alibi_on_a_dynamic_cache():
+    """BLOOM on transformers' default cache: its sites (symbolic lengths once the steps turn dynamic) are rewritten
+    with ALiBi and the logits equal eager."""
+    model, config, extension, num_layers = bloom()
+    records = compiled_equals_eager(
+        model, config, lambda model, config, forward: generate(model, config, forward, dynamic_cache=True))
+    rewritten = [r for r in records if r.status == "rewritten"]
+    assert len(rewritten) >= num_layers and all(f"+{extension}" in r.form for r in rewritten), [str(r) for r in records]
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("build", [
-    pytest.param(lambda: bloom(width=256, heads=4), id="bloom", marks=pytest.mark.skipif(
-        not BLOOM_TAKES_STATIC_CACHE, reason=f"transformers {transformers.__version__}: BLOOM's eager forward "
-                                             "fails on a StaticCache (needs 5.24 or later)")),
-    pytest.param(lambda: gpt_oss(head_dim=64, heads=8), id="gpt_oss"),
-    pytest.param(lambda: gemma2(head_dim=64, heads=8), id="gemma2"),
+@pytest.mark.parametrize("build, dynamic_cache", [
+    pytest.param(lambda: bloom(width=256, heads=4), not BLOOM_TAKES_STATIC_CACHE, id="bloom"),
+    pytest.param(lambda: gpt_oss(head_dim=64, heads=8), False, id="gpt_oss"),
+    pytest.param(lambda: gemma2(head_dim=64, heads=8), False, id="gemma2"),
 ])
-def test_fused_paths_on_the_gpu(cuda_device, build, dtype):
+def test_fused_paths_on_the_gpu(cuda_device, build, dynamic_cache, dtype):
     """The decode steps in bf16/fp16 on the GPU kernels, fed the fp32 eager model's tokens: the compiled
     model's logit error against fp32 eager is at most twice eager's own in that dtype (FlashAttention's rule),
-    plus a rounding allowance."""
+    plus a rounding allowance. (BLOOM on a DynamicCache where this transformers cannot run it on a StaticCache.)"""
     model, config, extension, num_layers = build()
     model = model.to(cuda_device)
     with torch.no_grad():
-        reference = generate(model, config, model.forward, device=cuda_device)
+        reference = generate(model, config, model.forward, device=cuda_device, dynamic_cache=dynamic_cache)
         tokens = torch.cat([step[:, -1:].argmax(-1) for step in reference[:-1]], dim=1)
         model = model.to(dtype)
-        eager = generate(model, config, model.forward, tokens, cuda_device)
+        eager = generate(model, config, model.forward, tokens, cuda_device, dynamic_cache)
         torch._dynamo.reset()
         glacompiler.reset_report()
-        compiled = generate(model, config, torch.compile(model.forward, backend="gla"), tokens, cuda_device)
+        compiled = generate(model, config, torch.compile(model.forward, backend="gla"), tokens, cuda_device,
+                            dynamic_cache)
     for ours, theirs, exact in list(zip(compiled, eager, reference))[1:]:
         allowed = 2 * (theirs.float() - exact).abs().max().item() + 1e-2 * exact.abs().max().item()
         assert (ours.float() - exact).abs().max().item() <= allowed
