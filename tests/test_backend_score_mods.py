@@ -106,18 +106,39 @@ def alibi_slopes(heads=HQ):
     return torch.tensor([2.0 ** (-(i + 1) / 2) for i in range(heads)])  # up to 0.7 per key: a strong bias
 
 
-def bloom_alibi(q, k, v, valid):
-    """BLOOM's attention over an MHA cache: alibi = slopes * key position, repeated over the batch, added by
-    baddbmm with the 1/sqrt(d) factor as alpha."""
+def bloom_attention(alibi, q, k, v, valid):
+    """BLOOM's attention over an MHA cache: the bias added by baddbmm with the 1/sqrt(d) factor as alpha."""
     batch, heads, query_len, _ = q.shape
     k, v = repeat_kv(k), repeat_kv(v)
-    alibi = (alibi_slopes()[:, None, None] * torch.arange(S)[None, None, :]).repeat(batch, 1, 1)
     scores = torch.baddbmm(alibi, q.reshape(batch * heads, query_len, D),
                            k.reshape(batch * heads, S, D).transpose(1, 2), beta=1.0, alpha=SCALE)
     scores = scores.view(batch, heads, query_len, S) + additive(valid)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
     return torch.matmul(probs.reshape(batch * heads, query_len, S), v.reshape(batch * heads, S, D)).view(
         batch, heads, query_len, D)
+
+
+def bloom_alibi(q, k, v, valid):
+    """alibi = slopes * key position, repeated over the batch."""
+    alibi = (alibi_slopes()[:, None, None] * torch.arange(S)[None, None, :]).repeat(q.shape[0], 1, 1)
+    return bloom_attention(alibi, q, k, v, valid)
+
+
+def counted_alibi(mask):
+    """transformers 5.17's BLOOM: the key positions as the running count of a [B, S] mask, (cumsum - 1) * mask,
+    times the slopes, a [B * H, 1, S] bias."""
+    positions = ((mask.cumsum(dim=-1) - 1) * mask)[:, None, :]
+    return (alibi_slopes()[:, None] * positions).reshape(mask.shape[0] * HQ, 1, S)
+
+
+def bloom_alibi_from_ones(q, k, v, valid):
+    """Without an attention mask 5.17's BLOOM makes one of ones: the count is the key index."""
+    return bloom_attention(counted_alibi(torch.ones(q.shape[0], S)), q, k, v, valid)
+
+
+def bloom_alibi_from_a_given_mask(q, k, v, valid):
+    """From the mask the model was given: a count that skips padded keys, not a key position."""
+    return bloom_attention(counted_alibi(valid.to(torch.float32)), q, k, v, valid)
 
 
 def alibi_added(q, k, v, valid):
@@ -193,10 +214,18 @@ def test_sinks_in_half_precision(dtype):
     assert (output.float() - exact).abs().max().item() <= 2 * eager_error + 1e-3
 
 
-@pytest.mark.parametrize("fn", [bloom_alibi, alibi_added])
+@pytest.mark.parametrize("fn", [bloom_alibi, bloom_alibi_from_ones, alibi_added])
 def test_alibi(fn):
     args = check_rewritten(fn, *inputs())
     assert args[ARG["alibi"]] is not None
+
+
+def test_positions_counted_over_ones_become_an_iota():
+    """BLOOM's running count over its own mask of ones is read as key positions: the site is rewritten and no
+    cumsum is left in the graph."""
+    result = run_pass(bloom_alibi_from_ones, *inputs())
+    targets = [node.target for node in result.graph.nodes if node.op == "call_function"]
+    assert torch.ops.aten.cumsum.default not in targets and result.statuses == ["rewritten"], result.reasons
 
 
 def test_soft_cap_then_alibi():
@@ -214,6 +243,7 @@ def test_sliding_window_mask_takes_the_mask_path():
     (alibi_under_the_cap, (), "under a soft cap"),
     (sink_column_first, (SINKS,), "wider than one sink"),
     (sinks_per_sequence, (SINKS,), "not per head only"),
+    (bloom_alibi_from_a_given_mask, (), "cannot express"),
 ])
 def test_forms_the_op_cannot_take_are_left_alone(fn, extra, reason):
     args = (*inputs(), *extra)
@@ -246,3 +276,28 @@ def test_alibi_with_query_positions_is_left_alone():
     assert result.after["gla"] == 0 and "ALiBi with several query tokens" in result.reasons, result.reasons
     with torch.no_grad():
         assert_close(result.output, fn(q, k, v, causal), tol=1e-4)
+
+
+@pytest.mark.parametrize("dtype, rewritten", [(torch.float32, True), (torch.int64, True), (torch.float16, False)])
+def test_running_counts_become_iotas_with_the_same_values(dtype, rewritten):
+    """The rewrite on its own: a count of ones along either axis, shifted and multiplied by the ones, keeps its
+    values; a count in half precision (inexact past 2048 keys) is left as it is."""
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from glacompiler.compiler.trace.running_counts import running_counts_as_positions
+
+    def counts(x):
+        ones = torch.ones(3, 5, dtype=dtype)
+        return x + (ones.cumsum(dim=-1) - 1) * ones + ones.cumsum(dim=0) * 10
+
+    x = torch.randn(3, 5).to(dtype)
+    module = make_fx(counts, decomposition_table=select_decomp_table(), tracing_mode="fake")(x)
+    assert running_counts_as_positions(module.graph) == (2 if rewritten else 0)
+    module.graph.lint()
+    module.recompile()
+    full = torch.ops.aten.full.default
+    left = [n for n in module.graph.nodes if n.target is torch.ops.aten.cumsum.default
+            or (n.target is torch.ops.aten.mul.Tensor and any(getattr(a, "target", None) is full for a in n.args))]
+    assert len(left) == (0 if rewritten else 3), [n.format_node() for n in left]  # two counts, one product
+    assert torch.equal(module(x), counts(x))

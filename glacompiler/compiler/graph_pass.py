@@ -30,6 +30,7 @@ from .report import REWRITTEN, SKIPPED, SiteRecord, add_records, source_location
 from .rewrite.emit import SharedMaskRanges, emit_site
 from .rewrite.graph_launches import replace_op_calls_with_launches
 from .trace.layout import fake_value
+from .trace.running_counts import running_counts_as_positions
 from .trace.score_mods import split_score_baddbmm
 
 
@@ -164,6 +165,7 @@ class AttentionRewritePass(CustomGraphPass):
         mask_ranges = SharedMaskRanges(graph)
         if not training:
             split_score_baddbmm(graph)  # BLOOM's scores: a product plus its ALiBi bias, in one baddbmm
+            running_counts_as_positions(graph)  # BLOOM's key positions on transformers 5.17: a count of ones
         for site in find_sites(graph):
             source = source_location(site.anchor)
             if training:

@@ -6,6 +6,8 @@
 | softmax(cat([scores, sink column], -1))[..., :-1], the row max subtracted first or not | sinks | GPT-OSS |
 | scores + c[h] * key position (an iota), e.g. BLOOM's baddbmm   | alibi_slopes  | BLOOM            |
 
+(transformers 5.17's BLOOM counts its positions over a mask of ones: running_counts.py turns that into the iota.)
+
 Sliding windows need nothing here: transformers' sliding layers pass them as masks, which the mask path fuses.
 Anything else around the scores stays a Decline (score_side.py). The hooks here are called from score_side.py
 (the walk from the softmax to the products) and plan/match.py (the sink column); plan/extensions.py turns what
