@@ -278,26 +278,59 @@ def test_alibi_with_query_positions_is_left_alone():
         assert_close(result.output, fn(q, k, v, causal), tol=1e-4)
 
 
-@pytest.mark.parametrize("dtype, rewritten", [(torch.float32, True), (torch.int64, True), (torch.float16, False)])
-def test_running_counts_become_iotas_with_the_same_values(dtype, rewritten):
-    """The rewrite on its own: a count of ones along either axis, shifted and multiplied by the ones, keeps its
-    values; a count in half precision (inexact past 2048 keys) is left as it is."""
+def _traced(fn, x, tracing_mode="fake"):
     from torch._inductor.decomposition import select_decomp_table
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    return make_fx(fn, decomposition_table=select_decomp_table(), tracing_mode=tracing_mode)(x)
+
+
+def _rewrite_and_compare(fn, x, tracing_mode="fake") -> tuple:
+    """(counts rewritten, cumsums left) after running_counts_as_positions on fn's ATen graph, whose results must
+    equal fn's, strides included."""
     from glacompiler.compiler.trace.running_counts import running_counts_as_positions
 
+    module = _traced(fn, x, tracing_mode)
+    rewritten = running_counts_as_positions(module.graph)
+    module.graph.lint()
+    module.recompile()
+    ours, theirs = module(x), fn(x)
+    assert torch.equal(ours, theirs) and ours.stride() == theirs.stride()
+    return rewritten, sum(n.target is torch.ops.aten.cumsum.default for n in module.graph.nodes)
+
+
+@pytest.mark.parametrize("dtype, tracing_mode, rewritten", [
+    (torch.float32, "fake", 2), (torch.int64, "fake", 2), (torch.float32, "symbolic", 2),
+    (torch.float16, "fake", 0),  # a count in half precision is inexact past 2048 keys
+])
+def test_running_counts_become_iotas_with_the_same_values(dtype, tracing_mode, rewritten):
+    """The rewrite on its own: counts of ones along either axis, shifted and multiplied by the ones, keep their
+    values (sizes traced symbolically too)."""
     def counts(x):
-        ones = torch.ones(3, 5, dtype=dtype)
+        ones = torch.ones(x.shape[0], x.shape[1], dtype=dtype)
         return x + (ones.cumsum(dim=-1) - 1) * ones + ones.cumsum(dim=0) * 10
 
     x = torch.randn(3, 5).to(dtype)
-    module = make_fx(counts, decomposition_table=select_decomp_table(), tracing_mode="fake")(x)
-    assert running_counts_as_positions(module.graph) == (2 if rewritten else 0)
-    module.graph.lint()
-    module.recompile()
-    full = torch.ops.aten.full.default
-    left = [n for n in module.graph.nodes if n.target is torch.ops.aten.cumsum.default
-            or (n.target is torch.ops.aten.mul.Tensor and any(getattr(a, "target", None) is full for a in n.args))]
-    assert len(left) == (0 if rewritten else 3), [n.format_node() for n in left]  # two counts, one product
-    assert torch.equal(module(x), counts(x))
+    assert _rewrite_and_compare(counts, x, tracing_mode) == (rewritten, 2 - rewritten)
+    if rewritten:  # no product with the ones is left (the one by 10 stays)
+        graph = _traced(counts, x, tracing_mode).graph
+        from glacompiler.compiler.trace.running_counts import running_counts_as_positions
+
+        running_counts_as_positions(graph)
+        full = torch.ops.aten.full.default
+        assert not [n for n in graph.nodes if n.target is torch.ops.aten.mul.Tensor
+                    and any(getattr(a, "target", None) is full for a in n.args)]
+
+
+def _count_times_other_ones(x):
+    ones, other = torch.ones(3, 5), torch.ones(3, 5)
+    return x + (ones.cumsum(-1) - float("inf")) * other
+
+
+@pytest.mark.parametrize("fn, rewritten", [
+    (_count_times_other_ones, 1),  # the count is rewritten; the infinite shift and the other ones' product stay
+    (lambda x: x + torch.ones(()).cumsum(0), 0),  # no axis to count along
+    (lambda x: torch.ones(3, 5).cumsum(-1) - 1, 0),  # an output: its strides must stay the eager ones
+])
+def test_running_counts_rewrite_only_what_keeps_values_and_strides(fn, rewritten):
+    assert _rewrite_and_compare(fn, torch.randn(3, 5))[0] == rewritten

@@ -2,25 +2,30 @@
 
 transformers 5.17's BLOOM, given no attention mask, makes one of ones and takes its ALiBi key positions as the
 running count of attended keys: ((mask.cumsum(-1) - 1) * mask). Over a mask of ones that is the key index, which
-the score walk reads as an iota (score_mods.key_iota); over a mask the model was given it is a count that skips
-padding, which the op's ALiBi cannot express, and it is left alone. The rewrite keeps every value: the cumsum of a
-constant fill of ones along an axis becomes an iota along that axis (starting at 1, less a constant subtracted
-from it) expanded over the others, and a product with that same fill of ones is dropped."""
+the score walk reads as an iota (score_mods.key_iota). What decides it is the graph: a cumsum of a constant fill of
+ones (aten.full(sizes, 1)) becomes an iota along its axis, starting at 1 and expanded over the others; a count over
+any other tensor (a mask the model was given counts past its padding, which the op's ALiBi cannot express) is
+left alone. Every value is kept: only float32/float64 and integer counts are rewritten (a half-precision count is
+inexact past 2048), and nothing that reaches the graph's outputs (the iota is expanded with stride 0, which a
+caller could see)."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import fx
 
 from ..rewrite.emit import Emitter
-from .layout import fake_value
+from .layout import fake_value, is_view_like
 from .operands import is_call, scalar_value
 
 aten = torch.ops.aten
 prims = torch.ops.prims
 # Dtypes whose running count of ones equals the index exactly (up to 2^24 keys in float32).
 EXACT_COUNTS = (torch.float32, torch.float64, torch.int32, torch.int64)
+EXACT_SHIFT = 1 << 24  # shifts folded into the iota's start: integers float32 holds exactly
+_KEPT_META = ("stack_trace", "nn_module_stack")
 
 
 def _ones_shape(node) -> Optional[list]:
@@ -30,8 +35,39 @@ def _ones_shape(node) -> Optional[list]:
     return None
 
 
-def _expanded_iota(anchor: fx.Node, sizes: list, axis: int, start: int, dtype: torch.dtype) -> fx.Node:
-    """start, start + 1, ... along `axis` of a tensor of `sizes`, the same for every index of the other axes."""
+def _shift(user: fx.Node, counts: fx.Node) -> Optional[int]:
+    """c for counts - c (-c for counts + c) with c an integer float32 holds exactly; else None."""
+    if not is_call(user, aten.sub.Tensor, aten.add.Tensor) or user.args[0] is not counts or user.kwargs.get("alpha", 1) != 1:
+        return None
+    value = scalar_value(user.args[1])
+    if value is None or not math.isfinite(value) or not value.is_integer() or abs(value) >= EXACT_SHIFT:
+        return None
+    return int(value) if user.target is aten.sub.Tensor else -int(value)
+
+
+def _drops_ones(user: fx.Node, counts: fx.Node, ones: fx.Node) -> bool:
+    """counts * ones, the product neither broadcasting nor changing the dtype: counts itself."""
+    return (is_call(user, aten.mul.Tensor) and set(user.args[:2]) == {counts, ones}
+            and fake_value(user).shape == fake_value(counts).shape and fake_value(user).dtype == fake_value(counts).dtype)
+
+
+def _reaches_output(node: fx.Node, ones: fx.Node) -> bool:
+    """Whether the count, through views and the shifts and products the rewrite folds, is one of the graph's
+    outputs."""
+    frontier = [node]
+    while frontier:
+        current = frontier.pop()
+        for user in current.users:
+            if user.op == "output":
+                return True
+            if is_view_like(user) or _shift(user, current) is not None or _drops_ones(user, current, ones):
+                frontier.append(user)
+    return False
+
+
+def _expanded_iota(anchor: fx.Node, sizes: list, axis: int, start: int, dtype: torch.dtype) -> list:
+    """Nodes computing start, start + 1, ... along `axis` of a tensor of `sizes`, the same for every index of the
+    other axes (the last one is the result)."""
     emit = Emitter(anchor.graph, anchor)
     device = fake_value(anchor).device
     iota = emit.call(prims.iota.default, sizes[axis], start=start, step=1, dtype=torch.int64, device=device,
@@ -39,47 +75,47 @@ def _expanded_iota(anchor: fx.Node, sizes: list, axis: int, start: int, dtype: t
     if dtype != torch.int64:
         iota = emit.call(prims.convert_element_type.default, iota, dtype)
     line = emit.call(aten.view.default, iota, [1] * axis + [-1] + [1] * (len(sizes) - axis - 1))
-    expanded = emit.call(aten.expand.default, line, sizes)
+    emit.call(aten.expand.default, line, sizes)
     for created in emit.created:
-        created.meta.update({k: v for k, v in anchor.meta.items() if k not in ("val", "tensor_meta")})
-    return expanded
+        created.meta.update({key: anchor.meta[key] for key in _KEPT_META if key in anchor.meta})
+    return emit.created
 
 
-def _fold_users(counts: fx.Node, ones: fx.Node, sizes: list, axis: int, start: int) -> None:
-    """Fold count - c (a new iota from start - c) and count * ones (the count itself) into the count's iota."""
-    graph = counts.graph
+def _replace(node: fx.Node, ones: fx.Node, sizes: list, axis: int, start: int) -> None:
+    """node (a count starting at `start`) by an iota; then its shifts (a new iota from the shifted start, the
+    one made here erased) and its products with the ones (dropped). key_iota would walk through a shift itself;
+    folding it is what puts the product with the ones right on an iota, where it can be dropped."""
+    graph = node.graph
+    created = _expanded_iota(node, sizes, axis, start, fake_value(node).dtype)
+    counts = created[-1]
+    node.replace_all_uses_with(counts)
+    graph.erase_node(node)
     for user in list(counts.users):
-        shift = scalar_value(user.args[1]) if is_call(user, aten.sub.Tensor, aten.add.Tensor) and user.args[0] is counts \
-            else None
-        if shift is not None and shift == int(shift) and user.kwargs.get("alpha", 1) == 1:
-            new_start = start - int(shift) if user.target is aten.sub.Tensor else start + int(shift)
-            replacement = _expanded_iota(user, sizes, axis, new_start, fake_value(user).dtype)
-            user.replace_all_uses_with(replacement)
-            graph.erase_node(user)
-            _fold_users(replacement, ones, sizes, axis, new_start)
-        elif (is_call(user, aten.mul.Tensor) and set(user.args[:2]) == {counts, ones}
-              and fake_value(user).shape == fake_value(counts).shape
-              and fake_value(user).dtype == fake_value(counts).dtype):
+        shift = _shift(user, counts)
+        if shift is not None:
+            _replace(user, ones, sizes, axis, start - shift)
+        elif _drops_ones(user, counts, ones):
             user.replace_all_uses_with(counts)
             graph.erase_node(user)
+    for made in reversed(created):
+        if not made.users:
+            graph.erase_node(made)
 
 
 def running_counts_as_positions(graph: fx.Graph) -> int:
-    """Rewrite every cumsum of a fill of ones (see the module docstring); returns how many were rewritten."""
+    """Rewrite every cumsum of a fill of ones that can be (see the module docstring); returns how many were."""
     rewritten = 0
     for node in list(graph.nodes):
-        if not is_call(node, aten.cumsum.default) or set(node.kwargs) - {"dtype"}:
+        if not is_call(node, aten.cumsum.default) or set(node.kwargs) - {"dtype"} or len(node.args) < 2:
             continue
         ones, sizes, value = node.args[0], _ones_shape(node.args[0]), fake_value(node)
-        if sizes is None or value is None or len(sizes) != value.dim() or len(node.args) < 2:
+        if sizes is None or value is None or value.dim() == 0 or len(sizes) != value.dim():
             continue
-        if value.dtype not in EXACT_COUNTS:
-            continue  # a count in half precision stops being exact past 2048 (and rounds as it goes)
-        axis = node.args[1] % value.dim()
-        counts = _expanded_iota(node, sizes, axis, 1, value.dtype)
-        node.replace_all_uses_with(counts)
-        graph.erase_node(node)
-        _fold_users(counts, ones, sizes, axis, 1)
+        if value.dtype not in EXACT_COUNTS or _reaches_output(node, ones):
+            continue
+        _replace(node, ones, sizes, node.args[1] % value.dim(), 1)
+        if not ones.users:
+            graph.erase_node(ones)
         rewritten += 1
     return rewritten
 
