@@ -278,25 +278,21 @@ def test_alibi_with_query_positions_is_left_alone():
         assert_close(result.output, fn(q, k, v, causal), tol=1e-4)
 
 
-def _traced(fn, x, tracing_mode="fake"):
+def _rewrite_and_compare(fn, x, tracing_mode="fake") -> tuple:
+    """(counts rewritten, the rewritten graph) of running_counts_as_positions on fn's ATen graph, whose results
+    must equal fn's, strides included."""
     from torch._inductor.decomposition import select_decomp_table
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    return make_fx(fn, decomposition_table=select_decomp_table(), tracing_mode=tracing_mode)(x)
-
-
-def _rewrite_and_compare(fn, x, tracing_mode="fake") -> tuple:
-    """(counts rewritten, cumsums left) after running_counts_as_positions on fn's ATen graph, whose results must
-    equal fn's, strides included."""
     from glacompiler.compiler.trace.running_counts import running_counts_as_positions
 
-    module = _traced(fn, x, tracing_mode)
+    module = make_fx(fn, decomposition_table=select_decomp_table(), tracing_mode=tracing_mode)(x)
     rewritten = running_counts_as_positions(module.graph)
     module.graph.lint()
     module.recompile()
     ours, theirs = module(x), fn(x)
     assert torch.equal(ours, theirs) and ours.stride() == theirs.stride()
-    return rewritten, sum(n.target is torch.ops.aten.cumsum.default for n in module.graph.nodes)
+    return rewritten, module.graph
 
 
 @pytest.mark.parametrize("dtype, tracing_mode, rewritten", [
@@ -305,21 +301,16 @@ def _rewrite_and_compare(fn, x, tracing_mode="fake") -> tuple:
 ])
 def test_running_counts_become_iotas_with_the_same_values(dtype, tracing_mode, rewritten):
     """The rewrite on its own: counts of ones along either axis, shifted and multiplied by the ones, keep their
-    values (sizes traced symbolically too)."""
+    values (sizes traced symbolically too); no cumsum and no product with the ones is left (the one by 10 stays)."""
     def counts(x):
         ones = torch.ones(x.shape[0], x.shape[1], dtype=dtype)
         return x + (ones.cumsum(dim=-1) - 1) * ones + ones.cumsum(dim=0) * 10
 
-    x = torch.randn(3, 5).to(dtype)
-    assert _rewrite_and_compare(counts, x, tracing_mode) == (rewritten, 2 - rewritten)
-    if rewritten:  # no product with the ones is left (the one by 10 stays)
-        graph = _traced(counts, x, tracing_mode).graph
-        from glacompiler.compiler.trace.running_counts import running_counts_as_positions
-
-        running_counts_as_positions(graph)
-        full = torch.ops.aten.full.default
-        assert not [n for n in graph.nodes if n.target is torch.ops.aten.mul.Tensor
-                    and any(getattr(a, "target", None) is full for a in n.args)]
+    done, graph = _rewrite_and_compare(counts, torch.randn(3, 5).to(dtype), tracing_mode)
+    aten = torch.ops.aten
+    left = [n for n in graph.nodes if n.target is aten.cumsum.default or (
+        n.target is aten.mul.Tensor and any(getattr(a, "target", None) is aten.full.default for a in n.args))]
+    assert done == rewritten and len(left) == (0 if rewritten else 3), [n.format_node() for n in left]
 
 
 def _count_times_other_ones(x):

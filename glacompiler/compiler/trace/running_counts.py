@@ -25,7 +25,6 @@ prims = torch.ops.prims
 # Dtypes whose running count of ones equals the index exactly (up to 2^24 keys in float32).
 EXACT_COUNTS = (torch.float32, torch.float64, torch.int32, torch.int64)
 EXACT_SHIFT = 1 << 24  # shifts folded into the iota's start: integers float32 holds exactly
-_KEPT_META = ("stack_trace", "nn_module_stack")
 
 
 def _ones_shape(node) -> Optional[list]:
@@ -76,9 +75,7 @@ def _expanded_iota(anchor: fx.Node, sizes: list, axis: int, start: int, dtype: t
         iota = emit.call(prims.convert_element_type.default, iota, dtype)
     line = emit.call(aten.view.default, iota, [1] * axis + [-1] + [1] * (len(sizes) - axis - 1))
     emit.call(aten.expand.default, line, sizes)
-    for created in emit.created:
-        created.meta.update({key: anchor.meta[key] for key in _KEPT_META if key in anchor.meta})
-    return emit.created
+    return emit.created  # (the Emitter gives each the anchor's stack trace)
 
 
 def _replace(node: fx.Node, ones: fx.Node, sizes: list, axis: int, start: int) -> None:
