@@ -104,6 +104,19 @@ def test_hopper_latent_kernel_with_masks(hopper, mask, mask_rows):
     check_fa_rule(out, lse, problem)
 
 
+@pytest.mark.parametrize("name, features, query_len, page_size", [
+    ("mla", "sinks+window", 1, 64), ("mla", "window_right", 2, 16), ("mla", "sinks", 3, 0), ("gla2", "sinks+window", 2, 64)])
+def test_hopper_latent_kernel_alternating(hopper, name, features, query_len, page_size):
+    """The alternating schedule (each warpgroup scores every other block): the sink counted once, on split 0, and
+    the window's first block in either warpgroup."""
+    problem = extension_problem(hopper, LATENT_SPECS[name], features, query_len=query_len, page_size=page_size,
+                                dtype=torch.bfloat16, seed=17 + query_len, causal=features != "window_right")
+    for num_splits in (1, 4):
+        out, lse = glacompiler.attention_with_kvcache_config(
+            **problem.kwargs, config=LatentHopperConfig(num_splits, warp_specialized=True, alternating=True))
+        check_fa_rule(out, lse, problem)
+
+
 @pytest.mark.parametrize("features, query_len", [("sinks+window", 1), ("window_right", 2)])
 def test_hopper_latent_kernel_wide_key_blocks(hopper, features, query_len):
     """128-key blocks (two 64-key pages each): the window's first block and the sink on split 0."""

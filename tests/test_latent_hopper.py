@@ -59,16 +59,16 @@ from glacompiler.spec import AttentionSpec
 spec = AttentionSpec.from_dict(json.loads(sys.argv[1]))
 query_len, page_size, row_split, mask = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
 extensions, block_n, one_warpgroup = sys.argv[6].split("+"), int(sys.argv[7]), sys.argv[8] == "1"
-warp_specialized = sys.argv[9] == "1"
+warp_specialized, alternating = sys.argv[9] == "1", sys.argv[10] == "1"
 copy_rows = latent_copy_rows(page_size, block_n)
 tile = LatentHopperTile(row_split, copy_rows, block_n=block_n, one_warpgroup=one_warpgroup,
-                        warp_specialized=warp_specialized)
+                        warp_specialized=warp_specialized, alternating=alternating)
 kernel = latent_hopper_module(spec, tile).latent_decode_hopper_kernel
 element = {"bfloat16": "bf16", "float16": "fp16"}[spec.dtype]
 constexprs = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size, CAUSAL=query_len > 1,
                   HAS_MASK=mask != "none", MASK_IS_BOOL=mask.startswith("bool"), MASK_PER_ROW=mask.endswith("-rows"),
                   HAS_SINKS="sinks" in extensions, HAS_WINDOW="window" in extensions)
-tiles = dict(k_desc=spec.head_dim_k, kr_desc=rope_tile_width(spec.rope_dim))
+tiles = dict(k_desc=tile.latent_copy_width(spec.head_dim_k), kr_desc=rope_tile_width(spec.rope_dim))
 signature, attrs = {}, {}
 for index, name in enumerate(kernel.arg_names):
     if name in constexprs:
@@ -97,13 +97,13 @@ print(json.dumps(dict(ptx=compiled.asm["ptx"], shared=compiled.metadata.shared))
 
 def compile_for_sm90(spec: AttentionSpec, query_len: int, page_size: int, row_split: bool, mask: str,
                      extensions: str = "", block_n: int = 64, one_warpgroup: bool = False,
-                     warp_specialized: bool = False) -> dict:
+                     warp_specialized: bool = False, alternating: bool = False) -> dict:
     """The generated kernel compiled ahead of time for sm_90, specialised as the JIT would, in a fresh
     process: this one imported Triton in interpreter mode (conftest), where Gluon does not load."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90, json.dumps(spec.to_dict()), str(query_len),
                              str(page_size), str(int(row_split)), mask, extensions, str(block_n), str(int(one_warpgroup)),
-                             str(int(warp_specialized))],
+                             str(int(warp_specialized)), str(int(alternating))],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -240,6 +240,36 @@ def test_warp_specialized_kernel_compiles_for_sm90(spec, query_len, page_size, m
     assert 0 < compiled["shared"] <= SM90_SHARED_MEMORY
 
 
+@pytest.mark.parametrize("spec, query_len, page_size, mask, extensions", [
+    (latent_spec(), 1, 64, "none", ""),  # MLA, the paper's layout
+    (latent_spec(), 3, 16, "bool-rows", "sinks+window"),  # page copies, a mask per draft token, extensions
+    (latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=False), 2, 0, "additive", ""),  # GLA-2
+])
+def test_alternating_kernel_compiles_for_sm90(spec, query_len, page_size, mask, extensions):
+    """The alternating schedule as the JIT builds it for sm_90: two warpgroups of different code (256 threads,
+    setmaxnreg), both products and the TMA copies of half a latent's width, in a CTA's shared memory."""
+    compiled = compile_for_sm90(spec, query_len, page_size, False, mask, extensions, 64, warp_specialized=True,
+                                alternating=True)
+    ptx = compiled["ptx"]
+    assert ".reqntid 256" in ptx and "setmaxnreg.dec" in ptx and "setmaxnreg.inc" in ptx
+    assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor" in ptx
+    assert 0 < compiled["shared"] <= SM90_SHARED_MEMORY
+
+
+def test_alternating_tile_shape():
+    """4 warps outside the warp-specialised region, 64 rows, 64-key blocks in two stages (one a warpgroup's blocks)
+    held in halves, the query's rope part in registers; its own template."""
+    mla = latent_spec()
+    tile = LatentHopperConfig(1, alternating=True).tile_for(mla, 64)
+    assert tile.warp_specialized and tile.alternating
+    assert (tile.block_m, tile.block_n, tile.num_warps, tile.num_stages(512, 64)) == (64, 64, 4, 2)
+    # 64 x 512 query + two 8 KB P tiles + two 72 KB stages in 227 KB (the rope query is not in shared memory).
+    assert tile.stages_that_fit(512, 64) == 2
+    source = render_latent_hopper_kernel(mla, tile)
+    assert "def even_partition(" in source and "def odd_partition(" in source and "HALF_DIM = gl.constexpr(256)" in source
+    assert "def even_partition(" not in render_latent_hopper_kernel(mla, LatentHopperTile(False, warp_specialized=True))
+
+
 def test_warp_specialized_tile_shape():
     """4 warps outside the warp-specialised region (the value warpgroup's 4 come with it), the shared tile's 64 rows
     and stages, the other template."""
@@ -255,12 +285,14 @@ def test_warp_specialized_tile_shape():
 def test_config_heuristic():
     mla = latent_spec()
     # Batch 128: 256 one-per-SM programs already fill two waves of 132 SMs.
-    ws = dict(warp_specialized=True)  # the shared 64-row tile's default form
-    assert heuristic_config(mla, shape(batch=128, capacity=8192), 132) == LatentHopperConfig(1, False, block_n=64, **ws)
+    # The shared 64-row tile is warp-specialised; MLA's warpgroups take turns, narrower latents keep the score /
+    # value split.
+    turns, ws = dict(warp_specialized=True, alternating=True), dict(warp_specialized=True, alternating=False)
+    assert heuristic_config(mla, shape(batch=128, capacity=8192), 132) == LatentHopperConfig(1, False, block_n=64, **turns)
     # One sequence: 2 programs; splits of at least 4 key blocks, up to what fills the SMs.
     assert heuristic_config(mla, shape(batch=1, capacity=8192), 132).num_splits == 32
     # MLA at Lq 2 keeps 64-row tiles shared by two warpgroups (64 x 512 fp32 is too much for one).
-    assert heuristic_config(mla, shape(query_len=2), 132) == LatentHopperConfig(1, False, block_n=64, **ws)
+    assert heuristic_config(mla, shape(query_len=2), 132) == LatentHopperConfig(1, False, block_n=64, **turns)
     # A 256-wide latent head with 64 rows or more: 64-row programs of one warpgroup, two an SM (64-key blocks).
     gla2 = latent_spec(latent_heads=2, width=256)
     for query_len in (1, 2, 4):
@@ -338,6 +370,17 @@ def test_config_checks():
         LatentHopperTile(row_split=True, warp_specialized=True)
     with pytest.raises(ValueError, match="scores ahead"):
         LatentHopperTile(row_split=False, scores_ahead=False, warp_specialized=True)
+    # Alternating: a schedule of the warp-specialised tile, 64-key blocks only.
+    assert LatentHopperConfig(alternating=True).problem_with(latent_spec()) is None
+    assert LatentHopperConfig(block_n=64, alternating=True).problem_with(gla2) is None
+    assert LatentHopperConfig(alternating=True).tile_for(gla2, 64).block_n == 64  # 128 where the choice is open
+    assert "warp-specialised" in LatentHopperConfig(warp_specialized=False, alternating=True).problem_with(gla2)
+    assert "warp-specialised" in LatentHopperConfig(row_split=True, alternating=True).problem_with(gla2)
+    assert "64-key blocks" in LatentHopperConfig(block_n=128, alternating=True).problem_with(gla2)
+    with pytest.raises(ValueError, match="warp-specialised"):
+        LatentHopperTile(row_split=False, alternating=True)
+    with pytest.raises(ValueError, match="64-key blocks"):
+        LatentHopperTile(row_split=False, block_n=128, warp_specialized=True, alternating=True)
 
 
 def test_rescaled_splits_count_the_one_warpgroup_programs():
@@ -392,7 +435,7 @@ def test_config_round_trip_leaves_out_an_open_block_size():
     # such choice (absent reads as False, and stays out).
     open_form = LatentHopperConfig(3, False, 64)
     assert open_form.warp_specialized is None and open_form.tile_for(latent_spec(), 64).warp_specialized
-    assert open_choices(open_form) == ("warp_specialized",)
+    assert open_choices(open_form) == ("warp_specialized", "alternating")
     for form in (True, False):
         explicit = LatentHopperConfig(3, False, 64, warp_specialized=form)
         assert explicit.to_dict()["warp_specialized"] is form
@@ -400,7 +443,19 @@ def test_config_round_trip_leaves_out_an_open_block_size():
         assert explicit.tile_for(latent_spec(), 64).warp_specialized is form
     rows = LatentHopperConfig(3, True, 64)
     assert rows.warp_specialized is False and "warp_specialized" not in rows.to_dict() and not open_choices(rows)
-    assert LATENT_HOPPER.resolved_config(open_form, latent_spec()) == LatentHopperConfig(3, False, 64, warp_specialized=True)
+    # alternating: absent from a warp-specialised entry (tuned before it was a choice) leaves it open and runs the
+    # score / value split; explicit values round-trip; without warp specialisation there is no such choice.
+    tuned_ws = LatentHopperConfig(3, False, 64, warp_specialized=True)
+    assert open_choices(tuned_ws) == ("alternating",) and not tuned_ws.tile_for(latent_spec(), 64).alternating
+    for schedule in (True, False):
+        explicit = LatentHopperConfig(3, False, 64, warp_specialized=True, alternating=schedule)
+        assert explicit.to_dict()["alternating"] is schedule and not open_choices(explicit)
+        assert LatentHopperConfig.from_dict(explicit.to_dict()) == explicit
+        assert explicit.tile_for(latent_spec(), 64).alternating is schedule
+    for no_choice in (rows, LatentHopperConfig(3, False, 64, warp_specialized=False)):
+        assert no_choice.alternating is False and "alternating" not in no_choice.to_dict()
+    assert LATENT_HOPPER.resolved_config(open_form, latent_spec()) == LatentHopperConfig(3, False, 64, warp_specialized=True,
+                                                                                        alternating=False)
     explicit = LatentHopperConfig(3, False, block_n=128)
     assert LatentHopperConfig.from_dict(explicit.to_dict()) == explicit
 
@@ -424,8 +479,10 @@ def test_the_op_picks_the_hopper_kernel_where_it_applies(monkeypatch):
     call, big = latent_call(q, q_rope, k_cache, k_rope), shape(batch=128, capacity=8192)
     monkeypatch.setattr(type(LATENT_HOPPER), "supports", lambda *args: None)  # as on an H100
     assert choose_kernel(spec, big, call) == (LATENT_HOPPER, LatentHopperConfig(num_splits=1, block_n=64,
-                                                                                warp_specialized=True))
-    assert choose_kernel(spec, big, call, 5)[1] == LatentHopperConfig(5, block_n=64, warp_specialized=True)  # explicit splits win
+                                                                                warp_specialized=True,
+                                                                                alternating=True))
+    assert choose_kernel(spec, big, call, 5)[1] == LatentHopperConfig(5, block_n=64, warp_specialized=True,
+                                                                      alternating=True)  # explicit splits win
     monkeypatch.setattr(type(LATENT_HOPPER), "supports", lambda *args: "not an sm_90 GPU")
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the portable kernels take CPU tensors under the interpreter
     family, config = choose_kernel(spec, big, call)

@@ -184,6 +184,28 @@ def test_warp_specialized_tile_matches_reference(hopper, name, query_len, page_s
     check_fa_rule(out, lse, problem)
 
 
+# The warp-specialised tile's alternating schedule (each warpgroup scores every other key block; P crosses between
+# them rescaled to the pair's common max; stages refilled by halves): the same cases, and odd and even block counts
+# (lengths 1, 517 and 1000 end in blocks 1, 9 and 16), a single-block split and splits with no block at all.
+@pytest.mark.parametrize("name, query_len, page_size, mask, mask_rows, num_splits, dtype", [
+    ("mla", 1, 64, None, "key", 1, torch.bfloat16),
+    ("mla", 1, 64, None, "key", 16, torch.bfloat16),
+    ("mla", 2, 0, None, "key", 5, torch.float16),
+    ("mla", 3, 16, "bool", "token", 3, torch.bfloat16),
+    ("mla", 4, 32, "additive", "head", 2, torch.bfloat16),
+    ("mla", 16, 256, "bool", "key", 1, torch.float16),
+    ("mla_rope48", 4, 128, None, "key", 4, torch.bfloat16),
+    ("gla2", 2, 64, "bool", "token", 2, torch.bfloat16),
+    ("gla_rope16", 1, 32, None, "key", 1, torch.bfloat16),
+])
+def test_alternating_tile_matches_reference(hopper, name, query_len, page_size, mask, mask_rows, num_splits, dtype):
+    problem = hopper_problem(hopper, name, query_len, page_size, dtype, seed=51 + query_len, mask=mask,
+                             mask_rows=mask_rows)
+    config = LatentHopperConfig(num_splits, warp_specialized=True, alternating=True)
+    out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
+    check_fa_rule(out, lse, problem)
+
+
 # The shared 64-row tile's other form (both warpgroups score half of each block's keys): the heuristic no longer
 # takes it, explicit configs and the tuner may.
 @pytest.mark.parametrize("name, query_len, page_size, mask, mask_rows, num_splits, block_n", [

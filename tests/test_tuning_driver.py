@@ -47,7 +47,8 @@ def test_driver_writes_the_table_after_each_bucket_and_skips_done_ones(tmp_path)
 
 def test_entries_with_open_choices_are_tuned_again_and_seed_resolved(tmp_path):
     """A bucket whose entry leaves a choice open (a table tuned before the latent kernel's block size, or the
-    shared tile's warp-specialised form, was a choice) is not done; as a neighbour it seeds a study with the choice made as the family makes it."""
+    shared tile's warp-specialised form or its alternating schedule, was a choice) is not done; as a neighbour it
+    seeds a study with the choice made as the family makes it."""
     from glacompiler.kernels.latent_hopper import LatentHopperConfig
     from glacompiler.tables.table_file import write_table
     from glacompiler.tuning.driver import TuningJob, neighbour_configs
@@ -57,7 +58,8 @@ def test_entries_with_open_choices_are_tuned_again_and_seed_resolved(tmp_path):
     jobs = [TuningJob(gla2, ProblemShape(batch, 1, 8192, 64), "latent_hopper") for batch in (4, 16)]
     table = make_table([entry(gla2, Bucket(4, 8192, 1), LatentHopperConfig(6, False), family="latent_hopper"),
                         entry(gla2, Bucket(16, 8192, 1), LatentHopperConfig(2, False, block_n=64,
-                                                                            warp_specialized=True),
+                                                                            warp_specialized=True,
+                                                                            alternating=False),
                               family="latent_hopper")], gpu=SMALL_GPU.name)
     out = tmp_path / "table.json"
     write_table(table, out)
@@ -66,7 +68,8 @@ def test_entries_with_open_choices_are_tuned_again_and_seed_resolved(tmp_path):
     assert [job.shape.batch for job in summary.already_done] == [16]
     assert [job.shape.batch for job in summary.not_started] == [4]
     assert neighbour_configs(read_table(out), jobs[1]) == [LatentHopperConfig(6, False, block_n=128,
-                                                                              warp_specialized=True)]
+                                                                              warp_specialized=True,
+                                                                              alternating=False)]
 
 
 def test_driver_stops_at_the_total_time_budget(tmp_path):

@@ -1,6 +1,7 @@
 """The Hopper latent kernel for MLA/GLA decode, written in Gluon (templates/latent_hopper/): key blocks arrive by
 TMA; two warpgroups share a 64-row tile's accumulator by dims (warp-specialised: one scores whole blocks and
-runs the softmax; or both scoring half of each block's keys), or split a 128-row tile by rows; or a program of
+runs the softmax, or the two take turns on every other block; or both scoring half of each block's keys), or split
+a 128-row tile by rows; or a program of
 one warpgroup owns 64 rows and two programs share an SM (GLA: latents up to 256 wide, where two key stages
 fit). sm_90 GPUs only; support.py says which calls it takes."""
 from __future__ import annotations
@@ -46,7 +47,8 @@ class LatentHopperFamily(KernelFamily):
 
     def resolved_config(self, config: LatentHopperConfig, spec: AttentionSpec) -> LatentHopperConfig:
         tile = config.tile_for(spec, 0)
-        return dataclasses.replace(config, block_n=tile.block_n, warp_specialized=tile.warp_specialized)
+        return dataclasses.replace(config, block_n=tile.block_n, warp_specialized=tile.warp_specialized,
+                                   alternating=tile.alternating)
 
     def prepare(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig):
         return LatentHopperLaunchPlan(call, spec, shape, config)
@@ -59,8 +61,9 @@ class LatentHopperFamily(KernelFamily):
     def search_space(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
                      include: Sequence[LatentHopperConfig] = ()):
         """Split counts, the tiles where the latent fits one warpgroup's accumulator (128 rows, or 64 on one
-        warpgroup), the shared 64-row tile's two forms, and the block size (configs whose blocks or tile do not fit
-        are pruned by resource_check)."""
+        warpgroup), the shared 64-row tile's forms (the warp-specialised one with either schedule), and the block
+        size (configs whose blocks or tile do not fit, or whose forms do not go together, are pruned by
+        resource_check)."""
         from ..common.search_space import include_configs, split_choices
 
         narrow = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH
@@ -70,7 +73,7 @@ class LatentHopperFamily(KernelFamily):
         return include_configs({"num_splits": split_choices(spec, shape, multiprocessors, widest),
                                 "row_split": row_split, "block_n": block_n,
                                 "one_warpgroup": [False] + ([True] if narrow else []),
-                                "warp_specialized": [False, True]}, include)
+                                "warp_specialized": [False, True], "alternating": [False, True]}, include)
 
     def resource_check(self, spec: AttentionSpec, config: LatentHopperConfig, limits) -> ResourceCheck:
         # The tile's stages are sized from the shared memory the template leaves (LatentHopperTile.num_stages).
@@ -80,6 +83,7 @@ class LatentHopperFamily(KernelFamily):
         tile = config.tile_for(spec, 0)
         stages = tile.num_stages(spec.head_dim_k, rope_tile_width(spec.rope_dim))
         programs = (", one warpgroup, two programs an SM" if tile.one_warpgroup
+                    else ", warp-specialised, alternating" if tile.alternating
                     else ", warp-specialised" if tile.warp_specialized else "")
         return ResourceCheck(0.0, f"{tile.block_m}-row tile{programs}, {tile.block_n}-key blocks, {stages} stages",
                              {"stages": stages})

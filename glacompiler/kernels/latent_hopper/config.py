@@ -5,8 +5,9 @@ Tiles: 64 keys per block (one TMA box, one page of a 64-token paged cache), or 1
 256 wide on the 64-row tile; a page smaller than the block takes one copy each, down to 16 keys (a copy lands on
 a multiple of the 128-byte swizzle's 8-row period, and smaller pages would need more copies than a block is
 worth). Rows: 64 shared by two warpgroups, each with half of a latent up to 512 wide: warp-specialised (one
-scores whole blocks and runs the softmax, the other takes P through shared memory; the default), or both
-running the same code, each scoring half the block's keys; or, for latents up to 256 wide, 128 split between
+scores whole blocks and runs the softmax, the other takes P through shared memory; or, alternating, each scores
+every other block; the default), or both running the same code, each scoring half the block's keys; or, for
+latents up to 256 wide, 128 split between
 them (row_split), or 64 owned by a program of one warpgroup, two programs an SM (one_warpgroup). Shared-memory
 stages: what 227 KB holds beside the query tile (for one_warpgroup: half of the SM's 228 KB, less the driver's
 per-program reserve)."""
@@ -37,13 +38,16 @@ def latent_copy_rows(page_size: int, block_n: int = BLOCK_N) -> int:
     return min(page_size, block_n) if page_size else block_n
 
 
-def tile_form_problem(row_split: bool, one_warpgroup: bool, warp_specialized: bool) -> Optional[str]:
+def tile_form_problem(row_split: bool, one_warpgroup: bool, warp_specialized: bool,
+                      alternating: bool = False) -> Optional[str]:
     """Why these forms of the row tile do not go together, or None: one warpgroup is a form of the row-owned tile,
-    warp specialisation one of the shared tile."""
+    warp specialisation one of the shared tile, alternating turns one of the warp-specialised tile."""
     if one_warpgroup and not row_split:
         return "one_warpgroup is a form of the row_split tile (each warpgroup owns its rows)"
     if warp_specialized and row_split:
         return "warp_specialized is a form of the shared 64-row tile (not row_split)"
+    if alternating and not warp_specialized:
+        return "alternating is a schedule of the warp-specialised shared tile (warp_specialized, not row_split)"
     return None
 
 
@@ -67,13 +71,21 @@ class LatentHopperTile:
     # 9-11% faster, GLA-8 at Lq 1 with 128-key blocks 6% (benchmarks/RESULTS.md, "A warp-specialised tile for
     # MLA"). It always issues the next block's scores ahead (scores_ahead must be left open).
     warp_specialized: bool = False
+    # The warp-specialised tile's other schedule, FlashMLA's (templates/latent_hopper/latent_decode_alt.py.jinja):
+    # the warpgroups take turns, each scoring every other key block and running its softmax while the other's
+    # score product holds the tensor cores, and each accumulating one half of the output over every block (P crosses
+    # through shared memory, rescaled to the pair's common max); key stages are refilled by halves. 64-key blocks.
+    # On an H200 MLA 0.95-1.01x the time of the score/value split (benchmarks/RESULTS.md).
+    alternating: bool = False
 
     def __post_init__(self):
         if self.block_n not in (BLOCK_N, WIDE_BLOCK_N) or self.block_n % self.copy_rows:
             raise ValueError(f"a tile of {self.block_n}-key blocks cannot take copies of {self.copy_rows} keys")
-        problem = tile_form_problem(self.row_split, self.one_warpgroup, self.warp_specialized)
+        problem = tile_form_problem(self.row_split, self.one_warpgroup, self.warp_specialized, self.alternating)
         if problem:
             raise ValueError(problem)
+        if self.alternating and self.block_n != BLOCK_N:
+            raise ValueError(f"the alternating tile takes {BLOCK_N}-key blocks")
         if self.warp_specialized and self.scores_ahead is not None:
             raise ValueError("the warp-specialised tile always issues the next block's scores ahead")
 
@@ -82,6 +94,11 @@ class LatentHopperTile:
         """The kernel's warps outside its warp-specialised region (the score warpgroup's; the value warpgroup's
         four come on top)."""
         return 4 if self.one_warpgroup or self.warp_specialized else NUM_WARPS
+
+    def latent_copy_width(self, head_dim: int) -> int:
+        """Latent columns a TMA copy takes: the whole width, or half of it where each half has its own barrier
+        (alternating)."""
+        return head_dim // 2 if self.alternating else head_dim
 
     def issues_scores_ahead(self, head_dim: int) -> bool:
         return head_dim == 512 and not self.row_split if self.scores_ahead is None else self.scores_ahead
@@ -99,7 +116,10 @@ class LatentHopperTile:
             free = (SM90_SHARED_MEMORY_PER_SM // 2 - SM90_CTA_RESERVE - MBARRIER_RESERVE
                     - self.block_m * head_dim * element)
             return free // (self.block_n * row_bytes)
-        query_and_p = self.block_m * row_bytes + (0 if self.row_split else self.block_m * self.block_n * element)
+        if self.alternating:  # the query's latent part (its rope part is in registers) and two blocks' P
+            query_and_p = self.block_m * head_dim * element + 2 * self.block_m * self.block_n * element
+        else:
+            query_and_p = self.block_m * row_bytes + (0 if self.row_split else self.block_m * self.block_n * element)
         free = SM90_SHARED_MEMORY - SHARED_MEMORY_RESERVE - query_and_p
         return free // (self.block_n * row_bytes)
 
@@ -109,7 +129,10 @@ class LatentHopperTile:
 
     def num_stages(self, head_dim: int, rope_width: int) -> int:
         """Key-block stages: as many as fit (2 for MLA's 512-wide latent, 4 for a 256-wide one over 64 rows, 3
-        over 128; 2 for 128-key blocks of a 256-wide one, and on one warpgroup), at most 4."""
+        over 128; 2 for 128-key blocks of a 256-wide one, and on one warpgroup), at most 4; alternating: one a
+        warpgroup's blocks."""
+        if self.alternating:
+            return 2
         return max(2, min(4, self.stages_that_fit(head_dim, rope_width)))
 
 
@@ -141,11 +164,15 @@ class LatentHopperConfig:
     # None (tables tuned before it was a choice): the form the family prefers, warp-specialised; with row_split
     # there is no choice and it reads as False.
     warp_specialized: Optional[bool] = None
+    # The warp-specialised tile's alternating schedule (LatentHopperTile.alternating). None (tables tuned before it
+    # was a choice) reads as False; without warp specialisation there is no choice and it reads as False.
+    alternating: Optional[bool] = None
 
     def tile_for(self, spec: AttentionSpec, page_size: int) -> LatentHopperTile:
-        block_n = self.block_n or preferred_block_n(spec, self.row_split)
+        block_n = self.block_n or (BLOCK_N if self.alternating else preferred_block_n(spec, self.row_split))
         return LatentHopperTile(self.row_split, latent_copy_rows(page_size, block_n), block_n=block_n,
-                                one_warpgroup=self.one_warpgroup, warp_specialized=self.runs_warp_specialized)
+                                one_warpgroup=self.one_warpgroup, warp_specialized=self.runs_warp_specialized,
+                                alternating=bool(self.alternating))
 
     @property
     def runs_warp_specialized(self) -> bool:
@@ -155,6 +182,8 @@ class LatentHopperConfig:
         object.__setattr__(self, "one_warpgroup", bool(self.one_warpgroup))
         if self.row_split and self.warp_specialized is None:
             object.__setattr__(self, "warp_specialized", False)
+        if not self.runs_warp_specialized and self.alternating is None:
+            object.__setattr__(self, "alternating", False)
         if not 1 <= self.num_splits <= MAX_SPLITS:
             raise ValueError(f"num_splits must lie in [1, {MAX_SPLITS}], got {self.num_splits}")
         if self.block_n not in (None, BLOCK_N, WIDE_BLOCK_N):
@@ -162,10 +191,12 @@ class LatentHopperConfig:
 
     def to_dict(self) -> dict:
         # Open choices stay out, and so do the choices a tile does not have (one_warpgroup off, warp_specialized
-        # on a row-owned tile), as in tables written before they were choices.
+        # on a row-owned tile, alternating off without warp specialisation), as in tables written before they were
+        # choices.
         def left_out(name, value):
             return value is None or (not value and (name == "one_warpgroup"
-                                                    or (name == "warp_specialized" and self.row_split)))
+                                                    or (name == "warp_specialized" and self.row_split)
+                                                    or (name == "alternating" and not self.runs_warp_specialized)))
 
         return {name: value for name, value in dataclasses.asdict(self).items() if not left_out(name, value)}
 
@@ -177,9 +208,12 @@ class LatentHopperConfig:
         """Why this config cannot run a spec the kernel otherwise takes, or None."""
         if self.row_split and spec.head_dim_k > ROW_SPLIT_MAX_WIDTH:
             return f"row_split tiles take latents up to {ROW_SPLIT_MAX_WIDTH} wide"
-        problem = tile_form_problem(self.row_split, self.one_warpgroup, bool(self.warp_specialized))
+        problem = tile_form_problem(self.row_split, self.one_warpgroup, self.runs_warp_specialized,
+                                    bool(self.alternating))
         if problem:
             return problem
+        if self.alternating and self.block_n not in (None, BLOCK_N):
+            return f"the alternating tile takes {BLOCK_N}-key blocks"
         tile = self.tile_for(spec, 0)
         if not tile.holds_two_stages(spec):
             kind = "one-warpgroup " if tile.one_warpgroup else ""
@@ -200,7 +234,8 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     latent head has fewer rows (faster than the 128-row tile at every GLA-2 shape timed on an H200, and than the
     shared 64-row tile from B128 S8K or caches of 32K up; the H200 table's tuning took it for 32 of the 38 GLA-8
     buckets of 16 and 32 rows, up to 1.20x faster, the shared tile keeping a few small-work ones, short caches at
-    B 1/8); otherwise the shared 64-row tile, warp-specialised. Then the fewest splits that fill the GPU's
+    B 1/8); otherwise the shared 64-row tile, warp-specialised, with alternating turns for MLA's 512-wide latent
+    (0.95-1.01x the score/value split's time on an H200). Then the fewest splits that fill the GPU's
     resident programs; the preferred block size. (Where the one-warpgroup tile's two stages do not fit: 128-row
     tiles from 65 rows on, where theirs do.)"""
     rows = spec.group_size * shape.query_len
@@ -213,5 +248,9 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     # was slower at every shape timed, benchmarks/RESULTS.md).
     splits = default_num_splits(programs_per_split(spec, shape, row_split, one_warpgroup), shape.capacity,
                                 BLOCK_N, multiprocessors, resident=2 if one_warpgroup else 1)
-    return LatentHopperConfig(splits, row_split, preferred_block_n(spec, row_split), one_warpgroup,
-                              warp_specialized=not row_split)
+    # The shared tile of a latent wider than one warpgroup's accumulator holds (MLA) takes turns; narrower ones
+    # (a rope key too wide for the row-owned tiles) keep the score/value split and its 128-key blocks.
+    alternating = (not row_split and not narrow
+                   and LatentHopperTile(False, warp_specialized=True, alternating=True).holds_two_stages(spec))
+    return LatentHopperConfig(splits, row_split, BLOCK_N if alternating else preferred_block_n(spec, row_split),
+                              one_warpgroup, warp_specialized=not row_split, alternating=alternating)

@@ -63,7 +63,8 @@ class LatentHopperLaunchPlan:
         extensions = kernel_extensions(call.softmax_scale, 0.0, None, call.sinks, call.window_size)
         self.keys = KeyBoundsPlan(call.attn_mask, call.kv_range, call.cache_seqlens, batch, q.shape[2], query_len,
                                   shape.capacity, call.causal, q.device, extensions.positions_matter)
-        self.k_view = _RowsView(call.k_cache, spec.num_kv_heads * spec.head_dim_k, spec.head_dim_k, tile.copy_rows)
+        self.k_view = _RowsView(call.k_cache, spec.num_kv_heads * spec.head_dim_k,
+                                tile.latent_copy_width(spec.head_dim_k), tile.copy_rows)
         self.k_rope_view = _RowsView(call.k_rope_cache, spec.rope_dim, rope_tile_width(spec.rope_dim),
                                      tile.copy_rows)
         self.tail = (

@@ -13,6 +13,7 @@ from .config import LatentHopperTile
 
 TEMPLATE = "latent_hopper/latent_decode.py.jinja"
 WARP_SPECIALIZED_TEMPLATE = "latent_hopper/latent_decode_ws.py.jinja"
+ALTERNATING_TEMPLATE = "latent_hopper/latent_decode_alt.py.jinja"
 VALUE_WARPGROUP_REGISTERS = 240  # the value warpgroup's register budget (its accumulator is 128 a thread)
 
 
@@ -27,7 +28,7 @@ def swizzle_bytes(row_bytes: int) -> int:
 def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> str:
     rope_width = rope_tile_width(spec.rope_dim)
     return render(
-        WARP_SPECIALIZED_TEMPLATE if tile.warp_specialized else TEMPLATE,
+        ALTERNATING_TEMPLATE if tile.alternating else WARP_SPECIALIZED_TEMPLATE if tile.warp_specialized else TEMPLATE,
         spec_key=spec.key(),
         row_split=tile.row_split,
         head_dim=spec.head_dim_k,
@@ -66,4 +67,5 @@ def latent_hopper_kernels_version() -> str:
         render_latent_hopper_kernel(gla, LatentHopperTile(True, one_warpgroup=True)),
         render_latent_hopper_kernel(mla, LatentHopperTile(False, warp_specialized=True)),
         render_latent_hopper_kernel(gla, LatentHopperTile(False, block_n=128, warp_specialized=True)),
+        render_latent_hopper_kernel(mla, LatentHopperTile(False, warp_specialized=True, alternating=True)),
     ]))
