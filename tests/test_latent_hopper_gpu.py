@@ -161,32 +161,13 @@ def test_row_owned_tiles_match_reference(hopper, name, query_len, page_size, mas
     check_fa_rule(out, lse, problem)
 
 
-# The warp-specialised form of the shared 64-row tile (one warpgroup scores whole blocks and runs the softmax, the
-# other accumulates the right half of the output and refills the stages): masks per key, token and head, pages of
-# 16 to 256 and contiguous caches, splits (empty ones among them: a length of 0 and of 1), Lq up to 16, a rope key
-# narrower than its tile, a 256-wide latent and a partly empty row block.
-@pytest.mark.parametrize("name, query_len, page_size, mask, mask_rows, num_splits, dtype", [
-    ("mla", 1, 64, None, "key", 1, torch.bfloat16),
-    ("mla", 2, 0, None, "key", 5, torch.float16),
-    ("mla", 3, 16, "bool", "token", 3, torch.bfloat16),
-    ("mla", 4, 32, "additive", "head", 2, torch.bfloat16),
-    ("mla", 16, 256, "bool", "key", 1, torch.float16),
-    ("mla_rope48", 4, 128, None, "key", 4, torch.bfloat16),
-    ("gla2", 2, 64, "bool", "token", 2, torch.bfloat16),
-    ("gla_rope16", 1, 32, None, "key", 1, torch.bfloat16),
-])
-def test_warp_specialized_tile_matches_reference(hopper, name, query_len, page_size, mask, mask_rows, num_splits,
-                                                 dtype):
-    problem = hopper_problem(hopper, name, query_len, page_size, dtype, seed=31 + query_len, mask=mask,
-                             mask_rows=mask_rows)
-    config = LatentHopperConfig(num_splits, warp_specialized=True)
-    out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
-    check_fa_rule(out, lse, problem)
-
-
-# The warp-specialised tile's alternating schedule (each warpgroup scores every other key block; P crosses between
-# them rescaled to the pair's common max; stages refilled by halves): the same cases, and odd and even block counts
-# (lengths 1, 517 and 1000 end in blocks 1, 9 and 16), a single-block split and splits with no block at all.
+# The warp-specialised form of the shared 64-row tile in both schedules: one warpgroup scores whole blocks and runs
+# the softmax while the other accumulates the right half of the output and refills the stages; or, alternating, each
+# scores every other key block (P crosses between them rescaled to the pair's common max; stages refilled by halves).
+# Masks per key, token and head, pages of 16 to 256 and contiguous caches, splits (empty ones among them: a length of
+# 0 and of 1; with 16 splits, single-block ones), odd and even block counts (lengths 1, 517 and 1000 end in blocks 1,
+# 9 and 16), Lq up to 16, a rope key narrower than its tile, a 256-wide latent and a partly empty row block.
+@pytest.mark.parametrize("alternating", [False, True])
 @pytest.mark.parametrize("name, query_len, page_size, mask, mask_rows, num_splits, dtype", [
     ("mla", 1, 64, None, "key", 1, torch.bfloat16),
     ("mla", 1, 64, None, "key", 16, torch.bfloat16),
@@ -198,10 +179,11 @@ def test_warp_specialized_tile_matches_reference(hopper, name, query_len, page_s
     ("gla2", 2, 64, "bool", "token", 2, torch.bfloat16),
     ("gla_rope16", 1, 32, None, "key", 1, torch.bfloat16),
 ])
-def test_alternating_tile_matches_reference(hopper, name, query_len, page_size, mask, mask_rows, num_splits, dtype):
-    problem = hopper_problem(hopper, name, query_len, page_size, dtype, seed=51 + query_len, mask=mask,
+def test_warp_specialized_tile_matches_reference(hopper, name, query_len, page_size, mask, mask_rows, num_splits,
+                                                 dtype, alternating):
+    problem = hopper_problem(hopper, name, query_len, page_size, dtype, seed=31 + query_len, mask=mask,
                              mask_rows=mask_rows)
-    config = LatentHopperConfig(num_splits, warp_specialized=True, alternating=True)
+    config = LatentHopperConfig(num_splits, warp_specialized=True, alternating=alternating)
     out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
     check_fa_rule(out, lse, problem)
 

@@ -84,6 +84,14 @@ def test_hopper_space_holds_split_counts_and_row_tiles(name):
     assert LATENT_HOPPER.resource_check(PAPER_SPECS["mla"], LatentHopperConfig(row_split=True), H100).excess > 0
 
 
+def test_hopper_space_takes_a_config_with_open_choices_as_it_runs():
+    """An entry tuned before the alternating schedule was a choice (alternating None) joins the space resolved."""
+    spec, shape = PAPER_SPECS["mla"], ProblemShape(batch=8, query_len=1, capacity=8192, page_size=64)
+    tuned_before = LatentHopperConfig(4, False, 64, warp_specialized=True)
+    space = LATENT_HOPPER.search_space(spec, shape, H100.multiprocessors, [tuned_before])
+    assert space.contains(LatentHopperConfig(4, False, 64, warp_specialized=True, alternating=False))
+
+
 def test_heuristic_pipelines_small_contiguous_key_blocks_deeper():
     """num_stages 4 where one program walks a whole contiguous cache of head dim 64, 3 where the cache is split,
     2 for paged caches and for wider key blocks (H200 measurements: pipeline_stages)."""

@@ -13,7 +13,7 @@ import torch
 
 from ...spec import AttentionSpec, ProblemShape
 from ..common.tiles import rope_tile_width
-from ..family import KernelCall, KernelFamily, ResourceCheck
+from ..family import KernelCall, KernelFamily, ResourceCheck, open_choices
 from .config import (BLOCK_N, ROW_SPLIT_MAX_WIDTH, WIDE_BLOCK_N, LatentHopperConfig, LatentHopperTile, heuristic_config,
                      programs_per_split)
 from .launch import LatentHopperLaunchPlan
@@ -66,6 +66,8 @@ class LatentHopperFamily(KernelFamily):
         resource_check)."""
         from ..common.search_space import include_configs, split_choices
 
+        # A config with open choices (a table's entry tuned before they existed) joins the space as the family runs it.
+        include = [self.resolved_config(config, spec) if open_choices(config) else config for config in include]
         narrow = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH
         row_split = [False] + ([True] if narrow else [])
         widest = LatentHopperTile(row_split[-1]).block_m

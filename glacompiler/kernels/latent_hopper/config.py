@@ -4,11 +4,10 @@ policy (LatentHopperTile: what the template is rendered for) and the heuristic t
 Tiles: 64 keys per block (one TMA box, one page of a 64-token paged cache), or 128 where the latent is at most
 256 wide on the 64-row tile; a page smaller than the block takes one copy each, down to 16 keys (a copy lands on
 a multiple of the 128-byte swizzle's 8-row period, and smaller pages would need more copies than a block is
-worth). Rows: 64 shared by two warpgroups, each with half of a latent up to 512 wide: warp-specialised (one
-scores whole blocks and runs the softmax, the other takes P through shared memory; or, alternating, each scores
-every other block; the default), or both running the same code, each scoring half the block's keys; or, for
-latents up to 256 wide, 128 split between
-them (row_split), or 64 owned by a program of one warpgroup, two programs an SM (one_warpgroup). Shared-memory
+worth). Rows: 64 shared by two warpgroups, each with half of a latent up to 512 wide: warp-specialised (the
+default; one scores whole blocks and runs the softmax while the other takes P through shared memory, or, alternating,
+each scores every other block), or both running the same code, each scoring half the block's keys; or, for latents
+up to 256 wide, 128 split between them (row_split), or 64 owned by a program of one warpgroup, two programs an SM (one_warpgroup). Shared-memory
 stages: what 227 KB holds beside the query tile (for one_warpgroup: half of the SM's 228 KB, less the driver's
 per-program reserve)."""
 from __future__ import annotations
@@ -91,8 +90,8 @@ class LatentHopperTile:
 
     @property
     def num_warps(self) -> int:
-        """The kernel's warps outside its warp-specialised region (the score warpgroup's; the value warpgroup's
-        four come on top)."""
+        """The kernel's warps outside its warp-specialised region (the score warpgroup's, or the even one's when
+        alternating; the other warpgroup's four come on top)."""
         return 4 if self.one_warpgroup or self.warp_specialized else NUM_WARPS
 
     def latent_copy_width(self, head_dim: int) -> int:
@@ -109,7 +108,8 @@ class LatentHopperTile:
 
     def stages_that_fit(self, head_dim: int, rope_width: int) -> int:
         """Key blocks the shared memory holds beside the query tile and P (one_warpgroup: beside the query's
-        latent part in half an SM; its rope part and P are in registers)."""
+        latent part in half an SM; its rope part and P are in registers; alternating: beside the query's latent
+        part and two blocks' P, its rope part in registers)."""
         element = 2  # bf16 / fp16
         row_bytes = (head_dim + rope_width) * element
         if self.one_warpgroup:

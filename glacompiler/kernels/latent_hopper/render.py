@@ -1,6 +1,7 @@
 """The Hopper latent kernel's source, rendered from templates/latent_hopper/ (Gluon) per latent spec and tile:
-latent_decode.py.jinja, or latent_decode_ws.py.jinja for the warp-specialised tile; what both share is in the
-folder's helpers.py.jinja, bounds.py.jinja, query_load.py.jinja and first_copies.py.jinja."""
+latent_decode.py.jinja, or for the warp-specialised tile latent_decode_ws.py.jinja (score / value warpgroups) or
+latent_decode_alt.py.jinja (alternating turns); what they share is in the folder's helpers.py.jinja, bounds.py.jinja,
+query_load.py.jinja, first_copies.py.jinja and output_half.py.jinja."""
 from __future__ import annotations
 
 import functools
@@ -14,7 +15,9 @@ from .config import LatentHopperTile
 TEMPLATE = "latent_hopper/latent_decode.py.jinja"
 WARP_SPECIALIZED_TEMPLATE = "latent_hopper/latent_decode_ws.py.jinja"
 ALTERNATING_TEMPLATE = "latent_hopper/latent_decode_alt.py.jinja"
-VALUE_WARPGROUP_REGISTERS = 240  # the value warpgroup's register budget (its accumulator is 128 a thread)
+# The worker warpgroup's register budget (its half of the accumulator is 128 a thread): the value warpgroup's, or the
+# odd one's of the alternating schedule.
+VALUE_WARPGROUP_REGISTERS = 240
 
 
 def swizzle_bytes(row_bytes: int) -> int:
