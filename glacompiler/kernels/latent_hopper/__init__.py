@@ -1,9 +1,8 @@
 """The Hopper latent kernel for MLA/GLA decode, written in Gluon (templates/latent_hopper/): key blocks arrive by
 TMA; two warpgroups share a 64-row tile's accumulator by dims (warp-specialised: one scores whole blocks and
 runs the softmax, or the two take turns on every other block; or both scoring half of each block's keys), or split
-a 128-row tile by rows; or a program of
-one warpgroup owns 64 rows and two programs share an SM (GLA: latents up to 256 wide, where two key stages
-fit). sm_90 GPUs only; support.py says which calls it takes."""
+a 128-row tile by rows; or a program of one warpgroup owns 64 rows and two programs share an SM (GLA: latents up to
+256 wide, where two key stages fit). sm_90 GPUs only; support.py says which calls it takes."""
 from __future__ import annotations
 
 import dataclasses

@@ -5,10 +5,10 @@ Tiles: 64 keys per block (one TMA box, one page of a 64-token paged cache), or 1
 256 wide on the 64-row tile; a page smaller than the block takes one copy each, down to 16 keys (a copy lands on
 a multiple of the 128-byte swizzle's 8-row period, and smaller pages would need more copies than a block is
 worth). Rows: 64 shared by two warpgroups, each with half of a latent up to 512 wide: warp-specialised (the
-default; one scores whole blocks and runs the softmax while the other takes P through shared memory, or, alternating,
-each scores every other block), or both running the same code, each scoring half the block's keys; or, for latents
-up to 256 wide, 128 split between them (row_split), or 64 owned by a program of one warpgroup, two programs an SM (one_warpgroup). Shared-memory
-stages: what 227 KB holds beside the query tile (for one_warpgroup: half of the SM's 228 KB, less the driver's
+default; one scores whole blocks and runs the softmax while the other takes P through shared memory, or,
+alternating, each scores every other block), or both running the same code, each scoring half the block's keys;
+or, for latents up to 256 wide, 128 split between them (row_split), or 64 owned by a program of one warpgroup, two
+programs an SM (one_warpgroup). Shared-memory stages: what 227 KB holds beside the query tile (for one_warpgroup: half of the SM's 228 KB, less the driver's
 per-program reserve)."""
 from __future__ import annotations
 
@@ -37,16 +37,19 @@ def latent_copy_rows(page_size: int, block_n: int = BLOCK_N) -> int:
     return min(page_size, block_n) if page_size else block_n
 
 
-def tile_form_problem(row_split: bool, one_warpgroup: bool, warp_specialized: bool,
-                      alternating: bool = False) -> Optional[str]:
+def tile_form_problem(row_split: bool, one_warpgroup: bool, warp_specialized: bool, alternating: bool = False,
+                      block_n: int = BLOCK_N) -> Optional[str]:
     """Why these forms of the row tile do not go together, or None: one warpgroup is a form of the row-owned tile,
-    warp specialisation one of the shared tile, alternating turns one of the warp-specialised tile."""
+    warp specialisation one of the shared tile, alternating turns one of the warp-specialised tile with 64-key
+    blocks."""
     if one_warpgroup and not row_split:
         return "one_warpgroup is a form of the row_split tile (each warpgroup owns its rows)"
     if warp_specialized and row_split:
         return "warp_specialized is a form of the shared 64-row tile (not row_split)"
     if alternating and not warp_specialized:
         return "alternating is a schedule of the warp-specialised shared tile (warp_specialized, not row_split)"
+    if alternating and block_n != BLOCK_N:
+        return f"the alternating tile takes {BLOCK_N}-key blocks"
     return None
 
 
@@ -80,11 +83,10 @@ class LatentHopperTile:
     def __post_init__(self):
         if self.block_n not in (BLOCK_N, WIDE_BLOCK_N) or self.block_n % self.copy_rows:
             raise ValueError(f"a tile of {self.block_n}-key blocks cannot take copies of {self.copy_rows} keys")
-        problem = tile_form_problem(self.row_split, self.one_warpgroup, self.warp_specialized, self.alternating)
+        problem = tile_form_problem(self.row_split, self.one_warpgroup, self.warp_specialized, self.alternating,
+                                    self.block_n)
         if problem:
             raise ValueError(problem)
-        if self.alternating and self.block_n != BLOCK_N:
-            raise ValueError(f"the alternating tile takes {BLOCK_N}-key blocks")
         if self.warp_specialized and self.scores_ahead is not None:
             raise ValueError("the warp-specialised tile always issues the next block's scores ahead")
 
@@ -208,12 +210,11 @@ class LatentHopperConfig:
         """Why this config cannot run a spec the kernel otherwise takes, or None."""
         if self.row_split and spec.head_dim_k > ROW_SPLIT_MAX_WIDTH:
             return f"row_split tiles take latents up to {ROW_SPLIT_MAX_WIDTH} wide"
+        # (An open block size is 64 under the alternating schedule: tile_for.)
         problem = tile_form_problem(self.row_split, self.one_warpgroup, self.runs_warp_specialized,
-                                    bool(self.alternating))
+                                    bool(self.alternating), self.block_n or BLOCK_N)
         if problem:
             return problem
-        if self.alternating and self.block_n not in (None, BLOCK_N):
-            return f"the alternating tile takes {BLOCK_N}-key blocks"
         tile = self.tile_for(spec, 0)
         if not tile.holds_two_stages(spec):
             kind = "one-warpgroup " if tile.one_warpgroup else ""

@@ -17,7 +17,7 @@ WARP_SPECIALIZED_TEMPLATE = "latent_hopper/latent_decode_ws.py.jinja"
 ALTERNATING_TEMPLATE = "latent_hopper/latent_decode_alt.py.jinja"
 # The worker warpgroup's register budget (its half of the accumulator is 128 a thread): the value warpgroup's, or the
 # odd one's of the alternating schedule.
-VALUE_WARPGROUP_REGISTERS = 240
+WORKER_WARPGROUP_REGISTERS = 240
 
 
 def swizzle_bytes(row_bytes: int) -> int:
@@ -48,7 +48,7 @@ def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> 
         sanitize_chunk=min(64, spec.head_dim_k),
         num_warps=tile.num_warps,
         rope_in_registers=tile.one_warpgroup,
-        value_registers=VALUE_WARPGROUP_REGISTERS,
+        value_registers=WORKER_WARPGROUP_REGISTERS,
     )
 
 
