@@ -2,6 +2,11 @@
 per call, through the public attention_with_kvcache only (the same in both trees), on identical data.
 
     python benchmarks/ab_decode.py --base /path/to/old/checkout [--rounds 3] [--batch 128 --seqlen 8192]
+    python benchmarks/ab_decode.py --base old/site --new new/site --rows mla:8:32768:1,mla:32:4096:1 --combine 1024:8:512
+
+--base and --new take any folder that holds a `glacompiler` package: a checkout, or a folder a wheel was installed
+into with `pip install --target`. --rows replaces the cases x query lengths at one batch and cache by a list of
+case:batch:cache:query_len rows; --combine adds the split combine alone on rows:splits:Dv partial outputs.
 
 Each tree is timed by a worker process of this script with PYTHONPATH pointing at that tree, round by round in
 ABBA order (base, new, new, base, ...), so that neither tree always runs first on a cooler card. The table gives
@@ -75,29 +80,63 @@ def worker(args) -> None:
     import glacompiler
 
     results = []
-    for name in args.cases.split(","):
-        for query_len in (int(x) for x in args.q_lens.split(",")):
-            kwargs = make_inputs(name, args.batch, args.seqlen, query_len, args.page_size)
+    for name, batch, seqlen, query_len in worker_rows(args):
+        kwargs = make_inputs(name, batch, seqlen, query_len, args.page_size)
 
-            def call(kwargs=kwargs):
-                return glacompiler.attention_with_kvcache(**kwargs)
+        def call(kwargs=kwargs):
+            return glacompiler.attention_with_kvcache(**kwargs)
 
-            out = call()
-            torch.cuda.synchronize()
-            kernel_ms = triton.testing.do_bench_cudagraph(call, rep=100, return_mode="median")
-            for _ in range(20):  # host time: back-to-back calls, far fewer than the launch queue holds
-                call()
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(100):
-                call()
-            host_us = (time.perf_counter() - start) / 100 * 1e6
-            torch.cuda.synchronize()
-            results.append(dict(case=name, q_len=query_len, kernel_us=kernel_ms * 1e3, host_us=host_us,
-                                checksum=float(out.float().abs().sum())))
-            kwargs = out = call = None  # free this case's caches before the next one's
-            torch.cuda.empty_cache()
+        out = call()
+        torch.cuda.synchronize()
+        kernel_ms = triton.testing.do_bench_cudagraph(call, rep=100, return_mode="median")
+        for _ in range(20):  # host time: back-to-back calls, far fewer than the launch queue holds
+            call()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(100):
+            call()
+        host_us = (time.perf_counter() - start) / 100 * 1e6
+        torch.cuda.synchronize()
+        results.append(dict(case=f"{name} B{batch} S{seqlen}", q_len=query_len, kernel_us=kernel_ms * 1e3,
+                            host_us=host_us, checksum=float(out.float().abs().sum())))
+        kwargs = out = call = None  # free this case's caches before the next one's
+        torch.cuda.empty_cache()
+    for rows, splits, head_dim_v in (tuple(int(x) for x in shape.split(":")) for shape in args.combine.split(",") if shape):
+        results.append(time_combine(rows, splits, head_dim_v))
     print(json.dumps(dict(gpu=torch.cuda.get_device_name(), glacompiler=glacompiler.__file__, results=results)))
+
+
+def worker_rows(args) -> list[tuple[str, int, int, int]]:
+    """(case, batch, cache, query_len) of each row to time: --rows, else the cases x query lengths."""
+    if args.rows:
+        return [(case, int(batch), int(seqlen), int(query_len))
+                for case, batch, seqlen, query_len in (row.split(":") for row in args.rows.split(","))]
+    return [(name, args.batch, args.seqlen, int(query_len))
+            for name in args.cases.split(",") for query_len in args.q_lens.split(",")]
+
+
+def time_combine(rows: int, splits: int, head_dim_v: int) -> dict:
+    """The split combine alone on random fp32 partials (a third of the splits empty), bf16 outputs: one result row."""
+    import torch
+    import triton.testing
+
+    from glacompiler.kernels.common.combine import combine_splits
+
+    generator = torch.Generator(device="cuda").manual_seed(rows + splits)
+    split_out = torch.randn(rows, splits, head_dim_v, device="cuda", generator=generator)
+    split_lse = torch.randn(rows, splits, device="cuda", generator=generator)
+    split_lse[:, ::3] = float("-inf")
+    out = torch.empty(rows, head_dim_v, device="cuda", dtype=torch.bfloat16)
+    lse = torch.empty(rows, device="cuda")
+
+    def call():
+        combine_splits(split_out, split_lse, out, lse)
+
+    call()
+    torch.cuda.synchronize()
+    kernel_ms = triton.testing.do_bench_cudagraph(call, rep=100, return_mode="median")
+    return dict(case=f"combine {rows}x{splits}x{head_dim_v}", q_len=0, kernel_us=kernel_ms * 1e3, host_us=0.0,
+                checksum=float(out.float().abs().sum()))
 
 
 def run_tree(tree: Path, args, scratch: Path) -> dict:
@@ -108,7 +147,8 @@ def run_tree(tree: Path, args, scratch: Path) -> dict:
     if not args.tuned_configs:  # (trees from before GLACOMPILER_TUNED_CONFIGS ship no table for this GPU's kind)
         env["GLACOMPILER_TUNED_CONFIGS"] = "0"
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--cases", args.cases, "--q-lens",
-               args.q_lens, "--batch", str(args.batch), "--seqlen", str(args.seqlen), "--page-size", str(args.page_size)]
+               args.q_lens, "--batch", str(args.batch), "--seqlen", str(args.seqlen), "--page-size", str(args.page_size),
+               "--rows", args.rows, "--combine", args.combine]
     result = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{tree}: worker failed\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -117,13 +157,17 @@ def run_tree(tree: Path, args, scratch: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", help="the source tree to compare against (a checkout)")
+    parser.add_argument("--base", help="the tree to compare against (a checkout, or a folder a wheel was installed into)")
+    parser.add_argument("--new", default=str(HERE), help="the tree to time against it (default: this checkout)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cases", default="mla,gla2,gla8,gta,gqa")
     parser.add_argument("--q-lens", default="1,2")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=8192)
     parser.add_argument("--page-size", type=int, default=64)
+    parser.add_argument("--rows", default="", help="case:batch:cache:query_len rows, comma-separated (replaces "
+                        "--cases, --q-lens, --batch and --seqlen)")
+    parser.add_argument("--combine", default="", help="rows:splits:Dv shapes of the split combine alone, comma-separated")
     parser.add_argument("--out", help="write every round's results here (JSON)")
     parser.add_argument("--tuned-configs", action="store_true",
                         help="let each tree use its tuned tables (default: both on their heuristics)")
@@ -133,7 +177,7 @@ def main() -> None:
         return worker(args)
     if not args.base:
         parser.error("--base is required")
-    trees = {"base": Path(args.base).resolve(), "new": HERE}
+    trees = {"base": Path(args.base).resolve(), "new": Path(args.new).resolve()}
     rounds, table = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):
@@ -144,7 +188,8 @@ def main() -> None:
                 for row in data["results"]:
                     table.setdefault((row["case"], row["q_len"]), {}).setdefault(name, []).append(row)
                 print(f"round {round_index + 1}/{args.rounds}: {name} done ({data['glacompiler']})", flush=True)
-    print(f"\n# {rounds[0]['gpu']}; batch {args.batch}, cache {args.seqlen}, page {args.page_size}; {args.rounds} rounds "
+    shapes = "rows as named" if args.rows else f"batch {args.batch}, cache {args.seqlen}"
+    print(f"\n# {rounds[0]['gpu']}; {shapes}, page {args.page_size}; {args.rounds} rounds "
           "(ABBA); kernel us by CUDA-graph replay (median of do_bench_cudagraph), host us per back-to-back call")
     print("| case | Lq | base kernel us | new kernel us | new / base | base host us | new host us | same output |")
     print("|---|---|---|---|---|---|---|---|")

@@ -1,10 +1,10 @@
 """The LSE combine of split-KV partial outputs (kernels/common/combine.py), alone: ragged splits (some empty,
-some with a single key's weight), rows whose every split is empty, several output widths; the kernel under the
-interpreter and on a GPU against the float64 reference beside it."""
+some with a single key's weight), rows whose every split is empty, several output widths, programs of one row and
+of several; the kernel under the interpreter and on a GPU against the float64 reference beside it."""
 import pytest
 import torch
 
-from glacompiler.kernels.common.combine import combine_splits, combine_splits_reference
+from glacompiler.kernels.common.combine import combine_splits, combine_splits_reference, combine_tiling
 
 
 def partial_outputs(rows: int, splits: int, head_dim_v: int, generator: torch.Generator):
@@ -33,17 +33,29 @@ def _check_combine(device: torch.device, rows: int, splits: int, head_dim_v: int
     generator = torch.Generator().manual_seed(rows * 131 + splits * 7 + head_dim_v)
     split_out, split_lse = partial_outputs(rows, splits, head_dim_v, generator)
     expected_out, expected_lse = combine_splits_reference(split_out, split_lse)
-    out = torch.full((rows, head_dim_v), float("nan"), dtype=dtype, device=device)  # every element must be written
-    lse = torch.full((rows,), float("nan"), dtype=torch.float32, device=device)
+    # Every element must be written, and nothing past the last row (the rows beyond are the same storage).
+    out_storage = torch.full((rows + 8, head_dim_v), float("nan"), dtype=dtype, device=device)
+    lse_storage = torch.full((rows + 8,), float("nan"), dtype=torch.float32, device=device)
+    out, lse = out_storage[:rows], lse_storage[:rows]
     combine_splits(split_out.to(device), split_lse.to(device), out, lse)
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert torch.isnan(out_storage[rows:]).all() and torch.isnan(lse_storage[rows:]).all()
     assert torch.equal(out[0].cpu(), torch.zeros(head_dim_v, dtype=dtype)) and lse[0].item() == float("-inf")
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(out.cpu().double(), expected_out, rtol=tolerance, atol=tolerance)
     torch.testing.assert_close(lse.cpu().double(), expected_lse, rtol=1e-5, atol=1e-5)
 
 
-CASES = [(5, 2, 24), (9, 3, 64), (4, 7, 136), (3, 64, 512), (2, 128, 64)]  # rows, splits (powers of two and not), Dv
+# rows, splits (powers of two and not), Dv; the last two take several rows a program (combine_tiling), with a
+# partial last program
+CASES = [(5, 2, 24), (9, 3, 64), (4, 7, 136), (3, 64, 512), (2, 128, 64), (1030, 2, 64), (601, 3, 136)]
+
+
+def test_tiling_packs_rows_where_splits_are_few():
+    assert combine_tiling(1030, 2, 64) == (4, 64) and combine_tiling(601, 3, 136) == (2, 256)
+    assert combine_tiling(4096, 2, 512) == (4, 512)  # MLA, 32 sequences: whole rows, four a program
+    assert combine_tiling(128, 64, 512) == (1, 64)  # many splits: one row, 64 columns a program
+    assert combine_tiling(64, 2, 64) == (1, 64)  # few rows: no packing below COMBINE_MIN_PROGRAMS programs
 
 
 @pytest.mark.parametrize("rows, splits, head_dim_v", CASES)

@@ -9,23 +9,40 @@ from torch import Tensor
 from .tiles import next_power_of_two
 from .triton_launch import PreparedLaunch
 
-COMBINE_BLOCK_DV = 64
+# A program reads about this many partial-output elements (rows x splits x columns): enough loads in flight to
+# cover the memory latency (with a few splits, one row's 64 columns are a few hundred bytes).
+COMBINE_PROGRAM_ELEMENTS = 4096
+# Columns a program takes at the least (many splits), and the programs below which rows are not packed further.
+COMBINE_MIN_BLOCK_DV = 64
+COMBINE_MIN_PROGRAMS = 256
+
+
+def combine_tiling(rows: int, num_splits: int, head_dim_v: int) -> tuple[int, int]:
+    """(rows, columns) a combine program takes: all of a row's columns where the splits are few, and several rows
+    where a row is small, down to COMBINE_MIN_PROGRAMS programs."""
+    splits_pow2 = next_power_of_two(num_splits)
+    block_dv = min(next_power_of_two(head_dim_v), max(COMBINE_MIN_BLOCK_DV, COMBINE_PROGRAM_ELEMENTS // splits_pow2))
+    block_rows = max(1, COMBINE_PROGRAM_ELEMENTS // (splits_pow2 * block_dv))
+    while block_rows > 1 and -(-rows // block_rows) < COMBINE_MIN_PROGRAMS:
+        block_rows //= 2
+    return block_rows, block_dv
 
 
 def combine_launch(split_out: Tensor, lse: Tensor) -> PreparedLaunch:
-    """The combine's launch for split buffers of these shapes (args: split_out, split_lse, out, lse, splits)."""
+    """The combine's launch for split buffers of these shapes (args: split_out, split_lse, out, lse, splits, rows)."""
     from .combine_kernel import combine_splits_kernel  # late: the interpreter must be chosen before triton loads
 
     num_splits, head_dim_v = split_out.shape[-2], split_out.shape[-1]
-    return PreparedLaunch(combine_splits_kernel, (lse.numel(), -(-head_dim_v // COMBINE_BLOCK_DV)),
-                          dict(HEAD_DIM_V=head_dim_v, BLOCK_DV=COMBINE_BLOCK_DV,
-                               SPLITS_POW2=next_power_of_two(num_splits)),
+    block_rows, block_dv = combine_tiling(lse.numel(), num_splits, head_dim_v)
+    return PreparedLaunch(combine_splits_kernel, (-(-lse.numel() // block_rows), -(-head_dim_v // block_dv)),
+                          dict(HEAD_DIM_V=head_dim_v, BLOCK_DV=block_dv, SPLITS_POW2=next_power_of_two(num_splits),
+                               ROWS=block_rows),
                           num_warps=4, num_stages=3)
 
 
 def combine_splits(split_out: Tensor, split_lse: Tensor, out: Tensor, lse: Tensor) -> None:
     """split_out [..., splits, Dv] fp32 and split_lse [..., splits] (contiguous) -> out [..., Dv], lse [...]."""
-    combine_launch(split_out, lse)((split_out, split_lse, out, lse, split_out.shape[-2]))
+    combine_launch(split_out, lse)((split_out, split_lse, out, lse, split_out.shape[-2], lse.numel()))
 
 
 def combine_splits_reference(split_out: Tensor, split_lse: Tensor) -> tuple[Tensor, Tensor]:

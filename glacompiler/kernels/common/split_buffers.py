@@ -44,4 +44,4 @@ class SplitBuffers:
     def combine(self, split_out: Tensor, split_lse: Tensor, out: Tensor, lse: Tensor) -> None:
         """Merge the splits by LSE into out and lse (nothing to do with one split)."""
         if self.combine_launch is not None:
-            self.combine_launch((split_out, split_lse, out, lse, self.num_splits))
+            self.combine_launch((split_out, split_lse, out, lse, self.num_splits, lse.numel()))
