@@ -5,6 +5,7 @@ the bottom right) checks the argument mapping of every kind; SDPA runs as it is.
 import math
 import pathlib
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -72,3 +73,14 @@ def test_a_baseline_that_computes_something_else_is_refused():
     assert decode_grid.check_agreement(ours + 1e-3, ours, "FA3") == pytest.approx(1e-3, rel=1e-3)
     with pytest.raises(RuntimeError, match="FA3 and our op disagree"):
         decode_grid.check_agreement(ours.flip(-1), ours, "FA3")
+
+
+def test_ab_rows_replace_the_cases():
+    """ab_decode.py's --rows list (case:batch:cache:Lq) replaces the cases x query lengths at one batch and cache."""
+    from ab_decode import worker_rows
+
+    args = SimpleNamespace(rows="mla:8:32768:1,gqa:1:65536:4", cases="mla,gla2", q_lens="1,2", batch=128, seqlen=8192)
+    assert worker_rows(args) == [("mla", 8, 32768, 1), ("gqa", 1, 65536, 4)]
+    args.rows = ""
+    assert worker_rows(args) == [("mla", 128, 8192, 1), ("mla", 128, 8192, 2), ("gla2", 128, 8192, 1),
+                                 ("gla2", 128, 8192, 2)]
