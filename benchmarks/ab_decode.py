@@ -5,7 +5,9 @@ per call, through the public attention_with_kvcache only (the same in both trees
     python benchmarks/ab_decode.py --base old/site --new new/site --rows mla:8:32768:1,mla:32:4096:1 --combine 1024:8:512
 
 --base and --new take any folder that holds a `glacompiler` package: a checkout, or a folder a wheel was installed
-into with `pip install --target`. --rows replaces the cases x query lengths at one batch and cache by a list of
+into with `pip install --no-deps --target` (with its dependencies it would shadow the machine's torch and triton).
+A worker refuses a tree whose code or templates it did not load from that tree (an editable install elsewhere maps
+the templates to its own checkout). --rows replaces the cases x query lengths at one batch and cache by a list of
 case:batch:cache:query_len rows; --combine adds the split combine alone on rows:splits:Dv partial outputs.
 
 Each tree is timed by a worker process of this script with PYTHONPATH pointing at that tree, round by round in
@@ -101,9 +103,12 @@ def worker(args) -> None:
                             host_us=host_us, checksum=float(out.float().abs().sum())))
         kwargs = out = call = None  # free this case's caches before the next one's
         torch.cuda.empty_cache()
-    for rows, splits, head_dim_v in (tuple(int(x) for x in shape.split(":")) for shape in args.combine.split(",") if shape):
+    for rows, splits, head_dim_v in combine_shapes(args):
         results.append(time_combine(rows, splits, head_dim_v))
-    print(json.dumps(dict(gpu=torch.cuda.get_device_name(), glacompiler=glacompiler.__file__, results=results)))
+    from glacompiler.package_data import shipped_folder
+
+    print(json.dumps(dict(gpu=torch.cuda.get_device_name(), glacompiler=glacompiler.__file__,
+                          templates=str(shipped_folder("templates")), results=results)))
 
 
 def worker_rows(args) -> list[tuple[str, int, int, int]]:
@@ -139,11 +144,36 @@ def time_combine(rows: int, splits: int, head_dim_v: int) -> dict:
                 checksum=float(out.float().abs().sum()))
 
 
-def run_tree(tree: Path, args, scratch: Path) -> dict:
+def combine_shapes(args) -> list[tuple[int, int, int]]:
+    """(rows, splits, Dv) of each --combine shape."""
+    return [tuple(int(x) for x in shape.split(":")) for shape in args.combine.split(",") if shape]
+
+
+def check_row_arguments(parser, args) -> None:
+    """Malformed --rows or --combine, or a cache that is not whole pages, fail here rather than in a worker."""
+    try:
+        rows, shapes = worker_rows(args), combine_shapes(args)
+    except ValueError as error:
+        parser.error(f"--rows takes case:batch:cache:query_len and --combine rows:splits:Dv ({error})")
+    for case, batch, seqlen, query_len in rows:
+        if case not in CASES:
+            parser.error(f"--rows: unknown case {case!r} (one of {', '.join(CASES)})")
+        if seqlen % args.page_size:
+            parser.error(f"--rows: cache {seqlen} of {case} is not a multiple of --page-size {args.page_size}")
+    if any(len(shape) != 3 for shape in shapes):
+        parser.error("--combine takes rows:splits:Dv")
+
+
+def loaded_from(tree: Path, data: dict) -> bool:
+    """Whether the worker's glacompiler code and templates both came from the tree."""
+    return all(Path(data[key]).resolve().is_relative_to(tree) for key in ("glacompiler", "templates"))
+
+
+def run_tree(name: str, tree: Path, args, scratch: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tree)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                                                         if p and Path(p).resolve() != HERE])
-    env["GLACOMPILER_CACHE_DIR"] = str(scratch / f"cache-{tree.name}")
+    env["GLACOMPILER_CACHE_DIR"] = str(scratch / f"cache-{name}")
     if not args.tuned_configs:  # (trees from before GLACOMPILER_TUNED_CONFIGS ship no table for this GPU's kind)
         env["GLACOMPILER_TUNED_CONFIGS"] = "0"
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--cases", args.cases, "--q-lens",
@@ -152,7 +182,12 @@ def run_tree(tree: Path, args, scratch: Path) -> dict:
     result = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{tree}: worker failed\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    if not loaded_from(tree, data):
+        raise RuntimeError(f"{tree}: the worker loaded glacompiler from {data['glacompiler']} and its templates from "
+                           f"{data['templates']}, not from this tree: install its wheel with pip install --no-deps "
+                           "--target and pass that folder")
+    return data
 
 
 def main() -> None:
@@ -177,13 +212,14 @@ def main() -> None:
         return worker(args)
     if not args.base:
         parser.error("--base is required")
+    check_row_arguments(parser, args)
     trees = {"base": Path(args.base).resolve(), "new": Path(args.new).resolve()}
     rounds, table = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):
             order = list(trees.items()) if round_index % 2 == 0 else list(trees.items())[::-1]
             for name, tree in order:
-                data = run_tree(tree, args, Path(scratch))
+                data = run_tree(name, tree, args, Path(scratch))
                 rounds.append({"tree": name, "round": round_index, **data})
                 for row in data["results"]:
                     table.setdefault((row["case"], row["q_len"]), {}).setdefault(name, []).append(row)

@@ -53,6 +53,7 @@ CASES = [(5, 2, 24), (9, 3, 64), (4, 7, 136), (3, 64, 512), (2, 128, 64), (1030,
 
 def test_tiling_packs_rows_where_splits_are_few():
     assert combine_tiling(1030, 2, 64) == (4, 64) and combine_tiling(601, 3, 136) == (2, 256)
+    assert combine_tiling(10**6, 2, 16) == (4, 16)  # at most COMBINE_MAX_ROWS rows, however small
     assert combine_tiling(4096, 2, 512) == (4, 512)  # MLA, 32 sequences: whole rows, four a program
     assert combine_tiling(128, 64, 512) == (1, 64)  # many splits: one row, 64 columns a program
     assert combine_tiling(64, 2, 64) == (1, 64)  # few rows: no packing below COMBINE_MIN_PROGRAMS programs

@@ -84,3 +84,18 @@ def test_ab_rows_replace_the_cases():
     args.rows = ""
     assert worker_rows(args) == [("mla", 128, 8192, 1), ("mla", 128, 8192, 2), ("gla2", 128, 8192, 1),
                                  ("gla2", 128, 8192, 2)]
+
+
+def test_ab_refuses_rows_it_cannot_build_and_trees_it_did_not_load():
+    import argparse
+
+    from ab_decode import check_row_arguments, loaded_from
+
+    parser = argparse.ArgumentParser()
+    for rows, combine in (("mla:8:1000:1", ""), ("foo:8:1024:1", ""), ("mla:8:1024", ""), ("mla:8:1024:1", "1:2")):
+        args = SimpleNamespace(rows=rows, combine=combine, page_size=64, cases="", q_lens="", batch=1, seqlen=64)
+        with pytest.raises(SystemExit):
+            check_row_arguments(parser, args)
+    tree = pathlib.Path("/trees/new")
+    assert loaded_from(tree, {"glacompiler": "/trees/new/glacompiler/__init__.py", "templates": "/trees/new/templates"})
+    assert not loaded_from(tree, {"glacompiler": "/trees/new/glacompiler/__init__.py", "templates": "/work/templates"})

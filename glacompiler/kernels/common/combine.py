@@ -9,20 +9,22 @@ from torch import Tensor
 from .tiles import next_power_of_two
 from .triton_launch import PreparedLaunch
 
-# A program reads about this many partial-output elements (rows x splits x columns): enough loads in flight to
-# cover the memory latency (with a few splits, one row's 64 columns are a few hundred bytes).
+# A program reads about this many partial-output elements (splits x columns x rows): with a few splits, one row's
+# 64 columns are a few hundred bytes, too little to cover a program's fixed cost.
 COMBINE_PROGRAM_ELEMENTS = 4096
-# Columns a program takes at the least (many splits), and the programs below which rows are not packed further.
+# Columns a program takes at the least (many splits); the programs below which rows are not packed further; the
+# most rows a program takes (rows run one after another: more would lengthen a program and multiply its code).
 COMBINE_MIN_BLOCK_DV = 64
 COMBINE_MIN_PROGRAMS = 256
+COMBINE_MAX_ROWS = 4
 
 
 def combine_tiling(rows: int, num_splits: int, head_dim_v: int) -> tuple[int, int]:
-    """(rows, columns) a combine program takes: all of a row's columns where the splits are few, and several rows
-    where a row is small, down to COMBINE_MIN_PROGRAMS programs."""
+    """(rows, columns) a combine program takes: all of a row's columns where the splits are few, and up to
+    COMBINE_MAX_ROWS rows where a row is small, down to COMBINE_MIN_PROGRAMS programs."""
     splits_pow2 = next_power_of_two(num_splits)
     block_dv = min(next_power_of_two(head_dim_v), max(COMBINE_MIN_BLOCK_DV, COMBINE_PROGRAM_ELEMENTS // splits_pow2))
-    block_rows = max(1, COMBINE_PROGRAM_ELEMENTS // (splits_pow2 * block_dv))
+    block_rows = max(1, min(COMBINE_MAX_ROWS, COMBINE_PROGRAM_ELEMENTS // (splits_pow2 * block_dv)))
     while block_rows > 1 and -(-rows // block_rows) < COMBINE_MIN_PROGRAMS:
         block_rows //= 2
     return block_rows, block_dv

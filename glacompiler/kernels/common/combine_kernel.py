@@ -5,7 +5,7 @@ import triton.language as tl
 from .softmax import finite_row_max
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])  # the batch's row count: one binary for every batch size
 def combine_splits_kernel(
     PART_OUT, PART_LSE, OUT, LSE,
     num_splits,
@@ -17,8 +17,8 @@ def combine_splits_kernel(
 ):
     # Merge the per-split partial outputs of ROWS (sequence, token, head) rows by their log-sum-exp, BLOCK_DV
     # output columns of each. PART_OUT [rows, num_splits, Dv] fp32, PART_LSE [rows, num_splits], OUT [rows, Dv],
-    # LSE [rows]. The rows are unrolled so that all their loads are in flight at once: a program of one row and
-    # few splits would have too little to read to cover the memory latency.
+    # LSE [rows]. The rows run one after the other (a row's loads wait for the previous row's stores, which the
+    # compiler cannot prove apart): what a program gains is a whole row's columns at once and fewer programs.
     dim_block = tl.program_id(1)
     splits = tl.arange(0, SPLITS_POW2)
     dims = dim_block * BLOCK_DV + tl.arange(0, BLOCK_DV)
