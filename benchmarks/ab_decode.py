@@ -80,6 +80,7 @@ def worker(args) -> None:
     import triton.testing
 
     import glacompiler
+    from glacompiler.package_data import shipped_folder
 
     results = []
     for name, batch, seqlen, query_len in worker_rows(args):
@@ -105,8 +106,6 @@ def worker(args) -> None:
         torch.cuda.empty_cache()
     for rows, splits, head_dim_v in combine_shapes(args):
         results.append(time_combine(rows, splits, head_dim_v))
-    from glacompiler.package_data import shipped_folder
-
     print(json.dumps(dict(gpu=torch.cuda.get_device_name(), glacompiler=glacompiler.__file__,
                           templates=str(shipped_folder("templates")), results=results)))
 
@@ -177,8 +176,8 @@ def run_tree(name: str, tree: Path, args, scratch: Path) -> dict:
     if not args.tuned_configs:  # (trees from before GLACOMPILER_TUNED_CONFIGS ship no table for this GPU's kind)
         env["GLACOMPILER_TUNED_CONFIGS"] = "0"
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--cases", args.cases, "--q-lens",
-               args.q_lens, "--batch", str(args.batch), "--seqlen", str(args.seqlen), "--page-size", str(args.page_size),
-               "--rows", args.rows, "--combine", args.combine]
+               args.q_lens, "--batch", str(args.batch), "--seqlen", str(args.seqlen), "--page-size",
+               str(args.page_size), "--rows", args.rows, "--combine", args.combine]
     result = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{tree}: worker failed\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -192,7 +191,8 @@ def run_tree(name: str, tree: Path, args, scratch: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", help="the tree to compare against (a checkout, or a folder a wheel was installed into)")
+    parser.add_argument("--base",
+                        help="the tree to compare against (a checkout, or a folder a wheel was installed into)")
     parser.add_argument("--new", default=str(HERE), help="the tree to time against it (default: this checkout)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cases", default="mla,gla2,gla8,gta,gqa")
@@ -202,7 +202,8 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=64)
     parser.add_argument("--rows", default="", help="case:batch:cache:query_len rows, comma-separated (replaces "
                         "--cases, --q-lens, --batch and --seqlen)")
-    parser.add_argument("--combine", default="", help="rows:splits:Dv shapes of the split combine alone, comma-separated")
+    parser.add_argument("--combine", default="",
+                        help="rows:splits:Dv shapes of the split combine alone, comma-separated")
     parser.add_argument("--out", help="write every round's results here (JSON)")
     parser.add_argument("--tuned-configs", action="store_true",
                         help="let each tree use its tuned tables (default: both on their heuristics)")

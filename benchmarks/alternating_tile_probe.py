@@ -19,7 +19,8 @@ from glacompiler.reference import attention_with_kvcache_reference as ref
 
 def heuristic_choice(kw):
     # The heuristic's config, not a table's, so that two builds time the same split counts.
-    spec, shape = validate_inputs(kw["q"], kw["k_cache"], kw.get("v_cache"), kw["q_rope"], kw["k_rope_cache"], kw["cache_seqlens"], kw["page_table"], None, None, None)
+    spec, shape = validate_inputs(kw["q"], kw["k_cache"], kw.get("v_cache"), kw["q_rope"], kw["k_rope_cache"],
+                                  kw["cache_seqlens"], kw["page_table"], None, None, None)
     return heuristic_config(spec, shape, torch.cuda.get_device_properties(0).multi_processor_count)
 
 def run(kw, cfg):
@@ -41,13 +42,17 @@ for lq, splits, extra in [(1, 3, {}), (4, 1, {"mask": True}), (2, 2, {"sinks": T
     r = ref(**kw, out_dtype=torch.float32)[0]
     ws = run(kw, LatentHopperConfig(splits, warp_specialized=True, alternating=False)).float()
     alt = run(kw, LatentHopperConfig(splits, warp_specialized=True, alternating=True)).float()
-    print(f"  lq{lq} splits{splits} {list(extra)}: alt {(alt - r).abs().max().item():.3e}  ws {(ws - r).abs().max().item():.3e}  "
-          f"alt-ws {(alt - ws).abs().max().item():.3e} nan {alt.isnan().any().item()}", flush=True)
+    print(f"  lq{lq} splits{splits} {list(extra)}: alt {(alt - r).abs().max().item():.3e}  "
+          f"ws {(ws - r).abs().max().item():.3e}  alt-ws {(alt - ws).abs().max().item():.3e} "
+          f"nan {alt.isnan().any().item()}", flush=True)
 
-def us(kw, cfg):
-    f = lambda: run(kw, cfg)
-    f(); torch.cuda.synchronize()
-    return triton.testing.do_bench_cudagraph(f, rep=100, return_mode="median") * 1e3
+def graph_us(kw, cfg):
+    def call():
+        return run(kw, cfg)
+
+    call()
+    torch.cuda.synchronize()
+    return triton.testing.do_bench_cudagraph(call, rep=100, return_mode="median") * 1e3
 
 rows = [("mla", 128, 8192, 1), ("mla", 128, 8192, 2), ("mla", 8, 32768, 1), ("mla", 32, 4096, 1), ("mla", 32, 4096, 4),
         ("mla", 1, 65536, 1)]
@@ -61,8 +66,9 @@ for name, b, s, lq in rows:
     res = {}
     for rnd in range(3):
         for tag, cfg in (list(variants.items()) if rnd % 2 == 0 else list(variants.items())[::-1]):
-            res.setdefault(tag, []).append(us(kw, cfg))
+            res.setdefault(tag, []).append(graph_us(kw, cfg))
     ws_t, alt_t = sorted(res["ws"])[1], sorted(res["alt"])[1]
     print(f"  {name} B{b} S{s} Lq{lq} splits {h.num_splits}: ws {ws_t:.1f}  alt {alt_t:.1f}  alt/ws {alt_t/ws_t:.3f}  "
           f"|alt-ws| {(o_alt - o_ws).abs().max().item():.2e}", flush=True)
-    del kw; torch.cuda.empty_cache()
+    del kw
+    torch.cuda.empty_cache()

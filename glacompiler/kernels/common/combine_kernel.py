@@ -25,8 +25,9 @@ def combine_splits_kernel(
     for r in tl.static_range(ROWS):
         row = tl.program_id(0).to(tl.int64) * ROWS + r
         # A row past the last (the last program's tail) has no split and no column to write.
-        row_splits = tl.where(row < num_rows, num_splits, 0)
-        row_dims = tl.where(row < num_rows, HEAD_DIM_V, 0)
+        in_range = row < num_rows
+        row_splits = tl.where(in_range, num_splits, 0)
+        row_dims = tl.where(in_range, HEAD_DIM_V, 0)
         split_valid = splits < row_splits
         dim_valid = dims < row_dims
         part_lse = tl.load(PART_LSE + row * num_splits + splits, mask=split_valid, other=float("-inf"))
@@ -43,6 +44,6 @@ def combine_splits_kernel(
         out = tl.sum(part * (weights * scale)[:, None], axis=0)
         tl.store(OUT + row * HEAD_DIM_V + dims, out.to(OUT.dtype.element_ty), mask=dim_valid)
         if dim_block == 0:
-            if row < num_rows:
+            if in_range:
                 tl.store(LSE + row, tl.where(total > 0.0, lse_ref + tl.log(tl.where(total > 0.0, total, 1.0)),
                                              float("-inf")))

@@ -8,8 +8,8 @@ worth). Rows: 64 shared by two warpgroups, each with half of a latent up to 512 
 default; one scores whole blocks and runs the softmax while the other takes P through shared memory, or,
 alternating, each scores every other block), or both running the same code, each scoring half the block's keys;
 or, for latents up to 256 wide, 128 split between them (row_split), or 64 owned by a program of one warpgroup, two
-programs an SM (one_warpgroup). Shared-memory stages: what 227 KB holds beside the query tile (for one_warpgroup: half of the SM's 228 KB, less the driver's
-per-program reserve)."""
+programs an SM (one_warpgroup). Shared-memory stages: what 227 KB holds beside the query tile (for one_warpgroup:
+half of the SM's 228 KB, less the driver's per-program reserve)."""
 from __future__ import annotations
 
 import dataclasses
@@ -75,9 +75,9 @@ class LatentHopperTile:
     warp_specialized: bool = False
     # The warp-specialised tile's other schedule, FlashMLA's (templates/latent_hopper/latent_decode_alt.py.jinja):
     # the warpgroups take turns, each scoring every other key block and running its softmax while the other's
-    # score product holds the tensor cores, and each accumulating one half of the output over every block (P crosses
-    # through shared memory, rescaled to the pair's common max); key stages are refilled by halves. 64-key blocks.
-    # On an H200 MLA 0.95-1.01x the time of the score/value split (benchmarks/RESULTS.md).
+    # score product holds the tensor cores, and each accumulating one half of the output over every block (a block's
+    # P crosses through shared memory relative to its own max); key stages are refilled by halves. 64-key blocks.
+    # On an H200 MLA 0.91-0.97x the time of the score/value split at the same splits (benchmarks/RESULTS.md).
     alternating: bool = False
 
     def __post_init__(self):
@@ -236,7 +236,7 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     shared 64-row tile from B128 S8K or caches of 32K up; the H200 table's tuning took it for 32 of the 38 GLA-8
     buckets of 16 and 32 rows, up to 1.20x faster, the shared tile keeping a few small-work ones, short caches at
     B 1/8); otherwise the shared 64-row tile, warp-specialised, with alternating turns for MLA's 512-wide latent
-    (0.95-1.01x the score/value split's time on an H200). Then the fewest splits that fill the GPU's
+    (0.91-0.97x the score/value split's time on an H200). Then the fewest splits that fill the GPU's
     resident programs; the preferred block size. (Where the one-warpgroup tile's two stages do not fit: 128-row
     tiles from 65 rows on, where theirs do.)"""
     rows = spec.group_size * shape.query_len
