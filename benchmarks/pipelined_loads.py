@@ -7,9 +7,11 @@ loads, and Triton's ptxas reports the registers.
 
     python benchmarks/pipelined_loads.py                       # GTA 16/4, 128 + 64 and GQA 32/8/64, 2 stages
     python benchmarks/pipelined_loads.py --spec gta --stages 3 --dump /tmp/ir   # also write the IR and PTX
+    python benchmarks/pipelined_loads.py --spec gqa128 gta --page-size 64 --stages 2 5 7   # paged caches
 
 The launch arguments are specialised as a contiguous bf16 call is (16-byte aligned pointers, strides divisible
-by 16, the mask's key stride 1): without that the loads would not vectorise and nothing would be pipelined."""
+by 16, the mask's key stride 1): without that the loads would not vectorise and nothing would be pipelined.
+Beside Triton's shared bytes it prints the resource model's (kernels/portable/resource_model.py)."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +23,7 @@ import tempfile
 
 from glacompiler.kernels.portable.config import PortableConfig
 from glacompiler.kernels.portable.render import decode_kernel_module
+from glacompiler.kernels.portable.resource_model import estimate_resources
 from glacompiler.spec import AttentionSpec
 
 SPECS = {
@@ -28,6 +31,8 @@ SPECS = {
     "gqa64": AttentionSpec.grouped(32, 8, 64),
     "gqa128": AttentionSpec.grouped(32, 8, 128),
     "mha64": AttentionSpec.grouped(16, 16, 64),
+    "mla16": AttentionSpec.latent(16, 1, 512, 64),  # the latent sites a compiled graph runs on these kernels
+    "gla2x16": AttentionSpec.latent(16, 2, 256, 64),
 }
 POINTERS = {"SEQLENS": "*i32", "KV_BEGIN": "*i32", "KV_END": "*i32", "MASK_DENSE": "*i32", "PAGE_TABLE": "*i32",
             "MASK": "*u8", "LSE": "*fp32", "ALIBI": "*fp32", "SINKS": "*fp32"}
@@ -40,13 +45,14 @@ NOT_DIVISIBLE = {"num_splits", "num_pages", "window_left", "window_right", "stri
 MASK_PASSES = {"no": (False, False), "dense": (True, True), "sparse": (True, False)}  # -> HAS_MASK, DENSE_PASS
 
 
-def compile_for_sm90(spec: AttentionSpec, config: PortableConfig, has_mask: bool, dense_pass: bool = False):
+def compile_for_sm90(spec: AttentionSpec, config: PortableConfig, has_mask: bool, dense_pass: bool = False,
+                     page_size: int = 0):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     kernel = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split).decode_attention_split_kernel
-    constants = dict(G=spec.group_size, LQ=1, PAGE_SIZE=1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+    constants = dict(G=spec.group_size, LQ=1, PAGE_SIZE=page_size or 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                      HAS_MASK=has_mask, MASK_IS_BOOL=True, MASK_PER_ROW=False, CAUSAL=False, HAS_SOFTCAP=False,
                      HAS_ALIBI=False, HAS_SINKS=False, HAS_WINDOW=False, DENSE_PASS=dense_pass, stride_mn=1)
     signature = {}
@@ -99,28 +105,31 @@ def registers(ptx: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", nargs="+", default=["gta", "gqa64"], choices=sorted(SPECS))
-    parser.add_argument("--stages", type=int, default=2)
+    parser.add_argument("--stages", type=int, nargs="+", default=[2])
+    parser.add_argument("--page-size", type=int, default=0, help="keys a page (0: a contiguous cache)")
     parser.add_argument("--block-m", type=int, default=16)
     parser.add_argument("--block-n", type=int, default=64)
     parser.add_argument("--dump", help="a folder to write each variant's Triton GPU IR and PTX to")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("TRITON_INTERPRET is set: unset it, the kernel is compiled here, not interpreted")
-    print("spec      mask    key loops: (async copies, plain tile loads) in each body    shared bytes  registers")
+    print("spec      stages mask    key loops: (async copies, plain tile loads) in each body   shared bytes  model  "
+          "registers")
     for name in args.spec:
-        config = PortableConfig(block_m=args.block_m, block_n=args.block_n, num_stages=args.stages)
-        for mask, (has_mask, dense_pass) in MASK_PASSES.items():
-            compiled = compile_for_sm90(SPECS[name], config, has_mask, dense_pass)
-            ttgir = compiled.asm["ttgir"]
-            if args.dump:
-                folder = pathlib.Path(args.dump)
-                folder.mkdir(parents=True, exist_ok=True)
-                stem = f"{name}_m{args.block_m}_n{args.block_n}_st{args.stages}_mask-{mask}"
-                (folder / f"{stem}.ttgir").write_text(ttgir)
-                (folder / f"{stem}.ptx").write_text(compiled.asm["ptx"])
-            print(f"{name:<9} {mask:<7} {str(loop_loads(ttgir)):<58} {compiled.metadata.shared:>12} "
-                  f"{registers(compiled.asm['ptx']):>10}")
-
+        spec = SPECS[name].with_storage(paged=args.page_size > 0)
+        for stages in args.stages:
+            config = PortableConfig(block_m=args.block_m, block_n=args.block_n, num_stages=stages)
+            for mask, (has_mask, dense_pass) in MASK_PASSES.items():
+                compiled = compile_for_sm90(spec, config, has_mask, dense_pass, args.page_size)
+                ttgir = compiled.asm["ttgir"]
+                if args.dump:
+                    folder = pathlib.Path(args.dump)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    stem = f"{name}_m{args.block_m}_n{args.block_n}_st{stages}_p{args.page_size}_mask-{mask}"
+                    (folder / f"{stem}.ttgir").write_text(ttgir)
+                    (folder / f"{stem}.ptx").write_text(compiled.asm["ptx"])
+                print(f"{name:<9} {stages:>6} {mask:<7} {str(loop_loads(ttgir)):<57} {compiled.metadata.shared:>12} "
+                      f"{estimate_resources(spec, config).shared_bytes:>6} {registers(compiled.asm['ptx']):>10}")
 
 if __name__ == "__main__":
     main()

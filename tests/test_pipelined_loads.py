@@ -14,22 +14,29 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow  # a subprocess compiling 6 kernels for sm_90: about 15 s on 2 cores
+pytestmark = pytest.mark.slow  # subprocesses compiling 6 and 12 kernels for sm_90: about 15 and 30 s on 2 cores
 
 SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "pipelined_loads.py"
 
 
-def test_key_tiles_are_pipelined_for_sm90():
+def compile_report(*arguments: str) -> dict:
+    """{(spec, stages, mask pass): (key loops, Triton's shared bytes, the resource model's, registers)}."""
     environment = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, str(SCRIPT), "--spec", "gta", "gqa64"], capture_output=True, text=True,
-                            timeout=600, env=environment)
+    result = subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, timeout=600,
+                            env=environment)
     assert result.returncode == 0, result.stderr[-2000:]
-    loops, registers = {}, {}
+    report = {}
     for line in result.stdout.splitlines()[1:]:
-        spec, mask, rest = line.split(maxsplit=2)
-        loop_text, _shared, regs = rest.rsplit(maxsplit=2)
-        loops[spec, mask] = ast.literal_eval(loop_text)
-        registers[spec, mask] = int(regs)
+        spec, stages, mask, rest = line.split(maxsplit=3)
+        loop_text, shared, modelled, regs = rest.rsplit(maxsplit=3)
+        report[spec, int(stages), mask] = (ast.literal_eval(loop_text), int(shared), int(modelled), int(regs))
+    return report
+
+
+def test_key_tiles_are_pipelined_for_sm90():
+    report = compile_report("--spec", "gta", "gqa64")
+    loops = {(spec, mask): value[0] for (spec, _, mask), value in report.items()}
+    registers = {(spec, mask): value[3] for (spec, _, mask), value in report.items()}
     # (asynchronous copies, plain tile loads) per key loop: GTA loads its tied state's K part, its V part and the
     # rope key; GQA head dim 64 its K and V.
     assert loops["gta", "no"] == loops["gta", "dense"] == [(3, 0)]
@@ -37,3 +44,17 @@ def test_key_tiles_are_pipelined_for_sm90():
     assert len(loops["gta", "sparse"]) == 1
     for spec in ("gta", "gqa64"):
         assert registers[spec, "dense"] < registers[spec, "sparse"], registers
+
+
+def test_paged_key_tiles_take_a_second_buffer_at_five_stages():
+    """Paged: at 5 stages the page-table load becomes an asynchronous copy too, run stages ahead of the key tiles,
+    which then get two buffers (one at 2 stages); the resource model counts the same bytes but for the page ids'
+    few (kernels/portable/resource_model.py)."""
+    report = compile_report("--spec", "gta", "gqa128", "--page-size", "64", "--stages", "2", "5")
+    for spec, tiles in (("gta", 3), ("gqa128", 4)):
+        for mask in ("no", "dense"):
+            two, five = report[spec, 2, mask], report[spec, 5, mask]
+            assert two[0] == [(tiles, 0)] and five[0] == [(tiles + 1, 0)], (spec, mask, two, five)
+            assert five[1] > two[1], (spec, mask)
+            for loops, shared, modelled, _ in (two, five):
+                assert 0 <= shared - modelled <= 16, (spec, mask, shared, modelled)

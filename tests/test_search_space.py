@@ -94,7 +94,8 @@ def test_hopper_space_takes_a_config_with_open_choices_as_it_runs():
 
 def test_heuristic_pipelines_small_contiguous_key_blocks_deeper():
     """num_stages 4 where one program walks a whole contiguous cache of head dim 64, 3 where the cache is split,
-    2 for paged caches and for wider key blocks (H200 measurements: pipeline_stages)."""
+    2 for wider key blocks and for paged caches but GTA's, 5 (two buffers) for paged GTA in 2-byte elements
+    (H200 measurements: pipeline_stages)."""
     small, wide = AttentionSpec.grouped(32, 8, 64), AttentionSpec.grouped(32, 8, 128)
     whole = heuristic_config(small, 64, 4096, 1, H100.multiprocessors)
     split = heuristic_config(small, 1, 65536, 1, H100.multiprocessors)
@@ -103,9 +104,16 @@ def test_heuristic_pipelines_small_contiguous_key_blocks_deeper():
     assert heuristic_config(small.with_storage(paged=True), 64, 4096, 1, H100.multiprocessors).num_stages == 2
     assert heuristic_config(wide, 64, 4096, 1, H100.multiprocessors).num_stages == 2
     assert heuristic_config(small.with_storage(dtype="float32"), 64, 4096, 1, H100.multiprocessors).num_stages == 2
-    # Tied layouts keep 2 stages (not measured deeper), small ones included.
+    # Contiguous tied layouts keep 2 stages (not measured deeper), small ones included.
+    gta = AttentionSpec.grouped_tied(16, 4, 128, 64)
     assert pipeline_stages(AttentionSpec.grouped_tied(16, 4, 64, 32), block_n=64, num_splits=1) == 2
-    assert pipeline_stages(AttentionSpec.grouped_tied(16, 4, 128, 64), block_n=64, num_splits=1) == 2
+    assert pipeline_stages(gta, block_n=64, num_splits=1) == 2
+    # Paged: GTA takes two buffers of a key block; GQA, latents and fp32 GTA keep one.
+    assert heuristic_config(gta.with_storage(paged=True), 32, 4096, 4, H100.multiprocessors).num_stages == 5
+    assert pipeline_stages(gta.with_storage(paged=True, dtype="float32"), block_n=64, num_splits=1) == 2
+    assert heuristic_config(wide.with_storage(paged=True), 32, 4096, 1, H100.multiprocessors).num_stages == 2
+    for latent in (AttentionSpec.latent(16, 1, 512, 64, paged=True), AttentionSpec.latent(16, 2, 256, 64, paged=True)):
+        assert heuristic_config(latent, 32, 4096, 1, H100.multiprocessors).num_stages == 2
     assert pipeline_stages(AttentionSpec.grouped(16, 16, 64), block_n=64, num_splits=1) == 4  # MHA, measured
     contiguous = ProblemShape(batch=64, query_len=1, capacity=4096, page_size=0)
     paged = ProblemShape(batch=64, query_len=1, capacity=4096, page_size=64)
@@ -113,4 +121,4 @@ def test_heuristic_pipelines_small_contiguous_key_blocks_deeper():
     assert build_search_space(wide, contiguous, H100.multiprocessors, [wide_default]).values("num_stages") == (2, 3, 4)
     assert build_search_space(small.with_storage(paged=True), paged, H100.multiprocessors,
                               [heuristic_config(small.with_storage(paged=True), 64, 4096, 1,
-                                                H100.multiprocessors)]).values("num_stages") == (2, 3)
+                                                H100.multiprocessors)]).values("num_stages") == (2, 5)

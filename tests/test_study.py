@@ -36,7 +36,7 @@ def test_failed_and_pruned_trials_are_recorded_in_storage(tmp_path):
     study = optuna.load_study(study_name=result.study_name, storage=storage)
     failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
     assert failed and all("OutOfResources" in t.user_attrs["error"] for t in failed)
-    assert all(t.params["num_stages"] == 3 and t.params["num_warps"] == 4 for t in failed)
+    assert all(t.params["num_stages"] == 5 and t.params["num_warps"] == 8 for t in failed)
     pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
     assert any(t.user_attrs.get("pruned", "").startswith("resources: shared") for t in pruned)
     assert any(t.user_attrs.get("pruned", "").startswith("slow") for t in pruned)

@@ -17,15 +17,16 @@ GPU = "NVIDIA H100 80GB HBM3"
 H100 = DeviceLimits(GPU, **FALLBACK_LIMITS["H100"])
 GQA = PAPER_SPECS["gqa"]
 SHAPE = ProblemShape(batch=4, query_len=1, capacity=8192, page_size=64)
-# A small shared-memory limit, so that part of the space (GQA key tiles of 128 keys, or 64 x 128) cannot launch.
-SMALL_GPU = DeviceLimits("Synthetic GPU", shared_bytes_per_block=20 * 1024, registers_per_block=65536,
+# A small shared-memory limit, so that part of the space (GQA key tiles of 128 keys with two pipeline buffers, or
+# 64 x 128) cannot launch.
+SMALL_GPU = DeviceLimits("Synthetic GPU", shared_bytes_per_block=100 * 1024, registers_per_block=65536,
                          max_registers_per_thread=255, l2_bytes=50 * 2**20, multiprocessors=132)
-OPTIMUM = dict(block_n=64, block_d=64, num_splits=6, num_warps=8, num_stages=3, preload_q=True, dv_split=1)
+OPTIMUM = dict(block_n=64, block_d=64, num_splits=6, num_warps=4, num_stages=5, preload_q=True, dv_split=1)
 
 
 class SyntheticKernel:
     """A known cost surface over the config knobs (minimum at OPTIMUM), a region that fails to 'compile'
-    (3 stages with 4 warps), and a guard that the resource model pruned everything it should have."""
+    (5 stages with 8 warps), and a guard that the resource model pruned everything it should have."""
 
     def __init__(self, spec=GQA, limits=SMALL_GPU, mismatching=(), stop_after=None):
         self.spec, self.limits = spec, limits
@@ -44,7 +45,7 @@ class SyntheticKernel:
 
     @staticmethod
     def fails(config: PortableConfig) -> bool:
-        return config.num_stages == 3 and config.num_warps == 4
+        return config.num_stages == 5 and config.num_warps == 8
 
     def time_us(self, config: PortableConfig, quick: bool) -> float:
         assert estimate_resources(self.spec, config).fits(self.limits), f"evaluated a pruned config {config}"

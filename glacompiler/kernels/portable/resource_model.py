@@ -16,17 +16,22 @@ tests/test_resource_model.py keeps spot checks. What the numbers showed:
     (chunk - 64) x 2 bytes more (8 KiB at most in the grid, far from any limit there); not modelled, since
     larger tiles with the same chunks do not show it and charging it everywhere would prune configs that
     launch (MLA block_m 64 x block_n 128 with 128-wide chunks uses 216 KiB, not 232).
-  * Paged caches: num_stages does not change shared memory (the loads go through registers: paged addresses),
-    so the software pipeliner adds no buffers.
   * Contiguous caches are pipelined: num_stages - 1 buffers of a key block's loads (every K/V chunk not reused,
     and the rope tile), beside Q and the probabilities; with 64 or more rows (warpgroup MMA tiles) Triton stages
     the loads once more, by a fitted term: block_n x (loaded width - block_m). Fitted on 53 configs of GQA (head
     dims 64 and 128), MHA (64) and GTA (128 + 64, 64 + 32) in bf16, Q preloaded, block_m 16 to 128, 1 to 3
     pipeline buffers, 4 warps (15 again at 2 and 8 warps: the same bytes), exact for every one
-    (benchmarks/logs/resource_model_contiguous_fit_sm90_triton39.txt). Outside that domain (Q reloaded per
-    block, 4-byte elements, one stage) it is not exact, so the paged model is used there, as before (not exact
-    there either: over for MLA with Q reloaded, under for fp32; a config that does not fit fails its trial or
-    steps down its stages at launch).
+    (benchmarks/logs/resource_model_contiguous_fit_sm90_triton39.txt).
+  * Paged caches are pipelined too, with the same terms, but a key block's address comes from a page-table load
+    in the loop, one level of indirection: the pipeliner splits the stages between the two loads, so a block
+    gets (num_stages - 1) // 2 buffers and at least one (2 to 4 stages: one, 5 and 6: two, 7: three). Checked
+    exact (to the page-table buffer's few bytes) on Triton 3.6 and 3.9, sm_90, for GQA, GTA, GLA and MLA specs
+    with Q preloaded, 2 to 7 stages, block_m 16 to 128, pages of 16 and 64 keys (GTA's 128-key tile at 5 stages 1%
+    under; `benchmarks/pipelined_loads.py --page-size 64` prints both columns,
+    benchmarks/logs/resource_model_paged_sm90.txt).
+    Outside that domain (Q reloaded per block, 4-byte elements, one stage) the older model of "Key tiles" is used
+    (one key chunk at a time; not exact: over for MLA with Q reloaded, under for fp32 and for narrow heads with Q
+    reloaded); a config that does not fit fails its trial or steps down its stages at launch.
   * Registers: the fp32 accumulators (block_m x the program's Dv), the scores and probabilities
     (block_m x block_n), every K/V chunk of one key block on its way to shared memory (the compiler issues all
     of a block's loads before the first product), and a fixed base for addresses and indices.
@@ -50,23 +55,23 @@ from .config import PortableConfig
 from .render import plan_chunks
 
 # Tile parameters and the head-dim widths of the chunk plan (power-of-two padded), as sympy symbols.
-BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES = sympy.symbols("block_m block_n num_warps num_stages", positive=True,
-                                                        integer=True)
+BLOCK_M, BLOCK_N, NUM_WARPS = sympy.symbols("block_m block_n num_warps", positive=True, integer=True)
 Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH = sympy.symbols(
     "q_width rope_width live_key_width loaded_width acc_width", nonnegative=True, integer=True)
-ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS = sympy.symbols(
-    "element_bytes p_in_shared pipelined warpgroup_rows", nonnegative=True, integer=True)
+ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS, BUFFERS = sympy.symbols(
+    "element_bytes p_in_shared pipelined warpgroup_rows buffers", nonnegative=True, integer=True)
+# BUFFERS: shared-memory copies of a key block's loads in flight (pipeline_buffers)
 
 THREADS_PER_WARP = 32
 SPILL_TOLERANCE = 2.0
 # Registers a thread needs beyond the tiles: pointers, offsets, masks, loop state (fitted: Triton 3.x, sm_90).
 REGISTER_BASE = 40
 
-PAGED_KEY_TILES = BLOCK_N * LIVE_KEY_WIDTH + P_IN_SHARED * BLOCK_M * BLOCK_N
-PIPELINED_KEY_TILES = (BLOCK_M * BLOCK_N + (NUM_STAGES - 1) * BLOCK_N * LOADED_WIDTH
+UNPIPELINED_KEY_TILES = BLOCK_N * LIVE_KEY_WIDTH + P_IN_SHARED * BLOCK_M * BLOCK_N
+PIPELINED_KEY_TILES = (BLOCK_M * BLOCK_N + BUFFERS * BLOCK_N * LOADED_WIDTH
                        + WARPGROUP_ROWS * BLOCK_N * sympy.Max(0, LOADED_WIDTH - BLOCK_M))
 SHARED_BYTES = ELEMENT_BYTES * (
-    BLOCK_M * (Q_WIDTH + ROPE_WIDTH) + (1 - PIPELINED) * PAGED_KEY_TILES + PIPELINED * PIPELINED_KEY_TILES
+    BLOCK_M * (Q_WIDTH + ROPE_WIDTH) + (1 - PIPELINED) * UNPIPELINED_KEY_TILES + PIPELINED * PIPELINED_KEY_TILES
 )
 REGISTERS_PER_THREAD = (
     BLOCK_M * ACC_WIDTH  # fp32 accumulators
@@ -74,8 +79,8 @@ REGISTERS_PER_THREAD = (
     + BLOCK_N * LOADED_WIDTH * ELEMENT_BYTES / 4  # one key block's K/V chunks between global and shared memory
 ) / (THREADS_PER_WARP * NUM_WARPS) + REGISTER_BASE
 
-_SYMBOLS = (BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES, Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH,
-            ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS)
+_SYMBOLS = (BLOCK_M, BLOCK_N, NUM_WARPS, Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH,
+            ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS, BUFFERS)
 _shared_bytes = sympy.lambdify(_SYMBOLS, SHARED_BYTES, "math")
 _registers_per_thread = sympy.lambdify(_SYMBOLS, REGISTERS_PER_THREAD, "math")
 
@@ -135,16 +140,25 @@ class ResourceEstimate:
 
 
 def pipelined_model_applies(spec: AttentionSpec, config: PortableConfig) -> bool:
-    """A contiguous cache within the pipelined model's fitted domain (see the module docstring)."""
-    return not spec.paged and config.preload_q and element_bytes(spec) == 2 and config.num_stages >= 2
+    """A config within the pipelined model's measured domain (see the module docstring)."""
+    return config.preload_q and element_bytes(spec) == 2 and config.num_stages >= 2
+
+
+def pipeline_buffers(spec: AttentionSpec, num_stages: int) -> int:
+    """Shared-memory buffers Triton gives a key block's loads: paged addresses come from a load in the loop,
+    which takes half the stages ahead of the block's own."""
+    if spec.paged:
+        return max(1, (num_stages - 1) // 2)
+    return num_stages - 1
 
 
 def estimate_resources(spec: AttentionSpec, config: PortableConfig) -> ResourceEstimate:
     values = chunk_widths(spec, config)
     values.update({BLOCK_M: config.block_m, BLOCK_N: config.block_n, NUM_WARPS: config.num_warps,
-                   NUM_STAGES: config.num_stages, ELEMENT_BYTES: element_bytes(spec),
+                   ELEMENT_BYTES: element_bytes(spec),
                    PIPELINED: 1 if pipelined_model_applies(spec, config) else 0,
-                   WARPGROUP_ROWS: 1 if config.block_m >= 64 else 0})
+                   WARPGROUP_ROWS: 1 if config.block_m >= 64 else 0,
+                   BUFFERS: pipeline_buffers(spec, config.num_stages)})
     arguments = [values[symbol] for symbol in _SYMBOLS]
     return ResourceEstimate(
         shared_bytes=int(_shared_bytes(*arguments)),

@@ -7,7 +7,7 @@ from typing import Sequence
 from ...spec import AttentionSpec, ProblemShape
 from ..common.search_space import SearchSpace, include_configs, split_choices
 from ..common.tiles import MIN_DOT_WIDTH, next_power_of_two
-from .config import PortableConfig
+from .config import PAGED_TWO_BUFFER_STAGES, PortableConfig
 from .render import dv_part_width
 
 MAX_BLOCK_M = 128
@@ -49,10 +49,9 @@ def build_search_space(
         "dv_split": dv_split,
         "num_splits": split_choices(spec, shape, multiprocessors, top_m),
         "num_warps": num_warps,
-        # Paged: Triton emits the same code for num_stages 1 to 3 (the paged loads go through registers, the
-        # pipeliner adds no stages); two values are kept so that a Triton that does pipeline can show a gain.
-        # Contiguous caches pipeline, deeper with small key blocks (pipeline_stages in config.py).
-        "num_stages": [2, 3] if spec.paged else [2, 3, 4],
+        # Paged: a key block gets one buffer at 2 to 4 stages, two at 5 (the page-table load takes the stages
+        # between: pipeline_stages in config.py). Contiguous caches pipeline, deeper with small key blocks.
+        "num_stages": [2, PAGED_TWO_BUFFER_STAGES] if spec.paged else [2, 3, 4],
         "preload_q": [False, True],
     }
     return include_configs(choices, include)
