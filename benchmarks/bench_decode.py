@@ -29,7 +29,7 @@ from glacompiler.kernels import KernelCall
 from glacompiler.kernels.common.splits import MAX_SPLITS, device_multiprocessors
 from glacompiler.kernels.latent_hopper import LatentHopperConfig
 from glacompiler.kernels.portable import PortableConfig
-from glacompiler.kernels.portable.config import heuristic_config
+from glacompiler.kernels.portable.config import PAGED_TWO_BUFFER_STAGES, heuristic_config
 from glacompiler.op.dispatch import choose_kernel
 from glacompiler.op.validation import validate_inputs
 from glacompiler.presets import PAPER_SPECS
@@ -87,8 +87,9 @@ def use_draft_mask(kwargs: dict) -> None:
     kwargs["attn_mask"] = (keys[None, None, :] <= last_visible[:, :, None])[:, None]
 
 
-def variants(base: PortableConfig, rows: int) -> list[PortableConfig]:
-    """A few neighbours of the heuristic config, one knob at a time."""
+def variants(base: PortableConfig, rows: int, paged: bool) -> list[PortableConfig]:
+    """A few neighbours of the heuristic config, one knob at a time (paged: the depths that change the key block's
+    buffers, PortableConfig's pipeline_stages)."""
     out = []
     for block_n in (16, 32, 64):
         out.append(dataclasses.replace(base, block_n=block_n))
@@ -96,7 +97,7 @@ def variants(base: PortableConfig, rows: int) -> list[PortableConfig]:
         if block_m <= max(16, 2 * rows):
             out.append(dataclasses.replace(base, block_m=block_m))
     out.append(dataclasses.replace(base, num_warps=4 if base.num_warps == 8 else 8))
-    for stages in (1, 3, 4):
+    for stages in (2, PAGED_TWO_BUFFER_STAGES) if paged else (1, 3, 4):
         out.append(dataclasses.replace(base, num_stages=stages))
     out.append(dataclasses.replace(base, preload_q=not base.preload_q))
     for factor in (0.5, 2):
@@ -180,7 +181,7 @@ def main() -> None:
                     candidates = [dataclasses.replace(base, num_splits=n)
                                   for n in (max(1, base.num_splits // 2), min(MAX_SPLITS, 2 * base.num_splits))]
                 else:
-                    candidates = variants(base, spec.group_size * query_len)
+                    candidates = variants(base, spec.group_size * query_len, spec.paged)
                 for config in candidates:
                     try:
                         out, lse = glacompiler.attention_with_kvcache_config(**kw, config=config)

@@ -131,5 +131,6 @@ def main() -> None:
                 print(f"{name:<9} {stages:>6} {mask:<7} {str(loop_loads(ttgir)):<57} {compiled.metadata.shared:>12} "
                       f"{estimate_resources(spec, config).shared_bytes:>6} {registers(compiled.asm['ptx']):>10}")
 
+
 if __name__ == "__main__":
     main()

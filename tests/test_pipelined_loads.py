@@ -47,9 +47,9 @@ def test_key_tiles_are_pipelined_for_sm90():
 
 
 def test_paged_key_tiles_take_a_second_buffer_at_five_stages():
-    """Paged: at 5 stages the page-table load becomes an asynchronous copy too, run stages ahead of the key tiles,
-    which then get two buffers (one at 2 stages); the resource model counts the same bytes but for the page ids'
-    few (kernels/portable/resource_model.py)."""
+    """Paged: from 3 stages the page-table load is an asynchronous copy too, run stages ahead of the key tiles,
+    which get one buffer up to 4 stages and two at 5; the resource model counts the same bytes but for the page
+    ids' few (kernels/portable/resource_model.py)."""
     report = compile_report("--spec", "gta", "gqa128", "--page-size", "64", "--stages", "2", "5")
     for spec, tiles in (("gta", 3), ("gqa128", 4)):
         for mask in ("no", "dense"):

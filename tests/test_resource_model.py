@@ -59,7 +59,7 @@ def test_shared_memory_model_matches_triton(name, knobs, measured):
 def test_resource_model_prunes_what_cannot_launch():
     mla = PAPER_SPECS["mla"]
     too_much_shared = estimate_resources(mla, PortableConfig(block_m=128, block_n=128, num_warps=8))
-    assert too_much_shared.excess(H100)["shared"] > 0  # 288 KiB > 227 KiB
+    assert too_much_shared.excess(H100)["shared"] > 0  # 432 KiB > 227 KiB
     # A 128 x 512 fp32 accumulator is 512 registers per thread over 4 warps: twice the file, before anything
     # else (Triton spills 3 KB per thread there). Over 8 warps it spills ~0.7 KB, which is tolerated.
     too_many_registers = estimate_resources(mla, PortableConfig(block_m=128, block_n=16, num_warps=4))
@@ -81,16 +81,28 @@ def test_heuristic_defaults_fit_hopper(name):
             assert estimate_resources(storage, config).fits(H100), (name, storage.paged, config)
 
 
-def test_pipelined_model_only_where_it_was_fitted():
-    """Configs outside the fitted domain (Q reloaded per block, 4-byte elements, one stage) keep the older
-    one-chunk-at-a-time model, paged or not: the pipelined one is not exact there
-    (logs/resource_model_contiguous_fit_sm90_triton39.txt)."""
+# Outside the fitted domain (Q reloaded per block, fp32), Triton 3.6 and 3.9 alike: the pipelined terms are exact
+# or a few bytes under where both versions agree (logs/resource_model_outside_fit_sm90.txt).
+OUTSIDE_FIT_TRITON_SHARED_BYTES = [
+    (AttentionSpec.grouped(32, 8, 128), dict(block_m=16, block_n=32, block_d=64, num_stages=3, preload_q=False), 37888),
+    (AttentionSpec.grouped(32, 8, 128, paged=True), dict(block_m=16, block_n=32, block_d=128, preload_q=False), 21504),
+    (AttentionSpec.grouped(32, 8, 128, dtype="float32"), dict(block_m=16, block_n=64, num_stages=3, preload_q=False),
+     143360),
+    (AttentionSpec.latent(16, 1, 512, 64, dtype="float32", paged=True),
+     dict(block_m=32, block_n=64, block_d=32, num_stages=5, preload_q=False), 376968),
+]
+
+
+@pytest.mark.parametrize("spec,knobs,measured", OUTSIDE_FIT_TRITON_SHARED_BYTES)
+def test_pipelined_terms_hold_outside_the_fitted_domain(spec, knobs, measured):
+    """The older one-chunk model was under by up to 87% here (configs the tuner then compiled and saw fail)."""
+    assert 0 <= measured - estimate_resources(spec, PortableConfig(**knobs)).shared_bytes <= 256
+
+
+def test_one_stage_keeps_the_model_without_pipeline_buffers():
     gqa = AttentionSpec.grouped(32, 8, 64)
-    for spec, knobs in ((gqa, dict(block_m=64, block_n=64, num_stages=3, preload_q=False)),
-                        (gqa.with_storage(dtype="float32"), dict(block_m=16, block_n=64, num_stages=3)),
-                        (gqa, dict(block_m=16, block_n=64, num_stages=1))):
-        config = PortableConfig(**knobs)
-        assert estimate_resources(spec, config) == estimate_resources(spec.with_storage(paged=True), config), knobs
-    assert estimate_resources(gqa, PortableConfig(block_m=16, block_n=64, num_stages=1)).shared_bytes == 12288
-    fitted = PortableConfig(block_m=16, block_n=64, num_stages=3)
+    one_stage = PortableConfig(block_m=16, block_n=64, num_stages=1)
+    assert estimate_resources(gqa, one_stage).shared_bytes == 12288  # Q, one key chunk, P: no buffer of a block
+    assert estimate_resources(gqa, one_stage) == estimate_resources(gqa.with_storage(paged=True), one_stage)
+    fitted = PortableConfig(block_m=16, block_n=64, num_stages=3)  # two buffers contiguous, one paged
     assert estimate_resources(gqa, fitted).shared_bytes > estimate_resources(gqa.with_storage(paged=True), fitted).shared_bytes

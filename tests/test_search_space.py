@@ -112,7 +112,8 @@ def test_heuristic_pipelines_small_contiguous_key_blocks_deeper():
     assert heuristic_config(gta.with_storage(paged=True), 32, 4096, 4, H100.multiprocessors).num_stages == 5
     assert pipeline_stages(gta.with_storage(paged=True, dtype="float32"), block_n=64, num_splits=1) == 2
     assert heuristic_config(wide.with_storage(paged=True), 32, 4096, 1, H100.multiprocessors).num_stages == 2
-    for latent in (AttentionSpec.latent(16, 1, 512, 64, paged=True), AttentionSpec.latent(16, 2, 256, 64, paged=True)):
+    for latent in (AttentionSpec.latent(16, 1, 512, 64, paged=True), AttentionSpec.latent(16, 2, 256, 64, paged=True),
+                   AttentionSpec.latent(16, 1, 128, 64, paged=True)):
         assert heuristic_config(latent, 32, 4096, 1, H100.multiprocessors).num_stages == 2
     assert pipeline_stages(AttentionSpec.grouped(16, 16, 64), block_n=64, num_splits=1) == 4  # MHA, measured
     contiguous = ProblemShape(batch=64, query_len=1, capacity=4096, page_size=0)

@@ -17,8 +17,8 @@ GPU = "NVIDIA H100 80GB HBM3"
 H100 = DeviceLimits(GPU, **FALLBACK_LIMITS["H100"])
 GQA = PAPER_SPECS["gqa"]
 SHAPE = ProblemShape(batch=4, query_len=1, capacity=8192, page_size=64)
-# A small shared-memory limit, so that part of the space (GQA key tiles of 128 keys with two pipeline buffers, or
-# 64 x 128) cannot launch.
+# A small shared-memory limit, so that part of the space (GQA key tiles of 128 keys with two pipeline buffers)
+# cannot launch.
 SMALL_GPU = DeviceLimits("Synthetic GPU", shared_bytes_per_block=100 * 1024, registers_per_block=65536,
                          max_registers_per_thread=255, l2_bytes=50 * 2**20, multiprocessors=132)
 OPTIMUM = dict(block_n=64, block_d=64, num_splits=6, num_warps=4, num_stages=5, preload_q=True, dv_split=1)

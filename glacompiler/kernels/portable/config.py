@@ -108,7 +108,7 @@ def pipeline_stages(spec: AttentionSpec, block_n: int, num_splits: int) -> int:
     block_bytes = block_n * (spec.head_dim_k + spec.head_dim_v + spec.rope_dim) * spec.torch_dtype.itemsize
     if spec.paged:
         # Two-byte elements only: the two buffers of an fp32 block would pass the shared memory of smaller GPUs.
-        two_buffers = spec.tied and spec.head_dim_v < 256 and spec.torch_dtype.itemsize == 2
+        two_buffers = spec.kind == "gta" and spec.head_dim_v < 256 and spec.torch_dtype.itemsize == 2
         return PAGED_TWO_BUFFER_STAGES if two_buffers else 2
     if spec.tied or block_bytes > DEEP_PIPELINE_TILE_BYTES:
         return 2
