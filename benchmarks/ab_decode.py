@@ -48,8 +48,9 @@ def paged_decode_inputs(heads: int, kv_heads: int, width: int, v_width: int, rop
                         query_len: int, page_size: int, seed: int = 0, query_width: int = 0, device: str = "cuda",
                         dtype=None) -> dict:
     """The op's keyword arguments, bf16 unless dtype says, built on the GPU from a seed (a long cache is too big to
-    draw on the host): full lengths, a permuted page table; v_width 0: tied (no v_cache); rope 0: no rope key;
-    query_width 0: width. (device="cpu" for the tests' small cases.)"""
+    draw on the host): full lengths, a permuted page table (page_size 0: contiguous caches [B, S, ...], no page
+    table); v_width 0: tied (no v_cache); rope 0: no rope key; query_width 0: width. (device="cpu" for the tests'
+    small cases.)"""
     import torch
 
     device, dtype = torch.device(device), dtype or torch.bfloat16
@@ -58,17 +59,18 @@ def paged_decode_inputs(heads: int, kv_heads: int, width: int, v_width: int, rop
     def randn(*shape):
         return torch.randn(*shape, device=device, dtype=dtype, generator=generator)
 
-    pages_per_seq = seqlen // page_size
-    num_pages = batch * pages_per_seq
+    # A paged cache is [pages, page_size, ...]; a contiguous one [batch, seqlen, ...].
+    lead = (batch * (seqlen // page_size), page_size) if page_size else (batch, seqlen)
     kwargs = dict(
         q=randn(batch, query_len, heads, query_width or width),
-        k_cache=randn(num_pages, page_size, kv_heads, width),
-        v_cache=randn(num_pages, page_size, kv_heads, v_width) if v_width else None,
+        k_cache=randn(*lead, kv_heads, width),
+        v_cache=randn(*lead, kv_heads, v_width) if v_width else None,
         cache_seqlens=torch.full((batch,), seqlen, device=device, dtype=torch.int32),
-        page_table=torch.randperm(num_pages, device=device, generator=generator).to(torch.int32).view(batch, -1),
+        page_table=(torch.randperm(lead[0], device=device, generator=generator).to(torch.int32).view(batch, -1)
+                    if page_size else None),
     )
     if rope:
-        kwargs.update(q_rope=randn(batch, query_len, heads, rope), k_rope_cache=randn(num_pages, page_size, rope))
+        kwargs.update(q_rope=randn(batch, query_len, heads, rope), k_rope_cache=randn(*lead, rope))
     return kwargs
 
 
@@ -157,7 +159,7 @@ def check_row_arguments(parser, args) -> None:
     for case, batch, seqlen, query_len in rows:
         if case not in CASES:
             parser.error(f"--rows: unknown case {case!r} (one of {', '.join(CASES)})")
-        if seqlen % args.page_size:
+        if args.page_size and seqlen % args.page_size:
             parser.error(f"--rows: cache {seqlen} of {case} is not a multiple of --page-size {args.page_size}")
     if any(len(shape) != 3 for shape in shapes):
         parser.error("--combine takes rows:splits:Dv")

@@ -19,15 +19,18 @@ import glacompiler  # noqa: E402
 
 def fa3_stand_in(q, k_cache, v_cache, qv=None, cache_seqlens=None, page_table=None, softmax_scale=None,
                  causal=False):
-    """flash_attn_with_kvcache's math for a paged cache, in float64: q [B, Lq, Hq, D], k_cache [P, page, Hkv, D],
-    v_cache [P, page, Hkv, Dv], qv [B, Lq, Hq, Dv] (scores gain qv . v)."""
+    """flash_attn_with_kvcache's math, in float64: q [B, Lq, Hq, D], k_cache [P, page, Hkv, D] (no page_table:
+    [B, S, Hkv, D]), v_cache likewise with Dv, qv [B, Lq, Hq, Dv] (scores gain qv . v)."""
     batch, query_len, heads, _ = q.shape
     kv_heads = k_cache.shape[2]
     out = torch.empty(batch, query_len, heads, v_cache.shape[-1], dtype=torch.float64)
     for b in range(batch):
         length = int(cache_seqlens[b])
-        keys = k_cache[page_table[b].long()].flatten(0, 1)[:length].double()  # [S, Hkv, D]
-        values = v_cache[page_table[b].long()].flatten(0, 1)[:length].double()
+        if page_table is None:
+            keys, values = k_cache[b, :length].double(), v_cache[b, :length].double()  # [S, Hkv, D]
+        else:
+            keys = k_cache[page_table[b].long()].flatten(0, 1)[:length].double()
+            values = v_cache[page_table[b].long()].flatten(0, 1)[:length].double()
         for h in range(heads):
             kv = h // (heads // kv_heads)
             scores = q[b, :, h].double() @ keys[:, kv].T
@@ -41,9 +44,11 @@ def fa3_stand_in(q, k_cache, v_cache, qv=None, cache_seqlens=None, page_table=No
     return out
 
 
+@pytest.mark.parametrize("page_size", [16, 0])  # 0: contiguous caches (bench_decode.py --grid --page-size 0)
 @pytest.mark.parametrize("name", ["mla", "gla2", "gta", "gqa"])
-def test_fa3_adaptor_computes_our_attention(name):
-    kwargs = make_inputs(name, 2, 48, 2, 16, seed=3, device="cpu", dtype=torch.float32)
+def test_fa3_adaptor_computes_our_attention(name, page_size):
+    kwargs = make_inputs(name, 2, 48, 2, page_size, seed=3, device="cpu", dtype=torch.float32)
+    assert (kwargs["page_table"] is None) == (page_size == 0)
     lengths = torch.tensor([48, 29], dtype=torch.int32)
     kwargs["cache_seqlens"] = lengths
     spec_width = kwargs["q"].shape[-1] + (kwargs["q_rope"].shape[-1] if "q_rope" in kwargs else 0)
@@ -53,9 +58,10 @@ def test_fa3_adaptor_computes_our_attention(name):
     torch.testing.assert_close(theirs, ours.double(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("page_size", [16, 0])
 @pytest.mark.parametrize("query_len", [1, 3])
-def test_sdpa_baseline_computes_our_attention(query_len):
-    kwargs = make_inputs("gqa", 2, 48, query_len, 16, seed=4, device="cpu", dtype=torch.float32)
+def test_sdpa_baseline_computes_our_attention(query_len, page_size):
+    kwargs = make_inputs("gqa", 2, 48, query_len, page_size, seed=4, device="cpu", dtype=torch.float32)
     scale = kwargs["q"].shape[-1] ** -0.5
     ours = glacompiler.attention_with_kvcache(**kwargs, softmax_scale=scale, causal=True)
     torch.testing.assert_close(decode_grid.sdpa_call(kwargs, scale)(), ours, rtol=1e-5, atol=1e-5)
