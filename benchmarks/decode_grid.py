@@ -2,11 +2,11 @@
 
 Kinds are the paper's (ab_decode.CASES: MLA 1x512, GLA-2 2x256, GLA-8 8x256 with 128 query heads and a 64-wide
 rope key; GTA 16 query heads over 4 tied heads of 128 with the rope key; GQA 32/8/128); bf16, page 64 with a
-permuted page table (--page-size 0: contiguous caches, for every contender), full lengths, causal. Each row's data is built once on the GPU from a seed and every
-contender runs it in each round, the order rotating between rounds; the table gives the median over the rounds
-of each one's kernel time by CUDA-graph replay (median of do_bench_cudagraph). Floor = max(bytes / copy bandwidth,
-flops / bf16 matmul rate), both measured in the same run (bench_decode.copy_bandwidth and matmul_rate), bytes
-counted with one shared rope key. Contenders:
+permuted page table (--page-size 0: contiguous caches, for every contender), full lengths, causal. Each row's data
+is built once on the GPU from a seed and every contender runs it in each round, the order rotating between rounds;
+the table gives the median over the rounds of each one's kernel time by CUDA-graph replay (median of
+do_bench_cudagraph). Floor = max(bytes / copy bandwidth, flops / bf16 matmul rate), both measured in the same run
+(bench_decode.copy_bandwidth and matmul_rate), bytes counted with one shared rope key. Contenders:
 - ours: glacompiler.attention_with_kvcache as users call it (the op's own kernel family and config);
 - FA3: FlashAttention-3's flash_attn_with_kvcache (flash-attention `hopper/`) where `flash_attn_interface`
   imports and its build holds the head dims: MLA/GLA with `qv` (the rope key copied into each latent head, as the
@@ -158,7 +158,8 @@ def run_grid(kinds: list[str], rounds: int, neighbours: bool, page_size: int, js
     bandwidth, flop_rate = copy_bandwidth(), matmul_rate()
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, glacompiler "
           f"{package_version()}; FA3 {'installed' if fa3 else 'not installed'}")
-    print(f"# copy {bandwidth / 1e9:.0f} GB/s, bf16 matmul {flop_rate / 1e12:.0f} TFLOP/s; {f'page {page_size}' if page_size else 'contiguous caches'}, bf16, "
+    layout = f"page {page_size}" if page_size else "contiguous caches"
+    print(f"# copy {bandwidth / 1e9:.0f} GB/s, bf16 matmul {flop_rate / 1e12:.0f} TFLOP/s; {layout}, bf16, "
           f"full lengths, causal; median of {rounds} interleaved rounds, CUDA-graph replay")
     print("| case | B | S | Lq | floor us | ours us (of floor) | FA3 us (of floor) | ours vs FA3 | SDPA us (of floor) | "
           "ours vs SDPA | our kernel | notes |")
