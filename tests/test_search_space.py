@@ -93,16 +93,21 @@ def test_hopper_space_takes_a_config_with_open_choices_as_it_runs():
 
 
 def test_heuristic_pipelines_small_contiguous_key_blocks_deeper():
-    """num_stages 4 where one program walks a whole contiguous cache of head dim 64, 3 where the cache is split,
-    2 for wider key blocks and for paged caches but GTA's, 5 (two buffers) for paged GTA in 2-byte elements
-    (H200 measurements: pipeline_stages)."""
+    """num_stages 4 where one program walks a whole contiguous cache of head dim 64 or 128, 3 where a cache of head
+    dim 64 is split, 2 for wider key blocks and for paged caches but GTA's, 5 (two buffers) for paged GTA in 2-byte
+    elements (H200 measurements: pipeline_stages)."""
     small, wide = AttentionSpec.grouped(32, 8, 64), AttentionSpec.grouped(32, 8, 128)
     whole = heuristic_config(small, 64, 4096, 1, H100.multiprocessors)
     split = heuristic_config(small, 1, 65536, 1, H100.multiprocessors)
     assert (whole.num_splits, whole.num_stages) == (1, 4)
     assert split.num_splits > 1 and split.num_stages == 3
     assert heuristic_config(small.with_storage(paged=True), 64, 4096, 1, H100.multiprocessors).num_stages == 2
-    assert heuristic_config(wide, 64, 4096, 1, H100.multiprocessors).num_stages == 2
+    # Head dim 128 (32 KiB blocks of 64 keys): 4 stages where a program walks a whole cache, 2 where it is split.
+    wide_whole = heuristic_config(wide, 128, 8192, 1, H100.multiprocessors)
+    wide_split = heuristic_config(wide, 8, 32768, 1, H100.multiprocessors)
+    assert (wide_whole.num_splits, wide_whole.block_n, wide_whole.num_stages) == (1, 64, 4)
+    assert wide_split.num_splits > 1 and wide_split.num_stages == 2
+    assert pipeline_stages(wide, block_n=128, num_splits=1) == 2  # 64 KiB blocks
     assert heuristic_config(small.with_storage(dtype="float32"), 64, 4096, 1, H100.multiprocessors).num_stages == 2
     # Contiguous tied layouts keep 2 stages (not measured deeper), small ones included.
     gta = AttentionSpec.grouped_tied(16, 4, 128, 64)
@@ -118,7 +123,7 @@ def test_heuristic_pipelines_small_contiguous_key_blocks_deeper():
     assert pipeline_stages(AttentionSpec.grouped(16, 16, 64), block_n=64, num_splits=1) == 4  # MHA, measured
     contiguous = ProblemShape(batch=64, query_len=1, capacity=4096, page_size=0)
     paged = ProblemShape(batch=64, query_len=1, capacity=4096, page_size=64)
-    wide_default = heuristic_config(wide, 64, 4096, 1, H100.multiprocessors)  # 2 stages: the space adds 3 and 4
+    wide_default = heuristic_config(wide, 8, 32768, 1, H100.multiprocessors)  # 2 stages: the space adds 3 and 4
     assert build_search_space(wide, contiguous, H100.multiprocessors, [wide_default]).values("num_stages") == (2, 3, 4)
     assert build_search_space(small.with_storage(paged=True), paged, H100.multiprocessors,
                               [heuristic_config(small.with_storage(paged=True), 64, 4096, 1,

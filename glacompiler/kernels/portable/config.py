@@ -90,6 +90,9 @@ def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: 
 
 
 DEEP_PIPELINE_TILE_BYTES = 16 * 1024  # K + V bytes of a key block up to which deeper pipelines paid (H200)
+# ... and up to which 4 stages paid where one program walks a whole contiguous cache (no KV split): head dim 128's
+# 32 KiB blocks of 64 keys took 15% less time with 4 than with 2 (GQA 32/8 at B128 S8K on an H200).
+WHOLE_CACHE_DEEP_PIPELINE_TILE_BYTES = 32 * 1024
 # A paged block's address comes from a page-table load in the loop, which the pipeliner runs stages ahead of the
 # block's own loads: 2 to 4 stages leave the block one shared-memory buffer (its next load waits for this one's
 # products), 5 give it two (resource_model.pipeline_buffers).
@@ -99,20 +102,24 @@ PAGED_TWO_BUFFER_STAGES = 5
 def pipeline_stages(spec: AttentionSpec, block_n: int, num_splits: int) -> int:
     """Software pipeline depth. On an H200, contiguous GQA/MHA caches of head dim 64 in bf16 (K and V: 16 KiB a
     64-key block) took 2-19% less time with 3 stages than with 2, and up to 25% less with 4 where one program
-    walks its sequence's whole cache (no KV split); head dim 128 took up to 14% more with 3
-    (benchmarks/RESULTS.md). Paged caches: GTA's tied blocks (128 + 64 wide, 64 keys) took 3-9% less time with
-    two buffers (5 stages) than with one (2) on 7 of issue 13's 8 grid rows, GQA's (head dim 128, K and V) 10-17%
-    more at the same tile: its blocks are larger, and the buffers cost it programs per SM (benchmarks/logs/
-    paged_stages_probe_h200.txt). Latent layouts keep 2 until measured, as do contiguous tied ones (the sparse
-    pass of a masked tied kernel keeps one tile out of the pipeline)."""
+    walks its sequence's whole cache (no KV split); head dim 128 took up to 14% more with 3 where the cache is
+    split, but 15% less with 4 where it is not (B128 S8K: 959 us against 1122; benchmarks/RESULTS.md); a GPU
+    whose shared memory is too small for 4 steps down at launch. Paged caches: GTA's tied blocks (128 + 64 wide,
+    64 keys) took 3-9% less time with two buffers (5 stages) than with one (2) on 7 of issue 13's 8 grid rows,
+    GQA's (head dim 128, K and V) 10-17% more at the same tile: its blocks are larger, and the buffers cost it
+    programs per SM (benchmarks/logs/paged_stages_probe_h200.txt). Latent layouts keep 2 until measured, as do
+    contiguous tied ones (the sparse pass of a masked tied kernel keeps one tile out of the pipeline)."""
     block_bytes = block_n * (spec.head_dim_k + spec.head_dim_v + spec.rope_dim) * spec.torch_dtype.itemsize
     if spec.paged:
         # Two-byte elements only: the two buffers of an fp32 block would pass the shared memory of smaller GPUs.
         two_buffers = spec.kind == "gta" and spec.head_dim_v < 256 and spec.torch_dtype.itemsize == 2
         return PAGED_TWO_BUFFER_STAGES if two_buffers else 2
-    if spec.tied or block_bytes > DEEP_PIPELINE_TILE_BYTES:
+    if spec.tied:
         return 2
-    return 4 if num_splits == 1 else 3
+    if num_splits == 1 and (block_bytes <= DEEP_PIPELINE_TILE_BYTES or (
+            spec.torch_dtype.itemsize == 2 and block_bytes <= WHOLE_CACHE_DEEP_PIPELINE_TILE_BYTES)):
+        return 4  # (fp32's 32 KiB blocks were not measured deeper)
+    return 3 if block_bytes <= DEEP_PIPELINE_TILE_BYTES else 2
 
 
 def programs_per_split(spec: AttentionSpec, shape: ProblemShape, config: PortableConfig) -> int:
