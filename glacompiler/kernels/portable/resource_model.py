@@ -144,11 +144,6 @@ class ResourceEstimate:
                 f"(pruned over {SPILL_TOLERANCE:g}x)")
 
 
-def pipelined_model_applies(config: PortableConfig) -> bool:
-    """Configs with a pipeline (two stages or more) take the pipelined terms (see the module docstring)."""
-    return config.num_stages >= 2
-
-
 def pipeline_buffers(spec: AttentionSpec, num_stages: int) -> int:
     """Shared-memory buffers Triton gives a key block's loads: paged addresses come from a load in the loop,
     which takes half the stages ahead of the block's own."""
@@ -161,7 +156,7 @@ def estimate_resources(spec: AttentionSpec, config: PortableConfig) -> ResourceE
     values = chunk_widths(spec, config)
     values.update({BLOCK_M: config.block_m, BLOCK_N: config.block_n, NUM_WARPS: config.num_warps,
                    ELEMENT_BYTES: element_bytes(spec),
-                   PIPELINED: 1 if pipelined_model_applies(config) else 0,
+                   PIPELINED: 1 if config.num_stages >= 2 else 0,  # one stage: no pipeline buffer (docstring)
                    WARPGROUP_ROWS: 1 if config.block_m >= 64 else 0,
                    BUFFERS: pipeline_buffers(spec, config.num_stages)})
     arguments = [values[symbol] for symbol in _SYMBOLS]
