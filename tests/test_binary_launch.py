@@ -165,7 +165,8 @@ def test_prepared_launch_calls_the_binary_and_materialises_descriptors_for_the_j
     direct = compiled.launcher.c_launch.calls
     assert len(direct) == 2 and len(direct[0]) == 13 + 7 and direct[0][:3] == (2, 1, 1)
     arg_x, (label, (made, arg_cache)), *rest = direct[0][13:]
-    assert arg_x is x and arg_cache is cache and (label, made) == ("map of", "descriptor of")
+    # a tensor goes as its address, a descriptor's tensor to its encoder
+    assert arg_x == x.data_ptr() and arg_cache is cache and (label, made) == ("map of", "descriptor of")
     assert rest == [8, 64, 7, 1, 2]  # the descriptor's shape and strides, the int, the constexprs in order
     assert len(FAKE_DRIVER.encoded) == 1
 
@@ -227,26 +228,36 @@ def test_the_binary_gets_what_triton_s_own_launch_passes(monkeypatch, positions,
     monkeypatch.setattr(knobs.runtime, "launch_exit_hook", None)
     compiled = CompiledWithLauncher(FakeCudaLauncher(positions, metadata))
     makers = {position: (lambda tensor, position=position: ("descriptor", position, tensor)) for position in positions}
-    binary = BinaryLaunch.for_compiled(compiled, (5, 2), makers)
     x, cache, rope = torch.zeros(4), torch.zeros(16), torch.zeros(8)
     args = (x, cache, 7, rope, 2.5, "constexpr")
+    tensors = (0, 1, 3)
+    binary = BinaryLaunch.for_compiled(compiled, (5, 2), makers, tensors)
+    assert binary.pointer_positions == tuple(p for p in tensors if p not in positions)
     binary(99, args)
     triton_launch._run_compiled(compiled, (5, 2), 99, jit_forms_of(args, makers))
     direct, through_triton = compiled.launcher.c_launch.calls
     assert len(direct) == len(through_triton) == BASE_ARGS + len(args) + 2 * len(positions)
-    assert all(a is b or a == b for a, b in zip(direct, through_triton))
+    # the same arguments, a tensor's as its address (what Triton's launcher reads of it)
+    assert all(a == b.data_ptr() if isinstance(b, torch.Tensor) else (a is b or a == b)
+               for a, b in zip(direct, through_triton))
+    assert sum(isinstance(b, torch.Tensor) for b in through_triton) == len(tensors) - len(positions)
+    assert not any(isinstance(a, torch.Tensor) for a in direct)
 
 
 def test_a_prepared_launch_passes_the_callers_tensor_to_the_binary_and_its_jit_form_to_the_jit(fresh_launch_state):
     compiled = CompiledWithLauncher(FakeCudaLauncher())
     kernel = FakeJIT(compiled)
-    prepared = triton_launch.PreparedLaunch(kernel, (2,), {"A": 1, "B": 2}, 4, 2, jit_forms={1: lambda mask: "form"})
+    prepared = triton_launch.PreparedLaunch(kernel, (2,), {"A": 1, "B": 2}, 4, 2,
+                                            jit_forms={1: lambda mask: mask.view(torch.uint8)})
     x, mask = torch.zeros(4), torch.ones(8, dtype=torch.bool)
     for _ in range(2):
         prepared((x, mask, 7))
-    assert [call[1] for call in kernel.jit_calls] == [(x, "form", 7)]
+    ((_, (jit_x, jit_mask, jit_int), *_),) = kernel.jit_calls
+    assert jit_x is x and jit_mask.dtype == torch.uint8 and jit_int == 7
     (direct,) = compiled.launcher.c_launch.calls
-    assert direct[BASE_ARGS] is x and direct[BASE_ARGS + 1] is mask
+    # the binary reads addresses: the caller's tensors', which its JIT forms share
+    assert direct[BASE_ARGS:BASE_ARGS + 3] == (x.data_ptr(), mask.data_ptr(), 7) == (x.data_ptr(),
+                                                                                      jit_mask.data_ptr(), 7)
 
 
 def test_layout_known():

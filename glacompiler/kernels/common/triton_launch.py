@@ -204,5 +204,8 @@ class PreparedLaunch:
         if isinstance(compiled, CompiledKernel) and self.compiled is None:
             self.constexpr_values = tuple(_ordered_constexprs(self.kernel, args, self.constexprs))
             self.device_index = driver.active.get_current_device()
-            self.binary = BinaryLaunch.for_compiled(compiled, self.grid, self.descriptors)
+            # (a prepared launch's tensor positions are fixed: the call's key fixes which optional tensors it has,
+            # and plans pass a placeholder tensor where one is absent)
+            tensors = tuple(i for i, value in enumerate(args) if isinstance(value, Tensor))
+            self.binary = BinaryLaunch.for_compiled(compiled, self.grid, self.descriptors, tensors)
             self.compiled = compiled
