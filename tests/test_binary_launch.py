@@ -231,8 +231,8 @@ def test_the_binary_gets_what_triton_s_own_launch_passes(monkeypatch, positions,
     x, cache, rope = torch.zeros(4), torch.zeros(16), torch.zeros(8)
     args = (x, cache, 7, rope, 2.5, "constexpr")
     tensors = (0, 1, 3)
-    binary = BinaryLaunch.for_compiled(compiled, (5, 2), makers, tensors)
-    assert binary.pointer_positions == tuple(p for p in tensors if p not in positions)
+    binary = BinaryLaunch.for_compiled(compiled, (5, 2), makers, dict.fromkeys(tensors, 0))
+    assert binary.pointers == tuple((p, 0) for p in tensors if p not in positions)
     binary(99, args)
     triton_launch._run_compiled(compiled, (5, 2), 99, jit_forms_of(args, makers))
     direct, through_triton = compiled.launcher.c_launch.calls

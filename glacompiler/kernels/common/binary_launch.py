@@ -10,9 +10,10 @@ cache tensors every step, so here:
   format string, KNOWN_BASE_ARGS_FORMAT below, and the descriptor wrapper's closure), with no scratch memory and
   no launch hooks (another Triton takes Triton's own path: BinaryLaunch.for_compiled returns None; so does a
   launch while a profiler's hooks are set: PreparedLaunch checks them every call);
-- a tensor argument is passed as its address (an int): the launcher then neither calls its data_ptr() nor asks
-  the driver whether that address is device memory (cuPointerGetAttribute, once per tensor argument and launch),
-  which the op's validation and the prepared call's key (every tensor's device) have settled;
+- a tensor argument is passed as its address (an int), plus a fixed offset where the kernel takes a view of
+  the caller's tensor (a key range's rows): the launcher then neither calls data_ptr() nor asks the driver
+  whether that address is device memory (cuPointerGetAttribute, once per tensor argument and launch), which the
+  op's validation and the prepared call's key (every tensor's device) have settled;
 - a descriptor argument is passed as the tensor it views, and its encoding is remembered per (argument,
   tensor address): the launch plan fixes everything else a descriptor encodes (shape, strides, block shape,
   layout, dtype), so an address seen before has the same encoding, even for a new tensor at a freed one's
@@ -93,12 +94,13 @@ class BinaryLaunch:
     launch plan): the encodings are remembered by address."""
 
     __slots__ = ("c_launch", "grid", "function", "packed_metadata", "cooperative", "pdl", "descriptors", "encodings",
-                 "pointer_positions")
+                 "pointers")
 
     def __init__(self, c_launch, compiled, grid: tuple, triton_descriptors: dict, descriptors: dict,
-                 pointer_positions: tuple = ()):
+                 pointers: Optional[dict] = None):
         self.c_launch = c_launch
-        self.pointer_positions = tuple(p for p in pointer_positions if p not in descriptors)
+        # (position, byte offset) of each argument passed as an address
+        self.pointers = tuple((p, offset) for p, offset in sorted((pointers or {}).items()) if p not in descriptors)
         self.grid = (*grid, 1, 1)[:3]
         self.function, self.packed_metadata = compiled.function, compiled.packed_metadata
         launcher = compiled.run
@@ -110,23 +112,24 @@ class BinaryLaunch:
 
     @classmethod
     def for_compiled(cls, compiled, grid: tuple, descriptors: dict,
-                     pointer_positions: tuple = ()) -> Optional["BinaryLaunch"]:
+                     pointers: Optional[dict] = None) -> Optional["BinaryLaunch"]:
         """The direct launcher of `compiled`, or None where its launcher's layout is not the known one or its
-        descriptor positions are not `descriptors`' (then CompiledKernel.run launches it). pointer_positions: the
-        arguments that are always tensors (passed to the launcher as their addresses)."""
+        descriptor positions are not `descriptors`' (then CompiledKernel.run launches it). pointers: {position:
+        byte offset} of the arguments that are always tensors, passed to the launcher as their address plus the
+        offset."""
         try:
             found = _c_launcher_and_descriptors(compiled.run)
         except Exception:  # noqa: BLE001 - any surprise in another Triton's internals means: not this path
             return None
         if found is None or set(found[1]) != set(descriptors):
             return None
-        return cls(found[0], compiled, grid, found[1], descriptors, pointer_positions)
+        return cls(found[0], compiled, grid, found[1], descriptors, pointers)
 
     def __call__(self, stream: int, args) -> None:
-        if self.pointer_positions:
+        if self.pointers:
             args = list(args)
-            for position in self.pointer_positions:
-                args[position] = args[position].data_ptr()
+            for position, offset in self.pointers:
+                args[position] = args[position].data_ptr() + offset
         if self.descriptors:
             args = self._with_encoded_descriptors(args)
         self.c_launch(*self.grid, stream, self.function, self.cooperative, self.pdl, None, None, self.packed_metadata,

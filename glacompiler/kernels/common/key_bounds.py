@@ -2,6 +2,7 @@
 mask as a kernel operand with its strides, and the mask's key range. No host-device sync."""
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Optional
 
 import torch
@@ -11,6 +12,9 @@ from ...memo import BoundedMemo
 from .mask_range import MaskKeyRangeLaunch, mask_as_kernel_operand
 from .triton_launch import tracing_launches
 
+
+# The rows of a key range [3, B] (mask_key_range): first key, end, whether the mask is dense.
+_RANGE_ROWS = (itemgetter(0), itemgetter(1), itemgetter(2))
 
 # (batch, capacity, device) -> [B] int32 tensor of the capacity: the lengths of a call that gives none, made once
 # (read-only: the kernels only read lengths).
@@ -67,9 +71,18 @@ class KeyBoundsPlan:
         self.mask_strides = strides
         self.mask_per_row = (num_q_heads > 1 and strides[1] != 0) or (query_len > 1 and strides[2] != 0)
 
-    def jit_forms(self, mask_position: int) -> dict:
-        """PreparedLaunch's jit_forms for a kernel taking resolve's mask at `mask_position`."""
-        return {mask_position: mask_as_kernel_operand} if self.has_mask else {}
+    def jit_forms(self, mask: int, lengths: int, kv_begin: int, kv_end: int, mask_dense: Optional[int] = None) -> dict:
+        """PreparedLaunch's jit_forms for a kernel taking resolve's results at these argument positions: the mask's
+        kernel operand, and the key range's rows where resolve passes the whole range (each a view at a fixed
+        offset: the binary takes the range's address plus that offset, with no view made per call)."""
+        if not self.has_mask:
+            return {}
+        forms = {mask: mask_as_kernel_operand, kv_begin: _RANGE_ROWS[0], kv_end: _RANGE_ROWS[1]}
+        if mask_dense is not None:
+            forms[mask_dense] = _RANGE_ROWS[2]
+        if self.lengths_source == "range end":
+            forms[lengths] = _RANGE_ROWS[1]
+        return forms
 
     @property
     def mask_flags(self) -> dict:
@@ -78,19 +91,22 @@ class KeyBoundsPlan:
 
     def resolve(self, attn_mask: Optional[Tensor], kv_range: Optional[Tensor],
                 cache_seqlens: Optional[Tensor]) -> tuple:
-        """(lengths, mask, kv_begin, kv_end, mask_dense) of one call with the plan's metadata: the rows of
-        mask_key_range's result (without a mask, the lengths stand in for all of them: never read). The mask is
-        the caller's: the launch takes it at a position whose JIT form is mask_as_kernel_operand (the binary
-        reads only its address, the same)."""
+        """(lengths, mask, kv_begin, kv_end, mask_dense) of one call with the plan's metadata, as the launch takes
+        them (without a mask, the lengths stand in for all of them: never read). The mask is the caller's, and
+        kv_begin, kv_end, mask_dense (and the lengths where they are the range's end) are the whole range
+        [3, B] of mask_key_range: the launch's JIT forms (jit_forms) are the mask's kernel operand and the
+        range's rows; the binary reads addresses, the same. Traced into a graph, where no JIT form applies, the
+        rows themselves."""
         if not self.has_mask:
             lengths = cache_seqlens if cache_seqlens is not None else capacity_lengths(self.batch, self.capacity,
                                                                                        self.device)
             return lengths, lengths, lengths, lengths, lengths
         if self.reduce_range is not None:
             kv_range = self.reduce_range(attn_mask)
-        # Split per call, though a step's sites share one kv_range: a reference to it kept past the call would
-        # hold memory of a CUDA graph's pool that cudagraph trees account for.
-        kv_begin, kv_end, mask_dense = kv_range.unbind(0)
+        if tracing_launches():
+            kv_begin, kv_end, mask_dense = kv_range.unbind(0)
+        else:
+            kv_begin = kv_end = mask_dense = kv_range
         source = self.lengths_source
         lengths = (cache_seqlens if source == "given" else kv_end if source == "range end"
                    else capacity_lengths(self.batch, self.capacity, self.device))

@@ -189,23 +189,26 @@ class PreparedLaunch:
                 all_args = (*jit_forms_of(args, self.jit_forms), *self.constexpr_values)
                 if _run_compiled(compiled, self.grid, stream, all_args):
                     return compiled
-        args = jit_forms_of(args, self.jit_forms)
+        jit_args = jit_forms_of(args, self.jit_forms)
         if self.first_launch is not None:
-            compiled = self.first_launch(args)
+            compiled = self.first_launch(jit_args)
         else:
-            compiled = launch(self.kernel, self.grid, args, self.constexprs, self.num_warps, self.num_stages)
-        self._remember(compiled, args)
+            compiled = launch(self.kernel, self.grid, jit_args, self.constexprs, self.num_warps, self.num_stages)
+        self._remember(compiled, args, jit_args)
         return compiled
 
-    def _remember(self, compiled, args: tuple) -> None:
+    def _remember(self, compiled, args: tuple, jit_args: tuple) -> None:
         from triton.compiler import CompiledKernel
         from triton.runtime.driver import driver
 
         if isinstance(compiled, CompiledKernel) and self.compiled is None:
-            self.constexpr_values = tuple(_ordered_constexprs(self.kernel, args, self.constexprs))
+            self.constexpr_values = tuple(_ordered_constexprs(self.kernel, jit_args, self.constexprs))
             self.device_index = driver.active.get_current_device()
-            # (a prepared launch's tensor positions are fixed: the call's key fixes which optional tensors it has,
-            # and plans pass a placeholder tensor where one is absent)
-            tensors = tuple(i for i, value in enumerate(args) if isinstance(value, Tensor))
-            self.binary = BinaryLaunch.for_compiled(compiled, self.grid, self.descriptors, tensors)
+            # The binary takes each tensor argument as an address: the caller's tensor's, plus the offset of its JIT
+            # form (a view at an offset the call's metadata fixes, as the rows of a key range). A prepared
+            # launch's tensor positions are fixed too: the call's key fixes which optional tensors it has, and
+            # plans pass a placeholder tensor where one is absent.
+            pointers = {i: (jit_args[i].data_ptr() - value.data_ptr() if isinstance(jit_args[i], Tensor) else 0)
+                        for i, value in enumerate(args) if isinstance(value, Tensor)}
+            self.binary = BinaryLaunch.for_compiled(compiled, self.grid, self.descriptors, pointers)
             self.compiled = compiled

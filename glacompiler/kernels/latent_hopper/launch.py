@@ -17,7 +17,7 @@ from .config import LatentHopperConfig
 from .render import latent_hopper_module, swizzle_bytes
 
 # Positions in run's launch arguments
-K_CACHE_ARGUMENT, K_ROPE_ARGUMENT, MASK_ARGUMENT = 2, 3, 7
+K_CACHE_ARGUMENT, K_ROPE_ARGUMENT, LENGTHS_ARGUMENT, KV_BEGIN_ARGUMENT, KV_END_ARGUMENT, MASK_ARGUMENT = 2, 3, 4, 5, 6, 7
 
 
 @functools.lru_cache(maxsize=None)
@@ -97,7 +97,8 @@ class LatentHopperLaunchPlan:
         self.launch = PreparedLaunch(module.latent_decode_hopper_kernel, grid, constexprs, num_warps=tile.num_warps,
                                      num_stages=3, descriptors={K_CACHE_ARGUMENT: self.k_view.descriptor,
                                                                 K_ROPE_ARGUMENT: self.k_rope_view.descriptor},
-                                     jit_forms=self.keys.jit_forms(MASK_ARGUMENT))
+                                     jit_forms=self.keys.jit_forms(MASK_ARGUMENT, LENGTHS_ARGUMENT, KV_BEGIN_ARGUMENT,
+                                                                   KV_END_ARGUMENT))
 
     @property
     def launches(self) -> tuple:

@@ -17,7 +17,8 @@ from .config import PortableConfig
 from .render import decode_kernel_module
 
 LOGGER = logging.getLogger("glacompiler")
-MASK_ARGUMENT = 10  # the mask's position in run's launch arguments
+# Positions in run's launch arguments of the lengths, the key range's rows and the mask (KeyBoundsPlan.jit_forms).
+LENGTHS_ARGUMENT, KV_BEGIN_ARGUMENT, KV_END_ARGUMENT, MASK_DENSE_ARGUMENT, MASK_ARGUMENT = 5, 6, 7, 8, 10
 
 # Pipeline depth that fits, per (kernel module, config, launch specialisation). A config is tuned without a
 # mask; the per-row mask tile and its cross-row reduction take shared memory some wide configs (MLA's 512-wide
@@ -116,7 +117,8 @@ class PortableLaunchPlan:
             # (the stages a launch of this form fitted in, for a launch traced into a graph)
             stages = _FITTING_STAGES.get(_fitting_key(module.__name__, config, pass_constexprs), config.num_stages)
             return PreparedLaunch(kernel, grid, pass_constexprs, config.num_warps, stages, first_launch,
-                                  jit_forms=self.keys.jit_forms(MASK_ARGUMENT))
+                                  jit_forms=self.keys.jit_forms(MASK_ARGUMENT, LENGTHS_ARGUMENT, KV_BEGIN_ARGUMENT,
+                                                                KV_END_ARGUMENT, MASK_DENSE_ARGUMENT))
 
         # With a mask, two passes (the template says why): the sequences whose mask is dense, then the others. A
         # program whose sequence is the other pass's gets an empty split and no rows: it reads and stores nothing.
