@@ -260,6 +260,61 @@ def test_a_prepared_launch_passes_the_callers_tensor_to_the_binary_and_its_jit_f
                                                                                       jit_mask.data_ptr(), 7)
 
 
+def _key_range_launch(kernel):
+    """A prepared launch taking two rows of a key range (as KeyBoundsPlan.jit_forms gives them): its first and last."""
+    return triton_launch.PreparedLaunch(kernel, (2,), {"A": 1, "B": 2}, 4, 2,
+                                        jit_forms={0: lambda r: r[0], 1: lambda r: r[2]})
+
+
+def _ranges(batch=3):
+    """Key ranges [3, batch] int32 of one layout (the key's strides and alignment) at different storage offsets."""
+    first = torch.arange(3 * batch, dtype=torch.int32).view(3, batch)
+    at_offset = torch.arange(3 * batch + 4, dtype=torch.int32)[4:].view(3, batch)  # 16 bytes in: same alignment
+    return first, at_offset
+
+
+def test_a_key_ranges_rows_reach_the_binary_as_its_address_plus_their_offsets(fresh_launch_state):
+    compiled = CompiledWithLauncher(FakeCudaLauncher())
+    prepared = _key_range_launch(FakeJIT(compiled))
+    ranges = _ranges() + _ranges()
+    for kv_range in ranges:
+        prepared((kv_range, kv_range, 7))
+    calls = compiled.launcher.c_launch.calls
+    assert len(calls) == 3  # the first launch went through the JIT
+    for call, kv_range in zip(calls, ranges[1:]):
+        assert call[BASE_ARGS:BASE_ARGS + 3] == (kv_range[0].data_ptr(), kv_range[2].data_ptr(), 7)
+        assert kv_range[2].data_ptr() - kv_range.data_ptr() == 2 * 3 * 4  # (an offset that is not zero)
+
+
+def test_a_launch_that_leaves_the_binary_to_triton_gets_the_rows(fresh_launch_state, monkeypatch):
+    from triton import knobs
+
+    compiled = CompiledWithLauncher(FakeCudaLauncher())
+    prepared = _key_range_launch(FakeJIT(compiled))
+    first, second = _ranges()
+    prepared((first, first, 7))
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda metadata: None)
+    ran = []
+    monkeypatch.setattr(triton_launch, "_run_compiled", lambda compiled, grid, stream, args: ran.append(args) or True)
+    prepared((second, second, 7))
+    (args,) = ran
+    assert [args[0].data_ptr(), args[1].data_ptr()] == [second[0].data_ptr(), second[2].data_ptr()]
+    assert args[0].tolist() == second[0].tolist() and args[1].tolist() == second[2].tolist() and args[2:] == (7, 1, 2)
+
+
+def test_a_jit_form_that_is_not_a_view_keeps_the_launch_off_the_binary(fresh_launch_state, monkeypatch):
+    compiled = CompiledWithLauncher(FakeCudaLauncher())
+    prepared = triton_launch.PreparedLaunch(FakeJIT(compiled), (2,), {"A": 1, "B": 2}, 4, 2,
+                                            jit_forms={1: lambda t: t.clone()})  # another address every call
+    ran = []
+    monkeypatch.setattr(triton_launch, "_run_compiled", lambda compiled, grid, stream, args: ran.append(args) or True)
+    x, y = torch.zeros(4), torch.ones(4)
+    for _ in range(2):
+        prepared((x, y, 7))
+    assert prepared.binary is None and compiled.launcher.c_launch.calls == [] and len(ran) == 1
+    assert torch.equal(ran[0][1], y) and ran[0][1].data_ptr() != y.data_ptr()
+
+
 def test_layout_known():
     assert layout_known(CompiledWithLauncher(FakeCudaLauncher()))
     assert not layout_known(FakeCompiled())  # its run is a method of a test module's class

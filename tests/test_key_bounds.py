@@ -45,6 +45,19 @@ def test_the_key_range_is_passed_whole_and_its_rows_are_jit_forms():
     assert 8 not in plan.jit_forms(10, 5, 6, 7)  # a kernel without the dense flag (the Hopper latent one)
 
 
+def test_lengths_keep_their_own_tensor_unless_they_are_the_ranges_end():
+    mask = torch.ones(2, 1, 1, 8, dtype=torch.bool)
+    kv_range = torch.tensor([[0, 1], [8, 5], [1, 0]], dtype=torch.int32)
+    lengths = torch.tensor([8, 6], dtype=torch.int32)
+    given = KeyBoundsPlan(mask, kv_range, lengths, batch=2, num_q_heads=4, query_len=1, capacity=8, causal=False,
+                          device=torch.device("cpu"))
+    capacity = KeyBoundsPlan(mask, kv_range, None, batch=2, num_q_heads=4, query_len=2, capacity=8, causal=True,
+                             device=torch.device("cpu"))  # causal Lq > 1: queries placed by the capacity
+    for plan, expected in ((given, lengths), (capacity, torch.tensor([8, 8], dtype=torch.int32))):
+        resolved = plan.resolve(mask, kv_range, lengths if plan is given else None)
+        assert 5 not in plan.jit_forms(10, 5, 6, 7, 8) and torch.equal(resolved[0], expected)
+
+
 def test_traced_the_key_range_rows_are_passed():
     from glacompiler.kernels.common.triton_launch import traced_launches
 

@@ -272,3 +272,55 @@ def test_repeats_on_the_c_launcher_read_each_calls_tensors(cuda_device, fresh_me
     assert len(launches) == sum(2 if isinstance(plan, PortableLaunchPlan) and mask is not None else 1
                                 for plan in plans)
     assert all((launch.binary is not None) == layout_known(launch.compiled) for launch in launches)
+
+
+def _key_range_layouts(kv_range):
+    """The range as made, at a storage offset (the same call key: strides and 16-byte alignment), and as a slice of
+    a wider buffer (another row stride: another key)."""
+    batch = kv_range.shape[1]
+    at_offset = kv_range.new_zeros(3 * batch + 4)[4:].view(3, batch)
+    strided = kv_range.new_zeros(3, batch + 5)[:, 4:4 + batch]
+    at_offset.copy_(kv_range)
+    strided.copy_(kv_range)
+    return kv_range, at_offset, strided
+
+
+def _check_key_range_layouts(spec, batch: int, capacity: int, dtype, device) -> None:
+    """Two masked problems with no lengths (they are the range's end), alternating, each with its key range in
+    every layout and with none: every call against the float64 reference."""
+    problems = []
+    for seed in (1, 2):
+        problem = make_decode_problem(spec, batch=batch, query_len=1, capacity=capacity, dtype=dtype, device=device,
+                                      seqlens=[capacity] * batch, poison=False, mask="bool", mask_rows="key",
+                                      causal=False, generator=torch.Generator().manual_seed(seed))
+        mask = problem.kwargs["attn_mask"]
+        mask[0] = False
+        mask[0, ..., 3:capacity // 2] = True  # a first sequence whose range is not the whole cache
+        problem.kwargs["cache_seqlens"] = None
+        problems.append(problem)
+    for _ in range(2):
+        for problem in problems:
+            kv_range = torch.ops.glacompiler.mask_key_range(problem.kwargs["attn_mask"], batch, capacity)
+            for layout in (*_key_range_layouts(kv_range), None):
+                check_fa_rule(*_run_op(problem.kwargs, causal=False, kv_range=layout), problem)
+    assert len(prepared._prepared) == 3  # the range contiguous (at any offset), strided, and reduced per call
+
+
+@pytest.mark.parametrize("batch", [3, 5])  # rows of a range of 3 or 5 int32 are not 16-byte aligned
+def test_a_key_range_of_any_layout_reaches_the_kernels_rows_interpreted(interpret_kernels, fresh_memos, batch):
+    _check_key_range_layouts(CPU_SPECS["gqa"], batch, 40, torch.float32, torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [3, 5])
+@pytest.mark.parametrize("name", ["gqa", "gla2"])  # the portable kernels and the Hopper latent kernel
+def test_a_key_range_of_any_layout_reaches_the_kernels_rows(cuda_device, fresh_memos, name, batch):
+    """The binary takes a key range's rows as the range's address plus each row's offset, which the range's
+    strides (part of the call's key) fix: a range at another storage offset or with another row stride reads its
+    own rows."""
+    from glacompiler.kernels.common.binary_launch import layout_known
+    from glacompiler.presets import PAPER_SPECS
+
+    _check_key_range_layouts(PAPER_SPECS[name], batch, 1000, torch.bfloat16, cuda_device)
+    launches = [launch for call in prepared._prepared.values() for launch in call.plan.launches]
+    assert all((launch.binary is not None) == layout_known(launch.compiled) for launch in launches)

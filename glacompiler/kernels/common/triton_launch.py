@@ -145,9 +145,11 @@ class PreparedLaunch:
     CompiledKernel.run. `first_launch(args)` runs the first launch (default: launch()) and returns the
     CompiledKernel. `descriptors` maps argument positions that take a TMA descriptor to the function making it
     from the tensor the caller passes there, reading only its address (binary_launch remembers the encodings by
-    address); `jit_forms` maps positions
-    where the JIT takes another form of the caller's tensor at the same address (a bool mask viewed as uint8) to
-    the function making it: the C launcher reads only the address, so the binary takes the caller's."""
+    address); `jit_forms` maps positions where the JIT takes another form of the caller's tensor (a bool mask viewed
+    as uint8, a key range's row) to the function making it, a view at an offset the call's metadata fixes: the C
+    launcher reads only addresses, so the binary takes the caller's tensor's plus that offset (_pointer_offsets).
+    No address is checked at launch (Triton's launcher asks the driver for each tensor's): the call's key has
+    settled every tensor's device."""
 
     __slots__ = ("kernel", "grid", "constexprs", "num_warps", "num_stages", "first_launch", "descriptors",
                  "jit_forms", "compiled", "binary", "device_index", "constexpr_values")
@@ -204,11 +206,27 @@ class PreparedLaunch:
         if isinstance(compiled, CompiledKernel) and self.compiled is None:
             self.constexpr_values = tuple(_ordered_constexprs(self.kernel, jit_args, self.constexprs))
             self.device_index = driver.active.get_current_device()
-            # The binary takes each tensor argument as an address: the caller's tensor's, plus the offset of its JIT
-            # form (a view at an offset the call's metadata fixes, as the rows of a key range). A prepared
-            # launch's tensor positions are fixed too: the call's key fixes which optional tensors it has, and
-            # plans pass a placeholder tensor where one is absent.
-            pointers = {i: (jit_args[i].data_ptr() - value.data_ptr() if isinstance(jit_args[i], Tensor) else 0)
-                        for i, value in enumerate(args) if isinstance(value, Tensor)}
-            self.binary = BinaryLaunch.for_compiled(compiled, self.grid, self.descriptors, pointers)
+            pointers = _pointer_offsets(args, jit_args, self.descriptors)
+            self.binary = (None if pointers is None
+                           else BinaryLaunch.for_compiled(compiled, self.grid, self.descriptors, pointers))
             self.compiled = compiled
+
+
+def _pointer_offsets(args: tuple, jit_args: tuple, descriptors: dict) -> Optional[dict]:
+    """{position: byte offset} of the tensor arguments the binary takes as addresses: the caller's tensor's address
+    plus the offset of its JIT form, a view whose offset the call's metadata fixes (a key range's rows: the key
+    holds the range's strides). None where a JIT form is not a view of the caller's tensor (its address would
+    differ per call): such a launch takes CompiledKernel.run, which makes the forms every call. A prepared launch's
+    tensor positions are fixed: the call's key fixes which optional tensors it has, and plans pass a placeholder
+    tensor where one is absent."""
+    pointers = {}
+    for position, value in enumerate(args):
+        if not isinstance(value, Tensor) or position in descriptors:
+            continue
+        form = jit_args[position]
+        if form is not value and not (isinstance(form, Tensor) and
+                                      form.untyped_storage().data_ptr() == value.untyped_storage().data_ptr()):
+            LOGGER.debug("argument %d: its JIT form is not a view of the caller's tensor; no direct launch", position)
+            return None
+        pointers[position] = form.data_ptr() - value.data_ptr()
+    return pointers
