@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
@@ -70,8 +69,6 @@ def plan_chunks(spec: AttentionSpec, block_d: int, dv_split: int = 1) -> tuple[l
 
 
 def render_decode_kernel(spec: AttentionSpec, config: PortableConfig) -> str:
-    """The kernel's source; with config.fused_combine, the variant whose last program of a row block merges the
-    splits (its other kernels render as though the choice did not exist: tables tuned on them stay current)."""
     q_chunks, v_chunks, rope_chunk = plan_chunks(spec, config.block_d, config.dv_split)
     return render(
         TEMPLATE,
@@ -86,17 +83,13 @@ def render_decode_kernel(spec: AttentionSpec, config: PortableConfig) -> str:
         dv_part=dv_part_width(spec.head_dim_v, config.dv_split),
         head_dim_v=spec.head_dim_v,
         dot_precision=', input_precision="ieee"' if spec.dtype == "float32" else "",
-        fused_combine=bool(config.fused_combine),
     )
 
 
 @functools.lru_cache(maxsize=256)
-def decode_kernel_module(spec: AttentionSpec, block_d: int, preload_q: bool, dv_split: int,
-                         fused_combine: bool = False) -> ModuleType:
+def decode_kernel_module(spec: AttentionSpec, block_d: int, preload_q: bool, dv_split: int) -> ModuleType:
     """The generated module for a spec and the template-level knobs of a config (cached)."""
-    # (two splits: a config of one split that fuses is the plain one)
-    config = PortableConfig(block_d=block_d, preload_q=preload_q, dv_split=dv_split, num_splits=2,
-                            fused_combine=fused_combine)
+    config = PortableConfig(block_d=block_d, preload_q=preload_q, dv_split=dv_split)
     return import_generated(render_decode_kernel(spec, config))
 
 
@@ -110,7 +103,6 @@ _VERSION_SPECS = (
     AttentionSpec.latent(128, 2, 256, 64, paged=True),
 )
 _VERSION_KNOBS = (PortableConfig(), PortableConfig(preload_q=False, dv_split=2))
-FUSED_COMBINE_VARIANT = "fused_combine"
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,16 +110,3 @@ def portable_kernels_version() -> str:
     """Hash of the generated kernels over _VERSION_SPECS x _VERSION_KNOBS (tuned tables record it)."""
     return cached_kernels_version("portable", lambda: kernels_version(
         render_decode_kernel(spec, knobs) for spec in _VERSION_SPECS for knobs in _VERSION_KNOBS))
-
-
-@functools.lru_cache(maxsize=None)
-def fused_combine_kernels_version() -> str:
-    """The same over the fused-combine variant, whose merge is combine_kernel.py's (entries that fuse record both)."""
-    def compute() -> str:
-        fused = [dataclasses.replace(knobs, num_splits=2, fused_combine=True) for knobs in _VERSION_KNOBS]
-        sources = [render_decode_kernel(spec, knobs) for spec in _VERSION_SPECS for knobs in fused]
-        # (read, not imported: triton must not load before the interpreter is chosen)
-        merge = Path(__file__).resolve().parent.parent / "common" / "combine_kernel.py"
-        return kernels_version([*sources, merge.read_text()])
-
-    return cached_kernels_version(f"portable+{FUSED_COMBINE_VARIANT}", compute)

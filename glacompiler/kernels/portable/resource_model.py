@@ -56,7 +56,6 @@ import torch
 
 from ...spec import AttentionSpec
 from ..common.device_limits import DeviceLimits
-from ..common.tiles import next_power_of_two
 from .config import PortableConfig
 from .render import plan_chunks
 
@@ -64,10 +63,9 @@ from .render import plan_chunks
 BLOCK_M, BLOCK_N, NUM_WARPS = sympy.symbols("block_m block_n num_warps", positive=True, integer=True)
 Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH = sympy.symbols(
     "q_width rope_width live_key_width loaded_width acc_width", nonnegative=True, integer=True)
-ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS, BUFFERS, MERGED_SPLITS = sympy.symbols(
-    "element_bytes p_in_shared pipelined warpgroup_rows buffers merged_splits", nonnegative=True, integer=True)
-# BUFFERS: shared-memory copies of a key block's loads in flight (pipeline_buffers); MERGED_SPLITS: the splits a
-# fused combine's tail merges at once (a power of two), 0 without one
+ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS, BUFFERS = sympy.symbols(
+    "element_bytes p_in_shared pipelined warpgroup_rows buffers", nonnegative=True, integer=True)
+# BUFFERS: shared-memory copies of a key block's loads in flight (pipeline_buffers)
 
 THREADS_PER_WARP = 32
 SPILL_TOLERANCE = 2.0
@@ -80,17 +78,14 @@ PIPELINED_KEY_TILES = (BLOCK_M * BLOCK_N + BUFFERS * BLOCK_N * LOADED_WIDTH
 SHARED_BYTES = ELEMENT_BYTES * (
     BLOCK_M * (Q_WIDTH + ROPE_WIDTH) + (1 - PIPELINED) * UNPIPELINED_KEY_TILES + PIPELINED * PIPELINED_KEY_TILES
 )
-REGISTERS_PER_THREAD = sympy.Max(
+REGISTERS_PER_THREAD = (
     BLOCK_M * ACC_WIDTH  # fp32 accumulators
     + BLOCK_M * BLOCK_N * (1 + ELEMENT_BYTES / 4)  # fp32 scores and the low-precision probabilities
-    + BLOCK_N * LOADED_WIDTH * ELEMENT_BYTES / 4,  # one key block's K/V chunks between global and shared memory
-    # A fused combine's tail, after the loop: one row's fp32 partials of every split and every output column
-    # (its chunks' loads issued together, as the loop's are).
-    MERGED_SPLITS * ACC_WIDTH,
+    + BLOCK_N * LOADED_WIDTH * ELEMENT_BYTES / 4  # one key block's K/V chunks between global and shared memory
 ) / (THREADS_PER_WARP * NUM_WARPS) + REGISTER_BASE
 
 _SYMBOLS = (BLOCK_M, BLOCK_N, NUM_WARPS, Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH,
-            ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS, BUFFERS, MERGED_SPLITS)
+            ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS, BUFFERS)
 _shared_bytes = sympy.lambdify(_SYMBOLS, SHARED_BYTES, "math")
 _registers_per_thread = sympy.lambdify(_SYMBOLS, REGISTERS_PER_THREAD, "math")
 
@@ -163,8 +158,7 @@ def estimate_resources(spec: AttentionSpec, config: PortableConfig) -> ResourceE
                    ELEMENT_BYTES: element_bytes(spec),
                    PIPELINED: 1 if config.num_stages >= 2 else 0,  # one stage: no pipeline buffer (docstring)
                    WARPGROUP_ROWS: 1 if config.block_m >= 64 else 0,
-                   BUFFERS: pipeline_buffers(spec, config.num_stages),
-                   MERGED_SPLITS: next_power_of_two(config.num_splits) if config.fused_combine else 0})
+                   BUFFERS: pipeline_buffers(spec, config.num_stages)})
     arguments = [values[symbol] for symbol in _SYMBOLS]
     return ResourceEstimate(
         shared_bytes=int(_shared_bytes(*arguments)),
