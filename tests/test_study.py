@@ -1,5 +1,7 @@
 """One Optuna study (glacompiler/tuning/study.py) on a synthetic cost surface: it finds the optimum, prunes what
 the resource model rejects, records failures, resumes from its journal, drops configs whose output mismatches."""
+import dataclasses
+
 import pytest
 
 optuna = pytest.importorskip("optuna")
@@ -109,3 +111,28 @@ def test_wall_clock_budget_stops_the_study():
     kernel = SyntheticKernel()
     result = tune_bucket(GQA, SHAPE, kernel, SMALL_GPU, budget=TuningBudget(trials=500, time_s=0.5))
     assert result is not None and result.evaluated < 500
+
+
+def test_near_ties_are_ordered_by_their_back_to_back_time():
+    """Configs the lone timing puts within tie_ratio of the fastest are ranked by back_to_back_us: here every split
+    count times the same alone, and back to back the evaluator prefers more splits."""
+    class FlatInSplits(SyntheticKernel):
+        def __init__(self):
+            super().__init__()
+            self.back_to_back = []
+
+        @staticmethod
+        def cost(config):
+            return SyntheticKernel.cost(dataclasses.replace(config, num_splits=6))
+
+        def back_to_back_us(self, config):
+            self.back_to_back.append(config)
+            return 100.0 - config.num_splits
+
+    kernel = FlatInSplits()
+    result = tune_bucket(GQA, SHAPE, kernel, SMALL_GPU, budget=TuningBudget(trials=60), seed=0)
+    tied_splits = {config.num_splits for config in kernel.back_to_back}
+    assert len(tied_splits) >= 2 and result.config.num_splits == max(tied_splits)
+    untied = FlatInSplits()
+    tune_bucket(GQA, SHAPE, untied, SMALL_GPU, budget=TuningBudget(trials=60, tie_ratio=-1.0), seed=0)
+    assert untied.back_to_back == []  # no config within a negative ratio of the fastest: the lone timings decide

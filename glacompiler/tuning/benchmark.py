@@ -30,6 +30,7 @@ CHECK_BATCH = 2
 # do_bench windows in ms: a short first look (for pruning) and the measurement that is recorded.
 QUICK_WINDOW = (2, 6)
 FULL_WINDOW = (10, 40)
+BACK_TO_BACK_REP_MS = 40  # replay time per near-tie config (do_bench_cudagraph's rep)
 
 Timer = Callable[[Callable[[], None], bool], float]  # (fn, quick) -> median milliseconds per call
 
@@ -136,6 +137,17 @@ class KernelBenchmark:
             self._runner = self._make_runner(config)
             self._runner_config = config
         return 1000.0 * self.timer(self._runner, quick)
+
+    def back_to_back_us(self, config: Config) -> float:
+        """One call's time among calls that follow one another with no gap (a decode step's), by CUDA-graph
+        replay of consecutive calls (do_bench_cudagraph, median); time_us times a call alone after an L2 clear."""
+        import triton.testing
+
+        call = self._calls(config)[0]
+        call()
+        if self.device.type != "cuda":
+            return self.time_us(config, quick=False)
+        return 1000.0 * triton.testing.do_bench_cudagraph(call, rep=BACK_TO_BACK_REP_MS, return_mode="median")
 
     def compiled_resources(self, config: Config) -> Optional[dict]:
         """Registers, spilled bytes and shared memory of the compiled kernel, once the config has run."""
