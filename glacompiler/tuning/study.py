@@ -392,13 +392,18 @@ def _select(study, family, spec, shape, space, default_config, default_params, e
     chosen, chosen_us, rejected = default_config, default_trial.value, []
     seen = set()
     default_back_to_back = back_to_back.get(default_config, -math.inf)
+
+    def faster_back_to_back(config) -> bool:
+        """A near-tie of the default's that is faster back to back (never true where the default is not a tie)."""
+        return back_to_back.get(config, math.inf) < default_back_to_back
+
     for candidate in complete:
         key = tuple(sorted(candidate.params.items()))
         config = space.config(candidate.params, default_config)
         if config == default_config:
             break  # (what follows is slower than the default, alone and back to back)
         # Faster alone, or a near-tie of the default's that is faster back to back.
-        ahead = candidate.value < default_trial.value or back_to_back.get(config, math.inf) < default_back_to_back
+        ahead = candidate.value < default_trial.value or faster_back_to_back(config)
         if key in seen or not ahead:
             continue
         seen.add(key)
@@ -417,7 +422,7 @@ def _select(study, family, spec, shape, space, default_config, default_params, e
     if chosen != default_config and budget.confirm_rounds:
         default_us, chosen_us = _confirm(evaluator, default_config, chosen, budget.confirm_rounds, default_us, chosen_us)
         # (a near-tie of the default's that is faster back to back stays: the lone timings cannot tell them apart)
-        if chosen_us >= default_us and not back_to_back.get(chosen, math.inf) < default_back_to_back:
+        if chosen_us >= default_us and not faster_back_to_back(chosen):
             study.set_user_attr("confirmation", f"{chosen} was not faster than the default when timed again")
             chosen, chosen_us = default_config, default_us
     return BucketResult(
