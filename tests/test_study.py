@@ -1,7 +1,5 @@
 """One Optuna study (glacompiler/tuning/study.py) on a synthetic cost surface: it finds the optimum, prunes what
 the resource model rejects, records failures, resumes from its journal, drops configs whose output mismatches."""
-import dataclasses
-
 import pytest
 
 optuna = pytest.importorskip("optuna")
@@ -113,26 +111,22 @@ def test_wall_clock_budget_stops_the_study():
     assert result is not None and result.evaluated < 500
 
 
-def test_near_ties_are_ordered_by_their_back_to_back_time():
-    """Configs the lone timing puts within tie_ratio of the fastest are ranked by back_to_back_us: here every split
-    count times the same alone, and back to back the evaluator prefers more splits."""
-    class FlatInSplits(SyntheticKernel):
-        def __init__(self):
-            super().__init__()
-            self.back_to_back = []
+def test_a_journal_is_resumed_only_under_the_same_timing_method(tmp_path):
+    """Trials timed one way (a call alone, say) must not rank against trials timed another (calls back to back)."""
+    class TimedBackToBack(SyntheticKernel):
+        timing = "back-to-back"
 
-        @staticmethod
-        def cost(config):
-            return SyntheticKernel.cost(dataclasses.replace(config, num_splits=6))
-
-        def back_to_back_us(self, config):
-            self.back_to_back.append(config)
-            return 100.0 - config.num_splits
-
-    kernel = FlatInSplits()
-    result = tune_bucket(GQA, SHAPE, kernel, SMALL_GPU, budget=TuningBudget(trials=60), seed=0)
-    tied_splits = {config.num_splits for config in kernel.back_to_back}
-    assert len(tied_splits) >= 2 and result.config.num_splits == max(tied_splits)
-    untied = FlatInSplits()
-    tune_bucket(GQA, SHAPE, untied, SMALL_GPU, budget=TuningBudget(trials=60, tie_ratio=-1.0), seed=0)
-    assert untied.back_to_back == []  # no config within a negative ratio of the fastest: the lone timings decide
+    path = tmp_path / "journal.log"
+    first = tune_bucket(GQA, SHAPE, SyntheticKernel(), SMALL_GPU, budget=TuningBudget(trials=12),
+                        storage=journal_storage(path))
+    again = SyntheticKernel()
+    tune_bucket(GQA, SHAPE, again, SMALL_GPU, budget=TuningBudget(trials=12), storage=journal_storage(path))
+    other_method = TimedBackToBack()
+    result = tune_bucket(GQA, SHAPE, other_method, SMALL_GPU, budget=TuningBudget(trials=12),
+                         storage=journal_storage(path))
+    assert result.study_name != first.study_name and result.study_name.endswith("|timing-back-to-back")
+    # The same method resumed the finished study (its budget spent: nothing but the confirmation re-timed);
+    # the other started afresh, from the heuristic default.
+    assert len(again.calls) < len(other_method.calls)
+    default = heuristic_config(GQA, SHAPE.batch, SHAPE.capacity, SHAPE.query_len, SMALL_GPU.multiprocessors)
+    assert other_method.calls[0][0] == default and result.evaluated >= 12

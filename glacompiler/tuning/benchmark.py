@@ -1,9 +1,12 @@
 """The GPU objective of a study: time the generated kernels for one (spec, bucket) with a given config, and
 check a config's output against the default config's.
 
-Timing: triton.testing.do_bench (median; it clears L2 before every call) over CUDA-graph replays of the op,
-so host-side launch overhead is not timed. Inputs are random and, when one set is smaller than twice the L2,
-several sets are rotated so no call finds its cache in L2.
+Timing: CUDA-graph replay of consecutive calls (triton.testing.do_bench_cudagraph, median per call), as a decode
+step's attention calls follow one another, and as benchmarks/bench_decode.py times the op; host-side launch
+overhead is not timed. Inputs are random and, when one set is smaller than twice the L2, the calls rotate over
+several sets so that no call finds its cache in L2. (Timing one call alone after an L2 clear, as the tuner did
+before, ranked configs apart from the grid: on an H200 it put GTA B32 S4K Lq 2 at 2 splits, 1.07x slower back to
+back than 3, and 64 to 128 splits equal at B1 S64K where 96 is 7% ahead; benchmarks/RESULTS.md.)
 """
 from __future__ import annotations
 
@@ -27,19 +30,19 @@ MAX_INPUT_SETS = 16
 # The correctness check runs on a problem this long at most (its float32 reference expands K/V per head).
 CHECK_CAPACITY = 2048
 CHECK_BATCH = 2
-# do_bench windows in ms: a short first look (for pruning) and the measurement that is recorded.
-QUICK_WINDOW = (2, 6)
-FULL_WINDOW = (10, 40)
-BACK_TO_BACK_REP_MS = 40  # replay time per near-tie config (do_bench_cudagraph's rep)
+# do_bench_cudagraph's rep in ms: a short first look (for pruning) and the measurement that is recorded. It replays
+# a graph of rep's worth of calls ten times and takes the median.
+QUICK_REP_MS = 4
+FULL_REP_MS = 20
+TIMING_METHOD = "back-to-back"  # in each study's name: a journal of another timing's trials is not resumed
 
 Timer = Callable[[Callable[[], None], bool], float]  # (fn, quick) -> median milliseconds per call
 
 
-def do_bench_timer(fn: Callable[[], None], quick: bool) -> float:
+def back_to_back_timer(fn: Callable[[], None], quick: bool) -> float:
     import triton.testing
 
-    warmup, rep = QUICK_WINDOW if quick else FULL_WINDOW
-    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+    return triton.testing.do_bench_cudagraph(fn, rep=QUICK_REP_MS if quick else FULL_REP_MS, return_mode="median")
 
 
 def input_sets_needed(spec: AttentionSpec, shape: ProblemShape, l2_bytes: int) -> int:
@@ -78,11 +81,11 @@ class KernelBenchmark:
     """ConfigEvaluator for one (spec, bucket) on one device. Call close() (or use `with`) to free the inputs."""
 
     def __init__(self, spec: AttentionSpec, shape: ProblemShape, device: torch.device, limits: DeviceLimits, *,
-                 timer: Optional[Timer] = None, use_cuda_graphs: Optional[bool] = None, seed: int = 0,
+                 timer: Optional[Timer] = None, seed: int = 0,
                  check_capacity: int = CHECK_CAPACITY):
         self.spec, self.shape, self.device = spec, shape, torch.device(device)
-        self.timer = timer or do_bench_timer
-        self.use_cuda_graphs = self.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
+        self.timer = timer or back_to_back_timer
+        self.timing = TIMING_METHOD
         self.check_capacity = check_capacity
         self.seed = seed
         sets = input_sets_needed(spec, shape, limits.l2_bytes)
@@ -113,41 +116,21 @@ class KernelBenchmark:
         return [functools.partial(attention_with_kvcache_config, **kwargs, config=config) for kwargs in self.inputs]
 
     def _make_runner(self, config: Config) -> Callable[[], None]:
+        """The calls in rotation over the input sets; the timer captures them in a graph."""
         calls = self._calls(config)
         with _recording(self._compiled):
             calls[0]()  # compiles, and raises OutOfResources and friends outside any graph capture
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        if not self.use_cuda_graphs:
-            cycle = itertools.cycle(calls)
-            return lambda: next(cycle)()
-        graphs = []
-        pool = torch.cuda.graph_pool_handle()
-        for call in calls:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                call()
-            graphs.append(graph)
-        cycle = itertools.cycle(graphs)
-        return lambda: next(cycle).replay()
+        cycle = itertools.cycle(calls)
+        return lambda: next(cycle)()
 
     def time_us(self, config: Config, quick: bool) -> float:
         if config != self._runner_config:
-            self._runner = self._runner_config = None  # free the previous config's graphs first
+            self._runner = self._runner_config = None
             self._runner = self._make_runner(config)
             self._runner_config = config
         return 1000.0 * self.timer(self._runner, quick)
-
-    def back_to_back_us(self, config: Config) -> float:
-        """One call's time among calls that follow one another with no gap (a decode step's), by CUDA-graph
-        replay of consecutive calls (do_bench_cudagraph, median); time_us times a call alone after an L2 clear."""
-        if self.device.type != "cuda":
-            return self.time_us(config, quick=False)
-        import triton.testing
-
-        # (do_bench_cudagraph runs the call once before it captures: no warm-up call here)
-        call = self._calls(config)[0]
-        return 1000.0 * triton.testing.do_bench_cudagraph(call, rep=BACK_TO_BACK_REP_MS, return_mode="median")
 
     def compiled_resources(self, config: Config) -> Optional[dict]:
         """Registers, spilled bytes and shared memory of the compiled kernel, once the config has run."""

@@ -41,8 +41,7 @@ class ConfigEvaluator(Protocol):
     def output_mismatch(self, config: Config, reference: Config) -> Optional[str]:
         """None when config's output matches reference's (the FlashAttention tolerance rule), else why not."""
 
-    # Optional: back_to_back_us(config) -> float, the time of one call among calls that follow one another (a
-    # decode step's), where time_us times a call alone; near-ties of time_us are ordered by it (_order_near_ties).
+    # Optional: timing (str), the name of time_us's method; a study's journal is resumed only under the same one.
 
 
 class KernelFailure(Exception):
@@ -66,7 +65,6 @@ class TuningBudget:
     refine_splits: bool = True  # at the end, try the split counts next to the best config's (no recompiling)
     check_candidates: int = 3  # fastest configs checked against the default's output before giving up
     confirm_rounds: int = 2  # alternate timings of the default and the winner, recorded as their times
-    tie_ratio: float = 0.02  # configs within this of the fastest are ordered by their back-to-back time
     sample_limit_factor: int = 10  # at most trials x this many sampled (pruned or repeated) trials
 
 
@@ -105,9 +103,10 @@ class BucketResult:
         )
 
 
-def study_name(family: KernelFamily, spec: AttentionSpec, shape: ProblemShape, space: SearchSpace, gpu: str) -> str:
+def study_name(family: KernelFamily, spec: AttentionSpec, shape: ProblemShape, space: SearchSpace, gpu: str,
+               timing: str = "") -> str:
     return (f"{family.name}|{spec.key()}|b{shape.batch}-s{shape.capacity}-q{shape.query_len}-p{shape.page_size}"
-            f"|{gpu}|kernels-{family.kernels_version()}|space-{space.signature()}")
+            f"|{gpu}|kernels-{family.kernels_version()}|space-{space.signature()}" + (f"|timing-{timing}" if timing else ""))
 
 
 def _describe(error: BaseException) -> str:
@@ -273,7 +272,7 @@ def tune_bucket(
     if default_config is None:
         default_config = family.heuristic_config(spec, shape, limits.multiprocessors)
     space = family.search_space(spec, shape, limits.multiprocessors, include=[default_config])
-    name = study_name(family, spec, shape, space, limits.name)
+    name = study_name(family, spec, shape, space, limits.name, getattr(evaluator, "timing", ""))
     with _quiet_optuna():
         study = optuna.create_study(
             study_name=name,
@@ -388,27 +387,16 @@ def _select(study, family, spec, shape, space, default_config, default_params, e
     default_trial = next((t for t in complete if t.params == default_params), None)
     if default_trial is None:
         return None
-    complete, back_to_back = _order_near_ties(study, complete, space, default_config, evaluator, budget.tie_ratio)
     chosen, chosen_us, rejected = default_config, default_trial.value, []
     seen = set()
-    default_back_to_back = back_to_back.get(default_config, -math.inf)
-
-    def faster_back_to_back(config) -> bool:
-        """A near-tie of the default's that is faster back to back (never true where the default is not a tie)."""
-        return back_to_back.get(config, math.inf) < default_back_to_back
-
     for candidate in complete:
         key = tuple(sorted(candidate.params.items()))
-        config = space.config(candidate.params, default_config)
-        if config == default_config:
-            break  # (what follows is slower than the default, alone and back to back)
-        # Faster alone, or a near-tie of the default's that is faster back to back.
-        ahead = candidate.value < default_trial.value or faster_back_to_back(config)
-        if key in seen or not ahead:
+        if key in seen or candidate.value >= default_trial.value:
             continue
         seen.add(key)
         if len(rejected) >= budget.check_candidates:
             break
+        config = space.config(candidate.params, default_config)
         try:
             reason = evaluator.output_mismatch(config, default_config)
         except Exception as error:  # a check that cannot run is a failed check
@@ -421,8 +409,7 @@ def _select(study, family, spec, shape, space, default_config, default_params, e
     default_us = default_trial.value
     if chosen != default_config and budget.confirm_rounds:
         default_us, chosen_us = _confirm(evaluator, default_config, chosen, budget.confirm_rounds, default_us, chosen_us)
-        # (a near-tie of the default's that is faster back to back stays: the lone timings cannot tell them apart)
-        if chosen_us >= default_us and not faster_back_to_back(chosen):
+        if chosen_us >= default_us:
             study.set_user_attr("confirmation", f"{chosen} was not faster than the default when timed again")
             chosen, chosen_us = default_config, default_us
     return BucketResult(
@@ -440,33 +427,6 @@ def _select(study, family, spec, shape, space, default_config, default_params, e
         rejected=rejected,
         study_name=name,
     )
-
-
-def _order_near_ties(study, complete: list, space, base, evaluator, tie_ratio: float) -> tuple:
-    """(the trials by time, those within tie_ratio of the fastest (distinct configs) first, ordered by the evaluator's
-    back-to-back time; {config: back-to-back us}). time_us times a call alone; calls that follow one another, as a
-    decode step's do, can rank configs the lone timing cannot tell apart (an H200's GTA B1 S64K: 64 to 128 splits
-    within 1% alone, 96 splits 7% ahead back to back: benchmarks/RESULTS.md)."""
-    back_to_back = getattr(evaluator, "back_to_back_us", None)
-    if back_to_back is None or not complete:
-        return complete, {}
-    limit = complete[0].value * (1 + tie_ratio)
-    tied, configs = [], []
-    for trial in complete:
-        config = space.config(trial.params, base)
-        if trial.value <= limit and config not in configs:
-            tied.append(trial)
-            configs.append(config)
-    if len(tied) < 2:
-        return complete, {}
-    try:
-        times = [back_to_back(config) for config in configs]
-    except Exception as error:  # keep the lone timings' order; the configs ran there
-        study.set_user_attr("back_to_back", f"not timed: {_describe(error)}")
-        return complete, {}
-    study.set_user_attr("back_to_back", {str(trial.number): round(us, 3) for trial, us in zip(tied, times)})
-    ordered = [trial for _, trial in sorted(zip(times, tied), key=lambda pair: (pair[0], pair[1].number))]
-    return ordered + [trial for trial in complete if trial not in ordered], dict(zip(configs, times))
 
 
 def _confirm(evaluator, default_config, chosen, rounds, default_us, chosen_us) -> tuple:
