@@ -1,5 +1,7 @@
 """Tuning runs over many buckets (glacompiler/tuning/driver.py), the GPU objective (benchmark.py) with the real
 kernels under the Triton interpreter, and online tuning's refusal without a GPU."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ optuna = pytest.importorskip("optuna")
 from glacompiler.kernels.portable.config import PortableConfig  # noqa: E402
 from glacompiler.presets import PAPER_SPECS  # noqa: E402
 from glacompiler.spec import AttentionSpec, ProblemShape  # noqa: E402
-from glacompiler.tables.table_file import Bucket, read_table  # noqa: E402
+from glacompiler.tables.table_file import Bucket, read_table, write_table  # noqa: E402
 from glacompiler.tuning.driver import plan_jobs, run_tuning  # noqa: E402
 from glacompiler.tuning.study import TuningBudget  # noqa: E402
 from tuning_doubles import GQA, SHAPE, SMALL_GPU, SyntheticKernel  # noqa: E402
@@ -45,12 +47,20 @@ def test_driver_writes_the_table_after_each_bucket_and_skips_done_ones(tmp_path)
     assert len(again.already_done) == 4 and not again.tuned and len(kernels) == 4
 
     # A retune seeds each study with the bucket's own entry right after the heuristic default: what the table had
-    # competes with what the new study finds, under the same timing.
+    # competes with what the new study finds, under the same timing. The entry here is a config that the first
+    # study timed and that is neither the default nor any neighbour's entry.
+    own_bucket = Bucket(4, 8192, 1)
+    default = kernels[0].calls[0][0]
+    others = {entry.config for entry in table.entries.values() if entry.bucket != own_bucket}
+    own = next(config for config, _ in kernels[0].calls
+               if config != default and config not in others and not SyntheticKernel.fails(config))
+    table.add(dataclasses.replace(table.get("portable", GQA, own_bucket), config=own))
+    write_table(table, out)
     retune = run_tuning(jobs[:1], out_path=out, limits=SMALL_GPU, evaluator_factory=factory,
                         budget=TuningBudget(trials=8), retune=True, progress=None)
     assert len(retune.tuned) == 1 and len(kernels) == 5
     timed_in_order = list(dict.fromkeys(config for config, _ in kernels[4].calls))
-    assert first_best in timed_in_order[:2]  # (the heuristic default first, unless it is the entry)
+    assert timed_in_order[:2] == [default, own]
 
 
 def test_entries_with_open_choices_are_tuned_again_and_seed_resolved(tmp_path):
@@ -58,7 +68,6 @@ def test_entries_with_open_choices_are_tuned_again_and_seed_resolved(tmp_path):
     shared tile's warp-specialised form or its alternating schedule, was a choice) is not done; as a neighbour it
     seeds a study with the choice made as the family makes it."""
     from glacompiler.kernels.latent_hopper import LatentHopperConfig
-    from glacompiler.tables.table_file import write_table
     from glacompiler.tuning.driver import TuningJob, neighbour_configs
     from tuning_doubles import entry, make_table
 

@@ -66,7 +66,8 @@ class RunSummary:
 
 def neighbour_configs(table: ConfigTable, job: TuningJob, count: int = SEED_NEIGHBOURS) -> list:
     """Tuned configs of the same family and spec from the nearest buckets (log space), to seed a study; the bucket's
-    own entry first, when a retune has one (what it had competes with what the new study finds, timed the same way)."""
+    own entry first, where the table has one (a retune, or an entry with a choice left open): what it had competes with
+    what the new study finds, timed the same way."""
     same_spec = [entry for entry in table.entries.values()
                  if entry.family == job.family and entry.spec == job.spec]
     same_spec.sort(key=lambda entry: (entry.bucket.log_distance(job.bucket), entry.bucket))
