@@ -43,8 +43,9 @@ Timer = Callable[[Callable[[], None], bool], float]  # (fn, quick) -> median mil
 def back_to_back_timer(fn: Callable[[], None], quick: bool) -> float:
     import triton.testing
 
-    # The graph records hundreds of Python op calls: a garbage collection among them could free (and unload) an
-    # earlier config's kernel mid-capture, which fails the capture (Triton >= 3.7 unloads freed kernels).
+    # The graph records hundreds of Python op calls: a garbage collection among them could finalize an earlier
+    # config's compiled kernel, whose module unload is illegal during a capture (newer Triton unloads freed kernels;
+    # 3.9's do_bench_cudagraph keeps the collector off itself, versions between may not).
     collecting = gc.isenabled()
     gc.collect()
     gc.disable()
