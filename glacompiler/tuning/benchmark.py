@@ -138,7 +138,6 @@ class KernelBenchmark:
 
     def time_us(self, config: Config, quick: bool) -> float:
         if config != self._runner_config:
-            self._runner = self._runner_config = None
             self._runner = self._make_runner(config)
             self._runner_config = config
         return 1000.0 * self.timer(self._runner, quick)
