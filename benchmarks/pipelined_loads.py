@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 
 from glacompiler.kernels.portable.config import PortableConfig
+from glacompiler.kernels.common.tiles import next_power_of_two
 from glacompiler.kernels.portable.render import decode_kernel_module
 from glacompiler.kernels.portable.resource_model import estimate_resources
 from glacompiler.spec import AttentionSpec
@@ -35,7 +36,8 @@ SPECS = {
     "gla2x16": AttentionSpec.latent(16, 2, 256, 64),
 }
 POINTERS = {"SEQLENS": "*i32", "KV_BEGIN": "*i32", "KV_END": "*i32", "MASK_DENSE": "*i32", "PAGE_TABLE": "*i32",
-            "MASK": "*u8", "LSE": "*fp32", "ALIBI": "*fp32", "SINKS": "*fp32"}
+            "MASK": "*u8", "LSE": "*fp32", "ALIBI": "*fp32", "SINKS": "*fp32", "MERGED_LSE": "*fp32",
+            "SPLIT_COUNTS": "*i32"}
 FLOATS = ("qk_scale_log2", "softcap_scale")
 ELEMENT_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 NOT_DIVISIBLE = {"num_splits", "num_pages", "window_left", "window_right", "stride_lh", "stride_lsplit",
@@ -47,14 +49,19 @@ MASK_PASSES = {"no": (False, False), "dense": (True, True), "sparse": (True, Fal
 
 def compile_for_sm90(spec: AttentionSpec, config: PortableConfig, has_mask: bool, dense_pass: bool = False,
                      page_size: int = 0):
+    """The kernel of a config (its fused-combine variant where config.fused_combine) compiled for sm_90."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    kernel = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split).decode_attention_split_kernel
+    fused = bool(config.fused_combine) and config.num_splits > 1
+    kernel = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split,
+                                  fused).decode_attention_split_kernel
     constants = dict(G=spec.group_size, LQ=1, PAGE_SIZE=page_size or 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                      HAS_MASK=has_mask, MASK_IS_BOOL=True, MASK_PER_ROW=False, CAUSAL=False, HAS_SOFTCAP=False,
                      HAS_ALIBI=False, HAS_SINKS=False, HAS_WINDOW=False, DENSE_PASS=dense_pass, stride_mn=1)
+    if fused:
+        constants["SPLITS_POW2"] = next_power_of_two(config.num_splits)
     signature = {}
     for name in kernel.arg_names:
         if name in constants:

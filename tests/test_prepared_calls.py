@@ -183,6 +183,23 @@ def test_the_memos_are_bounded(interpret_kernels, fresh_memos, monkeypatch):
     assert len(fresh_memos) == 4
 
 
+def test_calls_with_an_explicit_config_reuse_their_plan(interpret_kernels, monkeypatch):
+    """attention_with_kvcache_config (the tuner's and benchmarks' path) plans once per (metadata, config): a graph
+    captured from a repeat runs the plan an eager call made (a fused combine's counts are made outside the capture)."""
+    from glacompiler.kernels.portable import PortableConfig
+
+    monkeypatch.setattr(prepared, "_prepared_with_config", BoundedMemo(16))
+    problem = _problem("gqa", torch.float32, 5)
+    fused = PortableConfig(block_m=16, block_n=16, block_d=32, num_splits=3, fused_combine=True)
+    for _ in range(2):
+        out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=fused)
+        check_fa_rule(out, lse, problem)
+    calls = list(prepared._prepared_with_config.values())
+    assert len(calls) == 1 and calls[0].plan.fused and calls[0].plan.split_counts is not None
+    glacompiler.attention_with_kvcache_config(**problem.kwargs, config=PortableConfig(num_splits=3))
+    assert len(prepared._prepared_with_config.values()) == 2
+
+
 def test_lengths_of_the_capacity_are_made_once():
     from glacompiler.kernels.common.key_bounds import capacity_lengths
 

@@ -103,6 +103,39 @@ def test_format_1_tables_are_read_as_portable_entries(tmp_path):
     assert read_table(path).stale_families == ["portable"]
 
 
+def test_a_variant_version_is_recorded_and_checked_for_its_entries_only(tmp_path):
+    """An entry whose config fuses the combine runs the portable kernel's fused variant: the table records that
+    variant's version beside the family's; a change to the variant leaves the other entries current, and an entry
+    tuned before the choice existed (fused_combine open) runs the kernels it was tuned on."""
+    fused_key = "portable+fused_combine"
+    plain = entry(GQA, Bucket(8, 8192, 1), PortableConfig(num_splits=4, fused_combine=False))
+    before_the_choice = entry(GQA, Bucket(8, 1024, 1), PortableConfig(num_splits=4))
+    fused = entry(GQA, Bucket(1, 65536, 1), PortableConfig(num_splits=64, fused_combine=True))
+    one_split = entry(GQA, Bucket(128, 1024, 1), PortableConfig(num_splits=1, fused_combine=True))
+    assert before_the_choice.config.fused_combine is None and one_split.config.fused_combine is False
+    table = make_table([plain, before_the_choice, one_split])
+    assert set(table.kernel_versions) == {"portable"}
+    table.add(fused)
+    assert table.kernel_versions == {"portable": PORTABLE.kernels_version(), fused_key: PORTABLE.variant_versions()[fused_key]}
+    path = tmp_path / "t.json"
+    write_table(table, path)
+    loaded = read_table(path)
+    assert loaded.is_current and len(loaded.current_entries()) == 4
+    assert loaded.get("portable", GQA, Bucket(8, 1024, 1)).config.fused_combine is None  # left out of the file
+    # The variant changed since: its entry is stale, the others stay.
+    write_table(make_table([plain, before_the_choice, one_split, fused], versions={fused_key: "0" * 16}), path)
+    loaded = read_table(path)
+    assert loaded.stale_families == ["portable"] and not loaded.is_current_entry(loaded.get("portable", GQA, fused.bucket))
+    assert [e.bucket for e in loaded.current_entries()] == sorted([plain.bucket, before_the_choice.bucket, one_split.bucket])
+    table, note = table_file.open_for_update(path, GPU)
+    assert "portable" in note and set(table.kernel_versions) == {"portable"} and len(table.entries) == 3
+    table.add(fused)  # tuned again on the current variant
+    assert table.is_current
+    # The family's own kernels changed: every entry is stale, the variant's among them.
+    write_table(make_table([plain, fused], versions={"portable": "0" * 16}), path)
+    assert read_table(path).current_entries() == []
+
+
 def test_an_entry_for_changed_kernels_cannot_be_added():
     table = make_table([], versions={"portable": "0" * 16})
     with pytest.raises(ValueError, match="drop them first"):

@@ -66,7 +66,7 @@ def test_driver_writes_the_table_after_each_bucket_and_skips_done_ones(tmp_path)
 def test_entries_with_open_choices_are_tuned_again_and_seed_resolved(tmp_path):
     """A bucket whose entry leaves a choice open (a table tuned before the latent kernel's block size, or the
     shared tile's warp-specialised form or its alternating schedule, was a choice) is not done; as a neighbour it
-    seeds a study with the choice made as the family makes it."""
+    seeds a study with the choice made as the family makes it, then made the other way (yes/no choices)."""
     from glacompiler.kernels.latent_hopper import LatentHopperConfig
     from glacompiler.tuning.driver import TuningJob, neighbour_configs
     from tuning_doubles import entry, make_table
@@ -90,7 +90,30 @@ def test_entries_with_open_choices_are_tuned_again_and_seed_resolved(tmp_path):
                                                                               alternating=False),
                                                            LatentHopperConfig(6, False, block_n=128,
                                                                               warp_specialized=True,
-                                                                              alternating=False)]
+                                                                              alternating=False),
+                                                           LatentHopperConfig(6, False, block_n=128,
+                                                                              warp_specialized=False,
+                                                                              alternating=False),
+                                                           LatentHopperConfig(6, False, block_n=128,
+                                                                              warp_specialized=True,
+                                                                              alternating=True)]
+
+
+def test_a_portable_entry_from_before_the_fused_combine_seeds_both_merges(tmp_path):
+    """A retune of a bucket whose entry predates PortableConfig.fused_combine times its config with the combine
+    launch (how the family runs it) and fused; a one-split entry has nothing to merge and seeds once."""
+    from glacompiler.tuning.driver import TuningJob, neighbour_configs
+    from tuning_doubles import entry, make_table
+
+    split = PortableConfig(block_m=16, block_n=64, num_splits=3)
+    whole = PortableConfig(block_m=16, block_n=64, num_splits=1)
+    assert split.fused_combine is None
+    table = make_table([entry(GQA, Bucket(8, 4096, 1), split), entry(GQA, Bucket(32, 4096, 1), whole)],
+                       gpu=SMALL_GPU.name)
+    job = TuningJob(GQA, ProblemShape(8, 1, 4096, 64), "portable")
+    assert neighbour_configs(table, job) == [dataclasses.replace(split, fused_combine=False),
+                                             dataclasses.replace(split, fused_combine=True),
+                                             dataclasses.replace(whole, fused_combine=False)]
 
 
 def test_driver_stops_at_the_total_time_budget(tmp_path):

@@ -122,6 +122,16 @@ class KernelFamily:
         """A hash of the family's kernel code: tuned tables made for other kernels are stale."""
         raise NotImplementedError
 
+    def variant_versions(self) -> dict:
+        """{'<family>+<variant>': hash} of kernel variants that only some configs run (an opt-in choice rendered as
+        another kernel): a table records one beside the family's version for the entries that run it, so a change
+        to a variant leaves the other entries current."""
+        return {}
+
+    def config_variants(self, config: Config, spec: AttentionSpec) -> tuple:
+        """The keys of variant_versions a config runs."""
+        return ()
+
     # Tuning (glacompiler.tuning reaches every family through these two).
     def search_space(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
                      include: Sequence[Config] = ()):

@@ -11,9 +11,9 @@ from torch import Tensor
 
 from ..memo import BoundedMemo
 from ..spec import default_softmax_scale
-from .dispatch import kernel_family_for, run_with_config
+from .dispatch import kernel_family_for
 from .library import attention_with_kvcache_op
-from .prepared import run_prepared, wrapper_key
+from .prepared import run_prepared, run_prepared_with_config, wrapper_key
 from .validation import validate_inputs
 
 
@@ -102,8 +102,9 @@ def attention_with_kvcache_config(q, k_cache, v_cache=None, *, config, q_rope=No
                               softmax_scale, None, None, softcap, alibi_slopes, sinks, window_size)
     if softmax_scale is None:
         softmax_scale = default_softmax_scale(spec.head_dim_q, spec.rope_dim)
-    return run_with_config(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                           float(softmax_scale), causal, config, softcap, alibi_slopes, sinks, window_size)
+    return run_prepared_with_config(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                                    float(softmax_scale), causal, config, softcap, alibi_slopes, sinks,
+                                    tuple(window_size))
 
 
 __all__ = ["attention_with_kvcache", "attention_with_kvcache_config", "attention_with_kvcache_op", "kernel_family_for"]

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..kernels import KernelCall, KernelFamily, choose_family, family_of_config
+from ..kernels import KernelCall, KernelFamily, choose_family
 from ..kernels.common.splits import device_multiprocessors
 from ..spec import AttentionSpec, ProblemShape
 from ..tables.lookup import tuned_config
@@ -76,18 +76,3 @@ def validated_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, pag
     call = KernelCall(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                       softmax_scale, causal, kv_range, float(softcap), alibi_slopes, sinks, tuple(window_size))
     return spec, shape, call, copy_seqlens, copy_page_table
-
-
-def run_with_config(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
-                    causal, config, softcap=0.0, alibi_slopes=None, sinks=None, window_size=(-1, -1)):
-    """The op on kernels (CUDA, or the interpreter on CPU) with an explicit config, which names the family."""
-    spec, shape, call, _, _ = validated_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table,
-                                             attn_mask, softmax_scale, causal, None, softcap, alibi_slopes, sinks,
-                                             window_size)
-    if shape.batch == 0:
-        return empty_outputs(q, k_cache, v_cache)
-    family = family_of_config(config)
-    reason = family.supports(spec, shape, call) or family.config_problem(config, spec)
-    if reason is not None:
-        raise ValueError(f"config: the {family.name} kernels cannot run this call ({reason})")
-    return family.launch(call, spec, shape, config)

@@ -21,12 +21,16 @@ from torch import Tensor
 
 from ..memo import BoundedMemo
 from ..spec import AttentionSpec, ProblemShape
-from ..kernels import choose_family
+from ..kernels import choose_family, family_of_config
 from .dispatch import choose_config, empty_outputs, kernel_family, validated_call
 from .validation import check_values, debug_checks_enabled
 
 # metadata key -> PreparedCall
 _prepared = BoundedMemo(1024)
+# (metadata key, config) -> PreparedCall of a call with an explicit config (the tuner's, benchmarks'): a plan keeps
+# state between calls (a fused combine's counts, made at its first call), so a graph captured from a repeat call
+# runs the plan an earlier call made.
+_prepared_with_config = BoundedMemo(256)
 
 
 def _metadata(tensor: Tensor) -> tuple:
@@ -85,18 +89,25 @@ class PreparedCall:
 
 def prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
                  causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size, traced: bool = False,
-                 graph_family_wanted: Optional[Callable[[AttentionSpec, ProblemShape], bool]] = None
-                 ) -> Optional[PreparedCall]:
+                 graph_family_wanted: Optional[Callable[[AttentionSpec, ProblemShape], bool]] = None,
+                 config=None) -> Optional[PreparedCall]:
     """The first call of a key: validate (ValueError/TypeError naming the argument), choose, plan. traced: for
     fake tensors, to trace the plan's launches into a graph (compiler/rewrite/graph_launches.py): no value checks,
     and None where there is nothing to launch or the family's kernels cannot be launched by a graph. For such a
     call, graph_family_wanted(spec, shape) says whether to plan it on the first family that supports it and that
-    a graph can launch instead (the portable kernels for a Hopper latent call), with that family's config."""
+    a graph can launch instead (the portable kernels for a Hopper latent call), with that family's config. config:
+    the user's, which names the family (ValueError where that family cannot run the call)."""
     spec, shape, call, copy_seqlens, copy_page_table = validated_call(
         q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale, causal,
         kv_range, softcap, alibi_slopes, sinks, window_size, read_values=not traced)
     if shape.batch == 0:
         return None if traced else PreparedCall(shape, None, False, False)
+    if config is not None:
+        family = family_of_config(config)
+        reason = family.supports(spec, shape, call) or family.config_problem(config, spec)
+        if reason is not None:
+            raise ValueError(f"config: the {family.name} kernels cannot run this call ({reason})")
+        return PreparedCall(shape, family.prepare(call, spec, shape, config), copy_seqlens, copy_page_table)
     family = kernel_family(spec, shape, call)
     if traced and not family.launches_in_graph:
         wanted = graph_family_wanted is not None and graph_family_wanted(spec, shape)
@@ -125,6 +136,25 @@ def run_prepared(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_
                         alibi_slopes, sinks)
 
 
+def run_prepared_with_config(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                             softmax_scale: float, causal: bool, config, softcap=0.0, alibi_slopes=None, sinks=None,
+                             window_size=(-1, -1)):
+    """The op on kernels with an explicit config, which names the family (ValueError where it cannot run)."""
+    key = (call_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                    causal, 0, None, softcap, alibi_slopes, sinks, *window_size), config)
+    prepared = _prepared_with_config.get(key)
+    if prepared is None:
+        prepared = prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                                softmax_scale, causal, 0, None, softcap, alibi_slopes, sinks, window_size,
+                                config=config)
+        _prepared_with_config.remember(key, prepared)
+    elif debug_checks_enabled():
+        check_values(k_cache, cache_seqlens, page_table, prepared.shape, attn_mask)
+    return prepared.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, None,
+                        alibi_slopes, sinks)
+
+
 def clear_prepared_calls() -> None:
     """Forget every prepared call (after the tuned tables changed, or in tests)."""
     _prepared.clear()
+    _prepared_with_config.clear()

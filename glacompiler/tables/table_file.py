@@ -7,7 +7,8 @@ One file per GPU name (as torch reports it, spaces to underscores), in two place
 A file (TABLE_SCHEMA below is the authoritative description):
   {"format": 2, "gpu": "NVIDIA H200", "torch": "2.11.0", "triton": "3.6.0",
    "date": "2026-11-26T10:00:00+00:00", "commands": ["glacompiler autotune --preset mla ..."],
-   "kernel_versions": {"portable": "<KernelFamily.kernels_version()>", ...},
+   "kernel_versions": {"portable": "<KernelFamily.kernels_version()>",
+                       "portable+fused_combine": "<a variant's version>", ...},
    "entries": [{"family": "portable", "spec": {AttentionSpec fields},
                 "bucket": {"batch": 128, "capacity": 8192, "query_len": 1}, "page_size": 64,
                 "config": {the family's config fields}, "tuned_us": 512.3,
@@ -15,8 +16,9 @@ A file (TABLE_SCHEMA below is the authoritative description):
                 "rejected": [{"config": {...}, "us": 500.0, "reason": "..."}]}]}
 `default_*` is the family's heuristic config timed in the same run; `rejected` lists faster configs whose
 output did not match the default's. `kernel_versions` holds the version of each family's kernels the entries
-were tuned on: a family whose kernels changed since has stale entries, which are ignored. Format 1 (one
-"templates_version", portable entries only) is still read.
+were tuned on, and of each kernel variant some entries run (KernelFamily.variant_versions: an opt-in choice
+rendered as another kernel): an entry whose family's kernels or variant changed since is stale, and ignored.
+Format 1 (one "templates_version", portable entries only) is still read.
 """
 from __future__ import annotations
 
@@ -255,14 +257,27 @@ def _library_versions() -> tuple[str, str]:
     return torch.__version__.split("+")[0], triton_version
 
 
-def current_kernel_version(family: str) -> str:
-    return family_named(family).kernels_version()
+def current_kernel_version(key: str) -> Optional[str]:
+    """The version of a family's kernels ('portable') or of one of its variants ('portable+fused_combine'; None
+    where the family no longer has it)."""
+    family = family_named(family_of_version(key))
+    return family.kernels_version() if key == family.name else family.variant_versions().get(key)
+
+
+def family_of_version(key: str) -> str:
+    return key.partition("+")[0]
+
+
+def entry_versions(entry: "TableEntry") -> tuple:
+    """The kernel_versions keys of the kernels an entry's config runs."""
+    family = family_named(entry.family)
+    return (entry.family, *family.config_variants(entry.config, entry.spec))
 
 
 @dataclasses.dataclass
 class ConfigTable:
     gpu: str
-    kernel_versions: dict  # family -> the version of its kernels the family's entries were tuned on
+    kernel_versions: dict  # family (or family+variant) -> the version of the kernels its entries were tuned on
     torch_version: str
     triton_version: str
     date: str
@@ -275,11 +290,20 @@ class ConfigTable:
         return cls(gpu, {}, torch_version, triton_version, _now(), [], {})
 
     def families(self) -> list:
-        return sorted({entry.family for entry in self.entries.values()} | set(self.kernel_versions))
+        return sorted({entry.family for entry in self.entries.values()}
+                      | {family_of_version(key) for key in self.kernel_versions})
+
+    def _current_version(self, key: str) -> bool:
+        return self.kernel_versions.get(key) == current_kernel_version(key)
 
     def is_current_for(self, family: str) -> bool:
-        """Whether the family's entries were tuned on the family's kernels as they are now."""
-        return self.kernel_versions.get(family) == current_kernel_version(family)
+        """Whether the family's entries were tuned on the family's kernels, and each variant they run, as they are
+        now."""
+        return self._current_version(family) and all(
+            self._current_version(key) for key in self.kernel_versions if family_of_version(key) == family)
+
+    def is_current_entry(self, entry: "TableEntry") -> bool:
+        return all(self._current_version(key) for key in entry_versions(entry))
 
     @property
     def stale_families(self) -> list:
@@ -290,23 +314,25 @@ class ConfigTable:
         return not self.stale_families
 
     def current_entries(self) -> list:
-        """The entries whose family's kernels have not changed since they were tuned."""
-        current = {family for family in self.families() if self.is_current_for(family)}
-        return [entry for entry in self.sorted_entries() if entry.family in current]
+        """The entries whose kernels (their family's, and any variant they run) have not changed since they were
+        tuned."""
+        return [entry for entry in self.sorted_entries() if self.is_current_entry(entry)]
 
     def drop_stale(self) -> list:
-        """Remove the entries of families whose kernels changed; returns those families."""
+        """Remove the entries whose kernels changed, and the versions that are not current; returns the families
+        that had either."""
         stale = self.stale_families
-        self.entries = {key: entry for key, entry in self.entries.items() if entry.family not in stale}
-        for family in stale:
-            self.kernel_versions.pop(family, None)
+        self.entries = {key: entry for key, entry in self.entries.items() if self.is_current_entry(entry)}
+        self.kernel_versions = {key: version for key, version in self.kernel_versions.items()
+                                if self._current_version(key)}
         return stale
 
     def add(self, entry: TableEntry) -> None:
-        version = current_kernel_version(entry.family)
-        if self.kernel_versions.setdefault(entry.family, version) != version:
-            raise ValueError(f"the table's {entry.family} entries were tuned for kernels "
-                             f"{self.kernel_versions[entry.family]}, not the current {version}: drop them first")
+        for key in entry_versions(entry):
+            version = current_kernel_version(key)
+            if self.kernel_versions.setdefault(key, version) != version:
+                raise ValueError(f"the table's {key} entries were tuned for kernels {self.kernel_versions[key]}, not "
+                                 f"the current {version}: drop them first")
         self.entries[entry.key] = entry
 
     def get(self, family: str, spec: AttentionSpec, bucket: Bucket) -> Optional[TableEntry]:

@@ -273,7 +273,8 @@ def _config_label(config) -> str:
     if not isinstance(config, PortableConfig):
         return " ".join(f"{name}={value}" for name, value in config.to_dict().items())
     return (f"m{config.block_m} n{config.block_n} d{config.block_d} dv/{config.dv_split} s{config.num_splits} "
-            f"w{config.num_warps} st{config.num_stages}{' pq' if config.preload_q else ''}")
+            f"w{config.num_warps} st{config.num_stages}{' pq' if config.preload_q else ''}"
+            f"{' fc' if config.fused_combine else ''}")
 
 
 def _spec_label(spec) -> str:
@@ -298,7 +299,8 @@ TABLE_LEGEND = (
     "              m block_m: rows per program (query heads x query tokens); n block_n: keys per block;",
     "              d block_d: widest head-dim chunk; dv/N: output dims split over N programs (dv_split);",
     "              s num_splits: KV splits (flash-decoding); w num_warps; st num_stages: software pipeline stages;",
-    "              pq preload_q: Q held in registers for the whole key loop (absent: reloaded per key block)",
+    "              pq preload_q: Q held in registers for the whole key loop (absent: reloaded per key block);",
+    "              fc fused_combine: the kernel's last program of a row block merges the splits (absent: a launch)",
     "  tuned us    kernel time with the tuned config; default us: with the heuristic's; speed-up: default / tuned",
 )
 
@@ -309,9 +311,9 @@ def format_table(table, path) -> str:
     lines = [
         f"{path}",
         f"  gpu {table.gpu}; torch {table.torch_version}; triton {table.triton_version}; {table.date}",
-        *(f"  {family} kernels {version} "
-          f"({'current' if table.is_current_for(family) else f'STALE: now {current_kernel_version(family)}'})"
-          for family, version in sorted(table.kernel_versions.items())),
+        *(f"  {key} kernels {version} "
+          f"({'current' if version == current_kernel_version(key) else f'STALE: now {current_kernel_version(key)}'})"
+          for key, version in sorted(table.kernel_versions.items())),
         *(f"  command: {command}" for command in table.commands),
         *(f"  {line}" for line in TABLE_LEGEND),
     ]

@@ -65,20 +65,28 @@ class RunSummary:
 
 
 def neighbour_configs(table: ConfigTable, job: TuningJob, count: int = SEED_NEIGHBOURS) -> list:
-    """Tuned configs of the same family and spec from the nearest buckets (log space), to seed a study; the bucket's
-    own entry first, where the table has one (a retune, or an entry with a choice left open): what it had competes with
-    what the new study finds, timed the same way."""
+    """Tuned configs of the same family and spec from the `count` nearest buckets (log space), to seed a study; the
+    bucket's own entry first, where the table has one (a retune, or an entry with a choice left open): what it had
+    competes with what the new study finds, timed the same way. An entry with open yes/no choices seeds each way."""
     same_spec = [entry for entry in table.entries.values()
                  if entry.family == job.family and entry.spec == job.spec]
     same_spec.sort(key=lambda entry: (entry.bucket.log_distance(job.bucket), entry.bucket))
     configs: list = []
-    for entry in same_spec:
-        config = family_named(entry.family).resolved_config(entry.config, entry.spec)  # (snap needs every choice)
-        if config not in configs:
-            configs.append(config)
-        if len(configs) == count:
-            break
+    for entry in same_spec[:count]:
+        configs.extend(config for config in _open_choice_settings(entry) if config not in configs)
     return configs
+
+
+def _open_choice_settings(entry) -> list:
+    """An entry's config with its open choices made as the family makes them (snap needs every choice), then with
+    each open yes/no choice made the other way: an entry tuned before a choice existed competes both ways."""
+    resolved = family_named(entry.family).resolved_config(entry.config, entry.spec)
+    settings = [resolved]
+    for name in open_choices(entry.config):
+        value = getattr(resolved, name)
+        if isinstance(value, bool):
+            settings.append(dataclasses.replace(resolved, **{name: not value}))
+    return settings
 
 
 EvaluatorFactory = Callable[[TuningJob], ConfigEvaluator]

@@ -1,8 +1,35 @@
-"""The LSE combine of split-KV partial outputs, as a Triton kernel (launched by combine.py)."""
+"""The LSE combine of split-KV partial outputs, as a Triton kernel (launched by combine.py), and the split weights
+of a row block that the portable kernel's fused tail merges with (templates/portable/)."""
 import triton
 import triton.language as tl
 
 from .softmax import finite_row_max
+
+
+@triton.jit
+def split_weights(part_lse):
+    """A row's split LSEs [splits] (-inf for empty or absent splits) -> (each split's weight in the merged output,
+    the merged LSE). A row whose splits are all empty gets weights 0 (out 0) and LSE -inf."""
+    lse_ref = finite_row_max(tl.max(part_lse, axis=0))
+    weights = tl.exp(part_lse - lse_ref)  # 0 for empty splits
+    total = tl.sum(weights, axis=0)
+    has_mass = total > 0.0
+    safe_total = tl.where(has_mass, total, 1.0)
+    scale = tl.where(has_mass, 1.0 / safe_total, 0.0)
+    return weights * scale, tl.where(has_mass, lse_ref + tl.log(safe_total), float("-inf"))
+
+
+@triton.jit
+def merge_scales(part_lse):
+    """Split LSEs of a block of rows [rows, splits] (-inf for empty or absent splits) -> per row, (the reference to
+    subtract from a split's LSE, the scale of exp(LSE - reference) that makes it the split's weight in the merged
+    output, the merged LSE): the portable kernel's fused combine, which weighs its splits one at a time."""
+    lse_ref = finite_row_max(tl.max(part_lse, axis=1))
+    total = tl.sum(tl.exp(part_lse - lse_ref[:, None]), axis=1)  # empty splits add 0
+    has_mass = total > 0.0
+    safe_total = tl.where(has_mass, total, 1.0)
+    return lse_ref, tl.where(has_mass, 1.0 / safe_total, 0.0), tl.where(has_mass, lse_ref + tl.log(safe_total),
+                                                                        float("-inf"))
 
 
 @triton.jit(do_not_specialize=["num_rows"])  # the batch's row count: one binary for every batch size
@@ -31,19 +58,14 @@ def combine_splits_kernel(
         split_valid = splits < row_splits
         dim_valid = dims < row_dims
         part_lse = tl.load(PART_LSE + row * num_splits + splits, mask=split_valid, other=float("-inf"))
-        lse_max = tl.max(part_lse, axis=0)
-        lse_ref = finite_row_max(lse_max)
-        weights = tl.exp(part_lse - lse_ref)  # 0 for empty splits
-        total = tl.sum(weights, axis=0)
+        weights, row_lse = split_weights(part_lse)
         part = tl.load(
             PART_OUT + (row * num_splits + splits[:, None]) * HEAD_DIM_V + dims[None, :],
             mask=split_valid[:, None] & dim_valid[None, :],
             other=0.0,
         )
-        scale = tl.where(total > 0.0, 1.0 / tl.where(total > 0.0, total, 1.0), 0.0)
-        out = tl.sum(part * (weights * scale)[:, None], axis=0)
+        out = tl.sum(part * weights[:, None], axis=0)
         tl.store(OUT + row * HEAD_DIM_V + dims, out.to(OUT.dtype.element_ty), mask=dim_valid)
         if dim_block == 0:
             if in_range:
-                tl.store(LSE + row, tl.where(total > 0.0, lse_ref + tl.log(tl.where(total > 0.0, total, 1.0)),
-                                             float("-inf")))
+                tl.store(LSE + row, row_lse)

@@ -13,7 +13,7 @@ class SplitBuffers:
     call holds one): `allocate` makes a call's tensors, `combine` merges its splits."""
 
     __slots__ = ("out_shape", "lse_shape", "split_out_shape", "split_lse_shape", "num_splits", "out_strides",
-                 "lse_strides", "combine_launch")
+                 "lse_strides", "merged_strides", "combine_launch")
 
     def __init__(self, q: Tensor, head_dim_v: int, num_splits: int):
         batch, query_len, num_q_heads, _ = q.shape
@@ -23,6 +23,10 @@ class SplitBuffers:
         self.split_out_shape = (batch, query_len, num_q_heads, num_splits, head_dim_v)
         self.split_lse_shape = (batch, query_len, num_q_heads, num_splits)
         self.combine_launch = None
+        # The op's outputs (contiguous), (b, t, h) strides of out then of lse: where a kernel merging its own
+        # splits writes.
+        self.merged_strides = (query_len * num_q_heads * head_dim_v, num_q_heads * head_dim_v, head_dim_v,
+                               query_len * num_q_heads, num_q_heads, 1)
         if num_splits == 1:  # the kernel writes the outputs (contiguous), split stride 0
             self.out_strides = (query_len * num_q_heads * head_dim_v, num_q_heads * head_dim_v, head_dim_v, 0)
             self.lse_strides = (query_len * num_q_heads, num_q_heads, 1, 0)

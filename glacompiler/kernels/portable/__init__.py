@@ -4,6 +4,7 @@ M of tl.dot; head dims are unrolled into power-of-two chunks; the KV range is sp
 by LSE (kernels/common/combine.py)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence
 
 import torch
@@ -11,7 +12,7 @@ import torch
 from ...spec import AttentionSpec, ProblemShape
 from ..common.interpreter import triton_interpreter_enabled
 from ..family import KernelCall, KernelFamily, ResourceCheck
-from .config import PortableConfig, heuristic_config, programs_per_split
+from .config import PortableConfig, fused_combine_default, heuristic_config, programs_per_split
 from .launch import PortableLaunchPlan
 
 
@@ -28,6 +29,11 @@ class PortableFamily(KernelFamily):
             return "CPU tensors run the PyTorch reference unless TRITON_INTERPRET=1"
         return None
 
+    def resolved_config(self, config: PortableConfig, spec: AttentionSpec) -> PortableConfig:
+        if config.fused_combine is not None:
+            return config
+        return dataclasses.replace(config, fused_combine=fused_combine_default(spec, config))
+
     def heuristic_config(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> PortableConfig:
         return heuristic_config(spec, shape.batch, shape.capacity, shape.query_len, multiprocessors)
 
@@ -38,18 +44,30 @@ class PortableFamily(KernelFamily):
         return max(1, shape.capacity // config.block_n)
 
     def prepare(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: PortableConfig):
-        return PortableLaunchPlan(call, spec, shape, config)
+        return PortableLaunchPlan(call, spec, shape, self.resolved_config(config, spec))
 
     def kernels_version(self) -> str:
         from .render import portable_kernels_version
 
         return portable_kernels_version()
 
+    def variant_versions(self) -> dict:
+        from .render import FUSED_COMBINE_VARIANT, fused_combine_kernels_version
+
+        return {f"{self.name}+{FUSED_COMBINE_VARIANT}": fused_combine_kernels_version()}
+
+    def config_variants(self, config: PortableConfig, spec: AttentionSpec) -> tuple:
+        from .render import FUSED_COMBINE_VARIANT
+
+        fuses = self.resolved_config(config, spec).fused_combine and config.num_splits > 1
+        return (f"{self.name}+{FUSED_COMBINE_VARIANT}",) if fuses else ()
+
     def search_space(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
                      include: Sequence[PortableConfig] = ()):
         from .search_space import build_search_space
 
-        return build_search_space(spec, shape, multiprocessors, include)
+        # A config with an open choice (a table entry tuned before it existed) joins the space as the family runs it.
+        return build_search_space(spec, shape, multiprocessors, [self.resolved_config(c, spec) for c in include])
 
     def resource_check(self, spec: AttentionSpec, config: PortableConfig, limits) -> ResourceCheck:
         from .resource_model import estimate_resources  # sympy: loaded only when tuning

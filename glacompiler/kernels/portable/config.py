@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 from ...spec import AttentionSpec, ProblemShape
 from ..common.splits import MAX_SPLITS, default_num_splits
@@ -18,6 +19,9 @@ class PortableConfig:
     num_stages: int = 2
     preload_q: bool = True  # keep Q in registers for the whole loop, or reload it (L1/L2) per key block
     dv_split: int = 1  # programs sharing one row block's output dims (narrower accumulators)
+    # With splits: the last program of a row block to finish merges its splits, instead of a combine launch. None:
+    # an open choice (a table entry tuned before it existed), made by fused_combine_default.
+    fused_combine: Optional[bool] = None
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_d"):
@@ -32,9 +36,12 @@ class PortableConfig:
             raise ValueError(f"dv_split must be 1, 2 or 4, got {self.dv_split}")
         if not 1 <= self.num_stages <= 8:
             raise ValueError(f"num_stages must lie in [1, 8], got {self.num_stages}")
+        if self.num_splits == 1 and self.fused_combine is not False:
+            # One split has nothing to merge: one config, not two, and no choice left open.
+            object.__setattr__(self, "fused_combine", False)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PortableConfig":
@@ -78,7 +85,7 @@ def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: 
     programs = batch * spec.num_kv_heads * -(-rows // block_m)
     num_splits = default_num_splits(programs, capacity, block_n, multiprocessors,
                                     resident_programs(block_m, num_warps))
-    return PortableConfig(
+    config = PortableConfig(
         block_m=block_m,
         block_n=block_n,
         block_d=block_d,
@@ -87,6 +94,15 @@ def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: 
         num_stages=pipeline_stages(spec, block_n, num_splits),
         preload_q=preload_q,
     )
+    # The separate combine launch: the fused merge pays only where the splits are few (benchmarks/RESULTS.md); the
+    # tuner weighs both.
+    return dataclasses.replace(config, fused_combine=False)
+
+
+def fused_combine_default(spec: AttentionSpec, config: PortableConfig) -> bool:
+    """How a config that leaves the choice open (None: a table entry tuned before it existed) merges its splits: with
+    the combine launch, as it was tuned."""
+    return False
 
 
 DEEP_PIPELINE_TILE_BYTES = 16 * 1024  # K + V bytes of a key block up to which deeper pipelines paid (H200)

@@ -1,17 +1,19 @@
-"""Launch the portable split-KV kernel (and, with several splits, the shared LSE combine). No host-device
-sync: everything here depends on shapes, never on tensor values."""
+"""Launch the portable split-KV kernel (and, with several splits, the shared LSE combine, or the kernel's own merge
+where the config fuses it). No host-device sync: everything here depends on shapes, never on tensor values."""
 from __future__ import annotations
 
 import logging
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from ...spec import AttentionSpec, ProblemShape
 from ..common.extensions import kernel_extensions
 from ..common.key_bounds import KeyBoundsPlan
 from ..common.split_buffers import SplitBuffers
-from ..common.triton_launch import PreparedLaunch, launch
+from ..common.tiles import next_power_of_two
+from ..common.triton_launch import PreparedLaunch, launch, tracing_launches
 from ..family import KernelCall
 from .config import PortableConfig
 from .render import decode_kernel_module
@@ -24,6 +26,10 @@ LENGTHS_ARGUMENT, KV_BEGIN_ARGUMENT, KV_END_ARGUMENT, MASK_DENSE_ARGUMENT, MASK_
 # mask; the per-row mask tile and its cross-row reduction take shared memory some wide configs (MLA's 512-wide
 # accumulator) lack, so such a launch steps down to fewer stages once and remembers it.
 _FITTING_STAGES: dict = {}
+# Every fused combine's counts, never freed: a CUDA graph captured from a plan keeps their address after the plan is
+# gone (evicted from the prepared calls, or dropped when the tables change), and memory reused under it would decide
+# the last split wrongly. A few KiB per plan (one int32 per program of a split).
+_KEPT_COUNTS: list = []
 
 
 def _fitting_key(module_name: str, config: PortableConfig, constexprs: dict) -> tuple:
@@ -60,7 +66,6 @@ class PortableLaunchPlan:
         batch, query_len, num_q_heads, _ = q.shape
         group = spec.group_size
         num_splits = config.num_splits
-        module = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split)
         self.buffers = SplitBuffers(q, spec.head_dim_v, num_splits)
         values = k_cache if v_cache is None else v_cache
         q_rope_arg = q if call.q_rope is None else call.q_rope
@@ -68,7 +73,7 @@ class PortableLaunchPlan:
                                        call.window_size)
         self.keys = KeyBoundsPlan(call.attn_mask, call.kv_range, call.cache_seqlens, batch, num_q_heads, query_len,
                                   shape.capacity, call.causal, q.device, extensions.positions_matter)
-        self.tail = (
+        strides = (
             *q.stride()[:3],
             *k_cache.stride()[:3],
             *values.stride()[:3],
@@ -78,6 +83,8 @@ class PortableLaunchPlan:
             *self.keys.mask_strides,
             *self.buffers.out_strides,
             *self.buffers.lse_strides,
+        )
+        scalars = (
             extensions.qk_scale_log2,
             num_splits,
             shape.capacity,
@@ -98,11 +105,13 @@ class PortableLaunchPlan:
             CAUSAL=call.causal and query_len > 1,
             **extensions.flags,
         )
+        self.tail = (*strides, *scalars)
         rows = group * query_len
         grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
-        kernel = module.decode_attention_split_kernel
 
-        def prepared(pass_constexprs: dict, pass_label: str) -> PreparedLaunch:
+        def prepared(module, pass_constexprs: dict, pass_label: str) -> PreparedLaunch:
+            kernel = module.decode_attention_split_kernel
+
             def first_launch(args):
                 compiled = _launch_fitting(kernel, grid, args, pass_constexprs, config, module.__name__)
                 if LOGGER.isEnabledFor(logging.DEBUG):
@@ -123,7 +132,33 @@ class PortableLaunchPlan:
         # With a mask, two passes (the template says why): the sequences whose mask is dense, then the others. A
         # program whose sequence is the other pass's gets an empty split and no rows: it reads and stores nothing.
         passes = ((True, " dense pass"), (False, " sparse pass")) if self.keys.has_mask else ((False, ""),)
-        self.launches = tuple(prepared({**constexprs, "DENSE_PASS": dense}, label) for dense, label in passes)
+        module = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split)
+        self.launches = tuple(prepared(module, {**constexprs, "DENSE_PASS": dense}, label) for dense, label in passes)
+        # With a fused combine, the kernel's variant that merges (the family resolves an open choice); a graph traced
+        # from this plan (compiler/rewrite/graph_launches.py) still takes the launches above and the combine: the
+        # counts would be a tensor the graph did not allocate. The counts are made at the first call that runs.
+        self.fused = bool(config.fused_combine) and num_splits > 1
+        self.split_counts: Optional[Tensor] = None
+        self.count_slots = batch * grid[0]
+        if self.fused:
+            fused = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split, True)
+            self.fused_tail = (*strides, *self.buffers.merged_strides, *scalars)
+            self.fused_launches = tuple(
+                prepared(fused, {**constexprs, "DENSE_PASS": dense, "SPLITS_POW2": next_power_of_two(num_splits)},
+                         label + " fused combine") for dense, label in passes)
+
+    def _counts(self, q: Tensor) -> Optional[Tensor]:
+        """The fused combine's counts, or None where this call cannot use them (traced; captured before a call ran:
+        zeros made in a capture are zeroed only when the graph replays)."""
+        if tracing_launches():
+            return None
+        counts = self.split_counts
+        if counts is None:
+            if q.is_cuda and torch.cuda.is_current_stream_capturing():
+                return None
+            counts = self.split_counts = torch.zeros(self.count_slots, dtype=torch.int32, device=q.device)
+            _KEPT_COUNTS.append(counts)
+        return counts
 
     def run(self, q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor], q_rope: Optional[Tensor],
             k_rope_cache: Optional[Tensor], cache_seqlens: Optional[Tensor], page_table: Optional[Tensor],
@@ -131,13 +166,19 @@ class PortableLaunchPlan:
             sinks: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         lengths, mask, kv_begin, kv_end, mask_dense = self.keys.resolve(attn_mask, kv_range, cache_seqlens)
         split_out, split_lse, out, lse = self.buffers.allocate(q)
-        args = (
+        tensors = (
             q, k_cache, k_cache if v_cache is None else v_cache, q if q_rope is None else q_rope,
             k_cache if k_rope_cache is None else k_rope_cache, lengths, kv_begin, kv_end, mask_dense,
             lengths if page_table is None else page_table,  # a placeholder when contiguous
             mask, split_out, split_lse, q if alibi_slopes is None else alibi_slopes, q if sinks is None else sinks,
-            *self.tail,
         )
+        counts = self._counts(q) if self.fused else None
+        if counts is not None:
+            args = (*tensors, out, lse, counts, *self.fused_tail)
+            for prepared_launch in self.fused_launches:
+                prepared_launch(args)
+            return out, lse
+        args = (*tensors, *self.tail)
         for prepared_launch in self.launches:
             prepared_launch(args)
         self.buffers.combine(split_out, split_lse, out, lse)

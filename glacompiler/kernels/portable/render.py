@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
@@ -13,6 +14,9 @@ from ..common.tiles import MIN_DOT_WIDTH, rope_tile_width
 from .config import PortableConfig
 
 TEMPLATE = "portable/decode_attention.py.jinja"
+# Splits whose partials the fused combine's merging program loads at once (its loop over splits, unrolled): each
+# split otherwise costs a round trip to L2 of its own.
+MERGE_UNROLL = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,8 @@ def plan_chunks(spec: AttentionSpec, block_d: int, dv_split: int = 1) -> tuple[l
 
 
 def render_decode_kernel(spec: AttentionSpec, config: PortableConfig) -> str:
+    """The kernel's source; with config.fused_combine, the variant whose last program of a row block merges the
+    splits (its other kernels render as though the choice did not exist: tables tuned on them stay current)."""
     q_chunks, v_chunks, rope_chunk = plan_chunks(spec, config.block_d, config.dv_split)
     return render(
         TEMPLATE,
@@ -83,13 +89,18 @@ def render_decode_kernel(spec: AttentionSpec, config: PortableConfig) -> str:
         dv_part=dv_part_width(spec.head_dim_v, config.dv_split),
         head_dim_v=spec.head_dim_v,
         dot_precision=', input_precision="ieee"' if spec.dtype == "float32" else "",
+        fused_combine=bool(config.fused_combine),
+        merge_unroll=MERGE_UNROLL,
     )
 
 
 @functools.lru_cache(maxsize=256)
-def decode_kernel_module(spec: AttentionSpec, block_d: int, preload_q: bool, dv_split: int) -> ModuleType:
+def decode_kernel_module(spec: AttentionSpec, block_d: int, preload_q: bool, dv_split: int,
+                         fused_combine: bool = False) -> ModuleType:
     """The generated module for a spec and the template-level knobs of a config (cached)."""
-    config = PortableConfig(block_d=block_d, preload_q=preload_q, dv_split=dv_split)
+    # (two splits: a config of one split that fuses is the plain one)
+    config = PortableConfig(block_d=block_d, preload_q=preload_q, dv_split=dv_split, num_splits=2,
+                            fused_combine=fused_combine)
     return import_generated(render_decode_kernel(spec, config))
 
 
@@ -103,6 +114,7 @@ _VERSION_SPECS = (
     AttentionSpec.latent(128, 2, 256, 64, paged=True),
 )
 _VERSION_KNOBS = (PortableConfig(), PortableConfig(preload_q=False, dv_split=2))
+FUSED_COMBINE_VARIANT = "fused_combine"
 
 
 @functools.lru_cache(maxsize=None)
@@ -110,3 +122,17 @@ def portable_kernels_version() -> str:
     """Hash of the generated kernels over _VERSION_SPECS x _VERSION_KNOBS (tuned tables record it)."""
     return cached_kernels_version("portable", lambda: kernels_version(
         render_decode_kernel(spec, knobs) for spec in _VERSION_SPECS for knobs in _VERSION_KNOBS))
+
+
+@functools.lru_cache(maxsize=None)
+def fused_combine_kernels_version() -> str:
+    """The same over the fused-combine variant, which takes its split weights from combine_kernel.py (entries that
+    fuse record both)."""
+    def compute() -> str:
+        fused = [dataclasses.replace(knobs, num_splits=2, fused_combine=True) for knobs in _VERSION_KNOBS]
+        sources = [render_decode_kernel(spec, knobs) for spec in _VERSION_SPECS for knobs in fused]
+        # (read, not imported: triton must not load before the interpreter is chosen)
+        merge = Path(__file__).resolve().parent.parent / "common" / "combine_kernel.py"
+        return kernels_version([*sources, merge.read_text()])
+
+    return cached_kernels_version(f"portable+{FUSED_COMBINE_VARIANT}", compute)

@@ -56,16 +56,18 @@ import torch
 
 from ...spec import AttentionSpec
 from ..common.device_limits import DeviceLimits
+from ..common.tiles import next_power_of_two
 from .config import PortableConfig
-from .render import plan_chunks
+from .render import MERGE_UNROLL, plan_chunks
 
 # Tile parameters and the head-dim widths of the chunk plan (power-of-two padded), as sympy symbols.
 BLOCK_M, BLOCK_N, NUM_WARPS = sympy.symbols("block_m block_n num_warps", positive=True, integer=True)
 Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH = sympy.symbols(
     "q_width rope_width live_key_width loaded_width acc_width", nonnegative=True, integer=True)
-ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS, BUFFERS = sympy.symbols(
-    "element_bytes p_in_shared pipelined warpgroup_rows buffers", nonnegative=True, integer=True)
-# BUFFERS: shared-memory copies of a key block's loads in flight (pipeline_buffers)
+ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS, BUFFERS, FUSED, SPLITS_POW2 = sympy.symbols(
+    "element_bytes p_in_shared pipelined warpgroup_rows buffers fused splits_pow2", nonnegative=True, integer=True)
+# BUFFERS: shared-memory copies of a key block's loads in flight (pipeline_buffers); FUSED: 1 where the kernel merges
+# its splits itself (a fused combine), whose tail loads every split's LSE at once (SPLITS_POW2 per row)
 
 THREADS_PER_WARP = 32
 SPILL_TOLERANCE = 2.0
@@ -78,14 +80,18 @@ PIPELINED_KEY_TILES = (BLOCK_M * BLOCK_N + BUFFERS * BLOCK_N * LOADED_WIDTH
 SHARED_BYTES = ELEMENT_BYTES * (
     BLOCK_M * (Q_WIDTH + ROPE_WIDTH) + (1 - PIPELINED) * UNPIPELINED_KEY_TILES + PIPELINED * PIPELINED_KEY_TILES
 )
-REGISTERS_PER_THREAD = (
+REGISTERS_PER_THREAD = sympy.Max(
     BLOCK_M * ACC_WIDTH  # fp32 accumulators
     + BLOCK_M * BLOCK_N * (1 + ELEMENT_BYTES / 4)  # fp32 scores and the low-precision probabilities
-    + BLOCK_N * LOADED_WIDTH * ELEMENT_BYTES / 4  # one key block's K/V chunks between global and shared memory
+    + BLOCK_N * LOADED_WIDTH * ELEMENT_BYTES / 4,  # one key block's K/V chunks between global and shared memory
+    # A fused combine's tail, after the loop: the row block's fp32 merged outputs, the partials of the splits
+    # whose loads are in flight at once (the unrolled loop), and the block's split LSEs. (On sm_90, Triton 3.9,
+    # 16 rows on 4 warps: GTA 82-163 registers at 8-128 splits against 80 without; a 512-wide latent 193-255.)
+    FUSED * BLOCK_M * ((1 + MERGE_UNROLL) * ACC_WIDTH + SPLITS_POW2),
 ) / (THREADS_PER_WARP * NUM_WARPS) + REGISTER_BASE
 
 _SYMBOLS = (BLOCK_M, BLOCK_N, NUM_WARPS, Q_WIDTH, ROPE_WIDTH, LIVE_KEY_WIDTH, LOADED_WIDTH, ACC_WIDTH,
-            ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS, BUFFERS)
+            ELEMENT_BYTES, P_IN_SHARED, PIPELINED, WARPGROUP_ROWS, BUFFERS, FUSED, SPLITS_POW2)
 _shared_bytes = sympy.lambdify(_SYMBOLS, SHARED_BYTES, "math")
 _registers_per_thread = sympy.lambdify(_SYMBOLS, REGISTERS_PER_THREAD, "math")
 
@@ -158,7 +164,9 @@ def estimate_resources(spec: AttentionSpec, config: PortableConfig) -> ResourceE
                    ELEMENT_BYTES: element_bytes(spec),
                    PIPELINED: 1 if config.num_stages >= 2 else 0,  # one stage: no pipeline buffer (docstring)
                    WARPGROUP_ROWS: 1 if config.block_m >= 64 else 0,
-                   BUFFERS: pipeline_buffers(spec, config.num_stages)})
+                   BUFFERS: pipeline_buffers(spec, config.num_stages),
+                   FUSED: 1 if config.fused_combine and config.num_splits > 1 else 0,
+                   SPLITS_POW2: next_power_of_two(config.num_splits)})
     arguments = [values[symbol] for symbol in _SYMBOLS]
     return ResourceEstimate(
         shared_bytes=int(_shared_bytes(*arguments)),

@@ -42,16 +42,19 @@ def build_search_space(
     # Splitting the output dims only pays where the accumulator is wide; parts stay >= 32 columns.
     dv_split = [s for s in (1, 2, 4) if s == 1 or (spec.head_dim_v >= 128 and dv_part_width(spec.head_dim_v, s) >= 32)]
     num_warps = [4, 8] + ([16] if spec.head_dim_v >= 256 else [])
+    splits = split_choices(spec, shape, multiprocessors, top_m)
     choices = {
         "block_m": block_m,
         "block_n": block_n,
         "block_d": block_d,
         "dv_split": dv_split,
-        "num_splits": split_choices(spec, shape, multiprocessors, top_m),
+        "num_splits": splits,
         "num_warps": num_warps,
         # Paged: a key block gets one buffer at 2 to 4 stages, two at 5 (the page-table load takes the stages
         # between: pipeline_stages in config.py). Contiguous caches pipeline, deeper with small key blocks.
         "num_stages": [2, PAGED_TWO_BUFFER_STAGES] if spec.paged else [2, 3, 4],
         "preload_q": [False, True],
+        # The splits merged by the kernel's last program of a row block, or by a second launch (one split: neither).
+        "fused_combine": [False, True] if max(splits) > 1 else [False],
     }
     return include_configs(choices, include)
