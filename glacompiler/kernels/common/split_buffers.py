@@ -28,8 +28,8 @@ class SplitBuffers:
         self.merged_strides = (query_len * num_q_heads * head_dim_v, num_q_heads * head_dim_v, head_dim_v,
                                query_len * num_q_heads, num_q_heads, 1)
         if num_splits == 1:  # the kernel writes the outputs (contiguous), split stride 0
-            self.out_strides = (query_len * num_q_heads * head_dim_v, num_q_heads * head_dim_v, head_dim_v, 0)
-            self.lse_strides = (query_len * num_q_heads, num_q_heads, 1, 0)
+            self.out_strides = (*self.merged_strides[:3], 0)
+            self.lse_strides = (*self.merged_strides[3:], 0)
             return
         split_out, _, _, lse = self.allocate(q)
         self.out_strides = split_out.stride()[:4]

@@ -59,7 +59,7 @@ class PortableFamily(KernelFamily):
     def config_variants(self, config: PortableConfig, spec: AttentionSpec) -> tuple:
         from .render import FUSED_COMBINE_VARIANT
 
-        fuses = self.resolved_config(config, spec).fused_combine and config.num_splits > 1
+        fuses = self.resolved_config(config, spec).fused_combine  # (False with one split)
         return (f"{self.name}+{FUSED_COMBINE_VARIANT}",) if fuses else ()
 
     def search_space(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,

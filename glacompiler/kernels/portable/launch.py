@@ -137,7 +137,7 @@ class PortableLaunchPlan:
         # With a fused combine, the kernel's variant that merges (the family resolves an open choice); a graph traced
         # from this plan (compiler/rewrite/graph_launches.py) still takes the launches above and the combine: the
         # counts would be a tensor the graph did not allocate. The counts are made at the first call that runs.
-        self.fused = bool(config.fused_combine) and num_splits > 1
+        self.fused = bool(config.fused_combine)  # (False with one split: PortableConfig sees to it)
         self.split_counts: Optional[Tensor] = None
         self.count_slots = batch * grid[0]
         if self.fused:

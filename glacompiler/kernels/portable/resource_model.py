@@ -165,7 +165,7 @@ def estimate_resources(spec: AttentionSpec, config: PortableConfig) -> ResourceE
                    PIPELINED: 1 if config.num_stages >= 2 else 0,  # one stage: no pipeline buffer (docstring)
                    WARPGROUP_ROWS: 1 if config.block_m >= 64 else 0,
                    BUFFERS: pipeline_buffers(spec, config.num_stages),
-                   FUSED: 1 if config.fused_combine and config.num_splits > 1 else 0,
+                   FUSED: 1 if config.fused_combine else 0,  # (False with one split)
                    SPLITS_POW2: next_power_of_two(config.num_splits)})
     arguments = [values[symbol] for symbol in _SYMBOLS]
     return ResourceEstimate(
