@@ -11,6 +11,7 @@ With --grid it prints issue 13's grid instead (decode_grid.py): every kind at B1
 Lq 4 and B1 S64K, the op as users call it, kernel times by CUDA-graph replay over interleaved rounds, against the
 floor, SDPA (GQA) and FlashAttention-3 where `flash_attn_interface` imports:
     python benchmarks/bench_decode.py --grid [--rounds 3] [--neighbours] [--kinds mla,gla2,gla8,gta,gqa]
+--shapes 1x65536,32x4096 keeps the grid's rows of those batch x cache shapes (to finish a run a time limit cut).
 """
 from __future__ import annotations
 
@@ -134,11 +135,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="with --grid: interleaved rounds per row")
     parser.add_argument("--neighbours", action="store_true",
                         help="with --grid: every (B, S) of the grid at Lq 1, 2 and 4")
+    parser.add_argument("--shapes", default="",
+                        help="with --grid: only these BxS of it, comma-separated (1x65536,32x4096)")
     args = parser.parse_args()
     if args.grid:
         from decode_grid import run_grid
 
-        return run_grid(args.kinds.split(","), args.rounds, args.neighbours, args.page_size, args.json)
+        return run_grid(args.kinds.split(","), args.rounds, args.neighbours, args.page_size, args.json, args.shapes)
 
     device = torch.device("cuda")
     gpu = torch.cuda.get_device_name()

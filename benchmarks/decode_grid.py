@@ -37,12 +37,20 @@ from bench_decode import copy_bandwidth, matmul_rate, problem_cost
 ISSUE_ROWS = [(128, 8192, 1), (128, 8192, 2), (8, 32768, 1), (32, 4096, 4), (1, 65536, 1)]
 
 
-def grid_rows(neighbours: bool) -> list[tuple[int, int, int]]:
-    """ISSUE_ROWS, or with neighbours every (B, S) of it at Lq 1, 2 and 4."""
-    if not neighbours:
-        return list(ISSUE_ROWS)
-    shapes = dict.fromkeys((batch, length) for batch, length, _ in ISSUE_ROWS)
-    return [(batch, length, query_len) for batch, length in shapes for query_len in (1, 2, 4)]
+def grid_rows(neighbours: bool, shapes: str = "") -> list[tuple[int, int, int]]:
+    """ISSUE_ROWS, or with neighbours every (B, S) of it at Lq 1, 2 and 4; shapes ("1x65536,32x4096") keeps the rows
+    of those (B, S) only, so that a run can finish the rows an earlier one's time limit cut."""
+    rows = list(ISSUE_ROWS)
+    if neighbours:
+        pairs = dict.fromkeys((batch, length) for batch, length, _ in ISSUE_ROWS)
+        rows = [(batch, length, query_len) for batch, length in pairs for query_len in (1, 2, 4)]
+    if not shapes:
+        return rows
+    wanted = {tuple(int(x) for x in shape.split("x")) for shape in shapes.split(",")}
+    unknown = wanted - {(batch, length) for batch, length, _ in rows}
+    if unknown:
+        raise ValueError(f"shapes: {sorted(unknown)} not in the grid (BxS of {sorted(set(r[:2] for r in rows))})")
+    return [row for row in rows if row[:2] in wanted]
 
 
 def fa3_function():
@@ -153,7 +161,8 @@ def format_row(row: dict) -> str:
             f"{'; '.join(row['notes'])} |")
 
 
-def run_grid(kinds: list[str], rounds: int, neighbours: bool, page_size: int, json_path: str | None) -> None:
+def run_grid(kinds: list[str], rounds: int, neighbours: bool, page_size: int, json_path: str | None,
+             shapes: str = "") -> None:
     fa3 = fa3_function()
     bandwidth, flop_rate = copy_bandwidth(), matmul_rate()
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, glacompiler "
@@ -166,7 +175,7 @@ def run_grid(kinds: list[str], rounds: int, neighbours: bool, page_size: int, js
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for name in kinds:
-        for batch, length, query_len in grid_rows(neighbours):
+        for batch, length, query_len in grid_rows(neighbours, shapes):
             row = time_row(name, batch, length, query_len, page_size, rounds, fa3, bandwidth, flop_rate)
             results.append(row)
             print(format_row(row), flush=True)

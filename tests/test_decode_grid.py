@@ -74,6 +74,14 @@ def test_grid_rows_are_the_issues_and_their_neighbours():
     assert {q for _, _, q in rows} == {1, 2, 4}
 
 
+def test_grid_shapes_keep_those_rows_only():
+    assert decode_grid.grid_rows(True, "1x65536,32x4096") == [(32, 4096, 1), (32, 4096, 2), (32, 4096, 4),
+                                                              (1, 65536, 1), (1, 65536, 2), (1, 65536, 4)]
+    assert decode_grid.grid_rows(False, "8x32768") == [(8, 32768, 1)]
+    with pytest.raises(ValueError, match=r"shapes: \[\(2, 4096\)\] not in the grid"):
+        decode_grid.grid_rows(True, "2x4096")
+
+
 def test_a_baseline_that_computes_something_else_is_refused():
     ours = torch.randn(2, 1, 4, 8)
     assert decode_grid.check_agreement(ours + 1e-3, ours, "FA3") == pytest.approx(1e-3, rel=1e-3)
