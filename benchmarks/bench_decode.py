@@ -138,6 +138,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="",
                         help="with --grid: only these BxS of it, comma-separated (1x65536,32x4096)")
     args = parser.parse_args()
+    if args.shapes and not args.grid:
+        parser.error("--shapes selects rows of the grid: it needs --grid")
     if args.grid:
         from decode_grid import run_grid
 
