@@ -47,10 +47,11 @@ def grid_rows(neighbours: bool, shapes: str = "") -> list[tuple[int, int, int]]:
     if not shapes:
         return rows
     grid = {f"{batch}x{length}": (batch, length) for batch, length, _ in rows}
-    unknown = [shape for shape in shapes.split(",") if shape.strip() not in grid]
+    requested = [shape.strip() for shape in shapes.split(",")]
+    unknown = [shape for shape in requested if shape not in grid]
     if unknown:
         raise ValueError(f"shapes: {', '.join(map(repr, unknown))} not in the grid (its BxS: {', '.join(grid)})")
-    wanted = {grid[shape.strip()] for shape in shapes.split(",")}
+    wanted = {grid[shape] for shape in requested}
     return [row for row in rows if row[:2] in wanted]
 
 

@@ -85,7 +85,7 @@ def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: 
     programs = batch * spec.num_kv_heads * -(-rows // block_m)
     num_splits = default_num_splits(programs, capacity, block_n, multiprocessors,
                                     resident_programs(block_m, num_warps))
-    config = PortableConfig(
+    return PortableConfig(
         block_m=block_m,
         block_n=block_n,
         block_d=block_d,
@@ -93,10 +93,10 @@ def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: 
         num_warps=num_warps,
         num_stages=pipeline_stages(spec, block_n, num_splits),
         preload_q=preload_q,
+        # The separate combine launch: the fused merge pays only where the splits are few (benchmarks/RESULTS.md);
+        # the tuner weighs both.
+        fused_combine=False,
     )
-    # The separate combine launch: the fused merge pays only where the splits are few (benchmarks/RESULTS.md); the
-    # tuner weighs both.
-    return dataclasses.replace(config, fused_combine=False)
 
 
 def fused_combine_default(spec: AttentionSpec, config: PortableConfig) -> bool:
