@@ -50,6 +50,15 @@ def test_few_programs_over_a_long_cache_may_take_up_to_max_splits():
     assert heuristic_config(gta, 1, 65536, 1, 132).num_splits == HEURISTIC_MAX_SPLITS  # its longest useful
 
 
+@pytest.mark.parametrize("name", sorted(PAPER_SPECS))
+def test_two_warps_only_for_narrow_accumulators(name):
+    """2 warps is a choice for GQA/GTA-width values (128 columns or fewer), not for the latents' 256-512."""
+    spec = PAPER_SPECS[name]
+    space = build_search_space(spec, ProblemShape(batch=8, query_len=4, capacity=8192, page_size=64), 132)
+    assert (2 in space.values("num_warps")) == (spec.head_dim_v <= 128)
+    assert {4, 8} <= set(space.values("num_warps"))
+
+
 def test_portable_family_builds_the_same_space():
     shape = ProblemShape(batch=8, query_len=2, capacity=8192, page_size=64)
     default = PORTABLE.heuristic_config(GQA, shape, H100.multiprocessors)

@@ -41,7 +41,9 @@ class SyntheticKernel:
         for name in ("block_n", "block_d", "num_splits", "num_warps", "dv_split"):
             value *= 1 + 0.15 * abs(math.log2(getattr(config, name) / OPTIMUM[name]))
         value *= 1 + 0.08 * abs(config.num_stages - OPTIMUM["num_stages"])
-        return value * (1.0 if config.preload_q == OPTIMUM["preload_q"] else 1.1)
+        value *= 1.0 if config.preload_q == OPTIMUM["preload_q"] else 1.1
+        # A unique optimum: the separate combine (fused ties would let the search's order pick the winner).
+        return value * (1.05 if config.fused_combine else 1.0)
 
     @staticmethod
     def fails(config: PortableConfig) -> bool:
