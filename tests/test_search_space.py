@@ -50,10 +50,11 @@ def test_few_programs_over_a_long_cache_may_take_up_to_max_splits():
     assert heuristic_config(gta, 1, 65536, 1, 132).num_splits == HEURISTIC_MAX_SPLITS  # its longest useful
 
 
-@pytest.mark.parametrize("name", sorted(PAPER_SPECS))
-def test_two_warps_only_for_narrow_accumulators(name):
-    """2 warps is a choice for GQA/GTA-width values (128 columns or fewer), not for the latents' 256-512."""
-    spec = PAPER_SPECS[name]
+@pytest.mark.parametrize("spec", [*(PAPER_SPECS[name] for name in sorted(PAPER_SPECS)),
+                                  AttentionSpec.grouped(32, 8, 64), AttentionSpec.grouped(32, 8, 192)],
+                         ids=[*sorted(PAPER_SPECS), "gqa-d64", "gqa-d192"])
+def test_two_warps_only_for_narrow_accumulators(spec):
+    """2 warps is a choice for values of 128 columns or fewer (GQA, GTA), not for wider ones (d 192, latents)."""
     space = build_search_space(spec, ProblemShape(batch=8, query_len=4, capacity=8192, page_size=64), 132)
     assert (2 in space.values("num_warps")) == (spec.head_dim_v <= 128)
     assert {4, 8} <= set(space.values("num_warps"))

@@ -41,9 +41,9 @@ def build_search_space(
     block_d = _powers_of_two(32, min(MAX_BLOCK_D, max(32, next_power_of_two(widest))))
     # Splitting the output dims only pays where the accumulator is wide; parts stay >= 32 columns.
     dv_split = [s for s in (1, 2, 4) if s == 1 or (spec.head_dim_v >= 128 and dv_part_width(spec.head_dim_v, s) >= 32)]
-    # 2 warps: a 16-row tile on 4 warps splits the keys across warps, and every block's row max and sum then cross
-    # them through shared memory; on 2 warps GTA's decode ran up to 3% faster on an H200 (benchmarks/RESULTS.md).
-    # Wide accumulators (latents) would spill on 64 threads.
+    # 2 warps: a 16-row tile's keys are split over fewer warps, so every block's row max and sum cross less shared
+    # memory; on an H200 some GTA rows ran 1-3% faster, others up to 3% slower (benchmarks/RESULTS.md). Only for
+    # values of 128 columns or fewer: wider accumulators on 64 threads were not measured.
     num_warps = ([2] if spec.head_dim_v <= 128 else []) + [4, 8] + ([16] if spec.head_dim_v >= 256 else [])
     splits = split_choices(spec, shape, multiprocessors, top_m)
     choices = {
