@@ -130,3 +130,23 @@ def test_a_journal_is_resumed_only_under_the_same_timing_method(tmp_path):
     assert len(again.calls) < len(other_method.calls)
     default = heuristic_config(GQA, SHAPE.batch, SHAPE.capacity, SHAPE.query_len, SMALL_GPU.multiprocessors)
     assert other_method.calls[0][0] == default and result.evaluated >= 12
+
+
+def test_polish_moves_try_the_least_timed_values_first():
+    from glacompiler.kernels.common.search_space import SearchSpace
+    from glacompiler.tuning.study import polish_moves
+
+    space = SearchSpace((("block_n", (32, 64, 128)), ("num_splits", (1, 2, 4)), ("num_warps", (2, 4, 8)),
+                         ("preload_q", (False, True))))
+    best = {"block_n": 64, "num_splits": 2, "num_warps": 4, "preload_q": True}
+    # The search timed the tiles often and 2 warps never; 8 warps once.
+    timed = [dict(best, block_n=n, num_warps=w) for n in (32, 128) for w in (4, 4, 8 if n == 32 else 4)]
+    moves = polish_moves(space, best, timed)
+    changed = [next((name, value) for name, value in move.items() if best[name] != value) for move in moves]
+    assert changed[0] == ("num_warps", 2)
+    assert changed[1] == ("preload_q", False)
+    assert changed[2] == ("num_warps", 8)
+    # Every one-knob move but the split count's, each once, and nothing else changed.
+    assert sorted(changed, key=repr) == sorted([("block_n", 32), ("block_n", 128), ("num_warps", 2), ("num_warps", 8),
+                                                ("preload_q", False)], key=repr)
+    assert all(sum(move[name] != best[name] for name in best) == 1 for move in moves)
