@@ -150,3 +150,8 @@ def test_polish_moves_try_the_least_timed_values_first():
     assert sorted(changed, key=repr) == sorted([("block_n", 32), ("block_n", 128), ("num_warps", 2), ("num_warps", 8),
                                                 ("preload_q", False)], key=repr)
     assert all(sum(move[name] != best[name] for name in best) == 1 for move in moves)
+    # Ties keep the knobs' order (block_n's two moves, tried 3 times each, last); a best value outside the space
+    # (a seeded config) gives its knob no move.
+    assert changed[3:] == [("block_n", 32), ("block_n", 128)]
+    outside = polish_moves(space, dict(best, num_warps=16), timed)
+    assert all(move["num_warps"] == 16 for move in outside) and len(outside) == 3

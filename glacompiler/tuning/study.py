@@ -342,24 +342,25 @@ def _polish(study, space: SearchSpace, optimize, report, trial_budget: int) -> N
         if left <= 0 or not complete:
             return
         best = min(complete, key=lambda t: t.value)
-        timed = [t.params for t in _trials(study) if t.user_attrs.get("evaluated")]
-        if not _evaluate_untried(study, polish_moves(space, best.params, timed), optimize, report, best, limit=left):
+        tried = [t.params for t in _trials(study) if t.user_attrs.get("evaluated")]
+        if not _evaluate_untried(study, polish_moves(space, best.params, tried), optimize, report, best, limit=left):
             return
 
 
-def polish_moves(space: SearchSpace, best: dict, timed: Sequence[dict]) -> list:
+def polish_moves(space: SearchSpace, best: dict, tried: Sequence[dict]) -> list:
     """The one-knob moves from best (every knob but the split count, one step each way), the values the search
-    has timed least often first: a budget that covers only some moves spends it where the study knows least.
-    (In the knobs' listed order, the 4 polish trials of a 16-trial study went to the tile's moves and never
-    reached the warps', though 2 warps was the best config of some H200 buckets.)"""
+    has tried (evaluated: timed, pruned as slow or failed) least often first: a budget that covers only some moves
+    spends it where the study knows least. (In the knobs' listed order, the 4 polish trials of a 16-trial study
+    went first to the tile's moves; in this order, retunes of GTA B8 S32K and B1 S64K Lq 4 on an H200 reached 2
+    warps, their best, which the listed order's retunes had not.)"""
     moves = []
     for name, values in space.choices:
         if name == "num_splits" or best[name] not in values:
             continue
         index = values.index(best[name])
         moves += [(name, values[i]) for i in (index - 1, index + 1) if 0 <= i < len(values)]
-    times_timed = {move: sum(1 for params in timed if params.get(move[0]) == move[1]) for move in moves}
-    moves.sort(key=lambda move: times_timed[move])  # (stable: ties keep the knobs' order)
+    times_tried = {move: sum(1 for params in tried if params.get(move[0]) == move[1]) for move in moves}
+    moves.sort(key=lambda move: times_tried[move])  # (stable: ties keep the knobs' order)
     return [dict(best, **{name: value}) for name, value in moves]
 
 
