@@ -132,16 +132,16 @@ def test_a_journal_is_resumed_only_under_the_same_timing_method(tmp_path):
     assert other_method.calls[0][0] == default and result.evaluated >= 12
 
 
-def test_polish_moves_try_the_least_timed_values_first():
+def test_polish_moves_try_the_least_tried_values_first():
     from glacompiler.kernels.common.search_space import SearchSpace
     from glacompiler.tuning.study import polish_moves
 
     space = SearchSpace((("block_n", (32, 64, 128)), ("num_splits", (1, 2, 4)), ("num_warps", (2, 4, 8)),
                          ("preload_q", (False, True))))
     best = {"block_n": 64, "num_splits": 2, "num_warps": 4, "preload_q": True}
-    # The search timed the tiles often and 2 warps never; 8 warps once.
-    timed = [dict(best, block_n=n, num_warps=w) for n in (32, 128) for w in (4, 4, 8 if n == 32 else 4)]
-    moves = polish_moves(space, best, timed)
+    # The search tried the tiles often and 2 warps never; 8 warps once.
+    tried = [dict(best, block_n=n, num_warps=w) for n in (32, 128) for w in (4, 4, 8 if n == 32 else 4)]
+    moves = polish_moves(space, best, tried)
     changed = [next((name, value) for name, value in move.items() if best[name] != value) for move in moves]
     assert changed[0] == ("num_warps", 2)
     assert changed[1] == ("preload_q", False)
@@ -153,5 +153,5 @@ def test_polish_moves_try_the_least_timed_values_first():
     # Ties keep the knobs' order (block_n's two moves, tried 3 times each, last); a best value outside the space
     # (a seeded config) gives its knob no move.
     assert changed[3:] == [("block_n", 32), ("block_n", 128)]
-    outside = polish_moves(space, dict(best, num_warps=16), timed)
+    outside = polish_moves(space, dict(best, num_warps=16), tried)
     assert all(move["num_warps"] == 16 for move in outside) and len(outside) == 3
