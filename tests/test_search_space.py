@@ -104,8 +104,8 @@ def test_hopper_space_takes_a_config_with_open_choices_as_it_runs():
 
 def test_heuristic_pipelines_small_contiguous_key_blocks_deeper():
     """num_stages 4 where one program walks a whole contiguous cache of head dim 64 or 128, 3 where a cache of head
-    dim 64 is split, 2 for wider key blocks and for paged caches but GTA's, 5 (two buffers) for paged GTA in 2-byte
-    elements (H200 measurements: pipeline_stages)."""
+    dim 64 is split and for contiguous GTA, 2 for wider key blocks and for paged caches but GTA's, 5 (two buffers)
+    for paged GTA in 2-byte elements (H200 measurements: pipeline_stages)."""
     small, wide = AttentionSpec.grouped(32, 8, 64), AttentionSpec.grouped(32, 8, 128)
     whole = heuristic_config(small, 64, 4096, 1, H100.multiprocessors)
     split = heuristic_config(small, 1, 65536, 1, H100.multiprocessors)
@@ -119,10 +119,15 @@ def test_heuristic_pipelines_small_contiguous_key_blocks_deeper():
     assert wide_split.num_splits > 1 and wide_split.num_stages == 2
     assert pipeline_stages(wide, block_n=128, num_splits=1) == 2  # 64 KiB blocks
     assert heuristic_config(small.with_storage(dtype="float32"), 64, 4096, 1, H100.multiprocessors).num_stages == 2
-    # Contiguous tied layouts keep 2 stages (not measured deeper), small ones included.
+    # Contiguous GTA: 3 stages in 2-byte elements, split or not, small heads included; fp32 GTA and contiguous
+    # latents (tied too) keep 2.
     gta = AttentionSpec.grouped_tied(16, 4, 128, 64)
-    assert pipeline_stages(AttentionSpec.grouped_tied(16, 4, 64, 32), block_n=64, num_splits=1) == 2
-    assert pipeline_stages(gta, block_n=64, num_splits=1) == 2
+    assert pipeline_stages(AttentionSpec.grouped_tied(16, 4, 64, 32), block_n=64, num_splits=1) == 3
+    assert heuristic_config(gta, 64, 8192, 1, H100.multiprocessors).num_stages == 3
+    long_gta = heuristic_config(gta, 1, 65536, 1, H100.multiprocessors)
+    assert long_gta.num_splits > 1 and long_gta.num_stages == 3
+    assert pipeline_stages(gta.with_storage(dtype="float32"), block_n=64, num_splits=1) == 2
+    assert pipeline_stages(AttentionSpec.latent(16, 1, 128, 64), block_n=64, num_splits=1) == 2
     # Paged: GTA takes two buffers of a key block; GQA, latents and fp32 GTA keep one.
     assert heuristic_config(gta.with_storage(paged=True), 32, 4096, 4, H100.multiprocessors).num_stages == 5
     assert pipeline_stages(gta.with_storage(paged=True, dtype="float32"), block_n=64, num_splits=1) == 2

@@ -123,15 +123,18 @@ def pipeline_stages(spec: AttentionSpec, block_n: int, num_splits: int) -> int:
     whose shared memory is too small for 4 steps down at launch. Paged caches: GTA's tied blocks (128 + 64 wide,
     64 keys) took 3-9% less time with two buffers (5 stages) than with one (2) on 7 of issue 13's 8 grid rows,
     GQA's (head dim 128, K and V) 10-17% more at the same tile: its blocks are larger, and the buffers cost it
-    programs per SM (benchmarks/logs/paged_stages_probe_h200.txt). Latent layouts keep 2 until measured, as do
-    contiguous tied ones (the sparse pass of a masked tied kernel keeps one tile out of the pipeline)."""
+    programs per SM (benchmarks/logs/paged_stages_probe_h200.txt). Contiguous GTA caches (tied 128 + 64, bf16, the
+    layout of transformers' StaticCache) took 2.5-24% less time with 3 stages than with 2 on the heuristic's
+    tiles at issue 13's grid shapes (Lq 1 and 4) and at B64 S8K, and up to 34% more with 4 or 5
+    (benchmarks/logs/gta_contiguous_stages_h200.txt). Latent layouts keep 2 until measured."""
     block_bytes = block_n * (spec.head_dim_k + spec.head_dim_v + spec.rope_dim) * spec.torch_dtype.itemsize
     if spec.paged:
         # Two-byte elements only: the two buffers of an fp32 block would pass the shared memory of smaller GPUs.
         two_buffers = spec.kind == "gta" and spec.head_dim_v < 256 and spec.torch_dtype.itemsize == 2
         return PAGED_TWO_BUFFER_STAGES if two_buffers else 2
     if spec.tied:
-        return 2
+        # (fp32's blocks and the latents' were not measured deeper)
+        return 3 if spec.kind == "gta" and spec.head_dim_v < 256 and spec.torch_dtype.itemsize == 2 else 2
     if num_splits == 1 and (block_bytes <= DEEP_PIPELINE_TILE_BYTES or (
             spec.torch_dtype.itemsize == 2 and block_bytes <= WHOLE_CACHE_DEEP_PIPELINE_TILE_BYTES)):
         return 4  # (fp32's 32 KiB blocks were not measured deeper)
