@@ -119,14 +119,18 @@ def test_heuristic_pipelines_small_contiguous_key_blocks_deeper():
     assert wide_split.num_splits > 1 and wide_split.num_stages == 2
     assert pipeline_stages(wide, block_n=128, num_splits=1) == 2  # 64 KiB blocks
     assert heuristic_config(small.with_storage(dtype="float32"), 64, 4096, 1, H100.multiprocessors).num_stages == 2
-    # Contiguous GTA: 3 stages in 2-byte elements, split or not, small heads included; fp32 GTA and contiguous
-    # latents (tied too) keep 2.
+    # Contiguous GTA up to 255 wide: 3 stages in 2-byte elements, split or not, small heads included; fp32 GTA,
+    # wider tied states and contiguous latents (tied too) keep 2.
     gta = AttentionSpec.grouped_tied(16, 4, 128, 64)
     assert pipeline_stages(AttentionSpec.grouped_tied(16, 4, 64, 32), block_n=64, num_splits=1) == 3
     assert heuristic_config(gta, 64, 8192, 1, H100.multiprocessors).num_stages == 3
     long_gta = heuristic_config(gta, 1, 65536, 1, H100.multiprocessors)
     assert long_gta.num_splits > 1 and long_gta.num_stages == 3
+    whole_gta = heuristic_config(gta, 128, 8192, 1, H100.multiprocessors)
+    assert (whole_gta.num_splits, whole_gta.num_stages) == (1, 3)
+    assert pipeline_stages(gta.with_storage(dtype="float16"), block_n=64, num_splits=1) == 3
     assert pipeline_stages(gta.with_storage(dtype="float32"), block_n=64, num_splits=1) == 2
+    assert pipeline_stages(AttentionSpec.grouped_tied(16, 4, 256, 64), block_n=32, num_splits=1) == 2
     assert pipeline_stages(AttentionSpec.latent(16, 1, 128, 64), block_n=64, num_splits=1) == 2
     # Paged: GTA takes two buffers of a key block; GQA, latents and fp32 GTA keep one.
     assert heuristic_config(gta.with_storage(paged=True), 32, 4096, 4, H100.multiprocessors).num_stages == 5

@@ -119,14 +119,17 @@ def pipeline_stages(spec: AttentionSpec, block_n: int, num_splits: int) -> int:
     """Software pipeline depth. On an H200, contiguous GQA/MHA caches of head dim 64 in bf16 (K and V: 16 KiB a
     64-key block) took 2-19% less time with 3 stages than with 2, and up to 25% less with 4 where one program
     walks its sequence's whole cache (no KV split); head dim 128 took up to 14% more with 3 where the cache is
-    split, but 15% less with 4 where it is not (B128 S8K: 959 us against 1122; benchmarks/RESULTS.md); a GPU
-    whose shared memory is too small for 4 steps down at launch. Paged caches: GTA's tied blocks (128 + 64 wide,
+    split, but 15% less with 4 where it is not (B128 S8K: 959 us against 1122; benchmarks/RESULTS.md); on a GPU
+    whose shared memory is too small, an op call steps the stages down at launch (a graph whose Inductor-launched
+    kernel fails to compile is compiled again with op calls). Paged caches: GTA's tied blocks (128 + 64 wide,
     64 keys) took 3-9% less time with two buffers (5 stages) than with one (2) on 7 of issue 13's 8 grid rows,
     GQA's (head dim 128, K and V) 10-17% more at the same tile: its blocks are larger, and the buffers cost it
     programs per SM (benchmarks/logs/paged_stages_probe_h200.txt). Contiguous GTA caches (tied 128 + 64, bf16, the
     layout of transformers' StaticCache) took 2.5-24% less time with 3 stages than with 2 on the heuristic's
-    tiles at issue 13's grid shapes (Lq 1 and 4) and at B64 S8K, and up to 34% more with 4 or 5
-    (benchmarks/logs/gta_contiguous_stages_h200.txt). Latent layouts keep 2 until measured."""
+    16-row tiles at issue 13's grid shapes (Lq 1 and 4) and at B64 S8K, and 0.4-34% more with 4 or 5 than with 3
+    (benchmarks/logs/gta_contiguous_stages_h200.txt); not measured: fp16, 64-row tiles (Lq 16: 3 stages leave
+    an H200 SM two programs, not three), a masked call's sparse pass (maskless only was timed). Latent layouts
+    keep 2 until measured."""
     block_bytes = block_n * (spec.head_dim_k + spec.head_dim_v + spec.rope_dim) * spec.torch_dtype.itemsize
     if spec.paged:
         # Two-byte elements only: the two buffers of an fp32 block would pass the shared memory of smaller GPUs.
