@@ -118,11 +118,23 @@ def launch_plans_hash() -> str:
     return hasher.hexdigest()[:16]
 
 
-def _as_passes(configured) -> tuple:
+def as_passes(configured) -> tuple:
     """Inductor's custom-pass settings take None, a pass, or a list of passes."""
     if configured is None:
         return ()
     return tuple(configured) if isinstance(configured, (list, tuple)) else (configured,)
+
+
+def chained_uuids(configured) -> Optional[str]:
+    """The uuids of the passes chained after one of ours, as one string; None where one of them has none (Inductor
+    then caches nothing, as it would for that pass alone)."""
+    ids = []
+    for chained in as_passes(configured):
+        chained_id = chained.uuid() if isinstance(chained, CustomGraphPass) else None
+        if chained_id is None:
+            return None
+        ids.append(repr(chained_id))
+    return f"[{','.join(ids)}]"
 
 
 class AttentionRewritePass(CustomGraphPass):
@@ -157,7 +169,7 @@ class AttentionRewritePass(CustomGraphPass):
             raise GlaPassError(str(error)) from error
         add_records(records)
         self.records.extend(records)
-        for chained in _as_passes(self.chained):
+        for chained in as_passes(self.chained):
             chained(graph)
 
     def _run(self, graph: fx.Graph, records: list) -> None:
@@ -236,12 +248,9 @@ class AttentionRewritePass(CustomGraphPass):
         the pass's output (its sources, the op schemas, the options, the user pass chained after ours).
         The graph's name is left out: it only labels records, which the backend restores on a cache hit
         (record_store.py). None (no caching) when a chained user pass has no uuid of its own."""
-        chained_ids = []
-        for chained in _as_passes(self.chained):
-            chained_id = chained.uuid() if isinstance(chained, CustomGraphPass) else None
-            if chained_id is None:
-                return None
-            chained_ids.append(repr(chained_id))
+        chained = chained_uuids(self.chained)
+        if chained is None:
+            return None
         launches = (f" graph_launches={launch_plans_hash()} latent_rows_in_graph={self.latent_rows_in_graph}"
                     if self.graph_launches else "")
-        return f"glacompiler {pass_source_hash()} rewrite={self.rewrite}{launches} chained=[{','.join(chained_ids)}]"
+        return f"glacompiler {pass_source_hash()} rewrite={self.rewrite}{launches} chained={chained}"

@@ -15,6 +15,7 @@ from torch._inductor.compile_fx import compile_fx
 
 from torch._dynamo.utils import counters
 
+from .concat_projections import with_projection_concat
 from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
 from .glue_wrapper_build import install as build_gpu_glue_minimally, wrapper_picks_isa
 from .inductor_guard import inductor_attention_fusion_disabled
@@ -78,7 +79,9 @@ class GlaBackend:
         torch 2.11): the backend runs the probes concurrently and remembers passing ones across processes
         (isa_probe_memo.py). A CUDA graph's wrapper is glue, built at -O1 and without the ISA
         (glue_wrapper_build.py), as torch 2.13 builds it.
-    inductor_config: extra Inductor config patches (they win over the options above).
+    inductor_config: extra Inductor config patches (they win over the options above). Not freezing: Dynamo keeps the
+        parameters as constants only where torch._inductor.config.freezing is on while it traces (the backend
+        warns). Where it is, projections of one input are fused into one GEMM (concat_projections.py).
     graph_launches: where a site's kernels are plain Triton (the portable family: GQA, MHA, GTA, and MLA/GLA
         off Hopper), Inductor launches them from its own wrapper instead of calling the op
         (rewrite/graph_launches.py): a few us of host time a site instead of about 40. None (the default) turns
@@ -102,6 +105,7 @@ class GlaBackend:
         self.inductor_config = dict(inductor_config or {})
         self.graph_launches = (not autotune) if graph_launches is None else graph_launches
         self.latent_in_graph = True if latent_in_graph is None else bool(latent_in_graph)
+        self._warned_freezing = False
         if latent_in_graph and (cudagraphs or not self.graph_launches):
             warnings.warn("glacompiler: latent_in_graph takes effect only with graph_launches and without CUDA "
                           "graphs; it is ignored here", RuntimeWarning, stacklevel=3)
@@ -131,7 +135,12 @@ class GlaBackend:
         remember_isa_probes()  # before Inductor picks the host's ISA (isa_probe_memo.py)
         memoize_kernel_analysis()  # our launch nodes' TTIR, once per specialisation (kernel_analysis_memo.py)
         build_gpu_glue_minimally()  # a GPU graph's C++ wrapper at -O1 and without the host's ISA, as torch 2.13
-        patches = self.config_patches(example_inputs)
+        patches = with_projection_concat(self.config_patches(example_inputs))  # (a frozen graph's GEMMs)
+        if self.inductor_config.get("freezing") and not torch._inductor.config.freezing and not self._warned_freezing:
+            self._warned_freezing = True
+            warnings.warn("glacompiler: freezing in inductor_config reaches Inductor after Dynamo has made the "
+                          "parameters graph inputs, so they are not frozen; set torch._inductor.config.freezing = "
+                          "True before torch.compile traces", RuntimeWarning, stacklevel=2)
         # Where this graph builds C++ that needs the host's ISA, Inductor is about to probe it: let the probes
         # overlap. A CUDA graph's C++ wrapper is glue, built without one where glue_wrapper_build.py sees to it.
         probe_isas_concurrently(patches, any(isinstance(t, torch.Tensor) and t.device.type == "cpu"
