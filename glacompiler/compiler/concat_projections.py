@@ -13,17 +13,23 @@ nothing changes (concatenating them would copy them every step).
 """
 from __future__ import annotations
 
+import logging
 import operator
 from typing import Optional
 
 import torch
 from torch import fx
 from torch._dynamo.utils import counters
+from torch._inductor import custom_graph_pass
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from .graph_pass import as_passes, chained_uuids, pass_source_hash
+from .graph_pass import as_passes
+
+# Inductor passes is_inference to a pass of this kind (torch 2.13 on); torch 2.11 has none.
+_InferenceAwarePass = getattr(custom_graph_pass, "CustomInferenceAwareGraphPass", CustomGraphPass)
 
 aten = torch.ops.aten
+LOGGER = logging.getLogger("glacompiler")
 
 
 def _frozen(node) -> bool:
@@ -31,19 +37,19 @@ def _frozen(node) -> bool:
 
 
 def _projection(node: fx.Node) -> Optional[tuple]:
-    """(input, weight, bias or None) of an mm / addmm over a frozen [K, N] weight (and a frozen [N] bias)."""
+    """(input, weight, bias or None) of an mm / addmm over a frozen [K, N] weight (and a frozen [N] bias), else None."""
     if node.op != "call_function" or node.kwargs:
         return None  # (addmm with beta / alpha: left alone)
     if node.target is aten.mm.default and len(node.args) == 2:
         (inp, weight), bias = node.args, None
     elif node.target is aten.addmm.default and len(node.args) == 3:
         bias, inp, weight = node.args
-        if not (_frozen(bias) and bias.meta["val"].dim() == 1):
-            return None
     else:
         return None
     if not (_frozen(weight) and weight.meta["val"].dim() == 2 and isinstance(inp, fx.Node)):
         return None
+    if bias is not None and not (_frozen(bias) and tuple(bias.meta["val"].shape) == (weight.meta["val"].shape[1],)):
+        return None  # (a bias that broadcasts, [1], cannot be concatenated)
     return inp, weight, bias
 
 
@@ -65,33 +71,41 @@ def _fresh_attribute(module: torch.nn.Module, value: torch.Tensor) -> str:
     while hasattr(module, f"_gla_projections{index}"):
         index += 1
     name = f"_gla_projections{index}"
-    module.register_buffer(name, value)  # (as freezing registers its constants)
+    module.register_buffer(name, value)
     return name
 
 
 def _fuse(graph: fx.Graph, module: torch.nn.Module, nodes: list) -> None:
-    """One GEMM for `nodes` (mm or addmm of one input, in graph order), its outputs split back."""
+    """One GEMM for `nodes` (mm or addmm of one input, in graph order), its outputs split back. Every value is made
+    before the graph changes: an error leaves it as it was."""
     projections = [_projection(node) for node in nodes]
     inp = projections[0][0]
     weights = [_attribute(module, weight.target) for _, weight, _ in projections]
     sizes = [w.shape[1] for w in weights]
+    weight = _concatenated_weight(weights)
+    bias = None if projections[0][2] is None else torch.cat([_attribute(module, b.target) for _, _, b in projections])
     fake_mode = nodes[0].meta["val"].fake_mode
-    weight_name = _fresh_attribute(module, _concatenated_weight(weights))
-    with_bias = projections[0][2] is not None
-    if with_bias:
-        bias_name = _fresh_attribute(module, torch.cat([_attribute(module, b.target) for _, _, b in projections]))
+    # (static shapes: the constants' sizes are not the graph's symbols)
+    fake_weight = fake_mode.from_tensor(weight, static_shapes=True)
+    fake_bias = None if bias is None else fake_mode.from_tensor(bias, static_shapes=True)
+    with fake_mode:
+        if bias is None:
+            fake_product = aten.mm.default(inp.meta["val"], fake_weight)
+        else:
+            fake_product = aten.addmm.default(fake_bias, inp.meta["val"], fake_weight)
+        parts = aten.split_with_sizes.default(fake_product, sizes, 1)
+    weight_name = _fresh_attribute(module, weight)
+    bias_name = None if bias is None else _fresh_attribute(module, bias)
     with graph.inserting_before(nodes[0]):
         weight_node = graph.get_attr(weight_name)
-        weight_node.meta["val"] = fake_mode.from_tensor(_attribute(module, weight_name))
-        if with_bias:
-            bias_node = graph.get_attr(bias_name)
-            bias_node.meta["val"] = fake_mode.from_tensor(_attribute(module, bias_name))
-            product = graph.call_function(aten.addmm.default, (bias_node, inp, weight_node))
-        else:
+        weight_node.meta["val"] = fake_weight
+        if bias_name is None:
             product = graph.call_function(aten.mm.default, (inp, weight_node))
-        with fake_mode:
-            product.meta["val"] = product.target(*(a.meta["val"] for a in product.args))
-            parts = aten.split_with_sizes.default(product.meta["val"], sizes, 1)
+        else:
+            bias_node = graph.get_attr(bias_name)
+            bias_node.meta["val"] = fake_bias
+            product = graph.call_function(aten.addmm.default, (bias_node, inp, weight_node))
+        product.meta["val"] = fake_product
         split = graph.call_function(aten.split_with_sizes.default, (product, sizes, 1))
         split.meta["val"] = list(parts)
         for index, node in enumerate(nodes):
@@ -118,26 +132,40 @@ def concat_projections(graph: fx.Graph) -> int:
         groups.setdefault(key, []).append(node)
     removed = 0
     for nodes in groups.values():
-        if len(nodes) > 1:
+        if len(nodes) < 2:
+            continue
+        try:
             _fuse(graph, module, nodes)
-            removed += len(nodes) - 1
+        except Exception as error:  # (a group this pass cannot fuse stays as it was: the compile goes on)
+            from .graph_pass import strict_mode
+
+            if strict_mode():
+                raise
+            LOGGER.warning("glacompiler: %d projections of %s left unfused (%r)", len(nodes), nodes[0].args, error)
+            continue
+        removed += len(nodes) - 1
     return removed
 
 
-class ProjectionConcatPass(CustomGraphPass):
+class ProjectionConcatPass(_InferenceAwarePass):
     """concat_projections as Inductor's post_grad_custom_pre_pass, then the pass the user had set there."""
 
     def __init__(self, chained: Optional[object] = None):
         self.chained = chained
 
-    def __call__(self, graph: fx.Graph) -> None:
+    def __call__(self, graph: fx.Graph, is_inference: Optional[bool] = None) -> None:
         counters["glacompiler"]["projections_concatenated"] += concat_projections(graph)
         for chained in as_passes(self.chained):
-            chained(graph)
+            if _InferenceAwarePass is not CustomGraphPass and isinstance(chained, _InferenceAwarePass):
+                chained(graph, is_inference=is_inference)
+            else:
+                chained(graph)
 
     def uuid(self) -> Optional[str]:
-        chained = chained_uuids(self.chained)
-        return None if chained is None else f"glacompiler concat_projections {pass_source_hash()} chained={chained}"
+        # None: Inductor's FX-graph cache is bypassed for the graphs this pass runs on. The cache key is made before
+        # post-grad passes, and Inductor's own frozen constants enter it by shape only, fetched again from the model
+        # on a hit; ours would be pickled into the entry: another model of the same shapes would get these weights.
+        return None
 
 
 def with_projection_concat(patches: dict) -> dict:

@@ -80,8 +80,9 @@ class GlaBackend:
         (isa_probe_memo.py). A CUDA graph's wrapper is glue, built at -O1 and without the ISA
         (glue_wrapper_build.py), as torch 2.13 builds it.
     inductor_config: extra Inductor config patches (they win over the options above). Not freezing: Dynamo keeps the
-        parameters as constants only where torch._inductor.config.freezing is on while it traces (the backend
-        warns). Where it is, projections of one input are fused into one GEMM (concat_projections.py).
+        parameters as module attributes, which Inductor's freezing makes constants, only where
+        torch._inductor.config.freezing is on (under no_grad) when it traces (the backend warns). Where it is,
+        projections of one input are fused into one GEMM (concat_projections.py).
     graph_launches: where a site's kernels are plain Triton (the portable family: GQA, MHA, GTA, and MLA/GLA
         off Hopper), Inductor launches them from its own wrapper instead of calling the op
         (rewrite/graph_launches.py): a few us of host time a site instead of about 40. None (the default) turns
@@ -136,7 +137,8 @@ class GlaBackend:
         memoize_kernel_analysis()  # our launch nodes' TTIR, once per specialisation (kernel_analysis_memo.py)
         build_gpu_glue_minimally()  # a GPU graph's C++ wrapper at -O1 and without the host's ISA, as torch 2.13
         patches = with_projection_concat(self.config_patches(example_inputs))  # (a frozen graph's GEMMs)
-        if self.inductor_config.get("freezing") and not torch._inductor.config.freezing and not self._warned_freezing:
+        if (self.inductor_config.get("freezing") and not torch._inductor.config.freezing and not self._warned_freezing
+                and not torch._dynamo.config.prepare_freezing):  # (that one keeps the parameters as attributes)
             self._warned_freezing = True
             warnings.warn("glacompiler: freezing in inductor_config reaches Inductor after Dynamo has made the "
                           "parameters graph inputs, so they are not frozen; set torch._inductor.config.freezing = "
