@@ -8,8 +8,9 @@ never q with k and v of GQA); torch 2.13 asks only for the same input width. Thi
 that on any torch: mm / addmm nodes of one input whose weights (and biases) are frozen constants of the same input
 width, dtype and device become one GEMM over the weights concatenated at compile time, split back into the
 original outputs. The concatenated copy is held beside the model's weights, as Inductor's own concatenation's is
-(Inductor's freezing_discard_parameters frees the model's). Without freezing the weights are graph inputs and
-nothing changes (concatenating them would copy them every step).
+(Inductor's freezing_discard_parameters frees the model's), and a group's outputs are all made where its first
+GEMM was (projections of one input far apart in the graph are held from there). Without freezing the weights are
+graph inputs and nothing changes (concatenating them would copy them every step).
 """
 from __future__ import annotations
 
