@@ -125,18 +125,6 @@ def as_passes(configured) -> tuple:
     return tuple(configured) if isinstance(configured, (list, tuple)) else (configured,)
 
 
-def chained_uuids(configured) -> Optional[str]:
-    """The uuids of the passes chained after one of ours, as one string; None where one of them has none (Inductor
-    then caches nothing, as it would for that pass alone)."""
-    ids = []
-    for chained in as_passes(configured):
-        chained_id = chained.uuid() if isinstance(chained, CustomGraphPass) else None
-        if chained_id is None:
-            return None
-        ids.append(repr(chained_id))
-    return f"[{','.join(ids)}]"
-
-
 class AttentionRewritePass(CustomGraphPass):
     def __init__(self, rewrite: bool = True, chained: Optional[object] = None, graph_name: str = "",
                  graph_launches: bool = False, latent_rows_in_graph: int = 0):
@@ -248,9 +236,12 @@ class AttentionRewritePass(CustomGraphPass):
         the pass's output (its sources, the op schemas, the options, the user pass chained after ours).
         The graph's name is left out: it only labels records, which the backend restores on a cache hit
         (record_store.py). None (no caching) when a chained user pass has no uuid of its own."""
-        chained = chained_uuids(self.chained)
-        if chained is None:
-            return None
+        chained_ids = []
+        for chained in as_passes(self.chained):
+            chained_id = chained.uuid() if isinstance(chained, CustomGraphPass) else None
+            if chained_id is None:
+                return None
+            chained_ids.append(repr(chained_id))
         launches = (f" graph_launches={launch_plans_hash()} latent_rows_in_graph={self.latent_rows_in_graph}"
                     if self.graph_launches else "")
-        return f"glacompiler {pass_source_hash()} rewrite={self.rewrite}{launches} chained={chained}"
+        return f"glacompiler {pass_source_hash()} rewrite={self.rewrite}{launches} chained=[{','.join(chained_ids)}]"
