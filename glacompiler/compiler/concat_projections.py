@@ -24,7 +24,7 @@ from torch._dynamo.utils import counters
 from torch._inductor import custom_graph_pass
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from .graph_pass import as_passes
+from .graph_pass import as_passes, strict_mode
 
 # Inductor passes is_inference to a pass of this kind (torch 2.13 on); torch 2.11 has none.
 _InferenceAwarePass = getattr(custom_graph_pass, "CustomInferenceAwareGraphPass", CustomGraphPass)
@@ -138,11 +138,9 @@ def concat_projections(graph: fx.Graph) -> int:
         try:
             _fuse(graph, module, nodes)
         except Exception as error:  # (a group this pass cannot fuse stays as it was: the compile goes on)
-            from .graph_pass import strict_mode
-
             if strict_mode():
                 raise
-            LOGGER.warning("glacompiler: %d projections of %s left unfused (%r)", len(nodes), nodes[0].args, error)
+            LOGGER.warning("glacompiler: projections %s left unfused (%r)", [node.name for node in nodes], error)
             continue
         removed += len(nodes) - 1
     return removed
