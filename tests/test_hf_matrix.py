@@ -32,6 +32,9 @@ LLAMA_LIKE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num
                   num_key_value_heads=2, **COMMON)
 
 # name: (config class, config arguments, model class, kind of its decode attention)
+# Falcon cached K/V broadcast to all heads (MHA to the pass) until transformers 5.25, whose Falcon caches the KV heads
+# and repeats them in its attention, as Llama does (GQA).
+FALCON_KIND = "gqa" if hasattr(transformers.models.falcon.modeling_falcon, "repeat_kv") else "mha"
 MODELS = {
     "llama": ("LlamaConfig", dict(LLAMA_LIKE, head_dim=8), "LlamaForCausalLM", "gqa"),
     "mistral": ("MistralConfig", dict(LLAMA_LIKE, head_dim=8, sliding_window=None), "MistralForCausalLM", "gqa"),
@@ -49,7 +52,7 @@ MODELS = {
     "gptj": ("GPTJConfig", dict(n_embd=32, n_layer=1, n_head=4, rotary_dim=4, n_positions=64, vocab_size=VOCAB,
                                 attn_implementation="eager"), "GPTJForCausalLM", "mha"),
     "falcon": ("FalconConfig", dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, new_decoder_architecture=True,
-                                    num_kv_heads=2, **COMMON), "FalconForCausalLM", "mha"),  # caches K/V broadcast to all heads
+                                    num_kv_heads=2, **COMMON), "FalconForCausalLM", FALCON_KIND),
     "olmo2": ("Olmo2Config", dict(LLAMA_LIKE), "Olmo2ForCausalLM", "gqa"),
     "cohere": ("CohereConfig", dict(LLAMA_LIKE), "CohereForCausalLM", "gqa"),
     "granite": ("GraniteConfig", dict(LLAMA_LIKE), "GraniteForCausalLM", "gqa"),
