@@ -131,13 +131,13 @@ def pipeline_stages(spec: AttentionSpec, block_n: int, num_splits: int) -> int:
     an H200 SM two programs, not three), a masked call's sparse pass (maskless only was timed). Latent layouts
     keep 2 until measured."""
     block_bytes = block_n * (spec.head_dim_k + spec.head_dim_v + spec.rope_dim) * spec.torch_dtype.itemsize
+    # GTA's tied blocks in two-byte elements: the ones measured deeper (fp32's would pass the shared memory of
+    # smaller GPUs with two paged buffers; the latents' were not measured).
+    measured_gta = spec.kind == "gta" and spec.head_dim_v < 256 and spec.torch_dtype.itemsize == 2
     if spec.paged:
-        # Two-byte elements only: the two buffers of an fp32 block would pass the shared memory of smaller GPUs.
-        two_buffers = spec.kind == "gta" and spec.head_dim_v < 256 and spec.torch_dtype.itemsize == 2
-        return PAGED_TWO_BUFFER_STAGES if two_buffers else 2
+        return PAGED_TWO_BUFFER_STAGES if measured_gta else 2
     if spec.tied:
-        # (fp32's blocks and the latents' were not measured deeper)
-        return 3 if spec.kind == "gta" and spec.head_dim_v < 256 and spec.torch_dtype.itemsize == 2 else 2
+        return 3 if measured_gta else 2
     if num_splits == 1 and (block_bytes <= DEEP_PIPELINE_TILE_BYTES or (
             spec.torch_dtype.itemsize == 2 and block_bytes <= WHOLE_CACHE_DEEP_PIPELINE_TILE_BYTES)):
         return 4  # (fp32's 32 KiB blocks were not measured deeper)
