@@ -76,10 +76,9 @@ def _fresh_attribute(module: torch.nn.Module, value: torch.Tensor) -> str:
     return name
 
 
-def _fuse(graph: fx.Graph, module: torch.nn.Module, nodes: list) -> None:
-    """One GEMM for `nodes` (mm or addmm of one input, in graph order), its outputs split back. Every value is made
-    before the graph changes: an error leaves it as it was."""
-    projections = [_projection(node) for node in nodes]
+def _fuse(graph: fx.Graph, module: torch.nn.Module, nodes: list, projections: list) -> None:
+    """One GEMM for `nodes` (mm or addmm of one input, in graph order; `projections` their _projection), its outputs
+    split back. Every value is made before the graph changes: an error leaves it as it was."""
     inp = projections[0][0]
     weights = [_attribute(module, weight.target) for _, weight, _ in projections]
     sizes = [w.shape[1] for w in weights]
@@ -130,13 +129,14 @@ def concat_projections(graph: fx.Graph) -> int:
         inp, weight, bias = projection
         value = weight.meta["val"]
         key = (inp, bias is not None, value.shape[0], value.dtype, value.device)
-        groups.setdefault(key, []).append(node)
+        groups.setdefault(key, []).append((node, projection))
     removed = 0
-    for nodes in groups.values():
-        if len(nodes) < 2:
+    for group in groups.values():
+        if len(group) < 2:
             continue
+        nodes, projections = zip(*group)
         try:
-            _fuse(graph, module, nodes)
+            _fuse(graph, module, nodes, projections)
         except Exception as error:  # (a group this pass cannot fuse stays as it was: the compile goes on)
             if strict_mode():
                 raise
