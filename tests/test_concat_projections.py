@@ -20,10 +20,10 @@ FROZEN = {"freezing": True, "cpp.weight_prepack": False}
 STEP = (torch.tensor([[3], [7]]), torch.tensor([40, 64], dtype=torch.int32))  # tokens, lengths
 
 
-def tiny_model(variant: str, seed: int = 0) -> TinyLM:
+def tiny_model(variant: str, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32) -> TinyLM:
     """A tiny model of the package with its plain-PyTorch decode over a filled cache (what bench_backend.py compiles)."""
     torch.manual_seed(seed)
-    model = TinyLM(tiny_config(variant, n_layers=2)).eval()
+    model = TinyLM(tiny_config(variant, n_layers=2)).eval().to(device, dtype)
     model.setup_cache(2, 64)
     for cache in model.caches:
         for tensor in cache.tensors():
@@ -55,6 +55,26 @@ def test_frozen_projections_of_one_input_take_one_gemm(variant):
     logits, removed = compiled_step(tiny_model(variant), FROZEN)
     assert removed == 2 * 3  # three GEMMs fewer a layer, two layers
     torch.testing.assert_close(logits, eager_step(variant), rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["gqa-4", "gta-4", "gla-2"])
+def test_frozen_projections_on_the_gpu_in_bf16(variant):
+    """On CUDA, Inductor's freezing concatenates the MLP's gate and up itself (equal shapes); the pass takes the
+    attention's three projections of one input, which torch 2.11 leaves as three GEMMs. Logits in bf16 against the
+    fp32 eager step: at most 2x the error of bf16 eager (FlashAttention's rule) plus one bf16 rounding step."""
+    step = tuple(tensor.cuda() for tensor in STEP)
+    with torch.no_grad():
+        expected = tiny_model(variant, device="cuda").decode(*step)
+        eager_error = (tiny_model(variant, device="cuda", dtype=torch.bfloat16).decode(*step).float() - expected).abs().max()
+    torch._dynamo.reset()
+    before = counters["glacompiler"]["projections_concatenated"]
+    with torch.no_grad(), inductor_config.patch(freezing=True):
+        logits = torch.compile(tiny_model(variant, device="cuda", dtype=torch.bfloat16).decode,
+                               backend=glacompiler.backend())(*step)
+    assert counters["glacompiler"]["projections_concatenated"] - before >= 2 * 2  # q/k/v: two GEMMs fewer a layer
+    error = (logits.float() - expected).abs().max()
+    assert error <= 2 * eager_error + expected.abs().max() * 2 ** -8, (error, eager_error)
 
 
 def test_a_second_model_of_the_same_shapes_gets_its_own_weights(tmp_path, monkeypatch):
