@@ -9,6 +9,7 @@ backend="gla" compiles with Inductor's C++ wrapper on CUDA; two more rows time b
 
     python benchmarks/bench_backend.py                      # on an H100/H200
     python benchmarks/bench_backend.py --device cpu --tiny  # smoke run of the script itself
+    python benchmarks/bench_backend.py --inductor-config freezing=True  # an Inductor setting for every configuration
 
 Target (issue 3 section 6): backend="gla" at least 2x faster than the default backend at this size."""
 from __future__ import annotations
@@ -18,11 +19,14 @@ import statistics
 import time
 
 import torch
+import torch._inductor.config
+from torch._dynamo.utils import counters
 
 import glacompiler
 from glacompiler.demo import install_plain_decode, mark_caches_static
 from glacompiler.models import TinyLM
 from glacompiler.presets import paper_config, tiny_config
+from inductor_settings import add_inductor_config_option, parse_inductor_settings, settings_in_effect  # (beside it)
 
 
 def build(variant: str, args, device: torch.device) -> TinyLM:
@@ -95,6 +99,7 @@ def measure(variant: str, args, device: torch.device) -> tuple:
         rows.append(("eager, fused op (reference modules)", step_ms(model.decode, model, args, device, False)))
         install_plain_decode(model)
         rewritten = gla_compiles = 0
+        concatenated = counters["glacompiler"]["projections_concatenated"]
         for key, (name, make, cudagraphs, cuda_only, gla) in zip(CONFIGURATIONS, (
             ('backend="gla"', lambda: torch.compile(model.decode, backend=glacompiler.backend()), False, False, True),
             ('backend="gla", CUDA graphs', lambda: torch.compile(
@@ -120,6 +125,9 @@ def measure(variant: str, args, device: torch.device) -> tuple:
                 rewritten += sum(r.status == "rewritten" for r in glacompiler.compile_report())
         note = (f"{rewritten}/{gla_compiles * len(model.layers)} attention sites rewritten over {gla_compiles} "
                 f"gla compile{'s' if gla_compiles != 1 else ''}")
+        concatenated = counters["glacompiler"]["projections_concatenated"] - concatenated
+        if concatenated:  # (under freezing: projections of one input taken into one GEMM, compiler/concat_projections.py)
+            note += f"; {concatenated} projection GEMMs folded into others"
     return rows, note
 
 
@@ -133,7 +141,11 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny widths (tiny_config) for a quick check")
     parser.add_argument("--configurations", nargs="+", choices=CONFIGURATIONS, default=list(CONFIGURATIONS),
                         help="which compiled configurations to time (the eager fused-op reference always runs)")
+    add_inductor_config_option(parser, "Inductor settings for every configuration, baselines included, in effect "
+                                       "while Dynamo traces (freezing=True needs that: Dynamo keeps the weights as "
+                                       "constants only then); values are Python literals")
     args = parser.parse_args()
+    inductor_settings = parse_inductor_settings(parser, args.inductor_config)
     if args.device == "cpu" and not args.tiny:
         parser.error("--device cpu is a smoke test: add --tiny (and small --batch/--cache)")
     device = torch.device(args.device)
@@ -144,8 +156,12 @@ def main() -> None:
     print(f"{args.layers} layers, batch {args.batch}, cache {args.cache} (full), "
           f"{'bf16' if device.type == 'cuda' else 'fp32'}, decode step latency (ms, median of {args.rounds} x "
           f"{args.iters} steps)\n")
+    if inductor_settings:
+        with torch._inductor.config.patch(inductor_settings):
+            print(f"Inductor settings in effect for every configuration: {settings_in_effect(inductor_settings)}\n")
     for variant in args.variants:
-        rows, note = measure(variant, args, device)
+        with torch._inductor.config.patch(inductor_settings):
+            rows, note = measure(variant, args, device)
         times = dict(rows)
         print(f"{variant}: {note}")
         print(f"  {'':<44} {'ms/step':>9} {'vs default':>11}")

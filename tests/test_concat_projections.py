@@ -27,7 +27,7 @@ def tiny_model(variant: str, seed: int = 0, device: str = "cpu", dtype: torch.dt
     model.setup_cache(2, 64)
     for cache in model.caches:
         for tensor in cache.tensors():
-            tensor.normal_()
+            tensor.copy_(torch.randn(tensor.shape))  # (drawn on the CPU: the same data on any device, in any dtype)
     return install_plain_decode(model)
 
 
@@ -57,24 +57,54 @@ def test_frozen_projections_of_one_input_take_one_gemm(variant):
     torch.testing.assert_close(logits, eager_step(variant), rtol=2e-4, atol=2e-4)
 
 
+class GemmCounter(CustomGraphPass):
+    """Counts the GEMMs (mm, addmm) of the graphs Inductor compiles, after every post-grad pass."""
+
+    def __init__(self):
+        self.gemms = 0
+
+    def __call__(self, graph):
+        self.gemms += sum(node.target in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) for node in graph.nodes)
+
+    def uuid(self):
+        return None  # (never from the FX-graph cache: the count is made while compiling)
+
+
+def step_gemms(model: TinyLM, step: tuple, settings: dict) -> tuple:
+    """(logits, GEMMs compiled) of a decode step compiled under the backend with `settings` in Inductor's config."""
+    counter = GemmCounter()
+    torch._dynamo.reset()
+    with torch.no_grad(), inductor_config.patch({**settings, "post_grad_custom_post_pass": counter}):
+        logits = torch.compile(model.decode, backend=glacompiler.backend())(*step)
+    return logits, counter.gemms
+
+
+def test_freezing_takes_three_gemms_a_layer_off_the_compiled_step():
+    """What the GPU test below counts, on CPU: a layer's projections of one input in one GEMM (the attention's
+    three, and the MLP's gate and up), whoever concatenates them."""
+    _, unfrozen = step_gemms(tiny_model("gqa-4"), STEP, {"cpp.weight_prepack": False})
+    _, frozen = step_gemms(tiny_model("gqa-4"), STEP, FROZEN)
+    assert unfrozen - frozen == 2 * 3
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["gqa-4", "gta-4", "gla-2"])
 def test_frozen_projections_on_the_gpu_in_bf16(variant):
-    """On CUDA, Inductor's freezing concatenates the MLP's gate and up itself (equal shapes); the pass takes the
-    attention's three projections of one input, which torch 2.11 leaves as three GEMMs. Logits in bf16 against the
+    """On CUDA, torch 2.11's freezing concatenates weights of one shape only (the MLP's gate and up) and the pass takes
+    the attention's three projections; torch 2.13's freezing takes any of one input width itself. Either way a
+    layer's projections of one input take one GEMM: three fewer a layer than unfrozen. Logits in bf16 against the
     fp32 eager step: at most 2x the error of bf16 eager (FlashAttention's rule) plus one bf16 rounding step."""
     step = tuple(tensor.cuda() for tensor in STEP)
     with torch.no_grad():
         expected = tiny_model(variant, device="cuda").decode(*step)
         eager_error = (tiny_model(variant, device="cuda", dtype=torch.bfloat16).decode(*step).float() - expected).abs().max()
-    torch._dynamo.reset()
-    before = counters["glacompiler"]["projections_concatenated"]
-    with torch.no_grad(), inductor_config.patch(freezing=True):
-        logits = torch.compile(tiny_model(variant, device="cuda", dtype=torch.bfloat16).decode,
-                               backend=glacompiler.backend())(*step)
-    assert counters["glacompiler"]["projections_concatenated"] - before >= 2 * 2  # q/k/v: two GEMMs fewer a layer
-    error = (logits.float() - expected).abs().max()
-    assert error <= 2 * eager_error + expected.abs().max() * 2 ** -8, (error, eager_error)
+    gemms = {}
+    for freezing in (False, True):
+        logits, gemms[freezing] = step_gemms(tiny_model(variant, device="cuda", dtype=torch.bfloat16), step,
+                                             {"freezing": freezing})
+        error = (logits.float() - expected).abs().max()
+        assert error <= 2 * eager_error + expected.abs().max() * 2 ** -8, (freezing, error, eager_error)
+    assert gemms[False] - gemms[True] == 2 * 3, gemms
 
 
 def test_a_second_model_of_the_same_shapes_gets_its_own_weights(tmp_path, monkeypatch):
