@@ -126,8 +126,8 @@ def measure(variant: str, args, device: torch.device) -> tuple:
         note = (f"{rewritten}/{gla_compiles * len(model.layers)} attention sites rewritten over {gla_compiles} "
                 f"gla compile{'s' if gla_compiles != 1 else ''}")
         concatenated = counters["glacompiler"]["projections_concatenated"] - concatenated
-        if concatenated:  # (under freezing: projections of one input taken into one GEMM, compiler/concat_projections.py)
-            note += f"; {concatenated} projection GEMMs folded into others"
+        if concatenated:  # (under freezing: projections of one input in one GEMM, compiler/concat_projections.py)
+            note += f"; {concatenated} projection GEMMs folded into others over them"
     return rows, note
 
 

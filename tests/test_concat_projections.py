@@ -58,25 +58,34 @@ def test_frozen_projections_of_one_input_take_one_gemm(variant):
 
 
 class GemmCounter(CustomGraphPass):
-    """Counts the GEMMs (mm, addmm) of the graphs Inductor compiles, after every post-grad pass."""
+    """The GEMMs (mm, addmm) of each graph Inductor compiles, counted after every post-grad pass."""
 
     def __init__(self):
-        self.gemms = 0
+        self.per_graph = []
 
     def __call__(self, graph):
-        self.gemms += sum(node.target in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) for node in graph.nodes)
+        self.per_graph.append(sum(node.target in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+                                  for node in graph.nodes))
 
     def uuid(self):
         return None  # (never from the FX-graph cache: the count is made while compiling)
 
 
 def step_gemms(model: TinyLM, step: tuple, settings: dict) -> tuple:
-    """(logits, GEMMs compiled) of a decode step compiled under the backend with `settings` in Inductor's config."""
+    """(logits, GEMMs of each graph compiled) of a decode step compiled under the backend with `settings` in
+    Inductor's config."""
     counter = GemmCounter()
     torch._dynamo.reset()
     with torch.no_grad(), inductor_config.patch({**settings, "post_grad_custom_post_pass": counter}):
         logits = torch.compile(model.decode, backend=glacompiler.backend())(*step)
-    return logits, counter.gemms
+    return logits, counter.per_graph
+
+
+def gemms_folded(unfrozen: list, frozen: list) -> int:
+    """GEMMs fewer with freezing; both compiles made the same graphs (a graph compiled again, as the backend does
+    when a wrapper fails to build, would count twice)."""
+    assert len(unfrozen) == len(frozen), (unfrozen, frozen)
+    return sum(unfrozen) - sum(frozen)
 
 
 def test_freezing_takes_three_gemms_a_layer_off_the_compiled_step():
@@ -84,7 +93,7 @@ def test_freezing_takes_three_gemms_a_layer_off_the_compiled_step():
     three, and the MLP's gate and up), whoever concatenates them."""
     _, unfrozen = step_gemms(tiny_model("gqa-4"), STEP, {"cpp.weight_prepack": False})
     _, frozen = step_gemms(tiny_model("gqa-4"), STEP, FROZEN)
-    assert unfrozen - frozen == 2 * 3
+    assert gemms_folded(unfrozen, frozen) == 2 * 3
 
 
 @pytest.mark.gpu
@@ -97,14 +106,15 @@ def test_frozen_projections_on_the_gpu_in_bf16(variant):
     step = tuple(tensor.cuda() for tensor in STEP)
     with torch.no_grad():
         expected = tiny_model(variant, device="cuda").decode(*step)
-        eager_error = (tiny_model(variant, device="cuda", dtype=torch.bfloat16).decode(*step).float() - expected).abs().max()
+        eager = tiny_model(variant, device="cuda", dtype=torch.bfloat16).decode(*step)
+        eager_error = (eager.float() - expected).abs().max()
     gemms = {}
     for freezing in (False, True):
         logits, gemms[freezing] = step_gemms(tiny_model(variant, device="cuda", dtype=torch.bfloat16), step,
                                              {"freezing": freezing})
         error = (logits.float() - expected).abs().max()
         assert error <= 2 * eager_error + expected.abs().max() * 2 ** -8, (freezing, error, eager_error)
-    assert gemms[False] - gemms[True] == 2 * 3, gemms
+    assert gemms_folded(gemms[False], gemms[True]) == 2 * 3
 
 
 def test_a_second_model_of_the_same_shapes_gets_its_own_weights(tmp_path, monkeypatch):
