@@ -12,12 +12,18 @@ pytestmark = pytest.mark.slow  # a subprocess that imports torch and compiles a 
 SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_backend.py"
 
 
-def test_bench_backend_tiny_counts_every_gla_compile_on_cpu():
+def run_tiny_gta4(*options: str) -> subprocess.CompletedProcess:
+    """The script's tiny CPU mode on GTA-4 (2 layers, batch 2, cache 64, one step timed), with `options` added."""
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--batch", "2", "--cache", "64", "--layers", "2",
-         "--iters", "1", "--rounds", "1", "--warmup", "1", "--variants", "gta-4"],
+         "--iters", "1", "--rounds", "1", "--warmup", "1", "--variants", "gta-4", *options],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_bench_backend_tiny_counts_every_gla_compile_on_cpu():
+    result = run_tiny_gta4()
     assert "gta-4: 2/2 attention sites rewritten over 1 gla compile" in result.stdout, result.stdout[-2000:]
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("  ") and "ms/step" not in line]
     assert len(rows) >= 4 and all(float(row[-1].rstrip("x")) > 0 for row in rows), rows
@@ -26,12 +32,7 @@ def test_bench_backend_tiny_counts_every_gla_compile_on_cpu():
 def test_bench_backend_applies_inductor_settings_while_dynamo_traces():
     """--inductor-config freezing=True reaches Dynamo's trace: the weights are constants, so the projections of one
     input fold into one GEMM (tiny GTA-4, 2 layers: q, tied state and rope key, and the MLP's gate and up)."""
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--batch", "2", "--cache", "64", "--layers", "2",
-         "--iters", "1", "--rounds", "1", "--warmup", "1", "--variants", "gta-4", "--configurations", "gla",
-         "--inductor-config", "freezing=True", "cpp.weight_prepack=False"],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_tiny_gta4("--configurations", "gla", "--inductor-config", "freezing=True", "cpp.weight_prepack=False")
     assert "freezing=True, cpp.weight_prepack=False" in result.stdout, result.stdout[-2000:]
     expected = "gta-4: 2/2 attention sites rewritten over 1 gla compile; 6 projection GEMMs folded into others"
     assert expected in result.stdout, result.stdout[-2000:]

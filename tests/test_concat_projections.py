@@ -31,14 +31,14 @@ def tiny_model(variant: str, seed: int = 0, device: str = "cpu", dtype: torch.dt
     return install_plain_decode(model)
 
 
-def compiled_step(model: TinyLM, settings: dict):
+def compiled_step(model: TinyLM, settings: dict, step: tuple = STEP):
     """(logits, projections the pass removed) of a decode step compiled under the backend with `settings` in
     Inductor's config (freezing must be on when Dynamo traces: it keeps the parameters as attributes only then; in
     the backend's inductor_config it would come too late)."""
     torch._dynamo.reset()
     before = counters["glacompiler"]["projections_concatenated"]
     with torch.no_grad(), inductor_config.patch(settings):
-        logits = torch.compile(model.decode, backend=glacompiler.backend())(*STEP)
+        logits = torch.compile(model.decode, backend=glacompiler.backend())(*step)
     return logits, counters["glacompiler"]["projections_concatenated"] - before
 
 
@@ -75,9 +75,7 @@ def step_gemms(model: TinyLM, step: tuple, settings: dict) -> tuple:
     """(logits, GEMMs of each graph compiled) of a decode step compiled under the backend with `settings` in
     Inductor's config."""
     counter = GemmCounter()
-    torch._dynamo.reset()
-    with torch.no_grad(), inductor_config.patch({**settings, "post_grad_custom_post_pass": counter}):
-        logits = torch.compile(model.decode, backend=glacompiler.backend())(*step)
+    logits, _ = compiled_step(model, {**settings, "post_grad_custom_post_pass": counter}, step)
     return logits, counter.per_graph
 
 
