@@ -100,6 +100,7 @@ def measure(variant: str, args, device: torch.device) -> tuple:
         install_plain_decode(model)
         rewritten = gla_compiles = 0
         concatenated = counters["glacompiler"]["projections_concatenated"]
+        aligned = counters["glacompiler"]["projections_aligned"]
         for key, (name, make, cudagraphs, cuda_only, gla) in zip(CONFIGURATIONS, (
             ('backend="gla"', lambda: torch.compile(model.decode, backend=glacompiler.backend()), False, False, True),
             ('backend="gla", CUDA graphs', lambda: torch.compile(
@@ -128,6 +129,9 @@ def measure(variant: str, args, device: torch.device) -> tuple:
         concatenated = counters["glacompiler"]["projections_concatenated"] - concatenated
         if concatenated:  # (under freezing: projections of one input in one GEMM, compiler/concat_projections.py)
             note += f"; {concatenated} projection GEMMs folded into others over them"
+        aligned = counters["glacompiler"]["projections_aligned"] - aligned
+        if aligned:  # (under freezing: GEMMs of odd widths padded, compiler/align_projections.py)
+            note += f"; {aligned} GEMMs padded to aligned widths over them"
     return rows, note
 
 

@@ -8,7 +8,8 @@ from torch._dynamo.utils import counters
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import glacompiler
-from glacompiler.compiler.concat_projections import ProjectionConcatPass, _concatenated_weight, with_projection_concat
+from glacompiler.compiler.concat_projections import _concatenated_weight
+from glacompiler.compiler.frozen_projections import FrozenProjectionsPass, with_frozen_projection_passes
 from glacompiler.demo import install_plain_decode
 from glacompiler.models import TinyLM
 from glacompiler.presets import tiny_config
@@ -175,13 +176,13 @@ class Recorder(CustomGraphPass):
 
 
 def test_the_pass_goes_in_only_where_the_graph_is_frozen_and_keeps_the_users_pass():
-    assert with_projection_concat({"cpp_wrapper": True}) == {"cpp_wrapper": True}
+    assert with_frozen_projection_passes({"cpp_wrapper": True}) == {"cpp_wrapper": True}
     user = Recorder("mine")
-    patches = with_projection_concat({"freezing": True, "post_grad_custom_pre_pass": user})
+    patches = with_frozen_projection_passes({"freezing": True, "post_grad_custom_pre_pass": user})
     installed = patches["post_grad_custom_pre_pass"]
-    assert isinstance(installed, ProjectionConcatPass) and installed.chained is user
+    assert isinstance(installed, FrozenProjectionsPass) and installed.chained is user
     with inductor_config.patch(freezing=True):  # (the process's own setting counts too)
-        assert isinstance(with_projection_concat({})["post_grad_custom_pre_pass"], ProjectionConcatPass)
+        assert isinstance(with_frozen_projection_passes({})["post_grad_custom_pre_pass"], FrozenProjectionsPass)
     assert installed.uuid() is None  # (the FX-graph cache bypassed: see the second-model test)
     installed(torch.fx.Graph(), is_inference=True)
     assert user.calls == 1  # the user's pass still runs, after ours

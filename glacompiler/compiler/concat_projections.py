@@ -16,48 +16,14 @@ from __future__ import annotations
 
 import logging
 import operator
-from typing import Optional
 
 import torch
 from torch import fx
-from torch._dynamo.utils import counters
-from torch._inductor import custom_graph_pass
-from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from .graph_pass import as_passes, strict_mode
+from .frozen_weights import aten, attribute, frozen_projection, gemm_over_constant, static_fake
+from .graph_pass import strict_mode
 
-# Inductor passes is_inference to a pass of this kind (torch 2.13 on); torch 2.11 has none.
-_InferenceAwarePass = getattr(custom_graph_pass, "CustomInferenceAwareGraphPass", CustomGraphPass)
-
-aten = torch.ops.aten
 LOGGER = logging.getLogger("glacompiler")
-
-
-def _frozen(node) -> bool:
-    return isinstance(node, fx.Node) and node.op == "get_attr" and isinstance(node.meta.get("val"), torch.Tensor)
-
-
-def _projection(node: fx.Node) -> Optional[tuple]:
-    """(input, weight, bias or None) of an mm / addmm over a frozen [K, N] weight (and a frozen [N] bias), else None."""
-    if node.op != "call_function" or node.kwargs:
-        return None  # (addmm with beta / alpha: left alone)
-    if node.target is aten.mm.default and len(node.args) == 2:
-        (inp, weight), bias = node.args, None
-    elif node.target is aten.addmm.default and len(node.args) == 3:
-        bias, inp, weight = node.args
-    else:
-        return None
-    if not (_frozen(weight) and weight.meta["val"].dim() == 2 and isinstance(inp, fx.Node)):
-        return None
-    if bias is not None and not (_frozen(bias) and tuple(bias.meta["val"].shape) == (weight.meta["val"].shape[1],)):
-        return None  # (a bias that broadcasts, [1], cannot be concatenated)
-    return inp, weight, bias
-
-
-def _attribute(module: torch.nn.Module, target: str) -> torch.Tensor:
-    for name in target.split("."):
-        module = getattr(module, name)
-    return module
 
 
 def _concatenated_weight(weights: list) -> torch.Tensor:
@@ -67,45 +33,25 @@ def _concatenated_weight(weights: list) -> torch.Tensor:
     return torch.cat(weights, dim=1)
 
 
-def _fresh_attribute(module: torch.nn.Module, value: torch.Tensor) -> str:
-    index = 0
-    while hasattr(module, f"_gla_projections{index}"):
-        index += 1
-    name = f"_gla_projections{index}"
-    module.register_buffer(name, value)
-    return name
-
-
 def _fuse(graph: fx.Graph, module: torch.nn.Module, nodes: list, projections: list) -> None:
-    """One GEMM for `nodes` (mm or addmm of one input, in graph order; `projections` their _projection), its outputs
-    split back. Every value is made before the graph changes: an error leaves it as it was."""
+    """One GEMM for `nodes` (mm or addmm of one input, in graph order; `projections` their frozen_projection), its
+    outputs split back. Every value is made before the graph changes: an error leaves it as it was."""
     inp = projections[0][0]
-    weights = [_attribute(module, weight.target) for _, weight, _ in projections]
+    weights = [attribute(module, weight.target) for _, weight, _ in projections]
     sizes = [w.shape[1] for w in weights]
     weight = _concatenated_weight(weights)
-    bias = None if projections[0][2] is None else torch.cat([_attribute(module, b.target) for _, _, b in projections])
+    bias = None if projections[0][2] is None else torch.cat([attribute(module, b.target) for _, _, b in projections])
     fake_mode = nodes[0].meta["val"].fake_mode
-    # (static shapes: the constants' sizes are not the graph's symbols)
-    fake_weight = fake_mode.from_tensor(weight, static_shapes=True)
-    fake_bias = None if bias is None else fake_mode.from_tensor(bias, static_shapes=True)
+    fake_weight = static_fake(fake_mode, weight)
+    fake_bias = None if bias is None else static_fake(fake_mode, bias)
     with fake_mode:
         if bias is None:
             fake_product = aten.mm.default(inp.meta["val"], fake_weight)
         else:
             fake_product = aten.addmm.default(fake_bias, inp.meta["val"], fake_weight)
         parts = aten.split_with_sizes.default(fake_product, sizes, 1)
-    weight_name = _fresh_attribute(module, weight)
-    bias_name = None if bias is None else _fresh_attribute(module, bias)
     with graph.inserting_before(nodes[0]):
-        weight_node = graph.get_attr(weight_name)
-        weight_node.meta["val"] = fake_weight
-        if bias_name is None:
-            product = graph.call_function(aten.mm.default, (inp, weight_node))
-        else:
-            bias_node = graph.get_attr(bias_name)
-            bias_node.meta["val"] = fake_bias
-            product = graph.call_function(aten.addmm.default, (bias_node, inp, weight_node))
-        product.meta["val"] = fake_product
+        product = gemm_over_constant(graph, inp, weight, bias, (fake_weight, fake_bias, fake_product), "projections")
         split = graph.call_function(aten.split_with_sizes.default, (product, sizes, 1))
         split.meta["val"] = list(parts)
         for index, node in enumerate(nodes):
@@ -123,7 +69,7 @@ def concat_projections(graph: fx.Graph) -> int:
         return 0
     groups: dict = {}
     for node in graph.nodes:
-        projection = _projection(node)
+        projection = frozen_projection(node)
         if projection is None:
             continue
         inp, weight, bias = projection
@@ -144,32 +90,3 @@ def concat_projections(graph: fx.Graph) -> int:
             continue
         removed += len(nodes) - 1
     return removed
-
-
-class ProjectionConcatPass(_InferenceAwarePass):
-    """concat_projections as Inductor's post_grad_custom_pre_pass, then the pass the user had set there."""
-
-    def __init__(self, chained: Optional[object] = None):
-        self.chained = chained
-
-    def __call__(self, graph: fx.Graph, is_inference: Optional[bool] = None) -> None:
-        counters["glacompiler"]["projections_concatenated"] += concat_projections(graph)
-        for chained in as_passes(self.chained):
-            if _InferenceAwarePass is not CustomGraphPass and isinstance(chained, _InferenceAwarePass):
-                chained(graph, is_inference=is_inference)
-            else:
-                chained(graph)
-
-    def uuid(self) -> Optional[str]:
-        # None: Inductor's FX-graph cache is bypassed for the graphs this pass runs on. The cache key is made before
-        # post-grad passes, and Inductor's own frozen constants enter it by shape only, fetched again from the model
-        # on a hit; ours would be pickled into the entry: another model of the same shapes would get these weights.
-        return None
-
-
-def with_projection_concat(patches: dict) -> dict:
-    """Inductor config patches with ProjectionConcatPass as the post-grad pre-pass where they freeze the graph."""
-    if not patches.get("freezing", torch._inductor.config.freezing):
-        return patches
-    chained = patches.get("post_grad_custom_pre_pass", torch._inductor.config.post_grad_custom_pre_pass)
-    return {**patches, "post_grad_custom_pre_pass": ProjectionConcatPass(chained)}

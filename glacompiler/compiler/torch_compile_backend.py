@@ -15,7 +15,7 @@ from torch._inductor.compile_fx import compile_fx
 
 from torch._dynamo.utils import counters
 
-from .concat_projections import with_projection_concat
+from .frozen_projections import with_frozen_projection_passes
 from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
 from .glue_wrapper_build import install as build_gpu_glue_minimally, wrapper_picks_isa
 from .inductor_guard import inductor_attention_fusion_disabled
@@ -82,7 +82,8 @@ class GlaBackend:
     inductor_config: extra Inductor config patches (they win over the options above). Not freezing: Dynamo keeps the
         parameters as module attributes, which Inductor's freezing makes constants, only where
         torch._inductor.config.freezing is on (under no_grad) when it traces (the backend warns). Where it is,
-        projections of one input are fused into one GEMM (concat_projections.py).
+        projections of one input are fused into one GEMM (concat_projections.py) and GEMMs over weights of odd
+        widths padded to aligned ones (align_projections.py).
     graph_launches: where a site's kernels are plain Triton (the portable family: GQA, MHA, GTA, and MLA/GLA
         off Hopper), Inductor launches them from its own wrapper instead of calling the op
         (rewrite/graph_launches.py): a few us of host time a site instead of about 40. None (the default) turns
@@ -136,7 +137,7 @@ class GlaBackend:
         remember_isa_probes()  # before Inductor picks the host's ISA (isa_probe_memo.py)
         memoize_kernel_analysis()  # our launch nodes' TTIR, once per specialisation (kernel_analysis_memo.py)
         build_gpu_glue_minimally()  # a GPU graph's C++ wrapper at -O1 and without the host's ISA, as torch 2.13
-        patches = with_projection_concat(self.config_patches(example_inputs))  # (a frozen graph's GEMMs)
+        patches = with_frozen_projection_passes(self.config_patches(example_inputs))  # (a frozen graph's GEMMs)
         if (self.inductor_config.get("freezing") and not torch._inductor.config.freezing and not self._warned_freezing
                 and not torch._dynamo.config.prepare_freezing):  # (that one keeps the parameters as attributes)
             self._warned_freezing = True

@@ -1,0 +1,139 @@
+"""GEMMs over frozen weights padded to aligned widths (compiler/align_projections.py): the padded weights, the
+compiled graph's GEMM shapes, and outputs against eager (on CPU with CPU GEMMs let in; in bf16 on the GPU)."""
+import dataclasses
+
+import pytest
+import torch
+import torch._inductor.config as inductor_config
+from torch._dynamo.utils import counters
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+import glacompiler
+from glacompiler.compiler import align_projections
+from glacompiler.compiler.align_projections import aligned, padded_weight
+from glacompiler.demo import install_plain_decode
+from glacompiler.models import TinyLM
+from glacompiler.presets import tiny_config
+
+FROZEN = {"freezing": True, "cpp.weight_prepack": False}  # (prepack off: CPU Linears would become oneDNN calls)
+GEMMS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+
+
+class GemmShapes(CustomGraphPass):
+    """[input shape, weight shape] of each GEMM Inductor compiles, seen after every post-grad pass."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def __call__(self, graph):
+        self.shapes += [(tuple(node.args[-2].meta["val"].shape), tuple(node.args[-1].meta["val"].shape))
+                        for node in graph.nodes if node.target in GEMMS]
+
+    def uuid(self):
+        return None
+
+
+def compile_frozen(fn, inputs: tuple, settings: dict = FROZEN) -> tuple:
+    """(outputs, GEMM shapes, GEMMs the pass padded) of `fn` compiled under the backend with `settings`."""
+    torch._dynamo.reset()
+    shapes = GemmShapes()
+    before = counters["glacompiler"]["projections_aligned"]
+    with torch.no_grad(), inductor_config.patch({**settings, "post_grad_custom_post_pass": shapes}):
+        outputs = torch.compile(fn, backend=glacompiler.backend())(*inputs)
+    return outputs, shapes.shapes, counters["glacompiler"]["projections_aligned"] - before
+
+
+class OddMLP(torch.nn.Module):
+    """A SwiGLU of an odd width (30: gate and up by 30 columns, down by 30 rows), a head of odd width with a bias,
+    and a consumer that needs the down projection's product contiguous."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.up = torch.nn.Linear(32, 30, bias=False), torch.nn.Linear(32, 30, bias=False)
+        self.down = torch.nn.Linear(30, 32, bias=False)
+        self.head = torch.nn.Linear(32, 37)
+
+    def forward(self, x):
+        y = self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x))
+        return self.head(y), y.view(-1)
+
+
+@pytest.fixture
+def cpu_gemms_padded(monkeypatch):
+    """The pass pads CUDA GEMMs only; on CPU the tests let CPU ones in, to check the rewrite through Inductor."""
+    monkeypatch.setattr(align_projections, "PADDED_DEVICE_TYPES", ("cuda", "cpu"))
+
+
+def test_aligned_widths_are_multiples_of_16_bytes():
+    assert [aligned(w, torch.bfloat16) for w in (6638, 6640, 1, 8)] == [6640, 6640, 8, 8]
+    assert [aligned(w, torch.float32) for w in (30, 37, 32)] == [32, 40, 32]
+
+
+def test_a_padded_weight_keeps_its_layout_and_values_and_adds_zeros():
+    linear = torch.randn(30, 37).t()  # nn.Linear's [N, K] seen as [K, N]
+    padded = padded_weight(linear, 40, 32)
+    assert padded.shape == (40, 32) and padded.t().is_contiguous()
+    assert torch.equal(padded[:37, :30], linear) and not padded[37:].any() and not padded[:, 30:].any()
+    row_major = torch.randn(37, 30)
+    padded = padded_weight(row_major, 40, 32)
+    assert padded.is_contiguous() and torch.equal(padded[:37, :30], row_major)
+    assert not padded[37:].any() and not padded[:, 30:].any()
+
+
+def test_odd_widths_are_padded_and_the_outputs_stay_exact(cpu_gemms_padded):
+    torch.manual_seed(0)
+    model, x = OddMLP().eval(), torch.randn(5, 32)
+    outputs, shapes, padded = compile_frozen(model, (x,))
+    assert padded == 2  # down (input width 30) and head (output width 37); gate + up, concatenated, are 60 wide
+    assert shapes and all(dim % 4 == 0 for _, weight in shapes for dim in weight), shapes  # 16 bytes of fp32
+    assert all(inp[1] == weight[0] for inp, weight in shapes), shapes  # (the input padded with the weight's rows)
+    with torch.no_grad():
+        expected = model(x)
+    for output, reference in zip(outputs, expected):
+        torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_nothing_is_padded_on_cpu_or_without_freezing(cpu_gemms_padded, monkeypatch):
+    model, x = OddMLP().eval(), torch.randn(5, 32)
+    _, shapes, padded = compile_frozen(model, (x,), {"cpp.weight_prepack": False})
+    assert padded == 0 and (5, 30) in [inp for inp, _ in shapes]  # the weights are graph inputs: left alone
+    monkeypatch.setattr(align_projections, "PADDED_DEVICE_TYPES", ("cuda",))
+    _, shapes, padded = compile_frozen(model, (x,))
+    assert padded == 0 and (5, 30) in [inp for inp, _ in shapes]
+
+
+def odd_mlp_model(device: str, dtype: torch.dtype, ffn_dim: int = 91) -> TinyLM:
+    """The package's tiny GTA-4 model with an MLP of an odd width, its plain decode over a filled cache."""
+    torch.manual_seed(0)
+    model = TinyLM(dataclasses.replace(tiny_config("gta-4", n_layers=2), ffn_dim=ffn_dim)).eval().to(device, dtype)
+    model.setup_cache(2, 64)
+    for cache in model.caches:
+        for tensor in cache.tensors():
+            tensor.copy_(torch.randn(tensor.shape))  # (drawn on the CPU: the same data in any dtype)
+    return install_plain_decode(model)
+
+
+def test_a_model_with_an_odd_mlp_width_decodes_as_eager(cpu_gemms_padded):
+    step = (torch.tensor([[3], [7]]), torch.tensor([40, 64], dtype=torch.int32))
+    logits, shapes, padded = compile_frozen(odd_mlp_model("cpu", torch.float32).decode, step)
+    assert padded == 2 * 2 + 1  # a layer's gate + up (concatenated: 182 wide) and down (91 rows); the head (257)
+    assert all(dim % 4 == 0 for _, weight in shapes for dim in weight), shapes
+    with torch.no_grad():
+        expected = odd_mlp_model("cpu", torch.float32).decode(*step)
+    torch.testing.assert_close(logits, expected, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.gpu
+def test_odd_widths_on_the_gpu_in_bf16():
+    """The CUDA path as users get it: every GEMM of the frozen step 16-byte aligned, logits in bf16 against the fp32
+    eager step within 2x the error of bf16 eager (FlashAttention's rule) plus one bf16 rounding step."""
+    step = (torch.tensor([[3], [7]], device="cuda"), torch.tensor([40, 64], dtype=torch.int32, device="cuda"))
+    with torch.no_grad():
+        expected = odd_mlp_model("cuda", torch.float32).decode(*step)
+        eager = odd_mlp_model("cuda", torch.bfloat16).decode(*step)
+    eager_error = (eager.float() - expected).abs().max()
+    logits, shapes, padded = compile_frozen(odd_mlp_model("cuda", torch.bfloat16).decode, step, {"freezing": True})
+    assert padded == 2 * 2 + 1  # as on CPU: whoever concatenates gate and up, they are 182 wide
+    assert shapes and all(dim % 8 == 0 for _, weight in shapes for dim in weight), shapes
+    error = (logits.float() - expected).abs().max()
+    assert error <= 2 * eager_error + expected.abs().max() * 2 ** -8, (error, eager_error)
