@@ -20,7 +20,7 @@ import operator
 import torch
 from torch import fx
 
-from .frozen_weights import aten, attribute, frozen_projection, gemm_over_constant, static_fake
+from .frozen_weights import aten, attribute, fake_gemm, frozen_projection, gemm, hold_constant, static_fake
 from .graph_pass import strict_mode
 
 LOGGER = logging.getLogger("glacompiler")
@@ -44,14 +44,13 @@ def _fuse(graph: fx.Graph, module: torch.nn.Module, nodes: list, projections: li
     fake_mode = nodes[0].meta["val"].fake_mode
     fake_weight = static_fake(fake_mode, weight)
     fake_bias = None if bias is None else static_fake(fake_mode, bias)
+    fake_product = fake_gemm(inp.meta["val"], fake_weight, fake_bias)
     with fake_mode:
-        if bias is None:
-            fake_product = aten.mm.default(inp.meta["val"], fake_weight)
-        else:
-            fake_product = aten.addmm.default(fake_bias, inp.meta["val"], fake_weight)
         parts = aten.split_with_sizes.default(fake_product, sizes, 1)
     with graph.inserting_before(nodes[0]):
-        product = gemm_over_constant(graph, inp, weight, bias, (fake_weight, fake_bias, fake_product), "projections")
+        weight_node = hold_constant(graph, weight, fake_weight, "projections")
+        bias_node = None if bias is None else hold_constant(graph, bias, fake_bias, "projections")
+        product = gemm(graph, inp, weight_node, bias_node, fake_product)
         split = graph.call_function(aten.split_with_sizes.default, (product, sizes, 1))
         split.meta["val"] = list(parts)
         for index, node in enumerate(nodes):

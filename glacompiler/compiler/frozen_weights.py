@@ -60,16 +60,21 @@ def hold_constant(graph: fx.Graph, value: torch.Tensor, fake, kind: str) -> fx.N
     return node
 
 
-def gemm_over_constant(graph: fx.Graph, inp: fx.Node, weight: torch.Tensor, bias, fakes: tuple, kind: str) -> fx.Node:
-    """An mm (an addmm with a bias) of `inp` by the new constant `weight`, inserted at the graph's insertion point;
-    `fakes` are (weight, bias or None, product) meta values, made before the graph changes."""
-    fake_weight, fake_bias, fake_product = fakes
-    weight_node = hold_constant(graph, weight, fake_weight, kind)
+def fake_gemm(fake_input, fake_weight, fake_bias):
+    """The meta value of mm (addmm with a bias) over fake tensors of one fake mode."""
+    with fake_input.fake_mode:
+        if fake_bias is None:
+            return aten.mm.default(fake_input, fake_weight)
+        return aten.addmm.default(fake_bias, fake_input, fake_weight)
+
+
+def gemm(graph: fx.Graph, inp: fx.Node, weight: fx.Node, bias: Optional[fx.Node], fake_product) -> fx.Node:
+    """mm (addmm with a bias) of `inp` by `weight`, inserted at the graph's insertion point; `fake_product` its meta
+    value (made before the graph changes)."""
     if bias is None:
-        product = graph.call_function(aten.mm.default, (inp, weight_node))
+        product = graph.call_function(aten.mm.default, (inp, weight))
     else:
-        bias_node = hold_constant(graph, bias, fake_bias, kind)
-        product = graph.call_function(aten.addmm.default, (bias_node, inp, weight_node))
+        product = graph.call_function(aten.addmm.default, (bias, inp, weight))
     product.meta["val"] = fake_product
     return product
 
