@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from glacompiler.compiler.align_projections import aligned_width
+
 from bench_decode import copy_bandwidth  # (beside it)
 
 SHAPES = {  # name: (K, N) of x [rows, K] @ weight [K, N], the weight nn.Linear's [N, K] transposed
@@ -29,11 +31,6 @@ SHAPES = {  # name: (K, N) of x [rows, K] @ weight [K, N], the weight nn.Linear'
     "vocab head 50257": (768, 50257),
 }
 L2_MISS_BYTES = 256 << 20  # weight copies replayed in turn: together far past the H200's 50 MB of L2
-
-
-def padded(width: int, multiple_bytes: int) -> int:
-    step = multiple_bytes // 2  # bf16
-    return -(-width // step) * step
 
 
 def time_gemm(rows: int, k: int, n: int, k_used: int, n_used: int) -> float:
@@ -64,7 +61,8 @@ def main() -> None:
         floor = k * n * 2 / bandwidth * 1e6
         cells = []
         for multiple in (None, 16, 128):
-            k_run, n_run = (k, n) if multiple is None else (padded(k, multiple), padded(n, multiple))
+            k_run, n_run = (k, n) if multiple is None else (aligned_width(k, torch.bfloat16, multiple),
+                                                             aligned_width(n, torch.bfloat16, multiple))
             us = time_gemm(args.rows, k_run, n_run, k, n)
             cells.append(f"{us:7.1f} ({floor / us:.2f})")
         print(f"{name:<18} {f'{k} x {n}':>13} {floor:7.1f} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14}")

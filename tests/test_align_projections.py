@@ -1,7 +1,5 @@
 """GEMMs over frozen weights padded to aligned widths (compiler/align_projections.py): the padded weights, the
 compiled graph's GEMM shapes, and outputs against eager (on CPU with CPU GEMMs let in; in bf16 on the GPU)."""
-import dataclasses
-
 import pytest
 import torch
 import torch._inductor.config as inductor_config
@@ -11,11 +9,9 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 import glacompiler
 from glacompiler.compiler import align_projections
 from glacompiler.compiler.align_projections import aligned_width, padded_weight
-from glacompiler.demo import install_plain_decode
-from glacompiler.models import TinyLM
-from glacompiler.presets import tiny_config
+from frozen_model_cases import FROZEN, STEP, tiny_model  # (beside it)
 
-FROZEN = {"freezing": True, "cpp.weight_prepack": False}  # (prepack off: CPU Linears would become oneDNN calls)
+ODD_MLP = 91  # the tiny GTA-4 model's MLP width in the model tests: gate + up concatenated are 182 wide
 GEMMS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
 
 
@@ -166,24 +162,12 @@ def test_nothing_is_padded_on_cpu_or_without_freezing(cpu_gemms_padded, monkeypa
     assert padded == 0 and (5, 30) in [inp for inp, _ in shapes]
 
 
-def odd_mlp_model(device: str, dtype: torch.dtype, ffn_dim: int = 91) -> TinyLM:
-    """The package's tiny GTA-4 model with an MLP of an odd width, its plain decode over a filled cache."""
-    torch.manual_seed(0)
-    model = TinyLM(dataclasses.replace(tiny_config("gta-4", n_layers=2), ffn_dim=ffn_dim)).eval().to(device, dtype)
-    model.setup_cache(2, 64)
-    for cache in model.caches:
-        for tensor in cache.tensors():
-            tensor.copy_(torch.randn(tensor.shape))  # (drawn on the CPU: the same data in any dtype)
-    return install_plain_decode(model)
-
-
 def test_a_model_with_an_odd_mlp_width_decodes_as_eager(cpu_gemms_padded):
-    step = (torch.tensor([[3], [7]]), torch.tensor([40, 64], dtype=torch.int32))
-    logits, shapes, padded = compile_frozen(odd_mlp_model("cpu", torch.float32).decode, step)
+    logits, shapes, padded = compile_frozen(tiny_model("gta-4", ffn_dim=ODD_MLP).decode, STEP)
     assert padded == 2 * 2 + 1  # a layer's gate + up (concatenated: 182 wide) and down (91 rows); the head (257)
     assert all(dim % 4 == 0 for _, weight in shapes for dim in weight), shapes
     with torch.no_grad():
-        expected = odd_mlp_model("cpu", torch.float32).decode(*step)
+        expected = tiny_model("gta-4", ffn_dim=ODD_MLP).decode(*STEP)
     torch.testing.assert_close(logits, expected, rtol=2e-4, atol=2e-4)
 
 
@@ -191,12 +175,13 @@ def test_a_model_with_an_odd_mlp_width_decodes_as_eager(cpu_gemms_padded):
 def test_odd_widths_on_the_gpu_in_bf16():
     """The CUDA path as users get it: every GEMM of the frozen step 16-byte aligned, logits in bf16 against the fp32
     eager step within 2x the error of bf16 eager (FlashAttention's rule) plus one bf16 rounding step."""
-    step = (torch.tensor([[3], [7]], device="cuda"), torch.tensor([40, 64], dtype=torch.int32, device="cuda"))
+    step = tuple(tensor.cuda() for tensor in STEP)
     with torch.no_grad():
-        expected = odd_mlp_model("cuda", torch.float32).decode(*step)
-        eager = odd_mlp_model("cuda", torch.bfloat16).decode(*step)
+        expected = tiny_model("gta-4", device="cuda", ffn_dim=ODD_MLP).decode(*step)
+        eager = tiny_model("gta-4", device="cuda", dtype=torch.bfloat16, ffn_dim=ODD_MLP).decode(*step)
     eager_error = (eager.float() - expected).abs().max()
-    logits, shapes, padded = compile_frozen(odd_mlp_model("cuda", torch.bfloat16).decode, step, {"freezing": True})
+    model = tiny_model("gta-4", device="cuda", dtype=torch.bfloat16, ffn_dim=ODD_MLP)
+    logits, shapes, padded = compile_frozen(model.decode, step, {"freezing": True})
     assert padded == 2 * 2 + 1  # as on CPU: whoever concatenates gate and up, they are 182 wide
     assert shapes and all(dim % 8 == 0 for _, weight in shapes for dim in weight), shapes
     error = (logits.float() - expected).abs().max()

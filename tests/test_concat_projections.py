@@ -10,27 +10,8 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 import glacompiler
 from glacompiler.compiler.concat_projections import _concatenated_weight
 from glacompiler.compiler.frozen_projections import FrozenProjectionsPass, with_frozen_projection_passes
-from glacompiler.demo import install_plain_decode
 from glacompiler.models import TinyLM
-from glacompiler.presets import tiny_config
-
-# cpp.weight_prepack off: on CPU, freezing would turn every Linear into a oneDNN call before the post-grad passes.
-FROZEN = {"freezing": True, "cpp.weight_prepack": False}
-
-
-STEP = (torch.tensor([[3], [7]]), torch.tensor([40, 64], dtype=torch.int32))  # tokens, lengths
-
-
-def tiny_model(variant: str, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32) -> TinyLM:
-    """A tiny model of the package with its plain-PyTorch decode over a filled cache (what bench_backend.py compiles)."""
-    torch.manual_seed(seed)
-    model = TinyLM(tiny_config(variant, n_layers=2)).eval().to(device, dtype)
-    model.setup_cache(2, 64)
-    for cache in model.caches:
-        for tensor in cache.tensors():
-            tensor.copy_(torch.randn(tensor.shape))  # (drawn on the CPU: the same data on any device, in any dtype)
-    return install_plain_decode(model)
-
+from frozen_model_cases import FROZEN, STEP, tiny_model  # (beside it)
 
 def compiled_step(model: TinyLM, settings: dict, step: tuple = STEP):
     """(logits, projections the pass removed) of a decode step compiled under the backend with `settings` in

@@ -39,8 +39,8 @@ ALIGNMENT_BYTES = 16  # cuBLAS's widest vector access
 PADDED_DEVICE_TYPES = ("cuda",)
 
 
-def aligned_width(width: int, dtype: torch.dtype) -> int:
-    step = max(1, ALIGNMENT_BYTES // dtype.itemsize)
+def aligned_width(width: int, dtype: torch.dtype, alignment_bytes: int = ALIGNMENT_BYTES) -> int:
+    step = max(1, alignment_bytes // dtype.itemsize)
     return -(-width // step) * step
 
 
@@ -93,9 +93,10 @@ class _Padding:
         else:
             fake_input = padded_input.meta["val"]
         fake_product = fake_gemm(fake_input, fake_weight, fake_bias)
-        with fake_product.fake_mode:
-            fake_slice = aten.slice.Tensor(fake_product, 1, 0, n)
-            fake_output = aten.clone.default(fake_slice, memory_format=torch.contiguous_format)
+        if n_aligned != n:
+            with fake_product.fake_mode:
+                fake_slice = aten.slice.Tensor(fake_product, 1, 0, n)
+                fake_output = aten.clone.default(fake_slice, memory_format=torch.contiguous_format)
         with graph.inserting_before(node):
             if held is None:
                 held = (hold_constant(graph, new_weight, fake_weight, "aligned"),
