@@ -245,3 +245,30 @@ def test_model_decode_with_the_cpp_wrapper(cuda_device, variant):
         decode_plain_against_fused(variant, backend, cudagraphs=False)
     records = glacompiler.compile_report()
     assert records and all(r.status == "rewritten" for r in records)
+
+
+@pytest.mark.parametrize("variant", ["gqa-4", "gta-4", "gla-2"])
+def test_plain_decode_masks_reach_the_op_as_lengths_on_gpu(cuda_device, variant):
+    """Plain-PyTorch decode masks the keys past each length: every site takes them as lengths (one launch, no
+    mask), and the bf16 step meets FlashAttention's rule against the fp32 step, over lengths from 1 to full."""
+    models = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16 eager", torch.bfloat16), ("bf16 gla", torch.bfloat16)):
+        torch.manual_seed(0)
+        model = install_plain_decode(TinyLM(tiny_config(variant)).eval().to("cuda", dtype))
+        model.setup_cache(4, 64)
+        torch.manual_seed(1)
+        for cache in model.caches:
+            for tensor in cache.tensors():
+                tensor.copy_(torch.randn(tensor.shape, device="cuda"))
+        models[name] = model
+    mark_caches_static(models["bf16 gla"])
+    tokens = torch.randint(0, 257, (4, 1), device="cuda")
+    lengths = torch.tensor([1, 64, 23, 40], dtype=torch.int32, device="cuda")
+    torch._dynamo.reset()
+    before = counters["glacompiler"]["masks_as_lengths"]
+    with torch.no_grad():
+        ours = torch.compile(models["bf16 gla"].decode, backend=glacompiler.backend())(tokens, lengths)
+        low_precision = models["bf16 eager"].decode(tokens, lengths)
+        reference = models["fp32"].decode(tokens, lengths).float()
+    assert counters["glacompiler"]["masks_as_lengths"] - before == len(models["fp32"].layers)
+    check_fa_rule(ours, low_precision, reference)

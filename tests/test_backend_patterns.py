@@ -338,19 +338,20 @@ def _layers(q, keys, values, lengths, make_mask):
     return out
 
 
-def _same_prefix(lengths, layer):
-    return torch.arange(S)[None, :] < lengths[:, None]
+# Windows, not prefixes: a prefix of the keys reaches the op as lengths instead (tests/test_mask_as_lengths.py).
+def _same_window(lengths, layer):
+    return (torch.arange(S)[None, :] >= 2) & (torch.arange(S)[None, :] < lengths[:, None])
 
 
-def _shrinking_prefix(lengths, layer):
-    return torch.arange(S)[None, :] < (lengths - 3 * layer)[:, None]
+def _shrinking_window(lengths, layer):
+    return (torch.arange(S)[None, :] >= 2) & (torch.arange(S)[None, :] < (lengths - 3 * layer)[:, None])
 
 
 def _random_keys(lengths, layer):
     return torch.rand(lengths.shape[0], S) < 0.7  # computed anew per layer: never the same mask twice
 
 
-@pytest.mark.parametrize("make_mask, ranges", [(_same_prefix, 1), (_shrinking_prefix, 3), (_random_keys, 3)])
+@pytest.mark.parametrize("make_mask, ranges", [(_same_window, 1), (_shrinking_window, 3), (_random_keys, 3)])
 def test_layers_share_the_mask_range_only_when_their_masks_agree(make_mask, ranges):
     """Sites whose masks are the same pure computation on the same inputs share one mask_key_range (one
     launch per step instead of one per layer); other masks each get their own, and results match eager."""

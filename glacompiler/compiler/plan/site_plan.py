@@ -17,6 +17,7 @@ from torch import fx
 from ...op.validation import MAX_QUERY_LEN, SUPPORTED_DTYPES, validate_inputs
 from ...spec import AttentionSpec, dtype_name
 from ..decline import UNEXPECTED_GRAPH, Decline
+from ..trace.key_prefix import is_key_prefix
 from ..trace.layout import Piece, fake_value
 from ..trace.sizes import is_concrete, known_equal, known_less, known_one, product, size_hint
 from ..trace.value_side import ValueSide
@@ -89,6 +90,9 @@ class SitePlan:
     query_len: int
     key_len: object
     extensions: Optional[object] = None  # plan/extensions.py's ExtensionPlan: softcap, sinks, ALiBi slopes
+    # The one mask allows a prefix of the keys of a single query row: the op takes its count of allowed keys as
+    # the lengths instead (trace/key_prefix.py)
+    mask_as_lengths: bool = False
 
 
 def choose_roles(slots: list, terms: list, positions: set) -> tuple:
@@ -410,8 +414,10 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
                               fix="one batch dim in the scores ([B, H, Lq, S]) when the mask varies per sequence",
                               node=mask.node)
         output = output_plan(values, slots, roles)
+        mask_as_lengths = (query_len == 1 and not causal_top_left and len(masks) == 1
+                           and is_key_prefix(masks[0], roles.key))
         plan = SitePlan(form, spec, q, k_plan, v_out, q_rope, k_rope, masks, causal_top_left, roles, slots, scale,
-                        output, anchor, owned, query_len, key_len)
+                        output, anchor, owned, query_len, key_len, mask_as_lengths=mask_as_lengths)
         _validate(plan, batch, key_len)
     except Decline as decline:
         decline.spec = spec

@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 from torch import fx
+from torch._dynamo.utils import counters
 from torch._guards import detect_fake_mode
 from torch.utils import _pytree as pytree
 
@@ -168,10 +169,10 @@ def combine_masks(emit: Emitter, booleans: list, additive: list, dtype: torch.dt
 
 
 class SharedMaskRanges:
-    """One mask_key_range per distinct mask in a graph. A model's layers usually each recompute the same
-    causal or padding mask from the same inputs; sites whose masks are computed the same way (same pure ops on
-    the same graph inputs, compared by hash-consing the masks' producers) share one range, so a decode step
-    launches the range kernel once instead of once per layer."""
+    """One mask_key_range (or count of allowed keys: lengths_for) per distinct mask in a graph. A model's layers
+    usually each recompute the same causal or padding mask from the same inputs; sites whose masks are computed
+    the same way (same pure ops on the same graph inputs, compared by hash-consing the masks' producers) share
+    one range, so a decode step launches the range kernel once instead of once per layer."""
 
     def __init__(self, graph: fx.Graph):
         self.graph = graph
@@ -215,6 +216,21 @@ class SharedMaskRanges:
         self._ranges[key] = node
         return node
 
+    def lengths_for(self, emit: "Emitter", mask: fx.Node, batch) -> fx.Node:
+        """[B] int32: the allowed keys of each row of a [B or 1, 1, 1, S] mask that allows a prefix of them
+        (SitePlan.mask_as_lengths), counted. Inductor fuses the mask's computation into the count.
+        batch: the batch size (int or SymInt)."""
+        key = ("lengths", self.node_id(mask), self._value_id(emit.size(batch)))
+        shared = self._ranges.get(key)
+        if shared is not None and self._comes_before(shared, emit.anchor):
+            return shared
+        node = emit.call(aten.sum.dim_IntList, mask, [1, 2, 3], dtype=torch.int32)
+        if not known_equal(fake_value(node).shape[0], batch):  # one mask for the batch: the op takes [B] lengths
+            node = emit.call(aten.clone.default, emit.call(aten.expand.default, node, [emit.size(batch)]),
+                             memory_format=torch.contiguous_format)
+        self._ranges[key] = node
+        return node
+
     def _comes_before(self, node: fx.Node, anchor: fx.Node) -> bool:
         for current in self.graph.nodes:
             if current is node:
@@ -245,8 +261,11 @@ def emit_op_call(emit: Emitter, plan: SitePlan, mask_ranges: SharedMaskRanges, q
     if plan.causal_top_left:
         booleans.append(build_causal_top_left(emit, plan, device))
     mask = combine_masks(emit, booleans, additive, fake_value(q).dtype, device)
-    kv_range = None
-    if mask is not None:
+    kv_range = lengths = None
+    if mask is not None and plan.mask_as_lengths:
+        lengths, mask = mask_ranges.lengths_for(emit, mask, fake_value(q).shape[0]), None
+        counters["glacompiler"]["masks_as_lengths"] += 1
+    elif mask is not None:
         kv_range = mask_ranges.range_for(emit, mask, emit.size(fake_value(q).shape[0]),
                                          emit.size(fake_value(k).shape[1]))
     extensions = ()
@@ -256,7 +275,7 @@ def emit_op_call(emit: Emitter, plan: SitePlan, mask_ranges: SharedMaskRanges, q
         extensions = build_extension_arguments(emit, plan.extensions, q)
     result = emit.call(
         torch.ops.glacompiler.attention_with_kvcache.default,
-        q, k, v, q_rope, k_rope, None, None, mask, float(plan.scale), False, 0, kv_range, *extensions,
+        q, k, v, q_rope, k_rope, lengths, None, mask, float(plan.scale), False, 0, kv_range, *extensions,
     )
     return emit.call(operator.getitem, result, 0)
 

@@ -1,0 +1,127 @@
+"""Boolean masks that provably allow, in every row, a prefix of the keys: the op can take them as lengths.
+
+A decode step's mask usually hides the keys past each sequence's length: `arange(S) <= position`,
+`arange(S) < lengths[:, None]`, or their negations under masked_fill. Given as a mask, the op reduces it to key
+ranges (mask_key_range) and runs a dense and a sparse pass of its kernels; given as lengths (each row's count of
+allowed keys), one maskless launch. The proof is by form, never by value: the mask is one comparison (through
+logical or bitwise nots and views) between
+
+- the key index: an arange with a positive step, reached through views and monotone casts, read along the
+  mask's key axis by one run (so the compared values rise along every row), and
+- a bound: anything that does not vary along the key axis,
+
+in the direction `key < bound` or `key <= bound` once nots and operand order are folded in. The allowed keys of
+a row are then exactly those before some index, and the row's count of allowed keys is its length, whatever
+the bound's values (negative, past the cache, fractional).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import fx
+
+from .layout import Layout, broadcast_layout, compose, fake_value, identity, trace
+from .masks import PlacedMask
+from .operands import convert_dtypes, is_call
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+
+# comparison op -> its relation, written with the left operand first
+_RELATIONS = {aten.lt.Tensor: "<", aten.le.Tensor: "<=", aten.gt.Tensor: ">", aten.ge.Tensor: ">=",
+              aten.lt.Scalar: "<", aten.le.Scalar: "<=", aten.gt.Scalar: ">", aten.ge.Scalar: ">="}
+_SWAPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}  # b REL a  ==  a SWAPPED[REL] b
+_NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+_NOTS = (aten.logical_not.default, aten.bitwise_not.default)
+# Casts that keep a rising sequence of key indices rising (or level): to a float, or to an integer type wide
+# enough for any key index.
+_MONOTONE_TARGETS = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32, torch.int64)
+
+
+def _through_views(node: fx.Node, layout: Layout) -> tuple:
+    """(base, layout over it): node's producers followed through view-like ops."""
+    traced = trace(node)
+    if traced is None or not traced.chain:
+        return node, layout
+    composed = compose(layout, traced.layout)
+    return (node, layout) if composed is None else (traced.base, composed)
+
+
+def _rising_range(node) -> bool:
+    """An arange (prims.iota after decomposition) whose values rise along its one axis."""
+    if is_call(node, prims.iota.default):
+        step = node.kwargs.get("step", 1)
+    elif is_call(node, aten.arange.default, aten.arange.start):
+        step = 1
+    elif is_call(node, aten.arange.start_step):
+        step = node.args[2] if len(node.args) > 2 else node.kwargs.get("step", 1)
+    else:
+        return False
+    return isinstance(step, (int, float)) and step > 0
+
+
+def _key_index(operand, layout: Layout, key_axis: int) -> bool:
+    """Whether operand, read by the mask through layout, rises along the mask's key axis in every row: an
+    arange (affine, rising in its index) read along that axis by one run of positive step. Along other axes it
+    may vary (each row is a prefix on its own)."""
+    while isinstance(operand, fx.Node):
+        operand, layout = _through_views(operand, layout)
+        dtypes = convert_dtypes(operand)
+        if dtypes is None or dtypes[1] not in _MONOTONE_TARGETS:
+            break
+        operand = operand.args[0]  # (a cast keeps the shape: the layout holds)
+    if not _rising_range(operand):
+        return False
+    key_pieces = layout.dims[key_axis]
+    return len(key_pieces) == 1 and key_pieces[0].axis is not None
+
+
+def _constant_along_keys(operand, layout: Layout, key_axis: int) -> bool:
+    if not isinstance(operand, fx.Node):
+        return isinstance(operand, (int, float)) and not isinstance(operand, bool)
+    return all(piece.axis is None for piece in layout.dims[key_axis])
+
+
+def _operand_layout(operand, comparison_layout: Layout, comparison: fx.Node) -> Optional[Layout]:
+    """The mask node's layout over a comparison operand (broadcast to the comparison's shape first)."""
+    if not isinstance(operand, fx.Node):
+        return comparison_layout
+    value, out = fake_value(operand), fake_value(comparison)
+    if value is None or out is None:
+        return None
+    spread = broadcast_layout(list(value.shape), list(out.shape))
+    return None if spread is None else compose(comparison_layout, spread)
+
+
+def is_key_prefix(mask: PlacedMask, key_slot: int) -> bool:
+    """Whether the boolean mask allows, in each row, exactly the keys before some index (see the module)."""
+    if mask.additive or key_slot not in mask.slot_axes:
+        return False
+    key_axis = mask.slot_axes[key_slot]
+    node, attend_if = mask.node, mask.attend_if
+    value = fake_value(node)
+    if value is None:
+        return False
+    layout = identity(list(value.shape))  # the mask node over the node reached so far
+    while True:
+        if is_call(node, *_NOTS):
+            node, attend_if = node.args[0], not attend_if
+            continue
+        base, composed = _through_views(node, layout)
+        if base is node:
+            break
+        node, layout = base, composed
+    relation = _RELATIONS.get(node.target) if isinstance(node, fx.Node) and node.op == "call_function" else None
+    if relation is None or len(node.args) < 2:
+        return False
+    left, right = node.args[:2]
+    for key_side, bound, relation_to_bound in ((left, right, relation), (right, left, _SWAPPED[relation])):
+        key_layout = _operand_layout(key_side, layout, node)
+        bound_layout = _operand_layout(bound, layout, node)
+        if key_layout is None or bound_layout is None or not _key_index(key_side, key_layout, key_axis):
+            continue
+        if not attend_if:
+            relation_to_bound = _NEGATED[relation_to_bound]
+        return relation_to_bound in ("<", "<=") and _constant_along_keys(bound, bound_layout, key_axis)
+    return False

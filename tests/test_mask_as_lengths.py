@@ -1,0 +1,145 @@
+"""A mask the pass proves allows a prefix of the keys of a single query row reaches the op as lengths (the count
+of allowed keys per sequence: compiler/trace/key_prefix.py); every other mask stays a mask. Either way the
+rewritten graph computes what eager computes (fp32)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glacompiler.demo import build_model, model_config
+from test_backend_support import GLA_OP, assert_close, run_pass
+
+B, HQ, HKV, S, D = 3, 8, 2, 24, 16
+aten = torch.ops.aten
+
+
+def keys(dtype=torch.int64):
+    return torch.arange(S, dtype=dtype)
+
+
+# Masks [B or 1, 1, 1 or Lq, S] (True = attend) built in the graph from the lengths [B] (int64), as models build them.
+PREFIXES = {
+    "key < length": lambda n: (keys()[None, :] < n[:, None])[:, None, None, :],
+    "key <= position": lambda n: (keys()[None, :] <= (n - 1)[:, None])[:, None, None, :],
+    "length > key": lambda n: (n[:, None] > keys()[None, :])[:, None, None, :],
+    "not (key >= length)": lambda n: ~(keys()[None, :] >= n[:, None])[:, None, None, :],
+    "int32 keys cast to float, fractional bound": lambda n: (
+        keys(torch.int32).float()[None, :] < (n.float() - 0.5)[:, None])[:, None, None, :],
+    "one bound for the batch": lambda n: (keys() < n.max())[None, None, None, :],
+    "a bound past the cache": lambda n: (keys()[None, :] < (n + S)[:, None])[:, None, None, :],
+    "key indices that rise along each row and also along the batch": lambda n: (
+        torch.arange(B * S).view(B, S) < (n + S * torch.arange(B))[:, None])[:, None, None, :],
+}
+NOT_PREFIXES = {
+    "suffix (left padding)": lambda n: (keys()[None, :] >= (S - n)[:, None])[:, None, None, :],
+    "window": lambda n: ((keys()[None, :] >= 2) & (keys()[None, :] < n[:, None]))[:, None, None, :],
+    "keys reversed (not a view)": lambda n: (keys().flip(0)[None, :] < n[:, None])[:, None, None, :],
+    "bound varies along the keys": lambda n: (keys()[None, :] < n[:, None] - keys()[None, :] // 3)[:, None, None, :],
+    "key indices read by two runs (not rising)": lambda n: (
+        torch.arange(S).view(2, S // 2).t().reshape(S)[None, :] < n[:, None])[:, None, None, :],
+    "key index inside the bound (a suffix)": lambda n: (keys()[:B, None] < n[:, None] + keys()[None, :])[:, None, None, :],
+}
+
+
+def sdpa_masked(make_mask):
+    def attention(q, k, v, lengths):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=make_mask(lengths), enable_gqa=True)
+    return attention
+
+
+def inputs(query_len=1):
+    torch.manual_seed(0)
+    return (torch.randn(B, HQ, query_len, D), torch.randn(B, HKV, S, D), torch.randn(B, HKV, S, D),
+            torch.tensor([5, S, 11]))
+
+
+def op_call_lengths_and_mask(result):
+    (call,) = result.op_calls()
+    seqlens, mask, kv_range = call.args[5], call.args[7], call.args[11]
+    return seqlens, mask, kv_range
+
+
+@pytest.mark.parametrize("name", [*PREFIXES, *NOT_PREFIXES])
+def test_prefix_masks_reach_the_op_as_lengths_and_others_stay_masks(name):
+    args = inputs()
+    prefix = name in PREFIXES
+    fn = sdpa_masked(PREFIXES[name] if prefix else NOT_PREFIXES[name])
+    result = run_pass(fn, *args)
+    assert result.statuses == ["rewritten"], result.reasons
+    seqlens, mask, kv_range = op_call_lengths_and_mask(result)
+    if prefix:
+        assert mask is None and kv_range is None
+        value = seqlens.meta["val"]
+        assert value.dtype == torch.int32 and list(value.shape) == [B] and value.stride() == (1,)
+    else:
+        assert seqlens is None and mask is not None and kv_range is not None
+    assert_close(result.output, fn(*args))
+
+
+def test_several_query_rows_keep_their_mask():
+    """Two query rows: each would need its own length (the op's causal lengths match them only when the last
+    row's bound lies within the cache, which the graph does not show)."""
+    args = inputs(query_len=2)
+
+    def fn(q, k, v, lengths):
+        positions = lengths[:, None] - 2 + torch.arange(2)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=(keys()[None, None, :] <= positions[:, :, None])[:, None],
+                                              enable_gqa=True)
+
+    result = run_pass(fn, *args)
+    seqlens, mask, kv_range = op_call_lengths_and_mask(result)
+    assert seqlens is None and mask is not None
+    assert_close(result.output, fn(*args))
+
+
+def hand_written_min_fill(q, k, v, lengths):
+    """Hugging Face's eager form: an additive mask of the dtype's min where key > position, over matmuls."""
+    groups = HQ // HKV
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    hidden = torch.where(keys()[None, :] > (lengths - 1)[:, None], torch.finfo(q.dtype).min, 0.0)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(D) + hidden[:, None, None, :]
+    return scores.softmax(-1) @ v
+
+
+def test_additive_min_fill_of_a_prefix_reaches_the_op_as_lengths():
+    args = inputs()
+    result = run_pass(hand_written_min_fill, *args)
+    seqlens, mask, kv_range = op_call_lengths_and_mask(result)
+    assert seqlens is not None and mask is None and kv_range is None
+    assert_close(result.output, hand_written_min_fill(*args))
+
+
+def test_layers_share_the_count_only_when_their_masks_agree():
+    """Layers that each rebuild the same prefix mask share one count of allowed keys; different masks do not."""
+    def layers(q, k, v, lengths):
+        out = q
+        for shrink in (0, 0, 2):
+            mask = (keys()[None, :] < (lengths - shrink)[:, None])[:, None, None, :]
+            out = F.scaled_dot_product_attention(out, k, v, attn_mask=mask, enable_gqa=True)
+        return out
+
+    args = inputs()
+    result = run_pass(layers, *args)
+    calls = result.op_calls()
+    assert len(calls) == 3 and all(call.args[7] is None for call in calls)
+    assert calls[0].args[5] is calls[1].args[5] and calls[2].args[5] is not calls[0].args[5]
+    assert_close(result.output, layers(*args))
+
+
+@pytest.mark.parametrize("variant", ["gqa-4", "gta-4", "gla-2"])
+def test_plain_decode_masks_become_lengths(variant):
+    """The demo's plain-PyTorch decode (visible_keys under masked_fill or where) of each kind: lengths, no mask."""
+    device = torch.device("cpu")
+    model = build_model(model_config(variant, 1, device), device, torch.float32, B, S)
+    for cache in model.caches:
+        for tensor in cache.tensors():
+            tensor.normal_()
+    tokens = torch.randint(0, model.config.vocab_size, (B, 1))
+    lengths = torch.tensor([4, S, 13], dtype=torch.int32)
+    with torch.no_grad():
+        expected = model.decode(tokens, lengths)
+        result = run_pass(model.decode, tokens, lengths)
+    seqlens, mask, kv_range = op_call_lengths_and_mask(result)
+    assert seqlens is not None and mask is None and kv_range is None
+    assert_close(result.output, expected, tol=1e-4)
