@@ -7,7 +7,7 @@ call's prepared run replaced by the allocation of its outputs, per op call (the 
 in; the op called through the dispatcher alone is part 2's "op, repeat"), and what Inductor launching the
 portable kernels itself saves a site (backend="gla" against glacompiler.backend(graph_launches=False), whose
 sites all call the op; Hopper latent sites call the op either way, but for those the backend plans on the portable
-kernels: at most 16 query rows per latent head and 256 MiB of cache, its latent_in_graph). Part 2, the op alone: host
+kernels: at most 16 query rows per latent head and 1 GiB of cache, its latent_in_graph). Part 2, the op alone: host
 microseconds per call of the op (first call of a metadata key vs repeat, a prepared call) and of each piece of
 its Python path, on a short cache so that the GPU never holds the host back.
 

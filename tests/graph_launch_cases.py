@@ -275,10 +275,13 @@ def test_the_latent_rule_follows_the_group_query_rows_and_cache_bytes():
     # Paged: the capacity a sequence's page table can address (pages x page size), whatever the page size.
     assert rule(spec(16, latent_dim=448), shape(1, batch=8, capacity=tokens_in_bound // 8, page_size=64))
     assert not rule(spec(16, latent_dim=448), shape(1, batch=16, capacity=tokens_in_bound // 8, page_size=64))
-    # DeepSeek-V3's bench_hf widths, 512 + 64 a token: batch 32 at 4096 is 144 MiB, batch 64 288 MiB.
-    assert rule(spec(16), shape(1, batch=32, capacity=4096)) and not rule(spec(16), shape(1, batch=64, capacity=4096))
-    # GLA-2's two latent heads make 2 x 512 + 64 a token: batch 32 at 4096 is 272 MiB.
-    assert rule(spec(8), shape(1, batch=32, capacity=4096)) and not rule(spec(8, 2), shape(1, batch=32, capacity=4096))
+    # DeepSeek-V3's widths, 512 + 64 a token: batch 128 at 4096 is 576 MiB, batch 256 1152 MiB.
+    assert rule(spec(16), shape(1, batch=128, capacity=4096))
+    assert not rule(spec(16), shape(1, batch=256, capacity=4096))
+    # Two latent heads of 512 make 2 x 512 + 64 a token: batch 128 at 4096 is 1088 MiB.
+    assert rule(spec(8), shape(1, batch=128, capacity=4096)) and not rule(spec(8, 2), shape(1, batch=128, capacity=4096))
+    # bench_backend.py's GLA-2 (two latent heads of 256): batch 64 at 8192 is 576 MiB, launched by the graph.
+    assert rule(spec(8, 2, latent_dim=256), shape(1, batch=64, capacity=8192))
 
 
 def test_backend_option_and_the_cache_key():

@@ -17,8 +17,12 @@ most LATENT_CACHE_BYTES_IN_GRAPH of cache that the call can address (batch x cap
 page size per sequence, not the page pool). That trades device time for host time: the op call it removes costs
 40-170 us of host time, which a step without CUDA graphs waits for, and at 16 heads the portable kernel took
 1.05-1.23x the Hopper kernel's time on an H200 (7-17 us more), at 128 heads 2.1x (benchmarks/RESULTS.md). The cache
-bound is a conservative cap: above it the kernel alone reads for about 90 us or more, so a step of such sites is
-likely bound by the GPU, where host time saved buys nothing and the faster kernel is kept. The backend asks for
+bound is where the two meet: a site addressing 1 GiB reads for about 250 us on an H200, and 5-23% of that is
+13-58 us, the order of the op call's host time; above it the faster kernel is kept. Which side wins depends on the
+host: bench_backend.py's GLA-2 (8 sites of 576 MiB, freezing) without CUDA graphs took 2.18-2.34 ms a step launched
+by the graph on three H200 leases (bound by the GPU: the portable kernel at 1.15x the Hopper kernel's time), and
+with op calls 2.60 ms on a slow host, 1.97 ms on a fast one (its graphed step 1.79-1.86 ms; benchmarks/RESULTS.md).
+Launched by the graph the step moves less with the host. The backend asks for
 LATENT_ROWS_IN_GRAPH rows in graphs that CUDA graphs will not replay (its latent_in_graph).
 """
 from __future__ import annotations
@@ -53,7 +57,7 @@ _LAUNCH = triton_kernel_wrapper_functional
 # Query rows per latent head (query heads of a group x query length), and the bytes of cache a call can address,
 # up to which the backend launches a latent call on the portable kernels (see the module docstring).
 LATENT_ROWS_IN_GRAPH = 16
-LATENT_CACHE_BYTES_IN_GRAPH = 256 << 20
+LATENT_CACHE_BYTES_IN_GRAPH = 1 << 30
 
 
 def latent_in_graph_rule(latent_rows_in_graph: int):
