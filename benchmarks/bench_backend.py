@@ -6,6 +6,8 @@ plus a 64-wide rope key, GTA-4 four tied heads of 128 plus the rope key), 8 laye
 static cache with a mask (glacompiler.demo.install_plain_decode), as a user model would; the first row runs
 the reference modules' own decode (the fused op called directly, eager) for comparison. Without CUDA graphs
 backend="gla" compiles with Inductor's C++ wrapper on CUDA; two more rows time both backends the other way.
+On CUDA each row also gives its fraction of the step floor: the weights and the cache at the valid tokens over the
+copy bandwidth measured in the same run (bench_decode.py's measure; issue 13 goal 4).
 
     python benchmarks/bench_backend.py                      # on an H100/H200
     python benchmarks/bench_backend.py --device cpu --tiny  # smoke run of the script itself
@@ -43,6 +45,16 @@ def build(variant: str, args, device: torch.device) -> TinyLM:
         for tensor in cache.tensors():
             tensor.normal_()  # a filled cache: every slot is read up to the lengths below
     return model
+
+
+def floor_bytes(model: TinyLM, args) -> tuple:
+    """(weight bytes, cache bytes) a decode step must read at the least: every weight once but the embedding
+    table, of which it reads a row a sequence (a tied table is read whole as the head), and each sequence's cache
+    up to its length (the whole cache here)."""
+    embedding = model.embed.weight
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()
+                  if p is not embedding or model.config.tie_embeddings)
+    return weights, args.batch * args.cache * model.cache_bytes_per_token()
 
 
 def synchronize(device: torch.device) -> None:
@@ -92,8 +104,9 @@ CONFIGURATIONS = ("gla", "gla-graphs", "default", "reduce-overhead", "eager", "g
 
 
 def measure(variant: str, args, device: torch.device) -> tuple:
-    """([(configuration, ms per decode step)], a note on what the gla pass rewrote)."""
+    """([(configuration, ms per decode step)], a note on what the gla pass rewrote, (weight, cache) bytes)."""
     model = build(variant, args, device)
+    floor = floor_bytes(model, args)
     rows = []
     with torch.no_grad():
         rows.append(("eager, fused op (reference modules)", step_ms(model.decode, model, args, device, False)))
@@ -101,6 +114,7 @@ def measure(variant: str, args, device: torch.device) -> tuple:
         rewritten = gla_compiles = 0
         concatenated = counters["glacompiler"]["projections_concatenated"]
         aligned = counters["glacompiler"]["projections_aligned"]
+        as_lengths = counters["glacompiler"]["masks_as_lengths"]
         for key, (name, make, cudagraphs, cuda_only, gla) in zip(CONFIGURATIONS, (
             ('backend="gla"', lambda: torch.compile(model.decode, backend=glacompiler.backend()), False, False, True),
             ('backend="gla", CUDA graphs', lambda: torch.compile(
@@ -132,7 +146,10 @@ def measure(variant: str, args, device: torch.device) -> tuple:
         aligned = counters["glacompiler"]["projections_aligned"] - aligned
         if aligned:  # (under freezing: GEMMs of odd widths padded, compiler/align_projections.py)
             note += f"; {aligned} GEMMs padded to aligned widths over them"
-    return rows, note
+        as_lengths = counters["glacompiler"]["masks_as_lengths"] - as_lengths
+        if as_lengths:  # (a mask that allows a prefix of the keys: compiler/trace/key_prefix.py)
+            note += f"; {as_lengths} sites' masks given to the op as lengths"
+    return rows, note, floor
 
 
 def main() -> None:
@@ -163,17 +180,29 @@ def main() -> None:
     if inductor_settings:
         with torch._inductor.config.patch(inductor_settings):
             print(f"Inductor settings in effect for every configuration: {settings_in_effect(inductor_settings)}\n")
+    bandwidth = None
+    if device.type == "cuda":
+        from bench_decode import copy_bandwidth  # (beside it)
+
+        bandwidth = copy_bandwidth()
+        print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s (2 GiB device copy, bytes read + written, this run)\n")
     for variant in args.variants:
         with torch._inductor.config.patch(inductor_settings):
-            rows, note = measure(variant, args, device)
+            rows, note, (weight_bytes, cache_bytes) = measure(variant, args, device)
         times = dict(rows)
         print(f"{variant}: {note}")
-        print(f"  {'':<44} {'ms/step':>9} {'vs default':>11}")
+        floor_ms = None
+        if bandwidth is not None:
+            floor_ms = (weight_bytes + cache_bytes) / bandwidth * 1e3
+            print(f"  step floor {floor_ms:.3f} ms: {weight_bytes / 1e9:.2f} GB of weights and {cache_bytes / 1e9:.2f} "
+                  f"GB of cache over the copy bandwidth")
+        print(f"  {'':<44} {'ms/step':>9} {'vs default':>11} {'of floor':>9}")
         for name, ms in rows:
             baseline = times.get(
                 'default backend, mode="reduce-overhead"' if "CUDA graphs" in name else "default backend (inductor)")
             ratio = f"{baseline / ms:10.2f}x" if baseline and name.startswith("backend") else ""
-            print(f"  {name:<44} {ms:9.3f} {ratio:>11}")
+            of_floor = f"{floor_ms / ms:9.2f}" if floor_ms is not None else ""
+            print(f"  {name:<44} {ms:9.3f} {ratio:>11} {of_floor:>9}")
         print()
 
 
