@@ -28,6 +28,9 @@ PREFIXES = {
         keys(torch.int32).float()[None, :] < (n.float() - 0.5)[:, None])[:, None, None, :],
     "one bound for the batch": lambda n: (keys() < n.max())[None, None, None, :],
     "a bound past the cache": lambda n: (keys()[None, :] < (n + S)[:, None])[:, None, None, :],
+    "key arange plus an offset (transformers)": lambda n: ((keys() + 0)[None, :] <= (n - 1)[:, None])[:, None, None, :],
+    "key minus the length, below zero": lambda n: ((keys()[None, :] - n[:, None]) < 0)[:, None, None, :],
+    "key times two": lambda n: (keys()[None, :] * 2 < 2 * n[:, None])[:, None, None, :],
     "key indices that rise along each row and also along the batch": lambda n: (
         torch.arange(B * S).view(B, S) < (n + S * torch.arange(B))[:, None])[:, None, None, :],
 }
@@ -36,6 +39,9 @@ NOT_PREFIXES = {
     "window": lambda n: ((keys()[None, :] >= 2) & (keys()[None, :] < n[:, None]))[:, None, None, :],
     "keys reversed (not a view)": lambda n: (keys().flip(0)[None, :] < n[:, None])[:, None, None, :],
     "bound varies along the keys": lambda n: (keys()[None, :] < n[:, None] - keys()[None, :] // 3)[:, None, None, :],
+    "key times a negative number (a suffix)": lambda n: ((keys() * -1)[None, :] < (n - S + 1)[:, None])[:, None, None, :],
+    "key plus a term that varies along the keys": lambda n: (
+        (keys() + keys() % 3 * 5)[None, :] < n[:, None])[:, None, None, :],
     "key indices read by two runs (not rising)": lambda n: (
         torch.arange(S).view(2, S // 2).t().reshape(S)[None, :] < n[:, None])[:, None, None, :],
     "key index inside the bound (a suffix)": lambda n: (keys()[:B, None] < n[:, None] + keys()[None, :])[:, None, None, :],

@@ -6,8 +6,9 @@ ranges (mask_key_range) and runs a dense and a sparse pass of its kernels; given
 allowed keys), one maskless launch. The proof is by form, never by value: the mask is one comparison (through
 logical or bitwise nots and views) between
 
-- the key index: an arange with a positive step, reached through views and monotone casts, read along the
-  mask's key axis by one run (so the compared values rise along every row), and
+- the key index: an arange with a positive step, reached through views, monotone casts and shifts by terms
+  constant along the keys, read along the mask's key axis by one run (so the compared values rise along every
+  row; integer values are assumed not to wrap around), and
 - a bound: anything that does not vary along the key axis,
 
 in the direction `key < bound` or `key <= bound` once nots and operand order are folded in. The allowed keys of
@@ -61,16 +62,43 @@ def _rising_range(node) -> bool:
     return isinstance(step, (int, float)) and step > 0
 
 
+def _shifted(node: fx.Node, layout: Layout, key_axis: int) -> Optional[tuple]:
+    """(x, the mask's layout over x) where node is x plus or minus a term constant along the key axis, or x times a
+    positive number: rising along the keys wherever x is (transformers adds its key offset to the key arange)."""
+    if node.kwargs or len(node.args) != 2:
+        return None
+    a, b = node.args
+    if is_call(node, aten.add.Tensor):
+        pairs = ((a, b), (b, a))
+    elif is_call(node, aten.sub.Tensor):
+        pairs = ((a, b),)
+    elif is_call(node, aten.mul.Tensor):
+        pairs = tuple((x, c) for x, c in ((a, b), (b, a)) if isinstance(c, (int, float)) and c > 0)
+    else:
+        return None
+    for inner, other in pairs:
+        if not isinstance(inner, fx.Node):
+            continue
+        inner_layout, other_layout = _operand_layout(inner, layout, node), _operand_layout(other, layout, node)
+        if inner_layout is not None and other_layout is not None and _constant_along_keys(other, other_layout, key_axis):
+            return inner, inner_layout
+    return None
+
+
 def _key_index(operand, layout: Layout, key_axis: int) -> bool:
     """Whether operand, read by the mask through layout, rises along the mask's key axis in every row: an
-    arange (affine, rising in its index) read along that axis by one run of positive step. Along other axes it
-    may vary (each row is a prefix on its own)."""
+    arange (affine, rising in its index) read along that axis by one run of positive step, through views,
+    monotone casts and shifts (_shifted). Along other axes it may vary (each row is a prefix on its own)."""
     while isinstance(operand, fx.Node):
         operand, layout = _through_views(operand, layout)
         dtypes = convert_dtypes(operand)
-        if dtypes is None or dtypes[1] not in _MONOTONE_TARGETS:
+        if dtypes is not None and dtypes[1] in _MONOTONE_TARGETS:
+            operand = operand.args[0]  # (a cast keeps the shape: the layout holds)
+            continue
+        shifted = _shifted(operand, layout, key_axis)
+        if shifted is None:
             break
-        operand = operand.args[0]  # (a cast keeps the shape: the layout holds)
+        operand, layout = shifted
     if not _rising_range(operand):
         return False
     key_pieces = layout.dims[key_axis]
