@@ -224,10 +224,9 @@ class SharedMaskRanges:
         shared = self._ranges.get(key)
         if shared is not None and self._comes_before(shared, emit.anchor):
             return shared
+        if not known_equal(fake_value(mask).shape[0], batch):  # one mask for the batch: counted once a sequence,
+            mask = emit.call(aten.expand.default, mask, [emit.size(batch), -1, -1, -1])  # [B] in one kernel
         node = emit.call(aten.sum.dim_IntList, mask, [1, 2, 3], dtype=torch.int32)
-        if not known_equal(fake_value(node).shape[0], batch):  # one mask for the batch: the op takes [B] lengths
-            node = emit.call(aten.clone.default, emit.call(aten.expand.default, node, [emit.size(batch)]),
-                             memory_format=torch.contiguous_format)
         self._ranges[key] = node
         return node
 
