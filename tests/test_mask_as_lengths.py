@@ -31,6 +31,8 @@ PREFIXES = {
     "key arange plus an offset (transformers)": lambda n: ((keys() + 0)[None, :] <= (n - 1)[:, None])[:, None, None, :],
     "key minus the length, below zero": lambda n: ((keys()[None, :] - n[:, None]) < 0)[:, None, None, :],
     "key times two": lambda n: (keys()[None, :] * 2 < 2 * n[:, None])[:, None, None, :],
+    "a bound below zero in one row (SDPA gives an empty row zeros, as the op)": lambda n: (
+        keys()[None, :] < (n - 6)[:, None])[:, None, None, :],
     "key indices that rise along each row and also along the batch": lambda n: (
         torch.arange(B * S).view(B, S) < (n + S * torch.arange(B))[:, None])[:, None, None, :],
 }
@@ -38,13 +40,20 @@ NOT_PREFIXES = {
     "suffix (left padding)": lambda n: (keys()[None, :] >= (S - n)[:, None])[:, None, None, :],
     "window": lambda n: ((keys()[None, :] >= 2) & (keys()[None, :] < n[:, None]))[:, None, None, :],
     "keys reversed (not a view)": lambda n: (keys().flip(0)[None, :] < n[:, None])[:, None, None, :],
-    "bound varies along the keys": lambda n: (keys()[None, :] < n[:, None] - keys()[None, :] // 3)[:, None, None, :],
+    "keys counted down (a suffix)": lambda n: (torch.arange(S - 1, -1, -1)[None, :] < n[:, None])[:, None, None, :],
+    "bound varies along the keys": lambda n: (keys()[None, :] < n[:, None] + 5 * (keys()[None, :] % 2))[:, None, None, :],
+    "bound minus key (a suffix)": lambda n: ((n[:, None] - keys()[None, :]) < 3)[:, None, None, :],
     "key times a negative number (a suffix)": lambda n: ((keys() * -1)[None, :] < (n - S + 1)[:, None])[:, None, None, :],
     "key plus a term that varies along the keys": lambda n: (
         (keys() + keys() % 3 * 5)[None, :] < n[:, None])[:, None, None, :],
     "key indices read by two runs (not rising)": lambda n: (
         torch.arange(S).view(2, S // 2).t().reshape(S)[None, :] < n[:, None])[:, None, None, :],
-    "key index inside the bound (a suffix)": lambda n: (keys()[:B, None] < n[:, None] + keys()[None, :])[:, None, None, :],
+    # Values that wrap around or turn to nan: not a prefix, whatever the form says.
+    "uint8 keys minus 5 (wrap)": lambda n: ((keys(torch.uint8) - 5)[None, :] < n[:, None])[:, None, None, :],
+    "large keys cast to int32 (wrap)": lambda n: (
+        torch.arange(0, S * 2**28, 2**28).to(torch.int32)[None, :] < (n * 2**28)[:, None])[:, None, None, :],
+    "keys times a factor past float32 (0 * inf = nan)": lambda n: (
+        (keys().float() * 1e39)[None, :] <= (n.float() * 1e39)[:, None])[:, None, None, :],
 }
 
 
@@ -80,6 +89,36 @@ def test_prefix_masks_reach_the_op_as_lengths_and_others_stay_masks(name):
         assert value.dtype == torch.int32 and list(value.shape) == [B] and value.stride() == (1,)
     else:
         assert seqlens is None and mask is not None and kv_range is not None
+    assert_close(result.output, fn(*args))
+
+
+@pytest.mark.parametrize("dtype, capacity", [(torch.int8, 200), (torch.uint8, 300)])
+def test_narrow_key_aranges_that_wrap_stay_masks(dtype, capacity):
+    """An int8 or uint8 arange wraps past its range: the row is no prefix (keys 0-4 and from 128 on for int8)."""
+    torch.manual_seed(0)
+    args = (torch.randn(B, HQ, 1, D), torch.randn(B, HKV, capacity, D), torch.randn(B, HKV, capacity, D),
+            torch.tensor([5, capacity, 11]))
+    fn = sdpa_masked(lambda n: (torch.arange(capacity, dtype=dtype)[None, :] < n[:, None])[:, None, None, :])
+    result = run_pass(fn, *args)
+    seqlens, mask, kv_range = op_call_lengths_and_mask(result)
+    assert seqlens is None and mask is not None
+    assert_close(result.output, fn(*args))
+
+
+def test_two_masks_keep_their_masks():
+    """Two masks, each a prefix or not: only a single mask is read as lengths."""
+    args = inputs()
+
+    def fn(q, k, v, lengths):
+        groups = HQ // HKV
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill((keys() < 2)[None, None, None, :], -math.inf)
+        scores = scores.masked_fill((keys()[None, :] >= lengths[:, None])[:, None, None, :], -math.inf)
+        return scores.softmax(-1) @ v
+
+    result = run_pass(fn, *args)
+    seqlens, mask, kv_range = op_call_lengths_and_mask(result)
+    assert seqlens is None and mask is not None
     assert_close(result.output, fn(*args))
 
 

@@ -6,9 +6,10 @@ ranges (mask_key_range) and runs a dense and a sparse pass of its kernels; given
 allowed keys), one maskless launch. The proof is by form, never by value: the mask is one comparison (through
 logical or bitwise nots and views) between
 
-- the key index: an arange with a positive step, reached through views, monotone casts and shifts by terms
-  constant along the keys, read along the mask's key axis by one run (so the compared values rise along every
-  row; integer values are assumed not to wrap around), and
+- the key index: an arange with a positive step, reached through views, monotone casts, shifts by terms
+  constant along the keys and positive scales, read along the mask's key axis by one run, every value on the way
+  held in int64 or a float (so the compared values rise, or stay level, along every row and never wrap around;
+  an int64 shift is taken not to pass 2**63), and
 - a bound: anything that does not vary along the key axis,
 
 in the direction `key < bound` or `key <= bound` once nots and operand order are folded in. The allowed keys of
@@ -35,9 +36,10 @@ _RELATIONS = {aten.lt.Tensor: "<", aten.le.Tensor: "<=", aten.gt.Tensor: ">", at
 _SWAPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}  # b REL a  ==  a SWAPPED[REL] b
 _NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
 _NOTS = (aten.logical_not.default, aten.bitwise_not.default)
-# Casts that keep a rising sequence of key indices rising (or level): to a float, or to an integer type wide
-# enough for any key index.
-_MONOTONE_TARGETS = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32, torch.int64)
+# Dtypes in which the key path's values are exact or rounded, never wrapped around (int64 shifts are taken not to
+# pass 2**63); an int32 arange is let in where its last value is known to fit.
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_UNWRAPPED = (torch.int64, *_FLOATS)
 
 
 def _through_views(node: fx.Node, layout: Layout) -> tuple:
@@ -50,16 +52,25 @@ def _through_views(node: fx.Node, layout: Layout) -> tuple:
 
 
 def _rising_range(node) -> bool:
-    """An arange (prims.iota after decomposition) whose values rise along its one axis."""
+    """An arange (prims.iota after decomposition) whose values rise along its one axis without wrapping around."""
     if is_call(node, prims.iota.default):
-        step = node.kwargs.get("step", 1)
-    elif is_call(node, aten.arange.default, aten.arange.start):
-        step = 1
-    elif is_call(node, aten.arange.start_step):
+        length, start, step = node.args[0], node.kwargs.get("start", 0), node.kwargs.get("step", 1)
+    elif is_call(node, aten.arange.default):
+        length, start, step = node.args[0], 0, 1
+    elif is_call(node, aten.arange.start, aten.arange.start_step):
+        start, end = node.args[:2]
         step = node.args[2] if len(node.args) > 2 else node.kwargs.get("step", 1)
+        length = (end - start + step - 1) // step if all(isinstance(v, int) for v in (start, end, step)) else None
     else:
         return False
-    return isinstance(step, (int, float)) and step > 0
+    value = fake_value(node)
+    if value is None or not isinstance(step, (int, float)) or not step > 0:
+        return False
+    if value.dtype in _UNWRAPPED:
+        return True
+    # int32: only where the last value is known to fit
+    return (value.dtype == torch.int32 and all(isinstance(v, int) for v in (length, start, step))
+            and -2**31 <= start and start + step * (length - 1) < 2**31)
 
 
 def _shifted(node: fx.Node, layout: Layout, key_axis: int) -> Optional[tuple]:
@@ -73,7 +84,8 @@ def _shifted(node: fx.Node, layout: Layout, key_axis: int) -> Optional[tuple]:
     elif is_call(node, aten.sub.Tensor):
         pairs = ((a, b),)
     elif is_call(node, aten.mul.Tensor):
-        pairs = tuple((x, c) for x, c in ((a, b), (b, a)) if isinstance(c, (int, float)) and c > 0)
+        dtype = fake_value(node).dtype
+        pairs = tuple((x, c) for x, c in ((a, b), (b, a)) if _positive_scale(c, dtype))
     else:
         return None
     for inner, other in pairs:
@@ -85,15 +97,29 @@ def _shifted(node: fx.Node, layout: Layout, key_axis: int) -> Optional[tuple]:
     return None
 
 
+def _positive_scale(c, dtype: torch.dtype) -> bool:
+    """A number that scales a rising sequence to a rising (or level) one: positive, finite in a float product's
+    dtype (a factor that rounds to inf makes 0 * inf = nan), at most 2**31 in an int64 product (taken, like the
+    shifts, not to pass 2**63)."""
+    if not isinstance(c, (int, float)) or isinstance(c, bool) or not c > 0:
+        return False
+    if dtype in _FLOATS:
+        return c <= torch.finfo(dtype).max
+    return dtype == torch.int64 and isinstance(c, int) and c <= 2**31
+
+
 def _key_index(operand, layout: Layout, key_axis: int) -> bool:
     """Whether operand, read by the mask through layout, rises along the mask's key axis in every row: an
     arange (affine, rising in its index) read along that axis by one run of positive step, through views,
     monotone casts and shifts (_shifted). Along other axes it may vary (each row is a prefix on its own)."""
     while isinstance(operand, fx.Node):
         operand, layout = _through_views(operand, layout)
+        value = fake_value(operand)
+        if value is None or value.dtype not in _UNWRAPPED:
+            break  # (an int32 arange is judged by _rising_range)
         dtypes = convert_dtypes(operand)
-        if dtypes is not None and dtypes[1] in _MONOTONE_TARGETS:
-            operand = operand.args[0]  # (a cast keeps the shape: the layout holds)
+        if dtypes is not None and (dtypes[1] in _FLOATS or not (dtypes[0].is_floating_point or dtypes[0].is_complex)):
+            operand = operand.args[0]  # to a float, or an integer to int64 (a cast keeps the shape: the layout holds)
             continue
         shifted = _shifted(operand, layout, key_axis)
         if shifted is None:
