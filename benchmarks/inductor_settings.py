@@ -33,8 +33,9 @@ def parse_inductor_settings(parser: argparse.ArgumentParser, items: list) -> dic
 
 
 def settings_in_effect(settings: dict) -> str:
-    """The settings as Inductor's config reads them now ("name=value, ..."): printed from inside the patch."""
+    """The settings as Inductor's config reads them under a patch of them ("name=value, ...")."""
     import torch._inductor.config
 
-    in_effect = torch._inductor.config.get_config_copy()
+    with torch._inductor.config.patch(settings):
+        in_effect = torch._inductor.config.get_config_copy()
     return ", ".join(f"{key}={in_effect[key]!r}" for key in settings)
