@@ -30,7 +30,7 @@ PREFIXES = {
     "a bound past the cache": lambda n: (keys()[None, :] < (n + S)[:, None])[:, None, None, :],
     "key arange plus an offset (transformers)": lambda n: ((keys() + 0)[None, :] <= (n - 1)[:, None])[:, None, None, :],
     "key minus the length, below zero": lambda n: ((keys()[None, :] - n[:, None]) < 0)[:, None, None, :],
-    "key times two": lambda n: (keys()[None, :] * 2 < 2 * n[:, None])[:, None, None, :],
+    "float key times two": lambda n: ((keys().float() * 2)[None, :] < (2 * n.float())[:, None])[:, None, None, :],
     "a bound below zero in one row (SDPA gives an empty row zeros, as the op)": lambda n: (
         keys()[None, :] < (n - 6)[:, None])[:, None, None, :],
     "key indices that rise along each row and also along the batch": lambda n: (
@@ -54,6 +54,15 @@ NOT_PREFIXES = {
         torch.arange(0, S * 2**28, 2**28).to(torch.int32)[None, :] < (n * 2**28)[:, None])[:, None, None, :],
     "keys times a factor past float32 (0 * inf = nan)": lambda n: (
         (keys().float() * 1e39)[None, :] <= (n.float() * 1e39)[:, None])[:, None, None, :],
+    "keys scaled to inf, shifted by -inf (inf - inf = nan)": lambda n: ~(
+        (keys().float() * 1e38 - math.inf) >= -math.inf)[None, None, None, :],
+    "keys scaled to inf, shifted by an inf tensor": lambda n: ~(
+        ((keys().float() * 1e38)[None, :] - (n.float() * 0 + math.inf)[:, None]) >= -math.inf)[:, None, None, :],
+    "inf keys times a factor that rounds to 0 in float32": lambda n: ~(
+        ((keys().double() * 1e300).float() * 1e-50)[None, :] >= (0 * n)[:, None])[:, None, None, :],
+    "int64 keys shifted past 2**63": lambda n: (
+        (keys() + (2**63 - 12))[None, :] < (n + 2**63 - 12)[:, None])[:, None, None, :],
+    "int64 keys scaled past 2**63": lambda n: ((keys() * 2**31 * 2**31)[None, :] < n[:, None])[:, None, None, :],
 }
 
 

@@ -6,10 +6,11 @@ ranges (mask_key_range) and runs a dense and a sparse pass of its kernels; given
 allowed keys), one maskless launch. The proof is by form, never by value: the mask is one comparison (through
 logical or bitwise nots and views) between
 
-- the key index: an arange with a positive step, reached through views, monotone casts, shifts by terms
-  constant along the keys and positive scales, read along the mask's key axis by one run, every value on the way
-  held in int64 or a float (so the compared values rise, or stay level, along every row and never wrap around;
-  an int64 shift is taken not to pass 2**63), and
+- the key index: an arange with a positive step, reached through views, widening casts, shifts by terms
+  constant along the keys and positive scales (_shifted says which), read along the mask's key axis by one run,
+  every value on the way held in int64 or a float: the compared values rise, or stay level, along every row; they
+  never wrap around (an int64 shift by a tensor is taken not to pass 2**63; numbers are checked) and never turn to
+  nan (inf - inf, 0 * inf), and
 - a bound: anything that does not vary along the key axis,
 
 in the direction `key < bound` or `key <= bound` once nots and operand order are folded in. The allowed keys of
@@ -51,67 +52,82 @@ def _through_views(node: fx.Node, layout: Layout) -> tuple:
     return (node, layout) if composed is None else (traced.base, composed)
 
 
-def _rising_range(node) -> bool:
-    """An arange (prims.iota after decomposition) whose values rise along its one axis without wrapping around."""
+# A bound on any tensor's length where it is symbolic (no device holds 2**40 elements of one tensor).
+_MAX_LENGTH = 2**40
+
+
+def _rising_range(node, int64_shifts: int) -> bool:
+    """An arange (prims.iota after decomposition) whose values rise along its one axis and, shifted by at most
+    int64_shifts in int64 on the way to the comparison, never wrap around."""
     if is_call(node, prims.iota.default):
-        length, start, step = node.args[0], node.kwargs.get("start", 0), node.kwargs.get("step", 1)
+        start, step = node.kwargs.get("start", 0), node.kwargs.get("step", 1)
     elif is_call(node, aten.arange.default):
-        length, start, step = node.args[0], 0, 1
+        start, step = 0, 1
     elif is_call(node, aten.arange.start, aten.arange.start_step):
-        start, end = node.args[:2]
+        start = node.args[0]
         step = node.args[2] if len(node.args) > 2 else node.kwargs.get("step", 1)
-        length = (end - start + step - 1) // step if all(isinstance(v, int) for v in (start, end, step)) else None
     else:
         return False
     value = fake_value(node)
-    if value is None or not isinstance(step, (int, float)) or not step > 0:
+    if value is None or value.dim() != 1 or not isinstance(step, (int, float)) or not step > 0:
         return False
-    if value.dtype in _UNWRAPPED:
+    if value.dtype in _FLOATS:
         return True
-    # int32: only where the last value is known to fit
-    return (value.dtype == torch.int32 and all(isinstance(v, int) for v in (length, start, step))
-            and -2**31 <= start and start + step * (length - 1) < 2**31)
+    length = value.shape[0] if isinstance(value.shape[0], int) else _MAX_LENGTH
+    if not (isinstance(start, int) and isinstance(step, int)):
+        return False
+    largest = max(abs(start), abs(start + step * (length - 1)))
+    if value.dtype == torch.int32:
+        return largest < 2**31 and isinstance(value.shape[0], int) and largest + int64_shifts < 2**63
+    return value.dtype == torch.int64 and largest + int64_shifts < 2**63
 
 
 def _shifted(node: fx.Node, layout: Layout, key_axis: int) -> Optional[tuple]:
-    """(x, the mask's layout over x) where node is x plus or minus a term constant along the key axis, or x times a
-    positive number: rising along the keys wherever x is (transformers adds its key offset to the key arange)."""
+    """(x, the mask's layout over x, the magnitude of a number added in int64) where node is x shifted or scaled
+    so that it rises wherever x does (transformers adds its key offset to the key arange):
+    - in int64, x plus or minus a Python int or an integer tensor constant along the keys (a tensor's values are
+      taken not to bring the sum past 2**63; a number's magnitude is returned and checked at the arange);
+    - in a float, x plus or minus a number finite in that float (a tensor could hold inf and make inf - inf = nan),
+      or x times a number that is neither 0 nor inf in it."""
     if node.kwargs or len(node.args) != 2:
         return None
     a, b = node.args
+    dtype = fake_value(node).dtype
     if is_call(node, aten.add.Tensor):
         pairs = ((a, b), (b, a))
     elif is_call(node, aten.sub.Tensor):
         pairs = ((a, b),)
     elif is_call(node, aten.mul.Tensor):
-        dtype = fake_value(node).dtype
-        pairs = tuple((x, c) for x, c in ((a, b), (b, a)) if _positive_scale(c, dtype))
+        pairs = tuple((x, c) for x, c in ((a, b), (b, a)) if _number(c) and dtype in _FLOATS
+                      and torch.finfo(dtype).tiny <= c <= torch.finfo(dtype).max)
     else:
         return None
     for inner, other in pairs:
         if not isinstance(inner, fx.Node):
             continue
         inner_layout, other_layout = _operand_layout(inner, layout, node), _operand_layout(other, layout, node)
-        if inner_layout is not None and other_layout is not None and _constant_along_keys(other, other_layout, key_axis):
-            return inner, inner_layout
+        if inner_layout is None or other_layout is None or not _constant_along_keys(other, other_layout, key_axis):
+            continue
+        if is_call(node, aten.mul.Tensor):
+            return inner, inner_layout, 0
+        if dtype == torch.int64 and isinstance(other, int) and not isinstance(other, bool):
+            return inner, inner_layout, abs(other)
+        if dtype == torch.int64 and isinstance(other, fx.Node) and not fake_value(other).dtype.is_floating_point:
+            return inner, inner_layout, 0
+        if dtype in _FLOATS and _number(other) and abs(other) <= torch.finfo(dtype).max:
+            return inner, inner_layout, 0
     return None
 
 
-def _positive_scale(c, dtype: torch.dtype) -> bool:
-    """A number that scales a rising sequence to a rising (or level) one: positive, finite in a float product's
-    dtype (a factor that rounds to inf makes 0 * inf = nan), at most 2**31 in an int64 product (taken, like the
-    shifts, not to pass 2**63)."""
-    if not isinstance(c, (int, float)) or isinstance(c, bool) or not c > 0:
-        return False
-    if dtype in _FLOATS:
-        return c <= torch.finfo(dtype).max
-    return dtype == torch.int64 and isinstance(c, int) and c <= 2**31
+def _number(c) -> bool:
+    return isinstance(c, (int, float)) and not isinstance(c, bool)
 
 
 def _key_index(operand, layout: Layout, key_axis: int) -> bool:
     """Whether operand, read by the mask through layout, rises along the mask's key axis in every row: an
     arange (affine, rising in its index) read along that axis by one run of positive step, through views,
     monotone casts and shifts (_shifted). Along other axes it may vary (each row is a prefix on its own)."""
+    int64_shifts = 0
     while isinstance(operand, fx.Node):
         operand, layout = _through_views(operand, layout)
         value = fake_value(operand)
@@ -124,8 +140,9 @@ def _key_index(operand, layout: Layout, key_axis: int) -> bool:
         shifted = _shifted(operand, layout, key_axis)
         if shifted is None:
             break
-        operand, layout = shifted
-    if not _rising_range(operand):
+        operand, layout, shift = shifted
+        int64_shifts += shift
+    if not _rising_range(operand, int64_shifts):
         return False
     key_pieces = layout.dims[key_axis]
     return len(key_pieces) == 1 and key_pieces[0].axis is not None
@@ -133,7 +150,7 @@ def _key_index(operand, layout: Layout, key_axis: int) -> bool:
 
 def _constant_along_keys(operand, layout: Layout, key_axis: int) -> bool:
     if not isinstance(operand, fx.Node):
-        return isinstance(operand, (int, float)) and not isinstance(operand, bool)
+        return _number(operand)
     return all(piece.axis is None for piece in layout.dims[key_axis])
 
 
