@@ -19,6 +19,7 @@ the bound's values (negative, past the cache, fractional).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -69,10 +70,10 @@ def _rising_range(node, int64_shifts: int) -> bool:
     else:
         return False
     value = fake_value(node)
-    if value is None or value.dim() != 1 or not isinstance(step, (int, float)) or not step > 0:
+    if value is None or value.dim() != 1 or not (_number(start) and _number(step)) or not 0 < step < math.inf:
         return False
     if value.dtype in _FLOATS:
-        return True
+        return math.isfinite(start)  # (finite keys to start from; the step is finite above)
     length = value.shape[0] if isinstance(value.shape[0], int) else _MAX_LENGTH
     if not (isinstance(start, int) and isinstance(step, int)):
         return False
