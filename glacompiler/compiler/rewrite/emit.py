@@ -220,12 +220,13 @@ class SharedMaskRanges:
         """[B] int32: the allowed keys of each row of a [B or 1, 1, 1, S] mask that allows a prefix of them
         (SitePlan.mask_as_lengths), counted. Inductor fuses the mask's computation into the count.
         batch: the batch size (int or SymInt)."""
-        key = ("lengths", self.node_id(mask), self._value_id(emit.size(batch)))
+        batch_size = emit.size(batch)
+        key = ("lengths", self.node_id(mask), self._value_id(batch_size))
         shared = self._ranges.get(key)
         if shared is not None and self._comes_before(shared, emit.anchor):
             return shared
         if not known_equal(fake_value(mask).shape[0], batch):  # one mask for the batch: counted once a sequence,
-            mask = emit.call(aten.expand.default, mask, [emit.size(batch), -1, -1, -1])  # [B] in one kernel
+            mask = emit.call(aten.expand.default, mask, [batch_size, -1, -1, -1])  # [B] in one kernel
         node = emit.call(aten.sum.dim_IntList, mask, [1, 2, 3], dtype=torch.int32)
         self._ranges[key] = node
         return node

@@ -27,7 +27,7 @@ from torch import fx
 
 from .layout import Layout, broadcast_layout, compose, fake_value, identity, trace
 from .masks import PlacedMask
-from .operands import convert_dtypes, is_call
+from .operands import convert_dtypes, is_call, scalar_value
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -70,7 +70,8 @@ def _rising_range(node, int64_shifts: int) -> bool:
     else:
         return False
     value = fake_value(node)
-    if value is None or value.dim() != 1 or not (_number(start) and _number(step)) or not 0 < step < math.inf:
+    if (value is None or value.dim() != 1 or scalar_value(start) is None or scalar_value(step) is None
+            or not 0 < step < math.inf):
         return False
     if value.dtype in _FLOATS:
         return math.isfinite(start)  # (finite keys to start from; the step is finite above)
@@ -99,7 +100,7 @@ def _shifted(node: fx.Node, layout: Layout, key_axis: int) -> Optional[tuple]:
     elif is_call(node, aten.sub.Tensor):
         pairs = ((a, b),)
     elif is_call(node, aten.mul.Tensor):
-        pairs = tuple((x, c) for x, c in ((a, b), (b, a)) if _number(c) and dtype in _FLOATS
+        pairs = tuple((x, c) for x, c in ((a, b), (b, a)) if scalar_value(c) is not None and dtype in _FLOATS
                       and torch.finfo(dtype).tiny <= c <= torch.finfo(dtype).max)
     else:
         return None
@@ -115,13 +116,9 @@ def _shifted(node: fx.Node, layout: Layout, key_axis: int) -> Optional[tuple]:
             return inner, inner_layout, abs(other)
         if dtype == torch.int64 and isinstance(other, fx.Node) and not fake_value(other).dtype.is_floating_point:
             return inner, inner_layout, 0
-        if dtype in _FLOATS and _number(other) and abs(other) <= torch.finfo(dtype).max:
+        if dtype in _FLOATS and scalar_value(other) is not None and abs(other) <= torch.finfo(dtype).max:
             return inner, inner_layout, 0
     return None
-
-
-def _number(c) -> bool:
-    return isinstance(c, (int, float)) and not isinstance(c, bool)
 
 
 def _key_index(operand, layout: Layout, key_axis: int) -> bool:
@@ -151,7 +148,7 @@ def _key_index(operand, layout: Layout, key_axis: int) -> bool:
 
 def _constant_along_keys(operand, layout: Layout, key_axis: int) -> bool:
     if not isinstance(operand, fx.Node):
-        return _number(operand)
+        return scalar_value(operand) is not None
     return all(piece.axis is None for piece in layout.dims[key_axis])
 
 
