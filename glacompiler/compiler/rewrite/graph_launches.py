@@ -18,11 +18,12 @@ page size per sequence, not the page pool). That trades device time for host tim
 40-170 us of host time, which a step without CUDA graphs waits for, and at 16 heads the portable kernel took
 1.05-1.23x the Hopper kernel's time on an H200 (7-17 us more), at 128 heads 2.1x (benchmarks/RESULTS.md). The cache
 bound is where the two meet: a site addressing 1 GiB reads for about 250 us on an H200, and 5-23% of that is
-13-58 us, the order of the op call's host time; above it the faster kernel is kept. Which side wins depends on the
-host: bench_backend.py's GLA-2 (8 sites of 576 MiB, freezing) without CUDA graphs took 2.18-2.34 ms a step launched
-by the graph on three H200 leases (bound by the GPU: the portable kernel at 1.15x the Hopper kernel's time), and
-with op calls 2.60 ms on a slow host, 1.97 ms on a fast one (its graphed step 1.79-1.86 ms; benchmarks/RESULTS.md).
-Launched by the graph the step moves less with the host. The backend asks for
+13-58 us, the order of the op call's host time; above it the faster kernel is kept. Since the portable heuristic
+reads latents of 256 in 64-key blocks at few rows (portable/config.py latent_block_n) it matches the Hopper kernel
+at bench_backend.py's GLA-2 site (B64 S8K, 8 rows a latent head: 145.7 us against 149.3 on an H200). That model
+(8 sites of 576 MiB, freezing) without CUDA graphs then took 1.936 ms a step launched by the graph, 2.168 ms with
+32-key blocks, and with op calls 2.60 ms on a slow host, 1.97 ms on a fast one (its graphed step 1.75-1.86 ms;
+benchmarks/RESULTS.md). Launched by the graph the step moves less with the host. The backend asks for
 LATENT_ROWS_IN_GRAPH rows in graphs that CUDA graphs will not replay (its latent_in_graph).
 """
 from __future__ import annotations

@@ -78,7 +78,7 @@ def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: 
     elif spec.head_dim_v >= 256:
         # One warpgroup over 64 rows: with M = 64, more warps only split the product and run slower.
         block_m = min(64, max(16, next_power_of_two(rows)))
-        block_n, block_d, num_warps, preload_q = 32, 64, 4, True
+        block_n, block_d, num_warps, preload_q = latent_block_n(spec, block_m), 64, 4, True
     else:
         block_m = min(64, max(16, next_power_of_two(rows)))
         block_n, block_d, num_warps, preload_q = 64, 64, 4, spec.head_dim_q + spec.rope_dim <= 256
@@ -97,6 +97,21 @@ def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: 
         # the tuner weighs both.
         fused_combine=False,
     )
+
+
+LATENT_WIDE_KEY_BLOCK_ROWS = 32  # packed rows up to which latents of 256 take 64-key blocks (latent_block_n)
+
+
+def latent_block_n(spec: AttentionSpec, block_m: int) -> int:
+    """Keys per block of the one-warpgroup latent tiles (latents 256 to 511 wide). On an H200, 2-byte latents of 256
+    (+ rope 64) at 8 to 32 packed rows took 14-23% less time with 64 keys than with 32, at 2 stages: 0.96-0.98 of
+    the cache's floor at B64 S8K and B128 S4K, contiguous and paged, and 0.90 for GLA-8's 16 rows (paged, B32 S4K);
+    64-row tiles took 17% more (benchmarks/logs/latent_portable_block_n_h200.txt). That is the kernel a compiled
+    graph launches for latent sites without CUDA graphs (compiler/rewrite/graph_launches.py). Other element sizes keep 32: fp32
+    blocks twice as large were not measured."""
+    if block_m <= LATENT_WIDE_KEY_BLOCK_ROWS and spec.torch_dtype.itemsize == 2:
+        return 64
+    return 32
 
 
 def fused_combine_default(spec: AttentionSpec, config: PortableConfig) -> bool:
