@@ -270,4 +270,20 @@ def test_online_tuning_failure_never_fails_the_compile(monkeypatch):
     monkeypatch.setattr("glacompiler.tuning.tune_for_shapes", no_tuning)
     spec = glacompiler.AttentionSpec("gqa", HQ, HKV, D, D, D, 0, False, False, "float32")
     with pytest.warns(RuntimeWarning, match="online tuning skipped"):
-        torch_compile_backend.tune_sites([(spec, ProblemShape(B, 1, 64, 0), torch.device("cuda", 0))])
+        torch_compile_backend.tune_sites([(spec, ProblemShape(B, 1, 64, 0), torch.device("cuda", 0))], 16)
+
+
+def test_online_tuning_is_told_which_latent_sites_the_graph_launches(monkeypatch):
+    """tune_sites hands tune_for_shapes the backend's latent rows in graph (0 where CUDA graphs replay the step), so
+    that latent sites launched on the portable kernels are tuned for them (tuning/driver.py jobs_for_bucket)."""
+    from glacompiler.compiler import torch_compile_backend
+    from glacompiler.spec import ProblemShape
+
+    calls = []
+    monkeypatch.setattr("glacompiler.tuning.tune_for_shapes", lambda targets, **kwargs: calls.append((targets, kwargs)))
+    spec = glacompiler.AttentionSpec.latent(16, 2, 256, 64)
+    site = (spec, ProblemShape(B, 1, 64, 0), torch.device("cuda", 0))
+    for rows in (16, 0):
+        torch_compile_backend.tune_sites([site, site], rows)
+    assert [(targets, kwargs["latent_rows_in_graph"]) for targets, kwargs in calls] == [
+        ([site[:2], site[:2]], 16), ([site[:2], site[:2]], 0)]

@@ -11,7 +11,7 @@ from glacompiler.kernels.portable.config import PortableConfig  # noqa: E402
 from glacompiler.presets import PAPER_SPECS  # noqa: E402
 from glacompiler.spec import AttentionSpec, ProblemShape  # noqa: E402
 from glacompiler.tables.table_file import Bucket, read_table, write_table  # noqa: E402
-from glacompiler.tuning.driver import plan_jobs, run_tuning  # noqa: E402
+from glacompiler.tuning.driver import jobs_for_bucket, plan_jobs, run_tuning  # noqa: E402
 from glacompiler.tuning.study import TuningBudget  # noqa: E402
 from tuning_doubles import GQA, SHAPE, SMALL_GPU, SyntheticKernel  # noqa: E402
 
@@ -220,3 +220,24 @@ def test_jobs_tune_the_family_the_op_runs_on_the_device(monkeypatch):
     small_pages = plan_jobs([mla], batches=[1], capacities=[1024], query_lens=[1], page_size=8,
                             device=torch.device("cuda", 0))
     assert small_pages[0].family == "portable"  # pages of 8 keys stay on the portable kernels
+
+
+def test_latent_buckets_a_graph_launches_on_the_portable_kernels_are_tuned_for_them_too(monkeypatch):
+    """Without CUDA graphs the backend launches latent calls of few rows and a bounded cache on the portable kernels
+    (compiler/rewrite/graph_launches.py): those buckets get a portable job beside the Hopper kernel's."""
+    monkeypatch.setattr("glacompiler.kernels.latent_hopper.device_problem", lambda device: None)  # as on an H100
+    gla2_xl = AttentionSpec.latent(16, 2, 256, 64)  # 8 rows a latent head at Lq 1, 16 at Lq 2, 32 at Lq 4
+    cuda = torch.device("cuda", 0)
+    jobs = plan_jobs([gla2_xl, PAPER_SPECS["mla"]], batches=[64], capacities=[8192], query_lens=[1, 2, 4],
+                     page_size=64, device=cuda)
+    assert [(job.spec.kind, job.shape.query_len, job.family) for job in jobs] == [
+        ("gla", 1, "latent_hopper"), ("gla", 1, "portable"), ("mla", 1, "latent_hopper"),  # MLA: 128 rows
+        ("gla", 2, "latent_hopper"), ("gla", 2, "portable"), ("mla", 2, "latent_hopper"),
+        ("gla", 4, "latent_hopper"), ("mla", 4, "latent_hopper")]  # 32 rows: the Hopper kernel's op, in graphs too
+    # 64 x 32768 slots of 576 elements in 2 bytes: 2.25 GiB, past the bound a graph launches.
+    long_caches = plan_jobs([gla2_xl], batches=[64], capacities=[32768], query_lens=[1], page_size=64, device=cuda)
+    assert [job.family for job in long_caches] == ["latent_hopper"]
+    # A backend whose steps CUDA graphs replay launches no latent call on the portable kernels: no portable job.
+    shape = ProblemShape(batch=64, query_len=1, capacity=8192, page_size=0)
+    assert [job.family for job in jobs_for_bucket(gla2_xl, shape, cuda, latent_rows_in_graph=0)] == ["latent_hopper"]
+    assert [job.family for job in jobs_for_bucket(gla2_xl, shape, None)] == ["portable"]  # no device: portable only

@@ -47,13 +47,15 @@ def _caused_by_pass(error: BaseException) -> bool:
     return any(isinstance(e, GlaPassError) for e in _error_chain(error))
 
 
-def tune_sites(targets: list) -> None:
-    """Online tuning of rewritten sites; a failure to tune never fails the user's compile."""
+def tune_sites(targets: list, latent_rows_in_graph: int) -> None:
+    """Online tuning of rewritten sites (latent ones the graph launches on the portable kernels for those too); a
+    failure to tune never fails the user's compile."""
     from ..tuning import tune_for_shapes
 
     try:
         for device in {device for _, _, device in targets}:
-            tune_for_shapes([(spec, shape) for spec, shape, d in targets if d == device], device=device)
+            tune_for_shapes([(spec, shape) for spec, shape, d in targets if d == device], device=device,
+                            latent_rows_in_graph=latent_rows_in_graph)
     except Exception as error:  # no optuna, no GPU time, ...: keep the heuristic and tables
         if strict_mode():
             raise
@@ -199,7 +201,7 @@ class GlaBackend:
                 )
                 return compile_fx(gm, example_inputs, config_patches=patches)
         if self.autotune and our_pass.tuning_targets:
-            tune_sites(our_pass.tuning_targets)
+            tune_sites(our_pass.tuning_targets, our_pass.latent_rows_in_graph if our_pass.graph_launches else 0)
         return compiled
 
     @staticmethod

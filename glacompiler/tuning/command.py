@@ -28,7 +28,9 @@ def register(subparsers) -> None:
         help="tune kernel configs on this GPU and store them in a table",
         description="Tune decode-attention kernel configs with Optuna for one or more specs over a grid of shape "
                     "buckets (batch x cache length x query length) and write them to a table (default: the "
-                    "user cache for this GPU, where the op finds them).",
+                    "user cache for this GPU, where the op finds them). Each bucket is tuned for the kernel family "
+                    "the op runs it on; MLA/GLA buckets that a compiled graph launches on the portable kernels "
+                    "(few query rows a latent head, a bounded cache) for those too.",
     )
     what = autotune.add_argument_group("what to tune: --preset, or --kind with dims")
     what.add_argument("--preset", nargs="+", choices=sorted(PAPER_SPECS), metavar="NAME",

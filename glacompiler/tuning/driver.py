@@ -36,12 +36,28 @@ class TuningJob:
         return f"{self.family} {self.spec.key()} {self.bucket.label()}"
 
 
+def jobs_for_bucket(spec: AttentionSpec, shape: ProblemShape, device: Optional[torch.device],
+                    latent_rows_in_graph: Optional[int] = None) -> list:
+    """The jobs of one (spec, bucket): the family the op runs that call on (on `device`; the portable kernels when no
+    device is given), and the portable kernels too where that family's kernels cannot be launched by a compiled
+    graph (the Hopper latent kernel) and the backend launches such calls on the portable kernels in graphs without
+    CUDA graphs (compiler/rewrite/graph_launches.py: at most `latent_rows_in_graph` query rows a latent head,
+    default the backend's, 0 never, and a bounded cache)."""
+    from ..compiler.rewrite.graph_launches import LATENT_ROWS_IN_GRAPH, latent_in_graph_rule  # (the backend's rule)
+
+    family = family_for_spec(spec, shape, device) if device is not None else None
+    jobs = [TuningJob(spec, shape, family.name if family else PORTABLE_FAMILY_NAME)]
+    rows = LATENT_ROWS_IN_GRAPH if latent_rows_in_graph is None else latent_rows_in_graph
+    if family is not None and not family.launches_in_graph and latent_in_graph_rule(rows)(spec, shape):
+        jobs.append(TuningJob(spec, shape, PORTABLE_FAMILY_NAME))
+    return jobs
+
+
 def plan_jobs(specs: Sequence[AttentionSpec], batches: Sequence[int], capacities: Sequence[int],
               query_lens: Sequence[int], page_size: int, device: Optional[torch.device] = None) -> list:
     """Query length outermost (Lq 1 first: plain decoding), then each (capacity, batch) for every spec in turn,
     so that a run cut short covers all specs evenly, and each spec's buckets are tuned next to their
-    neighbours (whose best configs seed the next study). Each job tunes the family the op runs that call on
-    (on `device`; the portable kernels when no device is given)."""
+    neighbours (whose best configs seed the next study). Each bucket's jobs: jobs_for_bucket."""
     jobs = []
     for query_len in query_lens:
         for capacity in capacities:
@@ -49,8 +65,7 @@ def plan_jobs(specs: Sequence[AttentionSpec], batches: Sequence[int], capacities
                 for spec in specs:
                     shape = ProblemShape(batch=batch, query_len=query_len, capacity=capacity,
                                          page_size=page_size if spec.paged else 0)
-                    family = family_for_spec(spec, shape, device) if device is not None else None
-                    jobs.append(TuningJob(spec, shape, family.name if family else PORTABLE_FAMILY_NAME))
+                    jobs += jobs_for_bucket(spec, shape, device)
     return jobs
 
 

@@ -7,7 +7,6 @@ from typing import Iterable, Optional, TextIO
 
 import torch
 
-from ..kernels import PORTABLE_FAMILY_NAME, family_for_spec
 from ..spec import AttentionSpec, ProblemShape
 
 ONLINE_TRIALS = 12
@@ -22,10 +21,13 @@ def tune_for_shapes(
     device: Optional[torch.device] = None,
     retune: bool = False,
     progress: Optional[TextIO] = sys.stderr,
+    latent_rows_in_graph: Optional[int] = None,
 ):
     """Tune each distinct (spec, shape bucket) on this GPU unless the user cache already has it, within
     time_budget_s seconds in all, and store the results in the user cache
-    ($GLACOMPILER_CACHE_DIR/configs/<GPU>.json). Returns the driver's RunSummary.
+    ($GLACOMPILER_CACHE_DIR/configs/<GPU>.json). Returns the driver's RunSummary. Each bucket is tuned for the
+    family the op runs it on, and for the portable kernels too where a compiled graph launches it on them
+    (driver.jobs_for_bucket; latent_rows_in_graph: the backend's, default that of a compile without CUDA graphs).
 
     Needs a CUDA device and optuna (`pip install glacompiler[tune]`)."""
     if not torch.cuda.is_available():
@@ -37,17 +39,15 @@ def tune_for_shapes(
     from ..kernels.common.device_limits import DeviceLimits
     from ..tables.table_file import user_table_path
     from .benchmark import KernelBenchmark
-    from .driver import TuningJob, run_tuning
+    from .driver import jobs_for_bucket, run_tuning
     from .study import TuningBudget
 
     device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
     limits = DeviceLimits.for_device(device)
     jobs = []
     for spec, shape in specs_and_shapes:
-        family = family_for_spec(spec, shape, device)
-        job = TuningJob(spec, shape, family.name if family else PORTABLE_FAMILY_NAME)
-        if all(job.bucket != other.bucket or job.spec != other.spec for other in jobs):
-            jobs.append(job)
+        jobs += [job for job in jobs_for_bucket(spec, shape, device, latent_rows_in_graph)
+                 if all((job.family, job.spec, job.bucket) != (other.family, other.spec, other.bucket) for other in jobs)]
     out_path = user_table_path(limits.name)
     return run_tuning(
         jobs,
