@@ -13,7 +13,7 @@ from glacompiler.spec import AttentionSpec, ProblemShape  # noqa: E402
 from glacompiler.tables.table_file import Bucket, read_table, write_table  # noqa: E402
 from glacompiler.tuning.driver import jobs_for_bucket, plan_jobs, run_tuning  # noqa: E402
 from glacompiler.tuning.study import TuningBudget  # noqa: E402
-from tuning_doubles import GQA, SHAPE, SMALL_GPU, SyntheticKernel  # noqa: E402
+from tuning_doubles import GQA, H100, SHAPE, SMALL_GPU, SyntheticKernel  # noqa: E402
 
 import glacompiler  # noqa: E402
 
@@ -241,3 +241,25 @@ def test_latent_buckets_a_graph_launches_on_the_portable_kernels_are_tuned_for_t
     shape = ProblemShape(batch=64, query_len=1, capacity=8192, page_size=0)
     assert [job.family for job in jobs_for_bucket(gla2_xl, shape, cuda, latent_rows_in_graph=0)] == ["latent_hopper"]
     assert [job.family for job in jobs_for_bucket(gla2_xl, shape, None)] == ["portable"]  # no device: portable only
+
+
+def test_online_tuning_tunes_each_bucket_once_per_family(monkeypatch, tmp_path):
+    """tune_for_shapes (backend(autotune=True)) plans a bucket's jobs as the offline tuner does, once per (family,
+    spec, bucket) however many sites share it; with latent rows in graph 0 (CUDA graphs) only the op's family."""
+    from glacompiler.kernels.common.device_limits import DeviceLimits
+    from glacompiler.tuning import tune_for_shapes
+
+    monkeypatch.setenv("GLACOMPILER_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr("glacompiler.kernels.latent_hopper.device_problem", lambda device: None)  # as on an H100
+    monkeypatch.setattr(DeviceLimits, "for_device", classmethod(lambda cls, device: H100))
+    planned = []
+    monkeypatch.setattr("glacompiler.tuning.driver.run_tuning", lambda jobs, **kwargs: planned.append(jobs))
+    gla2_xl = AttentionSpec.latent(16, 2, 256, 64)
+    sites = [(gla2_xl, ProblemShape(64, 1, 8192, 0))] * 3 + [(GQA, SHAPE)]
+    for rows in (None, 0):
+        tune_for_shapes(sites, latent_rows_in_graph=rows, progress=None)
+    assert [[(job.spec.kind, job.family) for job in jobs] for jobs in planned] == [
+        [("gla", "latent_hopper"), ("gla", "portable"), ("gqa", "portable")],
+        [("gla", "latent_hopper"), ("gqa", "portable")]]

@@ -45,9 +45,12 @@ def tune_for_shapes(
     device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
     limits = DeviceLimits.for_device(device)
     jobs = []
+    tuned = set()  # (family, spec, bucket): sites of one bucket are tuned once
     for spec, shape in specs_and_shapes:
-        jobs += [job for job in jobs_for_bucket(spec, shape, device, latent_rows_in_graph)
-                 if all((job.family, job.spec, job.bucket) != (other.family, other.spec, other.bucket) for other in jobs)]
+        for job in jobs_for_bucket(spec, shape, device, latent_rows_in_graph):
+            if (job.family, job.spec, job.bucket) not in tuned:
+                tuned.add((job.family, job.spec, job.bucket))
+                jobs.append(job)
     out_path = user_table_path(limits.name)
     return run_tuning(
         jobs,

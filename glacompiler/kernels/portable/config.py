@@ -107,8 +107,8 @@ def latent_block_n(spec: AttentionSpec, block_m: int) -> int:
     (+ rope 64) at 8 to 32 packed rows took 14-23% less time with 64 keys than with 32, at 2 stages: 0.96-0.98 of
     the cache's floor at B64 S8K and B128 S4K, contiguous and paged, and 0.90 for GLA-8's 16 rows (paged, B32 S4K);
     64-row tiles took 17% more (benchmarks/logs/latent_portable_block_n_h200.txt). That is the kernel a compiled
-    graph launches for latent sites without CUDA graphs (compiler/rewrite/graph_launches.py). Other element sizes keep 32: fp32
-    blocks twice as large were not measured."""
+    graph launches for latent sites without CUDA graphs (compiler/rewrite/graph_launches.py). Other element sizes
+    keep 32: fp32 blocks twice as large were not measured."""
     if block_m <= LATENT_WIDE_KEY_BLOCK_ROWS and spec.torch_dtype.itemsize == 2:
         return 64
     return 32
