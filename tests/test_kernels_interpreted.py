@@ -1,6 +1,7 @@
 """The generated Triton kernels under the interpreter (CPU), against a float64 reference with
 FlashAttention's error rule. bf16 is tested on the GPU only: under the interpreter tl.dot on bf16
 operands is wrong (a known interpreter defect, seen with triton 3.6 and 3.9)."""
+import dataclasses
 import itertools
 import zlib
 
@@ -9,6 +10,7 @@ import torch
 
 import glacompiler
 from glacompiler.problems import check_fa_rule, make_decode_problem
+from glacompiler.spec import AttentionSpec
 
 from kernel_cases import CPU_SPECS
 
@@ -43,6 +45,24 @@ def test_family_float16_heuristic_config(interpret_kernels, name):
         generator=torch.Generator().manual_seed(7),
     )
     run_and_check(problem)
+
+
+@pytest.mark.parametrize("query_len, page_size", [(1, 0), (4, 64), (2, 16)])
+def test_latents_of_256_in_the_heuristic_key_blocks(interpret_kernels, query_len, page_size):
+    """The heuristic's 64-key blocks for latents of 256 (8 and 32 packed rows, contiguous and in pages of 64) and its
+    32-key blocks in pages of 16, fp16, split and not."""
+    from glacompiler.kernels.portable.config import heuristic_config
+
+    spec = AttentionSpec.latent(16, 2, 256, 64)
+    problem = make_decode_problem(spec.with_storage(paged=page_size > 0), batch=2, query_len=query_len,
+                                  capacity=CAPACITY, page_size=page_size, dtype=torch.float16,
+                                  generator=torch.Generator().manual_seed(13))
+    config = heuristic_config(problem.spec, 2, CAPACITY, query_len, 132, page_size)
+    assert config.block_n == (32 if page_size == 16 else 64)
+    for splits in (1, 2):
+        out, lse = glacompiler.attention_with_kvcache_config(
+            **problem.kwargs, config=dataclasses.replace(config, num_splits=splits))
+        check_fa_rule(out, lse, problem)
 
 
 @pytest.mark.parametrize("mask_rows", ["key", "token", "head"])

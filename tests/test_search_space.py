@@ -150,15 +150,21 @@ def test_heuristic_pipelines_small_contiguous_key_blocks_deeper():
 
 
 def test_heuristic_reads_latents_of_256_in_64_key_blocks_at_few_rows():
-    """The one-warpgroup latent tiles (latents of 256) take 64-key blocks up to 32 packed rows in 2-byte elements
-    (H200: 14-23% faster than 32; latent_block_n), 32 at 64 rows, in fp32 and for MLA's 512-wide latents."""
+    """The one-warpgroup latent tiles (latents of 256) take 64-key blocks up to 32 packed rows in 2-byte elements,
+    contiguous or in pages of whole blocks (H200: 14-23% faster than 32; latent_block_n); 32 at 64 rows, in fp32, in
+    pages of 16 keys, for MLA's 512-wide latents and for the unmeasured layouts of that tile (GQA of head dim 256,
+    latents of 384)."""
     gla2_xl = AttentionSpec.latent(16, 2, 256, 64)  # 8 rows a latent head at Lq 1
     for query_len, block_m in ((1, 16), (2, 16), (4, 32)):
         config = heuristic_config(gla2_xl, 64, 8192, query_len, H100.multiprocessors)
         assert (config.block_m, config.block_n, config.num_stages) == (block_m, 64, 2)
-    assert heuristic_config(gla2_xl.with_storage(paged=True, dtype="float16"), 8, 32768, 1, 132).block_n == 64
+    paged = gla2_xl.with_storage(paged=True, dtype="float16")
+    assert [heuristic_config(paged, 8, 32768, 1, 132, page_size=page).block_n for page in (64, 128, 16, 32)] == \
+        [64, 64, 32, 32]
+    assert heuristic_config(AttentionSpec.grouped(16, 2, 256), 64, 8192, 1, H100.multiprocessors).block_n == 32
+    assert heuristic_config(AttentionSpec.latent(16, 2, 384, 64), 64, 8192, 1, H100.multiprocessors).block_n == 32
     assert heuristic_config(gla2_xl, 64, 8192, 8, H100.multiprocessors).block_n == 32  # 64 rows
     assert heuristic_config(gla2_xl.with_storage(dtype="float32"), 64, 8192, 1, H100.multiprocessors).block_n == 32
-    assert heuristic_config(PAPER_SPECS["gla8"], 32, 4096, 1, H100.multiprocessors).block_n == 64  # 16 rows
+    assert heuristic_config(PAPER_SPECS["gla8"], 32, 4096, 1, H100.multiprocessors, 64).block_n == 64  # 16 rows
     assert heuristic_config(PAPER_SPECS["gla2"], 32, 4096, 1, H100.multiprocessors).block_n == 32  # 64 rows
     assert heuristic_config(PAPER_SPECS["mla"], 32, 4096, 1, H100.multiprocessors).block_n == 32

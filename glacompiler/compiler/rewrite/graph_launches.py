@@ -21,7 +21,7 @@ bound is where the two meet: a site addressing 1 GiB reads for about 250 us on a
 13-58 us, the order of the op call's host time; above it the faster kernel is kept. Since the portable heuristic
 reads latents of 256 in 64-key blocks at few rows (portable/config.py latent_block_n) it matches the Hopper kernel
 at bench_backend.py's GLA-2 site (B64 S8K, 8 rows a latent head: 145.7 us against 149.3 on an H200). That model
-(8 sites of 576 MiB, freezing) without CUDA graphs then took 1.936 ms a step launched by the graph, 2.168 ms with
+(8 sites of 576 MiB, freezing) without CUDA graphs then took 1.936-1.954 ms a step launched by the graph, 2.168 ms with
 32-key blocks, and with op calls 2.60 ms on a slow host, 1.97 ms on a fast one (its graphed step 1.75-1.86 ms;
 benchmarks/RESULTS.md). Launched by the graph the step moves less with the host. The backend asks for
 LATENT_ROWS_IN_GRAPH rows in graphs that CUDA graphs will not replay (its latent_in_graph).

@@ -63,9 +63,11 @@ def resident_programs(block_m: int, num_warps: int) -> int:
     return 4 if block_m <= 32 else 2
 
 
-def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: int, multiprocessors: int) -> PortableConfig:
+def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: int, multiprocessors: int,
+                     page_size: int = 0) -> PortableConfig:
     """Tile choices measured best on an H100 (benchmarks/RESULTS.md) for each shape class; the tuned
-    tables refine them per GPU and bucket."""
+    tables refine them per GPU and bucket. page_size: keys per page of a paged cache (0: contiguous, or not
+    known)."""
     rows = rows_per_kv_head(spec, query_len)
     if spec.head_dim_v >= 512:
         # MLA-wide latents: one program per 128 packed rows, so each key block is read once. 32-key blocks
@@ -78,7 +80,7 @@ def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: 
     elif spec.head_dim_v >= 256:
         # One warpgroup over 64 rows: with M = 64, more warps only split the product and run slower.
         block_m = min(64, max(16, next_power_of_two(rows)))
-        block_n, block_d, num_warps, preload_q = latent_block_n(spec, block_m), 64, 4, True
+        block_n, block_d, num_warps, preload_q = latent_block_n(spec, block_m, page_size), 64, 4, True
     else:
         block_m = min(64, max(16, next_power_of_two(rows)))
         block_n, block_d, num_warps, preload_q = 64, 64, 4, spec.head_dim_q + spec.rope_dim <= 256
@@ -100,18 +102,21 @@ def heuristic_config(spec: AttentionSpec, batch: int, capacity: int, query_len: 
 
 
 LATENT_WIDE_KEY_BLOCK_ROWS = 32  # packed rows up to which latents of 256 take 64-key blocks (latent_block_n)
+WIDE_KEY_BLOCK = 64
 
 
-def latent_block_n(spec: AttentionSpec, block_m: int) -> int:
-    """Keys per block of the one-warpgroup latent tiles (latents 256 to 511 wide). On an H200, 2-byte latents of 256
-    (+ rope 64) at 8 to 32 packed rows took 14-23% less time with 64 keys than with 32, at 2 stages: 0.96-0.98 of
-    the cache's floor at B64 S8K and B128 S4K, contiguous and paged, and 0.90 for GLA-8's 16 rows (paged, B32 S4K);
-    64-row tiles took 17% more (benchmarks/logs/latent_portable_block_n_h200.txt). That is the kernel a compiled
-    graph launches for latent sites without CUDA graphs (compiler/rewrite/graph_launches.py). Other element sizes
-    keep 32: fp32 blocks twice as large were not measured."""
-    if block_m <= LATENT_WIDE_KEY_BLOCK_ROWS and spec.torch_dtype.itemsize == 2:
-        return 64
-    return 32
+def latent_block_n(spec: AttentionSpec, block_m: int, page_size: int = 0) -> int:
+    """Keys per block of the one-warpgroup tiles of values 256 or more wide. MLA/GLA latents of 256 in 2-byte elements
+    take 64 at up to 32 packed rows, contiguous or in pages of whole blocks: on an H200, bf16 latents of 256 (+ rope
+    64) at 8 to 32 packed rows took 14-23% less time with 64 keys than with 32, at 2 stages: 0.96-0.98 of the
+    cache's floor at B64 S8K and B128 S4K, contiguous and in pages of 64, and 0.90 for GLA-8's 16 rows (pages of
+    64, B32 S4K); 64-row tiles took 17% more (benchmarks/logs/latent_portable_block_n_h200.txt). That is the kernel
+    a compiled graph launches for latent sites without CUDA graphs (compiler/rewrite/graph_launches.py). The rest
+    keeps 32, unmeasured with 64: other head layouts of these widths (GQA of head dim 256, wider latents), fp32
+    (blocks twice the bytes), and pages smaller than a block (the kernel then looks up a page per key)."""
+    measured = (spec.kind in ("mla", "gla") and spec.head_dim_v == 256 and spec.torch_dtype.itemsize == 2
+                and (page_size == 0 or page_size % WIDE_KEY_BLOCK == 0))
+    return WIDE_KEY_BLOCK if measured and block_m <= LATENT_WIDE_KEY_BLOCK_ROWS else 32
 
 
 def fused_combine_default(spec: AttentionSpec, config: PortableConfig) -> bool:
