@@ -237,10 +237,14 @@ def query_plan(term, t: int, slots: list, roles: Roles, what: str) -> QueryPlan:
         raise Decline(f"the {what}'s head dim is strided",
                       fix=f"the {what}'s head dim contiguous (its last, stride-1 dim)", node=term.q.base)
     full = head_dim_span(term, pieces, what)
-    view = tensor_plan(term.q.base, pieces + [Piece(contraction.axis, full)], what)
     window = term.q_window
     if window is None and not known_equal(contraction.size, full):
         window = (0, contraction.size)
+    part = cat_part(term.q.base, contraction.axis, full, window)
+    if part is not None:  # the part itself, so that the cat is not made only for the op to read a window of it
+        full, window = contraction.size, None
+    base = term.q.base if part is None else part
+    view = tensor_plan(base, pieces + [Piece(contraction.axis, full)], what)
     shape = [
         slots_size(slots, roles.batch),
         slots_size(slots, roles.position),
@@ -248,6 +252,42 @@ def query_plan(term, t: int, slots: list, roles: Roles, what: str) -> QueryPlan:
         full,
     ]
     return QueryPlan(view, shape, window)
+
+
+# Elements a query row's start and strides must be multiples of for the Hopper latent kernel to take it
+# (kernels/latent_hopper/support.py): a part of a cat read in place must keep them, or the call would leave that kernel.
+QUERY_ROW_ALIGNMENT = 16
+
+
+def cat_part(base: fx.Node, axis: int, full, window: Optional[tuple]) -> Optional[fx.Node]:
+    """The input of `base` = cat(parts, axis) that is exactly the query's window of its head dim (the whole axis), in
+    base's dtype and with 16-element aligned start and strides; None otherwise. A model that concatenates the query's
+    rope-free and rope parts and scores each against its own key (q @ cat(k_nope, k_rope)^T) gives the op those
+    parts: the op reads them where they are made, and the cat is left unused."""
+    if window is None or base.op != "call_function" or base.target is not torch.ops.aten.cat.default:
+        return None
+    value = fake_value(base)
+    parts = base.args[0]
+    dim = base.args[1] if len(base.args) > 1 else base.kwargs.get("dim", 0)
+    start, length = window
+    if (not isinstance(dim, int) or dim % value.dim() != axis or not known_equal(full, value.shape[axis])
+            or not (is_concrete(start) and is_concrete(length))):
+        return None
+    offset = 0
+    for part in parts:
+        part_value = fake_value(part) if isinstance(part, fx.Node) else None
+        if part_value is None or part_value.dim() != value.dim() or not is_concrete(part_value.shape[axis]):
+            return None
+        width = int(part_value.shape[axis])
+        if (offset, width) == (int(start), int(length)):
+            steps = [stride for d, (size, stride) in enumerate(zip(part_value.shape, part_value.stride()))
+                     if d != axis and not known_one(size)] + [part_value.storage_offset()]
+            if part_value.dtype == value.dtype and part_value.stride(axis) == 1 and all(
+                    is_concrete(step) and int(step) % QUERY_ROW_ALIGNMENT == 0 for step in steps):
+                return part
+            return None
+        offset += width
+    return None
 
 
 def head_dim_span(term, pieces: list, what: str):
