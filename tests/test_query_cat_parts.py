@@ -111,3 +111,28 @@ def test_a_part_of_another_dtype_keeps_the_cat():
     assert result.records[0].kind == "gta"
     assert any(is_query_cat(source, nope + rope) for source in query_sources(result))
     assert_close(result.output, step(*args), tol=2e-3)
+
+
+def test_a_part_broadcast_over_heads_keeps_the_cat():
+    """A rope part shared by every head (expanded: stride 0 along heads) is not a query the op reads in place."""
+    nope, rope = 16, 16
+
+    def step(hidden, weight, tied, rope_key, positions, valid):
+        q_nope = (hidden @ weight).view(B, 1, HQ, nope + rope)[..., :nope]
+        shared = rotate(hidden[..., :rope].view(B, 1, 1, rope), positions).expand(B, 1, HQ, rope)
+        q = torch.cat([q_nope, shared], dim=-1)
+        k = torch.cat([tied[..., :nope], rope_key[:, :, None, :].expand(B, S, HKV, rope)], dim=-1)
+        keys = k.transpose(1, 2).repeat_interleave(GROUP, dim=1)
+        scores = q.transpose(1, 2) @ keys.transpose(-1, -2) / math.sqrt(nope + rope)
+        scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+        return (scores.softmax(-1) @ tied.transpose(1, 2).repeat_interleave(GROUP, dim=1)).transpose(1, 2)
+
+    args = inputs(nope, rope)
+    result = run_pass(step, *args)
+    assert result.statuses == ["rewritten"], result.reasons
+    for call in result.op_calls():  # q and q_rope: views of the cat, not of the expanded part
+        for argument in (call.args[0], call.args[3]):
+            while argument.op == "call_function" and argument.target in VIEWS:
+                assert argument.target is not torch.ops.aten.expand.default
+                argument = argument.args[0]
+    assert_close(result.output, step(*args))

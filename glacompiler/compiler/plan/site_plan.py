@@ -280,10 +280,12 @@ def cat_part(base: fx.Node, axis: int, full, window: Optional[tuple]) -> Optiona
             return None
         width = int(part_value.shape[axis])
         if (offset, width) == (int(start), int(length)):
-            steps = [stride for d, (size, stride) in enumerate(zip(part_value.shape, part_value.stride()))
-                     if d != axis and not known_one(size)] + [part_value.storage_offset()]
-            if part_value.dtype == value.dtype and part_value.stride(axis) == 1 and all(
-                    is_concrete(step) and int(step) % QUERY_ROW_ALIGNMENT == 0 for step in steps):
+            strides = [stride for d, (size, stride) in enumerate(zip(part_value.shape, part_value.stride()))
+                       if d != axis and not known_one(size)]
+            # (a stride of 0, a part broadcast over heads, is left to the cat: the op's queries are never broadcast)
+            if part_value.dtype == value.dtype and known_one(part_value.stride(axis)) and all(
+                    is_concrete(step) and int(step) % QUERY_ROW_ALIGNMENT == 0
+                    for step in strides + [part_value.storage_offset()]) and all(int(s) != 0 for s in strides):
                 return part
             return None
         offset += width
