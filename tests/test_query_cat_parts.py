@@ -25,6 +25,16 @@ def rotate(x, positions):
     return torch.cat([x1 * angles.cos() - x2 * angles.sin(), x2 * angles.cos() + x1 * angles.sin()], dim=-1)
 
 
+def attend(q, tied, rope_key, valid):
+    """GTA attention of q [B, 1, HQ, nope + rope]: K = cat(tied nope columns, the shared rope key), V = tied."""
+    nope, rope = q.shape[-1] - rope_key.shape[-1], rope_key.shape[-1]
+    k = torch.cat([tied[..., :nope], rope_key[:, :, None, :].expand(B, S, HKV, rope)], dim=-1)
+    keys = k.transpose(1, 2).repeat_interleave(GROUP, dim=1)
+    scores = q.transpose(1, 2) @ keys.transpose(-1, -2) / math.sqrt(nope + rope)
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    return (scores.softmax(-1) @ tied.transpose(1, 2).repeat_interleave(GROUP, dim=1)).transpose(1, 2)
+
+
 def gta_step(nope: int, rope: int, skip: int = 0):
     """GTA decode as a model writes it: one projection for every query head's [nope | rope] columns (after `skip`
     columns it does not use), the query concatenated back after RoPE, K = cat(tied nope columns, the shared rope
@@ -33,12 +43,7 @@ def gta_step(nope: int, rope: int, skip: int = 0):
         projected = (hidden @ weight).view(B, 1, HQ, skip + nope + rope)
         q_nope, q_pe = projected[..., skip:skip + nope], projected[..., skip + nope:]
         q = torch.cat([q_nope, rotate(q_pe, positions).to(hidden.dtype)], dim=-1)
-        k = torch.cat([tied[..., :nope], rope_key[:, :, None, :].expand(B, S, HKV, rope)], dim=-1)
-        keys = k.transpose(1, 2).repeat_interleave(GROUP, dim=1)
-        values = tied.transpose(1, 2).repeat_interleave(GROUP, dim=1)
-        scores = q.transpose(1, 2) @ keys.transpose(-1, -2) / math.sqrt(nope + rope)
-        scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
-        return (scores.softmax(-1) @ values).transpose(1, 2)
+        return attend(q, tied, rope_key, valid)
     return step
 
 
@@ -99,11 +104,7 @@ def test_a_part_of_another_dtype_keeps_the_cat():
     def step(hidden, weight, tied, rope_key, positions, valid):
         projected = (hidden @ weight).view(B, 1, HQ, nope + rope)
         q = torch.cat([projected[..., :nope].half(), rotate(projected[..., nope:], positions)], dim=-1)
-        k = torch.cat([tied[..., :nope], rope_key[:, :, None, :].expand(B, S, HKV, rope)], dim=-1)
-        keys = k.transpose(1, 2).repeat_interleave(GROUP, dim=1)
-        scores = q.transpose(1, 2) @ keys.transpose(-1, -2) / math.sqrt(nope + rope)
-        scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
-        return (scores.softmax(-1) @ tied.transpose(1, 2).repeat_interleave(GROUP, dim=1)).transpose(1, 2)
+        return attend(q, tied, rope_key, valid)
 
     args = inputs(nope, rope)
     result = run_pass(step, *args)
@@ -121,11 +122,7 @@ def test_a_part_broadcast_over_heads_keeps_the_cat():
         q_nope = (hidden @ weight).view(B, 1, HQ, nope + rope)[..., :nope]
         shared = rotate(hidden[..., :rope].view(B, 1, 1, rope), positions).expand(B, 1, HQ, rope)
         q = torch.cat([q_nope, shared], dim=-1)
-        k = torch.cat([tied[..., :nope], rope_key[:, :, None, :].expand(B, S, HKV, rope)], dim=-1)
-        keys = k.transpose(1, 2).repeat_interleave(GROUP, dim=1)
-        scores = q.transpose(1, 2) @ keys.transpose(-1, -2) / math.sqrt(nope + rope)
-        scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
-        return (scores.softmax(-1) @ tied.transpose(1, 2).repeat_interleave(GROUP, dim=1)).transpose(1, 2)
+        return attend(q, tied, rope_key, valid)
 
     args = inputs(nope, rope)
     result = run_pass(step, *args)
