@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import fx
 
+from ...kernels.latent_hopper.support import QUERY_ROW_ALIGNMENT
 from ...op.validation import MAX_QUERY_LEN, SUPPORTED_DTYPES, validate_inputs
 from ...spec import AttentionSpec, dtype_name
 from ..decline import UNEXPECTED_GRAPH, Decline
@@ -254,16 +255,12 @@ def query_plan(term, t: int, slots: list, roles: Roles, what: str) -> QueryPlan:
     return QueryPlan(view, shape, window)
 
 
-# Elements a query row's start and strides must be multiples of for the Hopper latent kernel to take it
-# (kernels/latent_hopper/support.py): a part of a cat read in place must keep them, or the call would leave that kernel.
-QUERY_ROW_ALIGNMENT = 16
-
-
 def cat_part(base: fx.Node, axis: int, full, window: Optional[tuple]) -> Optional[fx.Node]:
     """The input of `base` = cat(parts, axis) that is exactly the query's window of its head dim (the whole axis), in
-    base's dtype and with 16-element aligned start and strides; None otherwise. A model that concatenates the query's
-    rope-free and rope parts and scores each against its own key (q @ cat(k_nope, k_rope)^T) gives the op those
-    parts: the op reads them where they are made, and the cat is left unused."""
+    base's dtype and with a start and strides the Hopper latent kernel takes in place (QUERY_ROW_ALIGNMENT; not
+    broadcast); None otherwise. A model that concatenates the query's rope-free and rope parts and scores each
+    against its own key (q @ cat(k_nope, k_rope)^T) gives the op those parts: the op reads them where they are made,
+    and the cat is left unused."""
     if window is None or base.op != "call_function" or base.target is not torch.ops.aten.cat.default:
         return None
     value = fake_value(base)
@@ -282,12 +279,11 @@ def cat_part(base: fx.Node, axis: int, full, window: Optional[tuple]) -> Optiona
         if (offset, width) == (int(start), int(length)):
             strides = [stride for d, (size, stride) in enumerate(zip(part_value.shape, part_value.stride()))
                        if d != axis and not known_one(size)]
+            aligned = all(is_concrete(step) and int(step) % QUERY_ROW_ALIGNMENT == 0
+                          for step in strides + [part_value.storage_offset()])
             # (a stride of 0, a part broadcast over heads, is left to the cat: the op's queries are never broadcast)
-            if part_value.dtype == value.dtype and known_one(part_value.stride(axis)) and all(
-                    is_concrete(step) and int(step) % QUERY_ROW_ALIGNMENT == 0
-                    for step in strides + [part_value.storage_offset()]) and all(int(s) != 0 for s in strides):
-                return part
-            return None
+            in_place = aligned and 0 not in [int(stride) for stride in strides] and known_one(part_value.stride(axis))
+            return part if in_place and part_value.dtype == value.dtype else None
         offset += width
     return None
 

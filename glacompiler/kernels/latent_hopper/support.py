@@ -76,10 +76,15 @@ def _rows_view_problem(name: str, cache: Tensor, width: int) -> Optional[str]:
     return None
 
 
+# Elements a query row's strides must be multiples of (the JIT's view of rows copied in 16-byte pieces).
+QUERY_ROW_ALIGNMENT = 16
+
+
 def _query_rows_problem(name: str, query: Tensor) -> Optional[str]:
     """Query rows are copied in 16-byte pieces (cp.async): the JIT must see 16-byte aligned rows."""
-    if misaligned(query) or any(size > 1 and stride % 16 for size, stride in zip(query.shape[:3], query.stride()[:3])):
-        return f"{name} rows are not 16-element aligned"
+    if misaligned(query) or any(size > 1 and stride % QUERY_ROW_ALIGNMENT
+                                for size, stride in zip(query.shape[:3], query.stride()[:3])):
+        return f"{name} rows are not {QUERY_ROW_ALIGNMENT}-element aligned"
     return None
 
 
