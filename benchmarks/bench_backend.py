@@ -28,6 +28,7 @@ import glacompiler
 from glacompiler.demo import install_plain_decode, mark_caches_static
 from glacompiler.models import TinyLM
 from glacompiler.presets import paper_config, tiny_config
+from host_yardstick import python_ns_per_iteration  # (beside it)
 from inductor_settings import add_inductor_config_option, parse_inductor_settings, settings_in_effect  # (beside it)
 
 
@@ -78,8 +79,9 @@ def step_inputs(model: TinyLM, args, device: torch.device) -> tuple:
     return tokens, lengths
 
 
-def step_ms(decode, model: TinyLM, args, device: torch.device, cudagraphs: bool) -> float:
-    """Median over rounds of the mean decode-step time, after warm-up (compile, CUDA-graph capture)."""
+def step_ms(decode, model: TinyLM, args, device: torch.device, cudagraphs: bool) -> tuple:
+    """(median over rounds of the mean decode-step time, after warm-up (compile, CUDA-graph capture); the median
+    of host_yardstick's ns an iteration, taken before each round)."""
     tokens, lengths = step_inputs(model, args, device)
 
     def run(count: int) -> None:
@@ -89,14 +91,15 @@ def step_ms(decode, model: TinyLM, args, device: torch.device, cudagraphs: bool)
             decode(tokens, lengths)
 
     run(args.warmup)
-    rounds = []
+    rounds, host_speed = [], []
     for _ in range(args.rounds):
+        host_speed.append(python_ns_per_iteration())
         synchronize(device)
         start = time.perf_counter()
         run(args.iters)
         synchronize(device)
         rounds.append((time.perf_counter() - start) * 1e3 / args.iters)
-    return statistics.median(rounds)
+    return statistics.median(rounds), statistics.median(host_speed)
 
 
 # --configurations names, in the order measure() runs them
@@ -104,7 +107,8 @@ CONFIGURATIONS = ("gla", "gla-graphs", "default", "reduce-overhead", "eager", "g
 
 
 def measure(variant: str, args, device: torch.device) -> tuple:
-    """([(configuration, ms per decode step)], a note on what the gla pass rewrote, (weight, cache) bytes)."""
+    """([(configuration, (ms per decode step, host ns an iteration))], a note on what the gla pass rewrote, (weight,
+    cache) bytes)."""
     model = build(variant, args, device)
     floor = floor_bytes(model, args)
     rows = []
@@ -176,7 +180,8 @@ def main() -> None:
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     print(f"{args.layers} layers, batch {args.batch}, cache {args.cache} (full), "
           f"{'bf16' if device.type == 'cuda' else 'fp32'}, decode step latency (ms, median of {args.rounds} x "
-          f"{args.iters} steps)\n")
+          f"{args.iters} steps); host: ns an iteration of a fixed Python loop before each round, median "
+          f"(benchmarks/host_yardstick.py: un-graphed steps move with it)\n")
     if inductor_settings:
         print(f"Inductor settings in effect for every configuration: {settings_in_effect(inductor_settings)}\n")
     bandwidth = None
@@ -188,20 +193,20 @@ def main() -> None:
     for variant in args.variants:
         with torch._inductor.config.patch(inductor_settings):
             rows, note, (weight_bytes, cache_bytes) = measure(variant, args, device)
-        times = dict(rows)
+        times = {name: ms for name, (ms, _) in rows}
         print(f"{variant}: {note}")
         floor_ms = None
         if bandwidth is not None:
             floor_ms = (weight_bytes + cache_bytes) / bandwidth * 1e3
             print(f"  step floor {floor_ms:.3f} ms: {weight_bytes / 1e9:.2f} GB of weights and {cache_bytes / 1e9:.2f} "
                   f"GB of cache over the copy bandwidth")
-        print(f"  {'':<44} {'ms/step':>9} {'vs default':>11} {'of floor':>9}")
-        for name, ms in rows:
+        print(f"  {'':<44} {'ms/step':>9} {'vs default':>11} {'of floor':>9} {'host':>5}")
+        for name, (ms, host) in rows:
             baseline = times.get(
                 'default backend, mode="reduce-overhead"' if "CUDA graphs" in name else "default backend (inductor)")
             ratio = f"{baseline / ms:10.2f}x" if baseline and name.startswith("backend") else ""
             of_floor = f"{floor_ms / ms:9.2f}" if floor_ms is not None else ""
-            print(f"  {name:<44} {ms:9.3f} {ratio:>11} {of_floor:>9}")
+            print(f"  {name:<44} {ms:9.3f} {ratio:>11} {of_floor:>9} {host:5.0f}")
         print()
 
 

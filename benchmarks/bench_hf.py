@@ -37,6 +37,7 @@ import torch._inductor.config
 
 import glacompiler
 from inductor_settings import add_inductor_config_option, parse_inductor_settings, settings_in_effect  # (beside it)
+from host_yardstick import python_ns_per_iteration  # (beside it)
 
 DEFAULTS = {  # model: (batch, prompt, cache)
     "llama": (64, 3000, 4096),
@@ -263,8 +264,10 @@ class Configuration:
             self.first = first_step(self.decoder, self.forward, args, self.cudagraphs)
         self.sites = describe_sites(glacompiler.compile_report()) if name.startswith("gla") else ""
         self.rounds: list = []
+        self.host_speed: list = []  # host_yardstick's ns an iteration, right before each round
 
     def time_round(self, args) -> None:
+        self.host_speed.append(python_ns_per_iteration())
         with torch.no_grad():
             self.rounds.append(median_step(self.decoder, self.forward, args, self.cudagraphs))
 
@@ -279,7 +282,9 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None
     print(f"{name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, heads "
           f"{config.num_attention_heads}, batch {args.batch}, prompt {args.prompt}, cache {args.cache}, "
           f"{str(dtype).replace('torch.', '')}; ms/step: median over {args.rounds} rounds of changing order of "
-          f"each round's median of {args.steps} steps (range: the rounds' lowest and highest)")
+          f"each round's median of {args.steps} steps (range: the rounds' lowest and highest); host: ns an iteration "
+          f"of a fixed Python loop before each round, median (benchmarks/host_yardstick.py: un-graphed steps move with "
+          f"it)")
     # One Dynamo cache entry per compiled configuration (each backend recompiles the forward once, a BACKEND_MATCH
     # guard failure): five at most, inside Dynamo's default limit of eight.
     chosen = [c for c in args.configurations if device.type == "cuda" or not CONFIGURATIONS[c][2]]
@@ -288,14 +293,16 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None
         for configuration in round_order(chosen, round_index):
             configurations[configuration].time_round(args)
     steps = {c: statistics.median(configurations[c].rounds) for c in chosen}
-    print(f"  {'configuration':<20} {'first step ms':>14} {'ms/step':>9} {'range':>15} {'speed-up':>22}  sites")
+    print(f"  {'configuration':<20} {'first step ms':>14} {'ms/step':>9} {'range':>15} {'host':>5} {'speed-up':>22}  "
+          f"sites")
     for configuration in chosen:
         run = configurations[configuration]
         baseline = BASELINES.get(configuration)
         speedup = f"{steps[baseline] / steps[configuration]:6.2f}x vs {baseline}" if baseline in steps else ""
         spread = f"{min(run.rounds):.3f}-{max(run.rounds):.3f}"
-        print(f"  {configuration:<20} {run.first:14.1f} {steps[configuration]:9.3f} {spread:>15} {speedup:>22}  "
-              f"{run.sites}")
+        host = statistics.median(run.host_speed)
+        print(f"  {configuration:<20} {run.first:14.1f} {steps[configuration]:9.3f} {spread:>15} {host:5.0f} "
+              f"{speedup:>22}  {run.sites}")
     for configuration in chosen if device.type == "cuda" else ():
         run = configurations[configuration]
         for option, (show, _) in PROFILES.items():

@@ -29,6 +29,7 @@ def test_bench_hf_tiny_runs_on_cpu():
         assert row[0] == "eager" and float(row[1]) > 0 and float(row[2]) > 0, lines
         low, high = (float(x) for x in row[3].split("-"))
         assert 0 < low <= float(row[2]) <= high, row
+        assert float(row[4]) > 0, row  # the host's ns an iteration (host_yardstick.py)
 
 
 def test_bench_hf_refuses_a_prompt_that_does_not_fit():
