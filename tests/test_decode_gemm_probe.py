@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from glacompiler.problems import max_error
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
 import decode_gemm_probe  # noqa: E402
 from decode_gemm_probe import GemmConfig, SplitKLinear, configs_for, split_k_linear  # noqa: E402
@@ -18,15 +20,11 @@ from decode_gemm_probe import GemmConfig, SplitKLinear, configs_for, split_k_lin
 SHAPES = ((16, 64, 32), (5, 80, 40), (3, 200, 17))
 
 
-def torch_error(x, weight, reference) -> float:
-    return (F.linear(x, weight).double() - reference).abs().max().item()
-
-
 def assert_matches(x, weight, out):
     reference = x.double() @ weight.double().t()
-    error = (out.double() - reference).abs().max().item()
+    error, torch_error = max_error(out, reference), max_error(F.linear(x, weight), reference)
     rounding = reference.abs().max().item() * torch.finfo(x.dtype).eps
-    assert error <= 2 * torch_error(x, weight, reference) + rounding, (error, torch_error(x, weight, reference))
+    assert error <= 2 * torch_error + rounding, (error, torch_error)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
