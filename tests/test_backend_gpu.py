@@ -129,9 +129,11 @@ def test_cudagraphs_capture_and_replay_the_decode_step(cuda_device):
     torch.testing.assert_close(compiled_model.k_cache.float(), eager_model.k_cache.float())
 
 
-def decode_plain_against_fused(variant: str, backend, cudagraphs: bool) -> None:
+def decode_plain_against_fused(variant: str, backend, cudagraphs: bool) -> list:
     """The tiny model of a variant in bf16: plain-PyTorch decode compiled with backend, 6 steps after a prompt,
-    each step's logits against the package's fused-op decode in eager."""
+    each step's logits against the package's fused-op decode in eager. Returns the code Inductor generated."""
+    from torch._inductor.utils import run_and_get_code
+
     torch.manual_seed(0)
     plain = install_plain_decode(TinyLM(tiny_config(variant)).eval().to("cuda", torch.bfloat16))
     torch.manual_seed(0)
@@ -146,14 +148,20 @@ def decode_plain_against_fused(variant: str, backend, cudagraphs: bool) -> None:
     plain.prefill(prompt)
     fused.prefill(prompt)
     lengths = torch.full((4,), 20, dtype=torch.int32, device="cuda")
+    codes = []
     for step in range(6):
         lengths = lengths + 1
         tokens = torch.randint(0, 257, (4, 1), device="cuda", generator=torch.Generator("cuda").manual_seed(step))
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
-        ours = decode(tokens, lengths).float()
+        if step == 0:
+            ours, codes = run_and_get_code(decode, tokens, lengths)
+            ours = ours.float()
+        else:
+            ours = decode(tokens, lengths).float()
         theirs = fused.decode(tokens, lengths).float()
         torch.testing.assert_close(ours, theirs, rtol=5e-2, atol=5e-2 * theirs.abs().max().item())
+    return codes
 
 
 def test_gla2_model_decode_with_cudagraphs(cuda_device):
@@ -163,6 +171,25 @@ def test_gla2_model_decode_with_cudagraphs(cuda_device):
     records = glacompiler.compile_report()
     assert [r.status for r in records] == ["rewritten"] * 2 and {r.kind for r in records} == {"gla"}
     assert records[0].spec.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("variant", ["gqa-4", "gta-4", "gla-2"])
+@pytest.mark.parametrize("programmatic", [True, False])
+def test_replayed_steps_with_programmatic_launches(cuda_device, variant, programmatic):
+    """Under CUDA graphs Inductor's kernels launch as programmatic dependents by default (sm_90 and later:
+    each waits on the kernel ahead before reading what it wrote, gdc_wait in its code), or not where
+    inductor_config says so; either way every replayed step matches the fused-op decode in eager."""
+    from torch._inductor.utils import fresh_inductor_cache
+
+    config = {} if programmatic else {"triton.enable_pdl": False}
+    with fresh_inductor_cache():  # (the code is read as Inductor generates it)
+        codes = decode_plain_against_fused(variant, glacompiler.backend(cudagraphs=True, inductor_config=config),
+                                           cudagraphs=True)
+    records = glacompiler.compile_report()
+    assert records and all(r.status == "rewritten" for r in records)
+    waits = sum(code.count("gdc_wait()") for code in codes)
+    launches_early = programmatic and torch.cuda.get_device_capability()[0] >= 9
+    assert (waits > 0) == launches_early, waits
 
 
 def test_static_cache_decode_compiles_once_on_gpu(cuda_device):
