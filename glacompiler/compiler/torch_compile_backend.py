@@ -7,7 +7,6 @@ default the graph is recompiled without rewrites, with a warning) and a failure 
 from __future__ import annotations
 
 import itertools
-import os
 import warnings
 from typing import Optional
 
@@ -27,14 +26,6 @@ from .record_store import graph_records_key, load_records, save_records
 from .report import add_records, discard_records
 
 _graph_ids = itertools.count()
-PROGRAMMATIC_LAUNCH = "triton.enable_pdl"  # Inductor's setting (torch 2.11 and later)
-
-
-def _programmatic_launch_left_to_us() -> bool:
-    """Whether this Inductor has the setting and its environment variable has not chosen a value. (Inductor's
-    config cannot tell a value the user set from its default: a patch, such as every compile's, leaves the
-    setting marked as set once it ends. So the backend's own inductor_config is where a user says False.)"""
-    return hasattr(torch._inductor.config.triton, "enable_pdl") and "TORCHINDUCTOR_ENABLE_PDL" not in os.environ
 
 
 def _error_chain(error: BaseException):
@@ -74,9 +65,7 @@ def tune_sites(targets: list, latent_rows_in_graph: int) -> None:
 class GlaBackend:
     """torch.compile backend: rewrite attention sites to glacompiler's op, compile the rest with Inductor.
 
-    cudagraphs: capture with Inductor's CUDA-graph trees (what mode="reduce-overhead" does), with Inductor's
-        kernels launched as programmatic dependents on CUDA (Inductor's triton.enable_pdl, unless
-        inductor_config or the environment, TORCHINDUCTOR_ENABLE_PDL, chose a value).
+    cudagraphs: capture with Inductor's CUDA-graph trees (what mode="reduce-overhead" does).
     autotune: at first compile, tune our kernels for the rewritten sites' real shapes (a small Optuna budget
         per site, results in the user config cache; CUDA only, needs optuna) and use Inductor's
         max-autotune for the rest of the model.
@@ -137,18 +126,13 @@ class GlaBackend:
         else:
             mode = "reduce-overhead" if self.cudagraphs else "default"
         patches = dict(list_mode_options(mode))
-        on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
-        cpp_wrapper = (on_cuda and not self.cudagraphs) if self.cpp_wrapper is None else self.cpp_wrapper
+        cpp_wrapper = self.cpp_wrapper
+        if cpp_wrapper is None:
+            on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
+            cpp_wrapper = on_cuda and not self.cudagraphs
         if cpp_wrapper:
             patches["cpp_wrapper"] = True
         patches.update(self.inductor_config)
-        if on_cuda and patches.get("triton.cudagraphs") and PROGRAMMATIC_LAUNCH not in self.inductor_config \
-                and _programmatic_launch_left_to_us():
-            # Programmatic dependent launch: Inductor's kernels of a replayed step start before the kernel ahead
-            # of them has ended, and wait on it only before touching what it wrote (Inductor emits that on
-            # sm_90 and later only). Without graphs it gains nothing: the C++ wrapper launches without the
-            # attribute, and the Python wrapper's static launcher refuses kernels that carry it.
-            patches[PROGRAMMATIC_LAUNCH] = True
         return patches
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
