@@ -1,6 +1,8 @@
 """The gla backend on a CUDA GPU (run with `pytest -m gpu tests/test_backend*.py` on an H100/H200): SDPA
 decomposes to the CUDA kernels' ops (flash / efficient / cudnn), the op runs the generated Triton kernels,
 and CUDA-graph mode captures and replays the decode step with the op inside."""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -173,24 +175,68 @@ def test_gla2_model_decode_with_cudagraphs(cuda_device):
     assert records[0].spec.dtype == "bfloat16"
 
 
+def triton_kernel_bodies(code: str) -> dict:
+    """{name: body from its def on} of Inductor's own Triton kernels (pointwise, reduction, persistent, combo) in
+    its generated (Python wrapper) code; the user-defined ones, ours among them, are left out."""
+    sources = re.findall(r"(triton_(?:poi|red|per|for)_\w+) = async_compile\.triton\('\w+', '''(.*?)'''", code, re.S)
+    return {name: source[source.index(f"def {name}("):] for name, source in sources}
+
+
+def assert_dependents_wait_first(code: str, launches_early: bool) -> None:
+    """Every Triton kernel in code waits (gdc_wait) before its first load or store where kernels launch as
+    programmatic dependents, and none waits otherwise."""
+    bodies = triton_kernel_bodies(code)
+    assert bodies
+    for name, body in bodies.items():
+        wait = body.find("gdc_wait()")
+        if not launches_early:
+            assert wait < 0, name
+            continue
+        accesses = [match.start() for match in re.finditer(r"tl\.(load|store)\(", body)]
+        assert 0 <= wait < min(accesses, default=len(body)), (name, body)
+
+
 @pytest.mark.parametrize("variant", ["gqa-4", "gta-4", "gla-2"])
 @pytest.mark.parametrize("programmatic", [True, False])
 def test_replayed_steps_with_programmatic_launches(cuda_device, variant, programmatic):
-    """With inductor_config={"triton.enable_pdl": True} Inductor's kernels of the replayed step launch as
-    programmatic dependents (sm_90 and later: gdc_wait in their code); by
-    default they do not. Either way every replayed step matches the fused-op decode in eager."""
+    """By default Inductor's kernels of the replayed step launch as programmatic dependents (sm_90 and later),
+    each waiting before it touches memory; with inductor_config={"triton.enable_pdl": False} they do not. Either
+    way every replayed step matches the fused-op decode in eager."""
     from torch._inductor.utils import fresh_inductor_cache
 
-    config = {"triton.enable_pdl": True} if programmatic else {}
+    config = {} if programmatic else {"triton.enable_pdl": False}
     with fresh_inductor_cache():  # (the code is read as Inductor generates it)
         codes = decode_plain_against_fused(variant, glacompiler.backend(cudagraphs=True, inductor_config=config),
                                            cudagraphs=True)
     records = glacompiler.compile_report()
     assert records and all(r.status == "rewritten" for r in records)
-    assert codes
-    code = "\n".join(codes)
-    launches_early = programmatic and torch.cuda.get_device_capability()[0] >= 9
-    assert ("gdc_wait()" in code) == launches_early
+    assert_dependents_wait_first("\n".join(codes), programmatic and torch.cuda.get_device_capability()[0] >= 9)
+
+
+def test_programmatic_launches_replay_exactly(cuda_device):
+    """A kernel that lets its dependents start after its loads and stores late (a long chain of sines), a fill,
+    and a kernel reading the first's output elsewhere (flip), replayed under gla with fresh inputs: every kernel
+    waits first (Inductor alone lets the sine chain load before it waits), and the flip matches the chain bit for
+    bit every time. (Inductor schedules the fill first here, so this graph had no race even without the waits:
+    benchmarks/logs/programmatic_launch_wait_first_h200.txt.)"""
+    from torch._inductor.utils import fresh_inductor_cache, run_and_get_code
+
+    def late_store_fill_flip(x):
+        a = x
+        for _ in range(96):
+            a = torch.sin(a) * 1.0001 + 0.25
+        return a, torch.full((4096,), 3.0, device=x.device), a.flip(0) * 2
+
+    torch._dynamo.reset()
+    compiled = torch.compile(late_store_fill_flip, backend=glacompiler.backend(cudagraphs=True))
+    inputs = [torch.randn(1 << 20, device="cuda", generator=torch.Generator("cuda").manual_seed(i)) for i in range(8)]
+    with fresh_inductor_cache():
+        _, codes = run_and_get_code(compiled, inputs[0])
+    assert_dependents_wait_first("\n".join(codes), torch.cuda.get_device_capability()[0] >= 9)
+    for step in range(200):
+        torch.compiler.cudagraph_mark_step_begin()
+        a, b, c = compiled(inputs[step % len(inputs)])
+        assert torch.equal(c, a.flip(0) * 2) and bool((b == 3).all()), step
 
 
 def test_static_cache_decode_compiles_once_on_gpu(cuda_device):

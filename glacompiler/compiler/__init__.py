@@ -50,7 +50,8 @@ The pass, stage by stage (graph_pass.py runs them on each graph Inductor compile
 
 decline.py holds Decline, the "not ours, because ..." that any stage raises; torch_compile_backend.py the
 backend class that installs the pass into Inductor; inductor_guard.py keeps Inductor's own attention fusion
-off the graphs we compile.
+off the graphs we compile; programmatic_launch.py makes Inductor's kernels that launch as programmatic dependents
+(the default under CUDA graphs) wait before they touch memory.
 
 Inductor's caches: the pass's uuid() hashes its sources and options, so Inductor's FX-graph and AOTAutograd
 caches serve a second process (or a recompile) without running the pass again; record_store.py keeps each

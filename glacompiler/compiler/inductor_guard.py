@@ -117,3 +117,4 @@ def guard_attention_fusions() -> int:
 
 # `with inductor_attention_fusion_disabled():` around a gla compile: the guarded entries refuse to match inside.
 inductor_attention_fusion_disabled = _GLA_COMPILING.raised
+gla_compiling = _GLA_COMPILING.is_set  # (also read by programmatic_launch.py)

@@ -22,6 +22,7 @@ from .inductor_guard import inductor_attention_fusion_disabled
 from .rewrite.graph_launches import LATENT_ROWS_IN_GRAPH
 from .isa_probe_memo import install as remember_isa_probes, probe_isas_concurrently
 from .kernel_analysis_memo import install as memoize_kernel_analysis
+from .programmatic_launch import PROGRAMMATIC_LAUNCH, install as wait_first_under_pdl, left_to_us as pdl_left_to_us
 from .record_store import graph_records_key, load_records, save_records
 from .report import add_records, discard_records
 
@@ -65,7 +66,9 @@ def tune_sites(targets: list, latent_rows_in_graph: int) -> None:
 class GlaBackend:
     """torch.compile backend: rewrite attention sites to glacompiler's op, compile the rest with Inductor.
 
-    cudagraphs: capture with Inductor's CUDA-graph trees (what mode="reduce-overhead" does).
+    cudagraphs: capture with Inductor's CUDA-graph trees (what mode="reduce-overhead" does), with Inductor's
+        kernels launched as programmatic dependents on CUDA, each waiting first (programmatic_launch.py; Inductor's
+        triton.enable_pdl, unless inductor_config or the environment, TORCHINDUCTOR_ENABLE_PDL, chose a value).
     autotune: at first compile, tune our kernels for the rewritten sites' real shapes (a small Optuna budget
         per site, results in the user config cache; CUDA only, needs optuna) and use Inductor's
         max-autotune for the rest of the model.
@@ -126,19 +129,24 @@ class GlaBackend:
         else:
             mode = "reduce-overhead" if self.cudagraphs else "default"
         patches = dict(list_mode_options(mode))
-        cpp_wrapper = self.cpp_wrapper
-        if cpp_wrapper is None:
-            on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
-            cpp_wrapper = on_cuda and not self.cudagraphs
+        on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
+        cpp_wrapper = (on_cuda and not self.cudagraphs) if self.cpp_wrapper is None else self.cpp_wrapper
         if cpp_wrapper:
             patches["cpp_wrapper"] = True
         patches.update(self.inductor_config)
+        if on_cuda and patches.get("triton.cudagraphs") and PROGRAMMATIC_LAUNCH not in self.inductor_config \
+                and pdl_left_to_us():
+            # Inductor's kernels of a replayed step start before the kernel ahead of them has ended (sm_90 and
+            # later; Inductor emits nothing elsewhere). Without graphs it gains nothing: the C++ wrapper launches
+            # without the attribute, and the Python wrapper's static launcher refuses kernels that carry it.
+            patches[PROGRAMMATIC_LAUNCH] = True
         return patches
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
         remember_isa_probes()  # before Inductor picks the host's ISA (isa_probe_memo.py)
         memoize_kernel_analysis()  # our launch nodes' TTIR, once per specialisation (kernel_analysis_memo.py)
         build_gpu_glue_minimally()  # a GPU graph's C++ wrapper at -O1 and without the host's ISA, as torch 2.13
+        wait_first_under_pdl()  # Inductor's kernels launched as programmatic dependents wait before any access
         patches = with_frozen_projection_passes(self.config_patches(example_inputs))  # (a frozen graph's GEMMs)
         if (self.inductor_config.get("freezing") and not torch._inductor.config.freezing and not self._warned_freezing
                 and not torch._dynamo.config.prepare_freezing):  # (that one keeps the parameters as attributes)
