@@ -1,8 +1,6 @@
 """The gla backend on a CUDA GPU (run with `pytest -m gpu tests/test_backend*.py` on an H100/H200): SDPA
 decomposes to the CUDA kernels' ops (flash / efficient / cudnn), the op runs the generated Triton kernels,
 and CUDA-graph mode captures and replays the decode step with the op inside."""
-import re
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +12,7 @@ from glacompiler.models import TinyLM
 from glacompiler.presets import tiny_config
 from test_backend_patterns import CASES, S, sdpa_inputs
 from test_backend_runtime import StaticCacheDecoder, decode_inputs
-from test_backend_support import compile_and_count
+from test_backend_support import assert_waits_first, compile_and_count, triton_kernel_bodies
 
 pytestmark = pytest.mark.gpu
 
@@ -175,25 +173,16 @@ def test_gla2_model_decode_with_cudagraphs(cuda_device):
     assert records[0].spec.dtype == "bfloat16"
 
 
-def triton_kernel_bodies(code: str) -> dict:
-    """{name: body from its def on} of Inductor's own Triton kernels (pointwise, reduction, persistent, combo) in
-    its generated (Python wrapper) code; the user-defined ones, ours among them, are left out."""
-    sources = re.findall(r"(triton_(?:poi|red|per|for)_\w+) = async_compile\.triton\('\w+', '''(.*?)'''", code, re.S)
-    return {name: source[source.index(f"def {name}("):] for name, source in sources}
-
-
 def assert_dependents_wait_first(code: str, launches_early: bool) -> None:
-    """Every Triton kernel in code waits (gdc_wait) before its first load or store where kernels launch as
-    programmatic dependents, and none waits otherwise."""
+    """Every Inductor Triton kernel in Inductor's generated (Python wrapper) code waits first where kernels launch
+    as programmatic dependents, and none waits otherwise."""
     bodies = triton_kernel_bodies(code)
     assert bodies
     for name, body in bodies.items():
-        wait = body.find("gdc_wait()")
-        if not launches_early:
-            assert wait < 0, name
-            continue
-        accesses = [match.start() for match in re.finditer(r"tl\.(load|store)\(", body)]
-        assert 0 <= wait < min(accesses, default=len(body)), (name, body)
+        if launches_early:
+            assert_waits_first(name, body)
+        else:
+            assert "gdc_wait()" not in body, name
 
 
 @pytest.mark.parametrize("variant", ["gqa-4", "gta-4", "gla-2"])
@@ -237,6 +226,32 @@ def test_programmatic_launches_replay_exactly(cuda_device):
         torch.compiler.cudagraph_mark_step_begin()
         a, b, c = compiled(inputs[step % len(inputs)])
         assert torch.equal(c, a.flip(0) * 2) and bool((b == 3).all()), step
+
+
+def test_programmatic_launches_in_a_training_step(cuda_device):
+    """A training step under gla with CUDA graphs: the backward graph, which AOTAutograd compiles lazily at the
+    first backward, waits first too, and the gradients match eager's."""
+    from torch._inductor.utils import fresh_inductor_cache, run_and_get_code
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.LayerNorm(256),
+                                torch.nn.Linear(256, 8)).cuda()
+    inputs = torch.randn(32, 64, device="cuda")
+    model(inputs).square().mean().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=glacompiler.backend(cudagraphs=True))
+
+    def step():
+        compiled(inputs).square().mean().backward()
+
+    with fresh_inductor_cache():
+        _, codes = run_and_get_code(step)
+    assert len(codes) == 2  # forward and backward
+    assert_dependents_wait_first("\n".join(codes), torch.cuda.get_device_capability()[0] >= 9)
+    for parameter, grad in zip(model.parameters(), expected):
+        torch.testing.assert_close(parameter.grad, grad, rtol=1e-4, atol=1e-5)
 
 
 def test_static_cache_decode_compiles_once_on_gpu(cuda_device):

@@ -149,9 +149,10 @@ def test_cpp_wrapper_failure_recompiles_with_the_python_wrapper(monkeypatch):
     real_compile_fx = torch_compile_backend.compile_fx
     wrapper_choices = []
 
-    def compile_fx(gm, example_inputs, config_patches):
+    def compile_fx(gm, example_inputs, config_patches, **options):
         wrapper_choices.append(config_patches.get("cpp_wrapper"))
-        compiled = real_compile_fx(gm, example_inputs, config_patches={**config_patches, "cpp_wrapper": False})
+        compiled = real_compile_fx(gm, example_inputs, config_patches={**config_patches, "cpp_wrapper": False},
+                                   **options)
         if config_patches.get("cpp_wrapper"):  # after the pass ran, as Inductor's codegen fails after it
             raise RuntimeError("InductorError") from CppCompileError("C++ compile error")
         return compiled
@@ -212,64 +213,6 @@ def test_cpp_wrapper_by_default_only_for_cuda_graphs_without_capture():
     assert glacompiler.backend(cpp_wrapper=True).config_patches(cpu_inputs)["cpp_wrapper"] is True
     overridden = glacompiler.backend(inductor_config={"cpp_wrapper": False}).config_patches(cuda_inputs)
     assert overridden["cpp_wrapper"] is False
-
-
-def test_programmatic_launch_is_the_graphed_default(monkeypatch):
-    """Under CUDA graphs on CUDA the backend turns on Inductor's programmatic dependent launch (triton.enable_pdl;
-    programmatic_launch.py makes every such kernel wait first); inductor_config and TORCHINDUCTOR_ENABLE_PDL
-    choose over it, and without graphs or CUDA it is left alone."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from glacompiler.compiler import programmatic_launch
-
-    monkeypatch.delenv("TORCHINDUCTOR_ENABLE_PDL", raising=False)
-    assert programmatic_launch.installed()  # (torch 2.11 to 2.13 have the hook)
-    with FakeTensorMode():
-        cuda_inputs = [torch.empty(2, device="cuda")]
-    assert glacompiler.backend(cudagraphs=True).config_patches(cuda_inputs)["triton.enable_pdl"] is True
-    assert "triton.enable_pdl" not in glacompiler.backend().config_patches(cuda_inputs)
-    assert "triton.enable_pdl" not in glacompiler.backend(cudagraphs=True).config_patches([torch.empty(2)])
-    declined = glacompiler.backend(cudagraphs=True, inductor_config={"triton.enable_pdl": False})
-    assert declined.config_patches(cuda_inputs)["triton.enable_pdl"] is False
-    monkeypatch.setenv("TORCHINDUCTOR_ENABLE_PDL", "0")
-    assert "triton.enable_pdl" not in glacompiler.backend(cudagraphs=True).config_patches(cuda_inputs)
-
-
-def test_dependent_kernels_wait_before_any_access():
-    """A kernel body's wait moves ahead of its first load or store (a fill had none), at the body's indentation,
-    Inductor's deferred lines kept; only inside a gla compile and where the kernel launches as a dependent."""
-    from torch._inductor.codegen.common import DeferredLine
-    from torch._inductor.utils import IndentedBuffer
-
-    from glacompiler.compiler.inductor_guard import inductor_attention_fusion_disabled
-    from glacompiler.compiler.programmatic_launch import waiting_first
-
-    wait, launch = "tl.extra.cuda.gdc_wait()", "tl.extra.cuda.gdc_launch_dependents()"
-
-    class Kernel:
-        GDC_WAIT = wait
-        dependent = True
-
-        def _enable_pdl_codegen(self):
-            return self.dependent
-
-    def filtered(lines, kernel=Kernel()):
-        body = IndentedBuffer()
-        body._lines = list(lines)
-        waiting_first(lambda self, code: None)(kernel, body)
-        return body._lines
-
-    store = DeferredLine("buf0", "    tl.store(out_ptr0 + (x0), tmp0, None)")
-    fill = ["    x0 = xindex", "    tmp0 = 3.0", store]
-    loads = ["    tmp0 = tl.load(in_ptr0 + (x0), None)", f"    {wait}", f"    {launch}", "    tl.store(out_ptr0, tmp0)"]
-    assert filtered(fill) == fill  # outside a gla compile: Inductor's code
-    with inductor_attention_fusion_disabled():
-        assert filtered(fill) == [f"    {wait}", *fill[:2], store]
-        assert filtered(loads) == [f"    {wait}", loads[0], *loads[2:]]
-        assert filtered([""] + loads[:1]) == [f"    {wait}", "", loads[0]]
-        not_dependent = Kernel()
-        not_dependent.dependent = False
-        assert filtered(fill, not_dependent) == fill
 
 
 def test_rewrite_off_keeps_attention_for_inductor():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 
 import torch
 import torch._dynamo
@@ -143,3 +144,19 @@ def compile_and_count(fn, *args, backend="gla"):
 def assert_close(actual, expected, tol=1e-5):
     """fp32: the op's CPU path accumulates in fp32 like eager, so only summation order differs."""
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * max(1.0, expected.abs().max().item()))
+
+
+def triton_kernel_bodies(code: str) -> dict:
+    """{name: body from its def on} of Inductor's own Triton kernels in its generated (Python wrapper) code:
+    triton_ and three letters of the kind (poi, red, per, spl, unk; combo kernels take a sub-kernel's), templates
+    (tem, never dependents) and the user-defined ones, ours among them, left out."""
+    sources = re.findall(r"(triton_(?!tem_)[a-z]{3}_\w+) = async_compile\.triton\('\w+', '''(.*?)'''", code, re.S)
+    return {name: source[source.index(f"def {name}("):] for name, source in sources}
+
+
+def assert_waits_first(name: str, body: str) -> None:
+    """A kernel (its body from its def on) that waits on the kernel ahead (gdc_wait) before its first load, store
+    or atomic. (A combo kernel waits again in each sub-kernel's branch.)"""
+    wait = body.find("gdc_wait()")
+    accesses = [match.start() for match in re.finditer(r"tl\.(load|store|atomic_\w+)\(", body)]
+    assert 0 <= wait < min(accesses, default=len(body)), (name, body)

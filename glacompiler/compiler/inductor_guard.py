@@ -118,3 +118,12 @@ def guard_attention_fusions() -> int:
 # `with inductor_attention_fusion_disabled():` around a gla compile: the guarded entries refuse to match inside.
 inductor_attention_fusion_disabled = _GLA_COMPILING.raised
 gla_compiling = _GLA_COMPILING.is_set  # (also read by programmatic_launch.py)
+
+
+def compile_inner_under_gla(gm, example_inputs, **kwargs):
+    """Inductor's compile_fx_inner with the flag raised, for compile_fx's inner_compile: AOTAutograd calls it for a
+    backward graph lazily, at the first backward, outside the backend's call and its with-block."""
+    from torch._inductor.compile_fx import compile_fx_inner
+
+    with _GLA_COMPILING.raised():
+        return compile_fx_inner(gm, example_inputs, **kwargs)

@@ -2,9 +2,10 @@
 
 With Inductor's triton.enable_pdl (torch 2.11 on, sm_90 and later), each of Inductor's own Triton kernels is launched
 as a programmatic dependent of the kernel ahead of it: it may start once every block of that kernel has called
-gdc_launch_dependents (Inductor emits that after a kernel's loads, before its stores) or ended, and gdc_wait in it
-blocks until that kernel has ended and its writes are visible. Under CUDA graphs this hides most of each launch
-(benchmarks/RESULTS.md: a Llama-3.2-1B-shaped step 1.40 -> 1.34 ms on an H200).
+gdc_launch_dependents (Inductor emits that after a kernel's last load, so before its stores but those inside a
+reduction's loop) or ended, and gdc_wait in it blocks until that kernel has ended and its writes are visible. Under
+CUDA graphs this hides most of each launch (benchmarks/RESULTS.md: a Llama-3.2-1B-shaped step 1.41 -> 1.35 ms on an
+H200).
 
 Inductor's codegen (torch/_inductor/codegen/triton.py, _handle_pdl_before_access) puts a kernel's gdc_wait before
 its first access only where the node scheduled just before it touches that buffer; otherwise the wait comes after
@@ -19,11 +20,14 @@ sub-kernels too), so that in graphs the gla backend compiles every kernel that l
 first, before any load or store; Inductor's trigger placement is kept. The kernel still starts early: its launch,
 block scheduling and prologue overlap the kernel ahead, which is what PDL buys in a decode step (its loads of
 weights do not overlap any more: measured in RESULTS.md). Other backends' compiles are left as Inductor makes them.
-Where this torch lacks the hook, nothing is wrapped and installed() says so: the backend then leaves PDL off.
+"Inside a gla compile" is the flag of inductor_guard.py, which the backend raises around Inductor's inner compile
+of every graph, a backward graph compiled lazily at its first backward included. Where this torch lacks the hook,
+or generates kernel code elsewhere (generates_code_here), the backend leaves PDL off.
 """
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 
 import torch
@@ -85,10 +89,20 @@ def installed() -> bool:
     return _wrapped
 
 
+def generates_code_here() -> bool:
+    """Whether Inductor generates kernel code in this process, on the compiling thread (its default): its opt-in
+    TORCHINDUCTOR_FX_COMPILE_MODE can move that to a subprocess or a background compile, where the wrapper and the
+    gla flag are not."""
+    mode = getattr(importlib.import_module("torch._inductor.compile_fx"), "_fx_compile_config", None)
+    if mode is None:
+        return "TORCHINDUCTOR_FX_COMPILE_MODE" not in os.environ
+    return mode.mode.name in ("NORMAL", "SERIALIZE") and not mode.use_async and not mode.use_progressive
+
+
 def left_to_us() -> bool:
     """Whether the backend may choose PDL: this Inductor has the setting, kernels wait first here, and the
     environment variable has not chosen. (Inductor's config cannot tell a value the user set from its default: a
     patch, such as every compile's, leaves the setting marked as set once it ends. So the backend's own
     inductor_config is where a user says False.)"""
     return hasattr(torch._inductor.config.triton, "enable_pdl") and ENVIRONMENT_VARIABLE not in os.environ \
-        and installed()
+        and installed() and generates_code_here()

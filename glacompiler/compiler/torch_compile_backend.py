@@ -18,7 +18,7 @@ from torch._dynamo.utils import counters
 from .frozen_projections import with_frozen_projection_passes
 from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
 from .glue_wrapper_build import install as build_gpu_glue_minimally, wrapper_picks_isa
-from .inductor_guard import inductor_attention_fusion_disabled
+from .inductor_guard import compile_inner_under_gla, inductor_attention_fusion_disabled
 from .rewrite.graph_launches import LATENT_ROWS_IN_GRAPH
 from .isa_probe_memo import install as remember_isa_probes, probe_isas_concurrently
 from .kernel_analysis_memo import install as memoize_kernel_analysis
@@ -42,6 +42,11 @@ def _error_chain(error: BaseException):
 def _is_cpp_compile_error(error: BaseException) -> bool:
     """A C++ compile failure of Inductor's output (its CppCompileError, possibly inside an InductorError)."""
     return any(type(e).__name__ == "CppCompileError" or "CppCompileError" in str(e)[:200] for e in _error_chain(error))
+
+
+def _compile_fx(gm, example_inputs, patches: dict):
+    """Inductor's compile_fx, its inner compiles (a lazily compiled backward graph's too) inside the gla flag."""
+    return compile_fx(gm, example_inputs, config_patches=patches, inner_compile=compile_inner_under_gla)
 
 
 def _caused_by_pass(error: BaseException) -> bool:
@@ -207,10 +212,17 @@ class GlaBackend:
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                return compile_fx(gm, example_inputs, config_patches=patches)
+                return _compile_fx(gm, example_inputs, self._without_our_programmatic_launch(patches))
         if self.autotune and our_pass.tuning_targets:
             tune_sites(our_pass.tuning_targets, our_pass.latent_rows_in_graph if our_pass.graph_launches else 0)
         return compiled
+
+    def _without_our_programmatic_launch(self, patches: dict) -> dict:
+        """patches less the PDL the backend chose itself: a graph compiled without our pass has no key of ours in
+        Inductor's caches, which could then serve it a plain compile's kernels, made without the first waits."""
+        if PROGRAMMATIC_LAUNCH in self.inductor_config:
+            return patches
+        return {name: value for name, value in patches.items() if name != PROGRAMMATIC_LAUNCH}
 
     @staticmethod
     def _records_key(gm, example_inputs, our_pass: AttentionRewritePass, patches: dict) -> Optional[str]:
@@ -233,9 +245,9 @@ class GlaBackend:
         cache can still hit: on inference graphs our pass runs before its lookup)."""
         if records_key == "":
             with torch._functorch.config.patch(enable_autograd_cache=False):
-                return compile_fx(gm, example_inputs, config_patches=patches)
+                return _compile_fx(gm, example_inputs, patches)
         hits_before = counters["aot_autograd"]["autograd_cache_hit"]
-        compiled = compile_fx(gm, example_inputs, config_patches=patches)
+        compiled = _compile_fx(gm, example_inputs, patches)
         if records_key is None:  # no uuid: Inductor's caches are bypassed and the pass always runs
             return compiled
         if our_pass.calls == 0 and counters["aot_autograd"]["autograd_cache_hit"] > hits_before:
@@ -247,7 +259,7 @@ class GlaBackend:
                 return compiled
             counters["glacompiler"]["recompiled_for_records"] += 1
             with torch._functorch.config.patch(enable_autograd_cache=False):
-                compiled = compile_fx(gm, example_inputs, config_patches=patches)
+                compiled = _compile_fx(gm, example_inputs, patches)
         if our_pass.calls:
             save_records(records_key, our_pass.records)
         return compiled
