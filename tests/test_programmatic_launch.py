@@ -19,8 +19,6 @@ def test_programmatic_launch_is_the_graphed_default(monkeypatch):
     choose over it, and without graphs or CUDA it is left alone."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from glacompiler.compiler import programmatic_launch
-
     monkeypatch.delenv("TORCHINDUCTOR_ENABLE_PDL", raising=False)
     assert programmatic_launch.installed()  # (torch 2.11 to 2.13 have the hook)
     with FakeTensorMode():
