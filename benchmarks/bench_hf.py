@@ -14,7 +14,9 @@ bf16 on CUDA. Each configuration gets its own cache with the same prompt prefill
 its forward at its first step (that step's wall time, compile included, is printed) and warms up; all stay alive,
 and are then timed in --rounds rounds, every configuration once a round in changing order (CUDA events, one pair
 per step; a round's figure is the median of --steps steps). Printed: the median of the rounds, their range, and the
-sites the gla pass rewrote. Profiles run after all timing. Steps without CUDA graphs are bound by the host, whose
+sites the gla pass rewrote. On CUDA each row also gives its fraction of the step floor: the weights and the cache
+at the valid tokens over the copy bandwidth measured in the same run (bench_decode.py's measure; issue 13 goal 4).
+Profiles run after all timing. Steps without CUDA graphs are bound by the host, whose
 speed moves from moment to moment on a shared machine: the rounds' range shows by how much.
 
     python benchmarks/bench_hf.py                                 # both models, on an H100/H200
@@ -115,6 +117,28 @@ class Decoder:
         logits = forward(input_ids=tokens, **kwargs).logits
         self.position += tokens.shape[1]
         return logits[:, -1:].argmax(-1)
+
+
+def cache_tensors(cache) -> list:
+    """The key and value tensors of a transformers cache: per layer object (transformers 4.56 on) or in the older
+    key_cache / value_cache lists."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        pairs = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in layers]
+        return [t for pair in pairs for t in pair if isinstance(t, torch.Tensor)]
+    return [t for t in (*getattr(cache, "key_cache", ()), *getattr(cache, "value_cache", ()))
+            if isinstance(t, torch.Tensor)]
+
+
+def floor_bytes(model, decoder: "Decoder", capacity: int, tokens: int) -> tuple:
+    """(weight bytes, cache bytes) a decode step must read at the least: every weight once but the input embedding
+    table, of which it reads a row a sequence (a tied table is read whole as the head: parameters() yields it once),
+    and the cache as the model stores it, at `tokens` valid tokens of its `capacity`."""
+    embedding = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is embedding
+    weights = sum(p.numel() * p.element_size() for p in model.parameters() if p is not embedding or tied)
+    stored = sum(t.numel() * t.element_size() for t in cache_tensors(decoder.cache))
+    return weights, stored * tokens // capacity
 
 
 def synchronize(device) -> None:
@@ -272,7 +296,7 @@ class Configuration:
             self.rounds.append(median_step(self.decoder, self.forward, args, self.cudagraphs))
 
 
-def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None:
+def run_model(name: str, args, device: torch.device, dtype: torch.dtype, bandwidth) -> None:
     """Every configuration is compiled and warmed up first, each on its own cache, and stays alive; then all are
     timed in args.rounds rounds of changing order (a host-bound step moves with the host's state from one moment
     to the next, so one configuration timed once, right after its compile, says little); the profilers run last,
@@ -293,16 +317,24 @@ def run_model(name: str, args, device: torch.device, dtype: torch.dtype) -> None
         for configuration in round_order(chosen, round_index):
             configurations[configuration].time_round(args)
     steps = {c: statistics.median(configurations[c].rounds) for c in chosen}
-    print(f"  {'configuration':<20} {'first step ms':>14} {'ms/step':>9} {'range':>15} {'host':>5} {'speed-up':>22}  "
-          f"sites")
+    # The floor at the fewest valid tokens a timed step reads (the first after the warm-up): later steps read more.
+    tokens = args.prompt + args.warmup + 2
+    weight_bytes, cache_bytes = floor_bytes(model, next(iter(configurations.values())).decoder, args.cache, tokens)
+    floor_ms = None if bandwidth is None else (weight_bytes + cache_bytes) / bandwidth * 1e3
+    print(f"  step floor: {weight_bytes / 1e9:.3f} GB of weights and {cache_bytes / 1e9:.3f} GB of cache at "
+          f"{tokens} valid tokens" + ("" if floor_ms is None else
+                                      f" over the copy bandwidth: {floor_ms:.3f} ms"))
+    print(f"  {'configuration':<20} {'first step ms':>14} {'ms/step':>9} {'range':>15} {'of floor':>9} {'host':>5} "
+          f"{'speed-up':>22}  sites")
     for configuration in chosen:
         run = configurations[configuration]
         baseline = BASELINES.get(configuration)
         speedup = f"{steps[baseline] / steps[configuration]:6.2f}x vs {baseline}" if baseline in steps else ""
         spread = f"{min(run.rounds):.3f}-{max(run.rounds):.3f}"
         host = statistics.median(run.host_speed)
-        print(f"  {configuration:<20} {run.first:14.1f} {steps[configuration]:9.3f} {spread:>15} {host:5.0f} "
-              f"{speedup:>22}  {run.sites}")
+        of_floor = f"{floor_ms / steps[configuration]:9.3f}" if floor_ms is not None else f"{'':9}"
+        print(f"  {configuration:<20} {run.first:14.1f} {steps[configuration]:9.3f} {spread:>15} {of_floor} "
+              f"{host:5.0f} {speedup:>22}  {run.sites}")
     for configuration in chosen if device.type == "cuda" else ():
         run = configurations[configuration]
         for option, (show, _) in PROFILES.items():
@@ -367,6 +399,12 @@ def main() -> None:
 
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     inductor_settings = parse_inductor_settings(parser, args.inductor_config)
+    bandwidth = None
+    if device.type == "cuda":
+        from bench_decode import copy_bandwidth  # (beside it)
+
+        bandwidth = copy_bandwidth()
+        print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s (2 GiB device copy, bytes read + written, this run)")
     for name in args.models:
         defaults = TINY_DEFAULTS if args.tiny else DEFAULTS[name]
         model_args = argparse.Namespace(**vars(args))
@@ -381,7 +419,7 @@ def main() -> None:
             if inductor_settings:
                 print("Inductor settings in effect for every configuration: "
                       f"{settings_in_effect(inductor_settings)}")
-            run_model(name, model_args, device, dtype)
+            run_model(name, model_args, device, dtype, bandwidth)
 
 
 if __name__ == "__main__":

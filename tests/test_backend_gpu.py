@@ -1,12 +1,15 @@
 """The gla backend on a CUDA GPU (run with `pytest -m gpu tests/test_backend*.py` on an H100/H200): SDPA
 decomposes to the CUDA kernels' ops (flash / efficient / cudnn), the op runs the generated Triton kernels,
 and CUDA-graph mode captures and replays the decode step with the op inside."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 import glacompiler
+from glacompiler.compiler import cpp_wrapper_int_arrays
 from glacompiler.demo import install_plain_decode, mark_caches_static
 from glacompiler.models import TinyLM
 from glacompiler.presets import tiny_config
@@ -328,12 +331,20 @@ def test_cache_write_stays_in_place(cuda_device, variant):
 def test_model_decode_with_the_cpp_wrapper(cuda_device, variant):
     """Without CUDA graphs the backend compiles with Inductor's C++ wrapper (the op is then called from C++
     through the dispatcher): plain-PyTorch decode against the package's fused-op decode in eager."""
+    from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
+
     backend = glacompiler.backend()
     assert backend.config_patches([torch.empty(1, device="cuda")])["cpp_wrapper"] is True
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         decode_plain_against_fused(variant, backend, cudagraphs=False)
     records = glacompiler.compile_report()
     assert records and all(r.status == "rewritten" for r in records)
+    # Every graph built with the C++ wrapper: none fell back to the Python one (torch 2.11's int-array cache made
+    # that happen now and then: cpp_wrapper_int_arrays.py).
+    assert not [str(w.message) for w in caught if "C++ wrapper failed" in str(w.message)]
+    assert cpp_wrapper_int_arrays.replaced() or not cpp_wrapper_int_arrays.keys_on_bound_method_id(
+        CppWrapperCpu.codegen_int_array_var)
 
 
 @pytest.mark.parametrize("variant", ["gqa-4", "gta-4", "gla-2"])

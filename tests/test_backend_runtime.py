@@ -138,7 +138,16 @@ def test_pass_failure_compiles_unrewritten_with_a_warning(monkeypatch):
 
 
 class CppCompileError(RuntimeError):
-    """Stands in for Inductor's (matched by name, as the backend matches it)."""
+    """Stands in for Inductor's (matched by name, as the backend matches it): it keeps the compiler's output."""
+
+    def __init__(self, output: str):
+        super().__init__(f"C++ compile error\n\nCommand:\ng++ main.cpp\n\nOutput:\n{output}")
+        self.output = output
+
+
+COMPILER_OUTPUT = ("In file included from main.cpp:1:\n"
+                   "main.cpp:42:7: error: 'launch_kernel' was not declared in this scope\n"
+                   "   42 |       launch_kernel(stream);\n")
 
 
 def test_cpp_wrapper_failure_recompiles_with_the_python_wrapper(monkeypatch):
@@ -154,7 +163,7 @@ def test_cpp_wrapper_failure_recompiles_with_the_python_wrapper(monkeypatch):
         compiled = real_compile_fx(gm, example_inputs, config_patches={**config_patches, "cpp_wrapper": False},
                                    **options)
         if config_patches.get("cpp_wrapper"):  # after the pass ran, as Inductor's codegen fails after it
-            raise RuntimeError("InductorError") from CppCompileError("C++ compile error")
+            raise RuntimeError("InductorError") from CppCompileError(COMPILER_OUTPUT)
         return compiled
 
     monkeypatch.setattr(torch_compile_backend, "compile_fx", compile_fx)
@@ -164,9 +173,11 @@ def test_cpp_wrapper_failure_recompiles_with_the_python_wrapper(monkeypatch):
     q, k, v = sdpa_inputs()
     torch._dynamo.reset()
     glacompiler.reset_report()
-    with pytest.warns(RuntimeWarning, match="compiling it with the Python wrapper"), torch.no_grad():
+    with pytest.warns(RuntimeWarning, match="compiling it with the Python wrapper") as caught, torch.no_grad():
         out = torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
                             backend=backend)(q, k, v)
+    # The warning names what the compiler said, not only that it failed.
+    assert any("main.cpp:42:7: error: 'launch_kernel' was not declared" in str(w.message) for w in caught)
     assert_close(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
     assert wrapper_choices == [True, False]
     (record,) = glacompiler.compile_report()
@@ -188,6 +199,20 @@ def test_strict_mode_raises(monkeypatch):
     with pytest.raises(Exception, match="injected failure"), torch.no_grad():
         torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
                       backend="gla")(*sdpa_inputs())
+
+
+def test_combo_kernels_are_the_graphed_default():
+    """Under CUDA graphs on CUDA the backend turns on Inductor's combo kernels; inductor_config chooses over it, and
+    without graphs or CUDA it is left alone."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        cuda_inputs = [torch.empty(2, device="cuda")]
+    assert glacompiler.backend(cudagraphs=True).config_patches(cuda_inputs)["combo_kernels"] is True
+    assert "combo_kernels" not in glacompiler.backend().config_patches(cuda_inputs)
+    assert "combo_kernels" not in glacompiler.backend(cudagraphs=True).config_patches([torch.empty(2)])
+    declined = glacompiler.backend(cudagraphs=True, inductor_config={"combo_kernels": False})
+    assert declined.config_patches(cuda_inputs)["combo_kernels"] is False
 
 
 def test_backend_options():

@@ -25,7 +25,9 @@ def test_bench_hf_tiny_runs_on_cpu():
     for model in ("llama", "deepseek-v3"):
         header = next(i for i, line in enumerate(lines) if line.startswith(f"{model}:"))
         assert "median over 3 rounds" in lines[header], lines[header]
-        row = lines[header + 2].split()
+        # The step floor's bytes (its time and each row's fraction of it need the GPU's copy bandwidth).
+        assert lines[header + 1].startswith("  step floor: ") and "GB of cache at" in lines[header + 1], lines
+        row = lines[header + 3].split()
         assert row[0] == "eager" and float(row[1]) > 0 and float(row[2]) > 0, lines
         low, high = (float(x) for x in row[3].split("-"))
         assert 0 < low <= float(row[2]) <= high, row
@@ -106,3 +108,18 @@ def test_steps_counted_against_the_cache():
         bench_hf.HOST_PROFILE_ENQUEUES
     args.profile = args.host_profile = []
     assert bench_hf.decode_steps_needed(args) == 1 + 5 + 90
+
+
+def test_step_floor_bytes():
+    """Every weight once but the untied input embedding, and the cache as the model stores it at the valid tokens:
+    the tiny Llama's two layers of 2 KV heads of 16, fp32, batch 2."""
+    import torch
+
+    bench_hf = load_script()
+    args = SimpleNamespace(tiny=True, layers=None, vocab=32000, cache=64, batch=2, prompt=20, prefill_chunk=1024)
+    model, config = bench_hf.build("llama", args, torch.device("cpu"), torch.float32)
+    decoder = bench_hf.Decoder(model, config, args, torch.device("cpu"), torch.float32)
+    weights, cache = bench_hf.floor_bytes(model, decoder, args.cache, 22)
+    embedding = model.get_input_embeddings().weight
+    assert weights == 4 * (sum(p.numel() for p in model.parameters()) - embedding.numel())
+    assert cache == 2 * 2 * args.batch * 2 * 16 * 4 * 22  # layers, keys and values, batch, heads, width, bytes, tokens

@@ -7,6 +7,7 @@ default the graph is recompiled without rewrites, with a warning) and a failure 
 from __future__ import annotations
 
 import itertools
+import logging
 import warnings
 from typing import Optional
 
@@ -17,6 +18,7 @@ from torch._dynamo.utils import counters
 
 from .frozen_projections import with_frozen_projection_passes
 from .graph_pass import AttentionRewritePass, GlaPassError, strict_mode
+from .cpp_wrapper_int_arrays import install as declare_int_arrays_per_buffer
 from .glue_wrapper_build import install as build_gpu_glue_minimally, wrapper_picks_isa
 from .inductor_guard import compile_inner_under_gla, inductor_attention_fusion_disabled
 from .rewrite.graph_launches import LATENT_ROWS_IN_GRAPH
@@ -27,6 +29,8 @@ from .record_store import graph_records_key, load_records, save_records
 from .report import add_records, discard_records
 
 _graph_ids = itertools.count()
+COMBO_KERNELS = "combo_kernels"  # Inductor's setting: horizontally independent kernels launched as one
+LOGGER = logging.getLogger("glacompiler")
 
 
 def _error_chain(error: BaseException):
@@ -42,6 +46,18 @@ def _error_chain(error: BaseException):
 def _is_cpp_compile_error(error: BaseException) -> bool:
     """A C++ compile failure of Inductor's output (its CppCompileError, possibly inside an InductorError)."""
     return any(type(e).__name__ == "CppCompileError" or "CppCompileError" in str(e)[:200] for e in _error_chain(error))
+
+
+def cpp_compile_diagnostic(error: BaseException) -> str:
+    """The compiler's first error line of a C++ compile failure (CppCompileError keeps the compiler's output), so
+    that the fallback's warning says what failed; else the error's first line."""
+    for link in _error_chain(error):
+        output = getattr(link, "output", None)
+        if type(link).__name__ == "CppCompileError" and isinstance(output, str):
+            for line in output.splitlines():
+                if "error" in line.lower():
+                    return line.strip()[:300]
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
 def _compile_fx(gm, example_inputs, patches: dict):
@@ -73,7 +89,9 @@ class GlaBackend:
 
     cudagraphs: capture with Inductor's CUDA-graph trees (what mode="reduce-overhead" does), with Inductor's
         kernels launched as programmatic dependents on CUDA, each waiting first (programmatic_launch.py; Inductor's
-        triton.enable_pdl, unless inductor_config or the environment, TORCHINDUCTOR_ENABLE_PDL, chose a value).
+        triton.enable_pdl, unless inductor_config or the environment, TORCHINDUCTOR_ENABLE_PDL, chose a value), and
+        Inductor's combo kernels on (combo_kernels: independent kernels launched as one) unless inductor_config
+        sets it.
     autotune: at first compile, tune our kernels for the rewritten sites' real shapes (a small Optuna budget
         per site, results in the user config cache; CUDA only, needs optuna) and use Inductor's
         max-autotune for the rest of the model.
@@ -145,12 +163,18 @@ class GlaBackend:
             # later; Inductor emits nothing elsewhere). Without graphs it gains nothing: the C++ wrapper launches
             # without the attribute, and the Python wrapper's static launcher refuses kernels that carry it.
             patches[PROGRAMMATIC_LAUNCH] = True
+        if on_cuda and patches.get("triton.cudagraphs") and COMBO_KERNELS not in self.inductor_config \
+                and hasattr(torch._inductor.config, COMBO_KERNELS):
+            # Independent kernels of a replayed step (a layer's norms and casts, say) launched as one: fewer
+            # kernel boundaries a step (benchmarks/RESULTS.md). Not without graphs: not measured there.
+            patches[COMBO_KERNELS] = True
         return patches
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
         remember_isa_probes()  # before Inductor picks the host's ISA (isa_probe_memo.py)
         memoize_kernel_analysis()  # our launch nodes' TTIR, once per specialisation (kernel_analysis_memo.py)
         build_gpu_glue_minimally()  # a GPU graph's C++ wrapper at -O1 and without the host's ISA, as torch 2.13
+        declare_int_arrays_per_buffer()  # torch 2.11's C++ wrapper's intermittent undeclared int_array_N
         wait_first_under_pdl()  # Inductor's kernels launched as programmatic dependents wait before any access
         patches = with_frozen_projection_passes(self.config_patches(example_inputs))  # (a frozen graph's GEMMs)
         if (self.inductor_config.get("freezing") and not torch._inductor.config.freezing and not self._warned_freezing
@@ -172,7 +196,8 @@ class GlaBackend:
             # Inductor's C++ wrapper does not compile every graph (torch 2.11: MoE's _grouped_mm); the wrapper
             # is our default, not the user's choice, so the graph is compiled with Inductor's Python wrapper.
             warnings.warn(f"glacompiler: Inductor's C++ wrapper failed to compile {graph_name}; compiling it with "
-                          f"the Python wrapper ({str(error).splitlines()[0][:200]})", RuntimeWarning, stacklevel=2)
+                          f"the Python wrapper ({cpp_compile_diagnostic(error)})", RuntimeWarning, stacklevel=2)
+            LOGGER.debug("%s: the C++ wrapper's compile error in full", graph_name, exc_info=error)
             return self._compile_with_pass(gm, example_inputs, {**patches, "cpp_wrapper": False}, graph_name)
 
     def _chose_cpp_wrapper(self, patches: dict) -> bool:

@@ -1,0 +1,68 @@
+"""Inductor's C++ wrapper declares each size/stride array once per code buffer: keyed by the buffer, as torch 2.13 does.
+
+torch 2.11's CppWrapperCpu.codegen_int_array_var remembers the variable it declared for an array under
+id(writeline), where writeline is a bound method such as `self.wrapper_call.writeline`: a new object at every call,
+freed right after, whose id the next bound method often reuses. The wrapper generates its code twice (memory
+planning's two passes, each into a new buffer), so a second-pass allocation can be handed the variable declared in the
+first pass's discarded buffer, and the C++ compile fails ("'int_array_9' was not declared in this scope"). Whether
+the ids collide depends on the allocator's state: the failure is intermittent. The backend compiles CUDA graphs
+without CUDA-graph capture with the C++ wrapper by default, and a failed compile falls back to the Python wrapper
+(with a warning): the step then pays the Python wrapper's host time. (H200, torch 2.11: GPU test runs in eight
+workers fell back on one to three graphs a run, tiny GTA-4 models' among them.)
+
+install() replaces the method, where its source keys on id(writeline), by one that keys on the buffer the bound
+method belongs to, and holds that buffer in the entry so that its id cannot be reused while the entry lives (torch
+2.13's fix keys on the buffer too). Where this torch keys otherwise, nothing is replaced. Like torch 2.13's fix, the
+change is process-wide: other backends' C++ wrappers get it too.
+"""
+from __future__ import annotations
+
+import inspect
+
+_installed = False
+_replaced = False
+
+
+def keys_on_bound_method_id(method) -> bool:
+    """Whether codegen_int_array_var's source keys its cache on id(writeline) itself (torch 2.11's)."""
+    try:
+        source = inspect.getsource(method)
+    except (OSError, TypeError):
+        return False
+    return "id(writeline)" in source and "__self__" not in source
+
+
+def codegen_int_array_var(self, int_array: str, writeline, known_statically=False, graph=None) -> str:
+    """CppWrapperCpu.codegen_int_array_var with the cache keyed on the buffer `writeline` writes to."""
+    owner = getattr(writeline, "__self__", writeline)
+    key = (int_array, id(owner), known_statically, id(graph) if graph else None)
+    cache = self.codegen_int_array_var_cache
+    entry = cache.get(key)
+    if entry is None:  # (an entry holds its buffer: no other buffer can have that id while it lives)
+        entry = cache[key] = (owner, self._codegen_int_array_var_impl(int_array, writeline, known_statically))
+    return entry[1]
+
+
+def install() -> None:
+    """Replace torch 2.11's codegen_int_array_var (once per process) where it keys on bound-method ids."""
+    global _installed, _replaced
+    if _installed:
+        return
+    _installed = True
+    try:
+        from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
+    except ImportError:
+        return
+    method = CppWrapperCpu.__dict__.get("codegen_int_array_var")
+    if method is None or not hasattr(CppWrapperCpu, "_codegen_int_array_var_impl") \
+            or list(inspect.signature(method).parameters) != ["self", "int_array", "writeline", "known_statically",
+                                                              "graph"] \
+            or not keys_on_bound_method_id(method):
+        return
+    CppWrapperCpu.codegen_int_array_var = codegen_int_array_var
+    _replaced = True
+
+
+def replaced() -> bool:
+    """Whether this process's C++ wrappers declare int arrays through codegen_int_array_var above."""
+    return _replaced

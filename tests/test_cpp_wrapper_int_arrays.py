@@ -1,0 +1,114 @@
+"""Inductor's C++ wrapper's size/stride arrays declared once per code buffer (glacompiler/compiler/
+cpp_wrapper_int_arrays.py): torch 2.11 keyed them on a bound method's id, which the next bound method reuses."""
+from __future__ import annotations
+
+import pytest
+
+from glacompiler.compiler import cpp_wrapper_int_arrays
+
+
+class CodeBuffer:
+    """Stands in for Inductor's IndentedBuffer: what its writeline wrote."""
+
+    def __init__(self):
+        self.lines = []
+
+    def writeline(self, line: str) -> None:
+        self.lines.append(line)
+
+
+class Wrapper:
+    """The part of CppWrapperCpu the method uses: its cache and the declaring implementation (one variable a call)."""
+
+    def __init__(self):
+        self.codegen_int_array_var_cache = {}
+        self.declared = 0
+
+    def _codegen_int_array_var_impl(self, int_array, writeline, known_statically):
+        var = f"int_array_{self.declared}"
+        self.declared += 1
+        writeline(f"const int64_t {var}[] = {int_array};")
+        return var
+
+    codegen_int_array_var = cpp_wrapper_int_arrays.codegen_int_array_var
+
+
+class ReusedWriteline:
+    """A bound writeline whose object is reused for another buffer: what torch 2.11 met when a freed bound method's
+    id went to the next one (whether it does is up to the allocator; here it always does)."""
+
+    def __init__(self, buffer: CodeBuffer):
+        self.__self__ = buffer
+
+    def __call__(self, line: str) -> None:
+        self.__self__.writeline(line)
+
+
+def test_each_buffer_declares_the_arrays_it_uses():
+    """Memory planning's second pass writes into a new buffer: every variable it is handed must be declared there,
+    whatever the id of the callable passed as writeline."""
+    wrapper = Wrapper()
+    first_pass, second_pass = CodeBuffer(), CodeBuffer()
+    writeline = ReusedWriteline(first_pass)
+    assert wrapper.codegen_int_array_var("{64L, 8L}", writeline, True) == "int_array_0"
+    assert wrapper.codegen_int_array_var("{64L, 8L}", first_pass.writeline, True) == "int_array_0"  # one declaration
+    writeline.__self__ = second_pass  # the same id, another buffer
+    var = wrapper.codegen_int_array_var("{64L, 8L}", writeline, True)
+    assert second_pass.lines == [f"const int64_t {var}[] = {{64L, 8L}};"]
+    assert first_pass.lines == ["const int64_t int_array_0[] = {64L, 8L};"]
+    assert wrapper.codegen_int_array_var("{64L, 8L}", second_pass.writeline, True) == var  # Inductor's bound methods
+    # Another graph (a subgraph's code) gets its own, as in torch.
+    assert wrapper.codegen_int_array_var("{64L, 8L}", second_pass.writeline, True, object()) != var
+
+
+def keyed_as_torch_2_11(self, int_array, writeline, known_statically=False, graph=None):
+    cache_key = (int_array, id(writeline), known_statically, id(graph) if graph else None)
+    if cache_key not in self.codegen_int_array_var_cache:
+        self.codegen_int_array_var_cache[cache_key] = self._codegen_int_array_var_impl(int_array, writeline,
+                                                                                       known_statically)
+    return self.codegen_int_array_var_cache[cache_key]
+
+
+def keyed_as_torch_2_13(self, int_array, writeline, known_statically=False, graph=None):
+    writeline_id = id(writeline.__self__) if hasattr(writeline, "__self__") else id(writeline)
+    return (int_array, writeline_id, known_statically, graph)
+
+
+@pytest.fixture
+def fresh_install(monkeypatch):
+    """install() as in a new process (each test sets the method through monkeypatch)."""
+    monkeypatch.setattr(cpp_wrapper_int_arrays, "_installed", False)
+    monkeypatch.setattr(cpp_wrapper_int_arrays, "_replaced", False)
+
+
+def test_replaced_only_where_torch_keys_on_the_bound_method(monkeypatch, fresh_install):
+    from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
+
+    monkeypatch.setattr(CppWrapperCpu, "codegen_int_array_var", keyed_as_torch_2_11)
+    cpp_wrapper_int_arrays.install()
+    assert cpp_wrapper_int_arrays.replaced()
+    assert CppWrapperCpu.codegen_int_array_var is cpp_wrapper_int_arrays.codegen_int_array_var
+    cpp_wrapper_int_arrays.install()  # once per process
+    assert CppWrapperCpu.codegen_int_array_var is cpp_wrapper_int_arrays.codegen_int_array_var
+
+    monkeypatch.setattr(cpp_wrapper_int_arrays, "_installed", False)
+    monkeypatch.setattr(cpp_wrapper_int_arrays, "_replaced", False)
+    monkeypatch.setattr(CppWrapperCpu, "codegen_int_array_var", keyed_as_torch_2_13)
+    cpp_wrapper_int_arrays.install()
+    assert not cpp_wrapper_int_arrays.replaced()
+    assert CppWrapperCpu.codegen_int_array_var is keyed_as_torch_2_13
+
+
+def test_this_torchs_method_is_left_alone_unless_it_keys_on_the_bound_method(fresh_install):
+    """The installed torch (2.13 on CI) keys on the buffer already: install() keeps its method."""
+    from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
+
+    method = CppWrapperCpu.codegen_int_array_var
+    expected = cpp_wrapper_int_arrays.keys_on_bound_method_id(method)
+    cpp_wrapper_int_arrays.install()
+    try:
+        assert cpp_wrapper_int_arrays.replaced() == expected
+        if not expected:
+            assert CppWrapperCpu.codegen_int_array_var is method
+    finally:
+        CppWrapperCpu.codegen_int_array_var = method
