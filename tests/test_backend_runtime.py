@@ -145,7 +145,12 @@ class CppCompileError(RuntimeError):
         self.output = output
 
 
-COMPILER_OUTPUT = ("In file included from main.cpp:1:\n"
+# gcc's output as Inductor's wrapper gets it: a warning first, whose quoted source line and macro note name
+# AOTI_TORCH_ERROR_CODE_CHECK, then the error.
+COMPILER_OUTPUT = ("main.cpp: In function 'void inductor_entry_impl(AtenTensorHandle*, AtenTensorHandle*)':\n"
+                   "main.cpp:40:9: warning: unused variable 'unused_flag' [-Wunused-variable]\n"
+                   "   40 |     int unused_flag = 0; AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(...));\n"
+                   "main.cpp:12:5: note: in definition of macro 'AOTI_TORCH_ERROR_CODE_CHECK'\n"
                    "main.cpp:42:7: error: 'launch_kernel' was not declared in this scope\n"
                    "   42 |       launch_kernel(stream);\n")
 
@@ -176,8 +181,9 @@ def test_cpp_wrapper_failure_recompiles_with_the_python_wrapper(monkeypatch):
     with pytest.warns(RuntimeWarning, match="compiling it with the Python wrapper") as caught, torch.no_grad():
         out = torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
                             backend=backend)(q, k, v)
-    # The warning names what the compiler said, not only that it failed.
-    assert any("main.cpp:42:7: error: 'launch_kernel' was not declared" in str(w.message) for w in caught)
+    # The warning names the compiler's error, not only that it failed (nor a line that merely says "error").
+    (fallback,) = [str(w.message) for w in caught if "Python wrapper" in str(w.message)]
+    assert fallback.endswith("(main.cpp:42:7: error: 'launch_kernel' was not declared in this scope)"), fallback
     assert_close(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
     assert wrapper_choices == [True, False]
     (record,) = glacompiler.compile_report()
@@ -190,6 +196,63 @@ def test_cpp_wrapper_failure_recompiles_with_the_python_wrapper(monkeypatch):
     with pytest.raises(Exception, match="InductorError"), torch.no_grad():
         torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
                       backend=chosen)(q, k, v)
+
+
+def test_graphed_defaults_dropped_where_inductor_fails_with_them(monkeypatch):
+    """PDL and combo kernels are the backend's defaults under CUDA graphs: where Inductor fails on a graph with
+    them (not because of our pass), the graph is compiled again without them, with a warning; one record. Where
+    the user asked for them (inductor_config), the failure is raised."""
+    from glacompiler.compiler import torch_compile_backend
+
+    real_compile_fx = torch_compile_backend.compile_fx
+    settings_seen = []
+
+    def compile_fx(gm, example_inputs, config_patches, **options):
+        chosen = {name: config_patches.get(name) for name in ("combo_kernels", "triton.enable_pdl")}
+        settings_seen.append(chosen)
+        plain = {name: value for name, value in config_patches.items() if name not in chosen}
+        compiled = real_compile_fx(gm, example_inputs, config_patches=plain, **options)
+        if any(chosen.values()):  # after the pass ran, as Inductor's codegen fails after it
+            raise RuntimeError("InductorError: combo kernel codegen failed")
+        return compiled
+
+    monkeypatch.setattr(torch_compile_backend, "compile_fx", compile_fx)
+    monkeypatch.delenv("GLACOMPILER_STRICT", raising=False)
+    graphed = {"combo_kernels": True, "triton.enable_pdl": True}
+    backend = glacompiler.backend()
+    monkeypatch.setattr(backend, "config_patches", lambda example_inputs=(): dict(graphed))
+    q, k, v = sdpa_inputs()
+    torch._dynamo.reset()
+    glacompiler.reset_report()
+    with pytest.warns(RuntimeWarning, match="with triton.enable_pdl and combo_kernels on .* compiling it again "
+                                            "without them .InductorError: combo kernel codegen failed"), \
+            torch.no_grad():
+        out = torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                            backend=backend)(q, k, v)
+    assert_close(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+    assert settings_seen == [{"combo_kernels": True, "triton.enable_pdl": True},
+                             {"combo_kernels": None, "triton.enable_pdl": None}]
+    (record,) = glacompiler.compile_report()
+    assert record.status == "rewritten", str(record)
+
+    chosen = glacompiler.backend(inductor_config={"combo_kernels": True})
+    monkeypatch.setattr(chosen, "config_patches", lambda example_inputs=(): {"combo_kernels": True})
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="combo kernel codegen failed"), torch.no_grad():
+        torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                      backend=chosen)(q, k, v)
+
+
+def test_cpp_compile_diagnostic_without_the_compilers_output():
+    """Where the chain holds no CppCompileError with the compiler's output (its text passed through another
+    error), the warning gets the error's first non-empty line."""
+    from glacompiler.compiler.torch_compile_backend import cpp_compile_diagnostic
+
+    assert cpp_compile_diagnostic(RuntimeError("\nCppCompileError: C++ compile error\n\nCommand: g++")) == \
+        "CppCompileError: C++ compile error"
+    assert cpp_compile_diagnostic(CppCompileError("g++: internal compiler error: Killed\n")) == \
+        "g++: internal compiler error: Killed"  # no file:line, but an "error:" line
+    assert cpp_compile_diagnostic(RuntimeError()) == "RuntimeError"
 
 
 def test_strict_mode_raises(monkeypatch):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import warnings
 from typing import Optional
 
@@ -48,16 +49,25 @@ def _is_cpp_compile_error(error: BaseException) -> bool:
     return any(type(e).__name__ == "CppCompileError" or "CppCompileError" in str(e)[:200] for e in _error_chain(error))
 
 
+# A compiler's diagnostic line: "file:line[:column]: [fatal ]error: ..." (gcc and clang). Not any line that says
+# "error": Inductor's wrapper quotes AOTI_TORCH_ERROR_CODE_CHECK in the source lines a warning shows.
+_COMPILER_ERROR_LINE = re.compile(r":\d+(?::\d+)?: (?:fatal )?error: ")
+
+
 def cpp_compile_diagnostic(error: BaseException) -> str:
     """The compiler's first error line of a C++ compile failure (CppCompileError keeps the compiler's output), so
-    that the fallback's warning says what failed; else the error's first line."""
+    that the fallback's warning says what failed; else the output's first line with "error:", else the error's
+    first line."""
     for link in _error_chain(error):
         output = getattr(link, "output", None)
         if type(link).__name__ == "CppCompileError" and isinstance(output, str):
-            for line in output.splitlines():
-                if "error" in line.lower():
-                    return line.strip()[:300]
-    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            lines = output.splitlines()
+            found = next((line for line in lines if _COMPILER_ERROR_LINE.search(line)), None) or \
+                next((line for line in lines if "error:" in line), None)
+            if found is not None:
+                return found.strip()[:300]
+    first = next((line for line in str(error).splitlines() if line.strip()), "")
+    return first[:200] or type(error).__name__
 
 
 def _compile_fx(gm, example_inputs, patches: dict):
@@ -91,7 +101,8 @@ class GlaBackend:
         kernels launched as programmatic dependents on CUDA, each waiting first (programmatic_launch.py; Inductor's
         triton.enable_pdl, unless inductor_config or the environment, TORCHINDUCTOR_ENABLE_PDL, chose a value), and
         Inductor's combo kernels on (combo_kernels: independent kernels launched as one) unless inductor_config
-        sets it.
+        sets it. A graph Inductor fails to compile with these two defaults is compiled again without them (a
+        warning).
     autotune: at first compile, tune our kernels for the rewritten sites' real shapes (a small Optuna budget
         per site, results in the user config cache; CUDA only, needs optuna) and use Inductor's
         max-autotune for the rest of the model.
@@ -191,14 +202,32 @@ class GlaBackend:
         try:
             return self._compile_with_pass(gm, example_inputs, patches, graph_name)
         except Exception as error:
-            if not (self._chose_cpp_wrapper(patches) and _is_cpp_compile_error(error)) or strict_mode():
+            if strict_mode():
                 raise
-            # Inductor's C++ wrapper does not compile every graph (torch 2.11: MoE's _grouped_mm); the wrapper
-            # is our default, not the user's choice, so the graph is compiled with Inductor's Python wrapper.
-            warnings.warn(f"glacompiler: Inductor's C++ wrapper failed to compile {graph_name}; compiling it with "
-                          f"the Python wrapper ({cpp_compile_diagnostic(error)})", RuntimeWarning, stacklevel=2)
-            LOGGER.debug("%s: the C++ wrapper's compile error in full", graph_name, exc_info=error)
-            return self._compile_with_pass(gm, example_inputs, {**patches, "cpp_wrapper": False}, graph_name)
+            if self._chose_cpp_wrapper(patches) and _is_cpp_compile_error(error):
+                # Inductor's C++ wrapper does not compile every graph (torch 2.11: MoE's _grouped_mm); the wrapper
+                # is our default, not the user's choice, so the graph is compiled with Inductor's Python wrapper.
+                warnings.warn(f"glacompiler: Inductor's C++ wrapper failed to compile {graph_name}; compiling it "
+                              f"with the Python wrapper ({cpp_compile_diagnostic(error)})", RuntimeWarning,
+                              stacklevel=2)
+                LOGGER.debug("%s: the C++ wrapper's compile error in full", graph_name, exc_info=error)
+                return self._compile_with_pass(gm, example_inputs, {**patches, "cpp_wrapper": False}, graph_name)
+            chosen = self._graphed_choices(patches)
+            if not chosen:
+                raise
+            # PDL and combo kernels are our defaults under CUDA graphs, not the user's choice: a graph Inductor
+            # fails to compile with them is compiled as Inductor would by default.
+            warnings.warn(f"glacompiler: Inductor failed on {graph_name} with {' and '.join(chosen)} on (the "
+                          f"backend's defaults under CUDA graphs); compiling it again without them "
+                          f"({cpp_compile_diagnostic(error)})", RuntimeWarning, stacklevel=2)
+            LOGGER.debug("%s: the error in full", graph_name, exc_info=error)
+            return self._compile_with_pass(gm, example_inputs, {name: value for name, value in patches.items()
+                                                                if name not in chosen}, graph_name)
+
+    def _graphed_choices(self, patches: dict) -> tuple:
+        """The settings in patches that the backend turned on itself under CUDA graphs (not inductor_config's)."""
+        return tuple(name for name in (PROGRAMMATIC_LAUNCH, COMBO_KERNELS)
+                     if patches.get(name) and name not in self.inductor_config)
 
     def _chose_cpp_wrapper(self, patches: dict) -> bool:
         return bool(patches.get("cpp_wrapper")) and self.cpp_wrapper is None and \
