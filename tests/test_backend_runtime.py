@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import glacompiler
 from glacompiler.compiler import graph_pass
 from test_backend_patterns import B, D, GROUP, HKV, HQ, repeat_kv, sdpa_inputs
-from test_backend_support import assert_close
+from test_backend_support import assert_close, assert_graphed_default
 
 
 class CountingBackend:
@@ -267,15 +267,7 @@ def test_strict_mode_raises(monkeypatch):
 def test_combo_kernels_are_the_graphed_default():
     """Under CUDA graphs on CUDA the backend turns on Inductor's combo kernels; inductor_config chooses over it, and
     without graphs or CUDA it is left alone."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode():
-        cuda_inputs = [torch.empty(2, device="cuda")]
-    assert glacompiler.backend(cudagraphs=True).config_patches(cuda_inputs)["combo_kernels"] is True
-    assert "combo_kernels" not in glacompiler.backend().config_patches(cuda_inputs)
-    assert "combo_kernels" not in glacompiler.backend(cudagraphs=True).config_patches([torch.empty(2)])
-    declined = glacompiler.backend(cudagraphs=True, inductor_config={"combo_kernels": False})
-    assert declined.config_patches(cuda_inputs)["combo_kernels"] is False
+    assert_graphed_default("combo_kernels")
 
 
 def test_backend_options():

@@ -146,6 +146,25 @@ def assert_close(actual, expected, tol=1e-5):
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * max(1.0, expected.abs().max().item()))
 
 
+def fake_cuda_inputs() -> list:
+    """Example inputs on CUDA for config_patches, made without a GPU."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        return [torch.empty(2, device="cuda")]
+
+
+def assert_graphed_default(setting: str) -> None:
+    """The backend turns the Inductor setting on under CUDA graphs on CUDA; inductor_config chooses over it, and
+    without graphs or CUDA it is left alone."""
+    cuda_inputs = fake_cuda_inputs()
+    assert glacompiler.backend(cudagraphs=True).config_patches(cuda_inputs)[setting] is True
+    assert setting not in glacompiler.backend().config_patches(cuda_inputs)
+    assert setting not in glacompiler.backend(cudagraphs=True).config_patches([torch.empty(2)])
+    declined = glacompiler.backend(cudagraphs=True, inductor_config={setting: False})
+    assert declined.config_patches(cuda_inputs)[setting] is False
+
+
 def triton_kernel_bodies(code: str) -> dict:
     """{name: body from its def on} of Inductor's own Triton kernels in its generated (Python wrapper) code:
     triton_ and three letters of the kind (poi, red, per, spl, unk; combo kernels take a sub-kernel's), templates

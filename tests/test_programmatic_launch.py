@@ -10,26 +10,18 @@ import torch
 
 import glacompiler
 from glacompiler.compiler import programmatic_launch
-from test_backend_support import assert_waits_first
+from test_backend_support import assert_graphed_default, assert_waits_first, fake_cuda_inputs
 
 
 def test_programmatic_launch_is_the_graphed_default(monkeypatch):
     """Under CUDA graphs on CUDA the backend turns on Inductor's programmatic dependent launch (triton.enable_pdl;
     programmatic_launch.py makes every such kernel wait first); inductor_config and TORCHINDUCTOR_ENABLE_PDL
     choose over it, and without graphs or CUDA it is left alone."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     monkeypatch.delenv("TORCHINDUCTOR_ENABLE_PDL", raising=False)
     assert programmatic_launch.installed()  # (torch 2.11 to 2.13 have the hook)
-    with FakeTensorMode():
-        cuda_inputs = [torch.empty(2, device="cuda")]
-    assert glacompiler.backend(cudagraphs=True).config_patches(cuda_inputs)["triton.enable_pdl"] is True
-    assert "triton.enable_pdl" not in glacompiler.backend().config_patches(cuda_inputs)
-    assert "triton.enable_pdl" not in glacompiler.backend(cudagraphs=True).config_patches([torch.empty(2)])
-    declined = glacompiler.backend(cudagraphs=True, inductor_config={"triton.enable_pdl": False})
-    assert declined.config_patches(cuda_inputs)["triton.enable_pdl"] is False
+    assert_graphed_default("triton.enable_pdl")
     monkeypatch.setenv("TORCHINDUCTOR_ENABLE_PDL", "0")
-    assert "triton.enable_pdl" not in glacompiler.backend(cudagraphs=True).config_patches(cuda_inputs)
+    assert "triton.enable_pdl" not in glacompiler.backend(cudagraphs=True).config_patches(fake_cuda_inputs())
 
 
 def test_dependent_kernels_wait_before_any_access():
@@ -72,17 +64,13 @@ def test_dependent_kernels_wait_before_any_access():
 def test_no_programmatic_launch_where_inductor_generates_code_elsewhere(monkeypatch):
     """TORCHINDUCTOR_FX_COMPILE_MODE=subprocess moves Inductor's codegen out of this process, away from the
     wrapper and the flag: the backend then leaves PDL off."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     module = importlib.import_module("torch._inductor.compile_fx")  # (torch._inductor.compile_fx is also a function)
     monkeypatch.delenv("TORCHINDUCTOR_ENABLE_PDL", raising=False)
     assert programmatic_launch.generates_code_here()
     monkeypatch.setattr(module, "_fx_compile_config",
                         module.FxCompileConfig(module.FxCompileMode.SUBPROCESS, False, False))
     assert not programmatic_launch.generates_code_here()
-    with FakeTensorMode():
-        cuda_inputs = [torch.empty(2, device="cuda")]
-    assert "triton.enable_pdl" not in glacompiler.backend(cudagraphs=True).config_patches(cuda_inputs)
+    assert "triton.enable_pdl" not in glacompiler.backend(cudagraphs=True).config_patches(fake_cuda_inputs())
 
 
 def test_fallback_compile_drops_only_our_choice():

@@ -31,6 +31,7 @@ from .report import add_records, discard_records
 
 _graph_ids = itertools.count()
 COMBO_KERNELS = "combo_kernels"  # Inductor's setting: horizontally independent kernels launched as one
+GRAPHED_DEFAULTS = (PROGRAMMATIC_LAUNCH, COMBO_KERNELS)  # what config_patches turns on for replayed steps on CUDA
 LOGGER = logging.getLogger("glacompiler")
 
 
@@ -66,6 +67,11 @@ def cpp_compile_diagnostic(error: BaseException) -> str:
                 next((line for line in lines if "error:" in line), None)
             if found is not None:
                 return found.strip()[:300]
+    return error_summary(error)
+
+
+def error_summary(error: BaseException) -> str:
+    """The error's first non-empty line (at most 200 characters), or its type's name where it has none."""
     first = next((line for line in str(error).splitlines() if line.strip()), "")
     return first[:200] or type(error).__name__
 
@@ -168,14 +174,15 @@ class GlaBackend:
         if cpp_wrapper:
             patches["cpp_wrapper"] = True
         patches.update(self.inductor_config)
-        if on_cuda and patches.get("triton.cudagraphs") and PROGRAMMATIC_LAUNCH not in self.inductor_config \
-                and pdl_left_to_us():
+        if not (on_cuda and patches.get("triton.cudagraphs")):
+            return patches
+        # Our defaults for replayed steps on CUDA, where inductor_config has not set them (GRAPHED_DEFAULTS).
+        if PROGRAMMATIC_LAUNCH not in self.inductor_config and pdl_left_to_us():
             # Inductor's kernels of a replayed step start before the kernel ahead of them has ended (sm_90 and
             # later; Inductor emits nothing elsewhere). Without graphs it gains nothing: the C++ wrapper launches
             # without the attribute, and the Python wrapper's static launcher refuses kernels that carry it.
             patches[PROGRAMMATIC_LAUNCH] = True
-        if on_cuda and patches.get("triton.cudagraphs") and COMBO_KERNELS not in self.inductor_config \
-                and hasattr(torch._inductor.config, COMBO_KERNELS):
+        if COMBO_KERNELS not in self.inductor_config and hasattr(torch._inductor.config, COMBO_KERNELS):
             # Independent kernels of a replayed step (a layer's norms and casts, say) launched as one: fewer
             # kernel boundaries a step (benchmarks/RESULTS.md). Not without graphs: not measured there.
             patches[COMBO_KERNELS] = True
@@ -226,8 +233,7 @@ class GlaBackend:
 
     def _graphed_choices(self, patches: dict) -> tuple:
         """The settings in patches that the backend turned on itself under CUDA graphs (not inductor_config's)."""
-        return tuple(name for name in (PROGRAMMATIC_LAUNCH, COMBO_KERNELS)
-                     if patches.get(name) and name not in self.inductor_config)
+        return tuple(name for name in GRAPHED_DEFAULTS if patches.get(name) and name not in self.inductor_config)
 
     def _chose_cpp_wrapper(self, patches: dict) -> bool:
         return bool(patches.get("cpp_wrapper")) and self.cpp_wrapper is None and \
@@ -254,7 +260,7 @@ class GlaBackend:
                     # we chose is __call__'s to retry, with the Python wrapper.)
                     discard_records(our_pass.records)
                     warnings.warn(f"glacompiler: Inductor failed on {graph_name} with our kernels launched from "
-                                  f"its wrapper ({str(error).splitlines()[0][:200]}); compiling it again with op calls",
+                                  f"its wrapper ({error_summary(error)}); compiling it again with op calls",
                                   RuntimeWarning, stacklevel=2)
                     return self._compile_with_pass(gm, example_inputs, patches, graph_name, graph_launches=False)
                 if not _caused_by_pass(error) or strict_mode():
@@ -274,7 +280,7 @@ class GlaBackend:
     def _without_our_programmatic_launch(self, patches: dict) -> dict:
         """patches less the PDL the backend chose itself: a graph compiled without our pass has no key of ours in
         Inductor's caches, which could then serve it a plain compile's kernels, made without the first waits."""
-        if PROGRAMMATIC_LAUNCH in self.inductor_config:
+        if PROGRAMMATIC_LAUNCH not in self._graphed_choices(patches):
             return patches
         return {name: value for name, value in patches.items() if name != PROGRAMMATIC_LAUNCH}
 
