@@ -135,6 +135,21 @@ def test_fill_that_still_takes_part():
     assert_close(result.output, attend(q, k, v, valid))
 
 
+def test_float16_lowest_fill_scaled_down_still_takes_part():
+    """masked_fill with -65504 (float16's lowest: a mask) and then * 0.5: the fill becomes -32752 in the softmax,
+    where a masked key can still get weight. The threshold applies to the fill as scaled, so the site stays."""
+    q, k, v = sdpa_inputs()
+    valid = lengths_mask([4, 9])
+
+    def attend(q, k, v, valid):
+        scores = q @ repeat_kv(k, GROUP).transpose(-1, -2)
+        return (scores.masked_fill(~valid[:, None, None, :], -65504.0) * 0.5).softmax(-1) @ repeat_kv(v, GROUP)
+
+    result = run_pass(attend, q, k, v, valid)
+    assert_left_alone(result, "still takes part")
+    assert_close(result.output, attend(q, k, v, valid))
+
+
 def _latent_attention(q_latent, q_rope, latent, rope_key):
     scores = torch.einsum("blhc,bsc->bhls", q_latent, latent) + torch.einsum("blhr,bsr->bhls", q_rope, rope_key)
     return torch.einsum("bhls,bsc->blhc", (scores * 0.1).softmax(-1), latent)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from glacompiler.demo import build_model, model_config
-from test_backend_support import GLA_OP, assert_close, run_pass
+from test_backend_support import assert_close, run_pass
 
 B, HQ, HKV, S, D = 3, 8, 2, 24, 16
 aten = torch.ops.aten
@@ -156,12 +156,70 @@ def hand_written_min_fill(q, k, v, lengths):
     return scores.softmax(-1) @ v
 
 
-def test_additive_min_fill_of_a_prefix_reaches_the_op_as_lengths():
+def min_fill_over_a_held_zero(q, k, v, lengths):
+    """transformers 5.17's eager mask: where(allowed, torch.tensor(0.0), min), its zero a constant the graph holds
+    (get_attr, lift_fresh_copy), added to the scores."""
+    groups = HQ // HKV
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    allowed = PREFIXES["key <= position"](lengths)
+    hidden = torch.where(allowed, torch.tensor(0.0, dtype=q.dtype), torch.finfo(q.dtype).min)
+    return (q @ k.transpose(-1, -2) / math.sqrt(D) + hidden).softmax(-1) @ v
+
+
+def float16_lowest_fill_scaled_down(q, k, v, lengths):
+    """(scores + where(allowed, 0, -65504)) * 0.5: the fill reaches the softmax as -32752, a bias, not a mask."""
+    groups = HQ // HKV
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    hidden = torch.where(PREFIXES["key <= position"](lengths), 0.0, -65504.0)
+    return ((q @ k.transpose(-1, -2) + hidden) * 0.5).softmax(-1) @ v
+
+
+def test_float16_lowest_fill_scaled_down_stays_an_additive_mask():
     args = inputs()
-    result = run_pass(hand_written_min_fill, *args)
+    result = run_pass(float16_lowest_fill_scaled_down, *args)
+    seqlens, mask, kv_range = op_call_lengths_and_mask(result)
+    assert seqlens is None and mask.meta["val"].dtype == torch.float32 and kv_range is not None
+    assert_close(result.output, float16_lowest_fill_scaled_down(*args))
+
+
+@pytest.mark.parametrize("attention", [hand_written_min_fill, min_fill_over_a_held_zero])
+def test_additive_min_fill_of_a_prefix_reaches_the_op_as_lengths(attention):
+    args = inputs()
+    result = run_pass(attention, *args)
     seqlens, mask, kv_range = op_call_lengths_and_mask(result)
     assert seqlens is not None and mask is None and kv_range is None
-    assert_close(result.output, hand_written_min_fill(*args))
+    assert_close(result.output, attention(*args))
+
+
+def cudnn_rendering(fill: float):
+    """What torch 2.11's SDPA hands cuDNN for a boolean mask (convert_boolean_attn_mask_cudnn: cuDNN takes no
+    -inf): where(mask, 0, -65504) as the bias of _scaled_dot_product_cudnn_attention (GQA's heads repeated)."""
+    def attention(q, k, v, lengths):
+        allowed = PREFIXES["key <= position"](lengths)
+        bias = torch.where(allowed, torch.scalar_tensor(0.0), torch.scalar_tensor(fill))
+        groups = HQ // HKV
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return aten._scaled_dot_product_cudnn_attention(q, k, v, bias, False)[0]
+    return attention
+
+
+@pytest.mark.parametrize("fill", [-65504.0, -65000.0])
+def test_cudnn_rendering_of_a_prefix_reaches_the_op_as_lengths(fill):
+    """-65504 (float16's lowest, the kernels' MASKED_BIAS) excludes a key: torch's cuDNN bias of a boolean prefix
+    mask reaches the op as lengths (transformers' decode masks on CUDA). A fill above it is a bias, kept additive
+    (a score gap of 65,000 overcomes it)."""
+    args = inputs()
+    result = run_pass(cudnn_rendering(fill), *args)
+    assert result.statuses == ["rewritten"], result.reasons
+    seqlens, mask, kv_range = op_call_lengths_and_mask(result)
+    if fill == -65504.0:
+        assert mask is None and kv_range is None and seqlens is not None
+    else:
+        assert seqlens is None and mask.meta["val"].dtype == torch.float32 and kv_range is not None
+    lengths = args[3]
+    expected = F.scaled_dot_product_attention(*args[:3], attn_mask=PREFIXES["key <= position"](lengths),
+                                              enable_gqa=True)
+    assert_close(result.output, expected)
 
 
 def test_layers_share_the_count_only_when_their_masks_agree():

@@ -1,12 +1,13 @@
 """Masks found on an attention site, reduced to what the op takes: one tensor broadcastable to
 [B, Hq, Lq, S], boolean (True = attend) or additive.
 
-Normalisations (each exact; anything else stays an additive float mask, which the op also takes):
+Normalisations (exact, but a fill: see score_side.NEGLIGIBLE_FILL; anything else stays an additive float mask,
+which the op also takes):
 
 | mask as found                                   | becomes                                                   |
 |-------------------------------------------------|-----------------------------------------------------------|
-| where(cond, 0, -inf or < -1e30) (SDPA's bool->float, HF's min-fill) | boolean cond, so the kernel can skip blocks |
-| where(cond, -inf or < -1e30, 0)                 | boolean, attend where cond is False                       |
+| where(cond, 0, fill): fill -inf (SDPA's bool->float) or <= -65504 (cuDNN's, min-fills) | boolean cond  |
+| where(cond, fill, 0)                            | boolean, attend where cond is False                       |
 | constant_pad_nd at the ends (efficient attention pads its bias) read within the original | the unpadded tensor |
 | prefixes (HF's mask[..., :key_length])          | a slice of the mask                                       |
 | views of any of these                           | followed exactly                                          |

@@ -9,7 +9,7 @@ Ops allowed between the products and the softmax (anything else declines the sit
 | mul / div by a Python number > 0          | softmax scale                                                  |
 | add(scores, mask)                         | additive mask (float), scaled by any later multiplier          |
 | add(scores_1, scores_2)                   | sum of products: MLA/GLA's q_lat.c + q_pe.k_pe                 |
-| where(cond, scores, fill) / masked_fill   | boolean mask, fill -inf or huge negative (< -1e30 once scaled)  |
+| where(cond, scores, fill) / masked_fill   | boolean mask, fill -inf or <= NEGLIGIBLE_FILL once scaled       |
 | bmm / mm                                  | a q.k product (a term)                                         |
 | tanh, c[h] * key position, a sink column  | FlashAttention's extensions: score_mods.py                     |
 """
@@ -21,17 +21,24 @@ from typing import Optional
 
 import torch
 from torch import fx
+from torch._subclasses.fake_tensor import is_fake, unset_fake_temporarily
 
+from ...kernels.common.mask_range import MASKED_BIAS
 from ..decline import UNEXPECTED_GRAPH, Decline
+from ..frozen_weights import attribute
 from .layout import VIEW_OPS, Layout, fake_value, broadcast_layout, compose, identity, is_view_like
 from .operands import convert_dtypes, is_call, scalar_factor, scalar_value
 from .score_mods import ScoreMods, match_alibi, score_mod_sources, visit_soft_cap
 
 aten = torch.ops.aten
 
-# A fill at or below this (after later scaling) contributes exp(fill - max) == 0 in float32 for any
-# finite scores, so it is the same as excluding the key.
-NEGLIGIBLE_FILL = -1e30
+# A fill at or below this (after later scaling) excludes its key, as in the kernels' key range (MASKED_BIAS,
+# float16's lowest). Float16 models fill masks with it, and so does torch's SDPA for cuDNN, which takes no -inf:
+# it hands a boolean mask on as where(mask, 0, -65504). The key's weight in float32 is 0 unless the row's scaled
+# scores spread by more than about 65,400 (added to the scores: exp(fill + score - max)) or all lie below about
+# -65,400 (in their place: exp(fill - max)). A row that hides every key then gets the op's 0, as SDPA gives a
+# boolean mask; eager with such a fill gives the mean of the values, or at -65504 nearly unmasked attention.
+NEGLIGIBLE_FILL = MASKED_BIAS
 
 PRODUCT_OPS = (aten.bmm.default, aten.mm.default)
 
@@ -68,7 +75,25 @@ def fill_value(arg) -> Optional[float]:
         return scalar_value(arg.args[1])
     if is_call(arg, aten.scalar_tensor.default):
         return scalar_value(arg.args[0])
-    return None
+    return _held_scalar(arg)
+
+
+def _held_scalar(node) -> Optional[float]:
+    """The value of a 0-d tensor the graph holds as a constant: torch.tensor(0.0) in traced code (transformers'
+    masks: where(mask, torch.tensor(0.0), min)) is a get_attr, read through lift_fresh_copy."""
+    if is_call(node, aten.lift_fresh_copy.default):
+        node = node.args[0]
+    if not (isinstance(node, fx.Node) and node.op == "get_attr" and node.graph.owning_module is not None):
+        return None
+    try:
+        value = attribute(node.graph.owning_module, node.target)
+    except AttributeError:
+        return None
+    if not isinstance(value, torch.Tensor) or value.dim() != 0 or is_fake(value) or value.is_meta \
+            or not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
+        return None
+    with unset_fake_temporarily():  # (the pass runs under the graph's fake mode)
+        return float(value.item())
 
 
 def _view_step(node: fx.Node) -> Optional[Layout]:
