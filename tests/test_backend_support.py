@@ -4,7 +4,9 @@ run_pass(): traces a function the way Inductor does (dynamo, AOT with Inductor's
 graph), runs our pass on the ATen graph, counts ops before and after, and executes the rewritten graph
 eagerly: the pass's whole effect, without paying for Inductor's C++ compile in every test.
 compile_and_count(): the full backend, with the graph after our pass observed through a chained
-joint_custom_pre_pass (the backend runs a user's pass after its own)."""
+joint_custom_pre_pass (the backend runs a user's pass after its own).
+RecordingPass: a torch.compile backend of our pass alone, for whole models (the pass runs at every compile: no
+Inductor caches in the way of glacompiler's counters)."""
 from __future__ import annotations
 
 import collections
@@ -110,6 +112,26 @@ class PassHarness:
     def result(self, output=None) -> PassResult:
         return PassResult(self.state["before"], self.state["after"], output, self.state["records"],
                           self.state["graph"])
+
+
+class RecordingPass:
+    """A torch.compile backend: AOT to the ATen inference graph, our pass, then the graph run eagerly."""
+
+    def __init__(self):
+        self.records = []
+        self.graphs = 0
+
+    def _compile(self, gm, example_inputs):
+        rewrite = AttentionRewritePass(graph_name=f"graph {self.graphs}")
+        self.graphs += 1
+        rewrite(gm.graph)
+        gm.recompile()
+        self.records.extend(rewrite.records)
+        return make_boxed_func(gm.forward)
+
+    def backend(self):
+        return aot_autograd(fw_compiler=self._compile, decompositions=select_decomp_table(),
+                            keep_inference_input_mutations=True)
 
 
 def run_pass(fn, *args) -> PassResult:

@@ -14,14 +14,10 @@ import inspect
 import pytest
 import torch
 import torch._dynamo
-from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.utils import counters
-from torch._functorch.aot_autograd import make_boxed_func
-from torch._inductor.decomposition import select_decomp_table
 
 import glacompiler
-from glacompiler.compiler.graph_pass import AttentionRewritePass
-from test_backend_support import assert_close
+from test_backend_support import RecordingPass, assert_close
 
 transformers = pytest.importorskip("transformers")
 
@@ -99,26 +95,6 @@ def decode_logits(model, config, forward, tokens=None) -> list:
         token = logits[-1][:, -1:].argmax(-1) if tokens is None else tokens[index]
         logits.append(step(token, PROMPT + index))
     return logits
-
-
-class RecordingPass:
-    """A torch.compile backend: AOT to the ATen inference graph, our pass, then the graph run eagerly."""
-
-    def __init__(self):
-        self.records = []
-        self.graphs = 0
-
-    def _compile(self, gm, example_inputs):
-        rewrite = AttentionRewritePass(graph_name=f"graph {self.graphs}")
-        self.graphs += 1
-        rewrite(gm.graph)
-        gm.recompile()
-        self.records.extend(rewrite.records)
-        return make_boxed_func(gm.forward)
-
-    def backend(self):
-        return aot_autograd(fw_compiler=self._compile, decompositions=select_decomp_table(),
-                            keep_inference_input_mutations=True)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
