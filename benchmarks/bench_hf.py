@@ -215,11 +215,13 @@ BASELINES = {"gla": "default", "gla+cudagraphs": "reduce-overhead", "gla-latent-
 
 
 def describe_sites(records) -> str:
+    """'8 rewritten gqa mask=lengths': sites counted by status, kind, absorption and how the op got the mask."""
     counts = collections.Counter(
-        (r.status, r.kind or "?", "absorbed" if r.form.endswith("(absorbed)") else "") for r in records)
+        (r.status, r.kind or "?", " absorbed" if r.form.endswith("(absorbed)") else "",
+         f" mask={r.mask}" if r.mask else "") for r in records)
     if not counts:
         return "no attention sites"
-    return ", ".join(f"{n} {status} {kind}{' ' + extra if extra else ''}" for (status, kind, extra), n in
+    return ", ".join(f"{n} {status} {kind}{absorbed}{mask}" for (status, kind, absorbed, mask), n in
                      sorted(counts.items()))
 
 

@@ -38,15 +38,17 @@ def test_table_of_a_rewritten_and_a_skipped_site():
     text = str(records)
     assert text == format_report() == format_report(records)
     header, rewritten, skipped, summary = text.splitlines()
-    assert header.split() == ["status", "kind", "heads", "q/kv", "dims", "q/k/v/rope", "dtype", "form", "graph",
-                              "source", "reason"]
+    assert header.split() == ["status", "kind", "heads", "q/kv", "dims", "q/k/v/rope", "dtype", "form", "mask",
+                              "graph", "source", "reason"]
     assert rewritten.split()[:5] == ["rewritten", "gqa", f"{HQ}/{HKV}", f"{D}/{D}/{D}/0", "float32"]
     assert rewritten.split()[5].startswith("sdpa:") and "in decode" in rewritten
     assert skipped.split()[:5] == ["skipped", "gqa", f"{HQ}/{HKV}", f"{D}/{D}/{D}/0", "float32"]
     assert "in causal_prefill" in skipped and skipped.endswith(records[1].reason)
     assert f"query length {PREFILL} > 16" in records[1].reason
+    assert [r.mask for r in records] == ["", ""]  # decode without a mask; a skipped site gets none
     for column, cells in (("kind", [r.kind for r in records]), ("form", [r.form for r in records]),
-                          ("graph", [r.graph for r in records]), ("source", [r.location for r in records])):
+                          ("mask", ["-", "-"]), ("graph", [r.graph for r in records]),
+                          ("source", [r.location for r in records])):
         start = header.index(column)  # every row starts each column where the header does
         assert all(row[start:].startswith(cell) and row[start - 2:start] == "  "
                    for row, cell in zip((rewritten, skipped), cells)), column
@@ -59,16 +61,17 @@ def test_table_text():
     spec = AttentionSpec("gla", 16, 2, 64, 64, 64, 16, True, False, "bfloat16")
     records = [
         SiteRecord("gla", spec, "model.py:84 in decode: out = attend(q, c)", "rewritten", "", "decomposed softmax",
-                   "graph 1"),
+                   "graph 1", "lengths"),
         SiteRecord(None, None, "graph node softmax_3", "skipped", "the scores are also used by add_7",
                    "decomposed safe softmax", "graph 12"),
     ]
     assert format_report(records) == "\n".join([
-        "status     kind  heads q/kv  dims q/k/v/rope  dtype     form                     graph     source                 "
-        "reason",
-        "rewritten  gla   16/2        64/64/64/16      bfloat16  decomposed softmax       graph 1   model.py:84 in decode",
-        "skipped    ?     -           -                -         decomposed safe softmax  graph 12  graph node softmax_3   "
-        "the scores are also used by add_7",
+        "status     kind  heads q/kv  dims q/k/v/rope  dtype     form                     mask     graph     "
+        "source                 reason",
+        "rewritten  gla   16/2        64/64/64/16      bfloat16  decomposed softmax       lengths  graph 1   "
+        "model.py:84 in decode",
+        "skipped    ?     -           -                -         decomposed safe softmax  -        graph 12  "
+        "graph node softmax_3   the scores are also used by add_7",
         "2 attention sites: 1 rewritten, 1 skipped",
     ])
     assert format_report([]) == str(report.CompileReport()) == "no attention sites seen"

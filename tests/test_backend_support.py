@@ -5,8 +5,8 @@ graph), runs our pass on the ATen graph, counts ops before and after, and execut
 eagerly: the pass's whole effect, without paying for Inductor's C++ compile in every test.
 compile_and_count(): the full backend, with the graph after our pass observed through a chained
 joint_custom_pre_pass (the backend runs a user's pass after its own).
-RecordingPass: a torch.compile backend of our pass alone, for whole models (the pass runs at every compile: no
-Inductor caches in the way of glacompiler's counters)."""
+RecordingPass: a torch.compile backend of our pass alone (AOT, the pass, the graph run eagerly), for whole models
+without Inductor's compile."""
 from __future__ import annotations
 
 import collections

@@ -92,6 +92,7 @@ def test_prefix_masks_reach_the_op_as_lengths_and_others_stay_masks(name):
     result = run_pass(fn, *args)
     assert result.statuses == ["rewritten"], result.reasons
     seqlens, mask, kv_range = op_call_lengths_and_mask(result)
+    assert result.records[0].mask == ("lengths" if prefix else "boolean")
     if prefix:
         assert mask is None and kv_range is None
         value = seqlens.meta["val"]
@@ -212,6 +213,7 @@ def test_cudnn_rendering_of_a_prefix_reaches_the_op_as_lengths(fill):
     result = run_pass(cudnn_rendering(fill), *args)
     assert result.statuses == ["rewritten"], result.reasons
     seqlens, mask, kv_range = op_call_lengths_and_mask(result)
+    assert result.records[0].mask == ("lengths" if fill == -65504.0 else "additive")
     if fill == -65504.0:
         assert mask is None and kv_range is None and seqlens is not None
     else:

@@ -27,7 +27,7 @@ from .inductor_guard import guard_attention_fusions
 from .plan.extensions import describe_extensions
 from .plan.site_plan import SitePlan, slots_size
 from .report import REWRITTEN, SKIPPED, SiteRecord, add_records, source_location
-from .rewrite.emit import SharedMaskRanges, emit_site
+from .rewrite.emit import SharedMaskRanges, emit_site, mask_handling
 from .rewrite.graph_launches import replace_op_calls_with_launches
 from .trace.layout import fake_value
 from .trace.running_counts import running_counts_as_positions
@@ -176,7 +176,8 @@ class AttentionRewritePass(CustomGraphPass):
                 emit_absorbed(graph, absorbed, mask_ranges)
                 self._note_tuning_target(dataclasses.replace(absorbed.site, spec=absorbed.spec))
                 records.append(SiteRecord(absorbed.spec.kind, absorbed.spec, source, REWRITTEN, "",
-                                          f"{site.form}{describe_extensions(absorbed.site)} (absorbed)", self.graph_name))
+                                          f"{site.form}{describe_extensions(absorbed.site)} (absorbed)", self.graph_name,
+                                          mask_handling(absorbed.site)))
                 continue
             try:
                 plan = site.plan()
@@ -192,7 +193,7 @@ class AttentionRewritePass(CustomGraphPass):
             emit_site(graph, plan, mask_ranges)
             self._note_tuning_target(plan)
             records.append(SiteRecord(plan.spec.kind, plan.spec, source, REWRITTEN, not_absorbed,
-                                      site.form + describe_extensions(plan), self.graph_name))
+                                      site.form + describe_extensions(plan), self.graph_name, mask_handling(plan)))
         if self.graph_launches and not training:  # (op calls the user wrote themselves too)
             launched = replace_op_calls_with_launches(graph, self.latent_rows_in_graph)
             self.launched_in_graph += launched

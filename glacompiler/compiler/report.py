@@ -36,6 +36,7 @@ class SiteRecord:
     reason: str  # why skipped ('' when rewritten)
     form: str  # how the attention was written: 'sdpa:<aten op>' or the softmax form
     graph: str  # which compiled graph
+    mask: str = ""  # rewritten: how the op gets the mask ('lengths', 'boolean', 'additive'; '' without one)
 
     def __str__(self) -> str:
         spec = "" if self.spec is None else (
@@ -43,7 +44,8 @@ class SiteRecord:
             f" dk={self.spec.head_dim_k} dv={self.spec.head_dim_v} dr={self.spec.rope_dim} {self.spec.dtype}"
         )
         tail = f": {self.reason}" if self.reason else ""
-        return f"[{self.status}] {self.kind or '?'}{spec} ({self.form}) at {self.source}{tail}"
+        mask = f" mask={self.mask}" if self.mask else ""
+        return f"[{self.status}] {self.kind or '?'}{spec} ({self.form}){mask} at {self.source}{tail}"
 
     @property
     def location(self) -> str:
@@ -125,7 +127,7 @@ def _mark_dynamo_generation() -> None:
         handler.register_start_callback(_dynamo_generation_marker)
 
 
-COLUMNS = ("status", "kind", "heads q/kv", "dims q/k/v/rope", "dtype", "form", "graph", "source", "reason")
+COLUMNS = ("status", "kind", "heads q/kv", "dims q/k/v/rope", "dtype", "form", "mask", "graph", "source", "reason")
 
 
 def _row(record: SiteRecord) -> tuple:
@@ -133,7 +135,7 @@ def _row(record: SiteRecord) -> tuple:
     heads = "-" if spec is None else f"{spec.num_q_heads}/{spec.num_kv_heads}"
     dims = "-" if spec is None else f"{spec.head_dim_q}/{spec.head_dim_k}/{spec.head_dim_v}/{spec.rope_dim}"
     return (record.status, record.kind or "?", heads, dims, "-" if spec is None else spec.dtype,
-            record.form or "-", record.graph or "-", record.location, record.reason)
+            record.form or "-", record.mask or "-", record.graph or "-", record.location, record.reason)
 
 
 def summary_line(records: list) -> str:

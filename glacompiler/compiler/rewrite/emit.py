@@ -253,6 +253,17 @@ def emit_site(graph: fx.Graph, plan: SitePlan, mask_ranges: SharedMaskRanges) ->
     return emit.created
 
 
+def mask_handling(plan: SitePlan) -> str:
+    """How emit_op_call hands the site's masks to the op (the report's mask column): 'lengths' (one query row's
+    prefix mask, counted per sequence: one maskless launch), 'boolean', 'additive' (a float mask, read wherever
+    its key range is not dense), or '' where the site has none."""
+    if not plan.masks and not plan.causal_top_left:
+        return ""
+    if plan.mask_as_lengths:
+        return "lengths"
+    return "additive" if any(m.additive for m in plan.masks) else "boolean"
+
+
 def emit_op_call(emit: Emitter, plan: SitePlan, mask_ranges: SharedMaskRanges, q, k, v, q_rope, k_rope) -> fx.Node:
     """The site's masks (shared key range included) and the op call on the given operands; its output."""
     device = fake_value(q).device
