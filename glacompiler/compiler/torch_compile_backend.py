@@ -184,7 +184,8 @@ class GlaBackend:
             patches[PROGRAMMATIC_LAUNCH] = True
         if COMBO_KERNELS not in self.inductor_config and hasattr(torch._inductor.config, COMBO_KERNELS):
             # Independent kernels of a replayed step (a layer's norms and casts, say) launched as one: fewer
-            # kernel boundaries a step (benchmarks/RESULTS.md). Not without graphs: not measured there.
+            # kernel boundaries a step (benchmarks/RESULTS.md). Not without graphs: 1-4% shorter steps there on one H200
+            # lease, too few runs (and no GPU suite) to make it a default.
             patches[COMBO_KERNELS] = True
         return patches
 
