@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import glacompiler
 from glacompiler.compiler import graph_pass
 from test_backend_patterns import B, D, GROUP, HKV, HQ, repeat_kv, sdpa_inputs
-from test_backend_support import assert_close, assert_graphed_default
+from test_backend_support import assert_close, assert_cuda_default
 
 
 class CountingBackend:
@@ -199,7 +199,7 @@ def test_cpp_wrapper_failure_recompiles_with_the_python_wrapper(monkeypatch):
 
 
 def test_graphed_defaults_dropped_where_inductor_fails_with_them(monkeypatch):
-    """PDL and combo kernels are the backend's defaults under CUDA graphs: where Inductor fails on a graph with
+    """PDL and combo kernels are the backend's defaults on CUDA: where Inductor fails on a graph with
     them (not because of our pass), the graph is compiled again without them, with a warning; one record. Where
     the user asked for them (inductor_config), the failure is raised."""
     from glacompiler.compiler import torch_compile_backend
@@ -264,10 +264,10 @@ def test_strict_mode_raises(monkeypatch):
                       backend="gla")(*sdpa_inputs())
 
 
-def test_combo_kernels_are_the_graphed_default():
-    """Under CUDA graphs on CUDA the backend turns on Inductor's combo kernels; inductor_config chooses over it, and
-    without graphs or CUDA it is left alone."""
-    assert_graphed_default("combo_kernels")
+def test_combo_kernels_are_the_cuda_default():
+    """On CUDA, with or without CUDA graphs, the backend turns on Inductor's combo kernels; inductor_config chooses
+    over it, and on CPU it is left alone."""
+    assert_cuda_default("combo_kernels", without_graphs=True)
 
 
 def test_backend_options():
@@ -286,7 +286,7 @@ def test_cpp_wrapper_by_default_only_for_cuda_graphs_without_capture():
     with FakeTensorMode():
         cuda_inputs = [torch.empty(2, device="cuda"), 3]
     cpu_inputs = [torch.empty(2)]
-    assert glacompiler.backend().config_patches(cuda_inputs) == {"cpp_wrapper": True}
+    assert glacompiler.backend().config_patches(cuda_inputs)["cpp_wrapper"] is True
     assert "cpp_wrapper" not in glacompiler.backend().config_patches(cpu_inputs)
     assert "cpp_wrapper" not in glacompiler.backend(cudagraphs=True).config_patches(cuda_inputs)
     assert "cpp_wrapper" not in glacompiler.backend(cpp_wrapper=False).config_patches(cuda_inputs)

@@ -176,15 +176,17 @@ def fake_cuda_inputs() -> list:
         return [torch.empty(2, device="cuda")]
 
 
-def assert_graphed_default(setting: str) -> None:
-    """The backend turns the Inductor setting on under CUDA graphs on CUDA; inductor_config chooses over it, and
-    without graphs or CUDA it is left alone."""
+def assert_cuda_default(setting: str, without_graphs: bool) -> None:
+    """The backend turns the Inductor setting on for CUDA under CUDA graphs (and without them where
+    `without_graphs`); inductor_config chooses over it, and on CPU it is left alone."""
     cuda_inputs = fake_cuda_inputs()
     assert glacompiler.backend(cudagraphs=True).config_patches(cuda_inputs)[setting] is True
-    assert setting not in glacompiler.backend().config_patches(cuda_inputs)
+    assert glacompiler.backend().config_patches(cuda_inputs).get(setting) is (True if without_graphs else None)
     assert setting not in glacompiler.backend(cudagraphs=True).config_patches([torch.empty(2)])
-    declined = glacompiler.backend(cudagraphs=True, inductor_config={setting: False})
-    assert declined.config_patches(cuda_inputs)[setting] is False
+    assert setting not in glacompiler.backend().config_patches([torch.empty(2)])
+    for cudagraphs in (True, False):
+        declined = glacompiler.backend(cudagraphs=cudagraphs, inductor_config={setting: False})
+        assert declined.config_patches(cuda_inputs)[setting] is False
 
 
 def triton_kernel_bodies(code: str) -> dict:

@@ -39,15 +39,22 @@ def test_frozen_projections_of_one_input_take_one_gemm(variant):
     torch.testing.assert_close(logits, eager_step(variant), rtol=2e-4, atol=2e-4)
 
 
+def describe_gemm(node) -> str:
+    """'name(input, weight [K, N])': what a failed count names."""
+    *_, inp, weight = node.args
+    return f"{node.name}({inp.name}, {weight.name} {list(weight.meta['val'].shape)})"
+
+
 class GemmCounter(CustomGraphPass):
-    """The GEMMs (mm, addmm) of each graph Inductor compiles, counted after every post-grad pass."""
+    """The GEMMs (mm, addmm) of each graph Inductor compiles, after every post-grad pass: per graph, each one
+    described (describe_gemm)."""
 
     def __init__(self):
         self.per_graph = []
 
     def __call__(self, graph):
-        self.per_graph.append(sum(node.target in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
-                                  for node in graph.nodes))
+        self.per_graph.append([describe_gemm(node) for node in graph.nodes
+                               if node.target in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)])
 
     def uuid(self):
         return None  # (never from the FX-graph cache: the count is made while compiling)
@@ -65,7 +72,7 @@ def gemms_folded(unfrozen: list, frozen: list) -> int:
     """GEMMs fewer with freezing; both compiles made the same graphs (a graph compiled again, as the backend does
     when a wrapper fails to build, would count twice)."""
     assert len(unfrozen) == len(frozen), (unfrozen, frozen)
-    return sum(unfrozen) - sum(frozen)
+    return sum(map(len, unfrozen)) - sum(map(len, frozen))
 
 
 def test_freezing_takes_three_gemms_a_layer_off_the_compiled_step():
@@ -73,7 +80,7 @@ def test_freezing_takes_three_gemms_a_layer_off_the_compiled_step():
     three, and the MLP's gate and up), whoever concatenates them."""
     _, unfrozen = step_gemms(tiny_model("gqa-4"), STEP, {"cpp.weight_prepack": False})
     _, frozen = step_gemms(tiny_model("gqa-4"), STEP, FROZEN)
-    assert gemms_folded(unfrozen, frozen) == 2 * 3
+    assert gemms_folded(unfrozen, frozen) == 2 * 3, frozen
 
 
 @pytest.mark.gpu
@@ -94,7 +101,7 @@ def test_frozen_projections_on_the_gpu_in_bf16(variant):
                                              {"freezing": freezing})
         error = (logits.float() - expected).abs().max()
         assert error <= 2 * eager_error + expected.abs().max() * 2 ** -8, (freezing, error, eager_error)
-    assert gemms_folded(gemms[False], gemms[True]) == 2 * 3
+    assert gemms_folded(gemms[False], gemms[True]) == 2 * 3, gemms[True]  # (the GEMMs left name a group unfused)
 
 
 def test_a_second_model_of_the_same_shapes_gets_its_own_weights(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import torch
 
 import glacompiler
 from glacompiler.compiler import programmatic_launch
-from test_backend_support import assert_graphed_default, assert_waits_first, fake_cuda_inputs
+from test_backend_support import assert_cuda_default, assert_waits_first, fake_cuda_inputs
 
 
 def test_programmatic_launch_is_the_graphed_default(monkeypatch):
@@ -19,7 +19,7 @@ def test_programmatic_launch_is_the_graphed_default(monkeypatch):
     choose over it, and without graphs or CUDA it is left alone."""
     monkeypatch.delenv("TORCHINDUCTOR_ENABLE_PDL", raising=False)
     assert programmatic_launch.installed()  # (torch 2.11 to 2.13 have the hook)
-    assert_graphed_default("triton.enable_pdl")
+    assert_cuda_default("triton.enable_pdl", without_graphs=False)
     monkeypatch.setenv("TORCHINDUCTOR_ENABLE_PDL", "0")
     assert "triton.enable_pdl" not in glacompiler.backend(cudagraphs=True).config_patches(fake_cuda_inputs())
 

@@ -31,7 +31,7 @@ from .report import add_records, discard_records
 
 _graph_ids = itertools.count()
 COMBO_KERNELS = "combo_kernels"  # Inductor's setting: horizontally independent kernels launched as one
-GRAPHED_DEFAULTS = (PROGRAMMATIC_LAUNCH, COMBO_KERNELS)  # what config_patches turns on for replayed steps on CUDA
+CUDA_DEFAULTS = (PROGRAMMATIC_LAUNCH, COMBO_KERNELS)  # what config_patches turns on on CUDA (PDL for replayed steps)
 LOGGER = logging.getLogger("glacompiler")
 
 
@@ -105,10 +105,10 @@ class GlaBackend:
 
     cudagraphs: capture with Inductor's CUDA-graph trees (what mode="reduce-overhead" does), with Inductor's
         kernels launched as programmatic dependents on CUDA, each waiting first (programmatic_launch.py; Inductor's
-        triton.enable_pdl, unless inductor_config or the environment, TORCHINDUCTOR_ENABLE_PDL, chose a value), and
-        Inductor's combo kernels on (combo_kernels: independent kernels launched as one) unless inductor_config
-        sets it. A graph Inductor fails to compile with these two defaults is compiled again without them (a
-        warning).
+        triton.enable_pdl, unless inductor_config or the environment, TORCHINDUCTOR_ENABLE_PDL, chose a value).
+        With or without graphs, Inductor's combo kernels are on for CUDA (combo_kernels: independent kernels
+        launched as one) unless inductor_config sets it. A graph Inductor fails to compile with these defaults is
+        compiled again without them (a warning).
     autotune: at first compile, tune our kernels for the rewritten sites' real shapes (a small Optuna budget
         per site, results in the user config cache; CUDA only, needs optuna) and use Inductor's
         max-autotune for the rest of the model.
@@ -174,18 +174,17 @@ class GlaBackend:
         if cpp_wrapper:
             patches["cpp_wrapper"] = True
         patches.update(self.inductor_config)
-        if not (on_cuda and patches.get("triton.cudagraphs")):
+        if not on_cuda:
             return patches
-        # Our defaults for replayed steps on CUDA, where inductor_config has not set them (GRAPHED_DEFAULTS).
-        if PROGRAMMATIC_LAUNCH not in self.inductor_config and pdl_left_to_us():
+        # Our defaults on CUDA, where inductor_config has not set them (CUDA_DEFAULTS).
+        if patches.get("triton.cudagraphs") and PROGRAMMATIC_LAUNCH not in self.inductor_config and pdl_left_to_us():
             # Inductor's kernels of a replayed step start before the kernel ahead of them has ended (sm_90 and
             # later; Inductor emits nothing elsewhere). Without graphs it gains nothing: the C++ wrapper launches
             # without the attribute, and the Python wrapper's static launcher refuses kernels that carry it.
             patches[PROGRAMMATIC_LAUNCH] = True
         if COMBO_KERNELS not in self.inductor_config and hasattr(torch._inductor.config, COMBO_KERNELS):
-            # Independent kernels of a replayed step (a layer's norms and casts, say) launched as one: fewer
-            # kernel boundaries a step (benchmarks/RESULTS.md). Not without graphs: 1-4% shorter steps there on one H200
-            # lease, too few runs (and no GPU suite) to make it a default.
+            # Independent kernels of a step (a layer's norms and casts, say) launched as one: fewer kernel
+            # boundaries a step under graphs, fewer launches for the host without them (benchmarks/RESULTS.md).
             patches[COMBO_KERNELS] = True
         return patches
 
@@ -220,21 +219,21 @@ class GlaBackend:
                               stacklevel=2)
                 LOGGER.debug("%s: the C++ wrapper's compile error in full", graph_name, exc_info=error)
                 return self._compile_with_pass(gm, example_inputs, {**patches, "cpp_wrapper": False}, graph_name)
-            chosen = self._graphed_choices(patches)
+            chosen = self._default_choices(patches)
             if not chosen:
                 raise
-            # PDL and combo kernels are our defaults under CUDA graphs, not the user's choice: a graph Inductor
-            # fails to compile with them is compiled as Inductor would by default.
+            # PDL and combo kernels are our defaults on CUDA, not the user's choice: a graph Inductor fails to
+            # compile with them is compiled as Inductor would by default.
             warnings.warn(f"glacompiler: Inductor failed on {graph_name} with {' and '.join(chosen)} on (the "
-                          f"backend's defaults under CUDA graphs); compiling it again without them "
+                          f"backend's defaults on CUDA); compiling it again without them "
                           f"({cpp_compile_diagnostic(error)})", RuntimeWarning, stacklevel=2)
             LOGGER.debug("%s: the error in full", graph_name, exc_info=error)
             return self._compile_with_pass(gm, example_inputs, {name: value for name, value in patches.items()
                                                                 if name not in chosen}, graph_name)
 
-    def _graphed_choices(self, patches: dict) -> tuple:
-        """The settings in patches that the backend turned on itself under CUDA graphs (not inductor_config's)."""
-        return tuple(name for name in GRAPHED_DEFAULTS if patches.get(name) and name not in self.inductor_config)
+    def _default_choices(self, patches: dict) -> tuple:
+        """The settings in patches that the backend turned on itself on CUDA (not inductor_config's)."""
+        return tuple(name for name in CUDA_DEFAULTS if patches.get(name) and name not in self.inductor_config)
 
     def _chose_cpp_wrapper(self, patches: dict) -> bool:
         return bool(patches.get("cpp_wrapper")) and self.cpp_wrapper is None and \
@@ -281,7 +280,7 @@ class GlaBackend:
     def _without_our_programmatic_launch(self, patches: dict) -> dict:
         """patches less the PDL the backend chose itself: a graph compiled without our pass has no key of ours in
         Inductor's caches, which could then serve it a plain compile's kernels, made without the first waits."""
-        if PROGRAMMATIC_LAUNCH not in self._graphed_choices(patches):
+        if PROGRAMMATIC_LAUNCH not in self._default_choices(patches):
             return patches
         return {name: value for name, value in patches.items() if name != PROGRAMMATIC_LAUNCH}
 
