@@ -198,7 +198,7 @@ def test_cpp_wrapper_failure_recompiles_with_the_python_wrapper(monkeypatch):
                       backend=chosen)(q, k, v)
 
 
-def test_graphed_defaults_dropped_where_inductor_fails_with_them(monkeypatch):
+def test_cuda_defaults_dropped_where_inductor_fails_with_them(monkeypatch):
     """PDL and combo kernels are the backend's defaults on CUDA: where Inductor fails on a graph with
     them (not because of our pass), the graph is compiled again without them, with a warning; one record. Where
     the user asked for them (inductor_config), the failure is raised."""
@@ -218,9 +218,9 @@ def test_graphed_defaults_dropped_where_inductor_fails_with_them(monkeypatch):
 
     monkeypatch.setattr(torch_compile_backend, "compile_fx", compile_fx)
     monkeypatch.delenv("GLACOMPILER_STRICT", raising=False)
-    graphed = {"combo_kernels": True, "triton.enable_pdl": True}
+    defaults = {"combo_kernels": True, "triton.enable_pdl": True}
     backend = glacompiler.backend()
-    monkeypatch.setattr(backend, "config_patches", lambda example_inputs=(): dict(graphed))
+    monkeypatch.setattr(backend, "config_patches", lambda example_inputs=(): dict(defaults))
     q, k, v = sdpa_inputs()
     torch._dynamo.reset()
     glacompiler.reset_report()
@@ -241,6 +241,50 @@ def test_graphed_defaults_dropped_where_inductor_fails_with_them(monkeypatch):
     with pytest.raises(Exception, match="combo kernel codegen failed"), torch.no_grad():
         torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
                       backend=chosen)(q, k, v)
+
+
+@pytest.mark.parametrize("fails_first", ["combo_kernels", "cpp_wrapper"])
+def test_each_default_that_fails_is_dropped_in_turn(monkeypatch, fails_first):
+    """CUDA without graphs gets two defaults of ours, the C++ wrapper and combo kernels. Where a graph fails with
+    each (whichever fails first), each retry gives up the one that failed, until the graph compiles: the C++
+    wrapper on a C++ compile error, our other defaults on any other error."""
+    from glacompiler.compiler import torch_compile_backend
+
+    real_compile_fx = torch_compile_backend.compile_fx
+    settings_seen = []
+    failures = {"combo_kernels": RuntimeError("InductorError: combo kernel codegen failed"),
+                "cpp_wrapper": CppCompileError(COMPILER_OUTPUT)}
+    order = [fails_first, *(name for name in failures if name != fails_first)]
+
+    def compile_fx(gm, example_inputs, config_patches, **options):
+        settings_seen.append(tuple(config_patches.get(name) for name in ("cpp_wrapper", "combo_kernels")))
+        plain = {name: value for name, value in config_patches.items() if name not in failures}
+        compiled = real_compile_fx(gm, example_inputs, config_patches=plain, **options)
+        for name in order:  # (after the pass ran, as Inductor's codegen fails after it)
+            if config_patches.get(name):
+                raise failures[name]
+        return compiled
+
+    monkeypatch.setattr(torch_compile_backend, "compile_fx", compile_fx)
+    monkeypatch.delenv("GLACOMPILER_STRICT", raising=False)
+    backend = glacompiler.backend()
+    monkeypatch.setattr(backend, "config_patches",
+                        lambda example_inputs=(): {"cpp_wrapper": True, "combo_kernels": True})
+    q, k, v = sdpa_inputs()
+    torch._dynamo.reset()
+    glacompiler.reset_report()
+    with pytest.warns(RuntimeWarning) as caught, torch.no_grad():
+        out = torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                            backend=backend)(q, k, v)
+    assert_close(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+    second = (True, None) if fails_first == "combo_kernels" else (False, True)
+    assert settings_seen == [(True, True), second, (False, None)]
+    fallbacks = [str(w.message) for w in caught if "compiling it" in str(w.message)]
+    expected = ["with combo_kernels on", "compiling it with the Python wrapper"]
+    assert [any(text in message for text in expected) for message in fallbacks] == [True, True], fallbacks
+    assert ("combo_kernels" in fallbacks[0]) == (fails_first == "combo_kernels"), fallbacks
+    (record,) = glacompiler.compile_report()
+    assert record.status == "rewritten", str(record)
 
 
 def test_cpp_compile_diagnostic_without_the_compilers_output():
@@ -286,7 +330,7 @@ def test_cpp_wrapper_by_default_only_for_cuda_graphs_without_capture():
     with FakeTensorMode():
         cuda_inputs = [torch.empty(2, device="cuda"), 3]
     cpu_inputs = [torch.empty(2)]
-    assert glacompiler.backend().config_patches(cuda_inputs)["cpp_wrapper"] is True
+    assert glacompiler.backend().config_patches(cuda_inputs) == {"cpp_wrapper": True, "combo_kernels": True}
     assert "cpp_wrapper" not in glacompiler.backend().config_patches(cpu_inputs)
     assert "cpp_wrapper" not in glacompiler.backend(cudagraphs=True).config_patches(cuda_inputs)
     assert "cpp_wrapper" not in glacompiler.backend(cpp_wrapper=False).config_patches(cuda_inputs)

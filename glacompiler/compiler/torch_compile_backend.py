@@ -106,9 +106,6 @@ class GlaBackend:
     cudagraphs: capture with Inductor's CUDA-graph trees (what mode="reduce-overhead" does), with Inductor's
         kernels launched as programmatic dependents on CUDA, each waiting first (programmatic_launch.py; Inductor's
         triton.enable_pdl, unless inductor_config or the environment, TORCHINDUCTOR_ENABLE_PDL, chose a value).
-        With or without graphs, Inductor's combo kernels are on for CUDA (combo_kernels: independent kernels
-        launched as one) unless inductor_config sets it. A graph Inductor fails to compile with these defaults is
-        compiled again without them (a warning).
     autotune: at first compile, tune our kernels for the rewritten sites' real shapes (a small Optuna budget
         per site, results in the user config cache; CUDA only, needs optuna) and use Inductor's
         max-autotune for the rest of the model.
@@ -140,7 +137,11 @@ class GlaBackend:
         (batch x capacity): more device time for much less host time (rewrite/graph_launches.py). None (the
         default) turns it on wherever it applies; True warns where it cannot. On an H200 a DeepSeek-V3-shaped
         step took 1.184 ms with it against 1.475 ms with op calls, 1.240 against 1.624 ms of host time to enqueue
-        (15 interleaved rounds of benchmarks/bench_hf.py's gla against gla-latent-op-calls; benchmarks/RESULTS.md)."""
+        (15 interleaved rounds of benchmarks/bench_hf.py's gla against gla-latent-op-calls; benchmarks/RESULTS.md).
+
+    On CUDA, with or without graphs, Inductor's combo kernels are on (combo_kernels: independent kernels launched
+    as one) unless inductor_config sets it. A graph Inductor fails to compile with a default of ours (the C++
+    wrapper, PDL, combo kernels) is compiled again without it, with a warning, one default at a time."""
 
     def __init__(self, cudagraphs: bool = False, autotune: bool = False, rewrite: bool = True,
                  inductor_config: Optional[dict] = None, cpp_wrapper: Optional[bool] = None,
@@ -206,30 +207,35 @@ class GlaBackend:
         probe_isas_concurrently(patches, any(isinstance(t, torch.Tensor) and t.device.type == "cpu"
                                              for t in example_inputs), wrapper_picks_isa(example_inputs))
         graph_name = f"graph {next(_graph_ids)}"
-        try:
-            return self._compile_with_pass(gm, example_inputs, patches, graph_name)
-        except Exception as error:
-            if strict_mode():
-                raise
-            if self._chose_cpp_wrapper(patches) and _is_cpp_compile_error(error):
-                # Inductor's C++ wrapper does not compile every graph (torch 2.11: MoE's _grouped_mm); the wrapper
-                # is our default, not the user's choice, so the graph is compiled with Inductor's Python wrapper.
-                warnings.warn(f"glacompiler: Inductor's C++ wrapper failed to compile {graph_name}; compiling it "
-                              f"with the Python wrapper ({cpp_compile_diagnostic(error)})", RuntimeWarning,
-                              stacklevel=2)
-                LOGGER.debug("%s: the C++ wrapper's compile error in full", graph_name, exc_info=error)
-                return self._compile_with_pass(gm, example_inputs, {**patches, "cpp_wrapper": False}, graph_name)
-            chosen = self._default_choices(patches)
-            if not chosen:
-                raise
-            # PDL and combo kernels are our defaults on CUDA, not the user's choice: a graph Inductor fails to
-            # compile with them is compiled as Inductor would by default.
-            warnings.warn(f"glacompiler: Inductor failed on {graph_name} with {' and '.join(chosen)} on (the "
-                          f"backend's defaults on CUDA); compiling it again without them "
-                          f"({cpp_compile_diagnostic(error)})", RuntimeWarning, stacklevel=2)
-            LOGGER.debug("%s: the error in full", graph_name, exc_info=error)
-            return self._compile_with_pass(gm, example_inputs, {name: value for name, value in patches.items()
-                                                                if name not in chosen}, graph_name)
+        while True:  # (each retry gives up one of our own choices: at most two retries)
+            try:
+                return self._compile_with_pass(gm, example_inputs, patches, graph_name)
+            except Exception as error:
+                if strict_mode():
+                    raise
+                patches = self._without_a_failed_choice(patches, error, graph_name)
+
+    def _without_a_failed_choice(self, patches: dict, error: Exception, graph_name: str) -> dict:
+        """patches less the setting of ours that the failure points at, with a warning; the error raised where
+        none of the settings left is ours (the user's choices are theirs)."""
+        if self._chose_cpp_wrapper(patches) and _is_cpp_compile_error(error):
+            # Inductor's C++ wrapper does not compile every graph (torch 2.11: MoE's _grouped_mm); the wrapper
+            # is our default, not the user's choice, so the graph is compiled with Inductor's Python wrapper.
+            warnings.warn(f"glacompiler: Inductor's C++ wrapper failed to compile {graph_name}; compiling it "
+                          f"with the Python wrapper ({cpp_compile_diagnostic(error)})", RuntimeWarning,
+                          stacklevel=3)
+            LOGGER.debug("%s: the C++ wrapper's compile error in full", graph_name, exc_info=error)
+            return {**patches, "cpp_wrapper": False}
+        chosen = self._default_choices(patches)
+        if not chosen:
+            raise error
+        # PDL and combo kernels are our defaults on CUDA, not the user's choice: a graph Inductor fails to
+        # compile with them is compiled as Inductor would by default.
+        warnings.warn(f"glacompiler: Inductor failed on {graph_name} with {' and '.join(chosen)} on (the "
+                      f"backend's defaults on CUDA); compiling it again without them "
+                      f"({cpp_compile_diagnostic(error)})", RuntimeWarning, stacklevel=3)
+        LOGGER.debug("%s: the error in full", graph_name, exc_info=error)
+        return {name: value for name, value in patches.items() if name not in chosen}
 
     def _default_choices(self, patches: dict) -> tuple:
         """The settings in patches that the backend turned on itself on CUDA (not inductor_config's)."""
