@@ -18,6 +18,7 @@ torch._dynamo.utils.compile_times() measures them (the biggest few).
     python benchmarks/compile_time.py --cpp-wrapper on   # both backends with Inductor's C++ wrapper (or off)
     python benchmarks/compile_time.py --shared-headers   # the C++ wrapper's precompiled headers already built
     python benchmarks/compile_time.py --backends gla --profile 15   # where each first step's time goes (cProfile)
+    python benchmarks/compile_time.py --profile-dump prof/   # each first step's raw cProfile stats, for pstats' callers
     python benchmarks/compile_time.py --inductor-config cpp_cache_precompile_headers=False   # an Inductor setting
 
 Cold runs start from empty caches: Inductor's, Triton's, ours, and (unless --shared-headers) the precompiled
@@ -147,7 +148,7 @@ def child(args) -> None:
         token = logits[:, -1:].argmax(-1)
         step = torch.compile(model.forward, backend=backend, options=options)
         times = []
-        profiler = cProfile.Profile() if args.profile else None
+        profiler = cProfile.Profile() if args.profile or args.profile_file else None
         for position in (args.prompt, args.prompt + 1):
             synchronize()
             start = time.perf_counter()
@@ -157,6 +158,8 @@ def child(args) -> None:
             synchronize()
             if profiler is not None and not times:
                 profiler.disable()
+                if args.profile_file:
+                    profiler.dump_stats(args.profile_file)
             times.append(time.perf_counter() - start)
         # The steady step afterwards (no compile): host time to enqueue it and wall time, medians.
         hosts, walls = [], []
@@ -193,7 +196,8 @@ def top_functions(profiler, count: int) -> list:
     return by_own + sorted(below_outer, key=lambda row: row[1], reverse=True)[:count]
 
 
-def run_child(args, backend: str, cache_dir: str) -> dict:
+def run_child(args, backend: str, cache_dir: str, run: str = "cold") -> dict:
+    """One fresh process compiling under `backend` with the caches in cache_dir; `run` names it (its profile dump)."""
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache_dir, "inductor"),
                TRITON_CACHE_DIR=os.path.join(cache_dir, "triton"),
                GLACOMPILER_CACHE_DIR=os.path.join(cache_dir, "glacompiler"))
@@ -208,7 +212,9 @@ def run_child(args, backend: str, cache_dir: str) -> dict:
                "--prompt", str(args.prompt), "--cache", str(args.cache), "--profile", str(args.profile),
                "--phases", str(args.phases)] + \
         (["--tiny"] if args.tiny else []) + \
-        (["--inductor-config", *args.inductor_config] if args.inductor_config else [])
+        (["--inductor-config", *args.inductor_config] if args.inductor_config else []) + \
+        (["--profile-file", os.path.join(os.path.abspath(args.profile_dump), f"{backend}_{run}.prof")]
+         if args.profile_dump else [])
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{backend} run failed:\n{result.stderr[-6000:]}")
@@ -246,12 +252,16 @@ def main() -> None:
                              "flags): cold then means a new model on a machine that compiled one before")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile each first step (cProfile) and print its N functions with the most time")
+    parser.add_argument("--profile-dump", metavar="DIR",
+                        help="write each first step's raw cProfile stats to DIR/<backend>_<cold|warm>.prof "
+                             "(pstats reads them: callers, not only the --profile list)")
     parser.add_argument("--phases", type=int, default=5, metavar="N",
                         help="print the N longest phases that dynamo and Inductor time themselves (no profiler)")
     add_inductor_config_option(parser, "Inductor settings for every run (cpp_cache_precompile_headers=False, ...; "
                                        "values are Python literals); the gla backend's own choices apply on top")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-file", help=argparse.SUPPRESS)  # (a child's: where its --profile-dump stats go)
     args = parser.parse_args()
     for name, full, tiny in (("batch", 64, 2), ("prompt", 3000, 24), ("cache", 4096, 64)):
         if getattr(args, name) is None:
@@ -261,6 +271,8 @@ def main() -> None:
         return
     if args.inductor_config:
         parse_inductor_settings(parser, args.inductor_config)  # refused here, before any run
+    if args.profile_dump:
+        os.makedirs(args.profile_dump, exist_ok=True)
     print(f"LlamaForCausalLM, {args.layers} layers, {'tiny' if args.tiny else 'Llama-3.2-1B widths'}, "
           f"batch {args.batch}, prompt {args.prompt}, StaticCache {args.cache}, cpp_wrapper {args.cpp_wrapper}, "
           f"{'the machine' if args.shared_headers else 'fresh'} precompiled headers")
@@ -271,7 +283,7 @@ def main() -> None:
             if rows[backend]["inductor_settings"]:
                 print(f"{backend}: Inductor settings in effect: {rows[backend]['inductor_settings']}")
             print(describe(f"{backend} cold", rows[backend], args.phases), flush=True)
-            rows[backend + " warm"] = run_child(args, backend, cache_dir)
+            rows[backend + " warm"] = run_child(args, backend, cache_dir, "warm")
             print(describe(f"{backend} warm", rows[backend + " warm"], args.phases), flush=True)
     if "default" in rows and "gla" in rows:
         ratio = rows["gla"]["first_step_s"] / rows["default"]["first_step_s"]
