@@ -115,13 +115,19 @@ def test_narrow_key_aranges_that_wrap_stay_masks(dtype, capacity):
     assert_close(result.output, fn(*args))
 
 
+def repeated_heads(k, v) -> tuple:
+    """GQA's keys and values with each KV head repeated for its query heads (repeat_interleave, as the attention
+    functions here write it)."""
+    groups = HQ // HKV
+    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+
+
 def test_two_masks_keep_their_masks():
     """Two masks, each a prefix or not: only a single mask is read as lengths."""
     args = inputs()
 
     def fn(q, k, v, lengths):
-        groups = HQ // HKV
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        k, v = repeated_heads(k, v)
         scores = (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill((keys() < 2)[None, None, None, :], -math.inf)
         scores = scores.masked_fill((keys()[None, :] >= lengths[:, None])[:, None, None, :], -math.inf)
         return scores.softmax(-1) @ v
@@ -150,8 +156,7 @@ def test_several_query_rows_keep_their_mask():
 
 def hand_written_min_fill(q, k, v, lengths):
     """Hugging Face's eager form: an additive mask of the dtype's min where key > position, over matmuls."""
-    groups = HQ // HKV
-    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    k, v = repeated_heads(k, v)
     hidden = torch.where(keys()[None, :] > (lengths - 1)[:, None], torch.finfo(q.dtype).min, 0.0)
     scores = q @ k.transpose(-1, -2) / math.sqrt(D) + hidden[:, None, None, :]
     return scores.softmax(-1) @ v
@@ -160,8 +165,7 @@ def hand_written_min_fill(q, k, v, lengths):
 def min_fill_over_a_held_zero(q, k, v, lengths):
     """transformers 5.17's eager mask: where(allowed, torch.tensor(0.0), min), its zero a constant the graph holds
     (get_attr, lift_fresh_copy), added to the scores."""
-    groups = HQ // HKV
-    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    k, v = repeated_heads(k, v)
     allowed = PREFIXES["key <= position"](lengths)
     hidden = torch.where(allowed, torch.tensor(0.0, dtype=q.dtype), torch.finfo(q.dtype).min)
     return (q @ k.transpose(-1, -2) / math.sqrt(D) + hidden).softmax(-1) @ v
@@ -169,8 +173,7 @@ def min_fill_over_a_held_zero(q, k, v, lengths):
 
 def float16_lowest_fill_scaled_down(q, k, v, lengths):
     """(scores + where(allowed, 0, -65504)) * 0.5: the fill reaches the softmax as -32752, a bias, not a mask."""
-    groups = HQ // HKV
-    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    k, v = repeated_heads(k, v)
     hidden = torch.where(PREFIXES["key <= position"](lengths), 0.0, -65504.0)
     return ((q @ k.transpose(-1, -2) + hidden) * 0.5).softmax(-1) @ v
 
@@ -198,8 +201,7 @@ def cudnn_rendering(fill: float):
     def attention(q, k, v, lengths):
         allowed = PREFIXES["key <= position"](lengths)
         bias = torch.where(allowed, torch.scalar_tensor(0.0), torch.scalar_tensor(fill))
-        groups = HQ // HKV
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        k, v = repeated_heads(k, v)
         return aten._scaled_dot_product_cudnn_attention(q, k, v, bias, False)[0]
     return attention
 
