@@ -25,9 +25,11 @@ from .inductor_guard import compile_inner_under_gla, inductor_attention_fusion_d
 from .rewrite.graph_launches import LATENT_ROWS_IN_GRAPH
 from .isa_probe_memo import install as remember_isa_probes, probe_isas_concurrently
 from .kernel_analysis_memo import install as memoize_kernel_analysis
+from .parallel_launcher_builds import install as build_launcher_stubs_concurrently
 from .programmatic_launch import PROGRAMMATIC_LAUNCH, install as wait_first_under_pdl, left_to_us as pdl_left_to_us
 from .record_store import graph_records_key, load_records, save_records
 from .report import add_records, discard_records
+from .wrapper_header_prewarm import start as prewarm_wrapper_header
 
 _graph_ids = itertools.count()
 COMBO_KERNELS = "combo_kernels"  # Inductor's setting: horizontally independent kernels launched as one
@@ -79,6 +81,11 @@ def error_summary(error: BaseException) -> str:
 def _compile_fx(gm, example_inputs, patches: dict):
     """Inductor's compile_fx, its inner compiles (a lazily compiled backward graph's too) inside the gla flag."""
     return compile_fx(gm, example_inputs, config_patches=patches, inner_compile=compile_inner_under_gla)
+
+
+def _accelerator_type(example_inputs) -> str:
+    """The device type of a graph's tensor inputs, all on one accelerator ("cuda" where there are none)."""
+    return next((t.device.type for t in example_inputs if isinstance(t, torch.Tensor)), "cuda")
 
 
 def _caused_by_pass(error: BaseException) -> bool:
@@ -195,6 +202,7 @@ class GlaBackend:
         build_gpu_glue_minimally()  # a GPU graph's C++ wrapper at -O1 and without the host's ISA, as torch 2.13
         declare_int_arrays_per_buffer()  # torch 2.11's C++ wrapper's intermittent undeclared int_array_N
         wait_first_under_pdl()  # Inductor's kernels launched as programmatic dependents wait before any access
+        build_launcher_stubs_concurrently()  # Triton's per-signature launcher stubs side by side, not in turn
         patches = with_frozen_projection_passes(self.config_patches(example_inputs))  # (a frozen graph's GEMMs)
         if (self.inductor_config.get("freezing") and not torch._inductor.config.freezing and not self._warned_freezing
                 and not torch._dynamo.config.prepare_freezing):  # (that one keeps the parameters as attributes)
@@ -206,6 +214,8 @@ class GlaBackend:
         # overlap. A CUDA graph's C++ wrapper is glue, built without one where glue_wrapper_build.py sees to it.
         probe_isas_concurrently(patches, any(isinstance(t, torch.Tensor) and t.device.type == "cpu"
                                              for t in example_inputs), wrapper_picks_isa(example_inputs))
+        if not wrapper_picks_isa(example_inputs):  # a GPU graph's glue wrapper: its precompiled header meanwhile
+            prewarm_wrapper_header(patches, _accelerator_type(example_inputs))
         graph_name = f"graph {next(_graph_ids)}"
         while True:  # (each retry gives up one of our own choices: at most two retries)
             try:
