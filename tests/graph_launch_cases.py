@@ -377,6 +377,32 @@ def test_inductor_failing_on_launches_recompiles_with_op_calls(monkeypatch):
     with pytest.raises(RuntimeError, match="CppCompileError"):
         backend._compile_with_pass(None, [], {"cpp_wrapper": True}, "graph 0")
     assert compiled_with == [True]
+    # Nor an error raised in Inductor's combo-kernel code where combo kernels are the backend's default: __call__
+    # compiles the graph again without them (our launches kept). Where the user chose them, the op calls are tried.
+    combo_code = {}
+    exec(compile("def codegen_combo():\n    raise RuntimeError('combo kernel codegen failed')\n",
+                 "/site-packages/torch/_inductor/codegen/triton_combo_kernel.py", "exec"), combo_code)
+
+    def combo_error(gm, example_inputs, patches, our_pass, records_key):
+        compiled_with.append(our_pass.graph_launches)
+        our_pass.launched_in_graph = int(our_pass.graph_launches)
+        try:
+            combo_code["codegen_combo"]()
+        except RuntimeError as error:
+            raise RuntimeError("InductorError: RuntimeError: combo kernel codegen failed") from error
+        return "compiled"
+
+    monkeypatch.setattr(GlaBackend, "_compile", staticmethod(combo_error))
+    compiled_with.clear()
+    with pytest.raises(RuntimeError, match="combo kernel codegen failed"):
+        backend._compile_with_pass(None, [], {"combo_kernels": True}, "graph 0")
+    assert compiled_with == [True]
+    compiled_with.clear()
+    users = glacompiler.backend(inductor_config={"combo_kernels": True})
+    with pytest.warns(RuntimeWarning, match="compiling it again with op calls"), \
+            pytest.raises(RuntimeError, match="combo kernel codegen failed"):
+        users._compile_with_pass(None, [], {"combo_kernels": True}, "graph 0")
+    assert compiled_with == [True, False]
 
 
 def test_a_mask_without_its_shared_range_traces_the_reduction_first(gpu_stand_ins):

@@ -52,6 +52,22 @@ def _is_cpp_compile_error(error: BaseException) -> bool:
     return any(type(e).__name__ == "CppCompileError" or "CppCompileError" in str(e)[:200] for e in _error_chain(error))
 
 
+# Where Inductor's code for a default of ours lives: an error raised there is that default's (its frames' files).
+RAISED_IN = {COMBO_KERNELS: ("triton_combo_kernel",)}
+
+
+def _raised_in_code_of(error: BaseException, setting: str) -> bool:
+    """Whether a frame of the error's traceback (or of a cause's) runs Inductor's code for `setting`."""
+    fragments = RAISED_IN.get(setting, ())
+    for link in _error_chain(error):
+        trace = link.__traceback__
+        while trace is not None:
+            if any(fragment in trace.tb_frame.f_code.co_filename for fragment in fragments):
+                return True
+            trace = trace.tb_next
+    return False
+
+
 # A compiler's diagnostic line: "file:line[:column]: [fatal ]error: ..." (gcc and clang). Not any line that says
 # "error": Inductor's wrapper quotes AOTI_TORCH_ERROR_CODE_CHECK in the source lines a warning shows.
 _COMPILER_ERROR_LINE = re.compile(r":\d+(?::\d+)?: (?:fatal )?error: ")
@@ -269,11 +285,13 @@ class GlaBackend:
                 compiled = self._compile(gm, example_inputs, {**patches, "joint_custom_pre_pass": our_pass},
                                          our_pass, records_key)
             except Exception as error:
-                ours_to_retry = not (self._chose_cpp_wrapper(patches) and _is_cpp_compile_error(error))
+                # A C++ compile error of the wrapper we chose, or an error in the code of another default of
+                # ours (combo kernels), is __call__'s to retry without that default: our launches are not to blame.
+                ours_to_retry = not (self._chose_cpp_wrapper(patches) and _is_cpp_compile_error(error)) and \
+                    not any(_raised_in_code_of(error, name) for name in self._default_choices(patches))
                 if our_pass.launched_in_graph and ours_to_retry and not _caused_by_pass(error) and not strict_mode():
                     # Our kernels as Inductor's own (a config that does not fit, an Inductor without support
-                    # for something they use): the op launches them instead. (A C++ compile error of the wrapper
-                    # we chose is __call__'s to retry, with the Python wrapper.)
+                    # for something they use): the op launches them instead.
                     discard_records(our_pass.records)
                     warnings.warn(f"glacompiler: Inductor failed on {graph_name} with our kernels launched from "
                                   f"its wrapper ({error_summary(error)}); compiling it again with op calls",
