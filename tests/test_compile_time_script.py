@@ -60,3 +60,37 @@ def test_profile_dumps_go_to_one_file_a_run(child_commands, tmp_path):
     files = [command[command.index("--profile-file") + 1] if "--profile-file" in command else None
              for command in child_commands]
     assert files == [str(tmp_path / "prof" / "gla_cold.prof"), str(tmp_path / "prof" / "gla_warm.prof"), None]
+
+
+@pytest.mark.parametrize("given, primes", [(dict(tiny=False), True),
+                                           (dict(tiny=False, shared_headers=False), False),
+                                           (dict(tiny=True), False),
+                                           (dict(tiny=False, cpp_wrapper="off"), False),
+                                           (dict(tiny=False, backends="default"), False)])
+def test_shared_headers_are_built_before_the_timed_runs(given, primes):
+    """--shared-headers on the GPU: a child builds the header gla's C++ wrapper asks for before any timed run (on a
+    fresh machine the first gla run would build it otherwise); not where no run builds that wrapper."""
+    command = compile_time.primer_command(child_args(**{"backends": "default,gla", **given}))
+    assert (command is not None) == primes
+    if primes:
+        assert command[1:] == [str(BENCHMARKS / "compile_time.py"), "--prime-header"]
+
+
+def test_the_primer_child_asks_for_the_glue_header(monkeypatch):
+    """The primer makes the header as the backend does ahead of a graph (glue flags installed first) and waits."""
+    import torch
+
+    from glacompiler.compiler import glue_wrapper_build, wrapper_header_prewarm
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(glue_wrapper_build, "install", lambda: calls.append("glue flags"))
+
+    class Joined:
+        def join(self):
+            calls.append("waited")
+
+    monkeypatch.setattr(wrapper_header_prewarm, "start",
+                        lambda patches, device: calls.append((patches, device)) or Joined())
+    compile_time.prime_header()
+    assert calls == ["glue flags", ({"cpp_wrapper": True}, "cuda"), "waited"]
