@@ -94,3 +94,19 @@ def test_the_primer_child_asks_for_the_glue_header(monkeypatch):
                         lambda patches, device: calls.append((patches, device)) or Joined())
     compile_time.prime_header()
     assert calls == ["glue flags", ({"cpp_wrapper": True}, "cuda"), "waited"]
+
+
+@pytest.mark.parametrize("cold_only", [False, True])
+def test_cold_only_skips_the_warm_runs(monkeypatch, capsys, cold_only):
+    """--cold-only: one child a backend (cold), and the summary says the warm run was not made."""
+    runs = []
+    row = {"first_step_s": 2.0, "inductor_settings": {}}
+    monkeypatch.setattr(compile_time, "run_child", lambda args, backend, cache_dir, run="cold": runs.append(
+        (backend, run)) or row)
+    monkeypatch.setattr(compile_time, "describe", lambda name, row, phases=5: name)
+    monkeypatch.setattr(sys, "argv", ["compile_time.py", "--tiny", *(["--cold-only"] if cold_only else [])])
+    compile_time.main()
+    expected = [("default", "cold"), ("gla", "cold")] if cold_only else \
+        [("default", "cold"), ("default", "warm"), ("gla", "cold"), ("gla", "warm")]
+    assert runs == expected
+    assert ("gla warm: not run" in capsys.readouterr().out) == cold_only
