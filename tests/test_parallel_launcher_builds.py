@@ -1,7 +1,9 @@
-"""Triton's launcher stubs built side by side before Inductor's loop over a graph's kernels
-(glacompiler/compiler/parallel_launcher_builds.py): which compile results get a stub, that the builds overlap and
-come before the loop, that failures are left to the loop, when install() wraps; and on a GPU, that a C++-wrapper
-compile from empty caches builds every stub on the pool's threads, none in Inductor's loop."""
+"""Triton's launcher stubs built alongside Inductor's loop over a graph's kernels
+(glacompiler/compiler/parallel_launcher_builds.py): which compile results get a stub, that each kernel's result
+comes after its own stub (waited for a while at most), that the builds overlap, one a core at most, and one
+signature is built once, that failures are left to the loop, when install() wraps; and on a GPU, that a
+C++-wrapper compile from empty caches builds its stubs on the pool, none in Inductor's loop."""
+import inspect
 import threading
 from concurrent.futures import Future
 from types import SimpleNamespace
@@ -15,17 +17,18 @@ from torch._inductor.runtime.triton_heuristics import StaticTritonCompileResult,
 from glacompiler.compiler import parallel_launcher_builds
 
 
-def compile_result(kind, name: str, launched: bool = False):
-    """A compile result as a worker sends it back, without a compiled kernel behind it."""
+def compile_result(kind, name: str, launched: bool = False, signature: str = None):
+    """A compile result as a worker sends it back, without a compiled kernel behind it (its signature its name's
+    unless given)."""
     result = object.__new__(kind)
-    result.kernel = SimpleNamespace(src=f"src of {name}", metadata=f"metadata of {name}",
-                                    _run=object() if launched else None)
+    result.kernel = SimpleNamespace(src=SimpleNamespace(name=name, signature={0: signature or name}, constants={}),
+                                    metadata=SimpleNamespace(), _run=object() if launched else None)
     return result
 
 
 def pending_kernel(*results, error: Exception = None) -> LambdaFuture:
     """What Inductor's AsyncCompile.triton puts in the scope: a LambdaFuture over the worker's task, which resolves
-    to (CachingAutotuner, compile time in us)."""
+    to (CachingAutotuner, compile time in us); its result is the autotuner."""
     task = Future()
     if error is not None:
         task.set_exception(error)
@@ -34,16 +37,47 @@ def pending_kernel(*results, error: Exception = None) -> LambdaFuture:
     return LambdaFuture(lambda: task.result()[0], future=task)
 
 
+def inductors_loop(scope: dict) -> list:
+    """Inductor's loop, as _wait_futures runs it: each pending kernel's result in turn; records (key, the stubs built
+    when its result came back, its error)."""
+    seen = []
+    for key, value in scope.items():
+        if isinstance(value, LambdaFuture):
+            try:
+                value.result()
+                seen.append((key, set(built_names), None))
+            except Exception as error:
+                seen.append((key, set(built_names), str(error)))
+    return seen
+
+
+built_names: list = []
+
+
 @pytest.fixture
 def built(monkeypatch):
-    """The stubs made_launcher_stub is asked for: (kernel src, thread name), in order."""
+    """The stubs make_launcher_stub is asked for: (kernel name, thread name), in order; no driver to prepare."""
     made = []
-    monkeypatch.setattr(parallel_launcher_builds, "make_launcher_stub",
-                        lambda kernel: made.append((kernel.src, threading.current_thread().name)))
+    built_names.clear()
+
+    def make(kernel):
+        made.append((kernel.src.name, threading.current_thread().name))
+        built_names.append(kernel.src.name)
+
+    monkeypatch.setattr(parallel_launcher_builds, "make_launcher_stub", make)
+    monkeypatch.setattr(parallel_launcher_builds, "prepare_driver", lambda: None)
     return made
 
 
-def test_each_kernel_launched_through_triton_gets_its_stub_before_inductors_loop(built):
+def wait_with_the_stubs(scope: dict) -> list:
+    """The wrapped _wait_futures over Inductor's loop stood in for; what the loop saw."""
+    seen = []
+    parallel_launcher_builds.launchers_built_alongside(lambda self, scope: seen.extend(inductors_loop(scope)))(
+        None, scope)
+    return seen
+
+
+def test_each_kernels_result_comes_after_its_stubs(built):
     scope = {
         "triton_poi_0": pending_kernel(compile_result(TritonCompileResult, "a"), compile_result(TritonCompileResult, "b")),
         "triton_red_1": pending_kernel(compile_result(StaticTritonCompileResult, "static")),
@@ -51,62 +85,110 @@ def test_each_kernel_launched_through_triton_gets_its_stub_before_inductors_loop
                                        compile_result(TritonCompileResult, "c")),
         "torch": torch, "other": 3,
     }
-    seen_by_loop = []
-    wait = parallel_launcher_builds.launchers_built_first(lambda self, scope: seen_by_loop.append(list(built)))
-    wait(None, scope)
-    assert sorted(src for src, _ in built) == ["src of a", "src of b", "src of c"]
-    assert all(name.startswith("triton-launcher") for _, name in built), built
-    assert len(seen_by_loop) == 1 and sorted(src for src, _ in seen_by_loop[0]) == ["src of a", "src of b", "src of c"]
+    seen = wait_with_the_stubs(scope)
+    assert sorted(name for name, _ in built) == ["a", "b", "c"]
+    assert all(thread.startswith("triton-launcher") for _, thread in built), built
+    assert [key for key, _, _ in seen] == ["triton_poi_0", "triton_red_1", "triton_poi_2"]
+    stubs_at = {key: stubs for key, stubs, _ in seen}
+    assert {"a", "b"} <= stubs_at["triton_poi_0"] and "c" in stubs_at["triton_poi_2"]
 
 
-def test_the_builds_overlap(monkeypatch):
-    """Every kernel's stub is under way at once: each build waits until all have started (a barrier that fails
-    rather than hangs where they run in turn)."""
+def test_the_builds_overlap(built, monkeypatch):
+    """Every kernel's stub is under way at once: each build waits until all have started (a barrier: where they
+    ran in turn, it breaks and the test says so)."""
     kernels = 4
-    monkeypatch.setattr(parallel_launcher_builds.os, "cpu_count", lambda: kernels)
     barrier = threading.Barrier(kernels, timeout=10)
-    passed = []
+    broken = []
 
     def build(kernel):
-        barrier.wait()
-        passed.append(kernel.src)
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            broken.append(kernel.src.name)
+        built.append((kernel.src.name, threading.current_thread().name))
 
     monkeypatch.setattr(parallel_launcher_builds, "make_launcher_stub", build)
+    monkeypatch.setattr(parallel_launcher_builds, "_compiling", threading.BoundedSemaphore(kernels))
     scope = {f"k{i}": pending_kernel(compile_result(TritonCompileResult, str(i))) for i in range(kernels)}
-    parallel_launcher_builds.launchers_built_first(lambda self, scope: None)(None, scope)
-    assert sorted(passed) == [f"src of {i}" for i in range(kernels)]
+    wait_with_the_stubs(scope)
+    assert broken == [], "the builds did not overlap"
+    assert sorted(name for name, _ in built) == [str(i) for i in range(kernels)]
+
+
+def test_kernels_of_one_signature_share_a_build(built):
+    scope = {f"k{i}": pending_kernel(compile_result(TritonCompileResult, f"k{i}", signature="same")) for i in range(3)}
+    scope["other"] = pending_kernel(compile_result(TritonCompileResult, "other"))
+    seen = wait_with_the_stubs(scope)
+    assert len(built) == 2 and "other" in {name for name, _ in built}
+    assert all(len(stubs) >= 1 for _, stubs, _ in seen)
 
 
 def test_failures_are_left_to_inductors_loop(monkeypatch, built):
-    """A worker's error, or a stub that fails to build, raises nothing here; the loop still runs on the whole
-    scope (and meets the worker's error itself)."""
+    """A worker's error, or a stub that fails to build, raises nothing here; the loop meets the worker's error
+    itself, with its own traceback, and the other kernels still get their stubs."""
     def build(kernel):
-        if kernel.src == "src of bad":
+        if kernel.src.name == "bad":
             raise RuntimeError("gcc failed")
-        built.append((kernel.src, threading.current_thread().name))
+        built.append((kernel.src.name, threading.current_thread().name))
 
     monkeypatch.setattr(parallel_launcher_builds, "make_launcher_stub", build)
     scope = {"worker_failed": pending_kernel(error=RuntimeError("worker died")),
              "bad": pending_kernel(compile_result(TritonCompileResult, "bad")),
              "good": pending_kernel(compile_result(TritonCompileResult, "good"))}
-    loop_saw = []
-    parallel_launcher_builds.launchers_built_first(lambda self, scope: loop_saw.append(sorted(scope)))(None, scope)
-    assert [src for src, _ in built] == ["src of good"]
-    assert loop_saw == [["bad", "good", "worker_failed"]]
+    seen = wait_with_the_stubs(scope)
+    assert [name for name, _ in built] == ["good"]
+    assert [(key, error) for key, _, error in seen] == [("worker_failed", "worker died"), ("bad", None),
+                                                        ("good", None)]
+
+
+def test_a_result_waits_for_its_build_for_a_while(monkeypatch):
+    """A build that ends is waited for; one that does not end in BUILD_WAIT_S (a worker still compiling, pool
+    threads held) is not: the result goes on, as Inductor's loop would have."""
+    running = Future()
+    assert running.set_running_or_notify_cancel()
+    order = []
+    finisher = threading.Timer(0.2, lambda: (order.append("built"), running.set_result(None)))
+    finisher.start()
+    assert parallel_launcher_builds._after(running, lambda: order.append("result") or "result")() == "result"
+    assert order == ["built", "result"]
+    monkeypatch.setattr(parallel_launcher_builds, "BUILD_WAIT_S", 0.2)
+    never = Future()
+    assert parallel_launcher_builds._after(never, lambda: "result")() == "result" and not never.done()
+
+
+def test_gcc_runs_are_held_to_one_a_core(built, monkeypatch):
+    """However many kernels are pending, at most _compiling's count of stubs build at once."""
+    monkeypatch.setattr(parallel_launcher_builds, "_compiling", threading.BoundedSemaphore(2))
+    at_once, most = [], []
+    lock = threading.Lock()
+
+    def build(kernel):
+        with lock:
+            at_once.append(kernel)
+            most.append(len(at_once))
+        threading.Event().wait(0.05)
+        with lock:
+            at_once.remove(kernel)
+        built.append((kernel.src.name, threading.current_thread().name))
+
+    monkeypatch.setattr(parallel_launcher_builds, "make_launcher_stub", build)
+    wait_with_the_stubs({f"k{i}": pending_kernel(compile_result(TritonCompileResult, str(i))) for i in range(6)})
+    assert len(built) == 6 and max(most) == 2, most
 
 
 def test_a_single_kernel_is_left_to_the_loop(built):
-    scope = {"only": pending_kernel(compile_result(TritonCompileResult, "only"))}
-    parallel_launcher_builds.launchers_built_first(lambda self, scope: None)(None, scope)
+    wait_with_the_stubs({"only": pending_kernel(compile_result(TritonCompileResult, "only"))})
     assert built == []
 
 
 @pytest.fixture
 def fresh_install(monkeypatch):
-    """install() as in a new process, with AsyncCompile._wait_futures restored after the test."""
+    """install() as in a new process (torch's own _wait_futures, even where the backend wrapped it already), with
+    AsyncCompile._wait_futures restored after the test; a Triton that compiles stubs."""
     monkeypatch.setattr(parallel_launcher_builds, "_installed", False)
     monkeypatch.setattr(parallel_launcher_builds, "_wrapped", False)
-    monkeypatch.setattr(AsyncCompile, "_wait_futures", AsyncCompile.__dict__["_wait_futures"])
+    monkeypatch.setattr(AsyncCompile, "_wait_futures", inspect.unwrap(AsyncCompile.__dict__["_wait_futures"]))
+    monkeypatch.setattr(parallel_launcher_builds, "triton_compiles_launcher_stubs", lambda: True)
     monkeypatch.delenv("GLACOMPILER_PARALLEL_LAUNCHERS", raising=False)
 
 
@@ -119,27 +201,43 @@ def test_install_wraps_once(fresh_install):
     assert AsyncCompile.__dict__["_wait_futures"] is wrapped
 
 
-def test_install_leaves_an_unknown_wait_and_the_opt_out_alone(fresh_install, monkeypatch):
+def test_install_leaves_torch_alone_where_it_cannot_help(fresh_install, monkeypatch):
+    """An unknown wait, a Triton without per-signature stubs (3.9's generic launcher), the opt-out."""
     def other_wait(self, scope, timeout):
         return None
 
     monkeypatch.setattr(AsyncCompile, "_wait_futures", other_wait)
     parallel_launcher_builds.install()
     assert AsyncCompile.__dict__["_wait_futures"] is other_wait and not parallel_launcher_builds.installed()
-    monkeypatch.setattr(parallel_launcher_builds, "_installed", False)
-    monkeypatch.setattr(AsyncCompile, "_wait_futures", AsyncCompile.__dict__["_wait_futures"])
-    monkeypatch.setenv("GLACOMPILER_PARALLEL_LAUNCHERS", "0")
-    torch_wait = AsyncCompile.__dict__["_wait_futures"]
-    parallel_launcher_builds.install()
-    assert AsyncCompile.__dict__["_wait_futures"] is torch_wait and not parallel_launcher_builds.installed()
+    torch_wait = inspect.unwrap(AsyncCompile.__dict__["_wait_futures"])
+    for refusal in ("no stubs", "opt-out"):
+        monkeypatch.setattr(parallel_launcher_builds, "_installed", False)
+        monkeypatch.setattr(AsyncCompile, "_wait_futures", torch_wait)
+        if refusal == "no stubs":
+            monkeypatch.setattr(parallel_launcher_builds, "triton_compiles_launcher_stubs", lambda: False)
+        else:
+            monkeypatch.setattr(parallel_launcher_builds, "triton_compiles_launcher_stubs", lambda: True)
+            monkeypatch.setenv("GLACOMPILER_PARALLEL_LAUNCHERS", "0")
+        parallel_launcher_builds.install()
+        assert AsyncCompile.__dict__["_wait_futures"] is torch_wait and not parallel_launcher_builds.installed()
+
+
+def test_triton_stubs_are_known_by_the_nvidia_driver(monkeypatch):
+    """3.6's driver module has make_launcher (the per-signature source); 3.9's does not."""
+    from triton.backends.nvidia import driver as nvidia_driver
+
+    has = callable(getattr(nvidia_driver, "make_launcher", None))
+    assert parallel_launcher_builds.triton_compiles_launcher_stubs() == has
+    monkeypatch.setattr(nvidia_driver, "make_launcher", lambda constants, signature, tensordesc_meta: "", raising=False)
+    assert parallel_launcher_builds.triton_compiles_launcher_stubs()
 
 
 @pytest.mark.gpu
 def test_a_cpp_wrapper_compile_builds_every_stub_on_the_pool(cuda_device, monkeypatch, tmp_path):
     """From empty Inductor and Triton caches, the tiny GTA model's plain decode under the backend's defaults
-    (the C++ wrapper, no CUDA graphs): the compile's launcher stubs are compiled on the pool's threads, none in
-    Inductor's loop, and each step matches the fused-op decode (whose eager launches build stubs of their own,
-    outside the compile)."""
+    (the C++ wrapper, no CUDA graphs): the compile's launcher stubs are compiled on the pool's threads (some while
+    Inductor's loop runs), none by the loop itself, and each step matches the fused-op decode (whose eager launches
+    build stubs of their own on the main thread, outside the compile)."""
     import glacompiler
     from torch._inductor.utils import fresh_inductor_cache
     from triton.runtime import build
@@ -147,8 +245,8 @@ def test_a_cpp_wrapper_compile_builds_every_stub_on_the_pool(cuda_device, monkey
     from test_backend_gpu import decode_plain_against_fused
 
     parallel_launcher_builds.install()
-    assert parallel_launcher_builds.installed()
-    torch_wait = AsyncCompile.__dict__["_wait_futures"].__wrapped__
+    assert parallel_launcher_builds.installed()  # (triton 3.6: per-signature stubs)
+    torch_wait = inspect.unwrap(AsyncCompile.__dict__["_wait_futures"])
     in_loop = threading.Event()
 
     def flagged_wait(self, scope):
@@ -158,7 +256,7 @@ def test_a_cpp_wrapper_compile_builds_every_stub_on_the_pool(cuda_device, monkey
         finally:
             in_loop.clear()
 
-    monkeypatch.setattr(AsyncCompile, "_wait_futures", parallel_launcher_builds.launchers_built_first(flagged_wait))
+    monkeypatch.setattr(AsyncCompile, "_wait_futures", parallel_launcher_builds.launchers_built_alongside(flagged_wait))
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
     stubs = []
     original_build = build._build
@@ -172,5 +270,6 @@ def test_a_cpp_wrapper_compile_builds_every_stub_on_the_pool(cuda_device, monkey
     with fresh_inductor_cache():
         decode_plain_against_fused("gta-4", glacompiler.backend(), cudagraphs=False)
     on_the_pool = [thread for thread, _ in stubs if thread.startswith("triton-launcher")]
-    assert len(on_the_pool) >= 2 and not any(looping for _, looping in stubs), stubs
+    in_the_loop = [thread for thread, looping in stubs if looping and not thread.startswith("triton-launcher")]
+    assert len(on_the_pool) >= 2 and in_the_loop == [], stubs
     assert [r.status for r in glacompiler.compile_report()] == ["rewritten"] * 2

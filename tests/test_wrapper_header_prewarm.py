@@ -74,6 +74,29 @@ def test_a_failure_stays_on_the_thread(monkeypatch, fresh_process, caplog):
     assert failures == [] and "left to Inductor" in caplog.text and "no compiler" in caplog.text
 
 
+def test_a_thread_that_cannot_start_is_tried_again_later(asked, monkeypatch):
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as threads:
+        threads.setattr(threading.Thread, "start", no_thread)
+        assert wrapper_header_prewarm.start({"cpp_wrapper": True}, "cuda") is None
+    assert wrapper_header_prewarm._started == {}
+    wrapper_header_prewarm.start({"cpp_wrapper": True}, "cuda").join(timeout=30)
+    assert [device for _, device, _ in asked] == ["cuda"]
+
+
+def test_exit_waits_for_a_build_in_progress(monkeypatch, fresh_process):
+    """At exit a header build still running gets EXIT_WAIT_S to finish (a process cut off mid-build would leave a
+    header that later builds on the machine reject)."""
+    finished = threading.Event()
+    build = threading.Thread(target=lambda: (threading.Event().wait(0.3), finished.set()), daemon=True)
+    build.start()
+    monkeypatch.setitem(wrapper_header_prewarm._started, "cuda", build)
+    wrapper_header_prewarm._wait_for_builds()
+    assert finished.is_set()
+
+
 def test_the_backend_starts_it_for_accelerator_graphs_only(monkeypatch):
     """A CPU graph (its wrapper picks the host's ISA, and may define CPU kernels) starts nothing."""
     import glacompiler

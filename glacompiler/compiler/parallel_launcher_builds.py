@@ -1,20 +1,27 @@
 """Triton's launcher stubs for a graph's kernels built side by side instead of one after another.
 
-Triton launches a kernel through a small C extension made for its signature (argument types and constants):
-the first kernel of each signature compiles one with the host's C compiler (gcc -O3, 0.1 to 0.4 s) and keeps it in
-Triton's cache. Inductor compiles a graph's kernels in its worker processes, then, in AsyncCompile._wait_futures,
-takes each worker's result in turn and makes its launchers in the main process, so the stubs are compiled one after
-another. Under the C++ wrapper every kernel needs one (the compile-time autotune block launches each from Python;
-Inductor's static launcher is off there): on an H200's host, from empty caches, 12 stubs took 1.55 s of the gla
-backend's 10.5 s first step of a Llama-shaped model (benchmarks/RESULTS.md). The Python wrapper launches Inductor's
-own kernels statically, but user-defined kernels, ours among them, still take a stub each.
+Triton up to 3.6 launches a kernel through a small C extension made for its signature (argument types and
+constants): the first kernel of each signature compiles one with the host's C compiler (gcc -O3, 0.1 to 0.4 s)
+and keeps it in Triton's cache. Inductor compiles a graph's kernels in its worker processes, then, in
+AsyncCompile._wait_futures, takes each worker's result in turn and makes its launchers in the main process, so the
+stubs are compiled one after another. Under the C++ wrapper every kernel needs one (the compile-time autotune block
+launches each from Python; Inductor's static launcher is off there): on an H200's host, from empty caches, 12 stubs
+took 3.7 s of a cold gla first step of a Llama-shaped model under cProfile (benchmarks/RESULTS.md). The Python
+wrapper launches Inductor's own kernels statically, but user-defined kernels, ours among them, still take a stub
+each.
 
-install() wraps _wait_futures: before Inductor's loop, each kernel's worker result is awaited on a thread of its own,
-and the stub of each compile result that will be launched through Triton (TritonCompileResult, not the static
-kind) is made by constructing the driver's launcher class for it, the call Triton's CompiledKernel makes when it is
-first launched. The stubs land in Triton's cache, where Inductor's loop then finds them. The loop itself is
-unchanged, errors included: a worker or a build that fails here is left for it to meet and report. Where this
-torch has no _wait_futures(self, scope), nothing is wrapped; GLACOMPILER_PARALLEL_LAUNCHERS=0 turns it off.
+install() wraps _wait_futures. Before Inductor's loop, each pending kernel's worker result (a LambdaFuture over the
+worker's Future) gets a task on a shared thread pool: await the worker, then make the stub of each compile result
+Triton will launch (TritonCompileResult, not the static kind) by constructing the driver's launcher class for it,
+the call Triton's CompiledKernel makes at its first launch. The stub lands in Triton's cache. Kernels of one
+signature share one build (the others wait for it). Inductor's loop runs as before, in its order and with its own
+worker timeout (torch 2.13's compile_worker_wait_timeout): each kernel's result first waits for that kernel's
+build, which ends once its worker has answered, then finds its stub in the cache. A failed worker or build is left
+for the loop to meet and report.
+
+Installed only where Triton's NVIDIA driver compiles per-signature stubs (its module has make_launcher: 3.6 does,
+3.9 launches every kernel through one generic extension) and this torch has _wait_futures(self, scope).
+GLACOMPILER_PARALLEL_LAUNCHERS=0 turns it off.
 """
 from __future__ import annotations
 
@@ -22,20 +29,34 @@ import functools
 import inspect
 import logging
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 LOGGER = logging.getLogger("glacompiler")
 
 _installed = False  # install() has run
 _wrapped = False  # ...and wrapped this torch's _wait_futures
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+POOL_THREADS = 32
+BUILD_WAIT_S = 60.0
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_compiling = threading.BoundedSemaphore(_cores())  # gcc runs at once: one a core
 
 
 def install() -> None:
-    """Wrap AsyncCompile._wait_futures (once per process) where this torch has it with the signature we know."""
+    """Wrap AsyncCompile._wait_futures (once per process) where it helps and is the one we know."""
     global _installed, _wrapped
     if _installed or os.environ.get("GLACOMPILER_PARALLEL_LAUNCHERS", "1") == "0":
         return
     _installed = True
+    if not triton_compiles_launcher_stubs():
+        return
     try:
         from torch._inductor.async_compile import AsyncCompile
     except ImportError:
@@ -43,7 +64,7 @@ def install() -> None:
     wait_futures = AsyncCompile.__dict__.get("_wait_futures")
     if not callable(wait_futures) or list(inspect.signature(wait_futures).parameters) != ["self", "scope"]:
         return  # a torch whose wait we do not know: leave it alone
-    AsyncCompile._wait_futures = launchers_built_first(wait_futures)
+    AsyncCompile._wait_futures = launchers_built_alongside(wait_futures)
     _wrapped = True
 
 
@@ -51,50 +72,119 @@ def installed() -> bool:
     return _wrapped
 
 
-def launchers_built_first(wait_futures):
-    """_wait_futures that first builds the launcher stubs of the scope's kernels concurrently."""
+def triton_compiles_launcher_stubs() -> bool:
+    """Whether this Triton's NVIDIA driver compiles a C launcher per kernel signature."""
+    try:
+        from triton.backends.nvidia import driver as nvidia_driver
+    except Exception:  # no Triton, or no NVIDIA backend in it
+        return False
+    return callable(getattr(nvidia_driver, "make_launcher", None))
+
+
+def launchers_built_alongside(wait_futures):
+    """_wait_futures that first sets the stub builds of the scope's kernels going, each kernel's result waiting
+    for its own build."""
 
     @functools.wraps(wait_futures)
     def wait(self, scope):
-        build_launchers_concurrently(worker_tasks(scope))
+        build_stubs_alongside(scope)
         return wait_futures(self, scope)
 
     return wait
 
 
-def worker_tasks(scope: dict) -> list:
-    """The worker processes' futures behind the scope's pending kernels: Inductor's LambdaFuture over a
-    concurrent Future (its `future`), which resolves to (CachingAutotuner, compile time)."""
-    tasks = []
-    for value in list(scope.values()):
-        task = getattr(value, "future", None)
-        if isinstance(task, Future):
-            tasks.append(task)
-    return tasks
-
-
-def build_launchers_concurrently(tasks: list) -> None:
-    """For each task, await it and build the stubs its kernel will launch through; one thread per task (at most
-    one per core). Returns when all are done; never raises."""
-    if len(tasks) < 2:
-        return  # one stub builds as fast in Inductor's loop
+def build_stubs_alongside(scope: dict) -> None:
+    """For each pending kernel of the scope, a pool task that awaits its worker and builds its stubs; the kernel's
+    LambdaFuture then waits for that task before its own result. Never raises."""
     try:
-        with ThreadPoolExecutor(min(len(tasks), os.cpu_count() or 1), thread_name_prefix="triton-launcher") as pool:
-            list(pool.map(_build_stubs_of, tasks))
+        from torch._inductor.codecache import LambdaFuture
+
+        pending = [value for value in list(scope.values())
+                   if isinstance(value, LambdaFuture) and isinstance(getattr(value, "future", None), Future)]
+        if len(pending) < 2:
+            return  # one stub builds as fast in Inductor's loop
+        prepare_driver()
+        pool = _shared_pool()
+        claims: dict = {}  # stub key -> the Future of the build that makes it, for this scope's kernels
+        claims_lock = threading.Lock()
+        for kernel_future in pending:
+            build = pool.submit(_build_stubs_of, kernel_future.future, claims, claims_lock)
+            kernel_future.result_fn = _after(build, kernel_future.result_fn)
     except Exception as error:
         LOGGER.debug("glacompiler: launcher stubs left to Inductor's loop (%r)", error)
 
 
-def _build_stubs_of(task: Future) -> None:
+def prepare_driver() -> None:
+    """Triton's driver, made lazily and without a lock: made here, on the calling thread, not raced for in the
+    pool."""
+    from triton.runtime.driver import driver
+
+    driver.active.launcher_cls
+
+
+def _after(build: Future, result_fn):
+    """result_fn once `build` has ended: it ends once the worker has answered (which Inductor's timeout, where it
+    has one, waits for before calling this) and its gcc has run. Past BUILD_WAIT_S (a worker still compiling, or
+    every pool thread held by workers that never answer) result_fn runs anyway: it waits for its worker as it
+    always did, and builds the stub itself where the pool has not."""
+
+    def result():
+        try:
+            build.result(timeout=BUILD_WAIT_S)
+        except TimeoutError:
+            pass
+        return result_fn()
+
+    return result
+
+
+def _shared_pool() -> ThreadPoolExecutor:
+    """Threads that mostly wait for workers: more of them than cores (gcc runs are held to one a core apart)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max(POOL_THREADS, _cores()), thread_name_prefix="triton-launcher")
+        return _pool
+
+
+def _build_stubs_of(task: Future, claims: dict, claims_lock: threading.Lock) -> None:
     try:
+        if task.exception() is not None:  # (waits; the loop raises the worker's error with its own traceback)
+            return
         result = task.result()
         autotuner = result[0] if isinstance(result, tuple) and result else None
         for compiled in getattr(autotuner, "compile_results", None) or ():
             kernel = launched_through_triton(compiled)
             if kernel is not None:
-                make_launcher_stub(kernel)
+                _build_once(kernel, claims, claims_lock)
     except Exception as error:  # Inductor's loop meets it again and reports it
         LOGGER.debug("glacompiler: a launcher stub was left to Inductor's loop (%r)", error)
+
+
+def _build_once(kernel, claims: dict, claims_lock: threading.Lock) -> None:
+    """make_launcher_stub(kernel), unless another kernel of the same signature has claimed its build: then wait
+    for that one (the stub it makes is this kernel's too)."""
+    key = stub_key(kernel)
+    with claims_lock:
+        claim = claims.get(key)
+        mine = claim is None
+        if mine:
+            claim = claims[key] = Future()
+    if not mine:
+        claim.result()
+        return
+    try:
+        with _compiling:
+            make_launcher_stub(kernel)
+    finally:
+        claim.set_result(None)
+
+
+def stub_key(kernel) -> str:
+    """What a Triton 3.6 stub's source depends on: the signature, the constants, the tensor-descriptor metadata."""
+    src = kernel.src
+    return repr((sorted(src.signature.items(), key=repr), sorted(getattr(src, "constants", {}).items(), key=repr),
+                 getattr(kernel.metadata, "tensordesc_meta", None)))
 
 
 def launched_through_triton(compiled):

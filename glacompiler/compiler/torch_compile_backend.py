@@ -53,6 +53,8 @@ def _is_cpp_compile_error(error: BaseException) -> bool:
 
 
 # Where Inductor's code for a default of ours lives: an error raised there is that default's (its frames' files).
+# Only errors raised in that code are known to be the default's: a combo kernel that fails elsewhere (the scheduler,
+# simd.py, a compile worker's SubprocException) still goes to the op-call retry first.
 RAISED_IN = {COMBO_KERNELS: ("triton_combo_kernel",)}
 
 
