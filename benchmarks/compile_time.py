@@ -17,7 +17,8 @@ torch._dynamo.utils.compile_times() measures them (the biggest few).
     python benchmarks/compile_time.py --tiny          # on CPU
     python benchmarks/compile_time.py --cpp-wrapper on   # both backends with Inductor's C++ wrapper (or off)
     python benchmarks/compile_time.py --shared-headers   # the C++ wrapper's precompiled headers already built
-    python benchmarks/compile_time.py --shared-headers --cold-only   # cold runs only (repeated A/B rounds)
+    python benchmarks/compile_time.py --shared-headers --cold-only --rounds 3 \\
+        --env-variant off:GLACOMPILER_PREWARM_WRAPPER_HEADER=0,GLACOMPILER_PARALLEL_LAUNCHERS=0   # A/B rounds
     python benchmarks/compile_time.py --backends gla --profile 15   # where each first step's time goes (cProfile)
     python benchmarks/compile_time.py --profile-dump prof/   # each first step's raw cProfile stats, for pstats' callers
     python benchmarks/compile_time.py --inductor-config cpp_cache_precompile_headers=False   # an Inductor setting
@@ -204,9 +205,11 @@ def with_installed_package(python_path: str) -> str:
     return os.pathsep.join([ROOT] + [p for p in python_path.split(os.pathsep) if p])
 
 
-def run_child(args, backend: str, cache_dir: str, run: str = "cold") -> dict:
-    """One fresh process compiling under `backend` with the caches in cache_dir; `run` names it (its profile dump)."""
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache_dir, "inductor"),
+def run_child(args, backend: str, cache_dir: str, run: str = "cold", extra_env: dict | None = None,
+              label: str | None = None) -> dict:
+    """One fresh process compiling under `backend` with the caches in cache_dir and extra_env over this process's
+    environment; label (the backend's name unless given) and `run` name its profile dump."""
+    env = dict(os.environ, **(extra_env or {}), TORCHINDUCTOR_CACHE_DIR=os.path.join(cache_dir, "inductor"),
                TRITON_CACHE_DIR=os.path.join(cache_dir, "triton"),
                GLACOMPILER_CACHE_DIR=os.path.join(cache_dir, "glacompiler"))
     if not args.shared_headers:
@@ -221,7 +224,8 @@ def run_child(args, backend: str, cache_dir: str, run: str = "cold") -> dict:
                "--phases", str(args.phases)] + \
         (["--tiny"] if args.tiny else []) + \
         (["--inductor-config", *args.inductor_config] if args.inductor_config else []) + \
-        (["--profile-file", os.path.join(os.path.abspath(args.profile_dump), f"{backend}_{run}.prof")]
+        (["--profile-file", os.path.join(os.path.abspath(args.profile_dump),
+                                         f"{(label or backend).replace(' ', '-')}_{run}.prof")]
          if args.profile_dump else [])
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -286,6 +290,11 @@ def main() -> None:
                              "model on a machine that compiled one before")
     parser.add_argument("--cold-only", action="store_true",
                         help="skip the warm runs (repeated cold A/B rounds in less time)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every backend (and variant) this many times, interleaved, and print medians")
+    parser.add_argument("--env-variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
+                        help="also run gla with these environment variables, labelled 'gla LABEL' (an A/B of a "
+                             "GLACOMPILER_* switch: off:GLACOMPILER_PARALLEL_LAUNCHERS=0)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile each first step (cProfile) and print its N functions with the most time")
     parser.add_argument("--profile-dump", metavar="DIR",
@@ -311,6 +320,12 @@ def main() -> None:
         return
     if args.inductor_config:
         parse_inductor_settings(parser, args.inductor_config)  # refused here, before any run
+    if args.rounds < 1:
+        parser.error(f"--rounds takes a count of at least 1, not {args.rounds}")
+    for variant in args.env_variant:
+        label, colon, settings = variant.partition(":")
+        if not label or not colon or not all("=" in item for item in settings.split(",")):
+            parser.error(f"--env-variant takes LABEL:NAME=VALUE[,NAME=VALUE], not {variant!r}")
     if args.profile_dump:
         os.makedirs(args.profile_dump, exist_ok=True)
     print(f"LlamaForCausalLM, {args.layers} layers, {'tiny' if args.tiny else 'Llama-3.2-1B widths'}, "
@@ -323,21 +338,53 @@ def main() -> None:
                        env=dict(os.environ, PYTHONPATH=with_installed_package(os.environ.get("PYTHONPATH", ""))))
         print(f"the machine's precompiled header for gla's C++ wrapper: ready in {time.perf_counter() - start:.1f} s "
               "(built here where it was missing)")
-    rows = {}
-    for backend in args.backends.split(","):
-        with tempfile.TemporaryDirectory(prefix=f"compile_time_{backend}_") as cache_dir:
-            rows[backend] = run_child(args, backend, cache_dir)
-            if rows[backend]["inductor_settings"]:
-                print(f"{backend}: Inductor settings in effect: {rows[backend]['inductor_settings']}")
-            print(describe(f"{backend} cold", rows[backend], args.phases), flush=True)
-            if not args.cold_only:
-                rows[backend + " warm"] = run_child(args, backend, cache_dir, "warm")
-                print(describe(f"{backend} warm", rows[backend + " warm"], args.phases), flush=True)
-    if "default" in rows and "gla" in rows:
-        ratio = rows["gla"]["first_step_s"] / rows["default"]["first_step_s"]
-        warm = f"{rows['gla warm']['first_step_s']:.1f} s (target <= 10)" if "gla warm" in rows else "not run"
-        print(f"gla cold / default cold: {ratio:.2f}x (target <= 1.3); gla warm: {warm}")
+    rows: dict = {}  # label -> one row a round
+    for round_index in range(args.rounds):
+        for label, backend, extra_env in planned_runs(args):
+            if args.rounds > 1:
+                print(f"round {round_index + 1} of {args.rounds}: {label}", flush=True)
+            name = f"{label} round {round_index + 1}" if args.rounds > 1 else label  # (its profile dump's)
+            with tempfile.TemporaryDirectory(prefix=f"compile_time_{backend}_") as cache_dir:
+                cold = run_child(args, backend, cache_dir, extra_env=extra_env, label=name)
+                rows.setdefault(label, []).append(cold)
+                if cold["inductor_settings"]:
+                    print(f"{label}: Inductor settings in effect: {cold['inductor_settings']}")
+                print(describe(f"{label} cold", cold, args.phases), flush=True)
+                if not args.cold_only:
+                    warm = run_child(args, backend, cache_dir, "warm", extra_env, name)
+                    rows.setdefault(label + " warm", []).append(warm)
+                    print(describe(f"{label} warm", warm, args.phases), flush=True)
+    print(summary(rows, args.rounds))
 
+
+def planned_runs(args) -> list:
+    """(label, backend, extra environment) of each run in a round: the backends, then gla under each --env-variant."""
+    runs = [(backend, backend, {}) for backend in args.backends.split(",")]
+    for variant in args.env_variant:
+        label, _, settings = variant.partition(":")
+        runs.append((f"gla {label}", "gla", dict(item.split("=", 1) for item in settings.split(",") if item)))
+    return runs
+
+
+def summary(rows: dict, rounds: int) -> str:
+    """Each label's first steps over the rounds (median), and the cold ratios to default's median."""
+    def first_steps(label):
+        return [row["first_step_s"] for row in rows.get(label, [])]
+
+    lines = []
+    if rounds > 1:
+        for label in rows:
+            steps = first_steps(label)
+            lines.append(f"{label:<16} first step median {statistics.median(steps):6.2f} s over {len(steps)} rounds "
+                         f"({', '.join(f'{step:.2f}' for step in steps)})")
+    if first_steps("default"):
+        default_cold = statistics.median(first_steps("default"))
+        for label in [label for label in rows if label.startswith("gla") and not label.endswith(" warm")]:
+            warm = first_steps(label + " warm")
+            warm_text = f"{statistics.median(warm):.1f} s (target <= 10)" if warm else "not run"
+            lines.append(f"{label} cold / default cold: {statistics.median(first_steps(label)) / default_cold:.2f}x "
+                         f"(target <= 1.3); {label} warm: {warm_text}")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

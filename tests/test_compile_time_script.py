@@ -101,8 +101,8 @@ def test_cold_only_skips_the_warm_runs(monkeypatch, capsys, cold_only):
     """--cold-only: one child a backend (cold), and the summary says the warm run was not made."""
     runs = []
     row = {"first_step_s": 2.0, "inductor_settings": {}}
-    monkeypatch.setattr(compile_time, "run_child", lambda args, backend, cache_dir, run="cold": runs.append(
-        (backend, run)) or row)
+    monkeypatch.setattr(compile_time, "run_child", lambda args, backend, cache_dir, run="cold", extra_env=None,
+                        label=None: runs.append((backend, run)) or row)
     monkeypatch.setattr(compile_time, "describe", lambda name, row, phases=5: name)
     monkeypatch.setattr(sys, "argv", ["compile_time.py", "--tiny", *(["--cold-only"] if cold_only else [])])
     compile_time.main()
@@ -110,3 +110,36 @@ def test_cold_only_skips_the_warm_runs(monkeypatch, capsys, cold_only):
         [("default", "cold"), ("default", "warm"), ("gla", "cold"), ("gla", "warm")]
     assert runs == expected
     assert ("gla warm: not run" in capsys.readouterr().out) == cold_only
+
+
+def test_rounds_interleave_the_runs_and_report_medians(monkeypatch, capsys):
+    """--rounds 3 with an --env-variant: each round runs default, gla and gla under the variant's environment, in
+    that order; the summary gives each label's median and the cold ratios to default's median."""
+    runs = []
+    first_steps = iter([10.0, 12.0, 14.0, 11.0, 13.0, 17.0, 9.0, 12.5, 15.0])
+
+    def fake_run(args, backend, cache_dir, run="cold", extra_env=None, label=None):
+        runs.append((label, backend, extra_env))
+        return {"first_step_s": next(first_steps), "inductor_settings": {}}
+
+    monkeypatch.setattr(compile_time, "run_child", fake_run)
+    monkeypatch.setattr(compile_time, "describe", lambda name, row, phases=5: name)
+    monkeypatch.setattr(sys, "argv", ["compile_time.py", "--tiny", "--cold-only", "--rounds", "3",
+                                      "--env-variant", "off:GLACOMPILER_PARALLEL_LAUNCHERS=0,A=1"])
+    compile_time.main()
+    off = {"GLACOMPILER_PARALLEL_LAUNCHERS": "0", "A": "1"}
+    assert runs == [(f"{label} round {n}", backend, env) for n in (1, 2, 3)
+                    for label, backend, env in (("default", "default", {}), ("gla", "gla", {}), ("gla off", "gla", off))]
+    out = capsys.readouterr().out
+    assert "default          first step median  10.00 s over 3 rounds (10.00, 11.00, 9.00)" in out
+    assert "gla cold / default cold: 1.25x" in out and "gla off cold / default cold: 1.50x" in out
+
+
+@pytest.mark.parametrize("bad", [["--rounds", "0"], ["--env-variant", "GLACOMPILER_PARALLEL_LAUNCHERS=0"],
+                                 ["--env-variant", "off:NAME"]])
+def test_bad_rounds_and_variants_are_refused_before_any_run(monkeypatch, capsys, bad):
+    monkeypatch.setattr(compile_time, "run_child", lambda *args, **kwargs: pytest.fail("a run started"))
+    monkeypatch.setattr(sys, "argv", ["compile_time.py", "--tiny", *bad])
+    with pytest.raises(SystemExit) as exit_code:
+        compile_time.main()
+    assert exit_code.value.code == 2 and bad[0] in capsys.readouterr().err
