@@ -37,6 +37,7 @@ import inspect
 import json
 import os
 import pstats
+import re
 import statistics
 import subprocess
 import sys
@@ -322,10 +323,11 @@ def main() -> None:
         parse_inductor_settings(parser, args.inductor_config)  # refused here, before any run
     if args.rounds < 1:
         parser.error(f"--rounds takes a count of at least 1, not {args.rounds}")
+    labels = set()
     for variant in args.env_variant:
-        label, colon, settings = variant.partition(":")
-        if not label or not colon or not all("=" in item for item in settings.split(",")):
-            parser.error(f"--env-variant takes LABEL:NAME=VALUE[,NAME=VALUE], not {variant!r}")
+        problem = variant_problem(variant, labels)
+        if problem:
+            parser.error(f"--env-variant {variant!r}: {problem}")
     if args.profile_dump:
         os.makedirs(args.profile_dump, exist_ok=True)
     print(f"LlamaForCausalLM, {args.layers} layers, {'tiny' if args.tiny else 'Llama-3.2-1B widths'}, "
@@ -339,22 +341,49 @@ def main() -> None:
         print(f"the machine's precompiled header for gla's C++ wrapper: ready in {time.perf_counter() - start:.1f} s "
               "(built here where it was missing)")
     rows: dict = {}  # label -> one row a round
-    for round_index in range(args.rounds):
-        for label, backend, extra_env in planned_runs(args):
-            if args.rounds > 1:
-                print(f"round {round_index + 1} of {args.rounds}: {label}", flush=True)
-            name = f"{label} round {round_index + 1}" if args.rounds > 1 else label  # (its profile dump's)
-            with tempfile.TemporaryDirectory(prefix=f"compile_time_{backend}_") as cache_dir:
-                cold = run_child(args, backend, cache_dir, extra_env=extra_env, label=name)
-                rows.setdefault(label, []).append(cold)
-                if cold["inductor_settings"]:
-                    print(f"{label}: Inductor settings in effect: {cold['inductor_settings']}")
-                print(describe(f"{label} cold", cold, args.phases), flush=True)
-                if not args.cold_only:
-                    warm = run_child(args, backend, cache_dir, "warm", extra_env, name)
-                    rows.setdefault(label + " warm", []).append(warm)
-                    print(describe(f"{label} warm", warm, args.phases), flush=True)
-    print(summary(rows, args.rounds))
+    try:
+        for round_index in range(args.rounds):
+            runs = planned_runs(args)
+            shift = round_index % len(runs)  # (each round starts one run later: no run always goes first)
+            for label, backend, extra_env in runs[shift:] + runs[:shift]:
+                measure(args, rows, label, backend, extra_env, round_index)
+    finally:
+        print(summary(rows, args.rounds))
+
+
+def measure(args, rows: dict, label: str, backend: str, extra_env: dict, round_index: int) -> None:
+    """One cold run (and its warm run unless --cold-only) of a label, in fresh caches; rows[label] gets the rows."""
+    if args.rounds > 1:
+        print(f"round {round_index + 1} of {args.rounds}: {label}", flush=True)
+    name = f"{label} round {round_index + 1}" if args.rounds > 1 else label  # (its profile dump's)
+    with tempfile.TemporaryDirectory(prefix=f"compile_time_{backend}_") as cache_dir:
+        cold = run_child(args, backend, cache_dir, extra_env=extra_env, label=name)
+        rows.setdefault(label, []).append(cold)
+        if cold["inductor_settings"]:
+            print(f"{label}: Inductor settings in effect: {cold['inductor_settings']}")
+        print(describe(f"{label} cold", cold, args.phases), flush=True)
+        if not args.cold_only:
+            warm = run_child(args, backend, cache_dir, "warm", extra_env, name)
+            rows.setdefault(label + " warm", []).append(warm)
+            print(describe(f"{label} warm", warm, args.phases), flush=True)
+
+
+RUN_ENVIRONMENT = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "GLACOMPILER_CACHE_DIR", "TMPDIR", "PYTHONPATH")
+
+
+def variant_problem(variant: str, labels: set) -> str:
+    """Why an --env-variant cannot run ("" where it can); its label is added to `labels` (those already given)."""
+    label, colon, settings = variant.partition(":")
+    if not colon or not re.fullmatch(r"[A-Za-z0-9_-]+", label) or label == "warm":
+        return "takes LABEL:NAME=VALUE[,NAME=VALUE], LABEL of letters, digits, - and _ (not 'warm')"
+    if label in labels:
+        return f"the label {label} is given twice"
+    labels.add(label)
+    names = [item.partition("=")[0] for item in settings.split(",")]
+    if not all("=" in item for item in settings.split(",")) or not all(names):
+        return "takes LABEL:NAME=VALUE[,NAME=VALUE]"
+    reserved = [name for name in names if name in RUN_ENVIRONMENT]
+    return f"{', '.join(reserved)} is set by each run itself" if reserved else ""
 
 
 def planned_runs(args) -> list:

@@ -113,14 +113,16 @@ def test_cold_only_skips_the_warm_runs(monkeypatch, capsys, cold_only):
 
 
 def test_rounds_interleave_the_runs_and_report_medians(monkeypatch, capsys):
-    """--rounds 3 with an --env-variant: each round runs default, gla and gla under the variant's environment, in
-    that order; the summary gives each label's median and the cold ratios to default's median."""
+    """--rounds 3 with an --env-variant: each round runs default, gla and gla under the variant's environment,
+    each round starting one run later; the summary gives each label's median and the cold ratios to default's
+    median."""
     runs = []
-    first_steps = iter([10.0, 12.0, 14.0, 11.0, 13.0, 17.0, 9.0, 12.5, 15.0])
+    first_steps = {"default": [10.0, 11.0, 9.0], "gla": [12.0, 13.0, 12.5], "gla off": [14.0, 17.0, 15.0]}
 
     def fake_run(args, backend, cache_dir, run="cold", extra_env=None, label=None):
         runs.append((label, backend, extra_env))
-        return {"first_step_s": next(first_steps), "inductor_settings": {}}
+        name, round_number = label.rsplit(" round ", 1)
+        return {"first_step_s": first_steps[name][int(round_number) - 1], "inductor_settings": {}}
 
     monkeypatch.setattr(compile_time, "run_child", fake_run)
     monkeypatch.setattr(compile_time, "describe", lambda name, row, phases=5: name)
@@ -128,15 +130,37 @@ def test_rounds_interleave_the_runs_and_report_medians(monkeypatch, capsys):
                                       "--env-variant", "off:GLACOMPILER_PARALLEL_LAUNCHERS=0,A=1"])
     compile_time.main()
     off = {"GLACOMPILER_PARALLEL_LAUNCHERS": "0", "A": "1"}
-    assert runs == [(f"{label} round {n}", backend, env) for n in (1, 2, 3)
-                    for label, backend, env in (("default", "default", {}), ("gla", "gla", {}), ("gla off", "gla", off))]
+    planned = [("default", "default", {}), ("gla", "gla", {}), ("gla off", "gla", off)]
+    assert runs == [(f"{label} round {n + 1}", backend, env)
+                    for n in range(3) for label, backend, env in planned[n:] + planned[:n]]
     out = capsys.readouterr().out
     assert "default          first step median  10.00 s over 3 rounds (10.00, 11.00, 9.00)" in out
     assert "gla cold / default cold: 1.25x" in out and "gla off cold / default cold: 1.50x" in out
 
 
+def test_a_failed_run_still_prints_the_rounds_so_far(monkeypatch, capsys):
+    rows = iter([{"first_step_s": 10.0, "inductor_settings": {}}, {"first_step_s": 12.0, "inductor_settings": {}}])
+
+    def fake_run(args, backend, cache_dir, run="cold", extra_env=None, label=None):
+        row = next(rows, None)
+        if row is None:
+            raise RuntimeError("gla off run failed")
+        return row
+
+    monkeypatch.setattr(compile_time, "run_child", fake_run)
+    monkeypatch.setattr(compile_time, "describe", lambda name, row, phases=5: name)
+    monkeypatch.setattr(sys, "argv", ["compile_time.py", "--tiny", "--cold-only", "--env-variant", "off:X=0"])
+    with pytest.raises(RuntimeError, match="gla off run failed"):
+        compile_time.main()
+    assert "gla cold / default cold: 1.20x" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("bad", [["--rounds", "0"], ["--env-variant", "GLACOMPILER_PARALLEL_LAUNCHERS=0"],
-                                 ["--env-variant", "off:NAME"]])
+                                 ["--env-variant", "off:NAME"], ["--env-variant", "off:=1"],
+                                 ["--env-variant", "warm:A=1"], ["--env-variant", "two words:A=1"],
+                                 ["--env-variant", "off:A=1", "--env-variant", "off:B=1"],
+                                 ["--env-variant", "off:TRITON_CACHE_DIR=/tmp/x"],
+                                 ["--env-variant", "off:TMPDIR=/tmp/x"]])
 def test_bad_rounds_and_variants_are_refused_before_any_run(monkeypatch, capsys, bad):
     monkeypatch.setattr(compile_time, "run_child", lambda *args, **kwargs: pytest.fail("a run started"))
     monkeypatch.setattr(sys, "argv", ["compile_time.py", "--tiny", *bad])

@@ -11,16 +11,18 @@ wrapper launches Inductor's own kernels statically, but user-defined kernels, ou
 each.
 
 install() wraps _wait_futures. Before Inductor's loop, each pending kernel's worker result (a LambdaFuture over the
-worker's Future) gets a task on a shared thread pool: await the worker, then make the stub of each compile result
-Triton will launch (TritonCompileResult, not the static kind) by constructing the driver's launcher class for it,
-the call Triton's CompiledKernel makes at its first launch. The stub lands in Triton's cache. Kernels of one
-signature share one build (the others wait for it). Inductor's loop runs as before, in its order and with its own
-worker timeout (torch 2.13's compile_worker_wait_timeout): each kernel's result first waits for that kernel's
-build, which ends once its worker has answered, then finds its stub in the cache. A failed worker or build is left
-for the loop to meet and report.
+worker's Future) gets a daemon thread: await the worker (at most BUILD_WAIT_S), then make the stub of each compile
+result Triton will launch (TritonCompileResult, not the static kind) by constructing the driver's launcher class
+for it, the call Triton's CompiledKernel makes at its first launch. The stub lands in Triton's cache. Kernels of
+one signature share one build (the others wait for it); gcc runs are held to one a core. Inductor's loop runs as
+before, in its order and with its own worker timeout (torch 2.13's compile_worker_wait_timeout): each kernel's
+result first waits for that kernel's build (at most BUILD_WAIT_S), then finds its stub in the cache. A failed
+worker or build is left for the loop to meet and report. Daemon threads, one per kernel, never hold up the
+process's exit (a worker that never answers) nor outlive a fork.
 
 Installed only where Triton's NVIDIA driver compiles per-signature stubs (its module has make_launcher: 3.6 does,
-3.9 launches every kernel through one generic extension) and this torch has _wait_futures(self, scope).
+3.9 launches every kernel through one generic extension) and this torch has _wait_futures(self, scope). Once
+installed (the backend's first graph), it serves every Inductor compile of the process, other backends' too.
 GLACOMPILER_PARALLEL_LAUNCHERS=0 turns it off.
 """
 from __future__ import annotations
@@ -30,16 +32,14 @@ import inspect
 import logging
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, TimeoutError as FutureTimeoutError
 
 LOGGER = logging.getLogger("glacompiler")
 
 _installed = False  # install() has run
 _wrapped = False  # ...and wrapped this torch's _wait_futures
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-POOL_THREADS = 32
-BUILD_WAIT_S = 60.0
+BUILD_WAIT_S = 60.0  # how long a build waits for its worker, and a kernel's result for its build
+BUILD_MARK = "_glacompiler_stub_build"  # set on a LambdaFuture whose result already waits for a build
 
 
 def _cores() -> int:
@@ -47,6 +47,15 @@ def _cores() -> int:
 
 
 _compiling = threading.BoundedSemaphore(_cores())  # gcc runs at once: one a core
+
+
+def _fresh_semaphore_after_fork() -> None:
+    global _compiling
+    _compiling = threading.BoundedSemaphore(_cores())  # (the parent's may have been held by a thread not forked)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_semaphore_after_fork)
 
 
 def install() -> None:
@@ -94,62 +103,69 @@ def launchers_built_alongside(wait_futures):
 
 
 def build_stubs_alongside(scope: dict) -> None:
-    """For each pending kernel of the scope, a pool task that awaits its worker and builds its stubs; the kernel's
-    LambdaFuture then waits for that task before its own result. Never raises."""
+    """For each pending kernel of the scope, a thread that awaits its worker and builds its stubs; the kernel's
+    LambdaFuture then waits for that build before its own result. Never raises."""
     try:
         from torch._inductor.codecache import LambdaFuture
 
         pending = [value for value in list(scope.values())
-                   if isinstance(value, LambdaFuture) and isinstance(getattr(value, "future", None), Future)]
+                   if isinstance(value, LambdaFuture) and isinstance(getattr(value, "future", None), Future)
+                   and not hasattr(value, BUILD_MARK)]  # (one Inductor caches by source may be in two scopes)
         if len(pending) < 2:
             return  # one stub builds as fast in Inductor's loop
         prepare_driver()
-        pool = _shared_pool()
         claims: dict = {}  # stub key -> the Future of the build that makes it, for this scope's kernels
         claims_lock = threading.Lock()
         for kernel_future in pending:
-            build = pool.submit(_build_stubs_of, kernel_future.future, claims, claims_lock)
+            build = _in_a_thread(_build_stubs_of, kernel_future.future, claims, claims_lock)
+            setattr(kernel_future, BUILD_MARK, build)
             kernel_future.result_fn = _after(build, kernel_future.result_fn)
     except Exception as error:
         LOGGER.debug("glacompiler: launcher stubs left to Inductor's loop (%r)", error)
 
 
 def prepare_driver() -> None:
-    """Triton's driver, made lazily and without a lock: made here, on the calling thread, not raced for in the
-    pool."""
+    """Triton's driver, made lazily and without a lock: made here, on the calling thread, not raced for by the
+    build threads."""
     from triton.runtime.driver import driver
 
     driver.active.launcher_cls
 
 
+def _in_a_thread(function, *args) -> Future:
+    """function(*args) (which never raises) on a daemon thread; the Future ends with it."""
+    ended = Future()
+    ended.set_running_or_notify_cancel()
+
+    def run():
+        try:
+            function(*args)
+        finally:
+            ended.set_result(None)
+
+    threading.Thread(target=run, name="triton-launcher", daemon=True).start()
+    return ended
+
+
 def _after(build: Future, result_fn):
     """result_fn once `build` has ended: it ends once the worker has answered (which Inductor's timeout, where it
-    has one, waits for before calling this) and its gcc has run. Past BUILD_WAIT_S (a worker still compiling, or
-    every pool thread held by workers that never answer) result_fn runs anyway: it waits for its worker as it
-    always did, and builds the stub itself where the pool has not."""
+    has one, waits for before calling this) and its gcc has run. Past BUILD_WAIT_S (a worker still compiling)
+    result_fn runs anyway: it waits for its worker as it always did, and builds the stub itself where the thread
+    has not."""
 
     def result():
         try:
             build.result(timeout=BUILD_WAIT_S)
-        except TimeoutError:
+        except FutureTimeoutError:  # (concurrent.futures' own class before Python 3.11)
             pass
         return result_fn()
 
     return result
 
 
-def _shared_pool() -> ThreadPoolExecutor:
-    """Threads that mostly wait for workers: more of them than cores (gcc runs are held to one a core apart)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max(POOL_THREADS, _cores()), thread_name_prefix="triton-launcher")
-        return _pool
-
-
 def _build_stubs_of(task: Future, claims: dict, claims_lock: threading.Lock) -> None:
     try:
-        if task.exception() is not None:  # (waits; the loop raises the worker's error with its own traceback)
+        if task.exception(timeout=BUILD_WAIT_S) is not None:  # (the loop raises it, with its own traceback)
             return
         result = task.result()
         autotuner = result[0] if isinstance(result, tuple) and result else None
@@ -181,10 +197,10 @@ def _build_once(kernel, claims: dict, claims_lock: threading.Lock) -> None:
 
 
 def stub_key(kernel) -> str:
-    """What a Triton 3.6 stub's source depends on: the signature, the constants, the tensor-descriptor metadata."""
-    src = kernel.src
-    return repr((sorted(src.signature.items(), key=repr), sorted(getattr(src, "constants", {}).items(), key=repr),
-                 getattr(kernel.metadata, "tensordesc_meta", None)))
+    """What a Triton 3.6 stub's source depends on (make_launcher): the signature's types in order and the
+    tensor-descriptor metadata. (Were a Triton's stub to depend on more, a kernel sharing a key with another would
+    find no stub of its own and build it in Inductor's loop, as without us.)"""
+    return repr((tuple(kernel.src.signature.values()), getattr(kernel.metadata, "tensordesc_meta", None)))
 
 
 def launched_through_triton(compiled):
