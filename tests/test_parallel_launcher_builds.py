@@ -3,7 +3,7 @@
 comes after its own stub (waited for a while at most), that the builds overlap, one a core at most, that one
 signature and a kernel in two scopes are built once, that failures are left to the loop and a worker that never
 answers does not hold up exit, when install() wraps; and on a GPU, that a
-C++-wrapper compile from empty caches builds its stubs on the pool, none in Inductor's loop."""
+C++-wrapper compile from empty caches builds its stubs on the build threads, none in Inductor's loop."""
 import inspect
 import threading
 from concurrent.futures import Future
@@ -155,8 +155,8 @@ def test_failures_are_left_to_inductors_loop(monkeypatch, built):
 
 
 def test_a_result_waits_for_its_build_for_a_while(monkeypatch):
-    """A build that ends is waited for; one that does not end in BUILD_WAIT_S (a worker still compiling, pool
-    threads held) is not: the result goes on, as Inductor's loop would have."""
+    """A build that ends is waited for; one that does not end in BUILD_WAIT_S (a worker still compiling)
+    is not: the result goes on, as Inductor's loop would have."""
     running = Future()
     assert running.set_running_or_notify_cancel()
     order = []
@@ -285,9 +285,9 @@ def test_triton_stubs_are_known_by_the_nvidia_driver(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_a_cpp_wrapper_compile_builds_every_stub_on_the_pool(cuda_device, monkeypatch, tmp_path):
+def test_a_cpp_wrapper_compile_builds_its_stubs_on_the_build_threads(cuda_device, monkeypatch, tmp_path):
     """From empty Inductor and Triton caches, the tiny GTA model's plain decode under the backend's defaults
-    (the C++ wrapper, no CUDA graphs): the compile's launcher stubs are compiled on the pool's threads (some while
+    (the C++ wrapper, no CUDA graphs): the compile's launcher stubs are compiled on the build threads (some while
     Inductor's loop runs), none by the loop itself, and each step matches the fused-op decode (whose eager launches
     build stubs of their own on the main thread, outside the compile)."""
     import glacompiler
@@ -321,7 +321,7 @@ def test_a_cpp_wrapper_compile_builds_every_stub_on_the_pool(cuda_device, monkey
     monkeypatch.setattr(build, "_build", recording_build)
     with fresh_inductor_cache():
         decode_plain_against_fused("gta-4", glacompiler.backend(), cudagraphs=False)
-    on_the_pool = [thread for thread, _ in stubs if thread.startswith("triton-launcher")]
+    on_build_threads = [thread for thread, _ in stubs if thread.startswith("triton-launcher")]
     in_the_loop = [thread for thread, looping in stubs if looping and not thread.startswith("triton-launcher")]
-    assert len(on_the_pool) >= 2 and in_the_loop == [], stubs
+    assert len(on_build_threads) >= 2 and in_the_loop == [], stubs
     assert [r.status for r in glacompiler.compile_report()] == ["rewritten"] * 2
