@@ -341,9 +341,9 @@ def main() -> None:
         print(f"the machine's precompiled header for gla's C++ wrapper: ready in {time.perf_counter() - start:.1f} s "
               "(built here where it was missing)")
     rows: dict = {}  # label -> one row a round
+    runs = planned_runs(args)
     try:
         for round_index in range(args.rounds):
-            runs = planned_runs(args)
             shift = round_index % len(runs)  # (each round starts one run later: no run always goes first)
             for label, backend, extra_env in runs[shift:] + runs[:shift]:
                 measure(args, rows, label, backend, extra_env, round_index)
@@ -371,27 +371,31 @@ def measure(args, rows: dict, label: str, backend: str, extra_env: dict, round_i
 RUN_ENVIRONMENT = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "GLACOMPILER_CACHE_DIR", "TMPDIR", "PYTHONPATH")
 
 
+def variant_parts(variant: str) -> tuple:
+    """An --env-variant's (label, whether it has the colon, [(name, "=" or "", value)] of its settings)."""
+    label, colon, settings = variant.partition(":")
+    return label, bool(colon), [item.partition("=") for item in settings.split(",")]
+
+
 def variant_problem(variant: str, labels: set) -> str:
     """Why an --env-variant cannot run ("" where it can); its label is added to `labels` (those already given)."""
-    label, colon, settings = variant.partition(":")
-    if not colon or not re.fullmatch(r"[A-Za-z0-9_-]+", label) or label == "warm":
+    label, has_colon, settings = variant_parts(variant)
+    if not has_colon or not re.fullmatch(r"[A-Za-z0-9_-]+", label) or label == "warm":
         return "takes LABEL:NAME=VALUE[,NAME=VALUE], LABEL of letters, digits, - and _ (not 'warm')"
     if label in labels:
         return f"the label {label} is given twice"
     labels.add(label)
-    names = [item.partition("=")[0] for item in settings.split(",")]
-    if not all("=" in item for item in settings.split(",")) or not all(names):
+    if not all(name and equals for name, equals, _ in settings):
         return "takes LABEL:NAME=VALUE[,NAME=VALUE]"
-    reserved = [name for name in names if name in RUN_ENVIRONMENT]
+    reserved = [name for name, _, _ in settings if name in RUN_ENVIRONMENT]
     return f"{', '.join(reserved)} is set by each run itself" if reserved else ""
 
 
 def planned_runs(args) -> list:
     """(label, backend, extra environment) of each run in a round: the backends, then gla under each --env-variant."""
     runs = [(backend, backend, {}) for backend in args.backends.split(",")]
-    for variant in args.env_variant:
-        label, _, settings = variant.partition(":")
-        runs.append((f"gla {label}", "gla", dict(item.split("=", 1) for item in settings.split(",") if item)))
+    for label, _, settings in map(variant_parts, args.env_variant):
+        runs.append((f"gla {label}", "gla", {name: value for name, _, value in settings}))
     return runs
 
 
@@ -414,6 +418,7 @@ def summary(rows: dict, rounds: int) -> str:
             lines.append(f"{label} cold / default cold: {statistics.median(first_steps(label)) / default_cold:.2f}x "
                          f"(target <= 1.3); {label} warm: {warm_text}")
     return "\n".join(lines)
+
 
 if __name__ == "__main__":
     main()

@@ -230,9 +230,10 @@ class GlaBackend:
                           "True before torch.compile traces", RuntimeWarning, stacklevel=2)
         # Where this graph builds C++ that needs the host's ISA, Inductor is about to probe it: let the probes
         # overlap. A CUDA graph's C++ wrapper is glue, built without one where glue_wrapper_build.py sees to it.
+        picks_isa = wrapper_picks_isa(example_inputs)
         probe_isas_concurrently(patches, any(isinstance(t, torch.Tensor) and t.device.type == "cpu"
-                                             for t in example_inputs), wrapper_picks_isa(example_inputs))
-        if not wrapper_picks_isa(example_inputs):  # a GPU graph's glue wrapper: its precompiled header meanwhile
+                                             for t in example_inputs), picks_isa)
+        if not picks_isa:  # a GPU graph's glue wrapper: its precompiled header meanwhile
             prewarm_wrapper_header(patches, _accelerator_type(example_inputs))
         graph_name = f"graph {next(_graph_ids)}"
         while True:  # (each retry gives up one of our own choices: at most two retries)
