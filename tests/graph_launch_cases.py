@@ -607,7 +607,7 @@ def test_the_backend_installs_the_kernel_analysis_memo_once(monkeypatch):
         raise AssertionError("not called here")
 
     monkeypatch.setattr(triton_kernel_wrap, "generate_ttir", generate_ttir)
-    monkeypatch.setattr(kernel_analysis_memo, "_installed", False)
+    monkeypatch.setattr(kernel_analysis_memo.PATCH, "tried", False)
     monkeypatch.setattr(GlaBackend, "_compile_with_pass", lambda self, gm, inputs, patches, name: "compiled")
     monkeypatch.setenv("GLACOMPILER_KERNEL_ANALYSIS_MEMO", "0")
     assert glacompiler.backend()(None, []) == "compiled"

@@ -99,8 +99,8 @@ def keyed_as_torch_2_13(self, int_array, writeline, known_statically=False, grap
 @pytest.fixture
 def fresh_install(monkeypatch):
     """install() as in a new process (each test sets the method through monkeypatch)."""
-    monkeypatch.setattr(cpp_wrapper_int_arrays, "_installed", False)
-    monkeypatch.setattr(cpp_wrapper_int_arrays, "_replaced", False)
+    monkeypatch.setattr(cpp_wrapper_int_arrays.PATCH, "tried", False)
+    monkeypatch.setattr(cpp_wrapper_int_arrays.PATCH, "applied", False)
 
 
 def test_replaced_only_where_torch_keys_on_the_bound_method(monkeypatch, fresh_install):
@@ -113,8 +113,8 @@ def test_replaced_only_where_torch_keys_on_the_bound_method(monkeypatch, fresh_i
     cpp_wrapper_int_arrays.install()  # once per process
     assert CppWrapperCpu.codegen_int_array_var is cpp_wrapper_int_arrays.codegen_int_array_var
 
-    monkeypatch.setattr(cpp_wrapper_int_arrays, "_installed", False)
-    monkeypatch.setattr(cpp_wrapper_int_arrays, "_replaced", False)
+    monkeypatch.setattr(cpp_wrapper_int_arrays.PATCH, "tried", False)
+    monkeypatch.setattr(cpp_wrapper_int_arrays.PATCH, "applied", False)
     monkeypatch.setattr(CppWrapperCpu, "codegen_int_array_var", keyed_as_torch_2_13)
     cpp_wrapper_int_arrays.install()
     assert not cpp_wrapper_int_arrays.replaced()

@@ -48,8 +48,8 @@ def load_async_as_torch_2_13(cls, main_code, device_type="cpu", submit_fn=None, 
 @pytest.fixture
 def fresh_install(monkeypatch):
     """install() as in a new process (each test sets CppWrapperCodeCache.load_async through monkeypatch)."""
-    monkeypatch.setattr(glue_wrapper_build, "_installed", False)
-    monkeypatch.setattr(glue_wrapper_build, "_wrapped", False)
+    monkeypatch.setattr(glue_wrapper_build.PATCH, "tried", False)
+    monkeypatch.setattr(glue_wrapper_build.PATCH, "applied", False)
     monkeypatch.delenv("GLACOMPILER_GLUE_WRAPPER_O1", raising=False)
 
 
@@ -125,7 +125,7 @@ def test_whether_gpu_glue_picks_an_isa(fresh_install, monkeypatch, case):
     from torch._inductor import codecache
 
     if case == "wrapped":
-        monkeypatch.setattr(glue_wrapper_build, "_wrapped", True)
+        monkeypatch.setattr(glue_wrapper_build.PATCH, "applied", True)
         monkeypatch.delattr(codecache, "_resolve_needs_vec_isa", raising=False)
     elif case == "torch_decides":  # torch 2.13 on: load_async asks whether a wrapper needs an ISA
         monkeypatch.setattr(codecache, "_resolve_needs_vec_isa", lambda *args: False, raising=False)

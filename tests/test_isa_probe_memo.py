@@ -139,7 +139,7 @@ def fresh_install(monkeypatch):
         return real(self, code)
 
     monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build", sentinel)
-    monkeypatch.setattr(isa_probe_memo, "_installed", False)
+    monkeypatch.setattr(isa_probe_memo.PATCH, "tried", False)
     return cpu_vec_isa.VecISA, sentinel
 
 
@@ -270,7 +270,7 @@ def fake_isas(monkeypatch):
     monkeypatch.setattr(cpu_vec_isa, "supported_vec_isa_list", isas)
     monkeypatch.setattr(cpu_vec_isa, "x86_isa_checker", lambda: ["avx2", "avx512"])
     monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", functools.cache(lambda: []))  # not chosen yet
-    monkeypatch.setattr(isa_probe_memo, "_remembering", True)
+    monkeypatch.setattr(isa_probe_memo.PATCH, "applied", True)
     monkeypatch.setattr(isa_probe_memo, "_probed_concurrently", False)
     monkeypatch.setattr(isa_probe_memo, "_is_x86_64_linux", lambda: True)
     monkeypatch.setattr(isa_probe_memo.os, "cpu_count", lambda: 4)
@@ -297,7 +297,7 @@ def test_nothing_is_probed_where_inductor_would_not_probe_now(fake_isas, monkeyp
     seen, _ = fake_isas
     patches, builds_cpu_code = {}, True
     if case == "no memo":  # opted out, or a torch whose probe we do not know
-        monkeypatch.setattr(isa_probe_memo, "_remembering", False)
+        monkeypatch.setattr(isa_probe_memo.PATCH, "applied", False)
     elif case == "no C++":
         patches, builds_cpu_code = {"cpp_wrapper": False}, False
     elif case == "vec_isa_ok set":

@@ -237,8 +237,8 @@ def test_a_single_kernel_is_left_to_the_loop(built):
 def fresh_install(monkeypatch):
     """install() as in a new process (torch's own _wait_futures, even where the backend wrapped it already), with
     AsyncCompile._wait_futures restored after the test; a Triton that compiles stubs."""
-    monkeypatch.setattr(parallel_launcher_builds, "_installed", False)
-    monkeypatch.setattr(parallel_launcher_builds, "_wrapped", False)
+    monkeypatch.setattr(parallel_launcher_builds.PATCH, "tried", False)
+    monkeypatch.setattr(parallel_launcher_builds.PATCH, "applied", False)
     monkeypatch.setattr(AsyncCompile, "_wait_futures", inspect.unwrap(AsyncCompile.__dict__["_wait_futures"]))
     monkeypatch.setattr(parallel_launcher_builds, "triton_compiles_launcher_stubs", lambda: True)
     monkeypatch.delenv("GLACOMPILER_PARALLEL_LAUNCHERS", raising=False)
@@ -263,7 +263,7 @@ def test_install_leaves_torch_alone_where_it_cannot_help(fresh_install, monkeypa
     assert AsyncCompile.__dict__["_wait_futures"] is other_wait and not parallel_launcher_builds.installed()
     torch_wait = inspect.unwrap(AsyncCompile.__dict__["_wait_futures"])
     for refusal in ("no stubs", "opt-out"):
-        monkeypatch.setattr(parallel_launcher_builds, "_installed", False)
+        monkeypatch.setattr(parallel_launcher_builds.PATCH, "tried", False)
         monkeypatch.setattr(AsyncCompile, "_wait_futures", torch_wait)
         if refusal == "no stubs":
             monkeypatch.setattr(parallel_launcher_builds, "triton_compiles_launcher_stubs", lambda: False)

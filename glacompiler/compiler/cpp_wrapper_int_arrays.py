@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import inspect
 
-_installed = False
-_replaced = False
+from .process_patch import ProcessPatch
 
 
 def keys_on_bound_method_id(method) -> bool:
@@ -48,26 +47,26 @@ def codegen_int_array_var(self, int_array: str, writeline, known_statically=Fals
     return entry[1]
 
 
-def install() -> None:
-    """Replace torch 2.11's codegen_int_array_var (once per process) where it keys on bound-method ids."""
-    global _installed, _replaced
-    if _installed:
-        return
-    _installed = True
+def _replace_codegen_int_array_var() -> bool:
+    """Replace torch 2.11's codegen_int_array_var where it keys on bound-method ids; whether it did."""
     try:
         from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
     except ImportError:
-        return
+        return False
     method = CppWrapperCpu.__dict__.get("codegen_int_array_var")
     if method is None or not hasattr(CppWrapperCpu, "_codegen_int_array_var_impl") \
             or list(inspect.signature(method).parameters) != ["self", "int_array", "writeline", "known_statically",
                                                               "graph"] \
             or not keys_on_bound_method_id(method):
-        return
+        return False
     CppWrapperCpu.codegen_int_array_var = codegen_int_array_var
-    _replaced = True
+    return True
+
+
+PATCH = ProcessPatch(_replace_codegen_int_array_var)
+install = PATCH.install
 
 
 def replaced() -> bool:
     """Whether this process's C++ wrappers declare int arrays through codegen_int_array_var above."""
-    return _replaced
+    return PATCH.applied

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 
 from ..context_flag import ContextFlag
+from .process_patch import ProcessPatch
 
-_installed = False  # install() has run
-_wrapped = False  # ...and wrapped this torch's load_async
 _building_glue = ContextFlag("glacompiler_gpu_glue_build")  # inside minimal_gpu_glue's call of load_async
 
 
@@ -90,35 +88,35 @@ def no_isa_inside_glue_builds(pick_vec_isa, no_isa):
     return pick
 
 
-def install() -> None:
-    """Wrap the C++-wrapper cache's load_async (once per process) where it helps and is the one we know."""
-    global _installed, _wrapped
-    if _installed or os.environ.get("GLACOMPILER_GLUE_WRAPPER_O1", "1") == "0":
-        return
-    _installed = True
+def _wrap_load_async() -> bool:
+    """Wrap the C++-wrapper cache's load_async where it helps and is the one we know; whether it did."""
     try:
         from torch._inductor.codecache import CppWrapperCodeCache
     except ImportError:
-        return
+        return False
     load_async = getattr(CppWrapperCodeCache.load_async, "__func__", None)
     if load_async is None or _builds_gpu_glue_minimally(load_async):
-        return
+        return False
     parameters = list(inspect.signature(load_async).parameters)
     if parameters[:3] != ["cls", "main_code", "device_type"] or "optimized_code" not in parameters:
-        return  # a torch whose build we do not know: leave it alone
+        return False  # a torch whose build we do not know: leave it alone
     from torch._inductor import codecache, cpu_vec_isa
 
     pick_vec_isa, no_isa = getattr(codecache, "pick_vec_isa", None), getattr(cpu_vec_isa, "invalid_vec_isa", None)
     if pick_vec_isa is None or no_isa is None:
-        return
+        return False
     codecache.pick_vec_isa = no_isa_inside_glue_builds(pick_vec_isa, no_isa)
     CppWrapperCodeCache.load_async = classmethod(minimal_gpu_glue(load_async))
-    _wrapped = True
+    return True
+
+
+PATCH = ProcessPatch(_wrap_load_async, opt_out="GLACOMPILER_GLUE_WRAPPER_O1")
+install = PATCH.install
 
 
 def installed() -> bool:
     """Whether this process builds GPU C++ wrappers through minimal_gpu_glue."""
-    return _wrapped
+    return PATCH.applied
 
 
 def gpu_glue_picks_no_isa() -> bool:

@@ -42,31 +42,30 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..atomic_file import write_text_atomically
+from .process_patch import ProcessPatch
 
 MEMO_FILE = "glacompiler_isa_probes.json"
 
-_installed = False  # install() has run
-_remembering = False  # ...and wrapped this torch's check_build
 _probed_concurrently = False
 _passed_keys: Optional[set] = None  # loaded from the memo file on first use
 _memo_lock = threading.RLock()  # concurrent probes read and add keys from several threads
 
 
-def install() -> None:
-    """Wrap VecISA.check_build (once per process) where this torch has it with the signature we know."""
-    global _installed, _remembering
-    if _installed or os.environ.get("GLACOMPILER_ISA_PROBE_MEMO", "1") == "0":
-        return
-    _installed = True
+def _wrap_check_build() -> bool:
+    """Wrap VecISA.check_build where this torch has it with the signature we know; whether it did."""
     try:
         from torch._inductor import cpu_vec_isa
     except ImportError:
-        return
+        return False
     original = getattr(cpu_vec_isa.VecISA, "check_build", None)
     if original is None or list(inspect.signature(original).parameters) != ["self", "code"]:
-        return  # a torch whose probe we do not know: leave it alone
+        return False  # a torch whose probe we do not know: leave it alone
     cpu_vec_isa.VecISA.check_build = remembering(original)
-    _remembering = True
+    return True
+
+
+PATCH = ProcessPatch(_wrap_check_build, opt_out="GLACOMPILER_ISA_PROBE_MEMO")
+install = PATCH.install
 
 
 def probe_isas_concurrently(config_patches: dict, builds_cpu_code: bool, wrapper_picks_isa: bool = True) -> None:
@@ -79,7 +78,7 @@ def probe_isas_concurrently(config_patches: dict, builds_cpu_code: bool, wrapper
     subprocess. x86-64 Linux only, and only where install() wrapped the probe (the same torch internals, the
     same opt-out); any surprise leaves the probes to Inductor."""
     global _probed_concurrently
-    if _probed_concurrently or not _remembering or not _is_x86_64_linux():
+    if _probed_concurrently or not PATCH.applied or not _is_x86_64_linux():
         return
     if os.environ.get("TORCHINDUCTOR_FX_COMPILE_MODE", "normal").lower() not in ("", "normal"):
         return

@@ -17,18 +17,17 @@ Triton specialises on), goes to torch as before. GLACOMPILER_KERNEL_ANALYSIS_MEM
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from typing import Any, Optional
 
 import torch
 
 from ..memo import BoundedMemo
+from .process_patch import ProcessPatch
 
 _OUR_MODULE_PREFIXES = ("glacompiler.", "glacompiler_generated_")  # the package's kernels, its rendered templates
 _memo = BoundedMemo(64)  # key -> (TTIR module, ordered arg names); about 0.8 MiB an entry
 _lock = threading.Lock()
-_installed = False
 
 
 class _Unkeyed(Exception):
@@ -134,18 +133,19 @@ def _memoised(generate_ttir):
     return generate_ttir_once
 
 
-def install() -> None:
-    """Wrap torch's generate_ttir (once per process) with the memo for our kernels."""
-    global _installed
-    if _installed or os.environ.get("GLACOMPILER_KERNEL_ANALYSIS_MEMO", "1") == "0":
-        return
-    _installed = True
+def _wrap_generate_ttir() -> bool:
+    """Wrap torch's generate_ttir with the memo for our kernels; whether it did."""
     from torch._higher_order_ops import triton_kernel_wrap
 
     original = getattr(triton_kernel_wrap, "generate_ttir", None)
     if original is None or getattr(original, "glacompiler_memo", False):
-        return
+        return False
     triton_kernel_wrap.generate_ttir = _memoised(original)
+    return True
+
+
+PATCH = ProcessPatch(_wrap_generate_ttir, opt_out="GLACOMPILER_KERNEL_ANALYSIS_MEMO")
+install = PATCH.install
 
 
 def forget_all() -> None:

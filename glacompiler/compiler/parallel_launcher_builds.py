@@ -34,10 +34,10 @@ import os
 import threading
 from concurrent.futures import Future, TimeoutError as FutureTimeoutError
 
+from .process_patch import ProcessPatch
+
 LOGGER = logging.getLogger("glacompiler")
 
-_installed = False  # install() has run
-_wrapped = False  # ...and wrapped this torch's _wait_futures
 BUILD_WAIT_S = 60.0  # how long a build waits for its worker, and a kernel's result for its build
 BUILD_MARK = "_glacompiler_stub_build"  # set on a LambdaFuture whose result already waits for a build
 
@@ -58,27 +58,27 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_fresh_semaphore_after_fork)
 
 
-def install() -> None:
-    """Wrap AsyncCompile._wait_futures (once per process) where it helps and is the one we know."""
-    global _installed, _wrapped
-    if _installed or os.environ.get("GLACOMPILER_PARALLEL_LAUNCHERS", "1") == "0":
-        return
-    _installed = True
+def _wrap_wait_futures() -> bool:
+    """Wrap AsyncCompile._wait_futures where it helps and is the one we know; whether it did."""
     if not triton_compiles_launcher_stubs():
-        return
+        return False
     try:
         from torch._inductor.async_compile import AsyncCompile
     except ImportError:
-        return
+        return False
     wait_futures = AsyncCompile.__dict__.get("_wait_futures")
     if not callable(wait_futures) or list(inspect.signature(wait_futures).parameters) != ["self", "scope"]:
-        return  # a torch whose wait we do not know: leave it alone
+        return False  # a torch whose wait we do not know: leave it alone
     AsyncCompile._wait_futures = launchers_built_alongside(wait_futures)
-    _wrapped = True
+    return True
+
+
+PATCH = ProcessPatch(_wrap_wait_futures, opt_out="GLACOMPILER_PARALLEL_LAUNCHERS")
+install = PATCH.install
 
 
 def installed() -> bool:
-    return _wrapped
+    return PATCH.applied
 
 
 def triton_compiles_launcher_stubs() -> bool:

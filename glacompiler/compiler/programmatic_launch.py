@@ -33,12 +33,10 @@ import os
 import torch
 
 from .inductor_guard import gla_compiling
+from .process_patch import ProcessPatch
 
 PROGRAMMATIC_LAUNCH = "triton.enable_pdl"  # Inductor's setting (torch 2.11 and later)
 ENVIRONMENT_VARIABLE = "TORCHINDUCTOR_ENABLE_PDL"
-
-_installed = False  # install() has run
-_wrapped = False  # ...and wrapped this torch's _filter_pdl
 
 
 def wait_first(lines: list, wait: str) -> list:
@@ -65,28 +63,28 @@ def waiting_first(filter_pdl):
     return filter_with_wait_first
 
 
-def install() -> None:
-    """Wrap Inductor's TritonKernel._filter_pdl (once per process) where it is the hook we know."""
-    global _installed, _wrapped
-    if _installed:
-        return
-    _installed = True
+def _wrap_filter_pdl() -> bool:
+    """Wrap Inductor's TritonKernel._filter_pdl where it is the hook we know; whether it did."""
     try:
         from torch._inductor.codegen.triton import TritonKernel
     except ImportError:
-        return
+        return False
     filter_pdl = TritonKernel.__dict__.get("_filter_pdl")
     if not callable(filter_pdl) or not isinstance(getattr(TritonKernel, "GDC_WAIT", None), str) \
             or not callable(getattr(TritonKernel, "_enable_pdl_codegen", None)):
-        return  # a torch whose PDL codegen we do not know: leave it alone
+        return False  # a torch whose PDL codegen we do not know: leave it alone
     TritonKernel._filter_pdl = waiting_first(filter_pdl)
-    _wrapped = True
+    return True
+
+
+PATCH = ProcessPatch(_wrap_filter_pdl)
+install = PATCH.install
 
 
 def installed() -> bool:
     """Whether kernels of gla compiles that launch as dependents wait first in this process."""
     install()
-    return _wrapped
+    return PATCH.applied
 
 
 def generates_code_here() -> bool:
