@@ -268,7 +268,7 @@ def test_lengths_made_during_capture_are_not_remembered(cuda_device):
 def test_repeats_on_the_c_launcher_read_each_calls_tensors(cuda_device, fresh_memos, name, dtype, mask):
     """Repeats with the same metadata and other tensors, alternating, with the key range given (one tensor shared
     by the calls of a step, as the backend hoists it) or reduced per call: each call's own mask, range and caches
-    are read. Where binary_launch knows this Triton's launcher (triton 3.6's) the repeats take the C launcher."""
+    are read. Where binary_launch knows this Triton's launcher (3.6's, 3.7 to 3.9's) the repeats take the C launcher."""
     from glacompiler.kernels.common.binary_launch import layout_known
     from glacompiler.kernels.portable import PortableLaunchPlan
 
