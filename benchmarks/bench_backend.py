@@ -10,7 +10,7 @@ On CUDA each row also gives its fraction of the step floor: the weights and the 
 copy bandwidth measured in the same run (bench_decode.py's measure; issue 13 goal 4).
 
     python benchmarks/bench_backend.py                      # on an H100/H200
-    python benchmarks/bench_backend.py --device cpu --tiny  # smoke run of the script itself
+    python benchmarks/bench_backend.py --device cpu --tiny  # smoke run of the script (2 layers, batch 2, cache 64)
     python benchmarks/bench_backend.py --inductor-config freezing=True  # an Inductor setting for every configuration
 
 Target (issue 3 section 6): backend="gla" at least 2x faster than the default backend at this size."""
@@ -63,13 +63,24 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+# (layers, batch, cache) when not given: the GPU shapes, and --tiny's, small enough for a CPU smoke run
+MODEL_DEFAULTS = {False: (8, 64, 8192), True: (2, 2, 64)}
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model and shape flags this script shares with profile_step.py."""
+    """The model and shape flags this script shares with profile_step.py (fill_model_defaults completes them)."""
     parser.add_argument("--variants", nargs="+", default=["gla-2", "gta-4"])
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--cache", type=int, default=8192)
+    parser.add_argument("--layers", type=int, help="default 8 (2 with --tiny)")
+    parser.add_argument("--batch", type=int, help="default 64 (2 with --tiny)")
+    parser.add_argument("--cache", type=int, help="default 8192 (64 with --tiny)")
     parser.add_argument("--vocab", type=int, default=32000)
+
+
+def fill_model_defaults(args, tiny: bool) -> None:
+    """The layers, batch and cache not given on the command line."""
+    for name, default in zip(("layers", "batch", "cache"), MODEL_DEFAULTS[tiny]):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 def step_inputs(model: TinyLM, args, device: torch.device) -> tuple:
@@ -172,7 +183,8 @@ def main() -> None:
     args = parser.parse_args()
     inductor_settings = parse_inductor_settings(parser, args.inductor_config)
     if args.device == "cpu" and not args.tiny:
-        parser.error("--device cpu is a smoke test: add --tiny (and small --batch/--cache)")
+        parser.error("--device cpu is a smoke test: add --tiny")
+    fill_model_defaults(args, args.tiny)
     device = torch.device(args.device)
     if device.type == "cuda":
         import triton

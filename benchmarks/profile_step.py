@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 import glacompiler
 from glacompiler.demo import install_plain_decode
 
-from bench_backend import add_model_arguments, build, step_inputs
+from bench_backend import add_model_arguments, build, fill_model_defaults, step_inputs
 from inductor_settings import add_inductor_config_option, parse_inductor_settings, settings_in_effect  # (beside it)
 
 
@@ -75,6 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     inductor_settings = parse_inductor_settings(parser, args.inductor_config)
     args.tiny = False
+    fill_model_defaults(args, tiny=False)
     device = torch.device("cuda")
     print(torch.cuda.get_device_name(), f"batch {args.batch}, cache {args.cache}, {args.layers} layers")
     if inductor_settings:

@@ -4,7 +4,8 @@ The model's decode attention is written the way a user writes it, in plain PyTor
 (install_plain_decode below; the package's reference modules call the fused op directly, which would leave
 the backend nothing to do). The demo compiles prefill and decode with backend="gla", decodes greedily, checks
 the logits against eager PyTorch, prints the compile report and, on a GPU, tokens/s beside torch.compile's
-default backend and eager. On CPU it uses a tiny model and finishes in about a minute.
+default backend and eager. On CPU it uses a tiny model: under a minute the first time (Inductor compiles), seconds
+after that.
 
 With --tp N, under `torchrun --nproc-per-node N -m glacompiler demo --tp N`, every layer is sharded over N
 processes (glacompiler.parallel: NCCL on GPUs, gloo on CPU); each rank compiles its share of the heads, and
@@ -310,7 +311,8 @@ def execution_path(device: torch.device, spec=None, shape: Optional[ProblemShape
     under the Triton interpreter (CPU with TRITON_INTERPRET=1); with the spec and shape of the model's decode
     attention, the family the op picks for them (kernels.family_for_spec, what the op's registry decides)."""
     if device.type != "cuda" and not triton_interpreter_enabled():
-        return "PyTorch reference (CPU; set TRITON_INTERPRET=1 to run the Triton kernels in the interpreter)"
+        return ("PyTorch reference (CPU; set TRITON_INTERPRET=1, with numpy installed, to run the Triton kernels in "
+                "the interpreter)")
     family = family_for_spec(spec, shape, device) if spec is not None else None
     kernels = f"the {family.name} kernels" if family is not None else "the generated kernels"
     if device.type == "cuda":

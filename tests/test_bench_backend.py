@@ -1,6 +1,8 @@
 """benchmarks/bench_backend.py runs as a script: its tiny CPU mode times the reference modules' decode, the plain
 decode under backend="gla", the default backend and eager, and counts the sites each gla compile rewrote (the
 count survives the torch._dynamo.reset between configurations, which clears the report)."""
+import argparse
+import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -37,3 +39,21 @@ def test_bench_backend_applies_inductor_settings_while_dynamo_traces():
     assert "freezing=True, cpp.weight_prepack=False" in result.stdout, result.stdout[-2000:]
     expected = "gta-4: 2/2 attention sites rewritten over 1 gla compile; 6 projection GEMMs folded into others"
     assert expected in result.stdout, result.stdout[-2000:]
+
+
+def test_tiny_shrinks_the_shapes_not_given():
+    """--tiny alone is a CPU smoke run (2 layers, batch 2, cache 64); given shapes stay; the GPU defaults otherwise."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_backend_under_test", SCRIPT)
+        bench_backend = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench_backend)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    parser = argparse.ArgumentParser()
+    bench_backend.add_model_arguments(parser)
+    for argv, tiny, expected in (([], True, (2, 2, 64)), (["--cache", "128"], True, (2, 2, 128)),
+                                 ([], False, (8, 64, 8192)), (["--layers", "3"], False, (3, 64, 8192))):
+        args = parser.parse_args(argv)
+        bench_backend.fill_model_defaults(args, tiny)
+        assert (args.layers, args.batch, args.cache) == expected, argv
