@@ -1,16 +1,19 @@
 """kernels/common/binary_launch.py against triton 3.7 to 3.9's own launcher code (the installed Triton's
 CudaLauncher and descriptor wrapper, run for real on CPU): only the driver's C module is stood in for (its launch
 function records its arguments, its descriptor encoder returns a token). A direct launch must hand the C function
-exactly what CompiledKernel.run's path hands it, a tensor as its address. No GPU machine lent here runs these
-Tritons (its image has 3.6), so this is the check of that layout; 3.6's is checked by test_binary_launch.py and the
-GPU tests. Skipped where the installed Triton is not one of those versions (CI installs 3.9)."""
+what CompiledKernel.run's path hands it, a tensor as its address and None for the launch metadata and hooks (which
+only a launch hook reads). No GPU machine lent here runs these Tritons (its image has 3.6): this and
+test_binary_launch_driver_c.py (the same launches byte for byte through Triton's compiled driver.c) are the checks
+of that layout; 3.6's is checked by test_binary_launch.py and the GPU tests. Skipped where the installed Triton is
+not one of those versions (CI installs 3.9)."""
 import types
 
 import pytest
 import torch
 
 from glacompiler.kernels.common import triton_launch
-from glacompiler.kernels.common.binary_launch import GENERIC_LAUNCH_VERSIONS, BinaryLaunch, jit_forms_of, layout_known
+from glacompiler.kernels.common.binary_launch import (GENERIC_LAUNCH_VERSIONS, BinaryLaunch, jit_forms_of,
+                                                     launch_hooks_set, layout_known)
 
 from launch_doubles import FakeCompiled
 
@@ -98,7 +101,22 @@ class Compiled(FakeCompiled):
         return self.launcher
 
     def launch_metadata(self, grid, stream, *args):
-        return None  # what Triton returns with no launch hook
+        return LAUNCH_METADATA  # (Triton's: a LazyDict, read only by a launch hook)
+
+
+LAUNCH_METADATA = object()
+
+
+def assert_hooks_only_on_triton_s_path(direct: tuple, through_triton: tuple) -> None:
+    """Triton's path hands the C function the launch metadata and knobs' hook chains (empty: the C code calls a hook
+    that is not None, an empty chain calls nothing; PreparedLaunch leaves a launch with hooks set to Triton); the
+    direct one None for all three."""
+    from triton import knobs
+
+    assert direct[8:11] == (None, None, None)
+    assert through_triton[8] is LAUNCH_METADATA
+    assert through_triton[9:11] == (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
+    assert not launch_hooks_set(knobs.runtime)
 
 
 def descriptor_of(tensor):
@@ -113,11 +131,7 @@ DESCRIPTOR_SIGNATURE = {"X": "*fp32", "K": "tensordesc<fp32[4, 8]>", "n": "i32",
 META = [{"swizzle": 128, "elem_size": 4, "elem_type": 7, "block_size": [4, 8], "fp4_padded": False}] * 2
 
 
-def test_the_binary_gets_what_triton_s_own_launch_passes(driver, monkeypatch):
-    from triton import knobs
-
-    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", None)
-    monkeypatch.setattr(knobs.runtime, "launch_exit_hook", None)
+def test_the_binary_gets_what_triton_s_own_launch_passes(driver):
     compiled = Compiled(make_launcher(SIGNATURE))
     assert compiled.launcher.launch is driver.utils.launch  # no descriptor: the C function itself
     x, y = torch.randn(4), torch.randn(8)
@@ -126,17 +140,14 @@ def test_the_binary_gets_what_triton_s_own_launch_passes(driver, monkeypatch):
     binary(99, args)
     triton_launch._run_compiled(compiled, (5, 2), 99, args)
     direct, through_triton = driver.utils.launch.calls
-    assert direct[:13] == through_triton[:13] == (5, 2, 1, 99, "function", False, True, (4, 1, 2048), None, None,
-                                                  None, None, None)
+    assert direct[:8] == through_triton[:8] == (5, 2, 1, 99, "function", False, True, (4, 1, 2048))
+    assert_hooks_only_on_triton_s_path(direct, through_triton)
+    assert direct[11:13] == through_triton[11:13] == (None, None)  # no scratch
     assert direct[13] == through_triton[13] and direct[14] == through_triton[14] == b"*fp32,*fp32,i32,fp32"
     assert tuple(direct[15]) == (x.data_ptr(), y.data_ptr(), 7, 2.5, 16) and through_triton[15] == args
 
 
-def test_descriptors_get_triton_s_encoding_once_per_address(driver, monkeypatch):
-    from triton import knobs
-
-    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", None)
-    monkeypatch.setattr(knobs.runtime, "launch_exit_hook", None)
+def test_descriptors_get_triton_s_encoding_once_per_address(driver):
     compiled = Compiled(make_launcher(DESCRIPTOR_SIGNATURE, META))
     assert compiled.launcher.launch is not driver.utils.launch  # Triton's descriptor wrapper
     made = []
@@ -156,7 +167,8 @@ def test_descriptors_get_triton_s_encoding_once_per_address(driver, monkeypatch)
     calls = driver.utils.launch.calls
     assert len(calls) == 8
     for direct, through_triton in zip(calls[::2], calls[1::2]):
-        assert direct[:15] == through_triton[:15]
+        assert direct[:8] == through_triton[:8] and direct[11:15] == through_triton[11:15]
+        assert_hooks_only_on_triton_s_path(direct, through_triton)
         ours, triton_s = list(direct[15]), list(through_triton[15])
         assert ours[0] == x.data_ptr() and triton_s[0] is x and ours[-2] == y.data_ptr() and triton_s[-2] is y
         assert ours[1:-2] == triton_s[1:-2] and ours[-1] == triton_s[-1] == 16
@@ -174,18 +186,24 @@ def test_a_sequence_of_the_wrong_length_is_refused_before_the_c_function(driver)
     assert driver.utils.launch.calls == []
 
 
-@pytest.mark.parametrize("case", ["scratch", "version", "unencoded descriptor", "undeclared descriptor"])
+@pytest.mark.parametrize("case", ["scratch", "version", "unencoded descriptor", "undeclared descriptor", "tuple",
+                                  "another launch function"])
 def test_launchers_it_leaves_to_triton(driver, monkeypatch, case):
-    makers = {}
+    makers, layout = {}, True
     if case == "scratch":  # Triton allocates scratch memory per launch
         launcher = make_launcher(SIGNATURE, scratch=256)
+    elif case == "tuple":  # the C code reads a nested tuple's entries unchecked
+        launcher = make_launcher({"X": "*fp32", "pair": ("i32", "*fp32"), "B": "constexpr"})
+    elif case == "another launch function":  # not the driver's (a profiler's wrapper, say)
+        launcher = make_launcher(SIGNATURE)
+        launcher.launch = CLaunch()
     elif case == "version":  # a later Triton may reorder the C call
         monkeypatch.setattr(triton, "__version__", "3.10.0")
-        launcher = make_launcher(SIGNATURE)
+        launcher, layout = make_launcher(SIGNATURE), False
     elif case == "unencoded descriptor":  # the memo would hold the tensor
         launcher, makers = make_launcher(DESCRIPTOR_SIGNATURE, None), {1: descriptor_of, 3: descriptor_of}
     else:
         launcher = make_launcher(DESCRIPTOR_SIGNATURE, META)
     compiled = Compiled(launcher)
     assert BinaryLaunch.for_compiled(compiled, (1,), makers) is None
-    assert layout_known(compiled) == (case != "version")
+    assert layout_known(compiled) == layout

@@ -84,7 +84,7 @@ def decode_logits(model, config, forward, tokens=None) -> list:
     parameters = inspect.signature(model.forward).parameters
 
     def step(tokens, start):
-        kwargs = {"past_key_values": cache, "use_cache": True}
+        kwargs = {("cache" if "cache" in parameters else "past_key_values"): cache, "use_cache": True}  # (5.25 on)
         if "cache_position" in parameters:
             kwargs["cache_position"] = torch.arange(start, start + tokens.shape[1], device=model.device)
         return forward(input_ids=tokens, **kwargs).logits

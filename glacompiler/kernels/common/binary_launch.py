@@ -71,9 +71,20 @@ def _driver_of_known_layout(launcher):
         return module, False
     if module.__name__ == NVIDIA_DRIVER_MODULE and not hasattr(module, "_BASE_ARGS_FORMAT") \
             and _triton_minor_version() in GENERIC_LAUNCH_VERSIONS \
+            and type(launcher) is getattr(module, "CudaLauncher", None) \
             and hasattr(launcher, "arg_annotations") and hasattr(launcher, "kernel_signature"):
         return module, True
     return None
+
+
+def _generic_parts_known(launcher, c_launch) -> bool:
+    """Whether a generic launcher's C function is the active driver's launch and its arguments hold no tuple (the
+    C code checks the length of neither the top-level sequence nor a nested one; BinaryLaunch checks the first)."""
+    from triton.runtime.driver import driver
+
+    if c_launch is not driver.active.utils.launch:
+        return False
+    return all(getattr(annotation, "nested_tuple", None) is None for annotation in launcher.arg_annotations)
 
 
 def _wrapper_descriptors(module, cells: dict) -> Optional[tuple]:
@@ -118,6 +129,8 @@ def _launcher_parts(launcher) -> Optional[_LauncherParts]:
         return None
     code = getattr(launch, "__code__", None)
     if code is None:  # not Python code: the C function itself (a kernel with no descriptor argument)
+        if generic is not None and not _generic_parts_known(launcher, launch):
+            return None
         return _LauncherParts(launch, {}, generic)
     closure = getattr(launch, "__closure__", None)
     if closure is None:
@@ -127,6 +140,8 @@ def _launcher_parts(launcher) -> Optional[_LauncherParts]:
         return None
     c_launch, positions, metadata, encode = found
     if not callable(c_launch) or hasattr(c_launch, "__code__"):
+        return None
+    if generic is not None and not _generic_parts_known(launcher, c_launch):
         return None
     if not metadata or len(metadata) != len(positions) or any(entry is None for entry in metadata):
         return None  # descriptors passed as base tensor, shape and strides: the memo would hold the tensor
@@ -157,11 +172,12 @@ class BinaryLaunch:
     launch plan): the encodings are remembered by address."""
 
     __slots__ = ("c_launch", "grid", "function", "packed_metadata", "cooperative", "pdl", "descriptors", "encodings",
-                 "pointers", "generic", "argument_count")
+                 "pointers", "generic", "argument_count", "compiled")
 
     def __init__(self, parts: _LauncherParts, compiled, grid: tuple, descriptors: dict,
                  pointers: Optional[dict] = None):
         self.c_launch = parts.c_launch
+        self.compiled = compiled  # (holds the module the function handle lives in: 3.8 on unload it at __del__)
         # (position, byte offset) of each argument passed as an address
         self.pointers = tuple((p, offset) for p, offset in sorted((pointers or {}).items()) if p not in descriptors)
         self.grid = (*grid, 1, 1)[:3]
