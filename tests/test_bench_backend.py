@@ -2,12 +2,13 @@
 decode under backend="gla", the default backend and eager, and counts the sites each gla compile rewrote (the
 count survives the torch._dynamo.reset between configurations, which clears the report)."""
 import argparse
-import importlib.util
 import pathlib
 import subprocess
 import sys
 
 import pytest
+
+from benchmark_scripts import load_benchmark_script
 
 pytestmark = pytest.mark.slow  # a subprocess that imports torch and compiles a model: about 10 s on 2 cores
 
@@ -43,13 +44,7 @@ def test_bench_backend_applies_inductor_settings_while_dynamo_traces():
 
 def test_tiny_shrinks_the_shapes_not_given():
     """--tiny alone is a CPU smoke run (2 layers, batch 2, cache 64); given shapes stay; the GPU defaults otherwise."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_backend_under_test", SCRIPT)
-        bench_backend = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench_backend)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    bench_backend = load_benchmark_script("bench_backend")
     parser = argparse.ArgumentParser()
     bench_backend.add_model_arguments(parser)
     for argv, tiny, expected in (([], True, (2, 2, 64)), (["--cache", "128"], True, (2, 2, 128)),

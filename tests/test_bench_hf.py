@@ -1,13 +1,14 @@
 """benchmarks/bench_hf.py runs as a script: its tiny CPU mode builds both transformers models, prefills a
 StaticCache and times decode steps (eager here: the compiled configurations are what test_hf_deepseek.py and
 test_backend_hf.py check, and compiling them costs a minute on CPU)."""
-import importlib.util
 import pathlib
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
+
+from benchmark_scripts import load_benchmark_script
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow  # a subprocess that imports torch and transformers: about 15 s on 2 cores
@@ -71,21 +72,10 @@ def test_bench_hf_inductor_settings():
         assert refused.returncode == 2 and message in refused.stderr, (bad, refused.stderr[-500:])
 
 
-def load_script():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_hf_under_test", SCRIPT)
-        bench_hf = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench_hf)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return bench_hf
-
-
 def test_round_orders_change():
     """Every configuration once a round; from two rounds on, none is timed right after the same one (or first)
     every round."""
-    bench_hf = load_script()
+    bench_hf = load_benchmark_script("bench_hf")
     assert bench_hf.round_order(["eager", "default", "gla"], 0) == ["eager", "default", "gla"]
     for count in range(2, 7):
         names = [f"c{i}" for i in range(count)]
@@ -100,7 +90,7 @@ def test_round_orders_change():
 
 def test_steps_counted_against_the_cache():
     """The first step, the warm-up, every round and, on CUDA, the profiles asked for."""
-    bench_hf = load_script()
+    bench_hf = load_benchmark_script("bench_hf")
     args = SimpleNamespace(device="cpu", warmup=5, rounds=3, steps=30, profile=["gla"], host_profile=["gla"])
     assert bench_hf.decode_steps_needed(args) == 1 + 5 + 90
     args.device = "cuda"
@@ -115,7 +105,7 @@ def test_step_floor_bytes():
     the tiny Llama's two layers of 2 KV heads of 16, fp32, batch 2."""
     import torch
 
-    bench_hf = load_script()
+    bench_hf = load_benchmark_script("bench_hf")
     args = SimpleNamespace(tiny=True, layers=None, vocab=32000, cache=64, batch=2, prompt=20, prefill_chunk=1024)
     model, config = bench_hf.build("llama", args, torch.device("cpu"), torch.float32)
     decoder = bench_hf.Decoder(model, config, args, torch.device("cpu"), torch.float32)
