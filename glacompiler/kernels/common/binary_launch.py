@@ -87,18 +87,22 @@ def _generic_parts_known(launcher, c_launch) -> bool:
     return all(getattr(annotation, "nested_tuple", None) is None for annotation in launcher.arg_annotations)
 
 
-def _wrapper_descriptors(module, cells: dict) -> Optional[tuple]:
-    """(C launch function, descriptor positions, their metadata, encoder of two arguments) from a descriptor
-    wrapper's closure cells, or None where the wrapper is not one this module knows."""
+def _wrapper_descriptors(module, wrapper) -> Optional[tuple]:
+    """(the C launch function, {argument position: (Triton's descriptor metadata, encoder of two arguments)}) that
+    a descriptor wrapper holds in its closure, or None where the wrapper is not one this module knows or a
+    descriptor is not encoded by Triton."""
+    closure = getattr(wrapper, "__closure__", None)
+    if closure is None:
+        return None
+    cells = {name: cell.cell_contents for name, cell in zip(wrapper.__code__.co_freevars, closure)}
     if set(_WRAPPER_CELLS) <= set(cells):
         c_launch, positions, metadata = (cells[name] for name in _WRAPPER_CELLS)
         encode = getattr(module, "make_tensordesc_arg", None)
         if encode is None or len(inspect.signature(encode).parameters) != 2:
             return None
-        return c_launch, sorted(positions), metadata, encode
-    if set(_PATHS_WRAPPER_CELLS) <= set(cells):
-        c_launch, paths, metadata, encode_with_base = (cells[name] for name in _PATHS_WRAPPER_CELLS)
-        if not isinstance(paths, dict) or any(inner != {} for inner in paths.values()):
+    elif set(_PATHS_WRAPPER_CELLS) <= set(cells):
+        c_launch, positions, metadata, encode_with_base = (cells[name] for name in _PATHS_WRAPPER_CELLS)
+        if not isinstance(positions, dict) or any(inner != {} for inner in positions.values()):
             return None  # a descriptor inside a tuple argument: not a position of ours
         parameters = list(inspect.signature(encode_with_base).parameters)
         if len(parameters) != 3 or parameters[2] != "_":
@@ -106,9 +110,14 @@ def _wrapper_descriptors(module, cells: dict) -> Optional[tuple]:
 
         def encode(descriptor, descriptor_metadata):
             return encode_with_base(descriptor, descriptor_metadata, None)
-
-        return c_launch, sorted(paths), metadata, encode
-    return None
+    else:
+        return None
+    if not callable(c_launch) or hasattr(c_launch, "__code__"):
+        return None
+    positions = sorted(positions)
+    if not metadata or len(metadata) != len(positions) or any(entry is None for entry in metadata):
+        return None  # descriptors passed as base tensor, shape and strides: the memo would hold the tensor
+    return c_launch, {position: (metadata[i], encode) for i, position in enumerate(positions)}
 
 
 def _launcher_parts(launcher) -> Optional[_LauncherParts]:
@@ -127,26 +136,16 @@ def _launcher_parts(launcher) -> Optional[_LauncherParts]:
     launch = getattr(launcher, "launch", None)
     if not callable(launch):
         return None
-    code = getattr(launch, "__code__", None)
-    if code is None:  # not Python code: the C function itself (a kernel with no descriptor argument)
-        if generic is not None and not _generic_parts_known(launcher, launch):
+    if getattr(launch, "__code__", None) is None:  # not Python code: the C function itself (no descriptor argument)
+        c_launch, descriptors = launch, {}
+    else:
+        found = _wrapper_descriptors(module, launch)
+        if found is None:
             return None
-        return _LauncherParts(launch, {}, generic)
-    closure = getattr(launch, "__closure__", None)
-    if closure is None:
-        return None
-    found = _wrapper_descriptors(module, {name: cell.cell_contents for name, cell in zip(code.co_freevars, closure)})
-    if found is None:
-        return None
-    c_launch, positions, metadata, encode = found
-    if not callable(c_launch) or hasattr(c_launch, "__code__"):
-        return None
+        c_launch, descriptors = found
     if generic is not None and not _generic_parts_known(launcher, c_launch):
         return None
-    if not metadata or len(metadata) != len(positions) or any(entry is None for entry in metadata):
-        return None  # descriptors passed as base tensor, shape and strides: the memo would hold the tensor
-    return _LauncherParts(c_launch, {position: (metadata[i], encode) for i, position in enumerate(positions)},
-                          generic)
+    return _LauncherParts(c_launch, descriptors, generic)
 
 
 def layout_known(compiled) -> bool:
