@@ -307,11 +307,11 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
 
 
 def execution_path(device: torch.device, spec=None, shape: Optional[ProblemShape] = None) -> str:
-    """What runs the fused attention op here: the PyTorch reference (CPU), or a kernel family, on the GPU or
+    """What runs the fused attention op here: PyTorch's CPU attention, or a kernel family, on the GPU or
     under the Triton interpreter (CPU with TRITON_INTERPRET=1); with the spec and shape of the model's decode
     attention, the family the op picks for them (kernels.family_for_spec, what the op's registry decides)."""
     if device.type != "cuda" and not triton_interpreter_enabled():
-        return ("PyTorch reference (CPU; set TRITON_INTERPRET=1, with numpy installed, to run the Triton kernels in "
+        return ("PyTorch's CPU attention (set TRITON_INTERPRET=1, with numpy installed, to run the Triton kernels in "
                 "the interpreter)")
     family = family_for_spec(spec, shape, device) if spec is not None else None
     kernels = f"the {family.name} kernels" if family is not None else "the generated kernels"

@@ -1,6 +1,7 @@
 """Plain-PyTorch decode attention with exactly the op's semantics: the oracle for everything else.
 
-Also the op's CPU implementation (compute_dtype=float32)."""
+The op's CPU implementation (op/cpu_attention.py) runs PyTorch's fused CPU attention instead, and this for calls with
+a soft cap, which that kernel cannot express."""
 from __future__ import annotations
 
 import math

@@ -12,6 +12,7 @@ def load_benchmark_script(name: str):
     try:
         spec = importlib.util.spec_from_file_location(f"{name}_under_test", BENCHMARKS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # (a dataclass looks its module up there)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(BENCHMARKS))

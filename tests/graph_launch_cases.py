@@ -549,6 +549,22 @@ def test_kernel_analysis_memo_keys(analysed_on_sm90):
     assert analysis_key(wrapped[0], arguments, {}) == analysis_key(wrapped[1], arguments, {})
 
 
+def test_kernel_analysis_memo_keys_what_torchs_own_fake_test_calls_fake(analysed_on_sm90, monkeypatch):
+    """torch 2.14 on tells fakes apart with is_fake_tensor (C++ fakes too, which generate_ttir replaces alike): where
+    torch has it, the memo keys what it calls fake by dtype and leaves anything else to torch."""
+    from torch._subclasses import fake_tensor
+
+    from glacompiler.compiler.kernel_analysis_memo import analysis_key
+    from glacompiler.kernels.common.mask_range_kernel import mask_key_range_kernel
+
+    marked = torch.empty(4, dtype=torch.float16)  # stands for a C++ fake: not a Python FakeTensor
+    monkeypatch.setattr(fake_tensor, "is_fake_tensor", lambda value: value is marked, raising=False)
+    assert analysis_key(mask_key_range_kernel, {"MASK": marked, "n": 64}, {}) is not None
+    assert analysis_key(mask_key_range_kernel, {"MASK": marked.clone(), "n": 64}, {}) is None
+    monkeypatch.delattr(fake_tensor, "is_fake_tensor")  # torch 2.13 and before: Python FakeTensors only
+    assert analysis_key(mask_key_range_kernel, {"MASK": marked, "n": 64}, {}) is None
+
+
 def range_kernel_arguments(**options):
     with FakeTensorMode():
         mask = torch.empty(2, 1, 1, 64, device="cuda", dtype=torch.uint8)

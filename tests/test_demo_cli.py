@@ -104,7 +104,7 @@ def test_execution_path_names_what_runs(monkeypatch):
     gla2, gqa = AttentionSpec.latent(16, 2, 256, 64), AttentionSpec.grouped(16, 4, 64)
     shape = ProblemShape(batch=2, query_len=1, capacity=128, page_size=0)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert demo.execution_path(torch.device("cpu"), gla2, shape).startswith("PyTorch reference (CPU;")
+    assert demo.execution_path(torch.device("cpu"), gla2, shape).startswith("PyTorch's CPU attention (set TRITON_INTERPRET=1")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert demo.execution_path(torch.device("cpu"), gla2, shape) == \
         "Triton interpreter (CPU, TRITON_INTERPRET=1): the portable kernels, interpreted"

@@ -68,12 +68,12 @@ def _kernel_key(kernel) -> tuple:
     return (kernel, ())
 
 
-def _argument_key(value: Any, tma_entry: Any, symbolic: tuple, fake_tensor: type, tensor_box: type) -> tuple:
+def _argument_key(value: Any, tma_entry: Any, symbolic: tuple, is_fake_tensor, tensor_box: type) -> tuple:
     if tma_entry is not None:
         return ("tma", repr(tma_entry), str(getattr(value, "dtype", None)))
     if isinstance(value, symbolic):
         return ("symbolic",)  # (generate_ttir substitutes 2)
-    if isinstance(value, fake_tensor):
+    if is_fake_tensor(value):
         return ("tensor", value.dtype)
     if isinstance(value, tensor_box):
         return ("tensor", value.get_dtype())
@@ -84,6 +84,15 @@ def _argument_key(value: Any, tma_entry: Any, symbolic: tuple, fake_tensor: type
     raise _Unkeyed(type(value).__name__)
 
 
+def _fake_tensor_test():
+    """torch's own test where it has one (2.14 on: C++ fakes too, which generate_ttir replaces alike), else whether
+    the value is a Python FakeTensor."""
+    from torch._subclasses import fake_tensor
+
+    test = getattr(fake_tensor, "is_fake_tensor", None)
+    return test if test is not None else lambda value: isinstance(value, fake_tensor.FakeTensor)
+
+
 def analysis_key(kernel, kwargs: dict, tma_descriptor_metadata) -> Optional[tuple]:
     """What generate_ttir's result depends on, or None where that cannot be stated (then nothing is memoised)."""
     try:
@@ -92,12 +101,10 @@ def analysis_key(kernel, kwargs: dict, tma_descriptor_metadata) -> Optional[tupl
         import sympy
         import triton
         from torch._inductor.ir import TensorBox
-        from torch._subclasses.fake_tensor import FakeTensor
-
         symbolic = (torch.SymInt, torch.SymFloat, torch.SymBool, sympy.Expr)
         tma = dict(tma_descriptor_metadata or {})
         key = (_kernel_key(kernel), repr(triton.runtime.driver.active.get_current_target()),
-               tuple((name, _argument_key(value, tma.get(name), symbolic, FakeTensor, TensorBox))
+               tuple((name, _argument_key(value, tma.get(name), symbolic, _fake_tensor_test(), TensorBox))
                      for name, value in sorted(kwargs.items())))
         hash(key)
     except Exception:  # (_Unkeyed, an unhashable value, anything unexpected: torch analyses it as before)

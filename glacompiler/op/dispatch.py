@@ -28,8 +28,8 @@ def kernel_family(spec: AttentionSpec, shape: ProblemShape, call: KernelCall) ->
     """The family that runs a call; ValueError where none can (CPU tensors outside the interpreter)."""
     family = choose_family(spec, shape, call)
     if family is None:
-        raise ValueError("no kernel family runs CPU tensors unless TRITON_INTERPRET=1 (the op's CPU path is the "
-                         "PyTorch reference)")
+        raise ValueError("no kernel family runs CPU tensors unless TRITON_INTERPRET=1 (the op's CPU path is "
+                         "PyTorch's CPU attention)")
     return family
 
 
@@ -41,8 +41,8 @@ def choose_kernel(spec: AttentionSpec, shape: ProblemShape, call: KernelCall, nu
 
 def kernel_family_for(q, k_cache, v_cache=None, *, q_rope=None, k_rope_cache=None, cache_seqlens=None,
                       page_table=None, attn_mask=None) -> Optional[KernelFamily]:
-    """The kernel family that runs attention_with_kvcache with these arguments, or None where the PyTorch
-    reference does (CPU tensors outside the Triton interpreter). For reports, demos and tests."""
+    """The kernel family that runs attention_with_kvcache with these arguments, or None where PyTorch's
+    CPU attention does (CPU tensors outside the Triton interpreter). For reports, demos and tests."""
     spec, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                   None, None)
     call = KernelCall(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, 1.0, True)

@@ -1,6 +1,6 @@
 """The op as a torch.library custom op: its schema, the fake (meta) implementation that graphs, dynamic shapes
-and CUDA graphs see, and the device implementations (CPU: the PyTorch reference, or the kernels under the
-Triton interpreter; CUDA: the kernels)."""
+and CUDA graphs see, and the device implementations (CPU: PyTorch's fused CPU attention (op/cpu_attention.py), or the kernels
+under the Triton interpreter; CUDA: the kernels)."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +8,7 @@ import torch
 from ..kernels.common.mask_range import (KEY_RANGE_ROWS, mask_as_kernel_operand, mask_key_range,
                                         mask_key_range_reference)
 from ..kernels.common.interpreter import triton_interpreter_enabled
-from ..reference import attention_with_kvcache_reference
+from .cpu_attention import cpu_attention
 from .dispatch import empty_outputs
 from .prepared import run_prepared
 from .validation import check_values, debug_checks_enabled, validate_inputs
@@ -47,12 +47,8 @@ def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, pag
         return run_prepared(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                             softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_left,
                             window_right)
-    out, lse = attention_with_kvcache_reference(
-        q, k_cache, v_cache, q_rope=q_rope, k_rope_cache=k_rope_cache, cache_seqlens=cache_seqlens,
-        page_table=page_table, attn_mask=attn_mask, softmax_scale=softmax_scale, causal=causal, softcap=softcap,
-        alibi_slopes=alibi_slopes, sinks=sinks, window_size=tuple(window_size),
-    )
-    return out.contiguous(), lse  # the fake implementation promises contiguous outputs, as the kernels give
+    return cpu_attention(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                         softmax_scale, causal, softcap, alibi_slopes, sinks, window_size)
 
 
 def _mask_key_range(attn_mask, batch, capacity):

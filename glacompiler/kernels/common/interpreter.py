@@ -1,5 +1,5 @@
 """Whether the Triton interpreter runs the kernels (TRITON_INTERPRET=1): then CPU tensors go through the
-generated kernels instead of the PyTorch reference."""
+generated kernels instead of PyTorch's CPU attention (op/cpu_attention.py)."""
 import os
 
 

@@ -26,7 +26,7 @@ class PortableFamily(KernelFamily):
 
     def spec_problem(self, spec: AttentionSpec, shape: ProblemShape, device: torch.device) -> Optional[str]:
         if device.type != "cuda" and not triton_interpreter_enabled():
-            return "CPU tensors run the PyTorch reference unless TRITON_INTERPRET=1"
+            return "CPU tensors run PyTorch's CPU attention unless TRITON_INTERPRET=1"
         return None
 
     def resolved_config(self, config: PortableConfig, spec: AttentionSpec) -> PortableConfig:
