@@ -46,6 +46,24 @@ def mask_end(attn_mask: Optional[Tensor], batch: int, capacity: int) -> Optional
     return torch.where(mask_attended_keys(attn_mask, batch, capacity), positions, 0).amax(dim=-1)
 
 
+def visible_keys(seqlens: Tensor, positions: Tensor, query_len: int, causal: bool,
+                 window_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """(allowed [B, Lq or 1, S] bool, distance [B, Lq, S]): the key positions each query token may see by the
+    lengths, causality and the window (query i of sequence b sits at seqlens[b] - Lq + i), and the query's position
+    minus the key's. seqlens: [B] int64."""
+    query_pos = seqlens[:, None] - query_len + torch.arange(query_len, device=seqlens.device)  # [B, Lq]
+    distance = query_pos[:, :, None] - positions
+    allowed = (positions < seqlens[:, None])[:, None, :]
+    if causal:
+        allowed = allowed & (distance >= 0)
+    window_left, window_right = window_size
+    if window_left >= 0:
+        allowed = allowed & (distance <= window_left)
+    if window_right >= 0:
+        allowed = allowed & (-distance <= window_right)
+    return allowed, distance
+
+
 def attention_with_kvcache_reference(
     q: Tensor,
     k_cache: Tensor,
@@ -107,17 +125,8 @@ def attention_with_kvcache_reference(
     if softcap > 0:
         scores = softcap * torch.tanh(scores / softcap)
 
-    allowed = valid[:, None, None, :]  # [B, 1, 1, S]
-    query_pos = seqlens[:, None] - q_len + torch.arange(q_len, device=q.device)[None, :]  # [B, Lq]
-    # [B, 1, Lq, S]: query position minus key position
-    distance = query_pos[:, None, :, None] - positions[None, None, None, :]
-    if causal:
-        allowed = allowed & (distance >= 0)
-    window_left, window_right = window_size
-    if window_left >= 0:
-        allowed = allowed & (distance <= window_left)
-    if window_right >= 0:
-        allowed = allowed & (-distance <= window_right)
+    allowed, distance = visible_keys(seqlens, positions, q_len, causal, window_size)
+    allowed, distance = allowed[:, None], distance[:, None]  # [B, 1, Lq or 1, S], [B, 1, Lq, S]
     if alibi_slopes is not None:
         slopes = alibi_slopes.to(compute_dtype).expand(batch, num_q_heads)[:, :, None, None]
         scores = scores - slopes * distance.abs().to(compute_dtype)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..reference import attention_with_kvcache_reference, logical_cache, mask_end
+from ..reference import attention_with_kvcache_reference, logical_cache, mask_end, visible_keys
 
 _FUSED_CPU_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 
@@ -123,17 +123,7 @@ def _additive_mask(attn_mask: Optional[Tensor], cache_seqlens: Tensor, positions
     """float32 [B, 1 or Hkv, G * Lq, S]: 0 or a bias where a query row may see a key, -inf where it may not; row
     g * Lq + i is query token i of the group's head g."""
     group = num_q_heads // num_kv_heads
-    seqlens = cache_seqlens.to(torch.long)
-    query_pos = seqlens[:, None] - query_len + torch.arange(query_len)  # [B, Lq]
-    distance = query_pos[:, :, None] - positions  # [B, Lq, S]: query position minus key position
-    allowed = (positions < seqlens[:, None])[:, None, :]  # [B, 1, S]
-    if causal:
-        allowed = allowed & (distance >= 0)
-    window_left, window_right = window_size
-    if window_left >= 0:
-        allowed = allowed & (distance <= window_left)
-    if window_right >= 0:
-        allowed = allowed & (-distance <= window_right)
+    allowed, distance = visible_keys(cache_seqlens.to(torch.long), positions, query_len, causal, window_size)
     allowed = allowed[:, None, None]  # [B, 1, 1, Lq or 1, S], dims 1-2 for KV head and group
     bias = torch.zeros((), dtype=torch.float32)
     if alibi_slopes is not None:
