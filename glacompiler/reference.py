@@ -46,6 +46,17 @@ def mask_end(attn_mask: Optional[Tensor], batch: int, capacity: int) -> Optional
     return torch.where(mask_attended_keys(attn_mask, batch, capacity), positions, 0).amax(dim=-1)
 
 
+def lengths_and_gathered(cache_seqlens: Optional[Tensor], attn_mask: Optional[Tensor], batch: int, capacity: int,
+                         device: torch.device) -> tuple[Tensor, Tensor]:
+    """(lengths [B], gathered [B]): the lengths (the capacity where none are given), and how far page-table slots are
+    read: up to the lengths or, with only a mask, up to the last key the mask allows (slots past it may hold
+    anything)."""
+    gathered = cache_seqlens if cache_seqlens is not None else mask_end(attn_mask, batch, capacity)
+    if cache_seqlens is None:
+        cache_seqlens = torch.full((batch,), capacity, dtype=torch.int32, device=device)
+    return cache_seqlens, (cache_seqlens if gathered is None else gathered)
+
+
 def visible_keys(seqlens: Tensor, positions: Tensor, query_len: int, causal: bool,
                  window_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """(allowed [B, Lq or 1, S] bool, distance [B, Lq, S]): the key positions each query token may see by the
@@ -97,12 +108,7 @@ def attention_with_kvcache_reference(
     if softmax_scale is None:
         softmax_scale = default_softmax_scale(head_dim_q, rope_dim)
     capacity = k_cache.shape[1] if page_table is None else page_table.shape[1] * k_cache.shape[1]
-    # Page-table slots are read up to the lengths or, with only a mask, up to the last key the mask allows.
-    gathered_lengths = cache_seqlens if cache_seqlens is not None else mask_end(attn_mask, batch, capacity)
-    if cache_seqlens is None:
-        cache_seqlens = torch.full((batch,), capacity, dtype=torch.int32, device=q.device)
-    if gathered_lengths is None:
-        gathered_lengths = cache_seqlens
+    cache_seqlens, gathered_lengths = lengths_and_gathered(cache_seqlens, attn_mask, batch, capacity, q.device)
     seqlens = cache_seqlens.to(torch.long)
 
     keys = logical_cache(k_cache, page_table, gathered_lengths).to(compute_dtype)

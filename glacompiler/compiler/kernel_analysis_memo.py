@@ -101,10 +101,12 @@ def analysis_key(kernel, kwargs: dict, tma_descriptor_metadata) -> Optional[tupl
         import sympy
         import triton
         from torch._inductor.ir import TensorBox
+
         symbolic = (torch.SymInt, torch.SymFloat, torch.SymBool, sympy.Expr)
         tma = dict(tma_descriptor_metadata or {})
+        is_fake_tensor = _fake_tensor_test()
         key = (_kernel_key(kernel), repr(triton.runtime.driver.active.get_current_target()),
-               tuple((name, _argument_key(value, tma.get(name), symbolic, _fake_tensor_test(), TensorBox))
+               tuple((name, _argument_key(value, tma.get(name), symbolic, is_fake_tensor, TensorBox))
                      for name, value in sorted(kwargs.items())))
         hash(key)
     except Exception:  # (_Unkeyed, an unhashable value, anything unexpected: torch analyses it as before)

@@ -1,6 +1,6 @@
 """The op as a torch.library custom op: its schema, the fake (meta) implementation that graphs, dynamic shapes
-and CUDA graphs see, and the device implementations (CPU: PyTorch's fused CPU attention (op/cpu_attention.py), or the kernels
-under the Triton interpreter; CUDA: the kernels)."""
+and CUDA graphs see, and the device implementations (CPU: PyTorch's fused CPU attention, op/cpu_attention.py, or
+the kernels under the Triton interpreter; CUDA: the kernels)."""
 from __future__ import annotations
 
 import torch
