@@ -65,7 +65,7 @@ def visible_keys(seqlens: Tensor, positions: Tensor, query_len: int, causal: boo
     query_pos = seqlens[:, None] - query_len + torch.arange(query_len, device=seqlens.device)  # [B, Lq]
     distance = query_pos[:, :, None] - positions
     allowed = (positions < seqlens[:, None])[:, None, :]
-    if causal:
+    if causal and query_len > 1:  # (one query sits at its sequence's end: it sees every key below its length)
         allowed = allowed & (distance >= 0)
     window_left, window_right = window_size
     if window_left >= 0:
