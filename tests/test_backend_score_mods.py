@@ -92,6 +92,16 @@ def sink_column_first(q, k, v, valid, sinks):
     return torch.matmul(probs[..., 1:], repeat_kv(v))
 
 
+def alibi_and_sinks(q, k, v, valid, sinks):
+    """BLOOM's bias beside GPT-OSS's sinks: the op's -slope * |i - j| differs from slope * j by a constant per row,
+    which the sink's logit does not share (a miscompile if taken: 0.2-0.9 off on a helper's draws)."""
+    scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE + additive(valid)
+    scores = scores + alibi_slopes()[None, :, None, None] * torch.arange(S, dtype=torch.float32)
+    column = sinks.reshape(1, -1, 1, 1).expand(q.shape[0], -1, q.shape[-2], -1)
+    probs = torch.softmax(torch.cat([scores, column], dim=-1), dim=-1)
+    return torch.matmul(probs[..., :-1], repeat_kv(v))
+
+
 def sinks_per_sequence(q, k, v, valid, sinks):
     """A sink per (sequence, head): not the op's per-head sinks."""
     scores = torch.matmul(q, repeat_kv(k).transpose(2, 3)) * SCALE + additive(valid)
@@ -244,6 +254,7 @@ def test_sliding_window_mask_takes_the_mask_path():
     (sink_column_first, (SINKS,), "wider than one sink"),
     (sinks_per_sequence, (SINKS,), "not per head only"),
     (bloom_alibi_from_a_given_mask, (), "cannot express"),
+    (alibi_and_sinks, (SINKS,), "ALiBi with sinks"),
 ])
 def test_forms_the_op_cannot_take_are_left_alone(fn, extra, reason):
     args = (*inputs(), *extra)
@@ -325,3 +336,26 @@ def _count_times_other_ones(x):
 ])
 def test_running_counts_rewrite_only_what_keeps_values_and_strides(fn, rewritten):
     assert _rewrite_and_compare(fn, torch.randn(3, 5))[0] == rewritten
+
+
+def sinks_all_heads_own_keys(q, k, v, valid, sinks):
+    """MHA (a KV head per query head) with GPT-OSS's sink column."""
+    scores = torch.matmul(q, k.transpose(2, 3)) * SCALE + additive(valid)
+    column = sinks.reshape(1, -1, 1, 1).expand(q.shape[0], -1, q.shape[-2], -1)
+    probs = torch.softmax(torch.cat([scores, column], dim=-1), dim=-1)
+    return torch.matmul(probs[..., :-1], v)
+
+
+@pytest.mark.parametrize("fn, kind, kv_heads", [(gpt_oss_sinks, "gqa", HKV), (sinks_all_heads_own_keys, "mha", HQ)])
+def test_sinks_at_batch_one(fn, kind, kv_heads):
+    """A batch of one has no batch dim in the scores: the one dim where q and k both vary is the KV heads (the query
+    heads split into it and groups, or the sinks vary along it). It was taken for the batch: the site reported as
+    MQA and the sinks declined as varying per sequence (a helper's adversarial run; GPT-OSS at batch 1)."""
+    q, k, v, valid = (t[:1] for t in inputs())
+    if kv_heads == HQ:
+        k, v = repeat_kv(k).clone(), repeat_kv(v).clone()
+    output, _, records = compile_and_count(fn, q, k, v, valid, SINKS)
+    assert [(r.status, r.kind, r.spec.num_q_heads, r.spec.num_kv_heads) for r in records] == [
+        ("rewritten", kind, HQ, kv_heads)], [str(r) for r in records]
+    with torch.no_grad():
+        assert_close(output, fn(q, k, v, valid, SINKS), tol=1e-4)

@@ -114,6 +114,7 @@ SITES = {
         ('plan_extensions', 'soft capping or ALiBi on a latent (MLA/G'): 'test_skip_reasons.py::softcap_on_latent',
         ('_slot_pieces', 'the {} vary along part of a score dim'): 'test_skip_reasons.py::alibi_positions_restart',
         ('plan_extensions', 'ALiBi with several query tokens per sequ'): 'test_skip_reasons.py::alibi_two_tokens',
+        ('plan_extensions', "ALiBi with sinks: the op's -slope * |que"): 'test_skip_reasons.py::alibi_with_sinks',
         ('plan_extensions', 'the ALiBi bias is not one slope per head'):
             'test_skip_reasons.py::alibi_positions_per_sequence',
     },

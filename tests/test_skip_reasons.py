@@ -22,7 +22,8 @@ The table (CASES) by check, module of the pass -> cases:
                        a rope query shared by all heads                  rope_query_broadcast
                        query positions, batch dims under a mask          positions_in_two_dims,
                                                                          latent_with_two_batch_dims
-  plan/extensions.py   soft cap on a latent, ALiBi with several tokens   softcap_on_latent, alibi_two_tokens
+  plan/extensions.py   soft cap on a latent, ALiBi with several tokens   softcap_on_latent, alibi_two_tokens,
+                       or with sinks                                     alibi_with_sinks
                        sinks and ALiBi slopes per head, ALiBi positions  sinks_per_sequence, sinks_permuted,
                                                                          alibi_slopes_in_pairs,
                                                                          alibi_positions_restart,
@@ -291,6 +292,12 @@ def twelve_heads():
 def sinks_per_sequence(q, k, v, sinks):
     scores = q @ keys_t(k) * 0.25
     probs = torch.cat([scores, sinks.reshape(B, HQ, 1, 1)], dim=-1).softmax(-1)  # sinks [B, HQ]
+    return probs[..., :-1] @ values(v)
+
+
+def alibi_with_sinks(q, k, v, sinks):
+    scores = q @ keys_t(k) * 0.25 + alibi_slopes() * torch.arange(S, dtype=torch.float32)
+    probs = torch.cat([scores, sinks.reshape(1, HQ, 1, 1).expand(B, HQ, 1, 1)], dim=-1).softmax(-1)
     return probs[..., :-1] @ values(v)
 
 
@@ -606,6 +613,8 @@ CASES = {
                               "latent kernels take neither"),
     "alibi_two_tokens": Case(alibi_two_tokens, lambda: inputs(query_len=2), "ALiBi with several query tokens",
                              "query length 1"),
+    "alibi_with_sinks": Case(alibi_with_sinks, lambda: (*inputs(), randn(HQ)), "ALiBi with sinks",
+                             "no model combines them"),
     "sinks_per_sequence": Case(sinks_per_sequence, lambda: (*inputs(), randn(B, HQ)),
                                "the sinks vary along the batch dim", "depend on the query head only"),
     "negative_scale": Case(negative_scale, inputs, "scores are multiplied by -0.25", "a positive softmax scale",

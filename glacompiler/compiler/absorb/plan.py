@@ -49,7 +49,10 @@ class AbsorbedPlan:
 
 def tensor_plan_layout(plan: TensorPlan) -> Layout:
     """The op-order tensor that plan/'s TensorPlan builds, as a Layout over its base."""
-    sizes = list(fake_value(plan.base).shape)
+    base_sizes = list(fake_value(plan.base).shape)
+    sizes = list(base_sizes)
+    for axis, length in plan.prefixes:  # (a prefix keeps its axis and steps: the pieces below index the base)
+        sizes[axis] = length
     layout = view_layout(sizes, plan.split_shape)
     dims = list(layout.dims)
     for dim, length in plan.slices:
@@ -62,7 +65,7 @@ def tensor_plan_layout(plan: TensorPlan) -> Layout:
     if plan.merged_shape is not None:
         grouped = regroup([p for dim in dims for p in dim], plan.merged_shape)
         dims = [merge_adjacent(dim) for dim in grouped]
-    return Layout(tuple(dims), layout.base_sizes)
+    return Layout(tuple(dims), tuple(base_sizes))
 
 
 def expanded_plan(site) -> SitePlan:

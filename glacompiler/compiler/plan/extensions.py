@@ -58,6 +58,19 @@ def _slot_pieces(layout: Layout, c_over_slots: Layout, slots: list, what: str, f
     return pieces
 
 
+def per_head_slots(mods: ScoreMods, c_over_slots: Layout, slots: list) -> set:
+    """The slots along which the site's sinks or ALiBi slopes vary: heads, for choose_roles, where a batch of 1 leaves
+    one paired dim that could be either (a per-head tensor does not vary along the batch)."""
+    varying = set()
+    for tensor in (mods.sinks, mods.alibi):
+        if tensor is not None:
+            try:
+                varying.update(_slot_pieces(tensor.c_over_node, c_over_slots, slots, "per-head tensor"))
+            except Decline:
+                pass  # (plan_extensions gives the reason)
+    return varying
+
+
 def per_head_plan(tensor: PerHeadTensor, c_over_slots: Layout, slots: list, roles, what: str) -> PerHeadPlan:
     """The tensor as [Hq] in the op's head order: it may vary per query head (KV head and group slots), nothing
     else."""
@@ -99,6 +112,10 @@ def plan_extensions(mods: ScoreMods, plan: SitePlan, c_over_slots: Layout) -> Op
         if mods.sinks is not None:
             sinks = per_head_plan(mods.sinks, c_over_slots, slots, roles, "sinks")
         if mods.alibi is not None:
+            if mods.sinks is not None:
+                raise Decline("ALiBi with sinks: the op's -slope * |query - key| equals the model's slope * key "
+                              "position only up to a constant per row, which the softmax drops but a sink's logit "
+                              "does not", fix="nothing: no model combines them; the site stays with Inductor")
             if not known_equal(plan.query_len, 1):
                 raise Decline("ALiBi with several query tokens per sequence: the op's |query - key| distance "
                               "equals the model's key-position bias only for one",

@@ -15,7 +15,7 @@ from ..trace.masks import place
 from ..trace.operands import Operand, walk_operand
 from ..trace.score_mods import peel_sinks
 from ..trace.score_side import MaskUse, walk_scores
-from .extensions import plan_extensions
+from .extensions import per_head_slots, plan_extensions
 from ..trace.sizes import is_concrete, known_equal, product, size_hint
 from ..trace.slots import assign_roles, build_slots, slot_space, terms_from_operands, terms_from_product
 from ..trace.value_side import ValueSide, analyze_values, values_of_product
@@ -51,7 +51,9 @@ def plan_softmax_site(match: SoftmaxMatch, split_cat: bool = True) -> SitePlan:
     c_over_slots = slot_space(slots, rank)
     placed = [place(use, c_over_slots, slots) for use in walk.masks]
     positions = {index for mask in placed for index in mask.slot_axes if slots[index].role == "row"}
-    roles, main, rope = choose_roles(slots, terms, positions)
+    # (a dim a mask varies along is the batch's: masks vary per sequence)
+    per_head = per_head_slots(walk.mods, c_over_slots, slots) - {i for mask in placed for i in mask.slot_axes}
+    roles, main, rope = choose_roles(slots, terms, positions, frozenset(per_head))
     values = values_of_product(match.output, slots, c_over_slots)
     main, rope = _settle_main(terms, slots, roles, values, main, rope)
     owned = [scores] + walk.chain + match.nodes + values.chain + [values.output] + (sinks.nodes if sinks else [])

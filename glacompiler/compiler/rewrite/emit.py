@@ -32,6 +32,17 @@ def graph_fake_mode(graph: fx.Graph):
     return fake_mode
 
 
+def record_input_values(node: fx.Node) -> tuple:
+    """(fake args, fake kwargs) of a node the pass inserts, recorded as Inductor's "eager_input_vals": where a node
+    carries them Inductor gives a custom op (and a user-defined Triton kernel) its inputs with exactly those strides,
+    copying where its own layout of an intermediate differs (a dtype cast of a transposed key, say); a node without
+    them, as inserted by a pass, gets whatever layout Inductor chose (graph.py, "inserted by a custom pass")."""
+    values = pytree.tree_map(lambda a: a.meta.get("val") if isinstance(a, fx.Node) else a,
+                             (tuple(node.args), dict(node.kwargs)))
+    node.meta["eager_input_vals"] = values
+    return values
+
+
 class Emitter:
     """Inserts nodes before an anchor, giving each the fake value Inductor's later passes expect."""
 
@@ -45,9 +56,7 @@ class Emitter:
     def call(self, target, *args, **kwargs) -> fx.Node:
         with self.graph.inserting_before(self.anchor):
             node = self.graph.call_function(target, tuple(args), dict(kwargs))
-        fake_args, fake_kwargs = pytree.tree_map(
-            lambda a: a.meta["val"] if isinstance(a, fx.Node) else a, (tuple(args), dict(kwargs))
-        )
+        fake_args, fake_kwargs = record_input_values(node)
         if self.fake_mode is not None:
             with self.fake_mode:
                 node.meta["val"] = target(*fake_args, **fake_kwargs)

@@ -43,7 +43,7 @@ from ...kernels.common.triton_launch import traced_launches
 from ...op.prepared import PreparedCall, prepare_call
 from ...spec import cache_bytes
 from ..trace.sizes import is_concrete
-from .emit import graph_fake_mode
+from .emit import graph_fake_mode, record_input_values
 
 LOGGER = logging.getLogger("glacompiler")
 ATTENTION = torch.ops.glacompiler.attention_with_kvcache.default
@@ -177,6 +177,7 @@ def _inline(graph: fx.Graph, node: fx.Node, traced: fx.GraphModule, inputs: list
             # Which op call a node replaces (the op's name and the call's node name), for tests and reports; the
             # stack trace points Inductor's provenance at the user's attention, not at this package.
             created.meta[LAUNCHED_CALL] = (node.target.overloadpacket.__name__, node.name)
+            record_input_values(created)
             created.meta.pop("stack_trace", None)
             if stack_trace is not None:
                 created.meta["stack_trace"] = stack_trace
