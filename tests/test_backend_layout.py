@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import glacompiler
+
 from glacompiler.compiler.trace.layout import Piece, prefix_of_dim
 from test_backend_support import assert_close, run_pass
 
@@ -181,3 +183,40 @@ def test_a_key_sliced_from_a_packed_projection_passes_the_absorption_check():
     assert [(record.status, record.reason) for record in records] == [("rewritten", "")]
     with torch.no_grad():
         assert_close(output, attend(*args), tol=1e-5)
+
+
+_QUERY_WEIGHT = torch.randn(32, 64, generator=torch.Generator().manual_seed(5)) * 0.2
+_QUERY_NORM = torch.rand(16, generator=torch.Generator().manual_seed(6)) + 0.5
+
+
+def _mqa_with_normed_query_rows(x, k_cache, v_cache, lengths=None):
+    """Per-head RMSNorm of the query on rows [B * Hq, D] (Qwen3's q_norm over flattened rows): q's batch and
+    heads are one axis of the norm's output. 4 query heads of 16."""
+    batch = x.shape[0]
+    q = (x @ _QUERY_WEIGHT).view(batch * 4, 16)
+    q = (q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + 1e-6) * _QUERY_NORM).view(batch, 4, 1, 16)
+    mask = None
+    if lengths is not None:
+        mask = (torch.arange(k_cache.shape[2])[None] < lengths[:, None])[:, None, None]
+    return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, enable_gqa=True)
+
+
+@pytest.mark.parametrize("with_lengths, dynamic", [(True, False), (False, True)])
+def test_mqa_whose_query_rows_hold_batch_and_heads(with_lengths, dynamic):
+    """MQA at batch 3: the one dim where q and k both vary is the batch (the scores' first dim), even where q's
+    batch and heads share an axis. A rule that read the query heads' split off q's axes took it for KV heads: GQA
+    12/3 at batch 1, then declined for its per-sequence mask, or for a symbolic head count with a dynamic batch (a
+    helper's review)."""
+    generator = torch.Generator().manual_seed(7)
+    torch._dynamo.reset()
+    glacompiler.reset_report()
+    compiled = torch.compile(_mqa_with_normed_query_rows, backend="gla", dynamic=dynamic)
+    for batch in (3, 5) if dynamic else (3,):
+        args = (torch.randn(batch, 32, generator=generator), torch.randn(batch, 1, 12, 16, generator=generator),
+                torch.randn(batch, 1, 12, 16, generator=generator),
+                torch.tensor([5, 9, 12, 1, 7][:batch]) if with_lengths else None)
+        with torch.no_grad():
+            assert_close(compiled(*args), _mqa_with_normed_query_rows(*args), tol=1e-5)
+    records = glacompiler.compile_report()
+    assert {(r.status, r.kind, r.spec and r.spec.num_q_heads, r.spec and r.spec.num_kv_heads) for r in records} == {
+        ("rewritten", "mqa", 4, 1)}, [str(r) for r in records]

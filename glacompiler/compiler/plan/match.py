@@ -30,6 +30,11 @@ def _check_owned(nodes: list, owners: set, what: str) -> None:
                               fix=f"use the {what.split()[0]}s only inside the attention", node=user)
 
 
+def masked_slots(placed: list) -> frozenset:
+    """The slots some placed mask varies along."""
+    return frozenset(index for mask in placed for index in mask.slot_axes)
+
+
 def plan_softmax_site(match: SoftmaxMatch, split_cat: bool = True) -> SitePlan:
     if not scores_used_only_by_softmax(match):
         others = [u.name for u in match.input.users if u not in set(match.nodes)]
@@ -51,9 +56,8 @@ def plan_softmax_site(match: SoftmaxMatch, split_cat: bool = True) -> SitePlan:
     c_over_slots = slot_space(slots, rank)
     placed = [place(use, c_over_slots, slots) for use in walk.masks]
     positions = {index for mask in placed for index in mask.slot_axes if slots[index].role == "row"}
-    # (a dim a mask varies along is the batch's: masks vary per sequence)
-    per_head = per_head_slots(walk.mods, c_over_slots, slots) - {i for mask in placed for i in mask.slot_axes}
-    roles, main, rope = choose_roles(slots, terms, positions, frozenset(per_head))
+    roles, main, rope = choose_roles(slots, terms, positions, rank,
+                                     frozenset(per_head_slots(walk.mods, c_over_slots, slots)), masked_slots(placed))
     values = values_of_product(match.output, slots, c_over_slots)
     main, rope = _settle_main(terms, slots, roles, values, main, rope)
     owned = [scores] + walk.chain + match.nodes + values.chain + [values.output] + (sinks.nodes if sinks else [])
@@ -144,7 +148,7 @@ def plan_sdpa_site(call: SdpaCall, split_cat: bool = True) -> SitePlan:
         placed.append(place(use, c_over_slots, slots))
     # SDPA fixes which dim holds the query positions: [*batch, H, L, S].
     positions = {i for i, s in enumerate(slots) if s.dim == rank - 2 and s.role == "row"}
-    roles, main, rope = choose_roles(slots, terms, positions)
+    roles, main, rope = choose_roles(slots, terms, positions, rank, masked=masked_slots(placed))
     dims = c_over_slots.dims
     probabilities = Layout((sum(dims[:-2], ()), dims[-2], dims[-1]), c_over_slots.base_sizes)
     values = analyze_values(probabilities, v, slots, call.output, [])

@@ -21,7 +21,6 @@ from ..decline import UNEXPECTED_GRAPH, Decline
 from ..trace.key_prefix import is_key_prefix
 from ..trace.layout import Piece, fake_value
 from ..trace.sizes import is_concrete, known_equal, known_less, known_one, product, size_hint
-from ..trace.slots import Slot
 from ..trace.value_side import ValueSide
 
 
@@ -97,22 +96,17 @@ class SitePlan:
     mask_as_lengths: bool = False
 
 
-def _splits_query_heads(paired: Slot, groups: list) -> bool:
-    """Whether the paired slot reads q's run just above a group slot's on the same q axis: the query heads split
-    into KV heads x groups, so the slot is the KV heads (a batch is never one axis with the heads)."""
-    major = paired.atoms[0].left
-    return major is not None and any(
-        (minor := group.atoms[0].left) is not None and minor.axis == major.axis
-        and known_equal(major.step, minor.step * minor.size) for group in groups)
-
-
-def choose_roles(slots: list, terms: list, positions: set, per_head: frozenset = frozenset()) -> tuple:
+def choose_roles(slots: list, terms: list, positions: set, rank: int, per_head: frozenset = frozenset(),
+                 masked: frozenset = frozenset()) -> tuple:
     """(Roles, main term index or None when undecided, rope term index or None). Dims where both q and k
-    vary: with one term, the first is the batch and the rest KV heads (one such dim is the KV heads where the query
-    heads split into it and groups, or where a per-head tensor varies along it, `per_head`: a batch of 1 has no
-    dim); with two terms (latent + rope), those
+    vary: with one term, the first is the batch and the rest KV heads; with two terms (latent + rope), those
     where both terms' keys vary are the batch, those where only one term's key varies are KV heads and make
-    that term the main one (the rope key is shared by all heads)."""
+    that term the main one (the rope key is shared by all heads).
+
+    A batch of 1 has no dim in the scores. So where one term leaves one such dim, it is the KV heads when it lies
+    past the first dim of scores of 4 or more dims ([B, H, Lq, S]: the heads' dim) or a per-head tensor varies
+    along it (`per_head`: sinks, ALiBi slopes), and no mask varies along it (`masked`: a mask varies per sequence,
+    and one varying per head is the op's only as a batch)."""
     paired = [i for i, s in enumerate(slots) if s.role == "paired"]
     rows = [i for i, s in enumerate(slots) if s.role == "row"]
     position = [i for i in rows if i in positions]
@@ -122,8 +116,8 @@ def choose_roles(slots: list, terms: list, positions: set, per_head: frozenset =
     groups = [i for i in rows if i not in positions]
     if len(terms) == 1:
         batch, head = paired[:1], paired[1:]
-        if len(paired) == 1 and (paired[0] in per_head
-                                 or _splits_query_heads(slots[paired[0]], [slots[i] for i in groups])):
+        if len(paired) == 1 and paired[0] not in masked and (
+                paired[0] in per_head or (rank >= 4 and slots[paired[0]].dim > 0)):
             batch, head = [], paired  # a batch of 1 (its dim is dropped): the one paired dim is the KV heads
         main, rope = 0, None
     elif len(terms) == 2:
