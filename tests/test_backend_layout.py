@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import glacompiler
 
 from glacompiler.compiler.trace.layout import Piece, prefix_of_dim
-from test_backend_support import assert_close, run_pass
+from test_backend_support import assert_close, repeat_kv, run_pass
 
 
 def test_prefix_of_a_dim_made_of_two_runs():
@@ -131,9 +131,8 @@ def test_scores_and_values_over_a_prefix_of_the_keys():
     assert_close(result.output, prefix_of_keys(q, k_cache, v_cache))
 
 
-def _grouped(x, groups=2):
-    batch, heads, length, dim = x.shape
-    return x[:, :, None].expand(batch, heads, groups, length, dim).reshape(batch, heads * groups, length, dim)
+def _grouped(x):
+    return repeat_kv(x, 2)
 
 
 def key_cast_by_autocast(q, k, v, lengths):

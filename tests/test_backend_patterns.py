@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_backend_support import PassHarness, assert_close, compile_and_count, run_pass
+from test_backend_support import PassHarness, assert_close, compile_and_count, repeat_kv, run_pass
 
 B, HQ, HKV, S, D = 2, 8, 2, 24, 16
 GROUP = HQ // HKV
@@ -23,12 +23,6 @@ def randn(*shape, dtype=torch.float32):
 def lengths_mask(lengths, capacity=S):
     """[B, S] bool: key position < length."""
     return torch.arange(capacity)[None, :] < torch.tensor(lengths)[:, None]
-
-
-def repeat_kv(x, groups):
-    """Hugging Face's repeat_kv: [B, Hkv, S, D] -> [B, Hkv * groups, S, D] by expand + reshape."""
-    batch, heads, length, dim = x.shape
-    return x[:, :, None, :, :].expand(batch, heads, groups, length, dim).reshape(batch, heads * groups, length, dim)
 
 
 # ---- SDPA ---------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import test_backend_support
 from test_backend_support import assert_close, compile_and_count, run_pass
 
 B, HQ, HKV, S, D = 2, 8, 2, 24, 16
@@ -16,8 +17,7 @@ ARG = dict(softcap=12, alibi=13, sinks=14)  # positions of the extension argumen
 
 
 def repeat_kv(x, groups=GROUP):
-    batch, heads, length, dim = x.shape
-    return x[:, :, None].expand(batch, heads, groups, length, dim).reshape(batch, heads * groups, length, dim)
+    return test_backend_support.repeat_kv(x, groups)
 
 
 def additive(valid):

@@ -134,6 +134,12 @@ class RecordingPass:
                             keep_inference_input_mutations=True)
 
 
+def repeat_kv(x, groups):
+    """Hugging Face's repeat_kv: [B, Hkv, S, D] -> [B, Hkv * groups, S, D] by expand + reshape."""
+    batch, heads, length, dim = x.shape
+    return x[:, :, None, :, :].expand(batch, heads, groups, length, dim).reshape(batch, heads * groups, length, dim)
+
+
 def run_pass(fn, *args) -> PassResult:
     """fn(*args) traced to an ATen inference graph, rewritten by our pass, run eagerly."""
     harness = PassHarness(fn)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..kernels.common.mask_range import KEY_RANGE_ROWS
 from ..kernels.common.splits import MAX_SPLITS
-from ..reference import mask_end
+from ..reference import lengths_and_gathered
 from ..spec import AttentionSpec, ProblemShape, dtype_name
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -280,9 +280,7 @@ def check_values(k_cache: Tensor, cache_seqlens: Optional[Tensor], page_table: O
         if low < 0 or high > shape.capacity:
             raise ValueError(f"cache_seqlens must lie in [0, {shape.capacity}], got values in [{low}, {high}]")
     if page_table is not None:
-        lengths = cache_seqlens if cache_seqlens is not None else mask_end(attn_mask, shape.batch, shape.capacity)
-        if lengths is None:
-            lengths = torch.full((shape.batch,), shape.capacity, device=page_table.device)
+        _, lengths = lengths_and_gathered(cache_seqlens, attn_mask, shape.batch, shape.capacity, page_table.device)
         slots = torch.arange(page_table.shape[1], device=page_table.device)
         used = slots[None, :] * shape.page_size < lengths[:, None]
         pages = page_table[used]
