@@ -162,6 +162,7 @@ SITES = {
     },
     'trace/score_mods.py': {
         ('visit_soft_cap', 'the scores pass through two tanh'): 'test_skip_reasons.py::two_tanh',
+        ('visit_soft_cap', "the soft cap's output is scaled by a ten"): 'test_backend_scale_tensors.py::test_scale_tensors_the_op_cannot_take_are_reported',
         ('visit_soft_cap', "a mask is applied under the soft cap's t"): 'test_skip_reasons.py::mask_under_tanh',
         ('peel_sinks', 'the scores are concatenated with somethi'): 'test_skip_reasons.py::three_sink_columns',
         ('peel_sinks', 'the column joined to the scores is wider'): 'test_skip_reasons.py::sink_column_first',
@@ -174,6 +175,10 @@ SITES = {
     'trace/score_side.py': {
         ('_visit', 'scores are computed by {} (not a scale, '): 'test_skip_reasons.py::fill_over_exp',
         ('_mask_layout', 'mask {} of shape {} does not broadcast t'): UNREACHABLE,
+        ('_visit_tensor_scale', 'the scale tensor {} does not line up wit'): UNREACHABLE,
+        ('_visit_tensor_scale', 'the scores are scaled by two tensors'): 'test_backend_scale_tensors.py::test_scale_tensors_the_op_cannot_take_are_reported',
+        ('_no_tensor_scale_above', '{} is added to the scores before they ar'): 'test_backend_scale_tensors.py::test_scale_tensors_the_op_cannot_take_are_reported',
+        ('walk_scores', 'a scale tensor multiplies one score term'): 'test_backend_scale_tensors.py::test_scale_tensors_the_op_cannot_take_are_reported',
         ('walk_scores', 'no q.k product feeds the softmax'): UNREACHABLE,
         ('_visit_add', 'scores are combined by add with alpha !='): 'test_skip_reasons.py::add_with_alpha',
         ('_visit_add', 'neither side of an add on the scores com'): 'test_skip_reasons.py::fill_over_sum',

@@ -3,8 +3,8 @@ line; a node elsewhere adds its own: "(at file:line in function)"), and what wou
 ("; to fuse: ..."). Each check of the pass that a user's code can reach is triggered here by a small
 hand-written function (fp32, CPU, through the pass harness); tests/test_decline_fixes.py guards that every
 Decline has a fix. Reasons checked elsewhere: the style corpus's negatives (test_style_corpus.py), the
-expanded-MLA "not absorbed" notes (test_absorb.py), the training row (test_backend_negative.py), the
-rewrite=False row (test_backend_runtime.py).
+expanded-MLA "not absorbed" notes (test_absorb.py), scale tensors (test_backend_scale_tensors.py), the training
+row (test_backend_negative.py), the rewrite=False row (test_backend_runtime.py).
 
 The table (CASES) by check, module of the pass -> cases:
   find/sdpa.py         read_sdpa: side outputs; a fused dropout (CUDA)   logsumexp_used, test_sdpa_dropout_on_cuda
@@ -87,6 +87,8 @@ Checks with a user-facing fix that no code running correctly in eager reaches (s
                        a uint8 condition, but dynamo's fake-tensor trace rejects it before the pass runs
                        a mask that does not broadcast to the node it is applied at: that node is the broadcast
                        op's own output, and its whole axes resolve through any views of fixed sizes
+                       a scale tensor that does not line up with the scores: the same (the multiply's output is
+                       the node, and the scale broadcasts into it)
   trace/score_mods.py  a sink column that does not broadcast to the scores: torch.cat needs every other dim equal
                        and the column is one wide along the cat dim, so it always broadcasts
                        a sink column view that cannot be followed: the column is read whole along each of its

@@ -1,6 +1,7 @@
 """FlashAttention's extensions found on a site (trace/score_mods.py) as the op's arguments: the soft cap, and
 views of the graph's per-head tensors in the op's query-head order ([Hq]: KV head major, group minor) for the
-sinks and the ALiBi slopes."""
+sinks and the ALiBi slopes. A scale tensor of the scores (0-d, or per head) is planned the same way; the op takes
+its scale as a number, so rewrite/extensions.py multiplies q by it ((t q) . k = t (q . k), per query head)."""
 from __future__ import annotations
 
 import dataclasses
@@ -30,6 +31,8 @@ class ExtensionPlan:
     sinks: Optional[PerHeadPlan]
     alibi: Optional[PerHeadPlan]
     alibi_factor: float  # the slopes are the tensor times this
+    score_scale: Optional[PerHeadPlan] = None  # q is multiplied by it (divided where score_scale_divides)
+    score_scale_divides: bool = False
 
 
 def _per_head_fix(what: str) -> str:
@@ -62,7 +65,7 @@ def per_head_slots(mods: ScoreMods, c_over_slots: Layout, slots: list) -> set:
     """The slots along which the site's sinks or ALiBi slopes vary: heads, for choose_roles, where a batch of 1 leaves
     one paired dim that could be either (a per-head tensor does not vary along the batch)."""
     varying = set()
-    for tensor in (mods.sinks, mods.alibi):
+    for tensor in (mods.sinks, mods.alibi, mods.score_scale):
         if tensor is not None:
             try:
                 varying.update(_slot_pieces(tensor.c_over_node, c_over_slots, slots, "per-head tensor"))
@@ -92,7 +95,8 @@ def describe_extensions(plan: SitePlan) -> str:
     if extensions is None:
         return ""
     used = [name for name, on in (("softcap", extensions.softcap), ("alibi", extensions.alibi is not None),
-                                  ("sinks", extensions.sinks is not None)) if on]
+                                  ("sinks", extensions.sinks is not None),
+                                  ("scale tensor", extensions.score_scale is not None)) if on]
     return "".join(f" +{name}" for name in used)
 
 
@@ -126,7 +130,11 @@ def plan_extensions(mods: ScoreMods, plan: SitePlan, c_over_slots: Layout) -> Op
                 raise Decline("the ALiBi bias is not one slope per head times the key position",
                               fix="an ALiBi bias of slope[h] * key_position (BLOOM's form), added to the scores")
             alibi = per_head_plan(mods.alibi, c_over_slots, slots, roles, "ALiBi slopes")
-        return ExtensionPlan(mods.softcap, sinks, alibi, mods.alibi.factor if mods.alibi is not None else 1.0)
+        score_scale = None
+        if mods.score_scale is not None:
+            score_scale = per_head_plan(mods.score_scale, c_over_slots, slots, roles, "scale tensor")
+        return ExtensionPlan(mods.softcap, sinks, alibi, mods.alibi.factor if mods.alibi is not None else 1.0,
+                             score_scale, mods.score_scale_divides)
     except Decline as decline:
         decline.spec = plan.spec
         raise

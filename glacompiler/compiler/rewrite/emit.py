@@ -290,8 +290,10 @@ def emit_op_call(emit: Emitter, plan: SitePlan, mask_ranges: SharedMaskRanges, q
                                          emit.size(fake_value(k).shape[1]))
     extensions = ()
     if plan.extensions is not None:
-        from .extensions import build_extension_arguments
+        from .extensions import build_extension_arguments, scale_queries
 
+        if plan.extensions.score_scale is not None:
+            q, q_rope = scale_queries(emit, plan.extensions, [q, q_rope])
         extensions = build_extension_arguments(emit, plan.extensions, q)
     result = emit.call(
         torch.ops.glacompiler.attention_with_kvcache.default,

@@ -44,10 +44,13 @@ class ScoreMods:
     alibi: Optional[PerHeadTensor] = None  # slopes c[h] of a bias c[h] * key position
     alibi_positions: Optional[Layout] = None  # the scores over the iota of key positions
     inside_tanh: bool = False  # the walk is below the soft cap's tanh
+    score_scale: Optional[PerHeadTensor] = None  # a tensor the scores are multiplied by (score_side.py)
+    score_scale_divides: bool = False  # ... or divided by
 
     @property
     def any(self) -> bool:
-        return bool(self.softcap) or self.sinks is not None or self.alibi is not None
+        return (bool(self.softcap) or self.sinks is not None or self.alibi is not None
+                or self.score_scale is not None)
 
 
 def score_mod_sources(node: fx.Node) -> Optional[list]:
@@ -70,6 +73,10 @@ def visit_soft_cap(node: fx.Node, c_over_node: Layout, scale: float, walk, visit
     if not is_call(node, aten.tanh.default):
         return False
     mods = walk.mods
+    if walk.under_tensor_scale:
+        raise Decline("the soft cap's output is scaled by a tensor (a cap per head, which the op does not take)",
+                      fix="scale by the tensor inside the tanh (cap * tanh(s * t / cap)), or by a number outside",
+                      node=node)
     if mods.softcap:
         raise Decline("the scores pass through two tanh",
                       fix="nothing: the op soft-caps once (cap * tanh(s / cap)); a second tanh is not its math, so "

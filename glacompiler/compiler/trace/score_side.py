@@ -7,6 +7,9 @@ Ops allowed between the products and the softmax (anything else declines the sit
 | view-like (view, permute, expand, ...)    | re-indexing, tracked exactly (layout.py)                       |
 | convert_element_type float -> float       | precision only                                                 |
 | mul / div by a Python number > 0          | softmax scale                                                  |
+| mul / div by a tensor of the query heads  | a scale tensor (0-d, or per head: learned temperatures), folded |
+|                                           | into q (plan/extensions.py); once, over every term, no mask or |
+|                                           | soft cap below it                                              |
 | add(scores, mask)                         | additive mask (float), scaled by any later multiplier          |
 | add(scores_1, scores_2)                   | sum of products: MLA/GLA's q_lat.c + q_pe.k_pe                 |
 | where(cond, scores, fill) / masked_fill   | boolean mask, fill -inf or <= NEGLIGIBLE_FILL once scaled       |
@@ -28,7 +31,7 @@ from ..decline import UNEXPECTED_GRAPH, Decline
 from ..frozen_weights import attribute
 from .layout import VIEW_OPS, Layout, fake_value, broadcast_layout, compose, identity, is_view_like
 from .operands import convert_dtypes, is_call, scalar_factor, scalar_value
-from .score_mods import ScoreMods, match_alibi, score_mod_sources, visit_soft_cap
+from .score_mods import PerHeadTensor, ScoreMods, match_alibi, score_mod_sources, visit_soft_cap
 
 aten = torch.ops.aten
 
@@ -48,6 +51,7 @@ class RawTerm:
     product: fx.Node  # bmm / mm
     c_over_product: Layout  # the softmax input over the product's output
     scale: float  # multipliers between this product and the softmax
+    under_tensor_scale: bool = False  # a scale tensor (ScoreMods.score_scale) lies between it and the softmax
 
 
 @dataclasses.dataclass
@@ -65,6 +69,7 @@ class ScoreWalk:
     masks: list
     chain: list  # nodes between products and softmax input, owned by the site
     mods: ScoreMods = dataclasses.field(default_factory=ScoreMods)  # soft cap, ALiBi, sinks (score_mods.py)
+    under_tensor_scale: int = 0  # the walk is below the scale tensor (a depth: add visits both its branches)
 
 
 def fill_value(arg) -> Optional[float]:
@@ -101,7 +106,7 @@ def _view_step(node: fx.Node) -> Optional[Layout]:
     return VIEW_OPS[node.target](node, identity(list(source.shape)))
 
 
-def reaches_product(node, budget: int = 24) -> bool:
+def reaches_product(node, budget: int = 64) -> bool:
     """Whether node is computed from a bmm/mm through ops allowed between products and softmax."""
     stack, seen = [node], set()
     while stack and budget > 0:
@@ -116,6 +121,10 @@ def reaches_product(node, budget: int = 24) -> bool:
             stack.append(current.args[0])
         elif scalar_factor(current) is not None:
             stack.append(scalar_factor(current)[0])
+        elif is_call(current, aten.mul.Tensor):
+            stack.extend(arg for arg in current.args[:2] if isinstance(arg, fx.Node))
+        elif is_call(current, aten.div.Tensor):
+            stack.append(current.args[0])
         elif is_call(current, aten.add.Tensor, aten.where.self, aten.masked_fill.Scalar):
             stack.extend(arg for arg in current.args if isinstance(arg, fx.Node))
         elif score_mod_sources(current) is not None:
@@ -142,6 +151,10 @@ def walk_scores(scores: fx.Node) -> ScoreWalk:
     if not walk.terms:
         raise Decline("no q.k product feeds the softmax",
                       fix="nothing: without a q @ k product the softmax is not attention; the site stays with Inductor")
+    if walk.mods.score_scale is not None and not all(term.under_tensor_scale for term in walk.terms):
+        raise Decline("a scale tensor multiplies one score term only",
+                      fix="scale the sum of the latent and rope score terms, not one of them",
+                      node=walk.mods.score_scale.node)
     return walk
 
 
@@ -151,7 +164,7 @@ def _visit(node, c_over_node: Layout, scale: float, walk: ScoreWalk, is_root: bo
     if not is_root:
         walk.chain.append(node)
     if is_call(node, *PRODUCT_OPS):
-        walk.terms.append(RawTerm(node, c_over_node, scale))
+        walk.terms.append(RawTerm(node, c_over_node, scale, walk.under_tensor_scale > 0))
         return
     if is_view_like(node):
         step = _view_step(node)
@@ -179,6 +192,10 @@ def _visit(node, c_over_node: Layout, scale: float, walk: ScoreWalk, is_root: bo
                           fix="a positive softmax scale", node=node)
         _visit(source, c_over_node, scale * factor, walk)
         return
+    tensor_scaled = tensor_factor(node)
+    if tensor_scaled is not None:
+        _visit_tensor_scale(node, *tensor_scaled, c_over_node, scale, walk)
+        return
     if is_call(node, aten.add.Tensor):
         _visit_add(node, c_over_node, scale, walk)
         return
@@ -196,6 +213,53 @@ def _visit(node, c_over_node: Layout, scale: float, walk: ScoreWalk, is_root: bo
                   fix="between q @ k and the softmax, only scalar scales, masks (add, masked_fill, where), views "
                       "and the extensions the op takes (soft cap, ALiBi, sinks)",
                   node=node)
+
+
+def tensor_factor(node: fx.Node) -> Optional[tuple]:
+    """(scores, factor, divides) for scores * t, t * scores or scores / t, t a floating tensor not computed from the
+    scores that broadcasts into them (the product keeps the scores' shape)."""
+    if is_call(node, aten.mul.Tensor):
+        pairs = [node.args[:2], node.args[1::-1]]
+    elif is_call(node, aten.div.Tensor) and not node.kwargs.get("rounding_mode"):
+        pairs = [node.args[:2]]
+    else:
+        return None
+    for source, factor in pairs:
+        if not (isinstance(source, fx.Node) and isinstance(factor, fx.Node)):
+            continue
+        source_val, factor_val, out_val = fake_value(source), fake_value(factor), fake_value(node)
+        if source_val is None or factor_val is None or out_val is None or not factor_val.is_floating_point():
+            continue
+        if reaches_product(source) and not reaches_product(factor) and list(source_val.shape) == list(out_val.shape):
+            return source, factor, node.target is aten.div.Tensor
+    return None
+
+
+def _visit_tensor_scale(node: fx.Node, source: fx.Node, factor: fx.Node, divides: bool, c_over_node: Layout,
+                        scale: float, walk: ScoreWalk) -> None:
+    """Scores times (or over) a tensor that may vary per query head: the op takes the scale as a number, so the
+    plan folds the tensor into q, which is exact only where nothing between the products and this multiply is
+    added to the scores or capped (both are checked as the walk meets them below)."""
+    if walk.mods.score_scale is not None:
+        raise Decline("the scores are scaled by two tensors", fix="multiply the scores by one scale tensor (their "
+                      "product), or fold the scales into q", node=node)
+    spread = broadcast_layout(list(fake_value(factor).shape), list(fake_value(node).shape))
+    c_over_factor = None if spread is None else compose(c_over_node, spread)
+    if c_over_factor is None:
+        raise Decline(f"the scale tensor {factor.name} does not line up with the scores",
+                      fix="a scale tensor per query head, broadcast as [1, Hq, 1, 1] over the scores", node=factor)
+    walk.mods.score_scale = PerHeadTensor(factor, c_over_factor)
+    walk.mods.score_scale_divides = divides
+    walk.under_tensor_scale += 1
+    _visit(source, c_over_node, scale, walk)
+    walk.under_tensor_scale -= 1
+
+
+def _no_tensor_scale_above(walk: ScoreWalk, what: str, node: fx.Node) -> None:
+    """A mask or bias added below a scale tensor would be scaled by it, which folding the tensor into q does not."""
+    if walk.under_tensor_scale:
+        raise Decline(f"{what} is added to the scores before they are scaled by a tensor",
+                      fix=f"scale the scores first, then add the {what} (or fold the scale tensor into q)", node=node)
 
 
 def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk) -> None:
@@ -220,6 +284,7 @@ def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk
     if mask_val is None or not mask_val.is_floating_point():
         raise Decline(f"additive mask {mask.name} is not a floating tensor",
                       fix="a float additive mask, or a bool mask through masked_fill / where", node=mask)
+    _no_tensor_scale_above(walk, "a mask or bias", node)
     c_over_mask = _mask_layout(c_over_node, mask, node)
     alibi = match_alibi(mask, c_over_mask, scale)
     if alibi is not None:
@@ -247,5 +312,6 @@ def _visit_fill(node, cond, when_true, when_false, c_over_node: Layout, scale: f
                       fix="fill masked scores with -inf or torch.finfo(dtype).min", node=node)
     if not isinstance(cond, fx.Node) or fake_value(cond) is None or fake_value(cond).dtype != torch.bool:
         raise Decline("the mask selecting masked scores is not a boolean tensor", fix="a bool mask", node=node)
+    _no_tensor_scale_above(walk, "a mask", node)
     walk.masks.append(MaskUse(cond, False, attend_if, _mask_layout(c_over_node, cond, node), 1.0))
     _visit(source, c_over_node, scale, walk)
