@@ -375,7 +375,8 @@ def test_not_absorbed_notes_say_what_would_absorb(fn, adapt, reason, fix):
     assert fix in record.reason.split("; to absorb: ", 1)[1], record.reason
 
 
-def test_mask_that_does_not_broadcast_is_untouched():
+def test_mask_per_head_is_absorbed_with_it():
+    """A mask per head of the expanded MHA: the absorbed op takes it per query head, in the same head order."""
     fn = expanding_attention("cat", "softmax")
     q, latent, rope, weight, _ = make_inputs(1)
     mask = torch.rand(BATCH, HEADS, 1, CAPACITY, generator=torch.Generator().manual_seed(3)) > 0.3
@@ -383,7 +384,8 @@ def test_mask_that_does_not_broadcast_is_untouched():
     result = run_pass(fn, q, latent, rope, weight, mask)
     assert_close(result.output, fn(q, latent, rope, weight, mask), tol=1e-4)
     [record] = result.records
-    assert record.status == "skipped" and not op_calls(result), str(record)
+    assert (record.status, record.kind, record.mask) == ("rewritten", "mla", "boolean"), str(record)
+    assert record.form.endswith("(absorbed)") and len(op_calls(result)) == 1, str(record)
 
 
 def _softcapped(q, latent, rope, weight, mask):

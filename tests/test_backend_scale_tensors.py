@@ -225,3 +225,33 @@ def test_scale_tensors_the_op_cannot_take_are_reported(fn, make_inputs, reason):
     assert result.after["gla"] == 0 and result.statuses == ["skipped"] and reason in result.reasons, result.reasons
     with torch.no_grad():
         assert_close(result.output, fn(*args), tol=1e-4)
+
+
+# ---- on the GPU: the op's kernels (Inductor launches the portable ones) in bf16 ---------------------------------
+
+def per_head_argument(q, k, v, valid, scale):
+    """The per-head scale as an input of the graph ([H, 1, 1]), as a parameter becomes under dynamo."""
+    scores = (scores_of(q, k) * scale).masked_fill(~valid[:, None, None, :], -math.inf)
+    return attend(scores, v)
+
+
+def mla_per_head_argument(q_latent, q_rope, latent, rope_key, valid, scale):
+    scores = torch.einsum("blhc,bsc->bhls", q_latent, latent) + torch.einsum("blhr,bsr->bhls", q_rope, rope_key)
+    scores = (scores * scale).masked_fill(~valid[:, None, None, :], float("-inf"))
+    return torch.einsum("bhls,bsc->blhc", scores.softmax(-1), latent)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fn, make_inputs, kind", [(per_head_argument, inputs, "gqa"),
+                                                   (mla_per_head_argument, mla_inputs, "mla")])
+def test_per_head_scale_on_gpu_bf16(cuda_device, fn, make_inputs, kind):
+    """FlashAttention's rule against float32: the error of the compiled bf16 graph is at most twice eager's."""
+    from test_backend_gpu import check_fa_rule, on_gpu
+
+    args = [*make_inputs(), per_head().reshape(HQ, 1, 1) * D ** -0.5]
+    low = on_gpu(args)
+    output, counts, records = compile_and_count(fn, *low)
+    assert [(r.status, r.kind) for r in records] == [("rewritten", kind)], [str(r) for r in records]
+    assert "+scale tensor" in records[0].form and counts[0]["softmax"] == 0
+    with torch.no_grad():
+        check_fa_rule(output, fn(*low), fn(*on_gpu(args, torch.float32)).float())

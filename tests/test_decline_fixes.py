@@ -146,8 +146,7 @@ SITES = {
         ('_validate', 'unsupported by the op: {}'): 'test_skip_reasons.py::head_dim_unsupported',
         ('choose_roles', 'each score term has keys per head: neith'): 'test_skip_reasons.py::terms_with_own_heads',
         ('tensor_plan', 'the {} is read in runs that do not tile '): UNREACHABLE,
-        ('make_plan', 'the mask varies across heads, which the '):
-            'test_absorb.py::test_mask_that_does_not_broadcast_is_untouched',
+        ('make_plan', 'the mask varies across the query heads o'): UNREACHABLE,
         ('make_plan', 'the mask varies along a batch that spans'): 'test_skip_reasons.py::latent_with_two_batch_dims',
         ('tensor_plan', 'the {} is read with a stride pattern the'): 'test_skip_reasons.py::every_other_key',
     },

@@ -77,7 +77,10 @@ Checks with a user-facing fix that no code running correctly in eager reaches (s
                        decomposes to its math form)
                        query heads not a multiple of the KV heads: SDPA rejects them (enable_gqa, or heads that
                        broadcast); only the private CPU flash op takes them, and reads past the KV heads
-  plan/site_plan.py    a cache read in runs that do not tile its axis: views keep every run inside its axis, so
+  plan/site_plan.py    a mask that varies along a group (query rows of one KV head): choose_roles makes every row
+                       slot a mask varies along a query position (two such: "query positions are spread over
+                       several dims")
+                       a cache read in runs that do not tile its axis: views keep every run inside its axis, so
                        their span never exceeds it (only sizes the pass cannot compare, symbolic, could)
                        an output that does not hold every entry once: analyze_values makes each of its batch
                        and row runs a whole score dim read once, and V's value dim one run

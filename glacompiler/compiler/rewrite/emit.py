@@ -125,7 +125,8 @@ def build_query(emit: Emitter, plan: QueryPlan) -> fx.Node:
 
 
 def build_mask(emit: Emitter, mask: PlacedMask, plan: SitePlan) -> fx.Node:
-    """The mask as [B or 1, 1, Lq or 1, S or 1]."""
+    """The mask as [B or 1, 1 or Hq, Lq or 1, S or 1]: Hq where it varies per KV head (T5's position bias, MPT's
+    ALiBi buffer), expanded over each KV head's group in the op's head order (KV head major)."""
     node = mask.node
     if not mask.additive and not mask.attend_if:
         node = emit.call(aten.logical_not.default, node)
@@ -140,14 +141,24 @@ def build_mask(emit: Emitter, mask: PlacedMask, plan: SitePlan) -> fx.Node:
         node = emit.call(aten.squeeze.dims, node, list(mask.unit_axes))
     remaining = sorted(mask.slot_axes.values())
     roles = plan.roles
-    # One slot per op dim at most (plan/site_plan.py declines masks along a batch that spans several dims).
-    per_dim = [roles.batch, [], roles.position, [roles.key]]
+    # One slot per op dim at most (plan/site_plan.py declines masks along a batch that spans several dims or along
+    # a group); where the mask varies per KV head, every KV-head slot gets a dim, merged into Hq below.
+    per_head = any(slot in mask.slot_axes for slot in roles.head)
+    head_dims = [[slot] for slot in roles.head] if per_head else [[]]
+    per_dim = [roles.batch, *head_dims, roles.position, [roles.key]]
     varying = [next((s for s in slots if s in mask.slot_axes), None) for slots in per_dim]
     order = [remaining.index(mask.slot_axes[s]) for s in varying if s is not None]
     node = emit.permute(node, order)
     for position, slot in enumerate(varying):
         if slot is None:
             node = emit.call(aten.unsqueeze.default, node, position)
+    if per_head:  # [B, Hkv..., Lq, S] -> [B, Hkv..., G, Lq, S] expanded -> [B, Hq, Lq, S] (KV head major)
+        sizes = list(fake_value(node).shape)
+        head_sizes = [plan.slots[slot].size for slot in roles.head]
+        group = plan.spec.num_q_heads // math.prod(head_sizes)
+        node = emit.call(aten.unsqueeze.default, node, 1 + len(head_sizes))
+        node = emit.call(aten.expand.default, node, [-1, *head_sizes, group, -1, -1])
+        node = emit.reshape(node, [sizes[0], plan.spec.num_q_heads, sizes[-2], sizes[-1]])
     return node
 
 

@@ -124,8 +124,9 @@ def place(use: MaskUse, c_over_slots: Layout, slots: list) -> PlacedMask:
                               fix="a mask that varies along whole batch, query and key dims ([B, 1, Lq, S])", node=node)
             if not known_equal(mask_piece.step, 1) or mask_piece.axis in slot_axes.values():
                 raise Decline(f"mask {node.name} varies along several score dims through one axis (e.g. per query "
-                              "head across KV groups), which the op's mask cannot express",
-                              fix="one mask for all heads ([B, 1, Lq, S])", node=node)
+                              "head across KV groups), which the pass does not lay out",
+                              fix="one mask for all heads ([B, 1, Lq, S]) or one per KV head (broadcast over its "
+                                  "group)", node=node)
             slot_axes[slot_piece.axis] = mask_piece.axis
             if not known_equal(mask_piece.size, node_sizes[mask_piece.axis]):
                 slices.append((mask_piece.axis, mask_piece.size))  # e.g. HF's mask[..., :key_length]

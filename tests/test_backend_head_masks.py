@@ -1,0 +1,134 @@
+"""Masks that vary per KV head: T5's position bias ([1, H, Lq, S], added), MPT's precomputed ALiBi buffer (a
+[1, H, 1, S_max] bias sliced to the keys), a boolean mask per head. The op takes a mask broadcastable to
+[B, Hq, Lq, S]; the pass lays such a mask out per query head (KV head major, expanded over each group). Each is
+compared with eager; masks that rule out different keys in different heads show a head read with another's mask.
+A mask per query head of a GQA group is left alone (tests/test_backend_negative.py)."""
+import math
+
+import pytest
+import torch
+
+from test_backend_support import assert_close, compile_and_count, run_pass
+
+B, H, S, D = 2, 4, 24, 16
+GLACOMPILER_LENGTHS, GLACOMPILER_MASK = 5, 7  # the op call's cache_seqlens and attn_mask arguments
+
+
+def generator(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def mha_inputs(query_len=1, seed=0):
+    g = generator(seed)
+    return (torch.randn(B, H, query_len, D, generator=g) * 2, torch.randn(B, H, S, D, generator=g),
+            torch.randn(B, H, S, D, generator=g))
+
+
+def keep_per_head(query_len=1, seed=1):
+    keep = torch.rand(B, H, query_len, S, generator=generator(seed)) > 0.4
+    keep[..., 0] = True
+    return keep
+
+
+def attend(scores, v):
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def bool_mask_per_head(q, k, v, keep):
+    scores = q @ k.transpose(-1, -2) * D ** -0.5
+    return attend(scores.masked_fill(~keep, -math.inf), v)
+
+
+def t5_position_bias(q, k, v, bias):
+    """T5's decoder: scores (unscaled) plus a learned relative-position bias per head, [1, H, Lq, S]."""
+    return attend(q @ k.transpose(-1, -2) + bias, v)
+
+
+MAX_POSITIONS = 64
+SLOPES = torch.tensor([2.0 ** (-(i + 1)) for i in range(H)])
+ALIBI_BUFFER = (SLOPES[:, None] * torch.arange(1 - MAX_POSITIONS, 1, dtype=torch.float32))[None, :, None, :]
+
+
+def mpt_alibi_buffer(q, k, v, valid):
+    """MPT: a precomputed [1, H, 1, S_max] ALiBi buffer, its last S keys added, then the padding mask."""
+    scores = q @ k.transpose(-1, -2) * D ** -0.5 + ALIBI_BUFFER[..., -k.shape[-2]:]
+    return attend(scores.masked_fill(~valid[:, None, None, :], torch.finfo(scores.dtype).min), v)
+
+
+def per_head_prefix(q, k, v):
+    """Each head sees its own prefix of the keys (at one query token: not lengths, which are per sequence)."""
+    keep = torch.arange(S)[None, None, None, :] < torch.tensor([3, 9, 17, S])[None, :, None, None]
+    return attend((q @ k.transpose(-1, -2) * 0.3).masked_fill(~keep, -math.inf), v)
+
+
+def grouped_per_kv_head(q, k, v, keep):
+    """GQA written with a group dim ([B, Hkv, G, Lq, S] scores) and a mask per KV head [B, Hkv, 1, 1, S]."""
+    scores = q @ k.transpose(-1, -2) * D ** -0.5
+    return attend(scores.masked_fill(~keep, -math.inf), v)
+
+
+def two_head_dims(q, k, v, keep):
+    """KV heads in two dims ([B, 2, 2, Lq, S]); the mask varies along the first only."""
+    return attend((q @ k.transpose(-1, -2) * D ** -0.5).masked_fill(~keep, -math.inf), v)
+
+
+def check_rewritten(fn, *args):
+    result = run_pass(fn, *args)
+    assert result.statuses == ["rewritten"] and result.after["softmax"] == 0, result.reasons
+    with torch.no_grad():
+        assert_close(result.output, fn(*args), tol=1e-4)
+    return result.op_calls()[0]
+
+
+@pytest.mark.parametrize("query_len", [1, 3])
+def test_boolean_mask_per_head(query_len):
+    call = check_rewritten(bool_mask_per_head, *mha_inputs(query_len), keep_per_head(query_len))
+    assert call.args[GLACOMPILER_MASK] is not None
+
+
+def test_t5_position_bias():
+    bias = torch.randn(1, H, 2, S, generator=generator(2)) * 4
+    check_rewritten(t5_position_bias, *mha_inputs(2), bias)
+
+
+def test_mpt_alibi_buffer():
+    valid = torch.arange(S)[None, :] < torch.tensor([11, S])[:, None]
+    check_rewritten(mpt_alibi_buffer, *mha_inputs(), valid)
+
+
+def test_a_prefix_per_head_stays_a_mask():
+    call = check_rewritten(per_head_prefix, *mha_inputs())
+    assert call.args[GLACOMPILER_LENGTHS] is None and call.args[GLACOMPILER_MASK] is not None
+
+
+def test_a_mask_per_kv_head_is_expanded_over_its_group():
+    g = generator(4)
+    kv_heads, group = 2, 3
+    q = torch.randn(B, kv_heads, group, 2, D, generator=g) * 2
+    k, v = (torch.randn(B, kv_heads, 1, S, D, generator=g) for _ in range(2))
+    keep = torch.rand(B, kv_heads, 1, 1, S, generator=g) > 0.4
+    keep[..., 0] = True
+    check_rewritten(grouped_per_kv_head, q, k, v, keep)
+
+
+def test_kv_heads_in_two_dims():
+    g = generator(5)
+    q = torch.randn(B, 2, 2, 1, D, generator=g) * 2
+    k, v = (torch.randn(B, 2, 2, S, D, generator=g) for _ in range(2))
+    keep = torch.rand(1, 2, 1, 1, S, generator=g) > 0.4
+    keep[..., 0] = True
+    check_rewritten(two_head_dims, q, k, v, keep)
+
+
+@pytest.mark.gpu
+def test_t5_position_bias_on_gpu_bf16(cuda_device):
+    """Through the whole backend on the GPU: FlashAttention's rule against float32."""
+    from test_backend_gpu import check_fa_rule, on_gpu
+
+    args = [*mha_inputs(2), torch.randn(1, H, 2, S, generator=generator(2)) * 4]
+    low = on_gpu(args)
+    output, counts, records = compile_and_count(t5_position_bias, *low)
+    assert [(r.status, r.kind, r.mask) for r in records] == [("rewritten", "mha", "additive")], \
+        [str(r) for r in records]
+    with torch.no_grad():
+        check_fa_rule(output, t5_position_bias(*low), t5_position_bias(*on_gpu(args, torch.float32)).float())
