@@ -434,3 +434,43 @@ def test_not_absorbed_note_names_the_line_it_stopped_at():
     lines, first = inspect.getsourcelines(_weight_rows_overlap)
     line = first + next(i for i, text in enumerate(lines) if "torch.einsum(" in text)
     assert f"(at test_absorb.py:{line} in _weight_rows_overlap)" in record.reason, record.reason
+
+
+HIDDEN = 64
+
+
+def _layer_from_its_input(rotate: bool, kv_heads: int):
+    """A prompt's step of an ordinary layer: q, K and V all computed from the layer input x (no cache), K rotated
+    or not. x is no latent: the site is MHA/GQA, with no "not absorbed" note."""
+    generator = torch.Generator().manual_seed(7)
+    w_q, w_k, w_v = (torch.randn(HIDDEN, heads * NOPE, generator=generator) * 0.2
+                     for heads in (HEADS, kv_heads, kv_heads))
+    cos = torch.randn(NOPE, generator=generator)
+
+    def layer(x):
+        batch, length, _ = x.shape
+        q = (x @ w_q).view(batch, length, HEADS, NOPE).transpose(1, 2)
+        k = (x @ w_k).view(batch, length, kv_heads, NOPE).transpose(1, 2)
+        if rotate:
+            k = k * cos + torch.cat([-k[..., NOPE // 2:], k[..., :NOPE // 2]], dim=-1) * cos
+        v = (x @ w_v).view(batch, length, kv_heads, NOPE).transpose(1, 2)
+        groups = HEADS // kv_heads
+        k, v = (t.repeat_interleave(groups, dim=1) for t in (k, v))
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        scores = (q @ k.transpose(-1, -2) * SCALE).masked_fill(~causal, float("-inf"))
+        return torch.softmax(scores, dim=-1) @ v
+
+    return layer
+
+
+@pytest.mark.parametrize("rotate, kv_heads, kind", [(True, 2, "gqa"), (False, HEADS, "mha")])
+def test_a_layer_computing_everything_from_its_input_is_not_a_latent(rotate, kv_heads, kind):
+    """Before, the rotated GQA layer carried "not absorbed: K is not a product of the latent" and the plain MHA
+    layer was absorbed as MLA over x."""
+    layer = _layer_from_its_input(rotate, kv_heads)
+    x = torch.randn(BATCH, 3, HIDDEN, generator=torch.Generator().manual_seed(8))
+    result = run_pass(layer, x)
+    assert_close(result.output, layer(x), tol=1e-4)
+    [record] = result.records
+    assert (record.status, record.kind, record.reason) == ("rewritten", kind, ""), str(record)
+    assert not record.form.endswith("(absorbed)"), str(record)

@@ -109,6 +109,8 @@ SITES = {
         ('read_sdpa', '{} also has its logsumexp or other side '): 'test_skip_reasons.py::logsumexp_used',
     },
     'plan/extensions.py': {
+        ('plan_extensions', 'float16 scores scaled by a tensor in {}:'):
+            'test_backend_scale_tensors.py::test_float16_scores_scaled_in_float32_are_left_alone',
         ('per_head_plan', 'the {} vary along the {} dim, not per he'): 'test_skip_reasons.py::sinks_per_sequence',
         ('_slot_pieces', 'the {} do not line up with the scores'): 'test_skip_reasons.py::sinks_heads_regrouped',
         ('plan_extensions', 'soft capping or ALiBi on a latent (MLA/G'): 'test_skip_reasons.py::softcap_on_latent',
@@ -176,8 +178,8 @@ SITES = {
         ('_mask_layout', 'mask {} of shape {} does not broadcast t'): UNREACHABLE,
         ('_visit_tensor_scale', 'the scale tensor {} does not line up wit'): UNREACHABLE,
         ('_visit_tensor_scale', 'the scores are scaled by two tensors'): 'test_backend_scale_tensors.py::test_scale_tensors_the_op_cannot_take_are_reported',
-        ('_no_tensor_scale_above', '{} is added to the scores before they ar'): 'test_backend_scale_tensors.py::test_scale_tensors_the_op_cannot_take_are_reported',
-        ('walk_scores', 'a scale tensor multiplies one score term'): 'test_backend_scale_tensors.py::test_scale_tensors_the_op_cannot_take_are_reported',
+        ('_no_tensor_scale_above', 'a {} is applied to the scores before the'): 'test_backend_scale_tensors.py::test_scale_tensors_the_op_cannot_take_are_reported',
+        ('walk_scores', 'a scale tensor multiplies one score term'): UNREACHABLE,
         ('walk_scores', 'no q.k product feeds the softmax'): UNREACHABLE,
         ('_visit_add', 'scores are combined by add with alpha !='): 'test_skip_reasons.py::add_with_alpha',
         ('_visit_add', 'neither side of an add on the scores com'): 'test_skip_reasons.py::fill_over_sum',

@@ -86,13 +86,34 @@ def plan_absorption(site) -> AbsorbedPlan:
         raise NotLatent()
     key_parts = split_parts(at_origin(plan.k.base, tensor_plan_layout(plan.k)), DIM)
     value_parts = split_parts(at_origin(plan.v.base, tensor_plan_layout(plan.v)), DIM)
-    if not any(is_product(part.source) for part in key_parts + value_parts):
+    if not any(is_product(part.source) for part in key_parts + value_parts) or _is_layer_input(plan, value_parts):
         raise NotLatent()
     try:
         return _absorb(plan, key_parts, value_parts)
     except Decline as decline:
         decline.spec = plan.spec
         raise
+
+
+def _is_layer_input(plan: SitePlan, value_parts: list, budget: int = 4000) -> bool:
+    """Whether V is a per-head map of a tensor the query is also computed from: an ordinary layer's V = x @ W_V over
+    its input (a prompt's step computes q, K and V from x), not a latent expansion, whose latent is a cache or a
+    projection of its own. Absorbing would attend over x, and the report would call an MHA/GQA layer a latent one."""
+    if len(value_parts) != 1 or not is_product(value_parts[0].source):
+        return False
+    try:
+        latent = linear_map(value_parts[0].source, "value").latent
+    except Decline:
+        return False  # (_absorb says why)
+    stack, seen = [plan.q.view.base], set()
+    while stack and len(seen) < budget:
+        node = stack.pop()
+        if node is latent:
+            return True
+        if node not in seen:
+            seen.add(node)
+            stack.extend(node.all_input_nodes)
+    return False
 
 
 def _absorb(plan: SitePlan, key_parts: list, value_parts: list) -> AbsorbedPlan:

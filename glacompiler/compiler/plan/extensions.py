@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import torch
+
 from ..decline import Decline
 from ..trace.layout import Layout
 from ..trace.products import align
@@ -132,7 +134,12 @@ def plan_extensions(mods: ScoreMods, plan: SitePlan, c_over_slots: Layout) -> Op
             alibi = per_head_plan(mods.alibi, c_over_slots, slots, roles, "ALiBi slopes")
         score_scale = None
         if mods.score_scale is not None:
-            score_scale = per_head_plan(mods.score_scale, c_over_slots, slots, roles, "scale tensor")
+            if plan.spec.dtype == "float16" and mods.score_scale_dtype != torch.float16:
+                raise Decline(f"float16 scores scaled by a tensor in {mods.score_scale_dtype}: folded into q, the "
+                              "product would be stored in float16, which can overflow where the model's does not",
+                              fix="scale in float16 (the scale tensor and the scores both float16), or run the "
+                                  "model in bfloat16", node=mods.score_scale.node)
+            score_scale = per_head_plan(mods.score_scale, c_over_slots, slots, roles, "per-head scales")
         return ExtensionPlan(mods.softcap, sinks, alibi, mods.alibi.factor if mods.alibi is not None else 1.0,
                              score_scale, mods.score_scale_divides)
     except Decline as decline:

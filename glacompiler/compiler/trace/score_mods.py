@@ -46,6 +46,7 @@ class ScoreMods:
     inside_tanh: bool = False  # the walk is below the soft cap's tanh
     score_scale: Optional[PerHeadTensor] = None  # a tensor the scores are multiplied by (score_side.py)
     score_scale_divides: bool = False  # ... or divided by
+    score_scale_dtype: Optional[torch.dtype] = None  # the dtype the scaled scores are computed in
 
     @property
     def any(self) -> bool:

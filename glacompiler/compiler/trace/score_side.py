@@ -106,8 +106,9 @@ def _view_step(node: fx.Node) -> Optional[Layout]:
     return VIEW_OPS[node.target](node, identity(list(source.shape)))
 
 
-def reaches_product(node, budget: int = 64) -> bool:
-    """Whether node is computed from a bmm/mm through ops allowed between products and softmax."""
+def reaches_product(node, budget: int = 64, tensor_factors: bool = True) -> bool:
+    """Whether node is computed from a bmm/mm through ops allowed between products and softmax (tensor_factors:
+    multiplies by tensors included)."""
     stack, seen = [node], set()
     while stack and budget > 0:
         current = stack.pop()
@@ -121,9 +122,9 @@ def reaches_product(node, budget: int = 64) -> bool:
             stack.append(current.args[0])
         elif scalar_factor(current) is not None:
             stack.append(scalar_factor(current)[0])
-        elif is_call(current, aten.mul.Tensor):
+        elif tensor_factors and is_call(current, aten.mul.Tensor):
             stack.extend(arg for arg in current.args[:2] if isinstance(arg, fx.Node))
-        elif is_call(current, aten.div.Tensor):
+        elif tensor_factors and is_call(current, aten.div.Tensor):
             stack.append(current.args[0])
         elif is_call(current, aten.add.Tensor, aten.where.self, aten.masked_fill.Scalar):
             stack.extend(arg for arg in current.args if isinstance(arg, fx.Node))
@@ -250,6 +251,7 @@ def _visit_tensor_scale(node: fx.Node, source: fx.Node, factor: fx.Node, divides
                       fix="a scale tensor per query head, broadcast as [1, Hq, 1, 1] over the scores", node=factor)
     walk.mods.score_scale = PerHeadTensor(factor, c_over_factor)
     walk.mods.score_scale_divides = divides
+    walk.mods.score_scale_dtype = fake_value(node).dtype
     walk.under_tensor_scale += 1
     _visit(source, c_over_node, scale, walk)
     walk.under_tensor_scale -= 1
@@ -258,8 +260,8 @@ def _visit_tensor_scale(node: fx.Node, source: fx.Node, factor: fx.Node, divides
 def _no_tensor_scale_above(walk: ScoreWalk, what: str, node: fx.Node) -> None:
     """A mask or bias added below a scale tensor would be scaled by it, which folding the tensor into q does not."""
     if walk.under_tensor_scale:
-        raise Decline(f"{what} is added to the scores before they are scaled by a tensor",
-                      fix=f"scale the scores first, then add the {what} (or fold the scale tensor into q)", node=node)
+        raise Decline(f"a {what} is applied to the scores before they are scaled by a tensor",
+                      fix=f"scale the scores first, then apply the {what} (or fold the scale tensor into q)", node=node)
 
 
 def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk) -> None:
@@ -268,6 +270,12 @@ def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk
                       fix="add masks with alpha=1 (scores + mask)", node=node)
     left, right = node.args[:2]
     left_scores, right_scores = reaches_product(left), reaches_product(right)
+    if left_scores and right_scores:
+        # A side that reaches a product only through a tensor multiply beside one that does without is a bias
+        # (e.g. (m @ W) * t), as it was before scale tensors were walked.
+        direct = reaches_product(left, tensor_factors=False), reaches_product(right, tensor_factors=False)
+        if direct[0] != direct[1]:
+            left_scores, right_scores = direct
     if left_scores and right_scores:
         _visit(left, c_over_node, scale, walk)
         _visit(right, c_over_node, scale, walk)
@@ -284,7 +292,7 @@ def _visit_add(node: fx.Node, c_over_node: Layout, scale: float, walk: ScoreWalk
     if mask_val is None or not mask_val.is_floating_point():
         raise Decline(f"additive mask {mask.name} is not a floating tensor",
                       fix="a float additive mask, or a bool mask through masked_fill / where", node=mask)
-    _no_tensor_scale_above(walk, "a mask or bias", node)
+    _no_tensor_scale_above(walk, "mask or bias", node)
     c_over_mask = _mask_layout(c_over_node, mask, node)
     alibi = match_alibi(mask, c_over_mask, scale)
     if alibi is not None:
@@ -312,6 +320,6 @@ def _visit_fill(node, cond, when_true, when_false, c_over_node: Layout, scale: f
                       fix="fill masked scores with -inf or torch.finfo(dtype).min", node=node)
     if not isinstance(cond, fx.Node) or fake_value(cond) is None or fake_value(cond).dtype != torch.bool:
         raise Decline("the mask selecting masked scores is not a boolean tensor", fix="a bool mask", node=node)
-    _no_tensor_scale_above(walk, "a mask", node)
+    _no_tensor_scale_above(walk, "mask", node)
     walk.masks.append(MaskUse(cond, False, attend_if, _mask_layout(c_over_node, cond, node), 1.0))
     _visit(source, c_over_node, scale, walk)
