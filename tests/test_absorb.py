@@ -474,3 +474,35 @@ def test_a_layer_computing_everything_from_its_input_is_not_a_latent(rotate, kv_
     [record] = result.records
     assert (record.status, record.kind, record.reason) == ("rewritten", kind, ""), str(record)
     assert not record.form.endswith("(absorbed)"), str(record)
+
+
+def _two_layers_sharing_a_latent():
+    """Two MLA layers reading one latent cache c: layer 1's query depends on c only through layer 0's output
+    projection, so c stays a latent for both (the walk from q crosses q's own projection only)."""
+    generator = torch.Generator().manual_seed(9)
+    w_q = torch.randn(HIDDEN, HEADS * NOPE, generator=generator) / HIDDEN ** 0.5
+    w_uk, w_uv = (torch.randn(LATENT, HEADS * NOPE, generator=generator) / LATENT ** 0.5 for _ in range(2))
+    w_o = torch.randn(HEADS * NOPE, HIDDEN, generator=generator) / HIDDEN ** 0.5
+
+    def layer(h, c):
+        batch, length, _ = h.shape
+        q = (h @ w_q).view(batch, length, HEADS, NOPE).transpose(1, 2)
+        k, v = ((c @ w).view(batch, -1, HEADS, NOPE).transpose(1, 2) for w in (w_uk, w_uv))
+        out = F.scaled_dot_product_attention(q, k, v, scale=SCALE)
+        return out.transpose(1, 2).reshape(batch, length, HEADS * NOPE) @ w_o
+
+    def model(h, c):
+        h = h + layer(h, c)
+        return h + layer(h, c)
+
+    return model
+
+
+def test_a_latent_shared_by_two_layers_is_absorbed_in_both():
+    model = _two_layers_sharing_a_latent()
+    h = torch.randn(BATCH, 1, HIDDEN, generator=torch.Generator().manual_seed(10))
+    c = torch.randn(BATCH, CAPACITY, LATENT, generator=torch.Generator().manual_seed(11))
+    result = run_pass(model, h, c)
+    assert_close(result.output, model(h, c), tol=1e-4)
+    assert [(r.kind, r.form.endswith("(absorbed)")) for r in result.records] == [("mla", True)] * 2, \
+        [str(r) for r in result.records]

@@ -132,3 +132,31 @@ def test_t5_position_bias_on_gpu_bf16(cuda_device):
         [str(r) for r in records]
     with torch.no_grad():
         check_fa_rule(output, t5_position_bias(*low), t5_position_bias(*on_gpu(args, torch.float32)).float())
+
+
+LATENT_HEADS, GROUP, LATENT, ROPE = 2, 4, 32, 16
+
+
+def gla_masked(q_latent, q_rope, latent, rope_key, keep):
+    """GLA with its query heads grouped onto latent heads by a view, and the model's own view of the output."""
+    batch = q_latent.shape[0]
+    grouped = q_latent.view(batch, 1, LATENT_HEADS, GROUP, LATENT)
+    scores = torch.einsum("bljgc,bsjc->bjgls", grouped, latent)
+    scores = scores + torch.einsum("blhr,bsr->bhls", q_rope, rope_key).view(batch, LATENT_HEADS, GROUP, 1, S)
+    scores = torch.where(keep, scores * 0.125, float("-inf"))
+    out = torch.einsum("bjgls,bsjc->bljgc", scores.softmax(-1), latent)
+    return out.reshape(batch, 1, LATENT_HEADS * GROUP, LATENT)
+
+
+@pytest.mark.parametrize("mask_shape", [(1, 1, GROUP, 1, S), (1, LATENT_HEADS, GROUP, 1, S)])
+def test_rows_a_mask_tells_apart_keep_the_graphs_views(mask_shape):
+    """At batch 1 the rows a mask tells apart become query positions, and the op's output laid back out has other
+    strides than the einsum's: the graph's own view of it (the trace's reshape) failed to run (a helper's find).
+    The output is now made contiguous where a view of it would fail."""
+    g = generator(6)
+    args = (torch.randn(1, 1, LATENT_HEADS * GROUP, LATENT, generator=g),
+            torch.randn(1, 1, LATENT_HEADS * GROUP, ROPE, generator=g),
+            torch.randn(1, S, LATENT_HEADS, LATENT, generator=g), torch.randn(1, S, ROPE, generator=g))
+    keep = torch.rand(*mask_shape, generator=g) > 0.4
+    keep[..., 0] = True
+    check_rewritten(gla_masked, *args, keep)

@@ -24,6 +24,8 @@ from ..find.sdpa import read_sdpa
 from ..trace.layout import Layout, Piece, fake_value, regroup, merge_adjacent, view_layout
 from ..trace.sizes import known_equal, size_hint
 from .expansion import split_parts
+from ..trace.operands import is_call
+from ..trace.score_side import PRODUCT_OPS
 from .latent import BATCH, DIM, HEAD, KEY, is_product, linear_map
 from .locate import at_origin
 from .weights import WeightView, weight_view
@@ -96,23 +98,29 @@ def plan_absorption(site) -> AbsorbedPlan:
 
 
 def _is_layer_input(plan: SitePlan, value_parts: list, budget: int = 4000) -> bool:
-    """Whether V is a per-head map of a tensor the query is also computed from: an ordinary layer's V = x @ W_V over
+    """Whether V is a per-head map of the tensor the query is projected from: an ordinary layer's V = x @ W_V over
     its input (a prompt's step computes q, K and V from x), not a latent expansion, whose latent is a cache or a
-    projection of its own. Absorbing would attend over x, and the report would call an MHA/GQA layer a latent one."""
+    projection of its own. Absorbing would attend over x, and the report would call an MHA/GQA layer a latent one.
+    The walk from q crosses one product (q's projection): an earlier layer's output reaches q through its own
+    projections, so a latent that also fed an earlier layer does not count."""
     if len(value_parts) != 1 or not is_product(value_parts[0].source):
         return False
     try:
         latent = linear_map(value_parts[0].source, "value").latent
     except Decline:
         return False  # (_absorb says why)
-    stack, seen = [plan.q.view.base], set()
+    stack, seen = [(plan.q.view.base, False)], set()
     while stack and len(seen) < budget:
-        node = stack.pop()
+        node, crossed = stack.pop()
         if node is latent:
             return True
-        if node not in seen:
-            seen.add(node)
-            stack.extend(node.all_input_nodes)
+        if node in seen:
+            continue
+        seen.add(node)
+        product = is_call(node, *PRODUCT_OPS)
+        if product and crossed:
+            continue
+        stack.extend((source, crossed or product) for source in node.all_input_nodes)
     return False
 
 

@@ -2,6 +2,7 @@
 op call, and the output laid back out; then drop the nodes of the old attention that nothing reads."""
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 from typing import Optional
@@ -13,7 +14,7 @@ from torch._guards import detect_fake_mode
 from torch.utils import _pytree as pytree
 
 from ..plan.site_plan import QueryPlan, SitePlan, TensorPlan
-from ..trace.layout import fake_value
+from ..trace.layout import fake_value, is_view_like
 from ..trace.masks import PlacedMask
 from ..trace.sizes import is_concrete, known_equal, known_one
 
@@ -321,8 +322,39 @@ def place_output(emit: Emitter, plan: SitePlan, out: fx.Node) -> None:
     out = emit.reshape(out, plan.output.shape)
     if fake_value(out).dtype != plan.output.dtype:
         out = emit.call(torch.ops.prims.convert_element_type.default, out, plan.output.dtype)
+    if _a_view_fails(emit, plan.output.node, out):
+        out = emit.call(aten.clone.default, out, memory_format=torch.contiguous_format)
     plan.output.node.replace_all_uses_with(out)
     remove_dead(emit.graph, plan.owned)
+
+
+def _a_view_fails(emit: Emitter, old: fx.Node, new: fx.Node, depth: int = 8) -> bool:
+    """Whether a chain of views the graph takes of the site's old output fails on the new one (a trace records a
+    reshape as view where the old output's strides allowed it; the op's output laid back out may have others, e.g.
+    where rows a mask tells apart became query positions). Inductor lowers such a view as a copy, but the graph must
+    run as written too; a contiguous output can be viewed as any shape of its size. The chain is replayed on fake
+    values."""
+    def fake(arg):
+        if isinstance(arg, fx.Node):
+            return arg.meta.get("val")
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(fake(a) for a in arg)
+        return arg
+
+    def fails(node: fx.Node, value, left: int) -> bool:
+        for user in node.users:
+            if left == 0 or not is_view_like(user) or user.args[0] is not node:
+                continue
+            try:
+                viewed = user.target(value, *fake(user.args[1:]), **fake(user.kwargs))
+            except Exception:  # (fake tensors raise their own kinds for a view the strides do not allow)
+                return True
+            if fails(user, viewed, left - 1):
+                return True
+        return False
+
+    with emit.fake_mode if emit.fake_mode is not None else contextlib.nullcontext():
+        return fails(old, fake_value(new), depth)
 
 
 def remove_dead(graph: fx.Graph, owned: list) -> None:
