@@ -108,6 +108,24 @@ def sample_styles(count: int, seed: int = 12) -> list:
     return styles
 
 
+# Scores scaled by a tensor (a learned temperature, a learned scale per head): positives of their own, appended, so
+# that the sampled corpus above stays as it was.
+TENSOR_SCALES = ["tensor", "per_head_tensor"]
+
+
+def tensor_scale_styles(count: int = 12, seed: int = 12) -> list:
+    styles = []
+    for index in range(count):
+        rng = random.Random(f"{seed}-tensor-scale-{index}")
+        kernel = ["matmul", "einsum"][index % 2]
+        styles.append(Style(
+            kernel=kernel, query=rng.choice(QUERIES), layout=rng.choice(LAYOUTS), write=rng.choice(WRITES),
+            sharing=rng.choice(SHARING[kernel]), scale=TENSOR_SCALES[(index // 2) % 2], mask=rng.choice(MASKS[kernel]),
+            softmax=rng.choice(SOFTMAXES), output=rng.choice(OUTPUTS), dims=rng.choice(DIMS),
+        ))
+    return styles
+
+
 def negative_styles(seed: int = 12) -> list:
     """Each negative on a few plain manual styles (the query from a projection, as the positives)."""
     styles = []
@@ -271,6 +289,11 @@ def _scaled_and_masked(src: Source, style: Style, grouped: bool) -> None:
         src(f"scores = scores / math.sqrt({d.D})")
     elif style.scale == "mul":
         src(f"scores = scores * {d.D ** -0.5!r}")
+    elif style.scale == "tensor":
+        src("scores = scores * temperature")
+    elif style.scale == "per_head_tensor":
+        shape = f"1, {d.HKV}, {d.HQ // d.HKV}, 1, 1" if grouped else f"1, {d.HQ}, 1, 1"
+        src(f"scores = scores * head_scale.view({shape})")
     mask = "allowed" if not grouped else f"allowed.view({d.B}, 1, 1, {d.L}, -1)"
     if style.mask == "per_head" and grouped:
         mask = f"allowed.view({d.B}, {d.HKV}, {d.HQ // d.HKV}, {d.L}, -1)"
@@ -425,6 +448,8 @@ def _weights(style: Style, generator: torch.Generator) -> dict:
         "inv_freq": 1.0 / (10000 ** (torch.arange(0, d.D, 2).float() / d.D)),
         "q_norm": 1 + rand(d.D), "k_norm": 1 + rand(d.D),
         "w_gate": rand(4, d.W), "experts": rand(4, d.W, d.HQ * d.D),
+        "temperature": torch.nn.Parameter(torch.tensor(d.D ** -0.5)),
+        "head_scale": torch.nn.Parameter((0.5 + torch.rand(d.HQ, generator=generator)) * d.D ** -0.5),
     }
 
 
@@ -438,5 +463,5 @@ def make_case(index: int, style: Style) -> Case:
 
 
 def corpus(positives: int = 312) -> list:
-    styles = sample_styles(positives) + negative_styles()
+    styles = sample_styles(positives) + negative_styles() + tensor_scale_styles()
     return [make_case(index, style) for index, style in enumerate(styles)]
