@@ -126,6 +126,22 @@ def tensor_scale_styles(count: int = 12, seed: int = 12) -> list:
     return styles
 
 
+def head_mask_styles(count: int = 6, seed: int = 12) -> list:
+    """MHA with a boolean mask per head (a mask per KV head, which the op takes per query head): positives, appended
+    like the tensor scales. (With GQA the same mask varies within a group: the negative per_head_mask.)"""
+    styles = []
+    for index in range(count):
+        rng = random.Random(f"{seed}-head-mask-{index}")
+        kernel = ["matmul", "einsum"][index % 2]
+        styles.append(Style(
+            kernel=kernel, query=rng.choice(QUERIES), layout=rng.choice(LAYOUTS), write=rng.choice(WRITES),
+            sharing=rng.choice(SHARING[kernel]), scale=rng.choice(SCALES[kernel]), mask="per_head",
+            softmax=rng.choice(SOFTMAXES), output=rng.choice(OUTPUTS),
+            dims=rng.choice([d for d in DIMS if d.HQ == d.HKV]),
+        ))
+    return styles
+
+
 def negative_styles(seed: int = 12) -> list:
     """Each negative on a few plain manual styles (the query from a projection, as the positives)."""
     styles = []
@@ -463,5 +479,5 @@ def make_case(index: int, style: Style) -> Case:
 
 
 def corpus(positives: int = 312) -> list:
-    styles = sample_styles(positives) + negative_styles() + tensor_scale_styles()
+    styles = sample_styles(positives) + negative_styles() + tensor_scale_styles() + head_mask_styles()
     return [make_case(index, style) for index, style in enumerate(styles)]
