@@ -108,38 +108,33 @@ def sample_styles(count: int, seed: int = 12) -> list:
     return styles
 
 
-# Scores scaled by a tensor (a learned temperature, a learned scale per head): positives of their own, appended, so
-# that the sampled corpus above stays as it was.
-TENSOR_SCALES = ["tensor", "per_head_tensor"]
+def _manual_styles(label: str, count: int, seed: int, scale=None, mask: str = "", dims: list = DIMS) -> list:
+    """`count` matmul and einsum styles (in turn), the other axes sampled as the positives', with the scale (a
+    function of the index) or the mask given: positives appended to the corpus, so that the sampled ones stay."""
+    styles = []
+    for index in range(count):
+        rng = random.Random(f"{seed}-{label}-{index}")
+        kernel = ["matmul", "einsum"][index % 2]
+        styles.append(Style(
+            kernel=kernel, query=rng.choice(QUERIES), layout=rng.choice(LAYOUTS), write=rng.choice(WRITES),
+            sharing=rng.choice(SHARING[kernel]), scale=scale(index) if scale else rng.choice(SCALES[kernel]),
+            mask=mask or rng.choice(MASKS[kernel]), softmax=rng.choice(SOFTMAXES), output=rng.choice(OUTPUTS),
+            dims=rng.choice(dims),
+        ))
+    return styles
+
+
+TENSOR_SCALES = ["tensor", "per_head_tensor"]  # a learned temperature (0-d), a learned scale per head
 
 
 def tensor_scale_styles(count: int = 12, seed: int = 12) -> list:
-    styles = []
-    for index in range(count):
-        rng = random.Random(f"{seed}-tensor-scale-{index}")
-        kernel = ["matmul", "einsum"][index % 2]
-        styles.append(Style(
-            kernel=kernel, query=rng.choice(QUERIES), layout=rng.choice(LAYOUTS), write=rng.choice(WRITES),
-            sharing=rng.choice(SHARING[kernel]), scale=TENSOR_SCALES[(index // 2) % 2], mask=rng.choice(MASKS[kernel]),
-            softmax=rng.choice(SOFTMAXES), output=rng.choice(OUTPUTS), dims=rng.choice(DIMS),
-        ))
-    return styles
+    return _manual_styles("tensor-scale", count, seed, scale=lambda index: TENSOR_SCALES[(index // 2) % 2])
 
 
 def head_mask_styles(count: int = 6, seed: int = 12) -> list:
-    """MHA with a boolean mask per head (a mask per KV head, which the op takes per query head): positives, appended
-    like the tensor scales. (With GQA the same mask varies within a group: the negative per_head_mask.)"""
-    styles = []
-    for index in range(count):
-        rng = random.Random(f"{seed}-head-mask-{index}")
-        kernel = ["matmul", "einsum"][index % 2]
-        styles.append(Style(
-            kernel=kernel, query=rng.choice(QUERIES), layout=rng.choice(LAYOUTS), write=rng.choice(WRITES),
-            sharing=rng.choice(SHARING[kernel]), scale=rng.choice(SCALES[kernel]), mask="per_head",
-            softmax=rng.choice(SOFTMAXES), output=rng.choice(OUTPUTS),
-            dims=rng.choice([d for d in DIMS if d.HQ == d.HKV]),
-        ))
-    return styles
+    """MHA with a boolean mask per head (a mask per KV head, which the op takes per query head). With GQA the same
+    mask varies within a group: the negative per_head_mask."""
+    return _manual_styles("head-mask", count, seed, mask="per_head", dims=[d for d in DIMS if d.HQ == d.HKV])
 
 
 def negative_styles(seed: int = 12) -> list:
