@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import test_backend_support
-from test_backend_support import assert_close, compile_and_count, run_pass
+from test_backend_support import assert_close, check_rewritten, compile_and_count, run_pass
 
 aten = torch.ops.aten
 B, HQ, HKV, S, D = 2, 8, 2, 24, 16
@@ -107,14 +107,6 @@ def mla_inputs(seed=0):
 
 def scale_of_call(result) -> float:
     return result.op_calls()[0].args[SCALE_ARGUMENT]
-
-
-def check_rewritten(fn, *args):
-    result = run_pass(fn, *args)
-    assert result.statuses == ["rewritten"] and result.after["softmax"] == 0, result.reasons
-    with torch.no_grad():
-        assert_close(result.output, fn(*args), tol=1e-4)
-    return result
 
 
 @pytest.mark.parametrize("fn, scale", [

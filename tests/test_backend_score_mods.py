@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import test_backend_support
-from test_backend_support import assert_close, compile_and_count, run_pass
+from test_backend_support import assert_close, check_rewritten, compile_and_count, run_pass
 
 B, HQ, HKV, S, D = 2, 8, 2, 24, 16
 GROUP = HQ // HKV
@@ -184,29 +184,20 @@ def sliding_window_mask(q, k, v, valid):
     return torch.matmul(torch.softmax(scores, dim=-1), repeat_kv(v))
 
 
-def check_rewritten(fn, *args):
-    result = run_pass(fn, *args)
-    assert result.after["gla"] == 1 and result.after["softmax"] == 0, result.reasons
-    assert result.statuses == ["rewritten"]
-    with torch.no_grad():
-        assert_close(result.output, fn(*args), tol=1e-4)
-    return result.op_calls()[0].args
-
-
 def test_gemma2_soft_cap():
-    args = check_rewritten(gemma2_soft_cap, *inputs())
+    args = check_rewritten(gemma2_soft_cap, *inputs()).op_calls()[0].args
     assert args[ARG["softcap"]] == pytest.approx(CAP)
     assert args[8] == pytest.approx(SCALE)  # softmax_scale: the products' scale, the cap taken out
 
 
 def test_soft_cap_with_a_multiplier_after_it():
-    args = check_rewritten(soft_cap_then_scaled, *inputs(query_len=3))
+    args = check_rewritten(soft_cap_then_scaled, *inputs(query_len=3)).op_calls()[0].args
     assert args[ARG["softcap"]] == pytest.approx(0.5 * CAP)
 
 
 @pytest.mark.parametrize("fn", [gpt_oss_sinks, sinks_without_max_shift])
 def test_sinks(fn):
-    args = check_rewritten(fn, *inputs(query_len=2), SINKS)
+    args = check_rewritten(fn, *inputs(query_len=2), SINKS).op_calls()[0].args
     assert args[ARG["sinks"]] is not None and args[ARG["softcap"]] == 0.0
 
 
@@ -226,7 +217,7 @@ def test_sinks_in_half_precision(dtype):
 
 @pytest.mark.parametrize("fn", [bloom_alibi, bloom_alibi_from_ones, alibi_added])
 def test_alibi(fn):
-    args = check_rewritten(fn, *inputs())
+    args = check_rewritten(fn, *inputs()).op_calls()[0].args
     assert args[ARG["alibi"]] is not None
 
 
@@ -239,12 +230,12 @@ def test_positions_counted_over_ones_become_an_iota():
 
 
 def test_soft_cap_then_alibi():
-    args = check_rewritten(soft_cap_then_alibi, *inputs())
+    args = check_rewritten(soft_cap_then_alibi, *inputs()).op_calls()[0].args
     assert args[ARG["softcap"]] == pytest.approx(CAP) and args[ARG["alibi"]] is not None
 
 
 def test_sliding_window_mask_takes_the_mask_path():
-    args = check_rewritten(sliding_window_mask, *inputs())
+    args = check_rewritten(sliding_window_mask, *inputs()).op_calls()[0].args
     assert args[7] is not None and len(args) == 12  # a mask, no extension arguments
 
 
@@ -267,7 +258,7 @@ def test_forms_the_op_cannot_take_are_left_alone(fn, extra, reason):
 def test_alibi_with_tokens_that_share_a_mask():
     """Draft tokens under one mask are rows like heads (the op packs them as heads at one position): the bias
     c[h] * j is the op's ALiBi for each."""
-    args = check_rewritten(bloom_alibi, *inputs(query_len=3))
+    args = check_rewritten(bloom_alibi, *inputs(query_len=3)).op_calls()[0].args
     assert args[ARG["alibi"]] is not None
 
 

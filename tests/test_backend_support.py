@@ -146,6 +146,17 @@ def run_pass(fn, *args) -> PassResult:
     return harness.result(harness(*args))
 
 
+def check_rewritten(fn, *args) -> PassResult:
+    """run_pass of a function with one attention site: rewritten into one op call, no softmax left, and the same
+    output as eager (fp32)."""
+    result = run_pass(fn, *args)
+    assert result.after["gla"] == 1 and result.after["softmax"] == 0, result.reasons
+    assert result.statuses == ["rewritten"]
+    with torch.no_grad():
+        assert_close(result.output, fn(*args), tol=1e-4)
+    return result
+
+
 class GraphObserver(CustomGraphPass):
     """A user joint_custom_pre_pass: the gla backend runs it after its own pass, on the rewritten graph."""
 

@@ -90,8 +90,8 @@ Checks with a user-facing fix that no code running correctly in eager reaches (s
                        a uint8 condition, but dynamo's fake-tensor trace rejects it before the pass runs
                        a mask that does not broadcast to the node it is applied at: that node is the broadcast
                        op's own output, and its whole axes resolve through any views of fixed sizes
-                       a scale tensor that does not line up with the scores: the same (the multiply's output is
-                       the node, and the scale broadcasts into it)
+                       a scale tensor that does not broadcast to the scores: the same check (the multiply's output
+                       is the node, and the scale broadcasts into it)
                        a scale tensor over one score term only: _visit_add reads a side that reaches a product
                        only through a scale tensor, beside one that reaches it without, as a bias (a mask)
   trace/score_mods.py  a sink column that does not broadcast to the scores: torch.cat needs every other dim equal

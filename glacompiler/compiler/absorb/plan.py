@@ -22,10 +22,10 @@ from ..plan.match import plan_sdpa_site, plan_softmax_site
 from ..plan.site_plan import SitePlan, TensorPlan, cache_plan, slots_size
 from ..find.sdpa import read_sdpa
 from ..trace.layout import Layout, Piece, fake_value, regroup, merge_adjacent, view_layout
-from ..trace.sizes import known_equal, size_hint
-from .expansion import split_parts
 from ..trace.operands import is_call
 from ..trace.score_side import PRODUCT_OPS
+from ..trace.sizes import known_equal, size_hint
+from .expansion import split_parts
 from .latent import BATCH, DIM, HEAD, KEY, is_product, linear_map
 from .locate import at_origin
 from .weights import WeightView, weight_view

@@ -33,13 +33,18 @@ def graph_fake_mode(graph: fx.Graph):
     return fake_mode
 
 
+def fake_inputs(args, kwargs=None) -> tuple:
+    """(args, kwargs) with every graph node replaced by its fake value."""
+    return pytree.tree_map(lambda a: a.meta.get("val") if isinstance(a, fx.Node) else a,
+                           (tuple(args), dict(kwargs or {})))
+
+
 def record_input_values(node: fx.Node) -> tuple:
     """(fake args, fake kwargs) of a node the pass inserts, recorded as Inductor's "eager_input_vals": where a node
     carries them Inductor gives a custom op (and a user-defined Triton kernel) its inputs with exactly those strides,
     copying where its own layout of an intermediate differs (a dtype cast of a transposed key, say); a node without
     them, as inserted by a pass, gets whatever layout Inductor chose (graph.py, "inserted by a custom pass")."""
-    values = pytree.tree_map(lambda a: a.meta.get("val") if isinstance(a, fx.Node) else a,
-                             (tuple(node.args), dict(node.kwargs)))
+    values = fake_inputs(node.args, node.kwargs)
     node.meta["eager_input_vals"] = values
     return values
 
@@ -156,9 +161,8 @@ def build_mask(emit: Emitter, mask: PlacedMask, plan: SitePlan) -> fx.Node:
     if per_head:  # [B, Hkv..., Lq, S] -> [B, Hkv..., G, Lq, S] expanded -> [B, Hq, Lq, S] (KV head major)
         sizes = list(fake_value(node).shape)
         head_sizes = [plan.slots[slot].size for slot in roles.head]
-        group = plan.spec.num_q_heads // math.prod(head_sizes)
         node = emit.call(aten.unsqueeze.default, node, 1 + len(head_sizes))
-        node = emit.call(aten.expand.default, node, [-1, *head_sizes, group, -1, -1])
+        node = emit.call(aten.expand.default, node, [-1, *head_sizes, plan.spec.group_size, -1, -1])
         node = emit.reshape(node, [sizes[0], plan.spec.num_q_heads, sizes[-2], sizes[-1]])
     return node
 
@@ -334,19 +338,13 @@ def _a_view_fails(emit: Emitter, old: fx.Node, new: fx.Node, depth: int = 8) -> 
     where rows a mask tells apart became query positions). Inductor lowers such a view as a copy, but the graph must
     run as written too; a contiguous output can be viewed as any shape of its size. The chain is replayed on fake
     values."""
-    def fake(arg):
-        if isinstance(arg, fx.Node):
-            return arg.meta.get("val")
-        if isinstance(arg, (list, tuple)):
-            return type(arg)(fake(a) for a in arg)
-        return arg
-
     def fails(node: fx.Node, value, left: int) -> bool:
         for user in node.users:
             if left == 0 or not is_view_like(user) or user.args[0] is not node:
                 continue
+            args, kwargs = fake_inputs(user.args[1:], user.kwargs)
             try:
-                viewed = user.target(value, *fake(user.args[1:]), **fake(user.kwargs))
+                viewed = user.target(value, *args, **kwargs)
             except Exception:  # (fake tensors raise their own kinds for a view the strides do not allow)
                 return True
             if fails(user, viewed, left - 1):

@@ -133,15 +133,17 @@ def reaches_product(node, budget: int = 64, tensor_factors: bool = True) -> bool
     return False
 
 
-def _mask_layout(c_over_node: Layout, mask: fx.Node, node: fx.Node) -> Layout:
+def _mask_layout(c_over_node: Layout, mask: fx.Node, node: fx.Node, what: str = "mask",
+                 shape: str = "[B, 1, Lq, S]") -> Layout:
+    """The softmax input over the axes of a tensor (a mask, a scale tensor) broadcast into the scores at node."""
     mask_val, node_val = fake_value(mask), fake_value(node)
     if mask_val is None or node_val is None:
-        raise Decline(f"mask {mask.name} has no tensor metadata", fix=UNEXPECTED_GRAPH, node=mask)
+        raise Decline(f"{what} {mask.name} has no tensor metadata", fix=UNEXPECTED_GRAPH, node=mask)
     spread = broadcast_layout(list(mask_val.shape), list(node_val.shape))
     composed = None if spread is None else compose(c_over_node, spread)
     if composed is None:
-        raise Decline(f"mask {mask.name} of shape {tuple(mask_val.shape)} does not broadcast to the scores of shape "
-                      f"{tuple(node_val.shape)}", fix="a mask broadcastable to the scores ([B, 1, Lq, S])", node=mask)
+        raise Decline(f"{what} {mask.name} of shape {tuple(mask_val.shape)} does not broadcast to the scores of shape "
+                      f"{tuple(node_val.shape)}", fix=f"a {what} broadcastable to the scores ({shape})", node=mask)
     return composed
 
 
@@ -244,11 +246,7 @@ def _visit_tensor_scale(node: fx.Node, source: fx.Node, factor: fx.Node, divides
     if walk.mods.score_scale is not None:
         raise Decline("the scores are scaled by two tensors", fix="multiply the scores by one scale tensor (their "
                       "product), or fold the scales into q", node=node)
-    spread = broadcast_layout(list(fake_value(factor).shape), list(fake_value(node).shape))
-    c_over_factor = None if spread is None else compose(c_over_node, spread)
-    if c_over_factor is None:
-        raise Decline(f"the scale tensor {factor.name} does not line up with the scores",
-                      fix="a scale tensor per query head, broadcast as [1, Hq, 1, 1] over the scores", node=factor)
+    c_over_factor = _mask_layout(c_over_node, factor, node, "scale tensor", "per query head: [1, Hq, 1, 1]")
     walk.mods.score_scale = PerHeadTensor(factor, c_over_factor)
     walk.mods.score_scale_divides = divides
     walk.mods.score_scale_dtype = fake_value(node).dtype
