@@ -8,19 +8,25 @@ loads, and Triton's ptxas reports the registers.
     python benchmarks/pipelined_loads.py                       # GTA 16/4, 128 + 64 and GQA 32/8/64, 2 stages
     python benchmarks/pipelined_loads.py --spec gta --stages 3 --dump /tmp/ir   # also write the IR and PTX
     python benchmarks/pipelined_loads.py --spec gqa128 gta --page-size 64 --stages 2 5 7   # paged caches
+    python benchmarks/pipelined_loads.py --table tuned_configs/NVIDIA_H200.json   # every tuned GQA/GTA/MHA config
 
 The launch arguments are specialised as a contiguous bf16 call is (16-byte aligned pointers, strides divisible
 by 16, the mask's key stride 1): without that the loads would not vectorise and nothing would be pipelined.
-Beside Triton's shared bytes it prints the resource model's (kernels/portable/resource_model.py)."""
+Beside Triton's shared bytes it prints the resource model's (kernels/portable/resource_model.py). With --table it
+compiles each distinct config of a tuned table's GQA, GTA and MHA entries without a mask and in the two passes of a
+call with a bool key-vector mask, and prints the programs an SM holds in each (registers, shared memory and warps
+against sm_90's limits): where a change to the kernel costs a tuned config a resident program."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import re
 import subprocess
 import tempfile
 
+from glacompiler.kernels.latent_hopper.config import SM90_CTA_RESERVE, SM90_SHARED_MEMORY_PER_SM
 from glacompiler.kernels.portable.config import PortableConfig
 from glacompiler.kernels.common.tiles import next_power_of_two
 from glacompiler.kernels.portable.render import decode_kernel_module
@@ -47,8 +53,12 @@ NOT_DIVISIBLE = {"num_splits", "num_pages", "window_left", "window_right", "stri
 MASK_PASSES = {"no": (False, False), "dense": (True, True), "sparse": (True, False)}  # -> HAS_MASK, DENSE_PASS
 
 
+SM90_REGISTERS_PER_SM, SM90_THREADS_PER_SM, SM90_PROGRAMS_PER_SM = 65536, 2048, 32
+REGISTER_ALLOCATION_UNIT = 256  # registers are allocated to a warp in units of 256
+
+
 def compile_for_sm90(spec: AttentionSpec, config: PortableConfig, has_mask: bool, dense_pass: bool = False,
-                     page_size: int = 0):
+                     page_size: int = 0, query_len: int = 1):
     """The kernel of a config (its fused-combine variant where config.fused_combine) compiled for sm_90."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -57,7 +67,7 @@ def compile_for_sm90(spec: AttentionSpec, config: PortableConfig, has_mask: bool
     fused = bool(config.fused_combine)  # (False with one split)
     kernel = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split,
                                   fused).decode_attention_split_kernel
-    constants = dict(G=spec.group_size, LQ=1, PAGE_SIZE=page_size or 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+    constants = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size or 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                      HAS_MASK=has_mask, MASK_IS_BOOL=True, MASK_PER_ROW=False, CAUSAL=False, HAS_SOFTCAP=False,
                      HAS_ALIBI=False, HAS_SINKS=False, HAS_WINDOW=False, DENSE_PASS=dense_pass, stride_mn=1)
     if fused:
@@ -109,6 +119,46 @@ def registers(ptx: str) -> int:
     return int(re.search(r"Used (\d+) registers", report).group(1))
 
 
+def programs_per_sm(registers_per_thread: int, shared_bytes: int, num_warps: int) -> int:
+    """Programs of a kernel one sm_90 multiprocessor holds at once, by registers, shared memory and threads."""
+    warp_registers = -(-registers_per_thread * 32 // REGISTER_ALLOCATION_UNIT) * REGISTER_ALLOCATION_UNIT
+    return min(SM90_PROGRAMS_PER_SM, SM90_THREADS_PER_SM // (32 * num_warps),
+               SM90_REGISTERS_PER_SM // (warp_registers * num_warps),
+               SM90_SHARED_MEMORY_PER_SM // (shared_bytes + SM90_CTA_RESERVE))
+
+
+def table_configs(path: str) -> list:
+    """(spec, page size, query length, config) of every distinct portable GQA/GTA/MHA entry of a tuned table."""
+    data = json.loads(pathlib.Path(path).read_text())
+    found = {}
+    for entry in data["entries"]:
+        if entry["family"] != "portable" or entry["spec"]["kind"] not in ("gqa", "gta", "mha"):
+            continue
+        key = json.dumps([entry["spec"], entry["page_size"], entry["bucket"]["query_len"], entry["config"]],
+                         sort_keys=True)
+        found.setdefault(key, (AttentionSpec(**entry["spec"]), entry["page_size"], entry["bucket"]["query_len"],
+                               PortableConfig.from_dict(entry["config"])))
+    return list(found.values())
+
+
+def table_report(path: str) -> None:
+    print("kind  dims  page  Lq  config | registers, shared bytes, programs an SM: no mask | " +
+          " | ".join(f"{mask} pass" for mask in MASK_PASSES if mask != "no"))
+    fewer = dict.fromkeys(MASK_PASSES, 0)
+    rows = table_configs(path)
+    for spec, page_size, query_len, config in rows:
+        cells = {}
+        for mask, (has_mask, dense_pass) in MASK_PASSES.items():
+            compiled = compile_for_sm90(spec, config, has_mask, dense_pass, page_size, query_len)
+            regs, shared = registers(compiled.asm["ptx"]), compiled.metadata.shared
+            cells[mask] = (regs, shared, programs_per_sm(regs, shared, config.num_warps))
+            fewer[mask] += cells[mask][2] < cells["no"][2]
+        print(f"{spec.kind:<5} {spec.head_dim_k:>4} {page_size:>5} {query_len:>3}  {config} | " +
+              " | ".join(" ".join(map(str, cell)) for cell in cells.values()), flush=True)
+    print(f"{len(rows)} configs; a masked pass holds fewer programs an SM than the maskless kernel in: " +
+          ", ".join(f"{mask} {count}" for mask, count in fewer.items() if mask != "no"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", nargs="+", default=["gta", "gqa64"], choices=sorted(SPECS))
@@ -117,9 +167,13 @@ def main() -> None:
     parser.add_argument("--block-m", type=int, default=16)
     parser.add_argument("--block-n", type=int, default=64)
     parser.add_argument("--dump", help="a folder to write each variant's Triton GPU IR and PTX to")
+    parser.add_argument("--table", help="a tuned table (JSON): compile each of its GQA/GTA/MHA configs instead")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("TRITON_INTERPRET is set: unset it, the kernel is compiled here, not interpreted")
+    if args.table:
+        table_report(args.table)
+        return
     print("spec      stages mask    key loops: (async copies, plain tile loads) in each body   shared bytes  model  "
           "registers")
     for name in args.spec:

@@ -7,6 +7,7 @@ registers than the sparse one: that is why a masked call is two launches. The co
 installs (3.9); a Triton that pipelines differently fails here, and the template's loads are to be checked
 again on it."""
 import ast
+import json
 import os
 import pathlib
 import subprocess
@@ -58,3 +59,32 @@ def test_paged_key_tiles_take_a_second_buffer_at_five_stages():
             assert five[1] > two[1], (spec, mask)
             for loops, shared, modelled, _ in (two, five):
                 assert 0 <= shared - modelled <= 16, (spec, mask, shared, modelled)
+
+
+def test_table_report_gives_each_configs_programs_an_sm(tmp_path):
+    """--table: one line per distinct GQA/GTA/MHA config of a tuned table (the latent and duplicate entries left
+    out), with registers, shared bytes and the programs an SM holds without a mask and in each pass of a masked
+    call, and the count of configs a pass costs a program."""
+    gta = {"kind": "gta", "num_q_heads": 16, "num_kv_heads": 4, "head_dim_q": 128, "head_dim_k": 128,
+           "head_dim_v": 128, "rope_dim": 64, "tied": True, "paged": False, "dtype": "bfloat16"}
+    config = {"block_m": 16, "block_n": 64, "block_d": 64, "num_splits": 4, "num_warps": 4, "num_stages": 3,
+              "preload_q": True, "dv_split": 1, "fused_combine": False}
+    entry = {"family": "portable", "spec": gta, "bucket": {"batch": 8, "capacity": 4096, "query_len": 1},
+             "page_size": 0, "config": config}
+    latent = {**entry, "family": "latent_hopper", "spec": {**gta, "kind": "gla"}}
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"entries": [entry, {**entry, "bucket": {"batch": 32, "capacity": 4096,
+                                                                          "query_len": 1}}, latent]}))
+    environment = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(SCRIPT), "--table", str(table)], capture_output=True, text=True,
+                            timeout=600, env=environment)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("1 configs;"), lines
+    cells = [cell.split() for cell in lines[1].split("|")[1:]]
+    assert len(cells) == 3  # no mask, the dense pass, the sparse pass
+    for registers, shared, programs in cells:
+        # 128 threads a program: at most 16 an SM by threads; by registers 65536 // (128 x registers, rounded up
+        # to 8 a thread); by shared memory 233472 // (shared + 1024).
+        rounded = -(-int(registers) // 8) * 8
+        assert int(programs) == min(16, 65536 // (128 * rounded), 233472 // (int(shared) + 1024))
