@@ -117,6 +117,34 @@ def test_mask_that_rules_out_everything_gives_zero_and_minus_inf(interpret_kerne
     assert torch.isneginf(lse).all()
 
 
+@pytest.mark.parametrize("name, dtype", [("gqa", torch.float32), ("gqa", torch.float16), ("gta", torch.float32)])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_a_row_of_lowest_fills_only_reads_every_key(interpret_kernels, name, dtype, num_splits):
+    """transformers fills masked keys with torch.finfo(dtype).min. A row of such fills only is attended whole, as
+    eager attention does: in float32 the fill swamps every score (a softmax of equal scores: the mean of the values),
+    in float16 (-65504) the scores still tell keys apart. In float32 that fill times log2(e) overflowed to -inf and
+    the row came out empty. Sequence 0 is all fills, sequence 1 half fills, sequence 2 has fills in its second half
+    only: every output against float64; lse where the row saw a real key."""
+    fill = torch.finfo(dtype).min
+    problem = make_decode_problem(CPU_SPECS[name], batch=3, query_len=1, capacity=40, causal=False, poison=False,
+                                  seqlens=[40] * 3, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    mask = torch.zeros(3, 1, 1, 40, dtype=dtype)
+    mask[0] = fill
+    mask[1, ..., ::2] = fill
+    mask[2, ..., 20:] = fill
+    problem.kwargs["attn_mask"] = mask
+    expected_out, expected_lse = problem.reference(torch.float64)
+    out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True, num_splits=num_splits)
+    if dtype == torch.float32:
+        values = problem.kwargs["k_cache" if name == "gta" else "v_cache"][0].double()
+        mean_value = values[..., :out.shape[-1]].mean(dim=0)  # [Hkv, Dv]: every key alike
+        group = out.shape[2] // mean_value.shape[0]
+        assert torch.allclose(expected_out[0, 0], mean_value.repeat_interleave(group, dim=0), atol=1e-6)
+    assert torch.allclose(out.double(), expected_out, atol=2e-3 if dtype == torch.float16 else 1e-5)
+    assert torch.allclose(lse[1:].double(), expected_lse[1:], atol=2e-3 if dtype == torch.float16 else 1e-5)
+    assert (lse[0] < -1e4).all()  # the fills' own scale: no real key was seen
+
+
 @pytest.mark.parametrize("query_len, mask_tokens", [(1, 1), (3, 1), (3, 3)])
 def test_mask_skips_ruled_out_key_blocks(interpret_kernels, query_len, mask_tokens):
     """Keys the mask rules out are never read: poison them with NaN and the result stays finite and right.

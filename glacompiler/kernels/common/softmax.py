@@ -21,6 +21,20 @@ def mask_allows(mask_values, MASK_IS_BOOL: tl.constexpr):
         return mask_values != float("-inf")
 
 
+# The lowest additive mask entry the kernels take as it is. Models fill a masked key with torch.finfo(dtype).min,
+# which for float32 and bfloat16 overflows to -inf once scaled to the log2 domain: a row of such fills only would
+# then attend to nothing, where eager attention (and the reference) average its values. Clamped here, the fills
+# stay equal and finite (about -2.9e38 in the log2 domain, far below any score).
+LOWEST_MASK_BIAS: tl.constexpr = tl.constexpr(-2.0e38)
+
+
+@triton.jit
+def mask_bias_log2(mask_values):
+    """Additive mask entries in the log2 domain (float32), never overflowing to -inf (-inf entries are ruled out
+    by mask_allows, not by this)."""
+    return tl.maximum(mask_values.to(tl.float32), LOWEST_MASK_BIAS) * LOG2_E
+
+
 @triton.jit
 def finite_row_max(row_max):
     """The row max to subtract before exp2: 0 for rows with nothing to attend to yet (max -inf), so that
