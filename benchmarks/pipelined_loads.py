@@ -67,9 +67,10 @@ def compile_for_sm90(spec: AttentionSpec, config: PortableConfig, has_mask: bool
     fused = bool(config.fused_combine)  # (False with one split)
     kernel = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split,
                                   fused).decode_attention_split_kernel
-    constants = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size or 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-                     HAS_MASK=has_mask, MASK_IS_BOOL=True, MASK_PER_ROW=False, CAUSAL=False, HAS_SOFTCAP=False,
-                     HAS_ALIBI=False, HAS_SINKS=False, HAS_WINDOW=False, DENSE_PASS=dense_pass, stride_mn=1)
+    constants = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size or 1, BLOCK_M=config.block_m,
+                     BLOCK_N=config.block_n, HAS_MASK=has_mask, MASK_IS_BOOL=True, MASK_PER_ROW=False, CAUSAL=False,
+                     HAS_SOFTCAP=False, HAS_ALIBI=False, HAS_SINKS=False, HAS_WINDOW=False, DENSE_PASS=dense_pass,
+                     stride_mn=1)
     if fused:
         constants["SPLITS_POW2"] = next_power_of_two(config.num_splits)
     signature = {}

@@ -143,24 +143,22 @@ def attention_with_kvcache_reference(
             scores = scores + attn_mask.to(compute_dtype)
     scores = torch.where(allowed, scores, torch.full((), -math.inf, dtype=compute_dtype, device=q.device))
 
+    columns = scores  # every logit of a row's softmax denominator
     if sinks is not None:
         # A sink is one more logit per head in every row's denominator, with no value: an extra key column.
         sink_column = sinks.to(compute_dtype)[None, :, None, None].expand(batch, num_q_heads, q_len, 1)
-        lse = torch.logsumexp(torch.cat([scores, sink_column], dim=-1), dim=-1)
-    else:
-        lse = torch.logsumexp(scores, dim=-1)  # [B, Hq, Lq]; -inf where nothing is attended
+        columns = torch.cat([scores, sink_column], dim=-1)
+    lse = torch.logsumexp(columns, dim=-1)  # [B, Hq, Lq]; -inf where nothing is attended
     safe_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
     probs = torch.exp(scores - safe_lse[..., None])
     # A row whose every score sits at a fill near -3.4e38 (torch.finfo(float32).min: a row of masked fills only)
     # loses log(n) from its LSE to rounding, even in float64, and exp(score - lse) would sum to n: such rows are
     # normalised from their max instead (the others keep the rounding of PyTorch's softmax, the rule's baseline).
-    row_max = (scores if sinks is None else torch.cat([scores, sink_column], dim=-1)).amax(dim=-1)
+    row_max = columns.amax(dim=-1)
     swamped = (row_max < -1e30) & ~torch.isinf(row_max)
     if swamped.any():
         shift = torch.where(swamped, row_max, torch.zeros_like(row_max))[..., None]
-        total = torch.exp(scores - shift).sum(dim=-1)
-        if sinks is not None:
-            total = total + torch.exp(sink_column[..., 0] - shift[..., 0])
+        total = torch.exp(columns - shift).sum(dim=-1)
         probs = torch.where(swamped[..., None], torch.exp(scores - shift) / total[..., None], probs)
         lse = torch.where(swamped, row_max + torch.log(total), lse)
     probs = probs.reshape(batch, num_kv_heads, group, q_len, capacity)
