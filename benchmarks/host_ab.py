@@ -60,6 +60,11 @@ def rows(device) -> list:
         ("GQA 32/8/64 op, lengths", lambda: op(q_gqa, k, v, None, None, lengths_gqa, None, None, 0.125, True, 0)),
         ("GQA 32/8/64 op, mask + kv_range",
          lambda: op(q_gqa, k, v, None, None, None, None, mask_gqa, 0.125, True, 0, key_range_gqa)),
+        ("GQA 32/8/64 op, mask", lambda: op(q_gqa, k, v, None, None, None, None, mask_gqa, 0.125, True, 0)),
+        ("GQA 32/8/64 wrapper, lengths",
+         lambda: glacompiler.attention_with_kvcache(q_gqa, k, v, cache_seqlens=lengths_gqa, softmax_scale=0.125)),
+        ("GQA 32/8/64 wrapper, mask",
+         lambda: glacompiler.attention_with_kvcache(q_gqa, k, v, attn_mask=mask_gqa, softmax_scale=0.125)),
         ("SDPA (GQA 32/8/64, enable_gqa)",
          lambda: torch.nn.functional.scaled_dot_product_attention(q_sdpa, k_sdpa, v_sdpa, enable_gqa=True)),
     ]

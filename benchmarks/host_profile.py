@@ -29,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import glacompiler
 from glacompiler.demo import install_plain_decode
-from glacompiler.kernels.common.triton_launch import PreparedLaunch
+from glacompiler.kernels.common.triton_launch import LaunchSequence, PreparedLaunch
 from glacompiler.op.dispatch import empty_outputs
 from glacompiler.op.library import ATTENTION_SCHEMA
 from glacompiler.op.prepared import PreparedCall, _prepared, call_key, clear_prepared_calls
@@ -57,12 +57,12 @@ def host_and_wall_ms(decode, tokens, lengths, steps: int) -> tuple:
 @contextlib.contextmanager
 def kernel_launches_stubbed_out():
     """Every prepared kernel launch (attention, mask range, combine) does nothing: the host time of the rest."""
-    original = PreparedLaunch.__call__
-    PreparedLaunch.__call__ = lambda self, args: None
+    originals = PreparedLaunch.__call__, LaunchSequence.__call__
+    PreparedLaunch.__call__ = LaunchSequence.__call__ = lambda self, args: None
     try:
         yield
     finally:
-        PreparedLaunch.__call__ = original
+        PreparedLaunch.__call__, LaunchSequence.__call__ = originals
 
 
 @contextlib.contextmanager

@@ -318,3 +318,85 @@ def test_a_jit_form_that_is_not_a_view_keeps_the_launch_off_the_binary(fresh_lau
 def test_layout_known():
     assert layout_known(CompiledWithLauncher(FakeCudaLauncher()))
     assert not layout_known(FakeCompiled())  # its run is a method of a test module's class
+
+
+def _pass_launches(compiled, jit_forms=None):
+    """Two prepared launches of one kernel that take the same arguments and differ in a constexpr (a masked call's
+    dense and sparse passes)."""
+    kernel = FakeJIT(compiled)
+    return kernel, [triton_launch.PreparedLaunch(kernel, (2,), {"A": dense, "B": 2}, 4, 2, jit_forms=jit_forms)
+                    for dense in (1, 0)]
+
+
+def test_a_launch_sequence_converts_the_arguments_once_and_calls_each_binary(fresh_launch_state, monkeypatch):
+    compiled = CompiledWithLauncher(FakeCudaLauncher())
+    kernel, launches = _pass_launches(compiled, jit_forms={1: lambda r: r[1]})
+    sequence = triton_launch.LaunchSequence(launches)
+    first, second = _ranges()
+    x = torch.zeros(4)
+    sequence((x, first, 7))  # first launches: the JIT's
+    assert len(kernel.jit_calls) == 2 and sequence.binaries is not None
+    converted = []
+    real_converted = BinaryLaunch.converted
+    monkeypatch.setattr(BinaryLaunch, "converted", lambda self, args: converted.append(args) or
+                        real_converted(self, args))
+    sequence((x, second, 7))
+    assert len(converted) == 1 and len(kernel.jit_calls) == 2
+    dense, sparse = compiled.launcher.c_launch.calls
+    assert dense[:BASE_ARGS] == sparse[:BASE_ARGS]
+    # the caller's tensors as addresses (the range's row at its offset), then each launch's constexprs in order
+    assert dense[BASE_ARGS:] == (x.data_ptr(), second[1].data_ptr(), 7, 1, 2)
+    assert sparse[BASE_ARGS:] == (x.data_ptr(), second[1].data_ptr(), 7, 0, 2)
+
+
+def test_a_launch_sequence_whose_second_binary_refuses_goes_on_through_triton(fresh_launch_state, monkeypatch, caplog):
+    class RefusingAfterOne(CLaunch):
+        def __call__(self, *args):
+            if self.calls:
+                raise TypeError("function takes exactly 20 arguments")
+            self.calls.append(args)
+
+    compiled = CompiledWithLauncher(FakeCudaLauncher(c_launch=RefusingAfterOne()))
+    kernel, launches = _pass_launches(compiled)
+    sequence = triton_launch.LaunchSequence(launches)
+    ran = []
+    monkeypatch.setattr(triton_launch, "_run_compiled", lambda compiled, grid, stream, args: ran.append(args) or True)
+    x = torch.zeros(4)
+    sequence((x, x, 7))
+    sequence((x, x, 7))  # the dense pass's binary launches, the sparse pass's refuses: Triton's launch runs it
+    assert len(compiled.launcher.c_launch.calls) == 1 and [args[-2:] for args in ran] == [(0, 2)]
+    assert launches[0].binary is not None and launches[1].binary is None and sequence.binaries is None
+    assert "C launcher refused" in caplog.text
+    sequence((x, x, 7))  # each alone from now on: the dense pass's binary refuses too, the sparse goes to Triton
+    assert [args[-2:] for args in ran] == [(0, 2), (1, 2), (0, 2)] and sequence.binaries is None
+
+
+def test_a_launch_sequence_leaves_its_launches_alone_while_hooks_are_set_or_with_descriptors(fresh_launch_state,
+                                                                                          monkeypatch):
+    from triton import knobs
+
+    compiled = CompiledWithLauncher(FakeCudaLauncher())
+    kernel, launches = _pass_launches(compiled)
+    sequence = triton_launch.LaunchSequence(launches)
+    x = torch.zeros(4)
+    sequence((x, x, 7))
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda metadata: None)
+    ran = []
+    monkeypatch.setattr(triton_launch, "_run_compiled", lambda compiled, grid, stream, args: ran.append(args) or True)
+    sequence((x, x, 7))
+    assert len(ran) == 2 and compiled.launcher.c_launch.calls == []
+
+    with_descriptors = CompiledWithLauncher(FakeCudaLauncher((1,), [{"swizzle": 32}]))
+    kernel = FakeJIT(with_descriptors)
+    sequence = triton_launch.LaunchSequence(
+        triton_launch.PreparedLaunch(kernel, (2,), {"A": dense, "B": 2}, 4, 2, descriptors={1: lambda t: t})
+        for dense in (1, 0))
+    sequence((x, x, 7))
+    assert sequence.binaries is None  # (each launch encodes its own descriptors)
+
+
+def test_a_slice_of_a_launch_sequence_is_one():
+    launches = [object(), object()]
+    sequence = triton_launch.LaunchSequence(launches)
+    assert len(sequence) == 2 and list(sequence) == launches and sequence[1] is launches[1]
+    assert isinstance(sequence[::-1], triton_launch.LaunchSequence) and list(sequence[::-1]) == launches[::-1]

@@ -19,7 +19,9 @@ OP_ARGS = ("q", "k_cache", "v_cache", "q_rope", "k_rope_cache", "cache_seqlens",
 def fresh_memos(monkeypatch):
     """Empty memos for the test (and the counts of validations the prepared path makes)."""
     monkeypatch.setattr(prepared, "_prepared", BoundedMemo(1024))
-    monkeypatch.setattr(glacompiler.op, "_validated_scales", BoundedMemo(1024))
+    wrapper_calls = BoundedMemo(1024)  # (the wrapper's name for it and clear_prepared_calls')
+    monkeypatch.setattr(prepared, "_wrapper_calls", wrapper_calls)
+    monkeypatch.setattr(glacompiler.op, "_wrapper_calls", wrapper_calls)
     validations = []
     real_validate = dispatch.validate_inputs
 
@@ -79,9 +81,34 @@ def test_the_wrapper_validates_once_per_metadata(interpret_kernels, fresh_memos,
     for _ in range(3):
         out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
         check_fa_rule(out, lse, problem)
-    assert len(validated) == 1 and len(glacompiler.op._validated_scales) == 1
+    assert len(validated) == 1 and len(glacompiler.op._wrapper_calls) == 1
     glacompiler.attention_with_kvcache(**problem.kwargs, softcap=2.0)  # a new scalar: validated again
     assert len(validated) == 2
+
+
+def test_the_wrappers_direct_repeats_look_up_one_key(interpret_kernels, fresh_memos, monkeypatch):
+    """The wrapper's path that skips the dispatcher (CUDA, no autograd: taken here on the interpreter): a repeat
+    runs the PreparedCall its own key holds, with no op key computed, until the prepared calls are cleared."""
+    monkeypatch.setattr(glacompiler.op, "_runs_directly", lambda q: True)
+    keys = []
+    real_call_key = prepared.call_key
+    monkeypatch.setattr(prepared, "call_key", lambda *args: keys.append(args) or real_call_key(*args))
+    problems = [_problem("gqa", torch.float16, seed, mask="bool") for seed in (10, 11)]
+    with torch.no_grad():
+        for problem in problems + problems:
+            out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
+            check_fa_rule(out, lse, problem)
+        assert len(keys) == 1 and len(fresh_memos) == 1 and len(prepared._prepared) == 1
+        (validated,) = glacompiler.op._wrapper_calls.values()
+        assert validated.prepared is next(iter(prepared._prepared.values()))
+        prepared.clear_prepared_calls()  # (the tables changed): the wrapper's calls are planned again
+        glacompiler.attention_with_kvcache(**problems[0].kwargs)
+        assert len(keys) == 2 and len(fresh_memos) == 2
+        monkeypatch.setenv("GLACOMPILER_DEBUG", "1")
+        too_long = _changed(problems[0].kwargs, "cache_seqlens", torch.full((3,), 41, dtype=torch.int32))
+        with pytest.raises(ValueError, match="cache_seqlens must lie in"):  # a repeat's value checks
+            glacompiler.attention_with_kvcache(**too_long)
+    assert len(keys) == 2
 
 
 def _key(kwargs, softmax_scale=0.2, causal=True, num_splits=0, kv_range=None, softcap=0.0, alibi_slopes=None,
@@ -174,12 +201,12 @@ def test_value_checks_run_on_repeats_under_debug(interpret_kernels, fresh_memos,
 
 def test_the_memos_are_bounded(interpret_kernels, fresh_memos, monkeypatch):
     monkeypatch.setattr(prepared._prepared, "limit", 2)
-    monkeypatch.setattr(glacompiler.op._validated_scales, "limit", 2)
+    monkeypatch.setattr(glacompiler.op._wrapper_calls, "limit", 2)
     problem = _problem("mqa", torch.float32, 9)
     for scale in (0.1, 0.2, 0.3, 0.4):
         _run_op(problem.kwargs, softmax_scale=scale)
         glacompiler.attention_with_kvcache(**problem.kwargs, softmax_scale=scale)
-        assert len(prepared._prepared) <= 2 and len(glacompiler.op._validated_scales) <= 2
+        assert len(prepared._prepared) <= 2 and len(glacompiler.op._wrapper_calls) <= 2
     assert len(fresh_memos) == 4
 
 
@@ -289,6 +316,11 @@ def test_repeats_on_the_c_launcher_read_each_calls_tensors(cuda_device, fresh_me
     assert len(launches) == sum(2 if isinstance(plan, PortableLaunchPlan) and mask is not None else 1
                                 for plan in plans)
     assert all((launch.binary is not None) == layout_known(launch.compiled) for launch in launches)
+    # A portable call's passes share one conversion of the arguments once each has its binary.
+    sequences = [plan.fused_launches if plan.split_counts is not None else plan.launches
+                 for plan in plans if isinstance(plan, PortableLaunchPlan)]
+    assert all(sequence[0].compiled is not None for sequence in sequences)
+    assert all((sequence.binaries is not None) == layout_known(sequence[0].compiled) for sequence in sequences)
 
 
 def _key_range_layouts(kv_range):

@@ -9,12 +9,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..memo import BoundedMemo
 from ..spec import default_softmax_scale
 from .dispatch import kernel_family_for
 from .library import attention_with_kvcache_op
-from .prepared import run_prepared, run_prepared_with_config, wrapper_key
-from .validation import validate_inputs
+from .prepared import WrapperCall, _wrapper_calls, prepared_call, run_prepared_with_config, wrapper_key
+from .validation import check_values, debug_checks_enabled, validate_inputs
 
 
 def attention_with_kvcache(
@@ -55,42 +54,47 @@ def attention_with_kvcache(
     # A repeat of a validated call (same tensor metadata, same scalars of the same Python types) skips
     # validation, as the op's prepared calls do (op/prepared.py says why that is safe). Not while Dynamo traces
     # this function (fake tensors have no data_ptr): it then validates every time, at trace time.
-    key = scale = None
+    key = validated = None
     if type(q) is Tensor and not torch.compiler.is_compiling():
         try:
             key = wrapper_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                               softmax_scale, causal, num_splits, softcap, alibi_slopes, sinks, window_size)
-            scale = _validated_scales.get(key)
+            validated = _wrapper_calls.get(key)
         except Exception:  # an argument the key cannot hold (not a tensor, unhashable): validation names it
             key = None
-    if scale is None:
+    if validated is None:
         spec, _ = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                                   softmax_scale, num_splits, None, softcap, alibi_slopes, sinks, window_size)
-        scale = float(default_softmax_scale(spec.head_dim_q, spec.rope_dim) if softmax_scale is None
-                      else softmax_scale)
+        validated = WrapperCall(float(default_softmax_scale(spec.head_dim_q, spec.rope_dim) if softmax_scale is None
+                                      else softmax_scale))
         if key is not None:
-            _validated_scales.remember(key, scale)
+            _wrapper_calls.remember(key, validated)
+    args = (q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, validated.scale,
+            bool(causal), int(num_splits or 0), None, float(softcap), alibi_slopes, sinks, int(window_size[0]),
+            int(window_size[1]))
     # A validated CUDA call with nothing that hooks into the dispatcher (no autograd, no torch function or
-    # dispatch mode, no profiler) runs the CUDA implementation directly: the dispatcher's boxing of the
-    # arguments into a Python kernel costs about as much host time as the prepared call itself.
-    run = attention_with_kvcache_op
-    if key is not None and q.is_cuda and not _dispatcher_needed():
-        run = run_prepared
-    out, lse = run(
-        q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-        scale, bool(causal), int(num_splits or 0), None, float(softcap), alibi_slopes, sinks,
-        int(window_size[0]), int(window_size[1]),
-    )
+    # dispatch mode, no profiler) runs its prepared call directly: the dispatcher's boxing of the arguments into a
+    # Python kernel costs about as much host time as the prepared call itself. The wrapper's key settles the op's
+    # (the op's scalars are the wrapper's, converted), so a repeat looks up no second key.
+    if key is not None and _runs_directly(q):
+        call = validated.prepared
+        if call is None:
+            call = validated.prepared = prepared_call(*args)
+        elif debug_checks_enabled():  # what prepared_call checks on a repeat
+            check_values(k_cache, cache_seqlens, page_table, call.shape, attn_mask)
+        out, lse = call.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, None,
+                            alibi_slopes, sinks)
+    else:
+        out, lse = attention_with_kvcache_op(*args)
     return (out, lse) if return_lse else out
 
 
-def _dispatcher_needed() -> bool:
-    return (torch.is_grad_enabled() or torch._C._is_torch_function_mode_enabled()
-            or torch._C._len_torch_dispatch_stack() > 0 or torch._C._autograd._profiler_enabled())
-
-
-# wrapper_key -> the validated call's softmax scale
-_validated_scales = BoundedMemo(1024)
+def _runs_directly(q: Tensor) -> bool:
+    """Whether a validated call skips the dispatcher: on CUDA, with no autograd, torch function or dispatch mode, or
+    profiler to see the op."""
+    return q.is_cuda and not (
+        torch.is_grad_enabled() or torch._C._is_torch_function_mode_enabled()
+        or torch._C._len_torch_dispatch_stack() > 0 or torch._C._autograd._profiler_enabled())
 
 
 def attention_with_kvcache_config(q, k_cache, v_cache=None, *, config, q_rope=None, k_rope_cache=None,

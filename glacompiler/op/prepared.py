@@ -31,6 +31,8 @@ _prepared = BoundedMemo(1024)
 # state between calls (a fused combine's counts, made at its first call), so a graph captured from a repeat call
 # runs the plan an earlier call made.
 _prepared_with_config = BoundedMemo(256)
+# wrapper_key -> WrapperCall: the eager wrapper's validated calls (glacompiler/op/__init__.py)
+_wrapper_calls = BoundedMemo(1024)
 
 
 def _metadata(tensor: Tensor) -> tuple:
@@ -63,6 +65,16 @@ def wrapper_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_t
               for tensor in (v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, alibi_slopes, sinks)),
             type(softmax_scale), softmax_scale, type(causal), causal, type(num_splits), num_splits,
             type(softcap), softcap, type(window_size), *map(type, window_size), *window_size)
+
+
+class WrapperCall:
+    """A validated call of the eager wrapper: its softmax scale, and (once it has run on the kernels directly) the
+    PreparedCall its key holds, so that a repeat computes one key, not the wrapper's and then the op's."""
+
+    __slots__ = ("scale", "prepared")
+
+    def __init__(self, scale: float):
+        self.scale, self.prepared = scale, None
 
 
 class PreparedCall:
@@ -118,10 +130,11 @@ def prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_
     return PreparedCall(shape, family.prepare(call, spec, shape, config), copy_seqlens, copy_page_table)
 
 
-def run_prepared(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
-                 causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None, sinks=None, window_left=-1,
-                 window_right=-1):
-    """The op on kernels (CUDA, or the interpreter on CPU), with arguments as the schema types them."""
+def prepared_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                  causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None, sinks=None, window_left=-1,
+                  window_right=-1) -> PreparedCall:
+    """The PreparedCall of a call with the schema's argument types: the first call of its key validates, chooses
+    and plans (and raises where validation does); a repeat runs the value checks under GLACOMPILER_DEBUG=1."""
     key = call_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
                    causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_left, window_right)
     prepared = _prepared.get(key)
@@ -132,8 +145,17 @@ def run_prepared(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_
         _prepared.remember(key, prepared)
     elif debug_checks_enabled():  # what validate_inputs would check of the values (a first call has)
         check_values(k_cache, cache_seqlens, page_table, prepared.shape, attn_mask)
-    return prepared.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range,
-                        alibi_slopes, sinks)
+    return prepared
+
+
+def run_prepared(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                 causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None, sinks=None, window_left=-1,
+                 window_right=-1):
+    """The op on kernels (CUDA, or the interpreter on CPU), with arguments as the schema types them."""
+    return prepared_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                         softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes, sinks, window_left,
+                         window_right).run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table,
+                                           attn_mask, kv_range, alibi_slopes, sinks)
 
 
 def run_prepared_with_config(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
@@ -158,3 +180,4 @@ def clear_prepared_calls() -> None:
     """Forget every prepared call (after the tuned tables changed, or in tests)."""
     _prepared.clear()
     _prepared_with_config.clear()
+    _wrapper_calls.clear()

@@ -207,16 +207,26 @@ class BinaryLaunch:
         return cls(parts, compiled, grid, descriptors, pointers)
 
     def __call__(self, stream: int, args) -> None:
+        self.launch_converted(stream, self.converted(args))
+
+    def converted(self, args):
+        """args as the C launcher takes them: tensors as addresses (plus their offsets), descriptors encoded."""
         if self.pointers:
             args = list(args)
             for position, offset in self.pointers:
                 args[position] = args[position].data_ptr() + offset
         if self.descriptors:
             args = self._with_encoded_descriptors(args)
+        return args
+
+    def launch_converted(self, stream: int, args, constexpr_values: tuple = ()) -> None:
+        """The C launcher called with converted(...)'s arguments, then the constexprs' values (when args has none)."""
         if self.generic is None:
             self.c_launch(*self.grid, stream, self.function, self.cooperative, self.pdl, None, None,
-                          self.packed_metadata, None, None, None, *args)
+                          self.packed_metadata, None, None, None, *args, *constexpr_values)
             return
+        if constexpr_values:
+            args = (*args, *constexpr_values)
         if len(args) != self.argument_count:  # (a TypeError sends the caller to CompiledKernel.run)
             raise TypeError(f"{len(args)} arguments for a launcher that reads {self.argument_count}")
         annotations, signature = self.generic
@@ -242,9 +252,10 @@ class BinaryLaunch:
 
 def launch_hooks_set(runtime) -> bool:
     """Whether a launch hook (a profiler's) is installed in triton.knobs.runtime: None or an empty HookChain
-    (triton 3.6 and later hold their hooks in HookChains) means none."""
-    return any(hook is not None and getattr(hook, "calls", True)
-               for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+    (triton 3.6 and later hold their hooks in HookChains) means none. (Spelled out: every launch asks.)"""
+    enter, exit_ = runtime.launch_enter_hook, runtime.launch_exit_hook
+    return ((enter is not None and bool(getattr(enter, "calls", True)))
+            or (exit_ is not None and bool(getattr(exit_, "calls", True))))
 
 
 def jit_forms_of(args: tuple, forms: dict[int, Callable]) -> tuple:

@@ -41,6 +41,19 @@ _direct_launch_enabled = True
 _TRACING = ContextFlag("glacompiler_tracing_launches")
 traced_launches = _TRACING.raised
 tracing_launches = _TRACING.is_set
+# (triton.knobs.runtime, triton's driver config), imported at the first direct launch (the interpreter must be chosen
+# before triton loads); held here because an import statement on every launch costs more than the lookup.
+_TRITON_RUNTIME = None
+
+
+def _triton_runtime() -> tuple:
+    global _TRITON_RUNTIME
+    if _TRITON_RUNTIME is None:
+        from triton import knobs
+        from triton.runtime.driver import driver
+
+        _TRITON_RUNTIME = knobs.runtime, driver
+    return _TRITON_RUNTIME
 
 
 def traced_launch(kernel, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int) -> None:
@@ -173,21 +186,17 @@ class PreparedLaunch:
             return traced_launch(self.kernel, self.grid, args, self.constexprs, self.num_warps, self.num_stages)
         compiled = self.compiled
         if compiled is not None and _direct_launch_enabled:
-            from triton import knobs
-            from triton.runtime.driver import driver
-
+            runtime, driver = _TRITON_RUNTIME or _triton_runtime()
             device = driver.active
             if device.get_current_device() == self.device_index:  # (else the binary of another device: the JIT)
                 stream = device.get_current_stream(self.device_index)
                 binary = self.binary
-                if binary is not None and not launch_hooks_set(knobs.runtime):
+                if binary is not None and not launch_hooks_set(runtime):
                     try:
                         binary(stream, (*args, *self.constexpr_values))
                         return compiled
                     except TypeError as error:  # the C launcher parses its arguments before it launches
-                        self.binary = None
-                        LOGGER.warning("%s: its C launcher refused the arguments (%s); launching through "
-                                       "CompiledKernel.run", getattr(compiled, "name", compiled), error)
+                        self.refuse_binary(error)
                 all_args = (*jit_forms_of(args, self.jit_forms), *self.constexpr_values)
                 if _run_compiled(compiled, self.grid, stream, all_args):
                     return compiled
@@ -198,6 +207,12 @@ class PreparedLaunch:
             compiled = launch(self.kernel, self.grid, jit_args, self.constexprs, self.num_warps, self.num_stages)
         self._remember(compiled, args, jit_args)
         return compiled
+
+    def refuse_binary(self, error: TypeError) -> None:
+        """Its C launcher refused the arguments (it parses them before it launches): CompiledKernel.run from now on."""
+        self.binary = None
+        LOGGER.warning("%s: its C launcher refused the arguments (%s); launching through CompiledKernel.run",
+                       getattr(self.compiled, "name", self.compiled), error)
 
     def _remember(self, compiled, args: tuple, jit_args: tuple) -> None:
         from triton.compiler import CompiledKernel
@@ -210,6 +225,67 @@ class PreparedLaunch:
             self.binary = (None if pointers is None
                            else BinaryLaunch.for_compiled(compiled, self.grid, self.descriptors, pointers))
             self.compiled = compiled
+
+
+class LaunchSequence:
+    """Prepared launches that take the same arguments, one after another on the current stream (a masked call's two
+    passes). Once each has its binary for one device, with the same tensor positions and offsets and no TMA
+    descriptor, a call does the per-call work once for all of them (device, stream, launch hooks, the tensors'
+    addresses) and calls each C launcher; otherwise, and while traced, each launch runs as alone."""
+
+    __slots__ = ("launches", "binaries", "device_index")
+
+    def __init__(self, launches):
+        self.launches = tuple(launches)
+        self.binaries = None  # ((BinaryLaunch, constexpr values), ...) once every launch has a shared-argument binary
+        self.device_index = None
+
+    def __len__(self) -> int:
+        return len(self.launches)
+
+    def __iter__(self):
+        return iter(self.launches)
+
+    def __getitem__(self, index):
+        """A launch, or a LaunchSequence of a slice of them."""
+        item = self.launches[index]
+        return LaunchSequence(item) if isinstance(index, slice) else item
+
+    def __call__(self, args: tuple) -> None:
+        binaries = self.binaries
+        if binaries is not None and _direct_launch_enabled and not tracing_launches():
+            runtime, driver = _TRITON_RUNTIME or _triton_runtime()
+            device = driver.active
+            if device.get_current_device() == self.device_index and not launch_hooks_set(runtime):
+                stream = device.get_current_stream(self.device_index)
+                converted = binaries[0][0].converted(args)
+                for index, (binary, constexpr_values) in enumerate(binaries):
+                    try:
+                        binary.launch_converted(stream, converted, constexpr_values)
+                    except TypeError as error:  # (nothing launched by this one: the launcher parses first)
+                        self.binaries = None
+                        self.launches[index].refuse_binary(error)
+                        for launch in self.launches[index:]:
+                            launch(args)
+                        return
+                return
+        for launch in self.launches:
+            launch(args)
+        self._share_binaries()  # (again after a launch alone: it may have refused its binary)
+
+    def _share_binaries(self) -> None:
+        self.binaries = None
+        launches = self.launches
+        first = launches[0].binary
+        if first is None or first.descriptors:
+            return
+        for launch in launches:
+            binary = launch.binary
+            if (binary is None or binary.descriptors or binary.pointers != first.pointers
+                    or launch.device_index != launches[0].device_index):
+                return
+        self.device_index = launches[0].device_index
+        self.binaries = tuple((launch.binary, launch.constexpr_values) for launch in launches)
 
 
 def _pointer_offsets(args: tuple, jit_args: tuple, descriptors: dict) -> Optional[dict]:

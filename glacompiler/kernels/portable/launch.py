@@ -13,7 +13,7 @@ from ..common.extensions import kernel_extensions
 from ..common.key_bounds import KeyBoundsPlan
 from ..common.split_buffers import SplitBuffers
 from ..common.tiles import next_power_of_two
-from ..common.triton_launch import PreparedLaunch, launch, tracing_launches
+from ..common.triton_launch import LaunchSequence, PreparedLaunch, launch, tracing_launches
 from ..family import KernelCall
 from .config import PortableConfig
 from .render import decode_kernel_module
@@ -133,7 +133,8 @@ class PortableLaunchPlan:
         # program whose sequence is the other pass's gets an empty split and no rows: it reads and stores nothing.
         passes = ((True, " dense pass"), (False, " sparse pass")) if self.keys.has_mask else ((False, ""),)
         module = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split)
-        self.launches = tuple(prepared(module, {**constexprs, "DENSE_PASS": dense}, label) for dense, label in passes)
+        self.launches = LaunchSequence(prepared(module, {**constexprs, "DENSE_PASS": dense}, label)
+                                       for dense, label in passes)
         # With a fused combine, the kernel's variant that merges (the family resolves an open choice); a graph traced
         # from this plan (compiler/rewrite/graph_launches.py) still takes the launches above and the combine: the
         # counts would be a tensor the graph did not allocate. The counts are made at the first call that runs.
@@ -143,7 +144,7 @@ class PortableLaunchPlan:
         if self.fused:
             fused = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split, True)
             self.fused_tail = (*strides, *self.buffers.merged_strides, *scalars)
-            self.fused_launches = tuple(
+            self.fused_launches = LaunchSequence(
                 prepared(fused, {**constexprs, "DENSE_PASS": dense, "SPLITS_POW2": next_power_of_two(num_splits)},
                          label + " fused combine") for dense, label in passes)
 
@@ -174,12 +175,8 @@ class PortableLaunchPlan:
         )
         counts = self._counts(q) if self.fused else None
         if counts is not None:
-            args = (*tensors, out, lse, counts, *self.fused_tail)
-            for prepared_launch in self.fused_launches:
-                prepared_launch(args)
+            self.fused_launches((*tensors, out, lse, counts, *self.fused_tail))
             return out, lse
-        args = (*tensors, *self.tail)
-        for prepared_launch in self.launches:
-            prepared_launch(args)
+        self.launches((*tensors, *self.tail))
         self.buffers.combine(split_out, split_lse, out, lse)
         return out, lse
