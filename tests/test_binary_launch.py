@@ -395,6 +395,64 @@ def test_a_launch_sequence_leaves_its_launches_alone_while_hooks_are_set_or_with
     assert sequence.binaries is None  # (each launch encodes its own descriptors)
 
 
+def _sequence_launched_once(compiled):
+    kernel, launches = _pass_launches(compiled)
+    sequence = triton_launch.LaunchSequence(launches)
+    x = torch.zeros(4)
+    sequence((x, x, 7))
+    assert sequence.binaries is not None and len(kernel.jit_calls) == 2
+    return kernel, sequence, x
+
+
+def test_a_launch_sequence_on_another_device_goes_through_the_jit(fresh_launch_state, monkeypatch):
+    from triton.runtime.driver import driver
+
+    from launch_doubles import FakeDriver
+
+    compiled = CompiledWithLauncher(FakeCudaLauncher())
+    kernel, sequence, x = _sequence_launched_once(compiled)
+    on_device_1 = type("OnDevice1", (FakeDriver,), {"get_current_device": lambda self: 1})()
+    monkeypatch.setattr(type(driver), "active", property(lambda self: on_device_1))
+    sequence((x, x, 7))  # the binaries are device 0's
+    assert compiled.launcher.c_launch.calls == [] and [call[2]["A"] for call in kernel.jit_calls[2:]] == [1, 0]
+
+
+def test_a_launch_sequence_with_direct_launches_off_goes_through_the_jit(fresh_launch_state, monkeypatch):
+    compiled = CompiledWithLauncher(FakeCudaLauncher())
+    kernel, sequence, x = _sequence_launched_once(compiled)
+    monkeypatch.setattr(triton_launch, "_direct_launch_enabled", False)
+    sequence((x, x, 7))
+    assert compiled.launcher.c_launch.calls == [] and [call[2]["A"] for call in kernel.jit_calls[2:]] == [1, 0]
+
+
+def test_a_launch_sequence_traced_into_a_graph_traces_each_launch(fresh_launch_state, monkeypatch):
+    compiled = CompiledWithLauncher(FakeCudaLauncher())
+    _, sequence, x = _sequence_launched_once(compiled)
+    traced = []
+    monkeypatch.setattr(triton_launch, "traced_launch", lambda kernel, grid, args, constexprs, *rest:
+                        traced.append((args, constexprs)))
+    with triton_launch.traced_launches():
+        sequence((x, x, 7))
+    assert compiled.launcher.c_launch.calls == []
+    assert traced == [((x, x, 7), {"A": 1, "B": 2}), ((x, x, 7), {"A": 0, "B": 2})]
+
+
+def test_launches_whose_tensors_differ_in_offset_do_not_share_a_conversion(fresh_launch_state):
+    compiled = CompiledWithLauncher(FakeCudaLauncher())
+    kernel = FakeJIT(compiled)
+    sequence = triton_launch.LaunchSequence(
+        triton_launch.PreparedLaunch(kernel, (2,), {"A": dense, "B": 2}, 4, 2, jit_forms={1: lambda r, row=row: r[row]})
+        for dense, row in ((1, 0), (0, 2)))
+    first, second = _ranges()
+    x = torch.zeros(4)
+    sequence((x, first, 7))
+    assert sequence.binaries is None
+    sequence((x, second, 7))  # each launch alone, each with its own row
+    dense, sparse = compiled.launcher.c_launch.calls
+    assert dense[BASE_ARGS:] == (x.data_ptr(), second[0].data_ptr(), 7, 1, 2)
+    assert sparse[BASE_ARGS:] == (x.data_ptr(), second[2].data_ptr(), 7, 0, 2)
+
+
 def test_a_slice_of_a_launch_sequence_is_one():
     launches = [object(), object()]
     sequence = triton_launch.LaunchSequence(launches)

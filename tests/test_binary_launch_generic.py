@@ -207,3 +207,32 @@ def test_launchers_it_leaves_to_triton(driver, monkeypatch, case):
     compiled = Compiled(launcher)
     assert BinaryLaunch.for_compiled(compiled, (1,), makers) is None
     assert layout_known(compiled) == layout
+
+
+def test_a_launch_sequence_hands_each_pass_what_triton_s_own_launch_passes(driver, monkeypatch):
+    """A masked call's two passes (one kernel, a constexpr apart) through LaunchSequence: one conversion of the
+    arguments, then each pass's C call with its own constexprs after the kernel's arguments, as Triton's path."""
+    from glacompiler.memo import BoundedMemo
+
+    from launch_doubles import FakeJIT
+
+    monkeypatch.setattr(triton_launch, "_compiled", BoundedMemo(16))
+    monkeypatch.setattr(triton_launch, "_constexpr_names", {})
+    monkeypatch.setattr(triton_launch, "_direct_launch_enabled", True)
+    compiled = Compiled(make_launcher({"X": "*fp32", "Y": "*fp32", "n": "i32", "A": "constexpr", "B": "constexpr"}))
+    sequence = triton_launch.LaunchSequence(
+        triton_launch.PreparedLaunch(FakeJIT(compiled), (5, 2), {"A": dense, "B": 2}, 4, 2) for dense in (1, 0))
+    x, y = torch.randn(4), torch.randn(8)
+    sequence((x, y, 7))  # the first launches: the JIT's
+    assert sequence.binaries is not None and driver.utils.launch.calls == []
+    sequence((x, y, 7))
+    for dense in (1, 0):
+        triton_launch._run_compiled(compiled, (5, 2), 4321, (x, y, 7, dense, 2))
+    direct_dense, direct_sparse, triton_dense, triton_sparse = driver.utils.launch.calls
+    for direct, through_triton in ((direct_dense, triton_dense), (direct_sparse, triton_sparse)):
+        assert direct[:8] == through_triton[:8] and direct[11:15] == through_triton[11:15]
+        assert_hooks_only_on_triton_s_path(direct, through_triton)
+        assert len(direct[15]) == len(direct[13])  # one argument per annotation
+        assert tuple(direct[15]) == tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a
+                                          for a in through_triton[15])
+    assert tuple(direct_dense[15][2:]) == (7, 1, 2) and tuple(direct_sparse[15][2:]) == (7, 0, 2)

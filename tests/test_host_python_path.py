@@ -15,9 +15,7 @@ from benchmark_scripts import load_benchmark_script
 def own_memos(monkeypatch):
     """Prepared calls and key-range launches of this test only: the launches it gets are stand-ins."""
     monkeypatch.setattr(prepared, "_prepared", BoundedMemo(1024))
-    wrapper_calls = BoundedMemo(1024)
-    monkeypatch.setattr(prepared, "_wrapper_calls", wrapper_calls)
-    monkeypatch.setattr(glacompiler.op, "_wrapper_calls", wrapper_calls)
+    monkeypatch.setattr(prepared, "wrapper_calls", BoundedMemo(1024))
     monkeypatch.setattr(mask_range, "_prepared_ranges", BoundedMemo(256))
 
 

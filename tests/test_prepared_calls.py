@@ -19,9 +19,7 @@ OP_ARGS = ("q", "k_cache", "v_cache", "q_rope", "k_rope_cache", "cache_seqlens",
 def fresh_memos(monkeypatch):
     """Empty memos for the test (and the counts of validations the prepared path makes)."""
     monkeypatch.setattr(prepared, "_prepared", BoundedMemo(1024))
-    wrapper_calls = BoundedMemo(1024)  # (the wrapper's name for it and clear_prepared_calls')
-    monkeypatch.setattr(prepared, "_wrapper_calls", wrapper_calls)
-    monkeypatch.setattr(glacompiler.op, "_wrapper_calls", wrapper_calls)
+    monkeypatch.setattr(prepared, "wrapper_calls", BoundedMemo(1024))
     validations = []
     real_validate = dispatch.validate_inputs
 
@@ -81,7 +79,7 @@ def test_the_wrapper_validates_once_per_metadata(interpret_kernels, fresh_memos,
     for _ in range(3):
         out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
         check_fa_rule(out, lse, problem)
-    assert len(validated) == 1 and len(glacompiler.op._wrapper_calls) == 1
+    assert len(validated) == 1 and len(prepared.wrapper_calls) == 1
     glacompiler.attention_with_kvcache(**problem.kwargs, softcap=2.0)  # a new scalar: validated again
     assert len(validated) == 2
 
@@ -99,7 +97,7 @@ def test_the_wrappers_direct_repeats_look_up_one_key(interpret_kernels, fresh_me
             out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
             check_fa_rule(out, lse, problem)
         assert len(keys) == 1 and len(fresh_memos) == 1 and len(prepared._prepared) == 1
-        (validated,) = glacompiler.op._wrapper_calls.values()
+        (validated,) = prepared.wrapper_calls.values()
         assert validated.prepared is next(iter(prepared._prepared.values()))
         prepared.clear_prepared_calls()  # (the tables changed): the wrapper's calls are planned again
         glacompiler.attention_with_kvcache(**problems[0].kwargs)
@@ -201,12 +199,12 @@ def test_value_checks_run_on_repeats_under_debug(interpret_kernels, fresh_memos,
 
 def test_the_memos_are_bounded(interpret_kernels, fresh_memos, monkeypatch):
     monkeypatch.setattr(prepared._prepared, "limit", 2)
-    monkeypatch.setattr(glacompiler.op._wrapper_calls, "limit", 2)
+    monkeypatch.setattr(prepared.wrapper_calls, "limit", 2)
     problem = _problem("mqa", torch.float32, 9)
     for scale in (0.1, 0.2, 0.3, 0.4):
         _run_op(problem.kwargs, softmax_scale=scale)
         glacompiler.attention_with_kvcache(**problem.kwargs, softmax_scale=scale)
-        assert len(prepared._prepared) <= 2 and len(glacompiler.op._wrapper_calls) <= 2
+        assert len(prepared._prepared) <= 2 and len(prepared.wrapper_calls) <= 2
     assert len(fresh_memos) == 4
 
 

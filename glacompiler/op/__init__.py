@@ -12,7 +12,8 @@ from torch import Tensor
 from ..spec import default_softmax_scale
 from .dispatch import kernel_family_for
 from .library import attention_with_kvcache_op
-from .prepared import WrapperCall, _wrapper_calls, prepared_call, run_prepared_with_config, wrapper_key
+from . import prepared
+from .prepared import WrapperCall, prepared_call, run_prepared_with_config, wrapper_key
 from .validation import check_values, debug_checks_enabled, validate_inputs
 
 
@@ -59,7 +60,7 @@ def attention_with_kvcache(
         try:
             key = wrapper_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                               softmax_scale, causal, num_splits, softcap, alibi_slopes, sinks, window_size)
-            validated = _wrapper_calls.get(key)
+            validated = prepared.wrapper_calls.get(key)
         except Exception:  # an argument the key cannot hold (not a tensor, unhashable): validation names it
             key = None
     if validated is None:
@@ -68,7 +69,7 @@ def attention_with_kvcache(
         validated = WrapperCall(float(default_softmax_scale(spec.head_dim_q, spec.rope_dim) if softmax_scale is None
                                       else softmax_scale))
         if key is not None:
-            _wrapper_calls.remember(key, validated)
+            prepared.wrapper_calls.remember(key, validated)
     args = (q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, validated.scale,
             bool(causal), int(num_splits or 0), None, float(softcap), alibi_slopes, sinks, int(window_size[0]),
             int(window_size[1]))

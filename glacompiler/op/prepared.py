@@ -32,7 +32,7 @@ _prepared = BoundedMemo(1024)
 # runs the plan an earlier call made.
 _prepared_with_config = BoundedMemo(256)
 # wrapper_key -> WrapperCall: the eager wrapper's validated calls (glacompiler/op/__init__.py)
-_wrapper_calls = BoundedMemo(1024)
+wrapper_calls = BoundedMemo(1024)
 
 
 def _metadata(tensor: Tensor) -> tuple:
@@ -180,4 +180,4 @@ def clear_prepared_calls() -> None:
     """Forget every prepared call (after the tuned tables changed, or in tests)."""
     _prepared.clear()
     _prepared_with_config.clear()
-    _wrapper_calls.clear()
+    wrapper_calls.clear()

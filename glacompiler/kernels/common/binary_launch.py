@@ -210,7 +210,8 @@ class BinaryLaunch:
         self.launch_converted(stream, self.converted(args))
 
     def converted(self, args):
-        """args as the C launcher takes them: tensors as addresses (plus their offsets), descriptors encoded."""
+        """The kernel's arguments as the C launcher takes them: each tensor as its address plus its offset, and
+        each TMA descriptor's tensor as the descriptor's encoding."""
         if self.pointers:
             args = list(args)
             for position, offset in self.pointers:
@@ -220,7 +221,8 @@ class BinaryLaunch:
         return args
 
     def launch_converted(self, stream: int, args, constexpr_values: tuple = ()) -> None:
-        """The C launcher called with converted(...)'s arguments, then the constexprs' values (when args has none)."""
+        """The C launcher, given converted(...)'s arguments followed by constexpr_values (the constexprs, where the
+        arguments converted did not hold them already)."""
         if self.generic is None:
             self.c_launch(*self.grid, stream, self.function, self.cooperative, self.pdl, None, None,
                           self.packed_metadata, None, None, None, *args, *constexpr_values)

@@ -42,11 +42,12 @@ _TRACING = ContextFlag("glacompiler_tracing_launches")
 traced_launches = _TRACING.raised
 tracing_launches = _TRACING.is_set
 # (triton.knobs.runtime, triton's driver config), imported at the first direct launch (the interpreter must be chosen
-# before triton loads); held here because an import statement on every launch costs more than the lookup.
+# before triton loads) and held: an import statement on every launch costs more host time than the launch's checks.
 _TRITON_RUNTIME = None
 
 
 def _triton_runtime() -> tuple:
+    """(triton.knobs.runtime, triton.runtime.driver.driver)."""
     global _TRITON_RUNTIME
     if _TRITON_RUNTIME is None:
         from triton import knobs
@@ -113,9 +114,7 @@ def _run_compiled(compiled, grid: tuple, stream, all_args: tuple) -> bool:
     """What JITFunction.run does once it has found the binary, launch hooks (profilers) included. False (and
     direct launches off for the process) where this Triton's launcher takes other arguments."""
     global _direct_launch_enabled
-    from triton import knobs  # late: the interpreter must be chosen before triton loads
-
-    runtime = knobs.runtime
+    runtime, _ = _triton_runtime()
     try:
         compiled.run(*(tuple(grid) + (1, 1))[:3], stream, compiled.function, compiled.packed_metadata,
                      compiled.launch_metadata(grid, stream, *all_args), runtime.launch_enter_hook,
@@ -186,7 +185,7 @@ class PreparedLaunch:
             return traced_launch(self.kernel, self.grid, args, self.constexprs, self.num_warps, self.num_stages)
         compiled = self.compiled
         if compiled is not None and _direct_launch_enabled:
-            runtime, driver = _TRITON_RUNTIME or _triton_runtime()
+            runtime, driver = _triton_runtime()
             device = driver.active
             if device.get_current_device() == self.device_index:  # (else the binary of another device: the JIT)
                 stream = device.get_current_stream(self.device_index)
@@ -254,7 +253,7 @@ class LaunchSequence:
     def __call__(self, args: tuple) -> None:
         binaries = self.binaries
         if binaries is not None and _direct_launch_enabled and not tracing_launches():
-            runtime, driver = _TRITON_RUNTIME or _triton_runtime()
+            runtime, driver = _triton_runtime()
             device = driver.active
             if device.get_current_device() == self.device_index and not launch_hooks_set(runtime):
                 stream = device.get_current_stream(self.device_index)
