@@ -75,7 +75,7 @@ SITES = {
     'absorb/plan.py': {
         ('_absorb', 'soft capping or ALiBi on a latent expans'):
             'test_absorb.py::test_softcapped_expansion_stays_expanded',
-        ('_absorb', 'V is not one product of the latent'):
+        ('_value_map', 'V is not one product of the latent'):
             'test_absorb.py::test_not_absorbed_notes_say_what_would_absorb',
         ('_absorb', 'K is not a product of the latent (it is '):
             'test_absorb.py::test_not_an_exact_expansion_stays_expanded',

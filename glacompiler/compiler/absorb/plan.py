@@ -88,27 +88,35 @@ def plan_absorption(site) -> AbsorbedPlan:
         raise NotLatent()
     key_parts = split_parts(at_origin(plan.k.base, tensor_plan_layout(plan.k)), DIM)
     value_parts = split_parts(at_origin(plan.v.base, tensor_plan_layout(plan.v)), DIM)
-    if not any(is_product(part.source) for part in key_parts + value_parts) or _is_layer_input(plan, value_parts):
+    value_map = _value_map(value_parts)
+    if not any(is_product(part.source) for part in key_parts + value_parts) or \
+            (not isinstance(value_map, Decline) and _is_layer_input(plan, value_map.latent)):
         raise NotLatent()
     try:
-        return _absorb(plan, key_parts, value_parts)
+        return _absorb(plan, key_parts, value_map)
     except Decline as decline:
         decline.spec = plan.spec
         raise
 
 
-def _is_layer_input(plan: SitePlan, value_parts: list, budget: int = 4000) -> bool:
-    """Whether V is a per-head map of the tensor the query is projected from: an ordinary layer's V = x @ W_V over
-    its input (a prompt's step computes q, K and V from x), not a latent expansion, whose latent is a cache or a
-    projection of its own. Absorbing would attend over x, and the report would call an MHA/GQA layer a latent one.
-    The walk from q crosses one product (q's projection): an earlier layer's output reaches q through its own
-    projections, so a latent that also fed an earlier layer does not count."""
+def _value_map(value_parts: list):
+    """V's linear map of its latent, or the Decline that says why V is not one (raised by _absorb: an ordinary
+    layer's V is told apart first, with the map)."""
     if len(value_parts) != 1 or not is_product(value_parts[0].source):
-        return False
+        return Decline("V is not one product of the latent",
+                       fix="compute V as one linear map of the cached latent (latent @ W_UV, per head)")
     try:
-        latent = linear_map(value_parts[0].source, "value").latent
-    except Decline:
-        return False  # (_absorb says why)
+        return linear_map(value_parts[0].source, "value")
+    except Decline as decline:
+        return decline
+
+
+def _is_layer_input(plan: SitePlan, latent, budget: int = 4000) -> bool:
+    """Whether V's latent is the tensor the query is projected from: an ordinary layer's V = x @ W_V over its input
+    (a prompt's step computes q, K and V from x), not a latent expansion, whose latent is a cache or a projection
+    of its own. Absorbing would attend over x, and the report would call an MHA/GQA layer a latent one. The walk
+    from q crosses one product (q's projection): an earlier layer's output reaches q through its own projections,
+    so a latent that also fed an earlier layer does not count."""
     stack, seen = [(plan.q.view.base, False)], set()
     while stack and len(seen) < budget:
         node, crossed = stack.pop()
@@ -124,7 +132,7 @@ def _is_layer_input(plan: SitePlan, value_parts: list, budget: int = 4000) -> bo
     return False
 
 
-def _absorb(plan: SitePlan, key_parts: list, value_parts: list) -> AbsorbedPlan:
+def _absorb(plan: SitePlan, key_parts: list, value_map) -> AbsorbedPlan:
     extensions = plan.extensions
     if extensions is not None and (extensions.softcap or extensions.alibi is not None):
         # Scores of the latent form are sums over latent channels: the op's latent kernels take sinks only.
@@ -132,10 +140,8 @@ def _absorb(plan: SitePlan, key_parts: list, value_parts: list) -> AbsorbedPlan:
                       "the site stays expanded)",
                       fix="nothing: the latent kernels take sinks only, so soft-capped or ALiBi attention keeps the "
                           "expanded form (still fused)")
-    if len(value_parts) != 1 or not is_product(value_parts[0].source):
-        raise Decline("V is not one product of the latent",
-                      fix="compute V as one linear map of the cached latent (latent @ W_UV, per head)")
-    value_map = linear_map(value_parts[0].source, "value")
+    if isinstance(value_map, Decline):
+        raise value_map
     linear = [part for part in key_parts if is_product(part.source)]
     if not linear:
         computed = ", ".join(sorted({str(part.source.base.target) for part in key_parts}))
