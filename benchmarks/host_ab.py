@@ -65,6 +65,9 @@ def rows(device) -> list:
          lambda: glacompiler.attention_with_kvcache(q_gqa, k, v, cache_seqlens=lengths_gqa, softmax_scale=0.125)),
         ("GQA 32/8/64 wrapper, mask",
          lambda: glacompiler.attention_with_kvcache(q_gqa, k, v, attn_mask=mask_gqa, softmax_scale=0.125)),
+        ("GQA 32/8/64 wrapper, mask + kv_range",
+         lambda: glacompiler.attention_with_kvcache(q_gqa, k, v, attn_mask=mask_gqa, kv_range=key_range_gqa,
+                                                    softmax_scale=0.125)),
         ("SDPA (GQA 32/8/64, enable_gqa)",
          lambda: torch.nn.functional.scaled_dot_product_attention(q_sdpa, k_sdpa, v_sdpa, enable_gqa=True)),
     ]

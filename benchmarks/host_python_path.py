@@ -94,6 +94,8 @@ def rows(batch: int) -> list:
          lambda: run_prepared(q, k, v, None, None, None, None, mask, 0.125, True, 0)),
         ("wrapper, lengths", lambda: wrapper(q, k, v, cache_seqlens=lengths, softmax_scale=0.125)),
         ("wrapper, mask", lambda: wrapper(q, k, v, attn_mask=mask, softmax_scale=0.125)),
+        ("wrapper, mask + kv_range",
+         lambda: wrapper(q, k, v, attn_mask=mask, kv_range=key_range, softmax_scale=0.125)),
     ]
 
 

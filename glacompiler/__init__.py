@@ -10,7 +10,7 @@ import importlib
 
 from .kernels.latent_hopper import LatentHopperConfig
 from .kernels.portable import PortableConfig
-from .op import attention_with_kvcache, attention_with_kvcache_config
+from .op import attention_with_kvcache, attention_with_kvcache_config, mask_key_range
 from .reference import attention_with_kvcache_reference
 from .spec import AttentionSpec, ProblemShape
 
@@ -58,5 +58,6 @@ __all__ = [
     "backend",
     "compile_report",
     "format_report",
+    "mask_key_range",
     "reset_report",
 ]

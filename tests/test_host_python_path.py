@@ -39,4 +39,4 @@ def test_each_repeat_launch_reaches_the_stand_in_launcher(interpret_kernels, own
     # lengths: the attention kernel; a mask: its two passes, and the key range's reduction where not given
     assert counts == {"op, lengths": [1, 1], "op, mask + kv_range (two passes)": [2, 2],
                       "op, mask (range reduced per call)": [3, 3], "wrapper, lengths": [1, 1],
-                      "wrapper, mask": [3, 3]}
+                      "wrapper, mask": [3, 3], "wrapper, mask + kv_range": [2, 2]}

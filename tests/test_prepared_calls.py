@@ -109,6 +109,76 @@ def test_the_wrappers_direct_repeats_look_up_one_key(interpret_kernels, fresh_me
     assert len(keys) == 2
 
 
+@pytest.mark.parametrize("direct", [False, True])
+def test_the_wrapper_takes_a_steps_key_range(interpret_kernels, fresh_memos, monkeypatch, direct):
+    """kv_range made once by glacompiler.mask_key_range for calls sharing a mask (FlashInfer's plan step): the same
+    results as each call reducing the range itself, and no range launch per call. Sequence 0's mask has a hole
+    (the sparse pass), sequence 1's is dense; through the dispatcher or the wrapper's direct path."""
+    from glacompiler.kernels.common.mask_range import MaskKeyRangeLaunch
+
+    if direct:
+        monkeypatch.setattr(glacompiler.op, "_runs_directly", lambda q: True)
+    reductions = []
+    real_reduce = MaskKeyRangeLaunch.__call__
+    monkeypatch.setattr(MaskKeyRangeLaunch, "__call__", lambda self, mask: reductions.append(1) or
+                        real_reduce(self, mask))
+    problem = _problem("gqa", torch.float16, 12, mask="bool", mask_rows="key", seqlens=[30, 40, 17])
+    kw = problem.kwargs
+    kw["attn_mask"].copy_((torch.arange(40) < torch.tensor([30, 40, 17])[:, None])[:, None, None, :])
+    kw["attn_mask"][0, ..., 5] = False
+    kv_range = glacompiler.mask_key_range(kw["attn_mask"], 3, 40)
+    assert kv_range.tolist()[2] == [0, 1, 1]
+    reductions.clear()
+    with torch.no_grad():
+        out, lse = glacompiler.attention_with_kvcache(**kw, return_lse=True)
+        assert len(reductions) == 1  # (each call reduces its range)
+        for _ in range(2):
+            out_given, lse_given = glacompiler.attention_with_kvcache(**kw, kv_range=kv_range, return_lse=True)
+    assert len(reductions) == 1
+    check_fa_rule(out_given, lse_given, problem)
+    torch.testing.assert_close(out_given, out, rtol=0, atol=0)
+    torch.testing.assert_close(lse_given, lse, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["gqa", "gla2"])
+def test_the_wrapper_takes_a_steps_key_range_on_gpu(cuda_device, fresh_memos, name):
+    """bf16 on the GPU (portable GQA, Hopper GLA-2 where the GPU has it), a hole in one sequence's mask: a step's
+    key range given gives the results of ranges reduced per call, through the wrapper's direct path."""
+    seqlens = [300, 170, 299, 64]
+    problem = make_decode_problem(CPU_SPECS[name], batch=4, query_len=1, capacity=300, dtype=torch.bfloat16,
+                                  device=cuda_device, mask="bool", mask_rows="key", seqlens=seqlens,
+                                  generator=torch.Generator().manual_seed(14))
+    kw = problem.kwargs
+    kw["attn_mask"].copy_((torch.arange(300, device=cuda_device) < torch.tensor(seqlens, device=cuda_device)[:, None])
+                          .view(4, 1, 1, 300))
+    kw["attn_mask"][1, ..., 37] = False
+    kv_range = glacompiler.mask_key_range(kw["attn_mask"], 4, 300)
+    with torch.no_grad():
+        reduced = glacompiler.attention_with_kvcache(**kw, return_lse=True)
+        given = glacompiler.attention_with_kvcache(**kw, kv_range=kv_range, return_lse=True)
+    check_fa_rule(*given, problem)
+    for ours, theirs in zip(given, reduced):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_a_key_range_of_another_shape_or_without_its_mask_is_refused(fresh_memos):
+    kw = _problem("gqa", torch.float32, 13, mask="bool", mask_rows="key").kwargs
+    kv_range = glacompiler.mask_key_range(kw["attn_mask"], 3, 40)
+    with pytest.raises(ValueError, match=r"kv_range must be a contiguous int32 \[3, 3\]"):
+        glacompiler.attention_with_kvcache(**kw, kv_range=kv_range[:, :2])
+    with pytest.raises(ValueError, match="kv_range is the key range of attn_mask: it needs attn_mask"):
+        glacompiler.attention_with_kvcache(**{**kw, "attn_mask": None}, kv_range=kv_range)
+    with pytest.raises(ValueError, match="B = 2, S = 40"):
+        glacompiler.mask_key_range(kw["attn_mask"], 2, 40)
+    with pytest.raises(ValueError, match="B = 3, S = 41"):
+        glacompiler.mask_key_range(kw["attn_mask"], 3, 41)
+    with pytest.raises(ValueError, match="batch must be an int"):
+        glacompiler.mask_key_range(kw["attn_mask"], 3.0, 40)
+    with pytest.raises(TypeError, match="attn_mask must be bool"):
+        glacompiler.mask_key_range(kw["attn_mask"].int(), 3, 40)
+
+
 def _key(kwargs, softmax_scale=0.2, causal=True, num_splits=0, kv_range=None, softcap=0.0, alibi_slopes=None,
          sinks=None, window_size=(-1, -1)):
     return prepared.call_key(*[kwargs.get(name) for name in OP_ARGS], softmax_scale, causal, num_splits, kv_range,

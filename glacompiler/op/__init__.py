@@ -11,10 +11,10 @@ from torch import Tensor
 
 from ..spec import default_softmax_scale
 from .dispatch import kernel_family_for
-from .library import attention_with_kvcache_op
+from .library import attention_with_kvcache_op, mask_key_range_op
 from . import prepared
 from .prepared import WrapperCall, prepared_call, run_prepared_with_config, wrapper_key
-from .validation import check_values, debug_checks_enabled, validate_inputs
+from .validation import check_values, debug_checks_enabled, validate_inputs, validate_key_range_arguments
 
 
 def attention_with_kvcache(
@@ -27,6 +27,7 @@ def attention_with_kvcache(
     cache_seqlens: Optional[Tensor] = None,
     page_table: Optional[Tensor] = None,
     attn_mask: Optional[Tensor] = None,
+    kv_range: Optional[Tensor] = None,
     softmax_scale: Optional[float] = None,
     causal: bool = True,
     num_splits: Optional[int] = None,
@@ -42,7 +43,10 @@ def attention_with_kvcache(
     v_cache like k_cache, or None when V is k_cache itself (GTA/MLA/GLA); q_rope [B, Lq, Hq, Dr] and
     k_rope_cache [B, S, Dr] (one rope key shared by every head); cache_seqlens [B] int32 (the Lq new tokens
     included); page_table [B, pages] int32; attn_mask bool (True = attend) or additive, broadcastable to
-    [B, Hq, Lq, S]; causal: query i sits at position cache_seqlens[b] - Lq + i. Returns out [B, Lq, Hq, Dv];
+    [B, Hq, Lq, S]; kv_range: attn_mask's key range, mask_key_range(attn_mask, B, S), made once for the calls of
+    a step that share the mask (each call is then spared its reduction, a kernel launch; its values are not
+    checked: it must be this mask's); causal: query i sits at position cache_seqlens[b] - Lq + i. Returns out
+    [B, Lq, Hq, Dv];
     with return_lse also lse [B, Lq, Hq] (float32, natural log; -inf where a query attends to nothing, whose
     output is then 0).
 
@@ -59,19 +63,19 @@ def attention_with_kvcache(
     if type(q) is Tensor and not torch.compiler.is_compiling():
         try:
             key = wrapper_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                              softmax_scale, causal, num_splits, softcap, alibi_slopes, sinks, window_size)
+                              kv_range, softmax_scale, causal, num_splits, softcap, alibi_slopes, sinks, window_size)
             validated = prepared.wrapper_calls.get(key)
         except Exception:  # an argument the key cannot hold (not a tensor, unhashable): validation names it
             key = None
     if validated is None:
         spec, _ = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                                  softmax_scale, num_splits, None, softcap, alibi_slopes, sinks, window_size)
+                                  softmax_scale, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size)
         validated = WrapperCall(float(default_softmax_scale(spec.head_dim_q, spec.rope_dim) if softmax_scale is None
                                       else softmax_scale))
         if key is not None:
             prepared.wrapper_calls.remember(key, validated)
     args = (q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, validated.scale,
-            bool(causal), int(num_splits or 0), None, float(softcap), alibi_slopes, sinks, int(window_size[0]),
+            bool(causal), int(num_splits or 0), kv_range, float(softcap), alibi_slopes, sinks, int(window_size[0]),
             int(window_size[1]))
     # A validated CUDA call with nothing that hooks into the dispatcher (no autograd, no torch function or
     # dispatch mode, no profiler) runs its prepared call directly: the dispatcher's boxing of the arguments into a
@@ -83,11 +87,20 @@ def attention_with_kvcache(
             call = validated.prepared = prepared_call(*args)
         elif debug_checks_enabled():  # what prepared_call checks on a repeat
             check_values(k_cache, cache_seqlens, page_table, call.shape, attn_mask)
-        out, lse = call.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, None,
-                            alibi_slopes, sinks)
+        out, lse = call.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                            kv_range, alibi_slopes, sinks)
     else:
         out, lse = attention_with_kvcache_op(*args)
     return (out, lse) if return_lse else out
+
+
+def mask_key_range(attn_mask: Tensor, batch: int, capacity: int) -> Tensor:
+    """attn_mask's key range for the calls of a step that share it (attention_with_kvcache's kv_range): [3, batch]
+    int32, per sequence the first key any row may attend to, one past the last, and whether the mask allows every
+    key between (then not read). batch and capacity are the calls' B and S; the mask broadcasts to [B, Hq, Lq, S].
+    One small kernel on CUDA (PyTorch ops on CPU), as FlashInfer's plan step: once per step, not per layer."""
+    validate_key_range_arguments(attn_mask, batch, capacity)
+    return mask_key_range_op(attn_mask, batch, capacity)
 
 
 def _runs_directly(q: Tensor) -> bool:
@@ -112,4 +125,5 @@ def attention_with_kvcache_config(q, k_cache, v_cache=None, *, config, q_rope=No
                                     tuple(window_size))
 
 
-__all__ = ["attention_with_kvcache", "attention_with_kvcache_config", "attention_with_kvcache_op", "kernel_family_for"]
+__all__ = ["attention_with_kvcache", "attention_with_kvcache_config", "attention_with_kvcache_op", "kernel_family_for",
+           "mask_key_range"]

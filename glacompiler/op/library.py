@@ -82,3 +82,5 @@ def _attention_with_kvcache_fake(q, k_cache, v_cache, q_rope, k_rope_cache, cach
 #                                        attn_mask, softmax_scale, causal, num_splits, kv_range, softcap, alibi_slopes,
 #                                        sinks, window_left, window_right); num_splits 0 = tuned / heuristic.
 attention_with_kvcache_op = torch.ops.glacompiler.attention_with_kvcache.default
+# key_range = mask_key_range_op(attn_mask, batch, capacity): [3, batch] int32 (kernels/common/mask_range.py)
+mask_key_range_op = torch.ops.glacompiler.mask_key_range.default

@@ -56,13 +56,20 @@ def call_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_tabl
             softmax_scale, causal, num_splits, softcap, window_left, window_right)
 
 
-def wrapper_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
-                causal, num_splits, softcap, alibi_slopes, sinks, window_size):
+def wrapper_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range,
+                softmax_scale, causal, num_splits, softcap, alibi_slopes, sinks, window_size):
     """call_key for the Python wrapper, whose scalars are the user's: their types are part of it (True and 1.0
     compare equal but only one is a valid softcap), and window_size by its entries' types too."""
     return (_metadata(q), _metadata(k_cache),
-            *(None if tensor is None else _metadata(tensor)
-              for tensor in (v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, alibi_slopes, sinks)),
+            None if v_cache is None else _metadata(v_cache),
+            None if q_rope is None else _metadata(q_rope),
+            None if k_rope_cache is None else _metadata(k_rope_cache),
+            None if cache_seqlens is None else _metadata(cache_seqlens),
+            None if page_table is None else _metadata(page_table),
+            None if attn_mask is None else _metadata(attn_mask),
+            None if kv_range is None else _metadata(kv_range),
+            None if alibi_slopes is None else _metadata(alibi_slopes),
+            None if sinks is None else _metadata(sinks),
             type(softmax_scale), softmax_scale, type(causal), causal, type(num_splits), num_splits,
             type(softcap), softcap, type(window_size), *map(type, window_size), *window_size)
 

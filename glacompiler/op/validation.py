@@ -224,6 +224,21 @@ def validate_inputs(
     return spec, shape
 
 
+def validate_key_range_arguments(attn_mask, batch, capacity) -> None:
+    """mask_key_range's arguments: a bool or floating mask broadcastable to [batch, any, any, capacity]."""
+    if not isinstance(attn_mask, Tensor):
+        raise TypeError(f"attn_mask must be a torch.Tensor, got {type(attn_mask).__name__}")
+    if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        raise TypeError(f"attn_mask must be bool (True = attend) or floating (additive), got {attn_mask.dtype}")
+    for name, value in (("batch", batch), ("capacity", capacity)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    shape = tuple(attn_mask.shape)
+    if not 1 <= len(shape) <= 4 or shape[-1] not in (1, capacity) or (len(shape) == 4 and shape[0] not in (1, batch)):
+        raise ValueError(f"attn_mask shape {shape} is not broadcastable to [B, Hq, Lq, S] with B = {batch}, "
+                         f"S = {capacity}")
+
+
 def _unlimited_window(window_size) -> bool:
     return isinstance(window_size, (tuple, list)) and tuple(window_size) == (-1, -1)
 
