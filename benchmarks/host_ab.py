@@ -16,17 +16,20 @@ import torch
 import glacompiler
 
 
-def host_us_per_call(fn, calls: int = 1000, rounds: int = 7) -> float:
+def host_us_per_call(fn, calls: int = 1000, rounds: int = 7, synchronize=None) -> float:
+    """The best of `rounds` rounds of `calls` back-to-back calls, after 100 to warm up; synchronize (default:
+    CUDA's) runs between rounds."""
+    synchronize = synchronize or torch.cuda.synchronize
     for _ in range(100):
         fn()
-    torch.cuda.synchronize()
+    synchronize()
     best = float("inf")
     for _ in range(rounds):
         start = time.perf_counter()
         for _ in range(calls):
             fn()
         best = min(best, (time.perf_counter() - start) / calls)
-        torch.cuda.synchronize()
+        synchronize()
     return best * 1e6
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import torch
 
@@ -25,6 +24,8 @@ import glacompiler  # (loads no triton: the kernels do, on first use)
 from glacompiler.kernels.common.binary_launch import BinaryLaunch, _LauncherParts, jit_forms_of
 from glacompiler.kernels.common.triton_launch import PreparedLaunch, _pointer_offsets
 from glacompiler.op.prepared import run_prepared
+
+from host_ab import host_us_per_call  # (beside it)
 
 
 class _StandInDriver:
@@ -99,18 +100,6 @@ def rows(batch: int) -> list:
     ]
 
 
-def host_us_per_call(fn, calls: int, rounds: int) -> float:
-    for _ in range(calls // 10):
-        fn()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best * 1e6
-
-
 def main() -> None:
     os.environ["TRITON_INTERPRET"] = "1"  # before triton loads
     from triton.runtime.driver import driver
@@ -132,7 +121,8 @@ def main() -> None:
         for _, fn in measured:
             _give_binaries(_launch_arguments(fn))
         for name, fn in measured:
-            print(f"{args.label:>6} {name:<36} {host_us_per_call(fn, calls, rounds):6.2f} us", flush=True)
+            us = host_us_per_call(fn, calls, rounds, synchronize=lambda: None)
+            print(f"{args.label:>6} {name:<36} {us:6.2f} us", flush=True)
 
 
 if __name__ == "__main__":

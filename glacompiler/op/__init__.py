@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from ..spec import default_softmax_scale
+from . import prepared
 from .dispatch import kernel_family_for
 from .library import attention_with_kvcache_op, mask_key_range_op
-from . import prepared
 from .prepared import WrapperCall, prepared_call, run_prepared_with_config, wrapper_key
 from .validation import check_values, debug_checks_enabled, validate_inputs, validate_key_range_arguments
 
@@ -46,9 +46,8 @@ def attention_with_kvcache(
     [B, Hq, Lq, S]; kv_range: attn_mask's key range, mask_key_range(attn_mask, B, S), made once for the calls of
     a step that share the mask (each call is then spared its reduction, a kernel launch; its values are not
     checked: it must be this mask's); causal: query i sits at position cache_seqlens[b] - Lq + i. Returns out
-    [B, Lq, Hq, Dv];
-    with return_lse also lse [B, Lq, Hq] (float32, natural log; -inf where a query attends to nothing, whose
-    output is then 0).
+    [B, Lq, Hq, Dv]; with return_lse also lse [B, Lq, Hq] (float32, natural log; -inf where a query attends to
+    nothing, whose output is then 0).
 
     FlashAttention's extensions, with flash_attn_with_kvcache's names and meanings: softcap > 0 caps the scaled
     scores to softcap * tanh(scores / softcap) (Gemma2); alibi_slopes [Hq] or [B, Hq] float32 adds

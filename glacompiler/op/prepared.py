@@ -39,10 +39,9 @@ def _metadata(tensor: Tensor) -> tuple:
     return tensor.shape, tensor.stride(), tensor.dtype, tensor.device, tensor.data_ptr() % 16
 
 
-def call_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale, causal,
-             num_splits, kv_range, softcap, alibi_slopes, sinks, window_left, window_right) -> tuple:
-    """Everything validation and the kernel choice read of a call (the tuned tables aside: clear_prepared_calls
-    runs when they change). The optional tensors are spelled out: this runs on every call."""
+def _tensors_metadata(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range,
+                      alibi_slopes, sinks) -> tuple:
+    """Every tensor argument's metadata, None for each absent one (spelled out: this runs on every call)."""
     return (_metadata(q), _metadata(k_cache),
             None if v_cache is None else _metadata(v_cache),
             None if q_rope is None else _metadata(q_rope),
@@ -52,7 +51,15 @@ def call_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_tabl
             None if attn_mask is None else _metadata(attn_mask),
             None if kv_range is None else _metadata(kv_range),
             None if alibi_slopes is None else _metadata(alibi_slopes),
-            None if sinks is None else _metadata(sinks),
+            None if sinks is None else _metadata(sinks))
+
+
+def call_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale, causal,
+             num_splits, kv_range, softcap, alibi_slopes, sinks, window_left, window_right) -> tuple:
+    """Everything validation and the kernel choice read of a call (the tuned tables aside: clear_prepared_calls
+    runs when they change)."""
+    return (_tensors_metadata(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                              kv_range, alibi_slopes, sinks),
             softmax_scale, causal, num_splits, softcap, window_left, window_right)
 
 
@@ -60,16 +67,8 @@ def wrapper_key(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_t
                 softmax_scale, causal, num_splits, softcap, alibi_slopes, sinks, window_size):
     """call_key for the Python wrapper, whose scalars are the user's: their types are part of it (True and 1.0
     compare equal but only one is a valid softcap), and window_size by its entries' types too."""
-    return (_metadata(q), _metadata(k_cache),
-            None if v_cache is None else _metadata(v_cache),
-            None if q_rope is None else _metadata(q_rope),
-            None if k_rope_cache is None else _metadata(k_rope_cache),
-            None if cache_seqlens is None else _metadata(cache_seqlens),
-            None if page_table is None else _metadata(page_table),
-            None if attn_mask is None else _metadata(attn_mask),
-            None if kv_range is None else _metadata(kv_range),
-            None if alibi_slopes is None else _metadata(alibi_slopes),
-            None if sinks is None else _metadata(sinks),
+    return (_tensors_metadata(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                              kv_range, alibi_slopes, sinks),
             type(softmax_scale), softmax_scale, type(causal), causal, type(num_splits), num_splits,
             type(softcap), softcap, type(window_size), *map(type, window_size), *window_size)
 
