@@ -73,9 +73,6 @@ def attention_with_kvcache(
                                       else softmax_scale))
         if key is not None:
             prepared.wrapper_calls.remember(key, validated)
-    args = (q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, validated.scale,
-            bool(causal), int(num_splits or 0), kv_range, float(softcap), alibi_slopes, sinks, int(window_size[0]),
-            int(window_size[1]))
     # A validated CUDA call with nothing that hooks into the dispatcher (no autograd, no torch function or
     # dispatch mode, no profiler) runs its prepared call directly: the dispatcher's boxing of the arguments into a
     # Python kernel costs about as much host time as the prepared call itself. The wrapper's key settles the op's
@@ -83,14 +80,26 @@ def attention_with_kvcache(
     if key is not None and _runs_directly(q):
         call = validated.prepared
         if call is None:
-            call = validated.prepared = prepared_call(*args)
+            call = validated.prepared = prepared_call(*_op_arguments(
+                q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range,
+                validated.scale, causal, num_splits, softcap, alibi_slopes, sinks, window_size))
         elif debug_checks_enabled():  # what prepared_call checks on a repeat
             check_values(k_cache, cache_seqlens, page_table, call.shape, attn_mask)
         out, lse = call.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
                             kv_range, alibi_slopes, sinks)
     else:
-        out, lse = attention_with_kvcache_op(*args)
+        out, lse = attention_with_kvcache_op(*_op_arguments(
+            q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range,
+            validated.scale, causal, num_splits, softcap, alibi_slopes, sinks, window_size))
     return (out, lse) if return_lse else out
+
+
+def _op_arguments(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range, scale,
+                  causal, num_splits, softcap, alibi_slopes, sinks, window_size) -> tuple:
+    """The op's arguments, its scalars as the schema types them (a repeat on the direct path needs none)."""
+    return (q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, scale, bool(causal),
+            int(num_splits or 0), kv_range, float(softcap), alibi_slopes, sinks, int(window_size[0]),
+            int(window_size[1]))
 
 
 def mask_key_range(attn_mask: Tensor, batch: int, capacity: int) -> Tensor:
