@@ -69,8 +69,8 @@ SOFTMAXES = ["F.softmax", "method", "fp32", "decomposed"]
 OUTPUTS = ["transpose_reshape", "einsum"]
 KERNELS = ["sdpa", "matmul", "einsum"]
 
-NEGATIVES = ["softmax_over_heads", "softmax_over_queries", "probs_returned", "per_head_mask", "router_einsum",
-             "values_by_query", "fill_not_negligible", "negative_scale"]
+NEGATIVES = ["softmax_over_heads", "softmax_over_queries", "probs_returned", "router_einsum", "values_by_query",
+             "fill_not_negligible", "negative_scale"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +108,8 @@ def sample_styles(count: int, seed: int = 12) -> list:
     return styles
 
 
-def _manual_styles(label: str, count: int, seed: int, scale=None, mask: str = "", dims: list = DIMS) -> list:
+def _manual_styles(label: str, count: int, seed: int, scale=None, mask: str = "", dims: list = DIMS,
+                   sharing: Optional[dict] = None) -> list:
     """`count` matmul and einsum styles (in turn), the other axes sampled as the positives', with the scale (a
     function of the index) or the mask given: positives appended to the corpus, so that the sampled ones stay."""
     styles = []
@@ -117,7 +118,8 @@ def _manual_styles(label: str, count: int, seed: int, scale=None, mask: str = ""
         kernel = ["matmul", "einsum"][index % 2]
         styles.append(Style(
             kernel=kernel, query=rng.choice(QUERIES), layout=rng.choice(LAYOUTS), write=rng.choice(WRITES),
-            sharing=rng.choice(SHARING[kernel]), scale=scale(index) if scale else rng.choice(SCALES[kernel]),
+            sharing=rng.choice((sharing or SHARING)[kernel]),
+            scale=scale(index) if scale else rng.choice(SCALES[kernel]),
             mask=mask or rng.choice(MASKS[kernel]), softmax=rng.choice(SOFTMAXES), output=rng.choice(OUTPUTS),
             dims=rng.choice(dims),
         ))
@@ -132,9 +134,18 @@ def tensor_scale_styles(count: int = 12, seed: int = 12) -> list:
 
 
 def head_mask_styles(count: int = 6, seed: int = 12) -> list:
-    """MHA with a boolean mask per head (a mask per KV head, which the op takes per query head). With GQA the same
-    mask varies within a group: the negative per_head_mask."""
+    """MHA with a boolean mask per head (a mask per KV head, which the op takes per query head)."""
     return _manual_styles("head-mask", count, seed, mask="per_head", dims=[d for d in DIMS if d.HQ == d.HKV])
+
+
+def query_head_mask_styles(count: int = 6, seed: int = 12) -> list:
+    """GQA with a boolean mask per query head, K and V repeated per group: the mask's heads axis is read as KV head
+    and group. Not here, each rewritten as before with the rows the mask tells apart taken as query positions (the
+    report then names an MHA of Lq = the group's heads): a group einsum's mask, [B, Hkv, G, L, S] negated after the
+    view, and MQA's, whose heads axis holds the group alone."""
+    repeated = {kernel: [way for way in ways if way != "group_einsum"] for kernel, ways in SHARING.items()}
+    return _manual_styles("query-head-mask", count, seed, mask="per_head",
+                          dims=[d for d in DIMS if 1 < d.HKV < d.HQ], sharing=repeated)
 
 
 def negative_styles(seed: int = 12) -> list:
@@ -144,8 +155,10 @@ def negative_styles(seed: int = 12) -> list:
         for variant in range(3):
             rng = random.Random(f"{seed}-negative-{index}-{variant}")
             kernel = ["matmul", "einsum"][variant % 2]
-            dims = rng.choice([d for d in DIMS if d.L > 1]) if negative == "softmax_over_queries" else rng.choice(DIMS)
-            mask = "per_head" if negative == "per_head_mask" else rng.choice(["bool_fill", "none"])
+            # (over one query token neither a softmax over the queries nor V per query row is a negative)
+            several_queries = negative in ("softmax_over_queries", "values_by_query")
+            dims = rng.choice([d for d in DIMS if d.L > 1]) if several_queries else rng.choice(DIMS)
+            mask = rng.choice(["bool_fill", "none"])
             if negative == "fill_not_negligible":
                 mask = "bool_fill"
             styles.append(Style(
@@ -474,5 +487,6 @@ def make_case(index: int, style: Style) -> Case:
 
 
 def corpus(positives: int = 312) -> list:
-    styles = sample_styles(positives) + negative_styles() + tensor_scale_styles() + head_mask_styles()
+    styles = (sample_styles(positives) + negative_styles() + tensor_scale_styles() + head_mask_styles()
+              + query_head_mask_styles())
     return [make_case(index, style) for index, style in enumerate(styles)]

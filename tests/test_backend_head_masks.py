@@ -2,11 +2,13 @@
 [1, H, 1, S_max] bias sliced to the keys), a boolean mask per head. The op takes a mask broadcastable to
 [B, Hq, Lq, S]; the pass lays such a mask out per query head (KV head major, expanded over each group). Each is
 compared with eager; masks that rule out different keys in different heads show a head read with another's mask.
-A mask per query head of a GQA group is left alone (tests/test_backend_negative.py)."""
+A mask per query head of a GQA group ([B, Hq, Lq, S] over scores whose heads axis holds the KV head and the group:
+SDPA's enable_gqa, repeat_kv) reaches the op as it is, its heads axis split into KV head and group."""
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from test_backend_support import check_rewritten, compile_and_count
 
@@ -110,6 +112,84 @@ def test_kv_heads_in_two_dims():
     keep = torch.rand(1, 2, 1, 1, S, generator=g) > 0.4
     keep[..., 0] = True
     check_rewritten(two_head_dims, q, k, v, keep)
+
+
+KV_HEADS, GROUP_SIZE = 2, 4
+Q_HEADS = KV_HEADS * GROUP_SIZE
+
+
+def gqa_inputs(query_len=1, seed=7):
+    g = generator(seed)
+    return (torch.randn(B, Q_HEADS, query_len, D, generator=g) * 2, torch.randn(B, KV_HEADS, S, D, generator=g),
+            torch.randn(B, KV_HEADS, S, D, generator=g))
+
+
+def per_query_head(shape, dtype, seed=8):
+    """A mask per query head: bool (some keys ruled out, key 0 kept) or additive."""
+    g = generator(seed)
+    if dtype == torch.bool:
+        keep = torch.rand(*shape, generator=g) > 0.4
+        keep[..., 0] = True
+        return keep
+    return torch.randn(*shape, generator=g) * 3
+
+
+def sdpa_gqa(q, k, v, mask):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+def repeat_kv_per_head(q, k, v, keep):
+    """transformers' eager GQA: K and V repeated per group (repeat_kv), a mask per query head."""
+    def repeat(x):
+        return x[:, :, None].expand(B, KV_HEADS, GROUP_SIZE, S, D).reshape(B, Q_HEADS, S, D)
+    scores = (q @ repeat(k).transpose(-1, -2) * D ** -0.5).masked_fill(~keep, -math.inf)
+    return attend(scores, repeat(v))
+
+
+def tiled_kv_per_head(q, k, v, keep):
+    """K and V tiled (query head h reads KV head h % Hkv: the group is the major part of the heads axis)."""
+    scores = (q @ k.repeat(1, GROUP_SIZE, 1, 1).transpose(-1, -2) * D ** -0.5).masked_fill(~keep, -math.inf)
+    return attend(scores, v.repeat(1, GROUP_SIZE, 1, 1))
+
+
+def flat_mask_per_head(q, k, v, flat):
+    """A flat [B, Hq * S_max] mask viewed per head and sliced to the S keys."""
+    keep = flat.view(B, Q_HEADS, 1, -1)[..., :S]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, enable_gqa=True)
+
+
+@pytest.mark.parametrize("query_len", [1, 2])
+@pytest.mark.parametrize("shape, dtype", [((1, Q_HEADS, 1, S), torch.bool), ((B, Q_HEADS, "Lq", S), torch.bool),
+                                          ((B, Q_HEADS, 1, S), torch.float32)])
+def test_sdpa_gqa_with_a_mask_per_query_head(query_len, shape, dtype):
+    shape = tuple(query_len if size == "Lq" else size for size in shape)
+    call = check_rewritten(sdpa_gqa, *gqa_inputs(query_len), per_query_head(shape, dtype)).op_calls()[0]
+    assert call.args[GLACOMPILER_LENGTHS] is None and call.args[GLACOMPILER_MASK] is not None
+
+
+@pytest.mark.parametrize("query_len", [1, 2])
+@pytest.mark.parametrize("fn", [repeat_kv_per_head, tiled_kv_per_head])
+def test_repeated_kv_with_a_mask_per_query_head(fn, query_len):
+    check_rewritten(fn, *gqa_inputs(query_len), per_query_head((B, Q_HEADS, query_len, S), torch.bool))
+
+
+def test_a_flat_mask_viewed_per_head_and_sliced():
+    flat = per_query_head((B, Q_HEADS * (S + 8)), torch.bool)
+    flat.view(B, Q_HEADS, S + 8)[..., 0] = True
+    check_rewritten(flat_mask_per_head, *gqa_inputs(), flat)
+
+
+@pytest.mark.gpu
+def test_sdpa_gqa_with_a_mask_per_query_head_on_gpu_bf16(cuda_device):
+    """Through the whole backend on the GPU: FlashAttention's rule against float32."""
+    from test_backend_gpu import check_fa_rule, on_gpu
+
+    args = [*gqa_inputs(2), per_query_head((B, Q_HEADS, 2, S), torch.bool)]
+    low = on_gpu(args)
+    output, counts, records = compile_and_count(sdpa_gqa, *low)
+    assert [(r.status, r.kind) for r in records] == [("rewritten", "gqa")], [str(r) for r in records]
+    with torch.no_grad():
+        check_fa_rule(output, sdpa_gqa(*low), sdpa_gqa(*on_gpu(args, torch.float32)).float())
 
 
 @pytest.mark.gpu

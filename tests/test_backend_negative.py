@@ -111,22 +111,6 @@ def test_intermediate_used_elsewhere(returned):
         assert_close(ours, theirs)
 
 
-def test_mask_varying_across_the_query_heads_of_a_group():
-    """GQA with a mask per query head: its heads axis holds both the KV head and the group, which the pass does
-    not lay out (a mask per KV head is taken: tests/test_backend_head_masks.py)."""
-    torch.manual_seed(0)
-    q, k, v = sdpa_inputs()
-    per_head = torch.rand(1, HQ, 1, S) > 0.3
-    per_head[..., 0] = True
-
-    def fn(q, k, v, m):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True)
-
-    result = run_pass(fn, q, k, v, per_head)
-    assert_left_alone(result, "varies along several score dims through one axis")
-    assert_close(result.output, fn(q, k, v, per_head))
-
-
 def test_fill_that_still_takes_part():
     """masked_fill with -1 is not a mask: filled scores still get softmax weight."""
     q, k, v = sdpa_inputs()

@@ -148,7 +148,6 @@ SITES = {
         ('_validate', 'unsupported by the op: {}'): 'test_skip_reasons.py::head_dim_unsupported',
         ('choose_roles', 'each score term has keys per head: neith'): 'test_skip_reasons.py::terms_with_own_heads',
         ('tensor_plan', 'the {} is read in runs that do not tile '): UNREACHABLE,
-        ('make_plan', 'the mask varies across the query heads o'): UNREACHABLE,
         ('make_plan', 'the mask varies along a batch that spans'): 'test_skip_reasons.py::latent_with_two_batch_dims',
         ('tensor_plan', 'the {} is read with a stride pattern the'): 'test_skip_reasons.py::every_other_key',
     },
@@ -156,7 +155,7 @@ SITES = {
         ('place', 'mask {} does not line up with the scores'): 'test_skip_reasons.py::bias_heads_regrouped',
         ('normalize', 'mask {} is a view that cannot be followe'): 'test_skip_reasons.py::mask_on_permuted_scores',
         ('place', 'mask {} varies along part of a score dim'): 'test_skip_reasons.py::bias_per_key_block',
-        ('place', 'mask {} varies along several score dims '): 'test_skip_reasons.py::mask_built_elsewhere',
+        ('place', 'mask {} is read with a stride along one '): 'test_skip_reasons.py::mask_built_elsewhere',
     },
     'trace/operands.py': {
         ('walk_operand', 'an operand is scaled by a non-finite fac'): 'test_skip_reasons.py::infinite_scale',

@@ -20,7 +20,6 @@ NEGATIVE_REASONS = {
     "softmax_over_heads": ["softmax runs over dim"],
     "softmax_over_queries": ["softmax runs over dim"],
     "probs_returned": ["probabilities", "used by 2 nodes"],
-    "per_head_mask": ["mask"],
     "router_einsum": ["not contiguous"],  # the experts read as V: [E, W, HQ * D] has no head dim of its own
     "values_by_query": ["V varies along a query row", "used by 2 nodes"],
     "fill_not_negligible": ["still takes part in the softmax"],

@@ -55,7 +55,10 @@ def plan_softmax_site(match: SoftmaxMatch, split_cat: bool = True) -> SitePlan:
     assign_roles(slots, match.dim)
     c_over_slots = slot_space(slots, rank)
     placed = [place(use, c_over_slots, slots) for use in walk.masks]
-    positions = {index for mask in placed for index in mask.slot_axes if slots[index].role == "row"}
+    # Rows a mask tells apart are query positions, but for a mask read per query head (its heads' axis split into KV
+    # head and group): those rows are the group's heads.
+    positions = {index for mask in placed for index in mask.slot_axes
+                 if slots[index].role == "row" and index not in mask.split_slots}
     roles, main, rope = choose_roles(slots, terms, positions, rank,
                                      frozenset(per_head_slots(walk.mods, c_over_slots, slots)), masked_slots(placed))
     values = values_of_product(match.output, slots, c_over_slots)

@@ -453,17 +453,14 @@ def make_plan(form: str, terms: list, slots: list, roles: Roles, main: int, rope
             raise Decline(f"query length {query_len} > {MAX_QUERY_LEN} (prefill): left to Inductor",
                           fix=f"nothing to do: decode steps (at most {MAX_QUERY_LEN} new tokens) are the ones fused")
         for mask in masks:
-            if any(index in roles.groups for index in mask.slot_axes):
-                raise Decline("the mask varies across the query heads of one KV head (rows the site packs as "
-                              "heads of a group)", fix="one mask per KV head ([B, Hkv, Lq, S], broadcast over each "
-                              "group) or for all heads ([B, 1, Lq, S])", node=mask.node)
             if len(roles.batch) > 1 and any(index in roles.batch for index in mask.slot_axes):
                 raise Decline("the mask varies along a batch that spans several dims",
                               fix="one batch dim in the scores ([B, H, Lq, S]) when the mask varies per sequence",
                               node=mask.node)
         output = output_plan(values, slots, roles)
-        mask_as_lengths = (query_len == 1 and not causal_top_left and len(masks) == 1
-                           and not any(index in roles.head for index in masks[0].slot_axes)  # (lengths: per sequence)
+        # (lengths are per sequence: not for a mask that varies per head; is_key_prefix reads the mask unsplit)
+        mask_as_lengths = (query_len == 1 and not causal_top_left and len(masks) == 1 and masks[0].split_shape is None
+                           and not any(index in roles.head + roles.groups for index in masks[0].slot_axes)
                            and is_key_prefix(masks[0], roles.key))
         plan = SitePlan(form, spec, q, k_plan, v_out, q_rope, k_rope, masks, causal_top_left, roles, slots, scale,
                         output, anchor, owned, query_len, key_len, mask_as_lengths=mask_as_lengths)

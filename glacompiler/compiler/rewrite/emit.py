@@ -132,12 +132,15 @@ def build_query(emit: Emitter, plan: QueryPlan) -> fx.Node:
 
 def build_mask(emit: Emitter, mask: PlacedMask, plan: SitePlan) -> fx.Node:
     """The mask as [B or 1, 1 or Hq, Lq or 1, S or 1]: Hq where it varies per KV head (T5's position bias, MPT's
-    ALiBi buffer), expanded over each KV head's group in the op's head order (KV head major)."""
+    ALiBi buffer) or per query head, in the op's head order (KV head major), expanded over what it does not vary
+    along."""
     node = mask.node
     if not mask.additive and not mask.attend_if:
         node = emit.call(aten.logical_not.default, node)
     if mask.additive and mask.multiplier != 1.0:
         node = emit.call(aten.mul.Tensor, node, mask.multiplier)
+    if mask.split_shape is not None:  # one axis holds several slots: split it (a view)
+        node = emit.reshape(node, mask.split_shape)
     for axis, length in mask.slices:
         node = emit.call(aten.slice.Tensor, node, axis, 0, emit.size(length))
     for axis in mask.unit_axes:
@@ -147,10 +150,11 @@ def build_mask(emit: Emitter, mask: PlacedMask, plan: SitePlan) -> fx.Node:
         node = emit.call(aten.squeeze.dims, node, list(mask.unit_axes))
     remaining = sorted(mask.slot_axes.values())
     roles = plan.roles
-    # One slot per op dim at most (plan/site_plan.py declines masks along a batch that spans several dims or along
-    # a group); where the mask varies per KV head, every KV-head slot gets a dim, merged into Hq below.
-    per_head = any(slot in mask.slot_axes for slot in roles.head)
-    head_dims = [[slot] for slot in roles.head] if per_head else [[]]
+    # One slot per op dim at most (plan/site_plan.py declines masks along a batch that spans several dims); where the
+    # mask varies per head, every KV-head and group slot gets a dim, merged into Hq below.
+    head_slots = roles.head + roles.groups
+    per_head = any(slot in mask.slot_axes for slot in head_slots)
+    head_dims = [[slot] for slot in head_slots] if per_head else [[]]
     per_dim = [roles.batch, *head_dims, roles.position, [roles.key]]
     varying = [next((s for s in slots if s in mask.slot_axes), None) for slots in per_dim]
     order = [remaining.index(mask.slot_axes[s]) for s in varying if s is not None]
@@ -158,11 +162,10 @@ def build_mask(emit: Emitter, mask: PlacedMask, plan: SitePlan) -> fx.Node:
     for position, slot in enumerate(varying):
         if slot is None:
             node = emit.call(aten.unsqueeze.default, node, position)
-    if per_head:  # [B, Hkv..., Lq, S] -> [B, Hkv..., G, Lq, S] expanded -> [B, Hq, Lq, S] (KV head major)
+    if per_head:  # [B, Hkv..., G..., Lq, S] expanded -> [B, Hq, Lq, S] (KV head major, as the query's heads)
         sizes = list(fake_value(node).shape)
-        head_sizes = [plan.slots[slot].size for slot in roles.head]
-        node = emit.call(aten.unsqueeze.default, node, 1 + len(head_sizes))
-        node = emit.call(aten.expand.default, node, [-1, *head_sizes, plan.spec.group_size, -1, -1])
+        head_sizes = [plan.slots[slot].size for slot in head_slots]
+        node = emit.call(aten.expand.default, node, [-1, *head_sizes, -1, -1])
         node = emit.reshape(node, [sizes[0], plan.spec.num_q_heads, sizes[-2], sizes[-1]])
     return node
 

@@ -21,12 +21,12 @@ from typing import Optional
 import torch
 from torch import fx
 
-from ..decline import Decline
+from ..decline import UNEXPECTED_GRAPH, Decline
 from .layout import Layout, fake_value, broadcast_layout, compose, trace
 from .operands import is_call, is_float_cast
 from .products import align
 from .score_side import NEGLIGIBLE_FILL, MaskUse, fill_value
-from .sizes import known_equal
+from .sizes import known_equal, size_hint
 
 aten = torch.ops.aten
 
@@ -40,6 +40,12 @@ class PlacedMask:
     slot_axes: dict  # slot index -> axis of node along which the mask varies
     unit_axes: list  # axes of node the scores do not index (size 1, or read at index 0)
     slices: list  # (axis, length): the scores read only a prefix of that axis
+    # node.view(split_shape) first where one axis of node holds several slots (a [B, Hq, Lq, S] mask over scores whose
+    # heads are a KV head and a group: the axis split major to minor); the axes above are split_shape's. None: as is.
+    split_shape: Optional[list] = None
+    # Slots read through an axis of node that holds several (the query heads' axis read as KV head and group): a row
+    # among them is a head of its group, not a query position.
+    split_slots: frozenset = frozenset()
 
 
 def _negligible(value: Optional[float], multiplier: float) -> bool:
@@ -108,7 +114,7 @@ def normalize(use: MaskUse) -> tuple:
 def place(use: MaskUse, c_over_slots: Layout, slots: list) -> PlacedMask:
     node, additive, attend_if, c_over_node = normalize(use)
     node_sizes = list(fake_value(node).shape)
-    slot_axes, slices = {}, []
+    on_axis = {}  # axis of node -> [(slot index, the mask's piece)] of the slots read through it
     for dim in range(c_over_slots.rank):
         pairs = align(c_over_slots.dims[dim], c_over_node.dims[dim])
         if pairs is None:
@@ -122,15 +128,51 @@ def place(use: MaskUse, c_over_slots: Layout, slots: list) -> PlacedMask:
             if not (known_equal(slot_piece.step, 1) and known_equal(slot_piece.size, slot.size)):
                 raise Decline(f"mask {node.name} varies along part of a score dim",
                               fix="a mask that varies along whole batch, query and key dims ([B, 1, Lq, S])", node=node)
-            if not known_equal(mask_piece.step, 1) or mask_piece.axis in slot_axes.values():
-                raise Decline(f"mask {node.name} varies along several score dims through one axis (e.g. per query "
-                              "head across KV groups), which the pass does not lay out",
-                              fix="one mask for all heads ([B, 1, Lq, S]) or one per KV head (broadcast over its "
-                                  "group)", node=node)
-            slot_axes[slot_piece.axis] = mask_piece.axis
-            if not known_equal(mask_piece.size, node_sizes[mask_piece.axis]):
-                slices.append((mask_piece.axis, mask_piece.size))  # e.g. HF's mask[..., :key_length]
+            on_axis.setdefault(mask_piece.axis, []).append((slot_piece.axis, mask_piece))
+    split_sizes, split_slices = {}, {}  # axis of node -> the sizes it splits into (major to minor), their prefixes
+    for axis, pieces in on_axis.items():
+        pieces.sort(key=lambda entry: -size_hint(entry[1].step))
+        if not known_equal(pieces[-1][1].step, 1):
+            raise Decline(f"mask {node.name} is read with a stride along one of its dims",
+                          fix="a mask whose dims are read whole or as a prefix: one for all heads ([B, 1, Lq, S]), one "
+                              "per KV head (broadcast over its group) or one per query head ([B, Hq, Lq, S])",
+                          node=node)
+        if len(pieces) > 1:
+            split_sizes[axis], split_slices[axis] = _split_of_axis([piece for _, piece in pieces], node_sizes[axis],
+                                                                   node)
+    # Axes of the split view: each axis of node, or the runs it splits into.
+    first_axis, split_shape = {}, []
+    for axis, size in enumerate(node_sizes):
+        first_axis[axis] = len(split_shape)
+        split_shape.extend(split_sizes.get(axis, [size]))
+    slot_axes, slices = {}, []
+    for axis, pieces in on_axis.items():
+        for offset, (slot_index, piece) in enumerate(pieces):
+            slot_axes[slot_index] = first_axis[axis] + offset
+        if axis in split_slices:
+            slices.extend((first_axis[axis] + offset, length) for offset, length in split_slices[axis])
+        elif not known_equal(pieces[0][1].size, node_sizes[axis]):
+            slices.append((first_axis[axis], pieces[0][1].size))  # e.g. HF's mask[..., :key_length]
     used = set(slot_axes.values())
     # Axes no score dim reads: size 1, or read at index 0 only (a length-1 prefix slice).
-    unit_axes = [axis for axis in range(len(node_sizes)) if axis not in used]
-    return PlacedMask(node, additive, attend_if, use.multiplier if additive else 1.0, slot_axes, unit_axes, slices)
+    unit_axes = [axis for axis in range(len(split_shape)) if axis not in used]
+    split_slots = frozenset(slot for axis in split_sizes for slot, _ in on_axis[axis])
+    return PlacedMask(node, additive, attend_if, use.multiplier if additive else 1.0, slot_axes, unit_axes, slices,
+                      split_shape if split_sizes else None, split_slots)
+
+
+def _split_of_axis(pieces: list, axis_size, node: fx.Node) -> tuple:
+    """(sizes, prefixes) of the runs one axis of the mask splits into, major to minor, where `pieces` (one per slot,
+    sorted by step, largest first, the last of step 1) read it as a row-major split of it, each run read as a prefix
+    (a query-head axis read as KV head and group; a flat [.., Hq * S_max] mask viewed per head and sliced to S keys):
+    prefixes are (offset among the runs, length read) where a run is not read whole. Views can make no other reading
+    of one axis by several dims (as_strided, which could, is not followed)."""
+    steps = [piece.step for piece in pieces]
+    nested = all(isinstance(value, int) for value in [axis_size, *steps, *(piece.size for piece in pieces)]) and \
+        not axis_size % steps[0] and not any(major % minor for major, minor in zip(steps, steps[1:]))
+    sizes = [axis_size // steps[0]] + [major // minor for major, minor in zip(steps, steps[1:])] if nested else []
+    if not nested or any(piece.size > size for piece, size in zip(pieces, sizes)):
+        raise Decline(f"mask {node.name} varies along several score dims through one axis in a way that is not a split "
+                      "of it", fix=UNEXPECTED_GRAPH, node=node)
+    prefixes = [(offset, piece.size) for offset, (piece, size) in enumerate(zip(pieces, sizes)) if piece.size != size]
+    return sizes, prefixes
