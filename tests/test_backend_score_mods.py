@@ -244,7 +244,6 @@ def test_sliding_window_mask_takes_the_mask_path():
     (alibi_under_the_cap, (), "under a soft cap"),
     (sink_column_first, (SINKS,), "wider than one sink"),
     (sinks_per_sequence, (SINKS,), "not per head only"),
-    (bloom_alibi_from_a_given_mask, (), "varies along several score dims"),
     (alibi_and_sinks, (SINKS,), "ALiBi with sinks"),
 ])
 def test_forms_the_op_cannot_take_are_left_alone(fn, extra, reason):
@@ -253,6 +252,19 @@ def test_forms_the_op_cannot_take_are_left_alone(fn, extra, reason):
     assert result.after["gla"] == 0 and result.statuses == ["skipped"] and reason in result.reasons, result.reasons
     with torch.no_grad():
         assert_close(result.output, fn(*args), tol=1e-4)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_bloom_alibi_from_a_given_mask_is_a_bias_per_query_head(padding):
+    """From the mask the model was given, BLOOM's bias counts the valid keys: no ALiBi the op computes (a key
+    position), but a bias per query head, [B * Hq, 1, S], which reaches the op as an additive mask (its first axis
+    read as batch, KV head and group)."""
+    q, k, v, valid = inputs()
+    if padding == "left":
+        valid = torch.arange(S)[None, :] >= torch.tensor([7, 0])[:, None]
+    args = check_rewritten(bloom_alibi_from_a_given_mask, q, k, v, valid).op_calls()[0].args
+    assert len(args) <= ARG["alibi"] or args[ARG["alibi"]] is None
+    assert args[7].meta["val"].dtype == torch.float32  # (the op call's attn_mask)
 
 
 def test_alibi_with_tokens_that_share_a_mask():
