@@ -112,10 +112,11 @@ def test_a_row_of_lowest_fills_only_is_read_whole(cuda_device, name):
     problem = make_decode_problem(GPU_SPECS[name], batch=3, query_len=1, capacity=CAPACITY, page_size=64,
                                   dtype=torch.bfloat16, device=cuda_device, causal=False, seqlens=[CAPACITY] * 3,
                                   generator=torch.Generator().manual_seed(11))
-    mask = torch.zeros(3, 1, 1, CAPACITY, dtype=torch.bfloat16, device=cuda_device)
+    capacity = problem.kwargs["page_table"].shape[1] * 64  # (whole pages: the logical capacity a mask spans)
+    mask = torch.zeros(3, 1, 1, capacity, dtype=torch.bfloat16, device=cuda_device)
     mask[0] = fill
     mask[1, ..., ::2] = fill
-    mask[2, ..., CAPACITY // 2:] = fill
+    mask[2, ..., capacity // 2:] = fill
     problem.kwargs["attn_mask"] = mask
     out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)
     ref_out, ref_lse = problem.reference(torch.float64)
