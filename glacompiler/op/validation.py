@@ -187,11 +187,8 @@ def validate_inputs(
         cache_seqlens = _require_int32_per_sequence("cache_seqlens", cache_seqlens, 1, q, "entries")
 
     if attn_mask is not None:
-        if not isinstance(attn_mask, Tensor):
-            raise TypeError(f"attn_mask must be a torch.Tensor, got {type(attn_mask).__name__}")
+        _require_mask(attn_mask)
         _require_like("attn_mask", attn_mask, q, check_dtype=False)
-        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
-            raise TypeError(f"attn_mask must be bool (True = attend) or floating (additive), got {attn_mask.dtype}")
         target = (batch, num_q_heads, query_len, capacity)
         if not _broadcasts_to(tuple(attn_mask.shape), target):
             raise ValueError(
@@ -224,17 +221,22 @@ def validate_inputs(
     return spec, shape
 
 
-def validate_key_range_arguments(attn_mask, batch, capacity) -> None:
-    """mask_key_range's arguments: a bool or floating mask broadcastable to [batch, any, any, capacity]."""
+def _require_mask(attn_mask) -> None:
     if not isinstance(attn_mask, Tensor):
         raise TypeError(f"attn_mask must be a torch.Tensor, got {type(attn_mask).__name__}")
     if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
         raise TypeError(f"attn_mask must be bool (True = attend) or floating (additive), got {attn_mask.dtype}")
+
+
+def validate_key_range_arguments(attn_mask, batch, capacity) -> None:
+    """mask_key_range's arguments: a bool or floating mask broadcastable to [batch, any, any, capacity]."""
+    _require_mask(attn_mask)
     for name, value in (("batch", batch), ("capacity", capacity)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     shape = tuple(attn_mask.shape)
-    if not 1 <= len(shape) <= 4 or shape[-1] not in (1, capacity) or (len(shape) == 4 and shape[0] not in (1, batch)):
+    heads, tokens = ((1, 1) + shape)[-3:-1]  # (any sizes: the calls' Hq and Lq are not known here)
+    if not shape or not _broadcasts_to(shape, (batch, heads, tokens, capacity)):
         raise ValueError(f"attn_mask shape {shape} is not broadcastable to [B, Hq, Lq, S] with B = {batch}, "
                          f"S = {capacity}")
 
