@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import glacompiler
+from benchmark_scripts import load_benchmark_script
 from glacompiler.kernels import KernelCall
 from glacompiler.kernels.family import open_choices
 from glacompiler.kernels.latent_hopper import LATENT_HOPPER
@@ -59,10 +60,10 @@ from glacompiler.spec import AttentionSpec
 spec = AttentionSpec.from_dict(json.loads(sys.argv[1]))
 query_len, page_size, row_split, mask = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
 extensions, block_n, one_warpgroup = sys.argv[6].split("+"), int(sys.argv[7]), sys.argv[8] == "1"
-warp_specialized, alternating = sys.argv[9] == "1", sys.argv[10] == "1"
+warp_specialized, alternating, lazy_rescale = sys.argv[9] == "1", sys.argv[10] == "1", sys.argv[11] == "1"
 copy_rows = latent_copy_rows(page_size, block_n)
 tile = LatentHopperTile(row_split, copy_rows, block_n=block_n, one_warpgroup=one_warpgroup,
-                        warp_specialized=warp_specialized, alternating=alternating)
+                        warp_specialized=warp_specialized, alternating=alternating, lazy_rescale=lazy_rescale)
 kernel = latent_hopper_module(spec, tile).latent_decode_hopper_kernel
 element = {"bfloat16": "bf16", "float16": "fp16"}[spec.dtype]
 constexprs = dict(G=spec.group_size, LQ=query_len, PAGE_SIZE=page_size, CAUSAL=query_len > 1,
@@ -97,13 +98,13 @@ print(json.dumps(dict(ptx=compiled.asm["ptx"], shared=compiled.metadata.shared))
 
 def compile_for_sm90(spec: AttentionSpec, query_len: int, page_size: int, row_split: bool, mask: str,
                      extensions: str = "", block_n: int = 64, one_warpgroup: bool = False,
-                     warp_specialized: bool = False, alternating: bool = False) -> dict:
+                     warp_specialized: bool = False, alternating: bool = False, lazy_rescale: bool = False) -> dict:
     """The generated kernel compiled ahead of time for sm_90, specialised as the JIT would, in a fresh
     process: this one imported Triton in interpreter mode (conftest), where Gluon does not load."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90, json.dumps(spec.to_dict()), str(query_len),
                              str(page_size), str(int(row_split)), mask, extensions, str(block_n), str(int(one_warpgroup)),
-                             str(int(warp_specialized)), str(int(alternating))],
+                             str(int(warp_specialized)), str(int(alternating)), str(int(lazy_rescale))],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -141,6 +142,56 @@ def test_one_warpgroup_kernel_compiles_into_half_an_sm(spec, query_len, page_siz
     compiled = compile_for_sm90(spec, query_len, page_size, True, mask, extensions, 64, one_warpgroup=True)
     assert "wgmma.mma_async" in compiled["ptx"] and "cp.async.bulk.tensor" in compiled["ptx"]
     assert 0 < compiled["shared"] + SM90_CTA_RESERVE <= SM90_SHARED_MEMORY_PER_SM // 2
+
+
+GLA2 = latent_spec(heads=128, latent_heads=2, width=256, rope=64, paged=True)
+LAZY = False  # the heuristic's lazy_rescale on the row-owned tiles
+
+
+@pytest.mark.parametrize("query_len, page_size, mask, extensions, one_warpgroup", [
+    (4, 0, "additive", "", False),
+    (3, 16, "bool-rows", "sinks+window", False),
+    (2, 64, "none", "", True),
+    (1, 32, "bool", "sinks", True),
+])
+def test_lazy_rescale_compiles_for_sm90(query_len, page_size, mask, extensions, one_warpgroup):
+    """The lazily rescaled row-owned tiles: one warpgroup still fits half an SM."""
+    compiled = compile_for_sm90(GLA2, query_len, page_size, True, mask, extensions, 64, one_warpgroup=one_warpgroup,
+                                lazy_rescale=True)
+    assert "wgmma.mma_async" in compiled["ptx"] and "cp.async.bulk.tensor" in compiled["ptx"]
+    limit = SM90_SHARED_MEMORY_PER_SM // 2 - SM90_CTA_RESERVE if one_warpgroup else SM90_SHARED_MEMORY
+    assert 0 < compiled["shared"] <= limit
+
+
+def test_lazy_rescale_is_a_variant_of_its_own():
+    """The lazy rescale renders another kernel, versioned apart: a table's entries that do not run it stay current
+    when it changes, and the family's version does not move with it."""
+    from glacompiler.kernels.latent_hopper.render import latent_hopper_kernels_version
+
+    plain = render_latent_hopper_kernel(GLA2, LatentHopperTile(True, one_warpgroup=True))
+    lazy = render_latent_hopper_kernel(GLA2, LatentHopperTile(True, one_warpgroup=True, lazy_rescale=True))
+    assert "RESCALE_SLACK" in lazy and "RESCALE_SLACK" not in plain
+    variants = LATENT_HOPPER.variant_versions()
+    assert set(variants) == {"latent_hopper+lazy_rescale"}
+    assert latent_hopper_kernels_version() not in variants.values()
+    assert LATENT_HOPPER.config_variants(LatentHopperConfig(4, True, 64, one_warpgroup=True), GLA2) == ()
+    assert LATENT_HOPPER.config_variants(LatentHopperConfig(4, True, 64, one_warpgroup=True, lazy_rescale=True),
+                                         GLA2) == ("latent_hopper+lazy_rescale",)
+
+
+def test_lazy_rescale_config():
+    """A choice of the row-owned tiles; tables tuned before it leave it out (open), and a shared tile has none."""
+    assert LatentHopperConfig(2, True, 64, lazy_rescale=True).problem_with(GLA2) is None
+    assert "row_split" in LatentHopperConfig(2, False, lazy_rescale=True).problem_with(GLA2)
+    with pytest.raises(ValueError, match="row_split"):
+        LatentHopperTile(row_split=False, lazy_rescale=True)
+    assert LatentHopperConfig(2, True, 64, lazy_rescale=True).to_dict()["lazy_rescale"] is True
+    assert LatentHopperConfig(2, True, 64, lazy_rescale=False).to_dict()["lazy_rescale"] is False
+    assert "lazy_rescale" not in LatentHopperConfig(2, False).to_dict()  # no such choice on the shared tile
+    old_entry = LatentHopperConfig.from_dict({"num_splits": 2, "row_split": True, "block_n": 64})
+    assert open_choices(old_entry) == ("lazy_rescale",)
+    assert LATENT_HOPPER.resolved_config(old_entry, GLA2).lazy_rescale is False
+    assert not old_entry.tile_for(GLA2, 64).lazy_rescale
 
 
 def test_template_specialises_per_latent_width_and_tile():
@@ -297,7 +348,7 @@ def test_config_heuristic():
     gla2 = latent_spec(latent_heads=2, width=256)
     for query_len in (1, 2, 4):
         assert heuristic_config(gla2, shape(query_len=query_len), 132) == \
-            LatentHopperConfig(1, True, block_n=64, one_warpgroup=True)
+            LatentHopperConfig(1, True, block_n=64, one_warpgroup=True, lazy_rescale=LAZY)
     # ... and their splits fill two programs an SM: one sequence, 2 latent heads, 2 row blocks at Lq 2.
     assert heuristic_config(gla2, shape(batch=1, query_len=2, capacity=65536), 132).num_splits == 50
     # Fewer rows (GLA-8: 16 a latent head at Lq 1) too: the programs are memory-bound, and two an SM keep more
@@ -305,7 +356,7 @@ def test_config_heuristic():
     gla8 = latent_spec(latent_heads=8, width=256)
     for query_len in (1, 2, 4):
         assert heuristic_config(gla8, shape(query_len=query_len), 132) == \
-            LatentHopperConfig(1, True, block_n=64, one_warpgroup=True)
+            LatentHopperConfig(1, True, block_n=64, one_warpgroup=True, lazy_rescale=LAZY)
     # ... counting one 64-row program a latent head at Lq 1 to 4: one sequence is 8 programs a split, and 25 is the
     # fewest splits whose programs (200) fill 75% of the 264 that 132 SMs hold two at a time.
     for query_len in (1, 4):
@@ -317,7 +368,8 @@ def test_config_heuristic():
         LatentHopperConfig(1, False, block_n=64, **ws)
     wide_rope = latent_spec(latent_heads=2, width=256, rope=128)
     assert heuristic_config(wide_rope, shape(query_len=1), 132) == LatentHopperConfig(1, False, block_n=64, **ws)
-    assert heuristic_config(wide_rope, shape(query_len=2), 132) == LatentHopperConfig(1, True, block_n=64)
+    assert heuristic_config(wide_rope, shape(query_len=2), 132) == LatentHopperConfig(1, True, block_n=64,
+                                                                                      lazy_rescale=LAZY)
 
 
 @pytest.mark.parametrize("width", [256, 512])
@@ -442,7 +494,8 @@ def test_config_round_trip_leaves_out_an_open_block_size():
         assert LatentHopperConfig.from_dict(explicit.to_dict()) == explicit
         assert explicit.tile_for(latent_spec(), 64).warp_specialized is form
     rows = LatentHopperConfig(3, True, 64)
-    assert rows.warp_specialized is False and "warp_specialized" not in rows.to_dict() and not open_choices(rows)
+    assert rows.warp_specialized is False and "warp_specialized" not in rows.to_dict()
+    assert open_choices(rows) == ("lazy_rescale",)  # the row-owned tile's own choice, made after these entries
     # alternating: absent from a warp-specialised entry (tuned before it was a choice) leaves it open and runs the
     # score / value split; explicit values round-trip; without warp specialisation there is no such choice.
     tuned_ws = LatentHopperConfig(3, False, 64, warp_specialized=True)
@@ -487,3 +540,13 @@ def test_the_op_picks_the_hopper_kernel_where_it_applies(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the portable kernels take CPU tensors under the interpreter
     family, config = choose_kernel(spec, big, call)
     assert family.name == "portable" and isinstance(config, PortableConfig)
+
+
+def test_lazy_rescale_probe_times_valid_configs():
+    """benchmarks/lazy_rescale_probe.py's contenders run on GLA-2 at the table config's split count."""
+    probe = load_benchmark_script("lazy_rescale_probe")
+    contenders = probe.variants(LatentHopperConfig(4, True, 64, one_warpgroup=True))
+    assert {tag: config.lazy_rescale for tag, config in contenders.items() if tag != "table"} == {
+        "one_warpgroup": False, "one_warpgroup_lazy": True, "rows128": False, "rows128_lazy": True}
+    for config in contenders.values():
+        assert config.problem_with(GLA2) is None and config.num_splits == 4

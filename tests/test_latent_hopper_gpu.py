@@ -8,8 +8,10 @@ import glacompiler
 from glacompiler.kernels import KernelCall, family_reasons
 from glacompiler.kernels.latent_hopper import LatentHopperConfig
 from glacompiler.op.validation import validate_inputs
+from glacompiler.kernels.common.log2_domain import LOG2_E
 from glacompiler.presets import PAPER_SPECS
 from glacompiler.problems import check_fa_rule, make_decode_problem
+from glacompiler.reference import logical_cache
 from glacompiler.spec import AttentionSpec
 
 pytestmark = pytest.mark.gpu
@@ -153,12 +155,51 @@ def test_wide_key_blocks_match_reference(hopper, name, query_len, page_size, mas
     ("gla2", 1, 16, "bool", "key", LatentHopperConfig(5, True, 64, one_warpgroup=True)),
     ("gla_rope16", 1, 32, None, "key", LatentHopperConfig(1, True, 64, one_warpgroup=True)),
     ("gla2_xl", 4, 64, "bool", "token", LatentHopperConfig(3, True, 64, one_warpgroup=True)),
+    # the lazy rescale on both row-owned tiles
+    ("gla2", 2, 0, "additive", "head", LatentHopperConfig(2, True, 64, lazy_rescale=True)),
+    ("gla2", 3, 0, "additive", "head", LatentHopperConfig(2, True, 64, one_warpgroup=True, lazy_rescale=True)),
+    ("gla2_xl", 4, 64, "bool", "token", LatentHopperConfig(3, True, 64, one_warpgroup=True, lazy_rescale=True)),
 ])
 def test_row_owned_tiles_match_reference(hopper, name, query_len, page_size, mask, mask_rows, config):
     problem = hopper_problem(hopper, name, query_len, page_size, torch.bfloat16, seed=21 + query_len, mask=mask,
                              mask_rows=mask_rows)
     out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
     check_fa_rule(out, lse, problem)
+
+
+# The lazy rescale where row maxima jump: keys scaled page by page (1x to 8x) make a later block's max pass the one
+# P was taken against by far more than the slack, over and over, so the rescale branch runs between skipped ones.
+@pytest.mark.parametrize("config", [LatentHopperConfig(2, True, 64, one_warpgroup=True, lazy_rescale=True),
+                                    LatentHopperConfig(3, True, 64, lazy_rescale=True)])
+def test_lazy_rescale_follows_maxima_that_jump(hopper, config):
+    problem = hopper_problem(hopper, "gla2", 2, 64, torch.bfloat16, seed=41)
+    scale_keys_by_page(problem)
+    assert max_jumps_past_slack(problem) >= 10  # the rescale branch runs (25 times on this data; 0 unscaled)
+    out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
+    check_fa_rule(out, lse, problem)
+
+
+def scale_keys_by_page(problem, seed=5):
+    k_cache = problem.kwargs["k_cache"]
+    factor = 1 + 7 * torch.rand(k_cache.shape[0], 1, 1, 1, generator=torch.Generator().manual_seed(seed))
+    problem.kwargs["k_cache"] = k_cache * factor.to(k_cache.device, k_cache.dtype)
+
+
+def max_jumps_past_slack(problem, block=64, slack=8.0):
+    """How often, over the longest sequence's rows, a 64-key block's score max (log2 domain) passes the max of the
+    blocks before it by more than the slack: where the lazy rescale must rescale."""
+    kw = problem.kwargs
+    seq = int(kw["cache_seqlens"].argmax())
+    length = int(kw["cache_seqlens"][seq]) // block * block
+    keys = logical_cache(kw["k_cache"], kw["page_table"], kw["cache_seqlens"])[seq, :length].float()
+    rope = logical_cache(kw["k_rope_cache"], kw["page_table"], kw["cache_seqlens"])[seq, :length].float()
+    q, q_rope = kw["q"][seq].float(), kw["q_rope"][seq].float()
+    keys = keys.repeat_interleave(q.shape[1] // keys.shape[1], dim=1)
+    scores = torch.einsum("thd,shd->ths", q, keys) + torch.einsum("thr,sr->ths", q_rope, rope)
+    scores = scores * (q.shape[-1] + q_rope.shape[-1]) ** -0.5 * LOG2_E
+    block_max = scores.unflatten(-1, (-1, block)).amax(-1)
+    before = block_max.cummax(-1).values[..., :-1]
+    return int((block_max[..., 1:] > before + slack).sum())
 
 
 # The warp-specialised form of the shared 64-row tile in both schedules: one warpgroup scores whole blocks and runs

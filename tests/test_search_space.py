@@ -77,17 +77,20 @@ def test_hopper_space_holds_split_counts_and_row_tiles(name):
     # MLA's 512-wide latent only fits 64-row tiles; GLA's 256-wide one also 128-row tiles.
     assert space.values("row_split") == ((False,) if spec.head_dim_k > 256 else (False, True))
     # GLA's also 128-key blocks, and programs of one warpgroup; the 128-row tile and one warpgroup have no room
-    # for 128-key blocks, one warpgroup is a form of the row-owned tile: the resource check prunes those.
+    # for 128-key blocks, one warpgroup is a form of the row-owned tile, and so is the lazy rescale: the resource
+    # check prunes those.
     assert space.values("block_n") == ((64,) if spec.head_dim_k > 256 else (64, 128))
     assert space.values("one_warpgroup") == ((False,) if spec.head_dim_k > 256 else (False, True))
     # The shared 64-row tile in both forms; warp-specialised is a form of it only, alternating a schedule of that
     # form with 64-key blocks.
     assert space.values("warp_specialized") == (False, True)
     assert space.values("alternating") == (False, True)
+    assert space.values("lazy_rescale") == ((False,) if spec.head_dim_k > 256 else (False, True))
     for config in space.configs(default):
         assert isinstance(config, LatentHopperConfig)
         check = LATENT_HOPPER.resource_check(spec, config, H100)
         invalid = ((config.row_split and config.block_n == 128) or (config.one_warpgroup and not config.row_split)
+                   or (config.lazy_rescale and not config.row_split)
                    or (config.row_split and config.warp_specialized)
                    or (config.alternating and (not config.warp_specialized or config.block_n == 128)))
         assert (check.excess > 0) == invalid, check

@@ -47,7 +47,7 @@ class LatentHopperFamily(KernelFamily):
     def resolved_config(self, config: LatentHopperConfig, spec: AttentionSpec) -> LatentHopperConfig:
         tile = config.tile_for(spec, 0)
         return dataclasses.replace(config, block_n=tile.block_n, warp_specialized=tile.warp_specialized,
-                                   alternating=tile.alternating)
+                                   alternating=tile.alternating, lazy_rescale=tile.lazy_rescale)
 
     def prepare(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: LatentHopperConfig):
         return LatentHopperLaunchPlan(call, spec, shape, config)
@@ -56,6 +56,16 @@ class LatentHopperFamily(KernelFamily):
         from .render import latent_hopper_kernels_version
 
         return latent_hopper_kernels_version()
+
+    def variant_versions(self) -> dict:
+        from .render import latent_hopper_variant_versions
+
+        return {f"{self.name}+{variant}": version for variant, version in latent_hopper_variant_versions().items()}
+
+    def config_variants(self, config: LatentHopperConfig, spec: AttentionSpec) -> tuple:
+        from .render import tile_variants
+
+        return tuple(f"{self.name}+{variant}" for variant in tile_variants(config.tile_for(spec, 0)))
 
     def search_space(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
                      include: Sequence[LatentHopperConfig] = ()):
@@ -74,7 +84,8 @@ class LatentHopperFamily(KernelFamily):
         return include_configs({"num_splits": split_choices(spec, shape, multiprocessors, widest),
                                 "row_split": row_split, "block_n": block_n,
                                 "one_warpgroup": [False] + ([True] if narrow else []),
-                                "warp_specialized": [False, True], "alternating": [False, True]}, include)
+                                "warp_specialized": [False, True], "alternating": [False, True],
+                                "lazy_rescale": [False] + ([True] if narrow else [])}, include)
 
     def resource_check(self, spec: AttentionSpec, config: LatentHopperConfig, limits) -> ResourceCheck:
         # The tile's stages are sized from the shared memory the template leaves (LatentHopperTile.num_stages).
@@ -86,6 +97,7 @@ class LatentHopperFamily(KernelFamily):
         programs = (", one warpgroup, two programs an SM" if tile.one_warpgroup
                     else ", warp-specialised, alternating" if tile.alternating
                     else ", warp-specialised" if tile.warp_specialized else "")
+        programs += ", lazy rescale" if tile.lazy_rescale else ""
         return ResourceCheck(0.0, f"{tile.block_m}-row tile{programs}, {tile.block_n}-key blocks, {stages} stages",
                              {"stages": stages})
 

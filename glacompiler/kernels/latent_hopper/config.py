@@ -79,6 +79,13 @@ class LatentHopperTile:
     # P crosses through shared memory relative to its own max); key stages are refilled by halves. 64-key blocks.
     # On an H200 MLA 0.91-0.97x the time of the score/value split at the same splits (benchmarks/RESULTS.md).
     alternating: bool = False
+    # Row-owned tiles: the accumulator is rescaled only when some row's block max passes the max its P is taken
+    # against by more than RESCALE_SLACK (P then stays under 2^RESCALE_SLACK), as FlashAttention-4 does; past a
+    # long cache's first blocks a block skips the multiply of every accumulator element, for one reduction of the
+    # rows' verdicts. On an H100, GLA-2 on one warpgroup: 1.4-2.3% faster at B128 S8K Lq 2-4, within +-1.2%
+    # elsewhere; a 128-row tile of 128-key blocks (tried, not kept) 2-4% slower with it, its reduction crossing
+    # two warpgroups (benchmarks/RESULTS.md). A tuner's choice.
+    lazy_rescale: bool = False
 
     def __post_init__(self):
         if self.block_n not in (BLOCK_N, WIDE_BLOCK_N) or self.block_n % self.copy_rows:
@@ -89,6 +96,8 @@ class LatentHopperTile:
             raise ValueError(problem)
         if self.warp_specialized and self.scores_ahead is not None:
             raise ValueError("the warp-specialised tile always issues the next block's scores ahead")
+        if self.lazy_rescale and not self.row_split:
+            raise ValueError("lazy_rescale is a form of the row-owned tiles (row_split)")
 
     @property
     def num_warps(self) -> int:
@@ -169,12 +178,16 @@ class LatentHopperConfig:
     # The warp-specialised tile's alternating schedule (LatentHopperTile.alternating). None (tables tuned before it
     # was a choice) reads as False; without warp specialisation there is no choice and it reads as False.
     alternating: Optional[bool] = None
+    # Row-owned tiles: rescale the accumulator only where a row's max grew by more than the slack
+    # (LatentHopperTile.lazy_rescale). None (tables tuned before it was a choice) reads as False; without row_split
+    # there is no choice and it reads as False.
+    lazy_rescale: Optional[bool] = None
 
     def tile_for(self, spec: AttentionSpec, page_size: int) -> LatentHopperTile:
         block_n = self.block_n or (BLOCK_N if self.alternating else preferred_block_n(spec, self.row_split))
         return LatentHopperTile(self.row_split, latent_copy_rows(page_size, block_n), block_n=block_n,
                                 one_warpgroup=self.one_warpgroup, warp_specialized=self.runs_warp_specialized,
-                                alternating=bool(self.alternating))
+                                alternating=bool(self.alternating), lazy_rescale=bool(self.lazy_rescale))
 
     @property
     def runs_warp_specialized(self) -> bool:
@@ -186,6 +199,8 @@ class LatentHopperConfig:
             object.__setattr__(self, "warp_specialized", False)
         if not self.runs_warp_specialized and self.alternating is None:
             object.__setattr__(self, "alternating", False)
+        if not self.row_split and self.lazy_rescale is None:
+            object.__setattr__(self, "lazy_rescale", False)
         if not 1 <= self.num_splits <= MAX_SPLITS:
             raise ValueError(f"num_splits must lie in [1, {MAX_SPLITS}], got {self.num_splits}")
         if self.block_n not in (None, BLOCK_N, WIDE_BLOCK_N):
@@ -193,12 +208,13 @@ class LatentHopperConfig:
 
     def to_dict(self) -> dict:
         # Open choices stay out, and so do the choices a tile does not have (one_warpgroup off, warp_specialized
-        # on a row-owned tile, alternating off without warp specialisation), as in tables written before they were
-        # choices.
+        # on a row-owned tile, alternating off without warp specialisation, lazy_rescale off on the shared tile), as
+        # in tables written before they were choices.
         def left_out(name, value):
             return value is None or (not value and (name == "one_warpgroup"
                                                     or (name == "warp_specialized" and self.row_split)
-                                                    or (name == "alternating" and not self.runs_warp_specialized)))
+                                                    or (name == "alternating" and not self.runs_warp_specialized)
+                                                    or (name == "lazy_rescale" and not self.row_split)))
 
         return {name: value for name, value in dataclasses.asdict(self).items() if not left_out(name, value)}
 
@@ -215,6 +231,8 @@ class LatentHopperConfig:
                                     bool(self.alternating), self.block_n or BLOCK_N)
         if problem:
             return problem
+        if self.lazy_rescale and not self.row_split:
+            return "lazy_rescale is a form of the row-owned tiles (row_split)"
         tile = self.tile_for(spec, 0)
         if not tile.holds_two_stages(spec):
             kind = "one-warpgroup " if tile.one_warpgroup else ""
@@ -254,4 +272,5 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     alternating = (not row_split and not narrow
                    and LatentHopperTile(False, warp_specialized=True, alternating=True).holds_two_stages(spec))
     return LatentHopperConfig(splits, row_split, BLOCK_N if alternating else preferred_block_n(spec, row_split),
-                              one_warpgroup, warp_specialized=not row_split, alternating=alternating)
+                              one_warpgroup, warp_specialized=not row_split, alternating=alternating,
+                              lazy_rescale=False)

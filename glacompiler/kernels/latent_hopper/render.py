@@ -48,6 +48,7 @@ def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> 
         sanitize_chunk=min(64, spec.head_dim_k),
         num_warps=tile.num_warps,
         rope_in_registers=tile.one_warpgroup,
+        lazy_rescale=tile.lazy_rescale,
         value_registers=WORKER_WARPGROUP_REGISTERS,
     )
 
@@ -72,3 +73,26 @@ def latent_hopper_kernels_version() -> str:
         render_latent_hopper_kernel(gla, LatentHopperTile(False, block_n=128, warp_specialized=True)),
         render_latent_hopper_kernel(mla, LatentHopperTile(False, warp_specialized=True, alternating=True)),
     ]))
+
+
+# A tile form that only some configs run, versioned on its own (a table records a variant's version for the entries
+# that run it): the accumulator rescaled lazily on the row-owned tiles.
+LAZY_RESCALE_VARIANT = "lazy_rescale"
+
+
+def tile_variants(tile: LatentHopperTile) -> tuple:
+    """The variants of latent_hopper_variant_versions a tile runs."""
+    return (LAZY_RESCALE_VARIANT,) if tile.lazy_rescale else ()
+
+
+@functools.lru_cache(maxsize=None)
+def latent_hopper_variant_versions() -> dict:
+    """{variant: hash of its generated kernels} (GLA-2's, on the tiles that run it)."""
+    gla = AttentionSpec.latent(128, 2, 256, 64, paged=True)
+    renders = {
+        LAZY_RESCALE_VARIANT: lambda: kernels_version([
+            render_latent_hopper_kernel(gla, LatentHopperTile(True, one_warpgroup=True, lazy_rescale=True)),
+            render_latent_hopper_kernel(gla, LatentHopperTile(True, lazy_rescale=True)),
+        ]),
+    }
+    return {variant: cached_kernels_version(f"latent_hopper+{variant}", compute) for variant, compute in renders.items()}
