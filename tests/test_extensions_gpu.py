@@ -128,6 +128,19 @@ def test_hopper_latent_kernel_wide_key_blocks(hopper, features, query_len):
         check_fa_rule(out, lse, problem)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("features, query_len", [("sinks+window", 1), ("sinks", 2), ("window_right", 2)])
+def test_hopper_latent_kernel_lazy_rescale(hopper, features, query_len, dtype):
+    """The lazy rescale on both row-owned tiles: a sink's max is finite before the first block (split 0 only), the
+    window's first block, and fp16's narrower range for P taken against a stale max."""
+    problem = extension_problem(hopper, LATENT_SPECS["gla2"], features, query_len=query_len, page_size=64,
+                                dtype=dtype, seed=19, causal=features != "window_right")
+    for config in (LatentHopperConfig(4, True, 64, one_warpgroup=True, lazy_rescale=True),
+                   LatentHopperConfig(1, True, 64, lazy_rescale=True)):
+        out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
+        check_fa_rule(out, lse, problem)
+
+
 @pytest.mark.parametrize("name, query_len", [("gqa", 2), ("mla", 2), ("gla2", 1)])  # gla2: 128-key blocks
 def test_window_skips_key_blocks_before_it(cuda_device, name, query_len):
     """Full caches: whole key blocks before the first query's window (a multiple of 128 keys: whole blocks of

@@ -165,7 +165,7 @@ def test_lazy_rescale_compiles_for_sm90(query_len, page_size, mask, extensions, 
 
 def test_lazy_rescale_is_a_variant_of_its_own():
     """The lazy rescale renders another kernel, versioned apart: a table's entries that do not run it stay current
-    when it changes, and the family's version does not move with it."""
+    when it changes (that the family's version did not move with it, test_tables checks on the shipped tables)."""
     from glacompiler.kernels.latent_hopper.render import latent_hopper_kernels_version
 
     plain = render_latent_hopper_kernel(GLA2, LatentHopperTile(True, one_warpgroup=True))
