@@ -6,9 +6,10 @@ import torch
 
 import glacompiler
 from glacompiler.kernels import KernelCall, family_reasons
-from glacompiler.kernels.latent_hopper import LatentHopperConfig
-from glacompiler.op.validation import validate_inputs
 from glacompiler.kernels.common.log2_domain import LOG2_E
+from glacompiler.kernels.latent_hopper import LatentHopperConfig
+from glacompiler.kernels.latent_hopper.config import RESCALE_SLACK
+from glacompiler.op.validation import validate_inputs
 from glacompiler.presets import PAPER_SPECS
 from glacompiler.problems import check_fa_rule, make_decode_problem
 from glacompiler.reference import logical_cache
@@ -186,7 +187,7 @@ def scale_keys_by_page(problem, seed=5):
     problem.kwargs["k_cache"] = k_cache * factor.to(k_cache.device, k_cache.dtype)
 
 
-def max_jumps_past_slack(problem, block=64, slack=8.0):
+def max_jumps_past_slack(problem, block=64, slack=RESCALE_SLACK):
     """How often, over the longest sequence's rows, a 64-key block's score max (log2 domain) passes the max of the
     blocks before it by more than the slack: where the lazy rescale must rescale."""
     kw = problem.kwargs

@@ -58,14 +58,14 @@ class LatentHopperFamily(KernelFamily):
         return latent_hopper_kernels_version()
 
     def variant_versions(self) -> dict:
-        from .render import latent_hopper_variant_versions
+        from .render import LAZY_RESCALE_VARIANT, lazy_rescale_kernels_version
 
-        return {f"{self.name}+{variant}": version for variant, version in latent_hopper_variant_versions().items()}
+        return {f"{self.name}+{LAZY_RESCALE_VARIANT}": lazy_rescale_kernels_version()}
 
     def config_variants(self, config: LatentHopperConfig, spec: AttentionSpec) -> tuple:
-        from .render import tile_variants
+        from .render import LAZY_RESCALE_VARIANT
 
-        return tuple(f"{self.name}+{variant}" for variant in tile_variants(config.tile_for(spec, 0)))
+        return (f"{self.name}+{LAZY_RESCALE_VARIANT}",) if config.tile_for(spec, 0).lazy_rescale else ()
 
     def search_space(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
                      include: Sequence[LatentHopperConfig] = ()):

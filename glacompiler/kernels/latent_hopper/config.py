@@ -29,6 +29,7 @@ SHARED_MEMORY_RESERVE = 2048  # mbarriers, the row-max exchange and the compiler
 # reduction adds 128 bytes of scratch, within the ~1 KB that two stages leave: test_lazy_rescale_compiles_for_sm90).
 MBARRIER_RESERVE = 128
 MIN_PAGE = 16
+RESCALE_SLACK = 8.0  # log2 domain: how far a row's max may pass the one P is taken against (lazy_rescale)
 ROW_SPLIT_MAX_WIDTH = 256
 LATENT_WIDTHS = (256, 512)
 NUM_WARPS = 8  # two warpgroups
@@ -40,10 +41,10 @@ def latent_copy_rows(page_size: int, block_n: int = BLOCK_N) -> int:
 
 
 def tile_form_problem(row_split: bool, one_warpgroup: bool, warp_specialized: bool, alternating: bool = False,
-                      block_n: int = BLOCK_N) -> Optional[str]:
+                      block_n: int = BLOCK_N, lazy_rescale: bool = False) -> Optional[str]:
     """Why these forms of the row tile do not go together, or None: one warpgroup is a form of the row-owned tile,
-    warp specialisation one of the shared tile, alternating turns one of the warp-specialised tile with 64-key
-    blocks."""
+    and so is the lazy rescale; warp specialisation one of the shared tile, alternating turns one of the
+    warp-specialised tile with 64-key blocks."""
     if one_warpgroup and not row_split:
         return "one_warpgroup is a form of the row_split tile (each warpgroup owns its rows)"
     if warp_specialized and row_split:
@@ -52,6 +53,8 @@ def tile_form_problem(row_split: bool, one_warpgroup: bool, warp_specialized: bo
         return "alternating is a schedule of the warp-specialised shared tile (warp_specialized, not row_split)"
     if alternating and block_n != BLOCK_N:
         return f"the alternating tile takes {BLOCK_N}-key blocks"
+    if lazy_rescale and not row_split:
+        return "lazy_rescale is a form of the row-owned tiles (row_split)"
     return None
 
 
@@ -93,13 +96,11 @@ class LatentHopperTile:
         if self.block_n not in (BLOCK_N, WIDE_BLOCK_N) or self.block_n % self.copy_rows:
             raise ValueError(f"a tile of {self.block_n}-key blocks cannot take copies of {self.copy_rows} keys")
         problem = tile_form_problem(self.row_split, self.one_warpgroup, self.warp_specialized, self.alternating,
-                                    self.block_n)
+                                    self.block_n, self.lazy_rescale)
         if problem:
             raise ValueError(problem)
         if self.warp_specialized and self.scores_ahead is not None:
             raise ValueError("the warp-specialised tile always issues the next block's scores ahead")
-        if self.lazy_rescale and not self.row_split:
-            raise ValueError("lazy_rescale is a form of the row-owned tiles (row_split)")
 
     @property
     def num_warps(self) -> int:
@@ -230,11 +231,9 @@ class LatentHopperConfig:
             return f"row_split tiles take latents up to {ROW_SPLIT_MAX_WIDTH} wide"
         # (An open block size is 64 under the alternating schedule: tile_for.)
         problem = tile_form_problem(self.row_split, self.one_warpgroup, self.runs_warp_specialized,
-                                    bool(self.alternating), self.block_n or BLOCK_N)
+                                    bool(self.alternating), self.block_n or BLOCK_N, bool(self.lazy_rescale))
         if problem:
             return problem
-        if self.lazy_rescale and not self.row_split:
-            return "lazy_rescale is a form of the row-owned tiles (row_split)"
         tile = self.tile_for(spec, 0)
         if not tile.holds_two_stages(spec):
             kind = "one-warpgroup " if tile.one_warpgroup else ""

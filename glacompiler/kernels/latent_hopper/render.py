@@ -10,7 +10,7 @@ from types import ModuleType
 from ...spec import AttentionSpec
 from ..common.templates import cached_kernels_version, import_generated, kernels_version, render
 from ..common.tiles import rope_tile_width
-from .config import LatentHopperTile
+from .config import RESCALE_SLACK, LatentHopperTile
 
 TEMPLATE = "latent_hopper/latent_decode.py.jinja"
 WARP_SPECIALIZED_TEMPLATE = "latent_hopper/latent_decode_ws.py.jinja"
@@ -49,6 +49,7 @@ def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> 
         num_warps=tile.num_warps,
         rope_in_registers=tile.one_warpgroup,
         lazy_rescale=tile.lazy_rescale,
+        rescale_slack=RESCALE_SLACK,
         value_registers=WORKER_WARPGROUP_REGISTERS,
     )
 
@@ -80,19 +81,11 @@ def latent_hopper_kernels_version() -> str:
 LAZY_RESCALE_VARIANT = "lazy_rescale"
 
 
-def tile_variants(tile: LatentHopperTile) -> tuple:
-    """The variants of latent_hopper_variant_versions a tile runs."""
-    return (LAZY_RESCALE_VARIANT,) if tile.lazy_rescale else ()
-
-
 @functools.lru_cache(maxsize=None)
-def latent_hopper_variant_versions() -> dict:
-    """{variant: hash of its generated kernels} (GLA-2's, on the tiles that run it)."""
+def lazy_rescale_kernels_version() -> str:
+    """Hash of GLA-2's lazily rescaled kernels on both row-owned tiles (entries that run them record it)."""
     gla = AttentionSpec.latent(128, 2, 256, 64, paged=True)
-    renders = {
-        LAZY_RESCALE_VARIANT: lambda: kernels_version([
-            render_latent_hopper_kernel(gla, LatentHopperTile(True, one_warpgroup=True, lazy_rescale=True)),
-            render_latent_hopper_kernel(gla, LatentHopperTile(True, lazy_rescale=True)),
-        ]),
-    }
-    return {variant: cached_kernels_version(f"latent_hopper+{variant}", compute) for variant, compute in renders.items()}
+    return cached_kernels_version(f"latent_hopper+{LAZY_RESCALE_VARIANT}", lambda: kernels_version([
+        render_latent_hopper_kernel(gla, LatentHopperTile(True, one_warpgroup=True, lazy_rescale=True)),
+        render_latent_hopper_kernel(gla, LatentHopperTile(True, lazy_rescale=True)),
+    ]))
