@@ -34,7 +34,7 @@ if [ ! -f "$out_dir/$table" ] && [ -f "tuned_configs/$table" ]; then
     cp "tuned_configs/$table" "$out_dir/$table"
 fi
 
-PYTHONUNBUFFERED=1 exec "$python" -m glacompiler.tuning.command autotune \
+PYTHONUNBUFFERED=1 exec "$python" -m glacompiler autotune \
     --preset mla gla2 gla8 gta gqa \
     --batch 1 8 32 128 --seqlen 1024 8192 32768 --q-len 1 2 4 --page-size 64 --dtype bfloat16 \
     --trials "$trials" --time-budget "$budget" \

@@ -1,5 +1,10 @@
 """`glacompiler autotune` and `glacompiler configs show` (glacompiler/tuning/command.py): argument checks, the
 specs they name, a whole run on a synthetic kernel, and the printed table."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -105,3 +110,14 @@ def test_configs_show_prints_a_table(tmp_path, capsys):
     assert "median x1.30, worst x1.30" in output
     code, output = run_cli(["configs", "show", str(tmp_path / "missing.json")], capsys)
     assert code == 1 and "no table" in output
+
+
+def test_autotune_tables_script_runs_the_command():
+    """benchmarks/autotune_tables.sh ends in `python -m <module> autotune ...`: that module must run the command (a
+    module without a __main__ block exits 0 and prints nothing, so the script tuned no bucket and said nothing)."""
+    script = (Path(__file__).resolve().parents[1] / "benchmarks" / "autotune_tables.sh").read_text()
+    module = re.search(r'exec "\$python" -m (\S+) autotune', script).group(1)
+    result = subprocess.run([sys.executable, "-m", module, "autotune", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--preset" in result.stdout and "--time-budget" in result.stdout
