@@ -11,6 +11,7 @@ import importlib
 from .kernels.latent_hopper import LatentHopperConfig
 from .kernels.portable import PortableConfig
 from .op import attention_with_kvcache, attention_with_kvcache_config, mask_key_range
+from .op.validation import set_debug_checks
 from .reference import attention_with_kvcache_reference
 from .spec import AttentionSpec, ProblemShape
 
@@ -60,4 +61,5 @@ __all__ = [
     "format_report",
     "mask_key_range",
     "reset_report",
+    "set_debug_checks",
 ]

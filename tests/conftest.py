@@ -35,6 +35,17 @@ def interpret_kernels(monkeypatch):
 
 
 @pytest.fixture
+def debug_checks():
+    """glacompiler.set_debug_checks, for a test to turn the value checks on where it wants them; the setting from
+    before the test comes back after it."""
+    from glacompiler.op.validation import debug_checks_enabled, set_debug_checks
+
+    previous = debug_checks_enabled()
+    yield set_debug_checks
+    set_debug_checks(previous)
+
+
+@pytest.fixture
 def cuda_device():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")

@@ -462,9 +462,12 @@ def test_the_cache_key_follows_the_tables(monkeypatch):
     assert len(lookup.ConfigIndex([]).digest) == 16
 
 
-def test_debug_value_checks_keep_op_calls(monkeypatch):
-    monkeypatch.setenv("GLACOMPILER_DEBUG", "1")
-    assert not AttentionRewritePass(graph_launches=True).graph_launches
+def test_debug_value_checks_keep_op_calls():
+    previous = glacompiler.set_debug_checks(True)  # (no conftest here: its fixture is not at hand)
+    try:
+        assert not AttentionRewritePass(graph_launches=True).graph_launches
+    finally:
+        glacompiler.set_debug_checks(previous)
 
 
 class Sm90Driver:

@@ -84,7 +84,7 @@ def test_the_wrapper_validates_once_per_metadata(interpret_kernels, fresh_memos,
     assert len(validated) == 2
 
 
-def test_the_wrappers_direct_repeats_look_up_one_key(interpret_kernels, fresh_memos, monkeypatch):
+def test_the_wrappers_direct_repeats_look_up_one_key(interpret_kernels, fresh_memos, monkeypatch, debug_checks):
     """The wrapper's path that skips the dispatcher (CUDA, no autograd: taken here on the interpreter): a repeat
     runs the PreparedCall its own key holds, with no op key computed, until the prepared calls are cleared."""
     monkeypatch.setattr(glacompiler.op, "_runs_directly", lambda q: True)
@@ -102,7 +102,7 @@ def test_the_wrappers_direct_repeats_look_up_one_key(interpret_kernels, fresh_me
         prepared.clear_prepared_calls()  # (the tables changed): the wrapper's calls are planned again
         glacompiler.attention_with_kvcache(**problems[0].kwargs)
         assert len(keys) == 2 and len(fresh_memos) == 2
-        monkeypatch.setenv("GLACOMPILER_DEBUG", "1")
+        debug_checks(True)
         too_long = _changed(problems[0].kwargs, "cache_seqlens", torch.full((3,), 41, dtype=torch.int32))
         with pytest.raises(ValueError, match="cache_seqlens must lie in"):  # a repeat's value checks
             glacompiler.attention_with_kvcache(**too_long)
@@ -257,10 +257,10 @@ def test_bad_scalar_types_after_good_ones_raise_in_the_wrapper(fresh_memos):
         glacompiler.attention_with_kvcache(**kw, softmax_scale=[0.2])  # unhashable: no key, validated
 
 
-def test_value_checks_run_on_repeats_under_debug(interpret_kernels, fresh_memos, monkeypatch):
+def test_value_checks_run_on_repeats_under_debug(interpret_kernels, fresh_memos, debug_checks):
     kw = _problem("gqa", torch.float32, 8).kwargs
     _run_op(kw)
-    monkeypatch.setenv("GLACOMPILER_DEBUG", "1")
+    debug_checks(True)
     too_long = _changed(kw, "cache_seqlens", torch.full_like(kw["cache_seqlens"], 41))  # capacity 40
     with pytest.raises(ValueError, match="cache_seqlens must lie in"):
         _run_op(too_long)

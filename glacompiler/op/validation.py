@@ -1,7 +1,8 @@
 """Input checks for attention_with_kvcache: every problem is a ValueError/TypeError naming the argument,
 raised before any kernel runs. The checks that read values (lengths, page ids: check_values) run for CPU tensors
-always, and on a GPU, where they would sync with the device, only with GLACOMPILER_DEBUG=1: there the kernels
-bound those values instead, so that no input makes them read outside their tensors."""
+always, and on a GPU, where they would sync with the device, only with debug checks on (GLACOMPILER_DEBUG=1 when
+glacompiler is imported, or set_debug_checks(True)): there the kernels bound those values instead, so that no input
+makes them read outside their tensors."""
 from __future__ import annotations
 
 import os
@@ -22,8 +23,23 @@ ROPE_DIMS = (0, 16, 32, 48, 64)
 MAX_QUERY_LEN = 16
 
 
+# Read once: every repeat call asks, and a read of os.environ costs about 0.7 us (a twentieth of a repeat call's
+# Python path, benchmarks/host_python_path.py).
+_debug_checks = os.environ.get("GLACOMPILER_DEBUG", "0") not in ("", "0")
+
+
 def debug_checks_enabled() -> bool:
-    return os.environ.get("GLACOMPILER_DEBUG", "0") not in ("", "0")
+    return _debug_checks
+
+
+def set_debug_checks(enabled: bool) -> bool:
+    """Turn the value checks of GPU calls on or off for this process (GLACOMPILER_DEBUG=1 at import turns them on);
+    returns the previous setting. Graphs compiled while they are on call the op at each site (the op checks)."""
+    global _debug_checks
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    previous, _debug_checks = _debug_checks, enabled
+    return previous
 
 
 def _require_tensor(name: str, value, ndim: int) -> Tensor:
