@@ -27,7 +27,7 @@ table=$("$python" -c '
 import sys, torch
 if not torch.cuda.is_available():
     sys.exit("autotune_tables.sh: torch sees no CUDA GPU; run this on the GPU the table is for")
-from glacompiler.tuning.tables import gpu_file_name
+from glacompiler.tables.table_file import gpu_file_name
 print(gpu_file_name(torch.cuda.get_device_name()))
 ')
 if [ ! -f "$out_dir/$table" ] && [ -f "tuned_configs/$table" ]; then
