@@ -134,8 +134,7 @@ def test_strided_lengths_and_page_tables_are_read_right(strided, interpret_kerne
 def test_with_only_a_mask_page_ids_are_checked_up_to_its_end(debug, debug_checks):
     """No lengths, a mask over the first keys (a static cache's filled prefix): page-table slots past the mask's
     last allowed key may hold anything, as in serving caches; a bad id inside that range is refused."""
-    if debug:
-        debug_checks(True)
+    debug_checks(debug)
     problem = make_decode_problem(CPU_SPECS["gqa"], batch=2, query_len=1, capacity=64, page_size=16,
                                   seqlens=[64, 64], poison=False, generator=torch.Generator().manual_seed(4))
     kw = problem.kwargs
@@ -177,6 +176,7 @@ def test_gpu_kernels_bound_lengths_and_page_ids(name, page_size, bad, cuda_devic
 @pytest.mark.gpu
 def test_gpu_debug_mode_checks_and_raises(cuda_device, debug_checks):
     problem, _ = problem_with_bad_values(PAPER_SPECS["gqa"], cuda_device, torch.bfloat16, 64, bad_page=2**30)
+    debug_checks(False)
     glacompiler.attention_with_kvcache(**problem.kwargs)  # no sync, no check on the hot path
     debug_checks(True)
     with pytest.raises(ValueError, match="page ids outside"):
@@ -195,16 +195,17 @@ def test_gpu_batch_of_no_sequences(cuda_device):
     assert out.shape == (0, 1, spec.num_q_heads, 512)
 
 
-def test_debug_checks_are_read_from_the_environment_at_import():
+@pytest.mark.parametrize("value,expected", [("1", "True True False"), ("0", "False False False"),
+                                            ("", "False False False")])
+def test_debug_checks_are_read_from_the_environment_at_import(value, expected):
     """GLACOMPILER_DEBUG=1 at import turns the value checks on (read once: every repeat call asks);
     set_debug_checks changes the setting and returns the one before."""
     code = ("import glacompiler; from glacompiler.op.validation import debug_checks_enabled as on; "
             "print(on(), glacompiler.set_debug_checks(False), on())")
-    for value, expected in (("1", "True True False"), ("0", "False False False"), ("", "False False False")):
-        env = {**os.environ, "GLACOMPILER_DEBUG": value}
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == expected.split(), (value, result.stdout)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "GLACOMPILER_DEBUG": value}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == expected.split()
 
 
 def test_set_debug_checks_takes_a_bool(debug_checks):

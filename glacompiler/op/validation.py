@@ -34,7 +34,9 @@ def debug_checks_enabled() -> bool:
 
 def set_debug_checks(enabled: bool) -> bool:
     """Turn the value checks of GPU calls on or off for this process (GLACOMPILER_DEBUG=1 at import turns them on);
-    returns the previous setting. Graphs compiled while they are on call the op at each site (the op checks)."""
+    returns the previous setting. Eager calls follow it at once. A graph follows the setting it was compiled under:
+    compiled with checks on, its sites call the op (which checks); compiled with them off, its sites may launch the
+    kernels themselves and check nothing (set this before torch.compile, or torch._dynamo.reset() after it)."""
     global _debug_checks
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
