@@ -67,12 +67,13 @@ def synchronize(device: torch.device) -> None:
 MODEL_DEFAULTS = {False: (8, 64, 8192), True: (2, 2, 64)}
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model and shape flags this script shares with profile_step.py (fill_model_defaults completes them)."""
+def add_model_arguments(parser: argparse.ArgumentParser, tiny_flag: bool = False) -> None:
+    """The model and shape flags this script shares with profile_step.py and host_profile.py (fill_model_defaults
+    completes them); tiny_flag: the script has --tiny, whose defaults the help names too."""
     parser.add_argument("--variants", nargs="+", default=["gla-2", "gta-4"])
-    parser.add_argument("--layers", type=int, help="default 8 (2 with --tiny)")
-    parser.add_argument("--batch", type=int, help="default 64 (2 with --tiny)")
-    parser.add_argument("--cache", type=int, help="default 8192 (64 with --tiny)")
+    for name, default, tiny in zip(("layers", "batch", "cache"), MODEL_DEFAULTS[False], MODEL_DEFAULTS[True]):
+        parser.add_argument(f"--{name}", type=int,
+                            help=f"default {default}" + (f" ({tiny} with --tiny)" if tiny_flag else ""))
     parser.add_argument("--vocab", type=int, default=32000)
 
 
@@ -169,7 +170,7 @@ def measure(variant: str, args, device: torch.device) -> tuple:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser)
+    add_model_arguments(parser, tiny_flag=True)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=5)

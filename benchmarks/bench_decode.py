@@ -116,7 +116,12 @@ def variants(base: PortableConfig, rows: int, paged: bool) -> list[PortableConfi
     return unique
 
 
-def main() -> None:
+# Flags of one mode only (argparse names): a flag of the other mode would be ignored, so it is refused.
+GRID_FLAGS = ("kinds", "rounds", "neighbours", "shapes")
+CASE_FLAGS = ("batch", "seqlen", "cases", "q_lens", "variants", "prefix_mask", "draft_mask", "skip_baselines")
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=8192)
@@ -137,9 +142,17 @@ def main() -> None:
                         help="with --grid: every (B, S) of the grid at Lq 1, 2 and 4")
     parser.add_argument("--shapes", default="",
                         help="with --grid: only these BxS of it, comma-separated (1x65536,32x4096)")
-    args = parser.parse_args()
-    if args.shapes and not args.grid:
-        parser.error("--shapes selects rows of the grid: it needs --grid")
+    args = parser.parse_args(argv)
+    given = sorted(name for name in (CASE_FLAGS if args.grid else GRID_FLAGS)
+                   if getattr(args, name) != parser.get_default(name))
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        parser.error(f"{flags}: not a flag of --grid" if args.grid else f"{flags}: a flag of --grid only")
+    return args
+
+
+def main() -> None:
+    args = parse_arguments()
     if args.grid:
         from decode_grid import run_grid
 

@@ -34,7 +34,7 @@ from glacompiler.op.dispatch import empty_outputs
 from glacompiler.op.library import ATTENTION_SCHEMA
 from glacompiler.op.prepared import PreparedCall, _prepared, call_key, clear_prepared_calls
 
-from bench_backend import add_model_arguments, build, step_inputs
+from bench_backend import add_model_arguments, build, fill_model_defaults, step_inputs
 
 
 def host_and_wall_ms(decode, tokens, lengths, steps: int) -> tuple:
@@ -249,14 +249,20 @@ def profile_op(device) -> None:
         print(f"  {name:<68} {min(per_call_us(fn) for _ in range(5)):8.1f}")
 
 
-def main() -> None:
+def parse_arguments(argv: Optional[list] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.set_defaults(variants=["gla-2"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.tiny = False
+    fill_model_defaults(args, tiny=False)
+    return args
+
+
+def main() -> None:
+    args = parse_arguments()
     device = torch.device("cuda")
     import triton
 

@@ -52,3 +52,13 @@ def test_tiny_shrinks_the_shapes_not_given():
         args = parser.parse_args(argv)
         bench_backend.fill_model_defaults(args, tiny)
         assert (args.layers, args.batch, args.cache) == expected, argv
+
+
+def test_host_profile_fills_the_shapes_not_given():
+    """host_profile.py shares the model flags, which leave the shapes to fill_model_defaults: its documented command
+    (no shape flags) once built the model with None layers and crashed at the cache."""
+    host_profile = load_benchmark_script("host_profile")
+    args = host_profile.parse_arguments([])
+    assert (args.variants, args.layers, args.batch, args.cache, args.tiny) == (["gla-2"], 8, 64, 8192, False)
+    args = host_profile.parse_arguments(["--batch", "4", "--variants", "gta-4"])
+    assert (args.variants, args.layers, args.batch, args.cache) == (["gta-4"], 8, 4, 8192)

@@ -115,3 +115,19 @@ def test_ab_refuses_rows_it_cannot_build_and_trees_it_did_not_load():
     tree = pathlib.Path("/trees/new")
     assert loaded_from(tree, {"glacompiler": "/trees/new/glacompiler/__init__.py", "templates": "/trees/new/templates"})
     assert not loaded_from(tree, {"glacompiler": "/trees/new/glacompiler/__init__.py", "templates": "/work/templates"})
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--neighbours"], "--neighbours: a flag of --grid only"),
+    (["--shapes", "1x65536", "--rounds", "5"], "--rounds, --shapes: a flag of --grid only"),
+    (["--grid", "--batch", "8", "--skip-baselines"], "--batch, --skip-baselines: not a flag of --grid"),
+])
+def test_bench_decode_refuses_a_flag_of_the_other_mode(argv, message, capsys):
+    """A flag the chosen mode would ignore is an error (--neighbours without --grid once ran the per-case table)."""
+    import bench_decode
+
+    with pytest.raises(SystemExit) as exited:
+        bench_decode.parse_arguments(argv)
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    args = bench_decode.parse_arguments(["--grid", "--neighbours", "--kinds", "gta", "--page-size", "0"])
+    assert (args.grid, args.neighbours, args.kinds, args.page_size, args.rounds) == (True, True, "gta", 0, 3)
