@@ -3,6 +3,7 @@ at the heuristic's split counts (a build whose kernels changed finds the table s
 configs). First correctness on ragged lengths, splits, sinks, a mask and a window against the fp32 reference, then
 times by CUDA-graph replay in rotating rounds. Run from the repository root with the wheel installed (about 90 s on
 an H200); run it on two builds' wheels to compare a template change."""
+import argparse
 import dataclasses
 import sys
 
@@ -16,6 +17,9 @@ from ab_decode import make_inputs
 from glacompiler.kernels.latent_hopper.config import heuristic_config
 from glacompiler.op.validation import validate_inputs
 from glacompiler.reference import attention_with_kvcache_reference as ref
+
+argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help, and no stray flags
+
 
 def heuristic_choice(kw):
     # The heuristic's config, not a table's, so that two builds time the same split counts.

@@ -14,6 +14,8 @@ kernel's sparse pass reads the mask (its output differs: one key fewer).
 """
 from __future__ import annotations
 
+import argparse
+
 import torch
 import triton
 
@@ -91,6 +93,7 @@ def holed(mask: torch.Tensor, valid: int) -> torch.Tensor:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help, and no stray flags
     device, dtype = torch.device("cuda"), torch.bfloat16
     bandwidth = copy_bandwidth()
     op = torch.ops.glacompiler.attention_with_kvcache.default

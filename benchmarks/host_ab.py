@@ -8,7 +8,7 @@ One process measures the glacompiler it imports; for a same-run A/B install two 
 Each row: the best of 7 rounds of 1000 back-to-back calls."""
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import torch
@@ -77,7 +77,9 @@ def rows(device) -> list:
 
 
 def main() -> None:
-    label = sys.argv[1] if len(sys.argv) > 1 else "op"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("label", nargs="?", default="op", help="the first column (which tree this is)")
+    label = parser.parse_args().label
     with torch.no_grad():
         measured = []
         for name, fn in rows(torch.device("cuda")):  # warm every row first: the host's clocks and caches, not the order
