@@ -92,6 +92,25 @@ def test_cli_autotune_end_to_end_on_a_synthetic_kernel(tmp_path, monkeypatch, ca
     assert code == 0 and "tuned 0, already in the table 2" in output
 
 
+def test_cli_refuses_a_table_of_another_gpu(tmp_path, monkeypatch, capsys):
+    """--out naming another GPU's table (an H200 table on an H100 lease) is a usage error before anything is timed,
+    not a traceback from the first bucket."""
+    from glacompiler.kernels.common import device_limits
+    from glacompiler.tables.table_file import ConfigTable
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(device_limits.DeviceLimits, "for_device", classmethod(lambda cls, device: SMALL_GPU))
+    out = tmp_path / "NVIDIA_H200.json"
+    write_table(ConfigTable.new("NVIDIA H200"), out)
+    before = out.read_bytes()
+    code, output = run_cli(["autotune", "--preset", "gqa", "--batch", "4", "--seqlen", "1024", "--q-len", "1",
+                            "--out", str(out)], capsys)
+    assert code == 2 and "--out:" in output and "not for this GPU ('Synthetic GPU')" in output
+    assert "Traceback" not in output and "buckets x up to" not in output
+    assert out.read_bytes() == before
+
+
 def test_cli_out_path(tmp_path, monkeypatch):
     monkeypatch.setenv("GLACOMPILER_CACHE_DIR", str(tmp_path / "cache"))
     assert command.resolve_out_path(None, "NVIDIA H200") == tmp_path / "cache" / "configs" / "NVIDIA_H200.json"

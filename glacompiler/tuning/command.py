@@ -232,7 +232,7 @@ def run_autotune(args, parser: Optional[argparse.ArgumentParser] = None) -> int:
         return _error(parser, "autotune needs optuna: pip install 'glacompiler[tune]'")
 
     from ..kernels.common.device_limits import DeviceLimits
-    from ..tables.table_file import read_table, speedup_summary
+    from ..tables.table_file import TableFormatError, open_for_update, read_table, speedup_summary
     from .benchmark import KernelBenchmark
     from .driver import plan_jobs, run_tuning
     from .study import TuningBudget
@@ -240,6 +240,10 @@ def run_autotune(args, parser: Optional[argparse.ArgumentParser] = None) -> int:
     device = torch.device("cuda", torch.cuda.current_device())
     limits = DeviceLimits.for_device(device)
     out_path = resolve_out_path(args.out, limits.name)
+    try:  # a table of another GPU, or one that does not parse: refused before anything is timed
+        open_for_update(out_path, limits.name)
+    except TableFormatError as error:
+        return _error(parser, f"--out: {error}")
     storage_path = Path(args.storage) if args.storage else out_path.with_suffix(".journal")
     jobs = plan_jobs(specs, args.batch, args.seqlen, args.q_len, args.page_size, device)
     print(f"# {limits.name}: {len(jobs)} buckets x up to {args.trials} trials -> {out_path} (journal {storage_path})",
