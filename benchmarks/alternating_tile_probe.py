@@ -18,7 +18,7 @@ from glacompiler.kernels.latent_hopper.config import heuristic_config
 from glacompiler.op.validation import validate_inputs
 from glacompiler.reference import attention_with_kvcache_reference as ref
 
-argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help, and no stray flags
+argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 
 
 def heuristic_choice(kw):

@@ -142,12 +142,17 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="with --grid: every (B, S) of the grid at Lq 1, 2 and 4")
     parser.add_argument("--shapes", default="",
                         help="with --grid: only these BxS of it, comma-separated (1x65536,32x4096)")
-    args = parser.parse_args(argv)
-    given = sorted(name for name in (CASE_FLAGS if args.grid else GRID_FLAGS)
-                   if getattr(args, name) != parser.get_default(name))
+    # argparse fills a default only where the namespace lacks the name: a flag still holding not_given was not given
+    # (a flag given at its default value counts as given)
+    not_given = object()
+    args = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(GRID_FLAGS + CASE_FLAGS, not_given)))
+    given = [name for name in (CASE_FLAGS if args.grid else GRID_FLAGS) if getattr(args, name) is not not_given]
     if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        parser.error(f"{flags}: not a flag of --grid" if args.grid else f"{flags}: a flag of --grid only")
+        flags = ", ".join("--" + name.replace("_", "-") for name in sorted(given))
+        parser.error(f"{flags}: not for --grid" if args.grid else f"{flags}: for --grid only")
+    for name in GRID_FLAGS + CASE_FLAGS:
+        if getattr(args, name) is not_given:
+            setattr(args, name, parser.get_default(name))
     return args
 
 

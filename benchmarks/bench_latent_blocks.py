@@ -50,7 +50,7 @@ def kernel_us(kwargs: dict, config: LatentHopperConfig) -> tuple:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help, and no stray flags
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     bandwidth, rate = copy_bandwidth(), matmul_rate()
     multiprocessors = device_multiprocessors(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; copy "

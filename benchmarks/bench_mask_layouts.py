@@ -93,7 +93,7 @@ def holed(mask: torch.Tensor, valid: int) -> torch.Tensor:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help, and no stray flags
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     device, dtype = torch.device("cuda"), torch.bfloat16
     bandwidth = copy_bandwidth()
     op = torch.ops.glacompiler.attention_with_kvcache.default

@@ -77,7 +77,7 @@ def rows(device) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("label", nargs="?", default="op", help="the first column (which tree this is)")
     label = parser.parse_args().label
     with torch.no_grad():

@@ -118,9 +118,10 @@ def test_ab_refuses_rows_it_cannot_build_and_trees_it_did_not_load():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--neighbours"], "--neighbours: a flag of --grid only"),
-    (["--shapes", "1x65536", "--rounds", "5"], "--rounds, --shapes: a flag of --grid only"),
-    (["--grid", "--batch", "8", "--skip-baselines"], "--batch, --skip-baselines: not a flag of --grid"),
+    (["--neighbours"], "--neighbours: for --grid only"),
+    (["--rounds", "3"], "--rounds: for --grid only"),  # given at its default value: still given
+    (["--shapes", "1x65536", "--rounds", "5"], "--rounds, --shapes: for --grid only"),
+    (["--grid", "--batch", "8", "--skip-baselines"], "--batch, --skip-baselines: not for --grid"),
 ])
 def test_bench_decode_refuses_a_flag_of_the_other_mode(argv, message, capsys):
     """A flag the chosen mode would ignore is an error (--neighbours without --grid once ran the per-case table)."""
@@ -131,3 +132,7 @@ def test_bench_decode_refuses_a_flag_of_the_other_mode(argv, message, capsys):
     assert exited.value.code == 2 and message in capsys.readouterr().err
     args = bench_decode.parse_arguments(["--grid", "--neighbours", "--kinds", "gta", "--page-size", "0"])
     assert (args.grid, args.neighbours, args.kinds, args.page_size, args.rounds) == (True, True, "gta", 0, 3)
+    assert (args.batch, args.cases, args.skip_baselines, args.shapes) == (128, "mla,gla2,gta,gqa", False, "")
+    args = bench_decode.parse_arguments(["--batch", "8", "--json", "out.json"])
+    assert (args.grid, args.batch, args.json, args.kinds, args.neighbours) == (
+        False, 8, "out.json", "mla,gla2,gla8,gta,gqa", False)

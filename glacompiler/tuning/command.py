@@ -240,7 +240,8 @@ def run_autotune(args, parser: Optional[argparse.ArgumentParser] = None) -> int:
     device = torch.device("cuda", torch.cuda.current_device())
     limits = DeviceLimits.for_device(device)
     out_path = resolve_out_path(args.out, limits.name)
-    try:  # a table of another GPU, or one that does not parse: refused before anything is timed
+    # A table of another GPU, or one that does not parse: refused before anything is timed (run_tuning reads it again).
+    try:
         open_for_update(out_path, limits.name)
     except TableFormatError as error:
         return _error(parser, f"--out: {error}")
