@@ -393,6 +393,9 @@ def main() -> None:
         if unknown:
             parser.error(f"--{option.replace('_', '-')}: unknown configurations {unknown}; "
                          f"choose from {list(CONFIGURATIONS)}")
+        not_run = [p for p in chosen if p not in args.configurations]
+        if not_run:  # (it would never be profiled)
+            parser.error(f"--{option.replace('_', '-')}: {not_run} not among --configurations {args.configurations}")
         setattr(args, option, chosen)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

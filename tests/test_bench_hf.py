@@ -48,6 +48,10 @@ def test_bench_hf_refuses_a_prompt_that_does_not_fit():
     result = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--rounds", "0"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "--rounds must be at least 1" in result.stderr
+    # A profile of a configuration the run does not time would never print: refused, as an unknown one is.
+    result = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--configurations", "eager",
+                             "gla", "--host-profile", "gla,default"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "['default'] not among --configurations ['eager', 'gla']" in result.stderr
 
 
 def test_bench_hf_inductor_settings():
