@@ -101,6 +101,17 @@ def graph_us(call) -> float:
     return triton.testing.do_bench_cudagraph(call, rep=100, return_mode="median") * 1e3
 
 
+def rotating_rounds(contenders: dict, rounds: int) -> dict:
+    """{label: one graph_us a round}: every contender timed in each round, the order rotating between rounds so
+    that none always runs first."""
+    times = {label: [] for label in contenders}
+    labels = list(contenders)
+    for round_index in range(rounds):
+        for label in labels[round_index % len(labels):] + labels[:round_index % len(labels)]:
+            times[label].append(graph_us(contenders[label]))
+    return times
+
+
 def check_agreement(theirs: torch.Tensor, ours: torch.Tensor, label: str) -> float:
     """The largest output difference; a baseline that computes something else is not timed against us."""
     difference = (theirs.float() - ours.float()).abs().max().item()
@@ -136,12 +147,7 @@ def time_row(name: str, batch: int, length: int, query_len: int, page_size: int,
             notes.append("SDPA under a dense causal mask: its math path")
         contenders["sdpa"] = call
     family = kernel_family_for(**kwargs)
-    times = {label: [] for label in contenders}
-    labels = list(contenders)
-    for round_index in range(rounds):
-        order = labels[round_index % len(labels):] + labels[:round_index % len(labels)]
-        for label in order:
-            times[label].append(graph_us(contenders[label]))
+    times = rotating_rounds(contenders, rounds)
     bytes_moved, flops = problem_cost(spec, kwargs["q"], kwargs["cache_seqlens"])
     floor = max(bytes_moved / bandwidth, flops / flop_rate) * 1e6
     return dict(case=name, batch=batch, seqlen=length, q_len=query_len, floor_us=floor, kernel=family.name,

@@ -10,7 +10,6 @@ import argparse
 import statistics
 
 import torch
-import triton.testing
 
 import glacompiler
 from glacompiler.kernels import KernelCall
@@ -20,7 +19,7 @@ from glacompiler.op.validation import validate_inputs
 from glacompiler.reference import attention_with_kvcache_reference
 
 from ab_decode import make_inputs
-from decode_grid import fa3_call, fa3_function
+from decode_grid import fa3_call, fa3_function, rotating_rounds
 
 ROWS = "128:8192:2,8:32768:2,128:8192:4,128:8192:1,8:32768:4,32:4096:4"
 SCALE = (256 + 64) ** -0.5
@@ -66,14 +65,10 @@ def time_row(batch: int, length: int, query_len: int, fa3) -> None:
     if fa3 is not None:
         calls["fa3"] = fa3_call(fa3, "gla2", kwargs, SCALE)
     outputs = {tag: call().float() for tag, call in calls.items()}
-    times = {tag: [] for tag in calls}
-    labels = list(calls)
-    for round_index in range(3):
-        for tag in labels[round_index % len(labels):] + labels[:round_index % len(labels)]:
-            times[tag].append(triton.testing.do_bench_cudagraph(calls[tag], rep=100, return_mode="median") * 1e3)
+    times = rotating_rounds(calls, 3)
     median = {tag: statistics.median(values) for tag, values in times.items()}
     print(f"B{batch} S{length} Lq{query_len}, table {base.to_dict()}", flush=True)
-    for tag in labels:
+    for tag in calls:
         print(f"   {tag:20s} {median[tag]:8.1f} us  table / this {median['table'] / median[tag]:.3f}  "
               f"|out - table's| {(outputs[tag] - outputs['table']).abs().max().item():.1e}  "
               f"rounds {' '.join(f'{value:.1f}' for value in times[tag])}", flush=True)

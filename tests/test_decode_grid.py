@@ -136,3 +136,11 @@ def test_bench_decode_refuses_a_flag_of_the_other_mode(argv, message, capsys):
     args = bench_decode.parse_arguments(["--batch", "8", "--json", "out.json"])
     assert (args.grid, args.batch, args.json, args.kinds, args.neighbours) == (
         False, 8, "out.json", "mla,gla2,gla8,gta,gqa", False)
+
+
+def test_rotating_rounds_time_every_contender_each_round_none_always_first(monkeypatch):
+    order = []
+    monkeypatch.setattr(decode_grid, "graph_us", lambda call: order.append(call()) or float(len(order)))
+    times = decode_grid.rotating_rounds({"a": lambda: "a", "b": lambda: "b", "c": lambda: "c"}, 3)
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert times == {"a": [1.0, 6.0, 8.0], "b": [2.0, 4.0, 9.0], "c": [3.0, 5.0, 7.0]}
