@@ -87,9 +87,10 @@ class LatentHopperTile:
     # Row-owned tiles: the accumulator is rescaled only when some row's block max passes the max its P is taken
     # against by more than RESCALE_SLACK (P then stays under 2^RESCALE_SLACK), as FlashAttention-4 does; past a
     # long cache's first blocks a block skips the multiply of every accumulator element, for one reduction of the
-    # rows' verdicts. On an H100, GLA-2 on one warpgroup: 1.4-2.3% faster at B128 S8K Lq 2-4, within +-1.2%
-    # elsewhere; a 128-row tile of 128-key blocks (tried, not kept) 2-4% slower with it, its reduction crossing
-    # two warpgroups (benchmarks/RESULTS.md). A tuner's choice.
+    # rows' verdicts. GLA-2 on one warpgroup, H200: 1.1-2.3% faster at B8 S32K Lq 2/4, B128 S8K Lq 1 and B32 S4K
+    # Lq 4, within 0.4% at B128 S8K Lq 2/4 (an H100 had those two 1.4-2.3% faster); the 128-row tile 3-9% slower
+    # with it, its reduction crossing two warpgroups (benchmarks/RESULTS.md). A tuner's choice: 31 of the H200
+    # table's 118 row-owned entries take it.
     lazy_rescale: bool = False
 
     def __post_init__(self):
