@@ -9,9 +9,14 @@ portable kernels itself saves a site (backend="gla" against glacompiler.backend(
 sites all call the op; Hopper latent sites call the op either way, but for those the backend plans on the portable
 kernels: at most 16 query rows per latent head and 1 GiB of cache, its latent_in_graph). Part 2, the op alone: host
 microseconds per call of the op (first call of a metadata key vs repeat, a prepared call) and of each piece of
-its Python path, on a short cache so that the GPU never holds the host back.
+its Python path, on a short cache so that the GPU never holds the host back. Part 3, a compiled site alone:
+compiled graphs (backend="gla", C++ wrapper, no CUDA graphs) that chain 1 and N op calls, each call's output the
+next one's query; a site's host time is (host time of the N-site graph - the 1-site graph's) / (N - 1), each the
+host time to enqueue a burst of back-to-back calls short enough that the GPU's launch queue never fills (the
+graph's own entry, guards and the chain's inputs cancel out).
 
     python benchmarks/host_profile.py [--variants gla-2] [--top 25]
+    python benchmarks/host_profile.py --parts sites
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ from glacompiler.op.library import ATTENTION_SCHEMA
 from glacompiler.op.prepared import PreparedCall, _prepared, call_key, clear_prepared_calls
 
 from bench_backend import add_model_arguments, build, fill_model_defaults, step_inputs
+
+PARTS = ("model", "op", "sites")
 
 
 def host_and_wall_ms(decode, tokens, lengths, steps: int) -> tuple:
@@ -249,13 +256,106 @@ def profile_op(device) -> None:
         print(f"  {name:<68} {min(per_call_us(fn) for _ in range(5)):8.1f}")
 
 
+def burst_host_us(fn, synchronize, calls: int = 8, rounds: int = 60) -> float:
+    """Host us per call to enqueue `calls` back-to-back calls with the GPU idle at the start: the median over
+    rounds (a burst's few hundred launches stay under the launch queue's depth, so the host never waits)."""
+    for _ in range(3):
+        fn()
+    per_call = []
+    for _ in range(rounds):
+        synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        per_call.append((time.perf_counter() - start) / calls)
+    synchronize()
+    return sorted(per_call)[len(per_call) // 2] * 1e6
+
+
+def chained_sites(op_call, step_operands, sites: int):
+    """A step of `sites` op calls, each call's output the next one's query (so Inductor keeps every site);
+    step_operands makes the operands the sites share from the step's inputs, once a step."""
+    def step(q, *operands):
+        operands = step_operands(*operands)
+        for _ in range(sites):
+            q = op_call(q, *operands)
+        return q
+    return step
+
+
+def site_cases(device) -> list:
+    """(name, op call of (q, *shared operands) -> out, shared operands of the inputs, q, inputs): the decode sites
+    of a step, small enough that the host, not the GPU, is the slower of the two."""
+    op = torch.ops.glacompiler.attention_with_kvcache.default
+    bf16, batch = torch.bfloat16, 64
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device, dtype=bf16)
+
+    lengths = torch.full((batch,), 500, device=device, dtype=torch.int32)
+    mask = torch.ones(batch, 1, 1, 512, device=device, dtype=torch.bool)
+    gqa = (randn(batch, 512, 8, 64), randn(batch, 512, 8, 64))
+    latent = (randn(batch, 256, 2, 256), randn(batch, 1, 128, 64), randn(batch, 256, 64))
+    def unchanged(*operands):
+        return operands
+
+    def with_key_range(k, v, m):  # the step's key range, computed once for its sites (as the backend hoists it)
+        return k, v, m, torch.ops.glacompiler.mask_key_range(m, batch, 512)
+
+    return [
+        ("GQA 32/8/64, lengths", lambda q, k, v, n: op(q, k, v, None, None, n, None, None, 0.125, True, 0)[0],
+         unchanged, randn(batch, 1, 32, 64), (*gqa, lengths)),
+        ("GQA 32/8/64, mask + the step's kv_range",
+         lambda q, k, v, m, r: op(q, k, v, None, None, None, None, m, 0.125, True, 0, r)[0],
+         with_key_range, randn(batch, 1, 32, 64), (*gqa, mask)),
+        # 64 query rows a latent head: the Hopper latent kernel (Gluon), which the graph calls through the op
+        ("GLA-2 128 heads, lengths (an op call)",
+         lambda q, c, qr, kr, n: op(q, c, None, qr, kr, n, None, None, 0.05, False, 0)[0],
+         unchanged, randn(batch, 1, 128, 256), (*latent, lengths.clamp(max=256))),
+    ]
+
+
+def profile_compiled_sites(device, chain: int, rounds: int = 60) -> dict:
+    """Part 3: a compiled site's host time, from graphs of 1 and `chain` sites (C++ wrapper, no CUDA graphs);
+    returns each case's us a site. (On CPU a smoke test: no C++ wrapper, the op's CPU path.)"""
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    per_site = {}
+    print(f"\ncompiled site host time (us; backend=\"gla\", no CUDA graphs; graphs of 1 and {chain} sites, "
+          f"batch 64, bf16)")
+    for name, op_call, step_operands, q, operands in site_cases(device):
+        host = {}
+        for sites in (1, chain):
+            torch._dynamo.reset()
+            launched_before = counters["glacompiler"]["launched_in_graph"]
+            step = torch.compile(chained_sites(op_call, step_operands, sites), backend=glacompiler.backend(), dynamic=False,
+                                 fullgraph=True)
+            with compiled_afresh():
+                step(q, *operands)
+            launched = counters["glacompiler"]["launched_in_graph"] - launched_before
+            expected = q
+            for _ in range(sites):
+                expected = op_call(expected, *step_operands(*operands))
+            torch.testing.assert_close(step(q, *operands), expected)  # the graph computes what the calls do
+            host[sites] = burst_host_us(lambda step=step: step(q, *operands), synchronize, rounds=rounds)
+            print(f"  {name:<44} {sites} site(s): {host[sites]:7.1f} us a step ({launched} launched by Inductor)")
+        per_site[name] = (host[chain] - host[1]) / (chain - 1)
+        print(f"  {name:<44} a site: {per_site[name]:7.1f} us")
+    torch._dynamo.reset()
+    return per_site
+
+
 def parse_arguments(argv: Optional[list] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.set_defaults(variants=["gla-2"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="model: part 1, op: part 2, sites: part 3 (default: all)")
+    parser.add_argument("--chain", type=int, default=9, help="op calls in part 3's longer graph")
     args = parser.parse_args(argv)
+    if args.chain < 2:
+        parser.error("--chain: at least 2 calls")
     args.tiny = False
     fill_model_defaults(args, tiny=False)
     return args
@@ -267,10 +367,15 @@ def main() -> None:
     import triton
 
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
-    with torch.no_grad():
-        profile_op(device)
-    for variant in args.variants:
-        profile_model(variant, args, device)
+    if "op" in args.parts:
+        with torch.no_grad():
+            profile_op(device)
+    if "sites" in args.parts:
+        with torch.no_grad():
+            profile_compiled_sites(device, args.chain)
+    if "model" in args.parts:
+        for variant in args.variants:
+            profile_model(variant, args, device)
 
 
 if __name__ == "__main__":

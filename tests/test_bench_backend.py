@@ -62,3 +62,17 @@ def test_host_profile_fills_the_shapes_not_given():
     assert (args.variants, args.layers, args.batch, args.cache, args.tiny) == (["gla-2"], 8, 64, 8192, False)
     args = host_profile.parse_arguments(["--batch", "4", "--variants", "gta-4"])
     assert (args.variants, args.layers, args.batch, args.cache) == (["gta-4"], 8, 4, 8192)
+
+
+def test_host_profile_part_3_compiles_each_chain_and_checks_it_on_cpu():
+    """Part 3 (a compiled site's host time) on the CPU: each case compiles graphs of 1 and 2 chained sites, checks
+    each against the op's calls one by one, and gives a figure a site; --chain takes at least 2 calls."""
+    import torch
+
+    host_profile = load_benchmark_script("host_profile")
+    with torch.no_grad():
+        per_site = host_profile.profile_compiled_sites(torch.device("cpu"), 2, rounds=1)
+    assert len(per_site) == 3 and all(isinstance(us, float) for us in per_site.values()), per_site
+    assert host_profile.parse_arguments(["--parts", "sites"]).parts == ["sites"]
+    with pytest.raises(SystemExit):
+        host_profile.parse_arguments(["--chain", "1"])
