@@ -5,7 +5,9 @@ One process measures the glacompiler it imports; for a same-run A/B install two 
 
     for r in 1 2 3; do for t in base new; do PYTHONPATH=/tmp/site_$t python benchmarks/host_ab.py $t; done; done
 
-Each row: the best of 7 rounds of 1000 back-to-back calls."""
+Each row: the best of 7 rounds of 1000 back-to-back calls, and the same in units of SDPA's call timed in the same
+process (the yardstick, timed first and last: a host that slows down between processes moves the yardstick too, and
+rows compare across processes in its units; the yardstick's two figures show drift within the process)."""
 from __future__ import annotations
 
 import argparse
@@ -89,8 +91,13 @@ def main() -> None:
                 print(f"{label:>4} {name:<40} not run ({error})", flush=True)
                 continue
             measured.append((name, fn))
-        for name, fn in measured:
-            print(f"{label:>4} {name:<40} {host_us_per_call(fn):7.2f} us", flush=True)
+        yardstick_name, yardstick = measured[-1]  # SDPA's call, the last row
+        timed = [(yardstick_name + " (first)", host_us_per_call(yardstick))]
+        timed += [(name, host_us_per_call(fn)) for name, fn in measured[:-1]]
+        timed.append((yardstick_name, host_us_per_call(yardstick)))
+        unit = min(timed[0][1], timed[-1][1])
+        for name, us in timed:
+            print(f"{label:>4} {name:<40} {us:7.2f} us {us / unit:6.2f} SDPA", flush=True)
 
 
 if __name__ == "__main__":
