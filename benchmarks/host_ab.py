@@ -5,9 +5,10 @@ One process measures the glacompiler it imports; for a same-run A/B install two 
 
     for r in 1 2 3; do for t in base new; do PYTHONPATH=/tmp/site_$t python benchmarks/host_ab.py $t; done; done
 
-Each row: the best of 7 rounds of 1000 back-to-back calls, and the same in units of SDPA's call timed in the same
-process (the yardstick, timed first and last: a host that slows down between processes moves the yardstick too, and
-rows compare across processes in its units; the yardstick's two figures show drift within the process)."""
+Each row: the best of 7 rounds of 1000 back-to-back calls, and the same in units of SDPA's call (the yardstick, which
+no code of ours runs), timed just before and just after the row in the same process: a host that runs slower in one
+process than in another, or slower later in a process, moves the yardstick with the rows. The last line gives the
+yardstick's spread over the process (its slowest over its fastest)."""
 from __future__ import annotations
 
 import argparse
@@ -18,21 +19,28 @@ import torch
 import glacompiler
 
 
+YARDSTICK = "SDPA (GQA 32/8/64, enable_gqa)"
+
+
+def burst_us(fn, calls: int, synchronize) -> float:
+    """Host us per call of `calls` back-to-back calls begun with the device idle (synchronize runs first): while the
+    burst's launches fit the device's queue, the host never waits for the device."""
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
 def host_us_per_call(fn, calls: int = 1000, rounds: int = 7, synchronize=None) -> float:
-    """The best of `rounds` rounds of `calls` back-to-back calls, after 100 to warm up; synchronize (default:
-    CUDA's) runs between rounds."""
+    """The best of `rounds` bursts of `calls` back-to-back calls, after 100 calls to warm up; synchronize (default:
+    CUDA's) runs before each burst and after the last."""
     synchronize = synchronize or torch.cuda.synchronize
     for _ in range(100):
         fn()
+    best = min(burst_us(fn, calls, synchronize) for _ in range(rounds))
     synchronize()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-        synchronize()
-    return best * 1e6
+    return best
 
 
 def rows(device) -> list:
@@ -73,8 +81,7 @@ def rows(device) -> list:
         ("GQA 32/8/64 wrapper, mask + kv_range",
          lambda: glacompiler.attention_with_kvcache(q_gqa, k, v, attn_mask=mask_gqa, kv_range=key_range_gqa,
                                                     softmax_scale=0.125)),
-        ("SDPA (GQA 32/8/64, enable_gqa)",
-         lambda: torch.nn.functional.scaled_dot_product_attention(q_sdpa, k_sdpa, v_sdpa, enable_gqa=True)),
+        (YARDSTICK, lambda: torch.nn.functional.scaled_dot_product_attention(q_sdpa, k_sdpa, v_sdpa, enable_gqa=True)),
     ]
 
 
@@ -91,13 +98,19 @@ def main() -> None:
                 print(f"{label:>4} {name:<40} not run ({error})", flush=True)
                 continue
             measured.append((name, fn))
-        yardstick_name, yardstick = measured[-1]  # SDPA's call, the last row
-        timed = [(yardstick_name + " (first)", host_us_per_call(yardstick))]
-        timed += [(name, host_us_per_call(fn)) for name, fn in measured[:-1]]
-        timed.append((yardstick_name, host_us_per_call(yardstick)))
-        unit = min(timed[0][1], timed[-1][1])
-        for name, us in timed:
+        yardstick = dict(measured).pop(YARDSTICK, None)
+        if yardstick is None:
+            raise SystemExit(f"the yardstick ({YARDSTICK}) did not run: rows cannot be given in its units")
+        sticks = [host_us_per_call(yardstick)]
+        for name, fn in measured:
+            if name == YARDSTICK:
+                continue
+            us = host_us_per_call(fn)
+            sticks.append(host_us_per_call(yardstick))
+            unit = (sticks[-2] + sticks[-1]) / 2  # the yardstick just before and just after the row
             print(f"{label:>4} {name:<40} {us:7.2f} us {us / unit:6.2f} SDPA", flush=True)
+        print(f"{label:>4} {YARDSTICK:<40} {min(sticks):7.2f} us, slowest {max(sticks) / min(sticks):.2f}x that "
+              f"over {len(sticks)} timings", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ import argparse
 import contextlib
 import cProfile
 import io
+import os
 import pstats
+import statistics
 import time
 from typing import Optional
 
@@ -40,25 +42,24 @@ from glacompiler.op.library import ATTENTION_SCHEMA
 from glacompiler.op.prepared import PreparedCall, _prepared, call_key, clear_prepared_calls
 
 from bench_backend import add_model_arguments, build, fill_model_defaults, step_inputs
+from host_ab import burst_us
+from host_yardstick import python_ns_per_iteration
 
 PARTS = ("model", "op", "sites")
+# Our attention kernels, by name (the portable family's and the Hopper latent one's): part 3 counts their launches.
+ATTENTION_KERNELS = ("decode_attention_split_kernel", "latent_decode_hopper_kernel")
 
 
 def host_and_wall_ms(decode, tokens, lengths, steps: int) -> tuple:
     """(host ms to enqueue one step, wall ms per step): one step between synchronisations."""
-    host = []
-    for _ in range(steps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        decode(tokens, lengths)
-        host.append(time.perf_counter() - start)
+    host = sorted(burst_us(lambda: decode(tokens, lengths), 1, torch.cuda.synchronize) for _ in range(steps))
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         decode(tokens, lengths)
     torch.cuda.synchronize()
     wall = (time.perf_counter() - start) / steps
-    return sorted(host)[len(host) // 2] * 1e3, wall * 1e3
+    return host[len(host) // 2] / 1e3, wall * 1e3
 
 
 @contextlib.contextmanager
@@ -256,22 +257,6 @@ def profile_op(device) -> None:
         print(f"  {name:<68} {min(per_call_us(fn) for _ in range(5)):8.1f}")
 
 
-def burst_host_us(fn, synchronize, calls: int = 8, rounds: int = 60) -> float:
-    """Host us per call to enqueue `calls` back-to-back calls with the GPU idle at the start: the median over
-    rounds (a burst's few hundred launches stay under the launch queue's depth, so the host never waits)."""
-    for _ in range(3):
-        fn()
-    per_call = []
-    for _ in range(rounds):
-        synchronize()
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        per_call.append((time.perf_counter() - start) / calls)
-    synchronize()
-    return sorted(per_call)[len(per_call) // 2] * 1e6
-
-
 def chained_sites(op_call, step_operands, sites: int):
     """A step of `sites` op calls, each call's output the next one's query (so Inductor keeps every site);
     step_operands makes the operands the sites share from the step's inputs, once a step."""
@@ -284,8 +269,9 @@ def chained_sites(op_call, step_operands, sites: int):
 
 
 def site_cases(device) -> list:
-    """(name, op call of (q, *shared operands) -> out, shared operands of the inputs, q, inputs): the decode sites
-    of a step, small enough that the host, not the GPU, is the slower of the two."""
+    """(name, op call of (q, *shared operands) -> out, shared operands of the inputs, q, inputs): decode sites of
+    batch 64. The GPU takes longer over a step than the host takes to enqueue it; the bursts keep the host from
+    waiting (burst_us)."""
     op = torch.ops.glacompiler.attention_with_kvcache.default
     bf16, batch = torch.bfloat16, 64
 
@@ -296,6 +282,7 @@ def site_cases(device) -> list:
     mask = torch.ones(batch, 1, 1, 512, device=device, dtype=torch.bool)
     gqa = (randn(batch, 512, 8, 64), randn(batch, 512, 8, 64))
     latent = (randn(batch, 256, 2, 256), randn(batch, 1, 128, 64), randn(batch, 256, 64))
+
     def unchanged(*operands):
         return operands
 
@@ -315,32 +302,95 @@ def site_cases(device) -> list:
     ]
 
 
-def profile_compiled_sites(device, chain: int, rounds: int = 60) -> dict:
-    """Part 3: a compiled site's host time, from graphs of 1 and `chain` sites (C++ wrapper, no CUDA graphs);
-    returns each case's us a site. (On CPU a smoke test: no C++ wrapper, the op's CPU path.)"""
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+@contextlib.contextmanager
+def strict_backend():
+    """GLACOMPILER_STRICT=1 while a graph compiles: where the backend would fall back with a warning (op calls
+    instead of the graph's own launches, Inductor's Python wrapper instead of the C++ one asked for), it raises,
+    so that each timed graph is the one part 3 names."""
+    before = os.environ.get("GLACOMPILER_STRICT")
+    os.environ["GLACOMPILER_STRICT"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["GLACOMPILER_STRICT"]
+        else:
+            os.environ["GLACOMPILER_STRICT"] = before
+
+
+def attention_kernels_per_step(fn) -> int:
+    """Our attention kernels' launches in one call of fn (CUDA), counted by the profiler."""
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(event.count for event in prof.key_averages()
+               if event.device_type == torch.autograd.DeviceType.CUDA
+               and any(name in event.key for name in ATTENTION_KERNELS))
+
+
+def compiled_chain(op_call, step_operands, sites: int, q, operands, device):
+    """(the compiled step of `sites` chained calls, op calls the graph launches itself), checked: it computes what the
+    op's calls one by one compute (the same kernels: this checks the graph's wiring), and on CUDA it launches
+    `sites` times the attention kernels of one site (checked by the caller)."""
+    launched_before = counters["glacompiler"]["launched_in_graph"]
+    backend = glacompiler.backend(cpp_wrapper=True if device.type == "cuda" else None)
+    step = torch.compile(chained_sites(op_call, step_operands, sites), backend=backend, dynamic=False,
+                         fullgraph=True)
+    with compiled_afresh(), strict_backend():
+        result = step(q, *operands)
+    expected = q
+    for _ in range(sites):
+        expected = op_call(expected, *step_operands(*operands))
+    torch.testing.assert_close(result, expected)
+    return step, counters["glacompiler"]["launched_in_graph"] - launched_before
+
+
+def profile_compiled_sites(device, chain: int, rounds: int = 60, calls: int = 8) -> dict:
+    """Part 3: a compiled site's host time, from graphs of 1 and `chain` sites (C++ wrapper, no CUDA graphs, static
+    shapes), their bursts alternating round by round; returns each case's median us a site. (On CPU a smoke test:
+    no C++ wrapper, the op's CPU path.)"""
+    on_cuda = device.type == "cuda"
+    synchronize = torch.cuda.synchronize if on_cuda else (lambda: None)
     per_site = {}
-    print(f"\ncompiled site host time (us; backend=\"gla\", no CUDA graphs; graphs of 1 and {chain} sites, "
-          f"batch 64, bf16)")
-    for name, op_call, step_operands, q, operands in site_cases(device):
-        host = {}
-        for sites in (1, chain):
+    wrapper = "C++ wrapper" if on_cuda else "CPU: Python wrapper"
+    print(f"\ncompiled site host time (us; backend=\"gla\", {wrapper}, no CUDA graphs, static shapes; graphs of "
+          f"1 and {chain} sites, batch 64, bf16; bursts of {calls} steps, {rounds} rounds alternating the graphs)")
+    try:
+        for name, op_call, step_operands, q, operands in site_cases(device):
             torch._dynamo.reset()
-            launched_before = counters["glacompiler"]["launched_in_graph"]
-            step = torch.compile(chained_sites(op_call, step_operands, sites), backend=glacompiler.backend(), dynamic=False,
-                                 fullgraph=True)
-            with compiled_afresh():
-                step(q, *operands)
-            launched = counters["glacompiler"]["launched_in_graph"] - launched_before
-            expected = q
-            for _ in range(sites):
-                expected = op_call(expected, *step_operands(*operands))
-            torch.testing.assert_close(step(q, *operands), expected)  # the graph computes what the calls do
-            host[sites] = burst_host_us(lambda step=step: step(q, *operands), synchronize, rounds=rounds)
-            print(f"  {name:<44} {sites} site(s): {host[sites]:7.1f} us a step ({launched} launched by Inductor)")
-        per_site[name] = (host[chain] - host[1]) / (chain - 1)
-        print(f"  {name:<44} a site: {per_site[name]:7.1f} us")
-    torch._dynamo.reset()
+            steps, launched, kernels = {}, {}, {}
+            for sites in (1, chain):
+                step, launched[sites] = compiled_chain(op_call, step_operands, sites, q, operands, device)
+                steps[sites] = lambda step=step: step(q, *operands)
+                if on_cuda:
+                    kernels[sites] = attention_kernels_per_step(steps[sites])
+            if on_cuda and not (kernels[1] >= 1 and kernels[chain] == chain * kernels[1]):
+                raise AssertionError(f"{name}: attention kernels a step {kernels}, not {chain} times one site's")
+            for fn in steps.values():  # warm up
+                burst_us(fn, calls, synchronize)
+            host_ns = python_ns_per_iteration()
+            bursts = {sites: [] for sites in steps}
+            for _ in range(rounds):
+                for sites, fn in steps.items():
+                    bursts[sites].append(burst_us(fn, calls, synchronize))
+            synchronize()
+            differences = sorted((longer - one) / (chain - 1) for one, longer in zip(bursts[1], bursts[chain]))
+            per_site[name] = statistics.median(differences)
+            quartiles = statistics.quantiles(differences, n=4) if len(differences) > 1 else differences * 3
+            for sites in steps:
+                print(f"  {name:<44} {sites} site(s): {statistics.median(bursts[sites]):7.1f} us a step "
+                      f"({launched[sites]} op calls launched by Inductor"
+                      + (f", {kernels[sites]} attention kernels)" if on_cuda else ")"))
+            print(f"  {name:<44} a site: {per_site[name]:7.1f} us (quartiles {quartiles[0]:.1f}-{quartiles[2]:.1f}; "
+                  f"host {host_ns:.0f} -> {python_ns_per_iteration():.0f} ns an iteration)")
+            if on_cuda:  # the host enqueues as fast with the GPU busy: it does not wait for the GPU
+                torch.cuda._sleep(200_000_000)
+                busy = burst_us(steps[chain], calls, lambda: None)
+                print(f"  {name:<44} {chain} sites with the GPU busy before the burst: {busy:7.1f} us a step")
+                synchronize()
+    finally:
+        torch._dynamo.reset()
     return per_site
 
 

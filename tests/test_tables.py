@@ -21,7 +21,7 @@ from tuning_doubles import GPU, GQA, entry, make_table
 
 # Shipped tables whose entries of a family were tuned for kernels that have changed since, and cannot be
 # retuned here: {file name: {family: why}}.
-KNOWN_STALE: dict = {}  # none (the H100 table of before the bounded kernels was removed; the one shipped now is current)
+KNOWN_STALE: dict = {}  # none (the H100 table tuned before the bounded kernels was removed; today's is current)
 
 
 def test_table_round_trip_and_file_name(tmp_path):
