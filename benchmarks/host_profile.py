@@ -13,7 +13,8 @@ its Python path, on a short cache so that the GPU never holds the host back. Par
 compiled graphs (backend="gla", C++ wrapper, no CUDA graphs) that chain 1 and N op calls, each call's output the
 next one's query; a site's host time is (host time of the N-site graph - the 1-site graph's) / (N - 1), each the
 host time to enqueue a burst of back-to-back calls short enough that the GPU's launch queue never fills (the
-graph's own entry, guards and the chain's inputs cancel out).
+graph's own entry, guards and the chain's inputs cancel out), the two graphs' bursts alternating round by round and
+the median of the rounds' differences taken.
 
     python benchmarks/host_profile.py [--variants gla-2] [--top 25]
     python benchmarks/host_profile.py --parts sites
@@ -29,6 +30,7 @@ import pstats
 import statistics
 import time
 from typing import Optional
+from unittest import mock
 
 import torch
 from torch._dynamo.utils import counters
@@ -160,13 +162,9 @@ def profile_model(variant: str, args, device) -> None:
 
 def per_call_us(fn, calls: int = 300) -> float:
     fn()
+    us = burst_us(fn, calls, torch.cuda.synchronize)
     torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / calls * 1e6
+    return us
 
 
 def kernel_times(fn, calls: int = 50) -> None:
@@ -302,22 +300,6 @@ def site_cases(device) -> list:
     ]
 
 
-@contextlib.contextmanager
-def strict_backend():
-    """GLACOMPILER_STRICT=1 while a graph compiles: where the backend would fall back with a warning (op calls
-    instead of the graph's own launches, Inductor's Python wrapper instead of the C++ one asked for), it raises,
-    so that each timed graph is the one part 3 names."""
-    before = os.environ.get("GLACOMPILER_STRICT")
-    os.environ["GLACOMPILER_STRICT"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["GLACOMPILER_STRICT"]
-        else:
-            os.environ["GLACOMPILER_STRICT"] = before
-
-
 def attention_kernels_per_step(fn) -> int:
     """Our attention kernels' launches in one call of fn (CUDA), counted by the profiler."""
     torch.cuda.synchronize()
@@ -337,7 +319,9 @@ def compiled_chain(op_call, step_operands, sites: int, q, operands, device):
     backend = glacompiler.backend(cpp_wrapper=True if device.type == "cuda" else None)
     step = torch.compile(chained_sites(op_call, step_operands, sites), backend=backend, dynamic=False,
                          fullgraph=True)
-    with compiled_afresh(), strict_backend():
+    # GLACOMPILER_STRICT=1: where the backend would fall back with a warning (op calls instead of the graph's own
+    # launches, Inductor's Python wrapper instead of the C++ one asked for) it raises, so the graph is the one named.
+    with compiled_afresh(), mock.patch.dict(os.environ, GLACOMPILER_STRICT="1"):
         result = step(q, *operands)
     expected = q
     for _ in range(sites):
@@ -350,6 +334,8 @@ def profile_compiled_sites(device, chain: int, rounds: int = 60, calls: int = 8)
     """Part 3: a compiled site's host time, from graphs of 1 and `chain` sites (C++ wrapper, no CUDA graphs, static
     shapes), their bursts alternating round by round; returns each case's median us a site. (On CPU a smoke test:
     no C++ wrapper, the op's CPU path.)"""
+    if rounds < 2:
+        raise ValueError(f"rounds: at least 2 (for the differences' quartiles), got {rounds}")
     on_cuda = device.type == "cuda"
     synchronize = torch.cuda.synchronize if on_cuda else (lambda: None)
     per_site = {}
@@ -375,9 +361,9 @@ def profile_compiled_sites(device, chain: int, rounds: int = 60, calls: int = 8)
                 for sites, fn in steps.items():
                     bursts[sites].append(burst_us(fn, calls, synchronize))
             synchronize()
-            differences = sorted((longer - one) / (chain - 1) for one, longer in zip(bursts[1], bursts[chain]))
+            differences = [(longer - one) / (chain - 1) for one, longer in zip(bursts[1], bursts[chain])]
             per_site[name] = statistics.median(differences)
-            quartiles = statistics.quantiles(differences, n=4) if len(differences) > 1 else differences * 3
+            quartiles = statistics.quantiles(differences, n=4)
             for sites in steps:
                 print(f"  {name:<44} {sites} site(s): {statistics.median(bursts[sites]):7.1f} us a step "
                       f"({launched[sites]} op calls launched by Inductor"
