@@ -141,6 +141,20 @@ def test_hopper_latent_kernel_lazy_rescale(hopper, features, query_len, dtype):
         check_fa_rule(out, lse, problem)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("features, query_len", [("sinks+window", 2), ("sinks", 3), ("window_right", 2)])
+def test_hopper_latent_kernel_ping_pong(hopper, features, query_len, dtype):
+    """The ping-pong tile (two row groups taking turns): the sink counted once per row, on split 0, and the window's
+    first block in both groups, with the lazy rescale and without, 64- and 128-key blocks."""
+    problem = extension_problem(hopper, LATENT_SPECS["gla2"], features, query_len=query_len, page_size=64,
+                                dtype=dtype, seed=23, causal=features != "window_right")
+    for config in (LatentHopperConfig(4, True, 64, warp_specialized=True),
+                   LatentHopperConfig(1, True, 128, warp_specialized=True),
+                   LatentHopperConfig(3, True, 64, warp_specialized=True, lazy_rescale=True)):
+        out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
+        check_fa_rule(out, lse, problem)
+
+
 @pytest.mark.parametrize("name, query_len", [("gqa", 2), ("mla", 2), ("gla2", 1)])  # gla2: 128-key blocks
 def test_window_skips_key_blocks_before_it(cuda_device, name, query_len):
     """Full caches: whole key blocks before the first query's window (a multiple of 128 keys: whole blocks of

@@ -1,6 +1,7 @@
 """The Hopper latent kernel without a GPU: its generated source compiles for sm_90 (Triton's own compiler and
 ptxas, no device needed), which calls take it, its split heuristic, and its errors. The GPU runs it against
 the float64 reference in test_latent_hopper_gpu.py."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -172,7 +173,7 @@ def test_lazy_rescale_is_a_variant_of_its_own():
     lazy = render_latent_hopper_kernel(GLA2, LatentHopperTile(True, one_warpgroup=True, lazy_rescale=True))
     assert "RESCALE_SLACK" in lazy and "RESCALE_SLACK" not in plain
     variants = LATENT_HOPPER.variant_versions()
-    assert set(variants) == {"latent_hopper+lazy_rescale"}
+    assert set(variants) == {"latent_hopper+lazy_rescale", "latent_hopper+ping_pong"}
     assert latent_hopper_kernels_version() not in variants.values()
     assert LATENT_HOPPER.config_variants(LatentHopperConfig(4, True, 64, one_warpgroup=True), GLA2) == ()
     assert LATENT_HOPPER.config_variants(LatentHopperConfig(4, True, 64, one_warpgroup=True, lazy_rescale=True),
@@ -269,6 +270,46 @@ def test_layouts_the_kernel_leaves_to_the_portable_one(change, reason):
     assert problem is not None and reason in problem
 
 
+@pytest.mark.parametrize("query_len, page_size, mask, extensions, block_n, lazy_rescale", [
+    (2, 64, "none", "", 64, False),  # GLA-2 at Lq 2: the grid's case
+    (4, 0, "additive", "", 128, False),
+    (3, 16, "bool-rows", "sinks+window", 64, True),  # four page copies a block, a mask per draft token
+    (1, 32, "bool", "sinks", 128, True),
+])
+def test_ping_pong_kernel_compiles_for_sm90(query_len, page_size, mask, extensions, block_n, lazy_rescale):
+    """The ping-pong tile as the JIT builds it for sm_90: two row groups of 4 warps and a refill warp (a warpgroup's
+    slot: 384 threads), registers moved between them (setmaxnreg), both products and the TMA copies, in a CTA's
+    shared memory."""
+    compiled = compile_for_sm90(GLA2, query_len, page_size, True, mask, extensions, block_n, warp_specialized=True,
+                                lazy_rescale=lazy_rescale)
+    ptx = compiled["ptx"]
+    assert ".reqntid 384" in ptx and "setmaxnreg.dec" in ptx and "setmaxnreg.inc" in ptx
+    assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor" in ptx
+    assert 0 < compiled["shared"] <= SM90_SHARED_MEMORY
+
+
+def test_ping_pong_tile_shape():
+    """128 rows in two row groups, 4 warps outside the warp-specialised region, the query's latent part alone beside
+    the stages (4 of 64-key blocks, 2 of 128-key ones for GLA-2), its own template and variant; it takes neither one
+    warpgroup nor the alternating schedule, and tables that leave warp_specialized out of a row_split entry keep
+    the 128-row tile in step."""
+    config = LatentHopperConfig(2, True, 64, warp_specialized=True)
+    tile = config.tile_for(GLA2, 64)
+    assert tile.ping_pong and (tile.block_m, tile.num_warps, tile.num_stages(256, 64)) == (128, 4, 4)
+    assert LatentHopperConfig(2, True, 128, warp_specialized=True).tile_for(GLA2, 64).num_stages(256, 64) == 2
+    source = render_latent_hopper_kernel(GLA2, tile)
+    assert "def row_group_partition(" in source and "def refill_partition(" in source
+    assert LATENT_HOPPER.config_variants(config, GLA2) == ("latent_hopper+ping_pong",)
+    assert LATENT_HOPPER.config_variants(dataclasses.replace(config, lazy_rescale=True), GLA2) == (
+        "latent_hopper+ping_pong",)
+    assert LatentHopperConfig.from_dict(config.to_dict()) == config and config.to_dict()["warp_specialized"]
+    assert "warp_specialized" not in LatentHopperConfig(2, True, 64).to_dict()
+    assert not LatentHopperConfig.from_dict({"num_splits": 2, "row_split": True}).tile_for(GLA2, 64).ping_pong
+    assert "one_warpgroup" in LatentHopperConfig(2, True, 64, one_warpgroup=True, warp_specialized=True).problem_with(GLA2)
+    assert "alternating" in LatentHopperConfig(2, True, 64, warp_specialized=True, alternating=True).problem_with(GLA2)
+    assert config.problem_with(AttentionSpec.latent(128, 1, 512, 64)) is not None  # a 512-wide latent: no row_split
+
+
 def test_cpu_calls_stay_off_the_hopper_kernel():
     spec = latent_spec()
     q, q_rope, k_cache, k_rope = operands(spec, 64)
@@ -344,13 +385,18 @@ def test_config_heuristic():
     assert heuristic_config(mla, shape(batch=1, capacity=8192), 132).num_splits == 32
     # MLA at Lq 2 keeps 64-row tiles shared by two warpgroups (64 x 512 fp32 is too much for one).
     assert heuristic_config(mla, shape(query_len=2), 132) == LatentHopperConfig(1, False, block_n=64, **turns)
-    # A 256-wide latent head with 64 rows or more: 64-row programs of one warpgroup, two an SM (64-key blocks).
+    # A 256-wide latent head of 64 rows: 64-row programs of one warpgroup, two an SM (64-key blocks); of more, the
+    # ping-pong 128-row tile on 128-key blocks.
     gla2 = latent_spec(latent_heads=2, width=256)
-    for query_len in (1, 2, 4):
+    assert heuristic_config(gla2, shape(query_len=1), 132) == \
+        LatentHopperConfig(1, True, block_n=64, one_warpgroup=True, lazy_rescale=LAZY)
+    for query_len in (2, 3, 4):
         assert heuristic_config(gla2, shape(query_len=query_len), 132) == \
-            LatentHopperConfig(1, True, block_n=64, one_warpgroup=True, lazy_rescale=LAZY)
-    # ... and their splits fill two programs an SM: one sequence, 2 latent heads, 2 row blocks at Lq 2.
+            LatentHopperConfig(1, True, block_n=128, warp_specialized=True, lazy_rescale=LAZY)
+    # ... and their splits fill the SMs, one program each: one sequence, 2 latent heads, 1 row block at Lq 2; 32
+    # sequences at Lq 2 are 64 programs a split, two splits fill 97% of 132 SMs.
     assert heuristic_config(gla2, shape(batch=1, query_len=2, capacity=65536), 132).num_splits == 50
+    assert heuristic_config(gla2, shape(batch=32, query_len=2, capacity=4096), 132).num_splits == 2
     # Fewer rows (GLA-8: 16 a latent head at Lq 1) too: the programs are memory-bound, and two an SM keep more
     # loads in flight than the shared tile's 128-key blocks.
     gla8 = latent_spec(latent_heads=8, width=256)
@@ -362,14 +408,15 @@ def test_config_heuristic():
     for query_len in (1, 4):
         assert heuristic_config(gla8, shape(batch=1, query_len=query_len, capacity=65536), 132).num_splits == 25
     assert heuristic_config(mla, shape(query_len=1), 132).block_n == 64
-    # A rope key wider than 64 leaves one stage on one warpgroup: 64 rows take the shared tile, more the 128-row one;
-    # fewer rows the shared tile with 64-key blocks (two stages of 128 do not fit beside a 128-wide rope key).
+    # A rope key wider than 64 leaves one stage on one warpgroup: 64 rows take the shared tile, more the ping-pong
+    # tile on 64-key blocks; fewer rows the shared tile with 64-key blocks (two stages of 128 fit beside a 128-wide
+    # rope key on neither).
     assert heuristic_config(latent_spec(latent_heads=8, width=256, rope=128), shape(query_len=1), 132) == \
         LatentHopperConfig(1, False, block_n=64, **ws)
     wide_rope = latent_spec(latent_heads=2, width=256, rope=128)
     assert heuristic_config(wide_rope, shape(query_len=1), 132) == LatentHopperConfig(1, False, block_n=64, **ws)
-    assert heuristic_config(wide_rope, shape(query_len=2), 132) == LatentHopperConfig(1, True, block_n=64,
-                                                                                      lazy_rescale=LAZY)
+    assert heuristic_config(wide_rope, shape(query_len=2), 132) == LatentHopperConfig(
+        1, True, block_n=64, warp_specialized=True, lazy_rescale=LAZY)
 
 
 @pytest.mark.parametrize("width", [256, 512])
@@ -413,13 +460,14 @@ def test_config_checks():
     assert LatentHopperConfig(block_n=64).tile_for(gla2, 16).copy_rows == 16
     with pytest.raises(ValueError, match="row_split"):
         LatentHopperTile(row_split=False, one_warpgroup=True)
-    # Warp-specialised: a form of the shared 64-row tile, with either block size where two stages fit.
+    # Warp-specialised: a form of the shared 64-row tile, with either block size where two stages fit, and of the
+    # 128-row tile (ping-pong), not of one warpgroup.
     assert LatentHopperConfig(block_n=128, warp_specialized=True).problem_with(gla2) is None
     assert LatentHopperConfig(block_n=64, warp_specialized=True).problem_with(latent_spec()) is None
-    assert "not row_split" in LatentHopperConfig(row_split=True, warp_specialized=True).problem_with(gla2)
+    assert LatentHopperConfig(row_split=True, warp_specialized=True).problem_with(gla2) is None
     assert "do not fit two stages" in LatentHopperConfig(block_n=128, warp_specialized=True).problem_with(latent_spec())
-    with pytest.raises(ValueError, match="not row_split"):
-        LatentHopperTile(row_split=True, warp_specialized=True)
+    with pytest.raises(ValueError, match="not one_warpgroup"):
+        LatentHopperTile(row_split=True, one_warpgroup=True, warp_specialized=True)
     with pytest.raises(ValueError, match="scores ahead"):
         LatentHopperTile(row_split=False, scores_ahead=False, warp_specialized=True)
     # Alternating: a schedule of the warp-specialised tile, 64-key blocks only.
@@ -542,11 +590,13 @@ def test_the_op_picks_the_hopper_kernel_where_it_applies(monkeypatch):
     assert family.name == "portable" and isinstance(config, PortableConfig)
 
 
-def test_lazy_rescale_probe_times_valid_configs():
-    """benchmarks/lazy_rescale_probe.py's contenders run on GLA-2 at the table config's split count."""
-    probe = load_benchmark_script("lazy_rescale_probe")
+def test_row_owned_tile_probe_times_valid_configs():
+    """benchmarks/row_owned_tile_probe.py's contenders run on GLA-2 at the table config's split count."""
+    probe = load_benchmark_script("row_owned_tile_probe")
     contenders = probe.variants(LatentHopperConfig(4, True, 64, one_warpgroup=True))
-    assert {tag: config.lazy_rescale for tag, config in contenders.items() if tag != "table"} == {
-        "one_warpgroup": False, "one_warpgroup_lazy": True, "rows128": False, "rows128_lazy": True}
+    assert {tag: (config.lazy_rescale, config.tile_for(GLA2, 64).ping_pong) for tag, config in contenders.items()
+            if tag != "table"} == {"one_warpgroup": (False, False), "one_warpgroup_lazy": (True, False),
+                                   "ping_pong": (False, True), "ping_pong_lazy": (True, True),
+                                   "ping_pong_128": (False, True)}
     for config in contenders.values():
         assert config.problem_with(GLA2) is None and config.num_splits == 4

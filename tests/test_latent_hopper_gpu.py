@@ -231,6 +231,40 @@ def test_warp_specialized_tile_matches_reference(hopper, name, query_len, page_s
     check_fa_rule(out, lse, problem)
 
 
+# The ping-pong tile (the 128-row tile warp-specialised: two row groups taking turns, a refill warp): splits with
+# empty and single-block ones (lengths 0 and 1; 16 splits), odd and even block counts, 128-key blocks, pages of 16
+# to 256 and contiguous caches, masks per key, token and head, the lazy rescale, fp16, a second
+# row group past the last row (Lq 1: 64 rows; Lq 3: 192 rows, a half-empty second program) and latent heads of 48
+# and 8 rows (sinks and windows: test_extensions_gpu.py).
+@pytest.mark.parametrize("name, query_len, page_size, mask, mask_rows, config, dtype", [
+    ("gla2", 2, 64, None, "key", LatentHopperConfig(1, True, 64, warp_specialized=True), torch.bfloat16),
+    ("gla2", 2, 64, None, "key", LatentHopperConfig(16, True, 64, warp_specialized=True), torch.bfloat16),
+    ("gla2", 4, 0, None, "key", LatentHopperConfig(3, True, 128, warp_specialized=True), torch.float16),
+    ("gla2", 3, 16, "bool", "token", LatentHopperConfig(2, True, 64, warp_specialized=True), torch.bfloat16),
+    ("gla2", 2, 256, "additive", "head", LatentHopperConfig(5, True, 128, warp_specialized=True), torch.bfloat16),
+    ("gla2", 1, 64, None, "key", LatentHopperConfig(2, True, 64, warp_specialized=True), torch.bfloat16),
+    ("gla2", 2, 32, "additive", "head", LatentHopperConfig(2, True, 64, warp_specialized=True, lazy_rescale=True),
+     torch.bfloat16),
+    ("gla_rope16", 1, 32, None, "key", LatentHopperConfig(1, True, 64, warp_specialized=True), torch.bfloat16),
+    ("gla2_xl", 4, 64, "bool", "token", LatentHopperConfig(3, True, 64, warp_specialized=True), torch.float16),
+])
+def test_ping_pong_tile_matches_reference(hopper, name, query_len, page_size, mask, mask_rows, config, dtype):
+    problem = hopper_problem(hopper, name, query_len, page_size, dtype, seed=51 + query_len, mask=mask,
+                             mask_rows=mask_rows)
+    out, lse = glacompiler.attention_with_kvcache_config(**problem.kwargs, config=config)
+    check_fa_rule(out, lse, problem)
+
+
+# The ping-pong tile where row maxima jump (the lazy rescale's branch runs between skipped ones).
+def test_ping_pong_lazy_rescale_follows_maxima_that_jump(hopper):
+    problem = hopper_problem(hopper, "gla2", 2, 64, torch.bfloat16, seed=41)
+    scale_keys_by_page(problem)
+    assert max_jumps_past_slack(problem) >= 10
+    out, lse = glacompiler.attention_with_kvcache_config(
+        **problem.kwargs, config=LatentHopperConfig(3, True, 64, warp_specialized=True, lazy_rescale=True))
+    check_fa_rule(out, lse, problem)
+
+
 # The shared 64-row tile's other form (both warpgroups score half of each block's keys): the heuristic no longer
 # takes it, explicit configs and the tuner may.
 @pytest.mark.parametrize("name, query_len, page_size, mask, mask_rows, num_splits, block_n", [

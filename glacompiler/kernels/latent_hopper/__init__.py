@@ -1,8 +1,9 @@
 """The Hopper latent kernel for MLA/GLA decode, written in Gluon (templates/latent_hopper/): key blocks arrive by
 TMA; two warpgroups share a 64-row tile's accumulator by dims (warp-specialised: one scores whole blocks and
 runs the softmax, or the two take turns on every other block; or both scoring half of each block's keys), or split
-a 128-row tile by rows; or a program of one warpgroup owns 64 rows and two programs share an SM (GLA: latents up to
-256 wide, where two key stages fit). sm_90 GPUs only; support.py says which calls it takes."""
+a 128-row tile by rows (its warpgroups in step, or warp-specialised and taking turns: ping-pong); or a program of
+one warpgroup owns 64 rows and two programs share an SM (GLA: latents up to 256 wide, where two key stages fit).
+sm_90 GPUs only; support.py says which calls it takes."""
 from __future__ import annotations
 
 import dataclasses
@@ -58,14 +59,21 @@ class LatentHopperFamily(KernelFamily):
         return latent_hopper_kernels_version()
 
     def variant_versions(self) -> dict:
-        from .render import LAZY_RESCALE_VARIANT, lazy_rescale_kernels_version
+        from .render import (LAZY_RESCALE_VARIANT, PING_PONG_VARIANT, lazy_rescale_kernels_version,
+                             ping_pong_kernels_version)
 
-        return {f"{self.name}+{LAZY_RESCALE_VARIANT}": lazy_rescale_kernels_version()}
+        return {f"{self.name}+{LAZY_RESCALE_VARIANT}": lazy_rescale_kernels_version(),
+                f"{self.name}+{PING_PONG_VARIANT}": ping_pong_kernels_version()}
 
     def config_variants(self, config: LatentHopperConfig, spec: AttentionSpec) -> tuple:
-        from .render import LAZY_RESCALE_VARIANT
+        """The ping-pong tile's template is a variant of its own (its version covers its lazy rescale too); the lazy
+        rescale of the other row-owned tiles another."""
+        from .render import LAZY_RESCALE_VARIANT, PING_PONG_VARIANT
 
-        return (f"{self.name}+{LAZY_RESCALE_VARIANT}",) if config.tile_for(spec, 0).lazy_rescale else ()
+        tile = config.tile_for(spec, 0)
+        if tile.ping_pong:
+            return (f"{self.name}+{PING_PONG_VARIANT}",)
+        return (f"{self.name}+{LAZY_RESCALE_VARIANT}",) if tile.lazy_rescale else ()
 
     def search_space(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
                      include: Sequence[LatentHopperConfig] = ()):
@@ -95,6 +103,7 @@ class LatentHopperFamily(KernelFamily):
         tile = config.tile_for(spec, 0)
         stages = tile.num_stages(spec.head_dim_k, rope_tile_width(spec.rope_dim))
         programs = (", one warpgroup, two programs an SM" if tile.one_warpgroup
+                    else ", warp-specialised, ping-pong" if tile.ping_pong
                     else ", warp-specialised, alternating" if tile.alternating
                     else ", warp-specialised" if tile.warp_specialized else "")
         programs += ", lazy rescale" if tile.lazy_rescale else ""

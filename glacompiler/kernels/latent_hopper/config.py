@@ -43,13 +43,13 @@ def latent_copy_rows(page_size: int, block_n: int = BLOCK_N) -> int:
 def tile_form_problem(row_split: bool, one_warpgroup: bool, warp_specialized: bool, alternating: bool = False,
                       block_n: int = BLOCK_N, lazy_rescale: bool = False) -> Optional[str]:
     """Why these forms of the row tile do not go together, or None: one warpgroup is a form of the row-owned tile,
-    and so is the lazy rescale; warp specialisation one of the shared tile, alternating turns one of the
-    warp-specialised tile with 64-key blocks."""
+    and so is the lazy rescale; warp specialisation one of the shared tile or of the 128-row tile (ping-pong),
+    alternating turns one of the warp-specialised shared tile with 64-key blocks."""
     if one_warpgroup and not row_split:
         return "one_warpgroup is a form of the row_split tile (each warpgroup owns its rows)"
-    if warp_specialized and row_split:
-        return "warp_specialized is a form of the shared 64-row tile (not row_split)"
-    if alternating and not warp_specialized:
+    if warp_specialized and one_warpgroup:
+        return "warp_specialized takes two warpgroups (the shared tile, or the 128-row tile), not one_warpgroup"
+    if alternating and (row_split or not warp_specialized):
         return "alternating is a schedule of the warp-specialised shared tile (warp_specialized, not row_split)"
     if alternating and block_n != BLOCK_N:
         return f"the alternating tile takes {BLOCK_N}-key blocks"
@@ -77,6 +77,10 @@ class LatentHopperTile:
     # softmax and the left half of the output; the other the right half, and the stages' refills. On an H200 MLA
     # 9-11% faster, GLA-8 at Lq 1 with 128-key blocks 6% (benchmarks/RESULTS.md, "A warp-specialised tile for
     # MLA"). It always issues the next block's scores ahead (scores_ahead must be left open).
+    # With row_split, the 128-row tile warp-specialised (templates/latent_hopper/latent_decode_pingpong.py.jinja):
+    # each warpgroup owns 64 rows as on the one-warpgroup tile, but the two read one copy of each key block and
+    # take turns issuing their score products (FlashAttention-3's ping-pong), and a warp of its own refills the
+    # stages; the query's rope part is in registers.
     warp_specialized: bool = False
     # The warp-specialised tile's other schedule, FlashMLA's (templates/latent_hopper/latent_decode_alt.py.jinja):
     # the warpgroups take turns, each scoring every other key block and running its softmax while the other's
@@ -105,9 +109,15 @@ class LatentHopperTile:
 
     @property
     def num_warps(self) -> int:
-        """The kernel's warps outside its warp-specialised region (the score warpgroup's, or the even one's when
-        alternating; the other warpgroup's four come on top)."""
+        """The kernel's warps outside its warp-specialised region (the score warpgroup's, the even one's when
+        alternating, or the first row group's on the ping-pong tile; the other warpgroup's four and the ping-pong
+        tile's refill warp come on top)."""
         return 4 if self.one_warpgroup or self.warp_specialized else NUM_WARPS
+
+    @property
+    def ping_pong(self) -> bool:
+        """The warp-specialised 128-row tile: two row groups taking turns (warp_specialized with row_split)."""
+        return self.warp_specialized and self.row_split
 
     def latent_copy_width(self, head_dim: int) -> int:
         """Latent columns a TMA copy takes: the whole width, or half of it where each half has its own barrier
@@ -133,6 +143,8 @@ class LatentHopperTile:
             return free // (self.block_n * row_bytes)
         if self.alternating:  # the query's latent part (its rope part is in registers) and two blocks' P
             query_and_p = self.block_m * head_dim * element + 2 * self.block_m * self.block_n * element
+        elif self.ping_pong:  # the query's latent part; its rope part and P are in registers
+            query_and_p = self.block_m * head_dim * element
         else:
             query_and_p = self.block_m * row_bytes + (0 if self.row_split else self.block_m * self.block_n * element)
         free = SM90_SHARED_MEMORY - SHARED_MEMORY_RESERVE - query_and_p
@@ -143,9 +155,9 @@ class LatentHopperTile:
         return self.stages_that_fit(spec.head_dim_k, rope_tile_width(spec.rope_dim)) >= 2
 
     def num_stages(self, head_dim: int, rope_width: int) -> int:
-        """Key-block stages: as many as fit (2 for MLA's 512-wide latent, 4 for a 256-wide one over 64 rows, 3
-        over 128; 2 for 128-key blocks of a 256-wide one, and on one warpgroup), at most 4; alternating: one a
-        warpgroup's blocks."""
+        """Key-block stages: as many as fit (2 for MLA's 512-wide latent, 4 for a 256-wide one over 64 rows or
+        on the ping-pong tile, 3 over 128; 2 for 128-key blocks of a 256-wide one, and on one warpgroup), at most 4;
+        alternating: one a warpgroup's blocks."""
         if self.alternating:
             return 2
         return max(2, min(4, self.stages_that_fit(head_dim, rope_width)))
@@ -176,8 +188,8 @@ class LatentHopperConfig:
     # as False).
     one_warpgroup: Optional[bool] = None
     # Without row_split: the warp-specialised form of the shared 64-row tile (LatentHopperTile.warp_specialized).
-    # None (tables tuned before it was a choice): the form the family prefers, warp-specialised; with row_split
-    # there is no choice and it reads as False.
+    # None (tables tuned before it was a choice): the form the family prefers, warp-specialised. With row_split
+    # (not one_warpgroup): the ping-pong 128-row tile; None (tables tuned before it was a choice) reads as False.
     warp_specialized: Optional[bool] = None
     # The warp-specialised tile's alternating schedule (LatentHopperTile.alternating). None (tables tuned before it
     # was a choice) reads as False; without warp specialisation there is no choice and it reads as False.
@@ -251,24 +263,32 @@ def programs_per_split(spec: AttentionSpec, shape: ProblemShape, row_split: bool
 
 
 def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> LatentHopperConfig:
-    """Where the latent fits one warpgroup's accumulator: 64-row programs of one warpgroup, two an SM, also where a
-    latent head has fewer rows (faster than the 128-row tile at every GLA-2 shape timed on an H200, and than the
-    shared 64-row tile from B128 S8K or caches of 32K up; the H200 table's tuning took it for 32 of the 38 GLA-8
-    buckets of 16 and 32 rows, up to 1.20x faster, the shared tile keeping a few small-work ones, short caches at
-    B 1/8); otherwise the shared 64-row tile, warp-specialised, with alternating turns for MLA's 512-wide latent
-    (0.91-0.97x the score/value split's time on an H200). Then the fewest splits that fill the GPU's
-    resident programs; the preferred block size. (Where the one-warpgroup tile's two stages do not fit: 128-row
-    tiles from 65 rows on, where theirs do.)"""
+    """Where the latent fits one warpgroup's accumulator: from 65 rows a latent head, the ping-pong 128-row tile on
+    128-key blocks (GLA-2 at Lq 2 and 4 on an H100: 1.04-1.11x the one-warpgroup tile's time at the table's split
+    count, 1.04-1.05x FlashAttention-3's, where its programs fill the GPU; benchmarks/RESULTS.md); up to 64,
+    64-row programs of one warpgroup, two an SM (faster than the 128-row tile in step at every GLA-2 shape timed on
+    an H200, and than the shared 64-row tile from B128 S8K or caches of 32K up; the H200 table's tuning took it for
+    32 of the 38 GLA-8 buckets of 16 and 32 rows, up to 1.20x faster, the shared tile keeping a few small-work ones,
+    short caches at B 1/8); otherwise the shared 64-row tile, warp-specialised, with alternating turns for MLA's
+    512-wide latent (0.91-0.97x the score/value split's time on an H200). Then the fewest splits that fill the GPU's
+    resident programs; the preferred block size. (Where a tile's two stages do not fit, the next one: the ping-pong
+    tile's 64-key blocks, the 128-row tile in step.)"""
     rows = spec.group_size * shape.query_len
     narrow = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH
     # Each only where two key stages fit beside its query (a rope key wider than 64 leaves one stage on one
     # warpgroup); the shared 64-row tile always fits a spec the family takes (support.py).
-    one_warpgroup = narrow and LatentHopperTile(True, one_warpgroup=True).holds_two_stages(spec)
-    row_split = one_warpgroup or (narrow and rows > 64 and LatentHopperTile(True).holds_two_stages(spec))
+    ping_pong_block = next((block for block in (WIDE_BLOCK_N, BLOCK_N) if narrow and rows > 64 and LatentHopperTile(
+        True, block_n=block, warp_specialized=True).holds_two_stages(spec)), None)
+    one_warpgroup = (ping_pong_block is None and narrow
+                     and LatentHopperTile(True, one_warpgroup=True).holds_two_stages(spec))
+    row_split = (ping_pong_block is not None or one_warpgroup
+                 or (narrow and rows > 64 and LatentHopperTile(True).holds_two_stages(spec)))
     # Split counts as for 64-key blocks also where the blocks are 128 (halving them to keep the keys per block
     # was slower at every shape timed, benchmarks/RESULTS.md).
     splits = default_num_splits(programs_per_split(spec, shape, row_split, one_warpgroup), shape.capacity,
                                 BLOCK_N, multiprocessors, resident=2 if one_warpgroup else 1)
+    if ping_pong_block is not None:
+        return LatentHopperConfig(splits, True, ping_pong_block, False, warp_specialized=True, lazy_rescale=False)
     # The shared tile of a latent wider than one warpgroup's accumulator holds (MLA) takes turns; narrower ones
     # (a rope key too wide for the row-owned tiles) keep the score/value split and its 128-key blocks.
     alternating = (not row_split and not narrow

@@ -1,6 +1,7 @@
 """The Hopper latent kernel's source, rendered from templates/latent_hopper/ (Gluon) per latent spec and tile:
-latent_decode.py.jinja, or for the warp-specialised tile latent_decode_ws.py.jinja (score / value warpgroups) or
-latent_decode_alt.py.jinja (alternating turns); what they share is in the folder's helpers.py.jinja, bounds.py.jinja,
+latent_decode.py.jinja, or for the warp-specialised tiles latent_decode_ws.py.jinja (score / value warpgroups),
+latent_decode_alt.py.jinja (alternating turns) or latent_decode_pingpong.py.jinja (two row groups taking turns on
+the 128-row tile); what they share is in the folder's helpers.py.jinja, bounds.py.jinja,
 query_load.py.jinja, first_copies.py.jinja and output_half.py.jinja."""
 from __future__ import annotations
 
@@ -15,9 +16,21 @@ from .config import RESCALE_SLACK, LatentHopperTile
 TEMPLATE = "latent_hopper/latent_decode.py.jinja"
 WARP_SPECIALIZED_TEMPLATE = "latent_hopper/latent_decode_ws.py.jinja"
 ALTERNATING_TEMPLATE = "latent_hopper/latent_decode_alt.py.jinja"
-# The worker warpgroup's register budget (its half of the accumulator is 128 a thread): the value warpgroup's, or the
-# odd one's of the alternating schedule.
+PING_PONG_TEMPLATE = "latent_hopper/latent_decode_pingpong.py.jinja"
+# The worker warpgroup's register budget (its half of the accumulator, or a row group's 64 x 256 one, is 128 a
+# thread): the value warpgroup's, the odd one's of the alternating schedule, or the second row group's.
 WORKER_WARPGROUP_REGISTERS = 240
+# The ping-pong tile's refill warp: page-table reads and TMA copies only.
+REFILL_WARPS = 1
+REFILL_REGISTERS = 24
+
+
+def template_for(tile: LatentHopperTile) -> str:
+    if tile.ping_pong:
+        return PING_PONG_TEMPLATE
+    if tile.alternating:
+        return ALTERNATING_TEMPLATE
+    return WARP_SPECIALIZED_TEMPLATE if tile.warp_specialized else TEMPLATE
 
 
 def swizzle_bytes(row_bytes: int) -> int:
@@ -31,7 +44,7 @@ def swizzle_bytes(row_bytes: int) -> int:
 def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> str:
     rope_width = rope_tile_width(spec.rope_dim)
     return render(
-        ALTERNATING_TEMPLATE if tile.alternating else WARP_SPECIALIZED_TEMPLATE if tile.warp_specialized else TEMPLATE,
+        template_for(tile),
         spec_key=spec.key(),
         row_split=tile.row_split,
         head_dim=spec.head_dim_k,
@@ -51,6 +64,8 @@ def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> 
         lazy_rescale=tile.lazy_rescale,
         rescale_slack=RESCALE_SLACK,
         value_registers=WORKER_WARPGROUP_REGISTERS,
+        refill_warps=REFILL_WARPS,
+        refill_registers=REFILL_REGISTERS,
     )
 
 
@@ -88,4 +103,20 @@ def lazy_rescale_kernels_version() -> str:
     return cached_kernels_version(f"latent_hopper+{LAZY_RESCALE_VARIANT}", lambda: kernels_version([
         render_latent_hopper_kernel(gla, LatentHopperTile(True, one_warpgroup=True, lazy_rescale=True)),
         render_latent_hopper_kernel(gla, LatentHopperTile(True, lazy_rescale=True)),
+    ]))
+
+
+# The warp-specialised 128-row tile (ping-pong), versioned on its own as the lazy rescale.
+PING_PONG_VARIANT = "ping_pong"
+
+
+@functools.lru_cache(maxsize=None)
+def ping_pong_kernels_version() -> str:
+    """Hash of GLA-2's ping-pong kernels, plain and lazily rescaled, on 64- and 128-key blocks (entries that run
+    them record it)."""
+    gla = AttentionSpec.latent(128, 2, 256, 64, paged=True)
+    return cached_kernels_version(f"latent_hopper+{PING_PONG_VARIANT}", lambda: kernels_version([
+        render_latent_hopper_kernel(gla, LatentHopperTile(True, warp_specialized=True)),
+        render_latent_hopper_kernel(gla, LatentHopperTile(True, warp_specialized=True, lazy_rescale=True)),
+        render_latent_hopper_kernel(gla, LatentHopperTile(True, warp_specialized=True, block_n=128)),
     ]))

@@ -1,10 +1,11 @@
-"""GLA-2's row-owned tiles of the Hopper latent kernel with and without the lazy rescale, against the tuned table's
-config and FlashAttention-3 (where `flash_attn_interface` imports) in one run. First the error against the fp32
-reference on keys scaled page by page (row maxima that jump: the rescale branch runs), then kernel times by CUDA-graph
-replay, the median of 3 rounds in rotating order, on the grid's data (bf16, page 64, permuted page table, full lengths,
-causal). Run from the repository root with the wheel installed (about 3 minutes on an H100):
+"""GLA-2's row-owned tiles of the Hopper latent kernel (one warpgroup, and the ping-pong 128-row tile; each with and
+without the lazy rescale) against the tuned table's config and FlashAttention-3 (where `flash_attn_interface`
+imports) in one run. First the error against the fp32 reference on keys scaled page by page (row maxima that jump:
+the rescale branch runs), then kernel times by CUDA-graph replay, the median of 3 rounds in rotating order, on the
+grid's data (bf16, page 64, permuted page table, full lengths, causal). Run from the repository root with the wheel
+installed (about 4 minutes on an H100):
 
-    python benchmarks/lazy_rescale_probe.py [--rows 128:8192:2,8:32768:2]
+    python benchmarks/row_owned_tile_probe.py [--rows 128:8192:2,8:32768:2]
 """
 import argparse
 import statistics
@@ -21,7 +22,7 @@ from glacompiler.reference import attention_with_kvcache_reference
 from ab_decode import make_inputs
 from decode_grid import fa3_call, fa3_function, rotating_rounds
 
-ROWS = "128:8192:2,8:32768:2,128:8192:4,128:8192:1,8:32768:4,32:4096:4"
+ROWS = "128:8192:2,8:32768:2,128:8192:4,8:32768:4,32:4096:4,32:4096:2,1:65536:4"
 SCALE = (256 + 64) ** -0.5
 
 
@@ -34,12 +35,14 @@ def table_config(kwargs: dict) -> LatentHopperConfig:
 
 
 def variants(base: LatentHopperConfig) -> dict:
-    """The table's config, and the row-owned tiles at its split count: one warpgroup and 128 rows, each lazy or not."""
+    """The table's config, and the row-owned tiles at its split count: one warpgroup and the ping-pong 128-row tile,
+    each lazy or not, and the ping-pong tile on 128-key blocks."""
     splits = base.num_splits
     return {"table": base, "one_warpgroup": LatentHopperConfig(splits, True, 64, one_warpgroup=True, lazy_rescale=False),
             "one_warpgroup_lazy": LatentHopperConfig(splits, True, 64, one_warpgroup=True, lazy_rescale=True),
-            "rows128": LatentHopperConfig(splits, True, 64, lazy_rescale=False),
-            "rows128_lazy": LatentHopperConfig(splits, True, 64, lazy_rescale=True)}
+            "ping_pong": LatentHopperConfig(splits, True, 64, warp_specialized=True, lazy_rescale=False),
+            "ping_pong_lazy": LatentHopperConfig(splits, True, 64, warp_specialized=True, lazy_rescale=True),
+            "ping_pong_128": LatentHopperConfig(splits, True, 128, warp_specialized=True, lazy_rescale=False)}
 
 
 def closure(kwargs: dict, config: LatentHopperConfig):
@@ -47,15 +50,17 @@ def closure(kwargs: dict, config: LatentHopperConfig):
 
 
 def check_errors() -> None:
-    kwargs = make_inputs("gla2", 6, 1024, 2, 64)
-    kwargs["cache_seqlens"] = torch.tensor([1, 63, 64, 65, 700, 1024], device="cuda", dtype=torch.int32)
-    factor = 1 + 7 * torch.rand(kwargs["k_cache"].shape[0], 1, 1, 1, device="cuda")  # maxima that jump
-    kwargs["k_cache"] = (kwargs["k_cache"].float() * factor).to(torch.bfloat16)
-    reference = attention_with_kvcache_reference(**kwargs, softmax_scale=SCALE, out_dtype=torch.float32)[0]
-    errors = {tag: (closure(kwargs, config)().float() - reference).abs().max().item()
-              for tag, config in variants(LatentHopperConfig(1, True, 64, one_warpgroup=True)).items() if tag != "table"}
-    print("max |out - fp32 reference|, keys scaled 1-8x by page: "
-          + ", ".join(f"{tag} {error:.2e}" for tag, error in errors.items()), flush=True)
+    for query_len in (2, 3):  # 128 rows a latent head, and 192 (a half-empty 128-row program)
+        kwargs = make_inputs("gla2", 6, 1024, query_len, 64)
+        kwargs["cache_seqlens"] = torch.tensor([1, 63, 64, 65, 700, 1024], device="cuda", dtype=torch.int32)
+        factor = 1 + 7 * torch.rand(kwargs["k_cache"].shape[0], 1, 1, 1, device="cuda")  # maxima that jump
+        kwargs["k_cache"] = (kwargs["k_cache"].float() * factor).to(torch.bfloat16)
+        reference = attention_with_kvcache_reference(**kwargs, softmax_scale=SCALE, out_dtype=torch.float32)[0]
+        errors = {tag: (closure(kwargs, config)().float() - reference).abs().max().item()
+                  for tag, config in variants(LatentHopperConfig(1, True, 64, one_warpgroup=True)).items()
+                  if tag != "table"}
+        print(f"Lq {query_len}: max |out - fp32 reference|, keys scaled 1-8x by page: "
+              + ", ".join(f"{tag} {error:.2e}" for tag, error in errors.items()), flush=True)
 
 
 def time_row(batch: int, length: int, query_len: int, fa3) -> None:
