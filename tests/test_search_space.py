@@ -76,23 +76,26 @@ def test_hopper_space_holds_split_counts_and_row_tiles(name):
     assert space.contains(default) and max(space.values("num_splits")) >= 32  # one sequence: splits fill the GPU
     # MLA's 512-wide latent only fits 64-row tiles; GLA's 256-wide one also 128-row tiles.
     assert space.values("row_split") == ((False,) if spec.head_dim_k > 256 else (False, True))
-    # GLA's also 128-key blocks, and programs of one warpgroup; the 128-row tile and one warpgroup have no room
-    # for 128-key blocks, one warpgroup is a form of the row-owned tile, and so is the lazy rescale: the resource
-    # check prunes those.
+    # GLA's also 128-key blocks, and programs of one warpgroup; the 128-row tile in step and one warpgroup have no
+    # room for 128-key blocks (the ping-pong tile has), one warpgroup is a form of the row-owned tile, and so is the
+    # lazy rescale: the resource check prunes those.
     assert space.values("block_n") == ((64,) if spec.head_dim_k > 256 else (64, 128))
     assert space.values("one_warpgroup") == ((False,) if spec.head_dim_k > 256 else (False, True))
-    # The shared 64-row tile in both forms; warp-specialised is a form of it only, alternating a schedule of that
-    # form with 64-key blocks.
+    # The shared 64-row tile in both forms; warp-specialised is a form of it and of the 128-row tile (ping-pong),
+    # alternating a schedule of the shared tile's with 64-key blocks.
     assert space.values("warp_specialized") == (False, True)
     assert space.values("alternating") == (False, True)
     assert space.values("lazy_rescale") == ((False,) if spec.head_dim_k > 256 else (False, True))
     for config in space.configs(default):
         assert isinstance(config, LatentHopperConfig)
         check = LATENT_HOPPER.resource_check(spec, config, H100)
-        invalid = ((config.row_split and config.block_n == 128) or (config.one_warpgroup and not config.row_split)
+        ping_pong = config.row_split and config.warp_specialized and not config.one_warpgroup
+        invalid = ((config.row_split and config.block_n == 128 and not ping_pong)
+                   or (config.one_warpgroup and not config.row_split)
                    or (config.lazy_rescale and not config.row_split)
-                   or (config.row_split and config.warp_specialized)
-                   or (config.alternating and (not config.warp_specialized or config.block_n == 128)))
+                   or (config.one_warpgroup and config.warp_specialized)
+                   or (config.alternating and (not config.warp_specialized or config.block_n == 128
+                                               or config.row_split)))
         assert (check.excess > 0) == invalid, check
     assert LATENT_HOPPER.resource_check(PAPER_SPECS["mla"], LatentHopperConfig(row_split=True), H100).excess > 0
 

@@ -191,8 +191,9 @@ class LatentHopperConfig:
     # None (tables tuned before it was a choice): the form the family prefers, warp-specialised. With row_split
     # (not one_warpgroup): the ping-pong 128-row tile; None (tables tuned before it was a choice) reads as False.
     warp_specialized: Optional[bool] = None
-    # The warp-specialised tile's alternating schedule (LatentHopperTile.alternating). None (tables tuned before it
-    # was a choice) reads as False; without warp specialisation there is no choice and it reads as False.
+    # The warp-specialised shared tile's alternating schedule (LatentHopperTile.alternating). None (tables tuned before
+    # it was a choice) reads as False; without warp specialisation, or on the 128-row tile, there is no choice and it
+    # reads as False.
     alternating: Optional[bool] = None
     # Row-owned tiles: rescale the accumulator only where a row's max grew by more than the slack
     # (LatentHopperTile.lazy_rescale). None (tables tuned before it was a choice) reads as False; without row_split
@@ -213,8 +214,8 @@ class LatentHopperConfig:
         object.__setattr__(self, "one_warpgroup", bool(self.one_warpgroup))
         if self.row_split and self.warp_specialized is None:
             object.__setattr__(self, "warp_specialized", False)
-        if not self.runs_warp_specialized and self.alternating is None:
-            object.__setattr__(self, "alternating", False)
+        if (self.row_split or not self.runs_warp_specialized) and self.alternating is None:
+            object.__setattr__(self, "alternating", False)  # no choice: a schedule of the shared tile
         if not self.row_split and self.lazy_rescale is None:
             object.__setattr__(self, "lazy_rescale", False)
         if not 1 <= self.num_splits <= MAX_SPLITS:
@@ -229,7 +230,8 @@ class LatentHopperConfig:
         def left_out(name, value):
             return value is None or (not value and (name == "one_warpgroup"
                                                     or (name == "warp_specialized" and self.row_split)
-                                                    or (name == "alternating" and not self.runs_warp_specialized)
+                                                    or (name == "alternating"
+                                                        and (self.row_split or not self.runs_warp_specialized))
                                                     or (name == "lazy_rescale" and not self.row_split)))
 
         return {name: value for name, value in dataclasses.asdict(self).items() if not left_out(name, value)}
