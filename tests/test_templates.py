@@ -19,11 +19,12 @@ from kernel_cases import CPU_SPECS
 
 
 def test_templates_live_in_family_folders():
-    # The Hopper latent family's three kernels share their prologue and helpers through included pieces.
+    # The Hopper latent family's four kernels share their prologue and helpers through included pieces.
     assert templates.template_names() == [
         "latent_hopper/bounds.py.jinja", "latent_hopper/first_copies.py.jinja", "latent_hopper/helpers.py.jinja",
         "latent_hopper/latent_decode.py.jinja", "latent_hopper/latent_decode_alt.py.jinja",
-        "latent_hopper/latent_decode_ws.py.jinja", "latent_hopper/macros.py.jinja",
+        "latent_hopper/latent_decode_pingpong.py.jinja", "latent_hopper/latent_decode_ws.py.jinja",
+        "latent_hopper/macros.py.jinja",
         "latent_hopper/output_half.py.jinja", "latent_hopper/query_load.py.jinja",
         "portable/decode_attention.py.jinja"]
     assert {family.name for family in FAMILIES} == {name.split("/")[0] for name in templates.template_names()}
