@@ -2,13 +2,13 @@
 policy (LatentHopperTile: what the template is rendered for) and the heuristic that picks a config untuned.
 
 Tiles: 64 keys per block (one TMA box, one page of a 64-token paged cache), or 128 where the latent is at most
-256 wide on the 64-row tile; a page smaller than the block takes one copy each, down to 16 keys (a copy lands on
+256 wide on the 64-row tile or the ping-pong 128-row tile; a page smaller than the block takes one copy each, down to 16 keys (a copy lands on
 a multiple of the 128-byte swizzle's 8-row period, and smaller pages would need more copies than a block is
 worth). Rows: 64 shared by two warpgroups, each with half of a latent up to 512 wide: warp-specialised (the
 default; one scores whole blocks and runs the softmax while the other takes P through shared memory, or,
 alternating, each scores every other block), or both running the same code, each scoring half the block's keys;
-or, for latents up to 256 wide, 128 split between them (row_split), or 64 owned by a program of one warpgroup, two
-programs an SM (one_warpgroup). Shared-memory stages: what 227 KB holds beside the query tile (for one_warpgroup:
+or, for latents up to 256 wide, 128 split between them (row_split: in step, or warp-specialised and taking turns,
+ping-pong), or 64 owned by a program of one warpgroup, two programs an SM (one_warpgroup). Shared-memory stages: what 227 KB holds beside the query tile (for one_warpgroup:
 half of the SM's 228 KB, less the driver's per-program reserve)."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from ..common.splits import MAX_SPLITS, default_num_splits
 from ..common.tiles import rope_tile_width
 
 BLOCK_N = 64  # keys per block, the default
-WIDE_BLOCK_N = 128  # for latents up to 256 wide on the shared 64-row tile (two stages of it fit)
+WIDE_BLOCK_N = 128  # for latents up to 256 wide on the shared 64-row tile and the ping-pong tile (two stages fit)
 SM90_SHARED_MEMORY = 232448  # bytes of shared memory a CTA may take on an H100 / H200
 SM90_SHARED_MEMORY_PER_SM = 233472  # what an SM holds for all its resident CTAs
 SM90_CTA_RESERVE = 1024  # the driver's per-CTA share of it
@@ -76,7 +76,8 @@ class LatentHopperTile:
     # where the other form has each warpgroup score half the keys and read the query tile twice as often), the
     # softmax and the left half of the output; the other the right half, and the stages' refills. On an H200 MLA
     # 9-11% faster, GLA-8 at Lq 1 with 128-key blocks 6% (benchmarks/RESULTS.md, "A warp-specialised tile for
-    # MLA"). It always issues the next block's scores ahead (scores_ahead must be left open).
+    # MLA"). It always issues the next block's scores ahead, and the ping-pong tile never does (scores_ahead must
+    # be left open on both).
     # With row_split, the 128-row tile warp-specialised (templates/latent_hopper/latent_decode_pingpong.py.jinja):
     # each warpgroup owns 64 rows as on the one-warpgroup tile, but the two read one copy of each key block and
     # take turns issuing their score products (FlashAttention-3's ping-pong), and a warp of its own refills the
@@ -92,9 +93,10 @@ class LatentHopperTile:
     # against by more than RESCALE_SLACK (P then stays under 2^RESCALE_SLACK), as FlashAttention-4 does; past a
     # long cache's first blocks a block skips the multiply of every accumulator element, for one reduction of the
     # rows' verdicts. GLA-2 on one warpgroup, H200: 1.1-2.3% faster at B8 S32K Lq 2/4, B128 S8K Lq 1 and B32 S4K
-    # Lq 4, within 0.4% at B128 S8K Lq 2/4 (an H100 had those two 1.4-2.3% faster); the 128-row tile 3-9% slower
-    # with it, its reduction crossing two warpgroups (benchmarks/RESULTS.md). A tuner's choice: 31 of the H200
-    # table's 118 row-owned entries take it.
+    # Lq 4, within 0.4% at B128 S8K Lq 2/4 (an H100 had those two 1.4-2.3% faster); the 128-row tile in step 3-9%
+    # slower with it, its reduction crossing two warpgroups, the ping-pong tile (one warpgroup's reduction) 0-2%
+    # slower on an H100 (benchmarks/RESULTS.md). A tuner's choice: 31 of the H200 table's 118 row-owned entries
+    # take it.
     lazy_rescale: bool = False
 
     def __post_init__(self):
@@ -105,7 +107,7 @@ class LatentHopperTile:
         if problem:
             raise ValueError(problem)
         if self.warp_specialized and self.scores_ahead is not None:
-            raise ValueError("the warp-specialised tile always issues the next block's scores ahead")
+            raise ValueError("the warp-specialised tiles fix their own score schedule (scores_ahead must be left open)")
 
     @property
     def num_warps(self) -> int:
@@ -134,7 +136,8 @@ class LatentHopperTile:
     def stages_that_fit(self, head_dim: int, rope_width: int) -> int:
         """Key blocks the shared memory holds beside the query tile and P (one_warpgroup: beside the query's
         latent part in half an SM; its rope part and P are in registers; alternating: beside the query's latent
-        part and two blocks' P, its rope part in registers)."""
+        part and two blocks' P, its rope part in registers; ping-pong: beside the query's latent part, its rope part
+        and P in registers)."""
         element = 2  # bf16 / fp16
         row_bytes = (head_dim + rope_width) * element
         if self.one_warpgroup:
@@ -167,8 +170,9 @@ def preferred_block_n(spec: AttentionSpec, row_split: bool) -> int:
     """Keys per block where a config leaves it open: 128 where two such stages fit, which is on the 64-row tile
     of a latent up to 256 wide (the score products are twice as wide, and a block's fixed costs are shared by twice
     the keys: 12-21% faster on an H200 for GLA-2 and GLA-8 at every shape timed before the tile was
-    warp-specialised, benchmarks/RESULTS.md), else 64 (MLA's 512-wide latent and the row-owned tiles have no room
-    for them)."""
+    warp-specialised, benchmarks/RESULTS.md), else 64 (MLA's 512-wide latent, one warpgroup and the 128-row tile in
+    step have no room for them; on the ping-pong tile, which has, an open block size reads as 64 too, as in tables
+    written before that tile was a choice, and the heuristic names 128)."""
     fits = LatentHopperTile(row_split, block_n=WIDE_BLOCK_N).holds_two_stages(spec)
     return WIDE_BLOCK_N if fits and not row_split and spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH else BLOCK_N
 
@@ -265,13 +269,14 @@ def programs_per_split(spec: AttentionSpec, shape: ProblemShape, row_split: bool
 
 
 def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> LatentHopperConfig:
-    """Where the latent fits one warpgroup's accumulator: from 65 rows a latent head, the ping-pong 128-row tile on
-    128-key blocks (GLA-2 at Lq 2 and 4 on an H100: 1.04-1.11x the one-warpgroup tile's time at the table's split
-    count, 1.04-1.05x FlashAttention-3's, where its programs fill the GPU; benchmarks/RESULTS.md); up to 64,
-    64-row programs of one warpgroup, two an SM (faster than the 128-row tile in step at every GLA-2 shape timed on
-    an H200, and than the shared 64-row tile from B128 S8K or caches of 32K up; the H200 table's tuning took it for
-    32 of the 38 GLA-8 buckets of 16 and 32 rows, up to 1.20x faster, the shared tile keeping a few small-work ones,
-    short caches at B 1/8); otherwise the shared 64-row tile, warp-specialised, with alternating turns for MLA's
+    """Where the latent fits one warpgroup's accumulator: the ping-pong 128-row tile on 128-key blocks where a latent
+    head's rows fill every program's second row group in part at least (rows > 64 and rows % 128 either 0 or above
+    64: GLA-2 at Lq 2 and 4 on an H100 ran 1.04-1.11x faster than the one-warpgroup tile at the table's split count,
+    and 1.04-1.05x faster than FlashAttention-3, where its programs fill the GPU; benchmarks/RESULTS.md; a program
+    with an empty second group, as at Lq 3, was not timed); otherwise 64-row programs of one warpgroup, two an SM
+    (faster than the 128-row tile in step at every GLA-2 shape timed on an H200, and than the shared 64-row tile
+    from B128 S8K or caches of 32K up; the H200 table's tuning took it for 32 of the 38 GLA-8 buckets of 16 and 32
+    rows, up to 1.20x faster, the shared tile keeping a few small-work ones, short caches at B 1/8); otherwise the shared 64-row tile, warp-specialised, with alternating turns for MLA's
     512-wide latent (0.91-0.97x the score/value split's time on an H200). Then the fewest splits that fill the GPU's
     resident programs; the preferred block size. (Where a tile's two stages do not fit, the next one: the ping-pong
     tile's 64-key blocks, the 128-row tile in step.)"""
@@ -279,8 +284,10 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     narrow = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH
     # Each only where two key stages fit beside its query (a rope key wider than 64 leaves one stage on one
     # warpgroup); the shared 64-row tile always fits a spec the family takes (support.py).
-    ping_pong_block = next((block for block in (WIDE_BLOCK_N, BLOCK_N) if narrow and rows > 64 and LatentHopperTile(
-        True, block_n=block, warp_specialized=True).holds_two_stages(spec)), None)
+    second_groups_hold_rows = rows > 64 and (rows % 128 == 0 or rows % 128 > 64)
+    ping_pong_block = next((block for block in (WIDE_BLOCK_N, BLOCK_N) if narrow and second_groups_hold_rows
+                            and LatentHopperTile(True, block_n=block, warp_specialized=True).holds_two_stages(spec)),
+                           None)
     one_warpgroup = (ping_pong_block is None and narrow
                      and LatentHopperTile(True, one_warpgroup=True).holds_two_stages(spec))
     row_split = (ping_pong_block is not None or one_warpgroup

@@ -20,7 +20,9 @@ PING_PONG_TEMPLATE = "latent_hopper/latent_decode_pingpong.py.jinja"
 # The worker warpgroup's register budget (its half of the accumulator, or a row group's 64 x 256 one, is 128 a
 # thread): the value warpgroup's, the odd one's of the alternating schedule, or the second row group's.
 WORKER_WARPGROUP_REGISTERS = 240
-# The ping-pong tile's refill warp: page-table reads and TMA copies only.
+# The ping-pong tile's refill warp: page-table reads and TMA copies only. setmaxnreg's floor, 24, leaves each row
+# group 240 of the 65,536 (Triton 3.6's ptxas, GLA-2 without a mask: no spills on 64-key blocks, 64 bytes a thread on
+# 128-key ones, which still timed fastest).
 REFILL_WARPS = 1
 REFILL_REGISTERS = 24
 
@@ -63,7 +65,7 @@ def render_latent_hopper_kernel(spec: AttentionSpec, tile: LatentHopperTile) -> 
         rope_in_registers=tile.one_warpgroup,
         lazy_rescale=tile.lazy_rescale,
         rescale_slack=RESCALE_SLACK,
-        value_registers=WORKER_WARPGROUP_REGISTERS,
+        worker_registers=WORKER_WARPGROUP_REGISTERS,
         refill_warps=REFILL_WARPS,
         refill_registers=REFILL_REGISTERS,
     )
