@@ -111,6 +111,15 @@ def compile_for_sm90(spec: AttentionSpec, query_len: int, page_size: int, row_sp
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def assert_warp_specialized_build(compiled: dict, threads: int) -> None:
+    """A warp-specialised kernel's sm_90 build: its threads, registers moved between partitions (setmaxnreg), both
+    products and the TMA copies, in a CTA's shared memory."""
+    ptx = compiled["ptx"]
+    assert f".reqntid {threads}" in ptx and "setmaxnreg.dec" in ptx and "setmaxnreg.inc" in ptx
+    assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor" in ptx
+    assert 0 < compiled["shared"] <= SM90_SHARED_MEMORY
+
+
 @pytest.mark.parametrize("spec, query_len, page_size, row_split, mask, extensions, block_n", [
     (latent_spec(), 1, 64, False, "none", "", 64),  # MLA, the paper's layout
     (latent_spec(heads=64, latent_heads=1, width=256, rope=48, paged=False, dtype="float16"), 1, 0, False, "bool", "",
@@ -282,10 +291,7 @@ def test_ping_pong_kernel_compiles_for_sm90(query_len, page_size, mask, extensio
     shared memory."""
     compiled = compile_for_sm90(GLA2, query_len, page_size, True, mask, extensions, block_n, warp_specialized=True,
                                 lazy_rescale=lazy_rescale)
-    ptx = compiled["ptx"]
-    assert ".reqntid 384" in ptx and "setmaxnreg.dec" in ptx and "setmaxnreg.inc" in ptx
-    assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor" in ptx
-    assert 0 < compiled["shared"] <= SM90_SHARED_MEMORY
+    assert_warp_specialized_build(compiled, threads=384)
 
 
 def test_ping_pong_tile_shape():
@@ -326,10 +332,7 @@ def test_warp_specialized_kernel_compiles_for_sm90(spec, query_len, page_size, m
     warpgroup's 4 (256 threads), registers moved to the score warpgroup (setmaxnreg), both products and the TMA
     copies, and its shared memory within a CTA's."""
     compiled = compile_for_sm90(spec, query_len, page_size, False, mask, extensions, block_n, warp_specialized=True)
-    ptx = compiled["ptx"]
-    assert ".reqntid 256" in ptx and "setmaxnreg.dec" in ptx and "setmaxnreg.inc" in ptx
-    assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor" in ptx
-    assert 0 < compiled["shared"] <= SM90_SHARED_MEMORY
+    assert_warp_specialized_build(compiled, threads=256)
 
 
 @pytest.mark.parametrize("spec, query_len, page_size, mask, extensions", [
@@ -342,10 +345,7 @@ def test_alternating_kernel_compiles_for_sm90(spec, query_len, page_size, mask, 
     setmaxnreg), both products and the TMA copies of half a latent's width, in a CTA's shared memory."""
     compiled = compile_for_sm90(spec, query_len, page_size, False, mask, extensions, 64, warp_specialized=True,
                                 alternating=True)
-    ptx = compiled["ptx"]
-    assert ".reqntid 256" in ptx and "setmaxnreg.dec" in ptx and "setmaxnreg.inc" in ptx
-    assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor" in ptx
-    assert 0 < compiled["shared"] <= SM90_SHARED_MEMORY
+    assert_warp_specialized_build(compiled, threads=256)
 
 
 def test_alternating_tile_shape():
