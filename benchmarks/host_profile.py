@@ -370,7 +370,7 @@ def profile_compiled_sites(device, chain: int, rounds: int = 60, calls: int = 8)
                       + (f", {kernels[sites]} attention kernels)" if on_cuda else ")"))
             print(f"  {name:<44} a site: {per_site[name]:7.1f} us (quartiles {quartiles[0]:.1f}-{quartiles[2]:.1f}; "
                   f"host {host_ns:.0f} -> {python_ns_per_iteration():.0f} ns an iteration)")
-            if on_cuda:  # the host enqueues as fast with the GPU busy: it does not wait for the GPU
+            if on_cuda:  # the same burst behind a busy GPU: longer than the idle one if the host waits for the GPU
                 torch.cuda._sleep(200_000_000)
                 busy = burst_us(steps[chain], calls, lambda: None)
                 print(f"  {name:<44} {chain} sites with the GPU busy before the burst: {busy:7.1f} us a step")

@@ -232,10 +232,10 @@ def test_warp_specialized_tile_matches_reference(hopper, name, query_len, page_s
 
 
 # The ping-pong tile (the 128-row tile warp-specialised: two row groups taking turns, a refill warp): splits with
-# empty and single-block ones (lengths 0 and 1; 16 splits), odd and even block counts, 128-key blocks (of 16-key pages:
-# eight copies a block from the refill warp), pages of 16 to 256 and contiguous caches, masks per key, token and head, the lazy rescale, fp16, a second
-# row group past the last row (Lq 1: 64 rows; Lq 3: 192 rows, a half-empty second program) and latent heads of 48
-# and 8 rows (sinks and windows: test_extensions_gpu.py).
+# empty and single-block ones (lengths 0 and 1; 16 splits), odd and even block counts, 128-key blocks (of 16-key
+# pages: eight copies a block from the refill warp), pages of 16 to 256 and contiguous caches, masks per key, token
+# and head, the lazy rescale, fp16, a second row group past the last row (Lq 1: 64 rows; Lq 3: 192 rows, a
+# half-empty second program) and latent heads of 48 and 8 rows (sinks and windows: test_extensions_gpu.py).
 @pytest.mark.parametrize("name, query_len, page_size, mask, mask_rows, config, dtype", [
     ("gla2", 2, 64, None, "key", LatentHopperConfig(1, True, 64, warp_specialized=True), torch.bfloat16),
     ("gla2", 2, 64, None, "key", LatentHopperConfig(16, True, 64, warp_specialized=True), torch.bfloat16),

@@ -2,14 +2,15 @@
 policy (LatentHopperTile: what the template is rendered for) and the heuristic that picks a config untuned.
 
 Tiles: 64 keys per block (one TMA box, one page of a 64-token paged cache), or 128 where the latent is at most
-256 wide on the 64-row tile or the ping-pong 128-row tile; a page smaller than the block takes one copy each, down to 16 keys (a copy lands on
-a multiple of the 128-byte swizzle's 8-row period, and smaller pages would need more copies than a block is
-worth). Rows: 64 shared by two warpgroups, each with half of a latent up to 512 wide: warp-specialised (the
-default; one scores whole blocks and runs the softmax while the other takes P through shared memory, or,
-alternating, each scores every other block), or both running the same code, each scoring half the block's keys;
-or, for latents up to 256 wide, 128 split between them (row_split: in step, or warp-specialised and taking turns,
-ping-pong), or 64 owned by a program of one warpgroup, two programs an SM (one_warpgroup). Shared-memory stages: what 227 KB holds beside the query tile (for one_warpgroup:
-half of the SM's 228 KB, less the driver's per-program reserve)."""
+256 wide on the 64-row tile or the ping-pong 128-row tile; a page smaller than the block takes one copy each, down
+to 16 keys (a copy lands on a multiple of the 128-byte swizzle's 8-row period, and smaller pages would need more
+copies than a block is worth). Rows: 64 shared by two warpgroups, each with half of a latent up to 512 wide:
+warp-specialised (the default; one scores whole blocks and runs the softmax while the other takes P through shared
+memory, or, alternating, each scores every other block), or both running the same code, each scoring half the
+block's keys; or, for latents up to 256 wide, 128 split between them (row_split: in step, or warp-specialised and
+taking turns, ping-pong), or 64 owned by a program of one warpgroup, two programs an SM (one_warpgroup).
+Shared-memory stages: what 227 KB holds beside the query tile (for one_warpgroup: half of the SM's 228 KB, less the
+driver's per-program reserve)."""
 from __future__ import annotations
 
 import dataclasses
@@ -276,8 +277,9 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     with an empty second group, as at Lq 3, was not timed); otherwise 64-row programs of one warpgroup, two an SM
     (faster than the 128-row tile in step at every GLA-2 shape timed on an H200, and than the shared 64-row tile
     from B128 S8K or caches of 32K up; the H200 table's tuning took it for 32 of the 38 GLA-8 buckets of 16 and 32
-    rows, up to 1.20x faster, the shared tile keeping a few small-work ones, short caches at B 1/8); otherwise the shared 64-row tile, warp-specialised, with alternating turns for MLA's
-    512-wide latent (0.91-0.97x the score/value split's time on an H200). Then the fewest splits that fill the GPU's
+    rows, up to 1.20x faster, the shared tile keeping a few small-work ones, short caches at B 1/8); otherwise the
+    shared 64-row tile, warp-specialised, with alternating turns for MLA's 512-wide latent (0.91-0.97x the
+    score/value split's time on an H200). Then the fewest splits that fill the GPU's
     resident programs; the preferred block size. (Where a tile's two stages do not fit, the next one: the ping-pong
     tile's 64-key blocks, the 128-row tile in step.)"""
     rows = spec.group_size * shape.query_len
