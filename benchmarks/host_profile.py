@@ -6,8 +6,8 @@ Part 1 also gives a compiled site's added host time: the step's host time less t
 call's prepared run replaced by the allocation of its outputs, per op call (the op's dispatch and key lookup stay
 in; the op called through the dispatcher alone is part 2's "op, repeat"), and what Inductor launching the
 portable kernels itself saves a site (backend="gla" against glacompiler.backend(graph_launches=False), whose
-sites all call the op; Hopper latent sites call the op either way, but for those the backend plans on the portable
-kernels: at most 16 query rows per latent head and 1 GiB of cache, its latent_in_graph). Part 2, the op alone: host
+sites all call the op; a Hopper latent site's kernel is launched by attention_into's Python either way, and at most
+16 query rows per latent head and 1 GiB of cache the backend plans it on the portable kernels, its latent_in_graph). Part 2, the op alone: host
 microseconds per call of the op (first call of a metadata key vs repeat, a prepared call) and of each piece of
 its Python path, on a short cache so that the GPU never holds the host back. Part 3, a compiled site alone:
 compiled graphs (backend="gla", C++ wrapper, no CUDA graphs) that chain 1 and N op calls, each call's output the
@@ -267,9 +267,9 @@ def chained_sites(op_call, step_operands, sites: int):
 
 
 def site_cases(device) -> list:
-    """(name, op call of (q, *shared operands) -> out, shared operands of the inputs, q, inputs): decode sites of
-    batch 64. The GPU takes longer over a step than the host takes to enqueue it; the bursts keep the host from
-    waiting (burst_us)."""
+    """(name, op call of (q, *shared operands) -> out, shared operands of the inputs, q, inputs, backend options):
+    decode sites of batch 64. The GPU takes longer over a step than the host takes to enqueue it; the bursts keep the
+    host from waiting (burst_us)."""
     op = torch.ops.glacompiler.attention_with_kvcache.default
     bf16, batch = torch.bfloat16, 64
 
@@ -287,16 +287,22 @@ def site_cases(device) -> list:
     def with_key_range(k, v, m):  # the step's key range, computed once for its sites (as the backend hoists it)
         return k, v, m, torch.ops.glacompiler.mask_key_range(m, batch, 512)
 
+    def latent_call(q, c, qr, kr, n):
+        return op(q, c, None, qr, kr, n, None, None, 0.05, False, 0)[0]
+
     return [
         ("GQA 32/8/64, lengths", lambda q, k, v, n: op(q, k, v, None, None, n, None, None, 0.125, True, 0)[0],
-         unchanged, randn(batch, 1, 32, 64), (*gqa, lengths)),
+         unchanged, randn(batch, 1, 32, 64), (*gqa, lengths), {}),
         ("GQA 32/8/64, mask + the step's kv_range",
          lambda q, k, v, m, r: op(q, k, v, None, None, None, None, m, 0.125, True, 0, r)[0],
-         with_key_range, randn(batch, 1, 32, 64), (*gqa, mask)),
-        # 64 query rows a latent head: the Hopper latent kernel (Gluon), which the graph calls through the op
-        ("GLA-2 128 heads, lengths (an op call)",
-         lambda q, c, qr, kr, n: op(q, c, None, qr, kr, n, None, None, 0.05, False, 0)[0],
-         unchanged, randn(batch, 1, 128, 256), (*latent, lengths.clamp(max=256))),
+         with_key_range, randn(batch, 1, 32, 64), (*gqa, mask), {}),
+        # 64 query rows a latent head: the Hopper latent kernel (Gluon), which Inductor cannot launch. By default the
+        # graph allocates its buffers and launches the combine, and calls attention_into for the kernel
+        # (op/into_buffers.py); with graph_launches=False it calls the op, which does all of that in Python.
+        ("GLA-2 128 heads, lengths (attention_into)", latent_call, unchanged, randn(batch, 1, 128, 256),
+         (*latent, lengths.clamp(max=256)), {}),
+        ("GLA-2 128 heads, lengths (an op call)", latent_call, unchanged, randn(batch, 1, 128, 256),
+         (*latent, lengths.clamp(max=256)), {"graph_launches": False}),
     ]
 
 
@@ -311,12 +317,13 @@ def attention_kernels_per_step(fn) -> int:
                and any(name in event.key for name in ATTENTION_KERNELS))
 
 
-def compiled_chain(op_call, step_operands, sites: int, q, operands, device):
+def compiled_chain(op_call, step_operands, sites: int, q, operands, device, options: dict):
     """(the compiled step of `sites` chained calls, op calls the graph launches itself), checked: it computes what the
     op's calls one by one compute (the same kernels: this checks the graph's wiring), and on CUDA it launches
-    `sites` times the attention kernels of one site (checked by the caller)."""
+    `sites` times the attention kernels of one site (checked by the caller). options: the backend's, beside the
+    C++ wrapper on CUDA."""
     launched_before = counters["glacompiler"]["launched_in_graph"]
-    backend = glacompiler.backend(cpp_wrapper=True if device.type == "cuda" else None)
+    backend = glacompiler.backend(cpp_wrapper=True if device.type == "cuda" else None, **options)
     step = torch.compile(chained_sites(op_call, step_operands, sites), backend=backend, dynamic=False,
                          fullgraph=True)
     # GLACOMPILER_STRICT=1: where the backend would fall back with a warning (op calls instead of the graph's own
@@ -343,11 +350,11 @@ def profile_compiled_sites(device, chain: int, rounds: int = 60, calls: int = 8)
     print(f"\ncompiled site host time (us; backend=\"gla\", {wrapper}, no CUDA graphs, static shapes; graphs of "
           f"1 and {chain} sites, batch 64, bf16; bursts of {calls} steps, {rounds} rounds alternating the graphs)")
     try:
-        for name, op_call, step_operands, q, operands in site_cases(device):
+        for name, op_call, step_operands, q, operands, options in site_cases(device):
             torch._dynamo.reset()
             steps, launched, kernels = {}, {}, {}
             for sites in (1, chain):
-                step, launched[sites] = compiled_chain(op_call, step_operands, sites, q, operands, device)
+                step, launched[sites] = compiled_chain(op_call, step_operands, sites, q, operands, device, options)
                 steps[sites] = lambda step=step: step(q, *operands)
                 if on_cuda:
                     kernels[sites] = attention_kernels_per_step(steps[sites])

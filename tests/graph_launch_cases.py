@@ -18,10 +18,16 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import glacompiler
 from glacompiler.compiler.graph_pass import AttentionRewritePass
 from glacompiler.compiler.rewrite import graph_launches
-from glacompiler.compiler.rewrite.graph_launches import (ATTENTION, ATTENTION_TENSORS, LAUNCHED_CALL, MASK_RANGE,
-                                                         replace_op_calls_with_launches, writes_only_own_buffers)
-from glacompiler.op import dispatch
-from glacompiler.op.prepared import PreparedCall
+from glacompiler.compiler.rewrite.graph_launches import (ATTENTION, ATTENTION_INTO, ATTENTION_TENSORS, LAUNCHED_CALL,
+                                                         MASK_RANGE, replace_op_calls_with_launches,
+                                                         writes_only_own_buffers)
+from glacompiler.kernels.common.triton_launch import PreparedLaunch
+from glacompiler.op import dispatch, into_buffers, prepared
+from glacompiler.op.into_buffers import run_into
+from glacompiler.op.prepared import PreparedCall, clear_prepared_calls, run_prepared
+from glacompiler.problems import make_decode_problem
+from glacompiler.spec import AttentionSpec
+from into_buffers_helpers import into_arguments, split_buffers
 
 # What the kernels write, by parameter name: the attention kernel and the combine OUT and LSE, the mask range
 # kernel RANGE.
@@ -143,20 +149,31 @@ def test_a_launch_found_writing_nothing_keeps_the_op(gpu_stand_ins):
     assert [n.target for n in graph.nodes if n.target in (ATTENTION, MASK_RANGE)] == [MASK_RANGE, ATTENTION]
 
 
-def test_gluon_families_and_cpu_tensors_keep_the_op(gpu_stand_ins, monkeypatch):
-    from glacompiler.kernels import LATENT_HOPPER
+def test_families_no_graph_launches_and_cpu_tensors_keep_the_op(gpu_stand_ins, monkeypatch):
+    """A family whose kernels the graph cannot launch and whose plans do not launch into given buffers keeps the op
+    call (and so does a CPU call); the plan is not even made."""
+    from glacompiler.kernels import PORTABLE
 
     graph = decode_graph(device="cpu")
     assert replace_op_calls_with_launches(graph) == 0
-    monkeypatch.setattr(dispatch, "choose_family", lambda *args: LATENT_HOPPER)
+
+    class NoGraphFamily(type(PORTABLE)):
+        launches_in_graph = launches_into_buffers = False
+
+        def prepare(self, *args):
+            raise AssertionError("a plan made for a call that keeps the op")
+
+    monkeypatch.setattr(dispatch, "choose_family", lambda *args: NoGraphFamily())
+    monkeypatch.setenv("GLACOMPILER_STRICT", "1")
     graph = decode_graph(with_mask=False)
     assert replace_op_calls_with_launches(graph) == 0
     assert [n.target for n in graph.nodes if n.target is ATTENTION] == [ATTENTION]
 
 
-def latent_decode_graph(batch=2, capacity=128, heads=16, query_len=1, num_splits=0):
+def latent_decode_graph(batch=2, capacity=128, heads=16, query_len=1, num_splits=0, with_mask=False,
+                        softmax_scale=0.07):
     """An MLA decode site as the pass emits it (16 heads over one 512-wide latent, a 64-wide rope key, bf16,
-    lengths): placeholders and the op call, its output."""
+    lengths, or a bool mask without its range): placeholders and the op call, its output."""
     mode = FakeTensorMode()
     with mode:
         values = dict(q=torch.empty(batch, query_len, heads, 512, device="cuda", dtype=torch.bfloat16),
@@ -164,17 +181,25 @@ def latent_decode_graph(batch=2, capacity=128, heads=16, query_len=1, num_splits
                       k_cache=torch.empty(batch, capacity, 1, 512, device="cuda", dtype=torch.bfloat16),
                       k_rope_cache=torch.empty(batch, capacity, 64, device="cuda", dtype=torch.bfloat16),
                       cache_seqlens=torch.full((batch,), capacity, device="cuda", dtype=torch.int32))
+        if with_mask:
+            values["attn_mask"] = torch.empty(batch, 1, 1, capacity, device="cuda", dtype=torch.bool)
     graph = fx.Graph()
-    q, q_rope, k_cache, k_rope_cache, cache_seqlens = add_placeholders(graph, values)
-    call = add_call(graph, mode, ATTENTION, (q, k_cache, None, q_rope, k_rope_cache, cache_seqlens, None, None, 0.07,
-                                             True, num_splits))
+    q, q_rope, k_cache, k_rope_cache, cache_seqlens, *mask = add_placeholders(graph, values)
+    call = add_call(graph, mode, ATTENTION, (q, k_cache, None, q_rope, k_rope_cache, None if mask else cache_seqlens,
+                                             None, mask[0] if mask else None, softmax_scale, True, num_splits))
     return output_first(graph, call)
 
 
-def test_a_hopper_latent_site_keeps_the_op_without_reading_addresses(gpu_stand_ins, monkeypatch):
-    """The Hopper family's layout checks run on the graph's fake tensors, which have no address (torch 2.11 raises
-    on their data_ptr, 2.13 warns and gives 0): they count as aligned, the site keeps the op, and no failed trace
-    is reported (GLACOMPILER_STRICT=1 would raise it)."""
+def into_calls(graph):
+    """The graph's attention_into calls, in their functional form (auto_functionalized_v2)."""
+    return [n for n in graph.nodes if n.op == "call_function" and n.args[:1] == (ATTENTION_INTO,)]
+
+
+def test_a_hopper_latent_site_launches_into_the_graphs_buffers_without_reading_addresses(gpu_stand_ins, monkeypatch):
+    """A Hopper latent site (Gluon kernels, which Inductor cannot launch): the graph allocates the split buffers and
+    the outputs, calls attention_into for the kernel and launches the combine itself. The family's layout checks
+    run on the graph's fake tensors, which have no address (torch 2.11 raises on their data_ptr, 2.13 warns and
+    gives 0): they count as aligned, and no failed trace is reported (GLACOMPILER_STRICT=1 would raise it)."""
     from torch._subclasses.fake_tensor import is_fake
 
     from glacompiler.kernels.latent_hopper import support
@@ -190,9 +215,76 @@ def test_a_hopper_latent_site_keeps_the_op_without_reading_addresses(gpu_stand_i
     monkeypatch.setattr(support, "_is_sm90", lambda device_index: True)
     monkeypatch.setattr(torch.Tensor, "data_ptr", data_ptr_as_torch_2_11)
     monkeypatch.setenv("GLACOMPILER_STRICT", "1")
-    graph = latent_decode_graph()
-    assert replace_op_calls_with_launches(graph) == 0
-    assert [n.target for n in graph.nodes if n.target is ATTENTION] == [ATTENTION]
+    graph = latent_decode_graph(batch=2, capacity=8192, num_splits=4)
+    assert replace_op_calls_with_launches(graph) == 1
+    graph.lint()
+    assert not [n for n in graph.nodes if n.target is ATTENTION]
+    [into] = into_calls(graph)
+    bases = into.kwargs["_all_bases"]
+    assert [base.target for base in bases] == [torch.ops.aten.new_empty.default] * 2
+    assert [list(base.meta["val"].shape) for base in bases] == [[2, 1, 16, 4, 512], [2, 1, 16, 4]]
+    assert into.kwargs["k_cache"].name == "k_cache" and into.kwargs["kv_range"] is None
+    assert isinstance(into.kwargs["plan_key"], int) and 0 <= into.kwargs["plan_key"] < 2 ** 63
+    # Its fake arguments as Inductor's eager_input_vals: the op call it decomposes into gets exactly those strides,
+    # the ones the plan key holds.
+    _, fake_kwargs = into.meta["eager_input_vals"]
+    assert fake_kwargs["q"] is into.kwargs["q"].meta["val"]
+    [combine] = launches(graph)  # the combine reads the buffers as attention_into wrote them
+    assert kernel_name(combine) == "combine_splits_kernel"
+    assert [combine.kwargs["kwargs"][name].args for name in ("PART_OUT", "PART_LSE")] == [(into, 1), (into, 2)]
+    assert graph.output_node().args[0].args == (combine, "OUT")
+
+
+def test_one_split_writes_the_outputs_and_a_mask_gets_its_range_launched(gpu_stand_ins, monkeypatch):
+    """With one split attention_into writes the op's outputs (no combine); a masked call without the step's range
+    gets it from a launch of the graph, not from attention_into's Python."""
+    from glacompiler.kernels.latent_hopper import support
+
+    monkeypatch.setattr(support, "_is_sm90", lambda device_index: True)
+    graph = latent_decode_graph(num_splits=1, with_mask=True)
+    assert replace_op_calls_with_launches(graph) == 1
+    [into] = into_calls(graph)
+    assert [list(base.meta["val"].shape) for base in into.kwargs["_all_bases"]] == [[2, 1, 16, 512], [2, 1, 16]]
+    [range_launch] = launches(graph)
+    assert kernel_name(range_launch) == "mask_key_range_kernel"
+    assert into.kwargs["kv_range"].args == (range_launch, "RANGE")
+    assert into.kwargs["attn_mask"].name == "attn_mask"
+    assert graph.output_node().args[0].args == (into, 1)
+
+
+def plan_key_of(graph) -> int:
+    replace_op_calls_with_launches(graph)
+    [into] = into_calls(graph)
+    return into.kwargs["plan_key"]
+
+
+def test_the_plan_key_follows_the_call(gpu_stand_ins, monkeypatch):
+    """The same call traced twice gets the same key (Inductor's cached graphs hold it); a scalar, a size or the split
+    count (the buffers' shape) makes another."""
+    from glacompiler.kernels.latent_hopper import support
+
+    monkeypatch.setattr(support, "_is_sm90", lambda device_index: True)
+    key = plan_key_of(latent_decode_graph(num_splits=2))
+    assert plan_key_of(latent_decode_graph(num_splits=2)) == key
+    others = [plan_key_of(latent_decode_graph(num_splits=3)), plan_key_of(latent_decode_graph(num_splits=2, batch=3)),
+              plan_key_of(latent_decode_graph(num_splits=2, softmax_scale=0.08))]
+    assert len({key, *others}) == 4
+
+
+def test_the_guard_takes_attention_into_only_on_its_own_buffers(gpu_stand_ins, monkeypatch):
+    """An attention_into writing a graph input (not a buffer the trace allocated) keeps the op."""
+    from glacompiler.kernels.latent_hopper import support
+
+    monkeypatch.setattr(support, "_is_sm90", lambda device_index: True)
+    graph = latent_decode_graph(num_splits=2)
+    node = next(n for n in graph.nodes if n.target is ATTENTION)
+    values = {name: graph_launches._value(a) for name, a in graph_launches._arguments(node).items()}
+    traced, _ = graph_launches._attention_launches(values, graph_launches.graph_fake_mode(graph), 0)
+    assert writes_only_own_buffers(traced)
+    [into] = into_calls(traced.graph)
+    q = next(n for n in traced.graph.nodes if n.op == "placeholder")
+    into.kwargs = {**into.kwargs, "_all_bases": [q, into.kwargs["_all_bases"][1]]}
+    assert not writes_only_own_buffers(traced)
 
 
 @pytest.fixture
@@ -207,23 +299,23 @@ def on_sm90(gpu_stand_ins, monkeypatch):
 @pytest.mark.parametrize("heads, query_len, latent_rows, launched", [
     (16, 1, 16, True),  # 16 rows per latent head, at most 16 asked for: the portable kernels
     (8, 2, 16, True),
-    (8, 2, 0, False),  # 0 (latent_in_graph=False): the Hopper kernel's op call
+    (8, 2, 0, False),  # 0 (latent_in_graph=False): the Hopper kernel, into the graph's buffers
     (16, 2, 16, False),  # 32 rows
     (128, 1, 16, False),
     (128, 1, 128, True),
 ])
 def test_latent_sites_take_the_portable_kernels_by_rows(on_sm90, heads, query_len, latent_rows, launched):
     graph = latent_decode_graph(heads=heads, query_len=query_len)
-    assert replace_op_calls_with_launches(graph, latent_rows) == int(launched)
+    assert replace_op_calls_with_launches(graph, latent_rows) == 1
     graph.lint()
-    calls = [n for n in graph.nodes if n.target is ATTENTION]
+    assert not [n for n in graph.nodes if n.target is ATTENTION]
     names = {kernel_name(launch) for launch in launches(graph)}
     if launched:  # the portable plan, as the op would run it off Hopper: its split kernel and the combine
-        assert not calls and "decode_attention_split_kernel" in names
+        assert not into_calls(graph) and "decode_attention_split_kernel" in names
         split_launch = next(n for n in launches(graph) if kernel_name(n) == "decode_attention_split_kernel")
         assert split_launch.kwargs["kwargs"]["K"].name == "k_cache"  # the latent cache as it is, read in place
-    else:
-        assert len(calls) == 1 and not names
+    else:  # the Hopper kernel through attention_into, the combine (where it splits) launched by the graph
+        assert len(into_calls(graph)) == 1 and names <= {"combine_splits_kernel"}
 
 
 def test_a_latent_site_in_graph_takes_the_portable_config_with_the_calls_splits(on_sm90, monkeypatch):
@@ -243,11 +335,13 @@ def test_a_latent_site_in_graph_takes_the_portable_config_with_the_calls_splits(
     assert config.num_splits == 3
 
 
-@pytest.mark.parametrize("latent_rows, launched", [(16, 1), (0, 0)])
-def test_the_pass_hands_its_latent_rows_to_the_launches(on_sm90, latent_rows, launched):
+@pytest.mark.parametrize("latent_rows, portable", [(16, True), (0, False)])
+def test_the_pass_hands_its_latent_rows_to_the_launches(on_sm90, latent_rows, portable):
     rewrite = AttentionRewritePass(graph_launches=True, latent_rows_in_graph=latent_rows)
-    rewrite(latent_decode_graph())
-    assert rewrite.launched_in_graph == launched
+    graph = latent_decode_graph()
+    rewrite(graph)
+    assert rewrite.launched_in_graph == 1
+    assert len(into_calls(graph)) == int(not portable)
 
 
 def test_the_latent_rule_follows_the_group_query_rows_and_cache_bytes():
@@ -635,3 +729,47 @@ def test_the_backend_installs_the_kernel_analysis_memo_once(monkeypatch):
     for _ in range(2):
         assert glacompiler.backend()(None, []) == "compiled"
     assert triton_kernel_wrap.generate_ttir.__wrapped__ is generate_ttir  # (wrapped once)
+
+
+@pytest.fixture
+def hopper_stand_ins(monkeypatch):
+    """The Hopper latent family taking CPU calls (as on an sm_90 device), 132 multiprocessors, no tuned table, and
+    every prepared launch recorded instead of run: [(launch, args)]."""
+    monkeypatch.setattr("glacompiler.kernels.latent_hopper.device_problem", lambda device: None)
+    monkeypatch.setattr(dispatch, "device_multiprocessors", lambda device: 132)
+    monkeypatch.setattr(dispatch, "tuned_config", lambda *args: None)
+    launched = []
+    monkeypatch.setattr(PreparedLaunch, "__call__", lambda launch, args: launched.append((launch, args)))
+    clear_prepared_calls()
+    yield launched
+    clear_prepared_calls()
+
+
+def test_a_repeat_launches_the_first_calls_plan_into_the_buffers(hopper_stand_ins, monkeypatch):
+    """The first call prepares (validated) with the buffers' split count; a repeat of its key prepares nothing and
+    launches the Hopper kernel with the arguments the op's own call passes, but the buffers."""
+    launched = hopper_stand_ins
+    spec = AttentionSpec.latent(16, 2, 256, 64).with_storage(paged=True)
+    problem = make_decode_problem(spec, batch=2, query_len=1, capacity=256, page_size=64, dtype=torch.float16,
+                                  generator=torch.Generator().manual_seed(3))
+    arguments = into_arguments(problem)
+    values = list(arguments.values())
+    run_prepared(*values[:10], 3, *values[10:])  # the op's own call, with 3 splits
+    [(op_launch, op_args)] = [(launch, args) for launch, args in launched if "latent" in launch.kernel.__name__]
+    assert op_launch.grid[2] == 3
+    prepares = []
+    real_prepare = into_buffers.prepare_call
+    monkeypatch.setattr(into_buffers, "prepare_call", lambda *a, **k: prepares.append(a) or real_prepare(*a, **k))
+    out, lse = split_buffers(problem.kwargs["q"], 256, 3)
+    for call in range(2):
+        launched.clear()
+        run_into(*arguments.values(), 12345, out, lse)
+        [(launch, args)] = launched  # the kernel alone: the graph launches the combine
+        assert launch.grid == op_launch.grid and launch.constexprs == op_launch.constexprs
+        assert args[9] is out and args[10] is lse
+        assert all(a is b if isinstance(a, torch.Tensor) else a == b
+                   for i, (a, b) in enumerate(zip(args, op_args)) if i not in (9, 10))
+        assert len(prepares) == 1 and prepares[0][10] == 3  # its split count is the buffers'
+    assert prepared.calls_into_buffers[12345].into_buffers
+    clear_prepared_calls()
+    assert not prepared.calls_into_buffers

@@ -41,7 +41,8 @@ SDPA_OPS = [
 
 def count_ops(graph: torch.fx.Graph) -> collections.Counter:
     """Op counts of a graph; an op call replaced by the launches of its kernels (rewrite/graph_launches.py) counts
-    as the op (and as a "launched_in_graph" too)."""
+    as the op (and as a "launched_in_graph" too; one whose kernels write the graph's buffers through attention_into
+    as a "gla_into_buffers" as well)."""
     counts = collections.Counter()
     launched = {node.meta[LAUNCHED_CALL] for node in graph.nodes if LAUNCHED_CALL in node.meta}
     for op_name, _ in launched:
@@ -53,6 +54,8 @@ def count_ops(graph: torch.fx.Graph) -> collections.Counter:
             continue
         if node.target is GLA_OP:
             counts["gla"] += 1
+        elif node.args[:1] == (torch.ops.glacompiler.attention_into.default,):  # (as auto_functionalized)
+            counts["gla_into_buffers"] += 1
         elif node.target is torch.ops.glacompiler.mask_key_range.default:
             counts["mask_range"] += 1
         elif node.target in SDPA_OPS:

@@ -153,11 +153,13 @@ class GlaBackend:
         widths padded to aligned ones (align_projections.py).
     graph_launches: where a site's kernels are plain Triton (the portable family: GQA, MHA, GTA, and MLA/GLA
         off Hopper), Inductor launches them from its own wrapper instead of calling the op
-        (rewrite/graph_launches.py): a few us of host time a site instead of about 40. None (the default) turns
-        it on except with autotune, whose tuning runs after the compile and must reach the sites through the op.
-        If Inductor fails on such a graph it is compiled again with op calls, with a warning.
+        (rewrite/graph_launches.py): a few us of host time a site instead of about 40. A site of the Hopper
+        latent kernel (Gluon, which Inductor cannot launch) gets its buffers, mask range and split combine from
+        the graph and calls glacompiler::attention_into for the kernel alone (op/into_buffers.py). None (the
+        default) turns it on except with autotune, whose tuning runs after the compile and must reach the sites
+        through the op. If Inductor fails on such a graph it is compiled again with op calls, with a warning.
     latent_in_graph: with graph_launches and without CUDA graphs, MLA/GLA sites that the Hopper latent kernel
-        would run (Gluon, which Inductor cannot launch: an op call) take the portable kernels, launched by
+        would run (Gluon, which Inductor cannot launch: Python launches it) take the portable kernels, launched by
         Inductor, where they have at most 16 query rows per latent head and address at most 1 GiB of cache
         (batch x capacity): more device time for much less host time (rewrite/graph_launches.py). None (the
         default) turns it on wherever it applies; True warns where it cannot. On an H200 a DeepSeek-V3-shaped

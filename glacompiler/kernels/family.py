@@ -62,6 +62,10 @@ class KernelFamily:
     # Whether a compiled graph may launch this family's kernels itself (its launch plan traced into the graph with
     # wrap_triton): Triton JIT kernels; Inductor (torch 2.11 to 2.14) cannot compile or launch Gluon ones.
     launches_in_graph: bool = False
+    # Whether its launch plans have launch_into (the kernels written into buffers the caller allocated, which
+    # `buffers.allocate` describes, the split combine left to the caller): a compiled graph then allocates them and
+    # launches the combine itself, and calls the op only for the kernels it cannot launch (op/into_buffers.py).
+    launches_into_buffers: bool = False
 
     def supports(self, spec: AttentionSpec, shape: ProblemShape, call: KernelCall) -> Optional[str]:
         """None when this family runs the call, else the reason it does not (for logs, reports and tests)."""

@@ -10,6 +10,7 @@ from ..kernels.common.mask_range import (KEY_RANGE_ROWS, mask_as_kernel_operand,
 from ..kernels.common.interpreter import triton_interpreter_enabled
 from .cpu_attention import cpu_attention
 from .dispatch import empty_outputs
+from .into_buffers import INTO_SCHEMA, run_into
 from .prepared import run_prepared
 from .validation import check_values, debug_checks_enabled, validate_inputs
 
@@ -31,6 +32,9 @@ _LIBRARY.define(ATTENTION_SCHEMA)
 # a list in the schema sends Inductor's C++ wrapper through a Python callback (custom_op_wrapper) on every call
 # instead of its no-Python dispatcher call (cpp_wrapper_cpu.py, _compatible_with_stableivalue).
 _LIBRARY.define("mask_key_range(Tensor attn_mask, SymInt batch, SymInt capacity) -> Tensor")
+# The op's kernels written into buffers a compiled graph allocated, for kernels Inductor cannot launch itself
+# (op/into_buffers.py); CUDA only: the graphs that call it launch their kernels on CUDA.
+_LIBRARY.define(INTO_SCHEMA)
 
 
 def _attention_cpu(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
@@ -64,6 +68,7 @@ _LIBRARY.impl("attention_with_kvcache", _attention_cpu, "CPU")
 _LIBRARY.impl("attention_with_kvcache", run_prepared, "CUDA")
 _LIBRARY.impl("mask_key_range", _mask_key_range, "CPU")
 _LIBRARY.impl("mask_key_range", _mask_key_range, "CUDA")
+_LIBRARY.impl("attention_into", run_into, "CUDA")
 
 
 @torch.library.register_fake("glacompiler::mask_key_range", lib=_LIBRARY)
@@ -76,6 +81,12 @@ def _attention_with_kvcache_fake(q, k_cache, v_cache, q_rope, k_rope_cache, cach
                                  softmax_scale, causal, num_splits, kv_range=None, softcap=0.0, alibi_slopes=None,
                                  sinks=None, window_left=-1, window_right=-1):
     return empty_outputs(q, k_cache, v_cache)
+
+
+@torch.library.register_fake("glacompiler::attention_into", lib=_LIBRARY)
+def _attention_into_fake(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
+                         causal, kv_range, softcap, alibi_slopes, sinks, window_left, window_right, plan_key, out, lse):
+    return None
 
 
 # (out, lse) = attention_with_kvcache_op(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table,

@@ -33,6 +33,9 @@ _prepared = BoundedMemo(1024)
 _prepared_with_config = BoundedMemo(256)
 # wrapper_key -> WrapperCall: the eager wrapper's validated calls (glacompiler/op/__init__.py)
 wrapper_calls = BoundedMemo(1024)
+# plan key -> PreparedCall of attention_into, the op's kernels launched into a compiled graph's buffers
+# (op/into_buffers.py)
+calls_into_buffers = BoundedMemo(1024)
 
 
 def _metadata(tensor: Tensor) -> tuple:
@@ -85,13 +88,16 @@ class WrapperCall:
 
 class PreparedCall:
     """A validated call's shape, its family's launch plan, and the copies the kernels need of strided lengths
-    or page tables (rare)."""
+    or page tables (rare). into_buffers: its plan launches into buffers a compiled graph allocates
+    (op/into_buffers.py): a traced call whose kernels the graph cannot launch, or attention_into's call."""
 
-    __slots__ = ("shape", "plan", "copy_seqlens", "copy_page_table")
+    __slots__ = ("shape", "plan", "copy_seqlens", "copy_page_table", "into_buffers")
 
-    def __init__(self, shape: ProblemShape, plan, copy_seqlens: bool, copy_page_table: bool):
+    def __init__(self, shape: ProblemShape, plan, copy_seqlens: bool, copy_page_table: bool,
+                 into_buffers: bool = False):
         self.shape, self.plan = shape, plan
         self.copy_seqlens, self.copy_page_table = copy_seqlens, copy_page_table
+        self.into_buffers = into_buffers
 
     def run(self, q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range,
             alibi_slopes, sinks):
@@ -113,8 +119,9 @@ def prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_
     fake tensors, to trace the plan's launches into a graph (compiler/rewrite/graph_launches.py): no value checks,
     and None where there is nothing to launch or the family's kernels cannot be launched by a graph. For such a
     call, graph_family_wanted(spec, shape) says whether to plan it on the first family that supports it and that
-    a graph can launch instead (the portable kernels for a Hopper latent call), with that family's config. config:
-    the user's, which names the family (ValueError where that family cannot run the call)."""
+    a graph can launch instead (the portable kernels for a Hopper latent call), with that family's config; else a
+    family whose plans launch into given buffers keeps the call (into_buffers). config: the user's, which names the
+    family (ValueError where that family cannot run the call)."""
     spec, shape, call, copy_seqlens, copy_page_table = validated_call(
         q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale, causal,
         kv_range, softcap, alibi_slopes, sinks, window_size, read_values=not traced)
@@ -127,13 +134,19 @@ def prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_
             raise ValueError(f"config: the {family.name} kernels cannot run this call ({reason})")
         return PreparedCall(shape, family.prepare(call, spec, shape, config), copy_seqlens, copy_page_table)
     family = kernel_family(spec, shape, call)
+    into_buffers = False
     if traced and not family.launches_in_graph:
         wanted = graph_family_wanted is not None and graph_family_wanted(spec, shape)
-        family = choose_family(spec, shape, call, in_graph_only=True) if wanted else None
-        if family is None:
+        in_graph = choose_family(spec, shape, call, in_graph_only=True) if wanted else None
+        if in_graph is not None:
+            family = in_graph
+        elif family.launches_into_buffers:
+            into_buffers = True
+        else:
             return None
     config = choose_config(family, spec, shape, call.q.device, num_splits)
-    return PreparedCall(shape, family.prepare(call, spec, shape, config), copy_seqlens, copy_page_table)
+    return PreparedCall(shape, family.prepare(call, spec, shape, config), copy_seqlens, copy_page_table,
+                        into_buffers)
 
 
 def prepared_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
@@ -187,3 +200,4 @@ def clear_prepared_calls() -> None:
     _prepared.clear()
     _prepared_with_config.clear()
     wrapper_calls.clear()
+    calls_into_buffers.clear()

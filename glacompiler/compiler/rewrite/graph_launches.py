@@ -7,8 +7,11 @@ Triton (KernelFamily.launches_in_graph: the portable kernels) and its sizes and 
 call's launch plan (the one the op would run: same family, config, stages and kernels) is traced with the
 graph's fake values instead: its buffers become allocations of the graph, its launches user-defined Triton
 kernel nodes (torch.library.wrap_triton), which Inductor compiles with the graph and launches from its own
-wrapper. The shared mask_key_range likewise. Calls left as they are keep the op: Hopper latent kernels (Gluon,
-which Inductor cannot launch), symbolic sizes, CPU tensors, and plans whose launches would write a tensor they
+wrapper. The shared mask_key_range likewise. A call whose family Inductor cannot launch but whose plan launches
+into given buffers (the Hopper latent kernels: Gluon) is traced the same way but for that one launch, which
+becomes a call of glacompiler::attention_into (op/into_buffers.py): the graph allocates the buffers, reduces a
+mask's key range and launches the split combine itself, and the op's Python is left the kernel's launch alone.
+Calls left as they are keep the op: symbolic sizes, CPU tensors, and plans whose launches would write a tensor they
 did not allocate (the mutation analysis Inductor relies on saw more writes than the kernels make).
 
 A Hopper latent call may instead be planned on the portable kernels and launched by the graph, where it has at
@@ -24,7 +27,9 @@ at bench_backend.py's GLA-2 site (B64 S8K, 8 rows a latent head: 145.7 us agains
 (8 sites of 576 MiB, freezing) without CUDA graphs then took 1.936-1.954 ms a step launched by the graph, 2.168 ms with
 32-key blocks, and with op calls 2.60 ms on a slow host, 1.97 ms on a fast one (its graphed step 1.75-1.86 ms;
 benchmarks/RESULTS.md). Launched by the graph the step moves less with the host. The backend asks for
-LATENT_ROWS_IN_GRAPH rows in graphs that CUDA graphs will not replay (its latent_in_graph).
+LATENT_ROWS_IN_GRAPH rows in graphs that CUDA graphs will not replay (its latent_in_graph). These bounds were set
+against the Hopper site's op call; through attention_into that site costs less host time, and they have not been
+measured against it yet.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from torch.fx.operator_schemas import normalize_function
 from ...kernels.common.interpreter import triton_interpreter_enabled
 from ...kernels.common.mask_range import MaskKeyRangeLaunch, mask_as_kernel_operand
 from ...kernels.common.triton_launch import traced_launches
+from ...op.into_buffers import INTO_ARGUMENTS, traced_call_into
 from ...op.prepared import PreparedCall, prepare_call
 from ...spec import cache_bytes
 from ..trace.sizes import is_concrete
@@ -55,6 +61,10 @@ _ALLOCATIONS = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided
                 torch.ops.aten.new_empty.default, torch.ops.aten.new_empty_strided.default,
                 torch.ops.aten.full.default}
 _LAUNCH = triton_kernel_wrapper_functional
+ATTENTION_INTO = torch.ops.glacompiler.attention_into.default
+# An op writing its arguments (attention_into) as the functional trace holds it: v2, Inductor's default (with its
+# enable_auto_functionalized_v2 off the trace holds v1, which the guard does not take: the op call stays).
+_WRITE_INTO = torch.ops.higher_order.auto_functionalized_v2
 # Query rows per latent head (query heads of a group x query length), and the bytes of cache a call can address,
 # up to which the backend launches a latent call on the portable kernels (see the module docstring).
 LATENT_ROWS_IN_GRAPH = 16
@@ -95,10 +105,14 @@ def _arguments(node: fx.Node) -> Optional[dict]:
 
 
 def _traced(function, inputs: list, fake_mode) -> fx.GraphModule:
+    """The launches `function` makes, as a functional graph: AOTAutograd's functionalization (FunctionalTensorMode),
+    which turns a launch into a functional node and an op writing its arguments (attention_into) into
+    auto_functionalized; Inductor reinplaces both on the buffers the trace allocated."""
+    from torch._subclasses.functional_tensor import FunctionalTensorMode, dispatch_functionalize
     from torch.fx.experimental.proxy_tensor import make_fx
 
     with fake_mode, traced_launches():
-        return make_fx(torch.func.functionalize(function, remove="mutations"))(*inputs)
+        return make_fx(dispatch_functionalize(function, FunctionalTensorMode()))(*inputs)
 
 
 def _attention_launches(values: dict, fake_mode, latent_rows_in_graph: int) -> Optional[tuple]:
@@ -117,6 +131,9 @@ def _attention_launches(values: dict, fake_mode, latent_rows_in_graph: int) -> O
 
     def run(*tensors):
         given = dict(zip(names, tensors))
+        if prepared.into_buffers:  # (a family the graph cannot launch: its kernels into the graph's buffers)
+            return traced_call_into(prepared, {name: given.get(name) if name in ATTENTION_TENSORS else values[name]
+                                               for name in INTO_ARGUMENTS})
         return prepared.run(*(given.get(name) for name in ATTENTION_TENSORS))
 
     return _traced(run, [values[name] for name in names], fake_mode), names
@@ -136,12 +153,18 @@ def _is_view(node: fx.Node) -> bool:
     return schema is not None and any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
 
 
+def _writes_own_buffers_into(node: fx.Node, own: set) -> bool:
+    """An attention_into call (auto_functionalized) writing only buffers the trace allocated, its results read."""
+    return (node.args[:1] == (ATTENTION_INTO,) and bool(node.users)
+            and all(base in own for base in node.kwargs.get("_all_bases", (None,))))
+
+
 def writes_only_own_buffers(traced: fx.GraphModule) -> bool:
     """Whether the trace holds only what a launch plan makes (allocations, views, the functional launches and their
-    results, pure ops), each launch writing (by Inductor's analysis of the kernel: the tensors it clones) only
-    tensors the trace allocated, and each read by something. A write the analysis could not rule out on an input
-    would copy that input every step; a launch it found writing nothing would be dropped; anything mutable or
-    unexpected keeps the op."""
+    results, attention_into's functional form and its results, pure ops), each launch writing (by Inductor's
+    analysis of the kernel: the tensors it clones) only tensors the trace allocated, and each read by something.
+    A write the analysis could not rule out on an input would copy that input every step; a launch it found
+    writing nothing would be dropped; anything mutable or unexpected keeps the op."""
     own = set()  # allocations, their views, and launches' results in them
     for node in traced.graph.nodes:
         if node.op in ("placeholder", "output"):
@@ -154,9 +177,14 @@ def writes_only_own_buffers(traced: fx.GraphModule) -> bool:
             if not node.users or not all(node.kwargs["kwargs"].get(name) in own
                                          for name in node.kwargs["tensors_to_clone"]):
                 return False
+        elif node.target is _WRITE_INTO:
+            if not _writes_own_buffers_into(node, own):
+                return False
         elif node.target is operator.getitem:
             source = node.args[0]
             if (source.target is _LAUNCH and source.kwargs["kwargs"].get(node.args[1]) in own) or source in own:
+                own.add(node)
+            elif source.target is _WRITE_INTO:  # (its results: the buffers as written)
                 own.add(node)
         elif isinstance(node.target, torch._ops.OpOverload) and not node.target._schema.is_mutable:
             if _is_view(node) and node.args and node.args[0] in own:

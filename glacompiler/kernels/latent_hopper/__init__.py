@@ -23,6 +23,7 @@ from .support import device_problem, layout_problem, spec_problem
 class LatentHopperFamily(KernelFamily):
     name = "latent_hopper"
     config_type = LatentHopperConfig
+    launches_into_buffers = True
 
     def supports(self, spec: AttentionSpec, shape: ProblemShape, call: KernelCall) -> Optional[str]:
         if call.softcap or call.alibi_slopes is not None:

@@ -108,13 +108,22 @@ class LatentHopperLaunchPlan:
     def run(self, q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor], q_rope: Tensor, k_rope_cache: Tensor,
             cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], attn_mask: Optional[Tensor],
             kv_range: Optional[Tensor], alibi_slopes: Optional[Tensor], sinks: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        split_out, split_lse, out, lse = self.buffers.allocate(q)
+        self.launch_into(split_out, split_lse, q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table,
+                         attn_mask, kv_range, alibi_slopes, sinks)
+        self.buffers.combine(split_out, split_lse, out, lse)
+        return out, lse
+
+    def launch_into(self, split_out: Tensor, split_lse: Tensor, q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor],
+                    q_rope: Tensor, k_rope_cache: Tensor, cache_seqlens: Optional[Tensor], page_table: Optional[Tensor],
+                    attn_mask: Optional[Tensor], kv_range: Optional[Tensor], alibi_slopes: Optional[Tensor],
+                    sinks: Optional[Tensor]) -> None:
+        """The kernel's launch into buffers allocated as `buffers.allocate` makes them (the outputs with one split);
+        a compiled graph that allocates them and launches the combine itself calls this (op/into_buffers.py)."""
         # The dense flag goes unused: this kernel's TMA key copies never wait for its mask loads.
         lengths, mask, kv_begin, kv_end, _ = self.keys.resolve(attn_mask, kv_range, cache_seqlens)
-        split_out, split_lse, out, lse = self.buffers.allocate(q)
         self.launch((
             q, q_rope, k_cache, k_rope_cache, lengths, kv_begin, kv_end, mask,
             lengths if page_table is None else page_table, split_out, split_lse, q if sinks is None else sinks,
             *self.tail,
         ))
-        self.buffers.combine(split_out, split_lse, out, lse)
-        return out, lse
