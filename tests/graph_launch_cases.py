@@ -25,6 +25,7 @@ from glacompiler.kernels.common.triton_launch import PreparedLaunch
 from glacompiler.op import dispatch, into_buffers, prepared
 from glacompiler.op.into_buffers import run_into
 from glacompiler.op.prepared import PreparedCall, clear_prepared_calls, run_prepared
+from glacompiler.op.validation import set_debug_checks
 from glacompiler.problems import make_decode_problem
 from glacompiler.spec import AttentionSpec
 from into_buffers_helpers import into_arguments, split_buffers
@@ -271,20 +272,54 @@ def test_the_plan_key_follows_the_call(gpu_stand_ins, monkeypatch):
     assert len({key, *others}) == 4
 
 
-def test_the_guard_takes_attention_into_only_on_its_own_buffers(gpu_stand_ins, monkeypatch):
-    """An attention_into writing a graph input (not a buffer the trace allocated) keeps the op."""
+def traced_hopper_site(monkeypatch, **graph_options):
+    """(the traced launches of a Hopper latent site, its attention_into node)."""
     from glacompiler.kernels.latent_hopper import support
 
     monkeypatch.setattr(support, "_is_sm90", lambda device_index: True)
-    graph = latent_decode_graph(num_splits=2)
+    graph = latent_decode_graph(**graph_options)
     node = next(n for n in graph.nodes if n.target is ATTENTION)
     values = {name: graph_launches._value(a) for name, a in graph_launches._arguments(node).items()}
     traced, _ = graph_launches._attention_launches(values, graph_launches.graph_fake_mode(graph), 0)
-    assert writes_only_own_buffers(traced)
     [into] = into_calls(traced.graph)
-    q = next(n for n in traced.graph.nodes if n.op == "placeholder")
-    into.kwargs = {**into.kwargs, "_all_bases": [q, into.kwargs["_all_bases"][1]]}
+    return traced, into
+
+
+@pytest.mark.parametrize("change", ["writes an input", "another op", "results unread"])
+def test_the_guard_takes_attention_into_only_on_its_own_buffers(gpu_stand_ins, monkeypatch, change):
+    """An attention_into writing a graph input (not a buffer the trace allocated), another op writing the buffers,
+    or an attention_into whose results nothing reads keeps the op."""
+    traced, into = traced_hopper_site(monkeypatch, num_splits=2)
+    assert writes_only_own_buffers(traced)
+    if change == "writes an input":
+        q = next(n for n in traced.graph.nodes if n.op == "placeholder")
+        into.kwargs = {**into.kwargs, "_all_bases": [q, into.kwargs["_all_bases"][1]]}
+    elif change == "another op":
+        into.args = (torch.ops.aten.add_.Tensor,)
+    else:
+        for user in list(into.users):
+            user.replace_all_uses_with(into.kwargs["_all_bases"][0])
+            traced.graph.erase_node(user)
     assert not writes_only_own_buffers(traced)
+
+
+def test_a_plan_writing_its_input_is_not_traced():
+    """The functional trace would drop a plan's write to one of its inputs: _traced refuses such a plan."""
+    mode = FakeTensorMode()
+    with mode:
+        x = torch.empty(8)
+
+    def writes_input(x):
+        x.clamp_(max=5.0)
+        return x.new_empty(8).copy_(x)
+
+    def writes_own(x):
+        out = x.new_empty(8)
+        out.copy_(x).clamp_(max=5.0)
+        return out
+
+    assert graph_launches._traced(writes_input, [x], mode) is None
+    assert graph_launches._traced(writes_own, [x], mode) is not None
 
 
 @pytest.fixture
@@ -745,31 +780,77 @@ def hopper_stand_ins(monkeypatch):
     clear_prepared_calls()
 
 
-def test_a_repeat_launches_the_first_calls_plan_into_the_buffers(hopper_stand_ins, monkeypatch):
+@pytest.mark.parametrize("splits", [1, 3])
+def test_a_repeat_launches_the_first_calls_plan_into_the_buffers(hopper_stand_ins, monkeypatch, splits):
     """The first call prepares (validated) with the buffers' split count; a repeat of its key prepares nothing and
     launches the Hopper kernel with the arguments the op's own call passes, but the buffers."""
     launched = hopper_stand_ins
-    spec = AttentionSpec.latent(16, 2, 256, 64).with_storage(paged=True)
-    problem = make_decode_problem(spec, batch=2, query_len=1, capacity=256, page_size=64, dtype=torch.float16,
-                                  generator=torch.Generator().manual_seed(3))
+    problem = hopper_problem()
     arguments = into_arguments(problem)
     values = list(arguments.values())
-    run_prepared(*values[:10], 3, *values[10:])  # the op's own call, with 3 splits
+    run_prepared(*values[:10], splits, *values[10:])  # the op's own call
     [(op_launch, op_args)] = [(launch, args) for launch, args in launched if "latent" in launch.kernel.__name__]
-    assert op_launch.grid[2] == 3
+    assert op_launch.grid[2] == splits
     prepares = []
     real_prepare = into_buffers.prepare_call
     monkeypatch.setattr(into_buffers, "prepare_call", lambda *a, **k: prepares.append(a) or real_prepare(*a, **k))
-    out, lse = split_buffers(problem.kwargs["q"], 256, 3)
+    out, lse = split_buffers(problem.kwargs["q"], 256, splits)
     for call in range(2):
         launched.clear()
-        run_into(*arguments.values(), 12345, out, lse)
+        run_into(*values, 12345, out, lse)
         [(launch, args)] = launched  # the kernel alone: the graph launches the combine
         assert launch.grid == op_launch.grid and launch.constexprs == op_launch.constexprs
         assert args[9] is out and args[10] is lse
         assert all(a is b if isinstance(a, torch.Tensor) else a == b
                    for i, (a, b) in enumerate(zip(args, op_args)) if i not in (9, 10))
-        assert len(prepares) == 1 and prepares[0][10] == 3  # its split count is the buffers'
+        assert len(prepares) == 1 and prepares[0][10] == splits  # its split count is the buffers'
     assert prepared.calls_into_buffers[12345].into_buffers
     clear_prepared_calls()
     assert not prepared.calls_into_buffers
+
+
+def hopper_problem(batch=2):
+    """A GLA-2-shaped call (16 heads over 2 latents of 256, rope 64) in pages of 64, fp16, on the CPU."""
+    spec = AttentionSpec.latent(16, 2, 256, 64).with_storage(paged=True)
+    return make_decode_problem(spec, batch=batch, query_len=1, capacity=256, page_size=64, dtype=torch.float16,
+                               generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("buffers", ["split count", "dtype", "strided", "strided lengths"])
+def test_buffers_the_plan_cannot_write_take_the_ops_own_call(hopper_stand_ins, caplog, buffers):
+    """Buffers whose split counts disagree, or whose dtype or strides are not the plan's (or lengths the kernel would
+    need copied)
+    take the op's own call and a copy, with a warning: never a launch into them."""
+    launched = hopper_stand_ins
+    problem = hopper_problem()
+    values = list(into_arguments(problem).values())
+    out, lse = split_buffers(problem.kwargs["q"], 256, 3)
+    if buffers == "split count":  # (the split count is out's: lse of another)
+        lse = lse[:, :, :, :2].contiguous()
+    elif buffers == "dtype":
+        out = out.half()
+    elif buffers == "strided":
+        out = out.transpose(2, 3).contiguous().transpose(2, 3)
+    else:
+        values[5] = torch.stack([values[5], values[5]], dim=1)[:, 0]  # cache_seqlens
+    with caplog.at_level("WARNING", logger="glacompiler"):
+        run_into(*values, 777, out, lse)
+    assert not prepared.calls_into_buffers[777].into_buffers
+    assert "cannot write its graph's buffers" in caplog.text
+    assert not any(args[9] is out for _, args in launched)
+
+
+def test_debug_value_checks_run_on_repeats(hopper_stand_ins):
+    """With GLACOMPILER_DEBUG=1 a repeat checks the values, as the op's repeats do."""
+    problem = hopper_problem()
+    values = list(into_arguments(problem).values())
+    out, lse = split_buffers(problem.kwargs["q"], 256, 1)
+    run_into(*values, 99, out, lse)
+    values[5] = torch.full_like(values[5], 10 ** 6)  # lengths past the cache
+    run_into(*values, 99, out, lse)  # (checks off: a repeat reads no value)
+    previous = set_debug_checks(True)
+    try:
+        with pytest.raises(ValueError, match="cache_seqlens"):
+            run_into(*values, 99, out, lse)
+    finally:
+        set_debug_checks(previous)

@@ -1,12 +1,14 @@
-"""Sites whose kernels Inductor launches itself (glacompiler/compiler/rewrite/graph_launches.py) on a CUDA GPU:
-the compiled step, with Inductor's C++ and Python wrappers and under CUDA graphs, against the same step with op
-calls (the same kernels and configs launched by the op) and an fp32 reference."""
+"""Sites whose kernels Inductor launches itself (glacompiler/compiler/rewrite/graph_launches.py), or writes into
+the graph's buffers through attention_into (the Hopper latent kernel), on a CUDA GPU: the compiled step, with
+Inductor's C++ and Python wrappers and under CUDA graphs, against the same step with op calls (the same kernels
+and configs launched by the op) and an fp32 reference."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 import glacompiler
+from glacompiler.op import prepared
 from test_backend_gpu import check_fa_rule
 from test_backend_support import compile_and_count
 
@@ -110,9 +112,11 @@ def test_latent_sites_launched_on_the_portable_kernels(cuda_device, batch, heads
     in_graph, counts, _ = compile_and_count(latent_step, *inputs, backend=glacompiler.backend())
     assert counts[0]["gla"] == counts[0]["gla_launched_in_graph"] == 1
     assert counts[0]["gla_into_buffers"] == int(not launched)
+    prepared.calls_into_buffers.clear()
     into_buffers, counts, _ = compile_and_count(latent_step, *inputs,
                                                 backend=glacompiler.backend(latent_in_graph=False))
     assert counts[0]["gla_launched_in_graph"] == counts[0]["gla_into_buffers"] == 1
+    assert_launched_into_the_buffers()
     op_calls, counts, _ = compile_and_count(latent_step, *inputs, backend=glacompiler.backend(graph_launches=False))
     assert counts[0]["gla"] == 1 and counts[0]["gla_launched_in_graph"] == 0
     with torch.no_grad():
@@ -162,10 +166,19 @@ def test_hopper_sites_write_the_graphs_buffers(cuda_device, batch, capacity, mas
     if masked:
         mask = (torch.arange(capacity, device="cuda") < lengths[:, None])[:, None, None, :]
         step, arguments = masked_latent_step, (q, q_rope, latent, rope, mask)
+    prepared.calls_into_buffers.clear()
     output, counts, _ = compile_and_count(step, *arguments, backend=glacompiler.backend(cpp_wrapper=cpp_wrapper))
     assert counts[0]["gla_into_buffers"] == 1 and counts[0]["gla"] == 1
+    assert_launched_into_the_buffers()
     with torch.no_grad():
         assert torch.equal(output, step(*arguments))
+
+
+def assert_launched_into_the_buffers():
+    """attention_into's calls so far launched the kernel into the graph's buffers (none fell back to the op's own
+    call and a copy, which gives the same output)."""
+    calls = list(prepared.calls_into_buffers.values())
+    assert calls and all(call.into_buffers for call in calls)
 
 
 def test_hopper_sites_under_cuda_graphs_follow_new_inputs(cuda_device):
@@ -179,3 +192,4 @@ def test_hopper_sites_under_cuda_graphs_follow_new_inputs(cuda_device):
             inputs = latent_inputs(4, 128, 4096, seed=step)
             out = compiled(*inputs).clone()
             assert torch.equal(out, latent_step(*inputs))
+    assert_launched_into_the_buffers()

@@ -2,6 +2,10 @@
 allocated, on the CPU machine. That the graph makes these calls, and that a repeat launches the Hopper kernel as the
 op's own call does, is tests/graph_launch_cases.py's (it loads Gluon, which this process's interpreter mode cannot);
 that they run on a GPU and give the op's results, tests/test_graph_launches_gpu.py's."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -46,10 +50,22 @@ def test_the_plan_key_holds_metadata_not_values():
     same = torch.randn(2, 1, 8, 64)
     keys = {plan_key((q, 0.5, None)), plan_key((same, 0.5, None))}
     assert len(keys) == 1 and 0 <= next(iter(keys)) < 2 ** 63
-    others = {plan_key((q.half(), 0.5, None)), plan_key((q.transpose(1, 2), 0.5, None)),
+    strided = torch.randn(2, 8, 1, 64).transpose(1, 2)  # q's shape, other strides
+    assert strided.shape == q.shape and strided.stride() != q.stride()
+    others = {plan_key((q.half(), 0.5, None)), plan_key((q.transpose(1, 2), 0.5, None)), plan_key((strided, 0.5, None)),
               plan_key((torch.randn(1026)[2:].view(2, 1, 8, 64), 0.5, None)), plan_key((q, 0.25, None)),
               plan_key((q, 0.5, q))}
-    assert len(others | keys) == 6
+    assert len(others | keys) == 7
+
+
+def test_the_plan_key_is_the_same_in_another_process():
+    """The key is a constant of the graph's code, by which Inductor finds its cached graphs: it must not change with
+    the process (as Python's salted hash of a str would)."""
+    code = ("import torch; from glacompiler.op.into_buffers import plan_key; "
+            "print(plan_key((torch.empty(2, 1, 8, 64, dtype=torch.float16), 0.5, 'x', None)))")
+    keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip() for seed in ("1", "2")}
+    assert keys == {str(plan_key((torch.empty(2, 1, 8, 64, dtype=torch.float16), 0.5, "x", None)))}
 
 
 def test_a_fake_tensors_alignment_is_its_storage_offsets():

@@ -12,9 +12,14 @@ kernel into the buffers. It returns nothing: its buffers are the graph's.
 Why a repeat may trust the plan key: the key is a hash of every argument's metadata and scalar (the buffers'
 shapes, and so the split count, included), and a compiled graph passes the shapes, strides, dtypes and devices it
 was compiled for: graph_launches takes static shapes only, and gives the call its fake arguments as Inductor's
-eager_input_vals, which hold its inputs to exactly those strides; Inductor copies a graph input whose alignment
-differs from the one it compiled for. A process that loads the graph from Inductor's cache has no plan for the key: its
-first call prepares one from the arguments (validating them) with the buffers' split count.
+eager_input_vals, which hold its inputs to exactly those strides. The plan itself is made from the key's first
+real call, whose addresses' alignment (the binary is specialised on 16-byte alignment) a repeat is trusted to
+keep. That holds for storages from PyTorch's allocators, whose bases are aligned, so that a tensor's alignment
+is its storage offset's, which the graph fixes; and Inductor copies a graph input whose storage is not where its
+own kernels assumed it. A process that loads the graph from Inductor's cache has no plan for the key: its first
+call prepares one from the arguments (validating them) with the buffers' split count. Where that plan cannot write
+the buffers (the real tensors are refused by the family the graph was compiled for), the op's own call runs and
+its results are copied into them.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ import logging
 import torch
 from torch import Tensor
 
+from ..kernels.common.addresses import misaligned
+from ..kernels.common.split_buffers import SplitBuffers
 from .prepared import PreparedCall, calls_into_buffers, prepare_call
 from .validation import check_values, debug_checks_enabled
 
@@ -42,17 +49,17 @@ INTO_SCHEMA = (
 
 
 def _described(value) -> object:
-    """An argument as the plan key holds it: a tensor by its metadata (alignment from its storage offset: a graph's
-    fake tensors have no address, and Inductor aligns storages), anything else as it is."""
+    """An argument as the plan key holds it: a tensor by its metadata (its alignment as misaligned reads it: a
+    graph's fake tensors have no address), anything else as it is."""
     if isinstance(value, Tensor):
-        return (tuple(value.shape), tuple(value.stride()), str(value.dtype), str(value.device),
-                value.storage_offset() * value.element_size() % 16)
+        return (tuple(value.shape), tuple(value.stride()), str(value.dtype), str(value.device), misaligned(value))
     return value
 
 
 def plan_key(arguments: tuple) -> int:
-    """A 63-bit hash of attention_into's arguments but the key (INTO_ARGUMENTS, then out and lse), the same in
-    every process (Inductor caches the graph that holds it)."""
+    """A 63-bit hash of attention_into's arguments but the key (INTO_ARGUMENTS, then out and lse). A stable hash,
+    not Python's salted one: the key is a constant of the graph's code, and Inductor finds its cached graphs by
+    that code, so a key that changed with the process would miss the cache every time."""
     described = repr(tuple(_described(value) for value in arguments)).encode()
     return int.from_bytes(hashlib.blake2b(described, digest_size=8).digest(), "little") >> 1
 
@@ -63,10 +70,8 @@ def traced_call_into(prepared: PreparedCall, arguments: dict) -> tuple[Tensor, T
     combine."""
     plan = prepared.plan
     arguments = dict(arguments)
-    if prepared.copy_seqlens:  # (as PreparedCall.run: the kernels read them as adjacent entries)
-        arguments["cache_seqlens"] = arguments["cache_seqlens"].contiguous()
-    if prepared.copy_page_table:
-        arguments["page_table"] = arguments["page_table"].contiguous()
+    arguments["cache_seqlens"], arguments["page_table"] = prepared.contiguous_lengths_and_pages(
+        arguments["cache_seqlens"], arguments["page_table"])
     if arguments["attn_mask"] is not None and arguments["kv_range"] is None:
         arguments["kv_range"] = plan.keys.reduce_range(arguments["attn_mask"])
     split_out, split_lse, out, lse = plan.buffers.allocate(arguments["q"])
@@ -74,12 +79,6 @@ def traced_call_into(prepared: PreparedCall, arguments: dict) -> tuple[Tensor, T
     torch.ops.glacompiler.attention_into.default(*given[:-2], plan_key(given), split_out, split_lse)
     plan.buffers.combine(split_out, split_lse, out, lse)
     return out, lse
-
-
-def _buffers_split_count(out: Tensor) -> int:
-    """The split count of buffers as SplitBuffers.allocate makes them: [B, Lq, Hq, splits, Dv] partial outputs, or
-    the op's [B, Lq, Hq, Dv] output with one split."""
-    return out.shape[3] if out.dim() == 5 else 1
 
 
 def _prepare(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale, causal,
@@ -90,15 +89,12 @@ def _prepare(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_tabl
     arguments = (q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,
                  causal)
     extensions = (kv_range, softcap, alibi_slopes, sinks, (window_left, window_right))
-    prepared = prepare_call(*arguments, _buffers_split_count(out), *extensions)
+    prepared = prepare_call(*arguments, SplitBuffers.split_count_of(out), *extensions)
     plan = prepared.plan
-    if plan is not None and hasattr(plan, "launch_into") and not (prepared.copy_seqlens or prepared.copy_page_table):
-        buffers = plan.buffers
-        written = ((buffers.out_shape, buffers.lse_shape) if buffers.num_splits == 1
-                   else (buffers.split_out_shape, buffers.split_lse_shape))
-        if written == (tuple(out.shape), tuple(lse.shape)):
-            prepared.into_buffers = True
-            return prepared
+    if (plan is not None and hasattr(plan, "launch_into") and not (prepared.copy_seqlens or prepared.copy_page_table)
+            and plan.buffers.are_targets(q, out, lse)):
+        prepared.into_buffers = True
+        return prepared
     LOGGER.warning("glacompiler: a compiled site's kernels cannot write its graph's buffers (out %s, lse %s) at run "
                    "time; it runs the op's own call and copies the results", tuple(out.shape), tuple(lse.shape))
     return prepare_call(*arguments, 0, *extensions)

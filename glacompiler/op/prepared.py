@@ -103,12 +103,19 @@ class PreparedCall:
             alibi_slopes, sinks):
         if self.plan is None:  # a batch of 0 sequences
             return empty_outputs(q, k_cache, v_cache)
-        if self.copy_seqlens:  # strided lengths or page table: the copies validated_call made for the first call
+        if self.copy_seqlens or self.copy_page_table:
+            cache_seqlens, page_table = self.contiguous_lengths_and_pages(cache_seqlens, page_table)
+        return self.plan.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                             kv_range, alibi_slopes, sinks)
+
+    def contiguous_lengths_and_pages(self, cache_seqlens, page_table) -> tuple:
+        """(cache_seqlens, page_table) as the kernels read them: the copies validated_call made for the first call
+        where they are strided (rare)."""
+        if self.copy_seqlens:
             cache_seqlens = cache_seqlens.contiguous()
         if self.copy_page_table:
             page_table = page_table.contiguous()
-        return self.plan.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                             kv_range, alibi_slopes, sinks)
+        return cache_seqlens, page_table
 
 
 def prepare_call(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, softmax_scale,

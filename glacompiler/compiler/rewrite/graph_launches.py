@@ -104,15 +104,39 @@ def _arguments(node: fx.Node) -> Optional[dict]:
     return arguments
 
 
-def _traced(function, inputs: list, fake_mode) -> fx.GraphModule:
-    """The launches `function` makes, as a functional graph: AOTAutograd's functionalization (FunctionalTensorMode),
-    which turns a launch into a functional node and an op writing its arguments (attention_into) into
-    auto_functionalized; Inductor reinplaces both on the buffers the trace allocated."""
+class _WritesAnInput(Exception):
+    """A traced plan wrote one of its inputs (data or metadata): a write the functional graph would drop."""
+
+
+def _writing_no_input(function):
+    """function, raising _WritesAnInput after it where it wrote one of its (functional tensor) inputs."""
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    def checked(*inputs):
+        outputs = function(*inputs)
+        for tensor in inputs:
+            if isinstance(tensor, FunctionalTensor):
+                torch._sync(tensor)
+                if (torch._functionalize_has_data_mutation(tensor.elem)
+                        or torch._functionalize_has_metadata_mutation(tensor.elem)):
+                    raise _WritesAnInput
+        return outputs
+    return checked
+
+
+def _traced(function, inputs: list, fake_mode) -> Optional[fx.GraphModule]:
+    """The launches `function` makes, as a functional graph, or None where it writes one of its inputs (the graph
+    would drop that write): AOTAutograd's functionalization (FunctionalTensorMode), which makes a launch a functional
+    node and an op writing its arguments (attention_into) an auto_functionalized_v2 node; Inductor reinplaces both
+    on the buffers the trace allocated."""
     from torch._subclasses.functional_tensor import FunctionalTensorMode, dispatch_functionalize
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    with fake_mode, traced_launches():
-        return make_fx(dispatch_functionalize(function, FunctionalTensorMode()))(*inputs)
+    try:
+        with fake_mode, traced_launches():
+            return make_fx(dispatch_functionalize(_writing_no_input(function), FunctionalTensorMode()))(*inputs)
+    except _WritesAnInput:
+        return None
 
 
 def _attention_launches(values: dict, fake_mode, latent_rows_in_graph: int) -> Optional[tuple]:
@@ -136,7 +160,8 @@ def _attention_launches(values: dict, fake_mode, latent_rows_in_graph: int) -> O
                                                for name in INTO_ARGUMENTS})
         return prepared.run(*(given.get(name) for name in ATTENTION_TENSORS))
 
-    return _traced(run, [values[name] for name in names], fake_mode), names
+    traced = _traced(run, [values[name] for name in names], fake_mode)
+    return None if traced is None else (traced, names)
 
 
 def _mask_range_launches(values: dict, fake_mode) -> Optional[tuple]:
@@ -145,7 +170,8 @@ def _mask_range_launches(values: dict, fake_mode) -> Optional[tuple]:
         return None
     launch = MaskKeyRangeLaunch(mask_as_kernel_operand(values["attn_mask"]), batch, capacity,
                                 values["attn_mask"].dtype == torch.bool)
-    return _traced(launch, [values["attn_mask"]], fake_mode), ["attn_mask"]
+    traced = _traced(launch, [values["attn_mask"]], fake_mode)
+    return None if traced is None else (traced, ["attn_mask"])
 
 
 def _is_view(node: fx.Node) -> bool:
@@ -161,10 +187,11 @@ def _writes_own_buffers_into(node: fx.Node, own: set) -> bool:
 
 def writes_only_own_buffers(traced: fx.GraphModule) -> bool:
     """Whether the trace holds only what a launch plan makes (allocations, views, the functional launches and their
-    results, attention_into's functional form and its results, pure ops), each launch writing (by Inductor's
-    analysis of the kernel: the tensors it clones) only tensors the trace allocated, and each read by something.
-    A write the analysis could not rule out on an input would copy that input every step; a launch it found
-    writing nothing would be dropped; anything mutable or unexpected keeps the op."""
+    results, attention_into's functional form, pure ops), each launch writing (by Inductor's analysis of the
+    kernel: the tensors it clones) and each attention_into writing only tensors the trace allocated, and each
+    read by something. A write the analysis could not rule out on an input would copy that input every step; a
+    launch it found writing nothing would be dropped; anything mutable or unexpected keeps the op (a plan's own
+    write to an input, which the functional trace would drop, is refused before: _traced)."""
     own = set()  # allocations, their views, and launches' results in them
     for node in traced.graph.nodes:
         if node.op in ("placeholder", "output"):
@@ -183,8 +210,6 @@ def writes_only_own_buffers(traced: fx.GraphModule) -> bool:
         elif node.target is operator.getitem:
             source = node.args[0]
             if (source.target is _LAUNCH and source.kwargs["kwargs"].get(node.args[1]) in own) or source in own:
-                own.add(node)
-            elif source.target is _WRITE_INTO:  # (its results: the buffers as written)
                 own.add(node)
         elif isinstance(node.target, torch._ops.OpOverload) and not node.target._schema.is_mutable:
             if _is_view(node) and node.args and node.args[0] in own:

@@ -45,6 +45,22 @@ class SplitBuffers:
         return (q.new_empty(self.split_out_shape, dtype=torch.float32),
                 q.new_empty(self.split_lse_shape, dtype=torch.float32), out, lse)
 
+    @staticmethod
+    def split_count_of(split_out: Tensor) -> int:
+        """The split count of a split_out as `allocate` makes it: [B, Lq, Hq, splits, Dv] partial outputs, or the
+        op's [B, Lq, Hq, Dv] output with one split."""
+        return split_out.shape[3] if split_out.dim() == 5 else 1
+
+    def are_targets(self, q: Tensor, split_out: Tensor, split_lse: Tensor) -> bool:
+        """Whether tensors given for `allocate`'s first two (the kernel's targets) have their shapes, contiguous
+        strides and dtypes: the plan's strides are baked in."""
+        expected = ((self.out_shape, q.dtype, self.lse_shape) if self.num_splits == 1
+                    else (self.split_out_shape, torch.float32, self.split_lse_shape))
+        out_shape, out_dtype, lse_shape = expected
+        return (tuple(split_out.shape) == out_shape and split_out.dtype == out_dtype and split_out.is_contiguous()
+                and tuple(split_lse.shape) == lse_shape and split_lse.dtype == torch.float32
+                and split_lse.is_contiguous())
+
     def combine(self, split_out: Tensor, split_lse: Tensor, out: Tensor, lse: Tensor) -> None:
         """Merge the splits by LSE into out and lse (nothing to do with one split)."""
         if self.combine_launch is not None:
