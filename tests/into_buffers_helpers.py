@@ -1,17 +1,15 @@
 """attention_into's arguments and buffers for a decode problem, as a compiled graph passes them (the tests of
 tests/test_into_buffers.py and tests/graph_launch_cases.py)."""
-import torch
-
+from glacompiler.kernels.common.split_buffers import SplitBuffers
 from glacompiler.op.into_buffers import INTO_ARGUMENTS
 from glacompiler.spec import default_softmax_scale
 
 
 def split_buffers(q, head_dim_v: int, splits: int) -> tuple:
-    """(out, lse) as SplitBuffers.allocate makes them (the graph's allocations): the op's outputs with one split,
-    else the partial outputs and LSEs, NaN-filled (the kernels must write every entry the combine reads)."""
-    rows = tuple(q.shape[:3]) + ((splits,) if splits > 1 else ())
-    return (torch.full((*rows, head_dim_v), float("nan"), dtype=q.dtype if splits == 1 else torch.float32),
-            torch.full(rows, float("nan"), dtype=torch.float32))
+    """(out, lse) as the graph allocates them (SplitBuffers.allocate's first two: the op's outputs with one split,
+    else the partial outputs and LSEs), NaN-filled (the kernels must write every entry the combine reads)."""
+    out, lse = SplitBuffers(q, head_dim_v, splits).allocate(q)[:2]
+    return out.fill_(float("nan")), lse.fill_(float("nan"))
 
 
 def into_arguments(problem) -> dict:

@@ -215,12 +215,17 @@ class LatentHopperConfig:
     def runs_warp_specialized(self) -> bool:
         return not self.row_split if self.warp_specialized is None else self.warp_specialized
 
+    @property
+    def chooses_alternating(self) -> bool:
+        """Whether alternating is a choice: a schedule of the warp-specialised shared tile only."""
+        return self.runs_warp_specialized and not self.row_split
+
     def __post_init__(self):
         object.__setattr__(self, "one_warpgroup", bool(self.one_warpgroup))
         if self.row_split and self.warp_specialized is None:
             object.__setattr__(self, "warp_specialized", False)
-        if (self.row_split or not self.runs_warp_specialized) and self.alternating is None:
-            object.__setattr__(self, "alternating", False)  # no choice: a schedule of the shared tile
+        if not self.chooses_alternating and self.alternating is None:
+            object.__setattr__(self, "alternating", False)
         if not self.row_split and self.lazy_rescale is None:
             object.__setattr__(self, "lazy_rescale", False)
         if not 1 <= self.num_splits <= MAX_SPLITS:
@@ -230,13 +235,12 @@ class LatentHopperConfig:
 
     def to_dict(self) -> dict:
         # Open choices stay out, and so do the choices a tile does not have (one_warpgroup off, warp_specialized
-        # on a row-owned tile, alternating off without warp specialisation, lazy_rescale off on the shared tile), as
+        # on a row-owned tile, alternating off where it is no choice, lazy_rescale off on the shared tile), as
         # in tables written before they were choices.
         def left_out(name, value):
             return value is None or (not value and (name == "one_warpgroup"
                                                     or (name == "warp_specialized" and self.row_split)
-                                                    or (name == "alternating"
-                                                        and (self.row_split or not self.runs_warp_specialized))
+                                                    or (name == "alternating" and not self.chooses_alternating)
                                                     or (name == "lazy_rescale" and not self.row_split)))
 
         return {name: value for name, value in dataclasses.asdict(self).items() if not left_out(name, value)}
