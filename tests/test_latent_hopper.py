@@ -381,8 +381,11 @@ def test_config_heuristic():
     # value split.
     turns, ws = dict(warp_specialized=True, alternating=True), dict(warp_specialized=True, alternating=False)
     assert heuristic_config(mla, shape(batch=128, capacity=8192), 132) == LatentHopperConfig(1, False, block_n=64, **turns)
-    # One sequence: 2 programs; splits of at least 4 key blocks, up to what fills the SMs.
-    assert heuristic_config(mla, shape(batch=1, capacity=8192), 132).num_splits == 32
+    # One sequence: 2 programs a split; 64 splits (the heuristic's cap) of 2 blocks fill 128 of the 132 SMs.
+    assert heuristic_config(mla, shape(batch=1, capacity=8192), 132).num_splits == 64
+    # Eight: 16 programs a split, so 8 splits fill the SMs once (the 75% rule stopped at 7, 1.06-1.10x slower at
+    # B8 S4K to S64K in the H200 table; 164.4 against 152.6 us at S32K on an H100).
+    assert heuristic_config(mla, shape(batch=8, capacity=32768), 132).num_splits == 8
     # MLA at Lq 2 keeps 64-row tiles shared by two warpgroups (64 x 512 fp32 is too much for one).
     assert heuristic_config(mla, shape(query_len=2), 132) == LatentHopperConfig(1, False, block_n=64, **turns)
     # A 256-wide latent head of 64 rows: 64-row programs of one warpgroup, two an SM (64-key blocks); of 128 or 256,
@@ -397,9 +400,10 @@ def test_config_heuristic():
             LatentHopperConfig(1, True, block_n=128, warp_specialized=True, lazy_rescale=LAZY)
     # 96 rows (48 heads at Lq 2): a second group of 32 rows.
     assert heuristic_config(latent_spec(heads=96, latent_heads=2, width=256), shape(query_len=2), 132).warp_specialized
-    # ... and their splits fill the SMs, one program each: one sequence, 2 latent heads, 1 row block at Lq 2; 32
-    # sequences at Lq 2 are 64 programs a split, two splits fill 97% of 132 SMs.
-    assert heuristic_config(gla2, shape(batch=1, query_len=2, capacity=65536), 132).num_splits == 50
+    # ... and their splits fill the SMs once, one program each: one sequence, 2 latent heads, 1 row block at Lq 2
+    # (64 splits, where the 75% rule's 50 was 1.11-1.12x slower at S32K/S64K in the H200 table); 32 sequences at
+    # Lq 2 are 64 programs a split, two splits fill 97% of 132 SMs.
+    assert heuristic_config(gla2, shape(batch=1, query_len=2, capacity=65536), 132).num_splits == 64
     assert heuristic_config(gla2, shape(batch=32, query_len=2, capacity=4096), 132).num_splits == 2
     # Fewer rows (GLA-8: 16 a latent head at Lq 1) too: the programs are memory-bound, and two an SM keep more
     # loads in flight than the shared tile's 128-key blocks.
@@ -407,10 +411,11 @@ def test_config_heuristic():
     for query_len in (1, 2, 4):
         assert heuristic_config(gla8, shape(query_len=query_len), 132) == \
             LatentHopperConfig(1, True, block_n=64, one_warpgroup=True, lazy_rescale=LAZY)
-    # ... counting one 64-row program a latent head at Lq 1 to 4: one sequence is 8 programs a split, and 25 is the
-    # fewest splits whose programs (200) fill 75% of the 264 that 132 SMs hold two at a time.
+    # ... counting one 64-row program a latent head at Lq 1 to 4: one sequence is 8 programs a split, and 16 splits
+    # fill the SMs once; the second program an SM holds is not counted as more bandwidth (the 75% rule's 25, which
+    # counted it, was 1.11-1.21x slower than 16 at S8K in the H200 table).
     for query_len in (1, 4):
-        assert heuristic_config(gla8, shape(batch=1, query_len=query_len, capacity=65536), 132).num_splits == 25
+        assert heuristic_config(gla8, shape(batch=1, query_len=query_len, capacity=65536), 132).num_splits == 16
     assert heuristic_config(mla, shape(query_len=1), 132).block_n == 64
     # A rope key wider than 64 leaves one stage on one warpgroup: 64 rows take the shared tile, more the ping-pong
     # tile on 64-key blocks; fewer rows the shared tile with 64-key blocks (two stages of 128 fit beside a 128-wide

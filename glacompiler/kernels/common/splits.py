@@ -1,6 +1,7 @@
 """How many KV splits a decode launch gets: enough programs to fill the GPU, no split too short to pay."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -37,3 +38,32 @@ def default_num_splits(programs_per_split: int, capacity: int, block_n: int, mul
         if programs / (waves * slots) >= 0.75:
             return splits
     return longest_useful
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitCosts:
+    """A launch's costs beside its key blocks, in units of one program reading one 64-key block, for
+    planned_num_splits: a program's own (its query's load, its output's write), and the combine's where there is
+    more than one split (its launch, and its read of the partial outputs, per SM-sized set of programs)."""
+    program: float
+    combine: float
+    combine_per_wave: float
+
+
+def planned_num_splits(programs_per_split: int, capacity: int, block_n: int, multiprocessors: int,
+                       costs: SplitCosts) -> int:
+    """The split count of least modelled time for memory-bound programs: waves of programs over the SMs, each
+    program reading its split's key blocks, plus costs. Within a wave more splits are shorter ones, so the wave
+    fills all the way (default_num_splits stops at 75%); a second wave, a program's own cost and the combine's
+    are what stop it. A second resident program an SM adds no bandwidth to the model (so the fit below)."""
+    blocks = max(1, -(-capacity // block_n))
+
+    def modelled_time(splits: int) -> tuple:
+        programs = programs_per_split * splits
+        waves = -(-programs // multiprocessors)
+        time = waves * (-(-blocks // splits) + costs.program)
+        if splits > 1:
+            time += costs.combine + costs.combine_per_wave * programs / multiprocessors
+        return time, splits  # a tie goes to fewer splits
+
+    return min(range(1, min(HEURISTIC_MAX_SPLITS, blocks) + 1), key=modelled_time)
