@@ -381,22 +381,23 @@ def test_config_heuristic():
     # value split.
     turns, ws = dict(warp_specialized=True, alternating=True), dict(warp_specialized=True, alternating=False)
     assert heuristic_config(mla, shape(batch=128, capacity=8192), 132) == LatentHopperConfig(1, False, block_n=64, **turns)
-    # One sequence: 2 programs a split; 64 splits (the heuristic's cap) of 2 blocks fill 128 of the 132 SMs.
-    assert heuristic_config(mla, shape(batch=1, capacity=8192), 132).num_splits == 64
-    # Eight: 16 programs a split, so 8 splits fill the SMs once (the 75% rule stopped at 7, 1.06-1.10x slower at
-    # B8 S4K to S64K in the H200 table; 164.4 against 152.6 us at S32K on an H100).
+    # One sequence: 2 programs a split; 32 splits of 4 blocks (64 of 2 would fill more SMs, but MLA's 512-wide
+    # partial outputs cost the combine more than the shorter splits save: 20.3 against 18.8 us on an H200).
+    assert heuristic_config(mla, shape(batch=1, capacity=8192), 132).num_splits == 32
+    # Eight: 16 programs a split, so 8 splits fill the SMs once (the 75% rule stopped at 7: 148.7 against 139.4 us
+    # at S32K on an H200, 164.4 against 152.6 on an H100).
     assert heuristic_config(mla, shape(batch=8, capacity=32768), 132).num_splits == 8
     # MLA at Lq 2 keeps 64-row tiles shared by two warpgroups (64 x 512 fp32 is too much for one).
-    assert heuristic_config(mla, shape(query_len=2), 132) == LatentHopperConfig(1, False, block_n=64, **turns)
+    assert heuristic_config(mla, shape(batch=128, query_len=2), 132) == LatentHopperConfig(1, False, block_n=64, **turns)
     # A 256-wide latent head of 64 rows: 64-row programs of one warpgroup, two an SM (64-key blocks); of 128 or 256,
     # the ping-pong 128-row tile on 128-key blocks; of 192 (a last program's second group empty: not timed) one
     # warpgroup again.
     gla2 = latent_spec(latent_heads=2, width=256)
     for query_len in (1, 3):
-        assert heuristic_config(gla2, shape(query_len=query_len), 132) == \
+        assert heuristic_config(gla2, shape(batch=128, query_len=query_len), 132) == \
             LatentHopperConfig(1, True, block_n=64, one_warpgroup=True, lazy_rescale=LAZY)
     for query_len in (2, 4):
-        assert heuristic_config(gla2, shape(query_len=query_len), 132) == \
+        assert heuristic_config(gla2, shape(batch=128, query_len=query_len), 132) == \
             LatentHopperConfig(1, True, block_n=128, warp_specialized=True, lazy_rescale=LAZY)
     # 96 rows (48 heads at Lq 2): a second group of 32 rows.
     assert heuristic_config(latent_spec(heads=96, latent_heads=2, width=256), shape(query_len=2), 132).warp_specialized
@@ -409,22 +410,21 @@ def test_config_heuristic():
     # loads in flight than the shared tile's 128-key blocks.
     gla8 = latent_spec(latent_heads=8, width=256)
     for query_len in (1, 2, 4):
-        assert heuristic_config(gla8, shape(query_len=query_len), 132) == \
+        assert heuristic_config(gla8, shape(batch=128, query_len=query_len), 132) == \
             LatentHopperConfig(1, True, block_n=64, one_warpgroup=True, lazy_rescale=LAZY)
-    # ... counting one 64-row program a latent head at Lq 1 to 4: one sequence is 8 programs a split, and 16 splits
-    # fill the SMs once; the second program an SM holds is not counted as more bandwidth (the 75% rule's 25, which
-    # counted it, was 1.11-1.21x slower than 16 at S8K in the H200 table).
+    # ... counting one 64-row program a latent head at Lq 1 to 4: one sequence is 8 programs a split, and 32 splits
+    # run two an SM at once, 32 blocks each (the 75% rule's 25 stopped at 75% of those slots).
     for query_len in (1, 4):
-        assert heuristic_config(gla8, shape(batch=1, query_len=query_len, capacity=65536), 132).num_splits == 16
+        assert heuristic_config(gla8, shape(batch=1, query_len=query_len, capacity=65536), 132).num_splits == 32
     assert heuristic_config(mla, shape(query_len=1), 132).block_n == 64
     # A rope key wider than 64 leaves one stage on one warpgroup: 64 rows take the shared tile, more the ping-pong
     # tile on 64-key blocks; fewer rows the shared tile with 64-key blocks (two stages of 128 fit beside a 128-wide
     # rope key on neither).
-    assert heuristic_config(latent_spec(latent_heads=8, width=256, rope=128), shape(query_len=1), 132) == \
+    assert heuristic_config(latent_spec(latent_heads=8, width=256, rope=128), shape(batch=128, query_len=1), 132) == \
         LatentHopperConfig(1, False, block_n=64, **ws)
     wide_rope = latent_spec(latent_heads=2, width=256, rope=128)
-    assert heuristic_config(wide_rope, shape(query_len=1), 132) == LatentHopperConfig(1, False, block_n=64, **ws)
-    assert heuristic_config(wide_rope, shape(query_len=2), 132) == LatentHopperConfig(
+    assert heuristic_config(wide_rope, shape(batch=128, query_len=1), 132) == LatentHopperConfig(1, False, block_n=64, **ws)
+    assert heuristic_config(wide_rope, shape(batch=128, query_len=2), 132) == LatentHopperConfig(
         1, True, block_n=64, warp_specialized=True, lazy_rescale=LAZY)
 
 

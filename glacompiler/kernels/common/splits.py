@@ -44,24 +44,28 @@ def default_num_splits(programs_per_split: int, capacity: int, block_n: int, mul
 class SplitCosts:
     """A launch's costs beside its key blocks, in units of one program reading one 64-key block, for
     planned_num_splits: a program's own (its query's load, its output's write), and the combine's where there is
-    more than one split (its launch, and its read of the partial outputs, per SM-sized set of programs)."""
+    more than one split (its launch, and its read of the partial outputs per SM-sized set of programs);
+    co_resident_speed: how much faster an SM moves two resident programs' blocks than one's."""
     program: float
     combine: float
     combine_per_wave: float
+    co_resident_speed: float = 1.0
 
 
 def planned_num_splits(programs_per_split: int, capacity: int, block_n: int, multiprocessors: int,
-                       costs: SplitCosts) -> int:
-    """The split count of least modelled time for memory-bound programs: waves of programs over the SMs, each
-    program reading its split's key blocks, plus costs. Within a wave more splits are shorter ones, so the wave
-    fills all the way (default_num_splits stops at 75%); a second wave, a program's own cost and the combine's
-    are what stop it. A second resident program an SM adds no bandwidth to the model (so the fit below)."""
+                       costs: SplitCosts, resident: int = 1) -> int:
+    """The split count of least modelled time for memory-bound programs: the programs an SM runs (resident at a
+    time, up to `resident`), each reading its split's key blocks, plus costs. Within a wave more splits are
+    shorter ones, so a wave fills all the way (default_num_splits stops at 75%); more programs an SM than it holds
+    at once, a program's own cost and the combine's are what stop it."""
     blocks = max(1, -(-capacity // block_n))
 
     def modelled_time(splits: int) -> tuple:
         programs = programs_per_split * splits
-        waves = -(-programs // multiprocessors)
-        time = waves * (-(-blocks // splits) + costs.program)
+        programs_an_sm = -(-programs // multiprocessors)
+        together = min(programs_an_sm, resident)
+        speed = costs.co_resident_speed if together > 1 else 1.0
+        time = -(-programs_an_sm // together) * together * (-(-blocks // splits) + costs.program) / speed
         if splits > 1:
             time += costs.combine + costs.combine_per_wave * programs / multiprocessors
         return time, splits  # a tie goes to fewer splits

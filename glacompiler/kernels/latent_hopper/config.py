@@ -30,15 +30,16 @@ SHARED_MEMORY_RESERVE = 2048  # mbarriers, the row-max exchange and the compiler
 # reduction adds 128 bytes of scratch, within the ~1 KB that two stages leave: test_lazy_rescale_compiles_for_sm90).
 MBARRIER_RESERVE = 128
 MIN_PAGE = 16
-# The split planner's costs (in 64-key block reads of one program), fitted to the shipped tables' timings of the tuned
-# config against the heuristic's where the two differ only in their split count: the model ranks all 50 such pairs
-# where one ran more than 2% faster (41 on the H200, 9 on the H100) as they ran, and picks the tuner's count in 108
-# of the H200's 139 buckets whose configs differ at most in it and 27 of the H100's 28 (the 75% rule: 97 and 19).
-# The combine's costs are what the short caches' pairs need (tests/test_split_counts.py); a program's own from 0 to
-# 6 ranks the pairs alike, 3 matched the most tuned counts. The model counts no gain from a second resident program
-# an SM, as the H100's one-warpgroup pairs ask (counting 1.1-1.2x for it matched more of the H200's tuned counts
-# but misranks those pairs).
-SPLIT_COSTS = SplitCosts(program=3.0, combine=6.0, combine_per_wave=3.0)
+# The split planner's costs (in 64-key block reads of one program; the combine's per wave for 256-wide values, its
+# partial outputs being that much of what it reads), fitted to benchmarks/split_counts.py's ladders of split counts on
+# an H200 (benchmarks/logs/split_counts_h200_6e414cd.txt; tests/test_split_counts.py): at each of its 10 cases the
+# planned count ran within 0.6% of the ladder's best, where the 75% rule's was up to 1.115x slower. Two resident
+# one-warpgroup programs an SM move 1.2x one's bytes there (GLA-8 B8 S32K: 4 splits 272 us, 2 splits 322). The H100
+# table's one-warpgroup buckets ran 2 splits 1.04x faster than 4 at GLA-8 B8 S32K, which this counts the other way.
+def split_costs(spec: AttentionSpec) -> SplitCosts:
+    return SplitCosts(program=4.0, combine=2.0, combine_per_wave=3.0 * spec.head_dim_v / 256, co_resident_speed=1.2)
+
+
 RESCALE_SLACK = 8.0  # log2 domain: how far a row's max may pass the one P is taken against (lazy_rescale)
 ROW_SPLIT_MAX_WIDTH = 256
 LATENT_WIDTHS = (256, 512)
@@ -310,7 +311,7 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     # Split counts as for 64-key blocks also where the blocks are 128 (halving them to keep the keys per block
     # was slower at every shape timed, benchmarks/RESULTS.md).
     splits = planned_num_splits(programs_per_split(spec, shape, row_split, one_warpgroup), shape.capacity, BLOCK_N,
-                                multiprocessors, SPLIT_COSTS)
+                                multiprocessors, split_costs(spec), resident=2 if one_warpgroup else 1)
     if ping_pong_block is not None:
         return LatentHopperConfig(splits, True, ping_pong_block, False, warp_specialized=True, lazy_rescale=False)
     # The shared tile of a latent wider than one warpgroup's accumulator holds (MLA) takes turns; narrower ones
