@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+from pathlib import Path
 
 import torch
 
 from glacompiler.kernels.common.device_limits import DeviceLimits
 from glacompiler.kernels.common.splits import HEURISTIC_MAX_SPLITS, default_num_splits, device_multiprocessors
-from glacompiler.kernels.latent_hopper.config import BLOCK_N, heuristic_config, programs_per_split
+from glacompiler.kernels.latent_hopper.config import BLOCK_N, heuristic_config, programs_per_split, resident_programs
 from glacompiler.presets import PAPER_SPECS
 from glacompiler.spec import AttentionSpec, ProblemShape
 from glacompiler.tuning.benchmark import KernelBenchmark
@@ -42,12 +44,27 @@ def parse_case(text: str) -> tuple[str, ProblemShape]:
     return name, ProblemShape(batch, query_len, capacity, PAGE_SIZE)
 
 
+def read_ladder_log(path) -> tuple[int, list]:
+    """(SMs, [(spec name, shape, {split count: us})]) of a log this script printed."""
+    text = Path(path).read_text()
+    multiprocessors = int(re.search(r"(\d+) SMs", text).group(1))
+    ladders = []
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        match = re.fullmatch(r"(\w+) B(\d+) S(\d+) Lq(\d+)", cells[0])
+        if match and len(cells) == 8:
+            name, batch, capacity, query_len = match.group(1), *map(int, match.groups()[1:])
+            times = {int(count): float(us) for count, us in (item.split(":") for item in cells[7].split(","))}
+            ladders.append((name, ProblemShape(batch, query_len, capacity, PAGE_SIZE), times))
+    return multiprocessors, ladders
+
+
 def fill_rule_splits(spec: AttentionSpec, shape: ProblemShape, config, multiprocessors: int) -> int:
     """The split count the heuristic gave before planned_num_splits: the fewest filling 75% of the last wave of
     resident programs (two an SM for one-warpgroup programs), splits of four key blocks at least."""
     programs = programs_per_split(spec, shape, config.row_split, config.one_warpgroup)
     return default_num_splits(programs, shape.capacity, BLOCK_N, multiprocessors,
-                              resident=2 if config.one_warpgroup else 1)
+                              resident=resident_programs(config.one_warpgroup))
 
 
 def main(argv=None) -> None:
@@ -66,7 +83,7 @@ def main(argv=None) -> None:
         spec = SPECS[name]
         planned = heuristic_config(spec, shape, multiprocessors)
         old = fill_rule_splits(spec, shape, planned, multiprocessors)
-        blocks = -(-shape.capacity // BLOCK_N)
+        blocks = max(1, shape.capacity // planned.block_n)  # more splits than the tile's blocks leave some empty
         counts = sorted({count for count in (*LADDER, planned.num_splits, old)
                          if count <= min(HEURISTIC_MAX_SPLITS, blocks)})
         with KernelBenchmark(spec, shape, device, limits) as bench:

@@ -402,8 +402,9 @@ def test_config_heuristic():
     # 96 rows (48 heads at Lq 2): a second group of 32 rows.
     assert heuristic_config(latent_spec(heads=96, latent_heads=2, width=256), shape(query_len=2), 132).warp_specialized
     # ... and their splits fill the SMs once, one program each: one sequence, 2 latent heads, 1 row block at Lq 2
-    # (64 splits, where the 75% rule's 50 was 1.11-1.12x slower at S32K/S64K in the H200 table); 32 sequences at
-    # Lq 2 are 64 programs a split, two splits fill 97% of 132 SMs.
+    # takes 64 splits (not timed on this tile at Lq 2; at Lq 4, 2 row blocks, 32 splits ran 69.8 us on an H200
+    # against the 75% rule's 25 at 77.9, benchmarks/logs/split_counts_h200_6e414cd.txt); 32 sequences at Lq 2 are
+    # 64 programs a split, two splits fill 97% of 132 SMs.
     assert heuristic_config(gla2, shape(batch=1, query_len=2, capacity=65536), 132).num_splits == 64
     assert heuristic_config(gla2, shape(batch=32, query_len=2, capacity=4096), 132).num_splits == 2
     # Fewer rows (GLA-8: 16 a latent head at Lq 1) too: the programs are memory-bound, and two an SM keep more

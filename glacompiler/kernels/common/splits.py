@@ -40,34 +40,45 @@ def default_num_splits(programs_per_split: int, capacity: int, block_n: int, mul
     return longest_useful
 
 
+COST_KEYS = 64  # the split planner's unit: one program reading this many keys
+
+
 @dataclasses.dataclass(frozen=True)
 class SplitCosts:
-    """A launch's costs beside its key blocks, in units of one program reading one 64-key block, for
-    planned_num_splits: a program's own (its query's load, its output's write), and the combine's where there is
-    more than one split (its launch, and its read of the partial outputs per SM-sized set of programs);
-    co_resident_speed: how much faster an SM moves two resident programs' blocks than one's."""
+    """A launch's costs beside its keys, in units of one program reading COST_KEYS keys, for planned_num_splits: a
+    program's own (its query's load, its output's write), and the combine's where there is more than one split (its
+    launch, and its read of the partial outputs per SM-sized set of programs); co_resident_speed: how much faster
+    an SM moves two resident programs' keys than one's."""
     program: float
     combine: float
     combine_per_wave: float
     co_resident_speed: float = 1.0
 
 
+def modelled_split_time(splits: int, programs_per_split: int, capacity: int, block_n: int, multiprocessors: int,
+                        costs: SplitCosts, resident: int = 1) -> float:
+    """planned_num_splits' model of a launch's time at `splits`, in COST_KEYS reads of one program: the programs an
+    SM runs (up to `resident` at a time), each reading its split's keys (a whole number of block_n-key blocks, as the
+    kernels cut them) plus its own cost, and the combine's."""
+    programs = programs_per_split * splits
+    programs_an_sm = -(-programs // multiprocessors)
+    together = min(programs_an_sm, resident)
+    speed = costs.co_resident_speed if together > 1 else 1.0
+    split_keys = -(-max(1, -(-capacity // splits)) // block_n) * block_n
+    time = -(-programs_an_sm // together) * together * (split_keys / COST_KEYS + costs.program) / speed
+    if splits > 1:
+        time += costs.combine + costs.combine_per_wave * programs / multiprocessors
+    return time
+
+
 def planned_num_splits(programs_per_split: int, capacity: int, block_n: int, multiprocessors: int,
                        costs: SplitCosts, resident: int = 1) -> int:
-    """The split count of least modelled time for memory-bound programs: the programs an SM runs (resident at a
-    time, up to `resident`), each reading its split's key blocks, plus costs. Within a wave more splits are
-    shorter ones, so a wave fills all the way (default_num_splits stops at 75%); more programs an SM than it holds
-    at once, a program's own cost and the combine's are what stop it."""
-    blocks = max(1, -(-capacity // block_n))
-
-    def modelled_time(splits: int) -> tuple:
-        programs = programs_per_split * splits
-        programs_an_sm = -(-programs // multiprocessors)
-        together = min(programs_an_sm, resident)
-        speed = costs.co_resident_speed if together > 1 else 1.0
-        time = -(-programs_an_sm // together) * together * (-(-blocks // splits) + costs.program) / speed
-        if splits > 1:
-            time += costs.combine + costs.combine_per_wave * programs / multiprocessors
-        return time, splits  # a tie goes to fewer splits
-
-    return min(range(1, min(HEURISTIC_MAX_SPLITS, blocks) + 1), key=modelled_time)
+    """The split count of least modelled time (modelled_split_time) for memory-bound programs, from 1 to one whole
+    block_n-key block a split (as the family's longest_useful_splits) or HEURISTIC_MAX_SPLITS. Within a wave more
+    splits are shorter ones, so a wave fills all the way (default_num_splits stops at 75%); more programs an SM than
+    it holds at once, a program's own cost and the combine's are what stop it. A tie goes to fewer splits, so a
+    count whose last splits the kernel would leave empty (the same split length with more programs) is not taken."""
+    blocks = max(1, capacity // block_n)
+    return min(range(1, min(HEURISTIC_MAX_SPLITS, blocks) + 1),
+               key=lambda splits: (modelled_split_time(splits, programs_per_split, capacity, block_n,
+                                                       multiprocessors, costs, resident), splits))

@@ -30,16 +30,6 @@ SHARED_MEMORY_RESERVE = 2048  # mbarriers, the row-max exchange and the compiler
 # reduction adds 128 bytes of scratch, within the ~1 KB that two stages leave: test_lazy_rescale_compiles_for_sm90).
 MBARRIER_RESERVE = 128
 MIN_PAGE = 16
-# The split planner's costs (in 64-key block reads of one program; the combine's per wave for 256-wide values, its
-# partial outputs being that much of what it reads), fitted to benchmarks/split_counts.py's ladders of split counts on
-# an H200 (benchmarks/logs/split_counts_h200_6e414cd.txt; tests/test_split_counts.py): at each of its 10 cases the
-# planned count ran within 0.6% of the ladder's best, where the 75% rule's was up to 1.115x slower. Two resident
-# one-warpgroup programs an SM move 1.2x one's bytes there (GLA-8 B8 S32K: 4 splits 272 us, 2 splits 322). The H100
-# table's one-warpgroup buckets ran 2 splits 1.04x faster than 4 at GLA-8 B8 S32K, which this counts the other way.
-def split_costs(spec: AttentionSpec) -> SplitCosts:
-    return SplitCosts(program=4.0, combine=2.0, combine_per_wave=3.0 * spec.head_dim_v / 256, co_resident_speed=1.2)
-
-
 RESCALE_SLACK = 8.0  # log2 domain: how far a row's max may pass the one P is taken against (lazy_rescale)
 ROW_SPLIT_MAX_WIDTH = 256
 LATENT_WIDTHS = (256, 512)
@@ -283,6 +273,22 @@ def programs_per_split(spec: AttentionSpec, shape: ProblemShape, row_split: bool
     return shape.batch * spec.num_kv_heads * -(-rows // block_m)
 
 
+# The split planner's costs (in 64-key reads of one program, COST_KEYS; the combine's per wave for 256-wide values, its
+# partial outputs being that much of what it reads), fitted to benchmarks/split_counts.py's ladders of split counts on
+# an H200 (benchmarks/logs/split_counts_h200_6e414cd.txt; tests/test_split_counts.py): at each of its 10 cases the
+# planned count ran within 0.6% of the ladder's best, where the 75% rule's was up to 1.115x slower (each case held out
+# of the fit in turn: within 3.2%, 0.4% on average; benchmarks/fit_split_costs.py). Two resident
+# one-warpgroup programs an SM move 1.2x one's bytes there (GLA-8 B8 S32K: 4 splits 272 us, 2 splits 322). The H100
+# table's one-warpgroup buckets ran 2 splits 1.04x faster than 4 at GLA-8 B8 S32K, which this counts the other way.
+def resident_programs(one_warpgroup: bool) -> int:
+    """Programs an SM holds at once: two of one warpgroup (LatentHopperTile.one_warpgroup), else one."""
+    return 2 if one_warpgroup else 1
+
+
+def split_costs(spec: AttentionSpec) -> SplitCosts:
+    return SplitCosts(program=4.0, combine=2.0, combine_per_wave=3.0 * spec.head_dim_v / 256, co_resident_speed=1.2)
+
+
 def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> LatentHopperConfig:
     """Where the latent fits one warpgroup's accumulator: the ping-pong 128-row tile on 128-key blocks where a latent
     head's rows fill every program's second row group in part at least (rows > 64 and rows % 128 either 0 or above
@@ -308,16 +314,15 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
                      and LatentHopperTile(True, one_warpgroup=True).holds_two_stages(spec))
     row_split = (ping_pong_block is not None or one_warpgroup
                  or (narrow and rows > 64 and LatentHopperTile(True).holds_two_stages(spec)))
-    # Split counts as for 64-key blocks also where the blocks are 128 (halving them to keep the keys per block
-    # was slower at every shape timed, benchmarks/RESULTS.md).
-    splits = planned_num_splits(programs_per_split(spec, shape, row_split, one_warpgroup), shape.capacity, BLOCK_N,
-                                multiprocessors, split_costs(spec), resident=2 if one_warpgroup else 1)
-    if ping_pong_block is not None:
-        return LatentHopperConfig(splits, True, ping_pong_block, False, warp_specialized=True, lazy_rescale=False)
     # The shared tile of a latent wider than one warpgroup's accumulator holds (MLA) takes turns; narrower ones
     # (a rope key too wide for the row-owned tiles) keep the score/value split and its 128-key blocks.
     alternating = (not row_split and not narrow
                    and LatentHopperTile(False, warp_specialized=True, alternating=True).holds_two_stages(spec))
-    return LatentHopperConfig(splits, row_split, BLOCK_N if alternating else preferred_block_n(spec, row_split),
-                              one_warpgroup, warp_specialized=not row_split, alternating=alternating,
-                              lazy_rescale=False)
+    block_n = ping_pong_block or (BLOCK_N if alternating else preferred_block_n(spec, row_split))
+    # The planner cuts splits into whole blocks of the tile's, as the kernel does (so none is left empty).
+    splits = planned_num_splits(programs_per_split(spec, shape, row_split, one_warpgroup), shape.capacity, block_n,
+                                multiprocessors, split_costs(spec), resident_programs(one_warpgroup))
+    if ping_pong_block is not None:
+        return LatentHopperConfig(splits, True, block_n, False, warp_specialized=True, lazy_rescale=False)
+    return LatentHopperConfig(splits, row_split, block_n, one_warpgroup, warp_specialized=not row_split,
+                              alternating=alternating, lazy_rescale=False)
