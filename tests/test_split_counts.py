@@ -39,6 +39,11 @@ def test_the_combine_keeps_short_caches_whole():
     assert planned_num_splits(256, 65536, 64, 132, MLA_COSTS) == 1
 
 
+def test_a_batch_of_nothing_plans_one_split():
+    assert planned_num_splits(0, 8192, 64, 132, MLA_COSTS) == 1
+    assert heuristic_config(PAPER_SPECS["gla8"], ProblemShape(0, 1, 8192, 64), 132).num_splits == 1
+
+
 def test_no_split_is_left_without_a_block_of_the_tiles():
     # The kernels cut splits into whole blocks of their tile's keys: with 128-key blocks a 1024-key cache holds 8.
     assert planned_num_splits(2, 1024, 128, 132, GLA_COSTS) == 8

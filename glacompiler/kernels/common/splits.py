@@ -61,6 +61,8 @@ def modelled_split_time(splits: int, programs_per_split: int, capacity: int, blo
     SM runs (up to `resident` at a time), each reading its split's keys (a whole number of block_n-key blocks, as the
     kernels cut them) plus its own cost, and the combine's."""
     programs = programs_per_split * splits
+    if programs == 0:  # a batch of 0 sequences: nothing runs (and the tie gives 1 split)
+        return 0.0
     programs_an_sm = -(-programs // multiprocessors)
     together = min(programs_an_sm, resident)
     speed = costs.co_resident_speed if together > 1 else 1.0
