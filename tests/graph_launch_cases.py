@@ -819,8 +819,7 @@ def hopper_problem(batch=2):
 @pytest.mark.parametrize("buffers", ["split count", "dtype", "strided", "strided lengths"])
 def test_buffers_the_plan_cannot_write_take_the_ops_own_call(hopper_stand_ins, caplog, buffers):
     """Buffers whose split counts disagree, or whose dtype or strides are not the plan's (or lengths the kernel would
-    need copied)
-    take the op's own call and a copy, with a warning: never a launch into them."""
+    need copied) take the op's own call and a copy, with a warning: never a launch into them."""
     launched = hopper_stand_ins
     problem = hopper_problem()
     values = list(into_arguments(problem).values())

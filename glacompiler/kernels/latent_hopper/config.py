@@ -273,6 +273,11 @@ def programs_per_split(spec: AttentionSpec, shape: ProblemShape, row_split: bool
     return shape.batch * spec.num_kv_heads * -(-rows // block_m)
 
 
+def resident_programs(one_warpgroup: bool) -> int:
+    """Programs an SM holds at once: two of one warpgroup (LatentHopperTile.one_warpgroup), else one."""
+    return 2 if one_warpgroup else 1
+
+
 # The split planner's costs (in 64-key reads of one program, COST_KEYS; the combine's per wave for 256-wide values, its
 # partial outputs being that much of what it reads), fitted to benchmarks/split_counts.py's ladders of split counts on
 # an H200 (benchmarks/logs/split_counts_h200_6e414cd.txt; tests/test_split_counts.py): at each of its 10 cases the
@@ -280,11 +285,6 @@ def programs_per_split(spec: AttentionSpec, shape: ProblemShape, row_split: bool
 # of the fit in turn: within 3.2%, 0.4% on average; benchmarks/fit_split_costs.py). Two resident
 # one-warpgroup programs an SM move 1.2x one's bytes there (GLA-8 B8 S32K: 4 splits 272 us, 2 splits 322). The H100
 # table's one-warpgroup buckets ran 2 splits 1.04x faster than 4 at GLA-8 B8 S32K, which this counts the other way.
-def resident_programs(one_warpgroup: bool) -> int:
-    """Programs an SM holds at once: two of one warpgroup (LatentHopperTile.one_warpgroup), else one."""
-    return 2 if one_warpgroup else 1
-
-
 def split_costs(spec: AttentionSpec) -> SplitCosts:
     return SplitCosts(program=4.0, combine=2.0, combine_per_wave=3.0 * spec.head_dim_v / 256, co_resident_speed=1.2)
 
