@@ -25,7 +25,8 @@ def heuristic_choice(kw):
     # The heuristic's config, not a table's, so that two builds time the same split counts.
     spec, shape = validate_inputs(kw["q"], kw["k_cache"], kw.get("v_cache"), kw["q_rope"], kw["k_rope_cache"],
                                   kw["cache_seqlens"], kw["page_table"], None, None, None)
-    return heuristic_config(spec, shape, torch.cuda.get_device_properties(0).multi_processor_count)
+    return heuristic_config(spec, shape, torch.cuda.get_device_properties(0).multi_processor_count,
+                            torch.cuda.get_device_name(0))
 
 def run(kw, cfg):
     return glacompiler.attention_with_kvcache_config(**kw, config=cfg)[0]

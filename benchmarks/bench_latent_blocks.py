@@ -64,7 +64,8 @@ def main() -> None:
         tokens = batch * length
         floor_us = 1e6 * max(tokens * (latent_heads * width + ROPE) * 2 / bandwidth,
                              2 * query_len * num_q_heads * tokens * (2 * width + ROPE) / rate)
-        base = heuristic_config(spec, ProblemShape(batch, query_len, length, PAGE), multiprocessors)
+        base = heuristic_config(spec, ProblemShape(batch, query_len, length, PAGE), multiprocessors,
+                                torch.cuda.get_device_name())
         short = LatentHopperConfig(base.num_splits, base.row_split, block_n=64)
         short_us, short_out = kernel_us(kwargs, short)
         row = f"| {label} | {batch} | {length} | {query_len} | {base.num_splits} | {floor_us:.0f} | " \

@@ -1,9 +1,11 @@
 """Fit the Hopper latent split planner's costs (kernels/latent_hopper/config.py: split_costs) to ladders that
 benchmarks/split_counts.py logged, on the CPU: a grid over the four costs, each scored by how much slower than its
-ladder's best the count it picks (among the ladder's counts) ran; then each case held out in turn.
+ladder's best the count it picks (among the ladder's counts) ran; then each case held out in turn. One set of costs
+for every log given; the co-resident speed is the card's (split_costs), so fit that on one card's logs.
 
     python benchmarks/fit_split_costs.py                                   # every benchmarks/logs/split_counts_*.txt
     python benchmarks/fit_split_costs.py --ladders benchmarks/logs/split_counts_h200_6e414cd.txt
+    python benchmarks/fit_split_costs.py --ladders benchmarks/logs/split_counts_heldout_h100_483c94a.txt
 """
 from __future__ import annotations
 
@@ -27,10 +29,11 @@ CO_RESIDENT_SPEED = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
 class Case:
     """One ladder: its planner inputs (from the heuristic's tile) and its timings."""
 
-    def __init__(self, name, shape, times, multiprocessors):
-        self.name, self.shape, self.times, self.multiprocessors = name, shape, times, multiprocessors
+    def __init__(self, name, shape, times, card, multiprocessors):
+        self.name, self.shape, self.times = name, shape, times
+        self.card, self.multiprocessors = card, multiprocessors
         self.spec = SPECS[name]
-        self.tile = heuristic_config(self.spec, shape, multiprocessors)
+        self.tile = heuristic_config(self.spec, shape, multiprocessors, card)
         self.programs = programs_per_split(self.spec, shape, self.tile.row_split, self.tile.one_warpgroup)
         self.resident = resident_programs(self.tile.one_warpgroup)
 
@@ -60,8 +63,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cases = []
     for path in args.ladders:
-        multiprocessors, ladders = read_ladder_log(path)
-        cases.extend(Case(name, shape, times, multiprocessors) for name, shape, times in ladders)
+        card, multiprocessors, ladders = read_ladder_log(path)
+        cases.extend(Case(name, shape, times, card, multiprocessors) for name, shape, times in ladders)
     if not cases:
         parser.error("no ladders read")
     grid = list(itertools.product(PROGRAM, COMBINE, COMBINE_PER_WAVE, CO_RESIDENT_SPEED))
@@ -73,7 +76,7 @@ def main(argv=None) -> None:
         losses = [case.loss(costs_for(case.spec, *point)) for case in cases]
         print(f"| {' | '.join(str(value) for value in point)} | {math.exp(mean_log_loss(cases, point)):.4f} "
               f"| {max(losses):.3f} |")
-    print("\n| case | shipped costs | 75% rule | held out (costs fitted to the others) |")
+    print("\n| case | shipped costs (the card's) | 75% rule | held out (costs fitted to the others) |")
     print("|---|---|---|---|")
     held_out = []
     for index, case in enumerate(cases):
@@ -82,7 +85,8 @@ def main(argv=None) -> None:
         held_out.append(case.loss(costs_for(case.spec, *point)))
         rule = fill_rule_splits(case.spec, case.shape, case.tile, case.multiprocessors)
         rule_loss = case.times[rule] / min(case.times.values()) if rule in case.times else float("nan")
-        print(f"| {case.label()} | {case.loss(split_costs(case.spec)):.3f} | {rule_loss:.3f} | {held_out[-1]:.3f} |")
+        shipped = case.loss(split_costs(case.spec, case.card))
+        print(f"| {case.label()} | {shipped:.3f} | {rule_loss:.3f} | {held_out[-1]:.3f} |")
     print(f"\nheld out: mean loss {math.exp(sum(map(math.log, held_out)) / len(held_out)):.4f}, "
           f"worst {max(held_out):.3f}")
 

@@ -44,10 +44,10 @@ def parse_case(text: str) -> tuple[str, ProblemShape]:
     return name, ProblemShape(batch, query_len, capacity, PAGE_SIZE)
 
 
-def read_ladder_log(path) -> tuple[int, list]:
-    """(SMs, [(spec name, shape, {split count: us})]) of a log this script printed."""
+def read_ladder_log(path) -> tuple[str, int, list]:
+    """(card, SMs, [(spec name, shape, {split count: us})]) of a log this script printed."""
     text = Path(path).read_text()
-    multiprocessors = int(re.search(r"(\d+) SMs", text).group(1))
+    card, multiprocessors = re.search(r"^# (.+), (\d+) SMs", text, re.MULTILINE).groups()
     ladders = []
     for line in text.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -56,7 +56,7 @@ def read_ladder_log(path) -> tuple[int, list]:
             name, batch, capacity, query_len = match.group(1), *map(int, match.groups()[1:])
             times = {int(count): float(us) for count, us in (item.split(":") for item in cells[7].split(","))}
             ladders.append((name, ProblemShape(batch, query_len, capacity, PAGE_SIZE), times))
-    return multiprocessors, ladders
+    return card, int(multiprocessors), ladders
 
 
 def fill_rule_splits(spec: AttentionSpec, shape: ProblemShape, config, multiprocessors: int) -> int:
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name, shape in args.cases:
         spec = SPECS[name]
-        planned = heuristic_config(spec, shape, multiprocessors)
+        planned = heuristic_config(spec, shape, multiprocessors, limits.name)
         old = fill_rule_splits(spec, shape, planned, multiprocessors)
         blocks = max(1, shape.capacity // planned.block_n)  # more splits than the tile's blocks leave some empty
         counts = sorted({count for count in (*LADDER, planned.num_splits, old)

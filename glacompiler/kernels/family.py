@@ -76,8 +76,10 @@ class KernelFamily:
         them. None where calls with well-laid-out tensors run on this family."""
         raise NotImplementedError
 
-    def heuristic_config(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> Config:
-        """The untuned choice for a call."""
+    def heuristic_config(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
+                         card: str = "") -> Config:
+        """The untuned choice for a call on a GPU of `multiprocessors` SMs named `card` (device_card; "" where
+        unknown: the family's default costs)."""
         raise NotImplementedError
 
     def config_problem(self, config: Config, spec: AttentionSpec) -> Optional[str]:

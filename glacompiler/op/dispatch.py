@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import KernelCall, KernelFamily, choose_family
-from ..kernels.common.splits import device_multiprocessors
+from ..kernels.common.splits import device_card, device_multiprocessors
 from ..spec import AttentionSpec, ProblemShape
 from ..tables.lookup import tuned_config
 from .validation import validate_inputs
@@ -20,7 +20,7 @@ def choose_config(family: KernelFamily, spec: AttentionSpec, shape: ProblemShape
     num_splits > 0 overrides the split count."""
     config = tuned_config(family, spec, shape, device)
     if config is None:
-        config = family.heuristic_config(spec, shape, device_multiprocessors(device))
+        config = family.heuristic_config(spec, shape, device_multiprocessors(device), device_card(device))
     return family.with_splits(config, num_splits) if num_splits > 0 else config
 
 

@@ -270,7 +270,7 @@ def tune_bucket(
     started = time.monotonic()
     family = family or family_named(PORTABLE_FAMILY_NAME)
     if default_config is None:
-        default_config = family.heuristic_config(spec, shape, limits.multiprocessors)
+        default_config = family.heuristic_config(spec, shape, limits.multiprocessors, limits.name)
     space = family.search_space(spec, shape, limits.multiprocessors, include=[default_config])
     name = study_name(family, spec, shape, space, limits.name, getattr(evaluator, "timing", ""))
     with _quiet_optuna():

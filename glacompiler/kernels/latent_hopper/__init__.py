@@ -34,8 +34,9 @@ class LatentHopperFamily(KernelFamily):
     def spec_problem(self, spec: AttentionSpec, shape: ProblemShape, device: torch.device) -> Optional[str]:
         return spec_problem(spec, shape) or device_problem(device)  # the head layout first: no device query
 
-    def heuristic_config(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> LatentHopperConfig:
-        return heuristic_config(spec, shape, multiprocessors)
+    def heuristic_config(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
+                         card: str = "") -> LatentHopperConfig:
+        return heuristic_config(spec, shape, multiprocessors, card)
 
     def config_problem(self, config, spec: AttentionSpec) -> Optional[str]:
         return super().config_problem(config, spec) or config.problem_with(spec)

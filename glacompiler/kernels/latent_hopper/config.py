@@ -282,14 +282,27 @@ def resident_programs(one_warpgroup: bool) -> int:
 # partial outputs being that much of what it reads), fitted to benchmarks/split_counts.py's ladders of split counts on
 # an H200 (benchmarks/logs/split_counts_h200_6e414cd.txt; tests/test_split_counts.py): at each of its 10 cases the
 # planned count ran within 0.6% of the ladder's best, where the 75% rule's was up to 1.115x slower (each case held out
-# of the fit in turn: within 3.2%, 0.4% on average; benchmarks/fit_split_costs.py). Two resident
-# one-warpgroup programs an SM move 1.2x one's bytes there (GLA-8 B8 S32K: 4 splits 272 us, 2 splits 322). The H100
-# table's one-warpgroup buckets ran 2 splits 1.04x faster than 4 at GLA-8 B8 S32K, which this counts the other way.
-def split_costs(spec: AttentionSpec) -> SplitCosts:
-    return SplitCosts(program=4.0, combine=2.0, combine_per_wave=3.0 * spec.head_dim_v / 256, co_resident_speed=1.2)
+# of the fit in turn: within 3.2%, 0.4% on average; benchmarks/fit_split_costs.py).
+# Two resident one-warpgroup programs an SM move more bytes than one on an H200 (1.2x: GLA-8 B8 S32K ran 272 us at 4
+# splits, 322 at 2) but not on an H100: on its ladders of 10 other shapes (split_counts_heldout_h100_483c94a.txt) the
+# three one-warpgroup cases ran fastest at the counts a speed of 1.0 picks, 1.04-1.09x faster than at 1.2's, and its
+# table's three GLA-8 B8 S32K pairs agree. So that speed is the card's (fitted to those cases); a card not timed
+# takes the H200's.
+CO_RESIDENT_SPEEDS = (("H100", 1.0),)
+DEFAULT_CO_RESIDENT_SPEED = 1.2
 
 
-def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> LatentHopperConfig:
+def co_resident_speed(card: str) -> float:
+    return next((speed for name, speed in CO_RESIDENT_SPEEDS if name in card), DEFAULT_CO_RESIDENT_SPEED)
+
+
+def split_costs(spec: AttentionSpec, card: str = "") -> SplitCosts:
+    return SplitCosts(program=4.0, combine=2.0, combine_per_wave=3.0 * spec.head_dim_v / 256,
+                      co_resident_speed=co_resident_speed(card))
+
+
+def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
+                     card: str = "") -> LatentHopperConfig:
     """Where the latent fits one warpgroup's accumulator: the ping-pong 128-row tile on 128-key blocks where a latent
     head's rows fill every program's second row group in part at least (rows > 64 and rows % 128 either 0 or above
     64: GLA-2 at Lq 2 and 4 on an H100 ran 1.04-1.11x faster than the one-warpgroup tile at the table's split count,
@@ -299,9 +312,9 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     from B128 S8K or caches of 32K up; the H200 table's tuning took it for 32 of the 38 GLA-8 buckets of 16 and 32
     rows, up to 1.20x faster, the shared tile keeping a few small-work ones, short caches at B 1/8); otherwise the
     shared 64-row tile, warp-specialised, with alternating turns for MLA's 512-wide latent (0.91-0.97x the
-    score/value split's time on an H200). Then the split count of least modelled time (planned_num_splits); the
-    preferred block size. (Where a tile's two stages do not fit, the next one: the ping-pong
-    tile's 64-key blocks, the 128-row tile in step.)"""
+    score/value split's time on an H200). Then the split count of least modelled time (planned_num_splits, with the
+    card's costs: split_costs); the preferred block size. (Where a tile's two stages do not fit, the next one: the
+    ping-pong tile's 64-key blocks, the 128-row tile in step.)"""
     rows = spec.group_size * shape.query_len
     narrow = spec.head_dim_k <= ROW_SPLIT_MAX_WIDTH
     # Each only where two key stages fit beside its query (a rope key wider than 64 leaves one stage on one
@@ -321,7 +334,7 @@ def heuristic_config(spec: AttentionSpec, shape: ProblemShape, multiprocessors: 
     block_n = ping_pong_block or (BLOCK_N if alternating else preferred_block_n(spec, row_split))
     # The planner cuts splits into whole blocks of the tile's, as the kernel does (so none is left empty).
     splits = planned_num_splits(programs_per_split(spec, shape, row_split, one_warpgroup), shape.capacity, block_n,
-                                multiprocessors, split_costs(spec), resident_programs(one_warpgroup))
+                                multiprocessors, split_costs(spec, card), resident_programs(one_warpgroup))
     if ping_pong_block is not None:
         return LatentHopperConfig(splits, True, block_n, False, warp_specialized=True, lazy_rescale=False)
     return LatentHopperConfig(splits, row_split, block_n, one_warpgroup, warp_specialized=not row_split,

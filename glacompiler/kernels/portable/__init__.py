@@ -34,7 +34,8 @@ class PortableFamily(KernelFamily):
             return config
         return dataclasses.replace(config, fused_combine=fused_combine_default(spec, config))
 
-    def heuristic_config(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int) -> PortableConfig:
+    def heuristic_config(self, spec: AttentionSpec, shape: ProblemShape, multiprocessors: int,
+                         card: str = "") -> PortableConfig:
         return heuristic_config(spec, shape.batch, shape.capacity, shape.query_len, multiprocessors, shape.page_size)
 
     def programs_per_split(self, spec: AttentionSpec, shape: ProblemShape, config: PortableConfig) -> int:
