@@ -39,6 +39,7 @@ KERNEL_WRITES = ("OUT", "LSE", "RANGE")
 def gpu_stand_ins(monkeypatch):
     """An H200's 132 multiprocessors, no tuned table, and Inductor's kernel analysis as `writes` says."""
     monkeypatch.setattr(dispatch, "device_multiprocessors", lambda device: 132)
+    monkeypatch.setattr(dispatch, "device_card", lambda device: "NVIDIA H200")
     monkeypatch.setattr(dispatch, "tuned_config", lambda *args: None)
     writes = {"names": KERNEL_WRITES}
     monkeypatch.setattr(triton_kernel_wrap, "get_mutated_tensors",
@@ -620,6 +621,7 @@ def analysed_on_sm90(monkeypatch):
     from glacompiler.compiler import kernel_analysis_memo
 
     monkeypatch.setattr(dispatch, "device_multiprocessors", lambda device: 132)
+    monkeypatch.setattr(dispatch, "device_card", lambda device: "NVIDIA H200")
     monkeypatch.setattr(dispatch, "tuned_config", lambda *args: None)
     generated = []
     original = triton_kernel_wrap.generate_ttir
@@ -772,6 +774,7 @@ def hopper_stand_ins(monkeypatch):
     every prepared launch recorded instead of run: [(launch, args)]."""
     monkeypatch.setattr("glacompiler.kernels.latent_hopper.device_problem", lambda device: None)
     monkeypatch.setattr(dispatch, "device_multiprocessors", lambda device: 132)
+    monkeypatch.setattr(dispatch, "device_card", lambda device: "NVIDIA H200")
     monkeypatch.setattr(dispatch, "tuned_config", lambda *args: None)
     launched = []
     monkeypatch.setattr(PreparedLaunch, "__call__", lambda launch, args: launched.append((launch, args)))

@@ -26,18 +26,6 @@ def device_multiprocessors(device: torch.device) -> int:
     return 8
 
 
-@functools.lru_cache(maxsize=None)
-def _device_name(device_index: int) -> str:
-    return torch.cuda.get_device_name(device_index)
-
-
-def device_card(device: torch.device) -> str:
-    """A CUDA device's name, which some planner costs depend on (heuristic_config's card); "" on CPU."""
-    if device.type == "cuda":
-        return _device_name(device.index if device.index is not None else torch.cuda.current_device())
-    return ""
-
-
 def default_num_splits(programs_per_split: int, capacity: int, block_n: int, multiprocessors: int,
                        resident: int = 1) -> int:
     """The fewest splits that fill the last wave of resident programs (multiprocessors x resident) to 75% or
