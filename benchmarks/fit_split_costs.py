@@ -1,11 +1,10 @@
 """Fit the Hopper latent split planner's costs (kernels/latent_hopper/config.py: split_costs) to ladders that
 benchmarks/split_counts.py logged, on the CPU: a grid over the four costs, each scored by how much slower than its
-ladder's best the count it picks (among the ladder's counts) ran; then each case held out in turn. One set of costs
-for every log given; the co-resident speed is the card's (split_costs), so fit that on one card's logs.
+ladder's best the count it picks (among the ladder's counts) ran; then each case held out in turn. Each card's
+ladders are fitted apart: the co-resident speed is the card's (split_costs).
 
     python benchmarks/fit_split_costs.py                                   # every benchmarks/logs/split_counts_*.txt
     python benchmarks/fit_split_costs.py --ladders benchmarks/logs/split_counts_h200_6e414cd.txt
-    python benchmarks/fit_split_costs.py --ladders benchmarks/logs/split_counts_heldout_h100_483c94a.txt
 """
 from __future__ import annotations
 
@@ -61,18 +60,27 @@ def main(argv=None) -> None:
     parser.add_argument("--ladders", nargs="+", type=Path, default=sorted(LOGS.glob("split_counts_*.txt")))
     parser.add_argument("--top", type=int, default=8)
     args = parser.parse_args(argv)
-    cases = []
+    by_card: dict[str, tuple[list, list]] = {}  # card -> (its logs' names, its cases)
     for path in args.ladders:
         card, multiprocessors, ladders = read_ladder_log(path)
+        names, cases = by_card.setdefault(card, ([], []))
+        names.append(path.name)
         cases.extend(Case(name, shape, times, card, multiprocessors) for name, shape, times in ladders)
-    if not cases:
+    if not any(cases for _, cases in by_card.values()):
         parser.error("no ladders read")
+    for card, (names, cases) in by_card.items():
+        if cases:
+            fit_card(card, names, cases, args.top)
+
+
+def fit_card(card: str, log_names: list, cases: list, top: int) -> None:
+    """The grid ranked on one card's cases, then each case held out in turn."""
     grid = list(itertools.product(PROGRAM, COMBINE, COMBINE_PER_WAVE, CO_RESIDENT_SPEED))
     ranked = sorted(grid, key=lambda point: mean_log_loss(cases, point))
-    print(f"# {len(cases)} ladders from {', '.join(path.name for path in args.ladders)}; loss: time at the pick / best")
+    print(f"\n# {card}: {len(cases)} ladders from {', '.join(log_names)}; loss: time at the pick / best")
     print("| program | combine | combine per wave (256 wide) | co-resident speed | mean loss | worst |")
     print("|---|---|---|---|---|---|")
-    for point in ranked[:args.top]:
+    for point in ranked[:top]:
         losses = [case.loss(costs_for(case.spec, *point)) for case in cases]
         print(f"| {' | '.join(str(value) for value in point)} | {math.exp(mean_log_loss(cases, point)):.4f} "
               f"| {max(losses):.3f} |")

@@ -10,7 +10,8 @@ from torch import Tensor
 from ..kernels import KernelCall, KernelFamily, choose_family
 from ..kernels.common.splits import device_multiprocessors
 from ..spec import AttentionSpec, ProblemShape
-from ..tables.lookup import device_name, tuned_config
+from ..tables import lookup
+from ..tables.lookup import tuned_config
 from .validation import validate_inputs
 
 
@@ -18,7 +19,7 @@ def device_card(device: torch.device) -> str:
     """A CUDA device's name, which some families' heuristic costs depend on (heuristic_config's card); "" on CPU."""
     if device.type != "cuda":
         return ""
-    return device_name(device.index if device.index is not None else torch.cuda.current_device())
+    return lookup.device_name(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def choose_config(family: KernelFamily, spec: AttentionSpec, shape: ProblemShape, device: torch.device,
