@@ -16,6 +16,7 @@ MLA_COSTS, GLA_COSTS = split_costs(PAPER_SPECS["mla"]), split_costs(PAPER_SPECS[
 LOGS = Path(__file__).resolve().parents[1] / "benchmarks" / "logs"
 LADDERS = LOGS / "split_counts_h200_6e414cd.txt"
 H100_LADDERS = LOGS / "split_counts_heldout_h100_483c94a.txt"
+H100_THIRD_LADDERS = LOGS / "split_counts_third_h100_3ef393a.txt"
 H100 = "NVIDIA H100 80GB HBM3"
 
 
@@ -98,3 +99,19 @@ def test_planned_counts_on_the_h100_ladders():
         assert config.num_splits in times, f"{name} {shape}: the heuristic's {config.num_splits} splits were not timed"
         limit = 1.0 if config.one_warpgroup else 1.055
         assert times[config.num_splits] <= limit * min(times.values()), (name, shape, config.num_splits, times)
+
+
+def test_planned_counts_on_a_third_set_of_h100_ladders():
+    """Ten more shapes, timed on an H100 after its co-resident speed was set (out of sample for every cost): seven of
+    one-warpgroup programs, three of which the H200's costs plan elsewhere (1.02-1.20x slower there). Each lands at
+    its best."""
+    script = load_benchmark_script("split_counts")
+    card, multiprocessors, ladders = script.read_ladder_log(H100_THIRD_LADDERS)
+    assert card == H100 and multiprocessors == 132 and len(ladders) == 10, "the log lost its rows"
+    planned_apart = 0
+    for name, shape, times in ladders:
+        splits = heuristic_config(script.SPECS[name], shape, multiprocessors, card).num_splits
+        assert splits in times, f"{name} {shape}: the heuristic's {splits} splits were not timed"
+        assert times[splits] <= 1.0 * min(times.values()), (name, shape, splits, times)
+        planned_apart += heuristic_config(script.SPECS[name], shape, multiprocessors, "NVIDIA H200").num_splits != splits
+    assert planned_apart == 3, "the set no longer holds the cases the two cards' costs plan apart"
