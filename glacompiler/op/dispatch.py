@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import KernelCall, KernelFamily, choose_family
+from ..kernels.common.device_limits import cuda_index
 from ..kernels.common.splits import device_multiprocessors
 from ..spec import AttentionSpec, ProblemShape
 from ..tables import lookup
@@ -19,7 +20,7 @@ def device_card(device: torch.device) -> str:
     """A CUDA device's name, which some families' heuristic costs depend on (heuristic_config's card); "" on CPU."""
     if device.type != "cuda":
         return ""
-    return lookup.device_name(device.index if device.index is not None else torch.cuda.current_device())
+    return lookup.device_name(cuda_index(device))
 
 
 def choose_config(family: KernelFamily, spec: AttentionSpec, shape: ProblemShape, device: torch.device,

@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from ..kernels.common.device_limits import cuda_index
 from ..kernels.family import KernelFamily
 from ..spec import AttentionSpec, ProblemShape
 from . import table_file
@@ -143,7 +144,7 @@ def tuned_config(family: KernelFamily, spec: AttentionSpec, shape: ProblemShape,
     caller uses the family's heuristic)."""
     if device.type != "cuda":
         return None
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = cuda_index(device)
     key = (family.name, spec, shape.batch, shape.capacity, shape.query_len, shape.page_size, index)
     config = _resolved.get(key, _UNSET)
     if config is _UNSET:

@@ -8,6 +8,11 @@ import functools
 import torch
 
 
+def cuda_index(device: torch.device) -> int:
+    """A CUDA device's index: its own, or the current device's for a bare "cuda"."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 @dataclasses.dataclass(frozen=True)
 class DeviceLimits:
     name: str
@@ -19,8 +24,7 @@ class DeviceLimits:
 
     @classmethod
     def for_device(cls, device: torch.device) -> "DeviceLimits":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return _limits_for_index(index)
+        return _limits_for_index(cuda_index(device))
 
 
 # Used when torch does not report a limit (older builds lack shared_memory_per_block_optin or

@@ -6,6 +6,8 @@ import functools
 
 import torch
 
+from .device_limits import cuda_index
+
 # Splits a launch may take (configs, the op's num_splits, the tuner's space). The heuristic stops at 64: more
 # only paid where very few programs share a long cache, and there not for every kind (H200, one sequence of 64K
 # keys: GTA's 4 KV heads 37.9 us at 64 splits, 28.1 at 128; GQA's 8 heads 69.0 at 64, 84.5 at 96, 70.2 at 128;
@@ -22,7 +24,7 @@ def multiprocessor_count(device_index: int) -> int:
 def device_multiprocessors(device: torch.device) -> int:
     """SM count of a CUDA device; a small stand-in for the interpreter on CPU, so splits get exercised."""
     if device.type == "cuda":
-        return multiprocessor_count(device.index if device.index is not None else torch.cuda.current_device())
+        return multiprocessor_count(cuda_index(device))
     return 8
 
 

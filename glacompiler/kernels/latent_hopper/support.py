@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ...spec import AttentionSpec, ProblemShape
 from ..common.addresses import misaligned
+from ..common.device_limits import cuda_index
 from .config import LATENT_WIDTHS, MIN_PAGE, LatentHopperTile
 
 NOT_A_LATENT_LAYOUT = f"not a latent layout of width {' or '.join(map(str, LATENT_WIDTHS))}"
@@ -38,7 +39,7 @@ def device_problem(device: torch.device) -> Optional[str]:
     """Why this device cannot run the kernel, or None."""
     if device.type != "cuda":
         return "not on a CUDA device"
-    if not _is_sm90(device.index if device.index is not None else torch.cuda.current_device()):
+    if not _is_sm90(cuda_index(device)):
         return "not an sm_90 GPU"
     if not gluon_available():
         return "this Triton has no Gluon TMA support"
