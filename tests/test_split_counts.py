@@ -18,6 +18,17 @@ LADDERS = LOGS / "split_counts_h200_6e414cd.txt"
 H100_LADDERS = LOGS / "split_counts_heldout_h100_483c94a.txt"
 H100_THIRD_LADDERS = LOGS / "split_counts_third_h100_3ef393a.txt"
 H100 = "NVIDIA H100 80GB HBM3"
+H200 = "NVIDIA H200"
+SMS = 132  # both cards'
+
+
+def logged_ladders(path: Path, card: str) -> list:
+    """[(spec name, spec, shape, {split count: us})] of a split_counts.py log, which must hold its 10 cases timed on
+    `card` (SMS multiprocessors)."""
+    script = load_benchmark_script("split_counts")
+    logged_card, multiprocessors, ladders = script.read_ladder_log(path)
+    assert logged_card == card and multiprocessors == SMS and len(ladders) == 10, "the log lost its rows"
+    return [(name, script.SPECS[name], shape, times) for name, shape, times in ladders]
 
 
 def test_splits_fill_one_wave_of_programs():
@@ -67,11 +78,8 @@ def test_planned_counts_land_at_the_best_of_the_h200_ladders():
     """The costs were fitted to these ladders (10 cases, 5 to 9 split counts each, CUDA-graph replay on an H200;
     benchmarks/fit_split_costs.py): the heuristic's count must be one the ladder timed, within 1% of its best (the
     75% rule's was up to 1.115x). In-sample: other costs of the fit's plateau pass too."""
-    script = load_benchmark_script("split_counts")
-    card, multiprocessors, ladders = script.read_ladder_log(LADDERS)
-    assert card == "NVIDIA H200" and multiprocessors == 132 and len(ladders) == 10, "the log lost its rows"
-    for name, shape, times in ladders:
-        splits = heuristic_config(script.SPECS[name], shape, multiprocessors, card).num_splits
+    for name, spec, shape, times in logged_ladders(LADDERS, H200):
+        splits = heuristic_config(spec, shape, SMS, H200).num_splits
         assert splits in times, f"{name} {shape}: the heuristic's {splits} splits were not timed"
         assert times[splits] <= 1.01 * min(times.values()), (name, shape, splits, times)
 
@@ -83,19 +91,16 @@ def test_the_co_resident_speed_is_the_cards():
     # GLA-8 B8 S32K, one-warpgroup programs two an SM: 4 splits on an H200 (272 us against 322 at 2, its ladder), 2
     # on an H100 (its table's tuning found 2 faster).
     shape = ProblemShape(8, 1, 32768, 64)
-    assert heuristic_config(PAPER_SPECS["gla8"], shape, 132, "NVIDIA H200").num_splits == 4
-    assert heuristic_config(PAPER_SPECS["gla8"], shape, 132, H100).num_splits == 2
+    assert heuristic_config(PAPER_SPECS["gla8"], shape, SMS, H200).num_splits == 4
+    assert heuristic_config(PAPER_SPECS["gla8"], shape, SMS, H100).num_splits == 2
 
 
 def test_planned_counts_on_the_h100_ladders():
     """Ten shapes the H200's fit never saw, timed on an H100. Its co-resident speed was read off these (the three
     one-warpgroup cases, each 1.04-1.09x slower at the H200's counts), so they must land at their best; every other
     case is out of sample for costs fitted on the H200, and within 5.5% of its best (the 75% rule: up to 1.110x)."""
-    script = load_benchmark_script("split_counts")
-    card, multiprocessors, ladders = script.read_ladder_log(H100_LADDERS)
-    assert card == H100 and multiprocessors == 132 and len(ladders) == 10, "the log lost its rows"
-    for name, shape, times in ladders:
-        config = heuristic_config(script.SPECS[name], shape, multiprocessors, card)
+    for name, spec, shape, times in logged_ladders(H100_LADDERS, H100):
+        config = heuristic_config(spec, shape, SMS, H100)
         assert config.num_splits in times, f"{name} {shape}: the heuristic's {config.num_splits} splits were not timed"
         limit = 1.0 if config.one_warpgroup else 1.055
         assert times[config.num_splits] <= limit * min(times.values()), (name, shape, config.num_splits, times)
@@ -105,13 +110,10 @@ def test_planned_counts_on_a_third_set_of_h100_ladders():
     """Ten more shapes, timed on an H100 after its co-resident speed was set (out of sample for every cost): seven of
     one-warpgroup programs, three of which the H200's costs plan elsewhere (1.02-1.20x slower there). Each lands at
     its best."""
-    script = load_benchmark_script("split_counts")
-    card, multiprocessors, ladders = script.read_ladder_log(H100_THIRD_LADDERS)
-    assert card == H100 and multiprocessors == 132 and len(ladders) == 10, "the log lost its rows"
     planned_apart = 0
-    for name, shape, times in ladders:
-        splits = heuristic_config(script.SPECS[name], shape, multiprocessors, card).num_splits
+    for name, spec, shape, times in logged_ladders(H100_THIRD_LADDERS, H100):
+        splits = heuristic_config(spec, shape, SMS, H100).num_splits
         assert splits in times, f"{name} {shape}: the heuristic's {splits} splits were not timed"
-        assert times[splits] <= 1.0 * min(times.values()), (name, shape, splits, times)
-        planned_apart += heuristic_config(script.SPECS[name], shape, multiprocessors, "NVIDIA H200").num_splits != splits
+        assert times[splits] == min(times.values()), (name, shape, splits, times)
+        planned_apart += heuristic_config(spec, shape, SMS, H200).num_splits != splits
     assert planned_apart == 3, "the set no longer holds the cases the two cards' costs plan apart"
