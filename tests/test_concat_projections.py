@@ -6,6 +6,7 @@ import torch._functorch.config
 import torch._inductor.config as inductor_config
 from torch._dynamo.utils import counters
 from torch._inductor.custom_graph_pass import CustomGraphPass
+from torch._inductor.fx_passes import pad_mm
 
 import glacompiler
 from glacompiler.compiler.concat_projections import _concatenated_weight
@@ -88,8 +89,9 @@ def test_freezing_takes_three_gemms_a_layer_off_the_compiled_step():
 def test_frozen_projections_on_the_gpu_in_bf16(variant):
     """On CUDA, torch 2.11's freezing concatenates weights of one shape only (the MLP's gate and up) and the pass takes
     the attention's three projections; torch 2.13's freezing takes any of one input width itself. Either way a
-    layer's projections of one input take one GEMM: three fewer a layer than unfrozen. Logits in bf16 against the
-    fp32 eager step: at most 2x the error of bf16 eager (FlashAttention's rule) plus one bf16 rounding step."""
+    layer's projections of one input take one GEMM: three fewer a layer than unfrozen, whichever of them pad_mm pads
+    (on the lent machines it timed every GEMM: see the CPU test above). Logits in bf16 against the fp32 eager step:
+    at most 2x the error of bf16 eager (FlashAttention's rule) plus one bf16 rounding step."""
     step = tuple(tensor.cuda() for tensor in STEP)
     with torch.no_grad():
         expected = tiny_model(variant, device="cuda").decode(*step)
@@ -141,6 +143,68 @@ def test_biases_are_concatenated_and_a_broadcast_bias_is_left_alone():
     assert counters["glacompiler"]["projections_concatenated"] - before == 2  # q, k and v; the [1]-bias one alone
     for output, reference in zip(outputs, expected):
         torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
+
+
+class RowPadded(torch.nn.Module):
+    """q, k and v of one input, q's GEMM as Inductor's pad_mm leaves one (the input's 2 rows padded to 8, the product
+    sliced back to 2), and a fourth projection of that padded input whose slice keeps rows 1-2: not the input's rows,
+    so it must stay out of the group."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.w = (torch.nn.Linear(32, width, bias=False) for width in (32, 8, 8, 8))
+
+    def forward(self, x):
+        h = x * 2.0
+        padded = torch.nn.functional.pad(h, (0, 0, 0, 6))
+        q = torch.mm(padded, self.q.weight.t())[:2]
+        return q, self.k(h) * self.v(h), torch.mm(padded, self.w.weight.t())[1:3]
+
+
+class GemmInputs(CustomGraphPass):
+    """(what made the input, weight width) of each GEMM of the graphs Inductor compiles, after every post-grad pass."""
+
+    def __init__(self):
+        self.gemms = []
+
+    def __call__(self, graph):
+        self.gemms += [(node.args[-2].target, node.args[-1].meta["val"].shape[1]) for node in graph.nodes
+                       if node.target in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)]
+
+    def uuid(self):
+        return None
+
+
+def test_a_projection_with_its_rows_padded_joins_the_group_of_its_input():
+    """q, k and v in one GEMM over the input, 48 wide; the rows 1-2 projection alone over the padded input."""
+    torch.manual_seed(0)
+    model = RowPadded().eval()
+    x = torch.randn(2, 32)
+    torch._dynamo.reset()
+    seen = GemmInputs()
+    with torch.no_grad(), inductor_config.patch({**FROZEN, "post_grad_custom_post_pass": seen}):
+        outputs = torch.compile(model, backend=glacompiler.backend())(x)
+        expected = model(x)
+    assert sorted(seen.gemms, key=str) == [(torch.ops.aten.constant_pad_nd.default, 8),
+                                           (torch.ops.aten.mul.Tensor, 32 + 8 + 8)], seen.gemms
+    for output, reference in zip(outputs, expected):
+        torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_a_projection_inductor_padded_alone_still_takes_the_groups_gemm(monkeypatch):
+    """What the GPU test below met on the lent machines (torch 2.11): Inductor's pad_mm timed each 2-row GEMM and
+    padded GLA's 64-wide query down-projection only, so it read a padded input and its group (with the latent and rope
+    key) was one GEMM short. Here pad_mm is let onto CPU GEMMs and pads exactly those."""
+    monkeypatch.setattr(pad_mm, "check_device", lambda mat1, mat2: True)  # (pad_mm pads CUDA GEMMs only)
+    monkeypatch.setattr(pad_mm, "has_triton", lambda: True)
+    monkeypatch.setattr(pad_mm, "should_pad", lambda match, mat1, mat2, op, input=None:
+                        pad_mm.can_pad(mat1, mat2, op, input) and mat2.shape[1] == 64)
+    logits, unfrozen = step_gemms(tiny_model("gla-2"), STEP, {"cpp.weight_prepack": False})
+    assert sum("constant_pad_nd" in gemm for graph in unfrozen for gemm in graph) == 2  # one a layer: padded alone
+    torch.testing.assert_close(logits, eager_step("gla-2"), rtol=2e-4, atol=2e-4)
+    logits, frozen = step_gemms(tiny_model("gla-2"), STEP, FROZEN)
+    assert gemms_folded(unfrozen, frozen) == 2 * 3, frozen
+    torch.testing.assert_close(logits, eager_step("gla-2"), rtol=2e-4, atol=2e-4)
 
 
 def test_concatenated_weight_keeps_the_linear_layout_where_every_weight_has_it():

@@ -11,11 +11,18 @@ original outputs. The concatenated copy is held beside the model's weights, as I
 (Inductor's freezing_discard_parameters frees the model's), and a group's outputs are all made where its first
 GEMM was (projections of one input far apart in the graph are held from there). Without freezing the weights are
 graph inputs and nothing changes (concatenating them would copy them every step).
+
+Inductor's pad_mm (a joint-graph pass, before this one) may pad a GEMM's rows to an aligned count (a decode batch of
+2 to 8), slicing them off its product again. It decides per GEMM, by timing it where it deems the GEMM compute-bound;
+torch 2.11 read a lent H100's bf16 peak as 0.54 TFLOP/s, so every GEMM was timed, and one projection of a group came
+padded and its neighbours not, by timing noise (an H200 of the same lease failed alike). Such a projection still
+reads the same input: it joins its group, and its sliced product is the group's part.
 """
 from __future__ import annotations
 
 import logging
 import operator
+from typing import Optional
 
 import torch
 from torch import fx
@@ -33,10 +40,36 @@ def _concatenated_weight(weights: list) -> torch.Tensor:
     return torch.cat(weights, dim=1)
 
 
-def _fuse(graph: fx.Graph, module: torch.nn.Module, nodes: list, projections: list) -> None:
-    """One GEMM for `nodes` (mm or addmm of one input, in graph order; `projections` their frozen_projection), its
-    outputs split back. Every value is made before the graph changes: an error leaves it as it was."""
-    inp = projections[0][0]
+_SLICE_DEFAULTS = (0, None, None, 1)  # aten.slice.Tensor's dim, start, end, step
+
+
+def _row_padding_source(node: fx.Node, inp: fx.Node) -> Optional[fx.Node]:
+    """x where `inp` pads x's rows at the bottom only (pad_mm's constant_pad_nd(x, [0, 0, 0, p])) and every user of the
+    GEMM `node` slices its product back to x's rows: the rows used are those of the GEMM over x. Else None."""
+    if inp.op != "call_function" or inp.target is not aten.constant_pad_nd.default or inp.kwargs:
+        return None
+    source, pad = inp.args[0], list(inp.args[1])
+    if not (isinstance(source, fx.Node) and len(pad) == 4 and pad[:3] == [0, 0, 0] and node.users):
+        return None
+    rows = source.meta["val"].shape[0]
+    if not isinstance(rows, int):
+        return None  # (pad_mm pads static sizes only)
+    for user in node.users:
+        if user.target is not aten.slice.Tensor or user.kwargs or user.args[0] is not node:
+            return None
+        dim, start, _, step = tuple(user.args[1:]) + _SLICE_DEFAULTS[len(user.args) - 1:]
+        if dim != 0 or start not in (0, None) or step != 1 or user.meta["val"].shape[0] != rows:
+            return None
+    return source
+
+
+def _fuse(graph: fx.Graph, module: torch.nn.Module, nodes: list, projections: list, source: fx.Node) -> None:
+    """One GEMM for `nodes` (mm or addmm of `source`, in graph order; `projections` their frozen_projection), its
+    outputs split back. Where every GEMM reads one input node the fused one reads it too (pad_mm's padding, if all
+    share it, is kept); else it reads `source`, and the row-padded GEMMs' slices take its parts. Every value is made
+    before the graph changes: an error leaves it as it was."""
+    inputs = {projection[0] for projection in projections}
+    inp = projections[0][0] if len(inputs) == 1 else source
     weights = [attribute(module, weight.target) for _, weight, _ in projections]
     sizes = [w.shape[1] for w in weights]
     weight = _concatenated_weight(weights)
@@ -53,12 +86,17 @@ def _fuse(graph: fx.Graph, module: torch.nn.Module, nodes: list, projections: li
         product = gemm(graph, inp, weight_node, bias_node, fake_product)
         split = graph.call_function(aten.split_with_sizes.default, (product, sizes, 1))
         split.meta["val"] = list(parts)
-        for index, node in enumerate(nodes):
+        for index, (node, projection) in enumerate(zip(nodes, projections)):
             part = graph.call_function(operator.getitem, (split, index))
             part.meta["val"] = parts[index]
-            node.replace_all_uses_with(part)
-    for node in nodes:
+            for output in ([node] if projection[0] is inp else list(node.users)):  # (the node, or its row slices)
+                output.replace_all_uses_with(part)
+                if output is not node:
+                    graph.erase_node(output)
+    for node, (node_input, _, _) in zip(nodes, projections):
         graph.erase_node(node)
+        if node_input is not inp and not node_input.users:
+            graph.erase_node(node_input)  # (a row padding no GEMM reads any more)
 
 
 def concat_projections(graph: fx.Graph) -> int:
@@ -72,16 +110,17 @@ def concat_projections(graph: fx.Graph) -> int:
         if projection is None:
             continue
         inp, weight, bias = projection
+        source = _row_padding_source(node, inp) or inp
         value = weight.meta["val"]
-        key = (inp, bias is not None, value.shape[0], value.dtype, value.device)
+        key = (source, bias is not None, value.shape[0], value.dtype, value.device)
         groups.setdefault(key, []).append((node, projection))
     removed = 0
-    for group in groups.values():
+    for (source, *_), group in groups.items():
         if len(group) < 2:
             continue
         nodes, projections = zip(*group)
         try:
-            _fuse(graph, module, nodes, projections)
+            _fuse(graph, module, nodes, projections, source)
         except Exception as error:  # (a group this pass cannot fuse stays as it was: the compile goes on)
             if strict_mode():
                 raise
