@@ -147,18 +147,20 @@ def test_biases_are_concatenated_and_a_broadcast_bias_is_left_alone():
 
 class RowPadded(torch.nn.Module):
     """q, k and v of one input, q's GEMM as Inductor's pad_mm leaves one (the input's 2 rows padded to 8, the product
-    sliced back to 2), and a fourth projection of that padded input whose slice keeps rows 1-2: not the input's rows,
-    so it must stay out of the group."""
+    sliced back to 2), and three projections of that padded input whose slices keep other rows than the input's (rows
+    1-2, row 0 alone, rows 0 and 2): they must stay out of the group."""
 
     def __init__(self):
         super().__init__()
-        self.q, self.k, self.v, self.w = (torch.nn.Linear(32, width, bias=False) for width in (32, 8, 8, 8))
+        self.q, self.k, self.v = (torch.nn.Linear(32, width, bias=False) for width in (32, 8, 8))
+        self.others = torch.nn.ModuleList(torch.nn.Linear(32, 8, bias=False) for _ in range(3))
 
     def forward(self, x):
         h = x * 2.0
         padded = torch.nn.functional.pad(h, (0, 0, 0, 6))
         q = torch.mm(padded, self.q.weight.t())[:2]
-        return q, self.k(h) * self.v(h), torch.mm(padded, self.w.weight.t())[1:3]
+        shifted, first, strided = (torch.mm(padded, other.weight.t()) for other in self.others)
+        return q, self.k(h) * self.v(h), shifted[1:3], first[:1], strided[0:4:2]
 
 
 class GemmInputs(CustomGraphPass):
@@ -176,7 +178,7 @@ class GemmInputs(CustomGraphPass):
 
 
 def test_a_projection_with_its_rows_padded_joins_the_group_of_its_input():
-    """q, k and v in one GEMM over the input, 48 wide; the rows 1-2 projection alone over the padded input."""
+    """q, k and v in one GEMM over the input, 48 wide; the other rows' projections in one over the padded input."""
     torch.manual_seed(0)
     model = RowPadded().eval()
     x = torch.randn(2, 32)
@@ -185,8 +187,35 @@ def test_a_projection_with_its_rows_padded_joins_the_group_of_its_input():
     with torch.no_grad(), inductor_config.patch({**FROZEN, "post_grad_custom_post_pass": seen}):
         outputs = torch.compile(model, backend=glacompiler.backend())(x)
         expected = model(x)
-    assert sorted(seen.gemms, key=str) == [(torch.ops.aten.constant_pad_nd.default, 8),
+    assert sorted(seen.gemms, key=str) == [(torch.ops.aten.constant_pad_nd.default, 3 * 8),
                                            (torch.ops.aten.mul.Tensor, 32 + 8 + 8)], seen.gemms
+    for output, reference in zip(outputs, expected):
+        torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
+
+
+class Chained(torch.nn.Module):
+    """Two projections of x, then two of the first one's product itself: the second group's input is a GEMM the
+    first fusion erases."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = (torch.nn.Linear(32, width, bias=False) for width in (32, 16, 8, 8))
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(x), self.c(h) * self.d(h)
+
+
+def test_a_group_whose_input_an_earlier_fusion_replaced_reads_the_replacement():
+    torch.manual_seed(0)
+    model = Chained().eval()
+    x = torch.randn(2, 32)
+    torch._dynamo.reset()
+    before = counters["glacompiler"]["projections_concatenated"]
+    with torch.no_grad(), inductor_config.patch(FROZEN):
+        outputs = torch.compile(model, backend=glacompiler.backend())(x)
+        expected = model(x)
+    assert counters["glacompiler"]["projections_concatenated"] - before == 2  # a with b, c with d
     for output, reference in zip(outputs, expected):
         torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
 

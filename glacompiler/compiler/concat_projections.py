@@ -13,10 +13,9 @@ GEMM was (projections of one input far apart in the graph are held from there). 
 graph inputs and nothing changes (concatenating them would copy them every step).
 
 Inductor's pad_mm (a joint-graph pass, before this one) may pad a GEMM's rows to an aligned count (a decode batch of
-2 to 8), slicing them off its product again. It decides per GEMM, by timing it where it deems the GEMM compute-bound;
-torch 2.11 read a lent H100's bf16 peak as 0.54 TFLOP/s, so every GEMM was timed, and one projection of a group came
-padded and its neighbours not, by timing noise (an H200 of the same lease failed alike). Such a projection still
-reads the same input: it joins its group, and its sliced product is the group's part.
+2 to 8) and slice them off its product again. It decides per GEMM, by timing where it deems the GEMM compute-bound,
+so one projection of a group can come padded and its neighbours not. Such a projection still reads the same input:
+it joins its group, and its sliced product is the group's part.
 """
 from __future__ import annotations
 
@@ -51,14 +50,16 @@ def _row_padding_source(node: fx.Node, inp: fx.Node) -> Optional[fx.Node]:
     source, pad = inp.args[0], list(inp.args[1])
     if not (isinstance(source, fx.Node) and len(pad) == 4 and pad[:3] == [0, 0, 0] and node.users):
         return None
-    rows = source.meta["val"].shape[0]
-    if not isinstance(rows, int):
+    value = source.meta.get("val")
+    if not (isinstance(value, torch.Tensor) and value.dim() == 2 and isinstance(value.shape[0], int)):
         return None  # (pad_mm pads static sizes only)
     for user in node.users:
         if user.target is not aten.slice.Tensor or user.kwargs or user.args[0] is not node:
             return None
         dim, start, _, step = tuple(user.args[1:]) + _SLICE_DEFAULTS[len(user.args) - 1:]
-        if dim != 0 or start not in (0, None) or step != 1 or user.meta["val"].shape[0] != rows:
+        sliced = user.meta.get("val")
+        if (dim != 0 or start not in (0, None) or step != 1 or not isinstance(sliced, torch.Tensor)
+                or sliced.shape[0] != value.shape[0]):
             return None
     return source
 
@@ -110,16 +111,17 @@ def concat_projections(graph: fx.Graph) -> int:
         if projection is None:
             continue
         inp, weight, bias = projection
-        source = _row_padding_source(node, inp) or inp
         value = weight.meta["val"]
-        key = (source, bias is not None, value.shape[0], value.dtype, value.device)
-        groups.setdefault(key, []).append((node, projection))
+        key = (_row_padding_source(node, inp) or inp, bias is not None, value.shape[0], value.dtype, value.device)
+        groups.setdefault(key, []).append(node)
     removed = 0
-    for (source, *_), group in groups.items():
-        if len(group) < 2:
+    for nodes in groups.values():
+        if len(nodes) < 2:
             continue
-        nodes, projections = zip(*group)
         try:
+            # Read again: a group fused before may have replaced this one's input (a product or slice it erased).
+            projections = [frozen_projection(node) for node in nodes]
+            (source,) = {_row_padding_source(node, inp) or inp for node, (inp, _, _) in zip(nodes, projections)}
             _fuse(graph, module, nodes, projections, source)
         except Exception as error:  # (a group this pass cannot fuse stays as it was: the compile goes on)
             if strict_mode():
