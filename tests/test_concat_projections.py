@@ -30,6 +30,19 @@ def eager_step(variant: str, seed: int = 0):
         return tiny_model(variant, seed).decode(*STEP)
 
 
+def compiled_module(model: torch.nn.Module, x: torch.Tensor, seen: CustomGraphPass = None) -> int:
+    """Compiles `model` frozen under the backend (`seen` as Inductor's post-grad post-pass), checks its outputs on `x`
+    against eager, and returns the projections the pass removed."""
+    torch._dynamo.reset()
+    before = counters["glacompiler"]["projections_concatenated"]
+    with torch.no_grad(), inductor_config.patch({**FROZEN, "post_grad_custom_post_pass": seen}):
+        outputs = torch.compile(model, backend=glacompiler.backend())(x)
+        expected = model(x)
+    for output, reference in zip(outputs, expected, strict=True):
+        torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
+    return counters["glacompiler"]["projections_concatenated"] - before
+
+
 # Projections of a layer's normed input: GQA's q, k and v; GTA's q, tied state and rope key; GLA's query down-
 # projection, latent and rope key; and the MLP's gate and up, which freezing concatenates itself on CUDA but on CPU
 # only with cpp.enable_concat_linear (off here).
@@ -133,16 +146,7 @@ class Biased(torch.nn.Module):
 
 def test_biases_are_concatenated_and_a_broadcast_bias_is_left_alone():
     torch.manual_seed(0)
-    model = Biased().eval()
-    x = torch.randn(5, 32)
-    torch._dynamo.reset()
-    before = counters["glacompiler"]["projections_concatenated"]
-    with torch.no_grad(), inductor_config.patch(FROZEN):
-        outputs = torch.compile(model, backend=glacompiler.backend())(x)
-        expected = model(x)
-    assert counters["glacompiler"]["projections_concatenated"] - before == 2  # q, k and v; the [1]-bias one alone
-    for output, reference in zip(outputs, expected):
-        torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
+    assert compiled_module(Biased().eval(), torch.randn(5, 32)) == 2  # q, k and v; the [1]-bias one alone
 
 
 class RowPadded(torch.nn.Module):
@@ -180,17 +184,10 @@ class GemmInputs(CustomGraphPass):
 def test_a_projection_with_its_rows_padded_joins_the_group_of_its_input():
     """q, k and v in one GEMM over the input, 48 wide; the other rows' projections in one over the padded input."""
     torch.manual_seed(0)
-    model = RowPadded().eval()
-    x = torch.randn(2, 32)
-    torch._dynamo.reset()
     seen = GemmInputs()
-    with torch.no_grad(), inductor_config.patch({**FROZEN, "post_grad_custom_post_pass": seen}):
-        outputs = torch.compile(model, backend=glacompiler.backend())(x)
-        expected = model(x)
+    compiled_module(RowPadded().eval(), torch.randn(2, 32), seen)
     assert sorted(seen.gemms, key=str) == [(torch.ops.aten.constant_pad_nd.default, 3 * 8),
                                            (torch.ops.aten.mul.Tensor, 32 + 8 + 8)], seen.gemms
-    for output, reference in zip(outputs, expected):
-        torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
 
 
 class Chained(torch.nn.Module):
@@ -208,16 +205,7 @@ class Chained(torch.nn.Module):
 
 def test_a_group_whose_input_an_earlier_fusion_replaced_reads_the_replacement():
     torch.manual_seed(0)
-    model = Chained().eval()
-    x = torch.randn(2, 32)
-    torch._dynamo.reset()
-    before = counters["glacompiler"]["projections_concatenated"]
-    with torch.no_grad(), inductor_config.patch(FROZEN):
-        outputs = torch.compile(model, backend=glacompiler.backend())(x)
-        expected = model(x)
-    assert counters["glacompiler"]["projections_concatenated"] - before == 2  # a with b, c with d
-    for output, reference in zip(outputs, expected):
-        torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-5)
+    assert compiled_module(Chained().eval(), torch.randn(2, 32)) == 2  # a with b, c with d
 
 
 def test_a_projection_inductor_padded_alone_still_takes_the_groups_gemm(monkeypatch):
