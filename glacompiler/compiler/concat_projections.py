@@ -90,10 +90,12 @@ def _fuse(graph: fx.Graph, module: torch.nn.Module, nodes: list, projections: li
         for index, (node, projection) in enumerate(zip(nodes, projections)):
             part = graph.call_function(operator.getitem, (split, index))
             part.meta["val"] = parts[index]
-            for output in ([node] if projection[0] is inp else list(node.users)):  # (the node, or its row slices)
-                output.replace_all_uses_with(part)
-                if output is not node:
-                    graph.erase_node(output)
+            if projection[0] is inp:
+                node.replace_all_uses_with(part)
+            else:  # (a row-padded GEMM: its slices back to the source's rows take the part)
+                for row_slice in list(node.users):
+                    row_slice.replace_all_uses_with(part)
+                    graph.erase_node(row_slice)
     for node, (node_input, _, _) in zip(nodes, projections):
         graph.erase_node(node)
         if node_input is not inp and not node_input.users:
