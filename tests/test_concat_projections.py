@@ -61,13 +61,13 @@ def describe_gemm(node) -> str:
 
 class GemmCounter(CustomGraphPass):
     """The GEMMs (mm, addmm) of each graph Inductor compiles, after every post-grad pass: per graph, each one
-    described (describe_gemm)."""
+    described (by `describe`, describe_gemm unless given)."""
 
-    def __init__(self):
-        self.per_graph = []
+    def __init__(self, describe=describe_gemm):
+        self.per_graph, self.describe = [], describe
 
     def __call__(self, graph):
-        self.per_graph.append([describe_gemm(node) for node in graph.nodes
+        self.per_graph.append([self.describe(node) for node in graph.nodes
                                if node.target in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)])
 
     def uuid(self):
@@ -167,27 +167,19 @@ class RowPadded(torch.nn.Module):
         return q, self.k(h) * self.v(h), shifted[1:3], first[:1], strided[0:4:2]
 
 
-class GemmInputs(CustomGraphPass):
-    """(what made the input, weight width) of each GEMM of the graphs Inductor compiles, after every post-grad pass."""
-
-    def __init__(self):
-        self.gemms = []
-
-    def __call__(self, graph):
-        self.gemms += [(node.args[-2].target, node.args[-1].meta["val"].shape[1]) for node in graph.nodes
-                       if node.target in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)]
-
-    def uuid(self):
-        return None
+def input_maker_and_width(node) -> tuple:
+    """(the target of the node that made the GEMM's input, its weight's width)."""
+    return node.args[-2].target, node.args[-1].meta["val"].shape[1]
 
 
 def test_a_projection_with_its_rows_padded_joins_the_group_of_its_input():
     """q, k and v in one GEMM over the input, 48 wide; the other rows' projections in one over the padded input."""
     torch.manual_seed(0)
-    seen = GemmInputs()
+    seen = GemmCounter(input_maker_and_width)
     compiled_module(RowPadded().eval(), torch.randn(2, 32), seen)
-    assert sorted(seen.gemms, key=str) == [(torch.ops.aten.constant_pad_nd.default, 3 * 8),
-                                           (torch.ops.aten.mul.Tensor, 32 + 8 + 8)], seen.gemms
+    (gemms,) = seen.per_graph
+    assert sorted(gemms, key=str) == [(torch.ops.aten.constant_pad_nd.default, 3 * 8),
+                                      (torch.ops.aten.mul.Tensor, 32 + 8 + 8)], gemms
 
 
 class Chained(torch.nn.Module):
