@@ -64,6 +64,12 @@ def _row_padding_source(node: fx.Node, inp: fx.Node) -> Optional[fx.Node]:
     return source
 
 
+def _group_input(node: fx.Node, inp: fx.Node) -> fx.Node:
+    """The input a GEMM `node` of input `inp` is grouped by: x where `inp` is pad_mm's row padding of x
+    (_row_padding_source), else `inp`."""
+    return _row_padding_source(node, inp) or inp
+
+
 def _fuse(graph: fx.Graph, module: torch.nn.Module, nodes: list, projections: list, source: fx.Node) -> None:
     """One GEMM for `nodes` (mm or addmm of `source`, in graph order; `projections` their frozen_projection), its
     outputs split back. Where every GEMM reads one input node the fused one reads it too (pad_mm's padding, if all
@@ -114,7 +120,7 @@ def concat_projections(graph: fx.Graph) -> int:
             continue
         inp, weight, bias = projection
         value = weight.meta["val"]
-        key = (_row_padding_source(node, inp) or inp, bias is not None, value.shape[0], value.dtype, value.device)
+        key = (_group_input(node, inp), bias is not None, value.shape[0], value.dtype, value.device)
         groups.setdefault(key, []).append(node)
     removed = 0
     for nodes in groups.values():
@@ -123,7 +129,7 @@ def concat_projections(graph: fx.Graph) -> int:
         try:
             # Read again: a group fused before may have replaced this one's input (a product or slice it erased).
             projections = [frozen_projection(node) for node in nodes]
-            (source,) = {_row_padding_source(node, inp) or inp for node, (inp, _, _) in zip(nodes, projections)}
+            (source,) = {_group_input(node, inp) for node, (inp, _, _) in zip(nodes, projections)}
             _fuse(graph, module, nodes, projections, source)
         except Exception as error:  # (a group this pass cannot fuse stays as it was: the compile goes on)
             if strict_mode():
