@@ -2,6 +2,7 @@
 compute the same attention. FA3 is not installed on the CPU machines, so a float64 stand-in written from
 flash_attn_with_kvcache's documented contract (scores q.k + qv.v_cache, paged keys through page_table, causal from
 the bottom right) checks the argument mapping of every kind; SDPA runs as it is."""
+import importlib
 import math
 import pathlib
 import sys
@@ -144,3 +145,34 @@ def test_rotating_rounds_time_every_contender_each_round_none_always_first(monke
     times = decode_grid.rotating_rounds({"a": lambda: "a", "b": lambda: "b", "c": lambda: "c"}, 3)
     assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert times == {"a": [1.0, 6.0, 8.0], "b": [2.0, 4.0, 9.0], "c": [3.0, 5.0, 7.0]}
+
+
+def _check_read_folds_every_word(device: str):
+    import stream_read
+
+    # triton.jit picks interpreted or compiled when the kernel is defined: define it again under this test's mode.
+    stream_read = importlib.reload(stream_read)
+    generator = torch.Generator().manual_seed(7)
+    words = torch.randint(-2**31, 2**31 - 1, (3 * 4096 + 12,), dtype=torch.int32, generator=generator)
+    expected = 0
+    for word in words.tolist():
+        expected ^= word
+    words = words.to(device)
+    for shape in stream_read.LAUNCH_SHAPES:
+        folded = torch.zeros(64, dtype=torch.int32, device=device)
+        stream_read.read_launcher(words, folded, *shape, multiprocessors=2)()
+        got = 0
+        for word in folded.cpu().tolist():  # programs past the grid leave their zeros, which xor keeps
+            got ^= word
+        assert got == expected, shape
+
+
+def test_stream_read_folds_every_word_once(interpret_kernels):
+    """The grid's size-matched read ceiling reads each word of its buffer exactly once at every launch shape (a
+    word read twice or skipped changes the xor), a size that no shape divides evenly included."""
+    _check_read_folds_every_word("cpu")
+
+
+@pytest.mark.gpu
+def test_stream_read_folds_every_word_once_on_the_gpu():
+    _check_read_folds_every_word("cuda")
