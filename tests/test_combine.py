@@ -4,7 +4,8 @@ of several; the kernel under the interpreter and on a GPU against the float64 re
 import pytest
 import torch
 
-from glacompiler.kernels.common.combine import combine_splits, combine_splits_reference, combine_tiling
+from glacompiler.kernels.common.combine import (combine_splits, combine_splits_reference, combine_tiling,
+                                                rows_at_once)
 
 
 def partial_outputs(rows: int, splits: int, head_dim_v: int, generator: torch.Generator):
@@ -46,9 +47,11 @@ def _check_combine(device: torch.device, rows: int, splits: int, head_dim_v: int
     torch.testing.assert_close(lse.cpu().double(), expected_lse, rtol=1e-5, atol=1e-5)
 
 
-# rows, splits (powers of two and not), Dv; the last two take several rows a program (combine_tiling), with a
-# partial last program
-CASES = [(5, 2, 24), (9, 3, 64), (4, 7, 136), (3, 64, 512), (2, 128, 64), (1030, 2, 64), (601, 3, 136)]
+# rows, splits (powers of two and not), Dv; the last three take several rows a program (combine_tiling), with a
+# partial last program: narrow rows loaded together (1030 x 2 x 64, 601 x 3 x 40), wide ones one after another
+# (601 x 3 x 136)
+CASES = [(5, 2, 24), (9, 3, 64), (4, 7, 136), (3, 64, 512), (2, 128, 64), (1030, 2, 64), (601, 3, 40),
+         (601, 3, 136)]
 
 
 def test_tiling_packs_rows_where_splits_are_few():
@@ -57,6 +60,13 @@ def test_tiling_packs_rows_where_splits_are_few():
     assert combine_tiling(4096, 2, 512) == (4, 512)  # MLA, 32 sequences: whole rows, four a program
     assert combine_tiling(128, 64, 512) == (1, 64)  # many splits: one row, 64 columns a program
     assert combine_tiling(64, 2, 64) == (1, 64)  # few rows: no packing below COMBINE_MIN_PROGRAMS programs
+
+
+def test_narrow_rows_load_together_and_wide_ones_in_turn():
+    assert combine_tiling(2048, 3, 128) == (4, 128) and rows_at_once(4, 3, 128)  # GTA B32 Lq 4: 512 elements a row
+    assert rows_at_once(2, 3, 64) and not rows_at_once(2, 3, 256)  # 601 x 3 x 40 and 601 x 3 x 136 above
+    assert not rows_at_once(4, 2, 512)  # MLA B32: 1024 elements a row
+    assert not rows_at_once(1, 2, 64)  # one row a program
 
 
 @pytest.mark.parametrize("rows, splits, head_dim_v", CASES)

@@ -1,5 +1,5 @@
 """The LSE combine of split-KV partial outputs, as a Triton kernel (launched by combine.py), and the split weights
-of a row block that the portable kernel's fused tail merges with (templates/portable/)."""
+of a block of rows that it and the portable kernel's fused tail (templates/portable/) merge with."""
 import triton
 import triton.language as tl
 
@@ -23,7 +23,7 @@ def split_weights(part_lse):
 def merge_scales(part_lse):
     """Split LSEs of a block of rows [rows, splits] (-inf for empty or absent splits) -> per row, (the reference to
     subtract from a split's LSE, the scale of exp(LSE - reference) that makes it the split's weight in the merged
-    output, the merged LSE): the portable kernel's fused combine, which weighs its splits one at a time."""
+    output, the merged LSE)."""
     lse_ref = finite_row_max(tl.max(part_lse, axis=1))
     total = tl.sum(tl.exp(part_lse - lse_ref[:, None]), axis=1)  # empty splits add 0
     has_mass = total > 0.0
@@ -40,32 +40,47 @@ def combine_splits_kernel(
     HEAD_DIM_V: tl.constexpr,
     BLOCK_DV: tl.constexpr,
     SPLITS_POW2: tl.constexpr,
-    ROWS: tl.constexpr,
+    ROWS: tl.constexpr,  # a power of two
+    ROWS_AT_ONCE: tl.constexpr,
 ):
     # Merge the per-split partial outputs of ROWS (sequence, token, head) rows by their log-sum-exp, BLOCK_DV
     # output columns of each. PART_OUT [rows, num_splits, Dv] fp32, PART_LSE [rows, num_splits], OUT [rows, Dv],
-    # LSE [rows]. The rows run one after the other (a row's loads wait for the previous row's stores, which the
-    # compiler cannot prove apart): what a program gains is a whole row's columns at once and fewer programs.
+    # LSE [rows]. ROWS_AT_ONCE: the rows load as one [ROWS, splits, columns] tile, all in flight together; else
+    # one after another (a row's loads wait for the previous row's stores, which the compiler cannot prove apart:
+    # a memory round trip per row, which a wide row's loads cover and a narrow row's do not).
     dim_block = tl.program_id(1)
+    first_row = tl.program_id(0).to(tl.int64) * ROWS
     splits = tl.arange(0, SPLITS_POW2)
     dims = dim_block * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    for r in tl.static_range(ROWS):
-        row = tl.program_id(0).to(tl.int64) * ROWS + r
+    dim_valid = dims < HEAD_DIM_V
+    if ROWS_AT_ONCE:
+        rows = first_row + tl.arange(0, ROWS)
         # A row past the last (the last program's tail) has no split and no column to write.
-        in_range = row < num_rows
-        row_splits = tl.where(in_range, num_splits, 0)
-        row_dims = tl.where(in_range, HEAD_DIM_V, 0)
-        split_valid = splits < row_splits
-        dim_valid = dims < row_dims
-        part_lse = tl.load(PART_LSE + row * num_splits + splits, mask=split_valid, other=float("-inf"))
-        weights, row_lse = split_weights(part_lse)
-        part = tl.load(
-            PART_OUT + (row * num_splits + splits[:, None]) * HEAD_DIM_V + dims[None, :],
-            mask=split_valid[:, None] & dim_valid[None, :],
-            other=0.0,
-        )
-        out = tl.sum(part * weights[:, None], axis=0)
-        tl.store(OUT + row * HEAD_DIM_V + dims, out.to(OUT.dtype.element_ty), mask=dim_valid)
+        row_valid = rows < num_rows
+        split_valid = row_valid[:, None] & (splits[None, :] < num_splits)  # [ROWS, splits]
+        part_slots = rows[:, None] * num_splits + splits[None, :]
+        part_lse = tl.load(PART_LSE + part_slots, mask=split_valid, other=float("-inf"))
+        lse_ref, scale, row_lse = merge_scales(part_lse)
+        weights = tl.exp(part_lse - lse_ref[:, None]) * scale[:, None]  # 0 for empty or absent splits
+        part = tl.load(PART_OUT + part_slots[:, :, None] * HEAD_DIM_V + dims[None, None, :],
+                       mask=split_valid[:, :, None] & dim_valid[None, None, :], other=0.0)
+        out = tl.sum(part * weights[:, :, None], axis=1)  # [ROWS, columns]
+        tl.store(OUT + rows[:, None] * HEAD_DIM_V + dims[None, :], out.to(OUT.dtype.element_ty),
+                 mask=row_valid[:, None] & dim_valid[None, :])
         if dim_block == 0:
-            if in_range:
-                tl.store(LSE + row, row_lse)
+            tl.store(LSE + rows, row_lse, mask=row_valid)
+    else:
+        for r in tl.static_range(ROWS):
+            row = first_row + r
+            in_range = row < num_rows
+            split_valid = splits < tl.where(in_range, num_splits, 0)
+            row_dim_valid = dims < tl.where(in_range, HEAD_DIM_V, 0)
+            part_lse = tl.load(PART_LSE + row * num_splits + splits, mask=split_valid, other=float("-inf"))
+            weights, row_lse = split_weights(part_lse)
+            part = tl.load(PART_OUT + (row * num_splits + splits[:, None]) * HEAD_DIM_V + dims[None, :],
+                           mask=split_valid[:, None] & row_dim_valid[None, :], other=0.0)
+            out = tl.sum(part * weights[:, None], axis=0)
+            tl.store(OUT + row * HEAD_DIM_V + dims, out.to(OUT.dtype.element_ty), mask=row_dim_valid)
+            if dim_block == 0:
+                if in_range:
+                    tl.store(LSE + row, row_lse)
