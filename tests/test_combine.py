@@ -4,8 +4,8 @@ of several; the kernel under the interpreter and on a GPU against the float64 re
 import pytest
 import torch
 
-from glacompiler.kernels.common.combine import (combine_splits, combine_splits_reference, combine_tiling,
-                                                rows_at_once)
+from glacompiler.kernels.common.combine import (combine_launch, combine_splits, combine_splits_reference,
+                                                combine_tiling, rows_at_once)
 
 
 def partial_outputs(rows: int, splits: int, head_dim_v: int, generator: torch.Generator):
@@ -67,6 +67,13 @@ def test_narrow_rows_load_together_and_wide_ones_in_turn():
     assert rows_at_once(2, 3, 64) and not rows_at_once(2, 3, 256)  # 601 x 3 x 40 and 601 x 3 x 136 above
     assert not rows_at_once(4, 2, 512)  # MLA B32: 1024 elements a row
     assert not rows_at_once(1, 2, 64)  # one row a program
+
+
+def test_the_launch_takes_the_tile_form_for_narrow_rows(interpret_kernels):
+    """CASES' two at-once shapes run the tile form (a launch that dropped the choice would pass the value tests)."""
+    for rows, splits, head_dim_v, together in [(1030, 2, 64, True), (601, 3, 40, True), (601, 3, 136, False)]:
+        launch = combine_launch(torch.empty(rows, splits, head_dim_v), torch.empty(rows))
+        assert launch.constexprs["ROWS_AT_ONCE"] is together, (rows, splits, head_dim_v)
 
 
 @pytest.mark.parametrize("rows, splits, head_dim_v", CASES)

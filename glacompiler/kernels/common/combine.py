@@ -13,12 +13,12 @@ from .triton_launch import PreparedLaunch
 # 64 columns are a few hundred bytes, too little to cover a program's fixed cost.
 COMBINE_PROGRAM_ELEMENTS = 4096
 # Columns a program takes at the least (many splits); the programs below which rows are not packed further; the
-# most rows a program takes (rows run one after another: more would lengthen a program and multiply its code).
+# most rows a program takes (more would lengthen a program whose rows run one after another, and multiply its code).
 COMBINE_MIN_BLOCK_DV = 64
 COMBINE_MIN_PROGRAMS = 256
 COMBINE_MAX_ROWS = 4
-# Partial-output elements of a row (splits x columns) below which a program's rows load together rather than one
-# after another: a narrow row's loads are too few to cover the round trip each row waits for (2048 rows x 3 splits
+# A row's tile (splits rounded up to a power of two, times the program's columns) below which a program's rows load
+# together rather than one after another: a narrow row's loads are too few to cover the round trip each row waits for (2048 rows x 3 splits
 # x 128 on an H100: 7.6 -> 2.8 us), while rows of 1024 or more ran 5% slower together (4096 x 2 x 512).
 COMBINE_ROWS_AT_ONCE_BELOW = 1024
 

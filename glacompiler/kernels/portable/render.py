@@ -126,13 +126,13 @@ def portable_kernels_version() -> str:
 
 @functools.lru_cache(maxsize=None)
 def fused_combine_kernels_version() -> str:
-    """The same over the fused-combine variant, which takes its split weights from combine_kernel.py (entries that
+    """The same over the fused-combine variant, which takes its split weights from split_merge.py (entries that
     fuse record both)."""
     def compute() -> str:
         fused = [dataclasses.replace(knobs, num_splits=2, fused_combine=True) for knobs in _VERSION_KNOBS]
         sources = [render_decode_kernel(spec, knobs) for spec in _VERSION_SPECS for knobs in fused]
         # (read, not imported: triton must not load before the interpreter is chosen)
-        merge = Path(__file__).resolve().parent.parent / "common" / "combine_kernel.py"
+        merge = Path(__file__).resolve().parent.parent / "common" / "split_merge.py"
         return kernels_version([*sources, merge.read_text()])
 
     return cached_kernels_version(f"portable+{FUSED_COMBINE_VARIANT}", compute)
