@@ -14,8 +14,8 @@ do_bench_cudagraph). Floor = max(bytes / copy bandwidth, flops / bf16 matmul rat
   state (copies: FA3 has no tied form);
 - SDPA (GQA): torch's scaled_dot_product_attention with enable_gqa on the same keys in logical order;
 - read (rows whose floor is set by bytes): a streaming read of the row's bytes (stream_read.py), the size-matched
-  ceiling: the floor's copy bandwidth is a 2 GiB copy's, and a short row pays launch, ramp-up and tail that it does
-  not. "ours vs read" is the share of that ceiling the op reaches.
+  ceiling: the floor's bandwidth is a 2 GiB copy's (read plus written), which a read alone beats at large sizes and
+  a short row's launch, ramp-up and tail pull under. "ours vs read" is the share of that ceiling the op reaches.
 """
 from __future__ import annotations
 

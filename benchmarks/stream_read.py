@@ -1,14 +1,18 @@
 """A size-matched read ceiling for the grid (decode_grid.py): the time a plain streaming read of a row's bytes takes on
 this GPU, timed the way the op is (CUDA-graph replay), so that a row's fraction of the floor can be set against what
-any kernel reading that many bytes reaches. The floor divides by a 2 GiB copy's bandwidth, where the launch, the
-ramp-up and the last wave's tail are amortised; at 75-150 MB (GTA's and GLA's short rows) they are not, and the
-read shows how much of the floor that costs.
+a kernel reading that many bytes reaches. The floor divides by a 2 GiB copy's bandwidth (bytes read plus written).
+A read alone beats that rate at large sizes (about 1.05 of it on an H100), and at 75-150 MB (GTA's and GLA's
+short rows) the launch, the ramp-up and the last wave's tail are no longer amortised. The read measures both.
 
 The read: each program streams one contiguous slice of a buffer of the row's size in 32-bit words and folds it with
 xor into one word it stores (nothing the compiler can drop, no arithmetic to wait on). The ceiling is the fastest of
-a few launch shapes (programs per SM, warps, words a step), picked per size on the same card."""
+a few launch shapes (programs per SM, warps, words a step), picked per size on the same card. Alone:
+
+    python benchmarks/stream_read.py --mb 75 151 302 1074
+"""
 from __future__ import annotations
 
+import argparse
 import itertools
 
 import torch
@@ -16,8 +20,8 @@ import triton
 import triton.language as tl
 import triton.testing
 
-# (programs per SM, warps, 32-bit words a program reads a step): enough bytes in flight per SM on Hopper without
-# software pipelining (8-64 KB), from one to many resident programs.
+# (programs per SM, warps, 32-bit words a program reads a step): 8 or 16 KB a program a step, so 16-128 KB in flight
+# per SM on Hopper without software pipelining, from two to eight resident programs.
 LAUNCH_SHAPES = list(itertools.product((2, 4, 8), (4, 8), (2048, 4096)))
 
 
@@ -58,7 +62,7 @@ class StreamRead:
     def __init__(self, num_bytes: int, device: str = "cuda"):
         words = torch.randint(-2**31, 2**31 - 1, (-(-int(num_bytes) // 16) * 4,), dtype=torch.int32, device=device)
         multiprocessors = torch.cuda.get_device_properties(words.device).multi_processor_count
-        folded = torch.empty(max(LAUNCH_SHAPES)[0] * multiprocessors, dtype=torch.int32, device=device)
+        folded = torch.empty(max(shape[0] for shape in LAUNCH_SHAPES) * multiprocessors, dtype=torch.int32, device=device)
         launchers = {shape: read_launcher(words, folded, *shape, multiprocessors) for shape in LAUNCH_SHAPES}
         timed = {shape: _graph_us(launch) for shape, launch in launchers.items()}
         self.shape = min(timed, key=timed.get)
@@ -67,3 +71,21 @@ class StreamRead:
     def describe(self) -> str:
         programs_per_sm, warps, block = self.shape
         return f"read: {programs_per_sm} programs/SM, {warps} warps, {block * 4 // 1024} KB a step"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The streaming-read time of buffers of these sizes on this GPU.")
+    parser.add_argument("--mb", type=float, nargs="+", required=True, help="sizes in MB (10^6 bytes)")
+    args = parser.parse_args()
+    print(f"# {torch.cuda.get_device_name()}, triton {triton.__version__}; CUDA-graph replay, median")
+    for megabytes in args.mb:
+        read = StreamRead(int(megabytes * 1e6))
+        microseconds = triton.testing.do_bench_cudagraph(read.call, rep=100, return_mode="median") * 1e3
+        print(f"{megabytes:10.1f} MB  {microseconds:9.1f} us  {megabytes * 1e6 / microseconds / 1e3:7.0f} GB/s  "
+              f"({read.describe()})")
+        del read
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
