@@ -50,9 +50,9 @@ def read_launcher(words: torch.Tensor, folded: torch.Tensor, programs_per_sm: in
                                             num_warps=warps)
 
 
-def _graph_us(call) -> float:
-    # A short replay per shape: the pick needs the order of 12 shapes, and the grid times the pick again in its rounds.
-    return triton.testing.do_bench_cudagraph(call, rep=25, return_mode="median") * 1e3
+def graph_us(call, rep: int = 100) -> float:
+    """A call's time in us by CUDA-graph replay (do_bench_cudagraph's median), as the grid times every contender."""
+    return triton.testing.do_bench_cudagraph(call, rep=rep, return_mode="median") * 1e3
 
 
 class StreamRead:
@@ -62,9 +62,12 @@ class StreamRead:
     def __init__(self, num_bytes: int, device: str = "cuda"):
         words = torch.randint(-2**31, 2**31 - 1, (-(-int(num_bytes) // 16) * 4,), dtype=torch.int32, device=device)
         multiprocessors = torch.cuda.get_device_properties(words.device).multi_processor_count
-        folded = torch.empty(max(shape[0] for shape in LAUNCH_SHAPES) * multiprocessors, dtype=torch.int32, device=device)
+        most_programs = max(shape[0] for shape in LAUNCH_SHAPES) * multiprocessors
+        folded = torch.empty(most_programs, dtype=torch.int32, device=device)
         launchers = {shape: read_launcher(words, folded, *shape, multiprocessors) for shape in LAUNCH_SHAPES}
-        timed = {shape: _graph_us(launch) for shape, launch in launchers.items()}
+        # A short replay per shape: the pick needs the order of 12 shapes, and the grid times the pick again in its
+        # rounds.
+        timed = {shape: graph_us(launch, rep=25) for shape, launch in launchers.items()}
         self.shape = min(timed, key=timed.get)
         self.call = launchers[self.shape]
 
@@ -80,7 +83,7 @@ def main() -> None:
     print(f"# {torch.cuda.get_device_name()}, triton {triton.__version__}; CUDA-graph replay, median")
     for megabytes in args.mb:
         read = StreamRead(int(megabytes * 1e6))
-        microseconds = triton.testing.do_bench_cudagraph(read.call, rep=100, return_mode="median") * 1e3
+        microseconds = graph_us(read.call)
         print(f"{megabytes:10.1f} MB  {microseconds:9.1f} us  {megabytes * 1e6 / microseconds / 1e3:7.0f} GB/s  "
               f"({read.describe()})")
         del read

@@ -18,8 +18,9 @@ COMBINE_MIN_BLOCK_DV = 64
 COMBINE_MIN_PROGRAMS = 256
 COMBINE_MAX_ROWS = 4
 # A row's tile (splits rounded up to a power of two, times the program's columns) below which a program's rows load
-# together rather than one after another: a narrow row's loads are too few to cover the round trip each row waits for (2048 rows x 3 splits
-# x 128 on an H100: 7.6 -> 2.8 us), while rows of 1024 or more ran 5% slower together (4096 x 2 x 512).
+# together rather than one after another: a narrow row's loads are too few to cover the round trip each row waits
+# for (2048 rows x 3 splits x 128 on an H100: 7.6 -> 2.8 us), while rows of 1024 or more ran 5% slower together
+# (4096 x 2 x 512).
 COMBINE_ROWS_AT_ONCE_BELOW = 1024
 
 

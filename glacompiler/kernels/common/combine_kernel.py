@@ -39,11 +39,11 @@ def combine_splits_kernel(
     first_row = tl.program_id(0).to(tl.int64) * ROWS
     splits = tl.arange(0, SPLITS_POW2)
     dims = dim_block * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    dim_valid = dims < HEAD_DIM_V
     if ROWS_AT_ONCE:
         rows = first_row + tl.arange(0, ROWS)
         # A row past the last (the last program's tail) has no split and no column to write.
         row_valid = rows < num_rows
+        dim_valid = dims < HEAD_DIM_V
         split_valid = row_valid[:, None] & (splits[None, :] < num_splits)  # [ROWS, splits]
         part_slots = rows[:, None] * num_splits + splits[None, :]
         part_lse = tl.load(PART_LSE + part_slots, mask=split_valid, other=float("-inf"))
