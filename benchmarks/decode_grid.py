@@ -147,8 +147,9 @@ def time_row(name: str, batch: int, length: int, query_len: int, page_size: int,
         contenders["sdpa"] = call
     family = kernel_family_for(**kwargs)
     bytes_moved, flops = problem_cost(spec, kwargs["q"], kwargs["cache_seqlens"])
-    floor = max(bytes_moved / bandwidth, flops / flop_rate) * 1e6
-    if bytes_moved / bandwidth >= flops / flop_rate:
+    bytes_s, flops_s = bytes_moved / bandwidth, flops / flop_rate
+    floor = max(bytes_s, flops_s) * 1e6
+    if bytes_s >= flops_s:  # a floor set by bytes: the read of those bytes is its ceiling
         read = StreamRead(bytes_moved)
         notes.append(read.describe())
         contenders["read"] = read.call

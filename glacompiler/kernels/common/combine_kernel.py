@@ -9,7 +9,9 @@ from .split_merge import merge_scales
 @triton.jit
 def split_weights(part_lse):
     """A row's split LSEs [splits] (-inf for empty or absent splits) -> (each split's weight in the merged output,
-    the merged LSE). A row whose splits are all empty gets weights 0 (out 0) and LSE -inf."""
+    the merged LSE). A row whose splits are all empty gets weights 0 (out 0) and LSE -inf. The one-row form of
+    split_merge.merge_scales, kept apart: the row-at-a-time loop through the block helper ran 11-15% slower on an
+    H100 (benchmarks/RESULTS.md, the combine's narrow rows)."""
     lse_ref = finite_row_max(tl.max(part_lse, axis=0))
     weights = tl.exp(part_lse - lse_ref)  # 0 for empty splits
     total = tl.sum(weights, axis=0)
