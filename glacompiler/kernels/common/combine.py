@@ -53,8 +53,7 @@ def combine_launch(split_out: Tensor, lse: Tensor) -> PreparedLaunch:
 
 
 def combine_splits(split_out: Tensor, split_lse: Tensor, out: Tensor, lse: Tensor) -> None:
-    """split_out [..., splits, Dv] (the output's dtype, or fp32) and split_lse [..., splits] fp32 (contiguous) ->
-    out [..., Dv], lse [...]; the merge runs in fp32."""
+    """split_out [..., splits, Dv] fp32 and split_lse [..., splits] (contiguous) -> out [..., Dv], lse [...]."""
     combine_launch(split_out, lse)((split_out, split_lse, out, lse, split_out.shape[-2], lse.numel()))
 
 

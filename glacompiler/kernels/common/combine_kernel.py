@@ -33,11 +33,10 @@ def combine_splits_kernel(
     ROWS_AT_ONCE: tl.constexpr,
 ):
     # Merge the per-split partial outputs of ROWS (sequence, token, head) rows by their log-sum-exp, BLOCK_DV
-    # output columns of each, in fp32. PART_OUT [rows, num_splits, Dv] (OUT's dtype, or fp32), PART_LSE [rows,
-    # num_splits], OUT [rows, Dv], LSE [rows]. ROWS_AT_ONCE: the rows load as one [ROWS, splits, columns] tile, all
-    # in flight together; else one after another (a row's loads wait for the previous row's stores, which the
-    # compiler cannot prove apart: a memory round trip per row, which a wide row's loads cover and a narrow row's do
-    # not).
+    # output columns of each. PART_OUT [rows, num_splits, Dv] fp32, PART_LSE [rows, num_splits], OUT [rows, Dv],
+    # LSE [rows]. ROWS_AT_ONCE: the rows load as one [ROWS, splits, columns] tile, all in flight together; else
+    # one after another (a row's loads wait for the previous row's stores, which the compiler cannot prove apart:
+    # a memory round trip per row, which a wide row's loads cover and a narrow row's do not).
     dim_block = tl.program_id(1)
     first_row = tl.program_id(0).to(tl.int64) * ROWS
     splits = tl.arange(0, SPLITS_POW2)

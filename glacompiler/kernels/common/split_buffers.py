@@ -1,11 +1,5 @@
-"""Where a split-KV kernel writes: straight into the op's outputs with one split, else into partial outputs and
-LSEs that the combine kernel merges.
-
-The partial outputs are in the output's dtype (each split's rows are normalised, so they lie within the values'
-range), their LSEs fp32, and the merge runs in fp32. Against fp32 partials this halves the bytes the splits write and
-the combine reads back in bf16, which a split call pays at its end, after its key reads (GTA B32 S4K Lq 4 on an H100:
-4.2 MB, 2.6 us of the split kernel's 56.3 with its stores switched off: benchmarks/RESULTS.md). The cost is one more
-rounding of each partial (at most half a unit in the last place of the output dtype) before the merge."""
+"""Where a split-KV kernel writes: straight into the op's outputs with one split, else into fp32 partial
+outputs and LSEs that the combine kernel merges."""
 from __future__ import annotations
 
 import torch
@@ -48,7 +42,8 @@ class SplitBuffers:
         lse = q.new_empty(self.lse_shape, dtype=torch.float32)
         if self.num_splits == 1:
             return out, lse, out, lse
-        return (q.new_empty(self.split_out_shape), q.new_empty(self.split_lse_shape, dtype=torch.float32), out, lse)
+        return (q.new_empty(self.split_out_shape, dtype=torch.float32),
+                q.new_empty(self.split_lse_shape, dtype=torch.float32), out, lse)
 
     @staticmethod
     def split_count_of(split_out: Tensor) -> int:
@@ -59,9 +54,10 @@ class SplitBuffers:
     def are_targets(self, q: Tensor, split_out: Tensor, split_lse: Tensor) -> bool:
         """Whether tensors given for `allocate`'s first two (the kernel's targets) have their shapes, contiguous
         strides and dtypes: the plan's strides are baked in."""
-        out_shape, lse_shape = ((self.out_shape, self.lse_shape) if self.num_splits == 1
-                                else (self.split_out_shape, self.split_lse_shape))
-        return (tuple(split_out.shape) == out_shape and split_out.dtype == q.dtype and split_out.is_contiguous()
+        expected = ((self.out_shape, q.dtype, self.lse_shape) if self.num_splits == 1
+                    else (self.split_out_shape, torch.float32, self.split_lse_shape))
+        out_shape, out_dtype, lse_shape = expected
+        return (tuple(split_out.shape) == out_shape and split_out.dtype == out_dtype and split_out.is_contiguous()
                 and tuple(split_lse.shape) == lse_shape and split_lse.dtype == torch.float32
                 and split_lse.is_contiguous())
 
