@@ -14,7 +14,7 @@ ceiling) are timed in the same rounds. The variants:
 - all3: the three together.
 
 What a variant saves against base is what that part costs (benchmarks/RESULTS.md: GTA on an H100, where the partial
-stores cost up to 2.6 us and the separate combine 2.7-3.4 us). Portable-family rows only (GTA and GQA; the latent
+stores cost up to 2.6 us and the separate combine 2.7-3.3 us). Portable-family rows only (GTA and GQA; the latent
 kinds run the Hopper kernel on sm_90):
 
     python benchmarks/fixed_cost_parts.py --rows gta:32:4096:4 gta:8:32768:4 gqa:1:65536:1 --rounds 3
@@ -111,7 +111,8 @@ def combine_stubbed():
 
 
 def table_and_split_configs(kwargs: dict, scale: float):
-    """(the op's family name and config for this call, that config with its combine unfused)."""
+    """(the op's family name and config for this call, that config with its combine unfused; None where the family
+    is not the portable one)."""
     from glacompiler.op.dispatch import choose_kernel, validated_call
 
     spec, shape, call, _, _ = validated_call(
