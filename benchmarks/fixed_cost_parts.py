@@ -110,6 +110,14 @@ def combine_stubbed():
         clear_prepared_calls()
 
 
+def op_default_scale(kwargs: dict) -> float:
+    """The op's default softmax scale for these arguments (the variants' calls and the config lookup take it given)."""
+    from glacompiler.spec import default_softmax_scale
+
+    q_rope = kwargs.get("q_rope")
+    return default_softmax_scale(kwargs["q"].shape[-1], 0 if q_rope is None else q_rope.shape[-1])
+
+
 def table_and_split_configs(kwargs: dict, scale: float):
     """(the op's family name and config for this call, that config with its combine unfused; None where the family
     is not the portable one)."""
@@ -175,8 +183,7 @@ def main() -> None:
           "of read = read us / us")
     for case, batch, length, query_len in rows:
         kwargs = make_inputs(case, batch, length, query_len, PAGE_SIZE)
-        q_rope = kwargs.get("q_rope")
-        scale = (kwargs["q"].shape[-1] + (0 if q_rope is None else q_rope.shape[-1])) ** -0.5
+        scale = op_default_scale(kwargs)
         family, table_config, config = table_and_split_configs(kwargs, scale)
         if config is None:
             print(f"\n{case} B{batch} S{length} Lq {query_len}: the {family} family runs it, not the portable kernel")

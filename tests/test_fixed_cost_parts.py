@@ -23,7 +23,7 @@ def test_every_variant_runs_and_the_checked_ones_keep_the_result(parts, case, qu
     ab_decode = load_benchmark_script("ab_decode")
     kwargs = ab_decode.make_inputs(case, 2, 256, query_len, 64, device="cpu", dtype=torch.float16)
     q_rope = kwargs.get("q_rope")
-    scale = (kwargs["q"].shape[-1] + (0 if q_rope is None else q_rope.shape[-1])) ** -0.5
+    scale = parts.op_default_scale(kwargs)
     config = PortableConfig(**CONFIG)
     call = lambda: glacompiler.attention_with_kvcache_config(**kwargs, config=config, softmax_scale=scale)[0]  # noqa
     expected, _ = attention_with_kvcache_reference(
