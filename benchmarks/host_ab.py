@@ -62,6 +62,15 @@ def rows(device) -> list:
     mask_gqa = torch.ones(batch, 1, 1, 512, device=device, dtype=torch.bool)
     key_range_gqa = torch.ops.glacompiler.mask_key_range(mask_gqa, batch, 512)
     q_sdpa, k_sdpa, v_sdpa = q_gqa.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    # Split calls (a few sequences, a long cache: the partials and their combine; "splits" in their names): GQA 32/8/64,
+    # GTA 16/4 (128 + rope 64) and MLA (128 query heads, latent 512 + rope 64, the Hopper latent kernel) at B1 S4K,
+    # short enough that the GPU keeps up.
+    q_one, k_one, v_one = randn(1, 1, 32, 64), randn(1, 4096, 8, 64), randn(1, 4096, 8, 64)
+    lengths_one = torch.full((1,), 4096, device=device, dtype=torch.int32)
+    q_mla, cache_mla, q_rope_mla, k_rope_mla = randn(1, 1, 128, 512), randn(1, 4096, 1, 512), randn(1, 1, 128, 64), \
+        randn(1, 4096, 64)
+    q_gta, cache_gta, q_rope_gta, k_rope_gta = randn(1, 1, 16, 128), randn(1, 4096, 4, 128), randn(1, 1, 16, 64), \
+        randn(1, 4096, 64)
     return [
         ("GLA-2 XL op, lengths", lambda: op(q, cache, None, q_rope, k_rope, lengths, None, None, 0.05, False, 0)),
         ("GLA-2 XL op, mask + kv_range",
@@ -81,6 +90,16 @@ def rows(device) -> list:
         ("GQA 32/8/64 wrapper, mask + kv_range",
          lambda: glacompiler.attention_with_kvcache(q_gqa, k, v, attn_mask=mask_gqa, kv_range=key_range_gqa,
                                                     softmax_scale=0.125)),
+        ("GQA 32/8/64 B1 S4K op, 8 splits",
+         lambda: op(q_one, k_one, v_one, None, None, lengths_one, None, None, 0.125, True, 8)),
+        ("GQA 32/8/64 B1 S4K wrapper, 8 splits",
+         lambda: glacompiler.attention_with_kvcache(q_one, k_one, v_one, cache_seqlens=lengths_one, num_splits=8)),
+        ("GTA 16/4 B1 S4K wrapper, 8 splits",
+         lambda: glacompiler.attention_with_kvcache(q_gta, cache_gta, q_rope=q_rope_gta, k_rope_cache=k_rope_gta,
+                                                    cache_seqlens=lengths_one, num_splits=8)),
+        ("MLA B1 S4K wrapper, 4 splits",
+         lambda: glacompiler.attention_with_kvcache(q_mla, cache_mla, q_rope=q_rope_mla, k_rope_cache=k_rope_mla,
+                                                    cache_seqlens=lengths_one, num_splits=4)),
         (YARDSTICK, lambda: torch.nn.functional.scaled_dot_product_attention(q_sdpa, k_sdpa, v_sdpa, enable_gqa=True)),
     ]
 

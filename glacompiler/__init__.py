@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+from .kernels.common.split_workspace import release_split_workspaces, split_workspace_bytes
 from .kernels.latent_hopper import LatentHopperConfig
 from .kernels.portable import PortableConfig
 from .op import attention_with_kvcache, attention_with_kvcache_config, mask_key_range
@@ -60,6 +61,8 @@ __all__ = [
     "compile_report",
     "format_report",
     "mask_key_range",
+    "release_split_workspaces",
     "reset_report",
     "set_debug_checks",
+    "split_workspace_bytes",
 ]

@@ -26,8 +26,8 @@ OP_ARGS = ("q", "k_cache", "v_cache", "q_rope", "k_rope_cache", "cache_seqlens",
 @pytest.fixture(autouse=True)
 def poisoned_split_buffers(monkeypatch):
     """Split buffers that start as NaN (and outputs too): a merge that reads a partial no program wrote, or a store
-    that misses, shows. (A freed buffer's memory otherwise comes back holding the last call's partials.)"""
-    allocate = SplitBuffers.allocate
+    that misses, shows. (Held partials, or a freed buffer's memory, otherwise hold the last call's partials.)"""
+    allocate = SplitBuffers.allocate_for_call
 
     def poisoned(self, q):
         buffers = allocate(self, q)
@@ -35,7 +35,7 @@ def poisoned_split_buffers(monkeypatch):
             tensor.fill_(float("nan"))
         return buffers
 
-    monkeypatch.setattr(SplitBuffers, "allocate", poisoned)
+    monkeypatch.setattr(SplitBuffers, "allocate_for_call", poisoned)
 
 
 def _plan(problem, config):

@@ -6,14 +6,16 @@ import torch
 from torch import Tensor
 
 from .combine import combine_launch
+from .split_workspace import held_partials
+from .triton_launch import tracing_launches
 
 
 class SplitBuffers:
     """The op's outputs and the split kernel's targets for calls of one shape, worked out once (a prepared op
-    call holds one): `allocate` makes a call's tensors, `combine` merges its splits."""
+    call holds one): `allocate_for_call` gives a call's tensors, `combine` merges its splits."""
 
-    __slots__ = ("out_shape", "lse_shape", "split_out_shape", "split_lse_shape", "num_splits", "out_strides",
-                 "lse_strides", "merged_strides", "combine_launch")
+    __slots__ = ("out_shape", "lse_shape", "split_out_shape", "split_lse_shape", "split_shapes", "num_splits",
+                 "out_strides", "lse_strides", "merged_strides", "combine_launch")
 
     def __init__(self, q: Tensor, head_dim_v: int, num_splits: int):
         batch, query_len, num_q_heads, _ = q.shape
@@ -22,6 +24,7 @@ class SplitBuffers:
         self.lse_shape = (batch, query_len, num_q_heads)
         self.split_out_shape = (batch, query_len, num_q_heads, num_splits, head_dim_v)
         self.split_lse_shape = (batch, query_len, num_q_heads, num_splits)
+        self.split_shapes = (self.split_out_shape, self.split_lse_shape)
         self.combine_launch = None
         # The op's outputs (contiguous), (b, t, h) strides of out then of lse: where a kernel merging its own
         # splits writes.
@@ -37,13 +40,27 @@ class SplitBuffers:
         self.combine_launch = combine_launch(split_out, lse)
 
     def allocate(self, q: Tensor) -> tuple:
-        """(split_out, split_lse, out, lse) of one call: the first two are the outputs with one split."""
+        """(split_out, split_lse, out, lse), all four allocated (a compiled graph's buffers): the first two are the
+        outputs with one split."""
         out = q.new_empty(self.out_shape)
         lse = q.new_empty(self.lse_shape, dtype=torch.float32)
         if self.num_splits == 1:
             return out, lse, out, lse
         return (q.new_empty(self.split_out_shape, dtype=torch.float32),
                 q.new_empty(self.split_lse_shape, dtype=torch.float32), out, lse)
+
+    def allocate_for_call(self, q: Tensor) -> tuple:
+        """`allocate`'s four for a call that combines its splits before it returns (an op call): an eager CUDA
+        call's partials are held between calls on its stream (split_workspace.py says why that is safe); a call
+        captured into a CUDA graph, traced into a compiled graph, or off CUDA allocates them."""
+        # (torch.cuda.is_current_stream_capturing's C call, without its Python frame: this runs on every call)
+        if (self.num_splits == 1 or type(q) is not Tensor or not q.is_cuda or tracing_launches()
+                or torch._C._cuda_isCurrentStreamCapturing()):
+            return self.allocate(q)
+        device = q.get_device()
+        split_out, split_lse = held_partials(q, (device, torch._C._cuda_getCurrentRawStream(device)),
+                                             self.split_shapes)
+        return split_out, split_lse, q.new_empty(self.out_shape), q.new_empty(self.lse_shape, dtype=torch.float32)
 
     @staticmethod
     def split_count_of(split_out: Tensor) -> int:

@@ -166,7 +166,7 @@ class PortableLaunchPlan:
             attn_mask: Optional[Tensor], kv_range: Optional[Tensor], alibi_slopes: Optional[Tensor],
             sinks: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         lengths, mask, kv_begin, kv_end, mask_dense = self.keys.resolve(attn_mask, kv_range, cache_seqlens)
-        split_out, split_lse, out, lse = self.buffers.allocate(q)
+        split_out, split_lse, out, lse = self.buffers.allocate_for_call(q)
         tensors = (
             q, k_cache, k_cache if v_cache is None else v_cache, q if q_rope is None else q_rope,
             k_cache if k_rope_cache is None else k_rope_cache, lengths, kv_begin, kv_end, mask_dense,

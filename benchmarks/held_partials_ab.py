@@ -1,0 +1,50 @@
+"""Host time per eager split call with the partials held between calls (the stream's workspace,
+kernels/common/split_workspace.py) against the same calls allocating them, in one process: bursts of back-to-back
+calls alternate between the two (the order flipped each round), so a host that drifts moves both alike.
+
+    python benchmarks/held_partials_ab.py [--rounds 21] [--calls 300]
+
+Rows: host_ab.py's split calls, under no_grad (the wrapper's direct path, as a decode step's). Each row gives both
+sides' fastest and median burst and the median of the rounds' differences (allocated - held)."""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from glacompiler.kernels.common.split_buffers import SplitBuffers
+
+from host_ab import burst_us, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=21, help="bursts per side and row")
+    parser.add_argument("--calls", type=int, default=300, help="calls per burst")
+    args = parser.parse_args()
+    held = SplitBuffers.allocate_for_call
+    allocated = SplitBuffers.allocate  # what a split call did before its partials were held
+    print(f"{'row':<40} {'allocated us (min / median)':>28} {'held us (min / median)':>24} {'allocated - held':>17}")
+    with torch.no_grad():
+        for name, fn in rows(torch.device("cuda")):
+            if "splits" not in name:
+                continue
+            for _ in range(200):
+                fn()
+            times = {"allocated": [], "held": []}
+            try:
+                for round_index in range(args.rounds):
+                    for side in (("held", "allocated") if round_index % 2 else ("allocated", "held")):
+                        SplitBuffers.allocate_for_call = held if side == "held" else allocated
+                        times[side].append(burst_us(fn, args.calls, torch.cuda.synchronize))
+            finally:
+                SplitBuffers.allocate_for_call = held
+            torch.cuda.synchronize()
+            saved = statistics.median(a - h for a, h in zip(times["allocated"], times["held"]))
+            cells = [f"{min(times[side]):6.2f} / {statistics.median(times[side]):6.2f}" for side in ("allocated", "held")]
+            print(f"{name:<40} {cells[0]:>28} {cells[1]:>24} {saved:14.2f} us", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Split partials held between eager calls (kernels/common/split_workspace.py): one fp32 workspace per (device,
+stream), grown to the largest call's partials; fresh partials where a call is captured, traced or off CUDA. CPU for
+the workspace's bookkeeping; the GPU for calls on two streams, calls of several shapes on one stream, and a captured
+call replayed among eager ones, each output against the float64 reference (FlashAttention's rule)."""
+import pytest
+import torch
+
+import glacompiler
+from glacompiler.kernels.common import split_workspace
+from glacompiler.kernels.common.split_buffers import SplitBuffers
+from glacompiler.kernels.common.split_workspace import VIEW_ALIGNMENT, held_partials, release_split_workspaces, \
+    split_workspace_bytes
+from glacompiler.presets import PAPER_SPECS
+from glacompiler.problems import check_fa_rule, make_decode_problem
+
+from kernel_cases import CPU_SPECS
+
+
+@pytest.fixture(autouse=True)
+def no_workspaces(monkeypatch):
+    """The test's own workspaces, none at its start (the process's come back after it)."""
+    monkeypatch.setattr(split_workspace, "_workspaces", {})
+
+
+def _shapes(batch: int, splits: int, head_dim_v: int = 20) -> tuple:
+    return (batch, 1, 8, splits, head_dim_v), (batch, 1, 8, splits)
+
+
+def _span(tensor) -> tuple:
+    start = tensor.data_ptr()
+    return start, start + tensor.numel() * tensor.element_size()
+
+
+def test_a_repeat_gets_the_same_views_and_the_lses_start_aligned():
+    q = torch.randn(2, 1, 8, 40)
+    out, lse = held_partials(q, (0, 7), _shapes(2, 3))
+    assert out.shape == (2, 1, 8, 3, 20) and lse.shape == (2, 1, 8, 3)
+    assert out.dtype == lse.dtype == torch.float32 and out.is_contiguous() and lse.is_contiguous()
+    assert (lse.data_ptr() - out.data_ptr()) % (VIEW_ALIGNMENT * 4) == 0 and _span(out)[1] <= lse.data_ptr()
+    again = held_partials(q, (0, 7), _shapes(2, 3))
+    assert again[0] is out and again[1] is lse
+    aligned_out = -(-out.numel() // VIEW_ALIGNMENT) * VIEW_ALIGNMENT
+    assert split_workspace_bytes() == {(0, 7): 4 * (aligned_out + lse.numel())}
+
+
+def test_shapes_share_a_streams_workspace_which_grows_to_the_largest():
+    q = torch.randn(1, 1, 8, 40)
+    small_out, _ = held_partials(q, (0, 7), _shapes(1, 2))
+    small_bytes = split_workspace_bytes()[(0, 7)]
+    smaller_out, _ = held_partials(q, (0, 7), _shapes(1, 1))
+    assert smaller_out.data_ptr() == small_out.data_ptr() and split_workspace_bytes()[(0, 7)] == small_bytes
+    large_out, large_lse = held_partials(q, (0, 7), _shapes(4, 8))
+    assert split_workspace_bytes()[(0, 7)] > small_bytes
+    # A grown workspace is a new buffer: the small shape's views are made again, in it.
+    small_again, _ = held_partials(q, (0, 7), _shapes(1, 2))
+    assert small_again.data_ptr() == large_out.data_ptr() != small_out.data_ptr()
+    assert large_lse.numel() == 4 * 8 * 8
+
+
+def test_each_stream_has_its_own_workspace():
+    q = torch.randn(1, 1, 8, 40)
+    first, second = (held_partials(q, (0, stream), _shapes(2, 4)) for stream in (7, 9))
+    spans = sorted(_span(tensor) for tensor in (*first, *second))
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))  # no overlap
+    assert set(split_workspace_bytes()) == {(0, 7), (0, 9)}
+
+
+def test_release_drops_every_workspace():
+    q = torch.randn(1, 1, 8, 40)
+    out, _ = held_partials(q, (0, 7), _shapes(1, 2))
+    release_split_workspaces()
+    assert split_workspace_bytes() == {}
+    assert held_partials(q, (0, 7), _shapes(1, 2))[0] is not out
+
+
+def test_a_workspaces_views_are_bounded(monkeypatch):
+    monkeypatch.setattr(split_workspace, "MAX_VIEWS_PER_WORKSPACE", 2)
+    q = torch.randn(1, 1, 8, 40)
+    first = held_partials(q, (0, 7), _shapes(1, 4))
+    for splits in (3, 2):
+        held_partials(q, (0, 7), _shapes(1, splits))
+    workspace = split_workspace._workspaces[(0, 7)]
+    assert len(workspace.views) == 1  # emptied at the third shape, which is the one left
+    assert held_partials(q, (0, 7), _shapes(1, 4))[0] is not first[0]
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+def test_calls_off_cuda_allocate_their_buffers(splits, interpret_kernels):
+    # (interpret_kernels: several splits make the combine's launch, which loads triton)
+    q = torch.randn(2, 1, 8, 64, dtype=torch.float16)
+    buffers = SplitBuffers(q, 24, num_splits=splits)
+    split_out, split_lse, out, lse = buffers.allocate_for_call(q)
+    assert split_workspace_bytes() == {}
+    assert out.shape == (2, 1, 8, 24) and out.dtype == torch.float16 and lse.dtype == torch.float32
+    assert buffers.are_targets(q, split_out, split_lse)
+    assert (split_out is out) == (splits == 1)
+
+
+# GPU: one portable family (GQA) and the Hopper latent family (MLA at the paper's widths), each forced to split.
+GPU_CASES = {"gqa": (CPU_SPECS["gqa"], 8), "mla": (PAPER_SPECS["mla"], 4)}
+
+
+def _gpu_problem(name: str, batch: int, seed: int, device):
+    spec, _ = GPU_CASES[name]
+    return make_decode_problem(spec, batch=batch, query_len=1, capacity=1024, dtype=torch.bfloat16, device=device,
+                               generator=torch.Generator().manual_seed(seed))
+
+
+def _split_call(problem, splits: int):
+    with torch.no_grad():  # the wrapper's direct path, as a decode step's
+        return glacompiler.attention_with_kvcache(**problem.kwargs, num_splits=splits, return_lse=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GPU_CASES))
+def test_split_calls_on_two_streams_hold_their_own_partials(cuda_device, name):
+    """Two streams call back to back with no synchronisation between them, each on its own problem: every output is
+    right, and each stream holds a workspace."""
+    _, splits = GPU_CASES[name]
+    problems = [_gpu_problem(name, 2, seed, cuda_device) for seed in (1, 2)]
+    streams = [torch.cuda.Stream() for _ in problems]
+    for stream in streams:
+        stream.wait_stream(torch.cuda.current_stream())
+    results = [[], []]
+    for _ in range(8):
+        for index, (stream, problem) in enumerate(zip(streams, problems)):
+            with torch.cuda.stream(stream):
+                results[index].append(_split_call(problem, splits))
+    torch.cuda.synchronize()
+    for problem, outputs in zip(problems, results):
+        for out, lse in outputs:
+            check_fa_rule(out, lse, problem)
+    keys = {(cuda_device.index or 0, stream.cuda_stream) for stream in streams}
+    assert keys <= set(split_workspace_bytes())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GPU_CASES))
+def test_split_calls_of_several_shapes_share_a_streams_workspace(cuda_device, name):
+    """Calls of two batch sizes and split counts, alternating on one stream with no synchronisation: each call
+    writes partials where the last one's combine read them, in stream order; every output is right."""
+    _, splits = GPU_CASES[name]
+    cases = [(_gpu_problem(name, 2, 3, cuda_device), splits), (_gpu_problem(name, 5, 4, cuda_device), 2 * splits)]
+    results = [[_split_call(problem, count) for problem, count in cases] for _ in range(6)]
+    torch.cuda.synchronize()
+    for outputs in results:
+        for (problem, _), (out, lse) in zip(cases, outputs):
+            check_fa_rule(out, lse, problem)
+    assert len(split_workspace_bytes()) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GPU_CASES))
+def test_a_captured_split_call_keeps_its_own_partials(cuda_device, name):
+    """A split call captured into a CUDA graph allocates its partials from the graph's pool, not the stream's
+    workspace: replays interleaved with eager split calls of another problem stay right."""
+    _, splits = GPU_CASES[name]
+    captured_problem, eager_problem = (_gpu_problem(name, 2, seed, cuda_device) for seed in (5, 6))
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # the first call (compiles, plans) outside the graph, as usual
+        _split_call(captured_problem, splits)
+    torch.cuda.current_stream().wait_stream(stream)
+    held = split_workspace_bytes()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured_out, captured_lse = _split_call(captured_problem, splits)
+    assert split_workspace_bytes() == held  # the capture's stream got no workspace
+    eager = []
+    for _ in range(4):
+        graph.replay()
+        eager.append(_split_call(eager_problem, splits))
+        graph.replay()
+    torch.cuda.synchronize()
+    check_fa_rule(captured_out, captured_lse, captured_problem)
+    for out, lse in eager:
+        check_fa_rule(out, lse, eager_problem)
