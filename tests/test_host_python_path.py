@@ -36,7 +36,9 @@ def test_each_repeat_launch_reaches_the_stand_in_launcher(interpret_kernels, own
             launched.clear()
             fn()
             counts.setdefault(name, []).append(len(launched))
-    # lengths: the attention kernel; a mask: its two passes, and the key range's reduction where not given
+    # lengths: the attention kernel; a mask: its two passes, and the key range's reduction where not given; splits:
+    # the attention kernel and the combine
     assert counts == {"op, lengths": [1, 1], "op, mask + kv_range (two passes)": [2, 2],
                       "op, mask (range reduced per call)": [3, 3], "wrapper, lengths": [1, 1],
-                      "wrapper, mask": [3, 3], "wrapper, mask + kv_range": [2, 2]}
+                      "wrapper, mask": [3, 3], "wrapper, mask + kv_range": [2, 2],
+                      "wrapper, lengths, 8 splits + combine": [2, 2]}
