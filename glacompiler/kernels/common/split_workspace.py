@@ -42,8 +42,9 @@ def _aligned(elements: int) -> int:
 
 def held_partials(q: Tensor, stream_key: tuple, shapes: tuple) -> tuple:
     """(split_out, split_lse) of shapes (split_out's, split_lse's), contiguous fp32 views of stream_key's workspace
-    (made, or grown, on q's device and the current stream where too small). Any two calls' views on one stream may overlap: the caller must be that
-    stream's, and must have finished with the last call's partials in stream order (its combine launched)."""
+    (made, or grown, on q's device and the current stream where too small). Any two calls' views on one stream may
+    overlap: the caller must be that stream's, and must have finished with the last call's partials in stream order
+    (its combine launched)."""
     workspace = _workspaces.get(stream_key)
     if workspace is not None:
         views = workspace.views.get(shapes)
