@@ -1,17 +1,24 @@
-"""Split partials held between eager calls (kernels/common/split_workspace.py): one fp32 workspace per (device,
-stream), grown to the largest call's partials; fresh partials where a call is captured, traced or off CUDA. CPU for
-the workspace's bookkeeping; the GPU for calls on two streams, calls of several shapes on one stream, and a captured
-call replayed among eager ones, each output against the float64 reference (FlashAttention's rule)."""
+"""Split partials held between eager calls (kernels/common/split_workspace.py): one fp32 workspace per (thread,
+device, stream), grown to the largest call's partials, on the eager wrapper's direct path alone; allocated partials
+for every other call. CPU for the workspace's bookkeeping; the GPU for calls on two streams, calls of several shapes
+on one stream, a captured call replayed among eager ones (each output against the float64 reference,
+FlashAttention's rule), and the dispatcher's calls, which hold nothing."""
+import gc
+import threading
+import weakref
+from unittest import mock
+
 import pytest
 import torch
 
 import glacompiler
-from glacompiler.kernels.common import split_workspace
+from glacompiler.kernels.common import split_buffers, split_workspace
 from glacompiler.kernels.common.split_buffers import SplitBuffers
 from glacompiler.kernels.common.split_workspace import VIEW_ALIGNMENT, held_partials, release_split_workspaces, \
     split_workspace_bytes
 from glacompiler.presets import PAPER_SPECS
 from glacompiler.problems import check_fa_rule, make_decode_problem
+from glacompiler.spec import default_softmax_scale
 
 from kernel_cases import CPU_SPECS
 
@@ -19,7 +26,7 @@ from kernel_cases import CPU_SPECS
 @pytest.fixture(autouse=True)
 def no_workspaces(monkeypatch):
     """The test's own workspaces, none at its start (the process's come back after it)."""
-    monkeypatch.setattr(split_workspace, "_workspaces", {})
+    monkeypatch.setattr(split_workspace, "_per_thread", threading.local())
 
 
 def _shapes(batch: int, splits: int, head_dim_v: int = 20) -> tuple:
@@ -39,8 +46,7 @@ def test_a_repeat_gets_the_same_views_and_the_lses_start_aligned():
     assert (lse.data_ptr() - out.data_ptr()) % (VIEW_ALIGNMENT * 4) == 0 and _span(out)[1] <= lse.data_ptr()
     again = held_partials(q, (0, 7), _shapes(2, 3))
     assert again[0] is out and again[1] is lse
-    aligned_out = -(-out.numel() // VIEW_ALIGNMENT) * VIEW_ALIGNMENT
-    assert split_workspace_bytes() == {(0, 7): 4 * (aligned_out + lse.numel())}
+    assert split_workspace_bytes() == {(0, 7): 4 * (split_workspace._aligned(out.numel()) + lse.numel())}
 
 
 def test_shapes_share_a_streams_workspace_which_grows_to_the_largest():
@@ -65,6 +71,29 @@ def test_each_stream_has_its_own_workspace():
     assert set(split_workspace_bytes()) == {(0, 7), (0, 9)}
 
 
+def test_each_thread_has_its_own_workspaces_freed_when_it_ends():
+    """Two threads on one stream: another thread's launches can come between a call's split kernel and its combine,
+    so they must not share partials."""
+    q = torch.randn(1, 1, 8, 40)
+    mine = held_partials(q, (0, 7), _shapes(2, 4))
+    theirs = []
+
+    def other_thread():
+        views = held_partials(q, (0, 7), _shapes(2, 4))
+        theirs.append((views[0].data_ptr(), weakref.ref(split_workspace._workspaces()[(0, 7)].buffer),
+                       set(split_workspace_bytes())))
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    pointer, buffer, keys = theirs[0]
+    spans = sorted([_span(mine[0]), _span(mine[1])])
+    assert keys == {(0, 7)} and not any(start <= pointer < end for start, end in spans)
+    gc.collect()
+    assert buffer() is None  # (the thread's workspaces went with it)
+    assert held_partials(q, (0, 7), _shapes(2, 4))[0] is mine[0]
+
+
 def test_release_drops_every_workspace():
     q = torch.randn(1, 1, 8, 40)
     out, _ = held_partials(q, (0, 7), _shapes(1, 2))
@@ -79,7 +108,7 @@ def test_a_workspaces_views_are_bounded(monkeypatch):
     first = held_partials(q, (0, 7), _shapes(1, 4))
     for splits in (3, 2):
         held_partials(q, (0, 7), _shapes(1, splits))
-    workspace = split_workspace._workspaces[(0, 7)]
+    workspace = split_workspace._workspaces()[(0, 7)]
     assert len(workspace.views) == 1  # emptied at the third shape, which is the one left
     assert held_partials(q, (0, 7), _shapes(1, 4))[0] is not first[0]
 
@@ -89,7 +118,7 @@ def test_calls_off_cuda_allocate_their_buffers(splits, interpret_kernels):
     # (interpret_kernels: several splits make the combine's launch, which loads triton)
     q = torch.randn(2, 1, 8, 64, dtype=torch.float16)
     buffers = SplitBuffers(q, 24, num_splits=splits)
-    split_out, split_lse, out, lse = buffers.allocate_for_call(q)
+    split_out, split_lse, out, lse = buffers.allocate_for_call(q, hold=True)
     assert split_workspace_bytes() == {}
     assert out.shape == (2, 1, 8, 24) and out.dtype == torch.float16 and lse.dtype == torch.float32
     assert buffers.are_targets(q, split_out, split_lse)
@@ -162,10 +191,17 @@ def test_a_captured_split_call_keeps_its_own_partials(cuda_device, name):
         _split_call(captured_problem, splits)
     torch.cuda.current_stream().wait_stream(stream)
     held = split_workspace_bytes()
+    views_taken = []
+    real_held_partials = split_buffers.held_partials
+
+    def spying(*arguments):
+        views_taken.append(torch.cuda.is_current_stream_capturing())
+        return real_held_partials(*arguments)
+
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with mock.patch.object(split_buffers, "held_partials", spying), torch.cuda.graph(graph):
         captured_out, captured_lse = _split_call(captured_problem, splits)
-    assert split_workspace_bytes() == held  # the capture's stream got no workspace
+    assert views_taken == [] and split_workspace_bytes() == held  # the capture took no view and made no workspace
     eager = []
     for _ in range(4):
         graph.replay()
@@ -175,3 +211,27 @@ def test_a_captured_split_call_keeps_its_own_partials(cuda_device, name):
     check_fa_rule(captured_out, captured_lse, captured_problem)
     for out, lse in eager:
         check_fa_rule(out, lse, eager_problem)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GPU_CASES))
+def test_only_the_wrappers_direct_path_holds_partials(cuda_device, name):
+    """The op through the dispatcher (what a compiled graph and the tuner call) and the wrapper with grad on allocate
+    their partials; the wrapper under no_grad holds them. Every output is right."""
+    _, splits = GPU_CASES[name]
+    problem = _gpu_problem(name, 2, 8, cuda_device)
+    kw = problem.kwargs
+    op_arguments = [kw.get(argument) for argument in ("q", "k_cache", "v_cache", "q_rope", "k_rope_cache",
+                                                       "cache_seqlens", "page_table", "attn_mask")]
+    q_rope = kw.get("q_rope")
+    scale = default_softmax_scale(kw["q"].shape[-1], 0 if q_rope is None else q_rope.shape[-1])
+    with torch.no_grad():
+        outputs = [torch.ops.glacompiler.attention_with_kvcache(*op_arguments, scale, kw["causal"], splits)]
+    outputs.append(glacompiler.attention_with_kvcache(**kw, num_splits=splits, return_lse=True))  # grad on
+    torch.cuda.synchronize()
+    assert split_workspace_bytes() == {}
+    outputs.append(_split_call(problem, splits))
+    torch.cuda.synchronize()
+    assert len(split_workspace_bytes()) == 1
+    for out, lse in outputs:
+        check_fa_rule(out, lse, problem)

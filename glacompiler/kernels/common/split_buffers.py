@@ -42,25 +42,29 @@ class SplitBuffers:
     def allocate(self, q: Tensor) -> tuple:
         """(split_out, split_lse, out, lse), all four allocated (a compiled graph's buffers): the first two are the
         outputs with one split."""
-        out = q.new_empty(self.out_shape)
-        lse = q.new_empty(self.lse_shape, dtype=torch.float32)
+        out, lse = self._outputs(q)
         if self.num_splits == 1:
             return out, lse, out, lse
         return (q.new_empty(self.split_out_shape, dtype=torch.float32),
                 q.new_empty(self.split_lse_shape, dtype=torch.float32), out, lse)
 
-    def allocate_for_call(self, q: Tensor) -> tuple:
-        """`allocate`'s four for a call that combines its splits before it returns (an op call): an eager CUDA
-        call's partials are held between calls on its stream (split_workspace.py says why that is safe); a call
-        captured into a CUDA graph, traced into a compiled graph, or off CUDA allocates them."""
-        # (torch.cuda.is_current_stream_capturing's C call, without its Python frame: this runs on every call)
-        if (self.num_splits == 1 or type(q) is not Tensor or not q.is_cuda or tracing_launches()
+    def allocate_for_call(self, q: Tensor, hold: bool) -> tuple:
+        """`allocate`'s four for a call that combines its splits before it returns (an op call). With hold (the eager
+        wrapper's direct path alone: split_workspace.py says why), a split call on the current CUDA device that is
+        not being captured takes its partials from its thread's workspace for its stream; any other allocates."""
+        # (torch.cuda's C calls, without their Python frames: this runs on every call)
+        if (not hold or self.num_splits == 1 or not q.is_cuda or tracing_launches()
                 or torch._C._cuda_isCurrentStreamCapturing()):
             return self.allocate(q)
         device = q.get_device()
+        if device != torch._C._cuda_getDevice():  # (the kernels launch on the current device's stream)
+            return self.allocate(q)
         split_out, split_lse = held_partials(q, (device, torch._C._cuda_getCurrentRawStream(device)),
                                              self.split_shapes)
-        return split_out, split_lse, q.new_empty(self.out_shape), q.new_empty(self.lse_shape, dtype=torch.float32)
+        return (split_out, split_lse, *self._outputs(q))
+
+    def _outputs(self, q: Tensor) -> tuple:
+        return q.new_empty(self.out_shape), q.new_empty(self.lse_shape, dtype=torch.float32)
 
     @staticmethod
     def split_count_of(split_out: Tensor) -> int:

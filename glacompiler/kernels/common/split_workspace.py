@@ -1,17 +1,23 @@
-"""The split kernels' partial outputs and LSEs, held between eager calls: one fp32 workspace per (device, CUDA
-stream), as FlashInfer's workspace buffer.
+"""The split kernels' partial outputs and LSEs, held between a thread's eager calls: one fp32 workspace per (thread,
+device, CUDA stream).
 
 A split call's partials live from its split kernel to its combine, both on the caller's stream. Allocating them on
-every call costs two trips through the caching allocator (about 5 us of host time a call). Held instead, they are
-views of the stream's workspace, which grows to the largest call's partials and is never freed while calls run: so
-a later call on that stream, whatever its shapes, writes them only after the earlier call's combine has read them
-(stream order), and no other stream's allocation is ever handed their memory. Each stream has its own, so calls on
-two streams never share partials.
+every call costs two trips through the caching allocator (5-6 us of host time a call). Held instead, they are views
+of the stream's workspace, which grows to the largest call's partials and is kept. A later call of the same thread
+on that stream, whatever its shapes, launches its split kernel after the earlier call's combine, so the stream runs
+them in that order. A workspace that grows goes back to the caching allocator, which hands that memory out again
+only to allocations on the same stream, ordered after the work already queued there. Each thread has its own
+(another thread's launches can come between a call's two launches on a shared stream), and each stream its own.
 
-Calls that must not hold them get fresh ones (SplitBuffers.allocate_for_call decides): a call being captured into a
-CUDA graph (the graph keeps its own allocations from its private pool, which replays may write while eager calls
-run), a launch traced into a compiled graph (fake tensors), and calls off CUDA."""
+Only the eager wrapper's direct path holds them (SplitBuffers.allocate_for_call): an eager call from user code.
+Every other call allocates: a call captured into a CUDA graph (the graph keeps its own allocations, which replays
+write while eager calls run), one through the dispatcher (it may run inside a compiled graph, whose CUDA graph tree
+routes allocations to its private pool while it warms up), the tuner's (through the dispatcher's prepared calls),
+a launch traced into a compiled graph (fake tensors), and calls off CUDA."""
 from __future__ import annotations
+
+import math
+import threading
 
 import torch
 from torch import Tensor
@@ -32,8 +38,17 @@ class _Workspace:
         self.views: dict = {}
 
 
-# (device index, raw CUDA stream) -> _Workspace
-_workspaces: dict = {}
+# .workspaces: (device index, raw CUDA stream) -> _Workspace, per thread (freed when the thread ends). A stream is
+# known by its handle: a stream destroyed and another made with the same handle share an entry, which is safe (the
+# new stream's calls are ordered among themselves) but keeps the old one's memory.
+_per_thread = threading.local()
+
+
+def _workspaces() -> dict:
+    workspaces = getattr(_per_thread, "workspaces", None)
+    if workspaces is None:
+        workspaces = _per_thread.workspaces = {}
+    return workspaces
 
 
 def _aligned(elements: int) -> int:
@@ -41,44 +56,36 @@ def _aligned(elements: int) -> int:
 
 
 def held_partials(q: Tensor, stream_key: tuple, shapes: tuple) -> tuple:
-    """(split_out, split_lse) of shapes (split_out's, split_lse's), contiguous fp32 views of stream_key's workspace
-    (made, or grown, on q's device and the current stream where too small). Any two calls' views on one stream may
-    overlap: the caller must be that stream's, and must have finished with the last call's partials in stream order
-    (its combine launched)."""
-    workspace = _workspaces.get(stream_key)
+    """(split_out, split_lse) of shapes (split_out's, split_lse's), contiguous fp32 views of this thread's workspace
+    for stream_key (made, or grown, on q's device and the current stream where too small). Any two calls' views on
+    one stream may overlap: the caller must be that stream's, must have launched the last call's combine, and must
+    return neither."""
+    workspaces = _workspaces()
+    workspace = workspaces.get(stream_key)
     if workspace is not None:
         views = workspace.views.get(shapes)
         if views is not None:
             return views
     split_out_shape, split_lse_shape = shapes
-    out_elements = _aligned(_elements(split_out_shape))
-    needed = out_elements + _elements(split_lse_shape)
+    out_elements = _aligned(math.prod(split_out_shape))
+    needed = out_elements + math.prod(split_lse_shape)
     if workspace is None or workspace.buffer.numel() < needed:
-        # The old buffer goes back to the caching allocator on this stream, whose later allocations are ordered
-        # after the work already queued on it.
-        workspace = _workspaces[stream_key] = _Workspace(q.new_empty(needed, dtype=torch.float32))
+        workspace = workspaces[stream_key] = _Workspace(q.new_empty(needed, dtype=torch.float32))
     elif len(workspace.views) >= MAX_VIEWS_PER_WORKSPACE:
         workspace.views.clear()
     buffer = workspace.buffer
-    views = (buffer[:_elements(split_out_shape)].view(split_out_shape),
-             buffer[out_elements:out_elements + _elements(split_lse_shape)].view(split_lse_shape))
+    views = (buffer[:math.prod(split_out_shape)].view(split_out_shape),
+             buffer[out_elements:needed].view(split_lse_shape))
     workspace.views[shapes] = views
     return views
 
 
-def _elements(shape: tuple) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
-
-
 def split_workspace_bytes() -> dict:
-    """Bytes held per (device index, raw stream): what a process's split calls keep between calls."""
-    return {key: workspace.buffer.numel() * workspace.buffer.element_size() for key, workspace in _workspaces.items()}
+    """Bytes this thread's split calls hold between calls, per (device index, raw stream)."""
+    return {key: workspace.buffer.numel() * workspace.buffer.element_size() for key, workspace in _workspaces().items()}
 
 
 def release_split_workspaces() -> None:
-    """Drop every held workspace (their memory returns to PyTorch's caching allocator once no queued call needs it:
-    the allocator orders its reuse on the stream after the work queued there). The next split call makes a new one."""
-    _workspaces.clear()
+    """Drop this thread's workspaces (their memory goes back to PyTorch's caching allocator, which reuses it on each
+    stream after the work queued there). The thread's next split call makes a new one."""
+    _workspaces().clear()
