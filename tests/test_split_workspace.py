@@ -26,7 +26,7 @@ from kernel_cases import CPU_SPECS
 @pytest.fixture(autouse=True)
 def no_workspaces(monkeypatch):
     """The test's own workspaces, none at its start (the process's come back after it)."""
-    monkeypatch.setattr(split_workspace, "_per_thread", threading.local())
+    monkeypatch.setattr(split_workspace, "_per_thread", type(split_workspace._per_thread)())  # (its own kind)
 
 
 def _shapes(batch: int, splits: int, head_dim_v: int = 20) -> tuple:
@@ -125,6 +125,30 @@ def test_calls_off_cuda_allocate_their_buffers(splits, interpret_kernels):
     assert (split_out is out) == (splits == 1)
 
 
+def test_only_the_wrappers_direct_path_asks_to_hold(monkeypatch, interpret_kernels):
+    """Which calls ask to hold (CPU, the interpreter; the GPU tests below check what holding does): the op through
+    the dispatcher, and the tuner's calls with a config, do not; the wrapper's direct path does."""
+    asked = []
+    allocate_for_call = SplitBuffers.allocate_for_call
+
+    def recording(buffers, q, hold):
+        asked.append(hold)
+        return allocate_for_call(buffers, q, hold)
+
+    monkeypatch.setattr(SplitBuffers, "allocate_for_call", recording)
+    problem = make_decode_problem(CPU_SPECS["gqa"], batch=2, query_len=1, capacity=64, dtype=torch.float32,
+                                  generator=torch.Generator().manual_seed(0))
+    kw = problem.kwargs
+    with torch.no_grad():  # (CPU tensors take the dispatcher)
+        check_fa_rule(*glacompiler.attention_with_kvcache(**kw, num_splits=2, return_lse=True), problem)
+        config = glacompiler.PortableConfig(block_n=16, num_splits=2)
+        check_fa_rule(*glacompiler.attention_with_kvcache_config(**kw, config=config), problem)
+        assert asked == [False, False]
+        monkeypatch.setattr(glacompiler.op, "_runs_directly", lambda q: True)  # the direct path, as on CUDA
+        check_fa_rule(*glacompiler.attention_with_kvcache(**kw, num_splits=2, return_lse=True), problem)
+    assert asked == [False, False, True]
+
+
 # GPU: one portable family (GQA) and the Hopper latent family (MLA at the paper's widths), each forced to split.
 GPU_CASES = {"gqa": (CPU_SPECS["gqa"], 8), "mla": (PAPER_SPECS["mla"], 4)}
 
@@ -216,8 +240,8 @@ def test_a_captured_split_call_keeps_its_own_partials(cuda_device, name):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", sorted(GPU_CASES))
 def test_only_the_wrappers_direct_path_holds_partials(cuda_device, name):
-    """The op through the dispatcher (what a compiled graph and the tuner call) and the wrapper with grad on allocate
-    their partials; the wrapper under no_grad holds them. Every output is right."""
+    """The op through the dispatcher (what a compiled graph calls), a call with a config (the tuner's) and the wrapper
+    with grad on allocate their partials; the wrapper under no_grad holds them. Every output is right."""
     _, splits = GPU_CASES[name]
     problem = _gpu_problem(name, 2, 8, cuda_device)
     kw = problem.kwargs
@@ -226,7 +250,9 @@ def test_only_the_wrappers_direct_path_holds_partials(cuda_device, name):
     q_rope = kw.get("q_rope")
     scale = default_softmax_scale(kw["q"].shape[-1], 0 if q_rope is None else q_rope.shape[-1])
     with torch.no_grad():
-        outputs = [torch.ops.glacompiler.attention_with_kvcache(*op_arguments, scale, kw["causal"], splits)]
+        outputs = [torch.ops.glacompiler.attention_with_kvcache(*op_arguments, scale, kw["causal"], splits),
+                   glacompiler.attention_with_kvcache_config(  # (the tuner's calls)
+                       **kw, config=glacompiler.PortableConfig(num_splits=splits))]
     outputs.append(glacompiler.attention_with_kvcache(**kw, num_splits=splits, return_lse=True))  # grad on
     torch.cuda.synchronize()
     assert split_workspace_bytes() == {}

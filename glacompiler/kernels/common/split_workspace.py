@@ -13,7 +13,10 @@ Only the eager wrapper's direct path holds them (SplitBuffers.allocate_for_call)
 Every other call allocates: a call captured into a CUDA graph (the graph keeps its own allocations, which replays
 write while eager calls run), one through the dispatcher (it may run inside a compiled graph, whose CUDA graph tree
 routes allocations to its private pool while it warms up), the tuner's (through the dispatcher's prepared calls),
-a launch traced into a compiled graph (fake tensors), and calls off CUDA."""
+a launch traced into a compiled graph (fake tensors), and calls off CUDA. Not caught: the wrapper called from
+inside another op's kernel, or under torch.cuda.use_mem_pool, where allocations go to a private or user pool; a
+workspace made or grown there stays in that pool (as the plans' first-call tensors would). Such code should call
+torch.ops.glacompiler.attention_with_kvcache, which holds nothing."""
 from __future__ import annotations
 
 import math
