@@ -249,10 +249,11 @@ def test_only_the_wrappers_direct_path_holds_partials(cuda_device, name):
                                                        "cache_seqlens", "page_table", "attn_mask")]
     q_rope = kw.get("q_rope")
     scale = default_softmax_scale(kw["q"].shape[-1], 0 if q_rope is None else q_rope.shape[-1])
+    # the tuner's calls: a portable config (MLA's 512-wide output over 4 programs, for a narrow accumulator)
+    config = glacompiler.PortableConfig(block_m=16, num_splits=splits, dv_split=4 if name == "mla" else 1)
     with torch.no_grad():
         outputs = [torch.ops.glacompiler.attention_with_kvcache(*op_arguments, scale, kw["causal"], splits),
-                   glacompiler.attention_with_kvcache_config(  # (the tuner's calls)
-                       **kw, config=glacompiler.PortableConfig(num_splits=splits))]
+                   glacompiler.attention_with_kvcache_config(**kw, config=config)]
     outputs.append(glacompiler.attention_with_kvcache(**kw, num_splits=splits, return_lse=True))  # grad on
     torch.cuda.synchronize()
     assert split_workspace_bytes() == {}
