@@ -247,8 +247,7 @@ def test_only_the_wrappers_direct_path_holds_partials(cuda_device, name):
     kw = problem.kwargs
     op_arguments = [kw.get(argument) for argument in ("q", "k_cache", "v_cache", "q_rope", "k_rope_cache",
                                                        "cache_seqlens", "page_table", "attn_mask")]
-    q_rope = kw.get("q_rope")
-    scale = default_softmax_scale(kw["q"].shape[-1], 0 if q_rope is None else q_rope.shape[-1])
+    scale = default_softmax_scale(problem.spec.head_dim_q, problem.spec.rope_dim)
     # the tuner's calls: a portable config (MLA's 512-wide output over 4 programs, for a narrow accumulator)
     config = glacompiler.PortableConfig(block_m=16, num_splits=splits, dv_split=4 if name == "mla" else 1)
     with torch.no_grad():

@@ -70,15 +70,15 @@ def held_partials(q: Tensor, stream_key: tuple, shapes: tuple) -> tuple:
         if views is not None:
             return views
     split_out_shape, split_lse_shape = shapes
-    out_elements = _aligned(math.prod(split_out_shape))
-    needed = out_elements + math.prod(split_lse_shape)
+    out_count = math.prod(split_out_shape)
+    lse_start = _aligned(out_count)
+    needed = lse_start + math.prod(split_lse_shape)
     if workspace is None or workspace.buffer.numel() < needed:
         workspace = workspaces[stream_key] = _Workspace(q.new_empty(needed, dtype=torch.float32))
     elif len(workspace.views) >= MAX_VIEWS_PER_WORKSPACE:
         workspace.views.clear()
     buffer = workspace.buffer
-    views = (buffer[:math.prod(split_out_shape)].view(split_out_shape),
-             buffer[out_elements:needed].view(split_lse_shape))
+    views = buffer[:out_count].view(split_out_shape), buffer[lse_start:needed].view(split_lse_shape)
     workspace.views[shapes] = views
     return views
 
