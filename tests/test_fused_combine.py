@@ -29,8 +29,8 @@ def poisoned_split_buffers(monkeypatch):
     that misses, shows. (Held partials, or a freed buffer's memory, otherwise hold the last call's partials.)"""
     allocate = SplitBuffers.allocate_for_call
 
-    def poisoned(self, q, hold):
-        buffers = allocate(self, q, hold)
+    def poisoned(self, q, hold, keep_lse=True):
+        buffers = allocate(self, q, hold, keep_lse)
         for tensor in buffers:
             tensor.fill_(float("nan"))
         return buffers

@@ -114,9 +114,10 @@ class KernelFamily:
     def prepare(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: Config):
         """A launch plan for calls with this call's metadata (shapes, strides, dtypes, devices, 16-byte alignment,
         scalars): everything the launch derives from them, worked out once. Its `run(q, k_cache, v_cache, q_rope,
-        k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range, alibi_slopes, sinks, *, hold_workspace=False)`
-        launches one such call and returns (out [B, Lq, Hq, Dv], lse [B, Lq, Hq] float32); hold_workspace: the eager
-        wrapper's direct path, whose split calls may hold their partials (kernels/common/split_workspace.py)."""
+        k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range, alibi_slopes, sinks, *, hold_workspace=False,
+        keep_lse=True)` launches one such call and returns (out [B, Lq, Hq, Dv], lse [B, Lq, Hq] float32);
+        hold_workspace: the eager wrapper's direct path, which may hold its split partials, and its lse where
+        keep_lse is False (kernels/common/split_workspace.py)."""
         raise NotImplementedError
 
     def launch(self, call: KernelCall, spec: AttentionSpec, shape: ProblemShape, config: Config) -> tuple[Tensor, Tensor]:

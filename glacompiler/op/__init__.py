@@ -85,9 +85,10 @@ def attention_with_kvcache(
                 validated.scale, causal, num_splits, softcap, alibi_slopes, sinks, window_size))
         elif debug_checks_enabled():  # what prepared_call checks on a repeat
             check_values(k_cache, cache_seqlens, page_table, call.shape, attn_mask)
-        # (an eager call from user code: a split call may hold its partials in its thread's stream workspace)
+        # (an eager call from user code: it may hold its split partials, and the lse it drops without return_lse,
+        # in its thread's stream workspace)
         out, lse = call.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                            kv_range, alibi_slopes, sinks, hold_workspace=True)
+                            kv_range, alibi_slopes, sinks, hold_workspace=True, keep_lse=bool(return_lse))
     else:
         out, lse = attention_with_kvcache_op(*_op_arguments(
             q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range,

@@ -100,14 +100,15 @@ class PreparedCall:
         self.into_buffers = into_buffers
 
     def run(self, q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask, kv_range,
-            alibi_slopes, sinks, *, hold_workspace: bool = False):
-        """(out, lse); hold_workspace: the eager wrapper's direct path (SplitBuffers.allocate_for_call's hold)."""
+            alibi_slopes, sinks, *, hold_workspace: bool = False, keep_lse: bool = True):
+        """(out, lse); hold_workspace: the eager wrapper's direct path (SplitBuffers.allocate_for_call's hold);
+        keep_lse False: the caller drops lse, which may then be a buffer the next call overwrites."""
         if self.plan is None:  # a batch of 0 sequences
             return empty_outputs(q, k_cache, v_cache)
         if self.copy_seqlens or self.copy_page_table:
             cache_seqlens, page_table = self.contiguous_lengths_and_pages(cache_seqlens, page_table)
         return self.plan.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                             kv_range, alibi_slopes, sinks, hold_workspace=hold_workspace)
+                             kv_range, alibi_slopes, sinks, hold_workspace=hold_workspace, keep_lse=keep_lse)
 
     def contiguous_lengths_and_pages(self, cache_seqlens, page_table) -> tuple:
         """(cache_seqlens, page_table) as the kernels read them: the copies validated_call made for the first call

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .combine import combine_launch
-from .split_workspace import held_partials
+from .split_workspace import held_views
 from .triton_launch import tracing_launches
 
 
@@ -14,8 +14,8 @@ class SplitBuffers:
     """The op's outputs and the split kernel's targets for calls of one shape, worked out once (a prepared op
     call holds one): `allocate_for_call` gives a call's tensors, `combine` merges its splits."""
 
-    __slots__ = ("out_shape", "lse_shape", "split_out_shape", "split_lse_shape", "split_shapes", "num_splits",
-                 "out_strides", "lse_strides", "merged_strides", "combine_launch")
+    __slots__ = ("out_shape", "lse_shape", "split_out_shape", "split_lse_shape", "split_shapes", "dropped_lse_shapes",
+                 "num_splits", "out_strides", "lse_strides", "merged_strides", "combine_launch")
 
     def __init__(self, q: Tensor, head_dim_v: int, num_splits: int):
         batch, query_len, num_q_heads, _ = q.shape
@@ -24,7 +24,9 @@ class SplitBuffers:
         self.lse_shape = (batch, query_len, num_q_heads)
         self.split_out_shape = (batch, query_len, num_q_heads, num_splits, head_dim_v)
         self.split_lse_shape = (batch, query_len, num_q_heads, num_splits)
+        # What a call holds in its stream's workspace: the partials, and with them the LSE where its caller drops it.
         self.split_shapes = (self.split_out_shape, self.split_lse_shape)
+        self.dropped_lse_shapes = (*self.split_shapes, self.lse_shape) if num_splits > 1 else (self.lse_shape,)
         self.combine_launch = None
         # The op's outputs (contiguous), (b, t, h) strides of out then of lse: where a kernel merging its own
         # splits writes.
@@ -48,20 +50,28 @@ class SplitBuffers:
         return (q.new_empty(self.split_out_shape, dtype=torch.float32),
                 q.new_empty(self.split_lse_shape, dtype=torch.float32), out, lse)
 
-    def allocate_for_call(self, q: Tensor, hold: bool) -> tuple:
+    def allocate_for_call(self, q: Tensor, hold: bool, keep_lse: bool = True) -> tuple:
         """`allocate`'s four for a call that combines its splits before it returns (an op call). With hold (the eager
-        wrapper's direct path alone: split_workspace.py says why), a split call on the current CUDA device that is
-        not being captured takes its partials from its thread's workspace for its stream; any other allocates."""
+        wrapper's direct path alone: split_workspace.py says why), a call on the current CUDA device that is not
+        being captured takes what it does not return from its thread's workspace for its stream: its partials, and
+        its LSE unless keep_lse (the wrapper without return_lse drops it). Any other call allocates all four."""
         # (torch.cuda's C calls, without their Python frames: this runs on every call)
-        if (not hold or self.num_splits == 1 or not q.is_cuda or tracing_launches()
+        if (not hold or (keep_lse and self.num_splits == 1) or not q.is_cuda or tracing_launches()
                 or torch._C._cuda_isCurrentStreamCapturing()):
             return self.allocate(q)
         device = q.get_device()
         if device != torch._C._cuda_getDevice():  # (the kernels launch on the current device's stream)
             return self.allocate(q)
-        split_out, split_lse = held_partials(q, (device, torch._C._cuda_getCurrentRawStream(device)),
-                                             self.split_shapes)
-        return (split_out, split_lse, *self._outputs(q))
+        stream_key = (device, torch._C._cuda_getCurrentRawStream(device))
+        if keep_lse:
+            split_out, split_lse = held_views(q, stream_key, self.split_shapes)
+            return (split_out, split_lse, *self._outputs(q))
+        out = q.new_empty(self.out_shape)
+        if self.num_splits == 1:
+            (lse,) = held_views(q, stream_key, self.dropped_lse_shapes)
+            return out, lse, out, lse
+        split_out, split_lse, lse = held_views(q, stream_key, self.dropped_lse_shapes)
+        return split_out, split_lse, out, lse
 
     def _outputs(self, q: Tensor) -> tuple:
         return q.new_empty(self.out_shape), q.new_empty(self.lse_shape, dtype=torch.float32)

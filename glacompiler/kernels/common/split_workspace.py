@@ -1,13 +1,15 @@
-"""The split kernels' partial outputs and LSEs, held between a thread's eager calls: one fp32 workspace per (thread,
-device, CUDA stream).
+"""What an eager call writes but does not return, held between a thread's calls: one fp32 workspace per (thread,
+device, CUDA stream). That is a split call's partial outputs and LSEs, and the LSE the wrapper drops without
+return_lse.
 
-A split call's partials live from its split kernel to its combine, both on the caller's stream. Allocating them on
-every call costs two trips through the caching allocator (5-6 us of host time a call). Held instead, they are views
-of the stream's workspace, which grows to the largest call's partials and is kept. A later call of the same thread
-on that stream, whatever its shapes, launches its split kernel after the earlier call's combine, so the stream runs
-them in that order. A workspace that grows goes back to the caching allocator, which hands that memory out again
-only to allocations on the same stream, ordered after the work already queued there. Each thread has its own
-(another thread's launches can come between a call's two launches on a shared stream), and each stream its own.
+A split call's partials live from its split kernel to its combine, both on the caller's stream; a dropped LSE is
+written and never read. Allocating them on every call costs a trip through the caching allocator each (2.5-4 us of
+host time). Held instead, they are views of the stream's workspace, which grows to the largest call's and is kept. A
+later call of the same thread on that stream, whatever its shapes, launches its split kernel after the earlier
+call's combine, so the stream runs them in that order. A workspace that grows goes back to the caching allocator,
+which hands that memory out again only to allocations on the same stream, ordered after the work already queued
+there. Each thread has its own (another thread's launches can come between a call's two launches on a shared
+stream), and each stream its own.
 
 Only the eager wrapper's direct path holds them (SplitBuffers.allocate_for_call): an eager call from user code.
 Every other call allocates: a call captured into a CUDA graph (the graph keeps its own allocations, which replays
@@ -25,7 +27,7 @@ import threading
 import torch
 from torch import Tensor
 
-# Where the second view starts, rounded up to this many fp32 elements (512 bytes, the caching allocator's own
+# Where each view after the first starts, rounded up to this many fp32 elements (512 bytes, the caching allocator's own
 # alignment): the kernels' binaries are specialised on 16-byte alignment, which a fresh allocation always has.
 VIEW_ALIGNMENT = 128
 # A workspace's views by shapes: the distinct split shapes a process calls are few (one per call site and batch
@@ -58,27 +60,28 @@ def _aligned(elements: int) -> int:
     return -(-elements // VIEW_ALIGNMENT) * VIEW_ALIGNMENT
 
 
-def held_partials(q: Tensor, stream_key: tuple, shapes: tuple) -> tuple:
-    """(split_out, split_lse) of shapes (split_out's, split_lse's), contiguous fp32 views of this thread's workspace
-    for stream_key (made, or grown, on q's device and the current stream where too small). Any two calls' views on
-    one stream may overlap: the caller must be that stream's, must have launched the last call's combine, and must
-    return neither."""
+def held_views(q: Tensor, stream_key: tuple, shapes: tuple) -> tuple:
+    """One contiguous fp32 view per shape in shapes, one after another in this thread's workspace for stream_key
+    (made, or grown, on q's device and the current stream where too small). Any two calls' views on one stream may
+    overlap: the caller must be that stream's, must have launched the last call's combine, and must return none of
+    them."""
     workspaces = _workspaces()
     workspace = workspaces.get(stream_key)
     if workspace is not None:
         views = workspace.views.get(shapes)
         if views is not None:
             return views
-    split_out_shape, split_lse_shape = shapes
-    out_count = math.prod(split_out_shape)
-    lse_start = _aligned(out_count)
-    needed = lse_start + math.prod(split_lse_shape)
+    counts = [math.prod(shape) for shape in shapes]
+    starts = [0]
+    for count in counts:
+        starts.append(starts[-1] + _aligned(count))
+    needed = starts[-1]
     if workspace is None or workspace.buffer.numel() < needed:
         workspace = workspaces[stream_key] = _Workspace(q.new_empty(needed, dtype=torch.float32))
     elif len(workspace.views) >= MAX_VIEWS_PER_WORKSPACE:
         workspace.views.clear()
     buffer = workspace.buffer
-    views = buffer[:out_count].view(split_out_shape), buffer[lse_start:needed].view(split_lse_shape)
+    views = tuple(buffer[start:start + count].view(shape) for start, count, shape in zip(starts, counts, shapes))
     workspace.views[shapes] = views
     return views
 

@@ -108,9 +108,9 @@ class LatentHopperLaunchPlan:
     def run(self, q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor], q_rope: Tensor, k_rope_cache: Tensor,
             cache_seqlens: Optional[Tensor], page_table: Optional[Tensor], attn_mask: Optional[Tensor],
             kv_range: Optional[Tensor], alibi_slopes: Optional[Tensor], sinks: Optional[Tensor], *,
-            hold_workspace: bool = False) -> tuple[Tensor, Tensor]:
-        """(out, lse) of a call; hold_workspace: SplitBuffers.allocate_for_call's hold."""
-        split_out, split_lse, out, lse = self.buffers.allocate_for_call(q, hold_workspace)
+            hold_workspace: bool = False, keep_lse: bool = True) -> tuple[Tensor, Tensor]:
+        """(out, lse) of a call; hold_workspace, keep_lse: SplitBuffers.allocate_for_call's hold and keep_lse."""
+        split_out, split_lse, out, lse = self.buffers.allocate_for_call(q, hold_workspace, keep_lse)
         self.launch_into(split_out, split_lse, q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table,
                          attn_mask, kv_range, alibi_slopes, sinks)
         self.buffers.combine(split_out, split_lse, out, lse)

@@ -164,10 +164,11 @@ class PortableLaunchPlan:
     def run(self, q: Tensor, k_cache: Tensor, v_cache: Optional[Tensor], q_rope: Optional[Tensor],
             k_rope_cache: Optional[Tensor], cache_seqlens: Optional[Tensor], page_table: Optional[Tensor],
             attn_mask: Optional[Tensor], kv_range: Optional[Tensor], alibi_slopes: Optional[Tensor],
-            sinks: Optional[Tensor], *, hold_workspace: bool = False) -> tuple[Tensor, Tensor]:
-        """(out, lse) of a call; hold_workspace: SplitBuffers.allocate_for_call's hold."""
+            sinks: Optional[Tensor], *, hold_workspace: bool = False,
+            keep_lse: bool = True) -> tuple[Tensor, Tensor]:
+        """(out, lse) of a call; hold_workspace, keep_lse: SplitBuffers.allocate_for_call's hold and keep_lse."""
         lengths, mask, kv_begin, kv_end, mask_dense = self.keys.resolve(attn_mask, kv_range, cache_seqlens)
-        split_out, split_lse, out, lse = self.buffers.allocate_for_call(q, hold_workspace)
+        split_out, split_lse, out, lse = self.buffers.allocate_for_call(q, hold_workspace, keep_lse)
         tensors = (
             q, k_cache, k_cache if v_cache is None else v_cache, q if q_rope is None else q_rope,
             k_cache if k_rope_cache is None else k_rope_cache, lengths, kv_begin, kv_end, mask_dense,
