@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .dependent_launch import dependent_launch_enabled
 from .tiles import next_power_of_two
 from .triton_launch import PreparedLaunch
 
@@ -42,18 +41,15 @@ def rows_at_once(block_rows: int, num_splits: int, block_dv: int) -> bool:
 
 
 def combine_launch(split_out: Tensor, lse: Tensor) -> PreparedLaunch:
-    """The combine's launch for split buffers of these shapes (args: split_out, split_lse, out, lse, splits, rows);
-    on Hopper on, a dependent launch (dependent_launch.py) after the kernel before it on the stream."""
+    """The combine's launch for split buffers of these shapes (args: split_out, split_lse, out, lse, splits, rows)."""
     from .combine_kernel import combine_splits_kernel  # late: the interpreter must be chosen before triton loads
 
     num_splits, head_dim_v = split_out.shape[-2], split_out.shape[-1]
     block_rows, block_dv = combine_tiling(lse.numel(), num_splits, head_dim_v)
-    dependent = dependent_launch_enabled(lse.device)
     return PreparedLaunch(combine_splits_kernel, (-(-lse.numel() // block_rows), -(-head_dim_v // block_dv)),
                           dict(HEAD_DIM_V=head_dim_v, BLOCK_DV=block_dv, SPLITS_POW2=next_power_of_two(num_splits),
-                               ROWS=block_rows, ROWS_AT_ONCE=rows_at_once(block_rows, num_splits, block_dv),
-                               WAIT_FOR_PRIOR_GRID=dependent),
-                          num_warps=4, num_stages=3, launch_options=dict(launch_pdl=True) if dependent else None)
+                               ROWS=block_rows, ROWS_AT_ONCE=rows_at_once(block_rows, num_splits, block_dv)),
+                          num_warps=4, num_stages=3)
 
 
 def combine_splits(split_out: Tensor, split_lse: Tensor, out: Tensor, lse: Tensor) -> None:
