@@ -93,6 +93,21 @@ def test_configs_show_explains_its_columns(capsys):
     assert re.search(r" m\d+ n\d+ d\d+ dv/\d+ s\d+ w\d+ st\d+( pq)? ", rows) and "num_splits=" in rows
 
 
+
+def test_configs_show_takes_part_of_a_gpu_name(tmp_path, monkeypatch, capsys):
+    """`configs show h100` finds 'NVIDIA H100 80GB HBM3' (a newcomer typed the short name and got "no table"); a
+    name no table holds fails naming the tables there are."""
+    monkeypatch.setenv("GLACOMPILER_CACHE_DIR", str(tmp_path))  # (no user tables)
+    assert cli.main(["configs", "show", "h100"]) == 0
+    output = capsys.readouterr().out
+    assert output.splitlines()[0].endswith("NVIDIA_H100_80GB_HBM3.json") and "gpu NVIDIA H100 80GB HBM3" in output
+    assert "NVIDIA_H200.json" not in output
+    assert cli.main(["configs", "show", "H200"]) == 0
+    assert "gpu NVIDIA H200;" in capsys.readouterr().out
+    assert cli.main(["configs", "show", "B200"]) == 1
+    error = capsys.readouterr().err
+    assert "no table for 'B200'" in error and "'NVIDIA H100 80GB HBM3'" in error and "'NVIDIA H200'" in error
+
 def long_table(path: Path, copies: int) -> Path:
     """The shipped table with its entries repeated over other batch sizes: output far beyond a pipe's buffer,
     so the command is still writing when the reader goes away."""

@@ -62,7 +62,8 @@ def register(subparsers) -> None:
     configs_sub = configs.add_subparsers(dest="configs_command", required=True)
     show = configs_sub.add_parser("show", help="print a table file readably")
     show.add_argument("target", nargs="?",
-                      help="a table file or a GPU name (e.g. 'NVIDIA H200'); default: this GPU, else every table found")
+                      help="a table file, a GPU name ('NVIDIA H200') or part of one ('h100'); default: this GPU, else "
+                           "every table found")
     show.set_defaults(handler=run_configs_show)
 
 
@@ -348,9 +349,24 @@ def _table_paths(target: Optional[str]) -> list:
 
         if torch.cuda.is_available():
             target = torch.cuda.get_device_name()
+    every_table = sorted(user_tables_dir().glob("*.json")) + sorted(shipped_tables_dir().glob("*.json"))
     if target is None:
-        return sorted(user_tables_dir().glob("*.json")) + sorted(shipped_tables_dir().glob("*.json"))
-    return [path for path in (user_table_path(target), shipped_tables_dir() / gpu_file_name(target)) if path.is_file()]
+        return every_table
+    exact = [path for path in (user_table_path(target), shipped_tables_dir() / gpu_file_name(target)) if path.is_file()]
+    if exact:
+        return exact
+    # part of a GPU's name ('H100', 'h200'): the tables whose file name holds it, case aside
+    part = gpu_file_name(target).removesuffix(".json").lower()
+    return [path for path in every_table if part in path.stem.lower()]
+
+
+def _table_names() -> str:
+    """The GPU names of the tables there are, for an error."""
+    from ..tables.table_file import shipped_tables_dir, user_tables_dir
+
+    stems = sorted({path.stem.replace("_", " ") for folder in (user_tables_dir(), shipped_tables_dir())
+                    for path in folder.glob("*.json")})
+    return ", ".join(repr(stem) for stem in stems) or "none"
 
 
 def run_configs_show(args) -> int:
@@ -359,7 +375,7 @@ def run_configs_show(args) -> int:
     paths = _table_paths(args.target)
     if not paths:
         where = f"for {args.target!r}" if args.target else "in the user cache or the shipped tables"
-        print(f"glacompiler configs show: no table {where}", file=sys.stderr)
+        print(f"glacompiler configs show: no table {where} (tables: {_table_names()})", file=sys.stderr)
         return 1
     status = 0
     for path in paths:
