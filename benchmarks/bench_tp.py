@@ -581,6 +581,8 @@ def main() -> int:
     if args.budget_s <= 0 or args.capture_timeout <= 0:
         parser.error("--budget-s and --capture-timeout must be positive")
 
+    if not args.tiny and not torch.cuda.is_available():  # (the paper's sizes on CPU exhaust its memory, not a test)
+        parser.error("the paper's sizes need CUDA GPUs, one per process; without one, --tiny runs tiny sizes on gloo")
     device_type = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     mesh = init_tensor_parallel(device=device_type)
     device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
