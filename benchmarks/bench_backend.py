@@ -220,7 +220,8 @@ def main() -> None:
             ratio = ""
             if baseline and name.startswith("backend"):
                 # (two decimals, or two significant digits below 0.01: a slow step's ratio must not print as 0.00)
-                ratio = f"{baseline / ms:10.2f}x" if baseline / ms >= 0.01 else f"{baseline / ms:10.2g}x"
+                speedup = baseline / ms
+                ratio = f"{speedup:10.2f}x" if speedup >= 0.01 else f"{speedup:10.2g}x"
             of_floor = f"{floor_ms / ms:9.2f}" if floor_ms is not None else ""
             print(f"  {name:<44} {ms:9.3f} {ratio:>11} {of_floor:>9} {host:5.0f}")
         print()

@@ -93,7 +93,6 @@ def test_configs_show_explains_its_columns(capsys):
     assert re.search(r" m\d+ n\d+ d\d+ dv/\d+ s\d+ w\d+ st\d+( pq)? ", rows) and "num_splits=" in rows
 
 
-
 def test_configs_show_takes_part_of_a_gpu_name(tmp_path, monkeypatch, capsys):
     """`configs show h100` finds 'NVIDIA H100 80GB HBM3' (a newcomer typed the short name and got "no table"); a
     name no table holds fails naming the tables there are."""
@@ -107,6 +106,7 @@ def test_configs_show_takes_part_of_a_gpu_name(tmp_path, monkeypatch, capsys):
     assert cli.main(["configs", "show", "B200"]) == 1
     error = capsys.readouterr().err
     assert "no table for 'B200'" in error and "'NVIDIA H100 80GB HBM3'" in error and "'NVIDIA H200'" in error
+
 
 def long_table(path: Path, copies: int) -> Path:
     """The shipped table with its entries repeated over other batch sizes: output far beyond a pipe's buffer,

@@ -340,7 +340,7 @@ def format_table(table, path) -> str:
 
 
 def _table_paths(target: Optional[str]) -> list:
-    from ..tables.table_file import gpu_file_name, shipped_tables_dir, user_table_path, user_tables_dir
+    from ..tables.table_file import gpu_file_name, shipped_tables_dir, user_table_path
 
     if target is not None and Path(target).is_file():
         return [Path(target)]
@@ -349,23 +349,26 @@ def _table_paths(target: Optional[str]) -> list:
 
         if torch.cuda.is_available():
             target = torch.cuda.get_device_name()
-    every_table = sorted(user_tables_dir().glob("*.json")) + sorted(shipped_tables_dir().glob("*.json"))
     if target is None:
-        return every_table
+        return _every_table()
     exact = [path for path in (user_table_path(target), shipped_tables_dir() / gpu_file_name(target)) if path.is_file()]
     if exact:
         return exact
     # part of a GPU's name ('H100', 'h200'): the tables whose file name holds it, case aside
     part = gpu_file_name(target).removesuffix(".json").lower()
-    return [path for path in every_table if part in path.stem.lower()]
+    return [path for path in _every_table() if part in path.stem.lower()]
+
+
+def _every_table() -> list:
+    """The user cache's tables, then the shipped ones."""
+    from ..tables.table_file import shipped_tables_dir, user_tables_dir
+
+    return sorted(user_tables_dir().glob("*.json")) + sorted(shipped_tables_dir().glob("*.json"))
 
 
 def _table_names() -> str:
     """The GPU names of the tables there are, for an error."""
-    from ..tables.table_file import shipped_tables_dir, user_tables_dir
-
-    stems = sorted({path.stem.replace("_", " ") for folder in (user_tables_dir(), shipped_tables_dir())
-                    for path in folder.glob("*.json")})
+    stems = sorted({path.stem.replace("_", " ") for path in _every_table()})
     return ", ".join(repr(stem) for stem in stems) or "none"
 
 
