@@ -583,7 +583,7 @@ def main() -> int:
 
     if not args.tiny and not torch.cuda.is_available():  # (the paper's sizes on CPU exhaust its memory, not a test)
         parser.error("the paper's sizes need CUDA GPUs, one per process; without one, --tiny runs tiny sizes on gloo")
-    device_type = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    device_type = "cpu" if args.tiny else "cuda"  # (past the check above, a run without --tiny has a GPU)
     mesh = init_tensor_parallel(device=device_type)
     device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
     _DEVICE[0], _RANK[0] = device, dist.get_rank()
