@@ -14,14 +14,12 @@ from torch._dynamo.utils import counters
 
 import glacompiler
 from compile_cache_model import model_inputs, two_sites
+from package_under_test import PACKAGE_PARENT
 from glacompiler.compiler import graph_pass, record_store
 from glacompiler.compiler.graph_pass import AttentionRewritePass, source_hash
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 REPO = Path(__file__).resolve().parent.parent
-# The child processes import the package this process imported: the source tree under an editable install, the
-# installed wheel where the suite runs against one (as on the GPU machine).
-IMPORTED_PACKAGE_ROOT = Path(glacompiler.__file__).resolve().parent.parent
 
 SCRIPT = """
 import json, sys
@@ -70,14 +68,14 @@ def copy_package(destination: Path) -> Path:
 
 
 def check_second_process(tmp_path, device: str, tolerance: float) -> None:
-    (first,) = run_in_new_process(IMPORTED_PACKAGE_ROOT, tmp_path, "rewrite", device)
+    (first,) = run_in_new_process(PACKAGE_PARENT, tmp_path, "rewrite", device)
     assert first["counters"]["aot_autograd"].get("autograd_cache_miss") == 1
     assert first["counters"]["inductor"].get("fxgraph_cache_miss") == 1
     statuses = sorted(line.split("]")[0] for line in first["report"])
     assert statuses == ["[rewritten", "[skipped"], first["report"]
     assert any("softmax runs over dim 1" in line for line in first["report"])
 
-    second, unrewritten = run_in_new_process(IMPORTED_PACKAGE_ROOT, tmp_path, "rewrite,no-rewrite", device)
+    second, unrewritten = run_in_new_process(PACKAGE_PARENT, tmp_path, "rewrite,no-rewrite", device)
     assert second["counters"]["aot_autograd"].get("autograd_cache_hit") == 1
     assert second["counters"]["inductor"].get("fxgraph_cache_hit") == 1
     assert second["counters"]["inductor"].get("fxgraph_cache_miss") is None

@@ -6,13 +6,11 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from glacompiler.compiler import isa_probe_memo
-
-REPO = Path(__file__).resolve().parent.parent
+from package_under_test import PACKAGE_PARENT
 
 
 class FakeISA:
@@ -203,7 +201,7 @@ print(json.dumps(dict(calls, isa=isa)))
 
 def run_child(tmp_path, mode: str) -> dict:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), PYTHONPATH=str(REPO))
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), PYTHONPATH=str(PACKAGE_PARENT))
     env.pop("GLACOMPILER_ISA_PROBE_MEMO", None)
     result = subprocess.run([sys.executable, "-c", CHILD, mode], env=env, capture_output=True, text=True,
                             timeout=600, cwd=tmp_path)
