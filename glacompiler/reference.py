@@ -154,7 +154,7 @@ def attention_with_kvcache_reference(
     # A row whose every score sits at a fill near -3.4e38 (torch.finfo(float32).min: a row of masked fills only)
     # loses log(n) from its LSE to rounding, even in float64, and exp(score - lse) would sum to n: such rows are
     # normalised from their max instead (the others keep the rounding of PyTorch's softmax, the rule's baseline).
-    row_max = columns.amax(dim=-1)
+    row_max = columns.amax(dim=-1) if columns.shape[-1] else lse  # (an empty cache: no key, lse -inf)
     swamped = (row_max < -1e30) & ~torch.isinf(row_max)
     if swamped.any():
         shift = torch.where(swamped, row_max, torch.zeros_like(row_max))[..., None]
@@ -162,6 +162,6 @@ def attention_with_kvcache_reference(
         probs = torch.where(swamped[..., None], torch.exp(scores - shift) / total[..., None], probs)
         lse = torch.where(swamped, row_max + torch.log(total), lse)
     probs = probs.reshape(batch, num_kv_heads, group, q_len, capacity)
-    out = torch.einsum("bkgqs,bskd->bqkgd", probs, values).reshape(batch, q_len, num_q_heads, -1)
+    out = torch.einsum("bkgqs,bskd->bqkgd", probs, values).reshape(batch, q_len, num_q_heads, values.shape[-1])
     lse_dtype = torch.float64 if compute_dtype == torch.float64 else torch.float32
     return out.to(out_dtype or q.dtype), lse.transpose(1, 2).to(lse_dtype).contiguous()

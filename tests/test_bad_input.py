@@ -67,6 +67,8 @@ def test_cpu_calls_name_the_bad_argument(what, value, interpreted, monkeypatch):
         torch.ops.glacompiler.attention_with_kvcache(kw["q"], kw["k_cache"], kw["v_cache"], kw["q_rope"],
                                                      kw["k_rope_cache"], kw["cache_seqlens"], kw["page_table"],
                                                      None, 0.1, True, 0)
+    with pytest.raises(ValueError, match=message):  # the tuner's and benchmarks' path
+        glacompiler.attention_with_kvcache_config(**problem.kwargs, config=glacompiler.PortableConfig(num_splits=2))
 
 
 def _applicable(bad: str, page_size: int) -> bool:
@@ -110,6 +112,18 @@ def test_a_batch_of_no_sequences_gives_empty_outputs(name, interpreted, monkeypa
                                                   cache_seqlens=torch.zeros(0, dtype=torch.int32), return_lse=True)
     assert out.shape == (0, 2, spec.num_q_heads, spec.head_dim_v) and lse.shape == (0, 2, spec.num_q_heads)
     assert torch.ops.glacompiler.mask_key_range(mask, 0, 32).shape == (3, 0)
+
+
+@pytest.mark.parametrize("mask, batch, capacity, error, message", [
+    (torch.tensor(True), 2, 40, ValueError, r"attn_mask shape \(\) is not broadcastable"),
+    (torch.ones(40, dtype=torch.bool), -1, 40, ValueError, "batch must be an int >= 0"),
+    (torch.ones(40, dtype=torch.bool), 2, 40.0, ValueError, "capacity must be an int >= 0"),
+    (torch.ones(2, 1, 1, 39, dtype=torch.bool), 2, 40, ValueError, "attn_mask shape"),
+    (torch.ones(40, dtype=torch.int32), 2, 40, TypeError, "attn_mask must be bool"),
+], ids=["0-d mask", "negative batch", "float capacity", "short mask", "int mask"])
+def test_mask_key_range_names_its_bad_argument(mask, batch, capacity, error, message):
+    with pytest.raises(error, match=message):
+        glacompiler.mask_key_range(mask, batch, capacity)
 
 
 @pytest.mark.parametrize("strided", ["lengths", "page table", "both"])

@@ -174,6 +174,16 @@ def test_a_cache_without_slots():
                                                           sinks=sinks if with_sinks else None, return_lse=True)
             expected_lse = sinks.expand(2, 3, 4) if with_sinks else torch.full((2, 3, 4), float("-inf"))
             assert not out.any() and out.shape == (2, 3, 4, 16) and torch.equal(lse, expected_lse)
+            # the reference agrees (the tests' oracle must not fail where the op has an answer)
+            reference_out, reference_lse = attention_with_kvcache_reference(
+                q, k_cache, k_cache, page_table=page_table, sinks=sinks if with_sinks else None)
+            assert torch.equal(reference_out, out) and torch.equal(reference_lse, expected_lse)
+
+
+def test_the_reference_takes_a_batch_of_no_sequences():
+    out, lse = attention_with_kvcache_reference(torch.randn(0, 3, 4, 16), torch.randn(0, 8, 2, 16),
+                                                torch.randn(0, 8, 2, 24))
+    assert out.shape == (0, 3, 4, 24) and lse.shape == (0, 3, 4)
 
 
 def test_sinks_of_minus_infinity_beside_rows_that_see_nothing():

@@ -18,6 +18,8 @@ HEADS = CPU_SPECS["gqa"].num_q_heads
 BAD = [
     (dict(softcap="1"), TypeError, "softcap must be a float"),
     (dict(softcap=True), TypeError, "softcap must be a float"),
+    (dict(softcap=None), TypeError, "softcap must be a float"),  # (falsy, yet no number: not "off")
+    (dict(softcap=""), TypeError, "softcap must be a float"),
     (dict(softcap=-1.0), ValueError, "softcap must be a finite float >= 0"),
     (dict(softcap=float("nan")), ValueError, "softcap must be a finite float >= 0"),
     (dict(softcap=float("inf")), ValueError, "softcap must be a finite float >= 0"),
@@ -61,6 +63,8 @@ def test_the_library_op_and_the_config_path_check_too(interpret_kernels):
     with pytest.raises(TypeError, match="alibi_slopes must be float32"):
         glacompiler.attention_with_kvcache_config(**kw, config=PortableConfig(),
                                                   alibi_slopes=torch.ones(HEADS, dtype=torch.int32))
+    with pytest.raises(TypeError, match="config must be one of"):
+        glacompiler.attention_with_kvcache_config(**kw, config=dict(block_m=16))
 
 
 def test_sinks_in_the_query_dtype_and_batched_slopes_are_taken():

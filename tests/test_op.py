@@ -123,6 +123,12 @@ def _error_cases():
         "num splits": (ValueError, "num_splits", edit(num_splits=0)),
         "too many splits": (ValueError, "num_splits", edit(num_splits=MAX_SPLITS + 1)),
         "scale": (TypeError, "softmax_scale", edit(softmax_scale="0.1")),
+        "scale bool": (TypeError, "softmax_scale must be a float", edit(softmax_scale=True)),
+        "scale inf": (ValueError, "softmax_scale must be finite", edit(softmax_scale=float("inf"))),
+        "scale nan": (ValueError, "softmax_scale must be finite", edit(softmax_scale=float("nan"))),
+        "causal None": (TypeError, "causal must be a bool", edit(causal=None)),
+        "causal str": (TypeError, "causal must be a bool", edit(causal="no")),
+        "no heads": (ValueError, "q has no heads", edit(q=lambda kw: kw["q"][:, :, :0], q_rope=lambda kw: kw["q_rope"][:, :, :0])),
         "v heads": (ValueError, "v_cache shape", edit(v_cache=torch.randn(6, 8, 3, 96))),
         "SDPA layout": (ValueError, r"SDPA's \[B, H, L, D\] layout, pass q.transpose\(1, 2\)",
                         edit(q=torch.randn(2, 8, 1, 32), k_cache=torch.randn(2, 2, 16, 32), v_cache=torch.randn(2, 2, 16, 32),
@@ -136,3 +142,13 @@ def test_bad_input_names_the_argument(case):
     kwargs = change(_base())
     with pytest.raises(error, match=message):
         glacompiler.attention_with_kvcache(**kwargs)
+
+
+def test_causal_takes_zero_and_one_as_bools():
+    kwargs = _base()  # (two query tokens: causality changes the first one's keys)
+    outputs = {}
+    for flag in (False, True):
+        outputs[flag] = glacompiler.attention_with_kvcache(**{**kwargs, "causal": flag})
+        torch.testing.assert_close(glacompiler.attention_with_kvcache(**{**kwargs, "causal": int(flag)}),
+                                   outputs[flag], rtol=0, atol=0)
+    assert not torch.equal(outputs[False], outputs[True])

@@ -74,7 +74,8 @@ def test_repeats_run_the_first_calls_plan_and_are_right(interpret_kernels, fresh
 def test_the_wrapper_validates_once_per_metadata(interpret_kernels, fresh_memos, monkeypatch):
     validated = []
     real_validate = glacompiler.op.validate_inputs
-    monkeypatch.setattr(glacompiler.op, "validate_inputs", lambda *a: validated.append(a) or real_validate(*a))
+    monkeypatch.setattr(glacompiler.op, "validate_inputs",
+                        lambda *a, **kw: validated.append(a) or real_validate(*a, **kw))
     problem = _problem("gqa", torch.float16, 3)
     for _ in range(3):
         out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True)

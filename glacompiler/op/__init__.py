@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..kernels import family_of_config
 from ..spec import default_softmax_scale
 from . import prepared
 from .dispatch import kernel_family_for
@@ -68,7 +69,8 @@ def attention_with_kvcache(
             key = None
     if validated is None:
         spec, _ = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                                  softmax_scale, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size)
+                                  softmax_scale, num_splits, kv_range, softcap, alibi_slopes, sinks, window_size,
+                                  causal=causal)
         validated = WrapperCall(float(default_softmax_scale(spec.head_dim_q, spec.rope_dim) if softmax_scale is None
                                       else softmax_scale))
         if key is not None:
@@ -126,8 +128,11 @@ def attention_with_kvcache_config(q, k_cache, v_cache=None, *, config, q_rope=No
                                   causal=True, softcap=0.0, alibi_slopes=None, sinks=None, window_size=(-1, -1)):
     """Run the kernels with an explicit config (the tuner and benchmarks use this): a PortableConfig for the
     portable kernels, a LatentHopperConfig for the Hopper latent kernel (ValueError where it cannot run)."""
-    spec, _ = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                              softmax_scale, None, None, softcap, alibi_slopes, sinks, window_size)
+    family_of_config(config)  # (TypeError naming config for anything else, before a key holds it)
+    spec, shape = validate_inputs(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                                  softmax_scale, None, None, softcap, alibi_slopes, sinks, window_size, causal=causal)
+    if not q.is_cuda and not debug_checks_enabled():  # CPU values are always checked (validate_inputs did with debug)
+        check_values(k_cache, cache_seqlens, page_table, shape, attn_mask)
     if softmax_scale is None:
         softmax_scale = default_softmax_scale(spec.head_dim_q, spec.rope_dim)
     return run_prepared_with_config(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,

@@ -5,6 +5,7 @@ glacompiler is imported, or set_debug_checks(True)): there the kernels bound tho
 makes them read outside their tensors."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -122,6 +123,7 @@ def validate_inputs(
     sinks=None,
     window_size=(-1, -1),
     read_values=True,
+    causal=True,
 ) -> tuple[AttentionSpec, ProblemShape]:
     """(spec, shape) of a call, or ValueError/TypeError naming the argument. read_values=False leaves out the checks
     that read tensor values (GLACOMPILER_DEBUG=1's on the GPU): for fake tensors, which have none."""
@@ -130,6 +132,8 @@ def validate_inputs(
         raise TypeError(f"q has dtype {q.dtype}; supported: float16, bfloat16, float32")
     _require_unit_last_stride("q", q)
     batch, query_len, num_q_heads, head_dim_q = q.shape
+    if num_q_heads < 1:
+        raise ValueError(f"q has no heads (shape {tuple(q.shape)}): it needs at least one")
     if not 0 < query_len <= MAX_QUERY_LEN:
         raise ValueError(f"q has query length {query_len}; supported: 1 to {MAX_QUERY_LEN}"
                          + _sdpa_layout_hint(q, k_cache, page_table))
@@ -223,14 +227,20 @@ def validate_inputs(
             raise ValueError(f"kv_range must be a contiguous int32 [{KEY_RANGE_ROWS}, {batch}] tensor (mask_key_range's "
                              f"result), got {kv_range.dtype} {tuple(kv_range.shape)}")
 
-    if softmax_scale is not None and not isinstance(softmax_scale, (int, float)):
-        raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
+    if softmax_scale is not None:
+        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+            raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
+        if not math.isfinite(softmax_scale):
+            raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
+    if not (isinstance(causal, bool) or (type(causal) is int and causal in (0, 1))):
+        raise TypeError(f"causal must be a bool, got {causal!r}")
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
                                    or not 1 <= num_splits <= MAX_SPLITS):
         raise ValueError(f"num_splits must be None or an int from 1 to {MAX_SPLITS}, got {num_splits!r}")
 
     spec = AttentionSpec.from_dims(num_q_heads, num_kv_heads, head_dim_q, head_dim_k, head_dim_v, rope_dim, tied,
                                    paged, dtype_name(q.dtype))
+    _require_softcap(softcap)  # (always: a falsy non-number such as None is no "off")
     if softcap or alibi_slopes is not None or sinks is not None or not _unlimited_window(window_size):
         validate_extensions(q, spec, softcap, alibi_slopes, sinks, window_size)
     shape = ProblemShape(batch=batch, query_len=query_len, capacity=capacity, page_size=page_size)
@@ -253,7 +263,7 @@ def validate_key_range_arguments(attn_mask, batch, capacity) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     shape = tuple(attn_mask.shape)
-    heads, tokens = ((1, 1) + shape)[-3:-1]  # (any sizes: the calls' Hq and Lq are not known here)
+    heads, tokens = ((1, 1, 1) + shape)[-3:-1]  # (any sizes: the calls' Hq and Lq are not known here)
     if not shape or not _broadcasts_to(shape, (batch, heads, tokens, capacity)):
         raise ValueError(f"attn_mask shape {shape} is not broadcastable to [B, Hq, Lq, S] with B = {batch}, "
                          f"S = {capacity}")
@@ -263,13 +273,17 @@ def _unlimited_window(window_size) -> bool:
     return isinstance(window_size, (tuple, list)) and tuple(window_size) == (-1, -1)
 
 
-def validate_extensions(q: Tensor, spec: AttentionSpec, softcap, alibi_slopes, sinks, window_size) -> None:
-    """FlashAttention's extensions (softcap, alibi_slopes, sinks, window_size), with its meanings."""
-    batch, _, num_q_heads, _ = q.shape
+def _require_softcap(softcap) -> None:
     if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
         raise TypeError(f"softcap must be a float (0 = off), got {type(softcap).__name__}")
     if not softcap >= 0 or softcap == float("inf"):
         raise ValueError(f"softcap must be a finite float >= 0 (0 = off), got {softcap}")
+
+
+def validate_extensions(q: Tensor, spec: AttentionSpec, softcap, alibi_slopes, sinks, window_size) -> None:
+    """FlashAttention's extensions (softcap, alibi_slopes, sinks, window_size), with its meanings."""
+    batch, _, num_q_heads, _ = q.shape
+    _require_softcap(softcap)
     latent = spec.kind in ("mla", "gla")
     if softcap and latent:
         raise ValueError(f"softcap is not supported for latent ({spec.kind}) layouts: no latent model caps its scores")
