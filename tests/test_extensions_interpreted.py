@@ -181,6 +181,16 @@ def test_sinks_only_rows_give_zero_output_and_the_sink_as_lse(interpret_kernels)
         assert torch.allclose(lse, problem.kwargs["sinks"].expand_as(lse), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("softcap", [1e3, 1e6, 1e8])
+def test_caps_far_above_the_scores_keep_their_logits(interpret_kernels, softcap):
+    """softcap * tanh(score / softcap) with score / softcap tiny: the series near 0 keeps the logits' digits, where
+    1 - exp2(-2|x| log2 e) alone cancelled them (FA rule in float32 failed from about softcap 1e3 on; at 1e8 every
+    row became a uniform average)."""
+    problem = problem_with("gqa", "softcap", query_len=2, page_size=16)
+    problem.kwargs["softcap"] = softcap
+    run_and_check(problem, num_splits=2)
+
+
 def test_features_off_match_the_plain_call(interpret_kernels):
     """softcap 0, no slopes or sinks and an unlimited window are the plain op, bit for bit."""
     problem = problem_with("gta", "", query_len=2, page_size=16)
