@@ -20,9 +20,10 @@ BAD = [
     (dict(softcap=True), TypeError, "softcap must be a float"),
     (dict(softcap=None), TypeError, "softcap must be a float"),  # (falsy, yet no number: not "off")
     (dict(softcap=""), TypeError, "softcap must be a float"),
-    (dict(softcap=-1.0), ValueError, "softcap must be a finite float >= 0"),
-    (dict(softcap=float("nan")), ValueError, "softcap must be a finite float >= 0"),
-    (dict(softcap=float("inf")), ValueError, "softcap must be a finite float >= 0"),
+    (dict(softcap=1e39), ValueError, "softcap must be a finite float from 0"),  # (its float32 log2 scale overflows)
+    (dict(softcap=-1.0), ValueError, "softcap must be a finite float from 0"),
+    (dict(softcap=float("nan")), ValueError, "softcap must be a finite float from 0"),
+    (dict(softcap=float("inf")), ValueError, "softcap must be a finite float from 0"),
     (dict(alibi_slopes=[0.5] * HEADS), TypeError, "alibi_slopes must be a torch.Tensor"),
     (dict(alibi_slopes=torch.ones(HEADS, dtype=torch.float16)), TypeError, "alibi_slopes must be float32"),
     (dict(alibi_slopes=torch.ones(HEADS + 1)), ValueError, r"alibi_slopes must have shape \[Hq\]"),
@@ -67,6 +68,19 @@ def test_the_library_op_and_the_config_path_check_too(interpret_kernels):
         glacompiler.attention_with_kvcache_config(**kw, config=dict(block_m=16))
 
 
+def test_numpy_scalars_are_taken_as_their_python_values():
+    import numpy
+
+    kw = {**problem(), "softmax_scale": 0.25, "causal": True}
+    plain = glacompiler.attention_with_kvcache(**kw)
+    for arguments in (dict(softcap=numpy.float32(0)), dict(softmax_scale=numpy.float32(0.25)),
+                      dict(causal=numpy.True_), dict(causal=numpy.int64(1))):
+        taken = glacompiler.attention_with_kvcache(**{**kw, **arguments})
+        assert torch.equal(taken, plain), arguments
+    with pytest.raises(TypeError, match=r"causal must be a bool.*pass bool\(causal\)"):
+        glacompiler.attention_with_kvcache(**{**kw, "causal": torch.tensor(True)})
+
+
 def test_sinks_in_the_query_dtype_and_batched_slopes_are_taken():
     kw = problem()
     kw["q"] = kw["q"].half()
@@ -75,3 +89,15 @@ def test_sinks_in_the_query_dtype_and_batched_slopes_are_taken():
     out = glacompiler.attention_with_kvcache(**kw, sinks=torch.zeros(HEADS, dtype=torch.float16),
                                              alibi_slopes=torch.rand(2, HEADS), softcap=20.0, window_size=[3, 0])
     assert out.shape == kw["q"].shape[:3] + (CPU_SPECS["gqa"].head_dim_v,) and torch.isfinite(out).all()
+
+
+def test_the_config_path_takes_numpy_flags_too(interpret_kernels):
+    import numpy
+    from glacompiler.kernels.portable import PortableConfig
+
+    kw = {**problem(), "softmax_scale": 0.25}
+    config = PortableConfig(block_m=16, block_n=16, block_d=16, num_splits=2)
+    plain, _ = glacompiler.attention_with_kvcache_config(**{**kw, "causal": True}, config=config)
+    taken, _ = glacompiler.attention_with_kvcache_config(**{**kw, "causal": numpy.True_, "softcap": numpy.float32(0)},
+                                                         config=config)
+    assert torch.equal(taken, plain)

@@ -7,6 +7,8 @@ import zlib
 import pytest
 import torch
 
+import numpy
+
 import glacompiler
 from glacompiler.problems import check_fa_rule, make_decode_problem
 from glacompiler.reference import attention_with_kvcache_reference
@@ -179,6 +181,32 @@ def test_sinks_only_rows_give_zero_output_and_the_sink_as_lse(interpret_kernels)
         out, lse = glacompiler.attention_with_kvcache(**problem.kwargs, return_lse=True, num_splits=splits)
         assert torch.equal(out, torch.zeros_like(out))
         assert torch.allclose(lse, problem.kwargs["sinks"].expand_as(lse), rtol=0, atol=1e-6)
+
+
+def test_the_soft_caps_tanh_against_float64(interpret_kernels):
+    """tanh_via_exp2 within 1e-6 of tanh relatively at every |x| (both sides of its series' switch at 1/16, where
+    each part is at its worst), odd, +-1 at +-inf, NaN through, and signed zeros kept."""
+    from softcap_tanh_kernel import TANH_SERIES_BELOW, tanh_kernel  # (imported once the interpreter is on)
+
+    switch = numpy.float32(TANH_SERIES_BELOW.value)
+    near = [numpy.nextafter(switch, numpy.float32(0)), switch, numpy.nextafter(switch, numpy.float32(1))]
+    magnitudes = torch.cat([torch.logspace(-30, 1.5, 1000), torch.linspace(0.03, 0.2, 1000),
+                            torch.tensor([float(v) for v in near])]).float()
+    x = torch.cat([magnitudes, -magnitudes, torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan")])])
+    padded = torch.zeros(4096)
+    padded[:x.numel()] = x
+    y = torch.empty_like(padded)
+    tanh_kernel[(1,)](padded, y, N=4096)
+    y = y[:x.numel()]
+    finite = torch.isfinite(x) & (x != 0)
+    expected = torch.tanh(x.double())
+    relative = ((y.double() - expected).abs() / expected.abs())[finite]
+    assert relative.max() < 1e-6, f"relative error {relative.max():.2e}"
+    count = magnitudes.numel()
+    assert torch.equal(y[count:2 * count], -y[:count])  # odd
+    tail = y[2 * count:]
+    assert torch.equal(torch.signbit(tail[:2]), torch.tensor([False, True])) and not tail[:2].any()
+    assert tail[2] == 1 and tail[3] == -1 and torch.isnan(tail[4])
 
 
 @pytest.mark.parametrize("softcap", [1e3, 1e6, 1e8])

@@ -136,7 +136,7 @@ def attention_with_kvcache_config(q, k_cache, v_cache=None, *, config, q_rope=No
     if softmax_scale is None:
         softmax_scale = default_softmax_scale(spec.head_dim_q, spec.rope_dim)
     return run_prepared_with_config(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
-                                    float(softmax_scale), causal, config, softcap, alibi_slopes, sinks,
+                                    float(softmax_scale), bool(causal), config, float(softcap), alibi_slopes, sinks,
                                     tuple(window_size))
 
 

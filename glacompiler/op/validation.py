@@ -6,6 +6,7 @@ makes them read outside their tensors."""
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from typing import Optional
 
@@ -16,6 +17,12 @@ from ..kernels.common.mask_range import KEY_RANGE_ROWS
 from ..kernels.common.splits import MAX_SPLITS
 from ..reference import lengths_and_gathered
 from ..spec import AttentionSpec, ProblemShape, dtype_name
+
+try:
+    from numpy import bool_ as _NUMPY_BOOL
+except ImportError:  # (numpy is optional to torch)
+    class _NUMPY_BOOL:  # noqa: N801 - nothing is an instance
+        pass
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM_QK = 576
@@ -228,12 +235,13 @@ def validate_inputs(
                              f"result), got {kv_range.dtype} {tuple(kv_range.shape)}")
 
     if softmax_scale is not None:
-        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+        if not _is_real_number(softmax_scale):
             raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
-        if not math.isfinite(softmax_scale):
+        if not _is_finite(softmax_scale):
             raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
-    if not (isinstance(causal, bool) or (type(causal) is int and causal in (0, 1))):
-        raise TypeError(f"causal must be a bool, got {causal!r}")
+    if not _is_flag(causal):
+        raise TypeError(f"causal must be a bool, got {causal!r}" + (" (a tensor: pass bool(causal))"
+                                                                    if isinstance(causal, Tensor) else ""))
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
                                    or not 1 <= num_splits <= MAX_SPLITS):
         raise ValueError(f"num_splits must be None or an int from 1 to {MAX_SPLITS}, got {num_splits!r}")
@@ -273,11 +281,33 @@ def _unlimited_window(window_size) -> bool:
     return isinstance(window_size, (tuple, list)) and tuple(window_size) == (-1, -1)
 
 
+def _is_real_number(value) -> bool:
+    """A Python or NumPy real scalar, not a bool (True is no scale)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, _NUMPY_BOOL))
+
+
+def _is_finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float's range
+        return False
+
+
+def _is_flag(value) -> bool:
+    """A bool, NumPy's included, or an integer 0 or 1 (what bool() of them means)."""
+    return isinstance(value, (bool, _NUMPY_BOOL)) or (isinstance(value, numbers.Integral) and value in (0, 1))
+
+
+# The kernels take softcap * log2(e) as float32 (kernels/common/log2_domain.py), which overflows past 2.36e38: caps
+# above 1e38 (far beyond any model's) are refused.
+MAX_SOFTCAP = 1e38
+
+
 def _require_softcap(softcap) -> None:
-    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+    if not _is_real_number(softcap):
         raise TypeError(f"softcap must be a float (0 = off), got {type(softcap).__name__}")
-    if not softcap >= 0 or softcap == float("inf"):
-        raise ValueError(f"softcap must be a finite float >= 0 (0 = off), got {softcap}")
+    if not 0 <= softcap <= MAX_SOFTCAP:  # (NaN fails both)
+        raise ValueError(f"softcap must be a finite float from 0 (off) to {MAX_SOFTCAP:.3g}, got {softcap}")
 
 
 def validate_extensions(q: Tensor, spec: AttentionSpec, softcap, alibi_slopes, sinks, window_size) -> None:

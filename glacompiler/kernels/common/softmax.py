@@ -53,9 +53,10 @@ def normalize_rows(row_sum, row_max):
     return inv_sum, lse
 
 
-# Below this |x| tanh is its Taylor series to x^5 (next term under 3e-9 of tanh there): 1 - exp2(-2|x| log2 e)
-# cancels to a relative error of about 1e-7 / |x|, so a cap far above the scores (x = score / softcap tiny) would
-# lose its logits' low digits, at softcap 1e8 all of them (an absolute logit error of about 3e-8 x softcap).
+# Below this |x| tanh is its Taylor series to x^5 (the next term, 17 x^7 / 315, is 3.2e-9 of tanh there):
+# 1 - exp2(-2|x| log2 e) cancels to a relative error of about 1e-7 / |x|, so a cap far above the scores (x = score /
+# softcap tiny) would lose its logits' low digits, at softcap 1e8 all of them (an absolute logit error of about
+# 3e-8 x softcap).
 TANH_SERIES_BELOW = tl.constexpr(0.0625)
 
 
