@@ -4,10 +4,9 @@ reference itself against a naive per-row formulation written independently of it
 import math
 import zlib
 
+import numpy
 import pytest
 import torch
-
-import numpy
 
 import glacompiler
 from glacompiler.problems import check_fa_rule, make_decode_problem

@@ -248,9 +248,8 @@ def validate_inputs(
 
     spec = AttentionSpec.from_dims(num_q_heads, num_kv_heads, head_dim_q, head_dim_k, head_dim_v, rope_dim, tied,
                                    paged, dtype_name(q.dtype))
-    _require_softcap(softcap)  # (always: a falsy non-number such as None is no "off")
-    if softcap or alibi_slopes is not None or sinks is not None or not _unlimited_window(window_size):
-        validate_extensions(q, spec, softcap, alibi_slopes, sinks, window_size)
+    # (always, not only where one is on: a falsy non-number such as softcap=None is no "off")
+    validate_extensions(q, spec, softcap, alibi_slopes, sinks, window_size)
     shape = ProblemShape(batch=batch, query_len=query_len, capacity=capacity, page_size=page_size)
     if read_values and debug_checks_enabled():
         check_values(k_cache, cache_seqlens, page_table, shape, attn_mask)
@@ -277,10 +276,6 @@ def validate_key_range_arguments(attn_mask, batch, capacity) -> None:
                          f"S = {capacity}")
 
 
-def _unlimited_window(window_size) -> bool:
-    return isinstance(window_size, (tuple, list)) and tuple(window_size) == (-1, -1)
-
-
 def _is_real_number(value) -> bool:
     """A Python or NumPy real scalar, not a bool (True is no scale)."""
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, _NUMPY_BOOL))
@@ -303,17 +298,13 @@ def _is_flag(value) -> bool:
 MAX_SOFTCAP = 1e38
 
 
-def _require_softcap(softcap) -> None:
+def validate_extensions(q: Tensor, spec: AttentionSpec, softcap, alibi_slopes, sinks, window_size) -> None:
+    """FlashAttention's extensions (softcap, alibi_slopes, sinks, window_size), with its meanings."""
+    batch, _, num_q_heads, _ = q.shape
     if not _is_real_number(softcap):
         raise TypeError(f"softcap must be a float (0 = off), got {type(softcap).__name__}")
     if not 0 <= softcap <= MAX_SOFTCAP:  # (NaN fails both)
         raise ValueError(f"softcap must be a finite float from 0 (off) to {MAX_SOFTCAP:.3g}, got {softcap}")
-
-
-def validate_extensions(q: Tensor, spec: AttentionSpec, softcap, alibi_slopes, sinks, window_size) -> None:
-    """FlashAttention's extensions (softcap, alibi_slopes, sinks, window_size), with its meanings."""
-    batch, _, num_q_heads, _ = q.shape
-    _require_softcap(softcap)
     latent = spec.kind in ("mla", "gla")
     if softcap and latent:
         raise ValueError(f"softcap is not supported for latent ({spec.kind}) layouts: no latent model caps its scores")
