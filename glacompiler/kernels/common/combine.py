@@ -40,20 +40,25 @@ def rows_at_once(block_rows: int, num_splits: int, block_dv: int) -> bool:
     return block_rows > 1 and next_power_of_two(num_splits) * block_dv < COMBINE_ROWS_AT_ONCE_BELOW
 
 
-def combine_launch(split_out: Tensor, lse: Tensor) -> PreparedLaunch:
-    """The combine's launch for split buffers of these shapes (args: split_out, split_lse, out, lse, splits, rows)."""
+def combine_launch(split_out: Tensor, lse: Tensor, dependent: bool = False) -> PreparedLaunch:
+    """The combine's launch for split buffers of these shapes (args: split_out, split_lse, out, lse, splits, rows);
+    dependent: launched dependent on the split kernel before it, which signals it (dependent_launch.py)."""
     from .combine_kernel import combine_splits_kernel  # late: the interpreter must be chosen before triton loads
 
     num_splits, head_dim_v = split_out.shape[-2], split_out.shape[-1]
     block_rows, block_dv = combine_tiling(lse.numel(), num_splits, head_dim_v)
+    constexprs = dict(HEAD_DIM_V=head_dim_v, BLOCK_DV=block_dv, SPLITS_POW2=next_power_of_two(num_splits),
+                      ROWS=block_rows, ROWS_AT_ONCE=rows_at_once(block_rows, num_splits, block_dv))
     return PreparedLaunch(combine_splits_kernel, (-(-lse.numel() // block_rows), -(-head_dim_v // block_dv)),
-                          dict(HEAD_DIM_V=head_dim_v, BLOCK_DV=block_dv, SPLITS_POW2=next_power_of_two(num_splits),
-                               ROWS=block_rows, ROWS_AT_ONCE=rows_at_once(block_rows, num_splits, block_dv)),
-                          num_warps=4, num_stages=3)
+                          {**constexprs, "WAIT_FOR_PRIOR_GRID": dependent}, num_warps=4, num_stages=3,
+                          launch_options=dict(launch_pdl=True) if dependent else None,
+                          # (a graph's launch is not dependent: no wait)
+                          traced_form=(combine_splits_kernel, {**constexprs, "WAIT_FOR_PRIOR_GRID": False}))
 
 
 def combine_splits(split_out: Tensor, split_lse: Tensor, out: Tensor, lse: Tensor) -> None:
     """split_out [..., splits, Dv] fp32 and split_lse [..., splits] (contiguous) -> out [..., Dv], lse [...]."""
+    # (after whatever kernel the caller ran last: an ordinary launch, dependent_launch.py says why)
     combine_launch(split_out, lse)((split_out, split_lse, out, lse, split_out.shape[-2], lse.numel()))
 
 

@@ -1,6 +1,7 @@
 """The LSE combine of split-KV partial outputs, as a Triton kernel (launched by combine.py)."""
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 
 from .softmax import finite_row_max
 from .split_merge import merge_scales
@@ -31,6 +32,7 @@ def combine_splits_kernel(
     SPLITS_POW2: tl.constexpr,
     ROWS: tl.constexpr,  # a power of two
     ROWS_AT_ONCE: tl.constexpr,
+    WAIT_FOR_PRIOR_GRID: tl.constexpr,  # launched with PDL (dependent_launch.py): wait before any memory access
 ):
     # Merge the per-split partial outputs of ROWS (sequence, token, head) rows by their log-sum-exp, BLOCK_DV
     # output columns of each. PART_OUT [rows, num_splits, Dv] fp32, PART_LSE [rows, num_splits], OUT [rows, Dv],
@@ -41,6 +43,8 @@ def combine_splits_kernel(
     first_row = tl.program_id(0).to(tl.int64) * ROWS
     splits = tl.arange(0, SPLITS_POW2)
     dims = dim_block * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    if WAIT_FOR_PRIOR_GRID:
+        gdc_wait()  # the split kernel's completion and its partials' stores; no load or store comes before it
     if ROWS_AT_ONCE:
         rows = first_row + tl.arange(0, ROWS)
         # A row past the last (the last program's tail) has no split and no column to write.

@@ -17,7 +17,9 @@ class SplitBuffers:
     __slots__ = ("out_shape", "lse_shape", "split_out_shape", "split_lse_shape", "split_shapes", "dropped_lse_shapes",
                  "num_splits", "out_strides", "lse_strides", "merged_strides", "combine_launch")
 
-    def __init__(self, q: Tensor, head_dim_v: int, num_splits: int):
+    def __init__(self, q: Tensor, head_dim_v: int, num_splits: int, dependent_combine: bool = False):
+        """dependent_combine: the combine launches dependent on the split kernel, which signals it at its start
+        (dependent_launch.py); only a split kernel that signals may take it."""
         batch, query_len, num_q_heads, _ = q.shape
         self.num_splits = num_splits
         self.out_shape = (batch, query_len, num_q_heads, head_dim_v)
@@ -39,7 +41,7 @@ class SplitBuffers:
         split_out, _, _, lse = self.allocate(q)
         self.out_strides = split_out.stride()[:4]
         self.lse_strides = (query_len * num_q_heads * num_splits, num_q_heads * num_splits, num_splits, 1)
-        self.combine_launch = combine_launch(split_out, lse)
+        self.combine_launch = combine_launch(split_out, lse, dependent_combine)
 
     def allocate(self, q: Tensor) -> tuple:
         """(split_out, split_lse, out, lse), all four allocated (a compiled graph's buffers): the first two are the

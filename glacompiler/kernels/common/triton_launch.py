@@ -80,8 +80,8 @@ def _unspecialised_positions(kernel) -> tuple:
 
 
 def specialisation_key(kernel, device_index: int, args: tuple, constexprs: dict, num_warps: int,
-                       num_stages: int) -> tuple:
-    parts = [kernel, device_index, num_warps, num_stages]
+                       num_stages: int, options: Optional[dict] = None) -> tuple:
+    parts = [kernel, device_index, num_warps, num_stages, *sorted((options or {}).items())]
     unspecialised = _unspecialised_positions(kernel)
     if unspecialised:  # only the width (int32 or int64) of such an int reaches the binary
         args = list(args)
@@ -126,24 +126,27 @@ def _run_compiled(compiled, grid: tuple, stream, all_args: tuple) -> bool:
         return False
 
 
-def launch(kernel, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int):
-    """kernel[grid](*args, **constexprs, num_warps=..., num_stages=...), with the JIT's per-call work skipped
-    once this specialisation has been launched. args: every runtime parameter, positionally and in order.
-    Returns the CompiledKernel (None under the interpreter)."""
+def launch(kernel, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int,
+           options: Optional[dict] = None):
+    """kernel[grid](*args, **constexprs, num_warps=..., num_stages=..., **options), with the JIT's per-call work
+    skipped once this specialisation has been launched. args: every runtime parameter, positionally and in order;
+    options: the backend's launch options besides warps and stages (launch_pdl). Returns the CompiledKernel (None
+    under the interpreter)."""
+    options = options or {}
     from triton.compiler import CompiledKernel
     from triton.runtime.driver import driver
     from triton.runtime.jit import JITFunction
 
     if not isinstance(kernel, JITFunction):  # the interpreter's kernels (and test doubles): nothing to skip
-        return kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+        return kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages, **options)
     device_index = driver.active.get_current_device()
-    key = specialisation_key(kernel, device_index, args, constexprs, num_warps, num_stages)
+    key = specialisation_key(kernel, device_index, args, constexprs, num_warps, num_stages, options)
     compiled = _compiled.get(key)
     if compiled is not None and _direct_launch_enabled:
         all_args = (*args, *_ordered_constexprs(kernel, args, constexprs))
         if _run_compiled(compiled, grid, driver.active.get_current_stream(device_index), all_args):
             return compiled
-    compiled = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+    compiled = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages, **options)
     if isinstance(compiled, CompiledKernel):
         _compiled.remember(key, compiled)
     return compiled
@@ -161,16 +164,26 @@ class PreparedLaunch:
     as uint8, a key range's row) to the function making it, a view at an offset the call's metadata fixes: the C
     launcher reads only addresses, so the binary takes the caller's tensor's plus that offset (_pointer_offsets).
     No address is checked at launch (Triton's launcher asks the driver for each tensor's): the call's key has
-    settled every tensor's device."""
+    settled every tensor's device. `launch_options`: the backend's options for the default first launch
+    (launch_pdl, which the compiled binary's launcher keeps); a launch traced into a graph takes none (Inductor
+    launches the kernel its own way), and takes `traced_form` (kernel, constexprs) where given: the kernel without
+    what only a dependent launch uses (grid dependency control, whose inline assembly Inductor's analysis of a
+    user kernel refuses)."""
 
     __slots__ = ("kernel", "grid", "constexprs", "num_warps", "num_stages", "first_launch", "descriptors",
-                 "jit_forms", "compiled", "binary", "device_index", "constexpr_values")
+                 "jit_forms", "compiled", "binary", "device_index", "constexpr_values", "launch_options",
+                 "traced_form")
 
     def __init__(self, kernel, grid: tuple, constexprs: dict, num_warps: int, num_stages: int, first_launch=None,
-                 descriptors: Optional[dict] = None, jit_forms: Optional[dict] = None):
+                 descriptors: Optional[dict] = None, jit_forms: Optional[dict] = None,
+                 launch_options: Optional[dict] = None, traced_form: Optional[tuple] = None):
+        if first_launch is not None and launch_options:
+            raise ValueError("launch_options: only the default first launch takes them")
         self.kernel, self.grid, self.constexprs = kernel, tuple(grid), constexprs
         self.num_warps, self.num_stages = num_warps, num_stages
         self.first_launch = first_launch
+        self.launch_options = launch_options or {}
+        self.traced_form = traced_form or (kernel, constexprs)
         self.descriptors = descriptors or {}
         self.jit_forms = {**(jit_forms or {}), **self.descriptors}
         self.compiled = None
@@ -182,7 +195,8 @@ class PreparedLaunch:
         if tracing_launches():  # the caller's tensors (Inductor compiles for a bool mask's own dtype)
             if self.descriptors:
                 raise NotImplementedError("launches that take TMA descriptors are not traced into graphs")
-            return traced_launch(self.kernel, self.grid, args, self.constexprs, self.num_warps, self.num_stages)
+            traced_kernel, traced_constexprs = self.traced_form
+            return traced_launch(traced_kernel, self.grid, args, traced_constexprs, self.num_warps, self.num_stages)
         compiled = self.compiled
         if compiled is not None and _direct_launch_enabled:
             runtime, driver = _triton_runtime()
@@ -203,7 +217,8 @@ class PreparedLaunch:
         if self.first_launch is not None:
             compiled = self.first_launch(jit_args)
         else:
-            compiled = launch(self.kernel, self.grid, jit_args, self.constexprs, self.num_warps, self.num_stages)
+            compiled = launch(self.kernel, self.grid, jit_args, self.constexprs, self.num_warps, self.num_stages,
+                              self.launch_options)
         self._remember(compiled, args, jit_args)
         return compiled
 

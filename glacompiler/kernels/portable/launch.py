@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ...spec import AttentionSpec, ProblemShape
+from ..common.dependent_launch import dependent_launch_enabled
 from ..common.extensions import kernel_extensions
 from ..common.key_bounds import KeyBoundsPlan
 from ..common.split_buffers import SplitBuffers
@@ -66,7 +67,11 @@ class PortableLaunchPlan:
         batch, query_len, num_q_heads, _ = q.shape
         group = spec.group_size
         num_splits = config.num_splits
-        self.buffers = SplitBuffers(q, spec.head_dim_v, num_splits)
+        # A separate combine on a capable GPU, switched on, launches dependent on the split kernel, which signals it
+        # at its start (dependent_launch.py). (With a fused combine, the launches a graph or a capture takes instead
+        # and their combine stay ordinary.)
+        self.signals_combine = num_splits > 1 and not config.fused_combine and dependent_launch_enabled(q.device)
+        self.buffers = SplitBuffers(q, spec.head_dim_v, num_splits, dependent_combine=self.signals_combine)
         values = k_cache if v_cache is None else v_cache
         q_rope_arg = q if call.q_rope is None else call.q_rope
         extensions = kernel_extensions(call.softmax_scale, call.softcap, call.alibi_slopes, call.sinks,
@@ -109,7 +114,8 @@ class PortableLaunchPlan:
         rows = group * query_len
         grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
 
-        def prepared(module, pass_constexprs: dict, pass_label: str) -> PreparedLaunch:
+        def prepared(module, pass_constexprs: dict, pass_label: str, traced_module=None) -> PreparedLaunch:
+            """traced_module: the kernel a graph's launch takes instead (the one without a dependent-launch signal)."""
             kernel = module.decode_attention_split_kernel
 
             def first_launch(args):
@@ -125,15 +131,21 @@ class PortableLaunchPlan:
 
             # (the stages a launch of this form fitted in, for a launch traced into a graph)
             stages = _FITTING_STAGES.get(_fitting_key(module.__name__, config, pass_constexprs), config.num_stages)
+            traced_form = None if traced_module is None else (traced_module.decode_attention_split_kernel,
+                                                              pass_constexprs)
             return PreparedLaunch(kernel, grid, pass_constexprs, config.num_warps, stages, first_launch,
                                   jit_forms=self.keys.jit_forms(MASK_ARGUMENT, LENGTHS_ARGUMENT, KV_BEGIN_ARGUMENT,
-                                                                KV_END_ARGUMENT, MASK_DENSE_ARGUMENT))
+                                                                KV_END_ARGUMENT, MASK_DENSE_ARGUMENT),
+                                  traced_form=traced_form)
 
         # With a mask, two passes (the template says why): the sequences whose mask is dense, then the others. A
         # program whose sequence is the other pass's gets an empty split and no rows: it reads and stores nothing.
         passes = ((True, " dense pass"), (False, " sparse pass")) if self.keys.has_mask else ((False, ""),)
-        module = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split)
-        self.launches = LaunchSequence(prepared(module, {**constexprs, "DENSE_PASS": dense}, label)
+        plain = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split)
+        module, plain = ((decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split,
+                                               signal_dependents=True), plain)
+                         if self.signals_combine else (plain, None))  # (None: a graph launches the same kernel)
+        self.launches = LaunchSequence(prepared(module, {**constexprs, "DENSE_PASS": dense}, label, plain)
                                        for dense, label in passes)
         # With a fused combine, the kernel's variant that merges (the family resolves an open choice); a graph traced
         # from this plan (compiler/rewrite/graph_launches.py) still takes the launches above and the combine: the

@@ -72,7 +72,7 @@ def plan_chunks(spec: AttentionSpec, block_d: int, dv_split: int = 1) -> tuple[l
     return q_chunks, v_chunks, rope_chunk
 
 
-def render_decode_kernel(spec: AttentionSpec, config: PortableConfig) -> str:
+def render_decode_kernel(spec: AttentionSpec, config: PortableConfig, signal_dependents: bool = False) -> str:
     """The kernel's source; with config.fused_combine, the variant whose last program of a row block merges the
     splits (its other kernels render as though the choice did not exist: tables tuned on them stay current)."""
     q_chunks, v_chunks, rope_chunk = plan_chunks(spec, config.block_d, config.dv_split)
@@ -91,17 +91,18 @@ def render_decode_kernel(spec: AttentionSpec, config: PortableConfig) -> str:
         dot_precision=', input_precision="ieee"' if spec.dtype == "float32" else "",
         fused_combine=bool(config.fused_combine),
         merge_unroll=MERGE_UNROLL,
+        signal_dependents=signal_dependents,  # renders nothing when off: the family's version stays
     )
 
 
 @functools.lru_cache(maxsize=256)
 def decode_kernel_module(spec: AttentionSpec, block_d: int, preload_q: bool, dv_split: int,
-                         fused_combine: bool = False) -> ModuleType:
+                         fused_combine: bool = False, signal_dependents: bool = False) -> ModuleType:
     """The generated module for a spec and the template-level knobs of a config (cached)."""
     # (two splits: a config of one split that fuses is the plain one)
     config = PortableConfig(block_d=block_d, preload_q=preload_q, dv_split=dv_split, num_splits=2,
                             fused_combine=fused_combine)
-    return import_generated(render_decode_kernel(spec, config))
+    return import_generated(render_decode_kernel(spec, config, signal_dependents))
 
 
 # Template knobs and specs whose generated kernels define the family's version: together they take every

@@ -1,0 +1,307 @@
+"""The combine launched dependent on a portable split kernel that signals it (PDL, kernels/common/dependent_launch.py):
+where it is chosen, that the choice reaches the kernels (the split kernel's signal, the combine's wait) and the launch
+(launch_pdl), that graphs take the kernels without either, and on a Hopper GPU that such calls, eager and replayed in
+a CUDA graph, give what the ordinary launches give."""
+import pytest
+import torch
+
+from glacompiler.kernels.common import combine, dependent_launch, triton_launch
+from glacompiler.kernels.common.combine import combine_launch, combine_splits_reference
+
+from launch_doubles import FakeCompiled, FakeJIT, install_fresh_launch_state
+from test_combine import partial_outputs
+
+CUDA = torch.device("cuda", 0)
+
+
+@pytest.fixture
+def hopper_capable(monkeypatch):
+    """A CUDA device 0 of compute capability 9.0 as the module sees it, with no GPU here; the switch on."""
+    monkeypatch.setenv(dependent_launch.ENVIRONMENT_SWITCH, "1")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(dependent_launch, "_capable", lambda index: index == 0)
+    monkeypatch.setattr(dependent_launch, "_triton_launches_with_pdl", lambda: True)
+
+
+def test_enabled_on_a_capable_gpu_switched_on(hopper_capable):
+    assert dependent_launch.dependent_launch_enabled(CUDA)
+
+
+@pytest.mark.parametrize("why_not", ["cpu", "switch unset", "switched off", "interpreter", "older gpu",
+                                     "older triton"])
+def test_not_enabled(hopper_capable, monkeypatch, why_not):
+    device = CUDA
+    if why_not == "cpu":
+        device = torch.device("cpu")
+    elif why_not == "switch unset":  # off by default: it measured slower (benchmarks/RESULTS.md)
+        monkeypatch.delenv(dependent_launch.ENVIRONMENT_SWITCH)
+    elif why_not == "switched off":
+        monkeypatch.setenv(dependent_launch.ENVIRONMENT_SWITCH, "0")
+    elif why_not == "interpreter":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    elif why_not == "older gpu":
+        monkeypatch.setattr(dependent_launch, "_capable", lambda index: False)
+    else:
+        monkeypatch.setattr(dependent_launch, "_triton_launches_with_pdl", lambda: False)
+    assert not dependent_launch.dependent_launch_enabled(device)
+
+
+def test_this_triton_knows_the_launch_option():
+    """torch 2.11 on pins Triton 3.6 or later, which takes launch_pdl (3.4 on)."""
+    assert dependent_launch._triton_launches_with_pdl.__wrapped__()
+
+
+def test_the_combine_waits_and_launches_dependent_where_enabled(interpret_kernels):
+    """(Under the interpreter only so that the kernel's module loads as the CPU tests' others do.)"""
+    split_out, lse = torch.empty(64, 3, 128), torch.empty(64)
+    for enabled in (True, False):
+        launch = combine_launch(split_out, lse, dependent=enabled)
+        assert launch.constexprs["WAIT_FOR_PRIOR_GRID"] is enabled
+        assert launch.launch_options == ({"launch_pdl": True} if enabled else {})
+
+
+def test_the_public_combine_helper_launches_ordinarily(monkeypatch):
+    """combine_splits may follow any kernel: never a dependent launch, even where the plans' combines are."""
+    asked = []
+    monkeypatch.setattr(combine, "combine_launch",
+                        lambda split_out, lse, dependent=False: asked.append(dependent) or (lambda args: None))
+    combine.combine_splits(torch.empty(4, 2, 8), torch.empty(4, 2), torch.empty(4, 8), torch.empty(4))
+    assert asked == [False]
+
+
+def test_launch_options_reach_the_jit_and_its_key(monkeypatch):
+    install_fresh_launch_state(monkeypatch)
+    kernel = FakeJIT(FakeCompiled())
+    x, y = torch.zeros(8), torch.zeros(8)
+    triton_launch.launch(kernel, (1,), (x, y, 7), {"A": 1, "B": 2}, 4, 2, {"launch_pdl": True})
+    assert kernel.jit_calls[0][2] == {"A": 1, "B": 2, "launch_pdl": True}
+    triton_launch.launch(kernel, (1,), (x, y, 7), {"A": 1, "B": 2}, 4, 2, {"launch_pdl": True})
+    assert len(kernel.jit_calls) == 1  # the same options: the binary, directly
+    triton_launch.launch(kernel, (1,), (x, y, 7), {"A": 1, "B": 2}, 4, 2)
+    assert len(kernel.jit_calls) == 2 and kernel.jit_calls[1][2] == {"A": 1, "B": 2}  # none: another binary
+
+
+def test_a_prepared_launch_passes_its_options_to_its_first_launch(monkeypatch):
+    install_fresh_launch_state(monkeypatch)
+    kernel = FakeJIT(FakeCompiled())
+    prepared = triton_launch.PreparedLaunch(kernel, (2,), {"A": 1, "B": 2}, 4, 2, launch_options={"launch_pdl": True})
+    prepared((torch.zeros(8), torch.zeros(8), 7))
+    assert kernel.jit_calls[0][2]["launch_pdl"] is True
+    with pytest.raises(ValueError, match="launch_options"):
+        triton_launch.PreparedLaunch(kernel, (2,), {"A": 1, "B": 2}, 4, 2, first_launch=lambda args: None,
+                                     launch_options={"launch_pdl": True})
+
+
+@pytest.mark.gpu
+def test_the_dependent_combine_merges_what_the_kernel_before_it_wrote(cuda_device):
+    """On sm_90: the partials written by a kernel just before the combine (so the combine's launch may overlap it),
+    eager and in a replayed CUDA graph with new partials, against the float64 reference."""
+    if torch.cuda.get_device_capability(cuda_device) < dependent_launch.MIN_COMPUTE_CAPABILITY:
+        pytest.skip("programmatic dependent launch needs sm_90 or later")
+    rows, splits, head_dim_v = 2048, 3, 128  # GTA B32 Lq 4's combine
+    generator = torch.Generator().manual_seed(5)
+    sources = [tuple(t.to(cuda_device) for t in partial_outputs(rows, splits, head_dim_v, generator))
+               for _ in range(2)]
+    split_out = torch.empty(rows, splits, head_dim_v, device=cuda_device)
+    split_lse = torch.empty(rows, splits, device=cuda_device)
+    out = torch.empty(rows, head_dim_v, device=cuda_device, dtype=torch.bfloat16)
+    lse = torch.empty(rows, device=cuda_device)
+    launch = combine_launch(split_out, lse, dependent=True)
+    assert launch.launch_options == {"launch_pdl": True} and launch.constexprs["WAIT_FOR_PRIOR_GRID"]
+    source = torch.empty_like(sources[0][0])
+
+    def step():
+        torch.mul(source, 1.0, out=split_out)  # the kernel right before the combine writes its partials
+        launch((split_out, split_lse, out, lse, splits, rows))
+
+    def check(source_out, source_lse):
+        expected_out, expected_lse = combine_splits_reference(source_out.cpu(), source_lse.cpu())
+        torch.testing.assert_close(out.cpu().double(), expected_out, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(lse.cpu().double(), expected_lse, rtol=1e-5, atol=1e-5)
+
+    source.copy_(sources[0][0])
+    split_lse.copy_(sources[0][1])
+    step()
+    assert launch.compiled.metadata.launch_pdl
+    check(*sources[0])
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    source.copy_(sources[1][0])
+    split_lse.copy_(sources[1][1])
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    check(*sources[1])
+
+
+def test_a_traced_launch_takes_its_traced_form(monkeypatch):
+    """A graph's launch (Inductor's, never dependent) takes the kernel and constexprs without grid dependency
+    control: the combine's wait off."""
+    install_fresh_launch_state(monkeypatch)
+    recorded = []
+    monkeypatch.setattr(triton_launch, "traced_launch",
+                        lambda kernel, grid, args, constexprs, warps, stages: recorded.append((kernel, constexprs)))
+    kernel, plain = FakeJIT(FakeCompiled()), FakeJIT(FakeCompiled())
+    prepared = triton_launch.PreparedLaunch(kernel, (2,), {"A": 1, "B": 2}, 4, 2, launch_options={"launch_pdl": True},
+                                            traced_form=(plain, {"A": 1, "B": 0}))
+    with triton_launch.traced_launches():
+        prepared((torch.zeros(8), torch.zeros(8), 7))
+    untraced_form = triton_launch.PreparedLaunch(kernel, (2,), {"A": 1, "B": 2}, 4, 2)
+    with triton_launch.traced_launches():
+        untraced_form((torch.zeros(8), torch.zeros(8), 7))
+    assert recorded == [(plain, {"A": 1, "B": 0}), (kernel, {"A": 1, "B": 2})]
+
+
+def test_the_combine_traces_without_its_wait(interpret_kernels):
+    launch = combine_launch(torch.empty(64, 3, 128), torch.empty(64), dependent=True)
+    traced_kernel, traced_constexprs = launch.traced_form
+    assert traced_kernel is launch.kernel and traced_constexprs["WAIT_FOR_PRIOR_GRID"] is False
+    assert {k: v for k, v in traced_constexprs.items() if k != "WAIT_FOR_PRIOR_GRID"} == \
+        {k: v for k, v in launch.constexprs.items() if k != "WAIT_FOR_PRIOR_GRID"}
+
+
+def _source(kernel) -> str:
+    """A JIT function's source, or an interpreted one's (its Python function's)."""
+    import inspect
+
+    return getattr(kernel, "src", None) or inspect.getsource(kernel.fn)
+
+
+def test_a_signalling_split_kernel_traces_as_the_plain_one(monkeypatch, interpret_kernels):
+    """Where dependent launch is enabled, a split plan renders its kernel with the signal and launches its combine
+    dependent; a graph's launch takes the kernel without the signal. Planned only (the interpreter runs no grid
+    dependency control)."""
+    from glacompiler.kernels.portable import PortableConfig
+    from glacompiler.kernels.portable import launch as portable_launch
+    from glacompiler.op.prepared import prepare_call
+
+    monkeypatch.setattr(portable_launch, "dependent_launch_enabled", lambda device: True)
+    q, k, v = torch.randn(2, 1, 8, 64), torch.randn(2, 64, 2, 64), torch.randn(2, 64, 2, 64)
+    lengths = torch.full((2,), 64, dtype=torch.int32)
+    call = prepare_call(q, k, v, None, None, lengths, None, None, 0.125, True, 0, None, 0.0, None, None, (-1, -1),
+                        config=PortableConfig(block_m=16, block_n=32, num_splits=2, fused_combine=False))
+    (launch,) = call.plan.launches
+    traced_kernel, traced_constexprs = launch.traced_form
+    assert "gdc_launch_dependents()" in _source(launch.kernel) and "gdc_launch_dependents" not in _source(traced_kernel)
+    assert traced_constexprs == launch.constexprs
+    assert call.plan.buffers.combine_launch.launch_options == {"launch_pdl": True}
+    monkeypatch.setattr(portable_launch, "dependent_launch_enabled", lambda device: False)
+    plain_call = prepare_call(q, k, v, None, None, lengths, None, None, 0.125, True, 0, None, 0.0, None, None,
+                              (-1, -1), config=PortableConfig(block_m=16, block_n=32, num_splits=2,
+                                                              fused_combine=False))
+    assert plain_call.plan.launches[0].kernel is traced_kernel
+    assert plain_call.plan.buffers.combine_launch.launch_options == {}
+
+
+@pytest.mark.gpu
+def test_a_signalling_split_kernel_on_the_gpu(cuda_device, monkeypatch):
+    """On sm_90, a split call whose kernel signals its dependent combine at its start: FlashAttention's rule
+    against the float64 reference, the same output bit for bit as the plain kernel's, eager and replayed in a CUDA
+    graph on fresh queries."""
+    if torch.cuda.get_device_capability(cuda_device) < dependent_launch.MIN_COMPUTE_CAPABILITY:
+        pytest.skip("programmatic dependent launch needs sm_90 or later")
+    from glacompiler.kernels.portable import PortableConfig
+    from glacompiler.op.prepared import prepare_call
+    from glacompiler.problems import check_fa_rule, make_decode_problem
+    from glacompiler.spec import default_softmax_scale
+
+    from kernel_cases import CPU_SPECS
+
+    problem = make_decode_problem(CPU_SPECS["gta"], batch=4, query_len=4, capacity=1000, page_size=64,
+                                  dtype=torch.bfloat16, device=cuda_device, seqlens=[1, 333, 999, 1000], poison=False,
+                                  generator=torch.Generator().manual_seed(3))
+    kw = problem.kwargs
+    names = ("q", "k_cache", "v_cache", "q_rope", "k_rope_cache", "cache_seqlens", "page_table", "attn_mask")
+    scale = default_softmax_scale(kw["q"].shape[-1], kw["q_rope"].shape[-1])
+    config = PortableConfig(block_m=16, block_n=32, block_d=64, num_splits=6, fused_combine=False)
+
+    def planned(dependent: bool):
+        monkeypatch.setenv(dependent_launch.ENVIRONMENT_SWITCH, "1" if dependent else "0")
+        return prepare_call(*(kw.get(name) for name in names), scale, kw["causal"], 0, None, 0.0, None, None,
+                            (-1, -1), config=config)
+
+    def run(call):
+        return call.run(*(kw.get(name) for name in names), None, None, None)
+
+    plain, signalling = planned(False), planned(True)
+    assert "gdc_launch_dependents" in signalling.plan.launches[0].kernel.src
+    assert signalling.plan.buffers.combine_launch.launch_options == {"launch_pdl": True}
+    assert "gdc_launch_dependents" not in plain.plan.launches[0].kernel.src
+    out, lse = run(signalling)
+    check_fa_rule(out, lse, problem)
+    plain_out, plain_lse = run(plain)
+    assert torch.equal(out, plain_out) and torch.equal(lse, plain_lse)
+    assert signalling.plan.buffers.combine_launch.compiled.metadata.launch_pdl
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graph_out, graph_lse = run(signalling)
+    for _ in range(2):
+        kw["q"].copy_(torch.randn_like(kw["q"]))
+        graph.replay()
+        expected_out, expected_lse = run(plain)
+        torch.cuda.synchronize()
+        assert torch.equal(graph_out, expected_out) and torch.equal(graph_lse, expected_lse)
+
+
+@pytest.mark.parametrize("why_not", ["fused combine", "one split", "switched off"])
+def test_no_signal_where_no_dependent_combine_follows(monkeypatch, interpret_kernels, why_not):
+    """The split kernel signals only where a dependent combine launch follows it, and the combine launches dependent
+    only after a kernel that signals."""
+    from glacompiler.kernels.portable import PortableConfig
+    from glacompiler.kernels.portable import launch as portable_launch
+    from glacompiler.op.prepared import prepare_call
+
+    monkeypatch.setattr(portable_launch, "dependent_launch_enabled", lambda device: why_not != "switched off")
+    config = PortableConfig(block_m=16, block_n=32, num_splits=1 if why_not == "one split" else 2,
+                            fused_combine=why_not == "fused combine")
+    q, k, v = torch.randn(2, 1, 8, 64), torch.randn(2, 64, 2, 64), torch.randn(2, 64, 2, 64)
+    lengths = torch.full((2,), 64, dtype=torch.int32)
+    call = prepare_call(q, k, v, None, None, lengths, None, None, 0.125, True, 0, None, 0.0, None, None, (-1, -1),
+                        config=config)
+    launches = [*call.plan.launches, *(call.plan.fused_launches if call.plan.fused else ())]
+    assert all("gdc_launch_dependents" not in _source(launch.kernel) for launch in launches)
+    combine_after = call.plan.buffers.combine_launch  # (a fused plan's, for the launches a graph takes instead)
+    assert combine_after is None or combine_after.launch_options == {}
+
+
+COMPILE_FOR_SM90 = """
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from glacompiler.kernels.common.combine_kernel import combine_splits_kernel
+report = {}
+for wait in (True, False):
+    signature = dict(PART_OUT="*fp32", PART_LSE="*fp32", OUT="*bf16", LSE="*fp32", num_splits="i32", num_rows="i32",
+                     HEAD_DIM_V="constexpr", BLOCK_DV="constexpr", SPLITS_POW2="constexpr", ROWS="constexpr",
+                     ROWS_AT_ONCE="constexpr", WAIT_FOR_PRIOR_GRID="constexpr")
+    names = list(signature)
+    values = dict(HEAD_DIM_V=128, BLOCK_DV=128, SPLITS_POW2=4, ROWS=4, ROWS_AT_ONCE=True, WAIT_FOR_PRIOR_GRID=wait)
+    constants = {(names.index(name),): value for name, value in values.items()}
+    compiled = triton.compile(ASTSource(combine_splits_kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=4, num_stages=3))
+    ptx = compiled.asm["ptx"]
+    report[str(wait)] = dict(wait=ptx.find("griddepcontrol.wait"), first_load=ptx.find("ld.global"),
+                             first_store=ptx.find("st.global"))
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.slow
+def test_the_combine_waits_before_any_memory_access_on_sm90():
+    """The combine compiled for an H100/H200 by Triton's compiler (the interpreter has no grid dependency control):
+    with the wait, griddepcontrol.wait comes before its first global load and store in the PTX; without, none."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    environment = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], capture_output=True, text=True, timeout=600,
+                            env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    waiting, plain = report["True"], report["False"]
+    assert 0 <= waiting["wait"] < waiting["first_load"] and waiting["wait"] < waiting["first_store"], waiting
+    assert plain["wait"] == -1 and plain["first_load"] >= 0, plain
