@@ -17,7 +17,7 @@ import statistics
 import torch
 import triton
 
-from glacompiler.kernels.common.dependent_launch import ENVIRONMENT_SWITCH
+from glacompiler.kernels.common.dependent_launch import ENVIRONMENT_SWITCH, dependent_launch_enabled
 from glacompiler.op.prepared import clear_prepared_calls, prepared_call
 from glacompiler.op.validation import validate_inputs
 
@@ -89,7 +89,9 @@ def time_rows(args, bandwidth: float, flop_rate: float) -> None:
         dependent_plan = plans["dependent"][0].plan
         splits = dependent_plan.buffers.num_splits
         head = f"| {kind} | {batch} | {length // 1024}K | {query_len} | {splits} | {floor:.1f} |"
-        why_not = ("one split" if splits == 1 else "fused combine" if getattr(dependent_plan, "fused", False)
+        # (the switch is on here: the dependent side was planned last)
+        why_not = ("no dependent launch on this GPU" if not dependent_launch_enabled(kwargs["q"].device)
+                   else "one split" if splits == 1 else "fused combine" if getattr(dependent_plan, "fused", False)
                    else None if getattr(dependent_plan, "signals_combine", False) else "Hopper latent kernel")
         if why_not is not None:
             print(f"{head} {why_not}: ordinary launches either way |", flush=True)

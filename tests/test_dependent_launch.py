@@ -135,6 +135,67 @@ def test_the_dependent_combine_merges_what_the_kernel_before_it_wrote(cuda_devic
     check(*sources[1])
 
 
+@pytest.mark.gpu
+def test_the_combine_waits_for_a_writer_that_signalled_at_its_start(cuda_device):
+    """On sm_90: the kernel before the dependent combine signals at its start and writes the partials only after a
+    long loop of loads, as late as it can; the combine, launched as soon as every program signalled, must still merge
+    the partials written, eager and replayed in a CUDA graph with new partials."""
+    if torch.cuda.get_device_capability(cuda_device) < dependent_launch.MIN_COMPUTE_CAPABILITY:
+        pytest.skip("programmatic dependent launch needs sm_90 or later")
+    import triton
+    import triton.language as tl
+    from triton.language.extra.cuda import gdc_launch_dependents
+
+    @triton.jit
+    def signal_then_write_late(SOURCE, ZEROS, TARGET, n, DELAY_LOADS: tl.constexpr, BLOCK: tl.constexpr):
+        gdc_launch_dependents()
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        inside = offsets < n
+        values = tl.load(SOURCE + offsets, mask=inside)
+        for _ in range(DELAY_LOADS):  # (zeros read at run time: the compiler keeps the loop, the values stay)
+            values += tl.load(ZEROS + offsets, mask=inside, other=0.0, volatile=True)
+        tl.store(TARGET + offsets, values, mask=inside)
+
+    rows, splits, head_dim_v = 2048, 3, 128
+    generator = torch.Generator().manual_seed(7)
+    sources = [tuple(t.to(cuda_device) for t in partial_outputs(rows, splits, head_dim_v, generator))
+               for _ in range(2)]
+    source = torch.empty_like(sources[0][0])
+    zeros = torch.zeros_like(source)
+    split_out, split_lse = torch.empty_like(source), torch.empty(rows, splits, device=cuda_device)
+    out = torch.empty(rows, head_dim_v, device=cuda_device, dtype=torch.bfloat16)
+    lse = torch.empty(rows, device=cuda_device)
+    launch = combine_launch(split_out, lse, dependent=True)
+    block = 1024
+
+    def step():
+        split_out.fill_(float("nan"))  # (a combine that read early would merge these)
+        signal_then_write_late[(triton.cdiv(source.numel(), block),)](source, zeros, split_out, source.numel(),
+                                                                         DELAY_LOADS=512, BLOCK=block)
+        launch((split_out, split_lse, out, lse, splits, rows))
+
+    def check(source_out, source_lse):
+        expected_out, expected_lse = combine_splits_reference(source_out.cpu(), source_lse.cpu())
+        torch.testing.assert_close(out.cpu().double(), expected_out, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(lse.cpu().double(), expected_lse, rtol=1e-5, atol=1e-5)
+
+    source.copy_(sources[0][0])
+    split_lse.copy_(sources[0][1])
+    for _ in range(3):  # (the first launch compiles; the repeats take the C launcher)
+        step()
+        torch.cuda.synchronize()
+        check(*sources[0])
+    assert launch.compiled.metadata.launch_pdl
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    source.copy_(sources[1][0])
+    split_lse.copy_(sources[1][1])
+    graph.replay()
+    torch.cuda.synchronize()
+    check(*sources[1])
+
+
 def test_a_traced_launch_takes_its_traced_form(monkeypatch):
     """A graph's launch (Inductor's, never dependent) takes the kernel and constexprs without grid dependency
     control: the combine's wait off."""
@@ -194,6 +255,31 @@ def test_a_signalling_split_kernel_traces_as_the_plain_one(monkeypatch, interpre
     assert plain_call.plan.buffers.combine_launch.launch_options == {}
 
 
+def test_both_passes_of_a_masked_call_signal(monkeypatch, interpret_kernels):
+    """A masked call launches two split passes (dense rows, then the others) before its combine: both signal (the
+    first's signal is idle: the second pass launches ordinarily), both trace as the plain kernel, the combine after
+    them is dependent."""
+    from glacompiler.kernels.portable import PortableConfig
+    from glacompiler.kernels.portable import launch as portable_launch
+    from glacompiler.op.prepared import prepare_call
+    from glacompiler.problems import make_decode_problem
+    from glacompiler.spec import AttentionSpec
+
+    monkeypatch.setattr(portable_launch, "dependent_launch_enabled", lambda device: True)
+    kw = make_decode_problem(AttentionSpec.grouped(4, 2, 16), batch=2, query_len=1, capacity=64, mask="bool",
+                             mask_rows="key", causal=False, poison=False).kwargs
+    call = prepare_call(kw["q"], kw["k_cache"], kw["v_cache"], None, None, None, None, kw["attn_mask"], 0.25, False, 0,
+                        None, 0.0, None, None, (-1, -1),
+                        config=PortableConfig(block_m=16, block_n=16, num_splits=2, fused_combine=False))
+    passes = list(call.plan.launches)
+    assert len(passes) == 2
+    for launch in passes:
+        traced_kernel, _ = launch.traced_form
+        assert "gdc_launch_dependents()" in _source(launch.kernel)
+        assert "gdc_launch_dependents" not in _source(traced_kernel)
+    assert call.plan.buffers.combine_launch.launch_options == {"launch_pdl": True}
+
+
 @pytest.mark.gpu
 def test_a_signalling_split_kernel_on_the_gpu(cuda_device, monkeypatch):
     """On sm_90, a split call whose kernel signals its dependent combine at its start: FlashAttention's rule
@@ -225,6 +311,7 @@ def test_a_signalling_split_kernel_on_the_gpu(cuda_device, monkeypatch):
         return call.run(*(kw.get(name) for name in names), None, None, None)
 
     plain, signalling = planned(False), planned(True)
+    held = dict(hold_workspace=True, keep_lse=False)  # (the eager wrapper's path: the partials in its workspace)
     assert "gdc_launch_dependents" in signalling.plan.launches[0].kernel.src
     assert signalling.plan.buffers.combine_launch.launch_options == {"launch_pdl": True}
     assert "gdc_launch_dependents" not in plain.plan.launches[0].kernel.src
@@ -233,6 +320,18 @@ def test_a_signalling_split_kernel_on_the_gpu(cuda_device, monkeypatch):
     plain_out, plain_lse = run(plain)
     assert torch.equal(out, plain_out) and torch.equal(lse, plain_lse)
     assert signalling.plan.buffers.combine_launch.compiled.metadata.launch_pdl
+    # Back to back on the held workspace: each call's split kernel overwrites the partials its predecessor's
+    # combine read (an ordinary launch: it waits for that combine); each output against the plain plan's.
+    queries = [torch.randn_like(kw["q"]) for _ in range(3)]
+    outputs = []
+    for query in queries:
+        kw["q"].copy_(query)
+        outputs.append(signalling.run(*(kw.get(name) for name in names), None, None, None, **held)[0].clone())
+    binary = signalling.plan.buffers.combine_launch.binary  # (the C launcher a repeat takes; None: another Triton's
+    assert binary is None or binary.pdl  # launcher layout, and CompiledKernel.run launches with its launch_pdl)
+    for query, output in zip(queries, outputs):
+        kw["q"].copy_(query)
+        assert torch.equal(output, run(plain)[0])
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         graph_out, graph_lse = run(signalling)

@@ -14,7 +14,9 @@ earlier kernel still reads can run early; the kernel after the combine is launch
 combine as before. Not after any kernel: after a kernel itself launched dependent that does not wait, the combine's
 wait would not cover what that kernel waited on, so combine_splits() (a public helper that may follow anything)
 launches normally. Launches traced into graphs take the kernels without the signal and the wait
-(PreparedLaunch.traced_form: Inductor neither launches dependent nor can analyse their inline assembly).
+(PreparedLaunch.traced_form): Inductor launches a user's kernels without PDL, so the wait would do nothing, and a
+signal there would let a following kernel of Inductor's own that is launched dependent start early; besides, torch
+2.11's analysis of a user kernel refused the wait (8 graph-launch tests, benchmarks/RESULTS.md).
 
 Measured on an H100 (benchmarks/RESULTS.md, 2524e81): the signal at the split kernel's start 1.002-1.019x the
 ordinary launch on the portable split rows; the dependent combine without a signal 0.982-0.998x, and after the

@@ -167,8 +167,8 @@ class PreparedLaunch:
     settled every tensor's device. `launch_options`: the backend's options for the default first launch
     (launch_pdl, which the compiled binary's launcher keeps); a launch traced into a graph takes none (Inductor
     launches the kernel its own way), and takes `traced_form` (kernel, constexprs) where given: the kernel without
-    what only a dependent launch uses (grid dependency control, whose inline assembly Inductor's analysis of a
-    user kernel refuses)."""
+    what only a dependent launch uses (grid dependency control: dependent_launch.py says why a graph's launch takes
+    none)."""
 
     __slots__ = ("kernel", "grid", "constexprs", "num_warps", "num_stages", "first_launch", "descriptors",
                  "jit_forms", "compiled", "binary", "device_index", "constexpr_values", "launch_options",

@@ -141,11 +141,12 @@ class PortableLaunchPlan:
         # With a mask, two passes (the template says why): the sequences whose mask is dense, then the others. A
         # program whose sequence is the other pass's gets an empty split and no rows: it reads and stores nothing.
         passes = ((True, " dense pass"), (False, " sparse pass")) if self.keys.has_mask else ((False, ""),)
-        plain = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split)
-        module, plain = ((decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split,
-                                               signal_dependents=True), plain)
-                         if self.signals_combine else (plain, None))  # (None: a graph launches the same kernel)
-        self.launches = LaunchSequence(prepared(module, {**constexprs, "DENSE_PASS": dense}, label, plain)
+        module = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split)
+        traced_module = None  # (a graph launches the same kernel)
+        if self.signals_combine:  # (a graph launches the kernel without the signal)
+            module, traced_module = decode_kernel_module(spec, config.block_d, config.preload_q, config.dv_split,
+                                                         signal_dependents=True), module
+        self.launches = LaunchSequence(prepared(module, {**constexprs, "DENSE_PASS": dense}, label, traced_module)
                                        for dense, label in passes)
         # With a fused combine, the kernel's variant that merges (the family resolves an open choice); a graph traced
         # from this plan (compiler/rewrite/graph_launches.py) still takes the launches above and the combine: the
