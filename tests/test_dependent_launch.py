@@ -93,49 +93,6 @@ def test_a_prepared_launch_passes_its_options_to_its_first_launch(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_the_dependent_combine_merges_what_the_kernel_before_it_wrote(cuda_device):
-    """On sm_90: the partials written by a kernel just before the combine (so the combine's launch may overlap it),
-    eager and in a replayed CUDA graph with new partials, against the float64 reference."""
-    if torch.cuda.get_device_capability(cuda_device) < dependent_launch.MIN_COMPUTE_CAPABILITY:
-        pytest.skip("programmatic dependent launch needs sm_90 or later")
-    rows, splits, head_dim_v = 2048, 3, 128  # GTA B32 Lq 4's combine
-    generator = torch.Generator().manual_seed(5)
-    sources = [tuple(t.to(cuda_device) for t in partial_outputs(rows, splits, head_dim_v, generator))
-               for _ in range(2)]
-    split_out = torch.empty(rows, splits, head_dim_v, device=cuda_device)
-    split_lse = torch.empty(rows, splits, device=cuda_device)
-    out = torch.empty(rows, head_dim_v, device=cuda_device, dtype=torch.bfloat16)
-    lse = torch.empty(rows, device=cuda_device)
-    launch = combine_launch(split_out, lse, dependent=True)
-    assert launch.launch_options == {"launch_pdl": True} and launch.constexprs["WAIT_FOR_PRIOR_GRID"]
-    source = torch.empty_like(sources[0][0])
-
-    def step():
-        torch.mul(source, 1.0, out=split_out)  # the kernel right before the combine writes its partials
-        launch((split_out, split_lse, out, lse, splits, rows))
-
-    def check(source_out, source_lse):
-        expected_out, expected_lse = combine_splits_reference(source_out.cpu(), source_lse.cpu())
-        torch.testing.assert_close(out.cpu().double(), expected_out, rtol=1e-2, atol=1e-2)
-        torch.testing.assert_close(lse.cpu().double(), expected_lse, rtol=1e-5, atol=1e-5)
-
-    source.copy_(sources[0][0])
-    split_lse.copy_(sources[0][1])
-    step()
-    assert launch.compiled.metadata.launch_pdl
-    check(*sources[0])
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    source.copy_(sources[1][0])
-    split_lse.copy_(sources[1][1])
-    out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
-    check(*sources[1])
-
-
-@pytest.mark.gpu
 def test_the_combine_waits_for_a_writer_that_signalled_at_its_start(cuda_device):
     """On sm_90: the kernel before the dependent combine signals at its start and writes the partials only after a
     long loop of loads, as late as it can; the combine, launched as soon as every program signalled, must still merge
