@@ -18,11 +18,11 @@ launches normally. Launches traced into graphs take the kernels without the sign
 signal there would let a following kernel of Inductor's own that is launched dependent start early; besides, torch
 2.11's analysis of a user kernel refused the wait (8 graph-launch tests, benchmarks/RESULTS.md).
 
-Measured on an H100 (benchmarks/RESULTS.md, 2524e81): the signal at the split kernel's start 1.002-1.019x the
-ordinary launch on the portable split rows; the dependent combine without a signal 0.982-0.998x, and after the
-Hopper latent kernels (no signal) 0.986-1.000x, so they keep the ordinary launch; a signal before the stores
-0.990-0.999x. Off unless GLACOMPILER_PDL=1 (read when a call is first planned: a plan keeps its choice) until the
-GPU suite passes with it and an H200 confirms the gain."""
+Measured on an H100 (benchmarks/RESULTS.md): the signal at the split kernel's start 1.002-1.028x the ordinary
+launch on the portable split rows in three runs (2524e81, 4b0882b and its rebase onto 9b38cd8), no row slower;
+the dependent combine without a signal 0.982-0.998x, and after the Hopper latent kernels (no signal) 0.986-1.000x,
+so they keep the ordinary launch; a signal before the stores 0.990-0.999x. The GPU suite passed with it on (H100).
+On by default; GLACOMPILER_PDL=0 turns it off (read when a call is first planned: a plan keeps its choice)."""
 from __future__ import annotations
 
 import functools
@@ -39,7 +39,8 @@ MIN_COMPUTE_CAPABILITY = (9, 0)
 
 
 def switched_on() -> bool:
-    return os.environ.get(ENVIRONMENT_SWITCH, "0").strip() == "1"
+    """On unless GLACOMPILER_PDL=0."""
+    return os.environ.get(ENVIRONMENT_SWITCH, "1").strip() != "0"
 
 
 @functools.lru_cache(maxsize=None)
