@@ -23,18 +23,18 @@ def hopper_capable(monkeypatch):
     monkeypatch.setattr(dependent_launch, "_triton_launches_with_pdl", lambda: True)
 
 
-@pytest.mark.parametrize("switch", ["1", None])
-def test_enabled_on_a_capable_gpu_switched_on_or_by_default(hopper_capable, monkeypatch, switch):
-    if switch is None:  # on by default: no split row measured slower (benchmarks/RESULTS.md)
-        monkeypatch.delenv(dependent_launch.ENVIRONMENT_SWITCH)
+def test_enabled_on_a_capable_gpu_switched_on(hopper_capable):
     assert dependent_launch.dependent_launch_enabled(CUDA)
 
 
-@pytest.mark.parametrize("why_not", ["cpu", "switched off", "interpreter", "older gpu", "older triton"])
+@pytest.mark.parametrize("why_not", ["cpu", "switch unset", "switched off", "interpreter", "older gpu",
+                                     "older triton"])
 def test_not_enabled(hopper_capable, monkeypatch, why_not):
     device = CUDA
     if why_not == "cpu":
         device = torch.device("cpu")
+    elif why_not == "switch unset":  # off by default: an H200 probe lost 3-10% on multi-wave rows (RESULTS.md)
+        monkeypatch.delenv(dependent_launch.ENVIRONMENT_SWITCH)
     elif why_not == "switched off":
         monkeypatch.setenv(dependent_launch.ENVIRONMENT_SWITCH, "0")
     elif why_not == "interpreter":
@@ -328,17 +328,19 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from glacompiler.kernels.common.combine_kernel import combine_splits_kernel
 report = {}
-for wait in (True, False):
+# (rows merged together, and one row at a time: the kernel's two loops)
+for wait, rows, rows_at_once in ((True, 4, True), (False, 4, True), (True, 1, False), (False, 1, False)):
     signature = dict(PART_OUT="*fp32", PART_LSE="*fp32", OUT="*bf16", LSE="*fp32", num_splits="i32", num_rows="i32",
                      HEAD_DIM_V="constexpr", BLOCK_DV="constexpr", SPLITS_POW2="constexpr", ROWS="constexpr",
                      ROWS_AT_ONCE="constexpr", WAIT_FOR_PRIOR_GRID="constexpr")
     names = list(signature)
-    values = dict(HEAD_DIM_V=128, BLOCK_DV=128, SPLITS_POW2=4, ROWS=4, ROWS_AT_ONCE=True, WAIT_FOR_PRIOR_GRID=wait)
+    values = dict(HEAD_DIM_V=128, BLOCK_DV=128, SPLITS_POW2=4, ROWS=rows, ROWS_AT_ONCE=rows_at_once,
+                  WAIT_FOR_PRIOR_GRID=wait)
     constants = {(names.index(name),): value for name, value in values.items()}
     compiled = triton.compile(ASTSource(combine_splits_kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=4, num_stages=3))
     ptx = compiled.asm["ptx"]
-    report[str(wait)] = dict(wait=ptx.find("griddepcontrol.wait"), first_load=ptx.find("ld.global"),
+    report[f"{wait} {rows_at_once}"] = dict(wait=ptx.find("griddepcontrol.wait"), first_load=ptx.find("ld.global"),
                              first_store=ptx.find("st.global"))
 print(json.dumps(report))
 """
@@ -347,7 +349,8 @@ print(json.dumps(report))
 @pytest.mark.slow
 def test_the_combine_waits_before_any_memory_access_on_sm90():
     """The combine compiled for an H100/H200 by Triton's compiler (the interpreter has no grid dependency control):
-    with the wait, griddepcontrol.wait comes before its first global load and store in the PTX; without, none."""
+    with the wait, griddepcontrol.wait comes before its first global load and store in the PTX, in both of its loops
+    (rows merged together, one row at a time); without, none."""
     import json
     import os
     import subprocess
@@ -358,6 +361,7 @@ def test_the_combine_waits_before_any_memory_access_on_sm90():
                             env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    waiting, plain = report["True"], report["False"]
-    assert 0 <= waiting["wait"] < waiting["first_load"] and waiting["wait"] < waiting["first_store"], waiting
-    assert plain["wait"] == -1 and plain["first_load"] >= 0, plain
+    for rows_at_once in (True, False):
+        waiting, plain = report[f"True {rows_at_once}"], report[f"False {rows_at_once}"]
+        assert 0 <= waiting["wait"] < waiting["first_load"] and waiting["wait"] < waiting["first_store"], waiting
+        assert plain["wait"] == -1 and plain["first_load"] >= 0, plain
