@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import torch
 from torch import Tensor
 
+from ..kernels.common.launch_device import other_cuda_device
 from ..memo import BoundedMemo
 from ..spec import AttentionSpec, ProblemShape
 from ..kernels import choose_family, family_of_config
@@ -105,6 +107,11 @@ class PreparedCall:
         keep_lse False: the caller drops lse, which may then be a buffer the next call overwrites."""
         if self.plan is None:  # a batch of 0 sequences
             return empty_outputs(q, k_cache, v_cache)
+        device = other_cuda_device(q)
+        if device >= 0:  # (the kernels, their buffers' streams and workspaces: all of q's device)
+            with torch.cuda.device(device):
+                return self.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,
+                                kv_range, alibi_slopes, sinks, hold_workspace=hold_workspace, keep_lse=keep_lse)
         if self.copy_seqlens or self.copy_page_table:
             cache_seqlens, page_table = self.contiguous_lengths_and_pages(cache_seqlens, page_table)
         return self.plan.run(q, k_cache, v_cache, q_rope, k_rope_cache, cache_seqlens, page_table, attn_mask,

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ...memo import BoundedMemo
+from .launch_device import other_cuda_device
 from .tiles import next_power_of_two
 from .triton_launch import PreparedLaunch
 
@@ -68,6 +69,10 @@ def mask_key_range(mask: Tensor, batch: int, capacity: int, mask_is_bool: bool) 
     (every row allows every key of it; an additive mask adds 0 to each), else 0; reduced in one launch. A
     sequence no row may attend to gets [capacity, 0) and 0. Additive entries at or below MASKED_BIAS count as -inf
     here, but in rows of such entries only (see the module docstring)."""
+    device = other_cuda_device(mask)
+    if device >= 0:  # (launch_device.py)
+        with torch.cuda.device(device):
+            return mask_key_range(mask, batch, capacity, mask_is_bool)
     key = (mask.shape, mask.stride(), mask.dtype, mask.device, mask.data_ptr() % 16, batch, capacity, mask_is_bool)
     prepared = _prepared_ranges.get(key)
     if prepared is None:
