@@ -137,10 +137,12 @@ class KernelBenchmark:
         return lambda: next(cycle)()
 
     def time_us(self, config: Config, quick: bool) -> float:
-        if config != self._runner_config:
-            self._runner = self._make_runner(config)
-            self._runner_config = config
-        return 1000.0 * self.timer(self._runner, quick)
+        # (on the tuned device, current or not: the timer captures the calls on the current device's stream)
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            if config != self._runner_config:
+                self._runner = self._make_runner(config)
+                self._runner_config = config
+            return 1000.0 * self.timer(self._runner, quick)
 
     def compiled_resources(self, config: Config) -> Optional[dict]:
         """Registers, spilled bytes and shared memory of the compiled kernel, once the config has run."""

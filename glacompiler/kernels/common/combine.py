@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .launch_device import other_cuda_device
 from .tiles import next_power_of_two
 from .triton_launch import PreparedLaunch
 
@@ -58,6 +59,10 @@ def combine_launch(split_out: Tensor, lse: Tensor, dependent: bool = False) -> P
 
 def combine_splits(split_out: Tensor, split_lse: Tensor, out: Tensor, lse: Tensor) -> None:
     """split_out [..., splits, Dv] fp32 and split_lse [..., splits] (contiguous) -> out [..., Dv], lse [...]."""
+    device = other_cuda_device(split_out)
+    if device >= 0:  # (launch_device.py)
+        with torch.cuda.device(device):
+            return combine_splits(split_out, split_lse, out, lse)
     # (after whatever kernel the caller ran last: an ordinary launch, dependent_launch.py says why)
     combine_launch(split_out, lse)((split_out, split_lse, out, lse, split_out.shape[-2], lse.numel()))
 

@@ -15,6 +15,7 @@ def other_cuda_device(tensor: Tensor) -> int:
     """The tensor's CUDA device index where it is not the current device, else -1 (the current one, not CUDA, or a
     launch being traced)."""
     index = tensor.get_device()
-    if index < 0 or tracing_launches() or index == torch.cuda.current_device():
+    # (torch.cuda's C call without its Python frame, which runs on every call; a CUDA tensor means a CUDA build)
+    if index < 0 or tracing_launches() or index == torch._C._cuda_getDevice():
         return -1
     return index
