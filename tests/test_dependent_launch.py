@@ -23,18 +23,21 @@ def hopper_capable(monkeypatch):
     monkeypatch.setattr(dependent_launch, "_triton_launches_with_pdl", lambda: True)
 
 
-def test_enabled_on_a_capable_gpu_switched_on(hopper_capable):
+@pytest.mark.parametrize("setting", ["1", None, "auto"])
+def test_enabled_on_a_capable_gpu_unless_switched_off(hopper_capable, monkeypatch, setting):
+    """On (every split plan) or, unset or anything but 0 and 1, by the wave fill: enabled either way."""
+    if setting is None:
+        monkeypatch.delenv(dependent_launch.ENVIRONMENT_SWITCH)
+    else:
+        monkeypatch.setenv(dependent_launch.ENVIRONMENT_SWITCH, setting)
     assert dependent_launch.dependent_launch_enabled(CUDA)
 
 
-@pytest.mark.parametrize("why_not", ["cpu", "switch unset", "switched off", "interpreter", "older gpu",
-                                     "older triton"])
+@pytest.mark.parametrize("why_not", ["cpu", "switched off", "interpreter", "older gpu", "older triton"])
 def test_not_enabled(hopper_capable, monkeypatch, why_not):
     device = CUDA
     if why_not == "cpu":
         device = torch.device("cpu")
-    elif why_not == "switch unset":  # off by default: an H200 probe lost 3-10% on multi-wave rows (RESULTS.md)
-        monkeypatch.delenv(dependent_launch.ENVIRONMENT_SWITCH)
     elif why_not == "switched off":
         monkeypatch.setenv(dependent_launch.ENVIRONMENT_SWITCH, "0")
     elif why_not == "interpreter":
@@ -44,6 +47,49 @@ def test_not_enabled(hopper_capable, monkeypatch, why_not):
     else:
         monkeypatch.setattr(dependent_launch, "_triton_launches_with_pdl", lambda: False)
     assert not dependent_launch.dependent_launch_enabled(device)
+    assert not dependent_launch.combine_launches_dependent(device, 1, 4)
+
+
+@pytest.mark.parametrize("setting, programs, dependent", [
+    (None, 396, True),    # 396 of 132 x 4 slots: 0.75 of a wave, the most the default takes
+    (None, 397, False),
+    (None, 256, True),    # GTA B8 S32K at 8 splits on an H100: gained 1.004-1.007x
+    (None, 512, False),   # the same at 16 splits, 0.97 waves: lost 0.985x
+    ("1", 1024, True),    # switched on: every split plan, however many waves
+    ("0", 8, False),
+])
+def test_the_default_launches_the_combine_dependent_by_the_wave_fill(hopper_capable, monkeypatch, setting, programs,
+                                                                     dependent):
+    monkeypatch.setattr(dependent_launch, "device_multiprocessors", lambda device: 132)
+    if setting is None:
+        monkeypatch.delenv(dependent_launch.ENVIRONMENT_SWITCH)
+    else:
+        monkeypatch.setenv(dependent_launch.ENVIRONMENT_SWITCH, setting)
+    assert dependent_launch.combine_launches_dependent(CUDA, programs, 4) is dependent
+
+
+@pytest.mark.parametrize("num_splits, dependent", [(2, True), (16, False)])
+def test_a_split_plan_counts_its_programs_and_their_residency(monkeypatch, interpret_kernels, num_splits, dependent):
+    """The plan asks with its grid's programs and its tile's resident programs (portable/config.py): 2 KV heads x 2
+    sequences x the splits, 4 resident (16-row tiles on 4 warps) on the interpreter's 8 stand-in SMs, so 24 programs
+    at most by default."""
+    from glacompiler.kernels.portable import PortableConfig
+    from glacompiler.op.prepared import prepare_call
+
+    monkeypatch.delenv(dependent_launch.ENVIRONMENT_SWITCH, raising=False)
+    monkeypatch.setattr(dependent_launch, "dependent_launch_enabled", lambda device: True)
+    asked = []
+    rule = dependent_launch.within_wave_fill
+    monkeypatch.setattr(dependent_launch, "within_wave_fill",
+                        lambda *counts: asked.append(counts) or rule(*counts))
+    q, k, v = torch.randn(2, 1, 8, 64), torch.randn(2, 512, 2, 64), torch.randn(2, 512, 2, 64)
+    lengths = torch.full((2,), 512, dtype=torch.int32)
+    call = prepare_call(q, k, v, None, None, lengths, None, None, 0.125, True, 0, None, 0.0, None, None, (-1, -1),
+                        config=PortableConfig(block_m=16, block_n=32, num_splits=num_splits, fused_combine=False))
+    assert asked == [(2 * 2 * num_splits, 8, 4)]
+    assert call.plan.signals_combine is dependent
+    assert call.plan.buffers.combine_launch.launch_options == ({"launch_pdl": True} if dependent else {})
+    assert ("gdc_launch_dependents()" in _source(call.plan.launches[0].kernel)) is dependent
 
 
 def test_this_triton_knows_the_launch_option():
@@ -194,7 +240,7 @@ def test_a_signalling_split_kernel_traces_as_the_plain_one(monkeypatch, interpre
     from glacompiler.kernels.portable import launch as portable_launch
     from glacompiler.op.prepared import prepare_call
 
-    monkeypatch.setattr(portable_launch, "dependent_launch_enabled", lambda device: True)
+    monkeypatch.setattr(portable_launch, "combine_launches_dependent", lambda device, programs, resident: True)
     q, k, v = torch.randn(2, 1, 8, 64), torch.randn(2, 64, 2, 64), torch.randn(2, 64, 2, 64)
     lengths = torch.full((2,), 64, dtype=torch.int32)
     call = prepare_call(q, k, v, None, None, lengths, None, None, 0.125, True, 0, None, 0.0, None, None, (-1, -1),
@@ -204,7 +250,7 @@ def test_a_signalling_split_kernel_traces_as_the_plain_one(monkeypatch, interpre
     assert "gdc_launch_dependents()" in _source(launch.kernel) and "gdc_launch_dependents" not in _source(traced_kernel)
     assert traced_constexprs == launch.constexprs
     assert call.plan.buffers.combine_launch.launch_options == {"launch_pdl": True}
-    monkeypatch.setattr(portable_launch, "dependent_launch_enabled", lambda device: False)
+    monkeypatch.setattr(portable_launch, "combine_launches_dependent", lambda device, programs, resident: False)
     plain_call = prepare_call(q, k, v, None, None, lengths, None, None, 0.125, True, 0, None, 0.0, None, None,
                               (-1, -1), config=PortableConfig(block_m=16, block_n=32, num_splits=2,
                                                               fused_combine=False))
@@ -222,7 +268,7 @@ def test_both_passes_of_a_masked_call_signal(monkeypatch, interpret_kernels):
     from glacompiler.problems import make_decode_problem
     from glacompiler.spec import AttentionSpec
 
-    monkeypatch.setattr(portable_launch, "dependent_launch_enabled", lambda device: True)
+    monkeypatch.setattr(portable_launch, "combine_launches_dependent", lambda device, programs, resident: True)
     kw = make_decode_problem(AttentionSpec.grouped(4, 2, 16), batch=2, query_len=1, capacity=64, mask="bool",
                              mask_rows="key", causal=False, poison=False).kwargs
     call = prepare_call(kw["q"], kw["k_cache"], kw["v_cache"], None, None, None, None, kw["attn_mask"], 0.25, False, 0,
@@ -308,7 +354,8 @@ def test_no_signal_where_no_dependent_combine_follows(monkeypatch, interpret_ker
     from glacompiler.kernels.portable import launch as portable_launch
     from glacompiler.op.prepared import prepare_call
 
-    monkeypatch.setattr(portable_launch, "dependent_launch_enabled", lambda device: why_not != "switched off")
+    monkeypatch.setattr(portable_launch, "combine_launches_dependent",
+                        lambda device, programs, resident: why_not != "switched off")
     config = PortableConfig(block_m=16, block_n=32, num_splits=1 if why_not == "one split" else 2,
                             fused_combine=why_not == "fused combine")
     q, k, v = torch.randn(2, 1, 8, 64), torch.randn(2, 64, 2, 64), torch.randn(2, 64, 2, 64)

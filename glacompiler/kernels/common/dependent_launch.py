@@ -22,13 +22,17 @@ a user's kernels without PDL, so the wait would do nothing, and a signal there w
 Inductor's own that is launched dependent start early; besides, torch 2.11's analysis of a user kernel refused the
 wait (8 graph-launch tests, benchmarks/RESULTS.md).
 
-Measured (benchmarks/RESULTS.md): on an H100 the signal at the split kernel's start 1.002-1.028x the ordinary launch
-on the portable split rows in three runs (2524e81, 4b0882b and its rebase onto 9b38cd8), no row slower, and the GPU
-suite passes with it on; the dependent combine without a signal 0.982-0.998x, and after the Hopper latent kernels
-(no signal) 0.986-1.000x, so they keep the ordinary launch; a signal before the stores 0.990-0.999x. On an H200 the
-same signal (a probe on a23e33a's tables, 2026-12-02) gained 0.5-1.4 us where one wave of split programs covers the
-GPU but lost 3-10% where the split kernel runs several (GTA B8 S32K). So it is off unless GLACOMPILER_PDL=1 (read
-when a call is first planned: a plan keeps its choice) until an H200 A/B of today's tables decides the default."""
+When (benchmarks/RESULTS.md): the signal and the dependent combine pay only while the split kernel's programs
+leave a good part of the GPU's program slots free. On an H100 (dependent_combine_ab.py --splits, one run, GTA and GQA
+rows at 4 to 64 splits) it ran 0.994-1.019x the ordinary launches up to 0.78 of a wave of resident programs, and
+0.983-0.998x at 0.97 waves and more; the table's configs, all within 0.6 of a wave there, gained 1.002-1.028x in three
+earlier runs. An H200 probe of the same signal (2026-12-02) gained 0.5-1.4 us where one wave covered the split
+programs and lost 3-10% where they ran in several. So by default a split plan launches its combine dependent where
+its programs fill at most MAX_WAVE_FILL of the slots (SMs x the config's resident programs, portable/config.py's
+model of them); GLACOMPILER_PDL=0 turns it off, GLACOMPILER_PDL=1 takes it for every split plan (for measurements).
+The setting is read when a call is first planned: a plan keeps its choice. The dependent combine without a signal
+(0.982-0.998x), after the Hopper latent kernels (no signal: 0.986-1.000x), and a signal before the stores
+(0.990-0.999x) all lost on an H100: those keep the ordinary launch."""
 from __future__ import annotations
 
 import functools
@@ -38,15 +42,19 @@ import torch
 
 from .device_limits import cuda_index
 from .interpreter import triton_interpreter_enabled
+from .splits import device_multiprocessors
 
 ENVIRONMENT_SWITCH = "GLACOMPILER_PDL"
 # The first architecture with grid dependency control (griddepcontrol).
 MIN_COMPUTE_CAPABILITY = (9, 0)
+# The largest fraction of the GPU's program slots a split kernel may fill and still launch its combine dependent by
+# default: measured gains up to 0.78 of a wave, losses from 0.97 on (see above).
+MAX_WAVE_FILL = 0.75
 
 
-def switched_on() -> bool:
-    """Off unless GLACOMPILER_PDL=1."""
-    return os.environ.get(ENVIRONMENT_SWITCH, "0").strip() == "1"
+def switch_setting() -> str:
+    """GLACOMPILER_PDL: "0" off, "1" on for every split plan, anything else (unset) "auto": by the wave fill."""
+    return {"0": "off", "1": "on"}.get(os.environ.get(ENVIRONMENT_SWITCH, "").strip(), "auto")
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,8 +74,21 @@ def _capable(device_index: int) -> bool:
 
 
 def dependent_launch_enabled(device: torch.device) -> bool:
-    """Whether a kernel on `device` that waits for its predecessor launches with PDL: switched on, on a CUDA GPU of
-    compute capability 9.0 or later, run by a Triton that knows the option (not the interpreter)."""
-    if device.type != "cuda" or not switched_on() or triton_interpreter_enabled():
+    """Whether a kernel on `device` may launch with PDL: not switched off, on a CUDA GPU of compute capability 9.0 or
+    later, run by a Triton that knows the option (not the interpreter)."""
+    if device.type != "cuda" or switch_setting() == "off" or triton_interpreter_enabled():
         return False
     return _triton_launches_with_pdl() and _capable(cuda_index(device))
+
+
+def within_wave_fill(programs: int, multiprocessors: int, resident: int) -> bool:
+    """Whether `programs` fill at most MAX_WAVE_FILL of the slots of `multiprocessors` SMs holding `resident` each."""
+    return programs <= MAX_WAVE_FILL * multiprocessors * resident
+
+
+def combine_launches_dependent(device: torch.device, programs: int, resident: int) -> bool:
+    """Whether a split kernel of `programs` programs (`resident` of them an SM at once) on `device` signals its
+    combine, which launches dependent: where PDL is enabled, always with GLACOMPILER_PDL=1, else by the wave fill."""
+    if not dependent_launch_enabled(device):
+        return False
+    return switch_setting() == "on" or within_wave_fill(programs, device_multiprocessors(device), resident)

@@ -9,14 +9,14 @@ import torch
 from torch import Tensor
 
 from ...spec import AttentionSpec, ProblemShape
-from ..common.dependent_launch import dependent_launch_enabled
+from ..common.dependent_launch import combine_launches_dependent
 from ..common.extensions import kernel_extensions
 from ..common.key_bounds import KeyBoundsPlan
 from ..common.split_buffers import SplitBuffers
 from ..common.tiles import next_power_of_two
 from ..common.triton_launch import LaunchSequence, PreparedLaunch, launch, tracing_launches
 from ..family import KernelCall
-from .config import PortableConfig
+from .config import PortableConfig, resident_programs
 from .render import decode_kernel_module
 
 LOGGER = logging.getLogger("glacompiler")
@@ -67,10 +67,13 @@ class PortableLaunchPlan:
         batch, query_len, num_q_heads, _ = q.shape
         group = spec.group_size
         num_splits = config.num_splits
-        # A separate combine on a capable GPU, switched on, launches dependent on the split kernel, which signals it
-        # at its start (dependent_launch.py). (With a fused combine, the launches a graph or a capture takes instead
-        # and their combine stay ordinary.)
-        self.signals_combine = num_splits > 1 and not config.fused_combine and dependent_launch_enabled(q.device)
+        rows = group * query_len
+        grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
+        # A separate combine on a capable GPU launches dependent on the split kernel, which signals it at its start,
+        # where the split programs leave slots free (dependent_launch.py). (With a fused combine, the launches a
+        # graph or a capture takes instead and their combine stay ordinary.)
+        self.signals_combine = (num_splits > 1 and not config.fused_combine and combine_launches_dependent(
+            q.device, grid[0] * grid[1] * grid[2], resident_programs(config.block_m, config.num_warps)))
         self.buffers = SplitBuffers(q, spec.head_dim_v, num_splits, dependent_combine=self.signals_combine)
         values = k_cache if v_cache is None else v_cache
         q_rope_arg = q if call.q_rope is None else call.q_rope
@@ -111,8 +114,6 @@ class PortableLaunchPlan:
             **extensions.flags,
         )
         self.tail = (*strides, *scalars)
-        rows = group * query_len
-        grid = (spec.num_kv_heads * -(-rows // config.block_m) * config.dv_split, batch, num_splits)
 
         def prepared(module, pass_constexprs: dict, pass_label: str, traced_module=None) -> PreparedLaunch:
             """traced_module: the kernel a graph's launch takes instead (the one without a dependent-launch signal)."""
