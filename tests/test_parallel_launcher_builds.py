@@ -6,6 +6,7 @@ answers does not hold up exit, when install() wraps; and on a GPU, that a
 C++-wrapper compile from empty caches builds its stubs on the build threads, none in Inductor's loop."""
 import inspect
 import threading
+import time
 from concurrent.futures import Future
 from types import SimpleNamespace
 
@@ -284,6 +285,17 @@ def test_triton_stubs_are_known_by_the_nvidia_driver(monkeypatch):
     assert parallel_launcher_builds.triton_compiles_launcher_stubs()
 
 
+def wait_for_compile_workers(timeout_s: float = 120.0) -> None:
+    """Until Inductor's compile workers answer: before that Inductor compiles and loads each kernel in the calling
+    process (AsyncCompile.use_process_pool), its stubs built there, outside the loop. The workers start on first use
+    and, beside a loaded suite's other processes, may not answer by a compile's start (a whole-suite run on an H100
+    failed the test below that way: every stub built on the main thread, none in the loop)."""
+    deadline = time.monotonic() + timeout_s
+    while not AsyncCompile.use_process_pool():
+        assert time.monotonic() < deadline, "Inductor's compile workers never answered"
+        time.sleep(0.1)
+
+
 @pytest.mark.gpu
 def test_a_cpp_wrapper_compile_builds_its_stubs_on_the_build_threads(cuda_device, monkeypatch, tmp_path):
     """From empty Inductor and Triton caches, the tiny GTA model's plain decode under the backend's defaults
@@ -319,6 +331,7 @@ def test_a_cpp_wrapper_compile_builds_its_stubs_on_the_build_threads(cuda_device
         return original_build(name, *args, **kwargs)
 
     monkeypatch.setattr(build, "_build", recording_build)
+    wait_for_compile_workers()
     with fresh_inductor_cache():
         decode_plain_against_fused("gta-4", glacompiler.backend(), cudagraphs=False)
     on_build_threads = [thread for thread, _ in stubs if thread.startswith("triton-launcher")]
