@@ -124,8 +124,8 @@ def time_rows(args, bandwidth: float, flop_rate: float) -> None:
 def time_row(args, kind: str, sizes: tuple, kwargs: dict, scale: float, floor: float, num_splits: int) -> None:
     """One row at one split count: both sides planned, checked against each other, timed in alternating rounds."""
     batch, length, query_len = sizes
-    default_side = ("dependent" if plan_with_pdl(DEFAULT_SETTING, kwargs, scale, num_splits)[0].plan.signals_combine
-                    else "ordinary")
+    default_plan = plan_with_pdl(DEFAULT_SETTING, kwargs, scale, num_splits)[0].plan
+    default_side = "dependent" if getattr(default_plan, "signals_combine", False) else "ordinary"
     plans = {side: plan_with_pdl(setting, kwargs, scale, num_splits) for side, setting in SIDES.items()}
     dependent_plan = plans["dependent"][0].plan
     splits = dependent_plan.buffers.num_splits

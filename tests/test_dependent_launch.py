@@ -23,14 +23,23 @@ def hopper_capable(monkeypatch):
     monkeypatch.setattr(dependent_launch, "_triton_launches_with_pdl", lambda: True)
 
 
-@pytest.mark.parametrize("setting", ["1", None, "auto"])
-def test_enabled_on_a_capable_gpu_unless_switched_off(hopper_capable, monkeypatch, setting):
-    """On (every split plan) or, unset or anything but 0 and 1, by the wave fill: enabled either way."""
-    if setting is None:
+@pytest.mark.parametrize("value, setting", [(None, "auto"), ("", "auto"), ("Auto", "auto"), ("1", "on"),
+                                            (" true ", "on"), ("YES", "on"), ("on", "on"), ("0", "off"),
+                                            ("false", "off"), ("Off", "off"), ("no", "off")])
+def test_the_switch_reads_the_usual_spellings(hopper_capable, monkeypatch, value, setting):
+    if value is None:
         monkeypatch.delenv(dependent_launch.ENVIRONMENT_SWITCH)
     else:
-        monkeypatch.setenv(dependent_launch.ENVIRONMENT_SWITCH, setting)
-    assert dependent_launch.dependent_launch_enabled(CUDA)
+        monkeypatch.setenv(dependent_launch.ENVIRONMENT_SWITCH, value)
+    assert dependent_launch.switch_setting() == setting
+    assert dependent_launch.dependent_launch_enabled(CUDA) is (setting != "off")
+
+
+def test_an_unknown_switch_value_is_warned_about_and_taken_as_auto(hopper_capable, monkeypatch):
+    monkeypatch.setenv(dependent_launch.ENVIRONMENT_SWITCH, "sometimes")
+    dependent_launch._setting_of.cache_clear()
+    with pytest.warns(RuntimeWarning, match="GLACOMPILER_PDL='sometimes'.*taken as auto"):
+        assert dependent_launch.switch_setting() == "auto"
 
 
 @pytest.mark.parametrize("why_not", ["cpu", "switched off", "interpreter", "older gpu", "older triton"])
@@ -68,11 +77,18 @@ def test_the_default_launches_the_combine_dependent_by_the_wave_fill(hopper_capa
     assert dependent_launch.combine_launches_dependent(CUDA, programs, 4) is dependent
 
 
-@pytest.mark.parametrize("num_splits, dependent", [(2, True), (16, False)])
-def test_a_split_plan_counts_its_programs_and_their_residency(monkeypatch, interpret_kernels, num_splits, dependent):
-    """The plan asks with its grid's programs and its tile's resident programs (portable/config.py): 2 KV heads x 2
-    sequences x the splits, 4 resident (16-row tiles on 4 warps) on the interpreter's 8 stand-in SMs, so 24 programs
-    at most by default."""
+@pytest.mark.parametrize("tile, num_splits, programs, resident, dependent", [
+    (dict(block_m=16), 2, 8, 4, True),                # 8 of 8 SMs x 4: within 0.75 of the slots
+    (dict(block_m=16), 16, 64, 4, False),
+    (dict(block_m=16, dv_split=2), 4, 32, 4, False),  # (each row block's output dims over two programs)
+    (dict(block_m=16, dv_split=2), 2, 16, 4, True),
+    (dict(block_m=64), 4, 16, 2, False),              # a 64-row tile: 2 resident, 16 slots
+    (dict(block_m=64), 2, 8, 2, True),
+])
+def test_a_split_plan_counts_its_programs_and_their_residency(monkeypatch, interpret_kernels, tile, num_splits,
+                                                               programs, resident, dependent):
+    """The plan asks with its grid's programs (KV heads x row blocks x dv_split x sequences x splits: 2 x 1 x dv_split
+    x 2 x splits) and its tile's resident programs (portable/config.py), on the interpreter's 8 stand-in SMs."""
     from glacompiler.kernels.portable import PortableConfig
     from glacompiler.op.prepared import prepare_call
 
@@ -85,11 +101,13 @@ def test_a_split_plan_counts_its_programs_and_their_residency(monkeypatch, inter
     q, k, v = torch.randn(2, 1, 8, 64), torch.randn(2, 512, 2, 64), torch.randn(2, 512, 2, 64)
     lengths = torch.full((2,), 512, dtype=torch.int32)
     call = prepare_call(q, k, v, None, None, lengths, None, None, 0.125, True, 0, None, 0.0, None, None, (-1, -1),
-                        config=PortableConfig(block_m=16, block_n=32, num_splits=num_splits, fused_combine=False))
-    assert asked == [(2 * 2 * num_splits, 8, 4)]
+                        config=PortableConfig(block_n=32, num_splits=num_splits, fused_combine=False, **tile))
+    assert asked == [(programs, 8, resident)]
+    launch = call.plan.launches[0]
+    assert launch.grid[0] * launch.grid[1] * launch.grid[2] == programs
     assert call.plan.signals_combine is dependent
     assert call.plan.buffers.combine_launch.launch_options == ({"launch_pdl": True} if dependent else {})
-    assert ("gdc_launch_dependents()" in _source(call.plan.launches[0].kernel)) is dependent
+    assert ("gdc_launch_dependents()" in _source(launch.kernel)) is dependent
 
 
 def test_this_triton_knows_the_launch_option():

@@ -290,6 +290,10 @@ def wait_for_compile_workers(timeout_s: float = 120.0) -> None:
     process (AsyncCompile.use_process_pool), its stubs built there, outside the loop. The workers start on first use
     and, beside a loaded suite's other processes, may not answer by a compile's start (a whole-suite run on an H100
     failed the test below that way: every stub built on the main thread, none in the loop)."""
+    from torch._inductor.async_compile import get_compile_threads
+
+    threads = get_compile_threads()
+    assert threads > 1, f"Inductor compiles in the calling process here ({threads} compile thread): no workers"
     deadline = time.monotonic() + timeout_s
     while not AsyncCompile.use_process_pool():
         assert time.monotonic() < deadline, "Inductor's compile workers never answered"

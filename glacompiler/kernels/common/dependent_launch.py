@@ -24,19 +24,20 @@ wait (8 graph-launch tests, benchmarks/RESULTS.md).
 
 When (benchmarks/RESULTS.md): the signal and the dependent combine pay only while the split kernel's programs
 leave a good part of the GPU's program slots free. On an H100 (dependent_combine_ab.py --splits, one run, GTA and GQA
-rows at 4 to 64 splits) it ran 0.994-1.019x the ordinary launches up to 0.78 of a wave of resident programs, and
-0.983-0.998x at 0.97 waves and more; the table's configs, all within 0.6 of a wave there, gained 1.002-1.028x in three
-earlier runs. An H200 probe of the same signal (2026-12-02) gained 0.5-1.4 us where one wave covered the split
-programs and lost 3-10% where they ran in several. So by default a split plan launches its combine dependent where
-its programs fill at most MAX_WAVE_FILL of the slots (SMs x the config's resident programs, portable/config.py's
-model of them); GLACOMPILER_PDL=0 turns it off, GLACOMPILER_PDL=1 takes it for every split plan (for measurements).
-The setting is read when a call is first planned: a plan keeps its choice. The dependent combine without a signal
-(0.982-0.998x), after the Hopper latent kernels (no signal: 0.986-1.000x), and a signal before the stores
-(0.990-0.999x) all lost on an H100: those keep the ordinary launch."""
+rows at 4 to 64 splits) it ran 0.994-1.019x the ordinary launches up to 0.78 of a wave of the binaries' resident
+programs, and 0.983-0.998x at 0.97 waves and more; the table's configs, all within 0.6 of a wave there, gained
+1.002-1.030x in four runs. An H200 probe of the same signal (2026-12-02) gained 0.5-1.4 us where one wave covered
+the split programs and lost 3-10% where they ran in several. So by default a split plan launches its combine
+dependent where its programs fill at most MAX_WAVE_FILL of the slots (SMs x the config's resident programs,
+portable/config.py's model of them); GLACOMPILER_PDL=0 turns it off, GLACOMPILER_PDL=1 takes it for every portable
+split plan with a separate combine (for measurements). The setting is read when a call is first planned: a plan
+keeps its choice. The dependent combine without a signal (0.982-0.998x), after the Hopper latent kernels (no signal:
+0.986-1.000x), and a signal before the stores (0.990-0.999x) all lost on an H100: those keep the ordinary launch."""
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 
@@ -47,14 +48,32 @@ from .splits import device_multiprocessors
 ENVIRONMENT_SWITCH = "GLACOMPILER_PDL"
 # The first architecture with grid dependency control (griddepcontrol).
 MIN_COMPUTE_CAPABILITY = (9, 0)
-# The largest fraction of the GPU's program slots a split kernel may fill and still launch its combine dependent by
-# default: measured gains up to 0.78 of a wave, losses from 0.97 on (see above).
+# The largest fraction of the GPU's program slots (SMs x portable/config.py's resident_programs) a split kernel may
+# fill and still launch its combine dependent by default. Measured in waves of the binaries' own residency: gains up
+# to 0.78, losses from 0.97 on (see above). For GTA's and GQA's 16-row tiles the model's 4 is at most what their
+# binaries hold (GTA 4, GQA 5), so the rule's fill is at least theirs; tiles holding more shared memory may fit fewer.
 MAX_WAVE_FILL = 0.75
 
 
+# GLACOMPILER_PDL's values (any case); unset or empty is "auto"
+SETTINGS = {"0": "off", "false": "off", "off": "off", "no": "off", "1": "on", "true": "on", "on": "on", "yes": "on",
+            "": "auto", "auto": "auto"}
+
+
 def switch_setting() -> str:
-    """GLACOMPILER_PDL: "0" off, "1" on for every split plan, anything else (unset) "auto": by the wave fill."""
-    return {"0": "off", "1": "on"}.get(os.environ.get(ENVIRONMENT_SWITCH, "").strip(), "auto")
+    """GLACOMPILER_PDL: "off" (0, false, off, no), "on" for every split plan (1, true, on, yes), else "auto" (by the
+    wave fill), the default; a value it does not know is warned about once and taken as "auto"."""
+    return _setting_of(os.environ.get(ENVIRONMENT_SWITCH, "").strip().lower())
+
+
+@functools.lru_cache(maxsize=None)
+def _setting_of(value: str) -> str:
+    setting = SETTINGS.get(value)
+    if setting is None:
+        warnings.warn(f"glacompiler: {ENVIRONMENT_SWITCH}={value!r} is none of {sorted(SETTINGS)}; taken as auto",
+                      RuntimeWarning, stacklevel=4)
+        setting = "auto"
+    return setting
 
 
 @functools.lru_cache(maxsize=None)
