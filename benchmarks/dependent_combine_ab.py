@@ -21,6 +21,7 @@ import torch
 import triton
 
 from glacompiler.kernels.common.dependent_launch import ENVIRONMENT_SWITCH, dependent_launch_enabled
+from glacompiler.kernels.common.device_limits import DeviceLimits
 from glacompiler.op.prepared import clear_prepared_calls, prepared_call
 from glacompiler.op.validation import validate_inputs
 
@@ -83,13 +84,14 @@ def main() -> None:
             os.environ[ENVIRONMENT_SWITCH] = saved
 
 
-def resident_programs(compiled, device: torch.device) -> int:
-    """How many programs of a compiled kernel an SM holds at once: the least of its registers' (allocated per warp
-    in 256-register units), its shared memory's (1 KiB of each block reserved by CUDA) and its warps' limits."""
-    properties = torch.cuda.get_device_properties(device)
+def binary_resident_programs(compiled, device: torch.device) -> int:
+    """How many programs of a compiled kernel an SM holds at once (what portable/config.py's resident_programs
+    models): the least of its registers' (allocated per warp in 256-register units), its shared memory's (1 KiB of
+    each block reserved by CUDA) and its warps' limits."""
+    limits, properties = DeviceLimits.for_device(device), torch.cuda.get_device_properties(device)
     warps = compiled.metadata.num_warps
     registers_a_warp = -(-max(1, compiled.n_regs) * 32 // 256) * 256
-    by_registers = getattr(properties, "regs_per_multiprocessor", 65536) // (registers_a_warp * warps)
+    by_registers = limits.registers_per_block // (registers_a_warp * warps)
     shared = compiled.metadata.shared
     shared_an_sm = getattr(properties, "shared_memory_per_multiprocessor", 233472)
     by_shared = shared_an_sm // (shared + 1024) if shared else 32
@@ -98,11 +100,10 @@ def resident_programs(compiled, device: torch.device) -> int:
 
 
 def waves_text(plan, device: torch.device) -> str:
-    """The split kernel's programs / (SMs x resident programs)."""
+    """The split kernel's programs / (SMs x the binary's resident programs)."""
     launch = plan.launches[0]
     programs = launch.grid[0] * launch.grid[1] * launch.grid[2]
-    resident = resident_programs(launch.compiled, device)
-    slots = torch.cuda.get_device_properties(device).multi_processor_count * resident
+    slots = DeviceLimits.for_device(device).multiprocessors * binary_resident_programs(launch.compiled, device)
     return f"{programs} / {slots} ({programs / slots:.2f} waves)" if slots else f"{programs} / ?"
 
 

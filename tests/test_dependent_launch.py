@@ -77,6 +77,17 @@ def test_the_default_launches_the_combine_dependent_by_the_wave_fill(hopper_capa
     assert dependent_launch.combine_launches_dependent(CUDA, programs, 4) is dependent
 
 
+def planned_gqa_call(config, keys: int = 64):
+    """The first call of a small GQA problem (2 sequences of `keys` keys, 8 query heads over 2 KV heads of 64, one
+    query token) prepared with `config`: its plan, not launched."""
+    from glacompiler.op.prepared import prepare_call
+
+    q, k, v = torch.randn(2, 1, 8, 64), torch.randn(2, keys, 2, 64), torch.randn(2, keys, 2, 64)
+    lengths = torch.full((2,), keys, dtype=torch.int32)
+    return prepare_call(q, k, v, None, None, lengths, None, None, 0.125, True, 0, None, 0.0, None, None, (-1, -1),
+                        config=config)
+
+
 @pytest.mark.parametrize("tile, num_splits, programs, resident, dependent", [
     (dict(block_m=16), 2, 8, 4, True),                # 8 of 8 SMs x 4: within 0.75 of the slots
     (dict(block_m=16), 16, 64, 4, False),
@@ -90,7 +101,6 @@ def test_a_split_plan_counts_its_programs_and_their_residency(monkeypatch, inter
     """The plan asks with its grid's programs (KV heads x row blocks x dv_split x sequences x splits: 2 x 1 x dv_split
     x 2 x splits) and its tile's resident programs (portable/config.py), on the interpreter's 8 stand-in SMs."""
     from glacompiler.kernels.portable import PortableConfig
-    from glacompiler.op.prepared import prepare_call
 
     monkeypatch.delenv(dependent_launch.ENVIRONMENT_SWITCH, raising=False)
     monkeypatch.setattr(dependent_launch, "dependent_launch_enabled", lambda device: True)
@@ -98,10 +108,7 @@ def test_a_split_plan_counts_its_programs_and_their_residency(monkeypatch, inter
     rule = dependent_launch.within_wave_fill
     monkeypatch.setattr(dependent_launch, "within_wave_fill",
                         lambda *counts: asked.append(counts) or rule(*counts))
-    q, k, v = torch.randn(2, 1, 8, 64), torch.randn(2, 512, 2, 64), torch.randn(2, 512, 2, 64)
-    lengths = torch.full((2,), 512, dtype=torch.int32)
-    call = prepare_call(q, k, v, None, None, lengths, None, None, 0.125, True, 0, None, 0.0, None, None, (-1, -1),
-                        config=PortableConfig(block_n=32, num_splits=num_splits, fused_combine=False, **tile))
+    call = planned_gqa_call(PortableConfig(block_n=32, num_splits=num_splits, fused_combine=False, **tile), keys=512)
     assert asked == [(programs, 8, resident)]
     launch = call.plan.launches[0]
     assert launch.grid[0] * launch.grid[1] * launch.grid[2] == programs
@@ -256,22 +263,17 @@ def test_a_signalling_split_kernel_traces_as_the_plain_one(monkeypatch, interpre
     dependency control)."""
     from glacompiler.kernels.portable import PortableConfig
     from glacompiler.kernels.portable import launch as portable_launch
-    from glacompiler.op.prepared import prepare_call
 
+    config = PortableConfig(block_m=16, block_n=32, num_splits=2, fused_combine=False)
     monkeypatch.setattr(portable_launch, "combine_launches_dependent", lambda device, programs, resident: True)
-    q, k, v = torch.randn(2, 1, 8, 64), torch.randn(2, 64, 2, 64), torch.randn(2, 64, 2, 64)
-    lengths = torch.full((2,), 64, dtype=torch.int32)
-    call = prepare_call(q, k, v, None, None, lengths, None, None, 0.125, True, 0, None, 0.0, None, None, (-1, -1),
-                        config=PortableConfig(block_m=16, block_n=32, num_splits=2, fused_combine=False))
+    call = planned_gqa_call(config)
     (launch,) = call.plan.launches
     traced_kernel, traced_constexprs = launch.traced_form
     assert "gdc_launch_dependents()" in _source(launch.kernel) and "gdc_launch_dependents" not in _source(traced_kernel)
     assert traced_constexprs == launch.constexprs
     assert call.plan.buffers.combine_launch.launch_options == {"launch_pdl": True}
     monkeypatch.setattr(portable_launch, "combine_launches_dependent", lambda device, programs, resident: False)
-    plain_call = prepare_call(q, k, v, None, None, lengths, None, None, 0.125, True, 0, None, 0.0, None, None,
-                              (-1, -1), config=PortableConfig(block_m=16, block_n=32, num_splits=2,
-                                                              fused_combine=False))
+    plain_call = planned_gqa_call(config)
     assert plain_call.plan.launches[0].kernel is traced_kernel
     assert plain_call.plan.buffers.combine_launch.launch_options == {}
 
@@ -370,16 +372,12 @@ def test_no_signal_where_no_dependent_combine_follows(monkeypatch, interpret_ker
     only after a kernel that signals."""
     from glacompiler.kernels.portable import PortableConfig
     from glacompiler.kernels.portable import launch as portable_launch
-    from glacompiler.op.prepared import prepare_call
 
     monkeypatch.setattr(portable_launch, "combine_launches_dependent",
                         lambda device, programs, resident: why_not != "switched off")
     config = PortableConfig(block_m=16, block_n=32, num_splits=1 if why_not == "one split" else 2,
                             fused_combine=why_not == "fused combine")
-    q, k, v = torch.randn(2, 1, 8, 64), torch.randn(2, 64, 2, 64), torch.randn(2, 64, 2, 64)
-    lengths = torch.full((2,), 64, dtype=torch.int32)
-    call = prepare_call(q, k, v, None, None, lengths, None, None, 0.125, True, 0, None, 0.0, None, None, (-1, -1),
-                        config=config)
+    call = planned_gqa_call(config)
     launches = [*call.plan.launches, *(call.plan.fused_launches if call.plan.fused else ())]
     assert all("gdc_launch_dependents" not in _source(launch.kernel) for launch in launches)
     combine_after = call.plan.buffers.combine_launch  # (a fused plan's, for the launches a graph takes instead)
