@@ -20,7 +20,7 @@ def test_the_cpp_wrapper_calls_the_op_without_a_python_callback(name):
 
 
 def test_a_list_argument_would_take_the_python_callback():
-    """The rule tells the two apart: the op's schema with window_size as an int[2] fails it."""
+    """The rule tells the two apart: a schema taking window_size as an int[2], as the op once might have, fails it."""
     library = torch.library.Library("glacompiler_schema_probe", "DEF")
     library.define("windowed(Tensor q, int[2] window_size) -> Tensor")
     assert not CppWrapperCpu._compatible_with_stableivalue(torch.ops.glacompiler_schema_probe.windowed.default)
